@@ -1,0 +1,38 @@
+"""`tagger-jax` console script: one subcommand per module in `tagger_jax.commands`.
+
+Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`,
+and imports its heavy dependencies inside `run`, so `tagger-jax --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "import-authors": "tagger_jax.commands.import_authors",
+    "tag": "tagger_jax.commands.tag",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tagger-jax",
+        description="Self-attention music tagging (Won et al., 2019) in JAX: train, evaluate, "
+                    "tag and explain.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The full set of config fields, with the paper's values; files in `configs/` override them.
+
+Configs are ml_collections ConfigDicts, loaded from Python files by `--config path.py`. A trained
+or imported checkpoint stores its resolved config as JSON, so inference rebuilds the same model.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The paper's model and the authors' MagnaTagATune protocol."""
+    c = ml_collections.ConfigDict()
+
+    c.model = m = ml_collections.ConfigDict()
+    m.architecture = "pons_won"  # "pons_won" (paper), "pons_pons" (conv back-end) or "lee_won" (waveform)
+    m.conv_channels = 16  # c: front-end width; branches have c..8c channels, 29c in all
+    m.attention_channels = 512  # Transformer width (the 1x1 conv's output channels)
+    m.attention_layers = 2  # number of encoder layers
+    m.attention_heads = 8  # heads per layer (512 / 8 = 64 channels each)
+    m.intermediate = 2048  # feed-forward width inside each layer
+    m.attention_dropout = 0.4  # dropout on attention probabilities (authors' script: 0.4)
+    m.hidden_dropout = 0.4  # dropout after attention/feed-forward outputs (authors' script: 0.4)
+    m.classifier_dropout = 0.5  # dropout before the final dense layer
+    m.cls_token = "fixed"  # "fixed": the authors' np.random.seed(0) vector; "learned": a parameter
+    m.positions = "sinusoidal"  # "sinusoidal" (training code) or "learned" + LayerNorm (released)
+    m.max_positions = 271  # rows of a learned position table (>= steps + 1)
+    m.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
+
+    c.features = f = ml_collections.ConfigDict()
+    f.sample_rate = 16000  # audio is decoded to mono and resampled to this rate
+    f.n_fft = 512  # STFT size (Hann window, centred frames)
+    f.hop_length = 256  # STFT hop: 16 ms frames
+    f.n_mels = 96  # mel bands (Slaney scale, librosa defaults)
+    f.log_scale = "amplitude_to_db"  # authors' quirk on the power mel; or "power_to_db"
+    f.chunk_frames = 256  # frames per model input chunk (about 4.1 s)
+    f.eval_chunks = 16  # evenly spaced chunks per clip in the authors' evaluation
+
+    c.data = d = ml_collections.ConfigDict()
+    d.name = "magnatagatune"  # TFDS builder name (see tagger_jax.datasets)
+    d.builder_config = ""  # TFDS builder config ("" = the builder's default)
+    d.data_dir = "~/tensorflow_datasets"  # TFDS data directory
+    d.train_split = "train"  # split used for training
+    d.eval_split = "validation"  # split used to select the best checkpoint
+    d.test_split = "test"  # split reported at the end
+    d.num_workers = 2  # grain worker processes feeding the training loop
+    d.prefetch = 4  # batches each worker prepares ahead
+
+    c.train = t = ml_collections.ConfigDict()
+    t.seed = 0  # seeds parameter init, dropout and data order
+    t.batch_size = 16  # global batch (split over all devices of all hosts)
+    t.eval_batch_size = 64  # clips per evaluation batch (each clip contributes eval_chunks crops)
+    t.num_epochs = 200  # upper bound on epochs (the authors' plateau schedule usually stops earlier)
+    t.optimizer = "authors"  # "authors": Adam then SGD on plateaus; "adamw": warmup + cosine
+    t.learning_rate = 1e-4  # Adam learning rate (authors) or AdamW peak learning rate
+    t.weight_decay = 1e-4  # SGD weight decay (authors) or AdamW decoupled weight decay
+    t.warmup_steps = 500  # AdamW linear warmup steps
+    t.plateau_patience = 1  # epochs without validation improvement before the next phase
+    t.log_every_steps = 50  # steps between logged training metrics
+    t.checkpoint_every_steps = 1000  # steps between "latest" checkpoints (also at every epoch end)
+    t.keep_checkpoints = 2  # latest checkpoints kept besides the best one
+    t.prng_impl = "threefry2x32"  # dropout RNG: "threefry2x32" or the much faster "rbg" on CPU
+    t.distributed = False  # call jax.distributed.initialize() (also when the cluster env asks)
+    return c

@@ -1,0 +1,107 @@
+"""The three architectures of the authors' code, selected by name `frontend_backend`.
+
+* `pons_won` (the paper's): Pons spectrogram CNN -> 1x1 conv to 512 -> [CLS] + Transformer.
+* `lee_won`: raw-waveform CNN (65,610 samples) -> [CLS] + Transformer.
+* `pons_pons`: Pons spectrogram CNN -> convolutional back-end (no attention).
+
+Every model maps its input to tag logits; sigmoids live in the loss and in prediction. Call them
+as `model.apply(variables, x, train=..., ...)`: variables are {"params", "batch_stats"}; training
+needs `mutable=["batch_stats"]` and a "dropout" RNG.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax.numpy as jnp
+import flax.linen as nn
+
+from tagger_jax.models.frontends import LeeFrontEnd, PonsFrontEnd, batch_norm
+from tagger_jax.models.transformer import Embedding, Encoder, _bert_init
+
+Dtype = Any
+
+
+class AttentionTagger(nn.Module):
+    """Front-end + [CLS] Transformer encoder + tanh pooler + dropout + linear classifier.
+
+    Returns logits (batch, num_tags), or (logits, attention) with `return_attention=True`, where
+    attention is a list with one (batch, heads, queries, keys) array per layer (the last layer has
+    the [CLS] query only unless `full_last_layer`). `attention_override` replaces the probabilities
+    of layer `override_layer` with an array broadcastable to that shape.
+    """
+
+    frontend: str = "pons"  # "pons" (spectrogram, 96 x T) or "lee" (waveform, 65,610 samples)
+    num_tags: int = 50
+    conv_channels: int = 16
+    attention_channels: int = 512
+    attention_layers: int = 2
+    attention_heads: int = 8
+    intermediate: int = 2048
+    attention_dropout: float = 0.4
+    hidden_dropout: float = 0.4
+    classifier_dropout: float = 0.5
+    cls_token: str = "fixed"
+    positions: str = "sinusoidal"
+    max_positions: int = 271
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False, return_attention: bool = False,
+                 attention_override: Optional[jnp.ndarray] = None, override_layer: int = -1,
+                 full_last_layer: bool = False):
+        if self.frontend == "pons":
+            seq = PonsFrontEnd(self.conv_channels, self.dtype, name="frontend")(x, train)
+            seq = nn.Dense(self.attention_channels, dtype=self.dtype, name="conv1x1")(seq)
+            seq = nn.relu(batch_norm(train, "conv1x1_bn", self.dtype)(seq))
+        elif self.frontend == "lee":
+            seq = LeeFrontEnd(self.conv_channels, self.attention_channels, self.dtype,
+                              name="frontend")(x, train)
+        else:
+            raise ValueError(f"unknown front-end {self.frontend!r}")
+        h = Embedding(self.cls_token, self.positions, self.max_positions, self.hidden_dropout,
+                      self.dtype, name="embedding")(seq, train)
+        h, attention = Encoder(self.attention_layers, self.attention_heads, self.intermediate,
+                               self.attention_dropout, self.hidden_dropout, self.dtype,
+                               name="encoder")(h, train, attention_override, override_layer,
+                                               full_last_layer)
+        pooled = jnp.tanh(nn.Dense(self.attention_channels, dtype=self.dtype,
+                                   kernel_init=_bert_init, name="pooler")(h[:, 0]))
+        pooled = nn.Dropout(self.classifier_dropout)(pooled, deterministic=not train)
+        logits = nn.Dense(self.num_tags, dtype=jnp.float32, name="classifier")(
+            pooled.astype(jnp.float32))
+        return (logits, attention) if return_attention else logits
+
+
+class ConvTagger(nn.Module):
+    """`pons_pons`: Pons front-end + residual 1-D conv back-end + max/mean pooling + dense head."""
+
+    num_tags: int = 50
+    conv_channels: int = 16
+    backend_channels: int = 512
+    dense_channels: int = 500
+    classifier_dropout: float = 0.5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False, return_attention: bool = False,
+                 attention_override: Optional[jnp.ndarray] = None, override_layer: int = -1,
+                 full_last_layer: bool = False):
+        if return_attention or attention_override is not None:
+            raise ValueError("pons_pons has no attention: attention maps and overrides need "
+                             "pons_won or lee_won")
+        seq = PonsFrontEnd(self.conv_channels, self.dtype, name="frontend")(x, train)
+
+        def block(h, i):
+            h = nn.Conv(self.backend_channels, (7,), padding=((3, 3),), dtype=self.dtype,
+                        name=f"conv{i}")(h)
+            return nn.relu(batch_norm(train, f"bn{i}", self.dtype)(h))
+
+        h1 = block(seq, 1)
+        h2 = block(h1, 2) + h1
+        h2 = nn.max_pool(h2, (2,), strides=(2,))
+        h3 = block(h2, 3) + h2
+        pooled = jnp.concatenate([jnp.max(h3, axis=1), jnp.mean(h3, axis=1)], axis=-1)
+        h = nn.Dense(self.dense_channels, dtype=self.dtype, name="dense")(pooled)
+        h = nn.relu(batch_norm(train, "dense_bn", self.dtype)(h))
+        h = nn.Dropout(self.classifier_dropout)(h, deterministic=not train)
+        return nn.Dense(self.num_tags, dtype=jnp.float32, name="classifier")(h.astype(jnp.float32))

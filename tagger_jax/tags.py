@@ -1,0 +1,17 @@
+"""Tag vocabularies that ship with the package.
+
+The MagnaTagATune top-50 list is in frequency order, which is the index order of the authors'
+released checkpoint (see `shared/reference/original-implementation.md`). Checkpoints imported from
+the authors' code carry this list; every other checkpoint carries the vocabulary of its dataset.
+"""
+
+MTAT_TOP50: tuple[str, ...] = (
+    "guitar", "classical", "slow", "techno", "strings", "drums", "electronic", "rock", "fast",
+    "piano", "ambient", "beat", "violin", "vocal", "synth", "female", "indian", "opera", "male",
+    "singing", "vocals", "no vocals", "harpsichord", "loud", "quiet", "flute", "woman",
+    "male vocal", "no vocal", "pop", "soft", "sitar", "solo", "man", "classic", "choir", "voice",
+    "new age", "dance", "male voice", "female vocal", "beats", "harp", "cello", "no voice",
+    "weird", "country", "metal", "female voice", "choral",
+)
+
+assert len(MTAT_TOP50) == 50 and len(set(MTAT_TOP50)) == 50
