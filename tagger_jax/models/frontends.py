@@ -3,11 +3,11 @@
 Layouts are channels-last (JAX's native one): spectrograms arrive as (batch, 96 mel bands, time),
 waveforms as (batch, samples); front-ends return a sequence (batch, steps, channels).
 
-Speed: branches that share a kernel height (and the four horizontal branches) keep their own
-parameters, named as in the authors' code, but run as ONE convolution whose kernel is the branches'
-kernels zero-padded to the widest width and stacked on the output axis. Zero columns centred in a
-"same"-padded convolution change nothing numerically, and three small convolutions with a single
-input channel become one larger one, which XLA runs far better (see docs/benchmarks.md).
+Speed: every branch keeps its own parameters, shaped and ordered as in the authors' code, but the
+single-input-channel convolutions are rewritten (frequency rows as channels; windows times a
+matrix) because XLA's CPU gradient of a one-input-channel 2-D convolution is about 10-80 times
+slower than its forward pass. The numbers are the same (tests/test_model.py checks them against
+an independent float64 reference); docs/benchmarks.md has the measurements.
 """
 from __future__ import annotations
 
@@ -34,12 +34,24 @@ def batch_norm(train: bool, name: str, dtype: Dtype = jnp.float32) -> nn.BatchNo
                         name=name)
 
 
-class FusedSameConv(nn.Module):
-    """Parallel single-input-channel convolutions, "same" in time, run as one convolution.
+def _branch_params(module: nn.Module, height: int, widths: Sequence[int],
+                   features: Sequence[int]) -> list[tuple[jnp.ndarray, jnp.ndarray]]:
+    """Per-branch (kernel (height, width, 1, features), bias) in the authors' branch order."""
+    return [(module.param(f"kernel_{i}", nn.initializers.lecun_normal(), (height, w, 1, f)),
+             module.param(f"bias_{i}", nn.initializers.zeros, (f,)))
+            for i, (w, f) in enumerate(zip(widths, features))]
 
-    Each branch i owns `kernel_i` of shape (height, widths[i], 1, features[i]) and `bias_i`, which
-    is what the checkpoint importer maps onto. Output channels are the branches' concatenated in
-    order. With height H the output has (input height - H + 1) rows ("valid" in frequency).
+
+class VerticalBranches(nn.Module):
+    """Parallel convolutions of one kernel height over a single-channel spectrogram.
+
+    Branch i owns `kernel_i` (height, widths[i], 1, features[i]) and `bias_i`; the convolution is
+    "valid" in frequency and "same" in time, and the branches' outputs are concatenated.
+
+    Computed as: the `height` frequency rows under each kernel position become channels
+    (batch, F - height + 1, time, height), then each branch is a 1-D convolution over time with
+    `height` input channels. Same numbers as a 2-D convolution with one input channel, but XLA's
+    CPU gradient of that 2-D form (with respect to its input) is pathologically slow.
     """
 
     height: int
@@ -48,22 +60,46 @@ class FusedSameConv(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:  # x: (B, F, T, 1)
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:  # x: (B, F, T)
+        rows = x.shape[1] - self.height + 1
+        x = x.astype(self.dtype)
+        patches = jnp.stack([x[:, i:i + rows] for i in range(self.height)], axis=-1)
+        outputs = []
+        for kernel, bias in _branch_params(self, self.height, self.widths, self.features):
+            w = kernel.shape[1]
+            k = jnp.transpose(kernel, (2, 1, 0, 3)).astype(self.dtype)  # (1, w, height, f)
+            y = lax.conv_general_dilated(patches, k, (1, 1), ((0, 0), (w // 2, w // 2)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            outputs.append(y + bias.astype(self.dtype))
+        return jnp.concatenate(outputs, axis=-1)  # (B, F - height + 1, T, sum(features))
+
+
+class HorizontalBranches(nn.Module):
+    """Parallel 1-D "same" convolutions over time of a single-channel sequence.
+
+    Branch i owns `kernel_i` (1, widths[i], 1, features[i]) and `bias_i`. Computed as one matmul:
+    the widest window of samples around each step against all kernels, each zero-padded (centred)
+    to the widest width. The zero taps cost little here and avoid XLA's slow CPU gradient of a
+    single-input-channel convolution.
+    """
+
+    widths: Sequence[int]
+    features: Sequence[int]
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:  # x: (B, T)
         max_w = max(self.widths)
+        steps = x.shape[1]
+        padded = jnp.pad(x.astype(self.dtype), ((0, 0), (max_w // 2, max_w // 2)))
+        windows = jnp.stack([padded[:, j:j + steps] for j in range(max_w)], axis=-1)
         kernels, biases = [], []
-        for i, (w, f) in enumerate(zip(self.widths, self.features)):
-            k = self.param(f"kernel_{i}", nn.initializers.lecun_normal(), (self.height, w, 1, f))
-            b = self.param(f"bias_{i}", nn.initializers.zeros, (f,))
-            pad = (max_w - w) // 2  # widths are odd, so the zero columns sit symmetrically
-            kernels.append(jnp.pad(k, ((0, 0), (pad, pad), (0, 0), (0, 0))))
-            biases.append(b)
-        kernel = jnp.concatenate(kernels, axis=-1).astype(self.dtype)
-        bias = jnp.concatenate(biases).astype(self.dtype)
-        y = lax.conv_general_dilated(
-            x.astype(self.dtype), kernel, window_strides=(1, 1),
-            padding=((0, 0), (max_w // 2, max_w // 2)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + bias
+        for kernel, bias in _branch_params(self, 1, self.widths, self.features):
+            pad = (max_w - kernel.shape[1]) // 2  # odd widths: the zero taps sit symmetrically
+            kernels.append(jnp.pad(kernel[0, :, 0], ((pad, pad), (0, 0))))
+            biases.append(bias)
+        kernel = jnp.concatenate(kernels, axis=-1).astype(self.dtype)  # (max_w, sum(features))
+        return windows @ kernel + jnp.concatenate(biases).astype(self.dtype)  # (B, T, sum)
 
 
 class PonsFrontEnd(nn.Module):
@@ -81,20 +117,18 @@ class PonsFrontEnd(nn.Module):
     @nn.compact
     def __call__(self, spec: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         c = self.conv_channels
-        x = batch_norm(train, "input_bn")(spec[..., None])  # (B, F, T, 1); statistics in float32
+        x = batch_norm(train, "input_bn")(spec[..., None])[..., 0]  # (B, F, T), float32 stats
         outputs = []
         for height in (86, 38):
             branches = [(w, m * c) for h, w, m in VERTICAL_BRANCHES if h == height]
-            y = FusedSameConv(height, [w for w, _ in branches], [f for _, f in branches],
-                              dtype=self.dtype, name=f"vertical_{height}")(x)
+            y = VerticalBranches(height, [w for w, _ in branches], [f for _, f in branches],
+                                 dtype=self.dtype, name=f"vertical_{height}")(x)
             y = nn.relu(batch_norm(train, f"vertical_{height}_bn", self.dtype)(y))
             outputs.append(jnp.max(y, axis=1))  # max over the conv output's frequency rows
-        mean = jnp.mean(x, axis=1, keepdims=True)  # (B, 1, T, 1)
-        y = FusedSameConv(1, [w for w, _ in HORIZONTAL_BRANCHES],
-                          [m * c for _, m in HORIZONTAL_BRANCHES], dtype=self.dtype,
-                          name="horizontal")(mean)
-        y = nn.relu(batch_norm(train, "horizontal_bn", self.dtype)(y))
-        outputs.append(y[:, 0])
+        y = HorizontalBranches([w for w, _ in HORIZONTAL_BRANCHES],
+                               [m * c for _, m in HORIZONTAL_BRANCHES], dtype=self.dtype,
+                               name="horizontal")(jnp.mean(x, axis=1))
+        outputs.append(nn.relu(batch_norm(train, "horizontal_bn", self.dtype)(y)))
         return jnp.concatenate(outputs, axis=-1)
 
 
