@@ -1,3 +1,7 @@
 """tagger-jax: the self-attention music tagger of Won, Chun and Serra (2019) in JAX/Flax."""
 
 __version__ = "0.1.0"
+
+# Registers the TFDS builders (synthetic_tags, magnatagatune, mtg_jamendo, msd, audio_folder), so
+# `tfds.builder(name)` / `tfds.data_source(name)` work after `import tagger_jax`.
+from tagger_jax import datasets  # noqa: E402,F401

@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     f.hop_length = 256  # STFT hop: 16 ms frames
     f.n_mels = 96  # mel bands (Slaney scale, librosa defaults)
     f.log_scale = "amplitude_to_db"  # authors' quirk on the power mel; or "power_to_db"
+    f.stft_pad_mode = "constant"  # STFT edge padding: "constant" (librosa>=0.10) or "reflect" (authors)
     f.chunk_frames = 256  # frames per model input chunk (about 4.1 s)
     f.eval_chunks = 16  # evenly spaced chunks per clip in the authors' evaluation
 
@@ -45,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
     d.test_split = "test"  # split reported at the end
     d.num_workers = 2  # grain worker processes feeding the training loop
     d.prefetch = 4  # batches each worker prepares ahead
+    d.read_threads = 1  # threads per pipeline process building batches ahead (0: build on demand)
+    d.manual_dir = ""  # manually downloaded files, to build a missing dataset ("" = don't build)
+    d.build_workers = 0  # processes decoding / synthesising clips while building (0 = all cores)
 
     c.train = t = ml_collections.ConfigDict()
     t.seed = 0  # seeds parameter init, dropout and data order
@@ -56,9 +60,13 @@ def base_config() -> ml_collections.ConfigDict:
     t.weight_decay = 1e-4  # SGD weight decay (authors) or AdamW decoupled weight decay
     t.warmup_steps = 500  # AdamW linear warmup steps
     t.plateau_patience = 1  # epochs without validation improvement before the next phase
+    t.sgd_learning_rates = (1e-3, 1e-4, 1e-5)  # authors: SGD phases after Adam, one per plateau
+    t.sgd_momentum = 0.9  # authors: Nesterov momentum of the SGD phases
     t.log_every_steps = 50  # steps between logged training metrics
     t.checkpoint_every_steps = 1000  # steps between "latest" checkpoints (also at every epoch end)
     t.keep_checkpoints = 2  # latest checkpoints kept besides the best one
     t.prng_impl = "threefry2x32"  # dropout RNG: "threefry2x32" or the much faster "rbg" on CPU
+    t.progress_bar = True  # tqdm bar with clips/s and ETA (process 0 only)
+    t.test_after_training = True  # evaluate the best model on data.test_split at the end
     t.distributed = False  # call jax.distributed.initialize() (also when the cluster env asks)
     return c

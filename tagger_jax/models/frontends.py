@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import jax.numpy as jnp
+import numpy as np
 import flax.linen as nn
 from jax import lax
 
@@ -62,8 +63,8 @@ class VerticalBranches(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:  # x: (B, F, T)
         rows = x.shape[1] - self.height + 1
-        x = x.astype(self.dtype)
-        patches = jnp.stack([x[:, i:i + rows] for i in range(self.height)], axis=-1)
+        index = np.arange(rows)[:, None] + np.arange(self.height)[None, :]  # (rows, height)
+        patches = jnp.moveaxis(x.astype(self.dtype)[:, index], 2, 3)  # (B, rows, T, height)
         outputs = []
         for kernel, bias in _branch_params(self, self.height, self.widths, self.features):
             w = kernel.shape[1]
@@ -92,7 +93,7 @@ class HorizontalBranches(nn.Module):
         max_w = max(self.widths)
         steps = x.shape[1]
         padded = jnp.pad(x.astype(self.dtype), ((0, 0), (max_w // 2, max_w // 2)))
-        windows = jnp.stack([padded[:, j:j + steps] for j in range(max_w)], axis=-1)
+        windows = padded[:, np.arange(steps)[:, None] + np.arange(max_w)[None, :]]  # (B, T, max_w)
         kernels, biases = [], []
         for kernel, bias in _branch_params(self, 1, self.widths, self.features):
             pad = (max_w - kernel.shape[1]) // 2  # odd widths: the zero taps sit symmetrically

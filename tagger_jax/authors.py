@@ -1,0 +1,351 @@
+"""Import state dicts saved by the authors' PyTorch code into this package's Flax variables.
+
+Two variants of their `pons_won` model exist (see `shared/reference/original-implementation.md`):
+"training" (their training code: c = 16, fixed sinusoidal positions; `configs/paper_mtat.py`) and
+"released" (their released checkpoint and visualisation code: c = 8, a learned 271-row position
+table + LayerNorm; `configs/authors_released.py`).
+
+The mapping is a table built from the model config: each Flax array is made from one PyTorch
+tensor (transposed to Flax layouts) or, for the front-end's grouped BatchNorms, from several
+tensors concatenated in branch order. The importer is strict: unknown, missing or mis-shaped keys
+are all reported in one error, and the result must have exactly the tree of `model.init`, so a
+checkpoint either loads completely or not at all.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import ml_collections
+
+from tagger_jax.config_base import base_config
+from tagger_jax.models.frontends import HORIZONTAL_BRANCHES, VERTICAL_BRANCHES
+
+VARIANTS = ("training", "released")
+PREFIX = "module."  # added by torch.nn.DataParallel
+IGNORED_SUFFIX = "num_batches_tracked"  # BatchNorm step counters; irrelevant for inference
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+class AuthorsImportError(ValueError):
+    """A state dict cannot be read, or does not match the authors' model of the chosen variant."""
+
+
+def authors_config(variant: str) -> ml_collections.ConfigDict:
+    """The full config of a variant; equal to configs/paper_mtat.py or configs/authors_released.py.
+
+    Kept in the package (configs/ is not installed) so `tagger-jax import-authors` works anywhere;
+    a test checks it against the two config files.
+    """
+    if variant not in VARIANTS:
+        raise AuthorsImportError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    config = base_config()
+    config.model.architecture = "pons_won"
+    config.data.name = "magnatagatune"
+    if variant == "training":
+        config.model.conv_channels = 16
+        config.model.positions = "sinusoidal"
+        config.train.optimizer = "authors"
+        config.train.batch_size = 16
+    else:
+        config.model.conv_channels = 8
+        config.model.positions = "learned"
+        config.model.max_positions = 271
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# The mapping table.
+
+Convert = Callable[[np.ndarray], np.ndarray]
+
+
+def _linear(w: np.ndarray) -> np.ndarray:  # torch Linear (out, in) -> Flax Dense (in, out)
+    return w.T
+
+
+def _conv2d(w: np.ndarray) -> np.ndarray:  # torch Conv2d (out, 1, h, w) -> HWIO (h, w, 1, out)
+    return w.transpose(2, 3, 1, 0)
+
+
+def _conv1d_as_2d(w: np.ndarray) -> np.ndarray:  # torch Conv1d (out, 1, w) -> HWIO (1, w, 1, out)
+    return w.transpose(2, 1, 0)[None]
+
+
+def _pointwise(w: np.ndarray) -> np.ndarray:  # torch Conv1d (out, in, 1) -> Flax Dense (in, out)
+    return w[:, :, 0].T
+
+
+def _same(w: np.ndarray) -> np.ndarray:
+    return w
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One PyTorch tensor: its key, its shape in their code, and how to bring it to Flax layout."""
+
+    key: str
+    shape: tuple[int, ...]
+    convert: Convert = _same
+
+
+# Flax path (collection, module..., name) -> the sources concatenated (axis 0) to build it.
+Plan = dict[tuple[str, ...], list[Source]]
+
+
+def mapping_plan(model_config: Mapping[str, Any], num_tags: int = 50) -> Plan:
+    """The full key mapping for a pons_won config (conv_channels, positions, widths)."""
+    cfg = dict(model_config)
+    if cfg.get("architecture", "pons_won") != "pons_won":
+        raise AuthorsImportError("only the authors' pons_won model can be imported, config has "
+                                 f"architecture {cfg.get('architecture')!r}")
+    c = int(cfg.get("conv_channels", 16))
+    d = int(cfg.get("attention_channels", 512))
+    ffn = int(cfg.get("intermediate", 2048))
+    plan: Plan = {}
+
+    def dense(path: tuple[str, ...], key: str, n_in: int, n_out: int) -> None:
+        plan[("params", *path, "kernel")] = [Source(f"{key}.weight", (n_out, n_in), _linear)]
+        plan[("params", *path, "bias")] = [Source(f"{key}.bias", (n_out,))]
+
+    def layer_norm(path: tuple[str, ...], key: str) -> None:
+        plan[("params", *path, "scale")] = [Source(f"{key}.weight", (d,))]
+        plan[("params", *path, "bias")] = [Source(f"{key}.bias", (d,))]
+
+    def batch_norm(path: tuple[str, ...], keys: list[str], sizes: list[int]) -> None:
+        for collection, flax_name, torch_name in (
+                ("params", "scale", "weight"), ("params", "bias", "bias"),
+                ("batch_stats", "mean", "running_mean"), ("batch_stats", "var", "running_var")):
+            plan[(collection, *path, flax_name)] = [
+                Source(f"{k}.{torch_name}", (n,)) for k, n in zip(keys, sizes)]
+
+    batch_norm(("frontend", "input_bn"), ["front_end.input_bn"], [1])
+    # front_end.layers.0..9 in order: vertical (86 rows) 0-2, vertical (38 rows) 3-5, horizontal 6-9.
+    groups: dict[str, list[tuple[int, tuple[int, ...], Convert]]] = {}
+    for index, (h, w, m) in enumerate(VERTICAL_BRANCHES):
+        groups.setdefault(f"vertical_{h}", []).append((index, (m * c, 1, h, w), _conv2d))
+    for index, (w, m) in enumerate(HORIZONTAL_BRANCHES, start=len(VERTICAL_BRANCHES)):
+        groups.setdefault("horizontal", []).append((index, (m * c, 1, w), _conv1d_as_2d))
+    total = 0
+    for group, branches in groups.items():
+        for i, (index, shape, convert) in enumerate(branches):
+            key = f"front_end.layers.{index}"
+            plan[("params", "frontend", group, f"kernel_{i}")] = [
+                Source(f"{key}.conv.weight", shape, convert)]
+            plan[("params", "frontend", group, f"bias_{i}")] = [
+                Source(f"{key}.conv.bias", shape[:1])]
+        batch_norm(("frontend", f"{group}_bn"), [f"front_end.layers.{i}.bn" for i, *_ in branches],
+                   [shape[0] for _, shape, _ in branches])
+        total += sum(shape[0] for _, shape, _ in branches)
+    plan[("params", "conv1x1", "kernel")] = [
+        Source("front_end.conv1x1.weight", (d, total, 1), _pointwise)]
+    plan[("params", "conv1x1", "bias")] = [Source("front_end.conv1x1.bias", (d,))]
+    batch_norm(("conv1x1_bn",), ["front_end.bn"], [d])
+
+    if cfg.get("positions", "sinusoidal") == "learned":
+        rows = int(cfg.get("max_positions", 271))
+        plan[("params", "embedding", "position_embeddings")] = [
+            Source("back_end.embedding.position_embeddings.weight", (rows, d))]
+        layer_norm(("embedding", "layer_norm"), "back_end.embedding.LayerNorm")
+    if cfg.get("cls_token", "fixed") != "fixed":
+        raise AuthorsImportError("the authors' models use the fixed [CLS] vector (cls_token "
+                                 f"'fixed'), config has {cfg.get('cls_token')!r}")
+    for layer in range(int(cfg.get("attention_layers", 2))):
+        key, path = f"back_end.encoder.layer.{layer}", ("encoder", f"layer_{layer}")
+        for name in ("query", "key", "value"):
+            dense((*path, "attention", name), f"{key}.attention.self.{name}", d, d)
+        dense((*path, "attention", "output"), f"{key}.attention.output.dense", d, d)
+        layer_norm((*path, "attention_norm"), f"{key}.attention.output.LayerNorm")
+        dense((*path, "intermediate"), f"{key}.intermediate.dense", d, ffn)
+        dense((*path, "output"), f"{key}.output.dense", ffn, d)
+        layer_norm((*path, "output_norm"), f"{key}.output.LayerNorm")
+    dense(("pooler",), "back_end.pooler.dense", d, d)
+    dense(("classifier",), "classifier", d, num_tags)
+    return plan
+
+
+def authors_shapes(variant: str, num_tags: int = 50) -> dict[str, tuple[int, ...]]:
+    """Every key a state dict of `variant` must have (without num_batches_tracked), with shapes."""
+    plan = mapping_plan(authors_config(variant).model, num_tags)
+    return {s.key: s.shape for sources in plan.values() for s in sources}
+
+
+# --------------------------------------------------------------------------------------------
+# Import.
+
+def strip_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Drops DataParallel's `module.` prefix and the BatchNorm step counters."""
+    out: dict[str, Any] = {}
+    clashes = []
+    for key, value in state.items():
+        name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        if name.endswith(IGNORED_SUFFIX):
+            continue
+        if name in out:
+            clashes.append(key)
+        out[name] = value
+    if clashes:
+        raise AuthorsImportError("keys present both with and without the 'module.' prefix: "
+                                 + ", ".join(sorted(clashes)))
+    return out
+
+
+def _problems(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]]) -> list[str]:
+    unknown = sorted(set(state) - set(expected))
+    missing = [k for k in expected if k not in state]
+    wrong = [f"{k} {tuple(np.shape(state[k]))} (expected {expected[k]})"
+             for k in expected if k in state and tuple(np.shape(state[k])) != expected[k]]
+    problems = []
+    for title, items in (("unknown keys", unknown), ("missing keys", missing),
+                         ("wrong shapes", wrong)):
+        if items:
+            problems.append(f"  {title} ({len(items)}): " + ", ".join(items))
+    return problems
+
+
+def import_state_dict(state: Mapping[str, Any], variant: str,
+                      num_tags: int = 50) -> tuple[dict, ml_collections.ConfigDict]:
+    """Maps an authors' state dict onto `{"params", "batch_stats"}` of `build_model(config.model)`.
+
+    Returns (variables as float32 NumPy arrays, the variant's config). Raises AuthorsImportError
+    naming every unknown, missing and mis-shaped key (and non-finite tensors) at once.
+    """
+    config = authors_config(variant)
+    state = strip_prefix(state)
+    arrays = {}
+    for key, value in state.items():
+        try:
+            arrays[key] = np.asarray(value)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise AuthorsImportError(f"{key}: not convertible to a NumPy array ({e})") from None
+    plan = mapping_plan(config.model, num_tags)
+    expected = {s.key: s.shape for sources in plan.values() for s in sources}
+    problems = _problems(arrays, expected)
+    if problems:
+        other = [v for v in VARIANTS if v != variant and
+                 not _problems(arrays, authors_shapes(v, num_tags))]
+        hint = f" (it is a state dict of the {other[0]!r} variant)" if other else ""
+        raise AuthorsImportError(
+            f"state dict does not match the authors' {variant!r} model (pons_won, conv_channels="
+            f"{config.model.conv_channels}, {config.model.positions} positions){hint}:\n"
+            + "\n".join(problems))
+    bad = [k for k in expected
+           if not np.issubdtype(arrays[k].dtype, np.number) or not np.all(np.isfinite(arrays[k]))]
+    if bad:
+        raise AuthorsImportError("non-numeric or non-finite values (NaN/inf) in: " + ", ".join(bad))
+
+    variables: dict = {}
+    for path, sources in plan.items():
+        parts = [s.convert(arrays[s.key].astype(np.float32)) for s in sources]
+        value = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        node = variables
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        node[path[-1]] = np.ascontiguousarray(value)
+    _check_tree(variables, config.model, num_tags)
+    return variables, config
+
+
+def _check_tree(variables: dict, model_config: Any, num_tags: int) -> None:
+    """The mapped tree must equal the model's init tree (paths and shapes); a mismatch is a bug."""
+    import jax
+    import jax.numpy as jnp
+    from tagger_jax.models import build_model, input_shape
+
+    model = build_model(model_config, num_tags)
+    x = jax.ShapeDtypeStruct((1, *input_shape(model_config)), jnp.float32)
+    init = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    want = {jax.tree_util.keystr(p): tuple(a.shape)
+            for p, a in jax.tree_util.tree_flatten_with_path(dict(init))[0]}
+    got = {jax.tree_util.keystr(p): tuple(a.shape)
+           for p, a in jax.tree_util.tree_flatten_with_path(variables)[0]}
+    if want != got:
+        diff = sorted(set(want.items()) ^ set(got.items()))
+        raise RuntimeError(f"bug in the authors' key mapping; tree differs from model.init: {diff}")
+
+
+def param_count(variables: Mapping[str, Any]) -> int:
+    """Trainable parameters (the "params" collection; running statistics excluded)."""
+    import jax
+
+    return int(sum(np.size(a) for a in jax.tree_util.tree_leaves(variables["params"])))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading files.
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads a state dict from a PyTorch file (.pth/.pt; needs torch) or a NumPy .npz archive.
+
+    Files with another suffix are recognised by content. Every failure names the file.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise AuthorsImportError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".npz" or (suffix not in TORCH_SUFFIXES and _looks_like_npz(path)):
+        return _read_npz(path)
+    if suffix in TORCH_SUFFIXES or _looks_like_torch(path):
+        return _read_torch(path)
+    raise AuthorsImportError(f"{path}: neither a PyTorch state dict (.pth) nor a NumPy .npz "
+                             "archive")
+
+
+def _looks_like_npz(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        return bool(names) and all(n.endswith(".npy") for n in names)
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _looks_like_torch(path: Path) -> bool:
+    """torch.save writes a zip holding `*/data.pkl` (or, before torch 1.6, a raw pickle)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("data.pkl") for n in z.namelist())
+    except zipfile.BadZipFile:
+        with open(path, "rb") as f:
+            return f.read(1) == b"\x80"  # pickle protocol marker
+    except OSError:
+        return False
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise AuthorsImportError(f"{path}: not a readable .npz archive ({e})") from None
+
+
+def _read_torch(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise AuthorsImportError(
+            f"{path}: reading PyTorch files needs torch: `pip install tagger-jax[torch]`, or "
+            "convert the state dict to .npz where torch is installed "
+            "(numpy.savez(out, **{k: v.numpy() for k, v in torch.load(path).items()}))") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, ...)
+        raise AuthorsImportError(f"{path}: not a readable PyTorch state dict "
+                                 f"({type(e).__name__}: {e})") from None
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]  # a training checkpoint that wraps the state dict
+    if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise AuthorsImportError(f"{path}: expected a state dict (a mapping of names to tensors), "
+                                 f"got {type(obj).__name__}")
+    out = {}
+    for key, tensor in obj.items():
+        tensor = tensor.detach().cpu()
+        if tensor.is_floating_point() and tensor.dtype != torch.float64:
+            tensor = tensor.float()  # bfloat16 / float16 have no NumPy equivalent (bfloat16)
+        out[str(key)] = tensor.numpy()
+    return out

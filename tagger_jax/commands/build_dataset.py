@@ -1,0 +1,111 @@
+"""`tagger-jax build-dataset NAME`: build a TFDS dataset, then print its splits, tags and skips."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+HELP = "Build a dataset (synthetic_tags, magnatagatune, mtg_jamendo, msd, audio_folder)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="builder name: synthetic_tags, magnatagatune, mtg_jamendo, "
+                                     "msd or audio_folder")
+    parser.add_argument("--config", default=None,
+                        help="builder config (default: the builder's default); with --set, the "
+                             "name of a new config derived from the default one")
+    parser.add_argument("--data-dir", required=True, help="TFDS data directory to write into")
+    parser.add_argument("--manual-dir", default=None,
+                        help="directory with the manually downloaded files (see docs/datasets.md)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="FIELD=VALUE",
+                        help="change a config field, e.g. --set tag_separator=, (repeatable)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="decoding / synthesis processes (default: all CPU cores)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete an existing build of this config first")
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="do not keep per-clip features while building (an interrupted "
+                             "build then starts over; saves disk space during the build)")
+
+
+def _parse_value(current, text: str, field: str):
+    """`text` converted to the type of the field's current value."""
+    if isinstance(current, bool):
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"--set {field}: expected true/false, got {text!r}")
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, tuple):
+        return tuple(type(current[0])(v) for v in text.split(",")) if current else tuple(
+            text.split(","))
+    return text
+
+
+def make_config(builder_cls, name: str | None, overrides: list[str]):
+    """A registered config name, or a new config from the default with `overrides` applied."""
+    if not overrides:
+        return name
+    if not name or name in builder_cls.builder_configs:
+        raise ValueError("--set makes a new config: give it a new name with --config NAME "
+                         f"(registered: {sorted(builder_cls.builder_configs)})")
+    base = builder_cls.builder_configs[builder_cls.DEFAULT_CONFIG_NAME]
+    fields = {f.name for f in dataclasses.fields(base)} - {
+        "name", "version", "release_notes", "supported_versions", "description", "tags"}
+    changes = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
+        field, text = item.split("=", 1)
+        if field not in fields:
+            raise ValueError(f"--set {field}: {builder_cls.name} configs have the fields "
+                             f"{sorted(fields)}")
+        changes[field] = _parse_value(getattr(base, field), text, field)
+    return dataclasses.replace(base, name=name, description=f"{name}: {changes}", **changes)
+
+
+def run(args: argparse.Namespace) -> int:
+    import tensorflow_datasets as tfds
+
+    from tagger_jax import datasets
+
+    if args.name not in datasets.BUILDERS:
+        print(f"unknown dataset {args.name!r}; choose one of {sorted(datasets.BUILDERS)}")
+        return 2
+    cls = tfds.builder_cls(args.name)
+    try:
+        config = make_config(cls, args.config, args.overrides)
+    except ValueError as e:
+        print(f"error: {e}")
+        return 2
+    if isinstance(config, str) and config not in cls.builder_configs:
+        print(f"error: {args.name} has no config {config!r}; configs: "
+              f"{sorted(cls.builder_configs)} (or make one with --config NAME --set FIELD=VALUE)")
+        return 2
+    try:
+        builder = datasets.build(args.name, args.data_dir, config, manual_dir=args.manual_dir,
+                                 num_workers=args.num_workers, overwrite=args.overwrite,
+                                 resume=args.resume)
+    except (FileNotFoundError, ValueError, AssertionError) as e:
+        print(f"error: {e}")
+        return 1
+    print(f"\n{builder.name}/{builder.builder_config.name} {builder.version} in {builder.data_dir}")
+    for split, n in datasets.split_sizes(builder).items():
+        print(f"  {split:<10} {n:>8} clips")
+    tags = datasets.tag_names(builder)
+    print(f"{len(tags)} tags: {', '.join(tags)}")
+    report = datasets.build_report(builder)
+    skipped = [(split, s) for split, items in report.items() for s in items]
+    if skipped:
+        print(f"{len(skipped)} files skipped (listed in {datasets.report_path(builder)}):")
+        for split, s in skipped[:50]:
+            print(f"  [{split}] {s['error']}")
+        if len(skipped) > 50:
+            print(f"  ... and {len(skipped) - 50} more")
+    else:
+        print("no files skipped")
+    return 0

@@ -1,0 +1,59 @@
+"""`tagger-jax evaluate` and the top-level `evaluate.py`: per-tag ROC-AUC and PR-AUC of a split."""
+from __future__ import annotations
+
+import argparse
+
+HELP = ("Evaluate a trained or imported model on a dataset split: per-tag ROC-AUC and PR-AUC and "
+        "their means (the paper's 16-chunk protocol, or full tracks); writes JSON, CSV and a PNG.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--workdir", help="training workdir (its exported best_model/ is evaluated)")
+    where.add_argument("--checkpoint", help="model directory (tagger.json + variables/), e.g. "
+                                            "from import-authors")
+    parser.add_argument("--dataset", default=None,
+                        help="TFDS dataset name (default: the one the model was trained on)")
+    parser.add_argument("--split", default=None,
+                        help="split to evaluate (default: the config's test split, usually 'test')")
+    parser.add_argument("--data-dir", default=None,
+                        help="TFDS data directory (default: the model config's data.data_dir)")
+    parser.add_argument("--builder-config", default=None,
+                        help="TFDS builder config (default: the model config's, for its dataset)")
+    parser.add_argument("--mode", choices=("chunks", "full"), default="chunks",
+                        help="'chunks': mean of 16 evenly spaced 256-frame chunks per clip (the "
+                             "paper); 'full': mean over sliding windows covering the whole track")
+    parser.add_argument("--hop", type=int, default=None,
+                        help="sliding-window hop in frames for --mode full (default: the input "
+                             "pipeline's)")
+    parser.add_argument("--num-chunks", type=int, default=None,
+                        help="chunks per clip in --mode chunks (default: config, 16)")
+    parser.add_argument("--out", default=None,
+                        help="output directory (default: WORKDIR_OR_CHECKPOINT/evaluation/"
+                             "DATASET_SPLIT_MODE)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="clips per batch (default: config train.eval_batch_size)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from tagger_jax.checkpoint import CheckpointError
+    from tagger_jax.evaluation import EvaluationError, evaluate_checkpoint
+
+    try:
+        evaluate_checkpoint(args.workdir or args.checkpoint, dataset=args.dataset,
+                            split=args.split, data_dir=args.data_dir,
+                            builder_config=args.builder_config, mode=args.mode, out_dir=args.out,
+                            batch_size=args.batch_size, num_chunks=args.num_chunks, hop=args.hop)
+    except (CheckpointError, EvaluationError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the top-level `evaluate.py` (same flags as the subcommand)."""
+    parser = argparse.ArgumentParser(prog="evaluate.py", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

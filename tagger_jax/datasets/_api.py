@@ -1,0 +1,150 @@
+"""Finding, building and opening the tagging datasets (the functions the trainer and CLI use)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import tensorflow_datasets as tfds
+
+from tagger_jax.datasets._common import REPORT_FILE, SPLITS, TaggingBuilder
+
+# Datasets that need nothing downloaded: `ensure_built` builds them on first use.
+SELF_CONTAINED = ("synthetic_tags",)
+
+
+def _expand(path: str | os.PathLike | None) -> str | None:
+    return os.path.abspath(os.path.expanduser(os.fspath(path))) if path else None
+
+
+def get_builder(name: str, data_dir: str | os.PathLike,
+                builder_config: str | tfds.core.BuilderConfig | None = None,
+                num_workers: int | None = None, resume: bool = True) -> tfds.core.DatasetBuilder:
+    """The builder of dataset `name` (config name, config object or None = default) in `data_dir`.
+
+    `num_workers`: build processes (None = all cores); `resume`: keep per-clip features of an
+    unfinished build so that running it again continues where it stopped.
+
+    A config name the builder class does not define (one made with `build-dataset --set`) is
+    opened from its files on disk, read-only.
+    """
+    from tagger_jax import datasets  # noqa: F401  (registers the builders)
+
+    data_dir = _expand(data_dir)
+    cls = tfds.builder_cls(name)
+    if not builder_config:
+        builder_config = None
+    if isinstance(builder_config, str) and builder_config not in cls.builder_configs:
+        directory = Path(data_dir) / name / builder_config
+        versions = sorted(p for p in directory.glob("*") if (p / "dataset_info.json").exists()) \
+            if directory.exists() else []
+        if not versions:
+            raise FileNotFoundError(
+                f"{name}: no config {builder_config!r} (known: {sorted(cls.builder_configs)}) and "
+                f"nothing built under {directory}; build it with `tagger-jax build-dataset {name} "
+                f"--config {builder_config} --set FIELD=VALUE ... --data-dir {data_dir}`")
+        return tfds.builder_from_directory(versions[-1])
+    kwargs: dict[str, Any] = {"data_dir": data_dir, "config": builder_config}
+    if issubclass(cls, TaggingBuilder):
+        kwargs["num_workers"] = num_workers
+        kwargs["resume"] = resume
+    return cls(**kwargs)
+
+
+def build(name: str, data_dir: str | os.PathLike,
+          builder_config: str | tfds.core.BuilderConfig | None = None,
+          manual_dir: str | os.PathLike | None = None, num_workers: int | None = None,
+          overwrite: bool = False, resume: bool = True) -> tfds.core.DatasetBuilder:
+    """Builds (or, if already built and not `overwrite`, just opens) a dataset.
+
+    An interrupted build of a downloaded dataset resumes when run again (`resume`): the clips
+    already decoded are taken from `<data_dir>/downloads/tagger_jax_resume/`.
+    """
+    builder = get_builder(name, data_dir, builder_config, num_workers, resume)
+    if overwrite and builder.is_prepared():
+        import shutil
+
+        shutil.rmtree(builder.data_dir)
+        builder = get_builder(name, data_dir, builder_config, num_workers, resume)
+    if builder.is_prepared():
+        return builder
+    manual = _expand(manual_dir)
+    if manual and not Path(manual).is_dir():
+        raise FileNotFoundError(f"{name}: manual directory {manual} does not exist")
+    config = tfds.download.DownloadConfig(manual_dir=manual)
+    builder.download_and_prepare(download_config=config)
+    return builder
+
+
+def ensure_built(name: str, data_dir: str | os.PathLike,
+                 builder_config: str | tfds.core.BuilderConfig | None = None,
+                 manual_dir: str | os.PathLike | None = None,
+                 num_workers: int | None = None) -> tfds.core.DatasetBuilder:
+    """The dataset's builder, building it first if needed and possible.
+
+    Self-contained datasets (`synthetic_tags`) are built on first use, so a new user can train
+    without a separate build step; others are built when `manual_dir` is given, otherwise a
+    FileNotFoundError says which command builds them.
+    """
+    builder = get_builder(name, data_dir, builder_config, num_workers)
+    if builder.is_prepared():
+        return builder
+    if name in SELF_CONTAINED or manual_dir:
+        return build(name, data_dir, builder_config, manual_dir, num_workers)
+    config = f" --config {builder.builder_config.name}" if builder.builder_config else ""
+    raise FileNotFoundError(
+        f"dataset {name}{config} is not built in {_expand(data_dir)}. Download it as described in "
+        f"docs/datasets.md, then run: tagger-jax build-dataset {name}{config} "
+        f"--data-dir {_expand(data_dir)} --manual-dir DIR")
+
+
+def tag_names(name_or_builder: str | tfds.core.DatasetBuilder,
+              data_dir: str | os.PathLike | None = None,
+              builder_config: str | tfds.core.BuilderConfig | None = None) -> tuple[str, ...]:
+    """The tag names in model output order, as stored with the built dataset."""
+    if isinstance(name_or_builder, str):
+        if data_dir is None:
+            raise ValueError("tag_names(name) needs data_dir")
+        builder = get_builder(name_or_builder, data_dir, builder_config)
+    else:
+        builder = name_or_builder
+    if not builder.is_prepared():
+        raise FileNotFoundError(f"{builder.name}: not built in {builder.data_dir}")
+    metadata = builder.info.metadata or {}
+    if "tags" not in metadata:
+        raise ValueError(f"{builder.data_dir}: no tag names in the dataset metadata "
+                         "(not built by tagger_jax?)")
+    return tuple(metadata["tags"])
+
+
+def load_split(name: str, split: str, data_dir: str | os.PathLike,
+               builder_config: str | tfds.core.BuilderConfig | None = None,
+               ) -> tuple[Any, tuple[str, ...]]:
+    """(random-access source of `split`, tag names). The source is `tfds.data_source`'s
+    ArrayRecordDataSource: `len(source)`, `source[i]` -> dict of NumPy arrays / bytes."""
+    builder = get_builder(name, data_dir, builder_config)
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"dataset {name} is not built in {builder.data_dir}; run `tagger-jax build-dataset "
+            f"{name} --data-dir {_expand(data_dir)}` (or `ensure_built`) first")
+    if split not in builder.info.splits:
+        raise ValueError(f"{name}: no split {split!r}; splits are {list(builder.info.splits)}")
+    return builder.as_data_source(split=split), tag_names(builder)
+
+
+def build_report(builder: tfds.core.DatasetBuilder) -> dict[str, list[dict[str, str]]]:
+    """Files skipped while building, per split: [{"clip_id", "path", "error"}, ...]."""
+    return {s: list(v) for s, v in (builder.info.metadata or {}).get("skipped", {}).items()}
+
+
+def report_path(builder: tfds.core.DatasetBuilder) -> Path:
+    """Where the build wrote its `skipped_files.tsv`."""
+    return Path(str(builder.data_dir)) / REPORT_FILE
+
+
+def split_sizes(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
+    return {s: builder.info.splits[s].num_examples for s in SPLITS if s in builder.info.splits}
+
+
+__all__: Sequence[str] = ("get_builder", "build", "ensure_built", "tag_names", "load_split",
+                          "build_report", "report_path", "split_sizes", "SELF_CONTAINED")

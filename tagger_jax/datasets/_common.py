@@ -1,0 +1,248 @@
+"""What every tagging builder shares: config base, feature spec, build report, worker pool.
+
+All builders write array_record files (readable with `tfds.data_source` and grain, no TensorFlow)
+and keep generation order (`disable_shuffling`), so record i of a split is the i-th clip of the
+source list and a rebuild writes identical records.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import logging
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tagger_jax.audio import FeatureParams
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+# The authors' feature settings: every stored "mel" is computed with exactly these.
+FEATURES = FeatureParams()
+REPORT_FILE = "skipped_files.tsv"
+TAGS_FILE = "tags.txt"
+
+
+@dataclasses.dataclass(eq=False)
+class TaggingConfig(tfds.core.BuilderConfig):
+    """Base builder config. `waveform=True` also stores the 16 kHz float32 audio (for `lee_won`)."""
+
+    waveform: bool = False
+
+
+def feature_spec(num_tags: int | None, waveform: bool = False,
+                 tag_mask: bool = False) -> tfds.features.FeaturesDict:
+    """The per-clip features every builder stores (see the contract in `tagger_jax.datasets`)."""
+    spec: dict[str, Any] = {
+        "mel": tfds.features.Tensor(shape=(FEATURES.n_mels, None), dtype=np.float16),
+        "tags": tfds.features.Tensor(shape=(num_tags,), dtype=np.uint8),
+        "clip_id": tfds.features.Text(),
+        "path": tfds.features.Text(),
+        "duration": tfds.features.Scalar(dtype=np.float32),
+    }
+    if waveform:
+        spec["audio"] = tfds.features.Tensor(shape=(None,), dtype=np.float32)
+    if tag_mask:
+        spec["tag_mask"] = tfds.features.Tensor(shape=(num_tags, None), dtype=np.uint8)
+    return tfds.features.FeaturesDict(spec)
+
+
+class BuildInfo(tfds.core.MetadataDict):
+    """Dataset metadata saved beside the records: tag names, feature settings, build report.
+
+    Besides `metadata.json` it writes `skipped_files.tsv` (split, clip id, path, reason) and
+    `tags.txt` (one tag a line, model order) into the dataset directory, so the files a build could
+    not use and the vocabulary are readable where the data lives.
+    """
+
+    def save_metadata(self, data_dir):
+        super().save_metadata(data_dir)
+        rows = [(split, s["clip_id"], s["path"], s["error"])
+                for split, items in sorted(self.get("skipped", {}).items()) for s in items]
+        buf = io.StringIO()
+        writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+        writer.writerow(("split", "clip_id", "path", "error"))
+        writer.writerows(rows)
+        (tfds.core.Path(data_dir) / REPORT_FILE).write_text(buf.getvalue())
+        if "tags" in self:
+            lines = "".join(f"{t}\n" for t in self["tags"])
+            (tfds.core.Path(data_dir) / TAGS_FILE).write_text(lines)
+
+
+class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
+    """Base class: array_record output, kept order, tags in metadata, skip report, worker pool.
+
+    Subclasses set `NUM_TAGS` (None: known only at build time), implement `_split_generators`, call
+    `self._set_tags(...)` there, and yield examples from `self._extract_audio(...)` or their own.
+    `num_workers` (constructor argument): processes for decoding / synthesis (None: all cores).
+    """
+
+    NUM_TAGS: int | None = None
+    HOMEPAGE = ""
+    CITATION = ""
+    DESCRIPTION = ""
+
+    def __init__(self, *, num_workers: int | None = None, resume: bool = True, **kwargs):
+        kwargs.setdefault("file_format", "array_record")
+        self._num_workers = num_workers
+        self._resume = resume
+        self._pool = None
+        super().__init__(**kwargs)
+
+    @property
+    def feature_cache_dir(self) -> Path:
+        """Per-clip features of an unfinished build (`resume`): a rerun after an interruption
+        decodes only the clips not yet done. Deleted when the build succeeds."""
+        config = self.builder_config.name if self.builder_config else "default"
+        return (Path(os.fspath(self._data_dir_root)) / "downloads" / "tagger_jax_resume"
+                / self.name / config / str(self.version))
+
+    def download_and_prepare(self, *args, **kwargs):
+        """TFDS's build, with one worker pool shared by all splits and closed at the end."""
+        try:
+            result = super().download_and_prepare(*args, **kwargs)
+        finally:
+            if self._pool is not None:
+                self._pool.terminate()
+                self._pool.join()
+                self._pool = None
+        shutil.rmtree(self.feature_cache_dir, ignore_errors=True)
+        return result
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+        """This builder's source file. TFDS's own lookup needs the `importlib_resources` backport
+        for builders defined in packages (a tfds 4.9 quirk); this needs nothing."""
+        import sys
+
+        from etils import epath
+
+        return epath.Path(sys.modules[cls.__module__].__file__)
+
+    def _has_tag_mask(self) -> bool:
+        return False
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.DESCRIPTION or (self.__doc__ or "").split("\n\n")[0],
+            features=feature_spec(self.NUM_TAGS,
+                                  bool(getattr(self.builder_config, "waveform", False)),
+                                  self._has_tag_mask()),
+            metadata=BuildInfo(),
+            homepage=self.HOMEPAGE or None,
+            citation=self.CITATION or None,
+            disable_shuffling=True,
+        )
+
+    # -- metadata written while building ------------------------------------------------------
+
+    def _set_tags(self, tags: Sequence[str]) -> None:
+        tags = [str(t) for t in tags]
+        if self.NUM_TAGS is not None and len(tags) != self.NUM_TAGS:
+            raise ValueError(f"{self.name}: expected {self.NUM_TAGS} tags, got {len(tags)}")
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"{self.name}: duplicate tag names in {tags}")
+        meta = self.info.metadata
+        meta.clear()
+        meta["tags"] = tags
+        meta["features"] = dataclasses.asdict(FEATURES)
+        meta["skipped"] = {s: [] for s in SPLITS}
+        meta["num_skipped"] = {s: 0 for s in SPLITS}
+
+    def _note(self, key: str, value: Any) -> None:
+        self.info.metadata[key] = value
+
+    def _skip(self, split: str, clip_id: str, path: str, error: str) -> None:
+        meta = self.info.metadata
+        meta["skipped"][split].append({"clip_id": clip_id, "path": path, "error": error})
+        meta["num_skipped"][split] += 1
+        log.warning("%s/%s: skipped %s", self.name, split, error)
+
+    def _workers(self) -> int:
+        n = self._num_workers if self._num_workers else (os.cpu_count() or 1)
+        return max(1, int(n))
+
+    def _map(self, fn: Callable, items: Sequence, desc: str, chunksize: int = 1) -> Iterator:
+        """`map(fn, items)` in order with a progress bar, in the builder's worker pool.
+
+        Spawned processes (not forked: callers may hold JAX or other threads, which fork copies
+        broken), created on first use and kept for the other splits. One worker runs inline.
+        """
+        from tqdm.auto import tqdm
+
+        workers = self._workers()
+        with tqdm(total=len(items), desc=desc, unit=" clips", leave=False) as bar:
+            if workers <= 1 or len(items) <= 1:
+                results = map(fn, items)
+            else:
+                if self._pool is None:
+                    ctx = multiprocessing.get_context("spawn")
+                    self._pool = ctx.Pool(workers, initializer=_init_worker)
+                results = self._pool.imap(fn, items, chunksize=chunksize)
+            for result in results:
+                yield result
+                bar.update()
+
+    # -- parallel extraction -----------------------------------------------------------------
+
+    def _extract_audio(self, split: str, items: list[dict]) -> Iterator[tuple[str, dict]]:
+        """Decodes and featurises `items` (see `_extract.audio_example`) in worker processes, in
+        order; yields (key, example) and records every failure in the skip report."""
+        from tagger_jax.datasets import _extract
+
+        waveform = bool(getattr(self.builder_config, "waveform", False))
+        jobs = [dict(item, waveform=waveform) for item in items]
+        if self._resume:
+            cache = self.feature_cache_dir / split
+            cache.mkdir(parents=True, exist_ok=True)
+            for job in jobs:
+                name = hashlib.sha1(str(job["key"]).encode()).hexdigest()
+                job["cache"] = str(cache / f"{name}.npz")
+        for item, (example, error) in zip(
+                jobs, self._map(_extract.audio_example, jobs, f"{self.name} {split}")):
+            if error is not None:
+                self._skip(split, item["clip_id"], item["path"], error)
+            else:
+                yield item["key"], example
+
+
+def _init_worker() -> None:
+    try:  # one BLAS thread per worker: the pool is the parallelism
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def multi_hot(names: Iterable[str], vocabulary: Sequence[str]) -> np.ndarray:
+    """uint8 0/1 vector over `vocabulary` (names outside it are ignored)."""
+    index = {t: i for i, t in enumerate(vocabulary)}
+    out = np.zeros(len(vocabulary), np.uint8)
+    for name in names:
+        if name in index:
+            out[index[name]] = 1
+    return out
+
+
+def find_file(root: Path, candidates: Sequence[str], what: str, instructions: str = "") -> Path:
+    """The first of `root / c` that exists, else a FileNotFoundError listing where it looked."""
+    for c in candidates:
+        p = root / c
+        if p.exists():
+            return p
+    looked = ", ".join(str(root / c) for c in candidates)
+    raise FileNotFoundError(f"{what} not found (looked for {looked}). {instructions}".strip())

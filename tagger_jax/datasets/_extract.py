@@ -1,0 +1,128 @@
+"""Worker-side functions: one clip in, one example (or a reason to skip it) out.
+
+They run in spawned worker processes, so they are top-level and import only NumPy, librosa and
+soundfile (through `tagger_jax.audio`), never JAX.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from tagger_jax import audio as audio_lib
+from tagger_jax.datasets._common import FEATURES
+
+
+def _example(wave: np.ndarray, item: dict) -> dict[str, Any]:
+    mel = audio_lib.log_mel(wave, **FEATURES.mel_kwargs)
+    example = {
+        "mel": mel.astype(np.float16),
+        "tags": np.asarray(item["tags"], np.uint8),
+        "clip_id": item["clip_id"],
+        "path": item["path"],
+        "duration": np.float32(len(wave) / FEATURES.sample_rate),
+    }
+    if item.get("waveform"):
+        example["audio"] = np.asarray(wave, np.float32)
+    return example
+
+
+def _load_from_zip(parts: tuple[str, ...], member: str) -> np.ndarray:
+    from tagger_jax.datasets._archive import open_zip
+
+    data = open_zip(tuple(parts)).read(member)
+    suffix = os.path.splitext(member)[1] or ".mp3"
+    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix="tagger_jax_")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            return audio_lib.load_audio(tmp, FEATURES.sample_rate)
+        except audio_lib.InputError as e:  # name the archive member, not the temporary copy
+            where = f"{member} (in {os.path.basename(parts[0])}...)"
+            raise audio_lib.InputError(str(e).replace(tmp, where)) from None
+    finally:
+        os.unlink(tmp)
+
+
+def _signature(item: dict) -> str:
+    """Identifies the source bytes cheaply, so a resumed build ignores stale cached features."""
+    if "zip" in item:
+        from tagger_jax.datasets._archive import open_zip
+
+        info = open_zip(tuple(item["zip"])).getinfo(item["member"])
+        return f"zip:{item['member']}:{info.CRC}:{info.file_size}"
+    if not os.path.isfile(item["file"]):
+        return ""  # nothing to cache; load_audio reports it
+    st = os.stat(item["file"])
+    return f"file:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _cached(item: dict, signature: str) -> dict | None:
+    try:
+        with np.load(item["cache"], allow_pickle=False) as z:
+            if str(z["signature"]) != signature or ("audio" in z) != bool(item.get("waveform")):
+                return None
+            example = {"mel": z["mel"], "tags": np.asarray(item["tags"], np.uint8),
+                       "clip_id": item["clip_id"], "path": item["path"],
+                       "duration": np.float32(z["duration"])}
+            if "audio" in z:
+                example["audio"] = z["audio"]
+            return example
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _store(item: dict, signature: str, example: dict) -> None:
+    arrays = {"signature": np.asarray(signature), "mel": example["mel"],
+              "duration": np.asarray(example["duration"])}
+    if "audio" in example:
+        arrays["audio"] = example["audio"]
+    tmp = item["cache"] + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, item["cache"])  # atomic: an interrupted write leaves no half entry
+
+
+def audio_example(item: dict) -> tuple[dict | None, str | None]:
+    """(example, None) or (None, reason). `item`: key, clip_id, path (shown in reports), tags,
+    waveform, either `file` (a path) or `zip` (part paths) + `member`, and optionally `cache`
+    (an .npz path: features are reused from there when the source is unchanged, and saved)."""
+    if "error" in item:  # found missing while listing the sources
+        return None, item["error"]
+    try:
+        signature = _signature(item) if item.get("cache") else ""
+        if signature and os.path.exists(item["cache"]):
+            example = _cached(item, signature)
+            if example is not None:
+                return example, None
+        if "zip" in item:
+            wave = _load_from_zip(item["zip"], item["member"])
+        else:
+            wave = audio_lib.load_audio(item["file"], FEATURES.sample_rate)
+        example = _example(wave, item)
+        if signature:
+            _store(item, signature, example)
+        return example, None
+    except audio_lib.InputError as e:
+        return None, str(e)
+    except Exception as e:  # anything else a broken file triggers must not stop the build
+        where = item.get("file") or item.get("member") or item["path"]
+        return None, f"{where}: {type(e).__name__}: {e}"
+
+
+def synth_example(job: dict) -> dict[str, Any]:
+    """A `synthetic_tags` example for seed `job["seed"]`."""
+    from tagger_jax import synth
+
+    wave, tags, mask = synth.generate_clip(
+        job["seed"], job["duration_s"], FEATURES.sample_rate, segments=job["segments"],
+        hop_length=FEATURES.hop_length)
+    example = _example(wave, dict(job, tags=tags))
+    if job["segments"]:
+        if mask.shape[1] != example["mel"].shape[1]:
+            raise AssertionError(f"tag mask has {mask.shape[1]} frames, mel has "
+                                 f"{example['mel'].shape[1]}")
+        example["tag_mask"] = mask
+    return example

@@ -1,0 +1,208 @@
+"""`audio_folder`: your own collection, a directory of audio files plus a CSV of tags.
+
+Manual step: put the audio files (any format `tagger_jax.audio.load_audio` reads: wav, flac, ogg,
+mp3, ...) and one CSV in a directory (the "manual directory"):
+
+    MANUAL_DIR/
+      tags.csv          (or any single *.csv; choose one with --set csv=NAME.csv)
+      songs/a.mp3  songs/b.flac ...
+
+The CSV has a header row and
+  - a `path` column: the audio file, relative to MANUAL_DIR (or absolute);
+  - EITHER a `tags` column with tag names joined by `;` (e.g. `rock;guitar;female vocal`),
+    OR one column per tag holding 0/1 (every column except path, split and the optional id);
+  - optionally a `split` column: train / validation / test (also valid, val, dev, training,
+    testing). Without it the clips are split at random with a seed: 80 / 10 / 10 % by default.
+Column names, the CSV delimiter, the tag separator, the fractions and the seed are config fields,
+set at build time:
+
+    tagger-jax build-dataset audio_folder --data-dir ~/tensorflow_datasets --manual-dir MANUAL_DIR
+    tagger-jax build-dataset audio_folder --config mine --set tag_separator=, \\
+        --set split_fractions=0.7,0.15,0.15 --data-dir ~/tensorflow_datasets --manual-dir MANUAL_DIR
+
+The tag vocabulary is derived from the CSV (tags column: most frequent first, ties alphabetical;
+0/1 columns: column order) and saved with the dataset (`tag_names`, `tags.txt`). Files that are
+missing or cannot be decoded are skipped and listed in `skipped_files.tsv`.
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tagger_jax.datasets._common import SPLITS, TaggingBuilder, TaggingConfig, multi_hot
+
+SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation",
+                 "valid": "validation", "val": "validation", "dev": "validation",
+                 "test": "test", "testing": "test"}
+
+INSTRUCTIONS = __doc__.split("\n\n", 1)[1].split("The tag vocabulary")[0]
+
+
+@dataclasses.dataclass(eq=False)
+class AudioFolderConfig(TaggingConfig):
+    """How to read the CSV and split the clips."""
+
+    csv: str = ""  # CSV file relative to the manual dir ("" = the only *.csv there)
+    delimiter: str = ","  # CSV field delimiter
+    path_column: str = "path"  # column with the audio file path
+    tags_column: str = "tags"  # column of separated tag names; absent = one 0/1 column per tag
+    tag_separator: str = ";"  # separator inside the tags column
+    split_column: str = "split"  # optional column train/validation/test
+    id_column: str = ""  # optional column with clip ids ("" = use the path)
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test
+    split_seed: int = 0  # seed of the random split when there is no split column
+    drop_untagged: bool = False  # drop clips with no tag
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    line: int
+    path: str
+    clip_id: str
+    tags: tuple[str, ...]
+    split: str | None
+
+
+def _find_csv(root: Path, name: str) -> Path:
+    if name:
+        p = Path(name) if Path(name).is_absolute() else root / name
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: tag CSV not found")
+        return p
+    found = sorted(root.glob("*.csv"))
+    if len(found) != 1:
+        raise FileNotFoundError(
+            f"{root}: expected exactly one *.csv with the tags, found {[p.name for p in found]}; "
+            "name it with --set csv=FILE.csv")
+    return found[0]
+
+
+def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[str]]:
+    """Rows of the CSV and the tag vocabulary (see the module docstring for the rules)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, delimiter=config.delimiter)
+        columns = list(reader.fieldnames or [])
+        records = list(reader)
+    if config.path_column not in columns:
+        raise ValueError(f"{path}: no {config.path_column!r} column (columns: {columns})")
+    has_split = config.split_column in columns
+    if config.id_column and config.id_column not in columns:
+        raise ValueError(f"{path}: no id column {config.id_column!r} (columns: {columns})")
+    tag_columns: list[str] = []
+    if config.tags_column not in columns:
+        skip = {config.path_column, config.split_column, config.id_column}
+        tag_columns = [c for c in columns if c not in skip]
+        if not tag_columns:
+            raise ValueError(f"{path}: neither a {config.tags_column!r} column nor 0/1 tag columns")
+    rows = []
+    for line, rec in enumerate(records, start=2):
+        rel = (rec.get(config.path_column) or "").strip()
+        if not rel:
+            raise ValueError(f"{path}:{line}: empty {config.path_column!r}")
+        if tag_columns:
+            tags = []
+            for c in tag_columns:
+                value = (rec.get(c) or "").strip()
+                if value not in ("0", "1", ""):
+                    raise ValueError(f"{path}:{line}: column {c!r} must be 0 or 1, got {value!r}")
+                if value == "1":
+                    tags.append(c)
+        else:
+            text = rec.get(config.tags_column) or ""
+            tags = [t.strip() for t in text.split(config.tag_separator)]
+            tags = list(dict.fromkeys(t for t in tags if t))
+        split = None
+        if has_split:
+            value = (rec.get(config.split_column) or "").strip().lower()
+            if value not in SPLIT_ALIASES:
+                raise ValueError(f"{path}:{line}: split must be one of train/validation/test, "
+                                 f"got {value!r}")
+            split = SPLIT_ALIASES[value]
+        clip_id = (rec.get(config.id_column) or "").strip() if config.id_column else rel
+        rows.append(Row(line, rel, clip_id or rel, tuple(tags), split))
+    if tag_columns:
+        vocab = tag_columns
+    else:
+        counts = collections.Counter(t for r in rows for t in r.tags)
+        vocab = sorted(counts, key=lambda t: (-counts[t], t))
+    if not vocab:
+        raise ValueError(f"{path}: no tags found")
+    ids = collections.Counter(r.clip_id for r in rows)
+    dupes = [i for i, n in ids.items() if n > 1]
+    if dupes:
+        raise ValueError(f"{path}: duplicate clips {dupes[:5]}")
+    return rows, vocab
+
+
+def seeded_split(n: int, fractions, seed: int) -> list[str]:
+    """A split name per row: a seeded permutation cut by `fractions` (each split gets at least
+    one clip when n >= 3)."""
+    f = np.asarray(fractions, np.float64)
+    if f.shape != (3,) or np.any(f < 0) or not np.isclose(f.sum(), 1.0):
+        raise ValueError(f"split_fractions must be 3 non-negative numbers summing to 1, "
+                         f"got {fractions}")
+    n_val, n_test = int(round(f[1] * n)), int(round(f[2] * n))
+    if n >= 3:
+        n_val, n_test = max(1, n_val), max(1, n_test)
+    order = np.random.default_rng(seed).permutation(n)
+    out = ["train"] * n
+    for i in order[:n_val]:
+        out[i] = "validation"
+    for i in order[n_val:n_val + n_test]:
+        out[i] = "test"
+    return out
+
+
+class AudioFolder(TaggingBuilder):
+    """A user's own audio collection with tags from a CSV."""
+
+    name = "audio_folder"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    NUM_TAGS = None  # the vocabulary comes from the CSV
+    BUILDER_CONFIGS = [
+        AudioFolderConfig(name="default", description="Log-mel spectrograms."),
+        AudioFolderConfig(name="waveform", waveform=True,
+                          description="Log-mel plus the 16 kHz waveform (lee_won)."),
+    ]
+    DEFAULT_CONFIG_NAME = "default"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+
+    def _split_generators(self, dl_manager):
+        config = self.builder_config
+        root = Path(dl_manager.manual_dir)
+        csv_path = _find_csv(root, config.csv)
+        rows, vocab = read_table(csv_path, config)
+        self._set_tags(vocab)
+        if all(r.split is not None for r in rows):
+            splits = [r.split for r in rows]
+            self._note("split_source", f"column {config.split_column!r}")
+        else:
+            splits = seeded_split(len(rows), config.split_fractions, config.split_seed)
+            self._note("split_source", f"seeded: fractions {list(config.split_fractions)}, "
+                                       f"seed {config.split_seed}")
+        items = {s: [] for s in SPLITS}
+        dropped = 0
+        for row, split in zip(rows, splits):
+            if config.drop_untagged and not row.tags:
+                dropped += 1
+                continue
+            file = Path(row.path) if Path(row.path).is_absolute() else root / row.path
+            item = {"key": row.clip_id, "clip_id": row.clip_id, "path": row.path,
+                    "tags": multi_hot(row.tags, vocab), "file": str(file)}
+            items[split].append(item)
+        empty = [s for s in SPLITS if not items[s]]
+        if empty:
+            raise ValueError(f"{csv_path}: no clips in split(s) {empty}; every dataset needs "
+                             "train, validation and test clips")
+        self._note("source", csv_path.name)
+        self._note("dropped_untagged", dropped)
+        return {s: self._generate_examples(s, items[s]) for s in SPLITS}
+
+    def _generate_examples(self, split: str, items: list[dict]):
+        yield from self._extract_audio(split, items)

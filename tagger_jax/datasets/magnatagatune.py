@@ -1,0 +1,187 @@
+"""`magnatagatune`: MagnaTagATune, top-50 tags, the authors' split by audio folder.
+
+Manual download:
+  1. From the MagnaTagATune page (https://mirg.city.ac.uk/codeapps/the-magnatagatune-dataset)
+     download `annotations_final.csv` and the three parts `mp3.zip.001`, `mp3.zip.002`,
+     `mp3.zip.003`.
+  2. Put them in one directory, the "manual directory". Unpacking is optional: the builder reads
+     the parts directly. If you did unpack (`cat mp3.zip.* > mp3.zip && unzip mp3.zip`), keep the
+     folders `0` ... `9`, `a` ... `f`:
+
+         MANUAL_DIR/
+           annotations_final.csv
+           mp3.zip.001  mp3.zip.002  mp3.zip.003        (or: mp3.zip, or the folders below)
+           0/ 1/ ... 9/ a/ ... f/   (*.mp3; may also sit in MANUAL_DIR/mp3/)
+
+  3. Build (decoding runs in parallel worker processes, about 25,000 clips):
+
+         tagger-jax build-dataset magnatagatune --data-dir ~/tensorflow_datasets \\
+             --manual-dir MANUAL_DIR [--config waveform] [--num-workers N]
+
+What the builder does (the authors' protocol, `shared/reference/original-implementation.md`):
+  - tags: the 50 tag columns of `annotations_final.csv` with the most positive clips, in
+    descending count order (ties: column order); for the real file this is
+    `tagger_jax.tags.MTAT_TOP50`, the index order of the authors' released checkpoint;
+  - split by the first character of `mp3_path`: `0`-`b` train, `c` validation, `d`-`f` test;
+  - clips with none of the 50 tags are dropped from every split (counts in the metadata);
+  - files that are missing, empty or cannot be decoded are skipped and listed in the build report
+    (`skipped_files.tsv` in the dataset directory); the build does not stop.
+Configs: `default` (log-mel), `waveform` (also the 16 kHz audio, about 1.9 MB per clip).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tagger_jax.datasets import _archive
+from tagger_jax.datasets._common import SPLITS, TaggingBuilder, TaggingConfig, find_file
+from tagger_jax.tags import MTAT_TOP50
+
+log = logging.getLogger(__name__)
+
+NUM_CLIPS = 25863  # rows of the official annotations_final.csv
+TOP_N = 50
+SPLIT_OF_FOLDER = {**{c: "train" for c in "0123456789ab"}, "c": "validation",
+                   **{c: "test" for c in "def"}}
+FOLDERS = tuple(SPLIT_OF_FOLDER)
+
+INSTRUCTIONS = __doc__.split("Manual download:")[1].split("What the")[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Annotations:
+    """The parsed `annotations_final.csv`."""
+
+    clip_ids: list[str]
+    tag_names: list[str]
+    labels: np.ndarray  # (clips, tags) uint8
+    mp3_paths: list[str]
+
+
+def read_annotations(path: str | Path) -> Annotations:
+    """Parses `annotations_final.csv`: tab-separated, double-quoted, `clip_id`, tag columns of
+    0/1, `mp3_path` last. Raises ValueError naming the file and line for anything else."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = csv.reader(f, delimiter="\t", quotechar='"')
+        header = next(rows, None)
+        if not header or header[0] != "clip_id" or header[-1] != "mp3_path" or len(header) < 3:
+            raise ValueError(f"{path}: expected a tab-separated header starting with clip_id and "
+                             f"ending with mp3_path, got {header[:3] if header else header}...")
+        names = header[1:-1]
+        clip_ids, paths, labels = [], [], []
+        for line, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ValueError(f"{path}:{line}: {len(row)} columns, header has {len(header)}")
+            values = row[1:-1]
+            if any(v not in ("0", "1") for v in values):
+                bad = next(v for v in values if v not in ("0", "1"))
+                raise ValueError(f"{path}:{line}: tag values must be 0 or 1, found {bad!r}")
+            clip_ids.append(row[0])
+            paths.append(row[-1])
+            labels.append([v == "1" for v in values])
+    return Annotations(clip_ids, names, np.asarray(labels, np.uint8).reshape(-1, len(names)),
+                       paths)
+
+
+def top_tags(labels: np.ndarray, names: list[str], n: int = TOP_N) -> list[str]:
+    """The `n` most frequent tags, most frequent first; ties keep column order."""
+    if len(names) < n:
+        raise ValueError(f"need at least {n} tag columns, found {len(names)}")
+    counts = labels.sum(axis=0)
+    order = sorted(range(len(names)), key=lambda i: (-int(counts[i]), i))
+    return [names[i] for i in order[:n]]
+
+
+def split_of(mp3_path: str) -> str:
+    """The authors' split rule: by the audio folder, the first character of `mp3_path`."""
+    folder = mp3_path[:1]
+    if folder not in SPLIT_OF_FOLDER:
+        raise ValueError(f"mp3_path {mp3_path!r} does not start with one of the folders 0-9, a-f")
+    return SPLIT_OF_FOLDER[folder]
+
+
+def audio_locator(root: Path) -> Callable[[str], dict]:
+    """Maps an `mp3_path` to a worker item source: unpacked folders, or the zip (parts)."""
+    for base in (root, root / "mp3", root / "audio"):
+        if any((base / c).is_dir() for c in FOLDERS):
+            return lambda rel, base=base: {"file": str(base / rel)}
+    parts = _archive.find_parts(root, "mp3.zip")
+    if not parts and (root / "mp3.zip").is_file():
+        parts = [root / "mp3.zip"]
+    if not parts:
+        raise FileNotFoundError(
+            f"{root}: no MagnaTagATune audio found: expected the folders 0-9, a-f (unpacked) or "
+            f"mp3.zip.001, mp3.zip.002, mp3.zip.003 in the manual directory")
+    part_names = tuple(str(p) for p in parts)
+    members = {}
+    for name in _archive.open_zip(part_names).namelist():
+        if not name.endswith("/"):
+            members["/".join(name.split("/")[-2:])] = name  # tolerate a top-level folder
+
+    def locate(rel: str) -> dict:
+        member = members.get(rel)
+        if member is None:
+            return {"error": f"{rel}: not in {parts[0].name}... (file not found)"}
+        return {"zip": part_names, "member": member}
+
+    return locate
+
+
+@dataclasses.dataclass(eq=False)
+class MagnatagatuneConfig(TaggingConfig):
+    """MagnaTagATune builder config (`waveform` adds the audio)."""
+
+
+class Magnatagatune(TaggingBuilder):
+    """MagnaTagATune (Law et al., 2009), top-50 tags, split by folder as in Won et al. (2019)."""
+
+    name = "magnatagatune"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    NUM_TAGS = TOP_N
+    BUILDER_CONFIGS = [
+        MagnatagatuneConfig(name="default", description="Log-mel spectrograms."),
+        MagnatagatuneConfig(name="waveform", waveform=True,
+                            description="Log-mel plus the 16 kHz waveform (lee_won)."),
+    ]
+    DEFAULT_CONFIG_NAME = "default"
+    HOMEPAGE = "https://mirg.city.ac.uk/codeapps/the-magnatagatune-dataset"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+
+    def _split_generators(self, dl_manager):
+        root = Path(dl_manager.manual_dir)
+        csv_path = find_file(root, ["annotations_final.csv"], "annotations_final.csv",
+                             self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        ann = read_annotations(csv_path)
+        tags = top_tags(ann.labels, ann.tag_names)
+        if len(ann.clip_ids) == NUM_CLIPS and tuple(tags) != MTAT_TOP50:
+            log.warning("%s: top-50 tags differ from the authors' order (tagger_jax.tags."
+                        "MTAT_TOP50); models imported from the authors will not match", csv_path)
+        self._set_tags(tags)
+        y = ann.labels[:, [ann.tag_names.index(t) for t in tags]]
+        locate = audio_locator(root)
+        items = {s: [] for s in SPLITS}
+        dropped = {s: 0 for s in SPLITS}
+        for clip_id, rel, row in zip(ann.clip_ids, ann.mp3_paths, y):
+            split = split_of(rel)
+            if not row.any():
+                dropped[split] += 1
+                continue
+            items[split].append({"key": clip_id, "clip_id": clip_id, "path": rel, "tags": row,
+                                 **locate(rel)})
+        self._note("source", str(csv_path.name))
+        self._note("num_annotated", len(ann.clip_ids))
+        self._note("dropped_without_top_tags", dropped)
+        return {split: self._generate_examples(split, items[split]) for split in SPLITS}
+
+    def _generate_examples(self, split: str, items: list[dict]):
+        yield from self._extract_audio(split, items)

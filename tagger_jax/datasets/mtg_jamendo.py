@@ -1,0 +1,141 @@
+"""`mtg_jamendo`: MTG-Jamendo `autotagging_top50tags`, official splits 0-4, full tracks.
+
+Manual download:
+  1. Clone the dataset repository (metadata and splits):
+         git clone https://github.com/MTG/mtg-jamendo-dataset MANUAL_DIR/mtg-jamendo-dataset
+  2. Download the audio with the repository's script into MANUAL_DIR/audio, e.g. (full quality,
+     about 500 GB; `--type audio-low` gives the ~150 GB `*.low.mp3` version, also accepted):
+         cd MANUAL_DIR/mtg-jamendo-dataset
+         python3 scripts/download/download.py --dataset raw_30s --type audio ../audio \\
+             --unpack --remove
+  3. Layout:
+         MANUAL_DIR/
+           mtg-jamendo-dataset/data/splits/split-0/autotagging_top50tags-train.tsv (-validation,
+               -test; split-1 ... split-4 likewise), mtg-jamendo-dataset/data/tags/top50.txt
+               (or the `data/` folder directly in MANUAL_DIR)
+           audio/00/ ... audio/99/   (PATH column of the TSV, e.g. 14/214.mp3 or 14/214.low.mp3)
+  4. Build:
+         tagger-jax build-dataset mtg_jamendo --config split0 --data-dir ~/tensorflow_datasets \\
+             --manual-dir MANUAL_DIR
+
+Tags: the 50 `category---tag` names of `data/tags/top50.txt` in that (alphabetical) order, or,
+without that file, the sorted union of the split files' tags (the same list). Whole tracks are
+stored (average about 4 minutes: about 2.6 MB of float16 mel per track); the pipeline crops.
+Missing or undecodable files are skipped and listed in `skipped_files.tsv`. There is no waveform
+config: whole tracks at 16 kHz float32 would take about 800 GB.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import tensorflow_datasets as tfds
+
+from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig, find_file,
+                                         multi_hot)
+
+SUBSET = "autotagging_top50tags"
+HEADER = ("TRACK_ID", "ARTIST_ID", "ALBUM_ID", "PATH", "DURATION", "TAGS")
+
+INSTRUCTIONS = __doc__.split("Manual download:")[1].split("Tags:")[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Track:
+    track_id: str
+    path: str
+    tags: tuple[str, ...]
+
+
+def read_split_file(path: str | Path) -> list[Track]:
+    """Parses an `autotagging*.tsv`: the columns of `HEADER`, then more tags, tab-separated."""
+    path = Path(path)
+    tracks = []
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if tuple(header[:6]) != HEADER:
+            raise ValueError(f"{path}: expected the header {HEADER}, got {tuple(header)}")
+        for line_no, line in enumerate(f, start=2):
+            fields = line.rstrip("\n").split("\t")
+            if fields == [""]:
+                continue
+            if len(fields) < 6:
+                raise ValueError(f"{path}:{line_no}: expected at least 6 tab-separated fields, "
+                                 f"got {len(fields)}")
+            tracks.append(Track(fields[0], fields[3], tuple(t for t in fields[5:] if t)))
+    return tracks
+
+
+def find_data_dir(root: Path) -> Path:
+    """The repository's `data` folder inside the manual directory."""
+    for base in (root / "mtg-jamendo-dataset" / "data", root / "data", root):
+        if (base / "splits").is_dir():
+            return base
+    raise FileNotFoundError(
+        f"{root}: no MTG-Jamendo split files; expected mtg-jamendo-dataset/data/splits/ (a clone "
+        "of https://github.com/MTG/mtg-jamendo-dataset) in the manual directory")
+
+
+def find_audio(root: Path, rel: str) -> Path | None:
+    """The audio file for a TSV `PATH`, full-quality or `.low.mp3`, under audio/ or the root."""
+    low = rel[:-4] + ".low.mp3" if rel.endswith(".mp3") else rel
+    for base in (root / "audio", root):
+        for name in (rel, low):
+            if (base / name).is_file():
+                return base / name
+    return None
+
+
+@dataclasses.dataclass(eq=False)
+class MtgJamendoConfig(TaggingConfig):
+    """Which of the five official splits (0-4) to build."""
+
+    split: int = 0
+
+
+class MtgJamendo(TaggingBuilder):
+    """MTG-Jamendo (Bogdanov et al., 2019), autotagging_top50tags subset, full tracks."""
+
+    name = "mtg_jamendo"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    NUM_TAGS = 50
+    BUILDER_CONFIGS = [MtgJamendoConfig(name=f"split{k}", split=k,
+                                        description=f"Official split {k}.") for k in range(5)]
+    DEFAULT_CONFIG_NAME = "split0"
+    HOMEPAGE = "https://mtg.github.io/mtg-jamendo-dataset/"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+
+    def _split_generators(self, dl_manager):
+        root = Path(dl_manager.manual_dir)
+        data = find_data_dir(root)
+        k = self.builder_config.split
+        tracks = {
+            s: read_split_file(find_file(data / "splits" / f"split-{k}", [f"{SUBSET}-{s}.tsv"],
+                                         f"{SUBSET} split {k} ({s})"))
+            for s in SPLITS}
+        vocab_file = data / "tags" / "top50.txt"
+        if vocab_file.is_file():
+            tags = [t.strip() for t in vocab_file.read_text().splitlines() if t.strip()]
+        else:
+            tags = sorted({t for s in SPLITS for track in tracks[s] for t in track.tags})
+        self._set_tags(tags)
+        items = {s: [] for s in SPLITS}
+        for s in SPLITS:
+            for track in tracks[s]:
+                unknown = [t for t in track.tags if t not in tags]
+                if unknown:
+                    raise ValueError(f"{track.track_id}: tags {unknown} are not among the 50 tags")
+                item = {"key": track.track_id, "clip_id": track.track_id, "path": track.path,
+                        "tags": multi_hot(track.tags, tags)}
+                audio = find_audio(root, track.path)
+                if audio is None:
+                    item["error"] = f"{root / 'audio' / track.path}: file not found"
+                else:
+                    item["file"] = str(audio)
+                items[s].append(item)
+        self._note("source", f"{SUBSET} split-{k}")
+        return {s: self._generate_examples(s, items[s]) for s in SPLITS}
+
+    def _generate_examples(self, split: str, items: list[dict]):
+        yield from self._extract_audio(split, items)

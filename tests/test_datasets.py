@@ -1,0 +1,552 @@
+"""Dataset builders on fixtures made here: MTAT (real CSV format, real mp3s, broken files),
+MTG-Jamendo layout, MSD pickles, audio_folder CSV variants, synthetic_tags; rebuild determinism.
+
+Expected values (tag order, split membership, dropped and skipped clips) are set by how each
+fixture is constructed, not recomputed with the builders' own helpers.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import tensorflow_datasets as tfds
+
+from tagger_jax import audio, datasets, synth
+from tagger_jax.commands import build_dataset
+from tagger_jax.datasets import (AudioFolderConfig, MsdConfig, SyntheticConfig, magnatagatune,
+                                 msd)
+
+SR = 16000
+
+
+def _tone(path: Path, seconds: float, freq: float, sr: int = SR, channels: int = 1) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    y = 0.3 * np.sin(2 * np.pi * freq * t) * np.exp(-t)
+    if channels == 2:
+        y = np.stack([y, 0.5 * y], axis=1)
+    sf.write(str(path), y, sr)  # format from the extension (mp3 via libsndfile's LAME encoder)
+
+
+def _corrupt(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"this is not audio at all. " * 40)
+
+
+def _records(data_dir: Path, name: str, config: str) -> dict[str, bytes]:
+    root = data_dir / name / config
+    return {p.name: p.read_bytes() for p in sorted(root.glob("*/*.array_record*"))}
+
+
+def _all(source) -> list[dict]:
+    return [source[i] for i in range(len(source))]
+
+
+# ----------------------------------------------------------------------------------- MTAT
+
+FOLDERS = "0123456789abcdef"
+SPLIT_BY_FOLDER = {**dict.fromkeys("0123456789ab", "train"), "c": "validation",
+                   **dict.fromkeys("def", "test")}
+N_MTAT = 60
+DROPPED, EMPTY, CORRUPT, MISSING = 7, 3, 13, 28  # row indices (folders 7, 3, d, c)
+
+
+@pytest.fixture(scope="module")
+def mtat(tmp_path_factory):
+    """A miniature MagnaTagATune: 60 clips, 188 quoted tag columns, real mp3 files."""
+    rng = np.random.default_rng(0)
+    top = list(rng.permutation(list(datasets.magnatagatune.MTAT_TOP50)))  # the frequency order
+    extras = [f"extra tag {j}" for j in range(138)]
+    columns = list(rng.permutation(top + extras))  # shuffled: column order != frequency order
+    labels = np.zeros((N_MTAT, 188), np.uint8)
+    keep = [i for i in range(N_MTAT) if i != DROPPED]
+    labels[keep, columns.index(top[0])] = 1  # count 59
+    for rank in range(1, 50):  # counts 50, 49, ..., 2: strictly decreasing with rank
+        rows = rng.choice(keep, size=51 - rank, replace=False)
+        labels[rows, columns.index(top[rank])] = 1
+    for j, name in enumerate(extras):  # rare tags: count 0 or 1
+        if j % 2:
+            labels[rng.integers(N_MTAT), columns.index(name)] = 1
+    labels[DROPPED, :] = 0
+    labels[DROPPED, columns.index(extras[0])] = 1  # only a non-top-50 tag: dropped
+    root = tmp_path_factory.mktemp("mtat_manual")
+    clip_ids, paths = [], []
+    for i in range(N_MTAT):
+        folder = FOLDERS[i % 16]
+        rel = f"{folder}/artist_{i:02d}-album-{i:02d}-track-30-59.mp3"
+        clip_ids.append(str(3 * i + 2))
+        paths.append(rel)
+        if i == EMPTY:
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(b"")
+        elif i == CORRUPT:
+            _corrupt(root / rel)
+        elif i != MISSING:
+            _tone(root / rel, 0.4, 200 + 10 * i)
+    with open(root / "annotations_final.csv", "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_ALL, lineterminator="\n")
+        w.writerow(["clip_id", *columns, "mp3_path"])
+        for i in range(N_MTAT):
+            w.writerow([clip_ids[i], *map(str, labels[i]), paths[i]])
+    # The same audio as the distributed byte-split zip: mp3.zip.001..003.
+    zipped = tmp_path_factory.mktemp("mtat_zip")
+    (zipped / "annotations_final.csv").write_bytes((root / "annotations_final.csv").read_bytes())
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for rel in paths:
+            if (root / rel).exists():
+                z.write(root / rel, rel)
+    blob = buf.getvalue()
+    cuts = [0, len(blob) // 3, 2 * len(blob) // 3, len(blob)]
+    for k in range(3):
+        (zipped / f"mp3.zip.{k + 1:03d}").write_bytes(blob[cuts[k]:cuts[k + 1]])
+    data_dir = tmp_path_factory.mktemp("mtat_data")
+    builder = datasets.build("magnatagatune", data_dir, manual_dir=root, num_workers=1)
+    return dict(root=root, zipped=zipped, data_dir=data_dir, builder=builder, top=top,
+                columns=columns, labels=labels, clip_ids=clip_ids, paths=paths)
+
+
+def test_mtat_csv_is_in_the_real_format(mtat):
+    lines = (mtat["root"] / "annotations_final.csv").read_text().splitlines()
+    header = lines[0].split("\t")
+    assert header[0] == '"clip_id"' and header[-1] == '"mp3_path"' and len(header) == 190
+    assert lines[1].split("\t")[0] == '"2"'
+
+
+def test_mtat_tags_in_frequency_order(mtat):
+    tags = datasets.tag_names("magnatagatune", data_dir=mtat["data_dir"])
+    assert list(tags) == mtat["top"]
+    assert list(tags) != [c for c in mtat["columns"] if c in set(tags)]  # not column order
+    saved = (Path(str(mtat["builder"].data_dir)) / "tags.txt").read_text().split("\n")
+    assert saved[:50] == list(tags)
+
+
+def test_mtat_split_by_folder_drops_and_skips(mtat):
+    expected = {s: [] for s in datasets.SPLITS}
+    for i, rel in enumerate(mtat["paths"]):
+        if i not in (DROPPED, EMPTY, CORRUPT, MISSING):
+            expected[SPLIT_BY_FOLDER[rel[0]]].append(mtat["clip_ids"][i])
+    assert datasets.split_sizes(mtat["builder"]) == {s: len(v) for s, v in expected.items()}
+    assert expected["validation"] and expected["test"]
+    for split in datasets.SPLITS:
+        source, tags = datasets.load_split("magnatagatune", split, mtat["data_dir"])
+        got = [ex["clip_id"].decode() for ex in _all(source)]
+        assert got == expected[split]  # CSV order, nothing else
+        assert mtat["clip_ids"][DROPPED] not in got
+    meta = mtat["builder"].info.metadata
+    assert meta["dropped_without_top_tags"] == {"train": 1, "validation": 0, "test": 0}
+
+
+def test_mtat_report_lists_empty_corrupt_and_missing(mtat):
+    report = datasets.build_report(mtat["builder"])
+    skipped = {s["path"]: (split, s["error"]) for split, items in report.items() for s in items}
+    assert set(skipped) == {mtat["paths"][i] for i in (EMPTY, CORRUPT, MISSING)}
+    split, error = skipped[mtat["paths"][EMPTY]]
+    assert split == "train" and "empty" in error and mtat["paths"][EMPTY] in error
+    split, error = skipped[mtat["paths"][CORRUPT]]
+    assert split == "test" and "decode" in error
+    split, error = skipped[mtat["paths"][MISSING]]
+    assert split == "validation" and "not found" in error
+    rows = datasets.report_path(mtat["builder"]).read_text().strip().split("\n")
+    assert rows[0] == "split\tclip_id\tpath\terror" and len(rows) == 4
+
+
+def test_mtat_example_contents(mtat):
+    source, tags = datasets.load_split("magnatagatune", "test", mtat["data_dir"])
+    ex = source[0]
+    i = mtat["clip_ids"].index(ex["clip_id"].decode())
+    assert ex["path"].decode() == mtat["paths"][i]
+    row = mtat["labels"][i]
+    expected_tags = [int(row[mtat["columns"].index(t)]) for t in tags]
+    assert ex["tags"].dtype == np.uint8 and ex["tags"].tolist() == expected_tags
+    wave = audio.load_audio(mtat["root"] / mtat["paths"][i])
+    mel = audio.log_mel(wave)
+    assert ex["mel"].dtype == np.float16 and ex["mel"].shape == (96, 1 + len(wave) // 256)
+    np.testing.assert_array_equal(ex["mel"], mel.astype(np.float16))
+    assert abs(float(ex["duration"]) - len(wave) / SR) < 1e-6
+    assert abs(float(ex["duration"]) - 0.4) < 0.05
+    assert "audio" not in ex
+
+
+def test_mtat_rebuild_from_zip_parts_in_parallel_is_identical(mtat, tmp_path):
+    builder = datasets.build("magnatagatune", tmp_path, manual_dir=mtat["zipped"], num_workers=2)
+    assert _records(tmp_path, "magnatagatune", "default") == \
+        _records(mtat["data_dir"], "magnatagatune", "default")
+    assert len(datasets.build_report(builder)["train"]) == 1  # the empty member
+    assert "tensorflow" not in sys.modules  # built and read without TensorFlow
+
+
+def test_mtat_interrupted_build_resumes(mtat, tmp_path, monkeypatch):
+    from tagger_jax.datasets import _extract
+
+    real_example, real_load = _extract.audio_example, audio.load_audio
+    calls = {"example": 0, "load": 0}
+
+    def interrupted(item):
+        calls["example"] += 1
+        if calls["example"] > 20:
+            raise RuntimeError("simulated interruption")
+        return real_example(item)
+
+    def counting_load(*args, **kwargs):
+        calls["load"] += 1
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(_extract, "audio_example", interrupted)
+    with pytest.raises(RuntimeError, match="simulated"):
+        datasets.build("magnatagatune", tmp_path, manual_dir=mtat["root"], num_workers=1)
+    cache = datasets.get_builder("magnatagatune", tmp_path).feature_cache_dir
+    done = len(list(cache.glob("*/*.npz")))
+    assert done == 19  # the first 20 clips, less the empty file (failures are not cached)
+    monkeypatch.setattr(_extract, "audio_example", real_example)
+    monkeypatch.setattr(audio, "load_audio", counting_load)
+    datasets.build("magnatagatune", tmp_path, manual_dir=mtat["root"], num_workers=1)
+    assert calls["load"] == (N_MTAT - 1) - done  # every clip but the dropped and the cached
+    assert _records(tmp_path, "magnatagatune", "default") == \
+        _records(mtat["data_dir"], "magnatagatune", "default")
+    assert not cache.exists()  # removed once the build succeeded
+
+
+def test_mtat_reference_helpers():
+    assert magnatagatune.split_of("c/x.mp3") == "validation"
+    assert magnatagatune.split_of("b/x.mp3") == "train" and magnatagatune.split_of("f/x") == "test"
+    with pytest.raises(ValueError, match="folders"):
+        magnatagatune.split_of("g/x.mp3")
+
+
+def test_mtat_bad_csv_names_the_line(tmp_path):
+    (tmp_path / "annotations_final.csv").write_text(
+        '"clip_id"\t"a"\t"mp3_path"\n"1"\t"1"\t"0/x.mp3"\n"2"\t"yes"\t"0/y.mp3"\n')
+    with pytest.raises(ValueError, match=r"annotations_final.csv:3"):
+        magnatagatune.read_annotations(tmp_path / "annotations_final.csv")
+
+
+# ----------------------------------------------------------------------------------- Jamendo
+
+JAMENDO = {
+    "train": [("track_0000001", "01/1.mp3", ["genre---rock", "instrument---guitar"]),
+              ("track_0000002", "02/2.mp3", ["genre---rock", "mood/theme---happy"]),
+              ("track_0000103", "03/103.mp3", ["instrument---piano"]),  # stored as .low.mp3
+              ("track_0000004", "04/4.mp3", ["genre---rock"])],  # audio missing
+    "validation": [("track_0000005", "05/5.mp3", ["genre---ambient", "mood/theme---happy"]),
+                   ("track_0000006", "06/6.mp3", ["instrument---piano", "genre---rock"])],
+    "test": [("track_0000007", "07/7.mp3", ["genre---ambient"]),
+             ("track_0000008", "08/8.mp3", ["instrument---guitar", "mood/theme---happy"])],
+}
+JAMENDO_TAGS = sorted(["genre---ambient", "genre---rock", "instrument---guitar",
+                       "instrument---piano", "mood/theme---happy"]
+                      + [f"genre---other{k:02d}" for k in range(45)])  # 50, like top50.txt
+
+
+def _jamendo_tsv(path: Path, tracks) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["TRACK_ID\tARTIST_ID\tALBUM_ID\tPATH\tDURATION\tTAGS"]
+    for k, (tid, rel, tags) in enumerate(tracks):
+        lines.append("\t".join([tid, f"artist_{k:06d}", f"album_{k:06d}", rel, "1.5", *tags]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def jamendo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jamendo_manual")
+    splits = root / "mtg-jamendo-dataset" / "data" / "splits"
+    (root / "mtg-jamendo-dataset" / "data" / "tags").mkdir(parents=True)
+    (root / "mtg-jamendo-dataset" / "data" / "tags" / "top50.txt").write_text(
+        "\n".join(JAMENDO_TAGS) + "\n")
+    for split, tracks in JAMENDO.items():
+        _jamendo_tsv(splits / "split-0" / f"autotagging_top50tags-{split}.tsv", tracks)
+    # split-1: validation and test swapped, to see that the config picks its split files
+    _jamendo_tsv(splits / "split-1" / "autotagging_top50tags-train.tsv", JAMENDO["train"])
+    _jamendo_tsv(splits / "split-1" / "autotagging_top50tags-validation.tsv", JAMENDO["test"][:1])
+    _jamendo_tsv(splits / "split-1" / "autotagging_top50tags-test.tsv",
+                 JAMENDO["validation"] + JAMENDO["test"][1:])
+    for split, tracks in JAMENDO.items():
+        for k, (tid, rel, _) in enumerate(tracks):
+            if tid == "track_0000004":
+                continue
+            name = rel.replace(".mp3", ".low.mp3") if tid == "track_0000103" else rel
+            _tone(root / "audio" / name, 1.0 + 0.25 * k, 300 + 20 * k, sr=22050, channels=2)
+    data_dir = tmp_path_factory.mktemp("jamendo_data")
+    builder = datasets.build("mtg_jamendo", data_dir, manual_dir=root, num_workers=1)
+    return dict(root=root, data_dir=data_dir, builder=builder)
+
+
+def test_jamendo_split_file_format(tmp_path):
+    tsv = tmp_path / "autotagging_top50tags-test.tsv"
+    tsv.write_text("TRACK_ID\tARTIST_ID\tALBUM_ID\tPATH\tDURATION\tTAGS\n"
+                   "track_0000215\tartist_000014\talbum_000031\t15/215.mp3\t151.4\tgenre---metal\n"
+                   "track_1048681\tartist_359617\talbum_123563\t81/1048681.mp3\t189.3\t"
+                   "genre---hiphop\tinstrument---piano\tmood/theme---emotional\n")
+    tracks = datasets.mtg_jamendo.read_split_file(tsv)
+    assert [(t.track_id, t.path) for t in tracks] == [("track_0000215", "15/215.mp3"),
+                                                      ("track_1048681", "81/1048681.mp3")]
+    assert tracks[1].tags == ("genre---hiphop", "instrument---piano", "mood/theme---emotional")
+    tsv.write_text("TRACK\tPATH\n")
+    with pytest.raises(ValueError, match="header"):
+        datasets.mtg_jamendo.read_split_file(tsv)
+
+
+def test_jamendo_builds_official_split(jamendo):
+    b = jamendo["builder"]
+    assert list(datasets.tag_names(b)) == JAMENDO_TAGS  # data/tags/top50.txt
+    assert datasets.split_sizes(b) == {"train": 3, "validation": 2, "test": 2}
+    for split, tracks in JAMENDO.items():
+        source, tags = datasets.load_split("mtg_jamendo", split, jamendo["data_dir"])
+        got = _all(source)
+        want = [t for t in tracks if t[0] != "track_0000004"]
+        assert [ex["clip_id"].decode() for ex in got] == [t[0] for t in want]
+        for ex, (_, rel, tag_list) in zip(got, want):
+            assert ex["path"].decode() == rel
+            assert [tags[i] for i in np.flatnonzero(ex["tags"])] == sorted(tag_list)
+            # the whole track is stored: frames match the decoded length, not a crop
+            n = round(float(ex["duration"]) * SR)
+            assert ex["mel"].shape == (96, 1 + n // 256)
+    assert datasets.split_sizes(b)["train"] == 3
+    (skip,) = datasets.build_report(b)["train"]
+    assert skip["clip_id"] == "track_0000004" and "not found" in skip["error"]
+
+
+def test_jamendo_full_track_durations(jamendo):
+    source, _ = datasets.load_split("mtg_jamendo", "validation", jamendo["data_dir"])
+    durations = [float(ex["duration"]) for ex in _all(source)]
+    np.testing.assert_allclose(durations, [1.0, 1.25], atol=0.01)
+
+
+def test_jamendo_other_split_config(jamendo, tmp_path):
+    b = datasets.build("mtg_jamendo", tmp_path, "split1", manual_dir=jamendo["root"],
+                       num_workers=1)
+    assert datasets.split_sizes(b) == {"train": 3, "validation": 1, "test": 3}
+
+
+# ----------------------------------------------------------------------------------- MSD
+
+MSD_TRAIN = ["TRAAAAA128F1", "TRAAAAB128F2", "TRAAAAC128F3", "TRAAAAD128F4", "TRAAAAE128F5"]
+MSD_TEST = ["TRBBBBA128F6", "TRBBBBB128F7"]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch should_not_exist",))
+
+
+class _Plain:
+    pass
+
+
+@pytest.fixture(scope="module")
+def msd_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("msd_manual")
+    ids = MSD_TRAIN + MSD_TEST
+    tag_list = [f"lastfm tag {k}" for k in range(50)]
+    (root / "50tagList.txt").write_text("\n".join(tag_list) + "\n")
+    vectors = {}
+    for k, msd_id in enumerate(ids):
+        v = np.zeros((50, 1), np.int64)
+        v[[k, k + 10, 49 - k]] = 1
+        vectors[msd_id] = v
+    dumps = {
+        "filtered_list_train.cP": MSD_TRAIN,  # a list
+        "filtered_list_test.cP": np.array(MSD_TEST),  # a NumPy array of strings
+        "msd_id_to_tag_vector.cP": vectors,
+        "MSD_id_to_7D_id.pkl": {m: 1000 + k for k, m in enumerate(ids)},
+        "7D_id_to_path.pkl": {1000 + k: f"{k % 10}/{k % 3}/{1000 + k}.clip.mp3"
+                              for k in range(len(ids))},
+    }
+    for name, obj in dumps.items():
+        (root / name).write_bytes(pickle.dumps(obj, protocol=2))  # Python-2-compatible pickles
+    for k, msd_id in enumerate(ids):
+        if msd_id != "TRAAAAB128F2":  # one preview missing
+            _tone(root / "audio" / dumps["7D_id_to_path.pkl"][1000 + k], 0.3, 250 + 30 * k)
+    return dict(root=root, vectors=vectors, tag_list=tag_list)
+
+
+def test_msd_builds_authors_split(msd_dir, tmp_path):
+    config = MsdConfig(name="tiny", num_train=3)
+    b = datasets.build("msd", tmp_path, config, manual_dir=msd_dir["root"], num_workers=1)
+    assert list(datasets.tag_names(b)) == msd_dir["tag_list"]
+    assert datasets.split_sizes(b) == {"train": 2, "validation": 2, "test": 2}
+    expect = {"train": ["TRAAAAA128F1", "TRAAAAC128F3"], "validation": MSD_TRAIN[3:],
+              "test": MSD_TEST}
+    for split, ids in expect.items():
+        source, _ = datasets.load_split("msd", split, tmp_path, config)
+        got = _all(source)
+        assert [ex["clip_id"].decode() for ex in got] == ids
+        for ex in got:
+            want = msd_dir["vectors"][ex["clip_id"].decode()].reshape(-1)
+            assert ex["tags"].tolist() == want.tolist()
+    (skip,) = datasets.build_report(b)["train"]
+    assert skip["clip_id"] == "TRAAAAB128F2" and "not found" in skip["error"]
+
+
+def test_restricted_unpickler_loads_plain_data(tmp_path):
+    data = {"ids": ["a", "b"], "set": {1, 2}, "array": np.arange(3), "t": (1.5, b"x", None)}
+    (tmp_path / "ok.pkl").write_bytes(pickle.dumps(data, protocol=2))  # __builtin__ names
+    loaded = msd.safe_load_pickle(tmp_path / "ok.pkl")
+    assert loaded["ids"] == ["a", "b"] and loaded["set"] == {1, 2} and loaded["t"][0] == 1.5
+    np.testing.assert_array_equal(loaded["array"], np.arange(3))
+
+
+@pytest.mark.parametrize("obj", [_Evil(), [_Plain()], {"x": np.array([_Evil()], dtype=object)}])
+def test_restricted_unpickler_refuses_objects(obj, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.cP").write_bytes(pickle.dumps(obj, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match=r"bad.cP: refusing to load"):
+        msd.safe_load_pickle(tmp_path / "bad.cP")
+    assert not (tmp_path / "should_not_exist").exists()
+
+
+# ----------------------------------------------------------------------------------- audio_folder
+
+FOLDER_ROWS = [  # path, tags, split
+    ("songs/a.wav", "rock;piano", "train"), ("songs/b.flac", "rock; jazz", "train"),
+    ("songs/c.wav", "rock", "train"), ("songs/d.ogg", "jazz;vocal", "valid"),
+    ("songs/e.wav", "rock;piano", "test"), ("songs/bad.wav", "rock", "train"),
+    ("songs/f.wav", "", "test"),
+]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder_manual")
+    for k, (rel, _, _) in enumerate(FOLDER_ROWS):
+        if "bad" in rel:
+            _corrupt(root / rel)
+        else:
+            _tone(root / rel, 0.3 + 0.05 * k, 220 * (k + 1), sr=22050 if k % 2 else SR,
+                  channels=2 if k == 2 else 1)
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "tags", "split"])
+        w.writerows(FOLDER_ROWS)
+    with open(root / "onehot.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "rock", "jazz", "piano"])
+        for rel, tags, _ in FOLDER_ROWS:
+            if "bad" not in rel:
+                w.writerow([rel] + [int(t in tags) for t in ("rock", "jazz", "piano")])
+    return root
+
+
+def test_audio_folder_cli_with_tags_and_split_columns(folder, tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    build_dataset.add_arguments(parser)
+    args = parser.parse_args(["audio_folder", "--config", "mine", "--set", "csv=labels.csv",
+                              "--data-dir", str(tmp_path), "--manual-dir", str(folder),
+                              "--num-workers", "1"])
+    assert build_dataset.run(args) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "4 tags: rock, jazz, piano, vocal" in out
+    assert "songs/bad.wav" in out and "skipped_files.tsv" in out
+    # an unregistered config name is opened from its files
+    source, tags = datasets.load_split("audio_folder", "train", tmp_path, "mine")
+    assert list(tags) == ["rock", "jazz", "piano", "vocal"]  # frequency, then alphabetical
+    got = {ex["path"].decode(): ex["tags"].tolist() for ex in _all(source)}
+    assert got == {"songs/a.wav": [1, 0, 1, 0], "songs/b.flac": [1, 1, 0, 0],
+                   "songs/c.wav": [1, 0, 0, 0]}
+    val, _ = datasets.load_split("audio_folder", "validation", tmp_path, "mine")
+    assert [ex["path"].decode() for ex in _all(val)] == ["songs/d.ogg"]
+    test, _ = datasets.load_split("audio_folder", "test", tmp_path, "mine")
+    assert [ex["tags"].tolist() for ex in _all(test)] == [[1, 0, 1, 0], [0, 0, 0, 0]]
+
+
+def test_audio_folder_one_column_per_tag_seeded_split(folder, tmp_path):
+    config = AudioFolderConfig(name="onehot", csv="onehot.csv", split_fractions=(0.5, 0.25, 0.25),
+                               split_seed=3, waveform=True)
+    b = datasets.build("audio_folder", tmp_path / "a", config, manual_dir=folder, num_workers=1)
+    assert list(datasets.tag_names(b)) == ["rock", "jazz", "piano"]  # column order
+    assert datasets.split_sizes(b) == {"train": 2, "validation": 2, "test": 2}
+    seen = []
+    for split in datasets.SPLITS:
+        source, _ = datasets.load_split("audio_folder", split, tmp_path / "a", config)
+        for ex in _all(source):
+            seen.append(ex["path"].decode())
+            assert ex["audio"].dtype == np.float32
+            assert ex["mel"].shape[1] == 1 + len(ex["audio"]) // 256
+            np.testing.assert_allclose(float(ex["duration"]), len(ex["audio"]) / SR)
+    assert sorted(seen) == sorted(r for r, _, _ in FOLDER_ROWS if "bad" not in r)
+    again = datasets.build("audio_folder", tmp_path / "b", config, manual_dir=folder,
+                           num_workers=1)
+    assert datasets.split_sizes(again) == datasets.split_sizes(b)
+    assert _records(tmp_path / "b", "audio_folder", "onehot") == \
+        _records(tmp_path / "a", "audio_folder", "onehot")
+
+
+def test_audio_folder_default_config_reads_with_tfds_data_source(folder, tmp_path):
+    only = tmp_path / "manual"
+    only.mkdir()
+    (only / "songs").symlink_to(folder / "songs")
+    (only / "tags.csv").write_text((folder / "labels.csv").read_text())
+    datasets.build("audio_folder", tmp_path / "data", manual_dir=only, num_workers=1)
+    source = tfds.data_source("audio_folder", split="train", data_dir=str(tmp_path / "data"),
+                              download=False)
+    assert len(source) == 3
+
+
+def test_audio_folder_bad_split_value(folder, tmp_path):
+    (tmp_path / "x.csv").write_text("path,tags,split\nsongs/a.wav,rock,training\n"
+                                    "songs/c.wav,rock,holdout\n")
+    config = AudioFolderConfig(name="bad", csv=str(tmp_path / "x.csv"))
+    with pytest.raises(ValueError, match=r"x.csv:3: split"):
+        datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder)
+
+
+# ----------------------------------------------------------------------------------- synthetic
+
+TINY = dict(num_train=4, num_validation=2, num_test=2, duration_s=4.5)
+
+
+def test_synthetic_segments_build_matches_generator_and_rebuilds_identically(tmp_path):
+    config = SyntheticConfig(name="tiny_segments", segments=True, **TINY)
+    b = datasets.build("synthetic_tags", tmp_path / "a", config, num_workers=2)
+    assert datasets.tag_names(b) == synth.SYNTH_TAGS
+    assert datasets.split_sizes(b) == {"train": 4, "validation": 2, "test": 2}
+    source, _ = datasets.load_split("synthetic_tags", "validation", tmp_path / "a", config)
+    for i, ex in enumerate(_all(source)):
+        wave, tags, mask = synth.generate_clip((0, 1, i), 4.5, segments=True)
+        np.testing.assert_array_equal(ex["tags"], tags)
+        np.testing.assert_array_equal(ex["tag_mask"], mask)
+        np.testing.assert_array_equal(ex["mel"], audio.log_mel(wave).astype(np.float16))
+        assert ex["mel"].shape == (96, mask.shape[1])
+        assert ex["clip_id"].decode() == f"validation-{i:05d}"
+    datasets.build("synthetic_tags", tmp_path / "b", config, num_workers=1)
+    assert _records(tmp_path / "a", "synthetic_tags", "tiny_segments") == \
+        _records(tmp_path / "b", "synthetic_tags", "tiny_segments")
+
+
+def test_ensure_built_builds_synthetic_once(tmp_path):
+    config = SyntheticConfig(name="tiny", waveform=True, **TINY)
+    b = datasets.ensure_built("synthetic_tags", tmp_path, config, num_workers=1)
+    files = sorted(Path(str(b.data_dir)).glob("*.array_record*"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    b2 = datasets.ensure_built("synthetic_tags", tmp_path, config)
+    assert [f.stat().st_mtime_ns for f in files] == stamps and b2.is_prepared()
+    source, tags = datasets.load_split("synthetic_tags", "train", tmp_path, config)
+    ex = source[3]
+    assert len(source) == 4 and tags == synth.SYNTH_TAGS
+    assert ex["mel"].shape == (96, 1 + int(4.5 * SR) // 256) and "tag_mask" not in ex
+    wave, tags_3, _ = synth.generate_clip((0, 0, 3), 4.5)
+    np.testing.assert_array_equal(ex["audio"], wave)
+    np.testing.assert_array_equal(ex["tags"], tags_3)
+
+
+def test_default_synthetic_config_fits_the_model():
+    cfg = datasets.SyntheticTags.builder_configs["default"]
+    assert (cfg.num_train, cfg.num_validation, cfg.num_test) == (1500, 200, 300)
+    assert 1 + int(cfg.duration_s * SR) // 256 >= 256 + 200  # 256-frame crops with margin
+
+
+def test_ensure_built_explains_manual_datasets(tmp_path):
+    with pytest.raises(FileNotFoundError, match="build-dataset magnatagatune"):
+        datasets.ensure_built("magnatagatune", tmp_path)
+    with pytest.raises(FileNotFoundError, match="not built"):
+        datasets.load_split("msd", "train", tmp_path)

@@ -1,0 +1,214 @@
+"""The Flax model against an independent float64 NumPy forward pass of the authors' model.
+
+Weights are random state dicts with the authors' key names (every tensor random, BatchNorm running
+statistics included), imported with `tagger_jax.authors`, so these tests also prove the key
+mapping. Tolerances (float32 model vs float64 reference): 1e-5 on sigmoid outputs and attention
+probabilities, 2e-5 on logits (observed errors are about 2e-6).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for benchmarks.torch_twin
+
+import numpy_reference as ref  # noqa: E402  (tests/ is on sys.path under pytest)
+from benchmarks.torch_twin import random_state_dict  # noqa: E402
+from tagger_jax.authors import authors_config, import_state_dict  # noqa: E402
+from tagger_jax.models import build_model, input_shape  # noqa: E402
+from tagger_jax.models.transformer import fixed_cls_vector  # noqa: E402
+
+PROB_TOL = 1e-5
+LOGIT_TOL = 2e-5
+BATCH, CHUNK = 2, 256
+KEY_FILE = Path(__file__).parent / "data" / "authors-state-dict-keys.txt"
+
+
+def _count(tree) -> int:
+    return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
+
+
+def _abstract_init(model_config, batch=1):
+    model = build_model(model_config, 50)
+    x = jax.ShapeDtypeStruct((batch, *input_shape(model_config)), jnp.float32)
+    return model, x, jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+
+
+# ------------------------------------------------------------------ structure (no compilation)
+
+def test_paper_parameter_count():
+    _, _, variables = _abstract_init(authors_config("training").model)
+    assert _count(variables["params"]) == 6_882_452
+
+
+def test_released_parameter_count_equals_key_file():
+    section = KEY_FILE.read_text().split("## released")[1].splitlines()[1:]
+    expected = 0
+    for line in section:
+        key, shape = line.split(" ", 1)
+        if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            expected += int(np.prod([int(s) for s in shape.strip("()").split(",") if s]))
+    _, _, variables = _abstract_init(authors_config("released").model)
+    assert _count(variables["params"]) == expected == 6_878_308
+
+
+@pytest.mark.parametrize("arch, length", [("pons_won", 257), ("lee_won", 271), ("pons_pons", None)])
+def test_output_shapes(arch, length):
+    cfg = authors_config("training").model
+    cfg.architecture = arch
+    model, x, variables = _abstract_init(cfg, batch=3)
+    assert jax.eval_shape(model.apply, variables, x).shape == (3, 50)
+    if length is None:
+        with pytest.raises(ValueError, match="no attention"):
+            model.apply(variables, jnp.zeros(x.shape), return_attention=True)
+        return
+    _, attn = jax.eval_shape(lambda v, x: model.apply(v, x, return_attention=True), variables, x)
+    assert [a.shape for a in attn] == [(3, 8, length, length), (3, 8, 1, length)]
+    _, attn = jax.eval_shape(
+        lambda v, x: model.apply(v, x, return_attention=True, full_last_layer=True), variables, x)
+    assert [a.shape for a in attn] == [(3, 8, length, length)] * 2
+
+
+def test_fixed_cls_vector_is_the_authors_seeded_draw():
+    saved = np.random.get_state()
+    np.random.seed(0)
+    expected = np.random.random((1, 512)).astype(np.float32)
+    np.random.set_state(saved)
+    np.testing.assert_array_equal(fixed_cls_vector(512), expected)
+    np.testing.assert_allclose(expected[0, :3], [0.5488135, 0.71518937, 0.60276338], rtol=1e-6)
+
+
+# ------------------------------------------------------------------ numerics
+
+class Imported:
+    """One variant: state dict, imported variables, model, input, compiled calls, reference."""
+
+    def __init__(self, variant: str):
+        self.state = random_state_dict(variant, seed=1)
+        self.variables, self.config = import_state_dict(self.state, variant)
+        self.model = build_model(self.config.model, 50)
+        self.x = np.random.default_rng(2).normal(size=(BATCH, 96, CHUNK)).astype(np.float32)
+        self.ref = ref.forward(self.state, self.x)
+        self.cls_only = jax.jit(lambda v, x: self.model.apply(v, x, return_attention=True))
+        self.logits, self.attention = self.cls_only(self.variables, self.x)
+
+
+@pytest.fixture(scope="module")
+def imported():
+    cache = {}
+
+    def get(variant):
+        if variant not in cache:
+            cache[variant] = Imported(variant)
+        return cache[variant]
+    return get
+
+
+@pytest.fixture(scope="module")
+def training(imported):
+    return imported("training")
+
+
+@pytest.mark.parametrize("variant", ["training", "released"])
+def test_matches_numpy_reference(imported, variant):
+    m = imported(variant)
+    np.testing.assert_allclose(m.logits, m.ref["logits"], atol=LOGIT_TOL, rtol=0)
+    np.testing.assert_allclose(jax.nn.sigmoid(m.logits), m.ref["probs"], atol=PROB_TOL, rtol=0)
+    first, last = m.attention
+    np.testing.assert_allclose(first, m.ref["attention"][0], atol=PROB_TOL, rtol=0)
+    np.testing.assert_allclose(last, m.ref["attention"][1][:, :, :1], atol=PROB_TOL, rtol=0)
+    # The weights must make attention informative, or the comparison above proves little.
+    assert m.ref["attention"][1].max(-1).mean() > 10 / 257
+
+
+def test_full_last_layer_equals_cls_only(training):
+    m = training
+    full = jax.jit(lambda v, x: m.model.apply(v, x, return_attention=True, full_last_layer=True))
+    logits, (first, last) = full(m.variables, m.x)
+    # Same math, different XLA programs: float32 rounding differs (observed ~1e-6 on logits).
+    np.testing.assert_allclose(logits, m.logits, atol=5e-6, rtol=0)
+    np.testing.assert_allclose(first, m.attention[0], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(last[:, :, :1], m.attention[1], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(last, m.ref["attention"][1], atol=PROB_TOL, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def overridden(training):
+    m = training
+    return jax.jit(lambda v, x, o: m.model.apply(v, x, attention_override=o))
+
+
+@pytest.mark.parametrize("t", [0, 100])
+def test_override_matches_reference(training, overridden, t):
+    m = training
+    one_hot = ref.one_hot_override(t)
+    expected = ref.forward(m.state, m.x, override=one_hot)
+    logits = overridden(m.variables, m.x, jnp.asarray(one_hot, jnp.float32))
+    np.testing.assert_allclose(logits, expected["logits"], atol=LOGIT_TOL, rtol=0)
+    np.testing.assert_allclose(jax.nn.sigmoid(logits), expected["probs"], atol=PROB_TOL, rtol=0)
+    assert np.abs(expected["probs"] - m.ref["probs"]).max() > 1e-2  # the override matters
+
+
+def test_vmap_over_overrides_equals_loop(training, overridden):
+    m = training
+    overrides = jnp.asarray(np.stack([ref.one_hot_override(t) for t in (0, 57, 256)]), jnp.float32)
+    # Variables and input are arguments, not closed-over constants (XLA would constant-fold them).
+    batched = jax.jit(jax.vmap(lambda v, x, o: m.model.apply(v, x, attention_override=o),
+                               in_axes=(None, None, 0)))
+    got = batched(m.variables, m.x, overrides)
+    for o, g in zip(overrides, got):
+        np.testing.assert_allclose(g, overridden(m.variables, m.x, o), atol=1e-6, rtol=0)
+    assert np.abs(got[0] - got[1]).max() > 1e-3
+
+
+def test_jit_equals_eager(training):
+    m = training
+    eager = m.model.apply(m.variables, m.x)
+    np.testing.assert_allclose(eager, m.logits, atol=5e-6, rtol=0)
+
+
+def test_train_mode_dropout_and_batch_stats(training):
+    m = training
+
+    @jax.jit
+    def train_forward(variables, x, key):
+        return m.model.apply(variables, x, train=True, mutable=["batch_stats"],
+                             rngs={"dropout": key})
+
+    key_a, key_b = jax.random.PRNGKey(0), jax.random.PRNGKey(1)
+    logits_a, updates = train_forward(m.variables, m.x, key_a)
+    logits_a2, _ = train_forward(m.variables, m.x, key_a)
+    logits_b, _ = train_forward(m.variables, m.x, key_b)
+    np.testing.assert_array_equal(logits_a, logits_a2)
+    assert np.abs(logits_a - logits_b).max() > 1e-3
+    assert np.abs(logits_a - m.logits).max() > 1e-3  # batch statistics + dropout
+
+    old = m.variables["batch_stats"]["frontend"]["input_bn"]
+    new = updates["batch_stats"]["frontend"]["input_bn"]
+    x64 = m.x.astype(np.float64)
+    # running = 0.9 running + 0.1 batch (PyTorch momentum 0.1); Flax uses the biased variance.
+    np.testing.assert_allclose(new["mean"], 0.9 * old["mean"] + 0.1 * x64.mean(), rtol=1e-5)
+    np.testing.assert_allclose(new["var"], 0.9 * old["var"] + 0.1 * x64.var(), rtol=1e-5)
+    for path, before in jax.tree_util.tree_flatten_with_path(m.variables["batch_stats"])[0]:
+        after = dict(jax.tree_util.tree_flatten_with_path(updates["batch_stats"])[0])[path]
+        assert np.abs(np.asarray(after) - before).max() > 0, jax.tree_util.keystr(path)
+
+
+def test_bfloat16_close_to_float32(training):
+    m = training
+    cfg = m.config.model.copy_and_resolve_references()
+    cfg.dtype = "bfloat16"
+    model = build_model(cfg, 50)
+    logits = jax.jit(model.apply)(m.variables, m.x)
+    assert logits.dtype == jnp.float32
+    assert np.all(np.isfinite(logits))
+    # bfloat16 keeps ~3 significant digits; observed differences: 0.014 (logits), 0.0033 (sigmoid).
+    np.testing.assert_allclose(logits, m.logits, atol=0.05, rtol=0)
+    assert np.abs(jax.nn.sigmoid(logits) - jax.nn.sigmoid(m.logits)).max() < 0.0125
+    assert np.abs(logits - m.logits).max() > 0  # it did compute in bfloat16

@@ -1,0 +1,136 @@
+"""`tagger-jax tag`: results for every good file, a clear error for each broken one, batching
+that does not change the numbers, the paper's 16-chunk protocol, taggrams and resuming."""
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tagger_jax import audio, checkpoint, chunking, cli, tagging
+from tagger_jax.config_base import base_config
+from tagger_jax.models import build_model
+
+TAGS = [f"tag{i}" for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    config = base_config()
+    config.model.update(conv_channels=2, attention_channels=16, attention_heads=2,
+                        intermediate=32)
+    config.features.chunk_frames = 64  # short chunks keep the test fast
+    model = build_model(config.model, len(TAGS))
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 96, 64)))
+    # Non-trivial BatchNorm statistics, so eval-mode normalisation matters.
+    variables = jax.tree.map(lambda a: a + 0.1, variables)
+    return checkpoint.save_model(tmp_path_factory.mktemp("m") / "model", variables, config, TAGS)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    (d / "sub").mkdir()
+    sf.write(d / "tone.wav", 0.3 * np.sin(np.arange(16000 * 3) * 0.05), 16000)
+    sf.write(d / "sub" / "noise.flac", 0.1 * rng.standard_normal(16000 * 2), 16000)
+    np.save(d / "spec.npy", rng.standard_normal((96, 300)).astype(np.float32) - 40)
+    np.save(d / "short.npy", rng.standard_normal((96, 20)).astype(np.float32) - 40)
+    np.save(d / "wrong_shape.npy", np.zeros((64, 300), np.float32))
+    (d / "empty.mp3").write_bytes(b"")
+    (d / "corrupt.ogg").write_bytes(b"OggS" + bytes(range(200)))
+    (d / "notes.txt").write_text("not an input: ignored when a directory is searched")
+    return d
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    return checkpoint.load_model(model_dir)
+
+
+def test_collect_inputs_recurses_and_filters(inputs):
+    names = [p.name for p in tagging.collect_inputs([inputs])]
+    assert "noise.flac" in names and "tone.wav" in names and "notes.txt" not in names
+    assert len(names) == 7
+
+
+def test_cli_tags_good_files_and_reports_broken_ones(model_dir, inputs, tmp_path, capsys):
+    out = tmp_path / "tags.json"
+    rc = cli.main(["tag", "--checkpoint", str(model_dir), "--top-k", "3", "--output", str(out),
+                   "--quiet", str(inputs)])
+    assert rc == 1  # some inputs failed
+    results = {p["file"].split("/")[-1]: p for p in json.loads(out.read_text())}
+    assert set(results) == {"tone.wav", "noise.flac", "spec.npy", "short.npy",
+                            "wrong_shape.npy", "empty.mp3", "corrupt.ogg"}
+    for name in ("tone.wav", "noise.flac", "spec.npy", "short.npy"):
+        r = results[name]
+        assert r["tags"] == TAGS and len(r["probabilities"]) == len(TAGS)
+        assert len(r["top_tags"]) == 3
+        assert np.all((np.array(r["probabilities"]) > 0) & (np.array(r["probabilities"]) < 1))
+        assert len(r["chunk_starts_s"]) == len(r["chunk_probabilities"]) == 16
+    assert "warnings" in results["short.npy"]  # padded by the documented rule
+    for name, words in (("wrong_shape.npy", "shape (64, 300)"), ("empty.mp3", "empty"),
+                        ("corrupt.ogg", "decode")):
+        assert results[name]["error"].startswith(str(inputs / name))
+        assert words in results[name]["error"]
+    err = capsys.readouterr().err
+    assert "3 of 7 inputs failed" in err and "Traceback" not in err
+
+
+def test_track_probabilities_follow_the_paper_protocol(loaded, inputs):
+    """Track level = mean of the sigmoid outputs of the 16 chunks at i * ((T - 64) // 16)."""
+    spec = np.load(inputs / "spec.npy")
+    starts = 0 + np.arange(16) * ((300 - 64) // 16)
+    x = np.stack([spec[:, s:s + 64] for s in starts])
+    expected = np.asarray(jax.nn.sigmoid(loaded.model.apply(loaded.variables, x))).mean(0)
+    [r] = tagging.Tagger(loaded, batch_size=8).tag([inputs / "spec.npy"], progress=False)
+    np.testing.assert_allclose(r["probabilities"], expected, atol=2e-6)
+    # The default taggram is the same 16 chunks.
+    np.testing.assert_allclose(r["chunk_starts_s"], np.round(starts * 256 / 16000, 3))
+
+
+def test_batching_does_not_change_results(loaded, inputs):
+    files = [inputs / "tone.wav", inputs / "spec.npy", inputs / "sub" / "noise.flac"]
+    together = tagging.Tagger(loaded, batch_size=7).tag(files, hop_s=0.5, progress=False)
+    alone = [tagging.Tagger(loaded, batch_size=64).tag([f], hop_s=0.5, progress=False)[0]
+             for f in files]
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-6)
+        np.testing.assert_allclose(a["chunk_probabilities"], b["chunk_probabilities"], atol=1e-6)
+
+
+def test_hop_gives_sliding_window_taggram(loaded, inputs):
+    [r] = tagging.Tagger(loaded).tag([inputs / "spec.npy"], hop_s=1.0, progress=False)
+    hop = round(1.0 * 16000 / 256)  # 62 frames
+    starts = chunking.sliding_window_starts(300, 64, hop)
+    np.testing.assert_allclose(r["chunk_starts_s"], np.round(starts * 256 / 16000, 3))
+    assert r["chunk_starts_s"][-1] == pytest.approx((300 - 64) * 256 / 16000, abs=1e-3)
+
+
+def test_resume_keeps_finished_results(model_dir, inputs, tmp_path, capsys):
+    out = tmp_path / "tags.json"
+    cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--quiet",
+              str(inputs / "spec.npy")])
+    first = json.loads(out.read_text())
+    first[0]["probabilities"][0] = -1.0  # a marker: resuming must keep, not recompute, it
+    out.write_text(json.dumps(first))
+    rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--resume",
+                   "--quiet", str(inputs / "spec.npy"), str(inputs / "tone.wav")])
+    assert rc == 0
+    results = json.loads(out.read_text())
+    assert [r["file"].split("/")[-1] for r in results] == ["spec.npy", "tone.wav"]
+    assert results[0]["probabilities"][0] == -1.0
+    assert "1 files kept" in capsys.readouterr().err
+
+
+def test_bad_checkpoint_is_a_clear_error(tmp_path, inputs, capsys):
+    rc = cli.main(["tag", "--checkpoint", str(tmp_path / "nope"), str(inputs / "spec.npy")])
+    assert rc == 2
+    assert "no such checkpoint directory" in capsys.readouterr().err
+
+
+def test_features_config_is_taken_from_the_checkpoint(loaded):
+    assert audio.features_from_config(loaded.config.features).chunk_frames == 64
