@@ -19,13 +19,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from tagger_jax import audio, chunking
 from tagger_jax.checkpoint import LoadedModel
+from tagger_jax.evaluation import make_predict_fn
 
 INPUT_SUFFIXES = tuple(sorted(set(audio.AUDIO_SUFFIXES) | {".npy"}))
 
@@ -66,8 +66,7 @@ class Tagger:
         self.features = audio.features_from_config(loaded.config.get("features"))
         self.waveform = loaded.config.model.get("architecture", "pons_won") == "lee_won"
         self.chunk = chunking.WAVEFORM_CHUNK if self.waveform else self.features.chunk_frames
-        model = loaded.model
-        self._predict = jax.jit(lambda variables, x: jax.nn.sigmoid(model.apply(variables, x)))
+        self._predict = make_predict_fn(loaded.model)  # memoised: one compilation per model
 
     @property
     def seconds_per_step(self) -> float:

@@ -192,9 +192,9 @@ def test_train_mode_dropout_and_batch_stats(training):
     old = m.variables["batch_stats"]["frontend"]["input_bn"]
     new = updates["batch_stats"]["frontend"]["input_bn"]
     x64 = m.x.astype(np.float64)
-    # running = 0.9 running + 0.1 batch (PyTorch momentum 0.1); Flax uses the biased variance.
+    # running = 0.9 running + 0.1 batch (PyTorch momentum 0.1), unbiased variance as PyTorch.
     np.testing.assert_allclose(new["mean"], 0.9 * old["mean"] + 0.1 * x64.mean(), rtol=1e-5)
-    np.testing.assert_allclose(new["var"], 0.9 * old["var"] + 0.1 * x64.var(), rtol=1e-5)
+    np.testing.assert_allclose(new["var"], 0.9 * old["var"] + 0.1 * x64.var(ddof=1), rtol=1e-5)
     for path, before in jax.tree_util.tree_flatten_with_path(m.variables["batch_stats"])[0]:
         after = dict(jax.tree_util.tree_flatten_with_path(updates["batch_stats"])[0])[path]
         assert np.abs(np.asarray(after) - before).max() > 0, jax.tree_util.keystr(path)
@@ -212,3 +212,19 @@ def test_bfloat16_close_to_float32(training):
     np.testing.assert_allclose(logits, m.logits, atol=0.05, rtol=0)
     assert np.abs(jax.nn.sigmoid(logits) - jax.nn.sigmoid(m.logits)).max() < 0.0125
     assert np.abs(logits - m.logits).max() > 0  # it did compute in bfloat16
+
+
+def test_batch_norm_follows_pytorch_with_small_batches():
+    """n = 4: normalise with the biased batch variance, update running with the unbiased one."""
+    from tagger_jax.models.frontends import BatchNorm
+
+    x = np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32) * 2 + 1
+    bn = BatchNorm(train=True)
+    variables = bn.init(jax.random.PRNGKey(0), x)
+    y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+    x64 = x.astype(np.float64)
+    expected = (x64 - x64.mean(0)) / np.sqrt(x64.var(0) + 1e-5)
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 + 0.1 * x64.var(0, ddof=1),
+                               rtol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.1 * x64.mean(0), rtol=1e-5)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
@@ -29,10 +30,47 @@ HORIZONTAL_BRANCHES = ((165, 1), (129, 2), (65, 4), (33, 8))
 PONS_CHANNEL_MULTIPLE = sum(m for _, _, m in VERTICAL_BRANCHES) + sum(m for _, m in HORIZONTAL_BRANCHES)
 
 
-def batch_norm(train: bool, name: str, dtype: Dtype = jnp.float32) -> nn.BatchNorm:
-    """BatchNorm with PyTorch's defaults (eps 1e-5, running = 0.9 running + 0.1 batch)."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                        name=name)
+class BatchNorm(nn.Module):
+    """BatchNorm over every axis but the last, with PyTorch's semantics and Flax's variable names.
+
+    Training normalises with the biased batch variance and updates the running variance with the
+    UNBIASED one (n / (n - 1)), as `torch.nn.BatchNorm*d` does; `flax.linen.BatchNorm` uses the
+    biased one, which differs visibly for small n (e.g. pons_pons' dense BatchNorm, n = batch).
+    Running averages: 0.9 running + 0.1 batch (PyTorch momentum 0.1). Statistics in float32. Under
+    jit with a batch sharded over devices the means are over the global batch.
+    """
+
+    train: bool = False
+    epsilon: float = 1e-5
+    momentum: float = 0.9
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,))
+        bias = self.param("bias", nn.initializers.zeros, (features,))
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        if self.train:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x32, axes)
+            var = jnp.maximum(jnp.mean(jnp.square(x32), axes) - jnp.square(mean), 0.0)
+            if not self.is_initializing():
+                n = x.size // features
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = (self.momentum * ra_var.value
+                                + (1 - self.momentum) * var * (n / max(n - 1, 1)))
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        mul = scale * jax.lax.rsqrt(var + self.epsilon)
+        return (x32 * mul + (bias - mean * mul)).astype(self.dtype)
+
+
+def batch_norm(train: bool, name: str, dtype: Dtype = jnp.float32) -> BatchNorm:
+    """BatchNorm with PyTorch's defaults (eps 1e-5, momentum 0.1, unbiased running variance)."""
+    return BatchNorm(train=train, dtype=dtype, name=name)
 
 
 def _branch_params(module: nn.Module, height: int, widths: Sequence[int],
