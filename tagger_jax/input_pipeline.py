@@ -1,0 +1,506 @@
+"""Grain input pipelines: random training crops, 16-chunk evaluation batches, full-track windows.
+
+Every function takes any random-access source (`len()` and `source[i]` -> record dict), e.g. the
+TFDS source of `tagger_jax.datasets.load_split` or a plain list of dicts in tests. Records hold
+"mel" (96, T) float16 log-mel, "tags" (num_tags,) multi-hot and optionally "audio" (N,) float32
+16 kHz waveform (lee_won). Records are read lazily, one at a time, by the process (or worker
+process) that needs them: host memory is bounded by the prefetch buffers, not by the split.
+
+Training order (docs/input_pipeline.md): epoch e visits the records in the order of a seeded
+permutation of the split (`_epoch_permutation(N, seed, e)`); global batch b of the epoch is
+positions [b * G, (b + 1) * G) of it and host h takes the h-th contiguous slice of G / P. So the
+union of the hosts' batches is exactly the single-host batch, and the crop of a record depends only
+on (seed, epoch, record index): new every epoch, reproducible, independent of the worker count,
+the host count and the batch position. The pipeline is a grain `MapDataset` whose element k is
+the whole batch of global step k, so worker processes (`mp_prefetch`) each build complete batches,
+the batch sequence does not depend on how many workers build it, and the iterator state is just
+{"step": k}: restoring restarts the pipeline at batch k, exactly.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+from typing import Any, Iterator, Mapping, Sequence
+
+import grain
+import numpy as np
+
+from tagger_jax import chunking
+
+# "mel": (96, T) log-mel for the pons_* models; "audio": (N,) waveform for lee_won.
+INPUT_KINDS = ("mel", "audio")
+WAVEFORM_CROP = chunking.WAVEFORM_CHUNK  # samples per lee_won input
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch arithmetic shared with the trainer.
+
+def steps_per_epoch(source_len: int, global_batch_size: int) -> int:
+    """Full global batches per epoch; the remainder (< one batch) is dropped, as in every epoch."""
+    if global_batch_size <= 0:
+        raise ValueError(f"global batch size must be positive, got {global_batch_size}")
+    steps = int(source_len) // int(global_batch_size)
+    if steps == 0:
+        raise ValueError(f"the training split has {source_len} records, fewer than one global "
+                         f"batch of {global_batch_size}: lower train.batch_size to at most "
+                         f"{source_len}")
+    return steps
+
+
+num_batches = steps_per_epoch  # the name the trainer may prefer
+
+
+def check_batch_divisibility(global_batch_size: int, process_count: int = 1,
+                             local_device_count: int = 1) -> int:
+    """The per-host batch; raises unless the global batch splits evenly over all devices."""
+    devices = int(process_count) * int(local_device_count)
+    if process_count <= 0 or local_device_count <= 0:
+        raise ValueError(f"process_count and local_device_count must be positive, got "
+                         f"{process_count} and {local_device_count}")
+    if global_batch_size <= 0 or global_batch_size % devices:
+        lower = (global_batch_size // devices) * devices
+        options = f"{lower} or {lower + devices}" if lower > 0 else f"{devices}"
+        raise ValueError(
+            f"global batch size {global_batch_size} does not divide evenly over {process_count} "
+            f"host(s) x {local_device_count} device(s) = {devices} devices: use a multiple of "
+            f"{devices}, e.g. {options}")
+    return global_batch_size // process_count
+
+
+def eval_num_batches(num_records: int, clips_per_batch: int, process_count: int = 1) -> int:
+    """Evaluation batches per host; the same on every host (the shorter shares are padded)."""
+    if clips_per_batch <= 0:
+        raise ValueError(f"clips_per_batch must be positive, got {clips_per_batch}")
+    per_host = math.ceil(int(num_records) / int(process_count))
+    return math.ceil(per_host / clips_per_batch)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading one record.
+
+def _check_kind(input_kind: str) -> None:
+    if input_kind not in INPUT_KINDS:
+        raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
+
+
+def _name(record: Mapping[str, Any], index: int) -> str:
+    """A record's name for error messages: its path or clip id, and its index in the split."""
+    for key in ("path", "clip_id"):
+        value = record.get(key)
+        if value is not None and len(value):
+            value = value.decode() if isinstance(value, bytes) else str(value)
+            return f"{value} (record {index})"
+    return f"record {index}"
+
+
+def _signal(record: Mapping[str, Any], index: int, input_kind: str) -> np.ndarray:
+    """The record's model input over its whole length: (n_mels, T) or (N,), not yet float32."""
+    key = "mel" if input_kind == "mel" else "audio"
+    if key not in record:
+        raise KeyError(f"{_name(record, index)}: no {key!r} feature (input_kind={input_kind!r}; "
+                       f"the record has {sorted(record)})")
+    x = np.asarray(record[key])
+    want = 2 if input_kind == "mel" else 1
+    if x.ndim != want or x.shape[-1] == 0:
+        raise ValueError(f"{_name(record, index)}: {key!r} has shape {x.shape}, expected "
+                         f"{'(n_mels, T)' if want == 2 else '(N,)'} with T > 0")
+    return x
+
+
+def _tags(record: Mapping[str, Any]) -> np.ndarray:
+    return np.asarray(record["tags"], dtype=np.float32)
+
+
+def _crop_length(input_kind: str, crop_frames: int, crop_samples: int) -> int:
+    return crop_frames if input_kind == "mel" else crop_samples
+
+
+# ----------------------------------------------------------------------------------------------
+# Training.
+
+# Leading words that keep the two random streams apart: numpy's SeedSequence pads its entropy
+# with zeros, so (seed, epoch) and (seed, epoch, 0) would otherwise be the same stream.
+_ORDER_STREAM, _CROP_STREAM = 0x0D3E, 0xC0B9
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(num_records: int, seed: int, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s visiting order (cached: every batch of the epoch needs it)."""
+    order = np.random.default_rng((_ORDER_STREAM, seed, epoch)).permutation(num_records)
+    order.setflags(write=False)
+    return order
+
+
+def crop_rng(seed: int, epoch: int, record_index: int) -> np.random.Generator:
+    """The generator that draws record `record_index`'s crop in epoch `epoch`.
+
+    A function of these three numbers only, so a crop never depends on batch position, worker
+    count or host count."""
+    return np.random.default_rng((_CROP_STREAM, seed, epoch, record_index))
+
+
+class _TrainBatch(grain.transforms.MapWithIndex):
+    """Global step -> this host's batch {"x", "y", "clip_index"} (runs in worker processes)."""
+
+    def __init__(self, source, *, seed: int, global_batch_size: int, process_index: int,
+                 process_count: int, input_kind: str, crop: int):
+        self.source = source
+        self.seed = seed
+        self.num_records = len(source)
+        self.global_batch_size = global_batch_size
+        self.local_batch = global_batch_size // process_count
+        self.offset = process_index * self.local_batch
+        self.steps_per_epoch = steps_per_epoch(self.num_records, global_batch_size)
+        self.input_kind = input_kind
+        self.crop = crop
+
+    def record_indices(self, step: int) -> tuple[int, np.ndarray]:
+        """(epoch, this host's record indices) of global step `step`."""
+        epoch, b = divmod(int(step), self.steps_per_epoch)
+        start = b * self.global_batch_size + self.offset
+        order = _epoch_permutation(self.num_records, self.seed, epoch)
+        return epoch, order[start:start + self.local_batch]
+
+    def example(self, epoch: int, index: int) -> np.ndarray:
+        record = self.source[index]
+        x = _signal(record, index, self.input_kind)
+        x, _ = chunking.pad_to_length(x, self.crop)  # short clips repeat (chunking's rule)
+        crop = chunking.random_crop(x, self.crop, crop_rng(self.seed, epoch, index))
+        return crop.astype(np.float32), _tags(record)
+
+    def map_with_index(self, index: int, element: Any) -> dict[str, np.ndarray]:
+        del element  # the MapDataset index is the global step
+        epoch, indices = self.record_indices(index)
+        xs, ys = zip(*(self.example(epoch, int(i)) for i in indices))
+        return {"x": np.stack(xs), "y": np.stack(ys), "clip_index": indices.astype(np.int32)}
+
+
+def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int = 256,
+                  input_kind: str = "mel", crop_samples: int = WAVEFORM_CROP,
+                  num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
+                  local_device_count: int | None = None) -> grain.MapDataset:
+    """The training batches of this host as a random-access grain `MapDataset` (element = step).
+
+    Element s is global step s: {"x": float32 (local_batch, 96, crop_frames) or (local_batch,
+    crop_samples), "y": float32 (local_batch, num_tags), "clip_index": int32 (local_batch,)}.
+    Length num_epochs * steps_per_epoch (sys.maxsize // ... when num_epochs is None).
+    """
+    _check_kind(input_kind)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
+    if local_device_count is None:
+        import jax  # only here: worker processes never need JAX
+        local_device_count = jax.local_device_count()
+    check_batch_divisibility(global_batch_size, process_count, local_device_count)
+    if not 0 <= seed < 2**32:  # one 32-bit SeedSequence word (as grain's own seeds)
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed}")
+    transform = _TrainBatch(source, seed=int(seed), global_batch_size=global_batch_size,
+                            process_index=process_index, process_count=process_count,
+                            input_kind=input_kind,
+                            crop=_crop_length(input_kind, crop_frames, crop_samples))
+    steps = grain.MapDataset.range(transform.steps_per_epoch).repeat(num_epochs)
+    return steps.map_with_index(transform)
+
+
+class TrainIterator(grain.DatasetIterator):
+    """Iterates a `TrainLoader`; its state is only the next global step: {"step": k}.
+
+    Batch k is `loader.dataset[k]` whatever the worker count, so `set_state({"step": k})` just
+    restarts the prefetching pipeline at k: resuming is exact by construction, and a state saved
+    with one worker count restores under another (e.g. on a machine with more cores). A
+    `grain.DatasetIterator`, so `grain.checkpoint.CheckpointSave/Restore` store it with orbax.
+    `close()` stops the worker processes; advancing again restarts them at the current step.
+    """
+
+    def __init__(self, loader: "TrainLoader", step: int = 0):
+        super().__init__()
+        self._loader = loader
+        self._step = int(step)
+        self._it = None
+
+    def _pipeline(self):
+        if self._it is None:
+            self._it = iter(self._loader.pipeline(self._step))
+        return self._it
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._pipeline())
+        self._step += 1
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return {"step": self._step}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        if set(state) != {"step"}:
+            raise ValueError(f"not a training-iterator state (expected {{'step': int}}): {state!r}")
+        step = int(state["step"])
+        if not 0 <= step <= len(self._loader.dataset):
+            raise ValueError(f"saved step {step} is outside this loader's "
+                             f"{len(self._loader.dataset)} steps")
+        self.close()
+        self._step = step
+
+    def start_prefetch(self) -> None:
+        self._pipeline()
+
+    def close(self) -> None:  # also called by grain's __del__
+        if getattr(self, "_it", None) is not None:
+            self._it.close()
+            self._it = None
+
+
+class TrainLoader:
+    """The training batches of this host (see `train_dataset`), prefetched; iterate it."""
+
+    def __init__(self, dataset: grain.MapDataset, *, steps_per_epoch: int, local_batch_size: int,
+                 num_workers: int, worker_buffer_size: int, read_threads: int):
+        self.dataset = dataset  # element k: global step k's batch for this host
+        self.steps_per_epoch = steps_per_epoch
+        self.local_batch_size = local_batch_size
+        self.num_workers = num_workers
+        self.worker_buffer_size = worker_buffer_size
+        self.read_threads = read_threads
+
+    def pipeline(self, step: int = 0) -> grain.IterDataset:
+        """The grain pipeline yielding batches step, step + 1, ..."""
+        return _prefetch(self.dataset[step:], self.num_workers, self.worker_buffer_size,
+                         self.read_threads)
+
+    def __iter__(self) -> TrainIterator:
+        return TrainIterator(self)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def train_loader(source, *, global_batch_size: int, seed: int, crop_frames: int = 256,
+                 input_kind: str = "mel", crop_samples: int = WAVEFORM_CROP,
+                 num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
+                 num_workers: int = 0, worker_buffer_size: int = 2, read_threads: int = 1,
+                 local_device_count: int | None = None) -> TrainLoader:
+    """Training batches (see `train_dataset`) prefetched by `num_workers` processes.
+
+    `iter(loader)` gives a `TrainIterator`; its `get_state()` ({"step": k}, JSON-able, see
+    `state_to_json`) restored with `set_state` on a fresh iterator of a loader built with the
+    same arguments (any num_workers) continues with exactly the batches an uninterrupted run
+    yields. Epoch e is steps [e * steps_per_epoch, (e + 1) * steps_per_epoch). `read_threads`
+    threads per process build batches ahead: at most about worker_buffer_size + read_threads
+    batches wait in each worker process, max(worker_buffer_size, read_threads) in this process
+    when num_workers == 0 (0 threads: batches are built on demand). Close the iterator
+    (`it.close()`) to stop the workers promptly.
+    """
+    ds = train_dataset(source, global_batch_size=global_batch_size, seed=seed,
+                       crop_frames=crop_frames, input_kind=input_kind,
+                       crop_samples=crop_samples, num_epochs=num_epochs,
+                       process_index=process_index, process_count=process_count,
+                       local_device_count=local_device_count)
+    _check_prefetch(num_workers, worker_buffer_size, read_threads)
+    return TrainLoader(ds, steps_per_epoch=steps_per_epoch(len(source), global_batch_size),
+                       local_batch_size=global_batch_size // process_count,
+                       num_workers=num_workers, worker_buffer_size=worker_buffer_size,
+                       read_threads=read_threads)
+
+
+def _check_prefetch(num_workers: int, worker_buffer_size: int, read_threads: int) -> None:
+    if num_workers < 0 or worker_buffer_size < 1 or read_threads < 0:
+        raise ValueError(f"need num_workers >= 0, worker_buffer_size >= 1 and read_threads >= 0, "
+                         f"got {num_workers}, {worker_buffer_size}, {read_threads}")
+
+
+def _prefetch(ds: grain.MapDataset, num_workers: int, worker_buffer_size: int,
+              read_threads: int) -> grain.IterDataset:
+    _check_prefetch(num_workers, worker_buffer_size, read_threads)
+    # Threads fill a buffer of batches in each process; a worker's results also wait in its
+    # queue (worker_buffer_size), so there the thread buffer only needs one slot per thread.
+    buffered = read_threads if num_workers else max(read_threads, worker_buffer_size)
+    read = grain.ReadOptions(num_threads=read_threads,
+                             prefetch_buffer_size=buffered if read_threads else 0)
+    it_ds = ds.to_iter_dataset(read)
+    if num_workers > 0:
+        _absl_flags_defaults()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=num_workers, per_worker_buffer_size=worker_buffer_size))
+    return it_ds
+
+
+def _absl_flags_defaults() -> None:
+    """Lets grain read its absl flags' defaults when the program never parsed flags.
+
+    grain 0.2.x reads a worker-profiling flag when it starts worker processes and fails with
+    UnparsedFlagAccessError outside `absl.app.run` (google/grain#1355, fixed upstream later).
+    Programs that do parse absl flags are unaffected.
+    """
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def state_to_json(state: Mapping[str, Any]) -> str:
+    """An iterator state (`it.get_state()`) as JSON text, e.g. to store beside a checkpoint."""
+    return json.dumps(state, sort_keys=True)
+
+
+def state_from_json(text: str | bytes) -> dict[str, Any]:
+    """The inverse of `state_to_json`; pass the result to `it.set_state`."""
+    return json.loads(text)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation: the authors' 16 chunks per clip.
+
+def _host_indices(num_records: int, process_index: int, process_count: int) -> range:
+    """This host's records: a strided share; all hosts together cover the split exactly once."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
+    return range(process_index, num_records, process_count)
+
+
+class _EvalClip(grain.transforms.Map):
+    """Clip index (-1 = padding) -> its chunks, tags and mask."""
+
+    def __init__(self, source, *, num_chunks: int, chunk: int, input_kind: str,
+                 pad_x_shape: tuple[int, ...], num_tags: int):
+        self.source = source
+        self.num_chunks = num_chunks
+        self.chunk = chunk
+        self.input_kind = input_kind
+        self.pad_x_shape = pad_x_shape
+        self.num_tags = num_tags
+
+    def map(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        if index < 0:
+            return {"x": np.zeros(self.pad_x_shape, np.float32),
+                    "y": np.zeros((self.num_tags,), np.float32),
+                    "clip_index": np.int32(-1), "mask": False}
+        record = self.source[index]
+        x, _ = chunking.pad_to_length(_signal(record, index, self.input_kind), self.chunk)
+        chunks = chunking.eval_chunks(x, self.chunk, self.num_chunks).astype(np.float32)
+        return {"x": chunks, "y": _tags(record), "clip_index": np.int32(index), "mask": True}
+
+
+def _stack_eval(clips: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Clip-major: rows [c * num_chunks, (c + 1) * num_chunks) of "x" are clip c's chunks."""
+    x = np.stack([c["x"] for c in clips])
+    return {"x": x.reshape((-1,) + x.shape[2:]),
+            "y": np.stack([c["y"] for c in clips]),
+            "clip_index": np.array([c["clip_index"] for c in clips], np.int32),
+            "mask": np.array([c["mask"] for c in clips], bool)}
+
+
+def eval_batches(source, *, clips_per_batch: int, num_chunks: int = chunking.EVAL_CHUNKS,
+                 chunk_frames: int = 256, process_index: int = 0, process_count: int = 1,
+                 input_kind: str = "mel", chunk_samples: int = WAVEFORM_CROP,
+                 num_workers: int = 0, worker_buffer_size: int = 2,
+                 read_threads: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """This host's evaluation batches, every clip once, in fixed shapes (no recompilation).
+
+    Each batch: "x" float32 (clips_per_batch * num_chunks, 96, chunk_frames) (or
+    (clips_per_batch * num_chunks, chunk_samples)), clip-major, chunk i of a clip starting at
+    i * ((T - chunk) // num_chunks) (chunking.eval_chunk_starts); "y" float32 (clips_per_batch,
+    num_tags); "clip_index" int32 (clips_per_batch,), the record's index in the split or -1 for
+    padding; "mask" bool (clips_per_batch,). Host h evaluates records
+    h, h + P, h + 2P, ...; every host yields `eval_num_batches(len(source), clips_per_batch, P)`
+    batches, the last ones padded (zeros, mask False), so multi-host steps stay in lockstep.
+    Clips shorter than a chunk are repeated to fill it (chunking.pad_to_length).
+    """
+    _check_kind(input_kind)
+    if num_chunks <= 0:
+        raise ValueError(f"num_chunks must be positive, got {num_chunks}")
+    n = len(source)
+    if n == 0:
+        raise ValueError("the evaluation split is empty")
+    mine = _host_indices(n, process_index, process_count)
+    total = eval_num_batches(n, clips_per_batch, process_count) * clips_per_batch
+    indices = np.full(total, -1, np.int64)
+    indices[:len(mine)] = np.asarray(mine, np.int64)
+    first = source[0]
+    chunk = _crop_length(input_kind, chunk_frames, chunk_samples)
+    pad_shape = (num_chunks,) + _signal(first, 0, input_kind).shape[:-1] + (chunk,)
+    transform = _EvalClip(source, num_chunks=num_chunks, chunk=chunk, input_kind=input_kind,
+                          pad_x_shape=pad_shape, num_tags=_tags(first).shape[0])
+    ds = (grain.MapDataset.source(indices).map(transform)
+          .batch(clips_per_batch, drop_remainder=True, batch_fn=_stack_eval))
+    return iter(_prefetch(ds, num_workers, worker_buffer_size, read_threads))
+
+
+# ----------------------------------------------------------------------------------------------
+# Full-track mode: sliding windows over whole (long) tracks.
+
+class _Track(grain.transforms.Map):
+    """Track index -> (index, windows, tags): all windows of one track."""
+
+    def __init__(self, source, *, chunk: int, hop: int, input_kind: str):
+        self.source = source
+        self.chunk = chunk
+        self.hop = hop
+        self.input_kind = input_kind
+
+    def map(self, index: int):
+        index = int(index)
+        record = self.source[index]
+        x, _ = chunking.pad_to_length(_signal(record, index, self.input_kind), self.chunk)
+        starts = chunking.sliding_window_starts(x.shape[-1], self.chunk, self.hop)
+        return index, x, starts, _tags(record)
+
+
+def full_track_batches(source, *, windows_per_batch: int, chunk_frames: int = 256,
+                       hop_frames: int | None = None, process_index: int = 0,
+                       process_count: int = 1, input_kind: str = "mel",
+                       chunk_samples: int = WAVEFORM_CROP, hop_samples: int | None = None,
+                       read_threads: int = 2, prefetch_tracks: int = 4,
+                       ) -> Iterator[dict[str, np.ndarray]]:
+    """Sliding windows over whole tracks (e.g. MTG-Jamendo), packed into fixed-size batches.
+
+    Windows start at 0, hop, 2 hop, ... plus one ending at the track's end
+    (chunking.sliding_window_starts; the hop defaults to the chunk: no overlap). A batch can hold
+    windows of several tracks. Each batch: "x" float32 (windows_per_batch, 96, chunk) (or
+    (windows_per_batch, chunk_samples)); "y" float32 (windows_per_batch, num_tags), the window's
+    track tags; "clip_index" int32 (windows_per_batch,) the track's index in the split, -1 for
+    padding; "start" int32 the window's first frame (sample); "mask" bool. Only the last batch is
+    padded. Host h reads tracks h, h + P, ...; hosts may yield different numbers of batches
+    (track lengths differ), so run this mode without cross-host collectives (or on one host).
+    Tracks are read by `read_threads` threads, at most `prefetch_tracks` ahead.
+    """
+    _check_kind(input_kind)
+    if windows_per_batch <= 0:
+        raise ValueError(f"windows_per_batch must be positive, got {windows_per_batch}")
+    chunk = _crop_length(input_kind, chunk_frames, chunk_samples)
+    hop = (hop_frames if input_kind == "mel" else hop_samples) or chunk
+    mine = np.asarray(_host_indices(len(source), process_index, process_count), np.int64)
+    if len(mine) == 0:
+        return iter(())
+    tracks = grain.MapDataset.source(mine).map(
+        _Track(source, chunk=chunk, hop=hop, input_kind=input_kind))
+    read = grain.ReadOptions(num_threads=read_threads,
+                             prefetch_buffer_size=max(read_threads, prefetch_tracks)
+                             if read_threads else 0)
+    return _pack_windows(iter(tracks.to_iter_dataset(read)), windows_per_batch, chunk)
+
+
+def _pack_windows(tracks, size: int, chunk: int) -> Iterator[dict[str, np.ndarray]]:
+    """Cuts each track's windows and yields them `size` at a time (the last batch padded)."""
+    buf: dict[str, np.ndarray] | None = None
+    fill = 0
+    for index, x, starts, tags in tracks:
+        if buf is None:
+            buf = {"x": np.zeros((size,) + x.shape[:-1] + (chunk,), np.float32),
+                   "y": np.zeros((size, tags.shape[0]), np.float32),
+                   "clip_index": np.full(size, -1, np.int32),
+                   "start": np.zeros(size, np.int32), "mask": np.zeros(size, bool)}
+        for s in starts:
+            buf["x"][fill] = x[..., s:s + chunk]
+            buf["y"][fill] = tags
+            buf["clip_index"][fill] = index
+            buf["start"][fill] = s
+            buf["mask"][fill] = True
+            fill += 1
+            if fill == size:
+                yield buf
+                buf = {k: np.zeros_like(v) for k, v in buf.items()}
+                buf["clip_index"][:] = -1
+                fill = 0
+    if buf is not None and fill:
+        yield buf

@@ -1,0 +1,361 @@
+"""The grain input pipeline: crops are stored frames, resuming is exact, hosts split the data.
+
+Sources are in-memory lists of record dicts (the TFDS record layout); one test reads a real
+TFDS-built `synthetic_tags` split through `tfds.data_source` when tagger_jax.datasets exists.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tagger_jax import input_pipeline as ip
+
+NUM_TAGS = 6
+CROP = 256
+
+
+def make_source(n: int, *, seed: int = 0, min_frames: int = 300, max_frames: int = 700,
+                audio: bool = False) -> list[dict]:
+    """Records with random (hence unique) float16 log-mels of varying length."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        frames = int(rng.integers(min_frames, max_frames + 1))
+        rec = {"mel": rng.normal(-20, 10, size=(96, frames)).astype(np.float16),
+               "tags": (rng.random(NUM_TAGS) < 0.4).astype(np.uint8),
+               "clip_id": f"clip{i}".encode(), "path": f"dir/clip{i}.mp3".encode(),
+               "duration": np.float32(frames * 256 / 16000)}
+        if audio:
+            rec["audio"] = rng.normal(size=int(rng.integers(66000, 70000))).astype(np.float32)
+        records.append(rec)
+    return records
+
+
+class CountingSource:
+    """A random-access source that records which indices were read (laziness checks)."""
+
+    def __init__(self, records):
+        self.records = records
+        self.reads: list[int] = []
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, index):
+        self.reads.append(int(index))
+        return self.records[index]
+
+
+def loader(source, **kw):
+    kw.setdefault("global_batch_size", 4)
+    kw.setdefault("seed", 0)
+    kw.setdefault("local_device_count", 1)
+    return ip.train_loader(source, **kw)
+
+
+def crop_offsets(mel16: np.ndarray, x: np.ndarray) -> list[int]:
+    """Every start s with mel[:, s:s + len] == x exactly (float16 -> float32 is exact)."""
+    mel = mel16.astype(np.float32)
+    width = x.shape[-1]
+    return [s for s in range(mel.shape[-1] - width + 1)
+            if np.array_equal(mel[:, s:s + width], x)]
+
+
+def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for ba, bb in zip(a, b):
+        assert ba.keys() == bb.keys()
+        for key in ba:
+            np.testing.assert_array_equal(np.asarray(ba[key]), np.asarray(bb[key]), err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def source():
+    return make_source(24)
+
+
+@pytest.fixture(scope="module")
+def two_epochs(source):
+    """Batches of a 2-epoch run (24 records, global batch 4: 6 steps per epoch)."""
+    return list(loader(source, num_epochs=2))
+
+
+def test_steps_per_epoch():
+    assert ip.steps_per_epoch(24, 4) == 6
+    assert ip.steps_per_epoch(27, 4) == 6  # remainder dropped
+    with pytest.raises(ValueError, match=r"3 records, fewer than one global batch of 4"):
+        ip.steps_per_epoch(3, 4)
+
+
+def test_crop_equals_stored_frames(source, two_epochs):
+    assert len(two_epochs) == 12
+    for batch in two_epochs:
+        assert batch["x"].shape == (4, 96, CROP) and batch["x"].dtype == np.float32
+        assert batch["y"].shape == (4, NUM_TAGS) and batch["y"].dtype == np.float32
+        for x, y, index in zip(batch["x"], batch["y"], batch["clip_index"]):
+            record = source[index]
+            assert len(crop_offsets(record["mel"], x)) == 1  # random data: a unique match
+            np.testing.assert_array_equal(y, record["tags"].astype(np.float32))
+
+
+def test_each_epoch_visits_every_record_once_with_a_new_crop(source, two_epochs):
+    epochs = [two_epochs[:6], two_epochs[6:]]
+    offsets = []
+    for batches in epochs:
+        indices = np.concatenate([b["clip_index"] for b in batches])
+        assert sorted(indices.tolist()) == list(range(24))
+        offsets.append({int(i): crop_offsets(source[i]["mel"], x)[0]
+                        for b in batches for x, i in zip(b["x"], b["clip_index"])})
+    order = [np.concatenate([b["clip_index"] for b in batches]) for batches in epochs]
+    assert not np.array_equal(order[0], order[1])  # reshuffled every epoch
+    changed = sum(offsets[0][i] != offsets[1][i] for i in range(24))
+    assert changed >= 20  # at least 44 possible starts per clip: repeats are rare
+
+
+def test_deterministic_for_a_seed(source, two_epochs):
+    assert_batches_equal(list(loader(source, num_epochs=2)), two_epochs)
+    other = list(loader(source, num_epochs=1, seed=1))
+    assert not all(np.array_equal(a["x"], b["x"]) for a, b in zip(other, two_epochs))
+
+
+def test_resume_from_saved_state(source, two_epochs):
+    ds = loader(source, num_epochs=2)
+    it = iter(ds)
+    head = [next(it) for _ in range(5)]  # stop inside the first epoch
+    saved = ip.state_to_json(it.get_state())
+    json.loads(saved)  # plain JSON, storable in a checkpoint
+    restored = iter(ds)
+    restored.set_state(ip.state_from_json(saved))
+    assert_batches_equal(head + list(restored), two_epochs)
+
+
+def test_resume_through_an_orbax_checkpoint(source, two_epochs, tmp_path):
+    grain = pytest.importorskip("grain")
+    ocp = pytest.importorskip("orbax.checkpoint")
+    ds = loader(source, num_epochs=2)
+    it = iter(ds)
+    head = [next(it) for _ in range(8)]
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+        manager.save(8, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+        manager.wait_until_finished()
+        restored = iter(ds)
+        manager.restore(8, args=ocp.args.Composite(
+            data=grain.checkpoint.CheckpointRestore(restored)))
+    assert_batches_equal(head + list(restored), two_epochs)
+
+
+def test_workers_give_the_same_batches_and_resume_exactly(source, two_epochs):
+    ds = loader(source, num_epochs=2, num_workers=2, worker_buffer_size=1)
+    it = iter(ds)
+    head = [next(it) for _ in range(7)]  # crosses the epoch boundary, odd count: mid-cycle
+    saved = ip.state_to_json(it.get_state())
+    it.close()
+    restored = iter(ds)
+    restored.set_state(ip.state_from_json(saved))
+    tail = [next(restored) for _ in range(3)]
+    restored.close()
+    assert_batches_equal(head + tail, two_epochs[:10])  # same as num_workers=0, uninterrupted
+    # The state does not depend on the worker count: finish the run without workers.
+    in_process = iter(loader(source, num_epochs=2))
+    in_process.set_state(restored.get_state())
+    assert_batches_equal(head + tail + list(in_process), two_epochs)
+
+
+def test_bad_state_is_refused(source):
+    it = iter(loader(source, num_epochs=2))
+    with pytest.raises(ValueError, match="outside this loader's 12 steps"):
+        it.set_state({"step": 13})
+    with pytest.raises(ValueError, match="not a training-iterator state"):
+        it.set_state({"next_index": 3})
+
+
+def test_two_hosts_split_each_global_batch(source, two_epochs):
+    hosts = [list(loader(source, num_epochs=2, process_index=h, process_count=2))
+             for h in range(2)]
+    assert len(hosts[0]) == len(hosts[1]) == 12
+    for step, single in enumerate(two_epochs):
+        parts = [hosts[h][step] for h in range(2)]
+        assert all(p["x"].shape == (2, 96, CROP) for p in parts)
+        # Host 0 holds the first half of the global batch, host 1 the second: the same crops.
+        for key in ("x", "y", "clip_index"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), single[key])
+    for epoch in range(2):
+        seen = [np.concatenate([b["clip_index"] for b in hosts[h][6 * epoch:6 * (epoch + 1)]])
+                for h in range(2)]
+        assert not set(seen[0]) & set(seen[1])
+        assert sorted(np.concatenate(seen).tolist()) == list(range(24))
+
+
+def test_two_hosts_with_a_remainder_stay_disjoint():
+    src = make_source(27, seed=3, min_frames=256, max_frames=260)  # 27 = 6 batches of 4 + 3
+    hosts = [list(loader(src, num_epochs=1, process_index=h, process_count=2)) for h in range(2)]
+    seen = [np.concatenate([b["clip_index"] for b in hosts[h]]).tolist() for h in range(2)]
+    assert len(seen[0]) == len(seen[1]) == 12  # same step count on both hosts
+    assert len(set(seen[0] + seen[1])) == 24 and set(seen[0] + seen[1]) <= set(range(27))
+
+
+def test_divisibility_errors(source):
+    with pytest.raises(ValueError) as err:
+        ip.train_loader(source, global_batch_size=30, seed=0, process_count=2,
+                        local_device_count=4)
+    message = str(err.value)
+    assert "30" in message and "2 host(s) x 4 device(s) = 8 devices" in message
+    assert "24 or 32" in message
+    with pytest.raises(ValueError, match="fewer than one global batch of 32"):
+        loader(source, global_batch_size=32)
+    with pytest.raises(ValueError, match="process_index"):
+        loader(source, process_index=2, process_count=2)
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
+        loader(source, seed=2**32)
+
+
+def test_reads_lazily(source):
+    counting = CountingSource(source)
+    it = iter(loader(counting, num_epochs=None, worker_buffer_size=1, read_threads=1))
+    next(it)
+    assert 4 <= len(counting.reads) <= 8  # this batch and at most one prefetched one
+    it.close()
+
+
+def test_audio_crops(two_epochs):
+    src = make_source(4, seed=5, min_frames=256, max_frames=260, audio=True)
+    batches = list(loader(src, num_epochs=1, input_kind="audio", global_batch_size=2))
+    for batch in batches:
+        assert batch["x"].shape == (2, ip.WAVEFORM_CROP) and batch["x"].dtype == np.float32
+        for x, index in zip(batch["x"], batch["clip_index"]):
+            audio = src[index]["audio"]
+            (start,) = np.flatnonzero(audio == x[0])  # random floats: unique
+            np.testing.assert_array_equal(audio[start:start + ip.WAVEFORM_CROP], x)
+
+
+def test_short_clip_is_repeated_to_a_full_crop():
+    src = make_source(2, seed=6, min_frames=100, max_frames=100)
+    (batch,) = list(loader(src, num_epochs=1, global_batch_size=2))
+    for x, index in zip(batch["x"], batch["clip_index"]):
+        tiled = np.take(src[index]["mel"], np.arange(CROP) % 100, axis=-1)
+        np.testing.assert_array_equal(x, tiled.astype(np.float32))
+
+
+def test_bad_record_names_the_file():
+    src = make_source(4, seed=7)
+    src[2]["mel"] = src[2]["mel"][0]  # 1-D: not a spectrogram
+    with pytest.raises(ValueError, match=r"dir/clip2\.mp3 \(record 2\): 'mel' has shape"):
+        list(ip.eval_batches(src, clips_per_batch=4))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and full-track batches.
+
+def test_eval_chunks_follow_the_authors_formula():
+    src = make_source(5, seed=8, min_frames=256, max_frames=1813)
+    src[0]["mel"] = src[0]["mel"][:, :256]  # exactly one chunk: 16 copies of start 0
+    batches = list(ip.eval_batches(src, clips_per_batch=5))
+    (batch,) = batches
+    assert batch["x"].shape == (5 * 16, 96, CROP)
+    for c, index in enumerate(batch["clip_index"]):
+        mel = src[index]["mel"].astype(np.float32)
+        hop = (mel.shape[1] - CROP) // 16  # the authors' formula, written out independently
+        for i in range(16):
+            np.testing.assert_array_equal(batch["x"][16 * c + i], mel[:, i * hop:i * hop + CROP])
+        np.testing.assert_array_equal(batch["y"][c], src[index]["tags"])
+
+
+def test_eval_last_batch_is_padded_and_masked():
+    src = make_source(10, seed=9, min_frames=256, max_frames=400)
+    batches = list(ip.eval_batches(src, clips_per_batch=4, num_chunks=2))
+    assert len(batches) == ip.eval_num_batches(10, 4) == 3
+    assert all(b["x"].shape == (8, 96, CROP) for b in batches)  # fixed shapes
+    last = batches[-1]
+    np.testing.assert_array_equal(last["mask"], [True, True, False, False])
+    np.testing.assert_array_equal(last["clip_index"], [8, 9, -1, -1])
+    assert not last["x"][4:].any() and not last["y"][2:].any()
+    assert np.concatenate([b["clip_index"] for b in batches])[:10].tolist() == list(range(10))
+
+
+def test_eval_hosts_disjoint_and_covering():
+    src = make_source(11, seed=10, min_frames=256, max_frames=300)
+    per_host = [list(ip.eval_batches(src, clips_per_batch=2, num_chunks=1, process_index=h,
+                                     process_count=3)) for h in range(3)]
+    assert {len(b) for b in per_host} == {ip.eval_num_batches(11, 2, 3)} == {2}  # lockstep
+    seen = []
+    for batches in per_host:
+        for b in batches:
+            seen += b["clip_index"][b["mask"]].tolist()
+            assert (b["clip_index"][~b["mask"]] == -1).all()
+    assert sorted(seen) == list(range(11))  # every clip exactly once
+
+
+def test_eval_audio_and_short_clips():
+    src = make_source(2, seed=11, min_frames=100, max_frames=100, audio=True)
+    (batch,) = list(ip.eval_batches(src, clips_per_batch=2, num_chunks=4, input_kind="audio"))
+    assert batch["x"].shape == (8, ip.WAVEFORM_CROP)
+    audio = src[0]["audio"]
+    hop = (len(audio) - ip.WAVEFORM_CROP) // 4
+    np.testing.assert_array_equal(batch["x"][3], audio[3 * hop:3 * hop + ip.WAVEFORM_CROP])
+    (mel_batch,) = list(ip.eval_batches(src, clips_per_batch=2, num_chunks=4))
+    tiled = np.take(src[1]["mel"], np.arange(CROP) % 100, axis=-1).astype(np.float32)
+    for i in range(4):  # 100 frames repeated to 256: all 4 chunks are that one chunk
+        np.testing.assert_array_equal(mel_batch["x"][4 + i], tiled)
+
+
+def test_full_track_windows_cover_each_track():
+    src = make_source(5, seed=12, min_frames=256, max_frames=2000)
+    batches = list(ip.full_track_batches(src, windows_per_batch=7, hop_frames=200))
+    assert all(b["x"].shape == (7, 96, CROP) for b in batches)
+    assert all(b["mask"].all() for b in batches[:-1])  # only the last batch is padded
+    covered = {i: np.zeros(src[i]["mel"].shape[1], bool) for i in range(5)}
+    for b in batches:
+        for x, y, index, start, valid in zip(b["x"], b["y"], b["clip_index"], b["start"],
+                                             b["mask"]):
+            if not valid:
+                assert index == -1
+                continue
+            mel = src[index]["mel"].astype(np.float32)
+            np.testing.assert_array_equal(x, mel[:, start:start + CROP])
+            np.testing.assert_array_equal(y, src[index]["tags"])
+            covered[int(index)][start:start + CROP] = True
+    assert all(c.all() for c in covered.values())
+    hosts = [list(ip.full_track_batches(src, windows_per_batch=7, hop_frames=200,
+                                        process_index=h, process_count=2)) for h in range(2)]
+    tracks = [set(np.concatenate([b["clip_index"][b["mask"]] for b in hb]).tolist())
+              for hb in hosts]
+    assert not tracks[0] & tracks[1] and tracks[0] | tracks[1] == set(range(5))
+
+
+# ---------------------------------------------------------------------------------------------
+# A real TFDS-built split, read through tfds.data_source.
+
+def test_real_tfds_split(tmp_path_factory):
+    datasets = pytest.importorskip("tagger_jax.datasets",
+                                   reason="tagger_jax.datasets (TFDS builders) not importable")
+    from tagger_jax.datasets.synthetic_tags import SyntheticConfig
+
+    config = SyntheticConfig(name="pipeline_test", num_train=10, num_validation=3, num_test=1,
+                             duration_s=5.0)
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    datasets.ensure_built("synthetic_tags", data_dir, builder_config=config, num_workers=1)
+    src, tag_names = datasets.load_split("synthetic_tags", "train", data_dir,
+                                         builder_config=config)
+    assert type(src).__name__ == "ArrayRecordDataSource"  # tfds.data_source, read lazily
+    batches = list(loader(src, global_batch_size=4, num_epochs=1))
+    assert len(batches) == 2  # 10 clips: 2 full batches, 2 clips left for the next epoch
+    for batch in batches:
+        assert batch["y"].shape == (4, len(tag_names))
+        for x, y, index in zip(batch["x"], batch["y"], batch["clip_index"]):
+            record = src[int(index)]
+            assert record["mel"].dtype == np.float16
+            assert len(crop_offsets(record["mel"], x)) == 1
+            np.testing.assert_array_equal(y, record["tags"])
+    # The TFDS source travels to a worker process (pickled) and gives the same batches.
+    ds = loader(src, global_batch_size=4, num_epochs=1, num_workers=1)
+    it = iter(ds)
+    assert_batches_equal(list(it), batches)
+    it.close()
+    val, _ = datasets.load_split("synthetic_tags", "validation", data_dir, builder_config=config)
+    (batch,) = list(ip.eval_batches(val, clips_per_batch=4, num_chunks=16))
+    np.testing.assert_array_equal(batch["mask"], [True, True, True, False])
+    mel = val[1]["mel"].astype(np.float32)
+    hop = (mel.shape[1] - CROP) // 16
+    np.testing.assert_array_equal(batch["x"][16 + 15], mel[:, 15 * hop:15 * hop + CROP])
