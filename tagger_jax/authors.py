@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import ml_collections
 
-from tagger_jax.config_base import base_config
+from tagger_jax.config_base import authors_released_config, paper_mtat_config
 from tagger_jax.models.frontends import HORIZONTAL_BRANCHES, VERTICAL_BRANCHES
 
 VARIANTS = ("training", "released")
@@ -36,26 +36,10 @@ class AuthorsImportError(ValueError):
 
 
 def authors_config(variant: str) -> ml_collections.ConfigDict:
-    """The full config of a variant; equal to configs/paper_mtat.py or configs/authors_released.py.
-
-    Kept in the package (configs/ is not installed) so `tagger-jax import-authors` works anywhere;
-    a test checks it against the two config files.
-    """
+    """The full config of a variant (what configs/paper_mtat.py / authors_released.py return)."""
     if variant not in VARIANTS:
         raise AuthorsImportError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    config = base_config()
-    config.model.architecture = "pons_won"
-    config.data.name = "magnatagatune"
-    if variant == "training":
-        config.model.conv_channels = 16
-        config.model.positions = "sinusoidal"
-        config.train.optimizer = "authors"
-        config.train.batch_size = 16
-    else:
-        config.model.conv_channels = 8
-        config.model.positions = "learned"
-        config.model.max_positions = 271
-    return config
+    return paper_mtat_config() if variant == "training" else authors_released_config()
 
 
 # --------------------------------------------------------------------------------------------

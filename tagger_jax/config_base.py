@@ -70,3 +70,33 @@ def base_config() -> ml_collections.ConfigDict:
     t.test_after_training = True  # evaluate the best model on data.test_split at the end
     t.distributed = False  # call jax.distributed.initialize() (also when the cluster env asks)
     return c
+
+
+def paper_mtat_config() -> ml_collections.ConfigDict:
+    """The training code's model (c = 16, sinusoidal positions) and the authors' MTAT protocol.
+
+    `configs/paper_mtat.py` returns this; it lives in the package so that `import-authors
+    --variant training` works where `configs/` is not at hand.
+    """
+    c = base_config()
+    c.model.architecture = "pons_won"  # the paper's model: Pons front-end + Transformer
+    c.model.conv_channels = 16  # training code's width: 6,882,452 parameters
+    c.model.positions = "sinusoidal"  # training code's fixed table, no LayerNorm
+    c.data.name = "magnatagatune"  # MagnaTagATune top-50, built with `tagger-jax build-dataset`
+    c.train.optimizer = "authors"  # Adam 1e-4, then SGD with drops on validation plateaus
+    c.train.batch_size = 16  # the authors' batch
+    return c
+
+
+def authors_released_config() -> ml_collections.ConfigDict:
+    """The variant of the authors' released checkpoint (models/ponswon.pth) and visualisation code.
+
+    `configs/authors_released.py` returns this; `import-authors --variant released` uses it.
+    """
+    c = base_config()
+    c.model.architecture = "pons_won"  # the paper's model
+    c.model.conv_channels = 8  # the released checkpoint is the narrow variant (232 channels)
+    c.model.positions = "learned"  # learned table + LayerNorm + dropout
+    c.model.max_positions = 271  # the released table has 271 rows; 257 are used
+    c.data.name = "magnatagatune"  # it was trained on MagnaTagATune top-50
+    return c
