@@ -64,10 +64,11 @@ def save_model(directory: str | os.PathLike, variables: Any, config: ml_collecti
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(directory / VARIABLES_DIR, variables, force=True)
     checkpointer.wait_until_finished()
-    meta = {"format": FORMAT_VERSION, "tags": list(tags), "config": config.to_dict()}
-    tmp = directory / (METADATA_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(directory / METADATA_FILE)
+    if jax.process_index() == 0:  # with several processes, all save the variables, one the JSON
+        meta = {"format": FORMAT_VERSION, "tags": list(tags), "config": config.to_dict()}
+        tmp = directory / (METADATA_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.replace(directory / METADATA_FILE)
     return directory
 
 

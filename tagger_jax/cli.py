@@ -12,6 +12,10 @@ import sys
 COMMANDS = {
     "import-authors": "tagger_jax.commands.import_authors",
     "tag": "tagger_jax.commands.tag",
+    "build-dataset": "tagger_jax.commands.build_dataset",
+    "evaluate": "tagger_jax.commands.evaluate",
+    "train": "tagger_jax.commands.train",
+    "explain": "tagger_jax.commands.explain",
 }
 
 

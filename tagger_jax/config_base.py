@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.plateau_patience = 1  # epochs without validation improvement before the next phase
     t.sgd_learning_rates = (1e-3, 1e-4, 1e-5)  # authors: SGD phases after Adam, one per plateau
     t.sgd_momentum = 0.9  # authors: Nesterov momentum of the SGD phases
+    t.eval_every_epochs = 1  # validate (best model, plateau schedule) every N epochs and at the end
     t.log_every_steps = 50  # steps between logged training metrics
     t.checkpoint_every_steps = 1000  # steps between "latest" checkpoints (also at every epoch end)
     t.keep_checkpoints = 2  # latest checkpoints kept besides the best one

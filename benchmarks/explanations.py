@@ -1,0 +1,437 @@
+#!/usr/bin/env python
+"""How good is each explanation, and what does it cost? (docs/explanations.md reports a run.)
+
+Localisation, on `synthetic_tags/segments`: the two halves of each clip use instrument sets that
+share no instrument tag, and a frame mask says where each tag sounds. The model reads the clip's
+centre chunk (256 frames, the junction in the middle: Figure 2's two-clip setup, with ground truth).
+For every (clip, tag) whose tag sounds in part of the chunk only, each method's frame map for that
+tag (attention maps are the same for every tag) is scored by
+  - pointing game: is the map's maximum on a frame where the tag sounds?
+  - ROC-AUC of the map against the frame mask (0.5 = no localisation);
+  - deletion: the tag's probability as the top-ranked frames are replaced by the chunk's dB floor,
+    in 16 steps; the mean over the curve (lower = the map found what the model uses).
+Gradient maps are summed over frequency (signed: evidence for the tag). A "random" map gives the
+chance level of every score.
+
+Cost: seconds per clip of each method next to one forward pass, for the benchmark model and for
+the paper's model (c = 16, 512 channels, 256 frames; random weights), together with the authors'
+procedure (257 full forward passes with the override), in JAX and, with torch installed, with the
+PyTorch twin of their model (benchmarks/torch_twin.py).
+
+    python benchmarks/explanations.py --workdir runs/explanations_benchmark   # trains if needed
+    python benchmarks/explanations.py --checkpoint DIR --clips 200 --write-docs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LOCALISATION_METHODS = ("attention", "rollout", "contribution", "grad_x_input",
+                        "integrated_gradients")
+DOC = ROOT / "docs" / "explanations.md"
+FIGURES = ROOT / "docs" / "figures"
+BEGIN, END = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def get_model(args):
+    """The checkpoint to benchmark; trains configs/synthetic_cpu.py into --workdir if needed."""
+    from tagger_jax.checkpoint import CheckpointError, load_model
+
+    path = args.checkpoint or args.workdir
+    try:
+        return load_model(path), None
+    except CheckpointError:
+        if args.checkpoint:
+            raise
+    from configs.synthetic_cpu import get_config
+    from tagger_jax.train_lib import train_and_evaluate
+
+    config = get_config()
+    if args.data_dir:
+        config.data.data_dir = args.data_dir
+    print(f"no trained model in {args.workdir}: training configs/synthetic_cpu.py there",
+          flush=True)
+    t0 = time.perf_counter()
+    summary = train_and_evaluate(config, args.workdir)
+    print(f"trained in {time.perf_counter() - t0:.0f} s: {summary}", flush=True)
+    return load_model(args.workdir), time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------------
+# Localisation
+
+
+def load_clips(loaded, args):
+    """Centre chunks, frame masks and tag lists of the segments split (one-half tags only)."""
+    from tagger_jax.datasets import ensure_built, load_split
+
+    data_dir = args.data_dir or loaded.config.data.data_dir
+    ensure_built("synthetic_tags", data_dir, "segments")
+    source, tags = load_split("synthetic_tags", args.split, data_dir, "segments")
+    if tuple(tags) != tuple(loaded.tags):
+        raise SystemExit(f"model tags {loaded.tags} differ from synthetic_tags {tags}")
+    chunk = int(loaded.config.features.chunk_frames)
+    xs, masks, pairs = [], [], []
+    for i in range(min(args.clips, len(source))):
+        record = source[i]
+        mel = np.asarray(record["mel"], np.float32)
+        mask = np.asarray(record["tag_mask"], np.uint8)
+        start = (mel.shape[1] - chunk) // 2
+        x, m = mel[:, start:start + chunk], mask[:, start:start + chunk]
+        for k in np.flatnonzero((m.sum(1) > 0) & (m.sum(1) < chunk)):
+            pairs.append((len(xs), int(k)))
+        xs.append(x)
+        masks.append(m)
+    return np.stack(xs), np.stack(masks), pairs
+
+
+def frame_maps(loaded, xs, pairs, args):
+    """{method: (pairs, chunk) frame map} and the chunk probabilities (clips, tags)."""
+    import jax
+
+    from tagger_jax.explain import methods as M
+
+    by_clip: dict[int, list[int]] = {}
+    for c, k in pairs:
+        by_clip.setdefault(c, []).append(k)
+    kmax = max(len(v) for v in by_clip.values())
+    tags = np.zeros((len(xs), kmax), np.int32)
+    for c, ks in by_clip.items():
+        tags[c, :len(ks)] = ks
+        tags[c, len(ks):] = ks[0]
+    fn = jax.jit(lambda v, x, t: M.explain(
+        loaded.model, v, x, t, methods=LOCALISATION_METHODS, ig_steps=args.ig_steps))
+    b = args.batch
+    outs = []
+    for s in range(0, len(xs), b):
+        x, t = xs[s:s + b], tags[s:s + b]
+        n = len(x)
+        if n < b:  # one shape for the whole run
+            x = np.concatenate([x, np.repeat(x[:1], b - n, 0)])
+            t = np.concatenate([t, np.repeat(t[:1], b - n, 0)])
+        out = jax.device_get(fn(loaded.variables, x, t))
+        outs.append({k: np.asarray(v)[:n] for k, v in out.items()})
+    out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    maps = {m: [] for m in LOCALISATION_METHODS}
+    for c, k in pairs:
+        j = by_clip[c].index(k)
+        maps["attention"].append(out["attention"][c, 1:])
+        maps["rollout"].append(out["rollout"][c, 1:])
+        maps["contribution"].append(out["contribution"][c, k, 1:])
+        for g in ("grad_x_input", "integrated_gradients"):
+            maps[g].append(out[g][c, j].sum(0))  # signed evidence per frame
+    rng = np.random.default_rng(0)
+    maps = {m: np.stack(v) for m, v in maps.items()}
+    maps["random"] = rng.random(maps["attention"].shape)
+    completeness = np.abs(out["integrated_gradients"].reshape(out["integrated_gradients"].shape[:2]
+                                                              + (-1,)).sum(-1)
+                          - (out["integrated_gradients_output"]
+                             - out["integrated_gradients_baseline_output"]))
+    rel = completeness / np.maximum(np.abs(out["integrated_gradients_output"]
+                                           - out["integrated_gradients_baseline_output"]), 1e-6)
+    return maps, out["probabilities"], {"max_abs_gap": float(completeness.max()),
+                                        "median_rel_gap": float(np.median(rel)),
+                                        "p95_rel_gap": float(np.percentile(rel, 95))}
+
+
+def deletion_curves(loaded, xs, pairs, maps, args):
+    """{method: (pairs, steps + 1) probability of the tag as top-ranked frames are removed}."""
+    import jax
+
+    chunk = xs.shape[-1]
+    steps = args.deletion_steps
+    counts = np.rint(np.linspace(0, chunk, steps + 1)).astype(int)
+    names = list(maps)  # the "random" map is the random-order reference
+    predict = jax.jit(lambda v, x: jax.nn.sigmoid(loaded.model.apply(v, x)))
+    curves = {n: np.zeros((len(pairs), steps + 1)) for n in names}
+    for p, (c, k) in enumerate(pairs):
+        x = xs[c]
+        floor = x.min()
+        batch = []
+        for n in names:
+            order = np.argsort(-maps[n][p], kind="stable")
+            for count in counts:
+                y = x.copy()
+                y[:, order[:count]] = floor
+                batch.append(y)
+        probs = np.asarray(predict(loaded.variables, np.stack(batch)))[:, k]
+        for i, n in enumerate(names):
+            curves[n][p] = probs[i * (steps + 1):(i + 1) * (steps + 1)]
+    return curves
+
+
+def localisation_table(maps, masks, pairs, probs, curves):
+    from sklearn.metrics import roc_auc_score
+
+    truth = np.stack([masks[c, k] for c, k in pairs]).astype(bool)
+    detected = np.array([probs[c, k] > 0.5 for c, k in pairs])
+    rows = {}
+    for subset, keep in (("all", np.ones(len(pairs), bool)), ("detected", detected)):
+        for name, m in maps.items():
+            m, t = m[keep], truth[keep]
+            pointing = np.mean([t[i, np.argmax(m[i])] for i in range(len(m))])
+            auc = np.mean([roc_auc_score(t[i], m[i]) for i in range(len(m))])
+            deletion = curves[name][keep].mean()
+            rows[(subset, name)] = {"pairs": int(keep.sum()), "pointing": float(pointing),
+                                    "auc": float(auc), "deletion": float(deletion),
+                                    "probability": float(curves[name][keep][:, 0].mean())}
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost
+
+
+def best_time(fn, *args, repeats: int = 5) -> float:
+    """Minimum wall time of `repeats` calls after one warm-up (the machine is shared)."""
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def method_timings(model, variables, chunk: int, batch: int, ig_steps: int,
+                   loop: bool = True) -> dict[str, float]:
+    """Seconds per clip: forward, each method alone, and (optionally) the authors' loop."""
+    import jax
+    import jax.numpy as jnp
+
+    from tagger_jax.explain import methods as M
+
+    x = jnp.asarray(np.random.default_rng(0).normal(-20, 12, (batch, 96, chunk)), jnp.float32)
+    tags = jnp.zeros((batch, 1), jnp.int32)
+    out = {"forward": best_time(jax.jit(lambda v, x: model.apply(v, x)), variables, x) / batch}
+    for name in ("attention", "rollout", "contribution", "grad_x_input", "integrated_gradients"):
+        fn = jax.jit(lambda v, x, t, name=name: M.explain(model, v, x, t, methods=(name,),
+                                                          ig_steps=ig_steps))
+        out[name] = best_time(fn, variables, x, tags, repeats=3) / batch
+    if loop:
+        full = jax.jit(lambda v, x, o: jax.nn.sigmoid(model.apply(
+            v, x, attention_override=o, full_last_layer=True)))
+        s = chunk + 1
+        eye = np.eye(s, dtype=np.float32)[:, None, None, None, :]
+
+        def authors(v, x):
+            return [full(v, x, eye[t]) for t in range(s)]
+
+        out["loop of S overridden passes"] = best_time(authors, variables, x, repeats=1) / batch
+    return out
+
+
+def paper_model_timings(args) -> dict[str, float]:
+    """The paper's model on one 256-frame clip: forward, maps, and the authors' procedure."""
+    import jax
+
+    from configs.paper_mtat import get_config
+    from tagger_jax.models import build_model
+
+    model = build_model(get_config().model, 50)
+    x = np.zeros((1, 96, 256), np.float32)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    out = method_timings(model, variables, 256, 1, args.ig_steps, loop=True)
+    try:
+        import torch
+
+        from benchmarks import torch_twin
+    except ImportError:
+        return out
+    torch.set_num_threads(os.cpu_count() or 1)
+    twin = torch_twin.build_twin("training").eval()
+    spec = torch.from_numpy(np.random.default_rng(0).normal(-20, 12, (1, 96, 256))
+                            .astype(np.float32))
+    with torch.no_grad():
+        twin(spec)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            twin(spec)
+            times.append(time.perf_counter() - t0)
+        out["torch twin: forward"] = min(times)
+        t0 = time.perf_counter()
+        for _ in range(257):  # the authors' procedure: one full pass per position
+            twin(spec)
+        out["torch twin: loop of 257 passes"] = time.perf_counter() - t0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+NAMES = {"attention": "attention (Fig. 1)", "rollout": "attention rollout",
+         "contribution": "contribution (Fig. 2)", "grad_x_input": "gradient x input",
+         "integrated_gradients": "integrated gradients",
+         "random": "random map (chance; deletion in random order)"}
+
+
+def format_tables(rows, timings, paper, completeness, meta) -> str:
+    lines = [f"Run: {meta['date']}, {meta['device']}; model `{meta['model']}` "
+             f"(validation/test ROC-AUC in its workdir), {meta['clips']} clips of "
+             f"`synthetic_tags/segments` {meta['split']}, centre 256-frame chunk, "
+             f"{meta['pairs']} (clip, tag) pairs whose tag sounds in one part of the chunk only; "
+             f"integrated gradients with {meta['ig_steps']} steps from the dB floor.", ""]
+    for subset, title in (("all", "All one-part tags"),
+                          ("detected", "Only tags the model detects in the chunk (p > 0.5)")):
+        n = rows[(subset, "attention")]["pairs"]
+        lines += [f"**{title}** ({n} pairs)", "",
+                  "| method | pointing game | frame ROC-AUC | deletion: mean p (lower = better) |",
+                  "|---|---|---|---|"]
+        for name in list(LOCALISATION_METHODS) + ["random"]:
+            r = rows[(subset, name)]
+            lines.append(f"| {NAMES[name]} | {r['pointing']:.3f} | {r['auc']:.3f} | "
+                         f"{r['deletion']:.3f} |")
+        lines += ["", f"Mean probability of these tags before deletion: {r['probability']:.3f}.",
+                  ""]
+    lines += ["Integrated gradients completeness on logits (|sum of attributions - (f(x) - "
+              f"f(baseline))|): max {completeness['max_abs_gap']:.4f}, median relative "
+              f"{completeness['median_rel_gap']:.4f}, 95th percentile relative "
+              f"{completeness['p95_rel_gap']:.4f}.", ""]
+    for title, t in (("Benchmark model (synthetic_cpu), milliseconds per clip, batch "
+                      f"{meta['batch']}", timings),
+                     ("Paper model (c = 16, 512 channels, 256 frames, random weights), "
+                      "milliseconds per clip, batch 1", paper)):
+        if not t:
+            continue
+        fwd = t["forward"]
+        lines += [f"**{title}**", "", "| computation | ms per clip | x forward pass |",
+                  "|---|---|---|"]
+        for k, v in t.items():
+            base = t["torch twin: forward"] if k.startswith("torch twin") else fwd
+            lines.append(f"| {k} | {1000 * v:.1f} | {v / base:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def figures(loaded, xs, masks, pairs, maps, curves, probs, args) -> list[Path]:
+    """An example clip in the paper's layout with the ground truth, and the deletion curves."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from tagger_jax.explain.plotting import Row, plot_explanation
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    tags = loaded.tags
+    # The example: the first clip with two detected one-part tags in different parts.
+    by_clip: dict[int, list[int]] = {}
+    for p, (c, k) in enumerate(pairs):
+        if probs[c, k] > 0.5:
+            by_clip.setdefault(c, []).append(p)
+    chosen = next((ps for ps in by_clip.values()
+                   if len({int(masks[pairs[q][0], pairs[q][1], 0]) for q in ps}) == 2), None)
+    chosen = (chosen or next(iter(by_clip.values()), [0]))[:2]
+    c = pairs[chosen[0]][0]
+    rows = []
+    for p in chosen:
+        rows.append(Row(f"truth:\n{tags[pairs[p][1]]}", masks[c, pairs[p][1]].astype(float)))
+    rows.append(Row("attention\n(Fig. 1)", maps["attention"][chosen[0]]))
+    for name, label in (("contribution", "contribution"), ("integrated_gradients", "int. grad."),):
+        for p in chosen:
+            rows.append(Row(f"{label}:\n{tags[pairs[p][1]]}", maps[name][p],
+                            signed=name != "contribution"))
+    step = loaded.config.features.hop_length / loaded.config.features.sample_rate
+    example = plot_explanation(
+        FIGURES / "explanations_example.png", xs[c], step, rows, step,
+        title=f"synthetic_tags/segments {args.split} clip {c}, centre chunk: "
+              + ", ".join(f"{tags[pairs[p][1]]} p={probs[c, pairs[p][1]]:.2f}" for p in chosen))
+    fig = Figure(figsize=(6.5, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    frac = np.linspace(0, 1, args.deletion_steps + 1)
+    for name, curve in curves.items():
+        label = NAMES.get(name, name)
+        ax.plot(frac, curve.mean(0), label=label,
+                linestyle="--" if name == "random" else "-")
+    ax.set_xlabel("fraction of frames deleted (top-ranked first)")
+    ax.set_ylabel("mean probability of the tag")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    deletion = FIGURES / "explanations_deletion.png"
+    fig.savefig(deletion, dpi=110)
+    return [example, deletion]
+
+
+def write_docs(text: str) -> None:
+    doc = DOC.read_text()
+    if BEGIN not in doc or END not in doc:
+        raise SystemExit(f"{DOC} has no {BEGIN} ... {END} section")
+    new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{text}\n{END}",
+                 doc, flags=re.S)
+    DOC.write_text(new)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--checkpoint", help="model trained on synthetic_tags (model dir or workdir)")
+    g.add_argument("--workdir", default=str(ROOT / "runs" / "explanations_benchmark"),
+                   help="workdir to train configs/synthetic_cpu.py into when it has no model")
+    p.add_argument("--data-dir", default=None, help="TFDS data dir (default: the model's)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--clips", type=int, default=100)
+    p.add_argument("--batch", type=int, default=16, help="clips per device batch")
+    p.add_argument("--ig-steps", type=int, default=32)
+    p.add_argument("--deletion-steps", type=int, default=16)
+    p.add_argument("--skip-paper-timing", action="store_true")
+    p.add_argument("--json", default=None, help="write all numbers here")
+    p.add_argument("--write-docs", action="store_true",
+                   help="replace the benchmark section of docs/explanations.md and its figures")
+    args = p.parse_args(argv)
+
+    import jax
+
+    loaded, train_seconds = get_model(args)
+    t0 = time.perf_counter()
+    xs, masks, pairs = load_clips(loaded, args)
+    print(f"{len(xs)} clips, {len(pairs)} (clip, one-part tag) pairs", flush=True)
+    maps, probs, completeness = frame_maps(loaded, xs, pairs, args)
+    curves = deletion_curves(loaded, xs, pairs, maps, args)
+    rows = localisation_table(maps, masks, pairs, probs, curves)
+    print(f"localisation done in {time.perf_counter() - t0:.0f} s", flush=True)
+    timings = method_timings(loaded.model, loaded.variables, xs.shape[-1], args.batch,
+                             args.ig_steps, loop=True)
+    paper = {} if args.skip_paper_timing else paper_model_timings(args)
+    device = jax.devices()[0]
+    meta = {"date": time.strftime("%Y-%m-%d"), "clips": len(xs), "pairs": len(pairs),
+            "split": args.split, "ig_steps": args.ig_steps, "batch": args.batch,
+            "model": str(loaded.directory.relative_to(ROOT) if loaded.directory.is_relative_to(
+                ROOT) else loaded.directory),
+            "device": f"{device.platform} ({getattr(device, 'device_kind', '')}, "
+                      f"{os.cpu_count()} CPU cores)"}
+    text = format_tables(rows, timings, paper, completeness, meta)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "meta": meta, "train_seconds": train_seconds, "completeness": completeness,
+            "localisation": {f"{s}/{m}": r for (s, m), r in rows.items()},
+            "timings": timings, "paper_model_timings": paper,
+            "deletion_curves": {k: v.mean(0).tolist() for k, v in curves.items()}}, indent=2))
+    if args.write_docs:
+        paths = figures(loaded, xs, masks, pairs, maps, curves, probs, args)
+        write_docs(text + "\n" + "\n".join(
+            f"![{p.stem}](figures/{p.name})" for p in paths) + "\n")
+        print(f"wrote {DOC} and {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

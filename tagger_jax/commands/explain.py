@@ -1,0 +1,107 @@
+"""`tagger-jax explain` (and the top-level `explain.py`): attention, contribution and gradient maps
+for audio files, .npy spectrograms, directories or a dataset split."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = ("Explain a model's tags: the paper's attention and tag-wise contribution heat maps and "
+        "gradient saliency, as NPZ + PNG + JSON per input and an index.html for the run.")
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from_ = parser.add_mutually_exclusive_group(required=True)
+    from_.add_argument("--checkpoint", help="model directory (tagger.json + variables/), e.g. "
+                                            "from import-authors")
+    from_.add_argument("--workdir", help="training workdir (its exported best_model/ is used)")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="audio files, .npy log-mel spectrograms (96 x T; waveforms for "
+                             "lee_won) or directories (searched recursively)")
+    parser.add_argument("--dataset", help="explain the records of a dataset split instead, e.g. "
+                                          "synthetic_tags")
+    parser.add_argument("--split", default="test", help="split of --dataset (default: test)")
+    parser.add_argument("--data-dir", default=None,
+                        help="TFDS data directory (default: the model config's data.data_dir)")
+    parser.add_argument("--builder-config", default=None, help="TFDS builder config, e.g. segments")
+    parser.add_argument("--limit", type=int, default=None, help="first N records of --split only")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--methods", type=_csv, default=None,
+                        help="comma-separated: attention, attention_heads, attention_layers, "
+                             "rollout, contribution, grad_x_input, integrated_gradients, or 'all' "
+                             "(default: attention,contribution,grad_x_input)")
+    parser.add_argument("--tags", type=_csv, default=(),
+                        help="comma-separated tag names to explain (default: the top-k predicted "
+                             "per input)")
+    parser.add_argument("--top-k", type=int, default=3, help="tags explained per input (default 3)")
+    parser.add_argument("--hop", type=int, default=None,
+                        help="window hop for long tracks, in frames (samples for lee_won); "
+                             "default: one chunk (no overlap except the last window)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per device batch")
+    parser.add_argument("--ig-steps", type=int, default=32,
+                        help="integrated-gradients trapezoid intervals (default 32)")
+    parser.add_argument("--ig-baseline", choices=("min", "zeros"), default="min",
+                        help="integrated-gradients baseline: the clip's dB floor (min) or zeros")
+    parser.add_argument("--target", choices=("logit", "probability"), default="logit",
+                        help="gradient methods explain the tag's logit (default) or probability")
+    parser.add_argument("--layer", type=int, default=-1,
+                        help="encoder layer whose attention the contribution map overrides "
+                             "(default -1, the last: the paper's)")
+    parser.add_argument("--two-clip", action="store_true",
+                        help="Figure 2's experiment: inputs in pairs (A, B), each explained as "
+                             "the first half-chunk of A followed by the first half-chunk of B")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="retry inputs that failed in an earlier run although unchanged")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tagger_jax.checkpoint import CheckpointError, load_model
+    from tagger_jax.explain import methods as M
+    from tagger_jax.explain import runner
+
+    def error(msg: str) -> int:
+        print(f"tagger-jax explain: error: {msg}", file=sys.stderr)
+        return 2
+
+    if bool(args.inputs) == bool(args.dataset):
+        return error("give INPUT files/directories or --dataset (not both)")
+    methods = args.methods or runner.DEFAULT_METHODS
+    if methods == ("all",):
+        methods = M.METHODS
+    try:
+        loaded = load_model(args.checkpoint or args.workdir)
+        options = runner.ExplainOptions(
+            methods=tuple(methods), tags=tuple(args.tags), top_k=args.top_k, hop=args.hop,
+            ig_steps=args.ig_steps, ig_baseline=args.ig_baseline, target=args.target,
+            layer=args.layer, plot=not args.no_plot, batch_size=args.batch_size,
+            retry_failed=args.retry_failed)
+        if args.dataset:
+            data_dir = args.data_dir or loaded.config.data.get("data_dir")
+            items = runner.dataset_items(loaded, args.dataset, args.split, data_dir,
+                                         args.builder_config, args.limit)
+        else:
+            items = runner.file_items(loaded, args.inputs)
+        if args.two_clip:
+            chunk = (runner.chunking.WAVEFORM_CHUNK if runner._is_waveform_model(loaded)
+                     else int(loaded.config.features.chunk_frames))
+            items = runner.two_clip_items(items, chunk)
+        if not items:
+            return error("no inputs found")
+        result = runner.explain_inputs(loaded, items, args.out, options,
+                                       progress=not args.no_progress)
+    except (CheckpointError, ValueError, OSError) as e:
+        return error(str(e))
+    print(f"index: {result.index}")
+    return 1 if result.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the top-level `explain.py` (same flags as the subcommand)."""
+    parser = argparse.ArgumentParser(prog="explain.py", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,632 @@
+"""Explaining many inputs: load ahead in threads, cut into windows, run the methods in fixed-size
+device batches packed across inputs, stitch each input's windows, write NPZ + PNG + JSON.
+
+Batches have one shape for the whole run (windows of several short tracks share a batch, the last
+batch is padded), so the explanation function compiles once. When the tags to explain are the
+top-k predicted ones and a gradient method is asked for, a cheap forward pass over each input's
+windows (also packed) picks the tags first: gradients need them, and they must be the same for
+all windows of a track to stitch. An input whose JSON summary exists with the same model, settings
+and input fingerprint is skipped; an input that failed is recorded in failures.json and is not
+retried until it changes (or `retry_failed`).
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+from tagger_jax import chunking
+from tagger_jax.explain import methods as M
+from tagger_jax.explain import report
+from tagger_jax.explain.stitch import stitch
+
+DEFAULT_METHODS = ("attention", "contribution", "grad_x_input")
+FORMAT = "tagger-jax-explanation"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainOptions:
+    """What to compute (all of it enters the rerun signature except the last four fields)."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    tags: tuple[str, ...] = ()  # tag names to explain; empty: the top_k predicted per input
+    top_k: int = 3
+    hop: Optional[int] = None  # window hop (frames, or samples for lee_won); None: one chunk
+    ig_steps: int = 32  # integrated-gradients trapezoid intervals
+    ig_baseline: str = "min"  # "min" (the clip's dB floor) or "zeros"
+    target: str = "logit"  # gradients of the tag "logit" or its "probability"
+    layer: int = -1  # encoder layer whose attention the contribution map overrides
+    plot: bool = True
+    # Not part of the signature: they change speed, not results.
+    batch_size: int = 8  # windows per device batch
+    ig_step_batch: int = 8  # integrated-gradients path points per vmapped group
+    load_workers: int = 2  # threads decoding audio ahead of the device
+    retry_failed: bool = False
+
+    def signature_fields(self) -> dict[str, Any]:
+        keep = ("methods", "tags", "top_k", "hop", "ig_steps", "ig_baseline", "target", "layer",
+                "plot")
+        return {k: getattr(self, k) for k in keep}
+
+
+@dataclasses.dataclass(frozen=True)
+class InputItem:
+    """One thing to explain. `load` returns the whole track's model input: (96, T) log-mel, or
+    (N,) samples for lee_won; it raises (ideally `InputError`, naming the input) when broken."""
+
+    key: str  # output file stem, unique in the run and safe as a file name
+    name: str  # shown to people: a path, or dataset/split/record
+    load: Callable[[], np.ndarray]
+    fingerprint: str  # changes when the input changes
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    marks: tuple[int, ...] = ()  # window positions to mark in the figure (two-clip junction)
+
+
+@dataclasses.dataclass
+class RunReport:
+    done: list[str]
+    skipped: list[str]
+    failed: dict[str, str]  # input name -> error
+    out_dir: Path
+    index: Optional[Path]
+    seconds: float
+
+    def __str__(self) -> str:
+        return report.format_report(self.done, self.skipped, self.failed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def safe_key(text: str, max_len: int = 120) -> str:
+    """A file-name-safe stem: odd characters become '_', long names keep a hash suffix."""
+    key = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._") or "input"
+    if len(key) > max_len:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+        key = key[: max_len - 11] + "-" + digest
+    return key
+
+
+def file_fingerprint(path: Path) -> str:
+    try:
+        st = path.stat()
+        return f"file:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        return "file:missing"
+
+
+def input_loader(loaded, path: Path) -> Callable[[], np.ndarray]:
+    """The function reading one file as the model's input (log-mel, or waveform for lee_won)."""
+    from tagger_jax import audio
+
+    if _is_waveform_model(loaded):
+        rate = audio.features_from_config(loaded.config.features).sample_rate
+        return functools.partial(audio.load_waveform_input, path, rate)
+    return functools.partial(audio.load_input, path, loaded.config.features)
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str]]:
+    """(file, display-relative name) for files, and for audio/.npy files under directories."""
+    from tagger_jax.audio import AUDIO_SUFFIXES
+
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and
+                           f.suffix.lower() in AUDIO_SUFFIXES + (".npy",))
+            out += [(f, f.relative_to(p).as_posix()) for f in found]
+        else:  # files, and missing paths (reported as failed inputs when loaded)
+            out.append((p, p.name))
+    return out
+
+
+def file_items(loaded, paths: Iterable[str | os.PathLike]) -> list[InputItem]:
+    """Input items for files and directories (searched recursively), with unique keys."""
+    items, used = [], collections.Counter()
+    for path, rel in expand_paths(paths):
+        key = safe_key(rel.replace("/", "__"))
+        used[key] += 1
+        if used[key] > 1:
+            key = f"{key}-{used[key]}"
+        items.append(InputItem(key=key, name=str(path), load=input_loader(loaded, path),
+                               fingerprint=file_fingerprint(path)))
+    return items
+
+
+def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
+                  builder_config: Optional[str] = None,
+                  limit: Optional[int] = None) -> list[InputItem]:
+    """Input items for the records of a dataset split (`tagger_jax.datasets.load_split`)."""
+    from tagger_jax.datasets import SELF_CONTAINED, ensure_built, load_split
+
+    if name in SELF_CONTAINED:  # generated data: build it on first use, like training does
+        ensure_built(name, data_dir, builder_config)
+    source, _ = load_split(name, split, data_dir, builder_config)
+    n = len(source) if limit is None else min(limit, len(source))
+    feature = "audio" if _is_waveform_model(loaded) else "mel"
+    label = f"{name}/{builder_config}" if builder_config else name
+
+    def load(i: int) -> np.ndarray:
+        record = source[i]
+        if feature not in record:
+            raise ValueError(f"{label}:{split}[{i}]: record has no {feature!r} feature "
+                             f"({sorted(record)})")
+        return np.asarray(record[feature], np.float32)
+
+    items = []
+    for i in range(n):
+        items.append(InputItem(key=safe_key(f"{label}-{split}-{i:06d}"),
+                               name=f"{label}:{split}[{i}]",
+                               load=functools.partial(load, i),
+                               fingerprint=f"dataset:{label}:{split}:{i}"))
+    return items
+
+
+def two_clip_items(items: Sequence[InputItem], chunk: int) -> list[InputItem]:
+    """Figure 2's experiment on consecutive pairs (A, B): the first half-chunk of A followed by
+    the first half-chunk of B, one window; a clip shorter than half a chunk is tiled first."""
+    if len(items) % 2:
+        raise ValueError(f"two-clip mode needs pairs of inputs, got {len(items)}")
+    half = chunk // 2
+
+    def load(a: InputItem, b: InputItem) -> np.ndarray:
+        xa, _ = chunking.pad_to_length(a.load(), half)
+        xb, _ = chunking.pad_to_length(b.load(), chunk - half)
+        return M.two_clip_input(xa, xb, chunk)
+
+    out = []
+    for a, b in zip(items[::2], items[1::2]):
+        out.append(InputItem(key=safe_key(f"{a.key}+{b.key}"), name=f"{a.name} + {b.name}",
+                             load=functools.partial(load, a, b),
+                             fingerprint=f"{a.fingerprint}+{b.fingerprint}",
+                             meta={"two_clip": [a.name, b.name]}, marks=(half,)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The model side
+
+
+def _is_waveform_model(loaded) -> bool:
+    return loaded.config.model.get("architecture", "pons_won") == "lee_won"
+
+
+def model_identity(loaded) -> str:
+    """Changes when the model directory is rewritten (its metadata or variables)."""
+    directory = Path(loaded.directory)
+    parts = [str(directory)]
+    for name in ("tagger.json", "variables"):
+        try:
+            parts.append(str((directory / name).stat().st_mtime_ns))
+        except OSError:
+            parts.append("-")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def run_signature(loaded, options: ExplainOptions) -> str:
+    fields = {"model": model_identity(loaded), **options.signature_fields()}
+    return hashlib.sha1(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=8)
+def jitted_functions(model, methods: tuple[str, ...], ig_steps: int, ig_baseline: str,
+                     target: str, layer: int, ig_step_batch: int):
+    """(predict, explain) jitted for a model and settings; cached so that runs in one process
+    (a notebook, the tests) reuse the compiled programs."""
+    import jax
+
+    predict = jax.jit(lambda v, x: jax.nn.sigmoid(model.apply(v, x, train=False)))
+    explain = jax.jit(functools.partial(
+        M.explain, model, methods=methods, ig_steps=ig_steps, ig_baseline_kind=ig_baseline,
+        target=target, layer=layer, ig_step_batch=ig_step_batch))
+    return predict, explain
+
+
+class _Context:
+    """Per-run constants: shapes, time grids, and the two jitted functions."""
+
+    def __init__(self, loaded, options: ExplainOptions):
+        from tagger_jax.audio import features_from_config
+
+        unknown = [m for m in options.methods if m not in M.METHODS]
+        if unknown or not options.methods:
+            raise ValueError(f"unknown or no methods {unknown or list(options.methods)}; "
+                             f"choose from {', '.join(M.METHODS)}")
+        arch = loaded.config.model.get("architecture", "pons_won")
+        if arch == "pons_pons" and set(options.methods) - set(M.GRADIENT_METHODS):
+            raise ValueError("pons_pons has no attention: only the gradient methods "
+                             f"({', '.join(M.GRADIENT_METHODS)}) apply")
+        self.loaded, self.options = loaded, options
+        self.tags = tuple(loaded.tags)
+        self.features = features_from_config(loaded.config.features)
+        self.waveform = arch == "lee_won"
+        if self.waveform:
+            self.chunk = chunking.WAVEFORM_CHUNK
+            self.map_steps = chunking.WAVEFORM_CHUNK // M.WAVEFORM_STEP  # 270 front-end steps
+            self.map_step_s = M.WAVEFORM_STEP / self.features.sample_rate
+        else:
+            self.chunk = self.map_steps = int(self.features.chunk_frames)
+            self.map_step_s = self.features.hop_length / self.features.sample_rate
+        self.hop = int(options.hop or self.chunk)
+        if not 0 < self.hop <= self.chunk:
+            raise ValueError(f"hop must be in 1..{self.chunk}, got {self.hop}")
+        if options.batch_size < 1 or options.top_k < 1 or options.ig_steps < 1:
+            raise ValueError("batch_size, top_k and ig_steps must be positive")
+        missing = [t for t in options.tags if t not in self.tags]
+        if missing:
+            raise ValueError(f"unknown tags {missing}; the model's tags are: "
+                             f"{', '.join(self.tags)}")
+        self.fixed_tags = np.array([self.tags.index(t) for t in options.tags], np.int32)
+        self.k = len(options.tags) if options.tags else max(1, min(options.top_k, len(self.tags)))
+        self.gradients = any(m in M.GRADIENT_METHODS for m in options.methods)
+        self.needs_prediction = self.gradients and not options.tags
+        self.predict_fn, self.explain_fn = jitted_functions(
+            loaded.model, tuple(options.methods), options.ig_steps, options.ig_baseline,
+            options.target, options.layer, options.ig_step_batch)
+
+
+@dataclasses.dataclass
+class _Track:
+    item: InputItem
+    signal: np.ndarray  # the whole input as loaded
+    length: int  # time steps of the signal (frames or samples) before any padding
+    starts: np.ndarray  # window starts in signal steps
+    windows: np.ndarray  # (n, ..., chunk)
+    padded: bool
+    started: float
+    tags: Optional[np.ndarray] = None
+
+
+def _prepare(ctx: _Context, item: InputItem) -> _Track:
+    started = time.perf_counter()
+    signal = np.asarray(item.load(), np.float32)
+    if signal.ndim != (1 if ctx.waveform else 2):
+        raise ValueError(f"{item.name}: model input has shape {signal.shape}")
+    length = signal.shape[-1]
+    padded, was_padded = chunking.pad_to_length(signal, ctx.chunk)
+    starts = chunking.sliding_window_starts(padded.shape[-1], ctx.chunk, ctx.hop)
+    windows = chunking.sliding_windows(padded, ctx.chunk, ctx.hop)
+    return _Track(item, signal, length, starts, windows, was_padded, started)
+
+
+def _load_ahead(ctx: _Context, items: Sequence[InputItem]) -> Iterator[tuple[InputItem, Any]]:
+    """(item, _Track or the exception its loading raised), in order, decoded by worker threads."""
+    workers = max(1, ctx.options.load_workers)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque = collections.deque()
+        it = iter(items)
+        for item in it:
+            pending.append((item, pool.submit(_prepare, ctx, item)))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            item, future = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(_prepare, ctx, nxt)))
+            try:
+                yield item, future.result()
+            except Exception as e:  # a broken input must never stop the others
+                yield item, e
+
+
+class _Packer:
+    """Packs rows of many inputs into fixed-size batches for `fn` and hands each input its rows
+    back (stacked, in order) once all have been computed."""
+
+    def __init__(self, fn: Callable[..., Mapping[str, Any]], batch_size: int):
+        self.fn, self.batch_size = fn, batch_size
+        self.rows: collections.deque = collections.deque()  # (key, index, {name: row})
+        self.expected: dict[str, int] = {}
+        self.results: dict[str, list] = {}
+
+    def add(self, key: str, arrays: Mapping[str, np.ndarray]) -> list[tuple[str, dict]]:
+        n = len(next(iter(arrays.values())))
+        self.expected[key] = n
+        self.results[key] = [None] * n
+        for i in range(n):
+            self.rows.append((key, i, {k: v[i] for k, v in arrays.items()}))
+        done = []
+        while len(self.rows) >= self.batch_size:
+            done += self._run(self.batch_size)
+        return done
+
+    def flush(self) -> list[tuple[str, dict]]:
+        done = []
+        while self.rows:
+            done += self._run(min(len(self.rows), self.batch_size))
+        return done
+
+    def _run(self, n: int) -> list[tuple[str, dict]]:
+        import jax
+
+        rows = [self.rows.popleft() for _ in range(n)]
+        names = rows[0][2].keys()
+        batch = {k: np.stack([r[2][k] for r in rows] + [rows[0][2][k]] * (self.batch_size - n))
+                 for k in names}
+        out = jax.device_get(self.fn(**batch))
+        done = []
+        for j, (key, i, _) in enumerate(rows):
+            self.results[key][i] = {k: np.asarray(v[j]) for k, v in out.items()}
+            self.expected[key] -= 1
+            if self.expected[key] == 0:
+                parts = self.results.pop(key)
+                del self.expected[key]
+                done.append((key, {k: np.stack([p[k] for p in parts]) for k in parts[0]}))
+        return done
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-input results
+
+
+def _map_grid(ctx: _Context, track: _Track) -> tuple[np.ndarray, int]:
+    """Window starts and track length on the maps' time grid (frames, or waveform steps)."""
+    if not ctx.waveform:
+        return track.starts, track.length
+    starts = np.rint(track.starts / M.WAVEFORM_STEP).astype(np.int64)
+    if track.padded:
+        return starts, max(1, -(-track.length // M.WAVEFORM_STEP))
+    return starts, int(starts[-1]) + ctx.map_steps
+
+
+def assemble(ctx: _Context, track: _Track, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Stitches the per-window outputs of one track into the arrays of its NPZ."""
+    starts, length = _map_grid(ctx, track)
+    chunk_probs = out["probabilities"]
+    res: dict[str, np.ndarray] = {
+        "probabilities": chunk_probs.mean(axis=0),
+        "chunk_probabilities": chunk_probs,
+        "tag_names": np.array(ctx.tags),
+        "explained_tags": np.array([ctx.tags[i] for i in track.tags]),
+        "explained_tag_indices": np.asarray(track.tags, np.int32),
+        "chunk_starts": np.asarray(starts, np.int64),
+        "frame_times": (np.arange(length) + (0.5 if ctx.waveform else 0.0)) * ctx.map_step_s,
+    }
+    for name in ("attention", "attention_heads", "attention_layers", "rollout", "contribution"):
+        if name in out:
+            res[name] = stitch(M.frames(out[name]), starts, length)
+            res[name + "_cls"] = out[name][..., 0]
+    for name in M.GRADIENT_METHODS:
+        if name not in out:
+            continue
+        attribution = out[name]  # (n, K, 96, C) or (n, K, samples)
+        if ctx.waveform:
+            res[name + "_time"] = stitch(np.asarray(M.time_profile(attribution, waveform=True)),
+                                         starts, length)
+        else:
+            full = stitch(attribution, starts, length)
+            res[name] = full
+            res[name + "_bands"] = full.sum(axis=-1)
+            res[name + "_time"] = full.sum(axis=-2)
+    if "integrated_gradients" in out:
+        res["integrated_gradients_chunk_sum"] = out["integrated_gradients"].reshape(
+            out["integrated_gradients"].shape[:2] + (-1,)).sum(-1)
+        res["integrated_gradients_chunk_delta"] = (out["integrated_gradients_output"]
+                                                   - out["integrated_gradients_baseline_output"])
+    return res
+
+
+def _spectrogram(ctx: _Context, track: _Track) -> np.ndarray:
+    if not ctx.waveform:
+        return track.signal
+    from tagger_jax.audio import log_mel
+
+    return log_mel(track.signal, **ctx.features.mel_kwargs)
+
+
+def _rows(ctx: _Context, res: Mapping[str, np.ndarray]):
+    from tagger_jax.explain.plotting import Row
+
+    tags = [str(t) for t in res["explained_tags"]]
+    rows = []
+    if "attention" in res:
+        rows.append(Row("attention ([CLS],\nlast layer)", res["attention"]))
+    if "attention_layers" in res:
+        rows += [Row(f"attention\nlayer {i}", r) for i, r in enumerate(res["attention_layers"])]
+    if "attention_heads" in res:
+        rows += [Row(f"attention\nhead {h}", r) for h, r in enumerate(res["attention_heads"])]
+    if "rollout" in res:
+        rows.append(Row("attention\nrollout", res["rollout"]))
+    if "contribution" in res:
+        idx = res["explained_tag_indices"]
+        rows += [Row(f"contribution:\n{t}", res["contribution"][i]) for t, i in zip(tags, idx)]
+    short = {"grad_x_input": "grad x input", "integrated_gradients": "integrated grad."}
+    for name in M.GRADIENT_METHODS:
+        if name in res:
+            rows += [Row(f"{short[name]}:\n{t}", res[name][k], res[name + "_bands"][k])
+                     for k, t in enumerate(tags)]
+        elif name + "_time" in res:
+            rows += [Row(f"{short[name]}:\n{t}", res[name + "_time"][k], signed=True)
+                     for k, t in enumerate(tags)]
+    return rows
+
+
+def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signature: str,
+             files: Mapping[str, str]) -> dict[str, Any]:
+    probs = res["probabilities"]
+    order = np.argsort(-probs)[: max(5, ctx.k)]
+    times = res["frame_times"]
+    tags = [str(t) for t in res["explained_tags"]]
+    peaks: dict[str, Any] = {}
+    for name in ("attention", "rollout"):
+        if name in res:
+            peaks[name] = float(times[int(np.argmax(res[name]))])
+    if "contribution" in res:
+        peaks["contribution"] = {t: float(times[int(np.argmax(res["contribution"][i]))])
+                                 for t, i in zip(tags, res["explained_tag_indices"])}
+    for name in M.GRADIENT_METHODS:
+        if name + "_time" in res:
+            peaks[name] = {t: float(times[int(np.argmax(res[name + "_time"][k]))])
+                           for k, t in enumerate(tags)}
+    summary: dict[str, Any] = {
+        "kind": FORMAT, "input": track.item.name, "key": track.item.key,
+        "fingerprint": track.item.fingerprint, "signature": signature,
+        "num_steps": int(track.length),
+        "duration_s": track.length * (1 if ctx.waveform else ctx.features.hop_length)
+        / ctx.features.sample_rate,
+        "num_chunks": int(len(track.starts)), "padded": bool(track.padded),
+        "top_tags": [{"tag": ctx.tags[i], "probability": round(float(probs[i]), 4)}
+                     for i in order],
+        "explained_tags": tags, "methods": list(ctx.options.methods),
+        "peak_time_s": peaks, "files": dict(files),
+        "seconds": round(time.perf_counter() - track.started, 3),
+        **dict(track.item.meta),
+    }
+    if "integrated_gradients_chunk_sum" in res:
+        delta = res["integrated_gradients_chunk_delta"]
+        gap = np.abs(res["integrated_gradients_chunk_sum"] - delta)
+        rel = gap / np.maximum(np.abs(delta), 1e-6)
+        summary["integrated_gradients_completeness"] = {
+            "target": ctx.options.target, "steps": ctx.options.ig_steps,
+            "max_abs_gap": float(gap.max()), "max_rel_gap": float(rel.max())}
+    return summary
+
+
+def _mark_seconds(ctx: _Context, step: int) -> float:
+    """Time of the boundary before input step `step` (a frame, or a sample for lee_won)."""
+    if ctx.waveform:
+        return step / ctx.features.sample_rate
+    return (step - 0.5) * ctx.features.hop_length / ctx.features.sample_rate
+
+
+def _write(ctx: _Context, track: _Track, res: dict[str, np.ndarray], out_dir: Path,
+           signature: str) -> None:
+    key = track.item.key
+    res = dict(res)
+    spec = _spectrogram(ctx, track)
+    res["log_mel"] = spec.astype(np.float32)
+    npz = out_dir / f"{key}.npz"
+    tmp = out_dir / f"{key}.npz.tmp"
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **res)
+    tmp.replace(npz)
+    files = {"npz": npz.name, "png": None, "json": f"{key}{report.SUMMARY_SUFFIX}"}
+    if ctx.options.plot:
+        from tagger_jax.explain.plotting import plot_explanation
+
+        probs = res["probabilities"]
+        top = ", ".join(f"{ctx.tags[i]} {probs[i]:.2f}" for i in np.argsort(-probs)[:ctx.k])
+        png = out_dir / f"{key}.png"
+        tmp_png = out_dir / f"{key}.tmp.png"
+        plot_explanation(tmp_png, spec, ctx.features.hop_length / ctx.features.sample_rate,
+                         _rows(ctx, res), ctx.map_step_s, map_centred=not ctx.waveform,
+                         title=f"{track.item.name}   top: {top}",
+                         marks_s=[_mark_seconds(ctx, m) for m in track.item.marks])
+        tmp_png.replace(png)
+        files["png"] = png.name
+    report.write_json(out_dir / files["json"], _summary(ctx, track, res, signature, files))
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLike,
+                   options: ExplainOptions = ExplainOptions(), progress: bool = True,
+                   log: Callable[[str], None] = print) -> RunReport:
+    """Explains every item into `out_dir` and (re)writes its index.html; see the module doc."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = _Context(loaded, options)
+    signature = run_signature(loaded, options)
+    keys = [it.key for it in items]
+    if len(set(keys)) != len(keys):
+        raise ValueError("input keys must be unique")
+    failures = report.load_failures(out_dir)
+    done, skipped, failed, todo = [], [], {}, []
+    for item in items:
+        s = report.read_json(out_dir / f"{item.key}{report.SUMMARY_SUFFIX}")
+        if (isinstance(s, dict) and s.get("signature") == signature
+                and s.get("fingerprint") == item.fingerprint):
+            skipped.append(item.name)
+            continue
+        old = failures.get(item.key)
+        if old and old.get("fingerprint") == item.fingerprint and not options.retry_failed:
+            failed[item.name] = f"{old.get('error')} (failed in an earlier run; unchanged, " \
+                                "not retried)"
+            continue
+        todo.append(item)
+
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress,
+               unit="input", desc="explain")
+    tracks: dict[str, _Track] = {}
+
+    def fail(item: InputItem, error: BaseException) -> None:
+        msg = str(error) or type(error).__name__
+        if item.name not in msg:
+            msg = f"{item.name}: {msg}"
+        failed[item.name] = msg
+        failures[item.key] = {"input": item.name, "error": msg, "fingerprint": item.fingerprint}
+        tracks.pop(item.key, None)
+        bar.update(1)
+
+    def finish(key: str, out: dict) -> None:
+        track = tracks.pop(key)
+        if track.tags is None:  # top-k from the same windows' probabilities
+            track.tags = np.argsort(-out["probabilities"].mean(0))[: ctx.k].astype(np.int32)
+        try:
+            _write(ctx, track, assemble(ctx, track, out), out_dir, signature)
+        except Exception as e:  # an input that cannot be written must not stop the others
+            fail(track.item, e)
+            return
+        failures.pop(key, None)
+        done.append(track.item.name)
+        bar.update(1)
+
+    explain_packer = _Packer(
+        lambda x, tags: ctx.explain_fn(loaded.variables, x, tags), options.batch_size)
+    predict_packer = _Packer(
+        lambda x: {"probabilities": ctx.predict_fn(loaded.variables, x)}, options.batch_size)
+
+    def start_explaining(track: _Track) -> None:
+        n = len(track.windows)
+        tags = track.tags if track.tags is not None else np.zeros(ctx.k, np.int32)
+        for key, out in explain_packer.add(track.item.key, {
+                "x": track.windows, "tags": np.broadcast_to(tags, (n, ctx.k))}):
+            finish(key, out)
+
+    def predicted(key: str, out: dict) -> None:
+        track = tracks[key]
+        track.tags = np.argsort(-out["probabilities"].mean(0))[: ctx.k].astype(np.int32)
+        start_explaining(track)
+
+    try:
+        for item, track in _load_ahead(ctx, todo):
+            if isinstance(track, BaseException):
+                fail(item, track)
+                continue
+            tracks[item.key] = track
+            if options.tags:
+                track.tags = ctx.fixed_tags
+            if ctx.needs_prediction:
+                for key, out in predict_packer.add(item.key, {"x": track.windows}):
+                    predicted(key, out)
+            else:
+                start_explaining(track)
+        for key, out in predict_packer.flush():
+            predicted(key, out)
+        for key, out in explain_packer.flush():
+            finish(key, out)
+    finally:
+        bar.close()
+        report.save_failures(out_dir, failures)
+        index = report.write_index(out_dir)
+    result = RunReport(done, skipped, failed, out_dir, index, time.perf_counter() - t0)
+    if log is not None:
+        log(str(result))
+    return result

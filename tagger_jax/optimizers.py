@@ -1,0 +1,173 @@
+"""Optimizers: the authors' plateau schedule (Adam, then SGD with drops) and AdamW with cosine decay.
+
+Both are one `optax` transformation whose state has a fixed structure for the whole run, so a
+checkpoint restores it exactly whatever phase training is in:
+
+* `phased(transforms)` holds one inner state per phase and applies the transform of the current
+  phase (passed as `phase=`: a Python int in the train step, which compiles one program per
+  phase, or a traced integer, selected with `lax.switch`). Phases only
+  move forward, so a phase's state is still the freshly initialised one when its phase begins:
+  the new optimizer starts from scratch, as a newly constructed PyTorch optimizer would.
+* The decision to move on is host-side and pure (`plateau_step`): validation ROC-AUC after each
+  epoch, compared with the best so far.
+
+The authors' phases (reference page, "Training protocol"): Adam 1e-4; then SGD with Nesterov
+momentum 0.9 and weight decay 1e-4 at 1e-3, 1e-4, 1e-5; after the last plateau, stop. At every
+switch the training loop reloads the best model. PyTorch's SGD adds the weight decay to the
+gradient before momentum (L2, not decoupled), which `add_decayed_weights` before `sgd` matches.
+
+Only jax and optax are imported, so the benchmark can build the optimizer without ml_collections.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+OPTIMIZERS = ("authors", "adamw")
+
+
+class PhasedState(NamedTuple):
+    """One optimizer state per phase; only the current phase's state changes."""
+
+    inner: tuple
+
+
+def phased(transforms: Sequence[optax.GradientTransformation]
+           ) -> optax.GradientTransformationExtraArgs:
+    """Applies `transforms[phase]`, with `phase` passed to `update` as `phase=`.
+
+    A Python int selects the transform at trace time (the train step compiles one program per
+    phase); a traced int32 scalar selects it with `lax.switch`. Phases past the last one are
+    clamped to it (training stops before it would matter).
+    """
+    transforms = tuple(transforms)
+    if not transforms:
+        raise ValueError("phased() needs at least one transformation")
+
+    def init(params):
+        return PhasedState(tuple(t.init(params) for t in transforms))
+
+    def update(updates, state, params=None, *, phase=0, **extra_args):
+        del extra_args
+        if isinstance(phase, int) or len(transforms) == 1:  # known at trace time: no switch
+            i = min(max(int(phase), 0), len(transforms) - 1) if isinstance(phase, int) else 0
+            new_updates, new_inner = transforms[i].update(updates, state.inner[i], params)
+            return new_updates, PhasedState(state.inner[:i] + (new_inner,) + state.inner[i + 1:])
+
+        def branch(i):
+            def apply(updates, inner, params):
+                new_updates, new_inner = transforms[i].update(updates, inner[i], params)
+                return new_updates, inner[:i] + (new_inner,) + inner[i + 1:]
+            return apply
+
+        index = jnp.clip(jnp.asarray(phase, jnp.int32), 0, len(transforms) - 1)
+        new_updates, inner = jax.lax.switch(index, [branch(i) for i in range(len(transforms))],
+                                            updates, state.inner, params)
+        return new_updates, PhasedState(inner)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _decay_mask(params: Any) -> Any:
+    """AdamW decays kernels (ndim > 1) only: not biases, LayerNorm or BatchNorm scales."""
+    return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def authors_phases(train_config: Mapping[str, Any]) -> tuple[optax.GradientTransformation, ...]:
+    """Adam at `learning_rate`, then SGD (Nesterov) at each of `sgd_learning_rates`."""
+    cfg = dict(train_config)
+    sgd_lrs = tuple(cfg.get("sgd_learning_rates", (1e-3, 1e-4, 1e-5)))
+    momentum = float(cfg.get("sgd_momentum", 0.9))
+    weight_decay = float(cfg.get("weight_decay", 1e-4))
+    phases = [optax.adam(float(cfg.get("learning_rate", 1e-4)))]
+    for lr in sgd_lrs:
+        phases.append(optax.chain(optax.add_decayed_weights(weight_decay),
+                                  optax.sgd(float(lr), momentum=momentum, nesterov=True)))
+    return tuple(phases)
+
+
+def adamw_schedule(train_config: Mapping[str, Any], total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to `learning_rate`, then cosine decay to 0 at `total_steps`."""
+    cfg = dict(train_config)
+    peak = float(cfg.get("learning_rate", 1e-3))
+    warmup = int(min(cfg.get("warmup_steps", 0), max(total_steps - 1, 0)))
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1),
+                                              end_value=0.0)
+
+
+def make_optimizer(train_config: Mapping[str, Any], total_steps: int
+                   ) -> tuple[optax.GradientTransformationExtraArgs, int]:
+    """The optimizer named by `train_config["optimizer"]` and its number of phases.
+
+    `total_steps` (epochs x steps per epoch) sets the length of AdamW's cosine decay.
+    """
+    cfg = dict(train_config)
+    name = cfg.get("optimizer", "authors")
+    if name == "authors":
+        phases = authors_phases(cfg)
+    elif name == "adamw":
+        phases = (optax.adamw(adamw_schedule(cfg, total_steps),
+                              weight_decay=float(cfg.get("weight_decay", 1e-2)), mask=_decay_mask),)
+    else:
+        raise ValueError(f"train.optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    return phased(phases), len(phases)
+
+
+def learning_rate(train_config: Mapping[str, Any], phase: int, step: int, total_steps: int) -> float:
+    """The learning rate in effect at `step` in `phase` (for logging)."""
+    cfg = dict(train_config)
+    if cfg.get("optimizer", "authors") == "adamw":
+        return float(adamw_schedule(cfg, total_steps)(step))
+    rates = (cfg.get("learning_rate", 1e-4),) + tuple(cfg.get("sgd_learning_rates", ()))
+    return float(rates[min(phase, len(rates) - 1)])
+
+
+def phase_name(train_config: Mapping[str, Any], phase: int) -> str:
+    """A human-readable name of the optimizer phase, for logs."""
+    cfg = dict(train_config)
+    if cfg.get("optimizer", "authors") == "adamw":
+        return "adamw"
+    sgd_lrs = tuple(cfg.get("sgd_learning_rates", ()))
+    if phase == 0:
+        return f"adam lr {cfg.get('learning_rate', 1e-4):g}"
+    if phase <= len(sgd_lrs):
+        return f"sgd lr {sgd_lrs[phase - 1]:g}"
+    return "stopped"
+
+
+@dataclasses.dataclass(frozen=True)
+class PlateauDecision:
+    """What the authors' schedule does after one validation."""
+
+    phase: int  # phase for the next epoch (== num_phases: stop)
+    best_metric: float  # best validation metric so far
+    bad_epochs: int  # consecutive epochs without improvement in the current phase
+    improved: bool  # this epoch set a new best: save it
+    switched: bool  # moved to the next optimizer phase: reload the best model first
+    stop: bool  # the last phase plateaued: training ends
+
+
+def plateau_step(phase: int, best_metric: float, bad_epochs: int, metric: float, *,
+                 patience: int, num_phases: int) -> PlateauDecision:
+    """Advances the plateau schedule by one validation result (higher is better).
+
+    A NaN metric never counts as an improvement. After `patience` consecutive epochs without a
+    new best, the next phase begins (the counter restarts); past the last phase training stops.
+    With a single phase (AdamW) nothing ever switches or stops.
+    """
+    improved = bool(math.isfinite(metric) and metric > best_metric)
+    if improved:
+        best_metric, bad_epochs = float(metric), 0
+    else:
+        bad_epochs += 1
+    switched = stop = False
+    if num_phases > 1 and not improved and bad_epochs >= patience:
+        phase, bad_epochs = phase + 1, 0
+        stop = phase >= num_phases
+        switched = not stop
+    return PlateauDecision(phase, float(best_metric), bad_epochs, improved, switched, stop)

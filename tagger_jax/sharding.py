@@ -1,0 +1,122 @@
+"""Device mesh, batch sharding and multi-host start-up for data-parallel training.
+
+One 1-D mesh over every device of every process, with the axis "data". A global batch is split
+along that axis; parameters, batch statistics and optimizer state are replicated. Under `jax.jit`
+the compiler then inserts the gradient all-reduce and computes BatchNorm's batch mean and variance
+over the whole global batch, as the single-device program would: the successor of a pmapped step,
+and it runs unchanged across hosts.
+
+Only jax and numpy are imported here, so the benchmark and the train step work on a machine
+without the data stack.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+# Environment variables that ask for a multi-process run. JAX itself reads the coordinator
+# address; the other two are this project's convention for launching processes by hand (e.g.
+# two processes on one machine), where no cluster manager can be auto-detected.
+ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAX_PROCESS_ID"
+
+
+def maybe_initialize_distributed(requested: bool = False) -> bool:
+    """Calls `jax.distributed.initialize` when the config or the environment asks for it.
+
+    `requested` (config.train.distributed) lets JAX auto-detect the cluster (SLURM, Open MPI,
+    Kubernetes, TPU pods). Independently, `JAX_COORDINATOR_ADDRESS` in the environment, with
+    `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`, starts a hand-launched multi-process run. Must run
+    before any other JAX call touches the backend. Returns True if this process is now part of a
+    multi-process run. A second call is a no-op.
+    """
+    if jax.distributed.is_initialized():
+        return True
+    from_env = bool(os.environ.get(ENV_COORDINATOR))
+    if not (requested or from_env):
+        return False
+    kwargs: dict[str, Any] = {}
+    if os.environ.get(ENV_NUM_PROCESSES):
+        kwargs["num_processes"] = int(os.environ[ENV_NUM_PROCESSES])
+    if os.environ.get(ENV_PROCESS_ID):
+        kwargs["process_id"] = int(os.environ[ENV_PROCESS_ID])
+    jax.distributed.initialize(**kwargs)
+    return True
+
+
+def make_mesh(devices: Any = None) -> Mesh:
+    """A 1-D data-parallel mesh over all devices (of all processes), in global device order."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding of parameters and optimizer state: a full copy on every device."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """The sharding of a global batch: split along its leading axis over the data axis."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+    """Examples this process feeds per step; the global batch must split evenly over devices."""
+    n_dev, n_proc = mesh.devices.size, jax.process_count()
+    if global_batch_size % n_dev:
+        raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
+                         f"{n_dev} devices of the mesh")
+    return global_batch_size // n_proc
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles each process's local batch into global arrays split over the data axis.
+
+    Process p contributes the rows that its own devices hold; with several processes, the global
+    batch is the processes' local batches concatenated in the order of their devices in the mesh.
+    """
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in batch.items()}
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places a pytree of host values (identical on every process) replicated on the mesh."""
+    sharding = replicated(mesh)
+
+    def put(x):
+        x = np.asarray(x) if not isinstance(x, jax.Array) else x
+        if isinstance(x, jax.Array) and jax.process_count() > 1:
+            x = np.asarray(jax.device_get(x))
+        if jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree.map(put, tree)
+
+
+def to_host(tree: Any) -> Any:
+    """Fetches a pytree of replicated (or fully addressable) arrays as NumPy on every process."""
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            # Replicated arrays hold the full value on every device, so the local shard is it.
+            return np.asarray(x.addressable_shards[0].data)
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(get, tree)
+
+
+def gather(tree: Any) -> Any:
+    """Fetches a pytree of batch-sharded arrays whole, as NumPy, on every process."""
+    if jax.process_count() == 1:
+        return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+    from jax.experimental import multihost_utils  # only needed across processes
+
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))

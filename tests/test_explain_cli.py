@@ -1,0 +1,202 @@
+"""`tagger-jax explain` end to end: a directory with good and broken inputs, stitched long tracks,
+outputs per input, index.html, resuming without repeated work, the two-clip mode."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the top-level explain.py
+
+import explain as explain_script  # noqa: E402
+from tagger_jax import cli  # noqa: E402
+from tagger_jax.checkpoint import load_model, save_model  # noqa: E402
+from tagger_jax.config_base import base_config  # noqa: E402
+from tagger_jax.explain import methods as M  # noqa: E402
+from tagger_jax.explain import runner  # noqa: E402
+from tagger_jax.explain.stitch import stitch  # noqa: E402
+from tagger_jax.models import build_model  # noqa: E402
+
+CHUNK = 32
+TAGS = ("t0", "t1", "t2", "no <vocal> & co", "t4")
+METHODS = "attention,contribution,grad_x_input"
+WEIRD = "we<i>rd & 'name'.npy"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("explain")
+    config = base_config()
+    m = config.model
+    m.conv_channels, m.attention_channels, m.attention_heads, m.intermediate = 2, 32, 4, 64
+    config.features.chunk_frames = CHUNK
+    model = build_model(config.model, len(TAGS))
+    x = np.zeros((1, 96, CHUNK), np.float32)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    model_dir = save_model(root / "model", variables, config, TAGS)
+
+    rng = np.random.default_rng(0)
+    inputs = root / "inputs"
+    (inputs / "sub").mkdir(parents=True)
+    spec = lambda t: rng.normal(-30.0, 12.0, (96, t)).astype(np.float32)
+    np.save(inputs / "long.npy", spec(80))  # windows at 0, 32, 48: stitched
+    np.save(inputs / "sub" / "short.npy", spec(20))  # shorter than a chunk: tiled
+    np.save(inputs / WEIRD, spec(CHUNK))
+    sf.write(inputs / "tone.wav", 0.3 * np.sin(np.arange(16000) * 0.2), 16000)  # 63 frames
+    (inputs / "broken.wav").write_bytes(b"RIFF....not really a wave file")
+    np.save(inputs / "bad.npy", np.zeros((12, 7)))
+    return model_dir, inputs, root
+
+
+def explain(*argv: str) -> int:
+    return cli.main(["explain", *argv, "--no-progress"])
+
+
+@pytest.fixture(scope="module")
+def first_run(setup):
+    model_dir, inputs, root = setup
+    out = root / "out"
+    rc = explain("--checkpoint", str(model_dir), str(inputs), "--out", str(out), "--methods",
+                 METHODS, "--top-k", "2", "--batch-size", "4")
+    return rc, out
+
+
+GOOD = {"long.npy": 80, "sub__short.npy": 20, "tone.wav": 63,
+        runner.safe_key(WEIRD): CHUNK}
+
+
+def test_every_good_input_is_explained_and_broken_ones_reported(setup, first_run, capsys):
+    rc, out = first_run
+    assert rc == 1  # some inputs failed
+    for key, frames in GOOD.items():
+        with np.load(out / f"{key}.npz") as z:
+            assert z["contribution"].shape == (len(TAGS), frames)
+            assert z["attention"].shape == (frames,) and z["frame_times"].shape == (frames,)
+            assert z["grad_x_input"].shape == (2, 96, frames)
+            assert z["grad_x_input_bands"].shape == (2, 96)
+            assert list(z["tag_names"]) == list(TAGS)
+            np.testing.assert_allclose(z["frame_times"][1], 256 / 16000)
+        summary = json.loads((out / f"{key}.json").read_text())
+        assert summary["files"]["png"] == f"{key}.png" and (out / f"{key}.png").stat().st_size
+        assert len(summary["explained_tags"]) == 2
+    failures = json.loads((out / "failures.json").read_text())
+    assert sorted(Path(f["input"]).name for f in failures.values()) == ["bad.npy", "broken.wav"]
+    assert all(Path(f["input"]).name in f["error"] for f in failures.values())
+    shape = failures["bad.npy"]["error"]
+    assert "(12, 7)" in shape
+
+
+def test_long_track_is_stitched_from_independently_computed_windows(setup, first_run):
+    """The runner packs windows of several inputs into batches; its result for a long track
+    equals the methods run on that track's windows alone, averaged on the overlaps."""
+    model_dir, inputs, _ = setup
+    _, out = first_run
+    loaded = load_model(model_dir)
+    spec = np.load(inputs / "long.npy")
+    starts = np.array([0, 32, 48])
+    windows = np.stack([spec[:, s:s + CHUNK] for s in starts])
+    maps, att = jax.jit(lambda v, x: (M.contribution_map(loaded.model, v, x),
+                                      M.attention_maps(loaded.model, v, x)))(
+        loaded.variables, windows)
+    with np.load(out / "long.npy.npz") as z:
+        np.testing.assert_allclose(z["contribution"], stitch(np.asarray(M.frames(maps)), starts,
+                                                             80), atol=1e-5)
+        np.testing.assert_allclose(z["attention"], stitch(np.asarray(M.frames(
+            M.attention_heatmap(att["cls"]))), starts, 80), atol=1e-5)
+        np.testing.assert_allclose(z["contribution_cls"], np.asarray(maps)[..., 0], atol=1e-5)
+        np.testing.assert_array_equal(z["chunk_starts"], starts)
+
+
+def test_index_shows_every_figure_with_escaped_names(first_run):
+    _, out = first_run
+    page = (out / "index.html").read_text()
+    for key in GOOD:
+        assert f"<img src='{key}.png'" in page
+    assert "we&lt;i&gt;rd &amp; &#x27;name&#x27;.npy" in page
+    assert "<i>" not in page and "<vocal>" not in page and "'name'.npy" not in page
+    assert "broken.wav" in page and "bad.npy" in page
+
+
+def test_second_run_does_no_work_twice(setup, first_run, monkeypatch, capsys):
+    model_dir, inputs, _ = setup
+    _, out = first_run
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix != ".html"}
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("an input was loaded again")
+
+    monkeypatch.setattr(runner, "_prepare", no_loading)
+    rc = explain("--checkpoint", str(model_dir), str(inputs), "--out", str(out), "--methods",
+                 METHODS, "--top-k", "2", "--batch-size", "4")
+    assert rc == 1
+    text = capsys.readouterr().out
+    assert "skipped 4 already finished, 2 failed" in text and "broken.wav" in text
+    assert mtimes == {p.name: p.stat().st_mtime_ns for p in out.iterdir()
+                      if p.suffix != ".html"}
+    monkeypatch.undo()
+    # A changed input is explained again, and only that one.
+    np.save(inputs / "sub" / "short.npy", np.full((96, 25), -40.0, np.float32))
+    rc = explain("--checkpoint", str(model_dir), str(inputs), "--out", str(out), "--methods",
+                 METHODS, "--top-k", "2", "--batch-size", "4")
+    assert "explained 1 input(s), skipped 3 already finished" in capsys.readouterr().out
+    with np.load(out / "sub__short.npy.npz") as z:
+        assert z["attention"].shape == (25,)
+
+
+def test_two_clip_mode_with_named_tags_from_the_top_level_script(setup, tmp_path, capsys):
+    model_dir, inputs, _ = setup
+    rc = explain_script.main([
+        "--checkpoint", str(model_dir), str(inputs / "long.npy"), str(inputs / WEIRD),
+        "--out", str(tmp_path), "--two-clip", "--methods", METHODS, "--tags",
+        "t1,no <vocal> & co", "--batch-size", "4", "--no-progress"])
+    assert rc == 0
+    (summary_file,) = tmp_path.glob("long.npy+*.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["explained_tags"] == ["t1", "no <vocal> & co"]
+    assert summary["num_chunks"] == 1 and summary["two_clip"][0].endswith("long.npy")
+    with np.load(summary_file.with_suffix(".npz")) as z:
+        a, b = np.load(inputs / "long.npy"), np.load(inputs / WEIRD)
+        np.testing.assert_array_equal(z["log_mel"], np.concatenate([a[:, :16], b[:, :16]], 1))
+
+
+def test_bad_arguments_exit_2_with_a_message(setup, tmp_path, capsys):
+    model_dir, inputs, _ = setup
+    assert explain("--checkpoint", str(model_dir), str(inputs), "--out", str(tmp_path),
+                   "--tags", "t1,violin") == 2
+    assert "violin" in capsys.readouterr().err
+    assert explain("--checkpoint", str(tmp_path / "nope"), str(inputs), "--out",
+                   str(tmp_path)) == 2
+    assert explain("--checkpoint", str(model_dir), str(inputs), "--out", str(tmp_path),
+                   "--methods", "saliency") == 2
+
+
+def test_dataset_split_records_are_explained(setup, tmp_path, monkeypatch):
+    """`--dataset NAME --split S` reads records through tagger_jax.datasets.load_split."""
+    import tagger_jax.datasets as datasets
+
+    model_dir, _, _ = setup
+    rng = np.random.default_rng(5)
+    records = [{"mel": rng.normal(-30, 10, (96, 40)).astype(np.float16)},
+               {"mel": rng.normal(-30, 10, (96, 70)).astype(np.float16)}]
+    calls = []
+
+    def fake_load_split(name, split, data_dir, builder_config=None):
+        calls.append((name, split, builder_config))
+        return records, TAGS
+
+    monkeypatch.setattr(datasets, "load_split", fake_load_split)
+    rc = explain("--checkpoint", str(model_dir), "--dataset", "toy", "--split", "validation",
+                 "--builder-config", "small", "--out", str(tmp_path), "--methods", METHODS,
+                 "--top-k", "2", "--batch-size", "4", "--no-plot")
+    assert rc == 0 and calls[0] == ("toy", "validation", "small")
+    with np.load(tmp_path / "toy_small-validation-000001.npz") as z:
+        assert z["contribution"].shape == (len(TAGS), 70)
+        np.testing.assert_array_equal(z["log_mel"], records[1]["mel"].astype(np.float32))
+    summary = json.loads((tmp_path / "toy_small-validation-000001.json").read_text())
+    assert summary["input"] == "toy/small:validation[1]" and summary["files"]["png"] is None

@@ -1,0 +1,283 @@
+"""Training: optimizers against NumPy references, the authors' plateau schedule, a full tiny run.
+
+The full runs share one compiled model through JAX's persistent compilation cache (a temporary
+directory, enabled only while this module runs).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from tagger_jax import optimizers, sharding, train_lib  # noqa: E402
+from train_helpers import NUM_TAGS, TAGS, tiny_config, toy_data  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A private persistent compilation cache, so the second full run reuses the first's programs."""
+    old = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    yield
+    jax.config.update("jax_compilation_cache_dir", old)
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizers: NumPy float64 references of PyTorch's Adam and SGD (Nesterov, L2 weight decay).
+
+def _numpy_adam(p, grads, lr, b1=0.9, b2=0.999, eps=1e-8):
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    return p
+
+
+def _numpy_sgd_nesterov(p, grads, lr, momentum, wd):
+    buf = None
+    for g in grads:
+        g = g + wd * p
+        buf = g if buf is None else momentum * buf + g
+        p = p - lr * (g + momentum * buf)
+    return p
+
+
+def test_authors_phases_match_pytorch_formulas():
+    rng = np.random.default_rng(0)
+    p0 = rng.normal(size=(5, 3))
+    grads = [rng.normal(size=(5, 3)) for _ in range(4)]
+    cfg = {"optimizer": "authors", "learning_rate": 1e-2, "sgd_learning_rates": (1e-1, 1e-2),
+           "sgd_momentum": 0.9, "weight_decay": 1e-3}
+    tx, num_phases = optimizers.make_optimizer(cfg, total_steps=100)
+    assert num_phases == 3
+    update = jax.jit(lambda g, s, p, phase: tx.update(g, s, p, phase=phase))
+
+    for phase, reference in ((0, lambda p: _numpy_adam(p, grads, 1e-2)),
+                             (1, lambda p: _numpy_sgd_nesterov(p, grads, 1e-1, 0.9, 1e-3)),
+                             (2, lambda p: _numpy_sgd_nesterov(p, grads, 1e-2, 0.9, 1e-3))):
+        params = jnp.asarray(p0, jnp.float32)
+        state = tx.init(params)
+        for g in grads:
+            upd, state = update(jnp.asarray(g, jnp.float32), state, params, jnp.int32(phase))
+            params = optax.apply_updates(params, upd)
+        np.testing.assert_allclose(np.asarray(params), reference(p0), rtol=1e-5, atol=1e-6)
+        # Only the active phase's state moved: the others are still freshly initialised.
+        fresh = tx.init(jnp.asarray(p0, jnp.float32))
+        for i, (inner, inner_fresh) in enumerate(zip(state.inner, fresh.inner)):
+            same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(inner),
+                                                             jax.tree.leaves(inner_fresh)))
+            assert same == (i != phase), (phase, i)
+
+
+def test_adamw_schedule_and_decay_mask():
+    cfg = {"optimizer": "adamw", "learning_rate": 1e-3, "warmup_steps": 10, "weight_decay": 0.1}
+    schedule = optimizers.adamw_schedule(cfg, total_steps=110)
+    assert float(schedule(0)) == 0.0
+    np.testing.assert_allclose(float(schedule(5)), 5e-4, rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(10)), 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(60)), 1e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)),
+                               rtol=1e-5)
+    assert float(schedule(110)) == pytest.approx(0.0, abs=1e-12)
+    assert optimizers.learning_rate(cfg, 0, 10, 110) == pytest.approx(1e-3)
+    # Decoupled weight decay on kernels only: with zero gradients, a bias does not move.
+    tx, num_phases = optimizers.make_optimizer(cfg, total_steps=110)
+    assert num_phases == 1
+    params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+    state = tx.init(params)
+    for _ in range(11):
+        upd, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params, phase=0)
+        params = optax.apply_updates(params, upd)
+    assert np.all(np.asarray(params["bias"]) == 1.0)
+    assert np.all(np.asarray(params["kernel"]) < 1.0)
+
+
+def test_plateau_step_scripted_sequence():
+    """Adam -> SGD 1e-3 -> 1e-4 -> 1e-5 -> stop, each after `patience` epochs without a new best."""
+    metrics = [0.60, 0.70, 0.69, 0.68, 0.75, 0.74, 0.74, float("nan"), 0.80, 0.79, 0.78, 0.9, 0.8, 0.7]
+    phase, best, bad = 0, -math.inf, 0
+    trace = []
+    for m in metrics:
+        d = optimizers.plateau_step(phase, best, bad, m, patience=2, num_phases=4)
+        trace.append((d.phase, d.improved, d.switched, d.stop))
+        phase, best, bad = d.phase, d.best_metric, d.bad_epochs
+        if d.stop:
+            break
+    assert trace == [
+        (0, True, False, False), (0, True, False, False), (0, False, False, False),
+        (1, False, True, False),  # two epochs without a new best: SGD 1e-3
+        (1, True, False, False), (1, False, False, False),
+        (2, False, True, False),  # SGD 1e-4
+        (2, False, False, False),  # NaN never improves
+        (2, True, False, False), (2, False, False, False),
+        (3, False, True, False),  # SGD 1e-5
+        (3, True, False, False), (3, False, False, False),
+        (4, False, False, True),  # the last phase plateaued: stop
+    ]
+    assert best == 0.9
+    # AdamW (one phase) never switches nor stops.
+    d = optimizers.plateau_step(0, 0.9, 5, 0.1, patience=1, num_phases=1)
+    assert (d.phase, d.switched, d.stop, d.bad_epochs) == (0, False, False, 6)
+
+
+def test_end_of_epoch_saves_best_reloads_it_at_switches_and_stops(tmp_path):
+    """A scripted metric sequence drives the schedule on a real state and checkpoint manager."""
+    mesh = sharding.make_mesh()
+    cfg = {"optimizer": "authors", "learning_rate": 1e-3, "sgd_learning_rates": (1e-2, 1e-3, 1e-4),
+           "sgd_momentum": 0.9, "weight_decay": 0.0}
+    tx, num_phases = optimizers.make_optimizer(cfg, total_steps=100)
+    params = {"w": jnp.arange(3.0)}
+    state = sharding.replicate(train_lib.TrainState(
+        step=np.int32(0), params=params, batch_stats={}, opt_state=tx.init(params),
+        phase=np.int32(0), best_metric=np.float32(-np.inf), bad_epochs=np.int32(0),
+        rng=np.zeros(2, np.uint32)), mesh)
+    best = train_lib._checkpoint_manager(tmp_path / "best", 1, ("state",))
+
+    def train_epoch(state, delta):  # stands in for an epoch of training: moves the parameters
+        return state.replace(step=state.step + 10, params={"w": state.params["w"] + delta})
+
+    script = [(0.5, 1.0), (0.6, 1.0), (0.55, 1.0), (0.7, 1.0), (0.65, 1.0), (0.64, 1.0),
+              (0.63, 1.0), (0.62, 1.0)]
+    phases, best_w = [], None
+    for metric, delta in script:
+        state = train_epoch(state, delta)
+        w_before = np.asarray(state.params["w"])
+        state, d = train_lib.end_of_epoch(state, metric, patience=1, num_phases=num_phases,
+                                          best_manager=best)
+        phases.append(int(state.phase))
+        if d.improved:
+            best_w = w_before
+            assert best.latest_step() == int(state.step)
+        if d.switched:  # the best model is back
+            np.testing.assert_array_equal(np.asarray(state.params["w"]), best_w)
+        else:
+            np.testing.assert_array_equal(np.asarray(state.params["w"]), w_before)
+        if d.stop:
+            break
+    assert phases == [0, 0, 1, 1, 2, 3, 4]
+    assert float(state.best_metric) == pytest.approx(0.7)
+    assert d.stop
+    # After a switch the update is SGD's (first Nesterov step: -(1 + m) lr g), not Adam's.
+    g = {"w": jnp.ones(3)}
+    upd, _ = tx.update(g, state.opt_state, state.params, phase=jnp.int32(1))
+    np.testing.assert_allclose(np.asarray(upd["w"]), -1.9e-2 * np.ones(3), rtol=1e-6)
+    best.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Full runs of train_and_evaluate on a tiny model and in-memory data.
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    config = tiny_config()
+    summary = train_lib.train_and_evaluate(config, workdir, toy_data(config))
+    return config, workdir, summary
+
+
+def _lines(workdir, split):
+    return [r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+            if r["split"] == split]
+
+
+def test_run_writes_checkpoints_metrics_export_and_learns(finished_run):
+    config, workdir, summary = finished_run
+    steps = 3 * 4  # 3 epochs of 32 clips at batch 8
+    assert summary["step"] == steps and not summary["preempted"]
+    assert json.loads((workdir / "config.json").read_text()) == train_lib.config_to_dict(config)
+    train = _lines(workdir, "train")
+    assert [r["step"] for r in train] == list(range(1, steps + 1))  # log_every_steps = 1
+    assert all(r["clips_per_second"] > 0 for r in train)
+    assert np.mean([r["loss"] for r in train[-4:]]) < np.mean([r["loss"] for r in train[:4]])
+    val = _lines(workdir, "validation")
+    assert [r["step"] for r in val] == [4, 8, 12]
+    assert summary["best_validation_roc_auc"] == max(r["roc_auc"] for r in val)
+    # The labels are learnable: far above chance after 12 steps.
+    assert summary["test_roc_auc"] > 0.7
+    assert json.loads((workdir / "test" / "metrics.json").read_text())["roc_auc_mean"] == \
+        pytest.approx(summary["test_roc_auc"])
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    # Latest checkpoints (keep 2) and the best one; no temporary directories left.
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [9, 12]
+    best_step = 4 * (1 + [r["roc_auc"] for r in val].index(summary["best_validation_roc_auc"]))
+    assert [int(p.name) for p in (workdir / "best").iterdir()] == [best_step]
+    # The export is the best checkpoint's model, with its tags, loadable for inference.
+    from tagger_jax.checkpoint import load_model
+
+    loaded = load_model(workdir)
+    assert loaded.tags == TAGS
+    restored = train_lib.read_checkpoint(workdir / "best", best_step)
+    for a, b in zip(jax.tree.leaves(loaded.variables["params"]),
+                    jax.tree.leaves(restored["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_changed_config_is_refused(finished_run):
+    config, workdir, _ = finished_run
+    changed = tiny_config(learning_rate=1e-2)
+    with pytest.raises(train_lib.ConfigMismatchError, match=r"train\.learning_rate: 0\.003"):
+        train_lib.train_and_evaluate(changed, workdir, toy_data(changed))
+    # Fields that only change how a run is executed may differ.
+    saved = train_lib.config_to_dict(config)
+    runtime = tiny_config(log_every_steps=100, keep_checkpoints=5)
+    runtime.data.num_workers = 4
+    assert train_lib.config_differences(saved, train_lib.config_to_dict(runtime)) == []
+
+
+class _NaNAt:
+    """Wraps TrainData.train: the batch of step `step` (1-based) carries a NaN."""
+
+    def __init__(self, loader, step):
+        self.loader, self.step = loader, step
+
+    def __iter__(self):
+        it = iter(self.loader)
+        outer = self
+
+        class It:
+            count = 0
+
+            def __next__(self):
+                batch = dict(next(it))
+                It.count += 1
+                if It.count == outer.step:
+                    batch["x"] = batch["x"].copy()
+                    batch["x"][0, 0, 0] = np.nan
+                return batch
+
+            def get_state(self):
+                return it.get_state()
+
+            def set_state(self, s):
+                it.set_state(s)
+
+            def close(self):
+                pass
+
+        return It()
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, finished_run):
+    del finished_run  # only for its compiled programs in the cache
+    config = tiny_config()
+    data = toy_data(config)
+    data.train = _NaNAt(data.train, step=6)
+    with pytest.raises(train_lib.NonFiniteLossError, match=r"non-finite training loss at step 6") as e:
+        train_lib.train_and_evaluate(config, tmp_path, data)
+    assert e.value.step == 6
+    assert "last good checkpoint (step 4)" in str(e.value)
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
+    assert steps == [3, 4]  # every 3 steps and at the epoch end; nothing after the NaN
+    restored = train_lib.read_checkpoint(tmp_path / "checkpoints", 4)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(restored["params"]))
+    assert all(r["step"] < 6 for r in _lines(tmp_path, "train"))
