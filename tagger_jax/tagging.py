@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -76,15 +75,16 @@ class Tagger:
 
     def prepare(self, index: int, path: Path, hop_s: float | None) -> _Prepared:
         """Decodes one input and cuts its chunks (runs in worker threads)."""
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", chunking.ShortInputWarning)
-            if self.waveform:
-                x = audio.load_waveform_input(path, self.features.sample_rate)
-            else:
-                x = audio.load_input(path, self.features)
-            steps = x.shape[-1]
-            x = chunking.pad_with_warning(x, self.chunk, str(path))
-        notes = [str(w.message) for w in caught]
+        # No `warnings` machinery here: catch_warnings is not thread-safe. The note goes into the
+        # result (and the CLI prints it).
+        if self.waveform:
+            x = audio.load_waveform_input(path, self.features.sample_rate)
+        else:
+            x = audio.load_input(path, self.features)
+        steps = x.shape[-1]
+        x, padded = chunking.pad_to_length(x, self.chunk)
+        notes = [f"{path}: only {steps} time steps, shorter than one chunk of {self.chunk}; the "
+                 "clip was repeated to fill the chunk"] if padded else []
         eval_starts = chunking.eval_chunk_starts(x.shape[-1], self.chunk, self.features.eval_chunks)
         if hop_s is None:
             starts, rows = eval_starts, np.arange(len(eval_starts))

@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         if "error" in r:
             continue
+        for note in r.get("warnings", []):
+            print(f"warning: {note}", file=sys.stderr)
         top = ", ".join(f"{t['tag']} {t['probability']:.2f}" for t in r["top_tags"])
         print(f"{r['file']}: {top}")
     if done:
