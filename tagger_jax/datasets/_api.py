@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from tagger_jax.datasets._common import REPORT_FILE, SPLITS, TaggingBuilder
 
 # Datasets that need nothing downloaded: `ensure_built` builds them on first use.
-SELF_CONTAINED = ("synthetic_tags",)
+SELF_CONTAINED = ("synthetic_tags", "soundfont_tags")
 
 
 def _expand(path: str | os.PathLike | None) -> str | None:

@@ -38,9 +38,10 @@ class TaggingConfig(tfds.core.BuilderConfig):
     waveform: bool = False
 
 
-def feature_spec(num_tags: int | None, waveform: bool = False,
-                 tag_mask: bool = False) -> tfds.features.FeaturesDict:
-    """The per-clip features every builder stores (see the contract in `tagger_jax.datasets`)."""
+def feature_spec(num_tags: int | None, waveform: bool = False, tag_mask: bool = False,
+                 extra: dict[str, Any] | None = None) -> tfds.features.FeaturesDict:
+    """The per-clip features every builder stores (see the contract in `tagger_jax.datasets`),
+    plus a builder's own `extra` features."""
     spec: dict[str, Any] = {
         "mel": tfds.features.Tensor(shape=(FEATURES.n_mels, None), dtype=np.float16),
         "tags": tfds.features.Tensor(shape=(num_tags,), dtype=np.uint8),
@@ -52,6 +53,7 @@ def feature_spec(num_tags: int | None, waveform: bool = False,
         spec["audio"] = tfds.features.Tensor(shape=(None,), dtype=np.float32)
     if tag_mask:
         spec["tag_mask"] = tfds.features.Tensor(shape=(num_tags, None), dtype=np.uint8)
+    spec.update(extra or {})
     return tfds.features.FeaturesDict(spec)
 
 
@@ -131,13 +133,17 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
     def _has_tag_mask(self) -> bool:
         return False
 
+    def _extra_features(self) -> dict[str, Any]:
+        """Features a builder stores besides the common ones (name -> tfds feature)."""
+        return {}
+
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
             description=self.DESCRIPTION or (self.__doc__ or "").split("\n\n")[0],
             features=feature_spec(self.NUM_TAGS,
                                   bool(getattr(self.builder_config, "waveform", False)),
-                                  self._has_tag_mask()),
+                                  self._has_tag_mask(), self._extra_features()),
             metadata=BuildInfo(),
             homepage=self.HOMEPAGE or None,
             citation=self.CITATION or None,
@@ -156,8 +162,12 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
         meta.clear()
         meta["tags"] = tags
         meta["features"] = dataclasses.asdict(FEATURES)
-        meta["skipped"] = {s: [] for s in SPLITS}
-        meta["num_skipped"] = {s: 0 for s in SPLITS}
+        meta["skipped"] = {s: [] for s in self._split_names()}
+        meta["num_skipped"] = {s: 0 for s in self._split_names()}
+
+    def _split_names(self) -> tuple[str, ...]:
+        """train / validation / test, then the builder's extra splits (if any)."""
+        return SPLITS
 
     def _note(self, key: str, value: Any) -> None:
         self.info.metadata[key] = value

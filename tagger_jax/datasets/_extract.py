@@ -126,3 +126,20 @@ def synth_example(job: dict) -> dict[str, Any]:
                                  f"{example['mel'].shape[1]}")
         example["tag_mask"] = mask
     return example
+
+
+def soundfont_example(job: dict) -> dict[str, Any]:
+    """A `soundfont_tags` example: score `job["seed"]` rendered with bank `job["bank"]`."""
+    from tagger_jax import soundfont
+
+    clip = soundfont.render_clip(job["seed"], job["bank"], job["duration_s"],
+                                 hop_length=FEATURES.hop_length)
+    example = _example(clip["audio"], dict(job, tags=clip["tags"]))
+    if clip["tag_mask"].shape[1] != example["mel"].shape[1]:
+        raise AssertionError(f"tag mask has {clip['tag_mask'].shape[1]} frames, mel has "
+                             f"{example['mel'].shape[1]}")
+    score = clip["score"]
+    example.update(tag_mask=clip["tag_mask"], stem_db=clip["stem_db"],
+                   tempo_bpm=np.float32(score.tempo_bpm), key=score.key,
+                   bank=job["bank_name"])
+    return example

@@ -1,0 +1,122 @@
+"""A floor for every tagging number: logistic regression on clip-level log-mel statistics.
+
+Features of one clip (`clip_features`, from the stored (96, T) dB log-mel):
+  - per mel band: mean, standard deviation and maximum over time (3 x 96);
+  - onset autocorrelation: the onset-strength envelope (half-wave rectified frame-to-frame
+    increase of the log-mel, averaged over bands: spectral flux on a dB scale), mean-removed, its
+    autocorrelation normalised by lag 0 at lags 1..`MAX_LAG` frames, averaged in pairs of lags
+    (64 values covering periods of 16 ms to 2.1 s: 28-3750 BPM), plus the envelope's mean and
+    standard deviation (66 values).
+Model (`fit`): standardised features, one scikit-learn `LogisticRegression` per tag (one-vs-rest,
+L2, C = 1). A tag with a single label value in the training split predicts its training rate.
+
+This is the baseline `tagger-jax evaluate --baseline` fits on the dataset's training split and
+scores beside the model on the evaluated split.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+MAX_LAG = 128  # autocorrelation lags in frames (16 ms each at hop 256 / 16 kHz)
+
+
+def onset_envelope(mel_db: np.ndarray) -> np.ndarray:
+    """(T,) float64 onset strength of a (bands, T) dB log-mel: mean over bands of the positive
+    part of the frame-to-frame difference; frame 0 is 0."""
+    mel = np.asarray(mel_db, np.float64)
+    if mel.ndim != 2 or mel.shape[1] < 2:
+        raise ValueError(f"log-mel must be (bands, frames>=2), got {mel.shape}")
+    flux = np.maximum(np.diff(mel, axis=1), 0.0).mean(axis=0)
+    return np.concatenate([[0.0], flux])
+
+
+def onset_autocorrelation(envelope: np.ndarray, max_lag: int = MAX_LAG) -> np.ndarray:
+    """(max_lag // 2,) float64: autocorrelation of the mean-removed envelope at lags
+    1..max_lag, divided by lag 0 (0 for a constant envelope), averaged over pairs of lags.
+    Lags beyond the clip are 0."""
+    x = np.asarray(envelope, np.float64) - np.mean(envelope)
+    n = len(x)
+    full = np.correlate(x, x, mode="full")[n - 1:]  # lags 0..n-1
+    ac = np.zeros(max_lag + 1)
+    ac[:min(n, max_lag + 1)] = full[:max_lag + 1]
+    ac = ac[1:] / ac[0] if ac[0] > 0 else np.zeros(max_lag)
+    return ac[: 2 * (max_lag // 2)].reshape(-1, 2).mean(axis=1)
+
+
+def clip_features(mel_db: np.ndarray, max_lag: int = MAX_LAG) -> np.ndarray:
+    """(3 * bands + max_lag // 2 + 2,) float64 features of one clip (see the module docstring)."""
+    mel = np.asarray(mel_db, np.float64)
+    env = onset_envelope(mel)
+    return np.concatenate([mel.mean(axis=1), mel.std(axis=1), mel.max(axis=1),
+                           onset_autocorrelation(env, max_lag), [env.mean(), env.std()]])
+
+
+def source_features(source, desc: str = "baseline features") -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, D), labels (N, K) uint8) of every record of a data source with "mel" and
+    "tags" (e.g. `tagger_jax.datasets.load_split(...)[0]`), with a progress bar."""
+    from tqdm.auto import tqdm
+
+    feats, labels = [], []
+    for i in tqdm(range(len(source)), desc=desc, unit=" clips", leave=False):
+        record = source[i]
+        feats.append(clip_features(record["mel"]))
+        labels.append(np.asarray(record["tags"], np.uint8))
+    if not feats:
+        raise ValueError("no clips to compute baseline features from")
+    return np.stack(feats), np.stack(labels)
+
+
+@dataclasses.dataclass
+class Baseline:
+    """A fitted baseline: the scaler and one classifier (or constant rate) per tag."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    models: list[Any]  # LogisticRegression or float (constant probability)
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """(N, K) float64 probabilities for (N, D) features."""
+        x = (np.asarray(features, np.float64) - self.mean) / self.scale
+        cols = [m.predict_proba(x)[:, 1] if not isinstance(m, float) else np.full(len(x), m)
+                for m in self.models]
+        return np.stack(cols, axis=1)
+
+
+def fit(features: np.ndarray, labels: np.ndarray, c: float = 1.0,
+        max_iter: int = 2000) -> Baseline:
+    """Fits the baseline on (N, D) features and (N, K) 0/1 labels (errors: mismatched shapes)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(features, np.float64)
+    y = np.asarray(labels)
+    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
+        raise ValueError(f"features {x.shape} and labels {y.shape} must be (N, D) and (N, K)")
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale == 0] = 1.0
+    xs = (x - mean) / scale
+    models: list[Any] = []
+    for k in range(y.shape[1]):
+        col = y[:, k].astype(int)
+        if col.min() == col.max():
+            models.append(float(col[0]))
+            continue
+        models.append(LogisticRegression(C=c, max_iter=max_iter).fit(xs, col))
+    return Baseline(mean, scale, models)
+
+
+def evaluate(train_source, eval_sources: dict[str, Any], tag_names: Sequence[str]) -> dict:
+    """Fits on `train_source`, returns {split: `tagger_jax.evaluation.tag_metrics` dict} for
+    each of `eval_sources` ({split name: source})."""
+    from tagger_jax.evaluation import tag_metrics
+
+    model = fit(*source_features(train_source, "baseline features (train)"))
+    out = {}
+    for name, source in eval_sources.items():
+        x, y = source_features(source, f"baseline features ({name})")
+        out[name] = tag_metrics(model.predict_proba(x), y, tag_names)
+    return out
+

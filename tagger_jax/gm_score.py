@@ -1,0 +1,337 @@
+"""Random but reproducible multi-part scores for General MIDI rendering, with exact tags.
+
+A score is a short piece in a random key and mode, at a tempo from one of three classes, in 1 to 3
+sections. Each section has its own instrumentation: a melody, a chord part, a bass line (each
+present or not) and a drum pattern (present or not); at a section boundary every role may change
+instrument, so instruments start and stop inside a clip. Parts have their own dynamics (base
+velocity, a crescendo or diminuendo over the section, per-note accents) and articulation (legato,
+normal or staccato note lengths). Everything is a pure function of the seed
+(`numpy.random.default_rng(seed)`).
+
+Tags (MagnaTagATune names; order: MTAT's top-50 frequency order for those it has, then organ and
+bass, which MTAT has outside its top 50):
+  - an instrument tag is true exactly when a part played by that instrument has a note in the clip
+    (violin and cello also make "strings", as in MTAT's annotations);
+  - "fast" / "slow": 140-176 / 60-76 BPM, with every part articulating at the tempo (fast parts
+    use half and whole beats, slow parts whole and double beats); 92-116 BPM clips get neither;
+  - "loud" / "quiet": mix RMS of -12 +- 2 / -36 +- 2 dBFS (applied when mixing,
+    `tagger_jax.soundfont.mix`); -24 +- 2 dBFS clips get neither.
+
+Times are in seconds; pitches are MIDI note numbers; velocities 1-127.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+TAGS: tuple[str, ...] = (
+    "guitar", "slow", "strings", "drums", "fast", "piano", "violin", "synth", "loud", "quiet",
+    "harpsichord", "flute", "sitar", "choir", "harp", "cello", "organ", "bass",
+)
+GLOBAL_TAGS = ("slow", "fast", "loud", "quiet")  # true for the whole clip
+
+
+@dataclasses.dataclass(frozen=True)
+class Instrument:
+    """A General MIDI instrument family: the tags it makes true, the GM programs (0-based) one is
+    drawn from, its pitch register (inclusive) and the roles it can play."""
+
+    tags: tuple[str, ...]
+    programs: tuple[int, ...]
+    register: tuple[int, int]
+    roles: tuple[str, ...]
+
+
+INSTRUMENTS: dict[str, Instrument] = {
+    "piano": Instrument(("piano",), (0, 1), (48, 84), ("melody", "chords")),
+    "harpsichord": Instrument(("harpsichord",), (6,), (48, 84), ("melody", "chords")),
+    "organ": Instrument(("organ",), (16, 19), (48, 79), ("melody", "chords")),
+    "guitar": Instrument(("guitar",), (24, 25, 27), (45, 76), ("melody", "chords")),
+    "strings": Instrument(("strings",), (48, 49), (48, 79), ("chords",)),
+    "violin": Instrument(("violin", "strings"), (40,), (55, 88), ("melody",)),
+    "cello": Instrument(("cello", "strings"), (42,), (36, 60), ("melody", "bass")),
+    "harp": Instrument(("harp",), (46,), (48, 84), ("melody", "chords")),
+    "flute": Instrument(("flute",), (73,), (60, 91), ("melody",)),
+    "sitar": Instrument(("sitar",), (104,), (52, 76), ("melody",)),
+    "choir": Instrument(("choir",), (52, 53), (48, 72), ("chords",)),
+    "synth": Instrument(("synth",), (80, 81), (48, 84), ("melody", "chords")),
+    "bass": Instrument(("bass",), (32, 33, 34), (28, 50), ("bass",)),
+    "drums": Instrument(("drums",), (), (35, 81), ("drums",)),
+}
+ROLES = ("melody", "chords", "bass", "drums")
+
+TEMPO_BPM = {"slow": (60.0, 76.0), "medium": (92.0, 116.0), "fast": (140.0, 176.0)}
+NOTE_BEATS = {"slow": (1.0, 2.0), "medium": (0.5, 1.0, 2.0), "fast": (0.5, 1.0)}
+LEVEL_DB = {"quiet": (-38.0, -34.0), "medium": (-26.0, -22.0), "loud": (-14.0, -10.0)}
+ARTICULATION = {"legato": 0.95, "normal": 0.8, "staccato": 0.45}  # sounding fraction of a note
+MAJOR = (0, 2, 4, 5, 7, 9, 11)
+MINOR = (0, 2, 3, 5, 7, 8, 10)
+PITCH_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+PROGRESSIONS = ((0, 5, 3, 4), (0, 3, 4, 0), (5, 3, 0, 4), (0, 4, 5, 3), (0, 3, 0, 4))
+# GM percussion keys: kick, snare, closed hi-hat, low / high tom.
+KICK, SNARE, HAT, LOW_TOM, HIGH_TOM = 36, 38, 42, 45, 50
+DRUM_HIT_S = 0.1  # note length written for a drum hit (GM kits ignore note-off for most keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class Note:
+    pitch: int
+    start: float
+    end: float  # note-off time (seconds)
+    velocity: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One stem: an instrument playing one role in one section."""
+
+    role: str
+    instrument: str
+    program: int  # GM program (0-based); ignored for drums
+    notes: tuple[Note, ...]
+
+    @property
+    def is_drums(self) -> bool:
+        return self.role == "drums"
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return INSTRUMENTS[self.instrument].tags
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    duration_s: float
+    tempo_bpm: float
+    tempo_class: str  # slow / medium / fast
+    level_class: str  # quiet / medium / loud
+    level_db: float  # target mix RMS, dBFS
+    key_root: int  # pitch class 0-11 (0 = C)
+    minor: bool
+    sections: tuple[tuple[float, float], ...]  # (start, end) seconds
+    parts: tuple[Part, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{PITCH_NAMES[self.key_root]} {'minor' if self.minor else 'major'}"
+
+
+def score_tags(score: Score) -> tuple[str, ...]:
+    """The clip's true tags, in `TAGS` order."""
+    tags = {t for p in score.parts if p.notes for t in p.tags}
+    tags |= {c for c in (score.tempo_class, score.level_class) if c in GLOBAL_TAGS}
+    return tuple(t for t in TAGS if t in tags)
+
+
+def multi_hot(tags: Sequence[str], vocabulary: Sequence[str] = TAGS) -> np.ndarray:
+    """uint8 (len(vocabulary),) 0/1; a name outside the vocabulary is a ValueError."""
+    index = {t: i for i, t in enumerate(vocabulary)}
+    out = np.zeros(len(vocabulary), np.uint8)
+    for t in tags:
+        if t not in index:
+            raise ValueError(f"unknown tag {t!r}")
+        out[index[t]] = 1
+    return out
+
+
+def _scale(score_root: int, minor: bool, lo: int, hi: int) -> np.ndarray:
+    steps = MINOR if minor else MAJOR
+    return np.array([p for p in range(lo, hi + 1) if (p - score_root) % 12 in steps])
+
+
+def _chord(root: int, minor: bool, degree: int) -> tuple[int, int, int]:
+    """Pitch classes of the diatonic triad on scale `degree` (0-6)."""
+    steps = MINOR if minor else MAJOR
+    return tuple((root + steps[(degree + k) % 7]) % 12 for k in (0, 2, 4))  # type: ignore
+
+
+def _rhythm(rng: np.random.Generator, t0: float, t1: float, beat: float,
+            choices: Sequence[float]) -> list[tuple[float, float]]:
+    """Consecutive (onset, length) slots on the beat grid from t0 to t1, lengths in `choices`
+    beats; each slot starts on a multiple of half a beat."""
+    out, t = [], t0
+    while t < t1 - 0.25 * beat:
+        length = float(rng.choice(choices)) * beat
+        out.append((t, min(length, t1 - t)))
+        t += length
+    return out
+
+
+def _dynamics(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Velocities of n notes: a base level, a linear crescendo or diminuendo, accents."""
+    base = rng.uniform(60, 105)
+    ramp = rng.uniform(-20, 20) * np.linspace(-0.5, 0.5, max(n, 1))
+    accents = rng.normal(0, 5, max(n, 1))
+    return np.clip(np.round(base + ramp + accents), 25, 127).astype(int)[:n]
+
+
+def _melody(rng, inst: Instrument, score_key, t0, t1, beat, tempo_class) -> list[Note]:
+    root, minor = score_key
+    pitches = _scale(root, minor, *inst.register)
+    slots = _rhythm(rng, t0, t1, beat, NOTE_BEATS[tempo_class])
+    keep = float(ARTICULATION[str(rng.choice(list(ARTICULATION)))])
+    idx = int(rng.integers(len(pitches) // 4, 3 * len(pitches) // 4 + 1))
+    vel = _dynamics(rng, len(slots))
+    notes = []
+    for (start, length), v in zip(slots, vel):
+        idx = int(np.clip(idx + rng.choice((-2, -1, -1, 0, 1, 1, 2)), 0, len(pitches) - 1))
+        if rng.random() < 0.1 and notes:  # a rest
+            continue
+        notes.append(Note(int(pitches[idx]), start, start + keep * length, int(v)))
+    return notes
+
+
+def _voicing(pcs: Sequence[int], lo: int, hi: int) -> list[int]:
+    """The chord tones nearest the middle of the register, one per pitch class."""
+    mid = (lo + hi) // 2
+    out = []
+    for pc in pcs:
+        candidates = [p for p in range(lo, hi + 1) if p % 12 == pc]
+        out.append(min(candidates, key=lambda p: abs(p - mid)))
+    return sorted(out)
+
+
+def _chords(rng, inst: Instrument, score_key, progression, t0, t1, beat, tempo_class,
+            bar_start: float) -> list[Note]:
+    root, minor = score_key
+    style = str(rng.choice(("block", "pulse", "arpeggio")))
+    keep = float(ARTICULATION[str(rng.choice(list(ARTICULATION)))])
+    notes: list[Note] = []
+    lengths = {"block": (4.0,), "pulse": NOTE_BEATS[tempo_class],
+               "arpeggio": (0.5, 1.0) if tempo_class != "slow" else (1.0,)}[style]
+    slots = _rhythm(rng, t0, t1, beat, lengths)
+    vel = _dynamics(rng, len(slots))
+    for k, ((start, length), v) in enumerate(zip(slots, vel)):
+        bar = int((start - bar_start + 1e-9) // (4 * beat))
+        pcs = _chord(root, minor, progression[bar % len(progression)])
+        voiced = _voicing(pcs, *inst.register)
+        chosen = [voiced[k % len(voiced)]] if style == "arpeggio" else voiced
+        for p in chosen:
+            notes.append(Note(p, start, start + keep * length, int(v)))
+    return notes
+
+
+def _bass(rng, inst: Instrument, score_key, progression, t0, t1, beat, tempo_class,
+          bar_start: float) -> list[Note]:
+    root, minor = score_key
+    lo, hi = inst.register
+    slots = _rhythm(rng, t0, t1, beat, NOTE_BEATS[tempo_class])
+    keep = float(ARTICULATION[str(rng.choice(("legato", "normal")))])
+    vel = _dynamics(rng, len(slots))
+    notes = []
+    for k, ((start, length), v) in enumerate(zip(slots, vel)):
+        bar = int((start - bar_start + 1e-9) // (4 * beat))
+        pcs = _chord(root, minor, progression[bar % len(progression)])
+        pc = pcs[0] if k % 2 == 0 or rng.random() < 0.5 else pcs[2]  # root, sometimes the fifth
+        pitch = min((p for p in range(lo, hi + 1) if p % 12 == pc), key=lambda p: abs(p - lo - 7))
+        notes.append(Note(pitch, start, start + keep * length, int(v)))
+    return notes
+
+
+def _drums(rng, t0, t1, beat, tempo_class) -> list[Note]:
+    """A rock/pop pattern: kick on 1 and 3, snare on 2 and 4, closed hi-hat on eighths (quarters
+    when fast), a tom fill before a section end now and then. No cymbals: they ring for seconds,
+    longer than the exact activity window of a hit (`tagger_jax.soundfont.DRUM_SOUND_S`)."""
+    hat = HAT
+    hat_step = 1.0 if tempo_class == "fast" else 0.5
+    extra_kick = rng.random() < 0.5
+    fill = rng.random() < 0.4
+    base = rng.uniform(75, 110)
+    hits: list[tuple[float, int, float]] = []
+    n_beats = int(np.floor((t1 - t0) / beat + 1e-9))
+    for b in range(n_beats):
+        t = t0 + b * beat
+        if fill and b >= n_beats - 1 and n_beats >= 4:
+            hits += [(t, HIGH_TOM, 0.9), (t + 0.5 * beat, LOW_TOM, 1.0)]
+            continue
+        hits.append((t, KICK if b % 2 == 0 else SNARE, 1.0))
+        if extra_kick and b % 4 == 2:
+            hits.append((t + 0.5 * beat, KICK, 0.8))
+        for h in np.arange(0.0, 1.0, hat_step):
+            hits.append((t + h * beat, hat, 0.7 if h else 0.85))
+    notes = []
+    for t, key, accent in sorted(hits, key=lambda h: (h[0], h[1])):
+        if t >= t1 - 0.05:
+            continue
+        v = int(np.clip(round(base * accent + rng.normal(0, 4)), 25, 127))
+        notes.append(Note(key, float(t), float(t) + DRUM_HIT_S, v))
+    return notes
+
+
+def _sections(rng, duration_s: float, beat: float) -> list[tuple[float, float]]:
+    n = int(rng.choice((1, 2, 3), p=(0.3, 0.45, 0.25)))
+    bar = 4 * beat
+    bars = duration_s / bar
+    if n > 1 and bars >= n:  # cut on bar lines
+        cuts = sorted(rng.choice(np.arange(1, int(bars)), size=min(n - 1, int(bars) - 1),
+                                 replace=False) * bar) if int(bars) > 1 else []
+    elif n > 1:  # fewer bars than sections (slow tempo): cut on beats
+        beats = int(duration_s / beat)
+        cuts = sorted(rng.choice(np.arange(1, beats), size=min(n - 1, beats - 1),
+                                 replace=False) * beat) if beats > 1 else []
+    else:
+        cuts = []
+    edges = [0.0] + [float(c) for c in cuts] + [duration_s]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b - a > 0.5 * beat]
+
+
+def _orchestrate(rng, previous: dict[str, str] | None) -> dict[str, str]:
+    """Instrument per present role (distinct instruments). A later section keeps each role's
+    instrument with probability 0.4, otherwise draws again (or drops / adds the role)."""
+    while True:
+        out: dict[str, str] = {}
+        for role in ROLES:
+            if previous is not None and role in previous and rng.random() < 0.4:
+                out[role] = previous[role]
+                continue
+            present = rng.random() < {"melody": 0.65, "chords": 0.6, "bass": 0.5,
+                                      "drums": 0.5}[role]
+            if not present:
+                continue
+            pool = sorted(n for n, i in INSTRUMENTS.items() if role in i.roles
+                          and n not in out.values())
+            out[role] = str(rng.choice(pool))
+        if any(r != "drums" for r in out) and len(set(out.values())) == len(out):
+            return out
+
+
+def sample_score(seed, duration_s: float = 10.0, tempo: str | None = None,
+                 level: str | None = None) -> Score:
+    """A random score of `duration_s` seconds. `seed`: anything `numpy.random.default_rng`
+    accepts; `tempo` (slow/medium/fast) and `level` (quiet/medium/loud) pin those classes."""
+    if duration_s <= 0:
+        raise ValueError(f"duration_s must be positive, got {duration_s}")
+    rng = np.random.default_rng(seed)
+    tempo_class = tempo or str(rng.choice(list(TEMPO_BPM)))
+    level_class = level or str(rng.choice(list(LEVEL_DB)))
+    if tempo_class not in TEMPO_BPM or level_class not in LEVEL_DB:
+        raise ValueError(f"tempo must be one of {list(TEMPO_BPM)} and level one of "
+                         f"{list(LEVEL_DB)}, got {tempo!r}, {level!r}")
+    bpm = float(rng.uniform(*TEMPO_BPM[tempo_class]))
+    level_db = float(rng.uniform(*LEVEL_DB[level_class]))
+    beat = 60.0 / bpm
+    key = (int(rng.integers(12)), bool(rng.random() < 0.5))
+    progression = PROGRESSIONS[int(rng.integers(len(PROGRESSIONS)))]
+    sections = _sections(rng, duration_s, beat)
+    parts: list[Part] = []
+    roles = None
+    for t0, t1 in sections:
+        roles = _orchestrate(rng, roles)
+        for role, name in roles.items():
+            inst = INSTRUMENTS[name]
+            program = int(rng.choice(inst.programs)) if inst.programs else 0
+            if role == "melody":
+                notes = _melody(rng, inst, key, t0, t1, beat, tempo_class)
+            elif role == "chords":
+                notes = _chords(rng, inst, key, progression, t0, t1, beat, tempo_class, 0.0)
+            elif role == "bass":
+                notes = _bass(rng, inst, key, progression, t0, t1, beat, tempo_class, 0.0)
+            else:
+                notes = _drums(rng, t0, t1, beat, tempo_class)
+            notes = [n for n in notes if n.end > n.start and n.start < duration_s]
+            if notes:
+                parts.append(Part(role, name, program, tuple(notes)))
+    return Score(duration_s, bpm, tempo_class, level_class, level_db, key[0], key[1],
+                 tuple(sections), tuple(parts))
