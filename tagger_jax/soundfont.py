@@ -22,6 +22,7 @@ mask on the centred STFT frames of the log-mel.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import io
@@ -156,16 +157,26 @@ def render_part(part: gm_score.Part, bank: str | os.PathLike, duration_s: float,
     from scipy.signal import resample_poly
 
     path = resolve_bank(bank)
-    wav = midirenderer.render_wave_from(_bank_bytes(str(path)), part_midi(part, duration_s))
+    n = int(round(duration_s * sample_rate))
+    out = np.zeros(n, np.float32)
+    if not part.notes:
+        return out
+    # Render only the part's own span (a part often covers one section): shift its notes to
+    # start near 0 by a multiple of 1/320 s (a whole number of ticks and of samples at 16 and
+    # 48 kHz), render until its last window ends, and place the result back at the shift.
+    shift = math.floor(min(n.start for n in part.notes) * 320) / 320
+    end = min(duration_s, max(b for _, b in sounding_windows(part)))
+    moved = dataclasses.replace(part, notes=tuple(
+        dataclasses.replace(x, start=x.start - shift, end=x.end - shift) for x in part.notes))
+    wav = midirenderer.render_wave_from(_bank_bytes(str(path)), part_midi(moved, end - shift))
     audio, sr = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)  # 48 kHz stereo
     mono = audio.mean(axis=1, dtype=np.float64)
     if sr != sample_rate:
         g = math.gcd(int(sr), int(sample_rate))
         mono = resample_poly(mono, sample_rate // g, int(sr) // g)
-    n = int(round(duration_s * sample_rate))
-    out = np.zeros(n, np.float32)
-    m = min(n, len(mono))
-    out[:m] = mono[:m]
+    offset = int(round(shift * sample_rate))
+    m = max(0, min(n - offset, len(mono)))
+    out[offset:offset + m] = mono[:m]
     return (out * gate(part, n, sample_rate)).astype(np.float32)
 
 

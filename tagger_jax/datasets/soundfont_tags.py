@@ -16,7 +16,7 @@ same music. FluidR3_GM is kept for evaluation outside the project: it can be an 
 (`--set unseen_banks=/usr/share/sounds/sf2/FluidR3_GM.sf2`) but never the training bank.
 
 Configs:
-  - `default`: train on `merlin`, unseen `timgm6mb`; 1,200 / 150 / 300 (+ 300) clips of 10 s.
+  - `default`: train on `merlin`, unseen `timgm6mb`; 1,000 / 100 / 250 (+ 250) clips of 10 s.
   - `timgm6mb`: the other direction (train on `timgm6mb`, unseen `merlin`).
 Per example, besides the common features: `tag_mask` (num_tags, frames) uint8, where each tag
 sounds (exact, from the score: `tagger_jax.soundfont.activity_mask`); `stem_db` (num_tags,)
@@ -40,9 +40,9 @@ class SoundfontConfig(TaggingConfig):
 
     bank: str = "merlin"  # training bank: a name in soundfont.BANKS or a .sf2 path
     unseen_banks: tuple[str, ...] = ("timgm6mb",)  # each gives a split test_<bank>
-    num_train: int = 1200  # clips in train
-    num_validation: int = 150  # clips in validation
-    num_test: int = 300  # clips in test (and in each test_<bank>)
+    num_train: int = 1000  # clips in train
+    num_validation: int = 100  # clips in validation
+    num_test: int = 250  # clips in test (and in each test_<bank>)
     duration_s: float = 10.0  # clip length in seconds
     seed: int = 0  # score seed: clip i of split s is score (seed, s, i)
 
