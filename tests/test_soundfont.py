@@ -1,0 +1,150 @@
+"""SoundFont-rendered scores (`gm_score`, `soundfont`, `soundfont_tags`): exact activity against
+the rendered audio, reproducible records, bank handling.
+
+Frame energies are computed here with NumPy (float64 mean square over the same centred 512-sample
+windows as the log-mel's STFT frames), independently of the mask code.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tagger_jax import gm_score, soundfont
+from tagger_jax.datasets import SoundfontConfig, SoundfontTags
+
+HOP, WIN, SR = 256, 512, 16000
+
+
+def _frame_db(x: np.ndarray) -> np.ndarray:
+    padded = np.pad(x.astype(np.float64), (WIN // 2, WIN // 2))
+    n = 1 + len(x) // HOP
+    energy = np.array([np.mean(padded[i * HOP:i * HOP + WIN] ** 2) for i in range(n)])
+    return 10 * np.log10(energy + 1e-30)
+
+
+@pytest.mark.parametrize("bank", sorted(soundfont.BANKS))
+def test_activity_mask_matches_stem_audio(bank):
+    """Each part's stem sounds at every note's onset (within 45 dB of the stem's loudest frame)
+    and is silent (below -100 dB re that frame) in frames more than 2 frames from its mask."""
+    duration = 6.0
+    checked, silent_frames = set(), 0
+    for seed in range(4):
+        score = gm_score.sample_score((11, seed), duration)
+        for part in score.parts:
+            stem = soundfont.render_part(part, bank, duration)
+            alone = gm_score.Score(**{**score.__dict__, "parts": (part,)})
+            mask = soundfont.activity_mask(alone, len(stem), HOP)
+            row = mask[gm_score.TAGS.index(part.tags[0])].astype(bool)
+            for tag in part.tags:  # every tag of the instrument gets the same row
+                np.testing.assert_array_equal(mask[gm_score.TAGS.index(tag)], row)
+            db = _frame_db(stem)
+            assert row.shape == db.shape
+            ref = db[row].max()
+            for note in part.notes:
+                first = int(np.ceil(note.start * SR / HOP))
+                assert db[first:first + 6].max() > ref - 45, (part.instrument, note)
+            near = np.convolve(row.astype(float), np.ones(5), "same") > 0
+            if (~near).any():
+                assert db[~near].max() < ref - 100, part.instrument
+                silent_frames += int((~near).sum())
+            checked.add(part.instrument)
+    assert len(checked) >= 4 and silent_frames > 100
+
+
+def test_clip_mix_is_silent_where_no_instrument_sounds():
+    clip = soundfont.render_clip((3, 1), "timgm6mb", duration_s=6.0)
+    instrument_rows = [gm_score.TAGS.index(t) for t in gm_score.TAGS
+                       if t not in gm_score.GLOBAL_TAGS]
+    any_active = clip["tag_mask"][instrument_rows].any(axis=0)
+    db = _frame_db(clip["audio"])
+    near = np.convolve(any_active.astype(float), np.ones(5), "same") > 0
+    if (~near).any():
+        assert db[~near].max() < db.max() - 100
+    # tags = rows of the mask that are ever on; loud/quiet level = mix RMS
+    np.testing.assert_array_equal(clip["tags"], clip["tag_mask"].any(axis=1).astype(np.uint8))
+    score = clip["score"]
+    rms = 10 * np.log10(np.mean(clip["audio"].astype(np.float64) ** 2))
+    assert abs(rms - score.level_db) < 0.01
+    present = clip["tags"].astype(bool) & np.isin(gm_score.TAGS, gm_score.GLOBAL_TAGS,
+                                                  invert=True)
+    assert np.all(clip["stem_db"][present] > -80)
+    assert np.all(clip["stem_db"][~present] == soundfont.SILENCE_DB)
+
+
+def test_score_is_reproducible_and_honest():
+    a = gm_score.sample_score((5, 2), 10.0)
+    assert a == gm_score.sample_score((5, 2), 10.0)
+    assert a != gm_score.sample_score((5, 3), 10.0)
+    for seed in range(30):
+        s = gm_score.sample_score((5, seed), 8.0, tempo="fast")
+        assert 140 <= s.tempo_bpm <= 176 and "fast" in gm_score.score_tags(s)
+        beat = 60 / s.tempo_bpm
+        for part in s.parts:
+            for note in part.notes:
+                assert 0 <= note.start < 8.0 and note.end > note.start
+                assert round(note.start / (0.5 * beat), 6) % 1 == 0  # on the half-beat grid
+    with pytest.raises(ValueError, match="tempo"):
+        gm_score.sample_score(0, 8.0, tempo="presto")
+
+
+def test_banks(tmp_path):
+    for name in soundfont.BANKS:
+        assert soundfont.resolve_bank(name).stat().st_size > 1_000_000
+    with pytest.raises(soundfont.BankError, match="not a known bank"):
+        soundfont.resolve_bank("no_such_bank")
+    bad = tmp_path / "bad.sf2"
+    bad.write_bytes(b"not a soundfont")
+    with pytest.raises(soundfont.BankError, match="not a SoundFont"):
+        soundfont.resolve_bank(bad)
+    reserved = tmp_path / "FluidR3_GM.sf2"
+    reserved.write_bytes(b"RIFF\x00\x00\x00\x00sfbk")
+    assert soundfont.resolve_bank(reserved) == reserved  # allowed as an unseen bank
+    with pytest.raises(soundfont.BankError, match="reserved"):
+        soundfont.resolve_bank(reserved, for_training=True)
+    assert soundfont.bank_name("merlin") == "merlin"
+    assert soundfont.bank_name("/x/My Bank.sf2") == "my_bank"
+
+
+def _build(data_dir, workers):
+    config = SoundfontConfig(name="tiny", num_train=3, num_validation=1, num_test=2,
+                             duration_s=3.0)
+    builder = SoundfontTags(config=config, data_dir=str(data_dir), num_workers=workers)
+    builder.download_and_prepare()
+    return builder
+
+
+def test_builder_records_are_reproducible(tmp_path):
+    """Two builds (1 and 2 worker processes) write byte-identical records; the unseen-bank split
+    holds the test scores rendered with the other bank."""
+    a = _build(tmp_path / "a", 1)
+    b = _build(tmp_path / "b", 2)
+    assert list(a.info.splits) == ["train", "validation", "test", "test_timgm6mb"]
+    files_a = sorted(p for p in (tmp_path / "a").rglob("*.array_record*"))
+    files_b = sorted(p for p in (tmp_path / "b").rglob("*.array_record*"))
+    assert [p.name for p in files_a] == [p.name for p in files_b] and len(files_a) == 4
+    for pa, pb in zip(files_a, files_b):
+        assert pa.read_bytes() == pb.read_bytes(), pa.name
+    test, unseen = a.as_data_source("test"), a.as_data_source("test_timgm6mb")
+    for i in range(2):
+        x, y = test[i], unseen[i]
+        np.testing.assert_array_equal(x["tags"], y["tags"])
+        np.testing.assert_array_equal(x["tag_mask"], y["tag_mask"])
+        assert x["key"] == y["key"] and x["tempo_bpm"] == y["tempo_bpm"]
+        assert x["bank"] == b"merlin" and y["bank"] == b"timgm6mb"
+        assert not np.array_equal(x["mel"], y["mel"])
+        assert x["mel"].shape == x["tag_mask"].shape[1:] or \
+            x["mel"].shape[1] == x["tag_mask"].shape[1]
+        score = gm_score.sample_score((0, 2, i), 3.0)
+        assert x["key"].decode() == score.key
+        np.testing.assert_array_equal(x["tags"],
+                                      gm_score.multi_hot(gm_score.score_tags(score)))
+
+
+def test_builder_refuses_reserved_training_bank(tmp_path):
+    reserved = tmp_path / "FluidR3_GM.sf2"
+    reserved.write_bytes(b"RIFF\x00\x00\x00\x00sfbk")
+    config = SoundfontConfig(name="bad", bank=str(reserved), num_train=1, num_validation=1,
+                             num_test=1, duration_s=1.0)
+    with pytest.raises(soundfont.BankError, match="reserved"):
+        SoundfontTags(config=config, data_dir=str(tmp_path / "d"),
+                      num_workers=1).download_and_prepare()
