@@ -120,3 +120,44 @@ def evaluate(train_source, eval_sources: dict[str, Any], tag_names: Sequence[str
         out[name] = tag_metrics(model.predict_proba(x), y, tag_names)
     return out
 
+
+
+BASELINE_JSON = "baseline.json"
+
+
+def report_beside(result: dict, print_fn=print) -> dict:
+    """Fits the baseline on the train split of the dataset an `evaluate_checkpoint` result was
+    computed on, scores it on the same split, prints model vs baseline per tag and writes
+    `baseline.json` into the result's output directory. Returns the baseline's metrics.
+    Raises `tagger_jax.evaluation.EvaluationError` when a split cannot be opened."""
+    import json
+    from pathlib import Path
+
+    from tagger_jax import datasets
+    from tagger_jax.evaluation import EvaluationError, _fmt
+
+    name, split = result["dataset"], result["split"]
+    config = result.get("builder_config")
+    try:
+        train, tags = datasets.load_split(name, "train", result["data_dir"], config)
+        evaluated, _ = datasets.load_split(name, split, result["data_dir"], config)
+    except (FileNotFoundError, ValueError) as e:
+        raise EvaluationError(f"baseline: cannot open {name}: {e}") from e
+    metrics = evaluate(train, {split: evaluated}, tags)[split]
+    model = {t["tag"]: t["roc_auc"] for t in result["per_tag"]}
+    width = max(len(t) for t in tags)
+    lines = [f"{'tag':<{width}}  model ROC-AUC  baseline ROC-AUC", "-" * (width + 33)]
+    for row in metrics["per_tag"]:
+        lines.append(f"{row['tag']:<{width}}  {_fmt(model.get(row['tag']), 13)}  "
+                     f"{_fmt(row['roc_auc'], 16)}")
+    lines.append(f"{'mean':<{width}}  {_fmt(result['roc_auc_mean'], 13)}  "
+                 f"{_fmt(metrics['roc_auc_mean'], 16)}")
+    out = Path(result["out_dir"]) / BASELINE_JSON
+    out.write_text(json.dumps({"dataset": name, "builder_config": config, "split": split,
+                               "fitted_on": "train", **metrics}, indent=1))
+    if print_fn is not None:
+        print_fn("\n".join(lines))
+        print_fn(f"baseline (logistic regression on log-mel statistics, fitted on {name}/train): "
+                 f"ROC-AUC {_fmt(metrics['roc_auc_mean'], 0)}  PR-AUC "
+                 f"{_fmt(metrics['pr_auc_mean'], 0)}; wrote {out}")
+    return metrics

@@ -505,7 +505,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
              "builder_config": getattr(builder_config, "name", builder_config), "split": split,
              "data_dir": str(data_dir), "mode": mode,
              "num_chunks": num_chunks if mode == "chunks" else None,
-             "hop": hop if mode == "full" else None, "chunk_frames": chunk_frames}
+             "hop": hop if mode == "full" else None, "chunk_frames": chunk_frames,
+             "out_dir": str(Path(out_dir).expanduser())}
     if jax.process_index() == 0:
         paths = write_report(metrics, out_dir, extra=extra,
                              title=f"{dataset}/{split} ({mode}), {metrics['num_clips']} clips")

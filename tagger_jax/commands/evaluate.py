@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "DATASET_SPLIT_MODE)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="clips per batch (default: config train.eval_batch_size)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also fit the logistic-regression baseline (tagger_jax.baseline) on "
+                             "the dataset's train split and report it beside the model")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,10 +45,14 @@ def run(args: argparse.Namespace) -> int:
     from tagger_jax.evaluation import EvaluationError, evaluate_checkpoint
 
     try:
-        evaluate_checkpoint(args.workdir or args.checkpoint, dataset=args.dataset,
-                            split=args.split, data_dir=args.data_dir,
-                            builder_config=args.builder_config, mode=args.mode, out_dir=args.out,
-                            batch_size=args.batch_size, num_chunks=args.num_chunks, hop=args.hop)
+        result = evaluate_checkpoint(
+            args.workdir or args.checkpoint, dataset=args.dataset, split=args.split,
+            data_dir=args.data_dir, builder_config=args.builder_config, mode=args.mode,
+            out_dir=args.out, batch_size=args.batch_size, num_chunks=args.num_chunks,
+            hop=args.hop)
+        if args.baseline:
+            from tagger_jax.baseline import report_beside
+            report_beside(result)
     except (CheckpointError, EvaluationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
