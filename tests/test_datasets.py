@@ -494,10 +494,40 @@ def test_audio_folder_default_config_reads_with_tfds_data_source(folder, tmp_pat
 
 def test_audio_folder_bad_split_value(folder, tmp_path):
     (tmp_path / "x.csv").write_text("path,tags,split\nsongs/a.wav,rock,training\n"
-                                    "songs/c.wav,rock,holdout\n")
+                                    "songs/c.wav,rock,!!\n")
     config = AudioFolderConfig(name="bad", csv=str(tmp_path / "x.csv"))
-    with pytest.raises(ValueError, match=r"x.csv:3: split"):
+    with pytest.raises(ValueError, match=r"x.csv:3: split value '!!'"):
         datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder)
+    (tmp_path / "y.csv").write_text("path,tags,split\nsongs/a.wav,rock,all\n")
+    config = AudioFolderConfig(name="bad2", csv=str(tmp_path / "y.csv"))
+    with pytest.raises(ValueError, match=r"y.csv:2: .*reserved"):
+        datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder)
+
+
+def test_audio_folder_extra_splits(folder, tmp_path):
+    """Split values besides train/validation/test become named splits the model never trains
+    on, read back like the others (evaluate, explain --dataset and the benchmarks use
+    `load_split`)."""
+    rows = [("songs/a.wav", "rock;piano", "train"), ("songs/b.flac", "rock;jazz", "train"),
+            ("songs/c.wav", "rock", "valid"), ("songs/d.ogg", "jazz;vocal", "test"),
+            ("songs/e.wav", "rock;piano", "Hold-Out"), ("songs/f.wav", "jazz", "segments"),
+            ("songs/bad.wav", "rock", "segments")]
+    with open(tmp_path / "extra.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "tags", "split")] + rows)
+    config = AudioFolderConfig(name="extra", csv=str(tmp_path / "extra.csv"))
+    b = datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder, num_workers=1)
+    assert list(b.info.splits) == ["train", "validation", "test", "hold_out", "segments"]
+    assert b.info.metadata["extra_splits"] == ["hold_out", "segments"]
+    assert datasets.split_sizes(b) == {"train": 2, "validation": 1, "test": 1}
+    source, tags = datasets.load_split("audio_folder", "hold_out", tmp_path / "d", config)
+    assert [(ex["path"].decode(), ex["tags"].tolist()) for ex in _all(source)] == \
+        [("songs/e.wav", [1, 0, 1, 0])]
+    assert list(tags) == ["rock", "jazz", "piano", "vocal"]
+    segments, _ = datasets.load_split("audio_folder", "segments", tmp_path / "d", config)
+    assert [ex["path"].decode() for ex in _all(segments)] == ["songs/f.wav"]
+    assert [s["path"] for s in datasets.build_report(b)["segments"]] == ["songs/bad.wav"]
+    with pytest.raises(ValueError, match="no split 'other'"):
+        datasets.load_split("audio_folder", "other", tmp_path / "d", config)
 
 
 # ----------------------------------------------------------------------------------- synthetic

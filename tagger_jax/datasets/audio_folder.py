@@ -12,7 +12,11 @@ The CSV has a header row and
   - EITHER a `tags` column with tag names joined by `;` (e.g. `rock;guitar;female vocal`),
     OR one column per tag holding 0/1 (every column except path, split and the optional id);
   - optionally a `split` column: train / validation / test (also valid, val, dev, training,
-    testing). Without it the clips are split at random with a seed: 80 / 10 / 10 % by default.
+    testing). Any other value (e.g. `holdout`, `segments`) makes a named extra split holding
+    those rows (lowercased, characters other than letters, digits and `_` turned into `_`),
+    which `evaluate --split`, `explain --dataset ... --split` and the benchmarks can read; the
+    model never trains or validates on it. Train, validation and test must still be present.
+    Without the column the clips are split at random with a seed: 80 / 10 / 10 % by default.
 Column names, the CSV delimiter, the tag separator, the fractions and the seed are config fields,
 set at build time:
 
@@ -119,10 +123,12 @@ def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[s
         split = None
         if has_split:
             value = (rec.get(config.split_column) or "").strip().lower()
-            if value not in SPLIT_ALIASES:
-                raise ValueError(f"{path}:{line}: split must be one of train/validation/test, "
-                                 f"got {value!r}")
-            split = SPLIT_ALIASES[value]
+            if not value:
+                raise ValueError(f"{path}:{line}: empty {config.split_column!r}")
+            try:
+                split = SPLIT_ALIASES.get(value) or extra_split_name(value)
+            except ValueError as e:
+                raise ValueError(f"{path}:{line}: {e}") from None
         clip_id = (rec.get(config.id_column) or "").strip() if config.id_column else rel
         rows.append(Row(line, rel, clip_id or rel, tuple(tags), split))
     if tag_columns:
@@ -137,6 +143,16 @@ def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[s
     if dupes:
         raise ValueError(f"{path}: duplicate clips {dupes[:5]}")
     return rows, vocab
+
+
+def extra_split_name(value: str) -> str:
+    """The split name of a CSV split value that is not train / validation / test."""
+    name = "".join(c if c.isalnum() or c == "_" else "_" for c in value.strip().lower())
+    if not name.strip("_"):
+        raise ValueError(f"split value {value!r} has no letters or digits")
+    if name == "all":  # TFDS reads "all" as the union of the splits
+        raise ValueError("split value 'all' is reserved by TFDS; name that split otherwise")
+    return name
 
 
 def seeded_split(n: int, fractions, seed: int) -> list[str]:
@@ -178,6 +194,8 @@ class AudioFolder(TaggingBuilder):
         root = Path(dl_manager.manual_dir)
         csv_path = _find_csv(root, config.csv)
         rows, vocab = read_table(csv_path, config)
+        self._extra_splits = tuple(sorted({r.split for r in rows if r.split is not None}
+                                          - set(SPLITS)))
         self._set_tags(vocab)
         if all(r.split is not None for r in rows):
             splits = [r.split for r in rows]
@@ -186,7 +204,7 @@ class AudioFolder(TaggingBuilder):
             splits = seeded_split(len(rows), config.split_fractions, config.split_seed)
             self._note("split_source", f"seeded: fractions {list(config.split_fractions)}, "
                                        f"seed {config.split_seed}")
-        items = {s: [] for s in SPLITS}
+        items = {s: [] for s in self._split_names()}
         dropped = 0
         for row, split in zip(rows, splits):
             if config.drop_untagged and not row.tags:
@@ -202,7 +220,11 @@ class AudioFolder(TaggingBuilder):
                              "train, validation and test clips")
         self._note("source", csv_path.name)
         self._note("dropped_untagged", dropped)
-        return {s: self._generate_examples(s, items[s]) for s in SPLITS}
+        self._note("extra_splits", list(self._extra_splits))
+        return {s: self._generate_examples(s, items[s]) for s in self._split_names()}
+
+    def _split_names(self) -> tuple[str, ...]:
+        return SPLITS + getattr(self, "_extra_splits", ())
 
     def _generate_examples(self, split: str, items: list[dict]):
         yield from self._extract_audio(split, items)
