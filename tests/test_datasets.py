@@ -229,6 +229,37 @@ def test_mtat_bad_csv_names_the_line(tmp_path):
         magnatagatune.read_annotations(tmp_path / "annotations_final.csv")
 
 
+def test_mtat_won2020_split_files(mtat, tmp_path):
+    """The cleaned split of Won et al. (2020): rows and tag order from their split files (the
+    real format: NumPy string arrays "INDEX\tMP3_PATH"), labels from the annotations."""
+    manual = tmp_path / "manual"
+    split_dir = manual / "split" / "mtat"
+    split_dir.mkdir(parents=True)
+    for name in ["annotations_final.csv"] + [str(p.relative_to(mtat["root"]))
+                                             for p in mtat["root"].iterdir() if p.is_dir()]:
+        (manual / name).symlink_to(mtat["root"] / name)
+    chosen = {"train": [0, 5, 9, 17], "validation": [2, 30], "test": [40, 1, 33]}
+    files = {"train": "train.npy", "validation": "valid.npy", "test": "test.npy"}
+    for split, rows in chosen.items():
+        np.save(split_dir / files[split],
+                np.array([f"{i}\t{mtat['paths'][i]}" for i in rows]))
+    tags = list(mtat["top"][::-1])  # the paper's order, here reversed frequency order
+    np.save(split_dir / "tags.npy", np.array(tags))
+    b = datasets.build("magnatagatune", tmp_path / "d", "won2020", manual_dir=manual,
+                       num_workers=1)
+    assert list(datasets.tag_names(b)) == tags
+    assert datasets.split_sizes(b) == {"train": 4, "validation": 2, "test": 3}
+    test, _ = datasets.load_split("magnatagatune", "test", tmp_path / "d", "won2020")
+    got = [(ex["clip_id"].decode(), ex["tags"].tolist()) for ex in _all(test)]
+    cols = [mtat["columns"].index(t) for t in tags]
+    assert got == [(mtat["clip_ids"][i], mtat["labels"][i, cols].tolist()) for i in (40, 1, 33)]
+    # a line whose path does not match the annotations stops the build, naming file and line
+    np.save(split_dir / "test.npy", np.array([f"40\t{mtat['paths'][41]}"]))
+    with pytest.raises(ValueError, match=r"test.npy: line 0: .* is not annotation row 40"):
+        datasets.build("magnatagatune", tmp_path / "e", "won2020", manual_dir=manual,
+                       num_workers=1)
+
+
 # ----------------------------------------------------------------------------------- Jamendo
 
 JAMENDO = {

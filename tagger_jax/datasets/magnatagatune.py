@@ -26,7 +26,17 @@ What the builder does (the authors' protocol, `shared/reference/original-impleme
   - clips with none of the 50 tags are dropped from every split (counts in the metadata);
   - files that are missing, empty or cannot be decoded are skipped and listed in the build report
     (`skipped_files.tsv` in the dataset directory); the build does not stop.
-Configs: `default` (log-mel), `waveform` (also the 16 kHz audio, about 1.9 MB per clip).
+Configs: `default` (log-mel), `waveform` (also the 16 kHz audio, about 1.9 MB per clip), and
+`won2020`: the cleaned split of Won, Ferraro, Bogdanov and Serra (2020), "Evaluation of CNN-based
+automatic music tagging models" (SMC), the split the field compares on today. Get its split files
+from the paper's code repository (github.com/minzwon/sota-music-tagging-models, folder
+`split/mtat/`: `train.npy`, `valid.npy`, `test.npy`, `tags.npy`) and put them in the manual
+directory (or in MANUAL_DIR/split/mtat/). Each of the three split files is a NumPy array of
+strings "INDEX<TAB>MP3_PATH" (INDEX: the clip's data row in `annotations_final.csv`, from 0);
+`tags.npy` holds the 50 tag names in the paper's model order (optional: without it, the top-50
+order above). Labels are the annotations' 0/1 columns of those tags; a line whose MP3_PATH differs
+from the annotations' row INDEX stops the build with a message naming the file and line. Their
+self-attention model scores ROC-AUC 0.9077 / PR-AUC 0.4445 on its test split (docs/evaluation.md).
 """
 from __future__ import annotations
 
@@ -136,9 +146,46 @@ def audio_locator(root: Path) -> Callable[[str], dict]:
     return locate
 
 
+SPLIT_FILE_NAMES = {"train": ("train.npy", "train_new.npy"),
+                    "validation": ("valid.npy", "valid_new.npy"),
+                    "test": ("test.npy", "test_new.npy")}
+
+
 @dataclasses.dataclass(eq=False)
 class MagnatagatuneConfig(TaggingConfig):
     """MagnaTagATune builder config (`waveform` adds the audio)."""
+
+    split_files: bool = False  # read Won et al. (2020)'s split files (`won2020`)
+
+
+def read_split_files(root: Path, ann: Annotations) -> tuple[dict[str, list[int]], list[str] | None]:
+    """({split: annotation row indices}, tag names from tags.npy or None) of Won et al. (2020)'s
+    split files under `root` (or root/split/mtat). Raises FileNotFoundError / ValueError naming
+    the file (and line) on a missing file or a line that does not match the annotations."""
+    base = root / "split" / "mtat" if (root / "split" / "mtat").is_dir() else root
+    out: dict[str, list[int]] = {}
+    for split, names in SPLIT_FILE_NAMES.items():
+        path = find_file(base, names, f"Won et al. (2020) {split} split file",
+                         "See the `won2020` config in the magnatagatune docstring.")
+        try:
+            lines = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a NumPy array of strings ({e})") from None
+        rows = []
+        for k, line in enumerate(np.atleast_1d(lines).tolist()):
+            index, sep, rel = str(line).partition("\t")
+            if not sep or not index.strip().isdigit():
+                raise ValueError(f"{path}: line {k}: expected 'INDEX<TAB>MP3_PATH', got {line!r}")
+            i = int(index)
+            if i >= len(ann.mp3_paths) or ann.mp3_paths[i] != rel.strip():
+                have = ann.mp3_paths[i] if i < len(ann.mp3_paths) else "no such row"
+                raise ValueError(f"{path}: line {k}: {rel.strip()!r} is not annotation row {i} "
+                                 f"({have})")
+            rows.append(i)
+        out[split] = rows
+    tags_path = base / "tags.npy"
+    tags = [str(t) for t in np.load(tags_path).tolist()] if tags_path.is_file() else None
+    return out, tags
 
 
 class Magnatagatune(TaggingBuilder):
@@ -152,6 +199,8 @@ class Magnatagatune(TaggingBuilder):
         MagnatagatuneConfig(name="default", description="Log-mel spectrograms."),
         MagnatagatuneConfig(name="waveform", waveform=True,
                             description="Log-mel plus the 16 kHz waveform (lee_won)."),
+        MagnatagatuneConfig(name="won2020", split_files=True,
+                            description="The cleaned split of Won et al. (2020), from its files."),
     ]
     DEFAULT_CONFIG_NAME = "default"
     HOMEPAGE = "https://mirg.city.ac.uk/codeapps/the-magnatagatune-dataset"
@@ -162,6 +211,8 @@ class Magnatagatune(TaggingBuilder):
         csv_path = find_file(root, ["annotations_final.csv"], "annotations_final.csv",
                              self.MANUAL_DOWNLOAD_INSTRUCTIONS)
         ann = read_annotations(csv_path)
+        if self.builder_config.split_files:
+            return self._from_split_files(root, csv_path, ann)
         tags = top_tags(ann.labels, ann.tag_names)
         if len(ann.clip_ids) == NUM_CLIPS and tuple(tags) != MTAT_TOP50:
             log.warning("%s: top-50 tags differ from the authors' order (tagger_jax.tags."
@@ -181,6 +232,22 @@ class Magnatagatune(TaggingBuilder):
         self._note("source", str(csv_path.name))
         self._note("num_annotated", len(ann.clip_ids))
         self._note("dropped_without_top_tags", dropped)
+        return {split: self._generate_examples(split, items[split]) for split in SPLITS}
+
+    def _from_split_files(self, root: Path, csv_path: Path, ann: Annotations):
+        rows, tags = read_split_files(root, ann)
+        tags = tags or top_tags(ann.labels, ann.tag_names)
+        missing = [t for t in tags if t not in ann.tag_names]
+        if missing:
+            raise ValueError(f"tags.npy names tags not in {csv_path.name}: {missing}")
+        self._set_tags(tags)
+        y = ann.labels[:, [ann.tag_names.index(t) for t in tags]]
+        locate = audio_locator(root)
+        items = {s: [{"key": ann.clip_ids[i], "clip_id": ann.clip_ids[i],
+                      "path": ann.mp3_paths[i], "tags": y[i], **locate(ann.mp3_paths[i])}
+                     for i in rows[s]] for s in SPLITS}
+        self._note("source", f"{csv_path.name} + Won et al. (2020) split files")
+        self._note("num_annotated", len(ann.clip_ids))
         return {split: self._generate_examples(split, items[split]) for split in SPLITS}
 
     def _generate_examples(self, split: str, items: list[dict]):
