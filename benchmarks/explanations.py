@@ -193,6 +193,95 @@ def localisation_table(maps, masks, pairs, probs, curves):
 
 
 # ---------------------------------------------------------------------------------------------
+# Scored against the score: `soundfont_tags` (exact instrument activity), with map baselines
+
+
+def load_score_clips(loaded, data_dir, split: str, clips: int, config: str = ""):
+    """Centre chunks (clips, 96, chunk), exact activity (clips, tags, chunk) and the (clip, tag)
+    pairs whose instrument sounds in part of the chunk only, from a `soundfont_tags` split."""
+    from tagger_jax.datasets import ensure_built, load_split
+
+    ensure_built("soundfont_tags", data_dir, config or None)
+    source, tags = load_split("soundfont_tags", split, data_dir, config or None)
+    if tuple(tags) != tuple(loaded.tags):
+        raise SystemExit(f"model tags {loaded.tags} differ from soundfont_tags {tags}")
+    chunk = int(loaded.config.features.chunk_frames)
+    xs, masks, pairs = [], [], []
+    for i in range(min(clips, len(source))):
+        record = source[i]
+        mel = np.asarray(record["mel"], np.float32)
+        mask = np.asarray(record["tag_mask"], np.uint8)
+        start = (mel.shape[1] - chunk) // 2
+        x, m = mel[:, start:start + chunk], mask[:, start:start + chunk]
+        for k in np.flatnonzero((m.sum(1) > 0) & (m.sum(1) < chunk)):
+            pairs.append((len(xs), int(k)))
+        xs.append(x)
+        masks.append(m)
+    return np.stack(xs), np.stack(masks), pairs
+
+
+def energy_map(xs, pairs) -> np.ndarray:
+    """(pairs, chunk): the chunk's loudness per frame (mean over mel bands of the dB log-mel), the
+    same for every tag: a map that knows where something sounds but not what."""
+    return np.stack([xs[c].mean(axis=0) for c, _ in pairs])
+
+
+def taggram_map(loaded, xs, pairs, window: int, hop: int, batch: int = 64) -> np.ndarray:
+    """(pairs, chunk): sliding-window taggram at frame resolution. The model tags every
+    `window`-frame window of the chunk (starts 0, hop, ..., chunk - window); a frame's value for
+    tag k is the mean probability of k over the windows that contain it."""
+    import jax
+
+    chunk = xs.shape[-1]
+    starts = np.arange(0, chunk - window + 1, hop)
+    predict = jax.jit(lambda v, x: jax.nn.sigmoid(loaded.model.apply(v, x)))
+    windows = np.stack([x[:, s:s + window] for x in xs for s in starts])
+    probs = []
+    for b in range(0, len(windows), batch):
+        part = windows[b:b + batch]
+        n = len(part)
+        if n < batch:  # one compiled shape
+            part = np.concatenate([part, np.repeat(part[:1], batch - n, 0)])
+        probs.append(np.asarray(predict(loaded.variables, part))[:n])
+    probs = np.concatenate(probs).reshape(len(xs), len(starts), -1)
+    cover = np.zeros((len(starts), chunk))
+    for j, s in enumerate(starts):
+        cover[j, s:s + window] = 1
+    frame = np.einsum("cwk,wt->ckt", probs, cover) / np.maximum(cover.sum(0), 1)
+    return np.stack([frame[c, k] for c, k in pairs])
+
+
+def score_benchmark(loaded, args) -> str:
+    """Maps vs exact instrument activity on `soundfont_tags`: every method, the random, energy
+    and sliding-window-taggram baselines; pointing game, frame ROC-AUC, deletion. Markdown."""
+    data_dir = args.data_dir or loaded.config.data.data_dir
+    xs, masks, pairs = load_score_clips(loaded, data_dir, args.split, args.clips,
+                                        args.builder_config)
+    if not pairs:
+        raise SystemExit("no (clip, tag) pair sounds in part of a chunk only")
+    maps, probs, _ = frame_maps(loaded, xs, pairs, args)
+    maps["energy"] = energy_map(xs, pairs)
+    window = max(8, xs.shape[-1] // 4)
+    maps["taggram"] = taggram_map(loaded, xs, pairs, window, max(1, window // 4))
+    curves = deletion_curves(loaded, xs, pairs, maps, args)
+    rows = localisation_table(maps, masks, pairs, probs, curves)
+    lines = [f"`soundfont_tags` {args.split}: {len(xs)} clips, centre {xs.shape[-1]}-frame "
+             f"chunk, {len(pairs)} (clip, instrument) pairs sounding in part of the chunk only; "
+             f"taggram: {window}-frame windows, hop {max(1, window // 4)}.", ""]
+    for subset in ("all", "detected"):
+        n = rows[(subset, "random")]["pairs"]
+        lines += [f"**{subset}** ({n} pairs)", "",
+                  "| map | pointing game | frame ROC-AUC | deletion: mean p (lower = better) |",
+                  "|---|---|---|---|"]
+        for name in maps:
+            r = rows[(subset, name)]
+            lines.append(f"| {name} | {r['pointing']:.3f} | {r['auc']:.3f} | "
+                         f"{r['deletion']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
 # Cost
 
 
@@ -387,6 +476,10 @@ def main(argv=None) -> int:
                    help="workdir to train configs/synthetic_cpu.py into when it has no model")
     p.add_argument("--data-dir", default=None, help="TFDS data dir (default: the model's)")
     p.add_argument("--split", default="test")
+    p.add_argument("--against-score", action="store_true",
+                   help="score the maps and their baselines against the exact instrument activity "
+                        "of soundfont_tags (a model trained on it: --checkpoint) and stop")
+    p.add_argument("--builder-config", default="", help="soundfont_tags config (--against-score)")
     p.add_argument("--clips", type=int, default=100)
     p.add_argument("--batch", type=int, default=16, help="clips per device batch")
     p.add_argument("--ig-steps", type=int, default=32)
@@ -399,6 +492,17 @@ def main(argv=None) -> int:
 
     import jax
 
+    if args.against_score:
+        from tagger_jax.checkpoint import load_model
+
+        if not args.checkpoint:
+            raise SystemExit("--against-score needs --checkpoint (a model trained on "
+                             "soundfont_tags)")
+        text = score_benchmark(load_model(args.checkpoint), args)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"against_score": text}))
+        return 0
     loaded, train_seconds = get_model(args)
     t0 = time.perf_counter()
     xs, masks, pairs = load_clips(loaded, args)
