@@ -121,7 +121,7 @@ def _crop_length(input_kind: str, crop_frames: int, crop_samples: int) -> int:
 
 # Leading words that keep the two random streams apart: numpy's SeedSequence pads its entropy
 # with zeros, so (seed, epoch) and (seed, epoch, 0) would otherwise be the same stream.
-_ORDER_STREAM, _CROP_STREAM = 0x0D3E, 0xC0B9
+_ORDER_STREAM, _CROP_STREAM, _AUGMENT_STREAM = 0x0D3E, 0xC0B9, 0xA06E
 
 
 @functools.lru_cache(maxsize=4)
@@ -140,11 +140,19 @@ def crop_rng(seed: int, epoch: int, record_index: int) -> np.random.Generator:
     return np.random.default_rng((_CROP_STREAM, seed, epoch, record_index))
 
 
+def augment_rng(seed: int, epoch: int, record_index: int) -> np.random.Generator:
+    """The augmentation stream of one record in one epoch (`tagger_jax.augment`)."""
+    return np.random.default_rng((_AUGMENT_STREAM, seed, epoch, record_index))
+
+
 class _TrainBatch(grain.transforms.MapWithIndex):
     """Global step -> this host's batch {"x", "y", "clip_index"} (runs in worker processes)."""
 
     def __init__(self, source, *, seed: int, global_batch_size: int, process_index: int,
-                 process_count: int, input_kind: str, crop: int):
+                 process_count: int, input_kind: str, crop: int, augment=None,
+                 mix_tags=None):
+        self.augment = augment
+        self.mix_tags = mix_tags
         self.source = source
         self.seed = seed
         self.num_records = len(source)
@@ -167,7 +175,18 @@ class _TrainBatch(grain.transforms.MapWithIndex):
         x = _signal(record, index, self.input_kind)
         x, _ = chunking.pad_to_length(x, self.crop)  # short clips repeat (chunking's rule)
         crop = chunking.random_crop(x, self.crop, crop_rng(self.seed, epoch, index))
-        return crop.astype(np.float32), _tags(record)
+        if self.augment is None:
+            return crop.astype(np.float32), _tags(record)
+        from tagger_jax import augment
+
+        rng = augment_rng(self.seed, epoch, index)
+        other = None
+        if self.augment.p_mix > 0:  # the partner: a seeded record, cropped from the same stream
+            j = int(rng.integers(self.num_records))
+            rec = self.source[j]
+            xo, _ = chunking.pad_to_length(_signal(rec, j, self.input_kind), self.crop)
+            other = (chunking.random_crop(xo, self.crop, rng), _tags(rec))
+        return augment.augment(crop, _tags(record), rng, self.augment, other, self.mix_tags)
 
     def map_with_index(self, index: int, element: Any) -> dict[str, np.ndarray]:
         del element  # the MapDataset index is the global step
@@ -179,14 +198,20 @@ class _TrainBatch(grain.transforms.MapWithIndex):
 def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int = 256,
                   input_kind: str = "mel", crop_samples: int = WAVEFORM_CROP,
                   num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
-                  local_device_count: int | None = None) -> grain.MapDataset:
+                  local_device_count: int | None = None, augment=None,
+                  mix_tags=None) -> grain.MapDataset:
     """The training batches of this host as a random-access grain `MapDataset` (element = step).
 
     Element s is global step s: {"x": float32 (local_batch, 96, crop_frames) or (local_batch,
     crop_samples), "y": float32 (local_batch, num_tags), "clip_index": int32 (local_batch,)}.
     Length num_epochs * steps_per_epoch (sys.maxsize // ... when num_epochs is None).
+    `augment`: a `tagger_jax.augment.AugmentParams` (log-mel input only) applied to every chunk
+    with draws seeded by (seed, epoch, record index); `mix_tags`: bool per tag, where mixing two
+    chunks takes the union of their labels (default all).
     """
     _check_kind(input_kind)
+    if augment is not None and input_kind != "mel":
+        raise ValueError("augmentations work on log-mel input only")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
     if local_device_count is None:
@@ -198,7 +223,8 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
     transform = _TrainBatch(source, seed=int(seed), global_batch_size=global_batch_size,
                             process_index=process_index, process_count=process_count,
                             input_kind=input_kind,
-                            crop=_crop_length(input_kind, crop_frames, crop_samples))
+                            crop=_crop_length(input_kind, crop_frames, crop_samples),
+                            augment=augment, mix_tags=mix_tags)
     steps = grain.MapDataset.range(transform.steps_per_epoch).repeat(num_epochs)
     return steps.map_with_index(transform)
 
@@ -279,7 +305,8 @@ def train_loader(source, *, global_batch_size: int, seed: int, crop_frames: int 
                  input_kind: str = "mel", crop_samples: int = WAVEFORM_CROP,
                  num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
                  num_workers: int = 0, worker_buffer_size: int = 2, read_threads: int = 1,
-                 local_device_count: int | None = None) -> TrainLoader:
+                 local_device_count: int | None = None, augment=None,
+                 mix_tags=None) -> TrainLoader:
     """Training batches (see `train_dataset`) prefetched by `num_workers` processes.
 
     `iter(loader)` gives a `TrainIterator`; its `get_state()` ({"step": k}, JSON-able, see
@@ -295,7 +322,8 @@ def train_loader(source, *, global_batch_size: int, seed: int, crop_frames: int 
                        crop_frames=crop_frames, input_kind=input_kind,
                        crop_samples=crop_samples, num_epochs=num_epochs,
                        process_index=process_index, process_count=process_count,
-                       local_device_count=local_device_count)
+                       local_device_count=local_device_count, augment=augment,
+                       mix_tags=mix_tags)
     _check_prefetch(num_workers, worker_buffer_size, read_threads)
     return TrainLoader(ds, steps_per_epoch=steps_per_epoch(len(source), global_batch_size),
                        local_batch_size=global_batch_size // process_count,

@@ -214,6 +214,19 @@ def eval_clips_per_batch(requested: int, num_chunks: int) -> int:
     return max(unit, -(-int(requested) // jax.process_count() // unit) * unit)
 
 
+def _augmentation(d: Any, tags) -> dict:
+    """train_loader's augment / mix_tags from `data.augment` (fields of
+    `tagger_jax.augment.AugmentParams`) and `data.augment_mix_exclude` (tags that mixing leaves
+    as the first clip's, e.g. tempo and level); {} when the config has no `data.augment`."""
+    if not d.get("augment", None):
+        return {}
+    from tagger_jax.augment import AugmentParams
+
+    exclude = set(d.get("augment_mix_exclude", ()) or ())
+    return {"augment": AugmentParams.from_dict(d.augment.to_dict()),
+            "mix_tags": np.array([t not in exclude for t in tags])}
+
+
 def load_data(config: Any) -> TrainData:
     """Builds (if needed) and opens the configured dataset and its input pipelines."""
     from tagger_jax import datasets, input_pipeline  # the data stack, imported only to train
@@ -228,7 +241,8 @@ def load_data(config: Any) -> TrainData:
         train_source, global_batch_size=t.batch_size, seed=t.seed, crop_frames=f.chunk_frames,
         input_kind=kind, num_epochs=t.num_epochs, process_index=jax.process_index(),
         process_count=jax.process_count(), num_workers=d.num_workers,
-        worker_buffer_size=max(1, d.prefetch), local_device_count=jax.local_device_count())
+        worker_buffer_size=max(1, d.prefetch), local_device_count=jax.local_device_count(),
+        **_augmentation(d, tags))
     clips = eval_clips_per_batch(t.eval_batch_size, f.eval_chunks)
 
     def batches(split):

@@ -1,0 +1,146 @@
+"""Training augmentations on the stored dB log-mel, cheap enough for 2 CPU cores.
+
+Why on the log-mel and not the waveform: the datasets store log-mels only (the waveform configs
+are 30 times larger), and every augmentation below has an exact or close log-mel equivalent that
+costs microseconds per chunk, where waveform pitch shift / time stretch cost tens of milliseconds
+per clip (`librosa.effects`) and would dominate a 2-core training step. The mel power of a sum of
+uncorrelated signals is the sum of their mel powers, so additive noise and mixing are done in the
+power domain (10 ** (dB / 10)) and converted back.
+
+All draws come from the `numpy.random.Generator` passed in, which the input pipeline seeds with
+(seed, epoch, record index): an augmented batch is a pure function of the training step, so a
+resumed run sees exactly the batches of an uninterrupted one.
+
+Per chunk (probabilities and ranges in `AugmentParams`; each transform applied with its own
+probability, in this order):
+  - time stretch: the time axis resampled by a factor in [1/s, s] (linear interpolation; with
+    s = 1.08, 60-76 / 140-176 BPM stay clear of the untagged 92-116 BPM band);
+  - pitch shift: the mel axis shifted by up to `pitch_bins` bins (edge bins repeated): about a
+    semitone per bin above 1 kHz, an approximation below;
+  - gain: a constant of up to +-`gain_db` dB (small: loud / quiet are levels 12 dB apart);
+  - EQ: a smooth random curve over the mel bands (two random cosines) of up to +-`eq_db` dB;
+  - reverb: power convolved along time with an exponential decay (RT60 in `rt60_s`) added at a
+    wet level in `wet_db` below the dry signal;
+  - noise: white-in-mel noise at an SNR in `snr_db` (relative to the chunk's mean power);
+  - mix (`mix_with`): a second chunk added in power at `mix_db` relative level; the labels become
+    the union (only tags in `mix_tags`; the others keep the first chunk's labels, since e.g. a
+    fast clip mixed with a slow one is neither).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+FRAME_S = 256 / 16000  # seconds per log-mel frame (hop 256 at 16 kHz)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentParams:
+    p_stretch: float = 0.5
+    stretch: float = 1.08
+    p_pitch: float = 0.5
+    pitch_bins: int = 2
+    p_gain: float = 1.0
+    gain_db: float = 3.0
+    p_eq: float = 0.5
+    eq_db: float = 6.0
+    p_reverb: float = 0.3
+    rt60_s: tuple[float, float] = (0.2, 1.2)
+    wet_db: tuple[float, float] = (-12.0, -3.0)
+    p_noise: float = 0.3
+    snr_db: tuple[float, float] = (15.0, 40.0)
+    p_mix: float = 0.0
+    mix_db: tuple[float, float] = (-6.0, 0.0)
+
+    @classmethod
+    def from_dict(cls, values) -> "AugmentParams":
+        """From a dict / ConfigDict of field values; an unknown field is a ValueError."""
+        values = dict(values or {})
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown augmentation fields {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _to_power(x_db: np.ndarray) -> np.ndarray:
+    return np.power(10.0, np.asarray(x_db, np.float64) / 10.0)
+
+
+def _to_db(p: np.ndarray) -> np.ndarray:
+    return 10.0 * np.log10(np.maximum(p, 1e-10))
+
+
+def time_stretch(x: np.ndarray, factor: float) -> np.ndarray:
+    """(bands, T) -> (bands, T): content played `factor` times faster (frame t reads source frame
+    t * factor, linear interpolation, last frame repeated past the end)."""
+    t = np.arange(x.shape[1]) * factor
+    i0 = np.minimum(np.floor(t).astype(int), x.shape[1] - 1)
+    i1 = np.minimum(i0 + 1, x.shape[1] - 1)
+    w = (t - np.floor(t))[None, :]
+    return (1 - w) * x[:, i0] + w * x[:, i1]
+
+
+def pitch_shift(x: np.ndarray, bins: int) -> np.ndarray:
+    """Shift along the mel axis by `bins` (positive = up), edge bins repeated."""
+    if bins == 0:
+        return x
+    idx = np.clip(np.arange(x.shape[0]) - bins, 0, x.shape[0] - 1)
+    return x[idx]
+
+
+def reverb(x_db: np.ndarray, rt60_s: float, wet_db: float) -> np.ndarray:
+    """Adds a power-domain exponential tail (-60 dB after rt60_s) at `wet_db` re the dry path."""
+    p = _to_power(x_db)
+    n = max(1, int(round(rt60_s / FRAME_S)))
+    kernel = np.power(10.0, -6.0 * np.arange(1, n + 1) / n)  # from frame 1: the dry path is 0
+    kernel *= 10.0 ** (wet_db / 10.0) / kernel.sum()
+    tail = np.zeros_like(p)
+    for k, g in enumerate(kernel, start=1):
+        tail[:, k:] += g * p[:, :-k]
+    return _to_db(p + tail)
+
+
+def add_noise(x_db: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    p = _to_power(x_db)
+    level = p.mean() * 10.0 ** (-snr_db / 10.0)
+    noise = level * rng.chisquare(2, size=p.shape) / 2.0  # power of complex Gaussian bins
+    return _to_db(p + noise)
+
+
+def mix(x_db: np.ndarray, other_db: np.ndarray, level_db: float) -> np.ndarray:
+    """Power sum of two log-mels, the second scaled by `level_db`."""
+    return _to_db(_to_power(x_db) + 10.0 ** (level_db / 10.0) * _to_power(other_db))
+
+
+def augment(x_db: np.ndarray, y: np.ndarray, rng: np.random.Generator, params: AugmentParams,
+            other: tuple[np.ndarray, np.ndarray] | None = None,
+            mix_tags: Sequence[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented (float32 (bands, T) dB log-mel, float32 labels). `other`: a second chunk and
+    its labels for mixing (used with probability `p_mix`); `mix_tags`: bool per tag, True where
+    the mixed labels are the union (default: all tags)."""
+    x = np.asarray(x_db, np.float64)
+    y = np.asarray(y, np.float32)
+    if rng.random() < params.p_stretch:
+        s = np.log(params.stretch)
+        x = time_stretch(x, float(np.exp(rng.uniform(-s, s))))
+    if rng.random() < params.p_pitch and params.pitch_bins:
+        x = pitch_shift(x, int(rng.integers(-params.pitch_bins, params.pitch_bins + 1)))
+    if rng.random() < params.p_gain:
+        x = x + rng.uniform(-params.gain_db, params.gain_db)
+    if rng.random() < params.p_eq:
+        bands = np.linspace(0, np.pi, x.shape[0])[:, None]
+        curve = sum(rng.uniform(-1, 1) * np.cos(rng.uniform(0.5, 3.0) * bands
+                                                + rng.uniform(0, np.pi)) for _ in range(2))
+        x = x + 0.5 * params.eq_db * curve
+    if rng.random() < params.p_reverb:
+        x = reverb(x, rng.uniform(*params.rt60_s), rng.uniform(*params.wet_db))
+    if rng.random() < params.p_noise:
+        x = add_noise(x, rng.uniform(*params.snr_db), rng)
+    if other is not None and rng.random() < params.p_mix:
+        x = mix(x, other[0], rng.uniform(*params.mix_db))
+        union = np.maximum(y, np.asarray(other[1], np.float32))
+        keep = np.ones_like(y, bool) if mix_tags is None else np.asarray(mix_tags, bool)
+        y = np.where(keep, union, y)
+    return x.astype(np.float32), y
