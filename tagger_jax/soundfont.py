@@ -69,7 +69,7 @@ def resolve_bank(bank: str | os.PathLike, for_training: bool = False) -> Path:
         path = Path(list(spec.submodule_search_locations)[0]) / member
     else:
         path = Path(text).expanduser()
-        if not path.suffix.lower() in (".sf2", ".sf3") and not path.exists():
+        if path.suffix.lower() != ".sf2" and not path.exists():
             raise BankError(f"bank {text!r}: not a known bank ({', '.join(BANKS)}) nor a .sf2 "
                             "file")
     if not path.is_file():
@@ -157,14 +157,14 @@ def render_part(part: gm_score.Part, bank: str | os.PathLike, duration_s: float,
     from scipy.signal import resample_poly
 
     path = resolve_bank(bank)
-    n = int(round(duration_s * sample_rate))
-    out = np.zeros(n, np.float32)
+    num = int(round(duration_s * sample_rate))
+    out = np.zeros(num, np.float32)
     if not part.notes:
         return out
     # Render only the part's own span (a part often covers one section): shift its notes to
     # start near 0 by a multiple of 1/320 s (a whole number of ticks and of samples at 16 and
     # 48 kHz), render until its last window ends, and place the result back at the shift.
-    shift = math.floor(min(n.start for n in part.notes) * 320) / 320
+    shift = math.floor(min(x.start for x in part.notes) * 320) / 320
     end = min(duration_s, max(b for _, b in sounding_windows(part)))
     moved = dataclasses.replace(part, notes=tuple(
         dataclasses.replace(x, start=x.start - shift, end=x.end - shift) for x in part.notes))
@@ -175,9 +175,9 @@ def render_part(part: gm_score.Part, bank: str | os.PathLike, duration_s: float,
         g = math.gcd(int(sr), int(sample_rate))
         mono = resample_poly(mono, sample_rate // g, int(sr) // g)
     offset = int(round(shift * sample_rate))
-    m = max(0, min(n - offset, len(mono)))
+    m = max(0, min(num - offset, len(mono)))
     out[offset:offset + m] = mono[:m]
-    return (out * gate(part, n, sample_rate)).astype(np.float32)
+    return (out * gate(part, num, sample_rate)).astype(np.float32)
 
 
 def sounding_windows(part: gm_score.Part) -> list[tuple[float, float]]:
