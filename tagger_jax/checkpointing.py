@@ -168,9 +168,12 @@ def check_files(step_dir: Path) -> None:
 def describe(error: BaseException) -> str:
     """One line for an exception from a restore: its innermost cause, without tensorstore specs."""
     seen = set()
-    while (error.__cause__ or error.__context__) is not None and id(error) not in seen:
+    while id(error) not in seen:
         seen.add(id(error))
-        error = error.__cause__ or error.__context__
+        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if inner is None:
+            break
+        error = inner
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return text if len(text) <= 400 else text[:400] + " ..."
 
