@@ -60,7 +60,7 @@ def test_second_training_in_a_workdir_is_refused_naming_the_holder(tmp_path):
     assert not (run_dir / "train.lock.holder").exists()
 
 
-def test_cli_refuses_a_busy_workdir_with_one_line_and_status_2(tmp_path):
+def test_cli_refuses_a_busy_workdir_with_one_line_and_status_5(tmp_path):
     run_dir = tmp_path / "run"
     proc = _holder(run_dir)
     try:
@@ -71,7 +71,7 @@ def test_cli_refuses_a_busy_workdir_with_one_line_and_status_2(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.returncode == 5, out.stderr[-2000:]
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and f"pid {proc.pid}" in lines[0], out.stderr[-2000:]
 

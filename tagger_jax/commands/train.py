@@ -16,6 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+# Exit statuses of the documented training failures (the project's table of exit statuses:
+# 2 usage/config, 3 unreadable checkpoint, 5 busy, 7 non-finite loss).
+EXIT_STATUS = {"ConfigMismatchError": 2, "CorruptCheckpointError": 3, "LockedError": 5,
+               "NonFiniteLossError": 7}
+
 HELP = ("Train a tagger from a config file (resumes in an existing workdir): validation ROC-AUC "
         "every epoch, best model exported to WORKDIR/best_model, test ROC-AUC at the end.")
 
@@ -129,12 +134,9 @@ def run_training(config: Any, workdir: str) -> int:
     try:
         summary = train_lib.train_and_evaluate(config, workdir)
     except (train_lib.ConfigMismatchError, train_lib.WorkdirBusyError,
-            train_lib.CorruptCheckpointError) as e:
+            train_lib.CorruptCheckpointError, train_lib.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except train_lib.NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_STATUS[type(e).__name__]
     if summary["preempted"]:
         print(f"Stopped by SIGTERM at step {summary['step']}; checkpoint saved in "
               f"{summary['workdir']}. Run the same command to resume.")
