@@ -123,18 +123,19 @@ def merge_over_base(stored: Mapping[str, Any], base: ml_collections.ConfigDict |
     """`base` (default `base_config()`) with the values of a stored config written over it.
 
     Fields the stored config lacks (added to the project after it was written) keep their
-    defaults; fields `base` lacks (removed since) are dropped and returned by name, so the caller
-    can say so. JSON lists become tuples where the default is a tuple. Raises StoredConfigError on
-    a value of the wrong type.
+    defaults. Fields `base` lacks (a config file that adds its own, or a field removed since)
+    are kept as stored and returned by name, so the caller can say so. JSON lists become tuples
+    where the default is a tuple. Raises StoredConfigError on a value of the wrong type.
     """
     config = base_config() if base is None else base
-    dropped: list[str] = []
+    extra: list[str] = []
 
     def merge(node: ml_collections.ConfigDict, values: Mapping[str, Any], prefix: str) -> None:
         for key, value in values.items():
             name = f"{prefix}{key}"
             if key not in node:
-                dropped.append(name)
+                extra.append(name)
+                node[key] = value
                 continue
             current = node[key]
             if isinstance(current, ml_collections.ConfigDict):
@@ -152,7 +153,7 @@ def merge_over_base(stored: Mapping[str, Any], base: ml_collections.ConfigDict |
     if not isinstance(stored, Mapping):
         raise StoredConfigError(f"expected a mapping of sections, got {type(stored).__name__}")
     merge(config, stored, "")
-    return config, dropped
+    return config, extra
 
 
 class FieldDoc(NamedTuple):

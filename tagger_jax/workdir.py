@@ -92,22 +92,26 @@ def result_fields(config: Any) -> dict[str, Any]:
 def config_differences(saved: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
     """'field: saved != given' for every non-runtime field that differs.
 
-    `saved` is merged over the base config first (see the module docstring); raises
-    ConfigMismatchError if it does not fit the base config (a field of the wrong type).
+    `saved` is merged over the base config first (see the module docstring). A stored field
+    that neither `given` nor the base config has (removed from the project since) is ignored;
+    a field `given` adds beyond the base config must match. Raises ConfigMismatchError if
+    `saved` does not fit the base config (a field of the wrong type).
     """
     try:
         merged, _ = config_base.merge_over_base(saved)
     except config_base.StoredConfigError as e:
         raise ConfigMismatchError(f"the stored config does not fit this version: {e}") from None
     a, b = result_fields(merged), result_fields(given)
+    known = set(b) | set(result_fields(config_base.base_config()))
     return [f"{key}: {a.get(key, '<absent>')!r} in the workdir, {b.get(key, '<absent>')!r} now"
-            for key in sorted(set(a) | set(b)) if a.get(key, "<absent>") != b.get(key, "<absent>")]
+            for key in sorted(set(a) | set(b))
+            if key in known and a.get(key, "<absent>") != b.get(key, "<absent>")]
 
 
 def read_config(path: str | os.PathLike) -> tuple[Any, list[str]]:
     """A stored config (a workdir's config.json, or the workdir itself) merged over the base config.
 
-    Returns (ConfigDict, names of stored fields this version no longer has). Raises
+    Returns (ConfigDict, names of stored fields config_base.py does not define). Raises
     ConfigMismatchError naming the file if it is missing, not JSON or does not fit.
     """
     path = Path(path).expanduser()

@@ -101,11 +101,21 @@ def test_stored_config_is_merged_over_the_defaults(tmp_path):
     del saved["train"]["warmup_steps"]  # a field added after this workdir was written
     saved["data"]["obsolete_field"] = 3  # a field since removed
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    config, dropped = workdir.read_config(tmp_path)
-    assert dropped == ["data.obsolete_field"]
+    config, extra = workdir.read_config(tmp_path)
+    assert extra == ["data.obsolete_field"] and config.data.obsolete_field == 3  # kept as stored
     assert config.train.warmup_steps == config_base.base_config().train.warmup_steps
     assert config.train.sgd_learning_rates == (1e-3, 1e-4, 1e-5)  # JSON list back to a tuple
     assert workdir.config_differences(saved, workdir.config_to_dict(config)) == []
+    # A removed field is ignored; a field the given config adds beyond the base must match.
+    assert workdir.config_differences(saved, workdir.config_to_dict(tiny_config())) == [
+        "train.warmup_steps: 500 in the workdir, 2 now"]  # the missing field took its default
+    given = tiny_config(warmup_steps=500)
+    assert workdir.config_differences(saved, workdir.config_to_dict(given)) == []
+    given.data.augment = {"p_gain": 0.5}
+    assert workdir.config_differences(saved, workdir.config_to_dict(given)) == [
+        "data.augment.p_gain: '<absent>' in the workdir, 0.5 now"]
+    saved["data"]["augment"] = {"p_gain": 0.5}
+    assert workdir.config_differences(saved, workdir.config_to_dict(given)) == []
     saved["train"]["batch_size"] = "sixteen"
     (tmp_path / "config.json").write_text(json.dumps(saved))
     with pytest.raises(workdir.ConfigMismatchError, match=r"config\.json: train\.batch_size"):

@@ -70,10 +70,10 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Any:
         keys.append(item.split("=", 1)[0])
     expanded = Path(path).expanduser()
     if expanded.is_dir() or expanded.suffix == ".json":
-        stored, dropped = workdir.read_config(expanded)
-        if dropped:
-            print(f"note: {expanded}: fields this version no longer has are ignored: "
-                  f"{', '.join(dropped)}", file=sys.stderr)
+        stored, extra = workdir.read_config(expanded)
+        if extra:
+            print(f"note: {expanded}: fields not defined in config_base.py, kept as stored: "
+                  f"{', '.join(extra)}", file=sys.stderr)
 
         def define(flag_values, argv):
             config_flags.DEFINE_config_dict("config", stored, "stored config",
