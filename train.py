@@ -54,7 +54,9 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     logging.set_verbosity(logging.WARNING)  # orbax and tfds log every file at INFO level
-    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(
+        prog="train.py", description=__doc__.splitlines()[1],
+        epilog="--config.KEY=VALUE is --set KEY=VALUE; --list_config is --list-config")
     train.add_arguments(parser)
     return train.run(parser.parse_args(args))
 
