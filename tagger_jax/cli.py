@@ -16,6 +16,7 @@ COMMANDS = {
     "evaluate": "tagger_jax.commands.evaluate",
     "train": "tagger_jax.commands.train",
     "explain": "tagger_jax.commands.explain",
+    "embed": "tagger_jax.commands.embed",
 }
 
 
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tagger-jax",
         description="Self-attention music tagging (Won et al., 2019) in JAX: train, evaluate, "
-                    "tag and explain.")
+                    "tag, explain and embed.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)

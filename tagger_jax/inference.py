@@ -448,6 +448,19 @@ def make_embed_fn(model, has_attention: bool) -> Callable[[Any, Any], dict]:
     return embed
 
 
+def model_signature(loaded) -> str:
+    """Changes when the model directory is rewritten (its metadata or variables): outputs made
+    with another signature are not reused by resumable runs."""
+    directory = Path(loaded.directory)
+    parts = [str(directory)]
+    for name in ("tagger.json", "variables"):
+        try:
+            parts.append(str((directory / name).stat().st_mtime_ns))
+        except OSError:
+            parts.append("-")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
 def track_probabilities(window_probabilities: np.ndarray) -> np.ndarray:
     """A track's tag probabilities: the mean of its windows' sigmoid outputs, (n, tags) ->
     (tags,). With PAPER windows this is the authors' evaluation protocol; `tag`, `explain`,

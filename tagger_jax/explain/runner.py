@@ -129,16 +129,7 @@ def _engine(loaded, batch_size: int) -> inference.Engine:
     return inference.Engine(loaded, batch_size=batch_size)
 
 
-def model_identity(loaded) -> str:
-    """Changes when the model directory is rewritten (its metadata or variables)."""
-    directory = Path(loaded.directory)
-    parts = [str(directory)]
-    for name in ("tagger.json", "variables"):
-        try:
-            parts.append(str((directory / name).stat().st_mtime_ns))
-        except OSError:
-            parts.append("-")
-    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+model_identity = inference.model_signature
 
 
 def run_signature(loaded, options: ExplainOptions) -> str:
