@@ -176,6 +176,9 @@ class _Context:
         self.map_step_s = geom.position_s
         self.steps_per_position = arch.steps_per_position
         self.plan = inference.WindowPlan(options.windows, options.hop, options.num_chunks)
+        if self.plan.windows != inference.COVER:
+            raise ValueError("explanations are stitched over the whole track: use windows that "
+                             "cover it (--windows cover, with --hop), not the paper's chunks")
         self.plan.hop_steps(geom)  # a hop longer than a window fails here, before any work
         if options.batch_size < 1 or options.top_k < 1 or options.ig_steps < 1:
             raise ValueError("batch_size, top_k and ig_steps must be positive")
