@@ -77,7 +77,7 @@ def worker(model_dir: str, inputs: str, batch: int) -> dict:
     """Runs in a subprocess: windows/s of tag, embed and explain (contribution map)."""
     import jax
 
-    from tagger_jax import checkpoint, embedding, inference, tagging
+    from tagger_jax import checkpoint, embedding, tagging
     from tagger_jax.explain import runner
 
     loaded = checkpoint.load_model(model_dir)
