@@ -55,10 +55,12 @@ def run_signature(loaded, plan: inference.WindowPlan) -> str:
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _track(p: inference.Prepared, out: dict, step_s: float, signature: str) -> dict[str, Any]:
+def _track(p: inference.Prepared, out: dict, step_s: float, signature: str,
+           model: str) -> dict[str, Any]:
     return {
         "name": np.array(p.item.name), "fingerprint": np.array(p.item.fingerprint),
-        "signature": np.array(signature), "format": np.array(FORMAT),
+        "signature": np.array(signature), "model_signature": np.array(model),
+        "format": np.array(FORMAT),
         "window_starts_s": (p.starts * step_s).astype(np.float64),
         **{f"window_{k}": out[k].astype(np.float32) for k in FIELDS},
         "embedding": out["embedding"].mean(axis=0, dtype=np.float64).astype(np.float32),
@@ -81,13 +83,14 @@ def embed(engine: inference.Engine, items: Sequence[inference.Input],
 
     plan.hop_steps(engine.geometry)
     signature = run_signature(engine.loaded, plan)
+    model = inference.model_signature(engine.loaded)
     tracks: dict[str, dict] = {}
     failed: dict[str, str] = {}
     bar = tqdm(total=len(items), unit="input", desc="embed", disable=not progress,
                file=sys.stderr)
 
     def done(p: inference.Prepared, out: dict) -> None:
-        track = _track(p, out, engine.geometry.step_s, signature)
+        track = _track(p, out, engine.geometry.step_s, signature, model)
         tracks[p.item.key] = track
         if on_track is not None:
             on_track(p.item, track)
@@ -251,6 +254,7 @@ def _merge(out: Path, items: Sequence[inference.Input], signature: str) -> Optio
         "names": np.array([it.name for it, _ in rows]),
         "keys": np.array([it.key for it, _ in rows]),
         "signature": np.array(signature), "format": np.array(FORMAT),
+        "model_signature": rows[0][1]["model_signature"],
         **{k: np.stack([z[k] for _, z in rows]) for k in FIELDS},
         "num_windows": np.array([len(z["window_starts_s"]) for _, z in rows]),
     })
