@@ -62,12 +62,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training: the paper config (c = 16); released: c = 8, learned positions")
     p.add_argument("--frames", type=int, default=256, help="frames per chunk")
     p.add_argument("--phases", default=",".join(PHASES), help="forward,train_step (or one)")
+    p.add_argument("--compiled-phases", default=",".join(PHASES),
+                   help="phases timed for the torch.compile contenders (compiling the train "
+                        "step's backward takes minutes on 2 cores)")
     p.add_argument("--contenders", default=",".join(CONTENDERS),
                    help="comma-separated subset of " + ",".join(CONTENDERS))
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.phases = [s for s in args.phases.split(",") if s]
+    args.compiled_phases = [s for s in args.compiled_phases.split(",") if s in args.phases]
     args.contenders = [s for s in args.contenders.split(",") if s]
     for name in args.contenders:
         if name not in CONTENDERS:
@@ -219,6 +223,10 @@ def build(name: str, args, state, x, y) -> dict:
 # ------------------------------------------------------------------------------ timing
 
 
+def phases_of(args, name: str) -> list[str]:
+    return args.compiled_phases if name.endswith("compiled") else args.phases
+
+
 def run_batch(args, batch: int, names: list[str]) -> dict:
     from benchmarks.torch_twin import random_state_dict
 
@@ -230,15 +238,15 @@ def run_batch(args, batch: int, names: list[str]) -> dict:
     for name in names:
         start = time.perf_counter()
         fns[name] = build(name, args, state, x, y)
-        for phase in args.phases:  # compilation + one warm-up step
+        for phase in phases_of(args, name):  # compilation + one warm-up step
             fns[name][phase]()
         warm_s[name] = time.perf_counter() - start
         print(f"  {name}: built, compiled and warmed up in {warm_s[name]:.0f} s", flush=True)
-    times = {(n, p): [] for n in names for p in args.phases}
+    times = {(n, p): [] for n in names for p in phases_of(args, n)}
     load_before = load_average()
     for r in range(args.rounds):
         for name in names:
-            for phase in args.phases:
+            for phase in phases_of(args, name):
                 start = time.perf_counter()
                 for _ in range(args.steps):
                     fns[name][phase]()
@@ -250,7 +258,7 @@ def run_batch(args, batch: int, names: list[str]) -> dict:
     for name in names:
         entry = {"max_abs_prob_diff_to_ours": float(np.abs(fns[name]["probs"]
                                                            - fns["ours"]["probs"]).max())}
-        for phase in args.phases:
+        for phase in phases_of(args, name):
             t = times[name, phase]
             ratio = [tn / to for tn, to in zip(t, times["ours", phase])]  # ours' speed-up
             entry[phase] = {"seconds": t, "clips_per_s": batch / statistics.median(t),
@@ -273,6 +281,9 @@ def print_table(args, res: dict) -> None:
     for name, e in res["contenders"].items():
         row = f"{name:18s}"
         for phase in args.phases:
+            if phase not in e:
+                row += f" | {'not timed':>27s} {'':>19s}"
+                continue
             p = e[phase]
             lo, hi = p["clips_per_s_range"]
             slo, shi = p["ours_speedup_range"]

@@ -228,3 +228,22 @@ def test_batch_norm_follows_pytorch_with_small_batches():
     np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 + 0.1 * x64.var(0, ddof=1),
                                rtol=1e-5)
     np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.1 * x64.mean(0), rtol=1e-5)
+
+
+def test_bfloat16_explanations_deviate_boundedly():
+    """bfloat16 inference: every explanation map stays near float32 (benchmarks/mixed_precision.py
+    measures the paper model; docs/benchmarks.md has the table). Small model, loose bounds."""
+    from benchmarks.mixed_precision import OUTPUTS, deviations
+
+    cfg = dict(architecture="pons_won", conv_channels=2, attention_channels=32,
+               attention_layers=2, attention_heads=4, intermediate=64, cls_token="fixed",
+               positions="sinusoidal")
+    x = np.random.default_rng(4).normal(size=(2, 96, 32)).astype(np.float32)
+    variables = jax.jit(build_model(cfg, 50).init)(jax.random.PRNGKey(0), x)
+    tags = np.array([[1, 7], [3, 40]], np.int32)
+    dev = deviations(cfg, variables, x, tags, ig_steps=2)
+    assert set(dev) == set(OUTPUTS)
+    for name in ("probabilities", "attention", "rollout", "contribution"):  # all in [0, 1]
+        assert 0 < dev[name]["max_abs_dev"] < 0.05, (name, dev[name])
+    for name in ("grad_x_input", "integrated_gradients"):  # input units: relative deviation
+        assert 0 < dev[name]["relative"] < 0.25, (name, dev[name])
