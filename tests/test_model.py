@@ -247,3 +247,29 @@ def test_bfloat16_explanations_deviate_boundedly():
         assert 0 < dev[name]["max_abs_dev"] < 0.05, (name, dev[name])
     for name in ("grad_x_input", "integrated_gradients"):  # input units: relative deviation
         assert 0 < dev[name]["relative"] < 0.25, (name, dev[name])
+
+
+def test_vertical_convolutions_forward_and_gradient_match_both_formulations():
+    """The custom VJP (direct 2-D conv forward, row-gather backward) is one linear map."""
+    from tagger_jax.models.frontends import (_vertical_direct, _vertical_gather,
+                                             vertical_convolutions)
+
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 12, 10)), jnp.float32)
+    kernels = tuple(jnp.asarray(rng.normal(size=(5, w, 1, f)), jnp.float32)
+                    for w, f in ((3, 2), (1, 4)))
+    x64 = np.asarray(x, np.float64)
+    expected = np.concatenate([ref.conv2d_valid_freq_same_time(
+        x64[:, None], np.asarray(k, np.float64).transpose(3, 2, 0, 1), np.zeros(k.shape[-1])
+    ).transpose(0, 2, 3, 1) for k in kernels], -1)  # (B, rows, T, sum f), float64
+    got = vertical_convolutions(x, kernels)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(got, _vertical_gather(x, kernels), atol=1e-5)
+
+    def loss(f):
+        return lambda x, ks: jnp.sum(jnp.sin(f(x, ks)))
+    custom = jax.grad(loss(vertical_convolutions), argnums=(0, 1))(x, kernels)
+    for f in (_vertical_gather, _vertical_direct):
+        plain = jax.grad(loss(f), argnums=(0, 1))(x, kernels)
+        for a, b in zip(jax.tree_util.tree_leaves(custom), jax.tree_util.tree_leaves(plain)):
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
