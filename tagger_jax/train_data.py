@@ -68,8 +68,6 @@ def _augmentation(d: Any, tags) -> dict:
     as the first clip's, e.g. tempo and level); {} when the config has no `data.augment`."""
     if not d.get("augment", None):
         return {}
-    import numpy as np
-
     from tagger_jax.augment import AugmentParams
 
     exclude = set(d.get("augment_mix_exclude", ()) or ())
