@@ -1,0 +1,23 @@
+"""configs/soundfont_cpu.py plus the log-mel augmentations of `tagger_jax.augment`
+(docs/training.md, "Sampled instruments": why each range)."""
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+
+def get_config():
+    spec = importlib.util.spec_from_file_location(
+        "soundfont_cpu", Path(__file__).with_name("soundfont_cpu.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()  # every field is documented in tagger_jax/config_base.py
+    config.data.augment = ml_collections.ConfigDict({  # fields of augment.AugmentParams
+        "p_stretch": 0.5, "stretch": 1.08,  # tempo classes stay apart
+        "p_pitch": 0.5, "pitch_bins": 2,  # about +-2 semitones
+        "p_gain": 1.0, "gain_db": 3.0,  # loud / quiet classes stay apart
+        "p_eq": 0.5, "eq_db": 6.0,  # bank timbre differences
+        "p_reverb": 0.3, "p_noise": 0.3,  # room and noise
+        "p_mix": 0.3})  # two clips, instrument labels unioned
+    config.data.augment_mix_exclude = ("fast", "slow", "loud", "quiet")  # clip-wide tags
+    return config
