@@ -3,7 +3,7 @@
     python benchmarks/train_step.py [--batch-sizes 16,64,256] [--dtypes float32,bfloat16]
                                     [--steps 20] [--repeats 3] [--json results.json]
 
-For every batch size and compute dtype: clips/s of `train_lib.make_train_step` (forward in train
+For every batch size and compute dtype: clips/s of `train_state.make_train_step` (forward in train
 mode with dropout and batch statistics, sigmoid BCE, backward, the authors' optimizer, data
 parallel over all local devices), with the batch already on the devices, so the input pipeline
 is not measured. Compilation and two warm-up steps are excluded; the median of `--repeats` timed
@@ -114,7 +114,7 @@ def bench(batch: int, dtype: str, args, model: dict | None = None) -> dict:
     import jax
     import numpy as np
 
-    from tagger_jax import optimizers, sharding, train_lib
+    from tagger_jax import optimizers, sharding, train_state  # none needs the data stack
     from tagger_jax.models import build_model
 
     mesh = sharding.make_mesh(jax.local_devices())
@@ -124,9 +124,9 @@ def bench(batch: int, dtype: str, args, model: dict | None = None) -> dict:
     train_cfg = dict(PAPER_TRAIN, optimizer=args.optimizer, warmup_steps=100)
     model = build_model(model_cfg, NUM_TAGS)
     tx, _ = optimizers.make_optimizer(train_cfg, total_steps=10_000)
-    state = train_lib.init_train_state(model, tx, (N_MELS, args.frames), seed=0,
+    state = train_state.init_train_state(model, tx, (N_MELS, args.frames), seed=0,
                                        prng_impl=args.prng, mesh=mesh)
-    step = train_lib.make_train_step(model, tx, prng_impl=args.prng, mesh=mesh)
+    step = train_state.make_train_step(model, tx, prng_impl=args.prng, mesh=mesh)
     rng = np.random.default_rng(0)
     data = sharding.shard_batch({
         "x": rng.normal(-20, 20, (batch, N_MELS, args.frames)).astype(np.float32),
