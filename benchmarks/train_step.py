@@ -125,7 +125,7 @@ def bench(batch: int, dtype: str, args, model: dict | None = None) -> dict:
     model = build_model(model_cfg, NUM_TAGS)
     tx, _ = optimizers.make_optimizer(train_cfg, total_steps=10_000)
     state = train_state.init_train_state(model, tx, (N_MELS, args.frames), seed=0,
-                                       prng_impl=args.prng, mesh=mesh)
+                                         prng_impl=args.prng, mesh=mesh)
     step = train_state.make_train_step(model, tx, prng_impl=args.prng, mesh=mesh)
     rng = np.random.default_rng(0)
     data = sharding.shard_batch({
