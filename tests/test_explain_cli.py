@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import jax
 import numpy as np
@@ -113,14 +114,21 @@ def test_long_track_is_stitched_from_independently_computed_windows(setup, first
         np.testing.assert_array_equal(z["chunk_starts"], starts)
 
 
-def test_index_shows_every_figure_with_escaped_names(first_run):
+def test_index_and_pages_link_every_input_with_escaped_names(first_run):
     _, out = first_run
     page = (out / "index.html").read_text()
     for key in GOOD:
-        assert f"<img src='{key}.png'" in page
+        assert f"<a href='{quote(key)}.html'>" in page and (out / f"{key}.html").stat().st_size
+        assert f"<a href='{quote(key)}.png'>png</a>" in page
     assert "we&lt;i&gt;rd &amp; &#x27;name&#x27;.npy" in page
     assert "<i>" not in page and "<vocal>" not in page and "'name'.npy" not in page
     assert "broken.wav" in page and "bad.npy" in page
+    weird = (out / f"{runner.safe_key(WEIRD)}.html").read_text()
+    assert "/we&lt;i&gt;rd &amp; &#x27;name&#x27;.npy</h1>" in weird
+    assert "<i>" not in weird and "<vocal>" not in weird
+    data = weird.split('<script type="application/json" id="data">')[1].split("</script>")[0]
+    assert json.loads(data)["name"].endswith(WEIRD)  # the \\u escapes decode to the name
+    assert "http://" not in weird and "https://" not in weird  # nothing fetched from a network
 
 
 def test_second_run_does_no_work_twice(setup, first_run, monkeypatch, capsys):
