@@ -144,7 +144,7 @@ def page_data(summary: Mapping[str, Any], log_mel: np.ndarray, spec_step_s: floa
 
     spec = np.asarray(log_mel, np.float64)
     lo, hi = float(spec.min()), float(spec.max())
-    hz = [h for h in HZ_TICKS if h <= sample_rate / 2]
+    hz = [h for h in HZ_TICKS if 250 <= h <= sample_rate / 2]  # legible on a 150-px strip
     map_start = float(frame_times[0]) - 0.5 * map_step_s if len(frame_times) else 0.0
     audio_by_map = {(m["method"], m["tag"]): m for m in audio_files.get("maps", [])}
     cmaps = {"magma"}

@@ -6,7 +6,7 @@
   'use strict';
   var D = JSON.parse(document.getElementById('data').textContent);
   var app = document.getElementById('app');
-  var LABEL_W = 210, CBAR_W = 92;
+  var LABEL_W = 210, CBAR_W = 124;
   var duration = Math.max(D.duration_s, D.spec.frames * D.spec.step_s + D.spec.start_s, 0.1);
   var view = { start: 0, pps: 0 };  // left edge (s), pixels per second
   var rows = [];                    // {data, el, canvas, img, visible}
@@ -102,7 +102,7 @@
   var cursor = el('div', { id: 'cursor' });
   strip.appendChild(cursor);
 
-  function colourBar(r, unit) {
+  function colourBar(r, unit, height) {
     var c = el('div', { class: 'cbar' });
     var cv = el('canvas');
     var ticks = el('div', { class: 'ticks' });
@@ -118,7 +118,8 @@
       g.fillStyle = lut[lut.length - 1 - i];
       g.fillRect(0, i, 1, 1);
     }
-    cv.style.height = '100%';
+    cv.style.height = height + 'px';
+    c.style.height = height + 'px';
     return c;
   }
 
@@ -133,7 +134,7 @@
     canvas.style.height = height + 'px';
     row.appendChild(label);
     row.appendChild(canvas);
-    row.appendChild(colourBar(r, unit || ''));
+    row.appendChild(colourBar(r, unit || '', height));
     var item = { data: r, el: row, canvas: canvas, label: label, img: null, visible: true };
     canvas.addEventListener('click', function (ev) {
       var rect = canvas.getBoundingClientRect();
