@@ -410,6 +410,14 @@ class _Track:
     extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def _predicted_tags(ctx: _Context, track: _Track, chunk_probabilities: np.ndarray) -> None:
+    """The input's top-k tags by mean window probability, padded to the run's K."""
+    k = max(1, min(ctx.options.top_k, ctx.k))
+    top = [int(i) for i in np.argsort(-chunk_probabilities.mean(0))[:k]]
+    track.num_tags = len(top)
+    track.tags = np.array(top + top[:1] * (ctx.k - len(top)), np.int32)
+
+
 def _prepare(ctx: _Context, item: InputItem) -> _Track:
     started = time.perf_counter()
     signal = np.asarray(item.load(), np.float32)
@@ -840,7 +848,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     def finish(key: str, out: dict) -> None:
         track = tracks.pop(key)
         if track.tags is None:  # top-k from the same windows' probabilities
-            track.tags = np.argsort(-out["probabilities"].mean(0))[: ctx.k].astype(np.int32)
+            _predicted_tags(ctx, track, out["probabilities"])
         try:
             _write(ctx, track, assemble(ctx, track, out), out_dir, signature)
         except Exception as e:  # an input that cannot be written must not stop the others
@@ -864,7 +872,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
 
     def predicted(key: str, out: dict) -> None:
         track = tracks[key]
-        track.tags = np.argsort(-out["probabilities"].mean(0))[: ctx.k].astype(np.int32)
+        _predicted_tags(ctx, track, out["probabilities"])
         start_explaining(track)
 
     try:
