@@ -13,6 +13,11 @@ tag (attention maps are the same for every tag) is scored by
 Gradient maps are summed over frequency (signed: evidence for the tag). A "random" map gives the
 chance level of every score.
 
+Listening (`--parts listening`): each map of each such pair is auralised
+(`tagger_jax.explain.auralise`, keep 50% by default) on the chunk's audio (synthesised again from
+the clip's seed), and the model is run on the kept audio, the complement, and the kept and removed
+parts of a random mask of the same area: is what one hears where the model's evidence is?
+
 Cost: seconds per clip of each method next to one forward pass, for the benchmark model and for
 the paper's model (c = 16, 512 channels, 256 frames; random weights), together with the authors'
 procedure (257 full forward passes with the override), in JAX and, with torch installed, with the
@@ -20,6 +25,7 @@ PyTorch twin of their model (benchmarks/torch_twin.py).
 
     python benchmarks/explanations.py --workdir runs/explanations_benchmark   # trains if needed
     python benchmarks/explanations.py --checkpoint DIR --clips 200 --write-docs
+    python benchmarks/explanations.py --checkpoint DIR --parts listening --write-docs
 """
 from __future__ import annotations
 

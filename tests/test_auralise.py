@@ -142,3 +142,19 @@ def test_written_audio_reads_back_with_its_length(tmp_path, fmt):
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ValueError, match="format"):
         A.write_audio(tmp_path / "x.mp3", wave, fmt="mp3")
+
+
+def test_minutes_of_audio_write_without_crashing(tmp_path):
+    """libsndfile's Vorbis encoder segfaults on a single write of a 3-minute signal (seen on
+    Debian 12); write_audio writes in blocks. Run in a subprocess so a crash fails one test."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, soundfile as sf; from tagger_jax.explain import auralise as A; "
+            "w = 0.1 * np.random.default_rng(0).normal(size=180 * 16000); "
+            f"p = A.write_audio({str(tmp_path / 'long.ogg')!r}, w); "
+            "print(sf.info(p).duration)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) == 180.0

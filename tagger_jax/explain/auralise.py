@@ -32,6 +32,7 @@ from typing import Optional
 import numpy as np
 
 AUDIO_FORMATS = {"ogg": ("OGG", "VORBIS"), "flac": ("FLAC", "PCM_16")}
+WRITE_BLOCK = 16384  # samples per write call
 
 
 def stft(wave: np.ndarray, n_fft: int = 512, hop_length: int = 256) -> np.ndarray:
@@ -187,8 +188,10 @@ def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int = 16000,
     container, subtype = AUDIO_FORMATS[fmt]
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        sf.write(f, np.clip(np.asarray(wave, np.float32), -1.0, 1.0), sample_rate,
-                 format=container, subtype=subtype)
+    data = np.clip(np.asarray(wave, np.float32), -1.0, 1.0)
+    # In blocks: libsndfile's Vorbis encoder crashes (SIGSEGV) on one write of a few minutes.
+    with sf.SoundFile(tmp, "w", sample_rate, 1, format=container, subtype=subtype) as f:
+        for start in range(0, len(data), WRITE_BLOCK):
+            f.write(data[start:start + WRITE_BLOCK])
     tmp.replace(path)
     return path
