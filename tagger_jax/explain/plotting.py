@@ -27,7 +27,7 @@ ROW_HEIGHT = 0.42
 MAP2D_HEIGHT = 1.3
 LINE_GAP = 0.6  # inches between wrapped lines
 WIDTH = 14.0
-HZ_TICKS = (60, 125, 250, 500, 1000, 2000, 4000, 8000)
+HZ_TICKS = (250, 500, 1000, 2000, 4000, 8000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +98,10 @@ def plot_explanation(path: str | Path, log_mel: np.ndarray, spec_step_s: float,
     all_heights = []
     for i in range(lines):
         all_heights += heights + ([LINE_GAP] if i < lines - 1 else [])
-    grid = fig.add_gridspec(len(all_heights), 3, height_ratios=all_heights,
-                            width_ratios=[12, 0.18, 1.4], hspace=0.15, wspace=0.04, left=0.17,
+    # columns: panel, colour bar, its labels, per-band sums
+    grid = fig.add_gridspec(len(all_heights), 4, height_ratios=all_heights,
+                            width_ratios=[12, 0.15, 0.95, 1.3], hspace=0.15, wspace=0.03,
+                            left=0.15,
                             right=0.97, top=1 - (0.45 + 0.3 * title.count("\n")) / fig_h,
                             bottom=0.5 / fig_h)
     scales = [_scale(r) for r in rows]
@@ -139,7 +141,7 @@ def plot_explanation(path: str | Path, log_mel: np.ndarray, spec_step_s: float,
                               [f"{h / 1000:g}k" if h >= 1000 else str(h) for _, h in keep])
                 ax.tick_params(axis="y", labelsize=6)
                 if row.bands is not None:
-                    side = fig.add_subplot(grid[g0 + i, 2], sharey=ax)
+                    side = fig.add_subplot(grid[g0 + i, 3], sharey=ax)
                     bands = np.asarray(row.bands, np.float64)
                     colors = np.where(bands >= 0, "#b2182b", "#2166ac")
                     side.barh(np.arange(bands.shape[0]), bands, height=1.0, color=colors)
@@ -148,15 +150,15 @@ def plot_explanation(path: str | Path, log_mel: np.ndarray, spec_step_s: float,
                     side.locator_params(axis="x", nbins=2)
                     side.set_xlabel("per band", fontsize=6, labelpad=1)
             cax = fig.add_subplot(grid[g0 + i, 1])
-            cb = fig.colorbar(im, cax=cax, ticks=[vmin, vmax] if values.ndim == 1 else None)
-            if values.ndim == 1:
-                cb.ax.set_yticklabels([f"{vmin:.3g}", f"{vmax:.3g}"])
-            cb.ax.tick_params(labelsize=5, length=2, pad=1)
-            if row.unit:
-                cax.text(1.0, 1.02 if values.ndim == 1 else -0.08, row.unit, fontsize=5,
-                         transform=cax.transAxes, ha="left",
-                         va="bottom" if values.ndim == 1 else "top", parse_math=False,
-                         color="#444")
+            cb = fig.colorbar(im, cax=cax, ticks=[] if values.ndim == 1 else None)
+            if values.ndim == 1:  # too thin for ticks: the range and unit beside the bar
+                text = f"{vmin:.3g} .. {vmax:.3g}" + (f"\n{row.unit}" if row.unit else "")
+                cax.text(2.2, 0.5, text, fontsize=6, transform=cax.transAxes, ha="left",
+                         va="center", parse_math=False, color="#333")
+            else:
+                cb.ax.tick_params(labelsize=6, length=2, pad=1)
+                if row.unit:
+                    cb.set_label(row.unit, fontsize=6, labelpad=2)
             ax.set_ylabel(row.label, rotation=0, ha="right", va="center", fontsize=7.5,
                           parse_math=False, color="#1b7837" if row.truth else "black")
             axes.append(ax)
