@@ -1,5 +1,6 @@
 """Explaining many inputs: load ahead in threads, cut into windows, run the methods in fixed-size
-device batches packed across inputs, stitch each input's windows, write NPZ + PNG + JSON.
+device batches packed across inputs, stitch each input's windows, write NPZ + PNG + page (+ audio)
++ JSON.
 
 Batches have one shape for the whole run (windows of several short tracks share a batch, the last
 batch is padded), so the explanation function compiles once. When the tags to explain are the
@@ -8,6 +9,10 @@ windows (also packed) picks the tags first: gradients need them, and they must b
 all windows of a track to stitch. An input whose JSON summary exists with the same model, settings
 and input fingerprint is skipped; an input that failed is recorded in failures.json and is not
 retried until it changes (or `retry_failed`).
+
+Tags to explain come from the run (`ExplainOptions.tags`), from each input (`InputItem.
+explain_tags`: dataset labels, a CSV) or are the top-k predicted; the run uses one tag count K
+for every batch (shorter lists padded), so it compiles once.
 """
 from __future__ import annotations
 
