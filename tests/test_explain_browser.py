@@ -48,9 +48,12 @@ def browser():
     reason = _missing()
     if reason:
         pytest.skip(f"BROWSER TESTS NOT RUN: {reason}")
+    import os
+
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager fetch anything
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in FLAGS:
