@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tagger_jax.commands._inference_args import add_window_arguments, window_plan
+
 HELP = "tag audio files with a trained or imported model (track-level tags and taggrams)"
 
 
@@ -15,49 +17,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="model directory (from import-authors or training) or a workdir")
     parser.add_argument("--top-k", type=int, default=5, help="tags listed per file (default 5)")
-    parser.add_argument("--hop", type=float, default=None, metavar="SECONDS",
-                        help="taggram from sliding windows every SECONDS (default: the paper's "
-                             "16 evenly spaced chunks)")
+    add_window_arguments(parser, batch_size=64)
     parser.add_argument("--output", type=Path, default=None, metavar="FILE.json",
                         help="write all results as a JSON list (updated as files finish)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the successful results already in --output, tag the rest")
-    parser.add_argument("--batch-size", type=int, default=64, help="chunks per device batch")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tagger_jax import checkpoint, tagging
+    from tagger_jax import sharding
+
+    sharding.maybe_initialize_distributed()  # before anything touches the JAX backend
+    import jax
+
+    from tagger_jax import checkpoint, inference, tagging
+
+    def error(msg: str) -> int:
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
 
     if args.top_k < 1:
-        print("error: --top-k must be at least 1", file=sys.stderr)
-        return 2
+        return error("--top-k must be at least 1")
     if args.resume and args.output is None:
-        print("error: --resume needs --output", file=sys.stderr)
-        return 2
+        return error("--resume needs --output")
+    process, processes = jax.process_index(), jax.process_count()
+    if processes > 1 and args.output is None:
+        return error("a multi-process run needs --output (each process writes its share)")
     try:
+        plan = window_plan(args)
         loaded = checkpoint.load_model(args.checkpoint)
         done = (tagging.finished_results(args.output)
-                if args.resume and args.output.exists() else [])
+                if args.resume and args.output is not None else [])
     except (checkpoint.CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error(str(e))
     finished = {r["file"] for r in done}
-    paths = [p for p in tagging.collect_inputs(args.inputs) if str(p) not in finished]
-    if not paths and not done:
-        print("error: no input files found", file=sys.stderr)
-        return 2
-    store = tagging.ResultStore(args.output, done)
-    tagger = tagging.Tagger(loaded, batch_size=args.batch_size)
+    every = [str(p) for p in tagging.collect_inputs(args.inputs)]
+    if not every:
+        return error("no input files found")
+    todo = inference.process_share([p for p in every if p not in finished])
+    output = args.output
+    if processes > 1:
+        output = tagging.part_path(args.output, process)
+        done = []  # process 0 merges what was kept with every part
+    store = tagging.ResultStore(output, done)
     try:
-        results = tagger.tag(paths, hop_s=args.hop, top_k=args.top_k, progress=not args.quiet,
-                             on_result=store.add)
+        tagger = tagging.Tagger(loaded, batch_size=args.batch_size)
+        results = tagger.tag(todo, hop_s=plan.hop_s, windows=plan.windows,
+                             num_chunks=plan.num_chunks, top_k=args.top_k,
+                             progress=not args.quiet and process == 0, on_result=store.add)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error(str(e))
     finally:
         store.close()
-    failed = [r for r in results if "error" in r]
     for r in results:
         if "error" in r:
             continue
@@ -65,10 +77,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {note}", file=sys.stderr)
         top = ", ".join(f"{t['tag']} {t['probability']:.2f}" for t in r["top_tags"])
         print(f"{r['file']}: {top}")
-    if done:
-        print(f"{len(done)} files kept from {args.output}", file=sys.stderr)
+    if processes > 1:
+        inference.barrier("tag-results-written")
+        if process != 0:
+            return 1 if any("error" in r for r in results) else 0
+        results = [r for r in tagging.merge_parts(args.output, every, processes)
+                   if r["file"] not in finished]
+    if done or finished:
+        print(f"{len(finished)} files kept from {args.output}", file=sys.stderr)
     if args.output is not None:
         print(f"results written to {args.output}", file=sys.stderr)
+    failed = [r for r in results if "error" in r]
     if failed:
         print(f"{len(failed)} of {len(results)} inputs failed:", file=sys.stderr)
         for r in failed:
