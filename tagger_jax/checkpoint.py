@@ -95,7 +95,13 @@ def load_config(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, tup
     if meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{directory}: checkpoint format {meta.get('format')!r} is not "
                               f"supported (expected {FORMAT_VERSION})")
-    return ml_collections.ConfigDict(meta["config"]), tuple(meta["tags"])
+    from tagger_jax.config_base import StoredConfigError, merge_over_base
+
+    try:  # defaults live once, in config_base: fields added since the model was saved get them
+        config, _ = merge_over_base(meta["config"])
+    except StoredConfigError as e:
+        raise CheckpointError(f"{directory / METADATA_FILE}: {e}") from None
+    return config, tuple(meta["tags"])
 
 
 def load_model(path: str | os.PathLike) -> LoadedModel:
