@@ -23,6 +23,7 @@ import flax.linen as nn
 import ml_collections
 import orbax.checkpoint as ocp
 
+from tagger_jax.errors import MODEL, ToolError
 from tagger_jax.models import build_model
 
 METADATA_FILE = "tagger.json"
@@ -31,8 +32,10 @@ FORMAT_VERSION = 1
 EXPORT_SUBDIR = "best_model"  # where training exports the best model inside a workdir
 
 
-class CheckpointError(ValueError):
-    """A model directory is missing, incomplete or inconsistent."""
+class CheckpointError(ToolError, ValueError):
+    """A model directory is missing, incomplete or inconsistent (exit status `errors.MODEL`)."""
+
+    exit_status = MODEL
 
 
 @dataclasses.dataclass(frozen=True)

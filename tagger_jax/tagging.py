@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from tagger_jax import audio, chunking
+from tagger_jax import audio, chunking, outputs
 from tagger_jax.checkpoint import LoadedModel
 from tagger_jax.evaluation import make_predict_fn
 
@@ -191,11 +191,10 @@ def _message(path: Path, error: Exception) -> str:
 
 
 def write_json(results: list[dict], output: Path) -> None:
-    """Writes atomically (temporary file + rename) so an interrupted run never leaves half a file."""
+    """Writes atomically (unique temporary file + rename, `outputs.atomic_write_json`) so an
+    interrupted run never leaves half a file nor a temporary one."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(output)
+    outputs.atomic_write_json(output, results)
 
 
 class ResultStore:

@@ -69,9 +69,11 @@ def make_config(builder_cls, name: str | None, overrides: list[str]):
 
 
 def run(args: argparse.Namespace) -> int:
+    import pickle
+
     import tensorflow_datasets as tfds
 
-    from tagger_jax import datasets
+    from tagger_jax import datasets, errors
 
     if args.name not in datasets.BUILDERS:
         print(f"unknown dataset {args.name!r}; choose one of {sorted(datasets.BUILDERS)}")
@@ -90,9 +92,9 @@ def run(args: argparse.Namespace) -> int:
         builder = datasets.build(args.name, args.data_dir, config, manual_dir=args.manual_dir,
                                  num_workers=args.num_workers, overwrite=args.overwrite,
                                  resume=args.resume)
-    except (FileNotFoundError, ValueError, AssertionError) as e:
-        print(f"error: {e}")
-        return 1
+    except (FileNotFoundError, ValueError, AssertionError, pickle.UnpicklingError) as e:
+        print(f"error: {errors.one_line(str(e))}")
+        return errors.DATA
     print(f"\n{builder.name}/{builder.builder_config.name} {builder.version} in {builder.data_dir}")
     for split, n in datasets.split_sizes(builder).items():
         print(f"  {split:<10} {n:>8} clips")

@@ -47,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
                             builder_config=args.builder_config, mode=args.mode, out_dir=args.out,
                             batch_size=args.batch_size, num_chunks=args.num_chunks, hop=args.hop)
     except (CheckpointError, EvaluationError) as e:
+        from tagger_jax import errors
+
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return errors.exit_status(e, default=errors.USAGE)
     return 0
 
 

@@ -64,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
     from tagger_jax.explain import methods as M
     from tagger_jax.explain import runner
 
-    def error(msg: str) -> int:
+    def error(msg: str, status: int = 2) -> int:
         print(f"tagger-jax explain: error: {msg}", file=sys.stderr)
-        return 2
+        return status
 
     if bool(args.inputs) == bool(args.dataset):
         return error("give INPUT files/directories or --dataset (not both)")
@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
         result = runner.explain_inputs(loaded, items, args.out, options,
                                        progress=not args.no_progress)
     except (CheckpointError, ValueError, OSError) as e:
-        return error(str(e))
+        from tagger_jax import errors
+
+        return error(str(e), errors.exit_status(e, default=errors.USAGE))
     print(f"index: {result.index}")
     return 1 if result.failed else 0
 

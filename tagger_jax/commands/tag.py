@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tagger_jax import checkpoint, tagging
+    import contextlib
+
+    from tagger_jax import outputs
 
     if args.top_k < 1:
         print("error: --top-k must be at least 1", file=sys.stderr)
@@ -35,13 +37,23 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.output is None:
         print("error: --resume needs --output", file=sys.stderr)
         return 2
+    with contextlib.ExitStack() as stack:
+        if args.output is not None:  # checked and locked before any work: see tagger_jax.outputs
+            args.output = outputs.check_output_file(args.output)
+            stack.enter_context(outputs.exclusive(args.output, "output file"))
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tagger_jax import checkpoint, errors, tagging
+
     try:
         loaded = checkpoint.load_model(args.checkpoint)
         done = (tagging.finished_results(args.output)
                 if args.resume and args.output.exists() else [])
     except (checkpoint.CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return errors.exit_status(e, default=errors.USAGE)
     finished = {r["file"] for r in done}
     paths = [p for p in tagging.collect_inputs(args.inputs) if str(p) not in finished]
     if not paths and not done:

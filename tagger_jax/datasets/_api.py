@@ -59,7 +59,18 @@ def build(name: str, data_dir: str | os.PathLike,
 
     An interrupted build of a downloaded dataset resumes when run again (`resume`): the clips
     already decoded are taken from `<data_dir>/downloads/tagger_jax_resume/`.
+
+    Builds into one `data_dir` are serialised by a lock on it (`outputs.exclusive`): a second
+    run prints whom it waits for, waits, then finds the dataset built and opens it.
     """
+    from tagger_jax import outputs
+
+    with outputs.exclusive(_expand(data_dir), "data directory", wait=True, directory=True):
+        return _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overwrite,
+                             resume)
+
+
+def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overwrite, resume):
     builder = get_builder(name, data_dir, builder_config, num_workers, resume)
     if overwrite and builder.is_prepared():
         import shutil
