@@ -26,20 +26,18 @@ from tagger_jax import audio, chunking, outputs
 from tagger_jax.checkpoint import LoadedModel
 from tagger_jax.evaluation import make_predict_fn
 
-INPUT_SUFFIXES = tuple(sorted(set(audio.AUDIO_SUFFIXES) | {".npy"}))
+INPUT_SUFFIXES = audio.INPUT_SUFFIXES
 
 
-def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+def collect_inputs(paths: Iterable[str | os.PathLike],
+                   skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Files named directly (whatever their suffix: they fail later with a clear error if they are
-    not audio) plus audio and `.npy` files found recursively in named directories, sorted."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found.extend(sorted(f for f in p.rglob("*")
-                                if f.is_file() and f.suffix.lower() in INPUT_SUFFIXES))
-        else:
-            found.append(p)
-    return list(dict.fromkeys(found))  # drop duplicates, keep order
+    not audio) plus the inputs `audio.scan_inputs` finds in named directories; the files it
+    leaves out, with the reason, are appended to `skipped` if given."""
+    found, left_out = audio.scan_inputs(paths)
+    if skipped is not None:
+        skipped.extend(left_out)
+    return found
 
 
 @dataclasses.dataclass
@@ -54,6 +52,7 @@ class _Prepared:
     seconds_per_step: float
     duration_s: float
     warnings: list[str]
+    audio_warnings: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class Tagger:
@@ -77,13 +76,10 @@ class Tagger:
         """Decodes one input and cuts its chunks (runs in worker threads)."""
         # No `warnings` machinery here: catch_warnings is not thread-safe. The note goes into the
         # result (and the CLI prints it).
-        if self.waveform:
-            x = audio.load_waveform_input(path, self.features.sample_rate)
-        else:
-            x = audio.load_input(path, self.features)
+        x, audio_notes = audio.read_input(path, self.features, waveform=self.waveform)
         steps = x.shape[-1]
         x, padded = chunking.pad_to_length(x, self.chunk)
-        notes = [f"{path}: only {steps} time steps, shorter than one chunk of {self.chunk}; the "
+        notes = [f"{audio.display_path(path)}: only {steps} time steps, shorter than one chunk of {self.chunk}; the "
                  "clip was repeated to fill the chunk"] if padded else []
         eval_starts = chunking.eval_chunk_starts(x.shape[-1], self.chunk, self.features.eval_chunks)
         if hop_s is None:
@@ -95,7 +91,8 @@ class Tagger:
             starts, rows = extra, len(eval_starts) + np.arange(len(extra))
         chunks = np.stack([x[..., s:s + self.chunk] for s in np.concatenate([eval_starts, extra])])
         return _Prepared(index, chunks.astype(np.float32), len(eval_starts), starts, rows,
-                         self.seconds_per_step, steps * self.seconds_per_step, notes)
+                         self.seconds_per_step, steps * self.seconds_per_step, notes,
+                         audio_notes)
 
     def _run(self, chunks: np.ndarray) -> np.ndarray:
         """Sigmoid outputs for (n, ...) chunks, in fixed-size batches (last one zero-padded)."""
@@ -141,7 +138,8 @@ class Tagger:
                 if isinstance(prepared, _Prepared):
                     pending.append(prepared)
                 else:
-                    results[i] = {"file": str(paths[i]), "error": _message(paths[i], prepared)}
+                    results[i] = {"file": audio.display_path(paths[i]),
+                                  "error": _message(paths[i], prepared)}
                     if on_result:
                         on_result(results[i])
                     bar.update(1)
@@ -156,7 +154,7 @@ class Tagger:
         track = probs[:p.num_eval].mean(axis=0)
         order = np.argsort(-track)[:top_k]
         result: dict[str, Any] = {
-            "file": str(path),
+            "file": audio.display_path(path),
             "tags": tags,
             "probabilities": [round(float(v), 6) for v in track],
             "top_tags": [{"tag": tags[k], "probability": round(float(track[k]), 6)}
@@ -168,6 +166,8 @@ class Tagger:
         }
         if p.warnings:
             result["warnings"] = p.warnings
+        if p.audio_warnings:  # {code: message}, docs/audio.md
+            result["audio_warnings"] = p.audio_warnings
         return result
 
 
@@ -186,8 +186,8 @@ def _prepare_ahead(pool: concurrent.futures.Executor, prepare: Callable, paths: 
 
 
 def _message(path: Path, error: Exception) -> str:
-    text = str(error)
-    return text if text.startswith(str(path)) else f"{path}: {text}"
+    text, name = str(error), audio.display_path(path)
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 def write_json(results: list[dict], output: Path) -> None:

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tagger_jax import checkpoint, errors, tagging
+    from tagger_jax import audio, checkpoint, errors, tagging
 
     try:
         loaded = checkpoint.load_model(args.checkpoint)
@@ -55,9 +55,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return errors.exit_status(e, default=errors.USAGE)
     finished = {r["file"] for r in done}
-    paths = [p for p in tagging.collect_inputs(args.inputs) if str(p) not in finished]
+    skipped: list = []
+    paths = [p for p in tagging.collect_inputs(args.inputs, skipped)
+             if audio.display_path(p) not in finished]
+    for path, why in skipped:
+        print(f"skipped: {audio.display_path(path)}: {why}", file=sys.stderr)
     if not paths and not done:
-        print("error: no input files found", file=sys.stderr)
+        print("error: no input files found" + (f" ({len(skipped)} files skipped, listed above)"
+                                                if skipped else ""), file=sys.stderr)
         return 2
     store = tagging.ResultStore(args.output, done)
     tagger = tagging.Tagger(loaded, batch_size=args.batch_size)
@@ -73,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
     for r in results:
         if "error" in r:
             continue
-        for note in r.get("warnings", []):
+        for note in [*r.get("warnings", []), *r.get("audio_warnings", {}).values()]:
             print(f"warning: {note}", file=sys.stderr)
         top = ", ".join(f"{t['tag']} {t['probability']:.2f}" for t in r["top_tags"])
         print(f"{r['file']}: {top}")
