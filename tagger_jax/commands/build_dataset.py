@@ -13,7 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
                         help="builder config (default: the builder's default); with --set, the "
                              "name of a new config derived from the default one")
-    parser.add_argument("--data-dir", required=True, help="TFDS data directory to write into")
+    parser.add_argument("--data-dir", default=_default_data_dir(),
+                        help="TFDS data directory to write into (default: %(default)s, the "
+                             "configs' data.data_dir)")
     parser.add_argument("--manual-dir", default=None,
                         help="directory with the manually downloaded files (see docs/datasets.md)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -26,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="do not keep per-clip features while building (an interrupted "
                              "build then starts over; saves disk space during the build)")
+
+
+def _default_data_dir() -> str:
+    from tagger_jax.config_base import base_config
+
+    return base_config().data.data_dir
 
 
 def _parse_value(current, text: str, field: str):
