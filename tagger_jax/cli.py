@@ -46,10 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from tagger_jax import errors
 
     args = build_parser().parse_args(argv)
-    try:
-        return _dispatch(args)
-    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place that reports all
-        return errors.report(e)
+    return errors.guarded(_dispatch, args)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,15 @@ def report(error: BaseException, prog: str = "tagger-jax") -> int:
     return status
 
 
+def guarded(run, *args, prog: str = "tagger-jax") -> int:
+    """`run(*args)` as a process exit status: documented errors are one line with their status,
+    anything else one line + traceback file (70), Ctrl-C 130. For every command entry point."""
+    try:
+        return int(run(*args) or 0)
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place that reports all
+        return report(e, prog)
+
+
 def one_line(text: str) -> str:
     """`text` with line breaks shown as ' | ' so that an error is always one line."""
     return " | ".join(part for part in str(text).splitlines() if part.strip()) or "(no message)"

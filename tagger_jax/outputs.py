@@ -1,7 +1,8 @@
 """Output files and data directories that survive crashes, Ctrl-C and concurrent runs.
 
-- `check_output_file(path)`: before any work starts, proves that `path` can be written (its
-  folder exists or can be made, is writable, and `path` is not a directory); `OutputError` if not.
+- `check_output_file(path)` / `check_output_dir(path)`: before any work starts, prove that `path`
+  can be written (its nearest existing folder is a writable directory, and `path` is not a
+  directory / not a file); `OutputError` (exit status 4) if not. They create nothing.
 - `atomic_write_text` / `atomic_write_json`: write a unique temporary file in the same folder
   (`tempfile.mkstemp`, so two writers never share it), then `os.replace` it onto the target. A
   reader sees the old or the new file, never half of one; on any error or KeyboardInterrupt the
@@ -48,30 +49,49 @@ class BusyError(errors.ToolError):
 
 
 def check_output_file(path: str | os.PathLike) -> Path:
-    """The absolute `path` after proving it can be written (its parents are created if missing).
+    """The absolute `path` after proving it can be written; nothing is created.
 
     Raises `OutputError` when `path` is a directory or another non-regular file, when a parent is
-    a file, or when its folder is not writable (tested by creating and removing a unique file, so
-    read-only mounts and permissions are caught whoever runs it).
+    a file, or when the nearest existing folder is not writable (tested by creating and removing
+    a unique file there, so read-only mounts and permissions are caught whoever runs it).
     """
-    p = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    p = _absolute(path)
     if p.is_dir():
         raise OutputError(f"{p}: is a directory; give a file name for the output")
     if p.exists() and not p.is_file():
         raise OutputError(f"{p}: exists and is not a regular file")
+    _check_writable_location(p)
+    return p
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """The absolute `path` after proving it can be made or written as a directory; nothing is
+    created. Raises `OutputError` when it is a file, a parent is a file, or it is not writable."""
+    p = _absolute(path)
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{p}: exists and is not a directory")
+    _check_writable_location(p / "x" if p.is_dir() else p)
+    return p
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def _check_writable_location(p: Path) -> None:
+    """`p` (which may not exist) could be created: its nearest existing ancestor is a writable
+    directory."""
+    folder = p.parent
+    while not folder.exists() and not folder.is_symlink():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{p}: cannot create it: a parent is a file ({folder})")
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise OutputError(f"{p}: cannot create its folder: a parent is a file") from None
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tagger-jax-", suffix=".probe")
     except OSError as e:
-        raise OutputError(f"{p}: cannot create its folder {p.parent} ({e.strerror or e})") from None
-    try:
-        fd, probe = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".probe")
-    except OSError as e:
-        raise OutputError(f"{p}: cannot write in {p.parent} ({e.strerror or e})") from None
+        raise OutputError(f"{p}: cannot write in {folder} ({e.strerror or e})") from None
     os.close(fd)
     os.unlink(probe)
-    return p
 
 
 def _umask() -> int:

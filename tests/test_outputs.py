@@ -210,3 +210,20 @@ def test_msd_unsafe_pickle_is_one_error_line(tmp_path, capsys):
     lines = [l for l in (captured.out + captured.err).splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and "refusing to load" in lines[0]
     assert "Traceback" not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("command", [
+    ["explain", "--checkpoint", "NO_MODEL", "INPUT", "--out", "OUT"],
+    ["evaluate", "--checkpoint", "NO_MODEL", "--out", "OUT"],
+    ["import-authors", "NO_MODEL", "--variant", "released", "--out", "OUT"],
+    ["build-dataset", "audio_folder", "--manual-dir", "NO_MODEL", "--data-dir", "OUT"],
+])
+def test_every_output_directory_is_checked_before_any_work(command, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    subs = {"NO_MODEL": str(tmp_path / "missing"), "INPUT": str(tmp_path / "file"),
+            "OUT": str(tmp_path / "file" / "out")}
+    rc = cli.main([subs.get(a, a) for a in command])
+    captured = capsys.readouterr()
+    lines = [l for l in (captured.out + captured.err).splitlines() if "error" in l]
+    assert rc == errors.OUTPUT, captured
+    assert len(lines) == 1 and "a parent is a file" in lines[0]

@@ -81,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
 
     import tensorflow_datasets as tfds
 
-    from tagger_jax import datasets, errors
+    from tagger_jax import datasets, errors, outputs
+
+    outputs.check_output_dir(args.data_dir)  # before any work (errors.OUTPUT)
 
     if args.name not in datasets.BUILDERS:
         print(f"unknown dataset {args.name!r}; choose one of {sorted(datasets.BUILDERS)}")

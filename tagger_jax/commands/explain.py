@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"tagger-jax explain: error: {msg}", file=sys.stderr)
         return status
 
+    from tagger_jax import outputs
+
+    args.out = str(outputs.check_output_dir(args.out))  # before any work (errors.OUTPUT)
     if bool(args.inputs) == bool(args.dataset):
         return error("give INPUT files/directories or --dataset (not both)")
     methods = args.methods or runner.DEFAULT_METHODS
@@ -106,4 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the top-level `explain.py` (same flags as the subcommand)."""
     parser = argparse.ArgumentParser(prog="explain.py", description=HELP)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from tagger_jax import errors
+
+    return errors.guarded(run, parser.parse_args(argv), prog="explain.py")
