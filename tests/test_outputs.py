@@ -227,3 +227,16 @@ def test_every_output_directory_is_checked_before_any_work(command, tmp_path, ca
     lines = [l for l in (captured.out + captured.err).splitlines() if "error" in l]
     assert rc == errors.OUTPUT, captured
     assert len(lines) == 1 and "a parent is a file" in lines[0]
+
+
+def test_non_finite_loss_has_its_own_exit_status(monkeypatch, capsys, tmp_path):
+    from tagger_jax import train_lib
+    from tagger_jax.commands import train as train_command
+
+    def diverge(config, workdir):
+        raise train_lib.NonFiniteLossError(12, tmp_path, 10)
+
+    monkeypatch.setattr(train_lib, "train_and_evaluate", diverge)
+    assert train_command.run_training(base_config(), str(tmp_path)) == errors.DIVERGED
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: non-finite training loss at step 12")

@@ -66,8 +66,10 @@ def run_training(config: Any, workdir: str) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except train_lib.NonFiniteLossError as e:
+        from tagger_jax import errors
+
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return errors.DIVERGED
     if summary["preempted"]:
         print(f"Stopped by SIGTERM at step {summary['step']}; checkpoint saved in "
               f"{summary['workdir']}. Run the same command to resume.")
