@@ -1,28 +1,65 @@
 #!/usr/bin/env python
 """Trains a tagger: python train.py --config configs/X.py --workdir DIR [--config.train.batch_size=64].
 
-A thin absl entry point; the work is `tagger_jax.train_lib.train_and_evaluate(config, workdir)`
-(the same as `tagger-jax train`). Rerunning the same command in the same workdir resumes.
+The flax examples' command line for `tagger-jax train` (tagger_jax.commands.train), which does
+the work through `tagger_jax.train_lib.train_and_evaluate(config, workdir)`: `--config.KEY=VALUE`
+(or `--config.KEY VALUE`) is `--set KEY=VALUE`, `--list_config` is `--list-config`. `--config`
+takes a config file or a workdir's saved config.json. An unknown field or argument is one error
+line and exit status 2. Rerunning the same command in the same workdir resumes.
 """
-from absl import app, flags, logging
-from ml_collections import config_flags
+from __future__ import annotations
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file defining get_config().",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the exported model.")
-flags.mark_flags_as_required(["config", "workdir"])
+import sys
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:  # orbax and tfds log every file at INFO level
-        logging.set_verbosity(logging.WARNING)
-    from tagger_jax.commands.train import run_training
+def translate(argv: list[str]) -> list[str]:
+    """train.py's absl-style arguments as `tagger-jax train` arguments; ValueError if unknown."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name.startswith("--config."):
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{arg} needs a value")
+                i, value = i + 1, argv[i + 1]
+            out += ["--set", f"{name[len('--config.'):]}={value}"]
+        elif name in ("--config", "--workdir"):
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{arg} needs a value")
+                i, value = i + 1, argv[i + 1]
+            out += [name, value]
+        elif arg in ("--list_config", "--list-config"):
+            out.append("--list-config")
+        elif arg in ("-h", "--help"):
+            out.append(arg)
+        else:
+            raise ValueError(f"unknown argument {arg!r} (expected --config, --config.KEY=VALUE, "
+                             "--workdir, --list_config)")
+        i += 1
+    return out
 
-    return run_training(FLAGS.config, FLAGS.workdir)
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    from absl import logging
+
+    from tagger_jax.commands import train
+
+    try:
+        args = translate(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logging.set_verbosity(logging.WARNING)  # orbax and tfds log every file at INFO level
+    parser = argparse.ArgumentParser(
+        prog="train.py", description=__doc__.splitlines()[1],
+        epilog="--config.KEY=VALUE is --set KEY=VALUE; --list_config is --list-config")
+    train.add_arguments(parser)
+    return train.run(parser.parse_args(args))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main(sys.argv[1:]))

@@ -1,15 +1,33 @@
-"""Forward and train-step throughput of our model vs the PyTorch twin of the authors' model.
+"""Paired forward and train-step throughput: our model against PyTorch versions of the authors' model.
 
-    python benchmarks/model_step.py [--batch 16] [--repeats 3] [--steps 1] [--dtype float32]
+    python benchmarks/model_step.py [--authors PATH] [--batches 16,64] [--rounds 5] [--steps 1]
+                                    [--contenders ours,twin,twin_compiled,authors,authors_compiled]
 
-Both models get the same weights (a random state dict with the authors' keys, imported into ours),
-the same input (batch of 96 x 256 log-mel chunks) and, for the train step, the same work:
-forward in train mode (dropout, batch statistics), BCE loss, backward, Adam update. Compilation
-and one warm-up call are excluded; each number is the median over `--repeats` timed runs of
-`--steps` steps.
-torch runs with torch.set_num_threads(os.cpu_count()); XLA uses all cores by default. Without
-torch installed, only our numbers are printed. Timings on a shared machine are noisy: the header
-prints the load average.
+Contenders (all on the same weights: one random state dict with the authors' keys, imported into
+ours with `tagger_jax.authors`; the same input, batch x 96 x 256 log-mel chunks):
+
+* `ours`: our jitted model (`--dtype`, float32 by default).
+* `twin`, `twin_compiled`: `benchmarks/torch_twin.py` (our PyTorch re-creation), eager and under
+  `torch.compile`.
+* `authors`, `authors_compiled`: the authors' own `MTSA` model from a checkout of their repository
+  (`--authors PATH`, the folder holding `training/model.py`; never copied into this project),
+  eager and under `torch.compile`. Their `VerticalConv.forward` sizes its max-pool from the input
+  height, which current PyTorch rejects; the benchmark replaces that one method at run time with
+  the same max-pool sized from the conv output (the behaviour they trained). Their model keeps a 32-row [CLS] buffer ("maximum batch size is
+  32"); for larger batches the benchmark sets that buffer to the same vector repeated for the batch,
+  at run time, without touching their code.
+
+Work per step: forward = eval mode, no gradients (`torch.inference_mode`), logits -> sigmoid for
+the authors' model (their forward ends with a sigmoid). Train step = forward in train mode
+(dropout, batch statistics), binary cross-entropy, backward, Adam (lr 1e-4) update; the authors'
+model trains with BCELoss on its sigmoid outputs, exactly as their solver does.
+
+Pairing: compilation and one warm-up step per contender and phase come first; then `--rounds`
+rounds, each timing every contender once (forward, then train step) in turn, so load on a shared
+machine hits every contender alike. Reported: clips/s as the median over rounds, with the range
+(slowest-fastest round), and each contender's ratio to `ours` per round (median and range). The
+load average is printed before and after. torch uses all cores (torch.set_num_threads), as XLA
+does.
 """
 from __future__ import annotations
 
@@ -22,42 +40,65 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+CONTENDERS = ("ours", "twin", "twin_compiled", "authors", "authors_compiled")
+PHASES = ("forward", "train_step")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=16, help="clips per step (authors: 16)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
-    p.add_argument("--steps", type=int, default=1, help="steps per timed run")
+    p.add_argument("--authors", metavar="PATH",
+                   help="checkout of github.com/minzwon/self-attention-music-tagging (optional)")
+    p.add_argument("--batches", default="16", help="batch sizes, comma-separated (authors: 16)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds")
+    p.add_argument("--steps", type=int, default=1, help="steps per contender per round")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="our compute dtype (the torch twin always runs float32)")
+                   help="our compute dtype (the torch models always run float32)")
     p.add_argument("--variant", choices=("training", "released"), default="training",
                    help="training: the paper config (c = 16); released: c = 8, learned positions")
     p.add_argument("--frames", type=int, default=256, help="frames per chunk")
-    p.add_argument("--prng", choices=("threefry2x32", "rbg"), default="threefry2x32",
-                   help="JAX PRNG implementation for dropout (config.train.prng_impl)")
-    p.add_argument("--platform", choices=("cpu", "gpu"), default="cpu",
-                   help="JAX platform; torch uses CUDA with gpu when it can, else is skipped")
-    p.add_argument("--no-torch", action="store_true", help="time our model only")
+    p.add_argument("--phases", default=",".join(PHASES), help="forward,train_step (or one)")
+    p.add_argument("--compiled-phases", default=",".join(PHASES),
+                   help="phases timed for the torch.compile contenders (compiling the train "
+                        "step's backward takes minutes on 2 cores)")
+    p.add_argument("--contenders", default=",".join(CONTENDERS),
+                   help="comma-separated subset of " + ",".join(CONTENDERS))
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.phases = [s for s in args.phases.split(",") if s]
+    args.compiled_phases = [s for s in args.compiled_phases.split(",") if s in args.phases]
+    args.contenders = [s for s in args.contenders.split(",") if s]
+    for name in args.contenders:
+        if name not in CONTENDERS:
+            p.error(f"unknown contender {name!r}; choose from {', '.join(CONTENDERS)}")
+    for name in args.phases:
+        if name not in PHASES:
+            p.error(f"unknown phase {name!r}; choose from {', '.join(PHASES)}")
+    if "ours" not in args.contenders:
+        p.error("'ours' must be among the contenders (ratios are to ours)")
+    if any(c.startswith("authors") for c in args.contenders) and not args.authors:
+        args.contenders = [c for c in args.contenders if not c.startswith("authors")]
+    if args.authors and not (Path(args.authors) / "training" / "model.py").is_file():
+        p.error(f"{args.authors}: not a checkout of the authors' repository "
+                "(no training/model.py)")
+    return args
 
 
-def timed(fn: Callable[[], None], batch: int, steps: int, repeats: int) -> float:
-    """Median clips/s of `repeats` runs of `steps` calls; `fn` must block until its work is done."""
-    fn()  # warm-up: compilation, allocator, caches
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        rates.append(batch * steps / (time.perf_counter() - start))
-    return statistics.median(rates)
+def load_average() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
-def bench_ours(args, state, x, y) -> tuple[dict, object]:
+# ------------------------------------------------------------------------------ contenders
+# Each builder returns {"forward": fn, "train_step": fn, "probs": (B, tags) eval sigmoid outputs};
+# every fn blocks until its work is done.
+
+
+def build_ours(args, state, x, y) -> dict:
     import jax
     import jax.numpy as jnp
     import optax
@@ -70,8 +111,7 @@ def bench_ours(args, state, x, y) -> tuple[dict, object]:
     model = build_model(config.model, 50)
     variables = jax.device_put(variables)
     xj, yj = jnp.asarray(x), jnp.asarray(y)
-
-    forward = jax.jit(lambda v, x: model.apply(v, x))
+    forward = jax.jit(lambda v, x: jax.nn.sigmoid(model.apply(v, x)))
     tx = optax.adam(1e-4)
 
     def loss_fn(params, batch_stats, x, y, key):
@@ -87,115 +127,207 @@ def bench_ours(args, state, x, y) -> tuple[dict, object]:
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), batch_stats, opt_state, key), loss
 
-    key = jax.random.key(0, impl=args.prng)
-    train_state = [(variables["params"], variables["batch_stats"],
-                    tx.init(variables["params"]), key)]
-    counter = [0]
+    holder = [(variables["params"], variables["batch_stats"], tx.init(variables["params"]),
+               jax.random.key(0)), 0]
 
     def one_train_step():
-        counter[0] += 1
-        train_state[0], loss = train_step(train_state[0], xj, yj, counter[0])
+        holder[1] += 1
+        holder[0], loss = train_step(holder[0], xj, yj, holder[1])
         loss.block_until_ready()
 
-    probs = jax.nn.sigmoid(forward(variables, xj))
-    result = {
-        "forward": timed(lambda: forward(variables, xj).block_until_ready(),
-                         args.batch, args.steps, args.repeats),
-        "train_step": timed(one_train_step, args.batch, args.steps, args.repeats),
-    }
-    return result, jax.device_get(probs)
+    return {"forward": lambda: forward(variables, xj).block_until_ready(),
+            "train_step": one_train_step,
+            "probs": np.asarray(forward(variables, xj))}
 
 
-def bench_torch(args, state, x, y) -> tuple[dict, object]:
+def _torch_fns(model, x, y, compiled: bool, outputs_probs: bool) -> dict:
+    """forward / train_step closures for a torch module mapping (B, 96, T) to logits or probs."""
     import torch
     import torch.nn.functional as F
 
-    from benchmarks.torch_twin import build_twin, load_numpy_state_dict
-
-    torch.set_num_threads(os.cpu_count())
-    device = "cuda" if args.platform == "gpu" else "cpu"
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    model = build_twin(args.variant)
-    load_numpy_state_dict(model, state)
-    model.to(device)
-    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    run = torch.compile(model) if compiled else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    to_probs = (lambda o: o) if outputs_probs else torch.sigmoid
+    loss_of = F.binary_cross_entropy if outputs_probs else F.binary_cross_entropy_with_logits
 
     def forward():
+        model.eval()
         with torch.inference_mode():
-            out = model(xt)
-        sync()
-        return out
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+            return to_probs(run(xt))
 
     def train_step():
-        loss = F.binary_cross_entropy_with_logits(model(xt), yt)
+        model.train()
+        loss = loss_of(run(xt), yt)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        sync()
 
-    model.eval()
-    probs = torch.sigmoid(forward()).cpu().numpy()
-    result = {"forward": timed(forward, args.batch, args.steps, args.repeats)}
-    model.train()
-    result["train_step"] = timed(train_step, args.batch, args.steps, args.repeats)
-    return result, probs
+    return {"forward": forward, "train_step": train_step,
+            "probs": forward().detach().numpy().copy()}
+
+
+def build_twin(args, state, x, y, compiled: bool) -> dict:
+    from benchmarks.torch_twin import build_twin as make, load_numpy_state_dict
+
+    model = make(args.variant)
+    load_numpy_state_dict(model, state)
+    return _torch_fns(model, x, y, compiled, outputs_probs=False)
+
+
+def _vertical_conv_forward(self, x):
+    """The authors' VerticalConv.forward with the max-pool sized from the conv OUTPUT's height.
+
+    Their committed code sizes it from the input height (96), which current PyTorch rejects
+    ("Output size is too small"); the trained behaviour is the max over the remaining rows.
+    """
+    import torch.nn as nn
+
+    out = self.relu(self.bn(self.conv(x)))
+    rows = out.size(2)
+    return nn.MaxPool2d((rows, 1), stride=(rows, 1))(out).squeeze(2)
+
+
+def build_authors(args, state, x, y, compiled: bool) -> dict:
+    import torch
+
+    if args.variant != "training":
+        raise SystemExit("the authors' training code builds the 'training' variant only")
+    training = str(Path(args.authors).resolve() / "training")
+    if training not in sys.path:
+        sys.path.insert(0, training)
+    from model import MTSA  # the authors' module, from their checkout
+    from front_end import pons_conv
+
+    pons_conv.VerticalConv.forward = _vertical_conv_forward
+
+    model = MTSA(architecture="pons_won", conv_channels=16, attention_channels=512,
+                 attention_layers=2, attention_heads=8, attention_length=x.shape[2] + 1,
+                 num_class=50, batch_size=x.shape[0], attention_dropout=0.4, fc_dropout=0.5,
+                 is_cuda=False)
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()},
+                          strict=True)
+    if x.shape[0] > model.vec_cls.shape[0]:  # their buffer holds 32 rows of the same vector
+        model.vec_cls = model.vec_cls[:1].repeat(x.shape[0], 1, 1)
+    return _torch_fns(model, x, y, compiled, outputs_probs=True)
+
+
+def build(name: str, args, state, x, y) -> dict:
+    if name == "ours":
+        return build_ours(args, state, x, y)
+    if name.startswith("twin"):
+        return build_twin(args, state, x, y, compiled=name.endswith("compiled"))
+    return build_authors(args, state, x, y, compiled=name.endswith("compiled"))
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+def phases_of(args, name: str) -> list[str]:
+    return args.compiled_phases if name.endswith("compiled") else args.phases
+
+
+def run_batch(args, batch: int, names: list[str]) -> dict:
+    from benchmarks.torch_twin import random_state_dict
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, 96, args.frames)).astype(np.float32)
+    y = (rng.random((batch, 50)) < 0.1).astype(np.float32)
+    state = random_state_dict(args.variant, seed=0)
+    fns, warm_s = {}, {}
+    for name in names:
+        start = time.perf_counter()
+        fns[name] = build(name, args, state, x, y)
+        for phase in phases_of(args, name):  # compilation + one warm-up step
+            fns[name][phase]()
+        warm_s[name] = time.perf_counter() - start
+        print(f"  {name}: built, compiled and warmed up in {warm_s[name]:.0f} s", flush=True)
+    times = {(n, p): [] for n in names for p in phases_of(args, n)}
+    load_before = load_average()
+    for r in range(args.rounds):
+        for name in names:
+            for phase in phases_of(args, name):
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    fns[name][phase]()
+                times[name, phase].append((time.perf_counter() - start) / args.steps)
+        print(f"  round {r + 1}/{args.rounds} done, load {load_average():.2f}", flush=True)
+    load_after = load_average()
+    result = {"batch": batch, "load_before": load_before, "load_after": load_after,
+              "warmup_s": warm_s, "contenders": {}}
+    for name in names:
+        entry = {"max_abs_prob_diff_to_ours": float(np.abs(fns[name]["probs"]
+                                                           - fns["ours"]["probs"]).max())}
+        for phase in phases_of(args, name):
+            t = times[name, phase]
+            ratio = [tn / to for tn, to in zip(t, times["ours", phase])]  # ours' speed-up
+            entry[phase] = {"seconds": t, "clips_per_s": batch / statistics.median(t),
+                            "clips_per_s_range": (batch / max(t), batch / min(t)),
+                            "ours_speedup": statistics.median(ratio),
+                            "ours_speedup_range": (min(ratio), max(ratio))}
+        result["contenders"][name] = entry
+    return result
+
+
+def print_table(args, res: dict) -> None:
+    b = res["batch"]
+    print(f"\nbatch {b}: load average {res['load_before']:.2f} before, "
+          f"{res['load_after']:.2f} after the timed rounds; {args.rounds} rounds x {args.steps} "
+          "step(s)")
+    head = f"{'contender':18s}"
+    for phase in args.phases:
+        head += f" | {phase + ' clips/s (range)':>27s} {'ours x (range)':>19s}"
+    print(head + f" | {'max|dp|':>8s}")
+    for name, e in res["contenders"].items():
+        row = f"{name:18s}"
+        for phase in args.phases:
+            if phase not in e:
+                row += f" | {'not timed':>27s} {'':>19s}"
+                continue
+            p = e[phase]
+            lo, hi = p["clips_per_s_range"]
+            slo, shi = p["ours_speedup_range"]
+            row += (f" | {p['clips_per_s']:8.2f} ({lo:6.2f}-{hi:6.2f})    "
+                    f"{p['ours_speedup']:5.2f} ({slo:4.2f}-{shi:4.2f})")
+        print(row + f" | {e['max_abs_prob_diff_to_ours']:8.1e}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("JAX_PLATFORMS", args.platform if args.platform == "cpu" else "cuda")
-    import numpy as np
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import platform
+
     import jax
 
-    from benchmarks.torch_twin import random_state_dict
+    names = list(args.contenders)
+    try:
+        import torch
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.batch, 96, args.frames)).astype(np.float32)
-    y = (rng.random((args.batch, 50)) < 0.1).astype(np.float32)
-    state = random_state_dict(args.variant, seed=0)
-
-    torch_version = None
-    if not args.no_torch:
-        try:
-            import torch
-
-            torch_version = torch.__version__
-            if args.platform == "gpu" and not torch.cuda.is_available():
-                print("torch has no CUDA here: timing our model only", file=sys.stderr)
-                torch_version = None
-        except ImportError:
-            print("torch is not installed: timing our model only", file=sys.stderr)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"model_step: pons_won {args.variant} variant, batch {args.batch} x 96 x {args.frames}, "
-          f"{jax.devices()[0].platform} ({os.cpu_count()} cores, load {load:.1f}), "
-          f"jax {jax.__version__}" + (f", torch {torch_version}" if torch_version else ""))
-    print(f"clips/s, median of {args.repeats} runs of {args.steps} steps (warm-up excluded)")
-
-    results = {"ours": None, "torch": None}
-    results["ours"], ours_probs = bench_ours(args, state, x, y)
-    rows = [(f"ours (jit, {args.dtype})", results["ours"])]
-    if torch_version:
-        results["torch"], torch_probs = bench_torch(args, state, x, y)
-        rows.append(("torch twin (float32)", results["torch"]))
-        ratio = {k: results["ours"][k] / results["torch"][k] for k in results["ours"]}
-        rows.append(("ratio ours / torch", ratio))
-        results["ratio"] = ratio
-        results["max_abs_prob_diff"] = float(np.abs(ours_probs - torch_probs).max())
-
-    print(f"{'':24s}{'forward':>12s}{'train step':>12s}")
-    for name, r in rows:
-        print(f"{name:24s}{r['forward']:12.2f}{r['train_step']:12.2f}")
-    if "max_abs_prob_diff" in results:
-        print(f"same weights, eval outputs agree to {results['max_abs_prob_diff']:.1e} "
-              "(max |sigmoid difference|)")
+        torch.set_num_threads(os.cpu_count())
+        torch_version = torch.__version__
+    except ImportError:
+        print("torch is not installed: timing our model only", file=sys.stderr)
+        names, torch_version = ["ours"], None
+    print(f"model_step: pons_won {args.variant} variant, 96 x {args.frames} chunks, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, host {platform.node()}, "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"jax {jax.__version__} ({jax.devices()[0].platform}), "
+          f"torch {torch_version}, ours in {args.dtype}, "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(f"contenders: {', '.join(names)}")
+    print("'ours x' = our speed-up over the contender, per round (median and range); "
+          "max|dp| = max |probability difference| to ours on the same weights and input")
+    results = []
+    for batch in args.batches:
+        print(f"batch {batch}:", flush=True)
+        res = run_batch(args, batch, names)
+        print_table(args, res)
+        results.append(res)
     if args.json:
-        meta = {"batch": args.batch, "frames": args.frames, "dtype": args.dtype,
-                "variant": args.variant, "repeats": args.repeats, "steps": args.steps,
-                "platform": jax.devices()[0].platform, "cpu_count": os.cpu_count(),
-                "load_average": load, "jax": jax.__version__, "torch": torch_version}
-        Path(args.json).write_text(json.dumps({**meta, **results}, indent=2))
+        meta = {k: v for k, v in vars(args).items()}
+        Path(args.json).write_text(json.dumps({"args": meta, "torch": torch_version,
+                                               "jax": jax.__version__, "results": results},
+                                              indent=2, default=list))
     return 0
 
 

@@ -106,7 +106,8 @@ def device_peak(kind: str, dtype: str, override_tflops: float | None) -> float |
     return None
 
 
-def bench(batch: int, dtype: str, args) -> dict:
+def bench(batch: int, dtype: str, args, model: dict | None = None) -> dict:
+    """One (batch, dtype) row; `model` is a model config dict (default: the paper's)."""
     import jax
     import numpy as np
 
@@ -116,7 +117,7 @@ def bench(batch: int, dtype: str, args) -> dict:
     mesh = sharding.make_mesh(jax.local_devices())
     if batch % mesh.devices.size:
         raise ValueError(f"batch {batch} does not split over {mesh.devices.size} devices")
-    model_cfg = dict(PAPER_MODEL, dtype=dtype)
+    model_cfg = dict(model or PAPER_MODEL, dtype=dtype)
     train_cfg = dict(PAPER_TRAIN, optimizer=args.optimizer, warmup_steps=100)
     model = build_model(model_cfg, NUM_TAGS)
     tx, _ = optimizers.make_optimizer(train_cfg, total_steps=10_000)

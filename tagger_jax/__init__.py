@@ -1,12 +1,9 @@
-"""tagger-jax: the self-attention music tagger of Won, Chun and Serra (2019) in JAX/Flax."""
+"""tagger-jax: the self-attention music tagger of Won, Chun and Serra (2019) in JAX/Flax.
+
+Importing the package is cheap: nothing heavy (JAX, TensorFlow Datasets) is imported until it is
+used. The TFDS builders (synthetic_tags, magnatagatune, mtg_jamendo, msd, audio_folder) are
+registered when `tagger_jax.datasets` is first imported, which every function naming a dataset
+does; call `import tagger_jax.datasets` yourself before `tfds.builder("synthetic_tags")`.
+"""
 
 __version__ = "0.1.0"
-
-# Registers the TFDS builders (synthetic_tags, magnatagatune, mtg_jamendo, msd, audio_folder), so
-# `tfds.builder(name)` / `tfds.data_source(name)` work after `import tagger_jax`.
-try:
-    from tagger_jax import datasets  # noqa: E402,F401
-except ModuleNotFoundError as _e:  # the model and train step also run without the data stack
-    if _e.name not in ("tensorflow_datasets", "grain", "librosa", "ml_collections", "soundfile",
-                       "array_record"):
-        raise

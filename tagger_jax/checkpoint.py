@@ -146,7 +146,13 @@ def _check_config(directory: Path, meta: dict) -> ml_collections.ConfigDict:
         raise CheckpointError(f"{where}: 'config' must be an object, found {_json_kind(config)}")
     if not isinstance(config.get("model"), dict):
         raise CheckpointError(f"{where}: config has no 'model' object")
-    return ml_collections.ConfigDict(config)
+    from tagger_jax.config_base import StoredConfigError, merge_over_base
+
+    try:  # defaults live once, in config_base: fields added since the model was saved get them
+        merged, _ = merge_over_base(config)
+    except StoredConfigError as e:
+        raise CheckpointError(f"{directory / METADATA_FILE}: {e}") from None
+    return merged
 
 
 def load_model(path: str | os.PathLike) -> LoadedModel:

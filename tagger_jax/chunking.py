@@ -16,11 +16,12 @@ import warnings
 
 import numpy as np
 
+from tagger_jax.models.registry import WAVEFORM_SAMPLES
+
 SPECTROGRAM_CHUNK = 256  # frames per spectrogram chunk (about 4.1 s at hop 256, 16 kHz)
-# Samples per lee_won input (about 4.1 s at 16 kHz): its stride-3 conv and four max-pools of 3
-# turn 65610 = 270 * 3**5 samples into 270 steps (271 with [CLS]), the length the model is built
-# for. Use it as `chunk` in every function here; starts and hops are then counted in samples.
-WAVEFORM_CHUNK = 65610
+# Samples per waveform-model input (tagger_jax.models.registry states the geometry). Use it as
+# `chunk` in every function here; starts and hops are then counted in samples.
+WAVEFORM_CHUNK = WAVEFORM_SAMPLES
 EVAL_CHUNKS = 16  # chunks per clip in the authors' evaluation
 
 

@@ -20,14 +20,20 @@ COMMANDS = {
     "evaluate": "tagger_jax.commands.evaluate",
     "train": "tagger_jax.commands.train",
     "explain": "tagger_jax.commands.explain",
+    "embed": "tagger_jax.commands.embed",
 }
+# Commands whose compiled programs are worth keeping between runs.
+CACHED_COMMANDS = ("tag", "evaluate", "explain", "embed")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tagger-jax",
         description="Self-attention music tagging (Won et al., 2019) in JAX: train, evaluate, "
-                    "tag and explain.")
+                    "tag, explain and embed.")
+    parser.add_argument("--no-compilation-cache", action="store_true",
+                        help="do not use JAX's persistent compilation cache (default: on, in "
+                             "~/.cache/tagger-jax; env TAGGER_JAX_COMPILATION_CACHE=0 or a path)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -46,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     from tagger_jax import errors
 
     args = build_parser().parse_args(argv)
+    if not args.no_compilation_cache and args.command in CACHED_COMMANDS:
+        from tagger_jax import compilation_cache
+
+        compilation_cache.enable()
     return errors.guarded(_dispatch, args)
 
 

@@ -2,8 +2,19 @@
 
 Configs are ml_collections ConfigDicts, loaded from Python files by `--config path.py`. A trained
 or imported checkpoint stores its resolved config as JSON, so inference rebuilds the same model.
+
+Every default lives here, once, with its comment on the same line: stored configs (a workdir's
+`config.json`, a model directory's `tagger.json`) are merged over `base_config()` when loaded
+(`merge_over_base`), so code reads `config.section.field` and never repeats a default, and
+`field_docs()` (`tagger-jax train --list-config`) reads the comments from this file's source.
 """
 from __future__ import annotations
+
+import ast
+import inspect
+import io
+import tokenize
+from typing import Any, Mapping, NamedTuple
 
 import ml_collections
 
@@ -47,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.num_workers = 2  # grain worker processes feeding the training loop
     d.prefetch = 4  # batches each worker prepares ahead
     d.read_threads = 1  # threads per pipeline process building batches ahead (0: build on demand)
-    d.manual_dir = ""  # manually downloaded files, to build a missing dataset ("" = don't build)
+    d.manual_dir = ""  # downloaded files to build a missing dataset from ("" = self-contained only)
     d.build_workers = 0  # processes decoding / synthesising clips while building (0 = all cores)
 
     c.train = t = ml_collections.ConfigDict()
@@ -101,3 +112,86 @@ def authors_released_config() -> ml_collections.ConfigDict:
     c.model.max_positions = 271  # the released table has 271 rows; 257 are used
     c.data.name = "magnatagatune"  # it was trained on MagnaTagATune top-50
     return c
+
+
+class StoredConfigError(ValueError):
+    """A stored config has a field of the wrong type or a value where a section belongs."""
+
+
+def merge_over_base(stored: Mapping[str, Any], base: ml_collections.ConfigDict | None = None
+                    ) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """`base` (default `base_config()`) with the values of a stored config written over it.
+
+    Fields the stored config lacks (added to the project after it was written) keep their
+    defaults. Fields `base` lacks (a config file that adds its own, or a field removed since)
+    are kept as stored and returned by name, so the caller can say so. JSON lists become tuples
+    where the default is a tuple. Raises StoredConfigError on a value of the wrong type.
+    """
+    config = base_config() if base is None else base
+    extra: list[str] = []
+
+    def merge(node: ml_collections.ConfigDict, values: Mapping[str, Any], prefix: str) -> None:
+        for key, value in values.items():
+            name = f"{prefix}{key}"
+            if key not in node:
+                extra.append(name)
+                node[key] = value
+                continue
+            current = node[key]
+            if isinstance(current, ml_collections.ConfigDict):
+                if not isinstance(value, Mapping):
+                    raise StoredConfigError(f"{name}: expected a section, got {value!r}")
+                merge(current, value, name + ".")
+                continue
+            if isinstance(current, tuple) and isinstance(value, list):
+                value = tuple(value)
+            try:
+                node[key] = value
+            except TypeError as e:
+                raise StoredConfigError(f"{name}: {e}") from None
+
+    if not isinstance(stored, Mapping):
+        raise StoredConfigError(f"expected a mapping of sections, got {type(stored).__name__}")
+    merge(config, stored, "")
+    return config, extra
+
+
+class FieldDoc(NamedTuple):
+    """One config field: dotted name, default value and the comment written next to it."""
+
+    name: str
+    default: Any
+    comment: str
+
+
+def field_docs() -> list[FieldDoc]:
+    """Every field of `base_config()` in source order, with the comment on its line.
+
+    The comments are read from this module's source (tokenize), the defaults from
+    `base_config()` itself, so neither is written twice. A field without a comment gets "".
+    """
+    source = inspect.getsource(base_config)
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}
+    sections: dict[str, str] = {}  # local variable -> section name ("m" -> "model")
+    order: list[tuple[str, int]] = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Assign):
+            continue
+        names = [t for t in node.targets if isinstance(t, ast.Name)]
+        attrs = [t for t in node.targets if isinstance(t, ast.Attribute)
+                 and isinstance(t.value, ast.Name)]
+        if names and attrs:  # c.model = m = ConfigDict()
+            sections[names[0].id] = attrs[0].attr
+        elif attrs:
+            order.append((f"{attrs[0].value.id}.{attrs[0].attr}", node.lineno))
+    defaults = base_config()
+    docs = []
+    for target, lineno in sorted(order, key=lambda x: x[1]):
+        var, field = target.split(".")
+        if var not in sections:
+            continue
+        name = f"{sections[var]}.{field}"
+        docs.append(FieldDoc(name, defaults[sections[var]][field], comments.get(lineno, "")))
+    return docs

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import json
 import os
 import warnings
@@ -22,8 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from tagger_jax import inference
 
 MODES = ("chunks", "full")
 METRICS_JSON = "metrics.json"
@@ -46,23 +46,9 @@ class UndefinedMetricWarning(UserWarning):
 # Prediction
 # --------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=4)
-def make_predict_fn(model) -> PredictFn:
-    """A jitted `fn(variables, x) -> sigmoid probabilities` (float32) in inference mode.
-
-    No shardings are fixed, so jit follows the inputs': a batch sharded over a mesh (replicated
-    variables) is predicted in parallel and the output keeps the batch sharding. Logits are cast
-    to float32 before the sigmoid so bfloat16 models average in full precision. Memoised on the
-    module (Flax modules hash by their fields), so re-loading the same architecture, or scoring
-    several splits, reuses the compiled function instead of compiling again.
-    """
-
-    @jax.jit
-    def predict(variables, x):
-        logits = model.apply(variables, x, train=False)
-        return jax.nn.sigmoid(logits.astype(jnp.float32))
-
-    return predict
+# The one jitted predict function (sigmoid outputs in inference mode), shared with tag, explain
+# and embed.
+make_predict_fn = inference.make_predict_fn
 
 
 @dataclasses.dataclass
@@ -440,17 +426,19 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
                         builder_config: Any = None, mode: str = "chunks",
                         out_dir: str | os.PathLike | None = None,
                         batch_size: int | None = None, num_chunks: int | None = None,
-                        hop: int | None = None, print_fn: Callable[[str], None] | None = print,
+                        hop_s: float | None = None, print_fn: Callable[[str], None] | None = print,
                         ) -> dict:
     """Loads a model, predicts a dataset split, writes the report; returns the metrics dict.
 
     `path` is a model directory or a training workdir with an exported best model. Dataset,
     data directory, split and batch size default to the model's stored config (the test split).
-    `builder_config` is a TFDS config name or a `tfds.core.BuilderConfig`.
+    `builder_config` is a TFDS config name or a `tfds.core.BuilderConfig`. `hop_s`: seconds
+    between full-track windows (mode "full"; default one window).
     """
     from tqdm import tqdm
 
-    from tagger_jax import checkpoint
+    from tagger_jax import audio, checkpoint
+    from tagger_jax.models import geometry
 
     if mode not in MODES:
         raise EvaluationError(f"mode must be one of {MODES}, got {mode!r}")
@@ -478,7 +466,10 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     check_tags(loaded.tags, data_tags, loaded.directory, dataset)
     _warn_on_feature_mismatch(datasets, dataset, data_dir, builder_config, cfg.features)
 
-    input_kind = "audio" if cfg.model.get("architecture", "pons_won") == "lee_won" else "mel"
+    features = audio.features_from_config(cfg.features)
+    geom = geometry(cfg.model, features.sample_rate, features.hop_length, chunk_frames)
+    input_kind = geom.architecture.dataset_feature
+    hop = inference.WindowPlan(hop_s=hop_s).hop_steps(geom) if hop_s is not None else None
     process = dict(process_index=jax.process_index(), process_count=jax.process_count(),
                    input_kind=input_kind)
     if mode == "chunks":
@@ -505,6 +496,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
              "builder_config": getattr(builder_config, "name", builder_config), "split": split,
              "data_dir": str(data_dir), "mode": mode,
              "num_chunks": num_chunks if mode == "chunks" else None,
+             "hop_s": hop_s if mode == "full" else None,
              "hop": hop if mode == "full" else None, "chunk_frames": chunk_frames}
     if jax.process_index() == 0:
         paths = write_report(metrics, out_dir, extra=extra,

@@ -9,7 +9,8 @@ checkpoint restores it exactly whatever phase training is in:
   move forward, so a phase's state is still the freshly initialised one when its phase begins:
   the new optimizer starts from scratch, as a newly constructed PyTorch optimizer would.
 * The decision to move on is host-side and pure (`plateau_step`): validation ROC-AUC after each
-  epoch, compared with the best so far.
+  epoch, compared with the best so far. Its state (`PlateauState`) lives on the host and is
+  checkpointed as JSON next to the train state.
 
 The authors' phases (reference page, "Training protocol"): Adam 1e-4; then SGD with Nesterov
 momentum 0.9 and weight decay 1e-4 at 1e-3, 1e-4, 1e-5; after the last plateau, stop. At every
@@ -80,22 +81,20 @@ def _decay_mask(params: Any) -> Any:
 
 def authors_phases(train_config: Mapping[str, Any]) -> tuple[optax.GradientTransformation, ...]:
     """Adam at `learning_rate`, then SGD (Nesterov) at each of `sgd_learning_rates`."""
-    cfg = dict(train_config)
-    sgd_lrs = tuple(cfg.get("sgd_learning_rates", (1e-3, 1e-4, 1e-5)))
-    momentum = float(cfg.get("sgd_momentum", 0.9))
-    weight_decay = float(cfg.get("weight_decay", 1e-4))
-    phases = [optax.adam(float(cfg.get("learning_rate", 1e-4)))]
-    for lr in sgd_lrs:
+    cfg = train_config
+    weight_decay = float(cfg["weight_decay"])
+    phases = [optax.adam(float(cfg["learning_rate"]))]
+    for lr in cfg["sgd_learning_rates"]:
         phases.append(optax.chain(optax.add_decayed_weights(weight_decay),
-                                  optax.sgd(float(lr), momentum=momentum, nesterov=True)))
+                                  optax.sgd(float(lr), momentum=float(cfg["sgd_momentum"]),
+                                            nesterov=True)))
     return tuple(phases)
 
 
 def adamw_schedule(train_config: Mapping[str, Any], total_steps: int) -> optax.Schedule:
     """Linear warmup from 0 to `learning_rate`, then cosine decay to 0 at `total_steps`."""
-    cfg = dict(train_config)
-    peak = float(cfg.get("learning_rate", 1e-3))
-    warmup = int(min(cfg.get("warmup_steps", 0), max(total_steps - 1, 0)))
+    peak = float(train_config["learning_rate"])
+    warmup = int(min(train_config["warmup_steps"], max(total_steps - 1, 0)))
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1),
                                               end_value=0.0)
 
@@ -104,15 +103,17 @@ def make_optimizer(train_config: Mapping[str, Any], total_steps: int
                    ) -> tuple[optax.GradientTransformationExtraArgs, int]:
     """The optimizer named by `train_config["optimizer"]` and its number of phases.
 
-    `total_steps` (epochs x steps per epoch) sets the length of AdamW's cosine decay.
+    `train_config` is `config.train` (or a dict with the fields the optimizer reads: every field
+    must be present; defaults live only in config_base.py). `total_steps` (epochs x steps per
+    epoch) sets the length of AdamW's cosine decay. Raises KeyError naming a missing field.
     """
-    cfg = dict(train_config)
-    name = cfg.get("optimizer", "authors")
+    name = train_config["optimizer"]
     if name == "authors":
-        phases = authors_phases(cfg)
+        phases = authors_phases(train_config)
     elif name == "adamw":
-        phases = (optax.adamw(adamw_schedule(cfg, total_steps),
-                              weight_decay=float(cfg.get("weight_decay", 1e-2)), mask=_decay_mask),)
+        phases = (optax.adamw(adamw_schedule(train_config, total_steps),
+                              weight_decay=float(train_config["weight_decay"]),
+                              mask=_decay_mask),)
     else:
         raise ValueError(f"train.optimizer must be one of {OPTIMIZERS}, got {name!r}")
     return phased(phases), len(phases)
@@ -120,24 +121,44 @@ def make_optimizer(train_config: Mapping[str, Any], total_steps: int
 
 def learning_rate(train_config: Mapping[str, Any], phase: int, step: int, total_steps: int) -> float:
     """The learning rate in effect at `step` in `phase` (for logging)."""
-    cfg = dict(train_config)
-    if cfg.get("optimizer", "authors") == "adamw":
-        return float(adamw_schedule(cfg, total_steps)(step))
-    rates = (cfg.get("learning_rate", 1e-4),) + tuple(cfg.get("sgd_learning_rates", ()))
+    if train_config["optimizer"] == "adamw":
+        return float(adamw_schedule(train_config, total_steps)(step))
+    rates = (train_config["learning_rate"],) + tuple(train_config["sgd_learning_rates"])
     return float(rates[min(phase, len(rates) - 1)])
 
 
 def phase_name(train_config: Mapping[str, Any], phase: int) -> str:
     """A human-readable name of the optimizer phase, for logs."""
-    cfg = dict(train_config)
-    if cfg.get("optimizer", "authors") == "adamw":
+    if train_config["optimizer"] == "adamw":
         return "adamw"
-    sgd_lrs = tuple(cfg.get("sgd_learning_rates", ()))
+    sgd_lrs = tuple(train_config["sgd_learning_rates"])
     if phase == 0:
-        return f"adam lr {cfg.get('learning_rate', 1e-4):g}"
+        return f"adam lr {train_config['learning_rate']:g}"
     if phase <= len(sgd_lrs):
         return f"sgd lr {sgd_lrs[phase - 1]:g}"
     return "stopped"
+
+
+@dataclasses.dataclass(frozen=True)
+class PlateauState:
+    """The plateau schedule's state, kept on the host and checkpointed as JSON.
+
+    `best_metric` is -inf until a validation result is defined (JSON: null).
+    """
+
+    phase: int = 0  # optimizer phase (authors: 0 Adam, 1..3 SGD; == num_phases: stopped)
+    best_metric: float = -math.inf  # best validation ROC-AUC so far
+    bad_epochs: int = 0  # consecutive validations without improvement in this phase
+
+    def to_json(self) -> dict:
+        best = self.best_metric if math.isfinite(self.best_metric) else None
+        return {"phase": self.phase, "best_metric": best, "bad_epochs": self.bad_epochs}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "PlateauState":
+        best = d["best_metric"]
+        return cls(int(d["phase"]), -math.inf if best is None else float(best),
+                   int(d["bad_epochs"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +171,11 @@ class PlateauDecision:
     improved: bool  # this epoch set a new best: save it
     switched: bool  # moved to the next optimizer phase: reload the best model first
     stop: bool  # the last phase plateaued: training ends
+
+    @property
+    def state(self) -> PlateauState:
+        """The schedule's state after this decision."""
+        return PlateauState(self.phase, self.best_metric, self.bad_epochs)
 
 
 def plateau_step(phase: int, best_metric: float, bad_epochs: int, metric: float, *,

@@ -57,6 +57,18 @@ def make_mesh(devices: Any = None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+def local_mesh(devices: Any = None) -> Mesh:
+    """A 1-D data-parallel mesh over this process's devices (inference: every process works on
+    its own share of the inputs, so no computation spans hosts)."""
+    devices = jax.local_devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicate_local(tree: Any, mesh: Mesh) -> Any:
+    """Places a pytree on every device of a process-local mesh (see `local_mesh`)."""
+    return jax.device_put(tree, replicated(mesh))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """The sharding of parameters and optimizer state: a full copy on every device."""
     return NamedSharding(mesh, P())

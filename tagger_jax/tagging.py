@@ -1,192 +1,107 @@
 """Tagging audio files with a trained or imported model: track-level tags and taggrams.
 
-For each input the track-level probabilities follow the paper's protocol (the mean of the sigmoid
-outputs of 16 evenly spaced chunks, as `evaluate` computes them), and the taggram is the per-chunk
-probabilities over time: the same 16 chunks by default, or sliding windows every `hop_s` seconds.
-Chunks of many files share fixed-size device batches (one compilation); files are decoded in a
-thread pool while the device works. A broken file becomes an entry with an `error` and never stops
-the others.
+A thin consumer of `tagger_jax.inference`: windows of many files share fixed-size batches split
+over the local devices, files are read ahead in threads, and a file's track-level probabilities
+are `inference.track_probabilities` of its windows (the same numbers `explain` reports). By
+default the windows cover the whole track (a window every `hop_s` seconds, default one window
+length, the last one ending at the end of the track); `windows=PAPER` uses the paper's 16 evenly
+spaced chunks. The taggram is the per-window probabilities over time. A broken file becomes an
+entry with an `error` and never stops the others.
+
+With several processes (`jax.distributed`), each process tags its share of the files and writes
+its results to its own part file next to the output; process 0 merges them (`merge_parts`).
 """
 from __future__ import annotations
 
-import concurrent.futures
-import dataclasses
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from tagger_jax import audio, chunking, outputs
-from tagger_jax.checkpoint import LoadedModel
-from tagger_jax.evaluation import make_predict_fn
-
-INPUT_SUFFIXES = audio.INPUT_SUFFIXES
+from tagger_jax import audio, inference, outputs
+from tagger_jax.inference import COVER, PAPER, WindowPlan  # noqa: F401 (re-exported)
 
 
 def collect_inputs(paths: Iterable[str | os.PathLike],
                    skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
-    """Files named directly (whatever their suffix: they fail later with a clear error if they are
-    not audio) plus the inputs `audio.scan_inputs` finds in named directories; the files it
-    leaves out, with the reason, are appended to `skipped` if given."""
-    found, left_out = audio.scan_inputs(paths)
-    if skipped is not None:
-        skipped.extend(left_out)
-    return found
-
-
-@dataclasses.dataclass
-class _Prepared:
-    """One decoded input cut into chunks: the first `num_eval` are the paper's 16 chunks."""
-
-    index: int
-    chunks: np.ndarray  # (n, *example_shape)
-    num_eval: int
-    taggram_starts: np.ndarray  # start of each taggram chunk, in time steps (frames or samples)
-    taggram_rows: np.ndarray  # which rows of `chunks` form the taggram
-    seconds_per_step: float
-    duration_s: float
-    warnings: list[str]
-    audio_warnings: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Files named directly plus the inputs found recursively in named directories
+    (`inference.discover`, deciding by `audio.scan_inputs`), in order, without duplicates; files
+    left out are appended to `skipped` with the reason, if given."""
+    return [p for p, _ in inference.discover(paths, skipped)]
 
 
 class Tagger:
-    """Batched inference for one loaded model; reuse it for many calls (compiles once)."""
+    """Batched, sharded tagging for one loaded model; reuse it for many calls (compiles once)."""
 
-    def __init__(self, loaded: LoadedModel, batch_size: int = 64):
+    def __init__(self, loaded, batch_size: int = 64, devices: Sequence[Any] | None = None):
+        self.engine = inference.Engine(loaded, batch_size=batch_size, devices=devices)
         self.loaded = loaded
-        self.batch_size = int(batch_size)
-        self.features = audio.features_from_config(loaded.config.get("features"))
-        self.waveform = loaded.config.model.get("architecture", "pons_won") == "lee_won"
-        self.chunk = chunking.WAVEFORM_CHUNK if self.waveform else self.features.chunk_frames
-        self._predict = make_predict_fn(loaded.model)  # memoised: one compilation per model
 
-    @property
-    def seconds_per_step(self) -> float:
-        if self.waveform:
-            return 1.0 / self.features.sample_rate
-        return self.features.hop_length / self.features.sample_rate
-
-    def prepare(self, index: int, path: Path, hop_s: float | None) -> _Prepared:
-        """Decodes one input and cuts its chunks (runs in worker threads)."""
-        # No `warnings` machinery here: catch_warnings is not thread-safe. The note goes into the
-        # result (and the CLI prints it).
-        x, audio_notes = audio.read_input(path, self.features, waveform=self.waveform)
-        steps = x.shape[-1]
-        x, padded = chunking.pad_to_length(x, self.chunk)
-        notes = [f"{audio.display_path(path)}: only {steps} time steps, shorter than one chunk of {self.chunk}; the "
-                 "clip was repeated to fill the chunk"] if padded else []
-        eval_starts = chunking.eval_chunk_starts(x.shape[-1], self.chunk, self.features.eval_chunks)
-        if hop_s is None:
-            starts, rows = eval_starts, np.arange(len(eval_starts))
-            extra = np.empty((0,), np.int64)
-        else:
-            hop = max(1, int(round(hop_s / self.seconds_per_step)))
-            extra = chunking.sliding_window_starts(x.shape[-1], self.chunk, min(hop, self.chunk))
-            starts, rows = extra, len(eval_starts) + np.arange(len(extra))
-        chunks = np.stack([x[..., s:s + self.chunk] for s in np.concatenate([eval_starts, extra])])
-        return _Prepared(index, chunks.astype(np.float32), len(eval_starts), starts, rows,
-                         self.seconds_per_step, steps * self.seconds_per_step, notes,
-                         audio_notes)
-
-    def _run(self, chunks: np.ndarray) -> np.ndarray:
-        """Sigmoid outputs for (n, ...) chunks, in fixed-size batches (last one zero-padded)."""
-        out = []
-        for start in range(0, len(chunks), self.batch_size):
-            part = chunks[start:start + self.batch_size]
-            pad = self.batch_size - len(part)
-            if pad:
-                part = np.concatenate([part, np.zeros((pad,) + part.shape[1:], part.dtype)])
-            probs = self._predict(self.loaded.variables, jnp.asarray(part))
-            out.append(np.asarray(probs)[:len(part) - pad])
-        return np.concatenate(out) if out else np.zeros((0, len(self.loaded.tags)), np.float32)
-
-    def tag(self, paths: Sequence[Path], *, hop_s: float | None = None, top_k: int = 5,
-            progress: bool = True, num_threads: int | None = None,
+    def tag(self, paths: Sequence[str | os.PathLike], *, hop_s: float | None = None,
+            windows: str = COVER, num_chunks: int = 16, top_k: int = 5, progress: bool = True,
             on_result: Callable[[dict], None] | None = None) -> list[dict]:
         """One result dict per path, in order; errors are results with an `error` field."""
-        if hop_s is not None and hop_s <= 0:
-            raise ValueError(f"--hop must be positive, got {hop_s}")
-        results: list[dict | None] = [None] * len(paths)
-        threads = num_threads or min(8, (os.cpu_count() or 2))
-        bar = tqdm(total=len(paths), unit="file", desc="tagging", disable=not progress,
+        plan = WindowPlan(windows, hop_s, num_chunks)
+        plan.hop_steps(self.engine.geometry)  # a hop longer than a window fails once, here
+        paths = [Path(p) for p in paths]
+        items = [inference.Input(key=str(i), name=audio.display_path(p),
+                                 load=lambda p=p: self.engine.read_checked(p),
+                                 fingerprint=inference.file_fingerprint(p))
+                 for i, p in enumerate(paths)]
+        results: list[dict | None] = [None] * len(items)
+        bar = tqdm(total=len(items), unit="file", desc="tagging", disable=not progress,
                    file=sys.stderr)
-        pending: list[_Prepared] = []
 
-        def flush():
-            if not pending:
-                return
-            probs = self._run(np.concatenate([p.chunks for p in pending]))
-            offset = 0
-            for p in pending:
-                mine = probs[offset:offset + len(p.chunks)]
-                offset += len(p.chunks)
-                results[p.index] = self._result(paths[p.index], p, mine, top_k)
-                if on_result:
-                    on_result(results[p.index])
-                bar.update(1)
-            pending.clear()
+        def emit(index: int, result: dict) -> None:
+            results[index] = result
+            if on_result:
+                on_result(result)
+            bar.update(1)
 
-        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            # A bounded window of files in flight keeps host memory flat on long lists.
-            for i, prepared in _prepare_ahead(pool, self.prepare, paths, hop_s, 2 * threads):
-                if isinstance(prepared, _Prepared):
-                    pending.append(prepared)
-                else:
-                    results[i] = {"file": audio.display_path(paths[i]),
-                                  "error": _message(paths[i], prepared)}
-                    if on_result:
-                        on_result(results[i])
-                    bar.update(1)
-                if sum(len(p.chunks) for p in pending) >= self.batch_size:
-                    flush()
-            flush()
-        bar.close()
+        def done(p: inference.Prepared, out: dict) -> None:
+            emit(int(p.item.key), self.result(p, out["probabilities"], plan, top_k))
+
+        def failed(item: inference.Input, error: BaseException) -> None:
+            emit(int(item.key), {"file": item.name, "error": message(item.name, error)})
+
+        try:
+            self.engine.run(items, plan, self.engine.predict_fn(), done, failed)
+        finally:
+            bar.close()
         return [r for r in results if r is not None]
 
-    def _result(self, path: Path, p: _Prepared, probs: np.ndarray, top_k: int) -> dict:
-        tags = list(self.loaded.tags)
-        track = probs[:p.num_eval].mean(axis=0)
-        order = np.argsort(-track)[:top_k]
+    def result(self, p: inference.Prepared, window_probs: np.ndarray, plan: WindowPlan,
+               top_k: int) -> dict:
+        """The JSON-ready result of one input from its per-window probabilities."""
+        geom = self.engine.geometry
+        tags = list(self.engine.tags)
+        track = inference.track_probabilities(window_probs)
         result: dict[str, Any] = {
-            "file": audio.display_path(path),
+            "file": p.item.name,
             "tags": tags,
             "probabilities": [round(float(v), 6) for v in track],
-            "top_tags": [{"tag": tags[k], "probability": round(float(track[k]), 6)}
-                         for k in order],
-            "duration_s": round(p.duration_s, 3),
-            "chunk_seconds": round(self.chunk * p.seconds_per_step, 3),
-            "chunk_starts_s": [round(float(s) * p.seconds_per_step, 3) for s in p.taggram_starts],
-            "chunk_probabilities": np.round(probs[p.taggram_rows], 6).tolist(),
+            "top_tags": inference.top_tags(track, tags, top_k),
+            "duration_s": round(p.length * geom.step_s, 3),
+            **plan.describe(),
+            "chunk_seconds": round(geom.chunk_s, 3),
+            "chunk_starts_s": [round(float(s) * geom.step_s, 3) for s in p.starts],
+            "chunk_probabilities": np.round(window_probs, 6).tolist(),
         }
-        if p.warnings:
-            result["warnings"] = p.warnings
-        if p.audio_warnings:  # {code: message}, docs/audio.md
-            result["audio_warnings"] = p.audio_warnings
+        if p.notes:
+            result["warnings"] = list(p.notes)
+        if p.warnings:  # {code: message}, docs/audio.md
+            result["audio_warnings"] = dict(p.warnings)
         return result
 
 
-def _prepare_ahead(pool: concurrent.futures.Executor, prepare: Callable, paths: Sequence[Path],
-                   hop_s: float | None, window: int) -> Iterator[tuple[int, Any]]:
-    """(index, _Prepared or the input's error) in input order, at most `window` files in flight."""
-    futures: dict[int, concurrent.futures.Future] = {}
-    for i in range(len(paths)):
-        futures[i] = pool.submit(prepare, i, Path(paths[i]), hop_s)
-        while len(futures) >= window or (i == len(paths) - 1 and futures):
-            j = min(futures)
-            try:
-                yield j, futures.pop(j).result()
-            except (audio.InputError, OSError, ValueError) as e:
-                yield j, e
-
-
-def _message(path: Path, error: Exception) -> str:
-    text, name = str(error), audio.display_path(path)
+def message(name: str, error: BaseException) -> str:
+    """One line naming the input: the error's text, prefixed by `name` unless it has it."""
+    text = str(error) or type(error).__name__
     return text if text.startswith(name) else f"{name}: {text}"
 
 
@@ -216,12 +131,46 @@ class ResultStore:
             write_json(self.results, self.output)
 
 
-def finished_results(output: Path) -> list[dict]:
-    """Successful results of an earlier run, for `--resume` (failed inputs are tried again)."""
+def part_path(output: Path, process: int) -> Path:
+    """Where process `process` of a multi-process run keeps its results before the merge."""
+    return output.with_name(f"{output.name}.part{process}")
+
+
+def _read_results(path: Path) -> list[dict]:
     try:
-        data = json.loads(output.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{output}: cannot resume from it ({e})") from None
+        raise ValueError(f"{path}: cannot resume from it ({e})") from None
     if not isinstance(data, list):
-        raise ValueError(f"{output}: cannot resume: expected a JSON list of results")
-    return [r for r in data if isinstance(r, dict) and "error" not in r and "file" in r]
+        raise ValueError(f"{path}: cannot resume: expected a JSON list of results")
+    return [r for r in data if isinstance(r, dict) and "file" in r]
+
+
+def finished_results(output: Path) -> list[dict]:
+    """Successful results of earlier runs, for `--resume` (failed inputs are tried again): the
+    output file and the part files any process of an interrupted multi-process run left."""
+    found: dict[str, dict] = {}
+    sources = [output] if output.exists() else []
+    sources += sorted(output.parent.glob(f"{output.name}.part*"))
+    for path in sources:
+        for r in _read_results(path):
+            if "error" not in r:
+                found.setdefault(r["file"], r)
+    return list(found.values())
+
+
+def merge_parts(output: Path, order: Sequence[str], processes: int) -> list[dict]:
+    """Process 0 after all processes finished: the parts' results (and those already in the
+    output) in input order, written to `output`; the part files are removed."""
+    by_file: dict[str, dict] = {}
+    parts = [part_path(output, i) for i in range(processes)]
+    for path in ([output] if output.exists() else []) + [p for p in parts if p.exists()]:
+        for r in _read_results(path):
+            if r["file"] not in by_file or "error" in by_file[r["file"]]:
+                by_file[r["file"]] = r
+    rank = {name: i for i, name in enumerate(order)}
+    merged = sorted(by_file.values(), key=lambda r: rank.get(r["file"], len(rank)))
+    write_json(merged, output)
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return merged

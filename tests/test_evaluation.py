@@ -419,13 +419,15 @@ def test_end_to_end_matches_direct_computation(synth_tags, tiny_variables, tmp_p
     for name in ("metrics.csv", "metrics.png"):
         assert (tmp_path / "chunks" / name).stat().st_size > 0
 
-    # Full-track mode on the same split: 256-frame windows with hop 128 plus one at the end.
+    # Full-track mode on the same split: 256-frame windows every 2.048 s (128 frames) plus one at
+    # the end.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ev.UndefinedMetricWarning)
         assert command.main(["--checkpoint", str(workdir / "best_model"), "--mode", "full",
-                             "--hop", "128", "--out", str(tmp_path / "full")]) == 0
+                             "--hop", "2.048", "--out", str(tmp_path / "full")]) == 0
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert full["mode"] == "full" and full["num_clips"] == 5 and full["hop"] == 128
+    assert full["hop_s"] == 2.048  # --hop is in seconds: 2.048 s = 128 frames of 16 ms
     mel = source[4]["mel"].astype(np.float32)  # 448 frames: windows at 0, 128 and 192
     x = np.stack([mel[:, s:s + 256] for s in (0, 128, 192)])
     x = np.concatenate([x, np.zeros((5, 96, 256), np.float32)])

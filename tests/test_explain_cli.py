@@ -131,7 +131,7 @@ def test_second_run_does_no_work_twice(setup, first_run, monkeypatch, capsys):
     def no_loading(*args, **kwargs):
         raise AssertionError("an input was loaded again")
 
-    monkeypatch.setattr(runner, "_prepare", no_loading)
+    monkeypatch.setattr(runner.inference, "prepare", no_loading)
     rc = explain("--checkpoint", str(model_dir), str(inputs), "--out", str(out), "--methods",
                  METHODS, "--top-k", "2", "--batch-size", "4")
     assert rc == 1

@@ -228,3 +228,48 @@ def test_batch_norm_follows_pytorch_with_small_batches():
     np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 + 0.1 * x64.var(0, ddof=1),
                                rtol=1e-5)
     np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.1 * x64.mean(0), rtol=1e-5)
+
+
+def test_bfloat16_explanations_deviate_boundedly():
+    """bfloat16 inference: every explanation map stays near float32 (benchmarks/mixed_precision.py
+    measures the paper model; docs/benchmarks.md has the table). Small model, loose bounds."""
+    from benchmarks.mixed_precision import OUTPUTS, deviations
+
+    cfg = dict(architecture="pons_won", conv_channels=2, attention_channels=32,
+               attention_layers=2, attention_heads=4, intermediate=64, cls_token="fixed",
+               positions="sinusoidal")
+    x = np.random.default_rng(4).normal(size=(2, 96, 32)).astype(np.float32)
+    variables = jax.jit(build_model(cfg, 50).init)(jax.random.PRNGKey(0), x)
+    tags = np.array([[1, 7], [3, 40]], np.int32)
+    dev = deviations(cfg, variables, x, tags, ig_steps=2)
+    assert set(dev) == set(OUTPUTS)
+    for name in ("probabilities", "attention", "rollout", "contribution"):  # all in [0, 1]
+        assert 0 < dev[name]["max_abs_dev"] < 0.05, (name, dev[name])
+    for name in ("grad_x_input", "integrated_gradients"):  # input units: relative deviation
+        assert 0 < dev[name]["relative"] < 0.25, (name, dev[name])
+
+
+def test_vertical_convolutions_forward_and_gradient_match_both_formulations():
+    """The custom VJP (direct 2-D conv forward, row-gather backward) is one linear map."""
+    from tagger_jax.models.frontends import (_vertical_direct, _vertical_gather,
+                                             vertical_convolutions)
+
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 12, 10)), jnp.float32)
+    kernels = tuple(jnp.asarray(rng.normal(size=(5, w, 1, f)), jnp.float32)
+                    for w, f in ((3, 2), (1, 4)))
+    x64 = np.asarray(x, np.float64)
+    expected = np.concatenate([ref.conv2d_valid_freq_same_time(
+        x64[:, None], np.asarray(k, np.float64).transpose(3, 2, 0, 1), np.zeros(k.shape[-1])
+    ).transpose(0, 2, 3, 1) for k in kernels], -1)  # (B, rows, T, sum f), float64
+    got = vertical_convolutions(x, kernels)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(got, _vertical_gather(x, kernels), atol=1e-5)
+
+    def loss(f):
+        return lambda x, ks: jnp.sum(jnp.sin(f(x, ks)))
+    custom = jax.grad(loss(vertical_convolutions), argnums=(0, 1))(x, kernels)
+    for f in (_vertical_gather, _vertical_direct):
+        plain = jax.grad(loss(f), argnums=(0, 1))(x, kernels)
+        for a, b in zip(jax.tree_util.tree_leaves(custom), jax.tree_util.tree_leaves(plain)):
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)

@@ -80,7 +80,7 @@ def _steps(workdir: Path) -> list[int]:
 
 
 def _restore_state(workdir: Path, step: int) -> dict:
-    from tagger_jax.train_lib import read_checkpoint
+    from tagger_jax.checkpointing import read_checkpoint
 
     return read_checkpoint(workdir / "checkpoints", step)
 

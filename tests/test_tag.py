@@ -70,7 +70,11 @@ def test_cli_tags_good_files_and_reports_broken_ones(model_dir, inputs, tmp_path
         assert r["tags"] == TAGS and len(r["probabilities"]) == len(TAGS)
         assert len(r["top_tags"]) == 3
         assert np.all((np.array(r["probabilities"]) > 0) & (np.array(r["probabilities"]) < 1))
-        assert len(r["chunk_starts_s"]) == len(r["chunk_probabilities"]) == 16
+        # Default: windows of 64 frames every 64 frames, the last one ending at the end.
+        assert len(r["chunk_starts_s"]) == len(r["chunk_probabilities"])
+        assert r["windows"] == "cover" and r["chunk_starts_s"][0] == 0.0
+        end = r["chunk_starts_s"][-1] + r["chunk_seconds"]
+        assert end == pytest.approx(max(r["duration_s"], r["chunk_seconds"]), abs=0.02)
     assert "warnings" in results["short.npy"]  # padded by the documented rule
     for name, words in (("wrong_shape.npy", "shape (64, 300)"), ("empty.mp3", "empty"),
                         ("corrupt.ogg", "decode")):
@@ -86,9 +90,10 @@ def test_track_probabilities_follow_the_paper_protocol(loaded, inputs):
     starts = 0 + np.arange(16) * ((300 - 64) // 16)
     x = np.stack([spec[:, s:s + 64] for s in starts])
     expected = np.asarray(jax.nn.sigmoid(loaded.model.apply(loaded.variables, x))).mean(0)
-    [r] = tagging.Tagger(loaded, batch_size=8).tag([inputs / "spec.npy"], progress=False)
+    [r] = tagging.Tagger(loaded, batch_size=8).tag([inputs / "spec.npy"], windows="paper",
+                                                   progress=False)
     np.testing.assert_allclose(r["probabilities"], expected, atol=2e-6)
-    # The default taggram is the same 16 chunks.
+    # The taggram is the same 16 chunks.
     np.testing.assert_allclose(r["chunk_starts_s"], np.round(starts * 256 / 16000, 3))
 
 
@@ -100,6 +105,18 @@ def test_batching_does_not_change_results(loaded, inputs):
     for a, b in zip(together, alone):
         np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-6)
         np.testing.assert_allclose(a["chunk_probabilities"], b["chunk_probabilities"], atol=1e-6)
+
+
+def test_default_windows_cover_the_whole_track(loaded, inputs):
+    """Default: windows at 0, 64, ..., plus one ending at frame 300; track = their mean."""
+    spec = np.load(inputs / "spec.npy")
+    starts = [0, 64, 128, 192, 236]
+    x = np.stack([spec[:, s:s + 64] for s in starts])
+    probs = np.asarray(jax.nn.sigmoid(loaded.model.apply(loaded.variables, x)))
+    [r] = tagging.Tagger(loaded, batch_size=4).tag([inputs / "spec.npy"], progress=False)
+    np.testing.assert_allclose(r["chunk_probabilities"], probs, atol=2e-6)
+    np.testing.assert_allclose(r["probabilities"], probs.mean(0), atol=2e-6)
+    np.testing.assert_allclose(r["chunk_starts_s"], np.round(np.array(starts) * 256 / 16000, 3))
 
 
 def test_hop_gives_sliding_window_taggram(loaded, inputs):

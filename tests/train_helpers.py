@@ -10,7 +10,7 @@ import numpy as np
 
 from tagger_jax import input_pipeline
 from tagger_jax.config_base import base_config
-from tagger_jax.train_lib import TrainData
+from tagger_jax.train_data import TrainData
 
 NUM_TAGS = 4
 TAGS = tuple(f"tag{k}" for k in range(NUM_TAGS))

@@ -23,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("chunks", "full"), default="chunks",
                         help="'chunks': mean of 16 evenly spaced 256-frame chunks per clip (the "
                              "paper); 'full': mean over sliding windows covering the whole track")
-    parser.add_argument("--hop", type=int, default=None,
-                        help="sliding-window hop in frames for --mode full (default: the input "
-                             "pipeline's)")
+    parser.add_argument("--hop", type=float, default=None, metavar="SECONDS",
+                        help="seconds between window starts in --mode full (default: one window; "
+                             "the last window ends at the end of the track)")
     parser.add_argument("--num-chunks", type=int, default=None,
                         help="chunks per clip in --mode chunks (default: config, 16)")
     parser.add_argument("--out", default=None,
@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
         evaluate_checkpoint(args.workdir or args.checkpoint, dataset=args.dataset,
                             split=args.split, data_dir=args.data_dir,
                             builder_config=args.builder_config, mode=args.mode, out_dir=args.out,
-                            batch_size=args.batch_size, num_chunks=args.num_chunks, hop=args.hop)
-    except (CheckpointError, EvaluationError) as e:
+                            batch_size=args.batch_size, num_chunks=args.num_chunks, hop_s=args.hop)
+    except (CheckpointError, EvaluationError, ValueError) as e:
         from tagger_jax import errors
 
         print(f"error: {e}", file=sys.stderr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tagger_jax.commands._inference_args import add_window_arguments, window_plan
+
 HELP = ("Explain a model's tags: the paper's attention and tag-wise contribution heat maps and "
         "gradient saliency, as NPZ + PNG + JSON per input and an index.html for the run.")
 
@@ -37,10 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated tag names to explain (default: the top-k predicted "
                              "per input)")
     parser.add_argument("--top-k", type=int, default=3, help="tags explained per input (default 3)")
-    parser.add_argument("--hop", type=int, default=None,
-                        help="window hop for long tracks, in frames (samples for lee_won); "
-                             "default: one chunk (no overlap except the last window)")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per device batch")
+    add_window_arguments(parser, batch_size=8)
     parser.add_argument("--ig-steps", type=int, default=32,
                         help="integrated-gradients trapezoid intervals (default 32)")
     parser.add_argument("--ig-baseline", choices=("min", "zeros"), default="min",
@@ -60,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tagger_jax import sharding
+
+    sharding.maybe_initialize_distributed()  # before anything touches the JAX backend
     from tagger_jax.checkpoint import CheckpointError, load_model
     from tagger_jax.explain import methods as M
     from tagger_jax.explain import runner
@@ -77,9 +79,11 @@ def run(args: argparse.Namespace) -> int:
     if methods == ("all",):
         methods = M.METHODS
     try:
+        plan = window_plan(args)
         loaded = load_model(args.checkpoint or args.workdir)
         options = runner.ExplainOptions(
-            methods=tuple(methods), tags=tuple(args.tags), top_k=args.top_k, hop=args.hop,
+            methods=tuple(methods), tags=tuple(args.tags), top_k=args.top_k, hop=plan.hop_s,
+            windows=plan.windows, num_chunks=plan.num_chunks,
             ig_steps=args.ig_steps, ig_baseline=args.ig_baseline, target=args.target,
             layer=args.layer, plot=not args.no_plot, batch_size=args.batch_size,
             retry_failed=args.retry_failed)
@@ -90,9 +94,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             items = runner.file_items(loaded, args.inputs)
         if args.two_clip:
-            chunk = (runner.chunking.WAVEFORM_CHUNK if runner._is_waveform_model(loaded)
-                     else int(loaded.config.features.chunk_frames))
-            items = runner.two_clip_items(items, chunk)
+            items = runner.two_clip_items(items, runner._engine(loaded, 1).geometry.chunk)
         if not items:
             return error("no inputs found")
         result = runner.explain_inputs(loaded, items, args.out, options,
@@ -101,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         from tagger_jax import errors
 
         return error(str(e), errors.exit_status(e, default=errors.USAGE))
-    print(f"index: {result.index}")
+    if result.index is not None:
+        print(f"index: {result.index}")
     return 1 if result.failed else 0
 
 

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tagger_jax.commands._inference_args import add_window_arguments, window_plan
+
 HELP = "tag audio files with a trained or imported model (track-level tags and taggrams)"
 
 
@@ -15,66 +17,81 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="model directory (from import-authors or training) or a workdir")
     parser.add_argument("--top-k", type=int, default=5, help="tags listed per file (default 5)")
-    parser.add_argument("--hop", type=float, default=None, metavar="SECONDS",
-                        help="taggram from sliding windows every SECONDS (default: the paper's "
-                             "16 evenly spaced chunks)")
+    add_window_arguments(parser, batch_size=64)
     parser.add_argument("--output", type=Path, default=None, metavar="FILE.json",
                         help="write all results as a JSON list (updated as files finish)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the successful results already in --output, tag the rest")
-    parser.add_argument("--batch-size", type=int, default=64, help="chunks per device batch")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     import contextlib
 
-    from tagger_jax import outputs
+    from tagger_jax import outputs, sharding
+
+    if args.output is not None:  # checked before any work (errors.OUTPUT)
+        args.output = outputs.check_output_file(args.output)
+    sharding.maybe_initialize_distributed()  # before anything touches the JAX backend
+    import jax
 
     if args.top_k < 1:
-        print("error: --top-k must be at least 1", file=sys.stderr)
-        return 2
+        return _error("--top-k must be at least 1")
     if args.resume and args.output is None:
-        print("error: --resume needs --output", file=sys.stderr)
-        return 2
+        return _error("--resume needs --output")
+    process, processes = jax.process_index(), jax.process_count()
+    if processes > 1 and args.output is None:
+        return _error("a multi-process run needs --output (each process writes its share)")
     with contextlib.ExitStack() as stack:
-        if args.output is not None:  # checked and locked before any work: see tagger_jax.outputs
-            args.output = outputs.check_output_file(args.output)
-            stack.enter_context(outputs.exclusive(args.output, "output file"))
-        return _run(args)
+        if args.output is not None:  # one writer per file: a second run refuses (errors.BUSY)
+            from tagger_jax import tagging
+
+            mine = args.output if process == 0 else tagging.part_path(args.output, process)
+            stack.enter_context(outputs.exclusive(mine, "output file"))
+        return _run(args, process, processes)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from tagger_jax import audio, checkpoint, errors, tagging
+def _error(msg: str, status: int = 2) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return status
 
+
+def _run(args: argparse.Namespace, process: int, processes: int) -> int:
+    from tagger_jax import audio, checkpoint, errors, inference, tagging
+
+    error = _error
     try:
+        plan = window_plan(args)
         loaded = checkpoint.load_model(args.checkpoint)
         done = (tagging.finished_results(args.output)
-                if args.resume and args.output.exists() else [])
+                if args.resume and args.output is not None else [])
     except (checkpoint.CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return errors.exit_status(e, default=errors.USAGE)
+        return error(str(e), errors.exit_status(e, default=errors.USAGE))
     finished = {r["file"] for r in done}
     skipped: list = []
-    paths = [p for p in tagging.collect_inputs(args.inputs, skipped)
-             if audio.display_path(p) not in finished]
-    for path, why in skipped:
-        print(f"skipped: {audio.display_path(path)}: {why}", file=sys.stderr)
-    if not paths and not done:
-        print("error: no input files found" + (f" ({len(skipped)} files skipped, listed above)"
-                                                if skipped else ""), file=sys.stderr)
-        return 2
-    store = tagging.ResultStore(args.output, done)
-    tagger = tagging.Tagger(loaded, batch_size=args.batch_size)
+    every = [str(p) for p in tagging.collect_inputs(args.inputs, skipped)]
+    if process == 0:
+        for path, why in skipped:
+            print(f"skipped: {audio.display_path(path)}: {why}", file=sys.stderr)
+    if not every:
+        return error("no input files found" + (f" ({len(skipped)} files skipped, listed above)"
+                                                if skipped else ""))
+    names = [audio.display_path(p) for p in every]  # results' "file" (docs/audio.md)
+    todo = inference.process_share([p for p, n in zip(every, names) if n not in finished])
+    output = args.output
+    if processes > 1:
+        output = tagging.part_path(args.output, process)
+        done = []  # process 0 merges what was kept with every part
+    store = tagging.ResultStore(output, done)
     try:
-        results = tagger.tag(paths, hop_s=args.hop, top_k=args.top_k, progress=not args.quiet,
-                             on_result=store.add)
+        tagger = tagging.Tagger(loaded, batch_size=args.batch_size)
+        results = tagger.tag(todo, hop_s=plan.hop_s, windows=plan.windows,
+                             num_chunks=plan.num_chunks, top_k=args.top_k,
+                             progress=not args.quiet and process == 0, on_result=store.add)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error(str(e))
     finally:
         store.close()
-    failed = [r for r in results if "error" in r]
     for r in results:
         if "error" in r:
             continue
@@ -82,10 +99,17 @@ def _run(args: argparse.Namespace) -> int:
             print(f"warning: {note}", file=sys.stderr)
         top = ", ".join(f"{t['tag']} {t['probability']:.2f}" for t in r["top_tags"])
         print(f"{r['file']}: {top}")
-    if done:
-        print(f"{len(done)} files kept from {args.output}", file=sys.stderr)
+    if processes > 1:
+        inference.barrier("tag-results-written")
+        if process != 0:
+            return 1 if any("error" in r for r in results) else 0
+        results = [r for r in tagging.merge_parts(args.output, names, processes)
+                   if r["file"] not in finished]
+    if done or finished:
+        print(f"{len(finished)} files kept from {args.output}", file=sys.stderr)
     if args.output is not None:
         print(f"results written to {args.output}", file=sys.stderr)
+    failed = [r for r in results if "error" in r]
     if failed:
         print(f"{len(failed)} of {len(results)} inputs failed:", file=sys.stderr)
         for r in failed:

@@ -4,88 +4,163 @@
         [--set train.batch_size=64 --set model.dtype=bfloat16]
 
 `--set KEY=VALUE` is the absl form `--config.KEY=VALUE` of train.py, parsed by the same
-ml_collections machinery (values are converted to the field's type). Running the same command in
-the same workdir resumes; see docs/training.md.
+ml_collections machinery (values are converted to the field's type); an unknown field is one
+error line and exit status 2. `--config` also takes a workdir's saved config (WORKDIR/config.json
+or WORKDIR). `--list-config` prints every field with its default and comment (config_base.py).
+Running the same command in the same workdir resumes; see docs/training.md.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
+
+# Exit statuses of the documented training failures (the project's table of exit statuses:
+# 2 usage/config, 3 unreadable checkpoint, 5 busy, 7 non-finite loss).
+EXIT_STATUS = {"ConfigMismatchError": 2, "CorruptCheckpointError": 3, "LockedError": 5,
+               "NonFiniteLossError": 7}
 
 HELP = ("Train a tagger from a config file (resumes in an existing workdir): validation ROC-AUC "
         "every epoch, best model exported to WORKDIR/best_model, test ROC-AUC at the end.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True,
-                        help="config file defining get_config(), e.g. configs/synthetic_cpu.py")
-    parser.add_argument("--workdir", required=True,
+    parser.add_argument("--config",
+                        help="config file defining get_config(), e.g. configs/synthetic_cpu.py; or "
+                             "a workdir's saved config (WORKDIR/config.json, or WORKDIR itself)")
+    parser.add_argument("--workdir",
                         help="directory for checkpoints, metrics and the exported model; "
                              "rerunning with the same workdir resumes")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE",
                         help="override a config field, e.g. --set train.batch_size=64 "
                              "(repeatable; as --config.train.batch_size=64 of train.py)")
+    parser.add_argument("--list-config", action="store_true",
+                        help="print every config field with its default and meaning (with "
+                             "--config: that config's values) and exit")
+
+
+def _field_names(config: Any, prefix: str = "") -> set[str]:
+    names = set()
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            names |= _field_names(value, f"{prefix}{key}.")
+        else:
+            names.add(f"{prefix}{key}")
+    return names
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Any:
-    """The config of `path` with `KEY=VALUE` overrides applied, via ml_collections' flag parser."""
+    """The config of `path` with `KEY=VALUE` overrides applied, via ml_collections' flag parser.
+
+    `path` is a Python config file defining get_config(), or a stored config: a workdir's
+    config.json (or the workdir), merged over config_base.base_config(). Raises ValueError (one
+    line) on a malformed or unknown override, FileNotFoundError on a missing file.
+    """
     from absl import flags
     from ml_collections import config_flags
 
-    argv = ["tagger-jax", f"--config={path}"]
+    from tagger_jax import workdir
+
+    keys = []
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        argv.append(f"--config.{item}")
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "config file", flag_values=flag_values,
-                                    lock_config=True, sys_argv=argv)
-    if not os.path.isfile(os.path.expanduser(path)):
-        raise FileNotFoundError(f"no such config file: {path}")
-    try:
+        keys.append(item.split("=", 1)[0])
+    expanded = Path(path).expanduser()
+    if expanded.is_dir() or expanded.suffix == ".json":
+        stored, extra = workdir.read_config(expanded)
+        if extra:
+            print(f"note: {expanded}: fields not defined in config_base.py, kept as stored: "
+                  f"{', '.join(extra)}", file=sys.stderr)
+
+        def define(flag_values, argv):
+            config_flags.DEFINE_config_dict("config", stored, "stored config",
+                                            flag_values=flag_values, lock_config=True,
+                                            sys_argv=argv)
+        argv = ["tagger-jax"]
+    else:
+        if not expanded.is_file():
+            raise FileNotFoundError(f"no such config file: {path}")
+
+        def define(flag_values, argv):
+            config_flags.DEFINE_config_file("config", None, "config file",
+                                            flag_values=flag_values, lock_config=True,
+                                            sys_argv=argv)
+        argv = ["tagger-jax", f"--config={path}"]
+
+    def parse(argv):
+        flag_values = flags.FlagValues()
+        define(flag_values, argv)
         flag_values(argv)
-    except (AttributeError, KeyError) as e:
-        keys = ", ".join(item.split("=", 1)[0] for item in overrides)
-        raise ValueError(f"unknown config field in --set {keys} ({e}); every field is listed in "
-                         "tagger_jax/config_base.py") from None
-    config = flag_values.config
-    config.model  # an unreadable config file raises here, with the file's own error
-    return config
+        config = flag_values.config
+        config.model  # an unreadable config file raises here, with the file's own error
+        return config
+
+    if keys:
+        unknown = [k for k in keys if k not in _field_names(parse(argv))]
+        if unknown:
+            raise ValueError(f"unknown config field {', '.join(unknown)}; "
+                             "`tagger-jax train --list-config` lists every field")
+    try:
+        return parse(argv + [f"--config.{item}" for item in overrides])
+    except (AttributeError, KeyError) as e:  # a section given a value, etc.
+        raise ValueError(f"bad override in {', '.join(keys)} ({e})") from None
+
+
+def list_config(config: Any = None) -> str:
+    """Every field: `name = value  # comment`, with the default noted where `config` differs."""
+    from tagger_jax.config_base import field_docs
+
+    docs = field_docs()
+    width = max(len(f"{d.name} = {d.default!r}") for d in docs)
+    lines = []
+    for d in docs:
+        value = d.default
+        if config is not None:
+            section, field = d.name.split(".", 1)
+            value = config[section][field] if field in config[section] else d.default
+        text = f"{d.name} = {value!r}"
+        note = f"  (default {d.default!r})" if value != d.default else ""
+        lines.append(f"{text:<{width}}  # {d.comment}{note}")
+    return "\n".join(lines)
 
 
 def run_training(config: Any, workdir: str) -> int:
     """Trains with `config` in `workdir` and prints the outcome; the process exit status."""
-    from tagger_jax import train_lib
+    from tagger_jax import train_lib, validation
 
     try:
         summary = train_lib.train_and_evaluate(config, workdir)
-    except train_lib.ConfigMismatchError as e:
+    except (train_lib.ConfigMismatchError, train_lib.WorkdirBusyError,
+            train_lib.CorruptCheckpointError, train_lib.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except train_lib.NonFiniteLossError as e:
-        from tagger_jax import errors
-
-        print(f"error: {e}", file=sys.stderr)
-        return errors.DIVERGED
+        return EXIT_STATUS[type(e).__name__]
     if summary["preempted"]:
         print(f"Stopped by SIGTERM at step {summary['step']}; checkpoint saved in "
               f"{summary['workdir']}. Run the same command to resume.")
         return 0
     print(f"Trained {summary['step']} steps in {summary['workdir']}; best validation ROC-AUC "
-          f"{summary['best_validation_roc_auc']:.4f}")
+          f"{validation.fmt(summary['best_validation_roc_auc'])}")
     if "test_roc_auc" in summary:
-        print(f"test ROC-AUC {summary['test_roc_auc']:.4f}  PR-AUC {summary['test_pr_auc']:.4f}"
-              f"  (per-tag report in {summary['workdir']}/test/)")
+        print(f"test ROC-AUC {validation.fmt(summary['test_roc_auc'])}  "
+              f"PR-AUC {validation.fmt(summary['test_pr_auc'])}"
+              f"  (per-tag report in {summary['workdir']}/test/"
+              + ("; reused: inputs unchanged)" if summary["test_reused"] else ")"))
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.list_config and not (args.config and args.workdir):
+        print("error: --config and --workdir are required (or --list-config)", file=sys.stderr)
+        return 2
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides) if args.config else None
     except Exception as e:  # absl reports bad files / keys / values with its own exception types
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.list_config:
+        print(list_config(config))
+        return 0
     return run_training(config, args.workdir)

@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from tagger_jax.models.registry import WAVEFORM_STEP  # samples per waveform encoder position
+
 Array = jax.Array
 Variables = Mapping[str, Any]
 
-WAVEFORM_STEP = 243  # samples per lee_won front-end step: 65,610 = 270 * 243
 ATTENTION_METHODS = ("attention", "attention_heads", "attention_layers", "rollout")
 GRADIENT_METHODS = ("grad_x_input", "integrated_gradients")
 METHODS = ATTENTION_METHODS + ("contribution",) + GRADIENT_METHODS

@@ -1,8 +1,12 @@
-"""Explaining many inputs: load ahead in threads, cut into windows, run the methods in fixed-size
-device batches packed across inputs, stitch each input's windows, write NPZ + PNG + JSON.
+"""Explaining many inputs: read and window them, run the methods in fixed-size device batches
+packed across inputs, stitch each input's windows, write NPZ + PNG + JSON.
 
-Batches have one shape for the whole run (windows of several short tracks share a batch, the last
-batch is padded), so the explanation function compiles once. When the tags to explain are the
+The input side is `tagger_jax.inference` (discovery, reading, load-ahead, window placement,
+packing, batches split over the local devices), the same path `tag` and `embed` take, so an
+input's top tags here are the numbers `tag` prints for the same windows. Batches have one shape for
+the whole run (windows of several short tracks share a batch, the last batch is padded), so the
+explanation function compiles once. With several processes (`jax.distributed`) each explains its
+share of the inputs; process 0 merges the failure reports and writes index.html at the end. When the tags to explain are the
 top-k predicted ones and a gradient method is asked for, a cheap forward pass over each input's
 windows (also packed) picks the tags first: gradients need them, and they must be the same for
 all windows of a track to stitch. An input whose JSON summary exists with the same model, settings
@@ -11,21 +15,18 @@ retried until it changes (or `retry_failed`).
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
 import functools
 import hashlib
 import json
 import os
-import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from tagger_jax import chunking
+from tagger_jax import chunking, inference
 from tagger_jax.explain import methods as M
 from tagger_jax.explain import report
 from tagger_jax.explain.stitch import stitch
@@ -41,7 +42,9 @@ class ExplainOptions:
     methods: tuple[str, ...] = DEFAULT_METHODS
     tags: tuple[str, ...] = ()  # tag names to explain; empty: the top_k predicted per input
     top_k: int = 3
-    hop: Optional[int] = None  # window hop (frames, or samples for lee_won); None: one chunk
+    hop: Optional[float] = None  # seconds between windows (windows="cover"); None: one window
+    windows: str = inference.COVER  # "cover" the whole track, or the "paper"'s 16 chunks
+    num_chunks: int = chunking.EVAL_CHUNKS  # chunks per input with windows="paper"
     ig_steps: int = 32  # integrated-gradients trapezoid intervals
     ig_baseline: str = "min"  # "min" (the clip's dB floor) or "zeros"
     target: str = "logit"  # gradients of the tag "logit" or its "probability"
@@ -54,22 +57,12 @@ class ExplainOptions:
     retry_failed: bool = False
 
     def signature_fields(self) -> dict[str, Any]:
-        keep = ("methods", "tags", "top_k", "hop", "ig_steps", "ig_baseline", "target", "layer",
-                "plot")
+        keep = ("methods", "tags", "top_k", "hop", "windows", "num_chunks", "ig_steps",
+                "ig_baseline", "target", "layer", "plot")
         return {k: getattr(self, k) for k in keep}
 
 
-@dataclasses.dataclass(frozen=True)
-class InputItem:
-    """One thing to explain. `load` returns the whole track's model input: (96, T) log-mel, or
-    (N,) samples for lee_won; it raises (ideally `InputError`, naming the input) when broken."""
-
-    key: str  # output file stem, unique in the run and safe as a file name
-    name: str  # shown to people: a path, or dataset/split/record
-    load: Callable[[], np.ndarray]
-    fingerprint: str  # changes when the input changes
-    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    marks: tuple[int, ...] = ()  # window positions to mark in the figure (two-clip junction)
+InputItem = inference.Input  # one thing to explain (key, name, load, fingerprint, meta, marks)
 
 
 @dataclasses.dataclass
@@ -89,88 +82,22 @@ class RunReport:
 # Inputs
 
 
-def safe_key(text: str, max_len: int = 120) -> str:
-    """A file-name-safe stem: odd characters become '_', long names keep a hash suffix."""
-    key = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._") or "input"
-    if len(key) > max_len:
-        digest = hashlib.sha1(text.encode()).hexdigest()[:10]
-        key = key[: max_len - 11] + "-" + digest
-    return key
-
-
-def file_fingerprint(path: Path) -> str:
-    try:
-        st = path.stat()
-        return f"file:{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
-        return "file:missing"
-
-
-def input_loader(loaded, path: Path) -> Callable[[], np.ndarray]:
-    """The function reading one file as the model's input (log-mel, or waveform for lee_won)."""
-    from tagger_jax import audio
-
-    if _is_waveform_model(loaded):
-        rate = audio.features_from_config(loaded.config.features).sample_rate
-        return functools.partial(audio.load_waveform_input, path, rate)
-    return functools.partial(audio.load_input, path, loaded.config.features)
-
-
-def expand_paths(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str]]:
-    """(file, display-relative name) for files, and for audio/.npy files under directories."""
-    from tagger_jax.audio import AUDIO_SUFFIXES
-
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and
-                           f.suffix.lower() in AUDIO_SUFFIXES + (".npy",))
-            out += [(f, f.relative_to(p).as_posix()) for f in found]
-        else:  # files, and missing paths (reported as failed inputs when loaded)
-            out.append((p, p.name))
-    return out
+safe_key = inference.safe_key
+file_fingerprint = inference.file_fingerprint
 
 
 def file_items(loaded, paths: Iterable[str | os.PathLike]) -> list[InputItem]:
-    """Input items for files and directories (searched recursively), with unique keys."""
-    items, used = [], collections.Counter()
-    for path, rel in expand_paths(paths):
-        key = safe_key(rel.replace("/", "__"))
-        used[key] += 1
-        if used[key] > 1:
-            key = f"{key}-{used[key]}"
-        items.append(InputItem(key=key, name=str(path), load=input_loader(loaded, path),
-                               fingerprint=file_fingerprint(path)))
-    return items
+    """Input items for files and directories (searched recursively), with unique keys
+    (`inference.Engine.file_inputs`)."""
+    return _engine(loaded, 1).file_inputs(paths)
 
 
 def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
                   builder_config: Optional[str] = None,
                   limit: Optional[int] = None) -> list[InputItem]:
-    """Input items for the records of a dataset split (`tagger_jax.datasets.load_split`)."""
-    from tagger_jax.datasets import SELF_CONTAINED, ensure_built, load_split
-
-    if name in SELF_CONTAINED:  # generated data: build it on first use, like training does
-        ensure_built(name, data_dir, builder_config)
-    source, _ = load_split(name, split, data_dir, builder_config)
-    n = len(source) if limit is None else min(limit, len(source))
-    feature = "audio" if _is_waveform_model(loaded) else "mel"
-    label = f"{name}/{builder_config}" if builder_config else name
-
-    def load(i: int) -> np.ndarray:
-        record = source[i]
-        if feature not in record:
-            raise ValueError(f"{label}:{split}[{i}]: record has no {feature!r} feature "
-                             f"({sorted(record)})")
-        return np.asarray(record[feature], np.float32)
-
-    items = []
-    for i in range(n):
-        items.append(InputItem(key=safe_key(f"{label}-{split}-{i:06d}"),
-                               name=f"{label}:{split}[{i}]",
-                               load=functools.partial(load, i),
-                               fingerprint=f"dataset:{label}:{split}:{i}"))
-    return items
+    """Input items for the records of a dataset split (`inference.dataset_inputs`)."""
+    feature = _engine(loaded, 1).architecture.dataset_feature
+    return inference.dataset_inputs(name, split, feature, data_dir, builder_config, limit)
 
 
 def two_clip_items(items: Sequence[InputItem], chunk: int) -> list[InputItem]:
@@ -198,20 +125,11 @@ def two_clip_items(items: Sequence[InputItem], chunk: int) -> list[InputItem]:
 # The model side
 
 
-def _is_waveform_model(loaded) -> bool:
-    return loaded.config.model.get("architecture", "pons_won") == "lee_won"
+def _engine(loaded, batch_size: int) -> inference.Engine:
+    return inference.Engine(loaded, batch_size=batch_size)
 
 
-def model_identity(loaded) -> str:
-    """Changes when the model directory is rewritten (its metadata or variables)."""
-    directory = Path(loaded.directory)
-    parts = [str(directory)]
-    for name in ("tagger.json", "variables"):
-        try:
-            parts.append(str((directory / name).stat().st_mtime_ns))
-        except OSError:
-            parts.append("-")
-    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+model_identity = inference.model_signature
 
 
 def run_signature(loaded, options: ExplainOptions) -> str:
@@ -226,7 +144,7 @@ def jitted_functions(model, methods: tuple[str, ...], ig_steps: int, ig_baseline
     (a notebook, the tests) reuse the compiled programs."""
     import jax
 
-    predict = jax.jit(lambda v, x: jax.nn.sigmoid(model.apply(v, x, train=False)))
+    predict = inference.make_predict_fn(model)
     explain = jax.jit(functools.partial(
         M.explain, model, methods=methods, ig_steps=ig_steps, ig_baseline_kind=ig_baseline,
         target=target, layer=layer, ig_step_batch=ig_step_batch))
@@ -234,33 +152,34 @@ def jitted_functions(model, methods: tuple[str, ...], ig_steps: int, ig_baseline
 
 
 class _Context:
-    """Per-run constants: shapes, time grids, and the two jitted functions."""
+    """Per-run constants: the inference engine, time grids, and the two jitted functions."""
 
     def __init__(self, loaded, options: ExplainOptions):
-        from tagger_jax.audio import features_from_config
-
         unknown = [m for m in options.methods if m not in M.METHODS]
         if unknown or not options.methods:
             raise ValueError(f"unknown or no methods {unknown or list(options.methods)}; "
                              f"choose from {', '.join(M.METHODS)}")
-        arch = loaded.config.model.get("architecture", "pons_won")
-        if arch == "pons_pons" and set(options.methods) - set(M.GRADIENT_METHODS):
-            raise ValueError("pons_pons has no attention: only the gradient methods "
+        if options.batch_size < 1:
+            raise ValueError("batch_size, top_k and ig_steps must be positive")
+        self.engine = _engine(loaded, options.batch_size)
+        geom = self.engine.geometry
+        arch = geom.architecture
+        if not arch.has_attention and set(options.methods) - set(M.GRADIENT_METHODS):
+            raise ValueError(f"{arch.name} has no attention: only the gradient methods "
                              f"({', '.join(M.GRADIENT_METHODS)}) apply")
         self.loaded, self.options = loaded, options
         self.tags = tuple(loaded.tags)
-        self.features = features_from_config(loaded.config.features)
-        self.waveform = arch == "lee_won"
-        if self.waveform:
-            self.chunk = chunking.WAVEFORM_CHUNK
-            self.map_steps = chunking.WAVEFORM_CHUNK // M.WAVEFORM_STEP  # 270 front-end steps
-            self.map_step_s = M.WAVEFORM_STEP / self.features.sample_rate
-        else:
-            self.chunk = self.map_steps = int(self.features.chunk_frames)
-            self.map_step_s = self.features.hop_length / self.features.sample_rate
-        self.hop = int(options.hop or self.chunk)
-        if not 0 < self.hop <= self.chunk:
-            raise ValueError(f"hop must be in 1..{self.chunk}, got {self.hop}")
+        self.features = self.engine.features
+        self.waveform = arch.waveform
+        self.chunk = geom.chunk
+        self.map_steps = geom.positions  # encoder positions per window
+        self.map_step_s = geom.position_s
+        self.steps_per_position = arch.steps_per_position
+        self.plan = inference.WindowPlan(options.windows, options.hop, options.num_chunks)
+        if self.plan.windows != inference.COVER:
+            raise ValueError("explanations are stitched over the whole track: use windows that "
+                             "cover it (--windows cover, with --hop), not the paper's chunks")
+        self.plan.hop_steps(geom)  # a hop longer than a window fails here, before any work
         if options.batch_size < 1 or options.top_k < 1 or options.ig_steps < 1:
             raise ValueError("batch_size, top_k and ig_steps must be positive")
         missing = [t for t in options.tags if t not in self.tags]
@@ -276,95 +195,7 @@ class _Context:
             options.target, options.layer, options.ig_step_batch)
 
 
-@dataclasses.dataclass
-class _Track:
-    item: InputItem
-    signal: np.ndarray  # the whole input as loaded
-    length: int  # time steps of the signal (frames or samples) before any padding
-    starts: np.ndarray  # window starts in signal steps
-    windows: np.ndarray  # (n, ..., chunk)
-    padded: bool
-    started: float
-    tags: Optional[np.ndarray] = None
-
-
-def _prepare(ctx: _Context, item: InputItem) -> _Track:
-    started = time.perf_counter()
-    signal = np.asarray(item.load(), np.float32)
-    if signal.ndim != (1 if ctx.waveform else 2):
-        raise ValueError(f"{item.name}: model input has shape {signal.shape}")
-    length = signal.shape[-1]
-    padded, was_padded = chunking.pad_to_length(signal, ctx.chunk)
-    starts = chunking.sliding_window_starts(padded.shape[-1], ctx.chunk, ctx.hop)
-    windows = chunking.sliding_windows(padded, ctx.chunk, ctx.hop)
-    return _Track(item, signal, length, starts, windows, was_padded, started)
-
-
-def _load_ahead(ctx: _Context, items: Sequence[InputItem]) -> Iterator[tuple[InputItem, Any]]:
-    """(item, _Track or the exception its loading raised), in order, decoded by worker threads."""
-    workers = max(1, ctx.options.load_workers)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        pending: collections.deque = collections.deque()
-        it = iter(items)
-        for item in it:
-            pending.append((item, pool.submit(_prepare, ctx, item)))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            item, future = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(_prepare, ctx, nxt)))
-            try:
-                yield item, future.result()
-            except Exception as e:  # a broken input must never stop the others
-                yield item, e
-
-
-class _Packer:
-    """Packs rows of many inputs into fixed-size batches for `fn` and hands each input its rows
-    back (stacked, in order) once all have been computed."""
-
-    def __init__(self, fn: Callable[..., Mapping[str, Any]], batch_size: int):
-        self.fn, self.batch_size = fn, batch_size
-        self.rows: collections.deque = collections.deque()  # (key, index, {name: row})
-        self.expected: dict[str, int] = {}
-        self.results: dict[str, list] = {}
-
-    def add(self, key: str, arrays: Mapping[str, np.ndarray]) -> list[tuple[str, dict]]:
-        n = len(next(iter(arrays.values())))
-        self.expected[key] = n
-        self.results[key] = [None] * n
-        for i in range(n):
-            self.rows.append((key, i, {k: v[i] for k, v in arrays.items()}))
-        done = []
-        while len(self.rows) >= self.batch_size:
-            done += self._run(self.batch_size)
-        return done
-
-    def flush(self) -> list[tuple[str, dict]]:
-        done = []
-        while self.rows:
-            done += self._run(min(len(self.rows), self.batch_size))
-        return done
-
-    def _run(self, n: int) -> list[tuple[str, dict]]:
-        import jax
-
-        rows = [self.rows.popleft() for _ in range(n)]
-        names = rows[0][2].keys()
-        batch = {k: np.stack([r[2][k] for r in rows] + [rows[0][2][k]] * (self.batch_size - n))
-                 for k in names}
-        out = jax.device_get(self.fn(**batch))
-        done = []
-        for j, (key, i, _) in enumerate(rows):
-            self.results[key][i] = {k: np.asarray(v[j]) for k, v in out.items()}
-            self.expected[key] -= 1
-            if self.expected[key] == 0:
-                parts = self.results.pop(key)
-                del self.expected[key]
-                done.append((key, {k: np.stack([p[k] for p in parts]) for k in parts[0]}))
-        return done
+_Track = inference.Prepared  # an input read and windowed, plus the tags to explain
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,9 +206,10 @@ def _map_grid(ctx: _Context, track: _Track) -> tuple[np.ndarray, int]:
     """Window starts and track length on the maps' time grid (frames, or waveform steps)."""
     if not ctx.waveform:
         return track.starts, track.length
-    starts = np.rint(track.starts / M.WAVEFORM_STEP).astype(np.int64)
+    step = ctx.steps_per_position
+    starts = np.rint(track.starts / step).astype(np.int64)
     if track.padded:
-        return starts, max(1, -(-track.length // M.WAVEFORM_STEP))
+        return starts, max(1, -(-track.length // step))
     return starts, int(starts[-1]) + ctx.map_steps
 
 
@@ -386,7 +218,7 @@ def assemble(ctx: _Context, track: _Track, out: Mapping[str, np.ndarray]) -> dic
     starts, length = _map_grid(ctx, track)
     chunk_probs = out["probabilities"]
     res: dict[str, np.ndarray] = {
-        "probabilities": chunk_probs.mean(axis=0),
+        "probabilities": inference.track_probabilities(chunk_probs),
         "chunk_probabilities": chunk_probs,
         "tag_names": np.array(ctx.tags),
         "explained_tags": np.array([ctx.tags[i] for i in track.tags]),
@@ -474,8 +306,7 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
         "kind": FORMAT, "input": track.item.name, "key": track.item.key,
         "fingerprint": track.item.fingerprint, "signature": signature,
         "num_steps": int(track.length),
-        "duration_s": track.length * (1 if ctx.waveform else ctx.features.hop_length)
-        / ctx.features.sample_rate,
+        "duration_s": track.length * ctx.engine.geometry.step_s,
         "num_chunks": int(len(track.starts)), "padded": bool(track.padded),
         "top_tags": [{"tag": ctx.tags[i], "probability": round(float(probs[i]), 4)}
                      for i in order],
@@ -536,7 +367,12 @@ def _write(ctx: _Context, track: _Track, res: dict[str, np.ndarray], out_dir: Pa
 def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLike,
                    options: ExplainOptions = ExplainOptions(), progress: bool = True,
                    log: Callable[[str], None] = print) -> RunReport:
-    """Explains every item into `out_dir` and (re)writes its index.html; see the module doc."""
+    """Explains every item into `out_dir` and (re)writes its index.html; see the module doc.
+
+    With several processes each explains `inference.process_share(items)`; the returned report of
+    process 0 covers the whole run (the others return their share's, with no index).
+    """
+    import jax
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -547,9 +383,11 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     keys = [it.key for it in items]
     if len(set(keys)) != len(keys):
         raise ValueError("input keys must be unique")
+    process, processes = jax.process_index(), jax.process_count()
+    share = inference.process_share(items, process, processes)
     failures = report.load_failures(out_dir)
     done, skipped, failed, todo = [], [], {}, []
-    for item in items:
+    for item in share:
         s = report.read_json(out_dir / f"{item.key}{report.SUMMARY_SUFFIX}")
         if (isinstance(s, dict) and s.get("signature") == signature
                 and s.get("fingerprint") == item.fingerprint):
@@ -562,8 +400,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             continue
         todo.append(item)
 
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress,
-               unit="input", desc="explain")
+    bar = tqdm(total=len(share), initial=len(share) - len(todo),
+               disable=not progress or process != 0, unit="input", desc="explain")
     tracks: dict[str, _Track] = {}
 
     def fail(item: InputItem, error: BaseException) -> None:
@@ -578,7 +416,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     def finish(key: str, out: dict) -> None:
         track = tracks.pop(key)
         if track.tags is None:  # top-k from the same windows' probabilities
-            track.tags = np.argsort(-out["probabilities"].mean(0))[: ctx.k].astype(np.int32)
+            track.tags = _top(ctx, out["probabilities"])
         try:
             _write(ctx, track, assemble(ctx, track, out), out_dir, signature)
         except Exception as e:  # an input that cannot be written must not stop the others
@@ -588,25 +426,27 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         done.append(track.item.name)
         bar.update(1)
 
-    explain_packer = _Packer(
-        lambda x, tags: ctx.explain_fn(loaded.variables, x, tags), options.batch_size)
-    predict_packer = _Packer(
-        lambda x: {"probabilities": ctx.predict_fn(loaded.variables, x)}, options.batch_size)
+    variables = ctx.engine.variables
+    explain_packer = ctx.engine.packer(
+        lambda x, tags: ctx.explain_fn(variables, x, tags))
+    predict_packer = ctx.engine.packer(
+        lambda x: {"probabilities": ctx.predict_fn(variables, x)})
 
     def start_explaining(track: _Track) -> None:
-        n = len(track.windows)
         tags = track.tags if track.tags is not None else np.zeros(ctx.k, np.int32)
-        for key, out in explain_packer.add(track.item.key, {
-                "x": track.windows, "tags": np.broadcast_to(tags, (n, ctx.k))}):
+        rows = ({"x": w, "tags": tags} for w in track.windows())
+        for key, out in explain_packer.add(track.item.key, rows, len(track.unique_starts),
+                                           track.inverse):
             finish(key, out)
 
     def predicted(key: str, out: dict) -> None:
         track = tracks[key]
-        track.tags = np.argsort(-out["probabilities"].mean(0))[: ctx.k].astype(np.int32)
+        track.tags = _top(ctx, out["probabilities"])
         start_explaining(track)
 
     try:
-        for item, track in _load_ahead(ctx, todo):
+        prepare = functools.partial(ctx.engine.prepare, plan=ctx.plan)
+        for item, track in inference.load_ahead(prepare, todo, options.load_workers):
             if isinstance(track, BaseException):
                 fail(item, track)
                 continue
@@ -614,7 +454,9 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             if options.tags:
                 track.tags = ctx.fixed_tags
             if ctx.needs_prediction:
-                for key, out in predict_packer.add(item.key, {"x": track.windows}):
+                rows = ({"x": w} for w in track.windows())
+                for key, out in predict_packer.add(item.key, rows, len(track.unique_starts),
+                                                   track.inverse):
                     predicted(key, out)
             else:
                 start_explaining(track)
@@ -624,9 +466,55 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             finish(key, out)
     finally:
         bar.close()
-        report.save_failures(out_dir, failures)
-        index = report.write_index(out_dir)
+        if processes == 1:
+            report.save_failures(out_dir, failures)
+            index = report.write_index(out_dir)
+        else:
+            mine = {it.key for it in share}
+            report.write_json(out_dir / _part_name(process), {
+                "keys": sorted(mine), "done": done, "skipped": skipped, "failed": failed,
+                "failures": {k: v for k, v in failures.items() if k in mine}})
+            index = None
+    if processes > 1:
+        inference.barrier("explain-parts-written")
+        if process == 0:
+            done, skipped, failed, index = _merge_parts(out_dir, processes, failures)
     result = RunReport(done, skipped, failed, out_dir, index, time.perf_counter() - t0)
-    if log is not None:
+    if log is not None and process == 0:
         log(str(result))
     return result
+
+
+def _top(ctx: _Context, window_probabilities: np.ndarray) -> np.ndarray:
+    """The k most probable tags of a track (`inference.track_probabilities` of its windows)."""
+    track = inference.track_probabilities(window_probabilities)
+    return np.argsort(-track, kind="stable")[: ctx.k].astype(np.int32)
+
+
+def _part_name(process: int) -> str:
+    return f"run.part{process}.json"
+
+
+def _merge_parts(out_dir: Path, processes: int, failures: Mapping[str, Any]):
+    """Process 0 of a multi-process run: every process's share merged into failures.json, the
+    run's report and index.html; the part files are removed."""
+    done: list[str] = []
+    skipped: list[str] = []
+    failed: dict[str, str] = {}
+    merged = dict(failures)
+    for p in range(processes):
+        path = out_dir / _part_name(p)
+        part = report.read_json(path)
+        if not isinstance(part, dict):
+            raise RuntimeError(f"{path}: process {p} left no readable report")
+        for key in part["keys"]:
+            merged.pop(key, None)
+        merged.update(part["failures"])
+        done += part["done"]
+        skipped += part["skipped"]
+        failed.update(part["failed"])
+    report.save_failures(out_dir, merged)
+    index = report.write_index(out_dir)
+    for p in range(processes):
+        (out_dir / _part_name(p)).unlink(missing_ok=True)
+    return done, skipped, failed, index

@@ -1,34 +1,38 @@
-"""Model construction from a config (`config.model`), and the input each architecture reads."""
+"""Model construction from a config (`config.model`); what each architecture reads is in
+`tagger_jax.models.registry`. Flax is imported when a model is built, not on import."""
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-import jax.numpy as jnp
-import flax.linen as nn
+from tagger_jax.models.registry import (ARCHITECTURES, LOG_MEL, WAVEFORM, WAVEFORM_SAMPLES,
+                                        WAVEFORM_STEP, Architecture, Geometry, geometry,
+                                        get_architecture)
 
-from tagger_jax.models.tagger import AttentionTagger, ConvTagger
-
-ARCHITECTURES = ("pons_won", "pons_pons", "lee_won")
 N_MELS = 96
-WAVEFORM_SAMPLES = 65_610  # lee_won input: 3^9 * 10 / 3 samples, about 4.1 s at 16 kHz
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = ("float32", "bfloat16")
+
+__all__ = ["ARCHITECTURES", "Architecture", "Geometry", "LOG_MEL", "N_MELS", "WAVEFORM",
+           "WAVEFORM_SAMPLES", "WAVEFORM_STEP", "build_model", "geometry", "get_architecture",
+           "input_shape"]
 
 
-def build_model(model_config: Mapping[str, Any], num_tags: int) -> nn.Module:
+def build_model(model_config: Mapping[str, Any], num_tags: int):
     """The Flax module for `config.model` (an ml_collections ConfigDict or a plain mapping)."""
+    import jax.numpy as jnp
+
+    from tagger_jax.models.tagger import AttentionTagger, ConvTagger
+
     cfg = dict(model_config)
-    arch = cfg.get("architecture", "pons_won")
+    arch = get_architecture(cfg)
     dtype_name = cfg.get("dtype", "float32")
     if dtype_name not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
-    dtype = DTYPES[dtype_name]
-    if arch == "pons_pons":
+    dtype = getattr(jnp, dtype_name)
+    if arch.module == "conv":
         return ConvTagger(num_tags=num_tags, conv_channels=cfg.get("conv_channels", 16),
                           classifier_dropout=cfg.get("classifier_dropout", 0.5), dtype=dtype)
-    if arch not in ("pons_won", "lee_won"):
-        raise ValueError(f"model.architecture must be one of {ARCHITECTURES}, got {arch!r}")
     return AttentionTagger(
-        frontend="pons" if arch == "pons_won" else "lee",
+        frontend=arch.frontend,
         num_tags=num_tags,
         conv_channels=cfg.get("conv_channels", 16),
         attention_channels=cfg.get("attention_channels", 512),
@@ -46,7 +50,8 @@ def build_model(model_config: Mapping[str, Any], num_tags: int) -> nn.Module:
 
 
 def input_shape(model_config: Mapping[str, Any], chunk_frames: int = 256) -> tuple[int, ...]:
-    """Shape of one example (without batch): (96, frames) for spectrogram models, else samples."""
-    if dict(model_config).get("architecture", "pons_won") == "lee_won":
-        return (WAVEFORM_SAMPLES,)
+    """Shape of one example (without batch): (96, frames) for log-mel models, else samples."""
+    arch = get_architecture(model_config)
+    if arch.waveform:
+        return (arch.chunk_samples,)
     return (N_MELS, chunk_frames)

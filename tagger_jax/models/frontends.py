@@ -4,10 +4,12 @@ Layouts are channels-last (JAX's native one): spectrograms arrive as (batch, 96 
 waveforms as (batch, samples); front-ends return a sequence (batch, steps, channels).
 
 Speed: every branch keeps its own parameters, shaped and ordered as in the authors' code, but the
-single-input-channel convolutions are rewritten (frequency rows as channels; windows times a
-matrix) because XLA's CPU gradient of a one-input-channel 2-D convolution is about 10-80 times
-slower than its forward pass. The numbers are the same (tests/test_model.py checks them against
-an independent float64 reference); docs/benchmarks.md has the measurements.
+single-input-channel convolutions are computed differently per phase, because XLA's CPU gradient
+of a one-input-channel 2-D convolution is about 10-80 times slower than its forward pass: the
+vertical branches run a direct 2-D convolution forward and differentiate the equal row-gather
+formulation (a custom VJP); the horizontal ones are one matmul of windows. The numbers are the
+same (tests/test_model.py checks every path against an independent float64 reference);
+docs/benchmarks.md has the measurements.
 """
 from __future__ import annotations
 
@@ -81,16 +83,75 @@ def _branch_params(module: nn.Module, height: int, widths: Sequence[int],
             for i, (w, f) in enumerate(zip(widths, features))]
 
 
+def _vertical_gather(x: jnp.ndarray, kernels: tuple[jnp.ndarray, ...]) -> jnp.ndarray:
+    """Vertical convolutions as row-gather + 1-D convolutions: the formulation of the backward pass.
+
+    x (B, F, T); kernels (height, w_i, 1, f_i). The `height` frequency rows under each kernel
+    position become channels (B, F - height + 1, T, height); each branch is then a 1-D "same"
+    convolution over time with `height` input channels. Returns (B, F - height + 1, T, sum f_i).
+    """
+    height = kernels[0].shape[0]
+    rows = x.shape[1] - height + 1
+    index = np.arange(rows)[:, None] + np.arange(height)[None, :]  # (rows, height)
+    patches = jnp.moveaxis(x[:, index], 2, 3)  # (B, rows, T, height)
+    outputs = []
+    for kernel in kernels:
+        w = kernel.shape[1]
+        outputs.append(lax.conv_general_dilated(
+            patches, jnp.transpose(kernel, (2, 1, 0, 3)), (1, 1), ((0, 0), (w // 2, w // 2)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    return jnp.concatenate(outputs, axis=-1)
+
+
+def _vertical_direct(x: jnp.ndarray, kernels: tuple[jnp.ndarray, ...]) -> jnp.ndarray:
+    """Vertical convolutions as 2-D convolutions of the time-major (B, T, F, 1) spectrogram.
+
+    The faster forward formulation on CPU (docs/benchmarks.md); same output as
+    `_vertical_gather`, up to float32 summation order.
+    """
+    xt = jnp.swapaxes(x, 1, 2)[..., None]  # (B, T, F, 1)
+    outputs = []
+    for kernel in kernels:
+        w = kernel.shape[1]
+        outputs.append(lax.conv_general_dilated(
+            xt, jnp.swapaxes(kernel, 0, 1), (1, 1), ((w // 2, w // 2), (0, 0)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    return jnp.swapaxes(jnp.concatenate(outputs, axis=-1), 1, 2)
+
+
+@jax.custom_vjp
+def vertical_convolutions(x: jnp.ndarray, kernels: tuple[jnp.ndarray, ...]) -> jnp.ndarray:
+    """Parallel "valid in frequency, same in time" convolutions of a single-channel spectrogram.
+
+    x (B, F, T); kernels: a tuple of (height, w_i, 1, f_i) arrays of one height. Returns
+    (B, F - height + 1, T, sum f_i), the branches concatenated in order. The forward pass is a
+    plain 2-D convolution (`_vertical_direct`); its derivatives are those of the row-gather
+    formulation (`_vertical_gather`): the same linear map, but XLA's CPU gradient of a
+    one-input-channel 2-D convolution with respect to its input is 10-80 times slower than its
+    forward pass, while the gather form's gradient is fast.
+    """
+    return _vertical_direct(x, kernels)
+
+
+def _vertical_fwd(x, kernels):
+    return _vertical_direct(x, kernels), (x, kernels)
+
+
+def _vertical_bwd(residuals, cotangent):
+    _, pullback = jax.vjp(_vertical_gather, *residuals)
+    return pullback(cotangent)
+
+
+vertical_convolutions.defvjp(_vertical_fwd, _vertical_bwd)
+
+
 class VerticalBranches(nn.Module):
     """Parallel convolutions of one kernel height over a single-channel spectrogram.
 
     Branch i owns `kernel_i` (height, widths[i], 1, features[i]) and `bias_i`; the convolution is
-    "valid" in frequency and "same" in time, and the branches' outputs are concatenated.
-
-    Computed as: the `height` frequency rows under each kernel position become channels
-    (batch, F - height + 1, time, height), then each branch is a 1-D convolution over time with
-    `height` input channels. Same numbers as a 2-D convolution with one input channel, but XLA's
-    CPU gradient of that 2-D form (with respect to its input) is pathologically slow.
+    "valid" in frequency and "same" in time, and the branches' outputs are concatenated:
+    (B, F - height + 1, T, sum(features)). Computed by `vertical_convolutions` (a direct 2-D
+    convolution forward, the row-gather formulation's backward).
     """
 
     height: int
@@ -100,17 +161,10 @@ class VerticalBranches(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:  # x: (B, F, T)
-        rows = x.shape[1] - self.height + 1
-        index = np.arange(rows)[:, None] + np.arange(self.height)[None, :]  # (rows, height)
-        patches = jnp.moveaxis(x.astype(self.dtype)[:, index], 2, 3)  # (B, rows, T, height)
-        outputs = []
-        for kernel, bias in _branch_params(self, self.height, self.widths, self.features):
-            w = kernel.shape[1]
-            k = jnp.transpose(kernel, (2, 1, 0, 3)).astype(self.dtype)  # (1, w, height, f)
-            y = lax.conv_general_dilated(patches, k, (1, 1), ((0, 0), (w // 2, w // 2)),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-            outputs.append(y + bias.astype(self.dtype))
-        return jnp.concatenate(outputs, axis=-1)  # (B, F - height + 1, T, sum(features))
+        params = _branch_params(self, self.height, self.widths, self.features)
+        kernels = tuple(k.astype(self.dtype) for k, _ in params)
+        y = vertical_convolutions(x.astype(self.dtype), kernels)
+        return y + jnp.concatenate([b for _, b in params]).astype(self.dtype)
 
 
 class HorizontalBranches(nn.Module):

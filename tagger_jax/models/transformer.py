@@ -81,8 +81,33 @@ class Embedding(nn.Module):
         return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
 
+class DenseParams(nn.Module):
+    """The parameters of an `nn.Dense` (same names, shapes and initialisers), returned, not applied.
+
+    Lets a layer use a projection's kernel algebraically (see `SelfAttention`) while keeping the
+    variable tree of `nn.Dense(features, name=...)`: {"kernel": (in, out), "bias": (out,)}.
+    """
+
+    features: int
+    kernel_init: Any = _bert_init
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+        kernel = self.param("kernel", self.kernel_init, (in_features, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return kernel, bias
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with optional replacement of the probabilities."""
+    """Multi-head self-attention with optional replacement of the probabilities.
+
+    With a single query (the [CLS]-only last layer) keys and values are never projected: the
+    scores of head h are q_h . (W_k,h^T x_k + b_k,h) = (W_k,h q_h) . x_k + q_h . b_k,h, and its
+    context is W_v,h^T (sum_k p_hk x_k) + b_v,h (the probabilities sum to 1; an override is used
+    as given, so its context is W_v,h^T (sum_k o_hk x_k) + (sum_k o_hk) b_v,h). Same numbers as
+    projecting every position (reassociated float32 sums), at about 2 x heads x length x channels
+    multiply-adds per clip instead of 2 x length x channels^2 (docs/benchmarks.md has the timing).
+    """
 
     num_heads: int = 8
     dropout_rate: float = 0.1
@@ -93,22 +118,41 @@ class SelfAttention(nn.Module):
                  override: Optional[jnp.ndarray] = None) -> tuple[jnp.ndarray, jnp.ndarray]:
         batch, length, channels = x.shape
         heads, head_dim = self.num_heads, channels // self.num_heads
-        dense = lambda name: nn.Dense(channels, dtype=self.dtype, kernel_init=_bert_init, name=name)
+        proj = {name: DenseParams(channels, name=name)(channels)
+                for name in ("query", "key", "value")}
+        cast = lambda t: t.astype(self.dtype)
         split = lambda t: t.reshape(t.shape[:-1] + (heads, head_dim))
-        q = split(dense("query")(queries))
-        k = split(dense("key")(x))
-        v = split(dense("value")(x))
+        kernel = lambda name: split(cast(proj[name][0]))  # (channels, heads, head_dim)
+        bias = lambda name: split(cast(proj[name][1]))  # (heads, head_dim)
+        n_queries = queries.shape[1]
+        q = jnp.einsum("bqc,chd->bqhd", cast(queries), kernel("query")) + bias("query")
+        x = cast(x)
+        folded = n_queries == 1  # project the one query onto the keys, not the keys onto it
+        if folded:
+            qk = jnp.einsum("bqhd,chd->bqhc", q, kernel("key"))
+            scores = (jnp.einsum("bqhc,bkc->bhqk", qk, x)
+                      + jnp.einsum("bqhd,hd->bhq", q, bias("key"))[..., None])
+        else:
+            k = jnp.einsum("bkc,chd->bkhd", x, kernel("key")) + bias("key")
+            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)
         if override is None:
-            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
-            probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
+            probs = jax.nn.softmax((scores / math.sqrt(head_dim)).astype(jnp.float32), axis=-1)
             used = nn.Dropout(self.dropout_rate)(probs, deterministic=not train)
         else:
             probs = jnp.broadcast_to(override.astype(jnp.float32),
-                                     (batch, heads, queries.shape[1], length))
+                                     (batch, heads, n_queries, length))
             used = probs
-        context = jnp.einsum("bhqk,bkhd->bqhd", used.astype(self.dtype), v)
+        used = cast(used)
+        if folded:
+            mixed = jnp.einsum("bhqk,bkc->bqhc", used, x)  # probability-weighted inputs
+            context = (jnp.einsum("bqhc,chd->bqhd", mixed, kernel("value"))
+                       + jnp.einsum("bhqk,hd->bqhd", used, bias("value")))
+        else:
+            v = jnp.einsum("bkc,chd->bkhd", x, kernel("value")) + bias("value")
+            context = jnp.einsum("bhqk,bkhd->bqhd", used, v)
         context = context.reshape(context.shape[:2] + (channels,))
-        return dense("output")(context), probs
+        out = nn.Dense(channels, dtype=self.dtype, kernel_init=_bert_init, name="output")(context)
+        return out, probs
 
 
 class EncoderLayer(nn.Module):

@@ -1,0 +1,290 @@
+"""Training checkpoints in a workdir: orbax managers, save, restore with fallback, best-model export.
+
+(Model directories for inference are tagger_jax.checkpoint; this module writes one of them, the
+exported best model, and otherwise handles the trainer's own CheckpointManager layout.)
+
+A latest checkpoint WORKDIR/checkpoints/<step>/ has three items:
+
+    state/   the TrainState pytree (orbax StandardSave, every process writes its shards)
+    data/    the data iterator's state, one JSON file per process (DataIteratorHandler)
+    meta/    JSON: {"step", "config", "process_count", "schedule": PlateauState.to_json()}
+
+Orbax writes every checkpoint to a temporary directory and renames it when complete, so a crash
+or SIGKILL never leaves a half-written one. A checkpoint damaged afterwards (a truncated array
+file, `_METADATA`, the data-iterator JSON) is found at restore: `restore_latest` warns naming
+it, moves it to WORKDIR/checkpoints.broken/ and falls back to the newest checkpoint that reads;
+if none reads it raises CorruptCheckpointError, one line naming the file and the problem.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from tagger_jax import sharding
+from tagger_jax.train_state import TrainState
+
+BROKEN_SUFFIX = ".broken"  # WORKDIR/checkpoints.broken/<step>-<time>/: moved-aside checkpoints
+# Files of a checkpoint that are JSON (checked before a restore so that the error names them).
+_JSON_NAMES = frozenset({"_CHECKPOINT_METADATA", "_METADATA", "_sharding", "metadata"})
+
+
+class CorruptCheckpointError(RuntimeError):
+    """No checkpoint in a directory can be read; the message names the file and the problem."""
+
+
+def barrier(name: str) -> None:
+    """Waits for every process (no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def manager(directory: Path, max_to_keep: int, item_names: tuple[str, ...]
+            ) -> ocp.CheckpointManager:
+    """A synchronous CheckpointManager keeping the newest `max_to_keep` steps."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           cleanup_tmp_directories=True,
+                                           enable_async_checkpointing=False)
+    return ocp.CheckpointManager(directory, options=options, item_names=item_names)
+
+
+def _abstract(state: TrainState) -> TrainState:
+    """Shapes, dtypes and shardings of `state`: the restore target."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        state)
+
+
+class DataIteratorHandler(ocp.CheckpointHandler):
+    """Saves a data iterator's `get_state()` as one JSON file per process, restores `set_state`.
+
+    Each process reads its own share of every batch, so each keeps its own iterator position
+    (`process_<i>-of-<n>.json`, as grain's own handler does). The state may be a JSON-able dict
+    (grain dataset iterators) or bytes/str (grain DataLoader iterators).
+    """
+
+    def save(self, directory, args: "DataIteratorSave"):
+        state = args.item.get_state()
+        if isinstance(state, (bytes, bytearray)):
+            payload = {"bytes": bytes(state).decode()}
+        elif isinstance(state, str):
+            payload = {"str": state}
+        else:
+            payload = {"json": state}
+        (Path(directory) / _iterator_file()).write_text(json.dumps(payload, sort_keys=True))
+
+    def restore(self, directory, args: "DataIteratorRestore"):
+        path = Path(directory) / _iterator_file()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no data-iterator state for this process (was the "
+                                    "checkpoint written by a different number of processes?)")
+        try:
+            payload = json.loads(path.read_text())
+            state = (payload["bytes"].encode() if "bytes" in payload
+                     else payload["str"] if "str" in payload else payload["json"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path}: not a data-iterator state ({e})") from None
+        args.item.set_state(state)
+        return args.item
+
+    def metadata(self, directory):
+        return None
+
+    def finalize(self, directory):
+        pass
+
+    def close(self):
+        pass
+
+
+def _iterator_file() -> str:
+    return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class DataIteratorSave(ocp.args.CheckpointArgs):
+    item: Any  # an iterator with get_state()
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class DataIteratorRestore(ocp.args.CheckpointArgs):
+    item: Any  # an iterator with set_state(), restored in place
+
+
+def save_checkpoint(mngr: ocp.CheckpointManager, state: TrainState, data_iter: Any,
+                    meta: dict) -> int:
+    """Saves state, this process's data-iterator state and `meta` (JSON) under `state.step`."""
+    step = int(sharding.to_host(state.step))
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=DataIteratorSave(data_iter),
+        meta=ocp.args.JsonSave(dict(meta, step=step, process_count=jax.process_count()))),
+        force=True)
+    mngr.wait_until_finished()
+    return step
+
+
+def restore_checkpoint(mngr: ocp.CheckpointManager, step: int, target: TrainState,
+                       data_iter: Any) -> tuple[TrainState, dict]:
+    """The state saved at `step` (placed like `target`); restores `data_iter` in place."""
+    check_files(Path(mngr.directory) / str(step))
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(target)), data=DataIteratorRestore(data_iter),
+        meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
+
+
+def check_files(step_dir: Path) -> None:
+    """Raises ValueError naming the first JSON file of a checkpoint that does not parse.
+
+    Orbax reports such damage without the file's name; array files are checked by the restore
+    itself (tensorstore names the checkpoint directory and the array).
+    """
+    for path in sorted(step_dir.rglob("*")):
+        is_json = (path.name in _JSON_NAMES or path.suffix == ".json"
+                   or path.parent.name == "array_metadatas")
+        if not (is_json and path.is_file()):
+            continue
+        try:
+            value = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if path.parent.name == "meta" and path.name == "metadata" and isinstance(value, dict) \
+                and "schedule" not in value:
+            raise ValueError(f"{path}: written by an earlier tagger-jax (no host-side plateau "
+                             "schedule); it cannot be resumed by this version")
+
+
+def describe(error: BaseException) -> str:
+    """One line for an exception from a restore: its innermost cause, without tensorstore specs."""
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if inner is None:
+            break
+        error = inner
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= 400 else text[:400] + " ..."
+
+
+def restore_latest(mngr: ocp.CheckpointManager, target: TrainState, data_iter: Any,
+                   warn: Callable[[str], None]) -> Optional[tuple[TrainState, dict]]:
+    """The newest checkpoint that reads (state, meta), or None if there is none.
+
+    Every newer checkpoint that does not read is reported through `warn` (naming it and the
+    problem) and moved to `<checkpoints>.broken/`, so the resumed run can write those steps again.
+    Raises CorruptCheckpointError (one line: the newest checkpoint's file and problem) if no
+    checkpoint reads; nothing is moved then.
+    """
+    directory = Path(mngr.directory)
+    broken: list[tuple[int, str]] = []
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            state, meta = restore_checkpoint(mngr, step, target, data_iter)
+        except Exception as e:  # noqa: BLE001  (orbax and tensorstore raise many types)
+            broken.append((step, describe(e)))
+            continue
+        for bad_step, problem in broken:
+            moved = _move_aside(directory, bad_step)
+            warn(f"warning: checkpoint {directory / str(bad_step)} is unreadable ({problem}); "
+                 f"moved to {moved}, resuming from step {step}")
+        if broken:
+            barrier("moved_broken_checkpoints")
+            mngr.reload()
+        return state, meta
+    if broken:
+        step, problem = broken[0]
+        raise CorruptCheckpointError(
+            f"no checkpoint in {directory} can be read; the newest, step {step}: {problem}. "
+            f"Move {directory} aside to start again, or use a new --workdir")
+    return None
+
+
+def _move_aside(directory: Path, step: int) -> Path:
+    target = directory.with_name(directory.name + BROKEN_SUFFIX) / f"{step}-{int(time.time())}"
+    if jax.process_index() == 0:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(directory / str(step)), str(target))
+    return target
+
+
+def save_best(mngr: ocp.CheckpointManager, state: TrainState) -> None:
+    """Saves `state` as the best checkpoint (a resumed run may repeat an epoch end: no-op)."""
+    step = int(sharding.to_host(state.step))
+    if step not in mngr.all_steps():
+        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+        mngr.wait_until_finished()
+
+
+def reload_best(mngr: ocp.CheckpointManager, state: TrainState) -> TrainState:
+    """`state` with the parameters and batch statistics of the best checkpoint (if any).
+
+    Raises CorruptCheckpointError naming the best checkpoint if it does not read.
+    """
+    step = mngr.latest_step()
+    if step is None:
+        return state
+    step_dir = Path(mngr.directory) / str(step)
+    try:
+        check_files(step_dir)
+        best = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(state))))["state"]
+    except Exception as e:  # noqa: BLE001
+        raise CorruptCheckpointError(
+            f"the best checkpoint {step_dir} is unreadable ({describe(e)}); move it aside to "
+            "continue without it") from None
+    return state.replace(params=best.params, batch_stats=best.batch_stats)
+
+
+def read_checkpoint(directory: str | os.PathLike, step: int | None = None) -> dict:
+    """A saved train state as nested dicts of NumPy arrays (latest step by default).
+
+    Works on any machine and device count (the arrays are not placed on devices): for tests,
+    inspection and tools. `directory` is WORKDIR/checkpoints or WORKDIR/best.
+    """
+    mngr = ocp.CheckpointManager(Path(directory).expanduser().absolute(),
+                                 item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+    try:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{directory}: no checkpoint")
+        metadata = mngr.item_metadata(step)["state"]
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+        return mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(restore_args=restore_args)))["state"]
+    finally:
+        mngr.close()
+
+
+def export_model(workdir: Path, state: TrainState, config: Any, tags: Sequence[str]) -> Path:
+    """Writes WORKDIR/best_model/ for inference, swapped in by renames (never half-written)."""
+    from tagger_jax.checkpoint import EXPORT_SUBDIR, save_model
+
+    final = workdir / EXPORT_SUBDIR
+    partial = workdir / (EXPORT_SUBDIR + ".partial")
+    old = workdir / (EXPORT_SUBDIR + ".old")
+    variables = sharding.to_host(state.variables)
+    if jax.process_index() == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+    barrier("export_start")
+    save_model(partial, variables, config, tags)  # every process takes part in orbax's save
+    barrier("export_saved")
+    if jax.process_index() == 0:
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        partial.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    barrier("export_done")
+    return final

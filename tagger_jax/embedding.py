@@ -1,0 +1,270 @@
+"""Embeddings for downstream tasks: what the classifier reads, per window and per track.
+
+For every window (placed by `tagger_jax.inference`, by default covering the whole track):
+  * "embedding": the representation the classifier reads. Attention models: the pooled [CLS]
+    vector tanh(W h_[CLS] + b) (attention_channels wide, 512 in the paper); the convolutional
+    back-end (pons_pons): its hidden dense layer after BatchNorm and ReLU (500 wide);
+  * "frontend": the front-end's output averaged over time (the Pons CNN's channels, or the
+    waveform front-end's);
+  * "probabilities": the tag probabilities of the window.
+A track's vectors are the means over its windows (for probabilities, `inference.track_probabilities`).
+
+`embed` returns them in memory; `embed_inputs` (`tagger-jax embed`) writes one NPZ per input plus
+a merged `embeddings.npz`, resumes by skipping inputs whose NPZ has the same model signature,
+window settings and input fingerprint, and records broken inputs in failures.json. Both run the
+shared inference path: batched over inputs, split over the local devices, one process's share of
+the inputs each under jax.distributed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from tagger_jax import inference
+
+FORMAT = "tagger-jax-embedding/1"
+MERGED = "embeddings.npz"
+FAILURES = "failures.json"
+FIELDS = ("embedding", "frontend", "probabilities")
+
+
+@dataclasses.dataclass
+class Embeddings:
+    """Track-level vectors of many inputs (row i is `names[i]`), and every window's."""
+
+    names: list[str]
+    embedding: np.ndarray  # (inputs, D)
+    frontend: np.ndarray  # (inputs, C)
+    probabilities: np.ndarray  # (inputs, tags)
+    windows: list[dict[str, np.ndarray]]  # per input: window_starts_s and window_* arrays
+    failed: dict[str, str]  # name -> error
+    signature: str
+
+
+def run_signature(loaded, plan: inference.WindowPlan) -> str:
+    """Changes with the model files or the window settings: outputs with another signature are
+    not reused."""
+    fields = {"format": FORMAT, "model": inference.model_signature(loaded), **plan.describe()}
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _track(p: inference.Prepared, out: dict, step_s: float, signature: str,
+           model: str) -> dict[str, Any]:
+    return {
+        "name": np.array(p.item.name), "fingerprint": np.array(p.item.fingerprint),
+        "signature": np.array(signature), "model_signature": np.array(model),
+        "format": np.array(FORMAT),
+        "window_starts_s": (p.starts * step_s).astype(np.float64),
+        **{f"window_{k}": out[k].astype(np.float32) for k in FIELDS},
+        "embedding": out["embedding"].mean(axis=0, dtype=np.float64).astype(np.float32),
+        "frontend": out["frontend"].mean(axis=0, dtype=np.float64).astype(np.float32),
+        "probabilities": inference.track_probabilities(out["probabilities"]),
+    }
+
+
+def embed(engine: inference.Engine, items: Sequence[inference.Input],
+          plan: inference.WindowPlan = inference.WindowPlan(), progress: bool = False,
+          on_track: Optional[Callable[[inference.Input, dict], None]] = None) -> Embeddings:
+    """Embeddings of `items` (e.g. `engine.file_inputs(paths)`) in memory, in input order.
+
+    Broken inputs are left out of the arrays and listed in `failed`. Example:
+        engine = inference.Engine(checkpoint.load_model("model_dir"))
+        e = embed(engine, engine.file_inputs(["music/"]))
+        e.embedding  # (files, 512) for the paper's model
+    """
+    from tqdm import tqdm
+
+    plan.hop_steps(engine.geometry)
+    signature = run_signature(engine.loaded, plan)
+    model = inference.model_signature(engine.loaded)
+    tracks: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    bar = tqdm(total=len(items), unit="input", desc="embed", disable=not progress,
+               file=sys.stderr)
+
+    def done(p: inference.Prepared, out: dict) -> None:
+        track = _track(p, out, engine.geometry.step_s, signature, model)
+        tracks[p.item.key] = track
+        if on_track is not None:
+            on_track(p.item, track)
+        bar.update(1)
+
+    def error(item: inference.Input, e: BaseException) -> None:
+        text = str(e) or type(e).__name__
+        failed[item.name] = text if item.name in text else f"{item.name}: {text}"
+        bar.update(1)
+
+    try:
+        engine.run(items, plan, engine.embed_fn(), done, error)
+    finally:
+        bar.close()
+    ok = [it for it in items if it.key in tracks]
+    return _stack([tracks[it.key] for it in ok], failed, signature)
+
+
+def _stack(tracks: list[dict], failed: dict[str, str], signature: str) -> Embeddings:
+    def rows(name: str) -> np.ndarray:  # (0, 0) when every input failed
+        return np.stack([t[name] for t in tracks]) if tracks else np.zeros((0, 0), np.float32)
+
+    windows = [{k: v for k, v in t.items() if k.startswith("window_")} for t in tracks]
+    return Embeddings([str(t["name"]) for t in tracks], rows("embedding"), rows("frontend"),
+                      rows("probabilities"), windows, failed, signature)
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    tmp.replace(path)
+
+
+def _read_npz(path: Path) -> Optional[dict]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+@dataclasses.dataclass
+class EmbedReport:
+    done: list[str]
+    skipped: list[str]
+    failed: dict[str, str]
+    merged: Optional[Path]
+
+    def __str__(self) -> str:
+        lines = [f"embedded {len(self.done)} input(s), skipped {len(self.skipped)} already "
+                 f"finished, {len(self.failed)} failed"]
+        lines += [f"  {msg}" for msg in self.failed.values()]
+        if self.merged is not None:
+            lines.append(f"track-level embeddings of every finished input: {self.merged}")
+        return "\n".join(lines)
+
+
+def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
+                 out_dir: str | os.PathLike, plan: inference.WindowPlan = inference.WindowPlan(),
+                 progress: bool = True, retry_failed: bool = False) -> EmbedReport:
+    """Writes OUT/<key>.npz per input and OUT/embeddings.npz (all finished inputs, in input
+    order); see the module doc for the arrays. Resumable; with several processes each embeds its
+    share and process 0 writes the merged files (its report covers the run)."""
+    import jax
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plan.hop_steps(engine.geometry)
+    signature = run_signature(engine.loaded, plan)
+    if len({it.key for it in items}) != len(items):
+        raise ValueError("input keys must be unique")
+    process, processes = jax.process_index(), jax.process_count()
+    share = inference.process_share(items, process, processes)
+    old_failures = _read_failures(out / FAILURES)
+    skipped, failed, todo = [], {}, []
+    for item in share:
+        npz = _read_npz(out / f"{item.key}.npz")
+        if (npz is not None and str(npz.get("signature")) == signature
+                and str(npz.get("fingerprint")) == item.fingerprint):
+            skipped.append(item.name)
+            continue
+        old = old_failures.get(item.key)
+        if (old and old.get("fingerprint") == item.fingerprint
+                and old.get("signature") == signature and not retry_failed):
+            failed[item.name] = f"{old['error']} (failed in an earlier run; unchanged, not retried)"
+            continue
+        todo.append(item)
+    done: list[str] = []
+    new_failures: dict[str, dict] = {}
+
+    def on_track(item: inference.Input, track: dict) -> None:
+        _write_npz(out / f"{item.key}.npz", track)
+        done.append(item.name)
+
+    result = embed(engine, todo, plan, progress=progress and process == 0, on_track=on_track)
+    by_name = {it.name: it for it in todo}
+    for name, msg in result.failed.items():
+        failed[name] = msg
+        item = by_name[name]
+        new_failures[item.key] = {"input": name, "error": msg, "fingerprint": item.fingerprint,
+                                  "signature": signature}
+    mine = {it.key for it in share}
+    kept = {k: v for k, v in old_failures.items()  # unchanged failures, not retried
+            if k in mine and v.get("input") in failed}
+    part = {"keys": sorted(mine), "done": done, "skipped": skipped, "failed": failed,
+            "failures": {**kept, **new_failures}}
+    if processes > 1:
+        _write_json(out / f"run.part{process}.json", part)
+        inference.barrier("embed-parts-written")
+        if process != 0:
+            return EmbedReport(done, skipped, failed, None)
+        parts = [json.loads((out / f"run.part{p}.json").read_text()) for p in range(processes)]
+    else:
+        parts = [part]
+    merged_failures = dict(old_failures)
+    done, skipped, failed = [], [], {}
+    for p in parts:
+        for key in p["keys"]:
+            merged_failures.pop(key, None)
+        merged_failures.update(p["failures"])
+        done += p["done"]
+        skipped += p["skipped"]
+        failed.update(p["failed"])
+    if merged_failures:
+        _write_json(out / FAILURES, merged_failures)
+    elif (out / FAILURES).exists():
+        (out / FAILURES).unlink()
+    merged = _merge(out, items, signature)
+    for p in range(processes if processes > 1 else 0):
+        (out / f"run.part{p}.json").unlink(missing_ok=True)
+    return EmbedReport(done, skipped, failed, merged)
+
+
+def _read_failures(path: Path) -> dict[str, dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _merge(out: Path, items: Sequence[inference.Input], signature: str) -> Optional[Path]:
+    """OUT/embeddings.npz: track-level arrays of every input with a current NPZ, in input order,
+    with their names, keys and the run signature."""
+    rows = []
+    for item in items:
+        z = _read_npz(out / f"{item.key}.npz")
+        if z is not None and str(z.get("signature")) == signature:
+            rows.append((item, z))
+    if not rows:
+        return None
+    path = out / MERGED
+    _write_npz(path, {
+        "names": np.array([it.name for it, _ in rows]),
+        "keys": np.array([it.key for it, _ in rows]),
+        "signature": np.array(signature), "format": np.array(FORMAT),
+        "model_signature": rows[0][1]["model_signature"],
+        **{k: np.stack([z[k] for _, z in rows]) for k in FIELDS},
+        "num_windows": np.array([len(z["window_starts_s"]) for _, z in rows]),
+    })
+    return path
+
+
+def load_embeddings(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of an `embeddings.npz` (or of one input's NPZ) as a dict."""
+    data = _read_npz(Path(path))
+    if data is None:
+        raise ValueError(f"{path}: not a readable embeddings NPZ")
+    return data
+

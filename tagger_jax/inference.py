@@ -1,0 +1,596 @@
+"""The one inference path of `tag`, `embed`, `explain` and `evaluate`: from inputs to per-window
+model outputs, batched over inputs and split over the local devices.
+
+The path of an input:
+
+  1. discovery: `discover` (files and directories) or `dataset_inputs` (records of a split) give
+     `Input`s: a key (file-name-safe, unique in a run), a name for people, a loader and a
+     fingerprint (changes when the input changes, for resuming);
+  2. reading: `Engine.read` is the model's input for a file (log-mel frames or waveform samples,
+     whatever `tagger_jax.models.registry` says the architecture eats);
+  3. windows: `window_starts` places the model-sized windows, by default covering the whole track
+     (`COVER`: a window every `hop`, the last one ending at the end of the track), or with the
+     paper's protocol (`PAPER`: 16 evenly spaced chunks). A clip shorter than one window is tiled
+     to fill it (`chunking.pad_to_length`); identical windows of one input (the 16 copies of a
+     tiled short clip) are computed once;
+  4. `load_ahead` prepares inputs in worker threads, in input order, a bounded number ahead;
+  5. `Packer` packs the windows of many inputs into fixed-size batches (one compilation per model
+     and batch shape), streams windows from the input (a long file never has all its windows in
+     memory at once), places each batch split over the local devices on the mesh's data axis and
+     keeps one batch in flight while the host prepares the next;
+  6. `track_probabilities` is THE definition of a track's tags: the mean of its windows' sigmoid
+     outputs (for `PAPER` windows this is the paper's evaluation protocol).
+
+Outputs do not depend on the batch size or on an input's batch mates: the models run in
+inference mode (BatchNorm with running statistics, no dropout), so every row is computed on its
+own. With several processes (`jax.distributed`), `process_share` gives each process a disjoint
+share of the inputs; each runs this path on its own devices and writes per-input results, and the
+consumers merge them (`barrier`).
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+from tagger_jax import chunking
+from tagger_jax.models.registry import Geometry, geometry
+
+COVER = "cover"  # windows every hop, the last ending at the end of the track (user files)
+PAPER = "paper"  # the paper's evenly spaced chunks (evaluate's default)
+WINDOWS = (COVER, PAPER)
+INPUT_SUFFIXES_EXTRA = (".npy",)  # besides audio: precomputed model inputs
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Input:
+    """One input of a run. `load` returns the whole track's model input: (n_mels, T) log-mel, or
+    (N,) samples for a waveform model; it raises (ideally `audio.InputError`, naming the input)
+    when the input is broken."""
+
+    key: str  # output file stem, unique in the run and safe as a file name
+    name: str  # shown to people: a path, or dataset:split[i]
+    load: Callable[[], np.ndarray]
+    fingerprint: str  # changes when the input changes
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    marks: tuple[int, ...] = ()  # window positions to mark in figures (explain's two-clip mode)
+
+
+def safe_key(text: str, max_len: int = 120) -> str:
+    """A file-name-safe stem: odd characters become '_', long names keep a hash suffix."""
+    key = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._") or "input"
+    if len(key) > max_len:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+        key = key[: max_len - 11] + "-" + digest
+    return key
+
+
+def file_fingerprint(path: Path) -> str:
+    """Size and modification time of a file ("file:missing" if it cannot be read)."""
+    try:
+        st = path.stat()
+        return f"file:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        return "file:missing"
+
+
+def discover(paths: Iterable[str | os.PathLike],
+             skipped: Optional[list[tuple[Path, str]]] = None) -> list[tuple[Path, str]]:
+    """(file, name relative to the named directory) for every input, in a stable order.
+
+    Files named directly are kept whatever their suffix (they fail later with a clear error if
+    they are not audio); in directories, `audio.scan_inputs` decides (every format the decoders
+    read, by suffix or content), sorted; what it leaves out is appended, with the reason, to
+    `skipped` if given. Duplicates are dropped (first occurrence kept). Missing paths are kept:
+    they become failed inputs with an error naming them, never a crash of the run. Names are
+    `audio.display_path` text (bytes that are not UTF-8 as \\xNN).
+    """
+    from tagger_jax import audio
+
+    out: dict[Path, str] = {}
+    for p in map(Path, paths):
+        files, left_out = audio.scan_inputs([p])
+        if skipped is not None:
+            skipped.extend(left_out)
+        for f in files:
+            rel = f.relative_to(p).as_posix() if p.is_dir() else p.name
+            out.setdefault(f, audio.display_path(rel))
+    return list(out.items())
+
+
+def unique_keys(names: Sequence[str]) -> list[str]:
+    """`safe_key` of each name ('/' as '__'), with -2, -3, ... appended to repeats."""
+    used: collections.Counter = collections.Counter()
+    keys = []
+    for name in names:
+        key = safe_key(name.replace("/", "__"))
+        used[key] += 1
+        keys.append(key if used[key] == 1 else f"{key}-{used[key]}")
+    return keys
+
+
+def dataset_inputs(name: str, split: str, feature: str, data_dir: Optional[str] = None,
+                   builder_config: Optional[str] = None,
+                   limit: Optional[int] = None) -> list[Input]:
+    """Inputs for the records of a dataset split (`tagger_jax.datasets.load_split`): record i's
+    `feature` ("mel" or "audio", `Architecture.dataset_feature`). Self-contained datasets
+    (synthetic_tags) are built on first use, as training does."""
+    from tagger_jax.datasets import SELF_CONTAINED, ensure_built, load_split
+
+    if name in SELF_CONTAINED:
+        ensure_built(name, data_dir, builder_config)
+    source, _ = load_split(name, split, data_dir, builder_config)
+    n = len(source) if limit is None else min(limit, len(source))
+    label = f"{name}/{builder_config}" if builder_config else name
+
+    def load(i: int) -> np.ndarray:
+        record = source[i]
+        if feature not in record:
+            raise ValueError(f"{label}:{split}[{i}]: record has no {feature!r} feature "
+                             f"({sorted(record)})")
+        return np.asarray(record[feature], np.float32)
+
+    return [Input(key=safe_key(f"{label}-{split}-{i:06d}"), name=f"{label}:{split}[{i}]",
+                  load=functools.partial(load, i), fingerprint=f"dataset:{label}:{split}:{i}")
+            for i in range(n)]
+
+
+def process_share(items: Sequence[Any], index: Optional[int] = None,
+                  count: Optional[int] = None) -> list[Any]:
+    """This process's disjoint share of `items` (every `count`-th, from `index`): with
+    jax.distributed every input is computed by exactly one process. Defaults: this process."""
+    if index is None or count is None:
+        import jax
+
+        index, count = jax.process_index(), jax.process_count()
+    return list(items[index::count])
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches `name` (no-op with one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows
+
+
+def window_starts(num_steps: int, chunk: int, *, windows: str = COVER, hop: Optional[int] = None,
+                  num_chunks: int = chunking.EVAL_CHUNKS) -> np.ndarray:
+    """Window starts (in time steps) over a track of `num_steps >= chunk` steps.
+
+    COVER: starts 0, hop, 2 hop, ... plus a last window ending at the track's end
+    (`chunking.sliding_window_starts`; default hop: one chunk). PAPER: the authors' evaluation
+    chunks i * ((T - chunk) // num_chunks), i < num_chunks (`chunking.eval_chunk_starts`).
+    """
+    if windows == COVER:
+        hop = chunk if hop is None else int(hop)
+        if not 0 < hop <= chunk:
+            raise ValueError(f"hop must be in 1..{chunk} time steps (one window), got {hop}")
+        return chunking.sliding_window_starts(num_steps, chunk, hop)
+    if windows == PAPER:
+        return chunking.eval_chunk_starts(num_steps, chunk, num_chunks)
+    raise ValueError(f"windows must be one of {WINDOWS}, got {windows!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowPlan:
+    """How a run places windows: `windows` (COVER or PAPER), `hop_s` (COVER; None: one chunk)
+    and `num_chunks` (PAPER)."""
+
+    windows: str = COVER
+    hop_s: Optional[float] = None
+    num_chunks: int = chunking.EVAL_CHUNKS
+
+    def __post_init__(self):
+        if self.windows not in WINDOWS:
+            raise ValueError(f"windows must be one of {WINDOWS}, got {self.windows!r}")
+        if self.hop_s is not None and not self.hop_s > 0:
+            raise ValueError(f"--hop must be a positive number of seconds, got {self.hop_s}")
+        if self.num_chunks < 1:
+            raise ValueError(f"the number of chunks must be positive, got {self.num_chunks}")
+
+    def hop_steps(self, geom: Geometry) -> Optional[int]:
+        """The hop in input time steps, at most one chunk (None: one chunk)."""
+        if self.hop_s is None:
+            return None
+        hop = geom.steps(self.hop_s)
+        if hop > geom.chunk:
+            raise ValueError(f"--hop {self.hop_s} s is longer than one window ({geom.chunk_s:.3f}"
+                             " s): parts of the track would never be seen")
+        return hop
+
+    def starts(self, num_steps: int, geom: Geometry) -> np.ndarray:
+        return window_starts(num_steps, geom.chunk, windows=self.windows,
+                             hop=self.hop_steps(geom), num_chunks=self.num_chunks)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description (in results and signatures)."""
+        if self.windows == PAPER:
+            return {"windows": PAPER, "num_chunks": self.num_chunks}
+        return {"windows": COVER, "hop_s": self.hop_s}
+
+
+@dataclasses.dataclass
+class Prepared:
+    """An input read and planned: its signal, window starts, and the distinct windows to run."""
+
+    item: Input
+    signal: np.ndarray  # the input as read (before tiling)
+    x: np.ndarray  # the signal tiled to at least one chunk
+    length: int  # time steps of `signal`
+    padded: bool
+    starts: np.ndarray  # (n,) start of every window, in time steps of `x`
+    unique_starts: np.ndarray  # distinct starts, computed once each
+    inverse: np.ndarray  # starts == unique_starts[inverse]
+    chunk: int
+    notes: list[str]
+    started: float
+    tags: Optional[np.ndarray] = None  # consumers' per-input state (explain: tags to explain)
+    warnings: dict[str, str] = dataclasses.field(default_factory=dict)  # audio.read_input's
+
+    def windows(self) -> Iterator[np.ndarray]:
+        """The distinct windows, one at a time (views of `x`: nothing is copied until a batch
+        is stacked)."""
+        for s in self.unique_starts:
+            yield self.x[..., s:s + self.chunk]
+
+
+def prepare(item: Input, geom: Geometry, plan: WindowPlan) -> Prepared:
+    """Reads `item` and places its windows (runs in load-ahead threads; no global state)."""
+    started = time.perf_counter()
+    signal = item.load()  # the input, or (input, {code: warning}) from Engine.read_checked
+    signal, warnings = signal if isinstance(signal, tuple) else (signal, {})
+    signal = np.asarray(signal, np.float32)
+    expected = 1 if geom.architecture.waveform else 2
+    if signal.ndim != expected:
+        raise ValueError(f"{item.name}: model input has shape {signal.shape}; "
+                         f"{geom.architecture.name} expects {expected} axes")
+    length = int(signal.shape[-1])
+    x, padded = chunking.pad_to_length(signal, geom.chunk)
+    notes = [f"{item.name}: only {length} time steps, shorter than one window of {geom.chunk}; "
+             "the clip was repeated to fill the window"] if padded else []
+    starts = plan.starts(x.shape[-1], geom)
+    unique, inverse = np.unique(starts, return_inverse=True)
+    return Prepared(item, signal, x, length, padded, starts, unique, inverse.reshape(-1),
+                    geom.chunk, notes, started, warnings=dict(warnings))
+
+
+def load_ahead(fn: Callable[[Input], Any], items: Iterable[Input], workers: int = 2,
+               ahead: Optional[int] = None) -> Iterator[tuple[Input, Any]]:
+    """(item, fn(item) or the exception it raised) in input order, computed by `workers` threads
+    with at most `ahead` (default 2 x workers) items in flight: host memory stays bounded on long
+    lists. A broken input never stops the others."""
+    workers = max(1, int(workers))
+    ahead = max(1, ahead or 2 * workers)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque = collections.deque()
+        it = iter(items)
+        for item in it:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            item, future = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(fn, nxt)))
+            try:
+                yield item, future.result()
+            except Exception as e:  # noqa: BLE001 -- reported per input by the consumer
+                yield item, e
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+
+class Packer:
+    """Packs rows of many inputs into fixed-size batches for `fn` and hands each input its rows
+    back, stacked in order, once all are computed.
+
+    `fn(**batch) -> {name: (batch_size, ...)}` is called on batches of exactly `batch_size` rows
+    (the last is padded by repeating its first row), so a jitted `fn` compiles once. `put` places
+    a host batch on devices (e.g. split over a mesh). One batch stays in flight: the next is
+    stacked while the devices compute. Rows are pulled from each input's iterator as batches fill,
+    so at most `batch_size` rows wait on the host (`peak_rows` records the most ever waiting).
+    `rows_computed` counts the real rows sent to `fn` (padding excluded).
+    """
+
+    def __init__(self, fn: Callable[..., Mapping[str, Any]], batch_size: int,
+                 put: Optional[Callable[[dict], Any]] = None):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {batch_size}")
+        self.fn, self.batch_size, self.put = fn, int(batch_size), put
+        self.rows: collections.deque = collections.deque()  # (key, index, {name: row})
+        self.expected: dict[str, int] = {}
+        self.results: dict[str, list] = {}
+        self.expand: dict[str, Optional[np.ndarray]] = {}
+        self.in_flight: Optional[tuple[list, Any]] = None
+        self.rows_computed = 0
+        self.peak_rows = 0
+
+    def add(self, key: str, rows: Iterable[Mapping[str, np.ndarray]], n: int,
+            expand: Optional[np.ndarray] = None) -> list[tuple[str, dict]]:
+        """Queues the `n` rows of input `key`; returns the inputs finished meanwhile.
+
+        `expand` (optional) maps the computed rows to the input's rows: output i of the input is
+        computed row `expand[i]` (identical windows computed once).
+        """
+        if key in self.expected:
+            raise ValueError(f"input {key!r} added twice")
+        if n < 1:
+            raise ValueError(f"input {key!r} has no rows")
+        self.expected[key], self.results[key], self.expand[key] = n, [None] * n, expand
+        done: list[tuple[str, dict]] = []
+        count = 0
+        for i, row in enumerate(rows):
+            self.rows.append((key, i, row))
+            self.peak_rows = max(self.peak_rows, len(self.rows))
+            count += 1
+            if len(self.rows) >= self.batch_size:
+                done += self._run(self.batch_size)
+        if count != n:
+            raise ValueError(f"input {key!r}: {count} rows given, {n} announced")
+        return done
+
+    def flush(self) -> list[tuple[str, dict]]:
+        """Runs what is queued and collects the batch in flight."""
+        done = []
+        while self.rows:
+            done += self._run(min(len(self.rows), self.batch_size))
+        return done + self._collect()
+
+    def _run(self, n: int) -> list[tuple[str, dict]]:
+        rows = [self.rows.popleft() for _ in range(n)]
+        names = rows[0][2].keys()
+        batch = {k: np.stack([r[2][k] for r in rows] + [rows[0][2][k]] * (self.batch_size - n))
+                 for k in names}
+        if self.put is not None:
+            batch = self.put(batch)
+        out = self.fn(**batch)  # dispatched asynchronously
+        self.rows_computed += n
+        done = self._collect()
+        self.in_flight = (rows, out)
+        return done
+
+    def _collect(self) -> list[tuple[str, dict]]:
+        if self.in_flight is None:
+            return []
+        import jax
+
+        rows, out = self.in_flight
+        self.in_flight = None
+        out = jax.device_get(out)
+        done = []
+        for j, (key, i, _) in enumerate(rows):
+            self.results[key][i] = {k: np.asarray(v[j]) for k, v in out.items()}
+            self.expected[key] -= 1
+            if self.expected[key] == 0:
+                parts = self.results.pop(key)
+                del self.expected[key]
+                stacked = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
+                expand = self.expand.pop(key)
+                if expand is not None:
+                    stacked = {k: v[expand] for k, v in stacked.items()}
+                done.append((key, stacked))
+        return done
+
+
+# ---------------------------------------------------------------------------------------------
+# Model functions
+
+
+@functools.lru_cache(maxsize=8)
+def make_predict_fn(model) -> Callable[[Any, Any], Any]:
+    """A jitted `fn(variables, x) -> sigmoid probabilities` (float32) in inference mode.
+
+    No shardings are fixed, so jit follows the inputs': a batch split over a mesh (replicated
+    variables) is computed in parallel and the output keeps the batch sharding. Logits are cast
+    to float32 before the sigmoid so bfloat16 models average in full precision. Memoised on the
+    module (Flax modules hash by their fields): one compilation per (model, batch shape).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def predict(variables, x):
+        logits = model.apply(variables, x, train=False)
+        return jax.nn.sigmoid(logits.astype(jnp.float32))
+
+    return predict
+
+
+@functools.lru_cache(maxsize=8)
+def make_embed_fn(model, has_attention: bool) -> Callable[[Any, Any], dict]:
+    """A jitted `fn(variables, x) -> {"probabilities", "embedding", "frontend"}` (float32).
+
+    "embedding" is what the classifier reads: for attention models the pooled [CLS]
+    representation tanh(W h_[CLS] + b) before dropout ((B, attention_channels)); for the
+    convolutional back-end the hidden dense layer after BatchNorm and ReLU ((B, 500)).
+    "frontend" is the front-end's output averaged over time ((B, channels)).
+    Both are read with Flax's `capture_intermediates` from the unchanged model.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    names = ("frontend", "pooler") if has_attention else ("frontend", "dense_bn")
+
+    @jax.jit
+    def embed(variables, x):
+        logits, state = model.apply(
+            variables, x, train=False, mutable=["intermediates"],
+            capture_intermediates=lambda mdl, method: (
+                method == "__call__" and len(mdl.scope.path) == 1 and mdl.name in names))
+        inter = state["intermediates"]
+        frontend = inter["frontend"]["__call__"][0]
+        if has_attention:
+            embedding = jnp.tanh(inter["pooler"]["__call__"][0])
+        else:
+            embedding = jax.nn.relu(inter["dense_bn"]["__call__"][0])
+        return {"probabilities": jax.nn.sigmoid(logits.astype(jnp.float32)),
+                "embedding": embedding.astype(jnp.float32),
+                "frontend": frontend.astype(jnp.float32).mean(axis=1)}
+
+    return embed
+
+
+def model_signature(loaded) -> str:
+    """Changes when the model directory is rewritten (its metadata or variables): outputs made
+    with another signature are not reused by resumable runs."""
+    directory = Path(loaded.directory)
+    parts = [str(directory)]
+    for name in ("tagger.json", "variables"):
+        try:
+            parts.append(str((directory / name).stat().st_mtime_ns))
+        except OSError:
+            parts.append("-")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def track_probabilities(window_probabilities: np.ndarray) -> np.ndarray:
+    """A track's tag probabilities: the mean of its windows' sigmoid outputs, (n, tags) ->
+    (tags,). With PAPER windows this is the authors' evaluation protocol; `tag`, `explain`,
+    `embed` and `evaluate` all use it, so they report the same numbers for the same windows."""
+    p = np.asarray(window_probabilities)
+    if p.ndim != 2 or not len(p):
+        raise ValueError(f"expected (windows, tags) probabilities, got shape {p.shape}")
+    return p.astype(np.float64).mean(axis=0).astype(np.float32)
+
+
+def top_tags(probabilities: np.ndarray, tags: Sequence[str], k: int) -> list[dict]:
+    """[{"tag", "probability"}] of the k most probable tags (ties: lower index first)."""
+    order = np.argsort(-np.asarray(probabilities), kind="stable")[:k]
+    return [{"tag": str(tags[i]), "probability": round(float(probabilities[i]), 6)}
+            for i in order]
+
+
+# ---------------------------------------------------------------------------------------------
+# A loaded model on the local devices
+
+
+class Engine:
+    """A loaded model ready for inference: geometry, reader, local mesh, replicated variables.
+
+    `batch_size` is rounded up to a multiple of the local device count; every batch is split over
+    the local devices on the mesh's "data" axis. Reuse one engine for many calls (functions are
+    compiled once per model and batch shape).
+    """
+
+    def __init__(self, loaded, batch_size: int = 64, devices: Optional[Sequence[Any]] = None,
+                 load_workers: Optional[int] = None):
+        from tagger_jax import audio, sharding
+
+        self.loaded = loaded
+        self.tags = tuple(loaded.tags)
+        self.features = audio.features_from_config(loaded.config.get("features"))
+        self.geometry = geometry(loaded.config.model, self.features.sample_rate,
+                                 self.features.hop_length, self.features.chunk_frames)
+        self.architecture = self.geometry.architecture
+        self.mesh = sharding.local_mesh(devices)
+        n_dev = self.mesh.devices.size
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {batch_size}")
+        self.batch_size = -(-int(batch_size) // n_dev) * n_dev
+        self.variables = sharding.replicate_local(loaded.variables, self.mesh)
+        self._batch_sharding = sharding.batch_sharding(self.mesh)
+        self.load_workers = load_workers or min(8, os.cpu_count() or 2)
+
+    # inputs ------------------------------------------------------------------------------------
+
+    def read(self, path: str | os.PathLike) -> np.ndarray:
+        """The model's input for a file: (n_mels, T) log-mel, or (N,) samples for a waveform
+        architecture (`audio.load_input` / `audio.load_waveform_input`; `.npy` as is)."""
+        from tagger_jax import audio
+
+        if self.architecture.waveform:
+            return audio.load_waveform_input(path, self.features.sample_rate)
+        return audio.load_input(path, self.features)
+
+    def read_checked(self, path: str | os.PathLike) -> tuple[np.ndarray, dict[str, str]]:
+        """`read` plus the input's degradation warnings, {code: message} (`audio.read_input`)."""
+        from tagger_jax import audio
+
+        return audio.read_input(path, self.features, waveform=self.architecture.waveform)
+
+    def file_inputs(self, paths: Iterable[str | os.PathLike]) -> list[Input]:
+        """Inputs for files and directories (`discover`), with unique keys."""
+        found = discover(paths)
+        keys = unique_keys([rel for _, rel in found])
+        from tagger_jax import audio
+
+        return [Input(key=key, name=audio.display_path(path),
+                      load=functools.partial(self.read, path),
+                      fingerprint=file_fingerprint(path))
+                for (path, _), key in zip(found, keys)]
+
+    def dataset_inputs(self, name: str, split: str, data_dir: Optional[str] = None,
+                       builder_config: Optional[str] = None,
+                       limit: Optional[int] = None) -> list[Input]:
+        return dataset_inputs(name, split, self.architecture.dataset_feature, data_dir,
+                              builder_config, limit)
+
+    def prepare(self, item: Input, plan: WindowPlan) -> Prepared:
+        return prepare(item, self.geometry, plan)
+
+    # batches -----------------------------------------------------------------------------------
+
+    def put(self, batch: dict) -> dict:
+        """A host batch split over the local devices on the data axis."""
+        import jax
+
+        return jax.device_put(batch, self._batch_sharding)
+
+    def packer(self, fn: Callable[..., Mapping[str, Any]]) -> Packer:
+        return Packer(fn, self.batch_size, put=self.put)
+
+    def run(self, items: Sequence[Input], plan: WindowPlan,
+            fn: Callable[..., Mapping[str, Any]],
+            on_done: Callable[[Prepared, dict], None],
+            on_error: Callable[[Input, BaseException], None]) -> Packer:
+        """Computes `fn(x=windows)` for every distinct window of every item (packed, sharded) and
+        calls `on_done(prepared, outputs)` with each input's per-window outputs (in window order,
+        identical windows expanded) or `on_error(item, exception)`, in completion order."""
+        packer = self.packer(fn)
+        waiting: dict[str, Prepared] = {}
+
+        def finished(done: list[tuple[str, dict]]) -> None:
+            for key, out in done:
+                on_done(waiting.pop(key), out)
+
+        for item, prepared in load_ahead(functools.partial(self.prepare, plan=plan), items,
+                                         self.load_workers):
+            if isinstance(prepared, BaseException):
+                on_error(item, prepared)
+                continue
+            waiting[item.key] = prepared
+            finished(packer.add(item.key, ({"x": w} for w in prepared.windows()),
+                                len(prepared.unique_starts), prepared.inverse))
+        finished(packer.flush())
+        return packer
+
+    def predict_fn(self) -> Callable[..., dict]:
+        predict = make_predict_fn(self.loaded.model)
+        return lambda x: {"probabilities": predict(self.variables, x)}
+
+    def embed_fn(self) -> Callable[..., dict]:
+        embed = make_embed_fn(self.loaded.model, self.architecture.has_attention)
+        return lambda x: embed(self.variables, x)

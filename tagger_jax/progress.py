@@ -1,0 +1,113 @@
+"""Progress for every phase of a training run (tqdm, process 0): compile, train, validate, test.
+
+* `train_bar`: clips trained, with clips/s and an ETA of the remaining training steps. Time spent
+  outside training steps (compilation, validation, checkpoints) is excluded from the rate by
+  `Progress.resume_timing()`, so the ETA does not jump after each of them.
+* `Progress.phase(desc)`: a line with the elapsed time of a phase of unknown length
+  (compilation), refreshed twice a second, then "desc: done in 12.3 s".
+* `Progress.batches(iterable, total, desc)`: a bar over evaluation batches (validation, test).
+
+With `enabled=False` (train.progress_bar = False, or not process 0) bars are off; the one-line
+messages (`say`) are still printed on process 0.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Iterable, Iterator, Optional, TypeVar
+
+import jax
+
+T = TypeVar("T")
+
+
+class Progress:
+    """The run's progress display. `enabled`: bars on process 0; messages always on process 0."""
+
+    def __init__(self, enabled: bool):
+        self.main = jax.process_index() == 0
+        self.enabled = enabled and self.main
+        self.bar = None
+
+    def train_bar(self, total: int, initial: int) -> None:
+        """Opens the training bar (clips), `initial` clips already done (a resumed run)."""
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="clip", unit_scale=True,
+                        dynamic_ncols=True, desc="train", smoothing=0.1)
+
+    def update(self, clips: int, **postfix: str) -> None:
+        if self.bar is not None:
+            self.bar.update(clips)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def skip(self, clips: int) -> None:
+        """Advances the bar by `clips` without counting their time (a step that compiled)."""
+        if self.bar is not None:
+            self.bar.n += clips
+            self.bar.last_print_n = self.bar.n
+            self.bar.unpause()
+            self.bar.refresh()
+
+    def set_postfix(self, **postfix: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(postfix)
+
+    def resume_timing(self) -> None:
+        """Excludes the time since the last bar update from the training rate and ETA."""
+        if self.bar is not None:
+            self.bar.unpause()
+
+    def say(self, message: str) -> None:
+        """A line for the user (process 0), above the bars if there are any."""
+        if not self.main:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    @contextlib.contextmanager
+    def phase(self, desc: str) -> Iterator[None]:
+        """Shows `desc` with its elapsed time while the block runs; says how long it took."""
+        start = time.perf_counter()
+        stop = threading.Event()
+        spinner = None
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            spinner = tqdm(total=None, desc=desc, bar_format="{desc}: {elapsed}", leave=False,
+                           dynamic_ncols=True)
+
+            def refresh():
+                while not stop.wait(0.5):
+                    spinner.refresh()
+
+            thread = threading.Thread(target=refresh, daemon=True)
+            thread.start()
+        try:
+            yield
+        finally:
+            if spinner is not None:
+                stop.set()
+                thread.join()
+                spinner.close()
+        self.say(f"{desc}: done in {time.perf_counter() - start:.1f} s")
+
+    def batches(self, iterable: Iterable[T], total: Optional[int], desc: str) -> Iterable[T]:
+        """`iterable` with a bar of `total` batches (None: unknown) while it is consumed."""
+        if not self.enabled:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False,
+                    dynamic_ncols=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,109 @@
+"""What the training loop reads: the configured dataset's train, validation and test pipelines.
+
+`load_data(config)` builds the dataset if needed (self-contained datasets, or `data.manual_dir`)
+and opens its splits through tagger_jax.input_pipeline; tests build `TrainData` from in-memory
+lists instead. Only jax and numpy are imported at module level: the data stack (grain, tfds,
+librosa) is imported by `load_data`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass
+class TrainData:
+    """What the training loop reads; `load_data` builds it from a config, tests from lists.
+
+    `train` is an iterable (a grain IterDataset) whose iterator yields this process's batches
+    {"x": (local_batch, ...), "y": (local_batch, num_tags)} for every step of every epoch and has
+    `get_state()` / `set_state()` (a JSON-able dict). `eval_batches()` / `test_batches()` return a
+    fresh iterator over this process's 16-chunk evaluation batches (input_pipeline.eval_batches);
+    `*_num_batches` is their length (for progress bars; None: unknown). `test_fingerprint`
+    identifies the test split's contents on disk (None: not identifiable, results never reused).
+    """
+
+    train: Iterable[Mapping[str, np.ndarray]]
+    steps_per_epoch: int
+    eval_batches: Callable[[], Iterable[Mapping[str, np.ndarray]]]
+    tag_names: tuple[str, ...]
+    test_batches: Optional[Callable[[], Iterable[Mapping[str, np.ndarray]]]] = None
+    eval_num_batches: Optional[int] = None
+    test_num_batches: Optional[int] = None
+    test_fingerprint: Optional[str] = None
+
+
+def eval_clips_per_batch(requested: int, num_chunks: int) -> int:
+    """Clips per process and evaluation batch, rounded up so its chunks split over local devices."""
+    local = jax.local_device_count()
+    unit = local // math.gcd(num_chunks, local)
+    return max(unit, -(-int(requested) // jax.process_count() // unit) * unit)
+
+
+def split_fingerprint(dataset_dir: str | Path, name: str, split: str) -> str:
+    """A hash of a built split's files (names, sizes, modification times) and dataset_info.json.
+
+    Changes when the split is rebuilt or modified; cheap (no file is read but the info file).
+    """
+    directory = Path(str(dataset_dir))
+    h = hashlib.sha256(str(directory.absolute()).encode())
+    for path in sorted(directory.glob(f"{name}-{split}.*")):
+        st = path.stat()
+        h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    info = directory / "dataset_info.json"
+    if info.is_file():
+        h.update(info.read_bytes())
+    return h.hexdigest()
+
+
+def load_data(config: Any) -> TrainData:
+    """Builds (if needed) and opens the configured dataset and its input pipelines."""
+    from tagger_jax import datasets, input_pipeline  # the data stack, imported only to train
+
+    d, t, f = config.data, config.train, config.features
+    builder_config = d.builder_config or None
+    builder = datasets.ensure_built(d.name, d.data_dir, builder_config=builder_config,
+                                    manual_dir=d.manual_dir or None,
+                                    num_workers=d.build_workers or None)
+    train_source, tags = datasets.load_split(d.name, d.train_split, d.data_dir,
+                                             builder_config=builder_config)
+    kind = "audio" if config.model.architecture == "lee_won" else "mel"
+    loader = input_pipeline.train_loader(
+        train_source, global_batch_size=t.batch_size, seed=t.seed, crop_frames=f.chunk_frames,
+        input_kind=kind, num_epochs=t.num_epochs, process_index=jax.process_index(),
+        process_count=jax.process_count(), num_workers=d.num_workers,
+        worker_buffer_size=max(1, d.prefetch), read_threads=d.read_threads,
+        local_device_count=jax.local_device_count())
+    clips = eval_clips_per_batch(t.eval_batch_size, f.eval_chunks)
+
+    def split(name):
+        source, split_tags = datasets.load_split(d.name, name, d.data_dir,
+                                                 builder_config=builder_config)
+        if tuple(split_tags) != tuple(tags):
+            raise ValueError(f"{d.name}: split {name!r} has different tags than {d.train_split!r}")
+        batches = lambda: input_pipeline.eval_batches(
+            source, clips_per_batch=clips, num_chunks=f.eval_chunks, chunk_frames=f.chunk_frames,
+            input_kind=kind, process_index=jax.process_index(), process_count=jax.process_count(),
+            read_threads=d.read_threads)
+        return batches, input_pipeline.eval_num_batches(len(source), clips, jax.process_count())
+
+    if not d.eval_split:
+        raise ValueError("data.eval_split is empty: training selects its best model (and the "
+                         "authors' schedule its phases) on a validation split")
+    eval_batches, eval_num = split(d.eval_split)
+    test_batches = test_num = fingerprint = None
+    if d.test_split and t.test_after_training:
+        test_batches, test_num = split(d.test_split)
+        fingerprint = split_fingerprint(builder.data_dir, builder.name, d.test_split)
+    return TrainData(
+        train=loader,
+        steps_per_epoch=input_pipeline.steps_per_epoch(len(train_source), t.batch_size),
+        eval_batches=eval_batches, tag_names=tuple(tags), test_batches=test_batches,
+        eval_num_batches=eval_num, test_num_batches=test_num, test_fingerprint=fingerprint)
+

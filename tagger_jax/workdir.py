@@ -1,0 +1,180 @@
+"""A training workdir: its layout, its lock, the config it belongs to, reusable test results.
+
+A workdir holds::
+
+    config.json           the resolved config (a different config is refused on restart)
+    train.lock(.holder)   held while a training runs in it (pid, host, start time)
+    checkpoints/<step>/   latest checkpoints: state, data-iterator state (one file per process),
+                          meta (config, plateau schedule)
+    best/<step>/          the state with the best validation ROC-AUC (reloaded at optimizer switches)
+    best_model/           the best model exported for inference (`tagger-jax tag --checkpoint WORKDIR`)
+    metrics.jsonl         one JSON line per logged train window / validation / test result
+    tensorboard/          the same scalars as TensorBoard event files (tensorboardX, no TensorFlow)
+    test/                 metrics.json/csv/png of the best model on the test split, and inputs.json:
+                          what they were computed from (a rerun with the same inputs reuses them)
+
+A stored config is compared after merging it over `config_base.base_config()`, so fields added to
+the project since the workdir was written take their defaults and removed fields are ignored.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+import jax
+
+from tagger_jax import config_base, locking
+
+CONFIG_FILE = "config.json"
+LOCK_FILE = "train.lock"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
+TENSORBOARD_DIR = "tensorboard"
+TEST_DIR = "test"
+TEST_INPUTS_FILE = "inputs.json"
+# Fields that change how a run is executed or reported, never its result: they may differ when a
+# workdir is resumed. Every other field must match the workdir's config.
+RUNTIME_FIELDS = frozenset({
+    "data.data_dir", "data.num_workers", "data.prefetch", "data.read_threads",
+    "data.manual_dir", "data.build_workers",
+    "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
+    "train.progress_bar", "train.test_after_training", "train.distributed",
+    "train.eval_batch_size",
+})
+
+
+class ConfigMismatchError(ValueError):
+    """A workdir holds a run of a different config (or an unreadable config.json)."""
+
+
+WorkdirBusyError = locking.LockedError  # another training holds the workdir
+
+
+@contextlib.contextmanager
+def lock(workdir: Path) -> Iterator[None]:
+    """Holds WORKDIR/train.lock for the block (process 0 only; others share its run).
+
+    Raises WorkdirBusyError naming the holder (pid, host, since) if another training holds it.
+    """
+    if jax.process_index() != 0:
+        yield
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    with locking.hold(workdir, "training", lock_file=workdir / LOCK_FILE):
+        yield
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_to_dict(config: Any) -> dict:
+    """The config as plain JSON types (tuples become lists), for saving and comparing."""
+    raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.loads(json.dumps(raw))
+
+
+def result_fields(config: Any) -> dict[str, Any]:
+    """The flattened fields that determine a run's results (all but RUNTIME_FIELDS)."""
+    return {k: v for k, v in _flatten(config_to_dict(config)).items() if k not in RUNTIME_FIELDS}
+
+
+def config_differences(saved: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
+    """'field: saved != given' for every non-runtime field that differs.
+
+    `saved` is merged over the base config first (see the module docstring). A stored field
+    that neither `given` nor the base config has (removed from the project since) is ignored;
+    a field `given` adds beyond the base config must match. Raises ConfigMismatchError if
+    `saved` does not fit the base config (a field of the wrong type).
+    """
+    try:
+        merged, _ = config_base.merge_over_base(saved)
+    except config_base.StoredConfigError as e:
+        raise ConfigMismatchError(f"the stored config does not fit this version: {e}") from None
+    a, b = result_fields(merged), result_fields(given)
+    known = set(b) | set(result_fields(config_base.base_config()))
+    return [f"{key}: {a.get(key, '<absent>')!r} in the workdir, {b.get(key, '<absent>')!r} now"
+            for key in sorted(set(a) | set(b))
+            if key in known and a.get(key, "<absent>") != b.get(key, "<absent>")]
+
+
+def read_config(path: str | os.PathLike) -> tuple[Any, list[str]]:
+    """A stored config (a workdir's config.json, or the workdir itself) merged over the base config.
+
+    Returns (ConfigDict, names of stored fields config_base.py does not define). Raises
+    ConfigMismatchError naming the file if it is missing, not JSON or does not fit.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    try:
+        stored = json.loads(path.read_text())
+        return config_base.merge_over_base(stored)
+    except FileNotFoundError:
+        raise ConfigMismatchError(f"{path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise ConfigMismatchError(f"{path}: not valid JSON ({e})") from None
+    except config_base.StoredConfigError as e:
+        raise ConfigMismatchError(f"{path}: {e}") from None
+
+
+def check_or_write_config(config: Any, workdir: Path) -> None:
+    """Refuses a workdir that belongs to a different config; otherwise (re)writes config.json."""
+    given = config_to_dict(config)
+    path = workdir / CONFIG_FILE
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigMismatchError(f"{path}: not valid JSON ({e}); use a new --workdir") from None
+        diffs = config_differences(saved, given)
+        if diffs:
+            raise ConfigMismatchError(
+                f"{workdir} holds a run with a different config, so it cannot be resumed:\n  "
+                + "\n  ".join(diffs)
+                + f"\nUse a new --workdir, or resume with the workdir's own config: "
+                  f"--config {path}")
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".json.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(given, indent=2, sort_keys=True))
+        tmp.replace(path)
+
+
+def test_inputs(config: Any, best_step: Optional[int], data_fingerprint: Optional[str]) -> dict:
+    """What the final test results depend on: best checkpoint step, test data, result config."""
+    return {"best_step": best_step, "data": data_fingerprint, "config": result_fields(config)}
+
+
+def reusable_test_results(workdir: Path, inputs: Mapping[str, Any]) -> Optional[dict]:
+    """The stored test metrics if they were computed from exactly `inputs`, else None.
+
+    Never reuses when the data has no fingerprint (in-memory data) or the files are unreadable.
+    """
+    if inputs.get("data") is None:
+        return None
+    directory = workdir / TEST_DIR
+    try:
+        stored = json.loads((directory / TEST_INPUTS_FILE).read_text())
+        metrics = json.loads((directory / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if stored == json.loads(json.dumps(inputs)) else None
+
+
+def write_test_inputs(workdir: Path, inputs: Mapping[str, Any]) -> None:
+    """Records what WORKDIR/test/ was computed from (after its metrics are written)."""
+    path = workdir / TEST_DIR / TEST_INPUTS_FILE
+    tmp = path.with_suffix(f".json.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(inputs, indent=2, sort_keys=True))
+    tmp.replace(path)

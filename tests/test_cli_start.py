@@ -1,0 +1,75 @@
+"""Fast start: `import tagger_jax` and `tagger-jax --help` import neither TensorFlow Datasets nor
+JAX; datasets register their TFDS builders when first named; the compilation cache is written
+where the environment says, and not at all when turned off."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("tensorflow_datasets", "jax", "flax", "librosa")
+
+
+def _python(code: str, **env) -> str:
+    full = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_import_and_help_load_nothing_heavy():
+    out = _python(
+        "import sys, contextlib, io\n"
+        "import tagger_jax\n"
+        "from tagger_jax import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as f:\n"
+        "    try:\n"
+        "        cli.main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "assert 'embed' in f.getvalue()\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    assert out.strip() == "[]"
+
+
+def test_naming_a_dataset_registers_the_builders():
+    out = _python("import tensorflow_datasets as tfds\n"
+                  "import tagger_jax\n"
+                  "def known():\n"
+                  "    try:\n"
+                  "        return tfds.builder_cls('synthetic_tags').name == 'synthetic_tags'\n"
+                  "    except Exception:\n"
+                  "        return False\n"
+                  "print(known())\n"
+                  "import tagger_jax.datasets\n"
+                  "print(known())\n")
+    assert out.split() == ["False", "True"]
+
+
+def test_compilation_cache_directory_from_the_environment(tmp_path, monkeypatch):
+    from tagger_jax import compilation_cache
+
+    monkeypatch.setenv(compilation_cache.ENV, str(tmp_path / "c"))
+    assert compilation_cache.cache_dir() == tmp_path / "c"
+    monkeypatch.setenv(compilation_cache.ENV, "off")
+    assert compilation_cache.cache_dir() is None and compilation_cache.enable() is None
+    monkeypatch.delenv(compilation_cache.ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compilation_cache.cache_dir() == tmp_path / "xdg" / "tagger-jax" / "jax-compilation"
+
+
+@pytest.mark.parametrize("setting", ["dir", "off"])
+def test_a_jitted_program_lands_in_the_cache_unless_turned_off(tmp_path, setting):
+    cache = tmp_path / "cache"
+    value = str(cache) if setting == "dir" else "0"
+    _python("from tagger_jax import compilation_cache\n"
+            "compilation_cache.enable()\n"
+            "import jax, jax.numpy as jnp\n"
+            "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+            "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n",
+            TAGGER_JAX_COMPILATION_CACHE=value)
+    if setting == "dir":
+        assert any(cache.iterdir())
+    else:
+        assert not cache.exists()

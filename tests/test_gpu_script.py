@@ -1,0 +1,40 @@
+"""benchmarks/gpu.sh runs as-is without the data stack (as on a lent GPU machine), shrunk for CPU."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Installed here, absent on the GPU machine: importing any of them must fail in the subprocess.
+DATA_STACK = ("librosa", "grain", "ml_collections", "tensorflow_datasets", "tensorflow",
+              "soundfile", "array_record")
+
+
+@pytest.mark.slow
+def test_gpu_script_small_runs_without_data_stack(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in DATA_STACK))
+    env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(tmp_path))
+    blocked = subprocess.run([sys.executable, "-c", "import grain"], env=env,
+                             capture_output=True, text=True)
+    assert blocked.returncode != 0 and "grain" in blocked.stderr  # the block works
+    out_json = tmp_path / "gpu.json"
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--small",
+                           "--json", str(out_json)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 x cpu (cpu)" in proc.stdout and "NOT a measurement" in proc.stdout
+    result = json.loads(out_json.read_text())
+    assert [(r["batch"], r["dtype"]) for r in result["train"]] == [(4, "float32"), (4, "bfloat16")]
+    assert all(r["clips_per_s"] > 0 for r in result["train"])
+    for dtype in ("float32", "bfloat16"):
+        assert result["inference"][dtype]["forward"] > 0
+        assert result["inference"][dtype]["contribution"] > 0
+    assert result["host_input_clips_per_s"] > 0
+    assert "measured on CPU" in proc.stdout

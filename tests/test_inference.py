@@ -1,0 +1,199 @@
+"""The shared inference path (tagger_jax.inference) and its consumers: identical windows computed
+once, streaming windows with bounded memory, `tag` and `explain` agreeing on a track's tags, and
+embeddings that are exactly what the classifier reads."""
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from tagger_jax import checkpoint, cli, embedding, inference
+from tagger_jax.config_base import base_config
+from tagger_jax.models import build_model, geometry, get_architecture
+from tagger_jax.models.frontends import PonsFrontEnd
+
+TAGS = ("a", "b", "c", "d", "e")
+CHUNK = 32
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    config = base_config()
+    m = config.model
+    m.conv_channels, m.attention_channels, m.attention_heads, m.intermediate = 2, 16, 2, 32
+    config.features.chunk_frames = CHUNK
+    model = build_model(config.model, len(TAGS))
+    variables = model.init(jax.random.key(2), np.zeros((1, 96, CHUNK), np.float32))
+    variables = jax.tree.map(lambda a: a + 0.05, variables)
+    return checkpoint.save_model(tmp_path_factory.mktemp("m") / "model", variables, config, TAGS)
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    return inference.Engine(checkpoint.load_model(model_dir), batch_size=8, load_workers=2)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(4)
+    for name, frames in (("long.npy", 111), ("mid.npy", 40)):
+        np.save(d / name, rng.normal(-30, 10, (96, frames)).astype(np.float32))
+    (d / "broken.npy").write_bytes(b"not numpy")
+    return d
+
+
+def _model_probs(engine, windows):
+    loaded = engine.loaded
+    return np.asarray(jax.nn.sigmoid(loaded.model.apply(loaded.variables, windows)))
+
+
+def test_registry_states_each_architectures_geometry():
+    assert get_architecture({"architecture": "lee_won"}).waveform
+    assert not get_architecture({"architecture": "pons_pons"}).has_attention
+    lee = geometry({"architecture": "lee_won"}, 16000, 256, 256)
+    assert lee.chunk == 65610 and lee.positions == 270
+    assert lee.position_s == pytest.approx(243 / 16000)
+    pons = geometry({"architecture": "pons_won"}, 16000, 256, 256)
+    assert pons.chunk == 256 and pons.position_s == pytest.approx(0.016)
+    with pytest.raises(ValueError, match="pons_won"):
+        get_architecture({"architecture": "vgg"})
+
+
+def test_window_plans():
+    np.testing.assert_array_equal(inference.window_starts(100, 32), [0, 32, 64, 68])
+    np.testing.assert_array_equal(inference.window_starts(100, 32, hop=20), [0, 20, 40, 60, 68])
+    np.testing.assert_array_equal(inference.window_starts(100, 32, windows="paper", num_chunks=4),
+                                  [0, 17, 34, 51])
+    geom = geometry(None, 16000, 256, 32)
+    assert inference.WindowPlan(hop_s=0.1).hop_steps(geom) == 6  # 0.1 s / 16 ms, rounded
+    with pytest.raises(ValueError, match="longer than one window"):
+        inference.WindowPlan(hop_s=1.0).hop_steps(geom)
+    with pytest.raises(ValueError, match="positive"):
+        inference.WindowPlan(hop_s=0.0)
+
+
+def test_short_clips_identical_windows_are_computed_once(engine, tmp_path):
+    """40 clips shorter than a window, 16 paper chunks each: 40 windows computed, not 640."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(40):
+        paths.append(tmp_path / f"s{i:02d}.npy")
+        np.save(paths[-1], rng.normal(-30, 10, (96, 5 + i % 7)).astype(np.float32))
+    got = {}
+    packer = engine.run(engine.file_inputs(paths), inference.WindowPlan("paper"),
+                        engine.predict_fn(), lambda p, out: got.__setitem__(p.item.name, out),
+                        lambda item, e: pytest.fail(str(e)))
+    assert packer.rows_computed == 40
+    tiled = np.stack([np.load(p)[:, np.arange(CHUNK) % np.load(p).shape[1]] for p in paths])
+    expected = _model_probs(engine, tiled)
+    for i, p in enumerate(paths):
+        probs = got[str(p)]["probabilities"]
+        assert probs.shape == (16, len(TAGS))  # every chunk reported, computed once
+        np.testing.assert_allclose(probs, np.broadcast_to(expected[i], probs.shape), atol=2e-6)
+
+
+def test_streaming_keeps_at_most_one_batch_of_windows_on_the_host():
+    """A long input at a fine hop: windows are views pulled as batches fill, never all at once."""
+    geom = geometry(None, 16000, 256, CHUNK)
+    x = np.random.default_rng(1).normal(size=(96, 4000)).astype(np.float32)
+    item = inference.Input("k", "long", lambda: x, "f")
+    p = inference.prepare(item, geom, inference.WindowPlan(hop_s=0.016))  # hop: one frame
+    assert len(p.starts) == 4000 - CHUNK + 1
+    first = next(p.windows())
+    assert np.shares_memory(first, p.x)  # a view, not a copy
+    packer = inference.Packer(lambda x: {"m": x.mean(axis=(1, 2))}, batch_size=16)
+    done = packer.add("k", ({"x": w} for w in p.windows()), len(p.unique_starts), p.inverse)
+    done += packer.flush()
+    assert packer.peak_rows <= 16 and packer.rows_computed == len(p.starts)
+    [(key, out)] = done
+    expected = np.array([x[:, s:s + CHUNK].mean() for s in p.starts])
+    np.testing.assert_allclose(out["m"], expected, rtol=1e-5)
+
+
+def test_outputs_do_not_depend_on_batch_size_or_batch_mates(model_dir, files):
+    loaded = checkpoint.load_model(model_dir)
+    results = {}
+    for bs in (1, 3, 8):
+        eng = inference.Engine(loaded, batch_size=bs, load_workers=1)
+        items = eng.file_inputs([files])
+        got = {}
+        eng.run(items, inference.WindowPlan(hop_s=0.1), eng.predict_fn(),
+                lambda p, out: got.__setitem__(p.item.key, out["probabilities"]),
+                lambda item, e: None)
+        results[bs] = got
+    assert sorted(results[1]) == ["long.npy", "mid.npy"]
+    for key in results[1]:
+        np.testing.assert_allclose(results[3][key], results[1][key], atol=1e-6)
+        np.testing.assert_allclose(results[8][key], results[1][key], atol=1e-6)
+
+
+def test_tag_and_explain_report_the_same_tags(model_dir, files, tmp_path, capsys):
+    tags_json = tmp_path / "tags.json"
+    for windows in ([], ["--hop", "0.2"]):
+        assert cli.main(["tag", "--checkpoint", str(model_dir), str(files / "long.npy"),
+                         "--output", str(tags_json), "--quiet", "--top-k", "5", *windows]) == 0
+        [tagged] = json.loads(tags_json.read_text())
+        out = tmp_path / f"explain{len(windows)}{''.join(windows)}"
+        assert cli.main(["explain", "--checkpoint", str(model_dir), str(files / "long.npy"),
+                         "--out", str(out), "--methods", "attention", "--no-plot",
+                         "--no-progress", *windows]) == 0
+        summary = json.loads((out / "long.npy.json").read_text())
+        assert [t["tag"] for t in summary["top_tags"]] == [t["tag"] for t in tagged["top_tags"]]
+        for a, b in zip(summary["top_tags"], tagged["top_tags"]):
+            assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
+        with np.load(out / "long.npy.npz") as z:
+            np.testing.assert_allclose(z["chunk_probabilities"], tagged["chunk_probabilities"],
+                                       atol=2e-6)
+    assert cli.main(["explain", "--checkpoint", str(model_dir), str(files / "long.npy"), "--out",
+                     str(tmp_path / "x"), "--windows", "paper", "--no-progress"]) == 2
+    assert "cover" in capsys.readouterr().err
+
+
+def test_embeddings_are_what_the_classifier_reads(engine, files):
+    items = engine.file_inputs([files])
+    e = embedding.embed(engine, items, inference.WindowPlan(hop_s=0.3))
+    assert e.names == [str(files / "long.npy"), str(files / "mid.npy")]
+    assert list(e.failed) == [str(files / "broken.npy")]
+    params = engine.loaded.variables["params"]
+    x = np.load(files / "long.npy")
+    starts = inference.window_starts(111, CHUNK, hop=19)
+    windows = np.stack([x[:, s:s + CHUNK] for s in starts])
+    w = e.windows[0]
+    np.testing.assert_allclose(w["window_starts_s"], starts * 256 / 16000)
+    # The classifier applied to the embedding gives the model's logits.
+    logits = engine.loaded.model.apply(engine.loaded.variables, windows)
+    cls = params["classifier"]
+    np.testing.assert_allclose(w["window_embedding"] @ np.asarray(cls["kernel"])
+                               + np.asarray(cls["bias"]), logits, atol=1e-5)
+    # The front-end features are the Pons front-end's output averaged over time.
+    fe = PonsFrontEnd(2).apply({"params": params["frontend"],
+                                "batch_stats": engine.loaded.variables["batch_stats"]["frontend"]},
+                               windows, False)
+    np.testing.assert_allclose(w["window_frontend"], np.asarray(fe).mean(axis=1), atol=1e-5)
+    np.testing.assert_allclose(e.embedding[0], w["window_embedding"].mean(0), atol=1e-6)
+    np.testing.assert_allclose(e.probabilities[0], _model_probs(engine, windows).mean(0),
+                               atol=2e-6)
+
+
+def test_embed_cli_writes_npz_and_resumes(model_dir, files, tmp_path, capsys):
+    out = tmp_path / "emb"
+    argv = ["embed", "--checkpoint", str(model_dir), str(files), "--out", str(out),
+            "--no-progress"]
+    assert cli.main(argv) == 1  # broken.npy failed
+    text = capsys.readouterr().out
+    assert "embedded 2 input(s)" in text and "broken.npy" in text
+    merged = embedding.load_embeddings(out / "embeddings.npz")
+    assert [n.split("/")[-1] for n in merged["names"]] == ["long.npy", "mid.npy"]
+    assert merged["embedding"].shape == (2, 16) and merged["probabilities"].shape == (2, 5)
+    np.testing.assert_array_equal(merged["num_windows"], [4, 2])
+    one = embedding.load_embeddings(out / "long.npy.npz")
+    assert one["window_embedding"].shape == (4, 16) and str(one["name"]).endswith("long.npy")
+    assert json.loads((out / "failures.json").read_text())["broken.npy"]["input"].endswith(
+        "broken.npy")
+    mtime = (out / "long.npy.npz").stat().st_mtime_ns
+    assert cli.main(argv) == 1
+    assert "skipped 2 already finished" in capsys.readouterr().out
+    assert (out / "long.npy.npz").stat().st_mtime_ns == mtime

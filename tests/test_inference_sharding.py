@@ -1,0 +1,165 @@
+"""One inference path over devices and hosts: `tag` and `explain` of a directory give the same
+results on 1 device, on 4 forced host devices, and on 2 jax.distributed processes with 2 devices
+each (tests/inference_worker.py), every input computed by exactly one process.
+
+Tolerances (float32; inference is row-wise, so only the compiled program's summation order can
+differ between device counts): 2e-6 absolute on the probabilities of tags.json (written rounded to
+6 decimals: the rounding alone can differ by 1e-6) and 1e-5 on the explanation NPZ arrays.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tagger_jax.checkpoint import save_model
+from tagger_jax.config_base import base_config
+from tagger_jax.models import build_model
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "inference_worker.py"
+TAGS = ("a", "b", "c", "d")
+GOOD = ("long.npy", "mid.npy", "short.npy", "tone.wav", "sub/other.npy")
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")}
+    env.update(JAX_PLATFORMS="cpu", TAGGER_JAX_COMPILATION_CACHE="0",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+    return env
+
+
+def _start(jobs, model_dir, inputs, rerun=False):
+    procs = {name: [subprocess.Popen(
+        [sys.executable, str(WORKER), str(model_dir), str(inputs), str(out)]
+        + (["--rerun"] if rerun else []), env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for env, out in specs]
+        for name, specs in jobs.items()}
+    logs = {}
+    for name, ps in procs.items():
+        logs[name] = []
+        for p in ps:
+            try:
+                log, _ = p.communicate(timeout=500)
+            except subprocess.TimeoutExpired:
+                for q in (q for qs in procs.values() for q in qs):
+                    q.kill()
+                raise
+            assert p.returncode == 0 and "rc " in log, f"{name} failed:\n{log[-4000:]}"
+            logs[name].append(log)
+    return logs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sharded")
+    config = base_config()
+    m = config.model
+    m.conv_channels, m.attention_channels, m.attention_heads, m.intermediate = 2, 16, 2, 32
+    config.features.chunk_frames = 32
+    model = build_model(config.model, len(TAGS))
+    variables = model.init(jax.random.key(1), np.zeros((1, 96, 32), np.float32))
+    variables = jax.tree.map(lambda a: a + 0.05, variables)
+    model_dir = save_model(root / "model", variables, config, TAGS)
+    inputs = root / "inputs"
+    (inputs / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for name, frames in (("long.npy", 150), ("mid.npy", 70), ("short.npy", 9),
+                         ("sub/other.npy", 33)):
+        np.save(inputs / name, rng.normal(-30, 10, (96, frames)).astype(np.float32))
+    sf.write(inputs / "tone.wav", 0.2 * np.sin(np.arange(24000) * 0.07), 16000)
+    (inputs / "broken.wav").write_bytes(b"RIFF not a wave")
+    port = _free_port()
+    jobs = {
+        "one": [(_env(1), root / "one")],
+        "four": [(_env(4), root / "four")],
+        "two": [(_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                      JAX_PROCESS_ID=str(i)), root / "two") for i in range(2)],
+    }
+    logs = _start(jobs, model_dir, inputs)
+    return root, model_dir, inputs, logs, port
+
+
+def _tags(out: Path) -> dict:
+    return {Path(r["file"]).name: r for r in json.loads((out / "tags.json").read_text())}
+
+
+def _maps(out: Path) -> dict:
+    return {p.name: dict(np.load(p)) for p in sorted((out / "explain").glob("*.npz"))}
+
+
+def test_device_and_process_counts(runs):
+    _, _, _, logs, _ = runs
+    assert "devices 0 1 1" in logs["one"][0] and "devices 0 4 4" in logs["four"][0]
+    assert "devices 0 4 2" in logs["two"][0] and "devices 1 4 2" in logs["two"][1]
+    # Exit status 1: an input failed (process 0 reports the whole run).
+    assert "rc 1 1" in logs["one"][0] and "rc 1 1" in logs["four"][0]
+    assert "rc 1 1" in logs["two"][0], logs["two"][1]
+
+
+@pytest.mark.parametrize("name", ["four", "two"])
+def test_tags_equal_one_device(runs, name):
+    root = runs[0]
+    ref, got = _tags(root / "one"), _tags(root / name)
+    assert sorted(ref) == sorted(got) == sorted(Path(g).name for g in GOOD + ("broken.wav",))
+    assert "error" in got["broken.wav"]
+    for f in GOOD:
+        f = Path(f).name
+        assert got[f]["chunk_starts_s"] == ref[f]["chunk_starts_s"]
+        np.testing.assert_allclose(got[f]["chunk_probabilities"], ref[f]["chunk_probabilities"],
+                                   rtol=0, atol=2e-6, err_msg=f)
+        np.testing.assert_allclose(got[f]["probabilities"], ref[f]["probabilities"], rtol=0,
+                                   atol=2e-6, err_msg=f)
+
+
+@pytest.mark.parametrize("name", ["four", "two"])
+def test_explanations_equal_one_device(runs, name):
+    root = runs[0]
+    ref, got = _maps(root / "one"), _maps(root / name)
+    assert sorted(ref) == sorted(got) and len(ref) == len(GOOD)
+    for f in ref:
+        for k in ("probabilities", "attention", "contribution", "chunk_probabilities"):
+            np.testing.assert_allclose(got[f][k], ref[f][k], rtol=0, atol=1e-5, err_msg=f"{f} {k}")
+    failures = json.loads((root / name / "explain" / "failures.json").read_text())
+    assert [Path(v["input"]).name for v in failures.values()] == ["broken.wav"]
+    assert (root / name / "explain" / "index.html").exists()
+    assert not list((root / name).rglob("*part*"))  # merged and removed
+
+
+def test_two_processes_compute_every_input_exactly_once(runs):
+    _, _, inputs, logs, _ = runs
+    printed = [line.split(": ")[0] for log in logs["two"] for line in log.splitlines()
+               if line.startswith(str(inputs))]
+    assert sorted(printed) == sorted(str(inputs / g) for g in GOOD)
+    per_process = [[line for line in log.splitlines() if line.startswith(str(inputs))]
+                   for log in logs["two"]]
+    assert all(per_process)  # both processes did a share
+
+
+def test_rerun_skips_what_any_process_finished(runs):
+    root, model_dir, inputs, _, _ = runs
+    port = _free_port()
+    jobs = {"two": [(_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                          JAX_PROCESS_ID=str(i)), root / "two") for i in range(2)]}
+    logs = _start(jobs, model_dir, inputs, rerun=True)
+    text = "".join(logs["two"])
+    assert f"skipped {len(GOOD)} already finished" in text
+    assert f"{len(GOOD)} files kept" in text
+    assert not any(line.startswith(str(inputs)) for line in text.splitlines())

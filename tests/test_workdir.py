@@ -1,0 +1,185 @@
+"""The trainer's workdir and config: lock between processes, stored configs, the command line.
+
+No training runs here: the lock is held by a second process, configs are loaded and compared.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from tagger_jax import config_base, optimizers, train_lib, workdir  # noqa: E402
+from tagger_jax.commands import train as train_command  # noqa: E402
+from train_helpers import tiny_config, toy_data  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _holder(path: Path) -> subprocess.Popen:
+    """A second process that holds the training lock of `path` until killed."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from tagger_jax import workdir
+        with workdir.lock(Path({str(path)!r})):
+            print("held", flush=True)
+            time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_training_in_a_workdir_is_refused_naming_the_holder(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _holder(run_dir)
+    try:
+        config = tiny_config()
+        with pytest.raises(train_lib.WorkdirBusyError) as e:
+            train_lib.train_and_evaluate(config, run_dir, toy_data(config))
+        message = str(e.value)
+        assert f"pid {proc.pid} on host {socket.gethostname()}" in message, message
+        assert str(run_dir) in message and "training" in message and "\n" not in message
+        assert not (run_dir / "config.json").exists()  # refused before touching anything
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # The lock dies with its holder: no stale lock after a SIGKILL.
+    with workdir.lock(run_dir):
+        assert json.loads((run_dir / "train.lock.holder").read_text())["pid"] == os.getpid()
+    assert not (run_dir / "train.lock.holder").exists()
+
+
+def test_cli_refuses_a_busy_workdir_with_one_line_and_status_5(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _holder(run_dir)
+    try:
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), "--config",
+             str(ROOT / "configs" / "synthetic_cpu.py"), "--workdir", str(run_dir)],
+            capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert out.returncode == 5, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"pid {proc.pid}" in lines[0], out.stderr[-2000:]
+
+
+def test_mismatch_hint_works_and_stored_config_resumes(tmp_path):
+    config = tiny_config()
+    workdir.check_or_write_config(config, tmp_path)
+    changed = tiny_config(learning_rate=1e-2)
+    with pytest.raises(workdir.ConfigMismatchError) as e:
+        workdir.check_or_write_config(changed, tmp_path)
+    hint = str(e.value).splitlines()[-1]
+    assert hint.endswith(f"--config {tmp_path / 'config.json'}"), hint
+    # What the hint says works: the stored config loads (also from the workdir itself) and fits.
+    for path in (tmp_path / "config.json", tmp_path):
+        stored = train_command.load_config(str(path))
+        assert workdir.config_differences(workdir.config_to_dict(config),
+                                          workdir.config_to_dict(stored)) == []
+        workdir.check_or_write_config(stored, tmp_path)
+    # Overrides apply to a stored config as to a config file; runtime fields may differ.
+    stored = train_command.load_config(str(tmp_path), ["train.log_every_steps=7"])
+    assert stored.train.log_every_steps == 7
+    workdir.check_or_write_config(stored, tmp_path)
+
+
+def test_stored_config_is_merged_over_the_defaults(tmp_path):
+    saved = workdir.config_to_dict(tiny_config())
+    del saved["train"]["warmup_steps"]  # a field added after this workdir was written
+    saved["data"]["obsolete_field"] = 3  # a field since removed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config, extra = workdir.read_config(tmp_path)
+    assert extra == ["data.obsolete_field"] and config.data.obsolete_field == 3  # kept as stored
+    assert config.train.warmup_steps == config_base.base_config().train.warmup_steps
+    assert config.train.sgd_learning_rates == (1e-3, 1e-4, 1e-5)  # JSON list back to a tuple
+    assert workdir.config_differences(saved, workdir.config_to_dict(config)) == []
+    # A removed field is ignored; a field the given config adds beyond the base must match.
+    assert workdir.config_differences(saved, workdir.config_to_dict(tiny_config())) == [
+        "train.warmup_steps: 500 in the workdir, 2 now"]  # the missing field took its default
+    given = tiny_config(warmup_steps=500)
+    assert workdir.config_differences(saved, workdir.config_to_dict(given)) == []
+    given.data.augment = {"p_gain": 0.5}
+    assert workdir.config_differences(saved, workdir.config_to_dict(given)) == [
+        "data.augment.p_gain: '<absent>' in the workdir, 0.5 now"]
+    saved["data"]["augment"] = {"p_gain": 0.5}
+    assert workdir.config_differences(saved, workdir.config_to_dict(given)) == []
+    saved["train"]["batch_size"] = "sixteen"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(workdir.ConfigMismatchError, match=r"config\.json: train\.batch_size"):
+        workdir.read_config(tmp_path)
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(workdir.ConfigMismatchError, match="not valid JSON"):
+        workdir.read_config(tmp_path)
+
+
+def test_optimizers_have_no_defaults_of_their_own():
+    train = dict(config_base.base_config().train)
+    tx, phases = optimizers.make_optimizer(train, 100)
+    assert phases == 4
+    del train["learning_rate"]
+    with pytest.raises(KeyError, match="learning_rate"):
+        optimizers.make_optimizer(train, 100)
+    assert optimizers.phase_name(config_base.base_config().train, 0) == "adam lr 0.0001"
+
+
+def _flat(config, prefix=""):
+    out = {}
+    for k, v in config.items():
+        out.update(_flat(v, f"{prefix}{k}.") if hasattr(v, "items") else {f"{prefix}{k}": v})
+    return out
+
+
+def test_every_config_field_is_listed_with_default_and_comment():
+    docs = config_base.field_docs()
+    flat = _flat(config_base.base_config())
+    assert sorted(d.name for d in docs) == sorted(flat)  # every field, once
+    assert docs[0].name == "model.architecture"  # in source order
+    assert all(d.default == flat[d.name] and d.comment for d in docs)
+    assert docs[0].comment.startswith('"pons_won" (paper)')
+    text = train_command.list_config()
+    assert len(text.splitlines()) == len(flat)
+    assert "train.learning_rate = 0.0001" in text and "# Adam learning rate" in text
+    config = tiny_config()
+    line = next(x for x in train_command.list_config(config).splitlines()
+                if x.startswith("train.batch_size"))
+    assert line.startswith("train.batch_size = 8") and line.endswith("(default 16)")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--config.train.nope=1"], "unknown config field train.nope"),
+    (["--config.train.batch_size=abc"], "train.batch_size"),
+    (["--bogus"], "unknown argument '--bogus'"),
+])
+def test_train_py_bad_arguments_are_one_line_and_status_2(tmp_path, argv, needle):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--config",
+         str(ROOT / "configs" / "synthetic_cpu.py"), "--workdir", str(tmp_path / "w")] + argv,
+        capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error:"), out.stderr
+    assert needle in out.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_set_unknown_field_and_list_config(capsys):
+    from tagger_jax import cli
+
+    assert cli.main(["train", "--config", str(ROOT / "configs" / "synthetic_cpu.py"),
+                     "--workdir", "unused", "--set", "model.nope=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown config field model.nope" in err
+    assert cli.main(["train", "--list-config"]) == 0
+    assert "model.architecture = 'pons_won'" in capsys.readouterr().out
