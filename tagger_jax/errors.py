@@ -49,6 +49,8 @@ _BY_NAME = {
     "UnpicklingError": DATA,  # the MSD unpickler's safe refusal of a pickle naming code
     "NonFiniteLossError": DIVERGED,
     "ConfigMismatchError": USAGE,
+    "CorruptCheckpointError": MODEL,  # training: no checkpoint of the workdir reads
+    "LockedError": BUSY,  # tagger_jax.locking (the training workdir lock)
     "InputError": INPUTS_FAILED,
 }
 

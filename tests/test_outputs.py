@@ -94,14 +94,14 @@ def test_atomic_write_removes_its_temporary_file_on_interrupt(tmp_path, monkeypa
 
 def test_interrupted_tag_run_keeps_finished_results_and_no_temp_files(model_dir, specs, tmp_path,
                                                                       monkeypatch, capsys):
-    real = tagging.Tagger.prepare
+    real = tagging.ResultStore.add
 
-    def prepare(self, index, path, hop_s):
-        if path.name == "s2.npy":
+    def add(self, result):  # Ctrl-C in the main thread while the third result arrives
+        if result["file"].endswith("s2.npy"):
             raise KeyboardInterrupt
-        return real(self, index, path, hop_s)
+        real(self, result)
 
-    monkeypatch.setattr(tagging.Tagger, "prepare", prepare)
+    monkeypatch.setattr(tagging.ResultStore, "add", add)
     out = tmp_path / "tags.json"
     rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--quiet",
                    "--batch-size", "1", str(specs)])
