@@ -1,9 +1,14 @@
 """Audio decoding and the authors' log-mel features, with errors that name the offending file.
 
-Everything here is NumPy + librosa/soundfile; nothing touches JAX, so data pipelines and the CLI can
-use it in worker processes. The features reproduce the authors' recipe (16 kHz mono, 512-point
-Hann STFT, hop 256, 96 Slaney mel bands, power 2, then `librosa.amplitude_to_db` on the *power*
-mel spectrogram). See docs/audio.md for the reasoning behind each choice.
+Everything here is NumPy + librosa/soundfile (and the ffmpeg executable, when installed, for the
+formats libsndfile lacks); nothing touches JAX, so data pipelines and the CLI can use it in worker
+processes. The features reproduce the authors' recipe (16 kHz mono, 512-point Hann STFT, hop 256,
+96 Slaney mel bands, power 2, then `librosa.amplitude_to_db` on the *power* mel spectrogram).
+
+Also here, for audio as people have it: which files of a folder are inputs (`scan_inputs`),
+decoding that tells a missing decoder from a damaged file (`decode`), silent degradations
+returned as data (`read_input`, `load_audio_checked`: {code: message}), and paths shown in a
+form that maps back to the file's bytes (`display_path`). See docs/audio.md.
 """
 from __future__ import annotations
 
