@@ -55,6 +55,9 @@ def check_output_file(path: str | os.PathLike) -> Path:
     a file, or when the nearest existing folder is not writable (tested by creating and removing
     a unique file there, so read-only mounts and permissions are caught whoever runs it).
     """
+    if os.fspath(path).endswith(("/", os.sep)):
+        raise OutputError(f"{os.fspath(path)}: ends with '/', so it names a folder; give a file "
+                          "name for the output")
     p = _absolute(path)
     if p.is_dir():
         raise OutputError(f"{p}: is a directory; give a file name for the output")
@@ -104,9 +107,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Writes `data` to `path` through a unique temporary file in the same folder + `os.replace`.
 
     The file gets the usual permissions (0666 minus the umask). The temporary file never
-    outlives the call, whatever happens (OSError, KeyboardInterrupt).
+    outlives the call, whatever happens; a failed write (disk full, folder gone) is an
+    `OutputError` naming `path`, and the previous version of the file is kept.
     """
     p = Path(path)
+    try:
+        return _atomic_write(p, data)
+    except OSError as e:
+        if isinstance(e, OutputError):
+            raise
+        raise OutputError(f"{p}: cannot write it ({e.strerror or e}); its previous version, if "
+                          "any, is kept") from None
+
+
+def _atomic_write(p: Path, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

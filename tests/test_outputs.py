@@ -240,3 +240,19 @@ def test_non_finite_loss_has_its_own_exit_status(monkeypatch, capsys, tmp_path):
     assert train_command.run_training(base_config(), str(tmp_path)) == errors.DIVERGED
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: non-finite training loss at step 12")
+
+
+def test_output_named_as_a_folder_is_refused(tmp_path):
+    with pytest.raises(outputs.OutputError, match="ends with '/'"):
+        outputs.check_output_file(f"{tmp_path}/results/")
+
+
+def test_write_failure_is_an_output_error_naming_the_file(tmp_path, monkeypatch):
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "fsync", full)
+    with pytest.raises(outputs.OutputError, match=r"out.json: cannot write it \(No space left"):
+        outputs.atomic_write_json(tmp_path / "out.json", [1])
+    assert list(tmp_path.iterdir()) == []
+    assert errors.exit_status(outputs.OutputError("x")) == errors.OUTPUT
