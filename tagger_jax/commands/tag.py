@@ -43,11 +43,10 @@ def run(args: argparse.Namespace) -> int:
     if processes > 1 and args.output is None:
         return _error("a multi-process run needs --output (each process writes its share)")
     with contextlib.ExitStack() as stack:
-        if args.output is not None:  # one writer per file: a second run refuses (errors.BUSY)
-            from tagger_jax import tagging
-
-            mine = args.output if process == 0 else tagging.part_path(args.output, process)
-            stack.enter_context(outputs.exclusive(mine, "output file"))
+        if args.output is not None and process == 0:
+            # One run per output file: a second refuses, naming the holder (errors.BUSY). In a
+            # multi-process run process 0, which merges the parts into the output, holds it.
+            stack.enter_context(outputs.exclusive(args.output, "output file"))
         return _run(args, process, processes)
 
 
