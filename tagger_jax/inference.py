@@ -67,6 +67,10 @@ class Input:
     fingerprint: str  # changes when the input changes
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     marks: tuple[int, ...] = ()  # window positions to mark in figures (explain's two-clip mode)
+    explain_tags: tuple[str, ...] = ()  # explain: this input's own tags (labels, a CSV)
+    # explain: annotations read with the input, all optional: "audio" (N,) waveform at the model's
+    # rate (playback, auralisation), "true_tags" [names], "tag_mask" (tags, T) uint8.
+    extras: Optional[Callable[[], Mapping[str, Any]]] = None
 
 
 def safe_key(text: str, max_len: int = 120) -> str:
@@ -245,6 +249,8 @@ class Prepared:
     notes: list[str]
     started: float
     tags: Optional[np.ndarray] = None  # consumers' per-input state (explain: tags to explain)
+    num_tags: Optional[int] = None  # explain: how many of `tags` are the input's (rest: padding)
+    extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # explain: Input.extras()
     warnings: dict[str, str] = dataclasses.field(default_factory=dict)  # audio.read_input's
 
     def windows(self) -> Iterator[np.ndarray]:
