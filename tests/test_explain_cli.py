@@ -179,7 +179,7 @@ def test_bad_arguments_exit_2_with_a_message(setup, tmp_path, capsys):
                    "--tags", "t1,violin") == 2
     assert "violin" in capsys.readouterr().err
     assert explain("--checkpoint", str(tmp_path / "nope"), str(inputs), "--out",
-                   str(tmp_path)) == 2
+                   str(tmp_path)) == 3  # errors.MODEL
     assert explain("--checkpoint", str(model_dir), str(inputs), "--out", str(tmp_path),
                    "--methods", "saliency") == 2
 

@@ -82,10 +82,13 @@ def run(args: argparse.Namespace) -> int:
     from tagger_jax.explain import methods as M
     from tagger_jax.explain import runner
 
-    def error(msg: str) -> int:
+    def error(msg: str, status: int = 2) -> int:
         print(f"tagger-jax explain: error: {msg}", file=sys.stderr)
-        return 2
+        return status
 
+    from tagger_jax import outputs
+
+    args.out = str(outputs.check_output_dir(args.out))  # before any work (errors.OUTPUT)
     if bool(args.inputs) == bool(args.dataset):
         return error("give INPUT files/directories or --dataset (not both)")
     methods = args.methods or runner.DEFAULT_METHODS
@@ -124,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
         result = runner.explain_inputs(loaded, items, args.out, options,
                                        progress=not args.no_progress)
     except (CheckpointError, ValueError, OSError) as e:
-        return error(str(e))
+        from tagger_jax import errors
+
+        return error(str(e), errors.exit_status(e, default=errors.USAGE))
     if result.index is not None:
         print(f"index: {result.index}")
     return 1 if result.failed else 0
@@ -134,4 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the top-level `explain.py` (same flags as the subcommand)."""
     parser = argparse.ArgumentParser(prog="explain.py", description=HELP)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from tagger_jax import errors
+
+    return errors.guarded(run, parser.parse_args(argv), prog="explain.py")
