@@ -13,6 +13,11 @@ tag (attention maps are the same for every tag) is scored by
 Gradient maps are summed over frequency (signed: evidence for the tag). A "random" map gives the
 chance level of every score.
 
+Listening (`--parts listening`): each map of each such pair is auralised
+(`tagger_jax.explain.auralise`, keep 50% by default) on the chunk's audio (synthesised again from
+the clip's seed), and the model is run on the kept audio, the complement, and the kept and removed
+parts of a random mask of the same area: is what one hears where the model's evidence is?
+
 Cost: seconds per clip of each method next to one forward pass, for the benchmark model and for
 the paper's model (c = 16, 512 channels, 256 frames; random weights), together with the authors'
 procedure (257 full forward passes with the override), in JAX and, with torch installed, with the
@@ -20,6 +25,7 @@ PyTorch twin of their model (benchmarks/torch_twin.py).
 
     python benchmarks/explanations.py --workdir runs/explanations_benchmark   # trains if needed
     python benchmarks/explanations.py --checkpoint DIR --clips 200 --write-docs
+    python benchmarks/explanations.py --checkpoint DIR --parts listening --write-docs
 """
 from __future__ import annotations
 
@@ -100,7 +106,8 @@ def load_clips(loaded, args):
 
 
 def frame_maps(loaded, xs, pairs, args):
-    """{method: (pairs, chunk) frame map} and the chunk probabilities (clips, tags)."""
+    """{method: (pairs, chunk) frame map}, the chunk probabilities (clips, tags), the
+    integrated-gradients completeness gaps and {gradient method: (pairs, 96, chunk) band map}."""
     import jax
 
     from tagger_jax.explain import methods as M
@@ -127,6 +134,7 @@ def frame_maps(loaded, xs, pairs, args):
         outs.append({k: np.asarray(v)[:n] for k, v in out.items()})
     out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     maps = {m: [] for m in LOCALISATION_METHODS}
+    bands = {g: [] for g in ("grad_x_input", "integrated_gradients")}  # (pairs, 96, chunk)
     for c, k in pairs:
         j = by_clip[c].index(k)
         maps["attention"].append(out["attention"][c, 1:])
@@ -134,6 +142,7 @@ def frame_maps(loaded, xs, pairs, args):
         maps["contribution"].append(out["contribution"][c, k, 1:])
         for g in ("grad_x_input", "integrated_gradients"):
             maps[g].append(out[g][c, j].sum(0))  # signed evidence per frame
+            bands[g].append(out[g][c, j])
     rng = np.random.default_rng(0)
     maps = {m: np.stack(v) for m, v in maps.items()}
     maps["random"] = rng.random(maps["attention"].shape)
@@ -145,7 +154,8 @@ def frame_maps(loaded, xs, pairs, args):
                                            - out["integrated_gradients_baseline_output"]), 1e-6)
     return maps, out["probabilities"], {"max_abs_gap": float(completeness.max()),
                                         "median_rel_gap": float(np.median(rel)),
-                                        "p95_rel_gap": float(np.percentile(rel, 95))}
+                                        "p95_rel_gap": float(np.percentile(rel, 95))}, {
+        g: np.stack(v) for g, v in bands.items()}
 
 
 def deletion_curves(loaded, xs, pairs, maps, args):
@@ -279,6 +289,133 @@ def score_benchmark(loaded, args) -> str:
                          f"{r['deletion']:.3f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+# Faithfulness of what is heard (auralisation, tagger_jax.explain.auralise)
+
+LISTEN_BEGIN, LISTEN_END = "<!-- listening:begin -->", "<!-- listening:end -->"
+HEARD_METHODS = ("attention", "rollout", "contribution", "grad_x_input", "integrated_gradients")
+
+
+def chunk_audio(loaded, args, n_clips: int) -> list[np.ndarray]:
+    """The audio of each clip's centre chunk: the `synthetic_tags/segments` clip synthesised
+    again from its seed (the dataset stores log-mels only), samples of frames start..start+C-1,
+    so the chunk's STFT frames are the model input's frames."""
+    from tagger_jax import synth
+    from tagger_jax.datasets import SPLITS, get_builder
+
+    data_dir = args.data_dir or loaded.config.data.data_dir
+    config = get_builder("synthetic_tags", data_dir, "segments").builder_config
+    hop = int(loaded.config.features.hop_length)
+    chunk = int(loaded.config.features.chunk_frames)
+    out = []
+    for i in range(n_clips):
+        wave, _, _ = synth.generate_clip((config.seed, SPLITS.index(args.split), i),
+                                         config.duration_s, segments=True, hop_length=hop)
+        frames = 1 + len(wave) // hop
+        start = (frames - chunk) // 2
+        out.append(wave[start * hop:(start + chunk - 1) * hop + 1])
+    return out
+
+
+def heard_probabilities(loaded, waves, pairs, maps, band_maps, args):
+    """{method: (pairs, 5) tag probabilities} for [original, kept, removed, random kept,
+    random removed]: the model run on the log-mel of each auralised chunk.
+
+    Time maps (attention, rollout, contribution) mask whole frames; gradient maps are mel band x
+    time maps carried to STFT bins. The random mask has the same area: random frames for time
+    maps, random time-frequency bins for band maps (one draw per pair and method, seeded).
+    """
+    import jax
+
+    from tagger_jax import audio
+    from tagger_jax.explain import auralise as A
+
+    features = audio.features_from_config(loaded.config.features)
+    predict = jax.jit(lambda v, x: jax.nn.sigmoid(loaded.model.apply(v, x)))
+    rng = np.random.default_rng(1)
+    mel = lambda w: audio.log_mel(w, **features.mel_kwargs)
+    out = {}
+    for name in HEARD_METHODS:
+        specs, tags = [], []
+        for p, (c, k) in enumerate(pairs):
+            wave = waves[c]
+            values = band_maps[name][p] if name in band_maps else maps[name][p]
+            x = A.stft(wave, features.n_fft, features.hop_length)
+            mask = A.stft_mask(values, x.shape[1], keep=args.listen_keep,
+                               softness=args.listen_softness, sample_rate=features.sample_rate,
+                               n_fft=features.n_fft)
+            rand = A.random_mask(mask, args.listen_keep, rng, time_only=values.ndim == 1)
+            kept, removed = A.auralise(wave, None, mask=mask, n_fft=features.n_fft,
+                                       hop_length=features.hop_length)
+            rkept, rremoved = A.auralise(wave, None, mask=rand, n_fft=features.n_fft,
+                                         hop_length=features.hop_length)
+            specs += [mel(w) for w in (wave, kept, removed, rkept, rremoved)]
+            tags.append(k)
+        specs = np.stack(specs)
+        probs = []
+        b = 5 * args.batch
+        for s in range(0, len(specs), b):
+            x = specs[s:s + b]
+            n = len(x)
+            if n < b:
+                x = np.concatenate([x, np.repeat(x[:1], b - n, 0)])
+            probs.append(np.asarray(predict(loaded.variables, x))[:n])
+        probs = np.concatenate(probs).reshape(len(pairs), 5, -1)
+        out[name] = probs[np.arange(len(pairs)), :, np.asarray(tags)]
+        print(f"  listened: {name}", flush=True)
+    return out
+
+
+def listening_table(heard, pairs, masks) -> dict:
+    """Per subset and method: mean probabilities and how often removing the map's part lowers
+    the tag more than removing a random part of the same area."""
+    rows = {}
+    detected = np.array([heard["attention"][p, 0] > 0.5 for p in range(len(pairs))])
+    for subset, keep in (("all", np.ones(len(pairs), bool)), ("detected", detected)):
+        for name, h in heard.items():
+            h = h[keep]
+            rows[(subset, name)] = {
+                "pairs": int(keep.sum()), "original": float(h[:, 0].mean()),
+                "kept": float(h[:, 1].mean()), "removed": float(h[:, 2].mean()),
+                "random_kept": float(h[:, 3].mean()), "random_removed": float(h[:, 4].mean()),
+                "removal_beats_random": float(np.mean(h[:, 2] < h[:, 4])),
+                "kept_beats_random": float(np.mean(h[:, 1] > h[:, 3]))}
+    return rows
+
+
+def format_listening(rows, meta) -> str:
+    lines = [f"Run: {meta['date']}, {meta['device']}; model `{meta['model']}`; "
+             f"{meta['clips']} clips of `synthetic_tags/segments` {meta['split']}, centre chunk "
+             f"({meta['chunk']} frames), {meta['pairs']} (clip, tag) pairs whose tag sounds in "
+             f"one part of the chunk only. Auralisation keeps {meta['keep']:.0%} of each map "
+             f"(softness {meta['softness']}); the random mask has the same area (random frames "
+             "for time maps, random time-frequency bins for gradient maps). Probabilities are "
+             "the model's on the log-mel of the auralised audio.", ""]
+    names = {**NAMES, "random": "random"}
+    for subset, title in (("all", "All one-part tags"),
+                          ("detected", "Tags the model detects in the chunk's audio (p > 0.5)")):
+        n = rows[(subset, "attention")]["pairs"]
+        lines += [f"**{title}** ({n} pairs)", "",
+                  "| method | p original | p kept | p kept, random mask | p removed | "
+                  "p removed, random mask | removal < random removal | kept > random kept |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name in HEARD_METHODS:
+            r = rows[(subset, name)]
+            lines.append(f"| {names[name]} | {r['original']:.3f} | {r['kept']:.3f} | "
+                         f"{r['random_kept']:.3f} | {r['removed']:.3f} | "
+                         f"{r['random_removed']:.3f} | {r['removal_beats_random']:.0%} | "
+                         f"{r['kept_beats_random']:.0%} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_section(begin: str, end: str, text: str) -> None:
+    doc = DOC.read_text()
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{DOC} has no {begin} ... {end} section")
+    DOC.write_text(re.sub(re.escape(begin) + ".*?" + re.escape(end),
+                          lambda _: f"{begin}\n{text}\n{end}", doc, flags=re.S))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,6 +623,13 @@ def main(argv=None) -> int:
     p.add_argument("--deletion-steps", type=int, default=16)
     p.add_argument("--skip-paper-timing", action="store_true")
     p.add_argument("--json", default=None, help="write all numbers here")
+    p.add_argument("--parts", default="localisation,listening",
+                   help="comma-separated parts to run: localisation (scores, timings, figures) "
+                        "and listening (faithfulness of the auralised maps)")
+    p.add_argument("--listen-clips", type=int, default=None,
+                   help="clips for the listening part (default: --clips)")
+    p.add_argument("--listen-keep", type=float, default=0.5)
+    p.add_argument("--listen-softness", type=float, default=0.0)
     p.add_argument("--write-docs", action="store_true",
                    help="replace the benchmark section of docs/explanations.md and its figures")
     args = p.parse_args(argv)
@@ -507,13 +651,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     xs, masks, pairs = load_clips(loaded, args)
     print(f"{len(xs)} clips, {len(pairs)} (clip, one-part tag) pairs", flush=True)
-    maps, probs, completeness = frame_maps(loaded, xs, pairs, args)
-    curves = deletion_curves(loaded, xs, pairs, maps, args)
-    rows = localisation_table(maps, masks, pairs, probs, curves)
-    print(f"localisation done in {time.perf_counter() - t0:.0f} s", flush=True)
-    timings = method_timings(loaded.model, loaded.variables, xs.shape[-1], args.batch,
-                             args.ig_steps, loop=True)
-    paper = {} if args.skip_paper_timing else paper_model_timings(args)
+    maps, probs, completeness, band_maps = frame_maps(loaded, xs, pairs, args)
+    parts = set(args.parts.split(","))
     device = jax.devices()[0]
     meta = {"date": time.strftime("%Y-%m-%d"), "clips": len(xs), "pairs": len(pairs),
             "split": args.split, "ig_steps": args.ig_steps, "batch": args.batch,
@@ -521,19 +660,41 @@ def main(argv=None) -> int:
                 ROOT) else loaded.directory),
             "device": f"{device.platform} ({getattr(device, 'device_kind', '')}, "
                       f"{os.cpu_count()} CPU cores)"}
-    text = format_tables(rows, timings, paper, completeness, meta)
-    print(text)
+    numbers = {"meta": meta, "train_seconds": train_seconds, "completeness": completeness}
+    if "listening" in parts:
+        n = min(args.listen_clips or len(xs), len(xs))
+        sub = [q for q, (c, _) in enumerate(pairs) if c < n]
+        waves = chunk_audio(loaded, args, n)
+        heard = heard_probabilities(loaded, waves, [pairs[q] for q in sub],
+                                    {m: v[sub] for m, v in maps.items()},
+                                    {m: v[sub] for m, v in band_maps.items()}, args)
+        listen_rows = listening_table(heard, [pairs[q] for q in sub], masks)
+        listen_meta = dict(meta, clips=n, pairs=len(sub), chunk=xs.shape[-1],
+                           keep=args.listen_keep, softness=args.listen_softness)
+        listen_text = format_listening(listen_rows, listen_meta)
+        print(listen_text)
+        numbers["listening"] = {f"{s}/{m}": r for (s, m), r in listen_rows.items()}
+        if args.write_docs:
+            write_section(LISTEN_BEGIN, LISTEN_END, listen_text)
+    if "localisation" in parts:
+        curves = deletion_curves(loaded, xs, pairs, maps, args)
+        rows = localisation_table(maps, masks, pairs, probs, curves)
+        print(f"localisation done in {time.perf_counter() - t0:.0f} s", flush=True)
+        timings = method_timings(loaded.model, loaded.variables, xs.shape[-1], args.batch,
+                                 args.ig_steps, loop=True)
+        paper = {} if args.skip_paper_timing else paper_model_timings(args)
+        text = format_tables(rows, timings, paper, completeness, meta)
+        print(text)
+        numbers.update(localisation={f"{s}/{m}": r for (s, m), r in rows.items()},
+                       timings=timings, paper_model_timings=paper,
+                       deletion_curves={k: v.mean(0).tolist() for k, v in curves.items()})
+        if args.write_docs:
+            paths = figures(loaded, xs, masks, pairs, maps, curves, probs, args)
+            write_docs(text + "\n" + "\n".join(
+                f"![{p.stem}](figures/{p.name})" for p in paths) + "\n")
+            print(f"wrote {DOC} and {', '.join(str(p) for p in paths)}")
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "meta": meta, "train_seconds": train_seconds, "completeness": completeness,
-            "localisation": {f"{s}/{m}": r for (s, m), r in rows.items()},
-            "timings": timings, "paper_model_timings": paper,
-            "deletion_curves": {k: v.mean(0).tolist() for k, v in curves.items()}}, indent=2))
-    if args.write_docs:
-        paths = figures(loaded, xs, masks, pairs, maps, curves, probs, args)
-        write_docs(text + "\n" + "\n".join(
-            f"![{p.stem}](figures/{p.name})" for p in paths) + "\n")
-        print(f"wrote {DOC} and {', '.join(str(p) for p in paths)}")
+        Path(args.json).write_text(json.dumps(numbers, indent=2))
     return 0
 
 

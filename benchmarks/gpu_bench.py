@@ -4,7 +4,7 @@
 
 Run by `benchmarks/gpu.sh` (see there and docs/benchmarks.md). Prints, with the device name:
 
-* train-step clips/s of the paper model (`train_lib.make_train_step`, the step train.py runs) at
+* train-step clips/s of the paper model (`train_state.make_train_step`, the step train.py runs) at
   batch 64, 256 and 1024, in float32 and bfloat16 (`benchmarks/train_step.py`'s measurement);
 * forward clips/s (eval mode, sigmoid outputs) and contribution-map clips/s
   (`explain.methods.contribution_map`, all 257 positions of the last layer), float32 and bfloat16;

@@ -3,7 +3,7 @@
     python benchmarks/train_step.py [--batch-sizes 16,64,256] [--dtypes float32,bfloat16]
                                     [--steps 20] [--repeats 3] [--json results.json]
 
-For every batch size and compute dtype: clips/s of `train_lib.make_train_step` (forward in train
+For every batch size and compute dtype: clips/s of `train_state.make_train_step` (forward in train
 mode with dropout and batch statistics, sigmoid BCE, backward, the authors' optimizer, data
 parallel over all local devices), with the batch already on the devices, so the input pipeline
 is not measured. Compilation and two warm-up steps are excluded; the median of `--repeats` timed
@@ -14,8 +14,8 @@ FLOPs per clip are given two ways:
     shapes, forward x 3 for forward + backward. This is the numerator of the "fraction of peak"
     (model FLOPs utilisation).
   * XLA: the compiled step's own cost analysis per clip, for comparison (it also counts
-    BatchNorm, softmax and optimizer arithmetic; the front-end runs its branches as one
-    convolution with zero-padded kernels, tagger_jax/models/frontends.py).
+    BatchNorm, softmax and optimizer arithmetic, and the horizontal front-end branches' kernels
+    zero-padded to the widest width, tagger_jax/models/frontends.py).
 Peak FLOP/s comes from a table of known accelerators (dense bf16 and TF32 tensor-core peaks) or
 from --peak-tflops; float32 runs are compared with the TF32 peak, as XLA uses TF32 tensor cores
 for float32 matmuls and convolutions on NVIDIA GPUs by default.
@@ -88,11 +88,14 @@ def model_flops_per_clip(model: dict, frames: int = 256, num_tags: int = NUM_TAG
     channels = sum(m for *_, m in VERTICAL_BRANCHES) * c + sum(m for _, m in HORIZONTAL_BRANCHES) * c
     mac += frames * channels * d  # 1x1 conv
     n = frames + 1  # with [CLS]
-    for i in range(layers):
-        q = 1 if i == layers - 1 else n  # the last layer computes the [CLS] query only
-        mac += n * d * 2 * d + q * d * d  # K, V over all positions; Q for the queries
-        mac += 2 * q * n * d  # scores and weighted sum
-        mac += q * d * d + 2 * q * d * ffn  # attention output, feed-forward
+    heads = model["attention_heads"]
+    for i in range(layers - 1):
+        mac += 3 * n * d * d  # Q, K, V over all positions
+        mac += 2 * n * n * d  # scores and weighted sum
+        mac += n * d * d + 2 * n * d * ffn  # attention output, feed-forward
+    # The last layer: the [CLS] query only, folded into the key and value kernels
+    # (transformer.SelfAttention): Q, W_k q, scores and weighted inputs per head, W_v, output.
+    mac += 2 * d * d + 2 * heads * n * d + d * d + d * d + 2 * d * ffn
     mac += d * d + d * num_tags  # pooler, classifier
     return 2.0 * mac
 
@@ -111,7 +114,7 @@ def bench(batch: int, dtype: str, args, model: dict | None = None) -> dict:
     import jax
     import numpy as np
 
-    from tagger_jax import optimizers, sharding, train_lib
+    from tagger_jax import optimizers, sharding, train_state  # none needs the data stack
     from tagger_jax.models import build_model
 
     mesh = sharding.make_mesh(jax.local_devices())
@@ -121,9 +124,9 @@ def bench(batch: int, dtype: str, args, model: dict | None = None) -> dict:
     train_cfg = dict(PAPER_TRAIN, optimizer=args.optimizer, warmup_steps=100)
     model = build_model(model_cfg, NUM_TAGS)
     tx, _ = optimizers.make_optimizer(train_cfg, total_steps=10_000)
-    state = train_lib.init_train_state(model, tx, (N_MELS, args.frames), seed=0,
-                                       prng_impl=args.prng, mesh=mesh)
-    step = train_lib.make_train_step(model, tx, prng_impl=args.prng, mesh=mesh)
+    state = train_state.init_train_state(model, tx, (N_MELS, args.frames), seed=0,
+                                         prng_impl=args.prng, mesh=mesh)
+    step = train_state.make_train_step(model, tx, prng_impl=args.prng, mesh=mesh)
     rng = np.random.default_rng(0)
     data = sharding.shard_batch({
         "x": rng.normal(-20, 20, (batch, N_MELS, args.frames)).astype(np.float32),

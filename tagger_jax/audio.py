@@ -1,25 +1,32 @@
 """Audio decoding and the authors' log-mel features, with errors that name the offending file.
 
-Everything here is NumPy + librosa/soundfile; nothing touches JAX, so data pipelines and the CLI can
-use it in worker processes. The features reproduce the authors' recipe (16 kHz mono, 512-point
-Hann STFT, hop 256, 96 Slaney mel bands, power 2, then `librosa.amplitude_to_db` on the *power*
-mel spectrogram). See docs/audio.md for the reasoning behind each choice.
+Everything here is NumPy + librosa/soundfile (and the ffmpeg executable, when installed, for the
+formats libsndfile lacks); nothing touches JAX, so data pipelines and the CLI can use it in worker
+processes. The features reproduce the authors' recipe (16 kHz mono, 512-point Hann STFT, hop 256,
+96 Slaney mel bands, power 2, then `librosa.amplitude_to_db` on the *power* mel spectrogram).
+
+Also here, for audio as people have it: which files of a folder are inputs (`scan_inputs`),
+decoding that tells a missing decoder from a damaged file (`decode`), silent degradations
+returned as data (`read_input`, `load_audio_checked`: {code: message}), and paths shown in a
+form that maps back to the file's bytes (`display_path`). See docs/audio.md.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-import warnings
+import re
+import shutil
+import struct
+import subprocess
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 LOG_SCALES = ("amplitude_to_db", "power_to_db")
 STFT_PAD_MODES = ("constant", "reflect")
-# Suffixes callers may treat as audio when scanning folders (anything but .npy is tried as audio).
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".m4a")
 RES_TYPE = "soxr_hq"  # librosa.load's default resampler (librosa >= 0.10), so we match it exactly
 
 
@@ -85,53 +92,275 @@ def example_audio_path() -> Path:
     return Path(str(resources.files("tagger_jax") / "data" / "example.flac"))
 
 
+# ----------------------------------------------------------------------------------- paths
+
+
+def display_path(path: str | os.PathLike | bytes) -> str:
+    r"""`path` as text a user can map back to the file, for JSON, HTML, logs and errors.
+
+    The file system holds bytes. Valid UTF-8 names are shown as they are; each byte that is not
+    UTF-8 is shown as `\xNN` (Python's "backslashreplace"), e.g. b"caf\xe9.wav" -> `caf\xe9.wav`.
+    `path_from_display` reverses it (unambiguous unless a name holds a literal `\x` + 2 hex
+    digits). Python itself opens such names through `os.fsdecode` ("surrogateescape").
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def path_from_display(text: str) -> str:
+    r"""The `str` path (surrogateescape) whose `display_path` is `text`; opens the same file."""
+    raw = re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m.group(1), 16)]),
+                 text.encode("utf-8"))
+    return os.fsdecode(raw)
+
+
+# ----------------------------------------------------------------------------------- scanning
+
+# What a directory scan takes (lower-case suffixes; a documented, complete list, docs/audio.md).
+# libsndfile (soundfile) decodes these itself:
+SOUNDFILE_SUFFIXES = (".wav", ".wave", ".bwf", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif",
+                      ".aiff", ".aifc", ".au", ".snd", ".caf", ".w64", ".rf64", ".voc", ".sd2",
+                      ".sph", ".nist", ".ircam", ".wve")
+# ffmpeg decodes these (audio formats, and video containers whose audio track is used):
+FFMPEG_SUFFIXES = (".m4a", ".m4b", ".mp4", ".aac", ".adts", ".wma", ".asf", ".webm", ".weba",
+                   ".mkv", ".mka", ".mov", ".3gp", ".3g2", ".ac3", ".eac3", ".dts", ".amr",
+                   ".awb", ".ape", ".wv", ".tta", ".mp2", ".mpa", ".mpc", ".spx", ".ra", ".rm",
+                   ".flv", ".avi", ".wmv", ".ogv", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts")
+AUDIO_SUFFIXES = tuple(sorted(set(SOUNDFILE_SUFFIXES) | set(FFMPEG_SUFFIXES)))
+INPUT_SUFFIXES = AUDIO_SUFFIXES + (".npy",)
+# Container formats recognised from a file's first bytes (`sniff_format`); libsndfile reads these:
+SOUNDFILE_FORMATS = ("WAV", "W64", "FLAC", "OGG", "MP3", "AIFF", "AU", "CAF")
+
+
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """The audio container `path` holds, from its first bytes ("WAV", "MP4", ...), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
+        return "WAV"
+    simple = {b"fLaC": "FLAC", b"OggS": "OGG", b".snd": "AU", b"caff": "CAF", b"riff": "W64",
+              b"ADIF": "AAC", b"#!AM": "AMR", b"MAC ": "APE", b"wvpk": "WAVPACK",
+              b"\x1aE\xdf\xa3": "MATROSKA", b"0&\xb2u": "ASF", b"ID3\x02": "MP3",
+              b"ID3\x03": "MP3", b"ID3\x04": "MP3", b".RMF": "REALMEDIA"}
+    if head[:4] in simple:
+        return simple[head[:4]]
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "AIFF"
+    if head[4:8] == b"ftyp":
+        return "MP4"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:  # MPEG frame sync
+        return "AAC" if head[1] & 0x06 == 0 else "MP3"  # layer bits 00: ADTS AAC
+    return None
+
+
+def scan_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(inputs, skipped): what to tag among `paths`, and every file left out with the reason.
+
+    A file named directly is always an input (it fails later with a clear error if it is not
+    audio). Directories are searched recursively (symbolic links to directories are not
+    followed) and a file is taken when its suffix is in `INPUT_SUFFIXES` (case-insensitive) or,
+    whatever its suffix, its first bytes are a known audio container (`sniff_format`). Skipped:
+    macOS resource forks (`._NAME`), broken links, non-regular files, unreadable directories and
+    files that are not audio. Inputs are sorted per named directory and de-duplicated.
+    """
+    found: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for root in map(Path, paths):
+        if not root.is_dir():
+            found.append(root)
+            continue
+        here: list[Path] = []
+
+        def unreadable(error: OSError) -> None:
+            skipped.append((Path(error.filename), f"cannot list this directory ({error.strerror})"))
+
+        for folder, _, names in os.walk(root, onerror=unreadable):
+            for name in names:
+                f = Path(folder) / name
+                why = _skip_reason(f)
+                if why:
+                    skipped.append((f, why))
+                else:
+                    here.append(f)
+        found.extend(sorted(here))
+    return list(dict.fromkeys(found)), skipped
+
+
+def _skip_reason(f: Path) -> str | None:
+    if f.name.startswith("._"):
+        return "macOS resource fork (AppleDouble metadata), not audio"
+    if not f.exists():
+        return "broken link (its target does not exist)"
+    if not f.is_file():
+        return "not a regular file"
+    if f.suffix.lower() in INPUT_SUFFIXES:
+        return None
+    if sniff_format(f):
+        return None
+    return f"not audio (suffix {f.suffix.lower() or 'none'} and the content is no known audio format)"
+
+
 # ----------------------------------------------------------------------------------- decoding
+
+
+def ffmpeg_path() -> str | None:
+    """The ffmpeg executable used for formats libsndfile lacks (None: not installed)."""
+    return shutil.which("ffmpeg")
+
+
+INSTALL_FFMPEG = ("install ffmpeg (e.g. `apt-get install ffmpeg`, `brew install ffmpeg` or "
+                  "`conda install -c conda-forge ffmpeg`) and run again")
+
+
+@dataclasses.dataclass
+class Decoded:
+    """Decoded audio at its native rate, with what the container and decoder said about it."""
+
+    samples: np.ndarray  # (channels, n) float32
+    sample_rate: int
+    decoder: str  # "soundfile" or "ffmpeg"
+    expected_frames: int | None = None  # the length the file's header declares, if it does
+    problems: list[str] = dataclasses.field(default_factory=list)  # decoder-reported damage
 
 
 def _check_file(path: str | os.PathLike) -> Path:
     p = Path(path)
+    d = display_path(p)
     if not p.exists():
-        raise InputError(f"{p}: file not found")
+        raise InputError(f"{d}: file not found")
     if p.is_dir():
-        raise InputError(f"{p}: is a directory, not a file")
+        raise InputError(f"{d}: is a directory, not a file")
     try:
         size = p.stat().st_size
     except OSError as e:
-        raise InputError(f"{p}: cannot read ({e.strerror or e})") from None
+        raise InputError(f"{d}: cannot read ({e.strerror or e})") from None
     if size == 0:
-        raise InputError(f"{p}: empty file (0 bytes)")
+        raise InputError(f"{d}: empty file (0 bytes)")
     return p
 
 
-def _decode(p: Path) -> tuple[np.ndarray, int]:
-    """(channels, samples) float32 and the native rate: soundfile first, audioread as fallback.
+def _wav_declared_frames(p: Path) -> int | None:
+    """Frames a RIFF/WAVE header's `data` chunk declares (libsndfile reports what is present)."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(12)
+            if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = None
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"fmt ":
+                    body = f.read(size + (size & 1))
+                    block_align = struct.unpack("<H", body[12:14])[0] if len(body) >= 14 else None
+                elif cid == b"data":
+                    if not block_align or size == 0xFFFFFFFF:
+                        return None
+                    return size // block_align
+                else:
+                    f.seek(size + (size & 1), os.SEEK_CUR)
+    except (OSError, struct.error):
+        return None
 
-    Reads exactly as `librosa.load` does (`SoundFile.read(frames=-1, dtype=float32)`); for mp3
-    that is not bit-identical to `soundfile.read`, which reads a pre-counted number of frames.
-    """
+
+def _decode_soundfile(p: Path) -> Decoded:
+    """libsndfile, read exactly as `librosa.load` does (`SoundFile.read(frames=-1, float32)`);
+    for mp3 that is not bit-identical to `soundfile.read`, which reads a pre-counted number of
+    frames. The path goes in as bytes, so names that are not UTF-8 open too."""
     import soundfile as sf
 
-    try:
-        with sf.SoundFile(str(p)) as f:
-            rate = f.samplerate
-            y = f.read(frames=-1, dtype="float32", always_2d=True).T
-        return np.ascontiguousarray(y), int(rate)
-    except Exception as sf_error:  # libsndfile: unknown format or corrupt data
-        sf_message = str(sf_error).replace(f"Error opening {str(p)!r}: ", "")
-    # Formats libsndfile lacks (e.g. m4a) may still decode through audioread (ffmpeg/gstreamer).
-    import librosa
+    with sf.SoundFile(os.fsencode(p)) as f:
+        rate, declared = f.samplerate, f.frames
+        y = f.read(frames=-1, dtype="float32", always_2d=True).T
+    wav_frames = _wav_declared_frames(p)
+    return Decoded(np.ascontiguousarray(y), int(rate), "soundfile",
+                   wav_frames if wav_frames is not None else int(declared))
 
+
+def _decode_ffmpeg(p: Path, ffmpeg: str) -> Decoded:
+    """ffmpeg -> 16-bit PCM (as audioread's ffmpeg backend, which `librosa.load` falls back to),
+    scaled by 1/32768. Rate, channels and declared duration come from ffprobe."""
+    ffprobe = shutil.which("ffprobe", path=os.path.dirname(ffmpeg)) or shutil.which("ffprobe")
+    if ffprobe is None:
+        raise InputError(f"{display_path(p)}: ffmpeg is installed without ffprobe; install the "
+                         "complete ffmpeg package")
+    probe = subprocess.run(
+        [ffprobe, "-v", "error", "-select_streams", "a:0", "-show_entries",
+         "stream=sample_rate,channels,duration:format=duration,format_name", "-of", "json",
+         os.fsencode(p)], capture_output=True)
+    if probe.returncode != 0:
+        raise _FFmpegError(_first_line(probe.stderr) or "ffprobe cannot read it")
+    info = json.loads(probe.stdout or b"{}")
+    if not info.get("streams"):
+        raise _FFmpegError("no audio stream in the file (a video without sound?)", no_audio=True)
+    stream = info["streams"][0]
+    rate, channels = int(stream["sample_rate"]), int(stream["channels"])
+    run = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-i", os.fsencode(p), "-map", "0:a:0",
+                          "-f", "s16le", "-acodec", "pcm_s16le", "-"], capture_output=True)
+    pcm = run.stdout[:len(run.stdout) // (2 * channels) * 2 * channels]
+    if run.returncode != 0 and not pcm:
+        raise _FFmpegError(_first_line(run.stderr) or f"ffmpeg exit status {run.returncode}")
+    y = np.frombuffer(pcm, "<i2").astype(np.float32) / np.float32(32768.0)
+    y = np.ascontiguousarray(y.reshape(-1, channels).T)
+    declared = None
+    fmt = str(info.get("format", {}).get("format_name", ""))
+    duration = stream.get("duration") or info.get("format", {}).get("duration")
+    if duration not in (None, "N/A") and fmt not in ("mp3", "aac"):  # those are estimates
+        declared = int(round(float(duration) * rate))
+    problems = [_first_line(run.stderr)] if run.stderr.strip() else []
+    return Decoded(y, rate, "ffmpeg", declared, problems)
+
+
+class _FFmpegError(Exception):
+    def __init__(self, message: str, no_audio: bool = False):
+        super().__init__(message)
+        self.no_audio = no_audio
+
+
+def _first_line(data: bytes) -> str:
+    lines = [l.strip() for l in data.decode("utf-8", "replace").splitlines() if l.strip()]
+    return lines[0] if lines else ""
+
+
+def decode(path: str | os.PathLike) -> Decoded:
+    """Decodes any audio file: libsndfile first, ffmpeg for what libsndfile cannot read.
+
+    Raises `InputError` naming the file and which problem it is: a missing decoder (a format
+    only ffmpeg reads, on a machine without ffmpeg: "install ffmpeg"), a damaged or truncated
+    file of a known format, or a file that is no recognised audio at all.
+    """
+    p = _check_file(path)
+    d = display_path(p)
+    fmt = sniff_format(p)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # librosa's deprecation notice for audioread
-            y, rate = librosa.load(str(p), sr=None, mono=False, dtype=np.float32)
-    except Exception as ar_error:
-        ar_message = ("no backend (ffmpeg, gstreamer) could read it"
-                      if type(ar_error).__name__ == "NoBackendError"
-                      else str(ar_error) or type(ar_error).__name__)
-        raise InputError(f"{p}: cannot decode audio (soundfile: {sf_message}; "
-                         f"audioread: {ar_message})") from None
-    return np.atleast_2d(np.asarray(y, dtype=np.float32)), int(rate)
+        return _decode_soundfile(p)
+    except Exception as e:  # libsndfile: unknown format or corrupt data
+        sf_message = str(e).replace(f"Error opening {os.fsencode(p)!r}: ", "").strip()
+    ffmpeg = ffmpeg_path()
+    ff_message = None
+    if ffmpeg:
+        try:
+            return _decode_ffmpeg(p, ffmpeg)
+        except _FFmpegError as e:
+            if e.no_audio:
+                raise InputError(f"{d}: {e}") from None
+            ff_message = str(e)
+    tried = f"soundfile: {sf_message}" + (f"; ffmpeg: {ff_message}" if ff_message else "")
+    ffmpeg_only = (fmt not in SOUNDFILE_FORMATS if fmt else
+                   p.suffix.lower() in FFMPEG_SUFFIXES)
+    if ffmpeg_only and not ffmpeg:
+        what = f"{fmt} audio" if fmt else f"{p.suffix.lower()} files"
+        raise InputError(f"{d}: no decoder for {what} on this machine (libsndfile cannot read "
+                         f"it): {INSTALL_FFMPEG}")
+    if fmt:
+        raise InputError(f"{d}: damaged or truncated {fmt} file, cannot decode audio ({tried})")
+    hint = "" if ffmpeg else f"; if it is audio in a format libsndfile lacks, {INSTALL_FFMPEG}"
+    raise InputError(f"{d}: cannot decode audio: not a recognised audio format, or damaged "
+                     f"({tried}){hint}")
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = 16000,
@@ -141,21 +370,70 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000,
     Channels are averaged (`librosa.to_mono`) before resampling with `librosa.resample(res_type=
     "soxr_hq")`, the order and resampler `librosa.load` uses, so the output matches it exactly.
     Raises `InputError` (naming the file) for missing, directory, empty, undecodable, zero-length
-    or non-finite audio.
+    or non-finite audio. `load_audio_checked` also returns the degradation warnings.
+    """
+    return load_audio_checked(path, sample_rate, res_type)[0]
+
+
+def load_audio_checked(path: str | os.PathLike, sample_rate: int = 16000,
+                       res_type: str = RES_TYPE) -> tuple[np.ndarray, dict[str, str]]:
+    """(`load_audio`'s waveform, warnings): {code: one-line message naming the file}.
+
+    Codes (docs/audio.md): `damaged_data`, `duration_mismatch`, `low_sample_rate`,
+    `stereo_cancellation`.
     """
     import librosa
 
-    p = _check_file(path)
-    y, native_rate = _decode(p)
+    decoded = decode(path)
+    d = display_path(path)
+    y, native_rate = decoded.samples, decoded.sample_rate
     if y.shape[-1] == 0:
-        raise InputError(f"{p}: decoded to zero samples")
+        raise InputError(f"{d}: decoded to zero samples")
     if not np.all(np.isfinite(y)):
         bad = int(np.size(y) - np.count_nonzero(np.isfinite(y)))
-        raise InputError(f"{p}: {bad} non-finite samples (NaN or inf)")
+        raise InputError(f"{d}: {bad} non-finite samples (NaN or inf)")
+    notes = decode_warnings(d, decoded, sample_rate)
     y = librosa.to_mono(y) if y.shape[0] > 1 else y[0]
     if native_rate != sample_rate:
         y = librosa.resample(y, orig_sr=native_rate, target_sr=sample_rate, res_type=res_type)
-    return np.ascontiguousarray(y, dtype=np.float32)
+    return np.ascontiguousarray(y, dtype=np.float32), notes
+
+
+# Thresholds of the degradation warnings (docs/audio.md).
+MONO_LOSS_DB = 10.0  # the mono mix this far below the loudest channel: the channels cancel
+# Decoded vs declared length: libsndfile's clean files agree exactly; ffmpeg's containers declare
+# lengths that differ from the decoded one by codec framing (up to ~2 frames of 1024-2048 samples).
+DURATION_TOLERANCE_S = {"soundfile": 0.01, "ffmpeg": 0.25}
+
+
+def decode_warnings(name: str, decoded: Decoded, sample_rate: int) -> dict[str, str]:
+    """Silent degradations of decoded audio, as {code: message starting with `name`}."""
+    notes: dict[str, str] = {}
+    y, rate = decoded.samples, decoded.sample_rate
+    if decoded.problems:
+        notes["damaged_data"] = (
+            f"{name}: the decoder reported damaged data ({decoded.decoder}: "
+            f"{decoded.problems[0]}); audio may be missing, which shifts later taggram times")
+    if decoded.expected_frames:
+        n, want = y.shape[-1], decoded.expected_frames
+        if abs(n - want) > DURATION_TOLERANCE_S[decoded.decoder] * rate:
+            notes["duration_mismatch"] = (
+                f"{name}: decoded {n / rate:.2f} s but the file's header declares "
+                f"{want / rate:.2f} s (damaged or truncated file, or a wrong header); audio may "
+                "be missing, which shifts later taggram times")
+    if rate < sample_rate:
+        notes["low_sample_rate"] = (
+            f"{name}: recorded at {rate} Hz, below the model's {sample_rate} Hz: upsampled, so "
+            f"the bands above {rate // 2} Hz are empty and tags may be unreliable")
+    if y.shape[0] > 1:
+        loudest = float(np.sqrt(np.mean(np.square(y, dtype=np.float64), axis=-1)).max())
+        mono = float(np.sqrt(np.mean(np.square(y.mean(axis=0), dtype=np.float64))))
+        if loudest > 1e-4 and mono < loudest * 10 ** (-MONO_LOSS_DB / 20):
+            loss = 20 * np.log10(max(mono, 1e-12) / loudest)
+            notes["stereo_cancellation"] = (
+                f"{name}: the channels cancel when averaged to mono: the mix is {-loss:.1f} dB "
+                "below the loudest channel (out-of-phase stereo?); tags describe what is left")
+    return notes
 
 
 # ----------------------------------------------------------------------------------- features
@@ -216,18 +494,77 @@ def _load_npy(p: Path) -> np.ndarray:
         return np.load(p, allow_pickle=False)  # never unpickle user files
     except Exception as e:
         if "allow_pickle" in str(e):
-            raise InputError(f"{p}: holds Python objects (dtype object), not a numeric array; "
-                             "expected a float array") from None
-        raise InputError(f"{p}: cannot read .npy ({e})") from None
+            raise InputError(f"{display_path(p)}: holds Python objects (dtype object), not a "
+                             "numeric array; expected a float array") from None
+        raise InputError(f"{display_path(p)}: cannot read .npy ({e})") from None
 
 
 def _check_float_array(p: Path, x: np.ndarray, what: str) -> None:
     if not (np.issubdtype(x.dtype, np.floating) and x.dtype.itemsize <= 8):
-        raise InputError(f"{p}: {what} must be float16/32/64, found dtype {x.dtype} "
-                         f"(shape {x.shape})")
+        raise InputError(f"{display_path(p)}: {what} must be float16/32/64, found dtype "
+                         f"{x.dtype} (shape {x.shape})")
     if x.size and not np.all(np.isfinite(x)):
         bad = int(x.size - np.count_nonzero(np.isfinite(x)))
-        raise InputError(f"{p}: {what} has {bad} non-finite values (NaN or inf), shape {x.shape}")
+        raise InputError(f"{display_path(p)}: {what} has {bad} non-finite values (NaN or inf), "
+                         f"shape {x.shape}")
+
+
+# The log-mel scale of `log_mel` (either log_scale): floor -100 dB, top_db 80.
+LOG_MEL_FLOOR_DB = -100.0
+LOG_MEL_RANGE_DB = 80.0
+MIN_SPAN_DB = 1.0  # a log-mel of any sound but digital silence spans more than this
+
+
+def spectrogram_warnings(name: str, x: np.ndarray) -> dict[str, str]:
+    """{"not_log_mel": message} when a precomputed spectrogram is not on `log_mel`'s scale.
+
+    Either log scale gives values >= -100 dB with at most 80 dB between the largest and the
+    smallest (top_db); a spectrogram below the floor, wider than 80 dB, or spanning under 1 dB
+    without being digital silence (linear, normalised or constant values) gets the warning.
+    """
+    lo, hi = float(np.min(x)), float(np.max(x))
+    eps = 1e-3
+    if lo < LOG_MEL_FLOOR_DB - eps:
+        why = f"values down to {lo:.1f}, below the floor of {LOG_MEL_FLOOR_DB:.0f} dB"
+    elif hi - lo > LOG_MEL_RANGE_DB + eps:
+        why = f"it spans {hi - lo:.1f} dB, more than the {LOG_MEL_RANGE_DB:.0f} dB kept (top_db)"
+    elif hi - lo < MIN_SPAN_DB and hi > LOG_MEL_FLOOR_DB + eps:
+        why = (f"it spans only {hi - lo:.3g} dB (values {lo:.3g} to {hi:.3g}): linear, "
+               "normalised or constant values?")
+    else:
+        return {}
+    return {"not_log_mel": f"{name}: not on the log-mel scale the model was trained on (floor "
+                           f"{LOG_MEL_FLOOR_DB:.0f} dB, at most {LOG_MEL_RANGE_DB:.0f} dB "
+                           f"range): {why}; the tags are unreliable"}
+
+
+def read_input(path: str | os.PathLike, features_config: Any = None,
+               waveform: bool = False) -> tuple[np.ndarray, dict[str, str]]:
+    """(model input, warnings) for an audio file or a `.npy`; see `load_input`.
+
+    `waveform=False`: a (n_mels, T) log-mel (`load_input`); True: a 1-D waveform at the
+    features' rate (`load_waveform_input`). Warnings are {code: one-line message naming the
+    file}, the silent degradations of docs/audio.md: `damaged_data`, `duration_mismatch`,
+    `low_sample_rate`, `stereo_cancellation` (audio) and `not_log_mel` (a `.npy` spectrogram).
+    """
+    params = features_from_config(features_config)
+    p = _check_file(path)
+    d = display_path(p)
+    if p.suffix.lower() != ".npy":
+        wave, notes = load_audio_checked(p, params.sample_rate)
+        return (wave if waveform else log_mel(wave, **params.mel_kwargs)), notes
+    x = _load_npy(p)
+    if waveform:
+        if x.ndim != 1 or x.shape[0] < 1:
+            raise InputError(f"{d}: expected a 1-D waveform with at least one sample, found "
+                             f"shape {x.shape} (dtype {x.dtype})")
+        _check_float_array(p, x, "waveform")
+        return np.ascontiguousarray(x, dtype=np.float32), {}
+    if x.ndim != 2 or x.shape[0] != params.n_mels or x.shape[1] < 1:
+        raise InputError(f"{d}: expected a spectrogram of shape ({params.n_mels}, T) with "
+                         f"T >= 1, found shape {x.shape} (dtype {x.dtype})")
+    _check_float_array(p, x, "spectrogram")
+    return np.ascontiguousarray(x, dtype=np.float32), spectrogram_warnings(d, x)
 
 
 def load_input(path: str | os.PathLike, features_config: Any = None) -> np.ndarray:
@@ -235,19 +572,9 @@ def load_input(path: str | os.PathLike, features_config: Any = None) -> np.ndarr
 
     A `.npy` must hold a 2-D float array of shape (n_mels, T), T >= 1, all finite, computed with
     the same settings (it is used as is). Anything else raises `InputError` naming the file and
-    the shape/dtype found.
+    the shape/dtype found. `read_input` also returns the degradation warnings.
     """
-    params = features_from_config(features_config)
-    p = _check_file(path)
-    if p.suffix.lower() != ".npy":
-        wave = load_audio(p, params.sample_rate)
-        return log_mel(wave, **params.mel_kwargs)
-    x = _load_npy(p)
-    if x.ndim != 2 or x.shape[0] != params.n_mels or x.shape[1] < 1:
-        raise InputError(f"{p}: expected a spectrogram of shape ({params.n_mels}, T) with T >= 1, "
-                         f"found shape {x.shape} (dtype {x.dtype})")
-    _check_float_array(p, x, "spectrogram")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return read_input(path, features_config)[0]
 
 
 def load_waveform_input(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
@@ -256,15 +583,7 @@ def load_waveform_input(path: str | os.PathLike, sample_rate: int = 16000) -> np
     Audio files are decoded and resampled with `load_audio`; a `.npy` must hold a non-empty 1-D
     finite float waveform already at `sample_rate` (it cannot say its rate, so none is applied).
     """
-    p = _check_file(path)
-    if p.suffix.lower() != ".npy":
-        return load_audio(p, sample_rate)
-    x = _load_npy(p)
-    if x.ndim != 1 or x.shape[0] < 1:
-        raise InputError(f"{p}: expected a 1-D waveform with at least one sample, found shape "
-                         f"{x.shape} (dtype {x.dtype})")
-    _check_float_array(p, x, "waveform")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return read_input(path, FeatureParams(sample_rate=sample_rate), waveform=True)[0]
 
 
 # ----------------------------------------------------------------------------------- time

@@ -23,7 +23,8 @@ import flax.linen as nn
 import ml_collections
 import orbax.checkpoint as ocp
 
-from tagger_jax.models import build_model
+from tagger_jax.errors import MODEL, ToolError
+from tagger_jax.models import build_model, input_shape
 
 METADATA_FILE = "tagger.json"
 VARIABLES_DIR = "variables"
@@ -31,8 +32,10 @@ FORMAT_VERSION = 1
 EXPORT_SUBDIR = "best_model"  # where training exports the best model inside a workdir
 
 
-class CheckpointError(ValueError):
-    """A model directory is missing, incomplete or inconsistent."""
+class CheckpointError(ToolError, ValueError):
+    """A model directory is missing, incomplete or inconsistent (exit status `errors.MODEL`)."""
+
+    exit_status = MODEL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,38 +89,125 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
 
 
 def load_config(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
-    """The resolved config and tag names stored with a model, without loading its variables."""
+    """The resolved config and tag names stored with a model, without loading its variables.
+
+    Raises `CheckpointError` naming the directory when `tagger.json` is not valid JSON, has
+    another format, lacks `tags` or `config`, or has them of the wrong type (`tags` must be a
+    list of distinct non-empty strings, `config` an object with a `model` object).
+    """
     directory = resolve_model_dir(path)
     try:
         meta = json.loads((directory / METADATA_FILE).read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{directory / METADATA_FILE}: not valid JSON ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{directory / METADATA_FILE}: cannot read it ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{directory / METADATA_FILE}: expected a JSON object, found "
+                              f"{_json_kind(meta)}")
     if meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{directory}: checkpoint format {meta.get('format')!r} is not "
                               f"supported (expected {FORMAT_VERSION})")
+    return _check_config(directory, meta), _check_tags(directory, meta)
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "a string"
+    return {dict: "an object", list: "a list", bool: "a boolean"}.get(type(value), "a number")
+
+
+def _check_tags(directory: Path, meta: dict) -> tuple[str, ...]:
+    where = f"{directory}: {METADATA_FILE}"
+    if "tags" not in meta:
+        raise CheckpointError(f"{where} has no 'tags' (the tag names in model output order)")
+    tags = meta["tags"]
+    if not isinstance(tags, list) or not tags:
+        found = "an empty list" if tags == [] else _json_kind(tags)
+        raise CheckpointError(f"{where}: 'tags' must be a list of tag names, found {found}")
+    seen: set[str] = set()
+    for k, tag in enumerate(tags):
+        if not isinstance(tag, str) or not tag:
+            raise CheckpointError(f"{where}: tag {k} is {json.dumps(tag)}, not a tag name")
+        if tag in seen:
+            raise CheckpointError(f"{where}: duplicate tag {tag!r}")
+        seen.add(tag)
+    return tuple(tags)
+
+
+def _check_config(directory: Path, meta: dict) -> ml_collections.ConfigDict:
+    where = f"{directory}: {METADATA_FILE}"
+    if "config" not in meta:
+        raise CheckpointError(f"{where} has no 'config' (the resolved training config)")
+    config = meta["config"]
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}: 'config' must be an object, found {_json_kind(config)}")
+    if not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{where}: config has no 'model' object")
     from tagger_jax.config_base import StoredConfigError, merge_over_base
 
     try:  # defaults live once, in config_base: fields added since the model was saved get them
-        config, _ = merge_over_base(meta["config"])
+        merged, _ = merge_over_base(config)
     except StoredConfigError as e:
         raise CheckpointError(f"{directory / METADATA_FILE}: {e}") from None
-    return config, tuple(meta["tags"])
+    return merged
 
 
 def load_model(path: str | os.PathLike) -> LoadedModel:
-    """Loads a model directory (or a workdir's exported best model) onto the default device."""
+    """Loads a model directory (or a workdir's exported best model) onto the default device.
+
+    The stored arrays are checked against the model that `tagger.json`'s config builds (every
+    parameter path and shape, from `jax.eval_shape` of its init): a disagreement is one
+    `CheckpointError` naming the directory and the first mismatching arrays.
+    """
     directory = resolve_model_dir(path)
     config, tags = load_config(directory)
     if not (directory / VARIABLES_DIR).is_dir():
         raise CheckpointError(f"{directory}: {VARIABLES_DIR}/ is missing")
+    try:
+        model = build_model(config.model, num_tags=len(tags))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{directory}: {METADATA_FILE} config cannot build a model "
+                              f"({e})") from None
     variables = ocp.StandardCheckpointer().restore(directory / VARIABLES_DIR)
-    variables = jax.tree.map(jax.numpy.asarray, variables)
-    model = build_model(config.model, num_tags=len(tags))
     num_tags = _num_tags(variables)
     if num_tags is not None and num_tags != len(tags):
         raise CheckpointError(f"{directory}: classifier has {num_tags} outputs but "
                               f"{METADATA_FILE} lists {len(tags)} tags")
+    _check_shapes(directory, model, config, variables)
+    variables = jax.tree.map(jax.numpy.asarray, variables)
     return LoadedModel(model, dict(variables), config, tags, directory)
+
+
+def _shape_tree(tree: Any) -> dict[str, tuple[int, ...]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
+            for path, leaf in flat}
+
+
+def _check_shapes(directory: Path, model: nn.Module, config: ml_collections.ConfigDict,
+                  variables: Any) -> None:
+    """Raises CheckpointError if `variables` are not what `model.init` makes (paths and shapes)."""
+    features = config.get("features") or {}
+    shape = input_shape(config.model, int(features.get("chunk_frames", 256)))
+    expected = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                                 jax.numpy.zeros((1,) + shape)))
+    want, have = _shape_tree(expected), _shape_tree(variables)
+    params_first = lambda k: (not k.startswith("params/"), k)  # noqa: E731
+    want = {k: want[k] for k in sorted(want, key=params_first)}
+    have = {k: have[k] for k in sorted(have, key=params_first)}
+    problems = [f"{k} missing from the stored weights (config makes {want[k]})"
+                for k in want if k not in have]
+    problems += [f"{k} stored {have[k]} but the config makes {want[k]}"
+                 for k in want if k in have and have[k] != want[k]]
+    problems += [f"{k} stored {have[k]} is not part of the model the config builds"
+                 for k in have if k not in want]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(f"{directory}: {METADATA_FILE} config does not match the stored "
+                              f"weights: {'; '.join(problems[:3])}{more}")
 
 
 def _num_tags(variables: Any) -> int | None:

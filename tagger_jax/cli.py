@@ -2,6 +2,10 @@
 
 Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`,
 and imports its heavy dependencies inside `run`, so `tagger-jax --help` stays fast.
+
+Exit statuses are the table in `tagger_jax.errors` (README "Exit statuses"): a documented error a
+command lets through is printed as one `error:` line with its own status; anything else prints one
+line naming the file that holds the full traceback, and exits 70.
 """
 from __future__ import annotations
 
@@ -39,13 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    return int(args._run(args) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command; returns its exit status (see `tagger_jax.errors`)."""
+    from tagger_jax import errors
+
     args = build_parser().parse_args(argv)
     if not args.no_compilation_cache and args.command in CACHED_COMMANDS:
         from tagger_jax import compilation_cache
 
         compilation_cache.enable()
-    return int(args._run(args) or 0)
+    return errors.guarded(_dispatch, args)
 
 
 if __name__ == "__main__":

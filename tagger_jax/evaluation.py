@@ -341,12 +341,14 @@ def plot_metrics(metrics: Mapping[str, Any], path: str | os.PathLike, title: str
         if value is not None:
             ax.axvline(value, color=color, linestyle="--", linewidth=1,
                        label=f"mean {name} {value:.3f}")
-    ax.set_yticks(y, [f"{r['tag']} ({r['positives']})" for r in rows], fontsize=8)
+    ax.set_yticks(y, [f"{r['tag']} ({r['positives']})" for r in rows], fontsize=8,
+                  parse_math=False)  # tag names are user text: a `$` is not math
     ax.set_ylim(n - 0.5, -0.5)
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel("score (tag label shows its positive clips)")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(title or f"Per-tag metrics ({metrics['num_clips']} clips)", fontsize=10)
+    ax.set_title(title or f"Per-tag metrics ({metrics['num_clips']} clips)", fontsize=10,
+                 parse_math=False)
     fig.legend(loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -67,6 +67,10 @@ class Input:
     fingerprint: str  # changes when the input changes
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     marks: tuple[int, ...] = ()  # window positions to mark in figures (explain's two-clip mode)
+    explain_tags: tuple[str, ...] = ()  # explain: this input's own tags (labels, a CSV)
+    # explain: annotations read with the input, all optional: "audio" (N,) waveform at the model's
+    # rate (playback, auralisation), "true_tags" [names], "tag_mask" (tags, T) uint8.
+    extras: Optional[Callable[[], Mapping[str, Any]]] = None
 
 
 def safe_key(text: str, max_len: int = 120) -> str:
@@ -87,25 +91,27 @@ def file_fingerprint(path: Path) -> str:
         return "file:missing"
 
 
-def discover(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str]]:
+def discover(paths: Iterable[str | os.PathLike],
+             skipped: Optional[list[tuple[Path, str]]] = None) -> list[tuple[Path, str]]:
     """(file, name relative to the named directory) for every input, in a stable order.
 
     Files named directly are kept whatever their suffix (they fail later with a clear error if
-    they are not audio); directories are searched recursively for audio and `.npy` files, sorted.
-    Duplicates are dropped (first occurrence kept). Missing paths are kept: they become failed
-    inputs with an error naming them, never a crash of the run.
+    they are not audio); in directories, `audio.scan_inputs` decides (every format the decoders
+    read, by suffix or content), sorted; what it leaves out is appended, with the reason, to
+    `skipped` if given. Duplicates are dropped (first occurrence kept). Missing paths are kept:
+    they become failed inputs with an error naming them, never a crash of the run. Names are
+    `audio.display_path` text (bytes that are not UTF-8 as \\xNN).
     """
-    from tagger_jax.audio import AUDIO_SUFFIXES
+    from tagger_jax import audio
 
-    suffixes = tuple(AUDIO_SUFFIXES) + INPUT_SUFFIXES_EXTRA
     out: dict[Path, str] = {}
     for p in map(Path, paths):
-        if p.is_dir():
-            for f in sorted(f for f in p.rglob("*") if f.is_file()
-                            and f.suffix.lower() in suffixes):
-                out.setdefault(f, f.relative_to(p).as_posix())
-        else:
-            out.setdefault(p, p.name)
+        files, left_out = audio.scan_inputs([p])
+        if skipped is not None:
+            skipped.extend(left_out)
+        for f in files:
+            rel = f.relative_to(p).as_posix() if p.is_dir() else p.name
+            out.setdefault(f, audio.display_path(rel))
     return list(out.items())
 
 
@@ -243,6 +249,9 @@ class Prepared:
     notes: list[str]
     started: float
     tags: Optional[np.ndarray] = None  # consumers' per-input state (explain: tags to explain)
+    num_tags: Optional[int] = None  # explain: how many of `tags` are the input's (rest: padding)
+    extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # explain: Input.extras()
+    warnings: dict[str, str] = dataclasses.field(default_factory=dict)  # audio.read_input's
 
     def windows(self) -> Iterator[np.ndarray]:
         """The distinct windows, one at a time (views of `x`: nothing is copied until a batch
@@ -254,7 +263,9 @@ class Prepared:
 def prepare(item: Input, geom: Geometry, plan: WindowPlan) -> Prepared:
     """Reads `item` and places its windows (runs in load-ahead threads; no global state)."""
     started = time.perf_counter()
-    signal = np.asarray(item.load(), np.float32)
+    signal = item.load()  # the input, or (input, {code: warning}) from Engine.read_checked
+    signal, warnings = signal if isinstance(signal, tuple) else (signal, {})
+    signal = np.asarray(signal, np.float32)
     expected = 1 if geom.architecture.waveform else 2
     if signal.ndim != expected:
         raise ValueError(f"{item.name}: model input has shape {signal.shape}; "
@@ -266,7 +277,7 @@ def prepare(item: Input, geom: Geometry, plan: WindowPlan) -> Prepared:
     starts = plan.starts(x.shape[-1], geom)
     unique, inverse = np.unique(starts, return_inverse=True)
     return Prepared(item, signal, x, length, padded, starts, unique, inverse.reshape(-1),
-                    geom.chunk, notes, started)
+                    geom.chunk, notes, started, warnings=dict(warnings))
 
 
 def load_ahead(fn: Callable[[Input], Any], items: Iterable[Input], workers: int = 2,
@@ -520,11 +531,20 @@ class Engine:
             return audio.load_waveform_input(path, self.features.sample_rate)
         return audio.load_input(path, self.features)
 
+    def read_checked(self, path: str | os.PathLike) -> tuple[np.ndarray, dict[str, str]]:
+        """`read` plus the input's degradation warnings, {code: message} (`audio.read_input`)."""
+        from tagger_jax import audio
+
+        return audio.read_input(path, self.features, waveform=self.architecture.waveform)
+
     def file_inputs(self, paths: Iterable[str | os.PathLike]) -> list[Input]:
         """Inputs for files and directories (`discover`), with unique keys."""
         found = discover(paths)
         keys = unique_keys([rel for _, rel in found])
-        return [Input(key=key, name=str(path), load=functools.partial(self.read, path),
+        from tagger_jax import audio
+
+        return [Input(key=key, name=audio.display_path(path),
+                      load=functools.partial(self.read, path),
                       fingerprint=file_fingerprint(path))
                 for (path, _), key in zip(found, keys)]
 

@@ -23,14 +23,16 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from tagger_jax import inference
+from tagger_jax import audio, inference, outputs
 from tagger_jax.inference import COVER, PAPER, WindowPlan  # noqa: F401 (re-exported)
 
 
-def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files named directly plus audio and `.npy` files found recursively in named directories
-    (`inference.discover`), in order, without duplicates."""
-    return [p for p, _ in inference.discover(paths)]
+def collect_inputs(paths: Iterable[str | os.PathLike],
+                   skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Files named directly plus the inputs found recursively in named directories
+    (`inference.discover`, deciding by `audio.scan_inputs`), in order, without duplicates; files
+    left out are appended to `skipped` with the reason, if given."""
+    return [p for p, _ in inference.discover(paths, skipped)]
 
 
 class Tagger:
@@ -47,8 +49,8 @@ class Tagger:
         plan = WindowPlan(windows, hop_s, num_chunks)
         plan.hop_steps(self.engine.geometry)  # a hop longer than a window fails once, here
         paths = [Path(p) for p in paths]
-        items = [inference.Input(key=str(i), name=str(p),
-                                 load=lambda p=p: self.engine.read(p),
+        items = [inference.Input(key=str(i), name=audio.display_path(p),
+                                 load=lambda p=p: self.engine.read_checked(p),
                                  fingerprint=inference.file_fingerprint(p))
                  for i, p in enumerate(paths)]
         results: list[dict | None] = [None] * len(items)
@@ -92,6 +94,8 @@ class Tagger:
         }
         if p.notes:
             result["warnings"] = list(p.notes)
+        if p.warnings:  # {code: message}, docs/audio.md
+            result["audio_warnings"] = dict(p.warnings)
         return result
 
 
@@ -102,11 +106,10 @@ def message(name: str, error: BaseException) -> str:
 
 
 def write_json(results: list[dict], output: Path) -> None:
-    """Writes atomically (temporary file + rename) so an interrupted run never leaves half a file."""
+    """Writes atomically (unique temporary file + rename, `outputs.atomic_write_json`) so an
+    interrupted run never leaves half a file nor a temporary one."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f"{output.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(output)
+    outputs.atomic_write_json(output, results)
 
 
 class ResultStore:

@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 import jax
 import numpy as np
 
+from tagger_jax.models.registry import get_architecture
+
 
 @dataclasses.dataclass
 class TrainData:
@@ -86,7 +88,7 @@ def load_data(config: Any) -> TrainData:
                                     num_workers=d.build_workers or None)
     train_source, tags = datasets.load_split(d.name, d.train_split, d.data_dir,
                                              builder_config=builder_config)
-    kind = "audio" if config.model.architecture == "lee_won" else "mel"
+    kind = get_architecture(config.model).dataset_feature  # "mel" or "audio"
     loader = input_pipeline.train_loader(
         train_source, global_batch_size=t.batch_size, seed=t.seed, crop_frames=f.chunk_frames,
         input_kind=kind, num_epochs=t.num_epochs, process_index=jax.process_index(),

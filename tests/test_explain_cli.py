@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import jax
 import numpy as np
@@ -113,14 +114,21 @@ def test_long_track_is_stitched_from_independently_computed_windows(setup, first
         np.testing.assert_array_equal(z["chunk_starts"], starts)
 
 
-def test_index_shows_every_figure_with_escaped_names(first_run):
+def test_index_and_pages_link_every_input_with_escaped_names(first_run):
     _, out = first_run
     page = (out / "index.html").read_text()
     for key in GOOD:
-        assert f"<img src='{key}.png'" in page
+        assert f"<a href='{quote(key)}.html'>" in page and (out / f"{key}.html").stat().st_size
+        assert f"<a href='{quote(key)}.png'>png</a>" in page
     assert "we&lt;i&gt;rd &amp; &#x27;name&#x27;.npy" in page
     assert "<i>" not in page and "<vocal>" not in page and "'name'.npy" not in page
     assert "broken.wav" in page and "bad.npy" in page
+    weird = (out / f"{runner.safe_key(WEIRD)}.html").read_text()
+    assert "/we&lt;i&gt;rd &amp; &#x27;name&#x27;.npy</h1>" in weird
+    assert "<i>" not in weird and "<vocal>" not in weird
+    data = weird.split('<script type="application/json" id="data">')[1].split("</script>")[0]
+    assert json.loads(data)["name"].endswith(WEIRD)  # the \\u escapes decode to the name
+    assert "http://" not in weird and "https://" not in weird  # nothing fetched from a network
 
 
 def test_second_run_does_no_work_twice(setup, first_run, monkeypatch, capsys):
@@ -171,7 +179,7 @@ def test_bad_arguments_exit_2_with_a_message(setup, tmp_path, capsys):
                    "--tags", "t1,violin") == 2
     assert "violin" in capsys.readouterr().err
     assert explain("--checkpoint", str(tmp_path / "nope"), str(inputs), "--out",
-                   str(tmp_path)) == 2
+                   str(tmp_path)) == 3  # errors.MODEL
     assert explain("--checkpoint", str(model_dir), str(inputs), "--out", str(tmp_path),
                    "--methods", "saliency") == 2
 
@@ -200,3 +208,119 @@ def test_dataset_split_records_are_explained(setup, tmp_path, monkeypatch):
         np.testing.assert_array_equal(z["log_mel"], records[1]["mel"].astype(np.float32))
     summary = json.loads((tmp_path / "toy_small-validation-000001.json").read_text())
     assert summary["input"] == "toy/small:validation[1]" and summary["files"]["png"] is None
+
+
+def test_dollar_names_plot_as_text_and_methods_all_has_no_duplicate_rows(setup, tmp_path):
+    """Issue 10 item 5: `$` in a file name broke the figure (math text) and left an orphan NPZ.
+    With `--methods all` the last attention layer is not drawn twice."""
+    model_dir, _, _ = setup
+    src = tmp_path / "in"
+    src.mkdir()
+    name = "50$ off_$.wav"
+    sf.write(src / name, 0.3 * np.sin(np.arange(24000) * 0.05), 16000)
+    out = tmp_path / "out"
+    rc = explain("--checkpoint", str(model_dir), str(src), "--out", str(out), "--methods", "all",
+                 "--tags", "t1,no <vocal> & co", "--ig-steps", "2", "--batch-size", "4",
+                 "--listen", "--line-seconds", "0.5")
+    assert rc == 0
+    key = runner.safe_key(name)
+    assert (out / f"{key}.png").stat().st_size and (out / f"{key}.html").stat().st_size
+    assert not list(out.glob(".*.part"))
+    summary = json.loads((out / f"{key}.json").read_text())
+    assert summary["input"].endswith(name)
+    # every auralised file is there and as long as the input
+    maps = summary["files"]["audio"]["maps"]
+    assert {m["method"] for m in maps} == {"attention", "rollout", "contribution",
+                                           "grad_x_input", "integrated_gradients"}
+    for m in maps:
+        for kind in ("kept", "removed"):
+            info = sf.info(out / m[kind])
+            assert info.samplerate == 16000 and abs(info.duration - 1.5) < 1e-3
+    with np.load(out / f"{key}.npz") as z:  # why the duplicate: the same numbers
+        np.testing.assert_allclose(z["attention"], z["attention_layers"][-1], rtol=1e-6)
+        res = {k: z[k] for k in z.files}
+    rows = runner.map_rows(type("Ctx", (), {"options": runner.ExplainOptions()})(), res)
+    attention = [r["label"] for r in rows if r["method"].startswith("attention")]
+    assert len(attention) == len(set(attention))
+    assert sum(r["method"] == "attention_layers" for r in rows) == len(res["attention_layers"]) - 1
+
+
+def test_a_failing_figure_leaves_no_file_of_that_input(setup, tmp_path, monkeypatch):
+    from tagger_jax.explain import plotting
+
+    model_dir, inputs, _ = setup
+    real = plotting.plot_explanation
+
+    def flaky(path, *args, title="", **kwargs):
+        if "long.npy" in title:
+            raise RuntimeError("drawing failed")
+        return real(path, *args, title=title, **kwargs)
+
+    monkeypatch.setattr(plotting, "plot_explanation", flaky)
+    out = tmp_path / "out"
+    rc = explain("--checkpoint", str(model_dir), str(inputs / "long.npy"), str(inputs / WEIRD),
+                 "--out", str(out), "--methods", "attention", "--batch-size", "4")
+    assert rc == 1
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("long")) == []
+    assert not list(out.glob(".*.part"))
+    assert "drawing failed" in (out / "failures.json").read_text()
+    assert (out / f"{runner.safe_key(WEIRD)}.json").exists()
+
+
+def test_tags_per_input_from_a_csv_in_one_compilation(setup, tmp_path, capsys):
+    model_dir, inputs, _ = setup
+    table = tmp_path / "tags.csv"
+    table.write_text('file,tags\nlong.npy,t2,t4\n"tone.wav","no <vocal> & co"\n'
+                     "short.npy,t1,violin\nnot_there.wav,t0\n")  # base name match
+    out = tmp_path / "out"
+    rc = explain("--checkpoint", str(model_dir), str(inputs / "long.npy"),
+                 str(inputs / "tone.wav"), str(inputs / "sub" / "short.npy"), str(inputs / WEIRD),
+                 "--out", str(out), "--methods", "contribution,grad_x_input", "--tags-from",
+                 str(table), "--top-k", "1", "--ig-steps", "5", "--batch-size", "4",
+                 "--no-plot")
+    text = capsys.readouterr().out
+    assert rc == 1 and "not_there.wav" in text and "violin" in text  # reported, not silent
+    got = {json.loads(p.read_text())["key"]: json.loads(p.read_text())
+           for p in out.glob("*.json") if p.name != "failures.json"}
+    assert got["long.npy"]["explained_tags"] == ["t2", "t4"]
+    assert got["long.npy"]["tags_source"] == "input"
+    assert got["tone.wav"]["explained_tags"] == ["no <vocal> & co"]
+    assert got[runner.safe_key(WEIRD)]["tags_source"] == "predicted"
+    assert len(got[runner.safe_key(WEIRD)]["explained_tags"]) == 1
+    with np.load(out / "long.npy.npz") as z:
+        assert z["grad_x_input"].shape == (2, 96, 80)
+    with np.load(out / "tone.wav.npz") as z:
+        assert z["grad_x_input"].shape == (1, 96, 63)
+    loaded = load_model(model_dir)
+    _, explain_fn = runner.jitted_functions(loaded.model, ("contribution", "grad_x_input"), 5,
+                                            "min", "logit", -1, 8)
+    assert explain_fn._cache_size() == 1  # K = 2 for every batch: compiled once
+
+
+def test_dataset_labels_are_explained_with_ground_truth_rows(setup, tmp_path, monkeypatch):
+    import tagger_jax.datasets as datasets
+
+    model_dir, _, _ = setup
+    rng = np.random.default_rng(6)
+    mask = np.zeros((len(TAGS), 50), np.uint8)
+    mask[1, :25] = mask[3, 25:] = 1
+    records = [{"mel": rng.normal(-30, 10, (96, 50)).astype(np.float16),
+                "tags": np.array([0, 1, 0, 1, 0], np.uint8), "tag_mask": mask},
+               {"mel": rng.normal(-30, 10, (96, 40)).astype(np.float16),
+                "tags": np.array([1, 0, 0, 0, 0], np.uint8)}]
+    monkeypatch.setattr(datasets, "load_split", lambda *a, **k: (records, TAGS))
+    rc = explain("--checkpoint", str(model_dir), "--dataset", "toy", "--split", "test",
+                 "--out", str(tmp_path), "--methods", "contribution,grad_x_input",
+                 "--tags-from", "labels", "--batch-size", "4")
+    assert rc == 0
+    first = json.loads((tmp_path / "toy-test-000000.json").read_text())
+    second = json.loads((tmp_path / "toy-test-000001.json").read_text())
+    assert first["explained_tags"] == first["true_tags"] == ["t1", "no <vocal> & co"]
+    assert second["explained_tags"] == second["true_tags"] == ["t0"]
+    page = (tmp_path / "toy-test-000000.html").read_text()
+    data = json.loads(page.split('id="data">')[1].split("</script>")[0])
+    truth = [r for r in data["rows"] if r["method"] == "truth"]
+    assert [r["tag"] for r in truth] == ["t1", "no <vocal> & co"]
+    assert truth[0]["values"] == [1.0] * 25 + [0.0] * 25
+    assert "true tags: t1, no &lt;vocal&gt; &amp; co" in page
+    assert (tmp_path / "toy-test-000000.png").stat().st_size

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tagger_jax import audio, checkpoint, chunking, cli, tagging
+from tagger_jax import audio, checkpoint, chunking, cli, errors, tagging
 from tagger_jax.config_base import base_config
 from tagger_jax.models import build_model
 
@@ -145,7 +145,7 @@ def test_resume_keeps_finished_results(model_dir, inputs, tmp_path, capsys):
 
 def test_bad_checkpoint_is_a_clear_error(tmp_path, inputs, capsys):
     rc = cli.main(["tag", "--checkpoint", str(tmp_path / "nope"), str(inputs / "spec.npy")])
-    assert rc == 2
+    assert rc == errors.MODEL
     assert "no such checkpoint directory" in capsys.readouterr().err
 
 

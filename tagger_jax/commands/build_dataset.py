@@ -13,7 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
                         help="builder config (default: the builder's default); with --set, the "
                              "name of a new config derived from the default one")
-    parser.add_argument("--data-dir", required=True, help="TFDS data directory to write into")
+    parser.add_argument("--data-dir", default=_default_data_dir(),
+                        help="TFDS data directory to write into (default: %(default)s, the "
+                             "configs' data.data_dir)")
     parser.add_argument("--manual-dir", default=None,
                         help="directory with the manually downloaded files (see docs/datasets.md)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -26,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="do not keep per-clip features while building (an interrupted "
                              "build then starts over; saves disk space during the build)")
+
+
+def _default_data_dir() -> str:
+    from tagger_jax.config_base import base_config
+
+    return base_config().data.data_dir
 
 
 def _parse_value(current, text: str, field: str):
@@ -69,9 +77,13 @@ def make_config(builder_cls, name: str | None, overrides: list[str]):
 
 
 def run(args: argparse.Namespace) -> int:
+    import pickle
+
     import tensorflow_datasets as tfds
 
-    from tagger_jax import datasets
+    from tagger_jax import datasets, errors, outputs
+
+    outputs.check_output_dir(args.data_dir)  # before any work (errors.OUTPUT)
 
     if args.name not in datasets.BUILDERS:
         print(f"unknown dataset {args.name!r}; choose one of {sorted(datasets.BUILDERS)}")
@@ -90,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
         builder = datasets.build(args.name, args.data_dir, config, manual_dir=args.manual_dir,
                                  num_workers=args.num_workers, overwrite=args.overwrite,
                                  resume=args.resume)
-    except (FileNotFoundError, ValueError, AssertionError) as e:
-        print(f"error: {e}")
-        return 1
+    except (FileNotFoundError, ValueError, AssertionError, pickle.UnpicklingError) as e:
+        print(f"error: {errors.one_line(str(e))}")
+        return errors.DATA
     print(f"\n{builder.name}/{builder.builder_config.name} {builder.version} in {builder.data_dir}")
     for split, n in datasets.split_sizes(builder).items():
         print(f"  {split:<10} {n:>8} clips")

@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     from tagger_jax.checkpoint import CheckpointError
     from tagger_jax.evaluation import EvaluationError, evaluate_checkpoint
 
+    from tagger_jax import outputs
+
+    if args.out is not None:  # before any work (errors.OUTPUT)
+        args.out = str(outputs.check_output_dir(args.out))
     try:
         result = evaluate_checkpoint(
             args.workdir or args.checkpoint, dataset=args.dataset, split=args.split,
@@ -54,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
             from tagger_jax.baseline import report_beside
             report_beside(result)
     except (CheckpointError, EvaluationError, ValueError) as e:
+        from tagger_jax import errors
+
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return errors.exit_status(e, default=errors.USAGE)
     return 0
 
 
@@ -63,4 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the top-level `evaluate.py` (same flags as the subcommand)."""
     parser = argparse.ArgumentParser(prog="evaluate.py", description=HELP)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from tagger_jax import errors
+
+    return errors.guarded(run, parser.parse_args(argv), prog="evaluate.py")

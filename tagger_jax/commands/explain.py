@@ -39,6 +39,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated tag names to explain (default: the top-k predicted "
                              "per input)")
     parser.add_argument("--top-k", type=int, default=3, help="tags explained per input (default 3)")
+    parser.add_argument("--tags-from", metavar="labels|CSV", default=None,
+                        help="tags per input: 'labels' (each --dataset record's true tags) or a "
+                             "CSV of rows file,tag,tag,... (unlisted inputs: the top-k)")
+    parser.add_argument("--listen", action="store_true",
+                        help="write auralised audio per map and tag: the input kept where the "
+                             "map is high (STEM.METHOD.TAG.kept.ogg) and the rest (.removed.ogg)")
+    parser.add_argument("--listen-keep", type=float, default=0.5,
+                        help="fraction of frames (time maps) or STFT bins (gradient maps) kept "
+                             "(default 0.5)")
+    parser.add_argument("--listen-softness", type=float, default=0.0,
+                        help="0: hard mask (default); > 0: a soft ramp around the threshold")
+    parser.add_argument("--line-seconds", type=float, default=30.0,
+                        help="static figures wrap long tracks onto lines of at most this many "
+                             "seconds (default 30; 0: one line)")
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip the interactive page per input (STEM.html)")
     add_window_arguments(parser, batch_size=8)
     parser.add_argument("--ig-steps", type=int, default=32,
                         help="integrated-gradients trapezoid intervals (default 32)")
@@ -66,10 +82,13 @@ def run(args: argparse.Namespace) -> int:
     from tagger_jax.explain import methods as M
     from tagger_jax.explain import runner
 
-    def error(msg: str) -> int:
+    def error(msg: str, status: int = 2) -> int:
         print(f"tagger-jax explain: error: {msg}", file=sys.stderr)
-        return 2
+        return status
 
+    from tagger_jax import outputs
+
+    args.out = str(outputs.check_output_dir(args.out))  # before any work (errors.OUTPUT)
     if bool(args.inputs) == bool(args.dataset):
         return error("give INPUT files/directories or --dataset (not both)")
     methods = args.methods or runner.DEFAULT_METHODS
@@ -83,13 +102,24 @@ def run(args: argparse.Namespace) -> int:
             windows=plan.windows, num_chunks=plan.num_chunks,
             ig_steps=args.ig_steps, ig_baseline=args.ig_baseline, target=args.target,
             layer=args.layer, plot=not args.no_plot, batch_size=args.batch_size,
-            retry_failed=args.retry_failed)
+            retry_failed=args.retry_failed, plot_line_s=args.line_seconds or None,
+            listen=args.listen, listen_keep=args.listen_keep,
+            listen_softness=args.listen_softness, report=not args.no_report)
+        if args.tags_from and args.tags:
+            return error("give --tags or --tags-from, not both")
+        if args.tags_from == "labels" and not args.dataset:
+            return error("--tags-from labels needs --dataset")
+        if not 0.0 <= args.listen_keep <= 1.0 or args.listen_softness < 0:
+            return error("--listen-keep must be in [0, 1] and --listen-softness >= 0")
         if args.dataset:
             data_dir = args.data_dir or loaded.config.data.get("data_dir")
             items = runner.dataset_items(loaded, args.dataset, args.split, data_dir,
-                                         args.builder_config, args.limit)
+                                         args.builder_config, args.limit,
+                                         explain_labels=args.tags_from == "labels")
         else:
             items = runner.file_items(loaded, args.inputs)
+        if args.tags_from and args.tags_from != "labels":
+            items = runner.with_csv_tags(items, args.tags_from)
         if args.two_clip:
             items = runner.two_clip_items(items, runner._engine(loaded, 1).geometry.chunk)
         if not items:
@@ -97,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
         result = runner.explain_inputs(loaded, items, args.out, options,
                                        progress=not args.no_progress)
     except (CheckpointError, ValueError, OSError) as e:
-        return error(str(e))
+        from tagger_jax import errors
+
+        return error(str(e), errors.exit_status(e, default=errors.USAGE))
     if result.index is not None:
         print(f"index: {result.index}")
     return 1 if result.failed else 0
@@ -107,4 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the top-level `explain.py` (same flags as the subcommand)."""
     parser = argparse.ArgumentParser(prog="explain.py", description=HELP)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from tagger_jax import errors
+
+    return errors.guarded(run, parser.parse_args(argv), prog="explain.py")

@@ -25,6 +25,9 @@ def run(args: argparse.Namespace) -> int:
     from tagger_jax.checkpoint import CheckpointError, save_model
     from tagger_jax.tags import MTAT_TOP50
 
+    from tagger_jax import outputs
+
+    outputs.check_output_dir(args.out)  # before any work (errors.OUTPUT)
     try:
         state = read_state_dict(args.state_dict)
         variables, config = import_state_dict(state, args.variant, num_tags=len(MTAT_TOP50))

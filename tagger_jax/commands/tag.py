@@ -26,36 +26,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tagger_jax import sharding
+    import contextlib
 
+    from tagger_jax import outputs, sharding
+
+    if args.output is not None:  # checked before any work (errors.OUTPUT)
+        args.output = outputs.check_output_file(args.output)
     sharding.maybe_initialize_distributed()  # before anything touches the JAX backend
     import jax
 
-    from tagger_jax import checkpoint, inference, tagging
-
-    def error(msg: str) -> int:
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-
     if args.top_k < 1:
-        return error("--top-k must be at least 1")
+        return _error("--top-k must be at least 1")
     if args.resume and args.output is None:
-        return error("--resume needs --output")
+        return _error("--resume needs --output")
     process, processes = jax.process_index(), jax.process_count()
     if processes > 1 and args.output is None:
-        return error("a multi-process run needs --output (each process writes its share)")
+        return _error("a multi-process run needs --output (each process writes its share)")
+    with contextlib.ExitStack() as stack:
+        if args.output is not None and process == 0:
+            # One run per output file: a second refuses, naming the holder (errors.BUSY). In a
+            # multi-process run process 0, which merges the parts into the output, holds it.
+            stack.enter_context(outputs.exclusive(args.output, "output file"))
+        return _run(args, process, processes)
+
+
+def _error(msg: str, status: int = 2) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return status
+
+
+def _run(args: argparse.Namespace, process: int, processes: int) -> int:
+    from tagger_jax import audio, checkpoint, errors, inference, tagging
+
+    error = _error
     try:
         plan = window_plan(args)
         loaded = checkpoint.load_model(args.checkpoint)
         done = (tagging.finished_results(args.output)
                 if args.resume and args.output is not None else [])
     except (checkpoint.CheckpointError, ValueError) as e:
-        return error(str(e))
+        return error(str(e), errors.exit_status(e, default=errors.USAGE))
     finished = {r["file"] for r in done}
-    every = [str(p) for p in tagging.collect_inputs(args.inputs)]
+    skipped: list = []
+    every = [str(p) for p in tagging.collect_inputs(args.inputs, skipped)]
+    if process == 0:
+        for path, why in skipped:
+            print(f"skipped: {audio.display_path(path)}: {why}", file=sys.stderr)
     if not every:
-        return error("no input files found")
-    todo = inference.process_share([p for p in every if p not in finished])
+        return error("no input files found" + (f" ({len(skipped)} files skipped, listed above)"
+                                                if skipped else ""))
+    names = [audio.display_path(p) for p in every]  # results' "file" (docs/audio.md)
+    todo = inference.process_share([p for p, n in zip(every, names) if n not in finished])
     output = args.output
     if processes > 1:
         output = tagging.part_path(args.output, process)
@@ -73,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         if "error" in r:
             continue
-        for note in r.get("warnings", []):
+        for note in [*r.get("warnings", []), *r.get("audio_warnings", {}).values()]:
             print(f"warning: {note}", file=sys.stderr)
         top = ", ".join(f"{t['tag']} {t['probability']:.2f}" for t in r["top_tags"])
         print(f"{r['file']}: {top}")
@@ -81,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         inference.barrier("tag-results-written")
         if process != 0:
             return 1 if any("error" in r for r in results) else 0
-        results = [r for r in tagging.merge_parts(args.output, every, processes)
+        results = [r for r in tagging.merge_parts(args.output, names, processes)
                    if r["file"] not in finished]
     if done or finished:
         print(f"{len(finished)} files kept from {args.output}", file=sys.stderr)

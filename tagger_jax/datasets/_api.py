@@ -1,6 +1,8 @@
 """Finding, building and opening the tagging datasets (the functions the trainer and CLI use)."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -59,7 +61,18 @@ def build(name: str, data_dir: str | os.PathLike,
 
     An interrupted build of a downloaded dataset resumes when run again (`resume`): the clips
     already decoded are taken from `<data_dir>/downloads/tagger_jax_resume/`.
+
+    Builds into one `data_dir` are serialised by a lock on it (`outputs.exclusive`): a second
+    run prints whom it waits for, waits, then finds the dataset built and opens it.
     """
+    from tagger_jax import outputs
+
+    with outputs.exclusive(_expand(data_dir), "data directory", wait=True, directory=True):
+        return _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overwrite,
+                             resume)
+
+
+def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overwrite, resume):
     builder = get_builder(name, data_dir, builder_config, num_workers, resume)
     if overwrite and builder.is_prepared():
         import shutil
@@ -72,8 +85,52 @@ def build(name: str, data_dir: str | os.PathLike,
     if manual and not Path(manual).is_dir():
         raise FileNotFoundError(f"{name}: manual directory {manual} does not exist")
     config = tfds.download.DownloadConfig(manual_dir=manual)
-    builder.download_and_prepare(download_config=config)
+    config_name = builder.builder_config.name if builder.builder_config else "default"
+    print(f"building {name}/{config_name} {builder.version} in {_expand(data_dir)}"
+          + (f" from {manual}" if manual else ""), flush=True)
+    with _quiet_tfds(builder):
+        builder.download_and_prepare(download_config=config)
     return builder
+
+
+class _DropVariantWarnings(logging.Filter):
+    """TFDS warns that the version folder it is writing has no dataset_info.json yet."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Variant folder")
+
+
+@contextlib.contextmanager
+def _quiet_tfds(builder: tfds.core.DatasetBuilder):
+    """One progress bar (the builders' own, per split) and no TFDS messages that are false here.
+
+    During the build: TFDS's progress bars are off (they stack over ours), its "Downloading and
+    preparing dataset Unknown size ..." / "downloaded and prepared" lines are not printed (our
+    builders download nothing; `build` prints its own line), and its warnings about the version
+    folder being built having no dataset_info.json yet are dropped.
+    """
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    was_active = getattr(tqdm_utils, "_active", True)
+    quiet = _DropVariantWarnings()
+    loggers = [logging.getLogger("absl"), logging.getLogger()]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    saved = {k: builder.__dict__.get(k) for k in ("_log_download_bytes", "_log_download_done")}
+    for k in saved:
+        setattr(builder, k, lambda: None)
+    tfds.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(was_active)
+        for logger in loggers:
+            logger.removeFilter(quiet)
+        for k, v in saved.items():
+            if v is None:
+                builder.__dict__.pop(k, None)
+            else:
+                setattr(builder, k, v)
 
 
 def ensure_built(name: str, data_dir: str | os.PathLike,

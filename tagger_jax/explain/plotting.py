@@ -1,23 +1,33 @@
-"""The paper's figure layout: the log-mel spectrogram on top, one heat-map row per map below.
+"""Static figures in the paper's layout: the log-mel spectrogram on top, one row per map below.
 
-All panels share one time axis in seconds, so a row lines up with the spectrogram above it.
-Frame-aligned maps (attention, contribution) are thin rows with their own colour range (printed on
-the right, as the values are what a reader compares); gradient attributions are frequency x time
-maps on a symmetric diverging scale with their per-band sums beside them. Uses the object-oriented
-Matplotlib API with the Agg canvas (no pyplot state), so it is safe to call from any thread.
+All panels of a line share one time axis in seconds, so a row lines up with the spectrogram
+above it. The spectrogram has a Hz axis (mel band centres) and a dB colour bar; every row has its
+own colour bar with its unit (attention weight, p(tag), logit per bin, ...), since values are what
+a reader compares and each map has its own range. Frame-aligned maps (attention, contribution) are
+thin rows; gradient attributions are mel band x time maps on a symmetric diverging scale with
+their per-band sums beside them; ground-truth rows (dataset mode) show where a tag sounds. A long
+track is wrapped onto several lines of at most `line_s` seconds, all at the same time scale, with
+each row's colour range the same on every line.
+
+User text (file and tag names) is drawn with math text off (`parse_math=False`), so a `$` in a
+name is printed as it is. Uses the object-oriented Matplotlib API with the Agg canvas (no pyplot
+state), so it is safe to call from any thread.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-SPEC_HEIGHT = 2.2  # inches
-ROW_HEIGHT = 0.38
+SPEC_HEIGHT = 2.0  # inches
+ROW_HEIGHT = 0.42
 MAP2D_HEIGHT = 1.3
-WIDTH = 13.0
+LINE_GAP = 0.6  # inches between wrapped lines
+WIDTH = 14.0
+HZ_TICKS = (250, 500, 1000, 2000, 4000, 8000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +38,8 @@ class Row:
     values: np.ndarray
     bands: Optional[np.ndarray] = None  # (bands,) per-band sums drawn beside a 2-D map
     signed: bool = False  # a 1-D row of signed attributions: diverging colours around zero
+    unit: str = ""  # the colour bar's label
+    truth: bool = False  # a ground-truth 0/1 row (where a tag sounds)
 
 
 def _extent(n: int, step_s: float, centred: bool) -> tuple[float, float]:
@@ -35,75 +47,129 @@ def _extent(n: int, step_s: float, centred: bool) -> tuple[float, float]:
     return (-0.5 * step_s, (n - 0.5) * step_s) if centred else (0.0, n * step_s)
 
 
+def mel_band_of(hz: Sequence[float], n_mels: int, sample_rate: int) -> np.ndarray:
+    """Fractional mel band index of frequencies (librosa's Slaney mel centres, fmax = sr / 2)."""
+    import librosa
+
+    centres = librosa.mel_frequencies(n_mels + 2, fmax=sample_rate / 2)[1:-1]
+    return np.interp(hz, centres, np.arange(n_mels))
+
+
+def _scale(row: Row) -> tuple[str, float, float]:
+    values = np.asarray(row.values, np.float64)
+    if row.truth:
+        return "Greens", 0.0, 1.0
+    if values.ndim == 2 or row.signed:
+        pct = 99.5 if values.ndim == 2 else 100.0
+        bound = float(np.percentile(np.abs(values), pct)) or 1e-12
+        return "RdBu_r", -bound, bound
+    lo, hi = float(np.min(values)), float(np.max(values))
+    return "inferno", lo, hi if hi > lo else lo + 1e-12
+
+
 def plot_explanation(path: str | Path, log_mel: np.ndarray, spec_step_s: float,
                      rows: Sequence[Row], map_step_s: float, map_centred: bool = True,
-                     title: str = "", marks_s: Sequence[float] = (), dpi: int = 110) -> Path:
-    """Writes the figure as PNG and returns its path.
+                     title: str = "", marks_s: Sequence[float] = (), dpi: int = 100,
+                     sample_rate: int = 16000, line_s: Optional[float] = 30.0,
+                     fmt: Optional[str] = None) -> Path:
+    """Writes the figure (PNG unless `fmt` says otherwise) and returns its path.
 
-    `log_mel` (bands, T) is drawn with centred frames every `spec_step_s` seconds; rows are on a
-    grid of `map_step_s` seconds (centred like STFT frames when `map_centred`, else each step
-    covers [t, t + 1) steps, as for the waveform front-end). `marks_s`: times drawn as dashed
-    lines through every panel (the junction of a two-clip input).
+    `log_mel` (bands, T) in dB is drawn with centred frames every `spec_step_s` seconds; rows are
+    on a grid of `map_step_s` seconds (centred like STFT frames when `map_centred`, else each
+    step covers [t, t + 1) steps, as for the waveform front-end). `marks_s`: times drawn as
+    dashed lines through every panel (the junction of a two-clip input). `line_s`: longest line
+    in seconds (None: one line whatever the length).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    heights = [SPEC_HEIGHT] + [MAP2D_HEIGHT if r.values.ndim == 2 else ROW_HEIGHT for r in rows]
-    fig = Figure(figsize=(WIDTH, sum(heights) + 1.0))
-    FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(len(heights), 2, height_ratios=heights, width_ratios=[12, 1.4],
-                            hspace=0.12, wspace=0.03, left=0.2, right=0.96, top=1 - 0.45 / (
-                                sum(heights) + 1.0), bottom=0.55 / (sum(heights) + 1.0))
+    log_mel = np.asarray(log_mel)
     spec_ext = _extent(log_mel.shape[-1], spec_step_s, centred=True)
-    top = fig.add_subplot(grid[0, 0])
-    top.imshow(log_mel, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
-               extent=(*spec_ext, -0.5, log_mel.shape[0] - 0.5))
-    top.set_ylabel("mel band", rotation=0, ha="right", va="center")
-    if title:
-        top.set_title(title, fontsize=10, loc="left")
-    axes = [top]
-    for i, row in enumerate(rows, start=1):
-        ax = fig.add_subplot(grid[i, 0], sharex=top)
-        values = np.asarray(row.values, np.float64)
-        ext = _extent(values.shape[-1], map_step_s, map_centred)
-        if values.ndim == 1:
-            lo, hi = float(np.min(values)), float(np.max(values))
-            if row.signed:
-                bound = max(abs(lo), abs(hi)) or 1e-12
-                cmap, vmin, vmax = "RdBu_r", -bound, bound
+    start, end = min(spec_ext[0], 0.0), spec_ext[1]
+    total = end - start
+    lines = 1 if not line_s or total <= line_s * 1.02 else math.ceil(total / line_s)
+    span = total if lines == 1 else line_s
+    heights = [SPEC_HEIGHT] + [MAP2D_HEIGHT if np.ndim(r.values) == 2 else ROW_HEIGHT
+                               for r in rows]
+    per_line = sum(heights)
+    fig_h = lines * per_line + (lines - 1) * LINE_GAP + 1.0 + 0.3 * title.count("\n")
+    fig = Figure(figsize=(WIDTH, fig_h))
+    FigureCanvasAgg(fig)
+    all_heights = []
+    for i in range(lines):
+        all_heights += heights + ([LINE_GAP] if i < lines - 1 else [])
+    # columns: panel, colour bar, its labels, per-band sums
+    grid = fig.add_gridspec(len(all_heights), 4, height_ratios=all_heights,
+                            width_ratios=[12, 0.15, 0.95, 1.3], hspace=0.15, wspace=0.03,
+                            left=0.15,
+                            right=0.97, top=1 - (0.45 + 0.3 * title.count("\n")) / fig_h,
+                            bottom=0.5 / fig_h)
+    scales = [_scale(r) for r in rows]
+    spec_lo, spec_hi = float(np.min(log_mel)), float(np.max(log_mel))
+    hz = [h for h in HZ_TICKS if h <= sample_rate / 2]
+    hz_pos = mel_band_of(hz, log_mel.shape[0], sample_rate)
+    for line in range(lines):
+        g0 = line * (len(heights) + 1)
+        t0 = start + line * span
+        top = fig.add_subplot(grid[g0, 0])
+        im = top.imshow(log_mel, origin="lower", aspect="auto", cmap="magma",
+                        interpolation="nearest", vmin=spec_lo, vmax=spec_hi,
+                        extent=(*spec_ext, -0.5, log_mel.shape[0] - 0.5))
+        top.set_yticks(hz_pos, [f"{h / 1000:g}k" if h >= 1000 else str(h) for h in hz])
+        top.tick_params(axis="y", labelsize=7)
+        top.set_ylabel("Hz", fontsize=8)
+        cb = fig.colorbar(im, cax=fig.add_subplot(grid[g0, 1]))
+        cb.set_label("dB", fontsize=7)
+        cb.ax.tick_params(labelsize=6)
+        if title and line == 0:
+            top.set_title(title, fontsize=10, loc="left", parse_math=False)
+        axes = [top]
+        for i, (row, (cmap, vmin, vmax)) in enumerate(zip(rows, scales), start=1):
+            ax = fig.add_subplot(grid[g0 + i, 0], sharex=top)
+            values = np.asarray(row.values, np.float64)
+            ext = _extent(values.shape[-1], map_step_s, map_centred)
+            if values.ndim == 1:
+                im = ax.imshow(values[None], aspect="auto", cmap=cmap, interpolation="nearest",
+                               vmin=vmin, vmax=vmax, extent=(*ext, 0, 1))
+                ax.set_yticks([])
             else:
-                cmap, vmin, vmax = "inferno", lo, hi if hi > lo else lo + 1e-12
-            ax.imshow(values[None], aspect="auto", cmap=cmap, interpolation="nearest",
-                      vmin=vmin, vmax=vmax, extent=(*ext, 0, 1))
-            ax.set_yticks([])
-            ax.text(1.005, 0.5, f"{lo:.3g}..{hi:.3g}", transform=ax.transAxes, fontsize=7,
-                    va="center", ha="left")
-        else:
-            bound = float(np.percentile(np.abs(values), 99.5)) or 1e-12
-            ax.imshow(values, origin="lower", aspect="auto", cmap="RdBu_r", vmin=-bound,
-                      vmax=bound, interpolation="nearest",
-                      extent=(*ext, -0.5, values.shape[0] - 0.5))
-            ax.set_yticks([0, values.shape[0] - 1])
-            ax.tick_params(axis="y", labelsize=7)
-            if row.bands is not None:
-                side = fig.add_subplot(grid[i, 1], sharey=ax)
-                bands = np.asarray(row.bands, np.float64)
-                colors = np.where(bands >= 0, "#b2182b", "#2166ac")
-                side.barh(np.arange(bands.shape[0]), bands, height=1.0, color=colors)
-                side.axvline(0.0, color="black", linewidth=0.5)
-                side.tick_params(labelleft=False, labelsize=6)
-                side.locator_params(axis="x", nbins=2)
-                if i == len(rows) or all(r.values.ndim == 1 for r in rows[i:]):
-                    side.set_xlabel("per band", fontsize=7)
-        ax.set_ylabel(row.label, rotation=0, ha="right", va="center", fontsize=8)
-        axes.append(ax)
-    for ax in axes:
-        for m in marks_s:
-            ax.axvline(m, color="white" if ax is top else "cyan", linestyle="--", linewidth=1.0)
-    for ax in axes[:-1]:
-        ax.tick_params(labelbottom=False)
-    axes[-1].set_xlabel("time (s)")
-    top.set_xlim(min(spec_ext[0], 0.0), spec_ext[1])
+                im = ax.imshow(values, origin="lower", aspect="auto", cmap=cmap, vmin=vmin,
+                               vmax=vmax, interpolation="nearest",
+                               extent=(*ext, -0.5, values.shape[0] - 0.5))
+                keep = [(p, h) for p, h in zip(hz_pos, hz) if h in (250, 1000, 4000)]
+                ax.set_yticks([p for p, _ in keep],
+                              [f"{h / 1000:g}k" if h >= 1000 else str(h) for _, h in keep])
+                ax.tick_params(axis="y", labelsize=6)
+                if row.bands is not None:
+                    side = fig.add_subplot(grid[g0 + i, 3], sharey=ax)
+                    bands = np.asarray(row.bands, np.float64)
+                    colors = np.where(bands >= 0, "#b2182b", "#2166ac")
+                    side.barh(np.arange(bands.shape[0]), bands, height=1.0, color=colors)
+                    side.axvline(0.0, color="black", linewidth=0.5)
+                    side.tick_params(labelleft=False, labelsize=6)
+                    side.locator_params(axis="x", nbins=2)
+                    side.set_xlabel("per band", fontsize=6, labelpad=1)
+            cax = fig.add_subplot(grid[g0 + i, 1])
+            cb = fig.colorbar(im, cax=cax, ticks=[] if values.ndim == 1 else None)
+            if values.ndim == 1:  # too thin for ticks: the range and unit beside the bar
+                text = f"{vmin:.3g} .. {vmax:.3g}" + (f"\n{row.unit}" if row.unit else "")
+                cax.text(2.2, 0.5, text, fontsize=6, transform=cax.transAxes, ha="left",
+                         va="center", parse_math=False, color="#333")
+            else:
+                cb.ax.tick_params(labelsize=6, length=2, pad=1)
+                if row.unit:
+                    cb.set_label(row.unit, fontsize=6, labelpad=2)
+            ax.set_ylabel(row.label, rotation=0, ha="right", va="center", fontsize=7.5,
+                          parse_math=False, color="#1b7837" if row.truth else "black")
+            axes.append(ax)
+        for ax in axes:
+            for m in marks_s:
+                ax.axvline(m, color="white" if ax is top else "cyan", linestyle="--",
+                           linewidth=1.0)
+        for ax in axes[:-1]:
+            ax.tick_params(labelbottom=False)
+        axes[-1].set_xlabel("time (s)", fontsize=8, labelpad=1)
+        top.set_xlim(t0, t0 + span)
     path = Path(path)
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, format=fmt or (path.suffix[1:] or "png"))
     return path

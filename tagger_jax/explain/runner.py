@@ -1,5 +1,5 @@
 """Explaining many inputs: read and window them, run the methods in fixed-size device batches
-packed across inputs, stitch each input's windows, write NPZ + PNG + JSON.
+packed across inputs, stitch each input's windows, write NPZ + PNG + page (+ audio) + JSON.
 
 The input side is `tagger_jax.inference` (discovery, reading, load-ahead, window placement,
 packing, batches split over the local devices), the same path `tag` and `embed` take, so an
@@ -12,9 +12,15 @@ windows (also packed) picks the tags first: gradients need them, and they must b
 all windows of a track to stitch. An input whose JSON summary exists with the same model, settings
 and input fingerprint is skipped; an input that failed is recorded in failures.json and is not
 retried until it changes (or `retry_failed`).
+
+Tags to explain come from the run (`ExplainOptions.tags`), from each input (`Input.explain_tags`:
+dataset labels, a CSV) or are the top-k predicted; the run uses one tag count K for every batch
+(shorter lists padded), so it compiles once. Each input's optional `Input.extras` (its audio, true
+tags, frame tag mask) are read in the load-ahead threads for the report and auralisation.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -50,6 +56,11 @@ class ExplainOptions:
     target: str = "logit"  # gradients of the tag "logit" or its "probability"
     layer: int = -1  # encoder layer whose attention the contribution map overrides
     plot: bool = True
+    plot_line_s: float = 30.0  # static figure: long tracks wrap onto lines of at most this many s
+    listen: bool = False  # write auralised audio (kept part and complement) per map and tag
+    listen_keep: float = 0.5  # fraction of frames (time maps) or STFT bins (band maps) kept
+    listen_softness: float = 0.0  # 0: hard mask; > 0: logistic ramp (explain.auralise.keep_mask)
+    report: bool = True  # the interactive page per input (STEM.html) and the index
     # Not part of the signature: they change speed, not results.
     batch_size: int = 8  # windows per device batch
     ig_step_batch: int = 8  # integrated-gradients path points per vmapped group
@@ -58,7 +69,8 @@ class ExplainOptions:
 
     def signature_fields(self) -> dict[str, Any]:
         keep = ("methods", "tags", "top_k", "hop", "windows", "num_chunks", "ig_steps",
-                "ig_baseline", "target", "layer", "plot")
+                "ig_baseline", "target", "layer", "plot", "plot_line_s", "listen", "listen_keep",
+                "listen_softness", "report")
         return {k: getattr(self, k) for k in keep}
 
 
@@ -89,15 +101,135 @@ file_fingerprint = inference.file_fingerprint
 def file_items(loaded, paths: Iterable[str | os.PathLike]) -> list[InputItem]:
     """Input items for files and directories (searched recursively), with unique keys
     (`inference.Engine.file_inputs`)."""
-    return _engine(loaded, 1).file_inputs(paths)
+    return [dataclasses.replace(it, extras=file_extras(loaded, Path(it.name)))
+            for it in _engine(loaded, 1).file_inputs(paths)]
+
+
+def file_extras(loaded, path: Path) -> Optional[Callable[[], Mapping[str, Any]]]:
+    """Audio files: their waveform at the model's rate, for playback and auralisation."""
+    from tagger_jax import audio
+
+    if path.suffix.lower() not in audio.AUDIO_SUFFIXES:
+        return None
+    rate = audio.features_from_config(loaded.config.features).sample_rate
+    return lambda: {"audio": audio.load_audio(path, rate)}
+
+
+def read_tags_csv(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
+    """{file as written: tags} from a CSV of rows `file,tag,tag,...` (Python's csv quoting for
+    names with commas; an optional header row whose first cell is `file` or `path`). Raises
+    ValueError naming the CSV and line for an empty file name or a file listed twice."""
+    import csv
+
+    out: dict[str, tuple[str, ...]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if not row or not any(c.strip() for c in row):
+                continue
+            if line == 1 and row[0].strip().lower() in ("file", "path"):
+                continue
+            name = row[0].strip()
+            if not name:
+                raise ValueError(f"{path}:{line}: empty file name")
+            if name in out:
+                raise ValueError(f"{path}:{line}: {name!r} is listed twice")
+            out[name] = tuple(t.strip() for t in row[1:] if t.strip())
+    return out
+
+
+def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
+                  log: Callable[[str], None] = print) -> list[InputItem]:
+    """Items whose tags to explain come from a CSV (`read_tags_csv`). A CSV file name matches an
+    input when it resolves to the same file (relative names: from the CSV's folder, then from
+    the working directory), else by base name when that is unique. Inputs the CSV does not list
+    keep the run's tags (top-k predicted); CSV rows that match no input are reported."""
+    table = read_tags_csv(csv_path)
+    base = Path(csv_path).resolve().parent
+    by_path = {}
+    for name in table:
+        for cand in (Path(name), base / name):
+            try:
+                by_path.setdefault(str(cand.resolve()), name)
+            except OSError:
+                pass
+    basenames = collections.Counter(Path(it.name).name for it in items)
+    used, out = set(), []
+    for it in items:
+        name = by_path.get(str(Path(it.name).resolve()))
+        if name is None and basenames[Path(it.name).name] == 1 and Path(it.name).name in table:
+            name = Path(it.name).name
+        if name is not None:
+            used.add(name)
+            it = dataclasses.replace(it, explain_tags=table[name])
+        out.append(it)
+    unused = [n for n in table if n not in used]
+    if unused and log is not None:
+        log(f"{csv_path}: {len(unused)} row(s) match no input: "
+            + ", ".join(repr(n) for n in unused[:10]) + (" ..." if len(unused) > 10 else ""))
+    return out
 
 
 def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
-                  builder_config: Optional[str] = None,
-                  limit: Optional[int] = None) -> list[InputItem]:
-    """Input items for the records of a dataset split (`inference.dataset_inputs`)."""
+                  builder_config: Optional[str] = None, limit: Optional[int] = None,
+                  explain_labels: bool = False) -> list[InputItem]:
+    """Input items for the records of a dataset split (`inference.dataset_inputs`).
+
+    Each item's extras carry the record's true tags (and `tag_mask`, and its audio: the record's
+    `audio`, or for `synthetic_tags` the clip synthesised again from its seed). With
+    `explain_labels`, each record's true tags are the tags explained for it (records are read
+    once up front for that).
+    """
+    from tagger_jax.datasets import load_split
+
     feature = _engine(loaded, 1).architecture.dataset_feature
-    return inference.dataset_inputs(name, split, feature, data_dir, builder_config, limit)
+    items = inference.dataset_inputs(name, split, feature, data_dir, builder_config, limit)
+    source, dataset_tags = load_split(name, split, data_dir, builder_config)
+    regenerate = _synthetic_audio(name, split, data_dir, builder_config, loaded)
+
+    def true_tags(record) -> list[str]:
+        hot = np.asarray(record.get("tags", ()))
+        return [str(dataset_tags[j]) for j in np.flatnonzero(hot)] if hot.size else []
+
+    def extras(i: int) -> dict[str, Any]:
+        record = source[i]
+        out: dict[str, Any] = {"true_tags": true_tags(record)}
+        if "tag_mask" in record:
+            out["tag_mask"] = np.asarray(record["tag_mask"], np.uint8)
+        if "audio" in record:
+            out["audio"] = np.asarray(record["audio"], np.float32)
+        elif regenerate is not None and "mel" in record:
+            out.update(regenerate(i, np.asarray(record["mel"], np.float32)))
+        return out
+
+    return [dataclasses.replace(
+        it, extras=functools.partial(extras, i),
+        explain_tags=tuple(true_tags(source[i])) if explain_labels else ())
+        for i, it in enumerate(items)]
+
+
+def _synthetic_audio(name, split, data_dir, builder_config, loaded):
+    """For `synthetic_tags`, a function (index, stored mel) -> {"audio": clip} synthesising the
+    record's clip again from its seed, checked against the stored log-mel (float16: within
+    0.5 dB) so that a changed generator never plays the wrong audio; None for other datasets."""
+    if name != "synthetic_tags":
+        return None
+    from tagger_jax import audio, synth
+    from tagger_jax.datasets import SPLITS, get_builder
+
+    config = get_builder(name, data_dir, builder_config).builder_config
+    features = audio.features_from_config(loaded.config.features)
+
+    def regenerate(i: int, mel: np.ndarray) -> dict[str, Any]:
+        wave, _, _ = synth.generate_clip((config.seed, SPLITS.index(split), i), config.duration_s,
+                                         features.sample_rate, segments=config.segments,
+                                         hop_length=features.hop_length)
+        again = audio.log_mel(wave, **features.mel_kwargs)
+        if again.shape != mel.shape or float(np.max(np.abs(again - mel))) > 0.5:
+            return {"audio_note": "the clip synthesised again from its seed does not match the "
+                                  "stored spectrogram: no audio"}
+        return {"audio": wave}
+
+    return regenerate
 
 
 def two_clip_items(items: Sequence[InputItem], chunk: int) -> list[InputItem]:
@@ -189,13 +321,41 @@ class _Context:
         self.fixed_tags = np.array([self.tags.index(t) for t in options.tags], np.int32)
         self.k = len(options.tags) if options.tags else max(1, min(options.top_k, len(self.tags)))
         self.gradients = any(m in M.GRADIENT_METHODS for m in options.methods)
-        self.needs_prediction = self.gradients and not options.tags
         self.predict_fn, self.explain_fn = jitted_functions(
             loaded.model, tuple(options.methods), options.ig_steps, options.ig_baseline,
             options.target, options.layer, options.ig_step_batch)
 
 
 _Track = inference.Prepared  # an input read and windowed, plus the tags to explain
+
+
+def _prepare(ctx: _Context, item: InputItem) -> _Track:
+    """`inference.prepare`, then this input's own tags (padded to the run's K) and its extras
+    (audio for playback, true tags, tag mask), still in the load-ahead thread."""
+    track = ctx.engine.prepare(item, ctx.plan)
+    if item.explain_tags:
+        unknown = [t for t in item.explain_tags if t not in ctx.tags]
+        if unknown:
+            raise ValueError(f"{item.name}: unknown tags to explain {unknown}")
+        idx = [ctx.tags.index(t) for t in item.explain_tags][: ctx.k]
+        track.num_tags = len(idx)
+        track.tags = np.array(idx + idx[:1] * (ctx.k - len(idx)), np.int32)
+    if item.extras is not None and (ctx.options.listen or ctx.options.report
+                                    or ctx.options.plot):
+        track.extras = dict(item.extras())
+    if ctx.waveform:
+        track.extras = {**track.extras, "audio": track.signal}
+    return track
+
+
+def _predicted_tags(ctx: _Context, track: _Track, window_probabilities: np.ndarray) -> None:
+    """The input's top-k tags (`inference.track_probabilities` of its windows), padded to the
+    run's K."""
+    probs = inference.track_probabilities(window_probabilities)
+    k = max(1, min(ctx.options.top_k, ctx.k))
+    top = [int(i) for i in np.argsort(-probs, kind="stable")[:k]]
+    track.num_tags = len(top)
+    track.tags = np.array(top + top[:1] * (ctx.k - len(top)), np.int32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,13 +376,16 @@ def _map_grid(ctx: _Context, track: _Track) -> tuple[np.ndarray, int]:
 def assemble(ctx: _Context, track: _Track, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Stitches the per-window outputs of one track into the arrays of its NPZ."""
     starts, length = _map_grid(ctx, track)
+    n = track.num_tags or len(track.tags)
+    out = {k: (v[:, :n] if k in M.GRADIENT_METHODS or k.startswith("integrated_gradients_")
+               else v) for k, v in out.items()}
     chunk_probs = out["probabilities"]
     res: dict[str, np.ndarray] = {
         "probabilities": inference.track_probabilities(chunk_probs),
         "chunk_probabilities": chunk_probs,
         "tag_names": np.array(ctx.tags),
-        "explained_tags": np.array([ctx.tags[i] for i in track.tags]),
-        "explained_tag_indices": np.asarray(track.tags, np.int32),
+        "explained_tags": np.array([ctx.tags[i] for i in track.tags[:n]]),
+        "explained_tag_indices": np.asarray(track.tags[:n], np.int32),
         "chunk_starts": np.asarray(starts, np.int64),
         "frame_times": (np.arange(length) + (0.5 if ctx.waveform else 0.0)) * ctx.map_step_s,
     }
@@ -258,31 +421,117 @@ def _spectrogram(ctx: _Context, track: _Track) -> np.ndarray:
     return log_mel(track.signal, **ctx.features.mel_kwargs)
 
 
-def _rows(ctx: _Context, res: Mapping[str, np.ndarray]):
-    from tagger_jax.explain.plotting import Row
+AURALISED = ("attention", "rollout", "contribution") + M.GRADIENT_METHODS
+SHORT = {"attention": "attention", "attention_heads": "attention head",
+         "attention_layers": "attention layer", "rollout": "rollout",
+         "contribution": "contribution", "grad_x_input": "grad x input",
+         "integrated_gradients": "integrated gradients"}
 
+
+def map_rows(ctx: _Context, res: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Every map of an input as a row to draw or hear, in figure order.
+
+    Each row: method, tag (None for maps shared by all tags), label, values ((T,) or (bands, T)
+    on the map time grid), bands (per-band sums of a 2-D map, or None), signed, unit.
+    `attention_layers` leaves out its last layer when `attention` is also shown: the paper's
+    attention map is that same row (the last layer's [CLS] attention summed over heads), which
+    is why `--methods all` used to draw two identical rows.
+    """
     tags = [str(t) for t in res["explained_tags"]]
+    grad_unit = ctx.options.target
+
+    def row(method, values, tag=None, label=None, bands=None, signed=False, unit=""):
+        return {"method": method, "tag": tag, "label": label or SHORT[method], "values": values,
+                "bands": bands, "signed": signed, "unit": unit}
+
     rows = []
     if "attention" in res:
-        rows.append(Row("attention ([CLS],\nlast layer)", res["attention"]))
+        rows.append(row("attention", res["attention"], label="attention ([CLS], last layer)",
+                        unit="weight (sum of heads)"))
     if "attention_layers" in res:
-        rows += [Row(f"attention\nlayer {i}", r) for i, r in enumerate(res["attention_layers"])]
+        layers = res["attention_layers"]
+        last = len(layers) - 1 if "attention" in res else len(layers)
+        rows += [row("attention_layers", r, label=f"attention layer {i}",
+                     unit="weight (sum of heads)") for i, r in enumerate(layers[:last])]
     if "attention_heads" in res:
-        rows += [Row(f"attention\nhead {h}", r) for h, r in enumerate(res["attention_heads"])]
+        rows += [row("attention_heads", r, label=f"attention head {h}", unit="weight")
+                 for h, r in enumerate(res["attention_heads"])]
     if "rollout" in res:
-        rows.append(Row("attention\nrollout", res["rollout"]))
+        rows.append(row("rollout", res["rollout"], label="attention rollout", unit="weight"))
     if "contribution" in res:
-        idx = res["explained_tag_indices"]
-        rows += [Row(f"contribution:\n{t}", res["contribution"][i]) for t, i in zip(tags, idx)]
-    short = {"grad_x_input": "grad x input", "integrated_gradients": "integrated grad."}
+        rows += [row("contribution", res["contribution"][i], tag=t, unit="p(tag)")
+                 for t, i in zip(tags, res["explained_tag_indices"])]
     for name in M.GRADIENT_METHODS:
         if name in res:
-            rows += [Row(f"{short[name]}:\n{t}", res[name][k], res[name + "_bands"][k])
-                     for k, t in enumerate(tags)]
+            rows += [row(name, res[name][k], tag=t, bands=res[name + "_bands"][k], signed=True,
+                         unit=f"{grad_unit} per bin") for k, t in enumerate(tags)]
         elif name + "_time" in res:
-            rows += [Row(f"{short[name]}:\n{t}", res[name + "_time"][k], signed=True)
-                     for k, t in enumerate(tags)]
+            rows += [row(name, res[name + "_time"][k], tag=t, signed=True,
+                         unit=f"{grad_unit} per step") for k, t in enumerate(tags)]
     return rows
+
+
+def _plot_rows(rows: Sequence[Mapping[str, Any]], truth: Sequence[Mapping[str, Any]]):
+    from tagger_jax.explain.plotting import Row
+
+    out = [Row(f"truth: {t['tag']}", t["values"], unit="sounds (0/1)", truth=True)
+           for t in truth]
+    for r in rows:
+        label = r["label"] + (f":\n{r['tag']}" if r["tag"] is not None else "")
+        out.append(Row(label, r["values"], r["bands"], signed=r["signed"], unit=r["unit"]))
+    return out
+
+
+def _truth_rows(track: _Track, res: Mapping[str, np.ndarray],
+                tags: Sequence[str]) -> list[dict[str, Any]]:
+    """Where each explained (or true) tag sounds, from a dataset's frame tag mask."""
+    mask = track.extras.get("tag_mask")
+    if mask is None or mask.shape[-1] != track.length:
+        return []
+    want = list(dict.fromkeys([str(t) for t in res["explained_tags"]]
+                              + list(track.extras.get("true_tags", []))))
+    return [{"tag": t, "values": np.asarray(mask[tags.index(t)], np.float32)}
+            for t in want if t in tags]
+
+
+def _auralise(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray],
+              rows: Sequence[Mapping[str, Any]], key: str, tmp: list[tuple[Path, Path]],
+              out_dir: Path) -> dict[str, Any]:
+    """Writes the original audio (report or listen) and, with `listen`, the kept part and the
+    complement of every attention, contribution and gradient map; returns the file table."""
+    from tagger_jax.explain import auralise as A
+
+    wave = track.extras.get("audio")
+    if wave is None:
+        return {"note": track.extras.get("audio_note") or
+                "no audio: the input is a spectrogram (.npy) or a dataset without audio"}
+    rate = ctx.features.sample_rate
+
+    def put(name: str, data: np.ndarray) -> str:
+        final = out_dir / name
+        part = out_dir / f".{name}.part"
+        A.write_audio(part, data, rate, "ogg")
+        tmp.append((part, final))
+        return name
+
+    files: dict[str, Any] = {"original": put(f"{key}.orig.ogg", wave), "maps": []}
+    if not ctx.options.listen:
+        return files
+    times = None if not ctx.waveform else res["frame_times"]
+    index = {t: i for i, t in enumerate(ctx.tags)}
+    for r in rows:
+        if r["method"] not in AURALISED:
+            continue
+        stem = f"{key}.{r['method']}" + ("" if r["tag"] is None else f".{index[r['tag']]}")
+        kept, rest = A.auralise(wave, r["values"], keep=ctx.options.listen_keep,
+                                softness=ctx.options.listen_softness, sample_rate=rate,
+                                n_fft=ctx.features.n_fft, hop_length=ctx.features.hop_length,
+                                times_s=times)
+        files["maps"].append({"method": r["method"], "tag": r["tag"],
+                              "kept": put(f"{stem}.kept.ogg", kept),
+                              "removed": put(f"{stem}.removed.ogg", rest)})
+    files.update(keep=ctx.options.listen_keep, softness=ctx.options.listen_softness)
+    return files
 
 
 def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signature: str,
@@ -311,10 +560,15 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
         "top_tags": [{"tag": ctx.tags[i], "probability": round(float(probs[i]), 4)}
                      for i in order],
         "explained_tags": tags, "methods": list(ctx.options.methods),
+        "tags_source": ("input" if track.item.explain_tags else
+                        "run" if ctx.options.tags else "predicted"),
+        "requested_tags": list(track.item.explain_tags),
         "peak_time_s": peaks, "files": dict(files),
         "seconds": round(time.perf_counter() - track.started, 3),
         **dict(track.item.meta),
     }
+    if "true_tags" in track.extras:
+        summary["true_tags"] = list(track.extras["true_tags"])
     if "integrated_gradients_chunk_sum" in res:
         delta = res["integrated_gradients_chunk_delta"]
         gap = np.abs(res["integrated_gradients_chunk_sum"] - delta)
@@ -334,30 +588,59 @@ def _mark_seconds(ctx: _Context, step: int) -> float:
 
 def _write(ctx: _Context, track: _Track, res: dict[str, np.ndarray], out_dir: Path,
            signature: str) -> None:
+    """Writes NPZ, PNG, audio and page under temporary names, renames them all, then the JSON
+    summary (its presence means the input is finished). A failure in any of them leaves no file
+    of this input behind, so it is never half-done (no orphan NPZ)."""
     key = track.item.key
     res = dict(res)
     spec = _spectrogram(ctx, track)
     res["log_mel"] = spec.astype(np.float32)
-    npz = out_dir / f"{key}.npz"
-    tmp = out_dir / f"{key}.npz.tmp"
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **res)
-    tmp.replace(npz)
-    files = {"npz": npz.name, "png": None, "json": f"{key}{report.SUMMARY_SUFFIX}"}
-    if ctx.options.plot:
-        from tagger_jax.explain.plotting import plot_explanation
+    rows = map_rows(ctx, res)
+    truth = _truth_rows(track, res, ctx.tags)
+    tmp: list[tuple[Path, Path]] = []  # (temporary, final)
 
+    def stage(name: str) -> Path:
+        part = out_dir / f".{name}.part"
+        tmp.append((part, out_dir / name))
+        return part
+
+    try:
+        with open(stage(f"{key}.npz"), "wb") as f:
+            np.savez_compressed(f, **res)
+        files = {"npz": f"{key}.npz", "png": None, "json": f"{key}{report.SUMMARY_SUFFIX}",
+                 "html": None}
         probs = res["probabilities"]
-        top = ", ".join(f"{ctx.tags[i]} {probs[i]:.2f}" for i in np.argsort(-probs)[:ctx.k])
-        png = out_dir / f"{key}.png"
-        tmp_png = out_dir / f"{key}.tmp.png"
-        plot_explanation(tmp_png, spec, ctx.features.hop_length / ctx.features.sample_rate,
-                         _rows(ctx, res), ctx.map_step_s, map_centred=not ctx.waveform,
-                         title=f"{track.item.name}   top: {top}",
-                         marks_s=[_mark_seconds(ctx, m) for m in track.item.marks])
-        tmp_png.replace(png)
-        files["png"] = png.name
-    report.write_json(out_dir / files["json"], _summary(ctx, track, res, signature, files))
+        spec_step = ctx.features.hop_length / ctx.features.sample_rate
+        if ctx.options.plot:
+            from tagger_jax.explain.plotting import plot_explanation
+
+            top = ", ".join(f"{ctx.tags[i]} {probs[i]:.2f}" for i in np.argsort(-probs)[:ctx.k])
+            title = f"{track.item.name}   top: {top}"
+            if "true_tags" in track.extras:
+                title += "\ntrue: " + (", ".join(track.extras["true_tags"]) or "(none)")
+            plot_explanation(stage(f"{key}.png"), spec, spec_step, _plot_rows(rows, truth),
+                             ctx.map_step_s, map_centred=not ctx.waveform, title=title,
+                             marks_s=[_mark_seconds(ctx, m) for m in track.item.marks],
+                             sample_rate=ctx.features.sample_rate,
+                             line_s=ctx.options.plot_line_s, fmt="png")
+            files["png"] = f"{key}.png"
+        audio_files = (_auralise(ctx, track, res, rows, key, tmp, out_dir)
+                       if ctx.options.report or ctx.options.listen else {})
+        files["audio"] = audio_files
+        if ctx.options.report:
+            files["html"] = f"{key}.html"
+        summary = _summary(ctx, track, res, signature, files)
+        if ctx.options.report:
+            report.write_input_page(stage(f"{key}.html"), report.page_data(
+                summary, spec, spec_step, rows, truth, res["frame_times"], ctx.map_step_s,
+                sample_rate=ctx.features.sample_rate, audio_files=audio_files))
+        for part, final in tmp:
+            part.replace(final)
+    except BaseException:
+        for part, _ in tmp:
+            part.unlink(missing_ok=True)
+        raise
+    report.write_json(out_dir / files["json"], summary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +662,9 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = _Context(loaded, options)
+    own = [len(it.explain_tags) for it in items if it.explain_tags]
+    if own:  # per-input tags: one tag count K for the whole run (one compilation)
+        ctx.k = max(own + [ctx.k] * any(not it.explain_tags for it in items))
     signature = run_signature(loaded, options)
     keys = [it.key for it in items]
     if len(set(keys)) != len(keys):
@@ -390,7 +676,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     for item in share:
         s = report.read_json(out_dir / f"{item.key}{report.SUMMARY_SUFFIX}")
         if (isinstance(s, dict) and s.get("signature") == signature
-                and s.get("fingerprint") == item.fingerprint):
+                and s.get("fingerprint") == item.fingerprint
+                and s.get("requested_tags", []) == list(item.explain_tags)):
             skipped.append(item.name)
             continue
         old = failures.get(item.key)
@@ -416,7 +703,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     def finish(key: str, out: dict) -> None:
         track = tracks.pop(key)
         if track.tags is None:  # top-k from the same windows' probabilities
-            track.tags = _top(ctx, out["probabilities"])
+            _predicted_tags(ctx, track, out["probabilities"])
         try:
             _write(ctx, track, assemble(ctx, track, out), out_dir, signature)
         except Exception as e:  # an input that cannot be written must not stop the others
@@ -441,19 +728,19 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
 
     def predicted(key: str, out: dict) -> None:
         track = tracks[key]
-        track.tags = _top(ctx, out["probabilities"])
+        _predicted_tags(ctx, track, out["probabilities"])
         start_explaining(track)
 
     try:
-        prepare = functools.partial(ctx.engine.prepare, plan=ctx.plan)
+        prepare = functools.partial(_prepare, ctx)
         for item, track in inference.load_ahead(prepare, todo, options.load_workers):
             if isinstance(track, BaseException):
                 fail(item, track)
                 continue
             tracks[item.key] = track
-            if options.tags:
+            if options.tags and track.tags is None:
                 track.tags = ctx.fixed_tags
-            if ctx.needs_prediction:
+            if ctx.gradients and track.tags is None:
                 rows = ({"x": w} for w in track.windows())
                 for key, out in predict_packer.add(item.key, rows, len(track.unique_starts),
                                                    track.inverse):
@@ -483,12 +770,6 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     if log is not None and process == 0:
         log(str(result))
     return result
-
-
-def _top(ctx: _Context, window_probabilities: np.ndarray) -> np.ndarray:
-    """The k most probable tags of a track (`inference.track_probabilities` of its windows)."""
-    track = inference.track_probabilities(window_probabilities)
-    return np.argsort(-track, kind="stable")[: ctx.k].astype(np.int32)
 
 
 def _part_name(process: int) -> str:

@@ -1,0 +1,114 @@
+"""Exit statuses of `tagger-jax` and the error types that carry them (the one table of both).
+
+Every documented failure has its own status (README "Exit statuses" lists the same table). A
+command reports a known error as one `error: ...` line on stderr and returns `exit_status(e)`;
+`cli.main` does the same for errors a command lets through, and turns anything unexpected into
+one line plus a file holding the full traceback (`report_unexpected`).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import tempfile
+import traceback
+
+OK = 0
+INPUTS_FAILED = 1  # some inputs failed: the others' results are written, failures listed
+USAGE = 2  # bad command line, config field or value (argparse uses 2 as well)
+MODEL = 3  # model directory / checkpoint missing, unreadable or inconsistent with its weights
+OUTPUT = 4  # an output location cannot be written (read-only, a directory, ...)
+BUSY = 5  # another run holds the lock on the output file, data directory or workdir
+DATA = 6  # dataset not built, cannot be built, or a data file refused (e.g. an unsafe pickle)
+DIVERGED = 7  # training stopped on a non-finite loss
+INTERNAL = 70  # an unexpected error (a bug): one line + the traceback file (sysexits EX_SOFTWARE)
+INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); finished results are kept
+
+TABLE = {
+    OK: "success",
+    INPUTS_FAILED: "some inputs failed (the others' results are written; failures are listed)",
+    USAGE: "bad command line, config field or value",
+    MODEL: "model directory missing, unreadable or inconsistent with its weights",
+    OUTPUT: "an output location cannot be written",
+    BUSY: "another run holds the lock on the output file, data directory or workdir",
+    DATA: "dataset not built or cannot be built; a data file was refused",
+    DIVERGED: "training stopped on a non-finite loss",
+    INTERNAL: "unexpected error: one line, full traceback written to a file",
+    INTERRUPTED: "interrupted (Ctrl-C); finished results are kept",
+}
+
+
+class ToolError(Exception):
+    """A documented failure: its message is one line naming the file and the problem."""
+
+    exit_status = INTERNAL
+
+
+# Errors defined where importing them would be heavy (TFDS, train_lib), by class name.
+_BY_NAME = {
+    "UnpicklingError": DATA,  # the MSD unpickler's safe refusal of a pickle naming code
+    "NonFiniteLossError": DIVERGED,
+    "ConfigMismatchError": USAGE,
+    "CorruptCheckpointError": MODEL,  # training: no checkpoint of the workdir reads
+    "LockedError": BUSY,  # tagger_jax.locking (the training workdir lock)
+    "InputError": INPUTS_FAILED,
+}
+
+
+def exit_status(error: BaseException, default: int = INTERNAL) -> int:
+    """The documented status of `error`, or `default` if it is not a documented failure."""
+    if isinstance(error, KeyboardInterrupt):
+        return INTERRUPTED
+    if isinstance(error, ToolError):
+        return error.exit_status
+    for cls in type(error).__mro__:
+        if cls.__name__ in _BY_NAME:
+            return _BY_NAME[cls.__name__]
+    return default
+
+
+def report(error: BaseException, prog: str = "tagger-jax") -> int:
+    """Prints `error` as one line (traceback to a file if unexpected); returns its exit status."""
+    status = exit_status(error)
+    if status == INTERRUPTED:
+        print(f"{prog}: interrupted; finished results are kept", file=sys.stderr)
+    elif status == INTERNAL:
+        report_unexpected(error, prog)
+    else:
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
+    return status
+
+
+def guarded(run, *args, prog: str = "tagger-jax") -> int:
+    """`run(*args)` as a process exit status: documented errors are one line with their status,
+    anything else one line + traceback file (70), Ctrl-C 130. For every command entry point."""
+    try:
+        return int(run(*args) or 0)
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place that reports all
+        return report(e, prog)
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks shown as ' | ' so that an error is always one line."""
+    return " | ".join(part for part in str(text).splitlines() if part.strip()) or "(no message)"
+
+
+def report_unexpected(error: BaseException, prog: str = "tagger-jax") -> str:
+    """Writes the full traceback to a file in the temp directory and prints one line naming it.
+
+    Returns the file's path ("" if even that could not be written: then the traceback goes to
+    stderr so that it is never lost).
+    """
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"{prog}-crash-{stamp}-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(f"{prog} {' '.join(sys.argv[1:])}\n\n{text}")
+    except OSError:
+        print(text, file=sys.stderr)
+        path = ""
+    where = f"full traceback in {path}" if path else "traceback above"
+    print(f"error: unexpected {type(error).__name__}: {one_line(str(error))} ({where}; please "
+          "report it)", file=sys.stderr)
+    return path

@@ -1,0 +1,202 @@
+"""Output files and data directories that survive crashes, Ctrl-C and concurrent runs.
+
+- `check_output_file(path)` / `check_output_dir(path)`: before any work starts, prove that `path`
+  can be written (its nearest existing folder is a writable directory, and `path` is not a
+  directory / not a file); `OutputError` (exit status 4) if not. They create nothing.
+- `atomic_write_text` / `atomic_write_json`: write a unique temporary file in the same folder
+  (`tempfile.mkstemp`, so two writers never share it), then `os.replace` it onto the target. A
+  reader sees the old or the new file, never half of one; on any error or KeyboardInterrupt the
+  temporary file is removed.
+- `exclusive(target)`: an inter-process lock (the `filelock` library) on an output file or a data
+  directory. Who holds it (pid, host, command, start time) is written next to the lock, so a run
+  that cannot get it names the holder. `wait=False` refuses at once (`BusyError`); `wait=True`
+  waits, saying once whom it waits for.
+
+Lock files: for a file `DIR/NAME` it is `DIR/.NAME.lock`; for a directory `DIR/.tagger-jax.lock`.
+The locks are advisory (fcntl/flock on POSIX): only tagger-jax runs honour them, and they are
+released by the OS when the holding process dies, so a crash never leaves a stale lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import filelock
+
+from tagger_jax import errors
+
+DIR_LOCK_NAME = ".tagger-jax.lock"
+HOLDER_SUFFIX = ".holder"
+
+
+class OutputError(errors.ToolError, OSError):
+    """An output location that cannot be written; the message names it and says why."""
+
+    exit_status = errors.OUTPUT
+
+
+class BusyError(errors.ToolError):
+    """Another run holds the lock; the message names the holder."""
+
+    exit_status = errors.BUSY
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """The absolute `path` after proving it can be written; nothing is created.
+
+    Raises `OutputError` when `path` is a directory or another non-regular file, when a parent is
+    a file, or when the nearest existing folder is not writable (tested by creating and removing
+    a unique file there, so read-only mounts and permissions are caught whoever runs it).
+    """
+    if os.fspath(path).endswith(("/", os.sep)):
+        raise OutputError(f"{os.fspath(path)}: ends with '/', so it names a folder; give a file "
+                          "name for the output")
+    p = _absolute(path)
+    if p.is_dir():
+        raise OutputError(f"{p}: is a directory; give a file name for the output")
+    if p.exists() and not p.is_file():
+        raise OutputError(f"{p}: exists and is not a regular file")
+    _check_writable_location(p)
+    return p
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """The absolute `path` after proving it can be made or written as a directory; nothing is
+    created. Raises `OutputError` when it is a file, a parent is a file, or it is not writable."""
+    p = _absolute(path)
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{p}: exists and is not a directory")
+    _check_writable_location(p / "x" if p.is_dir() else p)
+    return p
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def _check_writable_location(p: Path) -> None:
+    """`p` (which may not exist) could be created: its nearest existing ancestor is a writable
+    directory."""
+    folder = p.parent
+    while not folder.exists() and not folder.is_symlink():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{p}: cannot create it: a parent is a file ({folder})")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tagger-jax-", suffix=".probe")
+    except OSError as e:
+        raise OutputError(f"{p}: cannot write in {folder} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes `data` to `path` through a unique temporary file in the same folder + `os.replace`.
+
+    The file gets the usual permissions (0666 minus the umask). The temporary file never
+    outlives the call, whatever happens; a failed write (disk full, folder gone) is an
+    `OutputError` naming `path`, and the previous version of the file is kept.
+    """
+    p = Path(path)
+    try:
+        return _atomic_write(p, data)
+    except OSError as e:
+        if isinstance(e, OutputError):
+            raise
+        raise OutputError(f"{p}: cannot write it ({e.strerror or e}); its previous version, if "
+                          "any, is kept") from None
+
+
+def _atomic_write(p: Path, data: bytes) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """`atomic_write_bytes` of UTF-8 text (undecodable path bytes kept as `surrogateescape`)."""
+    return atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any, indent: int | None = 1) -> Path:
+    """`value` as JSON (strict: NaN/inf are refused, not written as invalid JSON)."""
+    return atomic_write_text(path, json.dumps(value, indent=indent, allow_nan=False))
+
+
+def lock_path(target: str | os.PathLike, directory: bool | None = None) -> Path:
+    """The lock file guarding `target`: a directory (`directory=True`, or None and it is one) or
+    a file."""
+    t = Path(os.path.abspath(os.path.expanduser(os.fspath(target))))
+    if directory is None:
+        directory = t.is_dir()
+    return t / DIR_LOCK_NAME if directory else t.parent / f".{t.name}.lock"
+
+
+def holder(lock_file: str | os.PathLike) -> str:
+    """Who holds `lock_file`, as `exclusive` wrote it ("unknown holder" if unreadable)."""
+    try:
+        info = json.loads(Path(str(lock_file) + HOLDER_SUFFIX).read_text())
+        return (f"pid {info['pid']} on {info['host']}, started {info['started']}: "
+                f"{info['command']}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown holder"
+
+
+@contextlib.contextmanager
+def exclusive(target: str | os.PathLike, what: str, wait: bool = False,
+              directory: bool | None = None, poll_s: float = 0.5) -> Iterator[Path]:
+    """Holds the inter-process lock on `target` (a file or directory) for the `with` block.
+
+    `what` names the target in messages ("output file", "data directory"). If another run holds
+    it: `wait=False` raises `BusyError` naming the holder; `wait=True` prints once to stderr whom
+    it waits for and blocks until the lock is free (Ctrl-C stops the wait). `directory`: see
+    `lock_path` (give True for a directory that may not exist yet).
+    """
+    path = lock_path(target, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        who = holder(path)
+        if not wait:
+            raise BusyError(f"{target}: {what} in use by another tagger-jax run ({who}); wait "
+                            "for it to finish or choose another location") from None
+        print(f"waiting for the other tagger-jax run using {what} {target} ({who}) ...",
+              file=sys.stderr, flush=True)
+        lock.acquire(timeout=-1, poll_interval=poll_s)
+    holder_file = Path(str(path) + HOLDER_SUFFIX)
+    try:
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
+        with contextlib.suppress(OSError):
+            holder_file.write_text(json.dumps(info))
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            holder_file.unlink()
+        lock.release()

@@ -1,0 +1,87 @@
+"""Model directories are validated on load (issue 10 item 4): a `tagger.json` that disagrees with
+the stored arrays, or with missing/null/mistyped `tags` and `config`, is one `CheckpointError`
+naming the directory and the mismatch, never a Flax traceback at the first batch."""
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from tagger_jax import checkpoint, cli, errors
+from tagger_jax.config_base import base_config
+from tagger_jax.models import build_model
+
+TAGS = ["rock", "jazz", "piano"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    config = base_config()
+    config.model.update(conv_channels=2, attention_channels=16, attention_heads=2,
+                        intermediate=32)
+    config.features.chunk_frames = 64
+    model = build_model(config.model, len(TAGS))
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 96, 64)))
+    return checkpoint.save_model(tmp_path_factory.mktemp("m") / "model", variables, config, TAGS)
+
+
+def _edit(model_dir, tmp_path, change):
+    """A copy of the model directory whose tagger.json went through `change(meta)`."""
+    import shutil
+
+    copy = tmp_path / "edited"
+    shutil.copytree(model_dir, copy)
+    meta = json.loads((copy / "tagger.json").read_text())
+    change(meta)
+    (copy / "tagger.json").write_text(json.dumps(meta))
+    return copy
+
+
+def test_intact_model_loads(model_dir):
+    loaded = checkpoint.load_model(model_dir)
+    assert loaded.tags == tuple(TAGS)
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("intermediate", 64, "params/"),
+    ("conv_channels", 4, "params/"),
+    ("attention_layers", 3, "missing from the stored weights"),
+    ("architecture", "pons_pons", "params/"),
+])
+def test_config_disagreeing_with_the_arrays_is_named(model_dir, tmp_path, field, value, words):
+    d = _edit(model_dir, tmp_path, lambda m: m["config"]["model"].__setitem__(field, value))
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_model(d)
+    message = str(e.value)
+    assert message.startswith(str(d)) and "does not match the stored weights" in message
+    assert words in message and "\n" not in message
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda m: m.pop("tags"), "no 'tags'"),
+    (lambda m: m.__setitem__("tags", None), "'tags' must be a list of tag names, found null"),
+    (lambda m: m.__setitem__("tags", "rock,jazz,piano"),
+     "'tags' must be a list of tag names, found a string"),
+    (lambda m: m.__setitem__("tags", ["rock", 3, "piano"]), "tag 1 is 3"),
+    (lambda m: m.__setitem__("tags", ["rock", "rock", "piano"]), "duplicate tag 'rock'"),
+    (lambda m: m.__setitem__("tags", ["rock", "jazz"]), "3 outputs but tagger.json lists 2"),
+    (lambda m: m.pop("config"), "no 'config'"),
+    (lambda m: m.__setitem__("config", None), "'config' must be an object, found null"),
+    (lambda m: m["config"].pop("model"), "config has no 'model'"),
+    (lambda m: m["config"]["model"].__setitem__("architecture", "resnet"), "resnet"),
+])
+def test_bad_metadata_is_one_message(model_dir, tmp_path, change, words):
+    d = _edit(model_dir, tmp_path, change)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_model(d)
+    assert str(e.value).startswith(str(d)) and words in str(e.value)
+
+
+def test_tag_command_reports_a_mismatch_in_one_line(model_dir, tmp_path, capsys):
+    d = _edit(model_dir, tmp_path, lambda m: m["config"]["model"].__setitem__("intermediate", 8))
+    (tmp_path / "x.npy").write_bytes(b"")
+    rc = cli.main(["tag", "--checkpoint", str(d), "--quiet", str(tmp_path / "x.npy")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == errors.MODEL and len(err) == 1 and "does not match the stored weights" in err[0]

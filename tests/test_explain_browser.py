@@ -1,0 +1,215 @@
+"""The explanation report in a real browser: Debian's headless Chromium driven by Selenium through
+Debian's chromedriver (no browser is downloaded at run time; .ci/run installs both with apt-get).
+
+Pages load from file:// with no console errors; pressing play moves the cursor; clicking a row
+seeks; unticking a tag removes its rows; every auralised audio element loads with the input's
+duration; the index filters, sorts and pages. Without the browser the tests are skipped with the
+reason (shown by `pytest -ra`), never passed silently.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tagger_jax.checkpoint import save_model
+from tagger_jax.config_base import base_config
+from tagger_jax.explain import report, runner
+from tagger_jax.models import build_model
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", "--mute-audio",
+         "--autoplay-policy=no-user-gesture-required", "--window-size=1400,1000")
+TAGS = ("t0", "t1", "t2", "50$ off_$ </script>")
+SECONDS = 6.0
+
+
+def _missing() -> str | None:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "the selenium package is not installed (pip install -e '.[test]')"
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not Path(path).exists():
+            return (f"{path} is missing: install Debian's chromium and chromium-driver "
+                    "(apt-get install chromium chromium-driver; .ci/run does)")
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    reason = _missing()
+    if reason:
+        pytest.skip(f"BROWSER TESTS NOT RUN: {reason}")
+    import os
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager fetch anything
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    """A --listen report of one 6-second two-tone file whose name and a tag hold `$` and
+    `</script>`, from a tiny random model (the page does not care about accuracy)."""
+    root = tmp_path_factory.mktemp("browser")
+    config = base_config()
+    m = config.model
+    m.conv_channels, m.attention_channels, m.attention_heads, m.intermediate = 2, 32, 4, 64
+    config.features.chunk_frames = 64
+    model = build_model(config.model, len(TAGS))
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 96, 64), np.float32))
+    loaded_dir = save_model(root / "model", variables, config, TAGS)
+    from tagger_jax.checkpoint import load_model
+
+    loaded = load_model(loaded_dir)
+    t = np.arange(int(SECONDS * 16000)) / 16000
+    wave = 0.3 * np.sin(2 * np.pi * 440 * t) * (t < 3) + 0.3 * np.sin(2 * np.pi * 2000 * t) * (
+        t >= 3)
+    audio = root / "50$ off_$ <b>.wav"
+    sf.write(audio, wave.astype(np.float32), 16000)
+    out = root / "out"
+    options = runner.ExplainOptions(methods=("attention", "contribution", "grad_x_input"),
+                                    tags=("t0", TAGS[3]), listen=True, plot=False, batch_size=4)
+    result = runner.explain_inputs(loaded, runner.file_items(loaded, [audio]), out, options,
+                                   progress=False, log=None)
+    assert not result.failed, result.failed
+    return out
+
+
+def page_of(out: Path) -> Path:
+    (page,) = [p for p in out.glob("*.html") if p.name != "index.html"]
+    return page
+
+
+def severe(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def wait_for(driver, script: str, timeout: float = 15.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+def open_page(driver, path: Path):
+    driver.get(path.as_uri())
+    wait_for(driver, "return document.body.dataset.ready === '1'")
+
+
+def test_page_loads_from_file_url_without_console_errors(browser, out_dir):
+    open_page(browser, page_of(out_dir))
+    assert severe(browser) == []
+    title = browser.find_element("css selector", "h1").text
+    assert title.endswith("50$ off_$ <b>.wav")  # shown as text, not parsed as markup
+    labels = [e.text for e in browser.find_elements("css selector", ".row .title")]
+    assert f"contribution: {TAGS[3]}" in labels and "log-mel spectrogram" in labels
+
+
+def test_play_moves_the_cursor_and_a_click_seeks(browser, out_dir):
+    open_page(browser, page_of(out_dir))
+    left0 = browser.execute_script("return document.getElementById('cursor').style.left")
+    browser.find_element("id", "play").click()
+    wait_for(browser, "return Number(document.getElementById('cursor').dataset.time) > 0.3")
+    assert browser.execute_script(
+        "return document.getElementById('cursor').style.left") != left0
+    browser.find_element("id", "play").click()  # pause
+    canvas = browser.find_element("css selector", "#spectrogram canvas.map")
+    width = canvas.size["width"]
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(browser).move_to_element_with_offset(canvas, int(width * 0.25), 0).click() \
+        .perform()  # offsets are from the centre: 75% of the way across
+    t = wait_for(browser, "var t = Number(document.getElementById('cursor').dataset.time);"
+                          "return t > 3 ? t : 0")
+    assert abs(t - 0.75 * SECONDS) < 0.2
+    assert severe(browser) == []
+
+
+def test_unticking_a_tag_removes_its_rows(browser, out_dir):
+    open_page(browser, page_of(out_dir))
+    visible = lambda: [(e.get_attribute("data-method"), e.get_attribute("data-tag"))
+                       for e in browser.find_elements("css selector", ".row.maprow")
+                       if e.is_displayed()]
+    before = visible()
+    assert ("contribution", "t0") in before and ("grad_x_input", "t0") in before
+    box = [b for b in browser.find_elements("css selector", "#tags-choice input")
+           if b.get_attribute("data-value") == "t0"][0]
+    box.click()
+    after = visible()
+    assert all(tag != "t0" for _, tag in after) and ("attention", "") in after
+    assert ("contribution", TAGS[3]) in after and len(after) == len(before) - 2
+    box.click()
+    assert visible() == before
+
+
+def test_auralised_audio_elements_load_with_the_input_duration(browser, out_dir):
+    open_page(browser, page_of(out_dir))
+    ids = browser.execute_script(
+        "return Array.from(document.querySelectorAll('audio')).map(a => a.id)")
+    # original + (attention + 2 tags x 2 methods) x (kept, removed)
+    assert len(ids) == 1 + 2 * 5 and "audio-original" in ids
+    wait_for(browser, "return Array.from(document.querySelectorAll('audio'))"
+                      ".every(a => a.readyState >= 1 || a.error)")
+    got = browser.execute_script("return Array.from(document.querySelectorAll('audio'))"
+                                 ".map(a => [a.id, a.error && a.error.code, a.duration])")
+    for name, error, duration in got:
+        assert error is None and abs(duration - SECONDS) < 0.05, (name, error, duration)
+    summary = json.loads(next(p for p in out_dir.glob("*.json")
+                              if p.name != "failures.json").read_text())
+    assert len(summary["files"]["audio"]["maps"]) == 5
+    browser.find_element("css selector", ".play-kept").click()
+    wait_for(browser, "return document.getElementById('source').dataset.source"
+                      ".endsWith('-kept') && !document.querySelector('audio[id$=\"-kept\"]')"
+                      ".paused")
+    assert severe(browser) == []
+
+
+def test_index_filters_sorts_and_pages_many_inputs(browser, out_dir, tmp_path):
+    for f in out_dir.iterdir():
+        if f.suffix in (".json", ".html") and f.name != "index.html":
+            shutil.copy(f, tmp_path / f.name)
+    base = json.loads(next(p for p in tmp_path.glob("*.json")).read_text())
+    for i in range(249):  # 250 inputs: 3 pages of 100
+        s = dict(base, input=f"song {i:03d} <x>.mp3", key=f"k{i}", duration_s=float(i),
+                 top_tags=[{"tag": "drums" if i % 2 else "piano", "probability": i / 1000}])
+        report.write_json(tmp_path / f"k{i}.json", s)
+    report.write_index(tmp_path)
+    open_page(browser, tmp_path / "index.html")
+    rows = lambda: [r for r in browser.find_elements("css selector", "#inputs tbody tr")
+                    if r.is_displayed()]
+    assert len(rows()) == 100 and "page 1 of 3" in browser.find_element("id", "page").text
+    browser.find_element("id", "filter").send_keys("piano")
+    assert "125 of 250" in browser.find_element("id", "count").text
+    browser.find_element("id", "filter").clear()
+    browser.find_element("id", "filter").send_keys("song 199")  # every word must match
+    assert browser.find_element("id", "count").text.startswith("1 of 250")
+    browser.find_element("id", "filter").send_keys("\b" * 8 + " ")  # 'clear' fires no event
+    assert browser.find_element("id", "count").text.startswith("250 of 250")
+    header = browser.find_elements("css selector", "#inputs th")[1]  # duration
+    header.click()
+    header.click()  # descending
+    first = rows()[0].find_element("css selector", "td").text
+    assert first == "song 248 <x>.mp3"  # the longest
+    assert severe(browser) == []

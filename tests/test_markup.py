@@ -1,0 +1,30 @@
+"""User text (file and tag names, titles) is never parsed as markup: a `$` in a name is drawn as
+a dollar sign in every figure (it used to start Matplotlib math text and fail the figure)."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from tagger_jax import evaluation
+from tagger_jax.explain.plotting import Row, plot_explanation
+
+DOLLARS = "50$ off_$"  # an even number of `$`: Matplotlib would parse " off_" as math
+
+
+def test_explanation_figure_draws_dollar_names(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [Row(f"contribution:\n{DOLLARS}", rng.random(40), unit="p(tag)"),
+            Row(f"truth: {DOLLARS}", (np.arange(40) < 20).astype(float), truth=True),
+            Row(f"grad: {DOLLARS}", rng.normal(size=(96, 40)), rng.normal(size=96),
+                signed=True, unit="$ per bin")]
+    path = plot_explanation(tmp_path / "f.png", rng.normal(-30, 10, (96, 40)), 0.016, rows,
+                            0.016, title=f"{DOLLARS}.wav")
+    assert Image.open(path).size[0] > 100
+
+
+def test_metrics_figure_draws_dollar_tags(tmp_path):
+    metrics = {"num_clips": 3, "roc_auc_mean": 0.5, "pr_auc_mean": None, "per_tag": [
+        {"tag": DOLLARS, "positives": 1, "roc_auc": 0.5, "pr_auc": 0.4},
+        {"tag": "$x$", "positives": 0, "roc_auc": None, "pr_auc": None}]}
+    path = evaluation.plot_metrics(metrics, tmp_path / "m.png", title=f"run {DOLLARS}")
+    assert Image.open(path).size[0] > 100

@@ -1,0 +1,258 @@
+"""Outputs that survive errors and concurrent runs (issue 10 items 2, 3) and the exit-status
+table with one-line errors (item 7)."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tagger_jax import checkpoint, cli, errors, outputs, tagging
+from tagger_jax.config_base import base_config
+from tagger_jax.models import build_model
+
+TAGS = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    config = base_config()
+    config.model.update(conv_channels=2, attention_channels=16, attention_heads=2,
+                        intermediate=32)
+    config.features.chunk_frames = 64
+    model = build_model(config.model, len(TAGS))
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 96, 64)))
+    return checkpoint.save_model(tmp_path_factory.mktemp("m") / "model", variables, config, TAGS)
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("specs")
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        np.save(d / f"s{k}.npy", rng.standard_normal((96, 100)).astype(np.float32) - 40)
+    return d
+
+
+def _leftovers(directory):
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith((".tmp", ".probe")))
+
+
+# ------------------------------------------------------------------------- item 2: check first
+
+def test_output_that_is_a_directory_fails_before_any_work(tmp_path, specs, capsys):
+    # The checkpoint does not exist: the output is checked first, so that is the error reported.
+    rc = cli.main(["tag", "--checkpoint", str(tmp_path / "no_model"), "--output", str(tmp_path),
+                   str(specs)])
+    assert rc == errors.OUTPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path}: is a directory; give a file name for the output"]
+
+
+def test_output_under_a_file_fails_before_any_work(tmp_path, specs, capsys):
+    (tmp_path / "plain").write_text("x")
+    rc = cli.main(["tag", "--checkpoint", str(tmp_path / "no_model"), "--output",
+                   str(tmp_path / "plain" / "tags.json"), str(specs)])
+    assert rc == errors.OUTPUT
+    assert "a parent is a file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_output_in_read_only_directory_fails_before_any_work(tmp_path, specs, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        rc = cli.main(["tag", "--checkpoint", str(tmp_path / "no_model"), "--output",
+                       str(ro / "tags.json"), str(specs)])
+    finally:
+        ro.chmod(0o700)
+    assert rc == errors.OUTPUT and "cannot write in" in capsys.readouterr().err
+
+
+def test_atomic_write_removes_its_temporary_file_on_interrupt(tmp_path, monkeypatch):
+    target = tmp_path / "out.json"
+    target.write_text("[1]")
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        outputs.atomic_write_json(target, [2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+    assert json.loads(target.read_text()) == [1]
+
+
+def test_interrupted_tag_run_keeps_finished_results_and_no_temp_files(model_dir, specs, tmp_path,
+                                                                      monkeypatch, capsys):
+    real = tagging.ResultStore.add
+
+    def add(self, result):  # Ctrl-C in the main thread while the third result arrives
+        if result["file"].endswith("s2.npy"):
+            raise KeyboardInterrupt
+        real(self, result)
+
+    monkeypatch.setattr(tagging.ResultStore, "add", add)
+    out = tmp_path / "tags.json"
+    rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--quiet",
+                   "--batch-size", "1", str(specs)])
+    assert rc == errors.INTERRUPTED
+    kept = [r["file"].rsplit("/", 1)[-1] for r in json.loads(out.read_text())]
+    assert kept == ["s0.npy", "s1.npy"]
+    # Only the result file and (with some filelock versions) the empty, hidden lock file remain.
+    assert {p.name for p in tmp_path.iterdir()} - {".tags.json.lock"} == {"tags.json"}
+    assert "interrupted" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- item 3: concurrency
+
+HOLD = """
+import sys, time
+from tagger_jax import outputs
+with outputs.exclusive(sys.argv[1], "test", directory=sys.argv[2] == "dir"):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def _hold(target, kind, seconds):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(target), kind, str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_unique_temporary_files(tmp_path):
+    """Two writers never share a temporary name (the old fixed `NAME.tmp` did)."""
+    (tmp_path / "out.json.tmp").mkdir()  # the old fixed name is taken: must not matter
+    tagging.write_json([{"x": 1}], tmp_path / "out.json")
+    assert json.loads((tmp_path / "out.json").read_text()) == [{"x": 1}]
+
+
+def test_second_tag_run_on_the_same_output_refuses_naming_the_holder(model_dir, specs, tmp_path,
+                                                                     capsys):
+    out = tmp_path / "tags.json"
+    proc = _hold(out, "file", 60)
+    try:
+        rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--quiet",
+                       str(specs)])
+        err = capsys.readouterr().err.strip().splitlines()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert rc == errors.BUSY
+    assert len(err) == 1 and f"pid {proc.pid}" in err[0] and str(out) in err[0]
+    assert not out.exists()  # nothing of the holder's file was touched
+
+
+def test_build_dataset_waits_for_the_holder_of_the_data_directory(tmp_path, capsys):
+    from tagger_jax import datasets
+
+    data_dir = tmp_path / "data"
+    proc = _hold(data_dir, "dir", 2)
+    start = time.monotonic()
+    try:
+        with pytest.raises(FileNotFoundError, match="manual directory"):
+            datasets.build("audio_folder", data_dir, manual_dir=tmp_path / "missing")
+    finally:
+        proc.wait()
+    assert time.monotonic() - start > 1.0  # it waited for the other run
+    err = capsys.readouterr().err
+    assert f"pid {proc.pid}" in err and "data directory" in err
+
+
+# ------------------------------------------------------------------------- item 7: exit statuses
+
+def test_exit_statuses_are_distinct_and_documented():
+    codes = [v for k, v in vars(errors).items() if k.isupper() and isinstance(v, int)]
+    assert len(codes) == len(set(codes)) == len(errors.TABLE)
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    for code, meaning in errors.TABLE.items():
+        assert f"| {code} | {meaning} |" in readme
+
+
+def test_unexpected_error_is_one_line_plus_traceback_file(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(errors.tempfile, "tempdir", str(tmp_path))
+
+    def boom(args):
+        return {}["missing key"]
+
+    monkeypatch.setattr(cli, "_dispatch", lambda args: boom(args))
+    rc = cli.main(["tag", "--checkpoint", "x", "y"])
+    assert rc == errors.INTERNAL
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: unexpected KeyError: 'missing key' (full traceback in ")
+    [crash] = list(tmp_path.glob("tagger-jax-crash-*.txt"))
+    assert str(crash) in line and "Traceback" in crash.read_text()
+
+
+def test_msd_unsafe_pickle_is_one_error_line(tmp_path, capsys):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (manual / "50tagList.txt").write_text("\n".join(f"t{k}" for k in range(50)) + "\n")
+    evil = pickle.dumps(os.system, protocol=2)  # names a function: must be refused
+    for name in ("filtered_list_train.cP", "filtered_list_test.cP", "msd_id_to_tag_vector.cP",
+                 "MSD_id_to_7D_id.pkl", "7D_id_to_path.pkl"):
+        (manual / name).write_bytes(evil)
+    rc = cli.main(["build-dataset", "msd", "--data-dir", str(tmp_path / "data"),
+                   "--manual-dir", str(manual), "--num-workers", "1"])
+    captured = capsys.readouterr()
+    assert rc == errors.DATA
+    lines = [l for l in (captured.out + captured.err).splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "refusing to load" in lines[0]
+    assert "Traceback" not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("command", [
+    ["explain", "--checkpoint", "NO_MODEL", "INPUT", "--out", "OUT"],
+    ["evaluate", "--checkpoint", "NO_MODEL", "--out", "OUT"],
+    ["import-authors", "NO_MODEL", "--variant", "released", "--out", "OUT"],
+    ["build-dataset", "audio_folder", "--manual-dir", "NO_MODEL", "--data-dir", "OUT"],
+])
+def test_every_output_directory_is_checked_before_any_work(command, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    subs = {"NO_MODEL": str(tmp_path / "missing"), "INPUT": str(tmp_path / "file"),
+            "OUT": str(tmp_path / "file" / "out")}
+    rc = cli.main([subs.get(a, a) for a in command])
+    captured = capsys.readouterr()
+    lines = [l for l in (captured.out + captured.err).splitlines() if "error" in l]
+    assert rc == errors.OUTPUT, captured
+    assert len(lines) == 1 and "a parent is a file" in lines[0]
+
+
+def test_non_finite_loss_has_its_own_exit_status(monkeypatch, capsys, tmp_path):
+    from tagger_jax import train_lib
+    from tagger_jax.commands import train as train_command
+
+    def diverge(config, workdir):
+        raise train_lib.NonFiniteLossError(12, tmp_path, 10)
+
+    monkeypatch.setattr(train_lib, "train_and_evaluate", diverge)
+    assert train_command.run_training(base_config(), str(tmp_path)) == errors.DIVERGED
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: non-finite training loss at step 12")
+
+
+def test_output_named_as_a_folder_is_refused(tmp_path):
+    with pytest.raises(outputs.OutputError, match="ends with '/'"):
+        outputs.check_output_file(f"{tmp_path}/results/")
+
+
+def test_write_failure_is_an_output_error_naming_the_file(tmp_path, monkeypatch):
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "fsync", full)
+    with pytest.raises(outputs.OutputError, match=r"out.json: cannot write it \(No space left"):
+        outputs.atomic_write_json(tmp_path / "out.json", [1])
+    assert list(tmp_path.iterdir()) == []
+    assert errors.exit_status(outputs.OutputError("x")) == errors.OUTPUT
