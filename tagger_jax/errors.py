@@ -50,7 +50,6 @@ _BY_NAME = {
     "NonFiniteLossError": DIVERGED,
     "ConfigMismatchError": USAGE,
     "CorruptCheckpointError": MODEL,  # training: no checkpoint of the workdir reads
-    "LockedError": BUSY,  # tagger_jax.locking (the training workdir lock)
     "InputError": INPUTS_FAILED,
 }
 

@@ -159,7 +159,7 @@ def holder(lock_file: str | os.PathLike) -> str:
     """Who holds `lock_file`, as `exclusive` wrote it ("unknown holder" if unreadable)."""
     try:
         info = json.loads(Path(str(lock_file) + HOLDER_SUFFIX).read_text())
-        return (f"pid {info['pid']} on {info['host']}, started {info['started']}: "
+        return (f"pid {info['pid']} on host {info['host']}, started {info['started']}: "
                 f"{info['command']}")
     except (OSError, ValueError, KeyError, TypeError):
         return "unknown holder"
@@ -167,15 +167,17 @@ def holder(lock_file: str | os.PathLike) -> str:
 
 @contextlib.contextmanager
 def exclusive(target: str | os.PathLike, what: str, wait: bool = False,
-              directory: bool | None = None, poll_s: float = 0.5) -> Iterator[Path]:
+              directory: bool | None = None, poll_s: float = 0.5,
+              lock_file: str | os.PathLike | None = None) -> Iterator[Path]:
     """Holds the inter-process lock on `target` (a file or directory) for the `with` block.
 
     `what` names the target in messages ("output file", "data directory"). If another run holds
     it: `wait=False` raises `BusyError` naming the holder; `wait=True` prints once to stderr whom
     it waits for and blocks until the lock is free (Ctrl-C stops the wait). `directory`: see
-    `lock_path` (give True for a directory that may not exist yet).
+    `lock_path` (give True for a directory that may not exist yet). `lock_file` replaces the
+    lock file `lock_path` would choose (the training workdir's is `WORKDIR/train.lock`).
     """
-    path = lock_path(target, directory)
+    path = Path(lock_file) if lock_file is not None else lock_path(target, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(path))
     try:
@@ -200,3 +202,17 @@ def exclusive(target: str | os.PathLike, what: str, wait: bool = False,
         with contextlib.suppress(OSError):
             holder_file.unlink()
         lock.release()
+
+
+def exclusive_for_run(target: str | os.PathLike, what: str) -> contextlib.AbstractContextManager:
+    """`exclusive(target, what)` held by process 0 of a run (the one that merges the processes'
+    shares), a no-op context on the others; refuses at once (errors.BUSY) if another run holds it.
+
+    The lock file sits beside `target` (`.NAME.lock`), never inside it, so an output directory
+    holds only results. Call after `jax.distributed` is initialised.
+    """
+    import jax
+
+    if jax.process_index() != 0:
+        return contextlib.nullcontext(Path(target))
+    return exclusive(target, what, directory=False)

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import jax
 
-from tagger_jax import config_base, locking
+from tagger_jax import config_base, outputs
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = "train.lock"
@@ -51,20 +51,20 @@ class ConfigMismatchError(ValueError):
     """A workdir holds a run of a different config (or an unreadable config.json)."""
 
 
-WorkdirBusyError = locking.LockedError  # another training holds the workdir
+WorkdirBusyError = outputs.BusyError  # another training holds the workdir
 
 
 @contextlib.contextmanager
 def lock(workdir: Path) -> Iterator[None]:
     """Holds WORKDIR/train.lock for the block (process 0 only; others share its run).
 
-    Raises WorkdirBusyError naming the holder (pid, host, since) if another training holds it.
+    Raises WorkdirBusyError naming the holder (pid, host, start time, command) if another training holds it.
     """
     if jax.process_index() != 0:
         yield
         return
     workdir.mkdir(parents=True, exist_ok=True)
-    with locking.hold(workdir, "training", lock_file=workdir / LOCK_FILE):
+    with outputs.exclusive(workdir, "training workdir", lock_file=workdir / LOCK_FILE):
         yield
 
 

@@ -154,6 +154,24 @@ def test_second_tag_run_on_the_same_output_refuses_naming_the_holder(model_dir, 
     assert not out.exists()  # nothing of the holder's file was touched
 
 
+@pytest.mark.parametrize("command", ["explain", "embed"])
+def test_second_run_into_the_same_output_directory_refuses_naming_the_holder(
+        command, model_dir, specs, tmp_path, capsys):
+    """explain/embed --out is locked like tag --output; the lock file sits beside the directory."""
+    out = tmp_path / "out"
+    proc = _hold(out, "file", 60)  # what outputs.exclusive_for_run takes: `.out.lock` beside it
+    try:
+        rc = cli.main([command, "--checkpoint", str(model_dir), "--out", str(out),
+                       "--no-progress", str(specs)])
+        err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert rc == errors.BUSY, err
+    assert len(err) == 1 and f"pid {proc.pid}" in err[0] and str(out) in err[0]
+    assert not any(out.iterdir()) if out.exists() else True  # nothing written
+
+
 def test_build_dataset_waits_for_the_holder_of_the_data_directory(tmp_path, capsys):
     from tagger_jax import datasets
 

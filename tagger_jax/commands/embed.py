@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     sharding.maybe_initialize_distributed()  # before anything touches the JAX backend
     import jax
 
-    from tagger_jax import checkpoint, embedding, inference
+    from tagger_jax import checkpoint, embedding, inference, outputs
 
     def error(msg: str) -> int:
         print(f"tagger-jax embed: error: {msg}", file=sys.stderr)
@@ -59,9 +59,10 @@ def run(args: argparse.Namespace) -> int:
             items = engine.file_inputs(args.inputs)
         if not items:
             return error("no inputs found")
-        report = embedding.embed_inputs(engine, items, args.out, plan,
-                                        progress=not args.no_progress,
-                                        retry_failed=args.retry_failed)
+        with outputs.exclusive_for_run(args.out, "output directory"):
+            report = embedding.embed_inputs(engine, items, args.out, plan,
+                                            progress=not args.no_progress,
+                                            retry_failed=args.retry_failed)
     except (checkpoint.CheckpointError, ValueError, OSError) as e:
         return error(str(e))
     if jax.process_index() == 0:

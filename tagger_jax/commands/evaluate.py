@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 HELP = ("Evaluate a trained or imported model on a dataset split: per-tag ROC-AUC and PR-AUC and "
         "their means (the paper's 16-chunk protocol, or full tracks); writes JSON, CSV and a PNG.")
@@ -48,12 +49,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out is not None:  # before any work (errors.OUTPUT)
         args.out = str(outputs.check_output_dir(args.out))
+    lock = (outputs.exclusive_for_run(args.out, "output directory") if args.out is not None
+            else contextlib.nullcontext())
     try:
-        result = evaluate_checkpoint(
-            args.workdir or args.checkpoint, dataset=args.dataset, split=args.split,
-            data_dir=args.data_dir, builder_config=args.builder_config, mode=args.mode,
-            out_dir=args.out, batch_size=args.batch_size, num_chunks=args.num_chunks,
-            hop_s=args.hop)
+        with lock:
+            result = evaluate_checkpoint(
+                args.workdir or args.checkpoint, dataset=args.dataset, split=args.split,
+                data_dir=args.data_dir, builder_config=args.builder_config, mode=args.mode,
+                out_dir=args.out, batch_size=args.batch_size, num_chunks=args.num_chunks,
+                hop_s=args.hop)
         if args.baseline:
             from tagger_jax.baseline import report_beside
             report_beside(result)

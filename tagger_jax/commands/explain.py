@@ -124,8 +124,9 @@ def run(args: argparse.Namespace) -> int:
             items = runner.two_clip_items(items, runner._engine(loaded, 1).geometry.chunk)
         if not items:
             return error("no inputs found")
-        result = runner.explain_inputs(loaded, items, args.out, options,
-                                       progress=not args.no_progress)
+        with outputs.exclusive_for_run(args.out, "output directory"):
+            result = runner.explain_inputs(loaded, items, args.out, options,
+                                           progress=not args.no_progress)
     except (CheckpointError, ValueError, OSError) as e:
         from tagger_jax import errors
 

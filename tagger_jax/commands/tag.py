@@ -43,10 +43,9 @@ def run(args: argparse.Namespace) -> int:
     if processes > 1 and args.output is None:
         return _error("a multi-process run needs --output (each process writes its share)")
     with contextlib.ExitStack() as stack:
-        if args.output is not None and process == 0:
-            # One run per output file: a second refuses, naming the holder (errors.BUSY). In a
-            # multi-process run process 0, which merges the parts into the output, holds it.
-            stack.enter_context(outputs.exclusive(args.output, "output file"))
+        if args.output is not None:
+            # One run per output file: a second refuses, naming the holder (errors.BUSY).
+            stack.enter_context(outputs.exclusive_for_run(args.output, "output file"))
         return _run(args, process, processes)
 
 

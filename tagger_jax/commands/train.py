@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 # Exit statuses of the documented training failures (the project's table of exit statuses:
 # 2 usage/config, 3 unreadable checkpoint, 5 busy, 7 non-finite loss).
-EXIT_STATUS = {"ConfigMismatchError": 2, "CorruptCheckpointError": 3, "LockedError": 5,
+EXIT_STATUS = {"ConfigMismatchError": 2, "CorruptCheckpointError": 3, "BusyError": 5,
                "NonFiniteLossError": 7}
 
 HELP = ("Train a tagger from a config file (resumes in an existing workdir): validation ROC-AUC "
