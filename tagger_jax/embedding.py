@@ -66,6 +66,8 @@ def _track(p: inference.Prepared, out: dict, step_s: float, signature: str,
         "embedding": out["embedding"].mean(axis=0, dtype=np.float64).astype(np.float32),
         "frontend": out["frontend"].mean(axis=0, dtype=np.float64).astype(np.float32),
         "probabilities": inference.track_probabilities(out["probabilities"]),
+        # {code: message} of a degraded input (docs/audio.md) as JSON text; "{}" when clean
+        "audio_warnings": np.array(json.dumps(dict(p.warnings), sort_keys=True)),
     }
 
 

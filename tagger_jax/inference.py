@@ -260,11 +260,16 @@ class Prepared:
             yield self.x[..., s:s + self.chunk]
 
 
+def split_warnings(loaded: Any) -> tuple[np.ndarray, dict[str, str]]:
+    """What an `Input.load` returned as (signal, {code: warning}): file inputs load through
+    `Engine.read_checked` (signal and audio warnings, docs/audio.md), others give the signal."""
+    return loaded if isinstance(loaded, tuple) else (loaded, {})
+
+
 def prepare(item: Input, geom: Geometry, plan: WindowPlan) -> Prepared:
     """Reads `item` and places its windows (runs in load-ahead threads; no global state)."""
     started = time.perf_counter()
-    signal = item.load()  # the input, or (input, {code: warning}) from Engine.read_checked
-    signal, warnings = signal if isinstance(signal, tuple) else (signal, {})
+    signal, warnings = split_warnings(item.load())
     signal = np.asarray(signal, np.float32)
     expected = 1 if geom.architecture.waveform else 2
     if signal.ndim != expected:
@@ -544,7 +549,7 @@ class Engine:
         from tagger_jax import audio
 
         return [Input(key=key, name=audio.display_path(path),
-                      load=functools.partial(self.read, path),
+                      load=functools.partial(self.read_checked, path),
                       fingerprint=file_fingerprint(path))
                 for (path, _), key in zip(found, keys)]
 

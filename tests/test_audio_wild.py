@@ -99,6 +99,36 @@ def test_degradation_warnings_are_json_fields(model_dir, wild, tmp_path, capsys)
     assert err.count("warning: ") >= len([c for c in expected.values() if c])
 
 
+def test_explain_and_embed_carry_the_same_warnings(model_dir, wild, tmp_path):
+    """Every consumer of the inference path records an input's degradation, not only `tag`."""
+    from tagger_jax import embedding
+
+    d, expected = wild
+    pick = tmp_path / "pick"
+    pick.mkdir()
+    names = ["clean.wav", "phase.wav", "linear.npy"]
+    for name in names:
+        (pick / name).write_bytes((d / name).read_bytes())
+    out = tmp_path / "explain"
+    assert cli.main(["explain", "--checkpoint", str(model_dir), "--out", str(out),
+                     "--no-progress", "--no-plot", "--no-report", "--methods", "attention",
+                     str(pick)]) == 0
+    summaries = [json.loads(p.read_text()) for p in out.glob("*.json")
+                 if p.name not in ("failures.json",) and not p.name.startswith("run")]
+    got = {s["input"].rsplit("/", 1)[-1]: set(s.get("audio_warnings", {})) for s in summaries
+           if "input" in s}
+    assert got == {name: expected[name] for name in names}
+    emb = tmp_path / "embed"
+    assert cli.main(["embed", "--checkpoint", str(model_dir), "--out", str(emb),
+                     "--no-progress", str(pick)]) == 0
+    got = {}
+    for npz in emb.glob("*.npz"):
+        z = embedding.load_embeddings(npz)
+        if "name" in z:
+            got[str(z["name"]).rsplit("/", 1)[-1]] = set(json.loads(str(z["audio_warnings"])))
+    assert got == {name: expected[name] for name in names}
+
+
 def test_warning_values(wild):
     d, _ = wild
     _, notes = audio.read_input(d / "phase.wav", audio.FeatureParams())

@@ -240,8 +240,8 @@ def two_clip_items(items: Sequence[InputItem], chunk: int) -> list[InputItem]:
     half = chunk // 2
 
     def load(a: InputItem, b: InputItem) -> np.ndarray:
-        xa, _ = chunking.pad_to_length(a.load(), half)
-        xb, _ = chunking.pad_to_length(b.load(), chunk - half)
+        xa, _ = chunking.pad_to_length(inference.split_warnings(a.load())[0], half)
+        xb, _ = chunking.pad_to_length(inference.split_warnings(b.load())[0], chunk - half)
         return M.two_clip_input(xa, xb, chunk)
 
     out = []
@@ -567,6 +567,8 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
         "seconds": round(time.perf_counter() - track.started, 3),
         **dict(track.item.meta),
     }
+    if track.warnings:  # {code: message} of a degraded input (docs/audio.md), as `tag` writes
+        summary["audio_warnings"] = dict(track.warnings)
     if "true_tags" in track.extras:
         summary["true_tags"] = list(track.extras["true_tags"])
     if "integrated_gradients_chunk_sum" in res:
