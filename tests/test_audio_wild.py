@@ -11,15 +11,12 @@ import os
 import shutil
 import subprocess
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile as sf
 
-from tagger_jax import audio, checkpoint, cli, tagging
-from tagger_jax.config_base import base_config
-from tagger_jax.models import build_model
+from tagger_jax import audio, cli, tagging
+from model_helpers import save_tiny_model
 
 SR = 16000
 TAGS = ["a", "b", "c"]
@@ -48,13 +45,7 @@ def _damaged_mp3(path, seed=0):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    config = base_config()
-    config.model.update(conv_channels=2, attention_channels=16, attention_heads=2,
-                        intermediate=32)
-    config.features.chunk_frames = 64
-    model = build_model(config.model, len(TAGS))
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 96, 64)))
-    return checkpoint.save_model(tmp_path_factory.mktemp("m") / "model", variables, config, TAGS)
+    return save_tiny_model(tmp_path_factory.mktemp("m") / "model", TAGS)
 
 
 @pytest.fixture(scope="module")

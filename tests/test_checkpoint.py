@@ -5,26 +5,17 @@ from __future__ import annotations
 
 import json
 
-import jax
-import jax.numpy as jnp
 import pytest
 
 from tagger_jax import checkpoint, cli, errors
-from tagger_jax.config_base import base_config
-from tagger_jax.models import build_model
+from model_helpers import save_tiny_model
 
 TAGS = ["rock", "jazz", "piano"]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    config = base_config()
-    config.model.update(conv_channels=2, attention_channels=16, attention_heads=2,
-                        intermediate=32)
-    config.features.chunk_frames = 64
-    model = build_model(config.model, len(TAGS))
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 96, 64)))
-    return checkpoint.save_model(tmp_path_factory.mktemp("m") / "model", variables, config, TAGS)
+    return save_tiny_model(tmp_path_factory.mktemp("m") / "model", TAGS)
 
 
 def _edit(model_dir, tmp_path, change):
