@@ -67,12 +67,12 @@ def split_fingerprint(dataset_dir: str | Path, name: str, split: str) -> str:
 def _augmentation(d: Any, tags) -> dict:
     """train_loader's augment / mix_tags from `data.augment` (fields of
     `tagger_jax.augment.AugmentParams`) and `data.augment_mix_exclude` (tags that mixing leaves
-    as the first clip's, e.g. tempo and level); {} when the config has no `data.augment`."""
-    if not d.get("augment", None):
+    as the first clip's, e.g. tempo and level); {} when `data.augment` is None (the default)."""
+    if not d.augment:
         return {}
     from tagger_jax.augment import AugmentParams
 
-    exclude = set(d.get("augment_mix_exclude", ()) or ())
+    exclude = set(d.augment_mix_exclude or ())
     return {"augment": AugmentParams.from_dict(d.augment.to_dict()),
             "mix_tags": np.array([t not in exclude for t in tags])}
 

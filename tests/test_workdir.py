@@ -111,10 +111,10 @@ def test_stored_config_is_merged_over_the_defaults(tmp_path):
         "train.warmup_steps: 500 in the workdir, 2 now"]  # the missing field took its default
     given = tiny_config(warmup_steps=500)
     assert workdir.config_differences(saved, workdir.config_to_dict(given)) == []
-    given.data.augment = {"p_gain": 0.5}
+    given.data.custom = {"p_gain": 0.5}  # a section config_base does not define
     assert workdir.config_differences(saved, workdir.config_to_dict(given)) == [
-        "data.augment.p_gain: '<absent>' in the workdir, 0.5 now"]
-    saved["data"]["augment"] = {"p_gain": 0.5}
+        "data.custom.p_gain: '<absent>' in the workdir, 0.5 now"]
+    saved["data"]["custom"] = {"p_gain": 0.5}
     assert workdir.config_differences(saved, workdir.config_to_dict(given)) == []
     saved["train"]["batch_size"] = "sixteen"
     (tmp_path / "config.json").write_text(json.dumps(saved))
