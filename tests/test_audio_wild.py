@@ -235,3 +235,17 @@ def test_non_utf8_file_names_open_and_map_back(model_dir, tmp_path, capsys):
         audio.load_audio(os.fsdecode(bad))
     assert str(e.value).startswith(f"{tmp_path}/\\xe9mpty.wav:")
     assert audio.display_path(name) == f"{tmp_path}/caf\\xe9 \\xff.wav"
+
+
+def test_non_utf8_file_names_are_explained_and_embedded(model_dir, tmp_path):
+    """explain (which reopens the audio for playback) and embed open the real name too."""
+    d = tmp_path / "in"
+    d.mkdir()
+    sf.write(os.fsencode(d) + b"/caf\xe9 \xff.wav", _tone(1.0), SR)
+    out = tmp_path / "explain"
+    assert cli.main(["explain", "--checkpoint", str(model_dir), "--out", str(out),
+                     "--no-progress", "--no-plot", "--methods", "attention", str(d)]) == 0
+    assert not (out / "failures.json").exists() or not json.loads(
+        (out / "failures.json").read_text())
+    assert cli.main(["embed", "--checkpoint", str(model_dir), "--out", str(tmp_path / "emb"),
+                     "--no-progress", str(d)]) == 0

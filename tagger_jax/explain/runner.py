@@ -101,7 +101,11 @@ file_fingerprint = inference.file_fingerprint
 def file_items(loaded, paths: Iterable[str | os.PathLike]) -> list[InputItem]:
     """Input items for files and directories (searched recursively), with unique keys
     (`inference.Engine.file_inputs`)."""
-    return [dataclasses.replace(it, extras=file_extras(loaded, Path(it.name)))
+    from tagger_jax import audio
+
+    # `name` is the display form (non-UTF-8 bytes as \xNN); the file is opened by its real name.
+    return [dataclasses.replace(it, extras=file_extras(loaded,
+                                                       Path(audio.path_from_display(it.name))))
             for it in _engine(loaded, 1).file_inputs(paths)]
 
 
