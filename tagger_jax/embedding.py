@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from tagger_jax import inference
 
@@ -81,7 +82,6 @@ def embed(engine: inference.Engine, items: Sequence[inference.Input],
         e = embed(engine, engine.file_inputs(["music/"]))
         e.embedding  # (files, 512) for the paper's model
     """
-    from tqdm import tqdm
 
     plan.hop_steps(engine.geometry)
     signature = run_signature(engine.loaded, plan)
@@ -191,6 +191,8 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
     new_failures: dict[str, dict] = {}
 
     def on_track(item: inference.Input, track: dict) -> None:
+        for message in json.loads(str(track["audio_warnings"])).values():  # as `tag` says them
+            tqdm.write(f"warning: {message}", file=sys.stderr)
         _write_npz(out / f"{item.key}.npz", track)
         done.append(item.name)
 

@@ -90,7 +90,7 @@ def test_degradation_warnings_are_json_fields(model_dir, wild, tmp_path, capsys)
     assert err.count("warning: ") >= len([c for c in expected.values() if c])
 
 
-def test_explain_and_embed_carry_the_same_warnings(model_dir, wild, tmp_path):
+def test_explain_and_embed_carry_the_same_warnings(model_dir, wild, tmp_path, capsys):
     """Every consumer of the inference path records an input's degradation, not only `tag`."""
     from tagger_jax import embedding
 
@@ -109,6 +109,8 @@ def test_explain_and_embed_carry_the_same_warnings(model_dir, wild, tmp_path):
     got = {s["input"].rsplit("/", 1)[-1]: set(s.get("audio_warnings", {})) for s in summaries
            if "input" in s}
     assert got == {name: expected[name] for name in names}
+    said = capsys.readouterr().err
+    assert said.count("warning: ") >= 2 and "phase.wav" in said and "linear.npy" in said
     emb = tmp_path / "embed"
     assert cli.main(["embed", "--checkpoint", str(model_dir), "--out", str(emb),
                      "--no-progress", str(pick)]) == 0
@@ -118,6 +120,8 @@ def test_explain_and_embed_carry_the_same_warnings(model_dir, wild, tmp_path):
         if "name" in z:
             got[str(z["name"]).rsplit("/", 1)[-1]] = set(json.loads(str(z["audio_warnings"])))
     assert got == {name: expected[name] for name in names}
+    said = capsys.readouterr().err
+    assert said.count("warning: ") >= 2 and "phase.wav" in said and "linear.npy" in said
 
 
 def test_warning_values(wild):

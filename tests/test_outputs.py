@@ -223,6 +223,7 @@ def test_msd_unsafe_pickle_is_one_error_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", [
     ["explain", "--checkpoint", "NO_MODEL", "INPUT", "--out", "OUT"],
+    ["embed", "--checkpoint", "NO_MODEL", "INPUT", "--out", "OUT"],
     ["evaluate", "--checkpoint", "NO_MODEL", "--out", "OUT"],
     ["import-authors", "NO_MODEL", "--variant", "released", "--out", "OUT"],
     ["build-dataset", "audio_folder", "--manual-dir", "NO_MODEL", "--data-dir", "OUT"],
@@ -265,3 +266,16 @@ def test_write_failure_is_an_output_error_naming_the_file(tmp_path, monkeypatch)
         outputs.atomic_write_json(tmp_path / "out.json", [1])
     assert list(tmp_path.iterdir()) == []
     assert errors.exit_status(outputs.OutputError("x")) == errors.OUTPUT
+
+
+@pytest.mark.parametrize("command", ["tag", "explain", "embed"])
+def test_a_missing_model_is_the_same_one_line_and_status_in_every_command(command, tmp_path,
+                                                                          capsys):
+    (tmp_path / "x.npy").write_bytes(b"")
+    args = [command, "--checkpoint", str(tmp_path / "nope"), str(tmp_path / "x.npy")]
+    if command != "tag":
+        args += ["--out", str(tmp_path / "out")]
+    rc = cli.main(args)
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert rc == errors.MODEL
+    assert err == [f"error: {tmp_path / 'nope'}: no such checkpoint directory"], err

@@ -39,12 +39,13 @@ def run(args: argparse.Namespace) -> int:
     sharding.maybe_initialize_distributed()  # before anything touches the JAX backend
     import jax
 
-    from tagger_jax import checkpoint, embedding, inference, outputs
+    from tagger_jax import checkpoint, embedding, errors, inference, outputs
 
-    def error(msg: str) -> int:
-        print(f"tagger-jax embed: error: {msg}", file=sys.stderr)
-        return 2
+    def error(msg: str, status: int = errors.USAGE) -> int:
+        print(f"error: {errors.one_line(msg)}", file=sys.stderr)
+        return status
 
+    args.out = str(outputs.check_output_dir(args.out))  # before any work (errors.OUTPUT)
     if bool(args.inputs) == bool(args.dataset):
         return error("give INPUT files/directories or --dataset (not both)")
     try:
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                                             progress=not args.no_progress,
                                             retry_failed=args.retry_failed)
     except (checkpoint.CheckpointError, ValueError, OSError) as e:
-        return error(str(e))
+        return error(str(e), errors.exit_status(e, default=errors.USAGE))
     if jax.process_index() == 0:
         print(report)
     return 1 if report.failed else 0

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from tagger_jax.explain import runner
 
     def error(msg: str, status: int = 2) -> int:
-        print(f"tagger-jax explain: error: {msg}", file=sys.stderr)
+        print(f"error: {msg}", file=sys.stderr)
         return status
 
     from tagger_jax import outputs

@@ -26,11 +26,13 @@ import functools
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from tagger_jax import chunking, inference
 from tagger_jax.explain import methods as M
@@ -573,6 +575,8 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
     }
     if track.warnings:  # {code: message} of a degraded input (docs/audio.md), as `tag` writes
         summary["audio_warnings"] = dict(track.warnings)
+        for message in track.warnings.values():  # and says, as `tag` does
+            tqdm.write(f"warning: {message}", file=sys.stderr)
     if "true_tags" in track.extras:
         summary["true_tags"] = list(track.extras["true_tags"])
     if "integrated_gradients_chunk_sum" in res:
