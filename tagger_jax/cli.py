@@ -26,8 +26,16 @@ COMMANDS = {
 CACHED_COMMANDS = ("tag", "evaluate", "explain", "embed")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage error as one line (status 2, `errors.USAGE`) that points to --help,
+    instead of the whole usage block followed by the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tagger-jax",
         description="Self-attention music tagging (Won et al., 2019) in JAX: train, evaluate, "
                     "tag, explain and embed.")

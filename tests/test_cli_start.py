@@ -73,3 +73,13 @@ def test_a_jitted_program_lands_in_the_cache_unless_turned_off(tmp_path, setting
         assert any(cache.iterdir())
     else:
         assert not cache.exists()
+
+
+def test_a_usage_error_is_one_line_with_status_2(capsys):
+    from tagger_jax import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["tag", "--checkpoint", "m", "--bogus", "x.wav"])
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert e.value.code == 2
+    assert len(err) == 1 and "unrecognized arguments: --bogus" in err[0], err
