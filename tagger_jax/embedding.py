@@ -216,15 +216,7 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
         parts = [json.loads((out / f"run.part{p}.json").read_text()) for p in range(processes)]
     else:
         parts = [part]
-    merged_failures = dict(old_failures)
-    done, skipped, failed = [], [], {}
-    for p in parts:
-        for key in p["keys"]:
-            merged_failures.pop(key, None)
-        merged_failures.update(p["failures"])
-        done += p["done"]
-        skipped += p["skipped"]
-        failed.update(p["failed"])
+    done, skipped, failed, merged_failures = inference.merge_shares(parts, old_failures)
     if merged_failures:
         _write_json(out / FAILURES, merged_failures)
     elif (out / FAILURES).exists():

@@ -173,6 +173,29 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+
+def merge_shares(parts: Sequence[Mapping[str, Any]], failures: Mapping[str, Any]
+                 ) -> tuple[list[str], list[str], dict[str, str], dict[str, Any]]:
+    """The processes' share reports of one run merged: (done, skipped, failed, failures).
+
+    Each part is {"keys": the share's input keys, "done", "skipped", "failed": {name: error},
+    "failures": {key: record}}; `failures` (the run's earlier failures.json) loses the records of
+    every key some share covered, then takes the shares' records.
+    """
+    done: list[str] = []
+    skipped: list[str] = []
+    failed: dict[str, str] = {}
+    merged = dict(failures)
+    for part in parts:
+        for key in part["keys"]:
+            merged.pop(key, None)
+        merged.update(part["failures"])
+        done += part["done"]
+        skipped += part["skipped"]
+        failed.update(part["failed"])
+    return done, skipped, failed, merged
+
+
 # ---------------------------------------------------------------------------------------------
 # Windows
 

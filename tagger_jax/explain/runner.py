@@ -789,21 +789,14 @@ def _part_name(process: int) -> str:
 def _merge_parts(out_dir: Path, processes: int, failures: Mapping[str, Any]):
     """Process 0 of a multi-process run: every process's share merged into failures.json, the
     run's report and index.html; the part files are removed."""
-    done: list[str] = []
-    skipped: list[str] = []
-    failed: dict[str, str] = {}
-    merged = dict(failures)
+    parts = []
     for p in range(processes):
         path = out_dir / _part_name(p)
         part = report.read_json(path)
         if not isinstance(part, dict):
             raise RuntimeError(f"{path}: process {p} left no readable report")
-        for key in part["keys"]:
-            merged.pop(key, None)
-        merged.update(part["failures"])
-        done += part["done"]
-        skipped += part["skipped"]
-        failed.update(part["failed"])
+        parts.append(part)
+    done, skipped, failed, merged = inference.merge_shares(parts, failures)
     report.save_failures(out_dir, merged)
     index = report.write_index(out_dir)
     for p in range(processes):
