@@ -123,6 +123,11 @@ def test_index_and_pages_link_every_input_with_escaped_names(first_run):
     assert "we&lt;i&gt;rd &amp; &#x27;name&#x27;.npy" in page
     assert "<i>" not in page and "<vocal>" not in page and "'name'.npy" not in page
     assert "broken.wav" in page and "bad.npy" in page
+    failed = page.split("<ul class='failed'>")[1].split("</ul>")[0].split("</li>")[:-1]
+    assert len(failed) == 2  # each failure line names its input once ("a.wav: a.wav: ..." not)
+    for line in failed:
+        name = line[len("<li>"):].split(": ")[0]
+        assert name.endswith(("broken.wav", "bad.npy")) and f"{name}: {name}" not in line, line
     weird = (out / f"{runner.safe_key(WEIRD)}.html").read_text()
     assert "/we&lt;i&gt;rd &amp; &#x27;name&#x27;.npy</h1>" in weird
     assert "<i>" not in weird and "<vocal>" not in weird

@@ -702,9 +702,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     tracks: dict[str, _Track] = {}
 
     def fail(item: InputItem, error: BaseException) -> None:
-        msg = str(error) or type(error).__name__
-        if item.name not in msg:
-            msg = f"{item.name}: {msg}"
+        msg = report.failure_line(item.name, str(error) or type(error).__name__)
         failed[item.name] = msg
         failures[item.key] = {"input": item.name, "error": msg, "fingerprint": item.fingerprint}
         tracks.pop(item.key, None)
