@@ -21,7 +21,7 @@ import struct
 import subprocess
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -538,6 +538,14 @@ def spectrogram_warnings(name: str, x: np.ndarray) -> dict[str, str]:
                            f"range): {why}; the tags are unreliable"}
 
 
+class InputRead(NamedTuple):
+    """An input as `read_input_with_duration` returns it."""
+
+    signal: np.ndarray  # (n_mels, T) log-mel, or (N,) waveform at the features' rate
+    warnings: dict[str, str]  # {code: one-line message naming the file}
+    duration_s: float | None  # decoded samples / sample rate; None for a .npy spectrogram
+
+
 def read_input(path: str | os.PathLike, features_config: Any = None,
                waveform: bool = False) -> tuple[np.ndarray, dict[str, str]]:
     """(model input, warnings) for an audio file or a `.npy`; see `load_input`.
@@ -547,24 +555,36 @@ def read_input(path: str | os.PathLike, features_config: Any = None,
     file}, the silent degradations of docs/audio.md: `damaged_data`, `duration_mismatch`,
     `low_sample_rate`, `stereo_cancellation` (audio) and `not_log_mel` (a `.npy` spectrogram).
     """
+    signal, notes, _ = read_input_with_duration(path, features_config, waveform)
+    return signal, notes
+
+
+def read_input_with_duration(path: str | os.PathLike, features_config: Any = None,
+                             waveform: bool = False) -> InputRead:
+    """`read_input` plus the audio's real duration in seconds: its samples at the features' rate
+    / that rate (a `.npy` waveform: its samples / the rate). A centred STFT has 1 + N // hop
+    frames, so frames x hop overstates it by up to one hop; a `.npy` spectrogram cannot say how
+    long its audio was (`duration_s` None)."""
     params = features_from_config(features_config)
     p = _check_file(path)
     d = display_path(p)
     if p.suffix.lower() != ".npy":
         wave, notes = load_audio_checked(p, params.sample_rate)
-        return (wave if waveform else log_mel(wave, **params.mel_kwargs)), notes
+        signal = wave if waveform else log_mel(wave, **params.mel_kwargs)
+        return InputRead(signal, notes, duration(wave, params.sample_rate))
     x = _load_npy(p)
     if waveform:
         if x.ndim != 1 or x.shape[0] < 1:
             raise InputError(f"{d}: expected a 1-D waveform with at least one sample, found "
                              f"shape {x.shape} (dtype {x.dtype})")
         _check_float_array(p, x, "waveform")
-        return np.ascontiguousarray(x, dtype=np.float32), {}
+        return InputRead(np.ascontiguousarray(x, dtype=np.float32), {},
+                         duration(x, params.sample_rate))
     if x.ndim != 2 or x.shape[0] != params.n_mels or x.shape[1] < 1:
         raise InputError(f"{d}: expected a spectrogram of shape ({params.n_mels}, T) with "
                          f"T >= 1, found shape {x.shape} (dtype {x.dtype})")
     _check_float_array(p, x, "spectrogram")
-    return np.ascontiguousarray(x, dtype=np.float32), spectrogram_warnings(d, x)
+    return InputRead(np.ascontiguousarray(x, dtype=np.float32), spectrogram_warnings(d, x), None)
 
 
 def load_input(path: str | os.PathLike, features_config: Any = None) -> np.ndarray:

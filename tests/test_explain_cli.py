@@ -86,6 +86,10 @@ def test_every_good_input_is_explained_and_broken_ones_reported(setup, first_run
         summary = json.loads((out / f"{key}.json").read_text())
         assert summary["files"]["png"] == f"{key}.png" and (out / f"{key}.png").stat().st_size
         assert len(summary["explained_tags"]) == 2
+        assert summary["num_steps"] == frames
+    tone = json.loads((out / "tone.wav.json").read_text())
+    assert tone["duration_s"] == 1.0  # 16,000 samples at 16 kHz, not 63 frames x 16 ms
+    assert json.loads((out / "long.npy.json").read_text())["duration_s"] == 79 * 256 / 16000
     failures = json.loads((out / "failures.json").read_text())
     assert sorted(Path(f["input"]).name for f in failures.values()) == ["bad.npy", "broken.wav"]
     assert all(Path(f["input"]).name in f["error"] for f in failures.values())

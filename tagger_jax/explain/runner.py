@@ -561,7 +561,7 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
         "kind": FORMAT, "input": track.item.name, "key": track.item.key,
         "fingerprint": track.item.fingerprint, "signature": signature,
         "num_steps": int(track.length),
-        "duration_s": track.length * ctx.engine.geometry.step_s,
+        "duration_s": round(float(track.duration_s), 6),
         "num_chunks": int(len(track.starts)), "padded": bool(track.padded),
         "top_tags": [{"tag": ctx.tags[i], "probability": round(float(probs[i]), 4)}
                      for i in order],
