@@ -241,8 +241,11 @@ def test_dollar_names_plot_as_text_and_methods_all_has_no_duplicate_rows(setup, 
     maps = summary["files"]["audio"]["maps"]
     assert {m["method"] for m in maps} == {"attention", "rollout", "contribution",
                                            "grad_x_input", "integrated_gradients"}
-    for m in maps:
+    for m in maps:  # named by tag name (file-name safe), as --help says
+        tag = "" if m["tag"] is None else "." + {"t1": "t1", "no <vocal> & co": "no_vocal_co"}[
+            m["tag"]]
         for kind in ("kept", "removed"):
+            assert m[kind] == f"{key}.{m['method']}{tag}.{kind}.ogg"
             info = sf.info(out / m[kind])
             assert info.samplerate == 16000 and abs(info.duration - 1.5) < 1e-3
     with np.load(out / f"{key}.npz") as z:  # why the duplicate: the same numbers
@@ -252,6 +255,11 @@ def test_dollar_names_plot_as_text_and_methods_all_has_no_duplicate_rows(setup, 
     attention = [r["label"] for r in rows if r["method"].startswith("attention")]
     assert len(attention) == len(set(attention))
     assert sum(r["method"] == "attention_layers" for r in rows) == len(res["attention_layers"]) - 1
+
+
+def test_tag_file_names_are_safe_and_unique():
+    assert runner.tag_file_names(["rock", "a/b", "a b", "a_b", "</x>"]) == {
+        "rock": "rock", "a/b": "a__b", "a b": "a_b", "a_b": "a_b-2", "</x>": "x"}
 
 
 def test_a_failing_figure_leaves_no_file_of_that_input(setup, tmp_path, monkeypatch):
