@@ -54,53 +54,16 @@ class ConfigMismatchError(ValueError):
 WorkdirBusyError = outputs.BusyError  # another training holds the workdir
 
 
-# What process 0's attempt at the lock came to, sent to every process (`_agree`).
-LOCK_TAKEN, LOCK_BUSY, LOCK_FAILED = 0, 1, 2
-
-
 @contextlib.contextmanager
 def lock(workdir: Path) -> Iterator[None]:
     """Holds WORKDIR/train.lock for the block (process 0 only; others share its run).
 
     Raises WorkdirBusyError naming the holder (pid, host, start time, command) if another
-    training holds it. In a multi-process run process 0 tries the lock and broadcasts the outcome
-    before anyone goes on, so on a refusal every process raises WorkdirBusyError (exit status 5)
-    at once, instead of the others waiting at the next barrier until the cluster times out;
-    any other failure of process 0 here (an unwritable workdir) stops the others as well.
+    training holds it; in a multi-process run every process raises it at once
+    (`outputs.exclusive_for_run`: process 0 broadcasts the outcome before any barrier).
     """
-    path = workdir / LOCK_FILE
-    with contextlib.ExitStack() as held:
-        status, error = LOCK_TAKEN, None
-        if jax.process_index() == 0:
-            try:
-                workdir.mkdir(parents=True, exist_ok=True)
-                held.enter_context(outputs.exclusive(workdir, "training workdir", lock_file=path))
-            except outputs.BusyError as e:
-                status, error = LOCK_BUSY, e
-            except Exception as e:  # noqa: BLE001 (re-raised below, after telling the others)
-                status, error = LOCK_FAILED, e
-        status = _agree(status)
-        if error is not None:
-            raise error
-        if status == LOCK_BUSY:
-            raise WorkdirBusyError(
-                f"{workdir}: training workdir in use by another tagger-jax run "
-                f"({outputs.holder(path)}); process 0 of this run was refused the lock, so "
-                f"process {jax.process_index()} stops too")
-        if status == LOCK_FAILED:
-            raise RuntimeError(f"{workdir}: process 0 of this run could not take the training "
-                               "lock (its error says why); stopping")
+    with outputs.exclusive_for_run(workdir, "training workdir", lock_file=workdir / LOCK_FILE):
         yield
-
-
-def _agree(status: int) -> int:
-    """Process 0's `status` on every process (a no-op with one process)."""
-    if jax.process_count() == 1:
-        return status
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    return int(multihost_utils.broadcast_one_to_all(np.int32(status)))
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
