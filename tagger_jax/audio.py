@@ -12,6 +12,7 @@ form that maps back to the file's bytes (`display_path`). See docs/audio.md.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,14 +20,18 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
+import tempfile
+import threading
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
 LOG_SCALES = ("amplitude_to_db", "power_to_db")
 STFT_PAD_MODES = ("constant", "reflect")
+MPEG_SUFFIXES = (".mp3", ".mp2", ".mpga")  # decoded by libsndfile's mpg123
 RES_TYPE = "soxr_hq"  # librosa.load's default resampler (librosa >= 0.10), so we match it exactly
 
 
@@ -267,18 +272,58 @@ def _wav_declared_frames(p: Path) -> int | None:
         return None
 
 
-def _decode_soundfile(p: Path) -> Decoded:
+def _decode_soundfile(p: Path, mpeg: bool = False) -> Decoded:
     """libsndfile, read exactly as `librosa.load` does (`SoundFile.read(frames=-1, float32)`);
     for mp3 that is not bit-identical to `soundfile.read`, which reads a pre-counted number of
-    frames. The path goes in as bytes, so names that are not UTF-8 open too."""
+    frames. The path goes in as bytes, so names that are not UTF-8 open too.
+
+    `mpeg`: libsndfile's mpg123 prints its notes on damaged frames ("Illegal Audio-MPEG-Header",
+    "Trying to resync", "Skipped N bytes") straight to file descriptor 2; they are captured
+    (`_mpg123_messages`) and become the `damaged_data` warning instead of unexplained lines."""
     import soundfile as sf
 
-    with sf.SoundFile(os.fsencode(p)) as f:
-        rate, declared = f.samplerate, f.frames
-        y = f.read(frames=-1, dtype="float32", always_2d=True).T
+    problems: list[str] = []
+    with _mpg123_messages(problems) if mpeg else contextlib.nullcontext():
+        with sf.SoundFile(os.fsencode(p)) as f:
+            rate, declared = f.samplerate, f.frames
+            y = f.read(frames=-1, dtype="float32", always_2d=True).T
     wav_frames = _wav_declared_frames(p)
     return Decoded(np.ascontiguousarray(y), int(rate), "soundfile",
-                   wav_frames if wav_frames is not None else int(declared))
+                   wav_frames if wav_frames is not None else int(declared), problems)
+
+
+_FD2_LOCK = threading.Lock()
+# What libmpg123 writes on its own (its notes, warnings and "[src/libmpg123/...]" errors).
+_MPG123_LINE = re.compile(r"^(Note|Warning|Error|error): |^\[src/libmpg123/|mpg123", re.I)
+
+
+@contextlib.contextmanager
+def _mpg123_messages(into: list[str]) -> Iterator[None]:
+    """Collects the decoder's lines written to file descriptor 2 during the block into `into`
+    (`mpg123: ...`). File descriptors are per process, so the block holds a lock and anything
+    else written to fd 2 meanwhile (another thread's progress bar) is written back afterwards."""
+    with _FD2_LOCK, tempfile.TemporaryFile() as tmp:
+        try:
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", "replace")
+            other = []
+            for line in text.splitlines(keepends=True):
+                if _MPG123_LINE.search(line.strip()):
+                    into.append(f"mpg123: {line.strip()}")
+                elif line.strip():
+                    other.append(line)
+            if other:
+                os.write(2, "".join(other).encode("utf-8", "replace"))
 
 
 def _decode_ffmpeg(p: Path, ffmpeg: str) -> Decoded:
@@ -337,7 +382,7 @@ def decode(path: str | os.PathLike) -> Decoded:
     d = display_path(p)
     fmt = sniff_format(p)
     try:
-        return _decode_soundfile(p)
+        return _decode_soundfile(p, mpeg=fmt == "MP3" or p.suffix.lower() in MPEG_SUFFIXES)
     except Exception as e:  # libsndfile: unknown format or corrupt data
         sf_message = str(e).replace(f"Error opening {os.fsencode(p)!r}: ", "").strip()
     ffmpeg = ffmpeg_path()
