@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -29,6 +29,9 @@ class TrainData:
     fresh iterator over this process's 16-chunk evaluation batches (input_pipeline.eval_batches);
     `*_num_batches` is their length (for progress bars; None: unknown). `test_fingerprint`
     identifies the test split's contents on disk (None: not identifiable, results never reused).
+    `extra_tests`: `data.extra_test_splits` by name. `baseline(splits)` (with
+    `train.test_baseline`) fits `tagger_jax.baseline` on the train split and returns its
+    `tag_metrics` on each named test split; `baseline_fingerprint` identifies the train split.
     """
 
     train: Iterable[Mapping[str, np.ndarray]]
@@ -39,6 +42,19 @@ class TrainData:
     eval_num_batches: Optional[int] = None
     test_num_batches: Optional[int] = None
     test_fingerprint: Optional[str] = None
+    extra_tests: dict[str, "TestSplit"] = dataclasses.field(default_factory=dict)
+    baseline: Optional[Callable[[Sequence[str]], dict[str, dict]]] = None
+    baseline_fingerprint: Optional[str] = None
+
+
+@dataclasses.dataclass
+class TestSplit:
+    """One more split tested after training (`data.extra_test_splits`): its evaluation batches
+    (as TrainData.test_batches), their number and the split's fingerprint."""
+
+    batches: Callable[[], Iterable[Mapping[str, np.ndarray]]]
+    num_batches: Optional[int]
+    fingerprint: Optional[str]
 
 
 def eval_clips_per_batch(requested: int, num_chunks: int) -> int:
@@ -94,7 +110,8 @@ def load_data(config: Any) -> TrainData:
         input_kind=kind, num_epochs=t.num_epochs, process_index=jax.process_index(),
         process_count=jax.process_count(), num_workers=d.num_workers,
         worker_buffer_size=max(1, d.prefetch), read_threads=d.read_threads,
-        local_device_count=jax.local_device_count(), **_augmentation(d, tags))
+        local_device_count=jax.local_device_count(), crop_labels=d.crop_labels,
+        **_augmentation(d, tags))
     clips = eval_clips_per_batch(t.eval_batch_size, f.eval_chunks)
 
     def split(name):
@@ -113,12 +130,25 @@ def load_data(config: Any) -> TrainData:
                          "authors' schedule its phases) on a validation split")
     eval_batches, eval_num = split(d.eval_split)
     test_batches = test_num = fingerprint = None
+    extra, baseline = {}, None
     if d.test_split and t.test_after_training:
         test_batches, test_num = split(d.test_split)
         fingerprint = split_fingerprint(builder.data_dir, builder.name, d.test_split)
+        for name in d.extra_test_splits:
+            extra[name] = TestSplit(*split(name),
+                                    split_fingerprint(builder.data_dir, builder.name, name))
+    if t.test_baseline and t.test_after_training:
+        def baseline(names: Sequence[str]) -> dict[str, dict]:
+            from tagger_jax import baseline as floor
+
+            return floor.evaluate(train_source, {n: datasets.load_split(
+                d.name, n, d.data_dir, builder_config=builder_config)[0] for n in names}, tags)
     return TrainData(
         train=loader,
         steps_per_epoch=input_pipeline.steps_per_epoch(len(train_source), t.batch_size),
         eval_batches=eval_batches, tag_names=tuple(tags), test_batches=test_batches,
-        eval_num_batches=eval_num, test_num_batches=test_num, test_fingerprint=fingerprint)
+        eval_num_batches=eval_num, test_num_batches=test_num, test_fingerprint=fingerprint,
+        extra_tests=extra, baseline=baseline,
+        baseline_fingerprint=(split_fingerprint(builder.data_dir, builder.name, d.train_split)
+                              if baseline else None))
 
