@@ -275,6 +275,7 @@ class Prepared:
     num_tags: Optional[int] = None  # explain: how many of `tags` are the input's (rest: padding)
     extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # explain: Input.extras()
     warnings: dict[str, str] = dataclasses.field(default_factory=dict)  # audio.read_input's
+    duration_s: float = 0.0  # the audio's real duration (`input_duration_s`), not length x step
 
     def windows(self) -> Iterator[np.ndarray]:
         """The distinct windows, one at a time (views of `x`: nothing is copied until a batch
@@ -285,14 +286,28 @@ class Prepared:
 
 def split_warnings(loaded: Any) -> tuple[np.ndarray, dict[str, str]]:
     """What an `Input.load` returned as (signal, {code: warning}): file inputs load through
-    `Engine.read_checked` (signal and audio warnings, docs/audio.md), others give the signal."""
-    return loaded if isinstance(loaded, tuple) else (loaded, {})
+    `Engine.read_checked` (signal, audio warnings (docs/audio.md), duration), others give the
+    signal."""
+    return (loaded[0], dict(loaded[1])) if isinstance(loaded, tuple) else (loaded, {})
+
+
+def input_duration_s(loaded: Any, length: int, geom: Geometry) -> float:
+    """An input's real duration (s): the audio's samples / rate when the reader knew it
+    (`Engine.read_checked`: 10.0 for a 10 s file), else what its `length` time steps imply: a
+    waveform's samples / rate, or for T log-mel frames (a `.npy`, a dataset record) the shortest
+    audio a centred STFT turns into T frames, (T - 1) x hop / rate (T x hop overstates a 10 s
+    file by one frame: 10.016 s)."""
+    known = loaded[2] if isinstance(loaded, tuple) and len(loaded) > 2 else None
+    if known is not None:
+        return float(known)
+    return (length - (0 if geom.architecture.waveform else 1)) * geom.step_s
 
 
 def prepare(item: Input, geom: Geometry, plan: WindowPlan) -> Prepared:
     """Reads `item` and places its windows (runs in load-ahead threads; no global state)."""
     started = time.perf_counter()
-    signal, warnings = split_warnings(item.load())
+    loaded = item.load()
+    signal, warnings = split_warnings(loaded)
     signal = np.asarray(signal, np.float32)
     expected = 1 if geom.architecture.waveform else 2
     if signal.ndim != expected:
@@ -305,7 +320,8 @@ def prepare(item: Input, geom: Geometry, plan: WindowPlan) -> Prepared:
     starts = plan.starts(x.shape[-1], geom)
     unique, inverse = np.unique(starts, return_inverse=True)
     return Prepared(item, signal, x, length, padded, starts, unique, inverse.reshape(-1),
-                    geom.chunk, notes, started, warnings=dict(warnings))
+                    geom.chunk, notes, started, warnings=dict(warnings),
+                    duration_s=input_duration_s(loaded, length, geom))
 
 
 def load_ahead(fn: Callable[[Input], Any], items: Iterable[Input], workers: int = 2,
@@ -559,11 +575,14 @@ class Engine:
             return audio.load_waveform_input(path, self.features.sample_rate)
         return audio.load_input(path, self.features)
 
-    def read_checked(self, path: str | os.PathLike) -> tuple[np.ndarray, dict[str, str]]:
-        """`read` plus the input's degradation warnings, {code: message} (`audio.read_input`)."""
+    def read_checked(self, path: str | os.PathLike) -> tuple[np.ndarray, dict[str, str],
+                                                             Optional[float]]:
+        """`read` plus the input's degradation warnings, {code: message}, and its audio's real
+        duration in seconds (`audio.read_input_with_duration`)."""
         from tagger_jax import audio
 
-        return audio.read_input(path, self.features, waveform=self.architecture.waveform)
+        return audio.read_input_with_duration(path, self.features,
+                                              waveform=self.architecture.waveform)
 
     def file_inputs(self, paths: Iterable[str | os.PathLike]) -> list[Input]:
         """Inputs for files and directories (`discover`), with unique keys."""
