@@ -448,13 +448,13 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     from tagger_jax import datasets, input_pipeline
     cfg = loaded.config
     dataset = dataset or cfg.data.name
-    split = split or cfg.data.get("test_split", "test")
-    data_dir = data_dir or cfg.data.get("data_dir", None)
+    split = split or cfg.data.test_split
+    data_dir = data_dir or cfg.data.data_dir
     if builder_config is None and dataset == cfg.data.name:
-        builder_config = cfg.data.get("builder_config", "") or None
-    batch_size = int(batch_size or cfg.train.get("eval_batch_size", 64))
-    num_chunks = int(num_chunks or cfg.features.get("eval_chunks", 16))
-    chunk_frames = int(cfg.features.get("chunk_frames", 256))
+        builder_config = cfg.data.builder_config or None
+    batch_size = int(batch_size or cfg.train.eval_batch_size)
+    num_chunks = int(num_chunks or cfg.features.eval_chunks)
+    chunk_frames = int(cfg.features.chunk_frames)
     if batch_size <= 0 or num_chunks <= 0:
         raise EvaluationError(f"batch size and chunks must be positive, got {batch_size} and "
                               f"{num_chunks}")

@@ -535,7 +535,7 @@ class Engine:
 
         self.loaded = loaded
         self.tags = tuple(loaded.tags)
-        self.features = audio.features_from_config(loaded.config.get("features"))
+        self.features = audio.features_from_config(loaded.config.features)
         self.geometry = geometry(loaded.config.model, self.features.sample_rate,
                                  self.features.hop_length, self.features.chunk_frames)
         self.architecture = self.geometry.architecture

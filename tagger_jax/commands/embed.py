@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         loaded = checkpoint.load_model(args.checkpoint or args.workdir)
         engine = inference.Engine(loaded, batch_size=args.batch_size)
         if args.dataset:
-            data_dir = args.data_dir or loaded.config.data.get("data_dir")
+            data_dir = args.data_dir or loaded.config.data.data_dir
             items = engine.dataset_inputs(args.dataset, args.split, data_dir,
                                           args.builder_config, args.limit)
         else:

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         if not 0.0 <= args.listen_keep <= 1.0 or args.listen_softness < 0:
             return error("--listen-keep must be in [0, 1] and --listen-softness >= 0")
         if args.dataset:
-            data_dir = args.data_dir or loaded.config.data.get("data_dir")
+            data_dir = args.data_dir or loaded.config.data.data_dir
             items = runner.dataset_items(loaded, args.dataset, args.split, data_dir,
                                          args.builder_config, args.limit,
                                          explain_labels=args.tags_from == "labels")
