@@ -103,13 +103,18 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
             return 1 if any("error" in r for r in results) else 0
         results = [r for r in tagging.merge_parts(args.output, names, processes)
                    if r["file"] not in finished]
-    if done or finished:
-        print(f"{len(finished)} files kept from {args.output}", file=sys.stderr)
+    reused = sum(n in finished for n in names)  # this run's inputs kept from --output
+    total = reused + len(results)
+    if reused:
+        print(f"{reused} of {total} inputs reused from {args.output} (finished earlier)",
+              file=sys.stderr)
     if args.output is not None:
         print(f"results written to {args.output}", file=sys.stderr)
     failed = [r for r in results if "error" in r]
     if failed:
-        print(f"{len(failed)} of {len(results)} inputs failed:", file=sys.stderr)
+        print(f"{len(failed)} of {total} inputs failed" +
+              (f" ({reused} reused, {len(results)} tagged now)" if reused else "") + ":",
+              file=sys.stderr)
         for r in failed:
             print(f"  {r['error']}", file=sys.stderr)
         return 1
