@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -25,19 +25,18 @@ class TrainData:
 
     `train` is an iterable (a grain IterDataset) whose iterator yields this process's batches
     {"x": (local_batch, ...), "y": (local_batch, num_tags)} for every step of every epoch and has
-    `get_state()` / `set_state()` (a JSON-able dict). `eval_batches()` / `test_batches()` return a
-    fresh iterator over this process's 16-chunk evaluation batches (input_pipeline.eval_batches);
-    `*_num_batches` is their length (for progress bars; None: unknown). `test_fingerprint`
-    identifies the test split's contents on disk (None: not identifiable, results never reused).
+    `get_state()` / `set_state()` (a JSON-able dict). `eval_source` / `test_source` are the
+    validation and test splits as random-access record sources (`len()`, `source[i]` -> a record
+    with "mel" or "audio" and "tags"); validation reads them through the inference path
+    (`validation.make_evaluate`). `test_fingerprint` identifies the test split's contents on disk
+    (None: not identifiable, results never reused).
     """
 
     train: Iterable[Mapping[str, np.ndarray]]
     steps_per_epoch: int
-    eval_batches: Callable[[], Iterable[Mapping[str, np.ndarray]]]
+    eval_source: Sequence[Mapping[str, Any]]
     tag_names: tuple[str, ...]
-    test_batches: Optional[Callable[[], Iterable[Mapping[str, np.ndarray]]]] = None
-    eval_num_batches: Optional[int] = None
-    test_num_batches: Optional[int] = None
+    test_source: Optional[Sequence[Mapping[str, Any]]] = None
     test_fingerprint: Optional[str] = None
 
 
@@ -95,30 +94,25 @@ def load_data(config: Any) -> TrainData:
         process_count=jax.process_count(), num_workers=d.num_workers,
         worker_buffer_size=max(1, d.prefetch), read_threads=d.read_threads,
         local_device_count=jax.local_device_count(), **_augmentation(d, tags))
-    clips = eval_clips_per_batch(t.eval_batch_size, f.eval_chunks)
 
     def split(name):
         source, split_tags = datasets.load_split(d.name, name, d.data_dir,
                                                  builder_config=builder_config)
         if tuple(split_tags) != tuple(tags):
             raise ValueError(f"{d.name}: split {name!r} has different tags than {d.train_split!r}")
-        batches = lambda: input_pipeline.eval_batches(
-            source, clips_per_batch=clips, num_chunks=f.eval_chunks, chunk_frames=f.chunk_frames,
-            input_kind=kind, process_index=jax.process_index(), process_count=jax.process_count(),
-            read_threads=d.read_threads)
-        return batches, input_pipeline.eval_num_batches(len(source), clips, jax.process_count())
+        return source
 
     if not d.eval_split:
         raise ValueError("data.eval_split is empty: training selects its best model (and the "
                          "authors' schedule its phases) on a validation split")
-    eval_batches, eval_num = split(d.eval_split)
-    test_batches = test_num = fingerprint = None
+    eval_source = split(d.eval_split)
+    test_source = fingerprint = None
     if d.test_split and t.test_after_training:
-        test_batches, test_num = split(d.test_split)
+        test_source = split(d.test_split)
         fingerprint = split_fingerprint(builder.data_dir, builder.name, d.test_split)
     return TrainData(
         train=loader,
         steps_per_epoch=input_pipeline.steps_per_epoch(len(train_source), t.batch_size),
-        eval_batches=eval_batches, tag_names=tuple(tags), test_batches=test_batches,
-        eval_num_batches=eval_num, test_num_batches=test_num, test_fingerprint=fingerprint)
+        eval_source=eval_source, tag_names=tuple(tags), test_source=test_source,
+        test_fingerprint=fingerprint)
 
