@@ -196,3 +196,27 @@ def test_embed_cli_writes_npz_and_resumes(model_dir, files, tmp_path, capsys):
     assert cli.main(argv) == 1
     assert "skipped 2 already finished" in capsys.readouterr().out
     assert (out / "long.npy.npz").stat().st_mtime_ns == mtime
+
+
+def test_inference_commands_share_one_definition_of_their_input_options():
+    """tag, embed, explain (and evaluate for the model) take the same options from
+    commands/_inference_args.py: same flags, same help, same defaults (batch size aside)."""
+    import argparse
+
+    from tagger_jax.commands import embed, evaluate, explain, tag
+
+    def options(module):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        return {a.option_strings[0]: (a.help, a.default) for a in parser._actions
+                if a.option_strings}
+
+    ex, em, tg, ev = options(explain), options(embed), options(tag), options(evaluate)
+    shared = ["--checkpoint", "--workdir", "--dataset", "--split", "--data-dir",
+              "--builder-config", "--limit", "--hop", "--windows", "--num-chunks",
+              "--retry-failed", "--no-progress"]
+    for flag in shared:
+        assert ex[flag] == em[flag], flag
+    for flag in ("--checkpoint", "--workdir", "--hop", "--windows", "--num-chunks"):
+        assert tg[flag] == em[flag], flag
+    assert ev["--checkpoint"] == em["--checkpoint"] and ev["--workdir"] == em["--workdir"]

@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tagger_jax.commands._inference_args import add_window_arguments, window_plan
+from tagger_jax.commands._inference_args import (add_model_arguments, add_window_arguments,
+                                                 model_path, window_plan)
 
 HELP = "tag audio files with a trained or imported model (track-level tags and taggrams)"
 
@@ -14,8 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="audio files (wav, flac, ogg, mp3, ...), .npy log-mel spectrograms "
                              "(96, T), or directories (searched recursively)")
-    parser.add_argument("--checkpoint", required=True,
-                        help="model directory (from import-authors or training) or a workdir")
+    add_model_arguments(parser)
     parser.add_argument("--top-k", type=int, default=5, help="tags listed per file (default 5)")
     add_window_arguments(parser, batch_size=64)
     parser.add_argument("--output", type=Path, default=None, metavar="FILE.json",
@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     error = _error
     try:
         plan = window_plan(args)
-        loaded = checkpoint.load_model(args.checkpoint)
+        loaded = checkpoint.load_model(model_path(args))
         done = (tagging.finished_results(args.output)
                 if args.resume and args.output is not None else [])
     except (checkpoint.CheckpointError, ValueError) as e:
