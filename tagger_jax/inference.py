@@ -219,6 +219,23 @@ def merge_shares(parts: Sequence[Mapping[str, Any]], failures: Mapping[str, Any]
     return done, skipped, failed, merged
 
 
+def return_freed_memory() -> bool:
+    """Asks glibc to serve allocations of 128 KiB and more from their own mappings, returned to
+    the system when freed (mallopt M_MMAP_THRESHOLD; glibc's default threshold rises to the
+    largest block freed, after which the batches' buffers come from heap arenas that never
+    shrink). Measured on a 60-minute file at --hop 0.1 (docs/benchmarks.md): peak RSS 1.42 GB
+    without, 0.82 GB with; no effect on results. The commands call it once; False where the C
+    library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, 128 * 1024))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 # ---------------------------------------------------------------------------------------------
 # Windows
 

@@ -27,6 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from tagger_jax import sharding
 
     sharding.maybe_initialize_distributed()  # before anything touches the JAX backend
+    from tagger_jax.inference import return_freed_memory
+
+    return_freed_memory()  # long files: batch buffers go back to the system (docs/benchmarks.md)
     import jax
 
     from tagger_jax import checkpoint, embedding, errors, inference, outputs

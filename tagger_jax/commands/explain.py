@@ -67,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from tagger_jax import sharding
 
     sharding.maybe_initialize_distributed()  # before anything touches the JAX backend
+    from tagger_jax.inference import return_freed_memory
+
+    return_freed_memory()  # long files: batch buffers go back to the system (docs/benchmarks.md)
     from tagger_jax.checkpoint import CheckpointError, load_model
     from tagger_jax.explain import methods as M
     from tagger_jax.explain import runner

@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:  # checked before any work (errors.OUTPUT)
         args.output = outputs.check_output_file(args.output)
     sharding.maybe_initialize_distributed()  # before anything touches the JAX backend
+    from tagger_jax.inference import return_freed_memory
+
+    return_freed_memory()  # long files: batch buffers go back to the system (docs/benchmarks.md)
     import jax
 
     if args.top_k < 1:
