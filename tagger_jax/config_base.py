@@ -55,12 +55,14 @@ def base_config() -> ml_collections.ConfigDict:
     d.train_split = "train"  # split used for training
     d.eval_split = "validation"  # split used to select the best checkpoint
     d.test_split = "test"  # split reported at the end
+    d.extra_test_splits = ()  # more splits tested at the end, in WORKDIR/test/<split>/ (e.g. an unseen SoundFont bank)
     d.num_workers = 2  # grain worker processes feeding the training loop
     d.prefetch = 4  # batches each worker prepares ahead
     d.read_threads = 1  # threads per pipeline process building batches ahead (0: build on demand)
     d.manual_dir = ""  # downloaded files to build a missing dataset from ("" = self-contained only)
     d.build_workers = 0  # processes decoding / synthesising clips while building (0 = all cores)
     d.augment = None  # training log-mel augmentations: None (off) or fields of augment.AugmentParams
+    d.crop_labels = "clip"  # training crop labels: "clip" (its clip's tags) or "activity" (tags sounding in the crop; needs tag_mask)
     d.augment_mix_exclude = ()  # tags that mixing two clips keeps from the first (clip-wide: tempo, level)
 
     c.train = t = ml_collections.ConfigDict()
@@ -82,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.prng_impl = "threefry2x32"  # dropout RNG: "threefry2x32" or the much faster "rbg" on CPU
     t.progress_bar = True  # tqdm bar with clips/s and ETA (process 0 only)
     t.test_after_training = True  # evaluate the best model on data.test_split at the end
+    t.test_baseline = False  # also fit tagger_jax.baseline on the train split and report it beside each tested split
     t.distributed = False  # call jax.distributed.initialize() (also when the cluster env asks)
     return c
 

@@ -106,6 +106,20 @@ def _tags(record: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(record["tags"], dtype=np.float32)
 
 
+CROP_LABELS = ("clip", "activity")  # what a training crop is labelled with (see train_dataset)
+
+
+def _crop_tags(record: Mapping[str, Any], index: int, start: int, length: int) -> np.ndarray:
+    """float32 (num_tags,): 1 for each tag whose exact activity ("tag_mask", (num_tags, T) on the
+    log-mel's frames) is on in at least one frame of [start, start + length); the mask is tiled
+    like the log-mel (`chunking.pad_to_length`) for clips shorter than a crop."""
+    if "tag_mask" not in record:
+        raise KeyError(f"{_name(record, index)}: data.crop_labels='activity' needs a 'tag_mask' "
+                       f"feature (soundfont_tags has one; the record has {sorted(record)})")
+    mask, _ = chunking.pad_to_length(np.asarray(record["tag_mask"]), start + length)
+    return mask[:, start:start + length].any(axis=1).astype(np.float32)
+
+
 def _crop_length(input_kind: str, crop_frames: int, crop_samples: int) -> int:
     return crop_frames if input_kind == "mel" else crop_samples
 
@@ -144,7 +158,8 @@ class _TrainBatch(grain.transforms.MapWithIndex):
 
     def __init__(self, source, *, seed: int, global_batch_size: int, process_index: int,
                  process_count: int, input_kind: str, crop: int, augment=None,
-                 mix_tags=None):
+                 mix_tags=None, crop_labels: str = "clip"):
+        self.crop_labels = crop_labels
         self.augment = augment
         self.mix_tags = mix_tags
         self.source = source
@@ -164,23 +179,28 @@ class _TrainBatch(grain.transforms.MapWithIndex):
         order = _epoch_permutation(self.num_records, self.seed, epoch)
         return epoch, order[start:start + self.local_batch]
 
-    def example(self, epoch: int, index: int) -> np.ndarray:
-        record = self.source[index]
+    def _crop(self, record: Mapping[str, Any], index: int,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(one random crop of the record, its labels under `crop_labels`)."""
         x = _signal(record, index, self.input_kind)
         x, _ = chunking.pad_to_length(x, self.crop)  # short clips repeat (chunking's rule)
-        crop = chunking.random_crop(x, self.crop, crop_rng(self.seed, epoch, index))
+        start = chunking.random_crop_start(x.shape[-1], self.crop, rng)
+        tags = (_tags(record) if self.crop_labels == "clip"
+                else _crop_tags(record, index, start, self.crop))
+        return x[..., start:start + self.crop], tags
+
+    def example(self, epoch: int, index: int) -> np.ndarray:
+        crop, tags = self._crop(self.source[index], index, crop_rng(self.seed, epoch, index))
         if self.augment is None:
-            return crop.astype(np.float32), _tags(record)
+            return crop.astype(np.float32), tags
         from tagger_jax import augment
 
         rng = augment_rng(self.seed, epoch, index)
         other = None
         if self.augment.p_mix > 0:  # the partner: a seeded record, cropped from the same stream
             j = int(rng.integers(self.num_records))
-            rec = self.source[j]
-            xo, _ = chunking.pad_to_length(_signal(rec, j, self.input_kind), self.crop)
-            other = (chunking.random_crop(xo, self.crop, rng), _tags(rec))
-        return augment.augment(crop, _tags(record), rng, self.augment, other, self.mix_tags)
+            other = self._crop(self.source[j], j, rng)
+        return augment.augment(crop, tags, rng, self.augment, other, self.mix_tags)
 
     def map_with_index(self, index: int, element: Any) -> dict[str, np.ndarray]:
         del element  # the MapDataset index is the global step
@@ -193,7 +213,7 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
                   input_kind: str = "mel", crop_samples: int = WAVEFORM_CROP,
                   num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
                   local_device_count: int | None = None, augment=None,
-                  mix_tags=None) -> grain.MapDataset:
+                  mix_tags=None, crop_labels: str = "clip") -> grain.MapDataset:
     """The training batches of this host as a random-access grain `MapDataset` (element = step).
 
     Element s is global step s: {"x": float32 (local_batch, 96, crop_frames) or (local_batch,
@@ -201,9 +221,17 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
     Length num_epochs * steps_per_epoch (sys.maxsize // ... when num_epochs is None).
     `augment`: a `tagger_jax.augment.AugmentParams` (log-mel input only) applied to every chunk
     with draws seeded by (seed, epoch, record index); `mix_tags`: bool per tag, where mixing two
-    chunks takes the union of their labels (default all).
+    chunks takes the union of their labels (default all). `crop_labels`: "clip" labels every crop
+    with its clip's tags (the paper's protocol); "activity" with the tags that sound in the crop,
+    from the record's exact frame activity "tag_mask" (num_tags, T) (soundfont_tags; clip-wide
+    tags such as tempo and level are on in every frame), so a crop that misses the section where
+    an instrument plays is not labelled with it.
     """
     _check_kind(input_kind)
+    if crop_labels not in CROP_LABELS:
+        raise ValueError(f"crop_labels must be one of {CROP_LABELS}, got {crop_labels!r}")
+    if crop_labels == "activity" and input_kind != "mel":
+        raise ValueError("crop_labels='activity' needs log-mel input (the mask is on its frames)")
     if augment is not None and input_kind != "mel":
         raise ValueError("augmentations work on log-mel input only")
     if not 0 <= process_index < process_count:
@@ -218,7 +246,7 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
                             process_index=process_index, process_count=process_count,
                             input_kind=input_kind,
                             crop=_crop_length(input_kind, crop_frames, crop_samples),
-                            augment=augment, mix_tags=mix_tags)
+                            augment=augment, mix_tags=mix_tags, crop_labels=crop_labels)
     steps = grain.MapDataset.range(transform.steps_per_epoch).repeat(num_epochs)
     return steps.map_with_index(transform)
 
@@ -300,7 +328,7 @@ def train_loader(source, *, global_batch_size: int, seed: int, crop_frames: int 
                  num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
                  num_workers: int = 0, worker_buffer_size: int = 2, read_threads: int = 1,
                  local_device_count: int | None = None, augment=None,
-                 mix_tags=None) -> TrainLoader:
+                 mix_tags=None, crop_labels: str = "clip") -> TrainLoader:
     """Training batches (see `train_dataset`) prefetched by `num_workers` processes.
 
     `iter(loader)` gives a `TrainIterator`; its `get_state()` ({"step": k}, JSON-able, see
@@ -317,7 +345,7 @@ def train_loader(source, *, global_batch_size: int, seed: int, crop_frames: int 
                        crop_samples=crop_samples, num_epochs=num_epochs,
                        process_index=process_index, process_count=process_count,
                        local_device_count=local_device_count, augment=augment,
-                       mix_tags=mix_tags)
+                       mix_tags=mix_tags, crop_labels=crop_labels)
     _check_prefetch(num_workers, worker_buffer_size, read_threads)
     return TrainLoader(ds, steps_per_epoch=steps_per_epoch(len(source), global_batch_size),
                        local_batch_size=global_batch_size // process_count,

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -30,6 +30,9 @@ class TrainData:
     with "mel" or "audio" and "tags"); validation reads them through the inference path
     (`validation.make_evaluate`). `test_fingerprint` identifies the test split's contents on disk
     (None: not identifiable, results never reused).
+    `extra_tests`: `data.extra_test_splits` by name. `baseline(splits)` (with
+    `train.test_baseline`) fits `tagger_jax.baseline` on the train split and returns its
+    `tag_metrics` on each named test split; `baseline_fingerprint` identifies the train split.
     """
 
     train: Iterable[Mapping[str, np.ndarray]]
@@ -38,6 +41,18 @@ class TrainData:
     tag_names: tuple[str, ...]
     test_source: Optional[Sequence[Mapping[str, Any]]] = None
     test_fingerprint: Optional[str] = None
+    extra_tests: dict[str, "TestSplit"] = dataclasses.field(default_factory=dict)
+    baseline: Optional[Callable[[Sequence[str]], dict[str, dict]]] = None
+    baseline_fingerprint: Optional[str] = None
+
+
+@dataclasses.dataclass
+class TestSplit:
+    """One more split tested after training (`data.extra_test_splits`): its records (as
+    TrainData.test_source) and the split's fingerprint."""
+
+    source: Sequence[Mapping[str, Any]]
+    fingerprint: Optional[str]
 
 
 def eval_clips_per_batch(requested: int, num_chunks: int) -> int:
@@ -93,7 +108,8 @@ def load_data(config: Any) -> TrainData:
         input_kind=kind, num_epochs=t.num_epochs, process_index=jax.process_index(),
         process_count=jax.process_count(), num_workers=d.num_workers,
         worker_buffer_size=max(1, d.prefetch), read_threads=d.read_threads,
-        local_device_count=jax.local_device_count(), **_augmentation(d, tags))
+        local_device_count=jax.local_device_count(), crop_labels=d.crop_labels,
+        **_augmentation(d, tags))
 
     def split(name):
         source, split_tags = datasets.load_split(d.name, name, d.data_dir,
@@ -107,12 +123,24 @@ def load_data(config: Any) -> TrainData:
                          "authors' schedule its phases) on a validation split")
     eval_source = split(d.eval_split)
     test_source = fingerprint = None
+    extra, baseline = {}, None
     if d.test_split and t.test_after_training:
         test_source = split(d.test_split)
         fingerprint = split_fingerprint(builder.data_dir, builder.name, d.test_split)
+        for name in d.extra_test_splits:
+            extra[name] = TestSplit(split(name),
+                                    split_fingerprint(builder.data_dir, builder.name, name))
+    if t.test_baseline and t.test_after_training:
+        def baseline(names: Sequence[str]) -> dict[str, dict]:
+            from tagger_jax import baseline as floor
+
+            return floor.evaluate(train_source, {n: datasets.load_split(
+                d.name, n, d.data_dir, builder_config=builder_config)[0] for n in names}, tags)
     return TrainData(
         train=loader,
         steps_per_epoch=input_pipeline.steps_per_epoch(len(train_source), t.batch_size),
         eval_source=eval_source, tag_names=tuple(tags), test_source=test_source,
-        test_fingerprint=fingerprint)
+        test_fingerprint=fingerprint, extra_tests=extra, baseline=baseline,
+        baseline_fingerprint=(split_fingerprint(builder.data_dir, builder.name, d.train_split)
+                              if baseline else None))
 

@@ -11,7 +11,9 @@
 Each epoch ends with a validation (every train.eval_every_epochs epochs and at the end): a new
 best ROC-AUC is saved to WORKDIR/best and exported to WORKDIR/best_model; a plateau moves the
 authors' schedule to its next phase, starting from the best model. After training the best model
-is evaluated on the test split, unless a previous run already did so from the same inputs.
+is evaluated on the test split and on `data.extra_test_splits` (each unless a previous run already
+did so from the same inputs), and with `train.test_baseline` the logistic-regression baseline
+fitted on the train split is scored on the same splits.
 Restarting with the same config in the same workdir resumes exactly.
 
 Only jax, flax, optax, orbax and numpy are imported at module level (see train_state).
@@ -35,7 +37,7 @@ from tagger_jax.metric_writer import MetricWriter
 from tagger_jax.models import build_model, input_shape
 from tagger_jax.preemption import Preemption
 from tagger_jax.progress import Progress
-from tagger_jax.train_data import TrainData, load_data
+from tagger_jax.train_data import TestSplit, TrainData, load_data
 from tagger_jax.train_state import TrainState, init_train_state, make_train_step  # noqa: F401
 from tagger_jax.workdir import (ConfigMismatchError, WorkdirBusyError,  # noqa: F401
                                 config_differences, config_to_dict)
@@ -76,7 +78,9 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike,
     """Trains (or resumes) the configured model in `workdir`; returns a summary dict.
 
     Summary: {"workdir", "preempted", "step", "phase", "best_validation_roc_auc" (None if no
-    validation was defined), and after testing "test_roc_auc", "test_pr_auc", "test_reused"}.
+    validation was defined), and after testing "test_roc_auc", "test_pr_auc", "test_reused" (of
+    data.test_split) and "tests": one dict per tested split ({"split", "dir", "roc_auc",
+    "pr_auc", "reused"}, plus "baseline_roc_auc" and "baseline_pr_auc" with train.test_baseline)}.
     Raises WorkdirBusyError if another training holds the workdir, ConfigMismatchError if it
     belongs to a different config, CorruptCheckpointError if no checkpoint in it reads,
     NonFiniteLossError on a NaN/inf loss. SIGTERM saves a checkpoint and returns with
@@ -235,8 +239,16 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
                          f"chosen: the last model (step {step}) is exported and tested")
             checkpointing.export_model(workdir, state, config, data.tag_names)
         if data.test_source is not None and t.test_after_training:
-            summary.update(_test(config, workdir, data, state, step, best, writer, progress,
-                                 evaluate))
+            tests = [(config.data.test_split, None, TestSplit(
+                data.test_source, data.test_fingerprint))]
+            tests += [(name, name, split) for name, split in data.extra_tests.items()]
+            results = [_test(config, workdir, name, sub, split, state, step, best, writer,
+                             progress, evaluate) for name, sub, split in tests]
+            summary.update({"test_roc_auc": results[0]["roc_auc"],
+                            "test_pr_auc": results[0]["pr_auc"],
+                            "test_reused": results[0]["reused"], "tests": results})
+            if data.baseline is not None and jax.process_index() == 0:
+                _baseline(workdir, data, results, progress)
         return summary
     finally:
         progress.close()
@@ -250,34 +262,67 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
         best.close()
 
 
-def _test(config, workdir: Path, data: TrainData, state: TrainState, step: int,
-          best: ocp.CheckpointManager, writer: MetricWriter, progress: Progress,
-          evaluate) -> dict:
-    """Evaluates the best model on the test split, or reuses WORKDIR/test if its inputs match."""
+def _test(config, workdir: Path, name: str, sub: Optional[str], split: TestSplit,
+          state: TrainState, step: int, best: ocp.CheckpointManager, writer: MetricWriter,
+          progress: Progress, evaluate) -> dict:
+    """Evaluates the best model on test split `name` (results in `wd.test_dir(workdir, sub)`), or
+    reuses them if their inputs match. Returns {"split", "dir", "roc_auc", "pr_auc", "reused"}."""
+    directory = wd.test_dir(workdir, sub)
     best_step = best.latest_step()
     inputs = wd.test_inputs(config, best_step if best_step is not None else step,
-                            data.test_fingerprint)
-    test = wd.reusable_test_results(workdir, inputs)
+                            split.fingerprint)
+    test = wd.reusable_test_results(directory, inputs)
     reused = test is not None
     if reused:
-        progress.say(f"test results reused from {workdir / wd.TEST_DIR}: same best model "
-                     f"(step {inputs['best_step']}), test data and config as when computed")
+        progress.say(f"{name} results reused from {directory}: same best model "
+                     f"(step {inputs['best_step']}), {name} data and config as when computed")
     else:
         final = checkpointing.reload_best(best, state)
-        test = evaluate(final.variables, data.test_source, config.data.test_split, "test")
+        test = evaluate(final.variables, split.source, name, name)
         if jax.process_index() == 0:
             from tagger_jax import evaluation
 
-            evaluation.write_report(test, workdir / wd.TEST_DIR,
-                                    title=f"{config.data.name} {config.data.test_split}")
-            wd.write_test_inputs(workdir, inputs)
-        note = validation.undefined_note(test, config.data.test_split)
+            evaluation.write_report(test, directory, title=f"{config.data.name} {name}")
+            wd.write_test_inputs(directory, inputs)
+        note = validation.undefined_note(test, name)
         if note:
             progress.say(f"warning: {note}")
     writer.write(step, "test", {"roc_auc": test["roc_auc_mean"], "pr_auc": test["pr_auc_mean"],
-                                "excluded_tags": test["excluded_tags"], "reused": reused})
-    return {"test_roc_auc": test["roc_auc_mean"], "test_pr_auc": test["pr_auc_mean"],
-            "test_reused": reused}
+                                "excluded_tags": test["excluded_tags"], "reused": reused,
+                                **({"test_split": name} if sub is not None else {})})
+    return {"split": name, "dir": str(directory), "roc_auc": test["roc_auc_mean"],
+            "pr_auc": test["pr_auc_mean"], "reused": reused}
+
+
+def _baseline(workdir: Path, data: TrainData, results: list[dict], progress: Progress) -> None:
+    """Adds "baseline_roc_auc" / "baseline_pr_auc" to each test result: `tagger_jax.baseline`
+    fitted on the train split, or its results in WORKDIR/test/baseline.json if they were computed
+    from the same train and test data (fingerprints)."""
+    import json
+
+    splits = [r["split"] for r in results]
+    inputs = {"train": data.baseline_fingerprint,
+              "tests": [data.test_fingerprint] + [s.fingerprint for s in data.extra_tests.values()],
+              "splits": splits}
+    path = wd.test_dir(workdir) / wd.BASELINE_FILE
+    try:
+        stored = json.loads(path.read_text())
+        metrics = stored["metrics"] if stored["inputs"] == inputs and None not in (
+            inputs["train"], *inputs["tests"]) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        metrics = None
+    if metrics is not None:
+        progress.say(f"baseline results reused from {path}: same train and test data")
+    else:
+        with progress.phase("fitting the baseline (logistic regression on log-mel statistics)"):
+            metrics = data.baseline(splits)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".json.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"inputs": inputs, "metrics": metrics}, indent=1))
+        tmp.replace(path)
+    for r in results:
+        r["baseline_roc_auc"] = metrics[r["split"]]["roc_auc_mean"]
+        r["baseline_pr_auc"] = metrics[r["split"]]["pr_auc_mean"]
 
 
 def _finite_or_none(x: float) -> Optional[float]:

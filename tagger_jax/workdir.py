@@ -36,6 +36,7 @@ BEST_DIR = "best"
 TENSORBOARD_DIR = "tensorboard"
 TEST_DIR = "test"
 TEST_INPUTS_FILE = "inputs.json"
+BASELINE_FILE = "baseline.json"  # in TEST_DIR: the baseline's metrics and what they came from
 # Fields that change how a run is executed or reported, never its result: they may differ when a
 # workdir is resumed. Every other field must match the workdir's config.
 RUNTIME_FIELDS = frozenset({
@@ -43,7 +44,7 @@ RUNTIME_FIELDS = frozenset({
     "data.manual_dir", "data.build_workers",
     "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
     "train.progress_bar", "train.test_after_training", "train.distributed",
-    "train.eval_batch_size",
+    "train.eval_batch_size", "data.extra_test_splits", "train.test_baseline",
 })
 
 
@@ -156,14 +157,20 @@ def test_inputs(config: Any, best_step: Optional[int], data_fingerprint: Optiona
     return {"best_step": best_step, "data": data_fingerprint, "config": result_fields(config)}
 
 
-def reusable_test_results(workdir: Path, inputs: Mapping[str, Any]) -> Optional[dict]:
-    """The stored test metrics if they were computed from exactly `inputs`, else None.
+def test_dir(workdir: Path, split: Optional[str] = None) -> Path:
+    """Where the test results of `split` go: WORKDIR/test/ for data.test_split (split None),
+    WORKDIR/test/<split>/ for each of data.extra_test_splits."""
+    return workdir / TEST_DIR if split is None else workdir / TEST_DIR / split
+
+
+def reusable_test_results(directory: Path, inputs: Mapping[str, Any]) -> Optional[dict]:
+    """The metrics stored in `directory` (a `test_dir`) if they were computed from exactly
+    `inputs`, else None.
 
     Never reuses when the data has no fingerprint (in-memory data) or the files are unreadable.
     """
     if inputs.get("data") is None:
         return None
-    directory = workdir / TEST_DIR
     try:
         stored = json.loads((directory / TEST_INPUTS_FILE).read_text())
         metrics = json.loads((directory / "metrics.json").read_text())
@@ -172,9 +179,10 @@ def reusable_test_results(workdir: Path, inputs: Mapping[str, Any]) -> Optional[
     return metrics if stored == json.loads(json.dumps(inputs)) else None
 
 
-def write_test_inputs(workdir: Path, inputs: Mapping[str, Any]) -> None:
-    """Records what WORKDIR/test/ was computed from (after its metrics are written)."""
-    path = workdir / TEST_DIR / TEST_INPUTS_FILE
+def write_test_inputs(directory: Path, inputs: Mapping[str, Any]) -> None:
+    """Records what the results in `directory` (a `test_dir`) were computed from (after its
+    metrics are written)."""
+    path = directory / TEST_INPUTS_FILE
     tmp = path.with_suffix(f".json.tmp{os.getpid()}")
     tmp.write_text(json.dumps(inputs, indent=2, sort_keys=True))
     tmp.replace(path)

@@ -322,3 +322,41 @@ def test_real_tfds_split(tmp_path_factory):
     np.testing.assert_array_equal(list(p.windows())[p.inverse[15]],
                                   mel[:, 15 * hop:15 * hop + CROP])
     np.testing.assert_array_equal(p.labels, val[1]["tags"])
+
+
+def test_activity_crop_labels_follow_the_mask_and_keep_the_crops():
+    """crop_labels="activity": a crop's labels are the tags whose mask is on in one of its frames
+    (recomputed here from the crop's start, read back from a frame-index ramp in the log-mel);
+    the crops themselves are those of crop_labels="clip"; a short clip's mask is tiled."""
+    frames, crop = 150, 32
+    mask = np.zeros((3, frames), np.uint8)
+    mask[0, :50] = 1
+    mask[1, 100:] = 1
+    mask[2] = 1  # a clip-wide tag (tempo, level)
+    ramp = np.tile(np.arange(frames, dtype=np.float16), (96, 1))
+    short = np.tile(np.arange(20, dtype=np.float16), (96, 1))
+    short_mask = np.zeros((3, 20), np.uint8)
+    short_mask[0, 5:7] = 1
+    source = [{"mel": ramp, "tags": np.ones(3, np.uint8), "tag_mask": mask}] * 7 + [
+        {"mel": short, "tags": np.ones(3, np.uint8), "tag_mask": short_mask}]
+    kw = dict(global_batch_size=4, seed=3, crop_frames=crop, local_device_count=1, num_epochs=3)
+    activity = list(ip.train_dataset(source, crop_labels="activity", **kw))
+    clip = list(ip.train_dataset(source, **kw))
+    seen = set()
+    for a, c in zip(activity, clip):
+        np.testing.assert_array_equal(a["x"], c["x"])
+        np.testing.assert_array_equal(c["y"], 1.0)
+        for x, y, index in zip(a["x"], a["y"], a["clip_index"]):
+            if index == 7:
+                np.testing.assert_array_equal(y, [1, 0, 0])  # frames 5, 6 tiled into every crop
+                continue
+            start = int(x[0, 0])
+            frames_on = mask[:, start:start + crop].any(axis=1)
+            np.testing.assert_array_equal(y, frames_on.astype(np.float32))
+            seen.add(tuple(frames_on))
+    assert {(True, False, True), (False, True, True), (False, False, True)} <= seen
+    with pytest.raises(KeyError, match="needs a 'tag_mask' feature"):
+        next(iter(ip.train_dataset([{"mel": ramp, "tags": np.ones(3)}] * 4,
+                                   crop_labels="activity", **kw)))
+    with pytest.raises(ValueError, match="crop_labels must be one of"):
+        ip.train_dataset(source, crop_labels="frames", **kw)

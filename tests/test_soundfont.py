@@ -148,3 +148,16 @@ def test_builder_refuses_reserved_training_bank(tmp_path):
     with pytest.raises(soundfont.BankError, match="reserved"):
         SoundfontTags(config=config, data_dir=str(tmp_path / "d"),
                       num_workers=1).download_and_prepare()
+
+
+def test_bundled_gm_example_is_its_render():
+    """tagger_jax/data/example_gm.flac is make_gm_example() (the timgm6mb render of a score no
+    split holds) up to 16-bit quantisation."""
+    import soundfile as sf
+
+    from tagger_jax.data import make_example
+
+    path = make_example.Path(make_example.__file__).with_name("example_gm.flac")
+    stored, rate = sf.read(str(path), dtype="float32")
+    assert rate == make_example.SAMPLE_RATE
+    np.testing.assert_allclose(stored, make_example.make_gm_example(), atol=2 ** -15 + 1e-7)

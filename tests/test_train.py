@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tagger_jax import checkpointing, optimizers, sharding, train_lib  # noqa: E402
-from train_helpers import NUM_TAGS, TAGS, tiny_config, toy_data  # noqa: E402
+from train_helpers import NUM_TAGS, TAGS, tiny_config, toy_data, toy_records  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -372,6 +372,54 @@ def test_rerun_reuses_test_results_and_says_so(tmp_path, finished_run, capsys):
     assert len(_lines(workdir, "test")) == 1  # logged once, as reused
     third, _ = rerun("split-v2")  # the test data changed: evaluated again
     assert not third["test_reused"]
+
+
+def test_extra_test_splits_and_baseline_are_reported_and_reused(tmp_path, finished_run, capsys):
+    """data.extra_test_splits are tested into WORKDIR/test/<split>/; train.test_baseline scores
+    the baseline fitted on the train split beside each; both are reused on a rerun with the same
+    data and recomputed when a fingerprint changes."""
+    import shutil
+
+    from tagger_jax import baseline
+    from tagger_jax.train_data import TestSplit
+
+    config, done, summary = finished_run
+    workdir = tmp_path / "w"
+    shutil.copytree(done, workdir)
+    train_records = toy_records(32, 0)
+    other = toy_records(8, 7)
+    sources = {"test": toy_records(8, 1), "test_other": other}
+    calls = []
+
+    def rerun(other_fingerprint):
+        data = toy_data(config)
+        data.test_fingerprint = "split-v1"
+        data.extra_tests = {"test_other": TestSplit(other, other_fingerprint)}
+
+        def fit_and_score(names):
+            calls.append(tuple(names))
+            return baseline.evaluate(train_records, {n: sources[n] for n in names}, TAGS)
+
+        data.baseline, data.baseline_fingerprint = fit_and_score, "train-v1"
+        capsys.readouterr()
+        return train_lib.train_and_evaluate(config, workdir, data), capsys.readouterr().out
+
+    first, out = rerun("other-v1")
+    assert [t["split"] for t in first["tests"]] == ["test", "test_other"]
+    assert calls == [("test", "test_other")]
+    stored = json.loads((workdir / "test" / "test_other" / "metrics.json").read_text())
+    assert stored["roc_auc_mean"] == pytest.approx(first["tests"][1]["roc_auc"])
+    expected = baseline.evaluate(train_records, {"test_other": other}, TAGS)["test_other"]
+    assert first["tests"][1]["baseline_roc_auc"] == pytest.approx(expected["roc_auc_mean"])
+    assert 0.5 < first["tests"][0]["baseline_roc_auc"] <= 1.0  # learnable toy data
+    assert (workdir / "test" / "baseline.json").is_file()
+    second, out = rerun("other-v1")
+    assert all(t["reused"] for t in second["tests"]) and calls == [("test", "test_other")]
+    assert "test_other results reused" in out and "baseline results reused" in out, out
+    assert second["tests"][1]["baseline_roc_auc"] == first["tests"][1]["baseline_roc_auc"]
+    third, _ = rerun("other-v2")  # the extra split changed: it and the baseline are recomputed
+    assert third["tests"][0]["reused"] and not third["tests"][1]["reused"]
+    assert len(calls) == 2
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-HELP = "Build a dataset (synthetic_tags, magnatagatune, mtg_jamendo, msd, audio_folder)."
+from tagger_jax.dataset_names import BUILDER_NAMES
+
+HELP = f"Build a dataset ({', '.join(BUILDER_NAMES)})."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", help="builder name: synthetic_tags, magnatagatune, mtg_jamendo, "
-                                     "msd or audio_folder")
+    parser.add_argument("name", help=f"builder name: {', '.join(BUILDER_NAMES)}")
     parser.add_argument("--config", default=None,
                         help="builder config (default: the builder's default); with --set, the "
                              "name of a new config derived from the default one")

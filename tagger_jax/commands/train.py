@@ -143,11 +143,17 @@ def run_training(config: Any, workdir: str) -> int:
         return 0
     print(f"Trained {summary['step']} steps in {summary['workdir']}; best validation ROC-AUC "
           f"{validation.fmt(summary['best_validation_roc_auc'])}")
-    if "test_roc_auc" in summary:
-        print(f"test ROC-AUC {validation.fmt(summary['test_roc_auc'])}  "
-              f"PR-AUC {validation.fmt(summary['test_pr_auc'])}"
-              f"  (per-tag report in {summary['workdir']}/test/"
-              + ("; reused: inputs unchanged)" if summary["test_reused"] else ")"))
+    for test in summary.get("tests", ()):
+        print(f"{test['split']} ROC-AUC {validation.fmt(test['roc_auc'])}  "
+              f"PR-AUC {validation.fmt(test['pr_auc'])}"
+              + (f"  (baseline: ROC-AUC {validation.fmt(test['baseline_roc_auc'])}  PR-AUC "
+                 f"{validation.fmt(test['baseline_pr_auc'])})" if "baseline_roc_auc" in test
+                 else "")
+              + f"  (per-tag report in {test['dir']}/"
+              + ("; reused: inputs unchanged)" if test["reused"] else ")"))
+    if any("baseline_roc_auc" in test for test in summary.get("tests", ())):
+        print("baseline: logistic regression on clip-level log-mel statistics and onset "
+              "features, fitted on the train split (tagger_jax.baseline)")
     return 0
 
 

@@ -1,8 +1,13 @@
-"""Regenerates `example.flac`: 10 s of synthetic music (16 kHz mono) for demos and smoke tests.
+"""Regenerates the bundled clips (16 kHz mono, 10 s) for demos and smoke tests.
+
+`example.flac`: synthetic music made here with NumPy (the `synthetic_tags` kind of sound).
+`example_gm.flac` (`--gm`): a `soundfont_tags` score rendered with the `timgm6mb` bank, which
+the soundfont main job never trains on; its score seed (2026, 9, 19) is outside every split
+(those use split ids 0-2). True tags: guitar, drums, fast, loud, organ, bass.
 
 A two-bar chord progression of plucked, harmonic-rich notes over a 120 BPM beat (kick on every
 beat, hi-hat on eighths, snare on 2 and 4). Deterministic: the only noise comes from a seeded
-NumPy generator. Run `python -m tagger_jax.data.make_example [OUT]` or this file directly.
+NumPy generator. Run `python -m tagger_jax.data.make_example [--gm] [OUT]` or this file directly.
 """
 from __future__ import annotations
 
@@ -77,11 +82,28 @@ def make_example(sr: int = SAMPLE_RATE, seconds: float = SECONDS) -> np.ndarray:
     return (0.8 * out / np.max(np.abs(out))).astype(np.float32)
 
 
+GM_SEED = (2026, 9, 19)  # a score no split of soundfont_tags contains
+GM_BANK = "timgm6mb"
+
+
+def make_gm_example(seconds: float = SECONDS) -> np.ndarray:
+    """The sampled-instrument example as float32 (peak-limited to 0.99 if the mix exceeds it)."""
+    from tagger_jax import soundfont
+
+    audio = soundfont.render_clip(GM_SEED, GM_BANK, seconds)["audio"]
+    peak = float(np.max(np.abs(audio)))
+    return (audio * (0.99 / peak) if peak > 0.99 else audio).astype(np.float32)
+
+
 def main(argv: list[str]) -> int:
     import soundfile as sf
 
-    path = Path(argv[0]) if argv else Path(__file__).with_name("example.flac")
-    sf.write(str(path), make_example(), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    gm = "--gm" in argv
+    argv = [a for a in argv if a != "--gm"]
+    name = "example_gm.flac" if gm else "example.flac"
+    path = Path(argv[0]) if argv else Path(__file__).with_name(name)
+    audio = make_gm_example() if gm else make_example()
+    sf.write(str(path), audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     print(f"wrote {path} ({path.stat().st_size} bytes)")
     return 0
 

@@ -48,9 +48,12 @@ from tagger_jax.datasets.msd import Msd, MsdConfig
 from tagger_jax.datasets.mtg_jamendo import MtgJamendo, MtgJamendoConfig
 from tagger_jax.datasets.soundfont_tags import SoundfontConfig, SoundfontTags
 from tagger_jax.datasets.synthetic_tags import SyntheticConfig, SyntheticTags
+from tagger_jax.dataset_names import BUILDER_NAMES
 
 BUILDERS = {b.name: b for b in (SyntheticTags, SoundfontTags, Magnatagatune, MtgJamendo, Msd,
                                 AudioFolder)}
+if tuple(BUILDERS) != BUILDER_NAMES:  # the names --help shows without importing TFDS
+    raise ImportError(f"tagger_jax.dataset_names.BUILDER_NAMES {BUILDER_NAMES} != {tuple(BUILDERS)}")
 
 __all__ = [
     "BUILDERS", "SPLITS", "SELF_CONTAINED", "TaggingBuilder", "TaggingConfig",
