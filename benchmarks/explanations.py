@@ -26,6 +26,7 @@ PyTorch twin of their model (benchmarks/torch_twin.py).
     python benchmarks/explanations.py --workdir runs/explanations_benchmark   # trains if needed
     python benchmarks/explanations.py --checkpoint DIR --clips 200 --write-docs
     python benchmarks/explanations.py --checkpoint DIR --parts listening --write-docs
+    python benchmarks/explanations.py --parts timing --write-docs   # the cost tables alone
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +49,7 @@ LOCALISATION_METHODS = ("attention", "rollout", "contribution", "grad_x_input",
 DOC = ROOT / "docs" / "explanations.md"
 FIGURES = ROOT / "docs" / "figures"
 BEGIN, END = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
+TIMING_BEGIN, TIMING_END = "<!-- timing:begin -->", "<!-- timing:end -->"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,22 +425,11 @@ def write_section(begin: str, end: str, text: str) -> None:
 # Cost
 
 
-def best_time(fn, *args, repeats: int = 5) -> float:
-    """Minimum wall time of `repeats` calls after one warm-up (the machine is shared)."""
-    import jax
-
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def method_timings(model, variables, chunk: int, batch: int, ig_steps: int,
-                   loop: bool = True) -> dict[str, float]:
-    """Seconds per clip: forward, each method alone, and (optionally) the authors' loop."""
+def method_calls(model, variables, chunk: int, batch: int, ig_steps: int,
+                 prefix: str = "") -> dict[str, tuple[Any, int]]:
+    """{name: (call, clips per call)}: one forward pass, each method alone, and one pass of the
+    authors' procedure (the last layer's attention overridden by a one-hot, full last layer: the
+    procedure runs S = chunk + 1 of them per clip)."""
     import jax
     import jax.numpy as jnp
 
@@ -445,26 +437,22 @@ def method_timings(model, variables, chunk: int, batch: int, ig_steps: int,
 
     x = jnp.asarray(np.random.default_rng(0).normal(-20, 12, (batch, 96, chunk)), jnp.float32)
     tags = jnp.zeros((batch, 1), jnp.int32)
-    out = {"forward": best_time(jax.jit(lambda v, x: model.apply(v, x)), variables, x) / batch}
+    forward = jax.jit(lambda v, x: model.apply(v, x))
+    calls = {prefix + "forward": (lambda: forward(variables, x), batch)}
     for name in ("attention", "rollout", "contribution", "grad_x_input", "integrated_gradients"):
         fn = jax.jit(lambda v, x, t, name=name: M.explain(model, v, x, t, methods=(name,),
                                                           ig_steps=ig_steps))
-        out[name] = best_time(fn, variables, x, tags, repeats=3) / batch
-    if loop:
-        full = jax.jit(lambda v, x, o: jax.nn.sigmoid(model.apply(
-            v, x, attention_override=o, full_last_layer=True)))
-        s = chunk + 1
-        eye = np.eye(s, dtype=np.float32)[:, None, None, None, :]
-
-        def authors(v, x):
-            return [full(v, x, eye[t]) for t in range(s)]
-
-        out["loop of S overridden passes"] = best_time(authors, variables, x, repeats=1) / batch
-    return out
+        calls[prefix + name] = (lambda fn=fn: fn(variables, x, tags), batch)
+    full = jax.jit(lambda v, x, o: jax.nn.sigmoid(model.apply(
+        v, x, attention_override=o, full_last_layer=True)))
+    one_hot = jnp.asarray(np.eye(chunk + 1, dtype=np.float32)[chunk // 2][None, None, None, :])
+    calls[prefix + "one overridden pass"] = (lambda: full(variables, x, one_hot), batch)
+    return calls
 
 
-def paper_model_timings(args) -> dict[str, float]:
-    """The paper's model on one 256-frame clip: forward, maps, and the authors' procedure."""
+def paper_model_calls(args) -> dict[str, tuple[Any, int]]:
+    """`method_calls` of the paper's model on one 256-frame clip, and the PyTorch twin's forward
+    pass when torch is installed."""
     import jax
 
     from configs.paper_mtat import get_config
@@ -473,30 +461,44 @@ def paper_model_timings(args) -> dict[str, float]:
     model = build_model(get_config().model, 50)
     x = np.zeros((1, 96, 256), np.float32)
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
-    out = method_timings(model, variables, 256, 1, args.ig_steps, loop=True)
+    calls = method_calls(model, variables, 256, 1, args.ig_steps, prefix="paper: ")
     try:
         import torch
 
         from benchmarks import torch_twin
     except ImportError:
-        return out
+        return calls
     torch.set_num_threads(os.cpu_count() or 1)
     twin = torch_twin.build_twin("training").eval()
     spec = torch.from_numpy(np.random.default_rng(0).normal(-20, 12, (1, 96, 256))
                             .astype(np.float32))
-    with torch.no_grad():
-        twin(spec)
-        times = []
-        for _ in range(5):
+
+    def twin_forward():
+        with torch.no_grad():
+            return twin(spec)
+
+    calls["paper: torch twin forward"] = (twin_forward, 1)
+    return calls
+
+
+def interleaved_seconds(calls: dict[str, tuple[Any, int]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per clip of every call in each of `rounds` rounds, the calls interleaved within a
+    round (so a change of machine load hits all of them alike), after one warm-up call each."""
+    import jax
+
+    def ready(out):
+        return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready")
+                            else a, out)
+
+    for call, _ in calls.values():
+        ready(call())
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for name, (call, clips) in calls.items():
             t0 = time.perf_counter()
-            twin(spec)
-            times.append(time.perf_counter() - t0)
-        out["torch twin: forward"] = min(times)
-        t0 = time.perf_counter()
-        for _ in range(257):  # the authors' procedure: one full pass per position
-            twin(spec)
-        out["torch twin: loop of 257 passes"] = time.perf_counter() - t0
-    return out
+            ready(call())
+            times[name].append((time.perf_counter() - t0) / clips)
+    return times
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,7 +511,7 @@ NAMES = {"attention": "attention (Fig. 1)", "rollout": "attention rollout",
          "random": "random map (chance; deletion in random order)"}
 
 
-def format_tables(rows, timings, paper, completeness, meta) -> str:
+def format_tables(rows, completeness, meta) -> str:
     lines = [f"Run: {meta['date']}, {meta['device']}; model `{meta['model']}` "
              f"(validation/test ROC-AUC in its workdir), {meta['clips']} clips of "
              f"`synthetic_tags/segments` {meta['split']}, centre 256-frame chunk, "
@@ -531,18 +533,63 @@ def format_tables(rows, timings, paper, completeness, meta) -> str:
               f"f(baseline))|): max {completeness['max_abs_gap']:.4f}, median relative "
               f"{completeness['median_rel_gap']:.4f}, 95th percentile relative "
               f"{completeness['p95_rel_gap']:.4f}.", ""]
-    for title, t in (("Benchmark model (synthetic_cpu), milliseconds per clip, batch "
-                      f"{meta['batch']}", timings),
-                     ("Paper model (c = 16, 512 channels, 256 frames, random weights), "
-                      "milliseconds per clip, batch 1", paper)):
-        if not t:
+    return "\n".join(lines)
+
+
+def timing_model(args):
+    """The model to time: --checkpoint's, else configs/synthetic_cpu.py's architecture with
+    random weights (the cost does not depend on the weights)."""
+    if args.checkpoint:
+        from tagger_jax.checkpoint import load_model
+
+        loaded = load_model(args.checkpoint)
+        return loaded.model, loaded.variables, int(loaded.config.features.chunk_frames), \
+            str(loaded.directory)
+    import jax
+
+    from configs.synthetic_cpu import get_config
+    from tagger_jax import synth
+    from tagger_jax.models import build_model
+
+    config = get_config()
+    chunk = int(config.features.chunk_frames)
+    model = build_model(config.model, len(synth.SYNTH_TAGS))
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 96, chunk), np.float32))
+    return model, variables, chunk, "configs/synthetic_cpu.py, random weights"
+
+
+def format_timings(times: dict[str, list[float]], meta) -> str:
+    """The cost tables (median [range] over the rounds, and the ratio of the medians to the
+    forward pass of the same model) with the date, machine and load average around the run."""
+    lines = [f"Run: {meta['date']}, {meta['device']}; benchmark model: {meta['timing_model']}; "
+             f"integrated gradients with {meta['ig_steps']} steps; {meta['rounds']} rounds, "
+             "every computation once per round, interleaved; median [min - max] over the rounds; "
+             f"load average (1 min) {meta['load_before']:.1f} at the start, "
+             f"{meta['load_after']:.1f} at the end.", ""]
+    for title, prefix in (("Benchmark model (synthetic_cpu), milliseconds per clip, batch "
+                           f"{meta['batch']}", ""),
+                          ("Paper model (c = 16, 512 channels, 256 frames, random weights), "
+                           "milliseconds per clip, batch 1", "paper: ")):
+        rows = {k[len(prefix):]: np.asarray(v) for k, v in times.items()
+                if k.startswith(prefix) and (prefix or not k.startswith("paper: "))}
+        if not rows:
             continue
-        fwd = t["forward"]
+        fwd = float(np.median(rows["forward"]))
         lines += [f"**{title}**", "", "| computation | ms per clip | x forward pass |",
                   "|---|---|---|"]
-        for k, v in t.items():
-            base = t["torch twin: forward"] if k.startswith("torch twin") else fwd
-            lines.append(f"| {k} | {1000 * v:.1f} | {v / base:.1f} |")
+        for k, v in rows.items():
+            med = float(np.median(v))
+            base = float(np.median(rows["torch twin forward"])) if k.startswith("torch") else fwd
+            lines.append(f"| {k} | {1000 * med:.1f} [{1000 * v.min():.1f} - {1000 * v.max():.1f}]"
+                         f" | {med / base:.2f} |")
+        s_passes = 256 + 1 if prefix else meta["chunk"] + 1
+        over = float(np.median(rows["one overridden pass"]))
+        lines.append(f"| authors' procedure: S = {s_passes} overridden passes (S x the median "
+                     f"above) | {1000 * s_passes * over:.1f} | {s_passes * over / fwd:.1f} |")
+        if "torch twin forward" in rows:
+            tw = float(np.median(rows["torch twin forward"]))
+            lines.append(f"| torch twin: the authors' loop of {s_passes} passes (S x its "
+                         f"forward) | {1000 * s_passes * tw:.1f} | {s_passes:.1f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -597,12 +644,26 @@ def figures(loaded, xs, masks, pairs, maps, curves, probs, args) -> list[Path]:
 
 
 def write_docs(text: str) -> None:
-    doc = DOC.read_text()
-    if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"{DOC} has no {BEGIN} ... {END} section")
-    new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{text}\n{END}",
-                 doc, flags=re.S)
-    DOC.write_text(new)
+    write_section(BEGIN, END, text)
+
+
+def run_timings(args, model, variables, chunk: int, model_name: str,
+                meta: dict) -> tuple[str, dict[str, list[float]]]:
+    """Times every method (benchmark model and, unless skipped, the paper's) in interleaved
+    rounds, prints the tables and, with --write-docs, replaces the timing section of
+    docs/explanations.md. Returns (text, {name: seconds per clip per round})."""
+    calls = method_calls(model, variables, chunk, args.batch, args.ig_steps)
+    if not args.skip_paper_timing:
+        calls.update(paper_model_calls(args))
+    load_before = os.getloadavg()[0]
+    times = interleaved_seconds(calls, args.rounds)
+    meta = dict(meta, timing_model=model_name, load_before=load_before, chunk=chunk,
+                load_after=os.getloadavg()[0], rounds=args.rounds)
+    text = format_timings(times, meta)
+    print(text)
+    if args.write_docs:
+        write_section(TIMING_BEGIN, TIMING_END, text)
+    return text, times
 
 
 def main(argv=None) -> int:
@@ -622,10 +683,13 @@ def main(argv=None) -> int:
     p.add_argument("--ig-steps", type=int, default=32)
     p.add_argument("--deletion-steps", type=int, default=16)
     p.add_argument("--skip-paper-timing", action="store_true")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="timing rounds (every computation once per round, interleaved)")
     p.add_argument("--json", default=None, help="write all numbers here")
     p.add_argument("--parts", default="localisation,listening",
-                   help="comma-separated parts to run: localisation (scores, timings, figures) "
-                        "and listening (faithfulness of the auralised maps)")
+                   help="comma-separated parts to run: localisation (scores, timings, figures), "
+                        "listening (faithfulness of the auralised maps), timing (the cost tables "
+                        "alone: no data, no trained model needed)")
     p.add_argument("--listen-clips", type=int, default=None,
                    help="clips for the listening part (default: --clips)")
     p.add_argument("--listen-keep", type=float, default=0.5)
@@ -647,19 +711,26 @@ def main(argv=None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"against_score": text}))
         return 0
+    parts = set(args.parts.split(","))
+    device = jax.devices()[0]
+    base_meta = {"date": time.strftime("%Y-%m-%d"), "ig_steps": args.ig_steps,
+                 "batch": args.batch,
+                 "device": f"{device.platform} ({getattr(device, 'device_kind', '')}, "
+                           f"{os.cpu_count()} CPU cores)"}
+    if parts == {"timing"}:
+        model, variables, chunk, name = timing_model(args)
+        _, times = run_timings(args, model, variables, chunk, name, base_meta)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"timings": times}))
+        return 0
     loaded, train_seconds = get_model(args)
     t0 = time.perf_counter()
     xs, masks, pairs = load_clips(loaded, args)
     print(f"{len(xs)} clips, {len(pairs)} (clip, one-part tag) pairs", flush=True)
     maps, probs, completeness, band_maps = frame_maps(loaded, xs, pairs, args)
-    parts = set(args.parts.split(","))
-    device = jax.devices()[0]
-    meta = {"date": time.strftime("%Y-%m-%d"), "clips": len(xs), "pairs": len(pairs),
-            "split": args.split, "ig_steps": args.ig_steps, "batch": args.batch,
-            "model": str(loaded.directory.relative_to(ROOT) if loaded.directory.is_relative_to(
-                ROOT) else loaded.directory),
-            "device": f"{device.platform} ({getattr(device, 'device_kind', '')}, "
-                      f"{os.cpu_count()} CPU cores)"}
+    meta = dict(base_meta, clips=len(xs), pairs=len(pairs), split=args.split,
+                model=str(loaded.directory.relative_to(ROOT) if loaded.directory.is_relative_to(
+                    ROOT) else loaded.directory))
     numbers = {"meta": meta, "train_seconds": train_seconds, "completeness": completeness}
     if "listening" in parts:
         n = min(args.listen_clips or len(xs), len(xs))
@@ -680,13 +751,12 @@ def main(argv=None) -> int:
         curves = deletion_curves(loaded, xs, pairs, maps, args)
         rows = localisation_table(maps, masks, pairs, probs, curves)
         print(f"localisation done in {time.perf_counter() - t0:.0f} s", flush=True)
-        timings = method_timings(loaded.model, loaded.variables, xs.shape[-1], args.batch,
-                                 args.ig_steps, loop=True)
-        paper = {} if args.skip_paper_timing else paper_model_timings(args)
-        text = format_tables(rows, timings, paper, completeness, meta)
+        text = format_tables(rows, completeness, meta)
         print(text)
+        _, times = run_timings(args, loaded.model, loaded.variables, xs.shape[-1],
+                               meta["model"], meta)
         numbers.update(localisation={f"{s}/{m}": r for (s, m), r in rows.items()},
-                       timings=timings, paper_model_timings=paper,
+                       timings=times,
                        deletion_curves={k: v.mean(0).tolist() for k, v in curves.items()})
         if args.write_docs:
             paths = figures(loaded, xs, masks, pairs, maps, curves, probs, args)

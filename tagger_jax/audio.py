@@ -12,6 +12,7 @@ form that maps back to the file's bytes (`display_path`). See docs/audio.md.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,14 +20,18 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
+import tempfile
+import threading
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
 LOG_SCALES = ("amplitude_to_db", "power_to_db")
 STFT_PAD_MODES = ("constant", "reflect")
+MPEG_SUFFIXES = (".mp3", ".mp2", ".mpga")  # decoded by libsndfile's mpg123
 RES_TYPE = "soxr_hq"  # librosa.load's default resampler (librosa >= 0.10), so we match it exactly
 
 
@@ -267,18 +272,58 @@ def _wav_declared_frames(p: Path) -> int | None:
         return None
 
 
-def _decode_soundfile(p: Path) -> Decoded:
+def _decode_soundfile(p: Path, mpeg: bool = False) -> Decoded:
     """libsndfile, read exactly as `librosa.load` does (`SoundFile.read(frames=-1, float32)`);
     for mp3 that is not bit-identical to `soundfile.read`, which reads a pre-counted number of
-    frames. The path goes in as bytes, so names that are not UTF-8 open too."""
+    frames. The path goes in as bytes, so names that are not UTF-8 open too.
+
+    `mpeg`: libsndfile's mpg123 prints its notes on damaged frames ("Illegal Audio-MPEG-Header",
+    "Trying to resync", "Skipped N bytes") straight to file descriptor 2; they are captured
+    (`_mpg123_messages`) and become the `damaged_data` warning instead of unexplained lines."""
     import soundfile as sf
 
-    with sf.SoundFile(os.fsencode(p)) as f:
-        rate, declared = f.samplerate, f.frames
-        y = f.read(frames=-1, dtype="float32", always_2d=True).T
+    problems: list[str] = []
+    with _mpg123_messages(problems) if mpeg else contextlib.nullcontext():
+        with sf.SoundFile(os.fsencode(p)) as f:
+            rate, declared = f.samplerate, f.frames
+            y = f.read(frames=-1, dtype="float32", always_2d=True).T
     wav_frames = _wav_declared_frames(p)
     return Decoded(np.ascontiguousarray(y), int(rate), "soundfile",
-                   wav_frames if wav_frames is not None else int(declared))
+                   wav_frames if wav_frames is not None else int(declared), problems)
+
+
+_FD2_LOCK = threading.Lock()
+# What libmpg123 writes on its own (its notes, warnings and "[src/libmpg123/...]" errors).
+_MPG123_LINE = re.compile(r"^(Note|Warning|Error|error): |^\[src/libmpg123/|mpg123", re.I)
+
+
+@contextlib.contextmanager
+def _mpg123_messages(into: list[str]) -> Iterator[None]:
+    """Collects the decoder's lines written to file descriptor 2 during the block into `into`
+    (`mpg123: ...`). File descriptors are per process, so the block holds a lock and anything
+    else written to fd 2 meanwhile (another thread's progress bar) is written back afterwards."""
+    with _FD2_LOCK, tempfile.TemporaryFile() as tmp:
+        try:
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", "replace")
+            other = []
+            for line in text.splitlines(keepends=True):
+                if _MPG123_LINE.search(line.strip()):
+                    into.append(f"mpg123: {line.strip()}")
+                elif line.strip():
+                    other.append(line)
+            if other:
+                os.write(2, "".join(other).encode("utf-8", "replace"))
 
 
 def _decode_ffmpeg(p: Path, ffmpeg: str) -> Decoded:
@@ -337,7 +382,7 @@ def decode(path: str | os.PathLike) -> Decoded:
     d = display_path(p)
     fmt = sniff_format(p)
     try:
-        return _decode_soundfile(p)
+        return _decode_soundfile(p, mpeg=fmt == "MP3" or p.suffix.lower() in MPEG_SUFFIXES)
     except Exception as e:  # libsndfile: unknown format or corrupt data
         sf_message = str(e).replace(f"Error opening {os.fsencode(p)!r}: ", "").strip()
     ffmpeg = ffmpeg_path()
@@ -562,6 +607,14 @@ def spectrogram_warnings(name: str, x: np.ndarray) -> dict[str, str]:
                            f"range): {why}; the tags are unreliable"}
 
 
+class InputRead(NamedTuple):
+    """An input as `read_input_with_duration` returns it."""
+
+    signal: np.ndarray  # (n_mels, T) log-mel, or (N,) waveform at the features' rate
+    warnings: dict[str, str]  # {code: one-line message naming the file}
+    duration_s: float | None  # decoded samples / sample rate; None for a .npy spectrogram
+
+
 def read_input(path: str | os.PathLike, features_config: Any = None,
                waveform: bool = False) -> tuple[np.ndarray, dict[str, str]]:
     """(model input, warnings) for an audio file or a `.npy`; see `load_input`.
@@ -571,24 +624,36 @@ def read_input(path: str | os.PathLike, features_config: Any = None,
     file}, the silent degradations of docs/audio.md: `damaged_data`, `duration_mismatch`,
     `low_sample_rate`, `stereo_cancellation` (audio) and `not_log_mel` (a `.npy` spectrogram).
     """
+    signal, notes, _ = read_input_with_duration(path, features_config, waveform)
+    return signal, notes
+
+
+def read_input_with_duration(path: str | os.PathLike, features_config: Any = None,
+                             waveform: bool = False) -> InputRead:
+    """`read_input` plus the audio's real duration in seconds: its samples at the features' rate
+    / that rate (a `.npy` waveform: its samples / the rate). A centred STFT has 1 + N // hop
+    frames, so frames x hop overstates it by up to one hop; a `.npy` spectrogram cannot say how
+    long its audio was (`duration_s` None)."""
     params = features_from_config(features_config)
     p = _check_file(path)
     d = display_path(p)
     if p.suffix.lower() != ".npy":
         wave, notes = load_audio_checked(p, params.sample_rate)
-        return (wave if waveform else log_mel(wave, **params.mel_kwargs)), notes
+        signal = wave if waveform else log_mel(wave, **params.mel_kwargs)
+        return InputRead(signal, notes, duration(wave, params.sample_rate))
     x = _load_npy(p)
     if waveform:
         if x.ndim != 1 or x.shape[0] < 1:
             raise InputError(f"{d}: expected a 1-D waveform with at least one sample, found "
                              f"shape {x.shape} (dtype {x.dtype})")
         _check_float_array(p, x, "waveform")
-        return np.ascontiguousarray(x, dtype=np.float32), {}
+        return InputRead(np.ascontiguousarray(x, dtype=np.float32), {},
+                         duration(x, params.sample_rate))
     if x.ndim != 2 or x.shape[0] != params.n_mels or x.shape[1] < 1:
         raise InputError(f"{d}: expected a spectrogram of shape ({params.n_mels}, T) with "
                          f"T >= 1, found shape {x.shape} (dtype {x.dtype})")
     _check_float_array(p, x, "spectrogram")
-    return np.ascontiguousarray(x, dtype=np.float32), spectrogram_warnings(d, x)
+    return InputRead(np.ascontiguousarray(x, dtype=np.float32), spectrogram_warnings(d, x), None)
 
 
 def load_input(path: str | os.PathLike, features_config: Any = None) -> np.ndarray:

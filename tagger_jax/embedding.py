@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from tagger_jax import inference
 
-FORMAT = "tagger-jax-embedding/1"
+FORMAT = "tagger-jax-embedding/2"  # /2: tag_names in every NPZ
 MERGED = "embeddings.npz"
 FAILURES = "failures.json"
 FIELDS = ("embedding", "frontend", "probabilities")
@@ -57,11 +57,12 @@ def run_signature(loaded, plan: inference.WindowPlan) -> str:
 
 
 def _track(p: inference.Prepared, out: dict, step_s: float, signature: str,
-           model: str) -> dict[str, Any]:
+           model: str, tags: Sequence[str]) -> dict[str, Any]:
     return {
         "name": np.array(p.item.name), "fingerprint": np.array(p.item.fingerprint),
         "signature": np.array(signature), "model_signature": np.array(model),
         "format": np.array(FORMAT),
+        "tag_names": np.array([str(t) for t in tags]),  # the model's, in probability order
         "window_starts_s": (p.starts * step_s).astype(np.float64),
         **{f"window_{k}": out[k].astype(np.float32) for k in FIELDS},
         "embedding": out["embedding"].mean(axis=0, dtype=np.float64).astype(np.float32),
@@ -92,7 +93,7 @@ def embed(engine: inference.Engine, items: Sequence[inference.Input],
                file=sys.stderr)
 
     def done(p: inference.Prepared, out: dict) -> None:
-        track = _track(p, out, engine.geometry.step_s, signature, model)
+        track = _track(p, out, engine.geometry.step_s, signature, model, engine.tags)
         tracks[p.item.key] = track
         if on_track is not None:
             on_track(p.item, track)
@@ -251,6 +252,7 @@ def _merge(out: Path, items: Sequence[inference.Input], signature: str) -> Optio
         "keys": np.array([it.key for it, _ in rows]),
         "signature": np.array(signature), "format": np.array(FORMAT),
         "model_signature": rows[0][1]["model_signature"],
+        "tag_names": rows[0][1]["tag_names"],  # one model (same signature): the same tags
         **{k: np.stack([z[k] for _, z in rows]) for k in FIELDS},
         "num_windows": np.array([len(z["window_starts_s"]) for _, z in rows]),
     })

@@ -315,6 +315,7 @@ class Prepared:
     num_tags: Optional[int] = None  # explain: how many of `tags` are the input's (rest: padding)
     extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # explain: Input.extras()
     warnings: dict[str, str] = dataclasses.field(default_factory=dict)  # audio.read_input's
+    duration_s: float = 0.0  # the audio's real duration (`input_duration_s`), not length x step
     labels: Optional[np.ndarray] = None  # a dataset record's (tags,) labels (`Loaded.labels`)
 
     def windows(self) -> Iterator[np.ndarray]:
@@ -326,11 +327,23 @@ class Prepared:
 
 def split_warnings(loaded: Any) -> tuple[np.ndarray, dict[str, str]]:
     """What an `Input.load` returned as (signal, {code: warning}): file inputs load through
-    `Engine.read_checked` (signal and audio warnings, docs/audio.md), dataset records as a
-    `Loaded`, others give the signal."""
+    `Engine.read_checked` (signal, audio warnings (docs/audio.md), duration), dataset records as
+    a `Loaded`, others give the signal."""
     if isinstance(loaded, Loaded):
         return loaded.signal, dict(loaded.warnings)
-    return loaded if isinstance(loaded, tuple) else (loaded, {})
+    return (loaded[0], dict(loaded[1])) if isinstance(loaded, tuple) else (loaded, {})
+
+
+def input_duration_s(loaded: Any, length: int, geom: Geometry) -> float:
+    """An input's real duration (s): the audio's samples / rate when the reader knew it
+    (`Engine.read_checked`: 10.0 for a 10 s file), else what its `length` time steps imply: a
+    waveform's samples / rate, or for T log-mel frames (a `.npy`, a dataset record) the shortest
+    audio a centred STFT turns into T frames, (T - 1) x hop / rate (T x hop overstates a 10 s
+    file by one frame: 10.016 s)."""
+    known = loaded[2] if isinstance(loaded, tuple) and len(loaded) > 2 else None
+    if known is not None:
+        return float(known)
+    return (length - (0 if geom.architecture.waveform else 1)) * geom.step_s
 
 
 def prepare(item: Input, geom: Geometry, plan: WindowPlan) -> Prepared:
@@ -351,6 +364,7 @@ def prepare(item: Input, geom: Geometry, plan: WindowPlan) -> Prepared:
     unique, inverse = np.unique(starts, return_inverse=True)
     return Prepared(item, signal, x, length, padded, starts, unique, inverse.reshape(-1),
                     geom.chunk, notes, started, warnings=dict(warnings),
+                    duration_s=input_duration_s(loaded, length, geom),
                     labels=loaded.labels if isinstance(loaded, Loaded) else None)
 
 
@@ -665,11 +679,14 @@ class Engine:
             return audio.load_waveform_input(path, self.features.sample_rate)
         return audio.load_input(path, self.features)
 
-    def read_checked(self, path: str | os.PathLike) -> tuple[np.ndarray, dict[str, str]]:
-        """`read` plus the input's degradation warnings, {code: message} (`audio.read_input`)."""
+    def read_checked(self, path: str | os.PathLike) -> tuple[np.ndarray, dict[str, str],
+                                                             Optional[float]]:
+        """`read` plus the input's degradation warnings, {code: message}, and its audio's real
+        duration in seconds (`audio.read_input_with_duration`)."""
         from tagger_jax import audio
 
-        return audio.read_input(path, self.features, waveform=self.architecture.waveform)
+        return audio.read_input_with_duration(path, self.features,
+                                              waveform=self.architecture.waveform)
 
     def file_inputs(self, paths: Iterable[str | os.PathLike]) -> list[Input]:
         """Inputs for files and directories (`discover`), with unique keys."""

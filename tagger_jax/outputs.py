@@ -15,6 +15,11 @@
 Lock files: for a file `DIR/NAME` it is `DIR/.NAME.lock`; for a directory `DIR/.tagger-jax.lock`.
 The locks are advisory (fcntl/flock on POSIX): only tagger-jax runs honour them, and they are
 released by the OS when the holding process dies, so a crash never leaves a stale lock.
+The (empty) lock files stay after release, on purpose: filelock removes them on release only on
+Windows (its `preserve_lock_file` option, checked for filelock 4.3); on POSIX an flock belongs to
+the file's inode, and deleting the file while a waiting run has it open would let that run and a
+third one (which creates a new file) both hold "the" lock. Deleting one by hand while no
+tagger-jax run uses the output is harmless.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import filelock
+import numpy as np
 
 from tagger_jax import errors
 
@@ -204,15 +210,57 @@ def exclusive(target: str | os.PathLike, what: str, wait: bool = False,
         lock.release()
 
 
-def exclusive_for_run(target: str | os.PathLike, what: str) -> contextlib.AbstractContextManager:
+# What process 0's attempt at a run's lock came to, sent to every process (`_agree`).
+LOCK_TAKEN, LOCK_BUSY, LOCK_FAILED = 0, 1, 2
+
+
+@contextlib.contextmanager
+def exclusive_for_run(target: str | os.PathLike, what: str,
+                      lock_file: str | os.PathLike | None = None) -> Iterator[Path]:
     """`exclusive(target, what)` held by process 0 of a run (the one that merges the processes'
-    shares), a no-op context on the others; refuses at once (errors.BUSY) if another run holds it.
+    shares or writes the workdir) for the block; refuses at once (errors.BUSY) if another run
+    holds it. Yields the lock file's path on every process.
+
+    Process 0 tries the lock and broadcasts the outcome (`jax.experimental.multihost_utils`)
+    before any process goes on: when it is refused, every process raises `BusyError` (exit
+    status 5) at once, instead of the others running on to the next barrier and waiting there
+    until the cluster times out; any other failure of process 0 here stops the others too.
 
     The lock file sits beside `target` (`.NAME.lock`), never inside it, so an output directory
-    holds only results. Call after `jax.distributed` is initialised.
+    holds only results; `lock_file` replaces it (the training workdir's `WORKDIR/train.lock`).
+    Call after `jax.distributed` is initialised.
     """
     import jax
 
-    if jax.process_index() != 0:
-        return contextlib.nullcontext(Path(target))
-    return exclusive(target, what, directory=False)
+    path = Path(lock_file) if lock_file is not None else lock_path(target, directory=False)
+    with contextlib.ExitStack() as held:
+        status, error = LOCK_TAKEN, None
+        if jax.process_index() == 0:
+            try:
+                held.enter_context(exclusive(target, what, directory=False, lock_file=lock_file))
+            except BusyError as e:
+                status, error = LOCK_BUSY, e
+            except Exception as e:  # noqa: BLE001 (re-raised below, after telling the others)
+                status, error = LOCK_FAILED, e
+        status = _agree(status)
+        if error is not None:
+            raise error
+        if status == LOCK_BUSY:
+            raise BusyError(f"{target}: {what} in use by another tagger-jax run ({holder(path)}); "
+                            f"process 0 of this run was refused the lock, so process "
+                            f"{jax.process_index()} stops too")
+        if status == LOCK_FAILED:
+            raise RuntimeError(f"{target}: process 0 of this run could not take the lock on the "
+                               f"{what} (its error says why); stopping")
+        yield path
+
+
+def _agree(status: int) -> int:
+    """Process 0's `status` on every process (a no-op with one process)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return status
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(status)))

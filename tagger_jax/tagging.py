@@ -84,19 +84,32 @@ class Tagger:
         result: dict[str, Any] = {
             "file": p.item.name,
             "tags": tags,
-            "probabilities": [round(float(v), 6) for v in track],
+            "probabilities": rounded(track, PROBABILITY_DECIMALS),
             "top_tags": inference.top_tags(track, tags, top_k),
-            "duration_s": round(p.length * geom.step_s, 3),
+            "duration_s": rounded(p.duration_s, SECONDS_DECIMALS),
+            "num_steps": int(p.length),
             **plan.describe(),
-            "chunk_seconds": round(geom.chunk_s, 3),
-            "chunk_starts_s": [round(float(s) * geom.step_s, 3) for s in p.starts],
-            "chunk_probabilities": np.round(window_probs, 6).tolist(),
+            "chunk_seconds": rounded(geom.chunk_s, SECONDS_DECIMALS),
+            "chunk_starts_s": rounded(np.asarray(p.starts) * geom.step_s, SECONDS_DECIMALS),
+            "chunk_probabilities": rounded(window_probs, PROBABILITY_DECIMALS),
         }
         if p.notes:
             result["warnings"] = list(p.notes)
         if p.warnings:  # {code: message}, docs/audio.md
             result["audio_warnings"] = dict(p.warnings)
         return result
+
+
+PROBABILITY_DECIMALS = 6  # tags.json: probabilities (track and per window)
+SECONDS_DECIMALS = 3  # tags.json: times and durations (1 ms)
+
+
+def rounded(values: Any, decimals: int) -> Any:
+    """A number or array as JSON-ready Python floats (nested lists) rounded to `decimals` in
+    float64, so the JSON holds the short decimal (a float32 0.1234567 rounded in float32 would be
+    written as 0.12345699965953827)."""
+    out = np.round(np.asarray(values, np.float64), decimals)
+    return out.tolist() if out.ndim else float(out)
 
 
 def message(name: str, error: BaseException) -> str:

@@ -59,13 +59,11 @@ WorkdirBusyError = outputs.BusyError  # another training holds the workdir
 def lock(workdir: Path) -> Iterator[None]:
     """Holds WORKDIR/train.lock for the block (process 0 only; others share its run).
 
-    Raises WorkdirBusyError naming the holder (pid, host, start time, command) if another training holds it.
+    Raises WorkdirBusyError naming the holder (pid, host, start time, command) if another
+    training holds it; in a multi-process run every process raises it at once
+    (`outputs.exclusive_for_run`: process 0 broadcasts the outcome before any barrier).
     """
-    if jax.process_index() != 0:
-        yield
-        return
-    workdir.mkdir(parents=True, exist_ok=True)
-    with outputs.exclusive(workdir, "training workdir", lock_file=workdir / LOCK_FILE):
+    with outputs.exclusive_for_run(workdir, "training workdir", lock_file=workdir / LOCK_FILE):
         yield
 
 

@@ -67,7 +67,8 @@ def wild(tmp_path_factory):
     np.save(d / "logmel.npy", audio.log_mel(y))
     return d, {"clean.wav": set(), "logmel.npy": set(),
                "phase.wav": {"stereo_cancellation"}, "phone.wav": {"low_sample_rate"},
-               "damaged.mp3": {"duration_mismatch"}, "truncated.wav": {"duration_mismatch"},
+               "damaged.mp3": {"damaged_data", "duration_mismatch"},  # mpg123 notes too
+               "truncated.wav": {"duration_mismatch"},
                "linear.npy": {"not_log_mel"}, "wide.npy": {"not_log_mel"}}
 
 
@@ -253,3 +254,16 @@ def test_non_utf8_file_names_are_explained_and_embedded(model_dir, tmp_path):
         (out / "failures.json").read_text())
     assert cli.main(["embed", "--checkpoint", str(model_dir), "--out", str(tmp_path / "emb"),
                      "--no-progress", str(d)]) == 0
+
+
+def test_mpg123_notes_become_the_damaged_data_warning_not_terminal_lines(tmp_path, capfd):
+    """libsndfile's mpg123 prints its resync notes straight to file descriptor 2; they are
+    captured into the warning (and a clean mp3 has none)."""
+    _damaged_mp3(tmp_path / "damaged.mp3")
+    sf.write(tmp_path / "clean.mp3", _tone(2.0, 44100), 44100, format="MP3")
+    _, notes = audio.load_audio_checked(tmp_path / "damaged.mp3")
+    _, clean = audio.load_audio_checked(tmp_path / "clean.mp3")
+    out, err = capfd.readouterr()
+    assert "Note:" not in err + out and "resync" not in err.lower()
+    assert "mpg123: Note: Illegal Audio-MPEG-Header" in notes["damaged_data"]
+    assert clean == {}

@@ -187,7 +187,7 @@ def test_mtat_rebuild_from_zip_parts_in_parallel_is_identical(mtat, tmp_path):
 def test_mtat_interrupted_build_resumes(mtat, tmp_path, monkeypatch):
     from tagger_jax.datasets import _extract
 
-    real_example, real_load = _extract.audio_example, audio.load_audio
+    real_example, real_load = _extract.audio_example, audio.load_audio_checked
     calls = {"example": 0, "load": 0}
 
     def interrupted(item):
@@ -207,7 +207,7 @@ def test_mtat_interrupted_build_resumes(mtat, tmp_path, monkeypatch):
     done = len(list(cache.glob("*/*.npz")))
     assert done == 19  # the first 20 clips, less the empty file (failures are not cached)
     monkeypatch.setattr(_extract, "audio_example", real_example)
-    monkeypatch.setattr(audio, "load_audio", counting_load)
+    monkeypatch.setattr(audio, "load_audio_checked", counting_load)
     datasets.build("magnatagatune", tmp_path, manual_dir=mtat["root"], num_workers=1)
     assert calls["load"] == (N_MTAT - 1) - done  # every clip but the dropped and the cached
     assert _records(tmp_path, "magnatagatune", "default") == \
@@ -611,3 +611,41 @@ def test_ensure_built_explains_manual_datasets(tmp_path):
         datasets.ensure_built("magnatagatune", tmp_path)
     with pytest.raises(FileNotFoundError, match="not built"):
         datasets.load_split("msd", "train", tmp_path)
+
+
+def test_audio_warnings_are_recorded_and_summarised_and_mpg123_notes_do_not_leak(tmp_path,
+                                                                                 capfd):
+    """Clips kept but degraded (docs/audio.md's codes) are listed in the metadata and in
+    audio_warnings.tsv, with one summary line at build time; libmpg123's resync notes on a
+    damaged mp3 become its `damaged_data` warning instead of lines on the terminal."""
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    t = np.arange(4 * SR) / SR
+    sf.write(manual / "clean.wav", 0.3 * np.sin(2 * np.pi * 440 * t), SR)
+    sf.write(manual / "phone.wav", 0.3 * np.sin(2 * np.pi * 440 * t[::2]), 8000)
+    sf.write(manual / "clip.mp3", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), SR)
+    data = bytearray((manual / "clip.mp3").read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 300] = np.random.default_rng(0).integers(0, 256, 300, np.uint8).tobytes()
+    (manual / "clip.mp3").write_bytes(bytes(data))
+    (manual / "tags.csv").write_text("path,tags,split\nclean.wav,a,train\nphone.wav,a;b,valid\n"
+                                     "clip.mp3,b,test\n")
+    b = datasets.build("audio_folder", tmp_path / "d", manual_dir=manual, num_workers=1)
+    out, err = capfd.readouterr()
+    assert "Illegal Audio-MPEG-Header" not in err + out and "resync" not in err + out
+    found = datasets.audio_warnings(b)
+    assert found["train"] == []
+    assert [w["code"] for w in found["validation"]] == ["low_sample_rate"]
+    assert found["validation"][0]["path"] == "phone.wav"
+    mp3 = {w["code"]: w["message"] for w in found["test"]}
+    assert set(mp3) == {"damaged_data", "duration_mismatch"}
+    assert "mpg123: Note: Illegal Audio-MPEG-Header" in mp3["damaged_data"]
+    summary = [line for line in out.splitlines() if "audio warnings" in line]
+    assert summary == [f"audio_folder: 2 clip(s) kept with audio warnings (damaged_data 1, "
+                       f"duration_mismatch 1, low_sample_rate 1); listed in "
+                       f"{datasets.warnings_path(b)}"]
+    rows = datasets.warnings_path(b).read_text().strip().split("\n")
+    assert rows[0] == "split\tclip_id\tpath\tcode\tmessage" and len(rows) == 4
+    reopened = datasets.get_builder("audio_folder", tmp_path / "d")
+    assert datasets.audio_warnings(reopened) == found  # kept in the dataset's metadata
+    assert datasets.split_sizes(reopened) == {"train": 1, "validation": 1, "test": 1}

@@ -127,6 +127,47 @@ def test_page_loads_from_file_url_without_console_errors(browser, out_dir):
     assert f"contribution: {TAGS[3]}" in labels and "log-mel spectrogram" in labels
 
 
+LABEL_BOXES = """
+var rect = function (e) { var r = e.getBoundingClientRect();
+  return {left: r.left, right: r.right, top: r.top, bottom: r.bottom, text: e.textContent}; };
+var ticks = Array.from(document.querySelectorAll('#axis-box .tick'));
+var hz = Array.from(document.querySelectorAll('#spectrogram .hz')).map(rect);
+hz.sort(function (a, b) { return a.top - b.top; });
+return {axis: rect(document.getElementById('axis-box')), ticks: ticks.map(rect),
+        last_time: Number(ticks[ticks.length - 1].dataset.time),
+        spec: rect(document.querySelector('#spectrogram canvas.map')), hz: hz,
+        width: document.documentElement.clientWidth,
+        canvas_px: Array.from(document.querySelectorAll('canvas.map')).map(function (c) {
+          return [c.width, c.getBoundingClientRect().width]; })};
+"""
+
+
+def _inside(box: dict, outer: dict) -> bool:
+    return (box["left"] >= outer["left"] - 0.5 and box["right"] <= outer["right"] + 0.5
+            and box["top"] >= outer["top"] - 0.5 and box["bottom"] <= outer["bottom"] + 0.5)
+
+
+@pytest.mark.parametrize("zoom", [0, 2])
+def test_every_axis_label_is_inside_its_plot(browser, out_dir, zoom):
+    """At the 1400-px window: the time axis's last tick (the end of the track when the whole
+    track is shown) and the spectrogram's top Hz label lie inside the plot and the viewport."""
+    open_page(browser, page_of(out_dir))
+    for _ in range(zoom):
+        browser.find_element("id", "zoom-in").click()
+    got = browser.execute_script(LABEL_BOXES)
+    if zoom == 0:
+        assert got["last_time"] == pytest.approx(SECONDS)  # the tick at the end of the track
+    assert len(got["ticks"]) >= 3
+    for tick in got["ticks"]:
+        assert _inside(tick, got["axis"]) and tick["right"] <= got["width"], (tick, got["axis"])
+    for px, css in got["canvas_px"]:  # drawn 1:1, not stretched (labels and cursor line up)
+        assert px == pytest.approx(css, abs=0.5)
+    assert got["hz"][0]["text"] == "8 kHz"  # the top label: the Nyquist band at 16 kHz
+    for label in got["hz"]:
+        assert _inside(label, got["spec"]), (label, got["spec"])
+    assert severe(browser) == []
+
+
 def test_play_moves_the_cursor_and_a_click_seeks(browser, out_dir):
     open_page(browser, page_of(out_dir))
     left0 = browser.execute_script("return document.getElementById('cursor').style.left")

@@ -86,6 +86,10 @@ def test_every_good_input_is_explained_and_broken_ones_reported(setup, first_run
         summary = json.loads((out / f"{key}.json").read_text())
         assert summary["files"]["png"] == f"{key}.png" and (out / f"{key}.png").stat().st_size
         assert len(summary["explained_tags"]) == 2
+        assert summary["num_steps"] == frames
+    tone = json.loads((out / "tone.wav.json").read_text())
+    assert tone["duration_s"] == 1.0  # 16,000 samples at 16 kHz, not 63 frames x 16 ms
+    assert json.loads((out / "long.npy.json").read_text())["duration_s"] == 79 * 256 / 16000
     failures = json.loads((out / "failures.json").read_text())
     assert sorted(Path(f["input"]).name for f in failures.values()) == ["bad.npy", "broken.wav"]
     assert all(Path(f["input"]).name in f["error"] for f in failures.values())
@@ -123,6 +127,11 @@ def test_index_and_pages_link_every_input_with_escaped_names(first_run):
     assert "we&lt;i&gt;rd &amp; &#x27;name&#x27;.npy" in page
     assert "<i>" not in page and "<vocal>" not in page and "'name'.npy" not in page
     assert "broken.wav" in page and "bad.npy" in page
+    failed = page.split("<ul class='failed'>")[1].split("</ul>")[0].split("</li>")[:-1]
+    assert len(failed) == 2  # each failure line names its input once ("a.wav: a.wav: ..." not)
+    for line in failed:
+        name = line[len("<li>"):].split(": ")[0]
+        assert name.endswith(("broken.wav", "bad.npy")) and f"{name}: {name}" not in line, line
     weird = (out / f"{runner.safe_key(WEIRD)}.html").read_text()
     assert "/we&lt;i&gt;rd &amp; &#x27;name&#x27;.npy</h1>" in weird
     assert "<i>" not in weird and "<vocal>" not in weird
@@ -232,8 +241,11 @@ def test_dollar_names_plot_as_text_and_methods_all_has_no_duplicate_rows(setup, 
     maps = summary["files"]["audio"]["maps"]
     assert {m["method"] for m in maps} == {"attention", "rollout", "contribution",
                                            "grad_x_input", "integrated_gradients"}
-    for m in maps:
+    for m in maps:  # named by tag name (file-name safe), as --help says
+        tag = "" if m["tag"] is None else "." + {"t1": "t1", "no <vocal> & co": "no_vocal_co"}[
+            m["tag"]]
         for kind in ("kept", "removed"):
+            assert m[kind] == f"{key}.{m['method']}{tag}.{kind}.ogg"
             info = sf.info(out / m[kind])
             assert info.samplerate == 16000 and abs(info.duration - 1.5) < 1e-3
     with np.load(out / f"{key}.npz") as z:  # why the duplicate: the same numbers
@@ -243,6 +255,11 @@ def test_dollar_names_plot_as_text_and_methods_all_has_no_duplicate_rows(setup, 
     attention = [r["label"] for r in rows if r["method"].startswith("attention")]
     assert len(attention) == len(set(attention))
     assert sum(r["method"] == "attention_layers" for r in rows) == len(res["attention_layers"]) - 1
+
+
+def test_tag_file_names_are_safe_and_unique():
+    assert runner.tag_file_names(["rock", "a/b", "a b", "a_b", "</x>"]) == {
+        "rock": "rock", "a/b": "a__b", "a b": "a_b", "a_b": "a_b-2", "</x>": "x"}
 
 
 def test_a_failing_figure_leaves_no_file_of_that_input(setup, tmp_path, monkeypatch):

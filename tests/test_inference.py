@@ -188,6 +188,10 @@ def test_embed_cli_writes_npz_and_resumes(model_dir, files, tmp_path, capsys):
     assert [n.split("/")[-1] for n in merged["names"]] == ["long.npy", "mid.npy"]
     assert merged["embedding"].shape == (2, 16) and merged["probabilities"].shape == (2, 5)
     np.testing.assert_array_equal(merged["num_windows"], [4, 2])
+    loaded = checkpoint.load_model(model_dir)
+    for z in (merged, embedding.load_embeddings(out / "long.npy.npz")):  # tags travel along
+        assert list(z["tag_names"]) == list(loaded.tags) and len(z["tag_names"]) == 5
+        assert str(z["model_signature"]) == inference.model_signature(loaded)
     one = embedding.load_embeddings(out / "long.npy.npz")
     assert one["window_embedding"].shape == (4, 16) and str(one["name"]).endswith("long.npy")
     assert json.loads((out / "failures.json").read_text())["broken.npy"]["input"].endswith(

@@ -159,3 +159,31 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path, inputs, capsys):
 
 def test_features_config_is_taken_from_the_checkpoint(loaded):
     assert audio.features_from_config(loaded.config.features).chunk_frames == 64
+
+
+def test_duration_is_the_audio_length_and_numbers_are_rounded_alike(loaded, tmp_path):
+    """`duration_s` is samples / rate (10.0 s for a 10 s file, 2.5 s for 2.5 s at 44.1 kHz),
+    not frames x hop (10.016 s); frames stay apart in `num_steps`; a .npy spectrogram of T frames
+    lasts (T - 1) x hop / rate. Track and window probabilities are rounded the same way."""
+    sf.write(tmp_path / "ten.wav", 0.3 * np.sin(np.arange(160000) * 0.05), 16000)
+    sf.write(tmp_path / "cd.flac", 0.3 * np.sin(np.arange(110250) * 0.01), 44100)
+    np.save(tmp_path / "spec.npy", np.full((96, 300), -40.0, np.float32))
+    ten, cd, spec = tagging.Tagger(loaded, batch_size=8).tag(
+        [tmp_path / "ten.wav", tmp_path / "cd.flac", tmp_path / "spec.npy"], progress=False)
+    assert ten["duration_s"] == 10.0 and ten["num_steps"] == 1 + 160000 // 256 == 626
+    assert cd["duration_s"] == 2.5 and cd["num_steps"] == 1 + 40000 // 256
+    assert spec["duration_s"] == round(299 * 256 / 16000, 3) and spec["num_steps"] == 300
+    for r in (ten, cd, spec):
+        text = json.dumps(r)
+        for key in ("probabilities", "chunk_probabilities"):
+            flat = np.ravel(r[key])
+            assert all(round(float(v), 6) == v for v in flat), (key, text[:300])
+        decimals = [len(t.split(".")[1]) for t in json.dumps(r["chunk_probabilities"])
+                    .replace("[", " ").replace("]", " ").replace(",", " ").split() if "." in t]
+        assert max(decimals) <= 6
+
+
+def test_rounded_is_float64_rounding():
+    assert tagging.rounded(np.float32(0.1234567), 6) == 0.123457
+    assert tagging.rounded(np.array([[0.5, np.float32(1 / 3)]], np.float32), 6) == [[0.5,
+                                                                                     0.333333]]

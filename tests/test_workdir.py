@@ -76,6 +76,39 @@ def test_cli_refuses_a_busy_workdir_with_one_line_and_status_5(tmp_path):
     assert len(lines) == 1 and f"pid {proc.pid}" in lines[0], out.stderr[-2000:]
 
 
+def test_a_busy_workdir_stops_every_process_of_a_multi_process_run_with_status_5(tmp_path):
+    """Two localhost processes (jax.distributed, as tests/test_distributed.py runs them): process 0
+    is refused the lock, and both exit promptly with status 5, none left at a barrier."""
+    run_dir = tmp_path / "run"
+    proc = _holder(run_dir)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    procs = []
+    try:
+        for i in range(2):
+            procs.append(subprocess.Popen(
+                [sys.executable, str(ROOT / "train.py"), "--config",
+                 str(ROOT / "configs" / "synthetic_cpu.py"), "--workdir", str(run_dir)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=dict(env, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                         JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))))
+        outs = [p.communicate(timeout=240) for p in procs]  # a hang: TimeoutExpired
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    for i, (p, (_, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 5, (i, err[-2000:])
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and f"pid {proc.pid}" in lines[0], (i, err[-2000:])
+    assert not (run_dir / "config.json").exists()
+
+
 def test_mismatch_hint_works_and_stored_config_resumes(tmp_path):
     config = tiny_config()
     workdir.check_or_write_config(config, tmp_path)

@@ -38,9 +38,9 @@ THE CONTRACT (the input pipeline and the trainer rely on it):
 """
 from __future__ import annotations
 
-from tagger_jax.datasets._api import (SELF_CONTAINED, build, build_report, ensure_built,
-                                      get_builder, load_split, report_path, split_sizes,
-                                      tag_names)
+from tagger_jax.datasets._api import (SELF_CONTAINED, audio_warnings, build, build_report,
+                                      ensure_built, get_builder, load_split, report_path,
+                                      split_sizes, tag_names, warnings_path, warnings_summary)
 from tagger_jax.datasets._common import SPLITS, TaggingBuilder, TaggingConfig
 from tagger_jax.datasets.audio_folder import AudioFolder, AudioFolderConfig
 from tagger_jax.datasets.magnatagatune import Magnatagatune, MagnatagatuneConfig
@@ -60,5 +60,5 @@ __all__ = [
     "SyntheticTags", "SyntheticConfig", "SoundfontTags", "SoundfontConfig", "Magnatagatune", "MagnatagatuneConfig", "MtgJamendo",
     "MtgJamendoConfig", "Msd", "MsdConfig", "AudioFolder", "AudioFolderConfig",
     "get_builder", "build", "ensure_built", "tag_names", "load_split", "build_report",
-    "report_path", "split_sizes",
+    "report_path", "audio_warnings", "warnings_path", "warnings_summary", "split_sizes",
 ]

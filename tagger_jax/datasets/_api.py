@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import tensorflow_datasets as tfds
 
-from tagger_jax.datasets._common import REPORT_FILE, SPLITS, TaggingBuilder
+from tagger_jax.datasets._common import REPORT_FILE, SPLITS, WARNINGS_FILE, TaggingBuilder
 
 # Datasets that need nothing downloaded: `ensure_built` builds them on first use.
 SELF_CONTAINED = ("synthetic_tags", "soundfont_tags")
@@ -90,6 +90,8 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
           + (f" from {manual}" if manual else ""), flush=True)
     with _quiet_tfds(builder):
         builder.download_and_prepare(download_config=config)
+    if name not in SELF_CONTAINED:  # synthesised, not decoded: nothing to warn about
+        print(warnings_summary(builder), flush=True)
     return builder
 
 
@@ -194,6 +196,33 @@ def build_report(builder: tfds.core.DatasetBuilder) -> dict[str, list[dict[str, 
     return {s: list(v) for s, v in (builder.info.metadata or {}).get("skipped", {}).items()}
 
 
+def audio_warnings(builder: tfds.core.DatasetBuilder) -> dict[str, list[dict[str, str]]]:
+    """Clips kept but degraded, per split: [{"clip_id", "path", "code", "message"}, ...], one
+    entry per warning (`audio.load_audio_checked`'s codes: `damaged_data`, `duration_mismatch`,
+    `low_sample_rate`, `stereo_cancellation`; docs/audio.md). Empty for datasets built before
+    the warnings were recorded, and for synthesised ones."""
+    return {s: list(v) for s, v in (builder.info.metadata or {}).get("audio_warnings", {}).items()}
+
+
+def warnings_path(builder: tfds.core.DatasetBuilder) -> Path:
+    """Where the build wrote its `audio_warnings.tsv`."""
+    return Path(str(builder.data_dir)) / WARNINGS_FILE
+
+
+def warnings_summary(builder: tfds.core.DatasetBuilder) -> str:
+    """One line: how many kept clips have audio warnings, by code, and where they are listed."""
+    found = [w for items in audio_warnings(builder).values() for w in items]
+    if not found:
+        return f"{builder.name}: no audio warnings"
+    clips = len({(w["clip_id"], w["path"]) for w in found})
+    codes: dict[str, int] = {}
+    for w in found:
+        codes[w["code"]] = codes.get(w["code"], 0) + 1
+    by_code = ", ".join(f"{code} {n}" for code, n in sorted(codes.items()))
+    return (f"{builder.name}: {clips} clip(s) kept with audio warnings ({by_code}); listed in "
+            f"{warnings_path(builder)}")
+
+
 def report_path(builder: tfds.core.DatasetBuilder) -> Path:
     """Where the build wrote its `skipped_files.tsv`."""
     return Path(str(builder.data_dir)) / REPORT_FILE
@@ -204,4 +233,5 @@ def split_sizes(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
 
 
 __all__: Sequence[str] = ("get_builder", "build", "ensure_built", "tag_names", "load_split",
-                          "build_report", "report_path", "split_sizes", "SELF_CONTAINED")
+                          "build_report", "report_path", "audio_warnings", "warnings_path",
+                          "warnings_summary", "split_sizes", "SELF_CONTAINED")

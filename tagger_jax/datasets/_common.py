@@ -28,6 +28,7 @@ SPLITS = ("train", "validation", "test")
 # The authors' feature settings: every stored "mel" is computed with exactly these.
 FEATURES = FeatureParams()
 REPORT_FILE = "skipped_files.tsv"
+WARNINGS_FILE = "audio_warnings.tsv"
 TAGS_FILE = "tags.txt"
 
 
@@ -60,23 +61,34 @@ def feature_spec(num_tags: int | None, waveform: bool = False, tag_mask: bool = 
 class BuildInfo(tfds.core.MetadataDict):
     """Dataset metadata saved beside the records: tag names, feature settings, build report.
 
-    Besides `metadata.json` it writes `skipped_files.tsv` (split, clip id, path, reason) and
-    `tags.txt` (one tag a line, model order) into the dataset directory, so the files a build could
-    not use and the vocabulary are readable where the data lives.
+    Besides `metadata.json` it writes `skipped_files.tsv` (split, clip id, path, reason),
+    `audio_warnings.tsv` (split, clip id, path, code, message: clips kept but degraded, the
+    `audio.load_audio_checked` warnings) and `tags.txt` (one tag a line, model order) into the
+    dataset directory, so the files a build could not use or found degraded and the vocabulary
+    are readable where the data lives.
     """
 
     def save_metadata(self, data_dir):
         super().save_metadata(data_dir)
         rows = [(split, s["clip_id"], s["path"], s["error"])
                 for split, items in sorted(self.get("skipped", {}).items()) for s in items]
-        buf = io.StringIO()
-        writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
-        writer.writerow(("split", "clip_id", "path", "error"))
-        writer.writerows(rows)
-        (tfds.core.Path(data_dir) / REPORT_FILE).write_text(buf.getvalue())
+        _write_tsv(tfds.core.Path(data_dir) / REPORT_FILE, ("split", "clip_id", "path", "error"),
+                   rows)
+        rows = [(split, w["clip_id"], w["path"], w["code"], w["message"])
+                for split, items in sorted(self.get("audio_warnings", {}).items()) for w in items]
+        _write_tsv(tfds.core.Path(data_dir) / WARNINGS_FILE,
+                   ("split", "clip_id", "path", "code", "message"), rows)
         if "tags" in self:
             lines = "".join(f"{t}\n" for t in self["tags"])
             (tfds.core.Path(data_dir) / TAGS_FILE).write_text(lines)
+
+
+def _write_tsv(path, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    path.write_text(buf.getvalue())
 
 
 class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
@@ -164,6 +176,7 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
         meta["features"] = dataclasses.asdict(FEATURES)
         meta["skipped"] = {s: [] for s in self._split_names()}
         meta["num_skipped"] = {s: 0 for s in self._split_names()}
+        meta["audio_warnings"] = {s: [] for s in self._split_names()}
 
     def _split_names(self) -> tuple[str, ...]:
         """train / validation / test, then the builder's extra splits (if any)."""
@@ -177,6 +190,12 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
         meta["skipped"][split].append({"clip_id": clip_id, "path": path, "error": error})
         meta["num_skipped"][split] += 1
         log.warning("%s/%s: skipped %s", self.name, split, error)
+
+    def _warn(self, split: str, clip_id: str, path: str, notes: dict[str, str]) -> None:
+        """Records a kept clip's audio degradations ({code: message}) in the metadata."""
+        found = self.info.metadata.setdefault("audio_warnings", {}).setdefault(split, [])
+        for code, message in sorted(notes.items()):
+            found.append({"clip_id": clip_id, "path": path, "code": code, "message": message})
 
     def _workers(self) -> int:
         n = self._num_workers if self._num_workers else (os.cpu_count() or 1)
@@ -218,11 +237,13 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
             for job in jobs:
                 name = hashlib.sha1(str(job["key"]).encode()).hexdigest()
                 job["cache"] = str(cache / f"{name}.npz")
-        for item, (example, error) in zip(
+        for item, (example, error, notes) in zip(
                 jobs, self._map(_extract.audio_example, jobs, f"{self.name} {split}")):
             if error is not None:
                 self._skip(split, item["clip_id"], item["path"], error)
             else:
+                if notes:
+                    self._warn(split, item["clip_id"], item["path"], notes)
                 yield item["key"], example
 
 

@@ -5,6 +5,7 @@ soundfile (through `tagger_jax.audio`), never JAX.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from typing import Any
@@ -29,20 +30,21 @@ def _example(wave: np.ndarray, item: dict) -> dict[str, Any]:
     return example
 
 
-def _load_from_zip(parts: tuple[str, ...], member: str) -> np.ndarray:
+def _load_from_zip(parts: tuple[str, ...], member: str) -> tuple[np.ndarray, dict[str, str]]:
     from tagger_jax.datasets._archive import open_zip
 
     data = open_zip(tuple(parts)).read(member)
     suffix = os.path.splitext(member)[1] or ".mp3"
     fd, tmp = tempfile.mkstemp(suffix=suffix, prefix="tagger_jax_")
+    where = f"{member} (in {os.path.basename(parts[0])}...)"
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         try:
-            return audio_lib.load_audio(tmp, FEATURES.sample_rate)
+            wave, notes = audio_lib.load_audio_checked(tmp, FEATURES.sample_rate)
         except audio_lib.InputError as e:  # name the archive member, not the temporary copy
-            where = f"{member} (in {os.path.basename(parts[0])}...)"
             raise audio_lib.InputError(str(e).replace(tmp, where)) from None
+        return wave, {code: text.replace(tmp, where) for code, text in notes.items()}
     finally:
         os.unlink(tmp)
 
@@ -70,14 +72,15 @@ def _cached(item: dict, signature: str) -> dict | None:
                        "duration": np.float32(z["duration"])}
             if "audio" in z:
                 example["audio"] = z["audio"]
-            return example
+            return example, json.loads(str(z["warnings"]))
     except (OSError, KeyError, ValueError):
         return None
 
 
-def _store(item: dict, signature: str, example: dict) -> None:
+def _store(item: dict, signature: str, example: dict, notes: dict[str, str]) -> None:
     arrays = {"signature": np.asarray(signature), "mel": example["mel"],
-              "duration": np.asarray(example["duration"])}
+              "duration": np.asarray(example["duration"]),
+              "warnings": np.asarray(json.dumps(notes, sort_keys=True))}
     if "audio" in example:
         arrays["audio"] = example["audio"]
     tmp = item["cache"] + ".tmp.npz"
@@ -85,31 +88,33 @@ def _store(item: dict, signature: str, example: dict) -> None:
     os.replace(tmp, item["cache"])  # atomic: an interrupted write leaves no half entry
 
 
-def audio_example(item: dict) -> tuple[dict | None, str | None]:
-    """(example, None) or (None, reason). `item`: key, clip_id, path (shown in reports), tags,
-    waveform, either `file` (a path) or `zip` (part paths) + `member`, and optionally `cache`
-    (an .npz path: features are reused from there when the source is unchanged, and saved)."""
+def audio_example(item: dict) -> tuple[dict | None, str | None, dict[str, str]]:
+    """(example, None, warnings) or (None, reason, {}). `warnings`: the clip's silent audio
+    degradations, {code: message naming the file} (`audio.load_audio_checked`, docs/audio.md).
+    `item`: key, clip_id, path (shown in reports), tags, waveform, either `file` (a path) or
+    `zip` (part paths) + `member`, and optionally `cache` (an .npz path: features and warnings
+    are reused from there when the source is unchanged, and saved)."""
     if "error" in item:  # found missing while listing the sources
-        return None, item["error"]
+        return None, item["error"], {}
     try:
         signature = _signature(item) if item.get("cache") else ""
         if signature and os.path.exists(item["cache"]):
-            example = _cached(item, signature)
-            if example is not None:
-                return example, None
+            cached = _cached(item, signature)
+            if cached is not None:
+                return cached[0], None, cached[1]
         if "zip" in item:
-            wave = _load_from_zip(item["zip"], item["member"])
+            wave, notes = _load_from_zip(item["zip"], item["member"])
         else:
-            wave = audio_lib.load_audio(item["file"], FEATURES.sample_rate)
+            wave, notes = audio_lib.load_audio_checked(item["file"], FEATURES.sample_rate)
         example = _example(wave, item)
         if signature:
-            _store(item, signature, example)
-        return example, None
+            _store(item, signature, example, notes)
+        return example, None, notes
     except audio_lib.InputError as e:
-        return None, str(e)
+        return None, str(e), {}
     except Exception as e:  # anything else a broken file triggers must not stop the build
         where = item.get("file") or item.get("member") or item["path"]
-        return None, f"{where}: {type(e).__name__}: {e}"
+        return None, f"{where}: {type(e).__name__}: {e}", {}
 
 
 def synth_example(job: dict) -> dict[str, Any]:

@@ -524,11 +524,11 @@ def _auralise(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray],
     if not ctx.options.listen:
         return files
     times = None if not ctx.waveform else res["frame_times"]
-    index = {t: i for i, t in enumerate(ctx.tags)}
+    tag_stems = tag_file_names(ctx.tags)
     for r in rows:
         if r["method"] not in AURALISED:
             continue
-        stem = f"{key}.{r['method']}" + ("" if r["tag"] is None else f".{index[r['tag']]}")
+        stem = f"{key}.{r['method']}" + ("" if r["tag"] is None else f".{tag_stems[r['tag']]}")
         kept, rest = A.auralise(wave, r["values"], keep=ctx.options.listen_keep,
                                 softness=ctx.options.listen_softness, sample_rate=rate,
                                 n_fft=ctx.features.n_fft, hop_length=ctx.features.hop_length,
@@ -538,6 +538,13 @@ def _auralise(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray],
                               "removed": put(f"{stem}.removed.ogg", rest)})
     files.update(keep=ctx.options.listen_keep, softness=ctx.options.listen_softness)
     return files
+
+
+def tag_file_names(tags: Sequence[str]) -> dict[str, str]:
+    """{tag: its part of a file name}: the tag made file-name safe (`inference.unique_keys`:
+    odd characters as '_', '/' as '__'), -2, -3, ... on tags that become the same; taken over
+    all the model's tags, so a tag's files have one name in every input and run."""
+    return dict(zip(tags, inference.unique_keys([str(t) for t in tags])))
 
 
 def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signature: str,
@@ -561,7 +568,7 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
         "kind": FORMAT, "input": track.item.name, "key": track.item.key,
         "fingerprint": track.item.fingerprint, "signature": signature,
         "num_steps": int(track.length),
-        "duration_s": track.length * ctx.engine.geometry.step_s,
+        "duration_s": round(float(track.duration_s), 6),
         "num_chunks": int(len(track.starts)), "padded": bool(track.padded),
         "top_tags": [{"tag": ctx.tags[i], "probability": round(float(probs[i]), 4)}
                      for i in order],
@@ -702,9 +709,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     tracks: dict[str, _Track] = {}
 
     def fail(item: InputItem, error: BaseException) -> None:
-        msg = str(error) or type(error).__name__
-        if item.name not in msg:
-            msg = f"{item.name}: {msg}"
+        msg = report.failure_line(item.name, str(error) or type(error).__name__)
         failed[item.name] = msg
         failures[item.key] = {"input": item.name, "error": msg, "fingerprint": item.fingerprint}
         tracks.pop(item.key, None)

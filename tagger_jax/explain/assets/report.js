@@ -6,7 +6,8 @@
   'use strict';
   var D = JSON.parse(document.getElementById('data').textContent);
   var app = document.getElementById('app');
-  var LABEL_W = 210, CBAR_W = 124;
+  var LABEL_W = 210, CBAR_W = 124;  // as .label and .cbar in report.css
+  var SPEC_H = 150, HZ_H = 12;      // spectrogram row and Hz label heights (px)
   var duration = Math.max(D.duration_s, D.spec.frames * D.spec.step_s + D.spec.start_s, 0.1);
   var view = { start: 0, pps: 0 };  // left edge (s), pixels per second
   var rows = [];                    // {data, el, canvas, img, visible}
@@ -107,7 +108,7 @@
     var cv = el('canvas');
     var ticks = el('div', { class: 'ticks' });
     ticks.appendChild(el('span', null, fmt(r.vmax)));
-    ticks.appendChild(el('span', { class: 'unit' }, unit));
+    ticks.appendChild(el('span', { class: 'unit', title: unit }, unit));
     ticks.appendChild(el('span', null, fmt(r.vmin)));
     c.appendChild(cv);
     c.appendChild(ticks);
@@ -152,13 +153,21 @@
 
   // the spectrogram
   var specRow = makeRow({ cmap: 'magma', vmin: D.spec.vmin, vmax: D.spec.vmax, method: 'spec',
-                          tag: null }, 150, 'log-mel spectrogram', 'dB');
+                          tag: null }, SPEC_H, 'log-mel spectrogram', 'dB');
   specRow.kind = 'image';
   specRow.grid = D.spec;
   specRow.img = new Image();
   specRow.img.onload = redraw;
   specRow.img.src = D.spec.png;
   specRow.el.id = 'spectrogram';
+  var hzBox = el('div', { class: 'hz-labels' });
+  D.spec.hz_ticks.forEach(function (tk) {
+    var y = SPEC_H - (tk[0] + 0.5) / D.spec.bands * SPEC_H;
+    var label = el('span', { class: 'hz' }, tk[1]);
+    label.style.top = Math.max(0, Math.min(SPEC_H - HZ_H, y - HZ_H / 2)) + 'px';
+    hzBox.appendChild(label);
+  });
+  specRow.el.appendChild(hzBox);
   strip.appendChild(specRow.el);
   rows.push(specRow);
 
@@ -197,10 +206,15 @@
   var hscroll = el('div', { id: 'hscroll' });
   var spacer = el('div');
   hscroll.appendChild(spacer);
+  // Tick labels are elements over the canvases (not canvas text), placed so that none runs
+  // past the plot's edges: the last tick's label ends at its tick, the top band's label stays
+  // inside the spectrogram.
+  var axisBox = el('div', { id: 'axis-box' });
   var axis = el('canvas', { id: 'axis', class: 'map', height: '22' });
+  axisBox.appendChild(axis);
   var axisRow = el('div', { class: 'row' });
   axisRow.appendChild(el('div', { class: 'label' }, 'time (s)'));
-  axisRow.appendChild(axis);
+  axisRow.appendChild(axisBox);
   axisRow.appendChild(el('div', { class: 'cbar' }));
 
   app.appendChild(player);
@@ -251,19 +265,24 @@
     g.clearRect(0, 0, w, 22);
     var span = w / view.pps, steps = [0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300];
     var step = steps.find(function (s) { return span / s <= 12; }) || 600;
-    g.fillStyle = '#333'; g.font = '11px sans-serif';
-    for (var t = Math.ceil(view.start / step) * step; t <= view.start + span; t += step) {
-      var x = (t - view.start) * view.pps;
-      g.fillRect(x, 0, 1, 6);
-      g.fillText(step < 1 ? t.toFixed(1) : clock(t).replace(/\.0$/, ''), x + 2, 17);
+    g.fillStyle = '#333';
+    axisBox.querySelectorAll('.tick').forEach(function (e) { axisBox.removeChild(e); });
+    var first = Math.ceil(view.start / step - 1e-9);
+    for (var k = first; k * step <= view.start + span + 1e-9; k++) {
+      var t = k * step, x = (t - view.start) * view.pps;
+      g.fillRect(Math.min(x, w - 1), 0, 1, 6);
+      var label = el('span', { class: 'tick' },
+                     step < 1 ? t.toFixed(1) : clock(t).replace(/\.0$/, ''));
+      label.dataset.time = String(t);
+      axisBox.appendChild(label);
+      var lw = label.offsetWidth;  // right of its tick, or left of it where it would run over
+      label.style.left = (x + 2 + lw <= w ? x + 2 : Math.max(0, x - 2 - lw)) + 'px';
     }
   }
-  function drawHz(g, w, h) {
-    g.font = '10px sans-serif';
+  function drawHz(g, w, h) {  // tick marks; the labels are elements (.hz)
+    g.fillStyle = '#fff';
     D.spec.hz_ticks.forEach(function (tk) {
-      var y = h - (tk[0] + 0.5) / D.spec.bands * h;
-      g.fillStyle = 'rgba(0,0,0,0.55)'; g.fillRect(0, y - 6, 48, 12);
-      g.fillStyle = '#fff'; g.fillRect(0, y, 4, 1); g.fillText(tk[1], 6, y + 4);
+      g.fillRect(0, h - (tk[0] + 0.5) / D.spec.bands * h, 4, 1);
     });
   }
   function redraw() {
@@ -316,6 +335,12 @@
     if (Math.abs(s - view.start) * view.pps >= 1) { view.start = s; redraw(); }
   });
   window.addEventListener('resize', function () { redraw(); });
+  if (window.ResizeObserver) {  // also when a scroll bar appears (no window resize event)
+    var lastWidth = strip.clientWidth;
+    new ResizeObserver(function () {
+      if (strip.clientWidth !== lastWidth) { lastWidth = strip.clientWidth; redraw(); }
+    }).observe(strip);
+  }
 
   // ---- playback --------------------------------------------------------------------------------
   function seek(t) {
