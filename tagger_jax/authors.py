@@ -86,12 +86,12 @@ def mapping_plan(model_config: Mapping[str, Any], num_tags: int = 50) -> Plan:
     from tagger_jax.models import model_fields
 
     cfg = model_fields(model_config)
-    if cfg.architecture != "pons_won":
+    if cfg["architecture"] != "pons_won":
         raise AuthorsImportError("only the authors' pons_won model can be imported, config has "
-                                 f"architecture {cfg.architecture!r}")
-    c = int(cfg.conv_channels)
-    d = int(cfg.attention_channels)
-    ffn = int(cfg.intermediate)
+                                 f"architecture {cfg['architecture']!r}")
+    c = int(cfg["conv_channels"])
+    d = int(cfg["attention_channels"])
+    ffn = int(cfg["intermediate"])
     plan: Plan = {}
 
     def dense(path: tuple[str, ...], key: str, n_in: int, n_out: int) -> None:
@@ -132,15 +132,15 @@ def mapping_plan(model_config: Mapping[str, Any], num_tags: int = 50) -> Plan:
     plan[("params", "conv1x1", "bias")] = [Source("front_end.conv1x1.bias", (d,))]
     batch_norm(("conv1x1_bn",), ["front_end.bn"], [d])
 
-    if cfg.positions == "learned":
-        rows = int(cfg.max_positions)
+    if cfg["positions"] == "learned":
+        rows = int(cfg["max_positions"])
         plan[("params", "embedding", "position_embeddings")] = [
             Source("back_end.embedding.position_embeddings.weight", (rows, d))]
         layer_norm(("embedding", "layer_norm"), "back_end.embedding.LayerNorm")
-    if cfg.cls_token != "fixed":
+    if cfg["cls_token"] != "fixed":
         raise AuthorsImportError("the authors' models use the fixed [CLS] vector (cls_token "
-                                 f"'fixed'), config has {cfg.cls_token!r}")
-    for layer in range(int(cfg.attention_layers)):
+                                 f"'fixed'), config has {cfg['cls_token']!r}")
+    for layer in range(int(cfg["attention_layers"])):
         key, path = f"back_end.encoder.layer.{layer}", ("encoder", f"layer_{layer}")
         for name in ("query", "key", "value"):
             dense((*path, "attention", name), f"{key}.attention.self.{name}", d, d)

@@ -24,34 +24,43 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
 
     cfg = model_fields(model_config)
     arch = get_architecture(cfg)
-    dtype_name = cfg.dtype
+    dtype_name = cfg["dtype"]
     if dtype_name not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
     dtype = getattr(jnp, dtype_name)
     if arch.module == "conv":
-        return ConvTagger(num_tags=num_tags, conv_channels=cfg.conv_channels,
-                          classifier_dropout=cfg.classifier_dropout, dtype=dtype)
+        return ConvTagger(num_tags=num_tags, conv_channels=cfg["conv_channels"],
+                          classifier_dropout=cfg["classifier_dropout"], dtype=dtype)
     return AttentionTagger(
         frontend=arch.frontend,
         num_tags=num_tags,
-        conv_channels=cfg.conv_channels,
-        attention_channels=cfg.attention_channels,
-        attention_layers=cfg.attention_layers,
-        attention_heads=cfg.attention_heads,
-        intermediate=cfg.intermediate,
-        attention_dropout=cfg.attention_dropout,
-        hidden_dropout=cfg.hidden_dropout,
-        classifier_dropout=cfg.classifier_dropout,
-        cls_token=cfg.cls_token,
-        positions=cfg.positions,
-        max_positions=cfg.max_positions,
+        conv_channels=cfg["conv_channels"],
+        attention_channels=cfg["attention_channels"],
+        attention_layers=cfg["attention_layers"],
+        attention_heads=cfg["attention_heads"],
+        intermediate=cfg["intermediate"],
+        attention_dropout=cfg["attention_dropout"],
+        hidden_dropout=cfg["hidden_dropout"],
+        classifier_dropout=cfg["classifier_dropout"],
+        cls_token=cfg["cls_token"],
+        positions=cfg["positions"],
+        max_positions=cfg["max_positions"],
         dtype=dtype,
     )
 
 
-def model_fields(model_config: Mapping[str, Any]):
-    """`config.model` complete: the given fields over `config_base.base_config().model`, so a
-    partial mapping (an old checkpoint's, a test's) takes the defaults from their one place."""
+MODEL_FIELDS = ("architecture", "conv_channels", "attention_channels", "attention_layers",
+                "attention_heads", "intermediate", "attention_dropout", "hidden_dropout",
+                "classifier_dropout", "cls_token", "positions", "max_positions", "dtype")
+
+
+def model_fields(model_config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`config.model` complete: as given when it has every field `build_model` reads
+    (`MODEL_FIELDS`), else the given fields over `config_base.base_config().model`, so a partial
+    mapping (an old checkpoint's, a test's) takes the defaults from their one place. A complete
+    mapping needs no ml_collections (the data-stack-free GPU benchmark builds models)."""
+    if all(name in model_config for name in MODEL_FIELDS):
+        return model_config
     from tagger_jax.config_base import merge_over_base
 
     return merge_over_base({"model": dict(model_config)})[0].model
