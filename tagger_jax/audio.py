@@ -494,6 +494,10 @@ def _check_pad_mode(pad_mode: str) -> None:
         raise ValueError(f"stft pad_mode must be one of {STFT_PAD_MODES}, got {pad_mode!r}")
 
 
+MEL_BLOCK_FRAMES = 8192  # longer inputs get their log-mel in blocks (about 2 min at hop 256)
+TOP_DB = 80.0  # librosa's top_db default: values floor 80 dB below the track's maximum
+
+
 def log_mel(wave: np.ndarray, sample_rate: int = 16000, n_fft: int = 512, hop_length: int = 256,
             n_mels: int = 96, log_scale: str = "amplitude_to_db",
             pad_mode: str = "constant") -> np.ndarray:
@@ -508,7 +512,9 @@ def log_mel(wave: np.ndarray, sample_rate: int = 16000, n_fft: int = 512, hop_le
       - "power_to_db": the correct `librosa.power_to_db` (10 * log10(max(S, 1e-10)), top 80 dB).
     `pad_mode` is the STFT edge padding of centred frames: "constant" (zeros, librosa >= 0.10) or
     "reflect" (the default of librosa < 0.10, which the authors ran); only the first and last
-    frame differ. Silent audio is valid and gives the floor value everywhere.
+    frame differ. Silent audio is valid and gives the floor value everywhere. Inputs longer than
+    `MEL_BLOCK_FRAMES` frames are computed block by block (same frames, memory bounded by the
+    block, not the track: an hour of audio needs the mel's 86 MB, not the STFT's 460 MB).
     """
     import librosa
 
@@ -521,14 +527,32 @@ def log_mel(wave: np.ndarray, sample_rate: int = 16000, n_fft: int = 512, hop_le
         raise ValueError(f"log_mel expects a float waveform, got dtype {wave.dtype}")
     if not np.all(np.isfinite(wave)):
         raise ValueError("log_mel: waveform has non-finite samples (NaN or inf)")
-    mel = librosa.feature.melspectrogram(
-        y=wave.astype(np.float32, copy=False), sr=sample_rate, n_fft=n_fft,
-        hop_length=hop_length, n_mels=n_mels, pad_mode=pad_mode)
-    if log_scale == "amplitude_to_db":
-        db = librosa.amplitude_to_db(mel)
-    else:
-        db = librosa.power_to_db(mel)
-    return np.ascontiguousarray(db, dtype=np.float32)
+    wave = wave.astype(np.float32, copy=False)
+    to_db = librosa.amplitude_to_db if log_scale == "amplitude_to_db" else librosa.power_to_db
+    num = 1 + len(wave) // hop_length
+    if num <= MEL_BLOCK_FRAMES:
+        mel = librosa.feature.melspectrogram(y=wave, sr=sample_rate, n_fft=n_fft,
+                                             hop_length=hop_length, n_mels=n_mels,
+                                             pad_mode=pad_mode)
+        return np.ascontiguousarray(to_db(mel), dtype=np.float32)
+    # A long track, in blocks of frames: the STFT of a whole hour would need gigabytes (257
+    # complex bins per frame). Each block is the same centred frames computed from its own
+    # slice of the signal (edge padding as librosa's), converted with the same dB function
+    # without the top-dB floor; the floor, relative to the whole track's maximum, comes last.
+    db = np.empty((n_mels, num), np.float32)
+    half = n_fft // 2
+    for a in range(0, num, MEL_BLOCK_FRAMES):
+        b = min(num, a + MEL_BLOCK_FRAMES)
+        lo, hi = a * hop_length - half, (b - 1) * hop_length - half + n_fft
+        seg = wave[max(lo, 0):min(hi, len(wave))]
+        if lo < 0 or hi > len(wave):
+            seg = np.pad(seg, (max(0, -lo), max(0, hi - len(wave))), mode=pad_mode)
+        mel = librosa.feature.melspectrogram(y=seg, sr=sample_rate, n_fft=n_fft,
+                                             hop_length=hop_length, n_mels=n_mels,
+                                             center=False)
+        db[:, a:b] = to_db(mel, top_db=None)
+    np.maximum(db, db.max() - TOP_DB, out=db)
+    return db
 
 
 # ----------------------------------------------------------------------------------- inputs

@@ -83,13 +83,15 @@ Plan = dict[tuple[str, ...], list[Source]]
 
 def mapping_plan(model_config: Mapping[str, Any], num_tags: int = 50) -> Plan:
     """The full key mapping for a pons_won config (conv_channels, positions, widths)."""
-    cfg = dict(model_config)
-    if cfg.get("architecture", "pons_won") != "pons_won":
+    from tagger_jax.models import model_fields
+
+    cfg = model_fields(model_config)
+    if cfg["architecture"] != "pons_won":
         raise AuthorsImportError("only the authors' pons_won model can be imported, config has "
-                                 f"architecture {cfg.get('architecture')!r}")
-    c = int(cfg.get("conv_channels", 16))
-    d = int(cfg.get("attention_channels", 512))
-    ffn = int(cfg.get("intermediate", 2048))
+                                 f"architecture {cfg['architecture']!r}")
+    c = int(cfg["conv_channels"])
+    d = int(cfg["attention_channels"])
+    ffn = int(cfg["intermediate"])
     plan: Plan = {}
 
     def dense(path: tuple[str, ...], key: str, n_in: int, n_out: int) -> None:
@@ -130,15 +132,15 @@ def mapping_plan(model_config: Mapping[str, Any], num_tags: int = 50) -> Plan:
     plan[("params", "conv1x1", "bias")] = [Source("front_end.conv1x1.bias", (d,))]
     batch_norm(("conv1x1_bn",), ["front_end.bn"], [d])
 
-    if cfg.get("positions", "sinusoidal") == "learned":
-        rows = int(cfg.get("max_positions", 271))
+    if cfg["positions"] == "learned":
+        rows = int(cfg["max_positions"])
         plan[("params", "embedding", "position_embeddings")] = [
             Source("back_end.embedding.position_embeddings.weight", (rows, d))]
         layer_norm(("embedding", "layer_norm"), "back_end.embedding.LayerNorm")
-    if cfg.get("cls_token", "fixed") != "fixed":
+    if cfg["cls_token"] != "fixed":
         raise AuthorsImportError("the authors' models use the fixed [CLS] vector (cls_token "
-                                 f"'fixed'), config has {cfg.get('cls_token')!r}")
-    for layer in range(int(cfg.get("attention_layers", 2))):
+                                 f"'fixed'), config has {cfg['cls_token']!r}")
+    for layer in range(int(cfg["attention_layers"])):
         key, path = f"back_end.encoder.layer.{layer}", ("encoder", f"layer_{layer}")
         for name in ("query", "key", "value"):
             dense((*path, "attention", name), f"{key}.attention.self.{name}", d, d)

@@ -1,24 +1,26 @@
 """Clip-level prediction and per-tag ROC-AUC / PR-AUC, as in the authors' evaluation.
 
-The protocol (docs/evaluation.md): every clip is cut into 16 chunks of 256 frames (the input
-pipeline places them with the authors' formula), the model's 16 sigmoid outputs are averaged, and
-ROC-AUC and PR-AUC (average precision) are computed per tag with scikit-learn, then averaged over
-the tags. The same averaging serves full tracks cut into a variable number of sliding windows.
+The protocol (docs/evaluation.md): every clip is cut into 16 chunks of 256 frames at the
+authors' starts (`inference.PAPER` windows), the model's 16 sigmoid outputs are averaged
+(`inference.track_probabilities`), and ROC-AUC and PR-AUC (average precision) are computed per
+tag with scikit-learn, then averaged over the tags. The same averaging serves full tracks covered
+by sliding windows (`inference.COVER`).
 
-The pieces are pure functions so the trainer reuses them for validation: `make_predict_fn` and
-`predict_clips` turn batches into clip probabilities, `tag_metrics` turns those into numbers, and
-`write_report` / `format_table` present them. `evaluate_checkpoint` wires them to a saved model
-and a dataset split for `evaluate.py` and `tagger-jax evaluate`.
+The trainer's validation reuses the pieces: `predict_split` runs a split's records through the
+one inference path (`tagger_jax.inference`: the records are inputs like files, their windows
+packed into fixed batches for the one jitted predict function), `tag_metrics` turns clip
+probabilities into numbers, and `write_report` / `format_table` present them.
+`evaluate_checkpoint` wires them to a saved model and a dataset split for `evaluate.py` and
+`tagger-jax evaluate`.
 """
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -31,11 +33,9 @@ METRICS_CSV = "metrics.csv"
 METRICS_PNG = "metrics.png"
 PREDICTIONS_NPZ = "predictions.npz"
 
-PredictFn = Callable[[Any, Any], Any]
-
 
 class EvaluationError(ValueError):
-    """Evaluation cannot run as asked (mismatched tags, malformed batches, bad arguments)."""
+    """Evaluation cannot run as asked (mismatched tags, unreadable records, bad arguments)."""
 
 
 class UndefinedMetricWarning(UserWarning):
@@ -43,189 +43,80 @@ class UndefinedMetricWarning(UserWarning):
 
 
 # --------------------------------------------------------------------------------------------
-# Prediction
+# Prediction: the dataset split through the one inference path
 # --------------------------------------------------------------------------------------------
 
-# The one jitted predict function (sigmoid outputs in inference mode), shared with tag, explain
-# and embed.
-make_predict_fn = inference.make_predict_fn
+def predict_split(items: Sequence[inference.Input], plan: inference.WindowPlan,
+                  geom: Any, packer: inference.Packer, num_tags: int, *, workers: int = 2,
+                  lockstep_window: np.ndarray | None = None,
+                  on_input: Callable[[], None] | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probs (clips, tags) float64, labels (clips, tags), record index (clips,)) of a split.
 
-
-@dataclasses.dataclass
-class _ClipSums:
-    """Per-clip sums of window probabilities, window counts and labels (the mergeable state)."""
-
-    clip_ids: np.ndarray  # (n,) int64, sorted, unique
-    sums: np.ndarray  # (n, num_tags) float64
-    counts: np.ndarray  # (n,) int64
-    labels: np.ndarray  # (n, num_tags)
-
-
-def _host_rows(array: Any) -> np.ndarray:
-    """This process's rows of a (possibly multi-host) array, as NumPy.
-
-    A fully addressable array (one host, any sharding) converts directly. Otherwise the local
-    shards are concatenated in row order, which are this process's own batch rows when the batch
-    was assembled with `jax.make_array_from_process_local_data` over a batch-sharded mesh.
+    `items` are this process's share of the split's records (`inference.source_inputs`, then
+    `inference.process_share`); they run through `inference.run_inputs` (windows placed by
+    `plan`: PAPER for the paper's protocol, COVER for full tracks; packed into `packer`'s fixed
+    batches) and each clip's probability is `inference.track_probabilities` of its windows, kept
+    in float64. With several processes the shares are gathered, so every process returns all
+    clips, sorted by record index. `lockstep_window`: see `inference.run_inputs` (the trainer's
+    mesh over hosts). `on_input` is called as each input finishes (a progress bar).
+    Raises EvaluationError if a record cannot be read or has no labels (every process raises).
     """
-    if isinstance(array, jax.Array) and not array.is_fully_addressable:
-        shards = {}
-        for shard in array.addressable_shards:
-            start = (shard.index[0].start or 0) if shard.index else 0
-            shards.setdefault(start, shard)
-        return np.concatenate([np.asarray(shards[k].data) for k in sorted(shards)], axis=0)
-    return np.asarray(array)
+    index: list[int] = []
+    probs: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    errors: list[str] = []
+
+    def done(p: inference.Prepared, out: dict) -> None:
+        if p.labels is None:
+            errors.append(f"{p.item.name}: record has no 'tags' labels")
+        else:
+            index.append(int(p.item.meta["index"]))
+            probs.append(inference.track_probabilities(out["probabilities"], np.float64))
+            labels.append(np.asarray(p.labels, np.float32))
+        if on_input is not None:
+            on_input()
+
+    def failed(item: inference.Input, error: BaseException) -> None:
+        errors.append(str(error) if str(error).startswith(item.name) else f"{item.name}: {error}")
+        if on_input is not None:
+            on_input()
+
+    inference.run_inputs(items, plan, geom, packer, done, failed, workers,
+                         lockstep_window=lockstep_window)
+    local = (np.asarray(index, np.int64),
+             np.asarray(probs, np.float64).reshape(-1, num_tags),
+             np.asarray(labels, np.float32).reshape(-1, num_tags))
+    ids, p, y, num_errors = _allgather(local, len(errors))
+    if num_errors:
+        shown = "; ".join(errors[:3]) if errors else "(on another process)"
+        raise EvaluationError(f"{num_errors} record(s) of the split could not be evaluated: "
+                              f"{shown}")
+    if not len(ids):
+        raise EvaluationError("no clips to evaluate (empty split?)")
+    if len(np.unique(ids)) != len(ids):
+        raise EvaluationError("a record was evaluated by more than one process")
+    order = np.argsort(ids, kind="stable")
+    return p[order], y[order], ids[order]
 
 
-def _batch_rows(batch: Mapping[str, Any], probs: np.ndarray, num_chunks: int):
-    """(window probs, window clip ids, label rows, label clip ids, per-clip layout?) of one batch.
-
-    Two layouts are accepted. Chunk batches: `clip_index` has one entry per clip and x holds
-    `num_chunks` consecutive windows per clip. Full-track batches: `clip_index` has one entry per
-    window (a clip may span windows and batches). Padding has clip index -1 or mask False.
-    """
-    clip_index = np.asarray(batch["clip_index"]).astype(np.int64).reshape(-1)
-    mask = np.asarray(batch.get("mask", np.ones_like(clip_index, bool)), bool).reshape(-1)
-    labels = np.asarray(batch["y"])
-    if mask.shape != clip_index.shape or labels.shape[0] != clip_index.shape[0]:
-        raise EvaluationError(f"batch has clip_index {clip_index.shape}, mask {mask.shape} and y "
-                              f"{labels.shape}: they must have the same leading size")
-    if probs.ndim != 2:
-        raise EvaluationError(f"the model returned shape {probs.shape}; expected (rows, tags)")
-    valid = mask & (clip_index >= 0)
-    rows, n = probs.shape[0], clip_index.shape[0]
-    if num_chunks > 1 and rows == n * num_chunks:
-        per_clip = True
-        window_clip = np.repeat(clip_index, num_chunks)
-        window_valid = np.repeat(valid, num_chunks)
-    elif rows == n:
-        per_clip = False
-        window_clip, window_valid = clip_index, valid
-    else:
-        raise EvaluationError(f"batch has {rows} windows for {n} clip indices; expected one "
-                              f"index per window or {num_chunks} windows per clip")
-    return (probs[window_valid], window_clip[window_valid], labels[valid], clip_index[valid],
-            per_clip)
-
-
-def _clip_labels(ids: np.ndarray, label_clip: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """One label row per id in `ids` (sorted, unique); every row given for a clip must agree."""
-    label_ids, first = np.unique(label_clip, return_index=True)
-    if not np.array_equal(label_ids, ids):
-        odd = np.setxor1d(label_ids, ids)[:5]
-        raise EvaluationError(f"clips {odd.tolist()} have predictions but no labels, or labels "
-                              "but no predictions")
-    clip_labels = labels[first]
-    if not np.array_equal(clip_labels[np.searchsorted(ids, label_clip)], labels):
-        raise EvaluationError("a clip comes with different label rows in different windows")
-    return clip_labels
-
-
-def _segment_sums(ids: np.ndarray, values: np.ndarray, num_tags: int):
-    """(sorted unique ids, float64 sums of `values` rows per id, inverse index)."""
-    unique, inverse = np.unique(ids, return_inverse=True)
-    sums = np.zeros((len(unique), num_tags), np.float64)
-    np.add.at(sums, inverse, values.astype(np.float64))
-    return unique, sums, inverse
-
-
-def _reduce(window_probs: np.ndarray, window_clip: np.ndarray, labels: np.ndarray,
-            label_clip: np.ndarray, num_tags: int) -> _ClipSums:
-    """Per-clip sums and window counts of one batch, with the clips' label rows."""
-    ids, sums, inverse = _segment_sums(window_clip, window_probs, num_tags)
-    counts = np.bincount(inverse, minlength=len(ids)).astype(np.int64)
-    return _ClipSums(ids, sums, counts, _clip_labels(ids, label_clip, labels))
-
-
-def _merge(parts: Sequence[_ClipSums], num_tags: int) -> _ClipSums:
-    """Combines partial sums (clips may span batches, in full-track mode)."""
-    ids = np.concatenate([p.clip_ids for p in parts])
-    unique, sums, inverse = _segment_sums(ids, np.concatenate([p.sums for p in parts]), num_tags)
-    counts = np.zeros(len(unique), np.int64)
-    np.add.at(counts, inverse, np.concatenate([p.counts for p in parts]))
-    labels = _clip_labels(unique, ids, np.concatenate([p.labels for p in parts]))
-    return _ClipSums(unique, sums, counts, labels)
-
-
-def _allgather_sums(local: _ClipSums, num_tags: int) -> _ClipSums:
-    """Merges every process's clip sums (each process read its own shard of the split)."""
+def _allgather(local: tuple[np.ndarray, np.ndarray, np.ndarray], num_errors: int):
+    """Every process's (ids, probs, labels) concatenated, and the total error count."""
     if jax.process_count() == 1:
-        return local
+        return (*local, num_errors)
     from jax.experimental import multihost_utils
 
-    sizes = multihost_utils.process_allgather(np.array([len(local.clip_ids)], np.int64))
-    size = int(np.max(sizes))
-    pad = size - len(local.clip_ids)
+    sizes = np.asarray(multihost_utils.process_allgather(
+        np.array([len(local[0]), num_errors], np.int64))).reshape(-1, 2)
+    size = int(sizes[:, 0].max())
 
-    def padded(a, fill):
-        return np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
+    def padded(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, np.zeros((size - len(a),) + a.shape[1:], a.dtype)])
 
-    gathered = [multihost_utils.process_allgather(padded(a, fill)) for a, fill in
-                ((local.clip_ids, -1), (local.sums, 0.0), (local.counts, 0),
-                 (local.labels.astype(np.float32), 0.0))]
-    parts = []
-    for p, n in enumerate(np.asarray(sizes).reshape(-1)):
-        ids, sums, counts, labels = (np.asarray(g[p])[:n] for g in gathered)
-        parts.append(_ClipSums(ids, sums, counts, labels))
-    return _merge(parts, num_tags)
-
-
-def predict_clips(model, variables, batches: Iterable[Mapping[str, Any]], num_chunks: int = 16,
-                  *, predict_fn: PredictFn | None = None,
-                  put: Callable[[np.ndarray], Any] | None = None,
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(probs (clips, tags), labels (clips, tags), clip_index (clips,)) averaged over windows.
-
-    Each clip's probability is the mean of the sigmoid outputs of its windows: its `num_chunks`
-    evaluation chunks (the paper's protocol) or its sliding windows in full-track mode. Padding
-    rows (clip index -1 or mask False) are dropped and clips come back sorted by clip index.
-
-    Args:
-      model: the Flax module (ignored when `predict_fn` is given).
-      variables: {"params", "batch_stats"}, possibly replicated over a mesh.
-      batches: dicts with "x", "y", "clip_index" and optionally "mask" (see `_batch_rows`).
-      num_chunks: windows per clip in chunk batches.
-      predict_fn: `fn(variables, x) -> probabilities`; defaults to `make_predict_fn(model)`.
-        The trainer passes its own compiled function to avoid a second compilation.
-      put: places a host batch on devices (e.g. shards it over a mesh); default: as given.
-    With several processes each reads its own shard of the split; results are gathered so every
-    process returns all clips.
-    """
-    predict = predict_fn or make_predict_fn(model)
-    parts: list[_ClipSums] = []
-    seen_chunk_clips: list[np.ndarray] = []
-    num_tags = None
-    pending = None
-
-    def consume(out, batch):
-        nonlocal num_tags
-        probs = _host_rows(out)
-        wp, wc, lab, lc, per_clip = _batch_rows(batch, probs, num_chunks)
-        num_tags = probs.shape[1]
-        if per_clip:
-            seen_chunk_clips.append(lc)
-        parts.append(_reduce(wp, wc, lab, lc, num_tags))
-
-    for batch in batches:
-        x = batch["x"]
-        out = predict(variables, put(x) if put is not None else x)  # dispatched asynchronously
-        if pending is not None:
-            consume(*pending)
-        pending = (out, batch)
-    if pending is not None:
-        consume(*pending)
-    if num_tags is None:
-        raise EvaluationError("no batches to evaluate (empty split?)")
-    if seen_chunk_clips:
-        ids = np.concatenate(seen_chunk_clips)
-        if len(np.unique(ids)) != len(ids):
-            raise EvaluationError("a clip index appears in more than one chunk batch row; each "
-                                  f"clip must come once with its {num_chunks} chunks")
-    total = _allgather_sums(_merge(parts, num_tags), num_tags)
-    if not len(total.clip_ids):
-        raise EvaluationError("every row of every batch was padding: nothing to evaluate")
-    probs = total.sums / total.counts[:, None]
-    return probs, total.labels, total.clip_ids
+    gathered = [np.asarray(multihost_utils.process_allgather(padded(a))) for a in local]
+    parts = [[g[p][:n] for g in gathered] for p, n in enumerate(sizes[:, 0])]
+    return (*(np.concatenate([part[k] for part in parts]) for k in range(3)),
+            int(sizes[:, 1].sum()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,22 +330,20 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     """
     from tqdm import tqdm
 
-    from tagger_jax import audio, checkpoint
-    from tagger_jax.models import geometry
+    from tagger_jax import checkpoint
 
     if mode not in MODES:
         raise EvaluationError(f"mode must be one of {MODES}, got {mode!r}")
     loaded = checkpoint.load_model(path)  # checkpoint errors first, before the data stack loads
-    from tagger_jax import datasets, input_pipeline
+    from tagger_jax import datasets
     cfg = loaded.config
     dataset = dataset or cfg.data.name
-    split = split or cfg.data.get("test_split", "test")
-    data_dir = data_dir or cfg.data.get("data_dir", None)
+    split = split or cfg.data.test_split
+    data_dir = data_dir or cfg.data.data_dir
     if builder_config is None and dataset == cfg.data.name:
-        builder_config = cfg.data.get("builder_config", "") or None
-    batch_size = int(batch_size or cfg.train.get("eval_batch_size", 64))
-    num_chunks = int(num_chunks or cfg.features.get("eval_chunks", 16))
-    chunk_frames = int(cfg.features.get("chunk_frames", 256))
+        builder_config = cfg.data.builder_config or None
+    batch_size = int(batch_size or cfg.train.eval_batch_size)
+    num_chunks = int(num_chunks or cfg.features.eval_chunks)
     if batch_size <= 0 or num_chunks <= 0:
         raise EvaluationError(f"batch size and chunks must be positive, got {batch_size} and "
                               f"{num_chunks}")
@@ -468,28 +357,23 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     check_tags(loaded.tags, data_tags, loaded.directory, dataset)
     _warn_on_feature_mismatch(datasets, dataset, data_dir, builder_config, cfg.features)
 
-    features = audio.features_from_config(cfg.features)
-    geom = geometry(cfg.model, features.sample_rate, features.hop_length, chunk_frames)
-    input_kind = geom.architecture.dataset_feature
-    hop = inference.WindowPlan(hop_s=hop_s).hop_steps(geom) if hop_s is not None else None
-    process = dict(process_index=jax.process_index(), process_count=jax.process_count(),
-                   input_kind=input_kind)
+    # The split's records through the one inference path, on this process's devices; each
+    # process takes its share and the clips are gathered (`predict_split`).
+    engine = inference.Engine(loaded, batch_size=batch_size * num_chunks)
     if mode == "chunks":
-        batches = input_pipeline.eval_batches(source, clips_per_batch=batch_size,
-                                              num_chunks=num_chunks, chunk_frames=chunk_frames,
-                                              **process)
-        total = input_pipeline.eval_num_batches(len(source), batch_size,
-                                                process["process_count"])
+        plan = inference.WindowPlan(inference.PAPER, num_chunks=num_chunks)
     else:
-        hop_key = "hop_frames" if input_kind == "mel" else "hop_samples"
-        batches = input_pipeline.full_track_batches(
-            source, windows_per_batch=batch_size * num_chunks, chunk_frames=chunk_frames,
-            **{hop_key: hop}, **process)
-        total = None
-    batches = tqdm(batches, total=total, unit="batch",
-                   desc=f"evaluate {dataset}/{split} ({mode})",
-                   disable=jax.process_index() != 0)
-    probs, labels, clip_index = predict_clips(loaded.model, loaded.variables, batches, num_chunks)
+        plan = inference.WindowPlan(inference.COVER, hop_s)
+    hop = plan.hop_steps(engine.geometry)
+    config_name = getattr(builder_config, "name", builder_config)
+    label = f"{dataset}/{config_name}" if config_name else dataset
+    items = inference.process_share(inference.source_inputs(
+        source, engine.architecture.dataset_feature, label, split))
+    with tqdm(total=len(items), unit="clip", desc=f"evaluate {dataset}/{split} ({mode})",
+              disable=jax.process_index() != 0) as bar:
+        probs, labels, clip_index = predict_split(
+            items, plan, engine.geometry, engine.packer(engine.predict_fn()), len(loaded.tags),
+            workers=engine.load_workers, on_input=lambda: bar.update(1))
     metrics = tag_metrics(probs, labels, loaded.tags)
 
     if out_dir is None:
@@ -499,7 +383,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
              "data_dir": str(data_dir), "mode": mode,
              "num_chunks": num_chunks if mode == "chunks" else None,
              "hop_s": hop_s if mode == "full" else None,
-             "hop": hop if mode == "full" else None, "chunk_frames": chunk_frames,
+             "hop": hop if mode == "full" else None, "chunk_frames": int(cfg.features.chunk_frames),
              "out_dir": str(Path(out_dir).expanduser())}
     if jax.process_index() == 0:
         paths = write_report(metrics, out_dir, extra=extra,

@@ -1,4 +1,7 @@
-"""Grain input pipelines: random training crops, 16-chunk evaluation batches, full-track windows.
+"""The grain training pipeline: random crops of the training split, in batches per global step.
+
+Evaluation (the 16-chunk protocol, full tracks) reads its splits through `tagger_jax.inference`
+(`evaluation.predict_split`), like tagging reads files.
 
 Every function takes any random-access source (`len()` and `source[i]` -> record dict), e.g. the
 TFDS source of `tagger_jax.datasets.load_split` or a plain list of dicts in tests. Records hold
@@ -20,8 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping
 
 import grain
 import numpy as np
@@ -66,14 +68,6 @@ def check_batch_divisibility(global_batch_size: int, process_count: int = 1,
             f"host(s) x {local_device_count} device(s) = {devices} devices: use a multiple of "
             f"{devices}, e.g. {options}")
     return global_batch_size // process_count
-
-
-def eval_num_batches(num_records: int, clips_per_batch: int, process_count: int = 1) -> int:
-    """Evaluation batches per host; the same on every host (the shorter shares are padded)."""
-    if clips_per_batch <= 0:
-        raise ValueError(f"clips_per_batch must be positive, got {clips_per_batch}")
-    per_host = math.ceil(int(num_records) / int(process_count))
-    return math.ceil(per_host / clips_per_batch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,162 +395,3 @@ def state_to_json(state: Mapping[str, Any]) -> str:
 def state_from_json(text: str | bytes) -> dict[str, Any]:
     """The inverse of `state_to_json`; pass the result to `it.set_state`."""
     return json.loads(text)
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation: the authors' 16 chunks per clip.
-
-def _host_indices(num_records: int, process_index: int, process_count: int) -> range:
-    """This host's records: a strided share; all hosts together cover the split exactly once."""
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
-    return range(process_index, num_records, process_count)
-
-
-class _EvalClip(grain.transforms.Map):
-    """Clip index (-1 = padding) -> its chunks, tags and mask."""
-
-    def __init__(self, source, *, num_chunks: int, chunk: int, input_kind: str,
-                 pad_x_shape: tuple[int, ...], num_tags: int):
-        self.source = source
-        self.num_chunks = num_chunks
-        self.chunk = chunk
-        self.input_kind = input_kind
-        self.pad_x_shape = pad_x_shape
-        self.num_tags = num_tags
-
-    def map(self, index: int) -> dict[str, Any]:
-        index = int(index)
-        if index < 0:
-            return {"x": np.zeros(self.pad_x_shape, np.float32),
-                    "y": np.zeros((self.num_tags,), np.float32),
-                    "clip_index": np.int32(-1), "mask": False}
-        record = self.source[index]
-        x, _ = chunking.pad_to_length(_signal(record, index, self.input_kind), self.chunk)
-        chunks = chunking.eval_chunks(x, self.chunk, self.num_chunks).astype(np.float32)
-        return {"x": chunks, "y": _tags(record), "clip_index": np.int32(index), "mask": True}
-
-
-def _stack_eval(clips: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Clip-major: rows [c * num_chunks, (c + 1) * num_chunks) of "x" are clip c's chunks."""
-    x = np.stack([c["x"] for c in clips])
-    return {"x": x.reshape((-1,) + x.shape[2:]),
-            "y": np.stack([c["y"] for c in clips]),
-            "clip_index": np.array([c["clip_index"] for c in clips], np.int32),
-            "mask": np.array([c["mask"] for c in clips], bool)}
-
-
-def eval_batches(source, *, clips_per_batch: int, num_chunks: int = chunking.EVAL_CHUNKS,
-                 chunk_frames: int = 256, process_index: int = 0, process_count: int = 1,
-                 input_kind: str = "mel", chunk_samples: int = WAVEFORM_CROP,
-                 num_workers: int = 0, worker_buffer_size: int = 2,
-                 read_threads: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """This host's evaluation batches, every clip once, in fixed shapes (no recompilation).
-
-    Each batch: "x" float32 (clips_per_batch * num_chunks, 96, chunk_frames) (or
-    (clips_per_batch * num_chunks, chunk_samples)), clip-major, chunk i of a clip starting at
-    i * ((T - chunk) // num_chunks) (chunking.eval_chunk_starts); "y" float32 (clips_per_batch,
-    num_tags); "clip_index" int32 (clips_per_batch,), the record's index in the split or -1 for
-    padding; "mask" bool (clips_per_batch,). Host h evaluates records
-    h, h + P, h + 2P, ...; every host yields `eval_num_batches(len(source), clips_per_batch, P)`
-    batches, the last ones padded (zeros, mask False), so multi-host steps stay in lockstep.
-    Clips shorter than a chunk are repeated to fill it (chunking.pad_to_length).
-    """
-    _check_kind(input_kind)
-    if num_chunks <= 0:
-        raise ValueError(f"num_chunks must be positive, got {num_chunks}")
-    n = len(source)
-    if n == 0:
-        raise ValueError("the evaluation split is empty")
-    mine = _host_indices(n, process_index, process_count)
-    total = eval_num_batches(n, clips_per_batch, process_count) * clips_per_batch
-    indices = np.full(total, -1, np.int64)
-    indices[:len(mine)] = np.asarray(mine, np.int64)
-    first = source[0]
-    chunk = _crop_length(input_kind, chunk_frames, chunk_samples)
-    pad_shape = (num_chunks,) + _signal(first, 0, input_kind).shape[:-1] + (chunk,)
-    transform = _EvalClip(source, num_chunks=num_chunks, chunk=chunk, input_kind=input_kind,
-                          pad_x_shape=pad_shape, num_tags=_tags(first).shape[0])
-    ds = (grain.MapDataset.source(indices).map(transform)
-          .batch(clips_per_batch, drop_remainder=True, batch_fn=_stack_eval))
-    return iter(_prefetch(ds, num_workers, worker_buffer_size, read_threads))
-
-
-# ----------------------------------------------------------------------------------------------
-# Full-track mode: sliding windows over whole (long) tracks.
-
-class _Track(grain.transforms.Map):
-    """Track index -> (index, windows, tags): all windows of one track."""
-
-    def __init__(self, source, *, chunk: int, hop: int, input_kind: str):
-        self.source = source
-        self.chunk = chunk
-        self.hop = hop
-        self.input_kind = input_kind
-
-    def map(self, index: int):
-        index = int(index)
-        record = self.source[index]
-        x, _ = chunking.pad_to_length(_signal(record, index, self.input_kind), self.chunk)
-        starts = chunking.sliding_window_starts(x.shape[-1], self.chunk, self.hop)
-        return index, x, starts, _tags(record)
-
-
-def full_track_batches(source, *, windows_per_batch: int, chunk_frames: int = 256,
-                       hop_frames: int | None = None, process_index: int = 0,
-                       process_count: int = 1, input_kind: str = "mel",
-                       chunk_samples: int = WAVEFORM_CROP, hop_samples: int | None = None,
-                       read_threads: int = 2, prefetch_tracks: int = 4,
-                       ) -> Iterator[dict[str, np.ndarray]]:
-    """Sliding windows over whole tracks (e.g. MTG-Jamendo), packed into fixed-size batches.
-
-    Windows start at 0, hop, 2 hop, ... plus one ending at the track's end
-    (chunking.sliding_window_starts; the hop defaults to the chunk: no overlap). A batch can hold
-    windows of several tracks. Each batch: "x" float32 (windows_per_batch, 96, chunk) (or
-    (windows_per_batch, chunk_samples)); "y" float32 (windows_per_batch, num_tags), the window's
-    track tags; "clip_index" int32 (windows_per_batch,) the track's index in the split, -1 for
-    padding; "start" int32 the window's first frame (sample); "mask" bool. Only the last batch is
-    padded. Host h reads tracks h, h + P, ...; hosts may yield different numbers of batches
-    (track lengths differ), so run this mode without cross-host collectives (or on one host).
-    Tracks are read by `read_threads` threads, at most `prefetch_tracks` ahead.
-    """
-    _check_kind(input_kind)
-    if windows_per_batch <= 0:
-        raise ValueError(f"windows_per_batch must be positive, got {windows_per_batch}")
-    chunk = _crop_length(input_kind, chunk_frames, chunk_samples)
-    hop = (hop_frames if input_kind == "mel" else hop_samples) or chunk
-    mine = np.asarray(_host_indices(len(source), process_index, process_count), np.int64)
-    if len(mine) == 0:
-        return iter(())
-    tracks = grain.MapDataset.source(mine).map(
-        _Track(source, chunk=chunk, hop=hop, input_kind=input_kind))
-    read = grain.ReadOptions(num_threads=read_threads,
-                             prefetch_buffer_size=max(read_threads, prefetch_tracks)
-                             if read_threads else 0)
-    return _pack_windows(iter(tracks.to_iter_dataset(read)), windows_per_batch, chunk)
-
-
-def _pack_windows(tracks, size: int, chunk: int) -> Iterator[dict[str, np.ndarray]]:
-    """Cuts each track's windows and yields them `size` at a time (the last batch padded)."""
-    buf: dict[str, np.ndarray] | None = None
-    fill = 0
-    for index, x, starts, tags in tracks:
-        if buf is None:
-            buf = {"x": np.zeros((size,) + x.shape[:-1] + (chunk,), np.float32),
-                   "y": np.zeros((size, tags.shape[0]), np.float32),
-                   "clip_index": np.full(size, -1, np.int32),
-                   "start": np.zeros(size, np.int32), "mask": np.zeros(size, bool)}
-        for s in starts:
-            buf["x"][fill] = x[..., s:s + chunk]
-            buf["y"][fill] = tags
-            buf["clip_index"][fill] = index
-            buf["start"][fill] = s
-            buf["mask"][fill] = True
-            fill += 1
-            if fill == size:
-                yield buf
-                buf = {k: np.zeros_like(v) for k, v in buf.items()}
-                buf["clip_index"][:] = -1
-                fill = 0
-    if buf is not None and fill:
-        yield buf

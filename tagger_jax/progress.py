@@ -98,13 +98,14 @@ class Progress:
                 spinner.close()
         self.say(f"{desc}: done in {time.perf_counter() - start:.1f} s")
 
-    def batches(self, iterable: Iterable[T], total: Optional[int], desc: str) -> Iterable[T]:
-        """`iterable` with a bar of `total` batches (None: unknown) while it is consumed."""
+    def batches(self, iterable: Iterable[T], total: Optional[int], desc: str,
+                unit: str = "batch") -> Iterable[T]:
+        """`iterable` with a bar of `total` `unit`s (None: unknown) while it is consumed."""
         if not self.enabled:
             return iterable
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False,
+        return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False,
                     dynamic_ncols=True)
 
     def close(self) -> None:

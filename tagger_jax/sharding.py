@@ -125,6 +125,25 @@ def to_host(tree: Any) -> Any:
     return jax.tree.map(get, tree)
 
 
+def local_rows(tree: Any) -> Any:
+    """This process's rows of batch-sharded arrays (a pytree), as NumPy.
+
+    A fully addressable array (one process, any sharding) converts whole. Otherwise the local
+    shards are concatenated in row order: the rows this process contributed when the batch was
+    assembled with `shard_batch` (`jax.make_array_from_process_local_data`).
+    """
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            shards = {}
+            for shard in x.addressable_shards:
+                start = (shard.index[0].start or 0) if shard.index else 0
+                shards.setdefault(start, shard)
+            return np.concatenate([np.asarray(shards[k].data) for k in sorted(shards)], axis=0)
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(get, tree)
+
+
 def gather(tree: Any) -> Any:
     """Fetches a pytree of batch-sharded arrays whole, as NumPy, on every process."""
     if jax.process_count() == 1:

@@ -25,10 +25,11 @@ class TrainData:
 
     `train` is an iterable (a grain IterDataset) whose iterator yields this process's batches
     {"x": (local_batch, ...), "y": (local_batch, num_tags)} for every step of every epoch and has
-    `get_state()` / `set_state()` (a JSON-able dict). `eval_batches()` / `test_batches()` return a
-    fresh iterator over this process's 16-chunk evaluation batches (input_pipeline.eval_batches);
-    `*_num_batches` is their length (for progress bars; None: unknown). `test_fingerprint`
-    identifies the test split's contents on disk (None: not identifiable, results never reused).
+    `get_state()` / `set_state()` (a JSON-able dict). `eval_source` / `test_source` are the
+    validation and test splits as random-access record sources (`len()`, `source[i]` -> a record
+    with "mel" or "audio" and "tags"); validation reads them through the inference path
+    (`validation.make_evaluate`). `test_fingerprint` identifies the test split's contents on disk
+    (None: not identifiable, results never reused).
     `extra_tests`: `data.extra_test_splits` by name. `baseline(splits)` (with
     `train.test_baseline`) fits `tagger_jax.baseline` on the train split and returns its
     `tag_metrics` on each named test split; `baseline_fingerprint` identifies the train split.
@@ -36,11 +37,9 @@ class TrainData:
 
     train: Iterable[Mapping[str, np.ndarray]]
     steps_per_epoch: int
-    eval_batches: Callable[[], Iterable[Mapping[str, np.ndarray]]]
+    eval_source: Sequence[Mapping[str, Any]]
     tag_names: tuple[str, ...]
-    test_batches: Optional[Callable[[], Iterable[Mapping[str, np.ndarray]]]] = None
-    eval_num_batches: Optional[int] = None
-    test_num_batches: Optional[int] = None
+    test_source: Optional[Sequence[Mapping[str, Any]]] = None
     test_fingerprint: Optional[str] = None
     extra_tests: dict[str, "TestSplit"] = dataclasses.field(default_factory=dict)
     baseline: Optional[Callable[[Sequence[str]], dict[str, dict]]] = None
@@ -49,11 +48,10 @@ class TrainData:
 
 @dataclasses.dataclass
 class TestSplit:
-    """One more split tested after training (`data.extra_test_splits`): its evaluation batches
-    (as TrainData.test_batches), their number and the split's fingerprint."""
+    """One more split tested after training (`data.extra_test_splits`): its records (as
+    TrainData.test_source) and the split's fingerprint."""
 
-    batches: Callable[[], Iterable[Mapping[str, np.ndarray]]]
-    num_batches: Optional[int]
+    source: Sequence[Mapping[str, Any]]
     fingerprint: Optional[str]
 
 
@@ -112,30 +110,25 @@ def load_data(config: Any) -> TrainData:
         worker_buffer_size=max(1, d.prefetch), read_threads=d.read_threads,
         local_device_count=jax.local_device_count(), crop_labels=d.crop_labels,
         **_augmentation(d, tags))
-    clips = eval_clips_per_batch(t.eval_batch_size, f.eval_chunks)
 
     def split(name):
         source, split_tags = datasets.load_split(d.name, name, d.data_dir,
                                                  builder_config=builder_config)
         if tuple(split_tags) != tuple(tags):
             raise ValueError(f"{d.name}: split {name!r} has different tags than {d.train_split!r}")
-        batches = lambda: input_pipeline.eval_batches(
-            source, clips_per_batch=clips, num_chunks=f.eval_chunks, chunk_frames=f.chunk_frames,
-            input_kind=kind, process_index=jax.process_index(), process_count=jax.process_count(),
-            read_threads=d.read_threads)
-        return batches, input_pipeline.eval_num_batches(len(source), clips, jax.process_count())
+        return source
 
     if not d.eval_split:
         raise ValueError("data.eval_split is empty: training selects its best model (and the "
                          "authors' schedule its phases) on a validation split")
-    eval_batches, eval_num = split(d.eval_split)
-    test_batches = test_num = fingerprint = None
+    eval_source = split(d.eval_split)
+    test_source = fingerprint = None
     extra, baseline = {}, None
     if d.test_split and t.test_after_training:
-        test_batches, test_num = split(d.test_split)
+        test_source = split(d.test_split)
         fingerprint = split_fingerprint(builder.data_dir, builder.name, d.test_split)
         for name in d.extra_test_splits:
-            extra[name] = TestSplit(*split(name),
+            extra[name] = TestSplit(split(name),
                                     split_fingerprint(builder.data_dir, builder.name, name))
     if t.test_baseline and t.test_after_training:
         def baseline(names: Sequence[str]) -> dict[str, dict]:
@@ -146,9 +139,8 @@ def load_data(config: Any) -> TrainData:
     return TrainData(
         train=loader,
         steps_per_epoch=input_pipeline.steps_per_epoch(len(train_source), t.batch_size),
-        eval_batches=eval_batches, tag_names=tuple(tags), test_batches=test_batches,
-        eval_num_batches=eval_num, test_num_batches=test_num, test_fingerprint=fingerprint,
-        extra_tests=extra, baseline=baseline,
+        eval_source=eval_source, tag_names=tuple(tags), test_source=test_source,
+        test_fingerprint=fingerprint, extra_tests=extra, baseline=baseline,
         baseline_fingerprint=(split_fingerprint(builder.data_dir, builder.name, d.train_split)
                               if baseline else None))
 

@@ -1,6 +1,6 @@
 """Training: `train_and_evaluate(config, workdir)`, the loop that ties the trainer's modules together.
 
-    train_state     TrainState, the compiled data-parallel train step and predict function
+    train_state     TrainState and the compiled data-parallel train step
     train_data      the dataset's train / validation / test pipelines (TrainData)
     optimizers      the optimizers and the plateau schedule (its state, PlateauState, is host-side)
     checkpointing   orbax checkpoints: save, restore with fallback, best model, export
@@ -38,8 +38,7 @@ from tagger_jax.models import build_model, input_shape
 from tagger_jax.preemption import Preemption
 from tagger_jax.progress import Progress
 from tagger_jax.train_data import TestSplit, TrainData, load_data
-from tagger_jax.train_state import (TrainState, init_train_state, make_predict_fn,  # noqa: F401
-                                    make_train_step)
+from tagger_jax.train_state import TrainState, init_train_state, make_train_step  # noqa: F401
 from tagger_jax.workdir import (ConfigMismatchError, WorkdirBusyError,  # noqa: F401
                                 config_differences, config_to_dict)
 
@@ -112,12 +111,11 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
     state = init_train_state(model, tx, input_shape(config.model, config.features.chunk_frames),
                              seed=int(t.seed), prng_impl=t.prng_impl, mesh=mesh)
     train_step = make_train_step(model, tx, prng_impl=t.prng_impl, mesh=mesh)
-    predict_fn = make_predict_fn(model, mesh)
+    evaluate_split = validation.make_evaluate(model, config, mesh, data.tag_names)
 
-    def evaluate(variables, batches, num_batches, desc):
-        return validation.evaluate(model, variables, progress.batches(batches, num_batches, desc),
-                                   data.tag_names, predict_fn=predict_fn, mesh=mesh,
-                                   num_chunks=config.features.eval_chunks)
+    def evaluate(variables, source, split, desc):
+        return evaluate_split(variables, source, split,
+                              lambda items, n, d: progress.batches(items, n, d, unit="clip"), desc)
 
     latest = checkpointing.manager(workdir / wd.CHECKPOINT_DIR, int(t.keep_checkpoints),
                                    ("state", "data", "meta"))
@@ -192,7 +190,7 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
                 window_start = time.perf_counter()
             validate = epoch_end and ((step // spe) % eval_every == 0 or step == total_steps)
             if validate:
-                val = evaluate(state.variables, data.eval_batches(), data.eval_num_batches,
+                val = evaluate(state.variables, data.eval_source, config.data.eval_split,
                                f"validation (epoch {step // spe})")
                 metric = validation.selection_metric(val)
                 state, decision = end_of_epoch(state, schedule, metric,
@@ -240,9 +238,9 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
             progress.say("warning: no validation ROC-AUC was defined, so no best model was "
                          f"chosen: the last model (step {step}) is exported and tested")
             checkpointing.export_model(workdir, state, config, data.tag_names)
-        if data.test_batches is not None and t.test_after_training:
+        if data.test_source is not None and t.test_after_training:
             tests = [(config.data.test_split, None, TestSplit(
-                data.test_batches, data.test_num_batches, data.test_fingerprint))]
+                data.test_source, data.test_fingerprint))]
             tests += [(name, name, split) for name, split in data.extra_tests.items()]
             results = [_test(config, workdir, name, sub, split, state, step, best, writer,
                              progress, evaluate) for name, sub, split in tests]
@@ -280,7 +278,7 @@ def _test(config, workdir: Path, name: str, sub: Optional[str], split: TestSplit
                      f"(step {inputs['best_step']}), {name} data and config as when computed")
     else:
         final = checkpointing.reload_best(best, state)
-        test = evaluate(final.variables, split.batches(), split.num_batches, name)
+        test = evaluate(final.variables, split.source, name, name)
         if jax.process_index() == 0:
             from tagger_jax import evaluation
 

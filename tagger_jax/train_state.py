@@ -112,14 +112,3 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
     return jax.jit(step, in_shardings=(replicated, sharding.batch_sharding(mesh)),
                    out_shardings=(replicated, replicated), static_argnums=(2,),
                    donate_argnums=(0,) if donate else ())
-
-
-def make_predict_fn(model: nn.Module, mesh: jax.sharding.Mesh) -> Callable:
-    """`predict(variables, x) -> sigmoid probabilities` (float32), batch split over the mesh."""
-
-    def predict(variables, x):
-        logits = model.apply(variables, x, train=False)
-        return jax.nn.sigmoid(logits.astype(jnp.float32))
-
-    return jax.jit(predict, in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
-                   out_shardings=sharding.batch_sharding(mesh))

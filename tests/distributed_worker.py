@@ -5,8 +5,9 @@ Usage: python tests/distributed_worker.py OUT.npz [STEPS]
 The device count comes from XLA_FLAGS (--xla_force_host_platform_device_count); a multi-process
 run from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (tagger_jax.sharding). Each
 process feeds its own share of every global batch, read by the project's input pipeline from the
-same toy records; process 0 writes the per-step losses and the final parameters and batch
-statistics to OUT.npz.
+same toy records; process 0 writes the per-step losses, the final parameters and batch
+statistics, and the validation metrics of the initial model (the trainer's validation on the
+mesh) to OUT.npz.
 """
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ def main(out: str, steps: int) -> None:
     import numpy as np
     from flax import traverse_util
 
-    from tagger_jax import optimizers, train_lib
+    from tagger_jax import optimizers, train_lib, validation
     from tagger_jax.models import build_model
-    from train_helpers import NUM_TAGS, tiny_config, toy_data
+    from train_helpers import NUM_TAGS, TAGS, tiny_config, toy_data, toy_records
 
     config = tiny_config()
     mesh = sharding.make_mesh()
@@ -37,6 +38,11 @@ def main(out: str, steps: int) -> None:
     state = train_lib.init_train_state(model, tx, (96, 256), seed=0,
                                        prng_impl=config.train.prng_impl, mesh=mesh)
     initial = sharding.to_host(state.params)
+    # The trainer's validation on the mesh: 9 clips of 4 windows in batches of 16 windows per
+    # process, so two processes have unequal shares (5 clips: 2 batches; 4 clips: 1 batch) and
+    # the second pads to stay in lockstep.
+    evaluate = validation.make_evaluate(model, config, mesh, TAGS)
+    val = evaluate(state.variables, toy_records(9, seed=1), "validation")
     step_fn = train_lib.make_train_step(model, tx, prng_impl=config.train.prng_impl, mesh=mesh)
     it = iter(data.train)
     losses = []
@@ -51,7 +57,9 @@ def main(out: str, steps: int) -> None:
         moved = max(float(np.abs(a - b).max()) for a, b in
                     zip(jax.tree.leaves(host["params"]), jax.tree.leaves(initial)))
         np.savez(out, losses=np.asarray(losses), devices=jax.device_count(), moved=moved,
-                 processes=jax.process_count(), **flat)
+                 processes=jax.process_count(), val_clips=val["num_clips"],
+                 val_roc_auc=[np.nan if t["roc_auc"] is None else t["roc_auc"]
+                              for t in val["per_tag"]], **flat)
     print(f"process {jax.process_index()}/{jax.process_count()} devices {jax.device_count()} "
           f"losses {losses}", flush=True)
 

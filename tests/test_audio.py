@@ -281,3 +281,25 @@ def test_bundled_example_is_reproducible():
     mel = audio.load_input(path)
     assert mel.shape == (96, 626) and np.all(np.isfinite(mel))
     assert np.ptp(mel) == pytest.approx(80, abs=0.01)  # top_db clipping
+
+
+@pytest.mark.parametrize("pad_mode", ["constant", "reflect"])
+@pytest.mark.parametrize("log_scale", ["amplitude_to_db", "power_to_db"])
+def test_long_inputs_get_the_same_log_mel_block_by_block(monkeypatch, pad_mode, log_scale):
+    """Past MEL_BLOCK_FRAMES the log-mel is computed in blocks (bounded memory for hour-long
+    files): the same frames as librosa on the whole signal, floor at 80 dB below the track's
+    maximum included (a loud start sets the floor for the quiet rest)."""
+    import librosa
+
+    monkeypatch.setattr(audio, "MEL_BLOCK_FRAMES", 40)
+    rng = np.random.default_rng(3)
+    n = 256 * 131 + 77  # 132 frames: blocks of 40, 40, 40, 12
+    wave = (1e-4 * rng.standard_normal(n) + 1e-3 * np.sin(np.arange(n) * 0.05)).astype(np.float32)
+    wave[:2000] *= 3000.0
+    got = audio.log_mel(wave, pad_mode=pad_mode, log_scale=log_scale)
+    mel = librosa.feature.melspectrogram(y=wave, sr=16000, n_fft=512, hop_length=256, n_mels=96,
+                                         pad_mode=pad_mode)
+    want = (librosa.amplitude_to_db if log_scale == "amplitude_to_db" else librosa.power_to_db)(mel)
+    assert got.shape == want.shape == (96, 132) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    assert got.min() == pytest.approx(got.max() - 80.0, abs=1e-4)  # the floor was applied

@@ -76,3 +76,31 @@ def test_tag_command_reports_a_mismatch_in_one_line(model_dir, tmp_path, capsys)
     rc = cli.main(["tag", "--checkpoint", str(d), "--quiet", str(tmp_path / "x.npy")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == errors.MODEL and len(err) == 1 and "does not match the stored weights" in err[0]
+
+
+def test_a_config_written_before_fields_existed_loads_with_the_base_defaults(model_dir, tmp_path):
+    """Stored configs are merged over config_base.base_config(): a model directory whose config
+    lacks fields (added to the project later) loads, and inference reads the defaults."""
+    from tagger_jax import inference
+    from tagger_jax.config_base import base_config
+    from tagger_jax.models import build_model
+
+    def strip(meta):
+        for field in ("dtype", "cls_token", "positions", "max_positions", "hidden_dropout"):
+            del meta["config"]["model"][field]
+        del meta["config"]["features"]["eval_chunks"]
+        del meta["config"]["data"]
+        del meta["config"]["train"]
+
+    loaded = checkpoint.load_model(_edit(model_dir, tmp_path, strip))
+    base = base_config()
+    assert loaded.config.model.positions == base.model.positions
+    assert loaded.config.features.eval_chunks == base.features.eval_chunks
+    assert loaded.config.data.test_split == base.data.test_split
+    assert loaded.config.train.eval_batch_size == base.train.eval_batch_size
+    engine = inference.Engine(loaded, batch_size=2)
+    assert engine.geometry.chunk == 64  # the stored chunk, not the default's 256
+    # A partial model mapping builds the same module as the complete one.
+    partial = {"conv_channels": 2, "attention_channels": 16, "attention_heads": 2,
+               "intermediate": 32}
+    assert build_model(partial, 3) == build_model(dict(loaded.config.model), 3)

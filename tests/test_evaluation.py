@@ -17,6 +17,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tagger_jax import evaluation as ev
+from tagger_jax import inference
 
 TAGS = ("rock", "piano", "vocal", "quiet", "choir")
 
@@ -96,7 +97,7 @@ def test_metric_input_errors(probs, labels, names, match):
 
 
 # ----------------------------------------------------------------------------------------------
-# Prediction: averaging of sigmoid outputs per clip.
+# Prediction: a split's records through the inference path, sigmoid outputs averaged per clip.
 
 class FakeTagger(nn.Module):
     """Logits = scale * x[:, 0, :num_tags]: each window's output is readable from its input."""
@@ -109,106 +110,109 @@ class FakeTagger(nn.Module):
         return scale * x[:, 0, :self.num_tags]
 
 
+CHUNK = 8  # FakeTagger's windows: (2, 8)
+
+
 @pytest.fixture(scope="module")
 def fake():
     model = FakeTagger()
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 2, 8)))
-    return model, variables, ev.make_predict_fn(model)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 2, CHUNK)))
+    return model, variables, inference.make_predict_fn(model)
 
 
 def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))
 
 
+def _geom():
+    from tagger_jax.models import geometry
+
+    return geometry({"architecture": "pons_won"}, 16000, 256, CHUNK)  # chunk = 8 frames
+
+
+def _records(lengths, seed):
+    rng = np.random.default_rng(seed)
+    return [{"mel": (3 * rng.normal(size=(2, n))).astype(np.float16),
+             "tags": (rng.random(3) < 0.5).astype(np.uint8)} for n in lengths]
+
+
+def _predict(fake, source, plan, batch_size=3, **kw):
+    model, variables, predict = fake
+    packer = inference.Packer(lambda x: {"probabilities": predict(variables, x)}, batch_size)
+    items = inference.source_inputs(source, "mel", "toy", "test")
+    return ev.predict_split(items, plan, _geom(), packer, 3, **kw)
+
+
 def test_make_predict_fn_is_sigmoid_of_logits(fake):
     model, variables, predict = fake
-    x = np.random.default_rng(0).normal(size=(6, 2, 8)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(6, 2, CHUNK)).astype(np.float32)
     out = np.asarray(predict(variables, x))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, _sigmoid(x[:, 0, :3]), rtol=1e-6, atol=1e-7)
 
 
-def _chunk_batches(windows, labels, order, clips_per_batch, num_chunks):
-    """Eval-pipeline-shaped batches: clip-major windows, the last batch padded with junk."""
-    batches = []
-    for b in range(0, len(order), clips_per_batch):
-        ids = order[b:b + clips_per_batch]
-        pad = clips_per_batch - len(ids)
-        x = np.concatenate([windows[i] for i in ids]
-                           + [np.full((num_chunks, 2, 8), 1e3, np.float32)] * pad)
-        batches.append({
-            "x": x,
-            "y": np.concatenate([labels[ids], np.ones((pad, labels.shape[1]), np.float32)]),
-            "clip_index": np.array(list(ids) + [-1] * pad, np.int32),
-            "mask": np.array([True] * len(ids) + [False] * pad)})
-    return batches
+def test_paper_windows_average_sigmoids_per_clip(fake):
+    """The protocol: the mean of the sigmoids of chunks at i * ((T - chunk) // n) (written out
+    here independently), not the sigmoid of the mean logits; clips sorted by record index."""
+    num_chunks = 4
+    source = _records([40, 8, 23, 5, 61], seed=2)  # 8: one chunk; 5: shorter, repeated
+    probs, labels, index = _predict(fake, source, inference.WindowPlan(inference.PAPER,
+                                                                       num_chunks=num_chunks))
+    assert probs.dtype == np.float64
+    np.testing.assert_array_equal(index, np.arange(5))
+    for c, rec in enumerate(source):
+        mel = rec["mel"].astype(np.float64)
+        if mel.shape[1] < CHUNK:
+            mel = mel[:, np.arange(CHUNK) % mel.shape[1]]
+        hop = (mel.shape[1] - CHUNK) // num_chunks
+        first_rows = np.stack([mel[0, i * hop:i * hop + 3] for i in range(num_chunks)])
+        np.testing.assert_allclose(probs[c], _sigmoid(first_rows).mean(axis=0), rtol=1e-6,
+                                   atol=1e-7)
+        if c == 0:
+            assert not np.allclose(probs[c], _sigmoid(first_rows.mean(axis=0)), atol=1e-3)
+        np.testing.assert_array_equal(labels[c], rec["tags"])
 
 
-def test_chunk_mode_averages_sigmoids_drops_padding_and_sorts(fake):
-    model, variables, predict = fake
-    rng = np.random.default_rng(2)
-    num_clips, num_chunks = 5, 4
-    windows = rng.normal(size=(num_clips, num_chunks, 2, 8)).astype(np.float32) * 3
-    labels = (rng.random((num_clips, 3)) < 0.5).astype(np.float32)
-    batches = _chunk_batches(windows, labels, [3, 0, 4, 1, 2], clips_per_batch=2,
-                             num_chunks=num_chunks)
-    probs, got_labels, clip_index = ev.predict_clips(model, variables, batches, num_chunks)
-    # The protocol: the mean of the chunks' sigmoid outputs (not the sigmoid of mean logits).
-    expected = _sigmoid(windows[:, :, 0, :3]).mean(axis=1)
-    np.testing.assert_array_equal(clip_index, np.arange(num_clips))
-    np.testing.assert_allclose(probs, expected, rtol=1e-6, atol=1e-7)
-    assert not np.allclose(probs, _sigmoid(windows[:, :, 0, :3].mean(axis=1)), atol=1e-3)
-    np.testing.assert_array_equal(got_labels, labels)
-    # Same result with a caller-supplied predict function and placement function.
-    probs2, _, _ = ev.predict_clips(None, variables, batches, num_chunks, predict_fn=predict,
-                                    put=jnp.asarray)
-    np.testing.assert_allclose(probs2, probs, rtol=1e-7)
+def test_cover_windows_average_over_the_whole_track(fake):
+    source = _records([40, 8, 23], seed=3)
+    probs, _, _ = _predict(fake, source, inference.WindowPlan(inference.COVER, 5 * 256 / 16000))
+    for c, rec in enumerate(source):
+        mel = rec["mel"].astype(np.float64)
+        T = mel.shape[1]
+        starts = sorted(set(list(range(0, T - CHUNK + 1, 5)) + [T - CHUNK]))
+        rows = np.stack([mel[0, s:s + 3] for s in starts])
+        np.testing.assert_allclose(probs[c], _sigmoid(rows).mean(axis=0), rtol=1e-6, atol=1e-7)
 
 
-def test_full_track_mode_segment_means_over_batches(fake):
-    model, variables, _ = fake
-    rng = np.random.default_rng(3)
-    # Track 7 has 5 windows spread over two batches, track 2 has 1, track 4 has 3; 2 padding rows.
-    owner = np.array([7, 7, 7, 2, 7, 7, 4, 4, 4, -1, -1, -1])[:12]
-    x = rng.normal(size=(12, 2, 8)).astype(np.float32)
-    tags = {7: [1, 0, 0], 2: [0, 1, 1], 4: [1, 1, 0], -1: [0, 0, 0]}
-    y = np.array([tags[int(o)] for o in owner], np.float32)
-    mask = owner >= 0
-    batches = [{"x": x[i:i + 4], "y": y[i:i + 4], "clip_index": owner[i:i + 4].astype(np.int32),
-                "mask": mask[i:i + 4]} for i in range(0, 12, 4)]
-    probs, labels, clip_index = ev.predict_clips(model, variables, batches, num_chunks=16)
-    np.testing.assert_array_equal(clip_index, [2, 4, 7])
-    sig = _sigmoid(x[:, 0, :3])
-    expected = np.stack([sig[owner == t].mean(axis=0) for t in (2, 4, 7)])
-    np.testing.assert_allclose(probs, expected, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(labels, [tags[2], tags[4], tags[7]])
+def test_batch_size_does_not_change_clip_probabilities(fake):
+    source = _records([40, 8, 23, 5, 61, 17], seed=4)
+    plan = inference.WindowPlan(inference.PAPER, num_chunks=4)
+    a = _predict(fake, source, plan, batch_size=1)[0]
+    b = _predict(fake, source, plan, batch_size=7)[0]
+    np.testing.assert_allclose(a, b, rtol=1e-7)
 
 
-def test_predict_clips_rejects_malformed_batches(fake):
-    model, variables, _ = fake
-    x = np.zeros((8, 2, 8), np.float32)
-    ok = {"x": x, "y": np.zeros((2, 3)), "clip_index": np.array([0, 1]), "mask": np.ones(2, bool)}
-    with pytest.raises(ev.EvaluationError, match="more than one"):
-        ev.predict_clips(model, variables, [ok, ok], num_chunks=4)
-    with pytest.raises(ev.EvaluationError, match="windows per clip"):
-        ev.predict_clips(model, variables, [ok], num_chunks=3)
-    bad_labels = {"x": x[:2], "y": np.array([[0, 0, 1], [1, 0, 0]]),
-                  "clip_index": np.array([5, 5]), "mask": np.ones(2, bool)}
-    with pytest.raises(ev.EvaluationError, match="different label rows"):
-        ev.predict_clips(model, variables, [bad_labels], num_chunks=4)
-    with pytest.raises(ev.EvaluationError, match="no batches"):
-        ev.predict_clips(model, variables, [], num_chunks=4)
-    padding = dict(ok, clip_index=np.array([-1, -1]))
-    with pytest.raises(ev.EvaluationError, match="padding"):
-        ev.predict_clips(model, variables, [padding], num_chunks=4)
+def test_unreadable_records_are_one_error(fake):
+    plan = inference.WindowPlan(inference.PAPER, num_chunks=2)
+    source = _records([20, 20, 20], seed=5)
+    source[1]["mel"] = source[1]["mel"][0]  # 1-D: not the model's input
+    with pytest.raises(ev.EvaluationError, match=r"1 record\(s\).*toy:test\[1\]"):
+        _predict(fake, source, plan)
+    source = _records([20, 20], seed=5)
+    del source[0]["tags"]
+    with pytest.raises(ev.EvaluationError, match=r"toy:test\[0\]: record has no 'tags'"):
+        _predict(fake, source, plan)
+    with pytest.raises(ev.EvaluationError, match="no clips"):
+        _predict(fake, [], plan)
 
 
-def test_predict_on_a_batch_sharded_over_a_mesh():
-    """A batch split over 4 (host-simulated) devices: same clip probabilities, sharded output."""
+def test_predict_split_on_a_mesh_and_in_lockstep():
+    """Batches split over 4 (host-simulated) devices (as the trainer's validation does: global
+    arrays, this process's rows back, lockstep padding): the same clip probabilities."""
     code = textwrap.dedent("""
         import numpy as np, jax, jax.numpy as jnp, flax.linen as nn
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-        from tagger_jax import evaluation as ev
+        from tagger_jax import evaluation as ev, inference, sharding
+        from tagger_jax.models import geometry
         assert jax.device_count() == 4, jax.devices()
 
         class Fake(nn.Module):
@@ -218,18 +222,21 @@ def test_predict_on_a_batch_sharded_over_a_mesh():
 
         model = Fake()
         variables = model.init(jax.random.key(0), jnp.zeros((1, 2, 8)))
-        mesh = Mesh(np.array(jax.devices()), ("data",))
-        rep = jax.device_put(variables, NamedSharding(mesh, P()))
-        put = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
-        predict = ev.make_predict_fn(model)
+        mesh = sharding.make_mesh()
+        rep = sharding.replicate(variables, mesh)
+        predict = inference.make_predict_fn(model)
         rng = np.random.default_rng(0)
-        x = rng.normal(size=(16, 2, 8)).astype(np.float32)
-        out = predict(rep, put(x))
-        assert out.sharding.is_equivalent_to(NamedSharding(mesh, P("data")), 2), out.sharding
-        batch = {"x": x, "y": np.eye(2, 3), "clip_index": np.array([1, 0]),
-                 "mask": np.ones(2, bool)}
-        a = ev.predict_clips(model, rep, [batch], 8, put=put)[0]
-        b = ev.predict_clips(model, variables, [batch], 8)[0]
+        source = [{"mel": rng.normal(size=(2, n)).astype(np.float32),
+                   "tags": np.eye(3)[n % 3]} for n in (30, 9, 41, 12, 8)]
+        geom = geometry(None, 16000, 256, 8)
+        plan = inference.WindowPlan(inference.PAPER, num_chunks=4)
+        items = inference.source_inputs(source, "mel", "toy", "val")
+        packer = inference.Packer(lambda x: {"probabilities": predict(rep, x)}, 8,
+                                  put=lambda b: sharding.shard_batch(b, mesh),
+                                  get=sharding.local_rows)
+        a = ev.predict_split(items, plan, geom, packer, 3, lockstep_window=np.zeros((2, 8)))[0]
+        plain = inference.Packer(lambda x: {"probabilities": predict(variables, x)}, 3)
+        b = ev.predict_split(items, plan, geom, plain, 3)[0]
         np.testing.assert_allclose(a, b, rtol=1e-6)
         print("OK")
     """)
@@ -241,34 +248,16 @@ def test_predict_on_a_batch_sharded_over_a_mesh():
 
 
 # ----------------------------------------------------------------------------------------------
-# The 16 chunk positions (the input pipeline's; skipped if it is not there).
-
-def _frame_coded_record(length: int, num_tags: int = 3) -> dict:
-    mel = np.broadcast_to(np.arange(length, dtype=np.float32), (96, length)).copy()
-    return {"mel": mel, "tags": np.eye(num_tags, dtype=np.float32)[0]}
-
+# The 16 chunk positions.
 
 def test_sixteen_chunk_starts_follow_the_reference_formula():
-    chunking = pytest.importorskip("tagger_jax.chunking")
+    from tagger_jax import chunking
+
     for length in (1813, 256, 271, 300, 2000, 5000):
         expected = np.arange(16) * ((length - 256) // 16)
         np.testing.assert_array_equal(chunking.eval_chunk_starts(length, 256, 16), expected)
-    input_pipeline = pytest.importorskip("tagger_jax.input_pipeline")
-    lengths = [1813, 400, 2000]
-    source = [_frame_coded_record(n) for n in lengths]
-    batches = list(input_pipeline.eval_batches(source, clips_per_batch=2, num_chunks=16,
-                                               chunk_frames=256))
-    seen = {}
-    for batch in batches:
-        x = batch["x"].reshape(len(batch["clip_index"]), 16, 96, 256)
-        for c, idx in enumerate(batch["clip_index"]):
-            if batch["mask"][c]:
-                seen[int(idx)] = x[c, :, 0, 0]  # frame value = frame index
-                # Every chunk is 256 consecutive frames.
-                np.testing.assert_array_equal(x[c, :, 5, :] - x[c, :, 5, :1],
-                                              np.tile(np.arange(256), (16, 1)))
-    for idx, n in enumerate(lengths):
-        np.testing.assert_array_equal(seen[idx], np.arange(16) * ((n - 256) // 16))
+        np.testing.assert_array_equal(
+            inference.window_starts(length, 256, windows=inference.PAPER), expected)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,7 +390,7 @@ def test_end_to_end_matches_direct_computation(synth_tags, tiny_variables, tmp_p
     # Recomputation: chunks placed by the reference formula, one model call per clip (padded to
     # the compiled batch of 8), the mean of the sigmoids, scikit-learn's ROC-AUC.
     loaded = checkpoint.load_model(workdir)
-    predict = ev.make_predict_fn(loaded.model)
+    predict = inference.make_predict_fn(loaded.model)
     rows = []
     for rec in source:
         mel = rec["mel"].astype(np.float32)
@@ -472,3 +461,46 @@ def test_end_to_end_on_a_built_tfds_split(synth_tags, tiny_variables, tmp_path):
     k = synth_tags.index(defined[0]["tag"])
     assert defined[0]["roc_auc"] == pytest.approx(
         roc_auc_score(predictions["labels"][:, k], predictions["probs"][:, k]), abs=1e-12)
+
+
+def test_evaluate_through_the_inference_path_equals_numpy_and_sklearn(tmp_path, monkeypatch):
+    """`evaluate_checkpoint` (dataset records -> inference windows -> packed batches -> the one
+    predict function) against a direct computation: the model applied to each window alone,
+    the mean of the sigmoids in float64 NumPy, scikit-learn's ROC-AUC per tag."""
+    from model_helpers import save_tiny_model
+    from sklearn.exceptions import UndefinedMetricWarning as SkWarning
+
+    from tagger_jax import checkpoint, datasets
+
+    tags = ["a", "b", "c", "d"]
+    model_dir = save_tiny_model(tmp_path / "model", tags)
+    rng = np.random.default_rng(7)
+    source = [{"mel": rng.normal(-30, 10, size=(96, n)).astype(np.float16),
+               "tags": np.array([i % 2, (i // 2) % 2, i % 3 == 0, 1], np.uint8)}
+              for i, n in enumerate((64, 80, 150, 40, 300, 97, 211, 64))]
+    monkeypatch.setattr(datasets, "load_split", lambda *a, **k: (source, tags))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ev.UndefinedMetricWarning)  # tag d: all positive
+        result = ev.evaluate_checkpoint(model_dir, dataset="magnatagatune", batch_size=1,
+                                        out_dir=tmp_path / "out", print_fn=None)
+    loaded = checkpoint.load_model(model_dir)
+    expected = []
+    for rec in source:
+        mel = rec["mel"].astype(np.float32)
+        if mel.shape[1] < 64:
+            mel = mel[:, np.arange(64) % mel.shape[1]]
+        hop = (mel.shape[1] - 64) // 16
+        logits = [np.asarray(loaded.model.apply(loaded.variables, mel[None, :, s:s + 64]))[0]
+                  for s in np.arange(16) * hop]
+        expected.append(_sigmoid(np.stack(logits)).mean(axis=0))
+    expected = np.stack(expected)
+    labels = np.stack([r["tags"] for r in source]).astype(int)
+    saved = np.load(tmp_path / "out" / "predictions.npz")
+    np.testing.assert_allclose(saved["probs"], expected, rtol=1e-5, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkWarning)
+        per_tag = [roc_auc_score(labels[:, k], expected[:, k]) for k in range(3)]
+    assert result["excluded_tags"] == ["d"]
+    for k in range(3):
+        assert result["per_tag"][k]["roc_auc"] == pytest.approx(per_tag[k], abs=1e-9)
+    assert result["roc_auc_mean"] == pytest.approx(np.mean(per_tag), abs=1e-9)

@@ -200,3 +200,57 @@ def test_embed_cli_writes_npz_and_resumes(model_dir, files, tmp_path, capsys):
     assert cli.main(argv) == 1
     assert "skipped 2 already finished" in capsys.readouterr().out
     assert (out / "long.npy.npz").stat().st_mtime_ns == mtime
+
+
+def test_inference_commands_share_one_definition_of_their_input_options():
+    """tag, embed, explain (and evaluate for the model) take the same options from
+    commands/_inference_args.py: same flags, same help, same defaults (batch size aside)."""
+    import argparse
+
+    from tagger_jax.commands import embed, evaluate, explain, tag
+
+    def options(module):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        return {a.option_strings[0]: (a.help, a.default) for a in parser._actions
+                if a.option_strings}
+
+    ex, em, tg, ev = options(explain), options(embed), options(tag), options(evaluate)
+    shared = ["--checkpoint", "--workdir", "--dataset", "--split", "--data-dir",
+              "--builder-config", "--limit", "--hop", "--windows", "--num-chunks",
+              "--retry-failed", "--no-progress"]
+    for flag in shared:
+        assert ex[flag] == em[flag], flag
+    for flag in ("--checkpoint", "--workdir", "--hop", "--windows", "--num-chunks"):
+        assert tg[flag] == em[flag], flag
+    assert ev["--checkpoint"] == em["--checkpoint"] and ev["--workdir"] == em["--workdir"]
+
+
+def test_host_memory_of_a_run_does_not_grow_with_the_track(engine):
+    """Tagging a track 8x longer at a fine hop (one frame): the Python-side memory the run
+    allocates beyond the input itself stays within a small factor (tracemalloc peaks; numpy
+    reports its buffers to tracemalloc). What grows with the track is only the per-window
+    outputs kept for the taggram, not its windows. Not timed."""
+    import tracemalloc
+
+    plan = inference.WindowPlan(hop_s=0.016)  # a window every frame
+    fn = engine.predict_fn()
+    rng = np.random.default_rng(9)
+
+    def extra_peak(frames: int) -> tuple[int, int]:
+        x = rng.normal(-30, 10, (96, frames)).astype(np.float32)
+        item = inference.Input("k", "n", lambda: x, "f")
+        got = {}
+        tracemalloc.start()
+        engine.run([item], plan, fn, lambda p, out: got.update(out), print)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert len(got["probabilities"]) == frames - CHUNK + 1
+        return peak, x.nbytes
+
+    extra_peak(200)  # compiled outside the measurement
+    short_peak, _ = extra_peak(250)
+    long_peak, _ = extra_peak(2000)  # 1,969 windows of 12 KiB: 23 MiB if all held
+    windows_bytes = (2000 - CHUNK + 1) * 96 * CHUNK * 4
+    assert long_peak < 4 * short_peak + (1 << 20), (short_peak, long_peak)
+    assert long_peak < windows_bytes / 8, (long_peak, windows_bytes)

@@ -242,86 +242,42 @@ def test_bad_record_names_the_file():
     src = make_source(4, seed=7)
     src[2]["mel"] = src[2]["mel"][0]  # 1-D: not a spectrogram
     with pytest.raises(ValueError, match=r"dir/clip2\.mp3 \(record 2\): 'mel' has shape"):
-        list(ip.eval_batches(src, clips_per_batch=4))
+        list(loader(src, num_epochs=1, global_batch_size=4))
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation and full-track batches.
+# Evaluation windows of records: through the inference path (inference.source_inputs).
 
-def test_eval_chunks_follow_the_authors_formula():
-    src = make_source(5, seed=8, min_frames=256, max_frames=1813)
+def test_records_paper_windows_follow_the_authors_formula():
+    from tagger_jax import inference
+    from tagger_jax.models import geometry
+
+    src = make_source(5, seed=8, min_frames=256, max_frames=1813, audio=True)
     src[0]["mel"] = src[0]["mel"][:, :256]  # exactly one chunk: 16 copies of start 0
-    batches = list(ip.eval_batches(src, clips_per_batch=5))
-    (batch,) = batches
-    assert batch["x"].shape == (5 * 16, 96, CROP)
-    for c, index in enumerate(batch["clip_index"]):
-        mel = src[index]["mel"].astype(np.float32)
+    src[1]["mel"] = src[1]["mel"][:, :100]  # shorter: repeated to fill the chunk
+    geom = geometry({"architecture": "pons_won"}, 16000, 256, CROP)
+    plan = inference.WindowPlan(inference.PAPER)
+    items = inference.source_inputs(src, "mel", "toy", "validation")
+    for item in items:
+        p = inference.prepare(item, geom, plan)
+        mel = src[item.meta["index"]]["mel"].astype(np.float32)
+        if mel.shape[1] < CROP:
+            mel = np.take(mel, np.arange(CROP) % mel.shape[1], axis=-1)
         hop = (mel.shape[1] - CROP) // 16  # the authors' formula, written out independently
+        windows = list(p.windows())
         for i in range(16):
-            np.testing.assert_array_equal(batch["x"][16 * c + i], mel[:, i * hop:i * hop + CROP])
-        np.testing.assert_array_equal(batch["y"][c], src[index]["tags"])
-
-
-def test_eval_last_batch_is_padded_and_masked():
-    src = make_source(10, seed=9, min_frames=256, max_frames=400)
-    batches = list(ip.eval_batches(src, clips_per_batch=4, num_chunks=2))
-    assert len(batches) == ip.eval_num_batches(10, 4) == 3
-    assert all(b["x"].shape == (8, 96, CROP) for b in batches)  # fixed shapes
-    last = batches[-1]
-    np.testing.assert_array_equal(last["mask"], [True, True, False, False])
-    np.testing.assert_array_equal(last["clip_index"], [8, 9, -1, -1])
-    assert not last["x"][4:].any() and not last["y"][2:].any()
-    assert np.concatenate([b["clip_index"] for b in batches])[:10].tolist() == list(range(10))
-
-
-def test_eval_hosts_disjoint_and_covering():
-    src = make_source(11, seed=10, min_frames=256, max_frames=300)
-    per_host = [list(ip.eval_batches(src, clips_per_batch=2, num_chunks=1, process_index=h,
-                                     process_count=3)) for h in range(3)]
-    assert {len(b) for b in per_host} == {ip.eval_num_batches(11, 2, 3)} == {2}  # lockstep
-    seen = []
-    for batches in per_host:
-        for b in batches:
-            seen += b["clip_index"][b["mask"]].tolist()
-            assert (b["clip_index"][~b["mask"]] == -1).all()
-    assert sorted(seen) == list(range(11))  # every clip exactly once
-
-
-def test_eval_audio_and_short_clips():
-    src = make_source(2, seed=11, min_frames=100, max_frames=100, audio=True)
-    (batch,) = list(ip.eval_batches(src, clips_per_batch=2, num_chunks=4, input_kind="audio"))
-    assert batch["x"].shape == (8, ip.WAVEFORM_CROP)
-    audio = src[0]["audio"]
+            np.testing.assert_array_equal(windows[p.inverse[i]], mel[:, i * hop:i * hop + CROP])
+        np.testing.assert_array_equal(p.labels, src[item.meta["index"]]["tags"])
+    assert len(inference.prepare(items[0], geom, plan).unique_starts) == 1  # computed once
+    wave = geometry({"architecture": "lee_won"}, 16000, 256, CROP)
+    item = inference.source_inputs(src, "audio", "toy", "validation")[2]
+    p = inference.prepare(item, wave, inference.WindowPlan(inference.PAPER, num_chunks=4))
+    audio = src[2]["audio"]
     hop = (len(audio) - ip.WAVEFORM_CROP) // 4
-    np.testing.assert_array_equal(batch["x"][3], audio[3 * hop:3 * hop + ip.WAVEFORM_CROP])
-    (mel_batch,) = list(ip.eval_batches(src, clips_per_batch=2, num_chunks=4))
-    tiled = np.take(src[1]["mel"], np.arange(CROP) % 100, axis=-1).astype(np.float32)
-    for i in range(4):  # 100 frames repeated to 256: all 4 chunks are that one chunk
-        np.testing.assert_array_equal(mel_batch["x"][4 + i], tiled)
-
-
-def test_full_track_windows_cover_each_track():
-    src = make_source(5, seed=12, min_frames=256, max_frames=2000)
-    batches = list(ip.full_track_batches(src, windows_per_batch=7, hop_frames=200))
-    assert all(b["x"].shape == (7, 96, CROP) for b in batches)
-    assert all(b["mask"].all() for b in batches[:-1])  # only the last batch is padded
-    covered = {i: np.zeros(src[i]["mel"].shape[1], bool) for i in range(5)}
-    for b in batches:
-        for x, y, index, start, valid in zip(b["x"], b["y"], b["clip_index"], b["start"],
-                                             b["mask"]):
-            if not valid:
-                assert index == -1
-                continue
-            mel = src[index]["mel"].astype(np.float32)
-            np.testing.assert_array_equal(x, mel[:, start:start + CROP])
-            np.testing.assert_array_equal(y, src[index]["tags"])
-            covered[int(index)][start:start + CROP] = True
-    assert all(c.all() for c in covered.values())
-    hosts = [list(ip.full_track_batches(src, windows_per_batch=7, hop_frames=200,
-                                        process_index=h, process_count=2)) for h in range(2)]
-    tracks = [set(np.concatenate([b["clip_index"][b["mask"]] for b in hb]).tolist())
-              for hb in hosts]
-    assert not tracks[0] & tracks[1] and tracks[0] | tracks[1] == set(range(5))
+    np.testing.assert_array_equal(list(p.windows())[p.inverse[3]],
+                                  audio[3 * hop:3 * hop + ip.WAVEFORM_CROP])
+    shares = [inference.process_share(list(range(11)), h, 3) for h in range(3)]
+    assert sorted(sum(shares, [])) == list(range(11))  # every record exactly once
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,11 +310,18 @@ def test_real_tfds_split(tmp_path_factory):
     assert_batches_equal(list(it), batches)
     it.close()
     val, _ = datasets.load_split("synthetic_tags", "validation", data_dir, builder_config=config)
-    (batch,) = list(ip.eval_batches(val, clips_per_batch=4, num_chunks=16))
-    np.testing.assert_array_equal(batch["mask"], [True, True, True, False])
+    from tagger_jax import inference
+    from tagger_jax.models import geometry
+
+    items = inference.source_inputs(val, "mel", "synthetic_tags", "validation")
+    assert len(items) == 3
+    p = inference.prepare(items[1], geometry(None, 16000, 256, CROP),
+                          inference.WindowPlan(inference.PAPER))
     mel = val[1]["mel"].astype(np.float32)
     hop = (mel.shape[1] - CROP) // 16
-    np.testing.assert_array_equal(batch["x"][16 + 15], mel[:, 15 * hop:15 * hop + CROP])
+    np.testing.assert_array_equal(list(p.windows())[p.inverse[15]],
+                                  mel[:, 15 * hop:15 * hop + CROP])
+    np.testing.assert_array_equal(p.labels, val[1]["tags"])
 
 
 def test_activity_crop_labels_follow_the_mask_and_keep_the_crops():

@@ -140,7 +140,15 @@ def test_resume_keeps_finished_results(model_dir, inputs, tmp_path, capsys):
     results = json.loads(out.read_text())
     assert [r["file"].split("/")[-1] for r in results] == ["spec.npy", "tone.wav"]
     assert results[0]["probabilities"][0] == -1.0
-    assert "1 files kept" in capsys.readouterr().err
+    assert "1 of 2 inputs reused" in capsys.readouterr().err
+    # The summary counts the whole run (reused + new), not only this run's share.
+    rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--resume",
+                   "--quiet", str(inputs / "spec.npy"), str(inputs / "tone.wav"),
+                   str(inputs / "empty.mp3")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "2 of 3 inputs reused" in err
+    assert "1 of 3 inputs failed (2 reused, 1 tagged now)" in err
 
 
 def test_bad_checkpoint_is_a_clear_error(tmp_path, inputs, capsys):

@@ -380,7 +380,7 @@ def test_extra_test_splits_and_baseline_are_reported_and_reused(tmp_path, finish
     data and recomputed when a fingerprint changes."""
     import shutil
 
-    from tagger_jax import baseline, input_pipeline
+    from tagger_jax import baseline
     from tagger_jax.train_data import TestSplit
 
     config, done, summary = finished_run
@@ -394,9 +394,7 @@ def test_extra_test_splits_and_baseline_are_reported_and_reused(tmp_path, finish
     def rerun(other_fingerprint):
         data = toy_data(config)
         data.test_fingerprint = "split-v1"
-        data.extra_tests = {"test_other": TestSplit(lambda: input_pipeline.eval_batches(
-            other, clips_per_batch=8, num_chunks=config.features.eval_chunks), 1,
-            other_fingerprint)}
+        data.extra_tests = {"test_other": TestSplit(other, other_fingerprint)}
 
         def fit_and_score(names):
             calls.append(tuple(names))
@@ -437,12 +435,8 @@ def _eval_records_without(records, tags_to_zero):
 
 
 def _data_with_eval(config, records):
-    from tagger_jax import input_pipeline
-
     data = toy_data(config)
-    data.eval_batches = data.test_batches = lambda: input_pipeline.eval_batches(
-        records, clips_per_batch=config.train.eval_batch_size,
-        num_chunks=config.features.eval_chunks)
+    data.eval_source = data.test_source = records
     return data
 
 

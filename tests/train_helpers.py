@@ -72,10 +72,6 @@ def toy_data(config, num_train: int = 32, num_eval: int = 8, seed: int = 0) -> T
         num_epochs=t.num_epochs, process_index=jax.process_index(),
         process_count=jax.process_count(), num_workers=0,
         local_device_count=jax.local_device_count())
-    clips = max(1, t.eval_batch_size // jax.process_count())
-    eval_fn = lambda: input_pipeline.eval_batches(
-        eval_source, clips_per_batch=clips, num_chunks=config.features.eval_chunks,
-        process_index=jax.process_index(), process_count=jax.process_count())
     return TrainData(train=loader,
                      steps_per_epoch=input_pipeline.steps_per_epoch(num_train, t.batch_size),
-                     eval_batches=eval_fn, tag_names=TAGS, test_batches=eval_fn)
+                     eval_source=eval_source, tag_names=TAGS, test_source=eval_source)

@@ -1,5 +1,7 @@
 """Command-line options shared by the commands that run `tagger_jax.inference` (tag, embed,
-explain): how windows are placed, in seconds, and the batch size."""
+explain), each defined once: the model (--checkpoint/--workdir), the inputs (files, directories
+or --dataset/--split/...), how windows are placed (in seconds), the batch size and the
+resumable-run options."""
 from __future__ import annotations
 
 import argparse
@@ -26,3 +28,47 @@ def window_plan(args: argparse.Namespace):
     if args.windows == "paper" and args.hop is not None:
         raise ValueError("--hop applies to --windows cover only")
     return WindowPlan(args.windows, args.hop, args.num_chunks)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint (a model directory) or --workdir (a training workdir), one of them."""
+    from_ = parser.add_mutually_exclusive_group(required=True)
+    from_.add_argument("--checkpoint", help="model directory (tagger.json + variables/), e.g. "
+                                            "from import-authors or training")
+    from_.add_argument("--workdir", help="training workdir (its exported best_model/ is used)")
+
+
+def add_input_arguments(parser: argparse.ArgumentParser, inputs_help: str) -> None:
+    """INPUT files/directories, or the records of --dataset's --split."""
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help=inputs_help)
+    parser.add_argument("--dataset", help="the records of a dataset split instead of files, "
+                                          "e.g. synthetic_tags")
+    parser.add_argument("--split", default="test", help="split of --dataset (default: test)")
+    parser.add_argument("--data-dir", default=None,
+                        help="TFDS data directory (default: the model config's data.data_dir)")
+    parser.add_argument("--builder-config", default=None, help="TFDS builder config, e.g. "
+                                                               "segments")
+    parser.add_argument("--limit", type=int, default=None, help="first N records of --split only")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of resumable runs that write one result per input into --out."""
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="retry inputs that failed in an earlier run although unchanged")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def model_path(args: argparse.Namespace) -> str:
+    """The model directory or workdir the arguments name."""
+    return args.checkpoint or args.workdir
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """ValueError unless exactly one of INPUT and --dataset is given."""
+    if bool(args.inputs) == bool(args.dataset):
+        raise ValueError("give INPUT files/directories or --dataset (not both)")
+
+
+def data_dir(args: argparse.Namespace, loaded) -> str:
+    """--data-dir, else the model config's data.data_dir."""
+    return args.data_dir or loaded.config.data.data_dir

@@ -5,38 +5,31 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tagger_jax.commands._inference_args import add_window_arguments, window_plan
+from tagger_jax.commands._inference_args import (add_input_arguments, add_model_arguments,
+                                                 add_run_arguments, add_window_arguments,
+                                                 check_inputs, data_dir, model_path, window_plan)
 
 HELP = ("Embeddings for downstream tasks: the pooled [CLS] vector the classifier reads and the "
         "front-end's time-pooled features, per window and per track, as NPZ.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from_ = parser.add_mutually_exclusive_group(required=True)
-    from_.add_argument("--checkpoint", help="model directory (tagger.json + variables/)")
-    from_.add_argument("--workdir", help="training workdir (its exported best_model/ is used)")
-    parser.add_argument("inputs", nargs="*", metavar="INPUT",
-                        help="audio files, .npy model inputs or directories (searched "
-                             "recursively)")
-    parser.add_argument("--dataset", help="embed the records of a dataset split instead, e.g. "
-                                          "synthetic_tags")
-    parser.add_argument("--split", default="test", help="split of --dataset (default: test)")
-    parser.add_argument("--data-dir", default=None,
-                        help="TFDS data directory (default: the model config's data.data_dir)")
-    parser.add_argument("--builder-config", default=None, help="TFDS builder config")
-    parser.add_argument("--limit", type=int, default=None, help="first N records of --split only")
+    add_model_arguments(parser)
+    add_input_arguments(parser, "audio files, .npy model inputs or directories (searched "
+                                "recursively)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output directory: one NPZ per input and embeddings.npz")
     add_window_arguments(parser, batch_size=64)
-    parser.add_argument("--retry-failed", action="store_true",
-                        help="retry inputs that failed in an earlier run although unchanged")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from tagger_jax import sharding
 
     sharding.maybe_initialize_distributed()  # before anything touches the JAX backend
+    from tagger_jax.inference import return_freed_memory
+
+    return_freed_memory()  # long files: batch buffers go back to the system (docs/benchmarks.md)
     import jax
 
     from tagger_jax import checkpoint, embedding, errors, inference, outputs
@@ -46,15 +39,13 @@ def run(args: argparse.Namespace) -> int:
         return status
 
     args.out = str(outputs.check_output_dir(args.out))  # before any work (errors.OUTPUT)
-    if bool(args.inputs) == bool(args.dataset):
-        return error("give INPUT files/directories or --dataset (not both)")
     try:
+        check_inputs(args)
         plan = window_plan(args)
-        loaded = checkpoint.load_model(args.checkpoint or args.workdir)
+        loaded = checkpoint.load_model(model_path(args))
         engine = inference.Engine(loaded, batch_size=args.batch_size)
         if args.dataset:
-            data_dir = args.data_dir or loaded.config.data.get("data_dir")
-            items = engine.dataset_inputs(args.dataset, args.split, data_dir,
+            items = engine.dataset_inputs(args.dataset, args.split, data_dir(args, loaded),
                                           args.builder_config, args.limit)
         else:
             items = engine.file_inputs(args.inputs)

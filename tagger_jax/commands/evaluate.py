@@ -4,15 +4,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 
+from tagger_jax.commands._inference_args import add_model_arguments, model_path
+
 HELP = ("Evaluate a trained or imported model on a dataset split: per-tag ROC-AUC and PR-AUC and "
         "their means (the paper's 16-chunk protocol, or full tracks); writes JSON, CSV and a PNG.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--workdir", help="training workdir (its exported best_model/ is evaluated)")
-    where.add_argument("--checkpoint", help="model directory (tagger.json + variables/), e.g. "
-                                            "from import-authors")
+    add_model_arguments(parser)
     parser.add_argument("--dataset", default=None,
                         help="TFDS dataset name (default: the one the model was trained on)")
     parser.add_argument("--split", default=None,
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with lock:
             result = evaluate_checkpoint(
-                args.workdir or args.checkpoint, dataset=args.dataset, split=args.split,
+                model_path(args), dataset=args.dataset, split=args.split,
                 data_dir=args.data_dir, builder_config=args.builder_config, mode=args.mode,
                 out_dir=args.out, batch_size=args.batch_size, num_chunks=args.num_chunks,
                 hop_s=args.hop)

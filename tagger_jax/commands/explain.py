@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tagger_jax.commands._inference_args import add_window_arguments, window_plan
+from tagger_jax.commands._inference_args import (add_input_arguments, add_model_arguments,
+                                                 add_run_arguments, add_window_arguments,
+                                                 check_inputs, data_dir, model_path, window_plan)
 
 HELP = ("Explain a model's tags: the paper's attention and tag-wise contribution heat maps and "
         "gradient saliency, as NPZ + PNG + JSON per input and an index.html for the run.")
@@ -16,20 +18,9 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from_ = parser.add_mutually_exclusive_group(required=True)
-    from_.add_argument("--checkpoint", help="model directory (tagger.json + variables/), e.g. "
-                                            "from import-authors")
-    from_.add_argument("--workdir", help="training workdir (its exported best_model/ is used)")
-    parser.add_argument("inputs", nargs="*", metavar="INPUT",
-                        help="audio files, .npy log-mel spectrograms (96 x T; waveforms for "
-                             "lee_won) or directories (searched recursively)")
-    parser.add_argument("--dataset", help="explain the records of a dataset split instead, e.g. "
-                                          "synthetic_tags")
-    parser.add_argument("--split", default="test", help="split of --dataset (default: test)")
-    parser.add_argument("--data-dir", default=None,
-                        help="TFDS data directory (default: the model config's data.data_dir)")
-    parser.add_argument("--builder-config", default=None, help="TFDS builder config, e.g. segments")
-    parser.add_argument("--limit", type=int, default=None, help="first N records of --split only")
+    add_model_arguments(parser)
+    add_input_arguments(parser, "audio files, .npy log-mel spectrograms (96 x T; waveforms for "
+                                "lee_won) or directories (searched recursively)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--methods", type=_csv, default=None,
                         help="comma-separated: attention, attention_heads, attention_layers, "
@@ -69,15 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Figure 2's experiment: inputs in pairs (A, B), each explained as "
                              "the first half-chunk of A followed by the first half-chunk of B")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
-    parser.add_argument("--retry-failed", action="store_true",
-                        help="retry inputs that failed in an earlier run although unchanged")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from tagger_jax import sharding
 
     sharding.maybe_initialize_distributed()  # before anything touches the JAX backend
+    from tagger_jax.inference import return_freed_memory
+
+    return_freed_memory()  # long files: batch buffers go back to the system (docs/benchmarks.md)
     from tagger_jax.checkpoint import CheckpointError, load_model
     from tagger_jax.explain import methods as M
     from tagger_jax.explain import runner
@@ -89,14 +81,13 @@ def run(args: argparse.Namespace) -> int:
     from tagger_jax import outputs
 
     args.out = str(outputs.check_output_dir(args.out))  # before any work (errors.OUTPUT)
-    if bool(args.inputs) == bool(args.dataset):
-        return error("give INPUT files/directories or --dataset (not both)")
     methods = args.methods or runner.DEFAULT_METHODS
     if methods == ("all",):
         methods = M.METHODS
     try:
+        check_inputs(args)
         plan = window_plan(args)
-        loaded = load_model(args.checkpoint or args.workdir)
+        loaded = load_model(model_path(args))
         options = runner.ExplainOptions(
             methods=tuple(methods), tags=tuple(args.tags), top_k=args.top_k, hop=plan.hop_s,
             windows=plan.windows, num_chunks=plan.num_chunks,
@@ -112,9 +103,8 @@ def run(args: argparse.Namespace) -> int:
         if not 0.0 <= args.listen_keep <= 1.0 or args.listen_softness < 0:
             return error("--listen-keep must be in [0, 1] and --listen-softness >= 0")
         if args.dataset:
-            data_dir = args.data_dir or loaded.config.data.get("data_dir")
-            items = runner.dataset_items(loaded, args.dataset, args.split, data_dir,
-                                         args.builder_config, args.limit,
+            items = runner.dataset_items(loaded, args.dataset, args.split,
+                                         data_dir(args, loaded), args.builder_config, args.limit,
                                          explain_labels=args.tags_from == "labels")
         else:
             items = runner.file_items(loaded, args.inputs)

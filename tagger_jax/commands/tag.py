@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tagger_jax.commands._inference_args import add_window_arguments, window_plan
+from tagger_jax.commands._inference_args import (add_model_arguments, add_window_arguments,
+                                                 model_path, window_plan)
 
 HELP = "tag audio files with a trained or imported model (track-level tags and taggrams)"
 
@@ -14,8 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="audio files (wav, flac, ogg, mp3, ...), .npy log-mel spectrograms "
                              "(96, T), or directories (searched recursively)")
-    parser.add_argument("--checkpoint", required=True,
-                        help="model directory (from import-authors or training) or a workdir")
+    add_model_arguments(parser)
     parser.add_argument("--top-k", type=int, default=5, help="tags listed per file (default 5)")
     add_window_arguments(parser, batch_size=64)
     parser.add_argument("--output", type=Path, default=None, metavar="FILE.json",
@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:  # checked before any work (errors.OUTPUT)
         args.output = outputs.check_output_file(args.output)
     sharding.maybe_initialize_distributed()  # before anything touches the JAX backend
+    from tagger_jax.inference import return_freed_memory
+
+    return_freed_memory()  # long files: batch buffers go back to the system (docs/benchmarks.md)
     import jax
 
     if args.top_k < 1:
@@ -60,7 +63,7 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     error = _error
     try:
         plan = window_plan(args)
-        loaded = checkpoint.load_model(args.checkpoint)
+        loaded = checkpoint.load_model(model_path(args))
         done = (tagging.finished_results(args.output)
                 if args.resume and args.output is not None else [])
     except (checkpoint.CheckpointError, ValueError) as e:
@@ -103,13 +106,18 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
             return 1 if any("error" in r for r in results) else 0
         results = [r for r in tagging.merge_parts(args.output, names, processes)
                    if r["file"] not in finished]
-    if done or finished:
-        print(f"{len(finished)} files kept from {args.output}", file=sys.stderr)
+    reused = sum(n in finished for n in names)  # this run's inputs kept from --output
+    total = reused + len(results)
+    if reused:
+        print(f"{reused} of {total} inputs reused from {args.output} (finished earlier)",
+              file=sys.stderr)
     if args.output is not None:
         print(f"results written to {args.output}", file=sys.stderr)
     failed = [r for r in results if "error" in r]
     if failed:
-        print(f"{len(failed)} of {len(results)} inputs failed:", file=sys.stderr)
+        print(f"{len(failed)} of {total} inputs failed" +
+              (f" ({reused} reused, {len(results)} tagged now)" if reused else "") + ":",
+              file=sys.stderr)
         for r in failed:
             print(f"  {r['error']}", file=sys.stderr)
         return 1

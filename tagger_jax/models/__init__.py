@@ -13,7 +13,7 @@ DTYPES = ("float32", "bfloat16")
 
 __all__ = ["ARCHITECTURES", "Architecture", "Geometry", "LOG_MEL", "N_MELS", "WAVEFORM",
            "WAVEFORM_SAMPLES", "WAVEFORM_STEP", "build_model", "geometry", "get_architecture",
-           "input_shape"]
+           "input_shape", "model_fields"]
 
 
 def build_model(model_config: Mapping[str, Any], num_tags: int):
@@ -22,31 +22,48 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
 
     from tagger_jax.models.tagger import AttentionTagger, ConvTagger
 
-    cfg = dict(model_config)
+    cfg = model_fields(model_config)
     arch = get_architecture(cfg)
-    dtype_name = cfg.get("dtype", "float32")
+    dtype_name = cfg["dtype"]
     if dtype_name not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
     dtype = getattr(jnp, dtype_name)
     if arch.module == "conv":
-        return ConvTagger(num_tags=num_tags, conv_channels=cfg.get("conv_channels", 16),
-                          classifier_dropout=cfg.get("classifier_dropout", 0.5), dtype=dtype)
+        return ConvTagger(num_tags=num_tags, conv_channels=cfg["conv_channels"],
+                          classifier_dropout=cfg["classifier_dropout"], dtype=dtype)
     return AttentionTagger(
         frontend=arch.frontend,
         num_tags=num_tags,
-        conv_channels=cfg.get("conv_channels", 16),
-        attention_channels=cfg.get("attention_channels", 512),
-        attention_layers=cfg.get("attention_layers", 2),
-        attention_heads=cfg.get("attention_heads", 8),
-        intermediate=cfg.get("intermediate", 2048),
-        attention_dropout=cfg.get("attention_dropout", 0.4),
-        hidden_dropout=cfg.get("hidden_dropout", 0.4),
-        classifier_dropout=cfg.get("classifier_dropout", 0.5),
-        cls_token=cfg.get("cls_token", "fixed"),
-        positions=cfg.get("positions", "sinusoidal"),
-        max_positions=cfg.get("max_positions", 271),
+        conv_channels=cfg["conv_channels"],
+        attention_channels=cfg["attention_channels"],
+        attention_layers=cfg["attention_layers"],
+        attention_heads=cfg["attention_heads"],
+        intermediate=cfg["intermediate"],
+        attention_dropout=cfg["attention_dropout"],
+        hidden_dropout=cfg["hidden_dropout"],
+        classifier_dropout=cfg["classifier_dropout"],
+        cls_token=cfg["cls_token"],
+        positions=cfg["positions"],
+        max_positions=cfg["max_positions"],
         dtype=dtype,
     )
+
+
+MODEL_FIELDS = ("architecture", "conv_channels", "attention_channels", "attention_layers",
+                "attention_heads", "intermediate", "attention_dropout", "hidden_dropout",
+                "classifier_dropout", "cls_token", "positions", "max_positions", "dtype")
+
+
+def model_fields(model_config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`config.model` complete: as given when it has every field `build_model` reads
+    (`MODEL_FIELDS`), else the given fields over `config_base.base_config().model`, so a partial
+    mapping (an old checkpoint's, a test's) takes the defaults from their one place. A complete
+    mapping needs no ml_collections (the data-stack-free GPU benchmark builds models)."""
+    if all(name in model_config for name in MODEL_FIELDS):
+        return model_config
+    from tagger_jax.config_base import merge_over_base
+
+    return merge_over_base({"model": dict(model_config)})[0].model
 
 
 def input_shape(model_config: Mapping[str, Any], chunk_frames: int = 256) -> tuple[int, ...]:
