@@ -123,24 +123,26 @@ def load_data(config: Any) -> TrainData:
                          "authors' schedule its phases) on a validation split")
     eval_source = split(d.eval_split)
     test_source = fingerprint = None
-    extra, baseline = {}, None
+    extra: dict[str, TestSplit] = {}
     if d.test_split and t.test_after_training:
         test_source = split(d.test_split)
         fingerprint = split_fingerprint(builder.data_dir, builder.name, d.test_split)
         for name in d.extra_test_splits:
             extra[name] = TestSplit(split(name),
                                     split_fingerprint(builder.data_dir, builder.name, name))
-    if t.test_baseline and t.test_after_training:
-        def baseline(names: Sequence[str]) -> dict[str, dict]:
-            from tagger_jax import baseline as floor
 
-            return floor.evaluate(train_source, {n: datasets.load_split(
-                d.name, n, d.data_dir, builder_config=builder_config)[0] for n in names}, tags)
+    def fit_baseline(names: Sequence[str]) -> dict[str, dict]:
+        from tagger_jax import baseline as floor
+
+        return floor.evaluate(train_source, {n: datasets.load_split(
+            d.name, n, d.data_dir, builder_config=builder_config)[0] for n in names}, tags)
+
+    with_baseline = bool(t.test_baseline and t.test_after_training)
     return TrainData(
         train=loader,
         steps_per_epoch=input_pipeline.steps_per_epoch(len(train_source), t.batch_size),
         eval_source=eval_source, tag_names=tuple(tags), test_source=test_source,
-        test_fingerprint=fingerprint, extra_tests=extra, baseline=baseline,
+        test_fingerprint=fingerprint, extra_tests=extra, baseline=fit_baseline if with_baseline else None,
         baseline_fingerprint=(split_fingerprint(builder.data_dir, builder.name, d.train_split)
-                              if baseline else None))
+                              if with_baseline else None))
 
