@@ -1,7 +1,7 @@
 """`tagger-jax` console script: one subcommand per module in `tagger_jax.commands`.
 
-Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`,
-and imports its heavy dependencies inside `run`, so `tagger-jax --help` stays fast.
+Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`
+(optionally `EPILOG`, text at the end of its --help), and imports its heavy dependencies inside `run`, so `tagger-jax --help` stays fast.
 
 Exit statuses are the table in `tagger_jax.errors` (README "Exit statuses"): a documented error a
 command lets through is printed as one `error:` line with its own status; anything else prints one
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP,
+                           epilog=getattr(module, "EPILOG", None))
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

@@ -158,3 +158,24 @@ def test_minutes_of_audio_write_without_crashing(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.split()[-1]) == 180.0
+
+
+def test_frames_a_map_does_not_cover_are_never_kept():
+    """NaN frames (gaps of the paper's chunks) get weight 0: silent in `kept`, in the
+    complement; `keep` is a fraction of the covered frames only."""
+    wave = two_tones(2.0)
+    n = frames(wave)
+    m = np.linspace(1.0, 2.0, n)  # highest at the end ...
+    m[n // 2:] = np.nan  # ... which is not covered
+    w = A.stft_mask(m, n, keep=0.5)[0]
+    assert w[n // 2:].sum() == 0 and w[:n // 2].sum() == round(0.5 * (n // 2))
+    kept, rest = A.auralise(wave, m, keep=0.5)
+    half, margin = len(wave) // 2, 2 * 512
+    assert np.max(np.abs(kept[half + margin:])) < 1e-6
+    np.testing.assert_allclose(rest[half + margin:], wave[half + margin:], atol=1e-5)
+    np.testing.assert_allclose(kept + rest, wave, atol=1e-5)
+    band = np.random.default_rng(4).normal(size=(96, n))
+    band[:, n // 2:] = np.nan
+    kept, rest = A.auralise(wave, band, keep=0.5)
+    assert np.max(np.abs(kept[half + margin:])) < 1e-6
+    np.testing.assert_allclose(kept + rest, wave, atol=1e-5)

@@ -66,20 +66,25 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def out_dir(tmp_path_factory):
-    """A --listen report of one 6-second two-tone file whose name and a tag hold `$` and
-    `</script>`, from a tiny random model (the page does not care about accuracy)."""
-    root = tmp_path_factory.mktemp("browser")
+def loaded(tmp_path_factory):
+    """A tiny random model with 64-frame chunks (the page does not care about accuracy)."""
+    root = tmp_path_factory.mktemp("browser-model")
     config = base_config()
     m = config.model
     m.conv_channels, m.attention_channels, m.attention_heads, m.intermediate = 2, 32, 4, 64
     config.features.chunk_frames = 64
     model = build_model(config.model, len(TAGS))
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 96, 64), np.float32))
-    loaded_dir = save_model(root / "model", variables, config, TAGS)
     from tagger_jax.checkpoint import load_model
 
-    loaded = load_model(loaded_dir)
+    return load_model(save_model(root / "model", variables, config, TAGS))
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory, loaded):
+    """A --listen report of one 6-second two-tone file whose name and a tag hold `$` and
+    `</script>`."""
+    root = tmp_path_factory.mktemp("browser")
     t = np.arange(int(SECONDS * 16000)) / 16000
     wave = 0.3 * np.sin(2 * np.pi * 440 * t) * (t < 3) + 0.3 * np.sin(2 * np.pi * 2000 * t) * (
         t >= 3)
@@ -254,3 +259,38 @@ def test_index_filters_sorts_and_pages_many_inputs(browser, out_dir, tmp_path):
     first = rows()[0].find_element("css selector", "td").text
     assert first == "song 248 <x>.mp3"  # the longest
     assert severe(browser) == []
+
+
+GAP_PIXELS = """
+var D = JSON.parse(document.getElementById('data').textContent);
+var c = document.querySelector('.row.maprow[data-method="attention"] canvas.map');
+var duration = Math.max(D.duration_s, D.spec.frames * D.spec.step_s + D.spec.start_s);
+var g = c.getContext('2d');
+return arguments[0].map(function (t) {
+  return Array.from(g.getImageData(Math.round(t / duration * c.width), 8, 1, 1).data); });
+"""
+
+
+def test_paper_windows_page_hatches_the_gaps_and_states_coverage(browser, loaded, tmp_path):
+    """--windows paper on a 20 s file (1251 frames, 16 chunks of 64 at i * 74): the frames
+    between chunks (e.g. 1.02-1.18 s) and after the last (18.8 s on) are drawn hatched grey in
+    a map row, covered frames in the map's colours; the page states the coverage."""
+    t = np.arange(20 * 16000) / 16000
+    sf.write(tmp_path / "long.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32),
+             16000)
+    options = runner.ExplainOptions(methods=("attention", "contribution", "grad_x_input"),
+                                    tags=("t0", TAGS[3]), windows="paper", plot=False,
+                                    batch_size=4)
+    out = tmp_path / "out"
+    result = runner.explain_inputs(loaded, runner.file_items(loaded, [tmp_path / "long.wav"]),
+                                   out, options, progress=False, log=None)
+    assert not result.failed, result.failed
+    open_page(browser, page_of(out))
+    assert severe(browser) == []
+    covered = 16 * 64  # 16 disjoint chunks (hop 74 > 64)
+    text = browser.find_element("id", "coverage").text
+    assert f"{100 * covered / 1251:.1f}%" in text and f"({covered * 0.016:.1f} s)" in text
+    gap_a, gap_b, inside = browser.execute_script(GAP_PIXELS, [1.1, 19.5, 0.5])
+    for px in (gap_a, gap_b):  # hatch: greys between its lines (#a0a0a0) and ground (#d9d9d9)
+        assert px[0] == px[1] == px[2] and 150 <= px[0] <= 225, px
+    assert not inside[0] == inside[1] == inside[2], inside

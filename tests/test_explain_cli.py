@@ -341,3 +341,65 @@ def test_dataset_labels_are_explained_with_ground_truth_rows(setup, tmp_path, mo
     assert truth[0]["values"] == [1.0] * 25 + [0.0] * 25
     assert "true tags: t1, no &lt;vocal&gt; &amp; co" in page
     assert (tmp_path / "toy-test-000000.png").stat().st_size
+
+
+def _paper_covered(num_frames: int) -> np.ndarray:
+    """Frames the paper's 16 chunks cover, from the authors' formula i * ((T - C) // 16)
+    written out here (not chunking.eval_chunk_starts); a clip shorter than a chunk is tiled."""
+    if num_frames <= CHUNK:
+        return np.ones(num_frames, bool)
+    hop = (num_frames - CHUNK) // 16
+    covered = np.zeros(num_frames, bool)
+    for i in range(16):
+        covered[i * hop:i * hop + CHUNK] = True
+    return covered
+
+
+def test_paper_windows_leave_gaps_that_are_nan_and_reported(setup, tmp_path, capsys):
+    """--windows paper: maps are NaN exactly on the frames no chunk covers (a track longer than
+    17 chunks: gaps between chunks and at the end), coverage is in the summary and on the page
+    (as JSON null in its data), figures and auralised audio are written; a short tiled clip is
+    fully covered."""
+    model_dir = setup[0]
+    rng = np.random.default_rng(3)
+    src = tmp_path / "in"
+    src.mkdir()
+    np.save(src / "gappy.npy", rng.normal(-30.0, 12.0, (96, 17 * CHUNK + 40)).astype(np.float32))
+    np.save(src / "short.npy", rng.normal(-30.0, 12.0, (96, 20)).astype(np.float32))
+    sf.write(src / "tone.wav", 0.3 * np.sin(np.arange(32000) * 0.2), 16000)  # 126 frames
+    out = tmp_path / "out"
+    rc = explain("--checkpoint", str(model_dir), str(src), "--out", str(out), "--methods",
+                 METHODS, "--top-k", "2", "--batch-size", "4", "--windows", "paper", "--listen")
+    assert rc == 0
+    err = capsys.readouterr().err
+    for key, frames in (("gappy.npy", 17 * CHUNK + 40), ("short.npy", 20), ("tone.wav", 126)):
+        expected = _paper_covered(frames)
+        summary = json.loads((out / f"{key}.json").read_text())
+        with np.load(out / f"{key}.npz") as z:
+            np.testing.assert_array_equal(z["covered"], expected)
+            gap = ~expected
+            np.testing.assert_array_equal(np.isnan(z["attention"]), gap)
+            np.testing.assert_array_equal(np.isnan(z["contribution"]),
+                                          np.broadcast_to(gap, z["contribution"].shape))
+            np.testing.assert_array_equal(np.isnan(z["grad_x_input"]),
+                                          np.broadcast_to(gap, z["grad_x_input"].shape))
+            assert np.isfinite(z["grad_x_input_bands"]).all()
+            duration = summary["duration_s"]
+        assert summary["coverage"]["fraction"] == pytest.approx(expected.mean(), abs=1e-6)
+        assert summary["coverage"]["covered_s"] == pytest.approx(
+            min(expected.sum() * 256 / 16000, duration), abs=1e-3)
+        assert summary["windows"] == {"windows": "paper", "num_chunks": 16}
+        page = (out / f"{key}.html").read_text()
+        data = json.loads(page.split('<script type="application/json" id="data">')[1]
+                          .split("</script>")[0])
+        [att] = [r for r in data["rows"] if r["method"] == "attention"]
+        assert [v is None for v in att["values"]] == gap.tolist()
+        assert bool(data["gaps"]) == gap.any()
+        assert ("id='coverage'" in page) == gap.any()
+        assert (out / f"{key}.png").stat().st_size > 0
+    assert (summary["files"]["audio"]["maps"] and
+            all((out / m["kept"]).exists() for m in summary["files"]["audio"]["maps"]))
+    gappy = _paper_covered(17 * CHUNK + 40)
+    assert gappy[:CHUNK].all() and not gappy[CHUNK:CHUNK + 2].any() and not gappy[-1]
+    assert f"gappy.npy: the 16 chunks cover {100 * gappy.mean():.1f}% of the track" in err
+    assert "short.npy: the 16" not in err

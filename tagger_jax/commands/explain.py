@@ -12,6 +12,14 @@ from tagger_jax.commands._inference_args import (add_input_arguments, add_model_
 HELP = ("Explain a model's tags: the paper's attention and tag-wise contribution heat maps and "
         "gradient saliency, as NPZ + PNG + JSON per input and an index.html for the run.")
 
+EPILOG = ("--windows paper explains the paper's 16 evenly spaced chunks (those of evaluate and "
+          "tag --windows paper; same top tags). They leave gaps (the end of a track longer "
+          "than one chunk, and "
+          "between chunks on a track longer than 17 chunks): the maps are NaN there in the NPZ "
+          "('covered' marks the rest), null in the page's data, and drawn hatched grey in the "
+          "figures and pages; the JSON summary, the page and a note give the coverage (fraction "
+          "and seconds). --listen never selects uncovered frames (they sound in .removed.ogg).")
+
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
@@ -128,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the top-level `explain.py` (same flags as the subcommand)."""
-    parser = argparse.ArgumentParser(prog="explain.py", description=HELP)
+    parser = argparse.ArgumentParser(prog="explain.py", description=HELP, epilog=EPILOG)
     add_arguments(parser)
     from tagger_jax import errors
 

@@ -21,6 +21,9 @@ round-off (window-sum normalisation; librosa.istft). The mask:
     threshold whose width is s times the spread (interquartile range) of the map, so cells just
     below the threshold are attenuated rather than cut.
 Maps are ranked as given: signed gradient attributions keep the strongest positive evidence.
+Time steps a map does not cover (NaN: the paper's 16 chunks leave gaps on a long track) are never
+selected: W = 0 there, so they are silent in `kept` and sound in the complement (kept +
+complement is still the input), and `keep` is a fraction of the covered cells only.
 
 Pure NumPy/librosa functions, no model. `write_audio` writes 16 kHz Ogg Vorbis (or FLAC).
 """
@@ -137,9 +140,20 @@ def stft_mask(values: np.ndarray, frames: int, *, keep: float = 0.5, softness: f
         raise ValueError(f"map has {values.shape[-1]} frames, the audio's STFT has {frames}")
     bins = 1 + n_fft // 2
     if values.ndim == 1:
-        return np.broadcast_to(keep_mask(values, keep, softness)[None, :], (bins, frames))
-    return keep_mask(mel_to_stft_bins(values, sample_rate, n_fft, values.shape[0]), keep,
-                     softness)
+        return np.broadcast_to(_covered_mask(values, keep, softness)[None, :], (bins, frames))
+    return _covered_mask(mel_to_stft_bins(values, sample_rate, n_fft, values.shape[0]), keep,
+                         softness)
+
+
+def _covered_mask(values: np.ndarray, keep: float, softness: float) -> np.ndarray:
+    """`keep_mask` over the cells that have a value; NaN cells (not covered) get weight 0."""
+    known = ~np.isnan(values)
+    if known.all():
+        return keep_mask(values, keep, softness)
+    w = np.zeros(values.shape)
+    if known.any():
+        w[known] = keep_mask(values[known], keep, softness)
+    return w
 
 
 def auralise(wave: np.ndarray, values: np.ndarray, *, keep: float = 0.5, softness: float = 0.0,

@@ -7,7 +7,9 @@ a reader compares and each map has its own range. Frame-aligned maps (attention,
 thin rows; gradient attributions are mel band x time maps on a symmetric diverging scale with
 their per-band sums beside them; ground-truth rows (dataset mode) show where a tag sounds. A long
 track is wrapped onto several lines of at most `line_s` seconds, all at the same time scale, with
-each row's colour range the same on every line.
+each row's colour range the same on every line. Time steps a map does not cover (NaN: the
+paper's 16 chunks leave gaps on a long track) are drawn as a grey hatched band, and colour
+ranges come from the covered steps only.
 
 User text (file and tag names) is drawn with math text off (`parse_math=False`), so a `$` in a
 name is printed as it is. Uses the object-oriented Matplotlib API with the Agg canvas (no pyplot
@@ -55,12 +57,26 @@ def mel_band_of(hz: Sequence[float], n_mels: int, sample_rate: int) -> np.ndarra
     return np.interp(hz, centres, np.arange(n_mels))
 
 
+GAP_STYLE = {"facecolor": "#d9d9d9", "edgecolor": "#a0a0a0", "hatch": "///", "linewidth": 0.0}
+
+
+def gap_spans(values: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) index runs of the time steps (last axis) where a map is NaN at every band."""
+    gap = np.all(np.isnan(np.asarray(values, np.float64)).reshape(-1, np.shape(values)[-1]),
+                 axis=0)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], gap.astype(np.int8), [0]])))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
 def _scale(row: Row) -> tuple[str, float, float]:
     values = np.asarray(row.values, np.float64)
+    values = values[np.isfinite(values)]  # gaps (NaN) have no value to scale
     if row.truth:
         return "Greens", 0.0, 1.0
-    if values.ndim == 2 or row.signed:
-        pct = 99.5 if values.ndim == 2 else 100.0
+    if not values.size:
+        return ("RdBu_r", -1e-12, 1e-12) if row.signed else ("inferno", 0.0, 1e-12)
+    if np.ndim(row.values) == 2 or row.signed:
+        pct = 99.5 if np.ndim(row.values) == 2 else 100.0
         bound = float(np.percentile(np.abs(values), pct)) or 1e-12
         return "RdBu_r", -bound, bound
     lo, hi = float(np.min(values)), float(np.max(values))
@@ -140,7 +156,7 @@ def plot_explanation(path: str | Path, log_mel: np.ndarray, spec_step_s: float,
                 ax.set_yticks([p for p, _ in keep],
                               [f"{h / 1000:g}k" if h >= 1000 else str(h) for _, h in keep])
                 ax.tick_params(axis="y", labelsize=6)
-                if row.bands is not None:
+                if row.bands is not None:  # (per-band sums over the covered steps)
                     side = fig.add_subplot(grid[g0 + i, 3], sharey=ax)
                     bands = np.asarray(row.bands, np.float64)
                     colors = np.where(bands >= 0, "#b2182b", "#2166ac")
@@ -149,6 +165,9 @@ def plot_explanation(path: str | Path, log_mel: np.ndarray, spec_step_s: float,
                     side.tick_params(labelleft=False, labelsize=6)
                     side.locator_params(axis="x", nbins=2)
                     side.set_xlabel("per band", fontsize=6, labelpad=1)
+            for a, b in gap_spans(values):  # steps no window covered
+                lo_s = ext[0] + a * map_step_s
+                ax.axvspan(lo_s, ext[0] + b * map_step_s, zorder=2, **GAP_STYLE)
             cax = fig.add_subplot(grid[g0 + i, 1])
             cb = fig.colorbar(im, cax=cax, ticks=[] if values.ndim == 1 else None)
             if values.ndim == 1:  # too thin for ticks: the range and unit beside the bar

@@ -111,7 +111,7 @@ def palette_png(values: np.ndarray, cmap: str, vmin: float, vmax: float) -> str:
     from matplotlib import colormaps
     from PIL import Image
 
-    v = np.asarray(values, np.float64)
+    v = np.nan_to_num(np.asarray(values, np.float64), nan=vmin)  # gaps: the page hatches them
     idx = np.clip(np.rint((v - vmin) / max(vmax - vmin, 1e-12) * 255), 0, 255).astype(np.uint8)
     img = Image.fromarray(np.ascontiguousarray(idx[::-1]), mode="P")
     lut = (colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
@@ -121,12 +121,15 @@ def palette_png(values: np.ndarray, cmap: str, vmin: float, vmax: float) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _numbers(values: np.ndarray, digits: int = 4) -> list[float]:
-    """Finite values rounded to about `digits` significant digits of the row's largest one."""
-    v = np.nan_to_num(np.asarray(values, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+def _numbers(values: np.ndarray, digits: int = 4) -> list[float | None]:
+    """Values rounded to about `digits` significant digits of the row's largest one; NaN (a time
+    step no window covered) becomes None (JSON null), infinities 0."""
+    raw = np.asarray(values, np.float64)
+    v = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
     top = float(np.max(np.abs(v))) if v.size else 0.0
     decimals = max(0, digits - int(np.ceil(np.log10(top)))) if top > 0 else 0
-    return np.round(v, decimals).tolist()
+    out = np.round(v, decimals).tolist()
+    return [None if gap else x for x, gap in zip(out, np.isnan(raw).tolist())]
 
 
 def _row_scale(values: np.ndarray, signed: bool, truth: bool = False) -> tuple[str, float, float]:
@@ -139,8 +142,12 @@ def page_data(summary: Mapping[str, Any], log_mel: np.ndarray, spec_step_s: floa
               rows: Sequence[Mapping[str, Any]], truth: Sequence[Mapping[str, Any]],
               frame_times: np.ndarray, map_step_s: float, sample_rate: int,
               audio_files: Mapping[str, Any]) -> dict[str, Any]:
-    """Everything an input's page shows, as plain JSON-able data (see `write_input_page`)."""
-    from tagger_jax.explain.plotting import HZ_TICKS, mel_band_of
+    """Everything an input's page shows, as plain JSON-able data (see `write_input_page`).
+
+    `gaps`: [start, end] seconds of the map time steps no window covered (the paper's chunks on
+    a long track), drawn hatched over every map row; `coverage`: the summary's.
+    """
+    from tagger_jax.explain.plotting import HZ_TICKS, gap_spans, mel_band_of
 
     spec = np.asarray(log_mel, np.float64)
     lo, hi = float(spec.min()), float(spec.max())
@@ -148,6 +155,10 @@ def page_data(summary: Mapping[str, Any], log_mel: np.ndarray, spec_step_s: floa
     map_start = float(frame_times[0]) - 0.5 * map_step_s if len(frame_times) else 0.0
     audio_by_map = {(m["method"], m["tag"]): m for m in audio_files.get("maps", [])}
     cmaps = {"magma"}
+    gaps = []
+    if rows:
+        gaps = [[map_start + a * map_step_s, map_start + b * map_step_s]
+                for a, b in gap_spans(rows[0]["values"])]
     out_rows = []
     for i, r in enumerate(list(truth) + list(rows)):
         is_truth = "method" not in r
@@ -181,7 +192,7 @@ def page_data(summary: Mapping[str, Any], log_mel: np.ndarray, spec_step_s: floa
                  "step_s": spec_step_s, "vmin": lo, "vmax": hi, "unit": "dB",
                  "hz_ticks": [[float(b), f"{h / 1000:g} kHz" if h >= 1000 else f"{h} Hz"]
                               for b, h in zip(mel_band_of(hz, spec.shape[0], sample_rate), hz)]},
-        "rows": out_rows,
+        "rows": out_rows, "gaps": gaps, "coverage": summary.get("coverage"),
         "audio": {"original": audio_files.get("original"), "note": audio_files.get("note"),
                   "keep": audio_files.get("keep"), "softness": audio_files.get("softness")},
         "luts": {c: _lut(c) for c in sorted(cmaps)},
@@ -216,6 +227,7 @@ def write_input_page(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
 {true_line}
 <div class="meta">{float(data.get("duration_s", 0)):.1f} s · explained: {esc(", ".join(
         str(t) for t in data.get("explained_tags", [])))}</div>
+{_coverage_line(data.get("coverage"))}
 <div id="app"><noscript>This page needs JavaScript to draw the maps; the PNG figure and NPZ
 beside it hold the same results.</noscript></div>
 <script type="application/json" id="data">{script_json(data)}</script>
@@ -223,6 +235,15 @@ beside it hold the same results.</noscript></div>
 </body></html>
 """
     return _write_text(path, body)
+
+
+def _coverage_line(cover: Mapping[str, Any] | None) -> str:
+    """The page's line on how much of the track the windows covered (none when they all did)."""
+    if not cover or float(cover.get("fraction", 1.0)) >= 1.0:
+        return ""
+    return (f"<div class='meta' id='coverage'>windows cover {100 * float(cover['fraction']):.1f}%"
+            f" of the track ({float(cover['covered_s']):.1f} s); hatched: not covered, no "
+            "values</div>")
 
 
 def _write_text(path: str | os.PathLike, text: str) -> Path:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from tagger_jax import chunking, inference
 from tagger_jax.explain import methods as M
 from tagger_jax.explain import report
-from tagger_jax.explain.stitch import stitch
+from tagger_jax.explain.stitch import covered, stitch
 
 DEFAULT_METHODS = ("attention", "contribution", "grad_x_input")
 FORMAT = "tagger-jax-explanation"
@@ -314,9 +314,8 @@ class _Context:
         self.map_step_s = geom.position_s
         self.steps_per_position = arch.steps_per_position
         self.plan = inference.WindowPlan(options.windows, options.hop, options.num_chunks)
-        if self.plan.windows != inference.COVER:
-            raise ValueError("explanations are stitched over the whole track: use windows that "
-                             "cover it (--windows cover, with --hop), not the paper's chunks")
+        # The paper's chunks may leave gaps: stitched maps are NaN there (`stitch`'s `gaps`).
+        self.gaps = self.plan.windows == inference.PAPER
         self.plan.hop_steps(geom)  # a hop longer than a window fails here, before any work
         if options.batch_size < 1 or options.top_k < 1 or options.ig_steps < 1:
             raise ValueError("batch_size, top_k and ig_steps must be positive")
@@ -376,12 +375,19 @@ def _map_grid(ctx: _Context, track: _Track) -> tuple[np.ndarray, int]:
     starts = np.rint(track.starts / step).astype(np.int64)
     if track.padded:
         return starts, max(1, -(-track.length // step))
+    if ctx.gaps:  # the paper's last chunk need not end at the end of the track
+        return starts, max(int(starts[-1]) + ctx.map_steps, -(-track.length // step))
     return starts, int(starts[-1]) + ctx.map_steps
 
 
 def assemble(ctx: _Context, track: _Track, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Stitches the per-window outputs of one track into the arrays of its NPZ."""
+    """Stitches the per-window outputs of one track into the arrays of its NPZ.
+
+    With the paper's chunks (`ctx.gaps`) the time steps no chunk covers are NaN in every
+    stitched map (`covered` marks the others); per-band sums add the covered frames only.
+    """
     starts, length = _map_grid(ctx, track)
+    stitch_ = functools.partial(stitch, gaps=ctx.gaps)
     n = track.num_tags or len(track.tags)
     out = {k: (v[:, :n] if k in M.GRADIENT_METHODS or k.startswith("integrated_gradients_")
                else v) for k, v in out.items()}
@@ -394,22 +400,23 @@ def assemble(ctx: _Context, track: _Track, out: Mapping[str, np.ndarray]) -> dic
         "explained_tag_indices": np.asarray(track.tags[:n], np.int32),
         "chunk_starts": np.asarray(starts, np.int64),
         "frame_times": (np.arange(length) + (0.5 if ctx.waveform else 0.0)) * ctx.map_step_s,
+        "covered": covered(starts, ctx.map_steps, length),
     }
     for name in ("attention", "attention_heads", "attention_layers", "rollout", "contribution"):
         if name in out:
-            res[name] = stitch(M.frames(out[name]), starts, length)
+            res[name] = stitch_(M.frames(out[name]), starts, length)
             res[name + "_cls"] = out[name][..., 0]
     for name in M.GRADIENT_METHODS:
         if name not in out:
             continue
         attribution = out[name]  # (n, K, 96, C) or (n, K, samples)
         if ctx.waveform:
-            res[name + "_time"] = stitch(np.asarray(M.time_profile(attribution, waveform=True)),
-                                         starts, length)
+            res[name + "_time"] = stitch_(np.asarray(M.time_profile(attribution, waveform=True)),
+                                          starts, length)
         else:
-            full = stitch(attribution, starts, length)
+            full = stitch_(attribution, starts, length)
             res[name] = full
-            res[name + "_bands"] = full.sum(axis=-1)
+            res[name + "_bands"] = np.nansum(full, axis=-1)
             res[name + "_time"] = full.sum(axis=-2)
     if "integrated_gradients" in out:
         res["integrated_gradients_chunk_sum"] = out["integrated_gradients"].reshape(
@@ -556,13 +563,13 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
     peaks: dict[str, Any] = {}
     for name in ("attention", "rollout"):
         if name in res:
-            peaks[name] = float(times[int(np.argmax(res[name]))])
+            peaks[name] = float(times[int(np.nanargmax(res[name]))])
     if "contribution" in res:
-        peaks["contribution"] = {t: float(times[int(np.argmax(res["contribution"][i]))])
+        peaks["contribution"] = {t: float(times[int(np.nanargmax(res["contribution"][i]))])
                                  for t, i in zip(tags, res["explained_tag_indices"])}
     for name in M.GRADIENT_METHODS:
         if name + "_time" in res:
-            peaks[name] = {t: float(times[int(np.argmax(res[name + "_time"][k]))])
+            peaks[name] = {t: float(times[int(np.nanargmax(res[name + "_time"][k]))])
                            for k, t in enumerate(tags)}
     summary: dict[str, Any] = {
         "kind": FORMAT, "input": track.item.name, "key": track.item.key,
@@ -570,6 +577,7 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
         "num_steps": int(track.length),
         "duration_s": round(float(track.duration_s), 6),
         "num_chunks": int(len(track.starts)), "padded": bool(track.padded),
+        "windows": ctx.plan.describe(), "coverage": coverage(ctx, track, res["covered"]),
         "top_tags": [{"tag": ctx.tags[i], "probability": round(float(probs[i]), 4)}
                      for i in order],
         "explained_tags": tags, "methods": list(ctx.options.methods),
@@ -584,6 +592,12 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
         summary["audio_warnings"] = dict(track.warnings)
         for message in track.warnings.values():  # and says, as `tag` does
             tqdm.write(f"warning: {message}", file=sys.stderr)
+    cover = summary["coverage"]
+    if cover["fraction"] < 1.0:  # the paper's chunks left gaps: say so, the maps are blank there
+        tqdm.write(f"note: {track.item.name}: the {len(track.starts)} chunks cover "
+                   f"{100 * cover['fraction']:.1f}% of the track ({cover['covered_s']:.1f} of "
+                   f"{track.duration_s:.1f} s); the maps are blank (NaN) elsewhere",
+                   file=sys.stderr)
     if "true_tags" in track.extras:
         summary["true_tags"] = list(track.extras["true_tags"])
     if "integrated_gradients_chunk_sum" in res:
@@ -594,6 +608,15 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
             "target": ctx.options.target, "steps": ctx.options.ig_steps,
             "max_abs_gap": float(gap.max()), "max_rel_gap": float(rel.max())}
     return summary
+
+
+def coverage(ctx: _Context, track: _Track, covered_steps: np.ndarray) -> dict[str, float]:
+    """How much of the track the windows covered: the fraction of the maps' time steps that
+    some window covers, and those steps in seconds (steps x step length, at most the duration).
+    1.0 for windows that cover the track; less for the paper's chunks on a long track."""
+    fraction = float(np.mean(covered_steps))
+    seconds = min(float(np.sum(covered_steps)) * ctx.map_step_s, float(track.duration_s))
+    return {"fraction": round(fraction, 6), "covered_s": round(seconds, 3)}
 
 
 def _mark_seconds(ctx: _Context, step: int) -> float:

@@ -251,13 +251,34 @@
       var i0 = Math.floor((t0 - r.start_s) / r.step_s), i1 = Math.floor((t1 - r.start_s) / r.step_s);
       i0 = Math.max(0, i0); i1 = Math.min(vals.length - 1, Math.max(i0, i1));
       if (i0 > vals.length - 1 || i1 < 0) { continue; }
-      var v = vals[i0];  // the strongest value under the pixel: peaks stay visible zoomed out
-      for (var i = i0 + 1; i <= i1; i++) {
-        if (r.signed ? Math.abs(vals[i]) > Math.abs(v) : vals[i] > v) { v = vals[i]; }
+      var v = null;  // the strongest value under the pixel: peaks stay visible zoomed out
+      for (var i = i0; i <= i1; i++) {  // null: a step no window covered (hatched by drawGaps)
+        if (vals[i] === null) { continue; }
+        if (v === null || (r.signed ? Math.abs(vals[i]) > Math.abs(v) : vals[i] > v)) {
+          v = vals[i];
+        }
       }
+      if (v === null) { continue; }
       g.fillStyle = lut[lutIndex(r, v)];
       g.fillRect(x, 0, 1, h);
     }
+  }
+  var hatch = null;  // grey with diagonal lines: time no window covered (D.gaps)
+  function drawGaps(g, w, h) {
+    if (!D.gaps || !D.gaps.length) { return; }
+    if (!hatch) {
+      var p = document.createElement('canvas');
+      p.width = 8; p.height = 8;
+      var pg = p.getContext('2d');
+      pg.fillStyle = '#d9d9d9'; pg.fillRect(0, 0, 8, 8);
+      pg.strokeStyle = '#a0a0a0'; pg.beginPath(); pg.moveTo(0, 8); pg.lineTo(8, 0); pg.stroke();
+      hatch = g.createPattern(p, 'repeat');
+    }
+    g.fillStyle = hatch;
+    D.gaps.forEach(function (gap) {
+      var x0 = (gap[0] - view.start) * view.pps, x1 = (gap[1] - view.start) * view.pps;
+      if (x1 > 0 && x0 < w) { g.fillRect(Math.max(0, x0), 0, Math.min(w, x1) - Math.max(0, x0), h); }
+    });
   }
   function drawAxis(w) {
     axis.width = w;
@@ -296,7 +317,9 @@
       var g = c.getContext('2d');
       g.fillStyle = '#eee'; g.fillRect(0, 0, w, h);
       if (item.kind === 'image') { drawImageRow(item, g, w, h); } else { drawLineRow(item, g, w, h); }
-      if (item === specRow) { drawHz(g, w, h); }
+      if (item === specRow) { drawHz(g, w, h); } else if (item.data.method !== 'truth') {
+        drawGaps(g, w, h);
+      }
     });
     drawAxis(w);
     moveCursor();
