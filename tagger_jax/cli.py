@@ -1,7 +1,8 @@
 """`tagger-jax` console script: one subcommand per module in `tagger_jax.commands`.
 
 Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`
-(optionally `EPILOG`, text at the end of its --help), and imports its heavy dependencies inside `run`, so `tagger-jax --help` stays fast.
+(optionally `EPILOG`, text at the end of its --help), and imports its heavy dependencies inside
+`run`, so `tagger-jax --help` stays fast.
 
 Exit statuses are the table in `tagger_jax.errors` (README "Exit statuses"): a documented error a
 command lets through is printed as one `error:` line with its own status; anything else prints one

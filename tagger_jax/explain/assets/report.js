@@ -277,7 +277,8 @@
     g.fillStyle = hatch;
     D.gaps.forEach(function (gap) {
       var x0 = (gap[0] - view.start) * view.pps, x1 = (gap[1] - view.start) * view.pps;
-      if (x1 > 0 && x0 < w) { g.fillRect(Math.max(0, x0), 0, Math.min(w, x1) - Math.max(0, x0), h); }
+      x0 = Math.max(0, x0); x1 = Math.min(w, x1);
+      if (x1 > x0) { g.fillRect(x0, 0, x1 - x0, h); }
     });
   }
   function drawAxis(w) {
