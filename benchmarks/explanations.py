@@ -272,7 +272,7 @@ def score_benchmark(loaded, args) -> str:
                                         args.builder_config)
     if not pairs:
         raise SystemExit("no (clip, tag) pair sounds in part of a chunk only")
-    maps, probs, _ = frame_maps(loaded, xs, pairs, args)
+    maps, probs, _, _ = frame_maps(loaded, xs, pairs, args)
     maps["energy"] = energy_map(xs, pairs)
     window = max(8, xs.shape[-1] // 4)
     maps["taggram"] = taggram_map(loaded, xs, pairs, window, max(1, window // 4))
