@@ -18,7 +18,6 @@ the inputs each under jax.distributed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -52,8 +51,7 @@ class Embeddings:
 def run_signature(loaded, plan: inference.WindowPlan) -> str:
     """Changes with the model files or the window settings: outputs with another signature are
     not reused."""
-    fields = {"format": FORMAT, "model": inference.model_signature(loaded), **plan.describe()}
-    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    return inference.run_signature(loaded, plan, FORMAT)
 
 
 def _track(p: inference.Prepared, out: dict, step_s: float, signature: str,

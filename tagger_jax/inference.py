@@ -34,6 +34,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import hashlib
+import json
 import os
 import re
 import time
@@ -603,6 +604,13 @@ def make_embed_fn(model, has_attention: bool) -> Callable[[Any, Any], dict]:
                 "frontend": frontend.astype(jnp.float32).mean(axis=1)}
 
     return embed
+
+
+def run_signature(loaded, plan: "WindowPlan", kind: str) -> str:
+    """Changes with the model files, the window settings or the output `kind` (its format):
+    resumable runs reuse only results with the same signature (and input fingerprint)."""
+    fields = {"format": kind, "model": model_signature(loaded), **plan.describe()}
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def model_signature(loaded) -> str:

@@ -63,8 +63,12 @@ class Tagger:
                 on_result(result)
             bar.update(1)
 
+        signature = run_signature(self.loaded, plan)
+
         def done(p: inference.Prepared, out: dict) -> None:
-            emit(int(p.item.key), self.result(p, out["probabilities"], plan, top_k))
+            result = self.result(p, out["probabilities"], plan, top_k)
+            emit(int(p.item.key), {**result, "signature": signature,
+                                   "fingerprint": p.item.fingerprint})
 
         def failed(item: inference.Input, error: BaseException) -> None:
             emit(int(item.key), {"file": item.name, "error": message(item.name, error)})
@@ -98,6 +102,15 @@ class Tagger:
         if p.warnings:  # {code: message}, docs/audio.md
             result["audio_warnings"] = dict(p.warnings)
         return result
+
+
+RESULT_FORMAT = "tags/1"  # part of every result's signature (bump when results change)
+
+
+def run_signature(loaded, plan: WindowPlan) -> str:
+    """A tag result's "signature": the model files and window settings it came from. `tag
+    --resume` reuses a result only if its signature and its input's fingerprint are unchanged."""
+    return inference.run_signature(loaded, plan, RESULT_FORMAT)
 
 
 PROBABILITY_DECIMALS = 6  # tags.json: probabilities (track and per window)
@@ -178,8 +191,8 @@ def merge_parts(output: Path, order: Sequence[str], processes: int) -> list[dict
     by_file: dict[str, dict] = {}
     parts = [part_path(output, i) for i in range(processes)]
     for path in ([output] if output.exists() else []) + [p for p in parts if p.exists()]:
-        for r in _read_results(path):
-            if r["file"] not in by_file or "error" in by_file[r["file"]]:
+        for r in _read_results(path):  # this run's parts replace what the output held
+            if r["file"] not in by_file or "error" in by_file[r["file"]] or path != output:
                 by_file[r["file"]] = r
     rank = {name: i for i, name in enumerate(order)}
     merged = sorted(by_file.values(), key=lambda r: rank.get(r["file"], len(rank)))

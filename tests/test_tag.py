@@ -3,6 +3,7 @@ that does not change the numbers, the paper's 16-chunk protocol, taggrams and re
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -149,6 +150,18 @@ def test_resume_keeps_finished_results(model_dir, inputs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "2 of 3 inputs reused" in err
     assert "1 of 3 inputs failed (2 reused, 1 tagged now)" in err
+    # Another window policy, or a changed file, is not reused: those inputs are tagged again.
+    rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--resume",
+                   "--quiet", "--windows", "paper", str(inputs / "spec.npy")])
+    err = capsys.readouterr().err
+    assert rc == 0 and "1 result(s) in" in err and "tagged again" in err
+    results = {r["file"].split("/")[-1]: r for r in json.loads(out.read_text())}
+    assert results["spec.npy"]["windows"] == "paper" and results["spec.npy"]["probabilities"][0] >= 0
+    assert results["tone.wav"]["windows"] == "cover"  # not in this run: kept as it was
+    os.utime(inputs / "tone.wav", ns=(1, 1))  # a new version of the file
+    rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--resume",
+                   "--quiet", str(inputs / "tone.wav")])
+    assert rc == 0 and "tagged again" in capsys.readouterr().err
 
 
 def test_bad_checkpoint_is_a_clear_error(tmp_path, inputs, capsys):

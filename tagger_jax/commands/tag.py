@@ -68,7 +68,6 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
                 if args.resume and args.output is not None else [])
     except (checkpoint.CheckpointError, ValueError) as e:
         return error(str(e), errors.exit_status(e, default=errors.USAGE))
-    finished = {r["file"] for r in done}
     skipped: list = []
     every = [str(p) for p in tagging.collect_inputs(args.inputs, skipped)]
     if process == 0:
@@ -78,6 +77,15 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
         return error("no input files found" + (f" ({len(skipped)} files skipped, listed above)"
                                                 if skipped else ""))
     names = [audio.display_path(p) for p in every]  # results' "file" (docs/audio.md)
+    signature = tagging.run_signature(loaded, plan)
+    prints = {n: inference.file_fingerprint(Path(p)) for p, n in zip(every, names)}
+    stale = {r["file"] for r in done if r["file"] in prints
+             and (r.get("signature"), r.get("fingerprint")) != (signature, prints[r["file"]])}
+    done = [r for r in done if r["file"] not in stale]
+    finished = {r["file"] for r in done}
+    if stale and process == 0:
+        print(f"{len(stale)} result(s) in {args.output} came from another model, other window "
+              f"settings or an earlier version of the file: tagged again", file=sys.stderr)
     todo = inference.process_share([p for p, n in zip(every, names) if n not in finished])
     output = args.output
     if processes > 1:
