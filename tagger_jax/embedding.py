@@ -150,10 +150,13 @@ class EmbedReport:
     def __str__(self) -> str:
         lines = [f"embedded {len(self.done)} input(s), skipped {len(self.skipped)} already "
                  f"finished, {len(self.failed)} failed"]
-        lines += [f"  {msg}" for msg in self.failed.values()]
         if self.merged is not None:
             lines.append(f"track-level embeddings of every finished input: {self.merged}")
         return "\n".join(lines)
+
+    def failure_lines(self) -> list[str]:
+        """One `error:` line per failed input (the command prints them on stderr)."""
+        return [f"error: {msg}" for msg in self.failed.values()]
 
 
 def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],

@@ -277,6 +277,10 @@ def _test(config, workdir: Path, name: str, sub: Optional[str], split: TestSplit
         progress.say(f"{name} results reused from {directory}: same best model "
                      f"(step {inputs['best_step']}), {name} data and config as when computed")
     else:
+        changed = wd.stale_test_inputs(directory, inputs)
+        if changed:
+            progress.say(f"{name}: evaluated again: {' and '.join(changed)} changed since "
+                         f"{directory} was written")
         final = checkpointing.reload_best(best, state)
         test = evaluate(final.variables, split.source, name, name)
         if jax.process_index() == 0:
@@ -314,6 +318,9 @@ def _baseline(workdir: Path, data: TrainData, results: list[dict], progress: Pro
     if metrics is not None:
         progress.say(f"baseline results reused from {path}: same train and test data")
     else:
+        if path.is_file():
+            progress.say(f"baseline fitted again: the train or test data changed since {path} "
+                         "was written")
         with progress.phase("fitting the baseline (logistic regression on log-mel statistics)"):
             metrics = data.baseline(splits)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -177,6 +177,19 @@ def reusable_test_results(directory: Path, inputs: Mapping[str, Any]) -> Optiona
     return metrics if stored == json.loads(json.dumps(inputs)) else None
 
 
+def stale_test_inputs(directory: Path, inputs: Mapping[str, Any]) -> list[str]:
+    """What changed since the results in `directory` were computed, in words ("the best model",
+    "the data", "the config"); [] when nothing was recorded there or nothing changed."""
+    try:
+        stored = json.loads((directory / TEST_INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    now = json.loads(json.dumps(inputs))
+    words = {"best_step": "the best model", "data": "the data", "config": "the config"}
+    return [words.get(k, k) for k in sorted(set(stored) | set(now))
+            if stored.get(k) != now.get(k)]
+
+
 def write_test_inputs(directory: Path, inputs: Mapping[str, Any]) -> None:
     """Records what the results in `directory` (a `test_dir`) were computed from (after its
     metrics are written)."""

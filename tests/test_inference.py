@@ -180,8 +180,10 @@ def test_embed_cli_writes_npz_and_resumes(model_dir, files, tmp_path, capsys):
     argv = ["embed", "--checkpoint", str(model_dir), str(files), "--out", str(out),
             "--no-progress"]
     assert cli.main(argv) == 1  # broken.npy failed
-    text = capsys.readouterr().out
-    assert "embedded 2 input(s)" in text and "broken.npy" in text
+    captured = capsys.readouterr()
+    assert "embedded 2 input(s)" in captured.out and "broken.npy" not in captured.out
+    assert [line for line in captured.err.splitlines() if "broken.npy" in line][0].startswith(
+        "error: ")  # failures on stderr, as tag reports them
     merged = embedding.load_embeddings(out / "embeddings.npz")
     assert [n.split("/")[-1] for n in merged["names"]] == ["long.npy", "mid.npy"]
     assert merged["embedding"].shape == (2, 16) and merged["probabilities"].shape == (2, 5)

@@ -417,8 +417,10 @@ def test_extra_test_splits_and_baseline_are_reported_and_reused(tmp_path, finish
     assert all(t["reused"] for t in second["tests"]) and calls == [("test", "test_other")]
     assert "test_other results reused" in out and "baseline results reused" in out, out
     assert second["tests"][1]["baseline_roc_auc"] == first["tests"][1]["baseline_roc_auc"]
-    third, _ = rerun("other-v2")  # the extra split changed: it and the baseline are recomputed
+    third, out = rerun("other-v2")  # the extra split changed: it and the baseline are recomputed
     assert third["tests"][0]["reused"] and not third["tests"][1]["reused"]
+    assert "test_other: evaluated again: the data changed since" in out, out
+    assert "baseline fitted again" in out
     assert len(calls) == 2
 
 

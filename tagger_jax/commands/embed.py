@@ -58,5 +58,7 @@ def run(args: argparse.Namespace) -> int:
     except (checkpoint.CheckpointError, ValueError, OSError) as e:
         return error(str(e), errors.exit_status(e, default=errors.USAGE))
     if jax.process_index() == 0:
+        for line in report.failure_lines():
+            print(line, file=sys.stderr)
         print(report)
     return 1 if report.failed else 0

@@ -21,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--builder-config", default=None,
                         help="TFDS builder config (default: the model config's, for its dataset)")
     parser.add_argument("--mode", choices=("chunks", "full"), default="chunks",
-                        help="'chunks': mean of 16 evenly spaced 256-frame chunks per clip (the "
-                             "paper); 'full': mean over sliding windows covering the whole track")
+                        help="'chunks': mean of 16 evenly spaced chunks of the model's length per "
+                             "clip (the paper); 'full': mean over sliding windows covering the "
+                             "whole track")
     parser.add_argument("--hop", type=float, default=None, metavar="SECONDS",
                         help="seconds between window starts in --mode full (default: one window; "
                              "the last window ends at the end of the track)")
