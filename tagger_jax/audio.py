@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -429,6 +430,9 @@ def load_audio_checked(path: str | os.PathLike, sample_rate: int = 16000,
     """
     import librosa
 
+    streamed = _load_streamed(path, sample_rate)
+    if streamed is not None:
+        return streamed
     decoded = decode(path)
     d = display_path(path)
     y, native_rate = decoded.samples, decoded.sample_rate
@@ -444,6 +448,58 @@ def load_audio_checked(path: str | os.PathLike, sample_rate: int = 16000,
     return np.ascontiguousarray(y, dtype=np.float32), notes
 
 
+# Long files that libsndfile reads are decoded, mixed to mono and resampled block by block, so
+# a CD-quality hour needs tens of megabytes instead of gigabytes. soxr's streaming resampler gives
+# the same samples as its one-shot call that `librosa.resample` makes (tests/test_audio.py).
+STREAM_MIN_SAMPLES = 2 ** 25  # channels x frames at or above which a file is streamed (~6 min of 44.1 kHz stereo)
+STREAM_BLOCK_FRAMES = 2 ** 18  # frames per block (6 s at 44.1 kHz)
+
+
+def _load_streamed(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, dict] | None:
+    """`load_audio_checked`'s result for a long file libsndfile opens, computed block by block;
+    None for a short one or one libsndfile cannot open (decoded whole by `decode`)."""
+    import soundfile as sf
+
+    p = _check_file(path)
+    try:
+        with sf.SoundFile(os.fsencode(p)) as f:
+            if f.frames * f.channels < STREAM_MIN_SAMPLES:
+                return None
+    except Exception:  # not for libsndfile: `decode` reports it or tries ffmpeg
+        return None
+    import soxr
+
+    d = display_path(p)
+    mpeg = sniff_format(p) == "MP3" or p.suffix.lower() in MPEG_SUFFIXES
+    problems: list[str] = []
+    parts, frames, mono_sq, channel_sq = [], 0, 0.0, None
+    with _mpg123_messages(problems) if mpeg else contextlib.nullcontext():
+        with sf.SoundFile(os.fsencode(p)) as f:
+            rate, declared = int(f.samplerate), int(f.frames)
+            stream = (soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
+                      if rate != sample_rate else None)
+            for block in f.blocks(blocksize=STREAM_BLOCK_FRAMES, dtype="float32",
+                                  always_2d=True):
+                if not np.all(np.isfinite(block)):
+                    raise InputError(f"{d}: non-finite samples (NaN or inf) after "
+                                     f"{(frames + np.argmax(~np.isfinite(block).all(1))) / rate:.2f} s")
+                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+                sq = np.sum(np.square(block, dtype=np.float64), axis=0)
+                channel_sq = sq if channel_sq is None else channel_sq + sq
+                mono_sq += float(np.sum(np.square(mono, dtype=np.float64)))
+                frames += len(block)
+                parts.append(stream.resample_chunk(mono) if stream else mono.astype(np.float32))
+            if stream is not None:
+                parts.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+    if frames == 0:
+        raise InputError(f"{d}: decoded to zero samples")
+    wav_frames = _wav_declared_frames(p)
+    notes = _degradation_notes(
+        d, "soundfile", problems, frames, wav_frames if wav_frames is not None else declared,
+        rate, sample_rate, np.sqrt(channel_sq / frames), math.sqrt(mono_sq / frames))
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), notes
+
+
 # Thresholds of the degradation warnings (docs/audio.md).
 MONO_LOSS_DB = 10.0  # the mono mix this far below the loudest channel: the channels cancel
 # Decoded vs declared length: libsndfile's clean files agree exactly; ffmpeg's containers declare
@@ -453,15 +509,27 @@ DURATION_TOLERANCE_S = {"soundfile": 0.01, "ffmpeg": 0.25}
 
 def decode_warnings(name: str, decoded: Decoded, sample_rate: int) -> dict[str, str]:
     """Silent degradations of decoded audio, as {code: message starting with `name`}."""
+    y = decoded.samples
+    channel_rms = np.sqrt(np.mean(np.square(y, dtype=np.float64), axis=-1))
+    mono_rms = (float(np.sqrt(np.mean(np.square(y.mean(axis=0), dtype=np.float64))))
+                if y.shape[0] > 1 else float(channel_rms[0]))
+    return _degradation_notes(name, decoded.decoder, decoded.problems, y.shape[-1],
+                              decoded.expected_frames, decoded.sample_rate, sample_rate,
+                              channel_rms, mono_rms)
+
+
+def _degradation_notes(name: str, decoder: str, problems: list[str], n: int,
+                       expected_frames: int | None, rate: int, sample_rate: int,
+                       channel_rms: np.ndarray, mono_rms: float) -> dict[str, str]:
+    """`decode_warnings` from a decoded file's statistics (also those a streamed read sums)."""
     notes: dict[str, str] = {}
-    y, rate = decoded.samples, decoded.sample_rate
-    if decoded.problems:
+    if problems:
         notes["damaged_data"] = (
-            f"{name}: the decoder reported damaged data ({decoded.decoder}: "
-            f"{decoded.problems[0]}); audio may be missing, which shifts later taggram times")
-    if decoded.expected_frames:
-        n, want = y.shape[-1], decoded.expected_frames
-        if abs(n - want) > DURATION_TOLERANCE_S[decoded.decoder] * rate:
+            f"{name}: the decoder reported damaged data ({decoder}: "
+            f"{problems[0]}); audio may be missing, which shifts later taggram times")
+    if expected_frames:
+        want = expected_frames
+        if abs(n - want) > DURATION_TOLERANCE_S[decoder] * rate:
             notes["duration_mismatch"] = (
                 f"{name}: decoded {n / rate:.2f} s but the file's header declares "
                 f"{want / rate:.2f} s (damaged or truncated file, or a wrong header); audio may "
@@ -470,9 +538,8 @@ def decode_warnings(name: str, decoded: Decoded, sample_rate: int) -> dict[str, 
         notes["low_sample_rate"] = (
             f"{name}: recorded at {rate} Hz, below the model's {sample_rate} Hz: upsampled, so "
             f"the bands above {rate // 2} Hz are empty and tags may be unreliable")
-    if y.shape[0] > 1:
-        loudest = float(np.sqrt(np.mean(np.square(y, dtype=np.float64), axis=-1)).max())
-        mono = float(np.sqrt(np.mean(np.square(y.mean(axis=0), dtype=np.float64))))
+    if len(channel_rms) > 1:
+        loudest, mono = float(np.max(channel_rms)), float(mono_rms)
         if loudest > 1e-4 and mono < loudest * 10 ** (-MONO_LOSS_DB / 20):
             loss = 20 * np.log10(max(mono, 1e-12) / loudest)
             notes["stereo_cancellation"] = (

@@ -303,3 +303,37 @@ def test_long_inputs_get_the_same_log_mel_block_by_block(monkeypatch, pad_mode, 
     assert got.shape == want.shape == (96, 132) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
     assert got.min() == pytest.approx(got.max() - 80.0, abs=1e-4)  # the floor was applied
+
+
+def test_long_files_stream_with_librosa_load_samples_and_the_same_warnings(tmp_path, monkeypatch):
+    """Files at or above audio.STREAM_MIN_SAMPLES are decoded, mixed and resampled block by
+    block: the samples equal librosa.load's exactly, the warnings equal the whole-file path's,
+    and the read's peak of traced memory stays well below the decoded stereo signal's size."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    n = 44100 * 40
+    left = (0.2 * rng.standard_normal(n)).astype(np.float32)
+    stereo = np.stack([left, 0.3 * rng.standard_normal(n).astype(np.float32)], axis=1)
+    cancel = np.stack([left, -left * 0.98], axis=1)  # out of phase: the mono mix cancels
+    cases = {"stereo.wav": (stereo, 44100), "cancel.flac": (cancel, 44100),
+             "low.wav": (left[:8000 * 40, None], 8000)}
+    for name, (data, rate) in cases.items():
+        sf.write(str(tmp_path / name), data, rate, subtype="FLOAT" if name.endswith(".wav")
+                 else "PCM_24")
+    whole = {name: audio.load_audio_checked(tmp_path / name) for name in cases}
+    monkeypatch.setattr(audio, "STREAM_MIN_SAMPLES", 1000)
+    monkeypatch.setattr(audio, "STREAM_BLOCK_FRAMES", 10007)
+    for name in cases:
+        y, notes = audio.load_audio_checked(tmp_path / name)
+        ref, _ = librosa.load(str(tmp_path / name), sr=16000, mono=True)
+        np.testing.assert_array_equal(y, ref)
+        np.testing.assert_array_equal(y, whole[name][0])
+        assert notes == whole[name][1], name
+    assert set(whole["cancel.flac"][1]) == {"stereo_cancellation"}
+    assert set(whole["low.wav"][1]) == {"low_sample_rate"}
+    tracemalloc.start()
+    audio.load_audio_checked(tmp_path / "stereo.wav")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 0.5 * stereo.nbytes, (peak, stereo.nbytes)
