@@ -140,10 +140,13 @@ def write_json(results: list[dict], output: Path) -> None:
 
 class ResultStore:
     """The `--output` file as results arrive: rewritten atomically at most every `every_s` seconds,
-    so an interrupted run keeps what it finished and `--resume` picks up the rest."""
+    so an interrupted run keeps what it finished and `--resume` picks up the rest; the last write
+    (`close`) puts them in input order."""
 
-    def __init__(self, output: Path | None, done: list[dict], every_s: float = 10.0):
+    def __init__(self, output: Path | None, done: list[dict], every_s: float = 10.0,
+                 order: Sequence[str] = ()):
         self.output, self.results, self.every_s = output, list(done), every_s
+        self.rank = {name: i for i, name in enumerate(order)}  # the final file's input order
         self._last = time.monotonic()
 
     def add(self, result: dict) -> None:
@@ -153,7 +156,9 @@ class ResultStore:
             self._last = time.monotonic()
 
     def close(self) -> None:
+        """Writes the results in input order (`order`; results of other inputs kept first)."""
         if self.output is not None:
+            self.results.sort(key=lambda r: self.rank.get(r["file"], -1))
             write_json(self.results, self.output)
 
 

@@ -63,7 +63,10 @@ def test_cli_tags_good_files_and_reports_broken_ones(model_dir, inputs, tmp_path
     rc = cli.main(["tag", "--checkpoint", str(model_dir), "--top-k", "3", "--output", str(out),
                    "--quiet", str(inputs)])
     assert rc == 1  # some inputs failed
-    results = {p["file"].split("/")[-1]: p for p in json.loads(out.read_text())}
+    written = json.loads(out.read_text())
+    discovered = [audio.display_path(p) for p in tagging.collect_inputs([str(inputs)], [])]
+    assert [r["file"] for r in written] == discovered  # input order, not completion order
+    results = {p["file"].split("/")[-1]: p for p in written}
     assert set(results) == {"tone.wav", "noise.flac", "spec.npy", "short.npy",
                             "wrong_shape.npy", "empty.mp3", "corrupt.ogg"}
     for name in ("tone.wav", "noise.flac", "spec.npy", "short.npy"):
@@ -147,6 +150,8 @@ def test_resume_keeps_finished_results(model_dir, inputs, tmp_path, capsys):
                    "--quiet", str(inputs / "spec.npy"), str(inputs / "tone.wav"),
                    str(inputs / "empty.mp3")])
     assert rc == 1
+    assert [r["file"].split("/")[-1] for r in json.loads(out.read_text())] == [
+        "spec.npy", "tone.wav", "empty.mp3"]  # input order, whatever finished first
     err = capsys.readouterr().err
     assert "2 of 3 inputs reused" in err
     assert "1 of 3 inputs failed (2 reused, 1 tagged now)" in err

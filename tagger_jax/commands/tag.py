@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     if processes > 1:
         output = tagging.part_path(args.output, process)
         done = []  # process 0 merges what was kept with every part
-    store = tagging.ResultStore(output, done)
+    store = tagging.ResultStore(output, done, order=names)
     try:
         tagger = tagging.Tagger(loaded, batch_size=args.batch_size)
         results = tagger.tag(todo, hop_s=plan.hop_s, windows=plan.windows,

@@ -557,7 +557,6 @@ def tag_file_names(tags: Sequence[str]) -> dict[str, str]:
 def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signature: str,
              files: Mapping[str, str]) -> dict[str, Any]:
     probs = res["probabilities"]
-    order = np.argsort(-probs)[: max(5, ctx.k)]
     times = res["frame_times"]
     tags = [str(t) for t in res["explained_tags"]]
     peaks: dict[str, Any] = {}
@@ -578,8 +577,7 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
         "duration_s": round(float(track.duration_s), 6),
         "num_chunks": int(len(track.starts)), "padded": bool(track.padded),
         "windows": ctx.plan.describe(), "coverage": coverage(ctx, track, res["covered"]),
-        "top_tags": [{"tag": ctx.tags[i], "probability": round(float(probs[i]), 4)}
-                     for i in order],
+        "top_tags": inference.top_tags(probs, ctx.tags, max(5, ctx.k)),  # as `tag` writes
         "explained_tags": tags, "methods": list(ctx.options.methods),
         "tags_source": ("input" if track.item.explain_tags else
                         "run" if ctx.options.tags else "predicted"),
