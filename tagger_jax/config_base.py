@@ -62,8 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
     d.manual_dir = ""  # downloaded files to build a missing dataset from ("" = self-contained only)
     d.build_workers = 0  # processes decoding / synthesising clips while building (0 = all cores)
     d.augment = None  # training log-mel augmentations: None (off) or fields of augment.AugmentParams
-    d.crop_labels = "clip"  # training crop labels: "clip" (its clip's tags) or "activity" (tags sounding in the crop; needs tag_mask)
     d.augment_mix_exclude = ()  # tags that mixing two clips keeps from the first (clip-wide: tempo, level)
+    d.crop_labels = "clip"  # training crop labels: "clip" (its clip's tags) or "activity" (tags sounding in the crop; needs tag_mask)
 
     c.train = t = ml_collections.ConfigDict()
     t.seed = 0  # seeds parameter init, dropout and data order
