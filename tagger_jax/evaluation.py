@@ -1,8 +1,8 @@
 """Clip-level prediction and per-tag ROC-AUC / PR-AUC, as in the authors' evaluation.
 
-The protocol (docs/evaluation.md): every clip is cut into 16 chunks of 256 frames at the
-authors' starts (`inference.PAPER` windows), the model's 16 sigmoid outputs are averaged
-(`inference.track_probabilities`), and ROC-AUC and PR-AUC (average precision) are computed per
+The protocol (docs/evaluation.md): every clip is cut into 16 chunks of the model's length (256
+frames for the paper's models) at the authors' starts (`inference.PAPER` windows), the model's
+16 sigmoid outputs are averaged (`inference.track_probabilities`), and ROC-AUC and PR-AUC (average precision) are computed per
 tag with scikit-learn, then averaged over the tags. The same averaging serves full tracks covered
 by sliding windows (`inference.COVER`).
 

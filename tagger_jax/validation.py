@@ -22,9 +22,8 @@ from tagger_jax import sharding
 
 def make_evaluate(model: nn.Module, config: Any, mesh: jax.sharding.Mesh,
                   tag_names: Sequence[str]) -> Callable[..., dict]:
-    """`evaluate(variables, source, split, progress=None, desc=None) -> evaluation.tag_metrics'
-    dict`: the
-    paper's protocol (mean of the sigmoids of `features.eval_chunks` evenly spaced chunks per
+    """`evaluate(variables, source, split, progress=None, desc=None)` -> `evaluation.tag_metrics`'
+    dict: the paper's protocol (mean of the sigmoids of `features.eval_chunks` evenly spaced chunks per
     clip, `inference.PAPER` windows) on a split's records, through the one inference path
     (`evaluation.predict_split`), computed on the training mesh.
 
