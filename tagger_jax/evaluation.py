@@ -3,8 +3,8 @@
 The protocol (docs/evaluation.md): every clip is cut into 16 chunks of the model's length (256
 frames for the paper's models) at the authors' starts (`inference.PAPER` windows), the model's
 16 sigmoid outputs are averaged (`inference.track_probabilities`), and ROC-AUC and PR-AUC
-(average precision) are computed per tag with scikit-learn, then averaged over the tags. The same averaging serves full tracks covered
-by sliding windows (`inference.COVER`).
+(average precision) are computed per tag with scikit-learn, then averaged over the tags. The
+same averaging serves full tracks covered by sliding windows (`inference.COVER`).
 
 The trainer's validation reuses the pieces: `predict_split` runs a split's records through the
 one inference path (`tagger_jax.inference`: the records are inputs like files, their windows
