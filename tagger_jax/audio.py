@@ -339,17 +339,19 @@ def _decode_ffmpeg(p: Path, ffmpeg: str) -> Decoded:
          "stream=sample_rate,channels,duration:format=duration,format_name", "-of", "json",
          os.fsencode(p)], capture_output=True)
     if probe.returncode != 0:
-        raise _FFmpegError(_first_line(probe.stderr) or "ffprobe cannot read it")
+        raise _FFmpegError(_first_line(probe.stderr, p) or "ffprobe cannot read it")
     info = json.loads(probe.stdout or b"{}")
     if not info.get("streams"):
         raise _FFmpegError("no audio stream in the file (a video without sound?)", no_audio=True)
     stream = info["streams"][0]
-    rate, channels = int(stream["sample_rate"]), int(stream["channels"])
+    rate, channels = int(stream.get("sample_rate") or 0), int(stream.get("channels") or 0)
+    if rate <= 0 or channels <= 0:  # random bytes that a demuxer half-recognised
+        raise _FFmpegError(f"no decodable audio stream ({channels} channels at {rate} Hz)")
     run = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-i", os.fsencode(p), "-map", "0:a:0",
                           "-f", "s16le", "-acodec", "pcm_s16le", "-"], capture_output=True)
     pcm = run.stdout[:len(run.stdout) // (2 * channels) * 2 * channels]
     if run.returncode != 0 and not pcm:
-        raise _FFmpegError(_first_line(run.stderr) or f"ffmpeg exit status {run.returncode}")
+        raise _FFmpegError(_first_line(run.stderr, p) or f"ffmpeg exit status {run.returncode}")
     y = np.frombuffer(pcm, "<i2").astype(np.float32) / np.float32(32768.0)
     y = np.ascontiguousarray(y.reshape(-1, channels).T)
     declared = None
@@ -357,7 +359,7 @@ def _decode_ffmpeg(p: Path, ffmpeg: str) -> Decoded:
     duration = stream.get("duration") or info.get("format", {}).get("duration")
     if duration not in (None, "N/A") and fmt not in ("mp3", "aac"):  # those are estimates
         declared = int(round(float(duration) * rate))
-    problems = [_first_line(run.stderr)] if run.stderr.strip() else []
+    problems = [_first_line(run.stderr, p)] if run.stderr.strip() else []
     return Decoded(y, rate, "ffmpeg", declared, problems)
 
 
@@ -367,9 +369,29 @@ class _FFmpegError(Exception):
         self.no_audio = no_audio
 
 
-def _first_line(data: bytes) -> str:
+def _first_line(data: bytes, path: Path | None = None) -> str:
     lines = [l.strip() for l in data.decode("utf-8", "replace").splitlines() if l.strip()]
-    return lines[0] if lines else ""
+    return decoder_text(lines[0], path) if lines else ""
+
+
+# Decoders' messages name their own objects by memory address: ffmpeg's log prefix
+# "[mp3 @ 0x55d4e5c479c0] " and Python reprs "<... object at 0x7f...>". Addresses differ in
+# every run and mean nothing to a user; the file is named by the message's own prefix.
+_FFMPEG_CONTEXT = re.compile(r"\[[^\[\]]* @ 0x[0-9a-fA-F]+\]\s*")
+_OBJECT_REPR = re.compile(r"<([^<>]*?)(?: object)? at 0x[0-9a-fA-F]+>")
+# libsndfile's text when its mpg123 rejects a file that exists and is regular.
+_SF_MPEG_REJECTED = "File does not exist or is not a regular file (possibly a pipe?)."
+
+
+def decoder_text(text: str, path: str | os.PathLike | None = None) -> str:
+    """A decoder's message without memory addresses (`[mp3 @ 0x55...] ` dropped, `<X object at
+    0x7f...>` -> `<X>`) and, if `path` is given, without the path the decoder repeats
+    ("PATH: End of file" -> "End of file"), for one-line errors that already name the file."""
+    text = _OBJECT_REPR.sub(lambda m: f"<{m.group(1).strip()}>", _FFMPEG_CONTEXT.sub("", text))
+    if path is not None:
+        for shown in {os.fsdecode(path), display_path(path)}:
+            text = text.replace(f"{shown}: ", "")
+    return text.strip()
 
 
 def decode(path: str | os.PathLike) -> Decoded:
@@ -385,7 +407,9 @@ def decode(path: str | os.PathLike) -> Decoded:
     try:
         return _decode_soundfile(p, mpeg=fmt == "MP3" or p.suffix.lower() in MPEG_SUFFIXES)
     except Exception as e:  # libsndfile: unknown format or corrupt data
-        sf_message = str(e).replace(f"Error opening {os.fsencode(p)!r}: ", "").strip()
+        sf_message = decoder_text(str(e).replace(f"Error opening {os.fsencode(p)!r}: ", ""), p)
+        if sf_message == _SF_MPEG_REJECTED:  # the file exists: it is its content mpg123 rejects
+            sf_message = "no MPEG audio frames it can decode"
     ffmpeg = ffmpeg_path()
     ff_message = None
     if ffmpeg:
@@ -394,7 +418,7 @@ def decode(path: str | os.PathLike) -> Decoded:
         except _FFmpegError as e:
             if e.no_audio:
                 raise InputError(f"{d}: {e}") from None
-            ff_message = str(e)
+            ff_message = decoder_text(str(e), p)
     tried = f"soundfile: {sf_message}" + (f"; ffmpeg: {ff_message}" if ff_message else "")
     ffmpeg_only = (fmt not in SOUNDFILE_FORMATS if fmt else
                    p.suffix.lower() in FFMPEG_SUFFIXES)
@@ -461,16 +485,17 @@ def _load_streamed(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarra
     import soundfile as sf
 
     p = _check_file(path)
-    try:
-        with sf.SoundFile(os.fsencode(p)) as f:
-            if f.frames * f.channels < STREAM_MIN_SAMPLES:
-                return None
+    mpeg = sniff_format(p) == "MP3" or p.suffix.lower() in MPEG_SUFFIXES
+    try:  # opening an mp3 makes mpg123 scan it and print notes: `decode` reports them
+        with _mpg123_messages([]) if mpeg else contextlib.nullcontext():
+            with sf.SoundFile(os.fsencode(p)) as f:
+                if f.frames * f.channels < STREAM_MIN_SAMPLES:
+                    return None
     except Exception:  # not for libsndfile: `decode` reports it or tries ffmpeg
         return None
     import soxr
 
     d = display_path(p)
-    mpeg = sniff_format(p) == "MP3" or p.suffix.lower() in MPEG_SUFFIXES
     problems: list[str] = []
     parts, frames, mono_sq, channel_sq = [], 0, 0.0, None
     with _mpg123_messages(problems) if mpeg else contextlib.nullcontext():

@@ -205,3 +205,49 @@ def test_rounded_is_float64_rounding():
     assert tagging.rounded(np.float32(0.1234567), 6) == 0.123457
     assert tagging.rounded(np.array([[0.5, np.float32(1 / 3)]], np.float32), 6) == [[0.5,
                                                                                      0.333333]]
+
+
+ADDRESS = r"(@ |at )0x[0-9a-fA-F]+|<[^<>]*>"  # a decoder object's address or a Python repr
+
+
+def test_broken_files_get_one_line_errors_and_short_clips_a_warning_field(model_dir, tmp_path,
+                                                                          capsys):
+    """Random bytes named .mp3/.flac and a truncated FLAC fail with one line naming the file
+    and what is wrong, with no decoder object's memory address (ffmpeg's "[mp3 @ 0x55...]").
+    A clip shorter than one window is tagged, and says so in its result's `warnings` as well
+    as on stderr."""
+    import re
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "x.mp3").write_bytes(rng.bytes(5000))
+    (tmp_path / "y.flac").write_bytes(rng.bytes(4000))  # ffprobe: a stream of 0 channels
+    sf.write(tmp_path / "whole.flac", 0.1 * rng.standard_normal(16000 * 2), 16000)
+    (tmp_path / "cut.flac").write_bytes((tmp_path / "whole.flac").read_bytes()[:300])
+    sf.write(tmp_path / "short.wav", 0.1 * rng.standard_normal(4000), 16000)  # 16 of 64 frames
+    out = tmp_path / "tags.json"
+    names = ["x.mp3", "y.flac", "cut.flac", "short.wav"]
+    rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--quiet",
+                   *[str(tmp_path / n) for n in names]])
+    assert rc == 1
+    results = {r["file"].rsplit("/", 1)[-1]: r for r in json.loads(out.read_text())}
+    err = capsys.readouterr().err
+    for name, words in (("x.mp3", "cannot decode audio"), ("y.flac", "cannot decode audio"),
+                        ("cut.flac", "damaged or truncated FLAC file")):
+        message = results[name]["error"]
+        assert message.startswith(f"{tmp_path / name}: ") and words in message, message
+        assert "\n" not in message and not re.search(ADDRESS, message), message
+        assert f"  {message}\n" in err  # the run's summary repeats it, as written
+    assert "Traceback" not in err and not re.search(ADDRESS, err), err
+    short = results["short.wav"]
+    assert "error" not in short
+    [note] = short["warnings"]
+    assert note.startswith(f"{tmp_path / 'short.wav'}: only 16 time steps") and "repeated" in note
+    assert f"warning: {note}\n" in err
+
+
+def test_decoder_text_drops_addresses_and_the_repeated_path():
+    assert audio.decoder_text("[mov,mp4,m4a,3gp,3g2,mj2 @ 0x558deaf729c0] moov atom not found"
+                              ) == "moov atom not found"
+    assert audio.decoder_text("Error reading <soundfile.SoundFile object at 0x7f12ab34cd50>"
+                              ) == "Error reading <soundfile.SoundFile>"
+    assert audio.decoder_text("/music/a.ogg: End of file", "/music/a.ogg") == "End of file"
