@@ -68,6 +68,9 @@ def _track(p: inference.Prepared, out: dict, step_s: float, signature: str,
         "probabilities": inference.track_probabilities(out["probabilities"]),
         # {code: message} of a degraded input (docs/audio.md) as JSON text; "{}" when clean
         "audio_warnings": np.array(json.dumps(dict(p.warnings), sort_keys=True)),
+        # [message] of what the run did to the input (a short clip repeated to fill a window),
+        # as `tag`'s result's `warnings`, as JSON text; "[]" when none
+        "warnings": np.array(json.dumps(list(p.notes))),
     }
 
 
@@ -146,10 +149,12 @@ class EmbedReport:
     skipped: list[str]
     failed: dict[str, str]
     merged: Optional[Path]
+    replaced: list[str] = dataclasses.field(default_factory=list)  # outputs computed again
 
     def __str__(self) -> str:
         lines = [f"embedded {len(self.done)} input(s), skipped {len(self.skipped)} already "
                  f"finished, {len(self.failed)} failed"]
+        lines[0] += inference.replaced_summary(len(self.replaced))
         if self.merged is not None:
             lines.append(f"track-level embeddings of every finished input: {self.merged}")
         return "\n".join(lines)
@@ -176,24 +181,29 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
     process, processes = jax.process_index(), jax.process_count()
     share = inference.process_share(items, process, processes)
     old_failures = _read_failures(out / FAILURES)
-    skipped, failed, todo = [], {}, []
+    skipped, failed, todo, replaced = [], {}, [], []
     for item in share:
-        npz = _read_npz(out / f"{item.key}.npz")
-        if (npz is not None and str(npz.get("signature")) == signature
-                and str(npz.get("fingerprint")) == item.fingerprint):
+        path = out / f"{item.key}.npz"
+        npz = _read_npz(path)
+        if inference.reusable(npz, signature, item.fingerprint):
             skipped.append(item.name)
             continue
+        if path.exists():  # made with other settings, or of an earlier version of the input
+            replaced.append(item.name)
         old = old_failures.get(item.key)
         if (old and old.get("fingerprint") == item.fingerprint
                 and old.get("signature") == signature and not retry_failed):
             failed[item.name] = f"{old['error']} (failed in an earlier run; unchanged, not retried)"
             continue
         todo.append(item)
+    if replaced:
+        print(inference.replaced_line(len(replaced), out, "embedded"), file=sys.stderr)
     done: list[str] = []
     new_failures: dict[str, dict] = {}
 
     def on_track(item: inference.Input, track: dict) -> None:
-        for message in json.loads(str(track["audio_warnings"])).values():  # as `tag` says them
+        for message in [*json.loads(str(track["warnings"])),  # as `tag` says them
+                        *json.loads(str(track["audio_warnings"])).values()]:
             tqdm.write(f"warning: {message}", file=sys.stderr)
         _write_npz(out / f"{item.key}.npz", track)
         done.append(item.name)
@@ -209,15 +219,16 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
     kept = {k: v for k, v in old_failures.items()  # unchanged failures, not retried
             if k in mine and v.get("input") in failed}
     part = {"keys": sorted(mine), "done": done, "skipped": skipped, "failed": failed,
-            "failures": {**kept, **new_failures}}
+            "failures": {**kept, **new_failures}, "replaced": replaced}
     if processes > 1:
         _write_json(out / f"run.part{process}.json", part)
         inference.barrier("embed-parts-written")
         if process != 0:
-            return EmbedReport(done, skipped, failed, None)
+            return EmbedReport(done, skipped, failed, None, replaced)
         parts = [json.loads((out / f"run.part{p}.json").read_text()) for p in range(processes)]
     else:
         parts = [part]
+    replaced = [name for p in parts for name in p.get("replaced", [])]
     done, skipped, failed, merged_failures = inference.merge_shares(parts, old_failures)
     if merged_failures:
         _write_json(out / FAILURES, merged_failures)
@@ -226,7 +237,7 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
     merged = _merge(out, items, signature)
     for p in range(processes if processes > 1 else 0):
         (out / f"run.part{p}.json").unlink(missing_ok=True)
-    return EmbedReport(done, skipped, failed, merged)
+    return EmbedReport(done, skipped, failed, merged, replaced)
 
 
 def _read_failures(path: Path) -> dict[str, dict]:

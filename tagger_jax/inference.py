@@ -613,6 +613,30 @@ def run_signature(loaded, plan: "WindowPlan", kind: str) -> str:
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def reusable(output: Optional[Mapping[str, Any]], signature: str, fingerprint: str) -> bool:
+    """Whether a finished output (a result, summary or NPZ with "signature" and "fingerprint")
+    may be kept instead of computing its input again: the same `run_signature` and the same
+    input version (`Input.fingerprint`). THE reuse rule of `tag --resume`, `embed` and
+    `explain`."""
+    return (output is not None and str(output.get("signature")) == signature
+            and str(output.get("fingerprint")) == fingerprint)
+
+
+def replaced_line(count: int, where: Any, verb: str) -> str:
+    """The one line a resumable command prints when it computes again `count` outputs found in
+    `where` that `reusable` rejected (made with another model, other settings or an earlier
+    version of the input), e.g. "... in out/: embedded again"."""
+    return (f"{count} output(s) in {where} came from another model, other settings or an "
+            f"earlier version of the input: {verb} again (replaced)")
+
+
+def replaced_summary(count: int) -> str:
+    """What an end-of-run summary adds when `count` outputs were computed again (`replaced_line`);
+    "" for none."""
+    return (f"; {count} earlier output(s) made with other settings or of an earlier version of "
+            "the input replaced") if count else ""
+
+
 def model_signature(loaded) -> str:
     """Changes when the model directory is rewritten (its metadata or variables): outputs made
     with another signature are not reused by resumable runs."""

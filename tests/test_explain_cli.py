@@ -166,6 +166,32 @@ def test_second_run_does_no_work_twice(setup, first_run, monkeypatch, capsys):
         assert z["attention"].shape == (25,)
 
 
+def test_short_clip_warning_in_the_summary_and_replaced_outputs_said(setup, tmp_path, capsys):
+    """A clip shorter than one window has `tag`'s padding warning in its summary (`warnings`)
+    and on stderr; rerunning with other settings (another hop) replaces its outputs and says so
+    on stderr and in the run's summary."""
+    model_dir, _, _ = setup
+    np.save(tmp_path / "tiny.npy", np.random.default_rng(6).normal(-30, 12, (96, 20)).astype(
+        np.float32))
+    argv = ["--checkpoint", str(model_dir), str(tmp_path / "tiny.npy"), "--out",
+            str(tmp_path / "out"), "--methods", METHODS, "--top-k", "2", "--batch-size", "4",
+            "--no-plot", "--no-report"]
+    assert explain(*argv) == 0
+    err = capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "tiny.npy.json").read_text())
+    [note] = summary["warnings"]
+    assert note.startswith(f"{tmp_path / 'tiny.npy'}: only 20 time steps") and "repeated" in note
+    assert f"warning: {note}" in err and "replaced" not in err
+    assert explain(*argv, "--hop", "0.1") == 0
+    captured = capsys.readouterr()
+    assert (f"1 output(s) in {tmp_path / 'out'} came from another model, other settings"
+            in captured.err and "explained again (replaced)" in captured.err)
+    assert ("explained 1 input(s), skipped 0 already finished, 0 failed; 1 earlier output(s) "
+            "made with other settings") in captured.out
+    assert json.loads((tmp_path / "out" / "tiny.npy.json").read_text())["signature"] != (
+        summary["signature"])
+
+
 def test_two_clip_mode_with_named_tags_from_the_top_level_script(setup, tmp_path, capsys):
     model_dir, inputs, _ = setup
     rc = explain_script.main([

@@ -202,6 +202,37 @@ def test_embed_cli_writes_npz_and_resumes(model_dir, files, tmp_path, capsys):
     assert (out / "long.npy.npz").stat().st_mtime_ns == mtime
 
 
+def test_embed_records_short_clips_and_says_when_it_replaces_other_settings(model_dir, tmp_path,
+                                                                            capsys):
+    """A clip shorter than one window gets `tag`'s padding warning in its NPZ (`warnings`, JSON
+    text) and on stderr; a rerun with other window settings replaces the NPZs and says so on
+    stderr and in its summary; one with the same settings reuses them silently."""
+    rng = np.random.default_rng(5)
+    np.save(tmp_path / "short.npy", rng.normal(-30, 10, (96, 20)).astype(np.float32))
+    np.save(tmp_path / "long.npy", rng.normal(-30, 10, (96, 70)).astype(np.float32))
+    out = tmp_path / "emb"
+    argv = ["embed", "--checkpoint", str(model_dir), str(tmp_path / "short.npy"),
+            str(tmp_path / "long.npy"), "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    [note] = json.loads(str(embedding.load_embeddings(out / "short.npy.npz")["warnings"]))
+    assert note.startswith(f"{tmp_path / 'short.npy'}: only 20 time steps") and "repeated" in note
+    assert f"warning: {note}" in err and "replaced" not in err
+    assert json.loads(str(embedding.load_embeddings(out / "long.npy.npz")["warnings"])) == []
+    before = str(embedding.load_embeddings(out / "long.npy.npz")["signature"])
+    assert cli.main(argv + ["--windows", "paper"]) == 0
+    captured = capsys.readouterr()
+    assert f"2 output(s) in {out} came from another model, other settings" in captured.err
+    assert "embedded again (replaced)" in captured.err
+    assert ("embedded 2 input(s), skipped 0 already finished, 0 failed; 2 earlier output(s) "
+            "made with other settings") in captured.out
+    assert str(embedding.load_embeddings(out / "long.npy.npz")["signature"]) != before
+    assert cli.main(argv + ["--windows", "paper"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 2 already finished" in captured.out
+    assert "replaced" not in captured.out + captured.err
+
+
 def test_inference_commands_share_one_definition_of_their_input_options():
     """tag, embed, explain (and evaluate for the model) take the same options from
     commands/_inference_args.py: same flags, same help, same defaults (batch size aside)."""

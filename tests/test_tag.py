@@ -159,7 +159,7 @@ def test_resume_keeps_finished_results(model_dir, inputs, tmp_path, capsys):
     rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--resume",
                    "--quiet", "--windows", "paper", str(inputs / "spec.npy")])
     err = capsys.readouterr().err
-    assert rc == 0 and "1 result(s) in" in err and "tagged again" in err
+    assert rc == 0 and "1 output(s) in" in err and "tagged again" in err
     results = {r["file"].split("/")[-1]: r for r in json.loads(out.read_text())}
     assert results["spec.npy"]["windows"] == "paper" and results["spec.npy"]["probabilities"][0] >= 0
     assert results["tone.wav"]["windows"] == "cover"  # not in this run: kept as it was

@@ -79,13 +79,12 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     names = [audio.display_path(p) for p in every]  # results' "file" (docs/audio.md)
     signature = tagging.run_signature(loaded, plan)
     prints = {n: inference.file_fingerprint(Path(p)) for p, n in zip(every, names)}
-    stale = {r["file"] for r in done if r["file"] in prints
-             and (r.get("signature"), r.get("fingerprint")) != (signature, prints[r["file"]])}
+    stale = {r["file"] for r in done
+             if r["file"] in prints and not inference.reusable(r, signature, prints[r["file"]])}
     done = [r for r in done if r["file"] not in stale]
     finished = {r["file"] for r in done}
     if stale and process == 0:
-        print(f"{len(stale)} result(s) in {args.output} came from another model, other window "
-              f"settings or an earlier version of the file: tagged again", file=sys.stderr)
+        print(inference.replaced_line(len(stale), args.output, "tagged"), file=sys.stderr)
     todo = inference.process_share([p for p, n in zip(every, names) if n not in finished])
     output = args.output
     if processes > 1:

@@ -87,9 +87,11 @@ class RunReport:
     out_dir: Path
     index: Optional[Path]
     seconds: float
+    replaced: list[str] = dataclasses.field(default_factory=list)  # outputs computed again
 
     def __str__(self) -> str:
-        return report.format_report(self.done, self.skipped, self.failed)
+        first, *rest = report.format_report(self.done, self.skipped, self.failed).split("\n")
+        return "\n".join([first + inference.replaced_summary(len(self.replaced)), *rest])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -586,6 +588,10 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
         "seconds": round(time.perf_counter() - track.started, 3),
         **dict(track.item.meta),
     }
+    if track.notes:  # what the run did to the input (a short clip repeated), as `tag` writes
+        summary["warnings"] = list(track.notes)
+        for message in track.notes:
+            tqdm.write(f"warning: {message}", file=sys.stderr)
     if track.warnings:  # {code: message} of a degraded input (docs/audio.md), as `tag` writes
         summary["audio_warnings"] = dict(track.warnings)
         for message in track.warnings.values():  # and says, as `tag` does
@@ -710,14 +716,17 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     process, processes = jax.process_index(), jax.process_count()
     share = inference.process_share(items, process, processes)
     failures = report.load_failures(out_dir)
-    done, skipped, failed, todo = [], [], {}, []
+    done, skipped, failed, todo, replaced = [], [], {}, [], []
     for item in share:
-        s = report.read_json(out_dir / f"{item.key}{report.SUMMARY_SUFFIX}")
-        if (isinstance(s, dict) and s.get("signature") == signature
-                and s.get("fingerprint") == item.fingerprint
+        path = out_dir / f"{item.key}{report.SUMMARY_SUFFIX}"
+        s = report.read_json(path)
+        s = s if isinstance(s, dict) else None
+        if (inference.reusable(s, signature, item.fingerprint)
                 and s.get("requested_tags", []) == list(item.explain_tags)):
             skipped.append(item.name)
             continue
+        if path.exists():  # made with other settings, or of an earlier version of the input
+            replaced.append(item.name)
         old = failures.get(item.key)
         if old and old.get("fingerprint") == item.fingerprint and not options.retry_failed:
             failed[item.name] = f"{old.get('error')} (failed in an earlier run; unchanged, " \
@@ -725,6 +734,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             continue
         todo.append(item)
 
+    if replaced:
+        print(inference.replaced_line(len(replaced), out_dir, "explained"), file=sys.stderr)
     bar = tqdm(total=len(share), initial=len(share) - len(todo),
                disable=not progress or process != 0, unit="input", desc="explain")
     tracks: dict[str, _Track] = {}
@@ -796,13 +807,15 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             mine = {it.key for it in share}
             report.write_json(out_dir / _part_name(process), {
                 "keys": sorted(mine), "done": done, "skipped": skipped, "failed": failed,
-                "failures": {k: v for k, v in failures.items() if k in mine}})
+                "failures": {k: v for k, v in failures.items() if k in mine},
+                "replaced": replaced})
             index = None
     if processes > 1:
         inference.barrier("explain-parts-written")
         if process == 0:
-            done, skipped, failed, index = _merge_parts(out_dir, processes, failures)
-    result = RunReport(done, skipped, failed, out_dir, index, time.perf_counter() - t0)
+            done, skipped, failed, index, replaced = _merge_parts(out_dir, processes, failures)
+    result = RunReport(done, skipped, failed, out_dir, index, time.perf_counter() - t0,
+                       replaced)
     if log is not None and process == 0:
         log(str(result))
     return result
@@ -827,4 +840,4 @@ def _merge_parts(out_dir: Path, processes: int, failures: Mapping[str, Any]):
     index = report.write_index(out_dir)
     for p in range(processes):
         (out_dir / _part_name(p)).unlink(missing_ok=True)
-    return done, skipped, failed, index
+    return done, skipped, failed, index, [n for part in parts for n in part.get("replaced", [])]
