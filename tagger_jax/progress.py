@@ -9,10 +9,16 @@
 
 With `enabled=False` (train.progress_bar = False, or not process 0) bars are off; the one-line
 messages (`say`) are still printed on process 0.
+
+When stderr is not a terminal (`train.py ... 2>log`, a batch system's log), a log cannot move a
+cursor: the inner bars (a phase, validation) take tqdm's `position=0`, the training bar's line,
+instead of the line below it that tqdm reaches with cursor-up escapes (`\x1b[A`), and bars
+refresh every `LOG_INTERVAL_S` (tqdm's `mininterval`) instead of ten times a second.
 """
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from typing import Iterable, Iterator, Optional, TypeVar
@@ -20,6 +26,17 @@ from typing import Iterable, Iterator, Optional, TypeVar
 import jax
 
 T = TypeVar("T")
+
+LOG_INTERVAL_S = 10.0  # seconds between a bar's refreshes when stderr is not a terminal
+TERMINAL_INTERVAL_S = 0.5  # a phase's elapsed time on a terminal
+
+
+def stderr_is_terminal() -> bool:
+    """Whether tqdm's output (stderr) is a terminal that can move its cursor."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
 
 
 class Progress:
@@ -29,6 +46,13 @@ class Progress:
         self.main = jax.process_index() == 0
         self.enabled = enabled and self.main
         self.bar = None
+        self.terminal = stderr_is_terminal()
+        # tqdm options of every bar: on a terminal tqdm's defaults; in a log one line, rarely.
+        self.tqdm_options = ({"dynamic_ncols": True} if self.terminal else
+                             {"mininterval": LOG_INTERVAL_S})
+        # ... and of bars opened while the training bar is open.
+        self.inner_options = ({**self.tqdm_options, "leave": False} if self.terminal else
+                              {**self.tqdm_options, "leave": False, "position": 0})
 
     def train_bar(self, total: int, initial: int) -> None:
         """Opens the training bar (clips), `initial` clips already done (a resumed run)."""
@@ -37,7 +61,7 @@ class Progress:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, initial=initial, unit="clip", unit_scale=True,
-                        dynamic_ncols=True, desc="train", smoothing=0.1)
+                        desc="train", smoothing=0.1, **self.tqdm_options)
 
     def update(self, clips: int, **postfix: str) -> None:
         if self.bar is not None:
@@ -80,11 +104,12 @@ class Progress:
         if self.enabled:
             from tqdm.auto import tqdm
 
-            spinner = tqdm(total=None, desc=desc, bar_format="{desc}: {elapsed}", leave=False,
-                           dynamic_ncols=True)
+            spinner = tqdm(total=None, desc=desc, bar_format="{desc}: {elapsed}",
+                           **self.inner_options)
+            every = TERMINAL_INTERVAL_S if self.terminal else LOG_INTERVAL_S
 
             def refresh():
-                while not stop.wait(0.5):
+                while not stop.wait(every):
                     spinner.refresh()
 
             thread = threading.Thread(target=refresh, daemon=True)
@@ -105,8 +130,7 @@ class Progress:
             return iterable
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False,
-                    dynamic_ncols=True)
+        return tqdm(iterable, total=total, desc=desc, unit=unit, **self.inner_options)
 
     def close(self) -> None:
         if self.bar is not None:

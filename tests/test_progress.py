@@ -48,3 +48,35 @@ def test_disabled_progress_still_says_phase_timings(capsys):
         pass
     assert p.batches([1, 2], 2, "validation") == [1, 2]
     assert capsys.readouterr().out.startswith("compiling the train step (adamw): done in ")
+
+
+LOGGED_RUN = """
+import time
+from tagger_jax.progress import Progress
+p = Progress(True)
+p.train_bar(total=100, initial=0)
+with p.phase("compiling the train step"):  # opened under the training bar, as train_lib does
+    time.sleep(0.05)
+p.update(30)
+for _ in p.batches(range(5), 5, "validation", unit="clip"):
+    pass
+p.update(70)
+p.close()
+"""
+
+
+def test_bars_in_a_log_have_no_cursor_movement(tmp_path):
+    """With stderr redirected to a file (`train.py ... 2>log`), the bars opened under the
+    training bar (a phase, validation) write no cursor-up escapes (tqdm's nested bars do, one
+    `\\x1b[A` per refresh), and every bar still shows."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "log"
+    with open(log, "wb") as err:
+        subprocess.run([sys.executable, "-c", LOGGED_RUN], stderr=err, stdout=subprocess.PIPE,
+                       check=True, timeout=120)
+    text = log.read_text()
+    assert "\x1b[A" not in text, repr(text)
+    assert "compiling the train step" in text and "validation" in text
+    assert "train: 100%" in text
