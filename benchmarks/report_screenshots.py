@@ -37,6 +37,18 @@ def make_track(path: Path) -> None:
     sf.write(path, np.concatenate(parts), synth.SAMPLE_RATE)
 
 
+def compact(path: Path, margin: int = 12) -> None:
+    """Crops a screenshot to its content (the page's white bottom left out) and stores it with a
+    256-colour palette: the files docs/ carries are a third of the browser's PNGs."""
+    from PIL import Image, ImageChops
+
+    image = Image.open(path).convert("RGB")
+    box = ImageChops.difference(image, Image.new("RGB", image.size, "white")).getbbox()
+    if box is not None:
+        image = image.crop((0, 0, image.width, min(image.height, box[3] + margin)))
+    image.quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
 def shoot(page: Path, index: Path, out: Path) -> list[Path]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -72,6 +84,8 @@ def shoot(page: Path, index: Path, out: Path) -> list[Path]:
         driver.save_screenshot(str(shots[-1]))
     finally:
         driver.quit()
+    for shot in shots:
+        compact(shot)
     return shots
 
 
