@@ -27,6 +27,15 @@ PyTorch twin of their model (benchmarks/torch_twin.py).
     python benchmarks/explanations.py --checkpoint DIR --clips 200 --write-docs
     python benchmarks/explanations.py --checkpoint DIR --parts listening --write-docs
     python benchmarks/explanations.py --parts timing --write-docs   # the cost tables alone
+
+Against the score (`soundfont_tags`, exact instrument activity; a model trained on it):
+`--against-score` scores the maps of the centre chunk of each clip; with `--track`, the maps the
+explain run (`tagger_jax.explain.runner`, what `tagger-jax explain` writes) stitches over the
+whole clip, against the clip's activity, next to the same baselines over the track and deletion
+of the track probability. Both go through `score_maps`.
+
+    python benchmarks/explanations.py --against-score --checkpoint RUN --clips 60
+    python benchmarks/explanations.py --against-score --track --checkpoint RUN --clips 60
 """
 from __future__ import annotations
 
