@@ -42,7 +42,8 @@ PAPER_MODEL = {
     "architecture": "pons_won", "conv_channels": 16, "attention_channels": 512,
     "attention_layers": 2, "attention_heads": 8, "intermediate": 2048,
     "attention_dropout": 0.4, "hidden_dropout": 0.4, "classifier_dropout": 0.5,
-    "cls_token": "fixed", "positions": "sinusoidal", "max_positions": 271, "dtype": "float32",
+    "cls_token": "fixed", "positions": "sinusoidal", "max_positions": 271, "frame_head": False,
+    "dtype": "float32",
 }
 PAPER_TRAIN = {"optimizer": "authors", "learning_rate": 1e-4, "weight_decay": 1e-4,
                "sgd_learning_rates": (1e-3, 1e-4, 1e-5), "sgd_momentum": 0.9}

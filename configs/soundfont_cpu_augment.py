@@ -20,4 +20,6 @@ def get_config():
         "p_reverb": 0.3, "p_noise": 0.3,  # room and noise
         "p_mix": 0.3})  # two clips, instrument labels unioned
     config.data.augment_mix_exclude = ("fast", "slow", "loud", "quiet")  # clip-wide tags
+    config.model.frame_head = False  # augment.augment transforms clip labels, not frame targets
+    config.train.frame_loss_weight = 0.0  # (so no frame-level loss)
     return config

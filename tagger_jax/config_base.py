@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.cls_token = "fixed"  # "fixed": the authors' np.random.seed(0) vector; "learned": a parameter
     m.positions = "sinusoidal"  # "sinusoidal" (training code) or "learned" + LayerNorm (released)
     m.max_positions = 271  # rows of a learned position table (>= steps + 1)
+    m.frame_head = False  # training aid (not the paper's): a linear tag classifier on every encoder input position, for train.frame_loss_weight
     m.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
 
     c.features = f = ml_collections.ConfigDict()
@@ -81,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.log_every_steps = 50  # steps between logged training metrics
     t.checkpoint_every_steps = 1000  # steps between "latest" checkpoints (also at every epoch end)
     t.keep_checkpoints = 2  # latest checkpoints kept besides the best one
+    t.frame_loss_weight = 0.0  # weight of the frame-level loss of model.frame_head against the exact activity "tag_mask" (needs data.crop_labels="activity")
     t.prng_impl = "threefry2x32"  # dropout RNG: "threefry2x32" or the much faster "rbg" on CPU
     t.progress_bar = True  # tqdm bar with clips/s and ETA (process 0 only)
     t.test_after_training = True  # evaluate the best model on data.test_split at the end

@@ -109,15 +109,23 @@ def _tags(record: Mapping[str, Any]) -> np.ndarray:
 CROP_LABELS = ("clip", "activity")  # what a training crop is labelled with (see train_dataset)
 
 
-def _crop_tags(record: Mapping[str, Any], index: int, start: int, length: int) -> np.ndarray:
-    """float32 (num_tags,): 1 for each tag whose exact activity ("tag_mask", (num_tags, T) on the
-    log-mel's frames) is on in at least one frame of [start, start + length); the mask is tiled
-    like the log-mel (`chunking.pad_to_length`) for clips shorter than a crop."""
+def _crop_activity(record: Mapping[str, Any], index: int, start: int, length: int,
+                   needed_by: str) -> np.ndarray:
+    """bool (num_tags, length): the record's exact activity ("tag_mask", (num_tags, T) on the
+    log-mel's frames) over frames [start, start + length), tiled like the log-mel
+    (`chunking.pad_to_length`) for clips shorter than a crop."""
     if "tag_mask" not in record:
-        raise KeyError(f"{_name(record, index)}: data.crop_labels='activity' needs a 'tag_mask' "
-                       f"feature (soundfont_tags has one; the record has {sorted(record)})")
+        raise KeyError(f"{_name(record, index)}: {needed_by} needs a 'tag_mask' feature "
+                       f"(soundfont_tags has one; the record has {sorted(record)})")
     mask, _ = chunking.pad_to_length(np.asarray(record["tag_mask"]), start + length)
-    return mask[:, start:start + length].any(axis=1).astype(np.float32)
+    return mask[:, start:start + length].astype(bool)
+
+
+def _crop_tags(record: Mapping[str, Any], index: int, start: int, length: int) -> np.ndarray:
+    """float32 (num_tags,): 1 for each tag whose exact activity is on in at least one frame of
+    [start, start + length) (`_crop_activity`)."""
+    return _crop_activity(record, index, start, length,
+                          "data.crop_labels='activity'").any(axis=1).astype(np.float32)
 
 
 def _crop_length(input_kind: str, crop_frames: int, crop_samples: int) -> int:
@@ -158,8 +166,9 @@ class _TrainBatch(grain.transforms.MapWithIndex):
 
     def __init__(self, source, *, seed: int, global_batch_size: int, process_index: int,
                  process_count: int, input_kind: str, crop: int, augment=None,
-                 mix_tags=None, crop_labels: str = "clip"):
+                 mix_tags=None, crop_labels: str = "clip", frame_labels: bool = False):
         self.crop_labels = crop_labels
+        self.frame_labels = frame_labels
         self.augment = augment
         self.mix_tags = mix_tags
         self.source = source
@@ -180,19 +189,24 @@ class _TrainBatch(grain.transforms.MapWithIndex):
         return epoch, order[start:start + self.local_batch]
 
     def _crop(self, record: Mapping[str, Any], index: int,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(one random crop of the record, its labels under `crop_labels`)."""
+              rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        """(one random crop of the record, its labels under `crop_labels`[, its frame activity
+        float32 (crop, num_tags) with `frame_labels`])."""
         x = _signal(record, index, self.input_kind)
         x, _ = chunking.pad_to_length(x, self.crop)  # short clips repeat (chunking's rule)
         start = chunking.random_crop_start(x.shape[-1], self.crop, rng)
         tags = (_tags(record) if self.crop_labels == "clip"
                 else _crop_tags(record, index, start, self.crop))
-        return x[..., start:start + self.crop], tags
+        crop = x[..., start:start + self.crop]
+        if not self.frame_labels:
+            return crop, tags
+        frames = _crop_activity(record, index, start, self.crop, "frame labels (model.frame_head)")
+        return crop, tags, frames.T.astype(np.float32)
 
-    def example(self, epoch: int, index: int) -> np.ndarray:
-        crop, tags = self._crop(self.source[index], index, crop_rng(self.seed, epoch, index))
+    def example(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
+        crop, *labels = self._crop(self.source[index], index, crop_rng(self.seed, epoch, index))
         if self.augment is None:
-            return crop.astype(np.float32), tags
+            return (crop.astype(np.float32), *labels)
         from tagger_jax import augment
 
         rng = augment_rng(self.seed, epoch, index)
@@ -200,20 +214,25 @@ class _TrainBatch(grain.transforms.MapWithIndex):
         if self.augment.p_mix > 0:  # the partner: a seeded record, cropped from the same stream
             j = int(rng.integers(self.num_records))
             other = self._crop(self.source[j], j, rng)
-        return augment.augment(crop, tags, rng, self.augment, other, self.mix_tags)
+        return augment.augment(crop, labels[0], rng, self.augment, other, self.mix_tags)
 
     def map_with_index(self, index: int, element: Any) -> dict[str, np.ndarray]:
         del element  # the MapDataset index is the global step
         epoch, indices = self.record_indices(index)
-        xs, ys = zip(*(self.example(epoch, int(i)) for i in indices))
-        return {"x": np.stack(xs), "y": np.stack(ys), "clip_index": indices.astype(np.int32)}
+        examples = list(zip(*(self.example(epoch, int(i)) for i in indices)))
+        batch = {"x": np.stack(examples[0]), "y": np.stack(examples[1]),
+                 "clip_index": indices.astype(np.int32)}
+        if self.frame_labels:
+            batch["frames"] = np.stack(examples[2])
+        return batch
 
 
 def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int = 256,
                   input_kind: str = "mel", crop_samples: int = WAVEFORM_CROP,
                   num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
                   local_device_count: int | None = None, augment=None,
-                  mix_tags=None, crop_labels: str = "clip") -> grain.MapDataset:
+                  mix_tags=None, crop_labels: str = "clip",
+                  frame_labels: bool = False) -> grain.MapDataset:
     """The training batches of this host as a random-access grain `MapDataset` (element = step).
 
     Element s is global step s: {"x": float32 (local_batch, 96, crop_frames) or (local_batch,
@@ -225,7 +244,9 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
     with its clip's tags (the paper's protocol); "activity" with the tags that sound in the crop,
     from the record's exact frame activity "tag_mask" (num_tags, T) (soundfont_tags; clip-wide
     tags such as tempo and level are on in every frame), so a crop that misses the section where
-    an instrument plays is not labelled with it.
+    an instrument plays is not labelled with it. `frame_labels` adds "frames": float32
+    (local_batch, crop_frames, num_tags), each crop's exact activity frame by frame (the targets
+    of `model.frame_head`; log-mel input with "tag_mask", no augmentation).
     """
     _check_kind(input_kind)
     if crop_labels not in CROP_LABELS:
@@ -234,6 +255,9 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
         raise ValueError("crop_labels='activity' needs log-mel input (the mask is on its frames)")
     if augment is not None and input_kind != "mel":
         raise ValueError("augmentations work on log-mel input only")
+    if frame_labels and (input_kind != "mel" or augment is not None):
+        raise ValueError("frame labels need log-mel input (the mask is on its frames) and no "
+                         "augmentation (augment.augment transforms clip labels only)")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
     if local_device_count is None:
@@ -246,7 +270,8 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
                             process_index=process_index, process_count=process_count,
                             input_kind=input_kind,
                             crop=_crop_length(input_kind, crop_frames, crop_samples),
-                            augment=augment, mix_tags=mix_tags, crop_labels=crop_labels)
+                            augment=augment, mix_tags=mix_tags, crop_labels=crop_labels,
+                            frame_labels=frame_labels)
     steps = grain.MapDataset.range(transform.steps_per_epoch).repeat(num_epochs)
     return steps.map_with_index(transform)
 
@@ -328,7 +353,8 @@ def train_loader(source, *, global_batch_size: int, seed: int, crop_frames: int 
                  num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
                  num_workers: int = 0, worker_buffer_size: int = 2, read_threads: int = 1,
                  local_device_count: int | None = None, augment=None,
-                 mix_tags=None, crop_labels: str = "clip") -> TrainLoader:
+                 mix_tags=None, crop_labels: str = "clip",
+                 frame_labels: bool = False) -> TrainLoader:
     """Training batches (see `train_dataset`) prefetched by `num_workers` processes.
 
     `iter(loader)` gives a `TrainIterator`; its `get_state()` ({"step": k}, JSON-able, see
@@ -345,7 +371,7 @@ def train_loader(source, *, global_batch_size: int, seed: int, crop_frames: int 
                        crop_samples=crop_samples, num_epochs=num_epochs,
                        process_index=process_index, process_count=process_count,
                        local_device_count=local_device_count, augment=augment,
-                       mix_tags=mix_tags, crop_labels=crop_labels)
+                       mix_tags=mix_tags, crop_labels=crop_labels, frame_labels=frame_labels)
     _check_prefetch(num_workers, worker_buffer_size, read_threads)
     return TrainLoader(ds, steps_per_epoch=steps_per_epoch(len(source), global_batch_size),
                        local_batch_size=global_batch_size // process_count,

@@ -109,7 +109,7 @@ def load_data(config: Any) -> TrainData:
         process_count=jax.process_count(), num_workers=d.num_workers,
         worker_buffer_size=max(1, d.prefetch), read_threads=d.read_threads,
         local_device_count=jax.local_device_count(), crop_labels=d.crop_labels,
-        **_augmentation(d, tags))
+        frame_labels=bool(config.model.frame_head), **_augmentation(d, tags))
 
     def split(name):
         source, split_tags = datasets.load_split(d.name, name, d.data_dir,

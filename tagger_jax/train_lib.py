@@ -73,6 +73,17 @@ def end_of_epoch(state: TrainState, schedule: optimizers.PlateauState, metric: f
     return state, decision
 
 
+def frame_loss_weight(config: Any) -> float:
+    """`train.frame_loss_weight`, checked against `model.frame_head` (each needs the other).
+
+    Raises ValueError naming both fields when one is set without the other."""
+    weight = float(config.train.frame_loss_weight)
+    if weight < 0 or bool(config.model.frame_head) != (weight > 0):
+        raise ValueError(f"model.frame_head={config.model.frame_head} needs train."
+                         f"frame_loss_weight > 0 and vice versa (got {weight})")
+    return weight
+
+
 def train_and_evaluate(config: Any, workdir: str | os.PathLike,
                        data: Optional[TrainData] = None) -> dict:
     """Trains (or resumes) the configured model in `workdir`; returns a summary dict.
@@ -110,7 +121,8 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
     tx, num_phases = optimizers.make_optimizer(t, total_steps)
     state = init_train_state(model, tx, input_shape(config.model, config.features.chunk_frames),
                              seed=int(t.seed), prng_impl=t.prng_impl, mesh=mesh)
-    train_step = make_train_step(model, tx, prng_impl=t.prng_impl, mesh=mesh)
+    train_step = make_train_step(model, tx, prng_impl=t.prng_impl, mesh=mesh,
+                                 frame_loss_weight=frame_loss_weight(config))
     evaluate_split = validation.make_evaluate(model, config, mesh, data.tag_names)
 
     def evaluate(variables, source, split, desc):
@@ -155,7 +167,8 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
         told_undefined = False
         while step < total_steps and not stopped:
             batch = next(train_iter)
-            batch = sharding.shard_batch({"x": batch["x"], "y": batch["y"]}, mesh)
+            batch = sharding.shard_batch({k: batch[k] for k in ("x", "y", "frames") if k in batch},
+                                         mesh)
             if phase not in compiled:  # the first step of a phase compiles its program
                 with progress.phase(f"compiling the train step "
                                     f"({optimizers.phase_name(t, phase)})"):
@@ -182,6 +195,9 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
                     "grad_norm": float(sharding.to_host(pending[-1][1]["grad_norm"])),
                     "learning_rate": optimizers.learning_rate(t, phase, step - 1, total_steps),
                     "epoch": step / spe, "phase": phase}
+                if "frame_loss" in pending[-1][1]:
+                    train_metrics["frame_loss"] = float(np.mean(sharding.to_host(
+                        [m["frame_loss"] for _, m in pending])))
                 if window_steps and elapsed > 0:  # not for a window of only a compiling step
                     train_metrics["clips_per_second"] = window_steps * global_batch / elapsed
                 writer.write(step, "train", train_metrics)

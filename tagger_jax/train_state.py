@@ -77,9 +77,14 @@ def loss_fn(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs, *,
-                    prng_impl: str, mesh: jax.sharding.Mesh, donate: bool = True
-                    ) -> Callable[..., tuple[TrainState, dict]]:
+                    prng_impl: str, mesh: jax.sharding.Mesh, donate: bool = True,
+                    frame_loss_weight: float = 0.0) -> Callable[..., tuple[TrainState, dict]]:
     """`step(state, {"x", "y"}, phase) -> (state, {"loss", "grad_norm"})`, compiled for the mesh.
+
+    With `frame_loss_weight` > 0 (a model with `frame_head`) the batch also holds "frames"
+    (batch, positions, num_tags), the exact activity at each encoder position, and the loss is
+    `loss_fn(tag logits, y) + frame_loss_weight * loss_fn(frame logits, frames)` (both means over
+    their elements); the metrics add "frame_loss".
 
     The batch is split over the mesh's data axis and the state replicated; BatchNorm's batch
     statistics and the mean loss are over the global batch (the compiler inserts the
@@ -96,17 +101,25 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
         rngs = {"dropout": dropout_key(state, prng_impl)}
 
         def compute_loss(params):
-            logits, updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats}, batch["x"], train=True,
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            if frame_loss_weight <= 0:
+                logits, updates = model.apply(variables, batch["x"], train=True,
+                                              mutable=["batch_stats"], rngs=rngs)
+                return loss_fn(logits, batch["y"]), (updates["batch_stats"], {})
+            (logits, frame_logits), updates = model.apply(
+                variables, batch["x"], train=True, return_frame_logits=True,
                 mutable=["batch_stats"], rngs=rngs)
-            return loss_fn(logits, batch["y"]), updates["batch_stats"]
+            frame_loss = loss_fn(frame_logits, batch["frames"])
+            return (loss_fn(logits, batch["y"]) + frame_loss_weight * frame_loss,
+                    (updates["batch_stats"], {"frame_loss": frame_loss}))
 
-        (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+        (loss, (batch_stats, extra)), grads = jax.value_and_grad(
+            compute_loss, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params, phase=int(phase))
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                                   opt_state=opt_state)
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **extra}
 
     replicated = sharding.replicated(mesh)
     return jax.jit(step, in_shardings=(replicated, sharding.batch_sharding(mesh)),

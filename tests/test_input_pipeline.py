@@ -360,3 +360,34 @@ def test_activity_crop_labels_follow_the_mask_and_keep_the_crops():
                                    crop_labels="activity", **kw)))
     with pytest.raises(ValueError, match="crop_labels must be one of"):
         ip.train_dataset(source, crop_labels="frames", **kw)
+
+
+def test_frame_labels_are_the_crops_activity_frame_by_frame():
+    """frame_labels=True adds "frames" (batch, crop, num_tags): the mask over the crop's own frames
+    (read back through a frame-index ramp in the log-mel), consistent with the activity labels;
+    the crops and labels are unchanged. Refused with augmentation or waveform input."""
+    frames, crop = 90, 16
+    rng = np.random.default_rng(0)
+    mask = (rng.random((4, frames)) < 0.3).astype(np.uint8)
+    ramp = np.tile(np.arange(frames, dtype=np.float16), (96, 1))
+    source = [{"mel": ramp, "tags": np.ones(4, np.uint8), "tag_mask": mask}] * 6
+    kw = dict(global_batch_size=3, seed=5, crop_frames=crop, local_device_count=1, num_epochs=2,
+              crop_labels="activity")
+    with_frames = list(ip.train_dataset(source, frame_labels=True, **kw))
+    without = list(ip.train_dataset(source, **kw))
+    for a, b in zip(with_frames, without):
+        assert set(b) == {"x", "y", "clip_index"}
+        np.testing.assert_array_equal(a["x"], b["x"])
+        np.testing.assert_array_equal(a["y"], b["y"])
+        assert a["frames"].shape == (3, crop, 4) and a["frames"].dtype == np.float32
+        for x, y, f in zip(a["x"], a["y"], a["frames"]):
+            start = int(x[0, 0])
+            np.testing.assert_array_equal(f, mask[:, start:start + crop].T)
+            np.testing.assert_array_equal(y, f.any(axis=0))
+    from tagger_jax.augment import AugmentParams
+
+    with pytest.raises(ValueError, match="no augmentation"):
+        ip.train_dataset(source, frame_labels=True, augment=AugmentParams(), **kw)
+    with pytest.raises(KeyError, match=r"frame labels \(model.frame_head\) needs a 'tag_mask'"):
+        next(iter(ip.train_dataset([{"mel": ramp, "tags": np.ones(4)}] * 6, frame_labels=True,
+                                   **dict(kw, crop_labels="clip"))))

@@ -173,6 +173,28 @@ def test_jit_equals_eager(training):
     np.testing.assert_allclose(eager, m.logits, atol=5e-6, rtol=0)
 
 
+def test_frame_head_is_a_linear_map_of_the_encoder_input_and_leaves_tags_alone(training):
+    """model.frame_head: frame logits = the front-end's 512-channel sequence (float64 reference)
+    times the head's kernel plus bias; the tag logits equal those of the model without a head."""
+    m = training
+    cfg = m.config.model.copy_and_resolve_references()
+    cfg.frame_head = True
+    model = build_model(cfg, 50)
+    rng = np.random.default_rng(3)
+    head = {"kernel": rng.normal(0, 0.05, (512, 50)).astype(np.float32),
+            "bias": rng.normal(0, 0.1, 50).astype(np.float32)}
+    variables = {**m.variables, "params": {**m.variables["params"], "frame_classifier": head}}
+    logits, frame_logits = jax.jit(lambda v, x: model.apply(v, x, return_frame_logits=True))(
+        variables, m.x)
+    np.testing.assert_allclose(logits, m.logits, atol=5e-6, rtol=0)
+    seq = ref.front_end(m.x.astype(np.float64), ref._state(m.state)).transpose(0, 2, 1)
+    expected = seq @ head["kernel"].astype(np.float64) + head["bias"]
+    assert frame_logits.shape == (BATCH, CHUNK, 50)
+    np.testing.assert_allclose(frame_logits, expected, atol=LOGIT_TOL, rtol=0)
+    with pytest.raises(ValueError, match="needs frame_head=True"):
+        m.model.apply(m.variables, m.x, return_frame_logits=True)
+
+
 def test_train_mode_dropout_and_batch_stats(training):
     m = training
 

@@ -216,3 +216,20 @@ def test_cli_set_unknown_field_and_list_config(capsys):
     assert err.count("\n") == 1 and "unknown config field model.nope" in err
     assert cli.main(["train", "--list-config"]) == 0
     assert "model.architecture = 'pons_won'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
+def test_every_config_file_has_only_known_fields_and_a_consistent_frame_loss(path):
+    """Each file in configs/ loads, sets no field base_config() lacks (a typo would otherwise
+    train silently with the default), and pairs model.frame_head with train.frame_loss_weight
+    (the trainer refuses either alone); augmentations never meet frame targets."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    _, extra = config_base.merge_over_base(config.to_dict())
+    assert extra == []
+    train_lib.frame_loss_weight(config)
+    assert not (config.data.augment and config.model.frame_head)

@@ -28,6 +28,11 @@ class AttentionTagger(nn.Module):
     attention is a list with one (batch, heads, queries, keys) array per layer (the last layer has
     the [CLS] query only unless `full_last_layer`). `attention_override` replaces the probabilities
     of layer `override_layer` with an array broadcastable to that shape.
+
+    `frame_head` (not in the authors' code; a training aid): a linear classifier on every position
+    of the encoder's input sequence (the 1x1 conv's output), trained against frame-level activity
+    (`train.frame_loss_weight`); `return_frame_logits=True` returns (logits, frame logits (batch,
+    positions, num_tags)). The tag logits never depend on it.
     """
 
     frontend: str = "pons"  # "pons" (spectrogram, 96 x T) or "lee" (waveform, 65,610 samples)
@@ -43,12 +48,15 @@ class AttentionTagger(nn.Module):
     cls_token: str = "fixed"
     positions: str = "sinusoidal"
     max_positions: int = 271
+    frame_head: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False, return_attention: bool = False,
                  attention_override: Optional[jnp.ndarray] = None, override_layer: int = -1,
-                 full_last_layer: bool = False):
+                 full_last_layer: bool = False, return_frame_logits: bool = False):
+        if return_frame_logits and (return_attention or not self.frame_head):
+            raise ValueError("return_frame_logits needs frame_head=True and no return_attention")
         if self.frontend == "pons":
             seq = PonsFrontEnd(self.conv_channels, self.dtype, name="frontend")(x, train)
             seq = nn.Dense(self.attention_channels, dtype=self.dtype, name="conv1x1")(seq)
@@ -58,6 +66,8 @@ class AttentionTagger(nn.Module):
                               name="frontend")(x, train)
         else:
             raise ValueError(f"unknown front-end {self.frontend!r}")
+        frame_logits = (nn.Dense(self.num_tags, dtype=jnp.float32, name="frame_classifier")(
+            seq.astype(jnp.float32)) if self.frame_head else None)
         h = Embedding(self.cls_token, self.positions, self.max_positions, self.hidden_dropout,
                       self.dtype, name="embedding")(seq, train)
         h, attention = Encoder(self.attention_layers, self.attention_heads, self.intermediate,
@@ -69,6 +79,8 @@ class AttentionTagger(nn.Module):
         pooled = nn.Dropout(self.classifier_dropout)(pooled, deterministic=not train)
         logits = nn.Dense(self.num_tags, dtype=jnp.float32, name="classifier")(
             pooled.astype(jnp.float32))
+        if return_frame_logits:
+            return logits, frame_logits
         return (logits, attention) if return_attention else logits
 
 
