@@ -27,6 +27,15 @@ PyTorch twin of their model (benchmarks/torch_twin.py).
     python benchmarks/explanations.py --checkpoint DIR --clips 200 --write-docs
     python benchmarks/explanations.py --checkpoint DIR --parts listening --write-docs
     python benchmarks/explanations.py --parts timing --write-docs   # the cost tables alone
+
+Against the score (`soundfont_tags`, exact instrument activity; a model trained on it):
+`--against-score` scores the maps of the centre chunk of each clip; with `--track`, the maps the
+explain run (`tagger_jax.explain.runner`, what `tagger-jax explain` writes) stitches over the
+whole clip, against the clip's activity, next to the same baselines over the track and deletion
+of the track probability. Both go through `score_maps`.
+
+    python benchmarks/explanations.py --against-score --checkpoint RUN --clips 60
+    python benchmarks/explanations.py --against-score --track --checkpoint RUN --clips 60
 """
 from __future__ import annotations
 
@@ -84,6 +93,30 @@ def get_model(args):
 # Localisation
 
 
+def partial_tags(mask: np.ndarray) -> np.ndarray:
+    """Indices of the tags of a (tags, frames) activity mask that sound in part of the frames
+    only (neither never nor always): the tags a map can localise."""
+    active = np.asarray(mask).sum(axis=-1)
+    return np.flatnonzero((active > 0) & (active < mask.shape[-1]))
+
+
+def centre_chunks(source, clips: int, chunk: int):
+    """The centre `chunk` frames of the first `clips` records of a split with frame activity:
+    log-mels (clips, 96, chunk), masks (clips, tags, chunk) and the (clip, tag) pairs whose tag
+    sounds in part of the chunk only (`partial_tags`)."""
+    xs, masks, pairs = [], [], []
+    for i in range(min(clips, len(source))):
+        record = source[i]
+        mel = np.asarray(record["mel"], np.float32)
+        mask = np.asarray(record["tag_mask"], np.uint8)
+        start = (mel.shape[1] - chunk) // 2
+        x, m = mel[:, start:start + chunk], mask[:, start:start + chunk]
+        pairs += [(len(xs), int(k)) for k in partial_tags(m)]
+        xs.append(x)
+        masks.append(m)
+    return np.stack(xs), np.stack(masks), pairs
+
+
 def load_clips(loaded, args):
     """Centre chunks, frame masks and tag lists of the segments split (one-half tags only)."""
     from tagger_jax.datasets import ensure_built, load_split
@@ -93,19 +126,7 @@ def load_clips(loaded, args):
     source, tags = load_split("synthetic_tags", args.split, data_dir, "segments")
     if tuple(tags) != tuple(loaded.tags):
         raise SystemExit(f"model tags {loaded.tags} differ from synthetic_tags {tags}")
-    chunk = int(loaded.config.features.chunk_frames)
-    xs, masks, pairs = [], [], []
-    for i in range(min(args.clips, len(source))):
-        record = source[i]
-        mel = np.asarray(record["mel"], np.float32)
-        mask = np.asarray(record["tag_mask"], np.uint8)
-        start = (mel.shape[1] - chunk) // 2
-        x, m = mel[:, start:start + chunk], mask[:, start:start + chunk]
-        for k in np.flatnonzero((m.sum(1) > 0) & (m.sum(1) < chunk)):
-            pairs.append((len(xs), int(k)))
-        xs.append(x)
-        masks.append(m)
-    return np.stack(xs), np.stack(masks), pairs
+    return centre_chunks(source, args.clips, int(loaded.config.features.chunk_frames))
 
 
 def frame_maps(loaded, xs, pairs, args):
@@ -187,22 +208,57 @@ def deletion_curves(loaded, xs, pairs, maps, args):
     return curves
 
 
-def localisation_table(maps, masks, pairs, probs, curves):
+def pointing_game(frame_map: np.ndarray, truth: np.ndarray) -> float:
+    """Is the map's maximum on a frame where the tag sounds? With ties at the maximum, the
+    fraction of the tied frames where it sounds (the expected hit of a random tie-break), so a
+    constant map scores the tag's share of the frames rather than whether frame 0 is active.
+    NaN map values (frames no window covers) are never the maximum."""
+    m = np.asarray(frame_map, np.float64)
+    top = m == np.nanmax(m)
+    return float(np.asarray(truth, bool)[top].mean())
+
+
+def score_maps(maps: dict[str, Any], truth, detected: np.ndarray,
+               curves: dict[str, np.ndarray] | None = None) -> dict:
+    """The localisation scores of frame maps against activity, one function for the chunk and
+    the track level.
+
+    maps: {name: sequence over pairs of (T_p,) frame maps}; truth: sequence over pairs of (T_p,)
+    0/1 activity (every pair has both values: `partial_tags`); detected: (pairs,) bool, the
+    model's probability of the pair's tag > 0.5; curves: optional {name: (pairs, steps + 1)}
+    deletion curves (probability of the tag as top-ranked frames are removed).
+    Returns {(subset, name): {"pairs", "pointing", "auc", "deletion", "probability"}} for the
+    subsets "all" and "detected": pointing game (`pointing_game`), frame ROC-AUC (scikit-learn,
+    0.5 = no localisation), and with curves the mean of the curve and its first point (NaN
+    without curves, or for an empty subset).
+    """
     from sklearn.metrics import roc_auc_score
 
-    truth = np.stack([masks[c, k] for c, k in pairs]).astype(bool)
-    detected = np.array([probs[c, k] > 0.5 for c, k in pairs])
+    truth = [np.asarray(t).astype(bool) for t in truth]
+    detected = np.asarray(detected, bool)
+    if len(detected) != len(truth):
+        raise ValueError(f"{len(truth)} pairs but {len(detected)} detection flags")
     rows = {}
-    for subset, keep in (("all", np.ones(len(pairs), bool)), ("detected", detected)):
+    for subset, keep in (("all", np.ones(len(truth), bool)), ("detected", detected)):
+        idx = np.flatnonzero(keep)
         for name, m in maps.items():
-            m, t = m[keep], truth[keep]
-            pointing = np.mean([t[i, np.argmax(m[i])] for i in range(len(m))])
-            auc = np.mean([roc_auc_score(t[i], m[i]) for i in range(len(m))])
-            deletion = curves[name][keep].mean()
-            rows[(subset, name)] = {"pairs": int(keep.sum()), "pointing": float(pointing),
-                                    "auc": float(auc), "deletion": float(deletion),
-                                    "probability": float(curves[name][keep][:, 0].mean())}
+            if len(m) != len(truth):
+                raise ValueError(f"map {name!r} has {len(m)} pairs, the activity {len(truth)}")
+            have = len(idx) > 0
+            pointing = np.mean([pointing_game(m[i], truth[i]) for i in idx]) if have else np.nan
+            auc = np.mean([roc_auc_score(truth[i], m[i]) for i in idx]) if have else np.nan
+            curve = None if curves is None or not have else np.asarray(curves[name])[idx]
+            rows[(subset, name)] = {
+                "pairs": int(len(idx)), "pointing": float(pointing), "auc": float(auc),
+                "deletion": float(curve.mean()) if curve is not None else float("nan"),
+                "probability": float(curve[:, 0].mean()) if curve is not None else float("nan")}
     return rows
+
+
+def localisation_table(maps, masks, pairs, probs, curves):
+    """`score_maps` of chunk maps (pairs, chunk) against the chunk masks (clips, tags, chunk)."""
+    return score_maps(maps, [masks[c, k] for c, k in pairs],
+                      np.array([probs[c, k] > 0.5 for c, k in pairs]), curves)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,19 +274,7 @@ def load_score_clips(loaded, data_dir, split: str, clips: int, config: str = "")
     source, tags = load_split("soundfont_tags", split, data_dir, config or None)
     if tuple(tags) != tuple(loaded.tags):
         raise SystemExit(f"model tags {loaded.tags} differ from soundfont_tags {tags}")
-    chunk = int(loaded.config.features.chunk_frames)
-    xs, masks, pairs = [], [], []
-    for i in range(min(clips, len(source))):
-        record = source[i]
-        mel = np.asarray(record["mel"], np.float32)
-        mask = np.asarray(record["tag_mask"], np.uint8)
-        start = (mel.shape[1] - chunk) // 2
-        x, m = mel[:, start:start + chunk], mask[:, start:start + chunk]
-        for k in np.flatnonzero((m.sum(1) > 0) & (m.sum(1) < chunk)):
-            pairs.append((len(xs), int(k)))
-        xs.append(x)
-        masks.append(m)
-    return np.stack(xs), np.stack(masks), pairs
+    return centre_chunks(source, clips, int(loaded.config.features.chunk_frames))
 
 
 def energy_map(xs, pairs) -> np.ndarray:
@@ -239,16 +283,19 @@ def energy_map(xs, pairs) -> np.ndarray:
     return np.stack([xs[c].mean(axis=0) for c, _ in pairs])
 
 
-def taggram_map(loaded, xs, pairs, window: int, hop: int, batch: int = 64) -> np.ndarray:
-    """(pairs, chunk): sliding-window taggram at frame resolution. The model tags every
-    `window`-frame window of the chunk (starts 0, hop, ..., chunk - window); a frame's value for
-    tag k is the mean probability of k over the windows that contain it."""
+def sigmoid_fn(loaded):
+    """The jitted `(variables, x) -> sigmoid(model(x))` of a loaded model (make it once per run:
+    every new one compiles again)."""
     import jax
 
-    chunk = xs.shape[-1]
-    starts = np.arange(0, chunk - window + 1, hop)
-    predict = jax.jit(lambda v, x: jax.nn.sigmoid(loaded.model.apply(v, x)))
-    windows = np.stack([x[:, s:s + window] for x in xs for s in starts])
+    return jax.jit(lambda v, x: jax.nn.sigmoid(loaded.model.apply(v, x)))
+
+
+def windowed_probabilities(loaded, windows: np.ndarray, batch: int = 64,
+                           predict=None) -> np.ndarray:
+    """(n, tags) sigmoid outputs of the model on (n, 96, W) windows, in batches of one
+    compiled shape (the last one padded); `predict`: a `sigmoid_fn` to reuse."""
+    predict = predict or sigmoid_fn(loaded)
     probs = []
     for b in range(0, len(windows), batch):
         part = windows[b:b + batch]
@@ -256,12 +303,44 @@ def taggram_map(loaded, xs, pairs, window: int, hop: int, batch: int = 64) -> np
         if n < batch:  # one compiled shape
             part = np.concatenate([part, np.repeat(part[:1], batch - n, 0)])
         probs.append(np.asarray(predict(loaded.variables, part))[:n])
-    probs = np.concatenate(probs).reshape(len(xs), len(starts), -1)
-    cover = np.zeros((len(starts), chunk))
-    for j, s in enumerate(starts):
-        cover[j, s:s + window] = 1
-    frame = np.einsum("cwk,wt->ckt", probs, cover) / np.maximum(cover.sum(0), 1)
-    return np.stack([frame[c, k] for c, k in pairs])
+    return np.concatenate(probs)
+
+
+def taggram_map(loaded, xs, pairs, window: int, hop: int, batch: int = 64) -> list[np.ndarray]:
+    """[(T,) per pair]: sliding-window taggram at frame resolution. The model tags every
+    `window`-frame window of each input (a chunk or a whole track; starts 0, hop, 2 hop, ... and
+    one ending at the input's end, `chunking.sliding_window_starts`); a frame's value for tag k
+    is the mean probability of k over the windows that contain it. xs: (96, T_i) inputs (their
+    lengths may differ); pairs: (input, tag)."""
+    from tagger_jax.chunking import sliding_window_starts
+
+    starts = [sliding_window_starts(x.shape[-1], window, hop) for x in xs]
+    windows = np.stack([x[:, s:s + window] for x, st in zip(xs, starts) for s in st])
+    probs = windowed_probabilities(loaded, windows, batch)
+    frame, at = [], 0
+    for x, st in zip(xs, starts):
+        cover = np.zeros((len(st), x.shape[-1]))
+        for j, s in enumerate(st):
+            cover[j, s:s + window] = 1
+        frame.append(np.einsum("wk,wt->kt", probs[at:at + len(st)], cover) / cover.sum(0))
+        at += len(st)
+    return [frame[c][k] for c, k in pairs]
+
+
+def format_score_tables(rows: dict, names, heading: str) -> str:
+    """Markdown tables of `score_maps` rows ("all", then "detected"), one line per map."""
+    lines = [heading, ""]
+    for subset in ("all", "detected"):
+        n = rows[(subset, names[0])]["pairs"]
+        lines += [f"**{subset}** ({n} pairs)", "",
+                  "| map | pointing game | frame ROC-AUC | deletion: mean p (lower = better) |",
+                  "|---|---|---|---|"]
+        for name in names:
+            r = rows[(subset, name)]
+            lines.append(f"| {name} | {r['pointing']:.3f} | {r['auc']:.3f} | "
+                         f"{r['deletion']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def score_benchmark(loaded, args) -> str:
@@ -275,23 +354,185 @@ def score_benchmark(loaded, args) -> str:
     maps, probs, _, _ = frame_maps(loaded, xs, pairs, args)
     maps["energy"] = energy_map(xs, pairs)
     window = max(8, xs.shape[-1] // 4)
-    maps["taggram"] = taggram_map(loaded, xs, pairs, window, max(1, window // 4))
+    maps["taggram"] = np.stack(taggram_map(loaded, xs, pairs, window, max(1, window // 4)))
     curves = deletion_curves(loaded, xs, pairs, maps, args)
     rows = localisation_table(maps, masks, pairs, probs, curves)
-    lines = [f"`soundfont_tags` {args.split}: {len(xs)} clips, centre {xs.shape[-1]}-frame "
-             f"chunk, {len(pairs)} (clip, instrument) pairs sounding in part of the chunk only; "
-             f"taggram: {window}-frame windows, hop {max(1, window // 4)}.", ""]
-    for subset in ("all", "detected"):
-        n = rows[(subset, "random")]["pairs"]
-        lines += [f"**{subset}** ({n} pairs)", "",
-                  "| map | pointing game | frame ROC-AUC | deletion: mean p (lower = better) |",
-                  "|---|---|---|---|"]
-        for name in maps:
-            r = rows[(subset, name)]
-            lines.append(f"| {name} | {r['pointing']:.3f} | {r['auc']:.3f} | "
-                         f"{r['deletion']:.3f} |")
-        lines.append("")
-    return "\n".join(lines)
+    return format_score_tables(
+        rows, list(maps),
+        f"`soundfont_tags` {args.split}: {len(xs)} clips, centre {xs.shape[-1]}-frame "
+        f"chunk, {len(pairs)} (clip, instrument) pairs sounding in part of the chunk only; "
+        f"taggram: {window}-frame windows, hop {max(1, window // 4)}.")
+
+
+# Across a track: the maps `tagger-jax explain` writes for a whole clip, against its activity
+
+
+def explain_tracks(loaded, source, label: str, split: str, clips: int, out_dir: Path,
+                   methods=LOCALISATION_METHODS, ig_steps: int = 32, batch: int = 16,
+                   progress: bool = True):
+    """Explains the first `clips` records of a split with frame activity (`tag_mask`) over the
+    whole record, with the project's explain run (`tagger_jax.explain.runner.explain_inputs`,
+    default windows: consecutive chunks plus one ending at the end of the track, the maps
+    stitched on the track's frames, exactly what `tagger-jax explain` writes for a long file).
+    The tags explained for a record are those sounding in part of it only (`partial_tags`);
+    records without one are left out.
+
+    Results go to `out_dir` (NPZ + JSON per record; a rerun with the same model and settings
+    reuses them, as `explain` does). Returns (tracks, run report): per explained record a dict
+    with "index", "mask" (tags, T) uint8 and "res", the record's NPZ contents (`log_mel` (96, T),
+    stitched maps, `probabilities` (tags,) of the track, `chunk_starts`, ...).
+    """
+    import dataclasses
+
+    from tagger_jax import inference
+    from tagger_jax.explain import runner
+
+    feature = inference.Engine(loaded, batch_size=1).architecture.dataset_feature
+    items, masks = [], {}
+    for it in inference.source_inputs(source, feature, label, split, clips):
+        mask = np.asarray(source[it.meta["index"]]["tag_mask"], np.uint8)
+        ks = partial_tags(mask)
+        if len(ks):
+            masks[it.key] = mask
+            items.append(dataclasses.replace(
+                it, explain_tags=tuple(str(loaded.tags[k]) for k in ks)))
+    options = runner.ExplainOptions(methods=tuple(methods), ig_steps=ig_steps, plot=False,
+                                    report=False, batch_size=batch)
+    run = runner.explain_inputs(loaded, items, out_dir, options, progress=progress, log=None)
+    tracks = []
+    for it in items:
+        if it.name in run.failed:
+            continue
+        with np.load(Path(out_dir) / f"{it.key}.npz") as f:
+            res = {k: f[k] for k in f.files}
+        mask = masks[it.key]
+        if res["log_mel"].shape[-1] != mask.shape[-1]:
+            raise SystemExit(f"{it.name}: {res['log_mel'].shape[-1]} frames but the activity "
+                             f"has {mask.shape[-1]}")
+        tracks.append({"index": it.meta["index"], "name": it.name, "mask": mask, "res": res})
+    return tracks, run
+
+
+def track_pairs(tracks) -> list[tuple[int, int]]:
+    """(track, tag) pairs: every explained tag of every track (its partial tags)."""
+    return [(c, int(k)) for c, t in enumerate(tracks) for k in t["res"]["explained_tag_indices"]]
+
+
+def track_method_maps(tracks, pairs) -> dict[str, list[np.ndarray]]:
+    """{method: [(T,) stitched map per pair]} from the explain results: attention and rollout
+    (the same for every tag), the contribution map of the pair's tag, and the gradient maps'
+    time profiles (`*_time`, summed over mel bands: signed evidence per frame, as within a
+    chunk)."""
+    maps: dict[str, list[np.ndarray]] = {}
+    for c, k in pairs:
+        res = tracks[c]["res"]
+        j = list(res["explained_tag_indices"]).index(k)
+        for name in LOCALISATION_METHODS:
+            if name in ("attention", "rollout") and name in res:
+                maps.setdefault(name, []).append(res[name])
+            elif name == "contribution" and name in res:
+                maps.setdefault(name, []).append(res[name][k])
+            elif name + "_time" in res:
+                maps.setdefault(name, []).append(res[name + "_time"][j])
+    return maps
+
+
+def track_deletion_curves(loaded, xs, starts, pairs, maps, steps: int, chunk: int,
+                          batch: int = 64, progress: bool = True) -> dict[str, np.ndarray]:
+    """{name: (pairs, steps + 1)}: the track probability of the pair's tag (the mean over the
+    explain windows at `starts[c]` of the window probabilities, `inference.track_probabilities`)
+    as the top-ranked fractions 0, 1/steps, ..., 1 of the track's frames are replaced by the
+    track's dB floor. Identical deletions (maps shared by all tags, the empty and the full set)
+    are computed once."""
+    from tqdm import tqdm
+
+    requests: dict[tuple[int, bytes], int] = {}  # (track, deleted frames) -> row
+    where = {n: np.zeros((len(pairs), steps + 1), np.int64) for n in maps}
+    for p, (c, _) in enumerate(pairs):
+        length = xs[c].shape[-1]
+        counts = np.rint(np.linspace(0, length, steps + 1)).astype(int)
+        for n, m in maps.items():
+            order = np.argsort(-np.asarray(m[p], np.float64), kind="stable")
+            for i, count in enumerate(counts):
+                key = (c, np.sort(order[:count]).tobytes())
+                where[n][p, i] = requests.setdefault(key, len(requests))
+    keys = list(requests)
+    predict = sigmoid_fn(loaded)
+    probs = np.zeros((len(keys), len(loaded.tags)))
+    group = max(1, batch // max(len(s) for s in starts))  # deletions per model batch
+    for g in tqdm(range(0, len(keys), group), desc="track deletion", disable=not progress,
+                  unit="batch"):
+        windows, owner = [], []
+        for r, (c, frames) in enumerate(keys[g:g + group]):
+            y = xs[c].copy()
+            y[:, np.frombuffer(frames, np.int64)] = xs[c].min()
+            windows += [y[:, s:s + chunk] for s in starts[c]]
+            owner += [r] * len(starts[c])
+        out = windowed_probabilities(loaded, np.stack(windows), batch, predict)
+        owner = np.asarray(owner)
+        for r in range(len(keys[g:g + group])):
+            probs[g + r] = out[owner == r].astype(np.float64).mean(axis=0)
+    tags = np.array([k for _, k in pairs])
+    return {n: probs[w, tags[:, None]] for n, w in where.items()}
+
+
+def track_score_benchmark(loaded, args) -> str:
+    """Maps vs exact activity across whole `soundfont_tags` clips: each method's map stitched
+    by the explain run over the clip, the random, energy and sliding-window taggram baselines
+    on the same frames; pointing game, frame ROC-AUC, deletion of the track probability."""
+    from tagger_jax.datasets import ensure_built, load_split
+
+    data_dir = args.data_dir or loaded.config.data.data_dir
+    config = args.builder_config or None
+    ensure_built("soundfont_tags", data_dir, config)
+    source, tags = load_split("soundfont_tags", args.split, data_dir, config)
+    if tuple(tags) != tuple(loaded.tags):
+        raise SystemExit(f"model tags {loaded.tags} differ from soundfont_tags {tags}")
+    out_dir = Path(args.track_dir) / args.split
+    t0 = time.perf_counter()
+    tracks, run = explain_tracks(loaded, source, "soundfont_tags", args.split, args.clips,
+                                 out_dir, ig_steps=args.ig_steps, batch=args.batch)
+    print(f"explain: {len(run.done)} explained, {len(run.skipped)} reused from {out_dir}, "
+          f"{len(run.failed)} failed in {time.perf_counter() - t0:.0f} s", flush=True)
+    for name, error in run.failed.items():
+        print(f"  failed: {name}: {error}", flush=True)
+    pairs = track_pairs(tracks)
+    if not pairs:
+        raise SystemExit("no (clip, tag) pair sounds in part of a clip only")
+    xs = [t["res"]["log_mel"] for t in tracks]
+    maps = track_method_maps(tracks, pairs)
+    rng = np.random.default_rng(0)
+    maps["random"] = [rng.random(xs[c].shape[-1]) for c, _ in pairs]
+    maps["energy"] = [xs[c].mean(axis=0) for c, _ in pairs]
+    chunk = int(loaded.config.features.chunk_frames)
+    fine = max(8, chunk // 4)
+    maps["taggram"] = taggram_map(loaded, xs, pairs, fine, max(1, fine // 4))
+    maps["taggram (chunk windows)"] = taggram_map(loaded, xs, pairs, chunk, max(1, chunk // 4))
+    truth = [tracks[c]["mask"][k] for c, k in pairs]
+    detected = np.array([tracks[c]["res"]["probabilities"][k] > 0.5 for c, k in pairs])
+    curves = None
+    if args.track_deletion_steps > 0:
+        starts = [t["res"]["chunk_starts"] for t in tracks]
+        curves = track_deletion_curves(loaded, xs, starts, pairs, maps,
+                                       args.track_deletion_steps, chunk, batch=64)
+        gap = max(abs(curves["random"][p, 0] - tracks[c]["res"]["probabilities"][k])
+                  for p, (c, k) in enumerate(pairs))
+        print(f"deletion curves start at the explain run's track probabilities "
+              f"(max difference {gap:.1e})", flush=True)
+    rows = score_maps(maps, truth, detected, curves)
+    lengths = sorted({x.shape[-1] for x in xs})
+    windows = sorted({len(t["res"]["chunk_starts"]) for t in tracks})
+    share = np.mean([t.mean() for t in truth])
+    print(f"track scoring done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return format_score_tables(
+        rows, list(maps),
+        f"`soundfont_tags` {args.split}: {len(tracks)} whole clips ({'/'.join(map(str, lengths))}"
+        f" frames, {'/'.join(map(str, windows))} explain windows of {chunk} frames), "
+        f"{len(pairs)} (clip, instrument) pairs sounding in part of the clip only (on average "
+        f"in {share:.0%} of its frames); taggram: {fine}-frame windows, hop {max(1, fine // 4)};"
+        f" taggram (chunk windows): {chunk}-frame windows, hop {max(1, chunk // 4)}; deletion: "
+        + (f"{args.track_deletion_steps} steps of the track probability."
+           if curves is not None else "not run."))
 
 
 # Faithfulness of what is heard (auralisation, tagger_jax.explain.auralise)
@@ -678,6 +919,13 @@ def main(argv=None) -> int:
                    help="score the maps and their baselines against the exact instrument activity "
                         "of soundfont_tags (a model trained on it: --checkpoint) and stop")
     p.add_argument("--builder-config", default="", help="soundfont_tags config (--against-score)")
+    p.add_argument("--track", action="store_true",
+                   help="with --against-score: score the maps `explain` stitches over each whole "
+                        "clip against its activity, instead of the centre chunk's")
+    p.add_argument("--track-dir", default=str(ROOT / "runs" / "explanations_track"),
+                   help="--track: where the explain run writes (and reuses) its results")
+    p.add_argument("--track-deletion-steps", type=int, default=4,
+                   help="--track: deletion steps of the track probability (0: no deletion)")
     p.add_argument("--clips", type=int, default=100)
     p.add_argument("--batch", type=int, default=16, help="clips per device batch")
     p.add_argument("--ig-steps", type=int, default=32)
@@ -706,7 +954,8 @@ def main(argv=None) -> int:
         if not args.checkpoint:
             raise SystemExit("--against-score needs --checkpoint (a model trained on "
                              "soundfont_tags)")
-        text = score_benchmark(load_model(args.checkpoint), args)
+        loaded = load_model(args.checkpoint)
+        text = (track_score_benchmark if args.track else score_benchmark)(loaded, args)
         print(text)
         if args.json:
             Path(args.json).write_text(json.dumps({"against_score": text}))

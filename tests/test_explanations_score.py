@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import explanations as bench  # noqa: E402
@@ -54,3 +55,161 @@ def test_interleaved_seconds_time_every_call_per_round():
     calls = {"a": (lambda: np.zeros(3), 2), "b": (lambda: time.sleep(0.01), 1)}
     got = bench.interleaved_seconds(calls, rounds=3)
     assert [len(v) for v in got.values()] == [3, 3] and min(got["b"]) >= 0.01
+
+
+# Scoring shared by the chunk and the track level ------------------------------------------------
+
+
+def test_score_maps_hand_made_cases_and_sklearn_loop():
+    from sklearn.metrics import roc_auc_score
+
+    truth = [np.array([0, 0, 1, 1, 1, 0, 0, 0]), np.array([1, 1, 0, 0, 0, 0]),
+             np.array([0, 1, 0, 1, 0, 0, 0, 0, 0, 1])]  # lengths differ, as tracks may
+    rng = np.random.default_rng(1)
+    noisy = [t + rng.normal(0, 0.8, len(t)) for t in truth]
+    maps = {"exact": [t.astype(float) for t in truth],
+            "constant": [np.full(len(t), 0.3) for t in truth],
+            "inverse": [1.0 - t for t in truth], "noisy": noisy}
+    detected = np.array([True, False, True])
+    curves = {n: np.arange(9, dtype=float).reshape(3, 3) for n in maps}
+    rows = bench.score_maps(maps, truth, detected, curves)
+    assert rows[("all", "exact")]["pointing"] == 1 and rows[("all", "exact")]["auc"] == 1
+    assert rows[("all", "inverse")]["pointing"] == 0 and rows[("all", "inverse")]["auc"] == 0
+    assert rows[("all", "constant")]["auc"] == 0.5
+    # A constant map ties everywhere: it points at the tag's share of the frames.
+    np.testing.assert_allclose(rows[("all", "constant")]["pointing"],
+                               np.mean([t.mean() for t in truth]))
+    for subset, idx in (("all", [0, 1, 2]), ("detected", [0, 2])):
+        r = rows[(subset, "noisy")]
+        assert r["pairs"] == len(idx)
+        np.testing.assert_allclose(r["auc"], np.mean([roc_auc_score(truth[i], noisy[i])
+                                                      for i in idx]))
+        np.testing.assert_allclose(r["pointing"],
+                                   np.mean([truth[i][np.argmax(noisy[i])] for i in idx]))
+        np.testing.assert_allclose(r["deletion"], curves["noisy"][idx].mean())
+        np.testing.assert_allclose(r["probability"], curves["noisy"][idx, 0].mean())
+    assert np.isnan(bench.score_maps(maps, truth, detected)[("all", "noisy")]["deletion"])
+    empty = bench.score_maps(maps, truth, np.zeros(3, bool))[("detected", "exact")]
+    assert empty["pairs"] == 0 and np.isnan(empty["auc"])
+    # The chunk table is the same function on (clips, tags, chunk) masks.
+    masks = np.stack([np.stack([truth[0], 1 - truth[0]])] * 2)  # (2 clips, 2 tags, 8)
+    pairs = [(0, 0), (1, 1)]
+    probs = np.array([[0.9, 0.1], [0.2, 0.4]])
+    chunk_maps = {"m": np.stack([noisy[0], noisy[0]])}
+    got = bench.localisation_table(chunk_maps, masks, pairs, probs,
+                                   {"m": np.ones((2, 3))})
+    want = bench.score_maps({"m": list(chunk_maps["m"])}, [masks[0, 0], masks[1, 1]],
+                            np.array([True, False]), {"m": np.ones((2, 3))})
+    assert got == want and got[("detected", "m")]["pairs"] == 1
+    with np.testing.assert_raises(ValueError):
+        bench.score_maps({"m": maps["exact"][:2]}, truth, detected)
+
+
+def test_partial_tags_and_centre_chunks():
+    mask = np.zeros((4, 20), np.uint8)
+    mask[1] = 1
+    mask[2, 3:7] = 1
+    mask[3, 15:] = 1
+    np.testing.assert_array_equal(bench.partial_tags(mask), [2, 3])
+    source = [{"mel": np.arange(96 * 20, dtype=np.float32).reshape(96, 20), "tag_mask": mask}]
+    xs, masks, pairs = bench.centre_chunks(source, clips=5, chunk=8)  # frames 6..13
+    assert xs.shape == (1, 96, 8) and xs[0, 0, 0] == 6 and pairs == [(0, 2)]
+
+
+def test_track_deletion_curves_against_a_loop():
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(-30, 10, (96, 23)).astype(np.float32),
+          rng.normal(-30, 10, (96, 17)).astype(np.float32)]
+    model = types.SimpleNamespace(apply=lambda v, x: jnp.stack(
+        [x[:, 8 * k:8 * k + 8].mean(axis=(1, 2)) / 10 + 3 for k in range(3)], axis=1))
+    loaded = types.SimpleNamespace(model=model, variables={}, tags=("a", "b", "c"))
+    starts = [np.array([0, 8, 15]), np.array([0, 9])]
+    pairs = [(0, 1), (1, 2), (0, 0)]
+    maps = {"r": [rng.random(x.shape[-1]) for x in (xs[0], xs[1], xs[0])],
+            "shared": [xs[0].mean(0), xs[1].mean(0), xs[0].mean(0)]}
+    got = bench.track_deletion_curves(loaded, xs, starts, pairs, maps, steps=3, chunk=8,
+                                      batch=4, progress=False)
+    for name, m in maps.items():
+        for p, (c, k) in enumerate(pairs):
+            x = xs[c].astype(np.float64)
+            order = np.argsort(-m[p], kind="stable")
+            for i, count in enumerate(np.rint(np.linspace(0, x.shape[-1], 4)).astype(int)):
+                y = x.copy()
+                y[:, order[:count]] = x.min()
+                want = np.mean([1 / (1 + np.exp(-(y[8 * k:8 * k + 8, s:s + 8].mean() / 10 + 3)))
+                                for s in starts[c]])
+                np.testing.assert_allclose(got[name][p, i], want, rtol=1e-5)
+
+
+@pytest.mark.slow  # 30 s of CPU: compiles the explain run for a tiny model
+def test_track_maps_are_the_explain_runs_stitched_windows(tmp_path):
+    """Track-level assembly: the benchmark's maps for a whole record are what the explain run
+    stitches, checked against the model run window by window here and averaged by hand."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from model_helpers import save_tiny_model
+
+    from tagger_jax.checkpoint import load_model
+    from tagger_jax.explain import methods as M
+
+    tags = ["a", "b", "c"]
+    loaded = load_model(save_tiny_model(tmp_path / "model", tags))
+    rng = np.random.default_rng(0)
+    mask = np.zeros((3, 150), np.uint8)
+    mask[0, 20:90] = 1  # partial
+    mask[1] = 1  # everywhere: not explained
+    mask[2, 100:] = 1  # partial
+    source = [{"mel": rng.normal(-40, 12, (96, 150)).astype(np.float32), "tag_mask": mask,
+               "tags": np.array([1, 1, 1], np.uint8)},
+              {"mel": rng.normal(-40, 12, (96, 150)).astype(np.float32),
+               "tag_mask": np.ones((3, 150), np.uint8), "tags": np.ones(3, np.uint8)}]
+    methods = ("attention", "contribution")  # gradients: test_track_method_maps_pick_...
+    tracks, run = bench.explain_tracks(loaded, source, "toy", "test", 5, tmp_path / "out",
+                                       methods=methods, batch=4, progress=False)
+    assert len(tracks) == 1 and not run.failed  # the second record has no partial tag
+    pairs = bench.track_pairs(tracks)
+    assert pairs == [(0, 0), (0, 2)]
+    maps = bench.track_method_maps(tracks, pairs)
+    # `explain`'s default windows on 150 frames of 64-frame chunks: 0, 64 and one ending at 150.
+    x = source[0]["mel"]
+    total = {m: np.zeros((3, 150)) for m in methods}
+    count = np.zeros(150)
+    starts = (0, 64, 86)
+    out = M.explain(loaded.model, loaded.variables, np.stack([x[:, s:s + 64] for s in starts]),
+                    methods=methods)
+    for w, s in enumerate(starts):
+        total["attention"][:, s:s + 64] += np.asarray(out["attention"])[w, 1:]
+        total["contribution"][:, s:s + 64] += np.asarray(out["contribution"])[w, :, 1:]
+        count[s:s + 64] += 1
+    for p, (_, k) in enumerate(pairs):
+        np.testing.assert_allclose(maps["attention"][p], total["attention"][0] / count,
+                                   rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(maps["contribution"][p], total["contribution"][k] / count,
+                                   rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(tracks[0]["mask"], mask)
+    np.testing.assert_allclose(tracks[0]["res"]["log_mel"], x)
+    # A second run reuses the explain results (as `explain` does).
+    _, again = bench.explain_tracks(loaded, source, "toy", "test", 5, tmp_path / "out",
+                                    methods=methods, batch=4, progress=False)
+    assert again.skipped and not again.done
+
+
+def test_track_method_maps_pick_each_pairs_tag():
+    """Contribution maps cover every tag (index by tag); gradient maps only the explained tags
+    (index by position in the explained list); attention is shared."""
+    t = 7
+    res = {"explained_tag_indices": np.array([3, 1]), "attention": np.arange(t, dtype=float),
+           "rollout": -np.arange(t, dtype=float),
+           "contribution": np.arange(5 * t, dtype=float).reshape(5, t),
+           "grad_x_input_time": np.stack([np.full(t, 30.0), np.full(t, 10.0)]),
+           "integrated_gradients_time": np.stack([np.full(t, 3.0), np.full(t, 1.0)])}
+    tracks = [{"res": res}, {"res": dict(res, explained_tag_indices=np.array([0]))}]
+    pairs = bench.track_pairs(tracks)
+    assert pairs == [(0, 3), (0, 1), (1, 0)]
+    maps = bench.track_method_maps(tracks, pairs)
+    assert list(maps) == list(bench.LOCALISATION_METHODS)
+    for p, (c, k) in enumerate(pairs):
+        np.testing.assert_array_equal(maps["contribution"][p], res["contribution"][k])
+        np.testing.assert_array_equal(maps["attention"][p], res["attention"])
+        np.testing.assert_array_equal(maps["rollout"][p], res["rollout"])
+    assert [m[0] for m in maps["grad_x_input"]] == [30.0, 10.0, 30.0]
+    assert [m[0] for m in maps["integrated_gradients"]] == [3.0, 1.0, 3.0]
