@@ -75,9 +75,14 @@ def resolve_bank(bank: str | os.PathLike, for_training: bool = False) -> Path:
     if not path.is_file():
         raise BankError(f"bank {text!r}: {path} does not exist")
     with open(path, "rb") as f:
-        head = f.read(12)
+        head = f.read(1024)
     if head[:4] != b"RIFF" or head[8:12] != b"sfbk":
         raise BankError(f"bank {text!r}: {path} is not a SoundFont 2 file")
+    version = head.find(b"ifil")  # the INFO list's version chunk: major, minor (little-endian)
+    if version >= 0 and int.from_bytes(head[version + 8:version + 10], "little") >= 3:
+        raise BankError(f"bank {text!r}: {path} is a SoundFont 3 (.sf3, Ogg-compressed samples), "
+                        "which the renderer does not read; convert it to .sf2 (e.g. with "
+                        "Polyphone) or pick another bank")
     if for_training and any(r in path.name.lower() for r in RESERVED):
         raise BankError(f"bank {text!r}: {path.name} is reserved for evaluation outside the "
                         "project; train on another bank")

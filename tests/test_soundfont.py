@@ -101,6 +101,16 @@ def test_banks(tmp_path):
     assert soundfont.resolve_bank(reserved) == reserved  # allowed as an unseen bank
     with pytest.raises(soundfont.BankError, match="reserved"):
         soundfont.resolve_bank(reserved, for_training=True)
+    sf3 = tmp_path / "MuseScore_General.sf3"  # a RIFF sfbk whose INFO version is 3.1
+    sf3.write_bytes(b"RIFF\x00\x00\x00\x00sfbkLIST\x00\x00\x00\x00INFOifil\x04\x00\x00\x00"
+                    b"\x03\x00\x01\x00")
+    with pytest.raises(soundfont.BankError, match=r"MuseScore_General.sf3 is a SoundFont 3"):
+        soundfont.resolve_bank(sf3)
+    sf2 = tmp_path / "mine.sf2"
+    sf2.write_bytes(sf3.read_bytes().replace(b"ifil\x04\x00\x00\x00\x03", b"ifil\x04\x00\x00\x00\x02"))
+    assert soundfont.resolve_bank(sf2) == sf2
+    for name in soundfont.BANKS:  # the shipped banks are version 2
+        assert soundfont.resolve_bank(name).suffix == ".sf2"
     assert soundfont.bank_name("merlin") == "merlin"
     assert soundfont.bank_name("/x/My Bank.sf2") == "my_bank"
 
