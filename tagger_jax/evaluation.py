@@ -272,22 +272,22 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | os.PathLike, title: 
 # --------------------------------------------------------------------------------------------
 
 def check_tags(model_tags: Sequence[str], data_tags: Sequence[str], model_dir: Any,
-               dataset: str) -> None:
-    """Refuses to score a model whose output columns do not name the dataset's tags in order."""
+               dataset: str) -> np.ndarray | None:
+    """The dataset's label columns in the model's tag order: None when both lists are equal,
+    else int indices `order` with data_tags[order] == model_tags (the same tags listed in
+    another order, e.g. an `audio_folder` CSV's `tags` column, ordered by frequency). Raises
+    EvaluationError naming the differing tags when the two sets differ."""
     model_tags, data_tags = [str(t) for t in model_tags], [str(t) for t in data_tags]
     if model_tags == data_tags:
-        return
-    if sorted(model_tags) == sorted(data_tags):
-        first = next(i for i, (a, b) in enumerate(zip(model_tags, data_tags)) if a != b)
-        detail = (f"the same {len(model_tags)} tags in a different order (first difference at "
-                  f"position {first}: {model_tags[first]!r} vs {data_tags[first]!r})")
-    else:
-        only_model = [t for t in model_tags if t not in set(data_tags)][:5]
-        only_data = [t for t in data_tags if t not in set(model_tags)][:5]
-        detail = (f"{len(model_tags)} model tags vs {len(data_tags)} dataset tags; only in the "
-                  f"model: {only_model}; only in the dataset: {only_data}")
+        return None
+    if sorted(model_tags) == sorted(data_tags) and len(set(model_tags)) == len(model_tags):
+        return np.asarray([data_tags.index(t) for t in model_tags])
+    only_model = [t for t in model_tags if t not in set(data_tags)][:5]
+    only_data = [t for t in data_tags if t not in set(model_tags)][:5]
+    detail = (f"{len(model_tags)} model tags vs {len(data_tags)} dataset tags; only in the "
+              f"model: {only_model}; only in the dataset: {only_data}")
     raise EvaluationError(f"{model_dir}: the model's tags do not match dataset {dataset!r}: "
-                          f"{detail}. Evaluate on the dataset the model was trained for.")
+                          f"{detail}. Evaluate on a dataset labelled with the model's tags.")
 
 
 FEATURE_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "log_scale")
@@ -354,7 +354,10 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
                                                 builder_config=builder_config)
     except (FileNotFoundError, ValueError) as e:  # not built, unknown name or split
         raise EvaluationError(f"cannot open {dataset}/{split} in {data_dir}: {e}") from e
-    check_tags(loaded.tags, data_tags, loaded.directory, dataset)
+    order = check_tags(loaded.tags, data_tags, loaded.directory, dataset)
+    if order is not None and print_fn is not None and jax.process_index() == 0:
+        print_fn(f"note: {dataset} lists the model's {len(order)} tags in another order; its "
+                 "labels are read in the model's order")
     _warn_on_feature_mismatch(datasets, dataset, data_dir, builder_config, cfg.features)
 
     # The split's records through the one inference path, on this process's devices; each
@@ -374,6 +377,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
         probs, labels, clip_index = predict_split(
             items, plan, engine.geometry, engine.packer(engine.predict_fn()), len(loaded.tags),
             workers=engine.load_workers, on_input=lambda: bar.update(1))
+    if order is not None:
+        labels = labels[:, order]
     metrics = tag_metrics(probs, labels, loaded.tags)
 
     if out_dir is None:
