@@ -229,7 +229,11 @@ def report_path(builder: tfds.core.DatasetBuilder) -> Path:
 
 
 def split_sizes(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
-    return {s: builder.info.splits[s].num_examples for s in SPLITS if s in builder.info.splits}
+    """Clips per split: train / validation / test first, then the builder's extra splits
+    (`test_<bank>`, an audio_folder CSV's other split values) in their stored order."""
+    names = [s for s in SPLITS if s in builder.info.splits]
+    names += [s for s in builder.info.splits if s not in names]
+    return {s: builder.info.splits[s].num_examples for s in names}
 
 
 __all__: Sequence[str] = ("get_builder", "build", "ensure_built", "tag_names", "load_split",
