@@ -34,7 +34,7 @@ from tagger_jax import checkpointing, optimizers, sharding, validation
 from tagger_jax import workdir as wd
 from tagger_jax.checkpointing import CorruptCheckpointError, read_checkpoint  # noqa: F401
 from tagger_jax.metric_writer import MetricWriter
-from tagger_jax.models import build_model, input_shape
+from tagger_jax.models import build_model, get_architecture, input_shape
 from tagger_jax.preemption import Preemption
 from tagger_jax.progress import Progress
 from tagger_jax.train_data import TestSplit, TrainData, load_data
@@ -76,11 +76,15 @@ def end_of_epoch(state: TrainState, schedule: optimizers.PlateauState, metric: f
 def frame_loss_weight(config: Any) -> float:
     """`train.frame_loss_weight`, checked against `model.frame_head` (each needs the other).
 
-    Raises ValueError naming both fields when one is set without the other."""
+    Raises ValueError naming both fields when one is set without the other, or when the
+    architecture has no frame positions (only log-mel attention models, i.e. pons_won)."""
     weight = float(config.train.frame_loss_weight)
     if weight < 0 or bool(config.model.frame_head) != (weight > 0):
         raise ValueError(f"model.frame_head={config.model.frame_head} needs train."
                          f"frame_loss_weight > 0 and vice versa (got {weight})")
+    arch = get_architecture(config.model)
+    if weight > 0 and (arch.waveform or arch.module != "attention"):
+        raise ValueError(f"model.frame_head: {arch.name} has no frame head (pons_won only)")
     return weight
 
 
@@ -107,6 +111,7 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
     wd.check_or_write_config(config, workdir)
     checkpointing.barrier("config")
     t = config.train
+    loss_weight = frame_loss_weight(config)  # before the data: a bad pair fails at once
     progress = Progress(bool(t.progress_bar))
     mesh = sharding.make_mesh()
     if data is None:
@@ -122,7 +127,7 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
     state = init_train_state(model, tx, input_shape(config.model, config.features.chunk_frames),
                              seed=int(t.seed), prng_impl=t.prng_impl, mesh=mesh)
     train_step = make_train_step(model, tx, prng_impl=t.prng_impl, mesh=mesh,
-                                 frame_loss_weight=frame_loss_weight(config))
+                                 frame_loss_weight=loss_weight)
     evaluate_split = validation.make_evaluate(model, config, mesh, data.tag_names)
 
     def evaluate(variables, source, split, desc):

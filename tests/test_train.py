@@ -546,3 +546,6 @@ def test_frame_loss_adds_the_weighted_frame_cross_entropy():
     config.model.frame_head, config.train.frame_loss_weight = False, 1.0
     with pytest.raises(ValueError, match="frame_head=False needs"):
         train_lib.frame_loss_weight(config)
+    config.model.frame_head, config.model.architecture = True, "pons_pons"
+    with pytest.raises(ValueError, match="pons_pons has no frame head"):
+        train_lib.frame_loss_weight(config)

@@ -52,7 +52,8 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
 
 MODEL_FIELDS = ("architecture", "conv_channels", "attention_channels", "attention_layers",
                 "attention_heads", "intermediate", "attention_dropout", "hidden_dropout",
-                "classifier_dropout", "cls_token", "positions", "max_positions", "frame_head", "dtype")
+                "classifier_dropout", "cls_token", "positions", "max_positions", "frame_head",
+                "dtype")
 
 
 def model_fields(model_config: Mapping[str, Any]) -> Mapping[str, Any]:
