@@ -7,6 +7,7 @@ fixture is constructed, not recomputed with the builders' own helpers.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import pickle
@@ -560,6 +561,47 @@ def test_audio_folder_extra_splits(folder, tmp_path):
     assert [s["path"] for s in datasets.build_report(b)["segments"]] == ["songs/bad.wav"]
     with pytest.raises(ValueError, match="no split 'other'"):
         datasets.load_split("audio_folder", "other", tmp_path / "d", config)
+
+
+def _small_folder(root: Path, tags: tuple[str, ...]) -> Path:
+    for k, tag in enumerate(tags):
+        _tone(root / f"s{k}.wav", 0.2, 330 * (k + 1))
+    (root / "tags.csv").write_text("path,tags,split\n" + "".join(
+        f"s{k}.wav,{tag},{split}\n" for k, (tag, split) in
+        enumerate(zip(tags, ("train", "valid", "test")))))
+    return root
+
+
+def test_audio_folder_refuses_to_reuse_a_build_from_another_source(tmp_path, capsys):
+    """A build records its manual dir and CSV fingerprint; the same source is reused (and said
+    so), another manual dir or a changed CSV fails with one line naming both sources."""
+    first = _small_folder(tmp_path / "one", ("rock", "jazz", "rock"))
+    other = _small_folder(tmp_path / "two", ("pop", "pop", "folk"))
+    b = datasets.build("audio_folder", tmp_path / "d", manual_dir=first, num_workers=1)
+    recorded = b.info.metadata["built_from"]
+    text = (first / "tags.csv").read_bytes()
+    assert recorded["manual_dir"] == str(first.resolve())
+    assert recorded["csv"] == str((first / "tags.csv").resolve())
+    assert recorded["csv_bytes"] == len(text)
+    assert recorded["csv_sha256"] == hashlib.sha256(text).hexdigest()
+    capsys.readouterr()
+
+    again = datasets.build("audio_folder", tmp_path / "d", manual_dir=first, num_workers=1)
+    assert "reusing the existing build audio_folder/default 1.0.0" in capsys.readouterr().out
+    assert datasets.tag_names(again) == ("rock", "jazz")
+    with pytest.raises(ValueError) as info:
+        datasets.build("audio_folder", tmp_path / "d", manual_dir=other, num_workers=1)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(first.resolve()) in message and str(other.resolve()) in message
+    assert "another --data-dir" in message and "--overwrite" in message
+    with pytest.raises(ValueError, match="another --data-dir"):  # training's path too
+        datasets.ensure_built("audio_folder", tmp_path / "d", manual_dir=other)
+    (first / "tags.csv").write_text(text.decode().replace("s2.wav,rock", "s2.wav,jazz"))
+    with pytest.raises(ValueError, match="this run asks for"):
+        datasets.build("audio_folder", tmp_path / "d", manual_dir=first, num_workers=1)
+    assert datasets.tag_names(datasets.get_builder("audio_folder", tmp_path / "d")) == (
+        "rock", "jazz")  # the old build is untouched
 
 
 # ----------------------------------------------------------------------------------- synthetic

@@ -62,6 +62,9 @@ def build(name: str, data_dir: str | os.PathLike,
     An interrupted build of a downloaded dataset resumes when run again (`resume`): the clips
     already decoded are taken from `<data_dir>/downloads/tagger_jax_resume/`.
 
+    Reusing a build made from another source (`audio_folder` from another manual directory or a
+    changed CSV) raises a one-line ValueError naming both sources; reuse is announced on stdout.
+
     Builds into one `data_dir` are serialised by a lock on it (`outputs.exclusive`): a second
     run prints whom it waits for, waits, then finds the dataset built and opens it.
     """
@@ -80,6 +83,9 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
         shutil.rmtree(builder.data_dir)
         builder = get_builder(name, data_dir, builder_config, num_workers, resume)
     if builder.is_prepared():
+        _check_reuse(name, builder, manual_dir)
+        print(f"reusing the existing build {_label(builder)} in {builder.data_dir} (--overwrite "
+              "rebuilds it)", flush=True)
         return builder
     manual = _expand(manual_dir)
     if manual and not Path(manual).is_dir():
@@ -93,6 +99,27 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
     if name not in SELF_CONTAINED:  # synthesised, not decoded: nothing to warn about
         print(warnings_summary(builder), flush=True)
     return builder
+
+
+def _label(builder: tfds.core.DatasetBuilder) -> str:
+    config = builder.builder_config.name if builder.builder_config else "default"
+    return f"{builder.name}/{config} {builder.version}"
+
+
+def _check_reuse(name: str, builder: tfds.core.DatasetBuilder,
+                 manual_dir: str | os.PathLike | None) -> None:
+    """Raises a one-line ValueError when the prepared `builder` was built from another source
+    than `manual_dir` (the builder class's `reuse_conflict`), naming both and what to do."""
+    cls = tfds.builder_cls(name)
+    if not issubclass(cls, TaggingBuilder):
+        return
+    conflict = cls.reuse_conflict(dict(builder.info.metadata or {}), _expand(manual_dir),
+                                  builder.builder_config)
+    if conflict:
+        raise ValueError(
+            f"{_label(builder)} in {builder.data_dir} was {conflict}; build into another "
+            f"--data-dir, or remove the old build (build-dataset --overwrite, or delete "
+            f"{builder.data_dir})")
 
 
 class _DropVariantWarnings(logging.Filter):
@@ -147,6 +174,7 @@ def ensure_built(name: str, data_dir: str | os.PathLike,
     """
     builder = get_builder(name, data_dir, builder_config, num_workers)
     if builder.is_prepared():
+        _check_reuse(name, builder, manual_dir)
         return builder
     if name in SELF_CONTAINED or manual_dir:
         return build(name, data_dir, builder_config, manual_dir, num_workers)

@@ -142,6 +142,14 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
 
         return epath.Path(sys.modules[cls.__module__].__file__)
 
+    @classmethod
+    def reuse_conflict(cls, metadata: dict[str, Any], manual_dir: str | os.PathLike | None,
+                       builder_config: Any = None) -> str | None:
+        """Why an existing build (its saved `metadata`) must not be reused for a build asked
+        from `manual_dir` with `builder_config`: a phrase naming both sources, or None (reuse).
+        Builders whose source a user chooses (`audio_folder`) override this."""
+        return None
+
     def _has_tag_mask(self) -> bool:
         return False
 

@@ -27,13 +27,21 @@ set at build time:
 The tag vocabulary is derived from the CSV (tags column: most frequent first, ties alphabetical;
 0/1 columns: column order) and saved with the dataset (`tag_names`, `tags.txt`). Files that are
 missing or cannot be decoded are skipped and listed in `skipped_files.tsv`.
+
+The metadata records what the build came from (`built_from`: the manual directory's resolved
+path and the CSV's path, size, modification time and SHA-256). Asking for the same dataset in the
+same data directory from another manual directory, or after the CSV changed, is refused
+(`AudioFolder.reuse_conflict`) instead of silently reusing the old build.
 """
 from __future__ import annotations
 
 import collections
 import csv
 import dataclasses
+import hashlib
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -84,6 +92,28 @@ def _find_csv(root: Path, name: str) -> Path:
             f"{root}: expected exactly one *.csv with the tags, found {[p.name for p in found]}; "
             "name it with --set csv=FILE.csv")
     return found[0]
+
+
+def source_record(manual_dir: Path, csv_path: Path) -> dict[str, Any]:
+    """What a build reads, cheaply fingerprinted: {"manual_dir", "csv" (resolved paths),
+    "csv_bytes", "csv_mtime_ns", "csv_sha256"}. The audio files are not hashed (they are many and
+    large); a changed CSV or another manual directory is what this detects."""
+    csv_path = csv_path.resolve()
+    stat = csv_path.stat()
+    return {"manual_dir": str(manual_dir.resolve()), "csv": str(csv_path),
+            "csv_bytes": stat.st_size, "csv_mtime_ns": stat.st_mtime_ns,
+            "csv_sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest()}
+
+
+def _same_csv(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
+    return (recorded.get("csv") == current["csv"]
+            and recorded.get("csv_bytes") == current["csv_bytes"]
+            and recorded.get("csv_sha256") == current["csv_sha256"])
+
+
+def _describe(record: dict[str, Any]) -> str:
+    return (f"{record.get('manual_dir')} (CSV {record.get('csv')}, {record.get('csv_bytes')} "
+            f"bytes, sha256 {str(record.get('csv_sha256'))[:12]})")
 
 
 def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[str]]:
@@ -189,6 +219,31 @@ class AudioFolder(TaggingBuilder):
     DEFAULT_CONFIG_NAME = "default"
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
 
+    @classmethod
+    def reuse_conflict(cls, metadata: dict[str, Any], manual_dir: str | os.PathLike | None,
+                       builder_config: Any = None) -> str | None:
+        """Why an existing build (its `metadata`) must not stand for a build from `manual_dir`:
+        a phrase naming both sources, or None when the sources match (or no
+        manual directory is asked for). A build from before `built_from` was recorded is accepted
+        (nothing to compare). Its CSV is the one `builder_config.csv` names, else the one the
+        old build read."""
+        recorded = metadata.get("built_from")
+        if not manual_dir or not recorded:
+            return None
+        root = Path(manual_dir).resolve()
+        name = getattr(builder_config, "csv", None)
+        try:
+            csv_path = (_find_csv(root, name) if name is not None
+                        else Path(recorded["csv"]) if root == Path(recorded["manual_dir"])
+                        else _find_csv(root, ""))
+            current = source_record(root, csv_path)
+        except (FileNotFoundError, OSError) as e:
+            current = {"manual_dir": str(root), "csv": f"unreadable: {e}", "csv_bytes": None,
+                       "csv_sha256": None}
+        if current["manual_dir"] == recorded.get("manual_dir") and _same_csv(recorded, current):
+            return None
+        return f"built from {_describe(recorded)}, but this run asks for {_describe(current)}"
+
     def _split_generators(self, dl_manager):
         config = self.builder_config
         root = Path(dl_manager.manual_dir)
@@ -219,6 +274,7 @@ class AudioFolder(TaggingBuilder):
             raise ValueError(f"{csv_path}: no clips in split(s) {empty}; every dataset needs "
                              "train, validation and test clips")
         self._note("source", csv_path.name)
+        self._note("built_from", source_record(root, csv_path))
         self._note("dropped_untagged", dropped)
         self._note("extra_splits", list(self._extra_splits))
         return {s: self._generate_examples(s, items[s]) for s in self._split_names()}
