@@ -273,19 +273,37 @@ def _wav_declared_frames(p: Path) -> int | None:
         return None
 
 
-def _decode_soundfile(p: Path, mpeg: bool = False) -> Decoded:
-    """libsndfile, read exactly as `librosa.load` does (`SoundFile.read(frames=-1, float32)`);
-    for mp3 that is not bit-identical to `soundfile.read`, which reads a pre-counted number of
-    frames. The path goes in as bytes, so names that are not UTF-8 open too.
+def _is_mpeg(p: Path, fmt: str | None) -> bool:
+    """Whether libsndfile will hand `p` to mpg123 (whose notes go to fd 2, `_mpg123_messages`)."""
+    return fmt == "MP3" or p.suffix.lower() in MPEG_SUFFIXES
+
+
+def _open_soundfile(p: Path, mpeg: bool, problems: list[str]):
+    """`soundfile.SoundFile` of `p`, or the exception libsndfile raised. Each open of an mp3 makes
+    mpg123 scan the whole file (and print notes such as "Xing stream size off by more than 1%"
+    on a truncated one), so callers open a file once and pass the handle on; the notes of the
+    open are captured into `problems`. The path goes in as bytes, so names that are not UTF-8
+    open too."""
+    import soundfile as sf
+
+    try:
+        with _mpg123_messages(problems) if mpeg else contextlib.nullcontext():
+            return sf.SoundFile(os.fsencode(p))
+    except Exception as e:  # libsndfile: unknown format or corrupt data
+        return e
+
+
+def _read_soundfile(p: Path, f, mpeg: bool, problems: list[str]) -> Decoded:
+    """Reads the open SoundFile `f` of `p` whole and closes it, exactly as `librosa.load` does
+    (`SoundFile.read(frames=-1, float32)`); for mp3 that is not bit-identical to
+    `soundfile.read`, which reads a pre-counted number of frames.
 
     `mpeg`: libsndfile's mpg123 prints its notes on damaged frames ("Illegal Audio-MPEG-Header",
     "Trying to resync", "Skipped N bytes") straight to file descriptor 2; they are captured
-    (`_mpg123_messages`) and become the `damaged_data` warning instead of unexplained lines."""
-    import soundfile as sf
-
-    problems: list[str] = []
+    (`_mpg123_messages`) into `problems` and become the `damaged_data` warning instead of
+    unexplained lines."""
     with _mpg123_messages(problems) if mpeg else contextlib.nullcontext():
-        with sf.SoundFile(os.fsencode(p)) as f:
+        with f:
             rate, declared = f.samplerate, f.frames
             y = f.read(frames=-1, dtype="float32", always_2d=True).T
     wav_frames = _wav_declared_frames(p)
@@ -402,10 +420,19 @@ def decode(path: str | os.PathLike) -> Decoded:
     file of a known format, or a file that is no recognised audio at all.
     """
     p = _check_file(path)
-    d = display_path(p)
     fmt = sniff_format(p)
+    mpeg, problems = _is_mpeg(p, fmt), []
+    return _decode_opened(p, fmt, _open_soundfile(p, mpeg, problems), problems)
+
+
+def _decode_opened(p: Path, fmt: str | None, opened, problems: list[str]) -> Decoded:
+    """`decode` of `p` given libsndfile's open attempt (`_open_soundfile`: a SoundFile, read and
+    closed here, or its exception) and the decoder notes collected so far."""
+    d = display_path(p)
     try:
-        return _decode_soundfile(p, mpeg=fmt == "MP3" or p.suffix.lower() in MPEG_SUFFIXES)
+        if isinstance(opened, Exception):
+            raise opened
+        return _read_soundfile(p, opened, _is_mpeg(p, fmt), problems)
     except Exception as e:  # libsndfile: unknown format or corrupt data
         sf_message = decoder_text(str(e).replace(f"Error opening {os.fsencode(p)!r}: ", ""), p)
         if sf_message == _SF_MPEG_REJECTED:  # the file exists: it is its content mpg123 rejects
@@ -454,10 +481,13 @@ def load_audio_checked(path: str | os.PathLike, sample_rate: int = 16000,
     """
     import librosa
 
-    streamed = _load_streamed(path, sample_rate)
-    if streamed is not None:
-        return streamed
-    decoded = decode(path)
+    p = _check_file(path)
+    fmt = sniff_format(p)
+    mpeg, problems = _is_mpeg(p, fmt), []
+    opened = _open_soundfile(p, mpeg, problems)  # once: see `_open_soundfile`
+    if not isinstance(opened, Exception) and opened.frames * opened.channels >= STREAM_MIN_SAMPLES:
+        return _load_streamed(p, opened, mpeg, problems, sample_rate)
+    decoded = _decode_opened(p, fmt, opened, problems)
     d = display_path(path)
     y, native_rate = decoded.samples, decoded.sample_rate
     if y.shape[-1] == 0:
@@ -479,27 +509,16 @@ STREAM_MIN_SAMPLES = 2 ** 25  # channels x frames at or above which a file is st
 STREAM_BLOCK_FRAMES = 2 ** 18  # frames per block (6 s at 44.1 kHz)
 
 
-def _load_streamed(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, dict] | None:
-    """`load_audio_checked`'s result for a long file libsndfile opens, computed block by block;
-    None for a short one or one libsndfile cannot open (decoded whole by `decode`)."""
-    import soundfile as sf
-
-    p = _check_file(path)
-    mpeg = sniff_format(p) == "MP3" or p.suffix.lower() in MPEG_SUFFIXES
-    try:  # opening an mp3 makes mpg123 scan it and print notes: `decode` reports them
-        with _mpg123_messages([]) if mpeg else contextlib.nullcontext():
-            with sf.SoundFile(os.fsencode(p)) as f:
-                if f.frames * f.channels < STREAM_MIN_SAMPLES:
-                    return None
-    except Exception:  # not for libsndfile: `decode` reports it or tries ffmpeg
-        return None
+def _load_streamed(p: Path, f, mpeg: bool, problems: list[str],
+                   sample_rate: int) -> tuple[np.ndarray, dict]:
+    """`load_audio_checked`'s result for a long file libsndfile opened (`f`, closed here),
+    computed block by block; `problems`: the decoder notes of the open."""
     import soxr
 
     d = display_path(p)
-    problems: list[str] = []
     parts, frames, mono_sq, channel_sq = [], 0, 0.0, None
     with _mpg123_messages(problems) if mpeg else contextlib.nullcontext():
-        with sf.SoundFile(os.fsencode(p)) as f:
+        with f:
             rate, declared = int(f.samplerate), int(f.frames)
             stream = (soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
                       if rate != sample_rate else None)

@@ -337,3 +337,25 @@ def test_long_files_stream_with_librosa_load_samples_and_the_same_warnings(tmp_p
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 0.5 * stereo.nbytes, (peak, stereo.nbytes)
+
+
+@pytest.mark.parametrize("name", ["clip.mp3", "clip.flac"])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_file_is_opened_once(files, name, streamed, monkeypatch):
+    """libsndfile opens a file once per load, whether it is decoded whole or streamed: each open
+    of an mp3 makes mpg123 scan the whole file. The samples are unchanged."""
+    want = audio.load_audio_checked(files[name])
+    opens = []
+
+    class Counting(sf.SoundFile):
+        def __init__(self, *args, **kwargs):
+            opens.append(args[0] if args else kwargs.get("file"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(sf, "SoundFile", Counting)
+    if streamed:
+        monkeypatch.setattr(audio, "STREAM_MIN_SAMPLES", 1000)
+    got = audio.load_audio_checked(files[name])
+    assert len(opens) == 1, opens
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1] == want[1]
