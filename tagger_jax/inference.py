@@ -720,9 +720,11 @@ class Engine:
         return audio.read_input_with_duration(path, self.features,
                                               waveform=self.architecture.waveform)
 
-    def file_inputs(self, paths: Iterable[str | os.PathLike]) -> list[Input]:
-        """Inputs for files and directories (`discover`), with unique keys."""
-        found = discover(paths)
+    def file_inputs(self, paths: Iterable[str | os.PathLike],
+                    skipped: Optional[list[tuple[Path, str]]] = None) -> list[Input]:
+        """Inputs for files and directories (`discover`), with unique keys; files a directory
+        search left out are appended to `skipped` with the reason, if given."""
+        found = discover(paths, skipped)
         keys = unique_keys([rel for _, rel in found])
         from tagger_jax import audio
 

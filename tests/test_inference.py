@@ -285,3 +285,32 @@ def test_host_memory_of_a_run_does_not_grow_with_the_track(engine):
     windows_bytes = (2000 - CHUNK + 1) * 96 * CHUNK * 4
     assert long_peak < 4 * short_peak + (1 << 20), (short_peak, long_peak)
     assert long_peak < windows_bytes / 8, (long_peak, windows_bytes)
+
+
+def test_tag_embed_and_explain_report_skipped_files_alike(model_dir, tmp_path, capsys):
+    """Files a directory search leaves out get the same `skipped: PATH: reason` lines on stderr
+    from tag, embed and explain; a folder with nothing usable says how many were skipped."""
+    d = tmp_path / "in"
+    d.mkdir()
+    np.save(d / "mid.npy", np.random.default_rng(6).normal(-30, 10, (96, 40)).astype(np.float32))
+    (d / "notes.txt").write_text("not audio")
+    (d / "._mid.wav").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    runs = {"tag": ["tag", "--checkpoint", str(model_dir), "--quiet", str(d)],
+            "embed": ["embed", "--checkpoint", str(model_dir), str(d), "--out",
+                      str(tmp_path / "emb"), "--no-progress"],
+            "explain": ["explain", "--checkpoint", str(model_dir), str(d), "--out",
+                        str(tmp_path / "exp"), "--methods", "attention", "--no-plot",
+                        "--no-report", "--no-progress"]}
+    lines = {}
+    for command, argv in runs.items():
+        assert cli.main(argv) == 0, command
+        err = capsys.readouterr().err
+        lines[command] = sorted(line for line in err.splitlines() if line.startswith("skipped:"))
+    assert lines["tag"] == [f"skipped: {d / '._mid.wav'}: macOS resource fork (AppleDouble "
+                            "metadata), not audio",
+                            f"skipped: {d / 'notes.txt'}: not audio (suffix .txt and the content "
+                            "is no known audio format)"]
+    assert lines["embed"] == lines["tag"] and lines["explain"] == lines["tag"]
+    (d / "mid.npy").unlink()
+    assert cli.main(runs["embed"]) == 2
+    assert "error: no input files found (2 files skipped, listed above)" in capsys.readouterr().err

@@ -58,6 +58,27 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def print_skipped(skipped) -> None:
+    """One `skipped: PATH: reason` line on stderr per file a directory search left out
+    (`inference.discover`'s `skipped`), on process 0 of a multi-process run only."""
+    import sys
+
+    import jax
+
+    from tagger_jax import audio
+
+    if jax.process_index() != 0:
+        return
+    for path, why in skipped:
+        print(f"skipped: {audio.display_path(path)}: {why}", file=sys.stderr)
+
+
+def no_inputs_message(skipped) -> str:
+    """The error of a run that found nothing to do, counting the files `print_skipped` listed."""
+    return "no input files found" + (f" ({len(skipped)} files skipped, listed above)"
+                                     if skipped else "")
+
+
 def model_path(args: argparse.Namespace) -> str:
     """The model directory or workdir the arguments name."""
     return args.checkpoint or args.workdir

@@ -7,7 +7,8 @@ import sys
 
 from tagger_jax.commands._inference_args import (add_input_arguments, add_model_arguments,
                                                  add_run_arguments, add_window_arguments,
-                                                 check_inputs, data_dir, model_path, window_plan)
+                                                 check_inputs, data_dir, model_path,
+                                                 no_inputs_message, print_skipped, window_plan)
 
 HELP = ("Embeddings for downstream tasks: the pooled [CLS] vector the classifier reads and the "
         "front-end's time-pooled features, per window and per track, as NPZ.")
@@ -44,13 +45,15 @@ def run(args: argparse.Namespace) -> int:
         plan = window_plan(args)
         loaded = checkpoint.load_model(model_path(args))
         engine = inference.Engine(loaded, batch_size=args.batch_size)
+        skipped: list = []
         if args.dataset:
             items = engine.dataset_inputs(args.dataset, args.split, data_dir(args, loaded),
                                           args.builder_config, args.limit)
         else:
-            items = engine.file_inputs(args.inputs)
+            items = engine.file_inputs(args.inputs, skipped)
+            print_skipped(skipped)
         if not items:
-            return error("no inputs found")
+            return error(no_inputs_message(skipped) if args.inputs else "no inputs found")
         with outputs.exclusive_for_run(args.out, "output directory"):
             report = embedding.embed_inputs(engine, items, args.out, plan,
                                             progress=not args.no_progress,

@@ -7,7 +7,8 @@ import sys
 
 from tagger_jax.commands._inference_args import (add_input_arguments, add_model_arguments,
                                                  add_run_arguments, add_window_arguments,
-                                                 check_inputs, data_dir, model_path, window_plan)
+                                                 check_inputs, data_dir, model_path,
+                                                 no_inputs_message, print_skipped, window_plan)
 
 HELP = ("Explain a model's tags: the paper's attention and tag-wise contribution heat maps and "
         "gradient saliency, as NPZ + PNG + JSON per input and an index.html for the run.")
@@ -110,18 +111,20 @@ def run(args: argparse.Namespace) -> int:
             return error("--tags-from labels needs --dataset")
         if not 0.0 <= args.listen_keep <= 1.0 or args.listen_softness < 0:
             return error("--listen-keep must be in [0, 1] and --listen-softness >= 0")
+        skipped: list = []
         if args.dataset:
             items = runner.dataset_items(loaded, args.dataset, args.split,
                                          data_dir(args, loaded), args.builder_config, args.limit,
                                          explain_labels=args.tags_from == "labels")
         else:
-            items = runner.file_items(loaded, args.inputs)
+            items = runner.file_items(loaded, args.inputs, skipped)
+            print_skipped(skipped)
         if args.tags_from and args.tags_from != "labels":
             items = runner.with_csv_tags(items, args.tags_from)
         if args.two_clip:
             items = runner.two_clip_items(items, runner._engine(loaded, 1).geometry.chunk)
         if not items:
-            return error("no inputs found")
+            return error(no_inputs_message(skipped) if args.inputs else "no inputs found")
         with outputs.exclusive_for_run(args.out, "output directory"):
             result = runner.explain_inputs(loaded, items, args.out, options,
                                            progress=not args.no_progress)

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from tagger_jax.commands._inference_args import (add_model_arguments, add_window_arguments,
-                                                 model_path, window_plan)
+                                                 model_path, no_inputs_message, print_skipped,
+                                                 window_plan)
 
 HELP = "tag audio files with a trained or imported model (track-level tags and taggrams)"
 
@@ -70,12 +71,9 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
         return error(str(e), errors.exit_status(e, default=errors.USAGE))
     skipped: list = []
     every = [str(p) for p in tagging.collect_inputs(args.inputs, skipped)]
-    if process == 0:
-        for path, why in skipped:
-            print(f"skipped: {audio.display_path(path)}: {why}", file=sys.stderr)
+    print_skipped(skipped)
     if not every:
-        return error("no input files found" + (f" ({len(skipped)} files skipped, listed above)"
-                                                if skipped else ""))
+        return error(no_inputs_message(skipped))
     names = [audio.display_path(p) for p in every]  # results' "file" (docs/audio.md)
     signature = tagging.run_signature(loaded, plan)
     prints = {n: inference.file_fingerprint(Path(p)) for p, n in zip(every, names)}

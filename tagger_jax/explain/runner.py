@@ -102,15 +102,16 @@ safe_key = inference.safe_key
 file_fingerprint = inference.file_fingerprint
 
 
-def file_items(loaded, paths: Iterable[str | os.PathLike]) -> list[InputItem]:
+def file_items(loaded, paths: Iterable[str | os.PathLike],
+               skipped: Optional[list[tuple[Path, str]]] = None) -> list[InputItem]:
     """Input items for files and directories (searched recursively), with unique keys
-    (`inference.Engine.file_inputs`)."""
+    (`inference.Engine.file_inputs`); files left out are appended to `skipped`, if given."""
     from tagger_jax import audio
 
     # `name` is the display form (non-UTF-8 bytes as \xNN); the file is opened by its real name.
     return [dataclasses.replace(it, extras=file_extras(loaded,
                                                        Path(audio.path_from_display(it.name))))
-            for it in _engine(loaded, 1).file_inputs(paths)]
+            for it in _engine(loaded, 1).file_inputs(paths, skipped)]
 
 
 def file_extras(loaded, path: Path) -> Optional[Callable[[], Mapping[str, Any]]]:
