@@ -251,3 +251,36 @@ def test_decoder_text_drops_addresses_and_the_repeated_path():
     assert audio.decoder_text("Error reading <soundfile.SoundFile object at 0x7f12ab34cd50>"
                               ) == "Error reading <soundfile.SoundFile>"
     assert audio.decoder_text("/music/a.ogg: End of file", "/music/a.ogg") == "End of file"
+
+
+def test_a_truncated_mp3s_decoder_warning_is_a_note_not_raw_stderr(model_dir, tmp_path, capfd):
+    """libmpg123 writes "Warning: Xing stream size off by more than 1% ..." on fd 2 when it opens
+    a truncated mp3. With the progress bar on, tag and embed show it only inside the file's
+    `damaged_data` note (a `warning: PATH: ...` line and the result's `audio_warnings`), never
+    as the library's raw line."""
+    from tagger_jax import embedding
+
+    t = np.arange(44100 * 4) / 44100
+    sf.write(tmp_path / "whole.mp3", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32),
+             44100, format="MP3")
+    data = (tmp_path / "whole.mp3").read_bytes()
+    cut = tmp_path / "in" / "cut.mp3"
+    cut.parent.mkdir()
+    cut.write_bytes(data[:len(data) // 2])
+    out = tmp_path / "tags.json"
+    assert cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), str(cut)]) == 0
+    tag_err = capfd.readouterr().err
+    [result] = json.loads(out.read_text())
+    damaged = result["audio_warnings"]["damaged_data"]
+    assert damaged.startswith(f"{cut}: the decoder reported damaged data") and "Xing" in damaged
+    assert "duration_mismatch" in result["audio_warnings"]
+    assert cli.main(["embed", "--checkpoint", str(model_dir), str(cut.parent), "--out",
+                     str(tmp_path / "emb")]) == 0
+    embed_err = capfd.readouterr().err
+    for err in (tag_err, embed_err):
+        lines = [line.strip() for line in err.replace("\r", "\n").splitlines()]
+        assert f"warning: {damaged}" in lines
+        raw = [line for line in lines if "Xing" in line and not line.startswith("warning: ")]
+        assert raw == [], raw
+    stored = embedding.load_embeddings(tmp_path / "emb" / "cut.mp3.npz")
+    assert damaged in str(stored["audio_warnings"])
