@@ -6,8 +6,9 @@ own colour bar with its unit (attention weight, p(tag), logit per bin, ...), sin
 a reader compares and each map has its own range. Frame-aligned maps (attention, contribution) are
 thin rows; gradient attributions are mel band x time maps on a symmetric diverging scale with
 their per-band sums beside them; ground-truth rows (dataset mode) show where a tag sounds. A long
-track is wrapped onto several lines of at most `line_s` seconds, all at the same time scale, with
-each row's colour range the same on every line. Time steps a map does not cover (NaN: the
+track is wrapped onto several lines of equal length, at most `line_s` seconds each
+(`line_layout`: a 36 s track at 30 s gives two lines of 18 s, not 30 s and a mostly empty 6 s),
+all at the same time scale, with each row's colour range the same on every line. Time steps a map does not cover (NaN: the
 paper's 16 chunks leave gaps on a long track) are drawn as a grey hatched band, and colour
 ranges come from the covered steps only.
 
@@ -83,18 +84,47 @@ def _scale(row: Row) -> tuple[str, float, float]:
     return "inferno", lo, hi if hi > lo else lo + 1e-12
 
 
+LINE_TOLERANCE = 1.02  # a track up to 2 % longer than line_s still gets one line
+
+
+def line_layout(total_s: float, line_s: Optional[float]) -> tuple[int, float]:
+    """(lines, seconds per line) of a figure `total_s` long wrapped at `line_s` (None or 0: one
+    line). The fewest lines of at most `line_s` seconds, all of equal length, so the last line is
+    as full as the others: 36 s at 30 s -> (2, 18.0); 95 s -> (4, 23.75)."""
+    if total_s <= 0:
+        raise ValueError(f"a figure needs a positive duration, got {total_s} s")
+    if not line_s or total_s <= line_s * LINE_TOLERANCE:
+        return 1, float(total_s)
+    lines = math.ceil(total_s / line_s)
+    return lines, total_s / lines
+
+
 def plot_explanation(path: str | Path, log_mel: np.ndarray, spec_step_s: float,
                      rows: Sequence[Row], map_step_s: float, map_centred: bool = True,
                      title: str = "", marks_s: Sequence[float] = (), dpi: int = 100,
                      sample_rate: int = 16000, line_s: Optional[float] = 30.0,
                      fmt: Optional[str] = None) -> Path:
-    """Writes the figure (PNG unless `fmt` says otherwise) and returns its path.
+    """Writes `explanation_figure(...)` (PNG unless `fmt` says otherwise) and returns its path."""
+    fig = explanation_figure(log_mel, spec_step_s, rows, map_step_s, map_centred, title,
+                             marks_s, sample_rate, line_s)
+    path = Path(path)
+    fig.savefig(path, dpi=dpi, format=fmt or (path.suffix[1:] or "png"))
+    return path
+
+
+def explanation_figure(log_mel: np.ndarray, spec_step_s: float, rows: Sequence[Row],
+                       map_step_s: float, map_centred: bool = True, title: str = "",
+                       marks_s: Sequence[float] = (), sample_rate: int = 16000,
+                       line_s: Optional[float] = 30.0):
+    """The Matplotlib `Figure` (Agg canvas) of `plot_explanation`.
 
     `log_mel` (bands, T) in dB is drawn with centred frames every `spec_step_s` seconds; rows are
     on a grid of `map_step_s` seconds (centred like STFT frames when `map_centred`, else each
     step covers [t, t + 1) steps, as for the waveform front-end). `marks_s`: times drawn as
     dashed lines through every panel (the junction of a two-clip input). `line_s`: longest line
-    in seconds (None: one line whatever the length).
+    in seconds (None: one line whatever the length); longer tracks get `line_layout`'s lines of
+    equal length. Each line's panels are the spectrogram's axes and one per row, all sharing
+    its x limits (seconds).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -103,8 +133,7 @@ def plot_explanation(path: str | Path, log_mel: np.ndarray, spec_step_s: float,
     spec_ext = _extent(log_mel.shape[-1], spec_step_s, centred=True)
     start, end = min(spec_ext[0], 0.0), spec_ext[1]
     total = end - start
-    lines = 1 if not line_s or total <= line_s * 1.02 else math.ceil(total / line_s)
-    span = total if lines == 1 else line_s
+    lines, span = line_layout(total, line_s)
     heights = [SPEC_HEIGHT] + [MAP2D_HEIGHT if np.ndim(r.values) == 2 else ROW_HEIGHT
                                for r in rows]
     per_line = sum(heights)
@@ -189,6 +218,4 @@ def plot_explanation(path: str | Path, log_mel: np.ndarray, spec_step_s: float,
             ax.tick_params(labelbottom=False)
         axes[-1].set_xlabel("time (s)", fontsize=8, labelpad=1)
         top.set_xlim(t0, t0 + span)
-    path = Path(path)
-    fig.savefig(path, dpi=dpi, format=fmt or (path.suffix[1:] or "png"))
-    return path
+    return fig

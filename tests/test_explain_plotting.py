@@ -1,0 +1,57 @@
+"""Geometry of the static explanation figure (`explain.plotting`): how a track is wrapped onto
+lines, checked on the Matplotlib axes (count and x extent), not on pixels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tagger_jax.explain import plotting
+from tagger_jax.explain.plotting import Row
+
+STEP = 256 / 16000  # one STFT frame, in seconds
+
+
+def _line_spans(seconds: float, line_s):
+    """(x limits of each line's spectrogram axes, panels per line) of a `seconds`-long figure."""
+    frames = int(round(seconds / STEP))
+    rng = np.random.default_rng(0)
+    rows = [Row("attention", rng.random(frames), unit="weight"),
+            Row("grad", rng.normal(size=(96, frames)), rng.normal(size=96), signed=True)]
+    fig = plotting.explanation_figure(rng.normal(-30, 10, (96, frames)), STEP, rows, STEP,
+                                      line_s=line_s)
+    tops = [ax for ax in fig.axes if ax.get_ylabel() == "Hz"]
+    panels = [ax for ax in fig.axes if ax.get_xlim() in [top.get_xlim() for top in tops]]
+    return [top.get_xlim() for top in tops], len(panels) // len(tops), frames
+
+
+def test_a_36_s_track_fills_two_equal_lines():
+    """At 30 s a line, 36 s used to be a 30 s line and a 6 s one padded to 30 s (four fifths
+    empty); now both lines hold 18 s at one time scale and the last ends at the track's end."""
+    spans, panels, frames = _line_spans(36.0, 30.0)
+    end = (frames - 0.5) * STEP
+    assert panels == 3  # spectrogram, attention row, gradient map (each line)
+    assert len(spans) == 2
+    widths = [b - a for a, b in spans]
+    assert widths[0] == pytest.approx(widths[1]) and widths[0] <= 30.0
+    assert spans[0][0] == pytest.approx(-0.5 * STEP) and spans[1][1] == pytest.approx(end)
+    assert spans[1][0] == pytest.approx(spans[0][1])  # lines follow each other without gap
+
+
+def test_short_tracks_and_line_s_none_take_one_line():
+    for seconds, line_s in ((20.0, 30.0), (30.5, 30.0), (36.0, None)):
+        spans, _, frames = _line_spans(seconds, line_s)
+        assert spans == [pytest.approx((-0.5 * STEP, (frames - 0.5) * STEP))]
+
+
+@pytest.mark.parametrize("total, line_s, want", [
+    (36.0, 30.0, (2, 18.0)), (95.0, 30.0, (4, 23.75)), (60.0, 30.0, (2, 30.0)),
+    (30.5, 30.0, (1, 30.5)), (31.0, 30.0, (2, 15.5)), (600.0, 0.0, (1, 600.0))])
+def test_line_layout_gives_the_fewest_equal_lines_of_at_most_line_s(total, line_s, want):
+    lines, span = plotting.line_layout(total, line_s)
+    assert (lines, span) == (want[0], pytest.approx(want[1]))
+    assert span <= (line_s or total) * plotting.LINE_TOLERANCE
+
+
+def test_line_layout_refuses_an_empty_track():
+    with pytest.raises(ValueError, match="positive duration"):
+        plotting.line_layout(0.0, 30.0)
