@@ -26,7 +26,7 @@ import tempfile
 import threading
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
@@ -53,12 +53,22 @@ class FeatureParams:
     chunk_frames: int = 256
     eval_chunks: int = 16
 
+    # The fields that determine a log-mel spectrogram (`log_mel`'s arguments). The others,
+    # chunk_frames and eval_chunks, say how a model reads one (crop / chunk length, chunks per
+    # clip in evaluation) and are the model config's, not a property of stored features.
+    MEL_FIELDS: ClassVar[tuple[str, ...]] = ("sample_rate", "n_fft", "hop_length", "n_mels",
+                                             "log_scale", "stft_pad_mode")
+
     def __post_init__(self):
         _check_log_scale(self.log_scale)
         _check_pad_mode(self.stft_pad_mode)
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "chunk_frames", "eval_chunks"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"features.{name} must be positive, got {getattr(self, name)!r}")
+
+    def mel_settings(self) -> dict[str, Any]:
+        """{field: value} of `MEL_FIELDS`: what a stored log-mel was computed with."""
+        return {name: getattr(self, name) for name in self.MEL_FIELDS}
 
     @property
     def mel_kwargs(self) -> dict[str, Any]:

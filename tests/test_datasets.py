@@ -604,6 +604,22 @@ def test_audio_folder_refuses_to_reuse_a_build_from_another_source(tmp_path, cap
         "rock", "jazz")  # the old build is untouched
 
 
+def test_metadata_features_are_the_mel_settings_only(tmp_path):
+    """The stored features are whole-clip log-mels: the metadata lists what computed them, not
+    a model's chunk length (it used to record FeatureParams' default chunk_frames 256, which a
+    model with 128-frame chunks reads just as well)."""
+    manual = _small_folder(tmp_path / "m", ("rock", "jazz", "rock"))
+    b = datasets.build("audio_folder", tmp_path / "d", manual_dir=manual, num_workers=1)
+    stored = datasets.get_builder("audio_folder", tmp_path / "d").info.metadata["features"]
+    assert stored == {"sample_rate": 16000, "n_fft": 512, "hop_length": 256, "n_mels": 96,
+                      "log_scale": "amplitude_to_db", "stft_pad_mode": "constant"}
+    source, _ = datasets.load_split("audio_folder", "train", tmp_path / "d")
+    wave = audio.load_audio(manual / "s0.wav", stored["sample_rate"])
+    want = audio.log_mel(wave, **audio.FeatureParams(**stored).mel_kwargs)
+    np.testing.assert_array_equal(source[0]["mel"], want.astype(np.float16))
+    assert b.is_prepared()
+
+
 # ----------------------------------------------------------------------------------- synthetic
 
 TINY = dict(num_train=4, num_validation=2, num_test=2, duration_s=4.5)

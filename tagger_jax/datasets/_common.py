@@ -181,7 +181,7 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
         meta = self.info.metadata
         meta.clear()
         meta["tags"] = tags
-        meta["features"] = dataclasses.asdict(FEATURES)
+        meta["features"] = FEATURES.mel_settings()  # not chunk_frames: a model's, not the data's
         meta["skipped"] = {s: [] for s in self._split_names()}
         meta["num_skipped"] = {s: 0 for s in self._split_names()}
         meta["audio_warnings"] = {s: [] for s in self._split_names()}
