@@ -589,6 +589,8 @@ def test_audio_folder_refuses_to_reuse_a_build_from_another_source(tmp_path, cap
     again = datasets.build("audio_folder", tmp_path / "d", manual_dir=first, num_workers=1)
     assert "reusing the existing build audio_folder/default 1.0.0" in capsys.readouterr().out
     assert datasets.tag_names(again) == ("rock", "jazz")
+    (first / "notes.csv").write_text("unrelated\n")  # the CSV the build read is still the same
+    datasets.build("audio_folder", tmp_path / "d", manual_dir=first, num_workers=1)
     with pytest.raises(ValueError) as info:
         datasets.build("audio_folder", tmp_path / "d", manual_dir=other, num_workers=1)
     message = str(info.value)

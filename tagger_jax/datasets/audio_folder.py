@@ -225,15 +225,15 @@ class AudioFolder(TaggingBuilder):
         """Why an existing build (its `metadata`) must not stand for a build from `manual_dir`:
         a phrase naming both sources, or None when the sources match (or no
         manual directory is asked for). A build from before `built_from` was recorded is accepted
-        (nothing to compare). Its CSV is the one `builder_config.csv` names, else the one the
-        old build read."""
+        (nothing to compare). Its CSV is the one `builder_config.csv` names, else (the only
+        *.csv) the one the old build read when the manual directory is the same."""
         recorded = metadata.get("built_from")
         if not manual_dir or not recorded:
             return None
         root = Path(manual_dir).resolve()
-        name = getattr(builder_config, "csv", None)
+        name = getattr(builder_config, "csv", "")  # "" (or a read-only config): as built
         try:
-            csv_path = (_find_csv(root, name) if name is not None
+            csv_path = (_find_csv(root, name) if name
                         else Path(recorded["csv"]) if root == Path(recorded["manual_dir"])
                         else _find_csv(root, ""))
             current = source_record(root, csv_path)
