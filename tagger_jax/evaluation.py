@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from tagger_jax import inference
+from tagger_jax import audio, inference
 
 MODES = ("chunks", "full")
 METRICS_JSON = "metrics.json"
@@ -290,11 +290,25 @@ def check_tags(model_tags: Sequence[str], data_tags: Sequence[str], model_dir: A
                           f"{detail}. Evaluate on a dataset labelled with the model's tags.")
 
 
-FEATURE_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "log_scale")
+def feature_mismatches(stored: Mapping[str, Any], model_features: Any) -> list[str]:
+    """The log-mel settings on which a dataset build and a model disagree, one line each.
+
+    `stored` is a build's metadata "features" (`TaggingBuilder` writes
+    `FeatureParams.mel_settings()`; builds made before that also list chunk_frames and
+    eval_chunks, which are ignored: they are a model's, not the records'). `model_features` is
+    the model's `config.features` (ConfigDict, dict or FeatureParams; fields it lacks take the
+    defaults, as everywhere the model is run). Only `audio.FeatureParams.MEL_FIELDS` are
+    compared, and a field the build does not record is skipped: its value is unknown, so a
+    difference cannot be shown. Returns e.g. ["stft_pad_mode: dataset 'reflect', model
+    'constant'"]; empty when they agree.
+    """
+    model_mel = audio.features_from_config(model_features).mel_settings()
+    return [f"{k}: dataset {stored[k]!r}, model {model_mel[k]!r}"
+            for k in audio.FeatureParams.MEL_FIELDS if k in stored and stored[k] != model_mel[k]]
 
 
 def _warn_on_feature_mismatch(datasets, dataset: str, data_dir: Any, builder_config: Any,
-                              model_features: Mapping[str, Any]) -> None:
+                              model_features: Any) -> None:
     """Warns if the dataset's stored mel settings differ from those the model was trained on.
 
     Only a warning: the numbers are still well defined, but such a model sees inputs from another
@@ -305,9 +319,7 @@ def _warn_on_feature_mismatch(datasets, dataset: str, data_dir: Any, builder_con
         stored = dict((builder.info.metadata or {}).get("features", {}))
     except (ValueError, FileNotFoundError, KeyError, AttributeError, TypeError):
         return  # no metadata to compare (e.g. a source that is not a built TFDS dataset)
-    model_features = dict(model_features)
-    differ = [f"{k}: dataset {stored[k]!r}, model {model_features[k]!r}" for k in FEATURE_FIELDS
-              if k in stored and k in model_features and stored[k] != model_features[k]]
+    differ = feature_mismatches(stored, model_features)
     if differ:
         warnings.warn(f"{dataset}: the dataset's features differ from the model's config "
                       f"({'; '.join(differ)}); the metrics will not be representative",

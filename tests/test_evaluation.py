@@ -310,6 +310,59 @@ def test_tag_mismatch_is_refused_and_another_order_is_mapped():
         ev.check_tags(TAGS, TAGS[:4] + ("organ",), "model", "ds")
 
 
+def _feature_warnings(stored_features, model_features) -> list[str]:
+    """The warnings `_warn_on_feature_mismatch` gives for a build whose metadata holds
+    `stored_features` (a stand-in for the datasets module: only get_builder is used)."""
+    import types
+
+    builder = types.SimpleNamespace(info=types.SimpleNamespace(
+        metadata={"tags": list(TAGS), "features": stored_features}))
+    fake_datasets = types.SimpleNamespace(get_builder=lambda name, data_dir, config: builder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ev._warn_on_feature_mismatch(fake_datasets, "ds", "/data", None, model_features)
+    return [str(w.message) for w in caught]
+
+
+def test_feature_check_compares_every_mel_setting_and_skips_what_a_build_lacks():
+    import dataclasses
+
+    from ml_collections import ConfigDict
+
+    from tagger_jax.audio import FeatureParams
+
+    model = ConfigDict(dataclasses.asdict(FeatureParams()))  # a model's config.features
+    build = FeatureParams().mel_settings()  # what a build records now
+    assert _feature_warnings(build, model) == []
+    # Every mel setting is compared, the STFT padding included.
+    for field, other in [("sample_rate", 22050), ("n_fft", 1024), ("hop_length", 512),
+                         ("n_mels", 128), ("log_scale", "power_to_db"),
+                         ("stft_pad_mode", "reflect")]:
+        (message,) = _feature_warnings({**build, field: other}, model)
+        assert f"{field}: dataset {other!r}, model {build[field]!r}" in message, message
+        assert message.startswith("ds: ") and message.count(": dataset ") == 1
+    # Builds made before 'features' held only the mel settings also list chunk_frames and
+    # eval_chunks (the defaults): a model reading 512-frame chunks is not a feature mismatch.
+    old_build = dataclasses.asdict(FeatureParams())
+    assert "chunk_frames" in old_build
+    longer = ConfigDict({**dataclasses.asdict(FeatureParams()), "chunk_frames": 512,
+                         "eval_chunks": 8})
+    assert _feature_warnings(old_build, longer) == []
+    # A setting the build does not record is unknown there: no warning, whatever the model has.
+    reflect = ConfigDict({**dataclasses.asdict(FeatureParams()), "stft_pad_mode": "reflect"})
+    without_pad = {k: v for k, v in build.items() if k != "stft_pad_mode"}
+    assert _feature_warnings(without_pad, reflect) == []
+    assert _feature_warnings({}, reflect) == []
+    # A model config without the field (an older checkpoint) runs with the default, so it is
+    # compared as the default.
+    old_model = ConfigDict({k: v for k, v in dataclasses.asdict(FeatureParams()).items()
+                            if k != "stft_pad_mode"})
+    assert _feature_warnings(build, old_model) == []
+    assert len(_feature_warnings({**build, "stft_pad_mode": "reflect"}, old_model)) == 1
+    assert ev.feature_mismatches({**build, "n_mels": 64}, FeatureParams()) == [
+        "n_mels: dataset 64, model 96"]
+
+
 # ----------------------------------------------------------------------------------------------
 # End to end: one tiny model (compiled once for the whole module), saved with save_model; an
 # in-memory split through the CLI entry point, then a real TFDS build of `synthetic_tags`.
