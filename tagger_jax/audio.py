@@ -734,6 +734,7 @@ class InputRead(NamedTuple):
     signal: np.ndarray  # (n_mels, T) log-mel, or (N,) waveform at the features' rate
     warnings: dict[str, str]  # {code: one-line message naming the file}
     duration_s: float | None  # decoded samples / sample rate; None for a .npy spectrogram
+    audio: np.ndarray | None = None  # with keep_audio: the decoded (N,) waveform; None for a .npy
 
 
 def read_input(path: str | os.PathLike, features_config: Any = None,
@@ -745,23 +746,28 @@ def read_input(path: str | os.PathLike, features_config: Any = None,
     file}, the silent degradations of docs/audio.md: `damaged_data`, `duration_mismatch`,
     `low_sample_rate`, `stereo_cancellation` (audio) and `not_log_mel` (a `.npy` spectrogram).
     """
-    signal, notes, _ = read_input_with_duration(path, features_config, waveform)
-    return signal, notes
+    read = read_input_with_duration(path, features_config, waveform)
+    return read.signal, read.warnings
 
 
 def read_input_with_duration(path: str | os.PathLike, features_config: Any = None,
-                             waveform: bool = False) -> InputRead:
+                             waveform: bool = False, keep_audio: bool = False) -> InputRead:
     """`read_input` plus the audio's real duration in seconds: its samples at the features' rate
     / that rate (a `.npy` waveform: its samples / the rate). A centred STFT has 1 + N // hop
     frames, so frames x hop overstates it by up to one hop; a `.npy` spectrogram cannot say how
-    long its audio was (`duration_s` None)."""
+    long its audio was (`duration_s` None).
+
+    `keep_audio`: an audio file's decoded waveform (`load_audio`'s, at the features' rate) is
+    also returned as `audio`, so a caller that plays it back does not decode the file again
+    (with `waveform` it is the same array as `signal`). `.npy` inputs have none."""
     params = features_from_config(features_config)
     p = _check_file(path)
     d = display_path(p)
     if p.suffix.lower() != ".npy":
         wave, notes = load_audio_checked(p, params.sample_rate)
         signal = wave if waveform else log_mel(wave, **params.mel_kwargs)
-        return InputRead(signal, notes, duration(wave, params.sample_rate))
+        return InputRead(signal, notes, duration(wave, params.sample_rate),
+                         wave if keep_audio else None)
     x = _load_npy(p)
     if waveform:
         if x.ndim != 1 or x.shape[0] < 1:

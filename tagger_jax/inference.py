@@ -318,6 +318,9 @@ class Prepared:
     warnings: dict[str, str] = dataclasses.field(default_factory=dict)  # audio.read_input's
     duration_s: float = 0.0  # the audio's real duration (`input_duration_s`), not length x step
     labels: Optional[np.ndarray] = None  # a dataset record's (tags,) labels (`Loaded.labels`)
+    # The decoded (N,) waveform, when the reader kept it (`Engine.read_checked(keep_audio=True)`:
+    # explain plays it back without decoding the file again); None otherwise.
+    audio: Optional[np.ndarray] = None
 
     def windows(self) -> Iterator[np.ndarray]:
         """The distinct windows, one at a time (views of `x`: nothing is copied until a batch
@@ -366,7 +369,8 @@ def prepare(item: Input, geom: Geometry, plan: WindowPlan) -> Prepared:
     return Prepared(item, signal, x, length, padded, starts, unique, inverse.reshape(-1),
                     geom.chunk, notes, started, warnings=dict(warnings),
                     duration_s=input_duration_s(loaded, length, geom),
-                    labels=loaded.labels if isinstance(loaded, Loaded) else None)
+                    labels=loaded.labels if isinstance(loaded, Loaded) else None,
+                    audio=getattr(loaded, "audio", None))  # `audio.InputRead`'s, if kept
 
 
 def load_ahead(fn: Callable[[Input], Any], items: Iterable[Input], workers: int = 2,
@@ -711,25 +715,29 @@ class Engine:
             return audio.load_waveform_input(path, self.features.sample_rate)
         return audio.load_input(path, self.features)
 
-    def read_checked(self, path: str | os.PathLike) -> tuple[np.ndarray, dict[str, str],
-                                                             Optional[float]]:
+    def read_checked(self, path: str | os.PathLike, keep_audio: bool = False):
         """`read` plus the input's degradation warnings, {code: message}, and its audio's real
-        duration in seconds (`audio.read_input_with_duration`)."""
+        duration in seconds: an `audio.InputRead` (`audio.read_input_with_duration`). With
+        `keep_audio` its `audio` is the decoded waveform (`prepare` puts it on `Prepared.audio`)."""
         from tagger_jax import audio
 
         return audio.read_input_with_duration(path, self.features,
-                                              waveform=self.architecture.waveform)
+                                              waveform=self.architecture.waveform,
+                                              keep_audio=keep_audio)
 
     def file_inputs(self, paths: Iterable[str | os.PathLike],
-                    skipped: Optional[list[tuple[Path, str]]] = None) -> list[Input]:
+                    skipped: Optional[list[tuple[Path, str]]] = None,
+                    keep_audio: bool = False) -> list[Input]:
         """Inputs for files and directories (`discover`), with unique keys; files a directory
-        search left out are appended to `skipped` with the reason, if given."""
+        search left out are appended to `skipped` with the reason, if given. `keep_audio`: each
+        prepared audio file also carries its decoded waveform (`Prepared.audio`), read in the
+        same decode as its model input."""
         found = discover(paths, skipped)
         keys = unique_keys([rel for _, rel in found])
         from tagger_jax import audio
 
         return [Input(key=key, name=audio.display_path(path),
-                      load=functools.partial(self.read_checked, path),
+                      load=functools.partial(self.read_checked, path, keep_audio=keep_audio),
                       fingerprint=file_fingerprint(path))
                 for (path, _), key in zip(found, keys)]
 

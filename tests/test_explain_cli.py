@@ -283,6 +283,90 @@ def test_dollar_names_plot_as_text_and_methods_all_has_no_duplicate_rows(setup, 
     assert sum(r["method"] == "attention_layers" for r in rows) == len(res["attention_layers"]) - 1
 
 
+def test_each_audio_file_is_decoded_once_and_played_back_as_read(setup, tmp_path, monkeypatch):
+    """The waveform that is played back and auralised is the one the log-mel came from: one
+    decode per file and run (an mp3 used to be decoded twice), and the page's audio, the
+    auralised parts and the NPZ's log-mel equal a direct computation from `audio.load_audio`."""
+    from tagger_jax import audio
+    from tagger_jax.explain import auralise as A
+
+    model_dir, _, _ = setup
+    rng = np.random.default_rng(7)
+    files = {"a.wav": (rng.normal(0.0, 0.1, (22050, 2)), 22050),  # stereo, resampled
+             "b.flac": (0.3 * np.sin(np.arange(12000) * 0.05), 16000)}
+    for name, (x, rate) in files.items():
+        sf.write(tmp_path / name, x, rate)
+    features = audio.FeatureParams()
+    direct = {name: audio.load_audio(tmp_path / name, features.sample_rate) for name in files}
+    decodes, written = [], {}
+    real_decode, real_write = audio.load_audio_checked, A.write_audio
+
+    def counting_decode(path, *args, **kwargs):
+        decodes.append(Path(path).name)
+        return real_decode(path, *args, **kwargs)
+
+    def capturing_write(path, wave, *args, **kwargs):
+        written[Path(path).name] = np.array(wave)
+        return real_write(path, wave, *args, **kwargs)
+
+    monkeypatch.setattr(audio, "load_audio_checked", counting_decode)
+    monkeypatch.setattr(A, "write_audio", capturing_write)
+    out = tmp_path / "out"
+    rc = explain("--checkpoint", str(model_dir), *(str(tmp_path / n) for n in files), "--out",
+                 str(out), "--methods", METHODS, "--top-k", "2", "--batch-size", "4",
+                 "--listen", "--no-plot")
+    assert rc == 0
+    assert sorted(decodes) == sorted(files)  # once each
+    for name, wave in direct.items():
+        summary = json.loads((out / f"{runner.safe_key(name)}.json").read_text())
+        sounds = summary["files"]["audio"]
+        np.testing.assert_array_equal(written[f".{sounds['original']}.part"], wave)
+        with np.load(out / summary["files"]["npz"]) as z:
+            np.testing.assert_array_equal(z["log_mel"], audio.log_mel(wave, **features.mel_kwargs))
+            attention = z["attention"]
+        (heard,) = [m for m in sounds["maps"] if m["method"] == "attention"]
+        kept, removed = A.auralise(wave, attention, keep=0.5, softness=0.0,
+                                   sample_rate=features.sample_rate, n_fft=features.n_fft,
+                                   hop_length=features.hop_length)
+        np.testing.assert_allclose(written[f".{heard['kept']}.part"], kept, atol=1e-6)
+        np.testing.assert_allclose(written[f".{heard['removed']}.part"], removed, atol=1e-6)
+
+
+def test_decoded_waveforms_in_memory_stay_bounded_over_many_files(setup, tmp_path, monkeypatch):
+    """The waveform kept from each file's decode lives only while its input is in flight (read
+    ahead, or with windows in a batch): over 10 files of 4 windows (one batch each), with one
+    load-ahead worker (2 inputs read ahead), at most 5 are alive at once (weak references to
+    every decoded array, counted at each decode), and none after the run."""
+    import weakref
+
+    from tagger_jax import audio
+
+    model_dir, _, _ = setup
+    loaded = load_model(model_dir)
+    paths = []
+    for i in range(10):  # 2 s: 126 frames, windows of 32 at 0, 32, 64, 94
+        paths.append(tmp_path / f"f{i:02d}.wav")
+        sf.write(paths[-1], 0.3 * np.sin(np.arange(32000) * (0.05 + 0.01 * i)), 16000)
+    alive: list[weakref.ref] = []
+    most = [0]
+    real_decode = audio.load_audio_checked
+
+    def tracked_decode(path, *args, **kwargs):
+        wave, notes = real_decode(path, *args, **kwargs)
+        alive.append(weakref.ref(wave))
+        most[0] = max(most[0], sum(r() is not None for r in alive))
+        return wave, notes
+
+    monkeypatch.setattr(audio, "load_audio_checked", tracked_decode)
+    options = runner.ExplainOptions(methods=("attention",), batch_size=4, plot=False,
+                                    load_workers=1)  # the page plays the waveform
+    result = runner.explain_inputs(loaded, runner.file_items(loaded, paths), tmp_path / "out",
+                                   options, progress=False, log=None)
+    assert len(result.done) == 10 and not result.failed
+    assert len(alive) == 10 and 1 < most[0] <= 5, most[0]
+    assert all(r() is None for r in alive)  # none kept after the run
+
+
 def test_tag_file_names_are_safe_and_unique():
     assert runner.tag_file_names(["rock", "a/b", "a b", "a_b", "</x>"]) == {
         "rock": "rock", "a/b": "a__b", "a b": "a_b", "a_b": "a_b-2", "</x>": "x"}

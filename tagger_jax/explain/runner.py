@@ -15,8 +15,9 @@ retried until it changes (or `retry_failed`).
 
 Tags to explain come from the run (`ExplainOptions.tags`), from each input (`Input.explain_tags`:
 dataset labels, a CSV) or are the top-k predicted; the run uses one tag count K for every batch
-(shorter lists padded), so it compiles once. Each input's optional `Input.extras` (its audio, true
-tags, frame tag mask) are read in the load-ahead threads for the report and auralisation.
+(shorter lists padded), so it compiles once. Each input's optional `Input.extras` (a dataset
+record's audio, true tags, frame tag mask) are read in the load-ahead threads for the report and
+auralisation; an audio file's waveform comes from the same decode as its model input.
 """
 from __future__ import annotations
 
@@ -105,23 +106,11 @@ file_fingerprint = inference.file_fingerprint
 def file_items(loaded, paths: Iterable[str | os.PathLike],
                skipped: Optional[list[tuple[Path, str]]] = None) -> list[InputItem]:
     """Input items for files and directories (searched recursively), with unique keys
-    (`inference.Engine.file_inputs`); files left out are appended to `skipped`, if given."""
-    from tagger_jax import audio
+    (`inference.Engine.file_inputs`); files left out are appended to `skipped`, if given.
 
-    # `name` is the display form (non-UTF-8 bytes as \xNN); the file is opened by its real name.
-    return [dataclasses.replace(it, extras=file_extras(loaded,
-                                                       Path(audio.path_from_display(it.name))))
-            for it in _engine(loaded, 1).file_inputs(paths, skipped)]
-
-
-def file_extras(loaded, path: Path) -> Optional[Callable[[], Mapping[str, Any]]]:
-    """Audio files: their waveform at the model's rate, for playback and auralisation."""
-    from tagger_jax import audio
-
-    if path.suffix.lower() not in audio.AUDIO_SUFFIXES:
-        return None
-    rate = audio.features_from_config(loaded.config.features).sample_rate
-    return lambda: {"audio": audio.load_audio(path, rate)}
+    An audio file is decoded once: its reader keeps the waveform it computed the model input
+    from (`keep_audio`), which `_prepare` hands to playback and auralisation."""
+    return _engine(loaded, 1).file_inputs(paths, skipped, keep_audio=True)
 
 
 def read_tags_csv(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
@@ -351,8 +340,11 @@ def _prepare(ctx: _Context, item: InputItem) -> _Track:
     if item.extras is not None and (ctx.options.listen or ctx.options.report
                                     or ctx.options.plot):
         track.extras = dict(item.extras())
-    if ctx.waveform:
-        track.extras = {**track.extras, "audio": track.signal}
+    # The waveform the input was read from (a file's decode, `file_items`), for playback and
+    # auralisation only; kept on the track while it is in flight, like the rest of it.
+    wave, track.audio = (track.signal if ctx.waveform else track.audio), None
+    if wave is not None and (ctx.waveform or ctx.options.listen or ctx.options.report):
+        track.extras = {**track.extras, "audio": wave}
     return track
 
 
