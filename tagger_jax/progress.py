@@ -3,6 +3,8 @@
 * `train_bar`: clips trained, with clips/s and an ETA of the remaining training steps. Time spent
   outside training steps (compilation, validation, checkpoints) is excluded from the rate by
   `Progress.resume_timing()`, so the ETA does not jump after each of them.
+  The steps between the bar's last rate sample and a pause leave the rate with their time, and
+  the rate shows "?" until a timed step is counted (`Progress._drop_untimed`).
 * `Progress.phase(desc)`: a line with the elapsed time of a phase of unknown length
   (compilation), refreshed twice a second, then "desc: done in 12.3 s".
 * `Progress.batches(iterable, total, desc)`: a bar over evaluation batches (validation, test).
@@ -70,11 +72,11 @@ class Progress:
                 self.bar.set_postfix(postfix, refresh=False)
 
     def skip(self, clips: int) -> None:
-        """Advances the bar by `clips` without counting their time (a step that compiled)."""
+        """Advances the bar by `clips` without counting them or their time in the rate (a step
+        that compiled)."""
         if self.bar is not None:
             self.bar.n += clips
-            self.bar.last_print_n = self.bar.n
-            self.bar.unpause()
+            self._drop_untimed()
             self.bar.refresh()
 
     def set_postfix(self, **postfix: str) -> None:
@@ -82,9 +84,29 @@ class Progress:
             self.bar.set_postfix(postfix)
 
     def resume_timing(self) -> None:
-        """Excludes the time since the last bar update from the training rate and ETA."""
+        """Excludes the time since the bar's last rate sample (a pause, and the steps just before
+        it that the bar had not yet sampled) and those steps' clips from the rate and ETA."""
         if self.bar is not None:
-            self.bar.unpause()
+            self._drop_untimed()
+
+    def _drop_untimed(self) -> None:
+        """Leaves the clips and the seconds since the bar's last rate sample out of its rate.
+
+        tqdm samples (clips, seconds) since its last print whenever it prints (at most every
+        `mininterval`: 0.1 s on a terminal, `LOG_INTERVAL_S` in a log) and shows the ratio of
+        their moving averages (`smoothing`); before its first sample, (n - initial) / elapsed.
+        `tqdm.unpause` drops the seconds since the last print but not the clips counted since
+        then. Alone, it let the first sample after a pause hold the clips of up to a print
+        interval before the pause over the seconds after it (a sample of up to twice the real
+        rate in a log; the bar showed 1.4 times it in tests/test_progress.py's scripted run), and
+        right after the first compile showed the compiled step's clips over the microseconds
+        since the unpause (a million clips/s, ETA 00:00). Here the clips leave the next sample
+        (`last_print_n = n`) and the average (they join `initial`, tqdm's count of clips not
+        timed in this run), so the rate is "?" until a timed step."""
+        bar = self.bar
+        bar.initial += bar.n - bar.last_print_n
+        bar.last_print_n = bar.n
+        bar.unpause()
 
     def say(self, message: str) -> None:
         """A line for the user (process 0), above the bars if there are any."""

@@ -1,6 +1,8 @@
 """The training bar's rate and ETA leave out compilation and validation (issue 10, item 13)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tagger_jax.progress import Progress
@@ -39,6 +41,80 @@ def test_rate_and_eta_exclude_compile_and_validation(capsys):
     assert d["elapsed"] == pytest.approx(6.0)
     naive = _run(exclude_pauses=False)  # what a plain bar would say
     assert naive["rate"] < 1.0
+    capsys.readouterr()
+
+
+class _TickingClock:
+    """A fake clock that also moves a little on every reading (time passes between calls)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1e-5
+        return self.now
+
+
+def _shown(bar) -> tuple[float | None, float | None]:
+    """(clips/s, seconds remaining) as the bar prints them; None for tqdm's '?'."""
+    match = re.search(r"<([^,]+), ([^,\]]+)clip/s", str(bar))
+    assert match, str(bar)
+    remaining, rate = match.groups()
+    scale = {"": 1.0, "k": 1e3, "M": 1e6, "G": 1e9}
+    rate_value = None if rate == "?" else float(rate[:-1] if rate[-1] in scale else rate) * (
+        scale[rate[-1]] if rate[-1] in scale else 1.0)
+    if remaining == "?":
+        return rate_value, None
+    parts = [int(x) for x in remaining.split(":")]
+    return rate_value, float(sum(v * 60 ** i for i, v in enumerate(reversed(parts))))
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["log", "terminal"])
+def test_shown_rate_right_after_compile_and_validation_pauses(monkeypatch, capsys, terminal):
+    """The bar's own print interval (0.1 s on a terminal, 10 s in a log) and tqdm's rate sample
+    are kept (unlike the test above): steps of 32 clips every 0.5 s (64 clips/s), a 40 s first
+    compile, a 60 s validation in the middle of a print interval, a 30 s compile of the next
+    optimizer phase. Right after the first compile the rate is unknown ('?', not the compiled
+    step's clips over microseconds); after each pause it is 64 clips/s, not inflated by clips
+    counted before the pause, and the ETA is the remaining clips at that rate."""
+    from tagger_jax import progress as progress_lib
+
+    monkeypatch.setattr(progress_lib, "stderr_is_terminal", lambda: terminal)
+    clock = _TickingClock()
+    batch, total = 32, 32 * 2000
+    p = Progress(True)
+    p.train_bar(total=total, initial=0)
+    bar = p.bar
+    bar._time = clock
+    bar.start_t = bar.last_print_t = clock()
+
+    def steps(count: int) -> None:
+        for _ in range(count):
+            clock.now += 0.5
+            p.update(batch)
+
+    def check(what: str) -> None:
+        p.set_postfix(loss="0.5")  # train_lib's refresh at a logging step
+        rate, remaining = _shown(bar)
+        assert rate == pytest.approx(64.0, rel=0.01), (what, str(bar))
+        assert remaining == pytest.approx((total - bar.n) / 64.0, abs=2.0), (what, str(bar))
+
+    clock.now += 40.0  # the first batch and the compile of the first step
+    p.skip(batch)
+    assert _shown(bar) == (None, None), str(bar)  # no timed step yet
+    steps(10)
+    check("5 s after the first compile")
+    steps(25)  # 12.5 s: in a log, the last sample was 2.5 s ago
+    clock.now += 60.0  # validation and a checkpoint
+    p.resume_timing()
+    steps(25)
+    check("after the validation")
+    clock.now += 30.0  # the next optimizer phase compiles
+    p.skip(batch)
+    check("right after the second compile")
+    steps(25)
+    check("after the second compile")
+    p.close()
     capsys.readouterr()
 
 
