@@ -75,13 +75,17 @@ def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0.0)
 
 
-def front_end(spec: np.ndarray, s: dict) -> np.ndarray:
-    """(B, 96, T) spectrogram -> (B, 512, T) features."""
+def front_end(spec: np.ndarray, s: dict, timbre_norm: str = "none") -> np.ndarray:
+    """(B, 96, T) spectrogram -> (B, 512, T) features. `timbre_norm` (not in the authors' code):
+    the vertical convolutions see the normalised spectrogram minus its maximum over the chunk
+    ("chunk_peak") or over each frame's mel bands ("frame_peak")."""
     x = batch_norm_eval(spec[:, None].astype(np.float64), s, "front_end.input_bn")  # (B,1,F,T)
+    peak_axes = {"none": None, "chunk_peak": (2, 3), "frame_peak": (2,)}[timbre_norm]
+    xv = x if peak_axes is None else x - x.max(axis=peak_axes, keepdims=True)
     outs = []
     for i in range(N_VERTICAL):
         p = f"front_end.layers.{i}"
-        y = conv2d_valid_freq_same_time(x, s[f"{p}.conv.weight"], s[f"{p}.conv.bias"])
+        y = conv2d_valid_freq_same_time(xv, s[f"{p}.conv.weight"], s[f"{p}.conv.bias"])
         outs.append(relu(batch_norm_eval(y, s, f"{p}.bn")).max(axis=2))  # max over freq rows
     mean = x.mean(axis=2)  # (B, 1, T): frequency average
     i = N_VERTICAL

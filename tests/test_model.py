@@ -22,6 +22,7 @@ import numpy_reference as ref  # noqa: E402  (tests/ is on sys.path under pytest
 from benchmarks.torch_twin import random_state_dict  # noqa: E402
 from tagger_jax.authors import authors_config, import_state_dict  # noqa: E402
 from tagger_jax.models import build_model, input_shape  # noqa: E402
+from tagger_jax.models.frontends import PonsFrontEnd  # noqa: E402
 from tagger_jax.models.transformer import fixed_cls_vector  # noqa: E402
 
 PROB_TOL = 1e-5
@@ -193,6 +194,39 @@ def test_frame_head_is_a_linear_map_of_the_encoder_input_and_leaves_tags_alone(t
     np.testing.assert_allclose(frame_logits, expected, atol=LOGIT_TOL, rtol=0)
     with pytest.raises(ValueError, match="needs frame_head=True"):
         m.model.apply(m.variables, m.x, return_frame_logits=True)
+
+
+@pytest.mark.parametrize("timbre_norm", ["chunk_peak", "frame_peak"])
+def test_timbre_norm_matches_reference_and_makes_timbre_branches_level_invariant(training,
+                                                                                 timbre_norm):
+    """model.timbre_norm: the front-end sequence equals the float64 reference with the vertical
+    branches' input shifted to its peak; a level change (+20 dB on every bin) then leaves the
+    vertical (timbre) channels unchanged while the horizontal ones (level, onsets) still see it."""
+    m = training
+    cfg = m.config.model.copy_and_resolve_references()
+    cfg.timbre_norm = timbre_norm
+    cfg.frame_head = True
+    model = build_model(cfg, 50)
+    eye = {"kernel": np.eye(512, 50, dtype=np.float32), "bias": np.zeros(50, np.float32)}
+    variables = {**m.variables, "params": {**m.variables["params"], "frame_classifier": eye}}
+    frames = jax.jit(lambda v, x: model.apply(v, x, return_frame_logits=True)[1])
+    state = ref._state(m.state)
+    expected = ref.front_end(m.x.astype(np.float64), state, timbre_norm).transpose(0, 2, 1)
+    np.testing.assert_allclose(frames(variables, m.x), expected[..., :50], atol=LOGIT_TOL, rtol=0)
+    # Level invariance, on the front-end's own output (the 1x1 conv mixes all channels).
+    pons = PonsFrontEnd(16, timbre_norm=timbre_norm)
+    fv = {"params": variables["params"]["frontend"],
+          "batch_stats": variables["batch_stats"]["frontend"]}
+    a = np.asarray(pons.apply(fv, m.x))
+    b = np.asarray(pons.apply(fv, m.x + 20.0))
+    vertical = 2 * 7 * 16  # the six vertical branches: 7c channels per height
+    # float32: the shifted input rounds differently (observed 1.4e-6 relative on values ~15)
+    np.testing.assert_allclose(b[..., :vertical], a[..., :vertical], atol=1e-5, rtol=5e-6)
+    assert np.abs(b[..., vertical:] - a[..., vertical:]).max() > 0.1
+    unnormalised = PonsFrontEnd(16).apply(fv, m.x + 20.0)
+    assert np.abs(np.asarray(unnormalised)[..., :vertical] - a[..., :vertical]).max() > 0.1
+    with pytest.raises(ValueError, match="timbre_norm"):
+        PonsFrontEnd(16, timbre_norm="band").apply(fv, m.x)
 
 
 def test_train_mode_dropout_and_batch_stats(training):

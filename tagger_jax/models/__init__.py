@@ -30,6 +30,7 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
     dtype = getattr(jnp, dtype_name)
     if arch.module == "conv":
         return ConvTagger(num_tags=num_tags, conv_channels=cfg["conv_channels"],
+                          timbre_norm=cfg["timbre_norm"],
                           classifier_dropout=cfg["classifier_dropout"], dtype=dtype)
     return AttentionTagger(
         frontend=arch.frontend,
@@ -46,6 +47,7 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
         positions=cfg["positions"],
         max_positions=cfg["max_positions"],
         frame_head=cfg["frame_head"],
+        timbre_norm=cfg["timbre_norm"],
         dtype=dtype,
     )
 
@@ -53,7 +55,7 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
 MODEL_FIELDS = ("architecture", "conv_channels", "attention_channels", "attention_layers",
                 "attention_heads", "intermediate", "attention_dropout", "hidden_dropout",
                 "classifier_dropout", "cls_token", "positions", "max_positions", "frame_head",
-                "dtype")
+                "timbre_norm", "dtype")
 
 
 def model_fields(model_config: Mapping[str, Any]) -> Mapping[str, Any]:

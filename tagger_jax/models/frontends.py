@@ -28,6 +28,9 @@ Dtype = Any
 VERTICAL_BRANCHES = ((86, 7, 1), (86, 3, 2), (86, 1, 4), (38, 7, 1), (38, 3, 2), (38, 1, 4))
 # (kernel width in frames, output channels as a multiple of c) of `front_end.layers.6..9`.
 HORIZONTAL_BRANCHES = ((165, 1), (129, 2), (65, 4), (33, 8))
+# `timbre_norm` -> the (B, F, T) axes whose maximum the vertical branches' input is shifted by:
+# "none" (the authors'), each chunk's peak, or each frame's peak over the mel bands.
+TIMBRE_PEAK_AXES = {"none": None, "chunk_peak": (1, 2), "frame_peak": (1,)}
 # Total front-end channels as a multiple of c: 7 + 7 + 15 = 29.
 PONS_CHANNEL_MULTIPLE = sum(m for _, _, m in VERTICAL_BRANCHES) + sum(m for _, m in HORIZONTAL_BRANCHES)
 
@@ -202,20 +205,31 @@ class PonsFrontEnd(nn.Module):
     BatchNorm + ReLU + max over the remaining frequency rows, and four "horizontal" (temporal)
     1-D convolutions over the frequency-averaged spectrogram, BatchNorm + ReLU. Output:
     (batch, time, 29 * conv_channels).
+
+    `timbre_norm` (not in the authors' code; docs/training.md, "Level-invariant timbre
+    branches"): "frame_peak" / "chunk_peak" shift the vertical branches' input so that its
+    maximum over each frame's mel bands / over the chunk is 0, which makes them invariant to the
+    level of the input (a constant added to every bin); the horizontal branches still see it.
     """
 
     conv_channels: int = 16
     dtype: Dtype = jnp.float32
+    timbre_norm: str = "none"
 
     @nn.compact
     def __call__(self, spec: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         c = self.conv_channels
         x = batch_norm(train, "input_bn")(spec[..., None])[..., 0]  # (B, F, T), float32 stats
+        if self.timbre_norm not in TIMBRE_PEAK_AXES:
+            raise ValueError(f"model.timbre_norm must be one of {tuple(TIMBRE_PEAK_AXES)}, got "
+                             f"{self.timbre_norm!r}")
+        axes = TIMBRE_PEAK_AXES[self.timbre_norm]  # the timbre branches' input, level removed
+        xv = x if axes is None else x - jnp.max(x, axis=axes, keepdims=True)
         outputs = []
         for height in (86, 38):
             branches = [(w, m * c) for h, w, m in VERTICAL_BRANCHES if h == height]
             y = VerticalBranches(height, [w for w, _ in branches], [f for _, f in branches],
-                                 dtype=self.dtype, name=f"vertical_{height}")(x)
+                                 dtype=self.dtype, name=f"vertical_{height}")(xv)
             y = nn.relu(batch_norm(train, f"vertical_{height}_bn", self.dtype)(y))
             outputs.append(jnp.max(y, axis=1))  # max over the conv output's frequency rows
         y = HorizontalBranches([w for w, _ in HORIZONTAL_BRANCHES],

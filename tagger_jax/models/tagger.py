@@ -33,6 +33,8 @@ class AttentionTagger(nn.Module):
     of the encoder's input sequence (the 1x1 conv's output), trained against frame-level activity
     (`train.frame_loss_weight`); `return_frame_logits=True` returns (logits, frame logits (batch,
     positions, num_tags)). The tag logits never depend on it.
+
+    `timbre_norm` (not in the authors' code): see `PonsFrontEnd`; "none" is the authors' model.
     """
 
     frontend: str = "pons"  # "pons" (spectrogram, 96 x T) or "lee" (waveform, 65,610 samples)
@@ -49,6 +51,7 @@ class AttentionTagger(nn.Module):
     positions: str = "sinusoidal"
     max_positions: int = 271
     frame_head: bool = False
+    timbre_norm: str = "none"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -58,7 +61,8 @@ class AttentionTagger(nn.Module):
         if return_frame_logits and (return_attention or not self.frame_head):
             raise ValueError("return_frame_logits needs frame_head=True and no return_attention")
         if self.frontend == "pons":
-            seq = PonsFrontEnd(self.conv_channels, self.dtype, name="frontend")(x, train)
+            seq = PonsFrontEnd(self.conv_channels, self.dtype, self.timbre_norm,
+                               name="frontend")(x, train)
             seq = nn.Dense(self.attention_channels, dtype=self.dtype, name="conv1x1")(seq)
             seq = nn.relu(batch_norm(train, "conv1x1_bn", self.dtype)(seq))
         elif self.frontend == "lee":
@@ -92,6 +96,7 @@ class ConvTagger(nn.Module):
     backend_channels: int = 512
     dense_channels: int = 500
     classifier_dropout: float = 0.5
+    timbre_norm: str = "none"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -101,7 +106,8 @@ class ConvTagger(nn.Module):
         if return_attention or attention_override is not None:
             raise ValueError("pons_pons has no attention: attention maps and overrides need "
                              "pons_won or lee_won")
-        seq = PonsFrontEnd(self.conv_channels, self.dtype, name="frontend")(x, train)
+        seq = PonsFrontEnd(self.conv_channels, self.dtype, self.timbre_norm,
+                           name="frontend")(x, train)
 
         def block(h, i):
             h = nn.Conv(self.backend_channels, (7,), padding=((3, 3),), dtype=self.dtype,
