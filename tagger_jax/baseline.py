@@ -16,9 +16,13 @@ scores beside the model on the evaluated split.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
+
+# A progress-bar factory: (items, total, desc, unit) -> the items, shown as they are consumed
+# (`tagger_jax.progress.Progress.batches`).
+Bars = Callable[[Iterable, int, str, str], Iterable]
 
 MAX_LAG = 128  # autocorrelation lags in frames (16 ms each at hop 256 / 16 kHz)
 
@@ -54,13 +58,19 @@ def clip_features(mel_db: np.ndarray, max_lag: int = MAX_LAG) -> np.ndarray:
                            onset_autocorrelation(env, max_lag), [env.mean(), env.std()]])
 
 
-def source_features(source, desc: str = "baseline features") -> tuple[np.ndarray, np.ndarray]:
+def source_features(source, desc: str = "baseline features", bars: Optional[Bars] = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, D), labels (N, K) uint8) of every record of a data source with "mel" and
-    "tags" (e.g. `tagger_jax.datasets.load_split(...)[0]`), with a progress bar."""
+    "tags" (e.g. `tagger_jax.datasets.load_split(...)[0]`), with a progress bar: `bars(items,
+    total, desc, unit)` wraps the records (training passes its own, which keeps logs free of
+    cursor movements), else a plain tqdm bar."""
     from tqdm.auto import tqdm
 
+    indices = range(len(source))
+    shown = (bars(indices, len(source), desc, " clips") if bars is not None
+             else tqdm(indices, desc=desc, unit=" clips", leave=False))
     feats, labels = [], []
-    for i in tqdm(range(len(source)), desc=desc, unit=" clips", leave=False):
+    for i in shown:
         record = source[i]
         feats.append(clip_features(record["mel"]))
         labels.append(np.asarray(record["tags"], np.uint8))
@@ -108,15 +118,16 @@ def fit(features: np.ndarray, labels: np.ndarray, c: float = 1.0,
     return Baseline(mean, scale, models)
 
 
-def evaluate(train_source, eval_sources: dict[str, Any], tag_names: Sequence[str]) -> dict:
+def evaluate(train_source, eval_sources: dict[str, Any], tag_names: Sequence[str],
+             bars: Optional[Bars] = None) -> dict:
     """Fits on `train_source`, returns {split: `tagger_jax.evaluation.tag_metrics` dict} for
-    each of `eval_sources` ({split name: source})."""
+    each of `eval_sources` ({split name: source}); `bars`: see `source_features`."""
     from tagger_jax.evaluation import tag_metrics
 
-    model = fit(*source_features(train_source, "baseline features (train)"))
+    model = fit(*source_features(train_source, "baseline features (train)", bars))
     out = {}
     for name, source in eval_sources.items():
-        x, y = source_features(source, f"baseline features ({name})")
+        x, y = source_features(source, f"baseline features ({name})", bars)
         out[name] = tag_metrics(model.predict_proba(x), y, tag_names)
     return out
 

@@ -30,7 +30,7 @@ class TrainData:
     with "mel" or "audio" and "tags"); validation reads them through the inference path
     (`validation.make_evaluate`). `test_fingerprint` identifies the test split's contents on disk
     (None: not identifiable, results never reused).
-    `extra_tests`: `data.extra_test_splits` by name. `baseline(splits)` (with
+    `extra_tests`: `data.extra_test_splits` by name. `baseline(splits, bars=None)` (with
     `train.test_baseline`) fits `tagger_jax.baseline` on the train split and returns its
     `tag_metrics` on each named test split; `baseline_fingerprint` identifies the train split.
     """
@@ -42,7 +42,7 @@ class TrainData:
     test_source: Optional[Sequence[Mapping[str, Any]]] = None
     test_fingerprint: Optional[str] = None
     extra_tests: dict[str, "TestSplit"] = dataclasses.field(default_factory=dict)
-    baseline: Optional[Callable[[Sequence[str]], dict[str, dict]]] = None
+    baseline: Optional[Callable[..., dict[str, dict]]] = None
     baseline_fingerprint: Optional[str] = None
 
 
@@ -131,11 +131,11 @@ def load_data(config: Any) -> TrainData:
             extra[name] = TestSplit(split(name),
                                     split_fingerprint(builder.data_dir, builder.name, name))
 
-    def fit_baseline(names: Sequence[str]) -> dict[str, dict]:
+    def fit_baseline(names: Sequence[str], bars: Optional[Callable] = None) -> dict[str, dict]:
         from tagger_jax import baseline as floor
 
         return floor.evaluate(train_source, {n: datasets.load_split(
-            d.name, n, d.data_dir, builder_config=builder_config)[0] for n in names}, tags)
+            d.name, n, d.data_dir, builder_config=builder_config)[0] for n in names}, tags, bars)
 
     with_baseline = bool(t.test_baseline and t.test_after_training)
     return TrainData(

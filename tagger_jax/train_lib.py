@@ -343,7 +343,7 @@ def _baseline(workdir: Path, data: TrainData, results: list[dict], progress: Pro
             progress.say(f"baseline fitted again: the train or test data changed since {path} "
                          "was written")
         with progress.phase("fitting the baseline (logistic regression on log-mel statistics)"):
-            metrics = data.baseline(splits)
+            metrics = data.baseline(splits, progress.batches)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".json.tmp{os.getpid()}")
         tmp.write_text(json.dumps({"inputs": inputs, "metrics": metrics}, indent=1))

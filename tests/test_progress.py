@@ -137,13 +137,19 @@ p.update(30)
 for _ in p.batches(range(5), 5, "validation", unit="clip"):
     pass
 p.update(70)
+import numpy as np
+from tagger_jax import baseline
+clips = [{"mel": np.random.default_rng(i).normal(size=(8, 64)), "tags": np.array([1, 0])}
+         for i in range(3)]
+with p.phase("fitting the baseline"):  # after training, as train_lib does (bars: p.batches)
+    baseline.source_features(clips, "baseline features (train)", p.batches)
 p.close()
 """
 
 
 def test_bars_in_a_log_have_no_cursor_movement(tmp_path):
     """With stderr redirected to a file (`train.py ... 2>log`), the bars opened under the
-    training bar (a phase, validation) write no cursor-up escapes (tqdm's nested bars do, one
+    training bar (a phase, validation, the baseline's features) write no cursor-up escapes (tqdm's nested bars do, one
     `\\x1b[A` per refresh), and every bar still shows."""
     import subprocess
     import sys
@@ -155,4 +161,4 @@ def test_bars_in_a_log_have_no_cursor_movement(tmp_path):
     text = log.read_text()
     assert "\x1b[A" not in text, repr(text)
     assert "compiling the train step" in text and "validation" in text
-    assert "train: 100%" in text
+    assert "train: 100%" in text and "baseline features (train)" in text
