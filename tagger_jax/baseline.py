@@ -134,41 +134,92 @@ def evaluate(train_source, eval_sources: dict[str, Any], tag_names: Sequence[str
 
 
 BASELINE_JSON = "baseline.json"
+TRAIN_SOURCES = ("dataset", "model")  # where `report_beside` fits the baseline
 
 
-def report_beside(result: dict, print_fn=print) -> dict:
-    """Fits the baseline on the train split of the dataset an `evaluate_checkpoint` result was
-    computed on, scores it on the same split, prints model vs baseline per tag and writes
-    `baseline.json` into the result's output directory. Returns the baseline's metrics.
-    Raises `tagger_jax.evaluation.EvaluationError` when a split cannot be opened."""
+def constant_tags(labels: np.ndarray, tag_names: Sequence[str]) -> list[str]:
+    """The tags with no positive or no negative clip in (N, K) 0/1 `labels`: `fit` gives them a
+    constant prediction, so the baseline's ROC-AUC on them is 0.5 by construction."""
+    y = np.asarray(labels)
+    return [str(t) for k, t in enumerate(tag_names) if y[:, k].min() == y[:, k].max()]
+
+
+def report_beside(result: dict, print_fn=print, train: str = "dataset") -> dict:
+    """Fits the baseline, scores it on the split an `evaluate_checkpoint` result was computed on,
+    prints model vs baseline per tag and writes `baseline.json` into the result's output
+    directory. Returns the baseline's metrics, with "fitted_on" ("DATASET/SPLIT"),
+    "fitted_on_clips" and "constant_tags" added.
+
+    `train`: "dataset" fits on the evaluated dataset's "train" split; "model" fits on the data
+    the model was trained on (the result's "model_data": its config's data.name, data_dir,
+    builder_config and train_split), so both learned from the same clips. The baseline is scored
+    on the tags both its training data and the evaluated split list. Prints which split it was
+    fitted on and how many clips, and one warning line naming the tags with a single label value
+    there (constant predictions: the baseline is meaningless for them).
+    Raises `tagger_jax.evaluation.EvaluationError` when a split cannot be opened (naming it) or
+    the two share no tag.
+    """
     import json
     from pathlib import Path
 
     from tagger_jax import datasets
-    from tagger_jax.evaluation import EvaluationError, _fmt
+    from tagger_jax.evaluation import EvaluationError, _fmt, tag_metrics
 
+    if train not in TRAIN_SOURCES:
+        raise EvaluationError(f"baseline: train must be one of {TRAIN_SOURCES}, got {train!r}")
     name, split = result["dataset"], result["split"]
     config = result.get("builder_config")
+    if train == "model":
+        data = result["model_data"]
+        train_at = (data["name"], data["train_split"], data["data_dir"], data["builder_config"])
+        whose = "the model's training data"
+    else:
+        train_at = (name, "train", result["data_dir"], config)
+        whose = "the evaluated dataset's train split"
+    fitted_on = f"{train_at[0]}/{train_at[1]}"
     try:
-        train, tags = datasets.load_split(name, "train", result["data_dir"], config)
-        evaluated, _ = datasets.load_split(name, split, result["data_dir"], config)
+        train_source, train_tags = datasets.load_split(*train_at)
     except (FileNotFoundError, ValueError) as e:
-        raise EvaluationError(f"baseline: cannot open {name}: {e}") from e
-    metrics = evaluate(train, {split: evaluated}, tags)[split]
-    model = {t["tag"]: t["roc_auc"] for t in result["per_tag"]}
+        hint = ("; fit it on the model's training data with --baseline-train model"
+                if train == "dataset" else "")
+        raise EvaluationError(f"baseline: cannot open {whose} {fitted_on} in {train_at[2]}: "
+                              f"{e}{hint}") from e
+    try:
+        evaluated, eval_tags = datasets.load_split(name, split, result["data_dir"], config)
+    except (FileNotFoundError, ValueError) as e:
+        raise EvaluationError(f"baseline: cannot open {name}/{split}: {e}") from e
+    train_tags, eval_tags = [str(t) for t in train_tags], [str(t) for t in eval_tags]
+    tags = [t for t in train_tags if t in set(eval_tags)]
+    if not tags:
+        raise EvaluationError(f"baseline: {fitted_on} and {name}/{split} share no tag")
+
+    x, y = source_features(train_source, f"baseline features ({fitted_on})")
+    model = fit(x, y)
+    constant = [t for t in constant_tags(y, train_tags) if t in set(tags)]
+    xe, ye = source_features(evaluated, f"baseline features ({name}/{split})")
+    probs = model.predict_proba(xe)[:, [train_tags.index(t) for t in tags]]
+    metrics = tag_metrics(probs, ye[:, [eval_tags.index(t) for t in tags]], tags)
+    metrics.update(fitted_on=fitted_on, fitted_on_clips=int(len(x)), constant_tags=constant)
+
+    model_roc = {t["tag"]: t["roc_auc"] for t in result["per_tag"]}
     width = max(len(t) for t in tags)
     lines = [f"{'tag':<{width}}  model ROC-AUC  baseline ROC-AUC", "-" * (width + 33)]
     for row in metrics["per_tag"]:
-        lines.append(f"{row['tag']:<{width}}  {_fmt(model.get(row['tag']), 13)}  "
-                     f"{_fmt(row['roc_auc'], 16)}")
+        mark = "  (constant)" if row["tag"] in constant else ""
+        lines.append(f"{row['tag']:<{width}}  {_fmt(model_roc.get(row['tag']), 13)}  "
+                     f"{_fmt(row['roc_auc'], 16)}{mark}")
     lines.append(f"{'mean':<{width}}  {_fmt(result['roc_auc_mean'], 13)}  "
                  f"{_fmt(metrics['roc_auc_mean'], 16)}")
     out = Path(result["out_dir"]) / BASELINE_JSON
     out.write_text(json.dumps({"dataset": name, "builder_config": config, "split": split,
-                               "fitted_on": "train", **metrics}, indent=1))
+                               **metrics}, indent=1))
     if print_fn is not None:
         print_fn("\n".join(lines))
-        print_fn(f"baseline (logistic regression on log-mel statistics, fitted on {name}/train): "
-                 f"ROC-AUC {_fmt(metrics['roc_auc_mean'], 0)}  PR-AUC "
-                 f"{_fmt(metrics['pr_auc_mean'], 0)}; wrote {out}")
+        if constant:
+            print_fn(f"warning: baseline: {len(constant)} of {len(tags)} tags have no positive "
+                     f"or no negative clip in {fitted_on} ({', '.join(constant)}): it predicts "
+                     "a constant for them, so its numbers there are meaningless")
+        print_fn(f"baseline (logistic regression on log-mel statistics) fitted on {fitted_on} "
+                 f"({len(x)} clips, {whose}): ROC-AUC {_fmt(metrics['roc_auc_mean'], 0)}  "
+                 f"PR-AUC {_fmt(metrics['pr_auc_mean'], 0)}; wrote {out}")
     return metrics

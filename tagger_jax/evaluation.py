@@ -401,7 +401,11 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
              "num_chunks": num_chunks if mode == "chunks" else None,
              "hop_s": hop_s if mode == "full" else None,
              "hop": hop if mode == "full" else None, "chunk_frames": int(cfg.features.chunk_frames),
-             "out_dir": str(Path(out_dir).expanduser())}
+             "out_dir": str(Path(out_dir).expanduser()),
+             # The data the model was trained on (its config), for `--baseline-train model`.
+             "model_data": {"name": str(cfg.data.name), "data_dir": str(cfg.data.data_dir),
+                            "builder_config": cfg.data.get("builder_config") or None,
+                            "train_split": str(cfg.data.get("train_split", "train"))}}
     if jax.process_index() == 0:
         paths = write_report(metrics, out_dir, extra=extra,
                              title=f"{dataset}/{split} ({mode}), {metrics['num_clips']} clips")

@@ -83,10 +83,65 @@ def test_report_beside_fits_on_train_and_writes_json(tmp_path, monkeypatch, caps
     assert calls == [("fake", "train", "cfg"), ("fake", "test_other", "cfg")]
     assert metrics["roc_auc_mean"] == 1.0
     saved = json.loads((tmp_path / baseline.BASELINE_JSON).read_text())
-    assert saved["split"] == "test_other" and saved["fitted_on"] == "train"
+    assert saved["split"] == "test_other" and saved["fitted_on"] == "fake/train"
+    assert saved["fitted_on_clips"] == 40 and saved["constant_tags"] == ["always"]
     out = capsys.readouterr().out
     assert "baseline ROC-AUC" in out and "0.5000" in out and "1.0000" in out
+    assert "fitted on fake/train (40 clips" in out
+    warning = [line for line in out.splitlines() if line.startswith("warning: baseline")]
+    assert len(warning) == 1 and "(always)" in warning[0] and "meaningless" in warning[0]
     monkeypatch.setattr(datasets, "load_split",
                         lambda *a, **k: (_ for _ in ()).throw(ValueError("no split")))
-    with pytest.raises(evaluation.EvaluationError, match="baseline: cannot open fake"):
+    with pytest.raises(evaluation.EvaluationError, match=r"baseline: cannot open the evaluated dataset.s train split fake/train in d: no split; .*--baseline-train model"):
         baseline.report_beside(result)
+
+
+def test_report_beside_can_fit_on_the_models_training_data(tmp_path, monkeypatch, capsys):
+    """--baseline-train model: fitted on the model config's dataset/train_split; the evaluated
+    set (a one-clip train split, another tag order, a tag fewer) is only scored on."""
+    import json
+
+    from tagger_jax import datasets
+
+    model_tags = ["low", "fast", "always"]
+    sources = {("mine", "train"): (_fake_source(1, 3), ["fast", "low"]),
+               ("mine", "test"): (_fake_source(20, 2), ["fast", "low"]),
+               ("model_ds", "train_x"): (_fake_source(40, 1), model_tags)}
+    calls = []
+
+    def load_split(name, split, data_dir, builder_config=None):
+        calls.append((name, split, data_dir, builder_config))
+        if (name, split) not in sources:
+            raise FileNotFoundError(f"dataset {name} is not built in {data_dir}")
+        src, tags = sources[(name, split)]
+        if name == "mine":  # labels in the CSV's order: (fast, low)
+            src = [{"mel": r["mel"], "tags": r["tags"][[1, 0]]} for r in src]
+        return src, tags
+
+    monkeypatch.setattr(datasets, "load_split", load_split)
+    result = {"dataset": "mine", "split": "test", "builder_config": None, "data_dir": "d",
+              "out_dir": str(tmp_path), "roc_auc_mean": 0.75,
+              "per_tag": [{"tag": t, "roc_auc": 0.5} for t in model_tags],
+              "model_data": {"name": "model_ds", "data_dir": "/m", "builder_config": "c",
+                             "train_split": "train_x"}}
+    # The evaluated dataset's own one-clip train split: every tag constant, named in a warning.
+    m = baseline.report_beside(result, train="dataset")
+    assert m["fitted_on_clips"] == 1 and m["constant_tags"] == ["fast", "low"]
+    assert m["roc_auc_mean"] == 0.5
+    assert "warning: baseline: 2 of 2 tags" in capsys.readouterr().out
+
+    calls.clear()
+    m = baseline.report_beside(result, train="model")
+    assert calls[0] == ("model_ds", "train_x", "/m", "c")
+    assert m["fitted_on"] == "model_ds/train_x" and m["fitted_on_clips"] == 40
+    assert [t["tag"] for t in m["per_tag"]] == ["low", "fast"]  # the tags both list
+    assert m["roc_auc_mean"] == 1.0 and m["constant_tags"] == []
+    out = capsys.readouterr().out
+    assert "fitted on model_ds/train_x (40 clips" in out and "warning" not in out
+    assert json.loads((tmp_path / baseline.BASELINE_JSON).read_text())["fitted_on_clips"] == 40
+
+    result["model_data"]["data_dir"] = "/gone"
+    sources.pop(("model_ds", "train_x"))
+    with pytest.raises(evaluation.EvaluationError,
+                       match=r"the model's training data model_ds/train_x in /gone"):
+        baseline.report_beside(result, train="model")

@@ -35,8 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="clips per batch (default: config train.eval_batch_size)")
     parser.add_argument("--baseline", action="store_true",
-                        help="also fit the logistic-regression baseline (tagger_jax.baseline) on "
-                             "the dataset's train split and report it beside the model")
+                        help="also fit the logistic-regression baseline (tagger_jax.baseline) and "
+                             "report it beside the model (see --baseline-train)")
+    parser.add_argument("--baseline-train", choices=("dataset", "model"), default="dataset",
+                        help="where --baseline is fitted: 'dataset': the evaluated dataset's "
+                             "train split (default; works for imported models whose training "
+                             "data is not here); 'model': the data the model was trained on (its "
+                             "config's data.name, data_dir, builder_config, train_split), the "
+                             "fair floor on a dataset of your own")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 hop_s=args.hop)
         if args.baseline:
             from tagger_jax.baseline import report_beside
-            report_beside(result)
+            report_beside(result, train=args.baseline_train)
     except (CheckpointError, EvaluationError, ValueError) as e:
         from tagger_jax import errors
 
