@@ -49,7 +49,7 @@ class UndefinedMetricWarning(UserWarning):
 def predict_split(items: Sequence[inference.Input], plan: inference.WindowPlan,
                   geom: Any, packer: inference.Packer, num_tags: int, *, workers: int = 2,
                   lockstep_window: np.ndarray | None = None,
-                  on_input: Callable[[], None] | None = None,
+                  on_input: Callable[[], None] | None = None, num_labels: int | None = None,
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probs (clips, tags) float64, labels (clips, tags), record index (clips,)) of a split.
 
@@ -60,6 +60,7 @@ def predict_split(items: Sequence[inference.Input], plan: inference.WindowPlan,
     in float64. With several processes the shares are gathered, so every process returns all
     clips, sorted by record index. `lockstep_window`: see `inference.run_inputs` (the trainer's
     mesh over hosts). `on_input` is called as each input finishes (a progress bar).
+    `num_labels`: label columns of a record (default `num_tags`; a dataset may list fewer).
     Raises EvaluationError if a record cannot be read or has no labels (every process raises).
     """
     index: list[int] = []
@@ -86,7 +87,7 @@ def predict_split(items: Sequence[inference.Input], plan: inference.WindowPlan,
                          lockstep_window=lockstep_window)
     local = (np.asarray(index, np.int64),
              np.asarray(probs, np.float64).reshape(-1, num_tags),
-             np.asarray(labels, np.float32).reshape(-1, num_tags))
+             np.asarray(labels, np.float32).reshape(-1, num_labels or num_tags))
     ids, p, y, num_errors = _allgather(local, len(errors))
     if num_errors:
         shown = "; ".join(errors[:3]) if errors else "(on another process)"
@@ -194,14 +195,22 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     lines = [f"{'tag':<{width}}  ROC-AUC   PR-AUC  positives",
              "-" * (width + 29)]
     for r in rows:
+        positives = "n/a" if r["positives"] is None else r["positives"]
         lines.append(f"{r['tag']:<{width}}  {_fmt(r['roc_auc'])}  {_fmt(r['pr_auc'])}  "
-                     f"{r['positives']:9d}")
+                     f"{positives:>9}")
     lines.append("-" * (width + 29))
     lines.append(f"{'mean':<{width}}  {_fmt(metrics['roc_auc_mean'])}  "
                  f"{_fmt(metrics['pr_auc_mean'])}  {metrics['num_clips']:6d} clips")
-    if metrics["num_excluded"]:
-        lines.append(f"({metrics['num_excluded']} tag(s) with a single label value excluded from "
-                     f"the means: {', '.join(metrics['excluded_tags'])})")
+    reasons = metrics.get("excluded_reasons", {})
+    single = [t for t in metrics["excluded_tags"] if t not in reasons]
+    if single:
+        lines.append(f"({len(single)} tag(s) with a single label value excluded from the means: "
+                     f"{', '.join(single)})")
+    by_reason: dict[str, list[str]] = {}
+    for t, why in reasons.items():
+        by_reason.setdefault(why, []).append(t)
+    for why, tags in by_reason.items():
+        lines.append(f"({len(tags)} tag(s) not evaluated, {why}: {', '.join(tags)})")
     return "\n".join(lines)
 
 
@@ -226,13 +235,15 @@ def plot_metrics(metrics: Mapping[str, Any], path: str | os.PathLike, title: str
     ax.barh(y + 0.2, pr, height=0.4, color="tab:orange", label="PR-AUC")
     for i, r in enumerate(rows):
         if r["roc_auc"] is None:
-            ax.text(0.01, i, "undefined (one label value)", va="center", fontsize=7)
+            why = metrics.get("excluded_reasons", {}).get(r["tag"], "undefined (one label value)")
+            ax.text(0.01, i, why, va="center", fontsize=7)
     for value, color, name in ((metrics["roc_auc_mean"], "tab:blue", "ROC-AUC"),
                                (metrics["pr_auc_mean"], "tab:orange", "PR-AUC")):
         if value is not None:
             ax.axvline(value, color=color, linestyle="--", linewidth=1,
                        label=f"mean {name} {value:.3f}")
-    ax.set_yticks(y, [f"{r['tag']} ({r['positives']})" for r in rows], fontsize=8,
+    ax.set_yticks(y, [f"{r['tag']} ({'n/a' if r['positives'] is None else r['positives']})"
+                      for r in rows], fontsize=8,
                   parse_math=False)  # tag names are user text: a `$` is not math
     ax.set_ylim(n - 0.5, -0.5)
     ax.set_xlim(0.0, 1.0)
@@ -262,7 +273,8 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | os.PathLike, title: 
         writer.writerow(["tag", "roc_auc", "pr_auc", "positives"])
         for r in metrics["per_tag"]:
             writer.writerow([r["tag"], "" if r["roc_auc"] is None else repr(r["roc_auc"]),
-                             "" if r["pr_auc"] is None else repr(r["pr_auc"]), r["positives"]])
+                             "" if r["pr_auc"] is None else repr(r["pr_auc"]),
+                             "" if r["positives"] is None else r["positives"]])
     plot_metrics(metrics, paths["png"], title)
     return paths
 
@@ -271,23 +283,49 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | os.PathLike, title: 
 # A saved model on a dataset split
 # --------------------------------------------------------------------------------------------
 
+NOT_IN_DATASET = "not in the dataset"  # why a model tag is not evaluated (`with_unevaluated`)
+
+
 def check_tags(model_tags: Sequence[str], data_tags: Sequence[str], model_dir: Any,
                dataset: str) -> np.ndarray | None:
     """The dataset's label columns in the model's tag order: None when both lists are equal,
-    else int indices `order` with data_tags[order] == model_tags (the same tags listed in
-    another order, e.g. an `audio_folder` CSV's `tags` column, ordered by frequency). Raises
-    EvaluationError naming the differing tags when the two sets differ."""
+    else int indices `order` (one per model tag) with data_tags[order[k]] == model_tags[k], and
+    order[k] == -1 for a model tag the dataset does not list (it cannot be evaluated: see
+    `with_unevaluated`). The dataset may list the tags in another order (e.g. an `audio_folder`
+    CSV's `tags` column, ordered by frequency) and may lack some of the model's tags.
+    Raises EvaluationError naming them when the dataset lists tags the model does not know
+    (their labels would be scored against nothing: likely the wrong model or dataset), or when
+    the two share no tag."""
     model_tags, data_tags = [str(t) for t in model_tags], [str(t) for t in data_tags]
     if model_tags == data_tags:
         return None
-    if sorted(model_tags) == sorted(data_tags) and len(set(model_tags)) == len(model_tags):
-        return np.asarray([data_tags.index(t) for t in model_tags])
-    only_model = [t for t in model_tags if t not in set(data_tags)][:5]
-    only_data = [t for t in data_tags if t not in set(model_tags)][:5]
-    detail = (f"{len(model_tags)} model tags vs {len(data_tags)} dataset tags; only in the "
-              f"model: {only_model}; only in the dataset: {only_data}")
-    raise EvaluationError(f"{model_dir}: the model's tags do not match dataset {dataset!r}: "
-                          f"{detail}. Evaluate on a dataset labelled with the model's tags.")
+    if len(set(model_tags)) != len(model_tags) or len(set(data_tags)) != len(data_tags):
+        raise EvaluationError(f"{model_dir} or dataset {dataset!r} lists a tag twice")
+    only_data = [t for t in data_tags if t not in set(model_tags)]
+    common = [t for t in model_tags if t in set(data_tags)]
+    if only_data or not common:
+        only_model = [t for t in model_tags if t not in set(data_tags)][:5]
+        detail = (f"{len(model_tags)} model tags vs {len(data_tags)} dataset tags; only in the "
+                  f"dataset: {only_data[:5]}; only in the model: {only_model}")
+        raise EvaluationError(f"{model_dir}: dataset {dataset!r} has tags the model does not "
+                              f"know ({detail}). Evaluate on a dataset labelled with (a subset "
+                              "of) the model's tags.")
+    return np.asarray([data_tags.index(t) if t in set(data_tags) else -1 for t in model_tags])
+
+
+def with_unevaluated(metrics: Mapping[str, Any], tag_names: Sequence[str],
+                     reasons: Mapping[str, str]) -> dict:
+    """`tag_metrics` of some of `tag_names`, completed to all of them in that order: each tag of
+    `reasons` ({tag: why}, e.g. `NOT_IN_DATASET`) gets a row with no numbers (None, shown as
+    n/a), is added to "excluded_tags" and "num_excluded" and keeps its reason in
+    "excluded_reasons". The means are unchanged (they average the evaluated tags)."""
+    rows = {r["tag"]: r for r in metrics["per_tag"]}
+    per_tag = [rows.get(t) or {"tag": t, "roc_auc": None, "pr_auc": None, "positives": None,
+                               "reason": reasons[t]} for t in tag_names]
+    excluded = [t for t in tag_names if t in set(metrics["excluded_tags"]) or t in reasons]
+    return {**metrics, "num_tags": len(tag_names), "per_tag": per_tag,
+            "excluded_tags": excluded, "num_excluded": len(excluded),
+            "excluded_reasons": {t: reasons[t] for t in tag_names if t in reasons}}
 
 
 def feature_mismatches(stored: Mapping[str, Any], model_features: Any) -> list[str]:
@@ -367,9 +405,16 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     except (FileNotFoundError, ValueError) as e:  # not built, unknown name or split
         raise EvaluationError(f"cannot open {dataset}/{split} in {data_dir}: {e}") from e
     order = check_tags(loaded.tags, data_tags, loaded.directory, dataset)
-    if order is not None and print_fn is not None and jax.process_index() == 0:
-        print_fn(f"note: {dataset} lists the model's {len(order)} tags in another order; its "
-                 "labels are read in the model's order")
+    missing = [t for t, k in zip(loaded.tags, order)
+               if k < 0] if order is not None else []
+    if print_fn is not None and jax.process_index() == 0:
+        if missing:
+            print_fn(f"note: {dataset} lacks {len(missing)} of the model's {len(order)} tags "
+                     f"({', '.join(missing)}): they are not evaluated (n/a); the means are over "
+                     f"the {len(order) - len(missing)} common tags")
+        elif order is not None:
+            print_fn(f"note: {dataset} lists the model's {len(order)} tags in another order; "
+                     "its labels are read in the model's order")
     _warn_on_feature_mismatch(datasets, dataset, data_dir, builder_config, cfg.features)
 
     # The split's records through the one inference path, on this process's devices; each
@@ -388,10 +433,16 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
               disable=jax.process_index() != 0) as bar:
         probs, labels, clip_index = predict_split(
             items, plan, engine.geometry, engine.packer(engine.predict_fn()), len(loaded.tags),
-            workers=engine.load_workers, on_input=lambda: bar.update(1))
-    if order is not None:
-        labels = labels[:, order]
-    metrics = tag_metrics(probs, labels, loaded.tags)
+            workers=engine.load_workers, on_input=lambda: bar.update(1),
+            num_labels=len(data_tags))
+    tags = list(loaded.tags)
+    if order is not None:  # the common tags, in the model's order
+        keep = order >= 0
+        labels, probs = labels[:, order[keep]], probs[:, keep]
+        tags = [t for t, k in zip(tags, keep) if k]
+    metrics = tag_metrics(probs, labels, tags)
+    if missing:
+        metrics = with_unevaluated(metrics, loaded.tags, dict.fromkeys(missing, NOT_IN_DATASET))
 
     if out_dir is None:
         out_dir = Path(path).expanduser() / "evaluation" / f"{dataset}_{split}_{mode}"
@@ -411,7 +462,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
                              title=f"{dataset}/{split} ({mode}), {metrics['num_clips']} clips")
         np.savez_compressed(Path(out_dir).expanduser() / PREDICTIONS_NPZ, probs=probs,
                             labels=labels, clip_index=clip_index,
-                            tags=np.asarray(loaded.tags))
+                            tags=np.asarray(tags))
         if print_fn is not None:
             print_fn(format_table(metrics))
             print_fn(f"ROC-AUC {_fmt(metrics['roc_auc_mean'], 0)}  PR-AUC "

@@ -301,13 +301,19 @@ def test_table_lists_every_tag_and_the_means():
     assert f"{m['roc_auc_mean']:.4f}" in next(l for l in lines if l.startswith("mean"))
 
 
-def test_tag_mismatch_is_refused_and_another_order_is_mapped():
+def test_unknown_dataset_tags_are_refused_and_missing_or_reordered_ones_mapped():
     assert ev.check_tags(TAGS, list(TAGS), "model", "ds") is None
     shuffled = ("rock", "vocal", "piano", "quiet", "choir")
     order = ev.check_tags(TAGS, shuffled, "model", "ds")
     assert list(np.asarray(shuffled)[order]) == list(TAGS)
-    with pytest.raises(ev.EvaluationError, match=r"only in the model: \['choir'\]"):
+    with pytest.raises(ev.EvaluationError, match=r"only in the dataset: \['organ'\]"):
         ev.check_tags(TAGS, TAGS[:4] + ("organ",), "model", "ds")
+    # A dataset lacking some model tags: -1 marks them, the rest map as before.
+    fewer = ("quiet", "rock", "vocal")
+    order = ev.check_tags(TAGS, fewer, "model", "ds")
+    assert list(order) == [1, -1, 2, 0, -1]
+    with pytest.raises(ev.EvaluationError, match="does not know"):
+        ev.check_tags(TAGS, ("organ",), "model", "ds")
 
 
 def _feature_warnings(stored_features, model_features) -> list[str]:
@@ -572,3 +578,28 @@ def test_evaluate_through_the_inference_path_equals_numpy_and_sklearn(tmp_path, 
     assert [r["tag"] for r in again["per_tag"]] == tags
     for a, b in zip(again["per_tag"], result["per_tag"]):
         assert a["roc_auc"] == b["roc_auc"] and a["positives"] == b["positives"]
+
+    # A dataset lacking the model's tag "b" (and in another order): the common tags are
+    # evaluated as before, "b" is n/a with its reason, and the means are over a and c.
+    fewer = [{"mel": r["mel"], "tags": r["tags"][[3, 2, 0]].copy()} for r in source]
+    monkeypatch.setattr(datasets, "load_split", lambda *a, **k: (fewer, ["d", "c", "a"]))
+    notes = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ev.UndefinedMetricWarning)
+        third = ev.evaluate_checkpoint(model_dir, dataset="magnatagatune", batch_size=1,
+                                       out_dir=tmp_path / "out3", print_fn=notes.append)
+    assert [r["tag"] for r in third["per_tag"]] == tags
+    b = third["per_tag"][1]
+    assert (b["roc_auc"], b["pr_auc"], b["positives"]) == (None, None, None)
+    assert third["excluded_tags"] == ["b", "d"] and third["num_excluded"] == 2
+    assert third["excluded_reasons"] == {"b": "not in the dataset"}
+    for k in (0, 2):
+        assert third["per_tag"][k]["roc_auc"] == result["per_tag"][k]["roc_auc"]
+    assert third["roc_auc_mean"] == pytest.approx(np.mean([per_tag[0], per_tag[2]]), abs=1e-9)
+    assert sum("lacks 1 of the model's 4 tags (b)" in n for n in notes) == 1
+    table = next(n for n in notes if n.startswith("tag"))
+    assert "(1 tag(s) not evaluated, not in the dataset: b)" in table
+    saved = json.loads((tmp_path / "out3" / "metrics.json").read_text())
+    assert saved["excluded_reasons"] == {"b": "not in the dataset"}
+    npz = np.load(tmp_path / "out3" / "predictions.npz")
+    assert list(npz["tags"]) == ["a", "c", "d"] and npz["labels"].shape == (8, 3)
