@@ -563,6 +563,31 @@ def test_audio_folder_extra_splits(folder, tmp_path):
         datasets.load_split("audio_folder", "other", tmp_path / "d", config)
 
 
+def test_audio_folder_evaluation_only_build_and_training_on_it(folder, tmp_path, capsys):
+    """A CSV whose rows are all `test` builds a dataset with that split only; training on it
+    stops with one line naming the missing split (exit status DATA), not a traceback."""
+    from tagger_jax import errors, train_data
+    from tagger_jax.config_base import base_config
+
+    (tmp_path / "t.csv").write_text("path,tags,split\nsongs/a.wav,rock;piano,test\n"
+                                    "songs/c.wav,rock,test\n")
+    config = AudioFolderConfig(name="evalonly", csv=str(tmp_path / "t.csv"))
+    b = datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder, num_workers=1)
+    assert datasets.split_sizes(b) == {"test": 2}
+    assert b.info.metadata["missing_splits"] == ["train", "validation"]
+    source, tags = datasets.load_split("audio_folder", "test", tmp_path / "d", "evalonly")
+    assert len(source) == 2 and list(tags) == ["rock", "piano"]
+
+    c = base_config()
+    c.data.name, c.data.builder_config = "audio_folder", "evalonly"
+    c.data.data_dir, c.data.manual_dir = str(tmp_path / "d"), str(folder)
+    capsys.readouterr()
+    assert errors.guarded(train_data.load_data, c) == errors.DATA
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no split 'train'" in err[0] and "['test']" in err[0]
+    assert "traceback" not in err[0]
+
+
 def _small_folder(root: Path, tags: tuple[str, ...]) -> Path:
     for k, tag in enumerate(tags):
         _tone(root / f"s{k}.wav", 0.2, 330 * (k + 1))

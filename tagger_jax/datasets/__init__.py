@@ -38,9 +38,10 @@ THE CONTRACT (the input pipeline and the trainer rely on it):
 """
 from __future__ import annotations
 
-from tagger_jax.datasets._api import (SELF_CONTAINED, audio_warnings, build, build_report,
-                                      ensure_built, get_builder, load_split, report_path,
-                                      split_sizes, tag_names, warnings_path, warnings_summary)
+from tagger_jax.datasets._api import (SELF_CONTAINED, MissingSplitError, audio_warnings, build,
+                                      build_report, ensure_built, get_builder, load_split,
+                                      report_path, split_sizes, tag_names, warnings_path,
+                                      warnings_summary)
 from tagger_jax.datasets._common import SPLITS, TaggingBuilder, TaggingConfig
 from tagger_jax.datasets.audio_folder import AudioFolder, AudioFolderConfig
 from tagger_jax.datasets.magnatagatune import Magnatagatune, MagnatagatuneConfig
@@ -56,7 +57,7 @@ if tuple(BUILDERS) != BUILDER_NAMES:  # the names --help shows without importing
     raise ImportError(f"tagger_jax.dataset_names.BUILDER_NAMES {BUILDER_NAMES} != {tuple(BUILDERS)}")
 
 __all__ = [
-    "BUILDERS", "SPLITS", "SELF_CONTAINED", "TaggingBuilder", "TaggingConfig",
+    "BUILDERS", "SPLITS", "SELF_CONTAINED", "MissingSplitError", "TaggingBuilder", "TaggingConfig",
     "SyntheticTags", "SyntheticConfig", "SoundfontTags", "SoundfontConfig", "Magnatagatune", "MagnatagatuneConfig", "MtgJamendo",
     "MtgJamendoConfig", "Msd", "MsdConfig", "AudioFolder", "AudioFolderConfig",
     "get_builder", "build", "ensure_built", "tag_names", "load_split", "build_report",

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import tensorflow_datasets as tfds
 
+from tagger_jax import errors
 from tagger_jax.datasets._common import REPORT_FILE, SPLITS, WARNINGS_FILE, TaggingBuilder
 
 # Datasets that need nothing downloaded: `ensure_built` builds them on first use.
@@ -204,6 +205,13 @@ def tag_names(name_or_builder: str | tfds.core.DatasetBuilder,
     return tuple(metadata["tags"])
 
 
+class MissingSplitError(ValueError, errors.ToolError):
+    """A built dataset has no such split (e.g. training on an evaluation-only `audio_folder`
+    build, whose CSV rows are all `test`): one line, exit status `errors.DATA`."""
+
+    exit_status = errors.DATA
+
+
 def load_split(name: str, split: str, data_dir: str | os.PathLike,
                builder_config: str | tfds.core.BuilderConfig | None = None,
                ) -> tuple[Any, tuple[str, ...]]:
@@ -215,7 +223,8 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike,
             f"dataset {name} is not built in {builder.data_dir}; run `tagger-jax build-dataset "
             f"{name} --data-dir {_expand(data_dir)}` (or `ensure_built`) first")
     if split not in builder.info.splits:
-        raise ValueError(f"{name}: no split {split!r}; splits are {list(builder.info.splits)}")
+        raise MissingSplitError(f"{name} in {builder.data_dir}: no split {split!r}; its splits "
+                                f"are {list(builder.info.splits)}")
     return builder.as_data_source(split=split), tag_names(builder)
 
 

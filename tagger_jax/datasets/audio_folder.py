@@ -15,8 +15,10 @@ The CSV has a header row and
     testing). Any other value (e.g. `holdout`, `segments`) makes a named extra split holding
     those rows (lowercased, characters other than letters, digits and `_` turned into `_`),
     which `evaluate --split`, `explain --dataset ... --split` and the benchmarks can read; the
-    model never trains or validates on it. Train, validation and test must still be present.
-    Without the column the clips are split at random with a seed: 80 / 10 / 10 % by default.
+    model never trains or validates on it. Only the splits with rows exist: a CSV whose rows are
+    all `test` builds an evaluation-only dataset (training on it stops with one line naming the
+    missing `train` split). Without the column the clips are split at random with a seed:
+    80 / 10 / 10 % by default.
 Column names, the CSV delimiter, the tag separator, the fractions and the seed are config fields,
 set at build time:
 
@@ -269,18 +271,19 @@ class AudioFolder(TaggingBuilder):
             item = {"key": row.clip_id, "clip_id": row.clip_id, "path": row.path,
                     "tags": multi_hot(row.tags, vocab), "file": str(file)}
             items[split].append(item)
-        empty = [s for s in SPLITS if not items[s]]
-        if empty:
-            raise ValueError(f"{csv_path}: no clips in split(s) {empty}; every dataset needs "
-                             "train, validation and test clips")
+        self._present = tuple(s for s in self._split_names() if items[s])
+        if not self._present:
+            raise ValueError(f"{csv_path}: no clips to build (every row was dropped as untagged)")
+        self._note("missing_splits", [s for s in SPLITS if not items[s]])
         self._note("source", csv_path.name)
         self._note("built_from", source_record(root, csv_path))
         self._note("dropped_untagged", dropped)
         self._note("extra_splits", list(self._extra_splits))
-        return {s: self._generate_examples(s, items[s]) for s in self._split_names()}
+        return {s: self._generate_examples(s, items[s]) for s in self._present}
 
     def _split_names(self) -> tuple[str, ...]:
-        return SPLITS + getattr(self, "_extra_splits", ())
+        """The splits with rows once the CSV is read (`_present`), before that every name."""
+        return getattr(self, "_present", None) or SPLITS + getattr(self, "_extra_splits", ())
 
     def _generate_examples(self, split: str, items: list[dict]):
         yield from self._extract_audio(split, items)
