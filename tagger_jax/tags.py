@@ -15,3 +15,8 @@ MTAT_TOP50: tuple[str, ...] = (
 )
 
 assert len(MTAT_TOP50) == 50 and len(set(MTAT_TOP50)) == 50
+
+# A CSV of a user's tags: `audio_folder`'s defaults, also read by `explain --tags-from`.
+CSV_PATH_COLUMN = "path"  # column with the audio file path
+CSV_TAGS_COLUMN = "tags"  # column of tag names joined by CSV_TAG_SEPARATOR
+CSV_TAG_SEPARATOR = ";"  # separator inside the tags column

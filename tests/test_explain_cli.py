@@ -513,3 +513,23 @@ def test_paper_windows_leave_gaps_that_are_nan_and_reported(setup, tmp_path, cap
     assert gappy[:CHUNK].all() and not gappy[CHUNK:CHUNK + 2].any() and not gappy[-1]
     assert f"gappy.npy: the 16 chunks cover {100 * gappy.mean():.1f}% of the track" in err
     assert "short.npy: the 16" not in err
+
+
+def test_tags_csv_reads_both_formats(tmp_path):
+    """--tags-from: rows `file,tag,tag,...`, or an audio_folder CSV (`path,tags[,split]` with
+    `;`-joined tags, told apart by its header), with one-line errors naming the line."""
+    plain = tmp_path / "plain.csv"
+    plain.write_text("file,tags\na.wav,rock,piano\n\"b, c.wav\",quiet\n")
+    assert runner.read_tags_csv(plain) == {"a.wav": ("rock", "piano"), "b, c.wav": ("quiet",)}
+    folder = tmp_path / "folder.csv"
+    folder.write_text("Split,PATH,tags\ntest,songs/a.wav,guitar; bass\n"
+                      "train,songs/b.wav,\ntest,songs/c.wav,sitar;;drums;loud\n")
+    assert runner.read_tags_csv(folder) == {"songs/a.wav": ("guitar", "bass"),
+                                            "songs/b.wav": (),
+                                            "songs/c.wav": ("sitar", "drums", "loud")}
+    (tmp_path / "bad.csv").write_text("path,tags\nx.wav,rock;pop\nx.wav,rock,pop,jazz\n")
+    with pytest.raises(ValueError, match=r"bad.csv:3: 4 cells but the header has 2"):
+        runner.read_tags_csv(tmp_path / "bad.csv")
+    (tmp_path / "twice.csv").write_text("path,tags\nx.wav,rock\nx.wav,pop\n")
+    with pytest.raises(ValueError, match=r"twice.csv:3: 'x.wav' is listed twice"):
+        runner.read_tags_csv(tmp_path / "twice.csv")

@@ -41,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=3, help="tags explained per input (default 3)")
     parser.add_argument("--tags-from", metavar="labels|CSV", default=None,
                         help="tags per input: 'labels' (each --dataset record's true tags) or a "
-                             "CSV of rows file,tag,tag,... (unlisted inputs: the top-k)")
+                             "CSV: rows file,tag,tag,... or an audio_folder CSV (header with "
+                             "path and tags columns, tags joined by ';') (unlisted inputs: the "
+                             "top-k)")
     parser.add_argument("--listen", action="store_true",
                         help="write auralised audio per map and tag: the input kept where the "
                              "map is high (STEM.METHOD.TAG.kept.ogg) and the rest (.removed.ogg)")

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tagger_jax import tags as tags_lib
 from tagger_jax.datasets._common import SPLITS, TaggingBuilder, TaggingConfig, multi_hot
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation",
@@ -63,9 +64,9 @@ class AudioFolderConfig(TaggingConfig):
 
     csv: str = ""  # CSV file relative to the manual dir ("" = the only *.csv there)
     delimiter: str = ","  # CSV field delimiter
-    path_column: str = "path"  # column with the audio file path
-    tags_column: str = "tags"  # column of separated tag names; absent = one 0/1 column per tag
-    tag_separator: str = ";"  # separator inside the tags column
+    path_column: str = tags_lib.CSV_PATH_COLUMN  # column with the audio file path
+    tags_column: str = tags_lib.CSV_TAGS_COLUMN  # joined tag names; absent = a 0/1 column per tag
+    tag_separator: str = tags_lib.CSV_TAG_SEPARATOR  # separator inside the tags column
     split_column: str = "split"  # optional column train/validation/test
     id_column: str = ""  # optional column with clip ids ("" = use the path)
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test

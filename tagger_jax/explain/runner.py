@@ -114,24 +114,50 @@ def file_items(loaded, paths: Iterable[str | os.PathLike],
 
 
 def read_tags_csv(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
-    """{file as written: tags} from a CSV of rows `file,tag,tag,...` (Python's csv quoting for
-    names with commas; an optional header row whose first cell is `file` or `path`). Raises
-    ValueError naming the CSV and line for an empty file name or a file listed twice."""
+    """{file as written: tags} from a CSV in one of two formats, told apart by the header:
+      - an `audio_folder` CSV (`tagger_jax.datasets.audio_folder`): a header naming a `path` and
+        a `tags` column (case-insensitive, any order, other columns such as `split` ignored),
+        the tags joined by `;` in one cell: `path,tags,split` / `a.wav,rock;piano,test`;
+      - rows `file,tag,tag,...` (Python's csv quoting for names with commas), with an optional
+        header row whose first cell is `file` or `path` (and no `tags` column beside `path`).
+    Raises ValueError naming the CSV and line for an empty file name, a file listed twice, or an
+    audio_folder row with more cells than its header."""
     import csv
 
+    from tagger_jax import tags as tags_lib  # audio_folder's column names and tag separator
+
+    path_col, tags_col, sep = (tags_lib.CSV_PATH_COLUMN, tags_lib.CSV_TAGS_COLUMN,
+                               tags_lib.CSV_TAG_SEPARATOR)
     out: dict[str, tuple[str, ...]] = {}
+    columns: dict[str, int] | None = None  # audio_folder format: column positions
     with open(path, newline="", encoding="utf-8") as f:
         for line, row in enumerate(csv.reader(f), start=1):
             if not row or not any(c.strip() for c in row):
                 continue
-            if line == 1 and row[0].strip().lower() in ("file", "path"):
-                continue
-            name = row[0].strip()
+            if line == 1:
+                header = [c.strip().lower() for c in row]
+                if path_col in header and tags_col in header:
+                    columns = {"path": header.index(path_col),
+                               "tags": header.index(tags_col), "width": len(header)}
+                    continue
+                if header[0] in ("file", "path"):
+                    continue
+            if columns is not None:
+                if len(row) > columns["width"]:
+                    raise ValueError(f"{path}:{line}: {len(row)} cells but the header has "
+                                     f"{columns['width']} (an audio_folder CSV: tags joined by "
+                                     f"{sep!r} in the {tags_col!r} "
+                                     "column)")
+                row = row + [""] * (columns["width"] - len(row))
+                name = row[columns["path"]].strip()
+                tags = row[columns["tags"]].split(sep)
+            else:
+                name, tags = row[0].strip(), row[1:]
             if not name:
                 raise ValueError(f"{path}:{line}: empty file name")
             if name in out:
                 raise ValueError(f"{path}:{line}: {name!r} is listed twice")
-            out[name] = tuple(t.strip() for t in row[1:] if t.strip())
+            out[name] = tuple(t.strip() for t in tags if t.strip())
     return out
 
 
