@@ -99,15 +99,33 @@ def discover(paths: Iterable[str | os.PathLike],
     Files named directly are kept whatever their suffix (they fail later with a clear error if
     they are not audio); in directories, `audio.scan_inputs` decides (every format the decoders
     read, by suffix or content), sorted; what it leaves out is appended, with the reason, to
-    `skipped` if given. Duplicates are dropped (first occurrence kept). Missing paths are kept:
+    `skipped` if given. Files `tagger-jax explain` wrote (`explain.report.output_files`: listed
+    in an explanation summary of their folder, e.g. the `.orig.ogg` playback copies) are left out
+    of directory searches with that reason. Duplicates are dropped (first occurrence kept).
+    Missing paths are kept:
     they become failed inputs with an error naming them, never a crash of the run. Names are
     `audio.display_path` text (bytes that are not UTF-8 as \\xNN).
     """
     from tagger_jax import audio
+    from tagger_jax.explain import report as explain_report
 
     out: dict[Path, str] = {}
+    outputs: dict[Path, dict[str, str]] = {}  # folder -> its explain outputs
+
+    def explain_output(f: Path) -> str | None:
+        if f.parent not in outputs:
+            outputs[f.parent] = explain_report.output_files(f.parent)
+        return outputs[f.parent].get(f.name)
+
     for p in map(Path, paths):
         files, left_out = audio.scan_inputs([p])
+        if p.is_dir():
+            left_out = [(f, explain_output(f) or why) for f, why in left_out]
+            kept = []
+            for f in files:
+                why = explain_output(f)
+                (kept.append(f) if why is None else left_out.append((f, why)))
+            files = kept
         if skipped is not None:
             skipped.extend(left_out)
         for f in files:

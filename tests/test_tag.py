@@ -284,3 +284,48 @@ def test_a_truncated_mp3s_decoder_warning_is_a_note_not_raw_stderr(model_dir, tm
         assert raw == [], raw
     stored = embedding.load_embeddings(tmp_path / "emb" / "cut.mp3.npz")
     assert damaged in str(stored["audio_warnings"])
+
+
+def test_directory_search_skips_explain_outputs_and_counts_what_it_skipped(tmp_path, capsys):
+    """`tag DIR` over a folder holding an explain run: the files its summary JSON lists (the
+    .orig.ogg playback copy, ...) are skipped with that reason; an .orig.ogg no summary lists is
+    audio like any other; the skipped lines end with one count per reason."""
+    import json
+
+    from tagger_jax.commands._inference_args import print_skipped
+
+    tone = 0.1 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 440)
+    (tmp_path / "ex").mkdir()
+    (tmp_path / "other").mkdir()
+    sf.write(tmp_path / "song.wav", tone, 16000)
+    sf.write(tmp_path / "ex" / "song.wav.orig.ogg", tone, 16000)
+    sf.write(tmp_path / "ex" / "song.wav.attention.rock.kept.ogg", tone, 16000)
+    sf.write(tmp_path / "other" / "x.wav.orig.ogg", tone, 16000)  # no summary lists it
+    (tmp_path / "ex" / "song.wav.npz").write_bytes(b"PK")
+    (tmp_path / "ex" / "index.html").write_text("<html></html>")
+    (tmp_path / "ex" / "song.wav.json").write_text(json.dumps({
+        "kind": "tagger-jax-explanation", "key": "song.wav",
+        "files": {"npz": "song.wav.npz", "json": "song.wav.json", "audio": {
+            "original": "song.wav.orig.ogg",
+            "maps": [{"method": "attention", "tag": "rock",
+                      "kept": "song.wav.attention.rock.kept.ogg"}]}}}))
+    (tmp_path / "other" / "meta.json").write_text(json.dumps({"kind": "something else"}))
+    (tmp_path / "notes.txt").write_text("not audio")
+    skipped = []
+    found = [p.relative_to(tmp_path).as_posix()
+             for p in tagging.collect_inputs([tmp_path], skipped)]
+    assert found == ["other/x.wav.orig.ogg", "song.wav"]
+    why = {p.relative_to(tmp_path).as_posix(): w for p, w in skipped}
+    for name in ("ex/song.wav.orig.ogg", "ex/song.wav.attention.rock.kept.ogg",
+                 "ex/song.wav.npz", "ex/song.wav.json", "ex/index.html"):
+        assert why[name].startswith("explain output ("), name
+    assert why["notes.txt"].startswith("not audio") and why["other/meta.json"].startswith("not audio")
+    # A file named directly is an input whatever it is.
+    direct = tmp_path / "ex" / "song.wav.orig.ogg"
+    assert tagging.collect_inputs([direct]) == [direct]
+
+    capsys.readouterr()
+    print_skipped(skipped)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 8 and all(line.startswith("skipped: ") for line in err[:7])
+    assert err[-1] == "skipped 7 file(s): 5 explain output, 2 not audio"

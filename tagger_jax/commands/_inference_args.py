@@ -60,7 +60,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def print_skipped(skipped) -> None:
     """One `skipped: PATH: reason` line on stderr per file a directory search left out
-    (`inference.discover`'s `skipped`), on process 0 of a multi-process run only."""
+    (`inference.discover`'s `skipped`), then one line counting them by reason (the text before
+    its parenthesis; most first), on process 0 of a multi-process run only."""
     import sys
 
     import jax
@@ -69,8 +70,15 @@ def print_skipped(skipped) -> None:
 
     if jax.process_index() != 0:
         return
+    counts: dict[str, int] = {}
     for path, why in skipped:
         print(f"skipped: {audio.display_path(path)}: {why}", file=sys.stderr)
+        kind = why.split(" (")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    if counts:
+        print(f"skipped {len(skipped)} file(s): "
+              + ", ".join(f"{n} {kind}" for kind, n in
+                            sorted(counts.items(), key=lambda kv: -kv[1])), file=sys.stderr)
 
 
 def no_inputs_message(skipped) -> str:

@@ -35,6 +35,8 @@ import numpy as np
 SUMMARY_SUFFIX = ".json"
 FAILURES_FILE = "failures.json"
 INDEX_FILE = "index.html"
+FORMAT = "tagger-jax-explanation"  # the "kind" of an input's summary JSON
+_FILE_KEYS = ("npz", "png", "json", "html", "original", "kept", "removed")  # summary "files"
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -61,9 +63,42 @@ def summaries(out_dir: str | os.PathLike) -> list[dict]:
         if p.name == FAILURES_FILE:
             continue
         s = read_json(p)
-        if isinstance(s, dict) and s.get("kind") == "tagger-jax-explanation":
+        if isinstance(s, dict) and s.get("kind") == FORMAT:
             found.append(s)
     return sorted(found, key=lambda s: str(s.get("input", "")))
+
+
+def output_files(folder: str | os.PathLike) -> dict[str, str]:
+    """{file name: why it is an explanation output} for the files `tagger-jax explain` wrote in
+    `folder`: those an input's summary JSON (kind `FORMAT`) lists under "files" (its npz, png,
+    html, the `.orig.ogg` playback copy, the `--listen` audio) and the summary itself, plus
+    failures.json and index.html beside them. Recognised by the summaries' content, not by file
+    names alone; {} for a folder without summaries. Used to keep `tag DIR` off them."""
+    out: dict[str, str] = {}
+
+    def names(files: Any):
+        if isinstance(files, dict):
+            for k, v in files.items():
+                if k in _FILE_KEYS and isinstance(v, str):
+                    yield v
+                else:
+                    yield from names(v)
+        elif isinstance(files, list):
+            for v in files:
+                yield from names(v)
+
+    for p in sorted(Path(folder).glob("*" + SUMMARY_SUFFIX)):
+        s = read_json(p)
+        if not (isinstance(s, dict) and s.get("kind") == FORMAT):
+            continue
+        why = f"explain output (listed in {p.name}, an explanation summary)"
+        for name in [p.name, *names(s.get("files"))]:
+            if "/" not in name:
+                out.setdefault(name, why)
+    if out:
+        for name in (FAILURES_FILE, INDEX_FILE):
+            out.setdefault(name, "explain output (beside this folder's explanation summaries)")
+    return out
 
 
 def load_failures(out_dir: str | os.PathLike) -> dict[str, dict]:

@@ -41,7 +41,7 @@ from tagger_jax.explain import report
 from tagger_jax.explain.stitch import covered, stitch
 
 DEFAULT_METHODS = ("attention", "contribution", "grad_x_input")
-FORMAT = "tagger-jax-explanation"
+FORMAT = report.FORMAT
 
 
 @dataclasses.dataclass(frozen=True)
