@@ -307,9 +307,9 @@ def check_tags(model_tags: Sequence[str], data_tags: Sequence[str], model_dir: A
         only_model = [t for t in model_tags if t not in set(data_tags)][:5]
         detail = (f"{len(model_tags)} model tags vs {len(data_tags)} dataset tags; only in the "
                   f"dataset: {only_data[:5]}; only in the model: {only_model}")
-        raise EvaluationError(f"{model_dir}: dataset {dataset!r} has tags the model does not "
-                              f"know ({detail}). Evaluate on a dataset labelled with (a subset "
-                              "of) the model's tags.")
+        raise EvaluationError(f"{model_dir}: the model's tags do not match dataset {dataset!r}: "
+                              f"{detail}. Evaluate on a dataset labelled with (a subset of) the "
+                              "model's tags.")
     return np.asarray([data_tags.index(t) if t in set(data_tags) else -1 for t in model_tags])
 
 
