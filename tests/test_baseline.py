@@ -92,7 +92,9 @@ def test_report_beside_fits_on_train_and_writes_json(tmp_path, monkeypatch, caps
     assert len(warning) == 1 and "(always)" in warning[0] and "meaningless" in warning[0]
     monkeypatch.setattr(datasets, "load_split",
                         lambda *a, **k: (_ for _ in ()).throw(ValueError("no split")))
-    with pytest.raises(evaluation.EvaluationError, match=r"baseline: cannot open the evaluated dataset.s train split fake/train in d: no split; .*--baseline-train model"):
+    with pytest.raises(evaluation.EvaluationError,
+                       match=r"baseline: cannot open the evaluated dataset.s train split "
+                             r"fake/train in d: no split; .*--baseline-train model"):
         baseline.report_beside(result)
 
 
