@@ -410,7 +410,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     if print_fn is not None and jax.process_index() == 0:
         if missing:
             print_fn(f"note: {dataset} lacks {len(missing)} of the model's {len(order)} tags "
-                     f"({', '.join(missing)}): they are not evaluated (n/a); the means are over "
+                     f"({', '.join(missing)}): not evaluated (n/a); the means are over "
                      f"the {len(order) - len(missing)} common tags")
         elif order is not None:
             print_fn(f"note: {dataset} lists the model's {len(order)} tags in another order; "
