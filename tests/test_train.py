@@ -396,9 +396,9 @@ def test_extra_test_splits_and_baseline_are_reported_and_reused(tmp_path, finish
         data.test_fingerprint = "split-v1"
         data.extra_tests = {"test_other": TestSplit(other, other_fingerprint)}
 
-        def fit_and_score(names):
+        def fit_and_score(names, bars):  # TrainData.baseline: (splits, progress bars)
             calls.append(tuple(names))
-            return baseline.evaluate(train_records, {n: sources[n] for n in names}, TAGS)
+            return baseline.evaluate(train_records, {n: sources[n] for n in names}, TAGS, bars)
 
         data.baseline, data.baseline_fingerprint = fit_and_score, "train-v1"
         capsys.readouterr()
