@@ -44,6 +44,12 @@ class ToolError(Exception):
     exit_status = INTERNAL
 
 
+class ConfigError(ToolError, ValueError):
+    """A config field has a value the run cannot use; the message names the field."""
+
+    exit_status = USAGE
+
+
 # Errors defined where importing them would be heavy (TFDS, train_lib), by class name.
 _BY_NAME = {
     "UnpicklingError": DATA,  # the MSD unpickler's safe refusal of a pickle naming code

@@ -34,7 +34,8 @@ from tagger_jax import checkpointing, optimizers, sharding, validation
 from tagger_jax import workdir as wd
 from tagger_jax.checkpointing import CorruptCheckpointError, read_checkpoint  # noqa: F401
 from tagger_jax.metric_writer import MetricWriter
-from tagger_jax.models import build_model, get_architecture, input_shape
+from tagger_jax.errors import ConfigError
+from tagger_jax.models import build_model, check_model_config, get_architecture, input_shape
 from tagger_jax.preemption import Preemption
 from tagger_jax.progress import Progress
 from tagger_jax.train_data import TestSplit, TrainData, load_data
@@ -76,15 +77,16 @@ def end_of_epoch(state: TrainState, schedule: optimizers.PlateauState, metric: f
 def frame_loss_weight(config: Any) -> float:
     """`train.frame_loss_weight`, checked against `model.frame_head` (each needs the other).
 
-    Raises ValueError naming both fields when one is set without the other, or when the
-    architecture has no frame positions (only log-mel attention models, i.e. pons_won)."""
+    Raises `errors.ConfigError` (a ValueError) naming both fields when one is set without the
+    other, or when the architecture has no frame positions (only log-mel attention models, i.e.
+    pons_won)."""
     weight = float(config.train.frame_loss_weight)
     if weight < 0 or bool(config.model.frame_head) != (weight > 0):
-        raise ValueError(f"model.frame_head={config.model.frame_head} needs train."
-                         f"frame_loss_weight > 0 and vice versa (got {weight})")
+        raise ConfigError(f"model.frame_head={config.model.frame_head} needs train."
+                          f"frame_loss_weight > 0 and vice versa (got {weight})")
     arch = get_architecture(config.model)
     if weight > 0 and (arch.waveform or arch.module != "attention"):
-        raise ValueError(f"model.frame_head: {arch.name} has no frame head (pons_won only)")
+        raise ConfigError(f"model.frame_head: {arch.name} has no frame head (pons_won only)")
     return weight
 
 
@@ -96,11 +98,14 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike,
     validation was defined), and after testing "test_roc_auc", "test_pr_auc", "test_reused" (of
     data.test_split) and "tests": one dict per tested split ({"split", "dir", "roc_auc",
     "pr_auc", "reused"}, plus "baseline_roc_auc" and "baseline_pr_auc" with train.test_baseline)}.
-    Raises WorkdirBusyError if another training holds the workdir, ConfigMismatchError if it
-    belongs to a different config, CorruptCheckpointError if no checkpoint in it reads,
-    NonFiniteLossError on a NaN/inf loss. SIGTERM saves a checkpoint and returns with
+    Raises `errors.ConfigError` (before touching the workdir) on a model field value or frame-loss
+    setting the run cannot use, WorkdirBusyError if another training holds the workdir,
+    ConfigMismatchError if it belongs to a different config, CorruptCheckpointError if no
+    checkpoint in it reads, NonFiniteLossError on a NaN/inf loss. SIGTERM saves a checkpoint and returns with
     summary["preempted"] = True. `data` replaces `load_data(config)` (tests use in-memory sources).
     """
+    check_model_config(config.model)  # bad values fail before the workdir or the data is touched
+    frame_loss_weight(config)
     sharding.maybe_initialize_distributed(bool(config.train.distributed))
     workdir = Path(workdir).expanduser().absolute()
     with wd.lock(workdir):
@@ -111,7 +116,7 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
     wd.check_or_write_config(config, workdir)
     checkpointing.barrier("config")
     t = config.train
-    loss_weight = frame_loss_weight(config)  # before the data: a bad pair fails at once
+    loss_weight = frame_loss_weight(config)
     progress = Progress(bool(t.progress_bar))
     mesh = sharding.make_mesh()
     if data is None:

@@ -195,6 +195,9 @@ def test_every_config_field_is_listed_with_default_and_comment():
     (["--config.train.nope=1"], "unknown config field train.nope"),
     (["--config.train.batch_size=abc"], "train.batch_size"),
     (["--bogus"], "unknown argument '--bogus'"),
+    (["--config.model.timbre_norm=band"], "model.timbre_norm must be one of"),
+    (["--config.model.cls_token=random"], "model.cls_token must be one of"),
+    (["--config.train.frame_loss_weight=1.0"], "model.frame_head=False needs"),
 ])
 def test_train_py_bad_arguments_are_one_line_and_status_2(tmp_path, argv, needle):
     out = subprocess.run(

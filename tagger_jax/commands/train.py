@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 # Exit statuses of the documented training failures (the project's table of exit statuses:
 # 2 usage/config, 3 unreadable checkpoint, 5 busy, 7 non-finite loss).
-EXIT_STATUS = {"ConfigMismatchError": 2, "CorruptCheckpointError": 3, "BusyError": 5,
-               "NonFiniteLossError": 7}
+EXIT_STATUS = {"ConfigMismatchError": 2, "ConfigError": 2, "CorruptCheckpointError": 3,
+               "BusyError": 5, "NonFiniteLossError": 7}
 
 HELP = ("Train a tagger from a config file (resumes in an existing workdir): validation ROC-AUC "
         "every epoch, best model exported to WORKDIR/best_model, test ROC-AUC at the end.")
@@ -130,10 +130,11 @@ def list_config(config: Any = None) -> str:
 def run_training(config: Any, workdir: str) -> int:
     """Trains with `config` in `workdir` and prints the outcome; the process exit status."""
     from tagger_jax import train_lib, validation
+    from tagger_jax.errors import ConfigError
 
     try:
         summary = train_lib.train_and_evaluate(config, workdir)
-    except (train_lib.ConfigMismatchError, train_lib.WorkdirBusyError,
+    except (ConfigError, train_lib.ConfigMismatchError, train_lib.WorkdirBusyError,
             train_lib.CorruptCheckpointError, train_lib.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_STATUS[type(e).__name__]

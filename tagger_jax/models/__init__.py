@@ -10,6 +10,8 @@ from tagger_jax.models.registry import (ARCHITECTURES, LOG_MEL, WAVEFORM, WAVEFO
 
 N_MELS = 96
 DTYPES = ("float32", "bfloat16")
+CLS_TOKENS = ("fixed", "learned")  # model.cls_token: the authors' seeded vector, or a parameter
+POSITIONS = ("sinusoidal", "learned")  # model.positions: training code's table, or released
 
 __all__ = ["ARCHITECTURES", "Architecture", "Geometry", "LOG_MEL", "N_MELS", "WAVEFORM",
            "WAVEFORM_SAMPLES", "WAVEFORM_STEP", "build_model", "geometry", "get_architecture",
@@ -23,11 +25,9 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
     from tagger_jax.models.tagger import AttentionTagger, ConvTagger
 
     cfg = model_fields(model_config)
+    check_model_config(cfg)
     arch = get_architecture(cfg)
-    dtype_name = cfg["dtype"]
-    if dtype_name not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
-    dtype = getattr(jnp, dtype_name)
+    dtype = getattr(jnp, cfg["dtype"])
     if arch.module == "conv":
         return ConvTagger(num_tags=num_tags, conv_channels=cfg["conv_channels"],
                           timbre_norm=cfg["timbre_norm"],
@@ -56,6 +56,24 @@ MODEL_FIELDS = ("architecture", "conv_channels", "attention_channels", "attentio
                 "attention_heads", "intermediate", "attention_dropout", "hidden_dropout",
                 "classifier_dropout", "cls_token", "positions", "max_positions", "frame_head",
                 "timbre_norm", "dtype")
+
+
+def check_model_config(model_config: Mapping[str, Any]) -> None:
+    """Checks the fields of `config.model` that name a choice (architecture, dtype, cls_token,
+    positions, timbre_norm) before anything is built or traced. Raises `errors.ConfigError`
+    (a ValueError; exit status 2) naming the field, its value and the choices."""
+    from tagger_jax.errors import ConfigError
+    from tagger_jax.models.frontends import TIMBRE_PEAK_AXES
+
+    cfg = model_fields(model_config)
+    try:
+        get_architecture(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for field, choices in (("dtype", DTYPES), ("cls_token", CLS_TOKENS),
+                           ("positions", POSITIONS), ("timbre_norm", tuple(TIMBRE_PEAK_AXES))):
+        if cfg[field] not in choices:
+            raise ConfigError(f"model.{field} must be one of {choices}, got {cfg[field]!r}")
 
 
 def model_fields(model_config: Mapping[str, Any]) -> Mapping[str, Any]:

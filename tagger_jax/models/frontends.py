@@ -30,7 +30,7 @@ VERTICAL_BRANCHES = ((86, 7, 1), (86, 3, 2), (86, 1, 4), (38, 7, 1), (38, 3, 2),
 HORIZONTAL_BRANCHES = ((165, 1), (129, 2), (65, 4), (33, 8))
 # `timbre_norm` -> the (B, F, T) axes whose maximum the vertical branches' input is shifted by:
 # "none" (the authors'), each chunk's peak, or each frame's peak over the mel bands.
-TIMBRE_PEAK_AXES = {"none": None, "chunk_peak": (1, 2), "frame_peak": (1,)}
+TIMBRE_PEAK_AXES = {"none": None, "frame_peak": (1,), "chunk_peak": (1, 2)}
 # Total front-end channels as a multiple of c: 7 + 7 + 15 = 29.
 PONS_CHANNEL_MULTIPLE = sum(m for _, _, m in VERTICAL_BRANCHES) + sum(m for _, m in HORIZONTAL_BRANCHES)
 
