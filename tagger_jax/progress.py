@@ -48,6 +48,7 @@ class Progress:
         self.main = jax.process_index() == 0
         self.enabled = enabled and self.main
         self.bar = None
+        self.paused_at: Optional[float] = None  # the bar's clock when a pause began (`pause`)
         self.terminal = stderr_is_terminal()
         # tqdm options of every bar: on a terminal tqdm's defaults; in a log one line, rarely.
         self.tqdm_options = ({"dynamic_ncols": True} if self.terminal else
@@ -83,9 +84,17 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix(postfix)
 
+    def pause(self) -> None:
+        """Marks the start of a pause of training (a compile, validation, a checkpoint save); call
+        it once the device has finished the steps counted so far. `skip` / `resume_timing` then
+        leave the time from here on out of the bar's elapsed time (without a mark they leave it
+        in: the elapsed time is then the wall time)."""
+        if self.bar is not None and self.paused_at is None:
+            self.paused_at = self.bar._time()
+
     def resume_timing(self) -> None:
-        """Excludes the time since the bar's last rate sample (a pause, and the steps just before
-        it that the bar had not yet sampled) and those steps' clips from the rate and ETA."""
+        """Ends a pause: its time leaves the elapsed time (see `pause`), and the clips counted
+        since the bar's last rate sample leave the rate and ETA."""
         if self.bar is not None:
             self._drop_untimed()
 
@@ -102,11 +111,18 @@ class Progress:
         right after the first compile showed the compiled step's clips over the microseconds
         since the unpause (a million clips/s, ETA 00:00). Here the clips leave the next sample
         (`last_print_n = n`) and the average (they join `initial`, tqdm's count of clips not
-        timed in this run), so the rate is "?" until a timed step."""
+        timed in this run), so the rate is "?" until a timed step. The elapsed time loses the
+        pause only, from `pause` on (tqdm's `unpause` dropped all the time since the last sample:
+        in a log, up to 10 s of training per pause, so it showed about half the training time).
+        """
         bar = self.bar
+        now = bar._time()
         bar.initial += bar.n - bar.last_print_n
         bar.last_print_n = bar.n
-        bar.unpause()
+        if self.paused_at is not None:
+            bar.start_t += now - self.paused_at
+        bar.last_print_t = now
+        self.paused_at = None
 
     def say(self, message: str) -> None:
         """A line for the user (process 0), above the bars if there are any."""
@@ -123,6 +139,7 @@ class Progress:
         start = time.perf_counter()
         stop = threading.Event()
         spinner = None
+        self.pause()  # a phase under the training bar is a pause of training
         if self.enabled:
             from tqdm.auto import tqdm
 

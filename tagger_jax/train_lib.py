@@ -215,6 +215,8 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
                 pending, window_steps = [], 0
                 window_start = time.perf_counter()
             validate = epoch_end and ((step // spe) % eval_every == 0 or step == total_steps)
+            if validate or save_due:  # the counted steps are done (_check_finite synced)
+                progress.pause()
             if validate:
                 val = evaluate(state.variables, data.eval_source, config.data.eval_split,
                                f"validation (epoch {step // spe})")

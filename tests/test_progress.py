@@ -18,11 +18,15 @@ def _run(exclude_pauses: bool) -> dict:
     bar._time = lambda: clock[0]
     bar.start_t = bar.last_print_t = 0.0
     bar.mininterval, bar.miniters, bar.dynamic_miniters = 0, 0, False  # sample every update
+    if exclude_pauses:
+        p.pause()  # train_lib: the compile's progress.phase marks it
     clock[0] = 50.0
     p.skip(10) if exclude_pauses else p.update(10)
     for _ in range(4):
         clock[0] += 1.0
         p.update(10)
+    if exclude_pauses:
+        p.pause()
     clock[0] += 30.0
     if exclude_pauses:
         p.resume_timing()
@@ -76,7 +80,8 @@ def test_shown_rate_right_after_compile_and_validation_pauses(monkeypatch, capsy
     compile, a 60 s validation in the middle of a print interval, a 30 s compile of the next
     optimizer phase. Right after the first compile the rate is unknown ('?', not the compiled
     step's clips over microseconds); after each pause it is 64 clips/s, not inflated by clips
-    counted before the pause, and the ETA is the remaining clips at that rate."""
+    counted before the pause, and the ETA is the remaining clips at that rate; the elapsed time
+    is the time of the timed steps."""
     from tagger_jax import progress as progress_lib
 
     monkeypatch.setattr(progress_lib, "stderr_is_terminal", lambda: terminal)
@@ -99,21 +104,27 @@ def test_shown_rate_right_after_compile_and_validation_pauses(monkeypatch, capsy
         assert rate == pytest.approx(64.0, rel=0.01), (what, str(bar))
         assert remaining == pytest.approx((total - bar.n) / 64.0, abs=2.0), (what, str(bar))
 
+    p.pause()  # train_lib: progress.phase("compiling ...") marks it
     clock.now += 40.0  # the first batch and the compile of the first step
     p.skip(batch)
     assert _shown(bar) == (None, None), str(bar)  # no timed step yet
     steps(10)
     check("5 s after the first compile")
     steps(25)  # 12.5 s: in a log, the last sample was 2.5 s ago
+    p.pause()
     clock.now += 60.0  # validation and a checkpoint
     p.resume_timing()
     steps(25)
     check("after the validation")
+    p.pause()
     clock.now += 30.0  # the next optimizer phase compiles
     p.skip(batch)
     check("right after the second compile")
     steps(25)
     check("after the second compile")
+    # The elapsed time is the training time, 85 steps of 0.5 s, without the 130 s of pauses
+    # (tqdm's unpause alone also dropped the up to 10 s of steps before each pause in a log).
+    assert bar.format_dict["elapsed"] == pytest.approx(85 * 0.5, abs=0.5), str(bar)
     p.close()
     capsys.readouterr()
 
