@@ -7,11 +7,14 @@ one line plus a file holding the full traceback (`report_unexpected`).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
 import tempfile
 import traceback
+import warnings
+from typing import Iterator
 
 OK = 0
 INPUTS_FAILED = 1  # some inputs failed: the others' results are written, failures listed
@@ -91,6 +94,25 @@ def guarded(run, *args, prog: str = "tagger-jax") -> int:
         return int(run(*args) or 0)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place that reports all
         return report(e, prog)
+
+
+@contextlib.contextmanager
+def warning_lines(*categories: type[Warning]) -> Iterator[None]:
+    """Inside the block, a warning of one of `categories` (the project's own, whose message is
+    for the user) is printed as one `warning: MESSAGE` line on stderr, as the commands print
+    theirs, instead of Python's `FILE:LINE: Category: MESSAGE`; other warnings are shown as
+    before."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, categories):
+                print(f"warning: {one_line(str(message))}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def one_line(text: str) -> str:

@@ -83,3 +83,20 @@ def test_a_usage_error_is_one_line_with_status_2(capsys):
     err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
     assert e.value.code == 2
     assert len(err) == 1 and "unrecognized arguments: --bogus" in err[0], err
+
+
+def test_project_warnings_are_one_line_other_warnings_unchanged(capsys):
+    """errors.warning_lines: a project warning (evaluate's undefined-metric note) is one
+    `warning:` line without Python's FILE:LINE prefix; another category goes on to Python's
+    (here pytest's) warning machinery unchanged."""
+    import warnings
+
+    from tagger_jax import errors
+    from tagger_jax.evaluation import UndefinedMetricWarning
+
+    with pytest.warns(RuntimeWarning, match="something else") as passed_on:
+        with errors.warning_lines(UndefinedMetricWarning):
+            warnings.warn("2 of 18 tags have only one label value", UndefinedMetricWarning)
+            warnings.warn("something else", RuntimeWarning)
+    assert capsys.readouterr().err == "warning: 2 of 18 tags have only one label value\n"
+    assert [w.category for w in passed_on] == [RuntimeWarning]

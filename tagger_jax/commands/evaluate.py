@@ -49,16 +49,16 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from tagger_jax.checkpoint import CheckpointError
-    from tagger_jax.evaluation import EvaluationError, evaluate_checkpoint
+    from tagger_jax.evaluation import EvaluationError, UndefinedMetricWarning, evaluate_checkpoint
 
-    from tagger_jax import outputs
+    from tagger_jax import errors, outputs
 
     if args.out is not None:  # before any work (errors.OUTPUT)
         args.out = str(outputs.check_output_dir(args.out))
     lock = (outputs.exclusive_for_run(args.out, "output directory") if args.out is not None
             else contextlib.nullcontext())
     try:
-        with lock:
+        with lock, errors.warning_lines(UndefinedMetricWarning):
             result = evaluate_checkpoint(
                 model_path(args), dataset=args.dataset, split=args.split,
                 data_dir=args.data_dir, builder_config=args.builder_config, mode=args.mode,
@@ -66,10 +66,9 @@ def run(args: argparse.Namespace) -> int:
                 hop_s=args.hop)
         if args.baseline:
             from tagger_jax.baseline import report_beside
-            report_beside(result, train=args.baseline_train)
+            with errors.warning_lines(UndefinedMetricWarning):
+                report_beside(result, train=args.baseline_train)
     except (CheckpointError, EvaluationError, ValueError) as e:
-        from tagger_jax import errors
-
         print(f"error: {e}", file=sys.stderr)
         return errors.exit_status(e, default=errors.USAGE)
     return 0
