@@ -179,3 +179,14 @@ def test_frames_a_map_does_not_cover_are_never_kept():
     kept, rest = A.auralise(wave, band, keep=0.5)
     assert np.max(np.abs(kept[half + margin:])) < 1e-6
     np.testing.assert_allclose(kept + rest, wave, atol=1e-5)
+
+
+def test_headroom_gain_brings_a_loud_input_to_full_scale_and_leaves_others():
+    """A float input peaking at 1.13 (the trial's loud mix) is scaled to peak 1.0 instead of
+    being clipped by write_audio; a wave within [-1, 1] and an empty one keep gain 1."""
+    wave = np.sin(np.linspace(0.0, 200.0, 16000)) * 1.13
+    gain = A.headroom_gain(wave)
+    assert gain == pytest.approx(1.0 / 1.13, rel=1e-3)
+    assert np.max(np.abs(wave * gain)) == pytest.approx(1.0, abs=1e-6)
+    assert A.headroom_gain(wave * 0.5) == 1.0
+    assert A.headroom_gain(np.zeros(0)) == 1.0

@@ -286,16 +286,19 @@ def test_dollar_names_plot_as_text_and_methods_all_has_no_duplicate_rows(setup, 
 def test_each_audio_file_is_decoded_once_and_played_back_as_read(setup, tmp_path, monkeypatch):
     """The waveform that is played back and auralised is the one the log-mel came from: one
     decode per file and run (an mp3 used to be decoded twice), and the page's audio, the
-    auralised parts and the NPZ's log-mel equal a direct computation from `audio.load_audio`."""
+    auralised parts and the NPZ's log-mel equal a direct computation from `audio.load_audio`;
+    a float input peaking above 1 has all its playback files scaled by one gain to peak 1.0
+    (recorded as playback_gain_db) instead of clipped."""
     from tagger_jax import audio
     from tagger_jax.explain import auralise as A
 
     model_dir, _, _ = setup
     rng = np.random.default_rng(7)
     files = {"a.wav": (rng.normal(0.0, 0.1, (22050, 2)), 22050),  # stereo, resampled
-             "b.flac": (0.3 * np.sin(np.arange(12000) * 0.05), 16000)}
+             "b.flac": (0.3 * np.sin(np.arange(12000) * 0.05), 16000),
+             "loud.wav": (1.13 * np.sin(np.arange(12000) * 0.03), 16000)}  # float, peak > 1
     for name, (x, rate) in files.items():
-        sf.write(tmp_path / name, x, rate)
+        sf.write(tmp_path / name, x, rate, subtype="FLOAT" if name == "loud.wav" else None)
     features = audio.FeatureParams()
     direct = {name: audio.load_audio(tmp_path / name, features.sample_rate) for name in files}
     decodes, written = [], {}
@@ -320,7 +323,13 @@ def test_each_audio_file_is_decoded_once_and_played_back_as_read(setup, tmp_path
     for name, wave in direct.items():
         summary = json.loads((out / f"{runner.safe_key(name)}.json").read_text())
         sounds = summary["files"]["audio"]
-        np.testing.assert_array_equal(written[f".{sounds['original']}.part"], wave)
+        # A loud input's playback files share one gain to peak 1.0 instead of clipping.
+        gain = 1.0 / np.abs(wave).max() if np.abs(wave).max() > 1.0 else 1.0
+        assert (name == "loud.wav") == ("playback_gain_db" in sounds)
+        if gain < 1.0:
+            assert sounds["playback_gain_db"] == pytest.approx(20 * np.log10(gain), abs=0.01)
+        np.testing.assert_allclose(written[f".{sounds['original']}.part"], wave * gain,
+                                   rtol=1e-6, atol=0)
         with np.load(out / summary["files"]["npz"]) as z:
             np.testing.assert_array_equal(z["log_mel"], audio.log_mel(wave, **features.mel_kwargs))
             attention = z["attention"]
@@ -328,8 +337,9 @@ def test_each_audio_file_is_decoded_once_and_played_back_as_read(setup, tmp_path
         kept, removed = A.auralise(wave, attention, keep=0.5, softness=0.0,
                                    sample_rate=features.sample_rate, n_fft=features.n_fft,
                                    hop_length=features.hop_length)
-        np.testing.assert_allclose(written[f".{heard['kept']}.part"], kept, atol=1e-6)
-        np.testing.assert_allclose(written[f".{heard['removed']}.part"], removed, atol=1e-6)
+        np.testing.assert_allclose(written[f".{heard['kept']}.part"], kept * gain, atol=1e-6)
+        np.testing.assert_allclose(written[f".{heard['removed']}.part"], removed * gain,
+                                   atol=1e-6)
 
 
 def test_decoded_waveforms_in_memory_stay_bounded_over_many_files(setup, tmp_path, monkeypatch):

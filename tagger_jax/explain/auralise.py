@@ -192,6 +192,14 @@ def random_mask(like: np.ndarray, keep: float, rng: np.random.Generator,
     return keep_mask(rng.random((bins, frames)), keep)
 
 
+def headroom_gain(wave: np.ndarray) -> float:
+    """The gain (<= 1) that brings `wave`'s peak to 1.0 if it is above (a float input, a loud
+    mix): `write_audio` clips to [-1, 1], so a track's playback files are scaled by it together
+    (their levels stay comparable) instead of clipping. 1.0 for a wave within [-1, 1]."""
+    peak = float(np.max(np.abs(wave))) if np.size(wave) else 0.0
+    return 1.0 / peak if peak > 1.0 else 1.0
+
+
 def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int = 16000,
                 fmt: str = "ogg") -> Path:
     """Writes mono audio (clipped to [-1, 1]) as Ogg Vorbis or FLAC by temporary file + rename."""

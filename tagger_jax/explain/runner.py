@@ -540,15 +540,18 @@ def _auralise(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray],
         return {"note": track.extras.get("audio_note") or
                 "no audio: the input is a spectrogram (.npy) or a dataset without audio"}
     rate = ctx.features.sample_rate
+    gain = A.headroom_gain(wave)  # one gain for all of the track's files: no clipping
 
     def put(name: str, data: np.ndarray) -> str:
         final = out_dir / name
         part = out_dir / f".{name}.part"
-        A.write_audio(part, data, rate, "ogg")
+        A.write_audio(part, data * gain if gain < 1.0 else data, rate, "ogg")
         tmp.append((part, final))
         return name
 
     files: dict[str, Any] = {"original": put(f"{key}.orig.ogg", wave), "maps": []}
+    if gain < 1.0:  # said in the summary: the playback is quieter than the input
+        files["playback_gain_db"] = round(20.0 * float(np.log10(gain)), 2)
     if not ctx.options.listen:
         return files
     times = None if not ctx.waveform else res["frame_times"]
