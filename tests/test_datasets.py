@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import os
 import pickle
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -670,9 +672,12 @@ def test_synthetic_segments_build_matches_generator_and_rebuilds_identically(tmp
         _records(tmp_path / "b", "synthetic_tags", "tiny_segments")
 
 
-def test_ensure_built_builds_synthetic_once(tmp_path):
+def test_ensure_built_builds_synthetic_once(tmp_path, caplog):
     config = SyntheticConfig(name="tiny", waveform=True, **TINY)
+    caplog.set_level(logging.WARNING)
     b = datasets.ensure_built("synthetic_tags", tmp_path, config, num_workers=1)
+    # TFDS's is_prepared() warns about the version folder a fresh build has not made yet.
+    assert "Variant folder" not in caplog.text and "dataset_info.json" not in caplog.text
     files = sorted(Path(str(b.data_dir)).glob("*.array_record*"))
     stamps = [f.stat().st_mtime_ns for f in files]
     b2 = datasets.ensure_built("synthetic_tags", tmp_path, config)
@@ -684,6 +689,27 @@ def test_ensure_built_builds_synthetic_once(tmp_path):
     wave, tags_3, _ = synth.generate_clip((0, 0, 3), 4.5)
     np.testing.assert_array_equal(ex["audio"], wave)
     np.testing.assert_array_equal(ex["tags"], tags_3)
+
+
+def test_a_version_folder_without_a_finished_build_is_refused_and_warned_about(tmp_path, caplog):
+    """A synthetic_tags version folder with no dataset_info.json: TFDS would take it as built
+    and build nothing; build refuses it in one line, TFDS's own warning still shows, and
+    --overwrite removes it and builds."""
+    config = SyntheticConfig(name="one", num_train=1, num_validation=1, num_test=1,
+                             duration_s=4.5)
+    folder = tmp_path / "synthetic_tags" / "one" / "1.0.0"
+    folder.mkdir(parents=True)
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(ValueError, match=re.escape(str(folder))
+                       + " exists but holds no finished build .*--overwrite"):
+        datasets.build("synthetic_tags", tmp_path, config, num_workers=1)
+    assert f"Variant folder {folder} has no dataset_info.json" in caplog.text
+    with pytest.raises(FileNotFoundError, match="not built"):
+        datasets.load_split("synthetic_tags", "train", tmp_path, config)
+    caplog.clear()
+    b = datasets.build("synthetic_tags", tmp_path, config, num_workers=1, overwrite=True)
+    assert datasets.split_sizes(b) == {"train": 1, "validation": 1, "test": 1}
+    assert (folder / "dataset_info.json").is_file()
 
 
 def test_default_synthetic_config_fits_the_model():

@@ -54,6 +54,17 @@ def get_builder(name: str, data_dir: str | os.PathLike,
     return cls(**kwargs)
 
 
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    """Whether `builder`'s version folder holds a finished build: `builder.is_prepared()`, but
+    False without asking TFDS when the folder does not exist.
+
+    TFDS's check globs the folder and logs "Variant folder ... has no dataset_info.json" even
+    when it does not exist, i.e. on every fresh build; a folder that exists without a
+    dataset_info.json (not written by a finished TFDS build) still gets TFDS's check and warning.
+    """
+    return builder.data_path.exists() and builder.is_prepared()
+
+
 def build(name: str, data_dir: str | os.PathLike,
           builder_config: str | tfds.core.BuilderConfig | None = None,
           manual_dir: str | os.PathLike | None = None, num_workers: int | None = None,
@@ -65,6 +76,8 @@ def build(name: str, data_dir: str | os.PathLike,
 
     Reusing a build made from another source (`audio_folder` from another manual directory or a
     changed CSV) raises a one-line ValueError naming both sources; reuse is announced on stdout.
+    So does a version folder that exists without a finished build in it (no dataset_info.json),
+    which TFDS would take as built; `overwrite` removes it.
 
     Builds into one `data_dir` are serialised by a lock on it (`outputs.exclusive`): a second
     run prints whom it waits for, waits, then finds the dataset built and opens it.
@@ -78,16 +91,19 @@ def build(name: str, data_dir: str | os.PathLike,
 
 def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overwrite, resume):
     builder = get_builder(name, data_dir, builder_config, num_workers, resume)
-    if overwrite and builder.is_prepared():
+    if overwrite and builder.data_path.exists():  # a finished build or a folder without one
         import shutil
 
         shutil.rmtree(builder.data_dir)
         builder = get_builder(name, data_dir, builder_config, num_workers, resume)
-    if builder.is_prepared():
+    if _is_prepared(builder):
         _check_reuse(name, builder, manual_dir)
         print(f"reusing the existing build {_label(builder)} in {builder.data_dir} (--overwrite "
               "rebuilds it)", flush=True)
         return builder
+    if builder.data_path.exists():  # TFDS would "reuse" it and build nothing
+        raise ValueError(f"{_label(builder)}: {builder.data_dir} exists but holds no finished "
+                         "build (no dataset_info.json); delete it, or build with --overwrite")
     manual = _expand(manual_dir)
     if manual and not Path(manual).is_dir():
         raise FileNotFoundError(f"{name}: manual directory {manual} does not exist")
@@ -123,29 +139,19 @@ def _check_reuse(name: str, builder: tfds.core.DatasetBuilder,
             f"{builder.data_dir})")
 
 
-class _DropVariantWarnings(logging.Filter):
-    """TFDS warns that the version folder it is writing has no dataset_info.json yet."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Variant folder")
-
-
 @contextlib.contextmanager
 def _quiet_tfds(builder: tfds.core.DatasetBuilder):
     """One progress bar (the builders' own, per split) and no TFDS messages that are false here.
 
     During the build: TFDS's progress bars are off (they stack over ours), its "Downloading and
     preparing dataset Unknown size ..." / "downloaded and prepared" lines are not printed (our
-    builders download nothing; `build` prints its own line), and its warnings about the version
-    folder being built having no dataset_info.json yet are dropped.
+    builders download nothing; `build` prints its own line). (Its "Variant folder ... has no
+    dataset_info.json" warning on a fresh build comes from before the build, and is avoided by
+    `_is_prepared`.)
     """
     from tensorflow_datasets.core.utils import tqdm_utils
 
     was_active = getattr(tqdm_utils, "_active", True)
-    quiet = _DropVariantWarnings()
-    loggers = [logging.getLogger("absl"), logging.getLogger()]
-    for logger in loggers:
-        logger.addFilter(quiet)
     saved = {k: builder.__dict__.get(k) for k in ("_log_download_bytes", "_log_download_done")}
     for k in saved:
         setattr(builder, k, lambda: None)
@@ -154,8 +160,6 @@ def _quiet_tfds(builder: tfds.core.DatasetBuilder):
         yield
     finally:
         tfds.display_progress_bar(was_active)
-        for logger in loggers:
-            logger.removeFilter(quiet)
         for k, v in saved.items():
             if v is None:
                 builder.__dict__.pop(k, None)
@@ -174,7 +178,7 @@ def ensure_built(name: str, data_dir: str | os.PathLike,
     FileNotFoundError says which command builds them.
     """
     builder = get_builder(name, data_dir, builder_config, num_workers)
-    if builder.is_prepared():
+    if _is_prepared(builder):
         _check_reuse(name, builder, manual_dir)
         return builder
     if name in SELF_CONTAINED or manual_dir:
@@ -196,7 +200,7 @@ def tag_names(name_or_builder: str | tfds.core.DatasetBuilder,
         builder = get_builder(name_or_builder, data_dir, builder_config)
     else:
         builder = name_or_builder
-    if not builder.is_prepared():
+    if not _is_prepared(builder):
         raise FileNotFoundError(f"{builder.name}: not built in {builder.data_dir}")
     metadata = builder.info.metadata or {}
     if "tags" not in metadata:
@@ -218,7 +222,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike,
     """(random-access source of `split`, tag names). The source is `tfds.data_source`'s
     ArrayRecordDataSource: `len(source)`, `source[i]` -> dict of NumPy arrays / bytes."""
     builder = get_builder(name, data_dir, builder_config)
-    if not builder.is_prepared():
+    if not _is_prepared(builder):
         raise FileNotFoundError(
             f"dataset {name} is not built in {builder.data_dir}; run `tagger-jax build-dataset "
             f"{name} --data-dir {_expand(data_dir)}` (or `ensure_built`) first")
