@@ -10,8 +10,9 @@ Features of one clip (`clip_features`, from the stored (96, T) dB log-mel):
 Model (`fit`): standardised features, one scikit-learn `LogisticRegression` per tag (one-vs-rest,
 L2, C = 1). A tag with a single label value in the training split predicts its training rate.
 
-This is the baseline `tagger-jax evaluate --baseline` fits on the dataset's training split and
-scores beside the model on the evaluated split.
+This is the baseline `tagger-jax evaluate --baseline` (`report_beside`) and training's
+`train.test_baseline` (`evaluate`) fit on a training split and score beside the model; both fit
+and score through `fit_and_score`.
 """
 from __future__ import annotations
 
@@ -118,30 +119,67 @@ def fit(features: np.ndarray, labels: np.ndarray, c: float = 1.0,
     return Baseline(mean, scale, models)
 
 
-def evaluate(train_source, eval_sources: dict[str, Any], tag_names: Sequence[str],
-             bars: Optional[Bars] = None) -> dict:
-    """Fits on `train_source`, returns {split: `tagger_jax.evaluation.tag_metrics` dict} for
-    each of `eval_sources` ({split name: source}); `bars`: see `source_features`."""
-    from tagger_jax.evaluation import tag_metrics
-
-    model = fit(*source_features(train_source, "baseline features (train)", bars))
-    out = {}
-    for name, source in eval_sources.items():
-        x, y = source_features(source, f"baseline features ({name})", bars)
-        out[name] = tag_metrics(model.predict_proba(x), y, tag_names)
-    return out
-
-
-
-BASELINE_JSON = "baseline.json"
-TRAIN_SOURCES = ("dataset", "model")  # where `report_beside` fits the baseline
-
-
 def constant_tags(labels: np.ndarray, tag_names: Sequence[str]) -> list[str]:
     """The tags with no positive or no negative clip in (N, K) 0/1 `labels`: `fit` gives them a
     constant prediction, so the baseline's ROC-AUC on them is 0.5 by construction."""
     y = np.asarray(labels)
     return [str(t) for k, t in enumerate(tag_names) if y[:, k].min() == y[:, k].max()]
+
+
+@dataclasses.dataclass
+class Scored:
+    """A baseline fitted on one split and scored on others (`fit_and_score`)."""
+
+    model: Baseline
+    fitted_on: str  # the training split's name, as shown in progress bars and messages
+    clips: int  # training clips
+    constant_tags: list[str]  # tags with a single label value in the training split (see `fit`)
+    metrics: dict[str, dict]  # {split: `tag_metrics` over the tags it shares with the training
+    #                           split, in the training split's tag order}
+
+
+def fit_and_score(train_source, tag_names: Sequence[str], eval_sources: dict[str, Any],
+                  eval_tags: Optional[dict[str, Sequence[str]]] = None, fitted_on: str = "train",
+                  bars: Optional[Bars] = None) -> Scored:
+    """Fits the baseline on `train_source` (labels over `tag_names`) and scores it on each of
+    `eval_sources` ({split name: source}) over the tags that split shares with `tag_names`.
+
+    `eval_tags`: {split name: its tag names, in its label order} for splits whose tags differ
+    from `tag_names` (default: the same tags). `fitted_on` and the split names label the
+    progress bars (`bars`: see `source_features`). Raises `tagger_jax.evaluation.EvaluationError`,
+    before any feature is computed, when a split shares no tag with the training split.
+    """
+    from tagger_jax.evaluation import EvaluationError, tag_metrics
+
+    names = [str(t) for t in tag_names]
+    shared = {}
+    for split in eval_sources:
+        theirs = [str(t) for t in (eval_tags or {}).get(split, names)]
+        common = [t for t in names if t in set(theirs)]
+        if not common:
+            raise EvaluationError(f"baseline: {fitted_on} and {split} share no tag")
+        shared[split] = (common, theirs)
+    x, y = source_features(train_source, f"baseline features ({fitted_on})", bars)
+    model = fit(x, y)
+    metrics = {}
+    for split, source in eval_sources.items():
+        common, theirs = shared[split]
+        xe, ye = source_features(source, f"baseline features ({split})", bars)
+        probs = model.predict_proba(xe)[:, [names.index(t) for t in common]]
+        metrics[split] = tag_metrics(probs, ye[:, [theirs.index(t) for t in common]], common)
+    return Scored(model, fitted_on, int(len(x)), constant_tags(y, names), metrics)
+
+
+def evaluate(train_source, eval_sources: dict[str, Any], tag_names: Sequence[str],
+             bars: Optional[Bars] = None) -> dict:
+    """Fits on `train_source`, returns {split: `tagger_jax.evaluation.tag_metrics` dict} for
+    each of `eval_sources` ({split name: source}, labelled over the same `tag_names`); `bars`:
+    see `source_features`. (`fit_and_score` with the fit itself.)"""
+    return fit_and_score(train_source, tag_names, eval_sources, bars=bars).metrics
+
+
+BASELINE_JSON = "baseline.json"
+TRAIN_SOURCES = ("dataset", "model")  # where `report_beside` fits the baseline
 
 
 def report_beside(result: dict, print_fn=print, train: str = "dataset") -> dict:
@@ -163,7 +201,7 @@ def report_beside(result: dict, print_fn=print, train: str = "dataset") -> dict:
     from pathlib import Path
 
     from tagger_jax import datasets
-    from tagger_jax.evaluation import EvaluationError, _fmt, tag_metrics
+    from tagger_jax.evaluation import EvaluationError, _fmt
 
     if train not in TRAIN_SOURCES:
         raise EvaluationError(f"baseline: train must be one of {TRAIN_SOURCES}, got {train!r}")
@@ -188,18 +226,13 @@ def report_beside(result: dict, print_fn=print, train: str = "dataset") -> dict:
         evaluated, eval_tags = datasets.load_split(name, split, result["data_dir"], config)
     except (FileNotFoundError, ValueError) as e:
         raise EvaluationError(f"baseline: cannot open {name}/{split}: {e}") from e
-    train_tags, eval_tags = [str(t) for t in train_tags], [str(t) for t in eval_tags]
-    tags = [t for t in train_tags if t in set(eval_tags)]
-    if not tags:
-        raise EvaluationError(f"baseline: {fitted_on} and {name}/{split} share no tag")
-
-    x, y = source_features(train_source, f"baseline features ({fitted_on})")
-    model = fit(x, y)
-    constant = [t for t in constant_tags(y, train_tags) if t in set(tags)]
-    xe, ye = source_features(evaluated, f"baseline features ({name}/{split})")
-    probs = model.predict_proba(xe)[:, [train_tags.index(t) for t in tags]]
-    metrics = tag_metrics(probs, ye[:, [eval_tags.index(t) for t in tags]], tags)
-    metrics.update(fitted_on=fitted_on, fitted_on_clips=int(len(x)), constant_tags=constant)
+    scored_as = f"{name}/{split}"
+    scored = fit_and_score(train_source, train_tags, {scored_as: evaluated},
+                           {scored_as: eval_tags}, fitted_on)
+    metrics = scored.metrics[scored_as]
+    tags = [row["tag"] for row in metrics["per_tag"]]
+    constant = [t for t in scored.constant_tags if t in set(tags)]
+    metrics.update(fitted_on=fitted_on, fitted_on_clips=scored.clips, constant_tags=constant)
 
     model_roc = {t["tag"]: t["roc_auc"] for t in result["per_tag"]}
     width = max(len(t) for t in tags)
@@ -220,6 +253,6 @@ def report_beside(result: dict, print_fn=print, train: str = "dataset") -> dict:
                      f"or no negative clip in {fitted_on} ({', '.join(constant)}): it predicts "
                      "a constant for them, so its numbers there are meaningless")
         print_fn(f"baseline (logistic regression on log-mel statistics) fitted on {fitted_on} "
-                 f"({len(x)} clips, {whose}): ROC-AUC {_fmt(metrics['roc_auc_mean'], 0)}  "
+                 f"({scored.clips} clips, {whose}): ROC-AUC {_fmt(metrics['roc_auc_mean'], 0)}  "
                  f"PR-AUC {_fmt(metrics['pr_auc_mean'], 0)}; wrote {out}")
     return metrics

@@ -147,3 +147,58 @@ def test_report_beside_can_fit_on_the_models_training_data(tmp_path, monkeypatch
     with pytest.raises(evaluation.EvaluationError,
                        match=r"the model's training data model_ds/train_x in /gone"):
         baseline.report_beside(result, train="model")
+
+
+class _Unread(list):
+    """A source whose records must not be read."""
+
+    def __getitem__(self, i):
+        raise AssertionError("a record was read")
+
+
+def test_fit_and_score_scores_each_split_on_the_tags_it_shares():
+    """One fit, several splits with their own tag lists and label orders: each split's numbers
+    equal `evaluate`'s on the same clips with the labels in the training order; a split sharing
+    no tag is refused before any record is read."""
+    tags = ["low", "fast", "always"]
+    train, test = _fake_source(40, 1), _fake_source(20, 2)
+    swapped = [{"mel": r["mel"], "tags": r["tags"][[1, 0]]} for r in test]  # (fast, low)
+    with pytest.warns(evaluation.UndefinedMetricWarning):
+        scored = baseline.fit_and_score(train, tags, {"same": test, "swapped": swapped},
+                                        {"swapped": ["fast", "low"]}, fitted_on="fake/train")
+        want = baseline.evaluate(train, {"same": test}, tags)["same"]
+    assert scored.fitted_on == "fake/train" and scored.clips == 40
+    assert scored.constant_tags == ["always"]
+    assert scored.metrics["same"] == want
+    got = {r["tag"]: r for r in scored.metrics["swapped"]["per_tag"]}
+    assert list(got) == ["low", "fast"]  # the training split's order
+    for row in want["per_tag"][:2]:
+        assert got[row["tag"]] == row
+    probs = scored.model.predict_proba(baseline.source_features(test)[0])
+    np.testing.assert_array_equal(probs[:, 2], 1.0)
+    with pytest.raises(evaluation.EvaluationError,
+                       match=r"^baseline: fake/train and other share no tag$"):
+        baseline.fit_and_score(_Unread(train), tags, {"same": test, "other": test},
+                               {"other": ["quiet"]}, fitted_on="fake/train")
+
+
+def test_report_beside_and_evaluate_agree(tmp_path, monkeypatch, capsys):
+    """`report_beside` on a result and `evaluate` on the same train and test clips agree
+    exactly; the evaluated split is the only one scored."""
+    from tagger_jax import datasets
+
+    tags = ["low", "fast"]
+    train = [{"mel": r["mel"], "tags": r["tags"][:2]} for r in _fake_source(40, 1)]
+    test = [{"mel": r["mel"], "tags": r["tags"][:2]} for r in _fake_source(20, 2)]
+    monkeypatch.setattr(datasets, "load_split",
+                        lambda name, split, *a, **k: ({"train": train, "test": test}[split], tags))
+    result = {"dataset": "fake", "split": "test", "builder_config": None, "data_dir": "d",
+              "out_dir": str(tmp_path), "roc_auc_mean": 0.5,
+              "per_tag": [{"tag": t, "roc_auc": 0.5} for t in tags]}
+    reported = baseline.report_beside(result, print_fn=None)
+    want = baseline.evaluate(train, {"test": test}, tags)["test"]
+    assert {k: v for k, v in reported.items()
+            if k not in ("fitted_on", "fitted_on_clips", "constant_tags")} == want
+    assert (reported["fitted_on"], reported["fitted_on_clips"], reported["constant_tags"]) == \
+        ("fake/train", 40, [])
+    assert capsys.readouterr().out == ""
