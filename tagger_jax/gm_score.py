@@ -3,17 +3,25 @@
 A score is a short piece in a random key and mode, at a tempo from one of three classes, in 1 to 3
 sections. Each section has its own instrumentation: a melody, a chord part, a bass line (each
 present or not) and a drum pattern (present or not); at a section boundary every role may change
-instrument, so instruments start and stop inside a clip. Parts have their own dynamics (base
-velocity, a crescendo or diminuendo over the section, per-note accents) and articulation (legato,
-normal or staccato note lengths). Everything is a pure function of the seed
-(`numpy.random.default_rng(seed)`).
+instrument, so instruments start and stop inside a clip. Parts have their own rhythmic density
+(note values of a quarter to two beats), style (block, pulsed, arpeggiated or strummed chords;
+root-and-fifth or walking bass; hi-hats on sixteenths, eighths or quarters), dynamics (base
+velocity, a crescendo or diminuendo over the section, metric accents on beats and downbeats,
+random accents) and articulation (legato, normal or staccato note lengths). Everything is a pure
+function of the seed (`numpy.random.default_rng(seed)`).
+
+Tempo is only the beat's rate: a part's note values are drawn in beats from a density chosen
+without looking at the tempo class, so a slow piece may run in sixteenths and a fast one hold
+half notes. What marks the beat is what marks it in music: the drums' kick and snare, chord
+changes on bar lines, the walking bass and the metric accents. (Scores before soundfont_tags
+2.0.0 tied note values to the tempo class, so note density alone told fast from slow; models
+trained on them learnt density and failed on music that breaks the tie.)
 
 Tags (MagnaTagATune names; order: MTAT's top-50 frequency order for those it has, then organ and
 bass, which MTAT has outside its top 50):
   - an instrument tag is true exactly when a part played by that instrument has a note in the clip
     (violin and cello also make "strings", as in MTAT's annotations);
-  - "fast" / "slow": 140-176 / 60-76 BPM, with every part articulating at the tempo (fast parts
-    use half and whole beats, slow parts whole and double beats); 92-116 BPM clips get neither;
+  - "fast" / "slow": 140-176 / 60-76 BPM; 92-116 BPM clips get neither;
   - "loud" / "quiet": mix RMS of -12 +- 2 / -36 +- 2 dBFS (applied when mixing,
     `tagger_jax.soundfont.mix`); -24 +- 2 dBFS clips get neither.
 
@@ -49,13 +57,13 @@ INSTRUMENTS: dict[str, Instrument] = {
     "harpsichord": Instrument(("harpsichord",), (6,), (48, 84), ("melody", "chords")),
     "organ": Instrument(("organ",), (16, 19), (48, 79), ("melody", "chords")),
     "guitar": Instrument(("guitar",), (24, 25, 27), (45, 76), ("melody", "chords")),
-    "strings": Instrument(("strings",), (48, 49), (48, 79), ("chords",)),
+    "strings": Instrument(("strings",), (48, 49), (48, 79), ("melody", "chords")),
     "violin": Instrument(("violin", "strings"), (40,), (55, 88), ("melody",)),
     "cello": Instrument(("cello", "strings"), (42,), (36, 60), ("melody", "bass")),
     "harp": Instrument(("harp",), (46,), (48, 84), ("melody", "chords")),
     "flute": Instrument(("flute",), (73,), (60, 91), ("melody",)),
     "sitar": Instrument(("sitar",), (104,), (52, 76), ("melody",)),
-    "choir": Instrument(("choir",), (52, 53), (48, 72), ("chords",)),
+    "choir": Instrument(("choir",), (52, 53), (48, 72), ("melody", "chords")),
     "synth": Instrument(("synth",), (80, 81), (48, 84), ("melody", "chords")),
     "bass": Instrument(("bass",), (32, 33, 34), (28, 50), ("bass",)),
     "drums": Instrument(("drums",), (), (35, 81), ("drums",)),
@@ -63,7 +71,12 @@ INSTRUMENTS: dict[str, Instrument] = {
 ROLES = ("melody", "chords", "bass", "drums")
 
 TEMPO_BPM = {"slow": (60.0, 76.0), "medium": (92.0, 116.0), "fast": (140.0, 176.0)}
-NOTE_BEATS = {"slow": (1.0, 2.0), "medium": (0.5, 1.0, 2.0), "fast": (0.5, 1.0)}
+# Note values in beats of a part of each rhythmic density; drawn independently of the tempo class.
+DENSITY_BEATS = {"sparse": (1.0, 2.0), "moderate": (0.5, 1.0), "busy": (0.25, 0.5)}
+HAT_BEATS = (0.25, 0.5, 1.0)  # hi-hat spacing in beats (sixteenths, eighths, quarters)
+METRIC_ACCENT = {"downbeat": 10.0, "beat": 5.0}  # velocity added to notes starting on them
+STRUMMED = ("guitar", "harp", "piano", "harpsichord")  # chord parts that may strum
+STRUM_S = (0.008, 0.03)  # delay between successive strings of a strum, seconds
 LEVEL_DB = {"quiet": (-38.0, -34.0), "medium": (-26.0, -22.0), "loud": (-14.0, -10.0)}
 ARTICULATION = {"legato": 0.95, "normal": 0.8, "staccato": 0.45}  # sounding fraction of a note
 MAJOR = (0, 2, 4, 5, 7, 9, 11)
@@ -147,10 +160,17 @@ def _chord(root: int, minor: bool, degree: int) -> tuple[int, int, int]:
     return tuple((root + steps[(degree + k) % 7]) % 12 for k in (0, 2, 4))  # type: ignore
 
 
+def _density(rng: np.random.Generator, allowed: Sequence[str] = tuple(DENSITY_BEATS)
+             ) -> tuple[float, ...]:
+    """A part's note values in beats: those of a density drawn uniformly from `allowed`."""
+    return DENSITY_BEATS[str(rng.choice(list(allowed)))]
+
+
 def _rhythm(rng: np.random.Generator, t0: float, t1: float, beat: float,
             choices: Sequence[float]) -> list[tuple[float, float]]:
-    """Consecutive (onset, length) slots on the beat grid from t0 to t1, lengths in `choices`
-    beats; each slot starts on a multiple of half a beat."""
+    """Consecutive (onset, length) slots from t0 to t1 (seconds), lengths drawn from `choices`
+    (beats): every onset is t0 plus whole multiples of the shortest choice when the other
+    choices are its multiples, as in `DENSITY_BEATS`."""
     out, t = [], t0
     while t < t1 - 0.25 * beat:
         length = float(rng.choice(choices)) * beat
@@ -159,21 +179,33 @@ def _rhythm(rng: np.random.Generator, t0: float, t1: float, beat: float,
     return out
 
 
-def _dynamics(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Velocities of n notes: a base level, a linear crescendo or diminuendo, accents."""
-    base = rng.uniform(60, 105)
+def _metric_accent(onset: float, beat: float, bar_start: float = 0.0) -> float:
+    """Velocity added to a note starting at `onset`: METRIC_ACCENT["downbeat"] on a bar line
+    (4 beats from `bar_start`), METRIC_ACCENT["beat"] on another beat, 0 between beats."""
+    position = (onset - bar_start) / beat
+    if abs(position - round(position)) > 1e-6:
+        return 0.0
+    return METRIC_ACCENT["downbeat" if round(position) % 4 == 0 else "beat"]
+
+
+def _dynamics(rng: np.random.Generator, onsets: Sequence[float], beat: float) -> np.ndarray:
+    """Velocities of notes starting at `onsets` (seconds): a base level, a linear crescendo or
+    diminuendo, metric accents (`_metric_accent`), random accents."""
+    n = len(onsets)
+    base = rng.uniform(55, 100)
     ramp = rng.uniform(-20, 20) * np.linspace(-0.5, 0.5, max(n, 1))
     accents = rng.normal(0, 5, max(n, 1))
-    return np.clip(np.round(base + ramp + accents), 25, 127).astype(int)[:n]
+    metric = np.array([_metric_accent(t, beat) for t in onsets] + [0.0])[:max(n, 1)]
+    return np.clip(np.round(base + ramp + accents + metric), 25, 127).astype(int)[:n]
 
 
-def _melody(rng, inst: Instrument, score_key, t0, t1, beat, tempo_class) -> list[Note]:
+def _melody(rng, inst: Instrument, score_key, t0, t1, beat) -> list[Note]:
     root, minor = score_key
     pitches = _scale(root, minor, *inst.register)
-    slots = _rhythm(rng, t0, t1, beat, NOTE_BEATS[tempo_class])
+    slots = _rhythm(rng, t0, t1, beat, _density(rng))
     keep = float(ARTICULATION[str(rng.choice(list(ARTICULATION)))])
     idx = int(rng.integers(len(pitches) // 4, 3 * len(pitches) // 4 + 1))
-    vel = _dynamics(rng, len(slots))
+    vel = _dynamics(rng, [s for s, _ in slots], beat)
     notes = []
     for (start, length), v in zip(slots, vel):
         idx = int(np.clip(idx + rng.choice((-2, -1, -1, 0, 1, 1, 2)), 0, len(pitches) - 1))
@@ -193,49 +225,77 @@ def _voicing(pcs: Sequence[int], lo: int, hi: int) -> list[int]:
     return sorted(out)
 
 
-def _chords(rng, inst: Instrument, score_key, progression, t0, t1, beat, tempo_class,
+def _chords(rng, inst: Instrument, name: str, score_key, progression, t0, t1, beat,
             bar_start: float) -> list[Note]:
+    """Chords of `progression` (one per bar), held ("block", 2 or 4 beats), repeated ("pulse"),
+    one tone at a time ("arpeggio", moderate or busy) or strummed ("strum", for `STRUMMED`
+    instruments: the tones start `STRUM_S` apart, low to high or, on off-beats, high to low)."""
     root, minor = score_key
-    style = str(rng.choice(("block", "pulse", "arpeggio")))
+    styles = ("block", "pulse", "arpeggio") + (("strum",) if name in STRUMMED else ())
+    style = str(rng.choice(styles))
     keep = float(ARTICULATION[str(rng.choice(list(ARTICULATION)))])
     notes: list[Note] = []
-    lengths = {"block": (4.0,), "pulse": NOTE_BEATS[tempo_class],
-               "arpeggio": (0.5, 1.0) if tempo_class != "slow" else (1.0,)}[style]
+    lengths = {"block": (2.0, 4.0), "pulse": _density(rng),
+               "arpeggio": _density(rng, ("moderate", "busy")),
+               "strum": _density(rng, ("sparse", "moderate"))}[style]
     slots = _rhythm(rng, t0, t1, beat, lengths)
-    vel = _dynamics(rng, len(slots))
+    vel = _dynamics(rng, [s for s, _ in slots], beat)
+    stagger = float(rng.uniform(*STRUM_S))
     for k, ((start, length), v) in enumerate(zip(slots, vel)):
         bar = int((start - bar_start + 1e-9) // (4 * beat))
         pcs = _chord(root, minor, progression[bar % len(progression)])
         voiced = _voicing(pcs, *inst.register)
         chosen = [voiced[k % len(voiced)]] if style == "arpeggio" else voiced
-        for p in chosen:
-            notes.append(Note(p, start, start + keep * length, int(v)))
+        if style == "strum" and _metric_accent(start, beat, bar_start) == 0.0:
+            chosen = chosen[::-1]  # an up-stroke between beats
+        for j, p in enumerate(chosen):
+            onset = start + (j * stagger if style == "strum" else 0.0)
+            notes.append(Note(p, onset, max(onset + 0.01, start + keep * length), int(v)))
     return notes
 
 
-def _bass(rng, inst: Instrument, score_key, progression, t0, t1, beat, tempo_class,
+def _bass(rng, inst: Instrument, score_key, progression, t0, t1, beat,
           bar_start: float) -> list[Note]:
+    """A bass line under `progression`: chord roots and fifths at a drawn density ("roots"), or
+    a walking line, one note per beat, on the chord's root at each bar line and moving by scale
+    steps towards the next bar's root ("walking")."""
     root, minor = score_key
     lo, hi = inst.register
-    slots = _rhythm(rng, t0, t1, beat, NOTE_BEATS[tempo_class])
+    walking = rng.random() < 0.35
+    slots = _rhythm(rng, t0, t1, beat, (1.0,) if walking else _density(rng, ("sparse",
+                                                                            "moderate")))
     keep = float(ARTICULATION[str(rng.choice(("legato", "normal")))])
-    vel = _dynamics(rng, len(slots))
-    notes = []
+    vel = _dynamics(rng, [s for s, _ in slots], beat)
+    scale = _scale(root, minor, lo, hi)
+
+    def bar_root(bar: int) -> int:
+        pc = _chord(root, minor, progression[bar % len(progression)])[0]
+        return min((p for p in range(lo, hi + 1) if p % 12 == pc), key=lambda p: abs(p - lo - 7))
+
+    notes: list[Note] = []
     for k, ((start, length), v) in enumerate(zip(slots, vel)):
-        bar = int((start - bar_start + 1e-9) // (4 * beat))
-        pcs = _chord(root, minor, progression[bar % len(progression)])
-        pc = pcs[0] if k % 2 == 0 or rng.random() < 0.5 else pcs[2]  # root, sometimes the fifth
-        pitch = min((p for p in range(lo, hi + 1) if p % 12 == pc), key=lambda p: abs(p - lo - 7))
+        position = (start - bar_start + 1e-9) / beat
+        bar = int(position // 4)
+        if walking and int(position) % 4:  # step from the last note towards the next bar's root
+            here = int(np.searchsorted(scale, notes[-1].pitch)) if notes else 0
+            target = int(np.searchsorted(scale, bar_root(bar + 1)))
+            step = int(np.sign(target - here)) or int(rng.choice((-1, 1)))
+            pitch = int(scale[int(np.clip(here + step, 0, len(scale) - 1))])
+        else:
+            pcs = _chord(root, minor, progression[bar % len(progression)])
+            pc = pcs[0] if k % 2 == 0 or rng.random() < 0.5 else pcs[2]  # root, or the fifth
+            pitch = min((p for p in range(lo, hi + 1) if p % 12 == pc),
+                        key=lambda p: abs(p - lo - 7))
         notes.append(Note(pitch, start, start + keep * length, int(v)))
     return notes
 
 
-def _drums(rng, t0, t1, beat, tempo_class) -> list[Note]:
-    """A rock/pop pattern: kick on 1 and 3, snare on 2 and 4, closed hi-hat on eighths (quarters
-    when fast), a tom fill before a section end now and then. No cymbals: they ring for seconds,
+def _drums(rng, t0, t1, beat) -> list[Note]:
+    """A rock/pop pattern: kick on 1 and 3, snare on 2 and 4, closed hi-hat every `HAT_BEATS`
+    (drawn), a tom fill before a section end now and then. No cymbals: they ring for seconds,
     longer than the exact activity window of a hit (`tagger_jax.soundfont.DRUM_SOUND_S`)."""
     hat = HAT
-    hat_step = 1.0 if tempo_class == "fast" else 0.5
+    hat_step = float(rng.choice(HAT_BEATS))
     extra_kick = rng.random() < 0.5
     fill = rng.random() < 0.4
     base = rng.uniform(75, 110)
@@ -323,13 +383,13 @@ def sample_score(seed, duration_s: float = 10.0, tempo: str | None = None,
             inst = INSTRUMENTS[name]
             program = int(rng.choice(inst.programs)) if inst.programs else 0
             if role == "melody":
-                notes = _melody(rng, inst, key, t0, t1, beat, tempo_class)
+                notes = _melody(rng, inst, key, t0, t1, beat)
             elif role == "chords":
-                notes = _chords(rng, inst, key, progression, t0, t1, beat, tempo_class, 0.0)
+                notes = _chords(rng, inst, name, key, progression, t0, t1, beat, 0.0)
             elif role == "bass":
-                notes = _bass(rng, inst, key, progression, t0, t1, beat, tempo_class, 0.0)
+                notes = _bass(rng, inst, key, progression, t0, t1, beat, 0.0)
             else:
-                notes = _drums(rng, t0, t1, beat, tempo_class)
+                notes = _drums(rng, t0, t1, beat)
             notes = [n for n in notes if n.end > n.start and n.start < duration_s]
             if notes:
                 parts.append(Part(role, name, program, tuple(notes)))

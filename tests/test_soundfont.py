@@ -82,9 +82,62 @@ def test_score_is_reproducible_and_honest():
         for part in s.parts:
             for note in part.notes:
                 assert 0 <= note.start < 8.0 and note.end > note.start
-                assert round(note.start / (0.5 * beat), 6) % 1 == 0  # on the half-beat grid
+                offset = note.start / (0.25 * beat)  # on the quarter-beat grid, or a strum's
+                assert abs(offset - round(offset)) < 1e-6 or (    # later string
+                    part.role == "chords" and part.instrument in gm_score.STRUMMED)
     with pytest.raises(ValueError, match="tempo"):
         gm_score.sample_score(0, 8.0, tempo="presto")
+
+
+def _melody_intervals_in_beats(tempo: str, n: int = 40) -> np.ndarray:
+    out = []
+    for seed in range(n):
+        s = gm_score.sample_score((7, seed), 10.0, tempo=tempo)
+        beat = 60 / s.tempo_bpm
+        for part in s.parts:
+            if part.role == "melody":
+                out += list(np.diff([x.start for x in part.notes]) / beat)
+    return np.round(np.array(out), 6)
+
+
+def test_note_values_do_not_follow_the_tempo_class():
+    """The same note values in beats at every tempo: fast/slow must be heard from the beat, not
+    from note density (scores before soundfont_tags 2.0.0 tied them)."""
+    slow, fast = _melody_intervals_in_beats("slow"), _melody_intervals_in_beats("fast")
+    for value in (0.25, 0.5, 1.0, 2.0):  # sixteenths to half notes in both classes
+        share_slow, share_fast = np.mean(slow == value), np.mean(fast == value)
+        assert share_slow > 0.02 and share_fast > 0.02, value
+        assert abs(share_slow - share_fast) < 0.12, (value, share_slow, share_fast)
+
+
+def test_metric_accents_strums_and_walking_bass():
+    """Notes on downbeats are louder than those between beats (within a part); strummed chords
+    start STRUM_S apart; a walking bass moves by one scale step a beat inside a bar."""
+    accent, strums, walks = [], 0, 0
+    for seed in range(60):
+        s = gm_score.sample_score((9, seed), 10.0)
+        beat = 60 / s.tempo_bpm
+        for part in s.parts:
+            if part.is_drums:
+                continue
+            pos = np.array([x.start / beat for x in part.notes])
+            vel = np.array([x.velocity for x in part.notes], float)
+            down = np.isclose(pos % 4, 0) | np.isclose(pos % 4, 4)
+            off = ~np.isclose(pos, np.round(pos))
+            if down.sum() >= 2 and off.sum() >= 2:
+                accent.append(vel[down].mean() - vel[off].mean())
+            gaps = np.diff([x.start for x in part.notes])
+            if part.role == "chords" and np.any((gaps > 0.0075) & (gaps < 0.0305)):
+                assert part.instrument in gm_score.STRUMMED
+                strums += 1
+            if part.role == "bass" and len(gaps) > 3 and np.allclose(gaps, beat):
+                scale = gm_score._scale(s.key_root, s.minor, 0, 127)
+                steps = np.diff(np.searchsorted(scale, [x.pitch for x in part.notes]))
+                inside = ~np.isclose(pos[1:] % 4, 0) & ~np.isclose(pos[1:] % 4, 4)
+                if np.all(np.abs(steps[inside]) == 1):
+                    walks += 1
+    assert np.mean(accent) > 0.5 * gm_score.METRIC_ACCENT["downbeat"], np.mean(accent)
+    assert strums >= 3 and walks >= 3, (strums, walks)
 
 
 def test_banks(tmp_path):

@@ -3,7 +3,7 @@
 `example.flac`: synthetic music made here with NumPy (the `synthetic_tags` kind of sound).
 `example_gm.flac` (`--gm`): a `soundfont_tags` score rendered with the `timgm6mb` bank, which
 the soundfont main job never trains on; its score seed (2026, 9, 19) is outside every split
-(those use split ids 0-2). True tags: guitar, drums, fast, loud, organ, bass.
+(those use split ids 0-2). True tags: guitar, strings, drums, fast, loud, sitar, bass.
 
 A two-bar chord progression of plucked, harmonic-rich notes over a 120 BPM beat (kick on every
 beat, hi-hat on eighths, snare on 2 and 4). Deterministic: the only noise comes from a seeded

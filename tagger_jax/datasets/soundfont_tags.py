@@ -60,8 +60,14 @@ class SoundfontTags(TaggingBuilder):
     """Multi-part General MIDI scores rendered with SoundFonts, with exact frame-level activity."""
 
     name = "soundfont_tags"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release.",
+        "2.0.0": "Scores: note values drawn independently of the tempo class (1.0.0 tied them, "
+                 "so note density told fast from slow); sixteenth notes; metric accents; "
+                 "strummed chords, walking bass, hi-hats on sixteenths to quarters; strings and "
+                 "choir may play the melody.",
+    }
     NUM_TAGS = len(gm_score.TAGS)
     BUILDER_CONFIGS = [
         SoundfontConfig(name="default", description="Train on merlin; unseen bank timgm6mb."),
