@@ -49,6 +49,7 @@ class Progress:
         self.enabled = enabled and self.main
         self.bar = None
         self.paused_at: Optional[float] = None  # the bar's clock when a pause began (`pause`)
+        self.untimed = 0  # clips whose time the elapsed time leaves out (resumed, compiled steps)
         self.terminal = stderr_is_terminal()
         # tqdm options of every bar: on a terminal tqdm's defaults; in a log one line, rarely.
         self.tqdm_options = ({"dynamic_ncols": True} if self.terminal else
@@ -65,6 +66,7 @@ class Progress:
 
         self.bar = tqdm(total=total, initial=initial, unit="clip", unit_scale=True,
                         desc="train", smoothing=0.1, **self.tqdm_options)
+        self.untimed = initial
 
     def update(self, clips: int, **postfix: str) -> None:
         if self.bar is not None:
@@ -77,6 +79,7 @@ class Progress:
         that compiled)."""
         if self.bar is not None:
             self.bar.n += clips
+            self.untimed += clips
             self._drop_untimed()
             self.bar.refresh()
 
@@ -172,6 +175,11 @@ class Progress:
         return tqdm(iterable, total=total, desc=desc, unit=unit, **self.inner_options)
 
     def close(self) -> None:
+        """Closes the training bar. Its last line shows tqdm's whole-run average, (n - initial)
+        / elapsed: `initial` is set back to the clips that were really left out of the elapsed
+        time (`_drop_untimed` moved clips counted before each pause into it, which halved the
+        final rate of a run in a log)."""
         if self.bar is not None:
+            self.bar.initial = self.untimed
             self.bar.close()
             self.bar = None

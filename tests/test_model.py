@@ -229,6 +229,73 @@ def test_timbre_norm_matches_reference_and_makes_timbre_branches_level_invariant
         PonsFrontEnd(16, timbre_norm="band").apply(fv, m.x)
 
 
+def _np_onset_autocorrelation(spec: np.ndarray, max_lag: int) -> np.ndarray:
+    """float64 reference: spectral-flux envelope (np.diff), mean removed, np.correlate, / lag 0."""
+    env = np.concatenate([[0.0], np.maximum(np.diff(spec.astype(np.float64), axis=1), 0).mean(0)])
+    x = env - env.mean()
+    full = np.correlate(x, x, mode="full")[len(x) - 1:]
+    ac = np.zeros(max_lag + 1)
+    ac[:min(len(x), max_lag + 1)] = full[:max_lag + 1]
+    return ac[1:] / ac[0] if ac[0] > 0 else np.zeros(max_lag)
+
+
+def test_tempo_branch_matches_reference_and_is_level_invariant():
+    """model.tempo_features: the chunk's onset autocorrelation equals a float64 NumPy reference
+    (and, averaged in pairs of lags, the baseline's feature); the branch's 2c channels are
+    relu(BN(dense(autocorrelation))), the same at every step; a level change (+20 dB) or a
+    constant chunk does not break it; a waveform model refuses the option in one line."""
+    from tagger_jax import baseline
+    from tagger_jax.errors import ConfigError
+    from tagger_jax.models import check_model_config
+    from tagger_jax.models.frontends import (ONSET_MAX_LAG, onset_autocorrelation,
+                                             onset_envelope)
+
+    rng = np.random.default_rng(0)
+    t = np.arange(128)
+    beats = (t % 23 == 0).astype(np.float32) * 30  # a click every 23 frames over noise
+    x = (rng.normal(-40, 3, (3, 96, 128)) + beats).astype(np.float32)
+    x[2] = -50.0  # a constant chunk: zero energy
+    ac = np.asarray(jax.jit(lambda s: onset_autocorrelation(onset_envelope(s)))(x))
+    assert ac.shape == (3, ONSET_MAX_LAG)
+    for i in range(3):
+        np.testing.assert_allclose(ac[i], _np_onset_autocorrelation(x[i], ONSET_MAX_LAG),
+                                   atol=2e-5, rtol=0)
+    np.testing.assert_allclose(ac[0].reshape(-1, 2).mean(1), baseline.onset_autocorrelation(
+        baseline.onset_envelope(x[0]), ONSET_MAX_LAG), atol=2e-5, rtol=0)
+    assert np.argmax(ac[0][10:40]) + 11 == 23  # the click period stands out
+    short = np.asarray(onset_autocorrelation(onset_envelope(x[:1, :, :64])))
+    assert np.all(short[0, 63:] == 0)  # lags beyond the chunk
+
+    c = 4
+    pons = PonsFrontEnd(c, tempo_features="onset_autocorrelation")
+    variables = pons.init(jax.random.PRNGKey(1), x)
+    stats = {"mean": rng.normal(0, 0.1, 2 * c).astype(np.float32),
+             "var": rng.uniform(0.5, 2, 2 * c).astype(np.float32)}
+    variables = {"params": variables["params"],
+                 "batch_stats": {**variables["batch_stats"], "tempo": {"bn": stats}}}
+    out = np.asarray(pons.apply(variables, x))
+    assert out.shape == (3, 128, 31 * c)
+    tp = variables["params"]["tempo"]
+    for i in range(3):
+        h = _np_onset_autocorrelation(x[i], ONSET_MAX_LAG) @ np.asarray(
+            tp["dense"]["kernel"], np.float64) + np.asarray(tp["dense"]["bias"])
+        h = (h - stats["mean"]) / np.sqrt(stats["var"] + 1e-5) * np.asarray(
+            tp["bn"]["scale"]) + np.asarray(tp["bn"]["bias"])
+        np.testing.assert_allclose(out[i, :, 29 * c:], np.broadcast_to(np.maximum(h, 0), (
+            128, 2 * c)), atol=1e-5, rtol=0)
+    louder = np.asarray(pons.apply(variables, x + 20.0))
+    np.testing.assert_allclose(louder[..., 29 * c:], out[..., 29 * c:], atol=1e-5, rtol=0)
+    grad = jax.grad(lambda s: pons.apply(variables, s)[..., 29 * c:].sum())(x)
+    assert np.all(np.isfinite(np.asarray(grad)))  # the constant chunk's division is guarded
+
+    base = {"architecture": "pons_won", "tempo_features": "onset_autocorrelation"}
+    check_model_config(base)
+    with pytest.raises(ConfigError, match="tempo_features.*must be one of"):
+        check_model_config({**base, "tempo_features": "tempogram"})
+    with pytest.raises(ConfigError, match="needs a log-mel front-end; lee_won reads waveforms"):
+        check_model_config({**base, "architecture": "lee_won"})
+
+
 def test_train_mode_dropout_and_batch_stats(training):
     m = training
 

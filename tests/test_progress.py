@@ -125,8 +125,11 @@ def test_shown_rate_right_after_compile_and_validation_pauses(monkeypatch, capsy
     # The elapsed time is the training time, 85 steps of 0.5 s, without the 130 s of pauses
     # (tqdm's unpause alone also dropped the up to 10 s of steps before each pause in a log).
     assert bar.format_dict["elapsed"] == pytest.approx(85 * 0.5, abs=0.5), str(bar)
-    p.close()
     capsys.readouterr()
+    p.close()  # the last line: the average rate of the timed steps, 64 clips/s
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    match = re.search(r"([\d.]+)clip/s", last)
+    assert match and float(match.group(1)) == pytest.approx(64.0, rel=0.02), last
 
 
 def test_disabled_progress_still_says_phase_timings(capsys):

@@ -31,6 +31,7 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
     if arch.module == "conv":
         return ConvTagger(num_tags=num_tags, conv_channels=cfg["conv_channels"],
                           timbre_norm=cfg["timbre_norm"],
+                          tempo_features=cfg["tempo_features"],
                           classifier_dropout=cfg["classifier_dropout"], dtype=dtype)
     return AttentionTagger(
         frontend=arch.frontend,
@@ -48,6 +49,7 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
         max_positions=cfg["max_positions"],
         frame_head=cfg["frame_head"],
         timbre_norm=cfg["timbre_norm"],
+        tempo_features=cfg["tempo_features"],
         dtype=dtype,
     )
 
@@ -55,15 +57,15 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
 MODEL_FIELDS = ("architecture", "conv_channels", "attention_channels", "attention_layers",
                 "attention_heads", "intermediate", "attention_dropout", "hidden_dropout",
                 "classifier_dropout", "cls_token", "positions", "max_positions", "frame_head",
-                "timbre_norm", "dtype")
+                "timbre_norm", "tempo_features", "dtype")
 
 
 def check_model_config(model_config: Mapping[str, Any]) -> None:
     """Checks the fields of `config.model` that name a choice (architecture, dtype, cls_token,
-    positions, timbre_norm) before anything is built or traced. Raises `errors.ConfigError`
+    positions, timbre_norm, tempo_features) before anything is built or traced. Raises `errors.ConfigError`
     (a ValueError; exit status 2) naming the field, its value and the choices."""
     from tagger_jax.errors import ConfigError
-    from tagger_jax.models.frontends import TIMBRE_PEAK_AXES
+    from tagger_jax.models.frontends import TEMPO_FEATURES, TIMBRE_PEAK_AXES
 
     cfg = model_fields(model_config)
     try:
@@ -71,9 +73,13 @@ def check_model_config(model_config: Mapping[str, Any]) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     for field, choices in (("dtype", DTYPES), ("cls_token", CLS_TOKENS),
-                           ("positions", POSITIONS), ("timbre_norm", tuple(TIMBRE_PEAK_AXES))):
+                           ("positions", POSITIONS), ("timbre_norm", tuple(TIMBRE_PEAK_AXES)),
+                           ("tempo_features", TEMPO_FEATURES)):
         if cfg[field] not in choices:
             raise ConfigError(f"model.{field} must be one of {choices}, got {cfg[field]!r}")
+    if cfg["tempo_features"] != "none" and get_architecture(cfg).waveform:
+        raise ConfigError(f"model.tempo_features={cfg['tempo_features']!r} needs a log-mel "
+                          f"front-end; {cfg['architecture']} reads waveforms")
 
 
 def model_fields(model_config: Mapping[str, Any]) -> Mapping[str, Any]:

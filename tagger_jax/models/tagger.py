@@ -34,7 +34,8 @@ class AttentionTagger(nn.Module):
     (`train.frame_loss_weight`); `return_frame_logits=True` returns (logits, frame logits (batch,
     positions, num_tags)). The tag logits never depend on it.
 
-    `timbre_norm` (not in the authors' code): see `PonsFrontEnd`; "none" is the authors' model.
+    `timbre_norm`, `tempo_features` (not in the authors' code): see `PonsFrontEnd`; "none" is
+    the authors' model.
     """
 
     frontend: str = "pons"  # "pons" (spectrogram, 96 x T) or "lee" (waveform, 65,610 samples)
@@ -52,6 +53,7 @@ class AttentionTagger(nn.Module):
     max_positions: int = 271
     frame_head: bool = False
     timbre_norm: str = "none"
+    tempo_features: str = "none"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -62,7 +64,7 @@ class AttentionTagger(nn.Module):
             raise ValueError("return_frame_logits needs frame_head=True and no return_attention")
         if self.frontend == "pons":
             seq = PonsFrontEnd(self.conv_channels, self.dtype, self.timbre_norm,
-                               name="frontend")(x, train)
+                               self.tempo_features, name="frontend")(x, train)
             seq = nn.Dense(self.attention_channels, dtype=self.dtype, name="conv1x1")(seq)
             seq = nn.relu(batch_norm(train, "conv1x1_bn", self.dtype)(seq))
         elif self.frontend == "lee":
@@ -97,6 +99,7 @@ class ConvTagger(nn.Module):
     dense_channels: int = 500
     classifier_dropout: float = 0.5
     timbre_norm: str = "none"
+    tempo_features: str = "none"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -107,7 +110,7 @@ class ConvTagger(nn.Module):
             raise ValueError("pons_pons has no attention: attention maps and overrides need "
                              "pons_won or lee_won")
         seq = PonsFrontEnd(self.conv_channels, self.dtype, self.timbre_norm,
-                           name="frontend")(x, train)
+                           self.tempo_features, name="frontend")(x, train)
 
         def block(h, i):
             h = nn.Conv(self.backend_channels, (7,), padding=((3, 3),), dtype=self.dtype,
