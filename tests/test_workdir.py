@@ -228,6 +228,8 @@ def test_every_config_file_has_only_known_fields_and_a_consistent_frame_loss(pat
     (the trainer refuses either alone); augmentations never meet frame targets."""
     import importlib.util
 
+    from tagger_jax.models import check_model_config
+
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -236,3 +238,4 @@ def test_every_config_file_has_only_known_fields_and_a_consistent_frame_loss(pat
     assert extra == []
     train_lib.frame_loss_weight(config)
     assert not (config.data.augment and config.model.frame_head)
+    check_model_config(config.model)  # every named choice (architecture, timbre_norm, ...) exists
