@@ -194,8 +194,9 @@ def _dynamics(rng: np.random.Generator, onsets: Sequence[float], beat: float) ->
     n = len(onsets)
     base = rng.uniform(55, 100)
     ramp = rng.uniform(-20, 20) * np.linspace(-0.5, 0.5, max(n, 1))
-    accents = rng.normal(0, 5, max(n, 1))
-    metric = np.array([_metric_accent(t, beat) for t in onsets] + [0.0])[:max(n, 1)]
+    accents = rng.normal(0, 5, max(n, 1))  # drawn for one note at least: the seed's stream
+    metric = np.zeros(max(n, 1))
+    metric[:n] = [_metric_accent(t, beat) for t in onsets]
     return np.clip(np.round(base + ramp + accents + metric), 25, 127).astype(int)[:n]
 
 
