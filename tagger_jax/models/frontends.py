@@ -233,7 +233,7 @@ class TempoBranch(nn.Module):
     Why: tempo is a period, and none of the authors' branches computes one (a convolution is
     linear in the spectrogram; a period needs a product of the signal with itself shifted). A
     linear model on the autocorrelation of 2 s chunks tells fast from slow on `soundfont_tags`
-    with ROC-AUC 0.98-0.99 (docs/training.md, "Tempo"). Not in the authors' code."""
+    with ROC-AUC 0.98-0.99 (docs/training.md, "Tempo branch"). Not in the authors' code."""
 
     features: int
     dtype: Dtype = jnp.float32
