@@ -182,6 +182,35 @@ BASELINE_JSON = "baseline.json"
 TRAIN_SOURCES = ("dataset", "model")  # where `report_beside` fits the baseline
 
 
+def open_train_split(result: dict, train: str = "dataset") -> tuple[str, str, Any, list[str]]:
+    """("DATASET/SPLIT", whose split it is in words, source, tag names) of the split
+    `report_beside` fits on, for an `evaluate_checkpoint` result (or the `preflight` dict it
+    passes before predicting: the same "dataset", "data_dir", "builder_config" and "model_data"
+    keys). Raises
+    `tagger_jax.evaluation.EvaluationError` naming the split when it cannot be opened."""
+    from tagger_jax import datasets
+    from tagger_jax.evaluation import EvaluationError
+
+    if train not in TRAIN_SOURCES:
+        raise EvaluationError(f"baseline: train must be one of {TRAIN_SOURCES}, got {train!r}")
+    if train == "model":
+        data = result["model_data"]
+        train_at = (data["name"], data["train_split"], data["data_dir"], data["builder_config"])
+        whose = "the model's training data"
+    else:
+        train_at = (result["dataset"], "train", result["data_dir"], result.get("builder_config"))
+        whose = "the evaluated dataset's train split"
+    fitted_on = f"{train_at[0]}/{train_at[1]}"
+    try:
+        source, tags = datasets.load_split(*train_at)
+    except (FileNotFoundError, ValueError) as e:
+        hint = ("; fit it on the model's training data with --baseline-train model"
+                if train == "dataset" else "")
+        raise EvaluationError(f"baseline: cannot open {whose} {fitted_on} in {train_at[2]}: "
+                              f"{e}{hint}") from e
+    return fitted_on, whose, source, list(tags)
+
+
 def report_beside(result: dict, print_fn=print, train: str = "dataset") -> dict:
     """Fits the baseline, scores it on the split an `evaluate_checkpoint` result was computed on,
     prints model vs baseline per tag and writes `baseline.json` into the result's output
@@ -203,25 +232,9 @@ def report_beside(result: dict, print_fn=print, train: str = "dataset") -> dict:
     from tagger_jax import datasets
     from tagger_jax.evaluation import EvaluationError, _fmt
 
-    if train not in TRAIN_SOURCES:
-        raise EvaluationError(f"baseline: train must be one of {TRAIN_SOURCES}, got {train!r}")
     name, split = result["dataset"], result["split"]
     config = result.get("builder_config")
-    if train == "model":
-        data = result["model_data"]
-        train_at = (data["name"], data["train_split"], data["data_dir"], data["builder_config"])
-        whose = "the model's training data"
-    else:
-        train_at = (name, "train", result["data_dir"], config)
-        whose = "the evaluated dataset's train split"
-    fitted_on = f"{train_at[0]}/{train_at[1]}"
-    try:
-        train_source, train_tags = datasets.load_split(*train_at)
-    except (FileNotFoundError, ValueError) as e:
-        hint = ("; fit it on the model's training data with --baseline-train model"
-                if train == "dataset" else "")
-        raise EvaluationError(f"baseline: cannot open {whose} {fitted_on} in {train_at[2]}: "
-                              f"{e}{hint}") from e
+    fitted_on, whose, train_source, train_tags = open_train_split(result, train)
     try:
         evaluated, eval_tags = datasets.load_split(name, split, result["data_dir"], config)
     except (FileNotFoundError, ValueError) as e:

@@ -370,13 +370,16 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
                         out_dir: str | os.PathLike | None = None,
                         batch_size: int | None = None, num_chunks: int | None = None,
                         hop_s: float | None = None, print_fn: Callable[[str], None] | None = print,
-                        ) -> dict:
+                        preflight: Callable[[dict], Any] | None = None) -> dict:
     """Loads a model, predicts a dataset split, writes the report; returns the metrics dict.
 
     `path` is a model directory or a training workdir with an exported best model. Dataset,
     data directory, split and batch size default to the model's stored config (the test split).
     `builder_config` is a TFDS config name or a `tfds.core.BuilderConfig`. `hop_s`: seconds
-    between full-track windows (mode "full"; default one window).
+    between full-track windows (mode "full"; default one window). `preflight`, if given, is
+    called with the resolved {"dataset", "split", "data_dir", "builder_config", "model_data"}
+    once the split is open and before any prediction, so that a later step's missing input
+    (e.g. `evaluate --baseline`'s training split) fails before the model's run.
     """
     from tqdm import tqdm
 
@@ -416,6 +419,13 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
             print_fn(f"note: {dataset} lists the model's {len(order)} tags in another order; "
                      "its labels are read in the model's order")
     _warn_on_feature_mismatch(datasets, dataset, data_dir, builder_config, cfg.features)
+    model_data = {"name": str(cfg.data.name), "data_dir": str(cfg.data.data_dir),
+                  "builder_config": cfg.data.get("builder_config") or None,
+                  "train_split": str(cfg.data.get("train_split", "train"))}
+    if preflight is not None:
+        preflight({"dataset": dataset, "split": split, "data_dir": str(data_dir),
+                   "builder_config": getattr(builder_config, "name", builder_config),
+                   "model_data": model_data})
 
     # The split's records through the one inference path, on this process's devices; each
     # process takes its share and the clips are gathered (`predict_split`).
@@ -454,9 +464,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
              "hop": hop if mode == "full" else None, "chunk_frames": int(cfg.features.chunk_frames),
              "out_dir": str(Path(out_dir).expanduser()),
              # The data the model was trained on (its config), for `--baseline-train model`.
-             "model_data": {"name": str(cfg.data.name), "data_dir": str(cfg.data.data_dir),
-                            "builder_config": cfg.data.get("builder_config") or None,
-                            "train_split": str(cfg.data.get("train_split", "train"))}}
+             "model_data": model_data}
     if jax.process_index() == 0:
         paths = write_report(metrics, out_dir, extra=extra,
                              title=f"{dataset}/{split} ({mode}), {metrics['num_clips']} clips")

@@ -504,12 +504,31 @@ def test_end_to_end_on_a_built_tfds_split(synth_tags, tiny_variables, tmp_path):
     config = _tiny_config()
     config.data.update(name="synthetic_tags", data_dir=str(tmp_path / "tfds"))
     checkpoint.save_model(tmp_path / "model", tiny_variables, config, synth_tags)
+    out = tmp_path / "model" / "evaluation" / "synthetic_tags_test_chunks"
+
+    # `evaluate --baseline`'s preflight: its training split is opened before any prediction, so
+    # a missing one fails at once and nothing is written.
+    from tagger_jax import baseline
+
+    seen = []
+
+    def preflight(resolved):
+        seen.append(resolved)
+        baseline.open_train_split({**resolved, "dataset": "no_such_dataset"}, "dataset")
+
+    with pytest.raises(ev.EvaluationError, match="baseline: cannot open the evaluated dataset.s "
+                                                 "train split no_such_dataset/train"):
+        ev.evaluate_checkpoint(tmp_path / "model", builder_config=data_config, print_fn=None,
+                               preflight=preflight)
+    assert not out.exists()
+    assert seen[0]["dataset"] == "synthetic_tags" and seen[0]["split"] == "test"
+    assert seen[0]["builder_config"] == "tiny_eval"
+    assert seen[0]["model_data"]["name"] == "synthetic_tags"
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ev.UndefinedMetricWarning)  # 6 clips: some tags absent
         result = ev.evaluate_checkpoint(tmp_path / "model", builder_config=data_config,
                                         print_fn=None)
-    out = tmp_path / "model" / "evaluation" / "synthetic_tags_test_chunks"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["num_clips"] == result["num_clips"] == 6
     assert saved["builder_config"] == "tiny_eval" and saved["num_chunks"] == NUM_CHUNKS

@@ -58,12 +58,18 @@ def run(args: argparse.Namespace) -> int:
     lock = (outputs.exclusive_for_run(args.out, "output directory") if args.out is not None
             else contextlib.nullcontext())
     try:
+        preflight = None
+        if args.baseline:  # its training split must open before the model's run, not after
+            from tagger_jax.baseline import open_train_split
+
+            def preflight(resolved):
+                open_train_split(resolved, args.baseline_train)
         with lock, errors.warning_lines(UndefinedMetricWarning):
             result = evaluate_checkpoint(
                 model_path(args), dataset=args.dataset, split=args.split,
                 data_dir=args.data_dir, builder_config=args.builder_config, mode=args.mode,
                 out_dir=args.out, batch_size=args.batch_size, num_chunks=args.num_chunks,
-                hop_s=args.hop)
+                hop_s=args.hop, preflight=preflight)
         if args.baseline:
             from tagger_jax.baseline import report_beside
             with errors.warning_lines(UndefinedMetricWarning):
