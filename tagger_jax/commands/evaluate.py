@@ -58,12 +58,11 @@ def run(args: argparse.Namespace) -> int:
     lock = (outputs.exclusive_for_run(args.out, "output directory") if args.out is not None
             else contextlib.nullcontext())
     try:
-        preflight = None
-        if args.baseline:  # its training split must open before the model's run, not after
-            from tagger_jax.baseline import open_train_split
+        from tagger_jax.baseline import open_train_split
 
-            def preflight(resolved):
-                open_train_split(resolved, args.baseline_train)
+        # --baseline: its training split must open before the model's run, not after it.
+        preflight = ((lambda resolved: open_train_split(resolved, args.baseline_train))
+                     if args.baseline else None)
         with lock, errors.warning_lines(UndefinedMetricWarning):
             result = evaluate_checkpoint(
                 model_path(args), dataset=args.dataset, split=args.split,
