@@ -93,7 +93,8 @@ def file_fingerprint(path: Path) -> str:
 
 
 def discover(paths: Iterable[str | os.PathLike],
-             skipped: Optional[list[tuple[Path, str]]] = None) -> list[tuple[Path, str]]:
+             skipped: Optional[list[tuple[Path, str]]] = None,
+             exclude: Iterable[str | os.PathLike] = ()) -> list[tuple[Path, str]]:
     """(file, name relative to the named directory) for every input, in a stable order.
 
     Files named directly are kept whatever their suffix (they fail later with a clear error if
@@ -101,7 +102,9 @@ def discover(paths: Iterable[str | os.PathLike],
     read, by suffix or content), sorted; what it leaves out is appended, with the reason, to
     `skipped` if given. Files `tagger-jax explain` wrote (`explain.report.output_files`: listed
     in an explanation summary of their folder, e.g. the `.orig.ogg` playback copies) are left out
-    of directory searches with that reason. Duplicates are dropped (first occurrence kept).
+    of directory searches with that reason. `exclude`: the run's own outputs (files, or
+    directories and everything under them, e.g. `outputs.own_files(--output)`), which a directory
+    search leaves out without listing them. Duplicates are dropped (first occurrence kept).
     Missing paths are kept:
     they become failed inputs with an error naming them, never a crash of the run. Names are
     `audio.display_path` text (bytes that are not UTF-8 as \\xNN).
@@ -111,6 +114,11 @@ def discover(paths: Iterable[str | os.PathLike],
 
     out: dict[Path, str] = {}
     outputs: dict[Path, dict[str, str]] = {}  # folder -> its explain outputs
+    own = [Path(os.path.abspath(e)) for e in exclude]
+
+    def is_own(f: Path) -> bool:
+        a = Path(os.path.abspath(f))
+        return any(a == o or o in a.parents for o in own)
 
     def explain_output(f: Path) -> str | None:
         if f.parent not in outputs:
@@ -120,7 +128,8 @@ def discover(paths: Iterable[str | os.PathLike],
     for p in map(Path, paths):
         files, left_out = audio.scan_inputs([p])
         if p.is_dir():
-            left_out = [(f, explain_output(f) or why) for f, why in left_out]
+            files = [f for f in files if not is_own(f)]
+            left_out = [(f, explain_output(f) or why) for f, why in left_out if not is_own(f)]
             kept = []
             for f in files:
                 why = explain_output(f)
@@ -745,12 +754,13 @@ class Engine:
 
     def file_inputs(self, paths: Iterable[str | os.PathLike],
                     skipped: Optional[list[tuple[Path, str]]] = None,
-                    keep_audio: bool = False) -> list[Input]:
+                    keep_audio: bool = False,
+                    exclude: Iterable[str | os.PathLike] = ()) -> list[Input]:
         """Inputs for files and directories (`discover`), with unique keys; files a directory
         search left out are appended to `skipped` with the reason, if given. `keep_audio`: each
         prepared audio file also carries its decoded waveform (`Prepared.audio`), read in the
-        same decode as its model input."""
-        found = discover(paths, skipped)
+        same decode as its model input. `exclude`: the run's own outputs (`discover`)."""
+        found = discover(paths, skipped, exclude)
         keys = unique_keys([rel for _, rel in found])
         from tagger_jax import audio
 

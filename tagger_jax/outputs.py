@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import glob
 import json
 import os
 import socket
@@ -159,6 +160,20 @@ def lock_path(target: str | os.PathLike, directory: bool | None = None) -> Path:
     if directory is None:
         directory = t.is_dir()
     return t / DIR_LOCK_NAME if directory else t.parent / f".{t.name}.lock"
+
+
+def own_files(target: str | os.PathLike) -> list[Path]:
+    """What a run writing the file `target` creates beside it: the file, its lock and the lock's
+    holder note (`.NAME.lock*`), its temporary files (`.NAME.*.tmp`) and per-process parts
+    (`NAME.partN`). Directory searches leave them out of the inputs
+    (`inference.discover(exclude=...)`)."""
+    t = Path(os.path.abspath(os.path.expanduser(os.fspath(target))))
+    lock = lock_path(t, directory=False)
+    beside = []
+    if t.parent.is_dir():
+        name = glob.escape(t.name)
+        beside = sorted({*t.parent.glob(f".{name}.*"), *t.parent.glob(f"{name}.*")})
+    return [t, lock, Path(str(lock) + HOLDER_SUFFIX), *beside]
 
 
 def holder(lock_file: str | os.PathLike) -> str:

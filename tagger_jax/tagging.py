@@ -28,11 +28,13 @@ from tagger_jax.inference import COVER, PAPER, WindowPlan  # noqa: F401 (re-expo
 
 
 def collect_inputs(paths: Iterable[str | os.PathLike],
-                   skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
+                   skipped: list[tuple[Path, str]] | None = None,
+                   exclude: Iterable[str | os.PathLike] = ()) -> list[Path]:
     """Files named directly plus the inputs found recursively in named directories
     (`inference.discover`, deciding by `audio.scan_inputs`), in order, without duplicates; files
-    left out are appended to `skipped` with the reason, if given."""
-    return [p for p, _ in inference.discover(paths, skipped)]
+    left out are appended to `skipped` with the reason, if given; `exclude` (the run's own
+    outputs) are left out unlisted."""
+    return [p for p, _ in inference.discover(paths, skipped, exclude)]
 
 
 class Tagger:

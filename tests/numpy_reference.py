@@ -140,7 +140,8 @@ def bert_layer(x: np.ndarray, s: dict, prefix: str,
 
 def forward(state: Mapping[str, np.ndarray], spec: np.ndarray,
             override: Optional[np.ndarray] = None) -> dict[str, object]:
-    """Eval forward. Returns {"logits", "probs" (sigmoid), "attention": [(B, H, L, L) per layer]}.
+    """Eval forward. Returns {"logits", "probs" (sigmoid), "attention": [(B, H, L, L) per layer],
+    "hidden": [(B, L, C) output of each layer, every query]}.
 
     `override`, if given, replaces the LAST layer's attention probabilities (broadcast to
     (B, H, L, L)), without softmax or dropout.
@@ -155,14 +156,16 @@ def forward(state: Mapping[str, np.ndarray], spec: np.ndarray,
     else:
         x = x + sinusoid(t + 1, d)
     n_layers = 1 + max(int(k.split(".")[3]) for k in s if k.startswith("back_end.encoder.layer."))
-    attention = []
+    attention, hidden = [], []
     for i in range(n_layers):
         x, probs = bert_layer(x, s, f"back_end.encoder.layer.{i}",
                               override if i == n_layers - 1 else None)
         attention.append(probs)
+        hidden.append(x)
     pooled = np.tanh(linear(x[:, 0], s, "back_end.pooler.dense"))
     logits = linear(pooled, s, "classifier")
-    return {"logits": logits, "probs": 1.0 / (1.0 + np.exp(-logits)), "attention": attention}
+    return {"logits": logits, "probs": 1.0 / (1.0 + np.exp(-logits)), "attention": attention,
+            "hidden": hidden}
 
 
 def one_hot_override(t: int, length: int = 257) -> np.ndarray:

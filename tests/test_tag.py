@@ -330,3 +330,29 @@ def test_directory_search_skips_explain_outputs_and_counts_what_it_skipped(tmp_p
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 8 and all(line.startswith("skipped: ") for line in err[:7])
     assert err[-1] == "skipped 7 file(s): 5 explain output, 2 not audio"
+
+
+def test_directory_search_leaves_out_the_runs_own_output_files(tmp_path):
+    """`tag DIR --output DIR/results.json` (and `embed DIR --out DIR/emb`): the result file, its
+    lock and holder note, a temporary file and a process's part are this run's own files, left out
+    of the inputs and of the skipped list; a JSON that is not the run's output is still listed."""
+    from tagger_jax import inference, outputs
+
+    tone = 0.1 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 440)
+    sf.write(tmp_path / "song.wav", tone, 16000)
+    own = ["results.json", ".results.json.lock", ".results.json.lock.holder",
+           ".results.json.abc123.tmp", "results.json.part1"]
+    for name in own + ["other.json"]:
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "emb").mkdir()
+    (tmp_path / "emb" / "song.wav.npz").write_bytes(b"PK")
+    (tmp_path / "emb" / "again.wav").write_bytes(b"RIFF")  # under the embed output: left out
+    skipped = []
+    found = tagging.collect_inputs([tmp_path], skipped,
+                                   exclude=outputs.own_files(tmp_path / "results.json"))
+    assert found == [tmp_path / "emb" / "again.wav", tmp_path / "song.wav"]
+    assert sorted(p.name for p, _ in skipped) == ["other.json", "song.wav.npz"]
+    skipped = []
+    found = inference.discover([tmp_path], skipped, exclude=[tmp_path / "emb"])
+    assert [p for p, _ in found] == [tmp_path / "song.wav"]
+    assert sorted(p.name for p, _ in skipped) == sorted(own + ["other.json"])

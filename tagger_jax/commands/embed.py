@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             items = engine.dataset_inputs(args.dataset, args.split, data_dir(args, loaded),
                                           args.builder_config, args.limit)
         else:
-            items = engine.file_inputs(args.inputs, skipped)
+            items = engine.file_inputs(args.inputs, skipped, exclude=[args.out])
             print_skipped(skipped)
         if not items:
             return error(no_inputs_message(skipped) if args.inputs else "no inputs found")

@@ -59,7 +59,7 @@ def _error(msg: str, status: int = 2) -> int:
 
 
 def _run(args: argparse.Namespace, process: int, processes: int) -> int:
-    from tagger_jax import audio, checkpoint, errors, inference, tagging
+    from tagger_jax import audio, checkpoint, errors, inference, outputs, tagging
 
     error = _error
     try:
@@ -70,7 +70,8 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     except (checkpoint.CheckpointError, ValueError) as e:
         return error(str(e), errors.exit_status(e, default=errors.USAGE))
     skipped: list = []
-    every = [str(p) for p in tagging.collect_inputs(args.inputs, skipped)]
+    own = [] if args.output is None else outputs.own_files(args.output)
+    every = [str(p) for p in tagging.collect_inputs(args.inputs, skipped, exclude=own)]
     print_skipped(skipped)
     if not every:
         return error(no_inputs_message(skipped))

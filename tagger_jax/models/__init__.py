@@ -48,6 +48,7 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
         positions=cfg["positions"],
         max_positions=cfg["max_positions"],
         frame_head=cfg["frame_head"],
+        frame_head_layer=cfg["frame_head_layer"],
         timbre_norm=cfg["timbre_norm"],
         tempo_features=cfg["tempo_features"],
         dtype=dtype,
@@ -57,12 +58,13 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
 MODEL_FIELDS = ("architecture", "conv_channels", "attention_channels", "attention_layers",
                 "attention_heads", "intermediate", "attention_dropout", "hidden_dropout",
                 "classifier_dropout", "cls_token", "positions", "max_positions", "frame_head",
+                "frame_head_layer",
                 "timbre_norm", "tempo_features", "dtype")
 
 
 def check_model_config(model_config: Mapping[str, Any]) -> None:
     """Checks the fields of `config.model` that name a choice (architecture, dtype, cls_token,
-    positions, timbre_norm, tempo_features) before anything is built or traced. Raises `errors.ConfigError`
+    positions, timbre_norm, tempo_features, frame_head_layer) before anything is built or traced. Raises `errors.ConfigError`
     (a ValueError; exit status 2) naming the field, its value and the choices."""
     from tagger_jax.errors import ConfigError
     from tagger_jax.models.frontends import TEMPO_FEATURES, TIMBRE_PEAK_AXES
@@ -80,6 +82,9 @@ def check_model_config(model_config: Mapping[str, Any]) -> None:
     if cfg["tempo_features"] != "none" and get_architecture(cfg).waveform:
         raise ConfigError(f"model.tempo_features={cfg['tempo_features']!r} needs a log-mel "
                           f"front-end; {cfg['architecture']} reads waveforms")
+    if not 0 <= int(cfg["frame_head_layer"]) <= int(cfg["attention_layers"]):
+        raise ConfigError(f"model.frame_head_layer must be in 0..model.attention_layers "
+                          f"({cfg['attention_layers']}), got {cfg['frame_head_layer']}")
 
 
 def model_fields(model_config: Mapping[str, Any]) -> Mapping[str, Any]:

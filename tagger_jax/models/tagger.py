@@ -32,7 +32,10 @@ class AttentionTagger(nn.Module):
     `frame_head` (not in the authors' code; a training aid): a linear classifier on every position
     of the encoder's input sequence (the 1x1 conv's output), trained against frame-level activity
     (`train.frame_loss_weight`); `return_frame_logits=True` returns (logits, frame logits (batch,
-    positions, num_tags)). The tag logits never depend on it.
+    positions, num_tags)). The tag logits never depend on it. `frame_head_layer` k says which
+    sequence it reads: 0 the encoder's input (before the [CLS] token and positions are added),
+    k >= 1 the output of encoder layer k - 1 without its [CLS] position (k = attention_layers:
+    the last layer's output, computed for every query when frame logits are asked for).
 
     `timbre_norm`, `tempo_features` (not in the authors' code): see `PonsFrontEnd`; "none" is
     the authors' model.
@@ -52,6 +55,7 @@ class AttentionTagger(nn.Module):
     positions: str = "sinusoidal"
     max_positions: int = 271
     frame_head: bool = False
+    frame_head_layer: int = 0
     timbre_norm: str = "none"
     tempo_features: str = "none"
     dtype: Dtype = jnp.float32
@@ -72,14 +76,24 @@ class AttentionTagger(nn.Module):
                               name="frontend")(x, train)
         else:
             raise ValueError(f"unknown front-end {self.frontend!r}")
-        frame_logits = (nn.Dense(self.num_tags, dtype=jnp.float32, name="frame_classifier")(
-            seq.astype(jnp.float32)) if self.frame_head else None)
+        if self.frame_head and not 0 <= self.frame_head_layer <= self.attention_layers:
+            raise ValueError(f"frame_head_layer {self.frame_head_layer} out of range "
+                             f"0..{self.attention_layers}")
+        frame_head_layer = self.frame_head_layer if self.frame_head else 0
         h = Embedding(self.cls_token, self.positions, self.max_positions, self.hidden_dropout,
                       self.dtype, name="embedding")(seq, train)
-        h, attention = Encoder(self.attention_layers, self.attention_heads, self.intermediate,
-                               self.attention_dropout, self.hidden_dropout, self.dtype,
-                               name="encoder")(h, train, attention_override, override_layer,
-                                               full_last_layer)
+        capture = return_frame_logits and frame_head_layer > 0
+        out = Encoder(self.attention_layers, self.attention_heads, self.intermediate,
+                      self.attention_dropout, self.hidden_dropout, self.dtype,
+                      name="encoder")(
+            h, train, attention_override, override_layer,
+            full_last_layer or (capture and frame_head_layer == self.attention_layers),
+            capture_layer=frame_head_layer if capture else None)
+        h, attention = out[:2]
+        if capture:
+            seq = out[2][:, 1:]  # the frame head reads the positions, not [CLS]
+        frame_logits = (nn.Dense(self.num_tags, dtype=jnp.float32, name="frame_classifier")(
+            seq.astype(jnp.float32)) if self.frame_head else None)
         pooled = jnp.tanh(nn.Dense(self.attention_channels, dtype=self.dtype,
                                    kernel_init=_bert_init, name="pooler")(h[:, 0]))
         pooled = nn.Dropout(self.classifier_dropout)(pooled, deterministic=not train)

@@ -188,6 +188,10 @@ class Encoder(nn.Module):
     `override_layer` (static, negative counts from the end) says which layer `attention_override`
     replaces. Unless `full_last_layer`, the last layer computes the [CLS] query only, so its output
     has one position and its probabilities have one query.
+
+    `capture_layer` k (0 <= k <= num_layers) adds a third output: the input of layer k (batch,
+    1 + positions, channels), the output of the last layer when k == num_layers (which then needs
+    `full_last_layer`).
     """
 
     num_layers: int = 2
@@ -200,17 +204,25 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
                  attention_override: Optional[jnp.ndarray] = None, override_layer: int = -1,
-                 full_last_layer: bool = False) -> tuple[jnp.ndarray, Sequence[jnp.ndarray]]:
+                 full_last_layer: bool = False, capture_layer: Optional[int] = None):
         target = override_layer % self.num_layers
         if not -self.num_layers <= override_layer < self.num_layers:
             raise ValueError(f"override_layer {override_layer} out of range for "
                              f"{self.num_layers} layers")
-        all_probs = []
+        if capture_layer is not None and not 0 <= capture_layer <= self.num_layers:
+            raise ValueError(f"capture_layer {capture_layer} out of range 0..{self.num_layers}")
+        all_probs, captured = [], None
         for i in range(self.num_layers):
             last = i == self.num_layers - 1
+            if i == capture_layer:
+                captured = x
             x, probs = EncoderLayer(self.num_heads, self.intermediate, self.attention_dropout,
                                     self.hidden_dropout, self.dtype, name=f"layer_{i}")(
                 x, train, cls_only=last and not full_last_layer,
                 override=attention_override if i == target else None)
             all_probs.append(probs)
+        if capture_layer == self.num_layers:
+            captured = x
+        if capture_layer is not None:
+            return x, all_probs, captured
         return x, all_probs
