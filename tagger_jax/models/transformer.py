@@ -17,7 +17,7 @@ what makes a vmapped override of the last layer cheap: only the [CLS] path depen
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import jax
@@ -204,7 +204,9 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False,
                  attention_override: Optional[jnp.ndarray] = None, override_layer: int = -1,
-                 full_last_layer: bool = False, capture_layer: Optional[int] = None):
+                 full_last_layer: bool = False, capture_layer: Optional[int] = None
+                 ) -> (tuple[jnp.ndarray, list[jnp.ndarray]]
+                       | tuple[jnp.ndarray, list[jnp.ndarray], jnp.ndarray]):
         target = override_layer % self.num_layers
         if not -self.num_layers <= override_layer < self.num_layers:
             raise ValueError(f"override_layer {override_layer} out of range for "
