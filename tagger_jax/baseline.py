@@ -17,6 +17,7 @@ and score through `fit_and_score`.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
@@ -183,11 +184,11 @@ TRAIN_SOURCES = ("dataset", "model")  # where `report_beside` fits the baseline
 
 
 def open_train_split(result: dict, train: str = "dataset") -> tuple[str, str, Any, list[str]]:
-    """("DATASET/SPLIT", whose split it is in words, source, tag names) of the split
-    `report_beside` fits on, for an `evaluate_checkpoint` result (or the `preflight` dict it
-    passes before predicting: the same "dataset", "data_dir", "builder_config" and "model_data"
-    keys). Raises
-    `tagger_jax.evaluation.EvaluationError` naming the split when it cannot be opened."""
+    """("DATASET/SPLIT", whose split it is in words with its data directory, source, tag names)
+    of the split `report_beside` fits on, for an `evaluate_checkpoint` result (or the
+    `preflight` dict it passes before predicting: the same "dataset", "data_dir",
+    "builder_config" and "model_data" keys). Raises `tagger_jax.evaluation.EvaluationError`
+    naming the split when it cannot be opened."""
     from tagger_jax import datasets
     from tagger_jax.evaluation import EvaluationError
 
@@ -208,6 +209,8 @@ def open_train_split(result: dict, train: str = "dataset") -> tuple[str, str, An
                 if train == "dataset" else "")
         raise EvaluationError(f"baseline: cannot open {whose} {fitted_on} in {train_at[2]}: "
                               f"{e}{hint}") from e
+    if train_at[2]:  # which copy was read (a data_dir such as "~/..." differs between machines)
+        whose = f"{whose}, in {os.path.expanduser(str(train_at[2]))}"
     return fitted_on, whose, source, list(tags)
 
 

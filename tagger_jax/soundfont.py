@@ -81,8 +81,8 @@ def resolve_bank(bank: str | os.PathLike, for_training: bool = False) -> Path:
     version = head.find(b"ifil")  # the INFO list's version chunk: major, minor (little-endian)
     if version >= 0 and int.from_bytes(head[version + 8:version + 10], "little") >= 3:
         raise BankError(f"bank {text!r}: {path} is a SoundFont 3 (.sf3, Ogg-compressed samples), "
-                        "which the renderer does not read; convert it to .sf2 (e.g. with "
-                        "Polyphone) or pick another bank")
+                        "which the renderer does not read; convert it to .sf2 with a tool that "
+                        "decodes its Ogg samples (docs/datasets.md) or pick another bank")
     if for_training and any(r in path.name.lower() for r in RESERVED):
         raise BankError(f"bank {text!r}: {path.name} is reserved for evaluation outside the "
                         "project; train on another bank")

@@ -140,6 +140,7 @@ def test_report_beside_can_fit_on_the_models_training_data(tmp_path, monkeypatch
     assert m["roc_auc_mean"] == 1.0 and m["constant_tags"] == []
     out = capsys.readouterr().out
     assert "fitted on model_ds/train_x (40 clips" in out and "warning" not in out
+    assert "(40 clips, the model's training data, in /m)" in out  # which copy was read
     assert json.loads((tmp_path / baseline.BASELINE_JSON).read_text())["fitted_on_clips"] == 40
 
     result["model_data"]["data_dir"] = "/gone"
