@@ -7,8 +7,8 @@ configs/synthetic_cpu.py (narrow Transformer, 2 s chunks, AdamW with cosine deca
 what this data changed, each by an ablation on it (docs/training.md, "The CPU main job"): crops
 are labelled with the instruments that sound in them (the score's exact activity); a frame-level
 loss on that activity (a linear head on every position of the last encoder layer's output, not
-used at inference) trains the front-end and the encoder far faster; the timbre branches read each frame's log-mel relative to its
-peak (level-invariant timbre filters); a tempo branch reads the chunk's onset autocorrelation
+used at inference) trains the front-end and the encoder far faster; the timbre branches read
+each frame's log-mel relative to its peak (level-invariant timbre filters); a tempo branch reads the chunk's onset autocorrelation
 (none of the convolutions computes a period); the front-end is twice as wide; the warmup is
 longer.
 """
@@ -31,9 +31,9 @@ def get_config():
     config.data.builder_config = ""  # default: train on merlin, unseen split test_timgm6mb
     config.data.extra_test_splits = ("test_timgm6mb",)  # the same test scores, a bank never heard
     config.data.crop_labels = "activity"  # a crop is labelled with the instruments sounding in it
-    config.model.conv_channels = 8  # 232 front-end channels: +0.04 validation ROC-AUC, slower steps
+    config.model.conv_channels = 8  # 248 front-end channels: +0.04 validation ROC-AUC, slower steps
     config.model.timbre_norm = "frame_peak"  # timbre branches read log-mel minus the frame's peak
-    config.model.tempo_features = "onset_autocorrelation"  # a tempo branch (fast/slow 0.6 -> 0.99)
+    config.model.tempo_features = "onset_autocorrelation"  # fast/slow 0.6 -> 0.99 on 2.0.0
     config.model.classifier_dropout = 0.0  # synthetic_cpu's 0.1: -0.006 validation ROC-AUC here
     config.model.frame_head = True  # a training aid: tag logits per position, against the activity
     config.model.frame_head_layer = 2  # read on the last encoder layer's output (0.857 -> 0.922)

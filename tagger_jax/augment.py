@@ -14,7 +14,8 @@ resumed run sees exactly the batches of an uninterrupted one.
 Per chunk (probabilities and ranges in `AugmentParams`; each transform applied with its own
 probability, in this order):
   - time stretch: the time axis resampled by a factor in [1/s, s] (linear interpolation; with
-    s = 1.08, 60-76 / 140-176 BPM stay clear of the untagged 92-116 BPM band);
+    s = 1.08, synthetic_tags' 60-76 / 140-176 BPM stay clear of its untagged 92-116 BPM band;
+    soundfont_tags 3.0.0's classes, 4 and 8 BPM from its untagged 80-132 band, need s <= 1.05);
   - pitch shift: the mel axis shifted by up to `pitch_bins` bins (edge bins repeated): about a
     semitone per bin above 1 kHz, an approximation below;
   - gain: a constant of up to +-`gain_db` dB (small: loud / quiet are levels 12 dB apart);

@@ -70,9 +70,9 @@ INSTRUMENTS: dict[str, Instrument] = {
 }
 ROLES = ("melody", "chords", "bass", "drums")
 
-# Tempo classes cover 54-190 BPM with two narrow gaps at the class boundaries, so every common
-# tempo is seen in training (version 2.0.0's 60-76 / 92-116 / 140-176 left 117-139 BPM, the
-# most common pop tempos, unseen, and a new user's 120-130 BPM pieces came out "slow").
+# Tempo classes cover 54-190 BPM with two narrow gaps at the class boundaries (77-79, 133-139
+# BPM, never drawn), so the common pop tempos are seen in training (version 2.0.0's 60-76 /
+# 92-116 / 140-176 left 117-139 BPM unseen, and a new user's 120-130 BPM pieces came out "slow").
 TEMPO_BPM = {"slow": (54.0, 76.0), "medium": (80.0, 132.0), "fast": (140.0, 190.0)}
 # Note values in beats of a part of each rhythmic density; drawn independently of the tempo class.
 DENSITY_BEATS = {"sparse": (1.0, 2.0), "moderate": (0.5, 1.0), "busy": (0.25, 0.5)}

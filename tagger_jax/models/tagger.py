@@ -30,9 +30,9 @@ class AttentionTagger(nn.Module):
     of layer `override_layer` with an array broadcastable to that shape.
 
     `frame_head` (not in the authors' code; a training aid): a linear classifier on every position
-    of the encoder's input sequence (the 1x1 conv's output), trained against frame-level activity
-    (`train.frame_loss_weight`); `return_frame_logits=True` returns (logits, frame logits (batch,
-    positions, num_tags)). The tag logits never depend on it. `frame_head_layer` k says which
+    of a sequence (by default the encoder's input, the 1x1 conv's output), trained against
+    frame-level activity (`train.frame_loss_weight`); `return_frame_logits=True` returns (logits,
+    frame logits (batch, positions, num_tags)). The tag logits never depend on it. `frame_head_layer` k says which
     sequence it reads: 0 the encoder's input (before the [CLS] token and positions are added),
     k >= 1 the output of encoder layer k - 1 without its [CLS] position (k = attention_layers:
     the last layer's output, computed for every query when frame logits are asked for).
