@@ -172,7 +172,7 @@ def own_files(target: str | os.PathLike) -> list[Path]:
     beside = []
     if t.parent.is_dir():
         name = glob.escape(t.name)
-        beside = sorted({*t.parent.glob(f".{name}.*"), *t.parent.glob(f"{name}.*")})
+        beside = sorted({*t.parent.glob(f".{name}.*.tmp"), *t.parent.glob(f"{name}.part*")})
     return [t, lock, Path(str(lock) + HOLDER_SUFFIX), *beside]
 
 

@@ -356,3 +356,8 @@ def test_directory_search_leaves_out_the_runs_own_output_files(tmp_path):
     found = inference.discover([tmp_path], skipped, exclude=[tmp_path / "emb"])
     assert [p for p, _ in found] == [tmp_path / "song.wav"]
     assert sorted(p.name for p, _ in skipped) == sorted(own + ["other.json"])
+    # Audio named like an output without an extension is still an input.
+    (tmp_path / "x").mkdir()
+    sf.write(tmp_path / "x" / "results.wav", tone, 16000)
+    assert tagging.collect_inputs([tmp_path / "x"], exclude=outputs.own_files(
+        tmp_path / "x" / "results")) == [tmp_path / "x" / "results.wav"]
