@@ -174,12 +174,15 @@ def test_jit_equals_eager(training):
     np.testing.assert_allclose(eager, m.logits, atol=5e-6, rtol=0)
 
 
-def test_frame_head_is_a_linear_map_of_the_encoder_input_and_leaves_tags_alone(training):
-    """model.frame_head: frame logits = the front-end's 512-channel sequence (float64 reference)
-    times the head's kernel plus bias; the tag logits equal those of the model without a head."""
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_frame_head_is_a_linear_map_of_its_sequence_and_leaves_tags_alone(training, layer):
+    """model.frame_head with frame_head_layer k: frame logits = the sequence it reads (float64
+    reference: k = 0 the front-end's 512-channel sequence, k >= 1 the output of encoder layer
+    k - 1 at every position but [CLS]; k = 2, the last layer, computed for every query) times the
+    head's kernel plus bias; the tag logits equal those of the model without a head."""
     m = training
     cfg = m.config.model.copy_and_resolve_references()
-    cfg.frame_head = True
+    cfg.frame_head, cfg.frame_head_layer = True, layer
     model = build_model(cfg, 50)
     rng = np.random.default_rng(3)
     head = {"kernel": rng.normal(0, 0.05, (512, 50)).astype(np.float32),
@@ -188,34 +191,15 @@ def test_frame_head_is_a_linear_map_of_the_encoder_input_and_leaves_tags_alone(t
     logits, frame_logits = jax.jit(lambda v, x: model.apply(v, x, return_frame_logits=True))(
         variables, m.x)
     np.testing.assert_allclose(logits, m.logits, atol=5e-6, rtol=0)
-    seq = ref.front_end(m.x.astype(np.float64), ref._state(m.state)).transpose(0, 2, 1)
+    if layer == 0:
+        seq = ref.front_end(m.x.astype(np.float64), ref._state(m.state)).transpose(0, 2, 1)
+    else:
+        seq = m.ref["hidden"][layer - 1][:, 1:]
     expected = seq @ head["kernel"].astype(np.float64) + head["bias"]
     assert frame_logits.shape == (BATCH, CHUNK, 50)
     np.testing.assert_allclose(frame_logits, expected, atol=LOGIT_TOL, rtol=0)
     with pytest.raises(ValueError, match="needs frame_head=True"):
         m.model.apply(m.variables, m.x, return_frame_logits=True)
-
-
-@pytest.mark.parametrize("layer", [1, 2])
-def test_frame_head_on_an_encoder_layer_reads_that_layers_positions(training, layer):
-    """model.frame_head_layer k >= 1: frame logits = the output of encoder layer k - 1 at every
-    position but [CLS] (float64 reference; k = 2, the last layer, computed for every query) times
-    the head's kernel plus bias; the tag logits stay those of the model without a head."""
-    m = training
-    cfg = m.config.model.copy_and_resolve_references()
-    cfg.frame_head, cfg.frame_head_layer = True, layer
-    model = build_model(cfg, 50)
-    rng = np.random.default_rng(4)
-    head = {"kernel": rng.normal(0, 0.05, (512, 50)).astype(np.float32),
-            "bias": rng.normal(0, 0.1, 50).astype(np.float32)}
-    variables = {**m.variables, "params": {**m.variables["params"], "frame_classifier": head}}
-    logits, frame_logits = jax.jit(lambda v, x: model.apply(v, x, return_frame_logits=True))(
-        variables, m.x)
-    np.testing.assert_allclose(logits, m.logits, atol=5e-6, rtol=0)
-    hidden = m.ref["hidden"][layer - 1][:, 1:]
-    expected = hidden @ head["kernel"].astype(np.float64) + head["bias"]
-    assert frame_logits.shape == (BATCH, CHUNK, 50)
-    np.testing.assert_allclose(frame_logits, expected, atol=LOGIT_TOL, rtol=0)
     cfg.frame_head_layer = 3  # past the last layer
     with pytest.raises(ValueError, match=r"model.frame_head_layer must be in 0..model.attention_"
                                          r"layers \(2\), got 3"):
