@@ -64,7 +64,8 @@ MODEL_FIELDS = ("architecture", "conv_channels", "attention_channels", "attentio
 
 def check_model_config(model_config: Mapping[str, Any]) -> None:
     """Checks the fields of `config.model` that name a choice (architecture, dtype, cls_token,
-    positions, timbre_norm, tempo_features, frame_head_layer) before anything is built or traced. Raises `errors.ConfigError`
+    positions, timbre_norm, tempo_features, frame_head_layer) before anything is built or
+    traced. Raises `errors.ConfigError`
     (a ValueError; exit status 2) naming the field, its value and the choices."""
     from tagger_jax.errors import ConfigError
     from tagger_jax.models.frontends import TEMPO_FEATURES, TIMBRE_PEAK_AXES

@@ -32,8 +32,8 @@ class AttentionTagger(nn.Module):
     `frame_head` (not in the authors' code; a training aid): a linear classifier on every position
     of a sequence (by default the encoder's input, the 1x1 conv's output), trained against
     frame-level activity (`train.frame_loss_weight`); `return_frame_logits=True` returns (logits,
-    frame logits (batch, positions, num_tags)). The tag logits never depend on it. `frame_head_layer` k says which
-    sequence it reads: 0 the encoder's input (before the [CLS] token and positions are added),
+    frame logits (batch, positions, num_tags)). The tag logits never depend on it.
+    `frame_head_layer` k says which sequence it reads (out of range: the encoder's ValueError): 0 the encoder's input (before the [CLS] token and positions are added),
     k >= 1 the output of encoder layer k - 1 without its [CLS] position (k = attention_layers:
     the last layer's output, computed for every query when frame logits are asked for).
 
@@ -76,9 +76,6 @@ class AttentionTagger(nn.Module):
                               name="frontend")(x, train)
         else:
             raise ValueError(f"unknown front-end {self.frontend!r}")
-        if self.frame_head and not 0 <= self.frame_head_layer <= self.attention_layers:
-            raise ValueError(f"frame_head_layer {self.frame_head_layer} out of range "
-                             f"0..{self.attention_layers}")
         frame_head_layer = self.frame_head_layer if self.frame_head else 0
         h = Embedding(self.cls_token, self.positions, self.max_positions, self.hidden_dropout,
                       self.dtype, name="embedding")(seq, train)
