@@ -232,8 +232,8 @@ def main(argv=None) -> int:
     print()
     batch_mb = batch_size * 4 * (96 * config.features.chunk_frames if input_kind == "mel"
                                  else input_pipeline.WAVEFORM_CROP) / 2**20
-    print(f"| workers | pipeline crops/s | x step rate | step clips/s fed by pipeline "
-          f"| first batch (s) | peak RSS per worker (MB) |")
+    print("| workers | pipeline crops/s | x step rate | step clips/s fed by pipeline "
+          "| first batch (s) | peak RSS per worker (MB) |")
     print("|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         w = row["workers"]

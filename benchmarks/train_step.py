@@ -44,7 +44,7 @@ PAPER_MODEL = {
     "attention_dropout": 0.4, "hidden_dropout": 0.4, "classifier_dropout": 0.5,
     "cls_token": "fixed", "positions": "sinusoidal", "max_positions": 271, "frame_head": False,
     "frame_head_layer": 0,
-    "timbre_norm": "none", "tempo_features": "none", "dtype": "float32",
+    "timbre_norm": "none", "tempo_features": "none", "tempo_hidden": 0, "dtype": "float32",
 }
 PAPER_TRAIN = {"optimizer": "authors", "learning_rate": 1e-4, "weight_decay": 1e-4,
                "sgd_learning_rates": (1e-3, 1e-4, 1e-5), "sgd_momentum": 0.9}

@@ -306,6 +306,72 @@ def test_tempo_branch_matches_reference_and_is_level_invariant():
         check_model_config({**base, "architecture": "lee_won"})
 
 
+def _np_batch_norm_relu(h: np.ndarray, bn: dict, stats: dict) -> np.ndarray:
+    """float64 inference BatchNorm (running statistics, eps 1e-5) followed by ReLU."""
+    h = (h - stats["mean"]) / np.sqrt(stats["var"] + 1e-5) * np.asarray(bn["scale"], np.float64)
+    return np.maximum(h + np.asarray(bn["bias"], np.float64), 0.0)
+
+
+def test_tempo_branch_bands_and_hidden_layer_match_reference():
+    """model.tempo_features="onset_autocorrelation_bands" with model.tempo_hidden=H: the branch
+    reads the autocorrelations of the whole spectrum's and three mel-band ranges' onset
+    envelopes, concatenated in TEMPO_BANDS' order, through dense(H) -> BN -> ReLU -> dense(2c)
+    -> BN -> ReLU (float64 NumPy reference, 1e-5); the bands differ (a click in the low bands
+    only leaves the high band's autocorrelation flat); a hidden layer without a branch, or a
+    negative width, is a one-line ConfigError."""
+    from tagger_jax.errors import ConfigError
+    from tagger_jax.models import check_model_config
+    from tagger_jax.models.frontends import ONSET_MAX_LAG, TEMPO_BANDS
+
+    rng = np.random.default_rng(1)
+    t = np.arange(128)
+    x = rng.normal(-40, 3, (2, 96, 128)).astype(np.float32)
+    x[0, :24] += (t % 19 == 0) * 30.0  # a low-band click every 19 frames
+    x[1, 56:] += (t % 11 == 0) * 30.0  # a high-band click every 11 frames
+    bands = TEMPO_BANDS["onset_autocorrelation_bands"]
+    assert bands[0] == (0, 96) and len(bands) == 4
+    c, hidden = 4, 8
+    pons = PonsFrontEnd(c, tempo_features="onset_autocorrelation_bands", tempo_hidden=hidden)
+    variables = pons.init(jax.random.PRNGKey(2), x)
+    stats = {name: {"mean": rng.normal(0, 0.1, n), "var": rng.uniform(0.5, 2, n)}
+             for name, n in (("hidden_bn", hidden), ("bn", 2 * c))}
+    variables = {"params": variables["params"], "batch_stats": {
+        **variables["batch_stats"],
+        "tempo": {k: {s: v.astype(np.float32) for s, v in d.items()} for k, d in stats.items()}}}
+    out = np.asarray(pons.apply(variables, x))
+    assert out.shape == (2, 128, 31 * c)
+    tp = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"]["tempo"])
+    assert tp["hidden"]["kernel"].shape == (len(bands) * ONSET_MAX_LAG, hidden)
+    for i in range(2):
+        acs = [_np_onset_autocorrelation(x[i, lo:hi], ONSET_MAX_LAG) for lo, hi in bands]
+        h = _np_batch_norm_relu(np.concatenate(acs) @ tp["hidden"]["kernel"]
+                                + tp["hidden"]["bias"], tp["hidden_bn"], stats["hidden_bn"])
+        h = _np_batch_norm_relu(h @ tp["dense"]["kernel"] + tp["dense"]["bias"], tp["bn"],
+                                stats["bn"])
+        np.testing.assert_allclose(out[i, :, 29 * c:], np.broadcast_to(h, (128, 2 * c)),
+                                   atol=1e-5, rtol=0)
+    # benchmarks/tempo_features.py scores exactly these inputs
+    from benchmarks.tempo_features import features
+    from tagger_jax.models.frontends import onset_autocorrelation, onset_envelope
+
+    branch_input = np.concatenate([np.asarray(onset_autocorrelation(onset_envelope(
+        x[:, lo:hi]))) for lo, hi in bands], axis=-1)
+    for i in range(2):
+        np.testing.assert_allclose(features(x[i].astype(np.float64), 128, bands, 1)[0],
+                                   branch_input[i], atol=2e-5, rtol=0)
+    low = _np_onset_autocorrelation(x[0, :24], ONSET_MAX_LAG)
+    high = _np_onset_autocorrelation(x[0, 56:], ONSET_MAX_LAG)
+    assert low[18] > 0.5 and abs(high[18]) < 0.3  # lag 19: the period shows in its band only
+
+    base = {"architecture": "pons_won", "tempo_features": "onset_autocorrelation_bands",
+            "tempo_hidden": 64}
+    check_model_config(base)
+    with pytest.raises(ConfigError, match="tempo_hidden must be 0, or > 0 with a tempo branch"):
+        check_model_config({**base, "tempo_features": "none"})
+    with pytest.raises(ConfigError, match="tempo_hidden must be 0.*got -1"):
+        check_model_config({**base, "tempo_hidden": -1})
+
+
 def test_train_mode_dropout_and_batch_stats(training):
     m = training
 

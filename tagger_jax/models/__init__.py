@@ -32,6 +32,7 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
         return ConvTagger(num_tags=num_tags, conv_channels=cfg["conv_channels"],
                           timbre_norm=cfg["timbre_norm"],
                           tempo_features=cfg["tempo_features"],
+                          tempo_hidden=cfg["tempo_hidden"],
                           classifier_dropout=cfg["classifier_dropout"], dtype=dtype)
     return AttentionTagger(
         frontend=arch.frontend,
@@ -51,6 +52,7 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
         frame_head_layer=cfg["frame_head_layer"],
         timbre_norm=cfg["timbre_norm"],
         tempo_features=cfg["tempo_features"],
+        tempo_hidden=cfg["tempo_hidden"],
         dtype=dtype,
     )
 
@@ -59,13 +61,13 @@ MODEL_FIELDS = ("architecture", "conv_channels", "attention_channels", "attentio
                 "attention_heads", "intermediate", "attention_dropout", "hidden_dropout",
                 "classifier_dropout", "cls_token", "positions", "max_positions", "frame_head",
                 "frame_head_layer",
-                "timbre_norm", "tempo_features", "dtype")
+                "timbre_norm", "tempo_features", "tempo_hidden", "dtype")
 
 
 def check_model_config(model_config: Mapping[str, Any]) -> None:
     """Checks the fields of `config.model` that name a choice (architecture, dtype, cls_token,
-    positions, timbre_norm, tempo_features, frame_head_layer) before anything is built or
-    traced. Raises `errors.ConfigError`
+    positions, timbre_norm, tempo_features, tempo_hidden, frame_head_layer) before anything is
+    built or traced. Raises `errors.ConfigError`
     (a ValueError; exit status 2) naming the field, its value and the choices."""
     from tagger_jax.errors import ConfigError
     from tagger_jax.models.frontends import TEMPO_FEATURES, TIMBRE_PEAK_AXES
@@ -83,6 +85,11 @@ def check_model_config(model_config: Mapping[str, Any]) -> None:
     if cfg["tempo_features"] != "none" and get_architecture(cfg).waveform:
         raise ConfigError(f"model.tempo_features={cfg['tempo_features']!r} needs a log-mel "
                           f"front-end; {cfg['architecture']} reads waveforms")
+    if int(cfg["tempo_hidden"]) < 0 or (int(cfg["tempo_hidden"]) > 0
+                                         and cfg["tempo_features"] == "none"):
+        raise ConfigError(f"model.tempo_hidden must be 0, or > 0 with a tempo branch "
+                          f"(model.tempo_features), got {cfg['tempo_hidden']} with "
+                          f"tempo_features={cfg['tempo_features']!r}")
     if not 0 <= int(cfg["frame_head_layer"]) <= int(cfg["attention_layers"]):
         raise ConfigError(f"model.frame_head_layer must be in 0..model.attention_layers "
                           f"({cfg['attention_layers']}), got {cfg['frame_head_layer']}")

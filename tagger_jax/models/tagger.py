@@ -37,8 +37,8 @@ class AttentionTagger(nn.Module):
     k >= 1 the output of encoder layer k - 1 without its [CLS] position (k = attention_layers:
     the last layer's output, computed for every query when frame logits are asked for).
 
-    `timbre_norm`, `tempo_features` (not in the authors' code): see `PonsFrontEnd`; "none" is
-    the authors' model.
+    `timbre_norm`, `tempo_features`, `tempo_hidden` (not in the authors' code): see
+    `PonsFrontEnd`; "none" and 0 are the authors' model.
     """
 
     frontend: str = "pons"  # "pons" (spectrogram, 96 x T) or "lee" (waveform, 65,610 samples)
@@ -58,6 +58,7 @@ class AttentionTagger(nn.Module):
     frame_head_layer: int = 0
     timbre_norm: str = "none"
     tempo_features: str = "none"
+    tempo_hidden: int = 0
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -68,7 +69,7 @@ class AttentionTagger(nn.Module):
             raise ValueError("return_frame_logits needs frame_head=True and no return_attention")
         if self.frontend == "pons":
             seq = PonsFrontEnd(self.conv_channels, self.dtype, self.timbre_norm,
-                               self.tempo_features, name="frontend")(x, train)
+                               self.tempo_features, self.tempo_hidden, name="frontend")(x, train)
             seq = nn.Dense(self.attention_channels, dtype=self.dtype, name="conv1x1")(seq)
             seq = nn.relu(batch_norm(train, "conv1x1_bn", self.dtype)(seq))
         elif self.frontend == "lee":
@@ -111,6 +112,7 @@ class ConvTagger(nn.Module):
     classifier_dropout: float = 0.5
     timbre_norm: str = "none"
     tempo_features: str = "none"
+    tempo_hidden: int = 0
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -121,7 +123,7 @@ class ConvTagger(nn.Module):
             raise ValueError("pons_pons has no attention: attention maps and overrides need "
                              "pons_won or lee_won")
         seq = PonsFrontEnd(self.conv_channels, self.dtype, self.timbre_norm,
-                           self.tempo_features, name="frontend")(x, train)
+                           self.tempo_features, self.tempo_hidden, name="frontend")(x, train)
 
         def block(h, i):
             h = nn.Conv(self.backend_channels, (7,), padding=((3, 3),), dtype=self.dtype,
