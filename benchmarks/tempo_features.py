@@ -95,7 +95,8 @@ def load(split: str, data_dir: str) -> tuple[list[np.ndarray], np.ndarray]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="~/tensorflow_datasets")
-    p.add_argument("--train-chunks", type=int, default=6, help="evenly spaced chunks per train clip")
+    p.add_argument("--train-chunks", type=int, default=6,
+                   help="evenly spaced chunks per train clip")
     args = p.parse_args(argv)
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
