@@ -4,10 +4,10 @@ for contribution maps (docs/explanations.md, "Which frame head for contribution 
 The contribution map replays the last layer's [CLS] query with all its attention on one
 position of that layer's input; this setting trains exactly that input position by position
 against the score's activity. Measured on `soundfont_tags` 3.0.0 against the main job's
-setting (frame head on the last layer's output), with the single-band tempo branch: the
-contribution map finds the instrument in 0.98 of the detected part-time pairs (0.90), frame
-ROC-AUC 0.75 (0.67), and is again the best map within a chunk; tag ROC-AUC 0.9175 / 0.8673 on
-the training / unseen bank (0.9327 / 0.8834).
+setting (frame head on the last layer's output), both with the tempo branch before its hidden
+layer: the contribution map finds the instrument in 0.98 of the detected part-time pairs
+(0.90), frame ROC-AUC 0.75 (0.67), and is again the best map within a chunk; tag ROC-AUC 0.9175
+/ 0.8673 on the training / unseen bank (0.9327 / 0.8834).
 """
 import importlib.util
 from pathlib import Path
