@@ -7,7 +7,8 @@ against the score's activity. Measured on `soundfont_tags` 3.0.0 against the mai
 setting (frame head on the last layer's output), both with the tempo branch before its hidden
 layer: the contribution map finds the instrument in 0.98 of the detected part-time pairs
 (0.90), frame ROC-AUC 0.75 (0.67), and is again the best map within a chunk; tag ROC-AUC 0.9175
-/ 0.8673 on the training / unseen bank (0.9327 / 0.8834).
+/ 0.8673 on the training / unseen bank (0.9327 / 0.8834). This file inherits the main job's
+tempo branch with its hidden layer (docs/training.md has its measurement with it).
 """
 import importlib.util
 from pathlib import Path

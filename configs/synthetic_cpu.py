@@ -1,6 +1,6 @@
-"""A small, fast pons_won trained on the embedded `synthetic_tags` data: the CPU main job.
+"""A small, fast pons_won trained on the embedded `synthetic_tags` data: formerly the CPU main job.
 
-Tuned for 2 CPU cores (docs/training.md, "The CPU main job"): the front-end is the paper's at a
+Tuned for 2 CPU cores (docs/training.md, "The synthetic job"): the front-end is the paper's at a
 quarter of its width and the Transformer at a quarter of its size; 128-frame (2 s) chunks halve
 every step compared with the paper's 256 frames and learned better per second of CPU time;
 learned positions + LayerNorm (the released checkpoint's variant) learned faster than the fixed
