@@ -12,21 +12,14 @@ each frame's log-mel relative to its peak (level-invariant timbre filters); a te
 the chunk's onset autocorrelation through a hidden layer (none of the convolutions computes a
 period); the front-end is twice as wide; the warmup is longer.
 """
-import importlib.util
 from pathlib import Path
 
-
-def _synthetic_config():
-    """configs/synthetic_cpu.py's config (loaded by path: configs/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "synthetic_cpu", Path(__file__).with_name("synthetic_cpu.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from tagger_jax.config_base import config_file
 
 
 def get_config():
-    config = _synthetic_config()  # every field is documented in tagger_jax/config_base.py
+    # configs/synthetic_cpu.py's config; every field is documented in tagger_jax/config_base.py
+    config = config_file(Path(__file__).with_name("synthetic_cpu.py"))
     config.data.name = "soundfont_tags"  # rendered with SoundFonts from PyPI, built on first use
     config.data.builder_config = ""  # default: train on merlin, unseen split test_timgm6mb
     config.data.extra_test_splits = ("test_timgm6mb",)  # the same test scores, a bank never heard

@@ -1,17 +1,15 @@
 """configs/soundfont_cpu.py plus the log-mel augmentations of `tagger_jax.augment`
 (docs/training.md, "Sampled instruments": why each range)."""
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
+from tagger_jax.config_base import config_file
+
 
 def get_config():
-    spec = importlib.util.spec_from_file_location(
-        "soundfont_cpu", Path(__file__).with_name("soundfont_cpu.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()  # every field is documented in tagger_jax/config_base.py
+    # configs/soundfont_cpu.py's config; every field is documented in tagger_jax/config_base.py
+    config = config_file(Path(__file__).with_name("soundfont_cpu.py"))
     config.data.augment = ml_collections.ConfigDict({  # fields of augment.AugmentParams
         "p_stretch": 0.5, "stretch": 1.05,  # 54-76 / 140-190 BPM stay clear of 80-132
         "p_pitch": 0.5, "pitch_bins": 2,  # about +-2 semitones

@@ -10,15 +10,13 @@ layer: the contribution map finds the instrument in 0.98 of the detected part-ti
 / 0.8673 on the training / unseen bank (0.9327 / 0.8834). This file inherits the main job's
 tempo branch with its hidden layer (docs/training.md has its measurement with it).
 """
-import importlib.util
 from pathlib import Path
+
+from tagger_jax.config_base import config_file
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location(
-        "soundfont_cpu", Path(__file__).with_name("soundfont_cpu.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()  # every field is documented in tagger_jax/config_base.py
+    # configs/soundfont_cpu.py's config; every field is documented in tagger_jax/config_base.py
+    config = config_file(Path(__file__).with_name("soundfont_cpu.py"))
     config.model.frame_head_layer = 1  # the last layer's input: what contribution maps replay
     return config

@@ -11,9 +11,12 @@ Every default lives here, once, with its comment on the same line: stored config
 from __future__ import annotations
 
 import ast
+import importlib.util
 import inspect
 import io
+import os
 import tokenize
+from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 import ml_collections
@@ -93,6 +96,16 @@ def base_config() -> ml_collections.ConfigDict:
     t.test_baseline = False  # also fit tagger_jax.baseline on the train split and report it beside each tested split
     t.distributed = False  # call jax.distributed.initialize() (also when the cluster env asks)
     return c
+
+
+def config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """`get_config()` of a Python config file, loaded by path: how a file in `configs/` (not a
+    package) builds on another, e.g. `config_file(Path(__file__).with_name("soundfont_cpu.py"))`."""
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def paper_mtat_config() -> ml_collections.ConfigDict:

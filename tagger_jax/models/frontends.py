@@ -243,7 +243,7 @@ class TempoBranch(nn.Module):
     linear model on the autocorrelation of 2 s chunks tells fast from slow on `soundfont_tags`
     2.0.0 with ROC-AUC 0.98-0.99; on 3.0.0, whose classes lie 4-8 BPM from the untagged tempos,
     a linear reading stops at 0.93-0.95 for slow and a non-linear one of the same chunk reaches
-    0.97-0.98; in the model, the hidden layer took slow from 0.94 to 0.96 (test), the bands
+    0.96-0.98; in the model, the hidden layer took slow from 0.94 to 0.96 (test), the bands
     added nothing measurable (docs/training.md, "Tempo branch"). Not in the authors' code."""
 
     features: int
