@@ -43,7 +43,7 @@ PAPER_MODEL = {
     "attention_layers": 2, "attention_heads": 8, "intermediate": 2048,
     "attention_dropout": 0.4, "hidden_dropout": 0.4, "classifier_dropout": 0.5,
     "cls_token": "fixed", "positions": "sinusoidal", "max_positions": 271, "frame_head": False,
-    "frame_head_layer": 0,
+    "frame_head_layer": 0, "frame_head_readout": "linear",
     "timbre_norm": "none", "tempo_features": "none", "tempo_hidden": 0, "dtype": "float32",
 }
 PAPER_TRAIN = {"optimizer": "authors", "learning_rate": 1e-4, "weight_decay": 1e-4,

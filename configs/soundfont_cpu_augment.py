@@ -1,5 +1,6 @@
 """configs/soundfont_cpu.py plus the log-mel augmentations of `tagger_jax.augment`
-(docs/training.md, "Sampled instruments": why each range)."""
+(docs/training.md, "Augmentations": why each range); the frame-level loss's targets move with
+the time stretch and are unioned by mixing."""
 from pathlib import Path
 
 import ml_collections
@@ -18,6 +19,4 @@ def get_config():
         "p_reverb": 0.3, "p_noise": 0.3,  # room and noise
         "p_mix": 0.3})  # two clips, instrument labels unioned
     config.data.augment_mix_exclude = ("fast", "slow", "loud", "quiet")  # clip-wide tags
-    config.model.frame_head = False  # augment.augment transforms clip labels, not frame targets
-    config.train.frame_loss_weight = 0.0  # (so no frame-level loss)
     return config

@@ -26,6 +26,14 @@ probability, in this order):
   - mix (`mix_with`): a second chunk added in power at `mix_db` relative level; the labels become
     the union (only tags in `mix_tags`; the others keep the first chunk's labels, since e.g. a
     fast clip mixed with a slow one is neither).
+
+Frame targets (`frames`, (T, num_tags): the crop's exact activity, the targets of the frame-level
+loss) follow the transforms that move sound in time: the time stretch reads them at the same
+source frames as the log-mel (a frame is on if either of the two frames it interpolates is on),
+and mixing takes their frame-by-frame union for the tags in `mix_tags` (the others keep the
+first chunk's). Pitch shift, gain, EQ and noise leave them as they are; so does the reverb,
+whose tail (at least 3 dB below the dry sound, decaying) is not counted as the instrument
+sounding, as the dataset's activity does not count a note's own release tail.
 """
 from __future__ import annotations
 
@@ -83,6 +91,17 @@ def time_stretch(x: np.ndarray, factor: float) -> np.ndarray:
     return (1 - w) * x[:, i0] + w * x[:, i1]
 
 
+def time_stretch_activity(frames: np.ndarray, factor: float) -> np.ndarray:
+    """(T, num_tags) activity -> (T, num_tags) under `time_stretch(x, factor)` of its log-mel:
+    frame t is on where either source frame that t interpolates (floor and ceiling of t * factor,
+    the last frame repeated) is on with a non-zero weight."""
+    t = np.arange(frames.shape[0]) * factor
+    i0 = np.minimum(np.floor(t).astype(int), frames.shape[0] - 1)
+    i1 = np.minimum(i0 + 1, frames.shape[0] - 1)
+    w = (t - np.floor(t))[:, None]
+    return np.maximum(frames[i0], np.where(w > 0, frames[i1], 0)).astype(frames.dtype)
+
+
 def pitch_shift(x: np.ndarray, bins: int) -> np.ndarray:
     """Shift along the mel axis by `bins` (positive = up), edge bins repeated."""
     if bins == 0:
@@ -116,16 +135,26 @@ def mix(x_db: np.ndarray, other_db: np.ndarray, level_db: float) -> np.ndarray:
 
 
 def augment(x_db: np.ndarray, y: np.ndarray, rng: np.random.Generator, params: AugmentParams,
-            other: tuple[np.ndarray, np.ndarray] | None = None,
-            mix_tags: Sequence[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented (float32 (bands, T) dB log-mel, float32 labels). `other`: a second chunk and
-    its labels for mixing (used with probability `p_mix`); `mix_tags`: bool per tag, True where
-    the mixed labels are the union (default: all tags)."""
+            other: tuple[np.ndarray, ...] | None = None,
+            mix_tags: Sequence[bool] | None = None,
+            frames: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """One augmented (float32 (bands, T) dB log-mel, float32 labels[, float32 (T, num_tags) frame
+    targets when `frames` is given]). `other`: a second chunk and its labels (and its frame
+    targets, (T, num_tags), when `frames` is given) for mixing (used with probability `p_mix`);
+    `mix_tags`: bool per tag, True where the mixed labels are the union (default: all tags).
+    The draws do not depend on `frames`: with or without them the log-mel and labels are equal.
+    """
     x = np.asarray(x_db, np.float64)
     y = np.asarray(y, np.float32)
+    f = None if frames is None else np.asarray(frames, np.float32)
+    if f is not None and f.shape[0] != x.shape[1]:
+        raise ValueError(f"frame targets have {f.shape[0]} frames, the log-mel {x.shape[1]}")
     if rng.random() < params.p_stretch:
         s = np.log(params.stretch)
-        x = time_stretch(x, float(np.exp(rng.uniform(-s, s))))
+        factor = float(np.exp(rng.uniform(-s, s)))
+        x = time_stretch(x, factor)
+        if f is not None:
+            f = time_stretch_activity(f, factor)
     if rng.random() < params.p_pitch and params.pitch_bins:
         x = pitch_shift(x, int(rng.integers(-params.pitch_bins, params.pitch_bins + 1)))
     if rng.random() < params.p_gain:
@@ -141,7 +170,10 @@ def augment(x_db: np.ndarray, y: np.ndarray, rng: np.random.Generator, params: A
         x = add_noise(x, rng.uniform(*params.snr_db), rng)
     if other is not None and rng.random() < params.p_mix:
         x = mix(x, other[0], rng.uniform(*params.mix_db))
-        union = np.maximum(y, np.asarray(other[1], np.float32))
         keep = np.ones_like(y, bool) if mix_tags is None else np.asarray(mix_tags, bool)
-        y = np.where(keep, union, y)
-    return x.astype(np.float32), y
+        y = np.where(keep, np.maximum(y, np.asarray(other[1], np.float32)), y)
+        if f is not None:
+            f = np.where(keep, np.maximum(f, np.asarray(other[2], np.float32)), f)
+    if f is None:
+        return x.astype(np.float32), y
+    return x.astype(np.float32), y, f

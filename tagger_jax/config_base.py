@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.tempo_hidden = 0  # units of a hidden layer in the tempo branch (0: a single dense layer); needs tempo_features
     m.frame_head = False  # training aid (not the paper's): a linear tag classifier on every position (of the sequence frame_head_layer names), for train.frame_loss_weight
     m.frame_head_layer = 0  # the sequence the frame head reads: 0 the encoder's input, k >= 1 encoder layer k-1's output (its positions, not [CLS])
+    m.frame_head_readout = "linear"  # the frame head's classifier: "linear" (its own) or "tag_head" (the [CLS] tag head's pooler and classifier at every position; no parameters of its own)
     m.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
 
     c.features = f = ml_collections.ConfigDict()

@@ -214,7 +214,8 @@ class _TrainBatch(grain.transforms.MapWithIndex):
         if self.augment.p_mix > 0:  # the partner: a seeded record, cropped from the same stream
             j = int(rng.integers(self.num_records))
             other = self._crop(self.source[j], j, rng)
-        return augment.augment(crop, labels[0], rng, self.augment, other, self.mix_tags)
+        return augment.augment(crop, labels[0], rng, self.augment, other, self.mix_tags,
+                               frames=labels[1] if self.frame_labels else None)
 
     def map_with_index(self, index: int, element: Any) -> dict[str, np.ndarray]:
         del element  # the MapDataset index is the global step
@@ -246,7 +247,8 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
     tags such as tempo and level are on in every frame), so a crop that misses the section where
     an instrument plays is not labelled with it. `frame_labels` adds "frames": float32
     (local_batch, crop_frames, num_tags), each crop's exact activity frame by frame (the targets
-    of `model.frame_head`; log-mel input with "tag_mask", no augmentation).
+    of `model.frame_head`; log-mel input with "tag_mask"), moved with the crop by the time stretch
+    and unioned by mixing as its labels are (`tagger_jax.augment`).
     """
     _check_kind(input_kind)
     if crop_labels not in CROP_LABELS:
@@ -255,9 +257,8 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
         raise ValueError("crop_labels='activity' needs log-mel input (the mask is on its frames)")
     if augment is not None and input_kind != "mel":
         raise ValueError("augmentations work on log-mel input only")
-    if frame_labels and (input_kind != "mel" or augment is not None):
-        raise ValueError("frame labels need log-mel input (the mask is on its frames) and no "
-                         "augmentation (augment.augment transforms clip labels only)")
+    if frame_labels and input_kind != "mel":
+        raise ValueError("frame labels need log-mel input (the mask is on its frames)")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
     if local_device_count is None:

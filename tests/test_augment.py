@@ -30,6 +30,13 @@ def test_transforms_against_numpy():
     noisy = A.add_noise(np.full((96, 400), -20.0), 20.0, np.random.default_rng(1))
     assert 10 * np.log10(np.mean(10 ** (noisy / 10)) / 10 ** -2) == pytest.approx(
         10 * np.log10(1.01), abs=0.01)
+    # the activity follows the stretch: on where either interpolated source frame is on
+    f = np.zeros((64, 2), np.float32)
+    f[10:20, 0] = 1
+    np.testing.assert_array_equal(A.time_stretch_activity(f, 1.0), f)
+    np.testing.assert_array_equal(A.time_stretch_activity(f, 2.0)[:32], f[::2])
+    half = A.time_stretch_activity(f, 0.5)[:, 0]
+    np.testing.assert_array_equal(np.flatnonzero(half), np.arange(19, 40))  # t / 2 in [9.5, 20)
     with pytest.raises(ValueError, match="unknown augmentation fields"):
         A.AugmentParams.from_dict({"p_gain": 1.0, "speed": 2})
 
@@ -71,3 +78,65 @@ def test_pipeline_augments_deterministically_and_mixes_labels():
     with pytest.raises(ValueError, match="log-mel input only"):
         ip.train_dataset([{"audio": np.zeros(70000, np.float32), "tags": np.zeros(4)}],
                          augment=params, input_kind="audio", **kw)
+
+
+def test_frame_targets_follow_the_log_mel():
+    """With frame targets, augment draws exactly what it draws without them (same log-mel and
+    labels), stretches the targets with the log-mel (an impulse of sound and its activity land
+    on the same frame) and unions them frame by frame when mixing, for the mixing tags only."""
+    x = np.full((96, 64), -80.0)
+    f = np.zeros((64, 3), np.float32)
+    x[:, 40:44], f[40:44, 0] = 0.0, 1  # tag 0 sounds in frames 40-43
+    f[:, 2] = 1  # a clip-wide tag (tempo-like), not mixed
+    other_x = np.full((96, 64), -80.0)
+    other_f = np.zeros((64, 3), np.float32)
+    other_x[:, 5:9], other_f[5:9, 1] = 0.0, 1  # tag 1 sounds in frames 5-8 of the partner
+    y, other_y = np.array([1, 0, 1], np.float32), np.array([0, 1, 0], np.float32)
+    mix_tags = np.array([True, True, False])
+    stretched = mixed = 0
+    for seed in range(40):
+        params = A.AugmentParams(p_stretch=1.0, stretch=1.3, p_pitch=0.0, p_gain=0.0, p_eq=0.0,
+                                 p_reverb=0.0, p_noise=0.0, p_mix=0.5, mix_db=(0.0, 0.0))
+        xa, ya = A.augment(x, y, np.random.default_rng(seed), params, (other_x, other_y),
+                           mix_tags)
+        xb, yb, fb = A.augment(x, y, np.random.default_rng(seed), params,
+                               (other_x, other_y, other_f), mix_tags, frames=f)
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+        loud = xb.max(axis=0) > xb.min() + 1e-9  # any sound above the (mixed) floor
+        on = fb[:, 0].astype(bool) | fb[:, 1].astype(bool)
+        np.testing.assert_array_equal(loud, on)  # sound exactly where the activity says
+        np.testing.assert_array_equal(fb[:, 2], 1.0)  # clip-wide tag kept, never unioned
+        stretched += int(not np.array_equal(fb[:, 0], f[:, 0]))
+        if yb[1]:
+            mixed += 1
+            np.testing.assert_array_equal(fb[:, 1], other_f[:, 1])
+    assert stretched > 30 and 5 < mixed < 35
+    with pytest.raises(ValueError, match="frame targets have 32 frames, the log-mel 64"):
+        A.augment(x, y, np.random.default_rng(0), A.AugmentParams(), frames=f[:32])
+
+
+def test_pipeline_augments_frame_targets_with_the_crop():
+    """frame_labels with augmentation: the batch's "x" and "y" equal those without frame labels,
+    and each crop's frame targets are its activity moved with it (here, a stretch only)."""
+    frames, crop = 90, 32
+    ramp = np.tile(np.arange(frames, dtype=np.float16) - 60.0, (96, 1))
+    mask = np.zeros((2, frames), np.uint8)
+    mask[0, 30:60] = 1
+    mask[1] = 1
+    source = [{"mel": ramp, "tags": np.ones(2, np.uint8), "tag_mask": mask}] * 6
+    params = A.AugmentParams(p_stretch=1.0, stretch=1.3, p_pitch=0.0, p_gain=0.0, p_eq=0.0,
+                             p_reverb=0.0, p_noise=0.0)
+    kw = dict(global_batch_size=3, seed=2, crop_frames=crop, local_device_count=1, num_epochs=2,
+              crop_labels="activity", augment=params)
+    with_frames = list(ip.train_dataset(source, frame_labels=True, **kw))
+    without = list(ip.train_dataset(source, **kw))
+    for a, b in zip(with_frames, without):
+        np.testing.assert_array_equal(a["x"], b["x"])
+        np.testing.assert_array_equal(a["y"], b["y"])
+        for x, fr in zip(a["x"], a["frames"]):
+            source_frame = x[0] + 60.0  # the stretched ramp: the source frame each frame reads
+            lo, hi = np.floor(source_frame + 1e-3), np.ceil(source_frame - 1e-3)
+            expect = ((lo >= 30) & (lo < 60)) | ((hi >= 30) & (hi < 60))
+            np.testing.assert_array_equal(fr[:, 0].astype(bool), expect)
+            np.testing.assert_array_equal(fr[:, 1], 1.0)

@@ -213,3 +213,38 @@ def test_track_method_maps_pick_each_pairs_tag():
         np.testing.assert_array_equal(maps["rollout"][p], res["rollout"])
     assert [m[0] for m in maps["grad_x_input"]] == [30.0, 10.0, 30.0]
     assert [m[0] for m in maps["integrated_gradients"]] == [3.0, 1.0, 3.0]
+
+
+def test_frame_head_readout_pools_the_frame_sigmoids_as_documented(monkeypatch):
+    """benchmarks/frame_head_readout.py: the tag head's score is the mean of the chunks'
+    sigmoids; the frame head's the mean (or maximum) over positions, then the mean over the
+    16 evaluation chunks (NumPy float64 here)."""
+    import tagger_jax.datasets
+    from benchmarks import frame_head_readout as fhr
+    from tagger_jax import chunking
+
+    rng = np.random.default_rng(2)
+    records = [{"mel": rng.normal(-30, 10, (96, 300)).astype(np.float32),
+                "tags": np.array([1, 0, 1])} for _ in range(3)]
+    w = rng.normal(0, 0.05, (96, 3))
+
+    def apply(variables, x, return_frame_logits):  # (chunks, 96, T) -> tag and frame logits
+        frame = jnp.einsum("cmt,mk->ctk", x, jnp.asarray(w, jnp.float32))
+        return frame.mean(axis=1) * 2.0, frame
+
+    cfg = types.SimpleNamespace(data=types.SimpleNamespace(
+        name="d", data_dir="x", builder_config=""), features=types.SimpleNamespace(chunk_frames=64))
+    loaded = types.SimpleNamespace(model=types.SimpleNamespace(apply=apply), variables={},
+                                   config=cfg)
+    monkeypatch.setattr(tagger_jax.datasets, "load_split", lambda *a: (records, ("a", "b", "c")))
+    labels, scores = fhr.split_scores(loaded, "test")
+    np.testing.assert_array_equal(labels, [[1, 0, 1]] * 3)
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    for i, r in enumerate(records):
+        frame = np.einsum("cmt,mk->ctk", chunking.eval_chunks(r["mel"], 64).astype(np.float64), w)
+        assert chunking.eval_chunks(r["mel"], 64).shape[0] == 16
+        np.testing.assert_allclose(scores[fhr.READOUTS[0]][i], sig(2 * frame.mean(1)).mean(0),
+                                   rtol=1e-4)
+        np.testing.assert_allclose(scores[fhr.READOUTS[1]][i], sig(frame).mean((0, 1)), rtol=1e-4)
+        np.testing.assert_allclose(scores[fhr.READOUTS[2]][i], sig(frame).max(1).mean(0),
+                                   rtol=1e-4)

@@ -365,7 +365,7 @@ def test_activity_crop_labels_follow_the_mask_and_keep_the_crops():
 def test_frame_labels_are_the_crops_activity_frame_by_frame():
     """frame_labels=True adds "frames" (batch, crop, num_tags): the mask over the crop's own frames
     (read back through a frame-index ramp in the log-mel), consistent with the activity labels;
-    the crops and labels are unchanged. Refused with augmentation or waveform input."""
+    the crops and labels are unchanged. Refused without a mask."""
     frames, crop = 90, 16
     rng = np.random.default_rng(0)
     mask = (rng.random((4, frames)) < 0.3).astype(np.uint8)
@@ -384,10 +384,6 @@ def test_frame_labels_are_the_crops_activity_frame_by_frame():
             start = int(x[0, 0])
             np.testing.assert_array_equal(f, mask[:, start:start + crop].T)
             np.testing.assert_array_equal(y, f.any(axis=0))
-    from tagger_jax.augment import AugmentParams
-
-    with pytest.raises(ValueError, match="no augmentation"):
-        ip.train_dataset(source, frame_labels=True, augment=AugmentParams(), **kw)
     with pytest.raises(KeyError, match=r"frame labels \(model.frame_head\) needs a 'tag_mask'"):
         next(iter(ip.train_dataset([{"mel": ramp, "tags": np.ones(4)}] * 6, frame_labels=True,
                                    **dict(kw, crop_labels="clip"))))

@@ -206,6 +206,32 @@ def test_frame_head_is_a_linear_map_of_its_sequence_and_leaves_tags_alone(traini
         build_model(cfg, 50)
 
 
+def test_frame_head_read_by_the_tag_head_has_no_parameters_of_its_own(training):
+    """frame_head_readout="tag_head": frame logits = the tag head (tanh pooler, classifier; the
+    model's own parameters, float64 reference) applied at every position of the last layer's
+    output; the variables are the model's without a head, and the tag logits are unchanged."""
+    m = training
+    cfg = m.config.model.copy_and_resolve_references()
+    cfg.frame_head, cfg.frame_head_layer, cfg.frame_head_readout = True, 2, "tag_head"
+    model = build_model(cfg, 50)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), m.x[:1]))
+    assert set(shapes["params"]) == set(m.variables["params"])  # no frame_classifier
+    logits, frame_logits = jax.jit(lambda v, x: model.apply(v, x, return_frame_logits=True))(
+        m.variables, m.x)
+    np.testing.assert_allclose(logits, m.logits, atol=5e-6, rtol=0)
+    p = {k: {n: np.asarray(a, np.float64) for n, a in m.variables["params"][k].items()}
+         for k in ("pooler", "classifier")}
+    seq = m.ref["hidden"][1][:, 1:]
+    expected = (np.tanh(seq @ p["pooler"]["kernel"] + p["pooler"]["bias"])
+                @ p["classifier"]["kernel"] + p["classifier"]["bias"])
+    assert frame_logits.shape == (BATCH, CHUNK, 50)
+    np.testing.assert_allclose(frame_logits, expected, atol=LOGIT_TOL, rtol=0)
+    cfg.frame_head_readout = "pooled"
+    with pytest.raises(ValueError, match=r"model.frame_head_readout must be one of \('linear', "
+                                         r"'tag_head'\), got 'pooled'"):
+        build_model(cfg, 50)
+
+
 @pytest.mark.parametrize("timbre_norm", ["chunk_peak", "frame_peak"])
 def test_timbre_norm_matches_reference_and_makes_timbre_branches_level_invariant(training,
                                                                                  timbre_norm):

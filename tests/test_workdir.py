@@ -226,7 +226,7 @@ def test_cli_set_unknown_field_and_list_config(capsys):
 def test_every_config_file_has_only_known_fields_and_a_consistent_frame_loss(path):
     """Each file in configs/ loads, sets no field base_config() lacks (a typo would otherwise
     train silently with the default), and pairs model.frame_head with train.frame_loss_weight
-    (the trainer refuses either alone); augmentations never meet frame targets."""
+    (the trainer refuses either alone); augmentation fields are AugmentParams'."""
     import importlib.util
 
     from tagger_jax.models import check_model_config
@@ -238,5 +238,8 @@ def test_every_config_file_has_only_known_fields_and_a_consistent_frame_loss(pat
     _, extra = config_base.merge_over_base(config.to_dict())
     assert extra == []
     train_lib.frame_loss_weight(config)
-    assert not (config.data.augment and config.model.frame_head)
+    if config.data.augment:
+        from tagger_jax.augment import AugmentParams
+
+        AugmentParams.from_dict(config.data.augment.to_dict())  # unknown field: ValueError
     check_model_config(config.model)  # every named choice (architecture, timbre_norm, ...) exists

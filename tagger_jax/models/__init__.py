@@ -12,6 +12,7 @@ N_MELS = 96
 DTYPES = ("float32", "bfloat16")
 CLS_TOKENS = ("fixed", "learned")  # model.cls_token: the authors' seeded vector, or a parameter
 POSITIONS = ("sinusoidal", "learned")  # model.positions: training code's table, or released
+FRAME_HEAD_READOUTS = ("linear", "tag_head")  # model.frame_head_readout: its own, or the tag head
 
 __all__ = ["ARCHITECTURES", "Architecture", "Geometry", "LOG_MEL", "N_MELS", "WAVEFORM",
            "WAVEFORM_SAMPLES", "WAVEFORM_STEP", "build_model", "geometry", "get_architecture",
@@ -50,6 +51,7 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
         max_positions=cfg["max_positions"],
         frame_head=cfg["frame_head"],
         frame_head_layer=cfg["frame_head_layer"],
+        frame_head_readout=cfg["frame_head_readout"],
         timbre_norm=cfg["timbre_norm"],
         tempo_features=cfg["tempo_features"],
         tempo_hidden=cfg["tempo_hidden"],
@@ -60,15 +62,15 @@ def build_model(model_config: Mapping[str, Any], num_tags: int):
 MODEL_FIELDS = ("architecture", "conv_channels", "attention_channels", "attention_layers",
                 "attention_heads", "intermediate", "attention_dropout", "hidden_dropout",
                 "classifier_dropout", "cls_token", "positions", "max_positions", "frame_head",
-                "frame_head_layer",
+                "frame_head_layer", "frame_head_readout",
                 "timbre_norm", "tempo_features", "tempo_hidden", "dtype")
 
 
 def check_model_config(model_config: Mapping[str, Any]) -> None:
     """Checks the fields of `config.model` that name a choice (architecture, dtype, cls_token,
-    positions, timbre_norm, tempo_features, tempo_hidden, frame_head_layer) before anything is
-    built or traced. Raises `errors.ConfigError`
-    (a ValueError; exit status 2) naming the field, its value and the choices."""
+    positions, timbre_norm, tempo_features, tempo_hidden, frame_head_layer, frame_head_readout)
+    before anything is built or traced. Raises `errors.ConfigError` (a ValueError; exit status
+    2) naming the field, its value and the choices."""
     from tagger_jax.errors import ConfigError
     from tagger_jax.models.frontends import TEMPO_FEATURES, TIMBRE_PEAK_AXES
 
@@ -79,7 +81,8 @@ def check_model_config(model_config: Mapping[str, Any]) -> None:
         raise ConfigError(str(e)) from None
     for field, choices in (("dtype", DTYPES), ("cls_token", CLS_TOKENS),
                            ("positions", POSITIONS), ("timbre_norm", tuple(TIMBRE_PEAK_AXES)),
-                           ("tempo_features", TEMPO_FEATURES)):
+                           ("tempo_features", TEMPO_FEATURES),
+                           ("frame_head_readout", FRAME_HEAD_READOUTS)):
         if cfg[field] not in choices:
             raise ConfigError(f"model.{field} must be one of {choices}, got {cfg[field]!r}")
     if cfg["tempo_features"] != "none" and get_architecture(cfg).waveform:

@@ -36,6 +36,10 @@ class AttentionTagger(nn.Module):
     `frame_head_layer` k says which sequence it reads (out of range: the encoder's ValueError): 0 the encoder's input (before the [CLS] token and positions are added),
     k >= 1 the output of encoder layer k - 1 without its [CLS] position (k = attention_layers:
     the last layer's output, computed for every query when frame logits are asked for).
+    `frame_head_readout`: "linear" (default) reads the sequence with the frame head's own linear
+    classifier (parameters "frame_classifier"); "tag_head" applies the tag head itself (pooler,
+    dropout, classifier) at every position, so the frame loss also trains the readout that
+    [CLS] uses and the model has exactly the authors' parameters.
 
     `timbre_norm`, `tempo_features`, `tempo_hidden` (not in the authors' code): see
     `PonsFrontEnd`; "none" and 0 are the authors' model.
@@ -56,6 +60,7 @@ class AttentionTagger(nn.Module):
     max_positions: int = 271
     frame_head: bool = False
     frame_head_layer: int = 0
+    frame_head_readout: str = "linear"
     timbre_norm: str = "none"
     tempo_features: str = "none"
     tempo_hidden: int = 0
@@ -90,13 +95,22 @@ class AttentionTagger(nn.Module):
         h, attention = out[:2]
         if capture:
             seq = out[2][:, 1:]  # the frame head reads the positions, not [CLS]
-        frame_logits = (nn.Dense(self.num_tags, dtype=jnp.float32, name="frame_classifier")(
-            seq.astype(jnp.float32)) if self.frame_head else None)
-        pooled = jnp.tanh(nn.Dense(self.attention_channels, dtype=self.dtype,
-                                   kernel_init=_bert_init, name="pooler")(h[:, 0]))
-        pooled = nn.Dropout(self.classifier_dropout)(pooled, deterministic=not train)
-        logits = nn.Dense(self.num_tags, dtype=jnp.float32, name="classifier")(
-            pooled.astype(jnp.float32))
+        pooler = nn.Dense(self.attention_channels, dtype=self.dtype, kernel_init=_bert_init,
+                          name="pooler")
+        dropout = nn.Dropout(self.classifier_dropout)
+        classifier = nn.Dense(self.num_tags, dtype=jnp.float32, name="classifier")
+
+        def tag_head(z):  # the paper's readout: tanh pooler, dropout, linear classifier
+            pooled = dropout(jnp.tanh(pooler(z)), deterministic=not train)
+            return classifier(pooled.astype(jnp.float32))
+
+        frame_logits = None
+        if self.frame_head and self.frame_head_readout == "tag_head":
+            frame_logits = tag_head(seq)
+        elif self.frame_head:
+            frame_logits = nn.Dense(self.num_tags, dtype=jnp.float32, name="frame_classifier")(
+                seq.astype(jnp.float32))
+        logits = tag_head(h[:, 0])
         if return_frame_logits:
             return logits, frame_logits
         return (logits, attention) if return_attention else logits
