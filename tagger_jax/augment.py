@@ -32,8 +32,10 @@ loss) follow the transforms that move sound in time: the time stretch reads them
 source frames as the log-mel (a frame is on if either of the two frames it interpolates is on),
 and mixing takes their frame-by-frame union for the tags in `mix_tags` (the others keep the
 first chunk's). Pitch shift, gain, EQ and noise leave them as they are; so does the reverb,
-whose tail (at least 3 dB below the dry sound, decaying) is not counted as the instrument
-sounding, as the dataset's activity does not count a note's own release tail.
+whose tail (its total energy 3-12 dB below the dry path's, spread over the decay) is not
+counted as the instrument sounding, as the dataset's activity does not count a note's own
+release tail. The pipeline then labels an activity-labelled crop with the tags active in its
+augmented frame targets.
 """
 from __future__ import annotations
 
@@ -149,6 +151,10 @@ def augment(x_db: np.ndarray, y: np.ndarray, rng: np.random.Generator, params: A
     f = None if frames is None else np.asarray(frames, np.float32)
     if f is not None and f.shape[0] != x.shape[1]:
         raise ValueError(f"frame targets have {f.shape[0]} frames, the log-mel {x.shape[1]}")
+    if f is not None and other is not None and (len(other) < 3 or other[2] is None
+                                                or np.shape(other[2]) != f.shape):
+        raise ValueError(f"with frame targets {f.shape}, the mixing partner needs its own "
+                         "(log-mel, labels, frame targets) of the same shape")
     if rng.random() < params.p_stretch:
         s = np.log(params.stretch)
         factor = float(np.exp(rng.uniform(-s, s)))

@@ -42,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.timbre_norm = "none"  # "none" (authors'), "frame_peak" or "chunk_peak": the timbre (vertical) branches read the log-mel minus its maximum per frame / per chunk (level-invariant)
     m.tempo_features = "none"  # "none" (authors'), "onset_autocorrelation" or "onset_autocorrelation_bands": a front-end branch reading the chunk's onset autocorrelation (whole spectrum; or it and 3 mel-band ranges) for tempo
     m.tempo_hidden = 0  # units of a hidden layer in the tempo branch (0: a single dense layer); needs tempo_features
-    m.frame_head = False  # training aid (not the paper's): a linear tag classifier on every position (of the sequence frame_head_layer names), for train.frame_loss_weight
+    m.frame_head = False  # training aid (not the paper's): a tag classifier on every position (of the sequence frame_head_layer names), for train.frame_loss_weight
     m.frame_head_layer = 0  # the sequence the frame head reads: 0 the encoder's input, k >= 1 encoder layer k-1's output (its positions, not [CLS])
     m.frame_head_readout = "linear"  # the frame head's classifier: "linear" (its own) or "tag_head" (the [CLS] tag head's pooler and classifier at every position; no parameters of its own)
     m.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)

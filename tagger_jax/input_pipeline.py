@@ -188,34 +188,44 @@ class _TrainBatch(grain.transforms.MapWithIndex):
         order = _epoch_permutation(self.num_records, self.seed, epoch)
         return epoch, order[start:start + self.local_batch]
 
-    def _crop(self, record: Mapping[str, Any], index: int,
-              rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        """(one random crop of the record, its labels under `crop_labels`[, its frame activity
-        float32 (crop, num_tags) with `frame_labels`])."""
+    def _crop(self, record: Mapping[str, Any], index: int, rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(one random crop of the record, its labels under `crop_labels`, its frame activity
+        float32 (crop, num_tags) when `frame_labels`, or activity labels with augmentation,
+        need it; else None)."""
         x = _signal(record, index, self.input_kind)
         x, _ = chunking.pad_to_length(x, self.crop)  # short clips repeat (chunking's rule)
         start = chunking.random_crop_start(x.shape[-1], self.crop, rng)
         tags = (_tags(record) if self.crop_labels == "clip"
                 else _crop_tags(record, index, start, self.crop))
         crop = x[..., start:start + self.crop]
-        if not self.frame_labels:
-            return crop, tags
-        frames = _crop_activity(record, index, start, self.crop, "frame labels (model.frame_head)")
-        return crop, tags, frames.T.astype(np.float32)
+        frames = None
+        if self.frame_labels or (self.augment is not None and self.crop_labels == "activity"):
+            frames = _crop_activity(record, index, start, self.crop,
+                                    "frame labels (model.frame_head)").T.astype(np.float32)
+        return crop, tags, frames
 
     def example(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
-        crop, *labels = self._crop(self.source[index], index, crop_rng(self.seed, epoch, index))
-        if self.augment is None:
-            return (crop.astype(np.float32), *labels)
-        from tagger_jax import augment
+        """(crop, labels[, frame targets with `frame_labels`]) of one record in one epoch. With
+        augmentation and activity labels, the labels are the tags active in the augmented frame
+        targets (a stretch that leaves out a crop's last frames leaves out their instruments)."""
+        crop, tags, frames = self._crop(self.source[index], index,
+                                        crop_rng(self.seed, epoch, index))
+        if self.augment is not None:
+            from tagger_jax import augment
 
-        rng = augment_rng(self.seed, epoch, index)
-        other = None
-        if self.augment.p_mix > 0:  # the partner: a seeded record, cropped from the same stream
-            j = int(rng.integers(self.num_records))
-            other = self._crop(self.source[j], j, rng)
-        return augment.augment(crop, labels[0], rng, self.augment, other, self.mix_tags,
-                               frames=labels[1] if self.frame_labels else None)
+            rng = augment_rng(self.seed, epoch, index)
+            other = None
+            if self.augment.p_mix > 0:  # the partner: a seeded record, cropped from that stream
+                j = int(rng.integers(self.num_records))
+                other = self._crop(self.source[j], j, rng)
+            crop, tags, *moved = augment.augment(crop, tags, rng, self.augment, other,
+                                                 self.mix_tags, frames=frames)
+            frames = moved[0] if moved else None
+            if self.crop_labels == "activity":
+                tags = frames.any(axis=0).astype(np.float32)
+        crop = crop.astype(np.float32)
+        return (crop, tags, frames) if self.frame_labels else (crop, tags)
 
     def map_with_index(self, index: int, element: Any) -> dict[str, np.ndarray]:
         del element  # the MapDataset index is the global step

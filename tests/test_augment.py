@@ -128,7 +128,7 @@ def test_pipeline_augments_frame_targets_with_the_crop():
     params = A.AugmentParams(p_stretch=1.0, stretch=1.3, p_pitch=0.0, p_gain=0.0, p_eq=0.0,
                              p_reverb=0.0, p_noise=0.0)
     kw = dict(global_batch_size=3, seed=2, crop_frames=crop, local_device_count=1, num_epochs=2,
-              crop_labels="activity", augment=params)
+              crop_labels="activity", augment=params, mix_tags=np.array([True, False]))
     with_frames = list(ip.train_dataset(source, frame_labels=True, **kw))
     without = list(ip.train_dataset(source, **kw))
     for a, b in zip(with_frames, without):
@@ -140,3 +140,34 @@ def test_pipeline_augments_frame_targets_with_the_crop():
             expect = ((lo >= 30) & (lo < 60)) | ((hi >= 30) & (hi < 60))
             np.testing.assert_array_equal(fr[:, 0].astype(bool), expect)
             np.testing.assert_array_equal(fr[:, 1], 1.0)
+        # activity labels are the tags active in the moved targets
+        np.testing.assert_array_equal(a["y"], a["frames"].any(axis=1))
+    assert any(not y[0] for b in with_frames for y in b["y"])  # stretched past the instrument
+    # mixing: the partner's crop and activity come through the pipeline too. Record i's ramp
+    # sits in mel bands 16i..16i+15 (-100 dB elsewhere), so each crop's frames read back apart.
+    banded = []
+    for i in range(6):
+        mel = np.full((96, frames), -100.0, np.float16)
+        mel[16 * i:16 * i + 16] = ramp[:16]
+        banded.append({"mel": mel, "tags": np.ones(2, np.uint8), "tag_mask": mask})
+    mixed = A.AugmentParams(p_stretch=0.0, p_pitch=0.0, p_gain=0.0, p_eq=0.0, p_reverb=0.0,
+                            p_noise=0.0, p_mix=1.0, mix_db=(0.0, 0.0))
+    partner = dict(kw, augment=mixed, num_epochs=3)
+    checked = 0
+    for a, b in zip(ip.train_dataset(banded, frame_labels=True, **partner),
+                    ip.train_dataset(banded, **partner)):
+        np.testing.assert_array_equal(a["x"], b["x"])
+        np.testing.assert_array_equal(a["y"], b["y"])
+        np.testing.assert_array_equal(a["y"], a["frames"].any(axis=1))
+        for x, fr, i in zip(a["x"], a["frames"], a["clip_index"]):
+            bands = [k for k in range(6) if x[16 * k].max() > -90]
+            if len(bands) != 2:  # mixed with itself: the two ramps overlap
+                continue
+            on = np.zeros(crop, bool)
+            for k in bands:  # each crop's source frames, from its own band
+                source_frame = np.round(x[16 * k].astype(np.float64) + 60.0)
+                on |= (source_frame >= 30) & (source_frame < 60)
+            np.testing.assert_array_equal(fr[:, 0].astype(bool), on)
+            np.testing.assert_array_equal(fr[:, 1], 1.0)
+            checked += 1
+    assert checked >= 6

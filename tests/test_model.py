@@ -209,7 +209,8 @@ def test_frame_head_is_a_linear_map_of_its_sequence_and_leaves_tags_alone(traini
 def test_frame_head_read_by_the_tag_head_has_no_parameters_of_its_own(training):
     """frame_head_readout="tag_head": frame logits = the tag head (tanh pooler, classifier; the
     model's own parameters, float64 reference) applied at every position of the last layer's
-    output; the variables are the model's without a head, and the tag logits are unchanged."""
+    output; the variables are the model's without a head, and the tag logits are unchanged,
+    also in training with dropout (the same masks as with the linear readout)."""
     m = training
     cfg = m.config.model.copy_and_resolve_references()
     cfg.frame_head, cfg.frame_head_layer, cfg.frame_head_readout = True, 2, "tag_head"
@@ -226,9 +227,24 @@ def test_frame_head_read_by_the_tag_head_has_no_parameters_of_its_own(training):
                 @ p["classifier"]["kernel"] + p["classifier"]["bias"])
     assert frame_logits.shape == (BATCH, CHUNK, 50)
     np.testing.assert_allclose(frame_logits, expected, atol=LOGIT_TOL, rtol=0)
+    # in training (dropout on, batch statistics) [CLS] draws the masks of the linear readout's
+    key = {"dropout": jax.random.key(7)}
+    cfg.frame_head_readout = "linear"
+    head = {"kernel": np.zeros((512, 50), np.float32), "bias": np.zeros(50, np.float32)}
+    linear = build_model(cfg, 50).apply(
+        {**m.variables, "params": {**m.variables["params"], "frame_classifier": head}}, m.x,
+        train=True, rngs=key, return_frame_logits=True, mutable=["batch_stats"])[0][0]
+    (train_logits, _), _ = model.apply(m.variables, m.x, train=True, rngs=key,
+                                       return_frame_logits=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(train_logits, linear, atol=5e-6, rtol=0)
+    assert m.config.model.classifier_dropout > 0
     cfg.frame_head_readout = "pooled"
     with pytest.raises(ValueError, match=r"model.frame_head_readout must be one of \('linear', "
                                          r"'tag_head'\), got 'pooled'"):
+        build_model(cfg, 50)
+    cfg.frame_head, cfg.frame_head_readout = False, "tag_head"
+    with pytest.raises(ValueError, match=r"model.frame_head_readout='tag_head' needs "
+                                         r"model.frame_head=True"):
         build_model(cfg, 50)
 
 

@@ -93,6 +93,9 @@ def check_model_config(model_config: Mapping[str, Any]) -> None:
         raise ConfigError(f"model.tempo_hidden must be 0, or > 0 with a tempo branch "
                           f"(model.tempo_features), got {cfg['tempo_hidden']} with "
                           f"tempo_features={cfg['tempo_features']!r}")
+    if cfg["frame_head_readout"] != "linear" and not cfg["frame_head"]:
+        raise ConfigError(f"model.frame_head_readout={cfg['frame_head_readout']!r} needs "
+                          "model.frame_head=True")
     if not 0 <= int(cfg["frame_head_layer"]) <= int(cfg["attention_layers"]):
         raise ConfigError(f"model.frame_head_layer must be in 0..model.attention_layers "
                           f"({cfg['attention_layers']}), got {cfg['frame_head_layer']}")

@@ -29,10 +29,11 @@ class AttentionTagger(nn.Module):
     the [CLS] query only unless `full_last_layer`). `attention_override` replaces the probabilities
     of layer `override_layer` with an array broadcastable to that shape.
 
-    `frame_head` (not in the authors' code; a training aid): a linear classifier on every position
+    `frame_head` (not in the authors' code; a training aid): a tag classifier on every position
     of a sequence (by default the encoder's input, the 1x1 conv's output), trained against
     frame-level activity (`train.frame_loss_weight`); `return_frame_logits=True` returns (logits,
-    frame logits (batch, positions, num_tags)). The tag logits never depend on it.
+    frame logits (batch, positions, num_tags)). The tag logits never depend on it (with the
+    "tag_head" readout below, training shares the tag head's parameters with it).
     `frame_head_layer` k says which sequence it reads (out of range: the encoder's ValueError): 0 the encoder's input (before the [CLS] token and positions are added),
     k >= 1 the output of encoder layer k - 1 without its [CLS] position (k = attention_layers:
     the last layer's output, computed for every query when frame logits are asked for).
@@ -104,13 +105,14 @@ class AttentionTagger(nn.Module):
             pooled = dropout(jnp.tanh(pooler(z)), deterministic=not train)
             return classifier(pooled.astype(jnp.float32))
 
+        logits = tag_head(h[:, 0])  # first: [CLS] draws the same dropout mask with any head
         frame_logits = None
         if self.frame_head and self.frame_head_readout == "tag_head":
-            frame_logits = tag_head(seq)
-        elif self.frame_head:
+            if return_frame_logits:  # no parameters of its own: nothing to create otherwise
+                frame_logits = tag_head(seq)
+        elif self.frame_head:  # always called, so that init creates its parameters
             frame_logits = nn.Dense(self.num_tags, dtype=jnp.float32, name="frame_classifier")(
                 seq.astype(jnp.float32))
-        logits = tag_head(h[:, 0])
         if return_frame_logits:
             return logits, frame_logits
         return (logits, attention) if return_attention else logits
