@@ -83,25 +83,27 @@ def _to_db(p: np.ndarray) -> np.ndarray:
     return 10.0 * np.log10(np.maximum(p, 1e-10))
 
 
+def _stretch_sources(length: int, factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(floor, ceiling, weight of the ceiling), each (length,): the two source frames output frame
+    t interpolates under a stretch by `factor` (t * factor, the last frame repeated)."""
+    t = np.arange(length) * factor
+    i0 = np.minimum(np.floor(t).astype(int), length - 1)
+    return i0, np.minimum(i0 + 1, length - 1), t - np.floor(t)
+
+
 def time_stretch(x: np.ndarray, factor: float) -> np.ndarray:
     """(bands, T) -> (bands, T): content played `factor` times faster (frame t reads source frame
     t * factor, linear interpolation, last frame repeated past the end)."""
-    t = np.arange(x.shape[1]) * factor
-    i0 = np.minimum(np.floor(t).astype(int), x.shape[1] - 1)
-    i1 = np.minimum(i0 + 1, x.shape[1] - 1)
-    w = (t - np.floor(t))[None, :]
-    return (1 - w) * x[:, i0] + w * x[:, i1]
+    i0, i1, w = _stretch_sources(x.shape[1], factor)
+    return (1 - w)[None, :] * x[:, i0] + w[None, :] * x[:, i1]
 
 
 def time_stretch_activity(frames: np.ndarray, factor: float) -> np.ndarray:
     """(T, num_tags) activity -> (T, num_tags) under `time_stretch(x, factor)` of its log-mel:
     frame t is on where either source frame that t interpolates (floor and ceiling of t * factor,
     the last frame repeated) is on with a non-zero weight."""
-    t = np.arange(frames.shape[0]) * factor
-    i0 = np.minimum(np.floor(t).astype(int), frames.shape[0] - 1)
-    i1 = np.minimum(i0 + 1, frames.shape[0] - 1)
-    w = (t - np.floor(t))[:, None]
-    return np.maximum(frames[i0], np.where(w > 0, frames[i1], 0)).astype(frames.dtype)
+    i0, i1, w = _stretch_sources(frames.shape[0], factor)
+    return np.maximum(frames[i0], np.where(w[:, None] > 0, frames[i1], 0)).astype(frames.dtype)
 
 
 def pitch_shift(x: np.ndarray, bins: int) -> np.ndarray:
