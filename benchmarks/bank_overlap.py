@@ -26,12 +26,14 @@ one per `--unseen` bank), the mean ROC-AUC of the instrument tags of each class 
 both ("mixed": a tag such as strings that families of different classes make true; tempo and
 level tags are left out).
 
-Needs `sf2utils` (in the test extra: `pip install -e ".[test]"`).
+Needs `sf2utils` (in the test extra: `pip install -e ".[test]"`). Reports are checked against
+their split names (`test`, then `test_<bank>`), when they record one.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -157,13 +159,19 @@ def merge(tables: list[list[dict]]) -> list[dict]:
             for rows in zip(*tables)]
 
 
-def _per_tag(path: str) -> dict[str, float]:
+def _per_tag(path: str, expected_split: str) -> dict[str, float]:
+    """Per-tag ROC-AUC of a metrics.json; ValueError if it is the report of another split."""
     report = json.loads(Path(path).read_text())
+    split = report.get("split")
+    if split is not None and split != expected_split:
+        raise ValueError(f"{path}: a report of split {split!r}, where --metrics expects "
+                         f"{expected_split!r} here (order: the training banks' test, then one "
+                         "per --unseen bank)")
     return {r["tag"]: r["roc_auc"] for r in report["per_tag"] if r.get("roc_auc") is not None}
 
 
 def _banks(text: str) -> list[str]:
-    return [b for b in text.split(",") if b]
+    return [b.strip() for b in text.split(",") if b.strip()]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -181,16 +189,33 @@ def main(argv: Optional[list[str]] = None) -> int:
         p.error("--training and --unseen each need a bank")
     if args.metrics and len(args.metrics) != 1 + len(unseen):
         p.error(f"--metrics needs 1 + {len(unseen)} reports, got {len(args.metrics)}")
+    if importlib.util.find_spec("sf2utils") is None:
+        print("error: benchmarks/bank_overlap.py needs sf2utils: pip install -e \".[test]\" "
+              "(or pip install sf2utils)", file=sys.stderr)
+        return 2
+    try:
+        return _report(training, unseen, args.metrics)
+    except (soundfont.BankError, OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _report(training: list[str], unseen: list[str], metrics: list[str]) -> int:
     train_names = [soundfont.bank_name(b) for b in training]
+    expected = ["test"] + [f"test_{soundfont.bank_name(u)}" for u in unseen]
+    aucs = [_per_tag(m, e) for m, e in zip(metrics, expected)]
     samples = {b: preset_samples(b) for b in training + unseen}
     tables = {u: [overlap(t, u, samples[t], samples[u]) for t in training] for u in unseen}
+    classes = {u: family_classes(merge(tables[u])) for u in unseen}
 
     print("samples: the training preset's samples found bit for bit in the other bank's; "
-          "sound: |correlation| of one note's renders")
+          "sound: |correlation| of one note's renders; class: what the other bank shares with "
+          f"{' + '.join(train_names)}")
     head = f"{'family':12s} {'program':>7s}"
     for u in unseen:
         for t in train_names:
             head += f" | {soundfont.bank_name(u) + ' vs ' + t:>28s} {'sound':>6s}"
+        head += f" | {'class':>12s}"
     print(head)
     first = tables[unseen[0]][0]
     for i, row in enumerate(first):
@@ -199,22 +224,27 @@ def main(argv: Optional[list[str]] = None) -> int:
             for table in tables[u]:
                 r = table[i]
                 line += f" | {str(r['shared']) + '/' + str(r['total']):>28s} {r['sound']:6.3f}"
+            line += f" | {classes[u][row['family']]:>12s}"
         print(line)
-    if not args.metrics:
+    if not aucs:
         return 0
-    own, others = _per_tag(args.metrics[0]), [_per_tag(m) for m in args.metrics[1:]]
+    own = aucs[0]
     print()
     print(f"mean ROC-AUC of the instrument tags by what each bank shares with "
           f"{' + '.join(train_names)} (test on the training banks / on that bank)")
-    for u, auc in zip(unseen, others):
-        classes = tag_classes(family_classes(merge(tables[u])))
+    for u, auc in zip(unseen, aucs[1:]):
+        by_tag = tag_classes(classes[u])
         print(f"{soundfont.bank_name(u)}:")
         for cls in ("same sound", "same samples", "mixed", "distinct"):
-            tags = [t for t, c in classes.items() if c == cls and t in auc and t in own]
+            tags = [t for t, c in by_tag.items() if c == cls and t in auc and t in own]
             if tags:
                 print(f"  {cls:12s} {len(tags):2d} tags: {np.mean([own[t] for t in tags]):.4f} / "
                       f"{np.mean([auc[t] for t in tags]):.4f}  ("
                       + ", ".join(f"{t} {own[t]:.2f}/{auc[t]:.2f}" for t in tags) + ")")
+        undefined = sorted(t for t in by_tag if t not in auc or t not in own)
+        if undefined:
+            print(f"  left out, ROC-AUC undefined (no positives or no negatives): "
+                  f"{', '.join(undefined)}")
     return 0
 
 

@@ -47,7 +47,8 @@ PAPER_MODEL = {
     "timbre_norm": "none", "tempo_features": "none", "tempo_hidden": 0, "dtype": "float32",
 }
 PAPER_TRAIN = {"optimizer": "authors", "learning_rate": 1e-4, "weight_decay": 1e-4,
-               "sgd_learning_rates": (1e-3, 1e-4, 1e-5), "sgd_momentum": 0.9}
+               "sgd_learning_rates": (1e-3, 1e-4, 1e-5), "sgd_momentum": 0.9,
+               "readout_lr_multiplier": 1.0}
 NUM_TAGS = 50
 N_MELS = 96
 

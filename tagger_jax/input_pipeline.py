@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import grain
 import numpy as np
 
-from tagger_jax import chunking
+from tagger_jax import chunking, errors
 
 # "mel": (96, T) log-mel for the pons_* models; "audio": (N,) waveform for lee_won.
 INPUT_KINDS = ("mel", "audio")
@@ -44,9 +44,9 @@ def steps_per_epoch(source_len: int, global_batch_size: int) -> int:
         raise ValueError(f"global batch size must be positive, got {global_batch_size}")
     steps = int(source_len) // int(global_batch_size)
     if steps == 0:
-        raise ValueError(f"the training split has {source_len} records, fewer than one global "
-                         f"batch of {global_batch_size}: lower train.batch_size to at most "
-                         f"{source_len}")
+        raise errors.ConfigError(
+            f"the training split has {source_len} records, fewer than one global batch of "
+            f"{global_batch_size}: lower train.batch_size to at most {source_len}")
     return steps
 
 

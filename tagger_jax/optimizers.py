@@ -79,6 +79,30 @@ def _decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
+READOUT = (("embedding", "cls"), ("pooler",), ("classifier",))  # parameter path prefixes
+
+
+def _readout_mask(params: Any) -> Any:
+    """True on the parameters of the [CLS] readout: the learned [CLS] token (a fixed one is no
+    parameter), the pooler and the classifier."""
+    def is_readout(path, _):
+        keys = tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
+        return any(keys[:len(prefix)] == prefix for prefix in READOUT)
+    return jax.tree_util.tree_map_with_path(is_readout, params)
+
+
+def with_readout_multiplier(tx: optax.GradientTransformation, multiplier: float
+                            ) -> optax.GradientTransformation:
+    """`tx` whose updates of the [CLS] readout (`_readout_mask`) are multiplied by `multiplier`:
+    a per-group learning rate (not in the paper; docs/training.md). `tx` itself when it is 1, so
+    the optimizer state, and with it every checkpoint, keeps its structure."""
+    if multiplier == 1.0:
+        return tx
+    if not multiplier > 0:
+        raise ValueError(f"train.readout_lr_multiplier must be > 0, got {multiplier!r}")
+    return optax.chain(tx, optax.masked(optax.scale(float(multiplier)), _readout_mask))
+
+
 def authors_phases(train_config: Mapping[str, Any]) -> tuple[optax.GradientTransformation, ...]:
     """Adam at `learning_rate`, then SGD (Nesterov) at each of `sgd_learning_rates`."""
     cfg = train_config
@@ -116,6 +140,8 @@ def make_optimizer(train_config: Mapping[str, Any], total_steps: int
                               mask=_decay_mask),)
     else:
         raise ValueError(f"train.optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    multiplier = float(train_config["readout_lr_multiplier"])
+    phases = tuple(with_readout_multiplier(tx, multiplier) for tx in phases)
     return phased(phases), len(phases)
 
 

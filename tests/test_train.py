@@ -58,7 +58,7 @@ def test_authors_phases_match_pytorch_formulas():
     p0 = rng.normal(size=(5, 3))
     grads = [rng.normal(size=(5, 3)) for _ in range(4)]
     cfg = {"optimizer": "authors", "learning_rate": 1e-2, "sgd_learning_rates": (1e-1, 1e-2),
-           "sgd_momentum": 0.9, "weight_decay": 1e-3}
+           "sgd_momentum": 0.9, "weight_decay": 1e-3, "readout_lr_multiplier": 1.0}
     tx, num_phases = optimizers.make_optimizer(cfg, total_steps=100)
     assert num_phases == 3
     update = jax.jit(lambda g, s, p, phase: tx.update(g, s, p, phase=phase))
@@ -81,7 +81,8 @@ def test_authors_phases_match_pytorch_formulas():
 
 
 def test_adamw_schedule_and_decay_mask():
-    cfg = {"optimizer": "adamw", "learning_rate": 1e-3, "warmup_steps": 10, "weight_decay": 0.1}
+    cfg = {"optimizer": "adamw", "learning_rate": 1e-3, "warmup_steps": 10, "weight_decay": 0.1,
+           "readout_lr_multiplier": 1.0}
     schedule = optimizers.adamw_schedule(cfg, total_steps=110)
     assert float(schedule(0)) == 0.0
     np.testing.assert_allclose(float(schedule(5)), 5e-4, rtol=1e-6)
@@ -100,6 +101,37 @@ def test_adamw_schedule_and_decay_mask():
         params = optax.apply_updates(params, upd)
     assert np.all(np.asarray(params["bias"]) == 1.0)
     assert np.all(np.asarray(params["kernel"]) < 1.0)
+
+
+def test_readout_lr_multiplier_scales_only_the_readout():
+    """`train.readout_lr_multiplier` m: the [CLS] token, pooler and classifier move m times as far
+    as with m = 1 (AdamW's update is linear in its learning rate, weight decay included), every
+    other parameter exactly as far; m = 1 keeps the optimizer state's structure."""
+    cfg = {"optimizer": "adamw", "learning_rate": 1e-3, "warmup_steps": 0, "weight_decay": 0.1,
+           "readout_lr_multiplier": 1.0}
+    rng = np.random.default_rng(0)
+    params = {"embedding": {"cls": jnp.ones((1, 4)), "position_embeddings": jnp.ones((3, 4))},
+              "pooler": {"kernel": jnp.ones((4, 4))}, "classifier": {"bias": jnp.ones((2,))},
+              "encoder": {"kernel": jnp.ones((4, 4))}}
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    moves = {}
+    for m in (1.0, 3.0):
+        tx, _ = optimizers.make_optimizer(dict(cfg, readout_lr_multiplier=m), total_steps=10)
+        state = tx.init(params)
+        upd, _ = tx.update(grads, state, params, phase=0)
+        moves[m] = upd
+    readout = {("embedding", "cls"), ("pooler", "kernel"), ("classifier", "bias")}
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(moves[1.0])[0],
+                            jax.tree.leaves(moves[3.0])):
+        key = tuple(k.key for k in path)
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a) * (3.0 if key in readout else 1.0),
+                                   rtol=1e-6, err_msg=str(key))
+    plain, _ = optimizers.make_optimizer(dict(cfg), total_steps=10)
+    before = optimizers.phased([optax.adamw(optimizers.adamw_schedule(cfg, 10), weight_decay=0.1,
+                                            mask=optimizers._decay_mask)])  # without the option
+    assert jax.tree.structure(plain.init(params)) == jax.tree.structure(before.init(params))
+    with pytest.raises(ValueError, match="readout_lr_multiplier must be > 0"):
+        optimizers.make_optimizer(dict(cfg, readout_lr_multiplier=0.0), total_steps=10)
 
 
 def test_plateau_step_scripted_sequence():
@@ -134,7 +166,7 @@ def test_end_of_epoch_saves_best_reloads_it_at_switches_and_stops(tmp_path):
     """A scripted metric sequence drives the schedule on a real state and checkpoint manager."""
     mesh = sharding.make_mesh()
     cfg = {"optimizer": "authors", "learning_rate": 1e-3, "sgd_learning_rates": (1e-2, 1e-3, 1e-4),
-           "sgd_momentum": 0.9, "weight_decay": 0.0}
+           "sgd_momentum": 0.9, "weight_decay": 0.0, "readout_lr_multiplier": 1.0}
     tx, num_phases = optimizers.make_optimizer(cfg, total_steps=100)
     params = {"w": jnp.arange(3.0)}
     state = sharding.replicate(train_lib.TrainState(

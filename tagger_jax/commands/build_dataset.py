@@ -50,8 +50,8 @@ def _parse_value(current, text: str, field: str):
     if isinstance(current, float):
         return float(text)
     if isinstance(current, tuple):
-        return tuple(type(current[0])(v) for v in text.split(",")) if current else tuple(
-            text.split(","))
+        values = [v.strip() for v in text.split(",")]  # "a, b" is ("a", "b")
+        return tuple(type(current[0])(v) for v in values) if current else tuple(values)
     return text
 
 
@@ -111,6 +111,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {split:<10} {n:>8} clips")
     tags = datasets.tag_names(builder)
     print(f"{len(tags)} tags: {', '.join(tags)}")
+    noted = (builder.info.metadata or {}).get("config") or {}
+    if "bank_file" in noted:  # soundfont_tags: which bank files played which splits
+        files = [noted["bank_file"], *noted.get("extra_banks", {}).values()]
+        print(f"training banks (train, validation, test): {', '.join(files)}")
+        for split, path in noted.get("unseen_banks", {}).items():
+            print(f"unseen bank ({split}): {path}")
     report = datasets.build_report(builder)
     skipped = [(split, s) for split, items in report.items() for s in items]
     if skipped:

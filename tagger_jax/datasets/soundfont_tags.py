@@ -40,9 +40,10 @@ float32; `key` text ("D minor"); `bank` text. Tags: `tagger_jax.gm_score.TAGS` (
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -106,19 +107,26 @@ class SoundfontTags(TaggingBuilder):
     def reuse_conflict(cls, metadata: dict[str, Any], manual_dir: str | os.PathLike | None,
                        builder_config: Any = None) -> str | None:
         """Why an existing build (its saved `metadata`) must not stand for `builder_config`:
-        other training or unseen banks, seed, clip length or split sizes (a phrase naming both),
-        or None. A config read back from a build's files (no bank fields) is the build itself."""
+        other training banks, unseen bank files, seed, clip length or split sizes (a phrase
+        naming what differs), or None. A config read back from a build's files (no bank fields)
+        is the build itself."""
         recorded = metadata.get("config")
         if not recorded or not hasattr(builder_config, "training_banks"):
             return None
-        asked = _describe(builder_config)
+        try:
+            asked = _describe(builder_config)
+        except soundfont.BankError as e:
+            return f"built from other banks than this run's ({e})"
         built = {"banks": [recorded.get("bank"), *recorded.get("extra_banks", {})],
-                 "unseen": sorted(recorded.get("unseen_banks", {})),
+                 "unseen": {s: str(Path(p).resolve())
+                            for s, p in recorded.get("unseen_banks", {}).items()},
                  "seed": recorded.get("seed"), "duration_s": recorded.get("duration_s"),
                  "num_clips": recorded.get("num_clips")}
-        if built == asked:
+        differ = [f"{k} {built[k]} (this run: {asked[k]})" for k in built if built[k] != asked[k]]
+        if not differ:
             return None
-        return f"built with {built}, but this run asks for {asked}"
+        return (f"built with other settings than this run's ({'; '.join(differ)}): give this "
+                "config another --config name")
 
     def _has_tag_mask(self) -> bool:
         return True
@@ -135,24 +143,9 @@ class SoundfontTags(TaggingBuilder):
         config = self.builder_config
         banks = config.training_banks()
         train_files = [soundfont.resolve_bank(b, for_training=True) for b in banks]
-        seen: dict[Path, str] = {}
-        for b, f in zip(banks, train_files):
-            if f.resolve() in seen:
-                raise ValueError(f"{self.name}: the training bank {b!r} is {seen[f.resolve()]!r} "
-                                 f"again ({f.resolve()})")
-            seen[f.resolve()] = b
-        names = [soundfont.bank_name(b) for b in banks]
-        for i, n in enumerate(names):
-            if n in names[:i]:
-                raise ValueError(f"{self.name}: training banks {banks[names.index(n)]!r} and "
-                                 f"{banks[i]!r} have the same name {n!r}; rename one file")
         unseen = config.unseen_splits()
         paths = {b: soundfont.resolve_bank(b) for b in unseen.values()}
-        for b, p in paths.items():
-            if p.resolve() in seen:
-                raise ValueError(f"{self.name}: the unseen bank {b!r} is the training bank "
-                                 f"{seen[p.resolve()]!r}; give other unseen_banks (or none: "
-                                 "--set unseen_banks=)")
+        _check_distinct(self.name, banks, train_files, paths)
         self._set_tags(gm_score.TAGS)
         self._note("source", "tagger_jax.gm_score + tagger_jax.soundfont")
         note = {"seed": config.seed, "duration_s": config.duration_s,
@@ -190,8 +183,41 @@ class SoundfontTags(TaggingBuilder):
 
 
 def _describe(config: SoundfontConfig) -> dict[str, Any]:
-    """The fields of `config` that a build's "config" note records, in its form."""
+    """The fields of `config` that a build's "config" note records, in its form (unseen banks as
+    split -> resolved file). Raises BankError for an unseen bank that cannot be found."""
+    unseen = config.unseen_splits()
     return {"banks": [str(b) for b in config.training_banks()],
-            "unseen": sorted(config.unseen_splits()), "seed": config.seed,
-            "duration_s": config.duration_s,
-            "num_clips": {s: config.num_clips(s) for s in SPLITS + tuple(config.unseen_splits())}}
+            "unseen": {s: str(soundfont.resolve_bank(b).resolve()) for s, b in unseen.items()},
+            "seed": config.seed, "duration_s": config.duration_s,
+            "num_clips": {s: config.num_clips(s) for s in SPLITS + tuple(unseen)}}
+
+
+def _check_distinct(name: str, banks: Sequence[str], train_files: Sequence[Path],
+                    unseen: Mapping[str, Path]) -> None:
+    """ValueError (one line, saying what to change) when two training banks are the same file
+    (by contents, so a copy or another path counts) or have the same short name (their records
+    could not be told apart), or when an unseen bank is a training bank's file or name."""
+    def digest(path: Path) -> str:
+        return hashlib.sha1(path.read_bytes()).hexdigest()
+
+    by_digest: dict[str, str] = {}
+    by_name: dict[str, str] = {}
+    for bank, path in zip(banks, train_files):
+        d, short = digest(path), soundfont.bank_name(bank)
+        if d in by_digest:
+            raise ValueError(f"{name}: the training bank {bank!r} ({path}) is the same file as "
+                             f"{by_digest[d]!r}; drop one (bank is 'merlin' unless set, "
+                             "extra_banks adds to it)")
+        if short in by_name:
+            raise ValueError(f"{name}: training banks {by_name[short]!r} and {bank!r} have the "
+                             f"same name {short!r}; rename one file")
+        by_digest[d], by_name[short] = bank, bank
+    for bank, path in unseen.items():
+        d, short = digest(path), soundfont.bank_name(bank)
+        if d in by_digest or short in by_name:
+            same = by_digest.get(d) or by_name[short]
+            what = "the same file as" if d in by_digest else "named like"
+            raise ValueError(f"{name}: the unseen bank {bank!r} ({path}) is {what} the training "
+                             f"bank {same!r}; give other unseen_banks (or none: --set "
+                             "unseen_banks=, then train with "
+                             "--config.data.extra_test_splits='()')")
