@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.learning_rate = 1e-4  # Adam learning rate (authors) or AdamW peak learning rate
     t.weight_decay = 1e-4  # SGD weight decay (authors) or AdamW decoupled weight decay
     t.warmup_steps = 500  # AdamW linear warmup steps
-    t.readout_lr_multiplier = 1.0  # scales the updates of the [CLS] readout ([CLS] token, pooler, classifier)
+    t.readout_lr_multiplier = 1.0  # x the updates of the [CLS] token, pooler and classifier
     t.plateau_patience = 1  # epochs without validation improvement before the next phase
     t.sgd_learning_rates = (1e-3, 1e-4, 1e-5)  # authors: SGD phases after Adam, one per plateau
     t.sgd_momentum = 0.9  # authors: Nesterov momentum of the SGD phases

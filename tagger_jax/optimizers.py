@@ -17,7 +17,8 @@ momentum 0.9 and weight decay 1e-4 at 1e-3, 1e-4, 1e-5; after the last plateau, 
 switch the training loop reloads the best model. PyTorch's SGD adds the weight decay to the
 gradient before momentum (L2, not decoupled), which `add_decayed_weights` before `sgd` matches.
 
-Only jax and optax are imported, so the benchmark can build the optimizer without ml_collections.
+Only jax, optax and `tagger_jax.errors` (standard library only) are imported, so the benchmark
+can build the optimizer without ml_collections.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+
+from tagger_jax import errors
 
 OPTIMIZERS = ("authors", "adamw")
 
@@ -99,7 +102,7 @@ def with_readout_multiplier(tx: optax.GradientTransformation, multiplier: float
     if multiplier == 1.0:
         return tx
     if not multiplier > 0:
-        raise ValueError(f"train.readout_lr_multiplier must be > 0, got {multiplier!r}")
+        raise errors.ConfigError(f"train.readout_lr_multiplier must be > 0, got {multiplier!r}")
     return optax.chain(tx, optax.masked(optax.scale(float(multiplier)), _readout_mask))
 
 
