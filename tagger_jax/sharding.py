@@ -11,8 +11,10 @@ without the data stack.
 """
 from __future__ import annotations
 
+import atexit
 import os
-from typing import Any, Mapping
+import time
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -26,6 +28,10 @@ DATA_AXIS = "data"
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
+
+# Seconds the coordinator (process 0) waits, after every process has passed the shutdown
+# barrier, before it stops the coordination service (see `shutdown_distributed`).
+SHUTDOWN_GRACE_S = 2.0
 
 
 def maybe_initialize_distributed(requested: bool = False) -> bool:
@@ -48,7 +54,43 @@ def maybe_initialize_distributed(requested: bool = False) -> bool:
     if os.environ.get(ENV_PROCESS_ID):
         kwargs["process_id"] = int(os.environ[ENV_PROCESS_ID])
     jax.distributed.initialize(**kwargs)
+    # Runs before JAX's own exit handler (atexit is last in, first out), which then has nothing
+    # left to do.
+    atexit.register(shutdown_distributed)
     return True
+
+
+def shutdown_distributed(grace_s: float = SHUTDOWN_GRACE_S,
+                         sleep: Callable[[float], Any] = time.sleep) -> None:
+    """Leaves a multi-process run: `jax.distributed.shutdown`, with the coordinator's service
+    stopped `grace_s` seconds after the shutdown barrier instead of at once.
+
+    Why: on process 0, `jax.distributed.shutdown` stops the coordination service as soon as its
+    own client has passed the shutdown barrier, while the other processes are still leaving and
+    the service may still be answering their last calls. Once in the project's CI (2 processes on
+    a 2-core machine, jax/jaxlib 0.10.2) this aborted process 0 at exit inside gRPC ("Check
+    failed: queue.Pop() == nullptr" in `DistributedRuntimeService::Shutdown`), after all its work
+    was done and written: a finished job that exits with SIGABRT. Waiting lets the others leave.
+
+    Registered with `atexit` by `maybe_initialize_distributed`, so every entry point gets it; may
+    also be called directly. A no-op when no multi-process run is active, and on a second call.
+    Reaches into `jax._src.distributed.global_state` for the service object (no public API
+    exposes it); if that ever moves, this falls back to plain `jax.distributed.shutdown()`.
+    """
+    if not jax.distributed.is_initialized():
+        return
+    try:
+        from jax._src import distributed as _distributed
+        state = _distributed.global_state
+        service = state.service
+    except (ImportError, AttributeError):
+        jax.distributed.shutdown()
+        return
+    state.service = None
+    jax.distributed.shutdown()  # preemption sync manager, then the client (shutdown barrier)
+    if service is not None:
+        sleep(grace_s)
+        service.shutdown()
 
 
 def make_mesh(devices: Any = None) -> Mesh:

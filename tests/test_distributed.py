@@ -16,6 +16,10 @@ biases of convolutions that feed a BatchNorm, whose true gradient is exactly zer
 normalisation turns float round-off of order 1e-9 into steps of up to the learning rate; all other
 parameters agree to 1e-4 relative. For scale: BatchNorm statistics per device (batches of 2)
 instead of over the global batch change the first loss by about 1%.
+
+Should JAX abort at exit in the coordinator's shutdown after the two-process job has done its work
+(seen once in CI before `sharding.shutdown_distributed` existed), that job is rerun once with a
+warning; any other failure, or a second abort, fails.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,33 +52,92 @@ def _env(devices: int, **extra) -> dict:
     return env
 
 
+# JAX's exit-time abort inside gRPC when process 0 stops the coordination service while the
+# others are still leaving. `sharding.shutdown_distributed` (registered at start-up) waits for them;
+# should the abort come back, the two-process job is rerun once, with a warning, so the numerical
+# comparison still runs. A second abort, or any other failure, fails the test.
+SHUTDOWN_ABORT = "DistributedRuntimeService::Shutdown"
+
+
+def _start(specs):
+    return [subprocess.Popen([sys.executable, str(WORKER), str(path), str(STEPS)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for env, path in specs]
+
+
+def _finish(procs, everything):
+    logs = []
+    for p in procs:
+        try:
+            log, _ = p.communicate(timeout=400)
+        except subprocess.TimeoutExpired:
+            for q in everything:
+                q.kill()
+            raise
+        logs.append(log)
+    return [p.returncode for p in procs], logs
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    port = _free_port()
-    jobs = {
-        "one": [(_env(1), out / "one.npz")],
-        "four": [(_env(4), out / "four.npz")],
-        "two_processes": [
-            (_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                  JAX_PROCESS_ID=str(i)), out / "two_processes.npz") for i in range(2)],
-    }
-    procs = {name: [subprocess.Popen([sys.executable, str(WORKER), str(path), str(STEPS)],
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True) for env, path in specs]
-             for name, specs in jobs.items()}
+
+    def two_processes():
+        port = _free_port()
+        return [(_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                      JAX_PROCESS_ID=str(i)), out / "two_processes.npz") for i in range(2)]
+
+    jobs = {"one": [(_env(1), out / "one.npz")], "four": [(_env(4), out / "four.npz")],
+            "two_processes": two_processes()}
+    procs = {name: _start(specs) for name, specs in jobs.items()}
+    everything = [p for ps in procs.values() for p in ps]
     results = {}
     for name, ps in procs.items():
-        for p in ps:
-            try:
-                log, _ = p.communicate(timeout=400)
-            except subprocess.TimeoutExpired:
-                for q in (q for qs in procs.values() for q in qs):
-                    q.kill()
-                raise
-            assert p.returncode == 0, f"{name} failed:\n{log[-4000:]}"
+        rcs, logs = _finish(ps, everything)
+        if (name == "two_processes" and any(rcs) and jobs[name][0][1].exists()
+                and all(rc == 0 or SHUTDOWN_ABORT in log for rc, log in zip(rcs, logs))):
+            warnings.warn("two_processes: JAX aborted at exit in the coordination service's "
+                          "shutdown after the work was done; rerunning the job once")
+            jobs[name][0][1].unlink()
+            ps = _start(two_processes())
+            rcs, logs = _finish(ps, ps)
+        for rc, log in zip(rcs, logs):
+            assert rc == 0, f"{name} failed:\n{log[-4000:]}"
         results[name] = dict(np.load(jobs[name][0][1]))
     return results
+
+
+def test_coordinator_stops_its_service_after_the_barrier_and_a_grace(monkeypatch):
+    """`shutdown_distributed` on process 0: the client first (JAX's shutdown barrier), then the
+    wait, then the coordination service; on the other processes, the client only. Idempotent."""
+    import jax
+    from jax._src import distributed as jax_distributed
+
+    from tagger_jax import sharding
+
+    events = []
+
+    class Part:
+        def __init__(self, name):
+            self.name = name
+
+        def shutdown(self):
+            events.append(self.name)
+
+    state = jax_distributed.State()
+    state.client, state.service = Part("client"), Part("service")
+    monkeypatch.setattr(jax_distributed, "global_state", state)
+    assert jax.distributed.is_initialized()
+    sleep = lambda s: events.append(f"sleep {s}")  # noqa: E731
+    sharding.shutdown_distributed(sleep=sleep)
+    assert events == ["client", f"sleep {sharding.SHUTDOWN_GRACE_S}", "service"]
+    assert not jax.distributed.is_initialized() and state.service is None
+    sharding.shutdown_distributed(sleep=sleep)  # second call (JAX's own exit handler): nothing
+    assert len(events) == 3
+    events.clear()
+    state.client = Part("client")  # a process other than 0 runs no service
+    sharding.shutdown_distributed(grace_s=5.0, sleep=sleep)
+    assert events == ["client"]
 
 
 def _compare(ref: dict, got: dict) -> None:
