@@ -139,6 +139,16 @@ def test_coordinator_stops_its_service_after_the_barrier_and_a_grace(monkeypatch
     sharding.shutdown_distributed(grace_s=5.0, sleep=sleep)
     assert events == ["client"]
 
+    class FailingClient:  # e.g. the shutdown barrier timed out: the service still stops
+        def shutdown(self):
+            raise RuntimeError("barrier timed out")
+
+    events.clear()
+    state.client, state.service = FailingClient(), Part("service")
+    with pytest.raises(RuntimeError, match="barrier"):
+        sharding.shutdown_distributed(grace_s=0.5, sleep=sleep)
+    assert events == ["sleep 0.5", "service"]
+
 
 def _compare(ref: dict, got: dict) -> None:
     np.testing.assert_allclose(got["losses"], ref["losses"], rtol=1e-6)
