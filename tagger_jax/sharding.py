@@ -11,7 +11,6 @@ without the data stack.
 """
 from __future__ import annotations
 
-import atexit
 import os
 import time
 from typing import Any, Callable, Mapping
@@ -30,7 +29,7 @@ ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
 
 # Seconds the coordinator (process 0) waits, after every process has passed the shutdown
-# barrier, before it stops the coordination service (see `shutdown_distributed`).
+# barrier, before it stops the coordination service (see `delay_service_shutdown`).
 SHUTDOWN_GRACE_S = 2.0
 
 
@@ -41,7 +40,8 @@ def maybe_initialize_distributed(requested: bool = False) -> bool:
     Kubernetes, TPU pods). Independently, `JAX_COORDINATOR_ADDRESS` in the environment, with
     `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`, starts a hand-launched multi-process run. Must run
     before any other JAX call touches the backend. Returns True if this process is now part of a
-    multi-process run. A second call is a no-op.
+    multi-process run. A second call is a no-op. On process 0, the coordination service then
+    stops a little after JAX's shutdown barrier (`delay_service_shutdown`).
     """
     if jax.distributed.is_initialized():
         return True
@@ -54,47 +54,56 @@ def maybe_initialize_distributed(requested: bool = False) -> bool:
     if os.environ.get(ENV_PROCESS_ID):
         kwargs["process_id"] = int(os.environ[ENV_PROCESS_ID])
     jax.distributed.initialize(**kwargs)
-    # Runs before JAX's own exit handler (atexit is last in, first out), which then has nothing
-    # left to do.
-    atexit.register(shutdown_distributed)
+    delay_service_shutdown()
     return True
 
 
-def shutdown_distributed(grace_s: float = SHUTDOWN_GRACE_S,
-                         sleep: Callable[[float], Any] = time.sleep) -> None:
-    """Leaves a multi-process run: `jax.distributed.shutdown`, with the coordinator's service
-    stopped `grace_s` seconds after the shutdown barrier instead of at once.
+class _DelayedShutdown:
+    """Stands in for JAX's coordination service object: `shutdown()` waits `grace_s` seconds,
+    then stops the service. Every other attribute is the service's."""
 
-    Why: on process 0, `jax.distributed.shutdown` stops the coordination service as soon as its
-    own client has passed the shutdown barrier, while the other processes are still leaving and
-    the service may still be answering their last calls. Once in the project's CI (2 processes on
-    a 2-core machine, jax/jaxlib 0.10.2) this aborted process 0 at exit inside gRPC ("Check
-    failed: queue.Pop() == nullptr" in `DistributedRuntimeService::Shutdown`), after all its work
-    was done and written: a finished job that exits with SIGABRT. Waiting lets the others leave.
-    The abort was not reproduced here (none in about 60 two-process runs, loaded or not), so the
-    remedy rests on where the abort happens, not on a count before and after.
+    def __init__(self, service: Any, grace_s: float, sleep: Callable[[float], Any]):
+        self.service, self.grace_s, self.sleep = service, grace_s, sleep
 
-    Registered with `atexit` by `maybe_initialize_distributed`, so every entry point gets it; may
-    also be called directly. A no-op when no multi-process run is active, and on a second call.
-    Reaches into `jax._src.distributed.global_state` for the service object (no public API
-    exposes it); if that ever moves, this falls back to plain `jax.distributed.shutdown()`.
+    def shutdown(self) -> None:
+        self.sleep(self.grace_s)
+        self.service.shutdown()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.service, name)
+
+
+def delay_service_shutdown(grace_s: float = SHUTDOWN_GRACE_S,
+                           sleep: Callable[[float], Any] = time.sleep) -> bool:
+    """Makes process 0 stop the coordination service `grace_s` seconds after JAX's shutdown
+    barrier instead of at once. Returns True if this process runs the service (process 0).
+
+    `jax.distributed.shutdown` (which JAX runs at exit, after clearing its backends) shuts down
+    the preemption sync manager, then the client (a barrier all processes pass together), then,
+    on process 0, the service, at once, while the other processes may still be leaving it. Once
+    in the project's CI (2 processes on a 2-core machine, jax/jaxlib 0.10.2) process 0 then
+    aborted at exit inside gRPC ("Check failed: queue.Pop() == nullptr" in
+    `DistributedRuntimeService::Shutdown`), after its work was done and written: a finished job
+    that exits with SIGABRT. We believe stopping the service that early is the cause, and give
+    the others time to leave; the abort was not reproduced here (none in about 60 two-process
+    runs, loaded or not), so this rests on where it happened, not on a count before and after.
+
+    JAX's own shutdown sequence and its order stay as they are: only the service object in
+    `jax._src.distributed.global_state` (no public API exposes it) is wrapped. Where that ever
+    moves, nothing is changed. Called by `maybe_initialize_distributed`; a second call does not
+    wrap twice.
     """
-    if not jax.distributed.is_initialized():
-        return
     try:
         from jax._src import distributed as _distributed
         state = _distributed.global_state
         service = state.service
     except (ImportError, AttributeError):
-        jax.distributed.shutdown()
-        return
-    state.service = None
-    try:
-        jax.distributed.shutdown()  # preemption sync manager, then the client (shutdown barrier)
-    finally:
-        if service is not None:
-            sleep(grace_s)
-            service.shutdown()
+        return False
+    if service is None:
+        return False
+    if not isinstance(service, _DelayedShutdown):
+        state.service = _DelayedShutdown(service, grace_s, sleep)
+    return True
 
 
 def make_mesh(devices: Any = None) -> Mesh:

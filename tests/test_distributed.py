@@ -18,12 +18,13 @@ parameters agree to 1e-4 relative. For scale: BatchNorm statistics per device (b
 instead of over the global batch change the first loss by about 1%.
 
 Should JAX abort at exit in the coordinator's shutdown after the two-process job has done its work
-(seen once in CI before `sharding.shutdown_distributed` existed), that job is rerun once with a
+(seen once in CI before `sharding.delay_service_shutdown` existed), that job is rerun once with a
 warning; any other failure, or a second abort, fails.
 """
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -53,10 +54,10 @@ def _env(devices: int, **extra) -> dict:
 
 
 # JAX's exit-time abort inside gRPC when process 0 stops the coordination service while the
-# others are still leaving. `sharding.shutdown_distributed` (registered at start-up) waits for them;
-# should the abort come back, the two-process job is rerun once, with a warning, so the numerical
-# comparison still runs. A second abort, or any other failure, fails the test.
-SHUTDOWN_ABORT = "DistributedRuntimeService::Shutdown"
+# others may still be leaving. `sharding.delay_service_shutdown` (installed at start-up) gives
+# them time; should the abort come back, the two-process job is rerun once, with a warning, so the
+# numerical comparison still runs. A second abort, or any other failure, fails the test.
+SHUTDOWN_ABORT = ("DistributedRuntimeService::Shutdown", "queue.Pop() == nullptr")
 
 
 def _start(specs):
@@ -65,7 +66,8 @@ def _start(specs):
             for env, path in specs]
 
 
-def _finish(procs, everything):
+def _finish(name, procs, everything):
+    """Waits for a job's processes: their return codes and logs (a timeout kills every job)."""
     logs = []
     for p in procs:
         try:
@@ -73,9 +75,14 @@ def _finish(procs, everything):
         except subprocess.TimeoutExpired:
             for q in everything:
                 q.kill()
-            raise
+            pytest.fail(f"{name} timed out; logs of its processes that ended:\n"
+                        + "\n".join(log[-4000:] for log in logs))
         logs.append(log)
     return [p.returncode for p in procs], logs
+
+
+def _aborted_at_shutdown(rc: int, log: str) -> bool:
+    return rc == -signal.SIGABRT and all(s in log for s in SHUTDOWN_ABORT)
 
 
 @pytest.fixture(scope="module")
@@ -93,61 +100,89 @@ def runs(tmp_path_factory):
     everything = [p for ps in procs.values() for p in ps]
     results = {}
     for name, ps in procs.items():
-        rcs, logs = _finish(ps, everything)
+        rcs, logs = _finish(name, ps, everything)
+        # Process 0 writes the results only after both processes' work, done in lockstep.
         if (name == "two_processes" and any(rcs) and jobs[name][0][1].exists()
-                and all(rc == 0 or SHUTDOWN_ABORT in log for rc, log in zip(rcs, logs))):
+                and all(rc == 0 or _aborted_at_shutdown(rc, log) for rc, log in zip(rcs, logs))):
             warnings.warn("two_processes: JAX aborted at exit in the coordination service's "
                           "shutdown after the work was done; rerunning the job once")
             jobs[name][0][1].unlink()
             ps = _start(two_processes())
-            rcs, logs = _finish(ps, ps)
+            rcs, logs = _finish(name, ps, ps)
         for rc, log in zip(rcs, logs):
             assert rc == 0, f"{name} failed:\n{log[-4000:]}"
         results[name] = dict(np.load(jobs[name][0][1]))
     return results
 
 
-def test_coordinator_stops_its_service_after_the_barrier_and_a_grace(monkeypatch):
-    """`shutdown_distributed` on process 0: the client first (JAX's shutdown barrier), then the
-    wait, then the coordination service; on the other processes, the client only. Idempotent."""
-    import jax
+class _Part:
+    """A fake client or service of JAX's distributed state: records its shutdown."""
+
+    def __init__(self, name, events, fail=False):
+        self.name, self.events, self.fail = name, events, fail
+
+    def shutdown(self):
+        if self.fail:
+            raise RuntimeError("barrier timed out")
+        self.events.append(self.name)
+
+
+@pytest.fixture()
+def fake_state(monkeypatch):
+    """JAX's own `State` (its shutdown sequence unchanged) holding fake parts."""
     from jax._src import distributed as jax_distributed
+
+    state = jax_distributed.State()
+    monkeypatch.setattr(jax_distributed, "global_state", state)
+    return state
+
+
+def test_coordinator_stops_its_service_a_grace_after_the_barrier(fake_state):
+    """JAX's `jax.distributed.shutdown` on process 0, as at exit: the client first (the shutdown
+    barrier), then the wait, then the service. Other processes run no service: nothing waits."""
+    import jax
 
     from tagger_jax import sharding
 
     events = []
-
-    class Part:
-        def __init__(self, name):
-            self.name = name
-
-        def shutdown(self):
-            events.append(self.name)
-
-    state = jax_distributed.State()
-    state.client, state.service = Part("client"), Part("service")
-    monkeypatch.setattr(jax_distributed, "global_state", state)
-    assert jax.distributed.is_initialized()
     sleep = lambda s: events.append(f"sleep {s}")  # noqa: E731
-    sharding.shutdown_distributed(sleep=sleep)
+    fake_state.client, fake_state.service = _Part("client", events), _Part("service", events)
+    assert sharding.delay_service_shutdown(sleep=sleep)
+    assert sharding.delay_service_shutdown(sleep=sleep)  # a second call does not wrap twice
+    jax.distributed.shutdown()
     assert events == ["client", f"sleep {sharding.SHUTDOWN_GRACE_S}", "service"]
-    assert not jax.distributed.is_initialized() and state.service is None
-    sharding.shutdown_distributed(sleep=sleep)  # second call (JAX's own exit handler): nothing
-    assert len(events) == 3
+    assert not jax.distributed.is_initialized() and fake_state.service is None
     events.clear()
-    state.client = Part("client")  # a process other than 0 runs no service
-    sharding.shutdown_distributed(grace_s=5.0, sleep=sleep)
+    fake_state.client = _Part("client", events)
+    assert not sharding.delay_service_shutdown(grace_s=5.0, sleep=sleep)
+    jax.distributed.shutdown()
     assert events == ["client"]
 
-    class FailingClient:  # e.g. the shutdown barrier timed out: the service still stops
-        def shutdown(self):
-            raise RuntimeError("barrier timed out")
 
-    events.clear()
-    state.client, state.service = FailingClient(), Part("service")
-    with pytest.raises(RuntimeError, match="barrier"):
-        sharding.shutdown_distributed(grace_s=0.5, sleep=sleep)
-    assert events == ["sleep 0.5", "service"]
+def test_initialize_delays_the_service_shutdown(fake_state, monkeypatch):
+    """`maybe_initialize_distributed` installs the delay right after `jax.distributed.initialize`,
+    passing the environment's process count and index."""
+    import jax
+
+    from tagger_jax import sharding
+
+    events, calls = [], []
+
+    def initialize(**kwargs):
+        calls.append(kwargs)
+        fake_state.client, fake_state.service = _Part("client", events), _Part("service", events)
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    monkeypatch.setenv(sharding.ENV_COORDINATOR, "127.0.0.1:1")
+    monkeypatch.setenv(sharding.ENV_NUM_PROCESSES, "2")
+    monkeypatch.setenv(sharding.ENV_PROCESS_ID, "0")
+    assert sharding.maybe_initialize_distributed()
+    assert calls == [{"num_processes": 2, "process_id": 0}]
+    assert isinstance(fake_state.service, sharding._DelayedShutdown)
+    assert sharding.maybe_initialize_distributed() and len(calls) == 1  # already initialized
+    fake_state.service.sleep = lambda s: events.append("sleep")
+    jax.distributed.shutdown()
+    assert events == ["client", "sleep", "service"]
 
 
 def _compare(ref: dict, got: dict) -> None:
