@@ -85,7 +85,7 @@ def delay_service_shutdown(grace_s: float = SHUTDOWN_GRACE_S,
     aborted at exit inside gRPC ("Check failed: queue.Pop() == nullptr" in
     `DistributedRuntimeService::Shutdown`), after its work was done and written: a finished job
     that exits with SIGABRT. We believe stopping the service that early is the cause, and give
-    the others time to leave; the abort was not reproduced here (none in about 60 two-process
+    the others time to leave; the abort was not reproduced here (none in 69 two-process
     runs, loaded or not), so this rests on where it happened, not on a count before and after.
 
     JAX's own shutdown sequence and its order stay as they are: only the service object in
