@@ -53,10 +53,7 @@ def _env(devices: int, **extra) -> dict:
     return env
 
 
-# JAX's exit-time abort inside gRPC when process 0 stops the coordination service while the
-# others may still be leaving. `sharding.delay_service_shutdown` (installed at start-up) gives
-# them time; should the abort come back, the two-process job is rerun once, with a warning, so the
-# numerical comparison still runs. A second abort, or any other failure, fails the test.
+# What process 0's log shows of that abort at exit (the module docstring says what is done).
 SHUTDOWN_ABORT = ("DistributedRuntimeService::Shutdown", "queue.Pop() == nullptr")
 
 
@@ -118,12 +115,10 @@ def runs(tmp_path_factory):
 class _Part:
     """A fake client or service of JAX's distributed state: records its shutdown."""
 
-    def __init__(self, name, events, fail=False):
-        self.name, self.events, self.fail = name, events, fail
+    def __init__(self, name, events):
+        self.name, self.events = name, events
 
     def shutdown(self):
-        if self.fail:
-            raise RuntimeError("barrier timed out")
         self.events.append(self.name)
 
 
