@@ -30,6 +30,8 @@ from typing import Any, ClassVar, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
+from tagger_jax.librosa_import import import_librosa
+
 LOG_SCALES = ("amplitude_to_db", "power_to_db")
 STFT_PAD_MODES = ("constant", "reflect")
 MPEG_SUFFIXES = (".mp3", ".mp2", ".mpga")  # decoded by libsndfile's mpg123
@@ -489,7 +491,7 @@ def load_audio_checked(path: str | os.PathLike, sample_rate: int = 16000,
     Codes (docs/audio.md): `damaged_data`, `duration_mismatch`, `low_sample_rate`,
     `stereo_cancellation`.
     """
-    import librosa
+    librosa = import_librosa()
 
     p = _check_file(path)
     fmt = sniff_format(p)
@@ -637,7 +639,7 @@ def log_mel(wave: np.ndarray, sample_rate: int = 16000, n_fft: int = 512, hop_le
     `MEL_BLOCK_FRAMES` frames are computed block by block (same frames, memory bounded by the
     block, not the track: an hour of audio needs the mel's 86 MB, not the STFT's 460 MB).
     """
-    import librosa
+    librosa = import_librosa()
 
     _check_log_scale(log_scale)
     _check_pad_mode(pad_mode)

@@ -34,6 +34,8 @@ from typing import Optional
 
 import numpy as np
 
+from tagger_jax.librosa_import import import_librosa
+
 AUDIO_FORMATS = {"ogg": ("OGG", "VORBIS"), "flac": ("FLAC", "PCM_16")}
 WRITE_BLOCK = 16384  # samples per write call
 
@@ -41,7 +43,7 @@ WRITE_BLOCK = 16384  # samples per write call
 def stft(wave: np.ndarray, n_fft: int = 512, hop_length: int = 256) -> np.ndarray:
     """Complex STFT (1 + n_fft // 2, 1 + len(wave) // hop_length), the model's frame grid
     (Hann window, centred frames with zero padding, as `tagger_jax.audio.log_mel`)."""
-    import librosa
+    librosa = import_librosa()
 
     return librosa.stft(np.asarray(wave, np.float32), n_fft=n_fft, hop_length=hop_length,
                         center=True, pad_mode="constant")
@@ -49,7 +51,7 @@ def stft(wave: np.ndarray, n_fft: int = 512, hop_length: int = 256) -> np.ndarra
 
 def istft(spec: np.ndarray, length: int, hop_length: int = 256) -> np.ndarray:
     """Inverse of `stft` (overlap-add with window-sum normalisation), `length` samples."""
-    import librosa
+    librosa = import_librosa()
 
     n_fft = 2 * (spec.shape[0] - 1)
     return librosa.istft(spec, hop_length=hop_length, n_fft=n_fft, length=length,
@@ -64,7 +66,7 @@ def mel_to_stft_bins(band_map: np.ndarray, sample_rate: int = 16000, n_fft: int 
     filters, as the features use): sum_b F[b, f] v[b] / sum_b F[b, f]. Bins no filter covers (the
     DC bin) take the band whose centre is nearest.
     """
-    import librosa
+    librosa = import_librosa()
 
     band_map = np.asarray(band_map, np.float64)
     if band_map.ndim != 2 or band_map.shape[0] != n_mels:

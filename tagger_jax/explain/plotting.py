@@ -25,6 +25,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tagger_jax.librosa_import import import_librosa
+
 SPEC_HEIGHT = 2.0  # inches
 ROW_HEIGHT = 0.42
 MAP2D_HEIGHT = 1.3
@@ -52,7 +54,7 @@ def _extent(n: int, step_s: float, centred: bool) -> tuple[float, float]:
 
 def mel_band_of(hz: Sequence[float], n_mels: int, sample_rate: int) -> np.ndarray:
     """Fractional mel band index of frequencies (librosa's Slaney mel centres, fmax = sr / 2)."""
-    import librosa
+    librosa = import_librosa()
 
     centres = librosa.mel_frequencies(n_mels + 2, fmax=sample_rate / 2)[1:-1]
     return np.interp(hz, centres, np.arange(n_mels))
