@@ -44,8 +44,8 @@ def worker(mode: str) -> None:
     librosa.onset.onset_detect(y=y, sr=16000)
 
 
-def _run(mode: str, cache: Path, locks: Path, delay: float) -> subprocess.Popen:
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), TAGGER_JAX_LOCK_DIR=str(locks))
+def _run(mode: str, cache: Path, delay: float) -> subprocess.Popen:
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))  # the lock goes there too
     code = (f"import time, sys; time.sleep({delay}); sys.path.insert(0, {str(ROOT)!r}); "
             f"from benchmarks.librosa_cache_race import worker; worker({mode!r})")
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
@@ -55,11 +55,11 @@ def _run(mode: str, cache: Path, locks: Path, delay: float) -> subprocess.Popen:
 def trial(mode: str, processes: int, stagger: float) -> tuple[int, bool, float]:
     """(concurrent processes that crashed, cache left corrupt, seconds)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cache, locks = Path(tmp) / "numba", Path(tmp) / "locks"
+        cache = Path(tmp) / "numba"
         start = time.perf_counter()
-        procs = [_run(mode, cache, locks, i * stagger) for i in range(processes)]
+        procs = [_run(mode, cache, i * stagger) for i in range(processes)]
         codes = [p.wait() for p in procs]
-        later = _run(mode, cache, locks, 0).wait()
+        later = _run(mode, cache, 0).wait()
         bad = [c for c in codes + [later] if c not in (0, -signal.SIGSEGV)]
         if bad:
             raise RuntimeError(f"a process failed otherwise than by SIGSEGV: {bad}")

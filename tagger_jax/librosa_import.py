@@ -13,14 +13,18 @@ of 4 trials, and in none of 4 through `import_librosa` (`benchmarks/librosa_cach
 docs/audio.md).
 
 `import_librosa()` imports librosa and those of its modules that compile gufuncs at import and
-that the project's calls load (`GUFUNC_MODULES`) under an inter-process file lock, once per cache: the first process compiles
-and writes the cache while the others wait (with a one-line note on stderr), then it leaves a
-marker, and later imports take no lock. The marker is keyed on the librosa and numba versions,
-librosa's files and $NUMBA_CACHE_DIR, the keys of numba's own cache; it sits with the lock in
-$TAGGER_JAX_LOCK_DIR (default: a per-user folder in the temporary directory). What it does not
-cover: deleting numba's cache files by hand while the marker stays (the next import compiles
-alone unless processes start together), and librosa >= 1.0 (Python >= 3.12), whose gufuncs
-compile on first call rather than at import.
+that the project's calls load (`GUFUNC_MODULES`) under an inter-process file lock, once per
+cache: the first process compiles and writes the cache while the others wait (with a one-line
+note on stderr), then it leaves a marker, and later imports take no lock as long as the marker
+and numba's cache files are both there. Lock and marker sit in numba's cache folder for
+librosa's `util/utils.py` (`numba_cache_dir`: $NUMBA_CACHE_DIR, else librosa's `__pycache__`,
+else numba's per-user folder, as numba chooses), so every process sharing that cache, on any
+host that sees the folder, shares the lock. The marker is keyed on what numba's cache entries
+depend on: the librosa and numba versions, librosa's source files, the CPU numba compiles for and
+$NUMBA_CACHE_DIR. If the lock cannot be used (a read-only folder, a file system without locks) or
+is held for over `LOCK_TIMEOUT_S`, librosa is imported without it, with a note on stderr. Not
+covered: scripts that import librosa directly while a first run fills the cache, and librosa
+versions whose gufuncs compile on first call rather than at import.
 """
 from __future__ import annotations
 
@@ -30,43 +34,71 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
-import tempfile
 from pathlib import Path
 from types import ModuleType
+from typing import Optional
 
-ENV_LOCK_DIR = "TAGGER_JAX_LOCK_DIR"
 # librosa 0.10/0.11 modules with `numba.guvectorize` signatures, compiled when imported, that the
-# project's calls load (librosa.beat has some too; the project never imports it).
-GUFUNC_MODULES = ("librosa.util.utils", "librosa.core.audio", "librosa.core.convert",
-                  "librosa.core.notation", "librosa.core.pitch")
+# project's calls load: peak picking and local extrema (util), zero crossings (core.audio),
+# parabolic interpolation (core.pitch). librosa.beat has some too; the project never imports it.
+GUFUNC_MODULES = ("librosa.util.utils", "librosa.core.audio", "librosa.core.pitch")
+LOCK_TIMEOUT_S = 900.0  # longer than compiling librosa's gufuncs on a slow 2-core machine
+MARKER = "tagger-jax-librosa-{key}.ok"
+LOCK = "tagger-jax-librosa-{key}.lock"
 
 
-def lock_dir() -> Path:
-    """$TAGGER_JAX_LOCK_DIR, else `<temporary directory>/tagger-jax-<uid>`."""
-    value = os.environ.get(ENV_LOCK_DIR, "").strip()
-    if value:
-        return Path(value).expanduser()
-    uid = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    return Path(tempfile.gettempdir()) / f"tagger-jax-{uid}"
+def _librosa_root() -> Optional[Path]:
+    spec = importlib.util.find_spec("librosa")  # a top-level name: imports nothing
+    return Path(spec.origin).resolve().parent if spec is not None and spec.origin else None
+
+
+def numba_cache_dir() -> Optional[Path]:
+    """The folder numba caches librosa's `util/utils.py` in, found by numba's own cache locators
+    in numba's order; None without librosa or numba, or if numba caches nowhere."""
+    root = _librosa_root()
+    source = root / "util" / "utils.py" if root else None
+    if source is None or not source.exists():
+        return None
+    try:
+        from numba.core import caching
+
+        locators = (caching.UserProvidedCacheLocator, caching.InTreeCacheLocator,
+                    caching.UserWideCacheLocator)
+    except (ImportError, AttributeError):
+        return None
+
+    def anchor() -> None:  # a function "defined" in that file, for the locators' interface
+        pass
+
+    for cls in locators:
+        locator = cls.from_function(anchor, str(source))
+        if locator is not None:
+            return Path(locator.get_cache_path())
+    return None
 
 
 def cache_key() -> str:
-    """What numba's cache of librosa depends on: versions, librosa's files (path and
-    modification time of each gufunc module's source) and $NUMBA_CACHE_DIR. 16 hex digits.
-    Imports nothing of librosa (a submodule's `find_spec` would import its package)."""
-    parts = [sys.version, os.environ.get("NUMBA_CACHE_DIR", "")]
+    """What numba's cache of librosa depends on (module docstring), as 16 hex digits. Imports
+    nothing of librosa (a submodule's `find_spec` would import its package)."""
+    parts = [sys.version, os.path.realpath(os.environ.get("NUMBA_CACHE_DIR") or "-"),
+             os.environ.get("NUMBA_CPU_NAME", ""), os.environ.get("NUMBA_CPU_FEATURES", "")]
     for dist in ("librosa", "numba"):
         try:
             parts.append(f"{dist} {importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:
             parts.append(f"{dist} missing")
-    spec = importlib.util.find_spec("librosa")
-    if spec is not None and spec.origin:
-        root = Path(spec.origin).parent
+    try:
+        from llvmlite import binding
+
+        parts += [binding.get_host_cpu_name(), binding.get_host_cpu_features().flatten()]
+    except Exception:  # noqa: BLE001 - no llvmlite, or one without these: the key still works
+        pass
+    root = _librosa_root()
+    if root is not None:
         for name in GUFUNC_MODULES:
             source = root.joinpath(*name.split(".")[1:]).with_suffix(".py")
             if source.exists():
-                parts.append(f"{source} {source.stat().st_mtime_ns}")
+                parts.append(f"{source} {source.stat().st_mtime_ns} {source.stat().st_size}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -75,38 +107,53 @@ def _import_gufunc_modules() -> ModuleType:
     for name in GUFUNC_MODULES:
         try:
             importlib.import_module(name)
-        except ModuleNotFoundError:  # another librosa layout: nothing there to compile
-            pass
+        except ModuleNotFoundError as e:
+            if e.name != name:  # a dependency of librosa is missing: say so
+                raise
     return librosa
 
 
-def import_librosa(directory: Path | None = None) -> ModuleType:
+def _note(message: str) -> None:
+    print(f"tagger-jax: {message}", file=sys.stderr, flush=True)
+
+
+def import_librosa(directory: Optional[Path] = None) -> ModuleType:
     """The `librosa` module, its gufuncs compiled (or loaded from numba's cache) by one process
-    at a time (module docstring). `directory` overrides `lock_dir()`. If the lock folder cannot
-    be created, librosa is imported without a lock."""
+    at a time (module docstring). `directory` (default `numba_cache_dir()`) holds the lock and
+    the marker; the marker counts only while numba's gufunc index files (`guf-*.nbi`) are there
+    too."""
     if all(name in sys.modules for name in ("librosa",) + GUFUNC_MODULES):
         return sys.modules["librosa"]  # compiled or loaded in this process already
+    directory = directory or numba_cache_dir()
+    if directory is None:  # numba writes no cache: nothing to corrupt
+        return _import_gufunc_modules()
+    key = cache_key()
+    marker = directory / MARKER.format(key=key)
+    if marker.exists() and any(directory.glob("guf-*.nbi")):
+        return _import_gufunc_modules()  # numba loads them from its cache
     import filelock  # not needed by the modules that import this one for their model code
 
-    directory = directory or lock_dir()
-    key = cache_key()
-    marker = directory / f"librosa-numba-{key}.ok"
-    if marker.exists():
-        return _import_gufunc_modules()  # numba loads them from its cache
+    lock_file = directory / LOCK.format(key=key)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return _import_gufunc_modules()
-    lock = filelock.FileLock(str(directory / f"librosa-numba-{key}.lock"))
-    try:
-        lock.acquire(timeout=0)
+        lock = filelock.FileLock(str(lock_file))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            _note(f"waiting for another process to fill librosa's numba cache ({lock_file})")
+            lock.acquire(timeout=LOCK_TIMEOUT_S)
     except filelock.Timeout:
-        print(f"tagger-jax: waiting for another process to fill librosa's numba cache "
-              f"(lock {lock.lock_file})", file=sys.stderr, flush=True)
-        lock.acquire()
+        _note(f"{lock_file} still held after {LOCK_TIMEOUT_S:.0f} s; importing librosa "
+              "without it")
+        return _import_gufunc_modules()
+    except (OSError, NotImplementedError) as e:
+        _note(f"cannot lock {lock_file} ({e}); importing librosa without the lock")
+        return _import_gufunc_modules()
     try:
         librosa = _import_gufunc_modules()
-        marker.touch()
+        try:
+            marker.touch()
+        except OSError as e:
+            _note(f"cannot write {marker} ({e}); the next import will take the lock again")
     finally:
         lock.release()
     return librosa

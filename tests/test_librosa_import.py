@@ -2,17 +2,19 @@
 
 The race itself (processes compiling at once leave a cache that crashes every later process) takes
 minutes of compilation to show: benchmarks/librosa_cache_race.py. Here: the lock, the marker and
-the wait, in subprocesses (this process has imported librosa already).
+the wait, in a subprocess (this process has imported librosa already) and in this process with
+the module list patched so that the import is not skipped.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import filelock
+import librosa  # lazy: loads none of its modules yet
+import pytest
 
 from tagger_jax import librosa_import
 
@@ -20,39 +22,88 @@ ROOT = Path(__file__).resolve().parents[1]
 IMPORT = ("import sys; from tagger_jax.librosa_import import GUFUNC_MODULES, import_librosa; "
           "from pathlib import Path; librosa = import_librosa(Path(sys.argv[1])); "
           "assert all(m in sys.modules for m in GUFUNC_MODULES); print(librosa.__version__)")
+WAITING = "waiting for another process to fill librosa's numba cache"
 
 
-def _start(lock_dir: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", IMPORT, str(lock_dir)], cwd=ROOT,
+def _lock(directory: Path) -> filelock.FileLock:
+    key = librosa_import.cache_key()
+    return filelock.FileLock(str(directory / librosa_import.LOCK.format(key=key)))
+
+
+def _marker(directory: Path) -> Path:
+    return directory / librosa_import.MARKER.format(key=librosa_import.cache_key())
+
+
+def _import_in_a_subprocess(directory: Path, hold: filelock.FileLock | None = None
+                            ) -> tuple[str, bool]:
+    """Runs IMPORT; while `hold` is given, keeps it locked until the child says it waits, checks
+    that the child does not finish meanwhile, then releases. (Its stderr, whether the marker was
+    there while it waited.)"""
+    proc = subprocess.Popen([sys.executable, "-c", IMPORT, str(directory)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _lock(lock_dir: Path) -> filelock.FileLock:
-    return filelock.FileLock(str(lock_dir / f"librosa-numba-{librosa_import.cache_key()}.lock"))
-
-
-def _marker(lock_dir: Path) -> Path:
-    return lock_dir / f"librosa-numba-{librosa_import.cache_key()}.ok"
+    marked_while_waiting = False
+    try:
+        err = []
+        if hold is not None:
+            with hold:
+                for line in proc.stderr:  # until the child says it waits (or ends)
+                    err.append(line)
+                    if WAITING in line:
+                        break
+                assert WAITING in "".join(err), "".join(err)[-3000:]
+                assert proc.poll() is None  # still waiting
+                marked_while_waiting = _marker(directory).exists()
+        out, rest = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, ("".join(err) + rest)[-3000:]
+    assert out.strip()  # librosa's version
+    return "".join(err) + rest, marked_while_waiting
 
 
 def test_first_import_waits_for_the_lock_then_marks_the_cache_filled(tmp_path):
-    lock_dir = tmp_path / "locks"
-    lock_dir.mkdir()
-    lock = _lock(lock_dir)
-    with lock:  # another process is filling the cache
-        proc = _start(lock_dir)
-        waiting = proc.stderr.readline()  # blocks until the first line (or the end)
-        assert "waiting for another process to fill librosa's numba cache" in waiting, waiting
-        time.sleep(1)
-        assert proc.poll() is None and not _marker(lock_dir).exists()
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
-    assert _marker(lock_dir).exists()
-    # Filled: later imports take no lock, even while someone holds it.
-    with lock:
-        proc = _start(lock_dir)
-        out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "waiting" not in err, err[-3000:]
+    _, marked = _import_in_a_subprocess(tmp_path, hold=_lock(tmp_path))
+    assert not marked and _marker(tmp_path).exists()  # marked once filled, not before
+    # The marker counts only with numba's cache files beside it: without them, lock again.
+    _import_in_a_subprocess(tmp_path, hold=_lock(tmp_path))
+    (tmp_path / "guf-utils.__peak_pick-1193.py311.nbi").write_bytes(b"")
+    with _lock(tmp_path):  # filled: no lock taken, even while someone holds it
+        assert WAITING not in _import_in_a_subprocess(tmp_path)[0]
+
+
+def test_the_modules_are_imported_while_the_lock_is_held(tmp_path, monkeypatch):
+    held = []
+
+    def import_modules():
+        # From another thread, a second lock of the file must fail while it is held.
+        t = threading.Thread(target=lambda: held.append(_try(_lock(tmp_path))))
+        t.start()
+        t.join()
+        return librosa
+
+    monkeypatch.setattr(librosa_import, "GUFUNC_MODULES", ("not.imported.here",))
+    monkeypatch.setattr(librosa_import, "_import_gufunc_modules", import_modules)
+    assert librosa_import.import_librosa(tmp_path) is librosa
+    assert held == [False] and _marker(tmp_path).exists()
+    assert _try(_lock(tmp_path))  # released afterwards
+
+
+def _try(lock: filelock.FileLock) -> bool:
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return False
+    lock.release()
+    return True
+
+
+def test_an_unusable_lock_still_imports_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(librosa_import, "GUFUNC_MODULES", ("not.imported.here",))
+    monkeypatch.setattr(librosa_import, "_import_gufunc_modules", lambda: librosa)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert librosa_import.import_librosa(a_file) is librosa  # no folder there
+    assert "cannot lock" in capsys.readouterr().err
 
 
 def test_the_key_follows_numba_cache_dir_and_is_stable(monkeypatch, tmp_path):
@@ -63,17 +114,21 @@ def test_the_key_follows_numba_cache_dir_and_is_stable(monkeypatch, tmp_path):
     assert librosa_import.cache_key() != key
 
 
-def test_lock_dir_from_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv(librosa_import.ENV_LOCK_DIR, str(tmp_path / "x"))
-    assert librosa_import.lock_dir() == tmp_path / "x"
-    monkeypatch.delenv(librosa_import.ENV_LOCK_DIR)
-    assert librosa_import.lock_dir().name == f"tagger-jax-{os.getuid()}"
+def test_the_lock_sits_in_numbas_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    from numba.core import config
+
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))  # numba read the variable at import
+    folder = librosa_import.numba_cache_dir()
+    # numba's subpath there: the source folder's name and a hash of its path
+    assert folder is not None and folder.parent == tmp_path and folder.name.startswith("util_")
 
 
-def test_an_unusable_lock_dir_still_imports(tmp_path):
-    path = tmp_path / "not_a_dir"
-    path.write_text("")
-    proc = _start(path / "locks")  # cannot be created under a file
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
-    assert out.strip()
+@pytest.mark.parametrize("name", librosa_import.GUFUNC_MODULES)
+def test_the_listed_modules_hold_numba_gufuncs(name):
+    import importlib
+
+    from numba.np.ufunc.gufunc import GUFunc
+
+    module = importlib.import_module(name)
+    assert any(isinstance(v, GUFunc) for v in vars(module).values()), name
