@@ -337,6 +337,11 @@ def _corrupt(step_dir, kind):
     return path
 
 
+# With a damaged data-iterator file, orbax abandons the array reads it had started; under pytest
+# their coroutines are collected on a closed event loop and reported as ~100 unraisable-exception
+# warnings. A plain process resuming from the same damage prints only the project's warning line
+# (checked 2026-12-02, orbax-checkpoint 0.12.8), so they are orbax-internal noise, filtered here only.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("kind", ["array", "metadata", "data"])
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, finished_run, capsys, kind):
     import shutil
