@@ -114,7 +114,10 @@ def _import_gufunc_modules() -> ModuleType:
 
 
 def _note(message: str) -> None:
-    print(f"tagger-jax: {message}", file=sys.stderr, flush=True)
+    """One line on stderr, on a line of its own even while a progress bar is drawn there."""
+    from tqdm import tqdm
+
+    tqdm.write(f"tagger-jax: {message}", file=sys.stderr)
 
 
 def import_librosa(directory: Optional[Path] = None) -> ModuleType:
@@ -139,7 +142,8 @@ def import_librosa(directory: Optional[Path] = None) -> ModuleType:
         try:
             lock.acquire(timeout=0)
         except filelock.Timeout:
-            _note(f"waiting for another process to fill librosa's numba cache ({lock_file})")
+            _note(f"waiting for another process to fill librosa's numba cache ({lock_file}); "
+                  "once per install, about a minute on 2 cores")
             lock.acquire(timeout=LOCK_TIMEOUT_S)
     except filelock.Timeout:
         _note(f"{lock_file} still held after {LOCK_TIMEOUT_S:.0f} s; importing librosa "
