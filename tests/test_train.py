@@ -22,6 +22,16 @@ from tagger_jax import checkpointing, optimizers, sharding, train_lib  # noqa: E
 from train_helpers import NUM_TAGS, TAGS, tiny_config, toy_data, toy_records  # noqa: E402
 
 
+# When a checkpoint is damaged, orbax abandons the array reads it had started; under pytest their
+# coroutines are collected later, on a closed event loop, and reported as up to ~100
+# unraisable-exception warnings in whichever test runs then. A plain process resuming from the
+# same damage prints only the project's warning line (checked 2026-12-02, orbax-checkpoint
+# 0.12.8): orbax-internal noise, filtered in this module only.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. (None|<coroutine object _read_array_index_and_device_put)"
+    ":pytest.PytestUnraisableExceptionWarning")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
     """A private persistent compilation cache, so the second full run reuses the first's programs."""
@@ -337,11 +347,6 @@ def _corrupt(step_dir, kind):
     return path
 
 
-# With a damaged data-iterator file, orbax abandons the array reads it had started; under pytest
-# their coroutines are collected on a closed event loop and reported as ~100 unraisable-exception
-# warnings. A plain process resuming from the same damage prints only the project's warning line
-# (checked 2026-12-02, orbax-checkpoint 0.12.8), so they are orbax-internal noise, filtered here only.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("kind", ["array", "metadata", "data"])
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, finished_run, capsys, kind):
     import shutil
