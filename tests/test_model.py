@@ -490,27 +490,43 @@ def test_bfloat16_explanations_deviate_boundedly():
         assert 0 < dev[name]["relative"] < 0.25, (name, dev[name])
 
 
-def test_vertical_convolutions_forward_and_gradient_match_both_formulations():
-    """The custom VJP (direct 2-D conv forward, row-gather backward) is one linear map."""
-    from tagger_jax.models.frontends import (_vertical_direct, _vertical_gather,
-                                             vertical_convolutions)
+@pytest.mark.parametrize("rows_per_block", [1, 3, 5, 8, 20])  # 8 rows: padded, exact, one block
+def test_vertical_convolutions_match_reference_and_xla_convolution(rows_per_block):
+    """The block-banded matmuls equal the float64 reference convolution, and their gradients
+    (plain autodiff) equal those of XLA's own 2-D convolution, for any block size."""
+    from jax import lax
+    from tagger_jax.models.frontends import vertical_convolutions
 
     rng = np.random.default_rng(5)
-    x = jnp.asarray(rng.normal(size=(2, 12, 10)), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(2, 12, 10)), jnp.float32)  # 12 bands, height 5: 8 rows
     kernels = tuple(jnp.asarray(rng.normal(size=(5, w, 1, f)), jnp.float32)
-                    for w, f in ((3, 2), (1, 4)))
+                    for w, f in ((3, 2), (1, 4), (7, 1)))
     x64 = np.asarray(x, np.float64)
     expected = np.concatenate([ref.conv2d_valid_freq_same_time(
         x64[:, None], np.asarray(k, np.float64).transpose(3, 2, 0, 1), np.zeros(k.shape[-1])
     ).transpose(0, 2, 3, 1) for k in kernels], -1)  # (B, rows, T, sum f), float64
-    got = vertical_convolutions(x, kernels)
+    got = vertical_convolutions(x, kernels, rows_per_block)
+    assert got.shape == (2, 8, 10, 7)
     np.testing.assert_allclose(got, expected, atol=1e-4)
-    np.testing.assert_allclose(got, _vertical_gather(x, kernels), atol=1e-5)
+
+    def xla_convolution(x, ks):  # (B, F, T, 1) NHWC against (height, w, 1, f) HWIO
+        return jnp.concatenate([lax.conv_general_dilated(
+            x[..., None], k, (1, 1), ((0, 0), (k.shape[1] // 2, k.shape[1] // 2)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC")) for k in ks], -1)
+    np.testing.assert_allclose(xla_convolution(x, kernels), expected, atol=1e-4)  # the layout
 
     def loss(f):
         return lambda x, ks: jnp.sum(jnp.sin(f(x, ks)))
-    custom = jax.grad(loss(vertical_convolutions), argnums=(0, 1))(x, kernels)
-    for f in (_vertical_gather, _vertical_direct):
-        plain = jax.grad(loss(f), argnums=(0, 1))(x, kernels)
-        for a, b in zip(jax.tree_util.tree_leaves(custom), jax.tree_util.tree_leaves(plain)):
-            np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+    ours = jax.grad(loss(lambda x, ks: vertical_convolutions(x, ks, rows_per_block)),
+                    argnums=(0, 1))(x, kernels)
+    xla = jax.grad(loss(xla_convolution), argnums=(0, 1))(x, kernels)
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(xla)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_vertical_convolutions_reject_a_kernel_taller_than_the_input():
+    from tagger_jax.models.frontends import vertical_convolutions
+
+    kernel = jnp.zeros((13, 3, 1, 2))
+    with pytest.raises(ValueError, match="height 13 needs at least 13 bands, got 12"):
+        vertical_convolutions(jnp.zeros((1, 12, 10)), (kernel,))

@@ -4,12 +4,12 @@ Layouts are channels-last (JAX's native one): spectrograms arrive as (batch, 96 
 waveforms as (batch, samples); front-ends return a sequence (batch, steps, channels).
 
 Speed: every branch keeps its own parameters, shaped and ordered as in the authors' code, but the
-single-input-channel convolutions are computed differently per phase, because XLA's CPU gradient
-of a one-input-channel 2-D convolution is about 10-80 times slower than its forward pass: the
-vertical branches run a direct 2-D convolution forward and differentiate the equal row-gather
-formulation (a custom VJP); the horizontal ones are one matmul of windows. The numbers are the
-same (tests/test_model.py checks every path against an independent float64 reference);
-docs/benchmarks.md has the measurements.
+single-input-channel convolutions are computed as matmuls, because XLA's CPU convolution of one
+input channel is slow, and its gradient with respect to the input about 10-80 times slower
+than its forward pass: the vertical branches are block-banded matmuls of frequency windows
+(`vertical_convolutions`), the horizontal ones one matmul of time windows. The numbers are the
+same up to float32 summation order (tests/test_model.py checks them against an independent
+float64 reference); docs/benchmarks.md has the measurements.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
-from jax import lax
 
 Dtype = Any
 
@@ -96,66 +95,65 @@ def _branch_params(module: nn.Module, height: int, widths: Sequence[int],
             for i, (w, f) in enumerate(zip(widths, features))]
 
 
-def _vertical_gather(x: jnp.ndarray, kernels: tuple[jnp.ndarray, ...]) -> jnp.ndarray:
-    """Vertical convolutions as row-gather + 1-D convolutions: the formulation of the backward pass.
-
-    x (B, F, T); kernels (height, w_i, 1, f_i). The `height` frequency rows under each kernel
-    position become channels (B, F - height + 1, T, height); each branch is then a 1-D "same"
-    convolution over time with `height` input channels. Returns (B, F - height + 1, T, sum f_i).
-    """
-    height = kernels[0].shape[0]
-    rows = x.shape[1] - height + 1
-    index = np.arange(rows)[:, None] + np.arange(height)[None, :]  # (rows, height)
-    patches = jnp.moveaxis(x[:, index], 2, 3)  # (B, rows, T, height)
-    outputs = []
-    for kernel in kernels:
-        w = kernel.shape[1]
-        outputs.append(lax.conv_general_dilated(
-            patches, jnp.transpose(kernel, (2, 1, 0, 3)), (1, 1), ((0, 0), (w // 2, w // 2)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC")))
-    return jnp.concatenate(outputs, axis=-1)
+# Output rows of a vertical convolution computed per matmul block (`vertical_convolutions`):
+# 20 was the fastest of 59 (one block), 30, 20, 12 and 6 for the main job's 38-band branches
+# (forward + gradient, batch 16 x 128 frames, c = 8) and within 10% of the fastest (12) for the
+# paper's (256 frames, c = 16); `benchmarks/vertical_convolutions.py`, docs/benchmarks.md.
+VERTICAL_ROWS_PER_BLOCK = 20
 
 
-def _vertical_direct(x: jnp.ndarray, kernels: tuple[jnp.ndarray, ...]) -> jnp.ndarray:
-    """Vertical convolutions as 2-D convolutions of the time-major (B, T, F, 1) spectrogram.
-
-    The faster forward formulation on CPU (docs/benchmarks.md); same output as
-    `_vertical_gather`, up to float32 summation order.
-    """
-    xt = jnp.swapaxes(x, 1, 2)[..., None]  # (B, T, F, 1)
-    outputs = []
-    for kernel in kernels:
-        w = kernel.shape[1]
-        outputs.append(lax.conv_general_dilated(
-            xt, jnp.swapaxes(kernel, 0, 1), (1, 1), ((w // 2, w // 2), (0, 0)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC")))
-    return jnp.swapaxes(jnp.concatenate(outputs, axis=-1), 1, 2)
+def _band_matrix(kernel: jnp.ndarray, block_rows: int) -> jnp.ndarray:
+    """(height, w, 1, f) kernel -> (w * span, block_rows * f) banded matrix, span = block_rows +
+    height - 1: entry [d * span + j, r * f + o] = kernel[j - r, d, 0, o] where 0 <= j - r <
+    height, else 0. A window of `span` bands x w frames times it gives `block_rows` output rows."""
+    height, width, _, features = kernel.shape
+    span = block_rows + height - 1
+    offset = np.arange(span)[:, None] - np.arange(block_rows)[None, :]  # (span, rows): j - r
+    inside = (offset >= 0) & (offset < height)
+    banded = jnp.where(inside[:, :, None, None], kernel[np.clip(offset, 0, height - 1), :, 0],
+                       0.0)  # (span, block_rows, w, f)
+    return jnp.transpose(banded, (2, 0, 1, 3)).reshape(width * span, block_rows * features)
 
 
-@jax.custom_vjp
-def vertical_convolutions(x: jnp.ndarray, kernels: tuple[jnp.ndarray, ...]) -> jnp.ndarray:
+def vertical_convolutions(x: jnp.ndarray, kernels: tuple[jnp.ndarray, ...],
+                          rows_per_block: int = VERTICAL_ROWS_PER_BLOCK) -> jnp.ndarray:
     """Parallel "valid in frequency, same in time" convolutions of a single-channel spectrogram.
 
-    x (B, F, T); kernels: a tuple of (height, w_i, 1, f_i) arrays of one height. Returns
-    (B, F - height + 1, T, sum f_i), the branches concatenated in order. The forward pass is a
-    plain 2-D convolution (`_vertical_direct`); its derivatives are those of the row-gather
-    formulation (`_vertical_gather`): the same linear map, but XLA's CPU gradient of a
-    one-input-channel 2-D convolution with respect to its input is 10-80 times slower than its
-    forward pass, while the gather form's gradient is fast.
+    x (B, F, T); kernels: a tuple of (height, w_i, 1, f_i) arrays of one height and odd widths.
+    Returns (B, F - height + 1, T, sum f_i), the branches concatenated in order: output row r,
+    frame t, channel o of branch i is sum_{j, d} x[r + j, t + d - w_i // 2] kernel_i[j, d, 0, o]
+    (zero outside the chunk in time), a cross-correlation as in PyTorch's `Conv2d`.
+
+    Computed as matmuls, not as a convolution: the output rows are cut into blocks of
+    `rows_per_block`; each block reads a window of rows_per_block + height - 1 bands x w_i
+    frames, and one banded matrix (`_band_matrix`, shared by all blocks) maps every window to
+    its block's rows. The zeros of the band cost (rows_per_block + height - 1) / height times
+    the convolution's multiply-adds, but the matmul and its two transposes (plain autodiff)
+    run at a matmul's rate, where XLA's CPU convolution of one input channel runs far slower
+    and its gradient with respect to the input slower still (docs/benchmarks.md).
     """
-    return _vertical_direct(x, kernels)
-
-
-def _vertical_fwd(x, kernels):
-    return _vertical_direct(x, kernels), (x, kernels)
-
-
-def _vertical_bwd(residuals, cotangent):
-    _, pullback = jax.vjp(_vertical_gather, *residuals)
-    return pullback(cotangent)
-
-
-vertical_convolutions.defvjp(_vertical_fwd, _vertical_bwd)
+    height = kernels[0].shape[0]
+    batch, bands, steps = x.shape
+    rows = bands - height + 1
+    if rows < 1:
+        raise ValueError(f"a vertical kernel of height {height} needs at least {height} bands, "
+                         f"got {bands}")
+    block_rows = min(rows_per_block, rows)
+    blocks = -(-rows // block_rows)
+    span = block_rows + height - 1
+    x = jnp.pad(x, ((0, 0), (0, blocks * block_rows - rows), (0, 0)))  # rows past F: dropped
+    outputs = []
+    for kernel in kernels:
+        width = kernel.shape[1]
+        padded = jnp.pad(x, ((0, 0), (0, 0), (width // 2, width // 2)))  # (B, F', T + w - 1)
+        windows = jnp.stack([padded[:, i * block_rows:i * block_rows + span]
+                             for i in range(blocks)], axis=1)  # (B, blocks, span, T + w - 1)
+        windows = jnp.concatenate([windows[..., d:d + steps] for d in range(width)], axis=2)
+        y = jnp.swapaxes(windows, 2, 3) @ _band_matrix(kernel, block_rows)  # (B, blocks, T, .)
+        y = y.reshape(batch, blocks, steps, block_rows, -1)
+        outputs.append(jnp.transpose(y, (0, 1, 3, 2, 4)).reshape(
+            batch, blocks * block_rows, steps, -1)[:, :rows])
+    return jnp.concatenate(outputs, axis=-1)
 
 
 class VerticalBranches(nn.Module):
@@ -163,8 +161,8 @@ class VerticalBranches(nn.Module):
 
     Branch i owns `kernel_i` (height, widths[i], 1, features[i]) and `bias_i`; the convolution is
     "valid" in frequency and "same" in time, and the branches' outputs are concatenated:
-    (B, F - height + 1, T, sum(features)). Computed by `vertical_convolutions` (a direct 2-D
-    convolution forward, the row-gather formulation's backward).
+    (B, F - height + 1, T, sum(features)). Computed by `vertical_convolutions` (block-banded
+    matmuls).
     """
 
     height: int
