@@ -21,7 +21,9 @@ followed by the front-end's BatchNorm statistics, ReLU and maximum over rows (as
 them), with respect to the input and the kernels. Part 2 (unless --no-step) times the forward
 and backward pass of the main job's training loss (configs/soundfont_cpu.py's model, clip BCE +
 10 x frame BCE, batch 16 x 128 frames) with the package's formulation against `previous`,
-substituted at trace time. Rounds interleave the contenders (each runs 3 times per round);
+substituted at trace time. Part 1 first checks every contender's forward output and gradient
+against `xla`'s. Rounds interleave the contenders (each runs 3 times per round, in an order
+that rotates from round to round);
 printed: median and range over rounds in ms, the ratio to the package's default per round
 (median and range), the load average before and after, and the device.
 
@@ -78,6 +80,7 @@ def previous_formulation():
 
 
 def xla_formulation(x, kernels):
+    """(B, F, T) -> (B, rows, T, sum f) with `lax.conv_general_dilated` (NHWC / HWIO)."""
     import jax.numpy as jnp
     from jax import lax
     return jnp.concatenate([lax.conv_general_dilated(
@@ -86,10 +89,13 @@ def xla_formulation(x, kernels):
 
 
 def _interleave(runs: dict, rounds: int, reference: str) -> list[str]:
-    """Time every run `rounds` times in turn (3 calls each); table rows in ms and ratios."""
+    """Time every run `rounds` times in turn (3 calls each; the order rotates by one each
+    round, so no contender always runs first); table rows in ms and ratios."""
     times = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
+    names = list(runs)
+    for i in range(rounds):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            run = runs[name]
             start = time.perf_counter()
             for _ in range(3):
                 run()
@@ -152,11 +158,15 @@ def main(argv=None) -> int:
             return loss
 
         runs_fwd, runs_grad = {}, {}
+        expected_grad = jax.grad(head(xla_formulation), argnums=(0, 1))(x, kernels)
         for name, f in contenders.items():
             fwd, grad = jax.jit(f), jax.jit(jax.grad(head(f), argnums=(0, 1)))
             err = float(np.max(np.abs(np.asarray(fwd(x, kernels)) - expected)))
             assert err < 1e-3 * np.max(np.abs(expected)), (name, err)
-            jax.block_until_ready(grad(x, kernels))
+            for a, b in zip(jax.tree_util.tree_leaves(grad(x, kernels)),
+                            jax.tree_util.tree_leaves(expected_grad)):
+                err = float(jnp.max(jnp.abs(a - b)))
+                assert err < 1e-3 * float(jnp.max(jnp.abs(b))), (name, "gradient", err)
             runs_fwd[name] = (lambda fwd: lambda: jax.block_until_ready(fwd(x, kernels)))(fwd)
             runs_grad[name] = (lambda g: lambda: jax.block_until_ready(g(x, kernels)))(grad)
         for phase, runs in (("forward", runs_fwd), ("gradient", runs_grad)):

@@ -493,7 +493,8 @@ def test_bfloat16_explanations_deviate_boundedly():
 def test_vertical_convolutions_match_reference_and_xla_convolution():
     """The block-banded matmuls equal the float64 reference convolution, and their gradients
     (plain autodiff) equal those of XLA's own 2-D convolution, for blocks of 3 rows (the last
-    one padded), 4 (dividing the 8 rows) and 8 (all rows in one block)."""
+    one padded), 4 (dividing the 8 rows), 8 (all rows in one block) and 20 (more than all);
+    bfloat16 in, bfloat16 out."""
     from jax import lax
     from tagger_jax.models.frontends import vertical_convolutions
 
@@ -516,17 +517,21 @@ def test_vertical_convolutions_match_reference_and_xla_convolution():
                                           argnums=(0, 1)))
     np.testing.assert_allclose(xla_convolution(x, kernels), expected, atol=1e-4)  # the layout
     _, xla = value_and_grad(xla_convolution)(x, kernels)
-    for rows_per_block in (3, 4, 8):
-        got = jax.jit(vertical_convolutions, static_argnums=2)(x, kernels, rows_per_block)
+    for rows_per_block in (3, 4, 8, 20):
+        got = vertical_convolutions(x, kernels, rows_per_block)
         assert got.shape == (2, 8, 10, 7)
         np.testing.assert_allclose(got, expected, atol=1e-4)
         _, ours = value_and_grad(lambda x, ks: vertical_convolutions(x, ks, rows_per_block))(
             x, kernels)
         for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(xla)):
             np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+    half = vertical_convolutions(x.astype(jnp.bfloat16),
+                                 tuple(k.astype(jnp.bfloat16) for k in kernels))
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(half, np.float32), expected, atol=0.25, rtol=0.05)
 
 
-def test_vertical_convolutions_reject_tall_kernels_and_even_widths():
+def test_vertical_convolutions_reject_bad_kernels_and_block_sizes():
     from tagger_jax.models.frontends import vertical_convolutions
 
     with pytest.raises(ValueError, match="height 13 needs at least 13 bands, got 12"):
@@ -534,3 +539,10 @@ def test_vertical_convolutions_reject_tall_kernels_and_even_widths():
     with pytest.raises(ValueError, match=r"odd widths, got \[3, 4\]"):
         vertical_convolutions(jnp.zeros((1, 12, 10)),
                               (jnp.zeros((5, 3, 1, 2)), jnp.zeros((5, 4, 1, 2))))
+    with pytest.raises(ValueError, match=r"one height and one input channel.*\(6, 1, 1, 2\)"):
+        vertical_convolutions(jnp.zeros((1, 12, 10)),
+                              (jnp.zeros((5, 3, 1, 2)), jnp.zeros((6, 1, 1, 2))))
+    with pytest.raises(ValueError, match="one height and one input channel"):
+        vertical_convolutions(jnp.zeros((1, 12, 10)), (jnp.zeros((5, 3, 2, 2)),))
+    with pytest.raises(ValueError, match="rows_per_block must be at least 1, got 0"):
+        vertical_convolutions(jnp.zeros((1, 12, 10)), (jnp.zeros((5, 3, 1, 2)),), 0)

@@ -97,9 +97,9 @@ def _branch_params(module: nn.Module, height: int, widths: Sequence[int],
 
 
 # Output rows of a vertical convolution computed per matmul block (`vertical_convolutions`):
-# of 59 (one block), 30, 20, 12 and 6, 20 was the fastest or within 4% of it for the 38-band
-# branches, forward and gradient, in the main job's geometry (batch 16 x 128 frames, c = 8) and
-# the paper's (256 frames, c = 16); `benchmarks/vertical_convolutions.py`, docs/benchmarks.md.
+# of 59 (one block), 30, 20, 12 and 6, 20 was the fastest or within the round-to-round noise of
+# the fastest for the main job's 38-band branches (batch 16 x 128 frames, c = 8), forward and
+# gradient, in three paired runs of `benchmarks/vertical_convolutions.py` (docs/benchmarks.md).
 VERTICAL_ROWS_PER_BLOCK = 20
 
 
@@ -128,40 +128,42 @@ def vertical_convolutions(x: jnp.ndarray, kernels: tuple[jnp.ndarray, ...],
 
     Computed as matmuls, not as a convolution: the output rows are cut into blocks of
     `rows_per_block`; each block reads a window of rows_per_block + height - 1 bands x w_i
-    frames (cut from one padded copy of the input), and one banded
-    matrix per branch (`_band_matrix`, shared by all blocks) maps every window to its block's
-    rows. The zeros of the band cost (rows_per_block + height - 1) / height times the
+    frames, and one banded matrix per branch (`_band_matrix`, shared by all blocks) maps every
+    window to its block's rows. The zeros of the band cost (rows_per_block + height - 1) / height times the
     convolution's multiply-adds, but the matmul and its two transposes (plain autodiff) run at
     a matmul's rate, where XLA's CPU convolution of one input channel runs far slower and its
     gradient with respect to the input slower still (docs/benchmarks.md). Errors: ValueError
-    for a kernel taller than the input or of even width.
+    for kernels of different heights or with more than one input channel, a kernel taller than
+    the input or of even width, and rows_per_block < 1.
     """
     height = kernels[0].shape[0]
     batch, bands, steps = x.shape
     rows = bands - height + 1
+    if any(k.shape[0] != height or k.shape[2] != 1 for k in kernels):
+        raise ValueError("vertical kernels need one height and one input channel, got shapes "
+                         f"{[tuple(k.shape) for k in kernels]}")
     if rows < 1:
         raise ValueError(f"a vertical kernel of height {height} needs at least {height} bands, "
                          f"got {bands}")
     if any(k.shape[1] % 2 == 0 for k in kernels):
         raise ValueError(f"vertical kernels need odd widths, got {[k.shape[1] for k in kernels]}")
+    if rows_per_block < 1:
+        raise ValueError(f"rows_per_block must be at least 1, got {rows_per_block}")
     block_rows = min(rows_per_block, rows)
     blocks = -(-rows // block_rows)
     span = block_rows + height - 1
-    widest = max(k.shape[1] for k in kernels)
-    padded = jnp.pad(x, ((0, 0), (0, blocks * block_rows - rows),  # rows past F: dropped below
-                         (widest // 2, widest // 2)))  # (B, F', T + widest - 1)
-    blocked = jnp.stack([padded[:, i * block_rows:i * block_rows + span]
-                         for i in range(blocks)], axis=1)  # (B, blocks, span, T + widest - 1)
+    x = jnp.pad(x, ((0, 0), (0, blocks * block_rows - rows), (0, 0)))  # rows past F: dropped
     outputs = []
     for kernel in kernels:
         width = kernel.shape[1]
-        skip = (widest - width) // 2  # a narrower kernel reads the middle frames
-        windows = jnp.concatenate([blocked[..., skip + d:skip + d + steps]
-                                   for d in range(width)], axis=2)  # (B, blocks, w * span, T)
+        padded = jnp.pad(x, ((0, 0), (0, 0), (width // 2, width // 2)))  # (B, F', T + w - 1)
+        windows = jnp.stack([padded[:, i * block_rows:i * block_rows + span]
+                             for i in range(blocks)], axis=1)  # (B, blocks, span, T + w - 1)
+        windows = jnp.concatenate([windows[..., d:d + steps] for d in range(width)], axis=2)
         y = jnp.swapaxes(windows, 2, 3) @ _band_matrix(kernel, block_rows)  # (B, blocks, T, .)
         y = jnp.transpose(y.reshape(batch, blocks, steps, block_rows, -1), (0, 1, 3, 2, 4))
         outputs.append(y.reshape(batch, blocks * block_rows, steps, -1)[:, :rows])
-    return jnp.concatenate(outputs, axis=-1)  # (transposing the concatenation was slower)
+    return jnp.concatenate(outputs, axis=-1)
 
 
 class VerticalBranches(nn.Module):
