@@ -4,9 +4,9 @@
 
 Builds configs/soundfont_cpu.py's model with no tempo branch, the single-band branch, the same
 with a 64-unit hidden layer, and the band variant with it (same input, labels and frame targets;
-each its own random weights), jits the forward and backward pass of the training loss (clip BCE
-+ 10 x frame BCE, as the main job trains) and times them interleaved: each round runs every
-variant 5 times in turn. Prints the median and range over rounds per variant, with the load
+each its own random weights), jits the forward and backward pass of the training loss
+(`main_job_loss`: clip BCE + frame_loss_weight x frame BCE, as the main job trains) and times
+them interleaved: each round runs every variant 5 times in turn. Prints the median and range over rounds per variant, with the load
 average before and after.
 """
 from __future__ import annotations
@@ -26,6 +26,21 @@ VARIANTS = (("no tempo branch", "none", 0), ("single band", "onset_autocorrelati
             ("bands + hidden 64", "onset_autocorrelation_bands", 64))
 
 
+def main_job_loss(model, config, x, y, target):
+    """The main job's training loss on one batch as a function of (params, batch_stats): the
+    package's `train_state.loss_fn` on the tag logits plus `config.train.frame_loss_weight`
+    times it on the frame logits (what `train_state.make_train_step` differentiates), in train
+    mode. x (B, 96, T) log-mel, y (B, tags), target (B, T, tags) frame activity."""
+    from tagger_jax.train_state import loss_fn
+
+    def loss(params, stats):
+        (logits, frame_logits), _ = model.apply(
+            {"params": params, "batch_stats": stats}, x, train=True, return_frame_logits=True,
+            mutable=["batch_stats"])
+        return loss_fn(logits, y) + config.train.frame_loss_weight * loss_fn(frame_logits, target)
+    return loss
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=8)
@@ -34,7 +49,6 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
 
     from tagger_jax.config_base import config_file
     from tagger_jax.models import build_model
@@ -52,14 +66,7 @@ def main(argv=None) -> int:
         model = build_model(model_config, tags)
         variables = model.init(jax.random.PRNGKey(0), x)
 
-        def loss(params, stats):
-            (logits, frame_logits), _ = model.apply(
-                {"params": params, "batch_stats": stats}, x, train=True,
-                return_frame_logits=True, mutable=["batch_stats"])
-            return (optax.sigmoid_binary_cross_entropy(logits, y).mean()
-                    + 10 * optax.sigmoid_binary_cross_entropy(frame_logits, target).mean())
-
-        step = jax.jit(jax.value_and_grad(loss))
+        step = jax.jit(jax.value_and_grad(main_job_loss(model, config, x, y, target)))
         run = lambda: jax.block_until_ready(step(variables["params"], variables["batch_stats"]))
         run()
         run()

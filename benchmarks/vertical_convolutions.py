@@ -19,9 +19,9 @@ c, 2c and 4c channels. Contenders, on the same input and kernels:
 Part 1 times each branch height alone: forward, and the gradient of a loss through the branches
 followed by the front-end's BatchNorm statistics, ReLU and maximum over rows (as the model uses
 them), with respect to the input and the kernels. Part 2 (unless --no-step) times the forward
-and backward pass of the main job's training loss (configs/soundfont_cpu.py's model, clip BCE +
-10 x frame BCE, batch 16 x 128 frames) with the package's formulation against `previous`,
-substituted at trace time. Part 1 first checks every contender's forward output and gradient
+and backward pass of the main job's training loss (configs/soundfont_cpu.py's model and loss,
+`tempo_branch_cost.main_job_loss`, batch 16 x 128 frames) with the package's formulation
+against `previous`, substituted at trace time. Part 1 first checks every contender's forward output and gradient
 against `xla`'s. Rounds interleave the contenders (each runs 3 times per round, in an order
 that rotates from round to round);
 printed: median and range over rounds in ms, the ratio to the package's default per round
@@ -185,8 +185,7 @@ def main_job_step(rounds: int, previous) -> list[str]:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
-
+    from benchmarks.tempo_branch_cost import main_job_loss
     from tagger_jax.config_base import config_file
     from tagger_jax.models import build_model, frontends
 
@@ -199,12 +198,7 @@ def main_job_step(rounds: int, previous) -> list[str]:
     model = build_model(config.model, tags)
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
 
-    def loss(params, stats):
-        (logits, frame_logits), _ = model.apply(
-            {"params": params, "batch_stats": stats}, x, train=True,
-            return_frame_logits=True, mutable=["batch_stats"])
-        return (optax.sigmoid_binary_cross_entropy(logits, y).mean()
-                + 10 * optax.sigmoid_binary_cross_entropy(frame_logits, target).mean())
+    loss = main_job_loss(model, config, x, y, target)
 
     package = frontends.vertical_convolutions
     runs, grads = {}, {}
