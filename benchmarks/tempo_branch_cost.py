@@ -3,11 +3,11 @@
     python benchmarks/tempo_branch_cost.py [--rounds 8] [--batch 16]
 
 Builds configs/soundfont_cpu.py's model with no tempo branch, the single-band branch, the same
-with a 64-unit hidden layer, and the band variant with it (same input, labels and frame targets;
-each its own random weights), jits the forward and backward pass of the training loss
+with a 64-unit hidden layer, and the band variant with it (same input, labels and frame
+targets; each its own random weights), jits the forward and backward pass of the training loss
 (`main_job_loss`: clip BCE + frame_loss_weight x frame BCE, as the main job trains) and times
-them interleaved: each round runs every variant 5 times in turn. Prints the median and range over rounds per variant, with the load
-average before and after.
+them interleaved: each round runs every variant 5 times in turn. Prints the median and range
+over rounds per variant, with the load average before and after.
 """
 from __future__ import annotations
 

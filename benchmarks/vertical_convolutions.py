@@ -21,11 +21,11 @@ followed by the front-end's BatchNorm statistics, ReLU and maximum over rows (as
 them), with respect to the input and the kernels. Part 2 (unless --no-step) times the forward
 and backward pass of the main job's training loss (configs/soundfont_cpu.py's model and loss,
 `tempo_branch_cost.main_job_loss`, batch 16 x 128 frames) with the package's formulation
-against `previous`, substituted at trace time. Part 1 first checks every contender's forward output and gradient
-against `xla`'s. Rounds interleave the contenders (each runs 3 times per round, in an order
-that rotates from round to round);
-printed: median and range over rounds in ms, the ratio to the package's default per round
-(median and range), the load average before and after, and the device.
+against `previous`, substituted at trace time. Part 1 first checks every contender's forward
+output and gradient against `xla`'s. Rounds interleave the contenders (each runs 3 times per
+round, in an order that rotates from round to round); printed: median and range over rounds in
+ms, the ratio to the package's default per round (median and range), the load average before
+and after, and the device.
 
 Geometry `main`: batch 16, 128 frames, c = 8 (the main job); `paper`: batch 16, 256 frames,
 c = 16 (the authors' model).
@@ -220,7 +220,8 @@ def main_job_step(rounds: int, previous) -> list[str]:
     return [f"main job's training loss, forward + backward (batch 16 x {frames}; largest "
             f"gradient difference between the two, relative to the largest gradient entry: "
             f"{worst:.1e}):",
-            "| formulation | median ms | range | ratio to the package (range) |", "|---|---:|---|---|",
+            "| formulation | median ms | range | ratio to the package (range) |",
+            "|---|---:|---|---|",
             *_interleave(runs, rounds, "banded (the package)")]
 
 
