@@ -62,4 +62,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from tagger_jax.huge_pages import reexec_with_huge_pages
+
+    reexec_with_huge_pages()  # tagger_jax/huge_pages.py: why
     sys.exit(main(sys.argv[1:]))

@@ -69,5 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     return errors.guarded(_dispatch, args)
 
 
+def console() -> int:
+    """The `tagger-jax` console script: `main` on the command line, in a process re-executed with
+    transparent huge pages for XLA's buffers where that helps (`tagger_jax.huge_pages`)."""
+    from tagger_jax.huge_pages import reexec_with_huge_pages
+
+    reexec_with_huge_pages()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

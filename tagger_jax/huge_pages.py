@@ -1,0 +1,76 @@
+"""Transparent huge pages for XLA:CPU's buffers: re-executes a command once with glibc asked for them.
+
+XLA:CPU allocates every execution's temporaries and outputs with `posix_memalign`; glibc serves
+allocations this large (the main job's training step asks for a 1.4 GB temporary block and
+several of about 100 MB per step) with fresh `mmap`s and returns them with `munmap`, so the
+pages the step touches are faulted in again on every step. With the kernel's transparent huge
+pages in "madvise" mode (/sys/kernel/mm/transparent_hugepage/enabled), those faults are 4 KiB
+each: on the project's 2-core machine the main job's training took about 70,000 page faults per
+second, and a quarter of the CPU time went to the kernel. glibc's tunable `glibc.malloc.hugetlb=1`
+(glibc 2.35 and later; "Memory Allocation Tunables" in the glibc manual) makes malloc advise its
+mappings for transparent huge pages, so they fault in 2 MiB at a time; the same training step ran
+about 1.6 times as fast (benchmarks/huge_pages.py, paired; docs/benchmarks.md). Results are
+bitwise the same: only where the buffers' pages come from changes.
+
+glibc reads its tunables once, when a process starts, so a running Python process cannot turn
+this on for itself: `reexec_with_huge_pages` executes the same command line again with
+`GLIBC_TUNABLES` set, before anything heavy is imported. The command-line entry points
+(train.py, evaluate.py, explain.py, the `tagger-jax` console script) call it first thing. It does
+nothing when `GLIBC_TUNABLES` is already set (set it to anything, e.g.
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=0`, to keep a command from re-executing itself), off Linux,
+on another C library or a glibc older than 2.35, and when the kernel's mode is "always" (every
+large mapping gets huge pages already) or "never" (none can). Library users who drive training
+from their own Python process set the variable before starting it.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+ENV = "GLIBC_TUNABLES"
+TUNABLE = "glibc.malloc.hugetlb=1"  # madvise(MADV_HUGEPAGE) on malloc's mappings
+MIN_GLIBC = (2, 35)  # the first glibc with glibc.malloc.hugetlb
+THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def thp_mode(path: Path = THP_ENABLED) -> str | None:
+    """The kernel's transparent-huge-page mode, the bracketed word of `path` ("always",
+    "madvise" or "never"); None where the file is missing or unreadable (not Linux, no THP)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else None
+
+
+def should_reexec(environ: Mapping[str, str], libc: tuple[str, str], mode: str | None) -> bool:
+    """Whether a process with this environment, C library (`platform.libc_ver()`) and
+    transparent-huge-page mode gains from re-executing itself with `TUNABLE` set: only when the
+    mode is "madvise", the C library is glibc >= `MIN_GLIBC` and `ENV` is not set (the user's
+    own setting is kept, and a re-executed process does not do it again)."""
+    if ENV in environ or mode != "madvise":
+        return False
+    name, version = libc
+    try:
+        parsed = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        return False
+    return name == "glibc" and parsed >= MIN_GLIBC
+
+
+def reexec_with_huge_pages() -> None:
+    """Replaces this process by the same command line (`sys.orig_argv`) with `ENV` set to
+    `TUNABLE`, when `should_reexec` says it gains from it; otherwise returns. Call it first
+    thing in a program's entry point: whatever ran before is run again."""
+    if not sys.platform.startswith("linux") or not sys.executable:
+        return
+    if not should_reexec(os.environ, platform.libc_ver(), thp_mode()):
+        return
+    env = dict(os.environ, **{ENV: TUNABLE})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, list(sys.orig_argv), env)
