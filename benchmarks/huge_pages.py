@@ -37,7 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CONTENDERS = {"4 KiB pages (glibc default)": None, "huge pages (glibc.malloc.hugetlb=1)": "glibc.malloc.hugetlb=1"}
+CONTENDERS = {"4 KiB pages (glibc default)": None,  # name: GLIBC_TUNABLES
+              "huge pages (glibc.malloc.hugetlb=1)": "glibc.malloc.hugetlb=1"}
 
 
 def child(steps: int, batch: int) -> dict:

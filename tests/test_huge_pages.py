@@ -107,3 +107,4 @@ def test_console_script_reexecs_before_main(monkeypatch):
     assert cli.console() == 0 and calls == ["reexec", "main"]
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'tagger-jax = "tagger_jax.cli:console"' in pyproject
+
