@@ -19,6 +19,16 @@ ratio (per round, with its range); the load average before and after; and whethe
 contenders' parameters after the timed steps are bitwise equal (they must be: only where the
 buffers' pages come from changes). Needs the data stack's ml_collections for the config (a CPU
 benchmark; the GPU machine has no such page faults to remove).
+
+    python benchmarks/huge_pages.py --loop 2 [--rounds 3]
+
+times the training loop itself instead: each process is train.py with the main job's config for
+2 epochs in a fresh temporary workdir (data order, batches from the built `soundfont_tags`,
+metrics, checkpoints; validation and test after training are not timed), its clips/s the median
+of the training windows it logs in metrics.jsonl (the first window, which holds compilation,
+left out), and "bitwise equal" compares the final training loss. The baseline process gets
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=0` (glibc's default), which also keeps train.py from
+re-executing itself.
 """
 from __future__ import annotations
 
@@ -84,10 +94,30 @@ def child(steps: int, batch: int) -> dict:
     return {"clips_per_s": batch / statistics.median(times),
             "faults_per_step": (after.ru_minflt - usage.ru_minflt) / steps,
             "kernel_share": (after.ru_stime - usage.ru_stime) / cpu if cpu else float("nan"),
-            "params_sha256": digest, "loss": float(metrics["loss"])}
+            "digest": digest, "loss": float(metrics["loss"])}
+
+
+def run_loop(tunable: str | None, args, cache: str) -> dict:
+    """train.py for `args.loop` epochs of the main job in a temporary workdir."""
+    env = dict(os.environ, TAGGER_JAX_COMPILATION_CACHE=cache,
+               GLIBC_TUNABLES=tunable or "glibc.malloc.hugetlb=0")
+    with tempfile.TemporaryDirectory() as workdir:
+        subprocess.run([sys.executable, str(ROOT / "train.py"), "--config",
+                        str(ROOT / "configs" / "soundfont_cpu.py"), "--workdir", workdir,
+                        f"--config.train.num_epochs={args.loop}",
+                        f"--config.train.eval_every_epochs={args.loop}",
+                        "--config.train.progress_bar=False", "--config.train.test_baseline=False",
+                        "--config.train.test_after_training=False"],
+                       env=env, check=True, capture_output=True, text=True)
+        rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").open()]
+    train = [r for r in rows if r.get("split") == "train" and "clips_per_second" in r]
+    return {"clips_per_s": statistics.median(r["clips_per_second"] for r in train[1:]),
+            "digest": repr(train[-1]["loss"])}
 
 
 def run_child(tunable: str | None, args, cache: str) -> dict:
+    if args.loop:
+        return run_loop(tunable, args, cache)
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     env["TAGGER_JAX_COMPILATION_CACHE"] = cache
     if tunable:
@@ -107,6 +137,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=24, help="timed steps per process")
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--loop", type=int, default=0, metavar="EPOCHS",
+                   help="time train.py's loop for this many epochs instead of the bare step")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -118,29 +150,35 @@ def main(argv=None) -> int:
                 .splitlines() if line.startswith("model name")), platform.processor())
     print(f"{cpu}, {os.cpu_count()} cores, {platform.libc_ver()[0]} {platform.libc_ver()[1]}, "
           f"transparent huge pages: {thp_mode()}, load {os.getloadavg()}")
-    print(f"main job's training step (configs/soundfont_cpu.py), batch {args.batch}, "
-          f"{args.steps} timed steps per process, {args.rounds} rounds")
+    if args.loop:
+        print(f"main job's training loop (train.py, configs/soundfont_cpu.py), {args.loop} "
+              f"epochs per process, {args.rounds} rounds")
+    else:
+        print(f"main job's training step (configs/soundfont_cpu.py), batch {args.batch}, "
+              f"{args.steps} timed steps per process, {args.rounds} rounds")
     names = list(CONTENDERS)
     results: dict[str, list[dict]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as cache:
-        run_child(None, argparse.Namespace(steps=1, batch=args.batch), cache)  # fill the cache
+        run_child(None, argparse.Namespace(steps=1, batch=args.batch, loop=min(args.loop, 1)),
+                  cache)  # fill the compilation cache
         for r in range(args.rounds):
             for name in (names if r % 2 == 0 else names[::-1]):
                 results[name].append(run_child(CONTENDERS[name], args, cache))
             print(f"round {r + 1}: " + ", ".join(
                 f"{n.split(' (')[0]} {results[n][-1]['clips_per_s']:.1f} clips/s" for n in names),
                 flush=True)
-    print(f"{'contender':<38} {'clips/s, median (range)':>24} {'faults/step':>12} "
-          f"{'kernel CPU':>11}")
+    print(f"{'contender':<38} {'clips/s, median (range)':>24}" + (
+        "" if args.loop else f" {'faults/step':>12} {'kernel CPU':>11}"))
     for n in names:
         rows = results[n]
-        print(f"{n:<38} {fmt([x['clips_per_s'] for x in rows]):>24} "
-              f"{statistics.median(x['faults_per_step'] for x in rows):>12.0f} "
-              f"{100 * statistics.median(x['kernel_share'] for x in rows):>10.0f}%")
+        print(f"{n:<38} {fmt([x['clips_per_s'] for x in rows]):>24}" + ("" if args.loop else (
+            f" {statistics.median(x['faults_per_step'] for x in rows):>12.0f}"
+            f" {100 * statistics.median(x['kernel_share'] for x in rows):>10.0f}%")))
     ratios = [b["clips_per_s"] / a["clips_per_s"] for a, b in zip(*results.values())]
     print(f"paired ratio (huge / default), per round: {fmt(ratios, '.2f')}")
-    digests = {x["params_sha256"] for rows in results.values() for x in rows}
-    print(f"parameters after the timed steps bitwise equal in every process: {len(digests) == 1}")
+    digests = {x["digest"] for rows in results.values() for x in rows}
+    what = "final training loss" if args.loop else "parameters after the timed steps"
+    print(f"{what} bitwise equal in every process: {len(digests) == 1}")
     print(f"load average after: {os.getloadavg()}")
     return 0 if len(digests) == 1 else 1
 

@@ -9,9 +9,9 @@ each: on the project's 2-core machine the main job's training took about 70,000 
 second, and a quarter of the CPU time went to the kernel. glibc's tunable `glibc.malloc.hugetlb=1`
 (glibc 2.35 and later; "Memory Allocation Tunables" in the glibc manual) makes malloc advise its
 mappings for transparent huge pages, so they fault in 2 MiB at a time: the main job's training
-step runs 1.35 times as fast (benchmarks/huge_pages.py, paired; docs/benchmarks.md) and its
-training loop went from 39 to 77 clips/s. Results are bitwise the same: only where the buffers'
-pages come from changes.
+step and its training loop run 1.35 and 1.36 times as fast (benchmarks/huge_pages.py, paired;
+docs/benchmarks.md). Results are bitwise the same: only where the buffers' pages come from
+changes.
 
 glibc reads its tunables once, when a process starts, so a running Python process cannot turn
 this on for itself: `reexec_with_huge_pages` executes the same command line again with
