@@ -20,4 +20,5 @@ def get_config():
         "p_mix": 0.3})  # two clips, instrument labels unioned
     config.data.augment_mix_exclude = ("fast", "slow", "loud", "quiet")  # clip-wide tags
     config.train.num_epochs = 16  # as measured (the main job's schedule before it moved to 32)
+    config.train.eval_every_epochs = 16  # validate once, at the end, as measured
     return config

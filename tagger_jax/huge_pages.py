@@ -64,20 +64,36 @@ def should_reexec(environ: Mapping[str, str], libc: tuple[str, str], mode: str |
     return name == "glibc" and parsed >= MIN_GLIBC
 
 
+def is_the_program() -> bool:
+    """Whether the running entry point is this process's own command line: its arguments
+    (`sys.argv[1:]`) end the interpreter's (`sys.orig_argv`), and no interactive shell (IPython,
+    `python -i`) hosts it. False for a script run by `runpy` or `%run` inside another program,
+    which re-executing would replace."""
+    args, orig = sys.argv[1:], list(getattr(sys, "orig_argv", []))
+    if len(args) >= len(orig) or orig[len(orig) - len(args):] != args:
+        return False
+    return not sys.flags.interactive and "IPython" not in sys.modules
+
+
 def wanted() -> bool:
     """Whether this process would gain from re-executing itself: `should_reexec` for its own
-    environment, C library and kernel, on Linux, with a known interpreter."""
-    return (sys.platform.startswith("linux") and bool(sys.executable)
+    environment, C library and kernel, on Linux, with a known interpreter, as its own program."""
+    return (sys.platform.startswith("linux") and bool(sys.executable) and is_the_program()
             and should_reexec(os.environ, platform.libc_ver(), thp_mode()))
 
 
 def reexec_with_huge_pages() -> None:
     """Replaces this process by the same command line (`sys.orig_argv`) with `ENV` set to
-    `TUNABLE` when `wanted()`; otherwise returns. Call it first thing in a program's entry
-    point: whatever ran before is run again."""
+    `TUNABLE` when `wanted()`; otherwise, or when the exec fails, returns (the command then runs
+    without huge pages). Call it first thing in a program's entry point: whatever ran before is
+    run again."""
     if not wanted():
         return
     env = dict(os.environ, **{ENV: TUNABLE})
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, list(sys.orig_argv), env)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    try:
+        os.execve(sys.executable, list(sys.orig_argv), env)
+    except OSError:
+        return

@@ -50,17 +50,19 @@ def test_should_reexec(environ, libc, mode, expected):
     assert huge_pages.should_reexec(environ, libc, mode) is expected
 
 
+# The kernel's mode is forced to "madvise" so that the exec path runs on any glibc >= 2.35.
 PROBE = ("import os, sys; print('ran', flush=True); "
-         "from tagger_jax.huge_pages import reexec_with_huge_pages; reexec_with_huge_pages(); "
+         "from tagger_jax import huge_pages; huge_pages.thp_mode = lambda *a: 'madvise'; "
+         "{before}huge_pages.reexec_with_huge_pages(); "
          "print(os.getpid(), os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])")
 
 
-def run_probe(env_tunables: str | None) -> tuple[list[str], list[str]]:
+def run_probe(env_tunables: str | None, before: str = "") -> tuple[list[str], list[str]]:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     if env_tunables is not None:
         env["GLIBC_TUNABLES"] = env_tunables
-    proc = subprocess.Popen([sys.executable, "-c", PROBE, "--flag", "a b"], env=env,
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", PROBE.format(before=before), "--flag", "a b"],
+                            env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     lines = out.splitlines()
@@ -69,7 +71,7 @@ def run_probe(env_tunables: str | None) -> tuple[list[str], list[str]]:
 
 def test_reexec_sets_the_tunable_once_and_keeps_the_command_line():
     before, (pid, tunables, argv, child_pid) = run_probe(None)
-    wanted = huge_pages.should_reexec({}, platform.libc_ver(), huge_pages.thp_mode())
+    wanted = huge_pages.should_reexec({}, platform.libc_ver(), "madvise")
     assert argv == "['--flag', 'a b']"
     assert pid == child_pid  # the same process, re-executed, not a child
     if wanted:  # this machine: glibc >= 2.35 with transparent huge pages on "madvise"
@@ -82,6 +84,13 @@ def test_reexec_sets_the_tunable_once_and_keeps_the_command_line():
 def test_reexec_keeps_the_users_tunables():
     before, (_, tunables, _, _) = run_probe("glibc.malloc.hugetlb=0")
     assert tunables == "glibc.malloc.hugetlb=0" and before == ["ran"]
+
+
+def test_a_script_hosted_by_another_program_is_not_reexecuted():
+    """runpy or IPython's %run set sys.argv to the script's own arguments: the host's command
+    line (sys.orig_argv) does not end with them, and re-executing would replace the host."""
+    before, (_, tunables, argv, _) = run_probe(None, before="sys.argv = ['script.py', '-x']; ")
+    assert tunables == "None" and before == ["ran"] and argv == "['-x']"
 
 
 class Reexecuted(Exception):
