@@ -26,8 +26,9 @@ times the training loop itself instead: each process is train.py with the main j
 2 epochs in a fresh temporary workdir (data order, batches from the built `soundfont_tags`,
 metrics, checkpoints; validation and test after training are not timed), its clips/s the median
 of the training windows it logs in metrics.jsonl after the first (left out as warm-up; the
-compiling step is in no window), and "bitwise equal" compares the final training loss (the first process builds
-`soundfont_tags` into ~/tensorflow_datasets if it is not built yet). The baseline process gets
+compiling step is in no window), and "bitwise equal" compares the final training loss (the
+first process builds `soundfont_tags` into ~/tensorflow_datasets if it is not built yet). The
+baseline process gets
 `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` (glibc's default), which also keeps train.py from
 re-executing itself.
 """
