@@ -2,13 +2,18 @@
 `explain` (contribution map) on 1, 2 and 4 forced host devices, and the persistent compilation
 cache's effect on a `tagger-jax tag` run.
 
-    python benchmarks/inference.py [--rounds 3] [--files 6] [--seconds 20] [--small]
+    python benchmarks/inference.py [--rounds 3] [--files 6] [--seconds 20] [--small | --config PATH]
                                    [--devices 1,2,4] [--platform cpu|gpu] [--no-cache-check]
+                                   [--xla-flags "SET;SET..."]
 
-One model directory (random weights, the paper's pons_won unless --small) and one set of
-synthetic log-mel inputs serve every run. Each (device count, round) is a fresh subprocess with
-XLA_FLAGS=--xla_force_host_platform_device_count=N; device counts are interleaved within each
-round, and the table gives the median and range over rounds. In a subprocess every consumer is
+One model directory (random weights, the paper's pons_won unless --small or --config, whose
+`model` fields are used, e.g. configs/soundfont_cpu.py for the CPU main job's model) and one set
+of synthetic log-mel inputs serve every run. Each (device count, XLA flag set, round) is a fresh
+subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=N plus the set; device counts
+and flag sets are interleaved within each round, and the table gives the median and range over
+rounds. With more than one flag set (`--xla-flags`, sets separated by ';', the empty set meaning
+XLA's defaults) the table adds each set's speed-up over the first, per round (median and range):
+a paired comparison of XLA:CPU options on the commands' own path. In a subprocess every consumer is
 warmed up (compiled) on one input before it is timed over all inputs; windows/s counts the windows
 the consumer reports (tag, embed) or explains (explain), compile time excluded.
 
@@ -41,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--devices", default="1,2,4", help="forced host device counts")
     p.add_argument("--batch", type=int, default=16, help="windows per batch (all devices)")
     p.add_argument("--small", action="store_true", help="a tiny model instead of the paper's")
+    p.add_argument("--config", metavar="PATH", help="take the model from this config file")
+    p.add_argument("--xla-flags", default="",
+                   help="XLA flag sets to compare, separated by ';' (the empty set: defaults)")
     p.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--no-cache-check", action="store_true", help="skip the first/second run")
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "INPUTS"), help=argparse.SUPPRESS)
@@ -55,7 +63,12 @@ def make_setup(root: Path, args) -> tuple[Path, Path]:
     from tagger_jax.config_base import base_config
     from tagger_jax.models import build_model
 
-    config = base_config()
+    if args.config:
+        from tagger_jax.config_base import config_file
+
+        config = config_file(Path(args.config))
+    else:
+        config = base_config()
     if args.small:
         config.model.update(conv_channels=4, attention_channels=64, attention_heads=4,
                             intermediate=128)
@@ -113,15 +126,21 @@ def worker(model_dir: str, inputs: str, batch: int) -> dict:
     return out
 
 
-def _env(devices: int, platform: str, **extra) -> dict:
+def _env(devices: int, platform: str, flags: str = "", **extra) -> dict:
     env = dict(os.environ, JAX_PLATFORMS=platform, **extra)
     if platform == "cpu":
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {flags}".strip()
+    elif flags:
+        env["XLA_FLAGS"] = flags
     return env
 
 
-def _summary(values: list[float]) -> str:
-    return f"{statistics.median(values):8.1f} [{min(values):.1f}-{max(values):.1f}]"
+KINDS = ("tag", "embed", "explain")
+
+
+def _summary(values: list[float], digits: int = 1) -> str:
+    return (f"{statistics.median(values):8.{digits}f} "
+            f"[{min(values):.{digits}f}-{max(values):.{digits}f}]")
 
 
 def main(argv=None) -> int:
@@ -130,36 +149,43 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(worker(*args.worker, args.batch)))
         return 0
     devices = [int(d) for d in args.devices.split(",")]
+    flag_sets = [f.strip() for f in args.xla_flags.split(";")] if args.xla_flags else [""]
+    model = args.config or ("small" if args.small else "paper (pons_won)")
     print(f"load average at start: {os.getloadavg()}; {os.cpu_count()} CPUs; platform "
-          f"{args.platform}; model {'small' if args.small else 'paper (pons_won)'}; "
-          f"{args.files} files x {args.seconds:g} s; batch {args.batch}")
+          f"{args.platform}; model {model}; {args.files} files x {args.seconds:g} s; batch "
+          f"{args.batch}; XLA flag sets {flag_sets}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model_dir, inputs = make_setup(root, args)
-        rates: dict[int, dict[str, list[float]]] = {d: {} for d in devices}
+        runs = [(d, f) for d in devices for f in flag_sets
+                if args.platform == "cpu" or d == devices[0]]
+        rates: dict[tuple[int, str], dict[str, list[float]]] = {run: {} for run in runs}
         for r in range(args.rounds):
-            for d in devices:
-                if args.platform != "cpu" and d != devices[0]:
-                    continue
+            for d, flags in runs:
                 proc = subprocess.run(
                     [sys.executable, __file__, "--worker", str(model_dir), str(inputs),
                      "--batch", str(args.batch)],
-                    env=_env(d, args.platform, TAGGER_JAX_COMPILATION_CACHE="0"),
+                    env=_env(d, args.platform, flags, TAGGER_JAX_COMPILATION_CACHE="0"),
                     capture_output=True, text=True)
                 if proc.returncode:
                     print(proc.stdout[-2000:], proc.stderr[-4000:])
                     return 1
                 line = next(s for s in proc.stdout.splitlines() if s.startswith("RESULT "))
                 res = json.loads(line[7:])
-                for k in ("tag", "embed", "explain"):
-                    rates[d].setdefault(k, []).append(res[k])
+                for k in KINDS:
+                    rates[(d, flags)].setdefault(k, []).append(res[k])
         print(f"\nwindows/s, median [range] over {args.rounds} rounds "
               f"(load average now {os.getloadavg()[0]:.2f})")
-        print(f"{'devices':>8} {'tag':>22} {'embed':>22} {'explain (contribution)':>24}")
-        for d in devices:
-            if rates[d]:
-                print(f"{d:>8} " + " ".join(f"{_summary(rates[d][k]):>22}"
-                                            for k in ("tag", "embed", "explain")))
+        print(f"{'devices':>8} {'XLA flags':<40} {'tag':>22} {'embed':>22} "
+              f"{'explain (contribution)':>24}")
+        for d, flags in runs:
+            print(f"{d:>8} {flags or '(defaults)':<40} "
+                  + " ".join(f"{_summary(rates[(d, flags)][k]):>22}" for k in KINDS))
+            if flags != flag_sets[0]:
+                first = rates[(d, flag_sets[0])]
+                ratios = [[b / a for a, b in zip(first[k], rates[(d, flags)][k])] for k in KINDS]
+                print(f"{'':>8} {'  x over ' + (flag_sets[0] or '(defaults)'):<40} "
+                      + " ".join(f"{_summary(x, 2):>22}" for x in ratios))
         if not args.no_cache_check:
             cold, warm = [], []
             for r in range(args.rounds):

@@ -25,7 +25,14 @@ probability, in this order):
   - noise: white-in-mel noise at an SNR in `snr_db` (relative to the chunk's mean power);
   - mix (`mix_with`): a second chunk added in power at `mix_db` relative level; the labels become
     the union (only tags in `mix_tags`; the others keep the first chunk's labels, since e.g. a
-    fast clip mixed with a slow one is neither).
+    fast clip mixed with a slow one is neither);
+  - frequency masking (SpecAugment's frequency masks, Park et al. 2019, "SpecAugment: A Simple
+    Data Augmentation Method for Automatic Speech Recognition"; off by default):
+    `freq_masks` bands of 0 to `freq_mask_bins` adjacent mel bins each set to the chunk's lowest
+    value, a deep notch filter, so that no tag can rest on a few bands. SpecAugment's time masks
+    are left out: they cut onsets out of the tempo tags' evidence and would need the frame
+    targets to follow. With `p_freq_mask` 0 no draw is made for it, so the other transforms'
+    draws are those of a configuration without the field.
 
 Frame targets (`frames`, (T, num_tags): the crop's exact activity, the targets of the frame-level
 loss) follow the transforms that move sound in time: the time stretch reads them at the same
@@ -64,6 +71,9 @@ class AugmentParams:
     snr_db: tuple[float, float] = (15.0, 40.0)
     p_mix: float = 0.0
     mix_db: tuple[float, float] = (-6.0, 0.0)
+    p_freq_mask: float = 0.0
+    freq_masks: int = 2
+    freq_mask_bins: int = 12
 
     @classmethod
     def from_dict(cls, values) -> "AugmentParams":
@@ -138,6 +148,13 @@ def mix(x_db: np.ndarray, other_db: np.ndarray, level_db: float) -> np.ndarray:
     return _to_db(_to_power(x_db) + 10.0 ** (level_db / 10.0) * _to_power(other_db))
 
 
+def freq_mask(x: np.ndarray, start: int, width: int) -> np.ndarray:
+    """(bands, T) -> (bands, T) with bands [start, start + width) set to the minimum of `x`."""
+    out = np.array(x, copy=True)
+    out[start:start + width] = x.min()
+    return out
+
+
 def augment(x_db: np.ndarray, y: np.ndarray, rng: np.random.Generator, params: AugmentParams,
             other: tuple[np.ndarray, ...] | None = None,
             mix_tags: Sequence[bool] | None = None,
@@ -182,6 +199,10 @@ def augment(x_db: np.ndarray, y: np.ndarray, rng: np.random.Generator, params: A
         y = np.where(keep, np.maximum(y, np.asarray(other[1], np.float32)), y)
         if f is not None:
             f = np.where(keep, np.maximum(f, np.asarray(other[2], np.float32)), f)
+    if params.p_freq_mask > 0 and rng.random() < params.p_freq_mask:
+        for _ in range(params.freq_masks):
+            width = int(rng.integers(0, params.freq_mask_bins + 1))
+            x = freq_mask(x, int(rng.integers(0, x.shape[0] - width + 1)), width)
     if f is None:
         return x.astype(np.float32), y
     return x.astype(np.float32), y, f

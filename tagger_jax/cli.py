@@ -23,8 +23,9 @@ COMMANDS = {
     "explain": "tagger_jax.commands.explain",
     "embed": "tagger_jax.commands.embed",
 }
-# Commands whose compiled programs are worth keeping between runs.
-CACHED_COMMANDS = ("tag", "evaluate", "explain", "embed")
+# The inference commands: their compiled programs are worth keeping between runs, and they run
+# with XLA:CPU's YNNPACK fusions off (`tagger_jax.xla_cpu`).
+INFERENCE_COMMANDS = ("tag", "evaluate", "explain", "embed")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,18 +63,29 @@ def main(argv: list[str] | None = None) -> int:
     from tagger_jax import errors
 
     args = build_parser().parse_args(argv)
-    if not args.no_compilation_cache and args.command in CACHED_COMMANDS:
+    if not args.no_compilation_cache and args.command in INFERENCE_COMMANDS:
         from tagger_jax import compilation_cache
 
         compilation_cache.enable()
     return errors.guarded(_dispatch, args)
 
 
+def command_of(argv: list[str]) -> str | None:
+    """The subcommand named on a `tagger-jax` command line (arguments after the program name):
+    the first argument that is not an option (the top-level options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def console() -> int:
-    """The `tagger-jax` console script: `main` on the command line, in a process re-executed with
+    """The `tagger-jax` console script: `main` on the command line, the inference commands with
+    XLA:CPU's YNNPACK fusions off (`tagger_jax.xla_cpu`), in a process re-executed with
     transparent huge pages for XLA's buffers where that helps (`tagger_jax.huge_pages`)."""
     from tagger_jax.huge_pages import reexec_with_huge_pages
 
+    if command_of(sys.argv[1:]) in INFERENCE_COMMANDS:
+        from tagger_jax.xla_cpu import use_for_inference
+
+        use_for_inference()
     reexec_with_huge_pages()
     return main()
 

@@ -2,6 +2,8 @@
 pipeline: seeded by the step (a resumed run sees the same batches), labels unioned on mixing."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -171,3 +173,35 @@ def test_pipeline_augments_frame_targets_with_the_crop():
             np.testing.assert_array_equal(fr[:, 1], 1.0)
             checked += 1
     assert checked >= 6
+
+
+def test_frequency_masks():
+    """SpecAugment frequency masks: bands set to the chunk's minimum, at most `freq_masks` bands
+    of at most `freq_mask_bins` bins, labels and frame targets unchanged, and with p_freq_mask 0
+    the draws of every other transform stay those of a configuration without the field."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(-30, 10, (96, 64)).astype(np.float32)
+    masked = A.freq_mask(x, 10, 5)
+    np.testing.assert_array_equal(masked[10:15], np.full((5, 64), x.min()))
+    np.testing.assert_array_equal(np.delete(masked, range(10, 15), axis=0),
+                                  np.delete(x, range(10, 15), axis=0))
+    only = A.AugmentParams(p_stretch=0, p_pitch=0, p_gain=0, p_eq=0, p_reverb=0, p_noise=0,
+                           p_freq_mask=1.0, freq_masks=2, freq_mask_bins=12)
+    y = np.array([1, 0, 1], np.float32)
+    frames = (rng.random((64, 3)) < 0.5).astype(np.float32)
+    widths = []
+    for seed in range(200):
+        out, labels, f = A.augment(x, y, np.random.default_rng(seed), only, frames=frames)
+        hit = np.all(out == x.min(), axis=1) & ~np.all(x == x.min(), axis=1)
+        np.testing.assert_array_equal(out[~hit], x[~hit].astype(np.float32))
+        widths.append(int(hit.sum()))
+        np.testing.assert_array_equal(labels, y)
+        np.testing.assert_array_equal(f, frames)
+    assert max(widths) <= 24 and max(widths) > 12 and min(widths) < 6  # two masks of 0-12 bins
+    # p_freq_mask 0 adds no draw: six transforms off (no mixing partner) make six draws only
+    off = dataclasses.replace(only, p_freq_mask=0.0)
+    r, r0 = np.random.default_rng(7), np.random.default_rng(7)
+    np.testing.assert_array_equal(A.augment(x, y, r, off)[0], x.astype(np.float32))
+    r0.random(6)
+    assert r.random() == r0.random()
+    assert A.AugmentParams().p_freq_mask == 0.0  # off unless a config asks for it
