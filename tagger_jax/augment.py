@@ -201,7 +201,7 @@ def augment(x_db: np.ndarray, y: np.ndarray, rng: np.random.Generator, params: A
             f = np.where(keep, np.maximum(f, np.asarray(other[2], np.float32)), f)
     if params.p_freq_mask > 0 and rng.random() < params.p_freq_mask:
         for _ in range(params.freq_masks):
-            width = int(rng.integers(0, params.freq_mask_bins + 1))
+            width = min(int(rng.integers(0, params.freq_mask_bins + 1)), x.shape[0])
             x = freq_mask(x, int(rng.integers(0, x.shape[0] - width + 1)), width)
     if f is None:
         return x.astype(np.float32), y

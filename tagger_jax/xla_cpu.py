@@ -13,8 +13,10 @@ not know. So the flag is added only
 
   * by a program's entry point, before anything imports jax (`cli.console` for the inference
     subcommands, evaluate.py, explain.py), never by library code a notebook might call;
-  * when the installed jaxlib is in `JAXLIB_RANGE`, the versions where the flag exists and the
-    gain was measured (outside it nothing changes and the command runs at XLA's defaults);
+  * when the installed jaxlib is in `JAXLIB_RANGE`, the versions where the flag was checked to
+    exist and the gain was measured (outside it nothing changes and the command runs at XLA's
+    defaults; widen the range after measuring a new jaxlib with `benchmarks/inference.py
+    --xla-flags`);
   * when the user's own XLA_FLAGS do not set the same option (theirs is kept), and `OPT_OUT` is
     not set to 1.
 
@@ -31,7 +33,7 @@ from typing import Mapping, MutableMapping
 
 OPTION = "--xla_cpu_experimental_ynn_fusion_type"
 YNNPACK_OFF = OPTION + "="  # an empty list of YNNPACK fusion types: XLA's own code throughout
-JAXLIB_RANGE = ((0, 10), (0, 12))  # [first, past-the-last) (major, minor) measured or known
+JAXLIB_RANGE = ((0, 10), (0, 11))  # [first, past-the-last) (major, minor) where it was measured
 OPT_OUT = "TAGGER_JAX_XLA_DEFAULTS"  # "1": leave XLA_FLAGS as they are
 
 

@@ -198,6 +198,8 @@ def test_frequency_masks():
         np.testing.assert_array_equal(labels, y)
         np.testing.assert_array_equal(f, frames)
     assert max(widths) <= 24 and max(widths) > 12 and min(widths) < 6  # two masks of 0-12 bins
+    wide = dataclasses.replace(only, freq_masks=1, freq_mask_bins=500)  # wider than the bands
+    assert A.augment(x, y, np.random.default_rng(1), wide)[0].shape == x.shape
     # p_freq_mask 0 adds no draw: six transforms off (no mixing partner) make six draws only
     off = dataclasses.replace(only, p_freq_mask=0.0)
     r, r0 = np.random.default_rng(7), np.random.default_rng(7)

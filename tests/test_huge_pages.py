@@ -103,6 +103,9 @@ def _refuse(*_):
 
 @pytest.mark.parametrize("script", ["train.py", "evaluate.py", "explain.py"])
 def test_scripts_reexec_before_their_main(monkeypatch, script):
+    from tagger_jax import xla_cpu
+
+    monkeypatch.setattr(xla_cpu, "use_for_inference", lambda: None)  # keeps XLA_FLAGS as is
     monkeypatch.setattr(huge_pages, "reexec_with_huge_pages", _refuse)
     monkeypatch.setattr(sys, "argv", [script, "--no-such-flag"])
     with pytest.raises(Reexecuted):  # reached before main parses (and refuses) the flag
@@ -111,6 +114,7 @@ def test_scripts_reexec_before_their_main(monkeypatch, script):
 
 def test_console_script_reexecs_before_main(monkeypatch):
     calls = []
+    monkeypatch.setattr(sys, "argv", ["tagger-jax", "train"])  # not pytest's own arguments
     monkeypatch.setattr(huge_pages, "reexec_with_huge_pages", lambda: calls.append("reexec"))
     monkeypatch.setattr(cli, "main", lambda argv=None: calls.append("main") or 0)
     assert cli.console() == 0 and calls == ["reexec", "main"]
