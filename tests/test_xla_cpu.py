@@ -16,6 +16,9 @@ from tagger_jax import cli, xla_cpu
 ROOT = Path(__file__).resolve().parents[1]
 OFF = "--xla_cpu_experimental_ynn_fusion_type="
 IN_RANGE = xla_cpu.JAXLIB_RANGE[0]
+needs_flag = pytest.mark.skipif(  # the flag is set (and known to XLA) only on these jaxlibs
+    not (xla_cpu.JAXLIB_RANGE[0] <= (xla_cpu.jaxlib_version() or (0, 0))
+         < xla_cpu.JAXLIB_RANGE[1]), reason="jaxlib outside JAXLIB_RANGE")
 
 
 @pytest.mark.parametrize("environ, version, expected", [
@@ -114,8 +117,7 @@ print("ynn" if "__ynn_fusion" in text else "no-ynn")
 """
 
 
-@pytest.mark.skipif(not (xla_cpu.JAXLIB_RANGE[0] <= (xla_cpu.jaxlib_version() or (0, 0))
-                         < xla_cpu.JAXLIB_RANGE[1]), reason="jaxlib outside JAXLIB_RANGE")
+@needs_flag
 def test_the_flag_reaches_xla():
     """In a fresh process the compiled dot has no YNNPACK fusion after `use_for_inference`, and
     has one when the user opts out (XLA's defaults on this jaxlib use it for a dot)."""
@@ -131,8 +133,7 @@ def test_the_flag_reaches_xla():
     assert out["opted_out"] == ["unset", "ynn"]
 
 
-@pytest.mark.skipif(not (xla_cpu.JAXLIB_RANGE[0] <= (xla_cpu.jaxlib_version() or (0, 0))
-                         < xla_cpu.JAXLIB_RANGE[1]), reason="jaxlib outside JAXLIB_RANGE")
+@needs_flag
 def test_model_still_matches_the_float64_reference_with_the_flag():
     """The inference setting changes the order of float32 sums only: the model's logits,
     probabilities and attention, and the contribution map's overridden forward pass, still match
