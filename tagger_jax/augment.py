@@ -18,6 +18,10 @@ probability, in this order):
     soundfont_tags 3.0.0's classes, 4 and 8 BPM from its untagged 80-132 band, need s <= 1.05);
   - pitch shift: the mel axis shifted by up to `pitch_bins` bins (edge bins repeated): about a
     semitone per bin above 1 kHz, an approximation below;
+  - envelope shift (off by default): each frame's spectral envelope moved along the mel axis by
+    up to +-`envelope_bins` bins while its fine structure stays (`envelope_shift`): what a
+    formant shift at fixed pitch does, or another instrument sample's body resonances, as far as
+    96 mel bands tell envelope from fine structure. With `p_envelope` 0 no draw is made for it;
   - gain: a constant of up to +-`gain_db` dB (small: loud / quiet are levels 12 dB apart);
   - EQ: a smooth random curve over the mel bands (two random cosines) of up to +-`eq_db` dB;
   - reverb: power convolved along time with an exponential decay (RT60 in `rt60_s`) added at a
@@ -60,6 +64,9 @@ class AugmentParams:
     stretch: float = 1.08
     p_pitch: float = 0.5
     pitch_bins: int = 2
+    p_envelope: float = 0.0
+    envelope_bins: float = 2.0
+    envelope_order: int = 12
     p_gain: float = 1.0
     gain_db: float = 3.0
     p_eq: float = 0.5
@@ -124,6 +131,39 @@ def pitch_shift(x: np.ndarray, bins: int) -> np.ndarray:
     return x[idx]
 
 
+def _dct_basis(n: int) -> np.ndarray:
+    """(n, n) orthonormal DCT-II matrix: row k is sqrt(2/n) cos(pi k (2b + 1) / 2n), row 0 scaled
+    by 1/sqrt(2), so `basis @ x` is the cepstrum of a log spectrum x over n bands."""
+    k = np.arange(n)[:, None]
+    basis = np.sqrt(2.0 / n) * np.cos(np.pi * k * (2 * np.arange(n)[None, :] + 1) / (2 * n))
+    basis[0] /= np.sqrt(2.0)
+    return basis
+
+
+def spectral_envelope(x_db: np.ndarray, order: int) -> np.ndarray:
+    """(bands, T) -> (bands, T): each frame's envelope, its log-mel cepstrally smoothed (the first
+    `order` DCT-II coefficients over the bands kept, the rest zeroed; cepstral liftering, e.g.
+    Oppenheim & Schafer, "Discrete-Time Signal Processing", ch. 13). `x_db - envelope` is the fine
+    structure (harmonic ripple, where the mel bands resolve it)."""
+    basis = _dct_basis(x_db.shape[0])[:order]
+    return basis.T @ (basis @ x_db)
+
+
+def envelope_shift(x_db: np.ndarray, bins: float, order: int) -> np.ndarray:
+    """(bands, T) dB log-mel -> (bands, T): the spectral envelope (`spectral_envelope`) moved up
+    by `bins` mel bands (fractional: linear interpolation; edge values repeated), the fine
+    structure left in place. Harmonics whose spacing is wider than about bands / order bins (high
+    notes in the linear low bands) count as envelope and move with it."""
+    if bins == 0:
+        return x_db
+    envelope = spectral_envelope(x_db, order)
+    source = np.clip(np.arange(x_db.shape[0]) - bins, 0, x_db.shape[0] - 1)
+    lo = np.floor(source).astype(int)
+    hi = np.minimum(lo + 1, x_db.shape[0] - 1)
+    w = (source - lo)[:, None]
+    return x_db - envelope + (1 - w) * envelope[lo] + w * envelope[hi]
+
+
 def reverb(x_db: np.ndarray, rt60_s: float, wet_db: float) -> np.ndarray:
     """Adds a power-domain exponential tail (-60 dB after rt60_s) at `wet_db` re the dry path."""
     p = _to_power(x_db)
@@ -182,6 +222,9 @@ def augment(x_db: np.ndarray, y: np.ndarray, rng: np.random.Generator, params: A
             f = time_stretch_activity(f, factor)
     if rng.random() < params.p_pitch and params.pitch_bins:
         x = pitch_shift(x, int(rng.integers(-params.pitch_bins, params.pitch_bins + 1)))
+    if params.p_envelope > 0 and rng.random() < params.p_envelope:
+        x = envelope_shift(x, rng.uniform(-params.envelope_bins, params.envelope_bins),
+                           params.envelope_order)
     if rng.random() < params.p_gain:
         x = x + rng.uniform(-params.gain_db, params.gain_db)
     if rng.random() < params.p_eq:

@@ -207,3 +207,47 @@ def test_frequency_masks():
     r0.random(6)
     assert r.random() == r0.random()
     assert A.AugmentParams().p_freq_mask == 0.0  # off unless a config asks for it
+
+
+def test_envelope_shift():
+    """The spectral envelope (cepstral liftering, against SciPy's DCT) moves by the drawn bins and
+    the fine structure stays; a full-order envelope moves everything (the pitch shift); labels and
+    frame targets are unchanged; with p_envelope 0 (the default) no draw is made for it."""
+    from scipy.fft import dct, idct
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(-30, 10, (96, 16))
+    cep = dct(x, type=2, norm="ortho", axis=0)
+    cep[12:] = 0
+    np.testing.assert_allclose(A.spectral_envelope(x, 12), idct(cep, type=2, norm="ortho", axis=0),
+                               atol=1e-9)
+    np.testing.assert_array_equal(A.envelope_shift(x, 0.0, 12), x)
+    np.testing.assert_allclose(A.envelope_shift(x, 2.0, 96), A.pitch_shift(x, 2), atol=1e-9)
+    # a smooth envelope (cepstral index 3) plus a fine ripple (index 40): only the envelope moves
+    b = np.arange(96)
+    envelope = 12 * np.cos(np.pi * 3 * (2 * b + 1) / 192)
+    ripple = 4 * np.cos(np.pi * 40 * (2 * b + 1) / 192)
+    frame = np.stack([-30 + envelope + ripple] * 2, axis=1)
+    moved = A.envelope_shift(frame, 3.0, 12)
+    np.testing.assert_allclose(moved[3:, 0], (-30 + envelope[:-3] + ripple[3:]), atol=1e-9)
+    np.testing.assert_allclose(moved[:3, 0], -30 + envelope[0] + ripple[:3], atol=1e-9)
+    half = A.envelope_shift(frame, 0.5, 12)
+    np.testing.assert_allclose(half[1:, 0], -30 + (envelope[1:] + envelope[:-1]) / 2 + ripple[1:],
+                               atol=1e-9)
+    only = A.AugmentParams(p_stretch=0, p_pitch=0, p_gain=0, p_eq=0, p_reverb=0, p_noise=0,
+                           p_envelope=1.0, envelope_bins=2.0, envelope_order=12)
+    y = np.array([1, 0, 1], np.float32)
+    frames = (rng.random((16, 3)) < 0.5).astype(np.float32)
+    out, labels, f = A.augment(x, y, np.random.default_rng(3), only, frames=frames)
+    assert not np.allclose(out, x, atol=1e-3)
+    fine = x - A.spectral_envelope(x, 12)  # the fine structure kept, away from the edge bands
+    np.testing.assert_allclose((out - A.spectral_envelope(out.astype(np.float64), 12))[8:-8],
+                               fine[8:-8], atol=0.3)
+    np.testing.assert_array_equal(labels, y)
+    np.testing.assert_array_equal(f, frames)
+    off = dataclasses.replace(only, p_envelope=0.0)
+    r, r0 = np.random.default_rng(7), np.random.default_rng(7)
+    np.testing.assert_array_equal(A.augment(x, y, r, off)[0], x.astype(np.float32))
+    r0.random(6)
+    assert r.random() == r0.random()
+    assert A.AugmentParams().p_envelope == 0.0  # off unless a config asks for it
