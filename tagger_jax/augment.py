@@ -16,8 +16,9 @@ probability, in this order):
   - time stretch: the time axis resampled by a factor in [1/s, s] (linear interpolation; with
     s = 1.08, synthetic_tags' 60-76 / 140-176 BPM stay clear of its untagged 92-116 BPM band;
     soundfont_tags 3.0.0's classes, 4 and 8 BPM from its untagged 80-132 band, need s <= 1.05);
-  - pitch shift: the mel axis shifted by up to `pitch_bins` bins (edge bins repeated): about a
-    semitone per bin above 1 kHz, an approximation below;
+  - pitch shift: the mel axis shifted by up to `pitch_bins` bins (edge bins repeated): above
+    1 kHz, where librosa's (Slaney) mel bands are log-spaced, 96 bands to 8 kHz are 3.3% (0.56
+    semitone) apart, so a bin is a pitch shift of 0.56 semitone there, an approximation below;
   - envelope shift (off by default): each frame's spectral envelope moved along the mel axis by
     up to +-`envelope_bins` bins while its fine structure stays (`envelope_shift`): what a
     formant shift at fixed pitch does, or another instrument sample's body resonances, as far as
@@ -42,7 +43,7 @@ Frame targets (`frames`, (T, num_tags): the crop's exact activity, the targets o
 loss) follow the transforms that move sound in time: the time stretch reads them at the same
 source frames as the log-mel (a frame is on if either of the two frames it interpolates is on),
 and mixing takes their frame-by-frame union for the tags in `mix_tags` (the others keep the
-first chunk's). Pitch shift, gain, EQ and noise leave them as they are; so does the reverb,
+first chunk's). Pitch shift, envelope shift, gain, EQ and noise leave them as they are; so does the reverb,
 whose tail (its total energy 3-12 dB below the dry path's, spread over the decay) is not
 counted as the instrument sounding, as the dataset's activity does not count a note's own
 release tail. The pipeline then labels an activity-labelled crop with the tags active in its
@@ -142,7 +143,7 @@ def _dct_basis(n: int) -> np.ndarray:
 
 def spectral_envelope(x_db: np.ndarray, order: int) -> np.ndarray:
     """(bands, T) -> (bands, T): each frame's envelope, its log-mel cepstrally smoothed (the first
-    `order` DCT-II coefficients over the bands kept, the rest zeroed; cepstral liftering, e.g.
+    `order` DCT-II coefficients over the bands kept, the rest zeroed: cepstral liftering, e.g.
     Oppenheim & Schafer, "Discrete-Time Signal Processing", ch. 13). `x_db - envelope` is the fine
     structure (harmonic ripple, where the mel bands resolve it)."""
     basis = _dct_basis(x_db.shape[0])[:order]
@@ -152,8 +153,9 @@ def spectral_envelope(x_db: np.ndarray, order: int) -> np.ndarray:
 def envelope_shift(x_db: np.ndarray, bins: float, order: int) -> np.ndarray:
     """(bands, T) dB log-mel -> (bands, T): the spectral envelope (`spectral_envelope`) moved up
     by `bins` mel bands (fractional: linear interpolation; edge values repeated), the fine
-    structure left in place. Harmonics whose spacing is wider than about bands / order bins (high
-    notes in the linear low bands) count as envelope and move with it."""
+    structure left in place. A ripple whose period is longer than 2 * bands / order bins (DCT row
+    k has period 2 * bands / k; e.g. the harmonics of high notes in the linear low bands) counts
+    as envelope and moves with it."""
     if bins == 0:
         return x_db
     envelope = spectral_envelope(x_db, order)

@@ -231,8 +231,9 @@ def test_envelope_shift():
     moved = A.envelope_shift(frame, 3.0, 12)
     np.testing.assert_allclose(moved[3:, 0], (-30 + envelope[:-3] + ripple[3:]), atol=1e-9)
     np.testing.assert_allclose(moved[:3, 0], -30 + envelope[0] + ripple[:3], atol=1e-9)
-    half = A.envelope_shift(frame, 0.5, 12)
-    np.testing.assert_allclose(half[1:, 0], -30 + (envelope[1:] + envelope[:-1]) / 2 + ripple[1:],
+    quarter = A.envelope_shift(frame, 0.25, 12)  # band b reads the envelope at b - 0.25
+    np.testing.assert_allclose(quarter[1:, 0],
+                               -30 + 0.75 * envelope[1:] + 0.25 * envelope[:-1] + ripple[1:],
                                atol=1e-9)
     only = A.AugmentParams(p_stretch=0, p_pitch=0, p_gain=0, p_eq=0, p_reverb=0, p_noise=0,
                            p_envelope=1.0, envelope_bins=2.0, envelope_order=12)
