@@ -175,6 +175,16 @@ def test_pipeline_augments_frame_targets_with_the_crop():
     assert checked >= 6
 
 
+def _assert_six_draws_only(off: A.AugmentParams, x: np.ndarray, y: np.ndarray) -> None:
+    """With every probability 0 and no mixing partner, `augment` leaves `x` as it is and makes
+    exactly the six draws of the transforms that always draw (stretch, pitch, gain, EQ, reverb,
+    noise): an optional transform switched off adds none."""
+    r, r0 = np.random.default_rng(7), np.random.default_rng(7)
+    np.testing.assert_array_equal(A.augment(x, y, r, off)[0], np.asarray(x, np.float32))
+    r0.random(6)
+    assert r.random() == r0.random()
+
+
 def test_frequency_masks():
     """SpecAugment frequency masks: bands set to the chunk's minimum, at most `freq_masks` bands
     of at most `freq_mask_bins` bins, labels and frame targets unchanged, and with p_freq_mask 0
@@ -200,12 +210,7 @@ def test_frequency_masks():
     assert max(widths) <= 24 and max(widths) > 12 and min(widths) < 6  # two masks of 0-12 bins
     wide = dataclasses.replace(only, freq_masks=1, freq_mask_bins=500)  # wider than the bands
     assert A.augment(x, y, np.random.default_rng(1), wide)[0].shape == x.shape
-    # p_freq_mask 0 adds no draw: six transforms off (no mixing partner) make six draws only
-    off = dataclasses.replace(only, p_freq_mask=0.0)
-    r, r0 = np.random.default_rng(7), np.random.default_rng(7)
-    np.testing.assert_array_equal(A.augment(x, y, r, off)[0], x.astype(np.float32))
-    r0.random(6)
-    assert r.random() == r0.random()
+    _assert_six_draws_only(dataclasses.replace(only, p_freq_mask=0.0), x, y)
     assert A.AugmentParams().p_freq_mask == 0.0  # off unless a config asks for it
 
 
@@ -246,9 +251,5 @@ def test_envelope_shift():
                                fine[8:-8], atol=0.3)
     np.testing.assert_array_equal(labels, y)
     np.testing.assert_array_equal(f, frames)
-    off = dataclasses.replace(only, p_envelope=0.0)
-    r, r0 = np.random.default_rng(7), np.random.default_rng(7)
-    np.testing.assert_array_equal(A.augment(x, y, r, off)[0], x.astype(np.float32))
-    r0.random(6)
-    assert r.random() == r0.random()
+    _assert_six_draws_only(dataclasses.replace(only, p_envelope=0.0), x, y)
     assert A.AugmentParams().p_envelope == 0.0  # off unless a config asks for it
