@@ -17,8 +17,8 @@ probability, in this order):
     s = 1.08, synthetic_tags' 60-76 / 140-176 BPM stay clear of its untagged 92-116 BPM band;
     soundfont_tags 3.0.0's classes, 4 and 8 BPM from its untagged 80-132 band, need s <= 1.05);
   - pitch shift: the mel axis shifted by up to `pitch_bins` bins (edge bins repeated): above
-    1 kHz, where librosa's (Slaney) mel bands are log-spaced, 96 bands to 8 kHz are 3.3% (0.56
-    semitone) apart, so a bin is a pitch shift of 0.56 semitone there, an approximation below;
+    1 kHz, where librosa's (Slaney) mel bands are log-spaced, a bin of the 96 up to 8 kHz is
+    3.3% in frequency (0.56 semitone); an approximation below;
   - envelope shift (off by default): each frame's spectral envelope moved along the mel axis by
     up to +-`envelope_bins` bins while its fine structure stays (`envelope_shift`): what a
     formant shift at fixed pitch does, or another instrument sample's body resonances, as far as
@@ -43,8 +43,8 @@ Frame targets (`frames`, (T, num_tags): the crop's exact activity, the targets o
 loss) follow the transforms that move sound in time: the time stretch reads them at the same
 source frames as the log-mel (a frame is on if either of the two frames it interpolates is on),
 and mixing takes their frame-by-frame union for the tags in `mix_tags` (the others keep the
-first chunk's). Pitch shift, envelope shift, gain, EQ and noise leave them as they are; so does the reverb,
-whose tail (its total energy 3-12 dB below the dry path's, spread over the decay) is not
+first chunk's). Pitch shift, envelope shift, gain, EQ and noise leave them as they are; so
+does the reverb, whose tail (its total energy 3-12 dB below the dry path's, spread over the decay) is not
 counted as the instrument sounding, as the dataset's activity does not count a note's own
 release tail. The pipeline then labels an activity-labelled crop with the tags active in its
 augmented frame targets.
