@@ -46,8 +46,8 @@ and mixing takes their frame-by-frame union for the tags in `mix_tags` (the othe
 first chunk's). Pitch shift, envelope shift, gain, EQ and noise leave them as they are; so
 does the reverb, whose tail (its total energy 3-12 dB below the dry path's, spread over the
 decay) is not counted as the instrument sounding, as the dataset's activity does not count a
-note's own release tail. The pipeline then labels an activity-labelled crop with the tags active in its
-augmented frame targets.
+note's own release tail. The pipeline then labels an activity-labelled crop with the tags
+active in its augmented frame targets.
 """
 from __future__ import annotations
 
