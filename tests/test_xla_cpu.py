@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OFF = "--xla_cpu_experimental_ynn_fusion_type="
 IN_RANGE = xla_cpu.JAXLIB_RANGE[0]
 needs_flag = pytest.mark.skipif(  # the flag is set (and known to XLA) only on these jaxlibs
-    not (xla_cpu.JAXLIB_RANGE[0] <= (xla_cpu.jaxlib_version() or (0, 0))
-         < xla_cpu.JAXLIB_RANGE[1]), reason="jaxlib outside JAXLIB_RANGE")
+    xla_cpu.inference_flags({}, xla_cpu.jaxlib_version()) is None,
+    reason="jaxlib outside JAXLIB_RANGE")
 
 
 @pytest.mark.parametrize("environ, version, expected", [
