@@ -200,11 +200,13 @@ def _compare(ref: dict, got: dict) -> None:
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device(runs):
     assert int(runs["one"]["devices"]) == 1 and int(runs["four"]["devices"]) == 4
     _compare(runs["one"], runs["four"])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_four_devices(runs):
     got = runs["two_processes"]
     assert int(got["processes"]) == 2 and int(got["devices"]) == 4

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "resume_worker.py"
@@ -91,6 +92,7 @@ def _validation(workdir: Path) -> list[tuple]:
             if r["split"] == "validation"]
 
 
+@pytest.mark.slow
 def test_sigterm_then_sigkill_then_resume_matches_uninterrupted(tmp_path):
     cache = tmp_path / "jax_cache"
     ref_dir, workdir = tmp_path / "uninterrupted", tmp_path / "interrupted"
