@@ -214,6 +214,7 @@ def test_two_processes_match_one_process_with_four_devices(runs):
     _compare(runs["one"], got)
 
 
+@pytest.mark.slow
 def test_training_moved_the_parameters(runs):
     """The comparison is not vacuous: 3 steps moved the parameters far beyond the tolerance."""
     assert float(runs["one"]["moved"]) > 1e-3
