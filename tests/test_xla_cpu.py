@@ -143,7 +143,7 @@ def test_model_still_matches_the_float64_reference_with_the_flag():
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_cpu.YNNPACK_OFF)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header",
-         str(ROOT / "tests" / "test_model.py"), "-k",
+         "-n", "0", str(ROOT / "tests" / "test_model.py"), "-k",
          "matches_numpy_reference or override_matches_reference"],
         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0 and "4 passed" in proc.stdout, proc.stdout[-3000:]
