@@ -23,9 +23,7 @@ warning; any other failure, or a second abort, fails.
 """
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import warnings
@@ -34,23 +32,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from process_helpers import cpu_env, distributed_envs, free_port
+
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "distributed_worker.py"
 STEPS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(devices: int, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")}
-    env.update(JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
-    return env
 
 
 # What process 0's log shows of that abort at exit (the module docstring says what is done).
@@ -87,11 +73,9 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
 
     def two_processes():
-        port = _free_port()
-        return [(_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                      JAX_PROCESS_ID=str(i)), out / "two_processes.npz") for i in range(2)]
+        return [(env, out / "two_processes.npz") for env in distributed_envs(2, 2, free_port())]
 
-    jobs = {"one": [(_env(1), out / "one.npz")], "four": [(_env(4), out / "four.npz")],
+    jobs = {"one": [(cpu_env(1), out / "one.npz")], "four": [(cpu_env(4), out / "four.npz")],
             "two_processes": two_processes()}
     procs = {name: _start(specs) for name, specs in jobs.items()}
     everything = [p for ps in procs.values() for p in ps]

@@ -9,9 +9,7 @@ differ between device counts): 2e-6 absolute on the probabilities of tags.json (
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +22,7 @@ import soundfile as sf
 from tagger_jax.checkpoint import save_model
 from tagger_jax.config_base import base_config
 from tagger_jax.models import build_model
+from process_helpers import cpu_env, distributed_envs, free_port
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "inference_worker.py"
@@ -33,18 +32,7 @@ GOOD = ("long.npy", "mid.npy", "short.npy", "tone.wav", "sub/other.npy")
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(devices: int, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")}
-    env.update(JAX_PLATFORMS="cpu", TAGGER_JAX_COMPILATION_CACHE="0",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
-    return env
+NO_CACHE = {"TAGGER_JAX_COMPILATION_CACHE": "0"}
 
 
 def _start(jobs, model_dir, inputs, rerun=False):
@@ -87,15 +75,13 @@ def runs(tmp_path_factory):
         np.save(inputs / name, rng.normal(-30, 10, (96, frames)).astype(np.float32))
     sf.write(inputs / "tone.wav", 0.2 * np.sin(np.arange(24000) * 0.07), 16000)
     (inputs / "broken.wav").write_bytes(b"RIFF not a wave")
-    port = _free_port()
     jobs = {
-        "one": [(_env(1), root / "one")],
-        "four": [(_env(4), root / "four")],
-        "two": [(_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                      JAX_PROCESS_ID=str(i)), root / "two") for i in range(2)],
+        "one": [(cpu_env(1, **NO_CACHE), root / "one")],
+        "four": [(cpu_env(4, **NO_CACHE), root / "four")],
+        "two": [(env, root / "two") for env in distributed_envs(2, 2, free_port(), **NO_CACHE)],
     }
     logs = _start(jobs, model_dir, inputs)
-    return root, model_dir, inputs, logs, port
+    return root, model_dir, inputs, logs
 
 
 def _tags(out: Path) -> dict:
@@ -107,7 +93,7 @@ def _maps(out: Path) -> dict:
 
 
 def test_device_and_process_counts(runs):
-    _, _, _, logs, _ = runs
+    _, _, _, logs = runs
     assert "devices 0 1 1" in logs["one"][0] and "devices 0 4 4" in logs["four"][0]
     assert "devices 0 4 2" in logs["two"][0] and "devices 1 4 2" in logs["two"][1]
     # Exit status 1: an input failed (process 0 reports the whole run).
@@ -145,7 +131,7 @@ def test_explanations_equal_one_device(runs, name):
 
 
 def test_two_processes_compute_every_input_exactly_once(runs):
-    _, _, inputs, logs, _ = runs
+    _, _, inputs, logs = runs
     printed = [line.split(": ")[0] for log in logs["two"] for line in log.splitlines()
                if line.startswith(str(inputs))]
     assert sorted(printed) == sorted(str(inputs / g) for g in GOOD)
@@ -155,10 +141,9 @@ def test_two_processes_compute_every_input_exactly_once(runs):
 
 
 def test_rerun_skips_what_any_process_finished(runs):
-    root, model_dir, inputs, _, _ = runs
-    port = _free_port()
-    jobs = {"two": [(_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                          JAX_PROCESS_ID=str(i)), root / "two") for i in range(2)]}
+    root, model_dir, inputs, _ = runs
+    jobs = {"two": [(env, root / "two")
+                    for env in distributed_envs(2, 2, free_port(), **NO_CACHE)]}
     logs = _start(jobs, model_dir, inputs, rerun=True)
     text = "".join(logs["two"])
     assert f"skipped {len(GOOD)} already finished" in text
