@@ -7,6 +7,8 @@ windows as the log-mel's STFT frames), independently of the mask code.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -262,6 +264,41 @@ def test_builder_refuses_a_rebuild_with_other_banks(tiny):
                               dataclasses.replace(tiny.builder_config, seed=1))
     read_back = datasets.get_builder("soundfont_tags", Path(tiny.data_dir).parents[2], "tiny")
     assert SoundfontTags.reuse_conflict(metadata, None, read_back.builder_config) is None
+
+
+def test_builder_reuses_a_build_whose_unseen_bank_lies_elsewhere(tiny, tmp_path):
+    """A build records its unseen banks' files and their SHA-1; the same bank installed at
+    another path (another clone's virtual environment) reuses the build, another file does not.
+    A build without digests (before they were recorded) is checked by hashing its recorded file,
+    or by the file name when that file is gone."""
+    metadata = dict(tiny.info.metadata)
+    recorded = metadata["config"]
+    timgm6mb = soundfont.resolve_bank("timgm6mb")
+    assert recorded["unseen_bank_sha1"] == {
+        "test_timgm6mb": hashlib.sha1(timgm6mb.read_bytes()).hexdigest()}
+    elsewhere = tmp_path / "other_venv" / "TimGM6mb.sf2"
+    elsewhere.parent.mkdir()
+    shutil.copyfile(timgm6mb, elsewhere)
+
+    def moved(path, digests=True):
+        config = {**recorded, "unseen_banks": {"test_timgm6mb": str(path)}}
+        if not digests:
+            del config["unseen_bank_sha1"]
+        return {**metadata, "config": config}
+
+    config = tiny.builder_config
+    assert SoundfontTags.reuse_conflict(moved(elsewhere), None, config) is None
+    assert SoundfontTags.reuse_conflict(moved(elsewhere, digests=False), None, config) is None
+    gone = tmp_path / "deleted_venv" / "TimGM6mb.sf2"
+    assert SoundfontTags.reuse_conflict(moved(gone), None, config) is None
+    assert SoundfontTags.reuse_conflict(moved(gone, digests=False), None, config) is None
+    renamed = gone.with_name("Other.sf2")
+    assert "unseen" in SoundfontTags.reuse_conflict(moved(renamed, digests=False), None, config)
+    elsewhere.write_bytes(elsewhere.read_bytes()[:-2] + b"xx")  # another bank, same name
+    assert "unseen" in SoundfontTags.reuse_conflict(moved(elsewhere, digests=False), None, config)
+    wrong = {**moved(elsewhere), "config": {**moved(elsewhere)["config"],
+                                             "unseen_bank_sha1": {"test_timgm6mb": "0" * 40}}}
+    assert "unseen" in SoundfontTags.reuse_conflict(wrong, None, config)
 
 
 @pytest.mark.parametrize("fields, match", [

@@ -25,7 +25,9 @@ Banks are compared by contents: a training bank may not be given twice (also as 
 or a copy), nor be an unseen bank (with `--set extra_banks=timgm6mb`, give other `--set
 unseen_banks=...` or none: `--set unseen_banks=`); two banks of the same short name are refused
 too (their records could not be told apart). Rebuilding a config under the same name with other
-banks, seed, length or sizes is refused rather than silently reusing the old build. FluidR3_GM is kept for evaluation outside
+banks, seed, length or sizes is refused rather than silently reusing the old build; an unseen
+bank counts as the same by contents, so another clone's or virtual environment's copy of
+`timgm6mb` reuses the build. FluidR3_GM is kept for evaluation outside
 the project: it can be an unseen bank (`--set unseen_banks=/usr/share/sounds/sf2/FluidR3_GM.sf2`)
 but never a training bank.
 
@@ -122,7 +124,9 @@ class SoundfontTags(TaggingBuilder):
                             for s, p in recorded.get("unseen_banks", {}).items()},
                  "seed": recorded.get("seed"), "duration_s": recorded.get("duration_s"),
                  "num_clips": recorded.get("num_clips")}
-        differ = [f"{k} {built[k]} (this run: {asked[k]})" for k in built if built[k] != asked[k]]
+        same = {k: built[k] == asked[k] for k in built}
+        same["unseen"] = _same_unseen(recorded, asked["unseen"])
+        differ = [f"{k} {built[k]} (this run: {asked[k]})" for k in built if not same[k]]
         if not differ:
             return None
         return (f"built with other settings than this run's ({'; '.join(differ)}): give this "
@@ -153,6 +157,7 @@ class SoundfontTags(TaggingBuilder):
         if len(banks) > 1:  # one-bank datasets keep the notes they had before extra_banks
             note["extra_banks"] = {str(b): str(p) for b, p in zip(banks[1:], train_files[1:])}
         note.update({"unseen_banks": {s: str(paths[b]) for s, b in unseen.items()},
+                     "unseen_bank_sha1": {s: bank_digest(paths[b]) for s, b in unseen.items()},
                      "num_clips": {s: config.num_clips(s) for s in self._split_names()}})
         self._note("config", note)
         training = [(str(p), soundfont.bank_name(b)) for b, p in zip(banks, train_files)]
@@ -192,18 +197,41 @@ def _describe(config: SoundfontConfig) -> dict[str, Any]:
             "num_clips": {s: config.num_clips(s) for s in SPLITS + tuple(unseen)}}
 
 
+def bank_digest(path: str | os.PathLike) -> str:
+    """SHA-1 (hex) of a bank file's contents: what tells two banks apart, wherever they lie."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def _same_unseen(recorded: Mapping[str, Any], asked: Mapping[str, str]) -> bool:
+    """Whether a build's recorded unseen banks (split -> file) are the files `asked` names, by
+    contents: the same bank installed elsewhere (another clone's or virtual environment's copy
+    of `timgm6mb`) is the same bank. The build's digests are read from its note
+    ("unseen_bank_sha1"; builds before 2026-12-03 lack it, and their recorded file is hashed
+    when it still exists, else only its file name can be compared)."""
+    files = recorded.get("unseen_banks", {})
+    if set(files) != set(asked):
+        return False
+    digests = recorded.get("unseen_bank_sha1", {})
+    for split, built_file in files.items():
+        built = digests.get(split) or (bank_digest(built_file) if Path(built_file).is_file()
+                                       else None)
+        if built is None:
+            if Path(built_file).name != Path(asked[split]).name:
+                return False
+        elif built != bank_digest(asked[split]):
+            return False
+    return True
+
+
 def _check_distinct(name: str, banks: Sequence[str], train_files: Sequence[Path],
                     unseen: Mapping[str, Path]) -> None:
     """ValueError (one line, saying what to change) when two training banks are the same file
     (by contents, so a copy or another path counts) or have the same short name (their records
     could not be told apart), or when an unseen bank is a training bank's file or name."""
-    def digest(path: Path) -> str:
-        return hashlib.sha1(path.read_bytes()).hexdigest()
-
     by_digest: dict[str, str] = {}
     by_name: dict[str, str] = {}
     for bank, path in zip(banks, train_files):
-        d, short = digest(path), soundfont.bank_name(bank)
+        d, short = bank_digest(path), soundfont.bank_name(bank)
         if d in by_digest:
             raise ValueError(f"{name}: the training bank {bank!r} ({path}) is the same file as "
                              f"{by_digest[d]!r}; drop one (bank is 'merlin' unless set, "
@@ -213,7 +241,7 @@ def _check_distinct(name: str, banks: Sequence[str], train_files: Sequence[Path]
                              f"same name {short!r}; rename one file")
         by_digest[d], by_name[short] = bank, bank
     for bank, path in unseen.items():
-        d, short = digest(path), soundfont.bank_name(bank)
+        d, short = bank_digest(path), soundfont.bank_name(bank)
         if d in by_digest or short in by_name:
             same = by_digest.get(d) or by_name[short]
             what = "the same file as" if d in by_digest else "named like"
