@@ -21,15 +21,14 @@ which), so the split sizes and the scores stay those of one bank:
     python train.py --config configs/soundfont_cpu.py --workdir runs/two \
         --config.data.builder_config=two
 
-Banks are compared by contents: a training bank may not be given twice (also as another path
-or a copy), nor be an unseen bank (with `--set extra_banks=timgm6mb`, give other `--set
-unseen_banks=...` or none: `--set unseen_banks=`); two banks of the same short name are refused
-too (their records could not be told apart). Rebuilding a config under the same name with other
-banks, seed, length or sizes is refused rather than silently reusing the old build; an unseen
-bank counts as the same by contents, so another clone's or virtual environment's copy of
-`timgm6mb` reuses the build. FluidR3_GM is kept for evaluation outside
-the project: it can be an unseen bank (`--set unseen_banks=/usr/share/sounds/sf2/FluidR3_GM.sf2`)
-but never a training bank.
+Banks are compared by contents: a training bank may not be given twice (also as another path or a
+copy), nor be an unseen bank (with `--set extra_banks=timgm6mb`, give other `--set
+unseen_banks=...` or none: `--set unseen_banks=`); two banks of the same short name are refused too
+(their records could not be told apart). Rebuilding a config under the same name with other banks,
+seed, length or sizes is refused rather than silently reusing the old build; an unseen bank counts
+as the same by contents, so another clone's or virtual environment's copy of `timgm6mb` reuses the
+build. FluidR3_GM is kept for evaluation outside the project: it can be an unseen bank (`--set
+unseen_banks=/usr/share/sounds/sf2/FluidR3_GM.sf2`) but never a training bank.
 
 Configs:
   - `default`: train on `merlin`, unseen `timgm6mb`; 1,000 / 100 / 250 (+ 250) clips of 10 s.
