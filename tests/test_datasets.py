@@ -672,16 +672,21 @@ def test_synthetic_segments_build_matches_generator_and_rebuilds_identically(tmp
         _records(tmp_path / "b", "synthetic_tags", "tiny_segments")
 
 
-def test_ensure_built_builds_synthetic_once(tmp_path, caplog):
+def test_ensure_built_builds_synthetic_once(tmp_path, caplog, capsys):
+    """Built on first use; the second call reuses the build and says so on stdout."""
     config = SyntheticConfig(name="tiny", waveform=True, **TINY)
     caplog.set_level(logging.WARNING)
     b = datasets.ensure_built("synthetic_tags", tmp_path, config, num_workers=1)
     # TFDS's is_prepared() warns about the version folder a fresh build has not made yet.
     assert "Variant folder" not in caplog.text and "dataset_info.json" not in caplog.text
+    assert "reusing" not in capsys.readouterr().out
     files = sorted(Path(str(b.data_dir)).glob("*.array_record*"))
     stamps = [f.stat().st_mtime_ns for f in files]
     b2 = datasets.ensure_built("synthetic_tags", tmp_path, config)
     assert [f.stat().st_mtime_ns for f in files] == stamps and b2.is_prepared()
+    assert capsys.readouterr().out == (
+        f"reusing the existing build synthetic_tags/tiny {b2.version} in {b2.data_dir} "
+        "(tagger-jax build-dataset synthetic_tags --config tiny --overwrite rebuilds it)\n")
     source, tags = datasets.load_split("synthetic_tags", "train", tmp_path, config)
     ex = source[3]
     assert len(source) == 4 and tags == synth.SYNTH_TAGS

@@ -97,8 +97,7 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
         builder = get_builder(name, data_dir, builder_config, num_workers, resume)
     if _is_prepared(builder):
         _check_reuse(name, builder, manual_dir)
-        print(f"reusing the existing build {_label(builder)} in {builder.data_dir} (--overwrite "
-              "rebuilds it)", flush=True)
+        _announce_reuse(builder, "--overwrite rebuilds it")
         return builder
     if builder.data_path.exists():  # TFDS would "reuse" it and build nothing
         raise ValueError(f"{_label(builder)}: {builder.data_dir} exists but holds no finished "
@@ -115,6 +114,12 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
     if name not in SELF_CONTAINED:  # synthesised, not decoded: nothing to warn about
         print(warnings_summary(builder), flush=True)
     return builder
+
+
+def _announce_reuse(builder: tfds.core.DatasetBuilder, hint: str) -> None:
+    """Says on stdout that an existing build is used (nothing reused goes unreported)."""
+    print(f"reusing the existing build {_label(builder)} in {builder.data_dir} ({hint})",
+          flush=True)
 
 
 def _label(builder: tfds.core.DatasetBuilder) -> str:
@@ -174,11 +179,15 @@ def ensure_built(name: str, data_dir: str | os.PathLike,
 
     Self-contained datasets (`synthetic_tags`) are built on first use, so a new user can train
     without a separate build step; others are built when `manual_dir` is given, otherwise a
-    FileNotFoundError says which command builds them.
+    FileNotFoundError says which command builds them. An existing build is announced on stdout
+    (after the checks of `build`: one made from another source is refused).
     """
     builder = get_builder(name, data_dir, builder_config, num_workers)
     if _is_prepared(builder):
         _check_reuse(name, builder, manual_dir)
+        config = f" --config {builder.builder_config.name}" if builder.builder_config else ""
+        _announce_reuse(builder, f"tagger-jax build-dataset {name}{config} --overwrite "
+                                 "rebuilds it")
         return builder
     if name in SELF_CONTAINED or manual_dir:
         return build(name, data_dir, builder_config, manual_dir, num_workers)
