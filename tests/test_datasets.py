@@ -686,7 +686,7 @@ def test_ensure_built_builds_synthetic_once(tmp_path, caplog, capsys):
     assert [f.stat().st_mtime_ns for f in files] == stamps and b2.is_prepared()
     assert capsys.readouterr().out == (
         f"reusing the existing build synthetic_tags/tiny {b2.version} in {b2.data_dir} "
-        "(tagger-jax build-dataset synthetic_tags --config tiny --overwrite rebuilds it)\n")
+        "(tagger-jax build-dataset --overwrite rebuilds it)\n")
     source, tags = datasets.load_split("synthetic_tags", "train", tmp_path, config)
     ex = source[3]
     assert len(source) == 4 and tags == synth.SYNTH_TAGS

@@ -185,9 +185,7 @@ def ensure_built(name: str, data_dir: str | os.PathLike,
     builder = get_builder(name, data_dir, builder_config, num_workers)
     if _is_prepared(builder):
         _check_reuse(name, builder, manual_dir)
-        config = f" --config {builder.builder_config.name}" if builder.builder_config else ""
-        _announce_reuse(builder, f"tagger-jax build-dataset {name}{config} --overwrite "
-                                 "rebuilds it")
+        _announce_reuse(builder, "tagger-jax build-dataset --overwrite rebuilds it")
         return builder
     if name in SELF_CONTAINED or manual_dir:
         return build(name, data_dir, builder_config, manual_dir, num_workers)
