@@ -18,6 +18,7 @@ COMMANDS = {
     "import-authors": "tagger_jax.commands.import_authors",
     "tag": "tagger_jax.commands.tag",
     "build-dataset": "tagger_jax.commands.build_dataset",
+    "convert-patches": "tagger_jax.commands.convert_patches",
     "evaluate": "tagger_jax.commands.evaluate",
     "train": "tagger_jax.commands.train",
     "explain": "tagger_jax.commands.explain",

@@ -89,6 +89,33 @@ def resolve_bank(bank: str | os.PathLike, for_training: bool = False) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=16)
+def _renders(path: str, size: int, mtime_ns: int) -> str | None:
+    import midirenderer
+
+    probe = gm_score.Part("melody", "probe", 0, (gm_score.Note(60, 0.0, 0.05, 90),))
+    try:
+        midirenderer.render_wave_from(_bank_bytes(path), part_midi(probe, 0.05))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - RuntimeError, or pyo3's PanicException (a
+        # BaseException) when the Rust parser panics on a damaged file
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
+
+
+def check_renders(bank: str | os.PathLike, for_training: bool = False) -> Path:
+    """`resolve_bank`, then one short note rendered with the bank, so that a file the renderer
+    cannot parse (a damaged or hand-written .sf2) is a BankError naming it before a build starts,
+    not an error from inside a worker process midway. Returns the bank's file."""
+    path = resolve_bank(bank, for_training)
+    stat = path.stat()
+    problem = _renders(str(path), stat.st_size, stat.st_mtime_ns)
+    if problem is not None:
+        raise BankError(f"bank {os.fspath(bank)!r}: the renderer cannot read {path} ({problem})")
+    return path
+
+
 def bank_name(bank: str | os.PathLike) -> str:
     """A short name for split names and reports: the `BANKS` key or the file stem, lowercased,
     with characters other than letters, digits and '_' replaced by '_'."""

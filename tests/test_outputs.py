@@ -227,6 +227,7 @@ def test_msd_unsafe_pickle_is_one_error_line(tmp_path, capsys):
     ["evaluate", "--checkpoint", "NO_MODEL", "--out", "OUT"],
     ["import-authors", "NO_MODEL", "--variant", "released", "--out", "OUT"],
     ["build-dataset", "audio_folder", "--manual-dir", "NO_MODEL", "--data-dir", "OUT"],
+    ["convert-patches", "NO_MODEL", "OUT"],
 ])
 def test_every_output_directory_is_checked_before_any_work(command, tmp_path, capsys):
     (tmp_path / "file").write_text("x")

@@ -184,6 +184,39 @@ def test_banks(tmp_path):
     assert soundfont.bank_name("/x/My Bank.sf2") == "my_bank"
 
 
+def test_a_bank_the_renderer_cannot_read_is_refused_before_a_build(tmp_path, monkeypatch):
+    """A .sf2 with a valid header but a damaged body passes `resolve_bank`; `check_renders`
+    (which the builder calls on every bank first) names it in one line instead of the renderer
+    failing inside a worker midway through a build."""
+    assert soundfont.check_renders("merlin") == soundfont.resolve_bank("merlin")
+    damaged = tmp_path / "damaged.sf2"
+    good = soundfont.resolve_bank("timgm6mb").read_bytes()
+    damaged.write_bytes(good[:12] + b"LIST" + good[16:20] + b"?LIS" + good[24:4096])
+    with pytest.raises(soundfont.BankError, match=r"'.*damaged.sf2': the renderer cannot read "
+                                                  r".*damaged.sf2 \(.+\)") as e:
+        soundfont.check_renders(damaged)
+    assert "\n" not in str(e.value)
+    config = SoundfontConfig(name="damaged", unseen_banks=(str(damaged),), num_train=3,
+                             num_validation=1, num_test=2, duration_s=3.0)
+    builder = SoundfontTags(config=config, data_dir=str(tmp_path / "data"), num_workers=1)
+    with pytest.raises(soundfont.BankError, match="the renderer cannot read"):
+        builder.download_and_prepare()
+    # The Rust parser can also panic: pyo3 raises PanicException, a BaseException.
+    import midirenderer
+
+    class PanicException(BaseException):
+        pass
+
+    def panic(*_):
+        raise PanicException("index out of bounds")
+
+    monkeypatch.setattr(midirenderer, "render_wave_from", panic)
+    copy = tmp_path / "copy.sf2"
+    copy.write_bytes(good)
+    with pytest.raises(soundfont.BankError, match=r"copy.sf2 \(index out of bounds\)"):
+        soundfont.check_renders(copy)
+
+
 def _build(data_dir, workers, name="tiny", **fields):
     sizes = {"num_train": 3, "num_validation": 1, "num_test": 2, "duration_s": 3.0}
     config = SoundfontConfig(name=name, **{**sizes, **fields})

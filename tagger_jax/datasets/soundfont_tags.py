@@ -145,9 +145,9 @@ class SoundfontTags(TaggingBuilder):
     def _split_generators(self, dl_manager):
         config = self.builder_config
         banks = config.training_banks()
-        train_files = [soundfont.resolve_bank(b, for_training=True) for b in banks]
+        train_files = [soundfont.check_renders(b, for_training=True) for b in banks]
         unseen = config.unseen_splits()
-        paths = {b: soundfont.resolve_bank(b) for b in unseen.values()}
+        paths = {b: soundfont.check_renders(b) for b in unseen.values()}
         _check_distinct(self.name, banks, train_files, paths)
         self._set_tags(gm_score.TAGS)
         self._note("source", "tagger_jax.gm_score + tagger_jax.soundfont")

@@ -1,0 +1,56 @@
+"""`tagger-jax convert-patches CONFIG OUT.sf2`: a GUS patch set (TiMidity config) as a .sf2 bank."""
+from __future__ import annotations
+
+import argparse
+
+HELP = ("Convert a GUS patch set (a TiMidity config and its .pat files, e.g. Debian's freepats) "
+        "into a SoundFont 2 bank for soundfont_tags.")
+EPILOG = ("Example: apt-get download freepats && dpkg -x freepats_*.deb fp && tagger-jax "
+          "convert-patches fp/etc/timidity/freepats.cfg freepats.sf2 --patch-dir "
+          "fp/usr/share/midi/freepats. Then --set extra_banks=freepats.sf2 or "
+          "unseen_banks=...,freepats.sf2 in build-dataset soundfont_tags (docs/datasets.md).")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG",
+                        help="TiMidity config naming the patches (bank 0 and drum set 0 are read)")
+    parser.add_argument("out", metavar="OUT.sf2", help="SoundFont 2 file to write")
+    parser.add_argument("--patch-dir", default=None, metavar="DIR",
+                        help="folder the config's patch names are relative to (default: the "
+                             "config's 'dir' lines, else the config's folder)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT.sf2")
+
+
+def _programs(numbers) -> str:
+    return ", ".join(map(str, numbers)) or "none"
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from tagger_jax import errors, gus_patches, outputs
+
+    out = outputs.check_output_file(args.out)
+    if out.suffix.lower() != ".sf2":
+        raise errors.ConfigError(f"{out}: the output must end in .sf2 (the banks' file type)")
+    if out.exists() and not args.overwrite:
+        raise outputs.OutputError(f"{out}: exists (give --overwrite to replace it)")
+    patch_set = gus_patches.read_config(args.config, args.patch_dir)
+    if patch_set.ignored:
+        print(f"not read from {args.config}: {', '.join(patch_set.ignored)} (only bank 0 and "
+              "drum set 0, General MIDI's, are converted)", file=sys.stderr)
+    from tqdm import tqdm
+
+    with tqdm(total=len(patch_set.programs) + len(patch_set.drums), desc="converting patches",
+              unit="patch") as bar:
+        result = gus_patches.convert(patch_set, name=out.stem, on_patch=lambda _: bar.update())
+    outputs.atomic_write_bytes(out, result.sf2)
+    filled = ", ".join(f"{p} by {q}" for p, q in result.filled.items())
+    print(f"converted {len(result.programs)} programs and {len(result.drum_keys)} drum keys "
+          f"({result.num_samples} samples) from {args.config} -> {out} "
+          f"({len(result.sf2) / 2**20:.1f} MiB)")
+    print(f"programs the set lacks, played by the nearest of their GM family: {filled or 'none'}")
+    if result.missing:
+        print(f"programs with no program of their family: {_programs(result.missing)} (left "
+              "to the synthesizer: midirenderer plays the bank's first preset for them)")
+    return 0
