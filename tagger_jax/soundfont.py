@@ -91,11 +91,13 @@ def resolve_bank(bank: str | os.PathLike, for_training: bool = False) -> Path:
 
 @functools.lru_cache(maxsize=16)
 def _renders(path: str, size: int, mtime_ns: int) -> str | None:
+    """The renderer's complaint about the bank at `path` (keyed by size and time of change, so a
+    rewritten file is played again), or None when it plays."""
     import midirenderer
 
     probe = gm_score.Part("melody", "probe", 0, (gm_score.Note(60, 0.0, 0.05, 90),))
     try:
-        midirenderer.render_wave_from(_bank_bytes(path), part_midi(probe, 0.05))
+        midirenderer.render_wave_from(Path(path).read_bytes(), part_midi(probe, 0.05))
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # noqa: BLE001 - RuntimeError, or pyo3's PanicException (a
