@@ -9,7 +9,7 @@ every bank option of the project accepts:
     tagger-jax convert-patches freepats/etc/timidity/freepats.cfg freepats.sf2 \\
         --patch-dir freepats/usr/share/midi/freepats
 
-What is kept, and how (the GF1 patch layout as TiMidity's instrument loader reads it):
+What is kept, and how (the GF1 patch layout and the choices of TiMidity's instrument loader):
 
 * Sample data: 8- or 16-bit, signed or unsigned, as signed 16-bit; a reversed sample is turned
   round; a ping-pong (bidirectional) loop, which SoundFont 2 lacks, is unrolled into a forward
@@ -18,18 +18,35 @@ What is kept, and how (the GF1 patch layout as TiMidity's instrument loader read
   frequency holds the key's frequency, else the one whose root frequency is nearest. Runs of
   keys with the same sample become one zone. The root frequency (milli-Hz) becomes the
   sample's original key and pitch correction (cents). A scale factor other than 1024 becomes
-  scale tuning (factor / 1024 x 100 cents per key); drum-kit patches play at their recorded
-  pitch on their own key (scale tuning 0), as a kit's sounds do.
-* Volume envelope: GUS envelopes are six (rate, offset) stages on the card's logarithmic volume
-  (approximated here as 0.375 dB per offset step, 256 steps over 96 dB). A rate byte holds a
-  6-bit increment and a 2-bit range, each range step 8 times slower; in offset steps per
-  44.1 kHz sample it is increment x 8^(3 - range) / 8192 (TiMidity's conversion of the rates).
-  Stage 0 is the attack; with the sustain flag stages 1-2 decay to the sustain level and stages
-  3-5 are the release; without it the note decays through all six while held. SoundFont decays
-  and releases are linear in dB as the card's are, so each maps to a time per 100 dB and a
-  sustain attenuation (centibels). A patch without the envelope flag plays at full level.
-* Left out: tremolo, vibrato, panning (the project folds to mono), and patch banks other than
-  bank 0 and drum set 0 of the config (General MIDI's melodic bank and standard kit).
+  scale tuning (factor / 1024 x 100 cents per key).
+* Which samples keep their loop and envelope, as TiMidity decides by default: a drum set's
+  patches lose both and play once, whole, at their recorded pitch on their own key; a melodic
+  sample without a loop loses its envelope (it plays its recording through), and so does one
+  without the sustain flag or with a "weird" envelope (all six rates at 63, or a last offset of
+  100 or more). A sample without an envelope plays at full level and, after its key is
+  released, to the end of its data (the part after its loop included: SoundFont sample mode
+  3), as TiMidity lets such a voice run out.
+* Volume envelope (looped, sustained samples): six (rate, offset) stages on the card's
+  logarithmic volume (approximated here as 0.375 dB per offset step, 256 steps over 96 dB). A
+  rate byte holds a 6-bit increment and a 2-bit range, each range step 8 times slower; in offset
+  steps per 44.1 kHz sample it is increment x 8^(3 - range) / 8192 (TiMidity's conversion of
+  the rates). Stage 0 is the attack, stages 1-2 decay to the sustain level (held while the key
+  is down), stage 3 starts the release. SoundFont decays and releases are linear in dB as the
+  card's are: the decay becomes its time per 100 dB and a sustain attenuation (centibels), the
+  release the time per 100 dB at stage 3's rate (from wherever the note is when released, as on
+  the card, whatever offsets stages 3-5 aim at).
+* Left out: tremolo, vibrato, panning (the project folds to mono), the config's per-patch
+  options (amp=, pan=, note=, keep=, strip=: the renderer levels each stem anyway), and patch
+  banks other than bank 0 and drum set 0 (General MIDI's melodic bank and standard kit).
+
+Config files: `dir` (a folder patch names are looked up in; relative to the config's folder,
+not to the working directory), `bank N`, `drumset N`, `source FILE` (another config read in
+place, relative to this one's folder) and patch lines `NUMBER FILE [options]`; `#` starts a
+comment. Other directives are reported as not read.
+
+FreePats played this way: its pianos, harps, guitars, harpsichord, violin and sitar are looped
+and sustained, so they hold their level while a key is down (as TiMidity plays them), where
+`merlin`'s decay; its cello, bass and choir fade while held.
 
 General MIDI programs the set lacks (FreePats has 72 of 128) are played by the nearest program
 of the same GM family of eight (e.g. String Ensemble 2 by String Ensemble 1); a family with no
@@ -44,7 +61,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shlex
 import struct
 from pathlib import Path
 from typing import Callable, Mapping
@@ -59,8 +75,8 @@ MODE_16BIT, MODE_UNSIGNED, MODE_LOOP, MODE_PINGPONG, MODE_REVERSE, MODE_SUSTAIN,
     MODE_ENVELOPE = (1 << i for i in range(7))
 DB_PER_OFFSET = 96.0 / 256.0  # GUS log volume: 96 dB over the 8-bit envelope offset
 GUS_RATE_HZ = 44100.0  # envelope rates are per sample at this rate (TiMidity's conversion)
-NO_ENVELOPE_RELEASE_S = 0.05  # release of a patch without an envelope (a click-free stop)
 MIN_TIME_S = 0.001  # SoundFont times are clamped to this (-12000 timecents is "instant")
+MAX_TIME_S = 100.0  # and to this: a release this long lets a sample run to its end
 MAX_ATTENUATION_CB = 1440  # SoundFont's largest sustain attenuation (144 dB)
 GM_FAMILY = 8  # General MIDI groups its 128 programs in families of eight
 SF2_GUARD = 46  # zero sample points after each sample (SoundFont 2.01, 6.1)
@@ -176,44 +192,57 @@ def read_patch(path: str | Path) -> list[PatchSample]:
 
 
 def read_config(path: str | Path, patch_dir: str | Path | None = None) -> PatchSet:
-    """Bank 0 and drum set 0 of a TiMidity config. Patch names are found under `patch_dir` if
-    given, else under the config's `dir` lines, else next to the config; a name without
-    extension gets `.pat`. Raises PatchError naming the line that cannot be read."""
+    """Bank 0 and drum set 0 of a TiMidity config (module docstring: the directives read).
+    Patch names are found under `patch_dir` if given, else under the configs' `dir` lines, else
+    next to the config; a name without extension gets `.pat`. Raises PatchError naming the
+    line that cannot be read, or the config if it holds no patch of bank 0 or drum set 0."""
     path = Path(path)
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError as e:
-        raise PatchError(f"{path}: cannot read the config ({e.strerror or e})") from None
     dirs: list[Path] = []
     programs: dict[int, Path] = {}
     drums: dict[int, Path] = {}
     ignored: list[str] = []
-    section: dict[int, Path] | None = None
-    for number, line in enumerate(lines, 1):
-        words = shlex.split(line.split("#", 1)[0])
-        if not words:
-            continue
-        where = f"{path}, line {number}"
-        if words[0] == "dir" and len(words) == 2:
-            dirs.append(Path(words[1]))
-        elif words[0] in ("bank", "drumset") and len(words) == 2 and words[1].isdigit():
-            if int(words[1]) == 0:
-                section = programs if words[0] == "bank" else drums
+    state: dict[str, dict[int, Path] | None] = {"section": None}
+
+    def read(config: Path, depth: int) -> None:
+        try:
+            lines = config.read_text(errors="replace").splitlines()
+        except OSError as e:
+            raise PatchError(f"{config}: cannot read the config ({e.strerror or e})") from None
+        for number, line in enumerate(lines, 1):
+            words = line.split("#", 1)[0].split()
+            if not words:
+                continue
+            where = f"{config}, line {number}"
+            if words[0] == "dir" and len(words) == 2:
+                dirs.append(config.parent / words[1])
+            elif words[0] == "source" and len(words) == 2:
+                if depth >= 10:
+                    raise PatchError(f"{where}: 'source' nested more than 10 deep (a cycle?)")
+                read(config.parent / words[1], depth + 1)
+            elif words[0] in ("bank", "drumset") and len(words) == 2 and words[1].isdigit():
+                if int(words[1]) == 0:
+                    state["section"] = programs if words[0] == "bank" else drums
+                else:
+                    state["section"] = None
+                    ignored.append(f"{words[0]} {words[1]}")
+            elif words[0].isdigit():
+                section = state["section"]
+                if section is None:
+                    continue  # a patch of a bank that is not read
+                if len(words) < 2 or not 0 <= int(words[0]) <= 127:
+                    raise PatchError(f"{where}: expected 'PROGRAM FILE [options]' with PROGRAM "
+                                     f"0-127, got {line.strip()!r}")
+                section[int(words[0])] = Path(words[1] if Path(words[1]).suffix
+                                              else words[1] + ".pat")
             else:
-                section = None
-                ignored.append(f"{words[0]} {words[1]}")
-        elif words[0].isdigit():
-            if section is None:
-                continue  # a patch of a bank that is not read
-            if len(words) < 2 or not 0 <= int(words[0]) <= 127:
-                raise PatchError(f"{where}: expected 'PROGRAM FILE [options]' with PROGRAM "
-                                 f"0-127, got {line.strip()!r}")
-            section[int(words[0])] = Path(words[1] if Path(words[1]).suffix
-                                          else words[1] + ".pat")
-        else:
-            ignored.append(words[0])
+                ignored.append(words[0])
+
+    read(path, 0)
     if not programs and not drums:
-        raise PatchError(f"{path}: no patches in bank 0 or drum set 0 (not a TiMidity config?)")
+        other = f" (it has {', '.join(i for i in ignored if i[0] in 'bd')}, which are not read)" \
+            if any(i.startswith(("bank", "drumset")) for i in ignored) else \
+            " (not a TiMidity config?)"
+        raise PatchError(f"{path}: no patches in bank 0 or drum set 0{other}")
     roots = [Path(patch_dir)] if patch_dir is not None else (dirs or [path.parent])
 
     def locate(name: Path) -> Path:
@@ -258,7 +287,7 @@ def stage_seconds(rate: int, steps: float) -> float:
 
 
 def _timecents(seconds: float) -> int:
-    seconds = min(max(seconds, MIN_TIME_S), 100.0)
+    seconds = min(max(seconds, MIN_TIME_S), MAX_TIME_S)
     return int(round(1200.0 * math.log2(seconds)))
 
 
@@ -266,35 +295,39 @@ def _per_100_db(seconds: float, db: float) -> float:
     return seconds * 100.0 / db if db > 0 else MIN_TIME_S
 
 
-def envelope_generators(sample: PatchSample) -> dict[int, int]:
+def plays_envelope(sample: PatchSample, drum: bool = False) -> bool:
+    """Whether TiMidity's loader keeps the sample's envelope (module docstring): never for a
+    drum set; for a melodic sample only if it loops, sustains and its envelope is not "weird"
+    (all rates 63, or a last offset of 100 or more)."""
+    if drum or not sample.envelope or sample.loop is None or not sample.sustain:
+        return False
+    return not (all(r == 63 for r in sample.rates) or sample.offsets[5] >= 100)
+
+
+def envelope_generators(sample: PatchSample, drum: bool = False) -> dict[int, int]:
     """SoundFont volume-envelope generators (attack, decay, release in timecents; sustain in
-    centibels) for a patch sample's GUS envelope (module docstring)."""
-    if not sample.envelope:
-        return {GEN_ATTACK: _timecents(MIN_TIME_S), GEN_RELEASE: _timecents(NO_ENVELOPE_RELEASE_S)}
+    centibels) for a patch sample as TiMidity plays it (module docstring)."""
+    if not plays_envelope(sample, drum):
+        return {GEN_ATTACK: _timecents(MIN_TIME_S), GEN_RELEASE: _timecents(math.inf)}
     r, o = sample.rates, sample.offsets
-    attack = stage_seconds(r[0], o[0])
-    last_held = 2 if sample.sustain else 5
-
-    def ramp(first: int, last: int) -> tuple[float, float]:
-        """(seconds, dB) of stages first..last, each from the previous stage's offset."""
-        seconds = sum(stage_seconds(r[i], abs(o[i - 1] - o[i])) for i in range(first, last + 1))
-        return seconds, max(o[first - 1] - o[last], 0) * DB_PER_OFFSET
-
-    decay_s, decay_db = ramp(1, last_held)
-    gens = {GEN_ATTACK: _timecents(attack)}
-    if not sample.sustain:
-        decay_db = max(decay_db, 1.0)
-        gens[GEN_SUSTAIN] = MAX_ATTENUATION_CB  # decays to silence while held
-    else:
-        gens[GEN_SUSTAIN] = int(round(min(decay_db * 10.0, MAX_ATTENUATION_CB)))
+    gens = {GEN_ATTACK: _timecents(stage_seconds(r[0], o[0]))}
+    decay_s = stage_seconds(r[1], abs(o[0] - o[1])) + stage_seconds(r[2], abs(o[1] - o[2]))
+    decay_db = max(o[0] - o[2], 0) * DB_PER_OFFSET
+    gens[GEN_SUSTAIN] = int(round(min(decay_db * 10.0, MAX_ATTENUATION_CB)))
     if decay_db > 0:
         gens[GEN_DECAY] = _timecents(_per_100_db(decay_s, decay_db))
-    if sample.sustain:
-        release_s, release_db = ramp(3, 5)
-        gens[GEN_RELEASE] = _timecents(_per_100_db(release_s, release_db))
-    else:
-        gens[GEN_RELEASE] = _timecents(NO_ENVELOPE_RELEASE_S)
+    # The release runs at stage 3's rate from the level the note has when released.
+    gens[GEN_RELEASE] = _timecents(stage_seconds(r[3], 100.0 / DB_PER_OFFSET))
     return gens
+
+
+def sample_mode(sample: PatchSample, drum: bool = False) -> int:
+    """SoundFont sampleModes: 0 plays once, 1 loops throughout (the envelope ends the note), 3
+    loops while the key is down and then plays the rest of the data (TiMidity's voice without
+    an envelope, let out of its loop at note-off)."""
+    if drum or sample.loop is None:
+        return 0
+    return 1 if plays_envelope(sample) else 3
 
 
 def _midi_key(hz: float) -> float:
@@ -363,12 +396,13 @@ class _Bank:
         for lo, hi, index in runs:
             s = samples[index]
             zone = [(GEN_KEY_RANGE, lo | hi << 8)]
-            zone += sorted(envelope_generators(s).items())
-            if drum_key is not None or s.scale_factor == 0:
+            drum = drum_key is not None
+            zone += sorted(envelope_generators(s, drum).items())
+            if drum or s.scale_factor == 0:
                 zone.append((GEN_SCALE_TUNING, 0))
             elif s.scale_factor != 1024:
                 zone.append((GEN_SCALE_TUNING, int(round(s.scale_factor * 100 / 1024))))
-            zone += [(GEN_SAMPLE_MODES, 1 if s.loop else 0), (GEN_SAMPLE_ID, ids[index])]
+            zone += [(GEN_SAMPLE_MODES, sample_mode(s, drum)), (GEN_SAMPLE_ID, ids[index])]
             zones.append(zone)
         self.instruments.append((name, zones))
         return len(self.instruments) - 1

@@ -68,7 +68,7 @@ def resolve_bank(bank: str | os.PathLike, for_training: bool = False) -> Path:
                             f"(pip install {package})")
         path = Path(list(spec.submodule_search_locations)[0]) / member
     else:
-        path = Path(text).expanduser()
+        path = Path(text).expanduser().absolute()  # builds record it: not relative to a cwd
         if path.suffix.lower() != ".sf2" and not path.exists():
             raise BankError(f"bank {text!r}: not a known bank ({', '.join(BANKS)}) nor a .sf2 "
                             "file")

@@ -101,23 +101,36 @@ def test_read_patch_errors_name_the_file(tmp_path):
 
 def test_read_config_reads_bank_0_and_drum_set_0(tmp_path):
     (tmp_path / "pats" / "Tone").mkdir(parents=True)
-    for name in ("Tone/a.pat", "Tone/b.pat", "Tone/kick.pat", "Tone/c.pat"):
+    for name in ("Tone/a.pat", "Tone/b.pat", "Tone/kick.pat", "Tone/c.pat", "Tone/it's.pat"):
         (tmp_path / "pats" / name).write_bytes(b"x")
     cfg = tmp_path / "set.cfg"
-    cfg.write_text("# a comment\ndir /nowhere\n\ndrumset 0\n 36\tTone/kick.pat amp=100\n"
+    (tmp_path / "drums.cfg").write_text("drumset 0\n 36\tTone/kick.pat amp=100\n")
+    cfg.write_text("# a comment\ndir /nowhere\n\nsource drums.cfg\n"
                    "bank 0\n 0 Tone/a.pat amp=120 pan=center\n 48 Tone/b  # no suffix\n"
-                   "bank 1\n 0 Tone/c.pat\nsource other.cfg\n")
+                   " 49 Tone/it's.pat\nbank 1\n 0 Tone/c.pat\nmap x\n")
     patches = gus_patches.read_config(cfg, tmp_path / "pats")
-    assert patches.programs == {0: tmp_path / "pats/Tone/a.pat", 48: tmp_path / "pats/Tone/b.pat"}
-    assert patches.drums == {36: tmp_path / "pats/Tone/kick.pat"}
-    assert patches.ignored == ("bank 1", "source")
+    assert patches.programs == {0: tmp_path / "pats/Tone/a.pat", 48: tmp_path / "pats/Tone/b.pat",
+                                49: tmp_path / "pats/Tone/it's.pat"}  # no shell quoting
+    assert patches.drums == {36: tmp_path / "pats/Tone/kick.pat"}  # through `source`
+    assert patches.ignored == ("bank 1", "map")
     with pytest.raises(gus_patches.PatchError, match="not found under /nowhere .*--patch-dir"):
         gus_patches.read_config(cfg)  # the config's own dir does not hold them
+    (tmp_path / "sub").mkdir()  # a relative `dir` is taken from the config's folder
+    (tmp_path / "sub" / "rel.cfg").write_text("dir ../pats\nbank 0\n0 Tone/a\n")
+    assert gus_patches.read_config(tmp_path / "sub" / "rel.cfg").programs[0].resolve() == \
+        (tmp_path / "pats/Tone/a.pat").resolve()
     cfg.write_text("bank 0\n 200 Tone/a.pat\n")
     with pytest.raises(gus_patches.PatchError, match=r"set.cfg, line 2: .*PROGRAM 0-127"):
         gus_patches.read_config(cfg, tmp_path / "pats")
     cfg.write_text("[section]\nkey = value\n")
-    with pytest.raises(gus_patches.PatchError, match="no patches in bank 0"):
+    with pytest.raises(gus_patches.PatchError, match=r"no patches in bank 0.*\(not a TiMidity"):
+        gus_patches.read_config(cfg)
+    cfg.write_text("bank 8\n0 Tone/a.pat\n")
+    with pytest.raises(gus_patches.PatchError, match=r"no patches in bank 0 or drum set 0 \(it "
+                                                     r"has bank 8, which are not read\)"):
+        gus_patches.read_config(cfg)
+    cfg.write_text("source set.cfg\n")
+    with pytest.raises(gus_patches.PatchError, match="nested more than 10 deep"):
         gus_patches.read_config(cfg)
 
 
@@ -131,28 +144,36 @@ def test_gm_fallbacks_pick_the_nearest_program_of_the_family():
     assert set(filled) | set(missing) | {0, 48, 53, 40} == set(range(128))
 
 
-def test_envelope_rates_and_offsets():
+def test_envelope_rates_offsets_and_timidity_choices():
     # Increment 1, range 0: 1 * 8^3 / 8192 = 1/16 offset step per 44.1 kHz sample.
     assert gus_patches.stage_seconds(1, 255) == pytest.approx(255 * 16 / 44100)
     # Range 3 is 8^3 times slower; increment 0 never moves.
     assert gus_patches.stage_seconds(0xC1, 1) == pytest.approx(8192 / 44100)
     assert gus_patches.stage_seconds(0, 10) == np.inf and gus_patches.stage_seconds(0, 0) == 0
-    held = gus_patches.PatchSample(np.zeros(4, np.int16), None, 44100, 1, 2, 1.5,
-                                   rates=(1, 1, 1, 1, 1, 1), offsets=(255, 215, 175, 100, 50, 0),
+    held = gus_patches.PatchSample(np.zeros(4, np.int16), (0, 4), 44100, 1, 2, 1.5,
+                                   rates=(1, 1, 1, 2, 1, 1), offsets=(255, 215, 175, 60, 50, 0),
                                    sustain=True, envelope=True, scale_factor=1024)
     gens = gus_patches.envelope_generators(held)
     attack = 255 * 16 / 44100
     decay_db, decay_s = 80 * 0.375, 80 * 16 / 44100  # 255 -> 175 in two stages
-    release_db, release_s = 175 * 0.375, 175 * 16 / 44100
+    release_per_100_db = (100 / 0.375) * 8 / 44100  # stage 3's rate 2: 1/8 step a sample
     assert gens[gus_patches.GEN_ATTACK] == round(1200 * np.log2(attack))
     assert gens[gus_patches.GEN_SUSTAIN] == round(decay_db * 10)
     assert gens[gus_patches.GEN_DECAY] == round(1200 * np.log2(decay_s * 100 / decay_db))
-    assert gens[gus_patches.GEN_RELEASE] == round(1200 * np.log2(release_s * 100 / release_db))
-    falling = gus_patches.envelope_generators(
-        gus_patches.PatchSample(**{**held.__dict__, "sustain": False}))
-    assert falling[gus_patches.GEN_SUSTAIN] == gus_patches.MAX_ATTENUATION_CB
-    assert falling[gus_patches.GEN_DECAY] == round(1200 * np.log2(
-        255 * 16 / 44100 * 100 / (255 * 0.375)))
+    assert gens[gus_patches.GEN_RELEASE] == round(1200 * np.log2(release_per_100_db))
+    assert gus_patches.sample_mode(held) == 1
+    # TiMidity's loader drops the envelope of a drum, of a sample without a loop or without
+    # sustain, and of a "weird" one; such a sample plays whole, past its loop after note-off.
+    run_out = {gus_patches.GEN_ATTACK: -11959, gus_patches.GEN_RELEASE: round(1200 * np.log2(100))}
+    for change, mode in [({}, None), ({"loop": None}, 0), ({"sustain": False}, 3),
+                         ({"rates": (63,) * 6}, 3), ({"offsets": (255, 215, 175, 60, 50, 100)}, 3)]:
+        sample = gus_patches.PatchSample(**{**held.__dict__, **change})
+        if mode is None:
+            assert gus_patches.envelope_generators(sample, drum=True) == run_out
+            assert gus_patches.sample_mode(sample, drum=True) == 0
+        else:
+            assert gus_patches.envelope_generators(sample) == run_out, change
+            assert gus_patches.sample_mode(sample) == mode, change
 
 
 def _frames_db(x: np.ndarray, seconds: tuple[float, float]) -> float:
@@ -165,21 +186,29 @@ def _note(program: int, pitch: int, start=0.1, end=1.6, drums=False) -> gm_score
     return gm_score.Part(role, name, program, (gm_score.Note(pitch, start, end, 100),))
 
 
+def _one_shot(hz: float, seconds: float) -> bytes:
+    """A drum-kit patch as FreePats writes them: no loop, no sustain, a flat envelope."""
+    return _sample_header(_sine(hz, seconds).tobytes(), rate=32000, low_hz=hz * 0.99,
+                          high_hz=hz * 1.01, root_hz=hz,
+                          modes=gus_patches.MODE_16BIT | gus_patches.MODE_ENVELOPE,
+                          rates=(63,) * 6, offsets=(246,) * 6)
+
+
 @pytest.fixture(scope="module")
 def bank(tmp_path_factory) -> Path:
-    """A set of three patches converted with the command: a held sine (program 48, sustain), a
-    sine that decays while held (program 24, no sustain) and a drum (key 36, the same sine)."""
+    """A set converted with the command: a held sine (program 48), a sine that fades while held
+    and releases at stage 3's rate though stages 3-5 span nothing (program 24, the form of
+    FreePats' cello, bass and choir), and a 0.5 s one-shot drum on key 36."""
     root = tmp_path_factory.mktemp("pats")
     (root / "held.pat").write_bytes(_patch([_looped_sine(
         modes=gus_patches.MODE_SUSTAIN, rates=(40, 40, 40, 20, 20, 20),
         offsets=(255, 250, 245, 100, 50, 0))]))
-    (root / "falling.pat").write_bytes(_patch([_looped_sine(
-        rates=(40,) + (0x42,) * 5, offsets=(255, 200, 150, 100, 50, 0))]))
-    (root / "drum.pat").write_bytes(_patch([_looped_sine(
-        hz=220.0, modes=gus_patches.MODE_SUSTAIN, rates=(40,) * 6,
-        offsets=(255, 250, 245, 100, 50, 0))]))
+    (root / "fading.pat").write_bytes(_patch([_looped_sine(
+        modes=gus_patches.MODE_SUSTAIN, rates=(40, 40, 0x81, 0x88, 0x88, 0x88),
+        offsets=(246, 246, 8, 8, 8, 8))]))
+    (root / "drum.pat").write_bytes(_patch([_one_shot(220.0, 0.5)]))
     cfg = root / "set.cfg"
-    cfg.write_text("drumset 0\n36 drum.pat\nbank 0\n48 held.pat\n24 falling.pat\n")
+    cfg.write_text("drumset 0\n36 drum.pat\nbank 0\n48 held.pat\n24 fading.pat\n")
     out = root / "set.sf2"
     assert cli.main(["convert-patches", str(cfg), str(out)]) == 0
     return out
@@ -194,13 +223,25 @@ def test_converted_bank_plays_in_tune_at_every_key(bank):
         assert np.median(f0) == pytest.approx(expected, rel=0.01), pitch
 
 
-def test_converted_envelopes_hold_or_decay_as_the_patch_says(bank):
+def test_converted_envelopes_hold_fade_and_release_as_the_patch_says(bank):
     held = soundfont.render_part(_note(48, 69), bank, 2.0)
-    falling = soundfont.render_part(_note(24, 69), bank, 2.0)
     assert abs(_frames_db(held, (1.2, 1.5)) - _frames_db(held, (0.3, 0.6))) < 3
-    # Rate 0x42 (increment 2, range 1): 2 x 8^2 / 8192 = 1/64 step a sample, the 255 steps
-    # (96 dB) in 0.37 s: about 260 dB a second while the note is held.
-    assert _frames_db(falling, (0.4, 0.6)) < _frames_db(falling, (0.1, 0.15)) - 30
+    # Stage 2 at rate 0x81 (increment 1, range 2): 1 x 8 / 8192 step a sample, 16 dB a second.
+    fading = soundfont.render_part(_note(24, 69, end=1.1), bank, 2.0)
+    assert _frames_db(fading, (0.9, 1.1)) - _frames_db(fading, (0.2, 0.4)) == pytest.approx(
+        -0.7 * 44100 / 1024 * 0.375, abs=3)
+    # Released at 1.1 s at stage 3's rate 0x88 (8 x 8 / 8192 step a sample: 129 dB a second),
+    # though its offsets span nothing: about 6 dB down 0.03-0.07 s later, not cut off.
+    drop = _frames_db(fading, (1.13, 1.17)) - _frames_db(fading, (1.0, 1.1))
+    assert -14 < drop < -2
+
+
+def test_a_one_shot_drum_plays_its_whole_sample(bank):
+    """FreePats' kit (no loop, no sustain, flat envelope): TiMidity plays each hit whole; the
+    first conversion cut every hit to a 4 ms click."""
+    kick = soundfont.render_part(_note(0, 36, end=0.2, drums=True), bank, 1.0)
+    early, late = _frames_db(kick, (0.12, 0.18)), _frames_db(kick, (0.3, 0.38))
+    assert abs(late - early) < 1.5  # the 0.5 s sine at its level, the note-off at 0.2 s passed
 
 
 def test_missing_programs_play_their_family_and_drums_keep_their_pitch(bank):
@@ -220,7 +261,7 @@ def test_convert_patches_command(tmp_path, capsys, bank):
     out = tmp_path / "set.sf2"  # the same name: the bank name written inside is the stem
     assert cli.main(["convert-patches", str(root / "set.cfg"), str(out)]) == 0
     printed = capsys.readouterr().out
-    assert f"converted 2 programs and 1 drum keys (3 samples) from {root / 'set.cfg'}" in printed
+    assert f"converted 2 programs, 1 drum key and 3 samples from {root / 'set.cfg'}" in printed
     assert "49 by 48" in printed and "25 by 24" in printed
     assert "programs with no program of their family: 0, 1, 2" in printed
     assert out.read_bytes() == bank.read_bytes()  # deterministic
@@ -241,3 +282,6 @@ def test_convert_patches_command(tmp_path, capsys, bank):
     odd = tmp_path / "freepats.sf2"
     assert cli.main(["convert-patches", str(root / "set.cfg"), str(odd)]) == 0
     assert soundfont.check_renders(odd) == odd
+    (root / "nokit.cfg").write_text("bank 0\n48 held.pat\n")
+    assert cli.main(["convert-patches", str(root / "nokit.cfg"), str(tmp_path / "k.sf2")]) == 0
+    assert "has no drum set 0, so the bank has no drum kit" in capsys.readouterr().err

@@ -201,6 +201,7 @@ def test_a_bank_the_renderer_cannot_read_is_refused_before_a_build(tmp_path, mon
     builder = SoundfontTags(config=config, data_dir=str(tmp_path / "data"), num_workers=1)
     with pytest.raises(soundfont.BankError, match="the renderer cannot read"):
         builder.download_and_prepare()
+    assert not (tmp_path / "data" / "soundfont_tags").exists()  # refused before any folder
     # The Rust parser can also panic: pyo3 raises PanicException, a BaseException.
     import midirenderer
 

@@ -25,6 +25,10 @@ def _programs(numbers) -> str:
     return ", ".join(map(str, numbers)) or "none"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
@@ -37,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
         raise outputs.OutputError(f"{out}: exists (give --overwrite to replace it)")
     patch_set = gus_patches.read_config(args.config, args.patch_dir)
     if patch_set.ignored:
-        print(f"not read from {args.config}: {', '.join(patch_set.ignored)} (only bank 0 and "
-              "drum set 0, General MIDI's, are converted)", file=sys.stderr)
+        print(f"not read from {args.config}: {', '.join(patch_set.ignored)} (read: dir, "
+              "source, and the patches of bank 0 and drumset 0, General MIDI's)", file=sys.stderr)
     from tqdm import tqdm
 
     with tqdm(total=len(patch_set.programs) + len(patch_set.drums), desc="converting patches",
@@ -46,11 +50,17 @@ def run(args: argparse.Namespace) -> int:
         result = gus_patches.convert(patch_set, name=out.stem, on_patch=lambda _: bar.update())
     outputs.atomic_write_bytes(out, result.sf2)
     filled = ", ".join(f"{p} by {q}" for p, q in result.filled.items())
-    print(f"converted {len(result.programs)} programs and {len(result.drum_keys)} drum keys "
-          f"({result.num_samples} samples) from {args.config} -> {out} "
+    print(f"converted {_count(len(result.programs), 'program')}, "
+          f"{_count(len(result.drum_keys), 'drum key')} and "
+          f"{_count(result.num_samples, 'sample')} from {args.config} -> {out} "
           f"({len(result.sf2) / 2**20:.1f} MiB)")
-    print(f"programs the set lacks, played by the nearest of their GM family: {filled or 'none'}")
+    print("programs (numbered 0-127) the set lacks, played by the nearest of their GM family: "
+          f"{filled or 'none'}")
     if result.missing:
         print(f"programs with no program of their family: {_programs(result.missing)} (left "
               "to the synthesizer: midirenderer plays the bank's first preset for them)")
+    if not result.drum_keys:
+        print(f"warning: {args.config} has no drum set 0, so the bank has no drum kit: drum "
+              "parts would be played by another preset and labelled drums; do not build "
+              "soundfont_tags with it", file=sys.stderr)
     return 0

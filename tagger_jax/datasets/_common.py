@@ -120,8 +120,15 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
         return (Path(os.fspath(self._data_dir_root)) / "downloads" / "tagger_jax_resume"
                 / self.name / config / str(self.version))
 
+    def preflight(self) -> None:
+        """Checks of the builder's inputs, run before a build writes anything (none here); an
+        input refused here leaves no folder behind."""
+
     def download_and_prepare(self, *args, **kwargs):
-        """TFDS's build, with one worker pool shared by all splits and closed at the end."""
+        """TFDS's build (after `preflight`, unless the data are already built), with one worker
+        pool shared by all splits and closed at the end."""
+        if not self.is_prepared():
+            self.preflight()
         try:
             result = super().download_and_prepare(*args, **kwargs)
         finally:

@@ -142,13 +142,25 @@ class SoundfontTags(TaggingBuilder):
     def _split_names(self) -> tuple[str, ...]:
         return SPLITS + tuple(self.builder_config.unseen_splits())
 
-    def _split_generators(self, dl_manager):
+    def preflight(self) -> None:
+        """Every bank found, distinct and played once by the renderer (`check_renders`) before
+        the build starts: a bank it cannot read is a BankError, not a worker's failure."""
+        self._banks()
+
+    def _banks(self) -> tuple[list[Path], dict[str, Path]]:
+        """(training bank files, unseen bank -> file), checked."""
         config = self.builder_config
         banks = config.training_banks()
         train_files = [soundfont.check_renders(b, for_training=True) for b in banks]
-        unseen = config.unseen_splits()
-        paths = {b: soundfont.check_renders(b) for b in unseen.values()}
+        paths = {b: soundfont.check_renders(b) for b in config.unseen_splits().values()}
         _check_distinct(self.name, banks, train_files, paths)
+        return train_files, paths
+
+    def _split_generators(self, dl_manager):
+        config = self.builder_config
+        banks = config.training_banks()
+        unseen = config.unseen_splits()
+        train_files, paths = self._banks()
         self._set_tags(gm_score.TAGS)
         self._note("source", "tagger_jax.gm_score + tagger_jax.soundfont")
         note = {"seed": config.seed, "duration_s": config.duration_s,
