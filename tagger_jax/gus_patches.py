@@ -201,9 +201,10 @@ def read_config(path: str | Path, patch_dir: str | Path | None = None) -> PatchS
     programs: dict[int, Path] = {}
     drums: dict[int, Path] = {}
     ignored: list[str] = []
-    state: dict[str, dict[int, Path] | None] = {"section": None}
+    section: dict[int, Path] | None = None  # where patch lines go: bank 0, drum set 0 or none
 
     def read(config: Path, depth: int) -> None:
+        nonlocal section
         try:
             lines = config.read_text(errors="replace").splitlines()
         except OSError as e:
@@ -221,12 +222,11 @@ def read_config(path: str | Path, patch_dir: str | Path | None = None) -> PatchS
                 read(config.parent / words[1], depth + 1)
             elif words[0] in ("bank", "drumset") and len(words) == 2 and words[1].isdigit():
                 if int(words[1]) == 0:
-                    state["section"] = programs if words[0] == "bank" else drums
+                    section = programs if words[0] == "bank" else drums
                 else:
-                    state["section"] = None
+                    section = None
                     ignored.append(f"{words[0]} {words[1]}")
             elif words[0].isdigit():
-                section = state["section"]
                 if section is None:
                     continue  # a patch of a bank that is not read
                 if len(words) < 2 or not 0 <= int(words[0]) <= 127:
@@ -239,10 +239,9 @@ def read_config(path: str | Path, patch_dir: str | Path | None = None) -> PatchS
 
     read(path, 0)
     if not programs and not drums:
-        other = f" (it has {', '.join(i for i in ignored if i[0] in 'bd')}, which are not read)" \
-            if any(i.startswith(("bank", "drumset")) for i in ignored) else \
-            " (not a TiMidity config?)"
-        raise PatchError(f"{path}: no patches in bank 0 or drum set 0{other}")
+        others = [i for i in ignored if i.startswith(("bank ", "drumset "))]
+        hint = f"only {', '.join(others)}, not converted" if others else "not a TiMidity config?"
+        raise PatchError(f"{path}: no patches in bank 0 or drum set 0 ({hint})")
     roots = [Path(patch_dir)] if patch_dir is not None else (dirs or [path.parent])
 
     def locate(name: Path) -> Path:
