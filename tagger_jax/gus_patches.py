@@ -250,8 +250,10 @@ def read_config(path: str | Path, patch_dir: str | Path | None = None) -> PatchS
         for root in roots:
             if (root / name).is_file():
                 return root / name
+        hint = "give --patch-dir" if patch_dir is None else "names are taken as written: no " \
+            "quotes, relative to --patch-dir"
         raise PatchError(f"{path}: patch {name} not found under "
-                         f"{', '.join(map(str, roots))} (give --patch-dir)")
+                         f"{', '.join(map(str, roots))} ({hint})")
 
     return PatchSet({k: locate(v) for k, v in programs.items()},
                     {k: locate(v) for k, v in drums.items()},

@@ -275,7 +275,8 @@ def test_convert_patches_command(tmp_path, capsys, bank):
     assert cli.main(["convert-patches", str(tmp_path / "bad.cfg"), str(tmp_path / "y.sf2"),
                      "--patch-dir", str(root)]) == errors.DATA
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].endswith(f"patch nothere.pat not found under {root} (give --patch-dir)")
+    assert err[-1].endswith(f"patch nothere.pat not found under {root} (names are taken as "
+                            "written: no quotes, relative to --patch-dir)")
     assert not (tmp_path / "y.sf2").exists()
     # A bank name of odd length ("freepats" + its terminator: 9 bytes) is padded inside the
     # chunk's size, as SoundFont 2 asks; the renderer refused the unpadded form.

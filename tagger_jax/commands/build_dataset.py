@@ -107,8 +107,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {errors.one_line(str(e))}")
         return errors.DATA
     print(f"\n{builder.name}/{builder.builder_config.name} {builder.version} in {builder.data_dir}")
-    for split, n in datasets.split_sizes(builder).items():
-        print(f"  {split:<10} {n:>8} clips")
+    sizes = datasets.split_sizes(builder)
+    width = max([10, *map(len, sizes)])
+    for split, n in sizes.items():
+        print(f"  {split:<{width}} {n:>8} clips")
     tags = datasets.tag_names(builder)
     print(f"{len(tags)} tags: {', '.join(tags)}")
     noted = (builder.info.metadata or {}).get("config") or {}
