@@ -127,7 +127,8 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
     def download_and_prepare(self, *args, **kwargs):
         """TFDS's build (after `preflight`, unless the data are already built), with one worker
         pool shared by all splits and closed at the end."""
-        if not self.is_prepared():
+        # (data_path first: TFDS's is_prepared() logs a warning about a folder not made yet)
+        if not (self.data_path.exists() and self.is_prepared()):
             self.preflight()
         try:
             result = super().download_and_prepare(*args, **kwargs)
