@@ -99,7 +99,7 @@ def _renders(path: str, size: int, mtime_ns: int) -> str | None:
 
     probe = gm_score.Part("melody", "probe", 0, (gm_score.Note(60, 0.0, 0.05, 90),))
     try:
-        midirenderer.render_wave_from(Path(path).read_bytes(), part_midi(probe, 0.05))
+        midirenderer.render_wave_from(_read_bank(path, size, mtime_ns), part_midi(probe, 0.05))
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # noqa: BLE001 - RuntimeError, or pyo3's PanicException (a
@@ -128,8 +128,15 @@ def bank_name(bank: str | os.PathLike) -> str:
     return "".join(c if c.isalnum() else "_" for c in stem.lower())
 
 
-@functools.lru_cache(maxsize=4)
 def _bank_bytes(path: str) -> bytes:
+    """The bytes of the bank file at `path`, read once per version of the file: keyed by its size
+    and time of change too, so a bank rewritten at the same path is read again."""
+    stat = os.stat(path)
+    return _read_bank(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_bank(path: str, size: int, mtime_ns: int) -> bytes:
     return Path(path).read_bytes()
 
 

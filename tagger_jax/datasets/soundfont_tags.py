@@ -25,9 +25,9 @@ Banks are compared by contents: a training bank may not be given twice (also as 
 copy), nor be an unseen bank (with `--set extra_banks=timgm6mb`, give other `--set
 unseen_banks=...` or none: `--set unseen_banks=`); two banks of the same short name are refused too
 (their records could not be told apart). Rebuilding a config under the same name with other banks,
-seed, length or sizes is refused rather than silently reusing the old build; an unseen bank counts
-as the same by contents, so another clone's or virtual environment's copy of `timgm6mb` reuses the
-build. FluidR3_GM is kept for evaluation outside the project: it can be an unseen bank (`--set
+seed, length or sizes is refused rather than silently reusing the old build; a bank counts as the
+same by contents (and, for a training bank, short name), so another clone's or virtual
+environment's copy of `timgm6mb` reuses the build and a bank file rewritten in place does not. FluidR3_GM is kept for evaluation outside the project: it can be an unseen bank (`--set
 unseen_banks=/usr/share/sounds/sf2/FluidR3_GM.sf2`) but never a training bank.
 
 Configs:
@@ -116,6 +116,7 @@ class SoundfontTags(TaggingBuilder):
             return None
         try:
             asked = _describe(builder_config)
+            same_banks = _same_training_banks(recorded, builder_config)
         except soundfont.BankError as e:
             return f"built from other banks than this run's ({e})"
         built = {"banks": [recorded.get("bank"), *recorded.get("extra_banks", {})],
@@ -124,8 +125,11 @@ class SoundfontTags(TaggingBuilder):
                  "seed": recorded.get("seed"), "duration_s": recorded.get("duration_s"),
                  "num_clips": recorded.get("num_clips")}
         same = {k: built[k] == asked[k] for k in built}
+        same["banks"] = same_banks
         same["unseen"] = _same_unseen(recorded, asked["unseen"])
-        differ = [f"{k} {built[k]} (this run: {asked[k]})" for k in built if not same[k]]
+        differ = [f"{k} {built[k]} (this run: "
+                  + ("the same files, changed since" if built[k] == asked[k] else f"{asked[k]}")
+                  + ")" for k in built if not same[k]]
         if not differ:
             return None
         return (f"built with other settings than this run's ({'; '.join(differ)}): give this "
@@ -167,7 +171,8 @@ class SoundfontTags(TaggingBuilder):
                 "bank": str(config.bank), "bank_file": str(train_files[0])}
         if len(banks) > 1:  # one-bank datasets keep the notes they had before extra_banks
             note["extra_banks"] = {str(b): str(p) for b, p in zip(banks[1:], train_files[1:])}
-        note.update({"unseen_banks": {s: str(paths[b]) for s, b in unseen.items()},
+        note.update({"bank_sha1": [bank_digest(p) for p in train_files],
+                     "unseen_banks": {s: str(paths[b]) for s, b in unseen.items()},
                      "unseen_bank_sha1": {s: bank_digest(paths[b]) for s, b in unseen.items()},
                      "num_clips": {s: config.num_clips(s) for s in self._split_names()}})
         self._note("config", note)
@@ -211,6 +216,24 @@ def _describe(config: SoundfontConfig) -> dict[str, Any]:
 def bank_digest(path: str | os.PathLike) -> str:
     """SHA-1 (hex) of a bank file's contents: what tells two banks apart, wherever they lie."""
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def _same_training_banks(recorded: Mapping[str, Any], config: SoundfontConfig) -> bool:
+    """Whether a build's training banks are those `config` names, in order. Where the build
+    recorded their digests ("bank_sha1"; builds before 2026-12-03 lack it) a bank is the same by
+    contents and short name (the name its records carry): the same bank given by a relative
+    path, or installed elsewhere, is the same; a file rewritten at the same path is not. Without
+    digests, by the names or paths as given."""
+    asked = config.training_banks()
+    given = [recorded.get("bank"), *recorded.get("extra_banks", {})]
+    digests = recorded.get("bank_sha1")
+    if digests is None:
+        return given == [str(b) for b in asked]
+    if len(digests) != len(asked) or len(given) != len(asked):
+        return False
+    return all(soundfont.bank_name(g) == soundfont.bank_name(b)
+               and d == bank_digest(soundfont.resolve_bank(b, for_training=True))
+               for g, d, b in zip(given, digests, asked))
 
 
 def _same_unseen(recorded: Mapping[str, Any], asked: Mapping[str, str]) -> bool:
