@@ -16,7 +16,8 @@ What is kept, and how (the GF1 patch layout and the choices of TiMidity's instru
   loop (the loop played forward, then backward without its end points).
 * Key ranges: every MIDI key plays the sample TiMidity would pick: the first whose low / high
   frequency holds the key's frequency, else the one whose root frequency is nearest. Runs of
-  keys with the same sample become one zone. The root frequency (milli-Hz) becomes the
+  keys with the same sample become one zone; a sample no key plays (a drum patch's others) is
+  not stored. The root frequency (milli-Hz) becomes the
   sample's original key and pitch correction (cents). A scale factor other than 1024 becomes
   scale tuning (factor / 1024 x 100 cents per key).
 * Which samples keep their loop and envelope, as TiMidity decides by default: a drum set's
@@ -383,7 +384,6 @@ class _Bank:
 
     def instrument(self, name: str, samples: list[PatchSample],
                    drum_key: int | None = None) -> int:
-        ids = [self.sample(f"{name[:14]}{i}", s) for i, s in enumerate(samples)]
         if drum_key is None:
             picks = key_samples(samples)
             runs, start = [], 0
@@ -393,6 +393,8 @@ class _Bank:
                     start = key
         else:
             runs = [(drum_key, drum_key, key_samples(samples)[drum_key])]
+        ids = {i: self.sample(f"{name[:14]}{i}", samples[i])  # only samples some key plays
+               for i in sorted({index for _, _, index in runs})}
         zones = []
         for lo, hi, index in runs:
             s = samples[index]

@@ -286,3 +286,18 @@ def test_convert_patches_command(tmp_path, capsys, bank):
     (root / "nokit.cfg").write_text("bank 0\n48 held.pat\n")
     assert cli.main(["convert-patches", str(root / "nokit.cfg"), str(tmp_path / "k.sf2")]) == 0
     assert "has no drum set 0, so the bank has no drum kit" in capsys.readouterr().err
+
+
+def test_only_the_samples_some_key_plays_are_stored(tmp_path):
+    """A patch of two samples stores both when each plays some key, and only the selected one
+    as a drum, which sounds on one key (the first converter stored every sample of a patch)."""
+    two = tmp_path / "two.pat"
+    two.write_bytes(_patch([_one_shot(220.0, 0.5), _one_shot(440.0, 0.5)]))
+    pitched = gus_patches.convert(gus_patches.PatchSet(programs={0: two}, drums={}))
+    kit = gus_patches.convert(gus_patches.PatchSet(programs={0: two}, drums={36: two, 69: two}))
+    assert pitched.num_samples == 2
+    assert kit.num_samples == 4  # program 0's two; key 36 plays sample 0 (the nearest root),
+    # key 69 (440 Hz) sample 1
+    one = gus_patches.convert(gus_patches.PatchSet(programs={}, drums={36: two}))
+    assert one.num_samples == 1
+    assert len(one.sf2) < len(pitched.sf2) - 2 * 16000  # a 0.5 s 16-bit sample at 32 kHz less
