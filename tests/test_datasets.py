@@ -187,7 +187,7 @@ def test_mtat_rebuild_from_zip_parts_in_parallel_is_identical(mtat, tmp_path):
     assert "tensorflow" not in sys.modules  # built and read without TensorFlow
 
 
-def test_mtat_interrupted_build_resumes(mtat, tmp_path, monkeypatch):
+def test_mtat_interrupted_build_resumes(mtat, tmp_path, monkeypatch, capsys):
     from tagger_jax.datasets import _extract
 
     real_example, real_load = _extract.audio_example, audio.load_audio_checked
@@ -211,11 +211,14 @@ def test_mtat_interrupted_build_resumes(mtat, tmp_path, monkeypatch):
     assert done == 19  # the first 20 clips, less the empty file (failures are not cached)
     monkeypatch.setattr(_extract, "audio_example", real_example)
     monkeypatch.setattr(audio, "load_audio_checked", counting_load)
+    capsys.readouterr()
     datasets.build("magnatagatune", tmp_path, manual_dir=mtat["root"], num_workers=1)
+    assert f"magnatagatune train: reusing {done} of " in capsys.readouterr().out  # said
     assert calls["load"] == (N_MTAT - 1) - done  # every clip but the dropped and the cached
     assert _records(tmp_path, "magnatagatune", "default") == \
         _records(mtat["data_dir"], "magnatagatune", "default")
-    assert not cache.exists()  # removed once the build succeeded
+    assert not cache.exists()  # removed once the build succeeded, with its empty parents
+    assert not (tmp_path / "downloads" / "tagger_jax_resume").exists()
 
 
 def test_mtat_reference_helpers():
@@ -766,3 +769,59 @@ def test_audio_warnings_are_recorded_and_summarised_and_mpg123_notes_do_not_leak
     reopened = datasets.get_builder("audio_folder", tmp_path / "d")
     assert datasets.audio_warnings(reopened) == found  # kept in the dataset's metadata
     assert datasets.split_sizes(reopened) == {"train": 1, "validation": 1, "test": 1}
+
+
+def test_ctrl_c_stops_a_parallel_build_in_one_line(tmp_path):
+    """Ctrl-C during a build with worker processes (SIGINT to the whole process group, as a
+    terminal sends it): exit status 130 and one "interrupted" line within seconds, no worker's
+    traceback. (A new user's interrupted build printed a traceback per worker, and once hung in
+    the pool's cleanup: a worker had died midway through sending a result.)"""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from tagger_jax import cli; sys.exit(cli.console())",
+         "build-dataset", "synthetic_tags", "--data-dir", str(tmp_path), "--num-workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().startswith("building synthetic_tags"), proc.communicate()
+        time.sleep(6.0)  # the workers started (spawned: a few seconds) and busy on clips
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def test_stopping_the_pool_does_not_wait_forever():
+    """After an interrupt the workers are killed and `Pool.terminate` (which waits forever for
+    a result a killed worker left half sent) gets a bounded time."""
+    import threading
+    import time
+
+    from tagger_jax.datasets import _common
+
+    class Worker:
+        exitcode = None
+        killed = False
+
+        def kill(self):
+            self.killed = True
+
+    class StuckPool:
+        _pool = [Worker(), Worker()]
+
+        def terminate(self):
+            threading.Event().wait()  # the pool's result thread blocked on a partial message
+
+        def join(self):
+            pass
+
+    pool = StuckPool()
+    start = time.monotonic()
+    _common._stop_pool(pool, timeout_s=0.5)
+    assert time.monotonic() - start < 5
+    assert all(w.killed for w in pool._pool)

@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -132,12 +133,16 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
             self.preflight()
         try:
             result = super().download_and_prepare(*args, **kwargs)
-        finally:
+        except BaseException:
             if self._pool is not None:
-                self._pool.terminate()
-                self._pool.join()
+                _stop_pool(self._pool)
                 self._pool = None
-        shutil.rmtree(self.feature_cache_dir, ignore_errors=True)
+            raise
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+            self._pool = None
+        _remove_cache(self.feature_cache_dir, Path(os.fspath(self._data_dir_root)) / "downloads")
         return result
 
     @tfds.core.utils.classproperty
@@ -254,6 +259,11 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
             for job in jobs:
                 name = hashlib.sha1(str(job["key"]).encode()).hexdigest()
                 job["cache"] = str(cache / f"{name}.npz")
+            found = sum(os.path.exists(job["cache"]) for job in jobs)
+            if found:
+                print(f"{self.name} {split}: reusing {found} of {len(jobs)} clips decoded before "
+                      f"an interruption (from {cache}; a clip whose source file changed since "
+                      "is decoded again)", flush=True)
         for item, (example, error, notes) in zip(
                 jobs, self._map(_extract.audio_example, jobs, f"{self.name} {split}")):
             if error is not None:
@@ -264,7 +274,41 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
                 yield item["key"], example
 
 
+def _stop_pool(pool, timeout_s: float = 10.0) -> None:
+    """Stops `pool` after an error or an interrupt without waiting forever.
+
+    `Pool.terminate` joins the pool's result thread, which never returns when a worker died
+    midway through sending a result (the thread waits for the rest of a message that will not
+    come): the workers are killed first, and the pool's own cleanup gets `timeout_s` in a
+    daemon thread, which the interpreter abandons at exit if it is stuck."""
+    import threading
+
+    for process in list(getattr(pool, "_pool", ())):
+        if process.exitcode is None:
+            process.kill()
+    stopper = threading.Thread(target=lambda: (pool.terminate(), pool.join()), daemon=True,
+                               name="stop-build-pool")
+    stopper.start()
+    stopper.join(timeout_s)
+
+
+def _remove_cache(cache: Path, root: Path) -> None:
+    """Deletes a finished build's feature cache, then its parent folders up to `root` that are
+    left empty."""
+    shutil.rmtree(cache, ignore_errors=True)
+    for parent in cache.parents:
+        if parent == root or root not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
+
+
 def _init_worker() -> None:
+    # Ctrl-C reaches the whole process group: the parent handles it and stops the workers, which
+    # would otherwise each print a KeyboardInterrupt traceback (or die midway through a result).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:  # one BLAS thread per worker: the pool is the parallelism
         from threadpoolctl import threadpool_limits
 
