@@ -180,16 +180,29 @@ def _read_results(path: Path) -> list[dict]:
 
 
 def finished_results(output: Path) -> list[dict]:
-    """Successful results of earlier runs, for `--resume` (failed inputs are tried again): the
-    output file and the part files any process of an interrupted multi-process run left."""
+    """Results of earlier runs, for `--resume`: the successes in the output file and in the part
+    files any process of an interrupted multi-process run left, and the failures of inputs with
+    no success (the caller tries its own inputs' failures again and keeps the others', so the
+    file goes on recording them)."""
     found: dict[str, dict] = {}
+    failures: dict[str, dict] = {}
     sources = [output] if output.exists() else []
     sources += sorted(output.parent.glob(f"{output.name}.part*"))
     for path in sources:
         for r in _read_results(path):
-            if "error" not in r:
-                found.setdefault(r["file"], r)
+            (failures if "error" in r else found).setdefault(r["file"], r)
+    found.update({f: r for f, r in failures.items() if f not in found})
     return list(found.values())
+
+
+def with_top_k(result: dict, top_k: int) -> dict:
+    """A stored tag result with its "top_tags" taken again from its probabilities: a reused
+    result shows the `top_k` of the run that reuses it."""
+    if "probabilities" not in result or "tags" not in result:
+        return result
+    top = inference.top_tags(np.asarray(result["probabilities"], np.float64),
+                             list(result["tags"]), top_k)
+    return {**result, "top_tags": top}
 
 
 def merge_parts(output: Path, order: Sequence[str], processes: int) -> list[dict]:

@@ -155,6 +155,15 @@ def test_resume_keeps_finished_results(model_dir, inputs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "2 of 3 inputs reused" in err
     assert "1 of 3 inputs failed (2 reused, 1 tagged now)" in err
+    # A reused input prints its line with this run's --top-k; another input's failure stays
+    # recorded in the file when this run does not retry it.
+    rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--resume",
+                   "--quiet", "--top-k", "2", str(inputs / "tone.wav")])
+    printed = capsys.readouterr().out.splitlines()
+    assert rc == 0 and len(printed) == 1 and printed[0].split(": ")[0].endswith("tone.wav")
+    assert len(printed[0].split(": ", 1)[1].split(", ")) == 2
+    kept = {r["file"].split("/")[-1]: r for r in json.loads(out.read_text())}
+    assert "error" in kept["empty.mp3"] and len(kept["tone.wav"]["top_tags"]) == 2
     # Another window policy, or a changed file, is not reused: those inputs are tagged again.
     rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--resume",
                    "--quiet", "--windows", "paper", str(inputs / "spec.npy")])
@@ -167,6 +176,26 @@ def test_resume_keeps_finished_results(model_dir, inputs, tmp_path, capsys):
     rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--resume",
                    "--quiet", str(inputs / "tone.wav")])
     assert rc == 0 and "tagged again" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_has_printed_what_it_finished(model_dir, inputs, monkeypatch,
+                                                          capsys):
+    """Each input's line is printed when its result comes, so Ctrl-C after the first of two
+    leaves the first line on stdout ("finished results are kept")."""
+    seen = []
+
+    def add(store, result):
+        seen.append(result)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tagging.ResultStore, "add", add)
+    rc = cli.main(["tag", "--checkpoint", str(model_dir), "--quiet", str(inputs / "spec.npy"),
+                   str(inputs / "tone.wav")])
+    captured = capsys.readouterr()
+    assert rc == errors.INTERRUPTED and "interrupted" in captured.err
+    assert captured.out.startswith(f"{seen[0]['file']}: ") and len(
+        captured.out.splitlines()) == 1
 
 
 def test_bad_checkpoint_is_a_clear_error(tmp_path, inputs, capsys):

@@ -53,6 +53,18 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, process, processes)
 
 
+def _print_result(r: dict, warnings: bool = True) -> None:
+    """The input's line on stdout ("FILE: tag 0.93, ...") and, with `warnings`, its warnings on
+    stderr, written around a progress bar (tqdm.write)."""
+    from tqdm.auto import tqdm
+
+    if warnings:
+        for note in [*r.get("warnings", []), *r.get("audio_warnings", {}).values()]:
+            tqdm.write(f"warning: {note}", file=sys.stderr)
+    top = ", ".join(f"{t['tag']} {t['probability']:.2f}" for t in r["top_tags"])
+    tqdm.write(f"{r['file']}: {top}", file=sys.stdout)
+
+
 def _error(msg: str, status: int = 2) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return status
@@ -78,6 +90,7 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     names = [audio.display_path(p) for p in every]  # results' "file" (docs/audio.md)
     signature = tagging.run_signature(loaded, plan)
     prints = {n: inference.file_fingerprint(Path(p)) for p, n in zip(every, names)}
+    done = [r for r in done if "error" not in r or r["file"] not in prints]  # retried
     stale = {r["file"] for r in done
              if r["file"] in prints and not inference.reusable(r, signature, prints[r["file"]])}
     done = [r for r in done if r["file"] not in stale]
@@ -85,27 +98,33 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     if stale and process == 0:
         print(inference.replaced_line(len(stale), args.output, "tagged"), file=sys.stderr)
     todo = inference.process_share([p for p, n in zip(every, names) if n not in finished])
+    # Inputs finished earlier show this run's --top-k, and their line comes first.
+    done = [tagging.with_top_k(r, args.top_k) if r["file"] in finished & prints.keys() else r
+            for r in done]
+    if process == 0:
+        rank = {n: i for i, n in enumerate(names)}
+        for r in sorted((r for r in done if r["file"] in rank), key=lambda r: rank[r["file"]]):
+            _print_result(r, warnings=False)
     output = args.output
     if processes > 1:
         output = tagging.part_path(args.output, process)
         done = []  # process 0 merges what was kept with every part
     store = tagging.ResultStore(output, done, order=names)
+
+    def on_result(r: dict) -> None:  # printed as it comes: an interrupted run shows its share
+        store.add(r)
+        if "error" not in r:
+            _print_result(r)
+
     try:
         tagger = tagging.Tagger(loaded, batch_size=args.batch_size)
         results = tagger.tag(todo, hop_s=plan.hop_s, windows=plan.windows,
                              num_chunks=plan.num_chunks, top_k=args.top_k,
-                             progress=not args.quiet and process == 0, on_result=store.add)
+                             progress=not args.quiet and process == 0, on_result=on_result)
     except ValueError as e:
         return error(str(e))
     finally:
         store.close()
-    for r in results:
-        if "error" in r:
-            continue
-        for note in [*r.get("warnings", []), *r.get("audio_warnings", {}).values()]:
-            print(f"warning: {note}", file=sys.stderr)
-        top = ", ".join(f"{t['tag']} {t['probability']:.2f}" for t in r["top_tags"])
-        print(f"{r['file']}: {top}")
     if processes > 1:
         inference.barrier("tag-results-written")
         if process != 0:
