@@ -20,7 +20,7 @@ from tagger_jax import cli  # noqa: E402
 from tagger_jax.checkpoint import load_model, save_model  # noqa: E402
 from tagger_jax.config_base import base_config  # noqa: E402
 from tagger_jax.explain import methods as M  # noqa: E402
-from tagger_jax.explain import runner  # noqa: E402
+from tagger_jax.explain import report, runner  # noqa: E402
 from tagger_jax.explain.stitch import stitch  # noqa: E402
 from tagger_jax.models import build_model  # noqa: E402
 
@@ -340,6 +340,14 @@ def test_each_audio_file_is_decoded_once_and_played_back_as_read(setup, tmp_path
         np.testing.assert_allclose(written[f".{heard['kept']}.part"], kept * gain, atol=1e-6)
         np.testing.assert_allclose(written[f".{heard['removed']}.part"], removed * gain,
                                    atol=1e-6)
+    assert list(out.glob("*.kept.ogg"))
+    # Explained again without --listen: the earlier run's audio of each input goes (a new
+    # user's folder kept it, unlisted, and `tag` then took it for music).
+    rc = explain("--checkpoint", str(model_dir), *(str(tmp_path / n) for n in files), "--out",
+                 str(out), "--methods", METHODS, "--top-k", "2", "--batch-size", "4", "--no-plot")
+    assert rc == 0 and not list(out.glob("*.kept.ogg")) + list(out.glob("*.removed.ogg"))
+    listed = set(report.output_files(out))
+    assert {p.name for p in out.iterdir()} <= listed
 
 
 def test_decoded_waveforms_in_memory_stay_bounded_over_many_files(setup, tmp_path, monkeypatch):

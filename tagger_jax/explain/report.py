@@ -68,14 +68,10 @@ def summaries(out_dir: str | os.PathLike) -> list[dict]:
     return sorted(found, key=lambda s: str(s.get("input", "")))
 
 
-def output_files(folder: str | os.PathLike) -> dict[str, str]:
-    """{file name: why it is an explanation output} for the files `tagger-jax explain` wrote in
-    `folder`: those an input's summary JSON (kind `FORMAT`) lists under "files" (its npz, png,
-    html, the `.orig.ogg` playback copy, the `--listen` audio) and the summary itself, plus
-    failures.json and index.html beside them. Recognised by the summaries' content, not by file
-    names alone; {} for a folder without summaries. Used to keep `tag DIR` off them."""
-    out: dict[str, str] = {}
-
+def listed_files(summary: Any) -> set[str]:
+    """The file names (in the summary's folder) an input's summary lists under "files": its npz,
+    png, html, the `.orig.ogg` playback copy and the `--listen` audio. Empty for anything that
+    is not such a summary."""
     def names(files: Any):
         if isinstance(files, dict):
             for k, v in files.items():
@@ -87,14 +83,25 @@ def output_files(folder: str | os.PathLike) -> dict[str, str]:
             for v in files:
                 yield from names(v)
 
+    if not (isinstance(summary, dict) and summary.get("kind") == FORMAT):
+        return set()
+    return {n for n in names(summary.get("files")) if "/" not in n and n not in ("", ".", "..")}
+
+
+def output_files(folder: str | os.PathLike) -> dict[str, str]:
+    """{file name: why it is an explanation output} for the files `tagger-jax explain` wrote in
+    `folder`: those an input's summary JSON (kind `FORMAT`) lists under "files" (its npz, png,
+    html, the `.orig.ogg` playback copy, the `--listen` audio) and the summary itself, plus
+    failures.json and index.html beside them. Recognised by the summaries' content, not by file
+    names alone; {} for a folder without summaries. Used to keep `tag DIR` off them."""
+    out: dict[str, str] = {}
     for p in sorted(Path(folder).glob("*" + SUMMARY_SUFFIX)):
         s = read_json(p)
         if not (isinstance(s, dict) and s.get("kind") == FORMAT):
             continue
         why = f"explain output (listed in {p.name}, an explanation summary)"
-        for name in [p.name, *names(s.get("files"))]:
-            if "/" not in name:
-                out.setdefault(name, why)
+        for name in [p.name, *sorted(listed_files(s))]:
+            out.setdefault(name, why)
     if out:
         for name in (FAILURES_FILE, INDEX_FILE):
             out.setdefault(name, "explain output (beside this folder's explanation summaries)")

@@ -706,7 +706,10 @@ def _write(ctx: _Context, track: _Track, res: dict[str, np.ndarray], out_dir: Pa
         for part, _ in tmp:
             part.unlink(missing_ok=True)
         raise
+    earlier = report.listed_files(report.read_json(out_dir / files["json"]))
     report.write_json(out_dir / files["json"], summary)
+    for name in earlier - report.listed_files(summary):  # an earlier run's outputs of this
+        (out_dir / name).unlink(missing_ok=True)         # input that this run does not make
 
 
 # ---------------------------------------------------------------------------------------------
