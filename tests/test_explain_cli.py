@@ -350,6 +350,19 @@ def test_each_audio_file_is_decoded_once_and_played_back_as_read(setup, tmp_path
     assert {p.name for p in out.iterdir()} <= listed
 
 
+def test_listen_on_a_spectrogram_says_there_is_nothing_to_hear(setup, tmp_path, capsys):
+    """--listen on an input without audio (a .npy log-mel) writes no .ogg and says so in a
+    warning line, not only in the summary's note."""
+    model_dir, inputs, _ = setup
+    rc = explain("--checkpoint", str(model_dir), str(inputs / "long.npy"),
+                 str(inputs / "tone.wav"), "--out", str(tmp_path / "out"), "--methods", "attention", "--top-k", "1",
+                 "--listen", "--no-plot")
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "warning: --listen: 1 input(s) have no audio" in err and "long.npy)" in err
+    assert {p.name.split(".")[0] for p in (tmp_path / "out").glob("*.kept.ogg")} == {"tone"}
+
+
 def test_decoded_waveforms_in_memory_stay_bounded_over_many_files(setup, tmp_path, monkeypatch):
     """The waveform kept from each file's decode lives only while its input is in flight (read
     ahead, or with windows in a batch): over 10 files of 4 windows (one batch each), with one

@@ -27,7 +27,8 @@ unseen_banks=...` or none: `--set unseen_banks=`); two banks of the same short n
 (their records could not be told apart). Rebuilding a config under the same name with other banks,
 seed, length or sizes is refused rather than silently reusing the old build; a bank counts as the
 same by contents (and, for a training bank, short name), so another clone's or virtual
-environment's copy of `timgm6mb` reuses the build and a bank file rewritten in place does not. FluidR3_GM is kept for evaluation outside the project: it can be an unseen bank (`--set
+environment's copy of `timgm6mb` reuses the build and a bank file rewritten in place does not.
+FluidR3_GM is kept for evaluation outside the project: it can be an unseen bank (`--set
 unseen_banks=/usr/share/sounds/sf2/FluidR3_GM.sf2`) but never a training bank.
 
 Configs:

@@ -742,6 +742,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     share = inference.process_share(items, process, processes)
     failures = report.load_failures(out_dir)
     done, skipped, failed, todo, replaced = [], [], {}, [], []
+    silent: list[str] = []  # explained with --listen but without audio to play
     for item in share:
         path = out_dir / f"{item.key}{report.SUMMARY_SUFFIX}"
         s = report.read_json(path)
@@ -783,6 +784,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             return
         failures.pop(key, None)
         done.append(track.item.name)
+        if options.listen and track.extras.get("audio") is None:
+            silent.append(track.item.name)
         bar.update(1)
 
     variables = ctx.engine.variables
@@ -825,6 +828,10 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             finish(key, out)
     finally:
         bar.close()
+        if silent:
+            print(f"warning: --listen: {len(silent)} input(s) have no audio, only a log-mel (a "
+                  f".npy spectrogram or a dataset's records), so no .ogg was written for them "
+                  f"(e.g. {silent[0]})", file=sys.stderr)
         if processes == 1:
             report.save_failures(out_dir, failures)
             index = report.write_index(out_dir)
