@@ -286,6 +286,13 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | os.PathLike, title: 
 NOT_IN_DATASET = "not in the dataset"  # why a model tag is not evaluated (`with_unevaluated`)
 
 
+def _some(names: Sequence[str], most: int = 5) -> str:
+    """The first `most` of `names` in brackets, saying how many more there are."""
+    shown = ", ".join(repr(t) for t in names[:most])
+    more = f", ... ({len(names) - most} more)" if len(names) > most else ""
+    return f"[{shown}{more}]"
+
+
 def check_tags(model_tags: Sequence[str], data_tags: Sequence[str], model_dir: Any,
                dataset: str) -> np.ndarray | None:
     """The dataset's label columns in the model's tag order: None when both lists are equal,
@@ -304,9 +311,14 @@ def check_tags(model_tags: Sequence[str], data_tags: Sequence[str], model_dir: A
     only_data = [t for t in data_tags if t not in set(model_tags)]
     common = [t for t in model_tags if t in set(data_tags)]
     if only_data or not common:
-        only_model = [t for t in model_tags if t not in set(data_tags)][:5]
+        only_model = [t for t in model_tags if t not in set(data_tags)]
         detail = (f"{len(model_tags)} model tags vs {len(data_tags)} dataset tags; only in the "
-                  f"dataset: {only_data[:5]}; only in the model: {only_model}")
+                  f"dataset: {_some(only_data)}; only in the model: {_some(only_model)}")
+        folded = {t.lower(): t for t in model_tags}
+        near = [f"{t!r} (the model has {folded[t.lower()]!r})" for t in only_data
+                if t.lower() in folded]
+        if near:
+            detail += f"; differing only in case: {', '.join(near[:5])}"
         raise EvaluationError(f"{model_dir}: the model's tags do not match dataset {dataset!r}: "
                               f"{detail}. Evaluate on a dataset labelled with (a subset of) the "
                               "model's tags.")

@@ -539,6 +539,11 @@ def test_audio_folder_bad_split_value(folder, tmp_path):
     config = AudioFolderConfig(name="bad2", csv=str(tmp_path / "y.csv"))
     with pytest.raises(ValueError, match=r"y.csv:2: .*reserved"):
         datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder)
+    (tmp_path / "z.csv").write_text("path,tags\nsongs/a.wav,rock;loud\nsongs/c.wav,Loud \n")
+    config = AudioFolderConfig(name="bad3", csv=str(tmp_path / "z.csv"), tag_separator=";")
+    with pytest.raises(ValueError, match=r"z.csv: tags 'Loud' and 'loud' differ only in case "
+                                         r"\(first at line 2\)"):
+        datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder)
 
 
 def test_audio_folder_extra_splits(folder, tmp_path):

@@ -314,6 +314,13 @@ def test_unknown_dataset_tags_are_refused_and_missing_or_reordered_ones_mapped()
     assert list(order) == [1, -1, 2, 0, -1]
     with pytest.raises(ev.EvaluationError, match="do not match"):
         ev.check_tags(TAGS, ("organ",), "model", "ds")
+    # Long lists say how many are left out; a tag differing only in case is pointed at.
+    many = tuple(f"t{i}" for i in range(8))
+    with pytest.raises(ev.EvaluationError) as e:
+        ev.check_tags(TAGS + many, ("Rock", "vocal"), "model", "ds")
+    assert "only in the dataset: ['Rock']" in str(e.value)
+    assert "model: ['rock', 'piano', 'quiet', 'choir', 't0', ... (7 more)]" in str(e.value)
+    assert "differing only in case: 'Rock' (the model has 'rock')" in str(e.value)
 
 
 def _feature_warnings(stored_features, model_features) -> list[str]:

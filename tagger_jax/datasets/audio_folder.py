@@ -27,7 +27,8 @@ set at build time:
         --set split_fractions=0.7,0.15,0.15 --data-dir ~/tensorflow_datasets --manual-dir MANUAL_DIR
 
 The tag vocabulary is derived from the CSV (tags column: most frequent first, ties alphabetical;
-0/1 columns: column order) and saved with the dataset (`tag_names`, `tags.txt`). Files that are
+0/1 columns: column order) and saved with the dataset (`tag_names`, `tags.txt`); two tags that
+differ only in case are refused (one tag spelt two ways would be learnt as two). Files that are
 missing or cannot be decoded are skipped and listed in `skipped_files.tsv`.
 
 The metadata records what the build came from (`built_from`: the manual directory's resolved
@@ -171,6 +172,13 @@ def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[s
         vocab = sorted(counts, key=lambda t: (-counts[t], t))
     if not vocab:
         raise ValueError(f"{path}: no tags found")
+    by_case: dict[str, str] = {}
+    for tag in vocab:  # two spellings of one tag would train and score as two tags
+        other = by_case.setdefault(tag.casefold(), tag)
+        if other != tag:
+            line = min(r.line for r in rows if tag in r.tags or other in r.tags)
+            raise ValueError(f"{path}: tags {other!r} and {tag!r} differ only in case (first "
+                             f"at line {line}); write them alike")
     ids = collections.Counter(r.clip_id for r in rows)
     dupes = [i for i, n in ids.items() if n > 1]
     if dupes:
