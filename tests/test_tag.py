@@ -198,6 +198,23 @@ def test_an_interrupted_run_has_printed_what_it_finished(model_dir, inputs, monk
         captured.out.splitlines()) == 1
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["tag", "--windows", "paper", "--hop", "1"], "--hop applies to --windows cover only"),
+    (["tag", "--num-chunks", "4"], "--num-chunks applies to --windows paper only"),
+    (["embed", "--num-chunks", "4", "--out", "OUT"], "--num-chunks applies to --windows paper"),
+    (["evaluate", "--hop", "1"], "--hop applies to --mode full only"),
+    (["evaluate", "--mode", "full", "--num-chunks", "4"], "--num-chunks applies to --mode chunks"),
+])
+def test_an_option_of_another_window_mode_is_refused(model_dir, inputs, tmp_path, capsys, argv,
+                                                     message):
+    """An option the chosen windows do not use is a usage error, not silently ignored."""
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
+    tail = [] if argv[0] == "evaluate" else [str(inputs / "spec.npy")]
+    rc = cli.main([*argv, "--checkpoint", str(model_dir), *tail])
+    assert rc == errors.USAGE
+    assert message in capsys.readouterr().err
+
+
 def test_bad_checkpoint_is_a_clear_error(tmp_path, inputs, capsys):
     rc = cli.main(["tag", "--checkpoint", str(tmp_path / "nope"), str(inputs / "spec.npy")])
     assert rc == errors.MODEL

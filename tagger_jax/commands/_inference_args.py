@@ -15,7 +15,7 @@ def add_window_arguments(parser: argparse.ArgumentParser, batch_size: int) -> No
     parser.add_argument("--windows", choices=("cover", "paper"), default="cover",
                         help="'cover' (default): windows every --hop over the whole track; "
                              "'paper': the paper's evenly spaced chunks (--num-chunks, 16)")
-    parser.add_argument("--num-chunks", type=int, default=16,
+    parser.add_argument("--num-chunks", type=int, default=None,
                         help="chunks per track with --windows paper (default 16)")
     parser.add_argument("--batch-size", type=int, default=batch_size,
                         help=f"windows per batch over all local devices (default {batch_size})")
@@ -27,6 +27,10 @@ def window_plan(args: argparse.Namespace):
 
     if args.windows == "paper" and args.hop is not None:
         raise ValueError("--hop applies to --windows cover only")
+    if args.windows == "cover" and args.num_chunks is not None:
+        raise ValueError("--num-chunks applies to --windows paper only")
+    if args.num_chunks is None:
+        return WindowPlan(args.windows, args.hop)
     return WindowPlan(args.windows, args.hop, args.num_chunks)
 
 

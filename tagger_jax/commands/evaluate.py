@@ -53,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
 
     from tagger_jax import errors, outputs
 
+    if args.mode == "chunks" and args.hop is not None:
+        print("error: --hop applies to --mode full only", file=sys.stderr)
+        return errors.USAGE
+    if args.mode == "full" and args.num_chunks is not None:
+        print("error: --num-chunks applies to --mode chunks only", file=sys.stderr)
+        return errors.USAGE
     if args.out is not None:  # before any work (errors.OUTPUT)
         args.out = str(outputs.check_output_dir(args.out))
     lock = (outputs.exclusive_for_run(args.out, "output directory") if args.out is not None
