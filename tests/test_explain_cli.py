@@ -226,7 +226,8 @@ def test_dataset_split_records_are_explained(setup, tmp_path, monkeypatch):
     model_dir, _, _ = setup
     rng = np.random.default_rng(5)
     records = [{"mel": rng.normal(-30, 10, (96, 40)).astype(np.float16)},
-               {"mel": rng.normal(-30, 10, (96, 70)).astype(np.float16)}]
+               {"mel": rng.normal(-30, 10, (96, 70)).astype(np.float16),
+                "clip_id": b"c27", "path": b"songs/c27.wav"}]
     calls = []
 
     def fake_load_split(name, split, data_dir, builder_config=None):
@@ -243,6 +244,10 @@ def test_dataset_split_records_are_explained(setup, tmp_path, monkeypatch):
         np.testing.assert_array_equal(z["log_mel"], records[1]["mel"].astype(np.float32))
     summary = json.loads((tmp_path / "toy_small-validation-000001.json").read_text())
     assert summary["input"] == "toy/small:validation[1]" and summary["files"]["png"] is None
+    # The record's source clip is named in the summary and on the index page; times in ms.
+    assert summary["record"] == {"clip_id": "c27", "path": "songs/c27.wav"}
+    assert "songs/c27.wav" in (tmp_path / "index.html").read_text()
+    assert all(round(t, 3) == t for t in summary["peak_time_s"]["contribution"].values())
 
 
 def test_dollar_names_plot_as_text_and_methods_all_has_no_duplicate_rows(setup, tmp_path):

@@ -317,6 +317,9 @@ def write_index(out_dir: str | os.PathLike, title: str = "tagger-jax explanation
         top = s.get("top_tags", [])
         truth = s.get("true_tags")
         best = float(top[0]["probability"]) if top else 0.0
+        record = s.get("record") or {}
+        if record.get("path") or record.get("clip_id"):  # a dataset record: its source clip
+            link += f"<br><small>{esc(str(record.get('path') or record.get('clip_id')))}</small>"
         rows.append(
             f"<tr><td class='name' data-sort='{esc(name, quote=True)}'>{link}</td>"
             f"<td data-sort='{float(s.get('duration_s', 0)):.3f}'>"

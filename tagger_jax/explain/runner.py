@@ -217,6 +217,9 @@ def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
     def extras(i: int) -> dict[str, Any]:
         record = source[i]
         out: dict[str, Any] = {"true_tags": true_tags(record)}
+        clip = {k: _text(record[k]) for k in ("clip_id", "path") if k in record}
+        if clip:  # which clip of the user's collection the record is
+            out["record"] = clip
         if "tag_mask" in record:
             out["tag_mask"] = np.asarray(record["tag_mask"], np.uint8)
         if "audio" in record:
@@ -229,6 +232,12 @@ def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
         it, extras=functools.partial(extras, i),
         explain_tags=tuple(true_tags(source[i])) if explain_labels else ())
         for i, it in enumerate(items)]
+
+
+def _text(value: Any) -> str:
+    """A record's text feature (bytes from the data source) as str."""
+    value = value.item() if isinstance(value, np.ndarray) else value
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _synthetic_audio(name, split, data_dir, builder_config, loaded):
@@ -578,6 +587,11 @@ def tag_file_names(tags: Sequence[str]) -> dict[str, str]:
     return dict(zip(tags, inference.unique_keys([str(t) for t in tags])))
 
 
+def _seconds(t: Any) -> float:
+    """A time for the summary, rounded to 1 ms as `tag` writes times."""
+    return round(float(t), 3)
+
+
 def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signature: str,
              files: Mapping[str, str]) -> dict[str, Any]:
     probs = res["probabilities"]
@@ -586,13 +600,13 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
     peaks: dict[str, Any] = {}
     for name in ("attention", "rollout"):
         if name in res:
-            peaks[name] = float(times[int(np.nanargmax(res[name]))])
+            peaks[name] = _seconds(times[int(np.nanargmax(res[name]))])
     if "contribution" in res:
-        peaks["contribution"] = {t: float(times[int(np.nanargmax(res["contribution"][i]))])
+        peaks["contribution"] = {t: _seconds(times[int(np.nanargmax(res["contribution"][i]))])
                                  for t, i in zip(tags, res["explained_tag_indices"])}
     for name in M.GRADIENT_METHODS:
         if name + "_time" in res:
-            peaks[name] = {t: float(times[int(np.nanargmax(res[name + "_time"][k]))])
+            peaks[name] = {t: _seconds(times[int(np.nanargmax(res[name + "_time"][k]))])
                            for k, t in enumerate(tags)}
     summary: dict[str, Any] = {
         "kind": FORMAT, "input": track.item.name, "key": track.item.key,
@@ -626,6 +640,8 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
                    file=sys.stderr)
     if "true_tags" in track.extras:
         summary["true_tags"] = list(track.extras["true_tags"])
+    if "record" in track.extras:  # a dataset record's clip id and source file
+        summary["record"] = dict(track.extras["record"])
     if "integrated_gradients_chunk_sum" in res:
         delta = res["integrated_gradients_chunk_delta"]
         gap = np.abs(res["integrated_gradients_chunk_sum"] - delta)
