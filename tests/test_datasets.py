@@ -830,3 +830,13 @@ def test_stopping_the_pool_does_not_wait_forever():
     _common._stop_pool(pool, timeout_s=0.5)
     assert time.monotonic() - start < 5
     assert all(w.killed for w in pool._pool)
+
+
+def test_a_config_given_as_an_object_opens_without_tfds_noise(tmp_path, caplog):
+    """`build-dataset --config NAME --set ...` hands TFDS a config object, on which it logs
+    "Using custom data configuration: ..." (a new user's build printed it raw); we drop it."""
+    caplog.set_level(logging.INFO)
+    datasets.get_builder("synthetic_tags", tmp_path, SyntheticConfig(name="mine", num_train=2))
+    assert not [r for r in caplog.records if "custom data configuration" in r.getMessage()]
+    logging.getLogger("absl").warning("Using custom data configuration: after")  # only inside
+    assert [r for r in caplog.records if "custom data configuration" in r.getMessage()]

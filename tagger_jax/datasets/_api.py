@@ -50,7 +50,24 @@ def get_builder(name: str, data_dir: str | os.PathLike,
     if issubclass(cls, TaggingBuilder):
         kwargs["num_workers"] = num_workers
         kwargs["resume"] = resume
-    return cls(**kwargs)
+    with _without_log("absl", "Using custom data configuration"):  # a `--set` config: expected
+        return cls(**kwargs)
+
+
+@contextlib.contextmanager
+def _without_log(logger: str, prefix: str):
+    """Drops the records of `logger` whose message starts with `prefix` while inside."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(prefix)
+
+    log = logging.getLogger(logger)
+    log.addFilter(keep)
+    try:
+        yield
+    finally:
+        log.removeFilter(keep)
 
 
 def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
