@@ -840,3 +840,24 @@ def test_a_config_given_as_an_object_opens_without_tfds_noise(tmp_path, caplog):
     assert not [r for r in caplog.records if "custom data configuration" in r.getMessage()]
     logging.getLogger("absl").warning("Using custom data configuration: after")  # only inside
     assert [r for r in caplog.records if "custom data configuration" in r.getMessage()]
+
+
+def test_a_dataset_of_your_own_files_without_them_says_what_to_give(tmp_path):
+    """Building `audio_folder` without --manual-dir is one short line asking for it (not TFDS's
+    2,000-character instructions); opening a config that is not built names the configs that
+    are, and the command that builds the missing one."""
+    with pytest.raises(FileNotFoundError) as info:
+        datasets.build("audio_folder", tmp_path / "d")
+    message = str(info.value)
+    assert message.startswith("audio_folder: built from files you provide: give --manual-dir DIR")
+    assert len(message) < 250 and "\n" not in message
+    assert not (tmp_path / "d" / "audio_folder").exists()
+    _small_folder(tmp_path / "one", ("rock", "jazz", "rock"))
+    config = AudioFolderConfig(name="mine", split_seed=1)
+    datasets.build("audio_folder", tmp_path / "d", config, manual_dir=tmp_path / "one",
+                   num_workers=1)
+    with pytest.raises(FileNotFoundError) as info:
+        datasets.load_split("audio_folder", "test", tmp_path / "d")
+    message = str(info.value)
+    assert "build-dataset audio_folder --config default --data-dir" in message
+    assert "--manual-dir DIR" in message and "built there: configs ['mine']" in message

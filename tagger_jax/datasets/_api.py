@@ -122,6 +122,13 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
     manual = _expand(manual_dir)
     if manual and not Path(manual).is_dir():
         raise FileNotFoundError(f"{name}: manual directory {manual} does not exist")
+    default = Path(_expand(data_dir)) / "downloads" / "manual"  # where TFDS looks without one
+    if (not manual and getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+            and not (default.is_dir() and any(default.iterdir()))):
+        raise FileNotFoundError(
+            f"{name}: built from files you provide: give --manual-dir DIR, the folder that holds "
+            f"them (what it must hold: docs/datasets.md, or the docstring of "
+            f"tagger_jax/datasets/{name}.py)")
     config = tfds.download.DownloadConfig(manual_dir=manual)
     config_name = builder.builder_config.name if builder.builder_config else "default"
     if isinstance(builder, TaggingBuilder):
@@ -248,9 +255,16 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike,
     ArrayRecordDataSource: `len(source)`, `source[i]` -> dict of NumPy arrays / bytes."""
     builder = get_builder(name, data_dir, builder_config)
     if not _is_prepared(builder):
+        config = f" --config {builder.builder_config.name}" if builder.builder_config else ""
+        manual = " --manual-dir DIR" if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS",
+                                                 None) else ""
+        others = sorted(p.name for p in (Path(_expand(data_dir)) / name).glob("*")
+                        if p.is_dir() and any(p.glob("*/dataset_info.json")))
+        built = f"; built there: configs {others} (--builder-config NAME)" if others else ""
         raise FileNotFoundError(
-            f"dataset {name} is not built in {builder.data_dir}; run `tagger-jax build-dataset "
-            f"{name} --data-dir {_expand(data_dir)}` (or `ensure_built`) first")
+            f"dataset {name}{config} is not built in {builder.data_dir}; run `tagger-jax "
+            f"build-dataset {name}{config} --data-dir {_expand(data_dir)}{manual}` (or "
+            f"`ensure_built`) first{built}")
     if split not in builder.info.splits:
         raise MissingSplitError(f"{name} in {builder.data_dir}: no split {split!r}; its splits "
                                 f"are {list(builder.info.splits)}")
