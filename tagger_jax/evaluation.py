@@ -412,6 +412,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     if batch_size <= 0 or num_chunks <= 0:
         raise EvaluationError(f"batch size and chunks must be positive, got {batch_size} and "
                               f"{num_chunks}")
+    if dataset in datasets.SELF_CONTAINED:  # tags every build has: no build for a wrong model
+        check_tags(loaded.tags, datasets.BUILDERS[dataset].TAGS, loaded.directory, dataset)
     try:
         if dataset in datasets.SELF_CONTAINED:  # e.g. synthetic_tags: built on first use
             datasets.ensure_built(dataset, data_dir, builder_config)

@@ -629,3 +629,19 @@ def test_evaluate_through_the_inference_path_equals_numpy_and_sklearn(tmp_path, 
     assert saved["excluded_reasons"] == {"b": "not in the dataset"}
     npz = np.load(tmp_path / "out3" / "predictions.npz")
     assert list(npz["tags"]) == ["a", "c", "d"] and npz["labels"].shape == (8, 3)
+
+
+def test_a_model_with_other_tags_is_refused_before_a_self_contained_build(
+        synth_tags, tiny_variables, tmp_path):
+    """`synthetic_tags` and `soundfont_tags` have the same tags in every build: a model with
+    other tags is refused before one is built (a new user's run built 2,000 clips first)."""
+    from tagger_jax import checkpoint
+
+    config = _tiny_config()
+    config.data.update(name="synthetic_tags", data_dir=str(tmp_path / "tfds"))
+    checkpoint.save_model(tmp_path / "model", tiny_variables, config,
+                          ("jazz",) + tuple(synth_tags[1:]))
+    for name in ("synthetic_tags", "soundfont_tags"):
+        with pytest.raises(ev.EvaluationError, match="do not match"):
+            ev.evaluate_checkpoint(tmp_path / "model", dataset=name, print_fn=None)
+        assert not (tmp_path / "tfds" / name).exists()

@@ -102,6 +102,7 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
     """
 
     NUM_TAGS: int | None = None
+    TAGS: tuple[str, ...] | None = None  # the tags of every build (None: they come from the data)
     HOMEPAGE = ""
     CITATION = ""
     DESCRIPTION = ""

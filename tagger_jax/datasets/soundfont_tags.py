@@ -98,6 +98,7 @@ class SoundfontTags(TaggingBuilder):
                  "(2.0.0: 60-76, 92-116, 140-176 left the common 117-139 BPM unseen).",
     }
     NUM_TAGS = len(gm_score.TAGS)
+    TAGS = tuple(gm_score.TAGS)
     BUILDER_CONFIGS = [
         SoundfontConfig(name="default", description="Train on merlin; unseen bank timgm6mb."),
         SoundfontConfig(name="timgm6mb", bank="timgm6mb", unseen_banks=("merlin",),
@@ -166,7 +167,7 @@ class SoundfontTags(TaggingBuilder):
         banks = config.training_banks()
         unseen = config.unseen_splits()
         train_files, paths = self._banks()
-        self._set_tags(gm_score.TAGS)
+        self._set_tags(self.TAGS)
         self._note("source", "tagger_jax.gm_score + tagger_jax.soundfont")
         note = {"seed": config.seed, "duration_s": config.duration_s,
                 "bank": str(config.bank), "bank_file": str(train_files[0])}

@@ -49,6 +49,7 @@ class SyntheticTags(TaggingBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
     NUM_TAGS = len(synth.SYNTH_TAGS)
+    TAGS = tuple(synth.SYNTH_TAGS)
     BUILDER_CONFIGS = [
         SyntheticConfig(name="default", description="1,500/200/300 clips of 8 s."),
         SyntheticConfig(name="segments", num_train=200, num_validation=100, num_test=200,
@@ -64,7 +65,7 @@ class SyntheticTags(TaggingBuilder):
 
     def _split_generators(self, dl_manager):
         config = self.builder_config
-        self._set_tags(synth.SYNTH_TAGS)
+        self._set_tags(self.TAGS)
         self._note("source", "tagger_jax.synth")
         self._note("config", {"seed": config.seed, "duration_s": config.duration_s,
                               "segments": config.segments,
