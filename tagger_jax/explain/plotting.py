@@ -193,9 +193,17 @@ def explanation_figure(log_mel: np.ndarray, spec_step_s: float, rows: Sequence[R
                     colors = np.where(bands >= 0, "#b2182b", "#2166ac")
                     side.barh(np.arange(bands.shape[0]), bands, height=1.0, color=colors)
                     side.axvline(0.0, color="black", linewidth=0.5)
-                    side.tick_params(labelleft=False, labelsize=6)
-                    side.locator_params(axis="x", nbins=2)
-                    side.set_xlabel("per band", fontsize=6, labelpad=1)
+                    # Symmetric about 0, its range written inside: tick labels below the
+                    # panel would run under the next row's panel.
+                    reach = float(np.max(np.abs(bands))) if np.any(bands) else 1.0
+                    side.set_xlim(-1.05 * reach, 1.05 * reach)
+                    side.tick_params(labelleft=False, labelbottom=False, length=2)
+                    side.set_xticks([-reach, 0.0, reach])
+                    side.text(0.5, 0.98, f"per band, \u00b1{reach:.2g}", fontsize=5.5,
+                              transform=side.transAxes, ha="center", va="top", color="#333",
+                              parse_math=False,
+                              bbox={"facecolor": "white", "alpha": 0.7, "pad": 0.5,
+                                    "edgecolor": "none"})
             for a, b in gap_spans(values):  # steps no window covered
                 lo_s = ext[0] + a * map_step_s
                 ax.axvspan(lo_s, ext[0] + b * map_step_s, zorder=2, **GAP_STYLE)
