@@ -275,7 +275,7 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
                 yield item["key"], example
 
 
-def _stop_pool(pool, timeout_s: float = 10.0) -> None:
+def _stop_pool(pool, timeout_s: float = 2.0) -> None:
     """Stops `pool` after an error or an interrupt without waiting forever.
 
     `Pool.terminate` joins the pool's result thread, which never returns when a worker died
