@@ -788,7 +788,9 @@ def test_ctrl_c_stops_a_parallel_build_in_one_line(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from tagger_jax import cli; sys.exit(cli.console())",
          "build-dataset", "synthetic_tags", "--data-dir", str(tmp_path), "--num-workers", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # as from a shell: a test runner's worker may ignore SIGINT, which children inherit
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().startswith("building synthetic_tags"), proc.communicate()
         time.sleep(6.0)  # the workers started (spawned: a few seconds) and busy on clips
