@@ -85,9 +85,10 @@ def resolve_bank(bank: str | os.PathLike, for_training: bool = False) -> Path:
         raise BankError(f"bank {text!r}: {path} is a SoundFont 3 (.sf3, Ogg-compressed samples), "
                         "which the renderer does not read; convert it to .sf2 with a tool that "
                         "decodes its Ogg samples (docs/datasets.md) or pick another bank")
-    if for_training and any(r in path.name.lower() for r in RESERVED):
-        raise BankError(f"bank {text!r}: {path.name} is reserved for evaluation outside the "
-                        "project; train on another bank")
+    names = {path.name.lower(), path.resolve().name.lower()}  # a link to the reserved bank too
+    if for_training and any(r in n for r in RESERVED for n in names):
+        raise BankError(f"bank {text!r}: {path.resolve().name} is reserved for evaluation "
+                        "outside the project; train on another bank")
     return path
 
 

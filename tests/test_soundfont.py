@@ -398,6 +398,10 @@ def test_builder_compares_training_banks_by_contents(tiny, tmp_path, monkeypatch
     ({"extra_banks": ("OTHER_MERLIN",), "unseen_banks": ()}, "have the same name 'merlin'"),
     ({"unseen_banks": ("MERLIN_COPY",)}, "unseen bank .* is the same file as the training bank"),
     ({"unseen_banks": ("OTHER_MERLIN",)}, "unseen bank .* is named like the training bank"),
+    ({"unseen_banks": ("timgm6mb", "TIM_NAMED")}, "unseen banks 'timgm6mb' and .* have the same "
+                                                  r"name 'timgm6mb' \(split test_timgm6mb\)"),
+    ({"unseen_banks": ("timgm6mb", "TIM_COPY")}, "unseen banks 'timgm6mb' and .* are the same "
+                                                 "file"),
 ])
 def test_builder_refuses_overlapping_banks(tmp_path, monkeypatch, fields, match):
     """A training bank twice (by name, by a relative path to the same file, or as a copy), two
@@ -412,8 +416,13 @@ def test_builder_refuses_overlapping_banks(tmp_path, monkeypatch, fields, match)
     shutil.copy(soundfont.resolve_bank("timgm6mb"), other)
     copy = tmp_path / "copy.sf2"  # merlin's bytes under another name
     shutil.copy(soundfont.resolve_bank("merlin"), copy)
+    named = tmp_path / "other" / "TimGM6mb.sf2"  # merlin's bytes named like timgm6mb
+    shutil.copy(soundfont.resolve_bank("merlin"), named)
+    tim_copy = tmp_path / "tim_copy.sf2"
+    shutil.copy(soundfont.resolve_bank("timgm6mb"), tim_copy)
     paths = {"MERLIN_PATH": os.path.relpath(soundfont.resolve_bank("merlin")),
-             "OTHER_MERLIN": str(other), "MERLIN_COPY": str(copy)}
+             "OTHER_MERLIN": str(other), "MERLIN_COPY": str(copy), "TIM_NAMED": str(named),
+             "TIM_COPY": str(tim_copy)}
     fields = {k: tuple(paths.get(b, b) for b in v) for k, v in fields.items()}
     config = SoundfontConfig(name="bad", num_train=1, num_validation=1, num_test=1,
                              duration_s=1.0, **fields)
@@ -425,7 +434,10 @@ def test_builder_refuses_overlapping_banks(tmp_path, monkeypatch, fields, match)
 def test_builder_refuses_reserved_training_bank(tmp_path):
     reserved = tmp_path / "FluidR3_GM.sf2"
     reserved.write_bytes(b"RIFF\x00\x00\x00\x00sfbk")
-    for fields in ({"bank": str(reserved)}, {"extra_banks": (str(reserved),)}):
+    link = tmp_path / "default-GM.sf2"  # as Debian links its default bank to FluidR3
+    link.symlink_to(reserved)
+    for fields in ({"bank": str(reserved)}, {"extra_banks": (str(reserved),)},
+                   {"bank": str(link)}):
         config = SoundfontConfig(name="bad", num_train=1, num_validation=1, num_test=1,
                                  duration_s=1.0, **fields)
         with pytest.raises(soundfont.BankError, match="reserved"):

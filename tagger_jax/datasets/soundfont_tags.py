@@ -80,7 +80,14 @@ class SoundfontConfig(TaggingConfig):
     def unseen_splits(self) -> dict[str, str]:
         """split name -> bank, for the unseen banks."""
         banks = (self.unseen_banks,) if isinstance(self.unseen_banks, str) else self.unseen_banks
-        return {f"test_{soundfont.bank_name(b)}": b for b in banks if b}
+        splits: dict[str, str] = {}
+        for b in (b for b in banks if b):
+            split = f"test_{soundfont.bank_name(b)}"
+            if split in splits:  # one split would silently stand for both
+                raise ValueError(f"unseen banks {splits[split]!r} and {b!r} have the same name "
+                                 f"{soundfont.bank_name(b)!r} (split {split}); rename one file")
+            splits[split] = b
+        return splits
 
 
 class SoundfontTags(TaggingBuilder):
@@ -276,8 +283,13 @@ def _check_distinct(name: str, banks: Sequence[str], train_files: Sequence[Path]
             raise ValueError(f"{name}: training banks {by_name[short]!r} and {bank!r} have the "
                              f"same name {short!r}; rename one file")
         by_digest[d], by_name[short] = bank, bank
+    seen: dict[str, str] = {}  # unseen banks by digest
     for bank, path in unseen.items():
         d, short = bank_digest(path), soundfont.bank_name(bank)
+        if d in seen:
+            raise ValueError(f"{name}: the unseen banks {seen[d]!r} and {bank!r} ({path}) are "
+                             "the same file; give each bank once")
+        seen[d] = bank
         if d in by_digest or short in by_name:
             same = by_digest.get(d) or by_name[short]
             what = "the same file as" if d in by_digest else "named like"
