@@ -58,7 +58,12 @@ def main(argv: list[str]) -> int:
         prog="train.py", description=__doc__.splitlines()[1],
         epilog="--config.KEY=VALUE is --set KEY=VALUE; --list_config is --list-config")
     train.add_arguments(parser)
-    return train.run(parser.parse_args(args))
+    parsed = parser.parse_args(args)
+    from tagger_jax import errors
+
+    # As `tagger-jax train`: documented errors one line, Ctrl-C 130, anything else one line and
+    # a traceback file (70).
+    return errors.guarded(train.run, parsed, prog="train.py")
 
 
 if __name__ == "__main__":

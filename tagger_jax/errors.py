@@ -53,6 +53,13 @@ class ConfigError(ToolError, ValueError):
     exit_status = USAGE
 
 
+class DataError(ToolError):
+    """A dataset cannot be opened or built as configured (not built, no such config or split);
+    the message names it and the command that builds it."""
+
+    exit_status = DATA
+
+
 # Errors defined where importing them would be heavy (TFDS, train_lib), by class name.
 _BY_NAME = {
     "UnpicklingError": DATA,  # the MSD unpickler's safe refusal of a pickle naming code

@@ -34,7 +34,7 @@ from tagger_jax import checkpointing, optimizers, sharding, validation
 from tagger_jax import workdir as wd
 from tagger_jax.checkpointing import CorruptCheckpointError, read_checkpoint  # noqa: F401
 from tagger_jax.metric_writer import MetricWriter
-from tagger_jax.errors import ConfigError
+from tagger_jax.errors import ConfigError, DataError
 from tagger_jax.models import build_model, check_model_config, get_architecture, input_shape
 from tagger_jax.preemption import Preemption
 from tagger_jax.progress import Progress
@@ -74,6 +74,27 @@ def end_of_epoch(state: TrainState, schedule: optimizers.PlateauState, metric: f
     return state, decision
 
 
+def check_train_config(config: Any) -> None:
+    """Checks the counts and choices of `config.train` and `config.features.chunk_frames` before
+    the workdir or the data is touched. Raises `errors.ConfigError` (exit status 2) naming the
+    field and its value."""
+    t = config.train
+    if t.optimizer not in optimizers.OPTIMIZERS:
+        raise ConfigError(f"train.optimizer must be one of {optimizers.OPTIMIZERS}, got "
+                          f"{t.optimizer!r}")
+    for name, value, least in (("train.batch_size", t.batch_size, 1),
+                               ("train.eval_batch_size", t.eval_batch_size, 1),
+                               ("train.num_epochs", t.num_epochs, 1),
+                               ("train.eval_every_epochs", t.eval_every_epochs, 1),
+                               ("train.keep_checkpoints", t.keep_checkpoints, 1),
+                               ("train.warmup_steps", t.warmup_steps, 0),
+                               ("features.chunk_frames", config.features.chunk_frames, 1)):
+        if int(value) < least:
+            raise ConfigError(f"{name} must be at least {least}, got {value}")
+    if not float(t.learning_rate) > 0:
+        raise ConfigError(f"train.learning_rate must be positive, got {t.learning_rate}")
+
+
 def frame_loss_weight(config: Any) -> float:
     """`train.frame_loss_weight`, checked against `model.frame_head` (each needs the other).
 
@@ -105,6 +126,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike,
     summary["preempted"] = True. `data` replaces `load_data(config)` (tests use in-memory sources).
     """
     check_model_config(config.model)  # bad values fail before the workdir or the data is touched
+    check_train_config(config)
     frame_loss_weight(config)
     sharding.maybe_initialize_distributed(bool(config.train.distributed))
     workdir = Path(workdir).expanduser().absolute()
@@ -120,12 +142,18 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
     progress = Progress(bool(t.progress_bar))
     mesh = sharding.make_mesh()
     if data is None:
-        data = load_data(config)
+        try:
+            data = load_data(config)
+        except FileNotFoundError as e:  # not built / no such config: the message says what to do
+            raise DataError(str(e)) from None
     spe = int(data.steps_per_epoch)
     eval_every = max(1, int(t.eval_every_epochs))
     total_steps = spe * int(t.num_epochs)
     global_batch = int(t.batch_size)
-    sharding.local_batch_size(global_batch, mesh)  # raises unless it splits over the devices
+    try:
+        sharding.local_batch_size(global_batch, mesh)  # raises unless it splits over the devices
+    except ValueError as e:
+        raise ConfigError(f"train.batch_size: {e}") from None
 
     model = build_model(config.model, num_tags=len(data.tag_names))
     tx, num_phases = optimizers.make_optimizer(t, total_steps)

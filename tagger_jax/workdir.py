@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
@@ -127,8 +128,17 @@ def read_config(path: str | os.PathLike) -> tuple[Any, list[str]]:
         raise ConfigMismatchError(f"{path}: {e}") from None
 
 
+def _trained(workdir: Path) -> bool:
+    """Whether a training in `workdir` saved anything a resume would use (a checkpoint, a best
+    checkpoint, or checkpoints moved aside as unreadable)."""
+    folders = (CHECKPOINT_DIR, BEST_DIR, CHECKPOINT_DIR + ".broken")  # checkpointing's names
+    return any(any((workdir / d).glob("*")) for d in folders if (workdir / d).is_dir())
+
+
 def check_or_write_config(config: Any, workdir: Path) -> None:
-    """Refuses a workdir that belongs to a different config; otherwise (re)writes config.json."""
+    """Refuses a workdir whose checkpoints belong to a different config; otherwise (re)writes
+    config.json (replacing, with a note, the config of a start that saved no checkpoint: one
+    that failed on a bad value or a missing dataset)."""
     given = config_to_dict(config)
     path = workdir / CONFIG_FILE
     if path.is_file():
@@ -137,7 +147,11 @@ def check_or_write_config(config: Any, workdir: Path) -> None:
         except json.JSONDecodeError as e:
             raise ConfigMismatchError(f"{path}: not valid JSON ({e}); use a new --workdir") from None
         diffs = config_differences(saved, given)
-        if diffs:
+        if diffs and not _trained(workdir):  # a start that failed before saving anything
+            if jax.process_index() == 0:
+                print(f"note: {path} came from a start that saved no checkpoint; replaced by "
+                      f"this run's config ({len(diffs)} field(s) differed)", file=sys.stderr)
+        elif diffs:
             raise ConfigMismatchError(
                 f"{workdir} holds a run with a different config, so it cannot be resumed:\n  "
                 + "\n  ".join(diffs)

@@ -109,9 +109,24 @@ def test_a_busy_workdir_stops_every_process_of_a_multi_process_run_with_status_5
     assert not (run_dir / "config.json").exists()
 
 
+def test_a_start_that_saved_nothing_does_not_hold_the_workdir(tmp_path, capsys):
+    """A first start that failed before its first checkpoint (a bad value, a missing dataset)
+    left config.json: another config replaces it, with a note; once a checkpoint exists, a
+    different config is refused."""
+    workdir.check_or_write_config(tiny_config(learning_rate=1e-2), tmp_path)
+    workdir.check_or_write_config(tiny_config(), tmp_path)
+    assert "came from a start that saved no checkpoint; replaced" in capsys.readouterr().err
+    assert json.loads((tmp_path / "config.json").read_text()) == workdir.config_to_dict(
+        tiny_config())
+    (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+    with pytest.raises(workdir.ConfigMismatchError):
+        workdir.check_or_write_config(tiny_config(learning_rate=1e-2), tmp_path)
+
+
 def test_mismatch_hint_works_and_stored_config_resumes(tmp_path):
     config = tiny_config()
     workdir.check_or_write_config(config, tmp_path)
+    (tmp_path / "best" / "10").mkdir(parents=True)  # a run that saved something
     changed = tiny_config(learning_rate=1e-2)
     with pytest.raises(workdir.ConfigMismatchError) as e:
         workdir.check_or_write_config(changed, tmp_path)
@@ -243,3 +258,28 @@ def test_every_config_file_has_only_known_fields_and_a_consistent_frame_loss(pat
 
         AugmentParams.from_dict(config.data.augment.to_dict())  # unknown field: ValueError
     check_model_config(config.model)  # every named choice (architecture, timbre_norm, ...) exists
+
+
+@pytest.mark.parametrize("argv, status, message", [
+    (["--config.train.optimizer=sgd"], 2, "train.optimizer must be one of ('authors', 'adamw')"),
+    (["--config.train.batch_size=0"], 2, "train.batch_size must be at least 1, got 0"),
+    (["--config.train.num_epochs=0"], 2, "train.num_epochs must be at least 1, got 0"),
+    (["--config.data.builder_config=nosuch"], 6, "no config 'nosuch'"),
+])
+def test_train_py_reports_bad_values_and_missing_data_in_one_line(tmp_path, capsys, argv,
+                                                                  status, message):
+    """train.py as `tagger-jax train`: a bad value is one line and status 2 before the workdir
+    is touched; a dataset config that does not exist is one line and status 6 (a new user got
+    tracebacks and exit 1, or 70 from `tagger-jax train`), and the next start may differ."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run = tmp_path / "run"
+    base = ["--config", str(ROOT / "configs" / "synthetic_cpu.py"), "--workdir", str(run),
+            f"--config.data.data_dir={tmp_path / 'tfds'}"]
+    assert script.main(base + argv) == status
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert (run / "config.json").exists() == (status == 6)

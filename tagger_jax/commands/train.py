@@ -132,12 +132,17 @@ def run_training(config: Any, workdir: str) -> int:
     from tagger_jax import train_lib, validation
     from tagger_jax.errors import ConfigError
 
+    from tagger_jax.errors import ToolError
+
     try:
         summary = train_lib.train_and_evaluate(config, workdir)
     except (ConfigError, train_lib.ConfigMismatchError, train_lib.WorkdirBusyError,
             train_lib.CorruptCheckpointError, train_lib.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_STATUS[type(e).__name__]
+    except ToolError as e:  # a dataset not built or without the split (errors.DATA), ...
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_status
     if summary["preempted"]:
         print(f"Stopped by SIGTERM at step {summary['step']}; checkpoint saved in "
               f"{summary['workdir']}. Run the same command to resume.")
