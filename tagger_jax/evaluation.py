@@ -468,10 +468,13 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     if missing:
         metrics = with_unevaluated(metrics, loaded.tags, dict.fromkeys(missing, NOT_IN_DATASET))
 
-    if out_dir is None:
-        out_dir = Path(path).expanduser() / "evaluation" / f"{dataset}_{split}_{mode}"
+    config_name = getattr(builder_config, "name", builder_config)
+    if out_dir is None:  # one folder per dataset (and config other than the model's), split, mode
+        own = cfg.data.builder_config or None if dataset == cfg.data.name else None
+        label = dataset if config_name in (None, own) else f"{dataset}-{config_name}"
+        out_dir = Path(path).expanduser() / "evaluation" / f"{label}_{split}_{mode}"
     extra = {"model_dir": str(loaded.directory), "dataset": dataset,
-             "builder_config": getattr(builder_config, "name", builder_config), "split": split,
+             "builder_config": config_name, "split": split,
              "data_dir": str(data_dir), "mode": mode,
              "num_chunks": num_chunks if mode == "chunks" else None,
              "hop_s": hop_s if mode == "full" else None,
@@ -480,6 +483,11 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
              # The data the model was trained on (its config), for `--baseline-train model`.
              "model_data": model_data}
     if jax.process_index() == 0:
+        # An earlier run's baseline beside these metrics would describe other data; `evaluate
+        # --baseline` writes this run's after them.
+        from tagger_jax.baseline import BASELINE_JSON
+
+        (Path(out_dir).expanduser() / BASELINE_JSON).unlink(missing_ok=True)
         paths = write_report(metrics, out_dir, extra=extra,
                              title=f"{dataset}/{split} ({mode}), {metrics['num_clips']} clips")
         np.savez_compressed(Path(out_dir).expanduser() / PREDICTIONS_NPZ, probs=probs,

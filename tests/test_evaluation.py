@@ -511,7 +511,8 @@ def test_end_to_end_on_a_built_tfds_split(synth_tags, tiny_variables, tmp_path):
     config = _tiny_config()
     config.data.update(name="synthetic_tags", data_dir=str(tmp_path / "tfds"))
     checkpoint.save_model(tmp_path / "model", tiny_variables, config, synth_tags)
-    out = tmp_path / "model" / "evaluation" / "synthetic_tags_test_chunks"
+    # A builder config other than the model's (it trained on the default) gets its own folder.
+    out = tmp_path / "model" / "evaluation" / "synthetic_tags-tiny_eval_test_chunks"
 
     # `evaluate --baseline`'s preflight: its training split is opened before any prediction, so
     # a missing one fails at once and nothing is written.
@@ -532,10 +533,13 @@ def test_end_to_end_on_a_built_tfds_split(synth_tags, tiny_variables, tmp_path):
     assert seen[0]["builder_config"] == "tiny_eval"
     assert seen[0]["model_data"]["name"] == "synthetic_tags"
 
+    out.mkdir(parents=True)
+    (out / "baseline.json").write_text("{}")  # an earlier run's, of other data
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ev.UndefinedMetricWarning)  # 6 clips: some tags absent
         result = ev.evaluate_checkpoint(tmp_path / "model", builder_config=data_config,
                                         print_fn=None)
+    assert not (out / "baseline.json").exists()
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["num_clips"] == result["num_clips"] == 6
     assert saved["builder_config"] == "tiny_eval" and saved["num_chunks"] == NUM_CHUNKS
