@@ -68,9 +68,11 @@ def source_features(source, desc: str = "baseline features", bars: Optional[Bars
     cursor movements), else a plain tqdm bar."""
     from tqdm.auto import tqdm
 
+    from tagger_jax.progress import bar_interval
+
     indices = range(len(source))
     shown = (bars(indices, len(source), desc, " clips") if bars is not None
-             else tqdm(indices, desc=desc, unit=" clips", leave=False))
+             else tqdm(indices, desc=desc, unit=" clips", leave=False, **bar_interval()))
     feats, labels = [], []
     for i in shown:
         record = source[i]

@@ -25,7 +25,6 @@ import threading
 import time
 from typing import Iterable, Iterator, Optional, TypeVar
 
-import jax
 
 T = TypeVar("T")
 
@@ -41,10 +40,18 @@ def stderr_is_terminal() -> bool:
         return False
 
 
+def bar_interval() -> dict:
+    """tqdm keyword arguments for a bar outside `Progress` (a dataset build, a baseline's
+    features): refreshed every `LOG_INTERVAL_S` when stderr is a log, not at every item."""
+    return {} if stderr_is_terminal() else {"mininterval": LOG_INTERVAL_S}
+
+
 class Progress:
     """The run's progress display. `enabled`: bars on process 0; messages always on process 0."""
 
     def __init__(self, enabled: bool):
+        import jax
+
         self.main = jax.process_index() == 0
         self.enabled = enabled and self.main
         self.bar = None

@@ -176,3 +176,14 @@ def test_bars_in_a_log_have_no_cursor_movement(tmp_path):
     assert "\x1b[A" not in text, repr(text)
     assert "compiling the train step" in text and "validation" in text
     assert "train: 100%" in text and "baseline features (train)" in text
+
+
+def test_bars_outside_training_refresh_slowly_in_a_log(monkeypatch):
+    """A dataset build's, a baseline's and convert-patches' bars: tqdm's defaults on a terminal,
+    one refresh every LOG_INTERVAL_S into a log (a new user's build log held a line per clip)."""
+    from tagger_jax import progress
+
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
+    assert progress.bar_interval() == {"mininterval": progress.LOG_INTERVAL_S}
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
+    assert progress.bar_interval() == {}

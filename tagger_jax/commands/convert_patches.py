@@ -45,8 +45,10 @@ def run(args: argparse.Namespace) -> int:
               "source, and the patches of bank 0 and drumset 0, General MIDI's)", file=sys.stderr)
     from tqdm import tqdm
 
+    from tagger_jax.progress import bar_interval
+
     with tqdm(total=len(patch_set.programs) + len(patch_set.drums), desc="converting patches",
-              unit="patch") as bar:
+              unit="patch", **bar_interval()) as bar:
         result = gus_patches.convert(patch_set, name=out.stem, on_patch=lambda _: bar.update())
     outputs.atomic_write_bytes(out, result.sf2)
     filled = ", ".join(f"{p} by {q}" for p, q in result.filled.items())

@@ -232,8 +232,11 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
         """
         from tqdm.auto import tqdm
 
+        from tagger_jax.progress import bar_interval
+
         workers = self._workers()
-        with tqdm(total=len(items), desc=desc, unit=" clips", leave=False) as bar:
+        with tqdm(total=len(items), desc=desc, unit=" clips", leave=False,
+                  **bar_interval()) as bar:
             if workers <= 1 or len(items) <= 1:
                 results = map(fn, items)
             else:
