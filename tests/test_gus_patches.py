@@ -286,6 +286,9 @@ def test_convert_patches_command(tmp_path, capsys, bank):
     (root / "nokit.cfg").write_text("bank 0\n48 held.pat\n")
     assert cli.main(["convert-patches", str(root / "nokit.cfg"), str(tmp_path / "k.sf2")]) == 0
     assert "has no drum set 0, so the bank has no drum kit" in capsys.readouterr().err
+    nested = tmp_path / "new" / "folder" / "n.sf2"  # its folders are made, as can be
+    assert cli.main(["convert-patches", str(root / "set.cfg"), str(nested)]) == 0
+    assert nested.read_bytes()[:4] == b"RIFF"
 
 
 def test_only_the_samples_some_key_plays_are_stored(tmp_path):

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise outputs.OutputError(f"{out}: exists (give --overwrite to replace it)")
     patch_set = gus_patches.read_config(args.config, args.patch_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)  # check_output_file proved it can be made
     if patch_set.ignored:
         print(f"not read from {args.config}: {', '.join(patch_set.ignored)} (read: dir, "
               "source, and the patches of bank 0 and drumset 0, General MIDI's)", file=sys.stderr)
