@@ -377,7 +377,14 @@ def _baseline(workdir: Path, data: TrainData, results: list[dict], progress: Pro
         if path.is_file():
             progress.say(f"baseline fitted again: the train or test data changed since {path} "
                          "was written")
-        with progress.phase("fitting the baseline (logistic regression on log-mel statistics)"):
+        import warnings
+
+        from tagger_jax.evaluation import UndefinedMetricWarning
+
+        with progress.phase("fitting the baseline (logistic regression on log-mel statistics)"), \
+                warnings.catch_warnings():
+            # the model's test of the same splits has said which tags are undefined there
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
             metrics = data.baseline(splits, progress.batches)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".json.tmp{os.getpid()}")

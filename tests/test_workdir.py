@@ -283,3 +283,16 @@ def test_train_py_reports_bad_values_and_missing_data_in_one_line(tmp_path, caps
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert (run / "config.json").exists() == (status == 6)
+
+
+def test_list_config_refuses_overrides_without_a_config(capsys):
+    """`--list-config --set ...` without `--config` printed the defaults and dropped the `--set`s
+    silently; it is a usage error now (with `--config` they apply)."""
+    from tagger_jax import cli
+
+    assert cli.main(["train", "--list-config", "--set", "train.num_epochs=3"]) == 2
+    assert "--set with --list-config needs --config" in capsys.readouterr().err
+    assert cli.main(["train", "--list-config", "--config",
+                     str(ROOT / "configs" / "synthetic_cpu.py"), "--set",
+                     "train.num_epochs=3"]) == 0
+    assert "train.num_epochs = 3 " in capsys.readouterr().out

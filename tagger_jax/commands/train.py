@@ -173,6 +173,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.list_config:
+        if args.overrides and config is None:
+            print("error: --set with --list-config needs --config (the config they change)",
+                  file=sys.stderr)
+            return 2
         print(list_config(config))
         return 0
     return run_training(config, args.workdir)
