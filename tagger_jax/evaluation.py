@@ -470,7 +470,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
 
     config_name = getattr(builder_config, "name", builder_config)
     if out_dir is None:  # one folder per dataset (and config other than the model's), split, mode
-        own = cfg.data.builder_config or None if dataset == cfg.data.name else None
+        own = (cfg.data.builder_config or None) if dataset == cfg.data.name else None
         label = dataset if config_name in (None, own) else f"{dataset}-{config_name}"
         out_dir = Path(path).expanduser() / "evaluation" / f"{label}_{split}_{mode}"
     extra = {"model_dir": str(loaded.directory), "dataset": dataset,

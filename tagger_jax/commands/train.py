@@ -130,9 +130,7 @@ def list_config(config: Any = None) -> str:
 def run_training(config: Any, workdir: str) -> int:
     """Trains with `config` in `workdir` and prints the outcome; the process exit status."""
     from tagger_jax import train_lib, validation
-    from tagger_jax.errors import ConfigError
-
-    from tagger_jax.errors import ToolError
+    from tagger_jax.errors import ConfigError, ToolError
 
     try:
         summary = train_lib.train_and_evaluate(config, workdir)

@@ -195,7 +195,8 @@ def explanation_figure(log_mel: np.ndarray, spec_step_s: float, rows: Sequence[R
                     side.axvline(0.0, color="black", linewidth=0.5)
                     # Symmetric about 0, its range written inside: tick labels below the
                     # panel would run under the next row's panel.
-                    reach = float(np.max(np.abs(bands))) if np.any(bands) else 1.0
+                    finite = np.abs(bands[np.isfinite(bands)])
+                    reach = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
                     side.set_xlim(-1.05 * reach, 1.05 * reach)
                     side.tick_params(labelleft=False, labelbottom=False, length=2)
                     side.set_xticks([-reach, 0.0, reach])
