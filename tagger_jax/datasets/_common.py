@@ -112,6 +112,7 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
         self._num_workers = num_workers
         self._resume = resume
         self._pool = None
+        self._inputs_checked = False
         super().__init__(**kwargs)
 
     @property
@@ -126,12 +127,19 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
         """Checks of the builder's inputs, run before a build writes anything (none here); an
         input refused here leaves no folder behind."""
 
+    def check_inputs(self) -> None:
+        """`preflight`, once per builder (`build` runs it before announcing the build, and
+        `download_and_prepare` for callers that build directly)."""
+        if not self._inputs_checked:
+            self.preflight()
+            self._inputs_checked = True
+
     def download_and_prepare(self, *args, **kwargs):
         """TFDS's build (after `preflight`, unless the data are already built), with one worker
         pool shared by all splits and closed at the end."""
         # (data_path first: TFDS's is_prepared() logs a warning about a folder not made yet)
         if not (self.data_path.exists() and self.is_prepared()):
-            self.preflight()
+            self.check_inputs()
         try:
             result = super().download_and_prepare(*args, **kwargs)
         except BaseException:
