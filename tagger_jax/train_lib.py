@@ -122,8 +122,10 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike,
     Raises `errors.ConfigError` (before touching the workdir) on a model field value or frame-loss
     setting the run cannot use, WorkdirBusyError if another training holds the workdir,
     ConfigMismatchError if it belongs to a different config, CorruptCheckpointError if no
-    checkpoint in it reads, NonFiniteLossError on a NaN/inf loss. SIGTERM saves a checkpoint and returns with
-    summary["preempted"] = True. `data` replaces `load_data(config)` (tests use in-memory sources).
+    checkpoint in it reads, NonFiniteLossError on a NaN/inf loss. SIGTERM during the training loop
+    saves a checkpoint and returns with summary["preempted"] = True; before the loop (restoring,
+    loading data) or after it (testing) it raises `preemption.Preempted` at once, since there is
+    nothing to save then. `data` replaces `load_data(config)` (tests use in-memory sources).
     """
     check_model_config(config.model)  # bad values fail before the workdir or the data is touched
     check_train_config(config)
@@ -131,10 +133,15 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike,
     sharding.maybe_initialize_distributed(bool(config.train.distributed))
     workdir = Path(workdir).expanduser().absolute()
     with wd.lock(workdir):
-        return _train_and_evaluate(config, workdir, data)
+        preemption = Preemption()
+        try:
+            return _train_and_evaluate(config, workdir, data, preemption)
+        finally:
+            preemption.close()
 
 
-def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -> dict:
+def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
+                        preemption: Preemption) -> dict:
     wd.check_or_write_config(config, workdir)
     checkpointing.barrier("config")
     t = config.train
@@ -171,7 +178,7 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
                                    ("state", "data", "meta"))
     best = checkpointing.manager(workdir / wd.BEST_DIR, 1, ("state",))
     train_iter = iter(data.train)
-    writer = preemption = None
+    writer = None
     try:
         schedule, resume_step = optimizers.PlateauState(), None
         restored = checkpointing.restore_latest(latest, state, train_iter, progress.say)
@@ -195,7 +202,6 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
                          else f"Resuming {workdir} from step {resume_step}")
         last_saved = resume_step
         writer = MetricWriter(workdir, resume_step or 0)
-        preemption = Preemption()
         summary: dict[str, Any] = {"workdir": str(workdir), "preempted": False}
         if step < total_steps and not stopped:
             progress.train_bar(total_steps * global_batch, step * global_batch)
@@ -203,6 +209,7 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
         pending: list[tuple[int, dict]] = []
         window_start, window_steps = time.perf_counter(), 0
         told_undefined = False
+        preemption.defer()  # a SIGTERM from here on saves a checkpoint at the next step
         while step < total_steps and not stopped:
             batch = next(train_iter)
             batch = sharding.shard_batch({k: batch[k] for k in ("x", "y", "frames") if k in batch},
@@ -285,6 +292,11 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
                 summary["preempted"] = True
                 progress.say(f"SIGTERM: saved step {step} in {workdir}")
                 break
+        preemption.defer(False)
+        if preemption.flag.is_set() and not summary["preempted"]:  # after the last step's check:
+            summary["preempted"] = True  # that step's checkpoint is saved (step == total_steps)
+            progress.say(f"SIGTERM: saved step {step} in {workdir}")
+        preemption.during(f"after training (step {step} saved), before the tests finished")
         progress.close()
         summary.update(step=step, phase=phase,
                        best_validation_roc_auc=_finite_or_none(schedule.best_metric))
@@ -308,8 +320,6 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData]) -
         return summary
     finally:
         progress.close()
-        if preemption is not None:
-            preemption.close()
         if hasattr(train_iter, "close"):
             train_iter.close()
         if writer is not None:

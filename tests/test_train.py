@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 
 import jax
@@ -327,6 +328,62 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, finished
     restored = train_lib.read_checkpoint(tmp_path / "checkpoints", 4)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(restored["params"]))
     assert all(r["step"] < 6 for r in _lines(tmp_path, "train"))
+
+
+class _SigtermOnFirstRead:
+    """A test split that sends this process SIGTERM when the evaluation first reads it."""
+
+    def __init__(self, records):
+        self.records, self.sent = records, False
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.records[i]
+
+
+class _SigtermOnIter:
+    def __init__(self, train):
+        self.train = train
+
+    def __iter__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return iter(self.train)
+
+
+def test_sigterm_outside_the_training_loop_stops_at_once_and_loses_nothing(tmp_path, finished_run):
+    """Before the loop (loading, restoring) and after it (testing) a SIGTERM ends the run with
+    `Preempted` naming the phase (it used to kill the process silently before the loop, and be
+    ignored while testing); the handler is restored and a rerun finishes the tests."""
+    import shutil
+
+    from tagger_jax.preemption import Preempted
+
+    config, done, summary = finished_run
+    before = signal.getsignal(signal.SIGTERM)
+    data = toy_data(config)
+    data.train = _SigtermOnIter(data.train)
+    with pytest.raises(Preempted, match="before the first step"):
+        train_lib.train_and_evaluate(config, tmp_path / "fresh", data)
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert not (tmp_path / "fresh" / "checkpoints").exists() or not any(
+        (tmp_path / "fresh" / "checkpoints").iterdir())
+
+    workdir = tmp_path / "w"
+    shutil.copytree(done, workdir)
+    shutil.rmtree(workdir / "test")  # the finished run's test results: to be computed again
+    data = toy_data(config)
+    data.test_source = _SigtermOnFirstRead(data.test_source)
+    with pytest.raises(Preempted, match=r"after training \(step 12 saved\), before the tests"):
+        train_lib.train_and_evaluate(config, workdir, data)
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert not (workdir / "test" / "metrics.json").exists()
+    again = train_lib.train_and_evaluate(config, workdir, toy_data(config))
+    assert not again["preempted"] and again["test_roc_auc"] == summary["test_roc_auc"]
 
 
 # ----------------------------------------------------------------------------------------------

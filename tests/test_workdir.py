@@ -233,6 +233,11 @@ def test_cli_set_unknown_field_and_list_config(capsys):
                      "--workdir", "unused", "--set", "model.nope=1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown config field model.nope" in err
+    assert cli.main(["train", "--config", str(ROOT / "configs" / "synthetic_cpu.py"),
+                     "--workdir", "unused", "--set", "train=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train is a section of the config, not a field" in err
+    assert "e.g. train." in err
     assert cli.main(["train", "--list-config"]) == 0
     assert "model.architecture = 'pons_won'" in capsys.readouterr().out
 

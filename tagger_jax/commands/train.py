@@ -99,7 +99,15 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Any:
         return config
 
     if keys:
-        unknown = [k for k in keys if k not in _field_names(parse(argv))]
+        fields = _field_names(parse(argv))
+        sections = {name.split(".", 1)[0] for name in fields}
+        for key in keys:
+            if key in sections:  # `--set train=3`: a section, not a field
+                example = min(name for name in fields if name.startswith(f"{key}."))
+                raise ValueError(f"{key} is a section of the config, not a field: set one of its "
+                                 f"fields, e.g. {example}=...; `tagger-jax train --list-config` "
+                                 "lists every field")
+        unknown = [k for k in keys if k not in fields]
         if unknown:
             raise ValueError(f"unknown config field {', '.join(unknown)}; "
                              "`tagger-jax train --list-config` lists every field")
@@ -131,9 +139,13 @@ def run_training(config: Any, workdir: str) -> int:
     """Trains with `config` in `workdir` and prints the outcome; the process exit status."""
     from tagger_jax import train_lib, validation
     from tagger_jax.errors import ConfigError, ToolError
+    from tagger_jax.preemption import Preempted
 
     try:
         summary = train_lib.train_and_evaluate(config, workdir)
+    except Preempted as e:  # outside the training loop: nothing to save
+        print(f"Stopped by SIGTERM {e}; nothing was lost. Run the same command to resume.")
+        return 0
     except (ConfigError, train_lib.ConfigMismatchError, train_lib.WorkdirBusyError,
             train_lib.CorruptCheckpointError, train_lib.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
