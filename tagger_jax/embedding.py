@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from tagger_jax import inference
 
-FORMAT = "tagger-jax-embedding/2"  # /2: tag_names in every NPZ
+FORMAT = "tagger-jax-embedding/3"  # /2: tag_names in every NPZ; /3: source
 MERGED = "embeddings.npz"
 FAILURES = "failures.json"
 FIELDS = ("embedding", "frontend", "probabilities")
@@ -58,6 +58,7 @@ def _track(p: inference.Prepared, out: dict, step_s: float, signature: str,
            model: str, tags: Sequence[str]) -> dict[str, Any]:
     return {
         "name": np.array(p.item.name), "fingerprint": np.array(p.item.fingerprint),
+        "source": np.array(p.source),  # a dataset record's source clip; "" for files
         "signature": np.array(signature), "model_signature": np.array(model),
         "format": np.array(FORMAT),
         "tag_names": np.array([str(t) for t in tags]),  # the model's, in probability order
@@ -262,6 +263,7 @@ def _merge(out: Path, items: Sequence[inference.Input], signature: str) -> Optio
     _write_npz(path, {
         "names": np.array([it.name for it, _ in rows]),
         "keys": np.array([it.key for it, _ in rows]),
+        "sources": np.array([str(z["source"]) for _, z in rows]),
         "signature": np.array(signature), "format": np.array(FORMAT),
         "model_signature": rows[0][1]["model_signature"],
         "tag_names": rows[0][1]["tag_names"],  # one model (same signature): the same tags

@@ -158,11 +158,12 @@ def unique_keys(names: Sequence[str]) -> list[str]:
 class Loaded:
     """What an `Input.load` may return besides a bare signal: the signal, its degradation
     warnings ({code: message}, docs/audio.md) and, for dataset records, the record's labels
-    ((tags,) multi-hot; what `evaluate` and validation score against)."""
+    ((tags,) multi-hot; what `evaluate` and validation score against) and source clip."""
 
     signal: np.ndarray
     warnings: Mapping[str, str] = dataclasses.field(default_factory=dict)
     labels: Optional[np.ndarray] = None
+    source: str = ""  # a dataset record's source clip: its `path` feature, else its `clip_id`
 
 
 def source_inputs(source: Any, feature: str, label: str, split: str,
@@ -180,12 +181,25 @@ def source_inputs(source: Any, feature: str, label: str, split: str,
                              f"({sorted(record)})")
         labels = record.get("tags")  # a record's optional fields, not config defaults
         return Loaded(np.asarray(record[feature], np.float32), {},
-                      None if labels is None else np.asarray(labels))
+                      None if labels is None else np.asarray(labels), record_source(record))
 
     return [Input(key=safe_key(f"{label}-{split}-{i:06d}"), name=f"{label}:{split}[{i}]",
                   load=functools.partial(load, i), fingerprint=f"dataset:{label}:{split}:{i}",
                   meta={"index": i})
             for i in range(n)]
+
+
+def record_source(record: Mapping[str, Any]) -> str:
+    """Which clip of a collection a dataset record is: its `path` feature (the source file, or a
+    generated dataset's `gm://...` / `synth://...` address), else its `clip_id`; "" if neither."""
+    for key in ("path", "clip_id"):
+        value = record.get(key)
+        if value is not None:
+            value = value.item() if isinstance(value, np.ndarray) else value
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            if text:
+                return text
+    return ""
 
 
 def dataset_inputs(name: str, split: str, feature: str, data_dir: Optional[str] = None,
@@ -345,6 +359,7 @@ class Prepared:
     warnings: dict[str, str] = dataclasses.field(default_factory=dict)  # audio.read_input's
     duration_s: float = 0.0  # the audio's real duration (`input_duration_s`), not length x step
     labels: Optional[np.ndarray] = None  # a dataset record's (tags,) labels (`Loaded.labels`)
+    source: str = ""  # a dataset record's source clip (`Loaded.source`)
     # The decoded (N,) waveform, when the reader kept it (`Engine.read_checked(keep_audio=True)`:
     # explain plays it back without decoding the file again); None otherwise.
     audio: Optional[np.ndarray] = None
@@ -397,6 +412,7 @@ def prepare(item: Input, geom: Geometry, plan: WindowPlan) -> Prepared:
                     geom.chunk, notes, started, warnings=dict(warnings),
                     duration_s=input_duration_s(loaded, length, geom),
                     labels=loaded.labels if isinstance(loaded, Loaded) else None,
+                    source=loaded.source if isinstance(loaded, Loaded) else "",
                     audio=getattr(loaded, "audio", None))  # `audio.InputRead`'s, if kept
 
 
