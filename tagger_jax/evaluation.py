@@ -382,7 +382,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
                         out_dir: str | os.PathLike | None = None,
                         batch_size: int | None = None, num_chunks: int | None = None,
                         hop_s: float | None = None, print_fn: Callable[[str], None] | None = print,
-                        preflight: Callable[[dict], Any] | None = None) -> dict:
+                        preflight: Callable[[dict], Any] | None = None,
+                        hold: Callable[[Path], Any] | None = None) -> dict:
     """Loads a model, predicts a dataset split, writes the report; returns the metrics dict.
 
     `path` is a model directory or a training workdir with an exported best model. Dataset,
@@ -391,7 +392,12 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     between full-track windows (mode "full"; default one window). `preflight`, if given, is
     called with the resolved {"dataset", "split", "data_dir", "builder_config", "model_data"}
     once the split is open and before any prediction, so that a later step's missing input
-    (e.g. `evaluate --baseline`'s training split) fails before the model's run.
+    (e.g. `evaluate --baseline`'s training split) fails before the model's run. `hold`, if
+    given, is called with the output folder (`out_dir`, or the default below) before any
+    prediction: `tagger-jax evaluate` takes the folder's lock there, so that two evaluations
+    writing one folder cannot mix their files. The default folder is
+    MODEL/evaluation/<dataset>[-<config>]_<split>_<mode> (the config named when it is not the
+    model's own).
     """
     from tqdm import tqdm
 
@@ -436,6 +442,13 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     model_data = {"name": str(cfg.data.name), "data_dir": str(cfg.data.data_dir),
                   "builder_config": cfg.data.get("builder_config") or None,
                   "train_split": str(cfg.data.get("train_split", "train"))}
+    config_name = getattr(builder_config, "name", builder_config)
+    if out_dir is None:  # one folder per dataset (and config other than the model's), split, mode
+        own = (cfg.data.builder_config or None) if dataset == cfg.data.name else None
+        label = dataset if config_name in (None, own) else f"{dataset}-{config_name}"
+        out_dir = Path(path).expanduser() / "evaluation" / f"{label}_{split}_{mode}"
+    if hold is not None:
+        hold(Path(out_dir).expanduser())
     if preflight is not None:
         preflight({"dataset": dataset, "split": split, "data_dir": str(data_dir),
                    "builder_config": getattr(builder_config, "name", builder_config),
@@ -449,7 +462,6 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     else:
         plan = inference.WindowPlan(inference.COVER, hop_s)
     hop = plan.hop_steps(engine.geometry)
-    config_name = getattr(builder_config, "name", builder_config)
     label = f"{dataset}/{config_name}" if config_name else dataset
     items = inference.process_share(inference.source_inputs(
         source, engine.architecture.dataset_feature, label, split))
@@ -468,11 +480,6 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     if missing:
         metrics = with_unevaluated(metrics, loaded.tags, dict.fromkeys(missing, NOT_IN_DATASET))
 
-    config_name = getattr(builder_config, "name", builder_config)
-    if out_dir is None:  # one folder per dataset (and config other than the model's), split, mode
-        own = (cfg.data.builder_config or None) if dataset == cfg.data.name else None
-        label = dataset if config_name in (None, own) else f"{dataset}-{config_name}"
-        out_dir = Path(path).expanduser() / "evaluation" / f"{label}_{split}_{mode}"
     extra = {"model_dir": str(loaded.directory), "dataset": dataset,
              "builder_config": config_name, "split": split,
              "data_dir": str(data_dir), "mode": mode,

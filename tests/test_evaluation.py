@@ -491,6 +491,25 @@ def test_end_to_end_matches_direct_computation(synth_tags, tiny_variables, tmp_p
     np.testing.assert_allclose(np.load(tmp_path / "full" / "predictions.npz")["probs"][4], want,
                                rtol=1e-6, atol=1e-7)
 
+    # The default folder (WORKDIR/evaluation/<dataset>_<split>_<mode>) is locked as --out is:
+    # a second evaluation into it is refused at once, naming the holder, and writes nothing.
+    default = workdir / "evaluation" / "tiny_in_memory_test_chunks"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom tagger_jax import outputs\n"
+         "with outputs.exclusive(sys.argv[1], 'test', directory=False):\n"
+         "    print('held', flush=True); time.sleep(60)", str(default)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        capsys.readouterr()
+        assert command.main(["--workdir", str(workdir)]) == 5
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(default) in err and f"pid {holder.pid}" in err, err
+        assert not default.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
     # A dataset with other tags is refused with a clear message and exit status 2.
     other = ("jazz",) + tuple(synth_tags[1:])
     monkeypatch.setattr(datasets, "load_split", lambda *a, **k: (source, other))

@@ -61,28 +61,33 @@ def run(args: argparse.Namespace) -> int:
         return errors.USAGE
     if args.out is not None:  # before any work (errors.OUTPUT)
         args.out = str(outputs.check_output_dir(args.out))
-    lock = (outputs.exclusive_for_run(args.out, "output directory") if args.out is not None
-            else contextlib.nullcontext())
     try:
         from tagger_jax.baseline import open_train_split
 
         # --baseline: its training split must open before the model's run, not after it.
         preflight = ((lambda resolved: open_train_split(resolved, args.baseline_train))
                      if args.baseline else None)
-        with lock, errors.warning_lines(UndefinedMetricWarning):
-            result = evaluate_checkpoint(
-                model_path(args), dataset=args.dataset, split=args.split,
-                data_dir=args.data_dir, builder_config=args.builder_config, mode=args.mode,
-                out_dir=args.out, batch_size=args.batch_size, num_chunks=args.num_chunks,
-                hop_s=args.hop, preflight=preflight)
-        if args.baseline:
-            import warnings
+        # The output folder (--out, or the model's default one) is locked once it is known,
+        # before any prediction, until the baseline beside the metrics is written.
+        with contextlib.ExitStack() as held:
+            def hold(folder):
+                held.enter_context(outputs.exclusive_for_run(
+                    outputs.check_output_dir(folder), "output directory"))
 
-            from tagger_jax.baseline import report_beside
+            with errors.warning_lines(UndefinedMetricWarning):
+                result = evaluate_checkpoint(
+                    model_path(args), dataset=args.dataset, split=args.split,
+                    data_dir=args.data_dir, builder_config=args.builder_config, mode=args.mode,
+                    out_dir=args.out, batch_size=args.batch_size, num_chunks=args.num_chunks,
+                    hop_s=args.hop, preflight=preflight, hold=hold)
+            if args.baseline:
+                import warnings
 
-            with warnings.catch_warnings():  # the model's scores of this split said it
-                warnings.simplefilter("ignore", UndefinedMetricWarning)
-                report_beside(result, train=args.baseline_train)
+                from tagger_jax.baseline import report_beside
+
+                with warnings.catch_warnings():  # the model's scores of this split said it
+                    warnings.simplefilter("ignore", UndefinedMetricWarning)
+                    report_beside(result, train=args.baseline_train)
     except (CheckpointError, EvaluationError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return errors.exit_status(e, default=errors.USAGE)
