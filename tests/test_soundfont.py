@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tagger_jax import gm_score, soundfont
+from tagger_jax import errors, gm_score, soundfont
 from tagger_jax.datasets import SoundfontConfig, SoundfontTags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ (bank_overlap)
@@ -426,7 +426,7 @@ def test_builder_refuses_overlapping_banks(tmp_path, monkeypatch, fields, match)
     fields = {k: tuple(paths.get(b, b) for b in v) for k, v in fields.items()}
     config = SoundfontConfig(name="bad", num_train=1, num_validation=1, num_test=1,
                              duration_s=1.0, **fields)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(errors.ConfigError, match=match):  # a ValueError; exit status 2
         SoundfontTags(config=config, data_dir=str(tmp_path / "d"),
                       num_workers=1).download_and_prepare()
 
@@ -505,5 +505,5 @@ def test_build_dataset_command_with_extra_banks(tmp_path, capsys):
     rc = cli.main(["build-dataset", "soundfont_tags", "--config", "cli3", "--data-dir", data,
                    "--num-workers", "1", "--set", "extra_banks=timgm6mb, merlin",
                    "--set", "unseen_banks=", *sizes])
-    err = [line for line in capsys.readouterr().out.splitlines() if line.startswith("error")]
-    assert rc == errors.DATA and len(err) == 1 and "is the same file as 'merlin'" in err[0]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert rc == errors.USAGE and len(err) == 1 and "is the same file as 'merlin'" in err[0]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 from tagger_jax.dataset_names import BUILDER_NAMES
 
@@ -87,25 +88,27 @@ def run(args: argparse.Namespace) -> int:
     outputs.check_output_dir(args.data_dir)  # before any work (errors.OUTPUT)
 
     if args.name not in datasets.BUILDERS:
-        print(f"unknown dataset {args.name!r}; choose one of {sorted(datasets.BUILDERS)}")
-        return 2
+        print(f"error: unknown dataset {args.name!r}; choose one of "
+              f"{sorted(datasets.BUILDERS)}", file=sys.stderr)
+        return errors.USAGE
     cls = tfds.builder_cls(args.name)
     try:
         config = make_config(cls, args.config, args.overrides)
     except ValueError as e:
-        print(f"error: {e}")
-        return 2
+        print(f"error: {e}", file=sys.stderr)
+        return errors.USAGE
     if isinstance(config, str) and config not in cls.builder_configs:
         print(f"error: {args.name} has no config {config!r}; configs: "
-              f"{sorted(cls.builder_configs)} (or make one with --config NAME --set FIELD=VALUE)")
-        return 2
+              f"{sorted(cls.builder_configs)} (or make one with --config NAME --set FIELD=VALUE)",
+              file=sys.stderr)
+        return errors.USAGE
     try:
         builder = datasets.build(args.name, args.data_dir, config, manual_dir=args.manual_dir,
                                  num_workers=args.num_workers, overwrite=args.overwrite,
                                  resume=args.resume)
     except (FileNotFoundError, ValueError, AssertionError, pickle.UnpicklingError) as e:
-        print(f"error: {errors.one_line(str(e))}")
-        return errors.DATA
+        print(f"error: {errors.one_line(str(e))}", file=sys.stderr)
+        return errors.exit_status(e, default=errors.DATA)  # a bad --set choice: USAGE
     print(f"\n{builder.name}/{builder.builder_config.name} {builder.version} in {builder.data_dir}")
     sizes = datasets.split_sizes(builder)
     width = max([10, *map(len, sizes)])

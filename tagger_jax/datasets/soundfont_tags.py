@@ -50,7 +50,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tagger_jax import gm_score, soundfont
+from tagger_jax import errors, gm_score, soundfont
 from tagger_jax.datasets._common import SPLITS, TaggingBuilder, TaggingConfig
 
 
@@ -78,14 +78,15 @@ class SoundfontConfig(TaggingConfig):
         return (self.bank,) + tuple(b for b in extra if b)
 
     def unseen_splits(self) -> dict[str, str]:
-        """split name -> bank, for the unseen banks."""
+        """split name -> bank, for the unseen banks; errors.ConfigError if two share a name."""
         banks = (self.unseen_banks,) if isinstance(self.unseen_banks, str) else self.unseen_banks
         splits: dict[str, str] = {}
         for b in (b for b in banks if b):
             split = f"test_{soundfont.bank_name(b)}"
             if split in splits:  # one split would silently stand for both
-                raise ValueError(f"unseen banks {splits[split]!r} and {b!r} have the same name "
-                                 f"{soundfont.bank_name(b)!r} (split {split}); rename one file")
+                raise errors.ConfigError(
+                    f"unseen banks {splits[split]!r} and {b!r} have the same name "
+                    f"{soundfont.bank_name(b)!r} (split {split}); rename one file")
             splits[split] = b
         return splits
 
@@ -268,7 +269,7 @@ def _same_unseen(recorded: Mapping[str, Any], asked: Mapping[str, str]) -> bool:
 
 def _check_distinct(name: str, banks: Sequence[str], train_files: Sequence[Path],
                     unseen: Mapping[str, Path]) -> None:
-    """ValueError (one line, saying what to change) when two training banks are the same file
+    """errors.ConfigError (a ValueError, exit status 2; one line, saying what to change) when two training banks are the same file
     (by contents, so a copy or another path counts) or have the same short name (their records
     could not be told apart), or when an unseen bank is a training bank's file or name."""
     by_digest: dict[str, str] = {}
@@ -276,24 +277,24 @@ def _check_distinct(name: str, banks: Sequence[str], train_files: Sequence[Path]
     for bank, path in zip(banks, train_files):
         d, short = bank_digest(path), soundfont.bank_name(bank)
         if d in by_digest:
-            raise ValueError(f"{name}: the training bank {bank!r} ({path}) is the same file as "
+            raise errors.ConfigError(f"{name}: the training bank {bank!r} ({path}) is the same file as "
                              f"{by_digest[d]!r}; drop one (bank is 'merlin' unless set, "
                              "extra_banks adds to it)")
         if short in by_name:
-            raise ValueError(f"{name}: training banks {by_name[short]!r} and {bank!r} have the "
+            raise errors.ConfigError(f"{name}: training banks {by_name[short]!r} and {bank!r} have the "
                              f"same name {short!r}; rename one file")
         by_digest[d], by_name[short] = bank, bank
     seen: dict[str, str] = {}  # unseen banks by digest
     for bank, path in unseen.items():
         d, short = bank_digest(path), soundfont.bank_name(bank)
         if d in seen:
-            raise ValueError(f"{name}: the unseen banks {seen[d]!r} and {bank!r} ({path}) are "
+            raise errors.ConfigError(f"{name}: the unseen banks {seen[d]!r} and {bank!r} ({path}) are "
                              "the same file; give each bank once")
         seen[d] = bank
         if d in by_digest or short in by_name:
             same = by_digest.get(d) or by_name[short]
             what = "the same file as" if d in by_digest else "named like"
-            raise ValueError(f"{name}: the unseen bank {bank!r} ({path}) is {what} the training "
+            raise errors.ConfigError(f"{name}: the unseen bank {bank!r} ({path}) is {what} the training "
                              f"bank {same!r}; give other unseen_banks (or none: --set "
                              "unseen_banks=, then train with "
                              "--config.data.extra_test_splits='()')")
