@@ -387,6 +387,10 @@ def test_builder_compares_training_banks_by_contents(tiny, tmp_path, monkeypatch
     copy.write_bytes(copy.read_bytes()[:-2] + b"xx")  # rewritten in place
     conflict = SoundfontTags.reuse_conflict(at_copy, None, asked(copy))
     assert "the same files, changed since" in conflict and "\n" not in conflict
+    copy.unlink()  # this run's bank is gone: that is the error, not "built from other banks"
+    with pytest.raises(soundfont.BankError, match=r"does not exist \(needed to check that the "
+                       "existing build"):
+        SoundfontTags.reuse_conflict(at_copy, None, asked(copy))
 
 
 @pytest.mark.parametrize("fields, match", [

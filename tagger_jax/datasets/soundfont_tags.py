@@ -120,15 +120,17 @@ class SoundfontTags(TaggingBuilder):
         """Why an existing build (its saved `metadata`) must not stand for `builder_config`:
         other training banks, unseen bank files, seed, clip length or split sizes (a phrase
         naming what differs), or None. A config read back from a build's files (no bank fields)
-        is the build itself."""
+        is the build itself. Raises soundfont.BankError when a bank this run names cannot be
+        found (the comparison needs its file)."""
         recorded = metadata.get("config")
         if not recorded or not hasattr(builder_config, "training_banks"):
             return None
         try:
             asked = _describe(builder_config)
             same_banks = _same_training_banks(recorded, builder_config)
-        except soundfont.BankError as e:
-            return f"built from other banks than this run's ({e})"
+        except soundfont.BankError as e:  # a bank of this run is missing: say that, not "other"
+            raise soundfont.BankError(f"{e} (needed to check that the existing build in "
+                                      "this data directory was made from it)") from None
         built = {"banks": [recorded.get("bank"), *recorded.get("extra_banks", {})],
                  "unseen": {s: str(Path(p).resolve())
                             for s, p in recorded.get("unseen_banks", {}).items()},
