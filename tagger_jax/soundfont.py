@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import io
 import math
@@ -52,6 +53,9 @@ BANKS: dict[str, tuple[str, str]] = {
     "timgm6mb": ("pretty_midi", "TimGM6mb.sf2"),
 }
 RESERVED = ("fluidr3",)  # file-name stems kept for outside evaluation: never train on them
+# The reserved bank's file by contents, so that a renamed copy is refused too: size in bytes ->
+# SHA-1 of FluidR3_GM.sf2 in Debian's fluid-soundfont-gm 3.1-5.3 (hashed only at that size).
+RESERVED_FILES = {148_398_306: "4fd467afcb45c8b4cfd1eadac9372a819e35d46d"}
 
 
 class BankError(ValueError):
@@ -89,7 +93,23 @@ def resolve_bank(bank: str | os.PathLike, for_training: bool = False) -> Path:
     if for_training and any(r in n for r in RESERVED for n in names):
         raise BankError(f"bank {text!r}: {path.resolve().name} is reserved for evaluation "
                         "outside the project; train on another bank")
+    if for_training and _is_reserved_file(path):
+        raise BankError(f"bank {text!r}: {path} is a copy of FluidR3_GM.sf2 (the same bytes), "
+                        "which is reserved for evaluation outside the project; train on another "
+                        "bank")
     return path
+
+
+def _is_reserved_file(path: Path) -> bool:
+    """Whether `path` holds the bytes of a reserved bank (`RESERVED_FILES`), under any name."""
+    digest = RESERVED_FILES.get(path.stat().st_size)
+    if digest is None:
+        return False
+    sha1 = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha1.update(block)
+    return sha1.hexdigest() == digest
 
 
 @functools.lru_cache(maxsize=16)

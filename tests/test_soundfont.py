@@ -170,6 +170,22 @@ def test_banks(tmp_path):
     assert soundfont.resolve_bank(reserved) == reserved  # allowed as an unseen bank
     with pytest.raises(soundfont.BankError, match="reserved"):
         soundfont.resolve_bank(reserved, for_training=True)
+
+
+def test_a_renamed_copy_of_the_reserved_bank_is_refused_for_training(tmp_path, monkeypatch):
+    """The reserved bank is also told by its bytes (size, then SHA-1): here a stand-in file's,
+    since the real one is not kept in the project."""
+    stand_in = b"RIFF\x00\x00\x00\x00sfbk" + b"FluidR3 stand-in" * 8
+    monkeypatch.setattr(soundfont, "RESERVED_FILES",
+                        {len(stand_in): hashlib.sha1(stand_in).hexdigest()})
+    renamed = tmp_path / "MyPiano.sf2"
+    renamed.write_bytes(stand_in)
+    with pytest.raises(soundfont.BankError, match=r"MyPiano.sf2 is a copy of FluidR3_GM.sf2"):
+        soundfont.resolve_bank(renamed, for_training=True)
+    assert soundfont.resolve_bank(renamed) == renamed  # allowed as an unseen bank
+    same_size = tmp_path / "Other.sf2"  # the same size, other bytes: an ordinary bank
+    same_size.write_bytes(stand_in[:-1] + b"x")
+    assert soundfont.resolve_bank(same_size, for_training=True) == same_size
     sf3 = tmp_path / "MuseScore_General.sf3"  # a RIFF sfbk whose INFO version is 3.1
     sf3.write_bytes(b"RIFF\x00\x00\x00\x00sfbkLIST\x00\x00\x00\x00INFOifil\x04\x00\x00\x00"
                     b"\x03\x00\x01\x00")
