@@ -269,6 +269,30 @@ def tiny(tmp_path_factory):
     return _build(tmp_path_factory.mktemp("tiny"), 1)
 
 
+def test_explain_renders_records_again_for_listening(tiny):
+    """`explain --dataset soundfont_tags --listen` plays a record's clip rendered again from its
+    score with the bank file the build recorded (the unseen split's too), checked against the
+    stored log-mel; a record whose bank has no file gets a note instead of audio."""
+    from types import SimpleNamespace
+
+    from tagger_jax.config_base import base_config
+    from tagger_jax.datasets import load_split
+    from tagger_jax.explain import runner
+
+    root = Path(tiny.data_dir).parents[2]  # DATA_DIR/soundfont_tags/tiny/VERSION
+    loaded = SimpleNamespace(config=base_config())
+    for split in ("test", "test_timgm6mb"):
+        source, _ = load_split("soundfont_tags", split, root, "tiny")
+        regenerate = runner._regenerated_audio("soundfont_tags", split, root, "tiny", loaded)
+        out = regenerate(1, source[1])
+        assert "audio" in out, out
+        assert out["audio"].shape == (48000,) and np.max(np.abs(out["audio"])) > 0.01
+    out = regenerate(1, {**source[1], "bank": b"other"})
+    assert "audio" not in out and "names no file for the bank 'other'" in out["audio_note"]
+    out = regenerate(0, source[1])  # another record's clip: its log-mel does not match
+    assert "does not match the stored spectrogram" in out["audio_note"]
+
+
 def test_builder_records_are_reproducible(tiny, tmp_path):
     """Two builds (1 and 2 worker processes) write byte-identical records; the unseen-bank split
     holds the test scores rendered with the other bank."""

@@ -208,7 +208,7 @@ def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
     feature = _engine(loaded, 1).architecture.dataset_feature
     items = inference.dataset_inputs(name, split, feature, data_dir, builder_config, limit)
     source, dataset_tags = load_split(name, split, data_dir, builder_config)
-    regenerate = _synthetic_audio(name, split, data_dir, builder_config, loaded)
+    regenerate = _regenerated_audio(name, split, data_dir, builder_config, loaded)
 
     def true_tags(record) -> list[str]:
         hot = np.asarray(record.get("tags", ()))
@@ -225,7 +225,7 @@ def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
         if "audio" in record:
             out["audio"] = np.asarray(record["audio"], np.float32)
         elif regenerate is not None and "mel" in record:
-            out.update(regenerate(i, np.asarray(record["mel"], np.float32)))
+            out.update(regenerate(i, record))
         return out
 
     return [dataclasses.replace(
@@ -240,29 +240,80 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _synthetic_audio(name, split, data_dir, builder_config, loaded):
-    """For `synthetic_tags`, a function (index, stored mel) -> {"audio": clip} synthesising the
-    record's clip again from its seed, checked against the stored log-mel (float16: within
-    0.5 dB) so that a changed generator never plays the wrong audio; None for other datasets."""
-    if name != "synthetic_tags":
+def _regenerated_audio(name, split, data_dir, builder_config, loaded):
+    """For the generated datasets, a function (index, record) -> {"audio": clip} making the
+    record's clip again: `synthetic_tags` synthesised from its seed, `soundfont_tags` rendered
+    from its score's seed with the bank file its build recorded. The clip is used only when its
+    log-mel matches the stored one (float16: within 0.5 dB), so that a changed generator or bank
+    never plays the wrong audio; otherwise {"audio_note": why not}. None for other datasets."""
+    if name not in ("synthetic_tags", "soundfont_tags"):
         return None
-    from tagger_jax import audio, synth
+    from tagger_jax import audio
     from tagger_jax.datasets import SPLITS, get_builder
 
-    config = get_builder(name, data_dir, builder_config).builder_config
+    builder = get_builder(name, data_dir, builder_config)
+    # A config made with --set is opened from its files without its fields: the build's "config"
+    # note has them (seed, duration, segments, bank files).
+    config = builder.builder_config
+    note = dict(builder.info.metadata or {}).get("config", {})
+    field = {k: note.get(k, getattr(config, k, None)) for k in ("seed", "duration_s", "segments")}
+    if field["seed"] is None or field["duration_s"] is None:
+        return None
+    seed, duration_s = field["seed"], field["duration_s"]
     features = audio.features_from_config(loaded.config.features)
+    seed_split = SPLITS.index(split) if split in SPLITS else SPLITS.index("test")  # unseen banks
+    if name == "synthetic_tags":
+        from tagger_jax import synth
 
-    def regenerate(i: int, mel: np.ndarray) -> dict[str, Any]:
-        wave, _, _ = synth.generate_clip((config.seed, SPLITS.index(split), i), config.duration_s,
-                                         features.sample_rate, segments=config.segments,
+        def make(i: int, record) -> tuple[np.ndarray | None, str]:
+            wave, _, _ = synth.generate_clip((seed, seed_split, i), duration_s,
+                                             features.sample_rate,
+                                             segments=bool(field["segments"]),
+                                             hop_length=features.hop_length)
+            return wave, "synthesised again from its seed"
+    else:
+        from tagger_jax import soundfont
+
+        files = _bank_files(note)
+
+        def make(i: int, record) -> tuple[np.ndarray | None, str]:
+            bank = _text(record.get("bank", ""))
+            file = files.get(bank)
+            if file is None or not Path(file).is_file():
+                return None, (f"no audio: the bank {bank!r} this record was rendered with is not "
+                              f"at {file}" if file else f"no audio: the build names no file for "
+                              f"the bank {bank!r}")
+            clip = soundfont.render_clip((seed, seed_split, i), file, duration_s,
                                          hop_length=features.hop_length)
+            return clip["audio"], f"rendered again from its score with {Path(file).name}"
+
+    def regenerate(i: int, record) -> dict[str, Any]:
+        wave, how = make(i, record)
+        if wave is None:
+            return {"audio_note": how}
+        mel = np.asarray(record["mel"], np.float32)
         again = audio.log_mel(wave, **features.mel_kwargs)
         if again.shape != mel.shape or float(np.max(np.abs(again - mel))) > 0.5:
-            return {"audio_note": "the clip synthesised again from its seed does not match the "
-                                  "stored spectrogram: no audio"}
+            return {"audio_note": f"the clip {how} does not match the stored spectrogram: "
+                                  "no audio"}
         return {"audio": wave}
 
     return regenerate
+
+
+def _bank_files(note: Mapping[str, Any]) -> dict[str, str]:
+    """A `soundfont_tags` build's bank files by the short name its records carry (`bank`), from
+    its "config" note: the training bank, the extra banks and the unseen banks."""
+    from tagger_jax import soundfont
+
+    files = {}
+    if note.get("bank") and note.get("bank_file"):
+        files[soundfont.bank_name(note["bank"])] = str(note["bank_file"])
+    for bank, file in dict(note.get("extra_banks", {})).items():
+        files[soundfont.bank_name(bank)] = str(file)
+    for split, file in dict(note.get("unseen_banks", {})).items():
+        files[split.removeprefix("test_")] = str(file)
+    return files
 
 
 def two_clip_items(items: Sequence[InputItem], chunk: int) -> list[InputItem]:
