@@ -495,6 +495,23 @@ def test_audio_folder_cli_with_tags_and_split_columns(folder, tmp_path, capsys):
     test, _ = datasets.load_split("audio_folder", "test", tmp_path, "mine")
     assert [ex["tags"].tolist() for ex in _all(test)] == [[1, 0, 1, 0], [0, 0, 0, 0]]
 
+    # explain --dataset --listen decodes a record's source file again from the manual directory
+    # the build read, if its log-mel is still the stored one.
+    from types import SimpleNamespace
+
+    from tagger_jax.config_base import base_config
+    from tagger_jax.explain import runner
+
+    regenerate = runner._regenerated_audio("audio_folder", "train", tmp_path, "mine",
+                                           SimpleNamespace(config=base_config()))
+    records = _all(source)
+    out = regenerate(0, records[0])
+    assert out["audio"].shape == (int(round(float(records[0]["duration"]) * SR)),)
+    assert "no longer there" in regenerate(0, {**records[0], "path": b"songs/gone.wav"})[
+        "audio_note"]
+    mixed = {**records[0], "path": records[1]["path"]}  # another file than the stored log-mel's
+    assert "does not match the stored spectrogram" in regenerate(0, mixed)["audio_note"]
+
 
 def test_audio_folder_one_column_per_tag_seeded_split(folder, tmp_path):
     config = AudioFolderConfig(name="onehot", csv="onehot.csv", split_fractions=(0.5, 0.25, 0.25),

@@ -241,51 +241,25 @@ def _text(value: Any) -> str:
 
 
 def _regenerated_audio(name, split, data_dir, builder_config, loaded):
-    """For the generated datasets, a function (index, record) -> {"audio": clip} making the
-    record's clip again: `synthetic_tags` synthesised from its seed, `soundfont_tags` rendered
-    from its score's seed with the bank file its build recorded. The clip is used only when its
-    log-mel matches the stored one (float16: within 0.5 dB), so that a changed generator or bank
+    """For datasets that store log-mels but can give their audio back, a function (index,
+    record) -> {"audio": clip} for explain's playback and auralisation: `synthetic_tags` clips
+    synthesised again from their seeds, `soundfont_tags` clips rendered again from their scores'
+    seeds with the bank file the build recorded, `audio_folder` clips decoded again from the
+    source file in the manual directory the build read. A clip is used only when its log-mel
+    matches the stored one (float16: within 0.5 dB), so that a changed generator, bank or file
     never plays the wrong audio; otherwise {"audio_note": why not}. None for other datasets."""
-    if name not in ("synthetic_tags", "soundfont_tags"):
+    if name not in ("synthetic_tags", "soundfont_tags", "audio_folder"):
         return None
     from tagger_jax import audio
-    from tagger_jax.datasets import SPLITS, get_builder
+    from tagger_jax.datasets import get_builder
 
     builder = get_builder(name, data_dir, builder_config)
-    # A config made with --set is opened from its files without its fields: the build's "config"
-    # note has them (seed, duration, segments, bank files).
-    config = builder.builder_config
-    note = dict(builder.info.metadata or {}).get("config", {})
-    field = {k: note.get(k, getattr(config, k, None)) for k in ("seed", "duration_s", "segments")}
-    if field["seed"] is None or field["duration_s"] is None:
-        return None
-    seed, duration_s = field["seed"], field["duration_s"]
+    metadata = dict(builder.info.metadata or {})
     features = audio.features_from_config(loaded.config.features)
-    seed_split = SPLITS.index(split) if split in SPLITS else SPLITS.index("test")  # unseen banks
-    if name == "synthetic_tags":
-        from tagger_jax import synth
-
-        def make(i: int, record) -> tuple[np.ndarray | None, str]:
-            wave, _, _ = synth.generate_clip((seed, seed_split, i), duration_s,
-                                             features.sample_rate,
-                                             segments=bool(field["segments"]),
-                                             hop_length=features.hop_length)
-            return wave, "synthesised again from its seed"
-    else:
-        from tagger_jax import soundfont
-
-        files = _bank_files(note)
-
-        def make(i: int, record) -> tuple[np.ndarray | None, str]:
-            bank = _text(record.get("bank", ""))
-            file = files.get(bank)
-            if file is None or not Path(file).is_file():
-                return None, (f"no audio: the bank {bank!r} this record was rendered with is not "
-                              f"at {file}" if file else f"no audio: the build names no file for "
-                              f"the bank {bank!r}")
-            clip = soundfont.render_clip((seed, seed_split, i), file, duration_s,
-                                         hop_length=features.hop_length)
-            return clip["audio"], f"rendered again from its score with {Path(file).name}"
+    make = (_decoder(metadata, features) if name == "audio_folder"
+            else _generator(name, split, builder.builder_config, metadata, features))
+    if make is None:
+        return None
 
     def regenerate(i: int, record) -> dict[str, Any]:
         wave, how = make(i, record)
@@ -299,6 +273,69 @@ def _regenerated_audio(name, split, data_dir, builder_config, loaded):
         return {"audio": wave}
 
     return regenerate
+
+
+def _decoder(metadata: Mapping[str, Any], features):
+    """(index, record) -> (waveform or None, how) decoding an `audio_folder` record's source
+    file (its `path`, relative to the manual directory of the build's "built_from" note)."""
+    from tagger_jax import audio
+
+    root = dict(metadata.get("built_from") or {}).get("manual_dir")
+    if not root:
+        return None
+
+    def make(i: int, record) -> tuple[np.ndarray | None, str]:
+        file = Path(root) / _text(record.get("path", ""))
+        if not file.is_file():
+            return None, f"no audio: the source file {file} is no longer there"
+        try:
+            wave, _ = audio.load_audio_checked(file, features.sample_rate)
+        except audio.InputError as e:
+            return None, f"no audio: {e}"
+        return wave, f"decoded again from {file}"
+
+    return make
+
+
+def _generator(name: str, split: str, config, metadata: Mapping[str, Any], features):
+    """(index, record) -> (waveform or None, how) making a generated dataset's clip again. A
+    config made with --set is opened from its files without its fields: the build's "config"
+    note has them (seed, duration, segments, bank files)."""
+    from tagger_jax.datasets import SPLITS
+
+    note = dict(metadata.get("config") or {})
+    field = {k: note.get(k, getattr(config, k, None)) for k in ("seed", "duration_s", "segments")}
+    if field["seed"] is None or field["duration_s"] is None:
+        return None
+    seed, duration_s = field["seed"], field["duration_s"]
+    seed_split = SPLITS.index(split) if split in SPLITS else SPLITS.index("test")  # unseen banks
+    if name == "synthetic_tags":
+        from tagger_jax import synth
+
+        def make(i: int, record) -> tuple[np.ndarray | None, str]:
+            wave, _, _ = synth.generate_clip((seed, seed_split, i), duration_s,
+                                             features.sample_rate,
+                                             segments=bool(field["segments"]),
+                                             hop_length=features.hop_length)
+            return wave, "synthesised again from its seed"
+        return make
+
+    from tagger_jax import soundfont
+
+    files = _bank_files(note)
+
+    def render(i: int, record) -> tuple[np.ndarray | None, str]:
+        bank = _text(record.get("bank", ""))
+        file = files.get(bank)
+        if file is None or not Path(file).is_file():
+            return None, (f"no audio: the bank {bank!r} this record was rendered with is not "
+                          f"at {file}" if file else "no audio: the build names no file for "
+                          f"the bank {bank!r}")
+        clip = soundfont.render_clip((seed, seed_split, i), file, duration_s,
+                                     hop_length=features.hop_length)
+        return clip["audio"], f"rendered again from its score with {Path(file).name}"
+
+    return render
 
 
 def _bank_files(note: Mapping[str, Any]) -> dict[str, str]:
