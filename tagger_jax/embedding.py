@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -134,7 +135,7 @@ def _read_npz(path: Path) -> Optional[dict]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # damaged: computed again
         return None
 
 
@@ -157,7 +158,7 @@ class EmbedReport:
                  f"finished, {len(self.failed)} failed"]
         lines[0] += inference.replaced_summary(len(self.replaced))
         if self.merged is not None:
-            lines.append(f"track-level embeddings of every finished input: {self.merged}")
+            lines.append(f"track-level embeddings of this run's finished inputs: {self.merged}")
         return "\n".join(lines)
 
     def failure_lines(self) -> list[str]:
@@ -250,14 +251,16 @@ def _read_failures(path: Path) -> dict[str, dict]:
 
 
 def _merge(out: Path, items: Sequence[inference.Input], signature: str) -> Optional[Path]:
-    """OUT/embeddings.npz: track-level arrays of every input with a current NPZ, in input order,
-    with their names, keys and the run signature."""
+    """OUT/embeddings.npz: track-level arrays of every input of this run with a current NPZ, in
+    input order, with their names, keys and the run signature; removed (None) when there is none,
+    so that an earlier run's merged file never stands for this one."""
     rows = []
     for item in items:
         z = _read_npz(out / f"{item.key}.npz")
         if z is not None and str(z.get("signature")) == signature:
             rows.append((item, z))
     if not rows:
+        (out / MERGED).unlink(missing_ok=True)
         return None
     path = out / MERGED
     _write_npz(path, {

@@ -167,11 +167,13 @@ class Loaded:
 
 
 def source_inputs(source: Any, feature: str, label: str, split: str,
-                  limit: Optional[int] = None) -> list[Input]:
+                  limit: Optional[int] = None, build: str = "") -> list[Input]:
     """Inputs for the records of an open random-access split (`len(source)`, `source[i]` -> a
     record dict, e.g. `tagger_jax.datasets.load_split`'s): input i loads record i's `feature`
     ("mel" or "audio", `Architecture.dataset_feature`) as a `Loaded` with the record's "tags" as
-    labels. `meta["index"]` is the record's index in the split."""
+    labels. `meta["index"]` is the record's index in the split. `build` identifies the split's
+    files (`train_data.split_fingerprint`) and goes into every fingerprint, so that outputs of
+    another build (another data directory, a rebuild) are never reused for these records."""
     n = len(source) if limit is None else min(limit, len(source))
 
     def load(i: int) -> Loaded:
@@ -183,9 +185,10 @@ def source_inputs(source: Any, feature: str, label: str, split: str,
         return Loaded(np.asarray(record[feature], np.float32), {},
                       None if labels is None else np.asarray(labels), record_source(record))
 
+    build_id = f":{build[:16]}" if build else ""
     return [Input(key=safe_key(f"{label}-{split}-{i:06d}"), name=f"{label}:{split}[{i}]",
-                  load=functools.partial(load, i), fingerprint=f"dataset:{label}:{split}:{i}",
-                  meta={"index": i})
+                  load=functools.partial(load, i),
+                  fingerprint=f"dataset:{label}:{split}:{i}{build_id}", meta={"index": i})
             for i in range(n)]
 
 
@@ -214,7 +217,19 @@ def dataset_inputs(name: str, split: str, feature: str, data_dir: Optional[str] 
         ensure_built(name, data_dir, builder_config)
     source, _ = load_split(name, split, data_dir, builder_config)
     label = f"{name}/{builder_config}" if builder_config else name
-    return source_inputs(source, feature, label, split, limit)
+    return source_inputs(source, feature, label, split, limit, build_identity(source))
+
+
+def build_identity(source: Any) -> str:
+    """The identity of a built split's files (`train_data.split_fingerprint`: names, sizes and
+    times of change, and the dataset info) for a TFDS data source, which knows its data directory
+    and split; "" for an in-memory source."""
+    info, split = getattr(source, "dataset_info", None), getattr(source, "split", None)
+    if info is None or not isinstance(split, str):
+        return ""
+    from tagger_jax.train_data import split_fingerprint
+
+    return split_fingerprint(info.data_dir, info.name, split)
 
 
 def process_share(items: Sequence[Any], index: Optional[int] = None,

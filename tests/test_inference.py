@@ -219,6 +219,26 @@ def test_embed_of_dataset_records_names_their_source_clips(engine, tmp_path):
         "pieces/a.flac")
 
 
+def test_embed_recomputes_a_damaged_npz_and_drops_a_stale_merged_file(model_dir, files,
+                                                                     tmp_path, capsys):
+    """A per-input NPZ cut short (a full disk, a killed copy) is computed again, not a crash; a
+    run in which no input finishes leaves no earlier run's embeddings.npz behind."""
+    out = tmp_path / "emb"
+    argv = ["embed", "--checkpoint", str(model_dir), str(files / "long.npy"),
+            str(files / "mid.npy"), "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    (out / "long.npy.npz").write_bytes((out / "long.npy.npz").read_bytes()[:500])
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "embedded 1 input(s), skipped 1 already finished, 0 failed" in captured.out
+    assert embedding.load_embeddings(out / "long.npy.npz")["window_embedding"].shape == (4, 16)
+    assert cli.main(["embed", "--checkpoint", str(model_dir), str(files / "broken.npy"),
+                     "--out", str(out), "--no-progress"]) == 1
+    assert not (out / "embeddings.npz").exists()
+    assert "embedded 0 input(s)" in capsys.readouterr().out
+
+
 def test_embed_records_short_clips_and_says_when_it_replaces_other_settings(model_dir, tmp_path,
                                                                             capsys):
     """A clip shorter than one window gets `tag`'s padding warning in its NPZ (`warnings`, JSON
@@ -272,6 +292,18 @@ def test_inference_commands_share_one_definition_of_their_input_options():
     for flag in ("--checkpoint", "--workdir", "--hop", "--windows", "--num-chunks"):
         assert tg[flag] == em[flag], flag
     assert ev["--checkpoint"] == em["--checkpoint"] and ev["--workdir"] == em["--workdir"]
+
+
+def test_dataset_options_without_dataset_are_usage_errors(model_dir, files, tmp_path, capsys):
+    """--split, --data-dir, --builder-config and --limit with INPUT files were ignored silently;
+    now one usage line before any work (exit status 2)."""
+    for command in ("embed", "explain"):
+        rc = cli.main([command, "--checkpoint", str(model_dir), str(files / "long.npy"),
+                       "--out", str(tmp_path / command), "--split", "train", "--limit", "3"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1, err
+        assert "--split, --limit apply to --dataset only" in err
+        assert not (tmp_path / command).exists() or not any((tmp_path / command).iterdir())
 
 
 def test_host_memory_of_a_run_does_not_grow_with_the_track(engine):

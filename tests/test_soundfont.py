@@ -293,6 +293,30 @@ def test_explain_renders_records_again_for_listening(tiny):
     assert "does not match the stored spectrogram" in out["audio_note"]
 
 
+def test_dataset_inputs_are_fingerprinted_by_their_build(tiny):
+    """Outputs of `embed/explain --dataset` are reused only for the same build: the records'
+    fingerprints carry the split files' identity (a rebuild or another data directory changes
+    it), not just dataset:split:index."""
+    import os
+
+    from tagger_jax import inference
+
+    root = Path(tiny.data_dir).parents[2]
+    first = inference.dataset_inputs("soundfont_tags", "test", "mel", root, "tiny")
+    again = inference.dataset_inputs("soundfont_tags", "test", "mel", root, "tiny")
+    assert [x.fingerprint for x in first] == [x.fingerprint for x in again]
+    assert first[0].fingerprint.startswith("dataset:soundfont_tags/tiny:test:0:")
+    shard = next(Path(tiny.data_dir).glob("soundfont_tags-test.array_record*"))
+    st = shard.stat()
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))  # as a rebuild leaves it
+    try:
+        rebuilt = inference.dataset_inputs("soundfont_tags", "test", "mel", root, "tiny")
+    finally:
+        os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert all(a.fingerprint != b.fingerprint for a, b in zip(first, rebuilt))
+    assert [x.key for x in first] == [x.key for x in rebuilt]  # the same output files, replaced
+
+
 def test_builder_records_are_reproducible(tiny, tmp_path):
     """Two builds (1 and 2 worker processes) write byte-identical records; the unseen-bank split
     holds the test scores rendered with the other bank."""

@@ -47,7 +47,7 @@ def add_input_arguments(parser: argparse.ArgumentParser, inputs_help: str) -> No
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help=inputs_help)
     parser.add_argument("--dataset", help="the records of a dataset split instead of files, "
                                           "e.g. synthetic_tags")
-    parser.add_argument("--split", default="test", help="split of --dataset (default: test)")
+    parser.add_argument("--split", default=None, help="split of --dataset (default: test)")
     parser.add_argument("--data-dir", default=None,
                         help="TFDS data directory (default: the model config's data.data_dir)")
     parser.add_argument("--builder-config", default=None, help="TFDS builder config, e.g. "
@@ -106,10 +106,22 @@ def model_path(args: argparse.Namespace) -> str:
     return args.checkpoint or args.workdir
 
 
+DATASET_OPTIONS = ("split", "data_dir", "builder_config", "limit")  # meaningful with --dataset
+
+
 def check_inputs(args: argparse.Namespace) -> None:
-    """ValueError unless exactly one of INPUT and --dataset is given."""
+    """ValueError unless exactly one of INPUT and --dataset is given, and the options of
+    --dataset come with it; sets --split's default (test)."""
     if bool(args.inputs) == bool(args.dataset):
         raise ValueError("give INPUT files/directories or --dataset (not both)")
+    if not args.dataset:
+        given = [f"--{name.replace('_', '-')}" for name in DATASET_OPTIONS
+                 if getattr(args, name, None) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to "
+                             "--dataset only (INPUT files were given)")
+    elif args.split is None:
+        args.split = "test"
 
 
 def data_dir(args: argparse.Namespace, loaded) -> str:
