@@ -26,6 +26,7 @@ DATA = 6  # dataset not built, cannot be built, or a data file refused (e.g. an 
 DIVERGED = 7  # training stopped on a non-finite loss
 INTERNAL = 70  # an unexpected error (a bug): one line + the traceback file (sysexits EX_SOFTWARE)
 INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); finished results are kept
+PIPE_CLOSED = 141  # 128 + SIGPIPE: stdout's reader went away (`| head`); finished results kept
 
 TABLE = {
     OK: "success",
@@ -38,6 +39,7 @@ TABLE = {
     DIVERGED: "training stopped on a non-finite loss",
     INTERNAL: "unexpected error: one line, full traceback written to a file",
     INTERRUPTED: "interrupted (Ctrl-C); finished results are kept",
+    PIPE_CLOSED: "the output's reader closed the pipe (e.g. `| head`); finished results are kept",
 }
 
 
@@ -98,9 +100,24 @@ def guarded(run, *args, prog: str = "tagger-jax") -> int:
     """`run(*args)` as a process exit status: documented errors are one line with their status,
     anything else one line + traceback file (70), Ctrl-C 130. For every command entry point."""
     try:
-        return int(run(*args) or 0)
+        status = int(run(*args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit as "Exception ignored ..."
+        return status
+    except BrokenPipeError:  # as a tool killed by SIGPIPE: quietly, whatever was running
+        _discard_stdout()
+        return PIPE_CLOSED
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place that reports all
         return report(e, prog)
+
+
+def _discard_stdout() -> None:
+    """Points stdout at /dev/null, so that the interpreter's flush at exit does not fail again
+    on the closed pipe (the recipe of Python's `signal` documentation, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor (captured output): nothing to flush
+        pass
 
 
 @contextlib.contextmanager

@@ -100,3 +100,19 @@ def test_project_warnings_are_one_line_other_warnings_unchanged(capsys):
             warnings.warn("something else", RuntimeWarning)
     assert capsys.readouterr().err == "warning: 2 of 18 tags have only one label value\n"
     assert [w.category for w in passed_on] == [RuntimeWarning]
+
+
+def test_a_closed_output_pipe_ends_the_command_quietly_with_status_141():
+    """`tagger-jax tag DIR | head -1`: the reader goes away while results are still printed.
+    The command stops as a tool killed by SIGPIPE does (status 141), without an error line, a
+    crash file or Python's "Exception ignored" at exit."""
+    code = ("import sys\nfrom tagger_jax import errors\n"
+            "def run():\n    for i in range(10 ** 6):\n        print('result', i)\n"
+            "sys.exit(errors.guarded(run))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # as `head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert err == "", err

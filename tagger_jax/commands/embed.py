@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
             report = embedding.embed_inputs(engine, items, args.out, plan,
                                             progress=not args.no_progress,
                                             retry_failed=args.retry_failed)
+    except BrokenPipeError:  # stdout's reader went away: errors.guarded's quiet exit
+        raise
     except (checkpoint.CheckpointError, ValueError, OSError) as e:
         return error(str(e), errors.exit_status(e, default=errors.USAGE))
     if jax.process_index() == 0:

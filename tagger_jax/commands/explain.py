@@ -130,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         with outputs.exclusive_for_run(args.out, "output directory"):
             result = runner.explain_inputs(loaded, items, args.out, options,
                                            progress=not args.no_progress)
+    except BrokenPipeError:  # stdout's reader went away: errors.guarded's quiet exit
+        raise
     except (CheckpointError, ValueError, OSError) as e:
         from tagger_jax import errors
 
