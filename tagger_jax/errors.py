@@ -39,7 +39,8 @@ TABLE = {
     DIVERGED: "training stopped on a non-finite loss",
     INTERNAL: "unexpected error: one line, full traceback written to a file",
     INTERRUPTED: "interrupted (Ctrl-C); finished results are kept",
-    PIPE_CLOSED: "the output's reader closed the pipe (e.g. piped into `head`); finished results are kept",
+    PIPE_CLOSED: ("the output's reader closed the pipe (e.g. piped into `head`); finished "
+                  "results are kept"),
 }
 
 
