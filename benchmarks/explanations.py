@@ -117,15 +117,29 @@ def centre_chunks(source, clips: int, chunk: int):
     return np.stack(xs), np.stack(masks), pairs
 
 
+def require_tags(loaded, dataset: str, tags=None) -> None:
+    """Exits with one `error:` line unless the model's tags are `dataset`'s (its builder's
+    `TAGS`, checked before building it; or the built dataset's `tags`)."""
+    from tagger_jax.datasets import BUILDERS
+
+    want, have = tuple(BUILDERS[dataset].TAGS if tags is None else tags), tuple(loaded.tags)
+    if have != want:
+        extra = [t for t in have if t not in want]
+        lacks = [t for t in want if t not in have]
+        raise SystemExit(f"error: this part needs a model trained on {dataset}; the model's "
+                         "tags " + (f"include {', '.join(extra)} and lack {', '.join(lacks)}"
+                                     if extra or lacks else f"are {dataset}'s in another order"))
+
+
 def load_clips(loaded, args):
     """Centre chunks, frame masks and tag lists of the segments split (one-half tags only)."""
     from tagger_jax.datasets import ensure_built, load_split
 
     data_dir = args.data_dir or loaded.config.data.data_dir
+    require_tags(loaded, "synthetic_tags")
     ensure_built("synthetic_tags", data_dir, "segments")
     source, tags = load_split("synthetic_tags", args.split, data_dir, "segments")
-    if tuple(tags) != tuple(loaded.tags):
-        raise SystemExit(f"model tags {loaded.tags} differ from synthetic_tags {tags}")
+    require_tags(loaded, "synthetic_tags", tags)
     return centre_chunks(source, args.clips, int(loaded.config.features.chunk_frames))
 
 
@@ -270,10 +284,10 @@ def load_score_clips(loaded, data_dir, split: str, clips: int, config: str = "")
     pairs whose instrument sounds in part of the chunk only, from a `soundfont_tags` split."""
     from tagger_jax.datasets import ensure_built, load_split
 
+    require_tags(loaded, "soundfont_tags")
     ensure_built("soundfont_tags", data_dir, config or None)
     source, tags = load_split("soundfont_tags", split, data_dir, config or None)
-    if tuple(tags) != tuple(loaded.tags):
-        raise SystemExit(f"model tags {loaded.tags} differ from soundfont_tags {tags}")
+    require_tags(loaded, "soundfont_tags", tags)
     return centre_chunks(source, clips, int(loaded.config.features.chunk_frames))
 
 
@@ -328,17 +342,20 @@ def taggram_map(loaded, xs, pairs, window: int, hop: int, batch: int = 64) -> li
 
 
 def format_score_tables(rows: dict, names, heading: str) -> str:
-    """Markdown tables of `score_maps` rows ("all", then "detected"), one line per map."""
+    """Markdown tables of `score_maps` rows ("all", then "detected"), one line per map; the
+    deletion column only where deletion curves were computed (a NaN in every row: not run)."""
     lines = [heading, ""]
+    deletion = any(not np.isnan(r["deletion"]) for r in rows.values())
     for subset in ("all", "detected"):
         n = rows[(subset, names[0])]["pairs"]
         lines += [f"**{subset}** ({n} pairs)", "",
-                  "| map | pointing game | frame ROC-AUC | deletion: mean p (lower = better) |",
-                  "|---|---|---|---|"]
+                  "| map | pointing game | frame ROC-AUC |"
+                  + (" deletion: mean p (lower = better) |" if deletion else ""),
+                  "|---|---|---|" + ("---|" if deletion else "")]
         for name in names:
             r = rows[(subset, name)]
-            lines.append(f"| {name} | {r['pointing']:.3f} | {r['auc']:.3f} | "
-                         f"{r['deletion']:.3f} |")
+            lines.append(f"| {name} | {r['pointing']:.3f} | {r['auc']:.3f} |"
+                         + (f" {r['deletion']:.3f} |" if deletion else ""))
         lines.append("")
     return "\n".join(lines)
 
@@ -484,10 +501,10 @@ def track_score_benchmark(loaded, args) -> str:
 
     data_dir = args.data_dir or loaded.config.data.data_dir
     config = args.builder_config or None
+    require_tags(loaded, "soundfont_tags")
     ensure_built("soundfont_tags", data_dir, config)
     source, tags = load_split("soundfont_tags", args.split, data_dir, config)
-    if tuple(tags) != tuple(loaded.tags):
-        raise SystemExit(f"model tags {loaded.tags} differ from soundfont_tags {tags}")
+    require_tags(loaded, "soundfont_tags", tags)
     out_dir = Path(args.track_dir) / args.split
     t0 = time.perf_counter()
     tracks, run = explain_tracks(loaded, source, "soundfont_tags", args.split, args.clips,

@@ -33,7 +33,12 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import torch
+    try:
+        import torch
+    except ModuleNotFoundError:
+        print("error: forward_pieces.py times the model against its PyTorch twin: install the "
+              'optional torch extra (pip install -e ".[torch]")', file=sys.stderr)
+        return 2
 
     from benchmarks.torch_twin import build_twin, load_numpy_state_dict, random_state_dict
     from tagger_jax.authors import import_state_dict

@@ -96,8 +96,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "docs" / "figures"))
     args = p.parse_args(argv)
 
-    from tagger_jax import cli
+    from tagger_jax import checkpoint, cli
+    from tagger_jax.synth import SYNTH_TAGS
 
+    tags = checkpoint.load_model(args.checkpoint).tags
+    if tuple(tags) != tuple(SYNTH_TAGS):  # the track and the explained tags are synthetic_tags'
+        print(f"error: {args.checkpoint}: report_screenshots.py needs a model trained on "
+              f"synthetic_tags (its tags piano, vocal, ...); this model's tags are "
+              f"{', '.join(tags[:4])}, ...", file=sys.stderr)
+        return 2
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     track = work / "three minutes.wav"

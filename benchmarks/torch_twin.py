@@ -323,3 +323,10 @@ def load_numpy_state_dict(module, state: dict[str, np.ndarray]) -> None:
 
     module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()},
                            strict=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit("torch_twin.py is a module (the PyTorch twin the benchmarks import), not a script: "
+             "run benchmarks/inference.py, forward_pieces.py or model_step.py")

@@ -89,6 +89,11 @@ def test_score_maps_hand_made_cases_and_sklearn_loop():
         np.testing.assert_allclose(r["deletion"], curves["noisy"][idx].mean())
         np.testing.assert_allclose(r["probability"], curves["noisy"][idx, 0].mean())
     assert np.isnan(bench.score_maps(maps, truth, detected)[("all", "noisy")]["deletion"])
+    # The tables show a deletion column only where the curves were computed (no column of nan).
+    with_curves = bench.format_score_tables(rows, list(maps), "h")
+    without = bench.format_score_tables(bench.score_maps(maps, truth, detected), list(maps), "h")
+    assert "deletion: mean p" in with_curves and "nan" not in with_curves
+    assert "deletion" not in without and "nan" not in without
     empty = bench.score_maps(maps, truth, np.zeros(3, bool))[("detected", "exact")]
     assert empty["pairs"] == 0 and np.isnan(empty["auc"])
     # The chunk table is the same function on (clips, tags, chunk) masks.
