@@ -373,11 +373,14 @@ def test_builder_refuses_a_rebuild_with_other_banks(tiny):
     metadata = dict(tiny.info.metadata)
     assert SoundfontTags.reuse_conflict(metadata, None, tiny.builder_config) is None
     changes = ({"extra_banks": ("timgm6mb",), "unseen_banks": ()}, {"seed": 1},
-               {"unseen_banks": ("/usr/share/sounds/sf2/no_such_bank.sf2",)},
                {"unseen_banks": (str(soundfont.resolve_bank("merlin")),)})
     for change in changes:
         other = dataclasses.replace(tiny.builder_config, **change)
         assert "other" in SoundfontTags.reuse_conflict(metadata, None, other), change
+    missing = dataclasses.replace(tiny.builder_config,
+                                  unseen_banks=("/usr/share/sounds/sf2/no_such_bank.sf2",))
+    with pytest.raises(soundfont.BankError, match="no_such_bank.sf2 does not exist"):
+        SoundfontTags.reuse_conflict(metadata, None, missing)  # missing, not "other banks"
     with pytest.raises(ValueError, match="seed 0 \\(this run: 1\\).*another --config name"):
         datasets.ensure_built("soundfont_tags", Path(tiny.data_dir).parents[2],
                               dataclasses.replace(tiny.builder_config, seed=1))
