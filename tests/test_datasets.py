@@ -880,3 +880,214 @@ def test_a_dataset_of_your_own_files_without_them_says_what_to_give(tmp_path):
     message = str(info.value)
     assert "build-dataset audio_folder --config default --data-dir" in message
     assert "--manual-dir DIR" in message and "built there: configs ['mine']" in message
+
+
+# ----------------------------------------------------------------------------------- bad inputs
+# Each names the file (and line or field) in one line, before any clip is decoded.
+
+
+def _tiny_mtat(root: Path, paths: list[str], columns=None) -> Path:
+    """annotations_final.csv with the top-50 columns (or `columns`), clip k tagged k % 50."""
+    columns = list(columns or magnatagatune.MTAT_TOP50)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "annotations_final.csv", "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_ALL, lineterminator="\n")
+        w.writerow(["clip_id", *columns, "mp3_path"])
+        for k, rel in enumerate(paths):
+            w.writerow([str(k), *["1" if j == k % len(columns) else "0"
+                                  for j in range(len(columns))], rel])
+    return root
+
+
+def _no_decoding(monkeypatch):
+    from tagger_jax.datasets import _extract
+
+    def fail(item):
+        raise AssertionError(f"decoded {item['path']}")
+
+    monkeypatch.setattr(_extract, "audio_example", fail)
+
+
+@pytest.mark.parametrize("case", ["last_missing", "gap", "last_truncated", "middle_truncated"])
+def test_mtat_incomplete_zip_parts_are_refused_before_any_clip(case, tmp_path, monkeypatch):
+    from tagger_jax import errors
+    from tagger_jax.datasets import _archive
+
+    paths = [f"{FOLDERS[k]}/clip-{k}.mp3" for k in range(16)]
+    root = _tiny_mtat(tmp_path / "manual", paths)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for rel in paths:
+            z.writestr(rel, os.urandom(3000))
+    blob = buf.getvalue()
+    cuts = [0, len(blob) // 3, 2 * len(blob) // 3, len(blob)]
+    for k in range(3):
+        (root / f"mp3.zip.{k + 1:03d}").write_bytes(blob[cuts[k]:cuts[k + 1]])
+    assert _archive.check_zip(_archive.find_parts(root, "mp3.zip"))  # the whole set reads
+    found = {"last_missing": "001, 002", "gap": "001, 003"}.get(case, "001, 002, 003")
+    if case == "last_missing":
+        (root / "mp3.zip.003").unlink()
+    elif case == "gap":
+        (root / "mp3.zip.002").unlink()
+    else:
+        part = root / ("mp3.zip.003" if case == "last_truncated" else "mp3.zip.002")
+        part.write_bytes(part.read_bytes()[:-500])
+    _archive.open_zip.cache_clear()
+    _no_decoding(monkeypatch)
+    with pytest.raises(errors.DataError) as info:
+        datasets.build("magnatagatune", tmp_path / "d", manual_dir=root, num_workers=1)
+    assert str(info.value).startswith(
+        f"{root / 'mp3.zip.001'}...: not a complete zip archive (parts found: {found}; is a part "
+        "missing or truncated?")
+    assert errors.exit_status(info.value) == errors.DATA
+
+
+def test_a_split_whose_every_clip_is_skipped_names_dataset_split_and_reasons(tmp_path, capfd):
+    """Not TFDS's "No examples were yielded": the dataset, split, count and first reasons, exit
+    6, and the skipped files listed in a report the message names."""
+    from tagger_jax import cli
+
+    manual = _small_folder(tmp_path / "m", ("rock", "jazz", "rock"))
+    with open(manual / "tags.csv", "a") as f:
+        f.write("".join(f"songs/gone{k}.wav,rock,holdout\n" for k in range(4)))
+    rc = cli.main(["build-dataset", "audio_folder", "--data-dir", str(tmp_path / "d"),
+                   "--manual-dir", str(manual), "--num-workers", "1"])
+    err = capfd.readouterr().err
+    (line,) = [x for x in err.splitlines() if "error:" in x]
+    report = (tmp_path / "d" / "downloads" / "tagger_jax_resume" / "audio_folder" / "default"
+              / "1.0.0" / "skipped_files.tsv")
+    assert rc == 6
+    assert line[line.index("error:"):] == (
+        f"error: audio_folder/default: split 'holdout': all 4 clips were skipped "
+        f"({manual / 'songs' / 'gone0.wav'}: file not found; {manual / 'songs' / 'gone1.wav'}: "
+        f"file not found; ...); every skipped file is listed in {report}")
+    assert len(report.read_text().splitlines()) == 1 + 4
+    assert "No examples were yielded" not in err
+
+
+def test_msd_num_train_that_leaves_no_validation_clips_is_refused(msd_dir, tmp_path):
+    from tagger_jax import errors
+
+    with pytest.raises(errors.ConfigError, match=r"msd/big: num_train=5 leaves no validation "
+                       r"clips: .*filtered_list_train.cP lists 5 ids"):
+        datasets.build("msd", tmp_path, MsdConfig(name="big", num_train=5),
+                       manual_dir=msd_dir["root"], num_workers=1)
+
+
+def test_mtat_annotation_errors_name_the_file_and_line(tmp_path, monkeypatch, capsys):
+    root = _tiny_mtat(tmp_path / "m", ["0/a.mp3", "x/b-2-0-29.mp3", "c/c.mp3"])
+    (root / "0").mkdir()
+    csv_path = root / "annotations_final.csv"
+    _no_decoding(monkeypatch)
+    with pytest.raises(ValueError) as info:
+        datasets.build("magnatagatune", tmp_path / "d", manual_dir=root, num_workers=1)
+    assert str(info.value) == (f"{csv_path}:3: mp3_path 'x/b-2-0-29.mp3' does not start with one "
+                               "of the folders 0-9, a-f")
+    _tiny_mtat(root, ["0/a.mp3"], columns=[f"t{k}" for k in range(9)])
+    with pytest.raises(ValueError) as info:
+        datasets.build("magnatagatune", tmp_path / "d", manual_dir=root, num_workers=1)
+    assert str(info.value) == f"{csv_path}: need at least 50 tag columns, found 9"
+    data = csv_path.read_bytes()
+    csv_path.write_bytes(data.replace(b"0/a.mp3", b"0/a\xff.mp3"))
+    with pytest.raises(ValueError) as info:
+        magnatagatune.read_annotations(csv_path)
+    assert str(info.value) == (f"{csv_path}:2: not UTF-8 text (byte 0xff at column "
+                               f"{data.splitlines()[1].index(b'0/a.mp3') + 4}); save the file "
+                               "as UTF-8")
+
+
+def _won_files(root: Path, chosen: dict, paths: list[str]) -> None:
+    files = {"train": "train.npy", "validation": "valid.npy", "test": "test.npy"}
+    for split, rows in chosen.items():
+        np.save(root / files[split], np.array([f"{i}\t{paths[i]}" for i in rows]))
+
+
+def test_mtat_won2020_split_file_errors_and_tag_order_note(tmp_path, capsys):
+    paths = [f"{FOLDERS[k]}/clip-{k}.mp3" for k in range(6)]
+    root = _tiny_mtat(tmp_path / "m", paths)
+    ann = magnatagatune.read_annotations(root / "annotations_final.csv")
+    _won_files(root, {"train": [0, 1, 2], "validation": [3], "test": [4, 1, 5]}, paths)
+    splits, _ = magnatagatune.read_split_files(root, ann)
+    assert splits["test"] == [4, 1, 5]  # the published files decide; the overlap is said
+    assert capsys.readouterr().err == (
+        f"warning: {root / 'train.npy'} and {root / 'test.npy'} both list 1 clip(s), e.g. "
+        "annotation row 1 (1/clip-1.mp3); they are built into both splits, as the files say\n")
+    _won_files(root, {"train": [0, 1, 2], "validation": [3], "test": [4, 5]}, paths)
+    np.save(root / "tags.npy", np.array(list(magnatagatune.MTAT_TOP50), dtype=object))
+    with pytest.raises(ValueError, match=r"tags.npy: must hold a NumPy array of the 50 tag names "
+                       r"\(strings\) in the model's order; it does not load \(Object arrays"):
+        magnatagatune.read_split_files(root, ann)
+    np.save(root / "tags.npy", np.array(list(magnatagatune.MTAT_TOP50)[:49]))
+    with pytest.raises(ValueError, match=r"tags.npy: must hold .*; it holds <U\d+ shape \(49,\)"):
+        magnatagatune.read_split_files(root, ann)
+    (root / "tags.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="no MagnaTagATune audio found"):  # after the note
+        datasets.build("magnatagatune", tmp_path / "d", "won2020", manual_dir=root)
+    assert ("magnatagatune/won2020: no tags.npy beside the split files: the tags are the top-50 "
+            "order of annotations_final.csv") in capsys.readouterr().out
+
+
+def test_jamendo_tag_errors_name_the_tsv_and_the_vocabulary(tmp_path):
+    data = tmp_path / "m" / "mtg-jamendo-dataset" / "data"
+    tracks = dict(JAMENDO, validation=JAMENDO["validation"] + [
+        ("track_0009999", "09/9999.mp3", ["genre---zzz"])])
+    for split, rows in tracks.items():
+        _jamendo_tsv(data / "splits" / "split-0" / f"autotagging_top50tags-{split}.tsv", rows)
+    top50 = data / "tags" / "top50.txt"
+    with pytest.raises(ValueError) as info:  # without top50.txt: the union, said so
+        datasets.build("mtg_jamendo", tmp_path / "d", manual_dir=tmp_path / "m")
+    assert str(info.value) == (
+        "mtg_jamendo: expected 50 tags, got 6 (from the union of the tags in the split-0 TSV "
+        f"files, used because {top50} is missing)")
+    top50.parent.mkdir()
+    top50.write_text("\n".join(JAMENDO_TAGS) + "\n")
+    with pytest.raises(ValueError) as info:
+        datasets.build("mtg_jamendo", tmp_path / "d", manual_dir=tmp_path / "m")
+    tsv = data / "splits" / "split-0" / "autotagging_top50tags-validation.tsv"
+    assert str(info.value) == (f"{tsv}:4: track_0009999: tags ['genre---zzz'] are not among "
+                               f"the 50 tags of {top50}")
+
+
+def test_set_values_that_do_not_convert_or_are_negative_name_the_field(tmp_path, capfd):
+    from tagger_jax import cli, errors
+
+    with pytest.raises(ValueError, match=r"^--set num_train: 'abc' is not an int$"):
+        build_dataset.make_config(datasets.Msd, "x", ["num_train=abc"])
+    with pytest.raises(ValueError, match=r"^--set split_fractions: 'a' is not a float$"):
+        build_dataset.make_config(datasets.AudioFolder, "x", ["split_fractions=a,0.5,0.5"])
+    with pytest.raises(errors.ConfigError,
+                       match=r"^config 'x': num_train must not be negative, got -1$"):
+        build_dataset.make_config(datasets.Msd, "x", ["num_train=-1"])
+    with pytest.raises(errors.ConfigError, match="duration_s must not be negative"):
+        SyntheticConfig(name="y", duration_s=-2.0)
+    rc = cli.main(["build-dataset", "synthetic_tags", "--config", "z", "--set", "num_test=-3",
+                   "--data-dir", str(tmp_path)])
+    assert rc == 2
+    assert capfd.readouterr().err.strip() == \
+        "error: config 'z': num_test must not be negative, got -3"
+
+
+def test_missing_manual_files_and_unknown_datasets_are_short_lines(msd_dir, tmp_path):
+    from tagger_jax import errors
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError) as info:
+        datasets.build("magnatagatune", tmp_path / "d", manual_dir=tmp_path / "empty")
+    assert str(info.value) == (
+        f"magnatagatune: manual directory {tmp_path / 'empty'} is empty; it must hold "
+        "annotations_final.csv and mp3.zip.001, mp3.zip.002, mp3.zip.003 (or the unpacked "
+        "folders 0-9, a-f). Download steps: docs/datasets.md, or the docstring of "
+        "tagger_jax/datasets/magnatagatune.py.")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "50tagList.txt").symlink_to(msd_dir["root"] / "50tagList.txt")
+    (tmp_path / "m" / "7D_id_to_path.pkl").symlink_to(msd_dir["root"] / "7D_id_to_path.pkl")
+    with pytest.raises(FileNotFoundError) as info:
+        datasets.build("msd", tmp_path / "d", manual_dir=tmp_path / "m")
+    assert str(info.value) == (
+        f"{tmp_path / 'm'}: missing 4 of the 6 split and tag files: filtered_list_train.cP, "
+        "filtered_list_test.cP, msd_id_to_tag_vector.cP, MSD_id_to_7D_id.pkl. Download steps: "
+        "docs/datasets.md, or the docstring of tagger_jax/datasets/msd.py.")
+    with pytest.raises(errors.ConfigError) as info:
+        datasets.load_split("nosuch", "test", tmp_path / "d")
+    assert str(info.value) == ("unknown dataset 'nosuch'; choose one of: synthetic_tags, "
+                               "soundfont_tags, magnatagatune, mtg_jamendo, msd, audio_folder")

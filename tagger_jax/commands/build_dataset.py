@@ -39,21 +39,29 @@ def _default_data_dir() -> str:
 
 
 def _parse_value(current, text: str, field: str):
-    """`text` converted to the type of the field's current value."""
+    """`text` converted to the type of the field's current value; a ValueError naming the field
+    when it does not convert (`--set num_train: 'abc' is not an int`)."""
     if isinstance(current, bool):
         if text.lower() in ("1", "true", "yes"):
             return True
         if text.lower() in ("0", "false", "no"):
             return False
         raise ValueError(f"--set {field}: expected true/false, got {text!r}")
-    if isinstance(current, int):
-        return int(text)
-    if isinstance(current, float):
-        return float(text)
+    if isinstance(current, (int, float)):
+        return _convert(type(current), text, field)
     if isinstance(current, tuple):
         values = [v.strip() for v in text.split(",")]  # "a, b" is ("a", "b")
-        return tuple(type(current[0])(v) for v in values) if current else tuple(values)
+        return tuple(_convert(type(current[0]), v, field) for v in values) if current \
+            else tuple(values)
     return text
+
+
+def _convert(kind: type, text: str, field: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"--set {field}: {text!r} is not {'an' if kind is int else 'a'} "
+                         f"{kind.__name__}") from None
 
 
 def make_config(builder_cls, name: str | None, overrides: list[str]):

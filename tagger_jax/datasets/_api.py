@@ -9,7 +9,8 @@ from typing import Any, Sequence
 import tensorflow_datasets as tfds
 
 from tagger_jax import errors
-from tagger_jax.datasets._common import REPORT_FILE, SPLITS, WARNINGS_FILE, TaggingBuilder
+from tagger_jax.datasets._common import (REPORT_FILE, SPLITS, WARNINGS_FILE, TaggingBuilder,
+                                         manual_hint)
 
 # Datasets that need nothing downloaded: `ensure_built` builds them on first use.
 SELF_CONTAINED = ("synthetic_tags", "soundfont_tags")
@@ -28,12 +29,19 @@ def get_builder(name: str, data_dir: str | os.PathLike,
     unfinished build so that running it again continues where it stopped.
 
     A config name the builder class does not define (one made with `build-dataset --set`) is
-    opened from its files on disk, read-only.
+    opened from its files on disk, read-only. An unknown `name` raises `errors.ConfigError`
+    naming the project's builders (`tagger_jax.dataset_names`), not TFDS's whole catalog.
     """
+    from tensorflow_datasets.core.registered import DatasetNotFoundError
+
     from tagger_jax import datasets  # noqa: F401  (registers the builders)
 
     data_dir = _expand(data_dir)
-    cls = tfds.builder_cls(name)
+    try:
+        cls = tfds.builder_cls(name)
+    except DatasetNotFoundError:
+        raise errors.ConfigError(f"unknown dataset {name!r}; choose one of: "
+                                 f"{', '.join(datasets.BUILDERS)}") from None
     if not builder_config:
         builder_config = None
     if isinstance(builder_config, str) and builder_config not in cls.builder_configs:
@@ -95,6 +103,10 @@ def build(name: str, data_dir: str | os.PathLike,
     So does a version folder that exists without a finished build in it (no dataset_info.json),
     which TFDS would take as built; `overwrite` removes it.
 
+    A manual directory that is missing or empty raises a one-line FileNotFoundError naming it,
+    the files it must hold (the builder's `MANUAL_FILES`) and where the download steps are; a
+    split whose every clip is skipped raises `errors.DataError` (`TaggingBuilder`).
+
     Builds into one `data_dir` are serialised by a lock on it (`outputs.exclusive`): a second
     run prints whom it waits for, waits, then finds the dataset built and opens it.
     """
@@ -122,6 +134,11 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
     manual = _expand(manual_dir)
     if manual and not Path(manual).is_dir():
         raise FileNotFoundError(f"{name}: manual directory {manual} does not exist")
+    if (manual and getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+            and not any(Path(manual).iterdir())):  # TFDS would print all the instructions
+        files = getattr(builder, "MANUAL_FILES", "") or "the downloaded files"
+        raise FileNotFoundError(f"{name}: manual directory {manual} is empty; it must hold "
+                                f"{files}. {manual_hint(name)}")
     default = Path(_expand(data_dir)) / "downloads" / "manual"  # where TFDS looks without one
     if (not manual and getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
             and not (default.is_dir() and any(default.iterdir()))):

@@ -2,6 +2,8 @@
 
 MagnaTagATune ships its audio as `mp3.zip.001..003`, plain pieces of one zip file. Instead of
 concatenating 3 GB on disk, `MultiPartFile` presents the parts as one seekable file to `zipfile`.
+`check_zip` refuses an incomplete set (a part missing, a gap in the numbers, a part truncated)
+before any member is read.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import re
 import zipfile
 from pathlib import Path
 from typing import Sequence
+
+from tagger_jax import errors
 
 
 class MultiPartFile(io.RawIOBase):
@@ -77,3 +81,30 @@ def find_parts(directory: Path, stem: str) -> list[Path]:
 def open_zip(parts: tuple[str, ...]) -> zipfile.ZipFile:
     """A ZipFile over the concatenated parts, cached per process (workers reuse it)."""
     return zipfile.ZipFile(MultiPartFile(parts))
+
+
+def check_zip(parts: Sequence[str | os.PathLike]) -> zipfile.ZipFile:
+    """The zip archive over `parts` (`find_parts`, or one plain zip), checked to be whole: parts
+    numbered 1, 2, ... without a gap, the central directory found at the end, and the local
+    headers of its first and last members where the directory puts them (a missing or truncated
+    part shifts or cuts them). Raises `errors.DataError`, one line naming the first part and the
+    parts found, otherwise."""
+    paths = [Path(p) for p in parts]
+    numbers = [p.suffix[1:] for p in paths]
+    label = f"{paths[0]}..." if len(paths) > 1 else str(paths[0])
+    question = ("is a part missing or truncated?" if len(paths) > 1 else "is it truncated?")
+    found = f"parts found: {', '.join(numbers)}; " if len(paths) > 1 else ""
+    problem = f"{label}: not a complete zip archive ({found}{question}"
+    if len(paths) > 1 and [int(n) for n in numbers] != list(range(1, len(paths) + 1)):
+        raise errors.DataError(f"{problem})")
+    try:
+        archive = open_zip(tuple(str(p) for p in paths))
+        members = sorted(archive.infolist(), key=lambda info: info.header_offset)
+        for info in members[:1] + members[-1:]:
+            archive.fp.seek(max(0, info.header_offset))
+            if info.header_offset < 0 or archive.fp.read(4) != b"PK\x03\x04":
+                raise zipfile.BadZipFile(f"no local header for {info.filename}")
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        open_zip.cache_clear()
+        raise errors.DataError(f"{problem} zipfile says: {e})") from None
+    return archive

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tagger_jax import errors
 from tagger_jax.audio import FeatureParams
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,16 @@ class TaggingConfig(tfds.core.BuilderConfig):
     """Base builder config. `waveform=True` also stores the 16 kHz float32 audio (for `lee_won`)."""
 
     waveform: bool = False
+
+    def __post_init__(self):
+        """Refuses a negative number in any field (counts, durations, seeds: none may be
+        negative; a negative count would slice the source lists from the end) with a one-line
+        `errors.ConfigError` naming the field."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise errors.ConfigError(f"config {self.name!r}: {field.name} must not be "
+                                         f"negative, got {value!r}")
 
 
 def feature_spec(num_tags: int | None, waveform: bool = False, tag_mask: bool = False,
@@ -102,6 +113,7 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
     """
 
     NUM_TAGS: int | None = None
+    MANUAL_FILES = ""  # what the manual directory must hold, in a phrase (errors name it)
     TAGS: tuple[str, ...] | None = None  # the tags of every build (None: they come from the data)
     HOMEPAGE = ""
     CITATION = ""
@@ -195,12 +207,16 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
 
     # -- metadata written while building ------------------------------------------------------
 
-    def _set_tags(self, tags: Sequence[str]) -> None:
+    def _set_tags(self, tags: Sequence[str], source: str = "") -> None:
+        """Stores the tag vocabulary; `source` (a file, or how the list was made) is named in
+        the ValueError for a wrong count or a duplicate name."""
         tags = [str(t) for t in tags]
+        where = f" (from {source})" if source else ""
         if self.NUM_TAGS is not None and len(tags) != self.NUM_TAGS:
-            raise ValueError(f"{self.name}: expected {self.NUM_TAGS} tags, got {len(tags)}")
+            raise ValueError(f"{self.name}: expected {self.NUM_TAGS} tags, got {len(tags)}{where}")
         if len(set(tags)) != len(tags):
-            raise ValueError(f"{self.name}: duplicate tag names in {tags}")
+            dupes = sorted({t for t in tags if tags.count(t) > 1})
+            raise ValueError(f"{self.name}: duplicate tag names {dupes}{where}")
         meta = self.info.metadata
         meta.clear()
         meta["tags"] = tags
@@ -276,6 +292,7 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
                 print(f"{self.name} {split}: reusing {found} of {len(jobs)} clips decoded before "
                       f"an interruption (from {cache}; a clip whose source file changed since "
                       "is decoded again)", flush=True)
+        kept = 0
         for item, (example, error, notes) in zip(
                 jobs, self._map(_extract.audio_example, jobs, f"{self.name} {split}")):
             if error is not None:
@@ -283,7 +300,34 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
             else:
                 if notes:
                     self._warn(split, item["clip_id"], item["path"], notes)
+                kept += 1
                 yield item["key"], example
+        if not kept:
+            self._refuse_empty_split(split, len(items))
+
+    def _refuse_empty_split(self, split: str, num_items: int) -> None:
+        """Raises `errors.DataError` for a split left without a clip (TFDS would stop with "No
+        examples were yielded", naming neither the dataset nor why): one line with the dataset,
+        the split, the count and the first reasons. The skipped files of every split so far are
+        written to `skipped_files.tsv` in `feature_cache_dir` (the dataset directory is only
+        written by a finished build), which the message names."""
+        config = self.builder_config.name if self.builder_config else "default"
+        label = f"{self.name}/{config}: split {split!r}"
+        if not num_items:
+            raise errors.DataError(f"{label}: no clips to build (its list of clips is empty)")
+        skipped = self.info.metadata["skipped"][split]
+        reasons = "; ".join(s["error"] for s in skipped[:2]) + ("; ..." if num_items > 2 else "")
+        report = self.feature_cache_dir / REPORT_FILE
+        try:
+            report.parent.mkdir(parents=True, exist_ok=True)
+            _write_tsv(report, ("split", "clip_id", "path", "error"),
+                       [(s, k["clip_id"], k["path"], k["error"])
+                        for s, found in self.info.metadata["skipped"].items() for k in found])
+            where = f"; every skipped file is listed in {report}"
+        except OSError as e:
+            where = f"; the list of skipped files could not be written to {report}: {e}"
+        what = f"all {num_items} clips were" if num_items > 1 else "its only clip was"
+        raise errors.DataError(f"{label}: {what} skipped ({reasons}){where}")
 
 
 def _stop_pool(pool, timeout_s: float = 2.0) -> None:
@@ -343,10 +387,36 @@ def multi_hot(names: Iterable[str], vocabulary: Sequence[str]) -> np.ndarray:
 
 
 def find_file(root: Path, candidates: Sequence[str], what: str, instructions: str = "") -> Path:
-    """The first of `root / c` that exists, else a FileNotFoundError listing where it looked."""
+    """The first of `root / c` that exists, else a FileNotFoundError listing where it looked,
+    followed by `instructions` (a short hint such as `manual_hint(name)`)."""
     for c in candidates:
         p = root / c
         if p.exists():
             return p
     looked = ", ".join(str(root / c) for c in candidates)
     raise FileNotFoundError(f"{what} not found (looked for {looked}). {instructions}".strip())
+
+
+def manual_hint(name: str) -> str:
+    """Where the download steps of builder `name` are written (for the end of an error)."""
+    return (f"Download steps: docs/datasets.md, or the docstring of "
+            f"tagger_jax/datasets/{name}.py.")
+
+
+def utf8_error(path: Path, error: UnicodeDecodeError) -> ValueError:
+    """A one-line ValueError for a text file that is not UTF-8: the file, the line and column
+    of the first bad byte (Python's message gives only a position inside a read buffer)."""
+    line, column = 1, 0
+    try:
+        for line, raw in enumerate(Path(path).read_bytes().splitlines(), start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                column = e.start + 1
+                break
+    except OSError:
+        pass
+    where = f"{path}:{line}" if column else str(path)
+    col = f" at column {column}" if column else ""
+    return ValueError(f"{where}: not UTF-8 text (byte 0x{error.object[error.start]:02x}{col}); "
+                      "save the file as UTF-8")

@@ -50,7 +50,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tagger_jax import tags as tags_lib
-from tagger_jax.datasets._common import SPLITS, TaggingBuilder, TaggingConfig, multi_hot
+from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig, multi_hot,
+                                         utf8_error)
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation",
                  "valid": "validation", "val": "validation", "dev": "validation",
@@ -121,11 +122,15 @@ def _describe(record: dict[str, Any]) -> str:
 
 
 def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[str]]:
-    """Rows of the CSV and the tag vocabulary (see the module docstring for the rules)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=config.delimiter)
-        columns = list(reader.fieldnames or [])
-        records = list(reader)
+    """Rows of the CSV and the tag vocabulary (see the module docstring for the rules); a
+    ValueError naming the file (and line) for a CSV that breaks them or is not UTF-8."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter=config.delimiter)
+            columns = list(reader.fieldnames or [])
+            records = list(reader)
+    except UnicodeDecodeError as e:
+        raise utf8_error(path, e) from None
     if config.path_column not in columns:
         raise ValueError(f"{path}: no {config.path_column!r} column (columns: {columns})")
     has_split = config.split_column in columns
@@ -229,6 +234,7 @@ class AudioFolder(TaggingBuilder):
     ]
     DEFAULT_CONFIG_NAME = "default"
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+    MANUAL_FILES = "one *.csv of tags (a path column and the tags) and the audio files it names"
 
     @classmethod
     def reuse_conflict(cls, metadata: dict[str, Any], manual_dir: str | os.PathLike | None,

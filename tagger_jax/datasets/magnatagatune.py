@@ -25,7 +25,9 @@ What the builder does (the authors' protocol, `shared/reference/original-impleme
   - split by the first character of `mp3_path`: `0`-`b` train, `c` validation, `d`-`f` test;
   - clips with none of the 50 tags are dropped from every split (counts in the metadata);
   - files that are missing, empty or cannot be decoded are skipped and listed in the build report
-    (`skipped_files.tsv` in the dataset directory); the build does not stop.
+    (`skipped_files.tsv` in the dataset directory); the build does not stop (unless a whole split
+    is skipped). Zip parts with one missing, a gap or a truncated part are refused before any
+    clip is read (`_archive.check_zip`).
 Configs: `default` (log-mel), `waveform` (also the 16 kHz audio, about 1.9 MB per clip), and
 `won2020`: the cleaned split of Won, Ferraro, Bogdanov and Serra (2020), "Evaluation of CNN-based
 automatic music tagging models" (SMC), the split the field compares on today. Get its split files
@@ -34,8 +36,10 @@ from the paper's code repository (github.com/minzwon/sota-music-tagging-models, 
 directory (or in MANUAL_DIR/split/mtat/). Each of the three split files is a NumPy array of
 strings "INDEX<TAB>MP3_PATH" (INDEX: the clip's data row in `annotations_final.csv`, from 0);
 `tags.npy` holds the 50 tag names in the paper's model order (optional: without it, the top-50
-order above). Labels are the annotations' 0/1 columns of those tags; a line whose MP3_PATH differs
-from the annotations' row INDEX stops the build with a message naming the file and line. Their
+order above, and the build says so). Labels are the annotations' 0/1 columns of those tags; a
+line whose MP3_PATH differs from the annotations' row INDEX stops the build with a message naming
+the file and line; a clip listed in two split files is built into both, with a warning line
+(`read_split_files`). Their
 self-attention model scores ROC-AUC 0.9077 / PR-AUC 0.4445 on its test split (docs/evaluation.md).
 """
 from __future__ import annotations
@@ -43,6 +47,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -50,7 +55,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tagger_jax.datasets import _archive
-from tagger_jax.datasets._common import SPLITS, TaggingBuilder, TaggingConfig, find_file
+from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig, find_file,
+                                         manual_hint, utf8_error)
 from tagger_jax.tags import MTAT_TOP50
 
 log = logging.getLogger(__name__)
@@ -72,12 +78,20 @@ class Annotations:
     tag_names: list[str]
     labels: np.ndarray  # (clips, tags) uint8
     mp3_paths: list[str]
+    lines: list[int] = dataclasses.field(default_factory=list)  # each clip's line in the file
 
 
 def read_annotations(path: str | Path) -> Annotations:
     """Parses `annotations_final.csv`: tab-separated, double-quoted, `clip_id`, tag columns of
     0/1, `mp3_path` last. Raises ValueError naming the file and line for anything else."""
     path = Path(path)
+    try:
+        return _read_annotations(path)
+    except UnicodeDecodeError as e:
+        raise utf8_error(path, e) from None
+
+
+def _read_annotations(path: Path) -> Annotations:
     with open(path, newline="", encoding="utf-8") as f:
         rows = csv.reader(f, delimiter="\t", quotechar='"')
         header = next(rows, None)
@@ -85,7 +99,7 @@ def read_annotations(path: str | Path) -> Annotations:
             raise ValueError(f"{path}: expected a tab-separated header starting with clip_id and "
                              f"ending with mp3_path, got {header[:3] if header else header}...")
         names = header[1:-1]
-        clip_ids, paths, labels = [], [], []
+        clip_ids, paths, labels, lines = [], [], [], []
         for line, row in enumerate(rows, start=2):
             if not row:
                 continue
@@ -98,14 +112,18 @@ def read_annotations(path: str | Path) -> Annotations:
             clip_ids.append(row[0])
             paths.append(row[-1])
             labels.append([v == "1" for v in values])
+            lines.append(line)
     return Annotations(clip_ids, names, np.asarray(labels, np.uint8).reshape(-1, len(names)),
-                       paths)
+                       paths, lines)
 
 
-def top_tags(labels: np.ndarray, names: list[str], n: int = TOP_N) -> list[str]:
-    """The `n` most frequent tags, most frequent first; ties keep column order."""
+def top_tags(labels: np.ndarray, names: list[str], n: int = TOP_N,
+             source: str | Path = "") -> list[str]:
+    """The `n` most frequent tags, most frequent first; ties keep column order. ValueError
+    (naming `source`, the annotations file, if given) when there are fewer than `n` columns."""
     if len(names) < n:
-        raise ValueError(f"need at least {n} tag columns, found {len(names)}")
+        where = f"{source}: " if source else ""
+        raise ValueError(f"{where}need at least {n} tag columns, found {len(names)}")
     counts = labels.sum(axis=0)
     order = sorted(range(len(names)), key=lambda i: (-int(counts[i]), i))
     return [names[i] for i in order[:n]]
@@ -130,10 +148,11 @@ def audio_locator(root: Path) -> Callable[[str], dict]:
     if not parts:
         raise FileNotFoundError(
             f"{root}: no MagnaTagATune audio found: expected the folders 0-9, a-f (unpacked) or "
-            f"mp3.zip.001, mp3.zip.002, mp3.zip.003 in the manual directory")
+            f"mp3.zip.001, mp3.zip.002, mp3.zip.003 in the manual directory. "
+            f"{manual_hint('magnatagatune')}")
     part_names = tuple(str(p) for p in parts)
     members = {}
-    for name in _archive.open_zip(part_names).namelist():
+    for name in _archive.check_zip(parts).namelist():
         if not name.endswith("/"):
             members["/".join(name.split("/")[-2:])] = name  # tolerate a top-level folder
 
@@ -161,9 +180,11 @@ class MagnatagatuneConfig(TaggingConfig):
 def read_split_files(root: Path, ann: Annotations) -> tuple[dict[str, list[int]], list[str] | None]:
     """({split: annotation row indices}, tag names from tags.npy or None) of Won et al. (2020)'s
     split files under `root` (or root/split/mtat). Raises FileNotFoundError / ValueError naming
-    the file (and line) on a missing file or a line that does not match the annotations."""
+    the file (and line) on a missing file, a line that does not match the annotations or a
+    `tags.npy` that is not 50 tag names; a clip listed in two split files is a warning line."""
     base = root / "split" / "mtat" if (root / "split" / "mtat").is_dir() else root
     out: dict[str, list[int]] = {}
+    files: dict[str, Path] = {}
     for split, names in SPLIT_FILE_NAMES.items():
         path = find_file(base, names, f"Won et al. (2020) {split} split file",
                          "See the `won2020` config in the magnatagatune docstring.")
@@ -183,9 +204,25 @@ def read_split_files(root: Path, ann: Annotations) -> tuple[dict[str, list[int]]
                                  f"({have})")
             rows.append(i)
         out[split] = rows
+        files[split] = path
+    for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+        both = sorted(set(out[a]) & set(out[b]))
+        if both:  # the published files are the reference: kept as they are, but said
+            print(f"warning: {files[a]} and {files[b]} both list {len(both)} clip(s), e.g. "
+                  f"annotation row {both[0]} ({ann.mp3_paths[both[0]]}); they are built into "
+                  "both splits, as the files say", file=sys.stderr)
     tags_path = base / "tags.npy"
-    tags = [str(t) for t in np.load(tags_path).tolist()] if tags_path.is_file() else None
-    return out, tags
+    if not tags_path.is_file():
+        return out, None
+    what = f"a NumPy array of the {TOP_N} tag names (strings) in the model's order"
+    try:
+        tags = np.load(tags_path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{tags_path}: must hold {what}; it does not load ({e})") from None
+    if tags.dtype.kind not in "US" or tags.shape != (TOP_N,):
+        raise ValueError(f"{tags_path}: must hold {what}; it holds {tags.dtype} shape "
+                         f"{tags.shape}")
+    return out, [t.decode() if isinstance(t, bytes) else str(t) for t in tags.tolist()]
 
 
 class Magnatagatune(TaggingBuilder):
@@ -205,25 +242,30 @@ class Magnatagatune(TaggingBuilder):
     DEFAULT_CONFIG_NAME = "default"
     HOMEPAGE = "https://mirg.city.ac.uk/codeapps/the-magnatagatune-dataset"
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+    MANUAL_FILES = ("annotations_final.csv and mp3.zip.001, mp3.zip.002, mp3.zip.003 (or the "
+                    "unpacked folders 0-9, a-f)")
 
     def _split_generators(self, dl_manager):
         root = Path(dl_manager.manual_dir)
         csv_path = find_file(root, ["annotations_final.csv"], "annotations_final.csv",
-                             self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+                             manual_hint(self.name))
         ann = read_annotations(csv_path)
         if self.builder_config.split_files:
             return self._from_split_files(root, csv_path, ann)
-        tags = top_tags(ann.labels, ann.tag_names)
+        tags = top_tags(ann.labels, ann.tag_names, source=csv_path)
         if len(ann.clip_ids) == NUM_CLIPS and tuple(tags) != MTAT_TOP50:
             log.warning("%s: top-50 tags differ from the authors' order (tagger_jax.tags."
                         "MTAT_TOP50); models imported from the authors will not match", csv_path)
-        self._set_tags(tags)
+        self._set_tags(tags, source=csv_path)
         y = ann.labels[:, [ann.tag_names.index(t) for t in tags]]
         locate = audio_locator(root)
         items = {s: [] for s in SPLITS}
         dropped = {s: 0 for s in SPLITS}
-        for clip_id, rel, row in zip(ann.clip_ids, ann.mp3_paths, y):
-            split = split_of(rel)
+        for k, (clip_id, rel, row) in enumerate(zip(ann.clip_ids, ann.mp3_paths, y)):
+            try:
+                split = split_of(rel)
+            except ValueError as e:
+                raise ValueError(f"{csv_path}:{ann.lines[k]}: {e}") from None
             if not row.any():
                 dropped[split] += 1
                 continue
@@ -236,17 +278,24 @@ class Magnatagatune(TaggingBuilder):
 
     def _from_split_files(self, root: Path, csv_path: Path, ann: Annotations):
         rows, tags = read_split_files(root, ann)
-        tags = tags or top_tags(ann.labels, ann.tag_names)
+        source = "tags.npy"
+        if tags is None:
+            source = f"the top-{TOP_N} order of {csv_path.name}"
+            print(f"{self.name}/{self.builder_config.name}: no tags.npy beside the split files: "
+                  f"the tags are {source}, which may differ from the paper's model order",
+                  flush=True)
+            tags = top_tags(ann.labels, ann.tag_names, source=csv_path)
         missing = [t for t in tags if t not in ann.tag_names]
         if missing:
             raise ValueError(f"tags.npy names tags not in {csv_path.name}: {missing}")
-        self._set_tags(tags)
+        self._set_tags(tags, source=source)
         y = ann.labels[:, [ann.tag_names.index(t) for t in tags]]
         locate = audio_locator(root)
         items = {s: [{"key": ann.clip_ids[i], "clip_id": ann.clip_ids[i],
                       "path": ann.mp3_paths[i], "tags": y[i], **locate(ann.mp3_paths[i])}
                      for i in rows[s]] for s in SPLITS}
         self._note("source", f"{csv_path.name} + Won et al. (2020) split files")
+        self._note("tag_order", source)
         self._note("num_annotated", len(ann.clip_ids))
         return {split: self._generate_examples(split, items[split]) for split in SPLITS}
 

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tagger_jax.datasets._common import TaggingBuilder, TaggingConfig, find_file
+from tagger_jax import errors
+from tagger_jax.datasets._common import TaggingBuilder, TaggingConfig, manual_hint, utf8_error
 
 NUM_TRAIN = 201680
 FILES = {
@@ -132,16 +133,31 @@ class Msd(TaggingBuilder):
     DEFAULT_CONFIG_NAME = "default"
     HOMEPAGE = "http://millionsongdataset.com/"
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+    MANUAL_FILES = f"{', '.join(FILES.values())} and the preview clips under audio/"
 
     def _split_generators(self, dl_manager):
         root = Path(dl_manager.manual_dir)
-        paths = {k: find_file(root, [v], v, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-                 for k, v in FILES.items()}
-        tags = [t.strip() for t in paths["tag_list"].read_text().splitlines() if t.strip()]
-        self._set_tags(tags)
+        paths = {k: root / v for k, v in FILES.items()}
+        missing = [v for v in FILES.values() if not (root / v).exists()]
+        if missing:
+            raise FileNotFoundError(f"{root}: missing {len(missing)} of the {len(FILES)} split "
+                                    f"and tag files: {', '.join(missing)}. "
+                                    f"{manual_hint(self.name)}")
+        try:
+            tags = [t.strip() for t in paths["tag_list"].read_text("utf-8").splitlines()
+                    if t.strip()]
+        except UnicodeDecodeError as e:
+            raise utf8_error(paths["tag_list"], e) from None
+        self._set_tags(tags, source=paths["tag_list"])
         train_ids = _ids(safe_load_pickle(paths["train"]), paths["train"])
-        lists = {"train": train_ids[:self.builder_config.num_train],
-                 "validation": train_ids[self.builder_config.num_train:],
+        num_train = self.builder_config.num_train
+        if num_train >= len(train_ids):
+            raise errors.ConfigError(
+                f"{self.name}/{self.builder_config.name}: num_train={num_train} leaves no "
+                f"validation clips: {paths['train']} lists {len(train_ids)} ids (the first "
+                "num_train are train, the rest validation); choose a smaller num_train")
+        lists = {"train": train_ids[:num_train],
+                 "validation": train_ids[num_train:],
                  "test": _ids(safe_load_pickle(paths["test"]), paths["test"])}
         vectors = safe_load_pickle(paths["tags"])
         msd_to_7d = safe_load_pickle(paths["msd_to_7d"])

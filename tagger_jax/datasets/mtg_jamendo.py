@@ -19,7 +19,8 @@ Manual download:
              --manual-dir MANUAL_DIR
 
 Tags: the 50 `category---tag` names of `data/tags/top50.txt` in that (alphabetical) order, or,
-without that file, the sorted union of the split files' tags (the same list). Whole tracks are
+without that file, the sorted union of the split files' tags (the same list; the build says so).
+A track with a tag outside the list stops the build, naming the TSV and line. Whole tracks are
 stored (average about 4 minutes: about 2.6 MB of float16 mel per track); the pipeline crops.
 Missing or undecodable files are skipped and listed in `skipped_files.tsv`. There is no waveform
 config: whole tracks at 16 kHz float32 would take about 800 GB.
@@ -32,7 +33,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig, find_file,
-                                         multi_hot)
+                                         manual_hint, multi_hot, utf8_error)
 
 SUBSET = "autotagging_top50tags"
 HEADER = ("TRACK_ID", "ARTIST_ID", "ALBUM_ID", "PATH", "DURATION", "TAGS")
@@ -45,11 +46,20 @@ class Track:
     track_id: str
     path: str
     tags: tuple[str, ...]
+    line: int = 0  # line in the split file
 
 
 def read_split_file(path: str | Path) -> list[Track]:
-    """Parses an `autotagging*.tsv`: the columns of `HEADER`, then more tags, tab-separated."""
+    """Parses an `autotagging*.tsv`: the columns of `HEADER`, then more tags, tab-separated.
+    Raises ValueError naming the file (and line) for anything else, a file not UTF-8 included."""
     path = Path(path)
+    try:
+        return _read_split_file(path)
+    except UnicodeDecodeError as e:
+        raise utf8_error(path, e) from None
+
+
+def _read_split_file(path: Path) -> list[Track]:
     tracks = []
     with open(path, encoding="utf-8") as f:
         header = f.readline().rstrip("\n").split("\t")
@@ -62,7 +72,7 @@ def read_split_file(path: str | Path) -> list[Track]:
             if len(fields) < 6:
                 raise ValueError(f"{path}:{line_no}: expected at least 6 tab-separated fields, "
                                  f"got {len(fields)}")
-            tracks.append(Track(fields[0], fields[3], tuple(t for t in fields[5:] if t)))
+            tracks.append(Track(fields[0], fields[3], tuple(t for t in fields[5:] if t), line_no))
     return tracks
 
 
@@ -73,7 +83,8 @@ def find_data_dir(root: Path) -> Path:
             return base
     raise FileNotFoundError(
         f"{root}: no MTG-Jamendo split files; expected mtg-jamendo-dataset/data/splits/ (a clone "
-        "of https://github.com/MTG/mtg-jamendo-dataset) in the manual directory")
+        f"of https://github.com/MTG/mtg-jamendo-dataset) in the manual directory. "
+        f"{manual_hint('mtg_jamendo')}")
 
 
 def find_audio(root: Path, rel: str) -> Path | None:
@@ -105,27 +116,37 @@ class MtgJamendo(TaggingBuilder):
     DEFAULT_CONFIG_NAME = "split0"
     HOMEPAGE = "https://mtg.github.io/mtg-jamendo-dataset/"
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+    MANUAL_FILES = ("a clone of mtg-jamendo-dataset (its data/splits/ and data/tags/top50.txt) "
+                    "and the audio in audio/00/ ... audio/99/")
 
     def _split_generators(self, dl_manager):
         root = Path(dl_manager.manual_dir)
         data = find_data_dir(root)
         k = self.builder_config.split
-        tracks = {
-            s: read_split_file(find_file(data / "splits" / f"split-{k}", [f"{SUBSET}-{s}.tsv"],
-                                         f"{SUBSET} split {k} ({s})"))
-            for s in SPLITS}
+        files = {s: find_file(data / "splits" / f"split-{k}", [f"{SUBSET}-{s}.tsv"],
+                              f"{SUBSET} split {k} ({s})") for s in SPLITS}
+        tracks = {s: read_split_file(files[s]) for s in SPLITS}
         vocab_file = data / "tags" / "top50.txt"
         if vocab_file.is_file():
-            tags = [t.strip() for t in vocab_file.read_text().splitlines() if t.strip()]
+            try:
+                tags = [t.strip() for t in vocab_file.read_text("utf-8").splitlines() if t.strip()]
+            except UnicodeDecodeError as e:
+                raise utf8_error(vocab_file, e) from None
+            source = str(vocab_file)
         else:
             tags = sorted({t for s in SPLITS for track in tracks[s] for t in track.tags})
-        self._set_tags(tags)
+            source = (f"the union of the tags in the split-{k} TSV files, used because "
+                      f"{vocab_file} is missing")
+            print(f"{self.name}/{self.builder_config.name}: {vocab_file} is missing: the tags "
+                  "are the union of the split files' tags", flush=True)
+        self._set_tags(tags, source=source)
         items = {s: [] for s in SPLITS}
         for s in SPLITS:
             for track in tracks[s]:
                 unknown = [t for t in track.tags if t not in tags]
                 if unknown:
-                    raise ValueError(f"{track.track_id}: tags {unknown} are not among the 50 tags")
+                    raise ValueError(f"{files[s]}:{track.line}: {track.track_id}: tags {unknown} "
+                                     f"are not among the {len(tags)} tags of {source}")
                 item = {"key": track.track_id, "clip_id": track.track_id, "path": track.path,
                         "tags": multi_hot(track.tags, tags)}
                 audio = find_audio(root, track.path)
