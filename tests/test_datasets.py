@@ -187,6 +187,18 @@ def test_mtat_rebuild_from_zip_parts_in_parallel_is_identical(mtat, tmp_path):
     assert "tensorflow" not in sys.modules  # built and read without TensorFlow
 
 
+def test_reusing_a_build_from_another_manual_directory_says_so(mtat, capsys):
+    """A build records the manual directory it read; a run naming another one reuses the build
+    (the files may have moved) but says where it came from."""
+    capsys.readouterr()
+    datasets.build("magnatagatune", mtat["data_dir"], manual_dir=mtat["root"], num_workers=1)
+    out = capsys.readouterr().out
+    assert "reusing the existing build magnatagatune/default" in out and "built from" not in out
+    datasets.build("magnatagatune", mtat["data_dir"], manual_dir=mtat["zipped"], num_workers=1)
+    assert (f"; it was built from {Path(mtat['root']).resolve()}, not from this run's "
+            f"--manual-dir {mtat['zipped']})") in capsys.readouterr().out
+
+
 def test_mtat_interrupted_build_resumes(mtat, tmp_path, monkeypatch, capsys):
     from tagger_jax.datasets import _extract
 

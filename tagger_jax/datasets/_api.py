@@ -126,7 +126,7 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
         builder = get_builder(name, data_dir, builder_config, num_workers, resume)
     if _is_prepared(builder):
         _check_reuse(name, builder, manual_dir)
-        _announce_reuse(builder, "--overwrite rebuilds it")
+        _announce_reuse(builder, "--overwrite rebuilds it" + _other_source(builder, manual_dir))
         return builder
     if builder.data_path.exists():  # TFDS would "reuse" it and build nothing
         raise ValueError(f"{_label(builder)}: {builder.data_dir} exists but holds no finished "
@@ -157,6 +157,16 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
     if name not in SELF_CONTAINED:  # synthesised, not decoded: nothing to warn about
         print(warnings_summary(builder), flush=True)
     return builder
+
+
+def _other_source(builder: tfds.core.DatasetBuilder, manual_dir) -> str:
+    """"; it was built from DIR, not ..." when the build's recorded manual directory (builds
+    since 2026-12-03) is not the one this run names; "" otherwise."""
+    recorded = dict(dict(builder.info.metadata or {}).get("built_from") or {}).get("manual_dir")
+    asked = _expand(manual_dir)
+    if recorded and asked and Path(asked).resolve() != Path(recorded):
+        return f"; it was built from {recorded}, not from this run's --manual-dir {asked}"
+    return ""
 
 
 def _announce_reuse(builder: tfds.core.DatasetBuilder, hint: str) -> None:

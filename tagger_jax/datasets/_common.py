@@ -232,6 +232,11 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
     def _note(self, key: str, value: Any) -> None:
         self.info.metadata[key] = value
 
+    def _note_manual_dir(self, root: Path) -> None:
+        """Records the manual directory a build read ("built_from"), so that a later run
+        naming another one is told which files the build it reuses came from."""
+        self._note("built_from", {"manual_dir": str(Path(root).resolve())})
+
     def _skip(self, split: str, clip_id: str, path: str, error: str) -> None:
         meta = self.info.metadata
         meta["skipped"][split].append({"clip_id": clip_id, "path": path, "error": error})

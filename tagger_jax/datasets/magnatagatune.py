@@ -272,6 +272,7 @@ class Magnatagatune(TaggingBuilder):
             items[split].append({"key": clip_id, "clip_id": clip_id, "path": rel, "tags": row,
                                  **locate(rel)})
         self._note("source", str(csv_path.name))
+        self._note_manual_dir(root)
         self._note("num_annotated", len(ann.clip_ids))
         self._note("dropped_without_top_tags", dropped)
         return {split: self._generate_examples(split, items[split]) for split in SPLITS}
@@ -296,6 +297,7 @@ class Magnatagatune(TaggingBuilder):
                      for i in rows[s]] for s in SPLITS}
         self._note("source", f"{csv_path.name} + Won et al. (2020) split files")
         self._note("tag_order", source)
+        self._note_manual_dir(root)
         self._note("num_annotated", len(ann.clip_ids))
         return {split: self._generate_examples(split, items[split]) for split in SPLITS}
 

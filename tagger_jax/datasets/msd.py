@@ -194,6 +194,7 @@ class Msd(TaggingBuilder):
                         item["file"] = str(audio)
                 items[split].append(item)
         self._note("source", "minzwon/sota-music-tagging-models split/msd")
+        self._note_manual_dir(root)
         return {s: self._generate_examples(s, items[s]) for s in lists}
 
     def _generate_examples(self, split: str, items: list[dict]):

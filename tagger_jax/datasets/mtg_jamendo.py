@@ -156,6 +156,7 @@ class MtgJamendo(TaggingBuilder):
                     item["file"] = str(audio)
                 items[s].append(item)
         self._note("source", f"{SUBSET} split-{k}")
+        self._note_manual_dir(root)
         return {s: self._generate_examples(s, items[s]) for s in SPLITS}
 
     def _generate_examples(self, split: str, items: list[dict]):
