@@ -23,7 +23,7 @@ import os
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -57,7 +57,12 @@ def run_signature(loaded, plan: inference.WindowPlan) -> str:
 
 def _track(p: inference.Prepared, out: dict, step_s: float, signature: str,
            model: str, tags: Sequence[str]) -> dict[str, Any]:
+    record = {}  # a dataset record's labels, in the dataset's tag order (a linear probe's y)
+    if p.labels is not None and p.item.meta.get("label_names"):
+        record = {"labels": np.asarray(p.labels).astype(np.uint8).reshape(-1),
+                  "label_names": np.array([str(t) for t in p.item.meta["label_names"]])}
     return {
+        **record,
         "name": np.array(p.item.name), "fingerprint": np.array(p.item.fingerprint),
         "source": np.array(p.source),  # a dataset record's source clip; "" for files
         "signature": np.array(signature), "model_signature": np.array(model),
@@ -267,6 +272,7 @@ def _merge(out: Path, items: Sequence[inference.Input], signature: str) -> Optio
         "names": np.array([it.name for it, _ in rows]),
         "keys": np.array([it.key for it, _ in rows]),
         "sources": np.array([str(z["source"]) for _, z in rows]),
+        **_merged_labels([z for _, z in rows]),
         "signature": np.array(signature), "format": np.array(FORMAT),
         "model_signature": rows[0][1]["model_signature"],
         "tag_names": rows[0][1]["tag_names"],  # one model (same signature): the same tags
@@ -274,6 +280,15 @@ def _merge(out: Path, items: Sequence[inference.Input], signature: str) -> Optio
         "num_windows": np.array([len(z["window_starts_s"]) for _, z in rows]),
     })
     return path
+
+
+def _merged_labels(rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """"labels" (inputs, tags) and "label_names" when every row is a record of one dataset
+    (the same label names); {} otherwise (files, or records of datasets with other tags)."""
+    names = [tuple(z["label_names"]) if "label_names" in z else None for z in rows]
+    if names[0] is None or any(n != names[0] for n in names):
+        return {}
+    return {"labels": np.stack([z["labels"] for z in rows]), "label_names": rows[0]["label_names"]}
 
 
 def load_embeddings(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -167,11 +167,13 @@ class Loaded:
 
 
 def source_inputs(source: Any, feature: str, label: str, split: str,
-                  limit: Optional[int] = None, build: str = "") -> list[Input]:
+                  limit: Optional[int] = None, build: str = "",
+                  label_names: Sequence[str] = ()) -> list[Input]:
     """Inputs for the records of an open random-access split (`len(source)`, `source[i]` -> a
     record dict, e.g. `tagger_jax.datasets.load_split`'s): input i loads record i's `feature`
     ("mel" or "audio", `Architecture.dataset_feature`) as a `Loaded` with the record's "tags" as
-    labels. `meta["index"]` is the record's index in the split. `build` identifies the split's
+    labels. `meta["index"]` is the record's index in the split, `meta["label_names"]` the
+    dataset's tag names (the order of the labels), if given. `build` identifies the split's
     files (`train_data.split_fingerprint`) and goes into every fingerprint, so that outputs of
     another build (another data directory, a rebuild) are never reused for these records."""
     n = len(source) if limit is None else min(limit, len(source))
@@ -188,7 +190,8 @@ def source_inputs(source: Any, feature: str, label: str, split: str,
     build_id = f":{build[:16]}" if build else ""
     return [Input(key=safe_key(f"{label}-{split}-{i:06d}"), name=f"{label}:{split}[{i}]",
                   load=functools.partial(load, i),
-                  fingerprint=f"dataset:{label}:{split}:{i}{build_id}", meta={"index": i})
+                  fingerprint=f"dataset:{label}:{split}:{i}{build_id}",
+                  meta={"index": i, "label_names": tuple(label_names)})
             for i in range(n)]
 
 
@@ -215,9 +218,9 @@ def dataset_inputs(name: str, split: str, feature: str, data_dir: Optional[str] 
 
     if name in SELF_CONTAINED:
         ensure_built(name, data_dir, builder_config)
-    source, _ = load_split(name, split, data_dir, builder_config)
+    source, tags = load_split(name, split, data_dir, builder_config)
     label = f"{name}/{builder_config}" if builder_config else name
-    return source_inputs(source, feature, label, split, limit, build_identity(source))
+    return source_inputs(source, feature, label, split, limit, build_identity(source), tags)
 
 
 def build_identity(source: Any) -> str:

@@ -202,18 +202,22 @@ def test_embed_cli_writes_npz_and_resumes(model_dir, files, tmp_path, capsys):
     assert (out / "long.npy.npz").stat().st_mtime_ns == mtime
 
 
-def test_embed_of_dataset_records_names_their_source_clips(engine, tmp_path):
+def test_embed_of_dataset_records_names_their_source_clips_and_labels(engine, tmp_path):
     """A record's `path` (else `clip_id`) travels into its NPZ as `source` and into the merged
-    file as `sources`, so rows of `embed --dataset` can be matched to the user's clips."""
+    file as `sources`, so rows of `embed --dataset` can be matched to the user's clips; its
+    labels as `labels` with the dataset's `label_names`."""
     rng = np.random.default_rng(5)
     records = [{"mel": rng.normal(-30, 10, (96, 40)).astype(np.float32), "tags": np.eye(5)[i],
                 **fields} for i, fields in enumerate([
                     {"path": b"pieces/a.flac", "clip_id": b"a"}, {"clip_id": np.array(b"b")}, {}])]
-    items = inference.source_inputs(records, "mel", "toy", "holdout")
+    items = inference.source_inputs(records, "mel", "toy", "holdout", label_names=TAGS[::-1])
     report = embedding.embed_inputs(engine, items, tmp_path, progress=False)
     assert len(report.done) == 3 and not report.failed
     merged = embedding.load_embeddings(tmp_path / "embeddings.npz")
     assert list(merged["sources"]) == ["pieces/a.flac", "b", ""]
+    # The records' labels, in the dataset's tag order: a linear probe's targets.
+    np.testing.assert_array_equal(merged["labels"], np.eye(5)[:3].astype(np.uint8))
+    assert list(merged["label_names"]) == list(TAGS[::-1])
     assert list(merged["names"]) == ["toy:holdout[0]", "toy:holdout[1]", "toy:holdout[2]"]
     assert str(embedding.load_embeddings(tmp_path / f"{items[0].key}.npz")["source"]) == (
         "pieces/a.flac")
