@@ -24,8 +24,8 @@ import tensorflow_datasets as tfds
 
 from tagger_jax import audio, datasets, synth
 from tagger_jax.commands import build_dataset
-from tagger_jax.datasets import (AudioFolderConfig, MsdConfig, SyntheticConfig, magnatagatune,
-                                 msd)
+from tagger_jax.datasets import (AudioFolderConfig, MsdConfig, SyntheticConfig, audio_folder,
+                                 magnatagatune, msd)
 
 SR = 16000
 
@@ -598,6 +598,13 @@ def test_audio_folder_extra_splits(folder, tmp_path):
     segments, _ = datasets.load_split("audio_folder", "segments", tmp_path / "d", config)
     assert [ex["path"].decode() for ex in _all(segments)] == ["songs/f.wav"]
     assert [s["path"] for s in datasets.build_report(b)["segments"]] == ["songs/bad.wav"]
+    # Two spellings that would become one split are refused (`Hold-Out` and `hold out`).
+    with open(tmp_path / "two.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "tags", "split")] + rows + [("songs/a.wav", "rock",
+                                                                       "hold out")])
+    with pytest.raises(ValueError, match=r"two.csv:9: split value 'hold out' and 'hold-out' "
+                       r"\(line 6\) both become split 'hold_out'"):
+        audio_folder.read_table(tmp_path / "two.csv", config)
     with pytest.raises(ValueError, match="no split 'other'"):
         datasets.load_split("audio_folder", "other", tmp_path / "d", config)
 

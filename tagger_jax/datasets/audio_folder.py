@@ -143,6 +143,7 @@ def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[s
         if not tag_columns:
             raise ValueError(f"{path}: neither a {config.tags_column!r} column nor 0/1 tag columns")
     rows = []
+    spelled: dict[str, tuple[str, int]] = {}  # extra split name -> (value, line) that made it
     for line, rec in enumerate(records, start=2):
         rel = (rec.get(config.path_column) or "").strip()
         if not rel:
@@ -168,6 +169,12 @@ def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[s
                 split = SPLIT_ALIASES.get(value) or extra_split_name(value)
             except ValueError as e:
                 raise ValueError(f"{path}:{line}: {e}") from None
+            if value not in SPLIT_ALIASES:  # two spellings would merge into one split silently
+                first, first_line = spelled.setdefault(split, (value, line))
+                if first != value:
+                    raise ValueError(f"{path}:{line}: split value {value!r} and {first!r} (line "
+                                     f"{first_line}) both become split {split!r}; write them "
+                                     "alike, or give them names that differ in letters or digits")
         clip_id = (rec.get(config.id_column) or "").strip() if config.id_column else rel
         rows.append(Row(line, rel, clip_id or rel, tuple(tags), split))
     if tag_columns:
