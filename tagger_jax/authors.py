@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -217,8 +218,8 @@ def import_state_dict(state: Mapping[str, Any], variant: str,
         hint = f" (it is a state dict of the {other[0]!r} variant)" if other else ""
         raise AuthorsImportError(
             f"state dict does not match the authors' {variant!r} model (pons_won, conv_channels="
-            f"{config.model.conv_channels}, {config.model.positions} positions){hint}:\n"
-            + "\n".join(problems))
+            f"{config.model.conv_channels}, {config.model.positions} positions){hint}: "
+            + "; ".join(p.strip() for p in problems))
     bad = [k for k in expected
            if not np.issubdtype(arrays[k].dtype, np.number) or not np.all(np.isfinite(arrays[k]))]
     if bad:
@@ -281,6 +282,25 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                              "archive")
 
 
+# Keys under which training checkpoints keep their state dict: {"state_dict": ...} (common),
+# {"model": ...} (the authors' solver), {"model_state_dict": ...} (PyTorch's tutorial), "net".
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
+
+
+def _torch_load_problem(error: Exception) -> str:
+    """torch.load's refusal as one short phrase: a whole pickled model (weights_only refuses its
+    classes) is named as such, with what to save instead; other errors keep their first line,
+    without ANSI codes, cut to 200 characters."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    if "weights_only" in text or "Unsupported global" in text:
+        return ("holds pickled Python objects (a whole model?), not only tensors; load it where "
+                "its code is and save model.state_dict() instead (tagger-jax runs no code from "
+                "the file)")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = first if len(first) <= 200 else first[:197] + "..."
+    return f"not a readable PyTorch file ({type(error).__name__}: {first or 'empty or cut short'})"
+
+
 def _looks_like_npz(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
@@ -315,19 +335,28 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
         import torch
     except ImportError:
         raise AuthorsImportError(
-            f"{path}: reading PyTorch files needs torch: `pip install tagger-jax[torch]`, or "
+            f"{path}: reading PyTorch files needs torch (the optional extra: pip install "
+            "'tagger-jax[torch]', or -e '.[torch]' in a clone), or "
             "convert the state dict to .npz where torch is installed "
-            "(numpy.savez(out, **{k: v.numpy() for k, v in torch.load(path).items()}))") from None
+            "(docs/import.md, \".pth or .npz\", has the one-line command)") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, ...)
-        raise AuthorsImportError(f"{path}: not a readable PyTorch state dict "
-                                 f"({type(e).__name__}: {e})") from None
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]  # a training checkpoint that wraps the state dict
-    if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise AuthorsImportError(f"{path}: expected a state dict (a mapping of names to tensors), "
-                                 f"got {type(obj).__name__}")
+        raise AuthorsImportError(f"{path}: {_torch_load_problem(e)}") from None
+
+    def is_state_dict(x: Any) -> bool:
+        return isinstance(x, Mapping) and bool(x) and all(torch.is_tensor(v) for v in x.values())
+
+    if isinstance(obj, Mapping) and not is_state_dict(obj):  # a checkpoint wrapping it
+        inner = [k for k in WRAPPER_KEYS if is_state_dict(obj.get(k))]
+        if inner:
+            obj = obj[inner[0]]
+    if not is_state_dict(obj):
+        found = (f"a dict of {', '.join(map(repr, list(obj)[:8]))}" if isinstance(obj, Mapping)
+                 else type(obj).__name__)
+        raise AuthorsImportError(f"{path}: expected a state dict (a mapping of names to tensors, "
+                                 f"or one under {', '.join(map(repr, WRAPPER_KEYS))}), found "
+                                 f"{found}")
     out = {}
     for key, tensor in obj.items():
         tensor = tensor.detach().cpu()

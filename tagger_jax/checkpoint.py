@@ -84,8 +84,12 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
         return path
     if (path / EXPORT_SUBDIR / METADATA_FILE).is_file():
         return path / EXPORT_SUBDIR
+    hint = ""
+    if path.is_file() and path.suffix.lower() in (".pth", ".pt", ".npz", ".tar"):
+        hint = ("; a PyTorch state dict of the authors' code becomes one with `tagger-jax "
+                f"import-authors {path.name} --variant released|training --out DIR`")
     raise CheckpointError(f"{path}: not a tagger-jax model directory (no {METADATA_FILE}) nor a "
-                          f"training workdir with an exported {EXPORT_SUBDIR}/")
+                          f"training workdir with an exported {EXPORT_SUBDIR}/{hint}")
 
 
 def load_config(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:

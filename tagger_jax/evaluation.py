@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from tagger_jax import audio, inference
+from tagger_jax import audio, errors, inference
 
 MODES = ("chunks", "full")
 METRICS_JSON = "metrics.json"
@@ -34,8 +34,12 @@ METRICS_PNG = "metrics.png"
 PREDICTIONS_NPZ = "predictions.npz"
 
 
-class EvaluationError(ValueError):
-    """Evaluation cannot run as asked (mismatched tags, unreadable records, bad arguments)."""
+class EvaluationError(ValueError, errors.ToolError):
+    """Evaluation cannot run as asked (mismatched tags, unreadable records, bad arguments):
+    exit status `errors.USAGE`, or `errors.DATA` for a dataset that is not built or lacks the
+    split (set on the instance)."""
+
+    exit_status = errors.USAGE
 
 
 class UndefinedMetricWarning(UserWarning):
@@ -426,7 +430,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
         source, data_tags = datasets.load_split(dataset, split, data_dir,
                                                 builder_config=builder_config)
     except (FileNotFoundError, ValueError) as e:  # not built, unknown name or split
-        raise EvaluationError(f"cannot open {dataset}/{split} in {data_dir}: {e}") from e
+        error = EvaluationError(f"cannot open {dataset}/{split} in {data_dir}: {e}")
+        error.exit_status = errors.exit_status(e, default=errors.USAGE)  # not built: DATA
+        raise error from e
     order = check_tags(loaded.tags, data_tags, loaded.directory, dataset)
     missing = [t for t, k in zip(loaded.tags, order)
                if k < 0] if order is not None else []

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))  # for benchmarks.torch_twin
 from benchmarks import torch_twin  # noqa: E402
 from tagger_jax import authors  # noqa: E402
 from tagger_jax.authors import AuthorsImportError, import_state_dict, read_state_dict  # noqa: E402
-from tagger_jax.checkpoint import load_model  # noqa: E402
+from tagger_jax.checkpoint import CheckpointError, load_model  # noqa: E402
 from tagger_jax.commands import import_authors  # noqa: E402
 from tagger_jax.models import build_model  # noqa: E402
 from tagger_jax.tags import MTAT_TOP50  # noqa: E402
@@ -150,7 +150,7 @@ def test_unreadable_files_are_named(tmp_path, monkeypatch):
         read_state_dict(bad_npz)
     monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
     (tmp_path / "x.pth").write_bytes(b"\x80\x02}q\x00.")  # a pickled empty dict
-    with pytest.raises(AuthorsImportError, match=r"x.pth: .*pip install tagger-jax\[torch\]"):
+    with pytest.raises(AuthorsImportError, match=r"x.pth: .*pip install 'tagger-jax\[torch\]'"):
         read_state_dict(tmp_path / "x.pth")
 
 
@@ -190,12 +190,40 @@ def test_cli_errors_exit_2_without_traceback(released, tmp_path, capsys):
     np.savez(bad, **{k: v for k, v in state.items() if k != "classifier.weight"})
     assert run_cli(str(bad), "--variant", "released", "--out", str(tmp_path / "m")) == 2
     err = capsys.readouterr().err
-    assert "tagger-jax import-authors: error:" in err and "classifier.weight" in err
-    assert "Traceback" not in err
+    assert err.startswith(f"error: {bad}: state dict does not match") and err.count("\n") == 1
+    assert "classifier.weight" in err and "Traceback" not in err
     assert not (tmp_path / "m").exists()
     assert run_cli(str(tmp_path / "nope.pth"), "--variant", "training", "--out",
                    str(tmp_path / "m")) == 2
     assert "nope.pth: no such file" in capsys.readouterr().err
+
+
+def test_cli_tag_names_from_a_file_and_a_protected_out(released, tmp_path, capsys):
+    """--tags FILE names the classifier's outputs (a model trained on MSD with their code);
+    --out refuses a folder of other files and says when it replaces a model."""
+    _, path, *_ = released
+    names = tmp_path / "50tagList.txt"
+    names.write_text("".join(f"tag{k}\n" for k in range(50)))
+    out = tmp_path / "msd_model"
+    assert run_cli(str(path), "--variant", "released", "--out", str(out), "--tags",
+                   str(names)) == 0
+    assert "50 tags from 50tagList.txt" in capsys.readouterr().out
+    assert load_model(out).tags == tuple(f"tag{k}" for k in range(50))
+    assert run_cli(str(path), "--variant", "released", "--out", str(out)) == 0
+    assert "it replaced the model that was there" in capsys.readouterr().out
+    names.write_text("a\nb\n")  # 2 names for a 50-output classifier
+    assert run_cli(str(path), "--variant", "released", "--out", str(tmp_path / "x"), "--tags",
+                   str(names)) == 2
+    assert "classifier.weight" in capsys.readouterr().err  # the shapes say 50, not 2
+    with pytest.raises(CheckpointError, match=r"ponswon.npz: not a tagger-jax model directory .*"
+                       r"`tagger-jax import-authors ponswon.npz --variant released\|training"):
+        load_model(path)  # the state dict itself given as --checkpoint
+    music = tmp_path / "music"
+    music.mkdir()
+    (music / "a.txt").write_text("mine")
+    assert run_cli(str(path), "--variant", "released", "--out", str(music)) == 4
+    assert "holds other files than a tagger-jax model" in capsys.readouterr().err
+    assert sorted(p.name for p in music.iterdir()) == ["a.txt"]
 
 
 # ------------------------------------------------------------------ torch
@@ -219,6 +247,23 @@ def test_pth_round_trip(tmp_path):
     torch.save(twin.state_dict(), plain)
     torch.save({"state_dict": {"module." + k: v for k, v in twin.state_dict().items()},
                 "epoch": 3}, wrapped)
+    solver = tmp_path / "solver.pth"  # the authors' solver saves {"model": state_dict}
+    torch.save({"model": twin.state_dict()}, solver)
+    assert sorted(read_state_dict(solver)) == sorted(state)
+    whole = tmp_path / "whole.pth"  # a pickled module: refused in one line saying what it is
+    torch.save(torch.nn.Linear(2, 2), whole)
+    with pytest.raises(AuthorsImportError, match=r"whole.pth: holds pickled Python objects \(a "
+                       r"whole model\?\), not only tensors; .*save model.state_dict\(\)"):
+        read_state_dict(whole)
+    other = tmp_path / "other.pth"
+    torch.save({"epoch": 3, "optimizer": {"lr": 1e-4}}, other)
+    with pytest.raises(AuthorsImportError, match=r"found a dict of 'epoch', 'optimizer'"):
+        read_state_dict(other)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(plain.read_bytes()[:5000])
+    with pytest.raises(AuthorsImportError, match=r"cut.pth: not a readable PyTorch file") as e:
+        read_state_dict(cut)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
     for path, prefix in ((plain, ""), (wrapped, "module.")):
         read = read_state_dict(path)
         assert sorted(read) == sorted(prefix + k for k in state)

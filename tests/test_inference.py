@@ -310,6 +310,17 @@ def test_dataset_options_without_dataset_are_usage_errors(model_dir, files, tmp_
         assert not (tmp_path / command).exists() or not any((tmp_path / command).iterdir())
 
 
+def test_a_dataset_not_built_is_exit_status_6_in_every_command(model_dir, tmp_path, capsys):
+    """The README's table: 6 is "dataset not built"; evaluate, explain and embed said 2."""
+    empty = str(tmp_path / "data")
+    for argv in (["evaluate", "--checkpoint", str(model_dir), "--out", str(tmp_path / "ev")],
+                 ["explain", "--checkpoint", str(model_dir), "--out", str(tmp_path / "ex")],
+                 ["embed", "--checkpoint", str(model_dir), "--out", str(tmp_path / "em")]):
+        rc = cli.main(argv + ["--dataset", "magnatagatune", "--data-dir", empty])
+        err = capsys.readouterr().err
+        assert rc == 6 and err.count("\n") == 1 and "is not built" in err, (argv[0], rc, err)
+
+
 def test_host_memory_of_a_run_does_not_grow_with_the_track(engine):
     """Tagging a track 8x longer at a fine hop (one frame): the Python-side memory the run
     allocates beyond the input itself stays within a small factor (tracemalloc peaks; numpy

@@ -16,25 +16,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'training': a model trained with their training code (c = 16, "
                              "sinusoidal positions)")
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="model directory to write (tagger.json + variables/)")
+                        help="model directory to write (tagger.json + variables/): a new or "
+                             "empty folder, or a model directory to replace")
+    parser.add_argument("--tags", default="mtat", metavar="mtat|FILE",
+                        help="the classifier's tag names, in output order: 'mtat' (default; the "
+                             "MagnaTagATune top 50 of the released checkpoint), or a text file "
+                             "with one tag per line (e.g. the 50tagList.txt of an MSD model "
+                             "trained with their code's --dataset msd)")
+
+
+def read_tags(text: str) -> tuple[tuple[str, ...], str]:
+    """(tag names, how to describe them) of --tags: 'mtat' or a file of one tag per line.
+    Raises ValueError naming the file when it cannot be read, is empty or repeats a tag."""
+    from pathlib import Path
+
+    from tagger_jax.tags import MTAT_TOP50
+
+    if text == "mtat":
+        return tuple(MTAT_TOP50), "MTAT tags"
+    path = Path(text).expanduser()
+    try:
+        tags = [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--tags {text}: not 'mtat' nor a readable text file of tag names "
+                         f"({e})") from None
+    repeated = sorted({t for t in tags if tags.count(t) > 1})
+    if not tags or repeated:
+        raise ValueError(f"{path}: expected one tag name per line, "
+                         + (f"found {', '.join(repeated)} more than once" if repeated
+                            else "found none"))
+    return tuple(tags), f"tags from {path.name}"
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from tagger_jax.authors import AuthorsImportError, import_state_dict, param_count, \
         read_state_dict
-    from tagger_jax.checkpoint import CheckpointError, save_model
-    from tagger_jax.tags import MTAT_TOP50
+    from tagger_jax.checkpoint import METADATA_FILE, CheckpointError, save_model
 
-    from tagger_jax import outputs
+    from tagger_jax import errors, outputs
 
-    outputs.check_output_dir(args.out)  # before any work (errors.OUTPUT)
+    out = outputs.check_output_dir(args.out)  # before any work (errors.OUTPUT)
+    if out.is_dir() and any(out.iterdir()) and not (out / METADATA_FILE).is_file():
+        print(f"error: {out}: exists and holds other files than a tagger-jax model; give a new "
+              "or empty folder (or a model directory to replace)", file=sys.stderr)
+        return errors.OUTPUT
+    try:
+        tags, described = read_tags(args.tags)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return errors.USAGE
     try:
         state = read_state_dict(args.state_dict)
-        variables, config = import_state_dict(state, args.variant, num_tags=len(MTAT_TOP50))
-        out = save_model(args.out, variables, config, MTAT_TOP50)
-    except (AuthorsImportError, CheckpointError, OSError) as e:
-        print(f"tagger-jax import-authors: error: {e}", file=sys.stderr)
-        return 2
+        variables, config = import_state_dict(state, args.variant, num_tags=len(tags))
+        replacing = (out / METADATA_FILE).is_file()
+        out = save_model(out, variables, config, tags)
+    except (AuthorsImportError, CheckpointError, ValueError, OSError) as e:
+        text = str(e) if str(e).startswith(str(Path(args.state_dict).expanduser())) \
+            else f"{args.state_dict}: {e}"
+        print(f"error: {errors.one_line(text)}", file=sys.stderr)
+        return errors.USAGE
     print(f"imported {param_count(variables):,} parameters ({args.variant} variant, "
-          f"conv_channels={config.model.conv_channels}, {len(MTAT_TOP50)} MTAT tags) -> {out}")
+          f"conv_channels={config.model.conv_channels}, {len(tags)} {described}) -> {out}"
+          + ("; it replaced the model that was there" if replacing else ""))
     return 0

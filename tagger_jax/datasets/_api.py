@@ -268,6 +268,13 @@ def tag_names(name_or_builder: str | tfds.core.DatasetBuilder,
     return tuple(metadata["tags"])
 
 
+class NotBuiltError(FileNotFoundError, errors.ToolError):
+    """A dataset (config) is not built in the data directory: one line naming the command that
+    builds it, exit status `errors.DATA`; a FileNotFoundError for callers that catch those."""
+
+    exit_status = errors.DATA
+
+
 class MissingSplitError(ValueError, errors.ToolError):
     """A built dataset has no such split (e.g. training on an evaluation-only `audio_folder`
     build, whose CSV rows are all `test`): one line, exit status `errors.DATA`."""
@@ -288,7 +295,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike,
         others = sorted(p.name for p in (Path(_expand(data_dir)) / name).glob("*")
                         if p.is_dir() and any(p.glob("*/dataset_info.json")))
         built = f"; built there: configs {others} (--builder-config NAME)" if others else ""
-        raise FileNotFoundError(
+        raise NotBuiltError(
             f"dataset {name}{config} is not built in {builder.data_dir}; run `tagger-jax "
             f"build-dataset {name}{config} --data-dir {_expand(data_dir)}{manual}` (or "
             f"`ensure_built`) first{built}")
