@@ -293,7 +293,8 @@ def test_inference_commands_share_one_definition_of_their_input_options():
               "--retry-failed", "--no-progress"]
     for flag in shared:
         assert ex[flag] == em[flag], flag
-    for flag in ("--checkpoint", "--workdir", "--hop", "--windows", "--num-chunks"):
+    for flag in ("--checkpoint", "--workdir", "--hop", "--windows", "--num-chunks",
+                 "--no-progress"):  # tag's --no-progress is also --quiet
         assert tg[flag] == em[flag], flag
     assert ev["--checkpoint"] == em["--checkpoint"] and ev["--workdir"] == em["--workdir"]
 

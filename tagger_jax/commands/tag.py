@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write all results as a JSON list (updated as files finish)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the successful results already in --output, tag the rest")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", "--quiet", dest="quiet", action="store_true",
+                        help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
