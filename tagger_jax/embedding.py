@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from tagger_jax import inference
 
-FORMAT = "tagger-jax-embedding/3"  # /2: tag_names in every NPZ; /3: source
+FORMAT = "tagger-jax-embedding/3"  # /2: tag_names in every NPZ; /3: source, records' labels
 MERGED = "embeddings.npz"
 FAILURES = "failures.json"
 FIELDS = ("embedding", "frontend", "probabilities")

@@ -195,16 +195,19 @@ def source_inputs(source: Any, feature: str, label: str, split: str,
             for i in range(n)]
 
 
+def record_text(value: Any) -> str:
+    """A record's text feature (bytes, or a 0-d array of bytes, from the data source) as str."""
+    value = value.item() if isinstance(value, np.ndarray) else value
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def record_source(record: Mapping[str, Any]) -> str:
     """Which clip of a collection a dataset record is: its `path` feature (the source file, or a
     generated dataset's `gm://...` / `synth://...` address), else its `clip_id`; "" if neither."""
     for key in ("path", "clip_id"):
-        value = record.get(key)
-        if value is not None:
-            value = value.item() if isinstance(value, np.ndarray) else value
-            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-            if text:
-                return text
+        text = record_text(record[key]) if record.get(key) is not None else ""
+        if text:
+            return text
     return ""
 
 

@@ -217,7 +217,7 @@ def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
     def extras(i: int) -> dict[str, Any]:
         record = source[i]
         out: dict[str, Any] = {"true_tags": true_tags(record)}
-        clip = {k: _text(record[k]) for k in ("clip_id", "path") if k in record}
+        clip = {k: inference.record_text(record[k]) for k in ("clip_id", "path") if k in record}
         if clip:  # which clip of the user's collection the record is
             out["record"] = clip
         if "tag_mask" in record:
@@ -232,12 +232,6 @@ def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
         it, extras=functools.partial(extras, i),
         explain_tags=tuple(true_tags(source[i])) if explain_labels else ())
         for i, it in enumerate(items)]
-
-
-def _text(value: Any) -> str:
-    """A record's text feature (bytes from the data source) as str."""
-    value = value.item() if isinstance(value, np.ndarray) else value
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _regenerated_audio(name, split, data_dir, builder_config, loaded):
@@ -285,7 +279,7 @@ def _decoder(metadata: Mapping[str, Any], features):
         return None
 
     def make(i: int, record) -> tuple[np.ndarray | None, str]:
-        file = Path(root) / _text(record.get("path", ""))
+        file = Path(root) / inference.record_text(record.get("path", ""))
         if not file.is_file():
             return None, f"no audio: the source file {file} is no longer there"
         try:
@@ -325,7 +319,7 @@ def _generator(name: str, split: str, config, metadata: Mapping[str, Any], featu
     files = _bank_files(note)
 
     def render(i: int, record) -> tuple[np.ndarray | None, str]:
-        bank = _text(record.get("bank", ""))
+        bank = inference.record_text(record.get("bank", ""))
         file = files.get(bank)
         if file is None or not Path(file).is_file():
             return None, (f"no audio: the bank {bank!r} this record was rendered with is not "
