@@ -67,16 +67,20 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return errors.USAGE
-    try:
+    try:  # the state dict: its errors name the file
         state = read_state_dict(args.state_dict)
         variables, config = import_state_dict(state, args.variant, num_tags=len(tags))
-        replacing = (out / METADATA_FILE).is_file()
-        out = save_model(out, variables, config, tags)
-    except (AuthorsImportError, CheckpointError, ValueError, OSError) as e:
+    except AuthorsImportError as e:
         text = str(e) if str(e).startswith(str(Path(args.state_dict).expanduser())) \
             else f"{args.state_dict}: {e}"
         print(f"error: {errors.one_line(text)}", file=sys.stderr)
         return errors.USAGE
+    replacing = (out / METADATA_FILE).is_file()
+    try:  # the model directory: its errors name it (a disk that fills is an output error)
+        out = save_model(out, variables, config, tags)
+    except (CheckpointError, OSError) as e:
+        print(f"error: {errors.one_line(str(e))}", file=sys.stderr)
+        return errors.OUTPUT if isinstance(e, OSError) else errors.USAGE
     print(f"imported {param_count(variables):,} parameters ({args.variant} variant, "
           f"conv_channels={config.model.conv_channels}, {len(tags)} {described}) -> {out}"
           + ("; it replaced the model that was there" if replacing else ""))
