@@ -92,7 +92,8 @@ def out_dir(tmp_path_factory, loaded):
     sf.write(audio, wave.astype(np.float32), 16000)
     out = root / "out"
     options = runner.ExplainOptions(methods=("attention", "contribution", "grad_x_input"),
-                                    tags=("t0", TAGS[3]), listen=True, plot=False, batch_size=4)
+                                    tags=("t0", TAGS[3]), listen=True, plot=False, batch_size=4,
+                                    listen_methods=runner.AURALISED)
     result = runner.explain_inputs(loaded, runner.file_items(loaded, [audio]), out, options,
                                    progress=False, log=None)
     assert not result.failed, result.failed

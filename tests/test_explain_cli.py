@@ -261,7 +261,7 @@ def test_dollar_names_plot_as_text_and_methods_all_has_no_duplicate_rows(setup, 
     out = tmp_path / "out"
     rc = explain("--checkpoint", str(model_dir), str(src), "--out", str(out), "--methods", "all",
                  "--tags", "t1,no <vocal> & co", "--ig-steps", "2", "--batch-size", "4",
-                 "--listen", "--line-seconds", "0.5")
+                 "--listen-methods", "all", "--line-seconds", "0.5")
     assert rc == 0
     key = runner.safe_key(name)
     assert (out / f"{key}.png").stat().st_size and (out / f"{key}.html").stat().st_size
@@ -366,6 +366,39 @@ def test_listen_on_a_spectrogram_says_there_is_nothing_to_hear(setup, tmp_path, 
     assert rc == 0
     assert "warning: --listen: 1 input(s) have no audio" in err and "long.npy)" in err
     assert {p.name.split(".")[0] for p in (tmp_path / "out").glob("*.kept.ogg")} == {"tone"}
+
+
+def test_listen_skips_grad_x_input_unless_asked_and_checks_listen_methods(setup, tmp_path,
+                                                                          capsys):
+    """--listen alone does not auralise grad_x_input (anti-faithful on log-mel models): a note
+    line says so, the summary and the page name it; --listen-methods picks what is heard (and
+    implies --listen); a method that cannot be heard or is not computed is a usage error."""
+    model_dir, inputs, _ = setup
+    tone = str(inputs / "tone.wav")
+    common = ("--checkpoint", str(model_dir), tone, "--methods", METHODS, "--top-k", "1",
+              "--no-plot")
+    out = tmp_path / "default"
+    assert explain(*common, "--out", str(out), "--listen") == 0
+    err = capsys.readouterr().err
+    assert "note: --listen: grad_x_input not auralised by default" in err
+    summary = json.loads((out / "tone.wav.json").read_text())
+    heard = summary["files"]["audio"]
+    assert {m["method"] for m in heard["maps"]} == {"attention", "contribution"}
+    assert list(heard["not_auralised"]) == ["grad_x_input"]
+    assert not list(out.glob("*.grad_x_input.*.ogg"))
+    page = (out / "tone.wav.html").read_text()
+    assert '"silent":' in page and "not auralised by default" in page
+    out = tmp_path / "chosen"
+    assert explain(*common, "--out", str(out), "--listen-methods", "grad_x_input") == 0
+    assert "note: --listen" not in capsys.readouterr().err
+    summary = json.loads((out / "tone.wav.json").read_text())
+    assert {m["method"] for m in summary["files"]["audio"]["maps"]} == {"grad_x_input"}
+    assert "not_auralised" not in summary["files"]["audio"]
+    for bad, says in (("attention_heads", "attention_heads cannot be heard"),
+                      ("rollout", "names rollout, which --methods does not compute")):
+        assert explain(*common, "--out", str(tmp_path / "bad"), "--listen-methods", bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --listen-methods") and says in err and "\n" not in err
 
 
 def test_decoded_waveforms_in_memory_stay_bounded_over_many_files(setup, tmp_path, monkeypatch):

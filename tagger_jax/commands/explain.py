@@ -47,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", action="store_true",
                         help="write auralised audio per map and tag: the input kept where the "
                              "map is high (STEM.METHOD.TAG.kept.ogg) and the rest (.removed.ogg)")
+    parser.add_argument("--listen-methods", type=_csv, default=None, metavar="LIST",
+                        help="comma-separated methods whose maps --listen auralises, or 'all' "
+                             "(implies --listen; default: every explained one but "
+                             "grad_x_input, which is anti-faithful on log-mel models)")
     parser.add_argument("--listen-keep", type=float, default=0.5,
                         help="fraction of frames (time maps) or STFT bins (gradient maps) kept "
                              "(default 0.5)")
@@ -95,6 +99,19 @@ def run(args: argparse.Namespace) -> int:
     methods = args.methods or runner.DEFAULT_METHODS
     if methods == ("all",):
         methods = M.METHODS
+    listen_methods = args.listen_methods
+    if listen_methods is not None:
+        args.listen = True
+        if listen_methods == ("all",):
+            listen_methods = runner.AURALISED
+        unknown = [m for m in listen_methods if m not in runner.AURALISED]
+        unasked = [m for m in listen_methods if m in runner.AURALISED and m not in methods]
+        if unknown:
+            return error(f"--listen-methods: {', '.join(unknown)} cannot be heard (choose from "
+                         f"{', '.join(runner.AURALISED)}, or 'all')")
+        if unasked:
+            return error(f"--listen-methods names {', '.join(unasked)}, which --methods does "
+                         f"not compute (add it there)")
     try:
         check_inputs(args)
         plan = window_plan(args)
@@ -105,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             ig_steps=args.ig_steps, ig_baseline=args.ig_baseline, target=args.target,
             layer=args.layer, plot=not args.no_plot, batch_size=args.batch_size,
             retry_failed=args.retry_failed, plot_line_s=args.line_seconds or None,
-            listen=args.listen, listen_keep=args.listen_keep,
+            listen=args.listen, listen_methods=listen_methods, listen_keep=args.listen_keep,
             listen_softness=args.listen_softness, report=not args.no_report)
         if args.tags_from and args.tags:
             return error("give --tags or --tags-from, not both")

@@ -222,6 +222,8 @@ def page_data(summary: Mapping[str, Any], log_mel: np.ndarray, spec_step_s: floa
         m = audio_by_map.get((r.get("method"), r.get("tag")))
         if m is not None:
             row["audio"] = {"kept": m["kept"], "removed": m["removed"]}
+        elif r.get("method") in audio_files.get("not_auralised", {}):
+            row["silent"] = audio_files["not_auralised"][r["method"]]
         out_rows.append(row)
     return {
         "name": str(summary.get("input", "")), "key": str(summary.get("key", "")),

@@ -41,6 +41,13 @@ from tagger_jax.explain import report
 from tagger_jax.explain.stitch import covered, stitch
 
 DEFAULT_METHODS = ("attention", "contribution", "grad_x_input")
+# Maps that can be heard: one value per frame, or per (band, frame) for the gradients.
+AURALISED = ("attention", "rollout", "contribution") + M.GRADIENT_METHODS
+# Those `--listen` plays unless told otherwise: not grad_x_input, whose kept half lowers the tag
+# on log-mel models (the listening benchmark of docs/explanations.md: anti-faithful there).
+LISTEN_DEFAULT = tuple(m for m in AURALISED if m != "grad_x_input")
+NOT_AURALISED_NOTE = ("not auralised by default: keeping its top half lowers the tag on log-mel "
+                      "models (docs/explanations.md); --listen-methods names what to hear")
 FORMAT = report.FORMAT
 
 
@@ -63,6 +70,8 @@ class ExplainOptions:
     listen: bool = False  # write auralised audio (kept part and complement) per map and tag
     listen_keep: float = 0.5  # fraction of frames (time maps) or STFT bins (band maps) kept
     listen_softness: float = 0.0  # 0: hard mask; > 0: logistic ramp (explain.auralise.keep_mask)
+    # Methods whose maps `listen` auralises; None: every explained one in LISTEN_DEFAULT.
+    listen_methods: Optional[tuple[str, ...]] = None
     report: bool = True  # the interactive page per input (STEM.html) and the index
     # Not part of the signature: they change speed, not results.
     batch_size: int = 8  # windows per device batch
@@ -74,7 +83,21 @@ class ExplainOptions:
         keep = ("methods", "tags", "top_k", "hop", "windows", "num_chunks", "ig_steps",
                 "ig_baseline", "target", "layer", "plot", "plot_line_s", "listen", "listen_keep",
                 "listen_softness", "report")
-        return {k: getattr(self, k) for k in keep}
+        fields = {k: getattr(self, k) for k in keep}
+        if self.listen:  # only then does it change the outputs (earlier signatures kept)
+            fields["listen_methods"] = self.auralised()
+        return fields
+
+    def auralised(self) -> tuple[str, ...]:
+        """The explained methods whose maps `listen` turns into audio, in `methods` order."""
+        chosen = LISTEN_DEFAULT if self.listen_methods is None else self.listen_methods
+        return tuple(m for m in self.methods if m in chosen and m in AURALISED)
+
+    def not_auralised(self) -> tuple[str, ...]:
+        """Explained methods with a map to hear that `listen` skips by default (LISTEN_DEFAULT)."""
+        if self.listen_methods is not None:
+            return ()
+        return tuple(m for m in self.methods if m in AURALISED and m not in LISTEN_DEFAULT)
 
 
 InputItem = inference.Input  # one thing to explain (key, name, load, fingerprint, meta, marks)
@@ -546,7 +569,6 @@ def _spectrogram(ctx: _Context, track: _Track) -> np.ndarray:
     return log_mel(track.signal, **ctx.features.mel_kwargs)
 
 
-AURALISED = ("attention", "rollout", "contribution") + M.GRADIENT_METHODS
 SHORT = {"attention": "attention", "attention_heads": "attention head",
          "attention_layers": "attention layer", "rollout": "rollout",
          "contribution": "contribution", "grad_x_input": "grad x input",
@@ -647,8 +669,9 @@ def _auralise(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray],
         return files
     times = None if not ctx.waveform else res["frame_times"]
     tag_stems = tag_file_names(ctx.tags)
+    heard = ctx.options.auralised()
     for r in rows:
-        if r["method"] not in AURALISED:
+        if r["method"] not in heard:
             continue
         stem = f"{key}.{r['method']}" + ("" if r["tag"] is None else f".{tag_stems[r['tag']]}")
         kept, rest = A.auralise(wave, r["values"], keep=ctx.options.listen_keep,
@@ -659,6 +682,9 @@ def _auralise(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray],
                               "kept": put(f"{stem}.kept.ogg", kept),
                               "removed": put(f"{stem}.removed.ogg", rest)})
     files.update(keep=ctx.options.listen_keep, softness=ctx.options.listen_softness)
+    skipped = ctx.options.not_auralised()
+    if skipped:
+        files["not_auralised"] = {m: NOT_AURALISED_NOTE for m in skipped}
     return files
 
 
@@ -860,6 +886,9 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
 
     if replaced:
         print(inference.replaced_line(len(replaced), out_dir, "explained"), file=sys.stderr)
+    if options.listen and options.not_auralised() and todo and process == 0:
+        print(f"note: --listen: {', '.join(options.not_auralised())} {NOT_AURALISED_NOTE}",
+              file=sys.stderr)
     bar = tqdm(total=len(share), initial=len(share) - len(todo),
                disable=not progress or process != 0, unit="input", desc="explain")
     tracks: dict[str, _Track] = {}

@@ -198,6 +198,8 @@
       b.appendChild(kept);
       b.appendChild(removed);
       item.label.appendChild(b);
+    } else if (r.silent) {
+      item.label.appendChild(el('div', { class: 'meta', title: r.silent }, 'not auralised'));
     }
     strip.appendChild(item.el);
     rows.push(item);
