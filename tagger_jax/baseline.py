@@ -143,12 +143,13 @@ class Scored:
 
 def fit_and_score(train_source, tag_names: Sequence[str], eval_sources: dict[str, Any],
                   eval_tags: Optional[dict[str, Sequence[str]]] = None, fitted_on: str = "train",
-                  bars: Optional[Bars] = None) -> Scored:
+                  bars: Optional[Bars] = None, only: Optional[Sequence[str]] = None) -> Scored:
     """Fits the baseline on `train_source` (labels over `tag_names`) and scores it on each of
     `eval_sources` ({split name: source}) over the tags that split shares with `tag_names`.
 
     `eval_tags`: {split name: its tag names, in its label order} for splits whose tags differ
-    from `tag_names` (default: the same tags). `fitted_on` and the split names label the
+    from `tag_names` (default: the same tags). `only`: score no tags outside it (e.g. the
+    model's, when a split also lists others). `fitted_on` and the split names label the
     progress bars (`bars`: see `source_features`). Raises `tagger_jax.evaluation.EvaluationError`,
     before any feature is computed, when a split shares no tag with the training split.
     """
@@ -158,7 +159,7 @@ def fit_and_score(train_source, tag_names: Sequence[str], eval_sources: dict[str
     shared = {}
     for split in eval_sources:
         theirs = [str(t) for t in (eval_tags or {}).get(split, names)]
-        common = [t for t in names if t in set(theirs)]
+        common = [t for t in names if t in set(theirs) and (only is None or t in set(only))]
         if not common:
             raise EvaluationError(f"baseline: {fitted_on} and {split} share no tag")
         shared[split] = (common, theirs)
@@ -245,8 +246,11 @@ def report_beside(result: dict, print_fn=print, train: str = "dataset") -> dict:
     except (FileNotFoundError, ValueError) as e:
         raise EvaluationError(f"baseline: cannot open {name}/{split}: {e}") from e
     scored_as = f"{name}/{split}"
+    # With evaluate --common-tags the split lists tags the model does not: not scored here either.
+    model_tags = [row["tag"] for row in result["per_tag"]] if result.get(
+        "ignored_dataset_tags") else None
     scored = fit_and_score(train_source, train_tags, {scored_as: evaluated},
-                           {scored_as: eval_tags}, fitted_on)
+                           {scored_as: eval_tags}, fitted_on, only=model_tags)
     metrics = scored.metrics[scored_as]
     tags = [row["tag"] for row in metrics["per_tag"]]
     constant = [t for t in scored.constant_tags if t in set(tags)]

@@ -193,8 +193,11 @@ def _fmt(value: float | None, width: int = 7) -> str:
 
 
 def format_table(metrics: Mapping[str, Any]) -> str:
-    """A plain-text table: tag, ROC-AUC, PR-AUC, positives; then the means."""
-    rows = metrics["per_tag"]
+    """A plain-text table: tag, ROC-AUC, PR-AUC, positives; then the means, and the excluded
+    tags by reason (tags not evaluated, e.g. not in the dataset, have no row: one line names
+    them; tags with a single label value keep their n/a row)."""
+    reasons = metrics.get("excluded_reasons", {})
+    rows = [r for r in metrics["per_tag"] if r["tag"] not in reasons]  # named once, below
     width = max([len("tag")] + [len(r["tag"]) for r in rows])
     lines = [f"{'tag':<{width}}  ROC-AUC   PR-AUC  positives",
              "-" * (width + 29)]
@@ -205,7 +208,6 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     lines.append("-" * (width + 29))
     lines.append(f"{'mean':<{width}}  {_fmt(metrics['roc_auc_mean'])}  "
                  f"{_fmt(metrics['pr_auc_mean'])}  {metrics['num_clips']:6d} clips")
-    reasons = metrics.get("excluded_reasons", {})
     single = [t for t in metrics["excluded_tags"] if t not in reasons]
     if single:
         lines.append(f"({len(single)} tag(s) with a single label value excluded from the means: "
@@ -298,15 +300,15 @@ def _some(names: Sequence[str], most: int = 5) -> str:
 
 
 def check_tags(model_tags: Sequence[str], data_tags: Sequence[str], model_dir: Any,
-               dataset: str) -> np.ndarray | None:
+               dataset: str, common_tags: bool = False) -> np.ndarray | None:
     """The dataset's label columns in the model's tag order: None when both lists are equal,
     else int indices `order` (one per model tag) with data_tags[order[k]] == model_tags[k], and
     order[k] == -1 for a model tag the dataset does not list (it cannot be evaluated: see
     `with_unevaluated`). The dataset may list the tags in another order (e.g. an `audio_folder`
     CSV's `tags` column, ordered by frequency) and may lack some of the model's tags.
     Raises EvaluationError naming them when the dataset lists tags the model does not know
-    (their labels would be scored against nothing: likely the wrong model or dataset), or when
-    the two share no tag."""
+    (their labels would be scored against nothing: likely the wrong model or dataset) unless
+    `common_tags` (then those label columns are not read), or when the two share no tag."""
     model_tags, data_tags = [str(t) for t in model_tags], [str(t) for t in data_tags]
     if model_tags == data_tags:
         return None
@@ -314,7 +316,7 @@ def check_tags(model_tags: Sequence[str], data_tags: Sequence[str], model_dir: A
         raise EvaluationError(f"{model_dir} or dataset {dataset!r} lists a tag twice")
     only_data = [t for t in data_tags if t not in set(model_tags)]
     common = [t for t in model_tags if t in set(data_tags)]
-    if only_data or not common:
+    if (only_data and not common_tags) or not common:
         only_model = [t for t in model_tags if t not in set(data_tags)]
         detail = (f"{len(model_tags)} model tags vs {len(data_tags)} dataset tags; only in the "
                   f"dataset: {_some(only_data)}; only in the model: {_some(only_model)}")
@@ -323,9 +325,11 @@ def check_tags(model_tags: Sequence[str], data_tags: Sequence[str], model_dir: A
                 if t.lower() in folded]
         if near:
             detail += f"; differing only in case: {', '.join(near[:5])}"
+        hint = ("Evaluate on a dataset labelled with (a subset of) the model's tags, or "
+                "score the tags both list (evaluate --common-tags)") if common else (
+                "Evaluate on a dataset labelled with (a subset of) the model's tags")
         raise EvaluationError(f"{model_dir}: the model's tags do not match dataset {dataset!r}: "
-                              f"{detail}. Evaluate on a dataset labelled with (a subset of) the "
-                              "model's tags.")
+                              f"{detail}. {hint}.")
     return np.asarray([data_tags.index(t) if t in set(data_tags) else -1 for t in model_tags])
 
 
@@ -387,7 +391,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
                         batch_size: int | None = None, num_chunks: int | None = None,
                         hop_s: float | None = None, print_fn: Callable[[str], None] | None = print,
                         preflight: Callable[[dict], Any] | None = None,
-                        hold: Callable[[Path], Any] | None = None) -> dict:
+                        hold: Callable[[Path], Any] | None = None,
+                        common_tags: bool = False) -> dict:
     """Loads a model, predicts a dataset split, writes the report; returns the metrics dict.
 
     `path` is a model directory or a training workdir with an exported best model. Dataset,
@@ -399,7 +404,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     (e.g. `evaluate --baseline`'s training split) fails before the model's run. `hold`, if
     given, is called with the output folder (`out_dir`, or the default below) before any
     prediction: `tagger-jax evaluate` takes the folder's lock there, so that two evaluations
-    writing one folder cannot mix their files. The default folder is
+    writing one folder cannot mix their files. `common_tags`: a dataset may also list tags the
+    model does not know; they are not scored (one note names them; the result's
+    "ignored_dataset_tags" lists them). The default folder is
     MODEL/evaluation/<dataset>[-<config>]_<split>_<mode> (the config named when it is not the
     model's own).
     """
@@ -423,7 +430,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
         raise EvaluationError(f"batch size and chunks must be positive, got {batch_size} and "
                               f"{num_chunks}")
     if dataset in datasets.SELF_CONTAINED:  # tags every build has: no build for a wrong model
-        check_tags(loaded.tags, datasets.BUILDERS[dataset].TAGS, loaded.directory, dataset)
+        check_tags(loaded.tags, datasets.BUILDERS[dataset].TAGS, loaded.directory, dataset,
+                   common_tags)
     try:
         if dataset in datasets.SELF_CONTAINED:  # e.g. synthetic_tags: built on first use
             datasets.ensure_built(dataset, data_dir, builder_config)
@@ -433,15 +441,19 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
         error = EvaluationError(f"cannot open {dataset}/{split} in {data_dir}: {e}")
         error.exit_status = errors.exit_status(e, default=errors.USAGE)  # not built: DATA
         raise error from e
-    order = check_tags(loaded.tags, data_tags, loaded.directory, dataset)
+    order = check_tags(loaded.tags, data_tags, loaded.directory, dataset, common_tags)
     missing = [t for t, k in zip(loaded.tags, order)
                if k < 0] if order is not None else []
+    ignored = [t for t in map(str, data_tags) if t not in set(map(str, loaded.tags))]
     if print_fn is not None and jax.process_index() == 0:
-        if missing:
-            print_fn(f"note: {dataset} lacks {len(missing)} of the model's {len(order)} tags "
-                     f"({', '.join(missing)}): not evaluated (n/a); the means are over "
-                     f"the {len(order) - len(missing)} common tags")
-        elif order is not None:
+        if ignored:
+            print_fn(f"note: {dataset} lists {len(ignored)} tag(s) the model does not know, not "
+                     f"scored (--common-tags): {', '.join(ignored)}")
+        if missing:  # named once, under the table
+            print_fn(f"note: {dataset} lacks {len(missing)} of the model's {len(order)} tags: "
+                     f"not evaluated (listed after the table); the means are over the "
+                     f"{len(order) - len(missing)} common tags")
+        elif order is not None and not ignored:
             print_fn(f"note: {dataset} lists the model's {len(order)} tags in another order; "
                      "its labels are read in the model's order")
     _warn_on_feature_mismatch(datasets, dataset, data_dir, builder_config, cfg.features)
@@ -494,7 +506,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
              "hop": hop if mode == "full" else None, "chunk_frames": int(cfg.features.chunk_frames),
              "out_dir": str(Path(out_dir).expanduser()),
              # The data the model was trained on (its config), for `--baseline-train model`.
-             "model_data": model_data}
+             "model_data": model_data, "ignored_dataset_tags": ignored}
     if jax.process_index() == 0:
         # An earlier run's baseline beside these metrics would describe other data; `evaluate
         # --baseline` writes this run's after them.

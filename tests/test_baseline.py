@@ -177,6 +177,10 @@ def test_fit_and_score_scores_each_split_on_the_tags_it_shares():
         assert got[row["tag"]] == row
     probs = scored.model.predict_proba(baseline.source_features(test)[0])
     np.testing.assert_array_equal(probs[:, 2], 1.0)
+    # `only` (the model's tags under evaluate --common-tags): no other tag is scored
+    narrow = baseline.fit_and_score(train, tags, {"same": test}, only=["fast"])
+    assert [r["tag"] for r in narrow.metrics["same"]["per_tag"]] == ["fast"]
+    assert narrow.metrics["same"]["per_tag"][0] == want["per_tag"][1]
     with pytest.raises(evaluation.EvaluationError,
                        match=r"^baseline: fake/train and other share no tag$"):
         baseline.fit_and_score(_Unread(train), tags, {"same": test, "other": test},

@@ -645,13 +645,34 @@ def test_evaluate_through_the_inference_path_equals_numpy_and_sklearn(tmp_path, 
     for k in (0, 2):
         assert third["per_tag"][k]["roc_auc"] == result["per_tag"][k]["roc_auc"]
     assert third["roc_auc_mean"] == pytest.approx(np.mean([per_tag[0], per_tag[2]]), abs=1e-9)
-    assert sum("lacks 1 of the model's 4 tags (b)" in n for n in notes) == 1
+    assert sum("lacks 1 of the model's 4 tags: not evaluated" in n for n in notes) == 1
     table = next(n for n in notes if n.startswith("tag"))
     assert "(1 tag(s) not evaluated, not in the dataset: b)" in table
+    # named once: no n/a row for b (d, a tag with one label value, keeps its row)
+    assert [l.split()[0] for l in table.splitlines()[2:5]] == ["a", "c", "d"]
     saved = json.loads((tmp_path / "out3" / "metrics.json").read_text())
     assert saved["excluded_reasons"] == {"b": "not in the dataset"}
     npz = np.load(tmp_path / "out3" / "predictions.npz")
     assert list(npz["tags"]) == ["a", "c", "d"] and npz["labels"].shape == (8, 3)
+
+    # A dataset listing a tag the model does not know ("e"): refused, pointing at
+    # --common-tags; with it, e's labels are not read and a, b, c, d score as before.
+    more = [{"mel": r["mel"], "tags": np.concatenate([[i % 2], r["tags"]]).astype(np.uint8)}
+            for i, r in enumerate(source)]
+    monkeypatch.setattr(datasets, "load_split", lambda *a, **k: (more, ["e"] + tags))
+    with pytest.raises(ev.EvaluationError, match=r"only in the dataset: \['e'\].*--common-tags"):
+        ev.evaluate_checkpoint(model_dir, dataset="magnatagatune", batch_size=1,
+                               out_dir=tmp_path / "out4", print_fn=None)
+    notes = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ev.UndefinedMetricWarning)
+        fourth = ev.evaluate_checkpoint(model_dir, dataset="magnatagatune", batch_size=1,
+                                        out_dir=tmp_path / "out4", print_fn=notes.append,
+                                        common_tags=True)
+    assert [r["roc_auc"] for r in fourth["per_tag"]] == [r["roc_auc"] for r in result["per_tag"]]
+    assert fourth["ignored_dataset_tags"] == ["e"] and fourth["excluded_tags"] == ["d"]
+    assert sum("1 tag(s) the model does not know, not scored (--common-tags): e" in n
+               for n in notes) == 1
 
 
 def test_a_model_with_other_tags_is_refused_before_a_self_contained_build(

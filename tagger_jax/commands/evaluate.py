@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "DATASET_SPLIT_MODE)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="clips per batch (default: config train.eval_batch_size)")
+    parser.add_argument("--common-tags", action="store_true",
+                        help="score the tags the model and the dataset both list: dataset tags "
+                             "the model does not know are left out, named in one note (default: "
+                             "refused, as a sign of the wrong model or dataset)")
     parser.add_argument("--baseline", action="store_true",
                         help="also fit the logistic-regression baseline (tagger_jax.baseline) and "
                              "report it beside the model (see --baseline-train)")
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
                     model_path(args), dataset=args.dataset, split=args.split,
                     data_dir=args.data_dir, builder_config=args.builder_config, mode=args.mode,
                     out_dir=args.out, batch_size=args.batch_size, num_chunks=args.num_chunks,
-                    hop_s=args.hop, preflight=preflight, hold=hold)
+                    hop_s=args.hop, preflight=preflight, hold=hold,
+                    common_tags=args.common_tags)
             if args.baseline:
                 import warnings
 
