@@ -155,9 +155,14 @@ def mapping_plan(model_config: Mapping[str, Any], num_tags: int = 50) -> Plan:
     return plan
 
 
-def authors_shapes(variant: str, num_tags: int = 50) -> dict[str, tuple[int, ...]]:
-    """Every key a state dict of `variant` must have (without num_batches_tracked), with shapes."""
-    plan = mapping_plan(authors_config(variant).model, num_tags)
+def authors_shapes(variant: str, num_tags: int = 50,
+                   conv_channels: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Every key a state dict of `variant` must have (without num_batches_tracked), with shapes;
+    `conv_channels`: the front-end's c when not the variant's (their `--conv_channels`)."""
+    config = authors_config(variant)
+    if conv_channels is not None:
+        config.model.conv_channels = int(conv_channels)
+    plan = mapping_plan(config.model, num_tags)
     return {s.key: s.shape for sources in plan.values() for s in sources}
 
 
@@ -181,6 +186,18 @@ def strip_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def state_conv_channels(state: Mapping[str, np.ndarray]) -> int | None:
+    """The front-end width c a state dict was trained with, read from its first vertical branch
+    (`front_end.layers.0.conv.weight`, (m * c, 1, h, w) with m = VERTICAL_BRANCHES[0][2]); None
+    when that tensor is absent or not of that form. Their training code takes c as
+    `--conv_channels`, so a model of theirs may have another c than either variant."""
+    w = state.get("front_end.layers.0.conv.weight")
+    m = VERTICAL_BRANCHES[0][2]
+    if w is None or np.ndim(w) != 4 or np.shape(w)[0] % m or np.shape(w)[0] < m:
+        return None
+    return int(np.shape(w)[0] // m)
+
+
 def _problems(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]]) -> list[str]:
     unknown = sorted(set(state) - set(expected))
     missing = [k for k in expected if k not in state]
@@ -198,8 +215,11 @@ def import_state_dict(state: Mapping[str, Any], variant: str,
                       num_tags: int = 50) -> tuple[dict, ml_collections.ConfigDict]:
     """Maps an authors' state dict onto `{"params", "batch_stats"}` of `build_model(config.model)`.
 
-    Returns (variables as float32 NumPy arrays, the variant's config). Raises AuthorsImportError
-    naming every unknown, missing and mis-shaped key (and non-finite tensors) at once.
+    Returns (variables as float32 NumPy arrays, the variant's config). The front-end's width c is
+    read from the state dict (`state_conv_channels`): a model trained with their
+    `--conv_channels N` imports with `config.model.conv_channels = N`, everything else the
+    variant's. Raises AuthorsImportError naming every unknown, missing and mis-shaped key (and
+    non-finite tensors) at once.
     """
     config = authors_config(variant)
     state = strip_prefix(state)
@@ -209,12 +229,15 @@ def import_state_dict(state: Mapping[str, Any], variant: str,
             arrays[key] = np.asarray(value)
         except (TypeError, ValueError, RuntimeError) as e:
             raise AuthorsImportError(f"{key}: not convertible to a NumPy array ({e})") from None
+    c = state_conv_channels(arrays)
+    if c is not None:
+        config.model.conv_channels = c
     plan = mapping_plan(config.model, num_tags)
     expected = {s.key: s.shape for sources in plan.values() for s in sources}
     problems = _problems(arrays, expected)
     if problems:
         other = [v for v in VARIANTS if v != variant and
-                 not _problems(arrays, authors_shapes(v, num_tags))]
+                 not _problems(arrays, authors_shapes(v, num_tags, c))]
         hint = f" (it is a state dict of the {other[0]!r} variant)" if other else ""
         raise AuthorsImportError(
             f"state dict does not match the authors' {variant!r} model (pons_won, conv_channels="

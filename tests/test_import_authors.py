@@ -125,6 +125,27 @@ def test_one_error_names_every_bad_key():
         assert expected in message
 
 
+def test_front_end_width_is_read_from_the_state_dict(tmp_path, capsys):
+    """Their training code takes c as --conv_channels: a state dict with c = 4 imports as the
+    'training' variant with conv_channels 4 (the rest of its geometry), the closing line says
+    where c came from, and the model runs."""
+    rng = np.random.default_rng(1)
+    state = {k: rng.normal(0.0, 0.1, shape).astype(np.float32) + (k.endswith("running_var"))
+             for k, shape in authors.authors_shapes("training", conv_channels=4).items()}
+    assert state["front_end.layers.0.conv.weight"].shape == (4, 1, 86, 7)
+    variables, config = import_state_dict(state, "training")
+    assert config.model.conv_channels == 4 and config.model.positions == "sinusoidal"
+    np.testing.assert_array_equal(variables["params"]["frontend"]["vertical_86"]["kernel_0"],
+                                  state["front_end.layers.0.conv.weight"].transpose(2, 3, 1, 0))
+    x = np.zeros((1, 96, 256), np.float32)
+    assert np.isfinite(build_model(config.model, 50).apply(variables, x)).all()
+    path = tmp_path / "c4.npz"
+    np.savez(path, **state)
+    assert run_cli(str(path), "--variant", "training", "--out", str(tmp_path / "m")) == 0
+    assert "conv_channels=4 read from the state dict, not the variant's 16" in \
+        capsys.readouterr().out
+
+
 def test_wrong_variant_and_bad_values_are_explained():
     state = torch_twin.random_state_dict("released")
     with pytest.raises(AuthorsImportError, match="state dict of the 'released' variant"):

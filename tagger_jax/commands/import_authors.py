@@ -51,8 +51,8 @@ def read_tags(text: str) -> tuple[tuple[str, ...], str]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tagger_jax.authors import AuthorsImportError, import_state_dict, param_count, \
-        read_state_dict
+    from tagger_jax.authors import (AuthorsImportError, authors_config, import_state_dict,
+                                    param_count, read_state_dict)
     from tagger_jax.checkpoint import METADATA_FILE, CheckpointError, save_model
 
     from tagger_jax import errors, outputs
@@ -81,7 +81,11 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, OSError) as e:
         print(f"error: {errors.one_line(str(e))}", file=sys.stderr)
         return errors.OUTPUT if isinstance(e, OSError) else errors.USAGE
+    usual = authors_config(args.variant).model.conv_channels
+    width = config.model.conv_channels
+    width = f"conv_channels={width}" + (
+        f" read from the state dict, not the variant's {usual}" if width != usual else "")
     print(f"imported {param_count(variables):,} parameters ({args.variant} variant, "
-          f"conv_channels={config.model.conv_channels}, {len(tags)} {described}) -> {out}"
+          f"{width}, {len(tags)} {described}) -> {out}"
           + ("; it replaced the model that was there" if replacing else ""))
     return 0
