@@ -1079,6 +1079,15 @@ def test_set_values_that_do_not_convert_or_are_negative_name_the_field(tmp_path,
         build_dataset.make_config(datasets.Msd, "x", ["num_train=-1"])
     with pytest.raises(errors.ConfigError, match="duration_s must not be negative"):
         SyntheticConfig(name="y", duration_s=-2.0)
+    # an empty generated split: was TFDS's "No examples were yielded" after the other splits
+    with pytest.raises(errors.ConfigError,
+                       match=r"^config 'y': num_validation must be above 0 .*, got 0$"):
+        SyntheticConfig(name="y", num_validation=0)
+    with pytest.raises(errors.ConfigError, match=r"duration_s must be above 0"):
+        datasets.SoundfontConfig(name="y", duration_s=0.0)
+    with pytest.raises(errors.ConfigError, match=r"^config 'y': split must be one of the "
+                                                 r"official splits 0-4, got 7$"):
+        build_dataset.make_config(datasets.MtgJamendo, "y", ["split=7"])
     rc = cli.main(["build-dataset", "synthetic_tags", "--config", "z", "--set", "num_test=-3",
                    "--data-dir", str(tmp_path)])
     assert rc == 2

@@ -17,7 +17,7 @@ import os
 import shutil
 import signal
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -40,16 +40,23 @@ class TaggingConfig(tfds.core.BuilderConfig):
     """Base builder config. `waveform=True` also stores the 16 kHz float32 audio (for `lee_won`)."""
 
     waveform: bool = False
+    # Fields that must be above 0 (a generated split's clip count, a clip's length): TFDS would
+    # otherwise stop on an empty split with "No examples were yielded".
+    POSITIVE: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         """Refuses a negative number in any field (counts, durations, seeds: none may be
-        negative; a negative count would slice the source lists from the end) with a one-line
-        `errors.ConfigError` naming the field."""
+        negative; a negative count would slice the source lists from the end), and 0 in the
+        fields of `POSITIVE`, with a one-line `errors.ConfigError` naming the field."""
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise errors.ConfigError(f"config {self.name!r}: {field.name} must not be "
                                          f"negative, got {value!r}")
+            if field.name in self.POSITIVE and not value > 0:
+                raise errors.ConfigError(f"config {self.name!r}: {field.name} must be above 0 "
+                                         f"(every split needs clips, every clip a length), "
+                                         f"got {value!r}")
 
 
 def feature_spec(num_tags: int | None, waveform: bool = False, tag_mask: bool = False,

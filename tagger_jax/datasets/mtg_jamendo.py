@@ -32,10 +32,12 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
+from tagger_jax import errors
 from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig, find_file,
                                          manual_hint, multi_hot, utf8_error)
 
 SUBSET = "autotagging_top50tags"
+NUM_SPLITS = 5  # the official splits split-0 ... split-4
 HEADER = ("TRACK_ID", "ARTIST_ID", "ALBUM_ID", "PATH", "DURATION", "TAGS")
 
 INSTRUCTIONS = __doc__.split("Manual download:")[1].split("Tags:")[0]
@@ -103,6 +105,12 @@ class MtgJamendoConfig(TaggingConfig):
 
     split: int = 0
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.split not in range(NUM_SPLITS):
+            raise errors.ConfigError(f"config {self.name!r}: split must be one of the official "
+                                     f"splits 0-{NUM_SPLITS - 1}, got {self.split!r}")
+
 
 class MtgJamendo(TaggingBuilder):
     """MTG-Jamendo (Bogdanov et al., 2019), autotagging_top50tags subset, full tracks."""
@@ -112,7 +120,8 @@ class MtgJamendo(TaggingBuilder):
     RELEASE_NOTES = {"1.0.0": "First release."}
     NUM_TAGS = 50
     BUILDER_CONFIGS = [MtgJamendoConfig(name=f"split{k}", split=k,
-                                        description=f"Official split {k}.") for k in range(5)]
+                                        description=f"Official split {k}.")
+                       for k in range(NUM_SPLITS)]
     DEFAULT_CONFIG_NAME = "split0"
     HOMEPAGE = "https://mtg.github.io/mtg-jamendo-dataset/"
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS

@@ -45,7 +45,7 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -66,6 +66,8 @@ class SoundfontConfig(TaggingConfig):
     num_test: int = 250  # clips in test (and in each test_<bank>)
     duration_s: float = 10.0  # clip length in seconds
     seed: int = 0  # score seed: clip i of split s is score (seed, s, i)
+    POSITIVE: ClassVar[tuple[str, ...]] = ("num_train", "num_validation", "num_test",
+                                           "duration_s")
 
     def num_clips(self, split: str) -> int:
         return {"train": self.num_train, "validation": self.num_validation}.get(

@@ -19,6 +19,7 @@ honest).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
@@ -36,6 +37,8 @@ class SyntheticConfig(TaggingConfig):
     duration_s: float = 8.0
     seed: int = 0
     segments: bool = False
+    POSITIVE: ClassVar[tuple[str, ...]] = ("num_train", "num_validation", "num_test",
+                                           "duration_s")
 
     def num_clips(self, split: str) -> int:
         return {"train": self.num_train, "validation": self.num_validation,
