@@ -169,6 +169,9 @@ def test_resume_keeps_finished_results(model_dir, inputs, tmp_path, capsys):
                    "--quiet", "--windows", "paper", str(inputs / "spec.npy")])
     err = capsys.readouterr().err
     assert rc == 0 and "1 output(s) in" in err and "tagged again" in err
+    # tone.wav's result, kept, was made with the other windows: said in one line
+    assert f"warning: {out} keeps 1 result(s) of inputs not in this run made with another " \
+           "model or settings (e.g. " in err and "tone.wav)" in err
     results = {r["file"].split("/")[-1]: r for r in json.loads(out.read_text())}
     assert results["spec.npy"]["windows"] == "paper" and results["spec.npy"]["probabilities"][0] >= 0
     assert results["tone.wav"]["windows"] == "cover"  # not in this run: kept as it was

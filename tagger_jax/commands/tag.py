@@ -98,6 +98,13 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     finished = {r["file"] for r in done}
     if stale and process == 0:
         print(inference.replaced_line(len(stale), args.output, "tagged"), file=sys.stderr)
+    # Results of inputs outside this run are kept; those of another model or settings are said.
+    foreign = [r["file"] for r in done if r["file"] not in prints and "error" not in r
+               and r.get("signature") != signature]
+    if foreign and process == 0:
+        print(f"warning: {args.output} keeps {len(foreign)} result(s) of inputs not in this run "
+              f"made with another model or settings (e.g. {foreign[0]}): not comparable with "
+              f"this run's; tag them again here, or write to a new --output", file=sys.stderr)
     todo = inference.process_share([p for p, n in zip(every, names) if n not in finished])
     # Inputs finished earlier show this run's --top-k, and their line comes first.
     done = [tagging.with_top_k(r, args.top_k) if r["file"] in finished & prints.keys() else r
