@@ -928,7 +928,8 @@ def _no_decoding(monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["last_missing", "gap", "last_truncated", "middle_truncated"])
-def test_mtat_incomplete_zip_parts_are_refused_before_any_clip(case, tmp_path, monkeypatch):
+def test_mtat_incomplete_zip_parts_are_refused_before_any_clip(case, tmp_path, monkeypatch,
+                                                                capsys):
     from tagger_jax import errors
     from tagger_jax.datasets import _archive
 
@@ -959,6 +960,9 @@ def test_mtat_incomplete_zip_parts_are_refused_before_any_clip(case, tmp_path, m
         f"{root / 'mp3.zip.001'}...: not a complete zip archive (parts found: {found}; is a part "
         "missing or truncated?")
     assert errors.exit_status(info.value) == errors.DATA
+    # refused before the build is announced or any folder made (preflight)
+    assert "building" not in capsys.readouterr().out
+    assert not (tmp_path / "d" / "magnatagatune").exists()
 
 
 def test_a_split_whose_every_clip_is_skipped_names_dataset_split_and_reasons(tmp_path, capfd):

@@ -149,7 +149,8 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
     config = tfds.download.DownloadConfig(manual_dir=manual)
     config_name = builder.builder_config.name if builder.builder_config else "default"
     if isinstance(builder, TaggingBuilder):
-        builder.check_inputs()  # an input refused before "building ..." is said
+        builder.check_inputs(Path(manual) if manual else (
+            default if default.is_dir() else None))  # refused before "building ..." is said
     print(f"building {name}/{config_name} {builder.version} in {_expand(data_dir)}"
           + (f" from {manual}" if manual else ""), flush=True)
     with _quiet_tfds(builder):

@@ -142,15 +142,16 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
         return (Path(os.fspath(self._data_dir_root)) / "downloads" / "tagger_jax_resume"
                 / self.name / config / str(self.version))
 
-    def preflight(self) -> None:
+    def preflight(self, manual_dir: Path | None = None) -> None:
         """Checks of the builder's inputs, run before a build writes anything (none here); an
-        input refused here leaves no folder behind."""
+        input refused here leaves no folder behind. `manual_dir`: the manual directory the build
+        will read, when known."""
 
-    def check_inputs(self) -> None:
-        """`preflight`, once per builder (`build` runs it before announcing the build, and
-        `download_and_prepare` for callers that build directly)."""
+    def check_inputs(self, manual_dir: Path | None = None) -> None:
+        """`preflight`, once per builder (`build` runs it before announcing the build, with the
+        manual directory, and `download_and_prepare` for callers that build directly)."""
         if not self._inputs_checked:
-            self.preflight()
+            self.preflight(manual_dir)
             self._inputs_checked = True
 
     def download_and_prepare(self, *args, **kwargs):

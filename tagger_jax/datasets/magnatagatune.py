@@ -245,6 +245,12 @@ class Magnatagatune(TaggingBuilder):
     MANUAL_FILES = ("annotations_final.csv and mp3.zip.001, mp3.zip.002, mp3.zip.003 (or the "
                     "unpacked folders 0-9, a-f)")
 
+    def preflight(self, manual_dir: Path | None = None) -> None:
+        """The audio of the authors' split (unpacked folders, or every zip part, complete:
+        `audio_locator`) before the build starts; `split_files` builds check theirs later."""
+        if manual_dir is not None and not self.builder_config.split_files:
+            audio_locator(Path(manual_dir))
+
     def _split_generators(self, dl_manager):
         root = Path(dl_manager.manual_dir)
         csv_path = find_file(root, ["annotations_final.csv"], "annotations_final.csv",

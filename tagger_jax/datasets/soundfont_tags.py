@@ -160,7 +160,7 @@ class SoundfontTags(TaggingBuilder):
     def _split_names(self) -> tuple[str, ...]:
         return SPLITS + tuple(self.builder_config.unseen_splits())
 
-    def preflight(self) -> None:
+    def preflight(self, manual_dir: Path | None = None) -> None:
         """Every bank found, distinct and played once by the renderer (`check_renders`) before
         the build starts: a bank it cannot read is a BankError, not a worker's failure."""
         self._banks()
