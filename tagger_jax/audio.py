@@ -653,6 +653,12 @@ def log_mel(wave: np.ndarray, sample_rate: int = 16000, n_fft: int = 512, hop_le
     wave = wave.astype(np.float32, copy=False)
     to_db = librosa.amplitude_to_db if log_scale == "amplitude_to_db" else librosa.power_to_db
     num = 1 + len(wave) // hop_length
+    if len(wave) < n_fft:  # the centring padding done here: librosa would warn (not naming
+        # the file) that n_fft exceeds the input; the short-input warning names it instead
+        padded = np.pad(wave, n_fft // 2, mode=pad_mode)
+        mel = librosa.feature.melspectrogram(y=padded, sr=sample_rate, n_fft=n_fft,
+                                             hop_length=hop_length, n_mels=n_mels, center=False)
+        return np.ascontiguousarray(to_db(mel), dtype=np.float32)
     if num <= MEL_BLOCK_FRAMES:
         mel = librosa.feature.melspectrogram(y=wave, sr=sample_rate, n_fft=n_fft,
                                              hop_length=hop_length, n_mels=n_mels,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import time
@@ -253,6 +254,8 @@ def read_checkpoint(directory: str | os.PathLike, step: int | None = None) -> di
     Works on any machine and device count (the arrays are not placed on devices): for tests,
     inspection and tools. `directory` is WORKDIR/checkpoints or WORKDIR/best.
     """
+    unread = _UnreadItems()  # orbax logs a warning per item it is not asked for, per call
+    logging.getLogger("absl").addFilter(unread)
     mngr = ocp.CheckpointManager(Path(directory).expanduser().absolute(),
                                  item_handlers={"state": ocp.PyTreeCheckpointHandler()})
     try:
@@ -265,6 +268,18 @@ def read_checkpoint(directory: str | os.PathLike, step: int | None = None) -> di
             state=ocp.args.PyTreeRestore(restore_args=restore_args)))["state"]
     finally:
         mngr.close()
+        logging.getLogger("absl").removeFilter(unread)
+
+
+class _UnreadItems(logging.Filter):
+    """Drops orbax's warnings that a checkpoint's "meta" and "data" items (the run's JSON and
+    the data iterators' states) were found but not restored: `read_checkpoint` reads only the
+    train state, on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (text.startswith(('Item "meta" was found', 'Item "data" was found'))
+                    and "could not be restored" in text)
 
 
 def export_model(workdir: Path, state: TrainState, config: Any, tags: Sequence[str]) -> Path:

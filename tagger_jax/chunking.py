@@ -59,7 +59,8 @@ def pad_with_warning(x: np.ndarray, length: int, name: str) -> np.ndarray:
     num = _length(np.asarray(x))
     padded, was_padded = pad_to_length(x, length)
     if was_padded:
-        warnings.warn(f"{name}: only {num} time steps, shorter than one chunk of {length}; the "
+        steps = "time step" if num == 1 else "time steps"
+        warnings.warn(f"{name}: only {num} {steps}, shorter than one chunk of {length}; the "
                       "clip was repeated to fill the chunk", ShortInputWarning, stacklevel=2)
     return padded
 

@@ -71,7 +71,7 @@ class Progress:
             return
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, unit="clip", unit_scale=True,
+        self.bar = tqdm(total=total, initial=initial, unit="clip",
                         desc="train", smoothing=0.1, **self.tqdm_options)
         self.untimed = initial
 

@@ -18,7 +18,8 @@ def add_window_arguments(parser: argparse.ArgumentParser, batch_size: int) -> No
     parser.add_argument("--num-chunks", type=int, default=None,
                         help="chunks per track with --windows paper (default 16)")
     parser.add_argument("--batch-size", type=int, default=batch_size,
-                        help=f"windows per batch over all local devices (default {batch_size})")
+                        help=f"windows per batch over all local devices, rounded up to a "
+                             f"multiple of their count (default {batch_size})")
 
 
 def window_plan(args: argparse.Namespace):
