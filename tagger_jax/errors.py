@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -24,9 +25,11 @@ OUTPUT = 4  # an output location cannot be written (read-only, a directory, ...)
 BUSY = 5  # another run holds the lock on the output file, data directory or workdir
 DATA = 6  # dataset not built, cannot be built, or a data file refused (e.g. an unsafe pickle)
 DIVERGED = 7  # training stopped on a non-finite loss
+PEER_LOST = 8  # another process of a multi-process run stopped or cannot be reached
 INTERNAL = 70  # an unexpected error (a bug): one line + the traceback file (sysexits EX_SOFTWARE)
 INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); finished results are kept
 PIPE_CLOSED = 141  # 128 + SIGPIPE: stdout's reader went away (`| head`); finished results kept
+TERMINATED = 143  # 128 + SIGTERM (kill, a scheduler's stop); finished results are kept
 
 TABLE = {
     OK: "success",
@@ -37,11 +40,20 @@ TABLE = {
     BUSY: "another run holds the lock on the output file, data directory or workdir",
     DATA: "dataset not built or cannot be built; a data file was refused",
     DIVERGED: "training stopped on a non-finite loss",
+    PEER_LOST: ("another process of a multi-process run stopped or cannot be reached; finished "
+                "work is kept"),
     INTERNAL: "unexpected error: one line, full traceback written to a file",
     INTERRUPTED: "interrupted (Ctrl-C); finished results are kept",
     PIPE_CLOSED: ("the output's reader closed the pipe (e.g. piped into `head`); finished "
                   "results are kept"),
+    TERMINATED: "stopped by SIGTERM (e.g. `kill`); finished results are kept",
 }
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by `guarded`'s handler: it unwinds like Ctrl-C, so the
+    results finished so far are written (training installs its own handler, which saves a
+    checkpoint instead)."""
 
 
 class ToolError(Exception):
@@ -73,10 +85,34 @@ _BY_NAME = {
 }
 
 
+# Words of JAX's runtime errors when a collective or the coordination service loses a process
+# (Gloo's all-gather "Connection closed by peer", a barrier's DEADLINE_EXCEEDED, ...).
+_PEER_SIGNS = ("gloo", "closed by peer", "connection reset", "deadline_exceeded", "heartbeat",
+               "coordination service", "barrier", "unavailable")
+
+
+def peer_lost(error: BaseException) -> bool:
+    """Whether `error` is JAX's runtime error for a process of this multi-process run that
+    stopped or cannot be reached: not a bug of this process (status PEER_LOST)."""
+    if not any(c.__name__ in ("JaxRuntimeError", "XlaRuntimeError")
+               for c in type(error).__mro__):
+        return False
+    jax = sys.modules.get("jax")  # never imported here: a run without JAX has no peers
+    try:
+        joined = jax is not None and jax.distributed.is_initialized()
+    except Exception:  # noqa: BLE001 (an odd JAX state is not a peer's failure)
+        joined = False
+    return joined and any(sign in str(error).lower() for sign in _PEER_SIGNS)
+
+
 def exit_status(error: BaseException, default: int = INTERNAL) -> int:
     """The documented status of `error`, or `default` if it is not a documented failure."""
+    if isinstance(error, Terminated):
+        return TERMINATED
     if isinstance(error, KeyboardInterrupt):
         return INTERRUPTED
+    if peer_lost(error):
+        return PEER_LOST
     if isinstance(error, ToolError):
         return error.exit_status
     for cls in type(error).__mro__:
@@ -90,6 +126,14 @@ def report(error: BaseException, prog: str = "tagger-jax") -> int:
     status = exit_status(error)
     if status == INTERRUPTED:
         print(f"{prog}: interrupted; finished results are kept", file=sys.stderr)
+    elif status == TERMINATED:
+        print(f"{prog}: stopped by SIGTERM; finished results are kept", file=sys.stderr)
+    elif status == PEER_LOST:
+        cause = one_line(str(error))
+        cause = cause if len(cause) <= 160 else cause[:157] + "..."
+        print(f"error: another process of this multi-process run stopped or cannot be reached "
+              f"({cause}); this process stops too. Finished work is kept: start every process "
+              f"again to resume", file=sys.stderr)
     elif status == INTERNAL:
         report_unexpected(error, prog)
     else:
@@ -99,7 +143,9 @@ def report(error: BaseException, prog: str = "tagger-jax") -> int:
 
 def guarded(run, *args, prog: str = "tagger-jax") -> int:
     """`run(*args)` as a process exit status: documented errors are one line with their status,
-    anything else one line + traceback file (70), Ctrl-C 130. For every command entry point."""
+    anything else one line + traceback file (70), Ctrl-C 130, SIGTERM 143 (both after the block
+    has unwound, writing what it finished). For every command entry point."""
+    previous = _raise_on_sigterm()
     try:
         status = int(run(*args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at exit as "Exception ignored ..."
@@ -108,7 +154,31 @@ def guarded(run, *args, prog: str = "tagger-jax") -> int:
         _discard_stdout()
         return PIPE_CLOSED
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place that reports all
-        return report(e, prog)
+        status = report(e, prog)
+        if status == PEER_LOST:  # JAX's exit would wait in its shutdown barrier for the lost
+            sys.stdout.flush()   # process, then abort with a page of C++ logs: leave now
+            sys.stderr.flush()
+            os._exit(status)
+        return status
+    finally:
+        if previous is not _NOT_SET:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+_NOT_SET = object()
+
+
+def _raise_on_sigterm():
+    """Makes SIGTERM raise `Terminated` in the main thread; returns the handler it replaced
+    (None: one not set from Python), or _NOT_SET off the main thread, where handlers cannot be
+    set."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return _NOT_SET
 
 
 def _discard_stdout() -> None:

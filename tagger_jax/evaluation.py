@@ -424,8 +424,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     data_dir = data_dir or cfg.data.data_dir
     if builder_config is None and dataset == cfg.data.name:
         builder_config = cfg.data.builder_config or None
-    batch_size = int(batch_size or cfg.train.eval_batch_size)
-    num_chunks = int(num_chunks or cfg.features.eval_chunks)
+    batch_size = int(cfg.train.eval_batch_size if batch_size is None else batch_size)
+    num_chunks = int(cfg.features.eval_chunks if num_chunks is None else num_chunks)
     if batch_size <= 0 or num_chunks <= 0:
         raise EvaluationError(f"batch size and chunks must be positive, got {batch_size} and "
                               f"{num_chunks}")
@@ -483,7 +483,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     label = f"{dataset}/{config_name}" if config_name else dataset
     items = inference.process_share(inference.source_inputs(
         source, engine.architecture.dataset_feature, label, split))
-    with tqdm(total=len(items), unit="clip", desc=f"evaluate {dataset}/{split} ({mode})",
+    with tqdm(total=len(items), unit="clip", desc=inference.share_label(f"evaluate {dataset}/{split} ({mode})"),
               disable=jax.process_index() != 0) as bar:
         probs, labels, clip_index = predict_split(
             items, plan, engine.geometry, engine.packer(engine.predict_fn()), len(loaded.tags),

@@ -92,6 +92,15 @@ def file_fingerprint(path: Path) -> str:
         return "file:missing"
 
 
+def share_label(desc: str) -> str:
+    """A progress bar's label: under jax.distributed the bar (drawn by process 0) counts only
+    process 0's share of the inputs, and says so."""
+    import jax
+
+    n = jax.process_count()
+    return desc if n == 1 else f"{desc} (process 0's share, of {n} processes)"
+
+
 def discover(paths: Iterable[str | os.PathLike],
              skipped: Optional[list[tuple[Path, str]]] = None,
              exclude: Iterable[str | os.PathLike] = ()) -> list[tuple[Path, str]]:
@@ -105,7 +114,7 @@ def discover(paths: Iterable[str | os.PathLike],
     of directory searches with that reason. `exclude`: the run's own outputs (files, or
     directories and everything under them, e.g. `outputs.own_files(--output)`), which a directory
     search leaves out without listing them. Duplicates are dropped (first occurrence kept).
-    Missing paths are kept:
+    A named directory with no files at all is listed in `skipped` too. Missing paths are kept:
     they become failed inputs with an error naming them, never a crash of the run. Names are
     `audio.display_path` text (bytes that are not UTF-8 as \\xNN).
     """
@@ -135,6 +144,8 @@ def discover(paths: Iterable[str | os.PathLike],
                 why = explain_output(f)
                 (kept.append(f) if why is None else left_out.append((f, why)))
             files = kept
+            if not files and not left_out:  # e.g. an empty folder named like a file, dir.wav
+                left_out = [(p, "a directory with no files in it")]
         if skipped is not None:
             skipped.extend(left_out)
         for f in files:

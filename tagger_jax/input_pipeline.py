@@ -55,7 +55,8 @@ num_batches = steps_per_epoch  # the name the trainer may prefer
 
 def check_batch_divisibility(global_batch_size: int, process_count: int = 1,
                              local_device_count: int = 1) -> int:
-    """The per-host batch; raises unless the global batch splits evenly over all devices."""
+    """The per-host batch; raises `errors.ConfigError` (exit status 2) unless the global batch
+    splits evenly over all devices."""
     devices = int(process_count) * int(local_device_count)
     if process_count <= 0 or local_device_count <= 0:
         raise ValueError(f"process_count and local_device_count must be positive, got "
@@ -63,7 +64,7 @@ def check_batch_divisibility(global_batch_size: int, process_count: int = 1,
     if global_batch_size <= 0 or global_batch_size % devices:
         lower = (global_batch_size // devices) * devices
         options = f"{lower} or {lower + devices}" if lower > 0 else f"{devices}"
-        raise ValueError(
+        raise errors.ConfigError(
             f"global batch size {global_batch_size} does not divide evenly over {process_count} "
             f"host(s) x {local_device_count} device(s) = {devices} devices: use a multiple of "
             f"{devices}, e.g. {options}")

@@ -12,6 +12,7 @@ without the data stack.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any, Callable, Mapping
 
@@ -31,6 +32,9 @@ ENV_PROCESS_ID = "JAX_PROCESS_ID"
 # Seconds the coordinator (process 0) waits, after every process has passed the shutdown
 # barrier, before it stops the coordination service (see `delay_service_shutdown`).
 SHUTDOWN_GRACE_S = 2.0
+# Seconds `jax.distributed.initialize` waits for every process to join (JAX's default): a
+# process started alone, or two given one id, wait this long, then JAX aborts the process.
+INIT_TIMEOUT_S = 300
 
 
 def maybe_initialize_distributed(requested: bool = False) -> bool:
@@ -48,14 +52,49 @@ def maybe_initialize_distributed(requested: bool = False) -> bool:
     from_env = bool(os.environ.get(ENV_COORDINATOR))
     if not (requested or from_env):
         return False
-    kwargs: dict[str, Any] = {}
-    if os.environ.get(ENV_NUM_PROCESSES):
-        kwargs["num_processes"] = int(os.environ[ENV_NUM_PROCESSES])
-    if os.environ.get(ENV_PROCESS_ID):
-        kwargs["process_id"] = int(os.environ[ENV_PROCESS_ID])
-    jax.distributed.initialize(**kwargs)
+    kwargs = requested_processes()
+    if "num_processes" in kwargs:
+        where = os.environ.get(ENV_COORDINATOR) or "the auto-detected coordinator"
+        print(f"jax.distributed: process {kwargs.get('process_id', '?')} of "
+              f"{kwargs['num_processes']} joining {where}; it waits for all of them (JAX gives "
+              f"up after {INIT_TIMEOUT_S} s)", file=sys.stderr, flush=True)
+    jax.distributed.initialize(initialization_timeout=INIT_TIMEOUT_S, **kwargs)
     delay_service_shutdown()
     return True
+
+
+def requested_processes() -> dict[str, int]:
+    """{"num_processes", "process_id"} as `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` give them
+    (either may be absent: JAX then auto-detects it). Raises `errors.ConfigError` (exit status
+    2) naming the variable for a value that is not an integer, fewer than 1 process, or an id
+    outside 0..N-1, before JAX is asked to join anything."""
+    from tagger_jax.errors import ConfigError
+
+    out: dict[str, int] = {}
+    for name, key, least in ((ENV_NUM_PROCESSES, "num_processes", 1),
+                             (ENV_PROCESS_ID, "process_id", 0)):
+        text = os.environ.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            out[key] = int(text)
+        except ValueError:
+            raise ConfigError(f"{name}={text!r} is not an integer") from None
+        if out[key] < least:
+            raise ConfigError(f"{name} must be at least {least}, got {out[key]}")
+    if "process_id" in out and "num_processes" in out and \
+            out["process_id"] >= out["num_processes"]:
+        raise ConfigError(f"{ENV_PROCESS_ID}={out['process_id']} is not a process of "
+                          f"{ENV_NUM_PROCESSES}={out['num_processes']} (ids 0 to "
+                          f"{out['num_processes'] - 1})")
+    return out
+
+
+def multi_process_requested() -> bool:
+    """Whether the environment asks for a run of more than one process (`JAX_NUM_PROCESSES` >
+    1 with a coordinator), known before joining: for checks that must not wait for the others."""
+    return bool(os.environ.get(ENV_COORDINATOR)) and \
+        requested_processes().get("num_processes", 1) > 1
 
 
 class _DelayedShutdown:

@@ -56,7 +56,7 @@ class Tagger:
                                  fingerprint=inference.file_fingerprint(p))
                  for i, p in enumerate(paths)]
         results: list[dict | None] = [None] * len(items)
-        bar = tqdm(total=len(items), unit="file", desc="tagging", disable=not progress,
+        bar = tqdm(total=len(items), unit="file", desc=inference.share_label("tagging"), disable=not progress,
                    file=sys.stderr)
 
         def emit(index: int, result: dict) -> None:
@@ -141,21 +141,26 @@ def write_json(results: list[dict], output: Path) -> None:
 
 
 class ResultStore:
-    """The `--output` file as results arrive: rewritten atomically at most every `every_s` seconds,
-    so an interrupted run keeps what it finished and `--resume` picks up the rest; the last write
-    (`close`) puts them in input order."""
+    """The `--output` file as results arrive: rewritten atomically when a result comes at least
+    `every_s` seconds after the last write, and at least ten times that write's duration (a
+    large file is rewritten less often: the writes stay under a tenth of the run), so a run
+    stopped even by SIGKILL keeps what it finished up to then and `--resume` picks up the rest;
+    the last write (`close`) puts them in input order."""
 
-    def __init__(self, output: Path | None, done: list[dict], every_s: float = 10.0,
+    def __init__(self, output: Path | None, done: list[dict], every_s: float = 1.0,
                  order: Sequence[str] = ()):
         self.output, self.results, self.every_s = output, list(done), every_s
         self.rank = {name: i for i, name in enumerate(order)}  # the final file's input order
         self._last = time.monotonic()
+        self._wait = every_s
 
     def add(self, result: dict) -> None:
         self.results.append(result)
-        if self.output is not None and time.monotonic() - self._last > self.every_s:
+        if self.output is not None and time.monotonic() - self._last > self._wait:
+            start = time.monotonic()
             write_json(self.results, self.output)
             self._last = time.monotonic()
+            self._wait = max(self.every_s, 10.0 * (self._last - start))
 
     def close(self) -> None:
         """Writes the results in input order (`order`; results of other inputs kept first)."""

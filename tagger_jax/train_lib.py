@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tagger_jax import checkpointing, optimizers, sharding, validation
+from tagger_jax import checkpointing, inference, optimizers, sharding, validation
 from tagger_jax import workdir as wd
 from tagger_jax.checkpointing import CorruptCheckpointError, read_checkpoint  # noqa: F401
 from tagger_jax.metric_writer import MetricWriter
@@ -131,6 +131,13 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike,
     check_train_config(config)
     frame_loss_weight(config)
     sharding.maybe_initialize_distributed(bool(config.train.distributed))
+    from tagger_jax import input_pipeline
+
+    try:  # the device count is known now: still before the workdir is touched
+        input_pipeline.check_batch_divisibility(int(config.train.batch_size),
+                                                jax.process_count(), jax.local_device_count())
+    except ValueError as e:  # errors.ConfigError
+        raise ConfigError(f"train.batch_size: {e}") from None
     workdir = Path(workdir).expanduser().absolute()
     with wd.lock(workdir):
         preemption = Preemption()
@@ -170,9 +177,11 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
                                  frame_loss_weight=loss_weight)
     evaluate_split = validation.make_evaluate(model, config, mesh, data.tag_names)
 
+    def bar(items, n, desc):  # over this process's clips
+        return progress.batches(items, n, inference.share_label(desc), unit="clip")
+
     def evaluate(variables, source, split, desc):
-        return evaluate_split(variables, source, split,
-                              lambda items, n, d: progress.batches(items, n, d, unit="clip"), desc)
+        return evaluate_split(variables, source, split, bar, desc)
 
     latest = checkpointing.manager(workdir / wd.CHECKPOINT_DIR, int(t.keep_checkpoints),
                                    ("state", "data", "meta"))

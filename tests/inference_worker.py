@@ -4,8 +4,9 @@ starts it with 1 or 4 forced host devices, or as one of two jax.distributed proc
 Usage: python tests/inference_worker.py MODEL_DIR INPUT_DIR OUT_DIR [--rerun]
 
 The device count comes from XLA_FLAGS; a multi-process run from JAX_COORDINATOR_ADDRESS /
-JAX_NUM_PROCESSES / JAX_PROCESS_ID (tagger_jax.sharding). Writes OUT_DIR/tags.json (tag) and
-OUT_DIR/explain/ (explain), and prints one line "devices P N" first.
+JAX_NUM_PROCESSES / JAX_PROCESS_ID (tagger_jax.sharding). Writes OUT_DIR/tags.json (tag),
+OUT_DIR/explain/ (explain) and, unless --rerun, OUT_DIR/evaluate/ (evaluate of a split made of
+the directory's .npy files, labelled by `labels`), and prints one line "devices P N" first.
 """
 from __future__ import annotations
 
@@ -31,8 +32,34 @@ def main(model_dir: str, inputs: str, out: str, rerun: bool) -> int:
     rc_explain = cli.main(["explain", "--checkpoint", model_dir, inputs, "--out",
                            f"{out}/explain", "--methods", "attention,contribution", "--top-k",
                            "2", "--batch-size", "4", "--no-plot", "--no-progress"])
-    print(f"rc {rc_tag} {rc_explain}", flush=True)
+    rc_evaluate = "-" if rerun else evaluate(model_dir, inputs, out)
+    print(f"rc {rc_tag} {rc_explain} {rc_evaluate}", flush=True)
     return 0
+
+
+def labels(k: int, num_tags: int):
+    """Record k's tags: every tag both present and absent over the split (ROC-AUC defined)."""
+    import numpy as np
+
+    return np.array([(k >> t) & 1 for t in range(num_tags)], np.uint8)
+
+
+def evaluate(model_dir: str, inputs: str, out: str) -> int:
+    """`tagger-jax evaluate` of an in-memory split standing in for a built dataset: the .npy
+    log-mels under INPUT_DIR in sorted order, record k labelled `labels(k)`."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from tagger_jax import checkpoint, cli, datasets
+
+    tags = list(checkpoint.load_model(model_dir).tags)
+    files = sorted(Path(inputs).rglob("*.npy"))
+    records = [{"mel": np.load(f).astype(np.float16), "tags": labels(k + 1, len(tags))}
+               for k, f in enumerate(files)]
+    datasets.load_split = lambda *a, **k: (records, tags)
+    return cli.main(["evaluate", "--checkpoint", model_dir, "--dataset", "magnatagatune",
+                     "--out", f"{out}/evaluate", "--batch-size", "2", "--num-chunks", "3"])
 
 
 if __name__ == "__main__":

@@ -156,7 +156,8 @@ def test_initialize_delays_the_service_shutdown(fake_state, monkeypatch):
     monkeypatch.setenv(sharding.ENV_NUM_PROCESSES, "2")
     monkeypatch.setenv(sharding.ENV_PROCESS_ID, "0")
     assert sharding.maybe_initialize_distributed()
-    assert calls == [{"num_processes": 2, "process_id": 0}]
+    assert calls == [{"num_processes": 2, "process_id": 0,
+                      "initialization_timeout": sharding.INIT_TIMEOUT_S}]
     assert isinstance(fake_state.service, sharding._DelayedShutdown)
     assert sharding.maybe_initialize_distributed() and len(calls) == 1  # already initialized
     fake_state.service.sleep = lambda s: events.append("sleep")
@@ -202,3 +203,55 @@ def test_two_processes_match_one_process_with_four_devices(runs):
 def test_training_moved_the_parameters(runs):
     """The comparison is not vacuous: 3 steps moved the parameters far beyond the tolerance."""
     assert float(runs["one"]["moved"]) > 1e-3
+
+
+@pytest.mark.parametrize("num, pid, says", [
+    ("abc", "0", "JAX_NUM_PROCESSES='abc' is not an integer"),
+    ("2", "x1", "JAX_PROCESS_ID='x1' is not an integer"),
+    ("0", "0", "JAX_NUM_PROCESSES must be at least 1, got 0"),
+    ("2", "-1", "JAX_PROCESS_ID must be at least 0, got -1"),
+    ("2", "2", "JAX_PROCESS_ID=2 is not a process of JAX_NUM_PROCESSES=2 (ids 0 to 1)")])
+def test_bad_process_variables_are_usage_errors_before_joining(num, pid, says, monkeypatch,
+                                                               capsys):
+    """A bad JAX_NUM_PROCESSES / JAX_PROCESS_ID is one line naming the variable, exit status 2,
+    before JAX is asked to join (it was 'unexpected ValueError ... please report it', 70)."""
+    import jax
+
+    from tagger_jax import cli, sharding
+
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **k: pytest.fail("joined"))
+    monkeypatch.setenv(sharding.ENV_COORDINATOR, "127.0.0.1:1")
+    monkeypatch.setenv(sharding.ENV_NUM_PROCESSES, num)
+    monkeypatch.setenv(sharding.ENV_PROCESS_ID, pid)
+    assert cli.main(["tag", "--checkpoint", "nowhere", "x.wav", "--output", "o.json"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {says}"
+
+
+@pytest.mark.parametrize("command", ["tag", "explain", "embed", "evaluate"])
+def test_inference_commands_join_before_their_work_and_say_so(command, monkeypatch, capsys,
+                                                              tmp_path):
+    """Every inference command joins jax.distributed when the environment asks (evaluate did
+    not: two processes ran two whole evaluations), after a line saying whom it waits for; tag
+    without --output is refused before joining (it waited for the others first)."""
+    import jax
+
+    from tagger_jax import cli, errors, sharding
+
+    def initialize(**kwargs):  # stands for the join: the command stops there
+        raise errors.ConfigError(f"joined {kwargs['process_id']} of {kwargs['num_processes']}")
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    monkeypatch.setenv(sharding.ENV_COORDINATOR, "127.0.0.1:1")
+    monkeypatch.setenv(sharding.ENV_NUM_PROCESSES, "2")
+    monkeypatch.setenv(sharding.ENV_PROCESS_ID, "1")
+    out = ["--out", str(tmp_path / "o")] if command in ("explain", "embed") else \
+        ["--output", str(tmp_path / "o.json")] if command == "tag" else []
+    args = [command, "--checkpoint", str(tmp_path / "m")] + (
+        [] if command == "evaluate" else [str(tmp_path / "x.wav")]) + out
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "jax.distributed: process 1 of 2 joining 127.0.0.1:1" in err
+    assert err.strip().endswith("error: joined 1 of 2")  # before any other work
+    if command == "tag":
+        assert cli.main(args[:-2]) == 2  # no --output: refused at once
+        assert "a multi-process run needs --output" in capsys.readouterr().err

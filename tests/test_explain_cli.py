@@ -152,8 +152,9 @@ def test_second_run_does_no_work_twice(setup, first_run, monkeypatch, capsys):
     rc = explain("--checkpoint", str(model_dir), str(inputs), "--out", str(out), "--methods",
                  METHODS, "--top-k", "2", "--batch-size", "4")
     assert rc == 1
-    text = capsys.readouterr().out
-    assert "skipped 4 already finished, 2 failed" in text and "broken.wav" in text
+    text = capsys.readouterr()
+    assert "skipped 4 already finished, 2 failed" in text.out and "broken.wav" in text.err
+    assert "broken.wav" not in text.out  # failures on stderr, as tag prints them
     assert mtimes == {p.name: p.stat().st_mtime_ns for p in out.iterdir()
                       if p.suffix != ".html"}
     monkeypatch.undo()
@@ -474,8 +475,9 @@ def test_tags_per_input_from_a_csv_in_one_compilation(setup, tmp_path, capsys):
                  "--out", str(out), "--methods", "contribution,grad_x_input", "--tags-from",
                  str(table), "--top-k", "1", "--ig-steps", "5", "--batch-size", "4",
                  "--no-plot")
-    text = capsys.readouterr().out
-    assert rc == 1 and "not_there.wav" in text and "violin" in text  # reported, not silent
+    text = capsys.readouterr()
+    # reported, not silent: the unmatched row with the counts, the failed input on stderr
+    assert rc == 1 and "not_there.wav" in text.out and "violin" in text.err
     got = {json.loads(p.read_text())["key"]: json.loads(p.read_text())
            for p in out.glob("*.json") if p.name != "failures.json"}
     assert got["long.npy"]["explained_tags"] == ["t2", "t4"]

@@ -96,9 +96,9 @@ def test_device_and_process_counts(runs):
     _, _, _, logs = runs
     assert "devices 0 1 1" in logs["one"][0] and "devices 0 4 4" in logs["four"][0]
     assert "devices 0 4 2" in logs["two"][0] and "devices 1 4 2" in logs["two"][1]
-    # Exit status 1: an input failed (process 0 reports the whole run).
-    assert "rc 1 1" in logs["one"][0] and "rc 1 1" in logs["four"][0]
-    assert "rc 1 1" in logs["two"][0], logs["two"][1]
+    # Exit status 1: an input failed (process 0 reports the whole run); evaluate 0.
+    assert "rc 1 1 0" in logs["one"][0] and "rc 1 1 0" in logs["four"][0]
+    assert "rc 1 1 0" in logs["two"][0], logs["two"][1]
 
 
 @pytest.mark.parametrize("name", ["four", "two"])
@@ -128,6 +128,23 @@ def test_explanations_equal_one_device(runs, name):
     assert [Path(v["input"]).name for v in failures.values()] == ["broken.wav"]
     assert (root / name / "explain" / "index.html").exists()
     assert not list((root / name).rglob("*part*"))  # merged and removed
+
+
+@pytest.mark.parametrize("name", ["four", "two"])
+def test_evaluation_equals_one_device(runs, name):
+    """`evaluate` over 4 devices, or 2 processes each scoring its share of the clips before the
+    all-gather: every clip once, in record order, with the probabilities and metrics of 1 device
+    (4 .npy clips, 3 chunks each, batches of 2 clips)."""
+    root = runs[0]
+    ref, got = (np.load(root / n / "evaluate" / "predictions.npz") for n in ("one", name))
+    assert ref["probs"].shape == (4, len(TAGS))
+    np.testing.assert_array_equal(got["clip_index"], ref["clip_index"])
+    np.testing.assert_array_equal(got["labels"], ref["labels"])
+    np.testing.assert_allclose(got["probs"], ref["probs"], rtol=0, atol=1e-6)
+    ref, got = (json.loads((root / n / "evaluate" / "metrics.json").read_text())
+                for n in ("one", name))
+    assert got["num_clips"] == ref["num_clips"] == 4
+    assert got["roc_auc_mean"] == pytest.approx(ref["roc_auc_mean"], abs=1e-9)
 
 
 def test_two_processes_compute_every_input_exactly_once(runs):

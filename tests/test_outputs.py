@@ -189,6 +189,31 @@ def test_exit_statuses_are_distinct_and_documented():
         assert f"| {code} | {meaning} |" in readme
 
 
+def test_a_lost_peer_is_its_own_status_not_a_bug(monkeypatch, capsys, tmp_path):
+    """JAX's runtime error for a process of a multi-process run that died (Gloo's all-gather
+    'Connection closed by peer') is status 8 with one line saying so, not 'unexpected ... please
+    report it' (70) with a traceback file; the same error outside a multi-process run, or
+    another runtime error, stays unexpected."""
+    import jax
+
+    class JaxRuntimeError(RuntimeError):  # jax.errors.JaxRuntimeError, by name
+        pass
+
+    lost = JaxRuntimeError("UNKNOWN: Gloo AllGather failed: [/gloo/transport/tcp/pair.cc:534] "
+                           "Connection closed by peer [127.0.0.1]:1234")
+    monkeypatch.setattr(errors.tempfile, "tempdir", str(tmp_path))
+    assert errors.exit_status(lost) == errors.INTERNAL  # not joined: no peers to lose
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+    assert errors.exit_status(lost) == errors.PEER_LOST
+    assert errors.exit_status(JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory")) == \
+        errors.INTERNAL
+    assert errors.report(lost) == errors.PEER_LOST
+    err = capsys.readouterr().err
+    assert err.startswith("error: another process of this multi-process run stopped or cannot "
+                          "be reached (UNKNOWN: Gloo AllGather failed") and err.count("\n") == 1
+    assert "start every process again to resume" in err and not list(tmp_path.iterdir())
+
+
 def test_unexpected_error_is_one_line_plus_traceback_file(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(errors.tempfile, "tempdir", str(tmp_path))
 

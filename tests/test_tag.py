@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -179,6 +180,31 @@ def test_resume_keeps_finished_results(model_dir, inputs, tmp_path, capsys):
     rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--resume",
                    "--quiet", str(inputs / "tone.wav")])
     assert rc == 0 and "tagged again" in capsys.readouterr().err
+
+
+def test_sigterm_keeps_the_finished_results(model_dir, inputs, tmp_path, monkeypatch, capsys):
+    """SIGTERM (kill, a scheduler) unwinds like Ctrl-C: --output holds what finished, exit 143
+    with one line (it was killed outright, leaving no file when the first write was due)."""
+    import signal
+
+    real_add, seen = tagging.ResultStore.add, []
+
+    def add(store, result):
+        real_add(store, result)
+        seen.append(result["file"])
+        if len(seen) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+
+    monkeypatch.setattr(tagging.ResultStore, "add", add)
+    out = tmp_path / "tags.json"
+    before = signal.getsignal(signal.SIGTERM)
+    rc = cli.main(["tag", "--checkpoint", str(model_dir), "--quiet", "--output", str(out),
+                   str(inputs / "spec.npy"), str(inputs / "tone.wav")])
+    assert rc == errors.TERMINATED == 143
+    assert "stopped by SIGTERM; finished results are kept" in capsys.readouterr().err
+    assert [r["file"] for r in json.loads(out.read_text())] == seen[:1]
+    assert signal.getsignal(signal.SIGTERM) == before  # the command's handler is gone
 
 
 def test_an_interrupted_run_has_printed_what_it_finished(model_dir, inputs, monkeypatch,
@@ -373,6 +399,11 @@ def test_directory_search_skips_explain_outputs_and_counts_what_it_skipped(tmp_p
     # A file named directly is an input whatever it is.
     direct = tmp_path / "ex" / "song.wav.orig.ogg"
     assert tagging.collect_inputs([direct]) == [direct]
+    # An empty folder named like a file is said, not dropped silently.
+    (tmp_path / "dir.wav").mkdir()
+    said = []
+    assert tagging.collect_inputs([tmp_path / "dir.wav", direct], said) == [direct]
+    assert said == [(tmp_path / "dir.wav", "a directory with no files in it")]
 
     capsys.readouterr()
     print_skipped(skipped)

@@ -301,3 +301,23 @@ def test_list_config_refuses_overrides_without_a_config(capsys):
                      str(ROOT / "configs" / "synthetic_cpu.py"), "--set",
                      "train.num_epochs=3"]) == 0
     assert "train.num_epochs = 3 " in capsys.readouterr().out
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused_before_the_workdir(
+        tmp_path, monkeypatch):
+    """train.batch_size 6 on 4 devices: a config error naming the field (exit status 2), before
+    the workdir is made (it was 'unexpected ValueError', 70, after config.json and the lock)."""
+    import jax
+
+    from tagger_jax import errors
+
+    config = tiny_config()
+    data = toy_data(config)
+    config.train.batch_size = 6
+    monkeypatch.setattr(jax, "local_device_count", lambda *a: 4)
+    with pytest.raises(errors.ConfigError, match=r"^train.batch_size: global batch size 6 does "
+                                                 r"not divide evenly over 1 host\(s\) x 4 "
+                                                 r"device\(s\) = 4 devices: use a multiple of 4, "
+                                                 r"e.g. 4 or 8$"):
+        train_lib.train_and_evaluate(config, tmp_path / "run", data)
+    assert not (tmp_path / "run").exists()

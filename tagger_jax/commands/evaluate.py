@@ -63,8 +63,19 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "full" and args.num_chunks is not None:
         print("error: --num-chunks applies to --mode chunks only", file=sys.stderr)
         return errors.USAGE
+    if args.batch_size is not None and args.batch_size < 1:
+        print("error: --batch-size must be at least 1", file=sys.stderr)
+        return errors.USAGE
+    if args.num_chunks is not None and args.num_chunks < 1:
+        print("error: --num-chunks must be at least 1", file=sys.stderr)
+        return errors.USAGE
     if args.out is not None:  # before any work (errors.OUTPUT)
         args.out = str(outputs.check_output_dir(args.out))
+    from tagger_jax import sharding
+
+    sharding.maybe_initialize_distributed()  # each process evaluates its share of the clips
+    import jax
+
     try:
         from tagger_jax.baseline import open_train_split
 
@@ -85,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                     out_dir=args.out, batch_size=args.batch_size, num_chunks=args.num_chunks,
                     hop_s=args.hop, preflight=preflight, hold=hold,
                     common_tags=args.common_tags)
-            if args.baseline:
+            if args.baseline and jax.process_index() == 0:  # process 0 writes the report
                 import warnings
 
                 from tagger_jax.baseline import report_beside

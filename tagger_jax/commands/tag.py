@@ -32,18 +32,20 @@ def run(args: argparse.Namespace) -> int:
 
     from tagger_jax import outputs, sharding
 
+    if args.top_k < 1:
+        return _error("--top-k must be at least 1")
+    if args.resume and args.output is None:
+        return _error("--resume needs --output")
     if args.output is not None:  # checked before any work (errors.OUTPUT)
         args.output = outputs.check_output_file(args.output)
+    if args.output is None and sharding.multi_process_requested():  # before waiting for peers
+        return _error("a multi-process run needs --output (each process writes its share)")
     sharding.maybe_initialize_distributed()  # before anything touches the JAX backend
     from tagger_jax.inference import return_freed_memory
 
     return_freed_memory()  # long files: batch buffers go back to the system (docs/benchmarks.md)
     import jax
 
-    if args.top_k < 1:
-        return _error("--top-k must be at least 1")
-    if args.resume and args.output is None:
-        return _error("--resume needs --output")
     process, processes = jax.process_index(), jax.process_count()
     if processes > 1 and args.output is None:
         return _error("a multi-process run needs --output (each process writes its share)")

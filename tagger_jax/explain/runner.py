@@ -890,7 +890,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         print(f"note: --listen: {', '.join(options.not_auralised())} {NOT_AURALISED_NOTE}",
               file=sys.stderr)
     bar = tqdm(total=len(share), initial=len(share) - len(todo),
-               disable=not progress or process != 0, unit="input", desc="explain")
+               disable=not progress or process != 0, unit="input",
+               desc=inference.share_label("explain"))
     tracks: dict[str, _Track] = {}
 
     def fail(item: InputItem, error: BaseException) -> None:
@@ -975,8 +976,11 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             done, skipped, failed, index, replaced = _merge_parts(out_dir, processes, failures)
     result = RunReport(done, skipped, failed, out_dir, index, time.perf_counter() - t0,
                        replaced)
-    if log is not None and process == 0:
-        log(str(result))
+    if log is not None and process == 0:  # the counts, then each failure on stderr (as `tag`)
+        counts, *failures = str(result).split("\n")
+        log(counts)
+        for line in failures:
+            print(line, file=sys.stderr)
     return result
 
 
