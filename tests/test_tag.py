@@ -182,6 +182,39 @@ def test_resume_keeps_finished_results(model_dir, inputs, tmp_path, capsys):
     assert rc == 0 and "tagged again" in capsys.readouterr().err
 
 
+def test_result_store_writes_about_once_a_second_and_less_for_a_large_file(tmp_path,
+                                                                          monkeypatch):
+    """A result coming 1 s or more after the last write is written at once (a SIGKILL loses
+    at most about a second of results), unless the last write took over a tenth of that time."""
+    clock = [0.0]
+    monkeypatch.setattr(tagging.time, "monotonic", lambda: clock[0])
+    writes = []
+
+    def write(results, path):
+        writes.append(len(results))
+        clock[0] += cost[0]  # the write's own duration
+
+    monkeypatch.setattr(tagging, "write_json", write)
+    cost = [0.01]
+    store = tagging.ResultStore(tmp_path / "o.json", [], order=())
+    for t in (0.5, 1.2, 1.7, 2.3):
+        clock[0] = t
+        store.add({"file": str(t)})
+    assert writes == [2, 4]  # at 1.2 s and 2.3 s
+    cost = [0.5]  # a slow write: the next waits ten times as long
+    clock[0] = 4.0
+    store.add({"file": "a"})
+    for t in (5.0, 8.0):
+        clock[0] = t
+        store.add({"file": str(t)})
+    assert writes == [2, 4, 5]
+    clock[0] = 9.6
+    store.add({"file": "b"})
+    assert writes == [2, 4, 5, 8]
+    store.close()
+    assert writes[-1] == 8
+
+
 def test_sigterm_keeps_the_finished_results(model_dir, inputs, tmp_path, monkeypatch, capsys):
     """SIGTERM (kill, a scheduler) unwinds like Ctrl-C: --output holds what finished, exit 143
     with one line (it was killed outright, leaving no file when the first write was due)."""
