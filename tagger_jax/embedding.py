@@ -97,8 +97,8 @@ def embed(engine: inference.Engine, items: Sequence[inference.Input],
     model = inference.model_signature(engine.loaded)
     tracks: dict[str, dict] = {}
     failed: dict[str, str] = {}
-    bar = tqdm(total=len(items), unit="input", desc=inference.share_label("embed"), disable=not progress,
-               file=sys.stderr)
+    bar = tqdm(total=len(items), unit="input", desc=inference.share_label("embed"),
+               disable=not progress, file=sys.stderr)
 
     def done(p: inference.Prepared, out: dict) -> None:
         track = _track(p, out, engine.geometry.step_s, signature, model, engine.tags)

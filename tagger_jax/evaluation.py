@@ -483,8 +483,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     label = f"{dataset}/{config_name}" if config_name else dataset
     items = inference.process_share(inference.source_inputs(
         source, engine.architecture.dataset_feature, label, split))
-    with tqdm(total=len(items), unit="clip", desc=inference.share_label(f"evaluate {dataset}/{split} ({mode})"),
-              disable=jax.process_index() != 0) as bar:
+    desc = inference.share_label(f"evaluate {dataset}/{split} ({mode})")
+    with tqdm(total=len(items), unit="clip", desc=desc, disable=jax.process_index() != 0) as bar:
         probs, labels, clip_index = predict_split(
             items, plan, engine.geometry, engine.packer(engine.predict_fn()), len(loaded.tags),
             workers=engine.load_workers, on_input=lambda: bar.update(1),

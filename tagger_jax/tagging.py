@@ -56,8 +56,8 @@ class Tagger:
                                  fingerprint=inference.file_fingerprint(p))
                  for i, p in enumerate(paths)]
         results: list[dict | None] = [None] * len(items)
-        bar = tqdm(total=len(items), unit="file", desc=inference.share_label("tagging"), disable=not progress,
-                   file=sys.stderr)
+        bar = tqdm(total=len(items), unit="file", desc=inference.share_label("tagging"),
+                   disable=not progress, file=sys.stderr)
 
         def emit(index: int, result: dict) -> None:
             results[index] = result
