@@ -225,7 +225,7 @@ def exclusive(target: str | os.PathLike, what: str, wait: bool = False,
         lock.release()
 
 
-# What process 0's attempt at a run's lock came to, sent to every process (`_agree`).
+# What process 0's attempt at a run's lock came to, sent to every process (`agree`).
 LOCK_TAKEN, LOCK_BUSY, LOCK_FAILED = 0, 1, 2
 
 
@@ -257,7 +257,7 @@ def exclusive_for_run(target: str | os.PathLike, what: str,
                 status, error = LOCK_BUSY, e
             except Exception as e:  # noqa: BLE001 (re-raised below, after telling the others)
                 status, error = LOCK_FAILED, e
-        status = _agree(status)
+        status = agree(status)
         if error is not None:
             raise error
         if status == LOCK_BUSY:
@@ -270,8 +270,9 @@ def exclusive_for_run(target: str | os.PathLike, what: str,
         yield path
 
 
-def _agree(status: int) -> int:
-    """Process 0's `status` on every process (a no-op with one process)."""
+def agree(status: int) -> int:
+    """Process 0's `status` on every process (a no-op with one process); every process must
+    call it, so it also stands for a barrier."""
     import jax
 
     if jax.process_count() == 1:

@@ -192,7 +192,7 @@ def finished_results(output: Path) -> list[dict]:
     found: dict[str, dict] = {}
     failures: dict[str, dict] = {}
     sources = [output] if output.exists() else []
-    sources += sorted(output.parent.glob(f"{output.name}.part*"))
+    sources += part_files(output)
     for path in sources:
         for r in _read_results(path):
             (failures if "error" in r else found).setdefault(r["file"], r)
@@ -222,6 +222,31 @@ def merge_parts(output: Path, order: Sequence[str], processes: int) -> list[dict
     rank = {name: i for i, name in enumerate(order)}
     merged = sorted(by_file.values(), key=lambda r: rank.get(r["file"], len(rank)))
     write_json(merged, output)
+    remove_parts(output)
+    return merged
+
+
+def part_files(output: Path) -> list[Path]:
+    """The part files of `output` there are (`part_path` of any process), sorted."""
+    return sorted(p for p in output.parent.glob(f"{output.name}.part*")
+                  if p.name[len(output.name) + 5:].isdigit())
+
+
+def fold_parts(output: Path) -> int:
+    """Puts the results of `output`'s part files (a killed multi-process run's) into `output`
+    (`finished_results`: successes first, failures of inputs without one) and deletes the parts;
+    returns how many parts there were. For process 0 of a resumed multi-process run, before its
+    processes write parts of their own."""
+    if not part_files(output):
+        return 0
+    write_json(finished_results(output), output)
+    return remove_parts(output)
+
+
+def remove_parts(output: Path) -> int:
+    """Deletes every part file of `output` (e.g. those a killed multi-process run left, whose
+    results `finished_results` has read); returns how many."""
+    parts = part_files(output)
     for p in parts:
         p.unlink(missing_ok=True)
-    return merged
+    return len(parts)

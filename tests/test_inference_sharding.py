@@ -158,10 +158,24 @@ def test_two_processes_compute_every_input_exactly_once(runs):
 
 
 def test_rerun_skips_what_any_process_finished(runs):
+    """Resumed as after a kill of both processes, which leaves their part files and no merged
+    output: every finished input is reused, none lost (each process used to write its part over
+    the old one), and the parts are folded into tags.json and removed."""
     root, model_dir, inputs, _ = runs
+    out = root / "two" / "tags.json"
+    before = _tags(root / "two")
+    results = json.loads(out.read_text())
+    out.unlink()
+    for k, half in enumerate((results[:3], results[3:])):
+        (root / "two" / f"tags.json.part{k}").write_text(json.dumps(half))
     jobs = {"two": [(env, root / "two")
                     for env in distributed_envs(2, 2, free_port(), **NO_CACHE)]}
     logs = _start(jobs, model_dir, inputs, rerun=True)
+    after = _tags(root / "two")
+    assert sorted(after) == sorted(before)
+    for name in (Path(g).name for g in GOOD):
+        assert after[name]["probabilities"] == before[name]["probabilities"]
+    assert not list((root / "two").glob("tags.json.part*"))
     text = "".join(logs["two"])
     assert f"skipped {len(GOOD)} already finished" in text
     assert re.search(rf"\b{len(GOOD)} of \d+ inputs reused", text)  # the broken are retried

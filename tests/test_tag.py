@@ -176,6 +176,19 @@ def test_resume_keeps_finished_results(model_dir, inputs, tmp_path, capsys):
     results = {r["file"].split("/")[-1]: r for r in json.loads(out.read_text())}
     assert results["spec.npy"]["windows"] == "paper" and results["spec.npy"]["probabilities"][0] >= 0
     assert results["tone.wav"]["windows"] == "cover"  # not in this run: kept as it was
+    # A killed multi-process run's part files: read by --resume, then folded into the output
+    results = json.loads(out.read_text())
+    out.unlink()
+    for k, r in enumerate(results):
+        (tmp_path / f"tags.json.part{k}").write_text(json.dumps([r]))
+    rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--resume",
+                   "--quiet", "--windows", "paper", str(inputs / "spec.npy"),
+                   str(inputs / "tone.wav")])  # spec.npy's result has the paper's windows
+    err = capsys.readouterr().err
+    assert rc == 0 and f"1 of 2 inputs reused from {out} and its part files" in err
+    assert not list(tmp_path.glob("tags.json.part*"))
+    assert sorted(r["file"] for r in json.loads(out.read_text())) == sorted(
+        r["file"] for r in results)
     os.utime(inputs / "tone.wav", ns=(1, 1))  # a new version of the file
     rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--resume",
                    "--quiet", str(inputs / "tone.wav")])

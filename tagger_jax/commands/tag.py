@@ -80,6 +80,21 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     try:
         plan = window_plan(args)
         loaded = checkpoint.load_model(model_path(args))
+        parts = 0  # part files of a killed multi-process run, read by --resume
+        if args.resume and args.output is not None:
+            if processes > 1:  # folded into the output before any process reads it or
+                failed = None  # writes its own part over one of them
+                if process == 0:
+                    try:
+                        parts = tagging.fold_parts(args.output)
+                    except ValueError as e:  # an unreadable part: every process stops
+                        failed = e
+                if outputs.agree(int(failed is not None)):
+                    raise failed or ValueError(f"{args.output}: process 0 could not read the "
+                                               "part files of an earlier run (its error says "
+                                               "which)")
+            else:
+                parts = len(tagging.part_files(args.output))  # removed once the output holds them
         done = (tagging.finished_results(args.output)
                 if args.resume and args.output is not None else [])
     except (checkpoint.CheckpointError, ValueError) as e:
@@ -141,10 +156,14 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
             return 1 if any("error" in r for r in results) else 0
         results = [r for r in tagging.merge_parts(args.output, names, processes)
                    if r["file"] not in finished]
+    elif parts:  # a killed multi-process run's parts, read into `done`, now in the output
+        tagging.remove_parts(args.output)
     reused = sum(n in finished for n in names)  # this run's inputs kept from --output
     total = reused + len(results)
     if reused:
-        print(f"{reused} of {total} inputs reused from {args.output} (finished earlier)",
+        print(f"{reused} of {total} inputs reused from {args.output} and its part files "
+              f"(finished earlier)" if parts else
+              f"{reused} of {total} inputs reused from {args.output} (finished earlier)",
               file=sys.stderr)
     if args.output is not None:
         print(f"results written to {args.output}", file=sys.stderr)
