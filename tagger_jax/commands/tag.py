@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
         return _error("--resume needs --output")
     if args.output is not None:  # checked before any work (errors.OUTPUT)
         args.output = outputs.check_output_file(args.output)
+    needs_output = "a multi-process run needs --output (each process writes its share)"
     if args.output is None and sharding.multi_process_requested():  # before waiting for peers
-        return _error("a multi-process run needs --output (each process writes its share)")
+        return _error(needs_output)
     sharding.maybe_initialize_distributed()  # before anything touches the JAX backend
     from tagger_jax.inference import return_freed_memory
 
@@ -47,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     process, processes = jax.process_index(), jax.process_count()
-    if processes > 1 and args.output is None:
-        return _error("a multi-process run needs --output (each process writes its share)")
+    if processes > 1 and args.output is None:  # a cluster JAX detected by itself
+        return _error(needs_output)
     with contextlib.ExitStack() as stack:
         if args.output is not None:
             # One run per output file: a second refuses, naming the holder (errors.BUSY).
