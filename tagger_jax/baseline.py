@@ -217,7 +217,8 @@ def open_train_split(result: dict, train: str = "dataset") -> tuple[str, str, An
     return fitted_on, whose, source, list(tags)
 
 
-def report_beside(result: dict, print_fn=print, train: str = "dataset") -> dict:
+def report_beside(result: dict, print_fn=print, train: str = "dataset",
+                  progress: bool = True) -> dict:
     """Fits the baseline, scores it on the split an `evaluate_checkpoint` result was computed on,
     prints model vs baseline per tag and writes `baseline.json` into the result's output
     directory. Returns the baseline's metrics, with "fitted_on" ("DATASET/SPLIT"),
@@ -229,8 +230,8 @@ def report_beside(result: dict, print_fn=print, train: str = "dataset") -> dict:
     on the tags both its training data and the evaluated split list. Prints which split it was
     fitted on and how many clips, and one warning line naming the tags with a single label value
     there (constant predictions: the baseline is meaningless for them).
-    Raises `tagger_jax.evaluation.EvaluationError` when a split cannot be opened (naming it) or
-    the two share no tag.
+    `progress`: the feature bars over the clips. Raises `tagger_jax.evaluation.EvaluationError`
+    when a split cannot be opened (naming it) or the two share no tag.
     """
     import json
     from pathlib import Path
@@ -249,17 +250,19 @@ def report_beside(result: dict, print_fn=print, train: str = "dataset") -> dict:
     # With evaluate --common-tags the split lists tags the model does not: not scored here either.
     model_tags = [row["tag"] for row in result["per_tag"]] if result.get(
         "ignored_dataset_tags") else None
+    quiet = None if progress else (lambda items, total, desc, unit: items)
     scored = fit_and_score(train_source, train_tags, {scored_as: evaluated},
-                           {scored_as: eval_tags}, fitted_on, only=model_tags)
+                           {scored_as: eval_tags}, fitted_on, bars=quiet, only=model_tags)
     metrics = scored.metrics[scored_as]
     tags = [row["tag"] for row in metrics["per_tag"]]
     constant = [t for t in scored.constant_tags if t in set(tags)]
     metrics.update(fitted_on=fitted_on, fitted_on_clips=scored.clips, constant_tags=constant)
 
     model_roc = {t["tag"]: t["roc_auc"] for t in result["per_tag"]}
+    rank = {t: i for i, t in enumerate(model_roc)}  # rows in the model's table's order
     width = max(len(t) for t in tags)
     lines = [f"{'tag':<{width}}  model ROC-AUC  baseline ROC-AUC", "-" * (width + 33)]
-    for row in metrics["per_tag"]:
+    for row in sorted(metrics["per_tag"], key=lambda r: rank.get(r["tag"], len(rank))):
         mark = "  (constant)" if row["tag"] in constant else ""
         lines.append(f"{row['tag']:<{width}}  {_fmt(model_roc.get(row['tag']), 13)}  "
                      f"{_fmt(row['roc_auc'], 16)}{mark}")

@@ -392,7 +392,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
                         hop_s: float | None = None, print_fn: Callable[[str], None] | None = print,
                         preflight: Callable[[dict], Any] | None = None,
                         hold: Callable[[Path], Any] | None = None,
-                        common_tags: bool = False) -> dict:
+                        common_tags: bool = False, progress: bool = True) -> dict:
     """Loads a model, predicts a dataset split, writes the report; returns the metrics dict.
 
     `path` is a model directory or a training workdir with an exported best model. Dataset,
@@ -406,7 +406,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     prediction: `tagger-jax evaluate` takes the folder's lock there, so that two evaluations
     writing one folder cannot mix their files. `common_tags`: a dataset may also list tags the
     model does not know; they are not scored (one note names them; the result's
-    "ignored_dataset_tags" lists them). The default folder is
+    "ignored_dataset_tags" lists them). `progress`: the progress bar over clips. The default
+    folder is
     MODEL/evaluation/<dataset>[-<config>]_<split>_<mode> (the config named when it is not the
     model's own).
     """
@@ -484,7 +485,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     items = inference.process_share(inference.source_inputs(
         source, engine.architecture.dataset_feature, label, split))
     desc = inference.share_label(f"evaluate {dataset}/{split} ({mode})")
-    with tqdm(total=len(items), unit="clip", desc=desc, disable=jax.process_index() != 0) as bar:
+    with tqdm(total=len(items), unit="clip", desc=desc,
+              disable=not progress or jax.process_index() != 0) as bar:
         probs, labels, clip_index = predict_split(
             items, plan, engine.geometry, engine.packer(engine.predict_fn()), len(loaded.tags),
             workers=engine.load_workers, on_input=lambda: bar.update(1),

@@ -51,6 +51,10 @@ def maybe_initialize_distributed(requested: bool = False) -> bool:
         return True
     from_env = bool(os.environ.get(ENV_COORDINATOR))
     if not (requested or from_env):
+        given = [v for v in (ENV_NUM_PROCESSES, ENV_PROCESS_ID) if os.environ.get(v)]
+        if given:  # a multi-process run half set up would silently run alone
+            print(f"warning: {' and '.join(given)} set without {ENV_COORDINATOR}: this runs "
+                  f"as a single process", file=sys.stderr, flush=True)
         return False
     kwargs = requested_processes()
     if "num_processes" in kwargs:

@@ -207,3 +207,7 @@ def test_report_beside_and_evaluate_agree(tmp_path, monkeypatch, capsys):
     assert (reported["fitted_on"], reported["fitted_on_clips"], reported["constant_tags"]) == \
         ("fake/train", 40, [])
     assert capsys.readouterr().out == ""
+    # Printed, its rows follow the model's table (here the reverse of the dataset's order).
+    lines = []
+    baseline.report_beside({**result, "per_tag": result["per_tag"][::-1]}, print_fn=lines.append)
+    assert [row.split()[0] for row in lines[0].splitlines()[2:4]] == ["fast", "low"]

@@ -227,6 +227,20 @@ def test_bad_process_variables_are_usage_errors_before_joining(num, pid, says, m
     assert capsys.readouterr().err.strip() == f"error: {says}"
 
 
+def test_process_variables_without_a_coordinator_are_said(monkeypatch, capsys):
+    """JAX_NUM_PROCESSES without JAX_COORDINATOR_ADDRESS: one process, and a warning says so."""
+    import jax
+
+    from tagger_jax import sharding
+
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **k: pytest.fail("joined"))
+    monkeypatch.delenv(sharding.ENV_COORDINATOR, raising=False)
+    monkeypatch.setenv(sharding.ENV_NUM_PROCESSES, "2")
+    assert not sharding.maybe_initialize_distributed()
+    assert capsys.readouterr().err == ("warning: JAX_NUM_PROCESSES set without "
+                                       "JAX_COORDINATOR_ADDRESS: this runs as a single process\n")
+
+
 @pytest.mark.parametrize("command", ["tag", "explain", "embed", "evaluate"])
 def test_inference_commands_join_before_their_work_and_say_so(command, monkeypatch, capsys,
                                                               tmp_path):

@@ -572,7 +572,8 @@ def test_end_to_end_on_a_built_tfds_split(synth_tags, tiny_variables, tmp_path):
         roc_auc_score(predictions["labels"][:, k], predictions["probs"][:, k]), abs=1e-12)
 
 
-def test_evaluate_through_the_inference_path_equals_numpy_and_sklearn(tmp_path, monkeypatch):
+def test_evaluate_through_the_inference_path_equals_numpy_and_sklearn(tmp_path, monkeypatch,
+                                                                       capfd):
     """`evaluate_checkpoint` (dataset records -> inference windows -> packed batches -> the one
     predict function) against a direct computation: the model applied to each window alone,
     the mean of the sigmoids in float64 NumPy, scikit-learn's ROC-AUC per tag."""
@@ -664,11 +665,13 @@ def test_evaluate_through_the_inference_path_equals_numpy_and_sklearn(tmp_path, 
         ev.evaluate_checkpoint(model_dir, dataset="magnatagatune", batch_size=1,
                                out_dir=tmp_path / "out4", print_fn=None)
     notes = []
+    capfd.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ev.UndefinedMetricWarning)
         fourth = ev.evaluate_checkpoint(model_dir, dataset="magnatagatune", batch_size=1,
                                         out_dir=tmp_path / "out4", print_fn=notes.append,
-                                        common_tags=True)
+                                        common_tags=True, progress=False)
+    assert "evaluate magnatagatune" not in capfd.readouterr().err  # no bar (--no-progress)
     assert [r["roc_auc"] for r in fourth["per_tag"]] == [r["roc_auc"] for r in result["per_tag"]]
     assert fourth["ignored_dataset_tags"] == ["e"] and fourth["excluded_tags"] == ["d"]
     assert sum("1 tag(s) the model does not know, not scored (--common-tags): e" in n

@@ -395,8 +395,16 @@ def test_listen_skips_grad_x_input_unless_asked_and_checks_listen_methods(setup,
     summary = json.loads((out / "tone.wav.json").read_text())
     assert {m["method"] for m in summary["files"]["audio"]["maps"]} == {"grad_x_input"}
     assert "not_auralised" not in summary["files"]["audio"]
+    # 'all': every explained method that can be heard (it asked for those not explained)
+    out = tmp_path / "all"
+    assert explain(*common, "--out", str(out), "--listen-methods", "all") == 0
+    summary = json.loads((out / "tone.wav.json").read_text())
+    assert {m["method"] for m in summary["files"]["audio"]["maps"]} == {
+        "attention", "contribution", "grad_x_input"}
     for bad, says in (("attention_heads", "attention_heads cannot be heard"),
-                      ("rollout", "names rollout, which --methods does not compute")):
+                      ("rollout", "names rollout, which --methods does not compute (add it"),
+                      ("Contribution", "Contribution: not a method"),
+                      (",", "names no method")):
         assert explain(*common, "--out", str(tmp_path / "bad"), "--listen-methods", bad) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: --listen-methods") and says in err and "\n" not in err

@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score the tags the model and the dataset both list: dataset tags "
                              "the model does not know are left out, named in one note (default: "
                              "refused, as a sign of the wrong model or dataset)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (the model's and the baseline's)")
     parser.add_argument("--baseline", action="store_true",
                         help="also fit the logistic-regression baseline (tagger_jax.baseline) and "
                              "report it beside the model (see --baseline-train)")
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                     data_dir=args.data_dir, builder_config=args.builder_config, mode=args.mode,
                     out_dir=args.out, batch_size=args.batch_size, num_chunks=args.num_chunks,
                     hop_s=args.hop, preflight=preflight, hold=hold,
-                    common_tags=args.common_tags)
+                    common_tags=args.common_tags, progress=not args.no_progress)
             if args.baseline and jax.process_index() == 0:  # process 0 writes the report
                 import warnings
 
@@ -103,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
                 with warnings.catch_warnings():  # the model's scores of this split said it
                     warnings.simplefilter("ignore", UndefinedMetricWarning)
-                    report_beside(result, train=args.baseline_train)
+                    report_beside(result, train=args.baseline_train,
+                                  progress=not args.no_progress)
     except (CheckpointError, EvaluationError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return errors.exit_status(e, default=errors.USAGE)

@@ -102,16 +102,23 @@ def run(args: argparse.Namespace) -> int:
     listen_methods = args.listen_methods
     if listen_methods is not None:
         args.listen = True
-        if listen_methods == ("all",):
-            listen_methods = runner.AURALISED
-        unknown = [m for m in listen_methods if m not in runner.AURALISED]
+        if listen_methods == ("all",):  # every explained map that can be heard
+            listen_methods = tuple(m for m in methods if m in runner.AURALISED)
+        unknown = [m for m in listen_methods if m not in M.METHODS]
+        silent = [m for m in listen_methods if m in M.METHODS and m not in runner.AURALISED]
         unasked = [m for m in listen_methods if m in runner.AURALISED and m not in methods]
+        choose = f"choose from {', '.join(runner.AURALISED)}, or 'all'"
+        if not listen_methods:
+            return error(f"--listen-methods names no method ({choose})")
         if unknown:
-            return error(f"--listen-methods: {', '.join(unknown)} cannot be heard (choose from "
-                         f"{', '.join(runner.AURALISED)}, or 'all')")
+            return error(f"--listen-methods: {', '.join(unknown)}: not a method ({choose})")
+        if silent:
+            return error(f"--listen-methods: {', '.join(silent)} cannot be heard (its maps are "
+                         f"per head or per layer; {choose})")
         if unasked:
+            them = "them" if len(unasked) > 1 else "it"
             return error(f"--listen-methods names {', '.join(unasked)}, which --methods does "
-                         f"not compute (add it there)")
+                         f"not compute (add {them} there)")
     try:
         check_inputs(args)
         plan = window_plan(args)
