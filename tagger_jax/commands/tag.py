@@ -162,9 +162,8 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     reused = sum(n in finished for n in names)  # this run's inputs kept from --output
     total = reused + len(results)
     if reused:
-        print(f"{reused} of {total} inputs reused from {args.output} and its part files "
-              f"(finished earlier)" if parts else
-              f"{reused} of {total} inputs reused from {args.output} (finished earlier)",
+        source = f"{args.output} and its part files" if parts else args.output
+        print(f"{reused} of {total} inputs reused from {source} (finished earlier)",
               file=sys.stderr)
     if args.output is not None:
         print(f"results written to {args.output}", file=sys.stderr)
