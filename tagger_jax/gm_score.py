@@ -69,6 +69,14 @@ INSTRUMENTS: dict[str, Instrument] = {
     "drums": Instrument(("drums",), (), (35, 81), ("drums",)),
 }
 ROLES = ("melody", "chords", "bass", "drums")
+# Programs of the same family that a training render may play instead of the family's own
+# (`with_siblings`): viola for violin, contrabass for cello, tremolo strings, jazz and muted
+# guitar, piccolo and recorder, and so on. Each has samples of its own in most banks, so they
+# widen the timbres one bank gives each tag. Test splits never use them.
+SIBLING_PROGRAMS: dict[str, tuple[int, ...]] = {
+    "piano": (2, 3), "organ": (17, 18), "guitar": (26, 28), "strings": (44,), "violin": (41,),
+    "cello": (43,), "flute": (72, 74), "bass": (35,),
+}
 
 # Tempo classes cover 54-190 BPM with two narrow gaps at the class boundaries (77-79, 133-139
 # BPM, never drawn), so the common pop tempos are seen in training (version 2.0.0's 60-76 /
@@ -399,3 +407,24 @@ def sample_score(seed, duration_s: float = 10.0, tempo: str | None = None,
                 parts.append(Part(role, name, program, tuple(notes)))
     return Score(duration_s, bpm, tempo_class, level_class, level_db, key[0], key[1],
                  tuple(sections), tuple(parts))
+
+
+def with_siblings(score: Score, seed, p: float) -> Score:
+    """`score` with each part of an instrument in `SIBLING_PROGRAMS` played, with probability
+    `p`, by one of its sibling programs (uniformly) instead of its own (a training-time timbre
+    augmentation; notes, tags and everything else unchanged). The draws come from a generator
+    of their own seeded with `seed` (the score's seed) and a constant, so they move none of the
+    score's. `p` = 0 returns `score` itself; `p` outside [0, 1] is a ValueError."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"sibling probability must be in [0, 1], got {p}")
+    if p == 0.0:
+        return score
+    entropy = list(np.atleast_1d(np.asarray(seed, dtype=np.int64)).tolist())
+    rng = np.random.default_rng(entropy + [0x51B])  # a stream of its own for each score
+    parts = []
+    for part in score.parts:
+        extra = SIBLING_PROGRAMS.get(part.instrument, ())
+        swap = rng.random() < p  # drawn for every part, so one part's choice moves no other
+        choice = int(rng.choice(extra)) if extra else 0
+        parts.append(dataclasses.replace(part, program=choice) if extra and swap else part)
+    return dataclasses.replace(score, parts=tuple(parts))

@@ -311,11 +311,12 @@ def mix(score: gm_score.Score, stems: Sequence[np.ndarray], seed,
 
 
 def render_clip(seed, bank: str | os.PathLike, duration_s: float = 10.0,
-                hop_length: int = 256) -> dict:
+                hop_length: int = 256, siblings: float = 0.0) -> dict:
     """One clip of score `seed` rendered with `bank`: {"audio": float32 16 kHz mono,
     "tags": uint8 multi-hot over `gm_score.TAGS`, "tag_mask": uint8 (num_tags, frames),
-    "stem_db": float32 (num_tags,), "score": the Score}. Same seed and bank -> same bytes."""
-    score = gm_score.sample_score(seed, duration_s)
+    "stem_db": float32 (num_tags,), "score": the Score}. `siblings` > 0 plays parts with sibling
+    programs at that rate (`gm_score.with_siblings`). Same arguments -> same bytes."""
+    score = gm_score.with_siblings(gm_score.sample_score(seed, duration_s), seed, siblings)
     stems = [render_part(p, bank, duration_s) for p in score.parts]
     audio, levels = mix(score, stems, np.random.default_rng(seed).integers(2 ** 31))
     mask = activity_mask(score, len(audio), hop_length)

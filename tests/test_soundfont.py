@@ -105,6 +105,42 @@ def test_score_is_reproducible_and_honest():
     assert max(m.tempo_bpm for m in medium) > 117  # 2.0.0's unseen band is drawn
 
 
+def test_sibling_programs_change_the_timbre_only():
+    """`with_siblings` swaps programs for siblings at the rate asked, from a stream of its own:
+    notes, tags, tempo and every other draw of the score stay; 0 changes nothing; the same seed
+    swaps the same parts; a rate outside [0, 1] is refused. The siblings have samples of their
+    own in the training bank (their renders differ from the family's own program's)."""
+    scores = [gm_score.sample_score((0, 0, i), 10.0) for i in range(40)]
+    swapped, kept = 0, 0
+    for i, score in enumerate(scores):
+        assert gm_score.with_siblings(score, (0, 0, i), 0.0) is score
+        every = gm_score.with_siblings(score, (0, 0, i), 1.0)
+        half = gm_score.with_siblings(score, (0, 0, i), 0.5)
+        assert half == gm_score.with_siblings(score, (0, 0, i), 0.5)
+        assert dataclasses.replace(every, parts=score.parts) == score
+        for a, b, c in zip(score.parts, every.parts, half.parts):
+            assert (a.notes, a.instrument, a.role) == (b.notes, b.instrument, b.role)
+            siblings = gm_score.SIBLING_PROGRAMS.get(a.instrument, ())
+            assert b.program in siblings if siblings else b == a
+            assert c.program in (a.program, *siblings)
+            if siblings:
+                swapped += c.program != a.program
+                kept += c.program == a.program
+        assert gm_score.score_tags(every) == gm_score.score_tags(score)
+    assert swapped > 10 and kept > 10, (swapped, kept)
+    for p in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="sibling probability"):
+            gm_score.with_siblings(scores[0], 0, p)
+    assert set(gm_score.SIBLING_PROGRAMS) <= set(gm_score.INSTRUMENTS)
+    for name, siblings in gm_score.SIBLING_PROGRAMS.items():
+        assert not set(siblings) & set(gm_score.INSTRUMENTS[name].programs), name
+    probe = lambda program: soundfont.render_part(  # noqa: E731
+        gm_score.Part("melody", "violin", program, (gm_score.Note(62, 0.1, 0.8, 100),)),
+        "merlin", 1.2)
+    own, viola = probe(40), probe(41)
+    assert np.abs(np.corrcoef(own, viola)[0, 1]) < 0.5
+
+
 def _melody_intervals_in_beats(tempo: str, n: int = 40) -> np.ndarray:
     out = []
     for seed in range(n):
@@ -388,6 +424,34 @@ def test_builder_refuses_a_rebuild_with_other_banks(tiny):
     assert SoundfontTags.reuse_conflict(metadata, None, read_back.builder_config) is None
 
 
+def test_builder_plays_siblings_in_the_train_split_only(tiny, tmp_path):
+    """`siblings` changes the train split's renders and nothing else: its records hold the
+    scores' tags and activity with other timbres, every other split equals the build without
+    it; the build records the rate, and a build without it is not reused for it."""
+    sib = _build(tmp_path / "sib", 1, name="sib", siblings=1.0)
+    assert sib.info.metadata["config"]["siblings"] == 1.0
+    assert "siblings" not in tiny.info.metadata["config"]
+    for split in ("validation", "test", "test_timgm6mb"):
+        a, b = tiny.as_data_source(split), sib.as_data_source(split)
+        for i in range(len(a)):
+            np.testing.assert_array_equal(a[i]["mel"], b[i]["mel"], err_msg=split)
+    a, b = tiny.as_data_source("train"), sib.as_data_source("train")
+    changed = 0
+    for i in range(3):
+        score = gm_score.sample_score((0, 0, i), 3.0)
+        np.testing.assert_array_equal(a[i]["tags"], b[i]["tags"])
+        np.testing.assert_array_equal(a[i]["tag_mask"], b[i]["tag_mask"])
+        has_sibling = any(p.instrument in gm_score.SIBLING_PROGRAMS for p in score.parts)
+        changed += has_sibling
+        assert np.array_equal(a[i]["mel"], b[i]["mel"]) != has_sibling, i
+    assert changed, "no train clip of the tiny build plays an instrument with siblings"
+    other = dataclasses.replace(tiny.builder_config, siblings=0.5)
+    assert "siblings 0.0 (this run: 0.5)" in SoundfontTags.reuse_conflict(
+        dict(tiny.info.metadata), None, other)
+    with pytest.raises(errors.ConfigError, match="siblings is a rate.*got 2"):
+        SoundfontConfig(name="bad", siblings=2)
+
+
 def test_builder_reuses_a_build_whose_unseen_bank_lies_elsewhere(tiny, tmp_path):
     """A build records its unseen banks' files and their SHA-1; the same bank installed at
     another path (another clone's virtual environment) reuses the build, another file does not.
@@ -560,7 +624,8 @@ def test_bank_overlap_tells_shared_from_distinct_instruments():
 
 def test_build_dataset_command_with_extra_banks(tmp_path, capsys):
     """`build-dataset --set extra_banks=...` (a list with a space after the comma) builds, and
-    the summary names the bank files of every split; a bank given twice is one error line."""
+    the summary names the bank files of every split and the sibling rate (`--set siblings=`,
+    a float); a bank given twice is one error line."""
     from tagger_jax import cli, errors
 
     data = str(tmp_path / "data")
@@ -568,11 +633,12 @@ def test_build_dataset_command_with_extra_banks(tmp_path, capsys):
              "--set", "duration_s=1"]
     rc = cli.main(["build-dataset", "soundfont_tags", "--config", "cli2", "--data-dir", data,
                    "--num-workers", "1", "--set", "extra_banks=timgm6mb",
-                   "--set", "unseen_banks=", *sizes])
+                   "--set", "unseen_banks=", "--set", "siblings=0.25", *sizes])
     out = capsys.readouterr().out
     assert rc == 0
     assert f"training banks (train, validation, test): {soundfont.resolve_bank('merlin')}, " \
            f"{soundfont.resolve_bank('timgm6mb')}" in out
+    assert "sibling programs played by one of them at rate 0.25" in out
     rc = cli.main(["build-dataset", "soundfont_tags", "--config", "cli3", "--data-dir", data,
                    "--num-workers", "1", "--set", "extra_banks=timgm6mb, merlin",
                    "--set", "unseen_banks=", *sizes])

@@ -130,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"training banks (train, validation, test): {', '.join(files)}")
         for split, path in noted.get("unseen_banks", {}).items():
             print(f"unseen bank ({split}): {path}")
+        if noted.get("siblings"):
+            print(f"train split: each part of an instrument with sibling programs played by "
+                  f"one of them at rate {noted['siblings']:g} (gm_score.SIBLING_PROGRAMS)")
     report = datasets.build_report(builder)
     skipped = [(split, s) for split, items in report.items() for s in items]
     if skipped:

@@ -138,7 +138,8 @@ def soundfont_example(job: dict) -> dict[str, Any]:
     from tagger_jax import soundfont
 
     clip = soundfont.render_clip(job["seed"], job["bank"], job["duration_s"],
-                                 hop_length=FEATURES.hop_length)
+                                 hop_length=FEATURES.hop_length,
+                                 siblings=job.get("siblings", 0.0))
     example = _example(clip["audio"], dict(job, tags=clip["tags"]))
     if clip["tag_mask"].shape[1] != example["mel"].shape[1]:
         raise AssertionError(f"tag mask has {clip['tag_mask'].shape[1]} frames, mel has "

@@ -31,6 +31,11 @@ environment's copy of `timgm6mb` reuses the build and a bank file rewritten in p
 FluidR3_GM is kept for evaluation outside the project: it can be an unseen bank (`--set
 unseen_banks=/usr/share/sounds/sf2/FluidR3_GM.sf2`) but never a training bank.
 
+With `siblings` p > 0 (`--set siblings=0.5`) each part of a training clip whose instrument has
+sibling programs (`tagger_jax.gm_score.SIBLING_PROGRAMS`: viola for violin, contrabass for
+cello, ...) is played by one of them with probability p: more timbres per tag from one bank,
+the scores and labels unchanged. Validation, test and unseen splits are never changed.
+
 Configs:
   - `default`: train on `merlin`, unseen `timgm6mb`; 1,000 / 100 / 250 (+ 250) clips of 10 s.
   - `timgm6mb`: the other direction (train on `timgm6mb`, unseen `merlin`).
@@ -66,8 +71,15 @@ class SoundfontConfig(TaggingConfig):
     num_test: int = 250  # clips in test (and in each test_<bank>)
     duration_s: float = 10.0  # clip length in seconds
     seed: int = 0  # score seed: clip i of split s is score (seed, s, i)
+    siblings: float = 0.0  # train split only: rate of parts played by a sibling program
     POSITIVE: ClassVar[tuple[str, ...]] = ("num_train", "num_validation", "num_test",
                                            "duration_s")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= float(self.siblings) <= 1.0:
+            raise errors.ConfigError(f"config {self.name!r}: siblings is a rate, it must be in "
+                                     f"[0, 1], got {self.siblings!r}")
 
     def num_clips(self, split: str) -> int:
         return {"train": self.num_train, "validation": self.num_validation}.get(
@@ -137,7 +149,8 @@ class SoundfontTags(TaggingBuilder):
                  "unseen": {s: str(Path(p).resolve())
                             for s, p in recorded.get("unseen_banks", {}).items()},
                  "seed": recorded.get("seed"), "duration_s": recorded.get("duration_s"),
-                 "num_clips": recorded.get("num_clips")}
+                 "num_clips": recorded.get("num_clips"),
+                 "siblings": recorded.get("siblings", 0.0)}
         same = {k: built[k] == asked[k] for k in built}
         same["banks"] = same_banks
         same["unseen"] = _same_unseen(recorded, asked["unseen"])
@@ -185,6 +198,8 @@ class SoundfontTags(TaggingBuilder):
                 "bank": str(config.bank), "bank_file": str(train_files[0])}
         if len(banks) > 1:  # one-bank datasets keep the notes they had before extra_banks
             note["extra_banks"] = {str(b): str(p) for b, p in zip(banks[1:], train_files[1:])}
+        if config.siblings:  # builds without them keep the notes they had before the field
+            note["siblings"] = float(config.siblings)
         note.update({"bank_sha1": [bank_digest(p) for p in train_files],
                      "unseen_banks": {s: str(paths[b]) for s, b in unseen.items()},
                      "unseen_bank_sha1": {s: bank_digest(paths[b]) for s, b in unseen.items()},
@@ -208,6 +223,7 @@ class SoundfontTags(TaggingBuilder):
         for i in range(config.num_clips(split)):
             bank, name = banks[i % len(banks)]
             jobs.append({"seed": (config.seed, split_id, i), "duration_s": config.duration_s,
+                         "siblings": float(config.siblings) if split == "train" else 0.0,
                          "bank": bank, "bank_name": name, "waveform": config.waveform,
                          "clip_id": f"{split}-{i:05d}",
                          "path": f"gm://{config.seed}/{split}/{i}@{name}"})
@@ -224,7 +240,8 @@ def _describe(config: SoundfontConfig) -> dict[str, Any]:
     return {"banks": [str(b) for b in config.training_banks()],
             "unseen": {s: str(soundfont.resolve_bank(b).resolve()) for s, b in unseen.items()},
             "seed": config.seed, "duration_s": config.duration_s,
-            "num_clips": {s: config.num_clips(s) for s in SPLITS + tuple(unseen)}}
+            "num_clips": {s: config.num_clips(s) for s in SPLITS + tuple(unseen)},
+            "siblings": float(config.siblings)}
 
 
 def bank_digest(path: str | os.PathLike) -> str:
