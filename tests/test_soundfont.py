@@ -427,7 +427,8 @@ def test_builder_refuses_a_rebuild_with_other_banks(tiny):
 def test_builder_plays_siblings_in_the_train_split_only(tiny, tmp_path):
     """`siblings` changes the train split's renders and nothing else: its records hold the
     scores' tags and activity with other timbres, every other split equals the build without
-    it; the build records the rate, and a build without it is not reused for it."""
+    it; the build records the rate (explain renders its train records again with it), and a
+    build without it is not reused for it."""
     sib = _build(tmp_path / "sib", 1, name="sib", siblings=1.0)
     assert sib.info.metadata["config"]["siblings"] == 1.0
     assert "siblings" not in tiny.info.metadata["config"]
@@ -445,6 +446,15 @@ def test_builder_plays_siblings_in_the_train_split_only(tiny, tmp_path):
         changed += has_sibling
         assert np.array_equal(a[i]["mel"], b[i]["mel"]) != has_sibling, i
     assert changed, "no train clip of the tiny build plays an instrument with siblings"
+    from types import SimpleNamespace
+
+    from tagger_jax.config_base import base_config
+    from tagger_jax.explain import runner
+
+    root = Path(sib.data_dir).parents[2]  # explain --listen renders the train records again
+    regenerate = runner._regenerated_audio("soundfont_tags", "train", root, "sib",
+                                           SimpleNamespace(config=base_config()))
+    assert all("audio" in regenerate(i, b[i]) for i in range(3))
     other = dataclasses.replace(tiny.builder_config, siblings=0.5)
     assert "siblings 0.0 (this run: 0.5)" in SoundfontTags.reuse_conflict(
         dict(tiny.info.metadata), None, other)

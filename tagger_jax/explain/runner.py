@@ -317,7 +317,7 @@ def _decoder(metadata: Mapping[str, Any], features):
 def _generator(name: str, split: str, config, metadata: Mapping[str, Any], features):
     """(index, record) -> (waveform or None, how) making a generated dataset's clip again. A
     config made with --set is opened from its files without its fields: the build's "config"
-    note has them (seed, duration, segments, bank files)."""
+    note has them (seed, duration, segments, bank files, sibling rate)."""
     from tagger_jax.datasets import SPLITS
 
     note = dict(metadata.get("config") or {})
@@ -340,6 +340,8 @@ def _generator(name: str, split: str, config, metadata: Mapping[str, Any], featu
     from tagger_jax import soundfont
 
     files = _bank_files(note)
+    # The train split of a build with sibling programs plays them (its "config" note's rate).
+    siblings = float(note.get("siblings", 0.0)) if split == "train" else 0.0
 
     def render(i: int, record) -> tuple[np.ndarray | None, str]:
         bank = inference.record_text(record.get("bank", ""))
@@ -349,7 +351,7 @@ def _generator(name: str, split: str, config, metadata: Mapping[str, Any], featu
                           f"at {file}" if file else "no audio: the build names no file for "
                           f"the bank {bank!r}")
         clip = soundfont.render_clip((seed, seed_split, i), file, duration_s,
-                                     hop_length=features.hop_length)
+                                     hop_length=features.hop_length, siblings=siblings)
         return clip["audio"], f"rendered again from its score with {Path(file).name}"
 
     return render
