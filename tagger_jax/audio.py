@@ -489,7 +489,7 @@ def load_audio_checked(path: str | os.PathLike, sample_rate: int = 16000,
     """(`load_audio`'s waveform, warnings): {code: one-line message naming the file}.
 
     Codes (docs/audio.md): `damaged_data`, `duration_mismatch`, `low_sample_rate`,
-    `stereo_cancellation`.
+    `stereo_cancellation`, `silence`, `clipping`, `over_full_scale`.
     """
     librosa = import_librosa()
 
@@ -528,7 +528,7 @@ def _load_streamed(p: Path, f, mpeg: bool, problems: list[str],
     import soxr
 
     d = display_path(p)
-    parts, frames, mono_sq, channel_sq = [], 0, 0.0, None
+    parts, frames, mono_sq, channel_sq, peak, full_scale = [], 0, 0.0, None, 0.0, 0
     with _mpg123_messages(problems) if mpeg else contextlib.nullcontext():
         with f:
             rate, declared = int(f.samplerate), int(f.frames)
@@ -540,6 +540,9 @@ def _load_streamed(p: Path, f, mpeg: bool, problems: list[str],
                     raise InputError(f"{d}: non-finite samples (NaN or inf) after "
                                      f"{(frames + np.argmax(~np.isfinite(block).all(1))) / rate:.2f} s")
                 mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+                magnitude = np.abs(block)
+                peak = max(peak, float(magnitude.max(initial=0.0)))
+                full_scale += int(np.count_nonzero(magnitude >= CLIP_LEVEL))
                 sq = np.sum(np.square(block, dtype=np.float64), axis=0)
                 channel_sq = sq if channel_sq is None else channel_sq + sq
                 mono_sq += float(np.sum(np.square(mono, dtype=np.float64)))
@@ -552,7 +555,8 @@ def _load_streamed(p: Path, f, mpeg: bool, problems: list[str],
     wav_frames = _wav_declared_frames(p)
     notes = _degradation_notes(
         d, "soundfile", problems, frames, wav_frames if wav_frames is not None else declared,
-        rate, sample_rate, np.sqrt(channel_sq / frames), math.sqrt(mono_sq / frames))
+        rate, sample_rate, np.sqrt(channel_sq / frames), math.sqrt(mono_sq / frames),
+        Levels(peak, full_scale, frames * len(channel_sq)))
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), notes
 
 
@@ -561,6 +565,25 @@ MONO_LOSS_DB = 10.0  # the mono mix this far below the loudest channel: the chan
 # Decoded vs declared length: libsndfile's clean files agree exactly; ffmpeg's containers declare
 # lengths that differ from the decoded one by codec framing (up to ~2 frames of 1024-2048 samples).
 DURATION_TOLERANCE_S = {"soundfile": 0.01, "ffmpeg": 0.25}
+SILENCE_DBFS = -90.0  # a peak below this: the file is (nearly) digital silence
+CLIP_LEVEL = 0.999  # |sample| at or above this is at full scale (16-bit's largest is 0.99997)
+CLIP_SHARE = 0.001  # this share of samples at full scale: clipped
+
+
+@dataclasses.dataclass(frozen=True)
+class Levels:
+    """Sample statistics of a decoded file for the level warnings: the largest |sample|, the
+    number of samples at or above `CLIP_LEVEL` and the number of samples (all channels)."""
+
+    peak: float
+    full_scale: int
+    samples: int
+
+    @classmethod
+    def of(cls, y: np.ndarray) -> "Levels":
+        magnitude = np.abs(y)
+        return cls(float(magnitude.max(initial=0.0)),
+                   int(np.count_nonzero(magnitude >= CLIP_LEVEL)), int(magnitude.size))
 
 
 def decode_warnings(name: str, decoded: Decoded, sample_rate: int) -> dict[str, str]:
@@ -571,14 +594,28 @@ def decode_warnings(name: str, decoded: Decoded, sample_rate: int) -> dict[str, 
                 if y.shape[0] > 1 else float(channel_rms[0]))
     return _degradation_notes(name, decoded.decoder, decoded.problems, y.shape[-1],
                               decoded.expected_frames, decoded.sample_rate, sample_rate,
-                              channel_rms, mono_rms)
+                              channel_rms, mono_rms, Levels.of(y))
 
 
 def _degradation_notes(name: str, decoder: str, problems: list[str], n: int,
                        expected_frames: int | None, rate: int, sample_rate: int,
-                       channel_rms: np.ndarray, mono_rms: float) -> dict[str, str]:
+                       channel_rms: np.ndarray, mono_rms: float,
+                       levels: Levels) -> dict[str, str]:
     """`decode_warnings` from a decoded file's statistics (also those a streamed read sums)."""
     notes: dict[str, str] = {}
+    if levels.peak < 10 ** (SILENCE_DBFS / 20):
+        loudest = (f"peak {20 * np.log10(levels.peak):.0f} dBFS" if levels.peak > 0
+                   else "every sample 0")
+        notes["silence"] = f"{name}: silent ({loudest}): its tags describe silence, not music"
+    elif levels.peak > 1.0:
+        notes["over_full_scale"] = (
+            f"{name}: samples reach {levels.peak:.3g} ({20 * np.log10(levels.peak):+.1f} dBFS), "
+            "beyond full scale (a float file not normalised?): level tags such as loud read "
+            "that level")
+    elif levels.full_scale >= CLIP_SHARE * levels.samples:
+        notes["clipping"] = (
+            f"{name}: {100 * levels.full_scale / levels.samples:.2g}% of samples at full scale "
+            "(clipped): the distortion may change what is tagged")
     if problems:
         notes["damaged_data"] = (
             f"{name}: the decoder reported damaged data ({decoder}: "

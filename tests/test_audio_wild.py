@@ -65,7 +65,12 @@ def wild(tmp_path_factory):
     np.save(d / "linear.npy", np.abs(rng.standard_normal((96, 300))).astype(np.float32) * 0.01)
     np.save(d / "wide.npy", rng.uniform(-250, 40, (96, 300)).astype(np.float32))
     np.save(d / "logmel.npy", audio.log_mel(y))
+    sf.write(d / "silent.flac", np.zeros((SR, 2)), SR)  # digital silence
+    sf.write(d / "clipped.wav", np.clip(4 * y / np.abs(y).max(), -1, 1), SR, subtype="PCM_16")
+    sf.write(d / "hot.wav", 40.0 * y, SR, subtype="FLOAT")  # never normalised: peak > 1
     return d, {"clean.wav": set(), "logmel.npy": set(),
+               "silent.flac": {"silence"}, "clipped.wav": {"clipping"},
+               "hot.wav": {"over_full_scale"},
                "phase.wav": {"stereo_cancellation"}, "phone.wav": {"low_sample_rate"},
                "damaged.mp3": {"damaged_data", "duration_mismatch"},  # mpg123 notes too
                "truncated.wav": {"duration_mismatch"},
@@ -133,6 +138,14 @@ def test_warning_values(wild):
     assert "8000 Hz" in notes["low_sample_rate"] and "4000 Hz" in notes["low_sample_rate"]
     _, notes = audio.read_input(d / "truncated.wav", audio.FeatureParams())
     assert "3.00 s" in notes["duration_mismatch"] and "1.50 s" in notes["duration_mismatch"]
+    _, notes = audio.read_input(d / "silent.flac", audio.FeatureParams())
+    assert "silent (every sample 0)" in notes["silence"]
+    _, notes = audio.read_input(d / "clipped.wav", audio.FeatureParams())
+    share = np.mean(np.abs(np.clip(4 * _tone() / np.abs(_tone()).max(), -1, 1)) >= 0.999)
+    assert f"{100 * share:.2g}% of samples at full scale" in notes["clipping"], notes
+    _, notes = audio.read_input(d / "hot.wav", audio.FeatureParams())
+    peak = 40.0 * np.abs(_tone()).max()
+    assert f"reach {peak:.3g} ({20 * np.log10(peak):+.1f} dBFS)" in notes["over_full_scale"]
 
 
 # ------------------------------------------------------------------- item 8: directory scans
