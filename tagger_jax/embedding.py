@@ -144,6 +144,15 @@ def _read_npz(path: Path) -> Optional[dict]:
         return None
 
 
+def _stored_name(path: Path) -> Optional[str]:
+    """The input name an NPZ records (None: no file, or it does not read)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return str(z["name"]) if "name" in z.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1))
@@ -186,6 +195,9 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
     if len({it.key for it in items}) != len(items):
         raise ValueError("input keys must be unique")
     process, processes = jax.process_index(), jax.process_count()
+    items, moved = inference.claim_keys(items, lambda key: _stored_name(out / f"{key}.npz"))
+    for line in inference.moved_lines(moved, out, ".npz") if process == 0 else ():
+        print(line, file=sys.stderr)
     share = inference.process_share(items, process, processes)
     old_failures = _read_failures(out / FAILURES)
     skipped, failed, todo, replaced = [], {}, [], []

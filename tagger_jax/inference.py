@@ -165,6 +165,56 @@ def unique_keys(names: Sequence[str]) -> list[str]:
     return keys
 
 
+def same_input(stored_name: str, item: "Input") -> bool:
+    """Whether an output that records `stored_name` as its input's name was made for `item`:
+    the same name, or two paths of the same existing file (relative to this directory)."""
+    from tagger_jax import audio
+
+    if stored_name == item.name:
+        return True
+    try:
+        return os.path.samefile(audio.path_from_display(stored_name),
+                                audio.path_from_display(item.name))
+    except (OSError, ValueError):
+        return False
+
+
+def claim_keys(items: Sequence["Input"], stored_name: Callable[[str], Optional[str]]
+               ) -> tuple[list["Input"], list[tuple["Input", str]]]:
+    """`items` with the key of each one whose output file already holds another input's output
+    (`stored_name(key)`: the input name recorded there, None when there is none or it does not
+    read) moved to the first free `KEY-2`, `KEY-3`, ...: a run never replaces the output of an
+    input it was not given (e.g. `A/x.wav` embedded earlier, now `B/x.wav`, both key `x.wav`).
+    Returns (items, [(item, its original key), ...] for the moved ones)."""
+    taken = {it.key for it in items}
+    out, moved = [], []
+    for it in items:
+        key, n = it.key, 1
+        while True:
+            owner = stored_name(key)
+            if (owner is None or same_input(owner, it)) and (key == it.key or key not in taken):
+                break
+            n += 1
+            key = f"{it.key}-{n}"
+        if key != it.key:
+            taken.add(key)
+            moved.append((dataclasses.replace(it, key=key), it.key))
+            it = moved[-1][0]
+        out.append(it)
+    return out, moved
+
+
+def moved_lines(moved: Sequence[tuple["Input", str]], where: Any, suffix: str,
+                limit: int = 10) -> list[str]:
+    """The `note:` lines a run prints for the inputs `claim_keys` moved to new output names."""
+    lines = [f"note: {where}/{old}{suffix} holds another input's output (kept): {it.name} is "
+             f"written as {it.key}{suffix}" for it, old in moved[:limit]]
+    if len(moved) > limit:
+        lines.append(f"note: ... and {len(moved) - limit} more input(s) written under new names "
+                     "for the same reason")
+    return lines
+
+
 @dataclasses.dataclass(frozen=True)
 class Loaded:
     """What an `Input.load` may return besides a bare signal: the signal, its degradation

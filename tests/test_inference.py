@@ -202,6 +202,51 @@ def test_embed_cli_writes_npz_and_resumes(model_dir, files, tmp_path, capsys):
     assert (out / "long.npy.npz").stat().st_mtime_ns == mtime
 
 
+def test_outputs_of_other_inputs_under_the_same_name_are_kept(model_dir, files, tmp_path,
+                                                               capsys, monkeypatch):
+    """`A/x.npy` embedded (and explained) earlier, then `B/x.npy` alone: both have the key
+    `x.npy`; the second run writes `x.npy-2` and says so, and A's outputs stay. The same file
+    named by another path is the same input."""
+    import os
+
+    from tagger_jax.explain.report import SUMMARY_SUFFIX
+
+    for d in ("A", "B"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "A" / "x.npy").write_bytes((files / "long.npy").read_bytes())
+    (tmp_path / "B" / "x.npy").write_bytes((files / "mid.npy").read_bytes())
+    out, explained = tmp_path / "emb", tmp_path / "exp"
+
+    def run(*inputs):
+        assert cli.main(["embed", "--checkpoint", str(model_dir), "--out", str(out),
+                         "--no-progress", *map(str, inputs)]) == 0
+        assert cli.main(["explain", "--checkpoint", str(model_dir), "--out", str(explained),
+                         "--no-progress", "--no-plot", "--no-report", "--methods", "attention",
+                         *map(str, inputs)]) == 0
+        return capsys.readouterr()
+
+    run(tmp_path / "A" / "x.npy")
+    said = run(tmp_path / "B" / "x.npy")
+    assert f"note: {out}/x.npy.npz holds another input's output (kept): " \
+           f"{tmp_path / 'B' / 'x.npy'} is written as x.npy-2.npz" in said.err
+    assert f"note: {explained}/x.npy{SUMMARY_SUFFIX} holds another input's output (kept): " \
+           f"{tmp_path / 'B' / 'x.npy'} is written as x.npy-2{SUMMARY_SUFFIX}" in said.err
+    assert str(embedding.load_embeddings(out / "x.npy.npz")["name"]).startswith(
+        str(tmp_path / "A"))
+    assert str(embedding.load_embeddings(out / "x.npy-2.npz")["name"]).startswith(
+        str(tmp_path / "B"))
+    assert embedding.load_embeddings(out / "x.npy.npz")["window_embedding"].shape[0] == 4
+    assert embedding.load_embeddings(out / "embeddings.npz")["keys"].tolist() == ["x.npy-2"]
+    summaries = [json.loads((explained / f"{k}{SUMMARY_SUFFIX}").read_text())["input"]
+                 for k in ("x.npy", "x.npy-2")]
+    assert [s.split("/")[-2] for s in summaries] == ["A", "B"]
+    monkeypatch.chdir(tmp_path)  # the same file by a relative path is the same input
+    item = inference.Input("x.npy", os.path.join("A", "x.npy"), lambda: None, "")
+    assert inference.same_input(str(tmp_path / "A" / "x.npy"), item)
+    assert not inference.same_input(str(tmp_path / "B" / "x.npy"), item)
+    assert not inference.same_input("synthetic_tags:test[0]", item)
+
+
 def test_embed_of_dataset_records_names_their_source_clips_and_labels(engine, tmp_path):
     """A record's `path` (else `clip_id`) travels into its NPZ as `source` and into the merged
     file as `sources`, so rows of `embed --dataset` can be matched to the user's clips; its

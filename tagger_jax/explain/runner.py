@@ -865,6 +865,15 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     if len(set(keys)) != len(keys):
         raise ValueError("input keys must be unique")
     process, processes = jax.process_index(), jax.process_count()
+
+    def stored_name(key: str) -> Optional[str]:
+        s = report.read_json(out_dir / f"{key}{report.SUMMARY_SUFFIX}")
+        return str(s["input"]) if isinstance(s, dict) and "input" in s else None
+
+    items, moved = inference.claim_keys(items, stored_name)
+    for line in inference.moved_lines(moved, out_dir, report.SUMMARY_SUFFIX) \
+            if process == 0 else ():
+        print(line, file=sys.stderr)
     share = inference.process_share(items, process, processes)
     failures = report.load_failures(out_dir)
     done, skipped, failed, todo, replaced = [], [], {}, [], []
