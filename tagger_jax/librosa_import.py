@@ -80,7 +80,8 @@ def numba_cache_dir() -> Optional[Path]:
 def cache_key() -> str:
     """What numba's cache of librosa depends on (module docstring), as 16 hex digits. Imports
     nothing of librosa (a submodule's `find_spec` would import its package)."""
-    parts = [sys.version, os.path.realpath(os.environ.get("NUMBA_CACHE_DIR") or "-"),
+    cache_dir = os.environ.get("NUMBA_CACHE_DIR")  # unset: beside librosa's sources, not cwd
+    parts = [sys.version, os.path.realpath(cache_dir) if cache_dir else "-",
              os.environ.get("NUMBA_CPU_NAME", ""), os.environ.get("NUMBA_CPU_FEATURES", "")]
     for dist in ("librosa", "numba"):
         try:

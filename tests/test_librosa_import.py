@@ -110,6 +110,8 @@ def test_the_key_follows_numba_cache_dir_and_is_stable(monkeypatch, tmp_path):
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     key = librosa_import.cache_key()
     assert key == librosa_import.cache_key() and len(key) == 16
+    monkeypatch.chdir(tmp_path)  # without NUMBA_CACHE_DIR the cache is not the cwd's
+    assert librosa_import.cache_key() == key
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     assert librosa_import.cache_key() != key
 
