@@ -133,7 +133,7 @@ def report(error: BaseException, prog: str = "tagger-jax") -> int:
         cause = cause if len(cause) <= 160 else cause[:157] + "..."
         print(f"error: another process of this multi-process run stopped or cannot be reached "
               f"({cause}); this process stops too. Finished work is kept: start every process "
-              f"again to resume", file=sys.stderr)
+              f"again to resume (tag: with --resume)", file=sys.stderr)
     elif status == INTERNAL:
         report_unexpected(error, prog)
     else:
@@ -155,8 +155,13 @@ def guarded(run, *args, prog: str = "tagger-jax") -> int:
         return PIPE_CLOSED
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place that reports all
         status = report(e, prog)
-        if status == PEER_LOST:  # JAX's exit would wait in its shutdown barrier for the lost
-            sys.stdout.flush()   # process, then abort with a page of C++ logs: leave now
+        # JAX's exit would wait in its shutdown barrier for the lost process (or, after Ctrl-C
+        # or SIGTERM, for peers still at work that wait for this one), then abort with a page
+        # of C++ logs: leave now. The block has unwound, so what finished is written; the
+        # other processes see this one gone and stop with PEER_LOST.
+        if status == PEER_LOST or (status in (INTERRUPTED, TERMINATED)
+                                   and _in_multi_process_run()):
+            sys.stdout.flush()
             sys.stderr.flush()
             os._exit(status)
         return status
@@ -166,6 +171,15 @@ def guarded(run, *args, prog: str = "tagger-jax") -> int:
 
 
 _NOT_SET = object()
+
+
+def _in_multi_process_run() -> bool:
+    """Whether this process has joined a `jax.distributed` run of more than one process."""
+    jax = sys.modules.get("jax")  # never imported here: a run without JAX has no peers
+    try:
+        return jax is not None and jax.distributed.is_initialized() and jax.process_count() > 1
+    except Exception:  # noqa: BLE001 (an odd JAX state: leave as a single process would)
+        return False
 
 
 def _raise_on_sigterm():

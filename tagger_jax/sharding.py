@@ -37,7 +37,7 @@ SHUTDOWN_GRACE_S = 2.0
 INIT_TIMEOUT_S = 300
 
 
-def maybe_initialize_distributed(requested: bool = False) -> bool:
+def maybe_initialize_distributed(requested: bool = False, preemption: bool = False) -> bool:
     """Calls `jax.distributed.initialize` when the config or the environment asks for it.
 
     `requested` (config.train.distributed) lets JAX auto-detect the cluster (SLURM, Open MPI,
@@ -46,6 +46,11 @@ def maybe_initialize_distributed(requested: bool = False) -> bool:
     before any other JAX call touches the backend. Returns True if this process is now part of a
     multi-process run. A second call is a no-op. On process 0, the coordination service then
     stops a little after JAX's shutdown barrier (`delay_service_shutdown`).
+
+    `preemption` (training) starts JAX's preemption service, which takes SIGTERM over so that
+    every process stops at the same step (`tagger_jax.preemption`). Without it (the inference
+    commands) SIGTERM stays the project's own (`errors.guarded`: finished work is written, exit
+    status 143); with the service running it was only logged, and the run went on.
     """
     if jax.distributed.is_initialized():
         return True
@@ -62,6 +67,7 @@ def maybe_initialize_distributed(requested: bool = False) -> bool:
         print(f"jax.distributed: process {kwargs.get('process_id', '?')} of "
               f"{kwargs['num_processes']} joining {where}; it waits for all of them (JAX gives "
               f"up after {INIT_TIMEOUT_S} s)", file=sys.stderr, flush=True)
+    jax.config.update("jax_enable_preemption_service", bool(preemption))
     jax.distributed.initialize(initialization_timeout=INIT_TIMEOUT_S, **kwargs)
     delay_service_shutdown()
     return True

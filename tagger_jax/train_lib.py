@@ -130,7 +130,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike,
     check_model_config(config.model)  # bad values fail before the workdir or the data is touched
     check_train_config(config)
     frame_loss_weight(config)
-    sharding.maybe_initialize_distributed(bool(config.train.distributed))
+    sharding.maybe_initialize_distributed(bool(config.train.distributed), preemption=True)
     from tagger_jax import input_pipeline
 
     try:  # the device count is known now: still before the workdir is touched

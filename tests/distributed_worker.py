@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main(out: str, steps: int) -> None:
     from tagger_jax import sharding
 
-    sharding.maybe_initialize_distributed()  # before anything else touches the backend
+    sharding.maybe_initialize_distributed(preemption=True)  # as training joins; first
     import jax
     import numpy as np
     from flax import traverse_util

@@ -165,6 +165,54 @@ def test_initialize_delays_the_service_shutdown(fake_state, monkeypatch):
     assert events == ["client", "sleep", "service"]
 
 
+@pytest.mark.parametrize("preemption", [False, True])
+def test_only_training_hands_sigterm_to_jax(fake_state, monkeypatch, preemption):
+    """JAX's preemption service takes SIGTERM over (only logging it): training starts it, so
+    that every process stops at the same step; the inference commands do not, so that SIGTERM
+    stays theirs (status 143, finished work written)."""
+    import jax
+
+    from tagger_jax import sharding
+
+    seen = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: seen.append(
+        jax.config.jax_enable_preemption_service))
+    monkeypatch.setenv(sharding.ENV_COORDINATOR, "127.0.0.1:1")
+    monkeypatch.setenv(sharding.ENV_NUM_PROCESSES, "2")
+    try:
+        sharding.maybe_initialize_distributed(preemption=preemption)
+    finally:
+        jax.config.update("jax_enable_preemption_service", True)  # JAX's default
+    assert seen == [preemption]
+
+
+@pytest.mark.parametrize("raised, status", [(KeyboardInterrupt, 130), ("terminated", 143),
+                                            (ValueError, 2)])
+def test_an_interrupted_process_of_a_multi_process_run_leaves_at_once(monkeypatch, capsys,
+                                                                      raised, status):
+    """Ctrl-C or SIGTERM in one process of a multi-process run: after the command has unwound
+    (what finished is written) the process leaves with os._exit, not through JAX's shutdown
+    barrier, where it waited for peers that wait for it until both aborted. Alone, or for
+    other errors, it returns its status as before."""
+    from tagger_jax import errors
+
+    error = errors.Terminated() if raised == "terminated" else raised()
+    if raised is ValueError:
+        error = errors.ConfigError("bad")
+
+    def run():
+        raise error
+
+    exits = []
+    monkeypatch.setattr(errors.os, "_exit", lambda code: exits.append(code))
+    for multi in (False, True):
+        monkeypatch.setattr(errors, "_in_multi_process_run", lambda: multi)
+        assert errors.guarded(run) == status
+        assert exits == ([status] if multi and raised is not ValueError else [])
+        exits.clear()
+    capsys.readouterr()
+
+
 def _compare(ref: dict, got: dict) -> None:
     np.testing.assert_allclose(got["losses"], ref["losses"], rtol=1e-6)
     # Validation through the inference path on the mesh: every clip once, the same per-tag
