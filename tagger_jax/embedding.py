@@ -256,6 +256,9 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
     merged = _merge(out, items, signature)
     for p in range(processes if processes > 1 else 0):
         (out / f"run.part{p}.json").unlink(missing_ok=True)
+    if processes == 1:  # a killed multi-process run's parts: this run retried their inputs
+        for stale in out.glob("run.part*.json"):
+            stale.unlink(missing_ok=True)
     return EmbedReport(done, skipped, failed, merged, replaced)
 
 

@@ -197,9 +197,11 @@ def test_embed_cli_writes_npz_and_resumes(model_dir, files, tmp_path, capsys):
     assert json.loads((out / "failures.json").read_text())["broken.npy"]["input"].endswith(
         "broken.npy")
     mtime = (out / "long.npy.npz").stat().st_mtime_ns
+    (out / "run.part1.json").write_text("{}")  # left by a killed multi-process run
     assert cli.main(argv) == 1
     assert "skipped 2 already finished" in capsys.readouterr().out
     assert (out / "long.npy.npz").stat().st_mtime_ns == mtime
+    assert not (out / "run.part1.json").exists()
 
 
 def test_outputs_of_other_inputs_under_the_same_name_are_kept(model_dir, files, tmp_path,

@@ -155,7 +155,7 @@ def test_resume_keeps_finished_results(model_dir, inputs, tmp_path, capsys):
         "spec.npy", "tone.wav", "empty.mp3"]  # input order, whatever finished first
     err = capsys.readouterr().err
     assert "2 of 3 inputs reused" in err
-    assert "1 of 3 inputs failed (2 reused, 1 tagged now)" in err
+    assert "1 of 3 inputs failed (2 reused, 1 tried now)" in err
     # A reused input prints its line with this run's --top-k; another input's failure stays
     # recorded in the file when this run does not retry it.
     rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--resume",

@@ -170,7 +170,7 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     failed = [r for r in results if "error" in r]
     if failed:
         print(f"{len(failed)} of {total} inputs failed" +
-              (f" ({reused} reused, {len(results)} tagged now)" if reused else "") + ":",
+              (f" ({reused} reused, {len(results)} tried now)" if reused else "") + ":",
               file=sys.stderr)
         for r in failed:
             print(f"  {r['error']}", file=sys.stderr)
