@@ -113,7 +113,9 @@ def discover(paths: Iterable[str | os.PathLike],
     in an explanation summary of their folder, e.g. the `.orig.ogg` playback copies) are left out
     of directory searches with that reason. `exclude`: the run's own outputs (files, or
     directories and everything under them, e.g. `outputs.own_files(--output)`), which a directory
-    search leaves out without listing them. Duplicates are dropped (first occurrence kept).
+    search leaves out without listing them. A file named again (by the same path, or as a file
+and within its named folder) is one input under its first name; the repeat is listed in
+`skipped`.
     A named directory with no files at all is listed in `skipped` too. Missing paths are kept:
     they become failed inputs with an error naming them, never a crash of the run. Names are
     `audio.display_path` text (bytes that are not UTF-8 as \\xNN).
@@ -150,7 +152,11 @@ def discover(paths: Iterable[str | os.PathLike],
             skipped.extend(left_out)
         for f in files:
             rel = f.relative_to(p).as_posix() if p.is_dir() else p.name
-            out.setdefault(f, audio.display_path(rel))
+            if f in out:  # named twice (a file and its folder, ./x and x): one input, said
+                if skipped is not None:
+                    skipped.append((f, "named again (one input; its first name is used)"))
+                continue
+            out[f] = audio.display_path(rel)
     return list(out.items())
 
 

@@ -423,6 +423,10 @@ def test_tag_embed_and_explain_report_skipped_files_alike(model_dir, tmp_path, c
                             f"skipped: {d / 'notes.txt'}: not audio (suffix .txt and the content "
                             "is no known audio format)"]
     assert lines["embed"] == lines["tag"] and lines["explain"] == lines["tag"]
+    assert cli.main([*runs["tag"], str(d / "mid.npy"), str(d / "." / "mid.npy")]) == 0
+    err = capsys.readouterr().err  # named again: one input, and the repeats said
+    assert err.count(f"skipped: {d / 'mid.npy'}: named again (one input; its first name is "
+                     "used)") == 2
     (d / "mid.npy").unlink()
     assert cli.main(runs["embed"]) == 2
     assert "error: no input files found (2 files skipped, listed above)" in capsys.readouterr().err
