@@ -48,6 +48,14 @@ class Preemption:
         """Names the phase a SIGTERM outside the loop is reported in ("while testing", ...)."""
         self.what = what
 
+    def check(self) -> None:
+        """Raises `Preempted` if a SIGTERM came outside the loop and its exception was lost: an
+        exception raised in a signal handler surfaces wherever Python runs then, and inside
+        some callbacks (JAX's garbage-collection callback) it is printed and dropped. Called
+        between the phases after training."""
+        if self.flag.is_set() and not self._deferring:
+            raise Preempted(self.what)
+
     def defer(self, deferring: bool = True) -> None:
         """From now on a SIGTERM only sets the flag (checked by `reached`): the training loop; or,
         with False, raises `Preempted` again."""

@@ -39,7 +39,8 @@ from tagger_jax.models import build_model, check_model_config, get_architecture,
 from tagger_jax.preemption import Preemption
 from tagger_jax.progress import Progress
 from tagger_jax.train_data import TestSplit, TrainData, load_data
-from tagger_jax.train_state import TrainState, init_train_state, make_train_step  # noqa: F401
+from tagger_jax.train_state import (PRNG_IMPLS, TrainState, init_train_state,  # noqa: F401
+                                    make_train_step)
 from tagger_jax.workdir import (ConfigMismatchError, WorkdirBusyError,  # noqa: F401
                                 config_differences, config_to_dict)
 
@@ -74,25 +75,51 @@ def end_of_epoch(state: TrainState, schedule: optimizers.PlateauState, metric: f
     return state, decision
 
 
+MAX_EPOCHS = 1_000_000  # a bound that no run reaches; larger counts overflow the step counts
+
+
 def check_train_config(config: Any) -> None:
     """Checks the counts and choices of `config.train` and `config.features.chunk_frames` before
     the workdir or the data is touched. Raises `errors.ConfigError` (exit status 2) naming the
     field and its value."""
-    t = config.train
-    if t.optimizer not in optimizers.OPTIMIZERS:
-        raise ConfigError(f"train.optimizer must be one of {optimizers.OPTIMIZERS}, got "
-                          f"{t.optimizer!r}")
-    for name, value, least in (("train.batch_size", t.batch_size, 1),
-                               ("train.eval_batch_size", t.eval_batch_size, 1),
-                               ("train.num_epochs", t.num_epochs, 1),
-                               ("train.eval_every_epochs", t.eval_every_epochs, 1),
-                               ("train.keep_checkpoints", t.keep_checkpoints, 1),
-                               ("train.warmup_steps", t.warmup_steps, 0),
-                               ("features.chunk_frames", config.features.chunk_frames, 1)):
+    t, d, f = config.train, config.data, config.features
+    for name, value, choices in (("train.optimizer", t.optimizer, optimizers.OPTIMIZERS),
+                                 ("train.prng_impl", t.prng_impl, PRNG_IMPLS)):
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
+    for name, value, least, most in (
+            ("train.batch_size", t.batch_size, 1, None),
+            ("train.eval_batch_size", t.eval_batch_size, 1, None),
+            ("train.num_epochs", t.num_epochs, 1, MAX_EPOCHS),
+            ("train.eval_every_epochs", t.eval_every_epochs, 1, None),
+            ("train.keep_checkpoints", t.keep_checkpoints, 1, None),
+            ("train.warmup_steps", t.warmup_steps, 0, None),
+            ("train.log_every_steps", t.log_every_steps, 1, None),
+            ("train.checkpoint_every_steps", t.checkpoint_every_steps, 1, None),
+            ("train.seed", t.seed, 0, 2 ** 32 - 1),
+            ("data.num_workers", d.num_workers, 0, None),
+            ("data.prefetch", d.prefetch, 0, None),
+            ("data.read_threads", d.read_threads, 0, None),
+            ("features.chunk_frames", f.chunk_frames, 1, None),
+            ("features.sample_rate", f.sample_rate, 1, None),
+            ("features.n_fft", f.n_fft, 1, None),
+            ("features.hop_length", f.hop_length, 1, None),
+            ("features.n_mels", f.n_mels, 1, None)):
         if int(value) < least:
             raise ConfigError(f"{name} must be at least {least}, got {value}")
-    if not float(t.learning_rate) > 0:
-        raise ConfigError(f"train.learning_rate must be positive, got {t.learning_rate}")
+        if most is not None and int(value) > most:
+            raise ConfigError(f"{name} must be at most {most}, got {value}")
+    if not 0 < float(t.learning_rate) < math.inf:
+        raise ConfigError(f"train.learning_rate must be positive and finite, got "
+                          f"{t.learning_rate}")
+    if not 0 <= float(t.weight_decay) < math.inf:
+        raise ConfigError(f"train.weight_decay must be at least 0 and finite, got "
+                          f"{t.weight_decay}")
+    rates = t.sgd_learning_rates
+    if not (isinstance(rates, (tuple, list)) and rates
+            and all(isinstance(r, (int, float)) and 0 < float(r) < math.inf for r in rates)):
+        raise ConfigError(f"train.sgd_learning_rates must be positive numbers, e.g. "
+                          f"'(1e-3, 1e-4)', got {rates!r}")
 
 
 def frame_loss_weight(config: Any) -> float:
@@ -319,8 +346,11 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
             tests = [(config.data.test_split, None, TestSplit(
                 data.test_source, data.test_fingerprint))]
             tests += [(name, name, split) for name, split in data.extra_tests.items()]
-            results = [_test(config, workdir, name, sub, split, state, step, best, writer,
-                             progress, evaluate) for name, sub, split in tests]
+            results = []
+            for name, sub, split in tests:
+                results.append(_test(config, workdir, name, sub, split, state, step, best,
+                                     writer, progress, evaluate))
+                preemption.check()  # a SIGTERM whose exception a callback swallowed
             summary.update({"test_roc_auc": results[0]["roc_auc"],
                             "test_pr_auc": results[0]["pr_auc"],
                             "test_reused": results[0]["reused"], "tests": results})

@@ -349,6 +349,19 @@ class _SigtermOnFirstRead:
         return self.records[i]
 
 
+class _SigtermSwallowed(_SigtermOnFirstRead):
+    """As `_SigtermOnFirstRead`, but the handler's exception is dropped where it surfaces, as
+    JAX's garbage-collection callback drops it (printed as "Exception ignored in ...")."""
+
+    def __getitem__(self, i):
+        from tagger_jax.preemption import Preempted
+
+        try:
+            return super().__getitem__(i)
+        except Preempted:
+            return self.records[i]
+
+
 class _SigtermOnIter:
     def __init__(self, train):
         self.train = train
@@ -385,6 +398,11 @@ def test_sigterm_outside_the_training_loop_stops_at_once_and_loses_nothing(tmp_p
         train_lib.train_and_evaluate(config, workdir, data)
     assert signal.getsignal(signal.SIGTERM) == before
     assert not (workdir / "test" / "metrics.json").exists()
+    data = toy_data(config)  # the exception lost on its way: the run still stops after the split
+    data.test_source = _SigtermSwallowed(data.test_source)
+    with pytest.raises(Preempted, match=r"after training \(step 12 saved\), before the tests"):
+        train_lib.train_and_evaluate(config, workdir, data)
+    assert data.test_source.sent and signal.getsignal(signal.SIGTERM) == before
     again = train_lib.train_and_evaluate(config, workdir, toy_data(config))
     assert not again["preempted"] and again["test_roc_auc"] == summary["test_roc_auc"]
 

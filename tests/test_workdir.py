@@ -269,6 +269,20 @@ def test_every_config_file_has_only_known_fields_and_a_consistent_frame_loss(pat
     (["--config.train.optimizer=sgd"], 2, "train.optimizer must be one of ('authors', 'adamw')"),
     (["--config.train.batch_size=0"], 2, "train.batch_size must be at least 1, got 0"),
     (["--config.train.num_epochs=0"], 2, "train.num_epochs must be at least 1, got 0"),
+    # from a new user's trial: each was "unexpected ...", exit 70, or accepted silently
+    (["--config.train.log_every_steps=0"], 2, "train.log_every_steps must be at least 1"),
+    (["--config.train.checkpoint_every_steps=0"], 2, "train.checkpoint_every_steps must be"),
+    (["--config.model.conv_channels=0"], 2, "model.conv_channels must be at least 1, got 0"),
+    (["--config.features.sample_rate=0"], 2, "features.sample_rate must be at least 1"),
+    (["--config.model.attention_heads=3"], 2, "model.attention_heads (3) must divide "),
+    (["--config.data.num_workers=-1"], 2, "data.num_workers must be at least 0, got -1"),
+    (["--config.data.prefetch=-2"], 2, "data.prefetch must be at least 0, got -2"),
+    (["--config.train.seed=-1"], 2, "train.seed must be at least 0, got -1"),
+    (["--config.train.prng_impl=foo"], 2, "train.prng_impl must be one of ('threefry2x32'"),
+    (["--config.train.num_epochs=99999999999999999999"], 2, "train.num_epochs must be at most"),
+    (["--config.train.weight_decay=-1"], 2, "train.weight_decay must be at least 0"),
+    (["--config.train.learning_rate=inf"], 2, "train.learning_rate must be positive and finite"),
+    (["--config.train.sgd_learning_rates=a,b"], 2, "train.sgd_learning_rates must be positive"),
     (["--config.data.builder_config=nosuch"], 6, "no config 'nosuch'"),
 ])
 def test_train_py_reports_bad_values_and_missing_data_in_one_line(tmp_path, capsys, argv,
@@ -288,6 +302,28 @@ def test_train_py_reports_bad_values_and_missing_data_in_one_line(tmp_path, caps
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert (run / "config.json").exists() == (status == 6)
+
+
+@pytest.mark.parametrize("text, says", [
+    ("x = 1\n", "has no attribute 'get_config' (a config file defines get_config()"),
+    ("def get_config():\n    return {}\n", "get_config() returned a dict, not a ConfigDict"),
+    ("def get_config():\n    return 1 / 0\n", "ZeroDivisionError: division by zero"),
+    ("import no_such_module_here\n", "ModuleNotFoundError: No module named"),
+    ("def (\n", "SyntaxError: invalid syntax"),
+])
+def test_a_broken_config_file_is_one_line_naming_it(tmp_path, capsys, text, says):
+    """From a new user's trial: these said "bad override in  (...)" with an empty name, or the
+    file's error without the file. `--list_config` is accepted as train.py accepts it."""
+    from tagger_jax import cli
+
+    path = tmp_path / "mine.py"
+    path.write_text(text)
+    assert cli.main(["train", "--config", str(path), "--workdir", str(tmp_path / "w")]) == 2
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert line.startswith(f"error: config {path}: ") and says in line, line
+    assert not (tmp_path / "w").exists()
+    assert cli.main(["train", "--list_config"]) == 0
+    assert "train.num_epochs = " in capsys.readouterr().out
 
 
 def test_list_config_refuses_overrides_without_a_config(capsys):

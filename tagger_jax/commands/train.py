@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="KEY=VALUE",
                         help="override a config field, e.g. --set train.batch_size=64 "
                              "(repeatable; as --config.train.batch_size=64 of train.py)")
-    parser.add_argument("--list-config", action="store_true",
+    parser.add_argument("--list-config", "--list_config", action="store_true",
                         help="print every config field with its default and meaning (with "
                              "--config: that config's values) and exit")
 
@@ -91,15 +91,27 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Any:
         argv = ["tagger-jax", f"--config={path}"]
 
     def parse(argv):
+        # ml_collections loads the file as module "config_config" with the deprecated
+        # `load_module`, which executes it inside an existing module of that name: a file
+        # without get_config() loaded after another in one process would get that one's.
+        sys.modules.pop("config_config", None)
         flag_values = flags.FlagValues()
         define(flag_values, argv)
         flag_values(argv)
-        config = flag_values.config
-        config.model  # an unreadable config file raises here, with the file's own error
-        return config
+        return flag_values.config  # an unreadable config file raises here, its own error
 
+    try:
+        plain = parse(argv)  # the file alone: its own errors name it
+    except Exception as e:  # noqa: BLE001 - a config file may raise anything; say which file
+        text = str(e) or type(e).__name__
+        raise ValueError(f"config {path}: {type(e).__name__}: {text}" if "get_config" not in text
+                         else f"config {path}: {text} (a config file defines get_config() "
+                         "returning an ml_collections.ConfigDict)") from None
+    if not hasattr(plain, "model"):
+        raise ValueError(f"config {path}: get_config() returned a {type(plain).__name__}, not "
+                         "a ConfigDict with the sections of config_base.py")
     if keys:
-        fields = _field_names(parse(argv))
+        fields = _field_names(plain)
         sections = {name.split(".", 1)[0] for name in fields}
         for key in keys:
             if key in sections:  # `--set train=3`: a section, not a field

@@ -69,7 +69,8 @@ MODEL_FIELDS = ("architecture", "conv_channels", "attention_channels", "attentio
 def check_model_config(model_config: Mapping[str, Any]) -> None:
     """Checks the fields of `config.model` that name a choice (architecture, dtype, cls_token,
     positions, timbre_norm, tempo_features, tempo_hidden, frame_head_layer, frame_head_readout)
-    before anything is built or traced. Raises `errors.ConfigError` (a ValueError; exit status
+    and its widths (channels, heads dividing the Transformer's width, layers) before anything is
+    built or traced. Raises `errors.ConfigError` (a ValueError; exit status
     2) naming the field, its value and the choices."""
     from tagger_jax.errors import ConfigError
     from tagger_jax.models.frontends import TEMPO_FEATURES, TIMBRE_PEAK_AXES
@@ -96,6 +97,12 @@ def check_model_config(model_config: Mapping[str, Any]) -> None:
     if cfg["frame_head_readout"] != "linear" and not cfg["frame_head"]:
         raise ConfigError(f"model.frame_head_readout={cfg['frame_head_readout']!r} needs "
                           "model.frame_head=True")
+    for field in ("conv_channels", "attention_channels", "attention_heads", "attention_layers"):
+        if int(cfg[field]) < 1:
+            raise ConfigError(f"model.{field} must be at least 1, got {cfg[field]}")
+    if int(cfg["attention_channels"]) % int(cfg["attention_heads"]):
+        raise ConfigError(f"model.attention_heads ({cfg['attention_heads']}) must divide "
+                          f"model.attention_channels ({cfg['attention_channels']})")
     if not 0 <= int(cfg["frame_head_layer"]) <= int(cfg["attention_layers"]):
         raise ConfigError(f"model.frame_head_layer must be in 0..model.attention_layers "
                           f"({cfg['attention_layers']}), got {cfg['frame_head_layer']}")
