@@ -243,8 +243,10 @@ def reload_best(mngr: ocp.CheckpointManager, state: TrainState) -> TrainState:
             state=ocp.args.StandardRestore(_abstract(state))))["state"]
     except Exception as e:  # noqa: BLE001
         raise CorruptCheckpointError(
-            f"the best checkpoint {step_dir} is unreadable ({describe(e)}); move it aside to "
-            "continue without it") from None
+            f"the best checkpoint {step_dir} is unreadable ({describe(e)}); restore it from a "
+            f"copy, or move {Path(mngr.directory).name}/ aside to go on without it (a finished "
+            "run then exports and tests its last model in place of the best, replacing "
+            "best_model/)") from None
     return state.replace(params=best.params, batch_stats=best.batch_stats)
 
 

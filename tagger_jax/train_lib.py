@@ -338,9 +338,13 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
                        best_validation_roc_auc=_finite_or_none(schedule.best_metric))
         if summary["preempted"]:
             return summary
-        if best.latest_step() is None:  # no validation result was ever defined
-            progress.say("warning: no validation ROC-AUC was defined, so no best model was "
-                         f"chosen: the last model (step {step}) is exported and tested")
+        if best.latest_step() is None:  # no validation result was defined, or best/ is gone
+            progress.say(
+                ("warning: no validation ROC-AUC was defined, so no best model was chosen"
+                 if not math.isfinite(schedule.best_metric) else
+                 f"warning: the best checkpoint (validation ROC-AUC {schedule.best_metric:.4f})"
+                 f" is missing from {workdir}/best/") +
+                f": the last model (step {step}) is exported and tested")
             checkpointing.export_model(workdir, state, config, data.tag_names)
         if data.test_source is not None and t.test_after_training:
             tests = [(config.data.test_split, None, TestSplit(

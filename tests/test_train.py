@@ -465,6 +465,31 @@ def test_no_readable_checkpoint_is_one_line_naming_the_file(tmp_path, finished_r
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["12", "9"]  # untouched
 
 
+def test_an_unreadable_best_checkpoint_says_what_moving_it_aside_does(tmp_path, finished_run,
+                                                                      capsys):
+    """One line naming the file and both ways on; after `best/` is moved aside the rerun says
+    the best checkpoint is missing (it said no validation ROC-AUC was defined, untrue) and
+    exports the last model in its place, as the line said it would."""
+    import shutil
+
+    config, done, _ = finished_run
+    workdir = tmp_path / "w"
+    shutil.copytree(done, workdir)
+    [step_dir] = list((workdir / "best").iterdir())
+    _corrupt(step_dir, "metadata")
+    with pytest.raises(train_lib.CorruptCheckpointError) as e:
+        train_lib.train_and_evaluate(config, workdir, toy_data(config))
+    message = str(e.value)
+    assert "\n" not in message and str(step_dir) in message
+    assert "move best/ aside to go on without it" in message and "replacing best_model/" in message
+    shutil.move(workdir / "best", tmp_path / "best.aside")
+    capsys.readouterr()
+    train_lib.train_and_evaluate(config, workdir, toy_data(config))
+    out = capsys.readouterr().out
+    assert "warning: the best checkpoint (validation ROC-AUC " in out
+    assert f"is missing from {workdir}/best/: the last model (step 12) is exported" in out
+
+
 # ----------------------------------------------------------------------------------------------
 # Reruns reuse test results whose inputs did not change (issue 10, item 12).
 
