@@ -199,7 +199,8 @@ def stale_test_inputs(directory: Path, inputs: Mapping[str, Any]) -> list[str]:
     except (OSError, ValueError):
         return []
     now = json.loads(json.dumps(inputs))
-    words = {"best_step": "the best model", "data": "the data", "config": "the config"}
+    words = {"best_step": "the best model", "config": "the config",
+             "data": "the data (its directory, or its files' names, sizes or times)"}
     return [words.get(k, k) for k in sorted(set(stored) | set(now))
             if stored.get(k) != now.get(k)]
 

@@ -564,7 +564,8 @@ def test_extra_test_splits_and_baseline_are_reported_and_reused(tmp_path, finish
     assert second["tests"][1]["baseline_roc_auc"] == first["tests"][1]["baseline_roc_auc"]
     third, out = rerun("other-v2")  # the extra split changed: it and the baseline are recomputed
     assert third["tests"][0]["reused"] and not third["tests"][1]["reused"]
-    assert "test_other: evaluated again: the data changed since" in out, out
+    assert "test_other: evaluated again: the data (its directory, or its files' names, sizes or " \
+           "times) changed since" in out, out
     assert "baseline fitted again" in out
     assert len(calls) == 2
 
