@@ -236,6 +236,10 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
             done = step >= total_steps or stopped
             progress.say(f"{workdir}: training already complete at step {step}" if done
                          else f"Resuming {workdir} from step {resume_step}")
+        elif best.latest_step() is not None or (workdir / wd.METRICS_FILE).exists():
+            progress.say(f"warning: {workdir} has no checkpoint in {wd.CHECKPOINT_DIR}/ but "
+                         "holds an earlier run's results: training starts again from step 0, "
+                         "and they are replaced as it goes")
         last_saved = resume_step
         writer = MetricWriter(workdir, resume_step or 0)
         summary: dict[str, Any] = {"workdir": str(workdir), "preempted": False}

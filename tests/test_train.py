@@ -469,7 +469,8 @@ def test_an_unreadable_best_checkpoint_says_what_moving_it_aside_does(tmp_path, 
                                                                       capsys):
     """One line naming the file and both ways on; after `best/` is moved aside the rerun says
     the best checkpoint is missing (it said no validation ROC-AUC was defined, untrue) and
-    exports the last model in its place, as the line said it would."""
+    exports the last model in its place, as the line said it would. A workdir whose
+    checkpoints were deleted says that training starts again."""
     import shutil
 
     config, done, _ = finished_run
@@ -488,6 +489,10 @@ def test_an_unreadable_best_checkpoint_says_what_moving_it_aside_does(tmp_path, 
     out = capsys.readouterr().out
     assert "warning: the best checkpoint (validation ROC-AUC " in out
     assert f"is missing from {workdir}/best/: the last model (step 12) is exported" in out
+    shutil.rmtree(workdir / "checkpoints")  # and with no checkpoint at all: said, not silent
+    train_lib.train_and_evaluate(config, workdir, toy_data(config))
+    assert f"warning: {workdir} has no checkpoint in checkpoints/ but holds an earlier run's " \
+           "results: training starts again from step 0" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------------------------
