@@ -41,7 +41,9 @@ def translate(argv: list[str]) -> list[str]:
     return out
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], owns_process: bool = False) -> int:
+    """train.py's command line; `owns_process`: run as the process's script
+    (`errors.guarded`)."""
     import argparse
 
     from absl import logging
@@ -63,11 +65,12 @@ def main(argv: list[str]) -> int:
 
     # As `tagger-jax train`: documented errors one line, Ctrl-C 130, anything else one line and
     # a traceback file (70).
-    return errors.guarded(train.run, parsed, prog="train.py")
+    parsed.owns_process = owns_process  # train ends a SIGTERMed process itself (run_training)
+    return errors.guarded(train.run, parsed, prog="train.py", owns_process=owns_process)
 
 
 if __name__ == "__main__":
     from tagger_jax.huge_pages import reexec_with_huge_pages
 
     reexec_with_huge_pages()  # tagger_jax/huge_pages.py: why
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:], owns_process=True))

@@ -59,8 +59,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     return int(args._run(args) or 0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs one command; returns its exit status (see `tagger_jax.errors`)."""
+def main(argv: list[str] | None = None, owns_process: bool = False) -> int:
+    """Runs one command; returns its exit status (see `tagger_jax.errors`). `owns_process`:
+    called as the process's entry point (`errors.guarded`)."""
     from tagger_jax import errors
 
     args = build_parser().parse_args(argv)
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         from tagger_jax import compilation_cache
 
         compilation_cache.enable()
-    return errors.guarded(_dispatch, args)
+    args.owns_process = owns_process  # train ends a SIGTERMed process itself (run_training)
+    return errors.guarded(_dispatch, args, owns_process=owns_process)
 
 
 def command_of(argv: list[str]) -> str | None:
@@ -88,7 +90,7 @@ def console() -> int:
 
         use_for_inference()
     reexec_with_huge_pages()
-    return main()
+    return main(owns_process=True)
 
 
 if __name__ == "__main__":

@@ -141,11 +141,38 @@ def report(error: BaseException, prog: str = "tagger-jax") -> int:
     return status
 
 
-def guarded(run, *args, prog: str = "tagger-jax") -> int:
+# Callbacks that print and drop an exception raised inside them: a signal handler's exception
+# raised while one runs would be lost (JAX's garbage-collection callback runs often, e.g. while
+# compiling; a new user's Ctrl-C there was printed as "Exception ignored in ..." and the training
+# went on to the end).
+SWALLOWING_CALLBACKS = ("_xla_gc_callback",)
+REDELIVER_S = 0.05  # the signal is sent again this much later, when the callback has returned
+
+
+def redeliver_if_swallowed(signum: int, frame) -> bool:
+    """In a signal handler about to raise: if the signal interrupted a callback that would drop
+    the exception (`SWALLOWING_CALLBACKS`), sends the signal to this process again
+    `REDELIVER_S` later from a timer thread and returns True (the handler then returns without
+    raising); otherwise False."""
+    if frame is None or frame.f_code.co_name not in SWALLOWING_CALLBACKS:
+        return False
+    import threading
+
+    timer = threading.Timer(REDELIVER_S, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+    return True
+
+
+def guarded(run, *args, prog: str = "tagger-jax", owns_process: bool = False) -> int:
     """`run(*args)` as a process exit status: documented errors are one line with their status,
     anything else one line + traceback file (70), Ctrl-C 130, SIGTERM 143 (both after the block
-    has unwound, writing what it finished). For every command entry point."""
+    has unwound, writing what it finished). For every command entry point. `owns_process`: the
+    caller is the process's entry point (the console script, train.py as a script), so after
+    Ctrl-C or SIGTERM this ends the process itself (`exit_after_interrupt`); in-process callers
+    (tests) get the status back."""
     previous = _raise_on_sigterm()
+    previous_int = _raise_on_sigint()
     try:
         status = int(run(*args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at exit as "Exception ignored ..."
@@ -164,13 +191,32 @@ def guarded(run, *args, prog: str = "tagger-jax") -> int:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(status)
+        if status in (INTERRUPTED, TERMINATED) and owns_process:
+            exit_after_interrupt(status)
         return status
     finally:
         if previous is not _NOT_SET:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        if previous_int is not _NOT_SET:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 _NOT_SET = object()
+
+
+def exit_after_interrupt(status: int) -> None:
+    """Ends the process after Ctrl-C or SIGTERM once the command has unwound: the exit
+    handlers run (child processes, logging, JAX's own), then `os._exit`, without the
+    interpreter's teardown. Interrupted while XLA compiled, the teardown crashed in C++
+    (SIGSEGV, exit status -11) after the run had written everything and said so."""
+    import atexit
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _in_multi_process_run() -> bool:
@@ -187,10 +233,29 @@ def _raise_on_sigterm():
     (None: one not set from Python), or _NOT_SET off the main thread, where handlers cannot be
     set."""
     def handler(signum, frame):
-        raise Terminated()
+        if not redeliver_if_swallowed(signum, frame):
+            raise Terminated()
 
     try:
         return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return _NOT_SET
+
+
+def _raise_on_sigint():
+    """Python's Ctrl-C (KeyboardInterrupt), made safe from callbacks that drop it
+    (`redeliver_if_swallowed`); returns the handler it replaced, or _NOT_SET where it leaves
+    SIGINT alone (ignored, as in a background job, or a handler of someone else's, or off the
+    main thread)."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return _NOT_SET
+
+    def handler(signum, frame):
+        if not redeliver_if_swallowed(signum, frame):
+            raise KeyboardInterrupt()
+
+    try:
+        return signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread
         return _NOT_SET
 

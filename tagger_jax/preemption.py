@@ -39,9 +39,10 @@ class Preemption:
             self.previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
-        del signum, frame
+        from tagger_jax.errors import redeliver_if_swallowed
+
         self.flag.set()
-        if not self._deferring:
+        if not self._deferring and not redeliver_if_swallowed(signum, frame):
             raise Preempted(self.what)
 
     def during(self, what: str) -> None:

@@ -215,6 +215,67 @@ def test_a_lost_peer_is_its_own_status_not_a_bug(monkeypatch, capsys, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_signal_that_lands_in_a_swallowing_callback_is_sent_again(monkeypatch):
+    """A new user's Ctrl-C during compilation landed in JAX's garbage-collection callback, which
+    printed and dropped the KeyboardInterrupt: the training went on to the end. The handlers
+    (`guarded`'s SIGINT and SIGTERM, training's) send such a signal again a moment later
+    instead of raising into the callback; anywhere else they raise at once."""
+    import signal
+    import time
+    from types import SimpleNamespace
+
+    kills = []
+    monkeypatch.setattr(errors.os, "kill", lambda pid, sig: kills.append((pid, sig)))
+    gc_frame = SimpleNamespace(f_code=SimpleNamespace(co_name="_xla_gc_callback"))
+    assert errors.redeliver_if_swallowed(signal.SIGINT, gc_frame)
+    assert not errors.redeliver_if_swallowed(signal.SIGINT, None)
+    assert not errors.redeliver_if_swallowed(
+        signal.SIGINT, SimpleNamespace(f_code=SimpleNamespace(co_name="train_step")))
+    time.sleep(errors.REDELIVER_S + 0.2)
+    assert kills == [(os.getpid(), signal.SIGINT)]
+    seen = {}
+
+    def run():  # guarded's own handlers while the command runs, Python's again after
+        seen["int"], seen["term"] = signal.getsignal(signal.SIGINT), signal.getsignal(
+            signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            seen["int"](signal.SIGINT, None)
+        assert seen["int"](signal.SIGINT, gc_frame) is None  # sent again, not raised
+        with pytest.raises(errors.Terminated):
+            seen["term"](signal.SIGTERM, None)
+        return 0
+
+    before = signal.getsignal(signal.SIGINT)
+    assert before is signal.default_int_handler
+    assert errors.guarded(run) == 0
+    assert seen["int"] is not signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_the_entry_point_ends_an_interrupted_process_itself(monkeypatch, tmp_path):
+    """After Ctrl-C or SIGTERM the console script and train.py end the process with the exit
+    handlers run but without the interpreter's teardown (which crashed in C++ when the signal
+    came while XLA compiled); an in-process caller gets the status back."""
+    import subprocess
+    import sys
+
+    calls = []
+    monkeypatch.setattr(errors, "exit_after_interrupt", lambda status: calls.append(status))
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert errors.guarded(interrupted) == errors.INTERRUPTED and calls == []
+    assert errors.guarded(interrupted, owns_process=True) == errors.INTERRUPTED
+    assert calls == [errors.INTERRUPTED]
+    code = ("import atexit; from tagger_jax import errors; "
+            "atexit.register(lambda: print('exit handlers ran', flush=True)); "
+            "errors.exit_after_interrupt(143); print('not reached')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 143 and done.stdout == "exit handlers ran\n", done
+
+
 def test_unexpected_error_is_one_line_plus_traceback_file(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(errors.tempfile, "tempdir", str(tmp_path))
 

@@ -147,8 +147,10 @@ def list_config(config: Any = None) -> str:
     return "\n".join(lines)
 
 
-def run_training(config: Any, workdir: str) -> int:
-    """Trains with `config` in `workdir` and prints the outcome; the process exit status."""
+def run_training(config: Any, workdir: str, owns_process: bool = False) -> int:
+    """Trains with `config` in `workdir` and prints the outcome; the process exit status.
+    `owns_process` (`errors.guarded`): a SIGTERM outside the training loop ends the process
+    here, with status 0, without the interpreter's teardown."""
     from tagger_jax import train_lib, validation
     from tagger_jax.errors import ConfigError, ToolError
     from tagger_jax.preemption import Preempted
@@ -157,6 +159,10 @@ def run_training(config: Any, workdir: str) -> int:
         summary = train_lib.train_and_evaluate(config, workdir)
     except Preempted as e:  # outside the training loop: nothing to save
         print(f"Stopped by SIGTERM {e}; nothing was lost. Run the same command to resume.")
+        if owns_process:
+            from tagger_jax import errors
+
+            errors.exit_after_interrupt(0)
         return 0
     except (ConfigError, train_lib.ConfigMismatchError, train_lib.WorkdirBusyError,
             train_lib.CorruptCheckpointError, train_lib.NonFiniteLossError) as e:
@@ -201,4 +207,4 @@ def run(args: argparse.Namespace) -> int:
             return 2
         print(list_config(config))
         return 0
-    return run_training(config, args.workdir)
+    return run_training(config, args.workdir, getattr(args, "owns_process", False))
