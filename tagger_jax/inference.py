@@ -114,8 +114,8 @@ def discover(paths: Iterable[str | os.PathLike],
     of directory searches with that reason. `exclude`: the run's own outputs (files, or
     directories and everything under them, e.g. `outputs.own_files(--output)`), which a directory
     search leaves out without listing them. A file named again (by the same path, or as a file
-and within its named folder) is one input under its first name; the repeat is listed in
-`skipped`.
+    and within its named folder) is one input under its first name; the repeat is listed in
+    `skipped`.
     A named directory with no files at all is listed in `skipped` too. Missing paths are kept:
     they become failed inputs with an error naming them, never a crash of the run. Names are
     `audio.display_path` text (bytes that are not UTF-8 as \\xNN).
