@@ -116,7 +116,8 @@ def test_console_script_reexecs_before_main(monkeypatch):
     calls = []
     monkeypatch.setattr(sys, "argv", ["tagger-jax", "train"])  # not pytest's own arguments
     monkeypatch.setattr(huge_pages, "reexec_with_huge_pages", lambda: calls.append("reexec"))
-    monkeypatch.setattr(cli, "main", lambda argv=None: calls.append("main") or 0)
+    monkeypatch.setattr(cli, "main", lambda argv=None, owns_process=False: calls.append(
+        "main" if owns_process else "main, not owning the process") or 0)
     assert cli.console() == 0 and calls == ["reexec", "main"]
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'tagger-jax = "tagger_jax.cli:console"' in pyproject

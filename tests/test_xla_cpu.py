@@ -80,7 +80,8 @@ def test_console_sets_flags_for_inference_commands_before_reexec(monkeypatch, ar
     monkeypatch.setattr(sys, "argv", ["tagger-jax", *argv])
     monkeypatch.setattr(xla_cpu, "use_for_inference", lambda: calls.append("flags"))
     monkeypatch.setattr(huge_pages, "reexec_with_huge_pages", lambda: calls.append("reexec"))
-    monkeypatch.setattr(cli, "main", lambda argv=None: calls.append("main") or 0)
+    monkeypatch.setattr(cli, "main", lambda argv=None, owns_process=False: calls.append(
+        "main" if owns_process else "main, not owning the process") or 0)
     assert cli.console() == 0
     assert calls == (["flags"] if turned_off else []) + ["reexec", "main"]
 
