@@ -228,36 +228,32 @@ def _in_multi_process_run() -> bool:
         return False
 
 
-def _raise_on_sigterm():
-    """Makes SIGTERM raise `Terminated` in the main thread; returns the handler it replaced
-    (None: one not set from Python), or _NOT_SET off the main thread, where handlers cannot be
-    set."""
+def _raise_on(signum: int, exception: type[BaseException]):
+    """Makes `signum` raise `exception` in the main thread (sent again later where a callback
+    would drop it: `redeliver_if_swallowed`); returns the handler it replaced (None: one not
+    set from Python), or _NOT_SET off the main thread, where handlers cannot be set."""
     def handler(signum, frame):
         if not redeliver_if_swallowed(signum, frame):
-            raise Terminated()
+            raise exception()
 
     try:
-        return signal.signal(signal.SIGTERM, handler)
+        return signal.signal(signum, handler)
     except ValueError:  # not the main thread
         return _NOT_SET
+
+
+def _raise_on_sigterm():
+    """SIGTERM raises `Terminated` (`_raise_on`)."""
+    return _raise_on(signal.SIGTERM, Terminated)
 
 
 def _raise_on_sigint():
-    """Python's Ctrl-C (KeyboardInterrupt), made safe from callbacks that drop it
-    (`redeliver_if_swallowed`); returns the handler it replaced, or _NOT_SET where it leaves
-    SIGINT alone (ignored, as in a background job, or a handler of someone else's, or off the
-    main thread)."""
+    """Ctrl-C raises KeyboardInterrupt as Python's own handler does, made safe from callbacks
+    that drop it (`_raise_on`); SIGINT is left alone (_NOT_SET) when it is not Python's default
+    handler: ignored, as in a background job, or someone else's."""
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         return _NOT_SET
-
-    def handler(signum, frame):
-        if not redeliver_if_swallowed(signum, frame):
-            raise KeyboardInterrupt()
-
-    try:
-        return signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread
-        return _NOT_SET
+    return _raise_on(signal.SIGINT, KeyboardInterrupt)
 
 
 def _discard_stdout() -> None:
