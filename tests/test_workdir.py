@@ -326,6 +326,25 @@ def test_a_broken_config_file_is_one_line_naming_it(tmp_path, capsys, text, says
     assert "train.num_epochs = " in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("field, text, value", [
+    ("data.extra_test_splits", "validation,test", ("validation", "test")),
+    ("data.extra_test_splits", "(validation, test)", ("validation", "test")),
+    ("data.extra_test_splits", "('validation', 'test')", ("validation", "test")),
+    ("data.extra_test_splits", "test", ("test",)),
+    ("data.extra_test_splits", "", ()),
+    ("train.sgd_learning_rates", "1e-3,1e-4", (1e-3, 1e-4)),
+    ("train.sgd_learning_rates", "1e-3", (1e-3,)),
+])
+def test_tuple_fields_take_comma_separated_lists(field, text, value):
+    """From a new user's trial: `a,b` became the one string 'a,b' while `1e-3,1e-4` became a
+    tuple (ml_collections reads values as Python literals); every spelling is a tuple now."""
+    from tagger_jax.commands.train import load_config
+
+    config = load_config(str(ROOT / "configs" / "synthetic_cpu.py"), [f"{field}={text}"])
+    section, name = field.split(".")
+    assert tuple(config[section][name]) == value
+
+
 def test_list_config_refuses_overrides_without_a_config(capsys):
     """`--list-config --set ...` without `--config` printed the defaults and dropped the `--set`s
     silently; it is a usage error now (with `--config` they apply)."""

@@ -51,6 +51,40 @@ def _field_names(config: Any, prefix: str = "") -> set[str]:
     return names
 
 
+def _as_tuple(config: Any, item: str) -> str:
+    """`KEY=VALUE` for a field whose value is a tuple, written as a Python tuple literal: a
+    comma-separated list (`a,b`, `(a,b)`, `1e-3, 1e-4`), one value (`test` or `1e-3`) or
+    nothing (`()`).
+    ml_collections reads the value as a Python literal, so `a,b` used to become the one string
+    'a,b' while `1e-3,1e-4` became a tuple. Other fields, and values that are already a tuple or
+    list literal, are returned as given."""
+    import ast
+
+    key, text = item.split("=", 1)
+    node = config
+    for part in key.split("."):
+        if not hasattr(node, "items") or part not in node:
+            return item
+        node = node[part]
+    if not isinstance(node, tuple):
+        return item
+
+    def literal(word: str) -> Any:
+        try:
+            return ast.literal_eval(word)
+        except (ValueError, SyntaxError):
+            return word
+
+    whole = literal(text.strip())
+    if isinstance(whole, (tuple, list)):
+        return item
+    inner = text.strip()
+    if inner[:1] + inner[-1:] in ("()", "[]"):  # (a,b) without quotes
+        inner = inner[1:-1]
+    values = tuple(literal(w.strip()) for w in inner.split(",") if w.strip())
+    return f"{key}={values!r}"
+
+
 def load_config(path: str, overrides: Sequence[str] = ()) -> Any:
     """The config of `path` with `KEY=VALUE` overrides applied, via ml_collections' flag parser.
 
@@ -110,6 +144,7 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Any:
     if not hasattr(plain, "model"):
         raise ValueError(f"config {path}: get_config() returned a {type(plain).__name__}, not "
                          "a ConfigDict with the sections of config_base.py")
+    overrides = [_as_tuple(plain, item) for item in overrides]
     if keys:
         fields = _field_names(plain)
         sections = {name.split(".", 1)[0] for name in fields}
