@@ -424,7 +424,9 @@ def with_siblings(score: Score, seed, p: float) -> Score:
     parts = []
     for part in score.parts:
         extra = SIBLING_PROGRAMS.get(part.instrument, ())
-        swap = rng.random() < p  # drawn for every part, so one part's choice moves no other
+        # A swap is drawn for every part and a choice for every part with siblings, swapped or
+        # not: which draws a part takes never depends on another part's outcome.
+        swap = rng.random() < p
         choice = int(rng.choice(extra)) if extra else 0
         parts.append(dataclasses.replace(part, program=choice) if extra and swap else part)
     return dataclasses.replace(score, parts=tuple(parts))
