@@ -376,3 +376,26 @@ def test_a_batch_that_does_not_split_over_the_devices_is_refused_before_the_work
                                                  r"e.g. 4 or 8$"):
         train_lib.train_and_evaluate(config, tmp_path / "run", data)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("item, says", [
+    ("train.progress_bar=yes", "--set train.progress_bar=yes: train.progress_bar takes true or "
+                               "false"),
+    ("train.keep_checkpoints=x", "train.keep_checkpoints takes an integer"),
+    ("train.num_epochs=2.5", "train.num_epochs takes an integer"),
+    ("train.learning_rate=abc", "train.learning_rate takes a number"),
+    ("data.augment=None", "--set data.augment: data.augment is None in this config"),
+    ("data.augment.p_gain=0.3", "--set data.augment.p_gain: data.augment is None in this config"),
+])
+def test_cli_set_bad_values_say_what_the_field_takes(tmp_path, capsys, item, says):
+    """From a new user's trial: these printed train.py's flag syntax (`flag
+    --config.train.progress_bar=yes: ('Non-boolean argument to boolean flag', 'yes')`),
+    ml_collections' multi-line list of supported types, or "unknown config field" for the
+    fields of a section that is None (off) by default."""
+    from tagger_jax import cli
+
+    assert cli.main(["train", "--config", str(ROOT / "configs" / "synthetic_cpu.py"),
+                     "--workdir", str(tmp_path / "w"), "--set", item]) == 2
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert line.startswith("error: ") and says in line, line
+    assert not (tmp_path / "w").exists()

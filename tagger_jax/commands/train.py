@@ -4,8 +4,9 @@
         [--set train.batch_size=64 --set model.dtype=bfloat16]
 
 `--set KEY=VALUE` is the absl form `--config.KEY=VALUE` of train.py, parsed by the same
-ml_collections machinery (values are converted to the field's type); an unknown field is one
-error line and exit status 2. `--config` also takes a workdir's saved config (WORKDIR/config.json
+ml_collections machinery (values are converted to the field's type); an unknown field, a value
+its type does not take, or a field that is None in the config (data.augment unless a config file
+sets it) is one error line and exit status 2. `--config` also takes a workdir's saved config (WORKDIR/config.json
 or WORKDIR). `--list-config` prints every field with its default and comment (config_base.py).
 Running the same command in the same workdir resumes; see docs/training.md.
 """
@@ -154,6 +155,8 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Any:
                 raise ValueError(f"{key} is a section of the config, not a field: set one of its "
                                  f"fields, e.g. {example}=...; `tagger-jax train --list-config` "
                                  "lists every field")
+        for key in keys:
+            _check_not_none(plain, key)
         unknown = [k for k in keys if k not in fields]
         if unknown:
             raise ValueError(f"unknown config field {', '.join(unknown)}; "
@@ -162,6 +165,53 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Any:
         return parse(argv + [f"--config.{item}" for item in overrides])
     except (AttributeError, KeyError) as e:  # a section given a value, etc.
         raise ValueError(f"bad override in {', '.join(keys)} ({e})") from None
+    except flags.Error as e:  # a value the field's type does not take
+        raise ValueError(_value_error(plain, str(e))) from None
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+          tuple: "a comma-separated list"}
+
+
+def _lookup(config: Any, key: str) -> tuple[bool, Any]:
+    """(found, value) of the dotted field `key` in `config`; found is False past a leaf."""
+    node = config
+    for part in key.split("."):
+        if not hasattr(node, "items") or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _check_not_none(config: Any, key: str) -> None:
+    """Raises ValueError when `key` is, or lies under, a field that is None in `config`: such
+    a field (e.g. data.augment, off by default) has no type for ml_collections to convert a
+    value to, and no fields to set under it."""
+    parts = key.split(".")
+    for end in range(1, len(parts) + 1):
+        found, value = _lookup(config, ".".join(parts[:end]))
+        if not found:
+            return
+        if value is None:
+            field = ".".join(parts[:end])
+            raise ValueError(f"--set {key}: {field} is None in this config and takes no value "
+                             "from --set; use a config file that sets it (for data.augment, "
+                             "configs/soundfont_cpu_augment.py), then --set its fields")
+
+
+def _value_error(config: Any, text: str) -> str:
+    """One line for absl's `flag --config.KEY=VALUE: reason`: the field, the value and what
+    the field takes (its default's type)."""
+    import re
+
+    match = re.match(r"flag --config\.([\w.]+)=(.*?): ", text, re.S)
+    if not match:
+        return text.splitlines()[0] if text else "bad --set value"
+    key, value = match.groups()
+    found, default = _lookup(config, key)
+    kind = _KINDS.get(type(default)) if found else None
+    wants = f"takes {kind}" if kind else f"cannot take this value ({text[match.end():]})"
+    return f"--set {key}={value}: {key} {wants}"
 
 
 def list_config(config: Any = None) -> str:
