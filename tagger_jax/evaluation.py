@@ -423,6 +423,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     dataset = dataset or cfg.data.name
     split = split or cfg.data.test_split
     data_dir = data_dir or cfg.data.data_dir
+    if data_dir:  # as given, from this directory; models trained since 2026-12-03 store it so
+        data_dir = str(Path(str(data_dir)).expanduser().absolute())
     if builder_config is None and dataset == cfg.data.name:
         builder_config = cfg.data.builder_config or None
     batch_size = int(cfg.train.eval_batch_size if batch_size is None else batch_size)

@@ -166,6 +166,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike,
     except ValueError as e:  # errors.ConfigError
         raise ConfigError(f"train.batch_size: {e}") from None
     workdir = Path(workdir).expanduser().absolute()
+    config = wd.with_absolute_data_paths(config)  # stored so: found from any directory
     with wd.lock(workdir):
         preemption = Preemption()
         try:

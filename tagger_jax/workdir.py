@@ -135,6 +135,23 @@ def _trained(workdir: Path) -> bool:
     return any(any((workdir / d).glob("*")) for d in folders if (workdir / d).is_dir())
 
 
+def with_absolute_data_paths(config: Any) -> Any:
+    """`config` with `data.data_dir` and `data.manual_dir` absolute (`~` expanded), a copy when
+    either changes; empty values (TFDS's default directory, no manual directory) stay empty.
+
+    The workdir's config.json and the exported model's tagger.json hold them so: `evaluate`,
+    `explain --dataset` and `--config WORKDIR` find the data from any working directory (a
+    relative `data` found nothing, or another directory, when run from elsewhere)."""
+    resolved = {key: str(Path(str(config.data[key])).expanduser().absolute())
+                for key in ("data_dir", "manual_dir") if config.data.get(key)}
+    if all(config.data[key] == value for key, value in resolved.items()):
+        return config
+    config = config.copy_and_resolve_references()
+    for key, value in resolved.items():
+        config.data[key] = value
+    return config
+
+
 def check_or_write_config(config: Any, workdir: Path) -> None:
     """Refuses a workdir whose checkpoints belong to a different config; otherwise (re)writes
     config.json (replacing, with a note, the config of a start that saved no checkpoint: one

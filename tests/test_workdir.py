@@ -399,3 +399,31 @@ def test_cli_set_bad_values_say_what_the_field_takes(tmp_path, capsys, item, say
     [line] = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert line.startswith("error: ") and says in line, line
     assert not (tmp_path / "w").exists()
+
+
+def test_data_paths_are_stored_absolute(tmp_path, monkeypatch):
+    """From a new user's trial: a run trained with `data.data_dir=data` stored "data", so
+    `tagger-jax evaluate --workdir W` from another directory looked for (and self-contained
+    datasets built) the data there. The trainer stores both paths absolute."""
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config()
+    config.data.data_dir = "data"
+    config.data.manual_dir = "~/downloads/mtat"
+    resolved = workdir.with_absolute_data_paths(config)
+    assert resolved.data.data_dir == str(tmp_path / "data")
+    assert resolved.data.manual_dir == str(Path.home() / "downloads" / "mtat")
+    assert config.data.data_dir == "data"  # a copy: the caller's config is unchanged
+    config.data.data_dir, config.data.manual_dir = str(tmp_path / "d"), ""
+    assert workdir.with_absolute_data_paths(config) is config  # nothing to change
+    # train_and_evaluate hands the absolute paths to the config it writes to the workdir.
+    seen = []
+
+    def write(config, path):
+        seen.append(config.data.data_dir)
+        raise RuntimeError("written")
+
+    monkeypatch.setattr(workdir, "check_or_write_config", write)
+    config.data.data_dir = "rel"
+    with pytest.raises(RuntimeError, match="written"):
+        train_lib.train_and_evaluate(config, tmp_path / "run", toy_data(config))
+    assert seen == [str(tmp_path / "rel")]
