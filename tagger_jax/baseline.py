@@ -177,9 +177,14 @@ def fit_and_score(train_source, tag_names: Sequence[str], eval_sources: dict[str
 def evaluate(train_source, eval_sources: dict[str, Any], tag_names: Sequence[str],
              bars: Optional[Bars] = None) -> dict:
     """Fits on `train_source`, returns {split: `tagger_jax.evaluation.tag_metrics` dict} for
-    each of `eval_sources` ({split name: source}, labelled over the same `tag_names`); `bars`:
-    see `source_features`. (`fit_and_score` with the fit itself.)"""
-    return fit_and_score(train_source, tag_names, eval_sources, bars=bars).metrics
+    each of `eval_sources` ({split name: source}, labelled over the same `tag_names`), each
+    with "constant_tags" added (the tags with a single label value in the train split, whose
+    baseline numbers are meaningless); `bars`: see `source_features`. (`fit_and_score` with the
+    fit itself.)"""
+    scored = fit_and_score(train_source, tag_names, eval_sources, bars=bars)
+    for metrics in scored.metrics.values():  # as `report_beside` records them
+        metrics["constant_tags"] = list(scored.constant_tags)
+    return scored.metrics
 
 
 BASELINE_JSON = "baseline.json"

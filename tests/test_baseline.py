@@ -169,7 +169,7 @@ def test_fit_and_score_scores_each_split_on_the_tags_it_shares():
                                         {"swapped": ["fast", "low"]}, fitted_on="fake/train")
         want = baseline.evaluate(train, {"same": test}, tags)["same"]
     assert scored.fitted_on == "fake/train" and scored.clips == 40
-    assert scored.constant_tags == ["always"]
+    assert scored.constant_tags == ["always"] == want.pop("constant_tags")  # evaluate adds it
     assert scored.metrics["same"] == want
     got = {r["tag"]: r for r in scored.metrics["swapped"]["per_tag"]}
     assert list(got) == ["low", "fast"]  # the training split's order
@@ -202,6 +202,7 @@ def test_report_beside_and_evaluate_agree(tmp_path, monkeypatch, capsys):
               "per_tag": [{"tag": t, "roc_auc": 0.5} for t in tags]}
     reported = baseline.report_beside(result, print_fn=None)
     want = baseline.evaluate(train, {"test": test}, tags)["test"]
+    assert want.pop("constant_tags") == reported["constant_tags"]
     assert {k: v for k, v in reported.items()
             if k not in ("fitted_on", "fitted_on_clips", "constant_tags")} == want
     assert (reported["fitted_on"], reported["fitted_on_clips"], reported["constant_tags"]) == \

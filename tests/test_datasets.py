@@ -570,8 +570,8 @@ def test_audio_folder_bad_split_value(folder, tmp_path):
         datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder)
     (tmp_path / "z.csv").write_text("path,tags\nsongs/a.wav,rock;loud\nsongs/c.wav,Loud \n")
     config = AudioFolderConfig(name="bad3", csv=str(tmp_path / "z.csv"), tag_separator=";")
-    with pytest.raises(ValueError, match=r"z.csv: tags 'Loud' and 'loud' differ only in case "
-                                         r"\(first at line 2\)"):
+    with pytest.raises(ValueError, match=r"z.csv: tags 'Loud' \(line 3\) and 'loud' \(line "
+                                         r"2\) differ only in case"):
         datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder)
 
 
@@ -999,7 +999,8 @@ def test_msd_num_train_that_leaves_no_validation_clips_is_refused(msd_dir, tmp_p
 
 def test_mtat_annotation_errors_name_the_file_and_line(tmp_path, monkeypatch, capsys):
     root = _tiny_mtat(tmp_path / "m", ["0/a.mp3", "x/b-2-0-29.mp3", "c/c.mp3"])
-    (root / "0").mkdir()
+    for folder in FOLDERS:
+        (root / folder).mkdir()
     csv_path = root / "annotations_final.csv"
     _no_decoding(monkeypatch)
     with pytest.raises(ValueError) as info:
@@ -1123,3 +1124,138 @@ def test_missing_manual_files_and_unknown_datasets_are_short_lines(msd_dir, tmp_
         datasets.load_split("nosuch", "test", tmp_path / "d")
     assert str(info.value) == ("unknown dataset 'nosuch'; choose one of: synthetic_tags, "
                                "soundfont_tags, magnatagatune, mtg_jamendo, msd, audio_folder")
+
+
+# ------------------------------------------------------------- from a new user's trial (bring your own data)
+
+def test_audio_folder_separators_by_name_and_bad_config_values_are_config_errors(tmp_path, capfd):
+    """`--set delimiter=\\t` (or `tab`, ...) crashed the build with exit 70 ("delimiter" must
+    be a 1-character string); a bad split_fractions exited 6 and an empty tag_separator said
+    only "empty separator". All are one line naming the field, exit 2, before any build."""
+    from tagger_jax import cli, errors
+
+    make = build_dataset.make_config
+    assert make(datasets.AudioFolder, "x", ["delimiter=\\t"]).delimiter == "\t"
+    assert make(datasets.AudioFolder, "x", ["delimiter=tab"]).delimiter == "\t"
+    assert make(datasets.AudioFolder, "x", ["delimiter=semicolon"]).delimiter == ";"
+    assert make(datasets.AudioFolder, "x", ["delimiter=;"]).delimiter == ";"
+    assert make(datasets.AudioFolder, "x", ["tag_separator=pipe"]).tag_separator == "|"
+    assert make(datasets.AudioFolder, "x", ["tag_separator= / "]).tag_separator == " / "
+    for item, says in [("delimiter=ab", "delimiter must be one character or one of tab"),
+                       ("tag_separator=", "tag_separator must not be empty"),
+                       ("split_fractions=0.5,0.6,0.1", "split_fractions must be 3 non-negative "
+                                                       "numbers summing to 1")]:
+        with pytest.raises(errors.ConfigError, match=f"^config 'x': {says}"):
+            make(datasets.AudioFolder, "x", [item])
+        rc = cli.main(["build-dataset", "audio_folder", "--config", "x", "--set", item,
+                       "--data-dir", str(tmp_path / "d"), "--manual-dir", str(tmp_path)])
+        err = capfd.readouterr().err.strip()
+        assert rc == 2 and err.count("\n") == 0 and says in err, err
+    assert not (tmp_path / "d" / "audio_folder").exists()
+
+
+def test_audio_folder_csv_errors_say_the_likely_fix(tmp_path):
+    """From a new user's trial: a semicolon CSV, a UTF-16 one (Excel's "Unicode text") and a
+    clip listed twice were refused without the fix or the lines."""
+    config = AudioFolderConfig(name="x")
+    (tmp_path / "semi.csv").write_text("path;tags;split\na.wav;rock;train\n")
+    with pytest.raises(ValueError, match=r"semi.csv: no 'path' column \(columns: \['path;tags;"
+                       r"split'\]\); is the file semicolon-separated\? --set "
+                       r"delimiter=semicolon$"):
+        audio_folder.read_table(tmp_path / "semi.csv", config)
+    (tmp_path / "u16.csv").write_bytes("path,tags\na.wav,rock\n".encode("utf-16"))
+    with pytest.raises(ValueError, match=r"u16.csv: UTF-16 text \(it starts with a UTF-16 "
+                       r"byte-order mark\); save the file as UTF-8$"):
+        audio_folder.read_table(tmp_path / "u16.csv", config)
+    (tmp_path / "dup.csv").write_text("path,tags\na.wav,rock\nb.wav,jazz\na.wav,rock\n"
+                                      "b.wav,pop\nc.wav,pop\n")
+    with pytest.raises(ValueError) as info:
+        audio_folder.read_table(tmp_path / "dup.csv", config)
+    assert str(info.value) == (f"{tmp_path / 'dup.csv'}: 2 clip(s) listed twice: 'a.wav' "
+                               "(lines 2, 4); 'b.wav' (lines 3, 5); a clip may have one row")
+
+
+def test_audio_folder_zero_fraction_tags_only_outside_train_and_split_names(tmp_path, capfd):
+    """A split fraction of 0 builds no such split (it got one clip); a tag no train row has is
+    a warning at build time (the model scored it 0.0 in a held-out split, unannounced); a
+    skipped file is a `warning:` line; `--split Segments` names the lowercase split."""
+    for k in range(6):
+        _tone(tmp_path / "m" / f"s{k}.wav", 0.2, 330 * (k + 1))
+    (tmp_path / "m" / "tags.csv").write_text("path,tags\n" + "".join(
+        f"s{k}.wav,{'rock' if k % 2 else 'jazz'}\n" for k in range(6)) + "gone.wav,rock\n")
+    config = AudioFolderConfig(name="z", split_fractions=(0.5, 0.5, 0.0))
+    b = datasets.build("audio_folder", tmp_path / "d", config, manual_dir=tmp_path / "m",
+                       num_workers=1)
+    assert set(datasets.split_sizes(b)) == {"train", "validation"}
+    assert sum(datasets.split_sizes(b).values()) == 6
+    assert "warning: audio_folder/" in capfd.readouterr().err  # gone.wav, in whichever split
+    assert audio_folder.seeded_split(10, (0.8, 0.2, 0.0), 0).count("test") == 0
+    assert audio_folder.seeded_split(10, (0.95, 0.025, 0.025), 0).count("test") == 1
+
+    (tmp_path / "m" / "tags.csv").write_text(
+        "path,tags,split\ns0.wav,rock,train\ns1.wav,jazz,valid\ns2.wav,rock,test\n"
+        "s3.wav,rare,Segments\n")
+    b = datasets.build("audio_folder", tmp_path / "e", AudioFolderConfig(name="r"),
+                       manual_dir=tmp_path / "m", num_workers=1)
+    err = capfd.readouterr().err
+    assert (f"warning: {tmp_path / 'm' / 'tags.csv'}: 2 tag(s) have no row in the train split "
+            "(jazz, rare): a model trained on it cannot learn them") in err, err
+    assert b.info.metadata["tags_without_train_clips"] == ["jazz", "rare"]
+    with pytest.raises(ValueError, match=r"no split 'Segments' \(split names are lowercase: "
+                       r"'segments'\)"):
+        datasets.load_split("audio_folder", "Segments", tmp_path / "e", "r")
+
+
+def test_mtat_manual_dir_near_misses_are_named(tmp_path, monkeypatch):
+    """From a new user's trial: a missing unpacked folder was found only after decoding the
+    splits before it; both missing won2020 split files are listed (only the first was); files
+    one folder off or saved as a second download are named; a missing manual directory says
+    what it should hold."""
+    from tagger_jax import errors
+
+    paths = [f"{FOLDERS[k]}/clip-{k}.mp3" for k in range(16)]
+    root = _tiny_mtat(tmp_path / "m", paths)
+    for folder in FOLDERS:
+        if folder != "c":
+            (root / folder).mkdir()
+    _no_decoding(monkeypatch)
+    with pytest.raises(errors.DataError, match=r"the unpacked MagnaTagATune audio lacks the "
+                       r"folder\(s\) c \(of the validation split\); all 16"):
+        datasets.build("magnatagatune", tmp_path / "d", manual_dir=root, num_workers=1)
+    assert not (tmp_path / "d" / "magnatagatune").exists()
+    (root / "c").mkdir()
+    ann = magnatagatune.read_annotations(root / "annotations_final.csv")
+    _won_files(root, {"train": [0], "validation": [12], "test": [13]}, paths)
+    (root / "split").mkdir()
+    (root / "valid.npy").rename(root / "split" / "valid.npy")
+    (root / "test.npy").unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        magnatagatune.read_split_files(root, ann)
+    assert str(info.value).startswith(
+        f"Won et al. (2020) split files missing in {root}: valid.npy or valid_new.npy; "
+        f"test.npy or test_new.npy; found {root / 'split' / 'valid.npy'}: move them into {root}?")
+    np.save(root / "test.npy", np.array([f"13\t{paths[13]}"], dtype=object))
+    (root / "split" / "valid.npy").rename(root / "valid.npy")
+    with pytest.raises(ValueError, match=r"test.npy: not a NumPy array of strings \(it holds "
+                       r"Python objects.*astype\(str\)"):
+        magnatagatune.read_split_files(root, ann)
+    # the annotations as a second download, everything one folder deeper
+    deeper = tmp_path / "outer"
+    (deeper / "MagnaTagATune").mkdir(parents=True)
+    (root / "annotations_final.csv").rename(root / "annotations_final (1).csv")
+    root.rename(deeper / "MagnaTagATune" / "m")
+    with pytest.raises(FileNotFoundError) as info:
+        datasets.build("magnatagatune", tmp_path / "d", manual_dir=deeper / "MagnaTagATune")
+    inner = deeper / "MagnaTagATune" / "m"
+    assert str(info.value).startswith(f"{deeper / 'MagnaTagATune'}: no MagnaTagATune audio found")
+    assert f"Found MagnaTagATune audio in {inner}: give that folder as --manual-dir?" in str(
+        info.value)
+    for folder in FOLDERS:
+        (deeper / "MagnaTagATune" / folder).mkdir()
+    with pytest.raises(FileNotFoundError) as info:
+        datasets.build("magnatagatune", tmp_path / "d", manual_dir=deeper / "MagnaTagATune")
+    assert (f"Found {inner / 'annotations_final (1).csv'}: rename or move it there?"
+            in str(info.value)), str(info.value)
+    with pytest.raises(FileNotFoundError, match=r"manual directory .*nowhere does not exist; it "
+                       r"is the folder that holds annotations_final.csv and mp3.zip.001"):
+        datasets.build("magnatagatune", tmp_path / "d", manual_dir=tmp_path / "nowhere")

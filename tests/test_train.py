@@ -544,7 +544,7 @@ def test_extra_test_splits_and_baseline_are_reported_and_reused(tmp_path, finish
     sources = {"test": toy_records(8, 1), "test_other": other}
     calls = []
 
-    def rerun(other_fingerprint):
+    def rerun(other_fingerprint, train_fingerprint="train-v1"):
         data = toy_data(config)
         data.test_fingerprint = "split-v1"
         data.extra_tests = {"test_other": TestSplit(other, other_fingerprint)}
@@ -553,7 +553,7 @@ def test_extra_test_splits_and_baseline_are_reported_and_reused(tmp_path, finish
             calls.append(tuple(names))
             return baseline.evaluate(train_records, {n: sources[n] for n in names}, TAGS, bars)
 
-        data.baseline, data.baseline_fingerprint = fit_and_score, "train-v1"
+        data.baseline, data.baseline_fingerprint = fit_and_score, train_fingerprint
         capsys.readouterr()
         return train_lib.train_and_evaluate(config, workdir, data), capsys.readouterr().out
 
@@ -576,6 +576,17 @@ def test_extra_test_splits_and_baseline_are_reported_and_reused(tmp_path, finish
            "times) changed since" in out, out
     assert "baseline fitted again" in out
     assert len(calls) == 2
+    assert "warning: baseline" not in out  # every tag has both label values in train
+    # A tag without a positive train clip: said, as `evaluate --baseline` says it (it said
+    # nothing here before; from a new user's trial), and recorded in baseline.json.
+    for r in train_records:
+        r["tags"] = r["tags"].copy()
+        r["tags"][1] = 0
+    fourth, out = rerun("other-v2", "train-v2")
+    assert (f"warning: baseline: 1 of {len(TAGS)} tags have no positive or no negative clip in "
+            f"the train split ({TAGS[1]}): it predicts a constant") in out, out
+    stored = json.loads((workdir / "test" / "baseline.json").read_text())["metrics"]
+    assert stored["test_other"]["constant_tags"] == [TAGS[1]]
 
 
 # ----------------------------------------------------------------------------------------------

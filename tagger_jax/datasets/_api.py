@@ -133,7 +133,9 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
                          "build (no dataset_info.json); delete it, or build with --overwrite")
     manual = _expand(manual_dir)
     if manual and not Path(manual).is_dir():
-        raise FileNotFoundError(f"{name}: manual directory {manual} does not exist")
+        files = getattr(builder, "MANUAL_FILES", "") or "the downloaded files"
+        raise FileNotFoundError(f"{name}: manual directory {manual} does not exist; it is the "
+                                f"folder that holds {files}. {manual_hint(name)}")
     if (manual and getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
             and not any(Path(manual).iterdir())):  # TFDS would print all the instructions
         files = getattr(builder, "MANUAL_FILES", "") or "the downloaded files"
@@ -301,8 +303,10 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike,
             f"build-dataset {name}{config} --data-dir {_expand(data_dir)}{manual}` (or "
             f"`ensure_built`) first{built}")
     if split not in builder.info.splits:
-        raise MissingSplitError(f"{name} in {builder.data_dir}: no split {split!r}; its splits "
-                                f"are {list(builder.info.splits)}")
+        near = [s for s in builder.info.splits if s.casefold() == split.strip().casefold()]
+        hint = f" (split names are lowercase: {near[0]!r})" if near else ""
+        raise MissingSplitError(f"{name} in {builder.data_dir}: no split {split!r}{hint}; its "
+                                f"splits are {list(builder.info.splits)}")
     return builder.as_data_source(split=split), tag_names(builder)
 
 

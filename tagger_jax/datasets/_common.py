@@ -11,11 +11,11 @@ import csv
 import dataclasses
 import hashlib
 import io
-import logging
 import multiprocessing
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
@@ -25,7 +25,6 @@ import tensorflow_datasets as tfds
 from tagger_jax import errors
 from tagger_jax.audio import FeatureParams
 
-log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 # The authors' feature settings: every stored "mel" is computed with exactly these.
@@ -249,7 +248,9 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
         meta = self.info.metadata
         meta["skipped"][split].append({"clip_id": clip_id, "path": path, "error": error})
         meta["num_skipped"][split] += 1
-        log.warning("%s/%s: skipped %s", self.name, split, error)
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"warning: {self.name}/{split}: skipped {error}", file=sys.stderr)
 
     def _warn(self, split: str, clip_id: str, path: str, notes: dict[str, str]) -> None:
         """Records a kept clip's audio degradations ({code: message}) in the metadata."""
@@ -407,7 +408,34 @@ def find_file(root: Path, candidates: Sequence[str], what: str, instructions: st
         if p.exists():
             return p
     looked = ", ".join(str(root / c) for c in candidates)
-    raise FileNotFoundError(f"{what} not found (looked for {looked}). {instructions}".strip())
+    near = near_misses(root, candidates)
+    found = f" Found {', '.join(map(str, near))}: rename or move it there?" if near else ""
+    raise FileNotFoundError(f"{what} not found (looked for {looked}).{found} "
+                            f"{instructions}".strip())
+
+
+def near_misses(root: Path, names: Sequence[str], limit: int = 3) -> list[Path]:
+    """Files under `root` (two folders deep at most) that are almost one of `names`: the same
+    name elsewhere (`root/split/train.npy` for `root/split/mtat/train.npy`), or a name a
+    browser's download gives a second copy (`annotations_final (1).csv`, `train-2.npy`)."""
+    import re
+
+    wanted = {Path(n).name.casefold(): Path(n).name for n in names}
+    stems = {Path(n).stem.casefold(): Path(n).suffix.casefold() for n in names}
+    found: list[Path] = []
+    if not root.is_dir():
+        return found
+    for depth in ("*", "*/*", "*/*/*"):
+        for p in sorted(root.glob(depth)):
+            if not p.is_file() or any(p == root / n for n in names):
+                continue
+            name = p.name.casefold()
+            copy = re.sub(r"[ _-]*(\(\d+\)|-\d+|copy)$", "", Path(name).stem)
+            if name in wanted or stems.get(copy) == Path(name).suffix:
+                found.append(p)
+            if len(found) >= limit:
+                return found
+    return found
 
 
 def manual_hint(name: str) -> str:
@@ -420,6 +448,13 @@ def utf8_error(path: Path, error: UnicodeDecodeError) -> ValueError:
     """A one-line ValueError for a text file that is not UTF-8: the file, the line and column
     of the first bad byte (Python's message gives only a position inside a read buffer)."""
     line, column = 1, 0
+    try:
+        head = Path(path).read_bytes()[:2]
+    except OSError:
+        head = b""
+    if head in (b"\xff\xfe", b"\xfe\xff"):  # a byte-order mark: what Excel's "Unicode text" writes
+        return ValueError(f"{path}: UTF-16 text (it starts with a UTF-16 byte-order mark); save "
+                          "the file as UTF-8")
     try:
         for line, raw in enumerate(Path(path).read_bytes().splitlines(), start=1):
             try:

@@ -43,16 +43,20 @@ import csv
 import dataclasses
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tagger_jax import errors
 from tagger_jax import tags as tags_lib
 from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig, multi_hot,
                                          utf8_error)
 
+SEPARATOR_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|",
+                   "space": " "}  # `--set delimiter=tab` (a tab is awkward to type in a shell)
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation",
                  "valid": "validation", "val": "validation", "dev": "validation",
                  "test": "test", "testing": "test"}
@@ -74,6 +78,27 @@ class AudioFolderConfig(TaggingConfig):
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test
     split_seed: int = 0  # seed of the random split when there is no split column
     drop_untagged: bool = False  # drop clips with no tag
+
+    def __post_init__(self):
+        """Also: the delimiter and tag separator by name (`tab`, `\\t`, `comma`, `semicolon`,
+        `pipe`, `space`), the delimiter one character, the separator not empty, the fractions
+        three numbers summing to 1; each refused with a one-line `errors.ConfigError`."""
+        super().__post_init__()
+        for field in ("delimiter", "tag_separator"):
+            value = getattr(self, field)
+            object.__setattr__(self, field, SEPARATOR_NAMES.get(value.strip().lower(), value)
+                               if len(value) > 1 else value)
+        names = ", ".join(SEPARATOR_NAMES)
+        if len(self.delimiter) != 1:
+            raise errors.ConfigError(f"config {self.name!r}: delimiter must be one character or "
+                                     f"one of {names}, got {self.delimiter!r}")
+        if not self.tag_separator:
+            raise errors.ConfigError(f"config {self.name!r}: tag_separator must not be empty "
+                                     f"(one of {names}, or any text)")
+        try:
+            check_fractions(self.split_fractions)
+        except ValueError as e:
+            raise errors.ConfigError(f"config {self.name!r}: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +157,13 @@ def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[s
     except UnicodeDecodeError as e:
         raise utf8_error(path, e) from None
     if config.path_column not in columns:
-        raise ValueError(f"{path}: no {config.path_column!r} column (columns: {columns})")
+        hint = ""
+        if len(columns) == 1:  # the header did not split: another delimiter?
+            used = [n for n, c in (("semicolon", ";"), ("tab", "\t"), ("pipe", "|"),
+                                   ("comma", ",")) if c in columns[0] and c != config.delimiter]
+            if used:
+                hint = f"; is the file {used[0]}-separated? --set delimiter={used[0]}"
+        raise ValueError(f"{path}: no {config.path_column!r} column (columns: {columns}){hint}")
     has_split = config.split_column in columns
     if config.id_column and config.id_column not in columns:
         raise ValueError(f"{path}: no id column {config.id_column!r} (columns: {columns})")
@@ -188,13 +219,18 @@ def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[s
     for tag in vocab:  # two spellings of one tag would train and score as two tags
         other = by_case.setdefault(tag.casefold(), tag)
         if other != tag:
-            line = min(r.line for r in rows if tag in r.tags or other in r.tags)
-            raise ValueError(f"{path}: tags {other!r} and {tag!r} differ only in case (first "
-                             f"at line {line}); write them alike")
-    ids = collections.Counter(r.clip_id for r in rows)
-    dupes = [i for i, n in ids.items() if n > 1]
+            where = ["header" if tag_columns else f"line {min(r.line for r in rows if t in r.tags)}"
+                     for t in (other, tag)]
+            raise ValueError(f"{path}: tags {other!r} ({where[0]}) and {tag!r} ({where[1]}) "
+                             "differ only in case; write them alike")
+    lines_of: dict[str, list[int]] = collections.defaultdict(list)
+    for r in rows:
+        lines_of[r.clip_id].append(r.line)
+    dupes = [f"{i!r} (lines {', '.join(map(str, n))})" for i, n in lines_of.items() if len(n) > 1]
     if dupes:
-        raise ValueError(f"{path}: duplicate clips {dupes[:5]}")
+        more = f" and {len(dupes) - 3} more" if len(dupes) > 3 else ""
+        raise ValueError(f"{path}: {len(dupes)} clip(s) listed twice: {'; '.join(dupes[:3])}"
+                         f"{more}; a clip may have one row")
     return rows, vocab
 
 
@@ -208,16 +244,27 @@ def extra_split_name(value: str) -> str:
     return name
 
 
-def seeded_split(n: int, fractions, seed: int) -> list[str]:
-    """A split name per row: a seeded permutation cut by `fractions` (each split gets at least
-    one clip when n >= 3)."""
-    f = np.asarray(fractions, np.float64)
+def check_fractions(fractions) -> np.ndarray:
+    """`split_fractions` as a float64 (3,) array; ValueError unless 3 non-negative numbers
+    summing to 1."""
+    try:
+        f = np.asarray(fractions, np.float64)
+    except (TypeError, ValueError):
+        f = np.zeros(0)
     if f.shape != (3,) or np.any(f < 0) or not np.isclose(f.sum(), 1.0):
-        raise ValueError(f"split_fractions must be 3 non-negative numbers summing to 1, "
-                         f"got {fractions}")
+        raise ValueError(f"split_fractions must be 3 non-negative numbers summing to 1 "
+                         f"(train, validation, test), got {fractions}")
+    return f
+
+
+def seeded_split(n: int, fractions, seed: int) -> list[str]:
+    """A split name per row: a seeded permutation cut by `fractions`. A split whose fraction is
+    above 0 gets at least one clip when n >= 3; one whose fraction is 0 gets none (and is not
+    built)."""
+    f = check_fractions(fractions)
     n_val, n_test = int(round(f[1] * n)), int(round(f[2] * n))
     if n >= 3:
-        n_val, n_test = max(1, n_val), max(1, n_test)
+        n_val, n_test = (max(int(f[1] > 0), n_val), max(int(f[2] > 0), n_test))
     order = np.random.default_rng(seed).permutation(n)
     out = ["train"] * n
     for i in order[:n_val]:
@@ -293,6 +340,15 @@ class AudioFolder(TaggingBuilder):
             item = {"key": row.clip_id, "clip_id": row.clip_id, "path": row.path,
                     "tags": multi_hot(row.tags, vocab), "file": str(file)}
             items[split].append(item)
+        if items["train"]:  # a tag only other splits have: learnt from nothing, scored anyway
+            trained = np.stack([item["tags"] for item in items["train"]]).any(axis=0)
+            lacking = [t for t, seen in zip(vocab, trained) if not seen]
+            self._note("tags_without_train_clips", lacking)
+            if lacking:
+                print(f"warning: {csv_path}: {len(lacking)} tag(s) have no row in the train "
+                      f"split ({', '.join(lacking[:10])}{', ...' if len(lacking) > 10 else ''}): "
+                      "a model trained on it cannot learn them, yet validation and tests "
+                      "score them", file=sys.stderr, flush=True)
         self._present = tuple(s for s in self._split_names() if items[s])
         if not self._present:
             raise ValueError(f"{csv_path}: no clips to build (every row was dropped as untagged)")

@@ -54,9 +54,10 @@ from typing import Callable
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tagger_jax import errors
 from tagger_jax.datasets import _archive
 from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig, find_file,
-                                         manual_hint, utf8_error)
+                                         manual_hint, near_misses, utf8_error)
 from tagger_jax.tags import MTAT_TOP50
 
 log = logging.getLogger(__name__)
@@ -140,15 +141,30 @@ def split_of(mp3_path: str) -> str:
 def audio_locator(root: Path) -> Callable[[str], dict]:
     """Maps an `mp3_path` to a worker item source: unpacked folders, or the zip (parts)."""
     for base in (root, root / "mp3", root / "audio"):
-        if any((base / c).is_dir() for c in FOLDERS):
+        present = [c for c in FOLDERS if (base / c).is_dir()]
+        if present:
+            if len(present) < len(FOLDERS):  # found now, not after decoding the splits before
+                missing = [c for c in FOLDERS if c not in present]
+                splits = sorted({SPLIT_OF_FOLDER[c] for c in missing})
+                raise errors.DataError(
+                    f"{base}: the unpacked MagnaTagATune audio lacks the folder(s) "
+                    f"{', '.join(missing)} (of the {' and '.join(splits)} split); "
+                    f"all 16 (0-9, a-f) are needed. Unpack the archive again, or build from "
+                    f"the zip parts. {manual_hint('magnatagatune')}")
             return lambda rel, base=base: {"file": str(base / rel)}
     parts = _archive.find_parts(root, "mp3.zip")
     if not parts and (root / "mp3.zip").is_file():
         parts = [root / "mp3.zip"]
     if not parts:
+        deeper = sorted({p.parent for p in root.glob("*/mp3.zip*")}
+                        | {p.parent.parent for p in root.glob("*/*/0") if p.is_dir()}
+                        | {p.parent for p in root.glob("*/0") if p.is_dir()
+                           and p.parent.name not in ("mp3", "audio")})
+        hint = (f" Found MagnaTagATune audio in {', '.join(map(str, deeper[:2]))}: give that "
+                "folder as --manual-dir?" if deeper else "")
         raise FileNotFoundError(
             f"{root}: no MagnaTagATune audio found: expected the folders 0-9, a-f (unpacked) or "
-            f"mp3.zip.001, mp3.zip.002, mp3.zip.003 in the manual directory. "
+            f"mp3.zip.001, mp3.zip.002, mp3.zip.003 in the manual directory.{hint} "
             f"{manual_hint('magnatagatune')}")
     part_names = tuple(str(p) for p in parts)
     members = {}
@@ -177,23 +193,47 @@ class MagnatagatuneConfig(TaggingConfig):
     split_files: bool = False  # read Won et al. (2020)'s split files (`won2020`)
 
 
+def split_dir(root: Path) -> Path:
+    """Where the `won2020` split files are read: MANUAL_DIR/split/mtat if it exists (the
+    layout of the paper's repository), else MANUAL_DIR."""
+    return root / "split" / "mtat" if (root / "split" / "mtat").is_dir() else root
+
+
 def read_split_files(root: Path, ann: Annotations) -> tuple[dict[str, list[int]], list[str] | None]:
     """({split: annotation row indices}, tag names from tags.npy or None) of Won et al. (2020)'s
     split files under `root` (or root/split/mtat). Raises FileNotFoundError / ValueError naming
     the file (and line) on a missing file, a line that does not match the annotations or a
     `tags.npy` that is not 50 tag names; a clip listed in two split files is a warning line."""
-    base = root / "split" / "mtat" if (root / "split" / "mtat").is_dir() else root
+    base = split_dir(root)
     out: dict[str, list[int]] = {}
     files: dict[str, Path] = {}
+    missing, near = [], []
     for split, names in SPLIT_FILE_NAMES.items():
-        path = find_file(base, names, f"Won et al. (2020) {split} split file",
-                         "See the `won2020` config in the magnatagatune docstring.")
+        found = [base / n for n in names if (base / n).is_file()]
+        if found:
+            files[split] = found[0]
+        else:
+            missing.append(" or ".join(names))
+            near += near_misses(root, names)
+    if missing:  # every missing file at once
+        elsewhere = (f"; found {', '.join(map(str, near))}: move them into {base}?"
+                     if near else "")
+        raise FileNotFoundError(
+            f"Won et al. (2020) split files missing in {base}: {'; '.join(missing)}{elsewhere}. "
+            "See the `won2020` config in the magnatagatune docstring.")
+    for split, path in files.items():
         try:
             lines = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: not a NumPy array of strings ({e})") from None
+            pickled = "allow_pickle" in str(e)
+            raise ValueError(
+                f"{path}: not a NumPy array of strings ("
+                + ("it holds Python objects, which this builder does not unpickle; if you trust "
+                   "the file, convert it with `np.save(PATH, np.load(PATH, allow_pickle=True)"
+                   ".astype(str))`" if pickled else str(e)) + ")") from None
         rows = []
         for k, line in enumerate(np.atleast_1d(lines).tolist()):
+            line = line.decode() if isinstance(line, bytes) else line
             index, sep, rel = str(line).partition("\t")
             if not sep or not index.strip().isdigit():
                 raise ValueError(f"{path}: line {k}: expected 'INDEX<TAB>MP3_PATH', got {line!r}")
@@ -204,7 +244,6 @@ def read_split_files(root: Path, ann: Annotations) -> tuple[dict[str, list[int]]
                                  f"({have})")
             rows.append(i)
         out[split] = rows
-        files[split] = path
     for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
         both = sorted(set(out[a]) & set(out[b]))
         if both:  # the published files are the reference: kept as they are, but said
@@ -294,7 +333,8 @@ class Magnatagatune(TaggingBuilder):
             tags = top_tags(ann.labels, ann.tag_names, source=csv_path)
         missing = [t for t in tags if t not in ann.tag_names]
         if missing:
-            raise ValueError(f"tags.npy names tags not in {csv_path.name}: {missing}")
+            raise ValueError(f"{split_dir(root) / 'tags.npy'}: names tags not in {csv_path}: "
+                             f"{missing}")
         self._set_tags(tags, source=source)
         y = ann.labels[:, [ann.tag_names.index(t) for t in tags]]
         locate = audio_locator(root)
