@@ -113,9 +113,9 @@ def discover(paths: Iterable[str | os.PathLike],
     in an explanation summary of their folder, e.g. the `.orig.ogg` playback copies) are left out
     of directory searches with that reason. `exclude`: the run's own outputs (files, or
     directories and everything under them, e.g. `outputs.own_files(--output)`), which a directory
-    search leaves out without listing them. A file named again (by the same path, or as a file
-    and within its named folder) is one input under its first name; the repeat is listed in
-    `skipped`.
+    search leaves out without listing them. A file named again (by the same path, another
+    spelling of it such as `A/../A/x.wav`, a symbolic link to it, or as a file and within its
+    named folder) is one input under its first name; the repeat is listed in `skipped`.
     A named directory with no files at all is listed in `skipped` too. Missing paths are kept:
     they become failed inputs with an error naming them, never a crash of the run. Names are
     `audio.display_path` text (bytes that are not UTF-8 as \\xNN).
@@ -124,11 +124,12 @@ def discover(paths: Iterable[str | os.PathLike],
     from tagger_jax.explain import report as explain_report
 
     out: dict[Path, str] = {}
+    seen: set[Path] = set()  # the files' real paths: one file by two names is one input
     outputs: dict[Path, dict[str, str]] = {}  # folder -> its explain outputs
-    own = [Path(os.path.abspath(e)) for e in exclude]
+    own = [Path(os.path.realpath(e)) for e in exclude]
 
     def is_own(f: Path) -> bool:
-        a = Path(os.path.abspath(f))
+        a = Path(os.path.realpath(f))
         return any(a == o or o in a.parents for o in own)
 
     def explain_output(f: Path) -> str | None:
@@ -152,10 +153,12 @@ def discover(paths: Iterable[str | os.PathLike],
             skipped.extend(left_out)
         for f in files:
             rel = f.relative_to(p).as_posix() if p.is_dir() else p.name
-            if f in out:  # named twice (a file and its folder, ./x and x): one input, said
+            real = Path(os.path.realpath(f))
+            if real in seen:  # named twice (a file and its folder, ./x and x, a link): said
                 if skipped is not None:
                     skipped.append((f, "named again (one input; its first name is used)"))
                 continue
+            seen.add(real)
             out[f] = audio.display_path(rel)
     return list(out.items())
 

@@ -155,8 +155,9 @@ def atomic_write_json(path: str | os.PathLike, value: Any, indent: int | None = 
 
 def lock_path(target: str | os.PathLike, directory: bool | None = None) -> Path:
     """The lock file guarding `target`: a directory (`directory=True`, or None and it is one) or
-    a file."""
-    t = Path(os.path.abspath(os.path.expanduser(os.fspath(target))))
+    a file. Symbolic links are resolved, so two names of one folder share its lock (a run given
+    a link to another run's output directory was let in, and the two broke each other's files)."""
+    t = Path(os.path.realpath(os.path.expanduser(os.fspath(target))))
     if directory is None:
         directory = t.is_dir()
     return t / DIR_LOCK_NAME if directory else t.parent / f".{t.name}.lock"

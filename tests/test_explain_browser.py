@@ -191,6 +191,15 @@ def test_play_moves_the_cursor_and_a_click_seeks(browser, out_dir):
     t = wait_for(browser, "var t = Number(document.getElementById('cursor').dataset.time);"
                           "return t > 3 ? t : 0")
     assert abs(t - 0.75 * SECONDS) < 0.2
+    # The zoom buttons keep the cursor on screen (they zoomed around the middle, and a cursor
+    # at 75% left the view; from a new user's trial).
+    for _ in range(3):
+        browser.find_element("id", "zoom-in").click()
+    box = browser.execute_script(
+        "var c = document.getElementById('cursor').getBoundingClientRect(),"
+        " p = document.querySelector('#spectrogram canvas.map').getBoundingClientRect();"
+        "return [c.left, p.left, p.right];")
+    assert box[1] <= box[0] <= box[2], box
     assert severe(browser) == []
 
 

@@ -612,3 +612,109 @@ def test_tags_csv_reads_both_formats(tmp_path):
     (tmp_path / "twice.csv").write_text("path,tags\nx.wav,rock\nx.wav,pop\n")
     with pytest.raises(ValueError, match=r"twice.csv:3: 'x.wav' is listed twice"):
         runner.read_tags_csv(tmp_path / "twice.csv")
+
+
+# ----------------------------------------------------------------------------------------------
+# From a new user's trial of explain on their own audio.
+
+def test_bad_figure_and_layer_options_are_usage_errors_before_any_work(setup, tmp_path, capsys):
+    """`--line-seconds -5` failed every input (exit 1, recorded as broken: a rerun then refused
+    them as failed earlier); `--layer 7` said outputs were replaced before its error."""
+    model_dir, inputs, _ = setup
+    out = tmp_path / "out"
+    for flag, value, says in (("--line-seconds", "-5", "--line-seconds must be a number of "
+                                                        "seconds >= 0"),
+                              ("--line-seconds", "nan", "--line-seconds must be"),
+                              ("--layer", "7", "--layer 7: the model has 2 encoder layer(s) "
+                                               "(-2..1"),
+                              ("--listen-keep", "1.5", "--listen-keep must be in [0, 1]")):
+        assert explain("--checkpoint", str(model_dir), str(inputs / "tone.wav"), "--out",
+                       str(out), flag, value) == 2
+        err = capsys.readouterr()
+        assert err.err.strip() == f"error: {says}" or err.err.strip().startswith(
+            f"error: {says}"), err.err
+        assert "replaced" not in err.out
+    assert not out.exists()
+
+
+def test_listen_settings_imply_listen(setup, tmp_path):
+    """`--listen-keep 0.3` alone wrote no audio but re-explained every input as changed; it
+    asks for the audio now, as --listen-methods does."""
+    model_dir, inputs, _ = setup
+    assert explain("--checkpoint", str(model_dir), str(inputs / "tone.wav"), "--out",
+                   str(tmp_path), "--methods", "attention", "--top-k", "1", "--no-plot",
+                   "--listen-keep", "0.3") == 0
+    assert len(list(tmp_path.glob("tone.wav.attention*.kept.ogg"))) == 1
+    # Without listening, the listening settings are not part of what an output depends on.
+    a = runner.ExplainOptions(listen_keep=0.3, listen_softness=0.2).signature_fields()
+    assert a == runner.ExplainOptions().signature_fields()
+
+
+def test_two_clip_mode_on_audio_files_plays_the_joined_audio_and_keeps_warnings(setup, tmp_path,
+                                                                                capsys):
+    """--two-clip on audio files said they had no audio (it played none) and dropped their
+    warnings, the short clip's tiling too; the page shows the warnings."""
+    model_dir, inputs, _ = setup
+    short = tmp_path / "short.wav"
+    sf.write(short, 0.2 * np.sin(np.arange(1600) * 0.3), 16000)  # 0.1 s: 7 frames of 16
+    rc = explain("--checkpoint", str(model_dir), str(inputs / "tone.wav"), str(short), "--out",
+                 str(tmp_path / "out"), "--two-clip", "--methods", "attention", "--top-k", "1",
+                 "--listen", "--no-plot")
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "have no audio" not in captured.err
+    (summary_file,) = (tmp_path / "out").glob("tone.wav+*.json")
+    summary = json.loads(summary_file.read_text())
+    tiled = summary["audio_warnings"]["tiled"]
+    assert tiled.startswith(f"{short}: shorter than half a chunk (7 of 16 steps)"), tiled
+    assert f"warning: {tiled}" in captured.err
+    stem = summary_file.name[:-len(".json")]
+    original, _ = sf.read(tmp_path / "out" / f"{stem}.orig.ogg")
+    assert len(original) == (CHUNK - 1) * 256 + 1  # two half-chunks: 32 frames of hop 256
+    assert len(list((tmp_path / "out").glob(f"{stem}.attention*.kept.ogg"))) == 1
+    page = (tmp_path / "out" / f"{stem}.html").read_text()
+    assert "class='meta warning'>warning: tiled: " in page
+
+
+def test_own_lock_is_not_an_input_and_a_link_to_a_busy_output_is_refused(setup, tmp_path,
+                                                                         capsys):
+    """An output folder inside the searched folder: its lock beside it was listed as a skipped
+    input. A second run given a symbolic link to a busy output folder was let in (the lock sat
+    beside the link), and the two runs broke each other's files."""
+    from tagger_jax import outputs
+
+    model_dir, inputs, _ = setup
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "tone.wav").symlink_to(inputs / "tone.wav")
+    out = folder / "expl"
+    args = ("--checkpoint", str(model_dir), str(folder), "--out", str(out), "--methods",
+            "attention", "--top-k", "1", "--no-plot", "--no-report")
+    with outputs.exclusive_for_run(out, "output directory"):  # as another run holds it
+        assert (folder / ".expl.lock").exists()
+        link = tmp_path / "link"
+        link.symlink_to(out, target_is_directory=True)
+        assert outputs.lock_path(link, directory=False) == folder / ".expl.lock"
+        assert explain("--checkpoint", str(model_dir), str(inputs / "tone.wav"), "--out",
+                       str(link), "--no-plot") == 5  # errors.BUSY
+        capsys.readouterr()
+    assert explain(*args) == 0
+    assert "lock" not in capsys.readouterr().err
+
+
+def test_dataset_defaults_to_the_models_builder_config():
+    """`explain --dataset synthetic_tags` on a model trained on the `tiny` build used the
+    default config, and started building all of it; it takes the model's now (as evaluate)."""
+    from types import SimpleNamespace
+
+    from tagger_jax.commands._inference_args import builder_config
+
+    config = base_config()
+    config.data.name, config.data.builder_config = "synthetic_tags", "tiny"
+    loaded = SimpleNamespace(config=config)
+    args = SimpleNamespace(builder_config=None, dataset="synthetic_tags")
+    assert builder_config(args, loaded) == "tiny"
+    assert builder_config(SimpleNamespace(builder_config="waveform", dataset="synthetic_tags"),
+                          loaded) == "waveform"
+    assert builder_config(SimpleNamespace(builder_config=None, dataset="audio_folder"),
+                          loaded) is None

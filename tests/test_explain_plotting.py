@@ -45,7 +45,9 @@ def test_short_tracks_and_line_s_none_take_one_line():
 
 @pytest.mark.parametrize("total, line_s, want", [
     (36.0, 30.0, (2, 18.0)), (95.0, 30.0, (4, 23.75)), (60.0, 30.0, (2, 30.0)),
-    (30.5, 30.0, (1, 30.5)), (31.0, 30.0, (2, 15.5)), (600.0, 0.0, (1, 600.0))])
+    (30.5, 30.0, (1, 30.5)), (31.0, 30.0, (2, 15.5)), (600.0, 0.0, (1, 600.0)),
+    (60.016, 30.0, (2, 30.008)),  # a 60 s file's figure (half-frame margins): 3 lines before
+    (91.7, 30.0, (3, 91.7 / 3))])
 def test_line_layout_gives_the_fewest_equal_lines_of_at_most_line_s(total, line_s, want):
     lines, span = plotting.line_layout(total, line_s)
     assert (lines, span) == (want[0], pytest.approx(want[1]))
@@ -55,3 +57,18 @@ def test_line_layout_gives_the_fewest_equal_lines_of_at_most_line_s(total, line_
 def test_line_layout_refuses_an_empty_track():
     with pytest.raises(ValueError, match="positive duration"):
         plotting.line_layout(0.0, 30.0)
+
+
+def test_write_audio_leaves_no_temporary_file_when_interrupted(tmp_path, monkeypatch):
+    """From a new user's trial: SIGTERM while encoding left `NAME.tmp` behind."""
+    import soundfile
+
+    from tagger_jax.explain import auralise
+
+    def interrupted(self, data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(soundfile.SoundFile, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        auralise.write_audio(tmp_path / "a.ogg", np.zeros(16000), 16000)
+    assert list(tmp_path.iterdir()) == []

@@ -8,6 +8,7 @@ import json
 import jax
 import numpy as np
 import pytest
+import soundfile as sf
 
 from tagger_jax import checkpoint, cli, embedding, inference
 from tagger_jax.config_base import base_config
@@ -430,3 +431,18 @@ def test_tag_embed_and_explain_report_skipped_files_alike(model_dir, tmp_path, c
     (d / "mid.npy").unlink()
     assert cli.main(runs["embed"]) == 2
     assert "error: no input files found (2 files skipped, listed above)" in capsys.readouterr().err
+
+
+def test_one_file_by_two_spellings_or_a_link_is_one_input(tmp_path):
+    """From a new user's trial: `A/x.wav` and `A/../A/x.wav` (or a link to it) were two inputs,
+    explained and tagged twice."""
+    from tagger_jax import inference
+
+    (tmp_path / "A").mkdir()
+    sf.write(tmp_path / "A" / "x.wav", np.zeros(1600), 16000)
+    (tmp_path / "y.wav").symlink_to(tmp_path / "A" / "x.wav")
+    skipped = []
+    found = inference.discover([tmp_path / "A" / "x.wav", tmp_path / "A" / ".." / "A" / "x.wav",
+                                tmp_path / "y.wav"], skipped)
+    assert [name for _, name in found] == ["x.wav"]
+    assert [why for _, why in skipped] == ["named again (one input; its first name is used)"] * 2

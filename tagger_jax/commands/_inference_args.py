@@ -128,3 +128,13 @@ def check_inputs(args: argparse.Namespace) -> None:
 def data_dir(args: argparse.Namespace, loaded) -> str:
     """--data-dir, else the model config's data.data_dir."""
     return args.data_dir or loaded.config.data.data_dir
+
+
+def builder_config(args: argparse.Namespace, loaded) -> str | None:
+    """--builder-config, else the model config's data.builder_config when --dataset is the
+    dataset the model was trained on (as `evaluate` does): explaining two records of a model
+    trained on a `--set` build no longer builds the full default dataset first."""
+    if args.builder_config:
+        return args.builder_config
+    data = loaded.config.data
+    return (data.get("builder_config") or None) if args.dataset == data.name else None

@@ -7,8 +7,9 @@ import sys
 
 from tagger_jax.commands._inference_args import (add_input_arguments, add_model_arguments,
                                                  add_run_arguments, add_window_arguments,
-                                                 check_inputs, data_dir, model_path,
-                                                 no_inputs_message, print_skipped, window_plan)
+                                                 builder_config, check_inputs, data_dir,
+                                                 model_path, no_inputs_message, print_skipped,
+                                                 window_plan)
 
 HELP = ("Embeddings for downstream tasks: the pooled [CLS] vector the classifier reads and the "
         "front-end's time-pooled features, per window and per track, as NPZ.")
@@ -48,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
         skipped: list = []
         if args.dataset:
             items = engine.dataset_inputs(args.dataset, args.split, data_dir(args, loaded),
-                                          args.builder_config, args.limit)
+                                          builder_config(args, loaded), args.limit)
         else:
-            items = engine.file_inputs(args.inputs, skipped, exclude=[args.out])
+            items = engine.file_inputs(args.inputs, skipped, exclude=outputs.own_files(args.out))
             print_skipped(skipped)
         if not items:
             return error(no_inputs_message(skipped) if args.inputs else "no inputs found")

@@ -3,12 +3,14 @@ for audio files, .npy spectrograms, directories or a dataset split."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from tagger_jax.commands._inference_args import (add_input_arguments, add_model_arguments,
                                                  add_run_arguments, add_window_arguments,
-                                                 check_inputs, data_dir, model_path,
-                                                 no_inputs_message, print_skipped, window_plan)
+                                                 builder_config, check_inputs, data_dir,
+                                                 model_path, no_inputs_message, print_skipped,
+                                                 window_plan)
 
 HELP = ("Explain a model's tags: the paper's attention and tag-wise contribution heat maps and "
         "gradient saliency, as NPZ + PNG + JSON per input and an index.html for the run.")
@@ -51,12 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated methods whose maps --listen auralises, or 'all' "
                              "(implies --listen; default: every explained one but "
                              "grad_x_input, which is anti-faithful on log-mel models)")
-    parser.add_argument("--listen-keep", type=float, default=0.5,
+    parser.add_argument("--listen-keep", type=float, default=None,
                         help="fraction of frames (time maps) or STFT bins (gradient maps) kept "
-                             "(default 0.5)")
-    parser.add_argument("--listen-softness", type=float, default=0.0,
-                        help="0: hard mask (default); > 0: a soft ramp around the threshold")
-    parser.add_argument("--line-seconds", type=float, default=30.0,
+                             "(default 0.5; implies --listen)")
+    parser.add_argument("--listen-softness", type=float, default=None,
+                        help="0: hard mask (default); > 0: a soft ramp around the threshold "
+                             "(implies --listen)")
+    parser.add_argument("--line-seconds", type=float, default=None,
                         help="static figures wrap long tracks onto lines of at most this many "
                              "seconds (default 30; 0: one line)")
     parser.add_argument("--no-report", action="store_true",
@@ -96,6 +99,17 @@ def run(args: argparse.Namespace) -> int:
     from tagger_jax import outputs
 
     args.out = str(outputs.check_output_dir(args.out))  # before any work (errors.OUTPUT)
+    defaults = runner.ExplainOptions()
+    if args.listen_keep is not None or args.listen_softness is not None:
+        args.listen = True  # as --listen-methods: a listening setting asks for the audio
+    keep = defaults.listen_keep if args.listen_keep is None else args.listen_keep
+    softness = defaults.listen_softness if args.listen_softness is None else args.listen_softness
+    if not 0.0 <= keep <= 1.0 or not softness >= 0:
+        return error("--listen-keep must be in [0, 1] and --listen-softness >= 0")
+    line_s = defaults.plot_line_s if args.line_seconds is None else args.line_seconds
+    if not (math.isfinite(line_s) and line_s >= 0):
+        return error(f"--line-seconds must be a number of seconds >= 0 (0: one line), got "
+                     f"{line_s}")
     methods = args.methods or runner.DEFAULT_METHODS
     if methods == ("all",):
         methods = M.METHODS
@@ -128,27 +142,33 @@ def run(args: argparse.Namespace) -> int:
             windows=plan.windows, num_chunks=plan.num_chunks,
             ig_steps=args.ig_steps, ig_baseline=args.ig_baseline, target=args.target,
             layer=args.layer, plot=not args.no_plot, batch_size=args.batch_size,
-            retry_failed=args.retry_failed, plot_line_s=args.line_seconds or None,
-            listen=args.listen, listen_methods=listen_methods, listen_keep=args.listen_keep,
-            listen_softness=args.listen_softness, report=not args.no_report)
+            retry_failed=args.retry_failed, plot_line_s=line_s or None,
+            listen=args.listen, listen_methods=listen_methods, listen_keep=keep,
+            listen_softness=softness, report=not args.no_report)
+        layers = _attention_layers(loaded)
+        if layers is not None and not -layers <= args.layer < layers:
+            return error(f"--layer {args.layer}: the model has {layers} encoder layer(s) "
+                         f"({-layers}..{layers - 1}; -1 is the last, the paper's)")
         if args.tags_from and args.tags:
             return error("give --tags or --tags-from, not both")
         if args.tags_from == "labels" and not args.dataset:
             return error("--tags-from labels needs --dataset")
-        if not 0.0 <= args.listen_keep <= 1.0 or args.listen_softness < 0:
-            return error("--listen-keep must be in [0, 1] and --listen-softness >= 0")
         skipped: list = []
         if args.dataset:
             items = runner.dataset_items(loaded, args.dataset, args.split,
-                                         data_dir(args, loaded), args.builder_config, args.limit,
+                                         data_dir(args, loaded), builder_config(args, loaded),
+                                         args.limit,
                                          explain_labels=args.tags_from == "labels")
         else:
-            items = runner.file_items(loaded, args.inputs, skipped)
+            items = runner.file_items(loaded, args.inputs, skipped,
+                                      exclude=outputs.own_files(args.out))
             print_skipped(skipped)
         if args.tags_from and args.tags_from != "labels":
             items = runner.with_csv_tags(items, args.tags_from)
         if args.two_clip:
-            items = runner.two_clip_items(items, runner._engine(loaded, 1).geometry.chunk)
+            geometry = runner._engine(loaded, 1).geometry
+            items = runner.two_clip_items(items, geometry.chunk, int(round(
+                geometry.step_s * loaded.config.features.sample_rate)))
         if not items:
             return error(no_inputs_message(skipped) if args.inputs else "no inputs found")
         with outputs.exclusive_for_run(args.out, "output directory"):
@@ -163,6 +183,15 @@ def run(args: argparse.Namespace) -> int:
     if result.index is not None:
         print(f"index: {result.index}")
     return 1 if result.failed else 0
+
+
+def _attention_layers(loaded) -> int | None:
+    """The model's encoder layers, None for an architecture without them (`pons_pons`)."""
+    from tagger_jax.models import get_architecture
+
+    model = loaded.config.model
+    return (int(model.attention_layers) if get_architecture(model).has_attention
+            and "attention_layers" in model else None)
 
 
 def main(argv: list[str] | None = None) -> int:

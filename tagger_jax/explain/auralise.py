@@ -204,7 +204,8 @@ def headroom_gain(wave: np.ndarray) -> float:
 
 def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int = 16000,
                 fmt: str = "ogg") -> Path:
-    """Writes mono audio (clipped to [-1, 1]) as Ogg Vorbis or FLAC by temporary file + rename."""
+    """Writes mono audio (clipped to [-1, 1]) as Ogg Vorbis or FLAC by temporary file + rename;
+    an exception (an interrupt too) removes the temporary file."""
     import soundfile as sf
 
     if fmt not in AUDIO_FORMATS:
@@ -213,9 +214,13 @@ def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int = 16000,
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     data = np.clip(np.asarray(wave, np.float32), -1.0, 1.0)
-    # In blocks: libsndfile's Vorbis encoder crashes (SIGSEGV) on one write of a few minutes.
-    with sf.SoundFile(tmp, "w", sample_rate, 1, format=container, subtype=subtype) as f:
-        for start in range(0, len(data), WRITE_BLOCK):
-            f.write(data[start:start + WRITE_BLOCK])
-    tmp.replace(path)
+    try:
+        # In blocks: libsndfile's Vorbis encoder crashes (SIGSEGV) on one write of a few minutes.
+        with sf.SoundFile(tmp, "w", sample_rate, 1, format=container, subtype=subtype) as f:
+            for start in range(0, len(data), WRITE_BLOCK):
+                f.write(data[start:start + WRITE_BLOCK])
+        tmp.replace(path)
+    except BaseException:  # Ctrl-C / SIGTERM while encoding: no temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path

@@ -91,13 +91,14 @@ LINE_TOLERANCE = 1.02  # a track up to 2 % longer than line_s still gets one lin
 
 def line_layout(total_s: float, line_s: Optional[float]) -> tuple[int, float]:
     """(lines, seconds per line) of a figure `total_s` long wrapped at `line_s` (None or 0: one
-    line). The fewest lines of at most `line_s` seconds, all of equal length, so the last line is
-    as full as the others: 36 s at 30 s -> (2, 18.0); 95 s -> (4, 23.75)."""
+    line). The fewest lines of at most `line_s` seconds (`LINE_TOLERANCE` more), all of equal
+    length, so the last line is as full as the others: 36 s at 30 s -> (2, 18.0); 95 s -> (4,
+    23.75); a 60 s track, whose figure spans a few ms more, -> (2, 30.008)."""
     if total_s <= 0:
         raise ValueError(f"a figure needs a positive duration, got {total_s} s")
     if not line_s or total_s <= line_s * LINE_TOLERANCE:
         return 1, float(total_s)
-    lines = math.ceil(total_s / line_s)
+    lines = math.ceil(total_s / (line_s * LINE_TOLERANCE))
     return lines, total_s / lines
 
 

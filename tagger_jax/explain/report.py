@@ -237,6 +237,10 @@ def page_data(summary: Mapping[str, Any], log_mel: np.ndarray, spec_step_s: floa
                  "hz_ticks": [[float(b), f"{h / 1000:g} kHz" if h >= 1000 else f"{h} Hz"]
                               for b, h in zip(mel_band_of(hz, spec.shape[0], sample_rate), hz)]},
         "rows": out_rows, "gaps": gaps, "coverage": summary.get("coverage"),
+        # what the run did to the input and how its audio is degraded (docs/audio.md): the page
+        # says it as the terminal and the summary do (a silent file's maps mean nothing)
+        "warnings": [str(w) for w in summary.get("warnings", [])]
+        + [f"{code}: {message}" for code, message in summary.get("audio_warnings", {}).items()],
         "audio": {"original": audio_files.get("original"), "note": audio_files.get("note"),
                   "keep": audio_files.get("keep"), "softness": audio_files.get("softness")},
         "luts": {c: _lut(c) for c in sorted(cmaps)},
@@ -272,6 +276,7 @@ def write_input_page(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
 <div class="meta">{float(data.get("duration_s", 0)):.1f} s · explained: {esc(", ".join(
         str(t) for t in data.get("explained_tags", [])))}</div>
 {_coverage_line(data.get("coverage"))}
+{"".join(f"<div class='meta warning'>warning: {esc(w)}</div>" for w in data.get("warnings", []))}
 <div id="app"><noscript>This page needs JavaScript to draw the maps; the PNG figure and NPZ
 beside it hold the same results.</noscript></div>
 <script type="application/json" id="data">{script_json(data)}</script>

@@ -86,6 +86,10 @@ class ExplainOptions:
         fields = {k: getattr(self, k) for k in keep}
         if self.listen:  # only then does it change the outputs (earlier signatures kept)
             fields["listen_methods"] = self.auralised()
+        else:  # nothing is heard: the listening settings change no output
+            defaults = ExplainOptions()
+            fields.update(listen_keep=defaults.listen_keep,
+                          listen_softness=defaults.listen_softness)
         return fields
 
     def auralised(self) -> tuple[str, ...]:
@@ -127,13 +131,15 @@ file_fingerprint = inference.file_fingerprint
 
 
 def file_items(loaded, paths: Iterable[str | os.PathLike],
-               skipped: Optional[list[tuple[Path, str]]] = None) -> list[InputItem]:
+               skipped: Optional[list[tuple[Path, str]]] = None,
+               exclude: Iterable[str | os.PathLike] = ()) -> list[InputItem]:
     """Input items for files and directories (searched recursively), with unique keys
-    (`inference.Engine.file_inputs`); files left out are appended to `skipped`, if given.
+    (`inference.Engine.file_inputs`); files left out are appended to `skipped`, if given;
+    `exclude`: the run's own output directory and lock (`outputs.own_files`), left out unsaid.
 
     An audio file is decoded once: its reader keeps the waveform it computed the model input
     from (`keep_audio`), which `_prepare` hands to playback and auralisation."""
-    return _engine(loaded, 1).file_inputs(paths, skipped, keep_audio=True)
+    return _engine(loaded, 1).file_inputs(paths, skipped, keep_audio=True, exclude=exclude)
 
 
 def read_tags_csv(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
@@ -372,17 +378,41 @@ def _bank_files(note: Mapping[str, Any]) -> dict[str, str]:
     return files
 
 
-def two_clip_items(items: Sequence[InputItem], chunk: int) -> list[InputItem]:
+def two_clip_items(items: Sequence[InputItem], chunk: int,
+                   samples_per_step: Optional[int] = None) -> list[InputItem]:
     """Figure 2's experiment on consecutive pairs (A, B): the first half-chunk of A followed by
-    the first half-chunk of B, one window; a clip shorter than half a chunk is tiled first."""
+    the first half-chunk of B, one window; a clip shorter than half a chunk is tiled first.
+
+    Each pair loads as an `audio.InputRead`: the joined model input, both inputs' warnings
+    (their messages name the file; a tiled clip adds `tiled`), and, when both inputs kept their
+    decoded audio (`file_items`) and `samples_per_step` (audio samples per input time step) is
+    given, the same halves of their waveforms joined, for playback and `--listen`."""
+    from tagger_jax.audio import InputRead
+
     if len(items) % 2:
         raise ValueError(f"two-clip mode needs pairs of inputs, got {len(items)}")
     half = chunk // 2
 
-    def load(a: InputItem, b: InputItem) -> np.ndarray:
-        xa, _ = chunking.pad_to_length(inference.split_warnings(a.load())[0], half)
-        xb, _ = chunking.pad_to_length(inference.split_warnings(b.load())[0], chunk - half)
-        return M.two_clip_input(xa, xb, chunk)
+    def load(a: InputItem, b: InputItem) -> InputRead:
+        signals, warnings, waves = [], {}, []
+        for item, steps in ((a, half), (b, chunk - half)):
+            read = item.load()
+            signal, notes = inference.split_warnings(read)
+            x, tiled = chunking.pad_to_length(signal, steps)
+            if tiled:
+                notes["tiled"] = (f"{item.name}: shorter than half a chunk "
+                                  f"({signal.shape[-1]} of {steps} steps): repeated to fill it")
+            for code, message in notes.items():
+                warnings[code] = "; ".join(filter(None, (warnings.get(code), message)))
+            signals.append(x)
+            wave = getattr(read, "audio", None)
+            if wave is not None and samples_per_step:
+                waves.append(chunking.pad_to_length(wave, steps * samples_per_step)[0][
+                    : steps * samples_per_step])
+        # the samples a centred STFT turns into `chunk` frames (a waveform model: `chunk`)
+        audio = (np.concatenate(waves)[: (chunk - 1) * samples_per_step + 1]
+                 if len(waves) == 2 else None)
+        return InputRead(M.two_clip_input(*signals, chunk), warnings, None, audio)
 
     out = []
     for a, b in zip(items[::2], items[1::2]):

@@ -353,8 +353,12 @@
     setStart(t - frac * w / view.pps);
   }
   function scrollBy(dy) { setStart(view.start + dy / view.pps); }
-  zoomIn.addEventListener('click', function () { zoom(2); });
-  zoomOut.addEventListener('click', function () { zoom(0.5); });
+  function cursorInView() {  // the buttons zoom around the cursor while it is on screen
+    var t = currentTime(), span = plotWidth() / view.pps;
+    return t >= view.start && t <= view.start + span ? t : undefined;
+  }
+  zoomIn.addEventListener('click', function () { zoom(2, cursorInView()); });
+  zoomOut.addEventListener('click', function () { zoom(0.5, cursorInView()); });
   zoomFit.addEventListener('click', function () { view.pps = plotWidth() / duration; setStart(0); });
   hscroll.addEventListener('scroll', function () {
     var s = hscroll.scrollLeft / view.pps;
