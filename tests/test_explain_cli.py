@@ -470,6 +470,15 @@ def test_a_failing_figure_leaves_no_file_of_that_input(setup, tmp_path, monkeypa
     assert not list(out.glob(".*.part"))
     assert "drawing failed" in (out / "failures.json").read_text()
     assert (out / f"{runner.safe_key(WEIRD)}.json").exists()
+    # Not retried with the same settings; tried again with others (a failure of the settings,
+    # e.g. a figure option, kept the input refused after the settings were mended).
+    monkeypatch.undo()
+    args = ("--checkpoint", str(model_dir), str(inputs / "long.npy"), "--out", str(out),
+            "--batch-size", "4")
+    assert explain(*args, "--methods", "attention") == 1
+    assert not (out / "long.npy.json").exists()
+    assert explain(*args, "--methods", "attention", "--no-plot") == 0
+    assert (out / "long.npy.json").exists()
 
 
 def test_tags_per_input_from_a_csv_in_one_compilation(setup, tmp_path, capsys):

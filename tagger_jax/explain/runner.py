@@ -916,13 +916,14 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
                 and s.get("requested_tags", []) == list(item.explain_tags)):
             skipped.append(item.name)
             continue
-        if path.exists():  # made with other settings, or of an earlier version of the input
-            replaced.append(item.name)
         old = failures.get(item.key)
-        if old and old.get("fingerprint") == item.fingerprint and not options.retry_failed:
+        if (old and old.get("fingerprint") == item.fingerprint and not options.retry_failed
+                and old.get("signature", signature) == signature):  # other settings: tried
             failed[item.name] = f"{old.get('error')} (failed in an earlier run; unchanged, " \
                                 "not retried)"
             continue
+        if path.exists():  # made with other settings, or of an earlier version of the input
+            replaced.append(item.name)
         todo.append(item)
 
     if replaced:
@@ -938,7 +939,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     def fail(item: InputItem, error: BaseException) -> None:
         msg = report.failure_line(item.name, str(error) or type(error).__name__)
         failed[item.name] = msg
-        failures[item.key] = {"input": item.name, "error": msg, "fingerprint": item.fingerprint}
+        failures[item.key] = {"input": item.name, "error": msg, "fingerprint": item.fingerprint,
+                              "signature": signature}
         tracks.pop(item.key, None)
         bar.update(1)
 
