@@ -89,20 +89,28 @@ _BY_NAME = {
 # (Gloo's all-gather "Connection closed by peer", a barrier's DEADLINE_EXCEEDED, ...).
 _PEER_SIGNS = ("gloo", "closed by peer", "connection reset", "deadline_exceeded", "heartbeat",
                "coordination service", "barrier", "unavailable")
+# The words that say it in any exception type: a jitted all-gather (`multihost_utils`'
+# `sync_global_devices`, the end-of-run barrier) raises Gloo's failure as a plain ValueError.
+_COLLECTIVE_SIGNS = ("gloo allgather failed", "gloo allreduce failed", "closed by peer")
 
 
 def peer_lost(error: BaseException) -> bool:
-    """Whether `error` is JAX's runtime error for a process of this multi-process run that
-    stopped or cannot be reached: not a bug of this process (status PEER_LOST)."""
-    if not any(c.__name__ in ("JaxRuntimeError", "XlaRuntimeError")
-               for c in type(error).__mro__):
+    """Whether `error` is JAX's error for a process of this multi-process run that stopped or
+    cannot be reached: not a bug of this process (status PEER_LOST). A JAX runtime error with
+    any of `_PEER_SIGNS`, or a ValueError / RuntimeError with `_COLLECTIVE_SIGNS`."""
+    text = str(error).lower()
+    runtime = any(c.__name__ in ("JaxRuntimeError", "XlaRuntimeError")
+                  for c in type(error).__mro__)
+    collective = isinstance(error, (ValueError, RuntimeError)) and any(
+        sign in text for sign in _COLLECTIVE_SIGNS)
+    if not (runtime or collective):
         return False
     jax = sys.modules.get("jax")  # never imported here: a run without JAX has no peers
     try:
         joined = jax is not None and jax.distributed.is_initialized()
     except Exception:  # noqa: BLE001 (an odd JAX state is not a peer's failure)
         joined = False
-    return joined and any(sign in str(error).lower() for sign in _PEER_SIGNS)
+    return joined and (collective or any(sign in text for sign in _PEER_SIGNS))
 
 
 def exit_status(error: BaseException, default: int = INTERNAL) -> int:

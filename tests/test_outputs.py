@@ -213,6 +213,12 @@ def test_a_lost_peer_is_its_own_status_not_a_bug(monkeypatch, capsys, tmp_path):
                           "be reached (UNKNOWN: Gloo AllGather failed") and err.count("\n") == 1
     assert "start every process again to resume (tag: with --resume)" in err
     assert not list(tmp_path.iterdir())
+    # A jitted all-gather (the end-of-run barrier) raises Gloo's failure as a plain ValueError:
+    # it was "unexpected ValueError" (70), then JAX aborted the process (from a new user's trial).
+    barrier = ValueError("UNKNOWN: Gloo AllGather failed: [external/gloo/gloo/transport/tcp/"
+                         "pair.cc:547] Connection closed by peer [127.0.0.1]:8096")
+    assert errors.exit_status(barrier) == errors.PEER_LOST
+    assert errors.exit_status(ValueError("a barrier was missed")) == errors.INTERNAL
 
 
 def test_a_signal_that_lands_in_a_swallowing_callback_is_sent_again(monkeypatch):
