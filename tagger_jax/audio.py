@@ -250,6 +250,8 @@ def _check_file(path: str | os.PathLike) -> Path:
         raise InputError(f"{d}: file not found")
     if p.is_dir():
         raise InputError(f"{d}: is a directory, not a file")
+    if not p.is_file():  # a FIFO, socket or device: its size says nothing, reading may block
+        raise InputError(f"{d}: not a regular file (a pipe, socket or device)")
     try:
         size = p.stat().st_size
     except OSError as e:

@@ -467,7 +467,12 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     if out_dir is None:  # one folder per dataset (and config other than the model's), split, mode
         own = (cfg.data.builder_config or None) if dataset == cfg.data.name else None
         label = dataset if config_name in (None, own) else f"{dataset}-{config_name}"
-        out_dir = Path(path).expanduser() / "evaluation" / f"{label}_{split}_{mode}"
+        # and window setting other than the default: runs with different hops or chunk counts
+        # kept overwriting one folder
+        windows = (f"_hop{hop_s:g}" if mode == "full" and hop_s is not None else
+                   f"{num_chunks}" if mode == "chunks" and num_chunks != int(
+                       cfg.features.eval_chunks) else "")
+        out_dir = Path(path).expanduser() / "evaluation" / f"{label}_{split}_{mode}{windows}"
     if hold is not None:
         hold(Path(out_dir).expanduser())
     if preflight is not None:

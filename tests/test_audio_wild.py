@@ -280,3 +280,11 @@ def test_mpg123_notes_become_the_damaged_data_warning_not_terminal_lines(tmp_pat
     assert "Note:" not in err + out and "resync" not in err.lower()
     assert "mpg123: Note: Illegal Audio-MPEG-Header" in notes["damaged_data"]
     assert clean == {}
+
+
+def test_a_fifo_named_as_an_input_is_not_called_empty(tmp_path):
+    """From a new user's trial: a FIFO named on the command line was "empty file (0 bytes)"."""
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    with pytest.raises(audio.InputError, match=r"pipe.wav: not a regular file \(a pipe"):
+        audio.load_audio(fifo)

@@ -490,6 +490,16 @@ def test_end_to_end_matches_direct_computation(synth_tags, tiny_variables, tmp_p
     want = np.asarray(predict(loaded.variables, x))[:3].mean(axis=0)
     np.testing.assert_allclose(np.load(tmp_path / "full" / "predictions.npz")["probs"][4], want,
                                rtol=1e-6, atol=1e-7)
+    # Without --out, runs with other windows go to folders of their own (a new user's runs
+    # with two hops overwrote one folder).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ev.UndefinedMetricWarning)
+        assert command.main(["--checkpoint", str(workdir / "best_model"), "--mode", "full",
+                             "--hop", "2.048"]) == 0
+        assert command.main(["--checkpoint", str(workdir / "best_model"),
+                             "--num-chunks", "3"]) == 0
+    made = sorted(p.name for p in (workdir / "best_model" / "evaluation").iterdir())
+    assert "tiny_in_memory_test_full_hop2.048" in made and "tiny_in_memory_test_chunks3" in made
 
     # The default folder (WORKDIR/evaluation/<dataset>_<split>_<mode>) is locked as --out is:
     # a second evaluation into it is refused at once, naming the holder, and writes nothing.

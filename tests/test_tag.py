@@ -489,3 +489,35 @@ def test_directory_search_leaves_out_the_runs_own_output_files(tmp_path):
     sf.write(tmp_path / "x" / "results.wav", tone, 16000)
     assert tagging.collect_inputs([tmp_path / "x"], exclude=outputs.own_files(
         tmp_path / "x" / "results")) == [tmp_path / "x" / "results.wav"]
+
+
+def test_resume_under_another_spelling_reuses_and_a_replaced_output_is_said(
+        model_dir, inputs, tmp_path, monkeypatch, capsys):
+    """From a new user's trial: `--resume` with the absolute path of files tagged by a relative
+    one tagged every file again and kept both results; a run without --resume replaced an
+    existing output's results without a word."""
+    out = tmp_path / "tags.json"
+    monkeypatch.chdir(inputs)
+    assert cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--quiet",
+                     "tone.wav", "spec.npy"]) == 0
+    first = json.loads(out.read_text())
+    first[0]["probabilities"][0] = -1.0  # a marker: reused, not recomputed
+    out.write_text(json.dumps(first))
+    capsys.readouterr()
+    assert cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--resume",
+                     "--quiet", str(inputs / "tone.wav"), str(inputs / "spec.npy")]) == 0
+    err = capsys.readouterr().err
+    assert (f"note: 2 result(s) in {out} name their file another way (a relative or absolute "
+            "path, a link): reused under this run's names") in err
+    assert "2 of 2 inputs reused" in err
+    results = json.loads(out.read_text())
+    assert [r["file"] for r in results] == [str(inputs / "tone.wav"), str(inputs / "spec.npy")]
+    assert results[0]["probabilities"][0] == -1.0
+    assert cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--quiet",
+                     "tone.wav"]) == 0
+    assert (f"note: {out} exists: this run replaces its 2 earlier result(s); --resume keeps "
+            "and reuses them") in capsys.readouterr().err
+    out.write_text("{}")
+    assert cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--quiet",
+                     "tone.wav"]) == 0
+    assert "this run replaces it (not a result list of this tool)" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,6 +26,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the successful results already in --output, tag the rest")
     parser.add_argument("--no-progress", "--quiet", dest="quiet", action="store_true",
                         help="no progress bar")
+
+
+def _say_replaced(output: Path) -> None:
+    """A `note:` line when a run without --resume is about to replace an existing --output
+    (it said nothing: tagging another folder into the same file lost the first folder's
+    results unannounced)."""
+    from tagger_jax import tagging
+
+    if not output.is_file():
+        return
+    try:
+        what = f"its {len(tagging.finished_results(output))} earlier result(s)"
+    except ValueError:
+        what = "it (not a result list of this tool)"
+    print(f"note: {output} exists: this run replaces {what}; --resume keeps and reuses them",
+          file=sys.stderr)
+
+
+def _under_this_runs_names(done: list[dict], paths: list[str], names: list[str]) -> int:
+    """Renames, in place, the stored results of `done` whose `file` is another name of one of
+    this run's files (`coll/x.wav` stored, `/data/coll/x.wav` now; resolved from this working
+    directory) to this run's name, unless that name has a result of its own; returns how many.
+    Without it a --resume under another spelling tagged every file again and kept both."""
+    from tagger_jax import audio
+
+    real = {os.path.realpath(p): n for p, n in zip(paths, names)}
+    taken = {r["file"] for r in done}
+    renamed = 0
+    for r in done:
+        if r["file"] in real.values():
+            continue
+        try:
+            name = real.get(os.path.realpath(audio.path_from_display(r["file"])))
+        except (ValueError, OSError):
+            continue
+        if name is not None and name not in taken:
+            r["file"] = name
+            taken.add(name)
+            renamed += 1
+    return renamed
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,6 +139,8 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
                 parts = len(tagging.part_files(args.output))  # removed once the output holds them
         done = (tagging.finished_results(args.output)
                 if args.resume and args.output is not None else [])
+        if not args.resume and args.output is not None and process == 0:
+            _say_replaced(Path(args.output))
     except (checkpoint.CheckpointError, ValueError) as e:
         return error(str(e), errors.exit_status(e, default=errors.USAGE))
     skipped: list = []
@@ -109,6 +152,11 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     names = [audio.display_path(p) for p in every]  # results' "file" (docs/audio.md)
     signature = tagging.run_signature(loaded, plan)
     prints = {n: inference.file_fingerprint(Path(p)) for p, n in zip(every, names)}
+    renamed = _under_this_runs_names(done, every, names)
+    if renamed and process == 0:
+        print(f"note: {renamed} result(s) in {args.output} name their file another way (a "
+              "relative or absolute path, a link): reused under this run's names",
+              file=sys.stderr)
     done = [r for r in done if "error" not in r or r["file"] not in prints]  # retried
     stale = {r["file"] for r in done
              if r["file"] in prints and not inference.reusable(r, signature, prints[r["file"]])}
