@@ -119,9 +119,15 @@ def display_path(path: str | os.PathLike | bytes) -> str:
     The file system holds bytes. Valid UTF-8 names are shown as they are; each byte that is not
     UTF-8 is shown as `\xNN` (Python's "backslashreplace"), e.g. b"caf\xe9.wav" -> `caf\xe9.wav`.
     `path_from_display` reverses it (unambiguous unless a name holds a literal `\x` + 2 hex
-    digits). Python itself opens such names through `os.fsdecode` ("surrogateescape").
+    digits). Python itself opens such names through `os.fsdecode` ("surrogateescape"). Control
+    characters (a newline in a name, from a new user's trial, split the one-line-per-file
+    output) are shown the same way, `\x0a`.
     """
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def path_from_display(text: str) -> str:

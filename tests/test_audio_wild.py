@@ -288,3 +288,11 @@ def test_a_fifo_named_as_an_input_is_not_called_empty(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(audio.InputError, match=r"pipe.wav: not a regular file \(a pipe"):
         audio.load_audio(fifo)
+
+
+def test_a_newline_in_a_file_name_is_shown_escaped_and_maps_back(tmp_path):
+    """From a new user's trial: a name holding a newline split tag's line per file in two."""
+    name = os.fsencode(tmp_path) + b"/new\nline\xe9.wav"
+    shown = audio.display_path(name)
+    assert shown.endswith("/new\\x0aline\\xe9.wav") and "\n" not in shown
+    assert os.fsencode(audio.path_from_display(shown)) == name
