@@ -118,16 +118,25 @@ def display_path(path: str | os.PathLike | bytes) -> str:
 
     The file system holds bytes. Valid UTF-8 names are shown as they are; each byte that is not
     UTF-8 is shown as `\xNN` (Python's "backslashreplace"), e.g. b"caf\xe9.wav" -> `caf\xe9.wav`.
-    `path_from_display` reverses it (unambiguous unless a name holds a literal `\x` + 2 hex
-    digits). Python itself opens such names through `os.fsdecode` ("surrogateescape"). Control
-    characters (a newline in a name, from a new user's trial, split the one-line-per-file
-    output) are shown the same way, `\x0a`.
+    `path_from_display` reverses it. Python itself opens such names through `os.fsdecode`
+    ("surrogateescape"). Control characters (a newline in a name, from a new user's trial,
+    split the one-line-per-file output) are shown the same way, `\x0a`, and so is a backslash
+    that would read as such an escape (a name holding `\x0a` literally is shown `\x5cx0a`), so
+    no two names are shown alike.
     """
-    text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    text = os.fsdecode(os.fsencode(path))  # bytes that are not UTF-8 as lone surrogates
+    return _SHOWN_AS_BYTE.sub(lambda m: f"\\x{_byte_of(m.group()):02x}", text)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What `display_path` writes as `\xNN`: a byte that is not UTF-8 (a lone surrogate after
+# `os.fsdecode`), a control character, and a backslash that begins `\x` + 2 hex digits in the
+# name itself, so that `path_from_display` maps every shown name back to one file.
+_SHOWN_AS_BYTE = re.compile(r"[\udc80-\udcff\x00-\x1f\x7f]|\\(?=x[0-9a-fA-F]{2})")
+
+
+def _byte_of(char: str) -> int:
+    code = ord(char)
+    return code - 0xDC00 if 0xDC80 <= code <= 0xDCFF else code
 
 
 def path_from_display(text: str) -> str:

@@ -115,6 +115,11 @@ def check_train_config(config: Any) -> None:
     if not 0 <= float(t.weight_decay) < math.inf:
         raise ConfigError(f"train.weight_decay must be at least 0 and finite, got "
                           f"{t.weight_decay}")
+    splits = d.extra_test_splits
+    if not (isinstance(splits, (tuple, list))
+            and all(isinstance(s, str) and s.strip() for s in splits)):
+        raise ConfigError(f"data.extra_test_splits must be split names, e.g. 'test_timgm6mb' or "
+                          f"'test_a,test_b', got {splits!r}")
     rates = t.sgd_learning_rates
     if not (isinstance(rates, (tuple, list)) and rates
             and all(isinstance(r, (int, float)) and 0 < float(r) < math.inf for r in rates)):

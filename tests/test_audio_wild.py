@@ -296,3 +296,8 @@ def test_a_newline_in_a_file_name_is_shown_escaped_and_maps_back(tmp_path):
     shown = audio.display_path(name)
     assert shown.endswith("/new\\x0aline\\xe9.wav") and "\n" not in shown
     assert os.fsencode(audio.path_from_display(shown)) == name
+    # A name holding a literal `\x0a` is shown apart from it (a new user's check: the two were
+    # shown alike, and tag --resume retagged one of them on every run).
+    literal = os.fsencode(tmp_path) + b"/new\\x0aline\xe9.wav"
+    assert audio.display_path(literal).endswith("/new\\x5cx0aline\\xe9.wav")
+    assert os.fsencode(audio.path_from_display(audio.display_path(literal))) == literal

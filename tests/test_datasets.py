@@ -1233,7 +1233,8 @@ def test_mtat_manual_dir_near_misses_are_named(tmp_path, monkeypatch):
         magnatagatune.read_split_files(root, ann)
     assert str(info.value).startswith(
         f"Won et al. (2020) split files missing in {root}: valid.npy or valid_new.npy; "
-        f"test.npy or test_new.npy; found {root / 'split' / 'valid.npy'}: move them into {root}?")
+        f"test.npy or test_new.npy (found {root / 'split' / 'valid.npy'}: move or rename them "
+        f"into {root}). See")
     np.save(root / "test.npy", np.array([f"13\t{paths[13]}"], dtype=object))
     (root / "split" / "valid.npy").rename(root / "valid.npy")
     with pytest.raises(ValueError, match=r"test.npy: not a NumPy array of strings \(it holds "

@@ -427,3 +427,18 @@ def test_data_paths_are_stored_absolute(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="written"):
         train_lib.train_and_evaluate(config, tmp_path / "run", toy_data(config))
     assert seen == [str(tmp_path / "rel")]
+
+
+def test_non_names_in_data_fields_are_config_errors(tmp_path):
+    """From a new user's check: `--set data.extra_test_splits=3` crashed in load_split ('int'
+    object has no attribute 'strip', exit 70) after writing config.json; `data.name="synthetic
+    tags"` (or empty) crashed in TFDS's name parser (exit 70)."""
+    from tagger_jax import datasets, errors
+
+    config = tiny_config()
+    config.data.extra_test_splits = (3,)
+    with pytest.raises(errors.ConfigError, match=r"data.extra_test_splits must be split names"):
+        train_lib.check_train_config(config)
+    for name in ("synthetic tags", ""):
+        with pytest.raises(errors.ConfigError, match=f"unknown dataset {name!r}; choose one of"):
+            datasets.get_builder(name, tmp_path)

@@ -39,7 +39,7 @@ def get_builder(name: str, data_dir: str | os.PathLike,
     data_dir = _expand(data_dir)
     try:
         cls = tfds.builder_cls(name)
-    except DatasetNotFoundError:
+    except (DatasetNotFoundError, ValueError):  # ValueError: not a name TFDS can parse ("a b")
         raise errors.ConfigError(f"unknown dataset {name!r}; choose one of: "
                                  f"{', '.join(datasets.BUILDERS)}") from None
     if not builder_config:

@@ -216,7 +216,7 @@ def read_split_files(root: Path, ann: Annotations) -> tuple[dict[str, list[int]]
             missing.append(" or ".join(names))
             near += near_misses(root, names)
     if missing:  # every missing file at once
-        elsewhere = (f"; found {', '.join(map(str, near))}: move them into {base}?"
+        elsewhere = (f" (found {', '.join(map(str, near))}: move or rename them into {base})"
                      if near else "")
         raise FileNotFoundError(
             f"Won et al. (2020) split files missing in {base}: {'; '.join(missing)}{elsewhere}. "
