@@ -1126,7 +1126,7 @@ def test_missing_manual_files_and_unknown_datasets_are_short_lines(msd_dir, tmp_
                                "soundfont_tags, magnatagatune, mtg_jamendo, msd, audio_folder")
 
 
-# ------------------------------------------------------------- from a new user's trial (bring your own data)
+# ------------------------------------------------- from a new user's trial (bring your own data)
 
 def test_audio_folder_separators_by_name_and_bad_config_values_are_config_errors(tmp_path, capfd):
     """`--set delimiter=\\t` (or `tab`, ...) crashed the build with exit 70 ("delimiter" must

@@ -6,8 +6,8 @@
 `--set KEY=VALUE` is the absl form `--config.KEY=VALUE` of train.py, parsed by the same
 ml_collections machinery (values are converted to the field's type); an unknown field, a value
 its type does not take, or a field that is None in the config (data.augment unless a config file
-sets it) is one error line and exit status 2. `--config` also takes a workdir's saved config (WORKDIR/config.json
-or WORKDIR). `--list-config` prints every field with its default and comment (config_base.py).
+sets it) is one error line and exit status 2. `--config` also takes a workdir's saved config
+(WORKDIR/config.json or WORKDIR). `--list-config` prints every field with its default and comment (config_base.py).
 Running the same command in the same workdir resumes; see docs/training.md.
 """
 from __future__ import annotations
