@@ -437,7 +437,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
                    common_tags)
     try:
         if dataset in datasets.SELF_CONTAINED:  # e.g. synthetic_tags: built on first use
-            datasets.ensure_built(dataset, data_dir, builder_config)
+            datasets.ensure_built(dataset, data_dir, builder_config, splits=[split])
         source, data_tags = datasets.load_split(dataset, split, data_dir,
                                                 builder_config=builder_config)
     except (FileNotFoundError, ValueError) as e:  # not built, unknown name or split

@@ -290,7 +290,7 @@ def dataset_inputs(name: str, split: str, feature: str, data_dir: Optional[str] 
     from tagger_jax.datasets import SELF_CONTAINED, ensure_built, load_split
 
     if name in SELF_CONTAINED:
-        ensure_built(name, data_dir, builder_config)
+        ensure_built(name, data_dir, builder_config, splits=[split])
     source, tags = load_split(name, split, data_dir, builder_config)
     label = f"{name}/{builder_config}" if builder_config else name
     return source_inputs(source, feature, label, split, limit, build_identity(source), tags)

@@ -97,9 +97,12 @@ def load_data(config: Any) -> TrainData:
 
     d, t, f = config.data, config.train, config.features
     builder_config = d.builder_config or None
-    builder = datasets.ensure_built(d.name, d.data_dir, builder_config=builder_config,
-                                    manual_dir=d.manual_dir or None,
-                                    num_workers=d.build_workers or None)
+    testing = bool(d.test_split and t.test_after_training)
+    builder = datasets.ensure_built(
+        d.name, d.data_dir, builder_config=builder_config, manual_dir=d.manual_dir or None,
+        num_workers=d.build_workers or None,
+        splits=[d.train_split, d.eval_split]
+        + ([d.test_split, *d.extra_test_splits] if testing else []))
     train_source, tags = datasets.load_split(d.name, d.train_split, d.data_dir,
                                              builder_config=builder_config)
     kind = get_architecture(config.model).dataset_feature  # "mel" or "audio"
@@ -124,7 +127,7 @@ def load_data(config: Any) -> TrainData:
     eval_source = split(d.eval_split)
     test_source = fingerprint = None
     extra: dict[str, TestSplit] = {}
-    if d.test_split and t.test_after_training:
+    if testing:
         test_source = split(d.test_split)
         fingerprint = split_fingerprint(builder.data_dir, builder.name, d.test_split)
         for name in d.extra_test_splits:

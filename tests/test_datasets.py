@@ -1260,3 +1260,15 @@ def test_mtat_manual_dir_near_misses_are_named(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"manual directory .*nowhere does not exist; it "
                        r"is the folder that holds annotations_final.csv and mp3.zip.001"):
         datasets.build("magnatagatune", tmp_path / "d", manual_dir=tmp_path / "nowhere")
+
+
+def test_a_split_the_build_would_not_make_is_refused_before_building(tmp_path):
+    """From a new user's check: a misspelt `data.extra_test_splits` name, with the data not
+    built yet, was found only after building the whole default dataset."""
+    from tagger_jax.datasets._api import MissingSplitError
+
+    with pytest.raises(MissingSplitError, match=r"synthetic_tags: no split 'tset' in the build "
+                       r"this run would make; its splits would be \['train', 'validation', "
+                       r"'test'\]"):
+        datasets.ensure_built("synthetic_tags", tmp_path, splits=["train", "tset"])
+    assert not (tmp_path / "synthetic_tags").exists()

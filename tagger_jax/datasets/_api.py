@@ -230,19 +230,28 @@ def _quiet_tfds(builder: tfds.core.DatasetBuilder):
 def ensure_built(name: str, data_dir: str | os.PathLike,
                  builder_config: str | tfds.core.BuilderConfig | None = None,
                  manual_dir: str | os.PathLike | None = None,
-                 num_workers: int | None = None) -> tfds.core.DatasetBuilder:
+                 num_workers: int | None = None,
+                 splits: Sequence[str] = ()) -> tfds.core.DatasetBuilder:
     """The dataset's builder, building it first if needed and possible.
 
     Self-contained datasets (`synthetic_tags`) are built on first use, so a new user can train
     without a separate build step; others are built when `manual_dir` is given, otherwise a
     FileNotFoundError says which command builds them. An existing build is announced on stdout
-    (after the checks of `build`: one made from another source is refused).
+    (after the checks of `build`: one made from another source is refused). `splits`: the
+    splits the caller will open; one a self-contained build would not make is a
+    `MissingSplitError` before the build (a misspelt test split was found after building).
     """
     builder = get_builder(name, data_dir, builder_config, num_workers)
     if _is_prepared(builder):
         _check_reuse(name, builder, manual_dir)
         _announce_reuse(builder, "tagger-jax build-dataset --overwrite rebuilds it")
         return builder
+    if name in SELF_CONTAINED:
+        made = list(builder._split_names())
+        missing = [s for s in splits if s and s not in made]
+        if missing:
+            raise MissingSplitError(f"{name}: no split {missing[0]!r} in the build this run would "
+                                    f"make; its splits would be {made}")
     if name in SELF_CONTAINED or manual_dir:
         return build(name, data_dir, builder_config, manual_dir, num_workers)
     config = f" --config {builder.builder_config.name}" if builder.builder_config else ""
