@@ -187,6 +187,14 @@ def evaluate(train_source, eval_sources: dict[str, Any], tag_names: Sequence[str
     return scored.metrics
 
 
+def constant_warning(constant: Sequence[str], num_tags: int, fitted_on: str) -> str:
+    """The one `warning: baseline:` line naming the tags with a single label value in the
+    split the baseline was fitted on (`evaluate --baseline` and training's baseline say it)."""
+    return (f"warning: baseline: {len(constant)} of {num_tags} tags have no positive or no "
+            f"negative clip in {fitted_on} ({', '.join(constant)}): it predicts a constant for "
+            "them, so its numbers there are meaningless")
+
+
 BASELINE_JSON = "baseline.json"
 TRAIN_SOURCES = ("dataset", "model")  # where `report_beside` fits the baseline
 
@@ -279,9 +287,7 @@ def report_beside(result: dict, print_fn=print, train: str = "dataset",
     if print_fn is not None:
         print_fn("\n".join(lines))
         if constant:
-            print_fn(f"warning: baseline: {len(constant)} of {len(tags)} tags have no positive "
-                     f"or no negative clip in {fitted_on} ({', '.join(constant)}): it predicts "
-                     "a constant for them, so its numbers there are meaningless")
+            print_fn(constant_warning(constant, len(tags), fitted_on))
         print_fn(f"baseline (logistic regression on log-mel statistics) fitted on {fitted_on} "
                  f"({scored.clips} clips, {whose}): ROC-AUC {_fmt(metrics['roc_auc_mean'], 0)}  "
                  f"PR-AUC {_fmt(metrics['pr_auc_mean'], 0)}; wrote {out}")

@@ -456,9 +456,9 @@ def _baseline(workdir: Path, data: TrainData, results: list[dict], progress: Pro
     constant = [t for t in data.tag_names if any(t in m.get("constant_tags", ())
                                                  for m in metrics.values())]
     if constant:  # as `tagger-jax evaluate --baseline` says it
-        progress.say(f"warning: baseline: {len(constant)} of {len(data.tag_names)} tags have no "
-                     f"positive or no negative clip in the train split ({', '.join(constant)}): "
-                     "it predicts a constant for them, so its numbers there are meaningless")
+        from tagger_jax.baseline import constant_warning
+
+        progress.say(constant_warning(constant, len(data.tag_names), "the train split"))
     for r in results:
         r["baseline_roc_auc"] = metrics[r["split"]]["roc_auc_mean"]
         r["baseline_pr_auc"] = metrics[r["split"]]["pr_auc_mean"]
