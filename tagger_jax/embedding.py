@@ -220,14 +220,21 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
     done: list[str] = []
     new_failures: dict[str, dict] = {}
 
+    warned: list[tuple[list[str], dict[str, str]]] = []
+
     def on_track(item: inference.Input, track: dict) -> None:
-        for message in [*json.loads(str(track["warnings"])),  # as `tag` says them
-                        *json.loads(str(track["audio_warnings"])).values()]:
+        notes, codes = (json.loads(str(track["warnings"])),  # as `tag` says them
+                        json.loads(str(track["audio_warnings"])))
+        for message in [*notes, *codes.values()]:
             tqdm.write(f"warning: {message}", file=sys.stderr)
+        warned.append((notes, codes))
         _write_npz(out / f"{item.key}.npz", track)
         done.append(item.name)
 
     result = embed(engine, todo, plan, progress=progress and process == 0, on_track=on_track)
+    counted = inference.warning_counts(warned, len(todo))
+    if counted:
+        print(counted, file=sys.stderr)
     by_name = {it.name: it for it in todo}
     for name, msg in result.failed.items():
         failed[name] = msg

@@ -471,6 +471,30 @@ def split_warnings(loaded: Any) -> tuple[np.ndarray, dict[str, str]]:
     return (loaded[0], dict(loaded[1])) if isinstance(loaded, tuple) else (loaded, {})
 
 
+SHORT_CLIP = "shorter than one window"  # how the count names a result's `warnings` (the only
+# note `inference.prepare` makes: a clip repeated to fill one window)
+
+
+def warning_counts(warned: list[tuple[list[str], dict[str, str]]], total: int) -> str | None:
+    """One line counting this run's warned inputs by kind, for the end of a run whose per-input
+    `warning:` lines scrolled by (a folder of short clips gives one per file): `warned` holds each
+    input's (`warnings`, `audio_warnings`) as the results store them, `total` the inputs tried.
+    None when no input was warned. E.g. "warning: 3 of 200 input(s) tried had warnings: 2
+    shorter than one window, 1 clipping (each said above)"."""
+    counts: dict[str, int] = {}
+    inputs = 0
+    for notes, codes in warned:
+        kinds = ([SHORT_CLIP] if notes else []) + sorted(codes)
+        inputs += bool(kinds)
+        for kind in kinds:
+            counts[kind] = counts.get(kind, 0) + 1
+    if not inputs:
+        return None
+    kinds = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))  # most first, then by name
+    return (f"warning: {inputs} of {total} input(s) tried had warnings: "
+            + ", ".join(f"{n} {kind}" for kind, n in kinds) + " (each said above)")
+
+
 def input_duration_s(loaded: Any, length: int, geom: Geometry) -> float:
     """An input's real duration (s): the audio's samples / rate when the reader knew it
     (`Engine.read_checked`: 10.0 for a 10 s file), else what its `length` time steps imply: a

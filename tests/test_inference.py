@@ -307,6 +307,7 @@ def test_embed_records_short_clips_and_says_when_it_replaces_other_settings(mode
     [note] = json.loads(str(embedding.load_embeddings(out / "short.npy.npz")["warnings"]))
     assert note.startswith(f"{tmp_path / 'short.npy'}: only 20 time steps") and "repeated" in note
     assert f"warning: {note}" in err and "replaced" not in err
+    assert "warning: 1 of 2 input(s) tried had warnings: 1 shorter than one window" in err
     assert json.loads(str(embedding.load_embeddings(out / "long.npy.npz")["warnings"])) == []
     before = str(embedding.load_embeddings(out / "long.npy.npz")["signature"])
     assert cli.main(argv + ["--windows", "paper"]) == 0

@@ -364,6 +364,21 @@ def test_broken_files_get_one_line_errors_and_short_clips_a_warning_field(model_
     [note] = short["warnings"]
     assert note.startswith(f"{tmp_path / 'short.wav'}: only 16 time steps") and "repeated" in note
     assert f"warning: {note}\n" in err
+    # and the end of the run counts the warned inputs, which a long folder's lines scroll away
+    assert ("warning: 1 of 4 input(s) tried had warnings: 1 shorter than one window (each said "
+            "above)\n") in err
+
+
+def test_warning_counts_count_inputs_and_kinds():
+    """The end-of-run line: inputs with any warning, then each kind, most first; none, None."""
+    from tagger_jax import inference
+
+    assert inference.warning_counts([([], {}), ([], {})], 2) is None
+    line = inference.warning_counts([(["a: only 3 time steps"], {"silence": "a: silent"}),
+                                     ([], {"clipping": "b: clipped"}),
+                                     (["c: only 9 time steps"], {}), ([], {})], 5)
+    assert line == ("warning: 3 of 5 input(s) tried had warnings: 2 shorter than one window, "
+                    "1 clipping, 1 silence (each said above)")
 
 
 def test_decoder_text_drops_addresses_and_the_repeated_path():

@@ -213,6 +213,10 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
         source = f"{args.output} and its part files" if parts else args.output
         print(f"{reused} of {total} inputs reused from {source} (finished earlier)",
               file=sys.stderr)
+    warned = inference.warning_counts([(r.get("warnings", []), r.get("audio_warnings", {}))
+                                       for r in results if "error" not in r], len(results))
+    if warned:
+        print(warned, file=sys.stderr)
     if args.output is not None:
         print(f"results written to {args.output}", file=sys.stderr)
     failed = [r for r in results if "error" in r]
