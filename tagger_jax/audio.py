@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
+from tagger_jax import outputs
 from tagger_jax.librosa_import import import_librosa
 
 LOG_SCALES = ("amplitude_to_db", "power_to_db")
@@ -195,8 +196,9 @@ def scan_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tu
     audio). Directories are searched recursively (symbolic links to directories are not
     followed) and a file is taken when its suffix is in `INPUT_SUFFIXES` (case-insensitive) or,
     whatever its suffix, its first bytes are a known audio container (`sniff_format`). Skipped:
-    macOS resource forks (`._NAME`), broken links, non-regular files, unreadable directories and
-    files that are not audio. Inputs are sorted per named directory and de-duplicated.
+    macOS resource forks (`._NAME`), broken links, non-regular files, unreadable directories,
+    the lock and temporary files of tagger-jax runs (`outputs.run_file_kind`) and files that
+    are not audio. Inputs are sorted per named directory and de-duplicated.
     """
     found: list[Path] = []
     skipped: list[tuple[Path, str]] = []
@@ -230,6 +232,9 @@ def _skip_reason(f: Path) -> str | None:
         return "not a regular file"
     if f.suffix.lower() in INPUT_SUFFIXES:
         return None
+    kind = outputs.run_file_kind(f.name)
+    if kind:
+        return f"{kind} of a tagger-jax run, not audio"
     if sniff_format(f):
         return None
     return f"not audio (suffix {f.suffix.lower() or 'none'} and the content is no known audio format)"

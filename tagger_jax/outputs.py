@@ -177,6 +177,23 @@ def own_files(target: str | os.PathLike) -> list[Path]:
     return [t, lock, Path(str(lock) + HOLDER_SUFFIX), *beside]
 
 
+def run_file_kind(name: str) -> str | None:
+    """What a file named `name` is, if a tagger-jax run made it as bookkeeping beside an output
+    (not a result): "lock file" (`.NAME.lock`, `.tagger-jax.lock`), "lock holder note"
+    (`...lock.holder`) or "temporary file" (`.NAME.*.tmp`, an atomic write in progress or
+    interrupted); else None. Directory searches report these as such rather than as "not
+    audio" (`audio.scan_inputs`)."""
+    if not name.startswith("."):
+        return None
+    if name.endswith(".lock"):
+        return "lock file"
+    if name.endswith(".lock" + HOLDER_SUFFIX):
+        return "lock holder note"
+    if name.endswith(".tmp") and name.count(".") >= 3:
+        return "temporary file"
+    return None
+
+
 def holder(lock_file: str | os.PathLike) -> str:
     """Who holds `lock_file`, as `exclusive` wrote it ("unknown holder" if unreadable)."""
     try:

@@ -170,6 +170,27 @@ def test_scan_takes_every_decodable_kind_and_reports_the_rest(tmp_path):
     assert tagging.collect_inputs([tmp_path]) == files
 
 
+def test_scan_names_other_runs_lock_and_temporary_files(tmp_path):
+    """A folder holding another run's output has its lock, the holder note and perhaps an
+    interrupted atomic write's temporary file beside it: they are skipped as what they are, not
+    as "not audio" files the user might wonder about (from a new user's `explain .`)."""
+    from tagger_jax import outputs
+
+    sf.write(tmp_path / "a.wav", _tone(0.5), SR)
+    with outputs.exclusive(tmp_path / "tags.json", "output file"):
+        (tmp_path / ".tags.json.x1y2.tmp").write_text("{")
+        (tmp_path / ".notes.lock.txt").write_text("a user's own dot file")
+        files, skipped = audio.scan_inputs([tmp_path])
+    assert [p.name for p in files] == ["a.wav"]
+    reasons = {p.name: why for p, why in skipped}
+    assert reasons == {
+        ".tags.json.lock": "lock file of a tagger-jax run, not audio",
+        ".tags.json.lock.holder": "lock holder note of a tagger-jax run, not audio",
+        ".tags.json.x1y2.tmp": "temporary file of a tagger-jax run, not audio",
+        ".notes.lock.txt": reasons[".notes.lock.txt"]}
+    assert reasons[".notes.lock.txt"].startswith("not audio (suffix .txt")
+
+
 def test_tag_reports_skipped_files(model_dir, tmp_path, capsys):
     (tmp_path / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0 jpeg")
     rc = cli.main(["tag", "--checkpoint", str(model_dir), "--quiet", str(tmp_path)])
