@@ -1167,6 +1167,11 @@ def test_audio_folder_csv_errors_say_the_likely_fix(tmp_path):
     with pytest.raises(ValueError, match=r"u16.csv: UTF-16 text \(it starts with a UTF-16 "
                        r"byte-order mark\); save the file as UTF-8$"):
         audio_folder.read_table(tmp_path / "u16.csv", config)
+    for codec in ("utf-16-le", "utf-16-be"):  # no byte-order mark: valid UTF-8, NULs between
+        (tmp_path / "u16.csv").write_bytes("path,tags\na.wav,rock\n".encode(codec))
+        with pytest.raises(ValueError, match=r"u16.csv: its header holds NUL bytes: UTF-16 text "
+                           r"without a byte-order mark\? save the file as UTF-8$"):
+            audio_folder.read_table(tmp_path / "u16.csv", config)
     (tmp_path / "dup.csv").write_text("path,tags\na.wav,rock\nb.wav,jazz\na.wav,rock\n"
                                       "b.wav,pop\nc.wav,pop\n")
     with pytest.raises(ValueError) as info:

@@ -156,6 +156,9 @@ def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[s
             records = list(reader)
     except UnicodeDecodeError as e:
         raise utf8_error(path, e) from None
+    if any("\x00" in c for c in columns):  # ASCII as UTF-16 decodes as UTF-8 with NULs between
+        raise ValueError(f"{path}: its header holds NUL bytes: UTF-16 text without a byte-order "
+                         "mark? save the file as UTF-8")
     if config.path_column not in columns:
         hint = ""
         if len(columns) == 1:  # the header did not split: another delimiter?
