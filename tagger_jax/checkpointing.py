@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tagger_jax import sharding
+from tagger_jax import errors, sharding
 from tagger_jax.train_state import TrainState
 
 BROKEN_SUFFIX = ".broken"  # WORKDIR/checkpoints.broken/<step>-<time>/: moved-aside checkpoints
@@ -194,6 +194,7 @@ def restore_latest(mngr: ocp.CheckpointManager, target: TrainState, data_iter: A
         try:
             state, meta = restore_checkpoint(mngr, step, target, data_iter)
         except Exception as e:  # noqa: BLE001  (orbax and tensorstore raise many types)
+            errors.raise_if_interrupted(e)  # Ctrl-C while reading: not a broken checkpoint
             broken.append((step, describe(e)))
             continue
         for bad_step, problem in broken:
@@ -242,6 +243,7 @@ def reload_best(mngr: ocp.CheckpointManager, state: TrainState) -> TrainState:
         best = mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract(state))))["state"]
     except Exception as e:  # noqa: BLE001
+        errors.raise_if_interrupted(e)  # Ctrl-C while reading: not an unreadable checkpoint
         raise CorruptCheckpointError(
             f"the best checkpoint {step_dir} is unreadable ({describe(e)}); restore it from a "
             f"copy, or move {Path(mngr.directory).name}/ aside to go on without it (a finished "

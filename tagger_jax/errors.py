@@ -293,6 +293,21 @@ def warning_lines(*categories: type[Warning]) -> Iterator[None]:
         yield
 
 
+def raise_if_interrupted(error: BaseException) -> None:
+    """Raises the interrupt (Ctrl-C's KeyboardInterrupt, SIGTERM's `Terminated` or any other
+    BaseException that is not an Exception, e.g. `preemption.Preempted`) that `error` wraps, if
+    its chain of causes holds one; else returns. For `except Exception` blocks around libraries
+    that catch an interrupt and raise their own error from it (orbax's restore does): a Ctrl-C
+    there was reported as an unreadable checkpoint, and on resume would have moved a good
+    checkpoint aside as broken."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if not isinstance(error, Exception):
+            raise error
+        error = error.__cause__ or error.__context__
+
+
 def one_line(text: str) -> str:
     """`text` with line breaks shown as ' | ' so that an error is always one line."""
     return " | ".join(part for part in str(text).splitlines() if part.strip()) or "(no message)"

@@ -501,6 +501,53 @@ def test_an_unreadable_best_checkpoint_says_what_moving_it_aside_does(tmp_path, 
 # ----------------------------------------------------------------------------------------------
 # Reruns reuse test results whose inputs did not change (issue 10, item 12).
 
+@pytest.mark.parametrize("where", ["checkpoints", "best"])
+def test_ctrl_c_inside_a_restore_is_an_interrupt_not_a_broken_checkpoint(tmp_path, finished_run,
+                                                                         monkeypatch, where):
+    """orbax catches a KeyboardInterrupt inside its restore and raises its own error from it.
+    Ctrl-C while the best checkpoint was read said it was unreadable (found by interrupting at
+    random moments); while the latest was read on resume, it would have been moved aside as
+    broken. Now the interrupt goes on up and nothing is moved."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from tagger_jax import errors
+
+    config, done, _ = finished_run
+    workdir = tmp_path / "w"
+    shutil.copytree(done, workdir)
+    restore = ocp.CheckpointManager.restore
+
+    def interrupted(self, *args, **kwargs):
+        if Path(self.directory).name == where:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as e:
+                raise RuntimeError("asyncio task failed") from e  # as orbax's event loop does
+        return restore(self, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", interrupted)
+    before = sorted(p.name for p in (workdir / where).iterdir())
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train_and_evaluate(config, workdir, toy_data(config))
+    assert sorted(p.name for p in (workdir / where).iterdir()) == before
+    assert not (workdir / f"{where}.broken").exists()
+    with pytest.raises(errors.Terminated):  # SIGTERM's exception too, two causes deep
+        errors.raise_if_interrupted(_wrapped(_wrapped(errors.Terminated())))
+    errors.raise_if_interrupted(_wrapped(ValueError("a plain failure")))  # returns
+
+
+def _wrapped(inner: BaseException) -> Exception:
+    try:
+        raise inner
+    except BaseException as e:
+        try:
+            raise OSError("outer") from e
+        except OSError as outer:
+            return outer
+
+
 def test_rerun_reuses_test_results_and_says_so(tmp_path, finished_run, capsys):
     import shutil
 
