@@ -1072,6 +1072,27 @@ def test_jamendo_tag_errors_name_the_tsv_and_the_vocabulary(tmp_path):
                                f"the 50 tags of {top50}")
 
 
+def test_a_set_config_built_with_other_values_is_not_reused(tmp_path, capfd):
+    """From a new user's trial: `--config tiny --set num_train=3` reused a `tiny` built with
+    num_train=4, saying only "reusing". The same values in another order are reused."""
+    from tagger_jax import cli
+
+    base = ["build-dataset", "synthetic_tags", "--config", "mini", "--data-dir", str(tmp_path)]
+    sets = ["--set", "num_train=4", "--set", "num_validation=2", "--set", "num_test=2",
+            "--set", "duration_s=1.0"]
+    assert cli.main(base + sets) == 0
+    capfd.readouterr()
+    assert cli.main(base + sets[6:] + sets[:6]) == 0
+    assert "reusing the existing build synthetic_tags/mini" in capfd.readouterr().out
+    assert cli.main(base + ["--set", "num_train=3"] + sets[2:]) != 0
+    err = capfd.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: synthetic_tags/mini 1.0.0 in ")
+    assert ("was built with {'num_train': 4, 'num_validation': 2, 'num_test': 2, 'duration_s': "
+            "1.0}, but this run asks for {'num_train': 3, 'num_validation': 2, 'num_test': 2, "
+            "'duration_s': 1.0}; build into another --data-dir, or remove the old build") in err
+    assert cli.main(base + ["--set", "num_train=3"] + sets[2:] + ["--overwrite"]) == 0
+
+
 def test_set_values_that_do_not_convert_or_are_negative_name_the_field(tmp_path, capfd):
     from tagger_jax import cli, errors
 

@@ -125,7 +125,7 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
         shutil.rmtree(builder.data_dir)
         builder = get_builder(name, data_dir, builder_config, num_workers, resume)
     if _is_prepared(builder):
-        _check_reuse(name, builder, manual_dir)
+        _check_reuse(name, builder, manual_dir, builder_config)
         _announce_reuse(builder, "--overwrite rebuilds it" + _other_source(builder, manual_dir))
         return builder
     if builder.data_path.exists():  # TFDS would "reuse" it and build nothing
@@ -184,19 +184,50 @@ def _label(builder: tfds.core.DatasetBuilder) -> str:
 
 
 def _check_reuse(name: str, builder: tfds.core.DatasetBuilder,
-                 manual_dir: str | os.PathLike | None) -> None:
-    """Raises a one-line ValueError when the prepared `builder` was built from another source
-    than `manual_dir` (the builder class's `reuse_conflict`), naming both and what to do."""
+                 manual_dir: str | os.PathLike | None, builder_config: Any = None) -> None:
+    """Raises a one-line ValueError when the prepared `builder` was built with other config
+    fields than `builder_config` asks for (`_changed_fields`) or from another source than
+    `manual_dir` (the builder class's `reuse_conflict`), naming both and what to do."""
     cls = tfds.builder_cls(name)
     if not issubclass(cls, TaggingBuilder):
         return
-    conflict = cls.reuse_conflict(dict(builder.info.metadata or {}), _expand(manual_dir),
-                                  builder.builder_config)
+    conflict = ((None if cls.REUSE_COMPARES_CONFIG else _changed_fields(builder, builder_config))
+                or cls.reuse_conflict(dict(builder.info.metadata or {}), _expand(manual_dir),
+                                      builder.builder_config))
     if conflict:
         raise ValueError(
             f"{_label(builder)} in {builder.data_dir} was {conflict}; build into another "
             f"--data-dir, or remove the old build (build-dataset --overwrite, or delete "
             f"{builder.data_dir})")
+
+
+def _changed_fields(builder: tfds.core.DatasetBuilder, builder_config: Any) -> str | None:
+    """For a config made with `build-dataset --set` (a config object, not a registered name):
+    "built with {...}, but this run asks for {...}" when the build's recorded fields (its
+    dataset_info.json's configDescription, "NAME: {field: value}") differ from the config's;
+    None otherwise. `--config tiny --set num_train=3` reused a `tiny` built with num_train=4."""
+    import ast
+    import json
+
+    if builder_config is None or isinstance(builder_config, str):
+        return None
+
+    def fields(description: str) -> Any:
+        try:
+            return ast.literal_eval(description.split(": ", 1)[1])
+        except (IndexError, ValueError, SyntaxError):
+            return description  # compared as text
+
+    try:
+        info = json.loads((Path(builder.data_dir) / "dataset_info.json").read_text())
+    except (OSError, ValueError):
+        return None
+    recorded = str(info.get("configDescription") or "")
+    asked = str(getattr(builder_config, "description", "") or "")
+    if not recorded or not asked or fields(recorded) == fields(asked):
+        return None
+    return (f"built with {recorded.split(': ', 1)[-1]}, but this run asks for "
+            f"{asked.split(': ', 1)[-1]}")
 
 
 @contextlib.contextmanager

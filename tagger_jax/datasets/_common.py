@@ -124,6 +124,10 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
     HOMEPAGE = ""
     CITATION = ""
     DESCRIPTION = ""
+    # Whether `reuse_conflict` compares a `--set` config's fields with the build itself (with
+    # its own rules, e.g. banks by contents); else `datasets.build` compares the recorded
+    # fields and refuses a build made with other values.
+    REUSE_COMPARES_CONFIG = False
 
     def __init__(self, *, num_workers: int | None = None, resume: bool = True, **kwargs):
         kwargs.setdefault("file_format", "array_record")

@@ -127,6 +127,7 @@ class SoundfontTags(TaggingBuilder):
                         description="Train on timgm6mb; unseen bank merlin."),
     ]
     DEFAULT_CONFIG_NAME = "default"
+    REUSE_COMPARES_CONFIG = True  # banks by contents, seed, length, sizes (below)
 
     @classmethod
     def reuse_conflict(cls, metadata: dict[str, Any], manual_dir: str | os.PathLike | None,
