@@ -3,9 +3,10 @@
 
 The flax examples' command line for `tagger-jax train` (tagger_jax.commands.train), which does
 the work through `tagger_jax.train_lib.train_and_evaluate(config, workdir)`: `--config.KEY=VALUE`
-(or `--config.KEY VALUE`) is `--set KEY=VALUE`, `--list_config` is `--list-config`. `--config`
-takes a config file or a workdir's saved config.json. An unknown field or argument is one error
-line and exit status 2. Rerunning the same command in the same workdir resumes.
+(or `--config.KEY VALUE`) is `--set KEY=VALUE`, which it takes too; `--list_config` is
+`--list-config`. `--config` takes a config file or a workdir's saved config.json. An unknown
+field or argument is one error line and exit status 2. Rerunning the same command in the same
+workdir resumes.
 """
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ def translate(argv: list[str]) -> list[str]:
                     raise ValueError(f"{arg} needs a value")
                 i, value = i + 1, argv[i + 1]
             out += ["--set", f"{name[len('--config.'):]}={value}"]
+        elif name == "--set":  # `tagger-jax train`'s spelling, which --help shows
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{arg} needs a value")
+                i, value = i + 1, argv[i + 1]
+            out += ["--set", value]
         elif name in ("--config", "--workdir"):
             if not eq:
                 if i + 1 >= len(argv):
@@ -35,8 +42,8 @@ def translate(argv: list[str]) -> list[str]:
         elif arg in ("-h", "--help"):
             out.append(arg)
         else:
-            raise ValueError(f"unknown argument {arg!r} (expected --config, --config.KEY=VALUE, "
-                             "--workdir, --list_config)")
+            raise ValueError(f"unknown argument {arg!r} (expected --config, --config.KEY=VALUE "
+                             "or --set KEY=VALUE, --workdir, --list_config)")
         i += 1
     return out
 

@@ -210,6 +210,8 @@ def test_every_config_field_is_listed_with_default_and_comment():
     (["--config.train.nope=1"], "unknown config field train.nope"),
     (["--config.train.batch_size=abc"], "train.batch_size"),
     (["--bogus"], "unknown argument '--bogus'"),
+    (["--set", "train.nope=1"], "unknown config field train.nope"),  # --help shows --set: taken
+    (["--set=train.batch_size=abc"], "train.batch_size"),
     (["--config.model.timbre_norm=band"], "model.timbre_norm must be one of"),
     (["--config.model.cls_token=random"], "model.cls_token must be one of"),
     (["--config.model.frame_head_layer=5"], "model.frame_head_layer must be in 0..model.atten"),
