@@ -441,6 +441,38 @@ def test_restricted_unpickler_loads_plain_data(tmp_path):
     loaded = msd.safe_load_pickle(tmp_path / "ok.pkl")
     assert loaded["ids"] == ["a", "b"] and loaded["set"] == {1, 2} and loaded["t"][0] == 1.5
     np.testing.assert_array_equal(loaded["array"], np.arange(3))
+    # protocol 5 (Python 3's default for arrays) rebuilds arrays with numpy's _frombuffer
+    (tmp_path / "p5.pkl").write_bytes(pickle.dumps(data, protocol=5))
+    assert "_frombuffer" in (tmp_path / "p5.pkl").read_bytes().decode("latin1")
+    np.testing.assert_array_equal(msd.safe_load_pickle(tmp_path / "p5.pkl")["array"],
+                                  np.arange(3))
+
+
+def test_msd_reads_protocol_5_pickles_with_bytes_keys(msd_dir, tmp_path):
+    """From a new user's trial: the files as re-saved after loading them the way the authors'
+    loader does (`encoding="bytes"`: bytes keys and paths) with Python 3's protocol 5 were
+    refused (numpy's _frombuffer), then every clip lacked its tag vector. They build the same
+    records as the originals."""
+    import shutil
+
+    root = tmp_path / "manual"
+    shutil.copytree(msd_dir["root"], root)
+    def as_bytes(x):  # Python 2's str read with encoding="bytes"
+        return x.encode() if isinstance(x, str) else x
+
+    for name in ("msd_id_to_tag_vector.cP", "MSD_id_to_7D_id.pkl", "7D_id_to_path.pkl"):
+        obj = pickle.loads((root / name).read_bytes())
+        obj = {as_bytes(k): as_bytes(v) for k, v in obj.items()}
+        (root / name).write_bytes(pickle.dumps(obj, protocol=5))
+    config = MsdConfig(name="tiny", num_train=3)
+    datasets.build("msd", tmp_path / "d", config, manual_dir=root, num_workers=1)
+    for split in ("train", "validation", "test"):
+        source, _ = datasets.load_split("msd", split, tmp_path / "d", config)
+        got = _all(source)
+        assert len(got) == 2
+        for ex in got:
+            want = msd_dir["vectors"][ex["clip_id"].decode()].reshape(-1)
+            assert ex["tags"].tolist() == want.tolist()
 
 
 @pytest.mark.parametrize("obj", [_Evil(), [_Plain()], {"x": np.array([_Evil()], dtype=object)}])

@@ -50,6 +50,9 @@ _ALLOWED = {
     (module, name)
     for module in ("numpy.core.multiarray", "numpy._core.multiarray")
     for name in ("_reconstruct", "scalar")
+} | {
+    # protocol 5 (Python 3.8+'s default for arrays of numpy >= 1.16): the array from its bytes
+    (module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")
 } | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 INSTRUCTIONS = __doc__.split("Manual download:")[1].split("Split (")[0]
@@ -95,10 +98,14 @@ def _ids(value: Any, path: Path) -> list[str]:
 
 
 def _lookup(mapping: dict, key: Any) -> Any:
-    """mapping[key], trying the key as str and int too (7digital ids appear as both)."""
+    """mapping[key], trying the key as str, int and bytes too (7digital ids appear as str and
+    int; a pickle re-saved after loading with `encoding="bytes"`, as the authors' loader reads
+    them, has bytes keys)."""
     if key is None:
         return None
-    for k in (key, str(key), int(key) if str(key).isdigit() else None):
+    key = key.decode("latin1") if isinstance(key, bytes) else key
+    for k in (key, str(key), int(key) if str(key).isdigit() else None,
+              str(key).encode("latin1")):
         if k is not None and k in mapping:
             return mapping[k]
     return None
@@ -171,8 +178,9 @@ class Msd(TaggingBuilder):
             items[split] = []
             for msd_id in ids:
                 item: dict[str, Any] = {"key": msd_id, "clip_id": msd_id, "path": ""}
-                vector = vectors.get(msd_id)
+                vector = _lookup(vectors, msd_id)
                 rel = _lookup(id7d_to_path, _lookup(msd_to_7d, msd_id))
+                rel = rel.decode("latin1") if isinstance(rel, bytes) else rel
                 if vector is None:
                     item["error"] = f"{msd_id}: no tag vector in {FILES['tags']}"
                     item["tags"] = np.zeros(len(tags), np.uint8)
