@@ -375,6 +375,45 @@ def test_jamendo_other_split_config(jamendo, tmp_path):
     assert datasets.split_sizes(b) == {"train": 3, "validation": 1, "test": 3}
 
 
+def test_jamendo_inputs_checked_before_the_build(jamendo, tmp_path):
+    """From a new user's trial: missing split files were named one at a time (the docs said all
+    at once) without the near miss beside them; a manual directory without its audio folder
+    skipped every track, one warning each, after the whole train split; a track listed twice was
+    stored twice. Each now stops the build before it starts, in one line."""
+    import shutil
+
+    root = tmp_path / "manual"
+    shutil.copytree(jamendo["root"] / "mtg-jamendo-dataset", root / "mtg-jamendo-dataset")
+    folder = root / "mtg-jamendo-dataset" / "data" / "splits" / "split-0"
+    (folder / "autotagging_top50tags-validation.tsv").rename(
+        folder / "autotagging_top50tags-valid.tsv")
+    (folder / "autotagging_top50tags-test.tsv").unlink()
+    data = tmp_path / "d"
+    with pytest.raises(FileNotFoundError) as e:
+        datasets.build("mtg_jamendo", data, manual_dir=root, num_workers=1)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(
+        f"{folder}: missing autotagging_top50tags-validation.tsv, autotagging_top50tags-test.tsv.")
+    assert "autotagging_top50tags-valid.tsv: rename or move it there?" in message
+    assert "docs/datasets.md" in message
+    (folder / "autotagging_top50tags-valid.tsv").rename(
+        folder / "autotagging_top50tags-validation.tsv")
+    shutil.copy(jamendo["root"] / "mtg-jamendo-dataset" / "data" / "splits" / "split-0" /
+                "autotagging_top50tags-test.tsv", folder)
+    with pytest.raises(FileNotFoundError, match=r"manual: no audio folder: the tracks go in "
+                                                r"audio/00/ \.\.\. audio/99/"):
+        datasets.build("mtg_jamendo", data, manual_dir=root, num_workers=1)
+    (root / "audio").symlink_to(jamendo["root"] / "audio")
+    _jamendo_tsv(folder / "autotagging_top50tags-test.tsv",
+                 JAMENDO["test"] + JAMENDO["train"][:1])  # listed in train and test
+    with pytest.raises(ValueError) as e:
+        datasets.build("mtg_jamendo", data, manual_dir=root, num_workers=1)
+    assert str(e.value) == (f"{folder}: 1 track(s) listed more than once: track_0000001 "
+                            "(autotagging_top50tags-train.tsv:2, autotagging_top50tags-test.tsv:4)"
+                            "; the published split files list each track once")
+    assert not (data / "mtg_jamendo").exists()  # nothing was built
+
+
 # ----------------------------------------------------------------------------------- MSD
 
 MSD_TRAIN = ["TRAAAAA128F1", "TRAAAAB128F2", "TRAAAAC128F3", "TRAAAAD128F4", "TRAAAAE128F5"]
@@ -433,6 +472,24 @@ def test_msd_builds_authors_split(msd_dir, tmp_path):
             assert ex["tags"].tolist() == want.tolist()
     (skip,) = datasets.build_report(b)["train"]
     assert skip["clip_id"] == "TRAAAAB128F2" and "not found" in skip["error"]
+
+
+def test_msd_without_its_audio_folder_stops_before_the_build(msd_dir, tmp_path):
+    """From a new user's trial: without audio/ every clip was skipped, one warning each, and
+    the build stopped only after the train split."""
+    import shutil
+
+    root = tmp_path / "manual"
+    root.mkdir()
+    for f in msd_dir["root"].iterdir():
+        if f.is_file():
+            shutil.copy(f, root)
+    with pytest.raises(FileNotFoundError) as e:
+        datasets.build("msd", tmp_path / "d", MsdConfig(name="tiny", num_train=3),
+                       manual_dir=root, num_workers=1)
+    assert str(e.value).startswith(f"{root}: no audio folder: the 7digital previews go in "
+                                   "audio/0/ ... audio/9/")
+    assert "\n" not in str(e.value) and not (tmp_path / "d" / "msd").exists()
 
 
 def test_restricted_unpickler_loads_plain_data(tmp_path):
@@ -1089,6 +1146,7 @@ def test_jamendo_tag_errors_name_the_tsv_and_the_vocabulary(tmp_path):
         ("track_0009999", "09/9999.mp3", ["genre---zzz"])])
     for split, rows in tracks.items():
         _jamendo_tsv(data / "splits" / "split-0" / f"autotagging_top50tags-{split}.tsv", rows)
+    (tmp_path / "m" / "audio").mkdir()  # (the tracks' files are not needed to get this far)
     top50 = data / "tags" / "top50.txt"
     with pytest.raises(ValueError) as info:  # without top50.txt: the union, said so
         datasets.build("mtg_jamendo", tmp_path / "d", manual_dir=tmp_path / "m")

@@ -142,14 +142,33 @@ class Msd(TaggingBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
     MANUAL_FILES = f"{', '.join(FILES.values())} and the preview clips under audio/"
 
-    def _split_generators(self, dl_manager):
-        root = Path(dl_manager.manual_dir)
-        paths = {k: root / v for k, v in FILES.items()}
+    def _check_files(self, root: Path) -> None:
         missing = [v for v in FILES.values() if not (root / v).exists()]
         if missing:
             raise FileNotFoundError(f"{root}: missing {len(missing)} of the {len(FILES)} split "
                                     f"and tag files: {', '.join(missing)}. "
                                     f"{manual_hint(self.name)}")
+
+    def preflight(self, manual_dir: Path | None = None) -> None:
+        """The six split and tag files (all missing ones at once), then an audio folder, before
+        the build starts: `audio/`, or the previews' one-digit folders
+        (0-9, as `7D_id_to_path.pkl` names them) in the manual directory. Without one every
+        clip was skipped, one warning each, after the whole train split."""
+        if manual_dir is None:
+            return
+        root = Path(manual_dir)
+        self._check_files(root)
+        if (root / "audio").is_dir() or any((root / str(d)).is_dir() for d in range(10)):
+            return
+        raise FileNotFoundError(
+            f"{root}: no audio folder: the 7digital previews go in audio/0/ ... audio/9/ (the "
+            f"paths of {FILES['7d_to_path']}, e.g. 8/9/8947470.clip.mp3). "
+            f"{manual_hint(self.name)}")
+
+    def _split_generators(self, dl_manager):
+        root = Path(dl_manager.manual_dir)
+        paths = {k: root / v for k, v in FILES.items()}
+        self._check_files(root)
         try:
             tags = [t.strip() for t in paths["tag_list"].read_text("utf-8").splitlines()
                     if t.strip()]

@@ -34,7 +34,7 @@ import tensorflow_datasets as tfds
 
 from tagger_jax import errors
 from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig, find_file,
-                                         manual_hint, multi_hot, utf8_error)
+                                         manual_hint, multi_hot, near_misses, utf8_error)
 
 SUBSET = "autotagging_top50tags"
 NUM_SPLITS = 5  # the official splits split-0 ... split-4
@@ -99,6 +99,32 @@ def find_audio(root: Path, rel: str) -> Path | None:
     return None
 
 
+def check_audio_folder(root: Path) -> None:
+    """A FileNotFoundError unless `root` holds the audio: `audio/`, or the TSVs' two-digit
+    folders (00-99) directly in it."""
+    if (root / "audio").is_dir() or any((root / f"{n:02d}").is_dir() for n in range(100)):
+        return
+    raise FileNotFoundError(
+        f"{root}: no audio folder: the tracks go in audio/00/ ... audio/99/ (the TSVs' PATH "
+        f"column, e.g. 14/214.mp3), from the repository's download script. "
+        f"{manual_hint('mtg_jamendo')}")
+
+
+def check_unique(tracks: dict[str, list[Track]], files: dict[str, Path], shown: int = 5) -> None:
+    """A ValueError naming the first `shown` track ids listed more than once, in one split file
+    or in two (the published splits list each track once: such files were edited or joined)."""
+    seen: dict[str, list[str]] = {}
+    for split, listed in tracks.items():
+        for track in listed:
+            seen.setdefault(track.track_id, []).append(f"{files[split].name}:{track.line}")
+    twice = {t: where for t, where in seen.items() if len(where) > 1}
+    if twice:
+        first = "; ".join(f"{t} ({', '.join(w)})" for t, w in list(twice.items())[:shown])
+        more = f"; and {len(twice) - shown} more" if len(twice) > shown else ""
+        raise ValueError(f"{files['train'].parent}: {len(twice)} track(s) listed more than once: "
+                         f"{first}{more}; the published split files list each track once")
+
+
 @dataclasses.dataclass(eq=False)
 class MtgJamendoConfig(TaggingConfig):
     """Which of the five official splits (0-4) to build."""
@@ -128,13 +154,49 @@ class MtgJamendo(TaggingBuilder):
     MANUAL_FILES = ("a clone of mtg-jamendo-dataset (its data/splits/ and data/tags/top50.txt) "
                     "and the audio in audio/00/ ... audio/99/")
 
+    def preflight(self, manual_dir: Path | None = None) -> None:
+        """Before the build starts: the config's three split files, all missing ones named at
+        once (`split_files`), each track listed once (`check_unique`), and an audio folder
+        (`check_audio_folder`: without one every track was skipped, one warning each, after the
+        whole train split)."""
+        if manual_dir is not None:
+            self.tracks(Path(manual_dir))
+            check_audio_folder(Path(manual_dir))
+
+    def tracks(self, root: Path) -> tuple[dict[str, Path], dict[str, list[Track]]]:
+        """(split -> TSV, split -> its tracks), every track listed once (`check_unique`)."""
+        files = self.split_files(root)
+        tracks = {s: read_split_file(files[s]) for s in SPLITS}
+        check_unique(tracks, files)
+        return files, tracks
+
+    def split_files(self, root: Path) -> dict[str, Path]:
+        """split -> its TSV; a FileNotFoundError naming every missing one, near misses and the
+        download steps."""
+        data = find_data_dir(root)
+        k = self.builder_config.split
+        folder = data / "splits" / f"split-{k}"
+        files, missing = {}, []
+        for s in SPLITS:
+            try:
+                files[s] = find_file(folder, [f"{SUBSET}-{s}.tsv"], f"{SUBSET} split {k} ({s})")
+            except FileNotFoundError:
+                missing.append(f"{SUBSET}-{s}.tsv")
+        if missing:
+            near = near_misses(folder if folder.is_dir() else data / "splits", missing)
+            near += sorted(p for p in folder.glob(f"{SUBSET}-*")  # `-valid.tsv`, `-test.tsv.txt`
+                           if p.name not in {f"{SUBSET}-{s}.tsv" for s in SPLITS}
+                           and p not in near)
+            found = f" Found {', '.join(map(str, near))}: rename or move it there?" if near else ""
+            raise FileNotFoundError(f"{folder}: missing {', '.join(missing)}.{found} "
+                                    f"{manual_hint(self.name)}")
+        return files
+
     def _split_generators(self, dl_manager):
         root = Path(dl_manager.manual_dir)
         data = find_data_dir(root)
         k = self.builder_config.split
-        files = {s: find_file(data / "splits" / f"split-{k}", [f"{SUBSET}-{s}.tsv"],
-                              f"{SUBSET} split {k} ({s})") for s in SPLITS}
-        tracks = {s: read_split_file(files[s]) for s in SPLITS}
+        files, tracks = self.tracks(root)
         vocab_file = data / "tags" / "top50.txt"
         if vocab_file.is_file():
             try:
@@ -160,7 +222,8 @@ class MtgJamendo(TaggingBuilder):
                         "tags": multi_hot(track.tags, tags)}
                 audio = find_audio(root, track.path)
                 if audio is None:
-                    item["error"] = f"{root / 'audio' / track.path}: file not found"
+                    low = " (nor its .low.mp3)" if track.path.endswith(".mp3") else ""
+                    item["error"] = f"{root / 'audio' / track.path}: file not found{low}"
                 else:
                     item["file"] = str(audio)
                 items[s].append(item)
