@@ -23,6 +23,7 @@ def test_build_prints_one_bar_and_no_false_messages(tmp_path, capfd):
         sf.write(manual / "songs" / f"s{k}.wav",
                  0.2 * np.sin(np.arange(16000) * 0.01 * (k + 1)), 16000)
         rows.append(f"songs/s{k}.wav,{'rock' if k % 2 else 'jazz'}")
+    rows.append("songs/gone.wav,rock")  # one file skipped, counted in the singular
     (manual / "labels.csv").write_text("\n".join(rows) + "\n")
     rc = cli.main(["build-dataset", "audio_folder", "--data-dir", str(tmp_path / "data"),
                    "--manual-dir", str(manual), "--num-workers", "1"])
@@ -33,6 +34,7 @@ def test_build_prints_one_bar_and_no_false_messages(tmp_path, capfd):
     assert "audio_folder train" in err  # our bar, one split at a time
     assert f"building audio_folder/default 1.0.0 in {tmp_path / 'data'}" in out
     assert "train" in out and "clips" in out
+    assert "\n1 file skipped (listed in " in out
 
 
 def test_data_dir_defaults_to_the_configs_default():

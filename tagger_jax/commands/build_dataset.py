@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     report = datasets.build_report(builder)
     skipped = [(split, s) for split, items in report.items() for s in items]
     if skipped:
-        print(f"{len(skipped)} files skipped (listed in {datasets.report_path(builder)}):")
+        print(f"{len(skipped)} file{'' if len(skipped) == 1 else 's'} skipped (listed in "
+              f"{datasets.report_path(builder)}):")
         for split, s in skipped[:50]:
             print(f"  [{split}] {s['error']}")
         if len(skipped) > 50:
