@@ -22,11 +22,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._bench import cpu_name, positive_int  # noqa: E402
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch", type=positive_int, default=16, help="clips per forward pass")
+    p.add_argument("--rounds", type=positive_int, default=5,
+                   help="interleaved timed rounds (median and range)")
     args = p.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import flax.linen as nn
@@ -128,7 +131,8 @@ def main(argv=None) -> int:
                 pieces_torch[k]()
                 times[k, "twin"].append(time.perf_counter() - start)
     print(f"forward_pieces: batch {args.batch} x 96 x 256, float32, {args.rounds} rounds, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_name()}, "
+          f"{os.cpu_count()} cores, "
           f"load {load_before:.2f} before, {os.getloadavg()[0]:.2f} after, jax {jax.__version__}, "
           f"torch {torch.__version__}")
     print(f"{'piece':20s} {'ours ms (range)':>24s} {'twin ms (range)':>24s} {'twin/ours':>10s}")

@@ -19,6 +19,9 @@
 # measurement as soon as it is done (docs/benchmarks.md records the table).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The clone's virtual environment where there is one (the README's commands make .venv), else
+# the machine's python3 (the GPU machine's, which has JAX); PYTHON=... chooses another.
+if [[ -z "${PYTHON:-}" && -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; fi
 PYTHON="${PYTHON:-python3}"
 if compgen -G ".whl/*.whl" > /dev/null; then
   "$PYTHON" -m pip install --no-index --no-deps --quiet .whl/*.whl

@@ -49,6 +49,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._bench import cpu_name  # noqa: E402
+
 CONTENDERS = {"4 KiB pages (glibc default)": None,  # name: GLIBC_TUNABLES
               "huge pages (glibc.malloc.hugetlb=1)": "glibc.malloc.hugetlb=1"}
 
@@ -148,9 +150,7 @@ def main(argv=None) -> int:
         return 0
     from tagger_jax.huge_pages import thp_mode
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("model name")), platform.processor())
-    print(f"{cpu}, {os.cpu_count()} cores, {platform.libc_ver()[0]} {platform.libc_ver()[1]}, "
+    print(f"{cpu_name()}, {os.cpu_count()} cores, {platform.libc_ver()[0]} {platform.libc_ver()[1]}, "
           f"transparent huge pages: {thp_mode()}, load {os.getloadavg()}")
     if args.loop:
         print(f"main job's training loop (train.py, configs/soundfont_cpu.py), {args.loop} "

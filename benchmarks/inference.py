@@ -37,14 +37,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._bench import cpu_name, positive_int, positive_ints  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median and range)")
-    p.add_argument("--files", type=int, default=6, help="input files")
+    p.add_argument("--rounds", type=positive_int, default=3,
+                   help="interleaved rounds (median and range)")
+    p.add_argument("--files", type=positive_int, default=6, help="input files")
     p.add_argument("--seconds", type=float, default=20.0, help="length of each input")
-    p.add_argument("--devices", default="1,2,4", help="forced host device counts")
-    p.add_argument("--batch", type=int, default=16, help="windows per batch (all devices)")
+    p.add_argument("--devices", type=positive_ints, default="1,2,4",
+                   help="forced host device counts")
+    p.add_argument("--batch", type=positive_int, default=16, help="windows per batch (all devices)")
     p.add_argument("--small", action="store_true", help="a tiny model instead of the paper's")
     p.add_argument("--config", metavar="PATH", help="take the model from this config file")
     p.add_argument("--xla-flags", default="",
@@ -52,7 +56,12 @@ def parse_args(argv=None):
     p.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--no-cache-check", action="store_true", help="skip the first/second run")
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "INPUTS"), help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.seconds <= 0:
+        p.error(f"--seconds must be above 0, got {args.seconds:g}")
+    if args.config and not Path(args.config).is_file():
+        p.error(f"--config {args.config}: no such file")
+    return args
 
 
 def make_setup(root: Path, args) -> tuple[Path, Path]:
@@ -148,12 +157,12 @@ def main(argv=None) -> int:
     if args.worker:
         print("RESULT " + json.dumps(worker(*args.worker, args.batch)))
         return 0
-    devices = [int(d) for d in args.devices.split(",")]
+    devices = list(args.devices)
     flag_sets = [f.strip() for f in args.xla_flags.split(";")] if args.xla_flags else [""]
     model = args.config or ("small" if args.small else "paper (pons_won)")
-    print(f"load average at start: {os.getloadavg()}; {os.cpu_count()} CPUs; platform "
-          f"{args.platform}; model {model}; {args.files} files x {args.seconds:g} s; batch "
-          f"{args.batch}; XLA flag sets {flag_sets}")
+    print(f"load average at start: {os.getloadavg()}; {cpu_name()}, {os.cpu_count()} CPUs; "
+          f"platform {args.platform}; model {model}; {args.files} files x {args.seconds:g} s; "
+          f"batch {args.batch}; XLA flag sets {flag_sets}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model_dir, inputs = make_setup(root, args)

@@ -44,6 +44,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._bench import cpu_name, positive_int, positive_ints  # noqa: E402
+
 CONTENDERS = ("ours", "twin", "twin_compiled", "authors", "authors_compiled")
 PHASES = ("forward", "train_step")
 
@@ -52,23 +54,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--authors", metavar="PATH",
                    help="checkout of github.com/minzwon/self-attention-music-tagging (optional)")
-    p.add_argument("--batches", default="16", help="batch sizes, comma-separated (authors: 16)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds")
-    p.add_argument("--steps", type=int, default=1, help="steps per contender per round")
+    p.add_argument("--batches", type=positive_ints, default="16",
+                   help="batch sizes, comma-separated (authors: 16)")
+    p.add_argument("--rounds", type=positive_int, default=5, help="interleaved timed rounds")
+    p.add_argument("--steps", type=positive_int, default=1, help="steps per contender per round")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="our compute dtype (the torch models always run float32)")
     p.add_argument("--variant", choices=("training", "released"), default="training",
                    help="training: the paper config (c = 16); released: c = 8, learned positions")
-    p.add_argument("--frames", type=int, default=256, help="frames per chunk")
+    p.add_argument("--frames", type=positive_int, default=256, help="frames per chunk")
     p.add_argument("--phases", default=",".join(PHASES), help="forward,train_step (or one)")
     p.add_argument("--compiled-phases", default=",".join(PHASES),
                    help="phases timed for the torch.compile contenders (compiling the train "
                         "step's backward takes minutes on 2 cores)")
-    p.add_argument("--contenders", default=",".join(CONTENDERS),
-                   help="comma-separated subset of " + ",".join(CONTENDERS))
+    p.add_argument("--contenders", default=None,
+                   help="comma-separated subset of " + ",".join(CONTENDERS) + " (default: all "
+                        "that can run here: the authors' need --authors, the torch ones torch)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
-    args.batches = [int(b) for b in args.batches.split(",")]
+    args.explicit = args.contenders is not None  # asked for by name: each must run
+    args.contenders = args.contenders or ",".join(CONTENDERS)
     args.phases = [s for s in args.phases.split(",") if s]
     args.compiled_phases = [s for s in args.compiled_phases.split(",") if s in args.phases]
     args.contenders = [s for s in args.contenders.split(",") if s]
@@ -81,7 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if "ours" not in args.contenders:
         p.error("'ours' must be among the contenders (ratios are to ours)")
     if any(c.startswith("authors") for c in args.contenders) and not args.authors:
+        if args.explicit:
+            p.error("the authors' contenders need --authors PATH (a checkout of "
+                    "github.com/minzwon/self-attention-music-tagging)")
         args.contenders = [c for c in args.contenders if not c.startswith("authors")]
+    if args.variant == "released" and any(c.startswith("authors") for c in args.contenders):
+        p.error("the authors' training code builds the 'training' variant only: use --variant "
+                "training, or leave the authors' contenders out")
     if args.authors and not (Path(args.authors) / "training" / "model.py").is_file():
         p.error(f"{args.authors}: not a checkout of the authors' repository "
                 "(no training/model.py)")
@@ -305,11 +316,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(os.cpu_count())
         torch_version = torch.__version__
     except ImportError:
+        if args.explicit and names != ["ours"]:
+            print(f"error: contenders {', '.join(n for n in names if n != 'ours')} need torch "
+                  "(pip install -e \".[torch]\")", file=sys.stderr)
+            return 2
         print("torch is not installed: timing our model only", file=sys.stderr)
         names, torch_version = ["ours"], None
     print(f"model_step: pons_won {args.variant} variant, 96 x {args.frames} chunks, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, host {platform.node()}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{cpu_name()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__} ({jax.devices()[0].platform}), "
           f"torch {torch_version}, ours in {args.dtype}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")

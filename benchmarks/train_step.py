@@ -37,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._bench import cpu_name, positive_int, positive_ints  # noqa: E402
+
 # The paper config (configs/paper_mtat.py), as plain dicts.
 PAPER_MODEL = {
     "architecture": "pons_won", "conv_channels": 16, "attention_channels": 512,
@@ -63,11 +65,13 @@ PEAKS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch-sizes", default="16,64,256", help="global batch sizes, comma-separated")
+    p.add_argument("--batch-sizes", type=positive_ints, default="16,64,256",
+                   help="global batch sizes, comma-separated")
     p.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes, comma-separated")
-    p.add_argument("--steps", type=int, default=20, help="steps per timed run")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
-    p.add_argument("--frames", type=int, default=256, help="frames per chunk (paper: 256)")
+    p.add_argument("--steps", type=positive_int, default=20, help="steps per timed run")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed runs; the median is reported")
+    p.add_argument("--frames", type=positive_int, default=256, help="frames per chunk (paper: 256)")
     p.add_argument("--prng", default="threefry2x32", choices=("threefry2x32", "rbg", "unsafe_rbg"),
                    help="dropout PRNG (config.train.prng_impl)")
     p.add_argument("--optimizer", default="authors", choices=("authors", "adamw"))
@@ -175,11 +179,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import jax
 
-    batches = [int(b) for b in args.batch_sizes.split(",")]
+    batches = list(args.batch_sizes)
     dtypes = [d.strip() for d in args.dtypes.split(",")]
     dev = jax.devices()[0]
     header = (f"backend {jax.default_backend()}, {jax.local_device_count()} x {dev.device_kind}, "
-              f"jax {jax.__version__}, host {platform.node()}, "
+              f"jax {jax.__version__}, host {platform.node()}, {cpu_name()}, "
               f"load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "")
     print(header)
     print(f"paper model pons_won c=16, 512 x 2 layers, {args.frames} frames, "
