@@ -229,6 +229,12 @@ def import_state_dict(state: Mapping[str, Any], variant: str,
             arrays[key] = np.asarray(value)
         except (TypeError, ValueError, RuntimeError) as e:
             raise AuthorsImportError(f"{key}: not convertible to a NumPy array ({e})") from None
+    classifier = arrays.get("classifier.weight")  # (num_tags, d): the tag list must match it
+    if classifier is not None and classifier.ndim == 2 and classifier.shape[0] != num_tags:
+        raise AuthorsImportError(
+            f"the tag list names {num_tags} tags but the state dict's classifier has "
+            f"{classifier.shape[0]} outputs (classifier.weight {tuple(classifier.shape)}): "
+            f"give --tags a file of {classifier.shape[0]} names in the classifier's order")
     c = state_conv_channels(arrays)
     if c is not None:
         config.model.conv_channels = c
@@ -294,11 +300,26 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Files with another suffix are recognised by content. Every failure names the file.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir()
+                        if p.suffix.lower() in (*TORCH_SUFFIXES, ".npz"))[:3]
+        raise AuthorsImportError(f"{path}: is a directory; give the state dict file (.pth or "
+                                 ".npz)" + (f", e.g. {', '.join(inside)} in it" if inside else ""))
     if not path.is_file():
         raise AuthorsImportError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise AuthorsImportError(f"{path}: empty file (0 bytes)")
     suffix = path.suffix.lower()
     if suffix == ".npz" or (suffix not in TORCH_SUFFIXES and _looks_like_npz(path)):
         return _read_npz(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise AuthorsImportError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if suffix in TORCH_SUFFIXES and not head.startswith((b"PK", b"\x80")):  # zip, pickle
+        raise AuthorsImportError(f"{path}: not a PyTorch file: neither torch.save's zip archive "
+                                 f"nor a pickle (it starts with {head!r})")
     if suffix in TORCH_SUFFIXES or _looks_like_torch(path):
         return _read_torch(path)
     raise AuthorsImportError(f"{path}: neither a PyTorch state dict (.pth) nor a NumPy .npz "

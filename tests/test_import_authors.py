@@ -158,6 +158,16 @@ def test_wrong_variant_and_bad_values_are_explained():
         import_state_dict(both, "released")
 
 
+def test_a_tag_list_of_another_length_is_named_as_such():
+    """From a new user's trial: a 2-line --tags file read as a broken checkpoint ("wrong shapes
+    (2): classifier.weight (50, 512) (expected (2, 512)) ...")."""
+    with pytest.raises(AuthorsImportError) as e:
+        import_state_dict(torch_twin.random_state_dict("released"), "released", num_tags=2)
+    assert str(e.value) == ("the tag list names 2 tags but the state dict's classifier has 50 "
+                            "outputs (classifier.weight (50, 512)): give --tags a file of 50 "
+                            "names in the classifier's order")
+
+
 def test_unreadable_files_are_named(tmp_path, monkeypatch):
     with pytest.raises(AuthorsImportError, match="missing.pth: no such file"):
         read_state_dict(tmp_path / "missing.pth")
@@ -165,6 +175,21 @@ def test_unreadable_files_are_named(tmp_path, monkeypatch):
     text.write_text("not a checkpoint")
     with pytest.raises(AuthorsImportError, match="notes.txt: neither a PyTorch"):
         read_state_dict(text)
+    # from a new user's trial: a folder was "no such file", a text file named .pth gave
+    # torch's "KeyError: 101", an empty one torch's own words
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.pth").write_bytes(b"\x80")
+    with pytest.raises(AuthorsImportError, match=r"run: is a directory; give the state dict file "
+                                                 r"\(.pth or .npz\), e.g. best.pth in it$"):
+        read_state_dict(tmp_path / "run")
+    (tmp_path / "hello.pth").write_text("hello\n")
+    with pytest.raises(AuthorsImportError, match=r"hello.pth: not a PyTorch file: neither "
+                                                 r"torch.save's zip archive nor a pickle \(it "
+                                                 r"starts with b'hello\\n'\)$"):
+        read_state_dict(tmp_path / "hello.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(AuthorsImportError, match=r"empty.pth: empty file \(0 bytes\)$"):
+        read_state_dict(tmp_path / "empty.pth")
     bad_npz = tmp_path / "broken.npz"
     bad_npz.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(AuthorsImportError, match="broken.npz: not a readable .npz"):
