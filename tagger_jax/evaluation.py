@@ -524,8 +524,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
         (Path(out_dir).expanduser() / BASELINE_JSON).unlink(missing_ok=True)
         paths = write_report(metrics, out_dir, extra=extra,
                              title=f"{dataset}/{split} ({mode}), {metrics['num_clips']} clips")
-        np.savez_compressed(Path(out_dir).expanduser() / PREDICTIONS_NPZ, probs=probs,
-                            labels=labels, clip_index=clip_index,
+        paths["npz"] = Path(out_dir).expanduser() / PREDICTIONS_NPZ
+        np.savez_compressed(paths["npz"], probs=probs, labels=labels, clip_index=clip_index,
                             tags=np.asarray(tags))
         if print_fn is not None:
             print_fn(format_table(metrics))

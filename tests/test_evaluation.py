@@ -528,7 +528,7 @@ def test_end_to_end_matches_direct_computation(synth_tags, tiny_variables, tmp_p
     assert not (tmp_path / "x").exists()
 
 
-def test_end_to_end_on_a_built_tfds_split(synth_tags, tiny_variables, tmp_path):
+def test_end_to_end_on_a_built_tfds_split(synth_tags, tiny_variables, tmp_path, capsys):
     """The real data path: a tiny `synthetic_tags` build, read back through TFDS and grain."""
     datasets = pytest.importorskip("tagger_jax.datasets")
     pytest.importorskip("tagger_jax.input_pipeline")
@@ -580,6 +580,28 @@ def test_end_to_end_on_a_built_tfds_split(synth_tags, tiny_variables, tmp_path):
     k = synth_tags.index(defined[0]["tag"])
     assert defined[0]["roc_auc"] == pytest.approx(
         roc_auc_score(predictions["labels"][:, k], predictions["probs"][:, k]), abs=1e-12)
+
+    # From a new user's trial: --baseline-train without --baseline was ignored, --out wrote into
+    # any folder (an unrelated checkout's metrics.json could be replaced), and the closing line
+    # did not name predictions.npz.
+    from tagger_jax import cli, errors
+
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "model"), "--builder-config", "tiny_eval",
+            "--no-progress"]
+    assert cli.main(argv + ["--baseline-train", "model"]) == errors.USAGE
+    assert "--baseline-train applies with --baseline only" in capsys.readouterr().err
+    other = tmp_path / "checkout"
+    other.mkdir()
+    (other / "README.md").write_text("someone's files")
+    assert cli.main(argv + ["--out", str(other)]) == errors.OUTPUT
+    assert (f"error: {other}: exists and holds other files than an evaluation's (e.g. "
+            "README.md)") in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["README.md"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ev.UndefinedMetricWarning)
+        assert cli.main(argv + ["--out", str(tmp_path / "new")]) == 0
+        assert f"{tmp_path / 'new' / 'predictions.npz'})" in capsys.readouterr().out
+        assert cli.main(argv + ["--out", str(tmp_path / "new")]) == 0  # an evaluation's: again
 
 
 def test_evaluate_through_the_inference_path_equals_numpy_and_sklearn(tmp_path, monkeypatch,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from pathlib import Path
 
 from tagger_jax.commands._inference_args import add_model_arguments, model_path
 
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", action="store_true",
                         help="also fit the logistic-regression baseline (tagger_jax.baseline) and "
                              "report it beside the model (see --baseline-train)")
-    parser.add_argument("--baseline-train", choices=("dataset", "model"), default="dataset",
+    parser.add_argument("--baseline-train", choices=("dataset", "model"), default=None,
                         help="where --baseline is fitted: 'dataset': the evaluated dataset's "
                              "train split (default; works for imported models whose training "
                              "data is not here); 'model': the data the model was trained on (its "
@@ -71,8 +72,22 @@ def run(args: argparse.Namespace) -> int:
     if args.num_chunks is not None and args.num_chunks < 1:
         print("error: --num-chunks must be at least 1", file=sys.stderr)
         return errors.USAGE
+    if args.baseline_train is not None and not args.baseline:
+        print("error: --baseline-train applies with --baseline only", file=sys.stderr)
+        return errors.USAGE
+    args.baseline_train = args.baseline_train or "dataset"
     if args.out is not None:  # before any work (errors.OUTPUT)
         args.out = str(outputs.check_output_dir(args.out))
+        from tagger_jax.evaluation import METRICS_JSON
+
+        out = Path(args.out)
+        others = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) \
+            if out.is_dir() else []
+        if others and not (out / METRICS_JSON).is_file():  # not an earlier evaluation's folder
+            print(f"error: {out}: exists and holds other files than an evaluation's (e.g. "
+                  f"{others[0]}); give a new or empty folder, or an earlier evaluation's",
+                  file=sys.stderr)
+            return errors.OUTPUT
     from tagger_jax import sharding
 
     sharding.maybe_initialize_distributed()  # each process evaluates its share of the clips
