@@ -49,7 +49,7 @@ def get_builder(name: str, data_dir: str | os.PathLike,
         versions = sorted(p for p in directory.glob("*") if (p / "dataset_info.json").exists()) \
             if directory.exists() else []
         if not versions:
-            raise FileNotFoundError(
+            raise NotBuiltError(
                 f"{name}: no config {builder_config!r} (known: {sorted(cls.builder_configs)}) and "
                 f"nothing built under {directory}; build it with `tagger-jax build-dataset {name} "
                 f"--config {builder_config} --set FIELD=VALUE ... --data-dir {data_dir}`")
@@ -286,7 +286,7 @@ def ensure_built(name: str, data_dir: str | os.PathLike,
     if name in SELF_CONTAINED or manual_dir:
         return build(name, data_dir, builder_config, manual_dir, num_workers)
     config = f" --config {builder.builder_config.name}" if builder.builder_config else ""
-    raise FileNotFoundError(
+    raise NotBuiltError(
         f"dataset {name}{config} is not built in {_expand(data_dir)}. Download it as described in "
         f"docs/datasets.md, then run: tagger-jax build-dataset {name}{config} "
         f"--data-dir {_expand(data_dir)} --manual-dir DIR")
@@ -303,7 +303,7 @@ def tag_names(name_or_builder: str | tfds.core.DatasetBuilder,
     else:
         builder = name_or_builder
     if not _is_prepared(builder):
-        raise FileNotFoundError(f"{builder.name}: not built in {builder.data_dir}")
+        raise NotBuiltError(f"{builder.name}: not built in {builder.data_dir}")
     metadata = builder.info.metadata or {}
     if "tags" not in metadata:
         raise ValueError(f"{builder.data_dir}: no tag names in the dataset metadata "
