@@ -372,7 +372,7 @@ def test_a_dataset_not_built_is_exit_status_6_in_every_command(model_dir, tmp_pa
     # a config made with `build-dataset --set` and not built there (it cannot be built without
     # its values) is "not built" too; it said 2 (from a new user's trial)
     rc = cli.main(["evaluate", "--checkpoint", str(model_dir), "--out", str(tmp_path / "ev"),
-                   "--dataset", "synthetic_tags", "--builder-config", "mine", "--data-dir", empty])
+                   "--dataset", "magnatagatune", "--builder-config", "mine", "--data-dir", empty])
     err = capsys.readouterr().err
     assert rc == 6 and "no config 'mine'" in err and "nothing built under" in err, err
 
