@@ -150,10 +150,10 @@ class Msd(TaggingBuilder):
                                     f"{manual_hint(self.name)}")
 
     def preflight(self, manual_dir: Path | None = None) -> None:
-        """The six split and tag files (all missing ones at once), then an audio folder, before
-        the build starts: `audio/`, or the previews' one-digit folders
-        (0-9, as `7D_id_to_path.pkl` names them) in the manual directory. Without one every
-        clip was skipped, one warning each, after the whole train split."""
+        """Before the build starts: the six split and tag files (every missing one at once),
+        then an audio folder, `audio/` or the previews' one-digit folders (0-9, as
+        `7D_id_to_path.pkl` names them) in the manual directory; without one every clip was
+        skipped, one warning each, after the whole train split."""
         if manual_dir is None:
             return
         root = Path(manual_dir)
