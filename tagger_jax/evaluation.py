@@ -512,7 +512,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
              "data_dir": str(data_dir), "mode": mode,
              "num_chunks": num_chunks if mode == "chunks" else None,
              "hop_s": hop_s if mode == "full" else None,
-             "hop": hop if mode == "full" else None, "chunk_frames": int(cfg.features.chunk_frames),
+             # the hop in steps actually used (one chunk when --hop is not given)
+             "hop": (hop or engine.geometry.chunk) if mode == "full" else None,
+             "chunk_frames": int(cfg.features.chunk_frames),
              "out_dir": str(Path(out_dir).expanduser()),
              # The data the model was trained on (its config), for `--baseline-train model`.
              "model_data": model_data, "ignored_dataset_tags": ignored}

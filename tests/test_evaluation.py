@@ -484,6 +484,12 @@ def test_end_to_end_matches_direct_computation(synth_tags, tiny_variables, tmp_p
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert full["mode"] == "full" and full["num_clips"] == 5 and full["hop"] == 128
     assert full["hop_s"] == 2.048  # --hop is in seconds: 2.048 s = 128 frames of 16 ms
+    with warnings.catch_warnings():  # without --hop: one window, recorded in steps (was null)
+        warnings.simplefilter("ignore", ev.UndefinedMetricWarning)
+        assert command.main(["--checkpoint", str(workdir / "best_model"), "--mode", "full",
+                             "--out", str(tmp_path / "full_default")]) == 0
+    default = json.loads((tmp_path / "full_default" / "metrics.json").read_text())
+    assert default["hop_s"] is None and default["hop"] == 256
     mel = source[4]["mel"].astype(np.float32)  # 448 frames: windows at 0, 128 and 192
     x = np.stack([mel[:, s:s + 256] for s in (0, 128, 192)])
     x = np.concatenate([x, np.zeros((5, 96, 256), np.float32)])
