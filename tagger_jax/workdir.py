@@ -30,7 +30,7 @@ import jax
 from tagger_jax import config_base, outputs
 
 CONFIG_FILE = "config.json"
-LOCK_FILE = "train.lock"
+LOCK_FILE = outputs.TRAIN_LOCK_NAME
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"

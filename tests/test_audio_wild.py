@@ -180,6 +180,8 @@ def test_scan_names_other_runs_lock_and_temporary_files(tmp_path):
     with outputs.exclusive(tmp_path / "tags.json", "output file"):
         (tmp_path / ".tags.json.x1y2.tmp").write_text("{")
         (tmp_path / ".notes.lock.txt").write_text("a user's own dot file")
+        (tmp_path / "train.lock").write_text("")  # a training workdir's (not hidden)
+        (tmp_path / "train.lock.holder").write_text("{}")
         files, skipped = audio.scan_inputs([tmp_path])
     assert [p.name for p in files] == ["a.wav"]
     reasons = {p.name: why for p, why in skipped}
@@ -187,6 +189,8 @@ def test_scan_names_other_runs_lock_and_temporary_files(tmp_path):
         ".tags.json.lock": "lock file of a tagger-jax run, not audio",
         ".tags.json.lock.holder": "lock holder note of a tagger-jax run, not audio",
         ".tags.json.x1y2.tmp": "temporary file of a tagger-jax run, not audio",
+        "train.lock": "lock file of a tagger-jax run, not audio",
+        "train.lock.holder": "lock holder note of a tagger-jax run, not audio",
         ".notes.lock.txt": reasons[".notes.lock.txt"]}
     assert reasons[".notes.lock.txt"].startswith("not audio (suffix .txt")
 

@@ -1179,7 +1179,8 @@ def test_a_set_config_built_with_other_values_is_not_reused(tmp_path, capfd):
     assert err.count("\n") == 0 and err.startswith("error: synthetic_tags/mini 1.0.0 in ")
     assert ("was built with {'num_train': 4, 'num_validation': 2, 'num_test': 2, 'duration_s': "
             "1.0}, but this run asks for {'num_train': 3, 'num_validation': 2, 'num_test': 2, "
-            "'duration_s': 1.0}; build into another --data-dir, or remove the old build") in err
+            "'duration_s': 1.0} (fields not named: the default config's); build into another "
+            "--data-dir, or remove the old build") in err
     assert cli.main(base + ["--set", "num_train=3"] + sets[2:] + ["--overwrite"]) == 0
 
 

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = datasets.split_sizes(builder)
     width = max([10, *map(len, sizes)])
     for split, n in sizes.items():
-        print(f"  {split:<{width}} {n:>8} clips")
+        print(f"  {split:<{width}} {n:>8} clip{'' if n == 1 else 's'}")
     tags = datasets.tag_names(builder)
     print(f"{len(tags)} tags: {', '.join(tags)}")
     noted = (builder.info.metadata or {}).get("config") or {}

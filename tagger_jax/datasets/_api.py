@@ -227,7 +227,7 @@ def _changed_fields(builder: tfds.core.DatasetBuilder, builder_config: Any) -> s
     if not recorded or not asked or fields(recorded) == fields(asked):
         return None
     return (f"built with {recorded.split(': ', 1)[-1]}, but this run asks for "
-            f"{asked.split(': ', 1)[-1]}")
+            f"{asked.split(': ', 1)[-1]} (fields not named: the default config's)")
 
 
 @contextlib.contextmanager
