@@ -1290,6 +1290,14 @@ def test_audio_folder_csv_errors_say_the_likely_fix(tmp_path):
         audio_folder.read_table(tmp_path / "dup.csv", config)
     assert str(info.value) == (f"{tmp_path / 'dup.csv'}: 2 clip(s) listed twice: 'a.wav' "
                                "(lines 2, 4); 'b.wav' (lines 3, 5); a clip may have one row")
+    # a build refused for its CSV leaves nothing in the data directory (it left the dataset's
+    # empty folders and TFDS's download folders; from a new user's check)
+    manual = tmp_path / "m"
+    manual.mkdir()
+    (manual / "tags.csv").write_bytes("path,tags\na.wav,rock\n".encode("utf-16-le"))
+    with pytest.raises(ValueError, match="holds NUL bytes"):
+        datasets.build("audio_folder", tmp_path / "d", config, manual_dir=manual)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [".tagger-jax.lock"]
 
 
 def test_audio_folder_zero_fraction_tags_only_outside_train_and_split_names(tmp_path, capfd):

@@ -318,6 +318,13 @@ class AudioFolder(TaggingBuilder):
             return None
         return f"built from {_describe(recorded)}, but this run asks for {_describe(current)}"
 
+    def preflight(self, manual_dir: Path | None = None) -> None:
+        """The CSV found and read (`read_table`'s every check) before the build starts: a CSV
+        it refuses leaves no folder behind (it left the dataset's empty folders and TFDS's
+        download folders)."""
+        if manual_dir is not None:
+            read_table(_find_csv(Path(manual_dir), self.builder_config.csv), self.builder_config)
+
     def _split_generators(self, dl_manager):
         config = self.builder_config
         root = Path(dl_manager.manual_dir)
