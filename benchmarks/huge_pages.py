@@ -150,7 +150,8 @@ def main(argv=None) -> int:
         return 0
     from tagger_jax.huge_pages import thp_mode
 
-    print(f"{cpu_name()}, {os.cpu_count()} cores, {platform.libc_ver()[0]} {platform.libc_ver()[1]}, "
+    print(f"{cpu_name()}, {os.cpu_count()} cores, "
+          f"{platform.libc_ver()[0]} {platform.libc_ver()[1]}, "
           f"transparent huge pages: {thp_mode()}, load {os.getloadavg()}")
     if args.loop:
         print(f"main job's training loop (train.py, configs/soundfont_cpu.py), {args.loop} "

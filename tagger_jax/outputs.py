@@ -182,8 +182,8 @@ def run_file_kind(name: str) -> str | None:
     """What a file named `name` is, if a tagger-jax run made it as bookkeeping beside an output
     (not a result): "lock file" (`.NAME.lock`, `.tagger-jax.lock`, a workdir's `train.lock`),
     "lock holder note" (`...lock.holder`) or "temporary file" (`.NAME.*.tmp`, an atomic write
-    in progress or interrupted); else None. Directory searches report these as such rather than as "not
-    audio" (`audio.scan_inputs`)."""
+    in progress or interrupted); else None. Directory searches report these as such rather
+    than as "not audio" (`audio.scan_inputs`)."""
     if name in (TRAIN_LOCK_NAME, TRAIN_LOCK_NAME + HOLDER_SUFFIX):
         return "lock file" if name == TRAIN_LOCK_NAME else "lock holder note"
     if not name.startswith("."):
