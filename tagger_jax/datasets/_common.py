@@ -442,6 +442,16 @@ def near_misses(root: Path, names: Sequence[str], limit: int = 3) -> list[Path]:
     return found
 
 
+def check_audio_folder(root: Path, top_folders: Sequence[str], layout: str, name: str) -> None:
+    """A FileNotFoundError unless the manual directory `root` holds its audio: `audio/`, or one of
+    `top_folders` (the lists' first path components) directly in it. `layout` says where the
+    files go, for the message. Without this check (mtg_jamendo, msd) every clip was skipped, one
+    warning each, after the whole train split."""
+    if (root / "audio").is_dir() or any((root / f).is_dir() for f in top_folders):
+        return
+    raise FileNotFoundError(f"{root}: no audio folder: {layout}. {manual_hint(name)}")
+
+
 def manual_hint(name: str) -> str:
     """Where the download steps of builder `name` are written (for the end of an error)."""
     return (f"Download steps: docs/datasets.md, or the docstring of "

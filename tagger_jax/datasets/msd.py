@@ -33,7 +33,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tagger_jax import errors
-from tagger_jax.datasets._common import TaggingBuilder, TaggingConfig, manual_hint, utf8_error
+from tagger_jax.datasets._common import (TaggingBuilder, TaggingConfig, check_audio_folder,
+                                         manual_hint, utf8_error)
 
 NUM_TRAIN = 201680
 FILES = {
@@ -158,12 +159,9 @@ class Msd(TaggingBuilder):
             return
         root = Path(manual_dir)
         self._check_files(root)
-        if (root / "audio").is_dir() or any((root / str(d)).is_dir() for d in range(10)):
-            return
-        raise FileNotFoundError(
-            f"{root}: no audio folder: the 7digital previews go in audio/0/ ... audio/9/ (the "
-            f"paths of {FILES['7d_to_path']}, e.g. 8/9/8947470.clip.mp3). "
-            f"{manual_hint(self.name)}")
+        check_audio_folder(root, [str(d) for d in range(10)],
+                           f"the 7digital previews go in audio/0/ ... audio/9/ (the paths of "
+                           f"{FILES['7d_to_path']}, e.g. 8/9/8947470.clip.mp3)", self.name)
 
     def _split_generators(self, dl_manager):
         root = Path(dl_manager.manual_dir)

@@ -33,8 +33,9 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from tagger_jax import errors
-from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig, find_file,
-                                         manual_hint, multi_hot, near_misses, utf8_error)
+from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig,
+                                         check_audio_folder, manual_hint, multi_hot, near_misses,
+                                         utf8_error)
 
 SUBSET = "autotagging_top50tags"
 NUM_SPLITS = 5  # the official splits split-0 ... split-4
@@ -99,17 +100,6 @@ def find_audio(root: Path, rel: str) -> Path | None:
     return None
 
 
-def check_audio_folder(root: Path) -> None:
-    """A FileNotFoundError unless `root` holds the audio: `audio/`, or the TSVs' two-digit
-    folders (00-99) directly in it."""
-    if (root / "audio").is_dir() or any((root / f"{n:02d}").is_dir() for n in range(100)):
-        return
-    raise FileNotFoundError(
-        f"{root}: no audio folder: the tracks go in audio/00/ ... audio/99/ (the TSVs' PATH "
-        f"column, e.g. 14/214.mp3), from the repository's download script. "
-        f"{manual_hint('mtg_jamendo')}")
-
-
 def check_unique(tracks: dict[str, list[Track]], files: dict[str, Path], shown: int = 5) -> None:
     """A ValueError naming the first `shown` track ids listed more than once, in one split file
     or in two (the published splits list each track once: such files were edited or joined)."""
@@ -157,11 +147,13 @@ class MtgJamendo(TaggingBuilder):
     def preflight(self, manual_dir: Path | None = None) -> None:
         """Before the build starts: the config's three split files, all missing ones named at
         once (`split_files`), each track listed once (`check_unique`), and an audio folder
-        (`check_audio_folder`: without one every track was skipped, one warning each, after the
-        whole train split)."""
+        (`_common.check_audio_folder`)."""
         if manual_dir is not None:
             self.tracks(Path(manual_dir))
-            check_audio_folder(Path(manual_dir))
+            check_audio_folder(Path(manual_dir), [f"{n:02d}" for n in range(100)],
+                               "the tracks go in audio/00/ ... audio/99/ (the TSVs' PATH column, "
+                               "e.g. 14/214.mp3), from the repository's download script",
+                               self.name)
 
     def tracks(self, root: Path) -> tuple[dict[str, Path], dict[str, list[Track]]]:
         """(split -> TSV, split -> its tracks), every track listed once (`check_unique`)."""
@@ -174,19 +166,13 @@ class MtgJamendo(TaggingBuilder):
         """split -> its TSV; a FileNotFoundError naming every missing one, near misses and the
         download steps."""
         data = find_data_dir(root)
-        k = self.builder_config.split
-        folder = data / "splits" / f"split-{k}"
-        files, missing = {}, []
-        for s in SPLITS:
-            try:
-                files[s] = find_file(folder, [f"{SUBSET}-{s}.tsv"], f"{SUBSET} split {k} ({s})")
-            except FileNotFoundError:
-                missing.append(f"{SUBSET}-{s}.tsv")
+        folder = data / "splits" / f"split-{self.builder_config.split}"
+        files = {s: folder / f"{SUBSET}-{s}.tsv" for s in SPLITS}
+        missing = [f.name for f in files.values() if not f.exists()]
         if missing:
             near = near_misses(folder if folder.is_dir() else data / "splits", missing)
             near += sorted(p for p in folder.glob(f"{SUBSET}-*")  # `-valid.tsv`, `-test.tsv.txt`
-                           if p.name not in {f"{SUBSET}-{s}.tsv" for s in SPLITS}
-                           and p not in near)
+                           if p not in files.values() and p not in near)
             found = f" Found {', '.join(map(str, near))}: rename or move it there?" if near else ""
             raise FileNotFoundError(f"{folder}: missing {', '.join(missing)}.{found} "
                                     f"{manual_hint(self.name)}")
