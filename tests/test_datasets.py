@@ -1077,6 +1077,32 @@ def test_a_split_whose_every_clip_is_skipped_names_dataset_split_and_reasons(tmp
     assert "No examples were yielded" not in err
 
 
+def test_live_skip_warnings_stop_after_twenty_a_split_and_the_summary_counts_all(tmp_path,
+                                                                                  capfd):
+    """A build with thousands of missing files must not scroll one warning per file: 20 a split
+    as it goes, one line saying the rest are counted, and every one in the summary's count and in
+    skipped_files.tsv."""
+    from tagger_jax import cli
+    from tagger_jax.datasets import _common
+
+    manual = _small_folder(tmp_path / "m", ("rock", "jazz", "rock"))
+    with open(manual / "tags.csv", "a") as f:
+        f.write("".join(f"gone{k}.wav,rock,train\n" for k in range(23)))
+        f.write("gone_test.wav,rock,test\n")
+    rc = cli.main(["build-dataset", "audio_folder", "--data-dir", str(tmp_path / "d"),
+                   "--manual-dir", str(manual), "--num-workers", "1"])
+    out, err = capfd.readouterr()
+    assert rc == 0
+    shown = [x for x in err.splitlines() if "warning: audio_folder/train: skipped" in x]
+    assert len(shown) == _common.SKIP_WARNINGS_SHOWN == 20
+    assert shown[0].endswith(f"{manual / 'gone0.wav'}: file not found")
+    assert err.count("further skipped files of this split are counted, not shown") == 1
+    assert "warning: audio_folder/test: skipped" in err  # counted per split
+    assert "24 files skipped (listed in " in out
+    report = (tmp_path / "d" / "audio_folder" / "default" / "1.0.0" / "skipped_files.tsv")
+    assert len(report.read_text().splitlines()) == 1 + 24
+
+
 def test_msd_num_train_that_leaves_no_validation_clips_is_refused(msd_dir, tmp_path):
     from tagger_jax import errors
 

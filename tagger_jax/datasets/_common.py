@@ -30,6 +30,7 @@ SPLITS = ("train", "validation", "test")
 # The authors' feature settings: every stored "mel" is computed with exactly these.
 FEATURES = FeatureParams()
 REPORT_FILE = "skipped_files.tsv"
+SKIP_WARNINGS_SHOWN = 20  # per split, as the build goes; the rest are in the summary
 WARNINGS_FILE = "audio_warnings.tsv"
 TAGS_FILE = "tags.txt"
 
@@ -254,7 +255,13 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
         meta["num_skipped"][split] += 1
         from tqdm.auto import tqdm
 
-        tqdm.write(f"warning: {self.name}/{split}: skipped {error}", file=sys.stderr)
+        n = meta["num_skipped"][split]
+        if n <= SKIP_WARNINGS_SHOWN:
+            tqdm.write(f"warning: {self.name}/{split}: skipped {error}", file=sys.stderr)
+        if n == SKIP_WARNINGS_SHOWN:
+            tqdm.write(f"warning: {self.name}/{split}: further skipped files of this split are "
+                       f"counted, not shown; the build's summary and {REPORT_FILE} list them all",
+                       file=sys.stderr)
 
     def _warn(self, split: str, clip_id: str, path: str, notes: dict[str, str]) -> None:
         """Records a kept clip's audio degradations ({code: message}) in the metadata."""
