@@ -213,6 +213,20 @@ def restore_latest(mngr: ocp.CheckpointManager, target: TrainState, data_iter: A
     return None
 
 
+def prune(mngr: ocp.CheckpointManager, keep: int) -> list[int]:
+    """Deletes all but the newest `keep` checkpoints of `mngr`; returns the steps deleted, oldest
+    first. The manager prunes only when it saves, so a run resumed (or found complete) with a
+    lower `train.keep_checkpoints` than it was written with would otherwise keep the extra steps
+    until its next save, or forever if it saves no more. Call it on every process."""
+    excess = sorted(mngr.all_steps())[:-keep] if keep > 0 else []
+    for step in excess:
+        mngr.delete(step)
+    if excess:
+        barrier("pruned_checkpoints")
+        mngr.reload()
+    return excess
+
+
 def _move_aside(directory: Path, step: int) -> Path:
     target = directory.with_name(directory.name + BROKEN_SUFFIX) / f"{step}-{int(time.time())}"
     if jax.process_index() == 0:

@@ -235,6 +235,11 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
             if best.latest_step() is not None:  # heal an export interrupted by a crash
                 checkpointing.export_model(workdir, checkpointing.reload_best(best, state),
                                            config, data.tag_names)
+            pruned = checkpointing.prune(latest, int(t.keep_checkpoints))
+            if pruned:
+                progress.say(f"{workdir}: deleted checkpoint{'' if len(pruned) == 1 else 's'} "
+                             f"{', '.join(map(str, pruned))}: train.keep_checkpoints is "
+                             f"{int(t.keep_checkpoints)}")
         step = int(sharding.to_host(state.step))
         phase = schedule.phase
         stopped = phase >= num_phases

@@ -574,6 +574,29 @@ def test_rerun_reuses_test_results_and_says_so(tmp_path, finished_run, capsys):
     assert not third["test_reused"]
 
 
+def test_lower_keep_checkpoints_on_a_rerun_deletes_the_oldest_and_says_so(tmp_path,
+                                                                          finished_run, capsys):
+    """The checkpoint manager prunes only when it saves: a finished run rerun with a lower
+    train.keep_checkpoints (to free disk) kept every checkpoint. Now the oldest go at once."""
+    import shutil
+
+    config, done, _ = finished_run
+    workdir = tmp_path / "w"
+    shutil.copytree(done, workdir)
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
+    assert steps == [9, 12]  # keep_checkpoints 2 (every 3 steps, 12 in all)
+    fewer = tiny_config(keep_checkpoints=1)
+    capsys.readouterr()
+    result = train_lib.train_and_evaluate(fewer, workdir, toy_data(fewer))
+    out = capsys.readouterr().out
+    assert f"{workdir}: deleted checkpoint 9: train.keep_checkpoints is 1" in out
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["12"]
+    assert result["step"] == 12
+    capsys.readouterr()
+    train_lib.train_and_evaluate(fewer, workdir, toy_data(fewer))  # nothing more to delete
+    assert "deleted checkpoint" not in capsys.readouterr().out
+
+
 def test_extra_test_splits_and_baseline_are_reported_and_reused(tmp_path, finished_run, capsys):
     """data.extra_test_splits are tested into WORKDIR/test/<split>/; train.test_baseline scores
     the baseline fitted on the train split beside each; both are reused on a rerun with the same
