@@ -346,8 +346,12 @@ def _read_soundfile(p: Path, f, mpeg: bool, problems: list[str]) -> Decoded:
 
 
 _FD2_LOCK = threading.Lock()
-# What libmpg123 writes on its own (its notes, warnings and "[src/libmpg123/...]" errors).
-_MPG123_LINE = re.compile(r"^(Note|Warning|Error|error): |^\[src/libmpg123/|mpg123", re.I)
+# What libmpg123 writes on its own: its capitalised notes and warnings ("Note: Illegal
+# Audio-MPEG-Header ...", "Warning: Xing stream size off ...") and its "[src/libmpg123/...]"
+# messages. Case matters: this program's own lines on fd 2 ("warning: PATH: ...", "error: ...",
+# "tagger-jax: ...", another thread's, written while a block below holds fd 2) are not the
+# decoder's, and are written back, never recorded as the file's damage.
+_MPG123_LINE = re.compile(r"^(Note|Warning|Error): |^\[[^\]]*libmpg123/")
 
 
 @contextlib.contextmanager

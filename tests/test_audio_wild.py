@@ -307,6 +307,27 @@ def test_mpg123_notes_become_the_damaged_data_warning_not_terminal_lines(tmp_pat
     assert clean == {}
 
 
+def test_other_lines_written_to_fd2_while_an_mp3_decodes_are_not_its_damage(capfd):
+    """From a new user's trial: while one thread decoded an mp3 (fd 2 captured for libmpg123's
+    notes), another thread's `warning: OTHER: ...` lines matched the decoder's pattern
+    case-insensitively: they were filed as the mp3's damaged data (in the outputs) and never
+    reached the terminal. Only libmpg123's own forms are the decoder's."""
+    ours = ["warning: in/b.wav: silence (peak -inf dBFS)",
+            "error: in/c.flac: cannot decode audio",
+            "warning: in/d.mp3: the decoder reported damaged data (mpg123: Note: x)",
+            "tagger-jax: waiting for another process"]
+    theirs = ["Note: Illegal Audio-MPEG-Header 0x00000000 at offset 1234.",
+              "Warning: Xing stream size off by more than 1%, fuzzy seeking may be even more "
+              "fuzzy than by design!",
+              "[src/libmpg123/layer3.c:INT123_do_layer3():1804] error: part2_3_length too large"]
+    into: list[str] = []
+    with audio._mpg123_messages(into):
+        os.write(2, "".join(f"{line}\n" for line in ours + theirs).encode())
+    err = capfd.readouterr().err
+    assert into == [f"mpg123: {line}" for line in theirs]
+    assert err.splitlines() == ours
+
+
 def test_a_fifo_named_as_an_input_is_not_called_empty(tmp_path):
     """From a new user's trial: a FIFO named on the command line was "empty file (0 bytes)"."""
     fifo = tmp_path / "pipe.wav"
