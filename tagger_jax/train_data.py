@@ -91,6 +91,35 @@ def _augmentation(d: Any, tags) -> dict:
             "mix_tags": np.array([t not in exclude for t in tags])}
 
 
+def check_dataset_fits(builder: Any, kind: str, features: Any, architecture: str) -> None:
+    """Raises `errors.ConfigError` when the built dataset cannot feed this model as configured.
+
+    `kind` is the architecture's `dataset_feature`: "audio" needs a build that stores waveforms
+    (`--set waveform=true`). A "mel" model is trained on the stored log-mels as they are, so
+    its `config.features` must equal the settings they were computed with (the build's metadata
+    "features"; `evaluation.feature_mismatches`): the exported model computes its input from
+    audio with `config.features`, and a model trained on other settings than those it would
+    then tag with (another hop, scale or band count) gives wrong tags without an error."""
+    from tagger_jax import evaluation
+    from tagger_jax.errors import ConfigError
+
+    name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
+    if kind not in builder.info.features:
+        raise ConfigError(f"model.architecture {architecture!r} reads the {kind!r} feature, "
+                          f"which {name} does not store (set data.builder_config to one built "
+                          "with waveforms: the 'waveform' configs, or --set waveform=true; "
+                          "docs/datasets.md)")
+    if kind != "mel":
+        return
+    differ = evaluation.feature_mismatches(
+        dict((builder.info.metadata or {}).get("features") or {}), features)
+    if differ:
+        raise ConfigError(f"config.features differ from the log-mel settings {name} was built "
+                          f"with ({'; '.join(differ)}): the model would train on the stored "
+                          "features and tag with other ones; keep the dataset's settings, or "
+                          "build the dataset with yours")
+
+
 def load_data(config: Any) -> TrainData:
     """Builds (if needed) and opens the configured dataset and its input pipelines."""
     from tagger_jax import datasets, input_pipeline  # the data stack, imported only to train
@@ -103,9 +132,10 @@ def load_data(config: Any) -> TrainData:
         num_workers=d.build_workers or None,
         splits=[d.train_split, d.eval_split]
         + ([d.test_split, *d.extra_test_splits] if testing else []))
+    kind = get_architecture(config.model).dataset_feature  # "mel" or "audio"
+    check_dataset_fits(builder, kind, f, config.model.architecture)
     train_source, tags = datasets.load_split(d.name, d.train_split, d.data_dir,
                                              builder_config=builder_config)
-    kind = get_architecture(config.model).dataset_feature  # "mel" or "audio"
     loader = input_pipeline.train_loader(
         train_source, global_batch_size=t.batch_size, seed=t.seed, crop_frames=f.chunk_frames,
         input_kind=kind, num_epochs=t.num_epochs, process_index=jax.process_index(),

@@ -30,12 +30,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tagger_jax import checkpointing, inference, optimizers, sharding, validation
+from tagger_jax import checkpointing, inference, optimizers, outputs, sharding, validation
 from tagger_jax import workdir as wd
 from tagger_jax.checkpointing import CorruptCheckpointError, read_checkpoint  # noqa: F401
 from tagger_jax.metric_writer import MetricWriter
 from tagger_jax.errors import ConfigError, DataError
 from tagger_jax.models import build_model, check_model_config, get_architecture, input_shape
+from tagger_jax.models.transformer import PositionsError
 from tagger_jax.preemption import Preemption
 from tagger_jax.progress import Progress
 from tagger_jax.train_data import TestSplit, TrainData, load_data
@@ -171,6 +172,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike,
     except ValueError as e:  # errors.ConfigError
         raise ConfigError(f"train.batch_size: {e}") from None
     workdir = Path(workdir).expanduser().absolute()
+    outputs.check_output_dir(workdir)  # a file, under a file, unwritable: errors.OutputError
     config = wd.with_absolute_data_paths(config)  # stored so: found from any directory
     with wd.lock(workdir):
         preemption = Preemption()
@@ -204,8 +206,12 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
 
     model = build_model(config.model, num_tags=len(data.tag_names))
     tx, num_phases = optimizers.make_optimizer(t, total_steps)
-    state = init_train_state(model, tx, input_shape(config.model, config.features.chunk_frames),
-                             seed=int(t.seed), prng_impl=t.prng_impl, mesh=mesh)
+    try:
+        state = init_train_state(model, tx, input_shape(config.model,
+                                                        config.features.chunk_frames),
+                                 seed=int(t.seed), prng_impl=t.prng_impl, mesh=mesh)
+    except PositionsError as e:
+        raise ConfigError(f"model.max_positions / features.chunk_frames: {e}") from None
     train_step = make_train_step(model, tx, prng_impl=t.prng_impl, mesh=mesh,
                                  frame_loss_weight=loss_weight)
     evaluate_split = validation.make_evaluate(model, config, mesh, data.tag_names)

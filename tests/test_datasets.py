@@ -805,6 +805,34 @@ def test_synthetic_segments_build_matches_generator_and_rebuilds_identically(tmp
         _records(tmp_path / "b", "synthetic_tags", "tiny_segments")
 
 
+def test_training_refuses_features_or_an_input_kind_the_build_cannot_feed(tmp_path):
+    """From a new user's trial: `--set features.hop_length=512` trained on the stored log-mels
+    (hop 256) without a word, and the exported model then tagged audio with hop 512 (wrong
+    tags, exit 0); `model.architecture=lee_won` on a build without waveforms was an unexpected
+    KeyError (exit 70). Both are config errors (exit 2) naming the fields and the build."""
+    from tagger_jax import errors
+    from tagger_jax.config_base import base_config
+    from tagger_jax.train_data import check_dataset_fits
+
+    b = datasets.ensure_built("synthetic_tags", tmp_path, SyntheticConfig(name="tiny", **TINY),
+                              num_workers=1)
+    features = base_config().features
+    check_dataset_fits(b, "mel", features, "pons_won")  # the build's own settings: fine
+    features.chunk_frames = 64  # how the model reads the records: not the build's business
+    check_dataset_fits(b, "mel", features, "pons_won")
+    features.hop_length, features.log_scale = 512, "power_to_db"
+    with pytest.raises(errors.ConfigError) as info:
+        check_dataset_fits(b, "mel", features, "pons_won")
+    assert str(info.value).startswith(
+        "config.features differ from the log-mel settings synthetic_tags/tiny was built with "
+        "(hop_length: dataset 256, model 512; log_scale: dataset 'amplitude_to_db', model "
+        "'power_to_db'): ")
+    assert errors.exit_status(info.value) == errors.USAGE
+    with pytest.raises(errors.ConfigError, match=r"^model.architecture 'lee_won' reads the "
+                       r"'audio' feature, which synthetic_tags/tiny does not store"):
+        check_dataset_fits(b, "audio", base_config().features, "lee_won")
+
+
 def test_ensure_built_builds_synthetic_once(tmp_path, caplog, capsys):
     """Built on first use; the second call reuses the build and says so on stdout."""
     config = SyntheticConfig(name="tiny", waveform=True, **TINY)

@@ -444,3 +444,67 @@ def test_non_names_in_data_fields_are_config_errors(tmp_path):
     for name in ("synthetic tags", ""):
         with pytest.raises(errors.ConfigError, match=f"unknown dataset {name!r}; choose one of"):
             datasets.get_builder(name, tmp_path)
+
+
+def test_a_config_files_wrong_type_is_one_line_with_its_line_number(tmp_path, capsys):
+    """From a new user's trial: `c.train.batch_size = "8"` printed ml_collections' 14-line
+    traceback after "error:"; now the file's line and the exception."""
+    from tagger_jax import cli
+
+    path = tmp_path / "mine.py"
+    path.write_text("from tagger_jax.config_base import base_config\n\n\ndef get_config():\n"
+                    "    c = base_config()\n    c.train.batch_size = '8'\n    return c\n")
+    assert cli.main(["train", "--config", str(path), "--workdir", str(tmp_path / "w")]) == 2
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert line.startswith(f"error: config {path}:6: TypeError: Could not override field "
+                           "'batch_size'"), line
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_misspelt_field_in_a_config_file_is_named_with_the_field_meant(tmp_path, capsys):
+    """From a new user's trial: `c.train.num_epoch = 2` made a new field; the run trained the
+    inherited 16 epochs, rc 0, without a word. Fields under a section that is None in the base
+    config (data.augment) are the file's own; the shipped configs have no stray field."""
+    from tagger_jax.commands.train import load_config
+
+    path = tmp_path / "mine.py"
+    path.write_text("from tagger_jax.config_base import base_config\n\n\ndef get_config():\n"
+                    "    c = base_config()\n    c.train.num_epoch = 2\n    c.model.zzz = 1\n"
+                    "    return c\n")
+    config = load_config(str(path))
+    assert config.train.num_epochs == config_base.base_config().train.num_epochs
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: config {path}: model.zzz is not a field of config_base.py and nothing in "
+        "tagger-jax reads it; `tagger-jax train --list-config` lists every field",
+        f"warning: config {path}: train.num_epoch is not a field of config_base.py and nothing "
+        "in tagger-jax reads it (did you mean train.num_epochs?); `tagger-jax train "
+        "--list-config` lists every field"]
+    for shipped in sorted((ROOT / "configs").glob("*.py")):
+        load_config(str(shipped))
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_a_workdir_that_is_a_file_or_under_one_is_an_output_error(tmp_path, where):
+    """From a new user's trial: unexpected FileExistsError / NotADirectoryError, exit 70."""
+    from tagger_jax import errors, outputs
+
+    (tmp_path / "afile").write_text("x")
+    target = tmp_path / "afile" if where == "file" else tmp_path / "afile" / "sub"
+    config = tiny_config()
+    with pytest.raises(outputs.OutputError) as info:
+        train_lib.train_and_evaluate(config, target, toy_data(config))
+    assert str(target) in str(info.value)
+    assert errors.exit_status(info.value) == errors.OUTPUT
+
+
+def test_chunks_longer_than_the_learned_positions_are_a_config_error(tmp_path):
+    """From a new user's trial: `--set model.max_positions=10` was an unexpected ValueError
+    from inside the model (exit 70); it is a config error naming both fields (exit 2)."""
+    from tagger_jax import errors
+
+    config = tiny_config()
+    config.model.positions, config.model.max_positions = "learned", 3
+    with pytest.raises(errors.ConfigError, match=r"^model.max_positions / features.chunk_frames: "
+                       r"sequence of \d+ steps \+ \[CLS\] exceeds the 3 learned positions"):
+        train_lib.train_and_evaluate(config, tmp_path / "w", toy_data(config))

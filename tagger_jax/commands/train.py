@@ -13,6 +13,7 @@ Running the same command in the same workdir resumes; see docs/training.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,6 +51,51 @@ def _field_names(config: Any, prefix: str = "") -> set[str]:
         else:
             names.add(f"{prefix}{key}")
     return names
+
+
+def _config_file_error(path: str, error: Exception) -> str:
+    """One line for a config file that failed to load. ml_collections wraps an exception raised
+    inside get_config() (e.g. its own TypeError for `c.train.batch_size = "8"`) in a message
+    holding the whole traceback: the line is then the file's line number and the exception's
+    last line."""
+    import re
+
+    text = str(error) or type(error).__name__
+    if "Traceback (most recent call last)" in text:
+        last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+        mine = os.path.realpath(os.path.expanduser(path))
+        lines = [n for f, n in re.findall(r'File "([^"]+)", line (\d+)', text)
+                 if os.path.realpath(f) == mine]
+        return f"config {path}" + (f":{lines[-1]}" if lines else "") + f": {last}"
+    if "get_config" in text:
+        return (f"config {path}: {text} (a config file defines get_config() returning an "
+                "ml_collections.ConfigDict)")
+    return f"config {path}: {type(error).__name__}: {text}"
+
+
+def undefined_fields(config: Any) -> list[str]:
+    """One line per field of `config` that config_base.py does not define (nothing in tagger-jax
+    reads it): a config file's misspelt `c.train.num_epoch = 2` is a new field, and the run
+    would train the inherited num_epochs without a word. Fields under one that is None in the
+    base config (data.augment) are the file's to define. Not an error: code of one's own may
+    read fields of its own."""
+    import difflib
+
+    from tagger_jax import config_base
+
+    base = config_base.base_config()
+    known = _field_names(base)
+    lines = []
+    for name in sorted(_field_names(config) - known):
+        parts = name.split(".")
+        if any(_lookup(base, ".".join(parts[:end])) == (True, None)
+               for end in range(1, len(parts))):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        lines.append(f"{name} is not a field of config_base.py and nothing in tagger-jax reads "
+                     "it" + (f" (did you mean {close[0]}?)" if close else "")
+                     + "; `tagger-jax train --list-config` lists every field")
+    return lines
 
 
 def _as_tuple(config: Any, item: str) -> str:
@@ -138,13 +184,13 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Any:
     try:
         plain = parse(argv)  # the file alone: its own errors name it
     except Exception as e:  # noqa: BLE001 - a config file may raise anything; say which file
-        text = str(e) or type(e).__name__
-        raise ValueError(f"config {path}: {type(e).__name__}: {text}" if "get_config" not in text
-                         else f"config {path}: {text} (a config file defines get_config() "
-                         "returning an ml_collections.ConfigDict)") from None
+        raise ValueError(_config_file_error(path, e)) from None
     if not hasattr(plain, "model"):
         raise ValueError(f"config {path}: get_config() returned a {type(plain).__name__}, not "
                          "a ConfigDict with the sections of config_base.py")
+    if not (expanded.is_dir() or expanded.suffix == ".json"):
+        for line in undefined_fields(plain):
+            print(f"warning: config {path}: {line}", file=sys.stderr)
     overrides = [_as_tuple(plain, item) for item in overrides]
     if keys:
         fields = _field_names(plain)

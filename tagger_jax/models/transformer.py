@@ -29,6 +29,10 @@ LAYER_NORM_EPS = 1e-12
 _bert_init = nn.initializers.normal(stddev=0.02)
 
 
+class PositionsError(ValueError):
+    """A chunk longer than the learned position table (`max_positions`) allows."""
+
+
 def fixed_cls_vector(channels: int) -> np.ndarray:
     """The authors' [CLS] vector: `numpy.random.seed(0); numpy.random.random((1, channels))`.
 
@@ -73,8 +77,9 @@ class Embedding(nn.Module):
         if self.positions != "learned":
             raise ValueError(f"positions must be 'sinusoidal' or 'learned', got {self.positions!r}")
         if length > self.max_positions:
-            raise ValueError(f"sequence of {steps} steps + [CLS] exceeds the {self.max_positions} "
-                             "learned positions; use shorter chunks or a larger max_positions")
+            raise PositionsError(f"sequence of {steps} steps + [CLS] exceeds the "
+                                 f"{self.max_positions} learned positions; use shorter chunks or "
+                                 "a larger max_positions")
         table = self.param("position_embeddings", _bert_init, (self.max_positions, channels))
         x = x + table[:length].astype(seq.dtype)
         x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name="layer_norm")(x)
