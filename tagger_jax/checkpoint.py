@@ -181,14 +181,13 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise CheckpointError(f"{directory}: classifier has {num_tags} outputs but "
                               f"{METADATA_FILE} lists {len(tags)} tags")
     _check_shapes(directory, model, config, variables)
+    _check_finite(directory, variables)
     variables = jax.tree.map(jax.numpy.asarray, variables)
     return LoadedModel(model, dict(variables), config, tags, directory)
 
 
 def _shape_tree(tree: Any) -> dict[str, tuple[int, ...]]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
-            for path, leaf in flat}
+    return {k: tuple(np.shape(leaf)) for k, leaf in _leaves(tree).items()}
 
 
 def _check_shapes(directory: Path, model: nn.Module, config: ml_collections.ConfigDict,
@@ -212,6 +211,28 @@ def _check_shapes(directory: Path, model: nn.Module, config: ml_collections.Conf
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise CheckpointError(f"{directory}: {METADATA_FILE} config does not match the stored "
                               f"weights: {'; '.join(problems[:3])}{more}")
+
+
+def _check_finite(directory: Path, variables: Any) -> None:
+    """Raises CheckpointError if a stored float is NaN or infinite: bytes damaged on disk still
+    restore (the array files carry no checksum the reader checks), and the model then tags every
+    input NaN with exit status 0. A trained model never holds one (training stops on a
+    non-finite loss)."""
+    bad = {k: int(np.size(v) - np.count_nonzero(np.isfinite(v)))
+           for k, v in _leaves(variables).items()
+           if np.issubdtype(np.asarray(v).dtype, np.floating)}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        names = ", ".join(f"{k} ({n})" for k, n in list(bad.items())[:3])
+        more = f" and {len(bad) - 3} more arrays" if len(bad) > 3 else ""
+        raise CheckpointError(f"{directory}: {sum(bad.values())} stored weights are NaN or "
+                              f"infinite, in {names}{more}: the files under {VARIABLES_DIR}/ are "
+                              "damaged; export or copy the model again")
+
+
+def _leaves(tree: Any) -> dict[str, Any]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in flat}
 
 
 def _num_tags(variables: Any) -> int | None:

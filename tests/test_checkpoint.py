@@ -104,3 +104,35 @@ def test_a_config_written_before_fields_existed_loads_with_the_base_defaults(mod
     partial = {"conv_channels": 2, "attention_channels": 16, "attention_heads": 2,
                "intermediate": 32}
     assert build_model(partial, 3) == build_model(dict(loaded.config.model), 3)
+
+
+def test_non_finite_stored_weights_are_refused_not_tagged_nan(tmp_path, capsys):
+    """From a new user's trial: random bytes written over the weight files still restored, and
+    `tag` printed `guitar nan, ...` with exit 0. NaN or inf in the stored arrays is a model
+    error (exit 3) naming the directory and the arrays."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from model_helpers import base_config, build_model
+
+    config = base_config()
+    config.model.update(conv_channels=2, attention_channels=16, attention_heads=2,
+                        intermediate=32)
+    config.features.chunk_frames = 64
+    variables = build_model(config.model, len(TAGS)).init(jax.random.key(0),
+                                                          jnp.zeros((1, 96, 64)))
+    bias = np.array(variables["params"]["classifier"]["bias"])
+    bias[1], bias[2] = np.nan, np.inf
+    variables["params"]["classifier"]["bias"] = jnp.asarray(bias)
+    d = checkpoint.save_model(tmp_path / "damaged", variables, config, TAGS)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_model(d)
+    assert str(e.value) == (f"{d}: 2 stored weights are NaN or infinite, in "
+                            "params/classifier/bias (2): the files under variables/ are "
+                            "damaged; export or copy the model again")
+    np.save(tmp_path / "x.npy", np.zeros((96, 64), np.float32))
+    assert cli.main(["tag", "--checkpoint", str(d), "--quiet", str(tmp_path / "x.npy")]) \
+        == errors.MODEL
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {d}: 2 stored weights are NaN or infinite")
