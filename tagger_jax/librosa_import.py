@@ -34,6 +34,7 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Optional
@@ -128,6 +129,20 @@ def import_librosa(directory: Optional[Path] = None) -> ModuleType:
     too."""
     if all(name in sys.modules for name in ("librosa",) + GUFUNC_MODULES):
         return sys.modules["librosa"]  # compiled or loaded in this process already
+    with _THREAD_LOCK:  # one thread of this process imports; the others find it done
+        if all(name in sys.modules for name in ("librosa",) + GUFUNC_MODULES):
+            return sys.modules["librosa"]
+        return _import_once(directory)
+
+
+# The file lock is between processes: threads of one process each opening it would wait on one
+# another as if on another process ("waiting for another process ...", once per thread), and
+# import numba and librosa concurrently, which fails half-way ("module 'numba' has no attribute
+# 'core'", seen by a new user as failures of half the files of a first `tag` run).
+_THREAD_LOCK = threading.Lock()
+
+
+def _import_once(directory: Optional[Path]) -> ModuleType:
     directory = directory or numba_cache_dir()
     if directory is None:  # numba writes no cache: nothing to corrupt
         return _import_gufunc_modules()

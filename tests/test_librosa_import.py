@@ -134,3 +134,34 @@ def test_the_listed_modules_hold_numba_gufuncs(name):
 
     module = importlib.import_module(name)
     assert any(isinstance(v, GUFunc) for v in vars(module).values()), name
+
+
+THREADS = """
+import sys, threading
+from pathlib import Path
+from tagger_jax.librosa_import import GUFUNC_MODULES, import_librosa
+start, errors = threading.Barrier(6), []
+def go():
+    start.wait()
+    try:
+        import_librosa(Path(sys.argv[1]))
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=go) for _ in range(6)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert all(m in sys.modules for m in GUFUNC_MODULES)
+print(errors)
+"""
+
+
+def test_threads_of_one_process_import_once_without_waiting_on_each_other(tmp_path):
+    """From a new user's trial: a first `tag` run's decode threads each took the file lock as
+    if they were other processes ("waiting for another process ..." 14 times) and imported
+    numba concurrently: half the files failed with "module 'numba' has no attribute 'core'"."""
+    proc = subprocess.run([sys.executable, "-c", THREADS, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
+    assert WAITING not in proc.stderr
+    assert _marker(tmp_path).exists()
