@@ -378,3 +378,23 @@ def test_a_missing_model_is_the_same_one_line_and_status_in_every_command(comman
     err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
     assert rc == errors.MODEL
     assert err == [f"error: {tmp_path / 'nope'}: no such checkpoint directory"], err
+
+
+@pytest.mark.parametrize("outcome", ["in_the_loop", "before_the_loop"])
+def test_a_run_stopped_by_sigterm_exits_143_not_0(tmp_path, monkeypatch, capsys, outcome):
+    """From a new user's trial: a preempted training exited 0 (checkpoint saved), so a wrapper
+    retrying until success, or a job system reading the status, took it for finished. Stopped
+    by SIGTERM is 143, as for every other command; the line says how to resume."""
+    from tagger_jax import train_lib
+    from tagger_jax.commands import train as train_command
+    from tagger_jax.preemption import Preempted
+
+    def stopped(config, workdir):
+        if outcome == "before_the_loop":
+            raise Preempted("before the first step of this run")
+        return {"preempted": True, "step": 7, "workdir": str(workdir)}
+
+    monkeypatch.setattr(train_lib, "train_and_evaluate", stopped)
+    assert train_command.run_training(base_config(), str(tmp_path)) == errors.TERMINATED == 143
+    out = capsys.readouterr().out
+    assert out.startswith("Stopped by SIGTERM ") and "Run the same command to resume." in out

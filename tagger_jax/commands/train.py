@@ -281,8 +281,10 @@ def list_config(config: Any = None) -> str:
 def run_training(config: Any, workdir: str, owns_process: bool = False) -> int:
     """Trains with `config` in `workdir` and prints the outcome; the process exit status.
     `owns_process` (`errors.guarded`): a SIGTERM outside the training loop ends the process
-    here, with status 0, without the interpreter's teardown."""
-    from tagger_jax import train_lib, validation
+    here, without the interpreter's teardown. A run stopped by SIGTERM ends with status 143
+    (`errors.TERMINATED`), its checkpoint saved: it has not finished, and a wrapper that retries
+    until success, or a job system reading the status, must start it again to resume."""
+    from tagger_jax import errors, train_lib, validation
     from tagger_jax.errors import ConfigError, ToolError
     from tagger_jax.preemption import Preempted
 
@@ -291,10 +293,8 @@ def run_training(config: Any, workdir: str, owns_process: bool = False) -> int:
     except Preempted as e:  # outside the training loop: nothing to save
         print(f"Stopped by SIGTERM {e}; nothing was lost. Run the same command to resume.")
         if owns_process:
-            from tagger_jax import errors
-
-            errors.exit_after_interrupt(0)
-        return 0
+            errors.exit_after_interrupt(errors.TERMINATED)
+        return errors.TERMINATED
     except (ConfigError, train_lib.ConfigMismatchError, train_lib.WorkdirBusyError,
             train_lib.CorruptCheckpointError, train_lib.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -305,7 +305,7 @@ def run_training(config: Any, workdir: str, owns_process: bool = False) -> int:
     if summary["preempted"]:
         print(f"Stopped by SIGTERM at step {summary['step']}; checkpoint saved in "
               f"{summary['workdir']}. Run the same command to resume.")
-        return 0
+        return errors.TERMINATED
     print(f"Trained {summary['step']} steps in {summary['workdir']}; best validation ROC-AUC "
           f"{validation.fmt(summary['best_validation_roc_auc'])}")
     for test in summary.get("tests", ()):
