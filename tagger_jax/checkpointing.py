@@ -18,6 +18,7 @@ if none reads it raises CorruptCheckpointError, one line naming the file and the
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -225,6 +226,26 @@ def prune(mngr: ocp.CheckpointManager, keep: int) -> list[int]:
         barrier("pruned_checkpoints")
         mngr.reload()
     return excess
+
+
+def step_digest(mngr: ocp.CheckpointManager, step: Optional[int]) -> Optional[str]:
+    """sha256 of the files of checkpoint `step` (relative names and contents); None without one.
+
+    What the test results of a best model are keyed on besides its step: a run trained again
+    from scratch in the same workdir (its `checkpoints/` removed) reaches the same best step
+    with other weights. Contents, not times, so that a copied workdir still matches."""
+    if step is None:
+        return None
+    root = Path(mngr.directory) / str(step)
+    if not root.is_dir():
+        return None
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(root)}:{path.stat().st_size};".encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def _move_aside(directory: Path, step: int) -> Path:

@@ -400,7 +400,7 @@ def _test(config, workdir: Path, name: str, sub: Optional[str], split: TestSplit
     directory = wd.test_dir(workdir, sub)
     best_step = best.latest_step()
     inputs = wd.test_inputs(config, best_step if best_step is not None else step,
-                            split.fingerprint)
+                            split.fingerprint, checkpointing.step_digest(best, best_step))
     test = wd.reusable_test_results(directory, inputs)
     reused = test is not None
     if reused:

@@ -181,9 +181,12 @@ def check_or_write_config(config: Any, workdir: Path) -> None:
         tmp.replace(path)
 
 
-def test_inputs(config: Any, best_step: Optional[int], data_fingerprint: Optional[str]) -> dict:
-    """What the final test results depend on: best checkpoint step, test data, result config."""
-    return {"best_step": best_step, "data": data_fingerprint, "config": result_fields(config)}
+def test_inputs(config: Any, best_step: Optional[int], data_fingerprint: Optional[str],
+                best_digest: Optional[str] = None) -> dict:
+    """What the final test results depend on: the best checkpoint (its step and the digest of
+    its files, `checkpointing.step_digest`), the test data and the result config."""
+    return {"best_step": best_step, "best_digest": best_digest, "data": data_fingerprint,
+            "config": result_fields(config)}
 
 
 def test_dir(workdir: Path, split: Optional[str] = None) -> Path:
@@ -216,7 +219,8 @@ def stale_test_inputs(directory: Path, inputs: Mapping[str, Any]) -> list[str]:
     except (OSError, ValueError):
         return []
     now = json.loads(json.dumps(inputs))
-    words = {"best_step": "the best model", "config": "the config",
+    words = {"best_step": "the best model", "best_digest": "the best model's weights",
+             "config": "the config",
              "data": "the data (its directory, or its files' names, sizes or times)"}
     return [words.get(k, k) for k in sorted(set(stored) | set(now))
             if stored.get(k) != now.get(k)]

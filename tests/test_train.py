@@ -574,6 +574,35 @@ def test_rerun_reuses_test_results_and_says_so(tmp_path, finished_run, capsys):
     assert not third["test_reused"]
 
 
+def test_test_results_are_not_reused_for_other_weights_at_the_same_best_step(tmp_path,
+                                                                            finished_run,
+                                                                            capsys):
+    """From a new user's trial: a run trained again from scratch in the same workdir (its
+    checkpoints/ removed) reached the same best step with other weights, and its test results
+    were "reused ... same best model (step 64)". They are keyed on the best checkpoint's files
+    too; a copied workdir (same files) still reuses them."""
+    import shutil
+
+    config, done, _ = finished_run
+    workdir = tmp_path / "w"
+    shutil.copytree(done, workdir)
+
+    def run(seed):
+        data = toy_data(config, seed=seed)
+        data.test_fingerprint = "split-v1"
+        capsys.readouterr()
+        result = train_lib.train_and_evaluate(config, workdir, data)
+        return result, capsys.readouterr().out
+
+    run(0)  # records the test inputs (the finished run had no fingerprint)
+    second, out = run(0)
+    assert second["test_reused"], out
+    shutil.rmtree(workdir / "checkpoints")
+    third, out = run(5)  # other training data, same config: other weights
+    assert not third["test_reused"]
+    assert "the best model's weights" in out and "changed since" in out, out
+
+
 def test_lower_keep_checkpoints_on_a_rerun_deletes_the_oldest_and_says_so(tmp_path,
                                                                           finished_run, capsys):
     """The checkpoint manager prunes only when it saves: a finished run rerun with a lower
