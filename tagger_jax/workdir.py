@@ -222,8 +222,8 @@ def stale_test_inputs(directory: Path, inputs: Mapping[str, Any]) -> list[str]:
     words = {"best_step": "the best model", "best_digest": "the best model's weights",
              "config": "the config",
              "data": "the data (its directory, or its files' names, sizes or times)"}
-    return [words.get(k, k) for k in sorted(set(stored) | set(now))
-            if stored.get(k) != now.get(k)]
+    return [words.get(k, k) + ("" if k in stored else " (not recorded then)")
+            for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
 
 
 def write_test_inputs(directory: Path, inputs: Mapping[str, Any]) -> None:
