@@ -727,3 +727,48 @@ def test_dataset_defaults_to_the_models_builder_config():
                           loaded) == "waveform"
     assert builder_config(SimpleNamespace(builder_config=None, dataset="audio_folder"),
                           loaded) is None
+
+
+def test_tags_csv_rows_match_inputs_by_the_end_of_their_path(tmp_path):
+    """From a new user's trial: a row `live sets/track 002.ogg` did not match the input
+    `music/rock/live sets/track 002.ogg` (only whole paths or bare base names did). A name
+    matches the one input whose path ends with it; a name two inputs end with matches none."""
+    from tagger_jax.inference import Input
+
+    names = ["music/rock/live sets/track 002.ogg", "music/jazz/track 002.ogg",
+             "music/jazz/solo.wav", "other/solo.wav"]
+    items = [Input(key=str(k), name=n, load=lambda: None, fingerprint="") for k, n in
+             enumerate(names)]
+    table = tmp_path / "tags.csv"
+    table.write_text("live sets/track 002.ogg,rock\njazz/track 002.ogg,jazz\nsolo.wav,piano\n"
+                     "nowhere.wav,drums\n")
+    said = []
+    got = runner.with_csv_tags(items, table, log=said.append)
+    assert [it.explain_tags for it in got] == [("rock",), ("jazz",), (), ()]
+    assert said == [f"{table}: 2 row(s) match no input: 'solo.wav', 'nowhere.wav'"]
+
+
+def test_option_values_and_missing_inputs_are_named_usage_errors(setup, tmp_path, capsys):
+    """From a new user's trial: `--ig-steps 0` said "batch_size, top_k and ig_steps must be
+    positive", `--limit -3` "no inputs found", a missing --tags-from CSV "[Errno 2] No such file
+    or directory", and no inputs at all "give INPUT files/directories or --dataset (not both)"."""
+    model_dir, inputs, _ = setup
+    base = ["--checkpoint", str(model_dir), "--out", str(tmp_path / "out")]
+    cases = [([str(inputs / "tone.wav"), "--ig-steps", "0"], "argument --ig-steps: '0': must "
+                                                             "be at least 1"),
+             ([str(inputs / "tone.wav"), "--top-k", "x"], "argument --top-k: 'x' is not an "
+                                                           "integer"),
+             (["--dataset", "synthetic_tags", "--limit", "-3"], "argument --limit: '-3': must "
+                                                                 "be at least 1"),
+             ([str(inputs / "tone.wav"), "--tags-from", str(tmp_path / "no.csv")],
+              f"error: --tags-from {tmp_path / 'no.csv'}: no such file"),
+             ([], "error: no inputs: give INPUT files/directories, or --dataset NAME")]
+    for argv, says in cases:
+        try:
+            status = explain(*base, *argv)
+        except SystemExit as e:  # argparse
+            status = e.code
+        assert status == 2, argv
+        err = capsys.readouterr().err
+        assert says in err, (argv, err)
+    assert not (tmp_path / "out").exists()

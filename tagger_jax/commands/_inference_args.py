@@ -7,6 +7,17 @@ from __future__ import annotations
 import argparse
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a usage error names the option and the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
 def add_window_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
     parser.add_argument("--hop", type=float, default=None, metavar="SECONDS",
                         help="seconds between window starts when the windows cover the track "
@@ -15,9 +26,9 @@ def add_window_arguments(parser: argparse.ArgumentParser, batch_size: int) -> No
     parser.add_argument("--windows", choices=("cover", "paper"), default="cover",
                         help="'cover' (default): windows every --hop over the whole track; "
                              "'paper': the paper's evenly spaced chunks (--num-chunks, 16)")
-    parser.add_argument("--num-chunks", type=int, default=None,
+    parser.add_argument("--num-chunks", type=positive_int, default=None,
                         help="chunks per track with --windows paper (default 16)")
-    parser.add_argument("--batch-size", type=int, default=batch_size,
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size,
                         help=f"windows per batch over all local devices, rounded up to a "
                              f"multiple of their count (default {batch_size})")
 
@@ -53,7 +64,8 @@ def add_input_arguments(parser: argparse.ArgumentParser, inputs_help: str) -> No
                         help="TFDS data directory (default: the model config's data.data_dir)")
     parser.add_argument("--builder-config", default=None, help="TFDS builder config, e.g. "
                                                                "segments")
-    parser.add_argument("--limit", type=int, default=None, help="first N records of --split only")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="first N records of --split only")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,8 +125,10 @@ DATASET_OPTIONS = ("split", "data_dir", "builder_config", "limit")  # meaningful
 def check_inputs(args: argparse.Namespace) -> None:
     """ValueError unless exactly one of INPUT and --dataset is given, and the options of
     --dataset come with it; sets --split's default (test)."""
-    if bool(args.inputs) == bool(args.dataset):
-        raise ValueError("give INPUT files/directories or --dataset (not both)")
+    if args.inputs and args.dataset:
+        raise ValueError("give INPUT files/directories or --dataset, not both")
+    if not args.inputs and not args.dataset:
+        raise ValueError("no inputs: give INPUT files/directories, or --dataset NAME")
     if not args.dataset:
         given = [f"--{name.replace('_', '-')}" for name in DATASET_OPTIONS
                  if getattr(args, name, None) is not None]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 from tagger_jax.commands._inference_args import (add_input_arguments, add_model_arguments,
                                                  add_run_arguments, add_window_arguments,
                                                  builder_config, check_inputs, data_dir,
-                                                 model_path, no_inputs_message, print_skipped,
-                                                 window_plan)
+                                                 model_path, no_inputs_message, positive_int,
+                                                 print_skipped, window_plan)
 
 HELP = ("Explain a model's tags: the paper's attention and tag-wise contribution heat maps and "
         "gradient saliency, as NPZ + PNG + JSON per input and an index.html for the run.")
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tags", type=_csv, default=(),
                         help="comma-separated tag names to explain (default: the top-k predicted "
                              "per input)")
-    parser.add_argument("--top-k", type=int, default=3, help="tags explained per input (default 3)")
+    parser.add_argument("--top-k", type=positive_int, default=3, help="tags explained per input (default 3)")
     parser.add_argument("--tags-from", metavar="labels|CSV", default=None,
                         help="tags per input: 'labels' (each --dataset record's true tags) or a "
                              "CSV: rows file,tag,tag,... or an audio_folder CSV (header with "
@@ -65,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-report", action="store_true",
                         help="skip the interactive page per input (STEM.html)")
     add_window_arguments(parser, batch_size=8)
-    parser.add_argument("--ig-steps", type=int, default=32,
+    parser.add_argument("--ig-steps", type=positive_int, default=32,
                         help="integrated-gradients trapezoid intervals (default 32)")
     parser.add_argument("--ig-baseline", choices=("min", "zeros"), default="min",
                         help="integrated-gradients baseline: the clip's dB floor (min) or zeros")
@@ -153,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
             return error("give --tags or --tags-from, not both")
         if args.tags_from == "labels" and not args.dataset:
             return error("--tags-from labels needs --dataset")
+        if args.tags_from and args.tags_from != "labels" and not Path(args.tags_from).is_file():
+            return error(f"--tags-from {args.tags_from}: no such file (give a CSV of files and "
+                         "tags, or 'labels' with --dataset)")
         skipped: list = []
         if args.dataset:
             items = runner.dataset_items(loaded, args.dataset, args.split,

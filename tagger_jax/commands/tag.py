@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from tagger_jax.commands._inference_args import (add_model_arguments, add_window_arguments,
-                                                 model_path, no_inputs_message, print_skipped,
-                                                 window_plan)
+                                                 model_path, no_inputs_message, positive_int,
+                                                 print_skipped, window_plan)
 
 HELP = "tag audio files with a trained or imported model (track-level tags and taggrams)"
 
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="audio files (wav, flac, ogg, mp3, ...), .npy log-mel spectrograms "
                              "(96, T), or directories (searched recursively)")
     add_model_arguments(parser)
-    parser.add_argument("--top-k", type=int, default=5, help="tags listed per file (default 5)")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="tags listed per file (default 5)")
     add_window_arguments(parser, batch_size=64)
     parser.add_argument("--output", type=Path, default=None, metavar="FILE.json",
                         help="write all results as a JSON list (updated as files finish)")

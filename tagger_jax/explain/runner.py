@@ -21,7 +21,6 @@ auralisation; an audio file's waveform comes from the same decode as its model i
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import hashlib
@@ -194,8 +193,10 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
                   log: Callable[[str], None] = print) -> list[InputItem]:
     """Items whose tags to explain come from a CSV (`read_tags_csv`). A CSV file name matches an
     input when it resolves to the same file (relative names: from the CSV's folder, then from
-    the working directory), else by base name when that is unique. Inputs the CSV does not list
-    keep the run's tags (top-k predicted); CSV rows that match no input are reported."""
+    the working directory), else when the input's path ends with it (`live sets/track 2.ogg`
+    matches `music/rock/live sets/track 2.ogg`; a bare base name the same way) and no other
+    input's does. Inputs the CSV does not list keep the run's tags (top-k predicted); CSV rows
+    that match no input are reported."""
     table = read_tags_csv(csv_path)
     base = Path(csv_path).resolve().parent
     by_path = {}
@@ -205,12 +206,19 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
                 by_path.setdefault(str(cand.resolve()), name)
             except OSError:
                 pass
-    basenames = collections.Counter(Path(it.name).name for it in items)
+    def ends_with(item: InputItem, name: str) -> bool:
+        parts = Path(name).parts
+        return Path(item.name).parts[-len(parts):] == parts
+
+    by_suffix = {}  # CSV name -> the one input whose path ends with it
+    for name in table:
+        if not Path(name).is_absolute():
+            found = [it.name for it in items if ends_with(it, name)]
+            if len(found) == 1:
+                by_suffix[found[0]] = name
     used, out = set(), []
     for it in items:
-        name = by_path.get(str(Path(it.name).resolve()))
-        if name is None and basenames[Path(it.name).name] == 1 and Path(it.name).name in table:
-            name = Path(it.name).name
+        name = by_path.get(str(Path(it.name).resolve())) or by_suffix.get(it.name)
         if name is not None:
             used.add(name)
             it = dataclasses.replace(it, explain_tags=table[name])
