@@ -213,6 +213,40 @@ def claim_keys(items: Sequence["Input"], stored_name: Callable[[str], Optional[s
     return out, moved
 
 
+def adopt_keys(items: Sequence["Input"], stored: Mapping[str, Optional[str]]
+               ) -> tuple[list["Input"], list["Input"]]:
+    """`items` with the key of each file input whose output already exists under another key
+    changed to that key: `stored` maps the output keys found ({key: the input name recorded
+    there}); an input whose file is the same file as a recorded one (the same device and inode:
+    another spelling of the path, a folder named one level deeper, which gives another relative
+    key, or the same files named in another order) takes that key. Without this a run over a
+    subfolder of a folder processed before wrote every output again under new names. An input
+    of this run whose own key an adopted one now holds is moved on by `claim_keys` (the output
+    there is not its own). Returns (items, the inputs that took an earlier key)."""
+    from tagger_jax import audio
+
+    def identity(name: str) -> Optional[tuple[int, int]]:
+        try:
+            st = os.stat(audio.path_from_display(name))
+            return st.st_dev, st.st_ino
+        except (OSError, ValueError):
+            return None
+
+    earlier = {}
+    for key, name in stored.items():
+        ident = identity(name) if name else None
+        if ident is not None:
+            earlier.setdefault(ident, key)
+    out, adopted = [], []
+    for it in items:  # keys of inputs adopted here may now equal another input's: claim_keys
+        key = earlier.get(identity(it.name)) if earlier else None  # moves that one on
+        if key is not None and key != it.key:
+            it = dataclasses.replace(it, key=key)
+            adopted.append(it)
+        out.append(it)
+    return out, adopted
+
+
 def moved_lines(moved: Sequence[tuple["Input", str]], where: Any, suffix: str,
                 limit: int = 10) -> list[str]:
     """The `note:` lines a run prints for the inputs `claim_keys` moved to new output names."""

@@ -250,6 +250,49 @@ def test_outputs_of_other_inputs_under_the_same_name_are_kept(model_dir, files, 
     assert not inference.same_input("synthetic_tags:test[0]", item)
 
 
+def test_embed_reuses_outputs_of_files_named_before_from_another_folder(model_dir, files,
+                                                                        tmp_path, capsys):
+    """From a new user's trial: a folder embedded, then one of its subfolders: each file's key
+    is its path relative to the folder named, so every output was written again under a new
+    name (`rock__live_sets__x.npz` and `x.npz`, both read by a glob). The same file keeps its
+    output, reused and said so."""
+    music = tmp_path / "music"
+    (music / "sub").mkdir(parents=True)
+    (music / "top.npy").write_bytes((files / "mid.npy").read_bytes())
+    (music / "sub" / "deep.npy").write_bytes((files / "long.npy").read_bytes())
+    out = tmp_path / "emb"
+
+    def run(*inputs):
+        assert cli.main(["embed", "--checkpoint", str(model_dir), "--out", str(out),
+                         "--no-progress", *map(str, inputs)]) == 0
+        return capsys.readouterr()
+
+    run(music)
+    before = sorted(p.name for p in out.glob("*.npz"))
+    assert before == ["embeddings.npz", "sub__deep.npy.npz", "top.npy.npz"]
+    said = run(music / "sub")
+    assert "skipped 1 already finished" in said.out, said.out
+    assert (f"note: 1 input(s) have outputs in {out} from a run that named them otherwise (e.g. "
+            f"{music / 'sub' / 'deep.npy'} as sub__deep.npy.npz)") in said.err
+    assert sorted(p.name for p in out.glob("*.npz")) == before
+    assert embedding.load_embeddings(out / "embeddings.npz")["keys"].tolist() == ["sub__deep.npy"]
+    # Files of one name from two folders take x.npy and x.npy-2; named in the other order they
+    # keep them (they swapped keys and were embedded again).
+    for d, src in (("c", "mid.npy"), ("d", "long.npy")):
+        (music / d).mkdir()
+        (music / d / "x.npy").write_bytes((files / src).read_bytes())
+
+    def keys():
+        return {str(embedding.load_embeddings(p)["name"]): p.stem for p in out.glob("x*.npz")}
+
+    run(music / "c" / "x.npy", music / "d" / "x.npy")
+    first = keys()
+    assert first == {str(music / "c" / "x.npy"): "x.npy", str(music / "d" / "x.npy"): "x.npy-2"}
+    said = run(music / "d" / "x.npy", music / "c" / "x.npy")
+    assert "skipped 2 already finished" in said.out, said.out
+    assert keys() == first
+
+
 def test_embed_of_dataset_records_names_their_source_clips_and_labels(engine, tmp_path):
     """A record's `path` (else `clip_id`) travels into its NPZ as `source` and into the merged
     file as `sources`, so rows of `embed --dataset` can be matched to the user's clips; its
