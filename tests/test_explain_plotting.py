@@ -72,3 +72,39 @@ def test_write_audio_leaves_no_temporary_file_when_interrupted(tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         auralise.write_audio(tmp_path / "a.ogg", np.zeros(16000), 16000)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_each_line_draws_only_its_part_of_a_long_track_and_every_step_once():
+    """From a new user's trial: a 30-minute track's figure took 4.4 GB, every line's images
+    holding the whole track's maps (as float64). Each image now holds its line's steps and one
+    each side; together the lines show every step of every row, at the same times as before."""
+    from matplotlib.image import AxesImage
+
+    seconds, line_s = 95.0, 30.0  # 4 lines of 23.75 s
+    frames = int(round(seconds / STEP))
+    rng = np.random.default_rng(1)
+    mel = rng.normal(-30, 10, (96, frames))
+    att = rng.random(frames)
+    att[100:140] = np.nan  # a gap no window covered
+    grad = rng.normal(size=(96, frames))
+    fig = plotting.explanation_figure(mel, STEP, [Row("attention", att),
+                                                  Row("grad", grad, signed=True)],
+                                      STEP, line_s=line_s)
+    images = [im for ax in fig.axes for im in ax.get_children() if isinstance(im, AxesImage)]
+    assert len(images) == 4 * 3
+    per_line = frames / 4
+    for im in images:
+        data = np.asarray(im.get_array())
+        assert data.shape[-1] <= per_line + 4, data.shape
+        a, b = im.get_extent()[:2]  # its columns' times: frame j centred on j * STEP
+        assert (b - a) / STEP == pytest.approx(data.shape[-1])
+        j0 = round(a / STEP + 0.5)
+        source = {96: mel, 1: att[None]}[data.shape[0]] if data.ndim == 2 else None
+        if data.shape[0] == 96 and im.get_cmap().name != "magma":
+            source = grad
+        np.testing.assert_array_equal(np.ma.filled(data.astype(float), np.nan),
+                                      source[:, j0:j0 + data.shape[-1]])
+    firsts = sorted({round(im.get_extent()[0] / STEP + 0.5) for im in images})
+    lasts = sorted({round(im.get_extent()[1] / STEP + 0.5) for im in images})
+    assert firsts[0] == 0 and lasts[-1] == frames
+    assert all(f <= l for f, l in zip(firsts[1:], lasts[:-1]))  # no step left out between lines

@@ -52,6 +52,19 @@ def _extent(n: int, step_s: float, centred: bool) -> tuple[float, float]:
     return (-0.5 * step_s, (n - 0.5) * step_s) if centred else (0.0, n * step_s)
 
 
+def _line_part(values: np.ndarray, step_s: float, centred: bool, t0: float, t1: float
+               ) -> tuple[np.ndarray, tuple[float, float], int]:
+    """The steps of `values` (last axis) that a line from `t0` to `t1` seconds shows, one more
+    each side: (those columns, their time extent, the index of the first). Each line's images
+    hold only their part: given the whole track, the 60 lines of a 30-minute track held 60
+    copies of every map (4.4 GB of memory for its figure, against 0.7 GB for its maps)."""
+    n = values.shape[-1]
+    first = _extent(n, step_s, centred)[0]
+    j0 = min(max(0, math.floor((t0 - first) / step_s) - 1), n - 1)
+    j1 = max(min(n, math.ceil((t1 - first) / step_s) + 1), j0 + 1)
+    return values[..., j0:j1], (first + j0 * step_s, first + j1 * step_s), j0
+
+
 def mel_band_of(hz: Sequence[float], n_mels: int, sample_rate: int) -> np.ndarray:
     """Fractional mel band index of frequencies (librosa's Slaney mel centres, fmax = sr / 2)."""
     librosa = import_librosa()
@@ -160,9 +173,10 @@ def explanation_figure(log_mel: np.ndarray, spec_step_s: float, rows: Sequence[R
         g0 = line * (len(heights) + 1)
         t0 = start + line * span
         top = fig.add_subplot(grid[g0, 0])
-        im = top.imshow(log_mel, origin="lower", aspect="auto", cmap="magma",
+        part, part_ext, _ = _line_part(log_mel, spec_step_s, True, t0, t0 + span)
+        im = top.imshow(part, origin="lower", aspect="auto", cmap="magma",
                         interpolation="nearest", vmin=spec_lo, vmax=spec_hi,
-                        extent=(*spec_ext, -0.5, log_mel.shape[0] - 0.5))
+                        extent=(*part_ext, -0.5, log_mel.shape[0] - 0.5))
         top.set_yticks(hz_pos, [f"{h / 1000:g}k" if h >= 1000 else str(h) for h in hz])
         top.tick_params(axis="y", labelsize=7)
         top.set_ylabel("Hz", fontsize=8)
@@ -174,8 +188,9 @@ def explanation_figure(log_mel: np.ndarray, spec_step_s: float, rows: Sequence[R
         axes = [top]
         for i, (row, (cmap, vmin, vmax)) in enumerate(zip(rows, scales), start=1):
             ax = fig.add_subplot(grid[g0 + i, 0], sharex=top)
-            values = np.asarray(row.values, np.float64)
-            ext = _extent(values.shape[-1], map_step_s, map_centred)
+            values, ext, _ = _line_part(np.asarray(row.values), map_step_s, map_centred,
+                                        t0, t0 + span)
+            values = np.asarray(values, np.float64)
             if values.ndim == 1:
                 im = ax.imshow(values[None], aspect="auto", cmap=cmap, interpolation="nearest",
                                vmin=vmin, vmax=vmax, extent=(*ext, 0, 1))
@@ -206,7 +221,7 @@ def explanation_figure(log_mel: np.ndarray, spec_step_s: float, rows: Sequence[R
                               parse_math=False,
                               bbox={"facecolor": "white", "alpha": 0.7, "pad": 0.5,
                                     "edgecolor": "none"})
-            for a, b in gap_spans(values):  # steps no window covered
+            for a, b in gap_spans(values):  # steps no window covered (of this line's part)
                 lo_s = ext[0] + a * map_step_s
                 ax.axvspan(lo_s, ext[0] + b * map_step_s, zorder=2, **GAP_STYLE)
             cax = fig.add_subplot(grid[g0 + i, 1])
