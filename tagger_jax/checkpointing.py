@@ -190,8 +190,11 @@ def restore_latest(mngr: ocp.CheckpointManager, target: TrainState, data_iter: A
     checkpoint reads; nothing is moved then.
     """
     directory = Path(mngr.directory)
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if steps:
+        _check_process_count(directory / str(steps[0]))
     broken: list[tuple[int, str]] = []
-    for step in sorted(mngr.all_steps(), reverse=True):
+    for step in steps:
         try:
             state, meta = restore_checkpoint(mngr, step, target, data_iter)
         except Exception as e:  # noqa: BLE001  (orbax and tensorstore raise many types)
@@ -246,6 +249,24 @@ def step_digest(mngr: ocp.CheckpointManager, step: Optional[int]) -> Optional[st
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def _check_process_count(step_dir: Path) -> None:
+    """Raises `errors.ConfigError` when checkpoint `step_dir` was written by a run of another
+    number of processes: each process keeps its own place in the data (`DataIteratorHandler`),
+    so the run must resume with as many. Without this every checkpoint failed to read, and the
+    run said none could be read and to move them aside, losing the progress."""
+    import re
+
+    found = sorted(p.name for p in (step_dir / "data").glob("process_*-of-*.json"))
+    counts = {int(m.group(1)) for m in (re.search(r"-of-(\d+)\.json$", n) for n in found) if m}
+    if len(counts) == 1 and counts != {jax.process_count()}:
+        (n,) = counts
+        raise errors.ConfigError(
+            f"{step_dir} was written by a run of {n} process{'es' if n > 1 else ''} "
+            f"({', '.join(found)}) and this run has {jax.process_count()}: resume it with {n} "
+            f"process{'es' if n > 1 else ''} (each keeps its own place in the data); the "
+            "number of devices may change")
 
 
 def _move_aside(directory: Path, step: int) -> Path:

@@ -603,6 +603,31 @@ def test_test_results_are_not_reused_for_other_weights_at_the_same_best_step(tmp
     assert "the best model's weights" in out and "changed since" in out, out
 
 
+def test_resuming_with_another_process_count_says_so_and_moves_nothing(tmp_path, finished_run):
+    """From a new user's trial: a run of 2 processes resumed by 1 said no checkpoint could be
+    read and to move them aside (losing the progress). It is a config error naming the count
+    the checkpoint needs; nothing is moved."""
+    import shutil
+
+    from tagger_jax import errors
+
+    config, done, _ = finished_run
+    workdir = tmp_path / "w"
+    shutil.copytree(done, workdir)
+    for step_dir in (workdir / "checkpoints").iterdir():
+        (step_dir / "data" / "process_0-of-1.json").rename(step_dir / "data" / "process_0-of-2.json")
+        shutil.copy(step_dir / "data" / "process_0-of-2.json",
+                    step_dir / "data" / "process_1-of-2.json")
+    with pytest.raises(errors.ConfigError) as info:
+        train_lib.train_and_evaluate(config, workdir, toy_data(config))
+    assert str(info.value) == (
+        f"{workdir / 'checkpoints' / '12'} was written by a run of 2 processes "
+        "(process_0-of-2.json, process_1-of-2.json) and this run has 1: resume it with 2 "
+        "processes (each keeps its own place in the data); the number of devices may change")
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["12", "9"]
+    assert not (workdir / "checkpoints.broken").exists()
+
+
 def test_lower_keep_checkpoints_on_a_rerun_deletes_the_oldest_and_says_so(tmp_path,
                                                                           finished_run, capsys):
     """The checkpoint manager prunes only when it saves: a finished run rerun with a lower
