@@ -7,7 +7,8 @@ A latest checkpoint WORKDIR/checkpoints/<step>/ has three items:
 
     state/   the TrainState pytree (orbax StandardSave, every process writes its shards)
     data/    the data iterator's state, one JSON file per process (DataIteratorHandler)
-    meta/    JSON: {"step", "config", "process_count", "schedule": PlateauState.to_json()}
+    meta/    JSON: {"step", "config", "process_count", "schedule": PlateauState.to_json(),
+             "train_data": train_data.split_identity of the train split, when known}
 
 Orbax writes every checkpoint to a temporary directory and renames it when complete, so a crash
 or SIGKILL never leaves a half-written one. A checkpoint damaged afterwards (a truncated array

@@ -44,6 +44,7 @@ class TrainData:
     extra_tests: dict[str, "TestSplit"] = dataclasses.field(default_factory=dict)
     baseline: Optional[Callable[..., dict[str, dict]]] = None
     baseline_fingerprint: Optional[str] = None
+    train_identity: Optional[dict] = None  # `split_identity` of the train split (None: unknown)
 
 
 @dataclasses.dataclass
@@ -76,6 +77,23 @@ def split_fingerprint(dataset_dir: str | Path, name: str, split: str) -> str:
     if info.is_file():
         h.update(info.read_bytes())
     return h.hexdigest()
+
+
+def split_identity(dataset_dir: str | Path, split: str) -> Optional[dict]:
+    """What a built split holds, wherever it lies: {"dataset": "NAME/CONFIG VERSION", "records",
+    "bytes"} from its `dataset_info.json` (None without one, or without the split). A checkpoint
+    records its train split's; a run resumed on other training data (`data.data_dir` may change
+    on resume, to follow data that moved) is refused instead of going on over other records."""
+    import json
+
+    try:
+        info = json.loads((Path(str(dataset_dir)) / "dataset_info.json").read_text())
+        entry = next(e for e in info["splits"] if e["name"] == split)
+        return {"dataset": f"{info['name']}/{info.get('configName', '')} {info['version']}",
+                "records": sum(int(n) for n in entry.get("shardLengths", ())),
+                "bytes": int(entry.get("numBytes", 0))}
+    except (OSError, ValueError, KeyError, StopIteration, TypeError):
+        return None
 
 
 def _augmentation(d: Any, tags) -> dict:
@@ -177,5 +195,6 @@ def load_data(config: Any) -> TrainData:
         eval_source=eval_source, tag_names=tuple(tags), test_source=test_source,
         test_fingerprint=fingerprint, extra_tests=extra, baseline=fit_baseline if with_baseline else None,
         baseline_fingerprint=(split_fingerprint(builder.data_dir, builder.name, d.train_split)
-                              if with_baseline else None))
+                              if with_baseline else None),
+        train_identity=split_identity(builder.data_dir, d.train_split))
 

@@ -237,6 +237,12 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
             if diffs:
                 raise ConfigMismatchError(f"{workdir / wd.CHECKPOINT_DIR}/{resume_step} was "
                                           "written by a different config:\n  " + "\n  ".join(diffs))
+            then, now = meta.get("train_data"), data.train_identity
+            if then and now and then != now:
+                raise ConfigError(
+                    f"{workdir / wd.CHECKPOINT_DIR}/{resume_step} was trained on other data: "
+                    f"train split then {_described(then)}, now {_described(now)}; resume on the "
+                    "data it was trained on (data.data_dir), or start in a new --workdir")
             schedule = optimizers.PlateauState.from_json(meta["schedule"])
             if best.latest_step() is not None:  # heal an export interrupted by a crash
                 checkpointing.export_model(workdir, checkpointing.reload_best(best, state),
@@ -341,7 +347,8 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
                                      opt=optimizers.phase_name(t, phase))
             if save_due or stopped:
                 last_saved = checkpointing.save_checkpoint(latest, state, train_iter, {
-                    "config": config_to_dict(config), "schedule": schedule.to_json()})
+                    "config": config_to_dict(config), "schedule": schedule.to_json(),
+                    **({"train_data": data.train_identity} if data.train_identity else {})})
             if validate or save_due or stopped:  # their time is not training time
                 progress.resume_timing()
                 window_start = time.perf_counter()
@@ -390,6 +397,11 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
             writer.close()
         latest.close()
         best.close()
+
+
+def _described(identity: dict) -> str:
+    return (f"{identity.get('dataset')}, {identity.get('records'):,} records, "
+            f"{identity.get('bytes'):,} bytes")
 
 
 def _test(config, workdir: Path, name: str, sub: Optional[str], split: TestSplit,

@@ -831,6 +831,14 @@ def test_training_refuses_features_or_an_input_kind_the_build_cannot_feed(tmp_pa
     with pytest.raises(errors.ConfigError, match=r"^model.architecture 'lee_won' reads the "
                        r"'audio' feature, which synthetic_tags/tiny does not store"):
         check_dataset_fits(b, "audio", base_config().features, "lee_won")
+    # What a checkpoint records of its train split: what it holds, not where it lies.
+    from tagger_jax.train_data import split_identity
+
+    identity = split_identity(b.data_dir, "train")
+    assert identity["dataset"] == f"synthetic_tags/tiny {b.version}"
+    assert identity["records"] == TINY["num_train"] and identity["bytes"] > 0
+    assert split_identity(b.data_dir, "no_such_split") is None
+    assert split_identity(tmp_path / "nowhere", "train") is None
 
 
 def test_ensure_built_builds_synthetic_once(tmp_path, caplog, capsys):

@@ -628,6 +628,37 @@ def test_resuming_with_another_process_count_says_so_and_moves_nothing(tmp_path,
     assert not (workdir / "checkpoints.broken").exists()
 
 
+def test_resuming_on_other_training_data_is_refused(tmp_path, finished_run):
+    """From a new user's trial: a killed run resumed with `data.data_dir` pointing at a rebuild
+    of 80 clips instead of 64 went on without a word (step 50 meant another epoch; 120 steps
+    instead of 96). A checkpoint records its train split (`split_identity`: what it holds, not
+    where); other data is a config error, the same data elsewhere resumes."""
+    import shutil
+
+    from tagger_jax import errors
+
+    config, done, summary = finished_run
+    workdir = tmp_path / "w"
+    shutil.copytree(done, workdir)
+    then = {"dataset": "synthetic_tags/tiny 1.0.0", "records": 64, "bytes": 1000}
+    for step_dir in (workdir / "checkpoints").iterdir():  # as a run on built data writes it
+        path = step_dir / "meta" / "metadata"
+        meta = json.loads(path.read_text())
+        path.write_text(json.dumps({**meta, "train_data": then}))
+    data = toy_data(config)
+    data.train_identity = {**then, "records": 80, "bytes": 1250}
+    with pytest.raises(errors.ConfigError) as info:
+        train_lib.train_and_evaluate(config, workdir, data)
+    assert str(info.value) == (
+        f"{workdir / 'checkpoints'}/12 was trained on other data: train split then "
+        "synthetic_tags/tiny 1.0.0, 64 records, 1,000 bytes, now synthetic_tags/tiny 1.0.0, 80 "
+        "records, 1,250 bytes; resume on the data it was trained on (data.data_dir), or start in "
+        "a new --workdir")
+    data = toy_data(config)
+    data.train_identity = dict(then)
+    assert train_lib.train_and_evaluate(config, workdir, data)["step"] == summary["step"]
+
+
 def test_lower_keep_checkpoints_on_a_rerun_deletes_the_oldest_and_says_so(tmp_path,
                                                                           finished_run, capsys):
     """The checkpoint manager prunes only when it saves: a finished run rerun with a lower
