@@ -164,6 +164,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike,
     check_train_config(config)
     frame_loss_weight(config)
     sharding.maybe_initialize_distributed(bool(config.train.distributed), preemption=True)
+    check_same_config_everywhere(config)
     from tagger_jax import input_pipeline
 
     try:  # the device count is known now: still before the workdir is touched
@@ -180,6 +181,33 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike,
             return _train_and_evaluate(config, workdir, data, preemption)
         finally:
             preemption.close()
+
+
+def check_same_config_everywhere(config: Any) -> None:
+    """Raises `errors.ConfigError` on every process when the processes of a multi-process run
+    were given configs that differ in a field that changes results (`workdir.result_fields`;
+    runtime fields such as `data.data_dir` may differ between hosts). Each process trains with
+    its own config, so two processes started with another learning rate or dropout trained one
+    model with both, silently. A no-op with one process."""
+    if jax.process_count() == 1:
+        return
+    import hashlib
+    import json
+
+    from jax.experimental import multihost_utils
+
+    text = json.dumps(wd.result_fields(config), sort_keys=True, default=str)
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint32)
+    every = np.asarray(multihost_utils.process_allgather(digest)).reshape(
+        jax.process_count(), -1)
+    other = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+    if other:
+        many = len(other) > 1
+        raise ConfigError(f"the processes of this run were given different configs: "
+                          f"{'processes' if many else 'process'} {', '.join(map(str, other))} "
+                          f"{'differ' if many else 'differs'} from process 0 in fields that "
+                          "change results; start every process with the same config and "
+                          "options")
 
 
 def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],

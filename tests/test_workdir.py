@@ -109,6 +109,40 @@ def test_a_busy_workdir_stops_every_process_of_a_multi_process_run_with_status_5
     assert not (run_dir / "config.json").exists()
 
 
+def test_processes_given_different_configs_are_refused_before_the_workdir(tmp_path):
+    """From a new user's trial: process 1 started with another learning rate and dropout than
+    process 0 trained one model with both, rc 0. Every process now stops with status 2 and one
+    line, before the workdir or the data is touched; runtime fields may differ."""
+    run_dir = tmp_path / "run"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    extra = [[], ["--config.train.learning_rate=0.01", "--config.data.num_workers=3"]]
+    procs = []
+    try:
+        for i in range(2):
+            procs.append(subprocess.Popen(
+                [sys.executable, str(ROOT / "train.py"), "--config",
+                 str(ROOT / "configs" / "synthetic_cpu.py"), "--workdir", str(run_dir),
+                 f"--config.data.data_dir={tmp_path / 'no_data'}", *extra[i]],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=dict(env, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                         JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))))
+        outs = [p.communicate(timeout=240) for p in procs]  # a hang: TimeoutExpired
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    for i, (p, (_, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 2, (i, err[-2000:])
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert lines == ["error: the processes of this run were given different configs: "
+                         "process 1 differs from process 0 in fields that change results; start "
+                         "every process with the same config and options"], (i, err[-2000:])
+    assert not run_dir.exists() and not (tmp_path / "no_data").exists()
+
+
 def test_a_start_that_saved_nothing_does_not_hold_the_workdir(tmp_path, capsys):
     """A first start that failed before its first checkpoint (a bad value, a missing dataset)
     left config.json: another config replaces it, with a note; once a checkpoint exists, a
