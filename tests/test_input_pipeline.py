@@ -387,3 +387,68 @@ def test_frame_labels_are_the_crops_activity_frame_by_frame():
     with pytest.raises(KeyError, match=r"frame labels \(model.frame_head\) needs a 'tag_mask'"):
         next(iter(ip.train_dataset([{"mel": ramp, "tags": np.ones(4)}] * 6, frame_labels=True,
                                    **dict(kw, crop_labels="clip"))))
+
+
+KILLED_PARENT = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from test_input_pipeline import loader, make_source
+it = iter(loader(make_source(24), num_epochs=50, num_workers=2, worker_buffer_size=1))
+next(it)
+print("running", flush=True)
+time.sleep(600)
+"""
+
+
+def test_workers_end_when_the_parent_is_killed_outright():
+    """From a new user's trial: `kill -9` of a training with data.num_workers=2 left its two
+    grain workers (235 MB each) and their shared memory for minutes. Each worker now ends
+    within a second or so of its parent's death."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, str(Path(__file__).parent)],
+                            stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    try:
+        assert proc.stdout.readline().strip() == "running"
+
+        def children(pid: int) -> list[int]:
+            found = []
+            for entry in Path("/proc").iterdir():
+                try:
+                    stat = (entry / "stat").read_text()
+                except (OSError, ValueError):
+                    continue
+                if entry.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            return found
+
+        workers = [c for c in children(proc.pid)
+                   if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]
+        assert len(workers) >= 2, workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+        def alive(pid: int) -> bool:  # a zombie waits for init to reap it: it has ended
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(map(alive, workers)):
+            time.sleep(0.2)
+        assert [w for w in workers if alive(w)] == []
+    finally:
+        proc.kill()
+        proc.wait()
+        for w in locals().get("workers", ()):  # orphans of a failed check
+            try:
+                os.kill(w, signal.SIGKILL)
+            except OSError:
+                pass
