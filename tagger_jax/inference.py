@@ -115,7 +115,8 @@ def discover(paths: Iterable[str | os.PathLike],
     directories and everything under them, e.g. `outputs.own_files(--output)`), which a directory
     search leaves out without listing them. A file named again (by the same path, another
     spelling of it such as `A/../A/x.wav`, a symbolic link to it, or as a file and within its
-    named folder) is one input under its first name; the repeat is listed in `skipped`.
+    named folder) is one input under its first name, except that a link a folder search finds
+    gives way to its file found by its own name; the repeat is listed in `skipped`.
     A named directory with no files at all is listed in `skipped` too. Missing paths are kept:
     they become failed inputs with an error naming them, never a crash of the run. Names are
     `audio.display_path` text (bytes that are not UTF-8 as \\xNN).
@@ -137,6 +138,7 @@ def discover(paths: Iterable[str | os.PathLike],
             outputs[f.parent] = explain_report.output_files(f.parent)
         return outputs[f.parent].get(f.name)
 
+    scanned = []
     for p in map(Path, paths):
         files, left_out = audio.scan_inputs([p])
         if p.is_dir():
@@ -151,9 +153,20 @@ def discover(paths: Iterable[str | os.PathLike],
                 left_out = [(p, "a directory with no files in it")]
         if skipped is not None:
             skipped.extend(left_out)
+        scanned.append((p, files))
+    # A link found in a folder search whose file is an input by its own name too is the repeat,
+    # wherever it sorts (a `misc/link.flac` took the place of `rock/track.flac` before).
+    direct = {Path(os.path.realpath(f)) for p, files in scanned if p.is_dir() for f in files
+              if not f.is_symlink()}
+    for p, files in scanned:
         for f in files:
             rel = f.relative_to(p).as_posix() if p.is_dir() else p.name
             real = Path(os.path.realpath(f))
+            if p.is_dir() and f.is_symlink() and real in direct:
+                if skipped is not None:
+                    skipped.append((f, f"named again (a link to {audio.display_path(real)}, "
+                                       "an input by its own name)"))
+                continue
             if real in seen:  # named twice (a file and its folder, ./x and x, a link): said
                 if skipped is not None:
                     skipped.append((f, "named again (one input; its first name is used)"))

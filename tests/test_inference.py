@@ -483,6 +483,27 @@ def test_tag_embed_and_explain_report_skipped_files_alike(model_dir, tmp_path, c
     assert "error: no input files found (2 files skipped, listed above)" in capsys.readouterr().err
 
 
+def test_a_link_found_in_a_folder_gives_way_to_its_file_named_by_its_own_name(tmp_path):
+    """From a new user's trial: `misc/link_to_001.flac` (a link) sorted before
+    `rock/track 001.flac` and took its place; the real file was skipped as named again."""
+    from tagger_jax import inference
+
+    for d in ("misc", "rock"):
+        (tmp_path / d).mkdir()
+    sf.write(tmp_path / "rock" / "track 001.flac", np.zeros(1600), 16000)
+    (tmp_path / "misc" / "link_to_001.flac").symlink_to(tmp_path / "rock" / "track 001.flac")
+    skipped = []
+    found = inference.discover([tmp_path], skipped)
+    assert [name for _, name in found] == ["rock/track 001.flac"]
+    assert skipped == [(tmp_path / "misc" / "link_to_001.flac",
+                        f"named again (a link to {tmp_path / 'rock' / 'track 001.flac'}, an "
+                        "input by its own name)")]
+    # A link named on the command line stays the input it names.
+    skipped = []
+    found = inference.discover([tmp_path / "misc" / "link_to_001.flac"], skipped)
+    assert [name for _, name in found] == ["link_to_001.flac"] and skipped == []
+
+
 def test_one_file_by_two_spellings_or_a_link_is_one_input(tmp_path):
     """From a new user's trial: `A/x.wav` and `A/../A/x.wav` (or a link to it) were two inputs,
     explained and tagged twice."""
