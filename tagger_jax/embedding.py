@@ -237,7 +237,12 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
         _write_npz(out / f"{item.key}.npz", track)
         done.append(item.name)
 
-    result = embed(engine, todo, plan, progress=progress and process == 0, on_track=on_track)
+    try:
+        result = embed(engine, todo, plan, progress=progress and process == 0, on_track=on_track)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM (errors.Terminated): the finished ones merged
+        if processes == 1:
+            _merge(out, items, signature)
+        raise
     counted = inference.warning_counts(warned, len(todo))
     if counted:
         print(counted, file=sys.stderr)
@@ -284,13 +289,15 @@ def _read_failures(path: Path) -> dict[str, dict]:
 
 
 def _merge(out: Path, items: Sequence[inference.Input], signature: str) -> Optional[Path]:
-    """OUT/embeddings.npz: track-level arrays of every input of this run with a current NPZ, in
-    input order, with their names, keys and the run signature; removed (None) when there is none,
-    so that an earlier run's merged file never stands for this one."""
+    """OUT/embeddings.npz: track-level arrays of every input of this run with a current NPZ (this
+    run's signature and the input's present version, `inference.reusable`: an input that
+    changed and then failed, or that an interrupted run did not reach, is left out), in input
+    order, with their names, keys and the run signature; removed (None) when there is none, so
+    that an earlier run's merged file never stands for this one."""
     rows = []
     for item in items:
         z = _read_npz(out / f"{item.key}.npz")
-        if z is not None and str(z.get("signature")) == signature:
+        if inference.reusable(z, signature, item.fingerprint):
             rows.append((item, z))
     if not rows:
         (out / MERGED).unlink(missing_ok=True)

@@ -293,6 +293,44 @@ def test_embed_reuses_outputs_of_files_named_before_from_another_folder(model_di
     assert keys() == first
 
 
+def test_an_interrupted_embed_merges_the_inputs_it_finished(engine, files, tmp_path,
+                                                             monkeypatch):
+    """From a new user's trial: after Ctrl-C six NPZs had finished but embeddings.npz was not
+    written (or an earlier run's stayed). The interrupted run merges what it finished; an
+    input whose NPZ is of an earlier version of it is left out of the merged file."""
+    out = tmp_path / "emb"
+    items = engine.file_inputs([files / "long.npy", files / "mid.npy"])
+    write = embedding._write_npz
+    written = []
+
+    def interrupted_after_one(path, arrays):
+        if path.name != embedding.MERGED and written:
+            raise KeyboardInterrupt
+        write(path, arrays)
+        written.append(path.name)
+
+    monkeypatch.setattr(embedding, "_write_npz", interrupted_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        embedding.embed_inputs(engine, items, out, progress=False)
+    merged = embedding.load_embeddings(out / "embeddings.npz")
+    assert merged["keys"].tolist() == [written[0].removesuffix(".npz")]
+    assert sorted(p.name for p in out.glob("*.npz")) == sorted([written[0], "embeddings.npz"])
+    # The finished input changes, and the next run is interrupted before it is done again: its
+    # NPZ (of the old version) is not merged.
+    copy = tmp_path / "x.npy"
+    copy.write_bytes((files / "mid.npy").read_bytes())
+    monkeypatch.setattr(embedding, "_write_npz", write)
+    embedding.embed_inputs(engine, engine.file_inputs([copy]), tmp_path / "e2", progress=False)
+    np.save(copy, np.load(copy) + 1.0)
+    written[:] = ["something"]  # every input NPZ write is interrupted now
+    monkeypatch.setattr(embedding, "_write_npz", interrupted_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        embedding.embed_inputs(engine, engine.file_inputs([copy]), tmp_path / "e2",
+                               progress=False)
+    assert (tmp_path / "e2" / "x.npy.npz").exists()
+    assert not (tmp_path / "e2" / "embeddings.npz").exists()
+
+
 def test_embed_of_dataset_records_names_their_source_clips_and_labels(engine, tmp_path):
     """A record's `path` (else `clip_id`) travels into its NPZ as `source` and into the merged
     file as `sources`, so rows of `embed --dataset` can be matched to the user's clips; its
