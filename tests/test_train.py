@@ -615,9 +615,9 @@ def test_resuming_with_another_process_count_says_so_and_moves_nothing(tmp_path,
     workdir = tmp_path / "w"
     shutil.copytree(done, workdir)
     for step_dir in (workdir / "checkpoints").iterdir():
-        (step_dir / "data" / "process_0-of-1.json").rename(step_dir / "data" / "process_0-of-2.json")
-        shutil.copy(step_dir / "data" / "process_0-of-2.json",
-                    step_dir / "data" / "process_1-of-2.json")
+        data = step_dir / "data"
+        (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")
+        shutil.copy(data / "process_0-of-2.json", data / "process_1-of-2.json")
     with pytest.raises(errors.ConfigError) as info:
         train_lib.train_and_evaluate(config, workdir, toy_data(config))
     assert str(info.value) == (

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tags", type=_csv, default=(),
                         help="comma-separated tag names to explain (default: the top-k predicted "
                              "per input)")
-    parser.add_argument("--top-k", type=positive_int, default=3, help="tags explained per input (default 3)")
+    parser.add_argument("--top-k", type=positive_int, default=3,
+                        help="tags explained per input (default 3)")
     parser.add_argument("--tags-from", metavar="labels|CSV", default=None,
                         help="tags per input: 'labels' (each --dataset record's true tags) or a "
                              "CSV: rows file,tag,tag,... or an audio_folder CSV (header with "

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="audio files (wav, flac, ogg, mp3, ...), .npy log-mel spectrograms "
                              "(96, T), or directories (searched recursively)")
     add_model_arguments(parser)
-    parser.add_argument("--top-k", type=positive_int, default=5, help="tags listed per file (default 5)")
+    parser.add_argument("--top-k", type=positive_int, default=5,
+                        help="tags listed per file (default 5)")
     add_window_arguments(parser, batch_size=64)
     parser.add_argument("--output", type=Path, default=None, metavar="FILE.json",
                         help="write all results as a JSON list (updated as files finish)")

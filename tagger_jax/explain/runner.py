@@ -206,6 +206,7 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
                 by_path.setdefault(str(cand.resolve()), name)
             except OSError:
                 pass
+
     def ends_with(item: InputItem, name: str) -> bool:
         parts = Path(name).parts
         return Path(item.name).parts[-len(parts):] == parts
