@@ -7,16 +7,7 @@ import argparse
 import platform
 from pathlib import Path
 
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from tagger_jax.commands.arg_types import positive_int
 
 
 def positive_ints(text: str) -> list[int]:

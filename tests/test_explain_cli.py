@@ -754,12 +754,12 @@ def test_option_values_and_missing_inputs_are_named_usage_errors(setup, tmp_path
     or directory", and no inputs at all "give INPUT files/directories or --dataset (not both)"."""
     model_dir, inputs, _ = setup
     base = ["--checkpoint", str(model_dir), "--out", str(tmp_path / "out")]
-    cases = [([str(inputs / "tone.wav"), "--ig-steps", "0"], "argument --ig-steps: '0': must "
-                                                             "be at least 1"),
+    cases = [([str(inputs / "tone.wav"), "--ig-steps", "0"], "argument --ig-steps: must be at "
+                                                             "least 1, got 0"),
              ([str(inputs / "tone.wav"), "--top-k", "x"], "argument --top-k: 'x' is not an "
                                                            "integer"),
-             (["--dataset", "synthetic_tags", "--limit", "-3"], "argument --limit: '-3': must "
-                                                                 "be at least 1"),
+             (["--dataset", "synthetic_tags", "--limit", "-3"], "argument --limit: must be at "
+                                                                 "least 1, got -3"),
              ([str(inputs / "tone.wav"), "--tags-from", str(tmp_path / "no.csv")],
               f"error: --tags-from {tmp_path / 'no.csv'}: no such file"),
              ([], "error: no inputs: give INPUT files/directories, or --dataset NAME")]

@@ -6,16 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a usage error names the option and the value)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
-    return value
+from tagger_jax.commands.arg_types import positive_int
 
 
 def add_window_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:

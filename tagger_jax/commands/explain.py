@@ -10,8 +10,9 @@ from pathlib import Path
 from tagger_jax.commands._inference_args import (add_input_arguments, add_model_arguments,
                                                  add_run_arguments, add_window_arguments,
                                                  builder_config, check_inputs, data_dir,
-                                                 model_path, no_inputs_message, positive_int,
-                                                 print_skipped, window_plan)
+                                                 model_path, no_inputs_message, print_skipped,
+                                                 window_plan)
+from tagger_jax.commands.arg_types import positive_int
 
 HELP = ("Explain a model's tags: the paper's attention and tag-wise contribution heat maps and "
         "gradient saliency, as NPZ + PNG + JSON per input and an index.html for the run.")

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from tagger_jax.commands._inference_args import (add_model_arguments, add_window_arguments,
-                                                 model_path, no_inputs_message, positive_int,
-                                                 print_skipped, window_plan)
+                                                 model_path, no_inputs_message, print_skipped,
+                                                 window_plan)
+from tagger_jax.commands.arg_types import positive_int
 
 HELP = "tag audio files with a trained or imported model (track-level tags and taggrams)"
 
