@@ -76,11 +76,11 @@ def test_cli_refuses_a_busy_workdir_with_one_line_and_status_5(tmp_path):
     assert len(lines) == 1 and f"pid {proc.pid}" in lines[0], out.stderr[-2000:]
 
 
-def test_a_busy_workdir_stops_every_process_of_a_multi_process_run_with_status_5(tmp_path):
-    """Two localhost processes (jax.distributed, as tests/test_distributed.py runs them): process 0
-    is refused the lock, and both exit promptly with status 5, none left at a barrier."""
-    run_dir = tmp_path / "run"
-    proc = _holder(run_dir)
+def _two_training_processes(run_dir: Path, extra: tuple[list[str], list[str]] = ([], [])
+                            ) -> list[tuple[int, str]]:
+    """Runs train.py as processes 0 and 1 of a localhost jax.distributed run (synthetic_cpu.py,
+    `run_dir`, each with its `extra` arguments); (exit status, stderr) of each. A hang fails
+    with TimeoutExpired after 240 s."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -90,20 +90,32 @@ def test_a_busy_workdir_stops_every_process_of_a_multi_process_run_with_status_5
         for i in range(2):
             procs.append(subprocess.Popen(
                 [sys.executable, str(ROOT / "train.py"), "--config",
-                 str(ROOT / "configs" / "synthetic_cpu.py"), "--workdir", str(run_dir)],
+                 str(ROOT / "configs" / "synthetic_cpu.py"), "--workdir", str(run_dir),
+                 *extra[i]],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                 env=dict(env, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                          JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))))
-        outs = [p.communicate(timeout=240) for p in procs]  # a hang: TimeoutExpired
+        outs = [p.communicate(timeout=240) for p in procs]
     finally:
         for p in procs:
             p.kill()
             p.wait()
+    return [(p.returncode, err) for p, (_, err) in zip(procs, outs)]
+
+
+def test_a_busy_workdir_stops_every_process_of_a_multi_process_run_with_status_5(tmp_path):
+    """Two localhost processes (jax.distributed, as tests/test_distributed.py runs them): process 0
+    is refused the lock, and both exit promptly with status 5, none left at a barrier."""
+    run_dir = tmp_path / "run"
+    proc = _holder(run_dir)
+    try:
+        results = _two_training_processes(run_dir)
+    finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
-    for i, (p, (_, err)) in enumerate(zip(procs, outs)):
-        assert p.returncode == 5, (i, err[-2000:])
+    for i, (status, err) in enumerate(results):
+        assert status == 5, (i, err[-2000:])
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and f"pid {proc.pid}" in lines[0], (i, err[-2000:])
     assert not (run_dir / "config.json").exists()
@@ -114,28 +126,11 @@ def test_processes_given_different_configs_are_refused_before_the_workdir(tmp_pa
     process 0 trained one model with both, rc 0. Every process now stops with status 2 and one
     line, before the workdir or the data is touched; runtime fields may differ."""
     run_dir = tmp_path / "run"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    extra = [[], ["--config.train.learning_rate=0.01", "--config.data.num_workers=3"]]
-    procs = []
-    try:
-        for i in range(2):
-            procs.append(subprocess.Popen(
-                [sys.executable, str(ROOT / "train.py"), "--config",
-                 str(ROOT / "configs" / "synthetic_cpu.py"), "--workdir", str(run_dir),
-                 f"--config.data.data_dir={tmp_path / 'no_data'}", *extra[i]],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env=dict(env, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                         JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))))
-        outs = [p.communicate(timeout=240) for p in procs]  # a hang: TimeoutExpired
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-    for i, (p, (_, err)) in enumerate(zip(procs, outs)):
-        assert p.returncode == 2, (i, err[-2000:])
+    data = f"--config.data.data_dir={tmp_path / 'no_data'}"
+    results = _two_training_processes(run_dir, ([data], [data, "--config.train.learning_rate=0.01",
+                                                         "--config.data.num_workers=3"]))
+    for i, (status, err) in enumerate(results):
+        assert status == 2, (i, err[-2000:])
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert lines == ["error: the processes of this run were given different configs: "
                          "process 1 differs from process 0 in fields that change results; start "
