@@ -219,11 +219,13 @@ def restore_latest(mngr: ocp.CheckpointManager, target: TrainState, data_iter: A
 
 
 def prune(mngr: ocp.CheckpointManager, keep: int) -> list[int]:
-    """Deletes all but the newest `keep` checkpoints of `mngr`; returns the steps deleted, oldest
-    first. The manager prunes only when it saves, so a run resumed (or found complete) with a
-    lower `train.keep_checkpoints` than it was written with would otherwise keep the extra steps
-    until its next save, or forever if it saves no more. Call it on every process."""
-    excess = sorted(mngr.all_steps())[:-keep] if keep > 0 else []
+    """Deletes all but the newest `keep` checkpoints of `mngr` (all of them with 0); returns the
+    steps deleted, oldest first. The manager prunes only when it saves, so a run resumed (or
+    found complete) with a lower `train.keep_checkpoints` than it was written with would
+    otherwise keep the extra steps until its next save, or forever if it saves no more. Call it
+    on every process."""
+    steps = sorted(mngr.all_steps())
+    excess = steps[:-keep] if keep > 0 else steps
     for step in excess:
         mngr.delete(step)
     if excess:

@@ -290,7 +290,11 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
         elif best.latest_step() is not None or (workdir / wd.METRICS_FILE).exists():
             progress.say(f"warning: {workdir} has no checkpoint in {wd.CHECKPOINT_DIR}/ but "
                          "holds an earlier run's results: training starts again from step 0, "
-                         "and they are replaced as it goes")
+                         "and they are replaced as it goes (its best checkpoint now)")
+            # The earlier run's best checkpoint goes now: saving a best step skips one that
+            # exists (a resumed run repeats an epoch end), so a new best at the same step would
+            # have kept the old weights in best/ (and its digest, reusing old test results).
+            checkpointing.prune(best, 0)
         last_saved = resume_step
         writer = MetricWriter(workdir, resume_step or 0)
         summary: dict[str, Any] = {"workdir": str(workdir), "preempted": False}

@@ -597,10 +597,19 @@ def test_test_results_are_not_reused_for_other_weights_at_the_same_best_step(tmp
     run(0)  # records the test inputs (the finished run had no fingerprint)
     second, out = run(0)
     assert second["test_reused"], out
+    def best_files():
+        return {p.relative_to(workdir / "best"): p.read_bytes()
+                for p in (workdir / "best").rglob("*") if p.is_file()}
+
+    before = best_files()
     shutil.rmtree(workdir / "checkpoints")
     third, out = run(5)  # other training data, same config: other weights
     assert not third["test_reused"]
     assert "the best model's weights" in out and "changed since" in out, out
+    # The earlier run's best checkpoint went at the start: a new best at its step is written
+    # (a best step that exists is not saved again, which kept the old weights in best/).
+    assert "replaced as it goes (its best checkpoint now)" in out
+    assert best_files() != before
 
 
 def test_resuming_with_another_process_count_says_so_and_moves_nothing(tmp_path, finished_run):
