@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tagger_jax import inference
+from tagger_jax.progress import bar_interval
 
 FORMAT = "tagger-jax-embedding/3"  # /2: tag_names in every NPZ; /3: source, records' labels
 MERGED = "embeddings.npz"
@@ -98,7 +99,7 @@ def embed(engine: inference.Engine, items: Sequence[inference.Input],
     tracks: dict[str, dict] = {}
     failed: dict[str, str] = {}
     bar = tqdm(total=len(items), unit="input", desc=inference.share_label("embed"),
-               disable=not progress, file=sys.stderr)
+               disable=not progress, file=sys.stderr, **bar_interval())
 
     def done(p: inference.Prepared, out: dict) -> None:
         track = _track(p, out, engine.geometry.step_s, signature, model, engine.tags)
@@ -113,7 +114,9 @@ def embed(engine: inference.Engine, items: Sequence[inference.Input],
         bar.update(1)
 
     try:
-        engine.run(items, plan, engine.embed_fn(), done, error)
+        names = {it.key: it.name for it in items}
+        engine.run(items, plan, engine.embed_fn(), done, error,
+                   engine.rows_postfix(bar, names.__getitem__))
     finally:
         bar.close()
     ok = [it for it in items if it.key in tracks]

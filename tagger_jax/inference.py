@@ -618,15 +618,19 @@ class Packer:
     so at most `batch_size` rows wait on the host (`peak_rows` records the most ever waiting).
     `get` fetches an output batch to the host (default `jax.device_get`; across processes, this
     process's rows: `sharding.local_rows`). `rows_computed` counts the real rows sent to `fn`
-    (padding excluded), `batches_run` the calls of `fn`.
+    (padding excluded), `batches_run` the calls of `fn`. `on_rows(key, done, total)`, if given,
+    is called for every input with rows in a fetched batch: `done` of its `total` computed rows
+    are back (a progress display within one long input, `rows_postfix`).
     """
 
     def __init__(self, fn: Callable[..., Mapping[str, Any]], batch_size: int,
                  put: Optional[Callable[[dict], Any]] = None,
-                 get: Optional[Callable[[Any], Any]] = None):
+                 get: Optional[Callable[[Any], Any]] = None,
+                 on_rows: Optional[Callable[[str, int, int], None]] = None):
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
         self.fn, self.batch_size, self.put, self.get = fn, int(batch_size), put, get
+        self.on_rows = on_rows
         self.rows: collections.deque = collections.deque()  # (key, index, {name: row})
         self.expected: dict[str, int] = {}
         self.results: dict[str, list] = {}
@@ -703,9 +707,12 @@ class Packer:
         self.in_flight = None
         out = self.get(out) if self.get is not None else jax.device_get(out)
         done = []
+        touched: dict[str, tuple[int, int]] = {}  # key: (rows back, rows in all)
         for j, (key, i, _) in enumerate(rows):
             self.results[key][i] = {k: np.asarray(v[j]) for k, v in out.items()}
             self.expected[key] -= 1
+            total = len(self.results[key])
+            touched[key] = (total - self.expected[key], total)
             if self.expected[key] == 0:
                 parts = self.results.pop(key)
                 del self.expected[key]
@@ -714,7 +721,26 @@ class Packer:
                 if expand is not None:
                     stacked = {k: v[expand] for k, v in stacked.items()}
                 done.append((key, stacked))
+        if self.on_rows is not None:
+            for key, (back, total) in touched.items():
+                self.on_rows(key, back, total)
         return done
+
+
+def rows_postfix(bar: Any, name_of: Callable[[str], str], min_rows: int,
+                 what: str = "windows") -> Callable[[str, int, int], None]:
+    """A `Packer.on_rows` that shows the progress within an input of at least `min_rows`
+    computed rows (e.g. more than one batch: a long track) as the postfix of the inputs' tqdm
+    `bar`, "NAME: 120/900 windows", cleared when the input is done. Without it a bar over files
+    sat at 0% through a 30-minute track. The bar is redrawn no more often than its own
+    `mininterval` allows (tqdm's `update(0)`). `name_of(key)`: the input's name."""
+    def show(key: str, done: int, total: int) -> None:
+        if total < min_rows:
+            return
+        bar.set_postfix_str(f"{name_of(key)}: {done}/{total} {what}" if done < total else "",
+                            refresh=False)
+        bar.update(0)
+    return show
 
 
 def run_inputs(items: Sequence[Input], plan: WindowPlan, geom: Geometry, packer: Packer,
@@ -964,16 +990,23 @@ class Engine:
 
         return jax.device_put(batch, self._batch_sharding)
 
-    def packer(self, fn: Callable[..., Mapping[str, Any]]) -> Packer:
-        return Packer(fn, self.batch_size, put=self.put)
+    def packer(self, fn: Callable[..., Mapping[str, Any]],
+               on_rows: Optional[Callable[[str, int, int], None]] = None) -> Packer:
+        return Packer(fn, self.batch_size, put=self.put, on_rows=on_rows)
+
+    def rows_postfix(self, bar: Any, name_of: Callable[[str], str],
+                     what: str = "windows") -> Callable[[str, int, int], None]:
+        """`rows_postfix` for inputs of more than one of this engine's batches."""
+        return rows_postfix(bar, name_of, self.batch_size + 1, what)
 
     def run(self, items: Sequence[Input], plan: WindowPlan,
             fn: Callable[..., Mapping[str, Any]],
             on_done: Callable[[Prepared, dict], None],
-            on_error: Callable[[Input, BaseException], None]) -> Packer:
-        """`run_inputs` on this engine's devices (see there)."""
-        return run_inputs(items, plan, self.geometry, self.packer(fn), on_done, on_error,
-                          self.load_workers)
+            on_error: Callable[[Input, BaseException], None],
+            on_rows: Optional[Callable[[str, int, int], None]] = None) -> Packer:
+        """`run_inputs` on this engine's devices (see there); `on_rows`: `Packer`'s."""
+        return run_inputs(items, plan, self.geometry, self.packer(fn, on_rows), on_done,
+                          on_error, self.load_workers)
 
     def predict_fn(self) -> Callable[..., dict]:
         predict = make_predict_fn(self.loaded.model)

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tagger_jax import audio, inference, outputs
+from tagger_jax.progress import bar_interval
 from tagger_jax.inference import COVER, PAPER, WindowPlan  # noqa: F401 (re-exported)
 
 
@@ -57,7 +58,7 @@ class Tagger:
                  for i, p in enumerate(paths)]
         results: list[dict | None] = [None] * len(items)
         bar = tqdm(total=len(items), unit="file", desc=inference.share_label("tagging"),
-                   disable=not progress, file=sys.stderr)
+                   disable=not progress, file=sys.stderr, **bar_interval())
 
         def emit(index: int, result: dict) -> None:
             results[index] = result
@@ -76,7 +77,8 @@ class Tagger:
             emit(int(item.key), {"file": item.name, "error": message(item.name, error)})
 
         try:
-            self.engine.run(items, plan, self.engine.predict_fn(), done, failed)
+            self.engine.run(items, plan, self.engine.predict_fn(), done, failed,
+                            self.engine.rows_postfix(bar, lambda key: items[int(key)].name))
         finally:
             bar.close()
         return [r for r in results if r is not None]

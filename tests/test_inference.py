@@ -114,6 +114,50 @@ def test_streaming_keeps_at_most_one_batch_of_windows_on_the_host():
     np.testing.assert_allclose(out["m"], expected, rtol=1e-5)
 
 
+class _Bar:
+    """Records what a tqdm bar is asked to show (`rows_postfix`)."""
+
+    def __init__(self):
+        self.postfixes: list[str] = []
+        self.redraws = 0
+
+    def set_postfix_str(self, text, refresh=True):
+        self.postfixes.append(text)
+
+    def update(self, n=1):
+        self.redraws += 1
+
+
+def test_a_long_input_shows_its_windows_on_the_bar_and_a_short_one_does_not(engine, files):
+    """From a new user's trial: a bar over files sat at 0% through a 30-minute track. A bar's
+    postfix now counts the computed windows of an input longer than one batch."""
+    bar = _Bar()
+    items = engine.file_inputs([files / "long.npy", files / "mid.npy"])
+    names = {it.key: it.name for it in items}
+    hop = inference.WindowPlan(hop_s=0.016 * 2)  # long: 41 windows (6 batches); mid: 5
+    engine.run(items, hop, engine.predict_fn(), lambda p, out: None, lambda item, e: None,
+               engine.rows_postfix(bar, names.__getitem__))
+    shown = [t for t in bar.postfixes if t]
+    assert shown and all(t.startswith(f"{names['long.npy']}: ") and t.endswith("/41 windows")
+                         for t in shown)  # the short input is never shown
+    counts = [int(t.split(": ")[1].split("/")[0]) for t in shown]
+    assert counts == sorted(counts) and counts[0] >= 1 and counts[-1] < 41
+    assert bar.postfixes[-1] == ""  # cleared when the long input finished
+    assert bar.redraws == len(bar.postfixes)  # each through update(0): tqdm's rate limit
+
+
+def test_packer_reports_each_inputs_rows_as_batches_come_back():
+    calls = []
+    packer = inference.Packer(lambda x: {"m": x.sum(axis=1)}, batch_size=4,
+                              on_rows=lambda *a: calls.append(a))
+    rows = ({"x": np.full(3, i, np.float32)} for i in range(10))
+    packer.add("a", rows, 10)
+    packer.add("b", ({"x": np.zeros(3, np.float32)} for _ in range(2)), 2)
+    packer.flush()
+    assert [c for c in calls if c[0] == "a"] == [("a", 4, 10), ("a", 8, 10), ("a", 10, 10)]
+    assert [c for c in calls if c[0] == "b"] == [("b", 2, 2)]
+
+
 def test_outputs_do_not_depend_on_batch_size_or_batch_mates(model_dir, files):
     loaded = checkpoint.load_model(model_dir)
     results = {}

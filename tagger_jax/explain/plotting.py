@@ -115,6 +115,20 @@ def line_layout(total_s: float, line_s: Optional[float]) -> tuple[int, float]:
     return lines, total_s / lines
 
 
+def _colour_bar(fig, image, cax, row: Row, vmin: float, vmax: float, ndim: int) -> None:
+    """A row's colour bar in `cax`: a thin row's has no ticks but its range and unit beside it;
+    a 2-D map's has ticks and its unit as the label."""
+    cb = fig.colorbar(image, cax=cax, ticks=[] if ndim == 1 else None)
+    if ndim == 1:  # too thin for ticks: the range and unit beside the bar
+        text = f"{vmin:.3g} .. {vmax:.3g}" + (f"\n{row.unit}" if row.unit else "")
+        cax.text(2.2, 0.5, text, fontsize=6, transform=cax.transAxes, ha="left",
+                 va="center", parse_math=False, color="#333")
+    else:
+        cb.ax.tick_params(labelsize=6, length=2, pad=1)
+        if row.unit:
+            cb.set_label(row.unit, fontsize=6, labelpad=2)
+
+
 def plot_explanation(path: str | Path, log_mel: np.ndarray, spec_step_s: float,
                      rows: Sequence[Row], map_step_s: float, map_centred: bool = True,
                      title: str = "", marks_s: Sequence[float] = (), dpi: int = 100,
@@ -180,9 +194,10 @@ def explanation_figure(log_mel: np.ndarray, spec_step_s: float, rows: Sequence[R
         top.set_yticks(hz_pos, [f"{h / 1000:g}k" if h >= 1000 else str(h) for h in hz])
         top.tick_params(axis="y", labelsize=7)
         top.set_ylabel("Hz", fontsize=8)
-        cb = fig.colorbar(im, cax=fig.add_subplot(grid[g0, 1]))
-        cb.set_label("dB", fontsize=7)
-        cb.ax.tick_params(labelsize=6)
+        if line == 0:  # colour bars and per-band sums: the same on every line, drawn once
+            cb = fig.colorbar(im, cax=fig.add_subplot(grid[g0, 1]))
+            cb.set_label("dB", fontsize=7)
+            cb.ax.tick_params(labelsize=6)
         if title and line == 0:
             top.set_title(title, fontsize=10, loc="left", parse_math=False)
         axes = [top]
@@ -203,7 +218,7 @@ def explanation_figure(log_mel: np.ndarray, spec_step_s: float, rows: Sequence[R
                 ax.set_yticks([p for p, _ in keep],
                               [f"{h / 1000:g}k" if h >= 1000 else str(h) for _, h in keep])
                 ax.tick_params(axis="y", labelsize=6)
-                if row.bands is not None:  # (per-band sums over the covered steps)
+                if row.bands is not None and line == 0:  # (sums over the covered steps)
                     side = fig.add_subplot(grid[g0 + i, 3], sharey=ax)
                     bands = np.asarray(row.bands, np.float64)
                     colors = np.where(bands >= 0, "#b2182b", "#2166ac")
@@ -224,16 +239,9 @@ def explanation_figure(log_mel: np.ndarray, spec_step_s: float, rows: Sequence[R
             for a, b in gap_spans(values):  # steps no window covered (of this line's part)
                 lo_s = ext[0] + a * map_step_s
                 ax.axvspan(lo_s, ext[0] + b * map_step_s, zorder=2, **GAP_STYLE)
-            cax = fig.add_subplot(grid[g0 + i, 1])
-            cb = fig.colorbar(im, cax=cax, ticks=[] if values.ndim == 1 else None)
-            if values.ndim == 1:  # too thin for ticks: the range and unit beside the bar
-                text = f"{vmin:.3g} .. {vmax:.3g}" + (f"\n{row.unit}" if row.unit else "")
-                cax.text(2.2, 0.5, text, fontsize=6, transform=cax.transAxes, ha="left",
-                         va="center", parse_math=False, color="#333")
-            else:
-                cb.ax.tick_params(labelsize=6, length=2, pad=1)
-                if row.unit:
-                    cb.set_label(row.unit, fontsize=6, labelpad=2)
+            if line == 0:
+                _colour_bar(fig, im, fig.add_subplot(grid[g0 + i, 1]), row, vmin, vmax,
+                            values.ndim)
             ax.set_ylabel(row.label, rotation=0, ha="right", va="center", fontsize=7.5,
                           parse_math=False, color="#1b7837" if row.truth else "black")
             axes.append(ax)

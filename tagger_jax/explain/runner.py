@@ -38,6 +38,7 @@ from tagger_jax import chunking, inference
 from tagger_jax.explain import methods as M
 from tagger_jax.explain import report
 from tagger_jax.explain.stitch import covered, stitch
+from tagger_jax.progress import bar_interval
 
 DEFAULT_METHODS = ("attention", "contribution", "grad_x_input")
 # Maps that can be heard: one value per frame, or per (band, frame) for the gradients.
@@ -942,7 +943,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
               file=sys.stderr)
     bar = tqdm(total=len(share), initial=len(share) - len(todo),
                disable=not progress or process != 0, unit="input",
-               desc=inference.share_label("explain"))
+               desc=inference.share_label("explain"), **bar_interval())
     tracks: dict[str, _Track] = {}
 
     def fail(item: InputItem, error: BaseException) -> None:
@@ -957,11 +958,17 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         track = tracks.pop(key)
         if track.tags is None:  # top-k from the same windows' probabilities
             _predicted_tags(ctx, track, out["probabilities"])
+        long = len(track.unique_starts) > ctx.engine.batch_size
+        if long:  # a long track's figure takes a while (a minute for 30 minutes of audio)
+            bar.set_postfix_str(f"{track.item.name}: writing its files")
         try:
             _write(ctx, track, assemble(ctx, track, out), out_dir, signature)
         except Exception as e:  # an input that cannot be written must not stop the others
             fail(track.item, e)
             return
+        finally:
+            if long:
+                bar.set_postfix_str("", refresh=False)
         failures.pop(key, None)
         done.append(track.item.name)
         if options.listen and track.extras.get("audio") is None:
@@ -969,10 +976,13 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         bar.update(1)
 
     variables = ctx.engine.variables
+    names = {it.key: it.name for it in todo}
     explain_packer = ctx.engine.packer(
-        lambda x, tags: ctx.explain_fn(variables, x, tags))
+        lambda x, tags: ctx.explain_fn(variables, x, tags),
+        ctx.engine.rows_postfix(bar, names.__getitem__, "windows explained"))
     predict_packer = ctx.engine.packer(
-        lambda x: {"probabilities": ctx.predict_fn(variables, x)})
+        lambda x: {"probabilities": ctx.predict_fn(variables, x)},
+        ctx.engine.rows_postfix(bar, names.__getitem__, "windows tagged"))
 
     def start_explaining(track: _Track) -> None:
         tags = track.tags if track.tags is not None else np.zeros(ctx.k, np.int32)
