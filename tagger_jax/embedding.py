@@ -171,16 +171,16 @@ class EmbedReport:
     replaced: list[str] = dataclasses.field(default_factory=list)  # outputs computed again
 
     def __str__(self) -> str:
-        lines = [f"embedded {len(self.done)} input(s), skipped {len(self.skipped)} already "
-                 f"finished, {len(self.failed)} failed"]
-        lines[0] += inference.replaced_summary(len(self.replaced))
+        lines = [inference.run_summary("embedded", len(self.done), len(self.skipped),
+                                       len(self.failed), len(self.replaced))]
         if self.merged is not None:
             lines.append(f"track-level embeddings of this run's finished inputs: {self.merged}")
         return "\n".join(lines)
 
     def failure_lines(self) -> list[str]:
-        """One `error:` line per failed input (the command prints them on stderr)."""
-        return [f"error: {msg}" for msg in self.failed.values()]
+        """One `failed:` line per failed input (`inference.failure_lines`; the command prints
+        them on stderr after the counts)."""
+        return inference.failure_lines(self.failed.items())
 
 
 def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],

@@ -872,6 +872,33 @@ def replaced_summary(count: int) -> str:
             "the input replaced") if count else ""
 
 
+def run_summary(verb: str, done: int, skipped: int, failed: int, replaced: int = 0) -> str:
+    """The counts line that ends every batch command (`tag`, `embed`, `explain`): "explained 3
+    input(s), skipped 2 already finished, 1 failed" (and `replaced_summary`)."""
+    return (f"{verb} {done} input(s), skipped {skipped} already finished, {failed} failed"
+            + replaced_summary(replaced))
+
+
+FAILED_PREFIX = "failed: "  # the start of every failed input's line (not "error:": the run went on)
+
+
+def failure_lines(errors: Iterable[tuple[Any, Any]]) -> list[str]:
+    """One line per failed input, the same in every batch command (printed on stderr after
+    `run_summary`): "failed: NAME: reason", the name once (a reason from reading the input
+    already starts with it). `errors`: (input name, reason) pairs."""
+    return [FAILED_PREFIX + " ".join(named(name, error).split()) for name, error in errors]
+
+
+def named(name: Any, error: Any) -> str:
+    """`error` (an exception or its text) naming the input once: as it is when it starts with
+    `name` (errors from reading an input do), else "name: error"; an exception without text
+    gives its type's name."""
+    name = str(name)
+    text = ((str(error) or type(error).__name__) if isinstance(error, BaseException)
+            else str(error))
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
 def model_signature(loaded) -> str:
     """Changes when the model directory is rewritten (its metadata or variables): outputs made
     with another signature are not reused by resumable runs."""

@@ -74,7 +74,7 @@ class Tagger:
                                    "fingerprint": p.item.fingerprint})
 
         def failed(item: inference.Input, error: BaseException) -> None:
-            emit(int(item.key), {"file": item.name, "error": message(item.name, error)})
+            emit(int(item.key), {"file": item.name, "error": inference.named(item.name, error)})
 
         try:
             self.engine.run(items, plan, self.engine.predict_fn(), done, failed,
@@ -127,12 +127,6 @@ def rounded(values: Any, decimals: int) -> Any:
     written as 0.12345699965953827)."""
     out = np.round(np.asarray(values, np.float64), decimals)
     return out.tolist() if out.ndim else float(out)
-
-
-def message(name: str, error: BaseException) -> str:
-    """One line naming the input: the error's text, prefixed by `name` unless it has it."""
-    text = str(error) or type(error).__name__
-    return text if text.startswith(name) else f"{name}: {text}"
 
 
 def write_json(results: list[dict], output: Path) -> None:

@@ -154,6 +154,8 @@ def test_second_run_does_no_work_twice(setup, first_run, monkeypatch, capsys):
     assert rc == 1
     text = capsys.readouterr()
     assert "skipped 4 already finished, 2 failed" in text.out and "broken.wav" in text.err
+    failed = [line for line in text.err.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 2 and any(f"{inputs / 'broken.wav'}: " in line for line in failed)
     assert "broken.wav" not in text.out  # failures on stderr, as tag prints them
     assert mtimes == {p.name: p.stat().st_mtime_ns for p in out.iterdir()
                       if p.suffix != ".html"}

@@ -227,8 +227,8 @@ def test_embed_cli_writes_npz_and_resumes(model_dir, files, tmp_path, capsys):
     assert cli.main(argv) == 1  # broken.npy failed
     captured = capsys.readouterr()
     assert "embedded 2 input(s)" in captured.out and "broken.npy" not in captured.out
-    assert [line for line in captured.err.splitlines() if "broken.npy" in line][0].startswith(
-        "error: ")  # failures on stderr, as tag reports them
+    [line] = [line for line in captured.err.splitlines() if "broken.npy" in line]
+    assert line.startswith(f"failed: {files / 'broken.npy'}: ")  # on stderr, as tag, explain
     merged = embedding.load_embeddings(out / "embeddings.npz")
     assert [n.split("/")[-1] for n in merged["names"]] == ["long.npy", "mid.npy"]
     assert merged["embedding"].shape == (2, 16) and merged["probabilities"].shape == (2, 5)

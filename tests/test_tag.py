@@ -85,8 +85,12 @@ def test_cli_tags_good_files_and_reports_broken_ones(model_dir, inputs, tmp_path
                         ("corrupt.ogg", "decode")):
         assert results[name]["error"].startswith(str(inputs / name))
         assert words in results[name]["error"]
-    err = capsys.readouterr().err
-    assert "3 of 7 inputs failed" in err and "Traceback" not in err
+    err = capsys.readouterr().err.splitlines()
+    assert "tagged 4 input(s), skipped 0 already finished, 3 failed" in err
+    failed = [line for line in err if line.startswith("failed: ")]  # as embed and explain
+    assert sorted(failed) == sorted(f"failed: {results[n]['error']}" for n in
+                                    ("wrong_shape.npy", "empty.mp3", "corrupt.ogg"))
+    assert not any("Traceback" in line for line in err)
 
 
 def test_track_probabilities_follow_the_paper_protocol(loaded, inputs):
@@ -155,7 +159,7 @@ def test_resume_keeps_finished_results(model_dir, inputs, tmp_path, capsys):
         "spec.npy", "tone.wav", "empty.mp3"]  # input order, whatever finished first
     err = capsys.readouterr().err
     assert "2 of 3 inputs reused" in err
-    assert "1 of 3 inputs failed (2 reused, 1 tried now)" in err
+    assert "tagged 0 input(s), skipped 2 already finished, 1 failed" in err
     # A reused input prints its line with this run's --top-k; another input's failure stays
     # recorded in the file when this run does not retry it.
     rc = cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--resume",
@@ -357,7 +361,7 @@ def test_broken_files_get_one_line_errors_and_short_clips_a_warning_field(model_
         message = results[name]["error"]
         assert message.startswith(f"{tmp_path / name}: ") and words in message, message
         assert "\n" not in message and not re.search(ADDRESS, message), message
-        assert f"  {message}\n" in err  # the run's summary repeats it, as written
+        assert f"failed: {message}\n" in err  # the run's summary repeats it, as written
     assert "Traceback" not in err and not re.search(ADDRESS, err), err
     short = results["short.wav"]
     assert "error" not in short

@@ -222,11 +222,9 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     if args.output is not None:
         print(f"results written to {args.output}", file=sys.stderr)
     failed = [r for r in results if "error" in r]
-    if failed:
-        print(f"{len(failed)} of {total} inputs failed" +
-              (f" ({reused} reused, {len(results)} tried now)" if reused else "") + ":",
-              file=sys.stderr)
-        for r in failed:
-            print(f"  {r['error']}", file=sys.stderr)
-        return 1
-    return 0
+    # The counts and each failure, as embed and explain end (on stderr: stdout holds the tags).
+    print(inference.run_summary("tagged", len(results) - len(failed), reused, len(failed),
+                                len(stale & {r["file"] for r in results})), file=sys.stderr)
+    for line in inference.failure_lines((r["file"], r["error"]) for r in failed):
+        print(line, file=sys.stderr)
+    return 1 if failed else 0

@@ -32,6 +32,8 @@ from urllib.parse import quote
 
 import numpy as np
 
+from tagger_jax import inference
+
 SUMMARY_SUFFIX = ".json"
 FAILURES_FILE = "failures.json"
 INDEX_FILE = "index.html"
@@ -335,7 +337,7 @@ def write_index(out_dir: str | os.PathLike, title: str = "tagger-jax explanation
             f"<td>{'' if truth is None else esc(', '.join(map(str, truth)))}</td>"
             f"<td>{esc(', '.join(map(str, s.get('explained_tags', []))))}</td>"
             f"<td class='files'>{links}</td></tr>")
-    failed = "".join(f"<li>{esc(failure_line(f.get('input', ''), f.get('error', '')))}</li>"
+    failed = "".join(f"<li>{esc(inference.named(f.get('input', ''), f.get('error', '')))}</li>"
                      for f in failures.values())
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
@@ -359,20 +361,3 @@ def write_index(out_dir: str | os.PathLike, title: str = "tagger-jax explanation
 </body></html>
 """
     return _write_text(out_dir / INDEX_FILE, body)
-
-
-def failure_line(name: Any, error: Any) -> str:
-    """One line naming a failed input once: the error as is when it already starts with the
-    input's name (errors from reading do), else `name: error`."""
-    name, error = str(name), str(error)
-    return error if error.startswith(name) else f"{name}: {error}"
-
-
-def format_report(done: Iterable[str], skipped: Iterable[str],
-                  failed: Mapping[str, str]) -> str:
-    """The end-of-run text: counts and every failure with its reason."""
-    done, skipped = list(done), list(skipped)
-    lines = [f"explained {len(done)} input(s), skipped {len(skipped)} already finished, "
-             f"{len(failed)} failed"]
-    lines += [f"  FAILED {failure_line(name, err)}" for name, err in failed.items()]
-    return "\n".join(lines)

@@ -118,8 +118,13 @@ class RunReport:
     replaced: list[str] = dataclasses.field(default_factory=list)  # outputs computed again
 
     def __str__(self) -> str:
-        first, *rest = report.format_report(self.done, self.skipped, self.failed).split("\n")
-        return "\n".join([first + inference.replaced_summary(len(self.replaced)), *rest])
+        """The counts (`inference.run_summary`)."""
+        return inference.run_summary("explained", len(self.done), len(self.skipped),
+                                     len(self.failed), len(self.replaced))
+
+    def failure_lines(self) -> list[str]:
+        """One `failed:` line per failed input (`inference.failure_lines`)."""
+        return inference.failure_lines(self.failed.items())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -947,7 +952,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     tracks: dict[str, _Track] = {}
 
     def fail(item: InputItem, error: BaseException) -> None:
-        msg = report.failure_line(item.name, str(error) or type(error).__name__)
+        msg = inference.named(item.name, error)
         failed[item.name] = msg
         failures[item.key] = {"input": item.name, "error": msg, "fingerprint": item.fingerprint,
                               "signature": signature}
@@ -1039,9 +1044,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     result = RunReport(done, skipped, failed, out_dir, index, time.perf_counter() - t0,
                        replaced)
     if log is not None and process == 0:  # the counts, then each failure on stderr (as `tag`)
-        counts, *failures = str(result).split("\n")
-        log(counts)
-        for line in failures:
+        log(str(result))
+        for line in result.failure_lines():
             print(line, file=sys.stderr)
     return result
 
