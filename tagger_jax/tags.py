@@ -20,3 +20,18 @@ assert len(MTAT_TOP50) == 50 and len(set(MTAT_TOP50)) == 50
 CSV_PATH_COLUMN = "path"  # column with the audio file path
 CSV_TAGS_COLUMN = "tags"  # column of tag names joined by CSV_TAG_SEPARATOR
 CSV_TAG_SEPARATOR = ";"  # separator inside the tags column
+
+# Text files a user hands over (tag lists, split and label tables): UTF-8, with the byte-order
+# mark that Windows editors write at the start dropped. Read as plain "utf-8" the mark stayed in
+# the first tag's name ('\ufeffguitar', found by a new user's trial): a model whose first tag
+# matched no dataset, and builds refusing tags that were in the list.
+TEXT_ENCODING = "utf-8-sig"
+
+
+def read_tag_list(path) -> list[str]:
+    """The tag names of a text file, one per line (`TEXT_ENCODING`; surrounding spaces, blank
+    lines and Windows line ends dropped). Raises OSError or UnicodeDecodeError as `open` does."""
+    from pathlib import Path
+
+    text = Path(path).read_text(encoding=TEXT_ENCODING)
+    return [t.strip() for t in text.splitlines() if t.strip()]

@@ -750,6 +750,25 @@ def test_tags_csv_rows_match_inputs_by_the_end_of_their_path(tmp_path):
     assert said == [f"{table}: 2 row(s) match no input: 'solo.wav', 'nowhere.wav'"]
 
 
+def test_tags_csv_matches_dataset_records_by_their_source_path_and_reads_a_bom(tmp_path):
+    """From a new user's trial: `explain --dataset audio_folder --tags-from tags.csv` (the CSV
+    the dataset was built from) matched no record, as records are named `audio_folder:test[3]`;
+    they match on the path they were built from now. The same CSV saved with a byte-order mark
+    was read as rows `file,tag,...` ('\\ufeffpath' a file name, 'flute;loud' a tag)."""
+    from tagger_jax.inference import Input
+
+    items = [Input(key=str(k), name=f"audio_folder:test[{k}]", load=lambda: None,
+                   fingerprint="", meta={"index": k, "record_path": p})
+             for k, p in enumerate(["songs/a.ogg", "songs/b.wav"])]
+    table = tmp_path / "tags.csv"
+    table.write_text("\ufeffpath,tags,split\nsongs/b.wav,flute;loud,test\n"
+                     "songs/a.ogg,drums,test\nsongs/c.mp3,bass,train\n", encoding="utf-8")
+    said = []
+    got = runner.with_csv_tags(items, table, log=said.append)
+    assert [it.explain_tags for it in got] == [("drums",), ("flute", "loud")]
+    assert said == [f"{table}: 1 row(s) match no input: 'songs/c.mp3'"]
+
+
 def test_option_values_and_missing_inputs_are_named_usage_errors(setup, tmp_path, capsys):
     """From a new user's trial: `--ig-steps 0` said "batch_size, top_k and ig_steps must be
     positive", `--limit -3` "no inputs found", a missing --tags-from CSV "[Errno 2] No such file

@@ -249,7 +249,9 @@ def test_cli_tag_names_from_a_file_and_a_protected_out(released, tmp_path, capsy
     --out refuses a folder of other files and says when it replaces a model."""
     _, path, *_ = released
     names = tmp_path / "50tagList.txt"
-    names.write_text("".join(f"tag{k}\n" for k in range(50)))
+    # Saved by a Windows editor: a byte-order mark and CRLF line ends. The mark stayed in the
+    # first name ('\ufefftag0', found by a new user's trial) and no dataset matched it.
+    names.write_bytes(b"\xef\xbb\xbf" + "".join(f"tag{k}\r\n" for k in range(50)).encode())
     out = tmp_path / "msd_model"
     assert run_cli(str(path), "--variant", "released", "--out", str(out), "--tags",
                    str(names)) == 0

@@ -164,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
             items = runner.dataset_items(loaded, args.dataset, args.split,
                                          data_dir(args, loaded), builder_config(args, loaded),
                                          args.limit,
-                                         explain_labels=args.tags_from == "labels")
+                                         explain_labels=args.tags_from == "labels",
+                                         record_paths=args.tags_from not in (None, "labels"))
         else:
             items = runner.file_items(loaded, args.inputs, skipped,
                                       exclude=outputs.own_files(args.out))

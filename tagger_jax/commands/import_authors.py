@@ -30,13 +30,13 @@ def read_tags(text: str) -> tuple[tuple[str, ...], str]:
     Raises ValueError naming the file when it cannot be read, is empty or repeats a tag."""
     from pathlib import Path
 
-    from tagger_jax.tags import MTAT_TOP50
+    from tagger_jax.tags import MTAT_TOP50, read_tag_list
 
     if text == "mtat":
         return tuple(MTAT_TOP50), "MTAT tags"
     path = Path(text).expanduser()
     try:
-        tags = [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+        tags = read_tag_list(path)
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"--tags {text}: not 'mtat' nor a readable text file of tag names "
                          f"({e})") from None

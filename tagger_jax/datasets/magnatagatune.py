@@ -58,7 +58,7 @@ from tagger_jax import errors
 from tagger_jax.datasets import _archive
 from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig, find_file,
                                          manual_hint, near_misses, utf8_error)
-from tagger_jax.tags import MTAT_TOP50
+from tagger_jax.tags import MTAT_TOP50, TEXT_ENCODING
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +93,15 @@ def read_annotations(path: str | Path) -> Annotations:
 
 
 def _read_annotations(path: Path) -> Annotations:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding=TEXT_ENCODING) as f:
         rows = csv.reader(f, delimiter="\t", quotechar='"')
         header = next(rows, None)
         if not header or header[0] != "clip_id" or header[-1] != "mp3_path" or len(header) < 3:
+            got = (f"got {header[:3] if header else header}..." if not header or len(header) > 1
+                   or "," not in header[0] else
+                   f"got a comma-separated line ({header[0][:40]}...): re-save it with tabs")
             raise ValueError(f"{path}: expected a tab-separated header starting with clip_id and "
-                             f"ending with mp3_path, got {header[:3] if header else header}...")
+                             f"ending with mp3_path, {got}")
         names = header[1:-1]
         clip_ids, paths, labels, lines = [], [], [], []
         for line, row in enumerate(rows, start=2):

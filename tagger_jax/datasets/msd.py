@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tagger_jax import errors
+from tagger_jax.tags import read_tag_list
 from tagger_jax.datasets._common import (TaggingBuilder, TaggingConfig, check_audio_folder,
                                          manual_hint, utf8_error)
 
@@ -168,8 +169,7 @@ class Msd(TaggingBuilder):
         paths = {k: root / v for k, v in FILES.items()}
         self._check_files(root)
         try:
-            tags = [t.strip() for t in paths["tag_list"].read_text("utf-8").splitlines()
-                    if t.strip()]
+            tags = read_tag_list(paths["tag_list"])
         except UnicodeDecodeError as e:
             raise utf8_error(paths["tag_list"], e) from None
         self._set_tags(tags, source=paths["tag_list"])

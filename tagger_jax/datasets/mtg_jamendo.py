@@ -33,6 +33,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from tagger_jax import errors
+from tagger_jax.tags import TEXT_ENCODING, read_tag_list
 from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig,
                                          check_audio_folder, manual_hint, multi_hot, near_misses,
                                          utf8_error)
@@ -64,7 +65,7 @@ def read_split_file(path: str | Path) -> list[Track]:
 
 def _read_split_file(path: Path) -> list[Track]:
     tracks = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding=TEXT_ENCODING) as f:
         header = f.readline().rstrip("\n").split("\t")
         if tuple(header[:6]) != HEADER:
             raise ValueError(f"{path}: expected the header {HEADER}, got {tuple(header)}")
@@ -186,7 +187,7 @@ class MtgJamendo(TaggingBuilder):
         vocab_file = data / "tags" / "top50.txt"
         if vocab_file.is_file():
             try:
-                tags = [t.strip() for t in vocab_file.read_text("utf-8").splitlines() if t.strip()]
+                tags = read_tag_list(vocab_file)
             except UnicodeDecodeError as e:
                 raise utf8_error(vocab_file, e) from None
             source = str(vocab_file)

@@ -164,7 +164,7 @@ def read_tags_csv(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
                                tags_lib.CSV_TAG_SEPARATOR)
     out: dict[str, tuple[str, ...]] = {}
     columns: dict[str, int] | None = None  # audio_folder format: column positions
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding=tags_lib.TEXT_ENCODING) as f:
         for line, row in enumerate(csv.reader(f), start=1):
             if not row or not any(c.strip() for c in row):
                 continue
@@ -201,8 +201,10 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
     input when it resolves to the same file (relative names: from the CSV's folder, then from
     the working directory), else when the input's path ends with it (`live sets/track 2.ogg`
     matches `music/rock/live sets/track 2.ogg`; a bare base name the same way) and no other
-    input's does. Inputs the CSV does not list keep the run's tags (top-k predicted); CSV rows
-    that match no input are reported."""
+    input's does. A dataset record (`dataset_items(record_paths=True)`) matches by the path it
+    was built from (`meta["record_path"]`, e.g. an audio_folder CSV's `songs/a.ogg`). Inputs the
+    CSV does not list keep the run's tags (top-k predicted); CSV rows that match no input are
+    reported."""
     table = read_tags_csv(csv_path)
     base = Path(csv_path).resolve().parent
     by_path = {}
@@ -213,9 +215,12 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
             except OSError:
                 pass
 
+    def file_of(item: InputItem) -> str:  # the path to match: a file's, or a record's source
+        return str(item.meta.get("record_path") or item.name)
+
     def ends_with(item: InputItem, name: str) -> bool:
         parts = Path(name).parts
-        return Path(item.name).parts[-len(parts):] == parts
+        return Path(file_of(item)).parts[-len(parts):] == parts
 
     by_suffix = {}  # CSV name -> the one input whose path ends with it
     for name in table:
@@ -225,7 +230,8 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
                 by_suffix[found[0]] = name
     used, out = set(), []
     for it in items:
-        name = by_path.get(str(Path(it.name).resolve())) or by_suffix.get(it.name)
+        name = ((None if "record_path" in it.meta else by_path.get(str(Path(it.name).resolve())))
+                or by_suffix.get(it.name))
         if name is not None:
             used.add(name)
             it = dataclasses.replace(it, explain_tags=table[name])
@@ -239,13 +245,15 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
 
 def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
                   builder_config: Optional[str] = None, limit: Optional[int] = None,
-                  explain_labels: bool = False) -> list[InputItem]:
+                  explain_labels: bool = False, record_paths: bool = False
+                  ) -> list[InputItem]:
     """Input items for the records of a dataset split (`inference.dataset_inputs`).
 
     Each item's extras carry the record's true tags (and `tag_mask`, and its audio: the record's
     `audio`, or for `synthetic_tags` the clip synthesised again from its seed). With
-    `explain_labels`, each record's true tags are the tags explained for it (records are read
-    once up front for that).
+    `explain_labels`, each record's true tags are the tags explained for it; with
+    `record_paths`, `meta["record_path"]` is the path the record was built from, where it has
+    one (`with_csv_tags` matches a CSV's rows on it). Records are read once up front for these.
     """
     from tagger_jax.datasets import load_split
 
@@ -272,10 +280,16 @@ def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
             out.update(regenerate(i, record))
         return out
 
-    return [dataclasses.replace(
-        it, extras=functools.partial(extras, i),
-        explain_tags=tuple(true_tags(source[i])) if explain_labels else ())
-        for i, it in enumerate(items)]
+    out = []
+    for i, it in enumerate(items):
+        record = source[i] if explain_labels or record_paths else {}
+        meta = dict(it.meta)
+        if record_paths and "path" in record:
+            meta["record_path"] = inference.record_text(record["path"])
+        out.append(dataclasses.replace(
+            it, extras=functools.partial(extras, i), meta=meta,
+            explain_tags=tuple(true_tags(record)) if explain_labels else ()))
+    return out
 
 
 def _regenerated_audio(name, split, data_dir, builder_config, loaded):
