@@ -297,7 +297,9 @@ def param_count(variables: Mapping[str, Any]) -> int:
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads a state dict from a PyTorch file (.pth/.pt; needs torch) or a NumPy .npz archive.
 
-    Files with another suffix are recognised by content. Every failure names the file.
+    Files with another suffix are recognised by content, and so is a NumPy archive under a
+    PyTorch suffix (`.bin`, as Hugging Face names weights: it was read as a torch file and
+    refused). Every failure names the file.
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -310,7 +312,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if path.stat().st_size == 0:
         raise AuthorsImportError(f"{path}: empty file (0 bytes)")
     suffix = path.suffix.lower()
-    if suffix == ".npz" or (suffix not in TORCH_SUFFIXES and _looks_like_npz(path)):
+    if suffix == ".npz" or _looks_like_npz(path):  # torch.save's zips hold data.pkl
         return _read_npz(path)
     try:
         with open(path, "rb") as f:

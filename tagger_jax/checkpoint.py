@@ -29,6 +29,11 @@ from tagger_jax.models import build_model, input_shape
 METADATA_FILE = "tagger.json"
 VARIABLES_DIR = "variables"
 FORMAT_VERSION = 1
+# tagger.json's record of the size in bytes of every file under variables/ (models saved since
+# 2026-12-04): a model cut short by an interrupted copy or download is named as such before orbax
+# reads it (it failed with "OUT_OF_RANGE: Error reading ..." and exit 2, found by a new user's
+# trial, followed by a flood of asyncio tracebacks from the reads still in flight).
+VARIABLE_FILES_KEY = "variable_files"
 EXPORT_SUBDIR = "best_model"  # where training exports the best model inside a workdir
 
 
@@ -68,11 +73,39 @@ def save_model(directory: str | os.PathLike, variables: Any, config: ml_collecti
     checkpointer.save(directory / VARIABLES_DIR, variables, force=True)
     checkpointer.wait_until_finished()
     if jax.process_index() == 0:  # with several processes, all save the variables, one the JSON
-        meta = {"format": FORMAT_VERSION, "tags": list(tags), "config": config.to_dict()}
+        meta = {"format": FORMAT_VERSION, "tags": list(tags), "config": config.to_dict(),
+                VARIABLE_FILES_KEY: file_sizes(directory / VARIABLES_DIR)}
         tmp = directory / (METADATA_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2))
         tmp.replace(directory / METADATA_FILE)
     return directory
+
+
+def file_sizes(directory: Path) -> dict[str, int]:
+    """{path relative to `directory`: size in bytes} of every file under it."""
+    return {p.relative_to(directory).as_posix(): p.stat().st_size
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _check_file_sizes(directory: Path) -> None:
+    """Raises CheckpointError naming the first file under variables/ that is missing or of
+    another size than `tagger.json` recorded when the model was saved (no record: nothing to
+    check)."""
+    try:
+        recorded = json.loads((directory / METADATA_FILE).read_text()).get(VARIABLE_FILES_KEY)
+    except (OSError, ValueError, AttributeError):
+        return  # load_config has said what is wrong with tagger.json
+    if not isinstance(recorded, dict):
+        return
+    variables = directory / VARIABLES_DIR
+    for name, size in recorded.items():
+        path = variables / name
+        found = path.stat().st_size if path.is_file() else None
+        if found != size:
+            state = "is missing" if found is None else f"is {found} bytes, saved as {size}"
+            raise CheckpointError(f"{directory}: {VARIABLES_DIR}/{name} {state}: the model's "
+                                  "files are damaged or cut short (an interrupted copy or "
+                                  "download?); copy or export the model again")
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
@@ -175,7 +208,17 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{directory}: {METADATA_FILE} config cannot build a model "
                               f"({e})") from None
-    variables = ocp.StandardCheckpointer().restore(directory / VARIABLES_DIR)
+    _check_file_sizes(directory)
+    from tagger_jax import checkpointing, errors
+
+    errors.quiet_late_callbacks()  # a failing read's others end after orbax's loop closed
+    try:
+        variables = ocp.StandardCheckpointer().restore(directory / VARIABLES_DIR)
+    except Exception as e:  # noqa: BLE001 -- orbax/tensorstore raise many kinds; one line here
+        errors.raise_if_interrupted(e)
+        raise CheckpointError(f"{directory}: {VARIABLES_DIR}/ does not read "
+                              f"({checkpointing.describe(e)}); the model's files are damaged: "
+                              "copy or export the model again") from None
     num_tags = _num_tags(variables)
     if num_tags is not None and num_tags != len(tags):
         raise CheckpointError(f"{directory}: classifier has {num_tags} outputs but "

@@ -194,6 +194,7 @@ def restore_latest(mngr: ocp.CheckpointManager, target: TrainState, data_iter: A
     steps = sorted(mngr.all_steps(), reverse=True)
     if steps:
         _check_process_count(directory / str(steps[0]))
+    errors.quiet_late_callbacks()  # a failing read's others end after orbax's loop closed
     broken: list[tuple[int, str]] = []
     for step in steps:
         try:
@@ -297,6 +298,7 @@ def reload_best(mngr: ocp.CheckpointManager, state: TrainState) -> TrainState:
     if step is None:
         return state
     step_dir = Path(mngr.directory) / str(step)
+    errors.quiet_late_callbacks()
     try:
         check_files(step_dir)
         best = mngr.restore(step, args=ocp.args.Composite(

@@ -308,6 +308,25 @@ def raise_if_interrupted(error: BaseException) -> None:
         error = error.__cause__ or error.__context__
 
 
+def quiet_late_callbacks() -> None:
+    """Drops the "RuntimeError: Event loop is closed" that reads still in flight raise when an
+    orbax restore fails: tensorstore completes them after orbax has closed its event loop, and
+    each callback's error went to `sys.unraisablehook` (a bare traceback, dozens to hundreds of
+    them around the one-line error; found by new users' trials with a truncated checkpoint). Call
+    it before such a restore; other unraisable errors still reach the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_late_callbacks", False):
+        return
+
+    def hook(info) -> None:
+        if not (isinstance(info.exc_value, RuntimeError)
+                and str(info.exc_value) == "Event loop is closed"):
+            previous(info)
+
+    hook._drops_late_callbacks = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def one_line(text: str) -> str:
     """`text` with line breaks shown as ' | ' so that an error is always one line."""
     return " | ".join(part for part in str(text).splitlines() if part.strip()) or "(no message)"

@@ -136,3 +136,53 @@ def test_non_finite_stored_weights_are_refused_not_tagged_nan(tmp_path, capsys):
         == errors.MODEL
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: {d}: 2 stored weights are NaN or infinite")
+
+
+def test_a_model_cut_short_is_named_before_orbax_reads_it(model_dir, tmp_path, capsys):
+    """From a new user's trial: a model directory with one file under variables/ truncated (an
+    interrupted copy) failed with orbax's "OUT_OF_RANGE: Error reading ..." and exit 2 (the
+    README's table says 3), then a flood of asyncio tracebacks. tagger.json records each file's
+    size when the model is saved; a file of another size is named, exit 3. A model saved before
+    the record (or damaged otherwise) gets one line from the failed read, exit 3 too."""
+    import shutil
+
+    copy = tmp_path / "cut"
+    shutil.copytree(model_dir, copy)
+    sizes = json.loads((copy / "tagger.json").read_text())[checkpoint.VARIABLE_FILES_KEY]
+    assert sizes == checkpoint.file_sizes(copy / "variables") and sizes
+    name = max(sizes, key=sizes.get)  # the largest file: array data
+    data = (copy / "variables" / name).read_bytes()
+    (copy / "variables" / name).write_bytes(data[:len(data) // 2])
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_model(copy)
+    assert str(e.value) == (f"{copy}: variables/{name} is {len(data) // 2} bytes, saved as "
+                            f"{len(data)}: the model's files are damaged or cut short (an "
+                            "interrupted copy or download?); copy or export the model again")
+    meta = json.loads((copy / "tagger.json").read_text())
+    del meta[checkpoint.VARIABLE_FILES_KEY]  # as saved before 2026-12-04
+    (copy / "tagger.json").write_text(json.dumps(meta))
+    (tmp_path / "x.npy").write_bytes(b"")
+    assert cli.main(["tag", "--checkpoint", str(copy), "--quiet", str(tmp_path / "x.npy")]) \
+        == errors.MODEL
+    [line] = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+    assert line.startswith(f"error: {copy}: variables/ does not read (") and line.endswith(
+        "the model's files are damaged: copy or export the model again"), line
+
+
+def test_late_event_loop_errors_of_a_failed_restore_are_dropped_others_kept(monkeypatch):
+    """The reads still in flight when an orbax restore fails end after its event loop closed;
+    each printed "RuntimeError: Event loop is closed" through sys.unraisablehook (hundreds of
+    tracebacks around the one-line error). Only those are dropped, and installing twice wraps
+    once."""
+    import sys
+    from types import SimpleNamespace
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: seen.append(info.exc_value))
+    errors.quiet_late_callbacks()
+    errors.quiet_late_callbacks()
+    late = SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
+    other = SimpleNamespace(exc_value=RuntimeError("something else"))
+    sys.unraisablehook(late)
+    sys.unraisablehook(other)
+    assert seen == [other.exc_value]

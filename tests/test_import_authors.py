@@ -74,6 +74,9 @@ def test_npz_round_trip_and_mapping(tmp_path, prefix):
     assert sorted(read) == sorted(prefix + k for k in state)
     for k, v in state.items():
         np.testing.assert_array_equal(read[prefix + k], v)
+    renamed = tmp_path / "released.bin"  # a torch suffix on an .npz (a new user's trial)
+    renamed.write_bytes(path.read_bytes())
+    assert sorted(read_state_dict(renamed)) == sorted(read)
 
     variables, config = import_state_dict(read, "released")
     reference, _ = import_state_dict(state, "released")
