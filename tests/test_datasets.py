@@ -1400,6 +1400,152 @@ def test_audio_folder_zero_fraction_tags_only_outside_train_and_split_names(tmp_
         datasets.load_split("audio_folder", "Segments", tmp_path / "e", "r")
 
 
+def test_audio_folder_one_file_in_two_spellings_is_refused(tmp_path):
+    """From a new user's trial: `./songs/clip2.ogg` and `songs/clip2.ogg` (or
+    `songs/../songs/clip3.mp3`) were built as two clips, even into two splits with different
+    tags; only an exactly repeated row was refused. Now one line names both spellings and
+    lines, before anything is built."""
+    manual = tmp_path / "m"
+    for name in ("clip1.wav", "clip2.wav", "clip3.wav"):
+        _tone(manual / "songs" / name, 0.2, 440)
+    (manual / "tags.csv").write_text(
+        "path,tags,split\n./songs/clip2.wav,flute,test\nsongs/clip1.wav,drums,train\n"
+        "songs/clip2.wav,drums,test\nsongs/../songs/clip3.wav,drums,validation\n"
+        "songs/clip3.wav,flute,train\n")
+    config = AudioFolderConfig(name="x")
+    want = (f"{manual / 'tags.csv'}: 2 file(s) listed twice under different paths: "
+            "'./songs/clip2.wav' (line 2) and 'songs/clip2.wav' (line 4); "
+            "'songs/../songs/clip3.wav' (line 5) and 'songs/clip3.wav' (line 6); a clip may "
+            "have one row")
+    with pytest.raises(ValueError) as info:
+        audio_folder.read_table(manual / "tags.csv", config, manual)
+    assert str(info.value) == want
+    with pytest.raises(ValueError) as info:  # without the manual dir: the paths, normalised
+        audio_folder.read_table(manual / "tags.csv", config)
+    assert str(info.value) == want
+    (tmp_path / "ids.csv").write_text("id,path,tags\nx,songs/clip1.wav,rock\n"
+                                      "y,songs/clip1.wav,jazz\n")
+    with pytest.raises(ValueError, match=r"1 file\(s\) listed twice under different ids: "
+                       r"'songs/clip1.wav' \(lines 2, 3: ids 'x', 'y'\); a clip may have one row"):
+        audio_folder.read_table(tmp_path / "ids.csv", AudioFolderConfig(name="i", id_column="id"),
+                                manual)
+    (manual / "songs" / "link.wav").symlink_to(manual / "songs" / "clip1.wav")
+    (manual / "tags.csv").write_text("path,tags\nsongs/clip1.wav,rock\nsongs/link.wav,jazz\n")
+    with pytest.raises(ValueError, match=r"1 file\(s\) listed twice under different paths: "
+                       r"'songs/clip1.wav' \(line 2\) and 'songs/link.wav' \(line 3\)"):
+        datasets.build("audio_folder", tmp_path / "d", config, manual_dir=manual)
+    assert not (tmp_path / "d" / "audio_folder").exists()
+
+
+def test_audio_folder_csv_header_errors_name_the_fix(tmp_path):
+    """From a new user's trial: `path,Tags,Split` and `path,tag,split` read the tags column as
+    a 0/1 tag column ("column 'Tags' must be 0 or 1, got 'flute'"), `File,Labels,Set` said
+    only "no 'path' column", and Excel's `sep=;` first line stayed an error after following
+    the hint (`--set delimiter=semicolon`): each now names the column and the setting."""
+    config = AudioFolderConfig(name="x")
+    csv_path = tmp_path / "t.csv"
+
+    def error(text: str, **fields) -> str:
+        csv_path.write_text(text)
+        with pytest.raises(ValueError) as info:
+            audio_folder.read_table(csv_path, AudioFolderConfig(name="x", **fields))
+        assert "\n" not in str(info.value)
+        return str(info.value).removeprefix(f"{csv_path}")
+
+    assert error("path,Tags,Split\na.wav,flute,train\n") == (
+        ": no 'tags' column; did you mean 'Tags'? the tags column is named 'tags' (or set --set "
+        "tags_column=Tags); no 'split' column; did you mean 'Split'? the split column is named "
+        "'split' (or set --set split_column=Split)")
+    assert error("path,tag,split\na.wav,flute,train\n") == (
+        ": no 'tags' column; did you mean 'tag'? the tags column is named 'tags' (or set --set "
+        "tags_column=tag)")
+    assert error("File,Labels,Set\nsongs/a.wav,flute,train\nsongs/b.mp3,drums,test\n") == (
+        ": no 'path' column (columns: ['File', 'Labels', 'Set']); column 'File' holds audio file "
+        "names: set --set path_column=File --set tags_column=Labels --set split_column=Set (or "
+        "rename those columns path, tags, split)")
+    assert error("Path,tags\na.wav,rock\n") == (
+        ": no 'path' column (columns: ['Path', 'tags']); did you mean 'Path'? the path column "
+        "is named 'path' (or set --set path_column=Path)")
+    assert error("path,tags,Set\na.wav,rock,train\nb.wav,jazz,Valid\n") == (
+        ": no 'split' column, but column 'Set' holds split names (train, valid): the split "
+        "column is named 'split' (or set --set split_column=Set); without one the clips are "
+        "split at random")
+    assert error("path,Labels,split\na.wav,flute,train\n") == (
+        ":2: column 'Labels' must be 0 or 1, got 'flute' (with no 'tags' column every column "
+        "but path, split and id is a 0/1 tag column: remove it, or if it holds the tag names, "
+        "--set tags_column=Labels)")
+    # A 0/1 tag column named like the tags column is a tag, as before.
+    csv_path.write_text("path,tag,rock\na.wav,1,0\nb.wav,0,1\n")
+    assert audio_folder.read_table(csv_path, config)[1] == ["tag", "rock"]
+    # Excel's first line `sep=;`: skipped, its delimiter used; line numbers count it.
+    csv_path.write_text("sep=;\npath;tags;split\na.wav;rock;train\nb.wav;jazz;test\n")
+    rows, vocab = audio_folder.read_table(csv_path, config)
+    assert [(r.line, r.path, r.tags, r.split) for r in rows] == [
+        (3, "a.wav", ("rock",), "train"), (4, "b.wav", ("jazz",), "test")]
+    assert error("sep=\t\npath\ttags\n\trock\n", delimiter=";") == ":3: empty 'path'"
+    assert error("sep=xx\npath,tags\na.wav,rock\n") == (
+        ":1: 'sep=xx' looks like Excel's delimiter line (sep=X) but names no one-character "
+        "delimiter; delete that line (and --set delimiter=... if the file is not "
+        "comma-separated)")
+
+
+def test_audio_folder_warns_of_other_separators_and_names_near_miss_files(tmp_path, capfd):
+    """From a new user's trial, each silent: tags written `flute, loud`, `flute,loud` or
+    `drums|loud` with the `;` separator built one combined tag each (now a warning naming
+    `--set tag_separator`; the build goes on, a comma may be part of a tag); a path in NFC
+    whose file is NFD on disk was skipped (now read, with a note); `Songs/Clip4.WAV` and
+    `songs\\clip5.wav` were skipped as "file not found" (now naming the file on disk); the split
+    value `validation set` made an extra split `validation_set` unannounced (now a note)."""
+    import unicodedata
+
+    manual = tmp_path / "m"
+    for k in range(6):
+        _tone(manual / "songs" / f"clip{k}.wav", 0.2, 220 * (k + 1))
+    nfd = unicodedata.normalize("NFD", "Café.wav")
+    _tone(manual / "songs" / nfd, 0.2, 300)
+    nfc = unicodedata.normalize("NFC", "songs/Café.wav")
+    (manual / "tags.csv").write_text(
+        'path,tags,split\nsongs/clip0.wav,"flute, loud",train\nsongs/clip1.wav,"flute,loud",'
+        f"train\nsongs/clip2.wav,drums|loud,train\n{nfc},drums;flute,test\n"
+        "Songs/Clip4.WAV,flute,test\nsongs\\clip5.wav,flute,test\n"
+        "songs/clip3.wav,drums;flute,validation set\n")
+    csv_path = manual / "tags.csv"
+    b = datasets.build("audio_folder", tmp_path / "d", AudioFolderConfig(name="x"),
+                       manual_dir=manual, num_workers=1)
+    err = capfd.readouterr().err
+    said = [
+        f"warning: {csv_path}: 3 tag(s) contain ',' or '|' but the tag separator is ';', so "
+        "each is one tag: 'flute, loud' (line 2), 'flute,loud' (line 3), 'drums|loud' (line 4); "
+        "if they are several tags, build with --set tag_separator=comma",
+        f"note: {csv_path}:8: split value 'validation set' makes the extra split "
+        "'validation_set', which training never uses; if it is the validation split, write "
+        "'validation'",
+        f"note: {csv_path}: 1 path(s) are written in another Unicode normalisation than the file "
+        f"name on disk (NFC in the CSV, e.g. line 5 {nfc!r}); the files on disk are read"]
+    for line in said:
+        assert line in err.splitlines(), err
+    assert b.info.metadata["csv_notes"] == said
+    assert set(datasets.tag_names(b)) == {"flute, loud", "flute,loud", "drums|loud", "drums",
+                                          "flute"}
+    assert datasets.split_sizes(b) == {"train": 3, "test": 1, "validation_set": 1}
+    source, _ = datasets.load_split("audio_folder", "test", tmp_path / "d", "x")
+    assert [ex["path"].decode() for ex in _all(source)] == [f"songs/{nfd}"]  # as on disk
+    reasons = [s["error"] for s in datasets.build_report(b)["test"]]
+    assert reasons == [
+        f"{manual / 'Songs/Clip4.WAV'}: file not found; did you mean 'songs/clip4.wav'? (line 6 "
+        "of tags.csv)",
+        f"{manual}/songs\\clip5.wav: file not found; did you mean 'songs/clip5.wav'? (line 7 of "
+        "tags.csv)"]
+    capfd.readouterr()
+    # With the separator set, no warning; a tag with a comma as the only other separator stays.
+    config = AudioFolderConfig(name="y", tag_separator="comma")
+    (manual / "tags.csv").write_text("path,tags\nsongs/clip0.wav,\"rock,loud\"\n"
+                                     "songs/clip1.wav,jazz\nsongs/clip2.wav,rock\n")
+    said: list[str] = []
+    rows, vocab = audio_folder.read_table(csv_path, config, manual, said)
+    assert said == [] and rows[0].tags == ("rock", "loud")
+
+
 def test_mtat_manual_dir_near_misses_are_named(tmp_path, monkeypatch):
     """From a new user's trial: a missing unpacked folder was found only after decoding the
     splits before it; both missing won2020 split files are listed (only the first was); files

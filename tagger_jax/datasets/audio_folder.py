@@ -31,6 +31,19 @@ The tag vocabulary is derived from the CSV (tags column: most frequent first, ti
 differ only in case are refused (one tag spelt two ways would be learnt as two). Files that are
 missing or cannot be decoded are skipped and listed in `skipped_files.tsv`.
 
+What a new user's trial found, and what the build does about it: a first line `sep=X` (Excel's
+delimiter line) is skipped and X used as the delimiter. A header whose path / tags / split
+column differs from the configured name only in case or a plural `s` (`Tags`, `tag`), or a
+column holding only split names while there is no split column, is refused naming the column
+and the `--set` field (a missing path column also names the column that holds audio file
+names). One file written two ways (`./a.wav` and `a.wav`, `x/../a.wav`, a link) is refused like
+a repeated row. Tags of the tags column holding `,` or `|` (another separator than the configured
+one) are built as written with one `warning:` line naming `--set tag_separator=`; an extra split
+named almost like a standard one (`validation set`) is a `note:` line. A path whose file on disk
+differs only in Unicode normalisation (NFC / NFD) reads that file (a `note:` line); a missing
+file whose near miss exists (other letter case, backslashes, another folder) is skipped with
+"did you mean PATH?". The warning and note lines are kept in the metadata (`csv_notes`).
+
 The metadata records what the build came from (`built_from`: the manual directory's resolved
 path and the CSV's path, size, modification time and SHA-256). Asking for the same dataset in the
 same data directory from another manual directory, or after the CSV changed, is refused
@@ -44,6 +57,7 @@ import dataclasses
 import hashlib
 import os
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +66,7 @@ import tensorflow_datasets as tfds
 
 from tagger_jax import errors
 from tagger_jax import tags as tags_lib
+from tagger_jax.audio import AUDIO_SUFFIXES, display_path
 from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig, multi_hot,
                                          utf8_error)
 
@@ -104,10 +119,12 @@ class AudioFolderConfig(TaggingConfig):
 @dataclasses.dataclass(frozen=True)
 class Row:
     line: int
-    path: str
+    path: str  # as the CSV writes it
     clip_id: str
     tags: tuple[str, ...]
     split: str | None
+    found: str = ""  # `path` as it is spelt on disk ("" = not looked up, or missing)
+    error: str = ""  # why the file is missing, with the near miss on disk ("" = no near miss)
 
 
 def _find_csv(root: Path, name: str) -> Path:
@@ -146,16 +163,28 @@ def _describe(record: dict[str, Any]) -> str:
             f"bytes, sha256 {str(record.get('csv_sha256'))[:12]})")
 
 
-def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[str]]:
+def read_table(path: Path, config: AudioFolderConfig, root: Path | None = None,
+               warnings: list[str] | None = None) -> tuple[list[Row], list[str]]:
     """Rows of the CSV and the tag vocabulary (see the module docstring for the rules); a
-    ValueError naming the file (and line) for a CSV that breaks them or is not UTF-8."""
+    ValueError naming the file (and line) for a CSV that breaks them or is not UTF-8.
+
+    With `root` (the manual directory) every row's file is looked up there (`_locate`): one file
+    written two ways (`./a.wav`, `a.wav`) is refused like a repeated row, a name in the other
+    Unicode normalisation is read from the spelling on disk, and a missing file names its near
+    miss. `warnings`, when given, receives the `warning:` / `note:` lines the build prints (tags
+    holding another separator, extra splits named almost like a standard one, paths respelt):
+    the build goes on after them."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, delimiter=config.delimiter)
+        with open(path, newline="", encoding=tags_lib.TEXT_ENCODING) as f:
+            declared = excel_separator(path, f.readline())
+            if declared is None:
+                f.seek(0)
+            reader = csv.DictReader(f, delimiter=declared or config.delimiter)
             columns = list(reader.fieldnames or [])
             records = list(reader)
     except UnicodeDecodeError as e:
         raise utf8_error(path, e) from None
+    first_line = 3 if declared else 2  # of the first record (the header is line 1, or 2)
     if any("\x00" in c for c in columns):  # ASCII as UTF-16 decodes as UTF-8 with NULs between
         raise ValueError(f"{path}: its header holds NUL bytes: UTF-16 text without a byte-order "
                          "mark? save the file as UTF-8")
@@ -166,7 +195,12 @@ def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[s
                                    ("comma", ",")) if c in columns[0] and c != config.delimiter]
             if used:
                 hint = f"; is the file {used[0]}-separated? --set delimiter={used[0]}"
+        if not hint:
+            hint = "; " + _path_column_hint(columns, records, config)
         raise ValueError(f"{path}: no {config.path_column!r} column (columns: {columns}){hint}")
+    misnamed = _misnamed_columns(columns, records, config)
+    if misnamed:
+        raise ValueError(f"{path}: {'; '.join(misnamed)}")
     has_split = config.split_column in columns
     if config.id_column and config.id_column not in columns:
         raise ValueError(f"{path}: no id column {config.id_column!r} (columns: {columns})")
@@ -178,7 +212,7 @@ def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[s
             raise ValueError(f"{path}: neither a {config.tags_column!r} column nor 0/1 tag columns")
     rows = []
     spelled: dict[str, tuple[str, int]] = {}  # extra split name -> (value, line) that made it
-    for line, rec in enumerate(records, start=2):
+    for line, rec in enumerate(records, start=first_line):
         rel = (rec.get(config.path_column) or "").strip()
         if not rel:
             raise ValueError(f"{path}:{line}: empty {config.path_column!r}")
@@ -187,7 +221,11 @@ def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[s
             for c in tag_columns:
                 value = (rec.get(c) or "").strip()
                 if value not in ("0", "1", ""):
-                    raise ValueError(f"{path}:{line}: column {c!r} must be 0 or 1, got {value!r}")
+                    raise ValueError(
+                        f"{path}:{line}: column {c!r} must be 0 or 1, got {value!r} (with no "
+                        f"{config.tags_column!r} column every column but path, split and id is "
+                        f"a 0/1 tag column: remove it, or if it holds the tag names, --set "
+                        f"tags_column={c})")
                 if value == "1":
                     tags.append(c)
         else:
@@ -204,10 +242,10 @@ def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[s
             except ValueError as e:
                 raise ValueError(f"{path}:{line}: {e}") from None
             if value not in SPLIT_ALIASES:  # two spellings would merge into one split silently
-                first, first_line = spelled.setdefault(split, (value, line))
+                first, first_line_of = spelled.setdefault(split, (value, line))
                 if first != value:
                     raise ValueError(f"{path}:{line}: split value {value!r} and {first!r} (line "
-                                     f"{first_line}) both become split {split!r}; write them "
+                                     f"{first_line_of}) both become split {split!r}; write them "
                                      "alike, or give them names that differ in letters or digits")
         clip_id = (rec.get(config.id_column) or "").strip() if config.id_column else rel
         rows.append(Row(line, rel, clip_id or rel, tuple(tags), split))
@@ -234,7 +272,276 @@ def read_table(path: Path, config: AudioFolderConfig) -> tuple[list[Row], list[s
         more = f" and {len(dupes) - 3} more" if len(dupes) > 3 else ""
         raise ValueError(f"{path}: {len(dupes)} clip(s) listed twice: {'; '.join(dupes[:3])}"
                          f"{more}; a clip may have one row")
+    notes: list[str] = []
+    if root is not None:
+        rows = _locate(path, Path(root), rows, notes)
+    _refuse_one_file_twice(path, rows, root)
+    if warnings is not None:
+        if not tag_columns:
+            warnings += [w for w in [separator_warning(path, rows, config)] if w]
+        warnings += split_notes(path, spelled, config) + notes
     return rows, vocab
+
+
+def excel_separator(path: Path, first_line: str) -> str | None:
+    """The delimiter a CSV's first line `sep=X` declares (Excel writes it, and reads it as no
+    row), else None. From a new user's trial: the header became `['sep=', '']`, and the hint
+    that followed (`--set delimiter=semicolon`) still ended in "no 'path' column". A `sep=`
+    line that names no one character (or separator name) is refused, saying to delete it."""
+    line = first_line.rstrip("\r\n")
+    if not line.lower().startswith("sep="):
+        return None
+    value = line[4:]
+    if len(value) == 1:
+        return value
+    named = SEPARATOR_NAMES.get(value.strip().lower())
+    if named and len(named) == 1:
+        return named
+    raise ValueError(f"{path}:1: {line!r} looks like Excel's delimiter line (sep=X) but names no "
+                     "one-character delimiter; delete that line (and --set delimiter=... if the "
+                     "file is not comma-separated)")
+
+
+def _column_key(name: str) -> str:
+    """A column name without case, surrounding spaces or a plural `s` (`Tags`, ` tag` -> tag)."""
+    key = name.strip().casefold()
+    return key[:-1] if key.endswith("s") else key
+
+
+def _near_column(name: str, columns: list[str]) -> str | None:
+    """The column that is `name` but for letter case, spaces or a plural/singular `s`."""
+    return next((c for c in columns if c != name and _column_key(c) == _column_key(name)), None)
+
+
+def _values(records: list[dict], column: str) -> list[str]:
+    return [v.strip() for v in (r.get(column) or "" for r in records) if v.strip()]
+
+
+def _is_binary(records: list[dict], column: str) -> bool:
+    return all(v in ("0", "1") for v in _values(records, column))
+
+
+def _holds_splits(records: list[dict], column: str) -> bool:
+    """Whether every value of `column` is a standard split name (train, valid, test, ...)."""
+    values = _values(records, column)
+    return bool(values) and all(v.lower() in SPLIT_ALIASES for v in values)
+
+
+def _misnamed_columns(columns: list[str], records: list[dict],
+                      config: AudioFolderConfig) -> list[str]:
+    """Why the header's tags / split column looks misnamed (a phrase each; [] if not).
+
+    From a new user's trial: with `path,Tags,Split` (or `path,tag,split`) the tags column was
+    read as a 0/1 tag column ("column 'Tags' must be 0 or 1, got 'flute'"); in the tags form a
+    misnamed split column was ignored, and the clips split at random. A tags-like column whose
+    values are all 0/1 is a tag column of the 0/1 form, and not named here."""
+    out = []
+    for field, kind in (("tags_column", "tags"), ("split_column", "split")):
+        name = getattr(config, field)
+        if not name or name in columns:
+            continue
+        near = _near_column(name, columns)
+        if near is not None and not _is_binary(records, near):
+            out.append(f"no {name!r} column; did you mean {near!r}? the {kind} column is named "
+                       f"{name!r} (or set --set {field}={near})")
+        elif field == "split_column":
+            taken = {config.path_column, config.tags_column, config.id_column}
+            found = [c for c in columns if c not in taken and _holds_splits(records, c)]
+            if found:
+                values = sorted({v.lower() for v in _values(records, found[0])})
+                out.append(f"no {name!r} column, but column {found[0]!r} holds split names "
+                           f"({', '.join(values)}): the split column is named {name!r} (or set "
+                           f"--set {field}={found[0]}); without one the clips are split at "
+                           "random")
+    return out
+
+
+def _path_column_hint(columns: list[str], records: list[dict], config: AudioFolderConfig) -> str:
+    """The fix for a header without the path column (from a new user's trial: `File,Labels,Set`
+    said only "no 'path' column"): the config field that names it, with the column that looks
+    like it (the name but for case or plural, else the first whose values are audio file
+    names), and the fields for the tags and split columns when they are guessable too."""
+    near = _near_column(config.path_column, columns)
+    if near is not None:
+        return (f"did you mean {near!r}? the path column is named {config.path_column!r} (or "
+                f"set --set path_column={near})")
+    files = [c for c in columns if any(Path(v).suffix.lower() in AUDIO_SUFFIXES
+                                       for v in _values(records[:20], c))]
+    if not files:
+        return (f"name the column of audio file paths {config.path_column!r}, or set "
+                "--set path_column=COLUMN")
+    guessed = {"path_column": files[0]}
+    taken = {files[0], config.split_column, config.id_column}
+    split = [c for c in columns if c not in taken and _holds_splits(records, c)]
+    if config.split_column not in columns and split:
+        taken.add(split[0])
+    text = [c for c in columns if c not in taken and not _is_binary(records, c)]
+    if config.tags_column not in columns and len(text) == 1:
+        guessed["tags_column"] = text[0]
+    if config.split_column not in columns and split:
+        guessed["split_column"] = split[0]
+    sets = " ".join(f"--set {field}={column}" for field, column in guessed.items())
+    names = ", ".join(getattr(config, field) for field in guessed)
+    return (f"column {files[0]!r} holds audio file names: set {sets} (or rename "
+            f"{'that column' if len(guessed) == 1 else 'those columns'} {names})")
+
+
+OTHER_SEPARATORS = {",": "comma", "|": "pipe", ";": "semicolon"}
+
+
+def separator_warning(path: Path, rows: list[Row], config: AudioFolderConfig) -> str | None:
+    """A `warning:` line when tags of the tags column hold a common separator other than the
+    configured one (`flute, loud` with `;`), else None. From a new user's trial: cells written
+    with commas or pipes built one combined tag each, silently. Only a warning: a comma may be
+    part of a tag's name."""
+    others = [c for c in OTHER_SEPARATORS if c not in config.tag_separator]
+    found: dict[str, int] = {}  # tag -> first line
+    for r in rows:
+        for t in r.tags:
+            if any(c in t for c in others):
+                found.setdefault(t, r.line)
+    if not found:
+        return None
+    counts = collections.Counter(c for t in found for c in others if c in t)
+    chars = sorted(counts, key=lambda c: (-counts[c], others.index(c)))
+    shown = ", ".join(f"{t!r} (line {n})" for t, n in list(found.items())[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    name = OTHER_SEPARATORS[chars[0]]
+    return (f"warning: {path}: {len(found)} tag(s) contain {' or '.join(map(repr, chars))} but "
+            f"the tag separator is {config.tag_separator!r}, so each is one tag: {shown}{more}; "
+            f"if they are several tags, build with --set tag_separator={name}")
+
+
+def split_notes(path: Path, spelled: dict[str, tuple[str, int]],
+                config: AudioFolderConfig) -> list[str]:
+    """A `note:` line per extra split ({name: (CSV value, first line)}) named almost like train /
+    validation / test (`validation set` -> `validation_set`). From a new user's trial: such a
+    build had no validation split, and training stopped later with "no split 'validation'"."""
+    out = []
+    for name, (value, line) in spelled.items():
+        like = next((SPLIT_ALIASES[t] for t in name.split("_") if t in SPLIT_ALIASES),
+                    None) or next((s for k, s in (("train", "train"), ("valid", "validation"),
+                                                  ("test", "test")) if k in name), None)
+        if like:
+            out.append(f"note: {path}:{line}: split value {value!r} makes the extra split "
+                       f"{name!r}, which training never uses; if it is the {like} split, write "
+                       f"{like!r}")
+    return out
+
+
+def _fold(name: str) -> str:
+    """`name` compared without letter case or Unicode normalisation."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", name).casefold())
+
+
+def _file_index(root: Path, limit: int = 200_000) -> tuple[dict[str, str], dict[str, str]]:
+    """({folded relative path: relative path}, {folded file name: relative path}) of the files
+    under `root` (symbolic links followed once; `limit` files at most), for near misses."""
+    by_path: dict[str, str] = {}
+    by_name: dict[str, str] = {}
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    count = 0
+    while stack and count < limit:
+        folder = stack.pop()
+        try:
+            st = folder.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.is_dir():
+                    stack.append(Path(e.path))
+                    continue
+            except OSError:
+                continue
+            rel = Path(e.path).relative_to(root).as_posix()
+            by_path.setdefault(_fold(rel), rel)
+            by_name.setdefault(_fold(e.name), rel)
+            count += 1
+    return by_path, by_name
+
+
+def _locate(path: Path, root: Path, rows: list[Row], notes: list[str]) -> list[Row]:
+    """`rows` with `found` (the path as spelt on disk) or `error` (a near miss) set.
+
+    From a new user's trial: a path in the CSV differing from the file only in Unicode
+    normalisation (NFC in the CSV, NFD on disk), letter case (`Songs/Clip2.OGG`) or
+    backslashes (`songs\\clip0.wav`) was skipped as "file not found", naming nothing. A
+    normalisation difference is the same name to a user: the file on disk is read (one `note:`
+    line in `notes`). Other near misses (also the same name in another folder) are named in the
+    skip reason, not used: the CSV should say which file it means."""
+    out = []
+    index = None
+    respelt = []
+    for r in rows:
+        base = Path(r.path) if Path(r.path).is_absolute() else root / r.path
+        if base.exists():
+            out.append(dataclasses.replace(r, found=r.path))
+            continue
+        alt = next((a for a in (unicodedata.normalize(f, r.path) for f in ("NFC", "NFD"))
+                    if a != r.path and (root / a).exists()), None)
+        if alt is not None:
+            respelt.append(r)
+            out.append(dataclasses.replace(r, found=alt))
+            continue
+        near = None
+        if not Path(r.path).is_absolute():
+            if index is None:
+                index = _file_index(root)
+            wanted = os.path.normpath(r.path.replace("\\", "/"))
+            near = index[0].get(_fold(wanted)) or index[1].get(_fold(Path(wanted).name))
+        error = ""
+        if near is not None:
+            error = (f"{display_path(base)}: file not found; did you mean {near!r}? (line "
+                     f"{r.line} of {path.name})")
+        out.append(dataclasses.replace(r, error=error))
+    if respelt:
+        forms = ["NFC" if unicodedata.is_normalized("NFC", r.path) else "NFD" for r in respelt]
+        notes.append(f"note: {path}: {len(respelt)} path(s) are written in another Unicode "
+                     f"normalisation than the file name on disk ({forms[0]} in the CSV, e.g. "
+                     f"line {respelt[0].line} {respelt[0].path!r}); the files on disk are read")
+    return out
+
+
+def _refuse_one_file_twice(path: Path, rows: list[Row], root: Path | None) -> None:
+    """A ValueError when two rows name one file in two spellings (`./a.wav` and `a.wav`,
+    `x/../a.wav`, a symbolic or hard link), or under two ids (an id column): from a new user's
+    trial, such a file was built twice, even into two splits with different tags. Files are
+    compared by device and inode when they exist, else by their resolved path (without `root`:
+    the path as written, normalised)."""
+    first: dict[Any, Row] = {}
+    pairs: list[str] = []
+    ways: set[str] = set()
+    for r in rows:
+        if root is None:
+            key: Any = os.path.normpath(r.path)
+        else:
+            file = Path(r.found or r.path)
+            file = file if file.is_absolute() else Path(root) / file
+            try:
+                st = file.stat()
+                key = (st.st_dev, st.st_ino)
+            except OSError:
+                key = os.path.realpath(file)
+        other = first.setdefault(key, r)
+        if other is r:
+            continue
+        if other.path == r.path:  # the same path under two ids (an id column)
+            pairs.append(f"{r.path!r} (lines {other.line}, {r.line}: ids {other.clip_id!r}, "
+                         f"{r.clip_id!r})")
+        else:
+            pairs.append(f"{other.path!r} (line {other.line}) and {r.path!r} (line {r.line})")
+        ways.add("ids" if other.path == r.path else "paths")
+    if pairs:
+        more = f" and {len(pairs) - 3} more" if len(pairs) > 3 else ""
+        raise ValueError(f"{path}: {len(pairs)} file(s) listed twice under different "
+                         f"{' or '.join(sorted(ways, reverse=True))}: {'; '.join(pairs[:3])}"
+                         f"{more}; a clip may have one row")
 
 
 def extra_split_name(value: str) -> str:
@@ -323,16 +630,21 @@ class AudioFolder(TaggingBuilder):
         it refuses leaves no folder behind (it left the dataset's empty folders and TFDS's
         download folders)."""
         if manual_dir is not None:
-            read_table(_find_csv(Path(manual_dir), self.builder_config.csv), self.builder_config)
+            read_table(_find_csv(Path(manual_dir), self.builder_config.csv), self.builder_config,
+                       Path(manual_dir))
 
     def _split_generators(self, dl_manager):
         config = self.builder_config
         root = Path(dl_manager.manual_dir)
         csv_path = _find_csv(root, config.csv)
-        rows, vocab = read_table(csv_path, config)
+        said: list[str] = []
+        rows, vocab = read_table(csv_path, config, root, said)
+        for line in said:
+            print(line, file=sys.stderr, flush=True)
         self._extra_splits = tuple(sorted({r.split for r in rows if r.split is not None}
                                           - set(SPLITS)))
         self._set_tags(vocab)
+        self._note("csv_notes", said)  # the CSV's warning and note lines, as printed
         if all(r.split is not None for r in rows):
             splits = [r.split for r in rows]
             self._note("split_source", f"column {config.split_column!r}")
@@ -346,9 +658,12 @@ class AudioFolder(TaggingBuilder):
             if config.drop_untagged and not row.tags:
                 dropped += 1
                 continue
-            file = Path(row.path) if Path(row.path).is_absolute() else root / row.path
-            item = {"key": row.clip_id, "clip_id": row.clip_id, "path": row.path,
+            rel = row.found or row.path  # the spelling on disk (see `_locate`)
+            file = Path(rel) if Path(rel).is_absolute() else root / rel
+            item = {"key": row.clip_id, "clip_id": row.clip_id, "path": rel,
                     "tags": multi_hot(row.tags, vocab), "file": str(file)}
+            if row.error:  # missing, with its near miss named
+                item["error"] = row.error
             items[split].append(item)
         if items["train"]:  # a tag only other splits have: learnt from nothing, scored anyway
             trained = np.stack([item["tags"] for item in items["train"]]).any(axis=0)
