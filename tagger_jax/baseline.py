@@ -291,4 +291,8 @@ def report_beside(result: dict, print_fn=print, train: str = "dataset",
         print_fn(f"baseline (logistic regression on log-mel statistics) fitted on {fitted_on} "
                  f"({scored.clips} clips, {whose}): ROC-AUC {_fmt(metrics['roc_auc_mean'], 0)}  "
                  f"PR-AUC {_fmt(metrics['pr_auc_mean'], 0)}; wrote {out}")
+        if fitted_on == scored_as:  # from a new user's trial: a perfect 1.0, unexplained
+            print_fn(f"note: the baseline is scored on {scored_as}, the split it was fitted "
+                     "on: its numbers measure how well it fits its own training clips, not a "
+                     "floor for the model")
     return metrics

@@ -118,6 +118,12 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     if (path / EXPORT_SUBDIR / METADATA_FILE).is_file():
         return path / EXPORT_SUBDIR
     hint = ""
+    if path.is_dir() and (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+        # From a new user's trial: a training still running (or killed before its first
+        # validation) was called "not a training workdir".
+        raise CheckpointError(f"{path}: a training workdir without an exported "
+                              f"{EXPORT_SUBDIR}/ yet (training exports it after its first "
+                              "validation); wait for it, or resume the training")
     if path.is_file() and path.suffix.lower() in (".pth", ".pt", ".npz", ".tar"):
         hint = ("; a PyTorch state dict of the authors' code becomes one with `tagger-jax "
                 f"import-authors {path.name} --variant released|training --out DIR`")

@@ -93,7 +93,7 @@ def embed(engine: inference.Engine, items: Sequence[inference.Input],
         e.embedding  # (files, 512) for the paper's model
     """
 
-    plan.hop_steps(engine.geometry)
+    plan.checked(engine.geometry)  # a hop longer than a window fails here (and a note)
     signature = run_signature(engine.loaded, plan)
     model = inference.model_signature(engine.loaded)
     tracks: dict[str, dict] = {}

@@ -487,7 +487,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
         plan = inference.WindowPlan(inference.PAPER, num_chunks=num_chunks)
     else:
         plan = inference.WindowPlan(inference.COVER, hop_s)
-    hop = plan.hop_steps(engine.geometry)
+    hop = plan.checked(engine.geometry).hop_steps(engine.geometry)
     label = f"{dataset}/{config_name}" if config_name else dataset
     items = inference.process_share(inference.source_inputs(
         source, engine.architecture.dataset_feature, label, split))

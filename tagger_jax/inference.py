@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
@@ -465,6 +466,27 @@ class WindowPlan:
                              " s): parts of the track would never be seen")
         return hop
 
+    def hop_note(self, geom: Geometry) -> Optional[str]:
+        """A `note:` line when the hop the model can take (a whole number of its input steps,
+        `hop_steps`) differs from the one asked for by more than `HOP_NOTE_TOLERANCE` (`--hop
+        0.001` is one 16 ms step of a log-mel model: it was rounded without a word; `--hop 0.1`,
+        6 steps or 0.096 s, passes); None otherwise."""
+        hop = self.hop_steps(geom)
+        if hop is None or abs(hop * geom.step_s - self.hop_s) <= HOP_NOTE_TOLERANCE * self.hop_s:
+            return None
+        return (f"note: --hop {self.hop_s:g} s is {hop * geom.step_s:.4g} s here: a whole number "
+                f"of the model's input steps ({1000 * geom.step_s:.4g} ms each)")
+
+    def checked(self, geom: Geometry) -> "WindowPlan":
+        """This plan after `hop_steps`' check (a hop longer than a window: ValueError), its
+        `hop_note` printed on stderr (process 0). Call once per run, before any work."""
+        import jax
+
+        note = self.hop_note(geom)
+        if note and jax.process_index() == 0:
+            print(note, file=sys.stderr, flush=True)
+        return self
+
     def starts(self, num_steps: int, geom: Geometry) -> np.ndarray:
         return window_starts(num_steps, geom.chunk, windows=self.windows,
                              hop=self.hop_steps(geom), num_chunks=self.num_chunks)
@@ -474,6 +496,9 @@ class WindowPlan:
         if self.windows == PAPER:
             return {"windows": PAPER, "num_chunks": self.num_chunks}
         return {"windows": COVER, "hop_s": self.hop_s}
+
+
+HOP_NOTE_TOLERANCE = 0.1  # relative difference of the hop taken from the hop asked for, unsaid
 
 
 @dataclasses.dataclass

@@ -50,7 +50,7 @@ class Tagger:
             on_result: Callable[[dict], None] | None = None) -> list[dict]:
         """One result dict per path, in order; errors are results with an `error` field."""
         plan = WindowPlan(windows, hop_s, num_chunks)
-        plan.hop_steps(self.engine.geometry)  # a hop longer than a window fails once, here
+        plan.checked(self.engine.geometry)  # a hop longer than a window fails once, here
         paths = [Path(p) for p in paths]
         items = [inference.Input(key=str(i), name=audio.display_path(p),
                                  load=lambda p=p: self.engine.read_checked(p),

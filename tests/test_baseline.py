@@ -90,6 +90,12 @@ def test_report_beside_fits_on_train_and_writes_json(tmp_path, monkeypatch, caps
     assert "fitted on fake/train (40 clips" in out
     warning = [line for line in out.splitlines() if line.startswith("warning: baseline")]
     assert len(warning) == 1 and "(always)" in warning[0] and "meaningless" in warning[0]
+    assert "note:" not in out
+    with pytest.warns(evaluation.UndefinedMetricWarning):  # scored on its own training split
+        baseline.report_beside({**result, "split": "train"})
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "note: the baseline is scored on fake/train, the split it was fitted on: its numbers "
+        "measure how well it fits its own training clips, not a floor for the model")
     monkeypatch.setattr(datasets, "load_split",
                         lambda *a, **k: (_ for _ in ()).throw(ValueError("no split")))
     with pytest.raises(evaluation.EvaluationError,

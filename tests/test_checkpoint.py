@@ -186,3 +186,16 @@ def test_late_event_loop_errors_of_a_failed_restore_are_dropped_others_kept(monk
     sys.unraisablehook(late)
     sys.unraisablehook(other)
     assert seen == [other.exc_value]
+
+
+def test_a_workdir_before_its_first_export_says_so(tmp_path):
+    """From a new user's trial: a training workdir whose run has not validated yet was called
+    "not a tagger-jax model directory ... nor a training workdir"."""
+    work = tmp_path / "run"
+    (work / "checkpoints").mkdir(parents=True)
+    (work / "config.json").write_text("{}")
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_model(work)
+    assert str(e.value) == (f"{work}: a training workdir without an exported best_model/ yet "
+                            "(training exports it after its first validation); wait for it, "
+                            "or resume the training")

@@ -273,7 +273,7 @@ def test_mtat_won2020_split_files(mtat, tmp_path):
     assert got == [(mtat["clip_ids"][i], mtat["labels"][i, cols].tolist()) for i in (40, 1, 33)]
     # a line whose path does not match the annotations stops the build, naming file and line
     np.save(split_dir / "test.npy", np.array([f"40\t{mtat['paths'][41]}"]))
-    with pytest.raises(ValueError, match=r"test.npy: line 0: .* is not annotation row 40"):
+    with pytest.raises(ValueError, match=r"test.npy\[0\]: .* is not annotation row 40"):
         datasets.build("magnatagatune", tmp_path / "e", "won2020", manual_dir=manual,
                        num_workers=1)
 

@@ -514,7 +514,8 @@ def test_tags_per_input_from_a_csv_in_one_compilation(setup, tmp_path, capsys):
     assert explain_fn._cache_size() == 1  # K = 2 for every batch: compiled once
 
 
-def test_dataset_labels_are_explained_with_ground_truth_rows(setup, tmp_path, monkeypatch):
+def test_dataset_labels_are_explained_with_ground_truth_rows(setup, tmp_path, monkeypatch,
+                                                             capsys):
     import tagger_jax.datasets as datasets
 
     model_dir, _, _ = setup
@@ -524,7 +525,9 @@ def test_dataset_labels_are_explained_with_ground_truth_rows(setup, tmp_path, mo
     records = [{"mel": rng.normal(-30, 10, (96, 50)).astype(np.float16),
                 "tags": np.array([0, 1, 0, 1, 0], np.uint8), "tag_mask": mask},
                {"mel": rng.normal(-30, 10, (96, 40)).astype(np.float16),
-                "tags": np.array([1, 0, 0, 0, 0], np.uint8)}]
+                "tags": np.array([1, 0, 0, 0, 0], np.uint8)},
+               {"mel": rng.normal(-30, 10, (96, 40)).astype(np.float16),  # no true tag
+                "tags": np.zeros(5, np.uint8)}]
     monkeypatch.setattr(datasets, "load_split", lambda *a, **k: (records, TAGS))
     rc = explain("--checkpoint", str(model_dir), "--dataset", "toy", "--split", "test",
                  "--out", str(tmp_path), "--methods", "contribution,grad_x_input",
@@ -534,6 +537,10 @@ def test_dataset_labels_are_explained_with_ground_truth_rows(setup, tmp_path, mo
     second = json.loads((tmp_path / "toy-test-000001.json").read_text())
     assert first["explained_tags"] == first["true_tags"] == ["t1", "no <vocal> & co"]
     assert second["explained_tags"] == second["true_tags"] == ["t0"]
+    third = json.loads((tmp_path / "toy-test-000002.json").read_text())
+    assert third["tags_source"] == "predicted" and third["true_tags"] == []
+    assert ("note: --tags-from labels: 1 of 3 record(s) have no true tag (e.g. toy:test[2]): "
+            "their top 3 predicted tags are explained") in capsys.readouterr().err
     page = (tmp_path / "toy-test-000000.html").read_text()
     data = json.loads(page.split('id="data">')[1].split("</script>")[0])
     truth = [r for r in data["rows"] if r["method"] == "truth"]

@@ -146,6 +146,21 @@ def test_a_long_input_shows_its_windows_on_the_bar_and_a_short_one_does_not(engi
     assert bar.redraws == len(bar.postfixes)  # each through update(0): tqdm's rate limit
 
 
+def test_a_hop_far_from_whole_input_steps_is_noted_once(engine, files, capsys):
+    """From new users' trials: `--hop 0.001` ran at one 16 ms step without a word. A hop that
+    differs by more than 10% from what the model can take is one `note:` line; `--hop 0.1`
+    (6 steps, 0.096 s) is not."""
+    geom = engine.geometry
+    assert inference.WindowPlan(hop_s=0.1).hop_note(geom) is None
+    assert inference.WindowPlan().hop_note(geom) is None
+    assert inference.WindowPlan(hop_s=0.001).hop_note(geom) == (
+        "note: --hop 0.001 s is 0.016 s here: a whole number of the model's input steps "
+        "(16 ms each)")
+    embedding.embed(engine, engine.file_inputs([files / "mid.npy"]),
+                    inference.WindowPlan(hop_s=0.02))
+    assert capsys.readouterr().err.count("note: --hop 0.02 s is 0.016 s here") == 1
+
+
 def test_packer_reports_each_inputs_rows_as_batches_come_back():
     calls = []
     packer = inference.Packer(lambda x: {"m": x.sum(axis=1)}, batch_size=4,

@@ -170,6 +170,12 @@ def run(args: argparse.Namespace) -> int:
             items = runner.file_items(loaded, args.inputs, skipped,
                                       exclude=outputs.own_files(args.out))
             print_skipped(skipped)
+        if args.tags_from == "labels":  # from a new user's trial: said nowhere but the JSON
+            unlabelled = [it.name for it in items if not it.explain_tags]
+            if unlabelled:
+                print(f"note: --tags-from labels: {len(unlabelled)} of {len(items)} record(s) "
+                      f"have no true tag (e.g. {unlabelled[0]}): their top {args.top_k} "
+                      "predicted tags are explained", file=sys.stderr)
         if args.tags_from and args.tags_from != "labels":
             items = runner.with_csv_tags(items, args.tags_from)
         if args.two_clip:

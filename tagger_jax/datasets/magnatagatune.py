@@ -239,11 +239,11 @@ def read_split_files(root: Path, ann: Annotations) -> tuple[dict[str, list[int]]
             line = line.decode() if isinstance(line, bytes) else line
             index, sep, rel = str(line).partition("\t")
             if not sep or not index.strip().isdigit():
-                raise ValueError(f"{path}: line {k}: expected 'INDEX<TAB>MP3_PATH', got {line!r}")
+                raise ValueError(f"{path}[{k}]: expected 'INDEX<TAB>MP3_PATH', got {line!r}")
             i = int(index)
             if i >= len(ann.mp3_paths) or ann.mp3_paths[i] != rel.strip():
                 have = ann.mp3_paths[i] if i < len(ann.mp3_paths) else "no such row"
-                raise ValueError(f"{path}: line {k}: {rel.strip()!r} is not annotation row {i} "
+                raise ValueError(f"{path}[{k}]: {rel.strip()!r} is not annotation row {i} "
                                  f"({have})")
             rows.append(i)
         out[split] = rows

@@ -509,7 +509,7 @@ class _Context:
         self.plan = inference.WindowPlan(options.windows, options.hop, options.num_chunks)
         # The paper's chunks may leave gaps: stitched maps are NaN there (`stitch`'s `gaps`).
         self.gaps = self.plan.windows == inference.PAPER
-        self.plan.hop_steps(geom)  # a hop longer than a window fails here, before any work
+        self.plan.checked(geom)  # a hop longer than a window fails here, before any work
         if options.batch_size < 1 or options.top_k < 1 or options.ig_steps < 1:
             raise ValueError("batch_size, top_k and ig_steps must be positive")
         missing = [t for t in options.tags if t not in self.tags]
