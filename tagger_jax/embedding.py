@@ -242,9 +242,13 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
 
     try:
         result = embed(engine, todo, plan, progress=progress and process == 0, on_track=on_track)
-    except KeyboardInterrupt:  # Ctrl-C, SIGTERM (errors.Terminated): the finished ones merged
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM (errors.Terminated): the finished ones merged
         if processes == 1:
             _merge(out, items, signature)
+        from tagger_jax import errors
+
+        errors.interrupted_note(e, "embedded", len(done), len(todo), f"are in {out}",
+                                "running it again embeds")
         raise
     counted = inference.warning_counts(warned, len(todo))
     if counted:

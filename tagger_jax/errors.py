@@ -132,10 +132,12 @@ def exit_status(error: BaseException, default: int = INTERNAL) -> int:
 def report(error: BaseException, prog: str = "tagger-jax") -> int:
     """Prints `error` as one line (traceback to a file if unexpected); returns its exit status."""
     status = exit_status(error)
+    # What finished, if the command said (`interrupted_note`), else the general promise.
+    kept = "; ".join(getattr(error, "__notes__", ())) or "finished results are kept"
     if status == INTERRUPTED:
-        print(f"{prog}: interrupted; finished results are kept", file=sys.stderr)
+        print(f"{prog}: interrupted; {kept}", file=sys.stderr)
     elif status == TERMINATED:
-        print(f"{prog}: stopped by SIGTERM; finished results are kept", file=sys.stderr)
+        print(f"{prog}: stopped by SIGTERM; {kept}", file=sys.stderr)
     elif status == PEER_LOST:
         cause = one_line(str(error))
         cause = cause if len(cause) <= 160 else cause[:157] + "..."
@@ -306,6 +308,16 @@ def raise_if_interrupted(error: BaseException) -> None:
         if not isinstance(error, Exception):
             raise error
         error = error.__cause__ or error.__context__
+
+
+def interrupted_note(error: BaseException, verb: str, done: int, todo: int, where: str,
+                     again: str | None) -> None:
+    """Adds to an interrupt (Ctrl-C, SIGTERM) passing through a batch command what it finished,
+    for `report`'s line: "interrupted; 12 of 40 input(s) explained in this run are in out/; run
+    it again to explain the other 28". Without it the line said only "finished results are
+    kept" (a new user's trial: how many, and where?)."""
+    error.add_note(f"{done} of {todo} input(s) {verb} in this run {where}"
+                   + (f"; {again} the other {todo - done}" if again and todo > done else ""))
 
 
 def quiet_late_callbacks() -> None:

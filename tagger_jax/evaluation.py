@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from tagger_jax import audio, errors, inference
+from tagger_jax.progress import bar_interval
 
 MODES = ("chunks", "full")
 METRICS_JSON = "metrics.json"
@@ -492,7 +493,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     items = inference.process_share(inference.source_inputs(
         source, engine.architecture.dataset_feature, label, split))
     desc = inference.share_label(f"evaluate {dataset}/{split} ({mode})")
-    with tqdm(total=len(items), unit="clip", desc=desc,
+    with tqdm(total=len(items), unit="clip", desc=desc, **bar_interval(),
               disable=not progress or jax.process_index() != 0) as bar:
         probs, labels, clip_index = predict_split(
             items, plan, engine.geometry, engine.packer(engine.predict_fn()), len(loaded.tags),

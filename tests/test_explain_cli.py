@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the top-level explain.py
 
 import explain as explain_script  # noqa: E402
-from tagger_jax import cli  # noqa: E402
+from tagger_jax import cli, errors  # noqa: E402
 from tagger_jax.checkpoint import load_model, save_model  # noqa: E402
 from tagger_jax.config_base import base_config  # noqa: E402
 from tagger_jax.explain import methods as M  # noqa: E402
@@ -610,6 +610,29 @@ def test_paper_windows_leave_gaps_that_are_nan_and_reported(setup, tmp_path, cap
     assert gappy[:CHUNK].all() and not gappy[CHUNK:CHUNK + 2].any() and not gappy[-1]
     assert f"gappy.npy: the 16 chunks cover {100 * gappy.mean():.1f}% of the track" in err
     assert "short.npy: the 16" not in err
+
+
+def test_an_interrupted_explain_says_what_it_kept_and_where(setup, tmp_path, monkeypatch,
+                                                           capsys):
+    """From a new user's trial: Ctrl-C said only "finished results are kept". The line now
+    counts this run's finished inputs and names the folder."""
+    model_dir, inputs, _ = setup
+    write, written = runner._write, []
+
+    def interrupted_after_one(ctx, track, *args):
+        if written:
+            raise KeyboardInterrupt
+        write(ctx, track, *args)
+        written.append(track.item.name)
+
+    monkeypatch.setattr(runner, "_write", interrupted_after_one)
+    out = tmp_path / "out"
+    rc = explain("--checkpoint", str(model_dir), str(inputs / "long.npy"),
+                 str(inputs / "tone.wav"), "--out", str(out), "--methods", "attention")
+    assert rc == errors.INTERRUPTED
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"tagger-jax: interrupted; 1 of 2 input(s) explained in this run are in {out}; running "
+        "it again explains the other 1")
 
 
 def test_tags_csv_reads_both_formats(tmp_path):

@@ -369,8 +369,11 @@ def test_an_interrupted_embed_merges_the_inputs_it_finished(engine, files, tmp_p
         written.append(path.name)
 
     monkeypatch.setattr(embedding, "_write_npz", interrupted_after_one)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stopped:
         embedding.embed_inputs(engine, items, out, progress=False)
+    assert stopped.value.__notes__ == [  # what the interrupt line says it kept
+        f"1 of 2 input(s) embedded in this run are in {out}; running it again embeds the "
+        "other 1"]
     merged = embedding.load_embeddings(out / "embeddings.npz")
     assert merged["keys"].tolist() == [written[0].removesuffix(".npz")]
     assert sorted(p.name for p in out.glob("*.npz")) == sorted([written[0], "embeddings.npz"])

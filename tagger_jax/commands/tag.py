@@ -187,10 +187,13 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
         done = []  # process 0 merges what was kept with every part
     store = tagging.ResultStore(output, done, order=names)
 
+    printed = []  # this run's inputs whose line is on stdout (said by an interrupted run)
+
     def on_result(r: dict) -> None:  # printed as it comes: an interrupted run shows its share
         store.add(r)
         if "error" not in r:
             _print_result(r)
+            printed.append(r["file"])
 
     try:
         tagger = tagging.Tagger(loaded, batch_size=args.batch_size)
@@ -199,6 +202,13 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
                              progress=not args.quiet and process == 0, on_result=on_result)
     except ValueError as e:
         return error(str(e))
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say what is kept, and where
+        stored = [r for r in store.results[len(done):] if "error" not in r]  # this run's
+        errors.interrupted_note(
+            e, "tagged", len(stored) if output is not None else len(printed), len(todo),
+            f"are in {output}" if output is not None else "were printed above",
+            "tag --resume tags" if args.output is not None else None)
+        raise
     finally:
         store.close()
     if processes > 1:

@@ -1035,6 +1035,12 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             predicted(key, out)
         for key, out in explain_packer.flush():
             finish(key, out)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say what is kept, and where
+        from tagger_jax import errors
+
+        errors.interrupted_note(e, "explained", len(done), len(todo), f"are in {out_dir}",
+                                "running it again explains")
+        raise
     finally:
         bar.close()
         if silent:
