@@ -129,6 +129,29 @@ def rounded(values: Any, decimals: int) -> Any:
     return out.tolist() if out.ndim else float(out)
 
 
+CSV_FIXED_COLUMNS = ("file", "duration_s")  # then one column per tag
+
+
+def write_csv(results: Sequence[dict], output: Path) -> None:
+    """The track-level probabilities of `results` (successful tag results of one model, in the
+    order given) as a CSV table: a header `file,duration_s,TAG,...` (the model's tag order),
+    one row each; written atomically. Python's csv quoting (names with commas or quotes)."""
+    import csv
+    import io
+
+    tags = list(results[0]["tags"]) if results else []
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow([*CSV_FIXED_COLUMNS, *tags])
+    for r in results:
+        if list(r["tags"]) != tags:
+            raise ValueError(f"{output}: {r['file']} was tagged with other tags than "
+                             f"{results[0]['file']}; one table holds one model's results")
+        writer.writerow([r["file"], r["duration_s"], *r["probabilities"]])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    outputs.atomic_write_text(output, text.getvalue())
+
+
 def write_json(results: list[dict], output: Path) -> None:
     """Writes atomically (unique temporary file + rename, `outputs.atomic_write_json`) so an
     interrupted run never leaves half a file nor a temporary one."""

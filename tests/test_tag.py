@@ -542,3 +542,42 @@ def test_resume_under_another_spelling_reuses_and_a_replaced_output_is_said(
     assert cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--quiet",
                      "tone.wav"]) == 0
     assert "this run replaces it (not a result list of this tool)" in capsys.readouterr().err
+
+
+def test_csv_table_holds_every_tagged_input_in_input_order(model_dir, inputs, tmp_path, capsys):
+    """--csv: the track-level probabilities as a table (file, duration_s, one column per tag
+    in the model's order), this run's and reused inputs alike; failed inputs are left out (they
+    are listed on stderr); the CSV is never taken for an input of a folder search."""
+    import csv
+
+    out, table = tmp_path / "tags.json", tmp_path / "tags.csv"
+    base = ["tag", "--checkpoint", str(model_dir), "--output", str(out), "--quiet"]
+    assert cli.main([*base, str(inputs / "tone.wav")]) == 0
+    rc = cli.main([*base, "--resume", "--csv", str(table), str(inputs / "spec.npy"),
+                   str(inputs / "tone.wav"), str(inputs / "empty.mp3")])
+    assert rc == 1 and f"table written to {table}" in capsys.readouterr().err
+    results = {r["file"]: r for r in json.loads(out.read_text()) if "error" not in r}
+    with open(table, newline="") as f:
+        rows = list(csv.reader(f))
+    loaded = checkpoint.load_model(model_dir)
+    assert rows[0] == ["file", "duration_s", *loaded.tags]
+    assert [r[0].split("/")[-1] for r in rows[1:]] == ["spec.npy", "tone.wav"]  # input order
+    for row in rows[1:]:
+        want = results[row[0]]
+        assert float(row[1]) == want["duration_s"]
+        np.testing.assert_array_equal(np.array(row[2:], float), want["probabilities"])
+    assert cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--csv",
+                     str(out), str(inputs / "spec.npy")]) == errors.USAGE
+    assert "is the --output file" in capsys.readouterr().err
+    folder = tmp_path / "music"
+    folder.mkdir()
+    (folder / "a.npy").write_bytes((inputs / "spec.npy").read_bytes())
+    argv = ["tag", "--checkpoint", str(model_dir), "--quiet", "--csv", str(folder / "t.csv"),
+            str(folder)]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert cli.main(argv) == 0  # the second run finds the first's table in the folder
+    said = capsys.readouterr().err.splitlines()
+    assert [line for line in said if "t.csv" in line] == [  # not a skipped input
+        f"table written to {folder / 't.csv'}"]
+    assert len((folder / "t.csv").read_text().splitlines()) == 2

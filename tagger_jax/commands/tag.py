@@ -24,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_window_arguments(parser, batch_size=64)
     parser.add_argument("--output", type=Path, default=None, metavar="FILE.json",
                         help="write all results as a JSON list (updated as files finish)")
+    parser.add_argument("--csv", type=Path, default=None, metavar="FILE.csv",
+                        help="also write a table of the track-level probabilities: one row per "
+                             "input tagged (this run's and reused ones, in input order), "
+                             "columns file, duration_s and one per tag")
     parser.add_argument("--resume", action="store_true",
                         help="keep the successful results already in --output, tag the rest")
     parser.add_argument("--no-progress", "--quiet", dest="quiet", action="store_true",
@@ -81,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
         return _error("--resume needs --output")
     if args.output is not None:  # checked before any work (errors.OUTPUT)
         args.output = outputs.check_output_file(args.output)
+    if args.csv is not None:
+        args.csv = outputs.check_output_file(args.csv)
+        if args.output is not None and args.csv == args.output:
+            return _error(f"--csv {args.csv} is the --output file; give another name")
     needs_output = "a multi-process run needs --output (each process writes its share)"
     if args.output is None and sharding.multi_process_requested():  # before waiting for peers
         return _error(needs_output)
@@ -94,9 +102,10 @@ def run(args: argparse.Namespace) -> int:
     if processes > 1 and args.output is None:  # a cluster JAX detected by itself
         return _error(needs_output)
     with contextlib.ExitStack() as stack:
-        if args.output is not None:
-            # One run per output file: a second refuses, naming the holder (errors.BUSY).
-            stack.enter_context(outputs.exclusive_for_run(args.output, "output file"))
+        for target, what in ((args.output, "output file"), (args.csv, "CSV file")):
+            if target is not None:
+                # One run per output file: a second refuses, naming the holder (errors.BUSY).
+                stack.enter_context(outputs.exclusive_for_run(target, what))
         return _run(args, process, processes)
 
 
@@ -146,7 +155,8 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     except (checkpoint.CheckpointError, ValueError) as e:
         return error(str(e), errors.exit_status(e, default=errors.USAGE))
     skipped: list = []
-    own = [] if args.output is None else outputs.own_files(args.output)
+    own = [f for target in (args.output, args.csv) if target is not None
+           for f in outputs.own_files(target)]
     every = [str(p) for p in tagging.collect_inputs(args.inputs, skipped, exclude=own)]
     print_skipped(skipped)
     if not every:
@@ -231,6 +241,14 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
         print(warned, file=sys.stderr)
     if args.output is not None:
         print(f"results written to {args.output}", file=sys.stderr)
+    if args.csv is not None:  # this run's inputs, tagged now or reused: the output file has both
+        kept = tagging.finished_results(args.output) if args.output is not None else results
+        rows = {r["file"]: r for r in kept if "error" not in r}
+        try:
+            tagging.write_csv([rows[n] for n in names if n in rows], args.csv)
+        except ValueError as e:
+            return error(str(e))
+        print(f"table written to {args.csv}", file=sys.stderr)
     failed = [r for r in results if "error" in r]
     # The counts and each failure, as embed and explain end (on stderr: stdout holds the tags).
     print(inference.run_summary("tagged", len(results) - len(failed), reused, len(failed),
