@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -55,6 +56,7 @@ def predict_split(items: Sequence[inference.Input], plan: inference.WindowPlan,
                   geom: Any, packer: inference.Packer, num_tags: int, *, workers: int = 2,
                   lockstep_window: np.ndarray | None = None,
                   on_input: Callable[[], None] | None = None, num_labels: int | None = None,
+                  padded: list[str] | None = None,
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probs (clips, tags) float64, labels (clips, tags), record index (clips,)) of a split.
 
@@ -66,7 +68,8 @@ def predict_split(items: Sequence[inference.Input], plan: inference.WindowPlan,
     clips, sorted by record index. `lockstep_window`: see `inference.run_inputs` (the trainer's
     mesh over hosts). `on_input` is called as each input finishes (a progress bar).
     `num_labels`: label columns of a record (default `num_tags`; a dataset may list fewer).
-    Raises EvaluationError if a record cannot be read or has no labels (every process raises).
+    `padded`, if given, receives the names of this process's clips shorter than one window
+    (repeated to fill it, as `tag` does). Raises EvaluationError if a record cannot be read or has no labels (every process raises).
     """
     index: list[int] = []
     probs: list[np.ndarray] = []
@@ -80,6 +83,8 @@ def predict_split(items: Sequence[inference.Input], plan: inference.WindowPlan,
             index.append(int(p.item.meta["index"]))
             probs.append(inference.track_probabilities(out["probabilities"], np.float64))
             labels.append(np.asarray(p.labels, np.float32))
+        if padded is not None and p.padded:
+            padded.append(p.item.name)
         if on_input is not None:
             on_input()
 
@@ -493,12 +498,18 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     items = inference.process_share(inference.source_inputs(
         source, engine.architecture.dataset_feature, label, split))
     desc = inference.share_label(f"evaluate {dataset}/{split} ({mode})")
+    padded: list[str] = []
     with tqdm(total=len(items), unit="clip", desc=desc, **bar_interval(),
               disable=not progress or jax.process_index() != 0) as bar:
         probs, labels, clip_index = predict_split(
             items, plan, engine.geometry, engine.packer(engine.predict_fn()), len(loaded.tags),
             workers=engine.load_workers, on_input=lambda: bar.update(1),
-            num_labels=len(data_tags))
+            num_labels=len(data_tags), padded=padded)
+    if padded and jax.process_index() == 0:  # a new user's trial: `tag` warned, evaluate not
+        share = "" if jax.process_count() == 1 else " (process 0's share)"
+        print(f"note: {len(padded)} of {len(items)} clip(s) of {split}{share} are shorter than "
+              f"one window ({engine.geometry.chunk_s:.3f} s; e.g. {padded[0]}): each was "
+              "repeated to fill it, as tag does", file=sys.stderr)
     tags = list(loaded.tags)
     if order is not None:  # the common tags, in the model's order
         keep = order >= 0

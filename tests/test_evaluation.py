@@ -156,8 +156,11 @@ def test_paper_windows_average_sigmoids_per_clip(fake):
     here independently), not the sigmoid of the mean logits; clips sorted by record index."""
     num_chunks = 4
     source = _records([40, 8, 23, 5, 61], seed=2)  # 8: one chunk; 5: shorter, repeated
+    padded = []  # evaluate's note counts them (tag warned, evaluate said nothing)
     probs, labels, index = _predict(fake, source, inference.WindowPlan(inference.PAPER,
-                                                                       num_chunks=num_chunks))
+                                                                       num_chunks=num_chunks),
+                                    padded=padded)
+    assert padded == ["toy:test[3]"]
     assert probs.dtype == np.float64
     np.testing.assert_array_equal(index, np.arange(5))
     for c, rec in enumerate(source):
