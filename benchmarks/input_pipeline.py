@@ -63,7 +63,9 @@ def open_source(args, config, input_kind):
 
 
 def _children_peak_rss_mb() -> list[float]:
-    """Peak RSS (VmHWM) of each live descendant process, in MB (Linux /proc; else empty).
+    """Peak RSS (VmHWM) of each live descendant process, in MB (Linux /proc; else empty),
+    multiprocessing's resource tracker left out (a new user's trial read its 13 MB as a second
+    worker's).
 
     Read while the workers are alive: `getrusage(RUSAGE_CHILDREN)` only sees finished children,
     and a child forked from this (large, JAX-holding) process reports the parent's RSS there.
@@ -85,6 +87,9 @@ def _children_peak_rss_mb() -> list[float]:
     peaks = []
     for pid in mine:
         try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"resource_tracker" in f.read():
+                    continue
             with open(f"/proc/{pid}/status") as f:
                 peaks += [int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM")]
         except OSError:
