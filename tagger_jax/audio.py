@@ -644,15 +644,15 @@ def _degradation_notes(name: str, decoder: str, problems: list[str], n: int,
             "(clipped): the distortion may change what is tagged")
     if problems:
         notes["damaged_data"] = (
-            f"{name}: the decoder reported damaged data ({decoder}: "
-            f"{problems[0]}); audio may be missing, which shifts later taggram times")
+            f"{name}: the decoder reported damaged data ({decoder}: {problems[0]}); audio may "
+            "be missing, which shifts every later time (taggram, maps, windows)")
     if expected_frames:
         want = expected_frames
         if abs(n - want) > DURATION_TOLERANCE_S[decoder] * rate:
             notes["duration_mismatch"] = (
                 f"{name}: decoded {n / rate:.2f} s but the file's header declares "
                 f"{want / rate:.2f} s (damaged or truncated file, or a wrong header); audio may "
-                "be missing, which shifts later taggram times")
+                "be missing, which shifts every later time (taggram, maps, windows)")
     if rate < sample_rate:
         notes["low_sample_rate"] = (
             f"{name}: recorded at {rate} Hz, below the model's {sample_rate} Hz: upsampled, so "

@@ -313,9 +313,9 @@ def raise_if_interrupted(error: BaseException) -> None:
 def interrupted_note(error: BaseException, verb: str, done: int, todo: int, where: str,
                      again: str | None) -> None:
     """Adds to an interrupt (Ctrl-C, SIGTERM) passing through a batch command what it finished,
-    for `report`'s line: "interrupted; 12 of 40 input(s) explained in this run are in out/; run
-    it again to explain the other 28". Without it the line said only "finished results are
-    kept" (a new user's trial: how many, and where?)."""
+    for `report`'s line: "interrupted; 12 of 40 input(s) explained in this run are in out;
+    running it again explains the other 28" (`again`: None leaves that part out). Without it
+    the line said only "finished results are kept" (a new user's trial: how many, and where?)."""
     error.add_note(f"{done} of {todo} input(s) {verb} in this run {where}"
                    + (f"; {again} the other {todo - done}" if again and todo > done else ""))
 

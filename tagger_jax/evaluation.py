@@ -69,7 +69,8 @@ def predict_split(items: Sequence[inference.Input], plan: inference.WindowPlan,
     mesh over hosts). `on_input` is called as each input finishes (a progress bar).
     `num_labels`: label columns of a record (default `num_tags`; a dataset may list fewer).
     `padded`, if given, receives the names of this process's clips shorter than one window
-    (repeated to fill it, as `tag` does). Raises EvaluationError if a record cannot be read or has no labels (every process raises).
+    (repeated to fill it, as `tag` does). Raises EvaluationError if a record cannot be read or
+    has no labels (every process raises).
     """
     index: list[int] = []
     probs: list[np.ndarray] = []
