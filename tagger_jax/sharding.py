@@ -70,7 +70,26 @@ def maybe_initialize_distributed(requested: bool = False, preemption: bool = Fal
     jax.config.update("jax_enable_preemption_service", bool(preemption))
     jax.distributed.initialize(initialization_timeout=INIT_TIMEOUT_S, **kwargs)
     delay_service_shutdown()
+    connect_with_stdout_on_stderr()
     return True
+
+
+def connect_with_stdout_on_stderr() -> None:
+    """Runs the run's first collective (a barrier), where Gloo, JAX's CPU collectives, connects
+    the processes, with file descriptor 1 pointing at stderr: Gloo writes "[Gloo] Rank 0 is
+    connected to 1 peer ranks ..." to stdout, where `tag` prints its results (a user piping
+    them found the line among the tags). Call after `jax.distributed.initialize`."""
+    from jax.experimental import multihost_utils
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        multihost_utils.sync_global_devices("tagger-jax: processes connected")
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def requested_processes() -> dict[str, int]:

@@ -152,17 +152,43 @@ def test_initialize_delays_the_service_shutdown(fake_state, monkeypatch):
         fake_state.client, fake_state.service = _Part("client", events), _Part("service", events)
 
     monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    connected = []  # the first collective, with Gloo's stdout line sent to stderr
+    monkeypatch.setattr(sharding, "connect_with_stdout_on_stderr",
+                        lambda: connected.append(len(calls)))
     monkeypatch.setenv(sharding.ENV_COORDINATOR, "127.0.0.1:1")
     monkeypatch.setenv(sharding.ENV_NUM_PROCESSES, "2")
     monkeypatch.setenv(sharding.ENV_PROCESS_ID, "0")
     assert sharding.maybe_initialize_distributed()
     assert calls == [{"num_processes": 2, "process_id": 0,
                       "initialization_timeout": sharding.INIT_TIMEOUT_S}]
+    assert connected == [1]  # after joining
     assert isinstance(fake_state.service, sharding._DelayedShutdown)
     assert sharding.maybe_initialize_distributed() and len(calls) == 1  # already initialized
     fake_state.service.sleep = lambda s: events.append("sleep")
     jax.distributed.shutdown()
     assert events == ["client", "sleep", "service"]
+
+
+def test_the_first_collective_writes_gloos_stdout_line_to_stderr(monkeypatch, capfd):
+    """From a new user's two-process `tag`: "[Gloo] Rank 0 is connected to 1 peer ranks ..."
+    came first on stdout, among the results. Gloo connects at the run's first collective, which
+    now runs with file descriptor 1 on stderr; stdout is back afterwards."""
+    import os
+
+    from jax.experimental import multihost_utils
+
+    from tagger_jax import sharding
+
+    def barrier(name):  # what Gloo does in C++: a write to file descriptor 1
+        os.write(1, b"[Gloo] Rank 0 is connected to 1 peer ranks.\n")
+
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", barrier)
+    print("before", flush=True)
+    sharding.connect_with_stdout_on_stderr()
+    print("after", flush=True)
+    out, err = capfd.readouterr()
+    assert out == "before\nafter\n"
+    assert err == "[Gloo] Rank 0 is connected to 1 peer ranks.\n"
 
 
 @pytest.mark.parametrize("preemption", [False, True])
