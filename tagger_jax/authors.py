@@ -406,7 +406,7 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     out = {}
     for key, tensor in obj.items():
         tensor = tensor.detach().cpu()
-        if tensor.is_floating_point() and tensor.dtype != torch.float64:
-            tensor = tensor.float()  # bfloat16 / float16 have no NumPy equivalent (bfloat16)
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()  # no NumPy equivalent; float32 holds it exactly
         out[str(key)] = tensor.numpy()
     return out

@@ -247,6 +247,24 @@ def test_cli_errors_exit_2_without_traceback(released, tmp_path, capsys):
     assert "nope.pth: no such file" in capsys.readouterr().err
 
 
+def test_cli_says_when_it_converts_half_precision_arrays(tmp_path, capsys):
+    """A state dict saved in float16 (`model.half()`) imported as float32 without a word; now a
+    note counts the arrays (exact: every float16 is a float32), and the weights are those."""
+    state = torch_twin.random_state_dict("released", seed=4)
+    half = {k: (v.astype(np.float16) if v.dtype == np.float32 else v) for k, v in state.items()}
+    path = tmp_path / "half.npz"
+    np.savez(path, **half)
+    out = tmp_path / "model"
+    assert run_cli(str(path), "--variant", "released", "--out", str(out)) == 0
+    floats = sum(v.dtype == np.float16 for v in half.values())
+    assert (f"note: {floats} arrays are float16 in the state dict: imported as float32 (exact "
+            "from float16; float64 is rounded)") in capsys.readouterr().out
+    reference, _ = import_state_dict({k: np.asarray(v, np.float32) if v.dtype == np.float16
+                                      else v for k, v in half.items()}, "released")
+    jax.tree.map(np.testing.assert_array_equal, load_model(out).variables,
+                 jax.tree.map(np.asarray, reference))
+
+
 def test_cli_tag_names_from_a_file_and_a_protected_out(released, tmp_path, capsys):
     """--tags FILE names the classifier's outputs (a model trained on MSD with their code);
     --out refuses a folder of other files and says when it replaces a model."""
