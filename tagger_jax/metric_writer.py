@@ -2,7 +2,10 @@
 
 Process 0 writes. On resume, lines past the resumed step (a killed run may have logged past its
 last checkpoint) and the previous test result are dropped, so every step is logged once.
-TensorBoard event files come from tensorboardX (no TensorFlow).
+TensorBoard event files come from tensorboardX (no TensorFlow); the events a killed run logged
+past the resumed step stay in its event file, so a resumed run's file starts with TensorBoard's
+purge marker (a SessionLog START at the first step it logs, tensorboardX's `purge_step`), and
+TensorBoard hides them: its curves showed those steps twice (a new user's trial).
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ class MetricWriter:
             self.path.write_text("".join(line + "\n" for line in kept))
         from tensorboardX import SummaryWriter
 
-        self.tb = SummaryWriter(str(workdir / TENSORBOARD_DIR))
+        self.tb = SummaryWriter(str(workdir / TENSORBOARD_DIR),
+                                purge_step=resume_step + 1 if resume_step > 0 else None)
 
     def write(self, step: int, split: str, scalars: Mapping[str, Any]) -> None:
         if not self.active:
