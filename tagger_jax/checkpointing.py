@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -58,7 +59,29 @@ def manager(directory: Path, max_to_keep: int, item_names: tuple[str, ...]
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            cleanup_tmp_directories=True,
                                            enable_async_checkpointing=False)
-    return ocp.CheckpointManager(directory, options=options, item_names=item_names)
+    unparsed = _UnparsedMetadata()  # orbax reads every step's metadata as it opens
+    logging.getLogger("absl").addFilter(unparsed)
+    try:
+        return ocp.CheckpointManager(directory, options=options, item_names=item_names)
+    finally:
+        logging.getLogger("absl").removeFilter(unparsed)
+
+
+class _UnparsedMetadata(logging.Filter):
+    """Turns orbax's "Failed to json parse Metadata file: PATH, file content: ..." (an ERROR
+    record that dumps the damaged file, however long; two of them came before the one-line error
+    for a corrupt best/ in a new user's trial) into one `warning:` line naming the file. The
+    restore of that step then names it again (`check_files`) or moves it aside."""
+
+    PREFIX = "Failed to json parse Metadata file: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if not text.startswith(self.PREFIX):
+            return True
+        path = text[len(self.PREFIX):].split(", file content:", 1)[0]
+        print(f"warning: {path}: not valid JSON (a damaged checkpoint)", file=sys.stderr)
+        return False
 
 
 def _abstract(state: TrainState) -> TrainState:

@@ -453,6 +453,21 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, finished_run
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_a_damaged_checkpoint_metadata_file_is_one_warning_line_not_its_contents(tmp_path,
+                                                                                 capfd):
+    """From a new user's trial: opening a checkpoint folder whose step metadata was damaged
+    printed orbax's ERROR record with the file's whole content, twice, before the one-line
+    error; it is one `warning:` line naming the file now."""
+    from tagger_jax import checkpointing
+
+    path = tmp_path / "best" / "5" / "_CHECKPOINT_METADATA"
+    path.parent.mkdir(parents=True)
+    path.write_text("{garbage\n" + "x" * 5000)
+    checkpointing.manager(tmp_path / "best", 1, ("state",)).close()
+    out, err = capfd.readouterr()
+    assert err == f"warning: {path}: not valid JSON (a damaged checkpoint)\n" and out == ""
+
+
 def test_no_readable_checkpoint_is_one_line_naming_the_file(tmp_path, finished_run):
     import shutil
 
