@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
@@ -292,7 +293,7 @@ def report_beside(result: dict, print_fn=print, train: str = "dataset",
                  f"({scored.clips} clips, {whose}): ROC-AUC {_fmt(metrics['roc_auc_mean'], 0)}  "
                  f"PR-AUC {_fmt(metrics['pr_auc_mean'], 0)}; wrote {out}")
         if fitted_on == scored_as:  # from a new user's trial: a perfect 1.0, unexplained
-            print_fn(f"note: the baseline is scored on {scored_as}, the split it was fitted "
-                     "on: its numbers measure how well it fits its own training clips, not a "
-                     "floor for the model")
+            print(f"note: the baseline is scored on {scored_as}, the split it was fitted on: "
+                  "its numbers measure how well it fits its own training clips, not a floor for "
+                  "the model", file=sys.stderr)  # as every note: on stderr
     return metrics

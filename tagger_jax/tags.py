@@ -1,4 +1,5 @@
-"""Tag vocabularies that ship with the package.
+"""Tag vocabularies that ship with the package, and how a user's tag files are read (tag lists,
+the CSV columns, delimiters and tag separator shared by `audio_folder` and `explain --tags-from`).
 
 The MagnaTagATune top-50 list is in frequency order, which is the index order of the authors'
 released checkpoint (see `shared/reference/original-implementation.md`). Checkpoints imported from
@@ -35,3 +36,27 @@ def read_tag_list(path) -> list[str]:
 
     text = Path(path).read_text(encoding=TEXT_ENCODING)
     return [t.strip() for t in text.splitlines() if t.strip()]
+
+
+# Delimiters and tag separators by name (`--set delimiter=tab`: a tab is awkward in a shell).
+SEPARATOR_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|",
+                   "space": " "}
+
+
+def excel_separator(path, first_line: str) -> str | None:
+    """The delimiter a CSV's first line `sep=X` declares (Excel writes it, and reads it as no
+    row), else None. From a new user's trial: the header became `['sep=', '']`, and the hint
+    that followed (`--set delimiter=semicolon`) still ended in "no 'path' column". A `sep=`
+    line that names no one character (or separator name) is refused, saying to delete it."""
+    line = first_line.rstrip("\r\n")
+    if not line.lower().startswith("sep="):
+        return None
+    value = line[4:]
+    if len(value) == 1:
+        return value
+    named = SEPARATOR_NAMES.get(value.strip().lower())
+    if named and len(named) == 1:
+        return named
+    raise ValueError(f"{path}:1: {line!r} looks like Excel's delimiter line (sep=X) but names no "
+                     "one-character delimiter; delete that line (and --set delimiter=... if the "
+                     "file is not comma-separated)")

@@ -93,7 +93,7 @@ def test_report_beside_fits_on_train_and_writes_json(tmp_path, monkeypatch, caps
     assert "note:" not in out
     with pytest.warns(evaluation.UndefinedMetricWarning):  # scored on its own training split
         baseline.report_beside({**result, "split": "train"})
-    assert capsys.readouterr().out.splitlines()[-1] == (
+    assert capsys.readouterr().err.splitlines()[-1] == (
         "note: the baseline is scored on fake/train, the split it was fitted on: its numbers "
         "measure how well it fits its own training clips, not a floor for the model")
     monkeypatch.setattr(datasets, "load_split",

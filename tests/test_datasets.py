@@ -1483,6 +1483,13 @@ def test_audio_folder_csv_header_errors_name_the_fix(tmp_path):
     assert [(r.line, r.path, r.tags, r.split) for r in rows] == [
         (3, "a.wav", ("rock",), "train"), (4, "b.wav", ("jazz",), "test")]
     assert error("sep=\t\npath\ttags\n\trock\n", delimiter=";") == ":3: empty 'path'"
+    # The verifying user's row with an unquoted comma in its tags became split 'loud' and lost
+    # 'train'; a row with more cells than the header is refused (empty trailing cells are not).
+    assert error("path,tags,split\na.wav,flute,loud,train\n") == (
+        ":2: 4 cells but the header has 3 (extra: 'train'); a cell holding the delimiter ',' "
+        "must be quoted, e.g. \"flute,loud\", or join tags with the tag separator ';'")
+    csv_path.write_text("path,tags,split\na.wav,flute,train,,\n")
+    assert [r.split for r in audio_folder.read_table(csv_path, config)[0]] == ["train"]
     assert error("sep=xx\npath,tags\na.wav,rock\n") == (
         ":1: 'sep=xx' looks like Excel's delimiter line (sep=X) but names no one-character "
         "delimiter; delete that line (and --set delimiter=... if the file is not "

@@ -797,6 +797,21 @@ def test_tags_csv_matches_dataset_records_by_their_source_path_and_reads_a_bom(t
     got = runner.with_csv_tags(items, table, log=said.append)
     assert [it.explain_tags for it in got] == [("drums",), ("flute", "loud")]
     assert said == [f"{table}: 1 row(s) match no input: 'songs/c.mp3'"]
+    # The verifying user's CSV, which audio_folder builds from: Excel's `sep=;` line, `;` as the
+    # delimiter, a name in decomposed Unicode (NFD) for a record stored in composed form (NFC).
+    import unicodedata
+
+    cafe = "songs/Café.wav"
+    items.append(Input(key="2", name="audio_folder:test[2]", load=lambda: None, fingerprint="",
+                       meta={"index": 2, "record_path": unicodedata.normalize("NFC", cafe)}))
+    table.write_text("sep=;\npath;tags;split\nsongs/a.ogg;drums;test\n"
+                     f"{unicodedata.normalize('NFD', cafe)};\"piano;slow\";test\n",
+                     encoding="utf-8")
+    got = runner.with_csv_tags(items, table, log=said.append)
+    assert [it.explain_tags for it in got] == [("drums",), (), ("piano", "slow")]
+    semicolons = tmp_path / "semi.csv"  # built with --set delimiter=semicolon: no sep= line
+    semicolons.write_text("path;tags\nsongs/b.wav;flute\n")
+    assert runner.read_tags_csv(semicolons) == {"songs/b.wav": ("flute",)}
 
 
 def test_option_values_and_missing_inputs_are_named_usage_errors(setup, tmp_path, capsys):

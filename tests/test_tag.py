@@ -566,9 +566,11 @@ def test_csv_table_holds_every_tagged_input_in_input_order(model_dir, inputs, tm
         want = results[row[0]]
         assert float(row[1]) == want["duration_s"]
         np.testing.assert_array_equal(np.array(row[2:], float), want["probabilities"])
-    assert cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--csv",
-                     str(out), str(inputs / "spec.npy")]) == errors.USAGE
-    assert "is the --output file" in capsys.readouterr().err
+    (tmp_path / "link.json").symlink_to(out)
+    for same in (out, tmp_path / "link.json"):
+        assert cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--csv",
+                         str(same), str(inputs / "spec.npy")]) == errors.USAGE
+        assert "is the --output file" in capsys.readouterr().err
     folder = tmp_path / "music"
     folder.mkdir()
     (folder / "a.npy").write_bytes((inputs / "spec.npy").read_bytes())

@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         args.output = outputs.check_output_file(args.output)
     if args.csv is not None:
         args.csv = outputs.check_output_file(args.csv)
-        if args.output is not None and args.csv == args.output:
+        if args.output is not None and os.path.realpath(args.csv) == os.path.realpath(
+                args.output):  # also through a link (it was refused as "in use by another run")
             return _error(f"--csv {args.csv} is the --output file; give another name")
     needs_output = "a multi-process run needs --output (each process writes its share)"
     if args.output is None and sharding.multi_process_requested():  # before waiting for peers

@@ -70,8 +70,6 @@ from tagger_jax.audio import AUDIO_SUFFIXES, display_path
 from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig, multi_hot,
                                          utf8_error)
 
-SEPARATOR_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|",
-                   "space": " "}  # `--set delimiter=tab` (a tab is awkward to type in a shell)
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation",
                  "valid": "validation", "val": "validation", "dev": "validation",
                  "test": "test", "testing": "test"}
@@ -101,9 +99,9 @@ class AudioFolderConfig(TaggingConfig):
         super().__post_init__()
         for field in ("delimiter", "tag_separator"):
             value = getattr(self, field)
-            object.__setattr__(self, field, SEPARATOR_NAMES.get(value.strip().lower(), value)
-                               if len(value) > 1 else value)
-        names = ", ".join(SEPARATOR_NAMES)
+            named = tags_lib.SEPARATOR_NAMES.get(value.strip().lower(), value)
+            object.__setattr__(self, field, named if len(value) > 1 else value)
+        names = ", ".join(tags_lib.SEPARATOR_NAMES)
         if len(self.delimiter) != 1:
             raise errors.ConfigError(f"config {self.name!r}: delimiter must be one character or "
                                      f"one of {names}, got {self.delimiter!r}")
@@ -176,7 +174,7 @@ def read_table(path: Path, config: AudioFolderConfig, root: Path | None = None,
     the build goes on after them."""
     try:
         with open(path, newline="", encoding=tags_lib.TEXT_ENCODING) as f:
-            declared = excel_separator(path, f.readline())
+            declared = tags_lib.excel_separator(path, f.readline())
             if declared is None:
                 f.seek(0)
             reader = csv.DictReader(f, delimiter=declared or config.delimiter)
@@ -212,7 +210,15 @@ def read_table(path: Path, config: AudioFolderConfig, root: Path | None = None,
             raise ValueError(f"{path}: neither a {config.tags_column!r} column nor 0/1 tag columns")
     rows = []
     spelled: dict[str, tuple[str, int]] = {}  # extra split name -> (value, line) that made it
+    delimiter = declared or config.delimiter
     for line, rec in enumerate(records, start=first_line):
+        extra = [c for c in rec.get(None) or [] if c.strip()]  # cells past the header's
+        if extra:  # a verifying user's `a.wav,flute,loud,train`: split 'loud', 'train' dropped
+            raise ValueError(
+                f"{path}:{line}: {len(columns) + len(rec[None])} cells but the header has "
+                f"{len(columns)} (extra: {', '.join(map(repr, extra[:3]))}); a cell holding "
+                f"the delimiter {delimiter!r} must be quoted, e.g. \"flute{delimiter}loud\", or "
+                f"join tags with the tag separator {config.tag_separator!r}")
         rel = (rec.get(config.path_column) or "").strip()
         if not rel:
             raise ValueError(f"{path}:{line}: empty {config.path_column!r}")
@@ -281,25 +287,6 @@ def read_table(path: Path, config: AudioFolderConfig, root: Path | None = None,
             warnings += [w for w in [separator_warning(path, rows, config)] if w]
         warnings += split_notes(path, spelled, config) + notes
     return rows, vocab
-
-
-def excel_separator(path: Path, first_line: str) -> str | None:
-    """The delimiter a CSV's first line `sep=X` declares (Excel writes it, and reads it as no
-    row), else None. From a new user's trial: the header became `['sep=', '']`, and the hint
-    that followed (`--set delimiter=semicolon`) still ended in "no 'path' column". A `sep=`
-    line that names no one character (or separator name) is refused, saying to delete it."""
-    line = first_line.rstrip("\r\n")
-    if not line.lower().startswith("sep="):
-        return None
-    value = line[4:]
-    if len(value) == 1:
-        return value
-    named = SEPARATOR_NAMES.get(value.strip().lower())
-    if named and len(named) == 1:
-        return named
-    raise ValueError(f"{path}:1: {line!r} looks like Excel's delimiter line (sep=X) but names no "
-                     "one-character delimiter; delete that line (and --set delimiter=... if the "
-                     "file is not comma-separated)")
 
 
 def _column_key(name: str) -> str:

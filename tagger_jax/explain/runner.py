@@ -154,9 +154,13 @@ def read_tags_csv(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
         the tags joined by `;` in one cell: `path,tags,split` / `a.wav,rock;piano,test`;
       - rows `file,tag,tag,...` (Python's csv quoting for names with commas), with an optional
         header row whose first cell is `file` or `path` (and no `tags` column beside `path`).
+    As `audio_folder` reads it: a byte-order mark is dropped, Excel's first line `sep=X` sets the
+    delimiter, and an audio_folder header split by `;`, a tab or `|` is recognised (a new user's
+    `sep=;` CSV built, and then matched no input here).
     Raises ValueError naming the CSV and line for an empty file name, a file listed twice, or an
     audio_folder row with more cells than its header."""
     import csv
+    import io
 
     from tagger_jax import tags as tags_lib  # audio_folder's column names and tag separator
 
@@ -165,33 +169,42 @@ def read_tags_csv(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     out: dict[str, tuple[str, ...]] = {}
     columns: dict[str, int] | None = None  # audio_folder format: column positions
     with open(path, newline="", encoding=tags_lib.TEXT_ENCODING) as f:
-        for line, row in enumerate(csv.reader(f), start=1):
-            if not row or not any(c.strip() for c in row):
+        text = f.read()
+    first_line, _, rest = text.partition("\n")
+    delimiter, header_line = tags_lib.excel_separator(path, first_line), 1
+    if delimiter is not None:  # that line is no row
+        text, header_line = rest, 2
+    else:
+        delimiter = next((d for d in (",", ";", "\t", "|") if {path_col, tags_col} <= {
+            c.strip().lower() for c in next(csv.reader([first_line], delimiter=d), [])}), ",")
+    for line, row in enumerate(csv.reader(io.StringIO(text), delimiter=delimiter),
+                               start=header_line):
+        if not row or not any(c.strip() for c in row):
+            continue
+        if line == header_line:
+            header = [c.strip().lower() for c in row]
+            if path_col in header and tags_col in header:
+                columns = {"path": header.index(path_col),
+                           "tags": header.index(tags_col), "width": len(header)}
                 continue
-            if line == 1:
-                header = [c.strip().lower() for c in row]
-                if path_col in header and tags_col in header:
-                    columns = {"path": header.index(path_col),
-                               "tags": header.index(tags_col), "width": len(header)}
-                    continue
-                if header[0] in ("file", "path"):
-                    continue
-            if columns is not None:
-                if len(row) > columns["width"]:
-                    raise ValueError(f"{path}:{line}: {len(row)} cells but the header has "
-                                     f"{columns['width']} (an audio_folder CSV: tags joined by "
-                                     f"{sep!r} in the {tags_col!r} "
-                                     "column)")
-                row = row + [""] * (columns["width"] - len(row))
-                name = row[columns["path"]].strip()
-                tags = row[columns["tags"]].split(sep)
-            else:
-                name, tags = row[0].strip(), row[1:]
-            if not name:
-                raise ValueError(f"{path}:{line}: empty file name")
-            if name in out:
-                raise ValueError(f"{path}:{line}: {name!r} is listed twice")
-            out[name] = tuple(t.strip() for t in tags if t.strip())
+            if header[0] in ("file", "path"):
+                continue
+        if columns is not None:
+            if len(row) > columns["width"]:
+                raise ValueError(f"{path}:{line}: {len(row)} cells but the header has "
+                                 f"{columns['width']} (an audio_folder CSV: tags joined by "
+                                 f"{sep!r} in the {tags_col!r} "
+                                 "column)")
+            row = row + [""] * (columns["width"] - len(row))
+            name = row[columns["path"]].strip()
+            tags = row[columns["tags"]].split(sep)
+        else:
+            name, tags = row[0].strip(), row[1:]
+        if not name:
+            raise ValueError(f"{path}:{line}: empty file name")
+        if name in out:
+            raise ValueError(f"{path}:{line}: {name!r} is listed twice")
+        out[name] = tuple(t.strip() for t in tags if t.strip())
     return out
 
 
@@ -204,14 +217,20 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
     input's does. A dataset record (`dataset_items(record_paths=True)`) matches by the path it
     was built from (`meta["record_path"]`, e.g. an audio_folder CSV's `songs/a.ogg`). Inputs the
     CSV does not list keep the run's tags (top-k predicted); CSV rows that match no input are
-    reported."""
+    reported. Names are compared in Unicode's composed form (NFC): `Café.wav` typed on one
+    system matches the decomposed `Café.wav` of another, as `audio_folder` reads it."""
+    import unicodedata
+
+    def nfc(text: str) -> str:
+        return unicodedata.normalize("NFC", text)
+
     table = read_tags_csv(csv_path)
     base = Path(csv_path).resolve().parent
     by_path = {}
     for name in table:
         for cand in (Path(name), base / name):
             try:
-                by_path.setdefault(str(cand.resolve()), name)
+                by_path.setdefault(nfc(str(cand.resolve())), name)
             except OSError:
                 pass
 
@@ -219,8 +238,8 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
         return str(item.meta.get("record_path") or item.name)
 
     def ends_with(item: InputItem, name: str) -> bool:
-        parts = Path(name).parts
-        return Path(file_of(item)).parts[-len(parts):] == parts
+        parts = Path(nfc(name)).parts
+        return Path(nfc(file_of(item))).parts[-len(parts):] == parts
 
     by_suffix = {}  # CSV name -> the one input whose path ends with it
     for name in table:
@@ -230,8 +249,8 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
                 by_suffix[found[0]] = name
     used, out = set(), []
     for it in items:
-        name = ((None if "record_path" in it.meta else by_path.get(str(Path(it.name).resolve())))
-                or by_suffix.get(it.name))
+        name = ((None if "record_path" in it.meta
+                 else by_path.get(nfc(str(Path(it.name).resolve())))) or by_suffix.get(it.name))
         if name is not None:
             used.add(name)
             it = dataclasses.replace(it, explain_tags=table[name])
