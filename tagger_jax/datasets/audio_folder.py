@@ -42,7 +42,8 @@ one) are built as written with one `warning:` line naming `--set tag_separator=`
 named almost like a standard one (`validation set`) is a `note:` line. A path whose file on disk
 differs only in Unicode normalisation (NFC / NFD) reads that file (a `note:` line); a missing
 file whose near miss exists (other letter case, backslashes, another folder) is skipped with
-"did you mean PATH?". The warning and note lines are kept in the metadata (`csv_notes`).
+"did you mean PATH?". The warning and note lines are kept in the metadata (`csv_notes`). A row
+with more non-empty cells than the header (an unquoted delimiter inside the tags) is refused.
 
 The metadata records what the build came from (`built_from`: the manual directory's resolved
 path and the CSV's path, size, modification time and SHA-256). Asking for the same dataset in the

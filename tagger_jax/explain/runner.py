@@ -997,7 +997,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         if track.tags is None:  # top-k from the same windows' probabilities
             _predicted_tags(ctx, track, out["probabilities"])
         long = len(track.unique_starts) > ctx.engine.batch_size
-        if long:  # a long track's figure takes a while (a minute for 30 minutes of audio)
+        if long:  # a long track's figure takes a while (tens of seconds for 30 minutes)
             bar.set_postfix_str(f"{track.item.name}: writing its files")
         try:
             _write(ctx, track, assemble(ctx, track, out), out_dir, signature)
