@@ -153,7 +153,7 @@ def test_second_run_does_no_work_twice(setup, first_run, monkeypatch, capsys):
                  METHODS, "--top-k", "2", "--batch-size", "4")
     assert rc == 1
     text = capsys.readouterr()
-    assert "skipped 4 already finished, 2 failed" in text.out and "broken.wav" in text.err
+    assert "skipped 4 already finished, 2 failed" in text.err and "broken.wav" in text.err
     failed = [line for line in text.err.splitlines() if line.startswith("failed: ")]
     assert len(failed) == 2 and any(f"{inputs / 'broken.wav'}: " in line for line in failed)
     assert "broken.wav" not in text.out  # failures on stderr, as tag prints them
@@ -164,7 +164,7 @@ def test_second_run_does_no_work_twice(setup, first_run, monkeypatch, capsys):
     np.save(inputs / "sub" / "short.npy", np.full((96, 25), -40.0, np.float32))
     rc = explain("--checkpoint", str(model_dir), str(inputs), "--out", str(out), "--methods",
                  METHODS, "--top-k", "2", "--batch-size", "4")
-    assert "explained 1 input(s), skipped 3 already finished" in capsys.readouterr().out
+    assert "explained 1 input(s), skipped 3 already finished" in capsys.readouterr().err
     with np.load(out / "sub__short.npy.npz") as z:
         assert z["attention"].shape == (25,)
 
@@ -190,7 +190,7 @@ def test_short_clip_warning_in_the_summary_and_replaced_outputs_said(setup, tmp_
     assert (f"1 output(s) in {tmp_path / 'out'} came from another model, other settings"
             in captured.err and "explained again (replaced)" in captured.err)
     assert ("explained 1 input(s), skipped 0 already finished, 0 failed; 1 earlier output(s) "
-            "made with other settings") in captured.out
+            "made with other settings") in captured.err
     assert json.loads((tmp_path / "out" / "tiny.npy.json").read_text())["signature"] != (
         summary["signature"])
 
@@ -403,6 +403,7 @@ def test_listen_skips_grad_x_input_unless_asked_and_checks_listen_methods(setup,
     summary = json.loads((out / "tone.wav.json").read_text())
     assert {m["method"] for m in summary["files"]["audio"]["maps"]} == {
         "attention", "contribution", "grad_x_input"}
+    capsys.readouterr()  # the runs above (their counts are on stderr too)
     for bad, says in (("attention_heads", "attention_heads cannot be heard"),
                       ("rollout", "names rollout, which --methods does not compute (add it"),
                       ("Contribution", "Contribution: not a method"),

@@ -241,7 +241,9 @@ def test_embed_cli_writes_npz_and_resumes(model_dir, files, tmp_path, capsys):
             "--no-progress"]
     assert cli.main(argv) == 1  # broken.npy failed
     captured = capsys.readouterr()
-    assert "embedded 2 input(s)" in captured.out and "broken.npy" not in captured.out
+    assert "embedded 2 input(s)" in captured.err and "broken.npy" not in captured.out
+    assert captured.out == (  # stdout: where the output is; the counts go to stderr
+        f"track-level embeddings of this run's finished inputs: {out / 'embeddings.npz'}\n")
     [line] = [line for line in captured.err.splitlines() if "broken.npy" in line]
     assert line.startswith(f"failed: {files / 'broken.npy'}: ")  # on stderr, as tag, explain
     merged = embedding.load_embeddings(out / "embeddings.npz")
@@ -259,7 +261,7 @@ def test_embed_cli_writes_npz_and_resumes(model_dir, files, tmp_path, capsys):
     mtime = (out / "long.npy.npz").stat().st_mtime_ns
     (out / "run.part1.json").write_text("{}")  # left by a killed multi-process run
     assert cli.main(argv) == 1
-    assert "skipped 2 already finished" in capsys.readouterr().out
+    assert "skipped 2 already finished" in capsys.readouterr().err
     assert (out / "long.npy.npz").stat().st_mtime_ns == mtime
     assert not (out / "run.part1.json").exists()
 
@@ -330,7 +332,7 @@ def test_embed_reuses_outputs_of_files_named_before_from_another_folder(model_di
     before = sorted(p.name for p in out.glob("*.npz"))
     assert before == ["embeddings.npz", "sub__deep.npy.npz", "top.npy.npz"]
     said = run(music / "sub")
-    assert "skipped 1 already finished" in said.out, said.out
+    assert "skipped 1 already finished" in said.err, said.err
     assert (f"note: 1 input(s) have outputs in {out} from a run that named them otherwise (e.g. "
             f"{music / 'sub' / 'deep.npy'} as sub__deep.npy.npz)") in said.err
     assert sorted(p.name for p in out.glob("*.npz")) == before
@@ -348,7 +350,7 @@ def test_embed_reuses_outputs_of_files_named_before_from_another_folder(model_di
     first = keys()
     assert first == {str(music / "c" / "x.npy"): "x.npy", str(music / "d" / "x.npy"): "x.npy-2"}
     said = run(music / "d" / "x.npy", music / "c" / "x.npy")
-    assert "skipped 2 already finished" in said.out, said.out
+    assert "skipped 2 already finished" in said.err, said.err
     assert keys() == first
 
 
@@ -426,12 +428,12 @@ def test_embed_recomputes_a_damaged_npz_and_drops_a_stale_merged_file(model_dir,
     capsys.readouterr()
     assert cli.main(argv) == 0
     captured = capsys.readouterr()
-    assert "embedded 1 input(s), skipped 1 already finished, 0 failed" in captured.out
+    assert "embedded 1 input(s), skipped 1 already finished, 0 failed" in captured.err
     assert embedding.load_embeddings(out / "long.npy.npz")["window_embedding"].shape == (4, 16)
     assert cli.main(["embed", "--checkpoint", str(model_dir), str(files / "broken.npy"),
                      "--out", str(out), "--no-progress"]) == 1
     assert not (out / "embeddings.npz").exists()
-    assert "embedded 0 input(s)" in capsys.readouterr().out
+    assert "embedded 0 input(s)" in capsys.readouterr().err
 
 
 def test_embed_records_short_clips_and_says_when_it_replaces_other_settings(model_dir, tmp_path,
@@ -458,11 +460,11 @@ def test_embed_records_short_clips_and_says_when_it_replaces_other_settings(mode
     assert f"2 output(s) in {out} came from another model, other settings" in captured.err
     assert "embedded again (replaced)" in captured.err
     assert ("embedded 2 input(s), skipped 0 already finished, 0 failed; 2 earlier output(s) "
-            "made with other settings") in captured.out
+            "made with other settings") in captured.err
     assert str(embedding.load_embeddings(out / "long.npy.npz")["signature"]) != before
     assert cli.main(argv + ["--windows", "paper"]) == 0
     captured = capsys.readouterr()
-    assert "skipped 2 already finished" in captured.out
+    assert "skipped 2 already finished" in captured.err
     assert "replaced" not in captured.out + captured.err
 
 

@@ -63,8 +63,11 @@ def run(args: argparse.Namespace) -> int:
         raise
     except (checkpoint.CheckpointError, ValueError, OSError) as e:
         return error(str(e), errors.exit_status(e, default=errors.USAGE))
-    if jax.process_index() == 0:  # the counts, then each failure on stderr (as tag, explain)
-        print(report, flush=True)
+    if jax.process_index() == 0:  # the counts, then each failure, on stderr (as tag, explain);
+        counts, *where = str(report).split("\n")  # stdout: where the merged file is
+        print(counts, file=sys.stderr)
         for line in report.failure_lines():
             print(line, file=sys.stderr)
+        for line in where:
+            print(line, flush=True)
     return 1 if report.failed else 0

@@ -920,10 +920,16 @@ def _write(ctx: _Context, track: _Track, res: dict[str, np.ndarray], out_dir: Pa
 # The run
 
 
+def _on_stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
 def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLike,
                    options: ExplainOptions = ExplainOptions(), progress: bool = True,
-                   log: Callable[[str], None] = print) -> RunReport:
+                   log: Optional[Callable[[str], None]] = _on_stderr) -> RunReport:
     """Explains every item into `out_dir` and (re)writes its index.html; see the module doc.
+    `log` receives the counts line at the end (default: stderr, as `tag` and `embed` say theirs;
+    None: not said); each failed input's line goes to stderr.
 
     With several processes each explains `inference.process_share(items)`; the returned report of
     process 0 covers the whole run (the others return their share's, with no index).
@@ -1082,8 +1088,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             done, skipped, failed, index, replaced = _merge_parts(out_dir, processes, failures)
     result = RunReport(done, skipped, failed, out_dir, index, time.perf_counter() - t0,
                        replaced)
-    if log is not None and process == 0:  # the counts, then each failure on stderr (as `tag`)
-        log(str(result))
+    if log is not None and process == 0:  # the counts, then each failure, on stderr (as `tag`,
+        log(str(result))  # `embed`): stdout holds the run's outputs only
         for line in result.failure_lines():
             print(line, file=sys.stderr)
     return result
