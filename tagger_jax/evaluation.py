@@ -494,7 +494,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
         plan = inference.WindowPlan(inference.PAPER, num_chunks=num_chunks)
     else:
         plan = inference.WindowPlan(inference.COVER, hop_s)
-    hop = plan.checked(engine.geometry).hop_steps(engine.geometry)
+    plan.checked(engine.geometry)  # a hop longer than a window: an error; a rounded one: a note
+    hop = plan.hop_steps(engine.geometry)
     label = f"{dataset}/{config_name}" if config_name else dataset
     items = inference.process_share(inference.source_inputs(
         source, engine.architecture.dataset_feature, label, split))

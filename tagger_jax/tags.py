@@ -58,5 +58,5 @@ def excel_separator(path, first_line: str) -> str | None:
     if named and len(named) == 1:
         return named
     raise ValueError(f"{path}:1: {line!r} looks like Excel's delimiter line (sep=X) but names no "
-                     "one-character delimiter; delete that line (and --set delimiter=... if the "
-                     "file is not comma-separated)")
+                     "one-character delimiter; delete that line (for audio_folder also --set "
+                     "delimiter=... if the file is not comma-separated)")

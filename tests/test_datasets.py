@@ -1492,8 +1492,8 @@ def test_audio_folder_csv_header_errors_name_the_fix(tmp_path):
     assert [r.split for r in audio_folder.read_table(csv_path, config)[0]] == ["train"]
     assert error("sep=xx\npath,tags\na.wav,rock\n") == (
         ":1: 'sep=xx' looks like Excel's delimiter line (sep=X) but names no one-character "
-        "delimiter; delete that line (and --set delimiter=... if the file is not "
-        "comma-separated)")
+        "delimiter; delete that line (for audio_folder also --set delimiter=... if the file is "
+        "not comma-separated)")
 
 
 def test_audio_folder_warns_of_other_separators_and_names_near_miss_files(tmp_path, capfd):
