@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from tagger_jax import audio, errors, inference
+from tagger_jax import tags as tags_lib
 from tagger_jax.progress import bar_interval
 
 MODES = ("chunks", "full")
@@ -218,12 +219,12 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     single = [t for t in metrics["excluded_tags"] if t not in reasons]
     if single:
         lines.append(f"({len(single)} tag(s) with a single label value excluded from the means: "
-                     f"{', '.join(single)})")
+                     f"{tags_lib.listed(single)})")
     by_reason: dict[str, list[str]] = {}
     for t, why in reasons.items():
         by_reason.setdefault(why, []).append(t)
     for why, tags in by_reason.items():
-        lines.append(f"({len(tags)} tag(s) not evaluated, {why}: {', '.join(tags)})")
+        lines.append(f"({len(tags)} tag(s) not evaluated, {why}: {tags_lib.listed(tags)})")
     return "\n".join(lines)
 
 

@@ -899,9 +899,10 @@ def replaced_summary(count: int) -> str:
 
 def run_summary(verb: str, done: int, skipped: int, failed: int, replaced: int = 0) -> str:
     """The counts line that ends every batch command (`tag`, `embed`, `explain`): "explained 3
-    input(s), skipped 2 already finished, 1 failed" (and `replaced_summary`)."""
-    return (f"{verb} {done} input(s), skipped {skipped} already finished, {failed} failed"
-            + replaced_summary(replaced))
+    input(s), skipped 2 already finished, 1 failed" (and `replaced_summary`); the skipped clause
+    only when something was reused ("tagged 1 input(s), 0 failed")."""
+    reused = f", skipped {skipped} already finished" if skipped else ""
+    return f"{verb} {done} input(s){reused}, {failed} failed" + replaced_summary(replaced)
 
 
 FAILED_PREFIX = "failed: "  # the start of every failed input's line (not "error:": the run went on)

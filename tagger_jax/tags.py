@@ -29,6 +29,18 @@ CSV_TAG_SEPARATOR = ";"  # separator inside the tags column
 TEXT_ENCODING = "utf-8-sig"
 
 
+def listed(tags) -> str:
+    """Tag names for a message: "rock, jazz, piano"; when one of them holds a comma, starts or
+    ends with a space or is empty, every name is quoted ('"flute, loud", "drums"'), since a bare
+    join would read as more tags than there are."""
+    import json
+
+    tags = [str(t) for t in tags]
+    if any("," in t or t != t.strip() or not t for t in tags):
+        return ", ".join(json.dumps(t, ensure_ascii=False) for t in tags)
+    return ", ".join(tags)
+
+
 def read_tag_list(path) -> list[str]:
     """The tag names of a text file, one per line (`TEXT_ENCODING`; surrounding spaces, blank
     lines and Windows line ends dropped). Raises OSError or UnicodeDecodeError as `open` does."""

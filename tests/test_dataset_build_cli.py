@@ -32,7 +32,7 @@ def test_build_prints_one_bar_and_no_false_messages(tmp_path, capfd):
     for noise in NOISE:
         assert noise not in out + err, noise
     assert "audio_folder train" in err  # our bar, one split at a time
-    assert f"building audio_folder/default 1.0.0 in {tmp_path / 'data'}" in out
+    assert f"building audio_folder/default 1.0.0 in {tmp_path / 'data'}" in err
     assert "train" in out and "clips" in out
     assert "\n1 file skipped (listed in " in out
 
@@ -45,3 +45,28 @@ def test_data_dir_defaults_to_the_configs_default():
     args = parser.parse_args(["synthetic_tags"])
     assert args.data_dir == base_config().data.data_dir == "~/tensorflow_datasets"
     assert os.path.expanduser(args.data_dir) != args.data_dir
+
+
+def test_tag_names_holding_a_comma_are_quoted_in_the_summary(tmp_path, capfd):
+    """The summary joined the tags with ", ", so a tag named "flute, loud" read as two tags."""
+    manual = tmp_path / "manual"
+    (manual / "songs").mkdir(parents=True)
+    rows = ["path,tags"]
+    for k in range(3):
+        sf.write(manual / "songs" / f"s{k}.wav", 0.2 * np.sin(np.arange(8000) * 0.02), 16000)
+        rows.append(f'songs/s{k}.wav,"flute, loud"' if k else f"songs/s{k}.wav,drums")
+    (manual / "labels.csv").write_text("\n".join(rows) + "\n")
+    rc = cli.main(["build-dataset", "audio_folder", "--data-dir", str(tmp_path / "data"),
+                   "--manual-dir", str(manual), "--num-workers", "1"])
+    out, err = capfd.readouterr()
+    assert rc == 0, out + err
+    assert '\n2 tags: "flute, loud", "drums"\n' in out
+
+
+def test_listed_quotes_only_when_a_bare_join_would_mislead():
+    from tagger_jax.tags import listed
+
+    assert listed(["rock", "jazz"]) == "rock, jazz"
+    assert listed(["rock", " jazz"]) == '"rock", " jazz"'
+    assert listed(["a,b", "Café"]) == '"a,b", "Café"'
+    assert listed([]) == ""

@@ -192,11 +192,11 @@ def test_reusing_a_build_from_another_manual_directory_says_so(mtat, capsys):
     (the files may have moved) but says where it came from."""
     capsys.readouterr()
     datasets.build("magnatagatune", mtat["data_dir"], manual_dir=mtat["root"], num_workers=1)
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "reusing the existing build magnatagatune/default" in out and "built from" not in out
     datasets.build("magnatagatune", mtat["data_dir"], manual_dir=mtat["zipped"], num_workers=1)
     assert (f"; it was built from {Path(mtat['root']).resolve()}, not from this run's "
-            f"--manual-dir {mtat['zipped']})") in capsys.readouterr().out
+            f"--manual-dir {mtat['zipped']})") in capsys.readouterr().err
 
 
 def test_mtat_interrupted_build_resumes(mtat, tmp_path, monkeypatch, capsys):
@@ -225,7 +225,7 @@ def test_mtat_interrupted_build_resumes(mtat, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(audio, "load_audio_checked", counting_load)
     capsys.readouterr()
     datasets.build("magnatagatune", tmp_path, manual_dir=mtat["root"], num_workers=1)
-    assert f"magnatagatune train: reusing {done} of " in capsys.readouterr().out  # said
+    assert f"magnatagatune train: reusing {done} of " in capsys.readouterr().err  # said
     assert calls["load"] == (N_MTAT - 1) - done  # every clip but the dropped and the cached
     assert _records(tmp_path, "magnatagatune", "default") == \
         _records(mtat["data_dir"], "magnatagatune", "default")
@@ -720,7 +720,8 @@ def test_audio_folder_evaluation_only_build_and_training_on_it(folder, tmp_path,
     c.data.data_dir, c.data.manual_dir = str(tmp_path / "d"), str(folder)
     capsys.readouterr()
     assert errors.guarded(train_data.load_data, c) == errors.DATA
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if not line.startswith("reusing the existing build ")]
     assert len(err) == 1 and "no split 'train'" in err[0] and "['test']" in err[0]
     assert "traceback" not in err[0]
 
@@ -749,7 +750,7 @@ def test_audio_folder_refuses_to_reuse_a_build_from_another_source(tmp_path, cap
     capsys.readouterr()
 
     again = datasets.build("audio_folder", tmp_path / "d", manual_dir=first, num_workers=1)
-    assert "reusing the existing build audio_folder/default 1.0.0" in capsys.readouterr().out
+    assert "reusing the existing build audio_folder/default 1.0.0" in capsys.readouterr().err
     assert datasets.tag_names(again) == ("rock", "jazz")
     (first / "notes.csv").write_text("unrelated\n")  # the CSV the build read is still the same
     datasets.build("audio_folder", tmp_path / "d", manual_dir=first, num_workers=1)
@@ -850,12 +851,13 @@ def test_ensure_built_builds_synthetic_once(tmp_path, caplog, capsys):
     b = datasets.ensure_built("synthetic_tags", tmp_path, config, num_workers=1)
     # TFDS's is_prepared() warns about the version folder a fresh build has not made yet.
     assert "Variant folder" not in caplog.text and "dataset_info.json" not in caplog.text
-    assert "reusing" not in capsys.readouterr().out
+    assert "reusing" not in capsys.readouterr().err
     files = sorted(Path(str(b.data_dir)).glob("*.array_record*"))
     stamps = [f.stat().st_mtime_ns for f in files]
     b2 = datasets.ensure_built("synthetic_tags", tmp_path, config)
     assert [f.stat().st_mtime_ns for f in files] == stamps and b2.is_prepared()
-    assert capsys.readouterr().out == (
+    said = capsys.readouterr()
+    assert said.out == "" and said.err == (
         f"reusing the existing build synthetic_tags/tiny {b2.version} in {b2.data_dir} "
         "(tagger-jax build-dataset --overwrite rebuilds it)\n")
     source, tags = datasets.load_split("synthetic_tags", "train", tmp_path, config)
@@ -928,7 +930,7 @@ def test_audio_warnings_are_recorded_and_summarised_and_mpg123_notes_do_not_leak
     mp3 = {w["code"]: w["message"] for w in found["test"]}
     assert set(mp3) == {"damaged_data", "duration_mismatch"}
     assert "mpg123: Note: Illegal Audio-MPEG-Header" in mp3["damaged_data"]
-    summary = [line for line in out.splitlines() if "audio warnings" in line]
+    summary = [line for line in err.splitlines() if "audio warnings" in line]
     assert summary == [f"audio_folder: 2 clip(s) kept with audio warnings (damaged_data 1, "
                        f"duration_mismatch 1, low_sample_rate 1); listed in "
                        f"{datasets.warnings_path(b)}"]
@@ -955,7 +957,7 @@ def test_ctrl_c_stops_a_parallel_build_in_one_line(tmp_path):
         # as from a shell: a test runner's worker may ignore SIGINT, which children inherit
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        assert proc.stdout.readline().startswith("building synthetic_tags"), proc.communicate()
+        assert proc.stderr.readline().startswith("building synthetic_tags"), proc.communicate()
         time.sleep(6.0)  # the workers started (spawned: a few seconds) and busy on clips
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -1088,7 +1090,7 @@ def test_mtat_incomplete_zip_parts_are_refused_before_any_clip(case, tmp_path, m
         "missing or truncated?")
     assert errors.exit_status(info.value) == errors.DATA
     # refused before the build is announced or any folder made (preflight)
-    assert "building" not in capsys.readouterr().out
+    assert "building" not in capsys.readouterr().err
     assert not (tmp_path / "d" / "magnatagatune").exists()
 
 
@@ -1206,7 +1208,7 @@ def test_mtat_won2020_split_file_errors_and_tag_order_note(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="no MagnaTagATune audio found"):  # after the note
         datasets.build("magnatagatune", tmp_path / "d", "won2020", manual_dir=root)
     assert ("magnatagatune/won2020: no tags.npy beside the split files: the tags are the top-50 "
-            "order of annotations_final.csv") in capsys.readouterr().out
+            "order of annotations_final.csv") in capsys.readouterr().err
 
 
 def test_jamendo_tag_errors_name_the_tsv_and_the_vocabulary(tmp_path):
@@ -1242,7 +1244,7 @@ def test_a_set_config_built_with_other_values_is_not_reused(tmp_path, capfd):
     assert cli.main(base + sets) == 0
     capfd.readouterr()
     assert cli.main(base + sets[6:] + sets[:6]) == 0
-    assert "reusing the existing build synthetic_tags/mini" in capfd.readouterr().out
+    assert "reusing the existing build synthetic_tags/mini" in capfd.readouterr().err
     assert cli.main(base + ["--set", "num_train=3"] + sets[2:]) != 0
     err = capfd.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: synthetic_tags/mini 1.0.0 in ")

@@ -189,7 +189,7 @@ def test_short_clip_warning_in_the_summary_and_replaced_outputs_said(setup, tmp_
     captured = capsys.readouterr()
     assert (f"1 output(s) in {tmp_path / 'out'} came from another model, other settings"
             in captured.err and "explained again (replaced)" in captured.err)
-    assert ("explained 1 input(s), skipped 0 already finished, 0 failed; 1 earlier output(s) "
+    assert ("explained 1 input(s), 0 failed; 1 earlier output(s) "
             "made with other settings") in captured.err
     assert json.loads((tmp_path / "out" / "tiny.npy.json").read_text())["signature"] != (
         summary["signature"])

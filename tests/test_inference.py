@@ -459,7 +459,7 @@ def test_embed_records_short_clips_and_says_when_it_replaces_other_settings(mode
     captured = capsys.readouterr()
     assert f"2 output(s) in {out} came from another model, other settings" in captured.err
     assert "embedded again (replaced)" in captured.err
-    assert ("embedded 2 input(s), skipped 0 already finished, 0 failed; 2 earlier output(s) "
+    assert ("embedded 2 input(s), 0 failed; 2 earlier output(s) "
             "made with other settings") in captured.err
     assert str(embedding.load_embeddings(out / "long.npy.npz")["signature"]) != before
     assert cli.main(argv + ["--windows", "paper"]) == 0

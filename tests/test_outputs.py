@@ -398,3 +398,16 @@ def test_a_run_stopped_by_sigterm_exits_143_not_0(tmp_path, monkeypatch, capsys,
     assert train_command.run_training(base_config(), str(tmp_path)) == errors.TERMINATED == 143
     out = capsys.readouterr().out
     assert out.startswith("Stopped by SIGTERM ") and "Run the same command to resume." in out
+
+
+@pytest.mark.parametrize("step, said", [(1, "Trained 1 step in "), (2, "Trained 2 steps in ")])
+def test_the_training_summary_counts_steps_in_words(tmp_path, monkeypatch, capsys, step, said):
+    """"Trained 1 steps" read as a typo in a one-step smoke run's log."""
+    from tagger_jax import train_lib
+    from tagger_jax.commands import train as train_command
+
+    monkeypatch.setattr(train_lib, "train_and_evaluate", lambda config, workdir: {
+        "preempted": False, "step": step, "workdir": str(workdir),
+        "best_validation_roc_auc": 0.5})
+    assert train_command.run_training(base_config(), str(tmp_path)) == 0
+    assert capsys.readouterr().out.startswith(said + str(tmp_path))

@@ -259,7 +259,7 @@ def test_a_bank_the_renderer_cannot_read_is_refused_before_a_build(tmp_path, mon
 
     with pytest.raises(soundfont.BankError, match="the renderer cannot read"):
         datasets.build("soundfont_tags", tmp_path / "data2", config, num_workers=1)
-    assert "building" not in capsys.readouterr().out  # refused before the build is announced
+    assert "building" not in capsys.readouterr().err  # refused before the build is announced
     assert not (tmp_path / "data2" / "soundfont_tags").exists()
     # The Rust parser can also panic: pyo3 raises PanicException, a BaseException.
     import midirenderer

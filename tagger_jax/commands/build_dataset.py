@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import sys
 
+from tagger_jax import tags as tags_lib
 from tagger_jax.dataset_names import BUILDER_NAMES
 
 HELP = f"Build a dataset ({', '.join(BUILDER_NAMES)})."
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     for split, n in sizes.items():
         print(f"  {split:<{width}} {n:>8} clip{'' if n == 1 else 's'}")
     tags = datasets.tag_names(builder)
-    print(f"{len(tags)} tags: {', '.join(tags)}")
+    print(f"{len(tags)} tags: {tags_lib.listed(tags)}")
     noted = (builder.info.metadata or {}).get("config") or {}
     if "bank_file" in noted:  # soundfont_tags: which bank files played which splits
         files = [noted["bank_file"], *noted.get("extra_banks", {}).values()]

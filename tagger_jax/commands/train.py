@@ -306,7 +306,8 @@ def run_training(config: Any, workdir: str, owns_process: bool = False) -> int:
         print(f"Stopped by SIGTERM at step {summary['step']}; checkpoint saved in "
               f"{summary['workdir']}. Run the same command to resume.")
         return errors.TERMINATED
-    print(f"Trained {summary['step']} steps in {summary['workdir']}; best validation ROC-AUC "
+    steps = "step" if summary["step"] == 1 else "steps"
+    print(f"Trained {summary['step']} {steps} in {summary['workdir']}; best validation ROC-AUC "
           f"{validation.fmt(summary['best_validation_roc_auc'])}")
     for test in summary.get("tests", ()):
         print(f"{test['split']} ROC-AUC {validation.fmt(test['roc_auc'])}  "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -154,11 +155,11 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
         builder.check_inputs(Path(manual) if manual else (
             default if default.is_dir() else None))  # refused before "building ..." is said
     print(f"building {name}/{config_name} {builder.version} in {_expand(data_dir)}"
-          + (f" from {manual}" if manual else ""), flush=True)
+          + (f" from {manual}" if manual else ""), file=sys.stderr, flush=True)
     with _quiet_tfds(builder):
         builder.download_and_prepare(download_config=config)
     if name not in SELF_CONTAINED:  # synthesised, not decoded: nothing to warn about
-        print(warnings_summary(builder), flush=True)
+        print(warnings_summary(builder), file=sys.stderr, flush=True)
     return builder
 
 
@@ -173,9 +174,10 @@ def _other_source(builder: tfds.core.DatasetBuilder, manual_dir) -> str:
 
 
 def _announce_reuse(builder: tfds.core.DatasetBuilder, hint: str) -> None:
-    """Says on stdout that an existing build is used (nothing reused goes unreported)."""
+    """Says on stderr that an existing build is used (nothing reused goes unreported; stdout
+    keeps the calling command's results, e.g. evaluate's table)."""
     print(f"reusing the existing build {_label(builder)} in {builder.data_dir} ({hint})",
-          flush=True)
+          file=sys.stderr, flush=True)
 
 
 def _label(builder: tfds.core.DatasetBuilder) -> str:

@@ -316,7 +316,7 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
             if found:
                 print(f"{self.name} {split}: reusing {found} of {len(jobs)} clips decoded before "
                       f"an interruption (from {cache}; a clip whose source file changed since "
-                      "is decoded again)", flush=True)
+                      "is decoded again)", file=sys.stderr, flush=True)
         kept = 0
         for item, (example, error, notes) in zip(
                 jobs, self._map(_extract.audio_example, jobs, f"{self.name} {split}")):

@@ -332,7 +332,7 @@ class Magnatagatune(TaggingBuilder):
             source = f"the top-{TOP_N} order of {csv_path.name}"
             print(f"{self.name}/{self.builder_config.name}: no tags.npy beside the split files: "
                   f"the tags are {source}, which may differ from the paper's model order",
-                  flush=True)
+                  file=sys.stderr, flush=True)
             tags = top_tags(ann.labels, ann.tag_names, source=csv_path)
         missing = [t for t in tags if t not in ann.tag_names]
         if missing:

@@ -28,6 +28,7 @@ config: whole tracks at 16 kHz float32 would take about 800 GB.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import tensorflow_datasets as tfds
@@ -196,7 +197,7 @@ class MtgJamendo(TaggingBuilder):
             source = (f"the union of the tags in the split-{k} TSV files, used because "
                       f"{vocab_file} is missing")
             print(f"{self.name}/{self.builder_config.name}: {vocab_file} is missing: the tags "
-                  "are the union of the split files' tags", flush=True)
+                  "are the union of the split files' tags", file=sys.stderr, flush=True)
         self._set_tags(tags, source=source)
         items = {s: [] for s in SPLITS}
         for s in SPLITS:

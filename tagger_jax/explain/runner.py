@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tagger_jax import chunking, inference
+from tagger_jax import tags as tags_lib  # audio_folder's column names, tag separator, listed()
 from tagger_jax.explain import methods as M
 from tagger_jax.explain import report
 from tagger_jax.explain.stitch import covered, stitch
@@ -161,8 +162,6 @@ def read_tags_csv(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     audio_folder row with more cells than its header."""
     import csv
     import io
-
-    from tagger_jax import tags as tags_lib  # audio_folder's column names and tag separator
 
     path_col, tags_col, sep = (tags_lib.CSV_PATH_COLUMN, tags_lib.CSV_TAGS_COLUMN,
                                tags_lib.CSV_TAG_SEPARATOR)
@@ -534,7 +533,7 @@ class _Context:
         missing = [t for t in options.tags if t not in self.tags]
         if missing:
             raise ValueError(f"unknown tags {missing}; the model's tags are: "
-                             f"{', '.join(self.tags)}")
+                             f"{tags_lib.listed(self.tags)}")
         self.fixed_tags = np.array([self.tags.index(t) for t in options.tags], np.int32)
         self.k = len(options.tags) if options.tags else max(1, min(options.top_k, len(self.tags)))
         self.gradients = any(m in M.GRADIENT_METHODS for m in options.methods)
