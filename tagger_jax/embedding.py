@@ -335,7 +335,11 @@ def _merged_labels(rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nda
 
 def load_embeddings(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The arrays of an `embeddings.npz` (or of one input's NPZ) as a dict."""
-    data = _read_npz(Path(path))
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a directory; the merged file of an embed run is "
+                         f"{path / MERGED}")
+    data = _read_npz(path)
     if data is None:
         raise ValueError(f"{path}: not a readable embeddings NPZ")
     return data

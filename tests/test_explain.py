@@ -259,3 +259,21 @@ def test_waveform_model_maps_align_to_front_end_steps():
     np.testing.assert_allclose(steps[..., 1], attribution[..., 243:486].sum(-1))
     with pytest.raises(ValueError, match="methods"):
         M.explain(model, variables, x, methods=("saliency",))
+
+
+def test_tag_indices_out_of_range_or_misshapen_are_refused(tiny):
+    """From a new user's trial: tags=[[-1]] gave the last tag's output with a zero gradient, and
+    an index past the last tag a NaN output with a zero gradient, silently; tags of shape (B,)
+    failed inside JAX's VJP. A method given as a string was read letter by letter."""
+    model, variables, x = tiny
+    for tags, error, message in (
+            ([[NUM_TAGS], [0]], IndexError, rf"0..{NUM_TAGS - 1} .*got \[{NUM_TAGS}\]"),
+            ([[-1], [0]], IndexError, r"got \[-1\]"),
+            ([0, 1], ValueError, r"\(batch=2, K\) array of tag indices, got shape \(2,\)"),
+            ([[0.0], [1.0]], TypeError, "integer tag indices, got float32")):
+        with pytest.raises(error, match=message):
+            M.tag_gradients(model, variables, x, tags)
+    with pytest.raises(IndexError, match=r"got \[6\]"):  # checked before its scan traces it
+        M.integrated_gradients(model, variables, x, jnp.array([[6], [0]]), steps=2)
+    out = M.explain(model, variables, x, methods="attention")
+    assert out["attention"].shape == (2, T + 1)

@@ -619,3 +619,35 @@ def test_one_file_by_two_spellings_or_a_link_is_one_input(tmp_path):
                                 tmp_path / "y.wav"], skipped)
     assert [name for _, name in found] == ["x.wav"]
     assert [why for _, why in skipped] == ["named again (one input; its first name is used)"] * 2
+
+
+def test_a_model_with_swapped_variables_does_not_reuse_the_first_models_outputs(engine, files,
+                                                                                tmp_path):
+    """From a new user's trial: a `LoadedModel` with other variables swapped in from Python
+    (same directory, same file times) reused the first model's embeddings ("skipped 1 already
+    finished") with their old probabilities. The signature hashes the variables now."""
+    import dataclasses
+
+    loaded = engine.loaded
+    variables = jax.tree.map(np.asarray, jax.device_get(loaded.variables))
+    bias = variables["params"]["classifier"]["bias"]
+    variables["params"]["classifier"]["bias"] = bias + 3.0
+    other = dataclasses.replace(loaded, variables=variables)
+    assert inference.model_signature(other) != inference.model_signature(loaded)
+    assert inference.model_signature(checkpoint.load_model(loaded.directory)) == (
+        inference.model_signature(loaded))  # the same files read again: reused as before
+    out = tmp_path / "emb"
+    items = [str(files / "mid.npy")]
+    embedding.embed_inputs(engine, engine.file_inputs(items), out, progress=False)
+    first = embedding.load_embeddings(out / "mid.npy.npz")["probabilities"]
+    swapped = inference.Engine(other, batch_size=8)
+    report = embedding.embed_inputs(swapped, swapped.file_inputs(items), out, progress=False)
+    assert len(report.done) == 1 and not report.skipped
+    again = embedding.load_embeddings(out / "mid.npy.npz")["probabilities"]
+    assert np.all(again > first)  # the raised bias, not the first model's numbers
+
+
+def test_load_embeddings_of_a_directory_names_the_merged_file(tmp_path):
+    with pytest.raises(ValueError, match=f"a directory; the merged file of an embed run is "
+                                         f"{tmp_path / 'embeddings.npz'}"):
+        embedding.load_embeddings(tmp_path)

@@ -546,3 +546,35 @@ def test_vertical_convolutions_reject_bad_kernels_and_block_sizes():
         vertical_convolutions(jnp.zeros((1, 12, 10)), (jnp.zeros((5, 3, 2, 2)),))
     with pytest.raises(ValueError, match="rows_per_block must be at least 1, got 0"):
         vertical_convolutions(jnp.zeros((1, 12, 10)), (jnp.zeros((5, 3, 1, 2)),), 0)
+
+
+def test_inputs_the_spectrogram_front_end_cannot_read_are_refused_in_one_line():
+    """From a new user's trial: a transposed batch (B, T, 96) with T >= 86 ran and gave wrong
+    tags (and maps of the wrong length); a missing batch axis, an empty batch, a list and an
+    integer array failed deep inside JAX or gave all-zero gradients. Each is one line now, under
+    jit too (shapes are static)."""
+    from tagger_jax.config_base import base_config
+
+    m = base_config().model
+    m.conv_channels, m.attention_channels, m.attention_heads, m.intermediate = 2, 16, 2, 32
+    model = build_model(m, 3)
+    x = np.zeros((2, 96, 16), np.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)  # shapes: refused before use
+    assert jax.eval_shape(model.apply, variables, x).shape == (2, 3)
+    cases = [
+        (np.zeros((2, 16, 96), np.float32), ValueError, r"got \(2, 16, 96\); it looks "
+         r"transposed: swap the last two axes"),
+        (np.zeros((96, 16), np.float32), ValueError, r"got \(96, 16\); one spectrogram: add "
+         r"the batch axis"),
+        (np.zeros((0, 96, 16), np.float32), ValueError, "the batch or the chunk is empty"),
+        (np.zeros((2, 64, 16), np.float32), ValueError,
+         r"expected a log-mel batch of shape \(batch, 96 mel bands, frames\), got \(2, 64, 16\)"),
+        (np.zeros((2, 96, 16), np.int32), TypeError, "floating-point .* got int32"),
+        (x.tolist(), TypeError, "got a list; convert it with np.asarray"),
+    ]
+    for bad, error, message in cases:
+        with pytest.raises(error, match=message):
+            model.apply(variables, bad)
+        if not isinstance(bad, list):
+            with pytest.raises(error, match=message):  # traced, as under jax.jit
+                jax.eval_shape(model.apply, variables, bad)

@@ -23,6 +23,9 @@ import flax.linen as nn
 
 Dtype = Any
 
+# The mel bands of the spectrogram the Pons front-end reads: its kernel heights (86 and 38 bands,
+# 0.9 and 0.4 of it) and tempo bands are fixed for the authors' 96 (`check_spectrogram_batch`).
+PONS_MEL_BANDS = 96
 # (kernel height in mel bands, kernel width in frames, output channels as a multiple of c), in the
 # order of the authors' `front_end.layers.0..5`.
 VERTICAL_BRANCHES = ((86, 7, 1), (86, 3, 2), (86, 1, 4), (38, 7, 1), (38, 3, 2), (38, 1, 4))
@@ -38,8 +41,9 @@ PONS_CHANNEL_MULTIPLE = sum(m for _, _, m in VERTICAL_BRANCHES) + sum(m for _, m
 # TEMPO_CHANNEL_MULTIPLE * c channels): "none" (no branch), the whole spectrum, or the whole
 # spectrum and three bands of the 96 (centres up to 0.75 kHz, 0.78-2.1 kHz, 2.2-8 kHz at 16 kHz:
 # kick and bass, snare and chords, hi-hats), for reading the beat and its subdivisions apart.
-TEMPO_BANDS = {"none": (), "onset_autocorrelation": ((0, 96),),
-               "onset_autocorrelation_bands": ((0, 96), (0, 24), (24, 56), (56, 96))}
+TEMPO_BANDS = {"none": (), "onset_autocorrelation": ((0, PONS_MEL_BANDS),),
+               "onset_autocorrelation_bands": ((0, PONS_MEL_BANDS), (0, 24), (24, 56),
+                                               (56, PONS_MEL_BANDS))}
 TEMPO_FEATURES = tuple(TEMPO_BANDS)
 ONSET_MAX_LAG = 96  # frames: 1.54 s at hop 256 / 16 kHz, beat periods down to 39 BPM
 TEMPO_CHANNEL_MULTIPLE = 2
@@ -272,6 +276,34 @@ class TempoBranch(nn.Module):
         return jnp.broadcast_to(y[:, None, :], (y.shape[0], spec.shape[2], self.features))
 
 
+def check_spectrogram_batch(spec: Any) -> None:
+    """Refuses what the Pons front-end cannot read as a batch of log-mel chunks, with one line
+    saying what it expected: anything but a floating-point array of shape (batch,
+    `PONS_MEL_BANDS`, frames), batch and frames >= 1. Without it a transposed batch (batch,
+    frames, 96) of 86 or more frames ran and gave wrong tags, a missing batch axis or an empty
+    batch failed deep inside JAX, and an integer array gave all-zero gradients (found by a new
+    user's trial). Shapes and dtypes are static, so under `jax.jit` this runs once, at tracing.
+    Raises ValueError (shape) or TypeError (not an array, not floating point)."""
+    shape, dtype = getattr(spec, "shape", None), getattr(spec, "dtype", None)
+    want = f"(batch, {PONS_MEL_BANDS} mel bands, frames)"
+    if shape is None or dtype is None:
+        raise TypeError(f"expected a log-mel array of shape {want}, got a "
+                        f"{type(spec).__name__}; convert it with np.asarray(..., np.float32)")
+    shape = tuple(shape)
+    if len(shape) != 3 or shape[1] != PONS_MEL_BANDS or 0 in shape:
+        hint = ""
+        if len(shape) == 2 and shape[0] == PONS_MEL_BANDS:
+            hint = "; one spectrogram: add the batch axis (x[None])"
+        elif len(shape) == 3 and shape[2] == PONS_MEL_BANDS:
+            hint = "; it looks transposed: swap the last two axes (x.transpose(0, 2, 1))"
+        elif 0 in shape and len(shape) == 3:
+            hint = "; the batch or the chunk is empty"
+        raise ValueError(f"expected a log-mel batch of shape {want}, got {shape}{hint}")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"expected a floating-point log-mel batch (float32), got {dtype}; "
+                        "convert it with .astype(np.float32)")
+
+
 class PonsFrontEnd(nn.Module):
     """Musically motivated CNN front-end (Pons et al., 2018) as the authors configured it.
 
@@ -299,6 +331,10 @@ class PonsFrontEnd(nn.Module):
 
     @nn.compact
     def __call__(self, spec: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        """spec: (batch, 96, frames) float log-mel (dB, as `audio.log_mel` computes it); returns
+        (batch, frames, channels). Errors: `check_spectrogram_batch`, and ValueError for an
+        unknown `timbre_norm` or `tempo_features`."""
+        check_spectrogram_batch(spec)
         c = self.conv_channels
         if self.tempo_features not in TEMPO_FEATURES:
             raise ValueError(f"model.tempo_features must be one of {TEMPO_FEATURES}, got "

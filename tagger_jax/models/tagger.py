@@ -24,7 +24,10 @@ Dtype = Any
 class AttentionTagger(nn.Module):
     """Front-end + [CLS] Transformer encoder + tanh pooler + dropout + linear classifier.
 
-    Returns logits (batch, num_tags), or (logits, attention) with `return_attention=True`, where
+    x: (batch, 96, frames) float log-mel in dB (`audio.log_mel`) for the "pons" front-end, one
+    position per frame (frames + 1 <= max_positions; feed the chunk length the model was trained
+    on, `config.features.chunk_frames`: later positions are untrained), or (batch, 65,610)
+    samples for "lee". Returns logits (batch, num_tags), or (logits, attention) with `return_attention=True`, where
     attention is a list with one (batch, heads, queries, keys) array per layer (the last layer has
     the [CLS] query only unless `full_last_layer`). `attention_override` replaces the probabilities
     of layer `override_layer` with an array broadcastable to that shape.
