@@ -392,6 +392,19 @@ def _warn_on_feature_mismatch(datasets, dataset: str, data_dir: Any, builder_con
                       UserWarning, stacklevel=3)
 
 
+def untrained_tags(datasets, dataset: str, data_dir: Any, builder_config: Any,
+                   model_tags: Sequence[str]) -> list[str]:
+    """The model's tags that the dataset build records as having no clip in its train split
+    (metadata "tags_without_train_clips", an audio_folder CSV's tags used only by held-out
+    rows): a model trained on that build never learnt them. [] when there is no such record."""
+    try:
+        builder = datasets.get_builder(dataset, data_dir, builder_config)
+        lacking = list((builder.info.metadata or {}).get("tags_without_train_clips") or [])
+    except (ValueError, FileNotFoundError, KeyError, AttributeError, TypeError):
+        return []
+    return [t for t in map(str, model_tags) if t in set(map(str, lacking))]
+
+
 def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
                         split: str | None = None, data_dir: str | None = None,
                         builder_config: Any = None, mode: str = "chunks",
@@ -468,6 +481,11 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
             print_fn(f"note: {dataset} lists the model's {len(order)} tags in another order; "
                      "its labels are read in the model's order")
     _warn_on_feature_mismatch(datasets, dataset, data_dir, builder_config, cfg.features)
+    never = untrained_tags(datasets, dataset, data_dir, builder_config, loaded.tags)
+    if never and print_fn is not None and jax.process_index() == 0:  # a new user's trial
+        print_fn(f"note: {len(never)} tag(s) have no clip in this build's train split "
+                 f"({tags_lib.listed(never)}): a model trained on it never learnt them; their "
+                 "numbers are in the means")
     model_data = {"name": str(cfg.data.name), "data_dir": str(cfg.data.data_dir),
                   "builder_config": cfg.data.get("builder_config") or None,
                   "train_split": str(cfg.data.get("train_split", "train"))}

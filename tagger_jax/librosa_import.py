@@ -158,8 +158,9 @@ def _import_once(directory: Optional[Path]) -> ModuleType:
         try:
             lock.acquire(timeout=0)
         except filelock.Timeout:
-            _note(f"waiting for another process to fill librosa's numba cache ({lock_file}); "
-                  "once per install, about a minute on 2 cores")
+            _note(f"waiting for another process to fill librosa's numba cache ({lock_file}; "
+                  "another run, or a worker of this one); once per install, about a minute on 2 "
+                  "cores")
             lock.acquire(timeout=LOCK_TIMEOUT_S)
     except filelock.Timeout:
         _note(f"{lock_file} still held after {LOCK_TIMEOUT_S:.0f} s; importing librosa "

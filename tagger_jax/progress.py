@@ -72,7 +72,7 @@ class Progress:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, initial=initial, unit="clip",
-                        desc="train", smoothing=0.1, **self.tqdm_options)
+                        desc="train", smoothing=0, **self.tqdm_options)
         self.untimed = initial
 
     def update(self, clips: int, **postfix: str) -> None:
@@ -103,35 +103,29 @@ class Progress:
             self.paused_at = self.bar._time()
 
     def resume_timing(self) -> None:
-        """Ends a pause: its time leaves the elapsed time (see `pause`), and the clips counted
-        since the bar's last rate sample leave the rate and ETA."""
+        """Ends a pause: its time leaves the elapsed time, and so the rate and ETA (see
+        `pause`)."""
         if self.bar is not None:
             self._drop_untimed()
 
     def _drop_untimed(self) -> None:
-        """Leaves the clips and the seconds since the bar's last rate sample out of its rate.
+        """Leaves the pause since `pause` (if marked) out of the bar's elapsed time and the
+        untimed clips (compiled steps, a resumed run's earlier clips) out of its count.
 
-        tqdm samples (clips, seconds) since its last print whenever it prints (at most every
-        `mininterval`: 0.1 s on a terminal, `LOG_INTERVAL_S` in a log) and shows the ratio of
-        their moving averages (`smoothing`); before its first sample, (n - initial) / elapsed.
-        `tqdm.unpause` drops the seconds since the last print but not the clips counted since
-        then. Alone, it let the first sample after a pause hold the clips of up to a print
-        interval before the pause over the seconds after it (a sample of up to twice the real
-        rate in a log; the bar showed 1.4 times it in tests/test_progress.py's scripted run), and
-        right after the first compile showed the compiled step's clips over the microseconds
-        since the unpause (a million clips/s, ETA 00:00). Here the clips leave the next sample
-        (`last_print_n = n`) and the average (they join `initial`, tqdm's count of clips not
-        timed in this run), so the rate is "?" until a timed step. The elapsed time loses the
-        pause only, from `pause` on (tqdm's `unpause` dropped all the time since the last sample:
-        in a log, up to 10 s of training per pause, so it showed about half the training time).
-        """
+        The bar shows the average rate of the timed steps, (n - untimed) / (wall time - pauses)
+        (tqdm with `smoothing=0`: (n - initial) / elapsed, `initial` kept equal to `untimed`),
+        and the ETA of the remaining clips at that rate; "?" until a timed step is counted
+        (right after the first compile). It used tqdm's moving average of (clips, seconds)
+        samples taken at each print, with the clips counted since the last print dropped at each
+        pause, so that a sample never mixed clips before a pause with seconds after it; but in a
+        log (a print every `LOG_INTERVAL_S`) a run pausing more often than that (frequent
+        validation of a small dataset) dropped nearly every clip, and the bar showed 6 clips/s
+        where the steps ran at 60-85 (found by a new user's trial). The average has no such
+        samples to keep apart, and is what the ETA of a training should use anyway."""
         bar = self.bar
-        now = bar._time()
-        bar.initial += bar.n - bar.last_print_n
-        bar.last_print_n = bar.n
         if self.paused_at is not None:
-            bar.start_t += now - self.paused_at
-        bar.last_print_t = now
+            bar.start_t += bar._time() - self.paused_at
+        bar.initial = self.untimed
         self.paused_at = None
 
     def say(self, message: str) -> None:
@@ -182,11 +176,7 @@ class Progress:
         return tqdm(iterable, total=total, desc=desc, unit=unit, **self.inner_options)
 
     def close(self) -> None:
-        """Closes the training bar. Its last line shows tqdm's whole-run average, (n - initial)
-        / elapsed: `initial` is set back to the clips that were really left out of the elapsed
-        time (`_drop_untimed` moved clips counted before each pause into it, which halved the
-        final rate of a run in a log)."""
+        """Closes the training bar; its last line shows the same average rate as the others."""
         if self.bar is not None:
-            self.bar.initial = self.untimed
             self.bar.close()
             self.bar = None

@@ -109,9 +109,14 @@ def _augmentation(d: Any, tags) -> dict:
             "mix_tags": np.array([t not in exclude for t in tags])}
 
 
-def check_dataset_fits(builder: Any, kind: str, features: Any, architecture: str) -> None:
+def check_dataset_fits(builder: Any, kind: str, features: Any, architecture: str,
+                       needs_activity: Sequence[str] = ()) -> None:
     """Raises `errors.ConfigError` when the built dataset cannot feed this model as configured.
 
+    `needs_activity`: the config settings that read each clip's exact frame activity (the
+    "tag_mask" feature, which `soundfont_tags` and `synthetic_tags` store), e.g.
+    "data.crop_labels='activity'"; without the check the first batch failed deep in the input pipeline (exit 70) after the
+    workdir was made, for a user training the main job's config on their own collection.
     `kind` is the architecture's `dataset_feature`: "audio" needs a build that stores waveforms
     (`--set waveform=true`). A "mel" model is trained on the stored log-mels as they are, so
     its `config.features` must equal the settings they were computed with (the build's metadata
@@ -127,6 +132,12 @@ def check_dataset_fits(builder: Any, kind: str, features: Any, architecture: str
                           f"which {name} does not store (set data.builder_config to one built "
                           "with waveforms: the 'waveform' configs, or --set waveform=true; "
                           "docs/datasets.md)")
+    if needs_activity and "tag_mask" not in builder.info.features:
+        raise ConfigError(f"{' and '.join(needs_activity)} need(s) each clip's frame activity "
+                          f"(the 'tag_mask' feature of soundfont_tags and synthetic_tags), which "
+                          f"{name} does not store; set data.crop_labels=clip and model.frame_head=False (as "
+                          "configs/synthetic_cpu.py does; docs/training.md, \"Training on your "
+                          "own collection\")")
     if kind != "mel":
         return
     differ = evaluation.feature_mismatches(
@@ -151,7 +162,9 @@ def load_data(config: Any) -> TrainData:
         splits=[d.train_split, d.eval_split]
         + ([d.test_split, *d.extra_test_splits] if testing else []))
     kind = get_architecture(config.model).dataset_feature  # "mel" or "audio"
-    check_dataset_fits(builder, kind, f, config.model.architecture)
+    needs_activity = ([f"data.crop_labels={d.crop_labels!r}"] if d.crop_labels == "activity"
+                      else []) + (["model.frame_head=True"] if config.model.frame_head else [])
+    check_dataset_fits(builder, kind, f, config.model.architecture, needs_activity)
     train_source, tags = datasets.load_split(d.name, d.train_split, d.data_dir,
                                              builder_config=builder_config)
     loader = input_pipeline.train_loader(

@@ -34,7 +34,7 @@ from tagger_jax import checkpointing, inference, optimizers, outputs, sharding, 
 from tagger_jax import workdir as wd
 from tagger_jax.checkpointing import CorruptCheckpointError, read_checkpoint  # noqa: F401
 from tagger_jax.metric_writer import MetricWriter
-from tagger_jax.errors import ConfigError, DataError
+from tagger_jax.errors import ConfigError, DataError, Terminated
 from tagger_jax.models import build_model, check_model_config, get_architecture, input_shape
 from tagger_jax.models.transformer import PositionsError
 from tagger_jax.preemption import Preemption
@@ -142,6 +142,20 @@ def frame_loss_weight(config: Any) -> float:
     if weight > 0 and (arch.waveform or arch.module != "attention"):
         raise ConfigError(f"model.frame_head: {arch.name} has no frame head (pons_won only)")
     return weight
+
+
+def _ctrl_c_note(step: int, last_saved: Optional[int], workdir: Path) -> str:
+    """What a training stopped by Ctrl-C keeps, for `errors.report`'s line: Ctrl-C stops at
+    once (SIGTERM saves first), and "finished results are kept" did not say that the steps
+    since the last checkpoint are lost (a new user's trial)."""
+    if last_saved is None:
+        return (f"stopped at step {step} before its first checkpoint: running the same command "
+                f"starts again from step 0 (SIGTERM saves a checkpoint before stopping)")
+    lost = ("" if step <= last_saved else f", training step {step} again"
+            if step == last_saved + 1 else f", training steps {last_saved + 1}-{step} again")
+    return (f"stopped at step {step}; the last checkpoint is step {last_saved} in {workdir}: "
+            f"running the same command resumes from there{lost} (SIGTERM saves a checkpoint "
+            "before stopping)")
 
 
 def train_and_evaluate(config: Any, workdir: str | os.PathLike,
@@ -305,89 +319,95 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
         window_start, window_steps = time.perf_counter(), 0
         told_undefined = False
         preemption.defer()  # a SIGTERM from here on saves a checkpoint at the next step
-        while step < total_steps and not stopped:
-            batch = next(train_iter)
-            batch = sharding.shard_batch({k: batch[k] for k in ("x", "y", "frames") if k in batch},
-                                         mesh)
-            if phase not in compiled:  # the first step of a phase compiles its program
-                with progress.phase(f"compiling the train step "
-                                    f"({optimizers.phase_name(t, phase)})"):
+        try:
+            while step < total_steps and not stopped:
+                batch = next(train_iter)
+                batch = sharding.shard_batch(
+                    {k: batch[k] for k in ("x", "y", "frames") if k in batch}, mesh)
+                if phase not in compiled:  # the first step of a phase compiles its program
+                    with progress.phase(f"compiling the train step "
+                                        f"({optimizers.phase_name(t, phase)})"):
+                        state, metrics = train_step(state, batch, phase)
+                        jax.block_until_ready(metrics["loss"])
+                    compiled.add(phase)
+                    progress.skip(global_batch)  # its time is not a training rate
+                    window_start = time.perf_counter()
+                else:
                     state, metrics = train_step(state, batch, phase)
-                    jax.block_until_ready(metrics["loss"])
-                compiled.add(phase)
-                progress.skip(global_batch)  # its time is not a training rate
-                window_start = time.perf_counter()
-            else:
-                state, metrics = train_step(state, batch, phase)
-                window_steps += 1
-                progress.update(global_batch)
-            step += 1
-            pending.append((step, metrics))
-            epoch_end = step % spe == 0
-            preempted = preemption.reached(step)
-            save_due = (epoch_end or step == total_steps or preempted
-                        or step % int(t.checkpoint_every_steps) == 0)
-            if step % int(t.log_every_steps) == 0 or save_due:
-                losses = _check_finite(pending, workdir, last_saved)
-                elapsed = time.perf_counter() - window_start
-                train_metrics = {
-                    "loss": float(np.mean(losses)),
-                    "grad_norm": float(sharding.to_host(pending[-1][1]["grad_norm"])),
-                    "learning_rate": optimizers.learning_rate(t, phase, step - 1, total_steps),
-                    "epoch": step / spe, "phase": phase}
-                if "frame_loss" in pending[-1][1]:
-                    train_metrics["frame_loss"] = float(np.mean(sharding.to_host(
-                        [m["frame_loss"] for _, m in pending])))
-                if window_steps and elapsed > 0:  # not for a window of only a compiling step
-                    train_metrics["clips_per_second"] = window_steps * global_batch / elapsed
-                writer.write(step, "train", train_metrics)
-                progress.set_postfix(loss=f"{train_metrics['loss']:.4f}")
-                pending, window_steps = [], 0
-                window_start = time.perf_counter()
-            validate = epoch_end and ((step // spe) % eval_every == 0 or step == total_steps)
-            if validate or save_due:  # the counted steps are done (_check_finite synced)
-                progress.pause()
-            if validate:
-                val = evaluate(state.variables, data.eval_source, config.data.eval_split,
-                               f"validation (epoch {step // spe})")
-                metric = validation.selection_metric(val)
-                state, decision = end_of_epoch(state, schedule, metric,
-                                               patience=int(t.plateau_patience),
-                                               num_phases=num_phases, best_manager=best)
-                schedule = decision.state
-                if decision.improved:
-                    checkpointing.export_model(workdir, state, config, data.tag_names)
-                writer.write(step, "validation", {
-                    "roc_auc": val["roc_auc_mean"], "pr_auc": val["pr_auc_mean"],
-                    "excluded_tags": val["excluded_tags"],
-                    "best_roc_auc": _finite_or_none(decision.best_metric),
-                    "epoch": step // spe, "phase": phase,
-                    "improved": decision.improved, "switched": decision.switched})
-                note = validation.undefined_note(val, config.data.eval_split)
-                if note and not told_undefined:
-                    progress.say(f"warning: {note}")
-                    told_undefined = True
-                progress.say(
-                    f"epoch {step // spe}: validation ROC-AUC {validation.fmt(metric)} "
-                    f"(best {validation.fmt(decision.best_metric)})"
-                    + (f"; plateau: best model reloaded, now "
-                       f"{optimizers.phase_name(t, decision.phase)}" if decision.switched else "")
-                    + ("; plateau in the last phase: training stops" if decision.stop else ""))
-                phase, stopped = decision.phase, decision.stop
-                progress.set_postfix(val_roc_auc=validation.fmt(metric),
-                                     best=validation.fmt(decision.best_metric),
-                                     opt=optimizers.phase_name(t, phase))
-            if save_due or stopped:
-                last_saved = checkpointing.save_checkpoint(latest, state, train_iter, {
-                    "config": config_to_dict(config), "schedule": schedule.to_json(),
-                    **({"train_data": data.train_identity} if data.train_identity else {})})
-            if validate or save_due or stopped:  # their time is not training time
-                progress.resume_timing()
-                window_start = time.perf_counter()
-            if preempted:
-                summary["preempted"] = True
-                progress.say(f"SIGTERM: saved step {step} in {workdir}")
-                break
+                    window_steps += 1
+                    progress.update(global_batch)
+                step += 1
+                pending.append((step, metrics))
+                epoch_end = step % spe == 0
+                preempted = preemption.reached(step)
+                save_due = (epoch_end or step == total_steps or preempted
+                            or step % int(t.checkpoint_every_steps) == 0)
+                if step % int(t.log_every_steps) == 0 or save_due:
+                    losses = _check_finite(pending, workdir, last_saved)
+                    elapsed = time.perf_counter() - window_start
+                    train_metrics = {
+                        "loss": float(np.mean(losses)),
+                        "grad_norm": float(sharding.to_host(pending[-1][1]["grad_norm"])),
+                        "learning_rate": optimizers.learning_rate(t, phase, step - 1, total_steps),
+                        "epoch": step / spe, "phase": phase}
+                    if "frame_loss" in pending[-1][1]:
+                        train_metrics["frame_loss"] = float(np.mean(sharding.to_host(
+                            [m["frame_loss"] for _, m in pending])))
+                    if window_steps and elapsed > 0:  # not for a window of only a compiling step
+                        train_metrics["clips_per_second"] = window_steps * global_batch / elapsed
+                    writer.write(step, "train", train_metrics)
+                    progress.set_postfix(loss=f"{train_metrics['loss']:.4f}")
+                    pending, window_steps = [], 0
+                    window_start = time.perf_counter()
+                validate = epoch_end and ((step // spe) % eval_every == 0 or step == total_steps)
+                if validate or save_due:  # the counted steps are done (_check_finite synced)
+                    progress.pause()
+                if validate:
+                    val = evaluate(state.variables, data.eval_source, config.data.eval_split,
+                                   f"validation (epoch {step // spe})")
+                    metric = validation.selection_metric(val)
+                    state, decision = end_of_epoch(state, schedule, metric,
+                                                   patience=int(t.plateau_patience),
+                                                   num_phases=num_phases, best_manager=best)
+                    schedule = decision.state
+                    if decision.improved:
+                        checkpointing.export_model(workdir, state, config, data.tag_names)
+                    writer.write(step, "validation", {
+                        "roc_auc": val["roc_auc_mean"], "pr_auc": val["pr_auc_mean"],
+                        "excluded_tags": val["excluded_tags"],
+                        "best_roc_auc": _finite_or_none(decision.best_metric),
+                        "epoch": step // spe, "phase": phase,
+                        "improved": decision.improved, "switched": decision.switched})
+                    note = validation.undefined_note(val, config.data.eval_split)
+                    if note and not told_undefined:
+                        progress.say(f"warning: {note}")
+                        told_undefined = True
+                    progress.say(
+                        f"epoch {step // spe}: validation ROC-AUC {validation.fmt(metric)} "
+                        f"(best {validation.fmt(decision.best_metric)})"
+                        + (f"; plateau: best model reloaded, now "
+                           f"{optimizers.phase_name(t, decision.phase)}"
+                           if decision.switched else "")
+                        + ("; plateau in the last phase: training stops" if decision.stop else ""))
+                    phase, stopped = decision.phase, decision.stop
+                    progress.set_postfix(val_roc_auc=validation.fmt(metric),
+                                         best=validation.fmt(decision.best_metric),
+                                         opt=optimizers.phase_name(t, phase))
+                if save_due or stopped:
+                    last_saved = checkpointing.save_checkpoint(latest, state, train_iter, {
+                        "config": config_to_dict(config), "schedule": schedule.to_json(),
+                        **({"train_data": data.train_identity} if data.train_identity else {})})
+                if validate or save_due or stopped:  # their time is not training time
+                    progress.resume_timing()
+                    window_start = time.perf_counter()
+                if preempted:
+                    summary["preempted"] = True
+                    progress.say(f"SIGTERM: saved step {step} in {workdir}")
+                    break
+        except KeyboardInterrupt as e:  # Ctrl-C (SIGTERM saved and left the loop above)
+            if not isinstance(e, Terminated):
+                e.add_note(_ctrl_c_note(step, last_saved, workdir))
+            raise
         preemption.defer(False)
         if preemption.flag.is_set() and not summary["preempted"]:  # after the last step's check:
             summary["preempted"] = True  # that step's checkpoint is saved (step == total_steps)
@@ -440,7 +460,8 @@ def _test(config, workdir: Path, name: str, sub: Optional[str], split: TestSplit
           state: TrainState, step: int, best: ocp.CheckpointManager, writer: MetricWriter,
           progress: Progress, evaluate) -> dict:
     """Evaluates the best model on test split `name` (results in `wd.test_dir(workdir, sub)`), or
-    reuses them if their inputs match. Returns {"split", "dir", "roc_auc", "pr_auc", "reused"}."""
+    reuses them if their inputs match. Returns {"split", "dir", "roc_auc", "pr_auc", "reused",
+    "num_tags", "num_excluded" (tags left out of the means: one label value in the split)}."""
     directory = wd.test_dir(workdir, sub)
     best_step = best.latest_step()
     inputs = wd.test_inputs(config, best_step if best_step is not None else step,
@@ -469,7 +490,8 @@ def _test(config, workdir: Path, name: str, sub: Optional[str], split: TestSplit
                                 "excluded_tags": test["excluded_tags"], "reused": reused,
                                 **({"test_split": name} if sub is not None else {})})
     return {"split": name, "dir": str(directory), "roc_auc": test["roc_auc_mean"],
-            "pr_auc": test["pr_auc_mean"], "reused": reused}
+            "pr_auc": test["pr_auc_mean"], "reused": reused, "num_tags": test["num_tags"],
+            "num_excluded": len(test["excluded_tags"])}
 
 
 def _baseline(workdir: Path, data: TrainData, results: list[dict], progress: Progress) -> None:

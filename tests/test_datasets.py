@@ -726,6 +726,35 @@ def test_audio_folder_evaluation_only_build_and_training_on_it(folder, tmp_path,
     assert "traceback" not in err[0]
 
 
+def test_training_the_main_jobs_labels_on_a_collection_without_activity_is_a_config_error(
+        folder, tmp_path, capsys):
+    """From a new user's trial: the main job's config (activity crop labels, frame head) on an
+    audio_folder build failed at the first batch, inside the input pipeline (exit 70). It is one
+    line naming the settings and what to set now, before the pipelines start (exit 2)."""
+    from tagger_jax import errors, train_data
+    from tagger_jax.config_base import base_config
+
+    (tmp_path / "t.csv").write_text("path,tags,split\nsongs/a.wav,rock;piano,train\n"
+                                    "songs/c.wav,rock,validation\n")
+    config = AudioFolderConfig(name="noactivity", csv=str(tmp_path / "t.csv"))
+    datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder, num_workers=1)
+    c = base_config()
+    c.data.name, c.data.builder_config = "audio_folder", "noactivity"
+    c.data.data_dir, c.data.manual_dir, c.data.test_split = str(tmp_path / "d"), str(folder), ""
+    c.data.crop_labels, c.model.frame_head = "activity", True
+    capsys.readouterr()
+    assert errors.guarded(train_data.load_data, c) == errors.USAGE
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if not line.startswith("reusing the existing build ")]
+    assert err == ["error: data.crop_labels='activity' and model.frame_head=True need(s) each "
+                   "clip's frame activity (the 'tag_mask' feature of soundfont_tags and "
+                   "synthetic_tags), which audio_folder/noactivity does not store; set "
+                   "data.crop_labels=clip and model.frame_head=False (as configs/synthetic_cpu.py "
+                   "does; docs/training.md, \"Training on your own collection\")"], err
+    c.data.crop_labels, c.model.frame_head, c.train.batch_size = "clip", False, 1
+    assert train_data.load_data(c).tag_names == ("rock", "piano")
+
+
 def _small_folder(root: Path, tags: tuple[str, ...]) -> Path:
     for k, tag in enumerate(tags):
         _tone(root / f"s{k}.wav", 0.2, 330 * (k + 1))
@@ -1397,6 +1426,12 @@ def test_audio_folder_zero_fraction_tags_only_outside_train_and_split_names(tmp_
     assert (f"warning: {tmp_path / 'm' / 'tags.csv'}: 2 tag(s) have no row in the train split "
             "(jazz, rare): a model trained on it cannot learn them") in err, err
     assert b.info.metadata["tags_without_train_clips"] == ["jazz", "rare"]
+    from tagger_jax import evaluation  # evaluate names them again, in the model's tag order
+
+    assert evaluation.untrained_tags(datasets, "audio_folder", tmp_path / "e", "r",
+                                     ("rare", "rock", "jazz")) == ["rare", "jazz"]
+    assert evaluation.untrained_tags(datasets, "audio_folder", tmp_path / "d", "z",
+                                     ("rock", "jazz")) == []
     with pytest.raises(ValueError, match=r"no split 'Segments' \(split names are lowercase: "
                        r"'segments'\)"):
         datasets.load_split("audio_folder", "Segments", tmp_path / "e", "r")
@@ -1621,3 +1656,17 @@ def test_a_split_the_build_would_not_make_is_refused_before_building(tmp_path):
                        r"'test'\]"):
         datasets.ensure_built("synthetic_tags", tmp_path, splits=["train", "tset"])
     assert not (tmp_path / "synthetic_tags").exists()
+
+
+def test_two_csvs_in_the_folder_name_the_way_to_pick_one(tmp_path):
+    """From a new user's trial: with tags.csv and tags_rare.csv in the folder, the default build
+    said "name it with --set csv=FILE.csv", and that was refused ("--set makes a new config:
+    give it a new name with --config NAME"). The first message now says both."""
+    manual = tmp_path / "m"
+    _tone(manual / "a.wav", 0.2, 220)
+    for name in ("tags.csv", "tags_rare.csv"):
+        (manual / name).write_text("path,tags\na.wav,rock\n")
+    with pytest.raises(FileNotFoundError, match=r"found \['tags.csv', 'tags_rare.csv'\]; name "
+                                                r"one in a config of your own: --config NAME "
+                                                r"--set csv=FILE.csv"):
+        datasets.build("audio_folder", tmp_path / "d", manual_dir=manual, num_workers=1)

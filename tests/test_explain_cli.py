@@ -497,7 +497,8 @@ def test_tags_per_input_from_a_csv_in_one_compilation(setup, tmp_path, capsys):
                  "--no-plot")
     text = capsys.readouterr()
     # reported, not silent: the unmatched row with the counts, the failed input on stderr
-    assert rc == 1 and "not_there.wav" in text.out and "violin" in text.err
+    assert rc == 1 and "not_there.wav" in text.err and "violin" in text.err
+    assert "not_there.wav" not in text.out  # stdout: the index only
     got = {json.loads(p.read_text())["key"]: json.loads(p.read_text())
            for p in out.glob("*.json") if p.name != "failures.json"}
     assert got["long.npy"]["explained_tags"] == ["t2", "t4"]
@@ -762,7 +763,7 @@ def test_dataset_defaults_to_the_models_builder_config():
                           loaded) is None
 
 
-def test_tags_csv_rows_match_inputs_by_the_end_of_their_path(tmp_path):
+def test_tags_csv_rows_match_inputs_by_the_end_of_their_path(tmp_path, capsys):
     """From a new user's trial: a row `live sets/track 002.ogg` did not match the input
     `music/rock/live sets/track 002.ogg` (only whole paths or bare base names did). A name
     matches the one input whose path ends with it; a name two inputs end with matches none."""
@@ -778,7 +779,10 @@ def test_tags_csv_rows_match_inputs_by_the_end_of_their_path(tmp_path):
     said = []
     got = runner.with_csv_tags(items, table, log=said.append)
     assert [it.explain_tags for it in got] == [("rock",), ("jazz",), (), ()]
-    assert said == [f"{table}: 2 row(s) match no input: 'solo.wav', 'nowhere.wav'"]
+    assert said == [f"note: {table}: 2 row(s) match no input: 'solo.wav', 'nowhere.wav'"]
+    runner.with_csv_tags(items, table)  # by default on stderr: stdout is the run's index
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == said[0] + "\n"
 
 
 def test_tags_csv_matches_dataset_records_by_their_source_path_and_reads_a_bom(tmp_path):
@@ -797,7 +801,7 @@ def test_tags_csv_matches_dataset_records_by_their_source_path_and_reads_a_bom(t
     said = []
     got = runner.with_csv_tags(items, table, log=said.append)
     assert [it.explain_tags for it in got] == [("drums",), ("flute", "loud")]
-    assert said == [f"{table}: 1 row(s) match no input: 'songs/c.mp3'"]
+    assert said == [f"note: {table}: 1 row(s) match no input: 'songs/c.mp3'"]
     # The verifying user's CSV, which audio_folder builds from: Excel's `sep=;` line, `;` as the
     # delimiter, a name in decomposed Unicode (NFD) for a record stored in composed form (NFC).
     import unicodedata

@@ -411,3 +411,22 @@ def test_the_training_summary_counts_steps_in_words(tmp_path, monkeypatch, capsy
         "best_validation_roc_auc": 0.5})
     assert train_command.run_training(base_config(), str(tmp_path)) == 0
     assert capsys.readouterr().out.startswith(said + str(tmp_path))
+
+
+def test_a_test_mean_over_some_tags_says_how_many(tmp_path, monkeypatch, capsys):
+    """From a new user's trial: on a small collection 7 of 8 tags had no positive test clip, and
+    the closing line read "test ROC-AUC 1.0000" for the one tag left (the warning that named
+    them had scrolled away). The line says over how many tags the means are."""
+    from tagger_jax import train_lib
+    from tagger_jax.commands import train as train_command
+
+    test = {"split": "test", "dir": str(tmp_path / "test"), "roc_auc": 1.0, "pr_auc": 1.0,
+            "reused": False, "num_tags": 8, "num_excluded": 7}
+    monkeypatch.setattr(train_lib, "train_and_evaluate", lambda config, workdir: {
+        "preempted": False, "step": 9, "workdir": str(workdir), "best_validation_roc_auc": 0.9,
+        "tests": [test, {**test, "split": "holdout", "num_excluded": 0}]})
+    assert train_command.run_training(base_config(), str(tmp_path)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("test ROC-AUC 1.0000  PR-AUC 1.0000  (means of 1 of 8 tags: the "
+                               "others have one label value in this split)  (per-tag report")
+    assert lines[2].startswith("holdout ROC-AUC 1.0000  PR-AUC 1.0000  (per-tag report")

@@ -38,13 +38,19 @@ def _run(exclude_pauses: bool) -> dict:
     return d
 
 
+def _rate(d: dict) -> float:
+    """The rate tqdm shows for a format_dict: its moving average, or without one (smoothing
+    0, the training bar's) the average (n - initial) / elapsed."""
+    return d["rate"] if d["rate"] is not None else (d["n"] - d["initial"]) / d["elapsed"]
+
+
 def test_rate_and_eta_exclude_compile_and_validation(capsys):
     d = _run(exclude_pauses=True)
-    assert d["n"] == 70 and d["rate"] == pytest.approx(10.0)  # clips/s of training steps only
-    assert (d["total"] - d["n"]) / d["rate"] == pytest.approx(3.0)  # ETA: 3 steps of 1 s
+    assert d["n"] == 70 and _rate(d) == pytest.approx(10.0)  # clips/s of training steps only
+    assert (d["total"] - d["n"]) / _rate(d) == pytest.approx(3.0)  # ETA: 3 steps of 1 s
     assert d["elapsed"] == pytest.approx(6.0)
     naive = _run(exclude_pauses=False)  # what a plain bar would say
-    assert naive["rate"] < 1.0
+    assert _rate(naive) < 1.0
     capsys.readouterr()
 
 
@@ -130,6 +136,38 @@ def test_shown_rate_right_after_compile_and_validation_pauses(monkeypatch, capsy
     last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     match = re.search(r"([\d.]+)clip/s", last)
     assert match and float(match.group(1)) == pytest.approx(64.0, rel=0.02), last
+
+
+def test_rate_holds_when_pauses_come_more_often_than_the_logs_prints(monkeypatch, capsys):
+    """From a new user's trial (a small collection validated every epoch, the bar in a log):
+    steps of 32 clips every 0.5 s, a 3 s validation after every 4 steps, for 10 minutes. The
+    bar printed 6 clips/s: each pause dropped the clips counted since the last print (every
+    10 s in a log), which was nearly all of them. It shows the steps' 64 clips/s."""
+    from tagger_jax import progress as progress_lib
+
+    monkeypatch.setattr(progress_lib, "stderr_is_terminal", lambda: False)
+    clock = _TickingClock()
+    p = Progress(True)
+    p.train_bar(total=32 * 4000, initial=32 * 100)  # a resumed run: 100 steps done before
+    bar = p.bar
+    bar._time = clock
+    bar.start_t = bar.last_print_t = clock()
+    p.pause()
+    clock.now += 20.0
+    p.skip(32)  # the first step compiles
+    for _ in range(150):
+        for _ in range(4):
+            clock.now += 0.5
+            p.update(32)
+        p.pause()
+        clock.now += 3.0
+        p.resume_timing()
+    rate, remaining = _shown(bar)
+    assert rate == pytest.approx(64.0, rel=0.01), str(bar)
+    assert remaining == pytest.approx((bar.total - bar.n) / 64.0, abs=2.0), str(bar)
+    assert bar.format_dict["elapsed"] == pytest.approx(600 * 0.5, abs=1.0), str(bar)
+    capsys.readouterr()
+    p.close()
 
 
 def test_disabled_progress_still_says_phase_timings(capsys):

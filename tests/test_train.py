@@ -516,6 +516,37 @@ def test_an_unreadable_best_checkpoint_says_what_moving_it_aside_does(tmp_path, 
 # ----------------------------------------------------------------------------------------------
 # Reruns reuse test results whose inputs did not change (issue 10, item 12).
 
+def test_ctrl_c_in_the_loop_says_which_steps_the_next_run_trains_again(tmp_path, finished_run,
+                                                                      monkeypatch, capsys):
+    """From a new user's trial: Ctrl-C stops a training at once (SIGTERM saves first), and its
+    line said only "finished results are kept"; the steps since the last checkpoint were lost
+    without a word. The line names the step, the checkpoint and what a rerun trains again."""
+    from tagger_jax import errors
+    from tagger_jax.progress import Progress
+
+    config, _, summary = finished_run
+    update, calls = Progress.update, []
+
+    def interrupted_at_the_fifth(self, clips, **postfix):
+        calls.append(clips)
+        if len(calls) == 5:  # in step 6 (step 1 compiles): 5 steps counted, 4 saved (an epoch)
+            raise KeyboardInterrupt
+        return update(self, clips, **postfix)
+
+    monkeypatch.setattr(Progress, "update", interrupted_at_the_fifth)
+    workdir = tmp_path / "w"
+    with pytest.raises(KeyboardInterrupt) as info:
+        train_lib.train_and_evaluate(config, workdir, toy_data(config))
+    assert errors.report(info.value) == errors.INTERRUPTED
+    assert capsys.readouterr().err == (
+        f"tagger-jax: interrupted; stopped at step 5; the last checkpoint is step 4 in "
+        f"{workdir}: running the same command resumes from there, training step 5 again "
+        "(SIGTERM saves a checkpoint before stopping)\n")
+    monkeypatch.setattr(Progress, "update", update)
+    again = train_lib.train_and_evaluate(config, workdir, toy_data(config))
+    assert again["step"] == summary["step"]
+
+
 @pytest.mark.parametrize("where", ["checkpoints", "best"])
 def test_ctrl_c_inside_a_restore_is_an_interrupt_not_a_broken_checkpoint(tmp_path, finished_run,
                                                                          monkeypatch, where):

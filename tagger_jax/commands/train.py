@@ -310,8 +310,11 @@ def run_training(config: Any, workdir: str, owns_process: bool = False) -> int:
     print(f"Trained {summary['step']} {steps} in {summary['workdir']}; best validation ROC-AUC "
           f"{validation.fmt(summary['best_validation_roc_auc'])}")
     for test in summary.get("tests", ()):
+        left_out = test.get("num_excluded", 0)  # a small split: a tag without positives
         print(f"{test['split']} ROC-AUC {validation.fmt(test['roc_auc'])}  "
               f"PR-AUC {validation.fmt(test['pr_auc'])}"
+              + (f"  (means of {test['num_tags'] - left_out} of {test['num_tags']} tags: the "
+                 "others have one label value in this split)" if left_out else "")
               + (f"  (baseline: ROC-AUC {validation.fmt(test['baseline_roc_auc'])}  PR-AUC "
                  f"{validation.fmt(test['baseline_pr_auc'])})" if "baseline_roc_auc" in test
                  else "")

@@ -136,7 +136,8 @@ def _find_csv(root: Path, name: str) -> Path:
     if len(found) != 1:
         raise FileNotFoundError(
             f"{root}: expected exactly one *.csv with the tags, found {[p.name for p in found]}; "
-            "name it with --set csv=FILE.csv")
+            "name one in a config of your own: --config NAME --set csv=FILE.csv (a --set build "
+            "needs a new config name), or leave one CSV in the folder")
     return found[0]
 
 

@@ -207,8 +207,12 @@ def read_tags_csv(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
-                  log: Callable[[str], None] = print) -> list[InputItem]:
+                  log: Optional[Callable[[str], None]] = _note) -> list[InputItem]:
     """Items whose tags to explain come from a CSV (`read_tags_csv`). A CSV file name matches an
     input when it resolves to the same file (relative names: from the CSV's folder, then from
     the working directory), else when the input's path ends with it (`live sets/track 2.ogg`
@@ -216,7 +220,8 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
     input's does. A dataset record (`dataset_items(record_paths=True)`) matches by the path it
     was built from (`meta["record_path"]`, e.g. an audio_folder CSV's `songs/a.ogg`). Inputs the
     CSV does not list keep the run's tags (top-k predicted); CSV rows that match no input are
-    reported. Names are compared in Unicode's composed form (NFC): `Café.wav` typed on one
+    reported in one `note:` line (`log`; stderr by default, stdout keeping the run's index).
+    Names are compared in Unicode's composed form (NFC): `Café.wav` typed on one
     system matches the decomposed `Café.wav` of another, as `audio_folder` reads it."""
     import unicodedata
 
@@ -256,7 +261,7 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
         out.append(it)
     unused = [n for n in table if n not in used]
     if unused and log is not None:
-        log(f"{csv_path}: {len(unused)} row(s) match no input: "
+        log(f"note: {csv_path}: {len(unused)} row(s) match no input: "
             + ", ".join(repr(n) for n in unused[:10]) + (" ..." if len(unused) > 10 else ""))
     return out
 
