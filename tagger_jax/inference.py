@@ -24,9 +24,10 @@ The path of an input:
 Outputs do not depend on an input's batch mates: the models run in inference mode (BatchNorm
 with running statistics, no dropout), so every row is computed on its own. They equal those of
 another batch size to float32 rounding, not bitwise (XLA may sum in another order for another
-batch shape: up to about 1e-6 on probabilities, measured in a new user's trial). With several processes (`jax.distributed`), `process_share` gives each process a disjoint
-share of the inputs; each runs this path on its own devices and writes per-input results, and the
-consumers merge them (`barrier`).
+batch shape: up to about 1e-6 on probabilities, measured in a new user's trial). With several
+processes (`jax.distributed`), `process_share` gives each process a disjoint share of the
+inputs; each runs this path on its own devices and writes per-input results, and the consumers
+merge them (`barrier`).
 """
 from __future__ import annotations
 

@@ -2,9 +2,8 @@
 
 * `train_bar`: clips trained, with clips/s and an ETA of the remaining training steps. Time spent
   outside training steps (compilation, validation, checkpoints) is excluded from the rate by
-  `Progress.resume_timing()`, so the ETA does not jump after each of them.
-  The steps between the bar's last rate sample and a pause leave the rate with their time, and
-  the rate shows "?" until a timed step is counted (`Progress._drop_untimed`).
+  `Progress.resume_timing()`, so the ETA does not jump after each of them. The rate is the
+  average of this run's timed steps, "?" until one is counted (`Progress._end_pause`).
 * `Progress.phase(desc)`: a line with the elapsed time of a phase of unknown length
   (compilation), refreshed twice a second, then "desc: done in 12.3 s".
 * `Progress.batches(iterable, total, desc)`: a bar over evaluation batches (validation, test).
@@ -87,7 +86,7 @@ class Progress:
         if self.bar is not None:
             self.bar.n += clips
             self.untimed += clips
-            self._drop_untimed()
+            self._end_pause()
             self.bar.refresh()
 
     def set_postfix(self, **postfix: str) -> None:
@@ -106,9 +105,9 @@ class Progress:
         """Ends a pause: its time leaves the elapsed time, and so the rate and ETA (see
         `pause`)."""
         if self.bar is not None:
-            self._drop_untimed()
+            self._end_pause()
 
-    def _drop_untimed(self) -> None:
+    def _end_pause(self) -> None:
         """Leaves the pause since `pause` (if marked) out of the bar's elapsed time and the
         untimed clips (compiled steps, a resumed run's earlier clips) out of its count.
 

@@ -115,8 +115,9 @@ def check_dataset_fits(builder: Any, kind: str, features: Any, architecture: str
 
     `needs_activity`: the config settings that read each clip's exact frame activity (the
     "tag_mask" feature, which `soundfont_tags` and `synthetic_tags` store), e.g.
-    "data.crop_labels='activity'"; without the check the first batch failed deep in the input pipeline (exit 70) after the
-    workdir was made, for a user training the main job's config on their own collection.
+    "data.crop_labels='activity'"; without the check the first batch failed deep in the input
+    pipeline (exit 70) after the workdir was made, for a user training the main job's config
+    on their own collection.
     `kind` is the architecture's `dataset_feature`: "audio" needs a build that stores waveforms
     (`--set waveform=true`). A "mel" model is trained on the stored log-mels as they are, so
     its `config.features` must equal the settings they were computed with (the build's metadata
@@ -135,9 +136,9 @@ def check_dataset_fits(builder: Any, kind: str, features: Any, architecture: str
     if needs_activity and "tag_mask" not in builder.info.features:
         raise ConfigError(f"{' and '.join(needs_activity)} need(s) each clip's frame activity "
                           f"(the 'tag_mask' feature of soundfont_tags and synthetic_tags), which "
-                          f"{name} does not store; set data.crop_labels=clip and model.frame_head=False (as "
-                          "configs/synthetic_cpu.py does; docs/training.md, \"Training on your "
-                          "own collection\")")
+                          f"{name} does not store; set data.crop_labels=clip and "
+                          "model.frame_head=False (as configs/synthetic_cpu.py does; "
+                          "docs/training.md, \"Training on your own collection\")")
     if kind != "mel":
         return
     differ = evaluation.feature_mismatches(

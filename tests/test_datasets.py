@@ -1503,6 +1503,12 @@ def test_audio_folder_csv_header_errors_name_the_fix(tmp_path):
     assert error("Path,tags\na.wav,rock\n") == (
         ": no 'path' column (columns: ['Path', 'tags']); did you mean 'Path'? the path column "
         "is named 'path' (or set --set path_column=Path)")
+    assert error("Path,Tags,Split\na.wav,rock,train\n") == (  # all three at once
+        ": no 'path' column (columns: ['Path', 'Tags', 'Split']); did you mean 'Path'? the path "
+        "column is named 'path' (or set --set path_column=Path); no 'tags' column; did you mean "
+        "'Tags'? the tags column is named 'tags' (or set --set tags_column=Tags); no 'split' "
+        "column; did you mean 'Split'? the split column is named 'split' (or set --set "
+        "split_column=Split)")
     assert error("path,tags,Set\na.wav,rock,train\nb.wav,jazz,Valid\n") == (
         ": no 'split' column, but column 'Set' holds split names (train, valid): the split "
         "column is named 'split' (or set --set split_column=Set); without one the clips are "

@@ -197,6 +197,10 @@ def read_table(path: Path, config: AudioFolderConfig, root: Path | None = None,
                 hint = f"; is the file {used[0]}-separated? --set delimiter={used[0]}"
         if not hint:
             hint = "; " + _path_column_hint(columns, records, config)
+            if _near_column(config.path_column, columns) is not None:
+                # `Path,Tags,Split`: every misnamed column at once (a new user's trial fixed
+                # them one run at a time)
+                hint += "".join(f"; {m}" for m in _misnamed_columns(columns, records, config))
         raise ValueError(f"{path}: no {config.path_column!r} column (columns: {columns}){hint}")
     misnamed = _misnamed_columns(columns, records, config)
     if misnamed:

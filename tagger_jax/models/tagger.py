@@ -27,10 +27,11 @@ class AttentionTagger(nn.Module):
     x: (batch, 96, frames) float log-mel in dB (`audio.log_mel`) for the "pons" front-end, one
     position per frame (frames + 1 <= max_positions; feed the chunk length the model was trained
     on, `config.features.chunk_frames`: later positions are untrained), or (batch, 65,610)
-    samples for "lee". Returns logits (batch, num_tags), or (logits, attention) with `return_attention=True`, where
-    attention is a list with one (batch, heads, queries, keys) array per layer (the last layer has
-    the [CLS] query only unless `full_last_layer`). `attention_override` replaces the probabilities
-    of layer `override_layer` with an array broadcastable to that shape.
+    samples for "lee". Returns logits (batch, num_tags), or (logits, attention) with
+    `return_attention=True`, where attention is a list with one (batch, heads, queries, keys)
+    array per layer (the last layer has the [CLS] query only unless `full_last_layer`).
+    `attention_override` replaces the probabilities of layer `override_layer` with an array
+    broadcastable to that shape.
 
     `frame_head` (not in the authors' code; a training aid): a tag classifier on every position
     of a sequence (by default the encoder's input, the 1x1 conv's output), trained against
