@@ -22,7 +22,7 @@ INPUTS_FAILED = 1  # some inputs failed: the others' results are written, failur
 USAGE = 2  # bad command line, config field or value (argparse uses 2 as well)
 MODEL = 3  # model directory / checkpoint missing, unreadable or inconsistent with its weights
 OUTPUT = 4  # an output location cannot be written (read-only, a directory, ...)
-BUSY = 5  # another run holds the lock on the output file, data directory or workdir
+BUSY = 5  # another run holds a lock on the output, data directory or workdir, or reads a build
 DATA = 6  # dataset not built, cannot be built, or a data file refused (e.g. an unsafe pickle)
 DIVERGED = 7  # training stopped on a non-finite loss
 PEER_LOST = 8  # another process of a multi-process run stopped or cannot be reached
@@ -37,7 +37,8 @@ TABLE = {
     USAGE: "bad command line, config field or value",
     MODEL: "model directory missing, unreadable or inconsistent with its weights",
     OUTPUT: "an output location cannot be written",
-    BUSY: "another run holds the lock on the output file, data directory or workdir",
+    BUSY: ("another run holds the lock on the output file, data directory or workdir, or "
+           "reads the build to be rebuilt"),
     DATA: "dataset not built or cannot be built; a data file was refused",
     DIVERGED: "training stopped on a non-finite loss",
     PEER_LOST: ("another process of a multi-process run stopped or cannot be reached; finished "

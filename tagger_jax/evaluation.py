@@ -520,8 +520,10 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
         source, engine.architecture.dataset_feature, label, split))
     desc = inference.share_label(f"evaluate {dataset}/{split} ({mode})")
     padded: list[str] = []
-    with tqdm(total=len(items), unit="clip", desc=desc, **bar_interval(),
-              disable=not progress or jax.process_index() != 0) as bar:
+    # The build's readers' lock: `build-dataset --overwrite` refuses while the clips are read.
+    with (datasets.reading(source),
+          tqdm(total=len(items), unit="clip", desc=desc, **bar_interval(),
+               disable=not progress or jax.process_index() != 0) as bar):
         probs, labels, clip_index = predict_split(
             items, plan, engine.geometry, engine.packer(engine.predict_fn()), len(loaded.tags),
             workers=engine.load_workers, on_input=lambda: bar.update(1),

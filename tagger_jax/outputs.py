@@ -11,8 +11,15 @@
   directory. Who holds it (pid, host, command, start time) is written next to the lock, so a run
   that cannot get it names the holder. `wait=False` refuses at once (`BusyError`); `wait=True`
   waits, saying once whom it waits for.
+- `reading(folder)` / `replacing(folder)`: a reader/writer lock on a dataset build. Any number of
+  runs read a build at once (a training, `evaluate`, `tag`/`embed`/`explain --dataset`), and a
+  rebuild (`build-dataset --overwrite`), which deletes the folder, is refused while one does:
+  without it a training went on reading the deleted files and tested the model on a build that
+  no longer existed.
 
-Lock files: for a file `DIR/NAME` it is `DIR/.NAME.lock`; for a directory `DIR/.tagger-jax.lock`.
+Lock files: for a file `DIR/NAME` it is `DIR/.NAME.lock`; for a directory `DIR/.tagger-jax.lock`;
+a build's readers' lock is `PARENT/.NAME.readers.lock` beside its folder, each reader's holder
+note `PARENT/.NAME.readers.HOST-PID-N.json`.
 The locks are advisory (fcntl/flock on POSIX): only tagger-jax runs honour them, and they are
 released by the OS when the holding process dies, so a crash never leaves a stale lock.
 The (empty) lock files stay after release, on purpose: filelock removes them on release only on
@@ -200,11 +207,13 @@ def run_file_kind(name: str) -> str | None:
 def holder(lock_file: str | os.PathLike) -> str:
     """Who holds `lock_file`, as `exclusive` wrote it ("unknown holder" if unreadable)."""
     try:
-        info = json.loads(Path(str(lock_file) + HOLDER_SUFFIX).read_text())
-        return (f"pid {info['pid']} on host {info['host']}, started {info['started']}: "
-                f"{info['command']}")
+        return _describe(json.loads(Path(str(lock_file) + HOLDER_SUFFIX).read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         return "unknown holder"
+
+
+def _describe(info: dict[str, Any]) -> str:
+    return f"pid {info['pid']} on host {info['host']}, started {info['started']}: {info['command']}"
 
 
 @contextlib.contextmanager
@@ -234,16 +243,112 @@ def exclusive(target: str | os.PathLike, what: str, wait: bool = False,
         lock.acquire(timeout=-1, poll_interval=poll_s)
     holder_file = Path(str(path) + HOLDER_SUFFIX)
     try:
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": datetime.datetime.now().isoformat(timespec="seconds"),
-                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
         with contextlib.suppress(OSError):
-            holder_file.write_text(json.dumps(info))
+            holder_file.write_text(json.dumps(_holder_info()))
         yield path
     finally:
         with contextlib.suppress(OSError):
             holder_file.unlink()
         lock.release()
+
+
+# A build's readers (a training, evaluate, tag/embed/explain --dataset) against its rebuild.
+READERS_SUFFIX = ".readers"
+
+
+def readers_lock_path(target: str | os.PathLike) -> Path:
+    """The reader/writer lock of the directory `target`: `PARENT/.NAME.readers.lock` beside it,
+    so that deleting the folder (a rebuild) leaves the lock in place."""
+    t = Path(os.path.realpath(os.path.expanduser(os.fspath(target))))
+    return t.parent / f".{t.name}{READERS_SUFFIX}.lock"
+
+
+def _holder_info() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
+
+
+def _reader_note(lock_file: Path, key: str) -> Path:
+    """A reader's holder note beside the readers' lock `PARENT/.NAME.readers.lock`."""
+    return lock_file.parent / f"{lock_file.stem}.{key}.json"  # PARENT/.NAME.readers.KEY.json
+
+
+def _live_readers(lock_file: Path) -> list[str]:
+    """The holder notes of the readers of `lock_file` that may still run (a note of a process
+    of this host that no longer exists, left by a kill -9, is removed), described as `holder`
+    does."""
+    found = []
+    for note in sorted(lock_file.parent.glob(f"{glob.escape(lock_file.stem)}.*.json")):
+        try:
+            info = json.loads(note.read_text())
+            if info["host"] == socket.gethostname():
+                os.kill(int(info["pid"]), 0)  # ProcessLookupError: it ended
+            found.append(_describe(info))
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                note.unlink()
+        except (OSError, ValueError, KeyError, TypeError):
+            found.append("unknown holder")
+    return found
+
+
+@contextlib.contextmanager
+def reading(target: str | os.PathLike, what: str, poll_s: float = 0.5) -> Iterator[None]:
+    """Holds a shared lock on the directory `target` while the block reads it; any number of
+    runs read at once, and `replacing` refuses while one does. If a run is replacing `target`,
+    says once on stderr whom it waits for and waits for the new contents (Ctrl-C stops the
+    wait). The lock is filelock's `ReadWriteLock` (an SQLite file, `readers_lock_path`); each
+    reader leaves a holder note `PARENT/.NAME.readers.*.json` for `replacing`'s message."""
+    path = readers_lock_path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.ReadWriteLock(str(path), is_singleton=False)
+    try:
+        lock.acquire_read(timeout=0)
+    except filelock.Timeout:
+        print(f"waiting for the other tagger-jax run replacing {what} {target} ...",
+              file=sys.stderr, flush=True)
+        while True:  # in Python between tries, so that Ctrl-C stops the wait
+            try:
+                lock.acquire_read(timeout=poll_s)
+                break
+            except filelock.Timeout:
+                continue
+    note = _reader_note(path, f"{socket.gethostname()}-{os.getpid()}-{id(lock)}")
+    try:
+        with contextlib.suppress(OSError):
+            note.write_text(json.dumps(_holder_info()))
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            note.unlink()
+        lock.release()
+        lock.close()
+
+
+@contextlib.contextmanager
+def replacing(target: str | os.PathLike, what: str, hint: str) -> Iterator[None]:
+    """Holds the lock of `reading` on `target` exclusively for the block (a rebuild deletes and
+    writes the folder); raises `BusyError` at once if a run reads it, naming the readers and
+    `hint` (what to do instead)."""
+    path = readers_lock_path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.ReadWriteLock(str(path), is_singleton=False)
+    try:
+        lock.acquire_write(timeout=0)
+    except filelock.Timeout:
+        who = _live_readers(path) or ["unknown holder"]
+        more = f"; and {len(who) - 2} more" if len(who) > 2 else ""
+        raise BusyError(f"{target}: {what} is being read by another tagger-jax run "
+                        f"({'; '.join(who[:2])}{more}); {hint}") from None
+    for note in path.parent.glob(f"{glob.escape(path.stem)}.*.json"):  # of killed readers
+        with contextlib.suppress(OSError):
+            note.unlink()
+    try:
+        yield
+    finally:
+        lock.release()
+        lock.close()
 
 
 # What process 0's attempt at a run's lock came to, sent to every process (`agree`).

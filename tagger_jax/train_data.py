@@ -7,6 +7,7 @@ librosa) is imported by `load_data`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -150,8 +151,12 @@ def check_dataset_fits(builder: Any, kind: str, features: Any, architecture: str
                           "build the dataset with yours")
 
 
-def load_data(config: Any) -> TrainData:
-    """Builds (if needed) and opens the configured dataset and its input pipelines."""
+def load_data(config: Any, hold: contextlib.ExitStack | None = None) -> TrainData:
+    """Builds (if needed) and opens the configured dataset and its input pipelines.
+
+    `hold`: the build's readers' lock (`datasets.reading`) is entered on it, so that until it
+    closes `tagger-jax build-dataset --overwrite` of the build refuses (naming the training)
+    instead of deleting the files the pipelines (and their worker processes) read."""
     from tagger_jax import datasets, input_pipeline  # the data stack, imported only to train
 
     d, t, f = config.data, config.train, config.features
@@ -168,6 +173,8 @@ def load_data(config: Any) -> TrainData:
     check_dataset_fits(builder, kind, f, config.model.architecture, needs_activity)
     train_source, tags = datasets.load_split(d.name, d.train_split, d.data_dir,
                                              builder_config=builder_config)
+    if hold is not None:
+        hold.enter_context(datasets.reading(train_source))
     loader = input_pipeline.train_loader(
         train_source, global_batch_size=t.batch_size, seed=t.seed, crop_frames=f.chunk_frames,
         input_kind=kind, num_epochs=t.num_epochs, process_index=jax.process_index(),

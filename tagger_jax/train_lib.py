@@ -20,6 +20,7 @@ Only jax, flax, optax, orbax and numpy are imported at module level (see train_s
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -189,10 +190,10 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike,
     workdir = Path(workdir).expanduser().absolute()
     outputs.check_output_dir(workdir)  # a file, under a file, unwritable: errors.OutputError
     config = wd.with_absolute_data_paths(config)  # stored so: found from any directory
-    with wd.lock(workdir):
+    with wd.lock(workdir), contextlib.ExitStack() as held:  # held: the build's readers' lock
         preemption = Preemption()
         try:
-            return _train_and_evaluate(config, workdir, data, preemption)
+            return _train_and_evaluate(config, workdir, data, preemption, held)
         finally:
             preemption.close()
 
@@ -225,7 +226,7 @@ def check_same_config_everywhere(config: Any) -> None:
 
 
 def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
-                        preemption: Preemption) -> dict:
+                        preemption: Preemption, held: contextlib.ExitStack) -> dict:
     wd.check_or_write_config(config, workdir)
     checkpointing.barrier("config")
     t = config.train
@@ -234,7 +235,7 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
     mesh = sharding.make_mesh()
     if data is None:
         try:
-            data = load_data(config)
+            data = load_data(config, held)
         except FileNotFoundError as e:  # not built / no such config: the message says what to do
             raise DataError(str(e)) from None
     spe = int(data.steps_per_epoch)

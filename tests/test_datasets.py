@@ -6,6 +6,7 @@ fixture is constructed, not recomputed with the builders' own helpers.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -754,6 +755,39 @@ def test_training_the_main_jobs_labels_on_a_collection_without_activity_is_a_con
     c.data.crop_labels, c.model.frame_head, c.train.batch_size = "clip", False, 1
     assert train_data.load_data(c).tag_names == ("rock", "piano")
 
+
+def test_a_rebuild_is_refused_while_a_training_reads_the_build(folder, tmp_path):
+    """`build-dataset --overwrite` deleted a build that a training was reading (the training
+    went on with the deleted files and tested on a build that no longer existed). A training
+    holds the build's readers' lock (`load_data(config, hold)`): the rebuild refuses in one line
+    naming the reader, before deleting anything; once the training ends, it rebuilds."""
+    from tagger_jax import errors, outputs, train_data
+    from tagger_jax.config_base import base_config
+
+    (tmp_path / "t.csv").write_text("path,tags,split\nsongs/a.wav,rock;piano,train\n"
+                                    "songs/c.wav,rock,validation\n")
+    config = AudioFolderConfig(name="held", csv=str(tmp_path / "t.csv"))
+    b = datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder, num_workers=1)
+    c = base_config()
+    c.data.name, c.data.builder_config = "audio_folder", "held"
+    c.data.data_dir, c.data.manual_dir, c.data.test_split = str(tmp_path / "d"), str(folder), ""
+    c.data.crop_labels, c.model.frame_head, c.train.batch_size = "clip", False, 1
+    with contextlib.ExitStack() as held:
+        train_data.load_data(c, held)
+        with pytest.raises(outputs.BusyError) as info:
+            datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder,
+                           num_workers=1, overwrite=True)
+        assert (Path(b.data_dir) / "dataset_info.json").is_file()  # nothing deleted
+    message = str(info.value)
+    assert "\n" not in message and info.value.exit_status == errors.BUSY
+    assert message.startswith(f"{b.data_dir}: the build audio_folder/held 1.0.0 is being read by "
+                              f"another tagger-jax run (pid {os.getpid()} on host ")
+    assert message.endswith("--overwrite would delete it under that run: wait for it to end, or "
+                            "build into another --data-dir")
+    again = datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder,
+                           num_workers=1, overwrite=True)  # the training ended
+    assert datasets.split_sizes(again) == {"train": 1, "validation": 1}
+    assert not list(Path(b.data_dir).parent.glob(".1.0.0.readers.*.json"))  # notes removed
 
 def _small_folder(root: Path, tags: tuple[str, ...]) -> Path:
     for k, tag in enumerate(tags):

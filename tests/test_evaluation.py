@@ -537,8 +537,10 @@ def test_end_to_end_matches_direct_computation(synth_tags, tiny_variables, tmp_p
     assert not (tmp_path / "x").exists()
 
 
-def test_end_to_end_on_a_built_tfds_split(synth_tags, tiny_variables, tmp_path, capsys):
-    """The real data path: a tiny `synthetic_tags` build, read back through TFDS and grain."""
+def test_end_to_end_on_a_built_tfds_split(synth_tags, tiny_variables, tmp_path, capsys,
+                                          monkeypatch):
+    """The real data path: a tiny `synthetic_tags` build, read back through TFDS and grain.
+    While the clips are predicted, the build's readers' lock is held: a rebuild refuses."""
     datasets = pytest.importorskip("tagger_jax.datasets")
     pytest.importorskip("tagger_jax.input_pipeline")
     from tagger_jax import checkpoint
@@ -571,12 +573,27 @@ def test_end_to_end_on_a_built_tfds_split(synth_tags, tiny_variables, tmp_path, 
     assert seen[0]["builder_config"] == "tiny_eval"
     assert seen[0]["model_data"]["name"] == "synthetic_tags"
 
+    from tagger_jax import outputs
+
+    refused = []
+
+    def predict_split(*args, **kwargs):
+        build = datasets.get_builder("synthetic_tags", tmp_path / "tfds", data_config).data_dir
+        with pytest.raises(outputs.BusyError, match="--overwrite") as info:
+            datasets.build("synthetic_tags", tmp_path / "tfds", data_config, overwrite=True)
+        refused.append(str(info.value).startswith(f"{build}: the build synthetic_tags/tiny_eval"))
+        return predict(*args, **kwargs)
+
+    predict = ev.predict_split
+    monkeypatch.setattr(ev, "predict_split", predict_split)
     out.mkdir(parents=True)
     (out / "baseline.json").write_text("{}")  # an earlier run's, of other data
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ev.UndefinedMetricWarning)  # 6 clips: some tags absent
         result = ev.evaluate_checkpoint(tmp_path / "model", builder_config=data_config,
                                         print_fn=None)
+    assert refused == [True]
+    monkeypatch.setattr(ev, "predict_split", predict)
     assert not (out / "baseline.json").exists()
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["num_clips"] == result["num_clips"] == 6

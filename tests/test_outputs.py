@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import time
@@ -178,6 +179,59 @@ def test_build_dataset_waits_for_the_holder_of_the_data_directory(tmp_path, caps
     err = capsys.readouterr().err
     assert f"pid {proc.pid}" in err and "data directory" in err
 
+
+HOLD_BUILD = """
+import sys, time
+from tagger_jax import outputs
+held = (outputs.reading(sys.argv[1], "the build") if sys.argv[2] == "read" else
+        outputs.replacing(sys.argv[1], "the build", "wait"))
+with held:
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def test_a_read_build_is_not_replaced_and_a_replaced_one_is_waited_for(tmp_path, capsys):
+    """The readers' lock of a build (`reading`, `replacing`): a reader in another process makes
+    a rebuild refuse, naming it; killed with SIGKILL, it holds nothing (the OS releases the lock)
+    and its note is removed. A reader that starts during a rebuild waits, saying so; two
+    readers read at once."""
+    build = tmp_path / "name" / "config" / "1.0.0"
+
+    def hold(mode, seconds):
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_BUILD, str(build), mode,
+                                 str(seconds)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    reader = hold("read", 60)
+    try:
+        with outputs.reading(build, "the build"):  # a second reader: at once
+            pass
+        with pytest.raises(outputs.BusyError) as info:
+            with outputs.replacing(build, "the build", "do this instead"):
+                pass
+        message = str(info.value)
+        assert message.startswith(f"{build}: the build is being read by another tagger-jax run "
+                                  f"(pid {reader.pid} on host {socket.gethostname()}, started ")
+        assert message.endswith(f": -c {build} read 60); do this instead")  # its command
+    finally:
+        reader.kill()
+        reader.wait()
+    notes = list(build.parent.glob(".1.0.0.readers.*.json"))
+    assert len(notes) == 1  # the killed reader's, left behind
+    with outputs.replacing(build, "the build", "wait"):
+        assert not notes[0].exists()
+    writer = hold("replace", 2)
+    start = time.monotonic()
+    try:
+        with outputs.reading(build, "the build"):
+            waited = time.monotonic() - start
+    finally:
+        writer.wait()
+    assert waited > 1.0
+    assert capsys.readouterr().err == (f"waiting for the other tagger-jax run replacing the build "
+                                       f"{build} ...\n")
 
 # ------------------------------------------------------------------------- item 7: exit statuses
 

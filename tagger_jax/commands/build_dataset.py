@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=None,
                         help="decoding / synthesis processes (default: all CPU cores)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="delete an existing build of this config first")
+                        help="delete an existing build of this config first (refused while "
+                             "a training or an evaluation reads it)")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="do not keep per-clip features while building (an interrupted "
                              "build then starts over; saves disk space during the build)")

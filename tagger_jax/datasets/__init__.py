@@ -33,6 +33,9 @@ THE CONTRACT (the input pipeline and the trainer rely on it):
     `skipped_files.tsv` in the dataset directory) and builder-specific counts.
   - `load_split(name, split, data_dir, builder_config=None) -> (source, tags)`.
   - `ensure_built(name, data_dir, builder_config=None)` builds `synthetic_tags` on first use.
+  - `with reading(source):` a run that reads a split (`load_split`'s source) holds its build's
+    readers' lock, so that `build(..., overwrite=True)` refuses instead of deleting the build
+    under the run (training and evaluation hold it).
   - Building runs decoding / synthesis in spawned worker processes (`num_workers`, default all
     cores), in order, so the result does not depend on the number of workers.
 """
@@ -40,8 +43,8 @@ from __future__ import annotations
 
 from tagger_jax.datasets._api import (SELF_CONTAINED, MissingSplitError, audio_warnings, build,
                                       build_report, ensure_built, get_builder, load_split,
-                                      report_path, split_sizes, tag_names, warnings_path,
-                                      warnings_summary)
+                                      reading, report_path, split_sizes, tag_names,
+                                      warnings_path, warnings_summary)
 from tagger_jax.datasets._common import SPLITS, TaggingBuilder, TaggingConfig
 from tagger_jax.datasets.audio_folder import AudioFolder, AudioFolderConfig
 from tagger_jax.datasets.magnatagatune import Magnatagatune, MagnatagatuneConfig
@@ -60,6 +63,6 @@ __all__ = [
     "BUILDERS", "SPLITS", "SELF_CONTAINED", "MissingSplitError", "TaggingBuilder", "TaggingConfig",
     "SyntheticTags", "SyntheticConfig", "SoundfontTags", "SoundfontConfig", "Magnatagatune", "MagnatagatuneConfig", "MtgJamendo",
     "MtgJamendoConfig", "Msd", "MsdConfig", "AudioFolder", "AudioFolderConfig",
-    "get_builder", "build", "ensure_built", "tag_names", "load_split", "build_report",
+    "get_builder", "build", "ensure_built", "reading", "tag_names", "load_split", "build_report",
     "report_path", "audio_warnings", "warnings_path", "warnings_summary", "split_sizes",
 ]

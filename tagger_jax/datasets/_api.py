@@ -5,7 +5,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import tensorflow_datasets as tfds
 
@@ -109,20 +109,32 @@ def build(name: str, data_dir: str | os.PathLike,
     split whose every clip is skipped raises `errors.DataError` (`TaggingBuilder`).
 
     Builds into one `data_dir` are serialised by a lock on it (`outputs.exclusive`): a second
-    run prints whom it waits for, waits, then finds the dataset built and opens it.
+    run prints whom it waits for, waits, then finds the dataset built and opens it. `overwrite`
+    of a build that a run is reading (`reading`: a training, an evaluation) raises
+    `outputs.BusyError` (errors.BUSY) naming that run, before anything is deleted.
     """
     from tagger_jax import outputs
 
-    with outputs.exclusive(_expand(data_dir), "data directory", wait=True, directory=True):
+    with (outputs.exclusive(_expand(data_dir), "data directory", wait=True, directory=True),
+          contextlib.ExitStack() as held):
         return _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overwrite,
-                             resume)
+                             resume, held)
 
 
-def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overwrite, resume):
+def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overwrite, resume,
+                  held: contextlib.ExitStack):
     builder = get_builder(name, data_dir, builder_config, num_workers, resume)
     if overwrite and builder.data_path.exists():  # a finished build or a folder without one
         import shutil
 
+        from tagger_jax import outputs
+
+        # Not under a run that reads it (a training went on with the deleted files); runs that
+        # start reading meanwhile wait for the new build (`reading`).
+        held.enter_context(outputs.replacing(
+            builder.data_dir, f"the build {_label(builder)}",
+            "--overwrite would delete it under that run: wait for it to end, or build into "
+            "another --data-dir"))
         shutil.rmtree(builder.data_dir)
         builder = get_builder(name, data_dir, builder_config, num_workers, resume)
     if _is_prepared(builder):
@@ -292,6 +304,23 @@ def ensure_built(name: str, data_dir: str | os.PathLike,
         f"dataset {name}{config} is not built in {_expand(data_dir)}. Download it as described in "
         f"docs/datasets.md, then run: tagger-jax build-dataset {name}{config} "
         f"--data-dir {_expand(data_dir)} --manual-dir DIR")
+
+
+@contextlib.contextmanager
+def reading(source: Any) -> Iterator[None]:
+    """Holds the readers' lock (`outputs.reading`) of the build that `source` (`load_split`'s)
+    reads for the block, so that `build(..., overwrite=True)` of it refuses meanwhile instead of
+    deleting the files under the block's reads; waits (saying so) while such a rebuild runs.
+    Nothing is locked for a source that is not a TFDS build's (an in-memory one)."""
+    from tagger_jax import outputs
+
+    info = getattr(source, "dataset_info", None)
+    if info is None or not getattr(info, "data_dir", None):
+        yield
+        return
+    name = info.full_name.rsplit("/", 1)
+    with outputs.reading(info.data_dir, f"the build {name[0]} {name[-1]}"):
+        yield
 
 
 def tag_names(name_or_builder: str | tfds.core.DatasetBuilder,
