@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -203,10 +204,17 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
 
     The stored arrays are checked against the model that `tagger.json`'s config builds (every
     parameter path and shape, from `jax.eval_shape` of its init): a disagreement is one
-    `CheckpointError` naming the directory and the first mismatching arrays.
+    `CheckpointError` naming the directory and the first mismatching arrays. A workdir's model
+    while its training still runs is used with a note on stderr (`workdir.training_note`).
     """
     directory = resolve_model_dir(path)
     config, tags = load_config(directory)
+    if directory.name == EXPORT_SUBDIR and jax.process_index() == 0:
+        from tagger_jax.workdir import training_note
+
+        note = training_note(directory.parent)
+        if note:
+            print(note, file=sys.stderr, flush=True)
     if not (directory / VARIABLES_DIR).is_dir():
         raise CheckpointError(f"{directory}: {VARIABLES_DIR}/ is missing")
     try:

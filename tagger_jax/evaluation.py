@@ -427,10 +427,11 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     prediction: `tagger-jax evaluate` takes the folder's lock there, so that two evaluations
     writing one folder cannot mix their files. `common_tags`: a dataset may also list tags the
     model does not know; they are not scored (one note names them; the result's
-    "ignored_dataset_tags" lists them). `progress`: the progress bar over clips. The default
-    folder is
-    MODEL/evaluation/<dataset>[-<config>]_<split>_<mode> (the config named when it is not the
-    model's own).
+    "ignored_dataset_tags" lists them). `progress`: the progress bar over clips. `print_fn`
+    prints the per-tag table and the means (None: nothing is printed); notes (tags missing or
+    reordered, tags without train clips, clips shorter than a window) go to stderr. The default
+    folder is MODEL/evaluation/<dataset>[-<config>]_<split>_<mode> (the config named when it is
+    not the model's own).
     """
     from tqdm import tqdm
 
@@ -469,23 +470,27 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     missing = [t for t, k in zip(loaded.tags, order)
                if k < 0] if order is not None else []
     ignored = [t for t in map(str, data_tags) if t not in set(map(str, loaded.tags))]
-    if print_fn is not None and jax.process_index() == 0:
-        if ignored:
-            print_fn(f"note: {dataset} lists {len(ignored)} tag(s) the model does not know, not "
-                     f"scored (--common-tags): {', '.join(ignored)}")
-        if missing:  # named once, under the table
-            print_fn(f"note: {dataset} lacks {len(missing)} of the model's {len(order)} tags: "
-                     f"not evaluated (listed after the table); the means are over the "
-                     f"{len(order) - len(missing)} common tags")
-        elif order is not None and not ignored:
-            print_fn(f"note: {dataset} lists the model's {len(order)} tags in another order; "
-                     "its labels are read in the model's order")
+
+    def note(text: str) -> None:  # on stderr: stdout keeps the table and the means
+        if print_fn is not None and jax.process_index() == 0:
+            print(f"note: {text}", file=sys.stderr, flush=True)
+
+    if ignored:
+        note(f"{dataset} lists {len(ignored)} tag(s) the model does not know, not scored "
+             f"(--common-tags): {', '.join(ignored)}")
+    if missing:  # named once, under the table
+        note(f"{dataset} lacks {len(missing)} of the model's {len(order)} tags: not evaluated "
+             f"(listed after the table); the means are over the {len(order) - len(missing)} "
+             "common tags")
+    elif order is not None and not ignored:
+        note(f"{dataset} lists the model's {len(order)} tags in another order; its labels are "
+             "read in the model's order")
     _warn_on_feature_mismatch(datasets, dataset, data_dir, builder_config, cfg.features)
     never = untrained_tags(datasets, dataset, data_dir, builder_config, loaded.tags)
-    if never and print_fn is not None and jax.process_index() == 0:  # a new user's trial
-        print_fn(f"note: {len(never)} tag(s) have no clip in this build's train split "
-                 f"({tags_lib.listed(never)}): a model trained on it never learnt them; their "
-                 "numbers are in the means")
+    if never:  # a new user's trial
+        note(f"{len(never)} tag(s) have no clip in this build's train split "
+             f"({tags_lib.listed(never)}): a model trained on it never learnt them; their "
+             "numbers are in the means")
     model_data = {"name": str(cfg.data.name), "data_dir": str(cfg.data.data_dir),
                   "builder_config": cfg.data.get("builder_config") or None,
                   "train_split": str(cfg.data.get("train_split", "train"))}
@@ -528,11 +533,11 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
             items, plan, engine.geometry, engine.packer(engine.predict_fn()), len(loaded.tags),
             workers=engine.load_workers, on_input=lambda: bar.update(1),
             num_labels=len(data_tags), padded=padded)
-    if padded and jax.process_index() == 0:  # a new user's trial: `tag` warned, evaluate not
+    if padded:  # a new user's trial: `tag` warned, evaluate not
         share = "" if jax.process_count() == 1 else " (process 0's share)"
-        print(f"note: {len(padded)} of {len(items)} clip(s) of {split}{share} are shorter than "
-              f"one window ({engine.geometry.chunk_s:.3f} s; e.g. {padded[0]}): each was "
-              "repeated to fill it, as tag does", file=sys.stderr)
+        note(f"{len(padded)} of {len(items)} clip(s) of {split}{share} are shorter than one "
+             f"window ({engine.geometry.chunk_s:.3f} s; e.g. {padded[0]}): each was repeated to "
+             "fill it, as tag does")
     tags = list(loaded.tags)
     if order is not None:  # the common tags, in the model's order
         keep = order >= 0

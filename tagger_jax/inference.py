@@ -32,6 +32,7 @@ merge them (`barrier`).
 from __future__ import annotations
 
 import collections
+import contextlib
 import concurrent.futures
 import dataclasses
 import functools
@@ -332,16 +333,20 @@ def record_source(record: Mapping[str, Any]) -> str:
 
 
 def dataset_inputs(name: str, split: str, feature: str, data_dir: Optional[str] = None,
-                   builder_config: Optional[str] = None,
-                   limit: Optional[int] = None) -> list[Input]:
+                   builder_config: Optional[str] = None, limit: Optional[int] = None,
+                   hold: Optional[contextlib.ExitStack] = None) -> list[Input]:
     """Inputs for the records of a dataset split (`tagger_jax.datasets.load_split`, then
     `source_inputs`). Self-contained datasets (synthetic_tags) are built on first use, as
-    training does."""
-    from tagger_jax.datasets import SELF_CONTAINED, ensure_built, load_split
+    training does. `hold`: the build's readers' lock (`datasets.reading`) is entered on it, so
+    that until it closes a rebuild (`build-dataset --overwrite`) refuses instead of deleting
+    the records the inputs read."""
+    from tagger_jax.datasets import SELF_CONTAINED, ensure_built, load_split, reading
 
     if name in SELF_CONTAINED:
         ensure_built(name, data_dir, builder_config, splits=[split])
     source, tags = load_split(name, split, data_dir, builder_config)
+    if hold is not None:
+        hold.enter_context(reading(source))
     label = f"{name}/{builder_config}" if builder_config else name
     return source_inputs(source, feature, label, split, limit, build_identity(source), tags)
 
@@ -1047,10 +1052,10 @@ class Engine:
                 for (path, _), key in zip(found, keys)]
 
     def dataset_inputs(self, name: str, split: str, data_dir: Optional[str] = None,
-                       builder_config: Optional[str] = None,
-                       limit: Optional[int] = None) -> list[Input]:
+                       builder_config: Optional[str] = None, limit: Optional[int] = None,
+                       hold: Optional[contextlib.ExitStack] = None) -> list[Input]:
         return dataset_inputs(name, split, self.architecture.dataset_feature, data_dir,
-                              builder_config, limit)
+                              builder_config, limit, hold)
 
     def prepare(self, item: Input, plan: WindowPlan) -> Prepared:
         return prepare(item, self.geometry, plan)

@@ -12,7 +12,7 @@
   that cannot get it names the holder. `wait=False` refuses at once (`BusyError`); `wait=True`
   waits, saying once whom it waits for.
 - `reading(folder)` / `replacing(folder)`: a reader/writer lock on a dataset build. Any number of
-  runs read a build at once (a training, `evaluate`, `tag`/`embed`/`explain --dataset`), and a
+  runs read a build at once (a training, `evaluate`, `embed`/`explain --dataset`), and a
   rebuild (`build-dataset --overwrite`), which deletes the folder, is refused while one does:
   without it a training went on reading the deleted files and tested the model on a build that
   no longer existed.
@@ -216,6 +216,30 @@ def _describe(info: dict[str, Any]) -> str:
     return f"pid {info['pid']} on host {info['host']}, started {info['started']}: {info['command']}"
 
 
+def _may_run(info: dict[str, Any]) -> bool:
+    """False when a holder note names a process of this host that no longer exists (a note
+    that a kill -9 left behind); True otherwise (another host's cannot be checked)."""
+    if info["host"] != socket.gethostname():
+        return True
+    try:
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        pass
+    return True
+
+
+def running_holder(lock_file: str | os.PathLike) -> str | None:
+    """Who holds `lock_file` (as `holder`) while its holder note names a process that may still
+    run; None when there is no note, or it was left by a process that ended."""
+    try:
+        info = json.loads(Path(str(lock_file) + HOLDER_SUFFIX).read_text())
+        return _describe(info) if _may_run(info) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 @contextlib.contextmanager
 def exclusive(target: str | os.PathLike, what: str, wait: bool = False,
               directory: bool | None = None, poll_s: float = 0.5,
@@ -282,12 +306,11 @@ def _live_readers(lock_file: Path) -> list[str]:
     for note in sorted(lock_file.parent.glob(f"{glob.escape(lock_file.stem)}.*.json")):
         try:
             info = json.loads(note.read_text())
-            if info["host"] == socket.gethostname():
-                os.kill(int(info["pid"]), 0)  # ProcessLookupError: it ended
-            found.append(_describe(info))
-        except ProcessLookupError:
-            with contextlib.suppress(OSError):
-                note.unlink()
+            if _may_run(info):
+                found.append(_describe(info))
+            else:
+                with contextlib.suppress(OSError):
+                    note.unlink()
         except (OSError, ValueError, KeyError, TypeError):
             found.append("unknown holder")
     return found

@@ -68,6 +68,20 @@ def lock(workdir: Path) -> Iterator[None]:
         yield
 
 
+def training_note(workdir: Path) -> str | None:
+    """A note for a run about to use the exported best model of `workdir` while a training
+    still runs there (its lock's holder note names a live process): which run, and the step of
+    the best model so far; None otherwise. From a new user's trial: `tag --workdir` during a
+    training said nothing of using a model half trained."""
+    holder = outputs.running_holder(workdir / LOCK_FILE)
+    if holder is None:
+        return None
+    steps = [int(p.name) for p in (workdir / BEST_DIR).glob("*") if p.name.isdigit()]
+    step = f" (the best validation so far, step {max(steps)})" if steps else ""
+    return (f"note: {workdir} is still training ({holder}); its exported best model{step} is "
+            "used, and may be replaced by a better one before the training ends")
+
+
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():

@@ -4,6 +4,8 @@ naming the directory and the mismatch, never a Flax traceback at the first batch
 from __future__ import annotations
 
 import json
+import os
+import socket
 
 import pytest
 
@@ -199,3 +201,36 @@ def test_a_workdir_before_its_first_export_says_so(tmp_path):
     assert str(e.value) == (f"{work}: a training workdir without an exported best_model/ yet "
                             "(training exports it after its first validation); wait for it, "
                             "or resume the training")
+
+
+def test_a_workdir_still_training_is_used_with_a_note(model_dir, tmp_path, capsys):
+    """From a new user's trial: `tag --workdir W` during the training used the best model so far
+    without a word. While W's training holds its lock, loading W's model says so on stderr, with
+    the holder and the best model's step; after the training (or a kill -9 of it), nothing."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tagger_jax import outputs, workdir
+
+    work = tmp_path / "run"
+    shutil.copytree(model_dir, work / checkpoint.EXPORT_SUBDIR)
+    for step in (40, 120):
+        (work / workdir.BEST_DIR / str(step)).mkdir(parents=True)
+    with outputs.exclusive(work, "training workdir", lock_file=work / workdir.LOCK_FILE):
+        checkpoint.load_model(work)
+        err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"note: {work} is still training (pid {os.getpid()} on host ")
+    assert err[0].endswith("; its exported best model (the best validation so far, step 120) "
+                           "is used, and may be replaced by a better one before the training "
+                           "ends")
+    checkpoint.load_model(work)
+    assert capsys.readouterr().err == ""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    (work / (workdir.LOCK_FILE + outputs.HOLDER_SUFFIX)).write_text(json.dumps(
+        {"pid": int(ended.stdout), "host": socket.gethostname(), "started": "then",
+         "command": "train.py"}))  # a note that a kill -9 left behind
+    checkpoint.load_model(work)
+    assert capsys.readouterr().err == ""

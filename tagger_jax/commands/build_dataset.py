@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decoding / synthesis processes (default: all CPU cores)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete an existing build of this config first (refused while "
-                             "a training or an evaluation reads it)")
+                             "a training, evaluate, embed or explain reads it)")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="do not keep per-clip features while building (an interrupted "
                              "build then starts over; saves disk space during the build)")

@@ -3,6 +3,7 @@ split, as NPZ (tagger_jax.embedding)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from tagger_jax.commands._inference_args import (add_input_arguments, add_model_arguments,
@@ -41,28 +42,30 @@ def run(args: argparse.Namespace) -> int:
         return status
 
     args.out = str(outputs.check_output_dir(args.out))  # before any work (errors.OUTPUT)
-    try:
-        check_inputs(args)
-        plan = window_plan(args)
-        loaded = checkpoint.load_model(model_path(args))
-        engine = inference.Engine(loaded, batch_size=args.batch_size)
-        skipped: list = []
-        if args.dataset:
-            items = engine.dataset_inputs(args.dataset, args.split, data_dir(args, loaded),
-                                          builder_config(args, loaded), args.limit)
-        else:
-            items = engine.file_inputs(args.inputs, skipped, exclude=outputs.own_files(args.out))
-            print_skipped(skipped)
-        if not items:
-            return error(no_inputs_message(skipped) if args.inputs else "no inputs found")
-        with outputs.exclusive_for_run(args.out, "output directory"):
-            report = embedding.embed_inputs(engine, items, args.out, plan,
-                                            progress=not args.no_progress,
-                                            retry_failed=args.retry_failed)
-    except BrokenPipeError:  # stdout's reader went away: errors.guarded's quiet exit
-        raise
-    except (checkpoint.CheckpointError, ValueError, OSError) as e:
-        return error(str(e), errors.exit_status(e, default=errors.USAGE))
+    with contextlib.ExitStack() as held:  # with --dataset: the build's readers' lock
+        try:
+            check_inputs(args)
+            plan = window_plan(args)
+            loaded = checkpoint.load_model(model_path(args))
+            engine = inference.Engine(loaded, batch_size=args.batch_size)
+            skipped: list = []
+            if args.dataset:
+                items = engine.dataset_inputs(args.dataset, args.split, data_dir(args, loaded),
+                                              builder_config(args, loaded), args.limit, held)
+            else:
+                items = engine.file_inputs(args.inputs, skipped,
+                                           exclude=outputs.own_files(args.out))
+                print_skipped(skipped)
+            if not items:
+                return error(no_inputs_message(skipped) if args.inputs else "no inputs found")
+            with outputs.exclusive_for_run(args.out, "output directory"):
+                report = embedding.embed_inputs(engine, items, args.out, plan,
+                                                progress=not args.no_progress,
+                                                retry_failed=args.retry_failed)
+        except BrokenPipeError:  # stdout's reader went away: errors.guarded's quiet exit
+            raise
+        except (checkpoint.CheckpointError, ValueError, OSError) as e:
+            return error(str(e), errors.exit_status(e, default=errors.USAGE))
     if jax.process_index() == 0:  # the counts, then each failure, on stderr (as tag, explain);
         counts, *where = str(report).split("\n")  # stdout: where the merged file is
         print(counts, file=sys.stderr)

@@ -3,6 +3,7 @@ for audio files, .npy spectrograms, directories or a dataset split."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -136,63 +137,65 @@ def run(args: argparse.Namespace) -> int:
             them = "them" if len(unasked) > 1 else "it"
             return error(f"--listen-methods names {', '.join(unasked)}, which --methods does "
                          f"not compute (add {them} there)")
-    try:
-        check_inputs(args)
-        plan = window_plan(args)
-        loaded = load_model(model_path(args))
-        options = runner.ExplainOptions(
-            methods=tuple(methods), tags=tuple(args.tags), top_k=args.top_k, hop=plan.hop_s,
-            windows=plan.windows, num_chunks=plan.num_chunks,
-            ig_steps=args.ig_steps, ig_baseline=args.ig_baseline, target=args.target,
-            layer=args.layer, plot=not args.no_plot, batch_size=args.batch_size,
-            retry_failed=args.retry_failed, plot_line_s=line_s or None,
-            listen=args.listen, listen_methods=listen_methods, listen_keep=keep,
-            listen_softness=softness, report=not args.no_report)
-        layers = _attention_layers(loaded)
-        if layers is not None and not -layers <= args.layer < layers:
-            return error(f"--layer {args.layer}: the model has {layers} encoder layer(s) "
-                         f"({-layers}..{layers - 1}; -1 is the last, the paper's)")
-        if args.tags_from and args.tags:
-            return error("give --tags or --tags-from, not both")
-        if args.tags_from == "labels" and not args.dataset:
-            return error("--tags-from labels needs --dataset")
-        if args.tags_from and args.tags_from != "labels" and not Path(args.tags_from).is_file():
-            return error(f"--tags-from {args.tags_from}: no such file (give a CSV of files and "
-                         "tags, or 'labels' with --dataset)")
-        skipped: list = []
-        if args.dataset:
-            items = runner.dataset_items(loaded, args.dataset, args.split,
-                                         data_dir(args, loaded), builder_config(args, loaded),
-                                         args.limit,
-                                         explain_labels=args.tags_from == "labels",
-                                         record_paths=args.tags_from not in (None, "labels"))
-        else:
-            items = runner.file_items(loaded, args.inputs, skipped,
-                                      exclude=outputs.own_files(args.out))
-            print_skipped(skipped)
-        if args.tags_from == "labels":  # from a new user's trial: said nowhere but the JSON
-            unlabelled = [it.name for it in items if not it.explain_tags]
-            if unlabelled:
-                print(f"note: --tags-from labels: {len(unlabelled)} of {len(items)} record(s) "
-                      f"have no true tag (e.g. {unlabelled[0]}): their top {args.top_k} "
-                      "predicted tags are explained", file=sys.stderr)
-        if args.tags_from and args.tags_from != "labels":
-            items = runner.with_csv_tags(items, args.tags_from)
-        if args.two_clip:
-            geometry = runner._engine(loaded, 1).geometry
-            items = runner.two_clip_items(items, geometry.chunk, int(round(
-                geometry.step_s * loaded.config.features.sample_rate)))
-        if not items:
-            return error(no_inputs_message(skipped) if args.inputs else "no inputs found")
-        with outputs.exclusive_for_run(args.out, "output directory"):
-            result = runner.explain_inputs(loaded, items, args.out, options,
-                                           progress=not args.no_progress)
-    except BrokenPipeError:  # stdout's reader went away: errors.guarded's quiet exit
-        raise
-    except (CheckpointError, ValueError, OSError) as e:
-        from tagger_jax import errors
+    with contextlib.ExitStack() as held:  # with --dataset: the build's readers' lock
+        try:
+            check_inputs(args)
+            plan = window_plan(args)
+            loaded = load_model(model_path(args))
+            options = runner.ExplainOptions(
+                methods=tuple(methods), tags=tuple(args.tags), top_k=args.top_k, hop=plan.hop_s,
+                windows=plan.windows, num_chunks=plan.num_chunks,
+                ig_steps=args.ig_steps, ig_baseline=args.ig_baseline, target=args.target,
+                layer=args.layer, plot=not args.no_plot, batch_size=args.batch_size,
+                retry_failed=args.retry_failed, plot_line_s=line_s or None,
+                listen=args.listen, listen_methods=listen_methods, listen_keep=keep,
+                listen_softness=softness, report=not args.no_report)
+            layers = _attention_layers(loaded)
+            if layers is not None and not -layers <= args.layer < layers:
+                return error(f"--layer {args.layer}: the model has {layers} encoder layer(s) "
+                             f"({-layers}..{layers - 1}; -1 is the last, the paper's)")
+            if args.tags_from and args.tags:
+                return error("give --tags or --tags-from, not both")
+            if args.tags_from == "labels" and not args.dataset:
+                return error("--tags-from labels needs --dataset")
+            if args.tags_from and args.tags_from != "labels" and not Path(args.tags_from).is_file():
+                return error(f"--tags-from {args.tags_from}: no such file (give a CSV of files and "
+                             "tags, or 'labels' with --dataset)")
+            skipped: list = []
+            if args.dataset:
+                items = runner.dataset_items(loaded, args.dataset, args.split,
+                                             data_dir(args, loaded), builder_config(args, loaded),
+                                             args.limit,
+                                             explain_labels=args.tags_from == "labels",
+                                             record_paths=args.tags_from not in (None, "labels"),
+                                             hold=held)
+            else:
+                items = runner.file_items(loaded, args.inputs, skipped,
+                                          exclude=outputs.own_files(args.out))
+                print_skipped(skipped)
+            if args.tags_from == "labels":  # from a new user's trial: said nowhere but the JSON
+                unlabelled = [it.name for it in items if not it.explain_tags]
+                if unlabelled:
+                    print(f"note: --tags-from labels: {len(unlabelled)} of {len(items)} record(s) "
+                          f"have no true tag (e.g. {unlabelled[0]}): their top {args.top_k} "
+                          "predicted tags are explained", file=sys.stderr)
+            if args.tags_from and args.tags_from != "labels":
+                items = runner.with_csv_tags(items, args.tags_from)
+            if args.two_clip:
+                geometry = runner._engine(loaded, 1).geometry
+                items = runner.two_clip_items(items, geometry.chunk, int(round(
+                    geometry.step_s * loaded.config.features.sample_rate)))
+            if not items:
+                return error(no_inputs_message(skipped) if args.inputs else "no inputs found")
+            with outputs.exclusive_for_run(args.out, "output directory"):
+                result = runner.explain_inputs(loaded, items, args.out, options,
+                                               progress=not args.no_progress)
+        except BrokenPipeError:  # stdout's reader went away: errors.guarded's quiet exit
+            raise
+        except (CheckpointError, ValueError, OSError) as e:
+            from tagger_jax import errors
 
-        return error(str(e), errors.exit_status(e, default=errors.USAGE))
+            return error(str(e), errors.exit_status(e, default=errors.USAGE))
     if result.index is not None:
         print(f"index: {result.index}")
     return 1 if result.failed else 0

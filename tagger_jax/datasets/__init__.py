@@ -35,7 +35,7 @@ THE CONTRACT (the input pipeline and the trainer rely on it):
   - `ensure_built(name, data_dir, builder_config=None)` builds `synthetic_tags` on first use.
   - `with reading(source):` a run that reads a split (`load_split`'s source) holds its build's
     readers' lock, so that `build(..., overwrite=True)` refuses instead of deleting the build
-    under the run (training and evaluation hold it).
+    under the run (training, evaluate, embed and explain --dataset hold it).
   - Building runs decoding / synthesis in spawned worker processes (`num_workers`, default all
     cores), in order, so the result does not depend on the number of workers.
 """

@@ -110,8 +110,9 @@ def build(name: str, data_dir: str | os.PathLike,
 
     Builds into one `data_dir` are serialised by a lock on it (`outputs.exclusive`): a second
     run prints whom it waits for, waits, then finds the dataset built and opens it. `overwrite`
-    of a build that a run is reading (`reading`: a training, an evaluation) raises
-    `outputs.BusyError` (errors.BUSY) naming that run, before anything is deleted.
+    of a build that a run is reading (`reading`: a training, evaluate, embed or explain
+    --dataset) raises `outputs.BusyError` (errors.BUSY) naming that run, before anything is
+    deleted.
     """
     from tagger_jax import outputs
 

@@ -21,6 +21,7 @@ auralisation; an audio file's waveform comes from the same decode as its model i
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -268,8 +269,8 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
 
 def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
                   builder_config: Optional[str] = None, limit: Optional[int] = None,
-                  explain_labels: bool = False, record_paths: bool = False
-                  ) -> list[InputItem]:
+                  explain_labels: bool = False, record_paths: bool = False,
+                  hold: Optional[contextlib.ExitStack] = None) -> list[InputItem]:
     """Input items for the records of a dataset split (`inference.dataset_inputs`).
 
     Each item's extras carry the record's true tags (and `tag_mask`, and its audio: the record's
@@ -277,11 +278,13 @@ def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
     `explain_labels`, each record's true tags are the tags explained for it; with
     `record_paths`, `meta["record_path"]` is the path the record was built from, where it has
     one (`with_csv_tags` matches a CSV's rows on it). Records are read once up front for these.
+    `hold`: as `inference.dataset_inputs`'s (the build's readers' lock).
     """
     from tagger_jax.datasets import load_split
 
     feature = _engine(loaded, 1).architecture.dataset_feature
-    items = inference.dataset_inputs(name, split, feature, data_dir, builder_config, limit)
+    items = inference.dataset_inputs(name, split, feature, data_dir, builder_config, limit,
+                                     hold)
     source, dataset_tags = load_split(name, split, data_dir, builder_config)
     regenerate = _regenerated_audio(name, split, data_dir, builder_config, loaded)
 
