@@ -23,6 +23,10 @@ SPECTROGRAM_CHUNK = 256  # frames per spectrogram chunk (about 4.1 s at hop 256,
 # `chunk` in every function here; starts and hops are then counted in samples.
 WAVEFORM_CHUNK = WAVEFORM_SAMPLES
 EVAL_CHUNKS = 16  # chunks per clip in the authors' evaluation
+# The shortest chunk a shipped config trains on (configs/synthetic_cpu.py, soundfont_cpu.py:
+# about 2 s): a dataset build warns about clips shorter than it (code `short_clip`), which every
+# training repeats to fill a chunk.
+SHORTEST_TRAINING_CHUNK = 128
 
 
 class ShortInputWarning(UserWarning):

@@ -975,6 +975,7 @@ def test_audio_warnings_are_recorded_and_summarised_and_mpg123_notes_do_not_leak
     manual.mkdir()
     t = np.arange(4 * SR) / SR
     sf.write(manual / "clean.wav", 0.3 * np.sin(2 * np.pi * 440 * t), SR)
+    sf.write(manual / "blip.wav", 0.3 * np.sin(2 * np.pi * 440 * t[:int(0.3 * SR)]), SR)
     sf.write(manual / "phone.wav", 0.3 * np.sin(2 * np.pi * 440 * t[::2]), 8000)
     sf.write(manual / "clip.mp3", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), SR)
     data = bytearray((manual / "clip.mp3").read_bytes())
@@ -982,26 +983,31 @@ def test_audio_warnings_are_recorded_and_summarised_and_mpg123_notes_do_not_leak
     data[mid:mid + 300] = np.random.default_rng(0).integers(0, 256, 300, np.uint8).tobytes()
     (manual / "clip.mp3").write_bytes(bytes(data))
     (manual / "tags.csv").write_text("path,tags,split\nclean.wav,a,train\nphone.wav,a;b,valid\n"
-                                     "clip.mp3,b,test\n")
+                                     "clip.mp3,b,test\nblip.wav,b,train\n")
     b = datasets.build("audio_folder", tmp_path / "d", manual_dir=manual, num_workers=1)
     out, err = capfd.readouterr()
     assert "Illegal Audio-MPEG-Header" not in err + out and "resync" not in err + out
     found = datasets.audio_warnings(b)
-    assert found["train"] == []
+    # a 0.3-s clip: shorter than any shipped config's training chunk (4 s of clean.wav is not)
+    assert [(w["path"], w["code"]) for w in found["train"]] == [("blip.wav", "short_clip")]
+    assert found["train"][0]["message"] == (
+        f"{manual / 'blip.wav'}: 19 frames (0.30 s), shorter than a training chunk (128 frames, "
+        "2.05 s, in the CPU configs; 256, 4.10 s, in the paper's): training repeats it to fill "
+        "one, so its tags are learnt from a loop")
     assert [w["code"] for w in found["validation"]] == ["low_sample_rate"]
     assert found["validation"][0]["path"] == "phone.wav"
     mp3 = {w["code"]: w["message"] for w in found["test"]}
     assert set(mp3) == {"damaged_data", "duration_mismatch"}
     assert "mpg123: Note: Illegal Audio-MPEG-Header" in mp3["damaged_data"]
     summary = [line for line in err.splitlines() if "audio warnings" in line]
-    assert summary == [f"audio_folder: 2 clip(s) kept with audio warnings (damaged_data 1, "
-                       f"duration_mismatch 1, low_sample_rate 1); listed in "
+    assert summary == [f"audio_folder: 3 clip(s) kept with audio warnings (damaged_data 1, "
+                       f"duration_mismatch 1, low_sample_rate 1, short_clip 1); listed in "
                        f"{datasets.warnings_path(b)}"]
     rows = datasets.warnings_path(b).read_text().strip().split("\n")
-    assert rows[0] == "split\tclip_id\tpath\tcode\tmessage" and len(rows) == 4
+    assert rows[0] == "split\tclip_id\tpath\tcode\tmessage" and len(rows) == 5
     reopened = datasets.get_builder("audio_folder", tmp_path / "d")
     assert datasets.audio_warnings(reopened) == found  # kept in the dataset's metadata
-    assert datasets.split_sizes(reopened) == {"train": 1, "validation": 1, "test": 1}
+    assert datasets.split_sizes(reopened) == {"train": 2, "validation": 1, "test": 1}
 
 
 def test_ctrl_c_stops_a_parallel_build_in_one_line(tmp_path):

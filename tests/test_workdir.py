@@ -537,3 +537,14 @@ def test_chunks_longer_than_the_learned_positions_are_a_config_error(tmp_path):
     with pytest.raises(errors.ConfigError, match=r"^model.max_positions / features.chunk_frames: "
                        r"sequence of \d+ steps \+ \[CLS\] exceeds the 3 learned positions"):
         train_lib.train_and_evaluate(config, tmp_path / "w", toy_data(config))
+
+
+def test_the_short_clip_warning_names_the_shortest_chunk_a_shipped_config_trains_on():
+    """A dataset build warns about clips shorter than `chunking.SHORTEST_TRAINING_CHUNK`
+    (`short_clip`): it must be the shortest `features.chunk_frames` of configs/."""
+    from tagger_jax import chunking
+    from tagger_jax.commands.train import load_config
+
+    frames = {p.name: int(load_config(str(p), []).features.chunk_frames)
+              for p in sorted((ROOT / "configs").glob("*.py"))}
+    assert min(frames.values()) == chunking.SHORTEST_TRAINING_CHUNK, frames

@@ -30,13 +30,37 @@ def _example(wave: np.ndarray, item: dict) -> dict[str, Any]:
     return example
 
 
+def short_clip_note(name: str, frames: int, hop_length: int, sample_rate: int
+                    ) -> dict[str, str]:
+    """{"short_clip": message} for a clip of fewer log-mel `frames` than
+    `chunking.SHORTEST_TRAINING_CHUNK`, else {}: a training repeats such a clip to fill its
+    chunk, so the tags are learnt from a loop of it (a new user's 0.3-s clips were trained on
+    without a word)."""
+    from tagger_jax import chunking
+
+    shortest = chunking.SHORTEST_TRAINING_CHUNK
+    if frames >= shortest:
+        return {}
+    seconds = lambda n: n * hop_length / sample_rate  # noqa: E731
+    return {"short_clip": (
+        f"{name}: {frames} frames ({seconds(frames):.2f} s), shorter than a training chunk "
+        f"({shortest} frames, {seconds(shortest):.2f} s, in the CPU configs; "
+        f"{chunking.SPECTROGRAM_CHUNK}, {seconds(chunking.SPECTROGRAM_CHUNK):.2f} s, in the "
+        "paper's): training repeats it to fill one, so its tags are learnt from a loop")}
+
+
+def _zip_name(parts: tuple[str, ...], member: str) -> str:
+    """How messages name a clip read from a zip archive's member."""
+    return f"{member} (in {os.path.basename(parts[0])}...)"
+
+
 def _load_from_zip(parts: tuple[str, ...], member: str) -> tuple[np.ndarray, dict[str, str]]:
     from tagger_jax.datasets._archive import open_zip
 
     data = open_zip(tuple(parts)).read(member)
     suffix = os.path.splitext(member)[1] or ".mp3"
     fd, tmp = tempfile.mkstemp(suffix=suffix, prefix="tagger_jax_")
-    where = f"{member} (in {os.path.basename(parts[0])}...)"
+    where = _zip_name(parts, member)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -107,6 +131,10 @@ def audio_example(item: dict) -> tuple[dict | None, str | None, dict[str, str]]:
         else:
             wave, notes = audio_lib.load_audio_checked(item["file"], FEATURES.sample_rate)
         example = _example(wave, item)
+        name = (_zip_name(item["zip"], item["member"]) if "zip" in item
+                else audio_lib.display_path(item["file"]))
+        notes = {**notes, **short_clip_note(name, example["mel"].shape[-1],
+                                            FEATURES.hop_length, FEATURES.sample_rate)}
         if signature:
             _store(item, signature, example, notes)
         return example, None, notes
