@@ -36,6 +36,7 @@ import glob
 import json
 import os
 import socket
+import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -276,7 +277,7 @@ def exclusive(target: str | os.PathLike, what: str, wait: bool = False,
         lock.release()
 
 
-# A build's readers (a training, evaluate, tag/embed/explain --dataset) against its rebuild.
+# A build's readers (a training, evaluate, embed/explain --dataset) against its rebuild.
 READERS_SUFFIX = ".readers"
 
 
@@ -316,27 +317,44 @@ def _live_readers(lock_file: Path) -> list[str]:
     return found
 
 
+def _acquire_readers_lock(path: Path, write: bool, timeout: float = 0) -> Any:
+    """The `ReadWriteLock` at `path`, acquired for reading or writing within `timeout` seconds;
+    raises filelock.Timeout, or the OSError / sqlite3.Error of a lock that cannot be made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.ReadWriteLock(str(path), is_singleton=False)
+    try:
+        (lock.acquire_write if write else lock.acquire_read)(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            lock.close()
+        raise
+    return lock
+
+
 @contextlib.contextmanager
 def reading(target: str | os.PathLike, what: str, poll_s: float = 0.5) -> Iterator[None]:
     """Holds a shared lock on the directory `target` while the block reads it; any number of
     runs read at once, and `replacing` refuses while one does. If a run is replacing `target`,
     says once on stderr whom it waits for and waits for the new contents (Ctrl-C stops the
     wait). The lock is filelock's `ReadWriteLock` (an SQLite file, `readers_lock_path`); each
-    reader leaves a holder note `PARENT/.NAME.readers.*.json` for `replacing`'s message."""
+    reader leaves a holder note `PARENT/.NAME.readers.*.json` for `replacing`'s message. A
+    build this run cannot write beside (a shared, read-only dataset) is read without the lock:
+    a run that cannot create the lock file cannot delete the build either."""
     path = readers_lock_path(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.ReadWriteLock(str(path), is_singleton=False)
+    lock = None
     try:
-        lock.acquire_read(timeout=0)
-    except filelock.Timeout:
+        lock = _acquire_readers_lock(path, write=False)
+    except filelock.Timeout:  # before OSError: filelock.Timeout is a TimeoutError
         print(f"waiting for the other tagger-jax run replacing {what} {target} ...",
               file=sys.stderr, flush=True)
-        while True:  # in Python between tries, so that Ctrl-C stops the wait
-            try:
-                lock.acquire_read(timeout=poll_s)
-                break
-            except filelock.Timeout:
-                continue
+        while lock is None:  # in Python between tries, so that Ctrl-C stops the wait
+            with contextlib.suppress(filelock.Timeout):
+                lock = _acquire_readers_lock(path, write=False, timeout=poll_s)
+    except (OSError, sqlite3.Error):  # read-only location, or a file system without locks
+        pass
+    if lock is None:
+        yield
+        return
     note = _reader_note(path, f"{socket.gethostname()}-{os.getpid()}-{id(lock)}")
     try:
         with contextlib.suppress(OSError):
@@ -353,17 +371,23 @@ def reading(target: str | os.PathLike, what: str, poll_s: float = 0.5) -> Iterat
 def replacing(target: str | os.PathLike, what: str, hint: str) -> Iterator[None]:
     """Holds the lock of `reading` on `target` exclusively for the block (a rebuild deletes and
     writes the folder); raises `BusyError` at once if a run reads it, naming the readers and
-    `hint` (what to do instead)."""
+    `hint` (what to do instead). Where the lock cannot be taken (a file system without SQLite
+    locking), a `note:` on stderr says the rebuild goes ahead without checking for readers."""
     path = readers_lock_path(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.ReadWriteLock(str(path), is_singleton=False)
     try:
-        lock.acquire_write(timeout=0)
-    except filelock.Timeout:
+        lock = _acquire_readers_lock(path, write=True)
+    except filelock.Timeout:  # before OSError: filelock.Timeout is a TimeoutError
         who = _live_readers(path) or ["unknown holder"]
         more = f"; and {len(who) - 2} more" if len(who) > 2 else ""
         raise BusyError(f"{target}: {what} is being read by another tagger-jax run "
                         f"({'; '.join(who[:2])}{more}); {hint}") from None
+    except (OSError, sqlite3.Error) as e:
+        lock = None
+        print(f"note: {target}: cannot take the readers' lock {path} ({e}); {what} is replaced "
+              "without checking for runs that read it", file=sys.stderr, flush=True)
+    if lock is None:
+        yield
+        return
     for note in path.parent.glob(f"{glob.escape(path.stem)}.*.json"):  # of killed readers
         with contextlib.suppress(OSError):
             note.unlink()

@@ -484,3 +484,25 @@ def test_a_test_mean_over_some_tags_says_how_many(tmp_path, monkeypatch, capsys)
     assert lines[1].startswith("test ROC-AUC 1.0000  PR-AUC 1.0000  (means of 1 of 8 tags: the "
                                "others have one label value in this split)  (per-tag report")
     assert lines[2].startswith("holdout ROC-AUC 1.0000  PR-AUC 1.0000  (per-tag report")
+
+
+def test_a_build_that_cannot_be_locked_is_still_read(tmp_path, monkeypatch, capsys):
+    """A shared, read-only dataset: no readers' lock can be created beside it. Reading goes on
+    without one (this run could not delete the build either), silently; a rebuild where the lock
+    cannot be made says it does not check for readers."""
+    import filelock
+
+    def refuse(path, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(filelock, "ReadWriteLock", refuse)
+    build = tmp_path / "config" / "1.0.0"
+    with outputs.reading(build, "the build"):
+        pass
+    assert capsys.readouterr().err == ""
+    with outputs.replacing(build, "the build", "wait"):
+        pass
+    assert capsys.readouterr().err == (
+        f"note: {build}: cannot take the readers' lock {build.parent / '.1.0.0.readers.lock'} "
+        f"([Errno 13] Permission denied: '{build.parent / '.1.0.0.readers.lock'}'); the build is "
+        "replaced without checking for runs that read it\n")
