@@ -241,6 +241,25 @@ def running_holder(lock_file: str | os.PathLike) -> str | None:
         return None
 
 
+def wait_for_holder(lock_file: str | os.PathLike, target: str | os.PathLike, what: str) -> bool:
+    """Waits (saying whom for, as `exclusive(wait=True)` does) while another process holds
+    `lock_file`, the lock `exclusive` takes on `target`, then lets it go at once; True if it
+    waited. No wait when its holder note is absent, was left by a process that ended, or names
+    this process (a build reading its own data directory)."""
+    try:
+        info = json.loads(Path(str(lock_file) + HOLDER_SUFFIX).read_text())
+        mine = info["host"] == socket.gethostname() and int(info["pid"]) == os.getpid()
+        if mine or not _may_run(info):
+            return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    try:
+        with exclusive(target, what, wait=True, lock_file=lock_file):
+            return True
+    except OSError:  # a location this run cannot lock (read-only): nothing to wait for
+        return False
+
+
 @contextlib.contextmanager
 def exclusive(target: str | os.PathLike, what: str, wait: bool = False,
               directory: bool | None = None, poll_s: float = 0.5,
@@ -379,7 +398,8 @@ def replacing(target: str | os.PathLike, what: str, hint: str) -> Iterator[None]
     except filelock.Timeout:  # before OSError: filelock.Timeout is a TimeoutError
         who = _live_readers(path) or ["unknown holder"]
         more = f"; and {len(who) - 2} more" if len(who) > 2 else ""
-        raise BusyError(f"{target}: {what} is being read by another tagger-jax run "
+        runs = "another tagger-jax run" if len(who) == 1 else f"{len(who)} other tagger-jax runs"
+        raise BusyError(f"{target}: {what} is being read by {runs} "
                         f"({'; '.join(who[:2])}{more}); {hint}") from None
     except (OSError, sqlite3.Error) as e:
         lock = None

@@ -111,14 +111,16 @@ def _augmentation(d: Any, tags) -> dict:
 
 
 def check_dataset_fits(builder: Any, kind: str, features: Any, architecture: str,
-                       needs_activity: Sequence[str] = ()) -> None:
+                       needs_activity: Sequence[str] = (), fixes: Sequence[str] = ()) -> None:
     """Raises `errors.ConfigError` when the built dataset cannot feed this model as configured.
 
     `needs_activity`: the config settings that read each clip's exact frame activity (the
-    "tag_mask" feature, which `soundfont_tags` and `synthetic_tags` store), e.g.
+    "tag_mask" feature, which `soundfont_tags` and `synthetic_tags/segments` store), e.g.
     "data.crop_labels='activity'"; without the check the first batch failed deep in the input
     pipeline (exit 70) after the workdir was made, for a user training the main job's config
-    on their own collection.
+    on their own collection. `fixes`: every setting such a config must change for the build
+    ("data.crop_labels=clip", ...), named in one message (the user fixed them one run at a
+    time).
     `kind` is the architecture's `dataset_feature`: "audio" needs a build that stores waveforms
     (`--set waveform=true`). A "mel" model is trained on the stored log-mels as they are, so
     its `config.features` must equal the settings they were computed with (the build's metadata
@@ -135,11 +137,12 @@ def check_dataset_fits(builder: Any, kind: str, features: Any, architecture: str
                           "with waveforms: the 'waveform' configs, or --set waveform=true; "
                           "docs/datasets.md)")
     if needs_activity and "tag_mask" not in builder.info.features:
+        todo = list(fixes) or ["data.crop_labels=clip", "model.frame_head=False"]
+        todo = ", ".join(todo[:-1]) + " and " + todo[-1] if len(todo) > 1 else todo[0]
         raise ConfigError(f"{' and '.join(needs_activity)} need(s) each clip's frame activity "
-                          f"(the 'tag_mask' feature of soundfont_tags and synthetic_tags), which "
-                          f"{name} does not store; set data.crop_labels=clip and "
-                          "model.frame_head=False (as configs/synthetic_cpu.py does; "
-                          "docs/training.md, \"Training on your own collection\")")
+                          f"(the 'tag_mask' feature of soundfont_tags and "
+                          f"synthetic_tags/segments), which {name} does not store; set {todo} "
+                          "(docs/training.md, \"Training on your own collection\")")
     if kind != "mel":
         return
     differ = evaluation.feature_mismatches(
@@ -170,7 +173,15 @@ def load_data(config: Any, hold: contextlib.ExitStack | None = None) -> TrainDat
     kind = get_architecture(config.model).dataset_feature  # "mel" or "audio"
     needs_activity = ([f"data.crop_labels={d.crop_labels!r}"] if d.crop_labels == "activity"
                       else []) + (["model.frame_head=True"] if config.model.frame_head else [])
-    check_dataset_fits(builder, kind, f, config.model.architecture, needs_activity)
+    splits = builder.info.splits
+    missing = [s for s in d.extra_test_splits if s not in splits] if testing else []
+    clips = splits[d.train_split].num_examples if d.train_split in splits else t.batch_size
+    fixes = ((["data.crop_labels=clip"] if d.crop_labels == "activity" else [])
+             + (["model.frame_head=False", "train.frame_loss_weight=0"]
+                if config.model.frame_head else [])
+             + (["data.extra_test_splits='()'"] if missing else [])
+             + ([f"train.batch_size={clips}"] if 0 < clips < t.batch_size else []))
+    check_dataset_fits(builder, kind, f, config.model.architecture, needs_activity, fixes)
     train_source, tags = datasets.load_split(d.name, d.train_split, d.data_dir,
                                              builder_config=builder_config)
     if hold is not None:
@@ -200,7 +211,13 @@ def load_data(config: Any, hold: contextlib.ExitStack | None = None) -> TrainDat
         test_source = split(d.test_split)
         fingerprint = split_fingerprint(builder.data_dir, builder.name, d.test_split)
         for name in d.extra_test_splits:
-            extra[name] = TestSplit(split(name),
+            try:
+                source = split(name)
+            except datasets.MissingSplitError as e:  # the main job's test_timgm6mb on another
+                raise datasets.MissingSplitError(  # build (a new user's trial)
+                    f"{e}; data.extra_test_splits names it: set "
+                    "--config.data.extra_test_splits='()', or name splits of this build") from None
+            extra[name] = TestSplit(source,
                                     split_fingerprint(builder.data_dir, builder.name, name))
 
     def fit_baseline(names: Sequence[str], bars: Optional[Callable] = None) -> dict[str, dict]:

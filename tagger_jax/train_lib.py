@@ -136,9 +136,14 @@ def frame_loss_weight(config: Any) -> float:
     other, or when the architecture has no frame positions (only log-mel attention models, i.e.
     pons_won)."""
     weight = float(config.train.frame_loss_weight)
-    if weight < 0 or bool(config.model.frame_head) != (weight > 0):
-        raise ConfigError(f"model.frame_head={config.model.frame_head} needs train."
-                          f"frame_loss_weight > 0 and vice versa (got {weight})")
+    if weight < 0:
+        raise ConfigError(f"train.frame_loss_weight must not be negative, got {weight}")
+    if config.model.frame_head and weight == 0:
+        raise ConfigError("model.frame_head=True needs train.frame_loss_weight > 0 (the weight "
+                          "of its loss), got 0")
+    if not config.model.frame_head and weight > 0:  # a new user's trial: the message said "> 0"
+        raise ConfigError(f"train.frame_loss_weight={weight:g} needs model.frame_head=True; "
+                          "without a frame head set train.frame_loss_weight=0")
     arch = get_architecture(config.model)
     if weight > 0 and (arch.waveform or arch.module != "attention"):
         raise ConfigError(f"model.frame_head: {arch.name} has no frame head (pons_won only)")

@@ -747,11 +747,25 @@ def test_training_the_main_jobs_labels_on_a_collection_without_activity_is_a_con
     assert errors.guarded(train_data.load_data, c) == errors.USAGE
     err = [line for line in capsys.readouterr().err.strip().splitlines()
            if not line.startswith("reusing the existing build ")]
+    # every setting to change at once: a new user's trial fixed them one run at a time
     assert err == ["error: data.crop_labels='activity' and model.frame_head=True need(s) each "
                    "clip's frame activity (the 'tag_mask' feature of soundfont_tags and "
-                   "synthetic_tags), which audio_folder/noactivity does not store; set "
-                   "data.crop_labels=clip and model.frame_head=False (as configs/synthetic_cpu.py "
-                   "does; docs/training.md, \"Training on your own collection\")"], err
+                   "synthetic_tags/segments), which audio_folder/noactivity does not store; set "
+                   "data.crop_labels=clip, model.frame_head=False, train.frame_loss_weight=0 and "
+                   "train.batch_size=1 (docs/training.md, \"Training on your own "
+                   "collection\")"], err
+    c.data.test_split, c.data.extra_test_splits = "validation", ("test_timgm6mb",)
+    assert errors.guarded(train_data.load_data, c) == errors.USAGE
+    assert ("set data.crop_labels=clip, model.frame_head=False, train.frame_loss_weight=0, "
+            "data.extra_test_splits='()' and train.batch_size=1 (docs/training.md") in \
+        capsys.readouterr().err
+    c.data.crop_labels, c.model.frame_head, c.train.batch_size = "clip", False, 1
+    assert errors.guarded(train_data.load_data, c) == errors.DATA
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "no split 'test_timgm6mb'; its splits are ['train', 'validation']; "
+        "data.extra_test_splits names it: set --config.data.extra_test_splits='()', or name "
+        "splits of this build")
+    c.data.test_split, c.data.extra_test_splits = "", ()
     c.data.crop_labels, c.model.frame_head, c.train.batch_size = "clip", False, 1
     assert train_data.load_data(c).tag_names == ("rock", "piano")
 
@@ -782,12 +796,53 @@ def test_a_rebuild_is_refused_while_a_training_reads_the_build(folder, tmp_path)
     assert "\n" not in message and info.value.exit_status == errors.BUSY
     assert message.startswith(f"{b.data_dir}: the build audio_folder/held 1.0.0 is being read by "
                               f"another tagger-jax run (pid {os.getpid()} on host ")
-    assert message.endswith("--overwrite would delete it under that run: wait for it to end, or "
-                            "build into another --data-dir")
+    assert message.endswith("--overwrite would delete it while it is read: wait until no run "
+                            "reads it, or build into another --data-dir")
     again = datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder,
                            num_workers=1, overwrite=True)  # the training ended
     assert datasets.split_sizes(again) == {"train": 1, "validation": 1}
     assert not list(Path(b.data_dir).parent.glob(".1.0.0.readers.*.json"))  # notes removed
+
+MOVE_AWAY = """
+import os, sys, time
+from tagger_jax import outputs
+data_dir, build = sys.argv[1], sys.argv[2]
+with outputs.exclusive(data_dir, "data directory", directory=True):
+    os.rename(build, build + ".away")  # as --overwrite deletes it, then builds it again
+    print("held", flush=True)
+    time.sleep(2)
+    os.rename(build + ".away", build)
+"""
+
+
+@pytest.mark.parametrize("by_name", [False, True])
+def test_a_run_that_starts_during_a_rebuild_waits_for_it(folder, tmp_path, capsys, by_name):
+    """From a new user's trial: a training or evaluate started while `build-dataset
+    --overwrite` rebuilt its dataset stopped with "not built" (exit 6). A run that finds no
+    build while another run holds the data directory's lock waits for that run, says so, and
+    opens the new build; `by_name`: a `--set` config, opened by its name from disk."""
+    import subprocess
+    import time
+
+    (tmp_path / "t.csv").write_text("path,tags,split\nsongs/a.wav,rock;piano,train\n"
+                                    "songs/c.wav,rock,validation\n")
+    config = AudioFolderConfig(name="moving", csv=str(tmp_path / "t.csv"))
+    b = datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder, num_workers=1)
+    proc = subprocess.Popen([sys.executable, "-c", MOVE_AWAY, str(tmp_path / "d"),
+                             str(b.data_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        capsys.readouterr()
+        start = time.monotonic()
+        source, tags = datasets.load_split("audio_folder", "train", tmp_path / "d",
+                                           "moving" if by_name else config)
+        waited = time.monotonic() - start
+    finally:
+        proc.wait()
+    assert waited > 1.0 and len(source) == 1 and tags == ("rock", "piano")
+    err = capsys.readouterr().err
+    assert err.startswith(f"waiting for the other tagger-jax run using data directory "
+                          f"{tmp_path / 'd'} (pid {proc.pid} on host ")
 
 def _small_folder(root: Path, tags: tuple[str, ...]) -> Path:
     for k, tag in enumerate(tags):

@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, AssertionError, pickle.UnpicklingError) as e:
         print(f"error: {errors.one_line(str(e))}", file=sys.stderr)
         return errors.exit_status(e, default=errors.DATA)  # a bad --set choice: USAGE
-    print(f"\n{builder.name}/{builder.builder_config.name} {builder.version} in {builder.data_dir}")
+    print(file=sys.stderr)  # a blank line after the progress bars; stdout holds the summary only
+    print(f"{builder.name}/{builder.builder_config.name} {builder.version} in {builder.data_dir}")
     sizes = datasets.split_sizes(builder)
     width = max([10, *map(len, sizes)])
     for split, n in sizes.items():

@@ -49,6 +49,8 @@ def get_builder(name: str, data_dir: str | os.PathLike,
         directory = Path(data_dir) / name / builder_config
         versions = sorted(p for p in directory.glob("*") if (p / "dataset_info.json").exists()) \
             if directory.exists() else []
+        if not versions and _waited_for_a_build(data_dir):  # it may be there now
+            return get_builder(name, data_dir, builder_config, num_workers, resume)
         if not versions:
             raise NotBuiltError(
                 f"{name}: no config {builder_config!r} (known: {sorted(cls.builder_configs)}) and "
@@ -61,6 +63,20 @@ def get_builder(name: str, data_dir: str | os.PathLike,
         kwargs["resume"] = resume
     with _without_log("absl", "Using custom data configuration"):  # a `--set` config: expected
         return cls(**kwargs)
+
+
+def _waited_for_a_build(data_dir: str | os.PathLike | None) -> bool:
+    """Waits, saying so, while another run builds or rebuilds in `data_dir` (it holds the data
+    directory's lock, `build`); True if it waited, so the caller looks for the build again. A
+    run that started during a rebuild found no build and stopped with "not built" (a new user's
+    trial)."""
+    from tagger_jax import outputs
+
+    if not data_dir or not Path(_expand(data_dir)).is_dir():
+        return False
+    target = _expand(data_dir)
+    return outputs.wait_for_holder(outputs.lock_path(target, directory=True), target,
+                                   "data directory")
 
 
 @contextlib.contextmanager
@@ -134,8 +150,8 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
         # start reading meanwhile wait for the new build (`reading`).
         held.enter_context(outputs.replacing(
             builder.data_dir, f"the build {_label(builder)}",
-            "--overwrite would delete it under that run: wait for it to end, or build into "
-            "another --data-dir"))
+            "--overwrite would delete it while it is read: wait until no run reads it, or build "
+            "into another --data-dir"))
         shutil.rmtree(builder.data_dir)
         builder = get_builder(name, data_dir, builder_config, num_workers, resume)
     if _is_prepared(builder):
@@ -288,6 +304,8 @@ def ensure_built(name: str, data_dir: str | os.PathLike,
     `MissingSplitError` before the build (a misspelt test split was found after building).
     """
     builder = get_builder(name, data_dir, builder_config, num_workers)
+    if not _is_prepared(builder) and _waited_for_a_build(data_dir):
+        builder = get_builder(name, data_dir, builder_config, num_workers)
     if _is_prepared(builder):
         _check_reuse(name, builder, manual_dir)
         _announce_reuse(builder, "tagger-jax build-dataset --overwrite rebuilds it")
@@ -363,6 +381,8 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike,
     """(random-access source of `split`, tag names). The source is `tfds.data_source`'s
     ArrayRecordDataSource: `len(source)`, `source[i]` -> dict of NumPy arrays / bytes."""
     builder = get_builder(name, data_dir, builder_config)
+    if not _is_prepared(builder) and _waited_for_a_build(data_dir):
+        builder = get_builder(name, data_dir, builder_config)
     if not _is_prepared(builder):
         config = f" --config {builder.builder_config.name}" if builder.builder_config else ""
         manual = " --manual-dir DIR" if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS",

@@ -157,9 +157,10 @@ def _tag_outputs(model: nn.Module, variables: Variables, target: str) -> Callabl
 def checked_tags(tags: Any, batch: int, num_tags: int) -> Array:
     """`tags` as an integer (batch, K) array of tag indices in 0..num_tags - 1. Raises
     ValueError (shape), TypeError (not integers) or IndexError (a concrete index out of range;
-    under `jax.jit` the values are not known, and an out-of-range index gives a NaN output and a
-    zero gradient). Before this check -1 gave the last tag's output but a zero gradient, and 99
-    of 18 tags a NaN (found by a new user's trial)."""
+    under `jax.jit` the values are not known: every out-of-range index, -1 too, is mapped to
+    `num_tags` and gives a NaN output and a zero map, so check concrete indices with this
+    function before the jitted call). Before this check -1 gave the last tag's output but a zero
+    gradient, and 99 of 18 tags a NaN (found by a new user's trial; -1 under jit by another)."""
     tags = jnp.asarray(tags)
     if tags.ndim != 2 or tags.shape[0] != batch:
         raise ValueError(f"tags must be a (batch={batch}, K) array of tag indices, got shape "
@@ -168,8 +169,8 @@ def checked_tags(tags: Any, batch: int, num_tags: int) -> Array:
         raise TypeError(f"tags must be integer tag indices, got {tags.dtype}")
     try:
         values = np.asarray(tags)
-    except jax.errors.TracerArrayConversionError:  # traced: checked by the caller's data
-        return tags
+    except jax.errors.TracerArrayConversionError:  # traced: out of range -> NaN, never a tag
+        return jnp.where((tags >= 0) & (tags < num_tags), tags, num_tags)
     bad = sorted({int(v) for v in values.ravel() if not 0 <= v < num_tags})
     if bad:
         raise IndexError(f"tag indices must be in 0..{num_tags - 1} (the model has {num_tags} "
