@@ -244,7 +244,8 @@ def test_every_config_field_is_listed_with_default_and_comment():
     (["--config.model.timbre_norm=band"], "model.timbre_norm must be one of"),
     (["--config.model.cls_token=random"], "model.cls_token must be one of"),
     (["--config.model.frame_head_layer=5"], "model.frame_head_layer must be in 0..model.atten"),
-    (["--config.train.frame_loss_weight=1.0"], "model.frame_head=False needs"),
+    (["--config.train.frame_loss_weight=1.0"],
+     "train.frame_loss_weight=1 needs model.frame_head=True; without a frame head set"),
 ])
 def test_train_py_bad_arguments_are_one_line_and_status_2(tmp_path, argv, needle):
     out = subprocess.run(
