@@ -243,7 +243,8 @@ def report_beside(result: dict, print_fn=print, train: str = "dataset",
     builder_config and train_split), so both learned from the same clips. The baseline is scored
     on the tags both its training data and the evaluated split list. Prints which split it was
     fitted on and how many clips, and one warning line naming the tags with a single label value
-    there (constant predictions: the baseline is meaningless for them).
+    there (constant predictions: the baseline is meaningless for them). Both splits' builds are
+    held with `datasets.reading` while their clips are read, so a rebuild refuses meanwhile.
     `progress`: the feature bars over the clips. Raises `tagger_jax.evaluation.EvaluationError`
     when a split cannot be opened (naming it) or the two share no tag.
     """
@@ -265,8 +266,9 @@ def report_beside(result: dict, print_fn=print, train: str = "dataset",
     model_tags = [row["tag"] for row in result["per_tag"]] if result.get(
         "ignored_dataset_tags") else None
     quiet = None if progress else (lambda items, total, desc, unit: items)
-    scored = fit_and_score(train_source, train_tags, {scored_as: evaluated},
-                           {scored_as: eval_tags}, fitted_on, bars=quiet, only=model_tags)
+    with datasets.reading(train_source), datasets.reading(evaluated):  # no rebuild meanwhile
+        scored = fit_and_score(train_source, train_tags, {scored_as: evaluated},
+                               {scored_as: eval_tags}, fitted_on, bars=quiet, only=model_tags)
     metrics = scored.metrics[scored_as]
     tags = [row["tag"] for row in metrics["per_tag"]]
     constant = [t for t in scored.constant_tags if t in set(tags)]

@@ -338,8 +338,14 @@ def _live_readers(lock_file: Path) -> list[str]:
 
 def _acquire_readers_lock(path: Path, write: bool, timeout: float = 0) -> Any:
     """The `ReadWriteLock` at `path`, acquired for reading or writing within `timeout` seconds;
-    raises filelock.Timeout, or the OSError / sqlite3.Error of a lock that cannot be made."""
+    raises filelock.Timeout, or the OSError / sqlite3.Error of a lock that cannot be made.
+
+    A new lock file is made with mode 0666 less the umask, as any file the user shares (filelock
+    would make it 0600): under a group's data directory with umask 002 every member's runs then
+    take the same lock. Taking it needs write access to the file."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     lock = filelock.ReadWriteLock(str(path), is_singleton=False)
     try:
         (lock.acquire_write if write else lock.acquire_read)(timeout=timeout)
@@ -358,7 +364,9 @@ def reading(target: str | os.PathLike, what: str, poll_s: float = 0.5) -> Iterat
     wait). The lock is filelock's `ReadWriteLock` (an SQLite file, `readers_lock_path`); each
     reader leaves a holder note `PARENT/.NAME.readers.*.json` for `replacing`'s message. A
     build this run cannot write beside (a shared, read-only dataset) is read without the lock:
-    a run that cannot create the lock file cannot delete the build either."""
+    a run that cannot create the lock file cannot delete the build either. Where the lock file
+    exists but this run may not write it (another user's, umask 022), a `note:` says the build
+    is read without the lock."""
     path = readers_lock_path(target)
     lock = None
     try:
@@ -369,8 +377,11 @@ def reading(target: str | os.PathLike, what: str, poll_s: float = 0.5) -> Iterat
         while lock is None:  # in Python between tries, so that Ctrl-C stops the wait
             with contextlib.suppress(filelock.Timeout):
                 lock = _acquire_readers_lock(path, write=False, timeout=poll_s)
-    except (OSError, sqlite3.Error):  # read-only location, or a file system without locks
-        pass
+    except (OSError, sqlite3.Error) as e:  # read-only location, or a file system without locks
+        if path.is_file():  # made by a run of another user this one cannot write for
+            print(f"note: {target}: cannot take the readers' lock {path} ({e}); {what} is read "
+                  "without it, so a rebuild by that file's owner would not see this run",
+                  file=sys.stderr, flush=True)
     if lock is None:
         yield
         return

@@ -651,6 +651,21 @@ def test_end_to_end_on_a_built_tfds_split(synth_tags, tiny_variables, tmp_path, 
                          "--limit", "1", "--out", str(tmp_path / command), "--no-progress"]) == 0
     assert refused == [True, True]
 
+    # evaluate --baseline reads the train and evaluated splits after the model's predictions:
+    # it holds their readers' lock too.
+    class Fitted(Exception):
+        pass
+
+    def fit_and_score(*args, **kwargs):
+        try_rebuild()
+        raise Fitted
+
+    monkeypatch.setattr(baseline, "fit_and_score", fit_and_score)
+    refused.clear()
+    with pytest.raises(Fitted):
+        baseline.report_beside(result, print_fn=None, progress=False)
+    assert refused == [True]
+
 
 def test_evaluate_through_the_inference_path_equals_numpy_and_sklearn(tmp_path, monkeypatch,
                                                                        capfd):

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -488,21 +489,42 @@ def test_a_test_mean_over_some_tags_says_how_many(tmp_path, monkeypatch, capsys)
 
 def test_a_build_that_cannot_be_locked_is_still_read(tmp_path, monkeypatch, capsys):
     """A shared, read-only dataset: no readers' lock can be created beside it. Reading goes on
-    without one (this run could not delete the build either), silently; a rebuild where the lock
-    cannot be made says it does not check for readers."""
-    import filelock
-
+    without one (this run could not delete the build either), silently; where the lock file
+    exists (another user's, not writable for this run) a note says the build is read without
+    it; a rebuild where the lock cannot be taken says it does not check for readers."""
     def refuse(path, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(filelock, "ReadWriteLock", refuse)
+    monkeypatch.setattr(outputs, "_acquire_readers_lock", refuse)
     build = tmp_path / "config" / "1.0.0"
+    lock = build.parent / ".1.0.0.readers.lock"
     with outputs.reading(build, "the build"):
         pass
     assert capsys.readouterr().err == ""
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    with outputs.reading(build, "the build"):
+        pass
+    assert capsys.readouterr().err == (
+        f"note: {build}: cannot take the readers' lock {lock} ([Errno 13] Permission denied: "
+        f"'{lock}'); the build is read without it, so a rebuild by that file's owner would not "
+        "see this run\n")
     with outputs.replacing(build, "the build", "wait"):
         pass
     assert capsys.readouterr().err == (
-        f"note: {build}: cannot take the readers' lock {build.parent / '.1.0.0.readers.lock'} "
-        f"([Errno 13] Permission denied: '{build.parent / '.1.0.0.readers.lock'}'); the build is "
-        "replaced without checking for runs that read it\n")
+        f"note: {build}: cannot take the readers' lock {lock} ([Errno 13] Permission denied: "
+        f"'{lock}'); the build is replaced without checking for runs that read it\n")
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o022])
+def test_the_readers_lock_file_follows_the_umask(tmp_path, umask):
+    """The readers' lock file is made 0666 less the umask (filelock alone makes it 0600), so a
+    group sharing a data directory with umask 002 shares the lock; it is kept after the run."""
+    build = tmp_path / "config" / "1.0.0"
+    before = os.umask(umask)
+    try:
+        with outputs.reading(build, "the build"):
+            pass
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((build.parent / ".1.0.0.readers.lock").stat().st_mode) == 0o666 & ~umask
