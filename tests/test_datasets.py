@@ -1065,6 +1065,29 @@ def test_audio_warnings_are_recorded_and_summarised_and_mpg123_notes_do_not_leak
     assert datasets.split_sizes(reopened) == {"train": 2, "validation": 1, "test": 1}
 
 
+def test_a_resumed_build_warns_of_short_clips_from_its_cache(tmp_path):
+    """A resumed build takes a clip's features and warnings from the per-clip cache of the
+    interrupted one; `short_clip` comes from the features, so a cache written before that
+    warning existed (warnings without it) still gives it."""
+    import json
+
+    from tagger_jax.datasets import _extract
+
+    sf.write(tmp_path / "blip.wav", np.zeros(int(0.3 * SR)) + 0.1, SR)
+    item = {"key": "blip", "clip_id": "blip", "path": "blip.wav", "tags": [1], "waveform": False,
+            "file": str(tmp_path / "blip.wav"), "cache": str(tmp_path / "blip.npz")}
+    example, error, notes = _extract.audio_example(item)
+    assert error is None and list(notes) == ["short_clip"]
+    with np.load(item["cache"]) as z:  # as an older build's cache holds it
+        stored = dict(z)
+    assert json.loads(str(stored["warnings"])) == {}
+    stored["mel"] = stored["mel"] + 1  # to tell the cached features from decoded ones
+    np.savez(item["cache"], **stored)
+    again, error, notes_again = _extract.audio_example(item)
+    np.testing.assert_array_equal(again["mel"], example["mel"] + 1)  # from the cache
+    assert error is None and notes_again == notes
+
+
 def test_ctrl_c_stops_a_parallel_build_in_one_line(tmp_path):
     """Ctrl-C during a build with worker processes (SIGINT to the whole process group, as a
     terminal sends it): exit status 130 and one "interrupted" line within seconds, no worker's

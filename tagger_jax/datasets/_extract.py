@@ -117,26 +117,29 @@ def audio_example(item: dict) -> tuple[dict | None, str | None, dict[str, str]]:
     degradations, {code: message naming the file} (`audio.load_audio_checked`, docs/audio.md).
     `item`: key, clip_id, path (shown in reports), tags, waveform, either `file` (a path) or
     `zip` (part paths) + `member`, and optionally `cache` (an .npz path: features and warnings
-    are reused from there when the source is unchanged, and saved)."""
+    are reused from there when the source is unchanged, and saved; `short_clip` is not cached
+    but derived from the features each time)."""
     if "error" in item:  # found missing while listing the sources
         return None, item["error"], {}
     try:
         signature = _signature(item) if item.get("cache") else ""
-        if signature and os.path.exists(item["cache"]):
-            cached = _cached(item, signature)
-            if cached is not None:
-                return cached[0], None, cached[1]
-        if "zip" in item:
-            wave, notes = _load_from_zip(item["zip"], item["member"])
+        cached = (_cached(item, signature) if signature and os.path.exists(item["cache"])
+                  else None)
+        if cached is not None:
+            example, notes = cached
         else:
-            wave, notes = audio_lib.load_audio_checked(item["file"], FEATURES.sample_rate)
-        example = _example(wave, item)
+            if "zip" in item:
+                wave, notes = _load_from_zip(item["zip"], item["member"])
+            else:
+                wave, notes = audio_lib.load_audio_checked(item["file"], FEATURES.sample_rate)
+            example = _example(wave, item)
+            if signature:
+                _store(item, signature, example, notes)
         name = (_zip_name(item["zip"], item["member"]) if "zip" in item
                 else audio_lib.display_path(item["file"]))
+        # From the features, not the cache: a cache written before this warning existed has it.
         notes = {**notes, **short_clip_note(name, example["mel"].shape[-1],
                                             FEATURES.hop_length, FEATURES.sample_rate)}
-        if signature:
-            _store(item, signature, example, notes)
         return example, None, notes
     except audio_lib.InputError as e:
         return None, str(e), {}
