@@ -203,6 +203,30 @@ def _read_results(path: Path) -> list[dict]:
     return [r for r in data if isinstance(r, dict) and "file" in r]
 
 
+def own_output(path: Path, table: bool = False) -> bool:
+    """Whether the existing file `path` may be replaced by `tag`'s --output (`table` False: an
+    empty file or a JSON list of results, each a dict with a "file") or --csv (`table` True: an
+    empty file or a table whose header starts `file,duration_s`, as `write_csv` writes it).
+    Anything else (an audio input, someone's notes) is not this tool's to replace; a file that
+    cannot be read counts as replaceable here, and the run's own open or write then fails."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return True
+    if not head.strip():
+        return True
+    if table:
+        return head.lstrip(b"\xef\xbb\xbf").startswith(",".join(CSV_FIXED_COLUMNS).encode())
+    if not head.lstrip().startswith(b"["):  # not JSON at all: not read whole (an audio file)
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, list) and all(isinstance(r, dict) and "file" in r for r in data)
+
+
 def finished_results(output: Path) -> list[dict]:
     """Results of earlier runs, for `--resume`: the successes in the output file and in the part
     files any process of an interrupted multi-process run left, and the failures of inputs with

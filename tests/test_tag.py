@@ -538,10 +538,31 @@ def test_resume_under_another_spelling_reuses_and_a_replaced_output_is_said(
                      "tone.wav"]) == 0
     assert (f"note: {out} exists: this run replaces its 2 earlier result(s); --resume keeps "
             "and reuses them") in capsys.readouterr().err
+    # From a new user's trial: `--output victim.wav` replaced the input with JSON, and `--csv`
+    # a FLAC or someone's notes. A file that is not this tool's is refused, left as it was.
+    from tagger_jax import errors
+
+    victim = inputs / "tone.wav"
+    audio_bytes = victim.read_bytes()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
     out.write_text("{}")
+    for flag, target in (("--output", victim), ("--output", out), ("--csv", notes),
+                         ("--csv", victim)):
+        assert cli.main(["tag", "--checkpoint", str(model_dir), flag, str(target), "--quiet",
+                         "tone.wav"]) == errors.OUTPUT
+        err = capsys.readouterr().err
+        kind = ("a result list of this tool (JSON)" if flag == "--output" else
+                "a table of this tool (header file,duration_s,...)")
+        assert err == (f"error: {flag} {target}: exists and is not {kind}; it is not replaced: "
+                       "give another file name, or delete it first\n")
+    assert victim.read_bytes() == audio_bytes and notes.read_text() == "my notes"
+    assert out.read_text() == "{}"
+    out.write_text("")  # an empty file is replaced, silently
     assert cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--quiet",
                      "tone.wav"]) == 0
-    assert "this run replaces it (not a result list of this tool)" in capsys.readouterr().err
+    assert "exists" not in capsys.readouterr().err
+    assert [r["file"] for r in json.loads(out.read_text())] == ["tone.wav"]
 
 
 def test_csv_table_holds_every_tagged_input_in_input_order(model_dir, inputs, tmp_path, capsys):

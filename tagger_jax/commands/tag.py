@@ -43,11 +43,12 @@ def _say_replaced(output: Path) -> None:
     if not output.is_file():
         return
     try:
-        what = f"its {len(tagging.finished_results(output))} earlier result(s)"
-    except ValueError:
-        what = "it (not a result list of this tool)"
-    print(f"note: {output} exists: this run replaces {what}; --resume keeps and reuses them",
-          file=sys.stderr)
+        found = len(tagging.finished_results(output))
+    except ValueError:  # an empty file (`run` refuses other files than result lists)
+        return
+    if found:
+        print(f"note: {output} exists: this run replaces its {found} earlier result(s); "
+              "--resume keeps and reuses them", file=sys.stderr)
 
 
 def _under_this_runs_names(done: list[dict], paths: list[str], names: list[str]) -> int:
@@ -77,7 +78,7 @@ def _under_this_runs_names(done: list[dict], paths: list[str], names: list[str])
 def run(args: argparse.Namespace) -> int:
     import contextlib
 
-    from tagger_jax import outputs, sharding
+    from tagger_jax import errors, outputs, sharding, tagging
 
     if args.top_k < 1:
         return _error("--top-k must be at least 1")
@@ -85,11 +86,19 @@ def run(args: argparse.Namespace) -> int:
         return _error("--resume needs --output")
     if args.output is not None:  # checked before any work (errors.OUTPUT)
         args.output = outputs.check_output_file(args.output)
+        if not tagging.own_output(args.output):  # a trial's --output victim.wav replaced it
+            return _error(f"--output {args.output}: exists and is not a result list of this "
+                          "tool (JSON); it is not replaced: give another file name, or delete "
+                          "it first", errors.OUTPUT)
     if args.csv is not None:
         args.csv = outputs.check_output_file(args.csv)
         if args.output is not None and os.path.realpath(args.csv) == os.path.realpath(
                 args.output):  # also through a link (it was refused as "in use by another run")
             return _error(f"--csv {args.csv} is the --output file; give another name")
+        if not tagging.own_output(args.csv, table=True):
+            return _error(f"--csv {args.csv}: exists and is not a table of this tool (header "
+                          f"{','.join(tagging.CSV_FIXED_COLUMNS)},...); it is not replaced: give "
+                          "another file name, or delete it first", errors.OUTPUT)
     needs_output = "a multi-process run needs --output (each process writes its share)"
     if args.output is None and sharding.multi_process_requested():  # before waiting for peers
         return _error(needs_output)
