@@ -267,6 +267,11 @@ def _check_file(path: str | os.PathLike) -> Path:
     p = Path(path)
     d = display_path(p)
     if not p.exists():
+        if p.is_symlink():  # as a folder search says it
+            raise InputError(f"{d}: broken link (its target does not exist)")
+        if any(c in p.name for c in "*?["):  # a trial's quoted 'audio/*.flac'
+            raise InputError(f"{d}: file not found (wildcards are expanded by the shell, not "
+                             "here: leave the pattern unquoted, or name the folder)")
         raise InputError(f"{d}: file not found")
     if p.is_dir():
         raise InputError(f"{d}: is a directory, not a file")

@@ -405,6 +405,14 @@ def untrained_tags(datasets, dataset: str, data_dir: Any, builder_config: Any,
     return [t for t in map(str, model_tags) if t in set(map(str, lacking))]
 
 
+def trained_on(config: Any, dataset: str, builder_config: Any) -> bool:
+    """Whether a model config's training data (`config.data`: name, builder_config) is the build
+    `dataset` / `builder_config` (a name, a `tfds.core.BuilderConfig` or None: the default)."""
+    asked = getattr(builder_config, "name", builder_config) or None
+    return dataset == str(config.data.name) and asked == (
+        config.data.get("builder_config") or None)
+
+
 def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
                         split: str | None = None, data_dir: str | None = None,
                         builder_config: Any = None, mode: str = "chunks",
@@ -429,7 +437,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     model does not know; they are not scored (one note names them; the result's
     "ignored_dataset_tags" lists them). `progress`: the progress bar over clips. `print_fn`
     prints the per-tag table and the means (None: nothing is printed); notes (tags missing or
-    reordered, tags without train clips, clips shorter than a window) go to stderr. The default
+    reordered, tags without train clips when the model was trained on this build, clips
+    shorter than a window) go to stderr. The default
     folder is MODEL/evaluation/<dataset>[-<config>]_<split>_<mode> (the config named when it is
     not the model's own).
     """
@@ -486,7 +495,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
         note(f"{dataset} lists the model's {len(order)} tags in another order; its labels are "
              "read in the model's order")
     _warn_on_feature_mismatch(datasets, dataset, data_dir, builder_config, cfg.features)
-    never = untrained_tags(datasets, dataset, data_dir, builder_config, loaded.tags)
+    # Only for a model trained on this build (a trial's soundfont model was told otherwise).
+    never = (untrained_tags(datasets, dataset, data_dir, builder_config, loaded.tags)
+             if trained_on(cfg, dataset, builder_config) else [])
     if never:  # a new user's trial
         note(f"{len(never)} tag(s) have no clip in this build's train split "
              f"({tags_lib.listed(never)}): a model trained on it never learnt them; their "

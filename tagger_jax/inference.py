@@ -158,9 +158,10 @@ def discover(paths: Iterable[str | os.PathLike],
         if skipped is not None:
             skipped.extend(left_out)
         scanned.append((p, files))
-    # A link found in a folder search whose file is an input by its own name too is the repeat,
-    # wherever it sorts (a `misc/link.flac` took the place of `rock/track.flac` before).
-    direct = {Path(os.path.realpath(f)) for p, files in scanned if p.is_dir() for f in files
+    # A link found in a folder search whose file is an input by its own name too (found in a
+    # folder or named on the command line) is the repeat, wherever it sorts (a `misc/link.flac`
+    # took the place of `rock/track.flac` before, and of `full.wav` named after its folder).
+    direct = {Path(os.path.realpath(f)) for p, files in scanned for f in files
               if not f.is_symlink()}
     for p, files in scanned:
         for f in files:
@@ -893,12 +894,14 @@ def reusable(output: Optional[Mapping[str, Any]], signature: str, fingerprint: s
             and str(output.get("fingerprint")) == fingerprint)
 
 
-def replaced_line(count: int, where: Any, verb: str) -> str:
+def replaced_line(count: int, where: Any, verb: str, changed: str = "") -> str:
     """The one line a resumable command prints when it computes again `count` outputs found in
     `where` that `reusable` rejected (made with another model, other settings or an earlier
-    version of the input), e.g. "... in out/: embedded again"."""
+    version of the input), e.g. "... in out/: embedded again"; `changed`, where the command
+    knows it, says what differs ("listen (was True, now False)")."""
     return (f"{count} output(s) in {where} came from another model, other settings or an "
-            f"earlier version of the input: {verb} again (replaced)")
+            f"earlier version of the input: {verb} again (replaced)"
+            + (f"; changed: {changed}" if changed else ""))
 
 
 def replaced_summary(count: int) -> str:

@@ -41,6 +41,39 @@ def listed(tags) -> str:
     return ", ".join(tags)
 
 
+def nearest(names, known) -> dict[str, str]:
+    """{name: the known tag it most likely means} for each of `names` not in `known`: the tag
+    equal but for case, spaces, '-' and '_', else difflib's closest (cutoff 0.8); names with
+    neither are left out."""
+    import difflib
+
+    known = [str(t) for t in known]
+
+    def bare(text: str) -> str:
+        return "".join(c for c in text.casefold() if c not in " -_")
+
+    found = {}
+    for name in map(str, names):
+        if name in known:
+            continue
+        near = [t for t in known if bare(t) == bare(name)] or difflib.get_close_matches(
+            name, known, n=1, cutoff=0.8)
+        if near:
+            found[name] = near[0]
+    return found
+
+
+def did_you_mean(names, known) -> str:
+    """"" or "; did you mean 'piano'?" ("'piano' for 'Piano', 'cello' for 'celo'" for several)
+    for the unknown `names`, by `nearest`: the tail of an unknown-tags message."""
+    near = nearest(names, known)
+    if not near:
+        return ""
+    if len(near) == 1:
+        return f"; did you mean {next(iter(near.values()))!r}?"
+    return "; did you mean " + ", ".join(f"{t!r} for {n!r}" for n, t in near.items()) + "?"
+
+
 def read_tag_list(path) -> list[str]:
     """The tag names of a text file, one per line (`TEXT_ENCODING`; surrounding spaces, blank
     lines and Windows line ends dropped). Raises OSError or UnicodeDecodeError as `open` does."""

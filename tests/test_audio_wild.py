@@ -168,6 +168,13 @@ def test_scan_takes_every_decodable_kind_and_reports_the_rest(tmp_path):
     assert "not audio" in reasons["cover.jpg"] and "resource fork" in reasons["._song.mp3"]
     assert "broken link" in reasons["dangling.wav"]
     assert tagging.collect_inputs([tmp_path]) == files
+    # Named directly, the same link says the same, not "file not found" (a trial).
+    with pytest.raises(audio.InputError, match=r"dangling\.wav: broken link \(its target does "
+                                               r"not exist\)$"):
+        audio.load_audio(tmp_path / "dangling.wav", SR)
+    with pytest.raises(audio.InputError, match=r"\*\.wav: file not found \(wildcards are "
+                                               "expanded by the shell"):
+        audio.load_audio(tmp_path / "*.wav", SR)
 
 
 def test_scan_names_other_runs_lock_and_temporary_files(tmp_path):

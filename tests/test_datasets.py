@@ -1062,6 +1062,11 @@ def test_audio_warnings_are_recorded_and_summarised_and_mpg123_notes_do_not_leak
     assert rows[0] == "split\tclip_id\tpath\tcode\tmessage" and len(rows) == 5
     reopened = datasets.get_builder("audio_folder", tmp_path / "d")
     assert datasets.audio_warnings(reopened) == found  # kept in the dataset's metadata
+    from tagger_jax.explain import runner  # explain --dataset's summaries carry them
+
+    assert runner.record_warnings("audio_folder", "train", tmp_path / "d") == {
+        found["train"][0]["clip_id"]: {"short_clip": found["train"][0]["message"]}}
+    assert runner.record_warnings("audio_folder", "train", tmp_path / "nowhere") == {}
     assert datasets.split_sizes(reopened) == {"train": 2, "validation": 1, "test": 1}
 
 
@@ -1550,9 +1555,50 @@ def test_audio_folder_zero_fraction_tags_only_outside_train_and_split_names(tmp_
                                      ("rare", "rock", "jazz")) == ["rare", "jazz"]
     assert evaluation.untrained_tags(datasets, "audio_folder", tmp_path / "d", "z",
                                      ("rock", "jazz")) == []
-    with pytest.raises(ValueError, match=r"no split 'Segments' \(split names are lowercase: "
-                       r"'segments'\)"):
+    # ... and only for a model trained on that build (not one trained on other data).
+    import ml_collections
+
+    config = ml_collections.ConfigDict({"data": {"name": "audio_folder", "builder_config": "r"}})
+    assert evaluation.trained_on(config, "audio_folder", "r")
+    assert evaluation.trained_on(config, "audio_folder", AudioFolderConfig(name="r"))
+    assert not evaluation.trained_on(config, "audio_folder", None)
+    config.data.update(name="soundfont_tags", builder_config="")
+    assert not evaluation.trained_on(config, "audio_folder", "r")
+    assert evaluation.trained_on(config, "soundfont_tags", None)
+    with pytest.raises(ValueError, match=r"no split 'Segments' \(split names are lowercase, "
+                       r"words joined by '_': 'segments'\)"):
         datasets.load_split("audio_folder", "Segments", tmp_path / "e", "r")
+    with pytest.raises(ValueError, match=r"no split 'segm-ents' \(split names .*'segments'\)"):
+        datasets.load_split("audio_folder", "segm-ents", tmp_path / "e", "r")
+    # Two split values alike but for separators make two splits: said (a trial's `Hold-Out` and
+    # `holdout`).
+    assert audio_folder.split_notes(
+        tmp_path / "t.csv", {"hold_out": ("Hold-Out", 3), "holdout": ("holdout", 5)},
+        AudioFolderConfig(name="t")) == [
+        f"note: {tmp_path / 't.csv'}: the extra splits 'hold_out' (from 'Hold-Out', line 3), "
+        "'holdout' (from 'holdout', line 5) differ only in separators: they are built as "
+        "separate splits; if they are one, spell it one way"]
+
+
+def test_audio_folder_rows_without_tags_are_said_kept_or_dropped(tmp_path, capfd):
+    """An empty tags cell is a clip negative for every tag, or left out with drop_untagged:
+    either way one note says how many rows and which (a trial's row was kept unannounced)."""
+    for k in range(4):
+        _tone(tmp_path / "m" / f"s{k}.wav", 0.2, 330 * (k + 1))
+    csv_path = tmp_path / "m" / "tags.csv"
+    csv_path.write_text("path,tags,split\ns0.wav,rock,train\ns1.wav,,train\n"
+                        "s2.wav,jazz,validation\ns3.wav,,test\n")
+    b = datasets.build("audio_folder", tmp_path / "d", AudioFolderConfig(name="keep"),
+                       manual_dir=tmp_path / "m", num_workers=1)
+    assert (f"note: {csv_path}: 2 row(s) have no tags ('s1.wav', 's3.wav'): kept as clips with "
+            "none of the tags (--set drop_untagged=true leaves them out)") in capfd.readouterr().err
+    assert datasets.split_sizes(b) == {"train": 2, "validation": 1, "test": 1}
+    b = datasets.build("audio_folder", tmp_path / "d",
+                       AudioFolderConfig(name="drop", drop_untagged=True),
+                       manual_dir=tmp_path / "m", num_workers=1)
+    assert (f"note: {csv_path}: 2 row(s) have no tags ('s1.wav', 's3.wav'): left out "
+            "(drop_untagged)") in capfd.readouterr().err
+    assert datasets.split_sizes(b) == {"train": 1, "validation": 1}
 
 
 def test_audio_folder_one_file_in_two_spellings_is_refused(tmp_path):

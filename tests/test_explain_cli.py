@@ -187,12 +187,17 @@ def test_short_clip_warning_in_the_summary_and_replaced_outputs_said(setup, tmp_
     assert f"warning: {note}" in err and "replaced" not in err
     assert explain(*argv, "--hop", "0.1") == 0
     captured = capsys.readouterr()
-    assert (f"1 output(s) in {tmp_path / 'out'} came from another model, other settings"
-            in captured.err and "explained again (replaced)" in captured.err)
+    assert (f"1 output(s) in {tmp_path / 'out'} came from another model, other settings or an "
+            "earlier version of the input: explained again (replaced); changed: hop (was None, "
+            "now 0.1)\n") in captured.err  # named: a trial's rerun did not say what changed
     assert ("explained 1 input(s), 0 failed; 1 earlier output(s) "
             "made with other settings") in captured.err
     assert json.loads((tmp_path / "out" / "tiny.npy.json").read_text())["signature"] != (
         summary["signature"])
+    np.save(tmp_path / "tiny.npy", np.zeros((96, 20), np.float32))  # the input changed too
+    assert explain(*argv, "--top-k", "1") == 0
+    assert ("explained again (replaced); changed: the input file, hop (was 0.1, now None), "
+            "top_k (was 2, now 1)\n" in capsys.readouterr().err)
 
 
 def test_two_clip_mode_with_named_tags_from_the_top_level_script(setup, tmp_path, capsys):
@@ -216,10 +221,20 @@ def test_bad_arguments_exit_2_with_a_message(setup, tmp_path, capsys):
     assert explain("--checkpoint", str(model_dir), str(inputs), "--out", str(tmp_path),
                    "--tags", "t1,violin") == 2
     assert "violin" in capsys.readouterr().err
+    # From a new user's trial: `--tags Piano` for a model's `piano` gave no hint.
+    assert explain("--checkpoint", str(model_dir), str(inputs), "--out", str(tmp_path),
+                   "--tags", "T1,t-4") == 2
+    assert ("unknown tags ['T1', 't-4']; did you mean 't1' for 'T1', 't4' for 't-4'?; the "
+            "model's tags are: ") in capsys.readouterr().err
     assert explain("--checkpoint", str(tmp_path / "nope"), str(inputs), "--out",
                    str(tmp_path)) == 3  # errors.MODEL
     assert explain("--checkpoint", str(model_dir), str(inputs), "--out", str(tmp_path),
                    "--methods", "saliency") == 2
+    # Refused before the output folder (and the lock beside it) is made: a trial found both.
+    for flag, value in (("--methods", "attention,foo"), ("--tags", "vocals")):
+        assert explain("--checkpoint", str(model_dir), str(inputs), "--out",
+                       str(tmp_path / "new"), flag, value) == 2
+        assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".new*"))
 
 
 def test_dataset_split_records_are_explained(setup, tmp_path, monkeypatch):
@@ -238,6 +253,8 @@ def test_dataset_split_records_are_explained(setup, tmp_path, monkeypatch):
         return records, TAGS
 
     monkeypatch.setattr(datasets, "load_split", fake_load_split)
+    said = {"c27": {"clipping": "songs/c27.wav: 3% of its samples are clipped"}}
+    monkeypatch.setattr(runner, "record_warnings", lambda *args: said)  # the build's record
     rc = explain("--checkpoint", str(model_dir), "--dataset", "toy", "--split", "validation",
                  "--builder-config", "small", "--out", str(tmp_path), "--methods", METHODS,
                  "--top-k", "2", "--batch-size", "4", "--no-plot")
@@ -249,6 +266,10 @@ def test_dataset_split_records_are_explained(setup, tmp_path, monkeypatch):
     assert summary["input"] == "toy/small:validation[1]" and summary["files"]["png"] is None
     # The record's source clip is named in the summary and on the index page; times in ms.
     assert summary["record"] == {"clip_id": "c27", "path": "songs/c27.wav"}
+    # ... and its audio warnings, as a file explained directly has them (a trial found none).
+    assert summary["audio_warnings"] == said["c27"]
+    assert "audio_warnings" not in json.loads(
+        (tmp_path / "toy_small-validation-000000.json").read_text())
     assert "songs/c27.wav" in (tmp_path / "index.html").read_text()
     assert all(round(t, 3) == t for t in summary["peak_time_s"]["contribution"].values())
 
@@ -488,7 +509,7 @@ def test_tags_per_input_from_a_csv_in_one_compilation(setup, tmp_path, capsys):
     model_dir, inputs, _ = setup
     table = tmp_path / "tags.csv"
     table.write_text('file,tags\nlong.npy,t2,t4\n"tone.wav","no <vocal> & co"\n'
-                     "short.npy,t1,violin\nnot_there.wav,t0\n")  # base name match
+                     "short.npy,t1,violino\nnot_there.wav,t0\n")  # base name match
     out = tmp_path / "out"
     rc = explain("--checkpoint", str(model_dir), str(inputs / "long.npy"),
                  str(inputs / "tone.wav"), str(inputs / "sub" / "short.npy"), str(inputs / WEIRD),
@@ -497,7 +518,9 @@ def test_tags_per_input_from_a_csv_in_one_compilation(setup, tmp_path, capsys):
                  "--no-plot")
     text = capsys.readouterr()
     # reported, not silent: the unmatched row with the counts, the failed input on stderr
-    assert rc == 1 and "not_there.wav" in text.err and "violin" in text.err
+    assert rc == 1 and "not_there.wav" in text.err
+    assert "unknown tags to explain ['violino']" in text.err  # no tag near it: no hint
+    assert "did you mean" not in text.err
     assert "not_there.wav" not in text.out  # stdout: the index only
     got = {json.loads(p.read_text())["key"]: json.loads(p.read_text())
            for p in out.glob("*.json") if p.name != "failures.json"}
@@ -635,6 +658,16 @@ def test_an_interrupted_explain_says_what_it_kept_and_where(setup, tmp_path, mon
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"tagger-jax: interrupted; 1 of 2 input(s) explained in this run are in {out}; running "
         "it again explains the other 1")
+
+
+def test_nearest_tag_names_for_hints():
+    from tagger_jax import tags as tags_lib
+
+    known = ("piano", "no vocal", "hip-hop", "drums")
+    assert tags_lib.nearest(["Piano", "no_vocal", "hiphop", "drum", "violin", "piano"], known) == {
+        "Piano": "piano", "no_vocal": "no vocal", "hiphop": "hip-hop", "drum": "drums"}
+    assert tags_lib.did_you_mean(["Piano"], known) == "; did you mean 'piano'?"
+    assert tags_lib.did_you_mean(["violin"], known) == ""
 
 
 def test_tags_csv_reads_both_formats(tmp_path):
@@ -814,6 +847,14 @@ def test_tags_csv_matches_dataset_records_by_their_source_path_and_reads_a_bom(t
                      encoding="utf-8")
     got = runner.with_csv_tags(items, table, log=said.append)
     assert [it.explain_tags for it in got] == [("drums",), (), ("piano", "slow")]
+    # A row with an empty tags cell (a trial's `songs/full.wav,,test`) is said, not silent.
+    table.write_text("path,tags,split\nsongs/a.ogg,,test\nsongs/b.wav,flute,test\n")
+    said.clear()
+    got = runner.with_csv_tags(items, table, log=said.append)
+    assert [it.explain_tags for it in got] == [(), ("flute",), ()]
+    assert said == [
+        f"note: {table}: 1 row(s) list no tags, so their inputs get their top-k predicted "
+        "tags: 'songs/a.ogg'"]
     semicolons = tmp_path / "semi.csv"  # built with --set delimiter=semicolon: no sep= line
     semicolons.write_text("path;tags\nsongs/b.wav;flute\n")
     assert runner.read_tags_csv(semicolons) == {"songs/b.wav": ("flute",)}

@@ -600,6 +600,13 @@ def test_a_link_found_in_a_folder_gives_way_to_its_file_named_by_its_own_name(tm
     assert skipped == [(tmp_path / "misc" / "link_to_001.flac",
                         f"named again (a link to {tmp_path / 'rock' / 'track 001.flac'}, an "
                         "input by its own name)")]
+    # ... also when the file is named on the command line after the folder holding the link.
+    skipped = []
+    found = inference.discover([tmp_path / "misc", tmp_path / "rock" / "track 001.flac"], skipped)
+    assert [name for _, name in found] == ["track 001.flac"]
+    assert skipped == [(tmp_path / "misc" / "link_to_001.flac",
+                        f"named again (a link to {tmp_path / 'rock' / 'track 001.flac'}, an "
+                        "input by its own name)")]
     # A link named on the command line stays the input it names.
     skipped = []
     found = inference.discover([tmp_path / "misc" / "link_to_001.flac"], skipped)

@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
                 retry_failed=args.retry_failed, plot_line_s=line_s or None,
                 listen=args.listen, listen_methods=listen_methods, listen_keep=keep,
                 listen_softness=softness, report=not args.no_report)
+            runner.check_options(loaded, options)  # before the output folder is made
             layers = _attention_layers(loaded)
             if layers is not None and not -layers <= args.layer < layers:
                 return error(f"--layer {args.layer}: the model has {layers} encoder layer(s) "

@@ -395,8 +395,12 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike,
             f"build-dataset {name}{config} --data-dir {_expand(data_dir)}{manual}` (or "
             f"`ensure_built`) first{built}")
     if split not in builder.info.splits:
-        near = [s for s in builder.info.splits if s.casefold() == split.strip().casefold()]
-        hint = f" (split names are lowercase: {near[0]!r})" if near else ""
+        def fold(name: str) -> str:  # `Segments`, `hold-out` and `Hold Out` for `hold_out`
+            return "".join(c for c in name.strip().casefold() if c not in " -_")
+
+        near = [s for s in builder.info.splits if fold(s) == fold(split)]
+        hint = (f" (split names are lowercase, words joined by '_': {near[0]!r})" if near
+                else "")
         raise MissingSplitError(f"{name} in {builder.data_dir}: no split {split!r}{hint}; its "
                                 f"splits are {list(builder.info.splits)}")
     return builder.as_data_source(split=split), tag_names(builder)

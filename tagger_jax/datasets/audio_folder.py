@@ -419,6 +419,13 @@ def split_notes(path: Path, spelled: dict[str, tuple[str, int]],
             out.append(f"note: {path}:{line}: split value {value!r} makes the extra split "
                        f"{name!r}, which training never uses; if it is the {like} split, write "
                        f"{like!r}")
+    by_letters: dict[str, list[str]] = {}  # `Hold-Out` and `holdout`: two splits (a trial)
+    for name in spelled:
+        by_letters.setdefault(name.replace("_", ""), []).append(name)
+    for names in (n for n in by_letters.values() if len(n) > 1):
+        made = ", ".join(f"{n!r} (from {spelled[n][0]!r}, line {spelled[n][1]})" for n in names)
+        out.append(f"note: {path}: the extra splits {made} differ only in separators: they are "
+                   "built as separate splits; if they are one, spell it one way")
     return out
 
 
@@ -647,6 +654,15 @@ class AudioFolder(TaggingBuilder):
                                        f"seed {config.split_seed}")
         items = {s: [] for s in self._split_names()}
         dropped = 0
+        untagged = [row for row in rows if not row.tags]
+        if untagged:  # an empty tags cell: said either way (a trial found it kept unannounced)
+            first = ", ".join(repr(row.path) for row in untagged[:3])
+            more = ", ..." if len(untagged) > 3 else ""
+            fate = ("left out (drop_untagged)" if config.drop_untagged else
+                    "kept as clips with none of the tags (--set drop_untagged=true leaves them "
+                    "out)")
+            print(f"note: {csv_path}: {len(untagged)} row(s) have no tags ({first}{more}): "
+                  f"{fate}", file=sys.stderr, flush=True)
         for row, split in zip(rows, splits):
             if config.drop_untagged and not row.tags:
                 dropped += 1

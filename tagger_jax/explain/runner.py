@@ -220,10 +220,11 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
     matches `music/rock/live sets/track 2.ogg`; a bare base name the same way) and no other
     input's does. A dataset record (`dataset_items(record_paths=True)`) matches by the path it
     was built from (`meta["record_path"]`, e.g. an audio_folder CSV's `songs/a.ogg`). Inputs the
-    CSV does not list keep the run's tags (top-k predicted); CSV rows that match no input are
-    reported in one `note:` line (`log`; stderr by default, stdout keeping the run's index).
-    Names are compared in Unicode's composed form (NFC): `Café.wav` typed on one
-    system matches the decomposed `Café.wav` of another, as `audio_folder` reads it."""
+    CSV does not list, or lists without tags, keep the run's tags (top-k predicted); CSV rows
+    that match no input, and matched rows without tags, are reported in a `note:` line each
+    (`log`; stderr by default, stdout keeping the run's index). Names are compared in Unicode's
+    composed form (NFC): `Café.wav` typed on one system matches the decomposed `Café.wav` of
+    another, as `audio_folder` reads it."""
     import unicodedata
 
     def nfc(text: str) -> str:
@@ -264,6 +265,11 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
     if unused and log is not None:
         log(f"note: {csv_path}: {len(unused)} row(s) match no input: "
             + ", ".join(repr(n) for n in unused[:10]) + (" ..." if len(unused) > 10 else ""))
+    empty = [n for n in table if n in used and not table[n]]
+    if empty and log is not None:  # an audio_folder row with an empty tags cell (a trial)
+        log(f"note: {csv_path}: {len(empty)} row(s) list no tags, so their inputs get their "
+            "top-k predicted tags: " + ", ".join(repr(n) for n in empty[:10])
+            + (" ..." if len(empty) > 10 else ""))
     return out
 
 
@@ -287,6 +293,7 @@ def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
                                      hold)
     source, dataset_tags = load_split(name, split, data_dir, builder_config)
     regenerate = _regenerated_audio(name, split, data_dir, builder_config, loaded)
+    degraded = record_warnings(name, split, data_dir, builder_config)
 
     def true_tags(record) -> list[str]:
         hot = np.asarray(record.get("tags", ()))
@@ -298,6 +305,8 @@ def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
         clip = {k: inference.record_text(record[k]) for k in ("clip_id", "path") if k in record}
         if clip:  # which clip of the user's collection the record is
             out["record"] = clip
+        if clip.get("clip_id") in degraded:  # as a file explained directly has them
+            out["audio_warnings"] = dict(degraded[clip["clip_id"]])
         if "tag_mask" in record:
             out["tag_mask"] = np.asarray(record["tag_mask"], np.uint8)
         if "audio" in record:
@@ -315,6 +324,23 @@ def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
         out.append(dataclasses.replace(
             it, extras=functools.partial(extras, i), meta=meta,
             explain_tags=tuple(true_tags(record)) if explain_labels else ()))
+    return out
+
+
+def record_warnings(name: str, split: str, data_dir: Optional[str] = None,
+                    builder_config: Optional[str] = None) -> dict[str, dict[str, str]]:
+    """{clip_id: {code: message}}: the audio warnings the build recorded for the clips of
+    `split` (`datasets.audio_warnings`; docs/audio.md's codes), {} where it recorded none."""
+    from tagger_jax import datasets
+
+    try:
+        builder = datasets.get_builder(name, data_dir, builder_config)
+        found = datasets.audio_warnings(builder).get(split, [])
+    except (ValueError, FileNotFoundError, KeyError, AttributeError, TypeError):
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    for w in found:
+        out.setdefault(str(w["clip_id"]), {})[str(w["code"])] = str(w["message"])
     return out
 
 
@@ -489,9 +515,43 @@ def _engine(loaded, batch_size: int) -> inference.Engine:
 model_identity = inference.model_signature
 
 
-def run_signature(loaded, options: ExplainOptions) -> str:
+def run_settings(loaded, options: ExplainOptions) -> dict[str, Any]:
+    """What the rerun signature hashes, as JSON holds it (each summary's "settings"): the model's
+    identity and `options.signature_fields()`."""
     fields = {"model": model_identity(loaded), **options.signature_fields()}
-    return hashlib.sha1(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()[:16]
+    return json.loads(json.dumps(fields, sort_keys=True, default=list))
+
+
+def run_signature(loaded, options: ExplainOptions) -> str:
+    return hashlib.sha1(json.dumps(run_settings(loaded, options),
+                                   sort_keys=True).encode()).hexdigest()[:16]
+
+
+def what_changed(old: list[Mapping[str, Any]], settings: Mapping[str, Any],
+                 fingerprints: Mapping[str, str]) -> str:
+    """What differs between the summaries `old` of outputs to be replaced and this run: the
+    settings (from each summary's "settings"; "model" for other weights), "the input file" (its
+    fingerprint, `fingerprints` by key), as "listen (was True, now False), the input file (2)".
+    Summaries from before "settings" was stored say nothing about settings."""
+    found: dict[str, list[str]] = {}
+    for s in old:
+        if str(s.get("fingerprint")) != fingerprints.get(str(s.get("key")), s.get("fingerprint")):
+            found.setdefault("the input file", [])
+        before = s.get("settings")
+        if not isinstance(before, Mapping):
+            continue
+        for k in sorted(set(before) | set(settings)):
+            if before.get(k) != settings.get(k):
+                if k == "model":
+                    found.setdefault("the model", [])
+                else:
+                    found.setdefault(k, []).append(f"was {before.get(k)}, now {settings.get(k)}")
+    parts = []
+    for name, values in found.items():
+        shown = sorted(set(values))
+        parts.append(name + (f" ({'; '.join(shown[:2])}{'; ...' if len(shown) > 2 else ''})"
+                             if shown else ""))
+    return ", ".join(parts)
 
 
 @functools.lru_cache(maxsize=8)
@@ -508,14 +568,25 @@ def jitted_functions(model, methods: tuple[str, ...], ig_steps: int, ig_baseline
     return predict, explain
 
 
+def check_options(loaded, options: ExplainOptions) -> None:
+    """Raises ValueError (one line) for methods that do not exist or tags the model does not
+    have (naming the tag a misspelt one likely means), before any output is made."""
+    unknown = [m for m in options.methods if m not in M.METHODS]
+    if unknown or not options.methods:
+        raise ValueError(f"unknown or no methods {unknown or list(options.methods)}; "
+                         f"choose from {', '.join(M.METHODS)}")
+    known = list(loaded.tags)
+    missing = [t for t in options.tags if t not in known]
+    if missing:
+        raise ValueError(f"unknown tags {missing}{tags_lib.did_you_mean(missing, known)}; the "
+                         f"model's tags are: {tags_lib.listed(known)}")
+
+
 class _Context:
     """Per-run constants: the inference engine, time grids, and the two jitted functions."""
 
     def __init__(self, loaded, options: ExplainOptions):
-        unknown = [m for m in options.methods if m not in M.METHODS]
-        if unknown or not options.methods:
-            raise ValueError(f"unknown or no methods {unknown or list(options.methods)}; "
-                             f"choose from {', '.join(M.METHODS)}")
+        check_options(loaded, options)
         if options.batch_size < 1:
             raise ValueError("batch_size, top_k and ig_steps must be positive")
         self.engine = _engine(loaded, options.batch_size)
@@ -538,10 +609,6 @@ class _Context:
         self.plan.checked(geom)  # a hop longer than a window fails here, before any work
         if options.batch_size < 1 or options.top_k < 1 or options.ig_steps < 1:
             raise ValueError("batch_size, top_k and ig_steps must be positive")
-        missing = [t for t in options.tags if t not in self.tags]
-        if missing:
-            raise ValueError(f"unknown tags {missing}; the model's tags are: "
-                             f"{tags_lib.listed(self.tags)}")
         self.fixed_tags = np.array([self.tags.index(t) for t in options.tags], np.int32)
         self.k = len(options.tags) if options.tags else max(1, min(options.top_k, len(self.tags)))
         self.gradients = any(m in M.GRADIENT_METHODS for m in options.methods)
@@ -560,13 +627,16 @@ def _prepare(ctx: _Context, item: InputItem) -> _Track:
     if item.explain_tags:
         unknown = [t for t in item.explain_tags if t not in ctx.tags]
         if unknown:
-            raise ValueError(f"{item.name}: unknown tags to explain {unknown}")
+            raise ValueError(f"{item.name}: unknown tags to explain {unknown}"
+                             f"{tags_lib.did_you_mean(unknown, ctx.tags)}")
         idx = [ctx.tags.index(t) for t in item.explain_tags][: ctx.k]
         track.num_tags = len(idx)
         track.tags = np.array(idx + idx[:1] * (ctx.k - len(idx)), np.int32)
     if item.extras is not None and (ctx.options.listen or ctx.options.report
                                     or ctx.options.plot):
         track.extras = dict(item.extras())
+        if "audio_warnings" in track.extras:  # a dataset record's, recorded by its build
+            track.warnings = {**track.extras.pop("audio_warnings"), **(track.warnings or {})}
     # The waveform the input was read from (a file's decode, `file_items`), for playback and
     # auralisation only; kept on the track while it is in flight, like the rest of it.
     wave, track.audio = (track.signal if ctx.waveform else track.audio), None
@@ -806,6 +876,7 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
     summary: dict[str, Any] = {
         "kind": FORMAT, "input": track.item.name, "key": track.item.key,
         "fingerprint": track.item.fingerprint, "signature": signature,
+        "settings": ctx.settings,  # what the signature hashes: a rerun says what changed
         "num_steps": int(track.length),
         "duration_s": round(float(track.duration_s), 6),
         "num_chunks": int(len(track.starts)), "padded": bool(track.padded),
@@ -952,6 +1023,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     if own:  # per-input tags: one tag count K for the whole run (one compilation)
         ctx.k = max(own + [ctx.k] * any(not it.explain_tags for it in items))
     signature = run_signature(loaded, options)
+    ctx.settings = run_settings(loaded, options)
     keys = [it.key for it in items]
     if len(set(keys)) != len(keys):
         raise ValueError("input keys must be unique")
@@ -968,6 +1040,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     share = inference.process_share(items, process, processes)
     failures = report.load_failures(out_dir)
     done, skipped, failed, todo, replaced = [], [], {}, [], []
+    replaced_summaries: list[dict] = []  # what `what_changed` compares
     silent: list[str] = []  # explained with --listen but without audio to play
     for item in share:
         path = out_dir / f"{item.key}{report.SUMMARY_SUFFIX}"
@@ -985,10 +1058,15 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             continue
         if path.exists():  # made with other settings, or of an earlier version of the input
             replaced.append(item.name)
+            if s is not None:
+                replaced_summaries.append(s)
         todo.append(item)
 
     if replaced:
-        print(inference.replaced_line(len(replaced), out_dir, "explained"), file=sys.stderr)
+        changed = what_changed(replaced_summaries, ctx.settings,
+                               {it.key: it.fingerprint for it in share})
+        print(inference.replaced_line(len(replaced), out_dir, "explained", changed),
+              file=sys.stderr)
     if options.listen and options.not_auralised() and todo and process == 0:
         print(f"note: --listen: {', '.join(options.not_auralised())} {NOT_AURALISED_NOTE}",
               file=sys.stderr)
