@@ -438,9 +438,9 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     "ignored_dataset_tags" lists them). `progress`: the progress bar over clips. `print_fn`
     prints the per-tag table and the means (None: nothing is printed); notes (tags missing or
     reordered, tags without train clips when the model was trained on this build, clips
-    shorter than a window) go to stderr. The default
-    folder is MODEL/evaluation/<dataset>[-<config>]_<split>_<mode> (the config named when it is
-    not the model's own).
+    shorter than a window) go to stderr. The default folder is
+    MODEL/evaluation/<dataset>[-<config>]_<split>_<mode> (the config named when it is not the
+    model's own).
     """
     from tqdm import tqdm
 

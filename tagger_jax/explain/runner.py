@@ -531,8 +531,8 @@ def what_changed(old: list[Mapping[str, Any]], settings: Mapping[str, Any],
                  fingerprints: Mapping[str, str]) -> str:
     """What differs between the summaries `old` of outputs to be replaced and this run: the
     settings (from each summary's "settings"; "model" for other weights), "the input file" (its
-    fingerprint, `fingerprints` by key), as "listen (was True, now False), the input file (2)".
-    Summaries from before "settings" was stored say nothing about settings."""
+    fingerprint, `fingerprints` by key), as "the input file, listen (was True, now False)";
+    "" when nothing is known. Summaries from before "settings" was stored name no setting."""
     found: dict[str, list[str]] = {}
     for s in old:
         if str(s.get("fingerprint")) != fingerprints.get(str(s.get("key")), s.get("fingerprint")):
