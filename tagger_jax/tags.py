@@ -41,22 +41,24 @@ def listed(tags) -> str:
     return ", ".join(tags)
 
 
+def folded(name: str) -> str:
+    """`name` without case, spaces, '-' and '_' (and surrounding blanks): what two spellings of
+    one tag or split name share (`Hold-Out`, `hold_out`, `holdout`)."""
+    return "".join(c for c in name.strip().casefold() if c not in " -_")
+
+
 def nearest(names, known) -> dict[str, str]:
     """{name: the known tag it most likely means} for each of `names` not in `known`: the tag
-    equal but for case, spaces, '-' and '_', else difflib's closest (cutoff 0.8); names with
-    neither are left out."""
+    equal once `folded`, else difflib's closest (cutoff 0.8); names with neither are left
+    out."""
     import difflib
 
     known = [str(t) for t in known]
-
-    def bare(text: str) -> str:
-        return "".join(c for c in text.casefold() if c not in " -_")
-
     found = {}
     for name in map(str, names):
         if name in known:
             continue
-        near = [t for t in known if bare(t) == bare(name)] or difflib.get_close_matches(
+        near = [t for t in known if folded(t) == folded(name)] or difflib.get_close_matches(
             name, known, n=1, cutoff=0.8)
         if near:
             found[name] = near[0]

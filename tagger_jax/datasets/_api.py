@@ -395,10 +395,9 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike,
             f"build-dataset {name}{config} --data-dir {_expand(data_dir)}{manual}` (or "
             f"`ensure_built`) first{built}")
     if split not in builder.info.splits:
-        def fold(name: str) -> str:  # `Segments`, `hold-out` and `Hold Out` for `hold_out`
-            return "".join(c for c in name.strip().casefold() if c not in " -_")
+        from tagger_jax.tags import folded  # `Segments`, `hold-out`, `Hold Out` for `hold_out`
 
-        near = [s for s in builder.info.splits if fold(s) == fold(split)]
+        near = [s for s in builder.info.splits if folded(s) == folded(split)]
         hint = (f" (split names are lowercase, words joined by '_': {near[0]!r})" if near
                 else "")
         raise MissingSplitError(f"{name} in {builder.data_dir}: no split {split!r}{hint}; its "

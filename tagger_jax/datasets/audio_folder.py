@@ -421,7 +421,7 @@ def split_notes(path: Path, spelled: dict[str, tuple[str, int]],
                        f"{like!r}")
     by_letters: dict[str, list[str]] = {}  # `Hold-Out` and `holdout`: two splits (a trial)
     for name in spelled:
-        by_letters.setdefault(name.replace("_", ""), []).append(name)
+        by_letters.setdefault(tags_lib.folded(name), []).append(name)
     for names in (n for n in by_letters.values() if len(n) > 1):
         made = ", ".join(f"{n!r} (from {spelled[n][0]!r}, line {spelled[n][1]})" for n in names)
         out.append(f"note: {path}: the extra splits {made} differ only in separators: they are "
