@@ -21,6 +21,7 @@ assert len(MTAT_TOP50) == 50 and len(set(MTAT_TOP50)) == 50
 CSV_PATH_COLUMN = "path"  # column with the audio file path
 CSV_TAGS_COLUMN = "tags"  # column of tag names joined by CSV_TAG_SEPARATOR
 CSV_TAG_SEPARATOR = ";"  # separator inside the tags column
+CSV_SPLIT_COLUMN = "split"  # optional column naming each row's split
 
 # Text files a user hands over (tag lists, split and label tables): UTF-8, with the byte-order
 # mark that Windows editors write at the start dropped. Read as plain "utf-8" the mark stayed in

@@ -694,9 +694,14 @@ def test_audio_folder_extra_splits(folder, tmp_path):
     with open(tmp_path / "two.csv", "w", newline="") as f:
         csv.writer(f).writerows([("path", "tags", "split")] + rows + [("songs/a.wav", "rock",
                                                                        "hold out")])
-    with pytest.raises(ValueError, match=r"two.csv:9: split value 'hold out' and 'hold-out' "
-                       r"\(line 6\) both become split 'hold_out'"):
+    with pytest.raises(ValueError, match=r"two.csv:9: split value 'hold out' and 'Hold-Out' "
+                       r"\(line 6\) both become split 'hold_out'"):  # quoted as written
         audio_folder.read_table(tmp_path / "two.csv", config)
+    with open(tmp_path / "case.csv", "w", newline="") as f:  # letter case alone: one spelling
+        csv.writer(f).writerows([("path", "tags", "split")] + rows + [("songs/g.wav", "rock",
+                                                                       "HOLD-OUT")])
+    assert [r.split for r in audio_folder.read_table(tmp_path / "case.csv", config)[0]
+            if r.split == "hold_out"] == ["hold_out", "hold_out"]
     with pytest.raises(ValueError, match="no split 'other'"):
         datasets.load_split("audio_folder", "other", tmp_path / "d", config)
 

@@ -835,6 +835,23 @@ def test_tags_csv_matches_dataset_records_by_their_source_path_and_reads_a_bom(t
     got = runner.with_csv_tags(items, table, log=said.append)
     assert [it.explain_tags for it in got] == [("drums",), ("flute", "loud")]
     assert said == [f"note: {table}: 1 row(s) match no input: 'songs/c.mp3'"]
+    # Told the records' split (explain --dataset --split test), the CSV's rows of other splits
+    # are left aside, in any spelling of the split; those of this split still get the note.
+    table.write_text("path,tags,split\nsongs/b.wav,flute;loud,TEST\nsongs/a.ogg,drums,testing\n"
+                     "songs/c.mp3,bass,train\nsongs/d.wav,piano,Hold-Out\n"
+                     "songs/e.wav,organ,test\n")
+    said.clear()
+    got = runner.with_csv_tags(items, table, log=said.append, split="test")
+    assert [it.explain_tags for it in got] == [("drums",), ("flute", "loud")]
+    assert said == [f"note: {table}: 1 row(s) match no input: 'songs/e.wav'"]
+    said.clear()
+    got = runner.with_csv_tags(items, table, log=said.append, split="hold_out")
+    assert [it.explain_tags for it in got] == [(), ()]
+    assert said == [f"note: {table}: 1 row(s) match no input: 'songs/d.wav'"]
+    splits = {}
+    runner.read_tags_csv(table, splits)
+    assert splits == {"songs/b.wav": "TEST", "songs/a.ogg": "testing", "songs/c.mp3": "train",
+                      "songs/d.wav": "Hold-Out", "songs/e.wav": "test"}
     # The verifying user's CSV, which audio_folder builds from: Excel's `sep=;` line, `;` as the
     # delimiter, a name in decomposed Unicode (NFD) for a record stored in composed form (NFC).
     import unicodedata

@@ -87,7 +87,7 @@ class AudioFolderConfig(TaggingConfig):
     path_column: str = tags_lib.CSV_PATH_COLUMN  # column with the audio file path
     tags_column: str = tags_lib.CSV_TAGS_COLUMN  # joined tag names; absent = a 0/1 column per tag
     tag_separator: str = tags_lib.CSV_TAG_SEPARATOR  # separator inside the tags column
-    split_column: str = "split"  # optional column train/validation/test
+    split_column: str = tags_lib.CSV_SPLIT_COLUMN  # optional column train/validation/test
     id_column: str = ""  # optional column with clip ids ("" = use the path)
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test
     split_seed: int = 0  # seed of the random split when there is no split column
@@ -246,16 +246,16 @@ def read_table(path: Path, config: AudioFolderConfig, root: Path | None = None,
             tags = list(dict.fromkeys(t for t in tags if t))
         split = None
         if has_split:
-            value = (rec.get(config.split_column) or "").strip().lower()
+            value = (rec.get(config.split_column) or "").strip()
             if not value:
                 raise ValueError(f"{path}:{line}: empty {config.split_column!r}")
             try:
-                split = SPLIT_ALIASES.get(value) or extra_split_name(value)
+                split = split_of(value)
             except ValueError as e:
                 raise ValueError(f"{path}:{line}: {e}") from None
-            if value not in SPLIT_ALIASES:  # two spellings would merge into one split silently
+            if value.lower() not in SPLIT_ALIASES:  # two spellings would merge silently
                 first, first_line_of = spelled.setdefault(split, (value, line))
-                if first != value:
+                if first.lower() != value.lower():  # letter case alone: one spelling
                     raise ValueError(f"{path}:{line}: split value {value!r} and {first!r} (line "
                                      f"{first_line_of}) both become split {split!r}; write them "
                                      "alike, or give them names that differ in letters or digits")
@@ -542,6 +542,13 @@ def _refuse_one_file_twice(path: Path, rows: list[Row], root: Path | None) -> No
         raise ValueError(f"{path}: {len(pairs)} file(s) listed twice under different "
                          f"{' or '.join(sorted(ways, reverse=True))}: {'; '.join(pairs[:3])}"
                          f"{more}; a clip may have one row")
+
+
+def split_of(value: str) -> str:
+    """The split a CSV split value names: train / validation / test for theirs and their aliases
+    (`SPLIT_ALIASES`, any letter case), else the extra split's name (`extra_split_name`).
+    ValueError as `extra_split_name`'s."""
+    return SPLIT_ALIASES.get(value.strip().lower()) or extra_split_name(value)
 
 
 def extra_split_name(value: str) -> str:

@@ -149,11 +149,13 @@ def file_items(loaded, paths: Iterable[str | os.PathLike],
     return _engine(loaded, 1).file_inputs(paths, skipped, keep_audio=True, exclude=exclude)
 
 
-def read_tags_csv(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
+def read_tags_csv(path: str | os.PathLike,
+                  splits: Optional[dict[str, str]] = None) -> dict[str, tuple[str, ...]]:
     """{file as written: tags} from a CSV in one of two formats, told apart by the header:
       - an `audio_folder` CSV (`tagger_jax.datasets.audio_folder`): a header naming a `path` and
-        a `tags` column (case-insensitive, any order, other columns such as `split` ignored),
-        the tags joined by `;` in one cell: `path,tags,split` / `a.wav,rock;piano,test`;
+        a `tags` column (case-insensitive, any order, other columns ignored but `split`, whose
+        cells `splits` receives when given: {file as written: split value as written}), the
+        tags joined by `;` in one cell: `path,tags,split` / `a.wav,rock;piano,test`;
       - rows `file,tag,tag,...` (Python's csv quoting for names with commas), with an optional
         header row whose first cell is `file` or `path` (and no `tags` column beside `path`).
     As `audio_folder` reads it: a byte-order mark is dropped, Excel's first line `sep=X` sets the
@@ -164,8 +166,8 @@ def read_tags_csv(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     import csv
     import io
 
-    path_col, tags_col, sep = (tags_lib.CSV_PATH_COLUMN, tags_lib.CSV_TAGS_COLUMN,
-                               tags_lib.CSV_TAG_SEPARATOR)
+    path_col, tags_col, split_col, sep = (tags_lib.CSV_PATH_COLUMN, tags_lib.CSV_TAGS_COLUMN,
+                                          tags_lib.CSV_SPLIT_COLUMN, tags_lib.CSV_TAG_SEPARATOR)
     out: dict[str, tuple[str, ...]] = {}
     columns: dict[str, int] | None = None  # audio_folder format: column positions
     with open(path, newline="", encoding=tags_lib.TEXT_ENCODING) as f:
@@ -184,8 +186,9 @@ def read_tags_csv(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
         if line == header_line:
             header = [c.strip().lower() for c in row]
             if path_col in header and tags_col in header:
-                columns = {"path": header.index(path_col),
-                           "tags": header.index(tags_col), "width": len(header)}
+                columns = {"path": header.index(path_col), "tags": header.index(tags_col),
+                           "split": header.index(split_col) if split_col in header else None,
+                           "width": len(header)}
                 continue
             if header[0] in ("file", "path"):
                 continue
@@ -198,6 +201,8 @@ def read_tags_csv(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
             row = row + [""] * (columns["width"] - len(row))
             name = row[columns["path"]].strip()
             tags = row[columns["tags"]].split(sep)
+            if splits is not None and columns["split"] is not None and name:
+                splits[name] = row[columns["split"]].strip()
         else:
             name, tags = row[0].strip(), row[1:]
         if not name:
@@ -213,7 +218,8 @@ def _note(message: str) -> None:
 
 
 def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
-                  log: Optional[Callable[[str], None]] = _note) -> list[InputItem]:
+                  log: Optional[Callable[[str], None]] = _note,
+                  split: Optional[str] = None) -> list[InputItem]:
     """Items whose tags to explain come from a CSV (`read_tags_csv`). A CSV file name matches an
     input when it resolves to the same file (relative names: from the CSV's folder, then from
     the working directory), else when the input's path ends with it (`live sets/track 2.ogg`
@@ -224,13 +230,27 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
     that match no input, and matched rows without tags, are reported in a `note:` line each
     (`log`; stderr by default, stdout keeping the run's index). Names are compared in Unicode's
     composed form (NFC): `Café.wav` typed on one system matches the decomposed `Café.wav` of
-    another, as `audio_folder` reads it."""
+    another, as `audio_folder` reads it. `split` (the dataset split the items are records of):
+    rows of an audio_folder CSV whose `split` cell names another split are left out, so the CSV
+    a collection was built from serves each split without a note on the others' rows (a trial's
+    `explain --dataset ... --split test --tags-from` reported every train row as unmatched)."""
     import unicodedata
 
     def nfc(text: str) -> str:
         return unicodedata.normalize("NFC", text)
 
-    table = read_tags_csv(csv_path)
+    splits: dict[str, str] = {}
+    table = read_tags_csv(csv_path, splits)
+    if split is not None and splits:
+        from tagger_jax.datasets.audio_folder import split_of
+
+        def of_split(value: str) -> bool:
+            try:
+                return split_of(value) == split
+            except ValueError:  # a value no build accepts: not another split's row, so kept
+                return True
+
+        table = {n: t for n, t in table.items() if n not in splits or of_split(splits[n])}
     base = Path(csv_path).resolve().parent
     by_path = {}
     for name in table:
