@@ -201,9 +201,7 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
     items, adopted = inference.adopt_keys(items, {
         p.stem: _stored_name(p) for p in sorted(out.glob("*.npz")) if p.name != MERGED})
     if adopted and process == 0:
-        print(f"note: {len(adopted)} input(s) have outputs in {out} from a run that named them "
-              f"otherwise (e.g. {adopted[0].name} as {adopted[0].key}.npz); those are kept and "
-              "reused, not written again under new names", file=sys.stderr)
+        print(inference.adopted_line(adopted, out, ".npz"), file=sys.stderr)
     items, moved = inference.claim_keys(items, lambda key: _stored_name(out / f"{key}.npz"))
     for line in inference.moved_lines(moved, out, ".npz") if process == 0 else ():
         print(line, file=sys.stderr)

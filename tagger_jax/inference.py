@@ -265,6 +265,13 @@ def adopt_keys(items: Sequence["Input"], stored: Mapping[str, Optional[str]]
     return out, adopted
 
 
+def adopted_line(adopted: Sequence["Input"], where: Any, suffix: str) -> str:
+    """The `note:` line a run prints for the inputs `adopt_keys` gave an earlier run's key."""
+    return (f"note: {len(adopted)} input(s) have outputs in {where} from a run that named them "
+            f"otherwise (e.g. {adopted[0].name} as {adopted[0].key}{suffix}); those are kept and "
+            "reused, not written again under new names")
+
+
 def moved_lines(moved: Sequence[tuple["Input", str]], where: Any, suffix: str,
                 limit: int = 10) -> list[str]:
     """The `note:` lines a run prints for the inputs `claim_keys` moved to new output names."""

@@ -304,6 +304,20 @@ def test_outputs_of_other_inputs_under_the_same_name_are_kept(model_dir, files, 
     summaries = [json.loads((explained / f"{k}{SUMMARY_SUFFIX}").read_text())["input"]
                  for k in ("x.npy", "x.npy-2")]
     assert [s.split("/")[-2] for s in summaries] == ["A", "B"]
+    # Named in the other order, with one more file of that name first (a trial's `music/*/x`):
+    # A and B keep their outputs in both commands (explain wrote them again under `x.npy-2-2`
+    # and `x.npy-3` before), the new file takes the next free key.
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "x.npy").write_bytes((files / "long.npy").read_bytes())
+    said = run(tmp_path / "0" / "x.npy", tmp_path / "B" / "x.npy", tmp_path / "A" / "x.npy")
+    assert said.err.count("skipped 2 already finished") == 2, said.err
+    assert (f"note: 1 input(s) have outputs in {explained} from a run that named them otherwise "
+            f"(e.g. {tmp_path / 'A' / 'x.npy'} as x.npy{SUMMARY_SUFFIX})") in said.err
+    assert {p.name for p in explained.glob(f"x*{SUMMARY_SUFFIX}")} == {
+        f"x.npy{SUMMARY_SUFFIX}", f"x.npy-2{SUMMARY_SUFFIX}", f"x.npy-3{SUMMARY_SUFFIX}"}
+    summaries = [json.loads((explained / f"{k}{SUMMARY_SUFFIX}").read_text())["input"]
+                 for k in ("x.npy", "x.npy-2", "x.npy-3")]
+    assert [s.split("/")[-2] for s in summaries] == ["A", "B", "0"]
     monkeypatch.chdir(tmp_path)  # the same file by a relative path is the same input
     item = inference.Input("x.npy", os.path.join("A", "x.npy"), lambda: None, "")
     assert inference.same_input(str(tmp_path / "A" / "x.npy"), item)

@@ -1053,6 +1053,13 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         s = report.read_json(out_dir / f"{key}{report.SUMMARY_SUFFIX}")
         return str(s["input"]) if isinstance(s, dict) and "input" in s else None
 
+    # As embed: an input explained before under another key (the same files named in another
+    # order, or one more file of the same name; a trial's `music/*/song.wav`) keeps that key.
+    items, adopted = inference.adopt_keys(items, {
+        p.name[:-len(report.SUMMARY_SUFFIX)]: stored_name(p.name[:-len(report.SUMMARY_SUFFIX)])
+        for p in sorted(out_dir.glob(f"*{report.SUMMARY_SUFFIX}"))})
+    if adopted and process == 0:
+        print(inference.adopted_line(adopted, out_dir, report.SUMMARY_SUFFIX), file=sys.stderr)
     items, moved = inference.claim_keys(items, stored_name)
     for line in inference.moved_lines(moved, out_dir, report.SUMMARY_SUFFIX) \
             if process == 0 else ():
