@@ -48,10 +48,10 @@ def folded(name: str) -> str:
     return "".join(c for c in name.strip().casefold() if c not in " -_")
 
 
-def nearest(names, known) -> dict[str, str]:
+def nearest(names, known, cutoff: float = 0.8) -> dict[str, str]:
     """{name: the known tag it most likely means} for each of `names` not in `known`: the tag
-    equal once `folded`, else difflib's closest (cutoff 0.8); names with neither are left
-    out."""
+    equal once `folded`, else difflib's closest (similarity at least `cutoff`); names with
+    neither are left out."""
     import difflib
 
     known = [str(t) for t in known]
@@ -60,7 +60,7 @@ def nearest(names, known) -> dict[str, str]:
         if name in known:
             continue
         near = [t for t in known if folded(t) == folded(name)] or difflib.get_close_matches(
-            name, known, n=1, cutoff=0.8)
+            name, known, n=1, cutoff=cutoff)
         if near:
             found[name] = near[0]
     return found

@@ -1575,6 +1575,10 @@ def test_audio_folder_zero_fraction_tags_only_outside_train_and_split_names(tmp_
         datasets.load_split("audio_folder", "Segments", tmp_path / "e", "r")
     with pytest.raises(ValueError, match=r"no split 'segm-ents' \(split names .*'segments'\)"):
         datasets.load_split("audio_folder", "segm-ents", tmp_path / "e", "r")
+    with pytest.raises(ValueError, match=r"no split 'tset' \(did you mean 'test'\?\); its "):
+        datasets.load_split("audio_folder", "tset", tmp_path / "e", "r")  # a trial's typo
+    with pytest.raises(ValueError, match=r"no split 'other'; its splits"):
+        datasets.load_split("audio_folder", "other", tmp_path / "e", "r")
     # Two split values alike but for separators make two splits: said (a trial's `Hold-Out` and
     # `holdout`).
     assert audio_folder.split_notes(

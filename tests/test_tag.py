@@ -249,11 +249,14 @@ def test_sigterm_keeps_the_finished_results(model_dir, inputs, tmp_path, monkeyp
     monkeypatch.setattr(tagging.ResultStore, "add", add)
     out = tmp_path / "tags.json"
     before = signal.getsignal(signal.SIGTERM)
+    table = tmp_path / "tags.csv"
     rc = cli.main(["tag", "--checkpoint", str(model_dir), "--quiet", "--output", str(out),
-                   str(inputs / "spec.npy"), str(inputs / "tone.wav")])
+                   "--csv", str(table), str(inputs / "spec.npy"), str(inputs / "tone.wav")])
     assert rc == errors.TERMINATED == 143
     assert (f"stopped by SIGTERM; 1 of 2 input(s) tagged in this run are in {out}; tag --resume "
-            "tags the other 1") in capsys.readouterr().err  # what is kept, and where
+            f"tags the other 1; {table} is written when a run finishes (tag --resume writes "
+            "it)\n") in capsys.readouterr().err  # what is kept, and where; the table is not
+    assert not table.exists()
     assert [r["file"] for r in json.loads(out.read_text())] == seen[:1]
     assert signal.getsignal(signal.SIGTERM) == before  # the command's handler is gone
 

@@ -228,6 +228,9 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
             e, "tagged", len(stored) if output is not None else len(printed), len(todo),
             f"are in {output}" if output is not None else "were printed above",
             "tag --resume tags" if args.output is not None else None)
+        if args.csv is not None:  # a trial looked for it: written from the finished output
+            e.add_note(f"{args.csv} is written when a run finishes" + (
+                " (tag --resume writes it)" if args.output is not None else ""))
         raise
     finally:
         store.close()

@@ -395,11 +395,12 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike,
             f"build-dataset {name}{config} --data-dir {_expand(data_dir)}{manual}` (or "
             f"`ensure_built`) first{built}")
     if split not in builder.info.splits:
-        from tagger_jax.tags import folded  # `Segments`, `hold-out`, `Hold Out` for `hold_out`
+        from tagger_jax.tags import folded, nearest  # `Hold Out` for `hold_out`, `tset` test
 
         near = [s for s in builder.info.splits if folded(s) == folded(split)]
+        guess = nearest([split], builder.info.splits, cutoff=0.6).get(split)
         hint = (f" (split names are lowercase, words joined by '_': {near[0]!r})" if near
-                else "")
+                else f" (did you mean {guess!r}?)" if guess else "")
         raise MissingSplitError(f"{name} in {builder.data_dir}: no split {split!r}{hint}; its "
                                 f"splits are {list(builder.info.splits)}")
     return builder.as_data_source(split=split), tag_names(builder)
