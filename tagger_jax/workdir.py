@@ -183,9 +183,13 @@ def check_or_write_config(config: Any, workdir: Path) -> None:
                 print(f"note: {path} came from a start that saved no checkpoint; replaced by "
                       f"this run's config ({len(diffs)} field(s) differed)", file=sys.stderr)
         elif diffs:
+            longer = ("\ntrain.num_epochs sets where the learning rate's cosine decays to 0 "
+                      "(optimizers.adamw_schedule), so more epochs make another run, not a "
+                      "continuation of this one." if config.train.optimizer == "adamw" and any(
+                          d.startswith("train.num_epochs:") for d in diffs) else "")
             raise ConfigMismatchError(
                 f"{workdir} holds a run with a different config, so it cannot be resumed:\n  "
-                + "\n  ".join(diffs)
+                + "\n  ".join(diffs) + longer
                 + f"\nUse a new --workdir, or resume with the workdir's own config: "
                   f"--config {path}")
     if jax.process_index() == 0:

@@ -161,6 +161,14 @@ def test_mismatch_hint_works_and_stored_config_resumes(tmp_path):
         workdir.check_or_write_config(changed, tmp_path)
     hint = str(e.value).splitlines()[-1]
     assert hint.endswith(f"--config {tmp_path / 'config.json'}"), hint
+    assert "num_epochs" not in str(e.value)
+    # More epochs (a trial: "train longer") is refused too, and says why with AdamW's schedule.
+    for optimizer, said in (("adamw", True), ("authors", False)):
+        longer = tiny_config(num_epochs=config.train.num_epochs + 4, optimizer=optimizer)
+        with pytest.raises(workdir.ConfigMismatchError) as e:
+            workdir.check_or_write_config(longer, tmp_path)
+        assert ("train.num_epochs sets where the learning rate's cosine decays to 0"
+                in str(e.value)) == said, str(e.value)
     # What the hint says works: the stored config loads (also from the workdir itself) and fits.
     for path in (tmp_path / "config.json", tmp_path):
         stored = train_command.load_config(str(path))
