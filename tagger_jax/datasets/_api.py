@@ -397,10 +397,9 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike,
     if split not in builder.info.splits:
         from tagger_jax.tags import folded, nearest  # `Hold Out` for `hold_out`, `tset` test
 
-        near = [s for s in builder.info.splits if folded(s) == folded(split)]
         guess = nearest([split], builder.info.splits, cutoff=0.6).get(split)
-        hint = (f" (split names are lowercase, words joined by '_': {near[0]!r})" if near
-                else f" (did you mean {guess!r}?)" if guess else "")
+        hint = ("" if guess is None else f" (split names are lowercase, words joined by '_': "
+                f"{guess!r})" if folded(guess) == folded(split) else f" (did you mean {guess!r}?)")
         raise MissingSplitError(f"{name} in {builder.data_dir}: no split {split!r}{hint}; its "
                                 f"splits are {list(builder.info.splits)}")
     return builder.as_data_source(split=split), tag_names(builder)
