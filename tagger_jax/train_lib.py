@@ -230,6 +230,41 @@ def check_same_config_everywhere(config: Any) -> None:
                           "options")
 
 
+def start_from_model(state: TrainState, config: Any, tag_names, say=print) -> TrainState:
+    """`state` whose params and BatchNorm statistics start from the model `train.init_from`
+    names (an exported model directory or a training workdir, as `checkpoint.load_model` reads):
+    `transfer.transplant`'s rules, one line said (`say`) on what was taken. The optimizer state
+    is unchanged (AdamW's moments start at zero either way). Raises ConfigError (one line) for a
+    path that is no model, a model that read other log-mels (`transfer.INPUT_FIELDS`) or one
+    sharing no weight array with this model."""
+    from tagger_jax import checkpoint, transfer
+
+    source = str(config.train.init_from)
+    try:
+        loaded = checkpoint.load_model(source)
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"train.init_from: {e}") from None
+    diffs = transfer.input_differences(loaded.config.features, config.features)
+    if diffs:
+        raise ConfigError(f"train.init_from {source}: the model was trained on other log-mels "
+                          f"({'; '.join(diffs)}); its weights would not fit this run's input")
+    target = {"params": sharding.to_host(state.params),
+              "batch_stats": sharding.to_host(state.batch_stats)}
+    try:
+        variables, report = transfer.transplant(target, tag_names,
+                                                sharding.to_host(loaded.variables), loaded.tags)
+    except ValueError as e:
+        raise ConfigError(f"train.init_from {source}: {e}") from None
+    say(report.summary(source))
+
+    def put(new, old: jax.Array) -> jax.Array:  # the value on old's sharding, on every process
+        return jax.make_array_from_callback(old.shape, old.sharding, lambda index: new[index])
+
+    return state.replace(
+        params=jax.tree.map(put, variables["params"], state.params),
+        batch_stats=jax.tree.map(put, variables.get("batch_stats", {}), state.batch_stats))
+
+
 def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
                         preemption: Preemption, held: contextlib.ExitStack) -> dict:
     wd.check_or_write_config(config, workdir)
@@ -315,6 +350,8 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
             # exists (a resumed run repeats an epoch end), so a new best at the same step would
             # have kept the old weights in best/ (and its digest, reusing old test results).
             checkpointing.prune(best, 0)
+        if resume_step is None and str(t.init_from):  # step 0: a trained model's weights
+            state = start_from_model(state, config, data.tag_names, progress.say)
         last_saved = resume_step
         writer = MetricWriter(workdir, resume_step or 0)
         summary: dict[str, Any] = {"workdir": str(workdir), "preempted": False}

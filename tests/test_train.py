@@ -926,3 +926,54 @@ def test_frame_loss_adds_the_weighted_frame_cross_entropy():
     config.model.frame_head, config.model.architecture = True, "pons_pons"
     with pytest.raises(ValueError, match="pons_pons has no frame head"):
         train_lib.frame_loss_weight(config)
+
+
+def test_init_from_starts_from_a_trained_model(tmp_path, finished_run, capsys):
+    """`train.init_from`: a new run (other tags in another order, one new) starts from the
+    trained model's weights, the classifier's columns by tag name; a resume does not read it
+    again; no model, or one that read other log-mels, is one ConfigError line."""
+    from tagger_jax import checkpoint
+    from tagger_jax.errors import ConfigError
+    from tagger_jax.models import build_model, input_shape
+
+    _, done, _ = finished_run
+    trained = checkpoint.load_model(done)
+    tags = ("tag2", "new", "tag0")
+    config = tiny_config(init_from=str(done), seed=1)
+    model = build_model(config.model, num_tags=len(tags))
+    tx, _ = optimizers.make_optimizer(config.train, total_steps=10)
+    state = train_lib.init_train_state(model, tx, input_shape(config.model,
+                                                              config.features.chunk_frames),
+                                       seed=1, prng_impl=config.train.prng_impl,
+                                       mesh=sharding.make_mesh())
+    said = []
+    started = train_lib.start_from_model(state, config, tags, said.append)
+    n = len(jax.tree.leaves(state.params)) + len(jax.tree.leaves(state.batch_stats))
+    assert said == [f"train.init_from {done}: {n} of {n} weight arrays start from it (2 tag "
+                    "outputs by tag name, 2 tag(s) shared); new tags (init): new"]
+    got, old, init = (sharding.to_host(v) for v in (started.params, trained.variables["params"],
+                                                     state.params))
+    flat = lambda tree: dict(jax.tree_util.tree_leaves_with_path(tree))  # noqa: E731
+    for path, value in flat(got).items():
+        if "classifier" not in jax.tree_util.keystr(path):
+            np.testing.assert_array_equal(value, flat(old)[path])
+    for leaf in ("kernel", "bias"):
+        c, o, i = (t["classifier"][leaf] for t in (got, old, init))
+        np.testing.assert_array_equal(c[..., [0, 2]], o[..., [2, 0]])
+        np.testing.assert_array_equal(c[..., 1], i[..., 1])
+    np.testing.assert_array_equal(
+        jax.tree.leaves(sharding.to_host(started.batch_stats))[0],
+        jax.tree.leaves(sharding.to_host(trained.variables["batch_stats"]))[0])
+    # Wired into a run: said at step 0, not on the resume that finds the run complete.
+    config = tiny_config(init_from=str(done), num_epochs=1)
+    train_lib.train_and_evaluate(config, tmp_path / "w", toy_data(config))
+    assert f"train.init_from {done}: " in capsys.readouterr().out
+    train_lib.train_and_evaluate(config, tmp_path / "w", toy_data(config))
+    assert "train.init_from" not in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=rf"^train.init_from: {tmp_path / 'nope'}: no such "):
+        train_lib.start_from_model(state, tiny_config(init_from=str(tmp_path / "nope")), tags)
+    other = tiny_config(init_from=str(done))
+    other.features.n_mels = 64
+    with pytest.raises(ConfigError, match=r"the model was trained on other log-mels "
+                                          r"\(features.n_mels: 96 in the model, 64 here\)"):
+        train_lib.start_from_model(state, other, tags)
