@@ -64,6 +64,8 @@ def _track(p: inference.Prepared, out: dict, step_s: float, signature: str,
                   "label_names": np.array([str(t) for t in p.item.meta["label_names"]])}
     return {
         **record,
+        **({inference.INPUT_PATH: np.array(p.item.meta[inference.INPUT_PATH])}
+           if inference.INPUT_PATH in p.item.meta else {}),  # a file's absolute path
         "name": np.array(p.item.name), "fingerprint": np.array(p.item.fingerprint),
         "source": np.array(p.source),  # a dataset record's source clip; "" for files
         "signature": np.array(signature), "model_signature": np.array(model),
@@ -148,10 +150,14 @@ def _read_npz(path: Path) -> Optional[dict]:
 
 
 def _stored_name(path: Path) -> Optional[str]:
-    """The input name an NPZ records (None: no file, or it does not read)."""
+    """The input an NPZ records: a file's absolute path where it has one, else its name (None:
+    no file, or it does not read)."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return str(z["name"]) if "name" in z.files else None
+            for field in (inference.INPUT_PATH, "name"):
+                if field in z.files:
+                    return str(z[field])
+            return None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return None
 

@@ -87,6 +87,14 @@ def safe_key(text: str, max_len: int = 120) -> str:
     return key
 
 
+# A file input's meta key: its absolute path (as `audio.display_path` writes it). explain's
+# summaries and embed's NPZs store it, so that a run started from another directory knows its
+# files' earlier outputs (`same_input`, `adopt_keys`); the name as typed is relative to the
+# directory of the run that wrote it (a verifying user's rerun from the parent folder explained
+# every file again under new names).
+INPUT_PATH = "input_path"
+
+
 def file_fingerprint(path: Path) -> str:
     """Size and modification time of a file ("file:missing" if it cannot be read)."""
     try:
@@ -1058,7 +1066,8 @@ class Engine:
 
         return [Input(key=key, name=audio.display_path(path),
                       load=functools.partial(self.read_checked, path, keep_audio=keep_audio),
-                      fingerprint=file_fingerprint(path))
+                      fingerprint=file_fingerprint(path),
+                      meta={INPUT_PATH: audio.display_path(Path(path).absolute())})
                 for (path, _), key in zip(found, keys)]
 
     def dataset_inputs(self, name: str, split: str, data_dir: Optional[str] = None,

@@ -266,6 +266,44 @@ def test_embed_cli_writes_npz_and_resumes(model_dir, files, tmp_path, capsys):
     assert not (out / "run.part1.json").exists()
 
 
+def test_outputs_of_files_named_from_another_directory_are_reused(model_dir, files, tmp_path,
+                                                                  capsys, monkeypatch):
+    """From a verifying user's trial: `explain a/x.npy b/x.npy` run in one folder, then the same
+    files by absolute paths from its parent: the summaries held the names as typed, relative to
+    the first run's folder, so every file was "another input's" and explained again under new
+    names (and listed twice in the index). Outputs store the absolute path too (`input_path`)."""
+    from tagger_jax.explain.report import SUMMARY_SUFFIX
+
+    here = tmp_path / "here"
+    for d, src in (("a", "long.npy"), ("b", "mid.npy")):
+        (here / d).mkdir(parents=True)
+        (here / d / "x.npy").write_bytes((files / src).read_bytes())
+    out, explained = tmp_path / "emb", tmp_path / "exp"
+
+    def run(*inputs):
+        assert cli.main(["embed", "--checkpoint", str(model_dir), "--out", str(out),
+                         "--no-progress", *map(str, inputs)]) == 0
+        assert cli.main(["explain", "--checkpoint", str(model_dir), "--out", str(explained),
+                         "--no-progress", "--no-plot", "--methods", "attention",
+                         *map(str, inputs)]) == 0
+        return capsys.readouterr()
+
+    monkeypatch.chdir(here)
+    run("a/x.npy", "b/x.npy")
+    summary = json.loads((explained / f"x.npy{SUMMARY_SUFFIX}").read_text())
+    assert (summary["input"], summary["input_path"]) == ("a/x.npy", str(here / "a" / "x.npy"))
+    assert str(embedding.load_embeddings(out / "x.npy.npz")["input_path"]) == str(
+        here / "a" / "x.npy")
+    monkeypatch.chdir(tmp_path)
+    said = run(here / "b" / "x.npy", here / "a" / "x.npy")
+    assert said.err.count("skipped 2 already finished") == 2, said.err
+    assert "holds another input's output" not in said.err
+    assert {p.name for p in explained.glob(f"*{SUMMARY_SUFFIX}") if p.name.startswith("x")} == {
+        f"x.npy{SUMMARY_SUFFIX}", f"x.npy-2{SUMMARY_SUFFIX}"}
+    assert {p.name for p in out.glob("x*.npz")} == {"x.npy.npz", "x.npy-2.npz"}
+    assert (explained / "index.html").read_text().count("x.npy-2.html") == 1
+
+
 def test_outputs_of_other_inputs_under_the_same_name_are_kept(model_dir, files, tmp_path,
                                                                capsys, monkeypatch):
     """`A/x.npy` embedded (and explained) earlier, then `B/x.npy` alone: both have the key

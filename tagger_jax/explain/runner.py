@@ -219,7 +219,8 @@ def _note(message: str) -> None:
 
 def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
                   log: Optional[Callable[[str], None]] = _note,
-                  split: Optional[str] = None) -> list[InputItem]:
+                  split: Optional[str] = None, limit: Optional[int] = None
+                  ) -> list[InputItem]:
     """Items whose tags to explain come from a CSV (`read_tags_csv`). A CSV file name matches an
     input when it resolves to the same file (relative names: from the CSV's folder, then from
     the working directory), else when the input's path ends with it (`live sets/track 2.ogg`
@@ -233,7 +234,9 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
     another, as `audio_folder` reads it. `split` (the dataset split the items are records of):
     rows of an audio_folder CSV whose `split` cell names another split are left out, so the CSV
     a collection was built from serves each split without a note on the others' rows (a trial's
-    `explain --dataset ... --split test --tags-from` reported every train row as unmatched)."""
+    `explain --dataset ... --split test --tags-from` reported every train row as unmatched).
+    `limit`: the run's `--limit` (records), named in the note as what may have left those rows'
+    records out."""
     import unicodedata
 
     def nfc(text: str) -> str:
@@ -284,7 +287,9 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
     unused = [n for n in table if n not in used]
     if unused and log is not None:
         log(f"note: {csv_path}: {len(unused)} row(s) match no input: "
-            + ", ".join(repr(n) for n in unused[:10]) + (" ..." if len(unused) > 10 else ""))
+            + ", ".join(repr(n) for n in unused[:10]) + (" ..." if len(unused) > 10 else "")
+            + (f" (--limit {limit} takes only the split's first {limit} record(s))" if limit
+               else ""))
     empty = [n for n in table if n in used and not table[n]]
     if empty and log is not None:  # an audio_folder row with an empty tags cell (a trial)
         log(f"note: {csv_path}: {len(empty)} row(s) list no tags, so their inputs get their "
@@ -1050,8 +1055,9 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     process, processes = jax.process_index(), jax.process_count()
 
     def stored_name(key: str) -> Optional[str]:
-        s = report.read_json(out_dir / f"{key}{report.SUMMARY_SUFFIX}")
-        return str(s["input"]) if isinstance(s, dict) and "input" in s else None
+        s = report.read_json(out_dir / f"{key}{report.SUMMARY_SUFFIX}")  # the absolute path
+        return (str(s.get(inference.INPUT_PATH) or s["input"])  # where it has one
+                if isinstance(s, dict) and "input" in s else None)
 
     # As embed: an input explained before under another key (the same files named in another
     # order, or one more file of the same name; a trial's `music/*/song.wav`) keeps that key.
