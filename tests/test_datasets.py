@@ -1579,6 +1579,8 @@ def test_audio_folder_zero_fraction_tags_only_outside_train_and_split_names(tmp_
         datasets.load_split("audio_folder", "tset", tmp_path / "e", "r")  # a trial's typo
     with pytest.raises(ValueError, match=r"no split 'other'; its splits"):
         datasets.load_split("audio_folder", "other", tmp_path / "e", "r")
+    with pytest.raises(ValueError, match=r"no split 'dev' \(did you mean 'validation'\?\)"):
+        datasets.load_split("audio_folder", "dev", tmp_path / "e", "r")  # the CSV's alias
     # Two split values alike but for separators make two splits: said (a trial's `Hold-Out` and
     # `holdout`).
     assert audio_folder.split_notes(

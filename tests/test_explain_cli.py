@@ -844,6 +844,10 @@ def test_tags_csv_matches_dataset_records_by_their_source_path_and_reads_a_bom(t
     got = runner.with_csv_tags(items, table, log=said.append, split="test")
     assert [it.explain_tags for it in got] == [("drums",), ("flute", "loud")]
     assert said == [f"note: {table}: 1 row(s) match no input: 'songs/e.wav'"]
+    said.clear()  # with --limit 2 the row's record may be past the limit: said
+    runner.with_csv_tags(items, table, log=said.append, split="test", limit=2)
+    assert said == [f"note: {table}: 1 row(s) match no input: 'songs/e.wav' (--limit 2 takes "
+                    "only the split's first 2 record(s))"]
     said.clear()
     got = runner.with_csv_tags(items, table, log=said.append, split="hold_out")
     assert [it.explain_tags for it in got] == [(), ()]

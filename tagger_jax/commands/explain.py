@@ -182,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
                           "predicted tags are explained", file=sys.stderr)
             if args.tags_from and args.tags_from != "labels":
                 items = runner.with_csv_tags(items, args.tags_from,
-                                             split=args.split if args.dataset else None)
+                                             split=args.split if args.dataset else None,
+                                             limit=args.limit if args.dataset else None)
             if args.two_clip:
                 geometry = runner._engine(loaded, 1).geometry
                 items = runner.two_clip_items(items, geometry.chunk, int(round(

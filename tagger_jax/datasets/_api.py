@@ -397,7 +397,11 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike,
     if split not in builder.info.splits:
         from tagger_jax.tags import folded, nearest  # `Hold Out` for `hold_out`, `tset` test
 
-        guess = nearest([split], builder.info.splits, cutoff=0.6).get(split)
+        from tagger_jax.datasets.audio_folder import SPLIT_ALIASES  # `val`, `dev`: validation
+
+        alias = SPLIT_ALIASES.get(split.strip().lower())
+        guess = (alias if alias in builder.info.splits
+                 else nearest([split], builder.info.splits, cutoff=0.6).get(split))
         hint = ("" if guess is None else f" (split names are lowercase, words joined by '_': "
                 f"{guess!r})" if folded(guess) == folded(split) else f" (did you mean {guess!r}?)")
         raise MissingSplitError(f"{name} in {builder.data_dir}: no split {split!r}{hint}; its "
