@@ -150,14 +150,15 @@ def _read_npz(path: Path) -> Optional[dict]:
 
 
 def _stored_name(path: Path) -> Optional[str]:
-    """The input an NPZ records: a file's absolute path where it has one, else its name (None:
-    no file, or it does not read)."""
+    """The input an NPZ records (`inference.recorded_input`; None: no file, or it does not
+    read)."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            for field in (inference.INPUT_PATH, "name"):
-                if field in z.files:
-                    return str(z[field])
-            return None
+            if "name" not in z.files:
+                return None
+            return inference.recorded_input(
+                str(z[inference.INPUT_PATH]) if inference.INPUT_PATH in z.files else None,
+                str(z["name"]))
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return None
 

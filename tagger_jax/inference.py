@@ -95,6 +95,21 @@ def safe_key(text: str, max_len: int = 120) -> str:
 INPUT_PATH = "input_path"
 
 
+def recorded_input(input_path: Optional[str], name: str) -> str:
+    """The input an output records, as `same_input` and `adopt_keys` read it: its absolute path
+    (`INPUT_PATH`) while a file is there, else the name as given, which still finds the file
+    when the folder was moved or copied with its outputs (a verifying user's `mv W Wmv`)."""
+    from tagger_jax import audio
+
+    if input_path:
+        try:
+            if os.path.exists(audio.path_from_display(input_path)):
+                return input_path
+        except ValueError:
+            pass
+    return name
+
+
 def file_fingerprint(path: Path) -> str:
     """Size and modification time of a file ("file:missing" if it cannot be read)."""
     try:

@@ -302,6 +302,13 @@ def test_outputs_of_files_named_from_another_directory_are_reused(model_dir, fil
         f"x.npy{SUMMARY_SUFFIX}", f"x.npy-2{SUMMARY_SUFFIX}"}
     assert {p.name for p in out.glob("x*.npz")} == {"x.npy.npz", "x.npy-2.npz"}
     assert (explained / "index.html").read_text().count("x.npy-2.html") == 1
+    # The folder moved (`mv W Wmv`, a second verifying user's): the stored absolute paths are
+    # gone, the names as given find the files again.
+    here.rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "moved")
+    said = run("a/x.npy", "b/x.npy")
+    assert said.err.count("skipped 2 already finished") == 2, said.err
+    assert {p.name for p in out.glob("x*.npz")} == {"x.npy.npz", "x.npy-2.npz"}
 
 
 def test_outputs_of_other_inputs_under_the_same_name_are_kept(model_dir, files, tmp_path,

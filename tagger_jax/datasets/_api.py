@@ -395,9 +395,8 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike,
             f"build-dataset {name}{config} --data-dir {_expand(data_dir)}{manual}` (or "
             f"`ensure_built`) first{built}")
     if split not in builder.info.splits:
-        from tagger_jax.tags import folded, nearest  # `Hold Out` for `hold_out`, `tset` test
-
         from tagger_jax.datasets.audio_folder import SPLIT_ALIASES  # `val`, `dev`: validation
+        from tagger_jax.tags import folded, nearest  # `Hold Out` for `hold_out`, `tset` test
 
         alias = SPLIT_ALIASES.get(split.strip().lower())
         guess = (alias if alias in builder.info.splits

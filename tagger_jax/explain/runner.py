@@ -1055,8 +1055,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     process, processes = jax.process_index(), jax.process_count()
 
     def stored_name(key: str) -> Optional[str]:
-        s = report.read_json(out_dir / f"{key}{report.SUMMARY_SUFFIX}")  # the absolute path
-        return (str(s.get(inference.INPUT_PATH) or s["input"])  # where it has one
+        s = report.read_json(out_dir / f"{key}{report.SUMMARY_SUFFIX}")
+        return (inference.recorded_input(s.get(inference.INPUT_PATH), str(s["input"]))
                 if isinstance(s, dict) and "input" in s else None)
 
     # As embed: an input explained before under another key (the same files named in another
