@@ -194,7 +194,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike,
         raise ConfigError(f"train.batch_size: {e}") from None
     workdir = Path(workdir).expanduser().absolute()
     outputs.check_output_dir(workdir)  # a file, under a file, unwritable: errors.OutputError
-    config = wd.with_absolute_data_paths(config)  # stored so: found from any directory
+    config = wd.with_absolute_paths(config)  # stored so: found from any directory
     with wd.lock(workdir), contextlib.ExitStack() as held:  # held: the build's readers' lock
         preemption = Preemption()
         try:

@@ -30,24 +30,32 @@ INPUT_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "log_scale")
 @dataclasses.dataclass(frozen=True)
 class Transplant:
     """What `transplant` did: arrays copied whole, tag-output arrays copied by tag name, the new
-    model's arrays left at their init (paths joined by '/'), and the tags shared."""
+    model's arrays left at their init, the trained model's arrays not used (paths joined by
+    '/'), and the tags shared and new."""
 
     copied: tuple[str, ...]
     by_tag: tuple[str, ...]
     kept: tuple[str, ...]
+    unused: tuple[str, ...]
     shared_tags: tuple[str, ...]
     new_tags: tuple[str, ...]
 
     def summary(self, source: str) -> str:
         """One line for the run's log."""
+        def some(names: Sequence[str], n: int = 4) -> str:
+            return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
+
         total = len(self.copied) + len(self.by_tag) + len(self.kept)
-        kept = (f"; {len(self.kept)} keep their init: {', '.join(self.kept[:4])}"
-                + (" ..." if len(self.kept) > 4 else "")) if self.kept else ""
-        new = (f"; new tags (init): {', '.join(self.new_tags[:6])}"
-               + (" ..." if len(self.new_tags) > 6 else "")) if self.new_tags else ""
-        return (f"train.init_from {source}: {len(self.copied) + len(self.by_tag)} of {total} "
-                f"weight arrays start from it ({len(self.by_tag)} tag outputs by tag name, "
-                f"{len(self.shared_tags)} tag(s) shared){kept}{new}")
+        parts = [f"train.init_from {source}: {len(self.copied) + len(self.by_tag)} of this "
+                 f"model's {total} weight arrays start from it ({len(self.by_tag)} of them "
+                 f"tag outputs, copied by tag name: {len(self.shared_tags)} tag(s) shared)"]
+        if self.new_tags:
+            parts.append(f"new tags (init): {some(self.new_tags, 6)}")
+        if self.kept:
+            parts.append(f"{len(self.kept)} keep their init: {some(self.kept)}")
+        if self.unused:
+            parts.append(f"{len(self.unused)} of its arrays not used: {some(self.unused)}")
+        return "; ".join(parts)
 
 
 def _is_tag_output(path: tuple[str, ...]) -> bool:
@@ -94,7 +102,9 @@ def transplant(target: Mapping[str, Any], target_tags: Sequence[str],
     if not copied and not by_tag:
         raise ValueError("no weight array of it has a path and shape of this model's (another "
                          "architecture or model size?)")
-    report = Transplant(tuple(copied), tuple(by_tag), tuple(kept), tuple(shared),
+    unused = tuple("/".join(map(str, p)) for p in flat_s if p not in flat_t
+                   or "/".join(map(str, p)) in kept)
+    report = Transplant(tuple(copied), tuple(by_tag), tuple(kept), unused, tuple(shared),
                         tuple(t for t in target_tags if t not in where))
     return traverse_util.unflatten_dict(out), report
 

@@ -149,20 +149,28 @@ def _trained(workdir: Path) -> bool:
     return any(any((workdir / d).glob("*")) for d in folders if (workdir / d).is_dir())
 
 
-def with_absolute_data_paths(config: Any) -> Any:
-    """`config` with `data.data_dir` and `data.manual_dir` absolute (`~` expanded), a copy when
-    either changes; empty values (TFDS's default directory, no manual directory) stay empty.
+# Config fields holding a path: stored absolute in the workdir's config.json and the exported
+# model's tagger.json (`with_absolute_paths`), so they name the same place from any directory.
+PATH_FIELDS = (("data", "data_dir"), ("data", "manual_dir"), ("train", "init_from"))
+
+
+def with_absolute_paths(config: Any) -> Any:
+    """`config` with the paths of `PATH_FIELDS` absolute (`~` expanded, `..` resolved as
+    `os.path.abspath` does), a copy when any changes; empty values (TFDS's default directory,
+    no manual directory, no `init_from`) stay empty.
 
     The workdir's config.json and the exported model's tagger.json hold them so: `evaluate`,
     `explain --dataset` and `--config WORKDIR` find the data from any working directory (a
-    relative `data` found nothing, or another directory, when run from elsewhere)."""
-    resolved = {key: str(Path(str(config.data[key])).expanduser().absolute())
-                for key in ("data_dir", "manual_dir") if config.data.get(key)}
-    if all(config.data[key] == value for key, value in resolved.items()):
+    relative `data` found nothing, or another directory, when run from elsewhere), and a resume
+    from elsewhere compares the same `train.init_from` (a verifying user's `../model` was
+    refused when given again as an absolute path)."""
+    resolved = {(section, key): os.path.abspath(os.path.expanduser(str(config[section][key])))
+                for section, key in PATH_FIELDS if config[section].get(key)}
+    if all(config[section][key] == value for (section, key), value in resolved.items()):
         return config
     config = config.copy_and_resolve_references()
-    for key, value in resolved.items():
-        config.data[key] = value
+    for (section, key), value in resolved.items():
+        config[section][key] = value
     return config
 
 

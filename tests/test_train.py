@@ -949,8 +949,9 @@ def test_init_from_starts_from_a_trained_model(tmp_path, finished_run, capsys):
     said = []
     started = train_lib.start_from_model(state, config, tags, said.append)
     n = len(jax.tree.leaves(state.params)) + len(jax.tree.leaves(state.batch_stats))
-    assert said == [f"train.init_from {done}: {n} of {n} weight arrays start from it (2 tag "
-                    "outputs by tag name, 2 tag(s) shared); new tags (init): new"]
+    assert said == [f"train.init_from {done}: {n} of this model's {n} weight arrays start from "
+                    "it (2 of them tag outputs, copied by tag name: 2 tag(s) shared); new tags "
+                    "(init): new"]
     got, old, init = (sharding.to_host(v) for v in (started.params, trained.variables["params"],
                                                      state.params))
     flat = lambda tree: dict(jax.tree_util.tree_leaves_with_path(tree))  # noqa: E731

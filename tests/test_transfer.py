@@ -43,10 +43,12 @@ def test_arrays_by_path_and_shape_and_tag_outputs_by_tag_name():
     assert set(report.by_tag) == {"params/classifier/kernel", "params/classifier/bias"}
     assert set(report.kept) == {"params/conv/kernel", "params/frame_classifier/kernel"}
     assert len(report.copied) == 4
+    assert report.unused == ("params/conv/kernel",)
     assert report.summary("runs/x") == (
-        "train.init_from runs/x: 6 of 8 weight arrays start from it (2 tag outputs by tag name, "
-        "2 tag(s) shared); 2 keep their init: params/conv/kernel, "
-        "params/frame_classifier/kernel; new tags (init): harp, bass")
+        "train.init_from runs/x: 6 of this model's 8 weight arrays start from it (2 of them tag "
+        "outputs, copied by tag name: 2 tag(s) shared); new tags (init): harp, bass; 2 keep "
+        "their init: params/conv/kernel, params/frame_classifier/kernel; 1 of its arrays not "
+        "used: params/conv/kernel")
     assert out["params"]["pooler"]["kernel"] is not source["params"]["pooler"]["kernel"]
 
 

@@ -441,7 +441,7 @@ def test_cli_set_bad_values_say_what_the_field_takes(tmp_path, capsys, item, say
     assert not (tmp_path / "w").exists()
 
 
-def test_data_paths_are_stored_absolute(tmp_path, monkeypatch):
+def test_paths_are_stored_absolute(tmp_path, monkeypatch):
     """From a new user's trial: a run trained with `data.data_dir=data` stored "data", so
     `tagger-jax evaluate --workdir W` from another directory looked for (and self-contained
     datasets built) the data there. The trainer stores both paths absolute."""
@@ -449,12 +449,15 @@ def test_data_paths_are_stored_absolute(tmp_path, monkeypatch):
     config = tiny_config()
     config.data.data_dir = "data"
     config.data.manual_dir = "~/downloads/mtat"
-    resolved = workdir.with_absolute_data_paths(config)
+    config.train.init_from = "../model"  # a verifying user's: refused when given absolute
+    resolved = workdir.with_absolute_paths(config)
     assert resolved.data.data_dir == str(tmp_path / "data")
     assert resolved.data.manual_dir == str(Path.home() / "downloads" / "mtat")
+    assert resolved.train.init_from == str(tmp_path.parent / "model")
+    config.train.init_from = ""
     assert config.data.data_dir == "data"  # a copy: the caller's config is unchanged
     config.data.data_dir, config.data.manual_dir = str(tmp_path / "d"), ""
-    assert workdir.with_absolute_data_paths(config) is config  # nothing to change
+    assert workdir.with_absolute_paths(config) is config  # nothing to change
     # train_and_evaluate hands the absolute paths to the config it writes to the workdir.
     seen = []
 
