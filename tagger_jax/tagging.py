@@ -54,7 +54,8 @@ class Tagger:
         paths = [Path(p) for p in paths]
         items = [inference.Input(key=str(i), name=audio.display_path(p),
                                  load=lambda p=p: self.engine.read_checked(p),
-                                 fingerprint=inference.file_fingerprint(p))
+                                 fingerprint=inference.file_fingerprint(p),
+                                 meta={inference.INPUT_PATH: audio.display_path(p.absolute())})
                  for i, p in enumerate(paths)]
         results: list[dict | None] = [None] * len(items)
         bar = tqdm(total=len(items), unit="file", desc=inference.share_label("tagging"),
@@ -71,7 +72,8 @@ class Tagger:
         def done(p: inference.Prepared, out: dict) -> None:
             result = self.result(p, out["probabilities"], plan, top_k)
             emit(int(p.item.key), {**result, "signature": signature,
-                                   "fingerprint": p.item.fingerprint})
+                                   "fingerprint": p.item.fingerprint,
+                                   inference.INPUT_PATH: p.item.meta[inference.INPUT_PATH]})
 
         def failed(item: inference.Input, error: BaseException) -> None:
             emit(int(item.key), {"file": item.name, "error": inference.named(item.name, error)})

@@ -541,6 +541,19 @@ def test_resume_under_another_spelling_reuses_and_a_replaced_output_is_said(
                      "tone.wav"]) == 0
     assert (f"note: {out} exists: this run replaces its 2 earlier result(s); --resume keeps "
             "and reuses them") in capsys.readouterr().err
+    # --resume from another working directory (as explain and embed, a verifying user's): the
+    # name as given no longer resolves there; the stored absolute path does.
+    other = tmp_path / "other.json"
+    assert cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(other), "--quiet",
+                     "tone.wav"]) == 0
+    assert json.loads(other.read_text())[0]["input_path"] == str(inputs / "tone.wav")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(other), "--resume",
+                     "--quiet", str(inputs / "tone.wav")]) == 0
+    assert "1 of 1 inputs reused" in capsys.readouterr().err
+    assert [r["file"] for r in json.loads(other.read_text())] == [str(inputs / "tone.wav")]
+    monkeypatch.chdir(inputs)
     # From a new user's trial: `--output victim.wav` replaced the input with JSON, and `--csv`
     # a FLAC or someone's notes. A file that is not this tool's is refused, left as it was.
     from tagger_jax import errors

@@ -53,10 +53,12 @@ def _say_replaced(output: Path) -> None:
 
 def _under_this_runs_names(done: list[dict], paths: list[str], names: list[str]) -> int:
     """Renames, in place, the stored results of `done` whose `file` is another name of one of
-    this run's files (`coll/x.wav` stored, `/data/coll/x.wav` now; resolved from this working
-    directory) to this run's name, unless that name has a result of its own; returns how many.
-    Without it a --resume under another spelling tagged every file again and kept both."""
-    from tagger_jax import audio
+    this run's files (`coll/x.wav` stored, `/data/coll/x.wav` now; the stored absolute path
+    while it exists, else the name resolved from this working directory:
+    `inference.recorded_input`) to this run's name, unless that name has a result of its own;
+    returns how many. Without it a --resume under another spelling tagged every file again and
+    kept both."""
+    from tagger_jax import audio, inference
 
     real = {os.path.realpath(p): n for p, n in zip(paths, names)}
     taken = {r["file"] for r in done}
@@ -65,7 +67,8 @@ def _under_this_runs_names(done: list[dict], paths: list[str], names: list[str])
         if r["file"] in real.values():
             continue
         try:
-            name = real.get(os.path.realpath(audio.path_from_display(r["file"])))
+            stored = inference.recorded_input(r.get(inference.INPUT_PATH), r["file"])
+            name = real.get(os.path.realpath(audio.path_from_display(stored)))
         except (ValueError, OSError):
             continue
         if name is not None and name not in taken:
