@@ -77,7 +77,7 @@ def transplant(target: Mapping[str, Any], target_tags: Sequence[str],
     flat_s = traverse_util.flatten_dict(dict(source))
     where = {t: j for j, t in enumerate(source_tags)}
     shared = [t for t in target_tags if t in where]
-    out, copied, by_tag, kept = {}, [], [], []
+    out, copied, by_tag, kept, used = {}, [], [], [], set()
     for path, value in flat_t.items():
         value = np.asarray(value)
         name = "/".join(map(str, path))
@@ -92,18 +92,19 @@ def transplant(target: Mapping[str, Any], target_tags: Sequence[str],
                         new[..., i] = found[..., where[tag]]
                 out[path] = new.astype(value.dtype)
                 by_tag.append(name)
+                used.add(path)
                 continue
         elif found is not None and found.shape == value.shape:
             out[path] = found.astype(value.dtype)
             copied.append(name)
+            used.add(path)
             continue
         out[path] = value
         kept.append(name)
     if not copied and not by_tag:
         raise ValueError("no weight array of it has a path and shape of this model's (another "
                          "architecture or model size?)")
-    unused = tuple("/".join(map(str, p)) for p in flat_s if p not in flat_t
-                   or "/".join(map(str, p)) in kept)
+    unused = tuple("/".join(map(str, p)) for p in flat_s if p not in used)
     report = Transplant(tuple(copied), tuple(by_tag), tuple(kept), unused, tuple(shared),
                         tuple(t for t in target_tags if t not in where))
     return traverse_util.unflatten_dict(out), report
