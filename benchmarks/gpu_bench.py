@@ -1,6 +1,6 @@
 """The first-GPU table: train step, forward, contribution maps and host-side input rate on one device.
 
-    python benchmarks/gpu_bench.py [--small] [--json PATH]
+    python benchmarks/gpu_bench.py [--small] [--parts train,inference,input] [--json PATH]
 
 Run by `benchmarks/gpu.sh` (see there and docs/benchmarks.md). Prints, with the device name:
 
@@ -16,7 +16,9 @@ Run by `benchmarks/gpu.sh` (see there and docs/benchmarks.md). Prints, with the 
 
 Imports only jax, flax, optax, orbax, chex and numpy: nothing of librosa, grain, ml_collections or
 tensorflow-datasets (tests/test_gpu_script.py checks this with those modules blocked).
-`--small` shrinks everything (tiny model, batch 4, one step) to test the script on CPU.
+`--small` shrinks everything (tiny model, batch 4, one step) to test the script on CPU. `--parts`
+measures a subset (each XLA:GPU compilation of the paper model takes about 30 s on an H200, so a
+lease short of time can take the parts in separate calls).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import train_step  # noqa: E402  (after the path fix-up)
 
+PARTS = ("train", "inference", "input")
 SMALL_MODEL = dict(train_step.PAPER_MODEL, conv_channels=2, attention_channels=32,
                    attention_layers=2, attention_heads=4, intermediate=64)
 
@@ -42,8 +45,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--small", action="store_true",
                    help="CPU smoke test: tiny model, batch 4, 1 step, 32 frames")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help="comma-separated subset of " + ",".join(PARTS) + " (default: all)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
+    args.parts = [s for s in args.parts.split(",") if s]
+    for name in args.parts:
+        if name not in PARTS:
+            p.error(f"unknown part {name!r}; choose from {', '.join(PARTS)}")
     if args.small:
         args.model, args.frames = SMALL_MODEL, 32
         args.train_batches, args.infer_batch, args.steps, args.repeats = (4,), 4, 1, 1
@@ -122,26 +131,29 @@ def main(argv=None) -> int:
           + (" [--small: tiny model, NOT a measurement]" if args.small else ""), flush=True)
     results = {"device": dev.device_kind, "platform": dev.platform, "small": args.small,
                "train": [], "inference": {}}
-    print(f"{'train step':>12} {'dtype':>9} {'clips/s':>10} {'step ms':>9} {'of peak':>8} "
-          f"{'compile s':>9}", flush=True)
-    for dtype in ("float32", "bfloat16"):
+    if "train" in args.parts:
+        print(f"{'train step':>12} {'dtype':>9} {'clips/s':>10} {'step ms':>9} {'of peak':>8} "
+              f"{'compile s':>9}", flush=True)
+    for dtype in ("float32", "bfloat16") if "train" in args.parts else ():
         for batch in args.train_batches:
             r = train_step.bench(batch, dtype, args, model=args.model)
             results["train"].append(r)
             frac = f"{100 * r['fraction_of_peak']:.1f}%" if r["fraction_of_peak"] else "n/a"
             print(f"{batch:>12} {dtype:>9} {r['clips_per_s']:>10.1f} {r['step_ms']:>9.1f} "
                   f"{frac:>8} {r['compile_s']:>9.1f}", flush=True)
-    print(f"{'inference':>12} {'dtype':>9} {'forward clips/s':>16} {'contribution clips/s':>21}"
-          f"  (batch {args.infer_batch})", flush=True)
-    for dtype in ("float32", "bfloat16"):
+    if "inference" in args.parts:
+        print(f"{'inference':>12} {'dtype':>9} {'forward clips/s':>16} "
+              f"{'contribution clips/s':>21}  (batch {args.infer_batch})", flush=True)
+    for dtype in ("float32", "bfloat16") if "inference" in args.parts else ():
         r = inference_rates(args, dtype)
         results["inference"][dtype] = r
         print(f"{'':>12} {dtype:>9} {r['forward']:>16.1f} {r['contribution']:>21.1f}", flush=True)
-    rate = host_input_rate(args)
-    results["host_input_clips_per_s"] = rate
-    print(f"host-side input (random crops + device_put, 1 process): {rate:.0f} clips/s; the grain "
-          "pipeline (records, workers) is measured on CPU: benchmarks/input_pipeline.py",
-          flush=True)
+    if "input" in args.parts:
+        rate = host_input_rate(args)
+        results["host_input_clips_per_s"] = rate
+        print(f"host-side input (random crops + device_put, 1 process): {rate:.0f} clips/s; the "
+              "grain pipeline (records, workers) is measured on CPU: benchmarks/input_pipeline.py",
+              flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0

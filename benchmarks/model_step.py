@@ -2,6 +2,7 @@
 
     python benchmarks/model_step.py [--authors PATH] [--batches 16,64] [--rounds 5] [--steps 1]
                                     [--contenders ours,twin,twin_compiled,authors,authors_compiled]
+                                    [--device cpu|gpu] [--precision float32|tf32]
 
 Contenders (all on the same weights: one random state dict with the authors' keys, imported into
 ours with `tagger_jax.authors`; the same input, batch x 96 x 256 log-mel chunks):
@@ -13,9 +14,11 @@ ours with `tagger_jax.authors`; the same input, batch x 96 x 256 log-mel chunks)
   (`--authors PATH`, the folder holding `training/model.py`; never copied into this project),
   eager and under `torch.compile`. Their `VerticalConv.forward` sizes its max-pool from the input
   height, which current PyTorch rejects; the benchmark replaces that one method at run time with
-  the same max-pool sized from the conv output (the behaviour they trained). Their model keeps a 32-row [CLS] buffer ("maximum batch size is
-  32"); for larger batches the benchmark sets that buffer to the same vector repeated for the batch,
-  at run time, without touching their code.
+  the same max-pool sized from the conv output (the behaviour they trained). Their model keeps a
+  32-row [CLS] buffer ("maximum batch size is 32") as a plain tensor on the host, which their
+  `append_cls` copies to the input's device at every call; the benchmark sets that buffer, at run
+  time and without touching their code, to the same vector repeated for the batch when the batch
+  is larger, and places it on the device once (sparing their model a copy per step).
 
 Work per step: forward = eval mode, no gradients (`torch.inference_mode`), logits -> sigmoid for
 the authors' model (their forward ends with a sigmoid). Train step = forward in train mode
@@ -24,10 +27,20 @@ model trains with BCELoss on its sigmoid outputs, exactly as their solver does.
 
 Pairing: compilation and one warm-up step per contender and phase come first; then `--rounds`
 rounds, each timing every contender once (forward, then train step) in turn, so load on a shared
-machine hits every contender alike. Reported: clips/s as the median over rounds, with the range
-(slowest-fastest round), and each contender's ratio to `ours` per round (median and range). The
-load average is printed before and after. torch uses all cores (torch.set_num_threads), as XLA
-does.
+machine hits every contender alike. A timing is `--steps` calls in a row, then one wait for the
+last result, as a loop over batches runs (JAX and CUDA queue work without waiting). Reported:
+clips/s as the median over rounds, with the range (slowest-fastest round), and each contender's
+ratio to `ours` per round (median and range). The load average is printed before and after.
+torch uses all cores (torch.set_num_threads), as XLA does.
+
+`--device gpu` runs every contender on the first GPU (JAX's default backend; torch's "cuda"), with
+JAX's memory preallocation lowered to 45% so that torch has room in the same process.
+`--precision` sets the float32 matmul and convolution precision of both frameworks alike:
+`float32` (full precision: `jax_default_matmul_precision="float32"`; torch's
+`set_float32_matmul_precision("highest")`, cuDNN TF32 off) or `tf32` (TensorFloat-32 on GPUs that
+have it: JAX's "tensorfloat32"; torch "high", cuDNN TF32 on). Each framework's own default mixes
+the two on a GPU (JAX takes TF32 for both; torch TF32 for convolutions only), so the benchmark
+never leaves it to them. On a CPU both settings compute in full float32.
 """
 from __future__ import annotations
 
@@ -70,6 +83,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--contenders", default=None,
                    help="comma-separated subset of " + ",".join(CONTENDERS) + " (default: all "
                         "that can run here: the authors' need --authors, the torch ones torch)")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                   help="where every contender runs (gpu: JAX's GPU backend and torch's cuda)")
+    p.add_argument("--precision", choices=("float32", "tf32"), default="float32",
+                   help="float32 matmul/convolution precision of both frameworks alike")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
     args.explicit = args.contenders is not None  # asked for by name: each must run
@@ -121,6 +138,7 @@ def build_ours(args, state, x, y) -> dict:
     model = build_model(config.model, 50)
     variables = jax.device_put(variables)
     xj, yj = jnp.asarray(x), jnp.asarray(y)
+    last = [None]  # the newest result, for `sync`
     forward = jax.jit(lambda v, x: jax.nn.sigmoid(model.apply(v, x)))
     tx = optax.adam(1e-4)
 
@@ -140,22 +158,27 @@ def build_ours(args, state, x, y) -> dict:
     holder = [(variables["params"], variables["batch_stats"], tx.init(variables["params"]),
                jax.random.key(0)), 0]
 
+    def one_forward():
+        last[0] = forward(variables, xj)
+
     def one_train_step():
         holder[1] += 1
-        holder[0], loss = train_step(holder[0], xj, yj, holder[1])
-        loss.block_until_ready()
+        holder[0], last[0] = train_step(holder[0], xj, yj, holder[1])
 
-    return {"forward": lambda: forward(variables, xj).block_until_ready(),
-            "train_step": one_train_step,
+    return {"forward": one_forward, "train_step": one_train_step,
+            "sync": lambda: jax.block_until_ready(last[0]),
             "probs": np.asarray(forward(variables, xj))}
 
 
-def _torch_fns(model, x, y, compiled: bool, outputs_probs: bool) -> dict:
+def _torch_fns(model, x, y, compiled: bool, outputs_probs: bool, device: str) -> dict:
     """forward / train_step closures for a torch module mapping (B, 96, T) to logits or probs."""
     import torch
     import torch.nn.functional as F
 
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    model.to(device)
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    if compiled:  # forget earlier batch sizes: a second shape would compile with dynamic shapes
+        torch._dynamo.reset()
     run = torch.compile(model) if compiled else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     to_probs = (lambda o: o) if outputs_probs else torch.sigmoid
@@ -173,8 +196,9 @@ def _torch_fns(model, x, y, compiled: bool, outputs_probs: bool) -> dict:
         loss.backward()
         optimizer.step()
 
-    return {"forward": forward, "train_step": train_step,
-            "probs": forward().detach().numpy().copy()}
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return {"forward": forward, "train_step": train_step, "sync": sync,
+            "probs": forward().detach().cpu().numpy().copy()}
 
 
 def build_twin(args, state, x, y, compiled: bool) -> dict:
@@ -182,7 +206,7 @@ def build_twin(args, state, x, y, compiled: bool) -> dict:
 
     model = make(args.variant)
     load_numpy_state_dict(model, state)
-    return _torch_fns(model, x, y, compiled, outputs_probs=False)
+    return _torch_fns(model, x, y, compiled, outputs_probs=False, device=torch_device(args))
 
 
 def _vertical_conv_forward(self, x):
@@ -219,7 +243,24 @@ def build_authors(args, state, x, y, compiled: bool) -> dict:
                           strict=True)
     if x.shape[0] > model.vec_cls.shape[0]:  # their buffer holds 32 rows of the same vector
         model.vec_cls = model.vec_cls[:1].repeat(x.shape[0], 1, 1)
-    return _torch_fns(model, x, y, compiled, outputs_probs=True)
+    model.vec_cls = model.vec_cls.to(torch_device(args))  # a plain tensor: .to(model) skips it
+    return _torch_fns(model, x, y, compiled, outputs_probs=True, device=torch_device(args))
+
+
+def torch_device(args) -> str:
+    return "cuda" if args.device == "gpu" else "cpu"
+
+
+def set_precision(args, torch_module) -> None:
+    """The same float32 matmul and convolution precision for JAX and torch (module docstring)."""
+    import jax
+
+    tf32 = args.precision == "tf32"
+    jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "float32")
+    if torch_module is not None:
+        torch_module.set_float32_matmul_precision("high" if tf32 else "highest")
+        torch_module.backends.cuda.matmul.allow_tf32 = tf32
+        torch_module.backends.cudnn.allow_tf32 = tf32
 
 
 def build(name: str, args, state, x, y) -> dict:
@@ -250,6 +291,7 @@ def run_batch(args, batch: int, names: list[str]) -> dict:
         fns[name] = build(name, args, state, x, y)
         for phase in phases_of(args, name):  # compilation + one warm-up step
             fns[name][phase]()
+            fns[name]["sync"]()
         warm_s[name] = time.perf_counter() - start
         print(f"  {name}: built, compiled and warmed up in {warm_s[name]:.0f} s", flush=True)
     times = {(n, p): [] for n in names for p in phases_of(args, n)}
@@ -260,6 +302,7 @@ def run_batch(args, batch: int, names: list[str]) -> dict:
                 start = time.perf_counter()
                 for _ in range(args.steps):
                     fns[name][phase]()
+                fns[name]["sync"]()
                 times[name, phase].append((time.perf_counter() - start) / args.steps)
         print(f"  round {r + 1}/{args.rounds} done, load {load_average():.2f}", flush=True)
     load_after = load_average()
@@ -304,7 +347,10 @@ def print_table(args, res: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if args.device == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    else:  # JAX preallocates 75% of the GPU by default; leave torch room in this process
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
     import platform
 
     import jax
@@ -321,12 +367,22 @@ def main(argv: list[str] | None = None) -> int:
                   "(pip install -e \".[torch]\")", file=sys.stderr)
             return 2
         print("torch is not installed: timing our model only", file=sys.stderr)
-        names, torch_version = ["ours"], None
+        names, torch, torch_version = ["ours"], None, None
+    if args.device == "gpu":
+        if jax.devices()[0].platform != "gpu":
+            print(f"error: --device gpu, but JAX's default backend is {jax.devices()[0].platform}",
+                  file=sys.stderr)
+            return 2
+        if torch is not None and not torch.cuda.is_available():
+            print("error: --device gpu, but torch sees no CUDA device", file=sys.stderr)
+            return 2
+    set_precision(args, torch)
+    device = jax.devices()[0].device_kind if args.device == "gpu" else cpu_name()
     print(f"model_step: pons_won {args.variant} variant, 96 x {args.frames} chunks, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, host {platform.node()}, "
-          f"{cpu_name()}, {os.cpu_count()} cores, "
+          f"{device}, {os.cpu_count()} CPU cores, "
           f"jax {jax.__version__} ({jax.devices()[0].platform}), "
-          f"torch {torch_version}, ours in {args.dtype}, "
+          f"torch {torch_version}, ours in {args.dtype}, {args.precision} matmuls, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"contenders: {', '.join(names)}")
     print("'ours x' = our speed-up over the contender, per round (median and range); "

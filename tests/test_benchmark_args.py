@@ -11,7 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import _bench, forward_pieces, inference, model_step, train_step  # noqa: E402
+from benchmarks import (_bench, forward_pieces, gpu_bench, inference, model_step,  # noqa: E402
+                        train_step)
 
 
 @pytest.mark.parametrize("parse, argv, says", [
@@ -31,6 +32,8 @@ from benchmarks import _bench, forward_pieces, inference, model_step, train_step
     (train_step.parse_args, ["--batch-sizes", "16,x"], "'x' is not an integer"),
     (train_step.parse_args, ["--steps", "-1"], "must be at least 1, got -1"),
     (forward_pieces.main, ["--batch", "0"], "argument --batch: must be at least 1, got 0"),
+    (gpu_bench.parse_args, ["--parts", "train,inferense"],
+     "unknown part 'inferense'; choose from train, inference, input"),
 ])
 def test_bad_options_are_usage_errors(parse, argv, says, capsys):
     with pytest.raises(SystemExit) as e:
@@ -56,3 +59,13 @@ def test_model_step_contenders(tmp_path, capsys):
 
 def test_machine_names_the_cpu():
     assert _bench.cpu_name() not in ("", "x86_64")  # the model, not the architecture
+
+
+def test_model_step_on_a_gpu_needs_one(monkeypatch, capsys):
+    """`--device gpu` where JAX has only a CPU stops before any work, in one line (on the lent GPU
+    machine benchmarks/gpu.sh runs it; docs/benchmarks.md has its table)."""
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")  # main would set it otherwise
+    args = model_step.parse_args(["--device", "gpu", "--precision", "tf32"])
+    assert (args.device, args.precision) == ("gpu", "tf32")
+    assert model_step.main(["--device", "gpu", "--contenders", "ours"]) == 2
+    assert "--device gpu, but JAX's default backend is cpu" in capsys.readouterr().err
