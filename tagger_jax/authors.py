@@ -24,6 +24,7 @@ import numpy as np
 import ml_collections
 
 from tagger_jax.config_base import authors_released_config, paper_mtat_config
+from tagger_jax.models import CLASSIFIER
 from tagger_jax.models.frontends import HORIZONTAL_BRANCHES, VERTICAL_BRANCHES
 
 VARIANTS = ("training", "released")
@@ -151,7 +152,7 @@ def mapping_plan(model_config: Mapping[str, Any], num_tags: int = 50) -> Plan:
         dense((*path, "output"), f"{key}.output.dense", ffn, d)
         layer_norm((*path, "output_norm"), f"{key}.output.LayerNorm")
     dense(("pooler",), "back_end.pooler.dense", d, d)
-    dense(("classifier",), "classifier", d, num_tags)
+    dense((CLASSIFIER,), "classifier", d, num_tags)  # ours, then their key
     return plan
 
 

@@ -25,7 +25,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from tagger_jax.errors import MODEL, ToolError
-from tagger_jax.models import build_model, input_shape
+from tagger_jax.models import CLASSIFIER, build_model, input_shape
 
 METADATA_FILE = "tagger.json"
 VARIABLES_DIR = "variables"
@@ -294,6 +294,6 @@ def _leaves(tree: Any) -> dict[str, Any]:
 
 def _num_tags(variables: Any) -> int | None:
     try:
-        return int(np.shape(variables["params"]["classifier"]["bias"])[0])
+        return int(np.shape(variables["params"][CLASSIFIER]["bias"])[0])
     except (KeyError, TypeError, IndexError):
         return None

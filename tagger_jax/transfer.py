@@ -20,8 +20,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from flax import traverse_util
 
-# Modules whose last axis is one output per tag (tagger_jax.models.tagger): matched by tag name.
-TAG_OUTPUTS = ("classifier", "frame_classifier")
+from tagger_jax.models import TAG_OUTPUTS  # one output per tag on the last axis: matched by name
+
 # The feature fields a trained model's input depends on: starting from a model that read other
 # log-mels (another rate, hop, band count or dB scale) would start from weights that mean nothing.
 INPUT_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "log_scale")

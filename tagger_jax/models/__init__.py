@@ -13,10 +13,15 @@ DTYPES = ("float32", "bfloat16")
 CLS_TOKENS = ("fixed", "learned")  # model.cls_token: the authors' seeded vector, or a parameter
 POSITIONS = ("sinusoidal", "learned")  # model.positions: training code's table, or released
 FRAME_HEAD_READOUTS = ("linear", "tag_head")  # model.frame_head_readout: its own, or the tag head
+# Parameter names of the tag outputs (models/tagger.py), each with one column per tag on its last
+# axis: the clip classifier, and the frame head's classifier.
+CLASSIFIER = "classifier"
+FRAME_CLASSIFIER = "frame_classifier"
+TAG_OUTPUTS = (CLASSIFIER, FRAME_CLASSIFIER)
 
-__all__ = ["ARCHITECTURES", "Architecture", "Geometry", "LOG_MEL", "N_MELS", "WAVEFORM",
-           "WAVEFORM_SAMPLES", "WAVEFORM_STEP", "build_model", "geometry", "get_architecture",
-           "input_shape", "model_fields"]
+__all__ = ["ARCHITECTURES", "Architecture", "CLASSIFIER", "FRAME_CLASSIFIER", "Geometry",
+           "LOG_MEL", "N_MELS", "TAG_OUTPUTS", "WAVEFORM", "WAVEFORM_SAMPLES", "WAVEFORM_STEP",
+           "build_model", "geometry", "get_architecture", "input_shape", "model_fields"]
 
 
 def build_model(model_config: Mapping[str, Any], num_tags: int):

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import jax.numpy as jnp
 import flax.linen as nn
 
+from tagger_jax.models import CLASSIFIER, FRAME_CLASSIFIER
 from tagger_jax.models.frontends import LeeFrontEnd, PonsFrontEnd, batch_norm
 from tagger_jax.models.transformer import Embedding, Encoder, _bert_init
 
@@ -103,7 +104,7 @@ class AttentionTagger(nn.Module):
         pooler = nn.Dense(self.attention_channels, dtype=self.dtype, kernel_init=_bert_init,
                           name="pooler")
         dropout = nn.Dropout(self.classifier_dropout)
-        classifier = nn.Dense(self.num_tags, dtype=jnp.float32, name="classifier")
+        classifier = nn.Dense(self.num_tags, dtype=jnp.float32, name=CLASSIFIER)
 
         def tag_head(z):  # the paper's readout: tanh pooler, dropout, linear classifier
             pooled = dropout(jnp.tanh(pooler(z)), deterministic=not train)
@@ -115,7 +116,7 @@ class AttentionTagger(nn.Module):
             if return_frame_logits:  # no parameters of its own: nothing to create otherwise
                 frame_logits = tag_head(seq)
         elif self.frame_head:  # always called, so that init creates its parameters
-            frame_logits = nn.Dense(self.num_tags, dtype=jnp.float32, name="frame_classifier")(
+            frame_logits = nn.Dense(self.num_tags, dtype=jnp.float32, name=FRAME_CLASSIFIER)(
                 seq.astype(jnp.float32))
         if return_frame_logits:
             return logits, frame_logits
@@ -158,4 +159,4 @@ class ConvTagger(nn.Module):
         h = nn.Dense(self.dense_channels, dtype=self.dtype, name="dense")(pooled)
         h = nn.relu(batch_norm(train, "dense_bn", self.dtype)(h))
         h = nn.Dropout(self.classifier_dropout)(h, deterministic=not train)
-        return nn.Dense(self.num_tags, dtype=jnp.float32, name="classifier")(h.astype(jnp.float32))
+        return nn.Dense(self.num_tags, dtype=jnp.float32, name=CLASSIFIER)(h.astype(jnp.float32))
