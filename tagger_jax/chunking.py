@@ -24,9 +24,10 @@ SPECTROGRAM_CHUNK = 256  # frames per spectrogram chunk (about 4.1 s at hop 256,
 WAVEFORM_CHUNK = WAVEFORM_SAMPLES
 EVAL_CHUNKS = 16  # chunks per clip in the authors' evaluation
 # The shortest chunk a shipped config trains on (configs/synthetic_cpu.py, soundfont_cpu.py:
-# about 2 s): a dataset build warns about clips shorter than it (code `short_clip`), which every
-# training repeats to fill a chunk.
+# about 2 s): a dataset build warns about clips shorter than it (code SHORT_CLIP_CODE), which
+# every training repeats to fill a chunk.
 SHORTEST_TRAINING_CHUNK = 128
+SHORT_CLIP_CODE = "short_clip"
 
 
 class ShortInputWarning(UserWarning):

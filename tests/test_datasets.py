@@ -1069,8 +1069,10 @@ def test_audio_warnings_are_recorded_and_summarised_and_mpg123_notes_do_not_leak
     assert datasets.audio_warnings(reopened) == found  # kept in the dataset's metadata
     from tagger_jax.explain import runner  # explain --dataset's summaries carry them
 
-    assert runner.record_warnings("audio_folder", "train", tmp_path / "d") == {
-        found["train"][0]["clip_id"]: {"short_clip": found["train"][0]["message"]}}
+    assert runner.record_warnings("audio_folder", "validation", tmp_path / "d") == {
+        found["validation"][0]["clip_id"]: {"low_sample_rate": found["validation"][0]["message"]}}
+    # ... but not the note about training chunks (explain says itself when it repeats a clip)
+    assert runner.record_warnings("audio_folder", "train", tmp_path / "d") == {}
     assert runner.record_warnings("audio_folder", "train", tmp_path / "nowhere") == {}
     assert datasets.split_sizes(reopened) == {"train": 2, "validation": 1, "test": 1}
 

@@ -32,7 +32,7 @@ def _example(wave: np.ndarray, item: dict) -> dict[str, Any]:
 
 def short_clip_note(name: str, frames: int, hop_length: int, sample_rate: int
                     ) -> dict[str, str]:
-    """{"short_clip": message} for a clip of fewer log-mel `frames` than
+    """{chunking.SHORT_CLIP_CODE: message} for a clip of fewer log-mel `frames` than
     `chunking.SHORTEST_TRAINING_CHUNK`, else {}: a training repeats such a clip to fill its
     chunk, so the tags are learnt from a loop of it (a new user's 0.3-s clips were trained on
     without a word)."""
@@ -42,7 +42,7 @@ def short_clip_note(name: str, frames: int, hop_length: int, sample_rate: int
     if frames >= shortest:
         return {}
     seconds = lambda n: n * hop_length / sample_rate  # noqa: E731
-    return {"short_clip": (
+    return {chunking.SHORT_CLIP_CODE: (
         f"{name}: {frames} frames ({seconds(frames):.2f} s), shorter than a training chunk "
         f"({shortest} frames, {seconds(shortest):.2f} s, in the CPU configs; "
         f"{chunking.SPECTROGRAM_CHUNK}, {seconds(chunking.SPECTROGRAM_CHUNK):.2f} s, in the "

@@ -355,7 +355,10 @@ def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
 def record_warnings(name: str, split: str, data_dir: Optional[str] = None,
                     builder_config: Optional[str] = None) -> dict[str, dict[str, str]]:
     """{clip_id: {code: message}}: the audio warnings the build recorded for the clips of
-    `split` (`datasets.audio_warnings`; docs/audio.md's codes), {} where it recorded none."""
+    `split` (`datasets.audio_warnings`; docs/audio.md's codes), {} where it recorded none. The
+    build's note that a clip is shorter than a training chunk (`chunking.SHORT_CLIP_CODE`) is
+    left out: it speaks of training, and explain says itself when it repeats a clip to fill its
+    window."""
     from tagger_jax import datasets
 
     try:
@@ -365,7 +368,8 @@ def record_warnings(name: str, split: str, data_dir: Optional[str] = None,
         return {}
     out: dict[str, dict[str, str]] = {}
     for w in found:
-        out.setdefault(str(w["clip_id"]), {})[str(w["code"])] = str(w["message"])
+        if str(w["code"]) != chunking.SHORT_CLIP_CODE:
+            out.setdefault(str(w["clip_id"]), {})[str(w["code"])] = str(w["message"])
     return out
 
 
