@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
     args.parts = [s for s in args.parts.split(",") if s]
+    if not args.parts:
+        p.error("--parts: give at least one of " + ", ".join(PARTS))
     for name in args.parts:
         if name not in PARTS:
             p.error(f"unknown part {name!r}; choose from {', '.join(PARTS)}")

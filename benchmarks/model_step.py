@@ -14,11 +14,15 @@ ours with `tagger_jax.authors`; the same input, batch x 96 x 256 log-mel chunks)
   (`--authors PATH`, the folder holding `training/model.py`; never copied into this project),
   eager and under `torch.compile`. Their `VerticalConv.forward` sizes its max-pool from the input
   height, which current PyTorch rejects; the benchmark replaces that one method at run time with
-  the same max-pool sized from the conv output (the behaviour they trained). Their model keeps a
-  32-row [CLS] buffer ("maximum batch size is 32") as a plain tensor on the host, which their
-  `append_cls` copies to the input's device at every call; the benchmark sets that buffer, at run
-  time and without touching their code, to the same vector repeated for the batch when the batch
-  is larger, and places it on the device once (sparing their model a copy per step).
+  the same max-pool sized from the conv output (the behaviour they trained). Two of their
+  tables are plain tensors on the host, which their code copies to the input's device at every
+  call: the 32-row [CLS] buffer ("maximum batch size is 32"; `append_cls`) and the sinusoidal
+  position table (`PositionalEncoding.forward` expands it to the batch first, so on a GPU each
+  call materialises and copies batch x 257 x 512 floats, 135 MB at batch 256). The benchmark
+  places both on the device once, at run time and without touching their code (on a CPU that
+  changes nothing), and sets the [CLS] buffer to the same vector repeated for the batch when the
+  batch is larger than 32. The strongest version of their model is the baseline, not its
+  copies.
 
 Work per step: forward = eval mode, no gradients (`torch.inference_mode`), logits -> sigmoid for
 the authors' model (their forward ends with a sigmoid). Train step = forward in train mode
@@ -38,9 +42,9 @@ JAX's memory preallocation lowered to 45% so that torch has room in the same pro
 `--precision` sets the float32 matmul and convolution precision of both frameworks alike:
 `float32` (full precision: `jax_default_matmul_precision="float32"`; torch's
 `set_float32_matmul_precision("highest")`, cuDNN TF32 off) or `tf32` (TensorFloat-32 on GPUs that
-have it: JAX's "tensorfloat32"; torch "high", cuDNN TF32 on). Each framework's own default mixes
-the two on a GPU (JAX takes TF32 for both; torch TF32 for convolutions only), so the benchmark
-never leaves it to them. On a CPU both settings compute in full float32.
+have it: JAX's "tensorfloat32"; torch "high", cuDNN TF32 on; GPU only). Each framework's own
+default mixes the two on a GPU (JAX takes TF32 for both; torch TF32 for convolutions only), so the
+benchmark never leaves it to them.
 """
 from __future__ import annotations
 
@@ -92,6 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.explicit = args.contenders is not None  # asked for by name: each must run
     args.contenders = args.contenders or ",".join(CONTENDERS)
     args.phases = [s for s in args.phases.split(",") if s]
+    if not args.phases:
+        p.error("--phases: give at least one of " + ", ".join(PHASES))
+    if args.precision == "tf32" and args.device == "cpu":
+        p.error("--precision tf32 needs --device gpu (on a CPU both frameworks compute in float32)")
     args.compiled_phases = [s for s in args.compiled_phases.split(",") if s in args.phases]
     args.contenders = [s for s in args.contenders.split(",") if s]
     for name in args.contenders:
@@ -121,8 +129,8 @@ def load_average() -> float:
 
 
 # ------------------------------------------------------------------------------ contenders
-# Each builder returns {"forward": fn, "train_step": fn, "probs": (B, tags) eval sigmoid outputs};
-# every fn blocks until its work is done.
+# Each builder returns {"forward": fn, "train_step": fn, "sync": fn, "probs": (B, tags) eval
+# sigmoid outputs}: forward and train_step queue one step's work, sync waits for the last one.
 
 
 def build_ours(args, state, x, y) -> dict:
@@ -177,8 +185,6 @@ def _torch_fns(model, x, y, compiled: bool, outputs_probs: bool, device: str) ->
 
     model.to(device)
     xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-    if compiled:  # forget earlier batch sizes: a second shape would compile with dynamic shapes
-        torch._dynamo.reset()
     run = torch.compile(model) if compiled else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     to_probs = (lambda o: o) if outputs_probs else torch.sigmoid
@@ -243,7 +249,10 @@ def build_authors(args, state, x, y, compiled: bool) -> dict:
                           strict=True)
     if x.shape[0] > model.vec_cls.shape[0]:  # their buffer holds 32 rows of the same vector
         model.vec_cls = model.vec_cls[:1].repeat(x.shape[0], 1, 1)
-    model.vec_cls = model.vec_cls.to(torch_device(args))  # a plain tensor: .to(model) skips it
+    # Plain tensors, not buffers, so .to(device) skips them (module docstring).
+    model.vec_cls = model.vec_cls.to(torch_device(args))
+    positions = model.back_end.embedding
+    positions.position_enc = positions.position_enc.to(torch_device(args))
     return _torch_fns(model, x, y, compiled, outputs_probs=True, device=torch_device(args))
 
 
@@ -285,6 +294,10 @@ def run_batch(args, batch: int, names: list[str]) -> dict:
     x = rng.normal(size=(batch, 96, args.frames)).astype(np.float32)
     y = (rng.random((batch, 50)) < 0.1).astype(np.float32)
     state = random_state_dict(args.variant, seed=0)
+    if any(name.endswith("compiled") for name in names):
+        import torch  # forget earlier batch sizes: a second shape compiles with dynamic shapes
+
+        torch._dynamo.reset()
     fns, warm_s = {}, {}
     for name in names:
         start = time.perf_counter()

@@ -34,6 +34,9 @@ from benchmarks import (_bench, forward_pieces, gpu_bench, inference, model_step
     (forward_pieces.main, ["--batch", "0"], "argument --batch: must be at least 1, got 0"),
     (gpu_bench.parse_args, ["--parts", "train,inferense"],
      "unknown part 'inferense'; choose from train, inference, input"),
+    (gpu_bench.parse_args, ["--parts", ","], "--parts: give at least one of train"),
+    (model_step.parse_args, ["--phases", ","], "--phases: give at least one of forward"),
+    (model_step.parse_args, ["--precision", "tf32"], "--precision tf32 needs --device gpu"),
 ])
 def test_bad_options_are_usage_errors(parse, argv, says, capsys):
     with pytest.raises(SystemExit) as e:

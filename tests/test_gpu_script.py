@@ -38,3 +38,15 @@ def test_gpu_script_small_runs_without_data_stack(tmp_path):
         assert result["inference"][dtype]["contribution"] > 0
     assert result["host_input_clips_per_s"] > 0
     assert "measured on CPU" in proc.stdout
+
+
+def test_gpu_script_refuses_a_machine_without_a_gpu():
+    """Without --small, a machine whose JAX has no GPU gets one line, not minutes of the paper
+    model benchmarked on a CPU (a new user's run of the script on the wrong machine)."""
+    env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "bench"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "benchmarks/gpu.sh: JAX sees no GPU here; for a CPU smoke test use --small")
+    assert "gpu_bench" not in proc.stdout
