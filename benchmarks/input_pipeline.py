@@ -1,6 +1,7 @@
 """Does the grain pipeline keep up with the train step? Crops/s by worker count vs. step clips/s.
 
     python benchmarks/input_pipeline.py [--config configs/synthetic_cpu.py] [--workers 0,1,2]
+                                        [--crops-per-record 1,4]
 
 Reads the `synthetic_tags` TFDS dataset (built into --data-dir by tagger_jax.datasets.ensure_built
 if needed) through `tfds.data_source`, as training does. For each worker count it times
@@ -8,6 +9,8 @@ if needed) through `tfds.data_source`, as training does. For each worker count i
 reported separately), then times a minimal jitted Adam step of the config's model on a fixed
 batch (the consumption rate), then the same step fed by the pipeline (does it starve?). Prints a
 table and the peak RSS of this process and of its largest worker process (ru_maxrss).
+`--crops-per-record` times the pipeline alone for each value of `data.crops_per_record`, the
+values interleaved within each worker count; the fed step uses the first value.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tagger_jax import input_pipeline  # noqa: E402  (after the path fix-up)
+from benchmarks._bench import positive_ints  # noqa: E402  (after the path fix-up)
+from tagger_jax import input_pipeline  # noqa: E402
 
 
 def load_config(path: str):
@@ -98,13 +102,13 @@ def _children_peak_rss_mb() -> list[float]:
 
 
 def time_pipeline(source, *, batch_size, num_workers, num_batches, input_kind, prefetch,
-                  threads):
+                  threads, crops_per_record=1):
     """(seconds to the first batch, crops/s over the next `num_batches` batches, worker peak
     RSS in MB: one entry per live child process)."""
     loader = input_pipeline.train_loader(
         source, global_batch_size=batch_size, seed=0, num_workers=num_workers,
         worker_buffer_size=prefetch, read_threads=threads, input_kind=input_kind,
-        local_device_count=1)
+        local_device_count=1, crops_per_record=crops_per_record)
     start = time.perf_counter()
     it = iter(loader)
     next(it)
@@ -193,6 +197,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="train steps timed")
     parser.add_argument("--prefetch", type=int, default=2, help="worker_buffer_size")
     parser.add_argument("--threads", type=int, default=1, help="read_threads per process")
+    parser.add_argument("--crops-per-record", type=positive_ints, default="1",
+                        help="data.crops_per_record values, comma-separated (e.g. 1,4)")
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -205,13 +211,18 @@ def main(argv=None) -> int:
 
     rows = []
     for w in workers:
-        first, rate, workers_mb = time_pipeline(
-            source, batch_size=batch_size, num_workers=w, num_batches=args.batches,
-            input_kind=input_kind, prefetch=args.prefetch, threads=args.threads)
-        rows.append({"workers": w, "first_batch_s": first, "crops_per_s": rate,
-                     "worker_peak_rss_mb": workers_mb, "main_peak_rss_mb": peak_rss_mb()[0]})
-        print(f"  pipeline, {w} worker(s): {rate:8.1f} crops/s (first batch after {first:.1f} s; "
-              f"worker peak RSS {', '.join(f'{m:.0f}' for m in workers_mb) or '-'} MB)")
+        for k in args.crops_per_record:
+            first, rate, workers_mb = time_pipeline(
+                source, batch_size=batch_size, num_workers=w, num_batches=args.batches,
+                input_kind=input_kind, prefetch=args.prefetch, threads=args.threads,
+                crops_per_record=k)
+            rows.append({"workers": w, "crops_per_record": k, "first_batch_s": first,
+                         "crops_per_s": rate, "worker_peak_rss_mb": workers_mb,
+                         "main_peak_rss_mb": peak_rss_mb()[0]})
+            per = f", {k} crops/record" if args.crops_per_record != [1] else ""
+            print(f"  pipeline, {w} worker(s){per}: {rate:8.1f} crops/s (first batch after "
+                  f"{first:.1f} s; worker peak RSS "
+                  f"{', '.join(f'{m:.0f}' for m in workers_mb) or '-'} MB)")
 
     import jax
     step, state, x, y = make_step(config, len(tags), batch_size, input_kind)
@@ -228,7 +239,8 @@ def main(argv=None) -> int:
         loader = input_pipeline.train_loader(
             source, global_batch_size=batch_size, seed=0, num_workers=w,
             worker_buffer_size=args.prefetch, read_threads=args.threads,
-            input_kind=input_kind, local_device_count=1)
+            input_kind=input_kind, local_device_count=1,
+            crops_per_record=args.crops_per_record[0])
         it = iter(loader)
         fed[w] = time_steps(step, state, ((b["x"], b["y"]) for b in it), args.steps)
         it.close()
@@ -237,16 +249,18 @@ def main(argv=None) -> int:
     print()
     batch_mb = batch_size * 4 * (96 * config.features.chunk_frames if input_kind == "mel"
                                  else input_pipeline.WAVEFORM_CROP) / 2**20
-    print("| workers | pipeline crops/s | x step rate | step clips/s fed by pipeline "
-          "| first batch (s) | peak RSS per worker (MB) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print(f"| workers | crops per record | pipeline crops/s | x step rate | step clips/s fed by "
+          f"pipeline ({args.crops_per_record[0]} per record) | first batch (s) "
+          f"| peak RSS per worker (MB) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         w = row["workers"]
         row["ratio_to_step"] = row["crops_per_s"] / step_rate
         row["fed_step_clips_per_s"] = fed[w]
         peaks = row["worker_peak_rss_mb"]
-        print(f"| {w} | {row['crops_per_s']:.1f} | {row['ratio_to_step']:.1f} | {fed[w]:.1f} "
-              f"| {row['first_batch_s']:.1f} | {f'{max(peaks):.0f}' if w and peaks else '-'} |")
+        print(f"| {w} | {row['crops_per_record']} | {row['crops_per_s']:.1f} "
+              f"| {row['ratio_to_step']:.1f} | {fed[w]:.1f} | {row['first_batch_s']:.1f} "
+              f"| {f'{max(peaks):.0f}' if w and peaks else '-'} |")
     print(f"\ntrain step alone: {step_rate:.1f} clips/s ({jax.default_backend()}); one batch of x "
           f"is {batch_mb:.1f} MB. Peak RSS (getrusage): this process {self_mb:.0f} MB (after the "
           f"pipeline runs alone: {rows[-1]['main_peak_rss_mb']:.0f} MB), largest finished child "

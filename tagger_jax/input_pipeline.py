@@ -18,6 +18,13 @@ the host count and the batch position. The pipeline is a grain `MapDataset` whos
 the whole batch of global step k, so worker processes (`mp_prefetch`) each build complete batches,
 the batch sequence does not depend on how many workers build it, and the iterator state is just
 {"step": k}: restoring restarts the pipeline at batch k, exactly.
+
+With `crops_per_record` k > 1, a batch of G crops reads G / k records and takes k crops of each
+(crop c of a record drawn from (seed, epoch, record index, c); c = 0 is the crop of k = 1), so an
+epoch, one visit of every record, has k times the steps. Reading and decoding a record costs far
+more than cropping it (docs/input_pipeline.md), so one pipeline process then delivers nearly k
+times the crops: what a GPU's train step needs (docs/benchmarks.md, "GPU"). The price is
+correlated crops: a batch holds G / k distinct clips.
 """
 from __future__ import annotations
 
@@ -38,16 +45,31 @@ WAVEFORM_CROP = chunking.WAVEFORM_CHUNK  # samples per lee_won input
 # ----------------------------------------------------------------------------------------------
 # Batch arithmetic shared with the trainer.
 
-def steps_per_epoch(source_len: int, global_batch_size: int) -> int:
-    """Full global batches per epoch; the remainder (< one batch) is dropped, as in every epoch."""
+def steps_per_epoch(source_len: int, global_batch_size: int, crops_per_record: int = 1) -> int:
+    """Full global batches per epoch (an epoch reads every record once; a batch of
+    `global_batch_size` crops reads global_batch_size / crops_per_record records); the remainder
+    (< one batch) is dropped, as in every epoch."""
     if global_batch_size <= 0:
         raise ValueError(f"global batch size must be positive, got {global_batch_size}")
-    steps = int(source_len) // int(global_batch_size)
+    records = records_per_step(global_batch_size, crops_per_record)
+    steps = int(source_len) // records
     if steps == 0:
+        crops = (f" ({global_batch_size} crops, {crops_per_record} per record)"
+                 if crops_per_record > 1 else "")
         raise errors.ConfigError(
             f"the training split has {source_len} records, fewer than one global batch of "
-            f"{global_batch_size}: lower train.batch_size to at most {source_len}")
+            f"{records}{crops}: lower train.batch_size to at most {source_len * crops_per_record}")
     return steps
+
+
+def records_per_step(global_batch_size: int, crops_per_record: int = 1) -> int:
+    """Records one global batch reads; raises `errors.ConfigError` unless
+    `data.crops_per_record` is >= 1 and divides the batch."""
+    if crops_per_record < 1 or global_batch_size % crops_per_record:
+        raise errors.ConfigError(
+            f"data.crops_per_record = {crops_per_record} must be at least 1 and divide the "
+            f"global batch size {global_batch_size}")
+    return int(global_batch_size) // int(crops_per_record)
 
 
 num_batches = steps_per_epoch  # the name the trainer may prefer
@@ -149,17 +171,22 @@ def _epoch_permutation(num_records: int, seed: int, epoch: int) -> np.ndarray:
     return order
 
 
-def crop_rng(seed: int, epoch: int, record_index: int) -> np.random.Generator:
-    """The generator that draws record `record_index`'s crop in epoch `epoch`.
-
-    A function of these three numbers only, so a crop never depends on batch position, worker
-    count or host count."""
-    return np.random.default_rng((_CROP_STREAM, seed, epoch, record_index))
+def _stream(kind: int, seed: int, epoch: int, record_index: int, crop: int) -> np.random.Generator:
+    words = (kind, seed, epoch, record_index) + ((crop,) if crop else ())  # crop 0: as k = 1
+    return np.random.default_rng(words)
 
 
-def augment_rng(seed: int, epoch: int, record_index: int) -> np.random.Generator:
-    """The augmentation stream of one record in one epoch (`tagger_jax.augment`)."""
-    return np.random.default_rng((_AUGMENT_STREAM, seed, epoch, record_index))
+def crop_rng(seed: int, epoch: int, record_index: int, crop: int = 0) -> np.random.Generator:
+    """The generator that draws crop `crop` of record `record_index` in epoch `epoch`.
+
+    A function of these numbers only, so a crop never depends on batch position, worker count
+    or host count."""
+    return _stream(_CROP_STREAM, seed, epoch, record_index, crop)
+
+
+def augment_rng(seed: int, epoch: int, record_index: int, crop: int = 0) -> np.random.Generator:
+    """The augmentation stream of one crop of one record in one epoch (`tagger_jax.augment`)."""
+    return _stream(_AUGMENT_STREAM, seed, epoch, record_index, crop)
 
 
 class _TrainBatch(grain.transforms.MapWithIndex):
@@ -167,7 +194,8 @@ class _TrainBatch(grain.transforms.MapWithIndex):
 
     def __init__(self, source, *, seed: int, global_batch_size: int, process_index: int,
                  process_count: int, input_kind: str, crop: int, augment=None,
-                 mix_tags=None, crop_labels: str = "clip", frame_labels: bool = False):
+                 mix_tags=None, crop_labels: str = "clip", frame_labels: bool = False,
+                 crops_per_record: int = 1):
         self.crop_labels = crop_labels
         self.frame_labels = frame_labels
         self.augment = augment
@@ -175,19 +203,21 @@ class _TrainBatch(grain.transforms.MapWithIndex):
         self.source = source
         self.seed = seed
         self.num_records = len(source)
-        self.global_batch_size = global_batch_size
-        self.local_batch = global_batch_size // process_count
-        self.offset = process_index * self.local_batch
-        self.steps_per_epoch = steps_per_epoch(self.num_records, global_batch_size)
+        self.crops_per_record = crops_per_record
+        self.global_records = records_per_step(global_batch_size, crops_per_record)
+        self.local_records = self.global_records // process_count
+        self.offset = process_index * self.local_records
+        self.steps_per_epoch = steps_per_epoch(self.num_records, global_batch_size,
+                                               crops_per_record)
         self.input_kind = input_kind
         self.crop = crop
 
     def record_indices(self, step: int) -> tuple[int, np.ndarray]:
         """(epoch, this host's record indices) of global step `step`."""
         epoch, b = divmod(int(step), self.steps_per_epoch)
-        start = b * self.global_batch_size + self.offset
+        start = b * self.global_records + self.offset
         order = _epoch_permutation(self.num_records, self.seed, epoch)
-        return epoch, order[start:start + self.local_batch]
+        return epoch, order[start:start + self.local_records]
 
     def _crop(self, record: Mapping[str, Any], index: int, rng: np.random.Generator
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -206,16 +236,18 @@ class _TrainBatch(grain.transforms.MapWithIndex):
                                     "frame labels (model.frame_head)").T.astype(np.float32)
         return crop, tags, frames
 
-    def example(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
-        """(crop, labels[, frame targets with `frame_labels`]) of one record in one epoch. With
-        augmentation and activity labels, the labels are the tags active in the augmented frame
-        targets (a stretch that leaves out a crop's last frames leaves out their instruments)."""
-        crop, tags, frames = self._crop(self.source[index], index,
-                                        crop_rng(self.seed, epoch, index))
+    def example(self, epoch: int, index: int, record: Mapping[str, Any] | None = None,
+                c: int = 0) -> tuple[np.ndarray, ...]:
+        """(crop, labels[, frame targets with `frame_labels`]) of crop `c` of one record (read
+        here unless given) in one epoch. With augmentation and activity labels, the labels are
+        the tags active in the augmented frame targets (a stretch that leaves out a crop's last
+        frames leaves out their instruments)."""
+        record = self.source[index] if record is None else record
+        crop, tags, frames = self._crop(record, index, crop_rng(self.seed, epoch, index, c))
         if self.augment is not None:
             from tagger_jax import augment
 
-            rng = augment_rng(self.seed, epoch, index)
+            rng = augment_rng(self.seed, epoch, index, c)
             other = None
             if self.augment.p_mix > 0:  # the partner: a seeded record, cropped from that stream
                 j = int(rng.integers(self.num_records))
@@ -231,9 +263,14 @@ class _TrainBatch(grain.transforms.MapWithIndex):
     def map_with_index(self, index: int, element: Any) -> dict[str, np.ndarray]:
         del element  # the MapDataset index is the global step
         epoch, indices = self.record_indices(index)
-        examples = list(zip(*(self.example(epoch, int(i)) for i in indices)))
+        k = self.crops_per_record
+        examples = []
+        for i in indices:  # each record read once, cropped k times
+            record = self.source[int(i)]
+            examples.extend(self.example(epoch, int(i), record, c) for c in range(k))
+        examples = list(zip(*examples))
         batch = {"x": np.stack(examples[0]), "y": np.stack(examples[1]),
-                 "clip_index": indices.astype(np.int32)}
+                 "clip_index": np.repeat(indices, k).astype(np.int32)}
         if self.frame_labels:
             batch["frames"] = np.stack(examples[2])
         return batch
@@ -244,7 +281,7 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
                   num_epochs: int | None = None, process_index: int = 0, process_count: int = 1,
                   local_device_count: int | None = None, augment=None,
                   mix_tags=None, crop_labels: str = "clip",
-                  frame_labels: bool = False) -> grain.MapDataset:
+                  frame_labels: bool = False, crops_per_record: int = 1) -> grain.MapDataset:
     """The training batches of this host as a random-access grain `MapDataset` (element = step).
 
     Element s is global step s: {"x": float32 (local_batch, 96, crop_frames) or (local_batch,
@@ -259,7 +296,10 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
     an instrument plays is not labelled with it. `frame_labels` adds "frames": float32
     (local_batch, crop_frames, num_tags), each crop's exact activity frame by frame (the targets
     of `model.frame_head`; log-mel input with "tag_mask"), moved with the crop by the time stretch
-    and unioned by mixing as its labels are (`tagger_jax.augment`).
+    and unioned by mixing as its labels are (`tagger_jax.augment`). `crops_per_record` k: each
+    batch reads local_batch / k records and takes k crops of each, record by record (module
+    docstring); `clip_index` repeats each record's index k times. Raises `errors.ConfigError`
+    unless k divides the global batch and the records of a step split evenly over the hosts.
     """
     _check_kind(input_kind)
     if crop_labels not in CROP_LABELS:
@@ -276,6 +316,11 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
         import jax  # only here: worker processes never need JAX
         local_device_count = jax.local_device_count()
     check_batch_divisibility(global_batch_size, process_count, local_device_count)
+    if records_per_step(global_batch_size, crops_per_record) % process_count:
+        raise errors.ConfigError(
+            f"data.crops_per_record = {crops_per_record}: a global batch of {global_batch_size} "
+            f"crops reads {global_batch_size // crops_per_record} record(s), which do not split "
+            f"evenly over {process_count} hosts")
     if not 0 <= seed < 2**32:  # one 32-bit SeedSequence word (as grain's own seeds)
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed}")
     transform = _TrainBatch(source, seed=int(seed), global_batch_size=global_batch_size,
@@ -283,7 +328,7 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
                             input_kind=input_kind,
                             crop=_crop_length(input_kind, crop_frames, crop_samples),
                             augment=augment, mix_tags=mix_tags, crop_labels=crop_labels,
-                            frame_labels=frame_labels)
+                            frame_labels=frame_labels, crops_per_record=crops_per_record)
     steps = grain.MapDataset.range(transform.steps_per_epoch).repeat(num_epochs)
     return steps.map_with_index(transform)
 
@@ -366,7 +411,7 @@ def train_loader(source, *, global_batch_size: int, seed: int, crop_frames: int 
                  num_workers: int = 0, worker_buffer_size: int = 2, read_threads: int = 1,
                  local_device_count: int | None = None, augment=None,
                  mix_tags=None, crop_labels: str = "clip",
-                 frame_labels: bool = False) -> TrainLoader:
+                 frame_labels: bool = False, crops_per_record: int = 1) -> TrainLoader:
     """Training batches (see `train_dataset`) prefetched by `num_workers` processes.
 
     `iter(loader)` gives a `TrainIterator`; its `get_state()` ({"step": k}, JSON-able, see
@@ -383,9 +428,11 @@ def train_loader(source, *, global_batch_size: int, seed: int, crop_frames: int 
                        crop_samples=crop_samples, num_epochs=num_epochs,
                        process_index=process_index, process_count=process_count,
                        local_device_count=local_device_count, augment=augment,
-                       mix_tags=mix_tags, crop_labels=crop_labels, frame_labels=frame_labels)
+                       mix_tags=mix_tags, crop_labels=crop_labels, frame_labels=frame_labels,
+                       crops_per_record=crops_per_record)
     _check_prefetch(num_workers, worker_buffer_size, read_threads)
-    return TrainLoader(ds, steps_per_epoch=steps_per_epoch(len(source), global_batch_size),
+    return TrainLoader(ds, steps_per_epoch=steps_per_epoch(len(source), global_batch_size,
+                                                           crops_per_record),
                        local_batch_size=global_batch_size // process_count,
                        num_workers=num_workers, worker_buffer_size=worker_buffer_size,
                        read_threads=read_threads)

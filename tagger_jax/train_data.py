@@ -192,7 +192,8 @@ def load_data(config: Any, hold: contextlib.ExitStack | None = None) -> TrainDat
         process_count=jax.process_count(), num_workers=d.num_workers,
         worker_buffer_size=max(1, d.prefetch), read_threads=d.read_threads,
         local_device_count=jax.local_device_count(), crop_labels=d.crop_labels,
-        frame_labels=bool(config.model.frame_head), **_augmentation(d, tags))
+        frame_labels=bool(config.model.frame_head), crops_per_record=d.crops_per_record,
+        **_augmentation(d, tags))
 
     def split(name):
         source, split_tags = datasets.load_split(d.name, name, d.data_dir,
@@ -229,7 +230,8 @@ def load_data(config: Any, hold: contextlib.ExitStack | None = None) -> TrainDat
     with_baseline = bool(t.test_baseline and t.test_after_training)
     return TrainData(
         train=loader,
-        steps_per_epoch=input_pipeline.steps_per_epoch(len(train_source), t.batch_size),
+        steps_per_epoch=input_pipeline.steps_per_epoch(len(train_source), t.batch_size,
+                                                        d.crops_per_record),
         eval_source=eval_source, tag_names=tuple(tags), test_source=test_source,
         test_fingerprint=fingerprint, extra_tests=extra, baseline=fit_baseline if with_baseline else None,
         baseline_fingerprint=(split_fingerprint(builder.data_dir, builder.name, d.train_split)

@@ -253,3 +253,21 @@ def test_envelope_shift():
     np.testing.assert_array_equal(f, frames)
     _assert_six_draws_only(dataclasses.replace(only, p_envelope=0.0), x, y)
     assert A.AugmentParams().p_envelope == 0.0  # off unless a config asks for it
+
+
+def test_each_crop_of_a_record_gets_its_own_augmentation():
+    """data.crops_per_record = 2: crop 0 of a record is augmented as with one crop per record,
+    crop 1 from its own stream (augment_rng(seed, epoch, record, 1)), reproducibly."""
+    source = _source()
+    params = A.AugmentParams(p_mix=1.0)
+    kw = dict(global_batch_size=4, seed=5, crop_frames=64, local_device_count=1, num_epochs=1)
+    one = list(ip.train_dataset(source, augment=params, **kw))
+    two = list(ip.train_dataset(source, augment=params, crops_per_record=2, **kw))
+    again = list(ip.train_dataset(source, augment=params, crops_per_record=2, **kw))
+    first = {int(i): x for b in one for x, i in zip(b["x"], b["clip_index"])}
+    for batch, same in zip(two, again):
+        np.testing.assert_array_equal(batch["x"], same["x"])
+        for r in range(2):
+            index = int(batch["clip_index"][2 * r])
+            np.testing.assert_array_equal(batch["x"][2 * r], first[index])
+            assert not np.allclose(batch["x"][2 * r + 1], batch["x"][2 * r])

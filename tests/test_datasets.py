@@ -772,7 +772,13 @@ def test_training_the_main_jobs_labels_on_a_collection_without_activity_is_a_con
         "splits of this build")
     c.data.test_split, c.data.extra_test_splits = "", ()
     c.data.crop_labels, c.model.frame_head, c.train.batch_size = "clip", False, 1
-    assert train_data.load_data(c).tag_names == ("rock", "piano")
+    data = train_data.load_data(c)
+    assert data.tag_names == ("rock", "piano")
+    c.data.crops_per_record, c.train.batch_size = 2, 2  # the trainer's epoch: the loader's
+    doubled = train_data.load_data(c)
+    assert doubled.steps_per_epoch == len(doubled.train) // c.train.num_epochs
+    assert doubled.steps_per_epoch == data.steps_per_epoch
+    assert next(iter(doubled.train))["clip_index"].tolist() in ([0, 0], [1, 1])
 
 
 def test_a_rebuild_is_refused_while_a_training_reads_the_build(folder, tmp_path):

@@ -452,3 +452,59 @@ def test_workers_end_when_the_parent_is_killed_outright():
                 os.kill(w, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def test_crops_per_record_reads_each_record_once_for_k_crops(source, two_epochs):
+    """data.crops_per_record = 2: a batch of 4 reads 2 records and crops each twice; an epoch
+    visits every record once, in twice the steps; crop 0 of a record is the crop k = 1 takes,
+    crop 1 another one; resuming and hosts work as with one crop per record."""
+    counting = CountingSource(source)
+    batches = list(loader(counting, num_epochs=2, crops_per_record=2))
+    assert len(batches) == 24 and len(counting.reads) == 48  # 12 steps/epoch, 2 reads per step
+    single = {(e, int(i)): x for e in range(2) for b in two_epochs[6 * e:6 * (e + 1)]
+              for x, i in zip(b["x"], b["clip_index"])}
+    for step, batch in enumerate(batches):
+        assert batch["x"].shape == (4, 96, CROP) and batch["y"].shape == (4, NUM_TAGS)
+        first, second = batch["clip_index"][0::2], batch["clip_index"][1::2]
+        np.testing.assert_array_equal(first, second)  # record by record, k crops each
+        for r, i in enumerate(first):
+            crops = batch["x"][2 * r:2 * r + 2]
+            np.testing.assert_array_equal(crops[0], single[step // 12, int(i)])
+            assert len(crop_offsets(source[i]["mel"], crops[1])) == 1
+            np.testing.assert_array_equal(batch["y"][2 * r + 1], source[i]["tags"])
+    for epoch in range(2):
+        seen = np.concatenate([b["clip_index"] for b in batches[12 * epoch:12 * (epoch + 1)]])
+        assert sorted(seen.tolist()) == sorted(list(range(24)) * 2)
+    starts = [crop_offsets(source[int(b["clip_index"][r])]["mel"], b["x"][r])[0]
+              for b in batches for r in range(4)]
+    assert sum(a != b for a, b in zip(starts[0::2], starts[1::2])) >= 40  # of 48 pairs
+
+    it = iter(loader(source, num_epochs=2, crops_per_record=2))
+    for _ in range(7):
+        next(it)
+    resumed = iter(loader(source, num_epochs=2, crops_per_record=2))
+    resumed.set_state(ip.state_from_json(ip.state_to_json(it.get_state())))
+    assert_batches_equal(list(resumed), batches[7:])
+    hosts = [list(loader(source, num_epochs=1, crops_per_record=2, process_index=h,
+                         process_count=2)) for h in range(2)]
+    for step, parts in enumerate(zip(*hosts)):
+        for key in ("x", "y", "clip_index"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]),
+                                          batches[step][key])
+    assert_batches_equal(list(loader(source, num_epochs=2, crops_per_record=1)), two_epochs)
+
+
+@pytest.mark.parametrize("kw, says", [
+    ({"crops_per_record": 3}, "data.crops_per_record = 3 must be at least 1 and divide the "
+                              "global batch size 4"),
+    ({"crops_per_record": 0}, "data.crops_per_record = 0 must be at least 1"),
+    ({"crops_per_record": 4, "process_count": 2},
+     "a global batch of 4 crops reads 1 record(s), which do not split evenly over 2 hosts"),
+    ({"crops_per_record": 2, "global_batch_size": 64},
+     "fewer than one global batch of 32 (64 crops, 2 per record): lower train.batch_size to at "
+     "most 48"),
+])
+def test_crops_per_record_errors(source, kw, says):
+    with pytest.raises(ValueError) as err:
+        loader(source, **kw)
+    assert says in str(err.value)
