@@ -204,6 +204,9 @@ def main(argv=None) -> int:
 
     config = load_config(args.config)
     batch_size = args.batch_size or config.train.batch_size
+    for k in args.crops_per_record:
+        if batch_size % k:
+            parser.error(f"--crops-per-record {k} does not divide the batch size {batch_size}")
     input_kind = "audio" if config.model.architecture == "lee_won" else "mel"
     source, tags, described = open_source(args, config, input_kind)
     workers = [int(w) for w in args.workers.split(",")]

@@ -54,21 +54,25 @@ def steps_per_epoch(source_len: int, global_batch_size: int, crops_per_record: i
     records = records_per_step(global_batch_size, crops_per_record)
     steps = int(source_len) // records
     if steps == 0:
-        crops = (f" ({global_batch_size} crops, {crops_per_record} per record)"
-                 if crops_per_record > 1 else "")
+        reads = (f" ({global_batch_size} crops, {crops_per_record} from each of {records} "
+                 "records)" if crops_per_record > 1 else "")
         raise errors.ConfigError(
             f"the training split has {source_len} records, fewer than one global batch of "
-            f"{records}{crops}: lower train.batch_size to at most {source_len * crops_per_record}")
+            f"{global_batch_size}{reads}: lower train.batch_size to at most "
+            f"{source_len * crops_per_record}")
     return steps
 
 
 def records_per_step(global_batch_size: int, crops_per_record: int = 1) -> int:
     """Records one global batch reads; raises `errors.ConfigError` unless
     `data.crops_per_record` is >= 1 and divides the batch."""
-    if crops_per_record < 1 or global_batch_size % crops_per_record:
+    if crops_per_record < 1:
+        raise errors.ConfigError(f"data.crops_per_record must be at least 1, got "
+                                 f"{crops_per_record}")
+    if global_batch_size % crops_per_record:
         raise errors.ConfigError(
-            f"data.crops_per_record = {crops_per_record} must be at least 1 and divide the "
-            f"global batch size {global_batch_size}")
+            f"data.crops_per_record = {crops_per_record} must divide train.batch_size "
+            f"{global_batch_size} (the global batch of crops)")
     return int(global_batch_size) // int(crops_per_record)
 
 

@@ -102,6 +102,7 @@ def check_train_config(config: Any) -> None:
             ("data.num_workers", d.num_workers, 0, None),
             ("data.prefetch", d.prefetch, 0, None),
             ("data.read_threads", d.read_threads, 0, None),
+            ("data.crops_per_record", d.crops_per_record, 1, None),
             ("features.chunk_frames", f.chunk_frames, 1, None),
             ("features.sample_rate", f.sample_rate, 1, None),
             ("features.n_fft", f.n_fft, 1, None),
@@ -111,6 +112,9 @@ def check_train_config(config: Any) -> None:
             raise ConfigError(f"{name} must be at least {least}, got {value}")
         if most is not None and int(value) > most:
             raise ConfigError(f"{name} must be at most {most}, got {value}")
+    from tagger_jax.input_pipeline import records_per_step  # grain: only once training starts
+
+    records_per_step(t.batch_size, d.crops_per_record)  # data.crops_per_record divides the batch
     if not 0 < float(t.learning_rate) < math.inf:
         raise ConfigError(f"train.learning_rate must be positive and finite, got "
                           f"{t.learning_rate}")

@@ -234,7 +234,23 @@ def reusable_test_results(directory: Path, inputs: Mapping[str, Any]) -> Optiona
         metrics = json.loads((directory / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    return metrics if stored == json.loads(json.dumps(inputs)) else None
+    now = json.loads(json.dumps(inputs))
+    return metrics if _with_later_fields(stored, now) == now else None
+
+
+def _with_later_fields(stored: dict, now: Mapping[str, Any]) -> dict:
+    """`stored` test inputs as this version would have written them: config fields the project
+    added since (absent there, at their base default now) take that default, and fields it
+    removed since (in neither `now` nor the base config) are dropped, as `config_differences`
+    reads a stored config."""
+    if not isinstance(stored.get("config"), dict) or not isinstance(now.get("config"), dict):
+        return stored
+    base = json.loads(json.dumps(result_fields(config_base.base_config())))
+    config = {k: v for k, v in stored["config"].items() if k in now["config"] or k in base}
+    for key, value in now["config"].items():
+        if key not in config and key in base and base[key] == value:
+            config[key] = value
+    return {**stored, "config": config}
 
 
 def stale_test_inputs(directory: Path, inputs: Mapping[str, Any]) -> list[str]:
@@ -245,6 +261,7 @@ def stale_test_inputs(directory: Path, inputs: Mapping[str, Any]) -> list[str]:
     except (OSError, ValueError):
         return []
     now = json.loads(json.dumps(inputs))
+    stored = _with_later_fields(stored, now)
     words = {"best_step": "the best model", "best_digest": "the best model's weights",
              "config": "the config",
              "data": "the data (its directory, or its files' names, sizes or times)"}

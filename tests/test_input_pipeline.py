@@ -495,14 +495,14 @@ def test_crops_per_record_reads_each_record_once_for_k_crops(source, two_epochs)
 
 
 @pytest.mark.parametrize("kw, says", [
-    ({"crops_per_record": 3}, "data.crops_per_record = 3 must be at least 1 and divide the "
-                              "global batch size 4"),
-    ({"crops_per_record": 0}, "data.crops_per_record = 0 must be at least 1"),
+    ({"crops_per_record": 3}, "data.crops_per_record = 3 must divide train.batch_size 4 (the "
+                              "global batch of crops)"),
+    ({"crops_per_record": 0}, "data.crops_per_record must be at least 1, got 0"),
     ({"crops_per_record": 4, "process_count": 2},
      "a global batch of 4 crops reads 1 record(s), which do not split evenly over 2 hosts"),
     ({"crops_per_record": 2, "global_batch_size": 64},
-     "fewer than one global batch of 32 (64 crops, 2 per record): lower train.batch_size to at "
-     "most 48"),
+     "fewer than one global batch of 64 (64 crops, 2 from each of 32 records): lower "
+     "train.batch_size to at most 48"),
 ])
 def test_crops_per_record_errors(source, kw, says):
     with pytest.raises(ValueError) as err:

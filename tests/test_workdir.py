@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -560,3 +561,48 @@ def test_the_short_clip_warning_names_the_shortest_chunk_a_shipped_config_trains
     frames = {p.name: int(load_config(str(p), []).features.chunk_frames)
               for p in sorted((ROOT / "configs").glob("*.py"))}
     assert min(frames.values()) == chunking.SHORTEST_TRAINING_CHUNK, frames
+
+
+def test_test_results_of_a_run_from_before_a_new_config_field_are_reused(tmp_path):
+    """A run finished before a config field existed (data.crops_per_record) recorded test
+    inputs without it: at its default the results are reused, not "evaluated again: the config
+    changed" (a new user's trial); at another value, or with another value of an old field,
+    they are not. A stored field the project has since removed is ignored."""
+    from tagger_jax import config_base
+    from tagger_jax import workdir as wd
+
+    config = config_base.base_config()
+    now = wd.test_inputs(config, best_step=10, data_fingerprint="abc", best_digest="d")
+    old = json.loads(json.dumps(now))
+    del old["config"]["data.crops_per_record"]
+    old["config"]["data.a_field_removed_since"] = 3
+    (tmp_path / wd.TEST_INPUTS_FILE).write_text(json.dumps(old))
+    (tmp_path / "metrics.json").write_text(json.dumps({"roc_auc": 0.9}))
+    assert wd.reusable_test_results(tmp_path, now) == {"roc_auc": 0.9}
+    assert wd.stale_test_inputs(tmp_path, now) == []
+    config.data.crops_per_record = 2
+    changed = wd.test_inputs(config, best_step=10, data_fingerprint="abc", best_digest="d")
+    assert wd.reusable_test_results(tmp_path, changed) is None
+    assert wd.stale_test_inputs(tmp_path, changed) == ["the config"]
+    config.data.crops_per_record, config.train.seed = 1, 7
+    seeded = wd.test_inputs(config, best_step=10, data_fingerprint="abc", best_digest="d")
+    assert wd.reusable_test_results(tmp_path, seeded) is None
+
+
+def test_crops_per_record_is_checked_before_the_workdir_and_the_data(tmp_path):
+    """From a new user's trial: `data.crops_per_record=0` was refused only once the data was
+    loaded, after a dataset build of minutes and with config.json written to the workdir."""
+    from tagger_jax import errors
+
+    config = tiny_config()
+    config.train.batch_size = 4
+    for k, says in ((0, "data.crops_per_record must be at least 1, got 0"),
+                    (3, "data.crops_per_record = 3 must divide train.batch_size 4")):
+        config.data.crops_per_record = k
+        with pytest.raises(errors.ConfigError, match=re.escape(says)):
+            train_lib.check_train_config(config)
+        with pytest.raises(errors.ConfigError, match=re.escape(says)):
+            train_lib.train_and_evaluate(config, tmp_path / "run", None)
+        assert not (tmp_path / "run").exists()
+    config.data.crops_per_record = 2
+    train_lib.check_train_config(config)
