@@ -10,7 +10,9 @@ reported separately), then times a minimal jitted Adam step of the config's mode
 batch (the consumption rate), then the same step fed by the pipeline (does it starve?). Prints a
 table and the peak RSS of this process and of its largest worker process (ru_maxrss).
 `--crops-per-record` times the pipeline alone for each value of `data.crops_per_record`, the
-values interleaved within each worker count; the fed step uses the first value.
+values interleaved within each worker count; the fed step uses the first value. `--rounds N`
+repeats the pipeline-alone timings N times (every worker count and value in each round) and
+prints the median [range] over the rounds and, per round, each value's rate over the first's.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import os
 import platform
 import resource
 import runpy
+import statistics
 import sys
 import tempfile
 import time
@@ -28,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks._bench import positive_ints  # noqa: E402  (after the path fix-up)
+from benchmarks._bench import cpu_name, positive_int, positive_ints  # noqa: E402  (path fix-up)
 from tagger_jax import input_pipeline  # noqa: E402
 
 
@@ -122,6 +125,22 @@ def time_pipeline(source, *, batch_size, num_workers, num_batches, input_kind, p
     return first, rate, workers_mb
 
 
+def print_rounds(rates: dict, workers: list[int], values: list[int]) -> None:
+    """Median [range] crops/s over the rounds per (workers, crops per record), and each value's
+    rate over the first value's in the same round (median [range])."""
+    def span(xs):
+        return f"{statistics.median(xs):.1f} [{min(xs):.1f}-{max(xs):.1f}]"
+
+    rounds = len(rates[workers[0], values[0]])
+    print(f"\n| workers | crops per record | crops/s, median [range] over {rounds} round(s) "
+          f"| / {values[0]} per record, per round |")
+    print("|---:|---:|---:|---:|")
+    for w in workers:
+        for k in values:
+            ratio = [a / b for a, b in zip(rates[w, k], rates[w, values[0]])]
+            print(f"| {w} | {k} | {span(rates[w, k])} | {span(ratio) if k != values[0] else '-'} |")
+
+
 def make_step(config, num_tags, batch_size, input_kind):
     """A jitted Adam step of the config's model, and a batch of the right shape."""
     import jax
@@ -199,6 +218,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="read_threads per process")
     parser.add_argument("--crops-per-record", type=positive_ints, default="1",
                         help="data.crops_per_record values, comma-separated (e.g. 1,4)")
+    parser.add_argument("--rounds", type=positive_int, default=1,
+                        help="rounds of the pipeline-alone timings (medians and ranges)")
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -210,22 +231,30 @@ def main(argv=None) -> int:
     input_kind = "audio" if config.model.architecture == "lee_won" else "mel"
     source, tags, described = open_source(args, config, input_kind)
     workers = [int(w) for w in args.workers.split(",")]
-    print(f"data: {described}; batch {batch_size}; {os.cpu_count()} CPU cores")
+    print(f"data: {described}; batch {batch_size}; {os.cpu_count()} CPU cores ({cpu_name()}); "
+          f"load average {os.getloadavg()[0]:.2f}")
 
-    rows = []
-    for w in workers:
-        for k in args.crops_per_record:
-            first, rate, workers_mb = time_pipeline(
-                source, batch_size=batch_size, num_workers=w, num_batches=args.batches,
-                input_kind=input_kind, prefetch=args.prefetch, threads=args.threads,
-                crops_per_record=k)
-            rows.append({"workers": w, "crops_per_record": k, "first_batch_s": first,
-                         "crops_per_s": rate, "worker_peak_rss_mb": workers_mb,
-                         "main_peak_rss_mb": peak_rss_mb()[0]})
-            per = f", {k} crops/record" if args.crops_per_record != [1] else ""
-            print(f"  pipeline, {w} worker(s){per}: {rate:8.1f} crops/s (first batch after "
-                  f"{first:.1f} s; worker peak RSS "
-                  f"{', '.join(f'{m:.0f}' for m in workers_mb) or '-'} MB)")
+    rows, rates = [], {}
+    for r in range(args.rounds):
+        for w in workers:
+            for k in args.crops_per_record:
+                first, rate, workers_mb = time_pipeline(
+                    source, batch_size=batch_size, num_workers=w, num_batches=args.batches,
+                    input_kind=input_kind, prefetch=args.prefetch, threads=args.threads,
+                    crops_per_record=k)
+                rates.setdefault((w, k), []).append(rate)
+                if r == 0:  # the detailed table below is the first round's
+                    rows.append({"workers": w, "crops_per_record": k, "first_batch_s": first,
+                                 "crops_per_s": rate, "worker_peak_rss_mb": workers_mb,
+                                 "main_peak_rss_mb": peak_rss_mb()[0]})
+                per = f", {k} crops/record" if args.crops_per_record != [1] else ""
+                print(f"  round {r + 1}: pipeline, {w} worker(s){per}: {rate:8.1f} crops/s "
+                      f"(first batch after {first:.1f} s; worker peak RSS "
+                      f"{', '.join(f'{m:.0f}' for m in workers_mb) or '-'} MB)", flush=True)
+        print(f"  round {r + 1}/{args.rounds} done, load average {os.getloadavg()[0]:.2f}",
+              flush=True)
+    if args.rounds > 1 or len(args.crops_per_record) > 1:
+        print_rounds(rates, workers, args.crops_per_record)
 
     import jax
     step, state, x, y = make_step(config, len(tags), batch_size, input_kind)
