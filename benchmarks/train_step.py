@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._bench import cpu_name, positive_int, positive_ints  # noqa: E402
 
-# The paper config (configs/paper_mtat.py), as plain dicts.
+# The paper config (configs/paper_mtat.py), as plain dicts: the GPU machine lacks ml-collections
+# (tests/test_gpu_script.py checks that they match it).
 PAPER_MODEL = {
     "architecture": "pons_won", "conv_channels": 16, "attention_channels": 512,
     "attention_layers": 2, "attention_heads": 8, "intermediate": 2048,

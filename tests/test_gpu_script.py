@@ -50,3 +50,17 @@ def test_gpu_script_refuses_a_machine_without_a_gpu():
     assert proc.stderr.strip().splitlines()[-1] == (
         "benchmarks/gpu.sh: JAX sees no GPU here; for a CPU smoke test use --small")
     assert "gpu_bench" not in proc.stdout
+
+
+def test_the_gpu_benchmarks_copy_of_the_paper_config_matches_it():
+    """benchmarks/train_step.py keeps the paper config as plain dicts (the GPU machine lacks
+    ml-collections); they must stay what configs/paper_mtat.py says."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import train_step
+    from tagger_jax.config_base import paper_mtat_config
+    from tagger_jax.models import model_fields
+
+    paper = paper_mtat_config()
+    assert train_step.PAPER_MODEL == dict(model_fields(paper.model))
+    assert {k: paper.train[k] for k in train_step.PAPER_TRAIN} == {
+        k: (tuple(v) if isinstance(v, list) else v) for k, v in train_step.PAPER_TRAIN.items()}
