@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         if torch is not None and not torch.cuda.is_available():
             print("error: --device gpu, but torch sees no CUDA device", file=sys.stderr)
             return 2
-    set_precision(args, torch)
+        set_precision(args, torch)  # on a CPU both compute in float32: its defaults stay
     device = jax.devices()[0].device_kind if args.device == "gpu" else cpu_name()
     print(f"model_step: pons_won {args.variant} variant, 96 x {args.frames} chunks, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, host {platform.node()}, "
