@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.num_workers = 2  # grain worker processes feeding the training loop
     d.prefetch = 4  # batches each worker prepares ahead
     d.read_threads = 1  # threads per pipeline process building batches ahead (0: build on demand)
-    d.crops_per_record = 1  # training crops taken from each record read (k > 1: k x the crops per read, an epoch k x the steps)
+    d.crops_per_record = 1  # crops per record read, spread over k steps (k > 1: about k x the crops per read, an epoch k x the steps, less learnt per step)
     d.manual_dir = ""  # downloaded files to build a missing dataset from ("" = self-contained only)
     d.build_workers = 0  # processes decoding / synthesising clips while building (0 = all cores)
     d.augment = None  # training log-mel augmentations: None (off) or fields of augment.AugmentParams

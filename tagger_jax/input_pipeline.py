@@ -19,12 +19,15 @@ the whole batch of global step k, so worker processes (`mp_prefetch`) each build
 the batch sequence does not depend on how many workers build it, and the iterator state is just
 {"step": k}: restoring restarts the pipeline at batch k, exactly.
 
-With `crops_per_record` k > 1, a batch of G crops reads G / k records and takes k crops of each
-(crop c of a record drawn from (seed, epoch, record index, c); c = 0 is the crop of k = 1), so an
-epoch, one visit of every record, has k times the steps. Reading and decoding a record costs far
-more than cropping it (docs/input_pipeline.md), so one pipeline process then delivers nearly k
-times the crops: what a GPU's train step needs (docs/benchmarks.md, "GPU"). The price is
-correlated crops: a batch holds G / k distinct clips.
+With `crops_per_record` k > 1, each record read gives k crops (crop c drawn from (seed, epoch,
+record index, c); c = 0 is the crop of k = 1), spread over k consecutive steps: a group of k
+steps reads the G records of one batch once, and step c of the group holds crop c of each of
+them, so every batch still holds G distinct clips and an epoch, one visit of every record, has k
+times the steps. Reading and decoding a record costs far more than cropping it
+(docs/input_pipeline.md), so one pipeline process then delivers nearly k times the crops: what a
+GPU's train step needs (docs/benchmarks.md, "GPU"). Worker processes build whole groups. (The
+first version put the k crops of G / k records in one batch: on the CPU main job that cost 0.04
+of ROC-AUC at the same steps, docs/training.md.)
 """
 from __future__ import annotations
 
@@ -46,37 +49,21 @@ WAVEFORM_CROP = chunking.WAVEFORM_CHUNK  # samples per lee_won input
 # Batch arithmetic shared with the trainer.
 
 def steps_per_epoch(source_len: int, global_batch_size: int, crops_per_record: int = 1) -> int:
-    """Full global batches per epoch (an epoch reads every record once; a batch of
-    `global_batch_size` crops reads global_batch_size / crops_per_record records); the remainder
-    (< one batch) is dropped, as in every epoch."""
+    """Global steps per epoch: an epoch reads every record once, `global_batch_size` records per
+    group of `crops_per_record` steps (one crop of each record per step); the remainder (< one
+    batch of records) is dropped, as in every epoch. Raises `errors.ConfigError` for
+    crops_per_record < 1 or a split smaller than one batch."""
     if global_batch_size <= 0:
         raise ValueError(f"global batch size must be positive, got {global_batch_size}")
-    records = records_per_step(global_batch_size, crops_per_record)
-    steps = int(source_len) // records
-    if steps == 0:
-        reads = (f" ({global_batch_size} crops, {crops_per_record} from each of {records} "
-                 "records)" if crops_per_record > 1 else "")
-        raise errors.ConfigError(
-            f"the training split has {source_len} records, fewer than one global batch of "
-            f"{global_batch_size}{reads}: lower train.batch_size to at most "
-            f"{source_len * crops_per_record}")
-    return steps
-
-
-def records_per_step(global_batch_size: int, crops_per_record: int = 1) -> int:
-    """Records one global batch reads; raises `errors.ConfigError` unless
-    `data.crops_per_record` is >= 1 and divides the batch."""
     if crops_per_record < 1:
         raise errors.ConfigError(f"data.crops_per_record must be at least 1, got "
                                  f"{crops_per_record}")
-    if global_batch_size % crops_per_record:
+    groups = int(source_len) // int(global_batch_size)
+    if groups == 0:
         raise errors.ConfigError(
-            f"data.crops_per_record = {crops_per_record} must divide train.batch_size "
-            f"{global_batch_size} (the global batch of crops)")
-    return int(global_batch_size) // int(crops_per_record)
-
-
-num_batches = steps_per_epoch  # the name the trainer may prefer
+            f"the training split has {source_len} records, fewer than one global batch of "
+            f"{global_batch_size}: lower train.batch_size to at most {source_len}")
+    return groups * int(crops_per_record)
 
 
 def check_batch_divisibility(global_batch_size: int, process_count: int = 1,
@@ -194,7 +181,10 @@ def augment_rng(seed: int, epoch: int, record_index: int, crop: int = 0) -> np.r
 
 
 class _TrainBatch(grain.transforms.MapWithIndex):
-    """Global step -> this host's batch {"x", "y", "clip_index"} (runs in worker processes)."""
+    """Global step -> this host's batch {"x", "y", "clip_index"} (runs in worker processes).
+
+    With crops_per_record k > 1 a step's batch is built with the rest of its group (`group`),
+    and the group is kept for its other steps: in order, each record is read once per group."""
 
     def __init__(self, source, *, seed: int, global_batch_size: int, process_index: int,
                  process_count: int, input_kind: str, crop: int, augment=None,
@@ -207,21 +197,24 @@ class _TrainBatch(grain.transforms.MapWithIndex):
         self.source = source
         self.seed = seed
         self.num_records = len(source)
-        self.crops_per_record = crops_per_record
-        self.global_records = records_per_step(global_batch_size, crops_per_record)
+        self.crops_per_record = int(crops_per_record)
+        self.global_records = int(global_batch_size)  # records of one group of k steps
         self.local_records = self.global_records // process_count
         self.offset = process_index * self.local_records
         self.steps_per_epoch = steps_per_epoch(self.num_records, global_batch_size,
                                                crops_per_record)
         self.input_kind = input_kind
         self.crop = crop
+        self._last_group: tuple[int, list] | None = None  # (first step, its k batches)
 
-    def record_indices(self, step: int) -> tuple[int, np.ndarray]:
-        """(epoch, this host's record indices) of global step `step`."""
+    def record_indices(self, step: int) -> tuple[int, np.ndarray, int]:
+        """(epoch, this host's record indices, crop) of global step `step`: the records of its
+        group of crops_per_record steps, and which of their crops the step takes."""
         epoch, b = divmod(int(step), self.steps_per_epoch)
-        start = b * self.global_records + self.offset
+        group, crop = divmod(b, self.crops_per_record)
+        start = group * self.global_records + self.offset
         order = _epoch_permutation(self.num_records, self.seed, epoch)
-        return epoch, order[start:start + self.local_records]
+        return epoch, order[start:start + self.local_records], crop
 
     def _crop(self, record: Mapping[str, Any], index: int, rng: np.random.Generator
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -264,20 +257,61 @@ class _TrainBatch(grain.transforms.MapWithIndex):
         crop = crop.astype(np.float32)
         return (crop, tags, frames) if self.frame_labels else (crop, tags)
 
+    def group(self, first_step: int) -> list[dict[str, np.ndarray]]:
+        """The crops_per_record batches of the group that starts at global step `first_step` (a
+        multiple of crops_per_record): each record read once and cropped k times, batch c
+        holding crop c of every record."""
+        epoch, indices, _ = self.record_indices(first_step)
+        k = self.crops_per_record
+        crops = []  # per record, its k examples
+        for i in indices:
+            record = self.source[int(i)]
+            crops.append([self.example(epoch, int(i), record, c) for c in range(k)])
+        batches = []
+        for c in range(k):
+            examples = list(zip(*(record_crops[c] for record_crops in crops)))
+            batch = {"x": np.stack(examples[0]), "y": np.stack(examples[1]),
+                     "clip_index": np.asarray(indices, np.int32)}
+            if self.frame_labels:
+                batch["frames"] = np.stack(examples[2])
+            batches.append(batch)
+        return batches
+
     def map_with_index(self, index: int, element: Any) -> dict[str, np.ndarray]:
         del element  # the MapDataset index is the global step
-        epoch, indices = self.record_indices(index)
-        k = self.crops_per_record
-        examples = []
-        for i in indices:  # each record read once, cropped k times
-            record = self.source[int(i)]
-            examples.extend(self.example(epoch, int(i), record, c) for c in range(k))
-        examples = list(zip(*examples))
-        batch = {"x": np.stack(examples[0]), "y": np.stack(examples[1]),
-                 "clip_index": np.repeat(indices, k).astype(np.int32)}
-        if self.frame_labels:
-            batch["frames"] = np.stack(examples[2])
-        return batch
+        first = int(index) - int(index) % self.crops_per_record  # epochs hold whole groups
+        last = self._last_group  # one read: threads may replace it meanwhile (then built twice)
+        if last is None or last[0] != first:
+            last = (first, self.group(first))
+            if self.crops_per_record > 1:
+                self._last_group = last
+        return last[1][int(index) - first]
+
+
+class _TrainGroup(grain.transforms.MapWithIndex):
+    """Group g -> this host's k = crops_per_record batches of global steps [g k, (g + 1) k),
+    stacked on a new first axis ("x": (k, local_batch, ...)): what worker processes build when
+    k > 1, so that each reads a group's records once (grain hands consecutive elements to
+    different workers)."""
+
+    def __init__(self, batches: _TrainBatch):
+        self.batches = batches
+
+    def map_with_index(self, index: int, element: Any) -> dict[str, np.ndarray]:
+        del element
+        group = self.batches.group(int(index) * self.batches.crops_per_record)
+        return {key: np.stack([batch[key] for batch in group]) for key in group[0]}
+
+
+class _Unstack(grain.experimental.FlatMapTransform):
+    """A stacked group of batches (`_TrainGroup`) -> its batches, in order (main process)."""
+
+    def __init__(self, k: int):
+        self.max_fan_out = k
+
+    def flat_map(self, element: dict[str, np.ndarray]):
+        return [{key: value[c] for key, value in element.items()}
+                for c in range(self.max_fan_out)]
 
 
 def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int = 256,
@@ -300,11 +334,38 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
     an instrument plays is not labelled with it. `frame_labels` adds "frames": float32
     (local_batch, crop_frames, num_tags), each crop's exact activity frame by frame (the targets
     of `model.frame_head`; log-mel input with "tag_mask"), moved with the crop by the time stretch
-    and unioned by mixing as its labels are (`tagger_jax.augment`). `crops_per_record` k: each
-    batch reads local_batch / k records and takes k crops of each, record by record (module
-    docstring); `clip_index` repeats each record's index k times. Raises `errors.ConfigError`
-    unless k divides the global batch and the records of a step split evenly over the hosts.
+    and unioned by mixing as its labels are (`tagger_jax.augment`). `crops_per_record` k: the
+    k steps of a group hold crops 0..k-1 of the same records (module docstring), so an epoch has
+    k times the steps. Raises `errors.ConfigError` for k < 1 and for a batch that does not
+    split over the devices.
     """
+    transform = _train_transform(source, global_batch_size=global_batch_size, seed=seed,
+                                 crop_frames=crop_frames, input_kind=input_kind,
+                                 crop_samples=crop_samples, process_index=process_index,
+                                 process_count=process_count,
+                                 local_device_count=local_device_count, augment=augment,
+                                 mix_tags=mix_tags, crop_labels=crop_labels,
+                                 frame_labels=frame_labels, crops_per_record=crops_per_record)
+    return _step_dataset(transform, num_epochs)
+
+
+def _step_dataset(transform: _TrainBatch, num_epochs: int | None) -> grain.MapDataset:
+    """Element s: the batch of global step s (`_TrainBatch`)."""
+    steps = grain.MapDataset.range(transform.steps_per_epoch).repeat(num_epochs)
+    return steps.map_with_index(transform)
+
+
+def _group_dataset(transform: _TrainBatch, num_epochs: int | None) -> grain.MapDataset:
+    """Element g: the stacked batches of group g (`_TrainGroup`); epochs hold whole groups."""
+    groups = grain.MapDataset.range(transform.steps_per_epoch // transform.crops_per_record)
+    return groups.repeat(num_epochs).map_with_index(_TrainGroup(transform))
+
+
+def _train_transform(source, *, global_batch_size: int, seed: int, crop_frames: int,
+                     input_kind: str, crop_samples: int, process_index: int, process_count: int,
+                     local_device_count: int | None, augment, mix_tags, crop_labels: str,
+                     frame_labels: bool, crops_per_record: int) -> _TrainBatch:
+    """The checked arguments of `train_dataset` as the per-step transform."""
     _check_kind(input_kind)
     if crop_labels not in CROP_LABELS:
         raise ValueError(f"crop_labels must be one of {CROP_LABELS}, got {crop_labels!r}")
@@ -320,21 +381,14 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
         import jax  # only here: worker processes never need JAX
         local_device_count = jax.local_device_count()
     check_batch_divisibility(global_batch_size, process_count, local_device_count)
-    if records_per_step(global_batch_size, crops_per_record) % process_count:
-        raise errors.ConfigError(
-            f"data.crops_per_record = {crops_per_record}: a global batch of {global_batch_size} "
-            f"crops reads {global_batch_size // crops_per_record} record(s), which do not split "
-            f"evenly over {process_count} hosts")
     if not 0 <= seed < 2**32:  # one 32-bit SeedSequence word (as grain's own seeds)
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed}")
-    transform = _TrainBatch(source, seed=int(seed), global_batch_size=global_batch_size,
-                            process_index=process_index, process_count=process_count,
-                            input_kind=input_kind,
-                            crop=_crop_length(input_kind, crop_frames, crop_samples),
-                            augment=augment, mix_tags=mix_tags, crop_labels=crop_labels,
-                            frame_labels=frame_labels, crops_per_record=crops_per_record)
-    steps = grain.MapDataset.range(transform.steps_per_epoch).repeat(num_epochs)
-    return steps.map_with_index(transform)
+    return _TrainBatch(source, seed=int(seed), global_batch_size=global_batch_size,
+                       process_index=process_index, process_count=process_count,
+                       input_kind=input_kind,
+                       crop=_crop_length(input_kind, crop_frames, crop_samples),
+                       augment=augment, mix_tags=mix_tags, crop_labels=crop_labels,
+                       frame_labels=frame_labels, crops_per_record=crops_per_record)
 
 
 class TrainIterator(grain.DatasetIterator):
@@ -355,7 +409,7 @@ class TrainIterator(grain.DatasetIterator):
 
     def _pipeline(self):
         if self._it is None:
-            self._it = iter(self._loader.pipeline(self._step))
+            self._it = self._loader.batches(self._step)
         return self._it
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -389,8 +443,11 @@ class TrainLoader:
     """The training batches of this host (see `train_dataset`), prefetched; iterate it."""
 
     def __init__(self, dataset: grain.MapDataset, *, steps_per_epoch: int, local_batch_size: int,
-                 num_workers: int, worker_buffer_size: int, read_threads: int):
+                 num_workers: int, worker_buffer_size: int, read_threads: int,
+                 groups: grain.MapDataset | None = None, crops_per_record: int = 1):
         self.dataset = dataset  # element k: global step k's batch for this host
+        self.groups = groups  # with crops_per_record > 1: element g, the batches of group g
+        self.crops_per_record = crops_per_record
         self.steps_per_epoch = steps_per_epoch
         self.local_batch_size = local_batch_size
         self.num_workers = num_workers
@@ -398,9 +455,23 @@ class TrainLoader:
         self.read_threads = read_threads
 
     def pipeline(self, step: int = 0) -> grain.IterDataset:
-        """The grain pipeline yielding batches step, step + 1, ..."""
-        return _prefetch(self.dataset[step:], self.num_workers, self.worker_buffer_size,
-                         self.read_threads)
+        """The grain pipeline yielding batches from the start of the group of `step` (`step`
+        itself when crops_per_record is 1): workers build whole groups, this process unstacks
+        them."""
+        if self.groups is None:
+            return _prefetch(self.dataset[step:], self.num_workers, self.worker_buffer_size,
+                             self.read_threads)
+        groups = _prefetch(self.groups[step // self.crops_per_record:], self.num_workers,
+                           self.worker_buffer_size, self.read_threads)
+        return grain.experimental.FlatMapIterDataset(groups, _Unstack(self.crops_per_record))
+
+    def batches(self, step: int = 0) -> grain.DatasetIterator:
+        """An iterator of the batches of steps step, step + 1, ... (close it to stop the
+        workers)."""
+        it = iter(self.pipeline(step))
+        for _ in range(step % self.crops_per_record):  # the group's steps before `step`
+            next(it)
+        return it
 
     def __iter__(self) -> TrainIterator:
         return TrainIterator(self)
@@ -424,22 +495,25 @@ def train_loader(source, *, global_batch_size: int, seed: int, crop_frames: int 
     yields. Epoch e is steps [e * steps_per_epoch, (e + 1) * steps_per_epoch). `read_threads`
     threads per process build batches ahead: at most about worker_buffer_size + read_threads
     batches wait in each worker process, max(worker_buffer_size, read_threads) in this process
-    when num_workers == 0 (0 threads: batches are built on demand). Close the iterator
-    (`it.close()`) to stop the workers promptly.
+    when num_workers == 0 (0 threads: batches are built on demand); with crops_per_record k > 1
+    these are groups of k batches. Close the iterator (`it.close()`) to stop the workers
+    promptly.
     """
-    ds = train_dataset(source, global_batch_size=global_batch_size, seed=seed,
-                       crop_frames=crop_frames, input_kind=input_kind,
-                       crop_samples=crop_samples, num_epochs=num_epochs,
-                       process_index=process_index, process_count=process_count,
-                       local_device_count=local_device_count, augment=augment,
-                       mix_tags=mix_tags, crop_labels=crop_labels, frame_labels=frame_labels,
-                       crops_per_record=crops_per_record)
+    transform = _train_transform(source, global_batch_size=global_batch_size, seed=seed,
+                                 crop_frames=crop_frames, input_kind=input_kind,
+                                 crop_samples=crop_samples, process_index=process_index,
+                                 process_count=process_count,
+                                 local_device_count=local_device_count, augment=augment,
+                                 mix_tags=mix_tags, crop_labels=crop_labels,
+                                 frame_labels=frame_labels, crops_per_record=crops_per_record)
     _check_prefetch(num_workers, worker_buffer_size, read_threads)
-    return TrainLoader(ds, steps_per_epoch=steps_per_epoch(len(source), global_batch_size,
-                                                           crops_per_record),
+    groups = _group_dataset(transform, num_epochs) if transform.crops_per_record > 1 else None
+    return TrainLoader(_step_dataset(transform, num_epochs),
+                       steps_per_epoch=transform.steps_per_epoch,
                        local_batch_size=global_batch_size // process_count,
                        num_workers=num_workers, worker_buffer_size=worker_buffer_size,
-                       read_threads=read_threads)
+                       read_threads=read_threads, groups=groups,
+                       crops_per_record=transform.crops_per_record)
 
 
 def _check_prefetch(num_workers: int, worker_buffer_size: int, read_threads: int) -> None:

@@ -112,9 +112,6 @@ def check_train_config(config: Any) -> None:
             raise ConfigError(f"{name} must be at least {least}, got {value}")
         if most is not None and int(value) > most:
             raise ConfigError(f"{name} must be at most {most}, got {value}")
-    from tagger_jax.input_pipeline import records_per_step  # grain: only once training starts
-
-    records_per_step(t.batch_size, d.crops_per_record)  # data.crops_per_record divides the batch
     if not 0 < float(t.learning_rate) < math.inf:
         raise ConfigError(f"train.learning_rate must be positive and finite, got "
                           f"{t.learning_rate}")

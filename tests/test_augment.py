@@ -265,9 +265,11 @@ def test_each_crop_of_a_record_gets_its_own_augmentation():
     two = list(ip.train_dataset(source, augment=params, crops_per_record=2, **kw))
     again = list(ip.train_dataset(source, augment=params, crops_per_record=2, **kw))
     first = {int(i): x for b in one for x, i in zip(b["x"], b["clip_index"])}
-    for batch, same in zip(two, again):
+    assert len(two) == 2 * len(one)
+    for step, (batch, same) in enumerate(zip(two, again)):
         np.testing.assert_array_equal(batch["x"], same["x"])
-        for r in range(2):
-            index = int(batch["clip_index"][2 * r])
-            np.testing.assert_array_equal(batch["x"][2 * r], first[index])
-            assert not np.allclose(batch["x"][2 * r + 1], batch["x"][2 * r])
+        for r, index in enumerate(batch["clip_index"]):
+            if step % 2 == 0:  # crop 0 of each record of the group
+                np.testing.assert_array_equal(batch["x"][r], first[int(index)])
+            else:
+                assert not np.allclose(batch["x"][r], two[step - 1]["x"][r])

@@ -454,55 +454,63 @@ def test_workers_end_when_the_parent_is_killed_outright():
                 pass
 
 
-def test_crops_per_record_reads_each_record_once_for_k_crops(source, two_epochs):
-    """data.crops_per_record = 2: a batch of 4 reads 2 records and crops each twice; an epoch
-    visits every record once, in twice the steps; crop 0 of a record is the crop k = 1 takes,
-    crop 1 another one; resuming and hosts work as with one crop per record."""
+def test_crops_per_record_spreads_each_records_crops_over_a_group_of_steps(source, two_epochs):
+    """data.crops_per_record = 2: a group of 2 steps reads the 4 records of a batch once; step c
+    of the group holds crop c of each, so every batch holds 4 distinct clips (the first version
+    put both crops of 2 records in one batch, and lost 0.04 of ROC-AUC on the main job); crop 0
+    is the crop k = 1 takes, crop 1 another one; an epoch has twice the steps; the workers,
+    resuming inside a group and hosts give the same batches."""
     counting = CountingSource(source)
     batches = list(loader(counting, num_epochs=2, crops_per_record=2))
-    assert len(batches) == 24 and len(counting.reads) == 48  # 12 steps/epoch, 2 reads per step
+    assert len(batches) == 24 and len(counting.reads) == 48  # 12 steps/epoch, 4 reads per group
     single = {(e, int(i)): x for e in range(2) for b in two_epochs[6 * e:6 * (e + 1)]
               for x, i in zip(b["x"], b["clip_index"])}
     for step, batch in enumerate(batches):
         assert batch["x"].shape == (4, 96, CROP) and batch["y"].shape == (4, NUM_TAGS)
-        first, second = batch["clip_index"][0::2], batch["clip_index"][1::2]
-        np.testing.assert_array_equal(first, second)  # record by record, k crops each
-        for r, i in enumerate(first):
-            crops = batch["x"][2 * r:2 * r + 2]
-            np.testing.assert_array_equal(crops[0], single[step // 12, int(i)])
-            assert len(crop_offsets(source[i]["mel"], crops[1])) == 1
-            np.testing.assert_array_equal(batch["y"][2 * r + 1], source[i]["tags"])
+        assert len(set(batch["clip_index"].tolist())) == 4
+        group = batches[step - step % 2:step - step % 2 + 2]
+        np.testing.assert_array_equal(group[0]["clip_index"], group[1]["clip_index"])
+        for r, i in enumerate(batch["clip_index"]):
+            assert len(crop_offsets(source[i]["mel"], batch["x"][r])) == 1
+            np.testing.assert_array_equal(batch["y"][r], source[i]["tags"])
+            if step % 2 == 0:
+                np.testing.assert_array_equal(batch["x"][r], single[step // 12, int(i)])
     for epoch in range(2):
         seen = np.concatenate([b["clip_index"] for b in batches[12 * epoch:12 * (epoch + 1)]])
         assert sorted(seen.tolist()) == sorted(list(range(24)) * 2)
-    starts = [crop_offsets(source[int(b["clip_index"][r])]["mel"], b["x"][r])[0]
-              for b in batches for r in range(4)]
-    assert sum(a != b for a, b in zip(starts[0::2], starts[1::2])) >= 40  # of 48 pairs
+    starts = [[crop_offsets(source[int(i)]["mel"], x)[0] for x, i in zip(b["x"], b["clip_index"])]
+              for b in batches]
+    assert sum(a != b for s0, s1 in zip(starts[0::2], starts[1::2])
+               for a, b in zip(s0, s1)) >= 40  # of 48 pairs of crops of one record
 
-    it = iter(loader(source, num_epochs=2, crops_per_record=2))
-    for _ in range(7):
-        next(it)
-    resumed = iter(loader(source, num_epochs=2, crops_per_record=2))
-    resumed.set_state(ip.state_from_json(ip.state_to_json(it.get_state())))
-    assert_batches_equal(list(resumed), batches[7:])
+    dataset = ip.train_dataset(source, global_batch_size=4, seed=0, local_device_count=1,
+                               num_epochs=2, crops_per_record=2)
+    assert_batches_equal([dataset[s] for s in range(24)], batches)  # random access: the same
+    assert_batches_equal(list(loader(source, num_epochs=2, crops_per_record=2, num_workers=1)),
+                         batches)
+    for at in (7, 8):  # inside a group and at its start
+        it = iter(loader(source, num_epochs=2, crops_per_record=2))
+        for _ in range(at):
+            next(it)
+        resumed = iter(loader(source, num_epochs=2, crops_per_record=2))
+        resumed.set_state(ip.state_from_json(ip.state_to_json(it.get_state())))
+        assert_batches_equal(list(resumed), batches[at:])
     hosts = [list(loader(source, num_epochs=1, crops_per_record=2, process_index=h,
                          process_count=2)) for h in range(2)]
     for step, parts in enumerate(zip(*hosts)):
         for key in ("x", "y", "clip_index"):
             np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]),
                                           batches[step][key])
+    three = list(loader(source, num_epochs=1, crops_per_record=3))  # k need not divide the batch
+    assert len(three) == 18 and all(len(set(b["clip_index"].tolist())) == 4 for b in three)
     assert_batches_equal(list(loader(source, num_epochs=2, crops_per_record=1)), two_epochs)
 
 
 @pytest.mark.parametrize("kw, says", [
-    ({"crops_per_record": 3}, "data.crops_per_record = 3 must divide train.batch_size 4 (the "
-                              "global batch of crops)"),
     ({"crops_per_record": 0}, "data.crops_per_record must be at least 1, got 0"),
-    ({"crops_per_record": 4, "process_count": 2},
-     "a global batch of 4 crops reads 1 record(s), which do not split evenly over 2 hosts"),
-    ({"crops_per_record": 2, "global_batch_size": 64},
-     "fewer than one global batch of 64 (64 crops, 2 from each of 32 records): lower "
-     "train.batch_size to at most 48"),
+    ({"crops_per_record": 2, "global_batch_size": 32},
+     "the training split has 24 records, fewer than one global batch of 32: lower "
+     "train.batch_size to at most 24"),
 ])
 def test_crops_per_record_errors(source, kw, says):
     with pytest.raises(ValueError) as err:
