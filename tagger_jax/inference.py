@@ -320,15 +320,19 @@ class Loaded:
 
 def source_inputs(source: Any, feature: str, label: str, split: str,
                   limit: Optional[int] = None, build: str = "",
-                  label_names: Sequence[str] = ()) -> list[Input]:
+                  label_names: Sequence[str] = (),
+                  warnings: Optional[Mapping[str, Mapping[str, str]]] = None) -> list[Input]:
     """Inputs for the records of an open random-access split (`len(source)`, `source[i]` -> a
     record dict, e.g. `tagger_jax.datasets.load_split`'s): input i loads record i's `feature`
     ("mel" or "audio", `Architecture.dataset_feature`) as a `Loaded` with the record's "tags" as
-    labels. `meta["index"]` is the record's index in the split, `meta["label_names"]` the
-    dataset's tag names (the order of the labels), if given. `build` identifies the split's
-    files (`train_data.split_fingerprint`) and goes into every fingerprint, so that outputs of
-    another build (another data directory, a rebuild) are never reused for these records."""
+    labels and, as its warnings, `warnings[clip_id]` (the audio warnings the build recorded for
+    the record's clip, `record_warnings`). `meta["index"]` is the record's index in the split,
+    `meta["label_names"]` the dataset's tag names (the order of the labels), if given. `build`
+    identifies the split's files (`train_data.split_fingerprint`) and goes into every
+    fingerprint, so that outputs of another build (another data directory, a rebuild) are never
+    reused for these records."""
     n = len(source) if limit is None else min(limit, len(source))
+    warnings = warnings or {}
 
     def load(i: int) -> Loaded:
         record = source[i]
@@ -336,7 +340,8 @@ def source_inputs(source: Any, feature: str, label: str, split: str,
             raise ValueError(f"{label}:{split}[{i}]: record has no {feature!r} feature "
                              f"({sorted(record)})")
         labels = record.get("tags")  # a record's optional fields, not config defaults
-        return Loaded(np.asarray(record[feature], np.float32), {},
+        clip = record_text(record["clip_id"]) if record.get("clip_id") is not None else ""
+        return Loaded(np.asarray(record[feature], np.float32), dict(warnings.get(clip, {})),
                       None if labels is None else np.asarray(labels), record_source(record))
 
     build_id = f":{build[:16]}" if build else ""
@@ -369,8 +374,8 @@ def dataset_inputs(name: str, split: str, feature: str, data_dir: Optional[str] 
     """Inputs for the records of a dataset split (`tagger_jax.datasets.load_split`, then
     `source_inputs`). Self-contained datasets (synthetic_tags) are built on first use, as
     training does. `hold`: the build's readers' lock (`datasets.reading`) is entered on it, so
-    that until it closes a rebuild (`build-dataset --overwrite`) refuses instead of deleting
-    the records the inputs read."""
+    the records the inputs read. Each input carries the audio warnings the build recorded for
+    its clip (`record_warnings`), as an input read from a file carries its own."""
     from tagger_jax.datasets import SELF_CONTAINED, ensure_built, load_split, reading
 
     if name in SELF_CONTAINED:
@@ -379,7 +384,29 @@ def dataset_inputs(name: str, split: str, feature: str, data_dir: Optional[str] 
     if hold is not None:
         hold.enter_context(reading(source))
     label = f"{name}/{builder_config}" if builder_config else name
-    return source_inputs(source, feature, label, split, limit, build_identity(source), tags)
+    return source_inputs(source, feature, label, split, limit, build_identity(source), tags,
+                         record_warnings(name, split, data_dir, builder_config))
+
+
+def record_warnings(name: str, split: str, data_dir: Optional[str] = None,
+                    builder_config: Optional[str] = None) -> dict[str, dict[str, str]]:
+    """{clip_id: {code: message}}: the audio warnings the build recorded for the clips of
+    `split` (`datasets.audio_warnings`; docs/audio.md's codes), {} where it recorded none. The
+    build's note that a clip is shorter than a training chunk (`chunking.SHORT_CLIP_CODE`) is
+    left out: it speaks of training, and explain and embed say themselves when they repeat a
+    clip to fill a window."""
+    from tagger_jax import datasets
+
+    try:
+        builder = datasets.get_builder(name, data_dir, builder_config)
+        found = datasets.audio_warnings(builder).get(split, [])
+    except (ValueError, FileNotFoundError, KeyError, AttributeError, TypeError):
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    for w in found:
+        if str(w["code"]) != chunking.SHORT_CLIP_CODE:
+            out.setdefault(str(w["clip_id"]), {})[str(w["code"])] = str(w["message"])
+    return out
 
 
 def build_identity(source: Any) -> str:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the top-level explain.py
 
 import explain as explain_script  # noqa: E402
-from tagger_jax import cli, errors  # noqa: E402
+from tagger_jax import cli, errors, inference  # noqa: E402
 from tagger_jax.checkpoint import load_model, save_model  # noqa: E402
 from tagger_jax.config_base import base_config  # noqa: E402
 from tagger_jax.explain import methods as M  # noqa: E402
@@ -254,7 +254,7 @@ def test_dataset_split_records_are_explained(setup, tmp_path, monkeypatch):
 
     monkeypatch.setattr(datasets, "load_split", fake_load_split)
     said = {"c27": {"clipping": "songs/c27.wav: 3% of its samples are clipped"}}
-    monkeypatch.setattr(runner, "record_warnings", lambda *args: said)  # the build's record
+    monkeypatch.setattr(inference, "record_warnings", lambda *args: said)  # the build's record
     rc = explain("--checkpoint", str(model_dir), "--dataset", "toy", "--split", "validation",
                  "--builder-config", "small", "--out", str(tmp_path), "--methods", METHODS,
                  "--top-k", "2", "--batch-size", "4", "--no-plot")

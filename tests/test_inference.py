@@ -475,6 +475,28 @@ def test_embed_of_dataset_records_names_their_source_clips_and_labels(engine, tm
         "pieces/a.flac")
 
 
+def test_dataset_records_carry_the_audio_warnings_their_build_recorded(engine, tmp_path,
+                                                                      monkeypatch):
+    """A new user's trial: `embed --dataset` wrote `audio_warnings` "{}" (a clean input) for
+    clips whose build had recorded clipping, while `explain --dataset` reported it. The
+    warnings now travel with the record's input (`inference.dataset_inputs`), for every
+    command that reads a split."""
+    import tagger_jax.datasets as datasets
+
+    rng = np.random.default_rng(6)
+    records = [{"mel": rng.normal(-30, 10, (96, 40)).astype(np.float16), "clip_id": c}
+               for c in (b"a", b"b")]
+    monkeypatch.setattr(datasets, "load_split", lambda *args: (records, TAGS))
+    said = {"b": {"clipping": "songs/b.wav: 4.6% of samples at full scale (clipped)"}}
+    monkeypatch.setattr(inference, "record_warnings", lambda *args: said)
+    items = engine.dataset_inputs("toy", "heldout")
+    report = embedding.embed_inputs(engine, items, tmp_path, progress=False)
+    assert len(report.done) == 2 and not report.failed
+    stored = [json.loads(str(embedding.load_embeddings(tmp_path / f"{it.key}.npz")[
+        "audio_warnings"])) for it in items]
+    assert stored == [{}, said["b"]]
+
+
 def test_embed_recomputes_a_damaged_npz_and_drops_a_stale_merged_file(model_dir, files,
                                                                      tmp_path, capsys):
     """A per-input NPZ cut short (a full disk, a killed copy) is computed again, not a crash; a

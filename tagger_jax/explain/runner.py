@@ -318,7 +318,6 @@ def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
                                      hold)
     source, dataset_tags = load_split(name, split, data_dir, builder_config)
     regenerate = _regenerated_audio(name, split, data_dir, builder_config, loaded)
-    degraded = record_warnings(name, split, data_dir, builder_config)
 
     def true_tags(record) -> list[str]:
         hot = np.asarray(record.get("tags", ()))
@@ -330,8 +329,6 @@ def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
         clip = {k: inference.record_text(record[k]) for k in ("clip_id", "path") if k in record}
         if clip:  # which clip of the user's collection the record is
             out["record"] = clip
-        if clip.get("clip_id") in degraded:  # as a file explained directly has them
-            out["audio_warnings"] = dict(degraded[clip["clip_id"]])
         if "tag_mask" in record:
             out["tag_mask"] = np.asarray(record["tag_mask"], np.uint8)
         if "audio" in record:
@@ -349,27 +346,6 @@ def dataset_items(loaded, name: str, split: str, data_dir: Optional[str] = None,
         out.append(dataclasses.replace(
             it, extras=functools.partial(extras, i), meta=meta,
             explain_tags=tuple(true_tags(record)) if explain_labels else ()))
-    return out
-
-
-def record_warnings(name: str, split: str, data_dir: Optional[str] = None,
-                    builder_config: Optional[str] = None) -> dict[str, dict[str, str]]:
-    """{clip_id: {code: message}}: the audio warnings the build recorded for the clips of
-    `split` (`datasets.audio_warnings`; docs/audio.md's codes), {} where it recorded none. The
-    build's note that a clip is shorter than a training chunk (`chunking.SHORT_CLIP_CODE`) is
-    left out: it speaks of training, and explain says itself when it repeats a clip to fill its
-    window."""
-    from tagger_jax import datasets
-
-    try:
-        builder = datasets.get_builder(name, data_dir, builder_config)
-        found = datasets.audio_warnings(builder).get(split, [])
-    except (ValueError, FileNotFoundError, KeyError, AttributeError, TypeError):
-        return {}
-    out: dict[str, dict[str, str]] = {}
-    for w in found:
-        if str(w["code"]) != chunking.SHORT_CLIP_CODE:
-            out.setdefault(str(w["clip_id"]), {})[str(w["code"])] = str(w["message"])
     return out
 
 
@@ -664,8 +640,6 @@ def _prepare(ctx: _Context, item: InputItem) -> _Track:
     if item.extras is not None and (ctx.options.listen or ctx.options.report
                                     or ctx.options.plot):
         track.extras = dict(item.extras())
-        if "audio_warnings" in track.extras:  # a dataset record's, recorded by its build
-            track.warnings = {**track.extras.pop("audio_warnings"), **(track.warnings or {})}
     # The waveform the input was read from (a file's decode, `file_items`), for playback and
     # auralisation only; kept on the track while it is in flight, like the rest of it.
     wave, track.audio = (track.signal if ctx.waveform else track.audio), None
