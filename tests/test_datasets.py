@@ -774,11 +774,12 @@ def test_training_the_main_jobs_labels_on_a_collection_without_activity_is_a_con
     c.data.crop_labels, c.model.frame_head, c.train.batch_size = "clip", False, 1
     data = train_data.load_data(c)
     assert data.tag_names == ("rock", "piano")
-    c.data.crops_per_record, c.train.batch_size = 2, 2  # the trainer's epoch: the loader's
+    c.data.crops_per_record = 2  # the trainer's epoch: the loader's, twice the steps
     doubled = train_data.load_data(c)
     assert doubled.steps_per_epoch == len(doubled.train) // c.train.num_epochs
-    assert doubled.steps_per_epoch == data.steps_per_epoch
-    assert next(iter(doubled.train))["clip_index"].tolist() in ([0, 0], [1, 1])
+    assert doubled.steps_per_epoch == 2 * data.steps_per_epoch
+    it = iter(doubled.train)
+    assert [next(it)["clip_index"].tolist() for _ in range(2)] == [[0], [0]]
 
 
 def test_a_rebuild_is_refused_while_a_training_reads_the_build(folder, tmp_path):
@@ -912,6 +913,23 @@ def test_metadata_features_are_the_mel_settings_only(tmp_path):
     want = audio.log_mel(wave, **audio.FeatureParams(**stored).mel_kwargs)
     np.testing.assert_array_equal(source[0]["mel"], want.astype(np.float16))
     assert b.is_prepared()
+
+
+def test_builders_leave_no_temporary_folders(tmp_path, monkeypatch):
+    """TFDS's `DatasetInfo.initialize_from_bucket`, which the builder constructor calls for every
+    data directory without a finished build, makes a temporary folder for metadata from GCS and
+    never removes it (GCS is disabled in the pip release, so the folder stays empty): one more
+    empty `/tmp/tmp...tfds` per command or build. Every builder of the project is a local one and
+    must leave the temporary directory as it found it."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    manual = _small_folder(tmp_path / "m", ("rock", "jazz", "rock"))
+    datasets.get_builder("synthetic_tags", tmp_path / "d", SyntheticConfig(name="tiny", **TINY))
+    datasets.build("audio_folder", tmp_path / "d", manual_dir=manual, num_workers=1)
+    assert sorted(p.name for p in scratch.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------------- synthetic
@@ -1073,13 +1091,15 @@ def test_audio_warnings_are_recorded_and_summarised_and_mpg123_notes_do_not_leak
     assert rows[0] == "split\tclip_id\tpath\tcode\tmessage" and len(rows) == 5
     reopened = datasets.get_builder("audio_folder", tmp_path / "d")
     assert datasets.audio_warnings(reopened) == found  # kept in the dataset's metadata
-    from tagger_jax.explain import runner  # explain --dataset's summaries carry them
+    from tagger_jax import inference  # explain and embed --dataset carry them
 
-    assert runner.record_warnings("audio_folder", "validation", tmp_path / "d") == {
+    assert inference.record_warnings("audio_folder", "validation", tmp_path / "d") == {
         found["validation"][0]["clip_id"]: {"low_sample_rate": found["validation"][0]["message"]}}
-    # ... but not the note about training chunks (explain says itself when it repeats a clip)
-    assert runner.record_warnings("audio_folder", "train", tmp_path / "d") == {}
-    assert runner.record_warnings("audio_folder", "train", tmp_path / "nowhere") == {}
+    # ... but not the note about training chunks (they say themselves when they repeat a clip)
+    assert inference.record_warnings("audio_folder", "train", tmp_path / "d") == {}
+    assert inference.record_warnings("audio_folder", "train", tmp_path / "nowhere") == {}
+    (item,) = inference.dataset_inputs("audio_folder", "validation", "mel", tmp_path / "d")
+    assert dict(item.load().warnings) == {"low_sample_rate": found["validation"][0]["message"]}
     assert datasets.split_sizes(reopened) == {"train": 2, "validation": 1, "test": 1}
 
 
@@ -1265,8 +1285,11 @@ def test_a_split_whose_every_clip_is_skipped_names_dataset_split_and_reasons(tmp
     from tagger_jax import cli
 
     manual = _small_folder(tmp_path / "m", ("rock", "jazz", "rock"))
+    (manual / "songs").mkdir()
+    for k in range(4):  # there, but not audio (missing files are refused before the build)
+        (manual / "songs" / f"bad{k}.wav").write_text("not audio")
     with open(manual / "tags.csv", "a") as f:
-        f.write("".join(f"songs/gone{k}.wav,rock,holdout\n" for k in range(4)))
+        f.write("".join(f"songs/bad{k}.wav,rock,holdout\n" for k in range(4)))
     rc = cli.main(["build-dataset", "audio_folder", "--data-dir", str(tmp_path / "d"),
                    "--manual-dir", str(manual), "--num-workers", "1"])
     err = capfd.readouterr().err
@@ -1274,12 +1297,43 @@ def test_a_split_whose_every_clip_is_skipped_names_dataset_split_and_reasons(tmp
     report = (tmp_path / "d" / "downloads" / "tagger_jax_resume" / "audio_folder" / "default"
               / "1.0.0" / "skipped_files.tsv")
     assert rc == 6
-    assert line[line.index("error:"):] == (
-        f"error: audio_folder/default: split 'holdout': all 4 clips were skipped "
-        f"({manual / 'songs' / 'gone0.wav'}: file not found; {manual / 'songs' / 'gone1.wav'}: "
-        f"file not found; ...); every skipped file is listed in {report}")
+    line = line[line.index("error:"):]
+    assert line.startswith(f"error: audio_folder/default: split 'holdout': all 4 clips were "
+                           f"skipped ({manual / 'songs' / 'bad0.wav'}: "), line
+    assert line.endswith(f"; ...); every skipped file is listed in {report}"), line
     assert len(report.read_text().splitlines()) == 1 + 4
     assert "No examples were yielded" not in err
+
+
+def test_missing_files_that_empty_splits_are_all_named_before_the_build(tmp_path, capfd):
+    """From a new user's trial: with the only file of two splits missing, the build stopped at
+    the first such split, and the next run (that row fixed) at the second. Both are named at
+    once, with their near misses, before anything is decoded; and a tag whose only train row
+    names a missing file is said to have no train clip."""
+    from tagger_jax import cli
+
+    manual = _small_folder(tmp_path / "m", ("rock", "jazz", "rock"))
+    (manual / "tags.csv").write_text(
+        "path,tags,split\ns0.wav,rock,train\ngone.wav,piano,train\nS1.WAV,jazz,valid\n"
+        "other/s2.wav,rock,test\n")
+    rc = cli.main(["build-dataset", "audio_folder", "--data-dir", str(tmp_path / "d"),
+                   "--manual-dir", str(manual), "--num-workers", "1"])
+    err = capfd.readouterr().err
+    assert rc == 6
+    assert err.strip().splitlines()[-1] == (
+        f"error: {manual / 'tags.csv'}: split 'validation': its only clip's file is missing "
+        f"({manual / 'S1.WAV'}: file not found; did you mean 's1.wav'? (line 4 of tags.csv)); "
+        f"split 'test': its only clip's file is missing ({manual / 'other' / 's2.wav'}: file "
+        "not found; did you mean 's2.wav'? (line 5 of tags.csv)); 1 file(s) of other splits "
+        "are missing too: fix the paths in the CSV, or remove those rows")
+    assert not list((tmp_path / "d").rglob("dataset_info.json"))  # no build
+    (manual / "tags.csv").write_text(
+        "path,tags,split\ns0.wav,rock,train\ngone.wav,piano,train\ns1.wav,jazz,valid\n"
+        "s2.wav,rock,test\n")
+    b = datasets.build("audio_folder", tmp_path / "d", manual_dir=manual, num_workers=1)
+    assert b.info.metadata["tags_without_train_clips"] == ["jazz", "piano"]
+    assert ("2 tag(s) have no clip in the train split (jazz, piano; rows whose file is missing "
+            "left out)") in capfd.readouterr().err
 
 
 def test_live_skip_warnings_stop_after_twenty_a_split_and_the_summary_counts_all(tmp_path,
@@ -1337,6 +1391,11 @@ def test_mtat_annotation_errors_name_the_file_and_line(tmp_path, monkeypatch, ca
     csv_path.write_bytes(data.replace(b"\t", b","))
     with pytest.raises(ValueError, match="got a comma-separated line .*: re-save it with tabs"):
         magnatagatune.read_annotations(csv_path)
+    csv_path.write_bytes(data.replace(b"\t\"mp3_path\"", b"\t\"file\"", 1))  # last column renamed
+    with pytest.raises(ValueError) as info:  # a trial was shown the header's start only
+        magnatagatune.read_annotations(csv_path)
+    assert str(info.value).endswith("ending with mp3_path, got ... ['t7', 't8', 'file'] at its "
+                                    "end (11 columns)")
     csv_path.write_bytes(data.replace(b"0/a.mp3", b"0/a\xff.mp3"))
     with pytest.raises(ValueError) as info:
         magnatagatune.read_annotations(csv_path)
@@ -1459,6 +1518,11 @@ def test_missing_manual_files_and_unknown_datasets_are_short_lines(msd_dir, tmp_
         "annotations_final.csv and mp3.zip.001, mp3.zip.002, mp3.zip.003 (or the unpacked "
         "folders 0-9, a-f). Download steps: docs/datasets.md, or the docstring of "
         "tagger_jax/datasets/magnatagatune.py.")
+    with pytest.raises(FileNotFoundError) as info:  # the cleaned split needs its files too
+        datasets.build("magnatagatune", tmp_path / "d", "won2020", manual_dir=tmp_path / "empty")
+    assert ("(or the unpacked folders 0-9, a-f), and Won et al. (2020)'s split files "
+            "train.npy, valid.npy, test.npy (in split/mtat/ or beside). Download") in str(
+        info.value)
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "50tagList.txt").symlink_to(msd_dir["root"] / "50tagList.txt")
     (tmp_path / "m" / "7D_id_to_path.pkl").symlink_to(msd_dir["root"] / "7D_id_to_path.pkl")
@@ -1559,8 +1623,9 @@ def test_audio_folder_zero_fraction_tags_only_outside_train_and_split_names(tmp_
     b = datasets.build("audio_folder", tmp_path / "e", AudioFolderConfig(name="r"),
                        manual_dir=tmp_path / "m", num_workers=1)
     err = capfd.readouterr().err
-    assert (f"warning: {tmp_path / 'm' / 'tags.csv'}: 2 tag(s) have no row in the train split "
-            "(jazz, rare): a model trained on it cannot learn them") in err, err
+    assert (f"warning: {tmp_path / 'm' / 'tags.csv'}: 2 tag(s) have no clip in the train split "
+            "(jazz, rare; rows whose file is missing left out): a model trained on it cannot "
+            "learn them") in err, err
     assert b.info.metadata["tags_without_train_clips"] == ["jazz", "rare"]
     from tagger_jax import evaluation  # evaluate names them again, in the model's tag order
 
@@ -1813,6 +1878,12 @@ def test_mtat_manual_dir_near_misses_are_named(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"test.npy: not a NumPy array of strings \(it holds "
                        r"Python objects.*astype\(str\)"):
         magnatagatune.read_split_files(root, ann)
+    (root / "test.npy").write_text(f"13\t{paths[13]}\n")  # a text file: no pickle in it
+    with pytest.raises(ValueError) as info:
+        magnatagatune.read_split_files(root, ann)
+    assert str(info.value) == (f"{root / 'test.npy'}: not a .npy file (it does not start with "
+                               "NumPy's header); the split files are the paper's .npy arrays "
+                               "of 'INDEX<TAB>MP3_PATH' lines")
     # the annotations as a second download, everything one folder deeper
     deeper = tmp_path / "outer"
     (deeper / "MagnaTagATune").mkdir(parents=True)

@@ -78,6 +78,19 @@ def feature_spec(num_tags: int | None, waveform: bool = False, tag_mask: bool = 
     return tfds.features.FeaturesDict(spec)
 
 
+class LocalDatasetInfo(tfds.core.DatasetInfo):
+    """`tfds.core.DatasetInfo` of a dataset that is only ever built here, never read from GCS.
+
+    TFDS's builder constructor calls `initialize_from_bucket` for every data directory without
+    a finished build; that method makes a temporary folder for metadata from GCS before it asks
+    GCS, and never removes it (tensorflow-datasets 4.9: GCS is off in the pip release, so the
+    folder stays empty). Every command and build left one more `tmp...tfds` folder in the
+    temporary directory; nothing of these datasets is on GCS, so there is nothing to fetch."""
+
+    def initialize_from_bucket(self) -> None:
+        return None
+
+
 class BuildInfo(tfds.core.MetadataDict):
     """Dataset metadata saved beside the records: tag names, feature settings, build report.
 
@@ -205,7 +218,7 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
         return {}
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return LocalDatasetInfo(
             builder=self,
             description=self.DESCRIPTION or (self.__doc__ or "").split("\n\n")[0],
             features=feature_spec(self.NUM_TAGS,

@@ -508,6 +508,30 @@ def _locate(path: Path, root: Path, rows: list[Row], notes: list[str]) -> list[R
     return out
 
 
+def _refuse_missing_splits(csv_path: Path, items: dict[str, list[dict]]) -> None:
+    """`errors.DataError` before any decoding when the files of every row of a split are
+    missing: one line naming each such split with its first missing file (and its near miss on
+    disk, `_locate`), and how many files are missing in the other splits. From a new user's
+    trial: the build stopped at the first split left empty, and only the next run, after that
+    row was fixed, named the next one."""
+    missing = {s: [it for it in its if not os.path.exists(it["file"])]
+               for s, its in items.items()}
+    empty = [s for s, its in items.items() if its and len(missing[s]) == len(its)]
+    if not empty:
+        return
+    parts = []
+    for split in empty:
+        first = missing[split][0]
+        reason = first.get("error") or f"{display_path(first['file'])}: file not found"
+        count = len(items[split])
+        what = "its only clip's file is" if count == 1 else f"the files of all {count} clips are"
+        parts.append(f"split {split!r}: {what} missing ({reason}{'; ...' if count > 1 else ''})")
+    others = sum(len(m) for s, m in missing.items() if s not in empty)
+    rest = f"; {others} file(s) of other splits are missing too" if others else ""
+    raise errors.DataError(f"{csv_path}: " + "; ".join(parts) + rest
+                           + ": fix the paths in the CSV, or remove those rows")
+
+
 def _refuse_one_file_twice(path: Path, rows: list[Row], root: Path | None) -> None:
     """A ValueError when two rows name one file in two spellings (`./a.wav` and `a.wav`,
     `x/../a.wav`, a symbolic or hard link), or under two ids (an id column): from a new user's
@@ -681,15 +705,19 @@ class AudioFolder(TaggingBuilder):
             if row.error:  # missing, with its near miss named
                 item["error"] = row.error
             items[split].append(item)
+        _refuse_missing_splits(csv_path, items)
         if items["train"]:  # a tag only other splits have: learnt from nothing, scored anyway
-            trained = np.stack([item["tags"] for item in items["train"]]).any(axis=0)
+            # (rows whose file is missing count as none: a trial's only piano clip was one)
+            trained = np.stack([item["tags"] for item in items["train"]
+                                if os.path.exists(item["file"])]).any(axis=0)
             lacking = [t for t, seen in zip(vocab, trained) if not seen]
             self._note("tags_without_train_clips", lacking)
             if lacking:
-                print(f"warning: {csv_path}: {len(lacking)} tag(s) have no row in the train "
-                      f"split ({', '.join(lacking[:10])}{', ...' if len(lacking) > 10 else ''}): "
-                      "a model trained on it cannot learn them, yet validation and tests "
-                      "score them", file=sys.stderr, flush=True)
+                print(f"warning: {csv_path}: {len(lacking)} tag(s) have no clip in the train "
+                      f"split ({', '.join(lacking[:10])}{', ...' if len(lacking) > 10 else ''}; "
+                      "rows whose file is missing left out): a model trained on it cannot "
+                      "learn them, yet validation and tests score them", file=sys.stderr,
+                      flush=True)
         self._present = tuple(s for s in self._split_names() if items[s])
         if not self._present:
             raise ValueError(f"{csv_path}: no clips to build (every row was dropped as untagged)")

@@ -97,9 +97,12 @@ def _read_annotations(path: Path) -> Annotations:
         rows = csv.reader(f, delimiter="\t", quotechar='"')
         header = next(rows, None)
         if not header or header[0] != "clip_id" or header[-1] != "mp3_path" or len(header) < 3:
-            got = (f"got {header[:3] if header else header}..." if not header or len(header) > 1
-                   or "," not in header[0] else
-                   f"got a comma-separated line ({header[0][:40]}...): re-save it with tabs")
+            if header and len(header) > 1 and header[0] == "clip_id":  # the end is wrong
+                got = f"got ... {header[-3:]} at its end ({len(header)} columns)"
+            elif not header or len(header) > 1 or "," not in header[0]:
+                got = f"got {header[:3] if header else header}..."
+            else:
+                got = f"got a comma-separated line ({header[0][:40]}...): re-save it with tabs"
             raise ValueError(f"{path}: expected a tab-separated header starting with clip_id and "
                              f"ending with mp3_path, {got}")
         names = header[1:-1]
@@ -184,6 +187,7 @@ def audio_locator(root: Path) -> Callable[[str], dict]:
     return locate
 
 
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (NumPy's format description)
 SPLIT_FILE_NAMES = {"train": ("train.npy", "train_new.npy"),
                     "validation": ("valid.npy", "valid_new.npy"),
                     "test": ("test.npy", "test_new.npy")}
@@ -225,6 +229,11 @@ def read_split_files(root: Path, ann: Annotations) -> tuple[dict[str, list[int]]
             f"Won et al. (2020) split files missing in {base}: {'; '.join(missing)}{elsewhere}. "
             "See the `won2020` config in the magnatagatune docstring.")
     for split, path in files.items():
+        with open(path, "rb") as f:
+            if f.read(6) != NPY_MAGIC:  # else NumPy reads it as a pickle and says so
+                raise ValueError(f"{path}: not a .npy file (it does not start with NumPy's "
+                                 "header); the split files are the paper's .npy arrays of "
+                                 "'INDEX<TAB>MP3_PATH' lines")
         try:
             lines = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
@@ -284,8 +293,16 @@ class Magnatagatune(TaggingBuilder):
     DEFAULT_CONFIG_NAME = "default"
     HOMEPAGE = "https://mirg.city.ac.uk/codeapps/the-magnatagatune-dataset"
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-    MANUAL_FILES = ("annotations_final.csv and mp3.zip.001, mp3.zip.002, mp3.zip.003 (or the "
-                    "unpacked folders 0-9, a-f)")
+    @property
+    def MANUAL_FILES(self) -> str:  # noqa: N802 - the name every builder's errors read
+        """What the manual directory must hold, for this config: `won2020` needs the split
+        files too (a trial's empty manual directory was told of the annotations and audio only)."""
+        files = ("annotations_final.csv and mp3.zip.001, mp3.zip.002, mp3.zip.003 (or the "
+                 "unpacked folders 0-9, a-f)")
+        if self.builder_config.split_files:
+            names = ", ".join(n[0] for n in SPLIT_FILE_NAMES.values())
+            files += f", and Won et al. (2020)'s split files {names} (in split/mtat/ or beside)"
+        return files
 
     def preflight(self, manual_dir: Path | None = None) -> None:
         """The audio of the authors' split (unpacked folders, or every zip part, complete:
