@@ -631,6 +631,27 @@ def test_end_to_end_on_a_built_tfds_split(synth_tags, tiny_variables, tmp_path, 
         assert cli.main(argv + ["--out", str(tmp_path / "new")]) == 0
         assert f"{tmp_path / 'new' / 'predictions.npz'})" in capsys.readouterr().out
         assert cli.main(argv + ["--out", str(tmp_path / "new")]) == 0  # an evaluation's: again
+    # An interrupt says what is written: nothing while the split is scored (a trial read
+    # "finished results are kept" and found no folder), the model's report during the baseline.
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(ev, "predict_split", interrupted)
+        assert cli.main(argv + ["--out", str(tmp_path / "stopped")]) == errors.INTERRUPTED
+        assert capsys.readouterr().err.strip().endswith(
+            "interrupted; nothing written: the report is written once the whole split is "
+            "scored; run it again to start over")
+        assert not (tmp_path / "stopped").exists()
+        m.setattr(ev, "predict_split", predict)
+        m.setattr(baseline, "report_beside", interrupted)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ev.UndefinedMetricWarning)
+            assert cli.main(argv + ["--out", str(tmp_path / "new"), "--baseline"]) == \
+                errors.INTERRUPTED
+        assert capsys.readouterr().err.strip().endswith(
+            f"interrupted; the model's report is in {tmp_path / 'new'}; the baseline beside it "
+            "was not written (run with --baseline again)")
 
     # embed and explain --dataset hold the build's readers' lock while they run, too.
     from tagger_jax import embedding

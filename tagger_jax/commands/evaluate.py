@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     sharding.maybe_initialize_distributed()  # each process evaluates its share of the clips
     import jax
 
+    result = None
     try:
         from tagger_jax.baseline import open_train_split
 
@@ -125,6 +126,13 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, EvaluationError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return errors.exit_status(e, default=errors.USAGE)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say what is written (a trial read "finished
+        # results are kept" after an interrupted scoring, which writes nothing)
+        e.add_note("nothing written: the report is written once the whole split is scored; "
+                   "run it again to start over" if result is None else
+                   f"the model's report is in {result['out_dir']}; the baseline beside it was "
+                   "not written (run with --baseline again)")
+        raise
     return 0
 
 
