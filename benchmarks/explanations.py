@@ -158,11 +158,15 @@ def frame_maps(loaded, xs, pairs, args):
     for c, ks in by_clip.items():
         tags[c, :len(ks)] = ks
         tags[c, len(ks):] = ks[0]
+    from tqdm import tqdm
+
+    from tagger_jax.progress import bar_interval
+
     fn = jax.jit(lambda v, x, t: M.explain(
         loaded.model, v, x, t, methods=LOCALISATION_METHODS, ig_steps=args.ig_steps))
     b = args.batch
     outs = []
-    for s in range(0, len(xs), b):
+    for s in tqdm(range(0, len(xs), b), desc="maps", unit="batch", **bar_interval()):
         x, t = xs[s:s + b], tags[s:s + b]
         n = len(x)
         if n < b:  # one shape for the whole run
@@ -199,6 +203,9 @@ def frame_maps(loaded, xs, pairs, args):
 def deletion_curves(loaded, xs, pairs, maps, args):
     """{method: (pairs, steps + 1) probability of the tag as top-ranked frames are removed}."""
     import jax
+    from tqdm import tqdm
+
+    from tagger_jax.progress import bar_interval
 
     chunk = xs.shape[-1]
     steps = args.deletion_steps
@@ -206,7 +213,7 @@ def deletion_curves(loaded, xs, pairs, maps, args):
     names = list(maps)  # the "random" map is the random-order reference
     predict = jax.jit(lambda v, x: jax.nn.sigmoid(loaded.model.apply(v, x)))
     curves = {n: np.zeros((len(pairs), steps + 1)) for n in names}
-    for p, (c, k) in enumerate(pairs):
+    for p, (c, k) in enumerate(tqdm(pairs, desc="deletion", unit="pair", **bar_interval())):
         x = xs[c]
         floor = x.min()
         batch = []
@@ -360,25 +367,46 @@ def format_score_tables(rows: dict, names, heading: str) -> str:
     return "\n".join(lines)
 
 
-def score_benchmark(loaded, args) -> str:
+def score_benchmark(loaded, args) -> tuple[str, dict]:
     """Maps vs exact instrument activity on `soundfont_tags`: every method, the random, energy
-    and sliding-window-taggram baselines; pointing game, frame ROC-AUC, deletion. Markdown."""
+    and sliding-window-taggram baselines; pointing game, frame ROC-AUC, deletion. Returns the
+    markdown and the numbers (`score_numbers`)."""
     data_dir = args.data_dir or loaded.config.data.data_dir
+    t0 = time.perf_counter()
     xs, masks, pairs = load_score_clips(loaded, data_dir, args.split, args.clips,
                                         args.builder_config)
     if not pairs:
         raise SystemExit("no (clip, tag) pair sounds in part of a chunk only")
+    print(f"{len(xs)} clips, {len(pairs)} (clip, instrument) pairs", file=sys.stderr, flush=True)
     maps, probs, _, _ = frame_maps(loaded, xs, pairs, args)
     maps["energy"] = energy_map(xs, pairs)
     window = max(8, xs.shape[-1] // 4)
     maps["taggram"] = np.stack(taggram_map(loaded, xs, pairs, window, max(1, window // 4)))
     curves = deletion_curves(loaded, xs, pairs, maps, args)
     rows = localisation_table(maps, masks, pairs, probs, curves)
-    return format_score_tables(
-        rows, list(maps),
-        f"`soundfont_tags` {args.split}: {len(xs)} clips, centre {xs.shape[-1]}-frame "
-        f"chunk, {len(pairs)} (clip, instrument) pairs sounding in part of the chunk only; "
-        f"taggram: {window}-frame windows, hop {max(1, window // 4)}.")
+    print(f"chunk scoring done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    heading = (f"`soundfont_tags` {args.split}: {len(xs)} clips, centre {xs.shape[-1]}-frame "
+               f"chunk, {len(pairs)} (clip, instrument) pairs sounding in part of the chunk "
+               f"only; taggram: {window}-frame windows, hop {max(1, window // 4)}.")
+    return format_score_tables(rows, list(maps), heading), score_numbers(
+        rows, loaded, args, heading, level="chunk", clips=len(xs), pairs=len(pairs),
+        chunk_frames=int(xs.shape[-1]), taggram_window=window, taggram_hop=max(1, window // 4),
+        deletion_steps=args.deletion_steps)
+
+
+def score_numbers(rows: dict, loaded, args, heading: str, **meta) -> dict:
+    """What `--json` writes for `--against-score`: the run (model, split, config, the heading's
+    facts as numbers) and every `score_maps` row as "subset/map" -> {"pairs", "pointing",
+    "auc", "deletion", "probability"}; undefined values (a NaN: an empty subset, deletion not
+    run) are null."""
+    def finite(v):
+        return None if isinstance(v, float) and np.isnan(v) else v
+
+    return {"meta": dict(model=str(loaded.directory), split=args.split,
+                         builder_config=args.builder_config or "default", heading=heading,
+                         **meta),
+            "rows": {f"{subset}/{name}": {k: finite(v) for k, v in row.items()}
+                     for (subset, name), row in rows.items()}}
 
 
 # Across a track: the maps `tagger-jax explain` writes for a whole clip, against its activity
@@ -493,10 +521,11 @@ def track_deletion_curves(loaded, xs, starts, pairs, maps, steps: int, chunk: in
     return {n: probs[w, tags[:, None]] for n, w in where.items()}
 
 
-def track_score_benchmark(loaded, args) -> str:
+def track_score_benchmark(loaded, args) -> tuple[str, dict]:
     """Maps vs exact activity across whole `soundfont_tags` clips: each method's map stitched
     by the explain run over the clip, the random, energy and sliding-window taggram baselines
-    on the same frames; pointing game, frame ROC-AUC, deletion of the track probability."""
+    on the same frames; pointing game, frame ROC-AUC, deletion of the track probability.
+    Returns the markdown and the numbers (`score_numbers`)."""
     from tagger_jax.datasets import ensure_built, load_split
 
     data_dir = args.data_dir or loaded.config.data.data_dir
@@ -541,8 +570,7 @@ def track_score_benchmark(loaded, args) -> str:
     windows = sorted({len(t["res"]["chunk_starts"]) for t in tracks})
     share = np.mean([t.mean() for t in truth])
     print(f"track scoring done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return format_score_tables(
-        rows, list(maps),
+    heading = (
         f"`soundfont_tags` {args.split}: {len(tracks)} whole clips ({'/'.join(map(str, lengths))}"
         f" frames, {'/'.join(map(str, windows))} explain windows of {chunk} frames), "
         f"{len(pairs)} (clip, instrument) pairs sounding in part of the clip only (on average "
@@ -550,6 +578,10 @@ def track_score_benchmark(loaded, args) -> str:
         f" taggram (chunk windows): {chunk}-frame windows, hop {max(1, chunk // 4)}; deletion: "
         + (f"{args.track_deletion_steps} steps of the track probability."
            if curves is not None else "not run."))
+    return format_score_tables(rows, list(maps), heading), score_numbers(
+        rows, loaded, args, heading, level="track", clips=len(tracks), pairs=len(pairs),
+        active_share=float(share), taggram_window=fine, taggram_hop=max(1, fine // 4),
+        deletion_steps=args.track_deletion_steps if curves is not None else 0)
 
 
 # Faithfulness of what is heard (auralisation, tagger_jax.explain.auralise)
@@ -924,6 +956,18 @@ def run_timings(args, model, variables, chunk: int, model_name: str,
     return text, times
 
 
+def against_score(args) -> int:
+    """`--against-score`: prints the tables; `--json` gets `score_numbers`."""
+    from tagger_jax.checkpoint import load_model
+
+    loaded = load_model(args.checkpoint)
+    text, numbers = (track_score_benchmark if args.track else score_benchmark)(loaded, args)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(numbers, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     g = p.add_mutually_exclusive_group()
@@ -966,17 +1010,12 @@ def main(argv=None) -> int:
     import jax
 
     if args.against_score:
-        from tagger_jax.checkpoint import load_model
+        from tagger_jax import errors
 
         if not args.checkpoint:
             raise SystemExit("--against-score needs --checkpoint (a model trained on "
                              "soundfont_tags)")
-        loaded = load_model(args.checkpoint)
-        text = (track_score_benchmark if args.track else score_benchmark)(loaded, args)
-        print(text)
-        if args.json:
-            Path(args.json).write_text(json.dumps({"against_score": text}))
-        return 0
+        return errors.guarded(against_score, args, prog="benchmarks/explanations.py")
     parts = set(args.parts.split(","))
     device = jax.devices()[0]
     base_meta = {"date": time.strftime("%Y-%m-%d"), "ig_steps": args.ig_steps,

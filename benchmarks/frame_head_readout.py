@@ -1,7 +1,7 @@
 """Does the [CLS] readout hold back a model trained with a frame head? (docs/training.md)
 
     python benchmarks/frame_head_readout.py --checkpoint runs/soundfont [--splits test,...]
-        [--json out.json]
+        [--data-dir D] [--json out.json]
 
 For a model trained with `model.frame_head` on a dataset with clip tags (e.g. the main job's),
 scores each test split with the validation protocol (16 evenly spaced chunks per clip,
@@ -17,8 +17,9 @@ ways from one forward pass per chunk:
 The frame head is a training aid, not the model's output; where its pooled scores are well above
 the tag head's, the positions' features hold the tags and what is slow to learn is the readout
 through [CLS] (the last layer's [CLS] query, the pooler and the classifier). Splits default to
-`test` and the checkpoint's `data.extra_test_splits`. About 3 minutes on 2 cores for the main
-job's two test splits.
+`test` and the checkpoint's `data.extra_test_splits`, of the dataset the model was trained on
+(its `data.name` and builder config), read from `--data-dir` (default: the model's
+`data.data_dir`). About 3 minutes on 2 cores for the main job's two test splits.
 """
 from __future__ import annotations
 
@@ -35,8 +36,10 @@ sys.path.insert(0, str(ROOT))
 READOUTS = ("tag head ([CLS])", "frame head, mean", "frame head, max")
 
 
-def split_scores(loaded, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(labels (clips, tags), {readout: scores (clips, tags)}) of one split."""
+def split_scores(loaded, split: str, data_dir: str | None = None
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(labels (clips, tags), {readout: scores (clips, tags)}) of one split of the model's
+    dataset, from `data_dir` (default: the model's `data.data_dir`)."""
     import jax
     import jax.numpy as jnp
 
@@ -45,7 +48,7 @@ def split_scores(loaded, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]
     from tqdm import tqdm
 
     cfg = loaded.config
-    source, _ = load_split(cfg.data.name, split, cfg.data.data_dir,
+    source, _ = load_split(cfg.data.name, split, data_dir or cfg.data.data_dir,
                            cfg.data.builder_config or None)
 
     @jax.jit
@@ -70,9 +73,18 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True, help="a workdir or a model directory")
     parser.add_argument("--splits", default="", help="comma-separated (default: test and the "
                         "config's data.extra_test_splits)")
+    parser.add_argument("--data-dir", default=None,
+                        help="TFDS data dir of the model's dataset (default: the model's)")
     parser.add_argument("--json", help="write every number here")
     args = parser.parse_args(argv)
 
+    from tagger_jax import errors
+
+    return errors.guarded(readouts, args, prog="benchmarks/frame_head_readout.py")
+
+
+def readouts(args: argparse.Namespace) -> int:
+    """The three readouts of each split, printed (and written to `--json`)."""
     from tagger_jax.checkpoint import load_model, resolve_model_dir
     from tagger_jax.evaluation import tag_metrics
 
@@ -85,7 +97,7 @@ def main(argv=None) -> int:
               else ["test", *loaded.config.data.extra_test_splits])
     report = {}
     for split in splits:
-        labels, scores = split_scores(loaded, split)
+        labels, scores = split_scores(loaded, split, args.data_dir)
         report[split] = {r: tag_metrics(s, labels, loaded.tags) for r, s in scores.items()}
     def roc(split: str, readout: str) -> dict[str, float]:
         return {t["tag"]: t["roc_auc"] for t in report[split][readout]["per_tag"]

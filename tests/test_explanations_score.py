@@ -108,6 +108,19 @@ def test_score_maps_hand_made_cases_and_sklearn_loop():
     assert got == want and got[("detected", "m")]["pairs"] == 1
     with np.testing.assert_raises(ValueError):
         bench.score_maps({"m": maps["exact"][:2]}, truth, detected)
+    # --json: the rows as numbers (it once wrote the markdown as one string), NaN as null.
+    import json
+
+    loaded = types.SimpleNamespace(directory=Path("runs/x/best_model"))
+    args = types.SimpleNamespace(split="test", builder_config="")
+    numbers = json.loads(json.dumps(bench.score_numbers(
+        bench.score_maps(maps, truth, np.zeros(3, bool)), loaded, args, "h", clips=3),
+        allow_nan=False))
+    assert numbers["meta"] == {"model": "runs/x/best_model", "split": "test",
+                               "builder_config": "default", "heading": "h", "clips": 3}
+    assert numbers["rows"]["all/noisy"]["auc"] == rows[("all", "noisy")]["auc"]
+    assert numbers["rows"]["detected/exact"] == {"pairs": 0, "pointing": None, "auc": None,
+                                                 "deletion": None, "probability": None}
 
 
 def test_partial_tags_and_centre_chunks():
@@ -241,8 +254,12 @@ def test_frame_head_readout_pools_the_frame_sigmoids_as_documented(monkeypatch):
         name="d", data_dir="x", builder_config=""), features=types.SimpleNamespace(chunk_frames=64))
     loaded = types.SimpleNamespace(model=types.SimpleNamespace(apply=apply), variables={},
                                    config=cfg)
-    monkeypatch.setattr(tagger_jax.datasets, "load_split", lambda *a: (records, ("a", "b", "c")))
+    calls = []
+    monkeypatch.setattr(tagger_jax.datasets, "load_split",
+                        lambda *a: calls.append(a) or (records, ("a", "b", "c")))
     labels, scores = fhr.split_scores(loaded, "test")
+    fhr.split_scores(loaded, "test", "elsewhere")  # --data-dir (a trial's copy of the data)
+    assert [c[2] for c in calls] == ["x", "elsewhere"]
     np.testing.assert_array_equal(labels, [[1, 0, 1]] * 3)
     sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
     for i, r in enumerate(records):
