@@ -289,17 +289,18 @@ class _TrainBatch(grain.transforms.MapWithIndex):
 
 
 class _TrainGroup(grain.transforms.MapWithIndex):
-    """Group g -> this host's k = crops_per_record batches of global steps [g k, (g + 1) k),
-    stacked on a new first axis ("x": (k, local_batch, ...)): what worker processes build when
-    k > 1, so that each reads a group's records once (grain hands consecutive elements to
-    different workers)."""
+    """Group g -> the k batches of steps [g k, (g + 1) k) of a `train_dataset`, stacked on a
+    new first axis ("x": (k, local_batch, ...)): what worker processes build when k =
+    crops_per_record > 1, so that each reads a group's records once (grain hands consecutive
+    elements to different workers; `_TrainBatch` keeps the group it built for its other
+    steps)."""
 
-    def __init__(self, batches: _TrainBatch):
-        self.batches = batches
+    def __init__(self, steps: grain.MapDataset, k: int):
+        self.steps, self.k = steps, k
 
     def map_with_index(self, index: int, element: Any) -> dict[str, np.ndarray]:
         del element
-        group = self.batches.group(int(index) * self.batches.crops_per_record)
+        group = [self.steps[int(index) * self.k + c] for c in range(self.k)]
         return {key: np.stack([batch[key] for batch in group]) for key in group[0]}
 
 
@@ -339,33 +340,6 @@ def train_dataset(source, *, global_batch_size: int, seed: int, crop_frames: int
     k times the steps. Raises `errors.ConfigError` for k < 1 and for a batch that does not
     split over the devices.
     """
-    transform = _train_transform(source, global_batch_size=global_batch_size, seed=seed,
-                                 crop_frames=crop_frames, input_kind=input_kind,
-                                 crop_samples=crop_samples, process_index=process_index,
-                                 process_count=process_count,
-                                 local_device_count=local_device_count, augment=augment,
-                                 mix_tags=mix_tags, crop_labels=crop_labels,
-                                 frame_labels=frame_labels, crops_per_record=crops_per_record)
-    return _step_dataset(transform, num_epochs)
-
-
-def _step_dataset(transform: _TrainBatch, num_epochs: int | None) -> grain.MapDataset:
-    """Element s: the batch of global step s (`_TrainBatch`)."""
-    steps = grain.MapDataset.range(transform.steps_per_epoch).repeat(num_epochs)
-    return steps.map_with_index(transform)
-
-
-def _group_dataset(transform: _TrainBatch, num_epochs: int | None) -> grain.MapDataset:
-    """Element g: the stacked batches of group g (`_TrainGroup`); epochs hold whole groups."""
-    groups = grain.MapDataset.range(transform.steps_per_epoch // transform.crops_per_record)
-    return groups.repeat(num_epochs).map_with_index(_TrainGroup(transform))
-
-
-def _train_transform(source, *, global_batch_size: int, seed: int, crop_frames: int,
-                     input_kind: str, crop_samples: int, process_index: int, process_count: int,
-                     local_device_count: int | None, augment, mix_tags, crop_labels: str,
-                     frame_labels: bool, crops_per_record: int) -> _TrainBatch:
-    """The checked arguments of `train_dataset` as the per-step transform."""
     _check_kind(input_kind)
     if crop_labels not in CROP_LABELS:
         raise ValueError(f"crop_labels must be one of {CROP_LABELS}, got {crop_labels!r}")
@@ -383,12 +357,14 @@ def _train_transform(source, *, global_batch_size: int, seed: int, crop_frames: 
     check_batch_divisibility(global_batch_size, process_count, local_device_count)
     if not 0 <= seed < 2**32:  # one 32-bit SeedSequence word (as grain's own seeds)
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed}")
-    return _TrainBatch(source, seed=int(seed), global_batch_size=global_batch_size,
-                       process_index=process_index, process_count=process_count,
-                       input_kind=input_kind,
-                       crop=_crop_length(input_kind, crop_frames, crop_samples),
-                       augment=augment, mix_tags=mix_tags, crop_labels=crop_labels,
-                       frame_labels=frame_labels, crops_per_record=crops_per_record)
+    transform = _TrainBatch(source, seed=int(seed), global_batch_size=global_batch_size,
+                            process_index=process_index, process_count=process_count,
+                            input_kind=input_kind,
+                            crop=_crop_length(input_kind, crop_frames, crop_samples),
+                            augment=augment, mix_tags=mix_tags, crop_labels=crop_labels,
+                            frame_labels=frame_labels, crops_per_record=crops_per_record)
+    steps = grain.MapDataset.range(transform.steps_per_epoch).repeat(num_epochs)
+    return steps.map_with_index(transform)
 
 
 class TrainIterator(grain.DatasetIterator):
@@ -499,21 +475,21 @@ def train_loader(source, *, global_batch_size: int, seed: int, crop_frames: int 
     these are groups of k batches. Close the iterator (`it.close()`) to stop the workers
     promptly.
     """
-    transform = _train_transform(source, global_batch_size=global_batch_size, seed=seed,
-                                 crop_frames=crop_frames, input_kind=input_kind,
-                                 crop_samples=crop_samples, process_index=process_index,
-                                 process_count=process_count,
-                                 local_device_count=local_device_count, augment=augment,
-                                 mix_tags=mix_tags, crop_labels=crop_labels,
-                                 frame_labels=frame_labels, crops_per_record=crops_per_record)
+    ds = train_dataset(source, global_batch_size=global_batch_size, seed=seed,
+                       crop_frames=crop_frames, input_kind=input_kind,
+                       crop_samples=crop_samples, num_epochs=num_epochs,
+                       process_index=process_index, process_count=process_count,
+                       local_device_count=local_device_count, augment=augment,
+                       mix_tags=mix_tags, crop_labels=crop_labels, frame_labels=frame_labels,
+                       crops_per_record=crops_per_record)
     _check_prefetch(num_workers, worker_buffer_size, read_threads)
-    groups = _group_dataset(transform, num_epochs) if transform.crops_per_record > 1 else None
-    return TrainLoader(_step_dataset(transform, num_epochs),
-                       steps_per_epoch=transform.steps_per_epoch,
+    k = int(crops_per_record)  # steps per epoch are a multiple of k: groups tile the steps
+    groups = (grain.MapDataset.range(len(ds) // k).map_with_index(_TrainGroup(ds, k))
+              if k > 1 else None)
+    return TrainLoader(ds, steps_per_epoch=steps_per_epoch(len(source), global_batch_size, k),
                        local_batch_size=global_batch_size // process_count,
                        num_workers=num_workers, worker_buffer_size=worker_buffer_size,
-                       read_threads=read_threads, groups=groups,
-                       crops_per_record=transform.crops_per_record)
+                       read_threads=read_threads, groups=groups, crops_per_record=k)
 
 
 def _check_prefetch(num_workers: int, worker_buffer_size: int, read_threads: int) -> None:
