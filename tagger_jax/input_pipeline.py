@@ -520,13 +520,18 @@ def exit_with_parent(worker_index: int = 0, worker_count: int = 0) -> None:
     death. grain stops its workers when the iterator closes, but a parent killed outright
     (SIGKILL, the OOM killer) left them running with their shared memory (a new user's trial:
     two 235 MB workers and 112 /dev/shm segments still there minutes later). A daemon thread
-    watches the parent pid (a process whose parent dies is given another one)."""
+    watches the parent pid (a process whose parent dies is given another one). The pid is the
+    one multiprocessing started the worker from, not the worker's parent when this runs: a
+    worker still starting when its parent was killed (a test under load) took init for its
+    parent and never ended."""
+    import multiprocessing
     import os
     import threading
     import time
 
     del worker_index, worker_count
-    parent = os.getppid()
+    started_by = multiprocessing.parent_process()
+    parent = started_by.pid if started_by is not None else os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -454,6 +454,35 @@ def test_workers_end_when_the_parent_is_killed_outright():
                 pass
 
 
+EARLY_ORPHAN = """
+import multiprocessing, sys, time, types
+sys.path.insert(0, sys.argv[1])
+from tagger_jax import input_pipeline
+# The process that started this "worker" is gone before its init runs (pid 2**22 + 1 is above
+# Linux's default pid_max): it must end, not take its new parent for the one to watch.
+multiprocessing.parent_process = lambda: types.SimpleNamespace(pid=2**22 + 1)
+input_pipeline.exit_with_parent()
+time.sleep(30)
+print("still running")
+"""
+
+
+def test_a_worker_whose_parent_died_before_its_init_ends_too():
+    """`exit_with_parent` watches the pid multiprocessing started the worker from: a worker
+    still importing when its parent was killed read its new parent (init) as the one to watch
+    and lived on (test_workers_end_when_the_parent_is_killed_outright failed so under load)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", EARLY_ORPHAN, str(Path(__file__).parents[1])],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "still running" not in done.stdout, done
+    assert time.monotonic() - start < 25
+
+
 def test_crops_per_record_spreads_each_records_crops_over_a_group_of_steps(source, two_epochs):
     """data.crops_per_record = 2: a group of 2 steps reads the 4 records of a batch once; step c
     of the group holds crop c of each, so every batch holds 4 distinct clips (the first version
