@@ -1326,7 +1326,8 @@ def test_missing_files_that_empty_splits_are_all_named_before_the_build(tmp_path
         f"split 'test': its only clip's file is missing ({manual / 'other' / 's2.wav'}: file "
         "not found; did you mean 's2.wav'? (line 5 of tags.csv)); 1 file(s) of other splits "
         "are missing too: fix the paths in the CSV, or remove those rows")
-    assert not list((tmp_path / "d").rglob("dataset_info.json"))  # no build
+    # refused before the build: nothing left behind but the data directory's lock file
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [".tagger-jax.lock"]
     (manual / "tags.csv").write_text(
         "path,tags,split\ns0.wav,rock,train\ngone.wav,piano,train\ns1.wav,jazz,valid\n"
         "s2.wav,rock,test\n")
@@ -1625,7 +1626,7 @@ def test_audio_folder_zero_fraction_tags_only_outside_train_and_split_names(tmp_
     err = capfd.readouterr().err
     assert (f"warning: {tmp_path / 'm' / 'tags.csv'}: 2 tag(s) have no clip in the train split "
             "(jazz, rare; rows whose file is missing left out): a model trained on it cannot "
-            "learn them") in err, err
+            "learn them, yet validation and tests score them where they have clips") in err, err
     assert b.info.metadata["tags_without_train_clips"] == ["jazz", "rare"]
     from tagger_jax import evaluation  # evaluate names them again, in the model's tag order
 

@@ -508,22 +508,38 @@ def _locate(path: Path, root: Path, rows: list[Row], notes: list[str]) -> list[R
     return out
 
 
-def _refuse_missing_splits(csv_path: Path, items: dict[str, list[dict]]) -> None:
+def row_splits(rows: list[Row], config: AudioFolderConfig) -> list[str]:
+    """The split of each row: the CSV's split column when every row has one, else
+    `seeded_split` by the config's fractions and seed."""
+    if all(r.split is not None for r in rows):
+        return [str(r.split) for r in rows]
+    return seeded_split(len(rows), config.split_fractions, config.split_seed)
+
+
+def _refuse_missing_splits(csv_path: Path, rows: list[Row], splits: list[str],
+                           root: Path) -> None:
     """`errors.DataError` before any decoding when the files of every row of a split are
     missing: one line naming each such split with its first missing file (and its near miss on
     disk, `_locate`), and how many files are missing in the other splits. From a new user's
     trial: the build stopped at the first split left empty, and only the next run, after that
     row was fixed, named the next one."""
-    missing = {s: [it for it in its if not os.path.exists(it["file"])]
-               for s, its in items.items()}
-    empty = [s for s, its in items.items() if its and len(missing[s]) == len(its)]
+    by_split: dict[str, list[Row]] = collections.defaultdict(list)
+    for row, split in zip(rows, splits):
+        by_split[split].append(row)
+
+    def file(row: Row) -> Path:
+        rel = Path(row.found or row.path)
+        return rel if rel.is_absolute() else root / rel
+
+    missing = {s: [r for r in rs if not file(r).exists()] for s, rs in by_split.items()}
+    empty = [s for s, rs in by_split.items() if len(missing[s]) == len(rs)]
     if not empty:
         return
     parts = []
     for split in empty:
         first = missing[split][0]
-        reason = first.get("error") or f"{display_path(first['file'])}: file not found"
-        count = len(items[split])
+        reason = first.error or f"{display_path(file(first))}: file not found"
+        count = len(by_split[split])
         what = "its only clip's file is" if count == 1 else f"the files of all {count} clips are"
         parts.append(f"split {split!r}: {what} missing ({reason}{'; ...' if count > 1 else ''})")
     others = sum(len(m) for s, m in missing.items() if s not in empty)
@@ -657,12 +673,18 @@ class AudioFolder(TaggingBuilder):
         return f"built from {_describe(recorded)}, but this run asks for {_describe(current)}"
 
     def preflight(self, manual_dir: Path | None = None) -> None:
-        """The CSV found and read (`read_table`'s every check) before the build starts: a CSV
-        it refuses leaves no folder behind (it left the dataset's empty folders and TFDS's
-        download folders)."""
+        """The CSV found and read (`read_table`'s every check) and the splits it would leave
+        without a file (`_refuse_missing_splits`) before the build starts: a CSV it refuses
+        leaves no folder behind (it left the dataset's empty folders and TFDS's download
+        folders)."""
         if manual_dir is not None:
-            read_table(_find_csv(Path(manual_dir), self.builder_config.csv), self.builder_config,
-                       Path(manual_dir))
+            config = self.builder_config
+            csv_path = _find_csv(Path(manual_dir), config.csv)
+            rows, _ = read_table(csv_path, config, Path(manual_dir))
+            kept = [(r, s) for r, s in zip(rows, row_splits(rows, config))
+                    if r.tags or not config.drop_untagged]
+            _refuse_missing_splits(csv_path, [r for r, _ in kept], [s for _, s in kept],
+                                   Path(manual_dir))
 
     def _split_generators(self, dl_manager):
         config = self.builder_config
@@ -676,11 +698,10 @@ class AudioFolder(TaggingBuilder):
                                           - set(SPLITS)))
         self._set_tags(vocab)
         self._note("csv_notes", said)  # the CSV's warning and note lines, as printed
+        splits = row_splits(rows, config)
         if all(r.split is not None for r in rows):
-            splits = [r.split for r in rows]
             self._note("split_source", f"column {config.split_column!r}")
         else:
-            splits = seeded_split(len(rows), config.split_fractions, config.split_seed)
             self._note("split_source", f"seeded: fractions {list(config.split_fractions)}, "
                                        f"seed {config.split_seed}")
         items = {s: [] for s in self._split_names()}
@@ -705,7 +726,6 @@ class AudioFolder(TaggingBuilder):
             if row.error:  # missing, with its near miss named
                 item["error"] = row.error
             items[split].append(item)
-        _refuse_missing_splits(csv_path, items)
         if items["train"]:  # a tag only other splits have: learnt from nothing, scored anyway
             # (rows whose file is missing count as none: a trial's only piano clip was one)
             trained = np.stack([item["tags"] for item in items["train"]
@@ -716,8 +736,8 @@ class AudioFolder(TaggingBuilder):
                 print(f"warning: {csv_path}: {len(lacking)} tag(s) have no clip in the train "
                       f"split ({', '.join(lacking[:10])}{', ...' if len(lacking) > 10 else ''}; "
                       "rows whose file is missing left out): a model trained on it cannot "
-                      "learn them, yet validation and tests score them", file=sys.stderr,
-                      flush=True)
+                      "learn them, yet validation and tests score them where they have clips",
+                      file=sys.stderr, flush=True)
         self._present = tuple(s for s in self._split_names() if items[s])
         if not self._present:
             raise ValueError(f"{csv_path}: no clips to build (every row was dropped as untagged)")
