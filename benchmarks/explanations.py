@@ -403,8 +403,9 @@ def score_numbers(rows: dict, loaded, args, heading: str, **meta) -> dict:
         return None if isinstance(v, float) and np.isnan(v) else v
 
     return {"meta": dict(model=str(loaded.directory), split=args.split,
-                         builder_config=args.builder_config or "default", heading=heading,
-                         **meta),
+                         builder_config=args.builder_config or "default",
+                         data_dir=str(args.data_dir or loaded.config.data.data_dir),
+                         ig_steps=args.ig_steps, heading=heading, **meta),
             "rows": {f"{subset}/{name}": {k: finite(v) for k, v in row.items()}
                      for (subset, name), row in rows.items()}}
 
@@ -1006,6 +1007,10 @@ def main(argv=None) -> int:
     p.add_argument("--write-docs", action="store_true",
                    help="replace the benchmark section of docs/explanations.md and its figures")
     args = p.parse_args(argv)
+    if args.clips < 1:
+        p.error(f"--clips must be at least 1, got {args.clips}")
+    if args.json and not Path(args.json).expanduser().absolute().parent.is_dir():
+        p.error(f"--json {args.json}: its folder does not exist")
 
     import jax
 

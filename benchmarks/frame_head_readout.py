@@ -95,6 +95,11 @@ def readouts(args: argparse.Namespace) -> int:
         return 2
     splits = ([s for s in args.splits.split(",") if s] if args.splits
               else ["test", *loaded.config.data.extra_test_splits])
+    from tagger_jax.datasets import load_split
+
+    cfg = loaded.config.data
+    for split in splits:  # every name checked before minutes of scoring (a trial's typo)
+        load_split(cfg.name, split, args.data_dir or cfg.data_dir, cfg.builder_config or None)
     report = {}
     for split in splits:
         labels, scores = split_scores(loaded, split, args.data_dir)

@@ -111,13 +111,15 @@ def test_score_maps_hand_made_cases_and_sklearn_loop():
     # --json: the rows as numbers (it once wrote the markdown as one string), NaN as null.
     import json
 
-    loaded = types.SimpleNamespace(directory=Path("runs/x/best_model"))
-    args = types.SimpleNamespace(split="test", builder_config="")
+    config = types.SimpleNamespace(data=types.SimpleNamespace(data_dir="data"))
+    loaded = types.SimpleNamespace(directory=Path("runs/x/best_model"), config=config)
+    args = types.SimpleNamespace(split="test", builder_config="", data_dir=None, ig_steps=32)
     numbers = json.loads(json.dumps(bench.score_numbers(
         bench.score_maps(maps, truth, np.zeros(3, bool)), loaded, args, "h", clips=3),
         allow_nan=False))
     assert numbers["meta"] == {"model": "runs/x/best_model", "split": "test",
-                               "builder_config": "default", "heading": "h", "clips": 3}
+                               "builder_config": "default", "data_dir": "data", "ig_steps": 32,
+                               "heading": "h", "clips": 3}
     assert numbers["rows"]["all/noisy"]["auc"] == rows[("all", "noisy")]["auc"]
     assert numbers["rows"]["detected/exact"] == {"pairs": 0, "pointing": None, "auc": None,
                                                  "deletion": None, "probability": None}
