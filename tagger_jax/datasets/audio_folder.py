@@ -728,8 +728,9 @@ class AudioFolder(TaggingBuilder):
             items[split].append(item)
         if items["train"]:  # a tag only other splits have: learnt from nothing, scored anyway
             # (rows whose file is missing count as none: a trial's only piano clip was one)
-            trained = np.stack([item["tags"] for item in items["train"]
-                                if os.path.exists(item["file"])]).any(axis=0)
+            found = [item["tags"] for item in items["train"] if os.path.exists(item["file"])]
+            trained = (np.stack(found).any(axis=0) if found
+                       else np.zeros(len(vocab), bool))  # the build refuses the empty split
             lacking = [t for t, seen in zip(vocab, trained) if not seen]
             self._note("tags_without_train_clips", lacking)
             if lacking:
