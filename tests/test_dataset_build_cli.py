@@ -70,3 +70,11 @@ def test_listed_quotes_only_when_a_bare_join_would_mislead():
     assert listed(["rock", " jazz"]) == '"rock", " jazz"'
     assert listed(["a,b", "Café"]) == '"a,b", "Café"'
     assert listed([]) == ""
+
+
+def test_the_summary_pads_split_names_by_terminal_columns():
+    """A trial's extra splits `日本` and `ｆｕｌｌ` pushed their counts out of the column (a
+    wide character takes two columns, `len` counts one)."""
+    assert build_dataset.display_width("train") == 5
+    assert build_dataset.display_width("日本") == 4 and build_dataset.display_width("ｆｕｌｌ") == 8
+    assert build_dataset.display_width("e\u0301") == 1  # a combining accent takes none

@@ -122,9 +122,10 @@ def run(args: argparse.Namespace) -> int:
     print(file=sys.stderr)  # a blank line after the progress bars; stdout holds the summary only
     print(f"{builder.name}/{builder.builder_config.name} {builder.version} in {builder.data_dir}")
     sizes = datasets.split_sizes(builder)
-    width = max([10, *map(len, sizes)])
-    for split, n in sizes.items():
-        print(f"  {split:<{width}} {n:>8} clip{'' if n == 1 else 's'}")
+    width = max([10, *map(display_width, sizes)])
+    for split, n in sizes.items():  # padded by columns: a wide (CJK) name takes two
+        pad = " " * (width - display_width(split))
+        print(f"  {split}{pad} {n:>8} clip{'' if n == 1 else 's'}")
     tags = datasets.tag_names(builder)
     print(f"{len(tags)} tags: {tags_lib.listed(tags)}")
     noted = (builder.info.metadata or {}).get("config") or {}
@@ -148,3 +149,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("no files skipped")
     return 0
+
+
+def display_width(text: str) -> int:
+    """Terminal columns of `text`: East Asian wide and fullwidth characters take two (Unicode
+    UAX #11), combining marks none."""
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(ch) else
+               2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
