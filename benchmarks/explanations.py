@@ -572,7 +572,8 @@ def track_score_benchmark(loaded, args) -> tuple[str, dict]:
     share = np.mean([t.mean() for t in truth])
     print(f"track scoring done in {time.perf_counter() - t0:.0f} s", flush=True)
     heading = (
-        f"`soundfont_tags` {args.split}: {len(tracks)} whole clips ({'/'.join(map(str, lengths))}"
+        f"`soundfont_tags` {args.split}: {len(tracks)} whole clip{'s' * (len(tracks) != 1)} "
+        f"({'/'.join(map(str, lengths))}"
         f" frames, {'/'.join(map(str, windows))} explain windows of {chunk} frames), "
         f"{len(pairs)} (clip, instrument) pairs sounding in part of the clip only (on average "
         f"in {share:.0%} of its frames); taggram: {fine}-frame windows, hop {max(1, fine // 4)};"

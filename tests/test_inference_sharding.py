@@ -4,7 +4,9 @@ each (tests/inference_worker.py), every input computed by exactly one process.
 
 Tolerances (float32; inference is row-wise, so only the compiled program's summation order can
 differ between device counts): 2e-6 absolute on the probabilities of tags.json (written rounded to
-6 decimals: the rounding alone can differ by 1e-6) and 1e-5 on the explanation NPZ arrays.
+6 decimals: the rounding alone can differ by 1e-6) and 1e-5 on the explanation NPZ's
+probabilities, attention and contribution maps (docs/explanations.md gives the gradient maps'
+relative agreement).
 """
 from __future__ import annotations
 
