@@ -24,7 +24,7 @@ import numpy as np
 import ml_collections
 
 from tagger_jax.config_base import authors_released_config, paper_mtat_config
-from tagger_jax.models import CLASSIFIER
+from tagger_jax.models import CLASSIFIER, EMBEDDING, FRONTEND, POOLER
 from tagger_jax.models.frontends import HORIZONTAL_BRANCHES, VERTICAL_BRANCHES
 
 VARIANTS = ("training", "released")
@@ -111,7 +111,7 @@ def mapping_plan(model_config: Mapping[str, Any], num_tags: int = 50) -> Plan:
             plan[(collection, *path, flax_name)] = [
                 Source(f"{k}.{torch_name}", (n,)) for k, n in zip(keys, sizes)]
 
-    batch_norm(("frontend", "input_bn"), ["front_end.input_bn"], [1])
+    batch_norm((FRONTEND, "input_bn"), ["front_end.input_bn"], [1])
     # front_end.layers.0..9 in order: vertical (86 rows) 0-2, vertical (38 rows) 3-5, horizontal 6-9.
     groups: dict[str, list[tuple[int, tuple[int, ...], Convert]]] = {}
     for index, (h, w, m) in enumerate(VERTICAL_BRANCHES):
@@ -122,11 +122,11 @@ def mapping_plan(model_config: Mapping[str, Any], num_tags: int = 50) -> Plan:
     for group, branches in groups.items():
         for i, (index, shape, convert) in enumerate(branches):
             key = f"front_end.layers.{index}"
-            plan[("params", "frontend", group, f"kernel_{i}")] = [
+            plan[("params", FRONTEND, group, f"kernel_{i}")] = [
                 Source(f"{key}.conv.weight", shape, convert)]
-            plan[("params", "frontend", group, f"bias_{i}")] = [
+            plan[("params", FRONTEND, group, f"bias_{i}")] = [
                 Source(f"{key}.conv.bias", shape[:1])]
-        batch_norm(("frontend", f"{group}_bn"), [f"front_end.layers.{i}.bn" for i, *_ in branches],
+        batch_norm((FRONTEND, f"{group}_bn"), [f"front_end.layers.{i}.bn" for i, *_ in branches],
                    [shape[0] for _, shape, _ in branches])
         total += sum(shape[0] for _, shape, _ in branches)
     plan[("params", "conv1x1", "kernel")] = [
@@ -136,9 +136,9 @@ def mapping_plan(model_config: Mapping[str, Any], num_tags: int = 50) -> Plan:
 
     if cfg["positions"] == "learned":
         rows = int(cfg["max_positions"])
-        plan[("params", "embedding", "position_embeddings")] = [
+        plan[("params", EMBEDDING, "position_embeddings")] = [
             Source("back_end.embedding.position_embeddings.weight", (rows, d))]
-        layer_norm(("embedding", "layer_norm"), "back_end.embedding.LayerNorm")
+        layer_norm((EMBEDDING, "layer_norm"), "back_end.embedding.LayerNorm")
     if cfg["cls_token"] != "fixed":
         raise AuthorsImportError("the authors' models use the fixed [CLS] vector (cls_token "
                                  f"'fixed'), config has {cfg['cls_token']!r}")
@@ -151,7 +151,7 @@ def mapping_plan(model_config: Mapping[str, Any], num_tags: int = 50) -> Plan:
         dense((*path, "intermediate"), f"{key}.intermediate.dense", d, ffn)
         dense((*path, "output"), f"{key}.output.dense", ffn, d)
         layer_norm((*path, "output_norm"), f"{key}.output.LayerNorm")
-    dense(("pooler",), "back_end.pooler.dense", d, d)
+    dense((POOLER,), "back_end.pooler.dense", d, d)
     dense((CLASSIFIER,), "classifier", d, num_tags)  # ours, then their key
     return plan
 

@@ -914,7 +914,9 @@ def make_embed_fn(model, has_attention: bool) -> Callable[[Any, Any], dict]:
     import jax
     import jax.numpy as jnp
 
-    names = ("frontend", "pooler") if has_attention else ("frontend", "dense_bn")
+    from tagger_jax.models import DENSE_BN, FRONTEND, POOLER
+
+    names = (FRONTEND, POOLER) if has_attention else (FRONTEND, DENSE_BN)
 
     @jax.jit
     def embed(variables, x):
@@ -923,11 +925,11 @@ def make_embed_fn(model, has_attention: bool) -> Callable[[Any, Any], dict]:
             capture_intermediates=lambda mdl, method: (
                 method == "__call__" and len(mdl.scope.path) == 1 and mdl.name in names))
         inter = state["intermediates"]
-        frontend = inter["frontend"]["__call__"][0]
+        frontend = inter[FRONTEND]["__call__"][0]
         if has_attention:
-            embedding = jnp.tanh(inter["pooler"]["__call__"][0])
+            embedding = jnp.tanh(inter[POOLER]["__call__"][0])
         else:
-            embedding = jax.nn.relu(inter["dense_bn"]["__call__"][0])
+            embedding = jax.nn.relu(inter[DENSE_BN]["__call__"][0])
         return {"probabilities": jax.nn.sigmoid(logits.astype(jnp.float32)),
                 "embedding": embedding.astype(jnp.float32),
                 "frontend": frontend.astype(jnp.float32).mean(axis=1)}

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from tagger_jax import errors
-from tagger_jax.models import CLASSIFIER
+from tagger_jax.models import CLASSIFIER, CLS_PARAM, EMBEDDING, POOLER
 
 OPTIMIZERS = ("authors", "adamw")
 
@@ -83,7 +83,7 @@ def _decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-READOUT = (("embedding", "cls"), ("pooler",), (CLASSIFIER,))  # parameter path prefixes
+READOUT = ((EMBEDDING, CLS_PARAM), (POOLER,), (CLASSIFIER,))  # parameter path prefixes
 
 
 def _readout_mask(params: Any) -> Any:

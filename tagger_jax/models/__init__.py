@@ -18,9 +18,18 @@ FRAME_HEAD_READOUTS = ("linear", "tag_head")  # model.frame_head_readout: its ow
 CLASSIFIER = "classifier"
 FRAME_CLASSIFIER = "frame_classifier"
 TAG_OUTPUTS = (CLASSIFIER, FRAME_CLASSIFIER)
+# Names of the modules that code outside models/ reads by name (embed's intermediates, the
+# readout's learning rate, the authors' checkpoint map): the front-end, the Transformer's
+# embedding and its learned [CLS] parameter, the [CLS] pooler, and the convolutional back-end's
+# hidden BatchNorm.
+FRONTEND = "frontend"
+EMBEDDING = "embedding"
+CLS_PARAM = "cls"
+POOLER = "pooler"
+DENSE_BN = "dense_bn"
 
-__all__ = ["ARCHITECTURES", "Architecture", "CLASSIFIER", "FRAME_CLASSIFIER", "Geometry",
-           "LOG_MEL", "N_MELS", "TAG_OUTPUTS", "WAVEFORM", "WAVEFORM_SAMPLES", "WAVEFORM_STEP",
+__all__ = ["ARCHITECTURES", "Architecture", "CLASSIFIER", "CLS_PARAM", "DENSE_BN", "EMBEDDING",
+           "FRAME_CLASSIFIER", "FRONTEND", "Geometry", "LOG_MEL", "N_MELS", "POOLER", "TAG_OUTPUTS", "WAVEFORM", "WAVEFORM_SAMPLES", "WAVEFORM_STEP",
            "build_model", "geometry", "get_architecture", "input_shape", "model_fields"]
 
 

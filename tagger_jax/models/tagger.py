@@ -15,7 +15,8 @@ from typing import Any, Optional
 import jax.numpy as jnp
 import flax.linen as nn
 
-from tagger_jax.models import CLASSIFIER, FRAME_CLASSIFIER
+from tagger_jax.models import (CLASSIFIER, DENSE_BN, EMBEDDING, FRAME_CLASSIFIER, FRONTEND,
+                               POOLER)
 from tagger_jax.models.frontends import LeeFrontEnd, PonsFrontEnd, batch_norm
 from tagger_jax.models.transformer import Embedding, Encoder, _bert_init
 
@@ -80,17 +81,17 @@ class AttentionTagger(nn.Module):
             raise ValueError("return_frame_logits needs frame_head=True and no return_attention")
         if self.frontend == "pons":
             seq = PonsFrontEnd(self.conv_channels, self.dtype, self.timbre_norm,
-                               self.tempo_features, self.tempo_hidden, name="frontend")(x, train)
+                               self.tempo_features, self.tempo_hidden, name=FRONTEND)(x, train)
             seq = nn.Dense(self.attention_channels, dtype=self.dtype, name="conv1x1")(seq)
             seq = nn.relu(batch_norm(train, "conv1x1_bn", self.dtype)(seq))
         elif self.frontend == "lee":
             seq = LeeFrontEnd(self.conv_channels, self.attention_channels, self.dtype,
-                              name="frontend")(x, train)
+                              name=FRONTEND)(x, train)
         else:
             raise ValueError(f"unknown front-end {self.frontend!r}")
         frame_head_layer = self.frame_head_layer if self.frame_head else 0
         h = Embedding(self.cls_token, self.positions, self.max_positions, self.hidden_dropout,
-                      self.dtype, name="embedding")(seq, train)
+                      self.dtype, name=EMBEDDING)(seq, train)
         capture = return_frame_logits and frame_head_layer > 0
         out = Encoder(self.attention_layers, self.attention_heads, self.intermediate,
                       self.attention_dropout, self.hidden_dropout, self.dtype,
@@ -102,7 +103,7 @@ class AttentionTagger(nn.Module):
         if capture:
             seq = out[2][:, 1:]  # the frame head reads the positions, not [CLS]
         pooler = nn.Dense(self.attention_channels, dtype=self.dtype, kernel_init=_bert_init,
-                          name="pooler")
+                          name=POOLER)
         dropout = nn.Dropout(self.classifier_dropout)
         classifier = nn.Dense(self.num_tags, dtype=jnp.float32, name=CLASSIFIER)
 
@@ -144,7 +145,7 @@ class ConvTagger(nn.Module):
             raise ValueError("pons_pons has no attention: attention maps and overrides need "
                              "pons_won or lee_won")
         seq = PonsFrontEnd(self.conv_channels, self.dtype, self.timbre_norm,
-                           self.tempo_features, self.tempo_hidden, name="frontend")(x, train)
+                           self.tempo_features, self.tempo_hidden, name=FRONTEND)(x, train)
 
         def block(h, i):
             h = nn.Conv(self.backend_channels, (7,), padding=((3, 3),), dtype=self.dtype,
@@ -157,6 +158,6 @@ class ConvTagger(nn.Module):
         h3 = block(h2, 3) + h2
         pooled = jnp.concatenate([jnp.max(h3, axis=1), jnp.mean(h3, axis=1)], axis=-1)
         h = nn.Dense(self.dense_channels, dtype=self.dtype, name="dense")(pooled)
-        h = nn.relu(batch_norm(train, "dense_bn", self.dtype)(h))
+        h = nn.relu(batch_norm(train, DENSE_BN, self.dtype)(h))
         h = nn.Dropout(self.classifier_dropout)(h, deterministic=not train)
         return nn.Dense(self.num_tags, dtype=jnp.float32, name=CLASSIFIER)(h.astype(jnp.float32))

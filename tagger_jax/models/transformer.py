@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from tagger_jax.models import CLS_PARAM
+
 Dtype = Any
 LAYER_NORM_EPS = 1e-12
 _bert_init = nn.initializers.normal(stddev=0.02)
@@ -67,7 +69,7 @@ class Embedding(nn.Module):
         if self.cls_token == "fixed":
             cls = jnp.asarray(fixed_cls_vector(channels))
         elif self.cls_token == "learned":
-            cls = self.param("cls", _bert_init, (1, channels))
+            cls = self.param(CLS_PARAM, _bert_init, (1, channels))
         else:
             raise ValueError(f"cls_token must be 'fixed' or 'learned', got {self.cls_token!r}")
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(seq.dtype), (batch, 1, channels)), seq], 1)
