@@ -42,6 +42,7 @@ import os
 import re
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -78,12 +79,26 @@ class Input:
     extras: Optional[Callable[[], Mapping[str, Any]]] = None
 
 
+def _key_char(ch: str) -> bool:
+    """Whether `safe_key` keeps `ch`: ASCII letters, digits and `._+-`, and the letters and
+    digits of other scripts (`str.isalnum`: 'ソング', 'Привет', 'é' in NFC)."""
+    return ch.isalnum() if not ch.isascii() else (ch.isalnum() or ch in "._+-")
+
+
 def safe_key(text: str, max_len: int = 120) -> str:
-    """A file-name-safe stem: odd characters become '_', long names keep a hash suffix."""
-    key = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._") or "input"
-    if len(key) > max_len:
-        digest = hashlib.sha1(text.encode()).hexdigest()[:10]
-        key = key[: max_len - 11] + "-" + digest
+    """A file-name-safe stem of `text`: each run of characters `_key_char` refuses becomes '_'
+    (spaces, punctuation, path separators, controls, emoji; the text is NFC-normalised first),
+    leading and trailing '.' and '_' are dropped ('input' when nothing is left), and a stem over
+    `max_len` bytes of UTF-8 is cut to `max_len - 11` bytes (whole characters) and ended with
+    '-' and 10 hex digits of the text's SHA-1 (file systems count a name's bytes, 255 at most,
+    and a CJK character takes 3). An ASCII text gets the stem it got before other scripts were
+    kept (they used to become '_': a trial's `日本.wav` and `中文.wav` were both `wav`)."""
+    normal = unicodedata.normalize("NFC", text)
+    key = "".join(ch if _key_char(ch) else "\0" for ch in normal)
+    key = re.sub("\0+", "_", key).strip("._") or "input"
+    if len(key.encode()) > max_len:
+        digest = hashlib.sha1(text.encode(errors="surrogatepass")).hexdigest()[:10]
+        key = key.encode()[: max_len - 11].decode(errors="ignore") + "-" + digest
     return key
 
 

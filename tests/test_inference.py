@@ -3,6 +3,7 @@ once, streaming windows with bounded memory, `tag` and `explain` agreeing on a t
 embeddings that are exactly what the classifier reads."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import jax
@@ -264,6 +265,40 @@ def test_embed_cli_writes_npz_and_resumes(model_dir, files, tmp_path, capsys):
     assert "skipped 2 already finished" in capsys.readouterr().err
     assert (out / "long.npy.npz").stat().st_mtime_ns == mtime
     assert not (out / "run.part1.json").exists()
+
+
+def test_output_keys_keep_other_scripts_and_fit_a_file_name():
+    """Keys of ASCII names are those of every earlier version (docs/explanations.md's example);
+    letters of other scripts stay (a trial's `日本.wav` and `中文.wav` both became `wav`), and a
+    key is cut by bytes, which file systems count, to whole characters."""
+    key = inference.safe_key
+    assert key("my song (live).wav") == "my_song_live_.wav"
+    assert key("a__b c") == "a__b_c" and key("..x..") == "x" and key("🎵") == "input"
+    assert key("日本.wav") == "日本.wav" and key("中文.wav") == "中文.wav"
+    assert key("Привет мир 🎵.flac") == "Привет_мир_.flac"
+    assert key("e\u0301te\u0301.wav") == key("\u00e9t\u00e9.wav") == "\u00e9t\u00e9.wav"  # NFC
+    long_ascii, long_cjk = "x" * 130, "ソ" * 80 + ".wav"
+    assert key(long_ascii) == "x" * 109 + "-" + hashlib.sha1(long_ascii.encode()).hexdigest()[:10]
+    cut = key(long_cjk)
+    assert len(cut.encode()) <= 120 and cut.startswith("ソ" * 36 + "-") and len(cut) == 36 + 11
+    assert key("ソ" * 80 + ".flac") != cut
+
+
+def test_embed_writes_outputs_named_in_other_scripts(model_dir, files, tmp_path, capsys):
+    d = tmp_path / "collection"
+    d.mkdir()
+    long_name = "長い曲名" * 20 + ".npy"  # 244 bytes: a file name near the limit of 255
+    for name in ("日本.npy", "中文.npy", long_name):
+        (d / name).write_bytes((files / "mid.npy").read_bytes())
+    out = tmp_path / "emb"
+    assert cli.main(["embed", "--checkpoint", str(model_dir), str(d), "--out", str(out),
+                     "--no-progress"]) == 0
+    written = sorted(p.name for p in out.glob("*.npz") if p.name != "embeddings.npz")
+    assert written[:2] == ["中文.npy.npz", "日本.npy.npz"] and len(written) == 3
+    assert written[2].startswith("長い曲名" * 9)
+    merged = embedding.load_embeddings(out / "embeddings.npz")
+    assert sorted(str(n) for n in merged["names"]) == sorted(
+        str(d / n) for n in ("日本.npy", "中文.npy", long_name))
 
 
 def test_outputs_of_files_named_from_another_directory_are_reused(model_dir, files, tmp_path,
