@@ -209,6 +209,18 @@ def _announce_reuse(builder: tfds.core.DatasetBuilder, hint: str) -> None:
           file=sys.stderr, flush=True)
 
 
+def _note_source(name: str, builder: tfds.core.DatasetBuilder) -> None:
+    """A `note:` line on stderr when the build's recorded source has changed since (the builder
+    class's `source_note`): a run reading it without a manual directory is not refused (the
+    build is what it asked for) but is told it reads the old rows."""
+    cls = tfds.builder_cls(name)
+    note = (cls.source_note(dict(builder.info.metadata or {}))
+            if issubclass(cls, TaggingBuilder) else None)
+    if note:
+        print(f"note: {_label(builder)} in {builder.data_dir}: {note}; `tagger-jax build-dataset "
+              f"{name} --manual-dir DIR --overwrite` builds it again", file=sys.stderr, flush=True)
+
+
 def _label(builder: tfds.core.DatasetBuilder) -> str:
     config = builder.builder_config.name if builder.builder_config else "default"
     return f"{builder.name}/{config} {builder.version}"
@@ -309,6 +321,8 @@ def ensure_built(name: str, data_dir: str | os.PathLike,
     if _is_prepared(builder):
         _check_reuse(name, builder, manual_dir)
         _announce_reuse(builder, "tagger-jax build-dataset --overwrite rebuilds it")
+        if not manual_dir:
+            _note_source(name, builder)
         return builder
     if name in SELF_CONTAINED:
         made = list(builder._split_names())

@@ -210,6 +210,13 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
         Builders whose source a user chooses (`audio_folder`) override this."""
         return None
 
+    @classmethod
+    def source_note(cls, metadata: dict[str, Any]) -> str | None:
+        """What a run that reads an existing build (its saved `metadata`) without naming its
+        source should be told about that source: a phrase, or None. Builders whose source a
+        user edits (`audio_folder`'s CSV) override this."""
+        return None
+
     def _has_tag_mask(self) -> bool:
         return False
 

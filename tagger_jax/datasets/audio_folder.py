@@ -48,7 +48,9 @@ with more non-empty cells than the header (an unquoted delimiter inside the tags
 The metadata records what the build came from (`built_from`: the manual directory's resolved
 path and the CSV's path, size, modification time and SHA-256). Asking for the same dataset in the
 same data directory from another manual directory, or after the CSV changed, is refused
-(`AudioFolder.reuse_conflict`) instead of silently reusing the old build.
+(`AudioFolder.reuse_conflict`) instead of silently reusing the old build; a run that reads the
+build without naming a manual directory (evaluate, `explain` or `embed --dataset`, training) gets
+a `note:` line when the recorded CSV has changed since (`AudioFolder.source_note`).
 """
 from __future__ import annotations
 
@@ -671,6 +673,26 @@ class AudioFolder(TaggingBuilder):
         if current["manual_dir"] == recorded.get("manual_dir") and _same_csv(recorded, current):
             return None
         return f"built from {_describe(recorded)}, but this run asks for {_describe(current)}"
+
+    @classmethod
+    def source_note(cls, metadata: dict[str, Any]) -> str | None:
+        """"its CSV ... has changed since" when the CSV the build recorded (`built_from`) is
+        still at its path but holds other bytes; None when it is the same, gone (a moved
+        collection) or unrecorded. A run that reads the build without `--manual-dir` (evaluate,
+        explain or embed `--dataset`, training) reads the old rows; this says so."""
+        recorded = metadata.get("built_from")
+        if not recorded or not recorded.get("csv"):
+            return None
+        try:
+            current = source_record(Path(recorded["manual_dir"]), Path(recorded["csv"]))
+        except OSError:
+            return None
+        if _same_csv(recorded, current):
+            return None
+        return (f"its CSV {recorded['csv']} has changed since the build ({recorded.get('csv_bytes')}"
+                f" bytes, sha256 {str(recorded.get('csv_sha256'))[:12]} then; "
+                f"{current['csv_bytes']} bytes, sha256 {current['csv_sha256'][:12]} now): this run "
+                "reads the rows of the build")
 
     def preflight(self, manual_dir: Path | None = None) -> None:
         """The CSV found and read (`read_table`'s every check) and the splits it would leave
