@@ -215,11 +215,13 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
     share = inference.process_share(items, process, processes)
     old_failures = _read_failures(out / FAILURES)
     skipped, failed, todo, replaced = [], {}, [], []
+    reused_warned = []  # (warnings, audio_warnings) of the reused NPZs
     for item in share:
         path = out / f"{item.key}.npz"
         npz = _read_npz(path)
         if inference.reusable(npz, signature, item.fingerprint):
             skipped.append(item.name)
+            reused_warned.append(inference.stored_warnings(npz))
             continue
         if path.exists():  # made with other settings, or of an earlier version of the input
             replaced.append(item.name)
@@ -255,9 +257,10 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
         errors.interrupted_note(e, "embedded", len(done), len(todo), f"are in {out}",
                                 "running it again embeds")
         raise
-    counted = inference.warning_counts(warned, len(todo))
-    if counted:
-        print(counted, file=sys.stderr)
+    for counted in (inference.warning_counts(warned, len(todo)),
+                    inference.warning_counts(reused_warned, len(skipped), reused=True)):
+        if counted:
+            print(counted, file=sys.stderr)
     by_name = {it.name: it for it in todo}
     for name, msg in result.failed.items():
         failed[name] = msg

@@ -627,12 +627,15 @@ SHORT_CLIP = "shorter than one window"  # how the count names a result's `warnin
 # note `inference.prepare` makes: a clip repeated to fill one window)
 
 
-def warning_counts(warned: list[tuple[list[str], dict[str, str]]], total: int) -> str | None:
+def warning_counts(warned: list[tuple[list[str], dict[str, str]]], total: int,
+                   reused: bool = False) -> str | None:
     """One line counting this run's warned inputs by kind, for the end of a run whose per-input
     `warning:` lines scrolled by (a folder of short clips gives one per file): `warned` holds each
     input's (`warnings`, `audio_warnings`) as the results store them, `total` the inputs tried.
     None when no input was warned. E.g. "warning: 3 of 200 input(s) tried had warnings: 2
-    shorter than one window, 1 clipping (each said above)"."""
+    shorter than one window, 1 clipping (each said above)". With `reused`, the same count of the
+    inputs whose outputs were reused (`stored_warnings`; their warnings were said by the run that
+    made them): "warning: 2 of 40 reused input(s) had warnings when they were made: ..."."""
     counts: dict[str, int] = {}
     inputs = 0
     for notes, codes in warned:
@@ -643,8 +646,27 @@ def warning_counts(warned: list[tuple[list[str], dict[str, str]]], total: int) -
     if not inputs:
         return None
     kinds = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))  # most first, then by name
-    return (f"warning: {inputs} of {total} input(s) tried had warnings: "
-            + ", ".join(f"{n} {kind}" for kind, n in kinds) + " (each said above)")
+    listed = ", ".join(f"{n} {kind}" for kind, n in kinds)
+    if reused:
+        return (f"warning: {inputs} of {total} reused input(s) had warnings when they were made: "
+                f"{listed} (kept in their outputs)")
+    return f"warning: {inputs} of {total} input(s) tried had warnings: {listed} (each said above)"
+
+
+def stored_warnings(output: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """(`warnings`, `audio_warnings`) of a stored output, as `warning_counts` reads them: a tag
+    result or an explain summary (lists and dicts; absent when there were none) or an embed NPZ
+    (JSON text). Unreadable or missing fields count as none."""
+    def field(name: str, kind: type) -> Any:
+        value = output.get(name)
+        if value is not None and not isinstance(value, (list, dict)):
+            try:
+                value = json.loads(str(value))
+            except ValueError:
+                value = None
+        return value if isinstance(value, kind) else kind()
+
+    return field("warnings", list), field("audio_warnings", dict)
 
 
 def input_duration_s(loaded: Any, length: int, geom: Geometry) -> float:

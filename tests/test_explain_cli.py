@@ -185,6 +185,11 @@ def test_short_clip_warning_in_the_summary_and_replaced_outputs_said(setup, tmp_
     [note] = summary["warnings"]
     assert note.startswith(f"{tmp_path / 'tiny.npy'}: only 20 time steps") and "repeated" in note
     assert f"warning: {note}" in err and "replaced" not in err
+    kinds = "1 not_log_mel, 1 shorter than one window"  # random values: not a log-mel's range
+    assert f"warning: 1 of 1 input(s) tried had warnings: {kinds} (each said above)\n" in err
+    assert explain(*argv) == 0  # reused: its warnings counted again, as tag and embed do
+    assert (f"warning: 1 of 1 reused input(s) had warnings when they were made: {kinds} (kept in "
+            "their outputs)\n") in capsys.readouterr().err
     assert explain(*argv, "--hop", "0.1") == 0
     captured = capsys.readouterr()
     assert (f"1 output(s) in {tmp_path / 'out'} came from another model, other settings or an "

@@ -570,6 +570,9 @@ def test_embed_records_short_clips_and_says_when_it_replaces_other_settings(mode
     assert f"warning: {note}" in err and "replaced" not in err
     assert "warning: 1 of 2 input(s) tried had warnings: 1 shorter than one window" in err
     assert json.loads(str(embedding.load_embeddings(out / "long.npy.npz")["warnings"])) == []
+    assert cli.main(argv) == 0  # reused: the short clip's warning counted again
+    assert ("warning: 1 of 2 reused input(s) had warnings when they were made: 1 shorter than "
+            "one window (kept in their outputs)\n") in capsys.readouterr().err
     before = str(embedding.load_embeddings(out / "long.npy.npz")["signature"])
     assert cli.main(argv + ["--windows", "paper"]) == 0
     captured = capsys.readouterr()

@@ -376,6 +376,11 @@ def test_broken_files_get_one_line_errors_and_short_clips_a_warning_field(model_
     # and the end of the run counts the warned inputs, which a long folder's lines scroll away
     assert ("warning: 1 of 4 input(s) tried had warnings: 1 shorter than one window (each said "
             "above)\n") in err
+    # A rerun reusing the result counts its warnings again (said by the run that made it only)
+    assert cli.main(["tag", "--checkpoint", str(model_dir), "--output", str(out), "--quiet",
+                     "--resume", str(tmp_path / "short.wav")]) == 0
+    assert ("warning: 1 of 1 reused input(s) had warnings when they were made: 1 shorter than "
+            "one window (kept in their outputs)\n") in capsys.readouterr().err
 
 
 def test_warning_counts_count_inputs_and_kinds():

@@ -200,6 +200,8 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     # Inputs finished earlier show this run's --top-k, and their line comes first.
     done = [tagging.with_top_k(r, args.top_k) if r["file"] in finished & prints.keys() else r
             for r in done]
+    reused_warned = [inference.stored_warnings(r) for r in done
+                     if r["file"] in finished & prints.keys() and "error" not in r]
     if process == 0:
         rank = {n: i for i, n in enumerate(names)}
         for r in sorted((r for r in done if r["file"] in rank), key=lambda r: rank[r["file"]]):
@@ -251,10 +253,11 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
         source = f"{args.output} and its part files" if parts else args.output
         print(f"{reused} of {total} inputs reused from {source} (finished earlier)",
               file=sys.stderr)
-    warned = inference.warning_counts([(r.get("warnings", []), r.get("audio_warnings", {}))
-                                       for r in results if "error" not in r], len(results))
-    if warned:
-        print(warned, file=sys.stderr)
+    for warned in (inference.warning_counts([inference.stored_warnings(r) for r in results
+                                             if "error" not in r], len(results)),
+                   inference.warning_counts(reused_warned, reused, reused=True)):
+        if warned:
+            print(warned, file=sys.stderr)
     if args.output is not None:
         print(f"results written to {args.output}", file=sys.stderr)
     if args.csv is not None:  # this run's inputs, tagged now or reused: the output file has both

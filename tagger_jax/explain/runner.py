@@ -1051,6 +1051,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     share = inference.process_share(items, process, processes)
     failures = report.load_failures(out_dir)
     done, skipped, failed, todo, replaced = [], [], {}, [], []
+    warned, reused_warned = [], []  # (warnings, audio_warnings) of this run's and reused inputs
     replaced_summaries: list[dict] = []  # what `what_changed` compares
     silent: list[str] = []  # explained with --listen but without audio to play
     for item in share:
@@ -1060,6 +1061,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         if (inference.reusable(s, signature, item.fingerprint)
                 and s.get("requested_tags", []) == list(item.explain_tags)):
             skipped.append(item.name)
+            reused_warned.append(inference.stored_warnings(s))
             continue
         old = failures.get(item.key)
         if (old and old.get("fingerprint") == item.fingerprint and not options.retry_failed
@@ -1111,6 +1113,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
                 bar.set_postfix_str("", refresh=False)
         failures.pop(key, None)
         done.append(track.item.name)
+        warned.append((list(track.notes), dict(track.warnings)))
         if options.listen and track.extras.get("audio") is None:
             silent.append(track.item.name)
         bar.update(1)
@@ -1164,6 +1167,10 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         raise
     finally:
         bar.close()
+        for counted in (inference.warning_counts(warned, len(todo)),
+                        inference.warning_counts(reused_warned, len(skipped), reused=True)):
+            if counted:
+                print(counted, file=sys.stderr)
         if silent:
             print(f"warning: --listen: {len(silent)} input(s) have no audio, only a log-mel (a "
                   f".npy spectrogram or a dataset's records), so no .ogg was written for them "
