@@ -531,7 +531,7 @@ class WindowPlan:
     def __post_init__(self):
         if self.windows not in WINDOWS:
             raise ValueError(f"windows must be one of {WINDOWS}, got {self.windows!r}")
-        if self.hop_s is not None and not self.hop_s > 0:
+        if self.hop_s is not None and not 0 < self.hop_s < float("inf"):  # nan fails both
             raise ValueError(f"--hop must be a positive number of seconds, got {self.hop_s}")
         if self.num_chunks < 1:
             raise ValueError(f"the number of chunks must be positive, got {self.num_chunks}")
@@ -540,11 +540,11 @@ class WindowPlan:
         """The hop in input time steps, at most one chunk (None: one chunk)."""
         if self.hop_s is None:
             return None
-        hop = geom.steps(self.hop_s)
-        if hop > geom.chunk:
+        # (compared in seconds first: 1e308 s has no whole number of steps)
+        if self.hop_s > 2 * geom.chunk_s or geom.steps(self.hop_s) > geom.chunk:
             raise ValueError(f"--hop {self.hop_s} s is longer than one window ({geom.chunk_s:.3f}"
                              " s): parts of the track would never be seen")
-        return hop
+        return geom.steps(self.hop_s)
 
     def hop_note(self, geom: Geometry) -> Optional[str]:
         """A `note:` line when the hop the model can take (a whole number of its input steps,

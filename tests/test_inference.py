@@ -75,6 +75,11 @@ def test_window_plans():
         inference.WindowPlan(hop_s=1.0).hop_steps(geom)
     with pytest.raises(ValueError, match="positive"):
         inference.WindowPlan(hop_s=0.0)
+    for bad in ("inf", "nan"):  # a trial's --hop inf was an OverflowError deep in the geometry
+        with pytest.raises(ValueError, match="positive"):
+            inference.WindowPlan(hop_s=float(bad))
+    with pytest.raises(ValueError, match="longer than one window"):
+        inference.WindowPlan(hop_s=1e308).hop_steps(geom)
 
 
 def test_short_clips_identical_windows_are_computed_once(engine, tmp_path):
