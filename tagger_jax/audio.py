@@ -196,7 +196,8 @@ def scan_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tu
     audio). Directories are searched recursively (symbolic links to directories are not
     followed) and a file is taken when its suffix is in `INPUT_SUFFIXES` (case-insensitive) or,
     whatever its suffix, its first bytes are a known audio container (`sniff_format`). Skipped:
-    macOS resource forks (`._NAME`), broken links, non-regular files, unreadable directories,
+    macOS resource forks (`._NAME`), broken links, links to directories (listed: they are not
+    followed), non-regular files, unreadable directories,
     the lock and temporary files of tagger-jax runs (`outputs.run_file_kind`) and files that
     are not audio. Inputs are sorted per named directory and de-duplicated.
     """
@@ -211,7 +212,11 @@ def scan_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tu
         def unreadable(error: OSError) -> None:
             skipped.append((Path(error.filename), f"cannot list this directory ({error.strerror})"))
 
-        for folder, _, names in os.walk(root, onerror=unreadable):
+        for folder, dirs, names in os.walk(root, onerror=unreadable):
+            for name in dirs:  # os.walk does not follow them: said, not dropped silently
+                if os.path.islink(os.path.join(folder, name)):
+                    skipped.append((Path(folder) / name,
+                                    "link to a directory (not followed; name its target)"))
             for name in names:
                 f = Path(folder) / name
                 why = _skip_reason(f)
@@ -234,7 +239,7 @@ def _skip_reason(f: Path) -> str | None:
         return None
     kind = outputs.run_file_kind(f.name)
     if kind:
-        return f"{kind} of a tagger-jax run, not audio"
+        return f"{kind} (of a tagger-jax run, not audio)"
     if sniff_format(f):
         return None
     return f"not audio (suffix {f.suffix.lower() or 'none'} and the content is no known audio format)"
@@ -755,9 +760,17 @@ def log_mel(wave: np.ndarray, sample_rate: int = 16000, n_fft: int = 512, hop_le
 # ----------------------------------------------------------------------------------- inputs
 
 
+# numpy parses a .npy header with `ast.literal_eval`, and CPython 3.11's AST construction is not
+# safe across threads (python/cpython#106905: "SystemError: AST constructor recursion depth
+# mismatch"); the inference path's load workers read .npy inputs in threads, and one such read
+# failed in this suite under load (Python 3.11.7). One read at a time.
+_NPY_LOCK = threading.Lock()
+
+
 def _load_npy(p: Path) -> np.ndarray:
     try:
-        return np.load(p, allow_pickle=False)  # never unpickle user files
+        with _NPY_LOCK:
+            return np.load(p, allow_pickle=False)  # never unpickle user files
     except Exception as e:
         if "allow_pickle" in str(e):
             raise InputError(f"{display_path(p)}: holds Python objects (dtype object), not a "

@@ -205,6 +205,9 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
     if len({it.key for it in items}) != len(items):
         raise ValueError("input keys must be unique")
     process, processes = jax.process_index(), jax.process_count()
+    items, renamed = inference.avoid_reserved(items, lambda key: f"{key}.npz" == MERGED)
+    for line in inference.reserved_lines(renamed, ".npz") if process == 0 else ():
+        print(line, file=sys.stderr)
     items, adopted = inference.adopt_keys(items, {
         p.stem: _stored_name(p) for p in sorted(out.glob("*.npz")) if p.name != MERGED})
     if adopted and process == 0:
@@ -293,6 +296,27 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
         for stale in out.glob("run.part*.json"):
             stale.unlink(missing_ok=True)
     return EmbedReport(done, skipped, failed, merged, replaced)
+
+
+def output_files(folder: str | os.PathLike) -> dict[str, str]:
+    """{file name: why it is an embed output} for the files `tagger-jax embed` wrote in `folder`:
+    the NPZs of this format (their `format` field) and, beside them, embeddings.npz and
+    failures.json; {} for a folder without them. A directory search lists them in one line per
+    folder (a trial's scan of a tree holding an embed folder gave 129 `not audio` lines)."""
+    out: dict[str, str] = {}
+    for p in sorted(Path(folder).glob("*.npz")):
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                ours = "format" in z.files and str(z["format"]) == FORMAT
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            ours = False
+        if ours:
+            out[p.name] = "embed output (an NPZ of tagger-jax embed)"
+    if out:
+        for name in (MERGED, FAILURES):
+            if (Path(folder) / name).exists():
+                out.setdefault(name, "embed output (beside this folder's embeddings)")
+    return out
 
 
 def _read_failures(path: Path) -> dict[str, dict]:

@@ -152,10 +152,11 @@ def discover(paths: Iterable[str | os.PathLike],
     they are not audio); in directories, `audio.scan_inputs` decides (every format the decoders
     read, by suffix or content), sorted; what it leaves out is appended, with the reason, to
     `skipped` if given. Files `tagger-jax explain` wrote (`explain.report.output_files`: listed
-    in an explanation summary of their folder, e.g. the `.orig.ogg` playback copies) are left out
-    of directory searches with that reason. `exclude`: the run's own outputs (files, or
-    directories and everything under them, e.g. `outputs.own_files(--output)`), which a directory
-    search leaves out without listing them. A file named again (by the same path, another
+    in an explanation summary of their folder, e.g. the `.orig.ogg` playback copies) and
+    `tagger-jax embed` wrote (`embedding.output_files`) are left out of directory searches with
+    that reason. `exclude`: the run's own outputs (files, or directories and everything under
+    them, e.g. `outputs.own_files(--output)`), which a directory search leaves out without
+    listing them. A file named again (by the same path, another
     spelling of it such as `A/../A/x.wav`, a symbolic link to it, or as a file and within its
     named folder) is one input under its first name, except that a link a folder search finds
     gives way to its file found by its own name; the repeat is listed in `skipped`.
@@ -163,12 +164,12 @@ def discover(paths: Iterable[str | os.PathLike],
     they become failed inputs with an error naming them, never a crash of the run. Names are
     `audio.display_path` text (bytes that are not UTF-8 as \\xNN).
     """
-    from tagger_jax import audio
+    from tagger_jax import audio, embedding
     from tagger_jax.explain import report as explain_report
 
     out: dict[Path, str] = {}
     seen: set[Path] = set()  # the files' real paths: one file by two names is one input
-    outputs: dict[Path, dict[str, str]] = {}  # folder -> its explain outputs
+    outputs: dict[Path, dict[str, str]] = {}  # folder -> its explain and embed outputs
     own = [Path(os.path.realpath(e)) for e in exclude]
 
     def is_own(f: Path) -> bool:
@@ -177,7 +178,8 @@ def discover(paths: Iterable[str | os.PathLike],
 
     def explain_output(f: Path) -> str | None:
         if f.parent not in outputs:
-            outputs[f.parent] = explain_report.output_files(f.parent)
+            outputs[f.parent] = {**embedding.output_files(f.parent),
+                                 **explain_report.output_files(f.parent)}
         return outputs[f.parent].get(f.name)
 
     scanned = []
@@ -242,6 +244,33 @@ def same_input(stored_name: str, item: "Input") -> bool:
                                 audio.path_from_display(item.name))
     except (OSError, ValueError):
         return False
+
+
+def avoid_reserved(items: Sequence["Input"], reserved: Callable[[str], bool]
+                   ) -> tuple[list["Input"], list[tuple["Input", str]]]:
+    """`items` with each key that `reserved` says names one of the run's own files (explain's
+    `index` for index.html, `failures`, `run.part0`; embed's `embeddings`) moved to the first
+    free `KEY-2`, `KEY-3`, ...: a trial's input file named `index` had its page replaced by the
+    run's index.html, and one named `failures` lost its summary. Returns (items, [(item, its
+    original key), ...] for the moved ones); `reserved_lines` says them."""
+    taken = {it.key for it in items}
+    out, moved = [], []
+    for it in items:
+        if reserved(it.key):
+            n = 2
+            while f"{it.key}-{n}" in taken or reserved(f"{it.key}-{n}"):
+                n += 1
+            taken.add(f"{it.key}-{n}")
+            moved.append((dataclasses.replace(it, key=f"{it.key}-{n}"), it.key))
+            it = moved[-1][0]
+        out.append(it)
+    return out, moved
+
+
+def reserved_lines(moved: Sequence[tuple["Input", str]], suffix: str) -> list[str]:
+    """The `note:` lines of the inputs `avoid_reserved` moved."""
+    return [f"note: {it.name}: {old}{suffix} would be one of the run's own files; written as "
+            f"{it.key}{suffix}" for it, old in moved]
 
 
 def claim_keys(items: Sequence["Input"], stored_name: Callable[[str], Optional[str]]

@@ -189,15 +189,18 @@ def test_scan_names_other_runs_lock_and_temporary_files(tmp_path):
         (tmp_path / ".notes.lock.txt").write_text("a user's own dot file")
         (tmp_path / "train.lock").write_text("")  # a training workdir's (not hidden)
         (tmp_path / "train.lock.holder").write_text("{}")
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "linkdir").symlink_to(tmp_path / "elsewhere")  # not followed: said (a trial)
         files, skipped = audio.scan_inputs([tmp_path])
     assert [p.name for p in files] == ["a.wav"]
     reasons = {p.name: why for p, why in skipped}
     assert reasons == {
-        ".tags.json.lock": "lock file of a tagger-jax run, not audio",
-        ".tags.json.lock.holder": "lock holder note of a tagger-jax run, not audio",
-        ".tags.json.x1y2.tmp": "temporary file of a tagger-jax run, not audio",
-        "train.lock": "lock file of a tagger-jax run, not audio",
-        "train.lock.holder": "lock holder note of a tagger-jax run, not audio",
+        ".tags.json.lock": "lock file (of a tagger-jax run, not audio)",
+        ".tags.json.lock.holder": "lock holder note (of a tagger-jax run, not audio)",
+        ".tags.json.x1y2.tmp": "temporary file (of a tagger-jax run, not audio)",
+        "train.lock": "lock file (of a tagger-jax run, not audio)",
+        "train.lock.holder": "lock holder note (of a tagger-jax run, not audio)",
+        "linkdir": "link to a directory (not followed; name its target)",
         ".notes.lock.txt": reasons[".notes.lock.txt"]}
     assert reasons[".notes.lock.txt"].startswith("not audio (suffix .txt")
 

@@ -205,6 +205,31 @@ def test_short_clip_warning_in_the_summary_and_replaced_outputs_said(setup, tmp_
             "top_k (was 2, now 1)\n" in capsys.readouterr().err)
 
 
+def test_inputs_named_like_the_runs_own_files_keep_their_outputs(setup, tmp_path, capsys):
+    """A trial's audio files named `index` and `failures` (no suffix) had their page replaced by
+    the run's index.html and their summary deleted with failures.json: such inputs are written
+    under KEY-2 with a note, and each keeps its outputs over a rerun."""
+    model_dir, inputs, _ = setup
+    d = tmp_path / "collection"
+    d.mkdir()
+    for name in ("index", "failures", "run.part0"):
+        (d / name).write_bytes((inputs / "tone.wav").read_bytes())
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(model_dir), str(d), "--out", str(out), "--methods", "attention",
+            "--top-k", "1", "--batch-size", "4", "--no-plot"]
+    assert explain(*argv) == 0
+    err = capsys.readouterr().err
+    for key in ("index", "failures", "run.part0"):
+        assert (f"note: {d / key}: {key}.json would be one of the run's own files; written as "
+                f"{key}-2.json") in err
+        assert json.loads((out / f"{key}-2.json").read_text())["input"] == str(d / key)
+    assert not (out / "failures.json").exists()  # nothing failed
+    page = (out / "index.html").read_text()
+    assert "3 explained input(s)" in page and "href='index-2.html'" in page
+    assert explain(*argv) == 0
+    assert "skipped 3 already finished" in capsys.readouterr().err
+
+
 def test_two_clip_mode_with_named_tags_from_the_top_level_script(setup, tmp_path, capsys):
     model_dir, inputs, _ = setup
     rc = explain_script.main([

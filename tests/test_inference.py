@@ -306,6 +306,46 @@ def test_embed_writes_outputs_named_in_other_scripts(model_dir, files, tmp_path,
         str(d / n) for n in ("日本.npy", "中文.npy", long_name))
 
 
+def test_an_input_named_like_the_merged_file_keeps_its_npz(model_dir, tmp_path, capsys):
+    """A trial's audio file `embeddings` (no suffix) had its NPZ replaced by the merged
+    embeddings.npz, and was embedded again on every rerun."""
+    d = tmp_path / "collection"
+    d.mkdir()
+    sf.write(d / "embeddings", 0.3 * np.sin(np.arange(16000) * 0.2), 16000, format="WAV")
+    out = tmp_path / "emb"
+    argv = ["embed", "--checkpoint", str(model_dir), str(d), "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    assert (f"note: {d / 'embeddings'}: embeddings.npz would be one of the run's own files; "
+            "written as embeddings-2.npz") in capsys.readouterr().err
+    assert str(embedding.load_embeddings(out / "embeddings-2.npz")["name"]) == str(
+        d / "embeddings")
+    assert list(embedding.load_embeddings(out / "embeddings.npz")["keys"]) == ["embeddings-2"]
+    assert cli.main(argv) == 0
+    assert "skipped 1 already finished" in capsys.readouterr().err
+
+
+def test_a_folder_search_lists_an_embed_folder_in_one_line(model_dir, files, tmp_path, capsys):
+    """A trial scanned a tree holding an earlier embed folder: each of its NPZs got a `skipped:
+    ...: not audio` line (129 of them), where an explain folder gets one line."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("long.npy", "mid.npy"):
+        (tree / name).write_bytes((files / name).read_bytes())
+    assert cli.main(["embed", "--checkpoint", str(model_dir), str(tree), "--out",
+                     str(tree / "emb"), "--no-progress"]) == 0
+    np.savez(tree / "emb" / "mine.npz", x=np.zeros(3))  # not embed's: still listed by itself
+    capsys.readouterr()
+    assert cli.main(["tag", "--checkpoint", str(model_dir), "--quiet", str(tree)]) == 0
+    skipped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("skipped")]
+    assert skipped == [
+        f"skipped: {tree / '.emb.lock'}: lock file (of a tagger-jax run, not audio)",
+        f"skipped: {tree / 'emb' / 'mine.npz'}: not audio (suffix .npz and the content is no "
+        "known audio format)",
+        f"skipped: {tree / 'emb'}/: 3 embed outputs (NPZs of tagger-jax embed, and their merged "
+        "file)",
+        "skipped 5 file(s): embed output 3, lock file 1, not audio 1"]
+
+
 def test_outputs_of_files_named_from_another_directory_are_reused(model_dir, files, tmp_path,
                                                                   capsys, monkeypatch):
     """From a verifying user's trial: `explain a/x.npy b/x.npy` run in one folder, then the same

@@ -486,7 +486,7 @@ def test_directory_search_skips_explain_outputs_and_counts_what_it_skipped(tmp_p
     assert len(err) == 4 and all(line.startswith("skipped: ") for line in err[:3])
     assert err[2] == (f"skipped: {tmp_path / 'ex'}/: 5 explain outputs (files its explanation "
                       "summaries list, and their index)")  # one line for the folder
-    assert err[-1] == "skipped 7 file(s): 5 explain output, 2 not audio"
+    assert err[-1] == "skipped 7 file(s): explain output 5, not audio 2"
 
 
 def test_directory_search_leaves_out_the_runs_own_output_files(tmp_path):

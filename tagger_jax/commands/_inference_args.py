@@ -68,9 +68,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def print_skipped(skipped) -> None:
     """One `skipped: PATH: reason` line on stderr per file a directory search left out
-    (`inference.discover`'s `skipped`; an explain output folder's files in one line per folder,
-    `skipped: DIR/: N explain outputs (...)`), then one line counting them by reason (the text
-    before its parenthesis; most first), on process 0 of a multi-process run only."""
+    (`inference.discover`'s `skipped`; an explain or embed output folder's files in one line per
+    folder, `skipped: DIR/: N explain outputs (...)`), then one line counting them by reason (the
+    text before its parenthesis; most first: `skipped 12 file(s): lock file 9, not audio 3`), on
+    process 0 of a multi-process run only."""
     import os
     import sys
 
@@ -81,21 +82,23 @@ def print_skipped(skipped) -> None:
     if jax.process_index() != 0:
         return
     counts: dict[str, int] = {}
-    outputs: dict[str, int] = {}  # folder -> explain outputs skipped in it
+    outputs: dict[tuple[str, str], int] = {}  # (folder, kind) -> outputs of a run skipped there
+    grouped = {"explain output": "files its explanation summaries list, and their index",
+               "embed output": "NPZs of tagger-jax embed, and their merged file"}
     for path, why in skipped:
         kind = why.split(" (")[0]
         counts[kind] = counts.get(kind, 0) + 1
-        if kind == "explain output":
-            outputs[os.path.dirname(os.fspath(path))] = outputs.get(
-                os.path.dirname(os.fspath(path)), 0) + 1
+        if kind in grouped:
+            where = (os.path.dirname(os.fspath(path)), kind)
+            outputs[where] = outputs.get(where, 0) + 1
             continue
         print(f"skipped: {audio.display_path(path)}: {why}", file=sys.stderr)
-    for folder, n in outputs.items():
-        print(f"skipped: {audio.display_path(os.path.join(folder, ''))}: {n} explain outputs "
-              "(files its explanation summaries list, and their index)", file=sys.stderr)
+    for (folder, kind), n in outputs.items():
+        print(f"skipped: {audio.display_path(os.path.join(folder, ''))}: {n} {kind}s "
+              f"({grouped[kind]})", file=sys.stderr)
     if counts:
         print(f"skipped {len(skipped)} file(s): "
-              + ", ".join(f"{n} {kind}" for kind, n in
+              + ", ".join(f"{kind} {n}" for kind, n in
                             sorted(counts.items(), key=lambda kv: -kv[1])), file=sys.stderr)
 
 

@@ -27,6 +27,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -1031,6 +1032,9 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     if len(set(keys)) != len(keys):
         raise ValueError("input keys must be unique")
     process, processes = jax.process_index(), jax.process_count()
+    items, renamed = inference.avoid_reserved(items, _run_file_stem)
+    for line in inference.reserved_lines(renamed, report.SUMMARY_SUFFIX) if process == 0 else ():
+        print(line, file=sys.stderr)
 
     def stored_name(key: str) -> Optional[str]:
         s = report.read_json(out_dir / f"{key}{report.SUMMARY_SUFFIX}")
@@ -1200,6 +1204,13 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
 
 def _part_name(process: int) -> str:
     return f"run.part{process}.json"
+
+
+def _run_file_stem(key: str) -> bool:
+    """Whether an input's files `KEY.*` would include one of the run's own files (index.html,
+    failures.json, a process's part file)."""
+    return (f"{key}.html" == report.INDEX_FILE or f"{key}.json" == report.FAILURES_FILE
+            or re.fullmatch(r"run\.part\d+", key) is not None)
 
 
 def _merge_parts(out_dir: Path, processes: int, failures: Mapping[str, Any]):
