@@ -213,6 +213,11 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
     if adopted and process == 0:
         print(inference.adopted_line(adopted, out, ".npz"), file=sys.stderr)
     items, moved = inference.claim_keys(items, lambda key: _stored_name(out / f"{key}.npz"))
+    from tagger_jax.explain import report as explain_report
+
+    inference.refuse_other_outputs(out, [it.key for it in items], ".npz", "embed", "explain",
+                         lambda p: p.name in explain_report.listed_files(explain_report.read_json(
+                             p.with_suffix(explain_report.SUMMARY_SUFFIX))))
     for line in inference.moved_lines(moved, out, ".npz") if process == 0 else ():
         print(line, file=sys.stderr)
     share = inference.process_share(items, process, processes)
@@ -298,20 +303,22 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
     return EmbedReport(done, skipped, failed, merged, replaced)
 
 
+def is_output(path: str | os.PathLike) -> bool:
+    """Whether `path` is an NPZ `tagger-jax embed` wrote (its `format` field)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "format" in z.files and str(z["format"]) == FORMAT
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
+
+
 def output_files(folder: str | os.PathLike) -> dict[str, str]:
     """{file name: why it is an embed output} for the files `tagger-jax embed` wrote in `folder`:
     the NPZs of this format (their `format` field) and, beside them, embeddings.npz and
     failures.json; {} for a folder without them. A directory search lists them in one line per
     folder (a trial's scan of a tree holding an embed folder gave 129 `not audio` lines)."""
-    out: dict[str, str] = {}
-    for p in sorted(Path(folder).glob("*.npz")):
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                ours = "format" in z.files and str(z["format"]) == FORMAT
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-            ours = False
-        if ours:
-            out[p.name] = "embed output (an NPZ of tagger-jax embed)"
+    out = {p.name: "embed output (an NPZ of tagger-jax embed)"
+           for p in sorted(Path(folder).glob("*.npz")) if is_output(p)}
     if out:
         for name in (MERGED, FAILURES):
             if (Path(folder) / name).exists():

@@ -273,6 +273,19 @@ def reserved_lines(moved: Sequence[tuple["Input", str]], suffix: str) -> list[st
             f"{it.key}{suffix}" for it, old in moved]
 
 
+def refuse_other_outputs(out: Path, keys: Sequence[str], suffix: str, command: str,
+                         other: str, belongs: Callable[[Path], bool]) -> None:
+    """A ValueError (one line) when `out/KEY{suffix}` of any of `keys` is `other`'s output
+    (`belongs`): embed and explain both write `KEY.npz`, and a trial's embed into an explain
+    folder replaced the maps, which explain then took for finished."""
+    clash = [k for k in keys if (out / f"{k}{suffix}").exists() and belongs(out / f"{k}{suffix}")]
+    if clash:
+        more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
+        raise ValueError(f"{out / (clash[0] + suffix)}{more} is an output of tagger-jax {other}; "
+                         f"{command} would write its own under the same name: give {command} "
+                         "another --out")
+
+
 def claim_keys(items: Sequence["Input"], stored_name: Callable[[str], Optional[str]]
                ) -> tuple[list["Input"], list[tuple["Input", str]]]:
     """`items` with the key of each one whose output file already holds another input's output

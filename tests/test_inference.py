@@ -346,6 +346,31 @@ def test_a_folder_search_lists_an_embed_folder_in_one_line(model_dir, files, tmp
         "skipped 5 file(s): embed output 3, lock file 1, not audio 1"]
 
 
+def test_embed_and_explain_refuse_each_others_npz(model_dir, files, tmp_path, capsys):
+    """Both write KEY.npz: a trial's embed into an explain folder replaced the maps (and explain
+    then took the input for finished), and explain into an embed folder replaced the embeddings.
+    Each refuses the other's file, one line, exit status 2, nothing written."""
+    one = str(files / "mid.npy")
+    ex, emb = tmp_path / "ex", tmp_path / "emb"
+    assert cli.main(["explain", "--checkpoint", str(model_dir), one, "--out", str(ex),
+                     "--methods", "attention", "--no-plot", "--no-report", "--no-progress"]) == 0
+    assert cli.main(["embed", "--checkpoint", str(model_dir), one, "--out", str(emb),
+                     "--no-progress"]) == 0
+    maps, vectors = (ex / "mid.npy.npz").read_bytes(), (emb / "mid.npy.npz").read_bytes()
+    capsys.readouterr()
+    assert cli.main(["embed", "--checkpoint", str(model_dir), one, "--out", str(ex),
+                     "--no-progress"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (f"error: {ex / 'mid.npy.npz'} is an output of tagger-jax explain; embed would "
+                    "write its own under the same name: give embed another --out")
+    assert cli.main(["explain", "--checkpoint", str(model_dir), one, "--out", str(emb),
+                     "--methods", "attention", "--no-progress"]) == 2
+    assert "is an output of tagger-jax embed; explain would" in capsys.readouterr().err
+    assert (ex / "mid.npy.npz").read_bytes() == maps and (emb / "mid.npy.npz").read_bytes() == (
+        vectors)
+    assert not (emb / "mid.npy.json").exists() and not (ex / "embeddings.npz").exists()
+
+
 def test_outputs_of_files_named_from_another_directory_are_reused(model_dir, files, tmp_path,
                                                                   capsys, monkeypatch):
     """From a verifying user's trial: `explain a/x.npy b/x.npy` run in one folder, then the same

@@ -1049,6 +1049,10 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     if adopted and process == 0:
         print(inference.adopted_line(adopted, out_dir, report.SUMMARY_SUFFIX), file=sys.stderr)
     items, moved = inference.claim_keys(items, stored_name)
+    from tagger_jax import embedding
+
+    inference.refuse_other_outputs(out_dir, [it.key for it in items], ".npz", "explain", "embed",
+                                   embedding.is_output)
     for line in inference.moved_lines(moved, out_dir, report.SUMMARY_SUFFIX) \
             if process == 0 else ():
         print(line, file=sys.stderr)
