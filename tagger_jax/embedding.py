@@ -221,7 +221,7 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
     for line in inference.moved_lines(moved, out, ".npz") if process == 0 else ():
         print(line, file=sys.stderr)
     share = inference.process_share(items, process, processes)
-    old_failures = _read_failures(out / FAILURES)
+    old_failures = inference.forget_other_keys(_read_failures(out / FAILURES), items)
     skipped, failed, todo, replaced = [], {}, [], []
     reused_warned = []  # (warnings, audio_warnings) of the reused NPZs
     for item in share:

@@ -311,6 +311,28 @@ def claim_keys(items: Sequence["Input"], stored_name: Callable[[str], Optional[s
     return out, moved
 
 
+def file_identity(name: Optional[str]) -> Optional[tuple[int, int]]:
+    """(device, inode) of the file an input name (`audio.display_path` text) names; None when
+    there is none."""
+    from tagger_jax import audio
+
+    try:
+        return (st := os.stat(audio.path_from_display(name))).st_dev, st.st_ino
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def forget_other_keys(failures: Mapping[str, Any], items: Sequence["Input"]) -> dict[str, Any]:
+    """`failures` ({key: {"input": name, ...}}, a run's failures.json) without the entries that
+    record a file of `items` under another key: a file reached through another named folder gets
+    another key (`dir__x.wav`, `x.wav`), and a trial's failures.json listed five broken files
+    twice ("10 failed"). The entry under this run's key is what the run keeps."""
+    keys = {it.key for it in items}
+    files = {i for i in (file_identity(it.name) for it in items) if i is not None}
+    return {k: v for k, v in failures.items()
+            if k in keys or not isinstance(v, Mapping) or file_identity(v.get("input")) not in files}
+
+
 def adopt_keys(items: Sequence["Input"], stored: Mapping[str, Optional[str]]
                ) -> tuple[list["Input"], list["Input"]]:
     """`items` with the key of each file input whose output already exists under another key
@@ -321,14 +343,7 @@ def adopt_keys(items: Sequence["Input"], stored: Mapping[str, Optional[str]]
     subfolder of a folder processed before wrote every output again under new names. An input
     of this run whose own key an adopted one now holds is moved on by `claim_keys` (the output
     there is not its own). Returns (items, the inputs that took an earlier key)."""
-    from tagger_jax import audio
-
-    def identity(name: str) -> Optional[tuple[int, int]]:
-        try:
-            st = os.stat(audio.path_from_display(name))
-            return st.st_dev, st.st_ino
-        except (OSError, ValueError):
-            return None
+    identity = file_identity
 
     earlier = {}
     for key, name in stored.items():

@@ -371,6 +371,22 @@ def test_embed_and_explain_refuse_each_others_npz(model_dir, files, tmp_path, ca
     assert not (emb / "mid.npy.json").exists() and not (ex / "embeddings.npz").exists()
 
 
+def test_a_failure_reached_through_another_folder_is_recorded_once(model_dir, files, tmp_path,
+                                                                    capsys):
+    """A trial explained `coll`, then `coll/bad`: each broken file was in failures.json twice
+    (`bad__x` and `x`), and the index said 10 failed for 5. The entry of this run's key stays."""
+    bad = tmp_path / "coll" / "bad"
+    bad.mkdir(parents=True)
+    (bad / "broken.npy").write_bytes(b"not numpy")
+    for command, extra in (("embed", []), ("explain", ["--methods", "attention", "--no-plot"])):
+        out = tmp_path / command
+        for named in (bad.parent, bad):
+            assert cli.main([command, "--checkpoint", str(model_dir), str(named), "--out",
+                             str(out), "--no-progress", *extra]) == 1
+        assert list(json.loads((out / "failures.json").read_text())) == ["broken.npy"], command
+    assert "1 failed" in (tmp_path / "explain" / "index.html").read_text()
+
+
 def test_outputs_of_files_named_from_another_directory_are_reused(model_dir, files, tmp_path,
                                                                   capsys, monkeypatch):
     """From a verifying user's trial: `explain a/x.npy b/x.npy` run in one folder, then the same

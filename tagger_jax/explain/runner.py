@@ -1057,7 +1057,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             if process == 0 else ():
         print(line, file=sys.stderr)
     share = inference.process_share(items, process, processes)
-    failures = report.load_failures(out_dir)
+    failures = inference.forget_other_keys(report.load_failures(out_dir), items)
     done, skipped, failed, todo, replaced = [], [], {}, [], []
     warned, reused_warned = [], []  # (warnings, audio_warnings) of this run's and reused inputs
     replaced_summaries: list[dict] = []  # what `what_changed` compares
