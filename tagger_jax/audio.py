@@ -160,6 +160,9 @@ FFMPEG_SUFFIXES = (".m4a", ".m4b", ".mp4", ".aac", ".adts", ".wma", ".asf", ".we
                    ".awb", ".ape", ".wv", ".tta", ".mp2", ".mpa", ".mpc", ".spx", ".ra", ".rm",
                    ".flv", ".avi", ".wmv", ".ogv", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts")
 AUDIO_SUFFIXES = tuple(sorted(set(SOUNDFILE_SUFFIXES) | set(FFMPEG_SUFFIXES)))
+# Lossy codecs, whose decoders overshoot full scale on loud masters (`over_full_scale`'s hint):
+LOSSY_SUFFIXES = (".mp3", ".ogg", ".oga", ".opus", ".m4a", ".m4b", ".mp4", ".aac", ".adts",
+                  ".wma", ".webm", ".weba", ".mp2", ".mpa", ".mpc", ".ac3", ".eac3", ".spx")
 INPUT_SUFFIXES = AUDIO_SUFFIXES + (".npy",)
 # Container formats recognised from a file's first bytes (`sniff_format`); libsndfile reads these:
 SOUNDFILE_FORMATS = ("WAV", "W64", "FLAC", "OGG", "MP3", "AIFF", "AU", "CAF")
@@ -525,7 +528,7 @@ def load_audio_checked(path: str | os.PathLike, sample_rate: int = 16000,
     """(`load_audio`'s waveform, warnings): {code: one-line message naming the file}.
 
     Codes (docs/audio.md): `damaged_data`, `duration_mismatch`, `low_sample_rate`,
-    `stereo_cancellation`, `silence`, `clipping`, `over_full_scale`.
+    `stereo_cancellation`, `silence`, `clipping`, `over_full_scale`, `dc_offset`.
     """
     librosa = import_librosa()
 
@@ -565,6 +568,7 @@ def _load_streamed(p: Path, f, mpeg: bool, problems: list[str],
 
     d = display_path(p)
     parts, frames, mono_sq, channel_sq, peak, full_scale = [], 0, 0.0, None, 0.0, 0
+    mono_sum = 0.0
     with _mpg123_messages(problems) if mpeg else contextlib.nullcontext():
         with f:
             rate, declared = int(f.samplerate), int(f.frames)
@@ -582,6 +586,7 @@ def _load_streamed(p: Path, f, mpeg: bool, problems: list[str],
                 sq = np.sum(np.square(block, dtype=np.float64), axis=0)
                 channel_sq = sq if channel_sq is None else channel_sq + sq
                 mono_sq += float(np.sum(np.square(mono, dtype=np.float64)))
+                mono_sum += float(np.sum(mono, dtype=np.float64))
                 frames += len(block)
                 parts.append(stream.resample_chunk(mono) if stream else mono.astype(np.float32))
             if stream is not None:
@@ -592,7 +597,7 @@ def _load_streamed(p: Path, f, mpeg: bool, problems: list[str],
     notes = _degradation_notes(
         d, "soundfile", problems, frames, wav_frames if wav_frames is not None else declared,
         rate, sample_rate, np.sqrt(channel_sq / frames), math.sqrt(mono_sq / frames),
-        Levels(peak, full_scale, frames * len(channel_sq)))
+        Levels(peak, full_scale, frames * len(channel_sq)), mono_sum / frames)
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), notes
 
 
@@ -604,6 +609,10 @@ DURATION_TOLERANCE_S = {"soundfile": 0.01, "ffmpeg": 0.25}
 SILENCE_DBFS = -90.0  # a peak below this: the file is (nearly) digital silence
 CLIP_LEVEL = 0.999  # |sample| at or above this is at full scale (16-bit's largest is 0.99997)
 CLIP_SHARE = 0.001  # this share of samples at full scale: clipped
+# A mean (DC) of the mono mix at least this large and at most this far below the RMS of the rest:
+# a trial's clip with a DC of 0.2 went from harp 0.98 to fast 0.54, harp 0.45.
+DC_MIN = 10 ** (-50 / 20)  # -50 dBFS
+DC_RATIO_DB = -20.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -626,17 +635,19 @@ def decode_warnings(name: str, decoded: Decoded, sample_rate: int) -> dict[str, 
     """Silent degradations of decoded audio, as {code: message starting with `name`}."""
     y = decoded.samples
     channel_rms = np.sqrt(np.mean(np.square(y, dtype=np.float64), axis=-1))
-    mono_rms = (float(np.sqrt(np.mean(np.square(y.mean(axis=0), dtype=np.float64))))
+    mono = y.mean(axis=0) if y.shape[0] > 1 else y[0]
+    mono_rms = (float(np.sqrt(np.mean(np.square(mono, dtype=np.float64))))
                 if y.shape[0] > 1 else float(channel_rms[0]))
     return _degradation_notes(name, decoded.decoder, decoded.problems, y.shape[-1],
                               decoded.expected_frames, decoded.sample_rate, sample_rate,
-                              channel_rms, mono_rms, Levels.of(y))
+                              channel_rms, mono_rms, Levels.of(y),
+                              float(np.mean(mono, dtype=np.float64)) if y.size else 0.0)
 
 
 def _degradation_notes(name: str, decoder: str, problems: list[str], n: int,
                        expected_frames: int | None, rate: int, sample_rate: int,
                        channel_rms: np.ndarray, mono_rms: float,
-                       levels: Levels) -> dict[str, str]:
+                       levels: Levels, mono_mean: float = 0.0) -> dict[str, str]:
     """`decode_warnings` from a decoded file's statistics (also those a streamed read sums)."""
     notes: dict[str, str] = {}
     if levels.peak < 10 ** (SILENCE_DBFS / 20):
@@ -644,10 +655,12 @@ def _degradation_notes(name: str, decoder: str, problems: list[str], n: int,
                    else "every sample 0")
         notes["silence"] = f"{name}: silent ({loudest}): its tags describe silence, not music"
     elif levels.peak > 1.0:
+        why = ("a lossy file's decoder overshoots full scale on a loud master"
+               if os.path.splitext(name)[1].lower() in LOSSY_SUFFIXES
+               else "a float file not normalised?")
         notes["over_full_scale"] = (
             f"{name}: samples reach {levels.peak:.3g} ({20 * np.log10(levels.peak):+.1f} dBFS), "
-            "beyond full scale (a float file not normalised?): level tags such as loud read "
-            "that level")
+            f"beyond full scale ({why}): level tags such as loud read that level")
     elif levels.full_scale >= CLIP_SHARE * levels.samples:
         notes["clipping"] = (
             f"{name}: {100 * levels.full_scale / levels.samples:.2g}% of samples at full scale "
@@ -674,6 +687,13 @@ def _degradation_notes(name: str, decoder: str, problems: list[str], n: int,
             notes["stereo_cancellation"] = (
                 f"{name}: the channels cancel when averaged to mono: the mix is {-loss:.1f} dB "
                 "below the loudest channel (out-of-phase stereo?); tags describe what is left")
+    varying = math.sqrt(max(mono_rms ** 2 - mono_mean ** 2, 0.0))  # the mix without its mean
+    if abs(mono_mean) >= DC_MIN and abs(mono_mean) >= varying * 10 ** (DC_RATIO_DB / 20):
+        notes["dc_offset"] = (
+            f"{name}: a DC offset of {mono_mean:+.3g} ({20 * np.log10(abs(mono_mean)):+.0f} dBFS,"
+            f" {20 * np.log10(abs(mono_mean) / max(varying, 1e-12)):+.0f} dB against the rest of"
+            " the signal's RMS): it adds energy to the lowest band of every frame, which can "
+            "change the tags (a high-pass filter removes it)")
     return notes
 
 

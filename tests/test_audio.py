@@ -341,7 +341,8 @@ def test_long_files_stream_with_librosa_load_samples_and_the_same_warnings(tmp_p
     cases = {"stereo.wav": (stereo, 44100), "cancel.flac": (cancel, 44100),
              "low.wav": (left[:8000 * 40, None], 8000),
              "clipped.flac": (np.clip(3 * stereo, -1, 1), 44100),
-             "hot.wav": (4 * stereo, 44100), "silent.flac": (0 * stereo, 44100)}
+             "hot.wav": (4 * stereo, 44100), "silent.flac": (0 * stereo, 44100),
+             "dc.flac": (0.5 * stereo + 0.1, 44100)}
     for name, (data, rate) in cases.items():
         sf.write(str(tmp_path / name), data, rate, subtype="FLOAT" if name.endswith(".wav")
                  else "PCM_24")
@@ -356,8 +357,9 @@ def test_long_files_stream_with_librosa_load_samples_and_the_same_warnings(tmp_p
         assert notes == whole[name][1], name
     assert set(whole["cancel.flac"][1]) == {"stereo_cancellation"}
     assert set(whole["low.wav"][1]) == {"low_sample_rate"}
-    assert [set(whole[n][1]) for n in ("clipped.flac", "hot.wav", "silent.flac")] == [
-        {"clipping"}, {"over_full_scale"}, {"silence"}]
+    assert [set(whole[n][1]) for n in ("clipped.flac", "hot.wav", "silent.flac", "dc.flac")] == [
+        {"clipping"}, {"over_full_scale"}, {"silence"}, {"dc_offset"}]
+    assert "a DC offset of +0.0999 (-20 dBFS, +1 dB against" in whole["dc.flac"][1]["dc_offset"]
     tracemalloc.start()
     audio.load_audio_checked(tmp_path / "stereo.wav")
     peak = tracemalloc.get_traced_memory()[1]

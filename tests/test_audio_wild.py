@@ -68,9 +68,10 @@ def wild(tmp_path_factory):
     sf.write(d / "silent.flac", np.zeros((SR, 2)), SR)  # digital silence
     sf.write(d / "clipped.wav", np.clip(4 * y / np.abs(y).max(), -1, 1), SR, subtype="PCM_16")
     sf.write(d / "hot.wav", 40.0 * y, SR, subtype="FLOAT")  # never normalised: peak > 1
+    sf.write(d / "dc.wav", 0.5 * y / np.abs(y).max() + 0.2, SR)  # a trial's DC offset of 0.2
     return d, {"clean.wav": set(), "logmel.npy": set(),
                "silent.flac": {"silence"}, "clipped.wav": {"clipping"},
-               "hot.wav": {"over_full_scale"},
+               "hot.wav": {"over_full_scale"}, "dc.wav": {"dc_offset"},
                "phase.wav": {"stereo_cancellation"}, "phone.wav": {"low_sample_rate"},
                "damaged.mp3": {"damaged_data", "duration_mismatch"},  # mpg123 notes too
                "truncated.wav": {"duration_mismatch"},
@@ -146,6 +147,11 @@ def test_warning_values(wild):
     _, notes = audio.read_input(d / "hot.wav", audio.FeatureParams())
     peak = 40.0 * np.abs(_tone()).max()
     assert f"reach {peak:.3g} ({20 * np.log10(peak):+.1f} dBFS)" in notes["over_full_scale"]
+    assert "(a float file not normalised?)" in notes["over_full_scale"]
+    # a loud mp3 decodes to 1.10 from a master at 0.99 (a trial): not a float file's mistake
+    hot = audio.Decoded(np.array([[0.5, 1.1, -0.2]], np.float32), SR, "soundfile")
+    assert "(a lossy file's decoder overshoots full scale on a loud master)" in (
+        audio.decode_warnings("master.MP3", hot, SR)["over_full_scale"])
 
 
 # ------------------------------------------------------------------- item 8: directory scans

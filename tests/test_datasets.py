@@ -1119,7 +1119,7 @@ def test_a_resumed_build_warns_of_short_clips_from_its_cache(tmp_path):
 
     from tagger_jax.datasets import _extract
 
-    sf.write(tmp_path / "blip.wav", np.zeros(int(0.3 * SR)) + 0.1, SR)
+    sf.write(tmp_path / "blip.wav", 0.1 * np.sin(np.arange(int(0.3 * SR)) * 0.2), SR)
     item = {"key": "blip", "clip_id": "blip", "path": "blip.wav", "tags": [1], "waveform": False,
             "file": str(tmp_path / "blip.wav"), "cache": str(tmp_path / "blip.npz")}
     example, error, notes = _extract.audio_example(item)

@@ -430,9 +430,9 @@ def build_report(builder: tfds.core.DatasetBuilder) -> dict[str, list[dict[str, 
 def audio_warnings(builder: tfds.core.DatasetBuilder) -> dict[str, list[dict[str, str]]]:
     """Clips kept but degraded, per split: [{"clip_id", "path", "code", "message"}, ...], one
     entry per warning (`audio.load_audio_checked`'s codes: `damaged_data`, `duration_mismatch`,
-    `low_sample_rate`, `stereo_cancellation`, `silence`, `clipping`, `over_full_scale`;
-    docs/audio.md). Empty for datasets built before
-    the warnings were recorded, and for synthesised ones."""
+    `low_sample_rate`, `stereo_cancellation`, `silence`, `clipping`, `over_full_scale`,
+    `dc_offset`; docs/audio.md). Empty for datasets built before the warnings were recorded,
+    and for synthesised ones."""
     return {s: list(v) for s, v in (builder.info.metadata or {}).get("audio_warnings", {}).items()}
 
 
