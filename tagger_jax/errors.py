@@ -312,13 +312,18 @@ def raise_if_interrupted(error: BaseException) -> None:
 
 
 def interrupted_note(error: BaseException, verb: str, done: int, todo: int, where: str,
-                     again: str | None) -> None:
+                     again: str | None, failed: int = 0) -> None:
     """Adds to an interrupt (Ctrl-C, SIGTERM) passing through a batch command what it finished,
     for `report`'s line: "interrupted; 12 of 40 input(s) explained in this run are in out;
     running it again explains the other 28" (`again`: None leaves that part out). Without it
-    the line said only "finished results are kept" (a new user's trial: how many, and where?)."""
+    the line said only "finished results are kept" (a new user's trial: how many, and where?).
+    `failed`: inputs of this run that failed and are recorded as such (a rerun does not retry
+    them without --retry-failed), said and left out of "the other N"."""
+    left = todo - done - failed
     error.add_note(f"{done} of {todo} input(s) {verb} in this run {where}"
-                   + (f"; {again} the other {todo - done}" if again and todo > done else ""))
+                   + (f", {failed} failed (recorded; --retry-failed tries them again)"
+                      if failed else "")
+                   + (f"; {again} the other {left}" if again and left > 0 else ""))
 
 
 def quiet_late_callbacks() -> None:

@@ -362,9 +362,10 @@ def adopt_keys(items: Sequence["Input"], stored: Mapping[str, Optional[str]]
 
 def adopted_line(adopted: Sequence["Input"], where: Any, suffix: str) -> str:
     """The `note:` line a run prints for the inputs `adopt_keys` gave an earlier run's key."""
-    return (f"note: {len(adopted)} input(s) have outputs in {where} from a run that named them "
-            f"otherwise (e.g. {adopted[0].name} as {adopted[0].key}{suffix}); those are kept and "
-            "reused, not written again under new names")
+    return (f"note: {len(adopted)} input(s) have outputs in {where} under the file names of an "
+            "earlier run that reached them another way (another named folder, or files of one "
+            f"name in another order; e.g. {adopted[0].name}: {adopted[0].key}{suffix}); those "
+            "are kept and reused, not written again under new names")
 
 
 def moved_lines(moved: Sequence[tuple["Input", str]], where: Any, suffix: str,

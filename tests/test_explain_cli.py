@@ -682,12 +682,13 @@ def test_an_interrupted_explain_says_what_it_kept_and_where(setup, tmp_path, mon
 
     monkeypatch.setattr(runner, "_write", interrupted_after_one)
     out = tmp_path / "out"
-    rc = explain("--checkpoint", str(model_dir), str(inputs / "long.npy"),
-                 str(inputs / "tone.wav"), "--out", str(out), "--methods", "attention")
+    rc = explain("--checkpoint", str(model_dir), str(inputs / "broken.wav"),
+                 str(inputs / "long.npy"), str(inputs / "tone.wav"), "--out", str(out),
+                 "--methods", "attention")
     assert rc == errors.INTERRUPTED
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"tagger-jax: interrupted; 1 of 2 input(s) explained in this run are in {out}; running "
-        "it again explains the other 1")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (  # the failed one not retried
+        f"tagger-jax: interrupted; 1 of 3 input(s) explained in this run are in {out}, 1 failed "
+        "(recorded; --retry-failed tries them again); running it again explains the other 1")
 
 
 def test_nearest_tag_names_for_hints():

@@ -477,8 +477,9 @@ def test_outputs_of_other_inputs_under_the_same_name_are_kept(model_dir, files, 
     (tmp_path / "0" / "x.npy").write_bytes((files / "long.npy").read_bytes())
     said = run(tmp_path / "0" / "x.npy", tmp_path / "B" / "x.npy", tmp_path / "A" / "x.npy")
     assert said.err.count("skipped 2 already finished") == 2, said.err
-    assert (f"note: 1 input(s) have outputs in {explained} from a run that named them otherwise "
-            f"(e.g. {tmp_path / 'A' / 'x.npy'} as x.npy{SUMMARY_SUFFIX})") in said.err
+    assert (f"note: 1 input(s) have outputs in {explained} under the file names of an earlier "
+            "run that reached them another way (another named folder, or files of one name in "
+            f"another order; e.g. {tmp_path / 'A' / 'x.npy'}: x.npy{SUMMARY_SUFFIX})") in said.err
     assert {p.name for p in explained.glob(f"x*{SUMMARY_SUFFIX}")} == {
         f"x.npy{SUMMARY_SUFFIX}", f"x.npy-2{SUMMARY_SUFFIX}", f"x.npy-3{SUMMARY_SUFFIX}"}
     summaries = [json.loads((explained / f"{k}{SUMMARY_SUFFIX}").read_text())["input"]
@@ -513,8 +514,9 @@ def test_embed_reuses_outputs_of_files_named_before_from_another_folder(model_di
     assert before == ["embeddings.npz", "sub__deep.npy.npz", "top.npy.npz"]
     said = run(music / "sub")
     assert "skipped 1 already finished" in said.err, said.err
-    assert (f"note: 1 input(s) have outputs in {out} from a run that named them otherwise (e.g. "
-            f"{music / 'sub' / 'deep.npy'} as sub__deep.npy.npz)") in said.err
+    assert (f"note: 1 input(s) have outputs in {out} under the file names of an earlier run "
+            "that reached them another way (another named folder, or files of one name in "
+            f"another order; e.g. {music / 'sub' / 'deep.npy'}: sub__deep.npy.npz)") in said.err
     assert sorted(p.name for p in out.glob("*.npz")) == before
     assert embedding.load_embeddings(out / "embeddings.npz")["keys"].tolist() == ["sub__deep.npy"]
     # Files of one name from two folders take x.npy and x.npy-2; named in the other order they

@@ -28,3 +28,13 @@ def test_metrics_figure_draws_dollar_tags(tmp_path):
         {"tag": "$x$", "positives": 0, "roc_auc": None, "pr_auc": None}]}
     path = evaluation.plot_metrics(metrics, tmp_path / "m.png", title=f"run {DOLLARS}")
     assert Image.open(path).size[0] > 100
+
+
+def test_explanation_figure_of_a_name_in_other_scripts_warns_nothing(tmp_path, recwarn):
+    """A trial's Japanese and emoji names gave two matplotlib warning lines per character the
+    font lacks, on stderr among the run's own lines; the page and JSON keep the name."""
+    rng = np.random.default_rng(1)
+    path = plot_explanation(tmp_path / "f.png", rng.normal(-30, 10, (96, 40)), 0.016,
+                            [Row("トラック", rng.random(40))], 0.016, title="日本の歌 🎵.wav")
+    assert Image.open(path).size[0] > 100
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]

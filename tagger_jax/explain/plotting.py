@@ -19,7 +19,9 @@ state), so it is safe to call from any thread.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -33,6 +35,10 @@ MAP2D_HEIGHT = 1.3
 LINE_GAP = 0.6  # inches between wrapped lines
 WIDTH = 14.0
 HZ_TICKS = (250, 500, 1000, 2000, 4000, 8000)
+# Fonts for titles of other scripts (input names), used after matplotlib's DejaVu Sans where
+# installed (e.g. Debian's fonts-noto-cjk, fonts-droid-fallback, fonts-wqy-zenhei).
+FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK KR", "Noto Sans CJK TC",
+                  "Droid Sans Fallback", "WenQuanYi Zen Hei", "Noto Sans", "Noto Color Emoji")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,12 +140,28 @@ def plot_explanation(path: str | Path, log_mel: np.ndarray, spec_step_s: float,
                      title: str = "", marks_s: Sequence[float] = (), dpi: int = 100,
                      sample_rate: int = 16000, line_s: Optional[float] = 30.0,
                      fmt: Optional[str] = None) -> Path:
-    """Writes `explanation_figure(...)` (PNG unless `fmt` says otherwise) and returns its path."""
-    fig = explanation_figure(log_mel, spec_step_s, rows, map_step_s, map_centred, title,
-                             marks_s, sample_rate, line_s)
+    """Writes `explanation_figure(...)` (PNG unless `fmt` says otherwise) and returns its path.
+    Text is drawn in `fonts()`; a character none of them has is drawn as a box, without
+    matplotlib's two warning lines per character (a trial's Japanese and emoji names gave 7)."""
+    import matplotlib
+
     path = Path(path)
-    fig.savefig(path, dpi=dpi, format=fmt or (path.suffix[1:] or "png"))
+    with matplotlib.rc_context({"font.family": fonts()}), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
+        fig = explanation_figure(log_mel, spec_step_s, rows, map_step_s, map_centred, title,
+                                 marks_s, sample_rate, line_s)
+        fig.savefig(path, dpi=dpi, format=fmt or (path.suffix[1:] or "png"))
     return path
+
+
+@functools.lru_cache(maxsize=1)
+def fonts() -> list[str]:
+    """matplotlib's default sans-serif font followed by the `FALLBACK_FONTS` installed here
+    (matplotlib takes each missing character from the next family that has it)."""
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return ["DejaVu Sans", *[f for f in FALLBACK_FONTS if f in installed]]
 
 
 def explanation_figure(log_mel: np.ndarray, spec_step_s: float, rows: Sequence[Row],

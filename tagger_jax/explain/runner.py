@@ -1171,7 +1171,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         from tagger_jax import errors
 
         errors.interrupted_note(e, "explained", len(done), len(todo), f"are in {out_dir}",
-                                "running it again explains")
+                                "running it again explains",
+                                failed=sum(it.name in failed for it in todo))
         raise
     finally:
         bar.close()
