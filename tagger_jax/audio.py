@@ -690,10 +690,11 @@ def _degradation_notes(name: str, decoder: str, problems: list[str], n: int,
     varying = math.sqrt(max(mono_rms ** 2 - mono_mean ** 2, 0.0))  # the mix without its mean
     if abs(mono_mean) >= DC_MIN and abs(mono_mean) >= varying * 10 ** (DC_RATIO_DB / 20):
         notes["dc_offset"] = (
-            f"{name}: a DC offset of {mono_mean:+.3g} ({20 * np.log10(abs(mono_mean)):+.0f} dBFS,"
-            f" {20 * np.log10(abs(mono_mean) / max(varying, 1e-12)):+.0f} dB against the rest of"
-            " the signal's RMS): it adds energy to the lowest band of every frame, which can "
-            "change the tags (a high-pass filter removes it)")
+            f"{name}: a DC offset of {mono_mean:+.3g} ({20 * np.log10(abs(mono_mean)):+.0f} dBFS, "
+            + (f"{20 * np.log10(abs(mono_mean) / varying):+.0f} dB against the rest of the "
+               "signal's RMS" if varying > abs(mono_mean) * 1e-4 else "nearly all of the signal")
+            + "): it adds energy to the lowest band of every frame, which can change the tags (a "
+            "high-pass filter removes it)")
     return notes
 
 

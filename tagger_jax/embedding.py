@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import os
 import sys
 import zipfile
@@ -205,19 +206,17 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
     if len({it.key for it in items}) != len(items):
         raise ValueError("input keys must be unique")
     process, processes = jax.process_index(), jax.process_count()
+    from tagger_jax.explain import report as explain_report
+
+    inference.refuse_other_outputs(out, "embed", "explain", explain_report.output_files(out))
     items, renamed = inference.avoid_reserved(items, lambda key: f"{key}.npz" == MERGED)
-    for line in inference.reserved_lines(renamed, ".npz") if process == 0 else ():
+    for line in inference.reserved_lines(renamed) if process == 0 else ():
         print(line, file=sys.stderr)
     items, adopted = inference.adopt_keys(items, {
         p.stem: _stored_name(p) for p in sorted(out.glob("*.npz")) if p.name != MERGED})
     if adopted and process == 0:
         print(inference.adopted_line(adopted, out, ".npz"), file=sys.stderr)
     items, moved = inference.claim_keys(items, lambda key: _stored_name(out / f"{key}.npz"))
-    from tagger_jax.explain import report as explain_report
-
-    inference.refuse_other_outputs(out, [it.key for it in items], ".npz", "embed", "explain",
-                         lambda p: p.name in explain_report.listed_files(explain_report.read_json(
-                             p.with_suffix(explain_report.SUMMARY_SUFFIX))))
     for line in inference.moved_lines(moved, out, ".npz") if process == 0 else ():
         print(line, file=sys.stderr)
     share = inference.process_share(items, process, processes)
@@ -299,7 +298,8 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
         (out / f"run.part{p}.json").unlink(missing_ok=True)
     if processes == 1:  # a killed multi-process run's parts: this run retried their inputs
         for stale in out.glob("run.part*.json"):
-            stale.unlink(missing_ok=True)
+            if re.fullmatch(r"run\.part\d+\.json", stale.name):
+                stale.unlink(missing_ok=True)
     return EmbedReport(done, skipped, failed, merged, replaced)
 
 

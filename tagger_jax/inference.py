@@ -267,22 +267,24 @@ def avoid_reserved(items: Sequence["Input"], reserved: Callable[[str], bool]
     return out, moved
 
 
-def reserved_lines(moved: Sequence[tuple["Input", str]], suffix: str) -> list[str]:
+def reserved_lines(moved: Sequence[tuple["Input", str]]) -> list[str]:
     """The `note:` lines of the inputs `avoid_reserved` moved."""
-    return [f"note: {it.name}: {old}{suffix} would be one of the run's own files; written as "
-            f"{it.key}{suffix}" for it, old in moved]
+    return [f"note: {it.name}: outputs named {old}.* would take the name of one of the run's own "
+            f"files (index.html, failures.json, embeddings.npz, run.partN.json); written as "
+            f"{it.key}.*" for it, old in moved]
 
 
-def refuse_other_outputs(out: Path, keys: Sequence[str], suffix: str, command: str,
-                         other: str, belongs: Callable[[Path], bool]) -> None:
-    """A ValueError (one line) when `out/KEY{suffix}` of any of `keys` is `other`'s output
-    (`belongs`): embed and explain both write `KEY.npz`, and a trial's embed into an explain
-    folder replaced the maps, which explain then took for finished."""
-    clash = [k for k in keys if (out / f"{k}{suffix}").exists() and belongs(out / f"{k}{suffix}")]
-    if clash:
-        more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
-        raise ValueError(f"{out / (clash[0] + suffix)}{more} is an output of tagger-jax {other}; "
-                         f"{command} would write its own under the same name: give {command} "
+def refuse_other_outputs(out: Path, command: str, other: str, found: Mapping[str, str]) -> None:
+    """A ValueError (one line) when `out` holds `other`'s outputs (`found`: {file name: why},
+    `explain.report.output_files` or `embedding.output_files`): embed and explain both write
+    `KEY.npz` and failures.json, and embed's embeddings.npz and part files take names an explain
+    input can have. A trial's embed into an explain folder replaced the maps (explain then took
+    them for finished), and in a copy of one replaced a page's NPZ and deleted a summary."""
+    found = [name for name in sorted(found) if (out / name).exists()]
+    if found:
+        first = found[0]
+        raise ValueError(f"{out} holds outputs of tagger-jax {other} ({len(found)} file(s), e.g. "
+                         f"{first}); {command} writes files of the same names: give {command} "
                          "another --out")
 
 

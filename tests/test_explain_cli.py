@@ -220,8 +220,9 @@ def test_inputs_named_like_the_runs_own_files_keep_their_outputs(setup, tmp_path
     assert explain(*argv) == 0
     err = capsys.readouterr().err
     for key in ("index", "failures", "run.part0"):
-        assert (f"note: {d / key}: {key}.json would be one of the run's own files; written as "
-                f"{key}-2.json") in err
+        assert (f"note: {d / key}: outputs named {key}.* would take the name of one of the run's "
+                f"own files (index.html, failures.json, embeddings.npz, run.partN.json); written "
+                f"as {key}-2.*") in err
         assert json.loads((out / f"{key}-2.json").read_text())["input"] == str(d / key)
     assert not (out / "failures.json").exists()  # nothing failed
     page = (out / "index.html").read_text()
@@ -686,7 +687,9 @@ def test_an_interrupted_explain_says_what_it_kept_and_where(setup, tmp_path, mon
                  str(inputs / "long.npy"), str(inputs / "tone.wav"), "--out", str(out),
                  "--methods", "attention")
     assert rc == errors.INTERRUPTED
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (  # the failed one not retried
+    err = capsys.readouterr().err
+    assert "warning: 1 of 2 input(s) tried had warnings: 1 not_log_mel" in err  # of 2, not 3
+    assert err.strip().splitlines()[-1] == (  # the failed one not retried
         f"tagger-jax: interrupted; 1 of 3 input(s) explained in this run are in {out}, 1 failed "
         "(recorded; --retry-failed tries them again); running it again explains the other 1")
 

@@ -315,8 +315,8 @@ def test_an_input_named_like_the_merged_file_keeps_its_npz(model_dir, tmp_path, 
     out = tmp_path / "emb"
     argv = ["embed", "--checkpoint", str(model_dir), str(d), "--out", str(out), "--no-progress"]
     assert cli.main(argv) == 0
-    assert (f"note: {d / 'embeddings'}: embeddings.npz would be one of the run's own files; "
-            "written as embeddings-2.npz") in capsys.readouterr().err
+    assert (f"note: {d / 'embeddings'}: outputs named embeddings.* would take the name of one of "
+            "the run's own files") in capsys.readouterr().err
     assert str(embedding.load_embeddings(out / "embeddings-2.npz")["name"]) == str(
         d / "embeddings")
     assert list(embedding.load_embeddings(out / "embeddings.npz")["keys"]) == ["embeddings-2"]
@@ -347,9 +347,10 @@ def test_a_folder_search_lists_an_embed_folder_in_one_line(model_dir, files, tmp
 
 
 def test_embed_and_explain_refuse_each_others_npz(model_dir, files, tmp_path, capsys):
-    """Both write KEY.npz: a trial's embed into an explain folder replaced the maps (and explain
-    then took the input for finished), and explain into an embed folder replaced the embeddings.
-    Each refuses the other's file, one line, exit status 2, nothing written."""
+    """Both write KEY.npz and failures.json: a trial's embed into an explain folder replaced the
+    maps (and explain then took the input for finished), and explain into an embed folder
+    replaced the embeddings. Each refuses the other's folder, one line, exit status 2, nothing
+    written."""
     one = str(files / "mid.npy")
     ex, emb = tmp_path / "ex", tmp_path / "emb"
     assert cli.main(["explain", "--checkpoint", str(model_dir), one, "--out", str(ex),
@@ -361,11 +362,16 @@ def test_embed_and_explain_refuse_each_others_npz(model_dir, files, tmp_path, ca
     assert cli.main(["embed", "--checkpoint", str(model_dir), one, "--out", str(ex),
                      "--no-progress"]) == 2
     [line] = capsys.readouterr().err.splitlines()
-    assert line == (f"error: {ex / 'mid.npy.npz'} is an output of tagger-jax explain; embed would "
-                    "write its own under the same name: give embed another --out")
+    assert line == (f"error: {ex} holds outputs of tagger-jax explain (3 file(s), e.g. "
+                    "index.html); embed writes files of the same names: give embed another --out")
     assert cli.main(["explain", "--checkpoint", str(model_dir), one, "--out", str(emb),
                      "--methods", "attention", "--no-progress"]) == 2
-    assert "is an output of tagger-jax embed; explain would" in capsys.readouterr().err
+    assert (f"error: {emb} holds outputs of tagger-jax embed (2 file(s), e.g. embeddings.npz); "
+            "explain writes") in capsys.readouterr().err
+    other = tmp_path / "other.npy"  # another input: the folder is refused all the same (a
+    other.write_bytes((files / "long.npy").read_bytes())  # verifier's embed deleted a summary)
+    assert cli.main(["embed", "--checkpoint", str(model_dir), str(other), "--out", str(ex),
+                     "--no-progress"]) == 2
     assert (ex / "mid.npy.npz").read_bytes() == maps and (emb / "mid.npy.npz").read_bytes() == (
         vectors)
     assert not (emb / "mid.npy.json").exists() and not (ex / "embeddings.npz").exists()

@@ -209,16 +209,28 @@ def _announce_reuse(builder: tfds.core.DatasetBuilder, hint: str) -> None:
           file=sys.stderr, flush=True)
 
 
-def _note_source(name: str, builder: tfds.core.DatasetBuilder) -> None:
-    """A `note:` line on stderr when the build's recorded source has changed since (the builder
-    class's `source_note`): a run reading it without a manual directory is not refused (the
-    build is what it asked for) but is told it reads the old rows."""
+# Builds whose changed source this process has noted (`_note_source`): once per build, not once
+# per split a run opens.
+_SOURCE_NOTED: set[str] = set()
+
+
+def _note_source(name: str, builder: tfds.core.DatasetBuilder, data_dir: str | os.PathLike
+                 ) -> None:
+    """A `note:` line on stderr, once per build and process, when the build's recorded source
+    has changed since (the builder class's `source_note`): a run reading it without a manual
+    directory (evaluate, explain or embed --dataset, training) is not refused (the build is what
+    it asked for) but is told it reads the old rows, and how to build it again."""
     cls = tfds.builder_cls(name)
-    note = (cls.source_note(dict(builder.info.metadata or {}))
-            if issubclass(cls, TaggingBuilder) else None)
+    if not issubclass(cls, TaggingBuilder) or str(builder.data_dir) in _SOURCE_NOTED:
+        return
+    note = cls.source_note(dict(builder.info.metadata or {}))
     if note:
+        _SOURCE_NOTED.add(str(builder.data_dir))
+        config = (f" --config {builder.builder_config.name}"
+                  if builder.builder_config and builder.builder_config.name != "default" else "")
         print(f"note: {_label(builder)} in {builder.data_dir}: {note}; `tagger-jax build-dataset "
-              f"{name} --manual-dir DIR --overwrite` builds it again", file=sys.stderr, flush=True)
+              f"{name}{config} --data-dir {_expand(data_dir)} --manual-dir DIR --overwrite` "
+              "builds it again", file=sys.stderr, flush=True)
 
 
 def _label(builder: tfds.core.DatasetBuilder) -> str:
@@ -322,7 +334,7 @@ def ensure_built(name: str, data_dir: str | os.PathLike,
         _check_reuse(name, builder, manual_dir)
         _announce_reuse(builder, "tagger-jax build-dataset --overwrite rebuilds it")
         if not manual_dir:
-            _note_source(name, builder)
+            _note_source(name, builder, data_dir)
         return builder
     if name in SELF_CONTAINED:
         made = list(builder._split_names())
@@ -419,6 +431,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike,
                 f"{guess!r})" if folded(guess) == folded(split) else f" (did you mean {guess!r}?)")
         raise MissingSplitError(f"{name} in {builder.data_dir}: no split {split!r}{hint}; its "
                                 f"splits are {list(builder.info.splits)}")
+    _note_source(name, builder, data_dir)
     return builder.as_data_source(split=split), tag_names(builder)
 
 

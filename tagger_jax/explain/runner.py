@@ -1032,8 +1032,11 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     if len(set(keys)) != len(keys):
         raise ValueError("input keys must be unique")
     process, processes = jax.process_index(), jax.process_count()
+    from tagger_jax import embedding
+
+    inference.refuse_other_outputs(out_dir, "explain", "embed", embedding.output_files(out_dir))
     items, renamed = inference.avoid_reserved(items, _run_file_stem)
-    for line in inference.reserved_lines(renamed, report.SUMMARY_SUFFIX) if process == 0 else ():
+    for line in inference.reserved_lines(renamed) if process == 0 else ():
         print(line, file=sys.stderr)
 
     def stored_name(key: str) -> Optional[str]:
@@ -1049,10 +1052,6 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     if adopted and process == 0:
         print(inference.adopted_line(adopted, out_dir, report.SUMMARY_SUFFIX), file=sys.stderr)
     items, moved = inference.claim_keys(items, stored_name)
-    from tagger_jax import embedding
-
-    inference.refuse_other_outputs(out_dir, [it.key for it in items], ".npz", "explain", "embed",
-                                   embedding.is_output)
     for line in inference.moved_lines(moved, out_dir, report.SUMMARY_SUFFIX) \
             if process == 0 else ():
         print(line, file=sys.stderr)
@@ -1176,7 +1175,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         raise
     finally:
         bar.close()
-        for counted in (inference.warning_counts(warned, len(todo)),
+        tried = len(done) + sum(it.name in failed for it in todo)  # fewer when interrupted
+        for counted in (inference.warning_counts(warned, tried),
                         inference.warning_counts(reused_warned, len(skipped), reused=True)):
             if counted:
                 print(counted, file=sys.stderr)
