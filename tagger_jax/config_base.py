@@ -77,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.train = t = ml_collections.ConfigDict()
     t.seed = 0  # seeds parameter init, dropout and data order
-    t.init_from = ""  # a trained model (its directory or workdir) whose weights start this run ("" = none; tagger_jax.transfer)
+    t.init_from = ""  # a trained model (its directory or workdir) whose weights start this run ("" = none; tagger_jax.transfer; its learning rate: docs/training.md)
     t.batch_size = 16  # global batch (split over all devices of all hosts)
     t.eval_batch_size = 64  # clips per evaluation batch (each clip contributes eval_chunks crops)
     t.num_epochs = 200  # upper bound on epochs (the authors' plateau schedule usually stops earlier)
