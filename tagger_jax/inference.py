@@ -331,8 +331,8 @@ def forget_other_keys(failures: Mapping[str, Any], items: Sequence["Input"]) -> 
     twice ("10 failed"). The entry under this run's key is what the run keeps."""
     keys = {it.key for it in items}
     files = {i for i in (file_identity(it.name) for it in items) if i is not None}
-    return {k: v for k, v in failures.items()
-            if k in keys or not isinstance(v, Mapping) or file_identity(v.get("input")) not in files}
+    return {k: v for k, v in failures.items() if k in keys or not isinstance(v, Mapping)
+            or file_identity(v.get("input")) not in files}
 
 
 def adopt_keys(items: Sequence["Input"], stored: Mapping[str, Optional[str]]

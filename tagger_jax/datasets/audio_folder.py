@@ -689,8 +689,8 @@ class AudioFolder(TaggingBuilder):
             return None
         if _same_csv(recorded, current):
             return None
-        return (f"its CSV {recorded['csv']} has changed since the build ({recorded.get('csv_bytes')}"
-                f" bytes, sha256 {str(recorded.get('csv_sha256'))[:12]} then; "
+        then = f"{recorded.get('csv_bytes')} bytes, sha256 {str(recorded.get('csv_sha256'))[:12]}"
+        return (f"its CSV {recorded['csv']} has changed since the build ({then} then; "
                 f"{current['csv_bytes']} bytes, sha256 {current['csv_sha256'][:12]} now): this run "
                 "reads the rows of the build")
 

@@ -29,7 +29,8 @@ POOLER = "pooler"
 DENSE_BN = "dense_bn"
 
 __all__ = ["ARCHITECTURES", "Architecture", "CLASSIFIER", "CLS_PARAM", "DENSE_BN", "EMBEDDING",
-           "FRAME_CLASSIFIER", "FRONTEND", "Geometry", "LOG_MEL", "N_MELS", "POOLER", "TAG_OUTPUTS", "WAVEFORM", "WAVEFORM_SAMPLES", "WAVEFORM_STEP",
+           "FRAME_CLASSIFIER", "FRONTEND", "Geometry", "LOG_MEL", "N_MELS", "POOLER", "TAG_OUTPUTS",
+           "WAVEFORM", "WAVEFORM_SAMPLES", "WAVEFORM_STEP",
            "build_model", "geometry", "get_architecture", "input_shape", "model_fields"]
 
 
