@@ -38,3 +38,20 @@ def test_explanation_figure_of_a_name_in_other_scripts_warns_nothing(tmp_path, r
                             [Row("トラック", rng.random(40))], 0.016, title="日本の歌 🎵.wav")
     assert Image.open(path).size[0] > 100
     assert not [w for w in recwarn if "missing from font" in str(w.message)]
+
+
+def test_a_long_title_is_wrapped_to_the_figure(tmp_path):
+    """A verifying user's long file name pushed the title's top tags off the right edge."""
+    from tagger_jax.explain.plotting import TITLE_CHARS, explanation_figure
+
+    rng = np.random.default_rng(2)
+    name = "a very long file name " * 12 + ".wav"
+    fig = explanation_figure(rng.normal(-30, 10, (96, 40)), 0.016, [Row("map", rng.random(40))],
+                             0.016, title=f"{name}\ntop: harp 0.98, choir 0.50")
+    [title] = [t for ax in fig.axes for t in (ax.title, ax._left_title) if t.get_text()]
+    lines = title.get_text().split("\n")
+    assert len(lines) >= 4 and max(map(len, lines)) <= TITLE_CHARS
+    assert lines[-1] == "top: harp 0.98, choir 0.50"
+    inches = fig.get_size_inches()[0]
+    box = title.get_window_extent(fig.canvas.get_renderer())
+    assert box.x1 <= inches * fig.dpi  # inside the figure

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -35,6 +36,7 @@ MAP2D_HEIGHT = 1.3
 LINE_GAP = 0.6  # inches between wrapped lines
 WIDTH = 14.0
 HZ_TICKS = (250, 500, 1000, 2000, 4000, 8000)
+TITLE_CHARS = 130  # characters of a title line at its 10 pt over the panels' width
 # Fonts for titles of other scripts (input names), used after matplotlib's DejaVu Sans where
 # installed (e.g. Debian's fonts-noto-cjk, fonts-droid-fallback, fonts-wqy-zenhei).
 FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK KR", "Noto Sans CJK TC",
@@ -176,11 +178,14 @@ def explanation_figure(log_mel: np.ndarray, spec_step_s: float, rows: Sequence[R
     dashed lines through every panel (the junction of a two-clip input). `line_s`: longest line
     in seconds (None: one line whatever the length); longer tracks get `line_layout`'s lines of
     equal length. Each line's panels are the spectrogram's axes and one per row, all sharing
-    its x limits (seconds).
+    its x limits (seconds). Title lines longer than `TITLE_CHARS` are wrapped (a long file name
+    pushed a verifying user's top tags off the right edge).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    title = "\n".join(textwrap.fill(line, TITLE_CHARS, break_on_hyphens=False) or line
+                      for line in title.split("\n"))
     log_mel = np.asarray(log_mel)
     spec_ext = _extent(log_mel.shape[-1], spec_step_s, centred=True)
     start, end = min(spec_ext[0], 0.0), spec_ext[1]
