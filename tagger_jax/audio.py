@@ -161,6 +161,8 @@ FFMPEG_SUFFIXES = (".m4a", ".m4b", ".mp4", ".aac", ".adts", ".wma", ".asf", ".we
                    ".flv", ".avi", ".wmv", ".ogv", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts")
 AUDIO_SUFFIXES = tuple(sorted(set(SOUNDFILE_SUFFIXES) | set(FFMPEG_SUFFIXES)))
 # Lossy codecs, whose decoders overshoot full scale on loud masters (`over_full_scale`'s hint):
+# libsndfile's subtypes, and the suffixes that tell them where the decoder does not (ffmpeg):
+LOSSY_SUBTYPES = ("VORBIS", "OPUS", "MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III")
 LOSSY_SUFFIXES = (".mp3", ".ogg", ".oga", ".opus", ".m4a", ".m4b", ".mp4", ".aac", ".adts",
                   ".wma", ".webm", ".weba", ".mp2", ".mpa", ".mpc", ".ac3", ".eac3", ".spx")
 INPUT_SUFFIXES = AUDIO_SUFFIXES + (".npy",)
@@ -269,6 +271,7 @@ class Decoded:
     decoder: str  # "soundfile" or "ffmpeg"
     expected_frames: int | None = None  # the length the file's header declares, if it does
     problems: list[str] = dataclasses.field(default_factory=list)  # decoder-reported damage
+    lossy: bool | None = None  # a lossy codec (libsndfile's subtype); None: unknown (by suffix)
 
 
 def _check_file(path: str | os.PathLike) -> Path:
@@ -351,11 +354,11 @@ def _read_soundfile(p: Path, f, mpeg: bool, problems: list[str]) -> Decoded:
     unexplained lines."""
     with _mpg123_messages(problems) if mpeg else contextlib.nullcontext():
         with f:
-            rate, declared = f.samplerate, f.frames
+            rate, declared, lossy = f.samplerate, f.frames, f.subtype in LOSSY_SUBTYPES
             y = f.read(frames=-1, dtype="float32", always_2d=True).T
     wav_frames = _wav_declared_frames(p)
     return Decoded(np.ascontiguousarray(y), int(rate), "soundfile",
-                   wav_frames if wav_frames is not None else int(declared), problems)
+                   wav_frames if wav_frames is not None else int(declared), problems, lossy)
 
 
 _FD2_LOCK = threading.Lock()
@@ -571,7 +574,7 @@ def _load_streamed(p: Path, f, mpeg: bool, problems: list[str],
     mono_sum = 0.0
     with _mpg123_messages(problems) if mpeg else contextlib.nullcontext():
         with f:
-            rate, declared = int(f.samplerate), int(f.frames)
+            rate, declared, lossy = int(f.samplerate), int(f.frames), f.subtype in LOSSY_SUBTYPES
             stream = (soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
                       if rate != sample_rate else None)
             for block in f.blocks(blocksize=STREAM_BLOCK_FRAMES, dtype="float32",
@@ -597,7 +600,7 @@ def _load_streamed(p: Path, f, mpeg: bool, problems: list[str],
     notes = _degradation_notes(
         d, "soundfile", problems, frames, wav_frames if wav_frames is not None else declared,
         rate, sample_rate, np.sqrt(channel_sq / frames), math.sqrt(mono_sq / frames),
-        Levels(peak, full_scale, frames * len(channel_sq)), mono_sum / frames)
+        Levels(peak, full_scale, frames * len(channel_sq)), mono_sum / frames, lossy)
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), notes
 
 
@@ -641,13 +644,15 @@ def decode_warnings(name: str, decoded: Decoded, sample_rate: int) -> dict[str, 
     return _degradation_notes(name, decoded.decoder, decoded.problems, y.shape[-1],
                               decoded.expected_frames, decoded.sample_rate, sample_rate,
                               channel_rms, mono_rms, Levels.of(y),
-                              float(np.mean(mono, dtype=np.float64)) if y.size else 0.0)
+                              float(np.mean(mono, dtype=np.float64)) if y.size else 0.0,
+                              decoded.lossy)
 
 
 def _degradation_notes(name: str, decoder: str, problems: list[str], n: int,
                        expected_frames: int | None, rate: int, sample_rate: int,
                        channel_rms: np.ndarray, mono_rms: float,
-                       levels: Levels, mono_mean: float = 0.0) -> dict[str, str]:
+                       levels: Levels, mono_mean: float = 0.0,
+                       lossy: bool | None = None) -> dict[str, str]:
     """`decode_warnings` from a decoded file's statistics (also those a streamed read sums)."""
     notes: dict[str, str] = {}
     if levels.peak < 10 ** (SILENCE_DBFS / 20):
@@ -655,8 +660,9 @@ def _degradation_notes(name: str, decoder: str, problems: list[str], n: int,
                    else "every sample 0")
         notes["silence"] = f"{name}: silent ({loudest}): its tags describe silence, not music"
     elif levels.peak > 1.0:
-        why = ("a lossy file's decoder overshoots full scale on a loud master"
-               if os.path.splitext(name)[1].lower() in LOSSY_SUFFIXES
+        if lossy is None:
+            lossy = os.path.splitext(name)[1].lower() in LOSSY_SUFFIXES
+        why = ("a lossy file's decoder overshoots full scale on a loud master" if lossy
                else "a float file not normalised?")
         notes["over_full_scale"] = (
             f"{name}: samples reach {levels.peak:.3g} ({20 * np.log10(levels.peak):+.1f} dBFS), "

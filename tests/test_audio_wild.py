@@ -131,7 +131,7 @@ def test_explain_and_embed_carry_the_same_warnings(model_dir, wild, tmp_path, ca
     assert said.count("warning: ") >= 2 and "phase.wav" in said and "linear.npy" in said
 
 
-def test_warning_values(wild):
+def test_warning_values(wild, tmp_path):
     d, _ = wild
     _, notes = audio.read_input(d / "phase.wav", audio.FeatureParams())
     assert "below" in notes["stereo_cancellation"]
@@ -148,10 +148,15 @@ def test_warning_values(wild):
     peak = 40.0 * np.abs(_tone()).max()
     assert f"reach {peak:.3g} ({20 * np.log10(peak):+.1f} dBFS)" in notes["over_full_scale"]
     assert "(a float file not normalised?)" in notes["over_full_scale"]
-    # a loud mp3 decodes to 1.10 from a master at 0.99 (a trial): not a float file's mistake
-    hot = audio.Decoded(np.array([[0.5, 1.1, -0.2]], np.float32), SR, "soundfile")
+    # a loud mp3 decodes to 1.10 from a master at 0.99 (a trial): not a float file's mistake,
+    # whether its name says mp3 or not (a verifier's file without a suffix)
+    hot = audio.Decoded(np.array([[0.5, 1.1, -0.2]], np.float32), SR, "ffmpeg")
     assert "(a lossy file's decoder overshoots full scale on a loud master)" in (
-        audio.decode_warnings("master.MP3", hot, SR)["over_full_scale"])
+        audio.decode_warnings("master.M4A", hot, SR)["over_full_scale"])
+    square = 0.99 * np.sign(np.sin(2 * np.pi * 220 * np.arange(2 * SR) / SR))
+    sf.write(tmp_path / "loud_master", square, SR, format="MP3")
+    _, notes = audio.read_input(tmp_path / "loud_master", audio.FeatureParams())
+    assert "(a lossy file's decoder overshoots full scale" in notes["over_full_scale"]
 
 
 # ------------------------------------------------------------------- item 8: directory scans
