@@ -83,8 +83,9 @@ def split_fingerprint(dataset_dir: str | Path, name: str, split: str) -> str:
 def split_identity(dataset_dir: str | Path, split: str) -> Optional[dict]:
     """What a built split holds, wherever it lies: {"dataset": "NAME/CONFIG VERSION", "records",
     "bytes"} from its `dataset_info.json` (None without one, or without the split). A checkpoint
-    records its train split's; a run resumed on other training data (`data.data_dir` may change
-    on resume, to follow data that moved) is refused instead of going on over other records."""
+    records its train split's (with the tag names, `_with_tags`); a run resumed on other training
+    data (`data.data_dir` may change on resume, to follow data that moved) is refused instead of
+    going on over other records."""
     import json
 
     try:
@@ -236,5 +237,12 @@ def load_data(config: Any, hold: contextlib.ExitStack | None = None) -> TrainDat
         test_fingerprint=fingerprint, extra_tests=extra, baseline=fit_baseline if with_baseline else None,
         baseline_fingerprint=(split_fingerprint(builder.data_dir, builder.name, d.train_split)
                               if with_baseline else None),
-        train_identity=split_identity(builder.data_dir, d.train_split))
+        train_identity=_with_tags(split_identity(builder.data_dir, d.train_split), tags))
+
+
+def _with_tags(identity: Optional[dict], tags: Sequence[str]) -> Optional[dict]:
+    """`split_identity` with the dataset's tag names in model order ("tags"): a rebuild whose
+    CSV edit moved a tag kept the train split's records and bytes, and a finished run's rerun
+    exported its weights under the new order (a trial's "piano" column scored the harp)."""
+    return None if identity is None else {**identity, "tags": list(tags)}
 

@@ -322,7 +322,8 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
                 raise ConfigMismatchError(f"{workdir / wd.CHECKPOINT_DIR}/{resume_step} was "
                                           "written by a different config:\n  " + "\n  ".join(diffs))
             then, now = meta.get("train_data"), data.train_identity
-            if then and now and then != now:
+            if then and now and any(then[k] != now[k] for k in then if k in now):  # "tags":
+                # recorded since 2026-12-05; older checkpoints compare records and bytes
                 raise ConfigError(
                     f"{workdir / wd.CHECKPOINT_DIR}/{resume_step} was trained on other data: "
                     f"train split then {_described(then)}, now {_described(now)}; resume on the "
@@ -496,8 +497,10 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
 
 
 def _described(identity: dict) -> str:
+    tags = identity.get("tags")
     return (f"{identity.get('dataset')}, {identity.get('records'):,} records, "
-            f"{identity.get('bytes'):,} bytes")
+            f"{identity.get('bytes'):,} bytes" + (f", tags {', '.join(map(repr, tags))}"
+                                                  if tags is not None else ""))
 
 
 def _test(config, workdir: Path, name: str, sub: Optional[str], split: TestSplit,

@@ -710,7 +710,24 @@ def test_resuming_on_other_training_data_is_refused(tmp_path, finished_run):
         "records, 1,250 bytes; resume on the data it was trained on (data.data_dir), or start in "
         "a new --workdir")
     data = toy_data(config)
-    data.train_identity = dict(then)
+    data.train_identity = dict(then)  # a checkpoint without tags (before they were recorded)
+    assert train_lib.train_and_evaluate(config, workdir, data)["step"] == summary["step"]
+    # A trial's CSV edit moved a tag: same records and bytes, another tag order. The finished
+    # run's rerun exported its weights under the new names ("piano" scored the harp).
+    tags = list(data.tag_names)
+    for step_dir in (workdir / "checkpoints").iterdir():
+        path = step_dir / "meta" / "metadata"
+        meta = json.loads(path.read_text())
+        path.write_text(json.dumps({**meta, "train_data": {**then, "tags": tags}}))
+    model = (workdir / "best_model" / "tagger.json").read_bytes()
+    data = toy_data(config)
+    data.train_identity = {**then, "tags": tags[1:] + tags[:1]}
+    with pytest.raises(errors.ConfigError, match="was trained on other data: train split then "
+                       r".*, tags 'tag0', .*, now .*, tags 'tag1', .*; resume on the data"):
+        train_lib.train_and_evaluate(config, workdir, data)
+    assert (workdir / "best_model" / "tagger.json").read_bytes() == model
+    data = toy_data(config)
+    data.train_identity = {**then, "tags": tags}
     assert train_lib.train_and_evaluate(config, workdir, data)["step"] == summary["step"]
 
 
