@@ -289,8 +289,8 @@ def report_beside(result: dict, print_fn=print, train: str = "dataset",
                                **metrics}, indent=1))
     if print_fn is not None:
         print_fn("\n".join(lines))
-        if constant:
-            print_fn(constant_warning(constant, len(tags), fitted_on))
+        if constant:  # as every warning: on stderr (stdout holds the tables and results)
+            print(constant_warning(constant, len(tags), fitted_on), file=sys.stderr)
         print_fn(f"baseline (logistic regression on log-mel statistics) fitted on {fitted_on} "
                  f"({scored.clips} clips, {whose}): ROC-AUC {_fmt(metrics['roc_auc_mean'], 0)}  "
                  f"PR-AUC {_fmt(metrics['pr_auc_mean'], 0)}; wrote {out}")

@@ -85,12 +85,12 @@ def test_report_beside_fits_on_train_and_writes_json(tmp_path, monkeypatch, caps
     saved = json.loads((tmp_path / baseline.BASELINE_JSON).read_text())
     assert saved["split"] == "test_other" and saved["fitted_on"] == "fake/train"
     assert saved["fitted_on_clips"] == 40 and saved["constant_tags"] == ["always"]
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "baseline ROC-AUC" in out and "0.5000" in out and "1.0000" in out
     assert "fitted on fake/train (40 clips" in out
-    warning = [line for line in out.splitlines() if line.startswith("warning: baseline")]
+    warning = [line for line in err.splitlines() if line.startswith("warning: baseline")]
     assert len(warning) == 1 and "(always)" in warning[0] and "meaningless" in warning[0]
-    assert "note:" not in out
+    assert "note:" not in out and "warning:" not in out  # stdout: tables and results only
     with pytest.warns(evaluation.UndefinedMetricWarning):  # scored on its own training split
         baseline.report_beside({**result, "split": "train"})
     assert capsys.readouterr().err.splitlines()[-1] == (
@@ -136,7 +136,7 @@ def test_report_beside_can_fit_on_the_models_training_data(tmp_path, monkeypatch
     m = baseline.report_beside(result, train="dataset")
     assert m["fitted_on_clips"] == 1 and m["constant_tags"] == ["fast", "low"]
     assert m["roc_auc_mean"] == 0.5
-    assert "warning: baseline: 2 of 2 tags" in capsys.readouterr().out
+    assert "warning: baseline: 2 of 2 tags" in capsys.readouterr().err
 
     calls.clear()
     m = baseline.report_beside(result, train="model")

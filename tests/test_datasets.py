@@ -903,11 +903,56 @@ def test_audio_folder_refuses_to_reuse_a_build_from_another_source(tmp_path, cap
     [note] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
     assert f"its CSV {(first / 'tags.csv').resolve()} has changed since the build" in note
     assert hashlib.sha256(text).hexdigest()[:12] in note
-    assert (f"build-dataset audio_folder --data-dir {tmp_path / 'd'} --manual-dir DIR "
-            "--overwrite") in note
+    assert (f"`tagger-jax build-dataset audio_folder --data-dir {tmp_path / 'd'} --manual-dir "
+            f"{first.resolve()} --overwrite` builds it again") in note  # as a trial can run it
     (first / "tags.csv").write_bytes(text)  # the same bytes again (a new mtime): nothing to say
     metadata = dict(datasets.get_builder("audio_folder", tmp_path / "d").info.metadata)
     assert tfds.builder_cls("audio_folder").source_note(metadata) is None
+
+
+def test_csv_lines_are_the_files_lines_and_empty_rows_are_skipped(tmp_path):
+    """A trial's CSV with blank lines got the line numbers of its records, not of the file
+    (`listed twice ... (lines 3, 5)` for lines 5 and 7), and Excel's `,,` rows under the table
+    were refused as an empty path."""
+    folder = _small_folder(tmp_path / "m", ("rock", "jazz", "rock"))
+    (folder / "tags.csv").write_bytes(
+        b"path,tags,split\r\ns0.wav,rock,train\r\n\r\n\r\ns1.wav,jazz,valid\r\n\r\n"
+        b"s2.wav,rock,test\r\n,,\r\n , ,\r\n")
+    rows, _ = audio_folder.read_table(folder / "tags.csv", AudioFolderConfig(name="x"), folder)
+    assert [(r.line, r.path) for r in rows] == [(2, "s0.wav"), (5, "s1.wav"), (7, "s2.wav")]
+    (folder / "dup.csv").write_text("sep=,\npath,tags\n\nmissing.wav,rock\n")
+    rows, _ = audio_folder.read_table(folder / "dup.csv", AudioFolderConfig(name="y"), folder)
+    assert [r.line for r in rows] == [4]
+
+
+def test_the_rebuild_hint_is_a_command_that_runs(tmp_path):
+    """A trial's changed-CSV note suggested `--config mine ... --manual-dir DIR`, which was
+    refused as written (no config 'mine' without its `--set` fields)."""
+    from tagger_jax.datasets import _api
+
+    folder = _small_folder(tmp_path / "my music", ("rock", "jazz", "rock"))
+    (folder / "tags.csv").write_text((folder / "tags.csv").read_text().replace(",", ";"))
+    config = AudioFolderConfig(name="mine", delimiter="semicolon",
+                               description="mine: {'delimiter': 'semicolon'}")
+    b = datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder, num_workers=1)
+    assert _api._rebuild_command("audio_folder", b, tmp_path / "d") == (
+        f"tagger-jax build-dataset audio_folder --config mine --set delimiter=semicolon "
+        f"--data-dir {tmp_path / 'd'} --manual-dir '{folder.resolve()}' --overwrite")
+
+
+def test_overwrite_checks_the_new_source_before_deleting_the_build(tmp_path):
+    """A trial's `--overwrite` with a CSV holding `Fast` and `fast` was refused after the
+    working build had been deleted; the CSV is checked first, and the build stays."""
+    folder = _small_folder(tmp_path / "m", ("rock", "jazz", "rock"))
+    datasets.build("audio_folder", tmp_path / "d", manual_dir=folder, num_workers=1)
+    text = (folder / "tags.csv").read_text()
+    (folder / "tags.csv").write_text(text.replace("s1.wav,jazz", "s1.wav,Rock"))
+    with pytest.raises(ValueError, match="differ only in case"):
+        datasets.build("audio_folder", tmp_path / "d", manual_dir=folder, num_workers=1,
+                       overwrite=True)
+    kept = datasets.get_builder("audio_folder", tmp_path / "d")
+    assert datasets.tag_names(kept) == ("rock", "jazz") and len(
+        datasets.load_split("audio_folder", "train", tmp_path / "d")[0]) == 1
 
 
 def test_metadata_features_are_the_mel_settings_only(tmp_path):
@@ -1344,8 +1389,8 @@ def test_missing_files_that_empty_splits_are_all_named_before_the_build(tmp_path
         "s2.wav,rock,test\n")
     b = datasets.build("audio_folder", tmp_path / "d", manual_dir=manual, num_workers=1)
     assert b.info.metadata["tags_without_train_clips"] == ["jazz", "piano"]
-    assert ("2 tag(s) have no clip in the train split (jazz, piano; rows whose file is missing "
-            "left out)") in capfd.readouterr().err
+    assert ("2 tag(s) have no clip in the train split (jazz, piano; 1 row(s) whose file is "
+            "missing left out)") in capfd.readouterr().err
 
 
 def test_live_skip_warnings_stop_after_twenty_a_split_and_the_summary_counts_all(tmp_path,
@@ -1636,8 +1681,8 @@ def test_audio_folder_zero_fraction_tags_only_outside_train_and_split_names(tmp_
                        manual_dir=tmp_path / "m", num_workers=1)
     err = capfd.readouterr().err
     assert (f"warning: {tmp_path / 'm' / 'tags.csv'}: 2 tag(s) have no clip in the train split "
-            "(jazz, rare; rows whose file is missing left out): a model trained on it cannot "
-            "learn them, yet validation and tests score them where they have clips") in err, err
+            "(jazz, rare): a model trained on it cannot learn them, yet validation and tests "
+            "score them where they have clips") in err, err  # no file missing: not said
     assert b.info.metadata["tags_without_train_clips"] == ["jazz", "rare"]
     from tagger_jax import evaluation  # evaluate names them again, in the model's tag order
 

@@ -5,7 +5,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import tensorflow_datasets as tfds
 
@@ -146,6 +146,8 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
 
         from tagger_jax import outputs
 
+        _check_sources(name, builder, data_dir, manual_dir)  # a refused source keeps the build
+
         # Not under a run that reads it (a training went on with the deleted files); runs that
         # start reading meanwhile wait for the new build (`reading`).
         held.enter_context(outputs.replacing(
@@ -161,6 +163,25 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
     if builder.data_path.exists():  # TFDS would "reuse" it and build nothing
         raise ValueError(f"{_label(builder)}: {builder.data_dir} exists but holds no finished "
                          "build (no dataset_info.json); delete it, or build with --overwrite")
+    manual, default = _check_sources(name, builder, data_dir, manual_dir)
+    config = tfds.download.DownloadConfig(manual_dir=manual)
+    config_name = builder.builder_config.name if builder.builder_config else "default"
+    print(f"building {name}/{config_name} {builder.version} in {_expand(data_dir)}"
+          + (f" from {manual}" if manual else ""), file=sys.stderr, flush=True)
+    with _quiet_tfds(builder):
+        builder.download_and_prepare(download_config=config)
+    if name not in SELF_CONTAINED:  # synthesised, not decoded: nothing to warn about
+        print(warnings_summary(builder), file=sys.stderr, flush=True)
+    return builder
+
+
+def _check_sources(name: str, builder: tfds.core.DatasetBuilder, data_dir, manual_dir
+                   ) -> tuple[Optional[str], Path]:
+    """The checks of a build's sources before anything is built or deleted: the manual
+    directory exists and is not empty, and the builder's own `check_inputs` (an `audio_folder`
+    CSV read and checked). Raises their one-line errors; returns (the manual directory, TFDS's
+    default one). `--overwrite` runs them before it deletes the old build (a trial's CSV with
+    `Fast` and `fast` was refused after its working build was gone)."""
     manual = _expand(manual_dir)
     if manual and not Path(manual).is_dir():
         files = getattr(builder, "MANUAL_FILES", "") or "the downloaded files"
@@ -178,18 +199,10 @@ def _build_locked(name, data_dir, builder_config, manual_dir, num_workers, overw
             f"{name}: built from files you provide: give --manual-dir DIR, the folder that holds "
             f"them (what it must hold: docs/datasets.md, or the docstring of "
             f"tagger_jax/datasets/{name}.py)")
-    config = tfds.download.DownloadConfig(manual_dir=manual)
-    config_name = builder.builder_config.name if builder.builder_config else "default"
     if isinstance(builder, TaggingBuilder):
         builder.check_inputs(Path(manual) if manual else (
             default if default.is_dir() else None))  # refused before "building ..." is said
-    print(f"building {name}/{config_name} {builder.version} in {_expand(data_dir)}"
-          + (f" from {manual}" if manual else ""), file=sys.stderr, flush=True)
-    with _quiet_tfds(builder):
-        builder.download_and_prepare(download_config=config)
-    if name not in SELF_CONTAINED:  # synthesised, not decoded: nothing to warn about
-        print(warnings_summary(builder), file=sys.stderr, flush=True)
-    return builder
+    return manual, default
 
 
 def _other_source(builder: tfds.core.DatasetBuilder, manual_dir) -> str:
@@ -226,11 +239,9 @@ def _note_source(name: str, builder: tfds.core.DatasetBuilder, data_dir: str | o
     note = cls.source_note(dict(builder.info.metadata or {}))
     if note:
         _SOURCE_NOTED.add(str(builder.data_dir))
-        config = (f" --config {builder.builder_config.name}"
-                  if builder.builder_config and builder.builder_config.name != "default" else "")
-        print(f"note: {_label(builder)} in {builder.data_dir}: {note}; `tagger-jax build-dataset "
-              f"{name}{config} --data-dir {_expand(data_dir)} --manual-dir DIR --overwrite` "
-              "builds it again", file=sys.stderr, flush=True)
+        print(f"note: {_label(builder)} in {builder.data_dir}: {note}; "
+              f"`{_rebuild_command(name, builder, data_dir)}` builds it again", file=sys.stderr,
+              flush=True)
 
 
 def _label(builder: tfds.core.DatasetBuilder) -> str:
@@ -256,23 +267,44 @@ def _check_reuse(name: str, builder: tfds.core.DatasetBuilder,
             f"{builder.data_dir})")
 
 
+def _described_fields(description: str) -> Any:
+    """The fields a `--set` config's description records ("NAME: {field: value}"), or the text
+    when it holds none (a registered config's prose)."""
+    import ast
+
+    try:
+        return ast.literal_eval(description.split(": ", 1)[1])
+    except (IndexError, ValueError, SyntaxError):
+        return description
+
+
+def _rebuild_command(name: str, builder: tfds.core.DatasetBuilder, data_dir) -> str:
+    """The `build-dataset` command that builds `builder` again from its recorded source: its
+    config with the `--set` fields it was made with, the data directory and the recorded manual
+    directory (a trial's hint left out the fields and said DIR, and was refused as written)."""
+    from shlex import quote
+
+    config = builder.builder_config.name if builder.builder_config else "default"
+    fields = _described_fields(str(getattr(builder.builder_config, "description", "") or ""))
+    sets = ("".join(f" --set {quote(f'{k}={v}')}" for k, v in fields.items())
+            if isinstance(fields, dict) else "")
+    manual = dict(dict(builder.info.metadata or {}).get("built_from") or {}).get("manual_dir")
+    return (f"tagger-jax build-dataset {name}" + (f" --config {quote(config)}"
+                                                  if config != "default" else "")
+            + f"{sets} --data-dir {quote(str(_expand(data_dir)))} --manual-dir "
+            + (quote(manual) if manual else "DIR") + " --overwrite")
+
+
 def _changed_fields(builder: tfds.core.DatasetBuilder, builder_config: Any) -> str | None:
     """For a config made with `build-dataset --set` (a config object, not a registered name):
     "built with {...}, but this run asks for {...}" when the build's recorded fields (its
     dataset_info.json's configDescription, "NAME: {field: value}") differ from the config's;
     None otherwise. `--config tiny --set num_train=3` reused a `tiny` built with num_train=4."""
-    import ast
     import json
 
     if builder_config is None or isinstance(builder_config, str):
         return None
-
-    def fields(description: str) -> Any:
-        try:
-            return ast.literal_eval(description.split(": ", 1)[1])
-        except (IndexError, ValueError, SyntaxError):
-            return description  # compared as text
-
+    fields = _described_fields
     try:
         info = json.loads((Path(builder.data_dir) / "dataset_info.json").read_text())
     except (OSError, ValueError):

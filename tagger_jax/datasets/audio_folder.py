@@ -183,10 +183,16 @@ def read_table(path: Path, config: AudioFolderConfig, root: Path | None = None,
                 f.seek(0)
             reader = csv.DictReader(f, delimiter=declared or config.delimiter)
             columns = list(reader.fieldnames or [])
-            records = list(reader)
+            # Each record with its line in the file (the reader's count, which blank lines
+            # advance; + 1 after a `sep=` line): counting records gave a trial's rows below
+            # blank lines the wrong numbers. Rows of empty cells only (Excel writes `,,` rows
+            # under a table) are skipped like blank lines.
+            numbered = [(reader.line_num + bool(declared), rec) for rec in reader
+                        if any((v or "").strip() for k, v in rec.items() if k is not None)
+                        or any(str(c).strip() for c in rec.get(None) or [])]
+            records = [rec for _, rec in numbered]
     except UnicodeDecodeError as e:
         raise utf8_error(path, e) from None
-    first_line = 3 if declared else 2  # of the first record (the header is line 1, or 2)
     if any("\x00" in c for c in columns):  # ASCII as UTF-16 decodes as UTF-8 with NULs between
         raise ValueError(f"{path}: its header holds NUL bytes: UTF-16 text without a byte-order "
                          "mark? save the file as UTF-8")
@@ -219,7 +225,7 @@ def read_table(path: Path, config: AudioFolderConfig, root: Path | None = None,
     rows = []
     spelled: dict[str, tuple[str, int]] = {}  # extra split name -> (value, line) that made it
     delimiter = declared or config.delimiter
-    for line, rec in enumerate(records, start=first_line):
+    for line, rec in numbered:
         extra = [c for c in rec.get(None) or [] if c.strip()]  # cells past the header's
         if extra:  # a verifying user's `a.wav,flute,loud,train`: split 'loud', 'train' dropped
             raise ValueError(
@@ -755,12 +761,14 @@ class AudioFolder(TaggingBuilder):
                        else np.zeros(len(vocab), bool))  # the build refuses the empty split
             lacking = [t for t, seen in zip(vocab, trained) if not seen]
             self._note("tags_without_train_clips", lacking)
-            if lacking:
+            if lacking:  # quoted when a name holds a comma (a trial's `drums, fast, loud`)
+                missing = len(items["train"]) - len(found)
                 print(f"warning: {csv_path}: {len(lacking)} tag(s) have no clip in the train "
-                      f"split ({', '.join(lacking[:10])}{', ...' if len(lacking) > 10 else ''}; "
-                      "rows whose file is missing left out): a model trained on it cannot "
-                      "learn them, yet validation and tests score them where they have clips",
-                      file=sys.stderr, flush=True)
+                      f"split ({tags_lib.listed(lacking[:10])}"
+                      f"{', ...' if len(lacking) > 10 else ''}"
+                      + (f"; {missing} row(s) whose file is missing left out" if missing else "")
+                      + "): a model trained on it cannot learn them, yet validation and tests "
+                      "score them where they have clips", file=sys.stderr, flush=True)
         self._present = tuple(s for s in self._split_names() if items[s])
         if not self._present:
             raise ValueError(f"{csv_path}: no clips to build (every row was dropped as untagged)")
