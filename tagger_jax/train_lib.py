@@ -257,6 +257,13 @@ def start_from_model(state: TrainState, config: Any, tag_names, say=print) -> Tr
     except ValueError as e:
         raise ConfigError(f"train.init_from {source}: {e}") from None
     say(report.summary(source))
+    kept, unused = report.untaken()
+    if kept or unused:  # a trial's synthetic_cpu run from the main model: 33 of 82 arrays
+        say(f"warning: train.init_from {source}: this run's model is not the one trained ("
+            f"{len(kept)} of its arrays keep their init, e.g. {(kept or unused)[0]}; "
+            f"{len(unused)} of the trained model's are not used): the front-end or encoder "
+            "starts untrained; start from the config the model was trained with (a workdir's "
+            "config.json is a --config) with this run's data settings")
 
     def put(new, old: jax.Array) -> jax.Array:  # the value on old's sharding, on every process
         return jax.make_array_from_callback(old.shape, old.sharding, lambda index: new[index])

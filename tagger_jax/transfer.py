@@ -40,6 +40,15 @@ class Transplant:
     shared_tags: tuple[str, ...]
     new_tags: tuple[str, ...]
 
+    def untaken(self) -> tuple[list[str], list[str]]:
+        """(arrays of the new model left at their init, arrays of the trained model not used),
+        tag outputs left out (a frame head one of the two models lacks is expected): a model
+        of another architecture, which the summary line counts but does not call a problem."""
+        def body(paths: Sequence[str]) -> list[str]:
+            return [p for p in paths if not _is_tag_output(tuple(p.split("/")))]
+
+        return body(self.kept), body(self.unused)
+
     def summary(self, source: str) -> str:
         """One line for the run's log."""
         def some(names: Sequence[str], n: int = 4) -> str:
