@@ -852,6 +852,30 @@ def test_tags_csv_rows_match_inputs_by_the_end_of_their_path(tmp_path, capsys):
     assert captured.out == "" and captured.err == said[0] + "\n"
 
 
+def test_tags_csv_of_a_build_matches_absolute_paths_and_reads_its_separator(tmp_path):
+    """A trial's audio_folder build from a CSV of absolute paths and `|`-joined tags: its
+    records matched no row (`1 row(s) match no input: '/tmp/.../ext42.ogg'`), and the tags
+    were read as one unknown tag 'slow | strings | violin'."""
+    from types import SimpleNamespace
+
+    from tagger_jax.datasets import audio_folder
+    from tagger_jax.inference import Input
+
+    song = tmp_path / "elsewhere" / "ext42.ogg"
+    items = [Input(key="0", name="audio_folder:holdout[0]", load=lambda: None, fingerprint="",
+                   meta={"index": 0, "record_path": str(song)})]
+    table = tmp_path / "abs.csv"
+    table.write_text(f"Path;Tags;Split\n{song};slow | strings;holdout\n")
+    pipe = audio_folder.built_tag_separator(SimpleNamespace(builder_config=SimpleNamespace(
+        description="mine: {'delimiter': 'semicolon', 'tag_separator': 'pipe'}")))
+    assert pipe == "|"
+    said = []
+    got = runner.with_csv_tags(items, table, log=said.append, split="holdout", tag_separator=pipe)
+    assert [it.explain_tags for it in got] == [("slow", "strings")] and said == []
+    assert audio_folder.built_tag_separator(SimpleNamespace(
+        builder_config=audio_folder.AudioFolderConfig(name="c", tag_separator="comma"))) == ","
+
+
 def test_tags_csv_matches_dataset_records_by_their_source_path_and_reads_a_bom(tmp_path):
     """From a new user's trial: `explain --dataset audio_folder --tags-from tags.csv` (the CSV
     the dataset was built from) matched no record, as records are named `audio_folder:test[3]`;

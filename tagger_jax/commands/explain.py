@@ -181,9 +181,18 @@ def run(args: argparse.Namespace) -> int:
                           f"have no true tag (e.g. {unlabelled[0]}): their top {args.top_k} "
                           "predicted tags are explained", file=sys.stderr)
             if args.tags_from and args.tags_from != "labels":
+                from tagger_jax import tags as tags_lib
+
+                separator = tags_lib.CSV_TAG_SEPARATOR
+                if args.dataset == "audio_folder":  # the CSV the collection was built from
+                    from tagger_jax.datasets import audio_folder, get_builder
+
+                    separator = audio_folder.built_tag_separator(get_builder(
+                        args.dataset, data_dir(args, loaded), builder_config(args, loaded)))
                 items = runner.with_csv_tags(items, args.tags_from,
                                              split=args.split if args.dataset else None,
-                                             limit=args.limit if args.dataset else None)
+                                             limit=args.limit if args.dataset else None,
+                                             tag_separator=separator)
             if args.two_clip:
                 geometry = runner._engine(loaded, 1).geometry
                 items = runner.two_clip_items(items, geometry.chunk, int(round(

@@ -390,6 +390,26 @@ def _path_column_hint(columns: list[str], records: list[dict], config: AudioFold
 OTHER_SEPARATORS = {",": "comma", "|": "pipe", ";": "semicolon"}
 
 
+def built_tag_separator(builder: Any) -> str:
+    """The tag separator a build of this dataset read its CSV with: its config's, or for a
+    config made with `build-dataset --set` (opened by name, without its fields) the one its
+    recorded description names ("mine: {'tag_separator': 'pipe'}"); `;` when none is named.
+    `explain --tags-from` reads the CSV a collection was built from with it (a trial's `|`
+    tags were read as one unknown tag)."""
+    import ast
+
+    value = getattr(builder.builder_config, "tag_separator", None)
+    if value is None:
+        try:
+            described = ast.literal_eval(
+                str(getattr(builder.builder_config, "description", "")).split(": ", 1)[1])
+            value = described.get("tag_separator") if isinstance(described, dict) else None
+        except (IndexError, ValueError, SyntaxError):
+            value = None
+    value = str(value) if value else tags_lib.CSV_TAG_SEPARATOR
+    return tags_lib.SEPARATOR_NAMES.get(value.strip().lower(), value) if len(value) > 1 else value
+
+
 def separator_warning(path: Path, rows: list[Row], config: AudioFolderConfig) -> str | None:
     """A `warning:` line when tags of the tags column hold a common separator other than the
     configured one (`flute, loud` with `;`), else None. From a new user's trial: cells written

@@ -150,13 +150,15 @@ def file_items(loaded, paths: Iterable[str | os.PathLike],
     return _engine(loaded, 1).file_inputs(paths, skipped, keep_audio=True, exclude=exclude)
 
 
-def read_tags_csv(path: str | os.PathLike,
-                  splits: Optional[dict[str, str]] = None) -> dict[str, tuple[str, ...]]:
+def read_tags_csv(path: str | os.PathLike, splits: Optional[dict[str, str]] = None,
+                  tag_separator: str = tags_lib.CSV_TAG_SEPARATOR
+                  ) -> dict[str, tuple[str, ...]]:
     """{file as written: tags} from a CSV in one of two formats, told apart by the header:
       - an `audio_folder` CSV (`tagger_jax.datasets.audio_folder`): a header naming a `path` and
         a `tags` column (case-insensitive, any order, other columns ignored but `split`, whose
         cells `splits` receives when given: {file as written: split value as written}), the
-        tags joined by `;` in one cell: `path,tags,split` / `a.wav,rock;piano,test`;
+        tags joined by `;` (`tag_separator`: the build's, `audio_folder.built_tag_separator`)
+        in one cell: `path,tags,split` / `a.wav,rock;piano,test`;
       - rows `file,tag,tag,...` (Python's csv quoting for names with commas), with an optional
         header row whose first cell is `file` or `path` (and no `tags` column beside `path`).
     As `audio_folder` reads it: a byte-order mark is dropped, Excel's first line `sep=X` sets the
@@ -168,7 +170,7 @@ def read_tags_csv(path: str | os.PathLike,
     import io
 
     path_col, tags_col, split_col, sep = (tags_lib.CSV_PATH_COLUMN, tags_lib.CSV_TAGS_COLUMN,
-                                          tags_lib.CSV_SPLIT_COLUMN, tags_lib.CSV_TAG_SEPARATOR)
+                                          tags_lib.CSV_SPLIT_COLUMN, tag_separator)
     out: dict[str, tuple[str, ...]] = {}
     columns: dict[str, int] | None = None  # audio_folder format: column positions
     with open(path, newline="", encoding=tags_lib.TEXT_ENCODING) as f:
@@ -220,8 +222,8 @@ def _note(message: str) -> None:
 
 def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
                   log: Optional[Callable[[str], None]] = _note,
-                  split: Optional[str] = None, limit: Optional[int] = None
-                  ) -> list[InputItem]:
+                  split: Optional[str] = None, limit: Optional[int] = None,
+                  tag_separator: str = tags_lib.CSV_TAG_SEPARATOR) -> list[InputItem]:
     """Items whose tags to explain come from a CSV (`read_tags_csv`). A CSV file name matches an
     input when it resolves to the same file (relative names: from the CSV's folder, then from
     the working directory), else when the input's path ends with it (`live sets/track 2.ogg`
@@ -237,14 +239,15 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
     a collection was built from serves each split without a note on the others' rows (a trial's
     `explain --dataset ... --split test --tags-from` reported every train row as unmatched).
     `limit`: the run's `--limit` (records), named in the note as what may have left those rows'
-    records out."""
+    records out. A record built from an absolute path matches a row of that path too (a trial's
+    absolute rows matched no record). `tag_separator`: `read_tags_csv`'s."""
     import unicodedata
 
     def nfc(text: str) -> str:
         return unicodedata.normalize("NFC", text)
 
     splits: dict[str, str] = {}
-    table = read_tags_csv(csv_path, splits)
+    table = read_tags_csv(csv_path, splits, tag_separator)
     if split is not None and splits:
         from tagger_jax.datasets.audio_folder import split_of
 
@@ -279,8 +282,9 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
                 by_suffix[found[0]] = name
     used, out = set(), []
     for it in items:
-        name = ((None if "record_path" in it.meta
-                 else by_path.get(nfc(str(Path(it.name).resolve())))) or by_suffix.get(it.name))
+        own = file_of(it)  # a record's relative path names no file here; an absolute one does
+        name = ((None if "record_path" in it.meta and not Path(own).is_absolute()
+                 else by_path.get(nfc(str(Path(own).resolve())))) or by_suffix.get(it.name))
         if name is not None:
             used.add(name)
             it = dataclasses.replace(it, explain_tags=table[name])
