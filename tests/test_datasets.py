@@ -718,6 +718,8 @@ def test_audio_folder_evaluation_only_build_and_training_on_it(folder, tmp_path,
     b = datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder, num_workers=1)
     assert datasets.split_sizes(b) == {"test": 2}
     assert b.info.metadata["missing_splits"] == ["train", "validation"]
+    assert (f"note: {tmp_path / 't.csv'}: no train and no validation split (no row names it): "
+            "training validates on `data.eval_split` (validation)") in capsys.readouterr().err
     source, tags = datasets.load_split("audio_folder", "test", tmp_path / "d", "evalonly")
     assert len(source) == 2 and list(tags) == ["rock", "piano"]
 

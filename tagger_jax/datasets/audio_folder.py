@@ -792,7 +792,15 @@ class AudioFolder(TaggingBuilder):
         self._present = tuple(s for s in self._split_names() if items[s])
         if not self._present:
             raise ValueError(f"{csv_path}: no clips to build (every row was dropped as untagged)")
-        self._note("missing_splits", [s for s in SPLITS if not items[s]])
+        absent = [s for s in SPLITS if not items[s]]
+        self._note("missing_splits", absent)
+        if absent:  # a trial's CSV without validation rows: said only when training stopped
+            print(f"note: {csv_path}: no {' and no '.join(absent)} split (no row names it)"
+                  + (": training validates on `data.eval_split` (validation) and tests on "
+                     "`data.test_split` (test); set them to splits this build has (`tagger-jax "
+                     "train ... --set data.eval_split=test`), or give rows those splits"
+                     if {"validation", "test"} & set(absent) else ""),
+                  file=sys.stderr, flush=True)
         self._note("source", csv_path.name)
         self._note("built_from", source_record(root, csv_path))
         self._note("dropped_untagged", dropped)
