@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from tagger_jax import errors
 from tagger_jax.datasets._common import (REPORT_FILE, SPLITS, WARNINGS_FILE, TaggingBuilder,
-                                         manual_hint)
+                                         described_fields, manual_hint)
 
 # Datasets that need nothing downloaded: `ensure_built` builds them on first use.
 SELF_CONTAINED = ("synthetic_tags", "soundfont_tags")
@@ -267,17 +267,6 @@ def _check_reuse(name: str, builder: tfds.core.DatasetBuilder,
             f"{builder.data_dir})")
 
 
-def _described_fields(description: str) -> Any:
-    """The fields a `--set` config's description records ("NAME: {field: value}"), or the text
-    when it holds none (a registered config's prose)."""
-    import ast
-
-    try:
-        return ast.literal_eval(description.split(": ", 1)[1])
-    except (IndexError, ValueError, SyntaxError):
-        return description
-
-
 def _rebuild_command(name: str, builder: tfds.core.DatasetBuilder, data_dir) -> str:
     """The `build-dataset` command that builds `builder` again from its recorded source: its
     config with the `--set` fields it was made with, the data directory and the recorded manual
@@ -285,7 +274,7 @@ def _rebuild_command(name: str, builder: tfds.core.DatasetBuilder, data_dir) -> 
     from shlex import quote
 
     config = builder.builder_config.name if builder.builder_config else "default"
-    fields = _described_fields(str(getattr(builder.builder_config, "description", "") or ""))
+    fields = described_fields(str(getattr(builder.builder_config, "description", "") or ""))
     sets = ("".join(f" --set {quote(f'{k}={v}')}" for k, v in fields.items())
             if isinstance(fields, dict) else "")
     manual = dict(dict(builder.info.metadata or {}).get("built_from") or {}).get("manual_dir")
@@ -304,7 +293,7 @@ def _changed_fields(builder: tfds.core.DatasetBuilder, builder_config: Any) -> s
 
     if builder_config is None or isinstance(builder_config, str):
         return None
-    fields = _described_fields
+    fields = described_fields
     try:
         info = json.loads((Path(builder.data_dir) / "dataset_info.json").read_text())
     except (OSError, ValueError):

@@ -485,6 +485,18 @@ def manual_hint(name: str) -> str:
             f"tagger_jax/datasets/{name}.py.")
 
 
+def described_fields(description: str) -> Any:
+    """The fields a config made with `build-dataset --set` records in its description
+    ("NAME: {field: value}", as dataset_info.json's configDescription keeps it), or the text
+    itself when it holds none (a registered config's prose)."""
+    import ast
+
+    try:
+        return ast.literal_eval(description.split(": ", 1)[1])
+    except (IndexError, ValueError, SyntaxError):
+        return description
+
+
 def utf8_error(path: Path, error: UnicodeDecodeError) -> ValueError:
     """A one-line ValueError for a text file that is not UTF-8: the file, the line and column
     of the first bad byte (Python's message gives only a position inside a read buffer)."""

@@ -70,8 +70,8 @@ import tensorflow_datasets as tfds
 from tagger_jax import errors
 from tagger_jax import tags as tags_lib
 from tagger_jax.audio import AUDIO_SUFFIXES, display_path
-from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig, multi_hot,
-                                         utf8_error)
+from tagger_jax.datasets._common import (SPLITS, TaggingBuilder, TaggingConfig,
+                                         described_fields, multi_hot, utf8_error)
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation",
                  "valid": "validation", "val": "validation", "dev": "validation",
@@ -396,16 +396,10 @@ def built_tag_separator(builder: Any) -> str:
     recorded description names ("mine: {'tag_separator': 'pipe'}"); `;` when none is named.
     `explain --tags-from` reads the CSV a collection was built from with it (a trial's `|`
     tags were read as one unknown tag)."""
-    import ast
-
     value = getattr(builder.builder_config, "tag_separator", None)
     if value is None:
-        try:
-            described = ast.literal_eval(
-                str(getattr(builder.builder_config, "description", "")).split(": ", 1)[1])
-            value = described.get("tag_separator") if isinstance(described, dict) else None
-        except (IndexError, ValueError, SyntaxError):
-            value = None
+        described = described_fields(str(getattr(builder.builder_config, "description", "")))
+        value = described.get("tag_separator") if isinstance(described, dict) else None
     value = str(value) if value else tags_lib.CSV_TAG_SEPARATOR
     return tags_lib.SEPARATOR_NAMES.get(value.strip().lower(), value) if len(value) > 1 else value
 
