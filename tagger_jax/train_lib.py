@@ -260,8 +260,9 @@ def start_from_model(state: TrainState, config: Any, tag_names, say=print) -> Tr
     kept, unused = report.untaken()
     if kept or unused:  # a trial's synthetic_cpu run from the main model: 33 of 82 arrays
         say(f"warning: train.init_from {source}: this run's model is not the one trained ("
-            f"{len(kept)} of its arrays keep their init, e.g. {(kept or unused)[0]}; "
-            f"{len(unused)} of the trained model's are not used): the front-end or encoder "
+            f"tag outputs aside, {len(kept)} of its arrays keep their init, e.g. "
+            f"{(kept or unused)[0]}, and {len(unused)} of the trained model's are not used): "
+            "the front-end or encoder "
             "starts untrained; start from the config the model was trained with (a workdir's "
             "config.json is a --config) with this run's data settings")
 

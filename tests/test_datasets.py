@@ -719,7 +719,8 @@ def test_audio_folder_evaluation_only_build_and_training_on_it(folder, tmp_path,
     assert datasets.split_sizes(b) == {"test": 2}
     assert b.info.metadata["missing_splits"] == ["train", "validation"]
     assert (f"note: {tmp_path / 't.csv'}: no train and no validation split (no row names it): "
-            "training validates on `data.eval_split` (validation)") in capsys.readouterr().err
+            "training validates on `data.eval_split` (validation); set it to a split this build "
+            "has (`tagger-jax train ... --set data.eval_split=NAME`)") in capsys.readouterr().err
     source, tags = datasets.load_split("audio_folder", "test", tmp_path / "d", "evalonly")
     assert len(source) == 2 and list(tags) == ["rock", "piano"]
 
@@ -935,11 +936,14 @@ def test_the_rebuild_hint_is_a_command_that_runs(tmp_path):
     folder = _small_folder(tmp_path / "my music", ("rock", "jazz", "rock"))
     (folder / "tags.csv").write_text((folder / "tags.csv").read_text().replace(",", ";"))
     config = AudioFolderConfig(name="mine", delimiter="semicolon",
-                               description="mine: {'delimiter': 'semicolon'}")
+                               split_fractions=(0.5, 0.25, 0.25),
+                               description="mine: {'delimiter': 'semicolon', 'split_fractions': "
+                                           "(0.5, 0.25, 0.25)}")
     b = datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder, num_workers=1)
-    assert _api._rebuild_command("audio_folder", b, tmp_path / "d") == (
-        f"tagger-jax build-dataset audio_folder --config mine --set delimiter=semicolon "
-        f"--data-dir {tmp_path / 'd'} --manual-dir '{folder.resolve()}' --overwrite")
+    assert _api._rebuild_command("audio_folder", b, tmp_path / "d") == (  # a tuple as --set
+        "tagger-jax build-dataset audio_folder --config mine --set delimiter=semicolon "  # reads
+        f"--set split_fractions=0.5,0.25,0.25 --data-dir {tmp_path / 'd'} --manual-dir "
+        f"'{folder.resolve()}' --overwrite")
 
 
 def test_overwrite_checks_the_new_source_before_deleting_the_build(tmp_path):

@@ -275,7 +275,10 @@ def _rebuild_command(name: str, builder: tfds.core.DatasetBuilder, data_dir) -> 
 
     config = builder.builder_config.name if builder.builder_config else "default"
     fields = described_fields(str(getattr(builder.builder_config, "description", "") or ""))
-    sets = ("".join(f" --set {quote(f'{k}={v}')}" for k, v in fields.items())
+    def value(v: Any) -> str:  # as `--set` reads it: a tuple as `0.7,0.15,0.15`
+        return ",".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
+
+    sets = ("".join(f" --set {quote(f'{k}={value(v)}')}" for k, v in fields.items())
             if isinstance(fields, dict) else "")
     manual = dict(dict(builder.info.metadata or {}).get("built_from") or {}).get("manual_dir")
     return (f"tagger-jax build-dataset {name}" + (f" --config {quote(config)}"

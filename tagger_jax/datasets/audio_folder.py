@@ -789,11 +789,13 @@ class AudioFolder(TaggingBuilder):
         absent = [s for s in SPLITS if not items[s]]
         self._note("missing_splits", absent)
         if absent:  # a trial's CSV without validation rows: said only when training stopped
+            uses = [(verb, field, split) for verb, field, split in (
+                ("validates", "eval_split", "validation"), ("tests", "test_split", "test"))
+                if split in absent]
             print(f"note: {csv_path}: no {' and no '.join(absent)} split (no row names it)"
-                  + (": training validates on `data.eval_split` (validation) and tests on "
-                     "`data.test_split` (test); set them to splits this build has (`tagger-jax "
-                     "train ... --set data.eval_split=test`), or give rows those splits"
-                     if {"validation", "test"} & set(absent) else ""),
+                  + (": training " + " and ".join(f"{v} on `data.{f}` ({s})" for v, f, s in uses)
+                     + f"; set it to a split this build has (`tagger-jax train ... --set "
+                     f"data.{uses[0][1]}=NAME`), or give rows that split" if uses else ""),
                   file=sys.stderr, flush=True)
         self._note("source", csv_path.name)
         self._note("built_from", source_record(root, csv_path))
