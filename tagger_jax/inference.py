@@ -156,10 +156,10 @@ def discover(paths: Iterable[str | os.PathLike],
     `tagger-jax embed` wrote (`embedding.output_files`) are left out of directory searches with
     that reason. `exclude`: the run's own outputs (files, or directories and everything under
     them, e.g. `outputs.own_files(--output)`), which a directory search leaves out without
-    listing them. A file named again (by the same path, another
-    spelling of it such as `A/../A/x.wav`, a symbolic link to it, or as a file and within its
-    named folder) is one input under its first name, except that a link a folder search finds
-    gives way to its file found by its own name; the repeat is listed in `skipped`.
+    listing them. A file named again (by the same path, another spelling of it such as
+    `A/../A/x.wav`, a symbolic link to it, or as a file and within its named folder) is one
+    input under its first name, except that a link a folder search finds gives way to its file
+    found by its own name; the repeat is listed in `skipped`.
     A named directory with no files at all is listed in `skipped` too. Missing paths are kept:
     they become failed inputs with an error naming them, never a crash of the run. Names are
     `audio.display_path` text (bytes that are not UTF-8 as \\xNN).
@@ -176,7 +176,7 @@ def discover(paths: Iterable[str | os.PathLike],
         a = Path(os.path.realpath(f))
         return any(a == o or o in a.parents for o in own)
 
-    def explain_output(f: Path) -> str | None:
+    def run_output(f: Path) -> str | None:
         if f.parent not in outputs:
             outputs[f.parent] = {**embedding.output_files(f.parent),
                                  **explain_report.output_files(f.parent)}
@@ -187,10 +187,10 @@ def discover(paths: Iterable[str | os.PathLike],
         files, left_out = audio.scan_inputs([p])
         if p.is_dir():
             files = [f for f in files if not is_own(f)]
-            left_out = [(f, explain_output(f) or why) for f, why in left_out if not is_own(f)]
+            left_out = [(f, run_output(f) or why) for f, why in left_out if not is_own(f)]
             kept = []
             for f in files:
-                why = explain_output(f)
+                why = run_output(f)
                 (kept.append(f) if why is None else left_out.append((f, why)))
             files = kept
             if not files and not left_out:  # e.g. an empty folder named like a file, dir.wav
@@ -345,16 +345,14 @@ def adopt_keys(items: Sequence["Input"], stored: Mapping[str, Optional[str]]
     subfolder of a folder processed before wrote every output again under new names. An input
     of this run whose own key an adopted one now holds is moved on by `claim_keys` (the output
     there is not its own). Returns (items, the inputs that took an earlier key)."""
-    identity = file_identity
-
     earlier = {}
     for key, name in stored.items():
-        ident = identity(name) if name else None
+        ident = file_identity(name) if name else None
         if ident is not None:
             earlier.setdefault(ident, key)
     out, adopted = [], []
     for it in items:  # keys of inputs adopted here may now equal another input's: claim_keys
-        key = earlier.get(identity(it.name)) if earlier else None  # moves that one on
+        key = earlier.get(file_identity(it.name)) if earlier else None  # moves that one on
         if key is not None and key != it.key:
             it = dataclasses.replace(it, key=key)
             adopted.append(it)
