@@ -155,6 +155,19 @@ def check_dataset_fits(builder: Any, kind: str, features: Any, architecture: str
                           "build the dataset with yours")
 
 
+@contextlib.contextmanager
+def _names_field(field: str, fix: str):
+    """Re-raises a `datasets.MissingSplitError` with the config field that named the split and
+    how to change it (`data.<field>`; a build without validation rows stopped training with a
+    bare "no split 'validation'", found by a new user's trial)."""
+    from tagger_jax import datasets
+
+    try:
+        yield
+    except datasets.MissingSplitError as e:
+        raise datasets.MissingSplitError(f"{e}; data.{field} names it: {fix}") from None
+
+
 def load_data(config: Any, hold: contextlib.ExitStack | None = None) -> TrainData:
     """Builds (if needed) and opens the configured dataset and its input pipelines.
 
@@ -183,8 +196,9 @@ def load_data(config: Any, hold: contextlib.ExitStack | None = None) -> TrainDat
              + (["data.extra_test_splits='()'"] if missing else [])
              + ([f"train.batch_size={clips}"] if 0 < clips < t.batch_size else []))
     check_dataset_fits(builder, kind, f, config.model.architecture, needs_activity, fixes)
-    train_source, tags = datasets.load_split(d.name, d.train_split, d.data_dir,
-                                             builder_config=builder_config)
+    with _names_field("train_split", "set --config.data.train_split to a split of this build"):
+        train_source, tags = datasets.load_split(d.name, d.train_split, d.data_dir,
+                                                 builder_config=builder_config)
     if hold is not None:
         hold.enter_context(datasets.reading(train_source))
     loader = input_pipeline.train_loader(
@@ -206,19 +220,20 @@ def load_data(config: Any, hold: contextlib.ExitStack | None = None) -> TrainDat
     if not d.eval_split:
         raise ValueError("data.eval_split is empty: training selects its best model (and the "
                          "authors' schedule its phases) on a validation split")
-    eval_source = split(d.eval_split)
+    with _names_field("eval_split", "set --config.data.eval_split to a split of this build "
+                      "(audio_folder: give some CSV rows the split 'validation' and rebuild)"):
+        eval_source = split(d.eval_split)
     test_source = fingerprint = None
     extra: dict[str, TestSplit] = {}
     if testing:
-        test_source = split(d.test_split)
+        with _names_field("test_split", "set --config.data.test_split to a split of this "
+                          "build, or --config.train.test_after_training=False"):
+            test_source = split(d.test_split)
         fingerprint = split_fingerprint(builder.data_dir, builder.name, d.test_split)
         for name in d.extra_test_splits:
-            try:
+            with _names_field("extra_test_splits", "set --config.data.extra_test_splits='()', "
+                              "or name splits of this build"):  # test_timgm6mb elsewhere
                 source = split(name)
-            except datasets.MissingSplitError as e:  # the main job's test_timgm6mb on another
-                raise datasets.MissingSplitError(  # build (a new user's trial)
-                    f"{e}; data.extra_test_splits names it: set "
-                    "--config.data.extra_test_splits='()', or name splits of this build") from None
             extra[name] = TestSplit(source,
                                     split_fingerprint(builder.data_dir, builder.name, name))
 

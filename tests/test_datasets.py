@@ -733,6 +733,27 @@ def test_audio_folder_evaluation_only_build_and_training_on_it(folder, tmp_path,
            if not line.startswith("reusing the existing build ")]
     assert len(err) == 1 and "no split 'train'" in err[0] and "['test']" in err[0]
     assert "traceback" not in err[0]
+    assert err[0].endswith("; data.train_split names it: set --config.data.train_split to a "
+                           "split of this build"), err
+    # train rows only: the training names data.eval_split, not only the missing split (a trial)
+    (tmp_path / "t.csv").write_text("path,tags,split\nsongs/a.wav,rock;piano,train\n"
+                                    "songs/c.wav,rock,train\n")
+    config = AudioFolderConfig(name="trainonly", csv=str(tmp_path / "t.csv"))
+    datasets.build("audio_folder", tmp_path / "d", config, manual_dir=folder, num_workers=1)
+    c.data.builder_config, c.data.crop_labels, c.model.frame_head = "trainonly", "clip", False
+    c.train.batch_size = 2
+    capsys.readouterr()
+    assert errors.guarded(train_data.load_data, c) == errors.DATA
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "no split 'validation'; its splits are ['train']; data.eval_split names it: set "
+        "--config.data.eval_split to a split of this build (audio_folder: give some CSV rows the "
+        "split 'validation' and rebuild)")
+    c.data.eval_split = "train"  # then the test split, and how to train without a test
+    assert errors.guarded(train_data.load_data, c) == errors.DATA
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "no split 'test'; its splits are ['train']; data.test_split names it: set "
+        "--config.data.test_split to a split of this build, or "
+        "--config.train.test_after_training=False")
 
 
 def test_training_the_main_jobs_labels_on_a_collection_without_activity_is_a_config_error(
