@@ -335,7 +335,8 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
                 raise ConfigError(
                     f"{workdir / wd.CHECKPOINT_DIR}/{resume_step} was trained on other data: "
                     f"train split then {_described(then)}, now {_described(now)}; resume on the "
-                    "data it was trained on (data.data_dir), or start in a new --workdir")
+                    "data it was trained on (data.data_dir), or start in a new --workdir (from "
+                    f"this run's model: train.init_from={workdir})")
             schedule = optimizers.PlateauState.from_json(meta["schedule"])
             if best.latest_step() is not None:  # heal an export interrupted by a crash
                 checkpointing.export_model(workdir, checkpointing.reload_best(best, state),

@@ -708,7 +708,7 @@ def test_resuming_on_other_training_data_is_refused(tmp_path, finished_run):
         f"{workdir / 'checkpoints'}/12 was trained on other data: train split then "
         "synthetic_tags/tiny 1.0.0, 64 records, 1,000 bytes, now synthetic_tags/tiny 1.0.0, 80 "
         "records, 1,250 bytes; resume on the data it was trained on (data.data_dir), or start in "
-        "a new --workdir")
+        f"a new --workdir (from this run's model: train.init_from={workdir})")
     data = toy_data(config)
     data.train_identity = dict(then)  # a checkpoint without tags (before they were recorded)
     assert train_lib.train_and_evaluate(config, workdir, data)["step"] == summary["step"]
