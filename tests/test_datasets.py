@@ -1758,8 +1758,10 @@ def test_audio_folder_rows_without_tags_are_said_kept_or_dropped(tmp_path, capfd
                         "s2.wav,jazz,validation\ns3.wav,,test\n")
     b = datasets.build("audio_folder", tmp_path / "d", AudioFolderConfig(name="keep"),
                        manual_dir=tmp_path / "m", num_workers=1)
-    assert (f"note: {csv_path}: 2 row(s) have no tags ('s1.wav', 's3.wav'): kept as clips with "
-            "none of the tags (--set drop_untagged=true leaves them out)") in capfd.readouterr().err
+    note = (f"note: {csv_path}: 2 row(s) have no tags ('s1.wav', 's3.wav'): kept as clips with "
+            "none of the tags (--set drop_untagged=true leaves them out)")
+    assert note in capfd.readouterr().err
+    assert note in b.info.metadata["csv_notes"]  # kept with the CSV's other lines
     assert datasets.split_sizes(b) == {"train": 2, "validation": 1, "test": 1}
     b = datasets.build("audio_folder", tmp_path / "d",
                        AudioFolderConfig(name="drop", drop_untagged=True),
@@ -1904,6 +1906,13 @@ def test_audio_folder_warns_of_other_separators_and_names_near_miss_files(tmp_pa
         "'validation'",
         f"note: {csv_path}: 1 path(s) are written in another Unicode normalisation than the file "
         f"name on disk (NFC in the CSV, e.g. line 5 {nfc!r}); the files on disk are read"]
+    said += [  # after the rows are read: kept too (the untagged-rows note was not; a trial)
+        f"warning: {csv_path}: 2 tag(s) have no clip in the train split (flute, drums): a model "
+        "trained on it cannot learn them, yet validation and tests score them where they have "
+        "clips",
+        f"note: {csv_path}: no validation split (no row names it): training validates on "
+        "`data.eval_split` (validation); set it to a split this build has (`tagger-jax train ... "
+        "--set data.eval_split=NAME`), or give rows that split"]
     for line in said:
         assert line in err.splitlines(), err
     assert b.info.metadata["csv_notes"] == said

@@ -732,14 +732,18 @@ class AudioFolder(TaggingBuilder):
         config = self.builder_config
         root = Path(dl_manager.manual_dir)
         csv_path = _find_csv(root, config.csv)
-        said: list[str] = []
+        said: list[str] = []  # the CSV's warning and note lines, printed and kept
         rows, vocab = read_table(csv_path, config, root, said)
         for line in said:
             print(line, file=sys.stderr, flush=True)
+
+        def say(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+            said.append(line)
+
         self._extra_splits = tuple(sorted({r.split for r in rows if r.split is not None}
                                           - set(SPLITS)))
         self._set_tags(vocab)
-        self._note("csv_notes", said)  # the CSV's warning and note lines, as printed
         splits = row_splits(rows, config)
         if all(r.split is not None for r in rows):
             self._note("split_source", f"column {config.split_column!r}")
@@ -755,8 +759,7 @@ class AudioFolder(TaggingBuilder):
             fate = ("left out (drop_untagged)" if config.drop_untagged else
                     "kept as clips with none of the tags (--set drop_untagged=true leaves them "
                     "out)")
-            print(f"note: {csv_path}: {len(untagged)} row(s) have no tags ({first}{more}): "
-                  f"{fate}", file=sys.stderr, flush=True)
+            say(f"note: {csv_path}: {len(untagged)} row(s) have no tags ({first}{more}): {fate}")
         for row, split in zip(rows, splits):
             if config.drop_untagged and not row.tags:
                 dropped += 1
@@ -777,12 +780,12 @@ class AudioFolder(TaggingBuilder):
             self._note("tags_without_train_clips", lacking)
             if lacking:  # quoted when a name holds a comma (a trial's `drums, fast, loud`)
                 missing = len(items["train"]) - len(found)
-                print(f"warning: {csv_path}: {len(lacking)} tag(s) have no clip in the train "
-                      f"split ({tags_lib.listed(lacking[:10])}"
-                      f"{', ...' if len(lacking) > 10 else ''}"
-                      + (f"; {missing} row(s) whose file is missing left out" if missing else "")
-                      + "): a model trained on it cannot learn them, yet validation and tests "
-                      "score them where they have clips", file=sys.stderr, flush=True)
+                say(f"warning: {csv_path}: {len(lacking)} tag(s) have no clip in the train "
+                    f"split ({tags_lib.listed(lacking[:10])}"
+                    f"{', ...' if len(lacking) > 10 else ''}"
+                    + (f"; {missing} row(s) whose file is missing left out" if missing else "")
+                    + "): a model trained on it cannot learn them, yet validation and tests "
+                    "score them where they have clips")
         self._present = tuple(s for s in self._split_names() if items[s])
         if not self._present:
             raise ValueError(f"{csv_path}: no clips to build (every row was dropped as untagged)")
@@ -792,11 +795,11 @@ class AudioFolder(TaggingBuilder):
             uses = [(verb, field, split) for verb, field, split in (
                 ("validates", "eval_split", "validation"), ("tests", "test_split", "test"))
                 if split in absent]
-            print(f"note: {csv_path}: no {' and no '.join(absent)} split (no row names it)"
-                  + (": training " + " and ".join(f"{v} on `data.{f}` ({s})" for v, f, s in uses)
-                     + f"; set it to a split this build has (`tagger-jax train ... --set "
-                     f"data.{uses[0][1]}=NAME`), or give rows that split" if uses else ""),
-                  file=sys.stderr, flush=True)
+            say(f"note: {csv_path}: no {' and no '.join(absent)} split (no row names it)"
+                + (": training " + " and ".join(f"{v} on `data.{f}` ({s})" for v, f, s in uses)
+                   + f"; set it to a split this build has (`tagger-jax train ... --set "
+                   f"data.{uses[0][1]}=NAME`), or give rows that split" if uses else ""))
+        self._note("csv_notes", said)
         self._note("source", csv_path.name)
         self._note("built_from", source_record(root, csv_path))
         self._note("dropped_untagged", dropped)
