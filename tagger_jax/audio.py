@@ -400,8 +400,11 @@ def _mpg123_messages(into: list[str]) -> Iterator[None]:
 
 
 def _decode_ffmpeg(p: Path, ffmpeg: str) -> Decoded:
-    """ffmpeg -> 16-bit PCM (as audioread's ffmpeg backend, which `librosa.load` falls back to),
-    scaled by 1/32768. Rate, channels and declared duration come from ffprobe."""
+    """ffmpeg -> 32-bit float PCM: the decoder's own output, samples beyond full scale kept, so
+    that a lossy master's overshoot is reported (`over_full_scale`) rather than clipped. (16-bit
+    PCM, as audioread's ffmpeg backend that `librosa.load` falls back to gives it, clipped an AAC
+    square wave's 2.2 peaks in 1.5% of its samples.) Rate, channels and declared duration come
+    from ffprobe."""
     ffprobe = shutil.which("ffprobe", path=os.path.dirname(ffmpeg)) or shutil.which("ffprobe")
     if ffprobe is None:
         raise InputError(f"{display_path(p)}: ffmpeg is installed without ffprobe; install the "
@@ -420,11 +423,11 @@ def _decode_ffmpeg(p: Path, ffmpeg: str) -> Decoded:
     if rate <= 0 or channels <= 0:  # random bytes that a demuxer half-recognised
         raise _FFmpegError(f"no decodable audio stream ({channels} channels at {rate} Hz)")
     run = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-i", os.fsencode(p), "-map", "0:a:0",
-                          "-f", "s16le", "-acodec", "pcm_s16le", "-"], capture_output=True)
-    pcm = run.stdout[:len(run.stdout) // (2 * channels) * 2 * channels]
+                          "-f", "f32le", "-acodec", "pcm_f32le", "-"], capture_output=True)
+    pcm = run.stdout[:len(run.stdout) // (4 * channels) * 4 * channels]
     if run.returncode != 0 and not pcm:
         raise _FFmpegError(_first_line(run.stderr, p) or f"ffmpeg exit status {run.returncode}")
-    y = np.frombuffer(pcm, "<i2").astype(np.float32) / np.float32(32768.0)
+    y = np.frombuffer(pcm, "<f4").astype(np.float32)
     y = np.ascontiguousarray(y.reshape(-1, channels).T)
     declared = None
     fmt = str(info.get("format", {}).get("format_name", ""))

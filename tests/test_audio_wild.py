@@ -159,6 +159,22 @@ def test_warning_values(wild, tmp_path):
     assert "(a lossy file's decoder overshoots full scale" in notes["over_full_scale"]
 
 
+@needs_ffmpeg
+def test_an_aac_masters_overshoot_is_kept_and_reported_not_clipped(tmp_path):
+    """ffmpeg decoded to 16-bit PCM (as audioread does), which clipped a loud AAC master's
+    overshoot: 1.5% of a square wave's samples sat at full scale, reported as `clipping` of the
+    file. Decoded to float, the peaks beyond full scale are kept and named as the decoder's."""
+    square = 0.99 * np.sign(np.sin(2 * np.pi * 220 * np.arange(3 * SR) / SR))
+    sf.write(tmp_path / "src.wav", square, SR, subtype="FLOAT")
+    subprocess.run([FFMPEG, "-v", "error", "-nostdin", "-i", str(tmp_path / "src.wav"),
+                    str(tmp_path / "master.m4a")], check=True)
+    wave = audio.load_audio(tmp_path / "master.m4a", SR)
+    assert np.abs(wave).max() > 1.5  # AAC's Gibbs overshoot of a square wave: about 2.2
+    _, notes = audio.read_input(tmp_path / "master.m4a", audio.FeatureParams())
+    assert set(notes) == {"over_full_scale"}, notes
+    assert "(a lossy file's decoder overshoots full scale" in notes["over_full_scale"]
+
+
 # ------------------------------------------------------------------- item 8: directory scans
 
 def test_scan_takes_every_decodable_kind_and_reports_the_rest(tmp_path):
