@@ -315,7 +315,9 @@ def render_clip(seed, bank: str | os.PathLike, duration_s: float = 10.0,
     """One clip of score `seed` rendered with `bank`: {"audio": float32 16 kHz mono,
     "tags": uint8 multi-hot over `gm_score.TAGS`, "tag_mask": uint8 (num_tags, frames),
     "stem_db": float32 (num_tags,), "score": the Score}. `siblings` > 0 plays parts with sibling
-    programs at that rate (`gm_score.with_siblings`). Same arguments -> same bytes."""
+    programs at that rate (`gm_score.with_siblings`). Same arguments -> same bytes. The audio is
+    not clipped (`mix`): loud clips peak above 1.0 (up to about 1.7), so write it as float
+    (`soundfile.write(..., subtype="FLOAT")`) or scale it first; 16-bit PCM would clip it."""
     score = gm_score.with_siblings(gm_score.sample_score(seed, duration_s), seed, siblings)
     stems = [render_part(p, bank, duration_s) for p in score.parts]
     audio, levels = mix(score, stems, np.random.default_rng(seed).integers(2 ** 31))
