@@ -36,6 +36,10 @@ FORMAT_VERSION = 1
 # trial, followed by a flood of asyncio tracebacks from the reads still in flight).
 VARIABLE_FILES_KEY = "variable_files"
 EXPORT_SUBDIR = "best_model"  # where training exports the best model inside a workdir
+# tagger.json's list of the model's tags that its train split had no clip of (an audio_folder
+# CSV's tags used only by held-out rows; models trained since 2026-12-05): the model never learnt
+# them, and `tag` and `explain` say so (a new user's trial got their scores without a word).
+UNTRAINED_TAGS_KEY = "tags_without_train_clips"
 
 
 class CheckpointError(ToolError, ValueError):
@@ -53,11 +57,23 @@ class LoadedModel:
     config: ml_collections.ConfigDict
     tags: tuple[str, ...]
     directory: Path
+    untrained_tags: tuple[str, ...] = ()  # tags its train split had no clip of (UNTRAINED_TAGS_KEY)
+
+    def untrained_note(self) -> str | None:
+        """A `note:` line naming the tags the model never learnt (None: none recorded)."""
+        if not self.untrained_tags:
+            return None
+        from tagger_jax.tags import listed
+
+        return (f"note: {self.directory}: {len(self.untrained_tags)} tag(s) had no clip in the "
+                f"model's train split ({listed(self.untrained_tags)}): it never learnt them, so "
+                "their scores mean nothing")
 
 
 def save_model(directory: str | os.PathLike, variables: Any, config: ml_collections.ConfigDict,
-               tags: Sequence[str]) -> Path:
+               tags: Sequence[str], untrained_tags: Sequence[str] = ()) -> Path:
     """Writes variables, config and tags; replaces an existing model directory atomically enough.
+    `untrained_tags`: tags of `tags` its train split had no clip of (recorded when not empty).
 
     The variables go through orbax, which writes to a temporary name and renames on success, so a
     crash never leaves a half-written `variables/`; the JSON is written after it, also by rename.
@@ -76,6 +92,9 @@ def save_model(directory: str | os.PathLike, variables: Any, config: ml_collecti
     if jax.process_index() == 0:  # with several processes, all save the variables, one the JSON
         meta = {"format": FORMAT_VERSION, "tags": list(tags), "config": config.to_dict(),
                 VARIABLE_FILES_KEY: file_sizes(directory / VARIABLES_DIR)}
+        untrained = [t for t in tags if t in set(map(str, untrained_tags))]
+        if untrained:
+            meta[UNTRAINED_TAGS_KEY] = untrained
         tmp = directory / (METADATA_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2))
         tmp.replace(directory / METADATA_FILE)
@@ -240,7 +259,19 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     _check_shapes(directory, model, config, variables)
     _check_finite(directory, variables)
     variables = jax.tree.map(jax.numpy.asarray, variables)
-    return LoadedModel(model, dict(variables), config, tags, directory)
+    return LoadedModel(model, dict(variables), config, tags, directory,
+                       _untrained_tags(directory, tags))
+
+
+def _untrained_tags(directory: Path, tags: Sequence[str]) -> tuple[str, ...]:
+    """The model's tags that tagger.json records under UNTRAINED_TAGS_KEY (unknown names and a
+    malformed entry are ignored: it is a note, not the model)."""
+    try:
+        recorded = json.loads((directory / METADATA_FILE).read_text()).get(UNTRAINED_TAGS_KEY)
+    except (OSError, ValueError, AttributeError):
+        return ()
+    names = set(map(str, recorded)) if isinstance(recorded, list) else set()
+    return tuple(t for t in tags if t in names)
 
 
 def _shape_tree(tree: Any) -> dict[str, tuple[int, ...]]:

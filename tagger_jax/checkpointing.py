@@ -370,8 +370,10 @@ class _UnreadItems(logging.Filter):
                     and "could not be restored" in text)
 
 
-def export_model(workdir: Path, state: TrainState, config: Any, tags: Sequence[str]) -> Path:
-    """Writes WORKDIR/best_model/ for inference, swapped in by renames (never half-written)."""
+def export_model(workdir: Path, state: TrainState, config: Any, tags: Sequence[str],
+                 untrained_tags: Sequence[str] = ()) -> Path:
+    """Writes WORKDIR/best_model/ for inference, swapped in by renames (never half-written).
+    `untrained_tags`: tags the train split had no clip of (`checkpoint.save_model`)."""
     from tagger_jax.checkpoint import EXPORT_SUBDIR, save_model
 
     final = workdir / EXPORT_SUBDIR
@@ -381,7 +383,8 @@ def export_model(workdir: Path, state: TrainState, config: Any, tags: Sequence[s
     if jax.process_index() == 0:
         shutil.rmtree(partial, ignore_errors=True)
     barrier("export_start")
-    save_model(partial, variables, config, tags)  # every process takes part in orbax's save
+    save_model(partial, variables, config, tags,  # every process takes part in orbax's save
+               untrained_tags)
     barrier("export_saved")
     if jax.process_index() == 0:
         shutil.rmtree(old, ignore_errors=True)

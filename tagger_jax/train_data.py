@@ -46,6 +46,7 @@ class TrainData:
     baseline: Optional[Callable[..., dict[str, dict]]] = None
     baseline_fingerprint: Optional[str] = None
     train_identity: Optional[dict] = None  # `split_identity` of the train split (None: unknown)
+    untrained_tags: tuple[str, ...] = ()  # tags with no clip in the train split (build's record)
 
 
 @dataclasses.dataclass
@@ -252,7 +253,17 @@ def load_data(config: Any, hold: contextlib.ExitStack | None = None) -> TrainDat
         test_fingerprint=fingerprint, extra_tests=extra, baseline=fit_baseline if with_baseline else None,
         baseline_fingerprint=(split_fingerprint(builder.data_dir, builder.name, d.train_split)
                               if with_baseline else None),
-        train_identity=_with_tags(split_identity(builder.data_dir, d.train_split), tags))
+        train_identity=_with_tags(split_identity(builder.data_dir, d.train_split), tags),
+        untrained_tags=_untrained(builder, d.train_split, tags))
+
+
+def _untrained(builder: Any, train_split: str, tags: Sequence[str]) -> tuple[str, ...]:
+    """The tags an audio_folder build records as having no clip in its `train` split (metadata
+    "tags_without_train_clips"; other builds and other train splits: none known)."""
+    if train_split != "train":
+        return ()
+    lacking = set(map(str, (builder.info.metadata or {}).get("tags_without_train_clips") or ()))
+    return tuple(t for t in map(str, tags) if t in lacking)
 
 
 def _with_tags(identity: Optional[dict], tags: Sequence[str]) -> Optional[dict]:

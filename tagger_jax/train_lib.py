@@ -340,7 +340,7 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
             schedule = optimizers.PlateauState.from_json(meta["schedule"])
             if best.latest_step() is not None:  # heal an export interrupted by a crash
                 checkpointing.export_model(workdir, checkpointing.reload_best(best, state),
-                                           config, data.tag_names)
+                                           config, data.tag_names, data.untrained_tags)
             pruned = checkpointing.prune(latest, int(t.keep_checkpoints))
             if pruned:
                 progress.say(f"{workdir}: deleted checkpoint{'' if len(pruned) == 1 else 's'} "
@@ -425,7 +425,8 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
                                                    num_phases=num_phases, best_manager=best)
                     schedule = decision.state
                     if decision.improved:
-                        checkpointing.export_model(workdir, state, config, data.tag_names)
+                        checkpointing.export_model(workdir, state, config, data.tag_names,
+                                                   data.untrained_tags)
                     writer.write(step, "validation", {
                         "roc_auc": val["roc_auc_mean"], "pr_auc": val["pr_auc_mean"],
                         "excluded_tags": val["excluded_tags"],
@@ -479,7 +480,8 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
                  f"warning: the best checkpoint (validation ROC-AUC {schedule.best_metric:.4f})"
                  f" is missing from {workdir}/best/") +
                 f": the last model (step {step}) is exported and tested")
-            checkpointing.export_model(workdir, state, config, data.tag_names)
+            checkpointing.export_model(workdir, state, config, data.tag_names,
+                                       data.untrained_tags)
         if data.test_source is not None and t.test_after_training:
             tests = [(config.data.test_split, None, TestSplit(
                 data.test_source, data.test_fingerprint))]

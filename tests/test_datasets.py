@@ -1717,6 +1717,16 @@ def test_audio_folder_zero_fraction_tags_only_outside_train_and_split_names(tmp_
                                      ("rare", "rock", "jazz")) == ["rare", "jazz"]
     assert evaluation.untrained_tags(datasets, "audio_folder", tmp_path / "d", "z",
                                      ("rock", "jazz")) == []
+    from tagger_jax import train_data  # training hands them to the exported model
+    from tagger_jax.config_base import base_config
+
+    c = base_config()
+    c.data.name, c.data.builder_config, c.data.data_dir = "audio_folder", "r", str(tmp_path / "e")
+    c.data.crop_labels, c.model.frame_head, c.train.batch_size = "clip", False, 1
+    c.data.eval_split, c.data.test_split = "test", ""
+    assert train_data.load_data(c).untrained_tags == ("jazz", "rare")  # the build's tag order
+    c.data.train_split = "segments"  # another train split: not known, none said
+    assert train_data.load_data(c).untrained_tags == ()
     # ... and only for a model trained on that build (not one trained on other data).
     import ml_collections
 

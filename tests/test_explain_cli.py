@@ -247,6 +247,20 @@ def test_two_clip_mode_with_named_tags_from_the_top_level_script(setup, tmp_path
         np.testing.assert_array_equal(z["log_mel"], np.concatenate([a[:, :16], b[:, :16]], 1))
 
 
+def test_tags_the_model_never_learnt_are_said(setup, tmp_path, capsys):
+    """A model whose train split had no clip of some tags (recorded at export) says so once."""
+    model_dir, inputs, _ = setup
+    loaded = load_model(model_dir)
+    copy = save_model(tmp_path / "m", loaded.variables, loaded.config, TAGS,
+                      untrained_tags=("t2",))
+    capsys.readouterr()
+    assert explain("--checkpoint", str(copy), str(inputs / "long.npy"), "--out",
+                   str(tmp_path / "o"), "--methods", "attention", "--no-plot") == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err.count(f"note: {copy}: 1 tag(s) had no clip in the model's train split (t2): it "
+                     "never learnt them, so their scores mean nothing") == 1, err
+
+
 def test_bad_arguments_exit_2_with_a_message(setup, tmp_path, capsys):
     model_dir, inputs, _ = setup
     assert explain("--checkpoint", str(model_dir), str(inputs), "--out", str(tmp_path),

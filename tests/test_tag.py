@@ -93,6 +93,26 @@ def test_cli_tags_good_files_and_reports_broken_ones(model_dir, inputs, tmp_path
     assert not any("Traceback" in line for line in err)
 
 
+def test_tags_the_model_never_learnt_are_said(model_dir, inputs, tmp_path, capsys):
+    """From a new user's trial: a tag with no clip in the train split (a CSV's tag used only by
+    held-out rows) was scored by `tag` without a word. The model records such tags (in its tag
+    order; unknown names dropped) and `tag` says so once."""
+    loaded = checkpoint.load_model(model_dir)
+    assert loaded.untrained_tags == () and loaded.untrained_note() is None
+    directory = checkpoint.save_model(tmp_path / "m", loaded.variables, loaded.config, TAGS,
+                                      untrained_tags=("tag4", "nope", "tag1"))
+    meta = json.loads((directory / "tagger.json").read_text())
+    assert meta[checkpoint.UNTRAINED_TAGS_KEY] == ["tag1", "tag4"]
+    assert checkpoint.load_model(directory).untrained_tags == ("tag1", "tag4")
+    assert "tags_without_train_clips" not in json.loads((model_dir / "tagger.json").read_text())
+    capsys.readouterr()
+    assert cli.main(["tag", "--checkpoint", str(directory), "--quiet", "--output",
+                     str(tmp_path / "t.json"), str(inputs / "tone.wav")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err.count(f"note: {directory}: 2 tag(s) had no clip in the model's train split "
+                     "(tag1, tag4): it never learnt them, so their scores mean nothing") == 1, err
+
+
 def test_track_probabilities_follow_the_paper_protocol(loaded, inputs):
     """Track level = mean of the sigmoid outputs of the 16 chunks at i * ((T - 64) // 16)."""
     spec = np.load(inputs / "spec.npy")

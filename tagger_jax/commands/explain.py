@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from tagger_jax.inference import return_freed_memory
 
     return_freed_memory()  # long files: batch buffers go back to the system (docs/benchmarks.md)
+    import jax
+
     from tagger_jax.checkpoint import CheckpointError, load_model
     from tagger_jax.explain import methods as M
     from tagger_jax.explain import runner
@@ -151,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
                 listen=args.listen, listen_methods=listen_methods, listen_keep=keep,
                 listen_softness=softness, report=not args.no_report)
             runner.check_options(loaded, options)  # before the output folder is made
+            if loaded.untrained_note() and jax.process_index() == 0:
+                print(loaded.untrained_note(), file=sys.stderr)
             layers = _attention_layers(loaded)
             if layers is not None and not -layers <= args.layer < layers:
                 return error(f"--layer {args.layer}: the model has {layers} encoder layer(s) "

@@ -146,6 +146,8 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     try:
         plan = window_plan(args)
         loaded = checkpoint.load_model(model_path(args))
+        if process == 0 and loaded.untrained_note():
+            print(loaded.untrained_note(), file=sys.stderr)
         parts = 0  # part files of a killed multi-process run, read by --resume
         if args.resume and args.output is not None:
             if processes > 1:  # folded into the output before any process reads it or
