@@ -156,7 +156,9 @@ def discover(paths: Iterable[str | os.PathLike],
     `tagger-jax embed` wrote (`embedding.output_files`) are left out of directory searches with
     that reason. `exclude`: the run's own outputs (files, or directories and everything under
     them, e.g. `outputs.own_files(--output)`), which a directory search leaves out without
-    listing them. A file named again (by the same path, another spelling of it such as
+    listing them; an output directory that is the searched folder (or holds it) leaves its
+    inputs in, its outputs being told apart by their summaries as above (`--out` equal to the
+    input folder found no input, a trial). A file named again (by the same path, another spelling of it such as
     `A/../A/x.wav`, a symbolic link to it, or as a file and within its named folder) is one
     input under its first name, except that a link a folder search finds gives way to its file
     found by its own name; the repeat is listed in `skipped`.
@@ -172,9 +174,9 @@ def discover(paths: Iterable[str | os.PathLike],
     outputs: dict[Path, dict[str, str]] = {}  # folder -> its explain and embed outputs
     own = [Path(os.path.realpath(e)) for e in exclude]
 
-    def is_own(f: Path) -> bool:
-        a = Path(os.path.realpath(f))
-        return any(a == o or o in a.parents for o in own)
+    def is_own(f: Path, root: Path) -> bool:  # an output folder that holds the named folder
+        a, r = Path(os.path.realpath(f)), Path(os.path.realpath(root))  # leaves its inputs in
+        return any(a == o or (o in a.parents and o != r and o not in r.parents) for o in own)
 
     def run_output(f: Path) -> str | None:
         if f.parent not in outputs:
@@ -186,8 +188,8 @@ def discover(paths: Iterable[str | os.PathLike],
     for p in map(Path, paths):
         files, left_out = audio.scan_inputs([p])
         if p.is_dir():
-            files = [f for f in files if not is_own(f)]
-            left_out = [(f, run_output(f) or why) for f, why in left_out if not is_own(f)]
+            files = [f for f in files if not is_own(f, p)]
+            left_out = [(f, run_output(f) or why) for f, why in left_out if not is_own(f, p)]
             kept = []
             for f in files:
                 why = run_output(f)

@@ -231,6 +231,30 @@ def test_inputs_named_like_the_runs_own_files_keep_their_outputs(setup, tmp_path
     assert "skipped 3 already finished" in capsys.readouterr().err
 
 
+def test_out_equal_to_the_input_folder_explains_its_audio_and_not_its_outputs(setup, tmp_path,
+                                                                              capsys):
+    """A trial's `--out DIR DIR` said the folder had no files and explained nothing: the run's
+    output folder was left out of the search as a whole. Its inputs are searched now; the
+    outputs written there (pages, maps, the playback copies, which are audio) are not inputs of
+    the rerun, which reuses the finished input."""
+    model_dir, inputs, _ = setup
+    d = tmp_path / "music"
+    d.mkdir()
+    (d / "tone.wav").write_bytes((inputs / "tone.wav").read_bytes())
+    argv = ["--checkpoint", str(model_dir), str(d), "--out", str(d), "--methods", "attention",
+            "--top-k", "1", "--batch-size", "4", "--no-plot", "--listen"]
+    assert explain(*argv) == 0
+    err = capsys.readouterr().err
+    assert "no input files" not in err and (d / "tone.wav.npz").is_file(), err
+    assert list(d.glob("tone.wav*.ogg"))  # playback copies beside the input
+    assert explain(*argv) == 0
+    err = capsys.readouterr().err
+    assert "explained 0 input(s), skipped 1 already finished, 0 failed" in err, err
+    assert f"skipped: {d}/: 7 explain outputs" in err  # said, as in any folder of outputs
+    assert json.loads((d / "tone.wav.json").read_text())["input"] == str(d / "tone.wav")
+    assert not list(d.glob("*.ogg.npz"))  # no output taken for an input
+
+
 def test_two_clip_mode_with_named_tags_from_the_top_level_script(setup, tmp_path, capsys):
     model_dir, inputs, _ = setup
     rc = explain_script.main([
