@@ -183,6 +183,50 @@ def test_integrated_gradients_completeness(tiny, baseline):
     assert np.all(gap <= 0.03 * np.abs(delta) + 2e-3), (gap, delta)
 
 
+def test_integrated_gradients_step_at_the_baseline_is_the_tempo_branchs(tiny):
+    """A trial's integrated gradients on the main job's model missed up to 4 logits of f(x) -
+    f(baseline) at any number of steps: the tempo branch's onset autocorrelation is divided by
+    its lag 0, so it is the same all along the path but at the baseline (no onsets). That jump,
+    measured just past the baseline (`near_baseline_output`), is the completeness gap; without
+    the branch it is of the order of IG_STEP_ALPHA of the change."""
+    model, variables, x = tiny
+    from tagger_jax.models.frontends import TEMPO_CHANNEL_MULTIPLE
+
+    tempo = build_model({**TINY, "tempo_features": "onset_autocorrelation"}, NUM_TAGS)
+    tempo_vars = random_variables(tempo, x[:1], 1)
+    proj = dict(tempo_vars["params"]["conv1x1"])  # the tempo channels come last: made to count
+    kernel = np.array(proj["kernel"])  # as in a trained model (random weights hide them)
+    kernel[-TEMPO_CHANNEL_MULTIPLE * TINY["conv_channels"]:] *= 200.0
+    tempo_vars = {**tempo_vars, "params": {**tempo_vars["params"],
+                                           "conv1x1": {**proj, "kernel": jnp.asarray(kernel)}}}
+    tags = jnp.array([[0, 3], [5, 1]])
+    for m, v, jumps in ((model, variables, False), (tempo, tempo_vars, True)):
+        ig = jax.jit(lambda vv, xx: M.integrated_gradients(m, vv, xx, tags, steps=64))(v, x)
+        total = np.asarray(ig["attribution"]).reshape(2, 2, -1).sum(-1)
+        delta = np.asarray(ig["output"] - ig["baseline_output"])
+        step = np.asarray(ig["near_baseline_output"] - ig["baseline_output"])
+        if jumps:
+            assert np.abs(step).max() > 0.1 * np.abs(delta).max(), (step, delta)
+            # the attributions account for what lies past the step, as for a continuous model
+            past = delta - step
+            assert np.all(np.abs(total - past) <= 0.03 * np.abs(past) + 5e-3), (total, past)
+        else:
+            assert np.abs(step).max() < 0.01 * np.abs(delta).max(), (step, delta)
+
+
+def test_the_step_share_a_run_notes_is_over_an_inputs_windows_and_tags():
+    """A tag whose output hardly moves must not make a continuous model's tiny step look large."""
+    from tagger_jax.explain.runner import IG_STEP_NOTE_SHARE, ig_step_share
+
+    res = {"integrated_gradients_chunk_step": np.array([[0.0, 0.5], [0.01, 0.0]]),
+           "integrated_gradients_chunk_delta": np.array([[4.0, 2.0], [0.001, -1.0]])}
+    assert ig_step_share(res) == pytest.approx(0.125) and 0.125 > IG_STEP_NOTE_SHARE  # 0.5 of 4
+    res["integrated_gradients_chunk_step"] = np.array([[0.004, 0.0], [0.01, 0.0]])
+    assert ig_step_share(res) == pytest.approx(0.0025)  # not 0.01 / 0.001: no note
+    assert ig_step_share(res) < IG_STEP_NOTE_SHARE
+    assert ig_step_share({}) == 0.0
+
+
 def test_gradients_match_finite_differences(tiny):
     model, variables, x = tiny
     tags = jnp.array([[2], [4]])

@@ -592,6 +592,12 @@ def check_options(loaded, options: ExplainOptions) -> None:
                          f"model's tags are: {tags_lib.listed(known)}")
 
 
+# The share of f(x) - f(baseline) above which a run notes integrated gradients' step at the
+# baseline (`ig_step_share`): a model continuous along the path has a step of the order of
+# IG_STEP_ALPHA of it; the tempo branch's jump is a large part of it (a trial: up to 0.44).
+IG_STEP_NOTE_SHARE = 0.05
+
+
 class _Context:
     """Per-run constants: the inference engine, time grids, and the two jitted functions."""
 
@@ -723,6 +729,9 @@ def assemble(ctx: _Context, track: _Track, out: Mapping[str, np.ndarray]) -> dic
             out["integrated_gradients"].shape[:2] + (-1,)).sum(-1)
         res["integrated_gradients_chunk_delta"] = (out["integrated_gradients_output"]
                                                    - out["integrated_gradients_baseline_output"])
+        res["integrated_gradients_chunk_step"] = (
+            out["integrated_gradients_near_baseline_output"]
+            - out["integrated_gradients_baseline_output"])
     return res
 
 
@@ -922,8 +931,20 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
         rel = gap / np.maximum(np.abs(delta), 1e-6)
         summary["integrated_gradients_completeness"] = {
             "target": ctx.options.target, "steps": ctx.options.ig_steps,
-            "max_abs_gap": float(gap.max()), "max_rel_gap": float(rel.max())}
+            "max_abs_gap": float(gap.max()), "max_rel_gap": float(rel.max()),
+            "max_abs_step": float(np.abs(res["integrated_gradients_chunk_step"]).max())}
     return summary
+
+
+def ig_step_share(res: dict) -> float:
+    """The largest step just past the baseline that integrated gradients leaves unattributed
+    (`methods.integrated_gradients`), over an input's windows and tags, as a share of the
+    largest |f(x) - f(baseline)| among them (not per window: a tag whose output hardly moves
+    would make any step large); 0 without integrated gradients."""
+    if "integrated_gradients_chunk_step" not in res:
+        return 0.0
+    step = np.abs(res["integrated_gradients_chunk_step"]).max()
+    return float(step / max(float(np.abs(res["integrated_gradients_chunk_delta"]).max()), 1e-6))
 
 
 def coverage(ctx: _Context, track: _Track, covered_steps: np.ndarray) -> dict[str, float]:
@@ -1065,6 +1086,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     warned, reused_warned = [], []  # (warnings, audio_warnings) of this run's and reused inputs
     replaced_summaries: list[dict] = []  # what `what_changed` compares
     silent: list[str] = []  # explained with --listen but without audio to play
+    stepped: list[str] = []  # integrated gradients with a step at the baseline (ig_step_share)
     for item in share:
         path = out_dir / f"{item.key}{report.SUMMARY_SUFFIX}"
         s = report.read_json(path)
@@ -1115,7 +1137,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         if long:  # a long track's figure takes a while (tens of seconds for 30 minutes)
             bar.set_postfix_str(f"{track.item.name}: writing its files")
         try:
-            _write(ctx, track, assemble(ctx, track, out), out_dir, signature)
+            res = assemble(ctx, track, out)
+            _write(ctx, track, res, out_dir, signature)
         except Exception as e:  # an input that cannot be written must not stop the others
             fail(track.item, e)
             return
@@ -1127,6 +1150,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         warned.append((list(track.notes), dict(track.warnings)))
         if options.listen and track.extras.get("audio") is None:
             silent.append(track.item.name)
+        if ig_step_share(res) > IG_STEP_NOTE_SHARE:
+            stepped.append(track.item.name)
         bar.update(1)
 
     variables = ctx.engine.variables
@@ -1184,6 +1209,13 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
                         inference.warning_counts(reused_warned, len(skipped), reused=True)):
             if counted:
                 print(counted, file=sys.stderr)
+        if stepped:  # a trial read the gap as the method's failure
+            print(f"note: integrated gradients: for {len(stepped)} input(s) (e.g. {stepped[0]}) "
+                  f"more than {IG_STEP_NOTE_SHARE:.0%} of f(x) - f(baseline) is a step just past "
+                  "the baseline that no bin is credited with: the model reads part of its input "
+                  "whatever its level (the tempo branch's onsets), and the maps add up to the "
+                  "rest (summaries: integrated_gradients_completeness, max_abs_step; "
+                  "docs/explanations.md)", file=sys.stderr)
         if silent:
             print(f"warning: --listen: {len(silent)} input(s) have no audio, only a log-mel (a "
                   f".npy spectrogram or a dataset's records), so no .ogg was written for them "
