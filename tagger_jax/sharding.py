@@ -74,6 +74,40 @@ def maybe_initialize_distributed(requested: bool = False, preemption: bool = Fal
     return True
 
 
+def different_options(args: Any) -> str | None:
+    """The error line when the processes of a multi-process run were given different command-line
+    options (`args`: the command's argparse namespace; callables left out), naming the options
+    that differ from process 0's; None when they agree or with one process. Every process must
+    call it (one all-gather of a 32-bit digest per option). From a new user's trial: `tag` with
+    `--hop 1` on one process and `--hop 2` on the other merged both into one file, `evaluate`
+    with two `--split` values scored half of each as one split, and inputs or `--output` that
+    differed dropped results; each exited 0. Training compares its configs the same way
+    (`train_lib.check_same_config_everywhere`)."""
+    if jax.process_count() == 1:
+        return None
+    import hashlib
+    import json
+
+    from jax.experimental import multihost_utils
+
+    values = {k: v for k, v in sorted(vars(args).items()) if not callable(v)}
+    digests = np.array([int.from_bytes(hashlib.sha256(json.dumps(
+        v, sort_keys=True, default=str).encode()).digest()[:4], "little")
+        for v in values.values()], np.uint32)
+    every = np.asarray(multihost_utils.process_allgather(digests)).reshape(
+        jax.process_count(), len(values))
+    names = [n for k, n in enumerate(values) if not np.all(every[:, k] == every[0, k])]
+    if not names:
+        return None
+    others = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+    shown = ", ".join("the inputs" if n == "inputs" else f"--{n.replace('_', '-')}"
+                      for n in names)
+    return (f"the processes of this run were given different options: "
+            f"{'processes' if len(others) > 1 else 'process'} {', '.join(map(str, others))} "
+            f"{'differ' if len(others) > 1 else 'differs'} from process 0 in {shown}; start "
+            "every process with the same command line")
+
+
 def connect_with_stdout_on_stderr() -> None:
     """Runs the run's first collective (a barrier), where Gloo, JAX's CPU collectives, connects
     the processes, with file descriptor 1 pointing at stderr: Gloo writes "[Gloo] Rank 0 is

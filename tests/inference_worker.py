@@ -1,12 +1,13 @@
 """Tags and explains a directory through the CLI in its own process; tests/test_inference_sharding.py
 starts it with 1 or 4 forced host devices, or as one of two jax.distributed processes.
 
-Usage: python tests/inference_worker.py MODEL_DIR INPUT_DIR OUT_DIR [--rerun]
+Usage: python tests/inference_worker.py MODEL_DIR INPUT_DIR OUT_DIR [--rerun | --differ]
 
 The device count comes from XLA_FLAGS; a multi-process run from JAX_COORDINATOR_ADDRESS /
 JAX_NUM_PROCESSES / JAX_PROCESS_ID (tagger_jax.sharding). Writes OUT_DIR/tags.json (tag),
 OUT_DIR/explain/ (explain) and, unless --rerun, OUT_DIR/evaluate/ (evaluate of a split made of
 the directory's .npy files, labelled by `labels`), and prints one line "devices P N" first.
+With --differ, each command is given an option that differs on process 1 (`differing`).
 """
 from __future__ import annotations
 
@@ -62,5 +63,29 @@ def evaluate(model_dir: str, inputs: str, out: str) -> int:
                      "--out", f"{out}/evaluate", "--batch-size", "2", "--num-chunks", "3"])
 
 
+def differing(model_dir: str, inputs: str, out: str) -> int:
+    """Each command with an option that differs on process 1 (--hop, --out, --methods, --split):
+    prints "rc" and the four exit statuses, which should all be 2 (usage), before any work."""
+    from tagger_jax import sharding
+
+    sharding.maybe_initialize_distributed()
+    import jax
+
+    from tagger_jax import cli
+
+    p = jax.process_index()
+    rcs = [cli.main(["tag", "--checkpoint", model_dir, inputs, "--output", f"{out}/tags.json",
+                     "--quiet", "--hop", f"0.{2 + p}"]),
+           cli.main(["embed", "--checkpoint", model_dir, inputs, "--out", f"{out}/embed{p}"]),
+           cli.main(["explain", "--checkpoint", model_dir, inputs, "--out", f"{out}/explain",
+                     "--methods", "attention" if p else "contribution", "--no-progress"]),
+           cli.main(["evaluate", "--checkpoint", model_dir, "--dataset", "magnatagatune",
+                     "--split", "test" if p else "validation", "--out", f"{out}/evaluate"])]
+    print("rc " + " ".join(map(str, rcs)), flush=True)
+    return 0
+
+
 if __name__ == "__main__":
+    if "--differ" in sys.argv[4:]:
+        sys.exit(differing(*sys.argv[1:4]))
     sys.exit(main(sys.argv[1], sys.argv[2], sys.argv[3], "--rerun" in sys.argv[4:]))

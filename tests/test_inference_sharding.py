@@ -37,10 +37,11 @@ pytestmark = pytest.mark.slow
 NO_CACHE = {"TAGGER_JAX_COMPILATION_CACHE": "0"}
 
 
-def _start(jobs, model_dir, inputs, rerun=False):
+def _start(jobs, model_dir, inputs, rerun=False, mode=None):
     procs = {name: [subprocess.Popen(
         [sys.executable, str(WORKER), str(model_dir), str(inputs), str(out)]
-        + (["--rerun"] if rerun else []), env=env, stdout=subprocess.PIPE,
+        + (["--rerun"] if rerun else []) + ([mode] if mode else []), env=env,
+        stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True) for env, out in specs]
         for name, specs in jobs.items()}
     logs = {}
@@ -185,3 +186,19 @@ def test_rerun_skips_what_any_process_finished(runs):
     printed = [[line.split(": ")[0] for line in log.splitlines() if line.startswith(str(inputs))]
                for log in logs["two"]]
     assert sorted(printed[0]) == sorted(str(inputs / g) for g in GOOD) and not printed[1]
+
+
+def test_processes_given_different_options_all_stop_before_any_work(runs, tmp_path):
+    """From a new user's trial: processes of one run given another --hop, --split, inputs or
+    --output merged mixed or partial results and exited 0. Each inference command now compares
+    the command lines first and stops on every process with one line naming the options."""
+    _, model_dir, inputs, _ = runs
+    jobs = {"two": [(env, tmp_path) for env in distributed_envs(2, 2, free_port(), **NO_CACHE)]}
+    logs = _start(jobs, model_dir, inputs, mode="--differ")["two"]
+    for log in logs:
+        assert "rc 2 2 2 2" in log, log[-3000:]
+        for option in ("--hop", "--out", "--methods", "--split"):
+            assert ("error: the processes of this run were given different options: process 1 "
+                    f"differs from process 0 in {option}; start every process with the same "
+                    "command line") in log, (option, log[-3000:])
+    assert not list(tmp_path.rglob("*.npz")) and not (tmp_path / "tags.json").exists()

@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {errors.one_line(msg)}", file=sys.stderr)
         return status
 
+    mismatch = sharding.different_options(args)  # every process, before any work
+    if mismatch:
+        return error(mismatch)
     args.out = str(outputs.check_output_dir(args.out))  # before any work (errors.OUTPUT)
     with contextlib.ExitStack() as held:  # with --dataset: the build's readers' lock
         try:

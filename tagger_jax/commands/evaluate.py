@@ -91,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
     from tagger_jax import sharding
 
     sharding.maybe_initialize_distributed()  # each process evaluates its share of the clips
+    mismatch = sharding.different_options(args)  # every process, before any work
+    if mismatch:
+        print(f"error: {mismatch}", file=sys.stderr)
+        return errors.USAGE
     import jax
 
     result = None

@@ -102,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return status
 
+    mismatch = sharding.different_options(args)  # every process, before any work
+    if mismatch:
+        return error(mismatch)
     from tagger_jax import outputs
 
     args.out = str(outputs.check_output_dir(args.out))  # before any work (errors.OUTPUT)

@@ -114,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
     process, processes = jax.process_index(), jax.process_count()
     if processes > 1 and args.output is None:  # a cluster JAX detected by itself
         return _error(needs_output)
+    mismatch = sharding.different_options(args)  # every process, before any work
+    if mismatch:
+        return _error(mismatch)
     with contextlib.ExitStack() as stack:
         for target, what in ((args.output, "output file"), (args.csv, "CSV file")):
             if target is not None:
