@@ -42,7 +42,7 @@ TABLE = {
     DATA: "dataset not built or cannot be built; a data file was refused",
     DIVERGED: "training stopped on a non-finite loss",
     PEER_LOST: ("another process of a multi-process run stopped or cannot be reached; finished "
-                "work is kept"),
+                "work is kept (an evaluation's is not)"),
     INTERNAL: "unexpected error: one line, full traceback written to a file",
     INTERRUPTED: "interrupted (Ctrl-C); finished results are kept",
     PIPE_CLOSED: ("the output's reader closed the pipe (e.g. piped into `head`); finished "
@@ -143,8 +143,9 @@ def report(error: BaseException, prog: str = "tagger-jax") -> int:
         cause = one_line(str(error))
         cause = cause if len(cause) <= 160 else cause[:157] + "..."
         print(f"error: another process of this multi-process run stopped or cannot be reached "
-              f"({cause}); this process stops too. Finished work is kept: start every process "
-              f"again to resume (tag: with --resume)", file=sys.stderr)
+              f"({cause}); this process stops too. Start every process again: training "
+              f"resumes from its last checkpoint, tag with --resume and embed and explain keep "
+              f"what they finished; evaluate starts over", file=sys.stderr)
     elif status == INTERNAL:
         report_unexpected(error, prog)
     else:

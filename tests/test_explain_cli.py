@@ -285,6 +285,35 @@ def test_tags_the_model_never_learnt_are_said(setup, tmp_path, capsys):
                      "never learnt them, so their scores mean nothing") == 1, err
 
 
+@pytest.mark.parametrize("command", ["explain", "embed"])
+def test_a_lost_peer_during_the_work_is_status_8_at_once(setup, tmp_path, monkeypatch, capsys,
+                                                         command):
+    """From a new user's trial: after `kill -9` of process 1, process 0 of a 2-process embed or
+    explain printed Gloo's error as a usage error, then waited 80 s in JAX's shutdown barrier and
+    aborted with 134 and a page of C++ logs; tag and evaluate left with 8 at once. Now the same."""
+    from tagger_jax import embedding
+
+    model_dir, inputs, _ = setup
+    lost = ValueError("UNKNOWN: Gloo AllGather failed: [external/gloo/gloo/transport/tcp/"
+                      "pair.cc:547] Connection closed by peer [127.0.0.1]:8096")
+
+    def work(*args, **kwargs):
+        raise lost
+
+    monkeypatch.setattr(runner, "explain_inputs", work)
+    monkeypatch.setattr(embedding, "embed_inputs", work)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)  # a joined process
+    exits = []
+    monkeypatch.setattr(errors.os, "_exit", exits.append)  # instead of leaving the test
+    capsys.readouterr()
+    assert cli.main([command, "--checkpoint", str(model_dir), str(inputs / "long.npy"), "--out",
+                     str(tmp_path / "o"), "--no-progress"]) == errors.PEER_LOST
+    assert exits == [errors.PEER_LOST]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: another process of this multi-process run stopped or "
+                              "cannot be reached (UNKNOWN: Gloo AllGather failed"), err
+
+
 def test_bad_arguments_exit_2_with_a_message(setup, tmp_path, capsys):
     model_dir, inputs, _ = setup
     assert explain("--checkpoint", str(model_dir), str(inputs), "--out", str(tmp_path),

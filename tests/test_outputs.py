@@ -266,7 +266,8 @@ def test_a_lost_peer_is_its_own_status_not_a_bug(monkeypatch, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("error: another process of this multi-process run stopped or cannot "
                           "be reached (UNKNOWN: Gloo AllGather failed") and err.count("\n") == 1
-    assert "start every process again to resume (tag: with --resume)" in err
+    assert ("Start every process again: training resumes from its last checkpoint, tag with "
+            "--resume and embed and explain keep what they finished; evaluate starts over") in err
     assert not list(tmp_path.iterdir())
     # A jitted all-gather (the end-of-run barrier) raises Gloo's failure as a plain ValueError:
     # it was "unexpected ValueError" (70), then JAX aborted the process (from a new user's trial).

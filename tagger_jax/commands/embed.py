@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         except BrokenPipeError:  # stdout's reader went away: errors.guarded's quiet exit
             raise
         except (checkpoint.CheckpointError, ValueError, OSError) as e:
+            if errors.peer_lost(e):  # errors.guarded: one line, exit 8 at once (said here, the
+                raise  # process waited in JAX's shutdown barrier, then aborted with 134)
             return error(str(e), errors.exit_status(e, default=errors.USAGE))
     if jax.process_index() == 0:  # the counts, then each failure, on stderr (as tag, explain);
         counts, *where = str(report).split("\n")  # stdout: where the merged file is
