@@ -77,10 +77,14 @@ def check_batch_divisibility(global_batch_size: int, process_count: int = 1,
     if global_batch_size <= 0 or global_batch_size % devices:
         lower = (global_batch_size // devices) * devices
         options = f"{lower} or {lower + devices}" if lower > 0 else f"{devices}"
+        fits = [d for d in range(1, global_batch_size + 1) if global_batch_size % d == 0]
         raise errors.ConfigError(
             f"global batch size {global_batch_size} does not divide evenly over {process_count} "
             f"host(s) x {local_device_count} device(s) = {devices} devices: use a multiple of "
-            f"{devices}, e.g. {options}")
+            f"{devices}, e.g. {options}"
+            + (f", or a total device count that divides it ({', '.join(map(str, fits[:12]))}"
+               f"{', ...' if len(fits) > 12 else ''}; a resumed run keeps its batch size)"
+               if global_batch_size > 0 else ""))
     return global_batch_size // process_count
 
 

@@ -414,7 +414,9 @@ def test_a_batch_that_does_not_split_over_the_devices_is_refused_before_the_work
     with pytest.raises(errors.ConfigError, match=r"^train.batch_size: global batch size 6 does "
                                                  r"not divide evenly over 1 host\(s\) x 4 "
                                                  r"device\(s\) = 4 devices: use a multiple of 4, "
-                                                 r"e.g. 4 or 8$"):
+                                                 r"e.g. 4 or 8, or a total device count that "
+                                                 r"divides it \(1, 2, 3, 6; a resumed run keeps "
+                                                 r"its batch size\)$"):
         train_lib.train_and_evaluate(config, tmp_path / "run", data)
     assert not (tmp_path / "run").exists()
 
