@@ -62,9 +62,17 @@ def manager(directory: Path, max_to_keep: int, item_names: tuple[str, ...]
     unparsed = _UnparsedMetadata()  # orbax reads every step's metadata as it opens
     logging.getLogger("absl").addFilter(unparsed)
     try:
-        return ocp.CheckpointManager(directory, options=options, item_names=item_names)
+        opened = ocp.CheckpointManager(directory, options=options, item_names=item_names)
     finally:
         logging.getLogger("absl").removeFilter(unparsed)
+    # The temporary-directory cleanup runs in a thread that `close()` does not wait for: a run
+    # refused at once (a resume with another process count) exited under it, and the thread
+    # printed 40 lines of "cannot schedule new futures after interpreter shutdown" (a trial).
+    # Wait for it here (orbax's own save waits for it the same way).
+    await_cleanup = getattr(opened, "_maybe_await_cleanup_tmp_directory", None)
+    if await_cleanup is not None:
+        await_cleanup()
+    return opened
 
 
 class _UnparsedMetadata(logging.Filter):
