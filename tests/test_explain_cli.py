@@ -624,6 +624,16 @@ def test_tags_per_input_from_a_csv_in_one_compilation(setup, tmp_path, capsys):
            for p in out.glob("*.json") if p.name != "failures.json"}
     assert got["long.npy"]["explained_tags"] == ["t2", "t4"]
     assert got["long.npy"]["tags_source"] == "input"
+    # each explained tag's probability, also when it is no top tag (a trial), on the pages too
+    with np.load(out / "long.npy.npz") as z:
+        track = {str(t): float(p) for t, p in zip(z["tag_names"], z["probabilities"])}
+    probs = got["long.npy"]["explained_probabilities"]
+    assert probs == pytest.approx([track["t2"], track["t4"]], abs=1e-6)
+    shown = f"t2 {probs[0]:.2f}, t4 {probs[1]:.2f}"
+    assert f"explained: {shown}" in (out / "long.npy.html").read_text()
+    index = (out / "index.html").read_text()
+    assert f"<td>{shown}</td>" in index
+    assert "<td>t2, t4</td>" in index  # the CSV's tags are the file's true tags
     assert got["tone.wav"]["explained_tags"] == ["no <vocal> & co"]
     assert got[runner.safe_key(WEIRD)]["tags_source"] == "predicted"
     assert len(got[runner.safe_key(WEIRD)]["explained_tags"]) == 1
@@ -775,8 +785,9 @@ def test_tags_csv_reads_both_formats(tmp_path):
     """--tags-from: rows `file,tag,tag,...`, or an audio_folder CSV (`path,tags[,split]` with
     `;`-joined tags, told apart by its header), with one-line errors naming the line."""
     plain = tmp_path / "plain.csv"
-    plain.write_text("file,tags\na.wav,rock,piano\n\"b, c.wav\",quiet\n")
-    assert runner.read_tags_csv(plain) == {"a.wav": ("rock", "piano"), "b, c.wav": ("quiet",)}
+    plain.write_text("file,tags\na.wav,rock,piano\n\"b, c.wav\",quiet\nd.wav,organ;cello\n")
+    assert runner.read_tags_csv(plain) == {"a.wav": ("rock", "piano"), "b, c.wav": ("quiet",),
+                                           "d.wav": ("organ", "cello")}  # a trial's row
     folder = tmp_path / "folder.csv"
     folder.write_text("Split,PATH,tags\ntest,songs/a.wav,guitar; bass\n"
                       "train,songs/b.wav,\ntest,songs/c.wav,sitar;;drums;loud\n")
@@ -917,6 +928,13 @@ def test_tags_csv_rows_match_inputs_by_the_end_of_their_path(tmp_path, capsys):
     runner.with_csv_tags(items, table)  # by default on stderr: stdout is the run's index
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == said[0] + "\n"
+    said.clear()  # a tag in another letter case is the model's (a trial's `Cello`), said once
+    table.write_text("live sets/track 002.ogg,Rock;JAZZ\njazz/track 002.ogg,Jazz;Pop\n")
+    got = runner.with_csv_tags(items, table, log=said.append, model_tags=("rock", "jazz", "pop",
+                                                                          "Pop"))
+    assert [it.explain_tags for it in got] == [("rock", "jazz"), ("jazz", "Pop"), (), ()]
+    assert said == [f"note: {table}: tag(s) read as the model's in its letter case: 'Rock' as "
+                    "'rock', 'JAZZ' as 'jazz', 'Jazz' as 'jazz'"]  # 'Pop' is a tag of its own
 
 
 def test_tags_csv_of_a_build_matches_absolute_paths_and_reads_its_separator(tmp_path):

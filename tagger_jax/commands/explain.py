@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
                 items = runner.with_csv_tags(items, args.tags_from,
                                              split=args.split if args.dataset else None,
                                              limit=args.limit if args.dataset else None,
-                                             tag_separator=separator)
+                                             tag_separator=separator, model_tags=loaded.tags)
             if args.two_clip:
                 geometry = runner._engine(loaded, 1).geometry
                 items = runner.two_clip_items(items, geometry.chunk, int(round(

@@ -27,7 +27,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 from urllib.parse import quote
 
 import numpy as np
@@ -230,8 +230,9 @@ def page_data(summary: Mapping[str, Any], log_mel: np.ndarray, spec_step_s: floa
     return {
         "name": str(summary.get("input", "")), "key": str(summary.get("key", "")),
         "duration_s": float(summary.get("duration_s", 0.0)),
-        "top_tags": summary.get("top_tags", []), "true_tags": summary.get("true_tags"),
+        "top_tags": summary.get("top_tags", []), "true_tags": true_tags(summary),
         "explained_tags": summary.get("explained_tags", []),
+        "explained_text": explained_text(summary),
         "methods": summary.get("methods", []),
         "spec": {"png": palette_png(spec, "magma", lo, hi), "frames": int(spec.shape[1]),
                  "bands": int(spec.shape[0]), "start_s": -0.5 * spec_step_s,
@@ -255,6 +256,27 @@ def _tag_chips(tags: Iterable[Mapping[str, Any]]) -> str:
                    "</span>" for t in tags)
 
 
+def true_tags(summary: Mapping[str, Any]) -> Optional[list[str]]:
+    """An explained input's true tags: a dataset record's labels, else the tags a `--tags-from`
+    CSV gave it (its tags are the file's true tags there; a trial found the index's column
+    empty); None when not known."""
+    if summary.get("true_tags") is not None:
+        return [str(t) for t in summary["true_tags"]]
+    if summary.get("tags_source") == "input":
+        return [str(t) for t in summary.get("requested_tags", [])]
+    return None
+
+
+def explained_text(summary: Mapping[str, Any]) -> str:
+    """"drums 0.47, bass 0.90": the explained tags with their track probabilities (names only
+    for a summary written before the probabilities were)."""
+    tags = [str(t) for t in summary.get("explained_tags", [])]
+    probs = summary.get("explained_probabilities")
+    if not probs or len(probs) != len(tags):
+        return ", ".join(tags)
+    return ", ".join(f"{t} {float(p):.2f}" for t, p in zip(tags, probs))
+
+
 def write_input_page(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
     """One input's interactive page: spectrogram (Hz axis, dB colour bar), a row per map and
     tag on the same time axis with its own colour bar, an audio player whose cursor runs over
@@ -275,8 +297,8 @@ def write_input_page(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
 <h1 class="name">{esc(name)}</h1>
 <div class="tags">top tags: {_tag_chips(data.get("top_tags", []))}</div>
 {true_line}
-<div class="meta">{float(data.get("duration_s", 0)):.1f} s · explained: {esc(", ".join(
-        str(t) for t in data.get("explained_tags", [])))}</div>
+<div class="meta">{float(data.get("duration_s", 0)):.1f} s · explained: {esc(data.get(
+        "explained_text") or ", ".join(str(t) for t in data.get("explained_tags", [])))}</div>
 {_coverage_line(data.get("coverage"))}
 {"".join(f"<div class='meta warning'>warning: {esc(w)}</div>" for w in data.get("warnings", []))}
 <div id="app"><noscript>This page needs JavaScript to draw the maps; the PNG figure and NPZ
@@ -324,7 +346,7 @@ def write_index(out_dir: str | os.PathLike, title: str = "tagger-jax explanation
         links = " ".join(f"<a href='{esc(quote(str(files[k])), quote=True)}'>{k}</a>"
                          for k in ("png", "npz", "json") if files.get(k))
         top = s.get("top_tags", [])
-        truth = s.get("true_tags")
+        truth = true_tags(s)
         best = float(top[0]["probability"]) if top else 0.0
         record = s.get("record") or {}
         if record.get("path") or record.get("clip_id"):  # a dataset record: its source clip
@@ -335,7 +357,7 @@ def write_index(out_dir: str | os.PathLike, title: str = "tagger-jax explanation
             f"{float(s.get('duration_s', 0)):.1f}</td>"
             f"<td data-sort='{best:.4f}'>{_tag_chips(top[:5])}</td>"
             f"<td>{'' if truth is None else esc(', '.join(map(str, truth)))}</td>"
-            f"<td>{esc(', '.join(map(str, s.get('explained_tags', []))))}</td>"
+            f"<td>{esc(explained_text(s))}</td>"
             f"<td class='files'>{links}</td></tr>")
     failed = "".join(f"<li>{esc(inference.named(f.get('input', ''), f.get('error', '')))}</li>"
                      for f in failures.values())

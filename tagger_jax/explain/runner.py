@@ -160,7 +160,9 @@ def read_tags_csv(path: str | os.PathLike, splits: Optional[dict[str, str]] = No
         tags joined by `;` (`tag_separator`: the build's, `audio_folder.built_tag_separator`)
         in one cell: `path,tags,split` / `a.wav,rock;piano,test`;
       - rows `file,tag,tag,...` (Python's csv quoting for names with commas), with an optional
-        header row whose first cell is `file` or `path` (and no `tags` column beside `path`).
+        header row whose first cell is `file` or `path` (and no `tags` column beside `path`);
+        a cell holding `tag_separator` is split too (a trial's `file,tags` header above
+        `a.wav,organ;cello` asked for one tag named 'organ;cello').
     As `audio_folder` reads it: a byte-order mark is dropped, Excel's first line `sep=X` sets the
     delimiter, and an audio_folder header split by `;`, a tab or `|` is recognised (a new user's
     `sep=;` CSV built, and then matched no input here).
@@ -206,8 +208,8 @@ def read_tags_csv(path: str | os.PathLike, splits: Optional[dict[str, str]] = No
             tags = row[columns["tags"]].split(sep)
             if splits is not None and columns["split"] is not None and name:
                 splits[name] = row[columns["split"]].strip()
-        else:
-            name, tags = row[0].strip(), row[1:]
+        else:  # a cell may join tags as an audio_folder cell does (`a.wav,organ;cello` under
+            name, tags = row[0].strip(), [t for c in row[1:] for t in c.split(sep)]  # `file,tags`
         if not name:
             raise ValueError(f"{path}:{line}: empty file name")
         if name in out:
@@ -223,7 +225,8 @@ def _note(message: str) -> None:
 def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
                   log: Optional[Callable[[str], None]] = _note,
                   split: Optional[str] = None, limit: Optional[int] = None,
-                  tag_separator: str = tags_lib.CSV_TAG_SEPARATOR) -> list[InputItem]:
+                  tag_separator: str = tags_lib.CSV_TAG_SEPARATOR,
+                  model_tags: Sequence[str] = ()) -> list[InputItem]:
     """Items whose tags to explain come from a CSV (`read_tags_csv`). A CSV file name matches an
     input when it resolves to the same file (relative names: from the CSV's folder, then from
     the working directory), else when the input's path ends with it (`live sets/track 2.ogg`
@@ -240,7 +243,9 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
     `explain --dataset ... --split test --tags-from` reported every train row as unmatched).
     `limit`: the run's `--limit` (records), named in the note as what may have left those rows'
     records out. A record built from an absolute path matches a row of that path too (a trial's
-    absolute rows matched no record). `tag_separator`: `read_tags_csv`'s."""
+    absolute rows matched no record). `tag_separator`: `read_tags_csv`'s. `model_tags`: a CSV tag
+    that is none of them but one of them in other letter case is read as that one, in one note
+    (a trial's `Cello` failed its input with "did you mean 'cello'?")."""
     import unicodedata
 
     def nfc(text: str) -> str:
@@ -248,6 +253,16 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
 
     splits: dict[str, str] = {}
     table = read_tags_csv(csv_path, splits, tag_separator)
+    by_case: dict[str, list[str]] = {}
+    for tag in model_tags:
+        by_case.setdefault(tag.casefold(), []).append(tag)
+    cased = {t: by_case[t.casefold()][0] for tags in table.values() for t in tags
+             if t not in model_tags and len(by_case.get(t.casefold(), ())) == 1}
+    if cased:
+        table = {n: tuple(cased.get(t, t) for t in tags) for n, tags in table.items()}
+        if log is not None:
+            log(f"note: {csv_path}: tag(s) read as the model's in its letter case: "
+                + ", ".join(f"{a!r} as {b!r}" for a, b in cased.items()))
     if split is not None and splits:
         from tagger_jax.datasets.audio_folder import split_of
 
@@ -900,6 +915,9 @@ def _summary(ctx: _Context, track: _Track, res: Mapping[str, np.ndarray], signat
         "windows": ctx.plan.describe(), "coverage": coverage(ctx, track, res["covered"]),
         "top_tags": inference.top_tags(probs, ctx.tags, max(5, ctx.k)),  # as `tag` writes
         "explained_tags": tags, "methods": list(ctx.options.methods),
+        # each explained tag's track probability: it is no top tag when asked for (a trial)
+        "explained_probabilities": [round(float(probs[i]), 6)
+                                    for i in res["explained_tag_indices"]],
         "tags_source": ("input" if track.item.explain_tags else
                         "run" if ctx.options.tags else "predicted"),
         "requested_tags": list(track.item.explain_tags),
