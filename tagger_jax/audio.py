@@ -693,9 +693,11 @@ def _degradation_notes(name: str, decoder: str, problems: list[str], n: int,
         loudest, mono = float(np.max(channel_rms)), float(mono_rms)
         if loudest > 1e-4 and mono < loudest * 10 ** (-MONO_LOSS_DB / 20):
             loss = 20 * np.log10(max(mono, 1e-12) / loudest)
+            below = ("silent: they cancel completely" if mono <= loudest * 1e-6 else
+                     f"{-loss:.1f} dB below the loudest channel")  # not "203.8 dB" (a trial)
             notes["stereo_cancellation"] = (
-                f"{name}: the channels cancel when averaged to mono: the mix is {-loss:.1f} dB "
-                "below the loudest channel (out-of-phase stereo?); tags describe what is left")
+                f"{name}: the channels cancel when averaged to mono: the mix is {below} "
+                "(out-of-phase stereo?); tags describe what is left")
     varying = math.sqrt(max(mono_rms ** 2 - mono_mean ** 2, 0.0))  # the mix without its mean
     if abs(mono_mean) >= DC_MIN and abs(mono_mean) >= varying * 10 ** (DC_RATIO_DB / 20):
         notes["dc_offset"] = (

@@ -135,6 +135,10 @@ def test_warning_values(wild, tmp_path):
     d, _ = wild
     _, notes = audio.read_input(d / "phase.wav", audio.FeatureParams())
     assert "below" in notes["stereo_cancellation"]
+    tone = _tone()  # left = -right exactly: said so, not "203.8 dB below" (a trial)
+    sf.write(tmp_path / "cancel.wav", np.stack([tone, -tone], 1), SR, subtype="FLOAT")
+    _, notes = audio.read_input(tmp_path / "cancel.wav", audio.FeatureParams())
+    assert "the mix is silent: they cancel completely" in notes["stereo_cancellation"], notes
     _, notes = audio.read_input(d / "phone.wav", audio.FeatureParams())
     assert "8000 Hz" in notes["low_sample_rate"] and "4000 Hz" in notes["low_sample_rate"]
     _, notes = audio.read_input(d / "truncated.wav", audio.FeatureParams())

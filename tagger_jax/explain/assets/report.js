@@ -226,7 +226,8 @@
   app.appendChild(audioBox);
   app.appendChild(el('p', { class: 'meta' }, 'Click a row to seek; ctrl + wheel zooms, ' +
     'shift + wheel or the bar below scrolls. Rows share the time axis; each has its own ' +
-    'colour range. Ground-truth rows show where a tag sounds.'));
+    'colour range.' + (D.rows.some(function (r) { return r.method === 'truth'; }) ?
+      ' Ground-truth rows show where a tag sounds.' : '')));
 
   // ---- drawing -------------------------------------------------------------------------------
   function plotWidth() { return Math.max(50, strip.clientWidth - LABEL_W - CBAR_W); }
