@@ -7,7 +7,8 @@ A latest checkpoint WORKDIR/checkpoints/<step>/ has three items:
 
     state/   the TrainState pytree (orbax StandardSave, every process writes its shards)
     data/    the data iterator's state, one JSON file per process (DataIteratorHandler)
-    meta/    JSON: {"step", "config", "process_count", "schedule": PlateauState.to_json(),
+    meta/    JSON: {"step", "config", "process_count", "device_count" (since 2026-12-05),
+             "schedule": PlateauState.to_json(),
              "train_data": train_data.split_identity of the train split, when known}
 
 Orbax writes every checkpoint to a temporary directory and renames it when complete, so a crash
@@ -162,7 +163,8 @@ def save_checkpoint(mngr: ocp.CheckpointManager, state: TrainState, data_iter: A
     step = int(sharding.to_host(state.step))
     mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=DataIteratorSave(data_iter),
-        meta=ocp.args.JsonSave(dict(meta, step=step, process_count=jax.process_count()))),
+        meta=ocp.args.JsonSave(dict(meta, step=step, process_count=jax.process_count(),
+                                    device_count=jax.device_count()))),
         force=True)
     mngr.wait_until_finished()
     return step

@@ -337,6 +337,14 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
                     f"train split then {_described(then)}, now {_described(now)}; resume on the "
                     "data it was trained on (data.data_dir), or start in a new --workdir (from "
                     f"this run's model: train.init_from={workdir})")
+            then_devices = meta.get("device_count")  # recorded since 2026-12-05
+            if then_devices is not None and int(then_devices) != jax.device_count():
+                progress.say(  # a trial compared such a resume with a run that stayed: 7e-4 off
+                    f"note: {workdir / wd.CHECKPOINT_DIR}/{resume_step} was written on "
+                    f"{then_devices} device(s) and this run has {jax.device_count()}: it "
+                    "resumes, but float32 sums (and with train.prng_impl=rbg the dropout masks) "
+                    "follow the devices, so it will not be bit-identical to a run that stayed "
+                    "on them")
             schedule = optimizers.PlateauState.from_json(meta["schedule"])
             if best.latest_step() is not None:  # heal an export interrupted by a crash
                 checkpointing.export_model(workdir, checkpointing.reload_best(best, state),

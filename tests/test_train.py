@@ -756,6 +756,31 @@ def test_lower_keep_checkpoints_on_a_rerun_deletes_the_oldest_and_says_so(tmp_pa
     assert "deleted checkpoint" not in capsys.readouterr().out
 
 
+def test_a_resume_on_another_device_count_says_it_is_not_bit_identical(tmp_path, finished_run,
+                                                                        capsys):
+    """From a new user's trial: a run resumed on 4 devices instead of 2 ended 7e-4 away from
+    the run that stayed (documented, but said nowhere). A checkpoint records its device count;
+    a resume on another says so in a note; on the same count, or from a checkpoint without the
+    record, nothing is said."""
+    import shutil
+
+    config, done, summary = finished_run
+    workdir = tmp_path / "w"
+    shutil.copytree(done, workdir)
+    metas = [d / "meta" / "metadata" for d in (workdir / "checkpoints").iterdir()]
+    assert {json.loads(m.read_text())["device_count"] for m in metas} == {jax.device_count()}
+    capsys.readouterr()
+    assert train_lib.train_and_evaluate(config, workdir, toy_data(config))["step"] == \
+        summary["step"]
+    assert "bit-identical" not in capsys.readouterr().out
+    for m in metas:
+        m.write_text(json.dumps({**json.loads(m.read_text()), "device_count": 99}))
+    train_lib.train_and_evaluate(config, workdir, toy_data(config))
+    out = capsys.readouterr().out
+    assert (f"note: {workdir / 'checkpoints'}/12 was written on 99 device(s) and this run has "
+            f"{jax.device_count()}: it resumes, but float32 sums") in out, out
+
+
 def test_extra_test_splits_and_baseline_are_reported_and_reused(tmp_path, finished_run, capsys):
     """data.extra_test_splits are tested into WORKDIR/test/<split>/; train.test_baseline scores
     the baseline fitted on the train split beside each; both are reused on a rerun with the same
