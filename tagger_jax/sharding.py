@@ -74,10 +74,37 @@ def maybe_initialize_distributed(requested: bool = False, preemption: bool = Fal
     return True
 
 
+# Options that change what a run shows, not what it computes: processes may differ in them.
+DISPLAY_OPTIONS = ("quiet", "no_progress")
+
+
+def _as_compared(value: Any) -> Any:
+    """An option's value as processes compare it: a string naming an existing file or folder
+    by its real path (`one` from its folder and `/data/one` are one input), lists item by item."""
+    if isinstance(value, (list, tuple)):
+        return [_as_compared(v) for v in value]
+    if isinstance(value, str) and value and os.path.exists(value):
+        return os.path.realpath(value)
+    return value
+
+
+def option_digests(args: Any) -> tuple[list[str], np.ndarray]:
+    """(option names, uint32 digest of each value) as `different_options` compares them."""
+    import hashlib
+    import json
+
+    values = {k: _as_compared(v) for k, v in sorted(vars(args).items())
+              if not callable(v) and k not in DISPLAY_OPTIONS}
+    return list(values), np.array([int.from_bytes(hashlib.sha256(json.dumps(
+        v, sort_keys=True, default=str).encode()).digest()[:4], "little")
+        for v in values.values()], np.uint32)
+
+
 def different_options(args: Any) -> str | None:
     """The error line when the processes of a multi-process run were given different command-line
-    options (`args`: the command's argparse namespace; callables left out), naming the options
-    that differ from process 0's; None when they agree or with one process. Every process must
+    options (`args`: the command's argparse namespace; callables and DISPLAY_OPTIONS left out,
+    paths of existing files compared by their real paths), naming the options that differ from
+    process 0's; None when they agree or with one process. Every process must
     call it (one all-gather of a 32-bit digest per option). From a new user's trial: `tag` with
     `--hop 1` on one process and `--hop 2` on the other merged both into one file, `evaluate`
     with two `--split` values scored half of each as one split, and inputs or `--output` that
@@ -85,15 +112,9 @@ def different_options(args: Any) -> str | None:
     (`train_lib.check_same_config_everywhere`)."""
     if jax.process_count() == 1:
         return None
-    import hashlib
-    import json
-
     from jax.experimental import multihost_utils
 
-    values = {k: v for k, v in sorted(vars(args).items()) if not callable(v)}
-    digests = np.array([int.from_bytes(hashlib.sha256(json.dumps(
-        v, sort_keys=True, default=str).encode()).digest()[:4], "little")
-        for v in values.values()], np.uint32)
+    values, digests = option_digests(args)
     every = np.asarray(multihost_utils.process_allgather(digests)).reshape(
         jax.process_count(), len(values))
     names = [n for k, n in enumerate(values) if not np.all(every[:, k] == every[0, k])]

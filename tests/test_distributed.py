@@ -343,3 +343,25 @@ def test_inference_commands_join_before_their_work_and_say_so(command, monkeypat
     if command == "tag":
         assert cli.main(args[:-2]) == 2  # no --output: refused at once
         assert "a multi-process run needs --output" in capsys.readouterr().err
+
+
+def test_options_compare_paths_by_real_path_and_leave_display_options_out(tmp_path,
+                                                                          monkeypatch):
+    """A verifying user's processes named one folder as `one` (from its parent) and as its
+    absolute path, and one gave --no-progress: both runs were refused. Existing paths compare by
+    their real path, and the progress options may differ; a real difference still counts."""
+    from argparse import Namespace
+
+    from tagger_jax import sharding
+
+    (tmp_path / "one").mkdir()
+    monkeypatch.chdir(tmp_path)
+    a = Namespace(inputs=["one"], output="out.json", hop=1.0, quiet=False, func=print)
+    b = Namespace(inputs=[str(tmp_path / "one")], output="out.json", hop=1.0, quiet=True,
+                  func=len)
+    names, da = sharding.option_digests(a)
+    assert names == ["hop", "inputs", "output"]
+    np.testing.assert_array_equal(da, sharding.option_digests(b)[1])
+    b.hop = 2.0
+    differ = da != sharding.option_digests(b)[1]
+    assert [n for n, d in zip(names, differ) if d] == ["hop"]

@@ -629,7 +629,11 @@ def test_tags_per_input_from_a_csv_in_one_compilation(setup, tmp_path, capsys):
         track = {str(t): float(p) for t, p in zip(z["tag_names"], z["probabilities"])}
     probs = got["long.npy"]["explained_probabilities"]
     assert probs == pytest.approx([track["t2"], track["t4"]], abs=1e-6)
-    shown = f"t2 {probs[0]:.2f}, t4 {probs[1]:.2f}"
+    shown = report.explained_text(got["long.npy"])
+    assert shown == ", ".join(f"{t} {'<0.01' if p < 0.005 else format(p, '.2f')}"
+                              for t, p in zip(("t2", "t4"), probs))
+    assert report.explained_text({"explained_tags": ["a", "b"], "explained_probabilities":
+                                  [0.0036, 0.5]}) == "a <0.01, b 0.50"  # not "a 0.00"
     assert f"explained: {shown}" in (out / "long.npy.html").read_text()
     index = (out / "index.html").read_text()
     assert f"<td>{shown}</td>" in index

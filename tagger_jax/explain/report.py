@@ -268,13 +268,14 @@ def true_tags(summary: Mapping[str, Any]) -> Optional[list[str]]:
 
 
 def explained_text(summary: Mapping[str, Any]) -> str:
-    """"drums 0.47, bass 0.90": the explained tags with their track probabilities (names only
-    for a summary written before the probabilities were)."""
+    """"drums 0.47, bass 0.90, cello <0.01": the explained tags with their track probabilities
+    (names only for a summary written before the probabilities were)."""
     tags = [str(t) for t in summary.get("explained_tags", [])]
     probs = summary.get("explained_probabilities")
     if not probs or len(probs) != len(tags):
         return ", ".join(tags)
-    return ", ".join(f"{t} {float(p):.2f}" for t, p in zip(tags, probs))
+    return ", ".join(f"{t} {'<0.01' if float(p) < 0.005 else format(float(p), '.2f')}"
+                     for t, p in zip(tags, probs))  # not "cello 0.00" for 0.0036 (a trial)
 
 
 def write_input_page(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
