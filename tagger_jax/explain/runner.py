@@ -208,8 +208,8 @@ def read_tags_csv(path: str | os.PathLike, splits: Optional[dict[str, str]] = No
             tags = row[columns["tags"]].split(sep)
             if splits is not None and columns["split"] is not None and name:
                 splits[name] = row[columns["split"]].strip()
-        else:  # a cell may join tags as an audio_folder cell does (`a.wav,organ;cello` under
-            name, tags = row[0].strip(), [t for c in row[1:] for t in c.split(sep)]  # `file,tags`
+        else:  # a cell may join tags as an audio_folder cell does (a trial's `a.wav,organ;cello`)
+            name, tags = row[0].strip(), [t for c in row[1:] for t in c.split(sep)]
         if not name:
             raise ValueError(f"{path}:{line}: empty file name")
         if name in out:
