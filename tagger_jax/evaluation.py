@@ -398,11 +398,10 @@ def untrained_tags(datasets, dataset: str, data_dir: Any, builder_config: Any,
     (metadata "tags_without_train_clips", an audio_folder CSV's tags used only by held-out
     rows): a model trained on that build never learnt them. [] when there is no such record."""
     try:
-        builder = datasets.get_builder(dataset, data_dir, builder_config)
-        lacking = list((builder.info.metadata or {}).get("tags_without_train_clips") or [])
+        return datasets.untrained_tags(datasets.get_builder(dataset, data_dir, builder_config),
+                                       model_tags)
     except (ValueError, FileNotFoundError, KeyError, AttributeError, TypeError):
         return []
-    return [t for t in map(str, model_tags) if t in set(map(str, lacking))]
 
 
 def trained_on(config: Any, dataset: str, builder_config: Any) -> bool:

@@ -158,10 +158,10 @@ def discover(paths: Iterable[str | os.PathLike],
     them, e.g. `outputs.own_files(--output)`), which a directory search leaves out without
     listing them; an output directory that is the searched folder (or holds it) leaves its
     inputs in, its outputs being told apart by their summaries as above (`--out` equal to the
-    input folder found no input, a trial). A file named again (by the same path, another spelling of it such as
-    `A/../A/x.wav`, a symbolic link to it, or as a file and within its named folder) is one
-    input under its first name, except that a link a folder search finds gives way to its file
-    found by its own name; the repeat is listed in `skipped`.
+    input folder found no input, a trial). A file named again (by the same path, another
+    spelling of it such as `A/../A/x.wav`, a symbolic link to it, or as a file and within its
+    named folder) is one input under its first name, except that a link a folder search finds
+    gives way to its file found by its own name; the repeat is listed in `skipped`.
     A named directory with no files at all is listed in `skipped` too. Missing paths are kept:
     they become failed inputs with an error naming them, never a crash of the run. Names are
     `audio.display_path` text (bytes that are not UTF-8 as \\xNN).

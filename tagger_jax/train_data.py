@@ -254,16 +254,9 @@ def load_data(config: Any, hold: contextlib.ExitStack | None = None) -> TrainDat
         baseline_fingerprint=(split_fingerprint(builder.data_dir, builder.name, d.train_split)
                               if with_baseline else None),
         train_identity=_with_tags(split_identity(builder.data_dir, d.train_split), tags),
-        untrained_tags=_untrained(builder, d.train_split, tags))
-
-
-def _untrained(builder: Any, train_split: str, tags: Sequence[str]) -> tuple[str, ...]:
-    """The tags an audio_folder build records as having no clip in its `train` split (metadata
-    "tags_without_train_clips"; other builds and other train splits: none known)."""
-    if train_split != "train":
-        return ()
-    lacking = set(map(str, (builder.info.metadata or {}).get("tags_without_train_clips") or ()))
-    return tuple(t for t in map(str, tags) if t in lacking)
+        # the build records them for its split named train only
+        untrained_tags=(tuple(datasets.untrained_tags(builder, tags))
+                        if d.train_split == "train" else ()))
 
 
 def _with_tags(identity: Optional[dict], tags: Sequence[str]) -> Optional[dict]:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from tagger_jax.datasets._api import (SELF_CONTAINED, MissingSplitError, audio_warnings, build,
                                       build_report, ensure_built, get_builder, load_split,
-                                      reading, report_path, split_sizes, tag_names,
+                                      reading, report_path, split_sizes, tag_names, untrained_tags,
                                       warnings_path, warnings_summary)
 from tagger_jax.datasets._common import SPLITS, TaggingBuilder, TaggingConfig
 from tagger_jax.datasets.audio_folder import AudioFolder, AudioFolderConfig
@@ -64,5 +64,5 @@ __all__ = [
     "SyntheticTags", "SyntheticConfig", "SoundfontTags", "SoundfontConfig", "Magnatagatune", "MagnatagatuneConfig", "MtgJamendo",
     "MtgJamendoConfig", "Msd", "MsdConfig", "AudioFolder", "AudioFolderConfig",
     "get_builder", "build", "ensure_built", "reading", "tag_names", "load_split", "build_report",
-    "report_path", "audio_warnings", "warnings_path", "warnings_summary", "split_sizes",
+    "report_path", "audio_warnings", "untrained_tags", "warnings_path", "warnings_summary", "split_sizes",
 ]

@@ -464,6 +464,14 @@ def build_report(builder: tfds.core.DatasetBuilder) -> dict[str, list[dict[str, 
     return {s: list(v) for s, v in (builder.info.metadata or {}).get("skipped", {}).items()}
 
 
+def untrained_tags(builder: tfds.core.DatasetBuilder, tags: Sequence[str]) -> list[str]:
+    """The `tags` (in their order) that the build records as having no clip in its train split
+    (metadata "tags_without_train_clips": an audio_folder CSV's tags used only by held-out rows);
+    [] when the build records none."""
+    lacking = set(map(str, (builder.info.metadata or {}).get("tags_without_train_clips") or ()))
+    return [t for t in map(str, tags) if t in lacking]
+
+
 def audio_warnings(builder: tfds.core.DatasetBuilder) -> dict[str, list[dict[str, str]]]:
     """Clips kept but degraded, per split: [{"clip_id", "path", "code", "message"}, ...], one
     entry per warning (`audio.load_audio_checked`'s codes: `damaged_data`, `duration_mismatch`,
