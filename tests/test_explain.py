@@ -183,6 +183,20 @@ def test_integrated_gradients_completeness(tiny, baseline):
     assert np.all(gap <= 0.03 * np.abs(delta) + 2e-3), (gap, delta)
 
 
+def test_integrated_gradients_of_float64_input_with_x64(tiny):
+    """A trial's float64 input with jax_enable_x64 stopped integrated gradients with a scan
+    carry dtype error (float32 init, float64 gradients); the other methods accepted it. The
+    attributions equal those of the float32 input to float32 precision."""
+    model, variables, x = tiny
+    tags = jnp.array([[0, 3], [5, 1]])
+    want = M.integrated_gradients(model, variables, x, tags, steps=8)["attribution"]
+    with jax.enable_x64(True):
+        got = M.integrated_gradients(model, variables, np.asarray(x, np.float64), tags,
+                                     steps=8)["attribution"]
+    scale = float(np.abs(np.asarray(want)).max())
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=1e-4 * scale)
+
+
 def test_integrated_gradients_step_at_the_baseline_is_the_tempo_branchs(tiny):
     """A trial's integrated gradients on the main job's model missed up to 4 logits of f(x) -
     f(baseline) at any number of steps: the tempo branch's onset autocorrelation is divided by

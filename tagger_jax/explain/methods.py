@@ -262,7 +262,9 @@ def integrated_gradients(model: nn.Module, variables: Variables, x: Array, tags:
         total = total + jnp.tensordot(w, grads, axes=1)
         return total, outs
 
-    init = jnp.zeros((x.shape[0], tags.shape[1]) + x.shape[1:], jnp.float32)
+    # the gradients' dtype: float64 for a float64 `x` when jax_enable_x64 is on
+    init = jnp.zeros((x.shape[0], tags.shape[1]) + x.shape[1:],
+                     jnp.promote_types(jnp.float32, jnp.result_type(x)))
     total, outs = jax.lax.scan(group, init, (alphas, weights))
     outs = outs.reshape((-1,) + outs.shape[2:])
     near = jnp.take_along_axis(_tag_outputs(model, variables, target)(x0 + IG_STEP_ALPHA * diff),
