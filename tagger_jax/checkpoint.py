@@ -69,6 +69,24 @@ class LoadedModel:
                 f"model's train split ({listed(self.untrained_tags)}): it never learnt them, so "
                 "their scores mean nothing")
 
+    def data_dir(self) -> tuple[str, str | None]:
+        """(the data directory of the model's datasets, a `note:` line or None).
+
+        The config's `data.data_dir`, which training stores absolute (so any working directory
+        finds the data). Where that directory does not exist, as for a model copied from
+        another machine or user, the configs' default (`config_base`, `~/tensorflow_datasets`)
+        with a note saying so: a trial's copied model built a dataset under the other user's
+        home."""
+        from tagger_jax.config_base import base_config
+
+        stored = str(self.config.data.get("data_dir") or "")
+        default = str(base_config().data.data_dir)
+        if not stored or Path(stored).expanduser().exists() or stored == default:
+            return stored or default, None
+        return default, (f"note: {self.directory}: its data directory {stored} does not exist "
+                         f"here (a model from another machine or user?); using {default} "
+                         "(give --data-dir, or data_dir= in Python, for another)")
+
 
 def save_model(directory: str | os.PathLike, variables: Any, config: ml_collections.ConfigDict,
                tags: Sequence[str], untrained_tags: Sequence[str] = ()) -> Path:

@@ -96,6 +96,10 @@ def embed(engine: inference.Engine, items: Sequence[inference.Input],
         e.embedding  # (files, 512) for the paper's model
     """
 
+    other = next((i for i in items if not isinstance(i, inference.Input)), None)
+    if other is not None:
+        raise TypeError(f"embed takes inference.Input items, got a {type(other).__name__}; "
+                        "for files pass engine.file_inputs(paths)")
     plan.checked(engine.geometry)  # a hop longer than a window fails here (and a note)
     signature = run_signature(engine.loaded, plan)
     model = inference.model_signature(engine.loaded)

@@ -452,7 +452,10 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
     cfg = loaded.config
     dataset = dataset or cfg.data.name
     split = split or cfg.data.test_split
-    data_dir = data_dir or cfg.data.data_dir
+    if not data_dir:
+        data_dir, moved = loaded.data_dir()
+        if moved and print_fn is not None and jax.process_index() == 0:
+            print(moved, file=sys.stderr)
     if data_dir:  # as given, from this directory; models trained since 2026-12-03 store it so
         data_dir = str(Path(str(data_dir)).expanduser().absolute())
     if builder_config is None and dataset == cfg.data.name:

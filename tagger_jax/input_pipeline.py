@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import grain
 import numpy as np
 
-from tagger_jax import chunking, errors
+from tagger_jax import chunking, errors, main_guard
 
 # "mel": (96, T) log-mel for the pons_* models; "audio": (N,) waveform for lee_won.
 INPUT_KINDS = ("mel", "audio")
@@ -505,6 +505,9 @@ def _check_prefetch(num_workers: int, worker_buffer_size: int, read_threads: int
 def _prefetch(ds: grain.MapDataset, num_workers: int, worker_buffer_size: int,
               read_threads: int) -> grain.IterDataset:
     _check_prefetch(num_workers, worker_buffer_size, read_threads)
+    if num_workers > 0:
+        main_guard.check("grain's input workers", "set data.num_workers = 0 (the input is then "
+                         "read in this process)")
     # Threads fill a buffer of batches in each process; a worker's results also wait in its
     # queue (worker_buffer_size), so there the thread buffer only needs one slot per thread.
     buffered = read_threads if num_workers else max(read_threads, worker_buffer_size)

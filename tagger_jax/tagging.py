@@ -48,7 +48,18 @@ class Tagger:
     def tag(self, paths: Sequence[str | os.PathLike], *, hop_s: float | None = None,
             windows: str = COVER, num_chunks: int = 16, top_k: int = 5, progress: bool = True,
             on_result: Callable[[dict], None] | None = None) -> list[dict]:
-        """One result dict per path, in order; errors are results with an `error` field."""
+        """One result dict per path, in order; errors are results with an `error` field.
+
+        `paths`: audio files (one path alone is taken as a list of one); a directory's files
+        are `collect_inputs([directory])`. TypeError for anything but paths (audio in memory
+        goes through `inference.make_predict_fn` on its log-mel windows, docs/python.md)."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        other = next((p for p in paths if not isinstance(p, (str, os.PathLike))), None)
+        if other is not None:
+            raise TypeError(f"Tagger.tag reads audio files, got a {type(other).__name__} among "
+                            "the paths; audio in memory goes through inference.make_predict_fn "
+                            "on its log-mel windows (docs/python.md)")
         plan = WindowPlan(windows, hop_s, num_chunks)
         plan.checked(self.engine.geometry)  # a hop longer than a window fails once, here
         paths = [Path(p) for p in paths]
@@ -134,13 +145,21 @@ def rounded(values: Any, decimals: int) -> Any:
 CSV_FIXED_COLUMNS = ("file", "duration_s")  # then one column per tag
 
 
-def write_csv(results: Sequence[dict], output: Path) -> None:
+def write_csv(results: Sequence[dict], output: str | os.PathLike) -> None:
     """The track-level probabilities of `results` (successful tag results of one model, in the
     order given) as a CSV table: a header `file,duration_s,TAG,...` (the model's tag order),
-    one row each; written atomically. Python's csv quoting (names with commas or quotes)."""
+    one row each; written atomically. Python's csv quoting (names with commas or quotes).
+    ValueError, nothing written, for a failed result (one with an `error` field) or results of
+    models with other tags."""
     import csv
     import io
 
+    failed = next((r for r in results if "error" in r), None)
+    if failed is not None:
+        raise ValueError(f"{output}: {failed.get('file')} has no probabilities ({failed['error']}"
+                         "); a table holds the successful results: pass [r for r in results if "
+                         "'error' not in r]")
+    output = Path(output)
     tags = list(results[0]["tags"]) if results else []
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")

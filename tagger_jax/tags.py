@@ -77,6 +77,20 @@ def did_you_mean(names, known) -> str:
     return "; did you mean " + ", ".join(f"{t!r} for {n!r}" for n, t in near.items()) + "?"
 
 
+def indices(names, known) -> list[int]:
+    """The positions of tag `names` in `known` (a model's tag list, e.g. `LoadedModel.tags`), in
+    the order given: what the explanation methods' `tags` arrays hold. ValueError naming the
+    unknown names, with `did_you_mean`'s hint, if any is not in `known`."""
+    names = [names] if isinstance(names, str) else [str(n) for n in names]
+    known = [str(t) for t in known]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown tags: {listed(unknown)} (the model's {len(known)} tags: "
+                         f"{listed(known[:8])}{', ...' if len(known) > 8 else ''})"
+                         f"{did_you_mean(unknown, known)}")
+    return [known.index(n) for n in names]
+
+
 def read_tag_list(path) -> list[str]:
     """The tag names of a text file, one per line (`TEXT_ENCODING`; surrounding spaces, blank
     lines and Windows line ends dropped). Raises OSError or UnicodeDecodeError as `open` does."""

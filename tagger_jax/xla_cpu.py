@@ -63,9 +63,32 @@ def inference_flags(environ: Mapping[str, str], version: tuple[int, int] | None)
 
 def use_for_inference(environ: MutableMapping[str, str] = os.environ) -> bool:
     """Sets XLA_FLAGS in `environ` to `inference_flags(...)` when that is not None; True when it
-    did. Call it in a program's entry point before jax is imported."""
+    did. Call it in a program's entry point before jax is imported. Called once JAX's backend
+    has started (too late for XLA to read the flag), it changes nothing, warns and returns
+    False (a trial's notebook got True and no effect)."""
     flags = inference_flags(environ, jaxlib_version())
     if flags is None:
         return False
+    if environ is os.environ and _backend_started():
+        import warnings
+
+        warnings.warn("xla_cpu.use_for_inference: JAX's backend has already started and read "
+                      "XLA_FLAGS, so the flag would have no effect in this process; call it "
+                      "before the first JAX computation", stacklevel=2)
+        return False
     environ["XLA_FLAGS"] = flags
     return True
+
+
+def _backend_started() -> bool:
+    """Whether this process has started a JAX backend (which has read XLA_FLAGS); False when jax
+    was never imported (nothing is imported here) or the check is not available."""
+    import sys
+
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):
+        return False

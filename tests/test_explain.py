@@ -183,6 +183,24 @@ def test_integrated_gradients_completeness(tiny, baseline):
     assert np.all(gap <= 0.03 * np.abs(delta) + 2e-3), (gap, delta)
 
 
+def test_tag_names_are_mapped_by_tags_indices_and_refused_as_tags():
+    """A trial passed tag names to `checked_tags` and got JAX's "Error interpreting argument to
+    stage as a JAX value"; the names map with `tags.indices`, which names unknown ones."""
+    from tagger_jax import tags as tag_lists
+
+    known = ("guitar", "drums", "piano")
+    assert tag_lists.indices(["piano", "guitar"], known) == [2, 0]
+    assert tag_lists.indices("drums", known) == [1]
+    with pytest.raises(ValueError, match=r"^unknown tags: Piano, celo \(the model's 3 tags: "
+                       r"guitar, drums, piano\); did you mean 'piano'\?$"):
+        tag_lists.indices(["Piano", "celo"], known)  # celo: near no tag here
+    with pytest.raises(TypeError, match=r"^tags must be integer tag indices, got names or "
+                       r"objects \('drums', 'piano', \.\.\.\): map tag names to indices with "
+                       r"tagger_jax.tags.indices"):
+        M.checked_tags(np.array([["drums"], ["piano"]]), 2, 3)
+    np.testing.assert_array_equal(M.checked_tags([[1], [2]], 2, 3), [[1], [2]])
+
+
 def test_integrated_gradients_of_float64_input_with_x64(tiny):
     """A trial's float64 input with jax_enable_x64 stopped integrated gradients with a scan
     carry dtype error (float32 init, float64 gradients); the other methods accepted it. The

@@ -152,6 +152,14 @@ def test_a_long_input_shows_its_windows_on_the_bar_and_a_short_one_does_not(engi
     assert bar.redraws == len(bar.postfixes)  # each through update(0): tqdm's rate limit
 
 
+def test_embed_of_paths_instead_of_inputs_is_one_line(engine, files):
+    """A trial's `embed(engine, ["x.flac"])` failed with AttributeError: 'str' object has no
+    attribute 'key'."""
+    with pytest.raises(TypeError, match=r"^embed takes inference.Input items, got a str; for "
+                       r"files pass engine.file_inputs\(paths\)$"):
+        embedding.embed(engine, [str(files / "mid.npy")])
+
+
 def test_a_hop_far_from_whole_input_steps_is_noted_once(engine, files, capsys):
     """From new users' trials: `--hop 0.001` ran at one 16 ms step without a word. A hop that
     differs by more than 10% from what the model can take is one `note:` line; `--hop 0.1`

@@ -113,6 +113,32 @@ def test_tags_the_model_never_learnt_are_said(model_dir, inputs, tmp_path, capsy
                      "(tag1, tag4): it never learnt them, so their scores mean nothing") == 1, err
 
 
+def test_a_copied_models_missing_data_directory_falls_back_to_the_default(loaded, tmp_path,
+                                                                         capsys):
+    """A trial evaluated a model copied from another user: its stored (absolute) data directory
+    was the other user's, and a whole dataset was built there. Where the stored directory does
+    not exist, the configs' default is used, with a note; an existing one is kept."""
+    import argparse
+
+    from tagger_jax.commands import _inference_args
+
+    config = loaded.config.copy_and_resolve_references()
+    config.data.data_dir = str(tmp_path / "alice" / "tensorflow_datasets")
+    moved = checkpoint.load_model(checkpoint.save_model(tmp_path / "m", loaded.variables, config,
+                                                        TAGS))
+    default = base_config().data.data_dir
+    directory, note = moved.data_dir()
+    assert directory == default
+    assert note == (f"note: {moved.directory}: its data directory {config.data.data_dir} does "
+                    f"not exist here (a model from another machine or user?); using {default} "
+                    "(give --data-dir, or data_dir= in Python, for another)")
+    assert _inference_args.data_dir(argparse.Namespace(data_dir=None), moved) == default
+    assert capsys.readouterr().err == note + "\n"
+    assert _inference_args.data_dir(argparse.Namespace(data_dir="d"), moved) == "d"
+    (tmp_path / "alice" / "tensorflow_datasets").mkdir(parents=True)
+    assert moved.data_dir() == (config.data.data_dir, None)
+
+
 def test_track_probabilities_follow_the_paper_protocol(loaded, inputs):
     """Track level = mean of the sigmoid outputs of the 16 chunks at i * ((T - 64) // 16)."""
     spec = np.load(inputs / "spec.npy")
@@ -134,6 +160,27 @@ def test_batching_does_not_change_results(loaded, inputs):
     for a, b in zip(together, alone):
         np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-6)
         np.testing.assert_allclose(a["chunk_probabilities"], b["chunk_probabilities"], atol=1e-6)
+
+
+def test_python_callers_misuse_gets_one_line_errors(loaded, inputs, tmp_path):
+    """From a new user's Python trial: `tag("file.flac")` tagged each character as a file (31
+    "not found" results), a waveform gave a raw TypeError from pathlib, and `write_csv` of
+    results holding a failure raised KeyError: 'tags'."""
+    tagger = tagging.Tagger(loaded, batch_size=8)
+    [one] = tagger.tag(str(inputs / "tone.wav"), progress=False)
+    [same] = tagger.tag([inputs / "tone.wav"], progress=False)
+    assert one["probabilities"] == same["probabilities"]
+    with pytest.raises(TypeError, match=r"^Tagger.tag reads audio files, got a ndarray among "
+                       r"the paths; audio in memory goes through inference.make_predict_fn"):
+        tagger.tag([np.zeros(16000, np.float32)], progress=False)
+    results = tagger.tag([inputs / "tone.wav", tmp_path / "missing.wav"], progress=False)
+    assert "error" in results[1]
+    with pytest.raises(ValueError, match=r"missing.wav has no probabilities \(.*\); a table "
+                       r"holds the successful results"):
+        tagging.write_csv(results, tmp_path / "t.csv")
+    assert not (tmp_path / "t.csv").exists()
+    tagging.write_csv([r for r in results if "error" not in r], tmp_path / "t.csv")
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == 2
 
 
 def test_default_windows_cover_the_whole_track(loaded, inputs):

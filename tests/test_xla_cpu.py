@@ -7,6 +7,7 @@ import os
 import runpy
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,7 @@ def test_scripts(monkeypatch, script, turned_off):
 
 _PROBE = """
 import sys
+import textwrap
 from tagger_jax import xla_cpu
 print("set" if xla_cpu.use_for_inference() else "unset")
 import jax, jax.numpy as jnp
@@ -148,3 +150,32 @@ def test_model_still_matches_the_float64_reference_with_the_flag():
          "matches_numpy_reference or override_matches_reference"],
         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0 and "4 passed" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_use_for_inference_after_jax_started_warns_and_changes_nothing():
+    """A trial's notebook called it after a JAX computation and got True, with no effect (XLA
+    reads XLA_FLAGS once, when the backend starts). Before the backend starts it still sets
+    the flag, also after `import jax`."""
+    code = textwrap.dedent("""
+        import os, warnings
+        os.environ.pop("XLA_FLAGS", None)
+        os.environ.pop("TAGGER_JAX_XLA_DEFAULTS", None)
+        import jax
+        from tagger_jax import xla_cpu
+        early = xla_cpu.use_for_inference()
+        flags = os.environ.pop("XLA_FLAGS", None)
+        jax.numpy.zeros(1).block_until_ready()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            late = xla_cpu.use_for_inference()
+        print(early, flags is not None, late, os.environ.get("XLA_FLAGS"),
+              [str(w.message)[:70] for w in caught])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    in_range = xla_cpu.JAXLIB_RANGE[0] <= xla_cpu.jaxlib_version() < xla_cpu.JAXLIB_RANGE[1]
+    if not in_range:
+        pytest.skip("the installed jaxlib is outside JAXLIB_RANGE: the flag is never set")
+    assert out.stdout.split()[:4] == ["True", "True", "False", "None"], out.stdout
+    assert "JAX's backend has already started" in out.stdout

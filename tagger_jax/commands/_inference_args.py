@@ -5,6 +5,7 @@ resumable-run options."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from tagger_jax.commands.arg_types import positive_int
 
@@ -134,8 +135,15 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 
 def data_dir(args: argparse.Namespace, loaded) -> str:
-    """--data-dir, else the model config's data.data_dir."""
-    return args.data_dir or loaded.config.data.data_dir
+    """--data-dir, else the model's (`LoadedModel.data_dir`: its note, if any, on stderr)."""
+    if args.data_dir:
+        return args.data_dir
+    import jax
+
+    directory, note = loaded.data_dir()
+    if note and jax.process_index() == 0:
+        print(note, file=sys.stderr)
+    return directory
 
 
 def builder_config(args: argparse.Namespace, loaded) -> str | None:

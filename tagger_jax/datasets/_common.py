@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tagger_jax import errors
+from tagger_jax import errors, main_guard
 from tagger_jax.audio import FeatureParams
 
 
@@ -310,6 +310,9 @@ class TaggingBuilder(tfds.core.GeneratorBasedBuilder):
                 results = map(fn, items)
             else:
                 if self._pool is None:
+                    main_guard.check("the dataset build's worker processes", "build with one "
+                                     "worker (num_workers=1; data.build_workers = 1 in a "
+                                     "training config)")
                     ctx = multiprocessing.get_context("spawn")
                     self._pool = ctx.Pool(workers, initializer=_init_worker)
                 results = self._pool.imap(fn, items, chunksize=chunksize)
