@@ -73,15 +73,16 @@ class LoadedModel:
         """(the data directory of the model's datasets, a `note:` line or None).
 
         The config's `data.data_dir`, which training stores absolute (so any working directory
-        finds the data). Where that directory does not exist, as for a model copied from
-        another machine or user, the configs' default (`config_base`, `~/tensorflow_datasets`)
-        with a note saying so: a trial's copied model built a dataset under the other user's
-        home."""
+        finds the data). Where that local directory does not exist (a URL such as gs://... is
+        kept as it is), as for a model copied from another machine or user, the configs'
+        default (`config_base`, `~/tensorflow_datasets`) with a note saying so: a trial's copied
+        model built a dataset under the other user's home."""
         from tagger_jax.config_base import base_config
 
         stored = str(self.config.data.get("data_dir") or "")
         default = str(base_config().data.data_dir)
-        if not stored or Path(stored).expanduser().exists() or stored == default:
+        if (not stored or stored == default or "://" in stored  # gs://...: not a local path
+                or Path(stored).expanduser().exists()):
             return stored or default, None
         return default, (f"note: {self.directory}: its data directory {stored} does not exist "
                          f"here (a model from another machine or user?); using {default} "

@@ -45,16 +45,16 @@ class Tagger:
         self.engine = inference.Engine(loaded, batch_size=batch_size, devices=devices)
         self.loaded = loaded
 
-    def tag(self, paths: Sequence[str | os.PathLike], *, hop_s: float | None = None,
-            windows: str = COVER, num_chunks: int = 16, top_k: int = 5, progress: bool = True,
+    def tag(self, paths: str | os.PathLike | Iterable[str | os.PathLike], *,
+            hop_s: float | None = None, windows: str = COVER, num_chunks: int = 16,
+            top_k: int = 5, progress: bool = True,
             on_result: Callable[[dict], None] | None = None) -> list[dict]:
         """One result dict per path, in order; errors are results with an `error` field.
 
         `paths`: audio files (one path alone is taken as a list of one); a directory's files
         are `collect_inputs([directory])`. TypeError for anything but paths (audio in memory
         goes through `inference.make_predict_fn` on its log-mel windows, docs/python.md)."""
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         other = next((p for p in paths if not isinstance(p, (str, os.PathLike))), None)
         if other is not None:
             raise TypeError(f"Tagger.tag reads audio files, got a {type(other).__name__} among "

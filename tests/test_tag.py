@@ -137,6 +137,10 @@ def test_a_copied_models_missing_data_directory_falls_back_to_the_default(loaded
     assert _inference_args.data_dir(argparse.Namespace(data_dir="d"), moved) == "d"
     (tmp_path / "alice" / "tensorflow_datasets").mkdir(parents=True)
     assert moved.data_dir() == (config.data.data_dir, None)
+    config.data.data_dir = "gs://bucket/tensorflow_datasets"  # TFDS reads it; never local
+    remote = checkpoint.load_model(checkpoint.save_model(tmp_path / "r", loaded.variables,
+                                                         config, TAGS))
+    assert remote.data_dir() == ("gs://bucket/tensorflow_datasets", None)
 
 
 def test_track_probabilities_follow_the_paper_protocol(loaded, inputs):
@@ -168,7 +172,7 @@ def test_python_callers_misuse_gets_one_line_errors(loaded, inputs, tmp_path):
     results holding a failure raised KeyError: 'tags'."""
     tagger = tagging.Tagger(loaded, batch_size=8)
     [one] = tagger.tag(str(inputs / "tone.wav"), progress=False)
-    [same] = tagger.tag([inputs / "tone.wav"], progress=False)
+    [same] = tagger.tag((p for p in [inputs / "tone.wav"]), progress=False)  # any iterable
     assert one["probabilities"] == same["probabilities"]
     with pytest.raises(TypeError, match=r"^Tagger.tag reads audio files, got a ndarray among "
                        r"the paths; audio in memory goes through inference.make_predict_fn"):
