@@ -49,6 +49,10 @@ class Embeddings:
     windows: list[dict[str, np.ndarray]]  # per input: window_starts_s and window_* arrays
     failed: dict[str, str]  # name -> error
     signature: str
+    tag_names: list[str] = dataclasses.field(default_factory=list)  # `probabilities` columns
+    # per input: {code: message} of its degradations (docs/audio.md), and what the run did to it
+    audio_warnings: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    warnings: list[list[str]] = dataclasses.field(default_factory=list)
 
 
 def run_signature(loaded, plan: inference.WindowPlan) -> str:
@@ -90,12 +94,13 @@ def embed(engine: inference.Engine, items: Sequence[inference.Input],
           on_track: Optional[Callable[[inference.Input, dict], None]] = None) -> Embeddings:
     """Embeddings of `items` (e.g. `engine.file_inputs(paths)`) in memory, in input order.
 
-    Broken inputs are left out of the arrays and listed in `failed`. Example:
+    Broken inputs are left out of the arrays and listed in `failed`; degraded ones are kept,
+    their degradations in `audio_warnings` (nothing is printed here: the command prints them).
+    TypeError for items that are not `inference.Input`s. Example:
         engine = inference.Engine(checkpoint.load_model("model_dir"))
         e = embed(engine, engine.file_inputs(["music/"]))
         e.embedding  # (files, 512) for the paper's model
     """
-
     other = next((i for i in items if not isinstance(i, inference.Input)), None)
     if other is not None:
         raise TypeError(f"embed takes inference.Input items, got a {type(other).__name__}; "
@@ -136,7 +141,10 @@ def _stack(tracks: list[dict], failed: dict[str, str], signature: str) -> Embedd
 
     windows = [{k: v for k, v in t.items() if k.startswith("window_")} for t in tracks]
     return Embeddings([str(t["name"]) for t in tracks], rows("embedding"), rows("frontend"),
-                      rows("probabilities"), windows, failed, signature)
+                      rows("probabilities"), windows, failed, signature,
+                      [str(n) for n in tracks[0]["tag_names"]] if tracks else [],
+                      [json.loads(str(t["audio_warnings"])) for t in tracks],
+                      [json.loads(str(t["warnings"])) for t in tracks])
 
 
 def _write_npz(path: Path, arrays: dict) -> None:
@@ -363,6 +371,9 @@ def _merge(out: Path, items: Sequence[inference.Input], signature: str) -> Optio
         "tag_names": rows[0][1]["tag_names"],  # one model (same signature): the same tags
         **{k: np.stack([z[k] for _, z in rows]) for k in FIELDS},
         "num_windows": np.array([len(z["window_starts_s"]) for _, z in rows]),
+        # per input, JSON text as in its NPZ (NPZs of before these fields: "{}" and "[]")
+        "audio_warnings": np.array([str(z.get("audio_warnings", "{}")) for _, z in rows]),
+        "warnings": np.array([str(z.get("warnings", "[]")) for _, z in rows]),
     })
     return path
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tagger_jax import audio, cli, tagging
+from tagger_jax import audio, checkpoint, cli, inference, tagging
 from model_helpers import save_tiny_model
 
 SR = 16000
@@ -129,6 +129,17 @@ def test_explain_and_embed_carry_the_same_warnings(model_dir, wild, tmp_path, ca
     assert got == {name: expected[name] for name in names}
     said = capsys.readouterr().err
     assert said.count("warning: ") >= 2 and "phase.wav" in said and "linear.npy" in said
+    # The merged file and the in-memory API carry them too (a Python trial found both without).
+    merged = embedding.load_embeddings(emb / embedding.MERGED)
+    got = {str(n).rsplit("/", 1)[-1]: set(json.loads(str(w)))
+           for n, w in zip(merged["names"], merged["audio_warnings"])}
+    assert got == {name: expected[name] for name in names}
+    assert [json.loads(str(w)) for w in merged["warnings"]] == [[]] * len(names)
+    engine = inference.Engine(checkpoint.load_model(model_dir))
+    e = embedding.embed(engine, engine.file_inputs([pick]))
+    assert {n.rsplit("/", 1)[-1]: set(w) for n, w in zip(e.names, e.audio_warnings)} == {
+        name: expected[name] for name in names}
+    assert e.tag_names == list(engine.tags) and e.warnings == [[]] * len(names)
 
 
 def test_warning_values(wild, tmp_path):
