@@ -30,7 +30,10 @@ class UnguardedMainError(errors.ToolError, RuntimeError):
 
 
 def _is_main_test(test: ast.expr) -> bool:
-    """Whether `test` is `__name__ == "__main__"` (either way round)."""
+    """Whether `test` is `__name__ == "__main__"` (either way round), alone or as one of the
+    terms of an `and` (false in a worker whatever the others are)."""
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return any(_is_main_test(v) for v in test.values)
     if not (isinstance(test, ast.Compare) and len(test.ops) == 1
             and isinstance(test.ops[0], ast.Eq)):
         return False

@@ -54,7 +54,7 @@ class Tagger:
         `paths`: audio files (one path alone is taken as a list of one); a directory's files
         are `collect_inputs([directory])`. TypeError for anything but paths (audio in memory
         goes through `inference.make_predict_fn` on its log-mel windows, docs/python.md)."""
-        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        paths = [paths] if isinstance(paths, (str, bytes, os.PathLike)) else list(paths)
         other = next((p for p in paths if not isinstance(p, (str, os.PathLike))), None)
         if other is not None:
             raise TypeError(f"Tagger.tag reads audio files, got a {type(other).__name__} among "

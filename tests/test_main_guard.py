@@ -27,6 +27,8 @@ def run_script(tmp_path, body: str, timeout: float = 240) -> subprocess.Complete
 
 
 def test_guarded_lines_reads_both_spellings():
+    """Either way round, and as a term of an `and` (a verifying user's `and len(sys.argv)`
+    guard was refused); not under `or`, whose body a worker may run."""
     source = textwrap.dedent("""\
         import os
         def f():
@@ -38,8 +40,12 @@ def test_guarded_lines_reads_both_spellings():
             f()
         if __name__ != "__main__":
             f()
+        if __name__ == "__main__" and len(os.sys.argv) > 0:
+            f()
+        if __name__ == "__main__" or os.sep:
+            f()
     """)
-    assert main_guard.guarded_lines(source) == [(5, 6), (8, 8)]
+    assert main_guard.guarded_lines(source) == [(5, 6), (8, 8), (12, 12)]
 
 
 def test_an_unguarded_build_is_refused_in_one_line_before_any_worker(tmp_path):

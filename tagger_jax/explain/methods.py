@@ -162,10 +162,10 @@ def checked_tags(tags: Any, batch: int, num_tags: int) -> Array:
     function before the jitted call). Before this check -1 gave the last tag's output but a zero
     gradient, and 99 of 18 tags a NaN (found by a new user's trial; -1 under jit by another)."""
     if not isinstance(tags, jax.Array) and np.asarray(tags).dtype.kind in "USO":
-        names = np.asarray(tags, dtype=object).ravel()[:3]
-        raise TypeError(f"tags must be integer tag indices, got names or objects "
-                        f"({', '.join(map(repr, names))}, ...): map tag names to indices with "
-                        "tagger_jax.tags.indices(names, model_tags)")
+        names = np.asarray(tags, dtype=object).ravel()
+        shown = ", ".join(map(repr, names[:3])) + (", ..." if len(names) > 3 else "")
+        raise TypeError(f"tags must be integer tag indices, got names or objects ({shown}): map "
+                        "tag names to indices with tagger_jax.tags.indices(names, model_tags)")
     tags = jnp.asarray(tags)
     if tags.ndim != 2 or tags.shape[0] != batch:
         raise ValueError(f"tags must be a (batch={batch}, K) array of tag indices, got shape "
