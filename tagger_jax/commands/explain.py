@@ -170,9 +170,10 @@ def run(args: argparse.Namespace) -> int:
                 return error(f"--tags-from {args.tags_from}: no such file (give a CSV of files and "
                              "tags, or 'labels' with --dataset)")
             skipped: list = []
+            dataset_dir = data_dir(args, loaded) if args.dataset else None  # its note once
             if args.dataset:
                 items = runner.dataset_items(loaded, args.dataset, args.split,
-                                             data_dir(args, loaded), builder_config(args, loaded),
+                                             dataset_dir, builder_config(args, loaded),
                                              args.limit,
                                              explain_labels=args.tags_from == "labels",
                                              record_paths=args.tags_from not in (None, "labels"),
@@ -195,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
                     from tagger_jax.datasets import audio_folder, get_builder
 
                     separator = audio_folder.built_tag_separator(get_builder(
-                        args.dataset, data_dir(args, loaded), builder_config(args, loaded)))
+                        args.dataset, dataset_dir, builder_config(args, loaded)))
                 items = runner.with_csv_tags(items, args.tags_from,
                                              split=args.split if args.dataset else None,
                                              limit=args.limit if args.dataset else None,
