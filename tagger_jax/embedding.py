@@ -18,6 +18,7 @@ the inputs each under jax.distributed.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import re
 import os
@@ -29,7 +30,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from tagger_jax import inference
+from tagger_jax import inference, outputs
 from tagger_jax.progress import bar_interval
 
 FORMAT = "tagger-jax-embedding/3"  # /2: tag_names in every NPZ; /3: source, records' labels
@@ -148,10 +149,11 @@ def _stack(tracks: list[dict], failed: dict[str, str], signature: str) -> Embedd
 
 
 def _write_npz(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    tmp.replace(path)
+    """`arrays` as an NPZ at `path` (`outputs.atomic_write_bytes`: no temporary file outlives a
+    failed write, which is an `OutputError` naming `path`)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    outputs.atomic_write_bytes(path, buf.getvalue())
 
 
 def _read_npz(path: Path) -> Optional[dict]:
@@ -177,9 +179,7 @@ def _stored_name(path: Path) -> Optional[str]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+    outputs.atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 @dataclasses.dataclass
@@ -275,6 +275,13 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
 
         errors.interrupted_note(e, "embedded", len(done), len(todo), f"are in {out}",
                                 "running it again embeds")
+        raise
+    except Exception as e:  # a full disk: said with what is kept (a trial got a bare errno line)
+        from tagger_jax import errors
+
+        if errors.storage_full(e):
+            errors.interrupted_note(e, "embedded", len(done), len(todo), f"are in {out}",
+                                    "running it again embeds")
         raise
     for counted in (inference.warning_counts(warned, len(todo)),
                     inference.warning_counts(reused_warned, len(skipped), reused=True)):

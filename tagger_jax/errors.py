@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
+import logging
 import os
 import signal
 import sys
@@ -21,7 +23,7 @@ OK = 0
 INPUTS_FAILED = 1  # some inputs failed: the others' results are written, failures listed
 USAGE = 2  # bad command line, config field or value (argparse uses 2 as well)
 MODEL = 3  # model directory / checkpoint missing, unreadable or inconsistent with its weights
-OUTPUT = 4  # an output location cannot be written (read-only, a directory, ...)
+OUTPUT = 4  # an output location cannot be written (read-only, a directory, a full disk, ...)
 BUSY = 5  # another run holds a lock on the output, data directory or workdir, or reads a build
 DATA = 6  # dataset not built, cannot be built, or a data file refused (e.g. an unsafe pickle)
 DIVERGED = 7  # training stopped on a non-finite loss
@@ -36,7 +38,7 @@ TABLE = {
     INPUTS_FAILED: "some inputs failed (the others' results are written; failures are listed)",
     USAGE: "bad command line, config field or value",
     MODEL: "model directory missing, unreadable or inconsistent with its weights",
-    OUTPUT: "an output location cannot be written",
+    OUTPUT: "an output location cannot be written (read-only, or the disk is full)",
     BUSY: ("another run holds the lock on the output file, data directory or workdir, or "
            "reads the build to be rebuilt"),
     DATA: "dataset not built or cannot be built; a data file was refused",
@@ -114,6 +116,63 @@ def peer_lost(error: BaseException) -> bool:
     return joined and (collective or any(sign in text for sign in _PEER_SIGNS))
 
 
+# A full disk or quota, as the OS says it (errno) and as libraries that wrap the OS error in
+# their own exception say it in words (array_record's RuntimeError in a dataset build, orbax's
+# RESOURCE_EXHAUSTED ValueError in a checkpoint, libsndfile's "System error." turned into words
+# by `explain.auralise.write_audio`).
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_SIGNS = ("no space left on device", "disk quota exceeded")
+FULL_ADVICE = ("the disk is full: free space or choose another location, then run the same "
+               "command again")
+
+
+def storage_full(error: BaseException) -> bool:
+    """Whether `error`, or an exception it was raised from (its cause or context), is a full
+    disk or quota (`FULL_ERRNOS`, or `_FULL_SIGNS` in its message): an output that cannot be
+    written, status OUTPUT, not a bug and not a fault of the input being processed (a trial's
+    full disk was recorded as each later input's failure, and a dataset build's as a crash)."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in FULL_ERRNOS:
+            return True
+        if any(sign in str(e).lower() for sign in _FULL_SIGNS):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def describe(error: BaseException) -> str:
+    """`error` as one line for an `error: ...` report: its message, with `FULL_ADVICE` and what
+    the command finished (`interrupted_note`) when the disk is full."""
+    text = one_line(str(error))
+    if not storage_full(error):
+        return text
+    text = text if len(text) <= 300 else text[:297] + "..."
+    kept = "; ".join(getattr(error, "__notes__", ()))
+    return f"{text} ({FULL_ADVICE}{'; ' + kept if kept else ''})"
+
+
+class _FullDiskRecords(logging.Filter):
+    """Drops a library's log records of a full disk: orbax's background writer threads log a
+    checkpoint's failed write with two tracebacks (about 115 lines, a trial's full workdir)
+    before the main thread raises the same error, which `report` says in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and storage_full(error):
+            return False
+        return not any(sign in record.getMessage().lower() for sign in _FULL_SIGNS)
+
+
+def quiet_full_disk_logs() -> None:
+    """Installs `_FullDiskRecords` on absl's logger (orbax logs through it), once."""
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _FullDiskRecords) for f in logger.filters):
+        logger.addFilter(_FullDiskRecords())
+
+
 def exit_status(error: BaseException, default: int = INTERNAL) -> int:
     """The documented status of `error`, or `default` if it is not a documented failure."""
     if isinstance(error, Terminated):
@@ -122,6 +181,8 @@ def exit_status(error: BaseException, default: int = INTERNAL) -> int:
         return INTERRUPTED
     if peer_lost(error):
         return PEER_LOST
+    if storage_full(error):
+        return OUTPUT
     if isinstance(error, ToolError):
         return error.exit_status
     for cls in type(error).__mro__:
@@ -149,7 +210,7 @@ def report(error: BaseException, prog: str = "tagger-jax") -> int:
     elif status == INTERNAL:
         report_unexpected(error, prog)
     else:
-        print(f"error: {one_line(str(error))}", file=sys.stderr)
+        print(f"error: {describe(error)}", file=sys.stderr)
     return status
 
 
@@ -185,6 +246,7 @@ def guarded(run, *args, prog: str = "tagger-jax", owns_process: bool = False) ->
     (tests) get the status back."""
     previous = _raise_on_sigterm()
     previous_int = _raise_on_sigint()
+    quiet_full_disk_logs()
     try:
         status = int(run(*args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at exit as "Exception ignored ..."

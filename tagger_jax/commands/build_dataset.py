@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                                  num_workers=args.num_workers, overwrite=args.overwrite,
                                  resume=args.resume)
     except (FileNotFoundError, ValueError, AssertionError, pickle.UnpicklingError) as e:
-        print(f"error: {errors.one_line(str(e))}", file=sys.stderr)
+        print(f"error: {errors.describe(e)}", file=sys.stderr)
         return errors.exit_status(e, default=errors.DATA)  # a bad --set choice: USAGE
     print(file=sys.stderr)  # a blank line after the progress bars; stdout holds the summary only
     print(f"{builder.name}/{builder.builder_config.name} {builder.version} in {builder.data_dir}")

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         except (checkpoint.CheckpointError, ValueError, OSError) as e:
             if errors.peer_lost(e):  # errors.guarded: one line, exit 8 at once (said here, the
                 raise  # process waited in JAX's shutdown barrier, then aborted with 134)
-            return error(str(e), errors.exit_status(e, default=errors.USAGE))
+            return error(errors.describe(e), errors.exit_status(e, default=errors.USAGE))
     if jax.process_index() == 0:  # the counts, then each failure, on stderr (as tag, explain);
         counts, *where = str(report).split("\n")  # stdout: where the merged file is
         print(counts, file=sys.stderr)

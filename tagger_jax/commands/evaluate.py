@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                     report_beside(result, train=args.baseline_train,
                                   progress=not args.no_progress)
     except (CheckpointError, EvaluationError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {errors.describe(e)}", file=sys.stderr)
         return errors.exit_status(e, default=errors.USAGE)
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say what is written (a trial read "finished
         # results are kept" after an interrupted scoring, which writes nothing)

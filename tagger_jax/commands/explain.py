@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
 
             if errors.peer_lost(e):  # errors.guarded: one line, exit 8 at once (said here, the
                 raise  # process waited in JAX's shutdown barrier, then aborted with 134)
-            return error(str(e), errors.exit_status(e, default=errors.USAGE))
+            return error(errors.describe(e), errors.exit_status(e, default=errors.USAGE))
     if result.index is not None:
         print(f"index: {result.index}")
     return 1 if result.failed else 0

@@ -171,7 +171,7 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
         if not args.resume and args.output is not None and process == 0:
             _say_replaced(Path(args.output))
     except (checkpoint.CheckpointError, ValueError) as e:
-        return error(str(e), errors.exit_status(e, default=errors.USAGE))
+        return error(errors.describe(e), errors.exit_status(e, default=errors.USAGE))
     skipped: list = []
     own = [f for target in (args.output, args.csv) if target is not None
            for f in outputs.own_files(target)]

@@ -29,6 +29,8 @@ Pure NumPy/librosa functions, no model. `write_audio` writes 16 kHz Ogg Vorbis (
 """
 from __future__ import annotations
 
+import errno
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -220,7 +222,26 @@ def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int = 16000,
             for start in range(0, len(data), WRITE_BLOCK):
                 f.write(data[start:start + WRITE_BLOCK])
         tmp.replace(path)
+    except sf.LibsndfileError as e:  # its text for a failed write is "System error."
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, e) from e
     except BaseException:  # Ctrl-C / SIGTERM while encoding: no temporary file is left behind
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+FULL_DISK_BYTES = 1 << 20  # a disk with less free space than this is taken to be full
+
+
+def _write_error(path: Path, error: Exception) -> OSError:
+    """libsndfile's error for `path` as an OSError naming it; a failed write on a disk left with
+    under `FULL_DISK_BYTES` free says "No space left on device" (a trial's full disk was
+    reported as "System error." with no file named)."""
+    try:
+        full = shutil.disk_usage(path.parent).free < FULL_DISK_BYTES
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, f"No space left on device (libsndfile: {error})", str(path))
+    return OSError(errno.EIO, f"cannot write it (libsndfile: {error})", str(path))

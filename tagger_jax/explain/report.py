@@ -33,6 +33,7 @@ from urllib.parse import quote
 import numpy as np
 
 from tagger_jax import inference
+from tagger_jax.outputs import atomic_write_text
 
 SUMMARY_SUFFIX = ".json"
 FAILURES_FILE = "failures.json"
@@ -42,12 +43,9 @@ _FILE_KEYS = ("npz", "png", "json", "html", "original", "kept", "removed")  # su
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Writes JSON by temporary file + rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
-    tmp.replace(path)
-    return path
+    """Writes JSON by temporary file + rename (`outputs.atomic_write_text`), so readers never see
+    half a file; a failed write (a full disk) leaves no temporary file and names `path`."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False))
 
 
 def read_json(path: str | os.PathLike) -> Any | None:
@@ -321,11 +319,7 @@ def _coverage_line(cover: Mapping[str, Any] | None) -> str:
 
 
 def _write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def write_index(out_dir: str | os.PathLike, title: str = "tagger-jax explanations") -> Path:

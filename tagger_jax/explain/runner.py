@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from tagger_jax import chunking, inference
+from tagger_jax import chunking, errors, inference, outputs
 from tagger_jax import tags as tags_lib  # audio_folder's column names, tag separator, listed()
 from tagger_jax.explain import methods as M
 from tagger_jax.explain import report
@@ -1138,6 +1138,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
                disable=not progress or process != 0, unit="input",
                desc=inference.share_label("explain"), **bar_interval())
     tracks: dict[str, _Track] = {}
+    aborted: Optional[BaseException] = None  # what stopped the run (its finally says so)
 
     def fail(item: InputItem, error: BaseException) -> None:
         msg = inference.named(item.name, error)
@@ -1157,7 +1158,11 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         try:
             res = assemble(ctx, track, out)
             _write(ctx, track, res, out_dir, signature)
-        except Exception as e:  # an input that cannot be written must not stop the others
+        except Exception as e:  # an input that cannot be written must not stop the others...
+            if errors.storage_full(e):  # ...but a full disk stops them all: not the input's
+                # fault, so not recorded as its failure (a trial's were not retried)
+                raise outputs.OutputError(
+                    f"{out_dir}: no space left for the files of {track.item.name}") from e
             fail(track.item, e)
             return
         finally:
@@ -1213,12 +1218,12 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             predicted(key, out)
         for key, out in explain_packer.flush():
             finish(key, out)
-    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say what is kept, and where
-        from tagger_jax import errors
-
-        errors.interrupted_note(e, "explained", len(done), len(todo), f"are in {out_dir}",
-                                "running it again explains",
-                                failed=sum(it.name in failed for it in todo))
+    except (KeyboardInterrupt, Exception) as e:  # Ctrl-C, SIGTERM, a full disk: say what is
+        aborted = e  # kept, and where
+        if isinstance(e, KeyboardInterrupt) or errors.storage_full(e):
+            errors.interrupted_note(e, "explained", len(done), len(todo), f"are in {out_dir}",
+                                    "running it again explains",
+                                    failed=sum(it.name in failed for it in todo))
         raise
     finally:
         bar.close()
@@ -1238,16 +1243,21 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             print(f"warning: --listen: {len(silent)} input(s) have no audio, only a log-mel (a "
                   f".npy spectrogram or a dataset's records), so no .ogg was written for them "
                   f"(e.g. {silent[0]})", file=sys.stderr)
-        if processes == 1:
-            report.save_failures(out_dir, failures)
-            index = report.write_index(out_dir)
-        else:
-            mine = {it.key for it in share}
-            report.write_json(out_dir / _part_name(process), {
-                "keys": sorted(mine), "done": done, "skipped": skipped, "failed": failed,
-                "failures": {k: v for k, v in failures.items() if k in mine},
-                "replaced": replaced})
-            index = None
+        try:
+            if processes == 1:
+                report.save_failures(out_dir, failures)
+                index = report.write_index(out_dir)
+            else:
+                mine = {it.key for it in share}
+                report.write_json(out_dir / _part_name(process), {
+                    "keys": sorted(mine), "done": done, "skipped": skipped, "failed": failed,
+                    "failures": {k: v for k, v in failures.items() if k in mine},
+                    "replaced": replaced})
+                index = None
+        except Exception:  # noqa: BLE001
+            if aborted is None:
+                raise  # else the error that stopped the run is the one to report (on a full
+            # disk these writes fail too; the next run writes them)
     if processes > 1:
         inference.barrier("explain-parts-written")
         if process == 0:
