@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from model_helpers import save_tiny_model  # noqa: E402
-from tagger_jax import cli, embedding, errors, outputs  # noqa: E402
+from tagger_jax import cli, embedding, errors, outputs, tagging  # noqa: E402
 from tagger_jax.explain import auralise, report, runner  # noqa: E402
 
 TAGS = ("t0", "t1", "t2")
@@ -197,3 +197,23 @@ def test_embed_stops_at_a_full_disk_and_the_same_command_finishes(
     assert not temporary_files(out)
     with np.load(out / "embeddings.npz") as z:
         assert len(z["names"]) == 4
+
+
+def test_tag_at_a_full_disk_says_what_its_output_holds_and_resume_finishes(
+        small_disk, model_and_inputs, monkeypatch, capsys):
+    model, inputs = model_and_inputs
+    out = small_disk / "tags.json"
+    argv = ["tag", "--workdir", str(model), "--output", str(out), "--csv",
+            str(small_disk / "tags.csv"), "--quiet", *inputs]
+    filler = fill_before_call(monkeypatch, tagging, "write_json", 1, small_disk)
+    assert cli.main(argv) == errors.OUTPUT
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {out}: cannot write it (No space left on device)")
+    assert "the disk is full" in err and f"{out} holds 0 result(s); tag --resume tags the rest" \
+        in err and "tags.csv is written when a run finishes" in err
+    assert not temporary_files(small_disk)
+    monkeypatch.undo()
+    filler[0].unlink()
+    assert cli.main([*argv, "--resume"]) == 0
+    assert "tagged 4 input(s)" in capsys.readouterr().err
+    assert len(tagging.finished_results(out)) == 4 and (small_disk / "tags.csv").exists()

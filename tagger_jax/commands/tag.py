@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -79,8 +80,6 @@ def _under_this_runs_names(done: list[dict], paths: list[str], names: list[str])
 
 
 def run(args: argparse.Namespace) -> int:
-    import contextlib
-
     from tagger_jax import errors, outputs, sharding, tagging
 
     if args.top_k < 1:
@@ -140,6 +139,21 @@ def _print_result(r: dict, warnings: bool = True) -> None:
 def _error(msg: str, status: int = 2) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return status
+
+
+def _note_full_disk(error: Exception, output: Path | None, args: argparse.Namespace) -> None:
+    """Adds to a full disk's error what `output` holds (a trial's line did not say), for
+    `errors.describe`."""
+    from tagger_jax import errors, tagging
+
+    if not errors.storage_full(error) or output is None:
+        return
+    with contextlib.suppress(Exception):  # the file is written whole or not at all
+        held = sum("error" not in r for r in tagging.finished_results(Path(output)))
+        error.add_note(f"{output} holds {held} result(s)"
+                       + ("; tag --resume tags the rest" if args.output is not None else ""))
+    if args.csv is not None:
+        error.add_note(f"{args.csv} is written when a run finishes")
 
 
 def _run(args: argparse.Namespace, process: int, processes: int) -> int:
@@ -225,6 +239,7 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
             _print_result(r)
             printed.append(r["file"])
 
+    failing = False  # an error is on its way out: the last write may fail with it (full disk)
     try:
         tagger = tagging.Tagger(loaded, batch_size=args.batch_size)
         results = tagger.tag(todo, hop_s=plan.hop_s, windows=plan.windows,
@@ -233,6 +248,7 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
     except ValueError as e:
         return error(str(e))
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say what is kept, and where
+        failing = True
         stored = [r for r in store.results[len(done):] if "error" not in r]  # this run's
         errors.interrupted_note(
             e, "tagged", len(stored) if output is not None else len(printed), len(todo),
@@ -242,8 +258,17 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
             e.add_note(f"{args.csv} is written when a run finishes" + (
                 " (tag --resume writes it)" if args.output is not None else ""))
         raise
+    except Exception as e:
+        failing = True
+        _note_full_disk(e, output, args)
+        raise
     finally:
-        store.close()
+        try:
+            store.close()
+        except Exception as e:  # noqa: BLE001
+            if not failing:  # else the error that stopped the run is the one to report
+                _note_full_disk(e, output, args)
+                raise
     if processes > 1:
         inference.barrier("tag-results-written")
         if process != 0:
