@@ -89,7 +89,7 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     p = _absolute(path)
     if p.exists() and not p.is_dir():
         raise OutputError(f"{p}: exists and is not a directory")
-    _check_writable_location(p / "x" if p.is_dir() else p)
+    _check_writable_location(p / "x" if p.is_dir() else p, named=p)  # not the "x" (a trial)
     return p
 
 
@@ -97,9 +97,9 @@ def _absolute(path: str | os.PathLike) -> Path:
     return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
-def _check_writable_location(p: Path) -> None:
+def _check_writable_location(p: Path, named: Path | None = None) -> None:
     """`p` (which may not exist) could be created: its nearest existing ancestor is a writable
-    directory."""
+    directory. Errors name `named` (default `p`)."""
     folder = p.parent
     while not folder.exists() and not folder.is_symlink():
         folder = folder.parent
@@ -108,7 +108,7 @@ def _check_writable_location(p: Path) -> None:
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".tagger-jax-", suffix=".probe")
     except OSError as e:
-        raise OutputError(f"{p}: cannot write in {folder} ({e.strerror or e})") from None
+        raise OutputError(f"{named or p}: cannot write in {folder} ({e.strerror or e})") from None
     os.close(fd)
     os.unlink(probe)
 

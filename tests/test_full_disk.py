@@ -217,3 +217,11 @@ def test_tag_at_a_full_disk_says_what_its_output_holds_and_resume_finishes(
     assert cli.main([*argv, "--resume"]) == 0
     assert "tagged 4 input(s)" in capsys.readouterr().err
     assert len(tagging.finished_results(out)) == 4 and (small_disk / "tags.csv").exists()
+
+
+def test_a_read_only_folder_is_named_itself(small_disk):
+    """A trial's read-only workdir was refused naming a file "x" in it (the probe's name)."""
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(outputs.OutputError,
+                       match=rf"^{small_disk}: cannot write in {small_disk} \(Read-only"):
+        outputs.check_output_dir(small_disk)
