@@ -312,7 +312,15 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
         _write_json(out / FAILURES, merged_failures)
     elif (out / FAILURES).exists():
         (out / FAILURES).unlink()
-    merged = _merge(out, items, signature)
+    try:
+        merged = _merge(out, items, signature)
+    except Exception as e:  # a full disk at the merged file: the inputs' own files are kept
+        from tagger_jax import errors
+
+        if errors.storage_full(e):
+            e.add_note(f"the {len(done) + len(skipped)} input(s) embedded are in {out}, one NPZ "
+                       "each; running it again reuses them and writes the merged file")
+        raise
     for p in range(processes if processes > 1 else 0):
         (out / f"run.part{p}.json").unlink(missing_ok=True)
     if processes == 1:  # a killed multi-process run's parts: this run retried their inputs

@@ -122,8 +122,7 @@ def peer_lost(error: BaseException) -> bool:
 # by `explain.auralise.write_audio`).
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _FULL_SIGNS = ("no space left on device", "disk quota exceeded")
-FULL_ADVICE = ("the disk is full: free space or choose another location, then run the same "
-               "command again")
+FULL_ADVICE = "the disk is full: free space or choose another location, then run again"
 
 
 def storage_full(error: BaseException) -> bool:
@@ -149,7 +148,8 @@ def describe(error: BaseException) -> str:
     text = one_line(str(error))
     if not storage_full(error):
         return text
-    text = text if len(text) <= 300 else text[:297] + "..."
+    if len(text) > 300:  # a library's long message (orbax's names two paths): its start, and
+        text = text[:150] + " ... " + text[-145:]  # its end, where the OS's reason is
     kept = "; ".join(getattr(error, "__notes__", ()))
     return f"{text} ({FULL_ADVICE}{'; ' + kept if kept else ''})"
 

@@ -16,6 +16,7 @@ probabilities into numbers, and `write_report` / `format_table` present them.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -26,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from tagger_jax import audio, errors, inference
+from tagger_jax import audio, errors, inference, outputs
 from tagger_jax import tags as tags_lib
 from tagger_jax.progress import bar_interval
 
@@ -266,8 +267,9 @@ def plot_metrics(metrics: Mapping[str, Any], path: str | os.PathLike, title: str
     ax.set_title(title or f"Per-tag metrics ({metrics['num_clips']} clips)", fontsize=10,
                  parse_math=False)
     fig.legend(loc="outside lower center", ncol=4, fontsize=8, frameon=False)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
+    if isinstance(path, (str, os.PathLike)):
+        path = Path(path)
+    fig.savefig(path, dpi=110, format="png")
     return path
 
 
@@ -279,17 +281,20 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | os.PathLike, title: 
     paths = {"json": out / METRICS_JSON, "csv": out / METRICS_CSV, "png": out / METRICS_PNG}
     payload = dict(extra or {})
     payload.update(metrics)
-    tmp = paths["json"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False))
-    tmp.replace(paths["json"])
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["tag", "roc_auc", "pr_auc", "positives"])
-        for r in metrics["per_tag"]:
-            writer.writerow([r["tag"], "" if r["roc_auc"] is None else repr(r["roc_auc"]),
-                             "" if r["pr_auc"] is None else repr(r["pr_auc"]),
-                             "" if r["positives"] is None else r["positives"]])
-    plot_metrics(metrics, paths["png"], title)
+    # Each file whole or not at all, and a failed write (a full disk) names it
+    # (`outputs.atomic_write_*`; a trial's full disk got a bare errno line and temporary files).
+    outputs.atomic_write_text(paths["json"], json.dumps(payload, indent=2, allow_nan=False))
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["tag", "roc_auc", "pr_auc", "positives"])
+    for r in metrics["per_tag"]:
+        writer.writerow([r["tag"], "" if r["roc_auc"] is None else repr(r["roc_auc"]),
+                         "" if r["pr_auc"] is None else repr(r["pr_auc"]),
+                         "" if r["positives"] is None else r["positives"]])
+    outputs.atomic_write_text(paths["csv"], table.getvalue())
+    figure = io.BytesIO()
+    plot_metrics(metrics, figure, title)
+    outputs.atomic_write_bytes(paths["png"], figure.getvalue())
     return paths
 
 
@@ -577,13 +582,16 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
         from tagger_jax.baseline import BASELINE_JSON
 
         (Path(out_dir).expanduser() / BASELINE_JSON).unlink(missing_ok=True)
+        if print_fn is not None:  # before the files: a failed write keeps the numbers
+            print_fn(format_table(metrics))
         paths = write_report(metrics, out_dir, extra=extra,
                              title=f"{dataset}/{split} ({mode}), {metrics['num_clips']} clips")
         paths["npz"] = Path(out_dir).expanduser() / PREDICTIONS_NPZ
-        np.savez_compressed(paths["npz"], probs=probs, labels=labels, clip_index=clip_index,
+        arrays = io.BytesIO()
+        np.savez_compressed(arrays, probs=probs, labels=labels, clip_index=clip_index,
                             tags=np.asarray(tags))
+        outputs.atomic_write_bytes(paths["npz"], arrays.getvalue())
         if print_fn is not None:
-            print_fn(format_table(metrics))
             print_fn(f"ROC-AUC {_fmt(metrics['roc_auc_mean'], 0)}  PR-AUC "
                      f"{_fmt(metrics['pr_auc_mean'], 0)}  ({metrics['num_clips']} clips; wrote "
                      f"{', '.join(str(p) for p in paths.values())})")

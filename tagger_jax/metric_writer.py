@@ -45,12 +45,17 @@ class MetricWriter:
             return
         record = {"step": int(step), "split": split, "time": time.time()}
         record.update({k: _jsonable(v) for k, v in scalars.items()})
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        for k, v in scalars.items():
-            if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
-                self.tb.add_scalar(f"{split}/{k}", float(v), int(step))
-        self.tb.flush()
+        target = self.path
+        try:  # a failed write names its file (a trial's full disk: a bare errno line)
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            target = self.path.parent / TENSORBOARD_DIR
+            for k, v in scalars.items():
+                if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"{split}/{k}", float(v), int(step))
+            self.tb.flush()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror or str(e), str(target)) from e
 
     def close(self) -> None:
         if self.tb is not None:

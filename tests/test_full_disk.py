@@ -62,6 +62,12 @@ def test_report_of_a_full_disk_is_one_line_with_what_was_kept(capsys, tmp_path, 
     assert "the disk is full: free space or choose another location" in err
     assert "2 of 6 input(s) explained in this run are in out" in err
     assert not list(tmp_path.iterdir())  # not reported as a crash
+    # orbax's message names two long paths before the OS's reason: both ends are kept.
+    long = ValueError("RESOURCE_EXHAUSTED: Error writing " + "/d" * 300 + ": No space left on "
+                      "device [os_error_code='28']")
+    line = errors.describe(long)
+    assert line.startswith("RESOURCE_EXHAUSTED: Error writing /d/d") and " ... " in line
+    assert "No space left on device [os_error_code='28'] (the disk is full" in line
 
 
 def test_library_log_records_of_a_full_disk_are_dropped():
@@ -209,7 +215,7 @@ def test_tag_at_a_full_disk_says_what_its_output_holds_and_resume_finishes(
     assert cli.main(argv) == errors.OUTPUT
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: {out}: cannot write it (No space left on device)")
-    assert "the disk is full" in err and f"{out} holds 0 result(s); tag --resume tags the rest" \
+    assert "the disk is full" in err and f"{out} holds 0 result(s); with --resume a run keeps them and tags the rest" \
         in err and "tags.csv is written when a run finishes" in err
     assert not temporary_files(small_disk)
     monkeypatch.undo()
@@ -225,3 +231,47 @@ def test_a_read_only_folder_is_named_itself(small_disk):
     with pytest.raises(outputs.OutputError,
                        match=rf"^{small_disk}: cannot write in {small_disk} \(Read-only"):
         outputs.check_output_dir(small_disk)
+
+
+def test_audio_write_error_on_a_full_quota_is_a_full_disk(small_disk, monkeypatch):
+    """A quota refuses writes on a disk with space: the probe's error says so."""
+    fill(small_disk)
+    monkeypatch.setattr("shutil.disk_usage", lambda p: type("Usage", (), {"free": 1 << 30}))
+    e = auralise._write_error(small_disk / "a.ogg", RuntimeError("System error."))
+    assert e.errno == errno.ENOSPC and errors.storage_full(e)
+    assert not [p for p in small_disk.iterdir() if p.name.endswith(".probe")]
+
+
+def test_embed_with_no_room_for_the_merged_file_keeps_the_inputs_files(
+        small_disk, model_and_inputs, monkeypatch, capsys):
+    model, inputs = model_and_inputs
+    out = small_disk / "emb"
+    argv = ["embed", "--workdir", str(model), "--out", str(out), "--no-progress", *inputs]
+    filler = fill_before_call(monkeypatch, embedding.outputs, "atomic_write_bytes", 5,
+                              small_disk)  # the 4 inputs' NPZs fit, the merged file does not
+    assert cli.main(argv) == errors.OUTPUT
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {out / 'embeddings.npz'}: cannot write it (No space")
+    assert f"the 4 input(s) embedded are in {out}, one NPZ each; running it again reuses them" \
+        in err
+    assert not temporary_files(out)
+    monkeypatch.undo()
+    filler[0].unlink()
+    assert cli.main(argv) == 0
+    assert "embedded 0 input(s), skipped 4 already finished" in capsys.readouterr().err
+    assert (out / "embeddings.npz").exists()
+
+
+def test_training_metrics_at_a_full_disk_name_their_file(small_disk):
+    """tensorboardX's flush raised a bare errno (a trial's training filled its disk mid-epoch)."""
+    from tagger_jax.metric_writer import MetricWriter
+
+    writer = MetricWriter(small_disk, resume_step=0)
+    writer.write(1, "train", {"loss": 1.0})
+    fill(small_disk)
+    with pytest.raises(OSError) as caught:
+        for step in range(2, 200):  # tensorboardX's buffered events fail at a flush
+            writer.write(step, "train", {"loss": 1.0})
+    assert errors.storage_full(caught.value)
+    assert caught.value.filename in (str(small_disk / "metrics.jsonl"),
+                                     str(small_disk / "tensorboard"))

@@ -151,7 +151,8 @@ def _note_full_disk(error: Exception, output: Path | None, args: argparse.Namesp
     with contextlib.suppress(Exception):  # the file is written whole or not at all
         held = sum("error" not in r for r in tagging.finished_results(Path(output)))
         error.add_note(f"{output} holds {held} result(s)"
-                       + ("; tag --resume tags the rest" if args.output is not None else ""))
+                       + ("; with --resume a run keeps them and tags the rest"
+                          if args.output is not None else ""))
     if args.csv is not None:
         error.add_note(f"{args.csv} is written when a run finishes")
 

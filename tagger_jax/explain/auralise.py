@@ -30,12 +30,15 @@ Pure NumPy/librosa functions, no model. `write_audio` writes 16 kHz Ogg Vorbis (
 from __future__ import annotations
 
 import errno
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from tagger_jax import errors
 from tagger_jax.librosa_import import import_librosa
 
 AUDIO_FORMATS = {"ogg": ("OGG", "VORBIS"), "flac": ("FLAC", "PCM_16")}
@@ -232,16 +235,30 @@ def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int = 16000,
 
 
 FULL_DISK_BYTES = 1 << 20  # a disk with less free space than this is taken to be full
+PROBE_BYTES = 1 << 20  # written to tell a quota's refusal on a disk that has space
 
 
 def _write_error(path: Path, error: Exception) -> OSError:
-    """libsndfile's error for `path` as an OSError naming it; a failed write on a disk left with
-    under `FULL_DISK_BYTES` free says "No space left on device" (a trial's full disk was
-    reported as "System error." with no file named)."""
-    try:
-        full = shutil.disk_usage(path.parent).free < FULL_DISK_BYTES
-    except OSError:
-        full = False
-    if full:
-        return OSError(errno.ENOSPC, f"No space left on device (libsndfile: {error})", str(path))
+    """libsndfile's error for `path` as an OSError naming it, with the OS's reason when the disk
+    or quota is full (`_no_room`): libsndfile says only "System error." (a trial's full disk)."""
+    full = _no_room(path.parent)
+    if full is not None:
+        return OSError(full.errno, f"{full.strerror} (libsndfile: {error})", str(path))
     return OSError(errno.EIO, f"cannot write it (libsndfile: {error})", str(path))
+
+
+def _no_room(folder: Path) -> OSError | None:
+    """The OS's error for a write in `folder` when it has no room: under `FULL_DISK_BYTES` free,
+    or a probe of `PROBE_BYTES` refused for a full disk or quota (`errors.FULL_ERRNOS`); None
+    otherwise."""
+    try:
+        if shutil.disk_usage(folder).free < FULL_DISK_BYTES:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tagger-jax-", suffix=".probe") as f:
+            f.write(b"\0" * PROBE_BYTES)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno in errors.FULL_ERRNOS:
+            return e
+    return None
