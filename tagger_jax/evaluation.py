@@ -22,7 +22,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import IO, Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -229,8 +229,10 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_metrics(metrics: Mapping[str, Any], path: str | os.PathLike, title: str = "") -> Path:
-    """Horizontal bars of both metrics per tag, best ROC-AUC first, with the means as lines.
+def plot_metrics(metrics: Mapping[str, Any], path: str | os.PathLike | IO[bytes],
+                 title: str = "") -> Path | IO[bytes]:
+    """Horizontal bars of both metrics per tag, best ROC-AUC first, with the means as lines, as a
+    PNG at `path` or into a binary file object (`write_report` writes it atomically from one).
 
     Uses a bare Agg `Figure` rather than pyplot, so no global backend or figure state is touched.
     """

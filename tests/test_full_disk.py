@@ -184,15 +184,22 @@ def test_explain_stops_at_a_full_disk_and_the_same_command_finishes(
     assert not temporary_files(out)
 
 
+def embed_until_full(disk: Path, model_and_inputs, monkeypatch, capsys, write: int):
+    """`embed` into `disk`, filled just before its `write`-th file write: (out, argv, filler,
+    its last stderr line), after checking it ended with status 4."""
+    model, inputs = model_and_inputs
+    out = disk / "emb"
+    argv = ["embed", "--workdir", str(model), "--out", str(out), "--no-progress", *inputs]
+    filler = fill_before_call(monkeypatch, embedding.outputs, "atomic_write_bytes", write, disk)
+    assert cli.main(argv) == errors.OUTPUT
+    return out, argv, filler, capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_embed_stops_at_a_full_disk_and_the_same_command_finishes(
         small_disk, model_and_inputs, monkeypatch, capsys):
-    model, inputs = model_and_inputs
-    out = small_disk / "emb"
-    argv = ["embed", "--workdir", str(model), "--out", str(out), "--no-progress", *inputs]
-    filler = fill_before_call(monkeypatch, embedding.outputs, "atomic_write_bytes", 3,
-                              small_disk)
-    assert cli.main(argv) == errors.OUTPUT
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    out, argv, filler, err = embed_until_full(small_disk, model_and_inputs, monkeypatch, capsys,
+                                              write=3)
+    inputs = model_and_inputs[1]
     assert err.startswith(f"error: {out / Path(inputs[2]).name}.npz: cannot write it (No space")
     assert "the disk is full" in err and "2 of 4 input(s) embedded in this run" in err
     assert not temporary_files(out)
@@ -244,13 +251,8 @@ def test_audio_write_error_on_a_full_quota_is_a_full_disk(small_disk, monkeypatc
 
 def test_embed_with_no_room_for_the_merged_file_keeps_the_inputs_files(
         small_disk, model_and_inputs, monkeypatch, capsys):
-    model, inputs = model_and_inputs
-    out = small_disk / "emb"
-    argv = ["embed", "--workdir", str(model), "--out", str(out), "--no-progress", *inputs]
-    filler = fill_before_call(monkeypatch, embedding.outputs, "atomic_write_bytes", 5,
-                              small_disk)  # the 4 inputs' NPZs fit, the merged file does not
-    assert cli.main(argv) == errors.OUTPUT
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    out, argv, filler, err = embed_until_full(small_disk, model_and_inputs, monkeypatch, capsys,
+                                              write=5)  # the 4 NPZs fit, the merged file does not
     assert err.startswith(f"error: {out / 'embeddings.npz'}: cannot write it (No space")
     assert f"the 4 input(s) embedded are in {out}, one NPZ each; running it again reuses them" \
         in err
