@@ -59,6 +59,35 @@ def test_activity_mask_matches_stem_audio(bank):
     assert len(checked) >= 4 and silent_frames > 100
 
 
+def test_stem_is_the_renderers_channel_mean_resampled_and_gated(monkeypatch):
+    """`render_part` mixes the renderer's channels to mono exactly as NumPy's float64 mean does
+    (bit for bit: the records of every build depend on it), resamples 48 kHz to 16 kHz, places
+    the render at the part's first note and multiplies it by the part's gate."""
+    import io
+
+    import midirenderer
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    rng = np.random.default_rng(0)
+    rendered = (0.3 * rng.standard_normal((48000 * 3, 2))).astype(np.float32)
+    wav = io.BytesIO()
+    sf.write(wav, rendered, 48000, format="WAV", subtype="FLOAT")
+    monkeypatch.setattr(midirenderer, "render_wave_from", lambda bank, midi: wav.getvalue())
+    part = next(p for p in gm_score.sample_score((2, 0), 6.0).parts if not p.is_drums)
+    part = dataclasses.replace(part, notes=tuple(
+        dataclasses.replace(n, start=n.start + 0.5, end=n.end + 0.5) for n in part.notes
+        if n.end + 0.5 < 2.0))
+    stem = soundfont.render_part(part, "merlin", 6.0)
+    shift = int(round(np.floor(min(n.start for n in part.notes) * 320) / 320 * SR))
+    mono = resample_poly(rendered.mean(axis=1, dtype=np.float64), 1, 3)
+    expected = np.zeros(6 * SR)
+    expected[shift:shift + len(mono)] = mono[:6 * SR - shift]
+    expected = (expected.astype(np.float32) * soundfont.gate(part, 6 * SR)).astype(np.float32)
+    assert shift > 0 and np.any(stem != 0)
+    np.testing.assert_array_equal(stem.view(np.int32), expected.view(np.int32))
+
+
 def test_clip_mix_is_silent_where_no_instrument_sounds():
     clip = soundfont.render_clip((3, 1), "timgm6mb", duration_s=6.0)
     instrument_rows = [gm_score.TAGS.index(t) for t in gm_score.TAGS
