@@ -38,7 +38,8 @@ TABLE = {
     INPUTS_FAILED: "some inputs failed (the others' results are written; failures are listed)",
     USAGE: "bad command line, config field or value",
     MODEL: "model directory missing, unreadable or inconsistent with its weights",
-    OUTPUT: "an output location cannot be written (read-only, or the disk is full)",
+    OUTPUT: ("an output location cannot be written (read-only, or the disk is full; a "
+             "training's workdir was deleted)"),
     BUSY: ("another run holds the lock on the output file, data directory or workdir, or "
            "reads the build to be rebuilt"),
     DATA: "dataset not built or cannot be built; a data file was refused",

@@ -405,6 +405,7 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
                 save_due = (epoch_end or step == total_steps or preempted
                             or step % int(t.checkpoint_every_steps) == 0)
                 if step % int(t.log_every_steps) == 0 or save_due:
+                    wd.check_still_there(workdir, step)
                     losses = _check_finite(pending, workdir, last_saved)
                     elapsed = time.perf_counter() - window_start
                     train_metrics = {
@@ -472,6 +473,7 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
                 e.add_note(_ctrl_c_note(step, last_saved, workdir))
             raise
         preemption.defer(False)
+        wd.check_still_there(workdir, step)  # before a summary or the tests say all went well
         if preemption.flag.is_set() and not summary["preempted"]:  # after the last step's check:
             summary["preempted"] = True  # that step's checkpoint is saved (step == total_steps)
             progress.say(f"SIGTERM: saved step {step} in {workdir}")
@@ -504,6 +506,7 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
                             "test_reused": results[0]["reused"], "tests": results})
             if data.baseline is not None and jax.process_index() == 0:
                 _baseline(workdir, data, results, progress)
+            wd.check_still_there(workdir, step)  # the test results were written there
         return summary
     finally:
         progress.close()

@@ -53,6 +53,10 @@ class ConfigMismatchError(ValueError):
     """A workdir holds a run of a different config (or an unreadable config.json)."""
 
 
+class WorkdirGoneError(outputs.OutputError):
+    """The workdir was deleted or moved while a training ran in it."""
+
+
 WorkdirBusyError = outputs.BusyError  # another training holds the workdir
 
 
@@ -205,6 +209,23 @@ def check_or_write_config(config: Any, workdir: Path) -> None:
         tmp = path.with_suffix(f".json.tmp{os.getpid()}")
         tmp.write_text(json.dumps(given, indent=2, sort_keys=True))
         tmp.replace(path)
+
+
+def check_still_there(workdir: Path, step: int) -> None:
+    """Raises `WorkdirGoneError` (exit status 4) when WORKDIR/config.json, which
+    `check_or_write_config` wrote before the training started, is gone: the workdir was deleted
+    or moved away while the training ran. From a new user's trial: a training whose workdir was
+    deleted went on, and either stopped at its next metrics line with an unexpected error or,
+    where the next checkpoint had made the folder again, ended with status 0 and no word of the
+    config, metrics and checkpoints it had lost. Checked by every process at each logged step
+    (a stat; the file itself, not the folder's inode, which network file systems may renew)."""
+    if (workdir / CONFIG_FILE).is_file():
+        return
+    raise WorkdirGoneError(
+        f"{workdir}: the workdir was deleted or moved while this training ran (its "
+        f"{CONFIG_FILE} is gone; noticed at step {step}), and its checkpoints and metrics with "
+        "it: training stops rather than go on without them. Run the same command to start "
+        "again there, or resume a moved workdir from its new place (--workdir)")
 
 
 def test_inputs(config: Any, best_step: Optional[int], data_fingerprint: Optional[str],

@@ -21,6 +21,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tagger_jax import checkpointing, optimizers, sharding, train_lib  # noqa: E402
+from tagger_jax import workdir as wd  # noqa: E402
 from train_helpers import NUM_TAGS, TAGS, tiny_config, toy_data, toy_records  # noqa: E402
 
 
@@ -547,6 +548,43 @@ def test_ctrl_c_in_the_loop_says_which_steps_the_next_run_trains_again(tmp_path,
     monkeypatch.setattr(Progress, "update", update)
     again = train_lib.train_and_evaluate(config, workdir, toy_data(config))
     assert again["step"] == summary["step"]
+
+
+@pytest.mark.parametrize("made_again", [False, True])
+def test_a_workdir_deleted_during_training_stops_it_with_one_line(tmp_path, finished_run,
+                                                                  monkeypatch, capsys,
+                                                                  made_again):
+    """From a new user's trial: a training whose workdir was deleted went on, and stopped at its
+    next metrics line with an unexpected error (status 70), or, where the next checkpoint had
+    made the folder again (`made_again`), ended with status 0 having lost its config, metrics
+    and earlier checkpoints without a word. It stops at the next logged step, status 4."""
+    import shutil
+
+    from tagger_jax import errors
+    from tagger_jax.progress import Progress
+
+    config, _, _ = finished_run
+    workdir = tmp_path / "w"
+    update, calls = Progress.update, []
+
+    def deleted_at_the_fifth(self, clips, **postfix):
+        calls.append(clips)
+        if len(calls) == 5:  # in step 6 (step 1 compiles)
+            shutil.rmtree(workdir)
+            if made_again:
+                (workdir / "checkpoints").mkdir(parents=True)
+        return update(self, clips, **postfix)
+
+    monkeypatch.setattr(Progress, "update", deleted_at_the_fifth)
+    with pytest.raises(wd.WorkdirGoneError) as info:
+        train_lib.train_and_evaluate(config, workdir, toy_data(config))
+    capsys.readouterr()
+    assert errors.report(info.value) == errors.OUTPUT
+    assert capsys.readouterr().err == (
+        f"error: {workdir}: the workdir was deleted or moved while this training ran (its "
+        "config.json is gone; noticed at step 6), and its checkpoints and metrics with it: "
+        "training stops rather than go on without them. Run the same command to start again "
+        "there, or resume a moved workdir from its new place (--workdir)\n")
 
 
 @pytest.mark.parametrize("where", ["checkpoints", "best"])
