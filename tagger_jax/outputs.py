@@ -124,7 +124,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
     The file gets the usual permissions (0666 minus the umask). The temporary file never
     outlives the call, whatever happens; a failed write (disk full, folder gone) is an
-    `OutputError` naming `path`, and the previous version of the file is kept.
+    `OutputError` naming `path` (and saying so when its folder is gone), and the previous version
+    of the file is kept.
     """
     p = Path(path)
     try:
@@ -132,6 +133,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except OSError as e:
         if isinstance(e, OutputError):
             raise
+        if not p.parent.is_dir():  # no previous version to keep
+            raise OutputError(f"{p}: cannot write it: its folder is gone (deleted or moved while "
+                              "the run wrote into it)") from None
         raise OutputError(f"{p}: cannot write it ({e.strerror or e}); its previous version, if "
                           "any, is kept") from None
 

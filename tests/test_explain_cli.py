@@ -775,6 +775,34 @@ def test_an_interrupted_explain_says_what_it_kept_and_where(setup, tmp_path, mon
         "(recorded; --retry-failed tries them again); running it again explains the other 1")
 
 
+def test_an_output_folder_deleted_midway_stops_the_run_with_one_true_line(setup, tmp_path,
+                                                                          monkeypatch, capsys):
+    """From a new user's trial: with --out deleted midway, each later input was recorded as
+    failed, then the line named failures.json and said its previous version was kept, with the
+    folder gone. Now the run stops at the first input it cannot write, and says so."""
+    import shutil
+
+    model_dir, inputs, _ = setup
+    out = tmp_path / "out"
+    write, calls = runner._write, []
+
+    def deleted_before_the_second(ctx, track, *args):
+        calls.append(track.item.name)
+        if len(calls) == 2:
+            shutil.rmtree(out)
+        write(ctx, track, *args)
+
+    monkeypatch.setattr(runner, "_write", deleted_before_the_second)
+    rc = explain("--checkpoint", str(model_dir), str(inputs / "long.npy"),
+                 str(inputs / "tone.wav"), str(inputs / "sub"), "--out", str(out),
+                 "--methods", "attention")
+    assert rc == errors.OUTPUT and len(calls) == 2 and not out.exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {out}: the output folder was deleted or moved while this run wrote into it "
+        f"(noticed at the files of {calls[1]}); what was written there went with it: running "
+        "the same command explains every input again")
+
+
 def test_nearest_tag_names_for_hints():
     from tagger_jax import tags as tags_lib
 

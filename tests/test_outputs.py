@@ -85,6 +85,14 @@ def test_atomic_write_removes_its_temporary_file_on_interrupt(tmp_path, monkeypa
     assert json.loads(target.read_text()) == [1]
 
 
+def test_atomic_write_into_a_folder_that_is_gone_says_so(tmp_path):
+    with pytest.raises(outputs.OutputError) as info:
+        outputs.atomic_write_json(tmp_path / "gone" / "out.json", [1])
+    assert str(info.value) == (f"{tmp_path / 'gone' / 'out.json'}: cannot write it: its folder "
+                               "is gone (deleted or moved while the run wrote into it)")
+    assert errors.exit_status(info.value) == errors.OUTPUT
+
+
 def test_interrupted_tag_run_keeps_finished_results_and_no_temp_files(model_dir, specs, tmp_path,
                                                                       monkeypatch, capsys):
     real = tagging.ResultStore.add

@@ -1163,6 +1163,13 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
                 # fault, so not recorded as its failure (a trial's were not retried)
                 raise outputs.OutputError(
                     f"{out_dir}: no space left for the files of {track.item.name}") from e
+            if not out_dir.is_dir():  # nor a folder deleted or moved away (a trial: each later
+                # input "failed", then failures.json could not be written, its old one "kept")
+                raise outputs.OutputError(
+                    f"{out_dir}: the output folder was deleted or moved while this run wrote "
+                    f"into it (noticed at the files of {track.item.name}); what was written "
+                    "there went with it: running the same command explains every input "
+                    "again") from None
             fail(track.item, e)
             return
         finally:
