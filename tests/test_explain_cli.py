@@ -532,6 +532,47 @@ def test_listen_skips_grad_x_input_unless_asked_and_checks_listen_methods(setup,
         assert err.startswith("error: --listen-methods") and says in err and "\n" not in err
 
 
+def test_changing_only_how_maps_are_shown_reuses_the_stored_maps(setup, tmp_path, monkeypatch,
+                                                                 capsys):
+    """From a trial: adding --listen (or another keep fraction, or the figure) to a finished run
+    computed every map again. Such a rerun makes the figures, pages and audio from the stored
+    NPZ without a model pass, and writes what a run with those options from the start writes;
+    a change of what is computed (--top-k) still computes again."""
+    model_dir, inputs, _ = setup
+    common = ("--checkpoint", str(model_dir), str(inputs / "tone.wav"),
+              str(inputs / "long.npy"), "--methods", METHODS, "--top-k", "2")
+    first, direct = tmp_path / "first", tmp_path / "direct"
+    assert explain(*common, "--out", str(first), "--no-plot") == 0
+    assert explain(*common, "--out", str(direct), "--listen", "--listen-keep", "0.3") == 0
+    capsys.readouterr()
+    computed = []
+    monkeypatch.setattr(runner, "assemble", lambda *a: computed.append(a) or 1 / 0)
+    assert explain(*common, "--out", str(first), "--listen", "--listen-keep", "0.3") == 0
+    err = capsys.readouterr().err
+    assert not computed and "explained 2 input(s), 0 failed" in err
+    assert (f"2 output(s) in {first} differ only in how their maps are shown (listen (was False, "
+            "now True), listen_keep (was 0.5, now 0.3), listen_methods (was None, now "
+            "['attention', 'contribution']), plot (was False, now True)): their figures, pages "
+            "and audio are made again from the stored maps, without a model pass") in err
+    assert sorted(p.name for p in first.iterdir()) == sorted(p.name for p in direct.iterdir())
+    for stem in ("tone.wav", "long.npy"):
+        with np.load(first / f"{stem}.npz") as a, np.load(direct / f"{stem}.npz") as b:
+            assert sorted(a.files) == sorted(b.files)
+            for k in a.files:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        again, made = (json.loads((d / f"{stem}.json").read_text()) for d in (first, direct))
+        assert {**again, "seconds": 0} == {**made, "seconds": 0}
+    for heard in direct.glob("*.ogg"):
+        np.testing.assert_array_equal(sf.read(first / heard.name)[0], sf.read(heard)[0])
+    (first / "tone.wav.npz").write_bytes(b"damaged")  # unreadable stored maps: computed again
+    assert explain(*common, "--out", str(first), "--listen", "--listen-keep", "0.4") == 1
+    err = capsys.readouterr().err
+    assert len(computed) == 1 and f"note: {inputs / 'tone.wav'}: its stored maps in {first} " \
+        "cannot be read: computed again" in err and "explained 1 input(s), 1 failed" in err
+    assert explain(*common, "--out", str(first), "--top-k", "1") == 1  # computed: assemble fails
+    assert len(computed) == 3
+
+
 def test_decoded_waveforms_in_memory_stay_bounded_over_many_files(setup, tmp_path, monkeypatch):
     """The waveform kept from each file's decode lives only while its input is in flight (read
     ahead, or with windows in a batch): over 10 files of 4 windows (one batch each), with one

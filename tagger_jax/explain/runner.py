@@ -10,8 +10,10 @@ share of the inputs; process 0 merges the failure reports and writes index.html 
 top-k predicted ones and a gradient method is asked for, a cheap forward pass over each input's
 windows (also packed) picks the tags first: gradients need them, and they must be the same for
 all windows of a track to stitch. An input whose JSON summary exists with the same model, settings
-and input fingerprint is skipped; an input that failed is recorded in failures.json and is not
-retried until it changes (or `retry_failed`).
+and input fingerprint is skipped; one whose summary differs only in how its maps are shown
+(`SHOWN_FIELDS`: figure, page, listening) gets them again from its stored NPZ, without a model
+pass; an input that failed is recorded in failures.json and is not retried until it changes (or
+`retry_failed`).
 
 Tags to explain come from the run (`ExplainOptions.tags`), from each input (`Input.explain_tags`:
 dataset labels, a CSV) or are the top-k predicted; the run uses one tag count K for every batch
@@ -52,6 +54,11 @@ LISTEN_DEFAULT = tuple(m for m in AURALISED if m != "grad_x_input")
 NOT_AURALISED_NOTE = ("not auralised by default: keeping its top half lowers the tag on log-mel "
                       "models (docs/explanations.md); --listen-methods names what to hear")
 FORMAT = report.FORMAT
+# The settings that change how an input's maps are shown, not the maps: a rerun that changes only
+# these makes figures, pages and audio again from the stored NPZ (a trial: adding --listen to a
+# long run computed every map again).
+SHOWN_FIELDS = frozenset({"plot", "plot_line_s", "report", "listen", "listen_keep",
+                          "listen_softness", "listen_methods"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -550,6 +557,31 @@ def run_settings(loaded, options: ExplainOptions) -> dict[str, Any]:
 def run_signature(loaded, options: ExplainOptions) -> str:
     return hashlib.sha1(json.dumps(run_settings(loaded, options),
                                    sort_keys=True).encode()).hexdigest()[:16]
+
+
+def same_maps(summary: Optional[Mapping[str, Any]], settings: Mapping[str, Any],
+              fingerprint: str) -> bool:
+    """Whether a finished input's `summary` holds the maps this run would compute: the same
+    input version, and the same stored "settings" (model included) but for `SHOWN_FIELDS`."""
+    if not isinstance(summary, dict) or str(summary.get("fingerprint")) != fingerprint:
+        return False
+    then = summary.get("settings")
+    return isinstance(then, dict) and all(
+        then.get(k) == v for k, v in settings.items() if k not in SHOWN_FIELDS) and all(
+        k in settings or k in SHOWN_FIELDS for k in then)
+
+
+def stored_maps(out_dir: Path, summary: Mapping[str, Any]) -> Optional[dict[str, np.ndarray]]:
+    """The arrays of an input's NPZ (those `assemble` made; not its log-mel), or None when the
+    file is missing, unreadable or lacks them (then the input is computed again)."""
+    name = (summary.get("files") or {}).get("npz")
+    try:
+        with np.load(out_dir / str(name), allow_pickle=False) as z:
+            res = {k: z[k] for k in z.files if k != "log_mel"}
+    except Exception:  # noqa: BLE001  (any damage: compute it again)
+        return None
+    needed = ("probabilities", "explained_tag_indices", "frame_times", "covered", "chunk_starts")
+    return res if all(k in res for k in needed) else None
 
 
 def what_changed(old: list[Mapping[str, Any]], settings: Mapping[str, Any],
@@ -1103,6 +1135,7 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     done, skipped, failed, todo, replaced = [], [], {}, [], []
     warned, reused_warned = [], []  # (warnings, audio_warnings) of this run's and reused inputs
     replaced_summaries: list[dict] = []  # what `what_changed` compares
+    shown_again: dict[str, dict] = {}  # key -> summary of an input whose maps are reused
     silent: list[str] = []  # explained with --listen but without audio to play
     stepped: list[str] = []  # integrated gradients with a step at the baseline (ig_step_share)
     for item in share:
@@ -1120,17 +1153,25 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             failed[item.name] = f"{old.get('error')} (failed in an earlier run; unchanged, " \
                                 "not retried)"
             continue
-        if path.exists():  # made with other settings, or of an earlier version of the input
+        if (s is not None and s.get("requested_tags", []) == list(item.explain_tags)
+                and same_maps(s, ctx.settings, item.fingerprint)):
+            shown_again[item.key] = s  # only how they are shown changed: from the stored maps
+        elif path.exists():  # made with other settings, or of an earlier version of the input
             replaced.append(item.name)
             if s is not None:
                 replaced_summaries.append(s)
         todo.append(item)
 
+    fingerprints = {it.key: it.fingerprint for it in share}
     if replaced:
-        changed = what_changed(replaced_summaries, ctx.settings,
-                               {it.key: it.fingerprint for it in share})
+        changed = what_changed(replaced_summaries, ctx.settings, fingerprints)
         print(inference.replaced_line(len(replaced), out_dir, "explained", changed),
               file=sys.stderr)
+    if shown_again:
+        changed = what_changed(list(shown_again.values()), ctx.settings, fingerprints)
+        print(f"{len(shown_again)} output(s) in {out_dir} differ only in how their maps are "
+              f"shown{f' ({changed})' if changed else ''}: their figures, pages and audio are "
+              "made again from the stored maps, without a model pass", file=sys.stderr)
     if options.listen and options.not_auralised() and todo and process == 0:
         print(f"note: --listen: {', '.join(options.not_auralised())} {NOT_AURALISED_NOTE}",
               file=sys.stderr)
@@ -1148,15 +1189,16 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         tracks.pop(item.key, None)
         bar.update(1)
 
-    def finish(key: str, out: dict) -> None:
+    def finish(key: str, out: Optional[dict], stored: Optional[dict] = None) -> None:
+        """Writes an input's files from its windows' outputs `out`, or from its `stored` maps."""
         track = tracks.pop(key)
-        if track.tags is None:  # top-k from the same windows' probabilities
+        if stored is None and track.tags is None:  # top-k from the same windows' probabilities
             _predicted_tags(ctx, track, out["probabilities"])
         long = len(track.unique_starts) > ctx.engine.batch_size
         if long:  # a long track's figure takes a while (tens of seconds for 30 minutes)
             bar.set_postfix_str(f"{track.item.name}: writing its files")
         try:
-            res = assemble(ctx, track, out)
+            res = assemble(ctx, track, out) if stored is None else stored
             _write(ctx, track, res, out_dir, signature)
         except Exception as e:  # an input that cannot be written must not stop the others...
             if errors.storage_full(e):  # ...but a full disk stops them all: not the input's
@@ -1212,6 +1254,19 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
                 fail(item, track)
                 continue
             tracks[item.key] = track
+            stored = (stored_maps(out_dir, shown_again[item.key]) if item.key in shown_again
+                      else None)
+            if stored is not None and len(stored["explained_tag_indices"]) > ctx.k:
+                stored = None  # more tags than this run's batches hold (cannot happen)
+            if item.key in shown_again and stored is None:
+                tqdm.write(f"note: {item.name}: its stored maps in {out_dir} cannot be read: "
+                           "computed again", file=sys.stderr)
+            if stored is not None:  # no model pass: the maps this run would compute, stored
+                idx = [int(i) for i in stored["explained_tag_indices"]]
+                track.num_tags = len(idx)
+                track.tags = np.array(idx + idx[:1] * (ctx.k - len(idx)), np.int32)
+                finish(item.key, None, stored)
+                continue
             if options.tags and track.tags is None:
                 track.tags = ctx.fixed_tags
             if ctx.gradients and track.tags is None:
