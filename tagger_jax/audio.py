@@ -904,6 +904,49 @@ def read_input_with_duration(path: str | os.PathLike, features_config: Any = Non
     return InputRead(np.ascontiguousarray(x, dtype=np.float32), spectrogram_warnings(d, x), None)
 
 
+def read_array(samples: Any, sample_rate: int, features_config: Any = None,
+               waveform: bool = False, name: str = "array",
+               keep_audio: bool = False) -> InputRead:
+    """`read_input_with_duration` of audio in memory: `samples` is (N,) mono or (channels, N)
+    float audio at `sample_rate` Hz (librosa's layout; soundfile reads (N, channels): transpose
+    it), mixed to mono and resampled to the features' rate as `load_audio` does a file's decode
+    (`librosa.to_mono`, then `librosa.resample` with `RES_TYPE`), with the same degradation
+    warnings (docs/audio.md; none of the decoder's). Raises `InputError` starting with `name` for
+    a shape that is not (N,) or (channels, N) with fewer channels than samples, a non-float or
+    empty array, non-finite samples, or a sample rate that is not a positive integer."""
+    librosa = import_librosa()
+
+    x = np.asarray(samples)
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) \
+            or sample_rate <= 0:
+        raise InputError(f"{name}: sample_rate must be a positive whole number of Hz, got "
+                         f"{sample_rate!r}")
+    if x.dtype.kind != "f":
+        raise InputError(f"{name}: expected float samples (full scale 1.0), got dtype {x.dtype}")
+    if x.ndim == 2 and x.shape[0] > x.shape[1]:
+        raise InputError(f"{name}: shape {x.shape} reads as {x.shape[0]} channels of "
+                         f"{x.shape[1]} samples; give (channels, N) (transpose soundfile's "
+                         "(N, channels))")
+    if x.ndim not in (1, 2) or x.shape[-1] == 0:
+        raise InputError(f"{name}: expected (N,) or (channels, N) samples with N >= 1, got shape "
+                         f"{x.shape}")
+    if not np.all(np.isfinite(x)):
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        raise InputError(f"{name}: {bad} non-finite samples (NaN or inf)")
+    params = features_from_config(features_config)
+    y = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
+    notes = decode_warnings(name, Decoded(y, int(sample_rate), "array", lossy=False),
+                            params.sample_rate)
+    y = librosa.to_mono(y) if y.shape[0] > 1 else y[0]
+    if sample_rate != params.sample_rate:
+        y = librosa.resample(y, orig_sr=int(sample_rate), target_sr=params.sample_rate,
+                             res_type=RES_TYPE)
+    wave = np.ascontiguousarray(y, dtype=np.float32)
+    signal = wave if waveform else log_mel(wave, **params.mel_kwargs)
+    return InputRead(signal, notes, duration(wave, params.sample_rate),
+                     wave if keep_audio else None)
+
+
 def load_input(path: str | os.PathLike, features_config: Any = None) -> np.ndarray:
     """A (n_mels, T) float32 log-mel spectrogram from an audio file or a precomputed `.npy`.
 

@@ -1211,6 +1211,34 @@ class Engine:
                       meta={INPUT_PATH: audio.display_path(Path(path).absolute())})
                 for (path, _), key in zip(found, keys)]
 
+    def array_inputs(self, waves: Sequence[Any], sample_rate: int,
+                     names: Optional[Sequence[str]] = None,
+                     keep_audio: bool = True) -> list[Input]:
+        """Inputs for audio in memory (a notebook's arrays), for `Tagger.tag`, `embedding.embed`
+        and `explain_inputs` as `file_inputs` are: each of `waves` is (N,) or (channels, N) float
+        samples at `sample_rate` Hz, read as `audio.read_array` reads it when its turn comes (a
+        bad one fails alone, named). `names` (default "array 0", "array 1", ...) are shown in
+        results and warnings and make the output keys; the fingerprint is the samples' SHA-1.
+        `keep_audio` (as `file_inputs`'; on by default here): the prepared input carries its
+        resampled waveform, which `explain_inputs` plays back and auralises. Raises ValueError
+        when `names` does not give one name per array."""
+        from tagger_jax import audio
+
+        waves = list(waves)
+        names = [f"array {i}" for i in range(len(waves))] if names is None else list(names)
+        if len(names) != len(waves):
+            raise ValueError(f"{len(names)} names for {len(waves)} arrays")
+
+        def fingerprint(x: Any) -> str:
+            a = np.ascontiguousarray(x)
+            return (f"array:{a.dtype.str}:{a.shape}:"
+                    f"{hashlib.sha1(a.view(np.uint8).reshape(-1)).hexdigest()}")
+
+        return [Input(key=key, name=name, fingerprint=fingerprint(wave),
+                      load=functools.partial(audio.read_array, wave, sample_rate, self.features,
+                                             self.architecture.waveform, name, keep_audio))
+                for wave, name, key in zip(waves, names, unique_keys(names))]
+
     def dataset_inputs(self, name: str, split: str, data_dir: Optional[str] = None,
                        builder_config: Optional[str] = None, limit: Optional[int] = None,
                        hold: Optional[contextlib.ExitStack] = None) -> list[Input]:

@@ -13,6 +13,7 @@ its results to its own part file next to the output; process 0 merges them (`mer
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -45,28 +46,32 @@ class Tagger:
         self.engine = inference.Engine(loaded, batch_size=batch_size, devices=devices)
         self.loaded = loaded
 
-    def tag(self, paths: str | os.PathLike | Iterable[str | os.PathLike], *,
+    def tag(self, paths: str | os.PathLike | inference.Input
+            | Iterable[str | os.PathLike | inference.Input], *,
             hop_s: float | None = None, windows: str = COVER, num_chunks: int = 16,
             top_k: int = 5, progress: bool = True,
             on_result: Callable[[dict], None] | None = None) -> list[dict]:
         """One result dict per path, in order; errors are results with an `error` field.
 
-        `paths`: audio files (one path alone is taken as a list of one); a directory's files
-        are `collect_inputs([directory])`. TypeError for anything but paths (audio in memory
-        goes through `inference.make_predict_fn` on its log-mel windows, docs/python.md)."""
-        paths = [paths] if isinstance(paths, (str, bytes, os.PathLike)) else list(paths)
-        other = next((p for p in paths if not isinstance(p, (str, os.PathLike))), None)
+        `paths`: audio files (one path alone is taken as a list of one), or inputs made by the
+        engine (`self.engine.array_inputs(waves, sample_rate)`: audio in memory); a directory's
+        files are `collect_inputs([directory])`. TypeError for anything else."""
+        single = (str, bytes, os.PathLike, inference.Input)
+        paths = [paths] if isinstance(paths, single) else list(paths)
+        other = next((p for p in paths if not isinstance(p, (str, os.PathLike, inference.Input))),
+                     None)
         if other is not None:
             raise TypeError(f"Tagger.tag reads audio files, got a {type(other).__name__} among "
-                            "the paths; audio in memory goes through inference.make_predict_fn "
-                            "on its log-mel windows (docs/python.md)")
+                            "the paths; audio in memory: tag(tagger.engine.array_inputs(waves, "
+                            "sample_rate)) (docs/python.md)")
         plan = WindowPlan(windows, hop_s, num_chunks)
         plan.checked(self.engine.geometry)  # a hop longer than a window fails once, here
-        paths = [Path(p) for p in paths]
-        items = [inference.Input(key=str(i), name=audio.display_path(p),
-                                 load=lambda p=p: self.engine.read_checked(p),
-                                 fingerprint=inference.file_fingerprint(p),
-                                 meta={inference.INPUT_PATH: audio.display_path(p.absolute())})
+        items = [dataclasses.replace(p, key=str(i)) if isinstance(p, inference.Input) else
+                 inference.Input(key=str(i), name=audio.display_path(p),
+                                 load=lambda p=Path(p): self.engine.read_checked(p),
+                                 fingerprint=inference.file_fingerprint(Path(p)),
+                                 meta={inference.INPUT_PATH: audio.display_path(
+                                     Path(p).absolute())})
                  for i, p in enumerate(paths)]
         results: list[dict | None] = [None] * len(items)
         bar = tqdm(total=len(items), unit="file", desc=inference.share_label("tagging"),
@@ -82,9 +87,9 @@ class Tagger:
 
         def done(p: inference.Prepared, out: dict) -> None:
             result = self.result(p, out["probabilities"], plan, top_k)
+            path = {k: p.item.meta[k] for k in (inference.INPUT_PATH,) if k in p.item.meta}
             emit(int(p.item.key), {**result, "signature": signature,
-                                   "fingerprint": p.item.fingerprint,
-                                   inference.INPUT_PATH: p.item.meta[inference.INPUT_PATH]})
+                                   "fingerprint": p.item.fingerprint, **path})
 
         def failed(item: inference.Input, error: BaseException) -> None:
             emit(int(item.key), {"file": item.name, "error": inference.named(item.name, error)})

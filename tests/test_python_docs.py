@@ -38,7 +38,7 @@ def root(tmp_path_factory):
 
 
 def test_the_page_has_its_examples():
-    assert len(BLOCKS) == 3
+    assert len(BLOCKS) == 4
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
@@ -63,6 +63,11 @@ def test_example_runs(root, index, tmp_path):
     if "write_csv" in code:
         header = (root / "tags.csv").read_text().splitlines()[0].split(",")
         assert header == ["file", "duration_s", *gm_score.TAGS]
+    if "array_inputs" in code:  # two tagged, and explained into files as `explain` writes
+        assert [line.split(" {")[0] for line in out.stdout.splitlines()] == [
+            "clip", "clip +3.5 dB"], out.stdout
+        assert sorted(p.name for p in (root / "explained_in_memory").glob("*.json")) == [
+            "clip.json", "clip_+3.5_dB.json"]
     if "methods.explain" in code:
         assert f", {len(gm_score.TAGS)}, " in out.stdout.splitlines()[-1], out.stdout
     if "train_and_evaluate" in code:

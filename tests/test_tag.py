@@ -175,7 +175,7 @@ def test_python_callers_misuse_gets_one_line_errors(loaded, inputs, tmp_path):
     [same] = tagger.tag((p for p in [inputs / "tone.wav"]), progress=False)  # any iterable
     assert one["probabilities"] == same["probabilities"]
     with pytest.raises(TypeError, match=r"^Tagger.tag reads audio files, got a ndarray among "
-                       r"the paths; audio in memory goes through inference.make_predict_fn"):
+                       r"the paths; audio in memory: tag\(tagger.engine.array_inputs\(waves, "):
         tagger.tag([np.zeros(16000, np.float32)], progress=False)
     results = tagger.tag([inputs / "tone.wav", tmp_path / "missing.wav"], progress=False)
     assert "error" in results[1]
@@ -185,6 +185,44 @@ def test_python_callers_misuse_gets_one_line_errors(loaded, inputs, tmp_path):
     assert not (tmp_path / "t.csv").exists()
     tagging.write_csv([r for r in results if "error" not in r], tmp_path / "t.csv")
     assert len((tmp_path / "t.csv").read_text().splitlines()) == 2
+
+
+def test_audio_in_memory_is_tagged_and_embedded_as_its_file_would_be(loaded, tmp_path):
+    """Trial P's wish: tag audio a script holds without writing a file. `array_inputs` reads
+    (channels, N) samples at any rate as a file's decode (mixed to mono, resampled with soxr,
+    the same warnings), so results equal the file's; a bad array fails alone, named."""
+    from tagger_jax import embedding
+
+    rng = np.random.default_rng(1)
+    stereo = (0.2 * rng.standard_normal((2, 22050 * 3))).astype(np.float32)
+    stereo[:, :1000] = 1.0  # clipped: a warning as the file gets
+    sf.write(tmp_path / "s.wav", stereo.T, 22050, subtype="FLOAT")
+    tagger = tagging.Tagger(loaded, batch_size=8)
+    arrays = tagger.engine.array_inputs(
+        [stereo, stereo.T, np.zeros(0, np.float32), np.arange(4), stereo[0]], 22050,
+        names=["s.wav", "transposed", "empty", "ints", "left"])
+    [from_file] = tagger.tag(tmp_path / "s.wav", progress=False)
+    got = tagger.tag(arrays, progress=False)
+    assert got[0]["file"] == "s.wav" and "input_path" not in got[0]
+    for k in ("probabilities", "chunk_probabilities", "chunk_starts_s", "duration_s"):
+        assert got[0][k] == from_file[k], k
+    assert set(got[0]["audio_warnings"]) == set(from_file["audio_warnings"]) == {"clipping"}
+    assert got[0]["audio_warnings"]["clipping"].startswith("s.wav: ")
+    assert got[1]["error"] == ("transposed: shape (66150, 2) reads as 66150 channels of 2 "
+                               "samples; give (channels, N) (transpose soundfile's (N, "
+                               "channels))")
+    assert got[2]["error"].startswith("empty: expected (N,) or (channels, N) samples")
+    assert got[3]["error"] == "ints: expected float samples (full scale 1.0), got dtype int64"
+    assert "probabilities" in got[4]
+    engine = tagger.engine
+    mine = embedding.embed(engine, arrays[:1])
+    theirs = embedding.embed(engine, engine.file_inputs([tmp_path / "s.wav"]))
+    assert mine.names == ["s.wav"] and mine.embedding.shape == theirs.embedding.shape
+    np.testing.assert_array_equal(mine.embedding, theirs.embedding)
+    with pytest.raises(ValueError, match="^1 names for 2 arrays$"):
+        engine.array_inputs([stereo, stereo], 22050, names=["one"])
+    with pytest.raises(audio.InputError, match=r"^x: sample_rate must be a positive whole"):
+        audio.read_array(stereo, 0, name="x")
 
 
 def test_default_windows_cover_the_whole_track(loaded, inputs):
