@@ -844,6 +844,26 @@ def test_an_output_folder_deleted_midway_stops_the_run_with_one_true_line(setup,
         "the same command explains every input again")
 
 
+def test_a_silent_inputs_figure_says_its_maps_describe_silence(setup, tmp_path, monkeypatch):
+    """Each map of a figure is scaled to its own range, so a silent input's maps looked as
+    telling as music's, with the warning only on the terminal, the summary and the page."""
+    from tagger_jax.explain import plotting
+
+    model_dir, _, _ = setup
+    sf.write(tmp_path / "quiet.wav", np.zeros(16000), 16000)
+    sf.write(tmp_path / "tone.wav", 0.3 * np.sin(np.arange(16000) * 0.2), 16000)
+    titles = {}
+    real = plotting.plot_explanation
+    monkeypatch.setattr(plotting, "plot_explanation", lambda path, *a, title="", **k: (
+        titles.setdefault(Path(path).name, title), real(path, *a, title=title, **k))[1])
+    assert explain("--checkpoint", str(model_dir), str(tmp_path / "quiet.wav"),
+                   str(tmp_path / "tone.wav"), "--out", str(tmp_path / "out"),
+                   "--methods", "attention") == 0
+    assert titles[".quiet.wav.png.part"].endswith(
+        "\naudio warnings: silence (the maps describe silence) (docs/audio.md)")
+    assert "audio warnings" not in titles[".tone.wav.png.part"]
+
+
 def test_nearest_tag_names_for_hints():
     from tagger_jax import tags as tags_lib
 

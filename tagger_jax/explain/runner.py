@@ -1045,6 +1045,11 @@ def _write(ctx: _Context, track: _Track, res: dict[str, np.ndarray], out_dir: Pa
             title = f"{track.item.name}   top: {top}"
             if "true_tags" in track.extras:
                 title += "\ntrue: " + (", ".join(track.extras["true_tags"]) or "(none)")
+            if track.warnings:  # the figure travels alone: each map is scaled to its own
+                # range, so a silent input's maps looked as telling as music's (a trial)
+                title += "\naudio warnings: " + ", ".join(
+                    "silence (the maps describe silence)" if code == "silence" else code
+                    for code in sorted(track.warnings)) + " (docs/audio.md)"
             plot_explanation(stage(f"{key}.png"), spec, spec_step, _plot_rows(rows, truth),
                              ctx.map_step_s, map_centred=not ctx.waveform, title=title,
                              marks_s=[_mark_seconds(ctx, m) for m in track.item.marks],
