@@ -77,7 +77,9 @@ def main(argv: list[str], owns_process: bool = False) -> int:
 
 
 if __name__ == "__main__":
+    from tagger_jax import errors
     from tagger_jax.huge_pages import reexec_with_huge_pages
 
+    errors.defer_interrupts()  # Ctrl-C before the command starts: tagger_jax/errors.py
     reexec_with_huge_pages()  # tagger_jax/huge_pages.py: why
     sys.exit(main(sys.argv[1:], owns_process=True))

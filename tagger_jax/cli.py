@@ -42,15 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tagger-jax",
         description="Self-attention music tagging (Won et al., 2019) in JAX: train, evaluate, "
                     "tag, explain and embed.")
-    parser.add_argument("--no-compilation-cache", action="store_true",
-                        help="do not use JAX's persistent compilation cache (default: on, in "
-                             "~/.cache/tagger-jax; env TAGGER_JAX_COMPILATION_CACHE=0 or a path)")
+    cache_help = ("do not use JAX's persistent compilation cache (default: on, in "
+                  "~/.cache/tagger-jax; env TAGGER_JAX_COMPILATION_CACHE=0 or a path)")
+    parser.add_argument("--no-compilation-cache", action="store_true", help=cache_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP,
                            epilog=getattr(module, "EPILOG", None))
         module.add_arguments(p)
+        if name in INFERENCE_COMMANDS:  # also after the command (a trial put it there)
+            p.add_argument("--no-compilation-cache", action="store_true",
+                           default=argparse.SUPPRESS, help=cache_help)
         p.set_defaults(_run=module.run)
     return parser
 
@@ -82,9 +85,12 @@ def command_of(argv: list[str]) -> str | None:
 def console() -> int:
     """The `tagger-jax` console script: `main` on the command line, the inference commands with
     XLA:CPU's YNNPACK fusions off (`tagger_jax.xla_cpu`), in a process re-executed with
-    transparent huge pages for XLA's buffers where that helps (`tagger_jax.huge_pages`)."""
+    transparent huge pages for XLA's buffers where that helps (`tagger_jax.huge_pages`). Ctrl-C
+    before the command starts stops it as soon as it does (`errors.defer_interrupts`)."""
+    from tagger_jax import errors
     from tagger_jax.huge_pages import reexec_with_huge_pages
 
+    errors.defer_interrupts()
     if command_of(sys.argv[1:]) in INFERENCE_COMMANDS:
         from tagger_jax.xla_cpu import use_for_inference
 

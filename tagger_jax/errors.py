@@ -249,11 +249,17 @@ def guarded(run, *args, prog: str = "tagger-jax", owns_process: bool = False) ->
     previous_int = _raise_on_sigint()
     quiet_full_disk_logs()
     try:
+        if _EARLY_SIGINTS:  # Ctrl-C while the entry point started (`defer_interrupts`)
+            _EARLY_SIGINTS.clear()
+            raise KeyboardInterrupt
         status = int(run(*args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at exit as "Exception ignored ..."
         return status
-    except BrokenPipeError:  # as a tool killed by SIGPIPE: quietly, whatever was running
-        _discard_stdout()
+    except BrokenPipeError as e:  # as a tool killed by SIGPIPE: quietly, but for what the
+        _discard_stdout()  # command kept in a file (tag --output), which it says
+        if getattr(e, "__notes__", None):
+            print(f"{prog}: the output's reader closed the pipe; {'; '.join(e.__notes__)}",
+                  file=sys.stderr)
         return PIPE_CLOSED
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place that reports all
         status = report(e, prog)
@@ -325,10 +331,34 @@ def _raise_on_sigterm():
 def _raise_on_sigint():
     """Ctrl-C raises KeyboardInterrupt as Python's own handler does, made safe from callbacks
     that drop it (`_raise_on`); SIGINT is left alone (_NOT_SET) when it is not Python's default
-    handler: ignored, as in a background job, or someone else's."""
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    handler (or `defer_interrupts`'): ignored, as in a background job, or someone else's."""
+    if signal.getsignal(signal.SIGINT) not in (signal.default_int_handler, _remember_sigint):
         return _NOT_SET
     return _raise_on(signal.SIGINT, KeyboardInterrupt)
+
+
+_EARLY_SIGINTS: list[int] = []  # Ctrl-C received while `defer_interrupts` held it
+
+
+def _remember_sigint(signum, frame) -> None:
+    _EARLY_SIGINTS.append(signum)
+
+
+def defer_interrupts() -> None:
+    """From here until `guarded` starts, Ctrl-C is remembered, not raised; `guarded` then stops
+    the command at once with status 130 (`interrupted_early` says whether it came). For a
+    program's entry point, before it imports JAX: raised in the middle of that import, Ctrl-C
+    broke an extension module's initialisation (an ImportError, or an abort from C++), or was
+    dropped by a garbage-collection callback and the run went on to its end with status 0 (a
+    trial's Ctrl-C in a command's first second). Left alone when SIGINT is not Python's default
+    handler (ignored in a background job)."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _remember_sigint)
+
+
+def interrupted_early() -> bool:
+    """Whether Ctrl-C came while `defer_interrupts` held it."""
+    return bool(_EARLY_SIGINTS)
 
 
 def _discard_stdout() -> None:

@@ -86,8 +86,11 @@ def reexec_with_huge_pages() -> None:
     """Replaces this process by the same command line (`sys.orig_argv`) with `ENV` set to
     `TUNABLE` when `wanted()`; otherwise, or when the exec fails, returns (the command then runs
     without huge pages). Call it first thing in a program's entry point: whatever ran before is
-    run again."""
-    if not wanted():
+    run again. Nor after a Ctrl-C that `errors.defer_interrupts` holds (the new process would
+    forget it)."""
+    from tagger_jax import errors
+
+    if not wanted() or errors.interrupted_early():
         return
     env = dict(os.environ, **{ENV: TUNABLE})
     for stream in (sys.stdout, sys.stderr):

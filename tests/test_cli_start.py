@@ -75,6 +75,17 @@ def test_a_jitted_program_lands_in_the_cache_unless_turned_off(tmp_path, setting
         assert not cache.exists()
 
 
+def test_no_compilation_cache_is_taken_before_or_after_the_command():
+    from tagger_jax import cli
+
+    parse = cli.build_parser().parse_args
+    assert parse(["--no-compilation-cache", "tag", "--checkpoint", "m", "x.wav"]) \
+        .no_compilation_cache
+    assert parse(["tag", "--checkpoint", "m", "x.wav", "--no-compilation-cache"]) \
+        .no_compilation_cache
+    assert not parse(["tag", "--checkpoint", "m", "x.wav"]).no_compilation_cache
+
+
 def test_a_usage_error_is_one_line_with_status_2(capsys):
     from tagger_jax import cli
 
@@ -116,3 +127,27 @@ def test_a_closed_output_pipe_ends_the_command_quietly_with_status_141():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
     assert err == "", err
+
+
+def test_ctrl_c_while_the_command_starts_stops_it_at_once_with_status_130(tmp_path):
+    """A trial's Ctrl-C in a command's first second, while JAX was imported, was dropped by a
+    garbage-collection callback (the run went on to its end, status 0) or broke an extension's
+    initialisation (an ImportError, an abort). The entry points hold it (`defer_interrupts`)
+    until the command's guard starts, which stops at once: status 130, one line, nothing done;
+    a process that would re-execute itself does not (the new one would forget it)."""
+    code = ("import os, signal, sys\n"
+            "from tagger_jax import cli, errors, huge_pages\n"
+            "errors.defer_interrupts()\n"
+            "os.kill(os.getpid(), signal.SIGINT)  # while JAX is imported below\n"
+            "import jax\n"
+            "assert errors.interrupted_early()\n"
+            "huge_pages.wanted = lambda: True\n"
+            "os.execve = lambda *a: sys.exit('re-executed')\n"
+            "huge_pages.reexec_with_huge_pages()\n"
+            f"sys.exit(cli.main(['tag', '--checkpoint', 'no-model', '--output', "
+            f"{str(tmp_path / 'out.json')!r}, 'x.wav'], owns_process=True))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "tagger-jax: interrupted; finished results are kept\n"
+    assert not (tmp_path / "out.json").exists()

@@ -225,6 +225,34 @@ def test_audio_in_memory_is_tagged_and_embedded_as_its_file_would_be(loaded, tmp
         audio.read_array(stereo, 0, name="x")
 
 
+def test_a_closed_stdout_says_what_the_output_file_kept(model_dir, tmp_path):
+    """`tag DIR --output out.json | head -1` (a trial): the command stops as a tool killed by
+    SIGPIPE does (141), and since a file holds results, says how many and how to go on."""
+    import subprocess
+    import sys
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        np.save(specs / f"s{i:02d}.npy", rng.normal(-40.0, 5.0, (96, 100)).astype(np.float32))
+    out = tmp_path / "out.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tagger_jax.cli", "tag", "--checkpoint", str(model_dir),
+         str(specs), "--output", str(out), "--batch-size", "1", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ,
+                                                             "JAX_PLATFORMS": "cpu"})
+    proc.stdout.readline()
+    proc.stdout.close()  # as `head -1` does
+    err = proc.stderr.read().decode().strip().splitlines()
+    assert proc.wait(timeout=300) == errors.PIPE_CLOSED
+    kept = len(json.loads(out.read_text()))
+    assert 1 <= kept < 12
+    assert err[-1] == (f"tagger-jax: the output's reader closed the pipe; {kept} of 12 input(s) "
+                       f"tagged in this run are in {out}; tag --resume tags the other "
+                       f"{12 - kept}")
+
+
 def test_default_windows_cover_the_whole_track(loaded, inputs):
     """Default: windows at 0, 64, ..., plus one ending at frame 300; track = their mean."""
     spec = np.load(inputs / "spec.npy")

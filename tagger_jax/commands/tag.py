@@ -248,13 +248,14 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
                              progress=not args.quiet and process == 0, on_result=on_result)
     except ValueError as e:
         return error(str(e))
-    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say what is kept, and where
-        failing = True
+    except (KeyboardInterrupt, BrokenPipeError) as e:  # Ctrl-C, SIGTERM, or stdout's reader
+        failing = True  # gone (`| head`, which a trial found silent): say what is kept, where
         stored = [r for r in store.results[len(done):] if "error" not in r]  # this run's
-        errors.interrupted_note(
-            e, "tagged", len(stored) if output is not None else len(printed), len(todo),
-            f"are in {output}" if output is not None else "were printed above",
-            "tag --resume tags" if args.output is not None else None)
+        if isinstance(e, KeyboardInterrupt) or output is not None:
+            errors.interrupted_note(
+                e, "tagged", len(stored) if output is not None else len(printed), len(todo),
+                f"are in {output}" if output is not None else "were printed above",
+                "tag --resume tags" if args.output is not None else None)
         if args.csv is not None:  # a trial looked for it: written from the finished output
             e.add_note(f"{args.csv} is written when a run finishes" + (
                 " (tag --resume writes it)" if args.output is not None else ""))
