@@ -125,11 +125,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     The file gets the usual permissions (0666 minus the umask). The temporary file never
     outlives the call, whatever happens; a failed write (disk full, folder gone) is an
     `OutputError` naming `path` (and saying so when its folder is gone), and the previous version
-    of the file is kept.
+    of the file is kept. A `path` that is a symbolic link is written through it: its target is
+    replaced and the link kept (a trial's `--output LINK` became a file beside the target, whose
+    lock, `lock_path`, the run held). Returns `path`.
     """
     p = Path(path)
     try:
-        return _atomic_write(p, data)
+        _atomic_write(Path(os.path.realpath(p)) if os.path.islink(p) else p, data)
+        return p
     except OSError as e:
         if isinstance(e, OutputError):
             raise

@@ -85,6 +85,28 @@ def test_atomic_write_removes_its_temporary_file_on_interrupt(tmp_path, monkeypa
     assert json.loads(target.read_text()) == [1]
 
 
+def test_atomic_write_through_a_link_replaces_its_target_and_keeps_the_link(tmp_path, model_dir,
+                                                                             specs, capsys):
+    """A trial's `tag --output link.json --resume` (the link pointing at real/target.json) made
+    link.json a regular file and left the target as it was, while the run's lock was the
+    target's: the write now goes through the link, as the lock does."""
+    (tmp_path / "real").mkdir()
+    target, link = tmp_path / "real" / "target.json", tmp_path / "link.json"
+    link.symlink_to(target)
+    assert outputs.atomic_write_json(link, [1]) == link
+    assert link.is_symlink() and json.loads(target.read_text()) == [1]
+    target.unlink()
+    first, second = sorted(specs.glob("*.npy"))[:2]
+    assert cli.main(["tag", "--checkpoint", str(model_dir), str(first), "--output", str(target),
+                     "--quiet"]) == 0
+    assert cli.main(["tag", "--checkpoint", str(model_dir), str(first), str(second), "--output",
+                     str(link), "--resume", "--quiet"]) == 0
+    capsys.readouterr()
+    assert link.is_symlink() and len(json.loads(target.read_text())) == 2
+    assert sorted(p.name for p in (tmp_path / "real").iterdir() if not p.name.startswith(".")) \
+        == ["target.json"]
+
+
 def test_atomic_write_into_a_folder_that_is_gone_says_so(tmp_path):
     with pytest.raises(outputs.OutputError) as info:
         outputs.atomic_write_json(tmp_path / "gone" / "out.json", [1])
