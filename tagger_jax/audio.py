@@ -824,6 +824,7 @@ def _check_float_array(p: Path, x: np.ndarray, what: str) -> None:
 LOG_MEL_FLOOR_DB = -100.0
 LOG_MEL_RANGE_DB = 80.0
 MIN_SPAN_DB = 1.0  # a log-mel of any sound but digital silence spans more than this
+LINEAR_MEDIAN_SHARE = 0.05  # a linear spectrogram has its median this near its minimum
 
 
 def spectrogram_warnings(name: str, x: np.ndarray) -> dict[str, str]:
@@ -831,7 +832,12 @@ def spectrogram_warnings(name: str, x: np.ndarray) -> dict[str, str]:
 
     Either log scale gives values >= -100 dB with at most 80 dB between the largest and the
     smallest (top_db); a spectrogram below the floor, wider than 80 dB, or spanning under 1 dB
-    without being digital silence (linear, normalised or constant values) gets the warning.
+    without being digital silence (linear, normalised or constant values) gets the warning, and
+    so does one whose values are all >= 0 with their median in the lowest `LINEAR_MEDIAN_SHARE`
+    of the range: a linear (power or magnitude) spectrogram, librosa's `melspectrogram` without
+    `power_to_db` (a trial's got confident tags and no warning). A log-mel's quietest bins lie
+    40-80 dB below its loudest, around 40 dB for a full-scale tone, so they are negative, and
+    its median sits a tenth or more up its range (a clip mostly silent is all negative).
     """
     lo, hi = float(np.min(x)), float(np.max(x))
     eps = 1e-3
@@ -842,6 +848,10 @@ def spectrogram_warnings(name: str, x: np.ndarray) -> dict[str, str]:
     elif hi - lo < MIN_SPAN_DB and hi > LOG_MEL_FLOOR_DB + eps:
         why = (f"it spans only {hi - lo:.3g} dB (values {lo:.3g} to {hi:.3g}): linear, "
                "normalised or constant values?")
+    elif lo >= 0 and float(np.median(x)) - lo < LINEAR_MEDIAN_SHARE * (hi - lo):
+        why = (f"its values are all >= 0 ({lo:.3g} to {hi:.3g}) and half of them lie within "
+               f"{100 * LINEAR_MEDIAN_SHARE:.0f}% of the smallest: a linear (power or "
+               "magnitude) spectrogram, not dB?")
     else:
         return {}
     return {"not_log_mel": f"{name}: not on the log-mel scale the model was trained on (floor "

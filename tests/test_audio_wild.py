@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 
+import librosa
 import numpy as np
 import pytest
 import soundfile as sf
@@ -65,6 +66,12 @@ def wild(tmp_path_factory):
     np.save(d / "linear.npy", np.abs(rng.standard_normal((96, 300))).astype(np.float32) * 0.01)
     np.save(d / "wide.npy", rng.uniform(-250, 40, (96, 300)).astype(np.float32))
     np.save(d / "logmel.npy", audio.log_mel(y))
+    # librosa's power mel without power_to_db, scaled into 80 "dB" (a trial's: no warning), and
+    # its magnitude: all values >= 0, half of them near the smallest
+    power = librosa.feature.melspectrogram(y=y + 0.01 * rng.standard_normal(len(y)), sr=SR,
+                                           n_fft=512, hop_length=256, n_mels=96)
+    np.save(d / "power_mel.npy", (39.4 * power / power.max()).astype(np.float32))
+    np.save(d / "magnitude_mel.npy", (1.11 * np.sqrt(power / power.max())).astype(np.float32))
     sf.write(d / "silent.flac", np.zeros((SR, 2)), SR)  # digital silence
     sf.write(d / "clipped.wav", np.clip(4 * y / np.abs(y).max(), -1, 1), SR, subtype="PCM_16")
     sf.write(d / "hot.wav", 40.0 * y, SR, subtype="FLOAT")  # never normalised: peak > 1
@@ -75,7 +82,8 @@ def wild(tmp_path_factory):
                "phase.wav": {"stereo_cancellation"}, "phone.wav": {"low_sample_rate"},
                "damaged.mp3": {"damaged_data", "duration_mismatch"},  # mpg123 notes too
                "truncated.wav": {"duration_mismatch"},
-               "linear.npy": {"not_log_mel"}, "wide.npy": {"not_log_mel"}}
+               "linear.npy": {"not_log_mel"}, "wide.npy": {"not_log_mel"},
+               "power_mel.npy": {"not_log_mel"}, "magnitude_mel.npy": {"not_log_mel"}}
 
 
 # ------------------------------------------------------------------- item 10: warnings as data
