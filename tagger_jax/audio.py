@@ -294,6 +294,11 @@ def _check_file(path: str | os.PathLike) -> Path:
         raise InputError(f"{d}: cannot read ({e.strerror or e})") from None
     if size == 0:
         raise InputError(f"{d}: empty file (0 bytes)")
+    try:  # else the decoders' "not a recognised audio format, or damaged" (a trial's chmod 000)
+        with open(p, "rb"):
+            pass
+    except OSError as e:
+        raise InputError(f"{d}: cannot read it ({e.strerror or e})") from None
     return p
 
 

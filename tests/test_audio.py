@@ -1,6 +1,8 @@
 """Audio decoding and log-mel features vs. librosa called directly and a NumPy float64 reference."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import scipy.signal
@@ -236,6 +238,25 @@ def test_input_errors_name_the_file(bad_files, case):
     for word in words:
         assert word in message, message
     assert isinstance(info.value, ValueError)
+
+
+def test_a_file_that_cannot_be_read_says_so(files, monkeypatch):
+    """A trial's chmod 000 file (run without root's override) was "not a recognised audio
+    format, or damaged (soundfile: System error.; ffmpeg: Permission denied)"."""
+    import builtins
+    import errno
+
+    path = files["clip.mp3"]
+
+    def refused(file, *args, **kwargs):
+        if os.fspath(file) == os.fspath(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(audio, "open", refused, raising=False)
+    with pytest.raises(InputError) as info:
+        audio.load_input(path)
+    assert str(info.value) == f"{path}: cannot read it (Permission denied)"
 
 
 def test_npy_inputs_accepted_and_cast(tmp_path):
