@@ -230,7 +230,9 @@ def scan_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tu
                 else:
                     here.append(f)
         found.extend(sorted(here))
-    return list(dict.fromkeys(found)), skipped
+    # a folder named twice (itself, and inside another named one) is walked twice: its inputs
+    # and its skipped files are listed once (a trial's unlistable folder was counted twice)
+    return list(dict.fromkeys(found)), list(dict.fromkeys(skipped))
 
 
 def _skip_reason(f: Path) -> str | None:

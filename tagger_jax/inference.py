@@ -753,7 +753,8 @@ def prepare(item: Input, geom: Geometry, plan: WindowPlan) -> Prepared:
                          f"{geom.architecture.name} expects {expected} axes")
     length = int(signal.shape[-1])
     x, padded = chunking.pad_to_length(signal, geom.chunk)
-    notes = [f"{item.name}: only {length} time steps, shorter than one window of {geom.chunk}; "
+    notes = [f"{item.name}: only {length} time step{'s' * (length != 1)}, shorter than one "
+             f"window of {geom.chunk}; "
              "the clip was repeated to fill the window"] if padded else []
     starts = plan.starts(x.shape[-1], geom)
     unique, inverse = np.unique(starts, return_inverse=True)

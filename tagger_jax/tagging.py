@@ -196,6 +196,7 @@ class ResultStore:
                  order: Sequence[str] = ()):
         self.output, self.results, self.every_s = output, list(done), every_s
         self.rank = {name: i for i, name in enumerate(order)}  # the final file's input order
+        self.kept = [r["file"] for r in done]  # the order of the results carried in
         self._last = time.monotonic()
         self._wait = every_s
 
@@ -208,10 +209,31 @@ class ResultStore:
             self._wait = max(self.every_s, 10.0 * (self._last - start))
 
     def close(self) -> None:
-        """Writes the results in input order (`order`; results of other inputs kept first)."""
+        """Writes the results in input order (`order`); a kept result of an input this run was
+        not given stays where it was, before the result it preceded (a trial's result of a
+        deleted file moved to the front)."""
         if self.output is not None:
-            self.results.sort(key=lambda r: self.rank.get(r["file"], -1))
-            write_json(self.results, self.output)
+            end = len(self.rank)
+            before: dict[str, int] = {}  # a kept result of another input: the rank of the next
+            for name in reversed(self.kept):  # kept result of this run's inputs
+                if name in self.rank:
+                    end = self.rank[name]
+                else:
+                    before[name] = end
+            self.results.sort(key=lambda r: (self.rank[r["file"]], 1) if r["file"] in self.rank
+                              else (before.get(r["file"], len(self.rank)), 0))
+            if not self._unchanged():
+                write_json(self.results, self.output)
+
+    def _unchanged(self) -> bool:
+        """Whether the output file already holds exactly these results: a run that reused every
+        one leaves it as it was (on a full disk it failed for nothing, a trial)."""
+        if len(self.results) != len(self.kept) or not self.output.exists():
+            return False
+        try:
+            return _read_results(self.output) == self.results
+        except Exception:  # noqa: BLE001 (unreadable: written again)
+            return False
 
 
 def part_path(output: Path, process: int) -> Path:

@@ -253,6 +253,26 @@ def test_a_closed_stdout_says_what_the_output_file_kept(model_dir, tmp_path):
                        f"{12 - kept}")
 
 
+def test_the_output_keeps_results_of_inputs_not_given_where_they_were(tmp_path):
+    """`--resume` after a file was deleted (a trial): its kept result moved to the front of the
+    file. It stays before the result it preceded; this run's inputs are in input order."""
+    out = tmp_path / "o.json"
+    done = [{"file": f} for f in ("x", "a", "b", "gone", "c", "y")]
+    store = tagging.ResultStore(out, done, order=["a", "c", "b", "d"])
+    store.add({"file": "d"})
+    store.close()
+    assert [r["file"] for r in json.loads(out.read_text())] == ["x", "a", "gone", "c", "b", "d",
+                                                                 "y"]
+    # A run that reused every result leaves the file as it was (on a full disk it failed).
+    kept = json.loads(out.read_text())
+    os.utime(out, (0, 0))
+    tagging.ResultStore(out, kept, order=["a", "c"]).close()
+    assert out.stat().st_mtime == 0
+    changed = [dict(r, top_tags=[]) for r in kept]  # as --top-k changes them
+    tagging.ResultStore(out, changed, order=["a", "c"]).close()
+    assert json.loads(out.read_text()) == changed
+
+
 def test_default_windows_cover_the_whole_track(loaded, inputs):
     """Default: windows at 0, 64, ..., plus one ending at frame 300; track = their mean."""
     spec = np.load(inputs / "spec.npy")
