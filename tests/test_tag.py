@@ -593,6 +593,25 @@ def test_a_truncated_mp3s_decoder_warning_is_a_note_not_raw_stderr(model_dir, tm
     assert damaged in str(stored["audio_warnings"])
 
 
+def test_a_folder_that_cannot_be_listed_is_skipped_once_when_named_twice(tmp_path, monkeypatch):
+    """A trial named `unr unr/lockeddir`: the unlistable folder was skipped, and counted, twice."""
+    import errno
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    walk = os.walk
+
+    def refusing(top, onerror=None, **kwargs):
+        if onerror is not None:
+            onerror(PermissionError(errno.EACCES, "Permission denied", str(locked)))
+        yield from walk(top, onerror=onerror, **kwargs)
+
+    monkeypatch.setattr(audio.os, "walk", refusing)
+    found, skipped = audio.scan_inputs([tmp_path, locked])
+    assert found == [] and skipped == [
+        (locked, "cannot list this directory (Permission denied)")]
+
+
 def test_directory_search_skips_explain_outputs_and_counts_what_it_skipped(tmp_path, capsys):
     """`tag DIR` over a folder holding an explain run: the files its summary JSON lists (the
     .orig.ogg playback copy, ...) are skipped with that reason; an .orig.ogg no summary lists is
