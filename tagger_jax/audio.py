@@ -831,23 +831,28 @@ def _check_float_array(p: Path, x: np.ndarray, what: str) -> None:
 LOG_MEL_FLOOR_DB = -100.0
 LOG_MEL_RANGE_DB = 80.0
 MIN_SPAN_DB = 1.0  # a log-mel of any sound but digital silence spans more than this
-LINEAR_MEDIAN_SHARE = 0.05  # a linear spectrogram has its median this near its minimum
+# Above these a spectrogram is not of audio within full scale (which peaks near 57 dB, or 28 dB
+# with power_to_db): about 40 dB (amplitude x 12) of margin for hot float files.
+LOUDEST_DB = {"amplitude_to_db": 100.0, "power_to_db": 50.0}
 
 
-def spectrogram_warnings(name: str, x: np.ndarray) -> dict[str, str]:
+def spectrogram_warnings(name: str, x: np.ndarray,
+                         log_scale: str = "amplitude_to_db") -> dict[str, str]:
     """{"not_log_mel": message} when a precomputed spectrogram is not on `log_mel`'s scale.
 
     Either log scale gives values >= -100 dB with at most 80 dB between the largest and the
     smallest (top_db); a spectrogram below the floor, wider than 80 dB, or spanning under 1 dB
-    without being digital silence (linear, normalised or constant values) gets the warning, and
-    so does one whose values are all >= 0 with their median in the lowest `LINEAR_MEDIAN_SHARE`
-    of the range: a linear (power or magnitude) spectrogram, librosa's `melspectrogram` without
-    `power_to_db` (a trial's got confident tags and no warning). A log-mel's quietest bins lie
-    40-80 dB below its loudest, around 40 dB for a full-scale tone, so they are negative, and
-    its median sits a tenth or more up its range (a clip mostly silent is all negative).
+    without being digital silence (linear, normalised or constant values) gets the warning. So
+    does one above `LOUDEST_DB` (audio within full scale peaks near 57 dB, or 28 with
+    `power_to_db`: 16-bit sample values taken as floats give 180 dB more) and one whose values
+    are all >= 0: a log-mel's quietest bins lie 40-80 dB below its loudest, so they are negative
+    unless the audio is far above full scale, and a linear (power or magnitude) spectrogram,
+    librosa's `melspectrogram` without `power_to_db`, has none below 0 (a trial's got confident
+    tags and no warning).
     """
     lo, hi = float(np.min(x)), float(np.max(x))
     eps = 1e-3
+    loudest = LOUDEST_DB[log_scale]
     if lo < LOG_MEL_FLOOR_DB - eps:
         why = f"values down to {lo:.1f}, below the floor of {LOG_MEL_FLOOR_DB:.0f} dB"
     elif hi - lo > LOG_MEL_RANGE_DB + eps:
@@ -855,10 +860,12 @@ def spectrogram_warnings(name: str, x: np.ndarray) -> dict[str, str]:
     elif hi - lo < MIN_SPAN_DB and hi > LOG_MEL_FLOOR_DB + eps:
         why = (f"it spans only {hi - lo:.3g} dB (values {lo:.3g} to {hi:.3g}): linear, "
                "normalised or constant values?")
-    elif lo >= 0 and float(np.median(x)) - lo < LINEAR_MEDIAN_SHARE * (hi - lo):
-        why = (f"its values are all >= 0 ({lo:.3g} to {hi:.3g}) and half of them lie within "
-               f"{100 * LINEAR_MEDIAN_SHARE:.0f}% of the smallest: a linear (power or "
-               "magnitude) spectrogram, not dB?")
+    elif hi > loudest:
+        why = (f"values up to {hi:.0f} dB, above the {loudest:.0f} dB that audio within full "
+               "scale stays under: samples not scaled to [-1, 1] (16-bit values as floats?)")
+    elif lo >= 0:
+        why = (f"its values are all >= 0 ({lo:.3g} to {hi:.3g}): a linear (power or "
+               "magnitude) spectrogram, not dB, or a log-mel of audio far above full scale?")
     else:
         return {}
     return {"not_log_mel": f"{name}: not on the log-mel scale the model was trained on (floor "
@@ -918,7 +925,8 @@ def read_input_with_duration(path: str | os.PathLike, features_config: Any = Non
         raise InputError(f"{d}: expected a spectrogram of shape ({params.n_mels}, T) with "
                          f"T >= 1, found shape {x.shape} (dtype {x.dtype})")
     _check_float_array(p, x, "spectrogram")
-    return InputRead(np.ascontiguousarray(x, dtype=np.float32), spectrogram_warnings(d, x), None)
+    return InputRead(np.ascontiguousarray(x, dtype=np.float32),
+                     spectrogram_warnings(d, x, params.log_scale), None)
 
 
 def read_array(samples: Any, sample_rate: int, features_config: Any = None,
@@ -933,7 +941,11 @@ def read_array(samples: Any, sample_rate: int, features_config: Any = None,
     empty array, non-finite samples, or a sample rate that is not a positive integer."""
     librosa = import_librosa()
 
-    x = np.asarray(samples)
+    try:
+        x = np.asarray(samples)
+    except (ValueError, TypeError) as e:  # ragged lists
+        raise InputError(f"{name}: not an array of samples (NumPy: "
+                         f"{str(e).splitlines()[0].split('. ')[0]})") from None
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) \
             or sample_rate <= 0:
         raise InputError(f"{name}: sample_rate must be a positive whole number of Hz, got "

@@ -51,9 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=module.HELP, description=module.HELP,
                            epilog=getattr(module, "EPILOG", None))
         module.add_arguments(p)
-        if name in INFERENCE_COMMANDS:  # also after the command (a trial put it there)
-            p.add_argument("--no-compilation-cache", action="store_true",
-                           default=argparse.SUPPRESS, help=cache_help)
+        p.add_argument("--no-compilation-cache", action="store_true",  # also after the
+                       default=argparse.SUPPRESS, help=cache_help)  # command (a trial's)
         p.set_defaults(_run=module.run)
     return parser
 

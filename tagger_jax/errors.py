@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import traceback
 import warnings
 from typing import Iterator
@@ -223,15 +224,25 @@ SWALLOWING_CALLBACKS = ("_xla_gc_callback",)
 REDELIVER_S = 0.05  # the signal is sent again this much later, when the callback has returned
 
 
+def _importing(frame) -> bool:
+    """Whether `frame` runs inside an import (a frame of importlib's bootstrap below it)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def redeliver_if_swallowed(signum: int, frame) -> bool:
     """In a signal handler about to raise: if the signal interrupted a callback that would drop
-    the exception (`SWALLOWING_CALLBACKS`), sends the signal to this process again
-    `REDELIVER_S` later from a timer thread and returns True (the handler then returns without
-    raising); otherwise False."""
-    if frame is None or frame.f_code.co_name not in SWALLOWING_CALLBACKS:
+    the exception (`SWALLOWING_CALLBACKS`) or an import (an exception raised in the middle of
+    JAX's import broke an extension module's initialisation: an ImportError, an abort from C++
+    or a crash, found by Ctrl-C in a command's first second), sends the signal to this process
+    again `REDELIVER_S` later from a timer thread and returns True (the handler then returns
+    without raising); otherwise False."""
+    if frame is None or (frame.f_code.co_name not in SWALLOWING_CALLBACKS
+                         and not _importing(frame)):
         return False
-    import threading
-
     timer = threading.Timer(REDELIVER_S, os.kill, (os.getpid(), signum))
     timer.daemon = True
     timer.start()
@@ -245,6 +256,7 @@ def guarded(run, *args, prog: str = "tagger-jax", owns_process: bool = False) ->
     caller is the process's entry point (the console script, train.py as a script), so after
     Ctrl-C or SIGTERM this ends the process itself (`exit_after_interrupt`); in-process callers
     (tests) get the status back."""
+    STOPPING.clear()
     previous = _raise_on_sigterm()
     previous_int = _raise_on_sigint()
     quiet_full_disk_logs()
@@ -315,6 +327,7 @@ def _raise_on(signum: int, exception: type[BaseException]):
     set from Python), or _NOT_SET off the main thread, where handlers cannot be set."""
     def handler(signum, frame):
         if not redeliver_if_swallowed(signum, frame):
+            STOPPING.set()
             raise exception()
 
     try:
@@ -338,6 +351,10 @@ def _raise_on_sigint():
 
 
 _EARLY_SIGINTS: list[int] = []  # Ctrl-C received while `defer_interrupts` held it
+# Set by `guarded`'s Ctrl-C and SIGTERM handlers as they raise in the main thread: a worker
+# thread that waits long (librosa's cache lock, `librosa_import`) gives up, so the unwinding
+# main thread does not wait for it (a trial's Ctrl-C waited 35 s for another run's lock).
+STOPPING = threading.Event()
 
 
 def _remember_sigint(signum, frame) -> None:

@@ -1231,9 +1231,12 @@ class Engine:
             raise ValueError(f"{len(names)} names for {len(waves)} arrays")
 
         def fingerprint(x: Any) -> str:
-            a = np.ascontiguousarray(x)
-            return (f"array:{a.dtype.str}:{a.shape}:"
-                    f"{hashlib.sha1(a.view(np.uint8).reshape(-1)).hexdigest()}")
+            try:
+                a = np.ascontiguousarray(x)
+                return (f"array:{a.dtype.str}:{a.shape}:"
+                        f"{hashlib.sha1(a.view(np.uint8).reshape(-1)).hexdigest()}")
+            except (ValueError, TypeError):  # ragged or of objects: its reading fails, named
+                return f"array:unreadable:{id(x)}"
 
         return [Input(key=key, name=name, fingerprint=fingerprint(wave),
                       load=functools.partial(audio.read_array, wave, sample_rate, self.features,

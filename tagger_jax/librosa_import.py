@@ -35,6 +35,7 @@ import importlib.util
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Optional
@@ -142,6 +143,27 @@ def import_librosa(directory: Optional[Path] = None) -> ModuleType:
 _THREAD_LOCK = threading.Lock()
 
 
+def _wait(lock) -> None:
+    """`lock.acquire` for up to `LOCK_TIMEOUT_S` (then filelock.Timeout), a second at a time,
+    giving up with KeyboardInterrupt once the command is stopping (`errors.STOPPING`: Ctrl-C or
+    SIGTERM reached the main thread, which would otherwise wait for this decoding thread; a
+    trial's Ctrl-C ended only when the other run released the lock, 35 s later)."""
+    import filelock
+
+    from tagger_jax import errors
+
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    while True:
+        try:
+            lock.acquire(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+            return
+        except filelock.Timeout:
+            if errors.STOPPING.is_set():
+                raise KeyboardInterrupt from None
+            if time.monotonic() >= deadline:
+                raise
+
+
 def _import_once(directory: Optional[Path]) -> ModuleType:
     directory = directory or numba_cache_dir()
     if directory is None:  # numba writes no cache: nothing to corrupt
@@ -161,7 +183,7 @@ def _import_once(directory: Optional[Path]) -> ModuleType:
             _note(f"waiting for another process to fill librosa's numba cache ({lock_file}; "
                   "another run, or a worker of this one); once per install, about a minute on 2 "
                   "cores")
-            lock.acquire(timeout=LOCK_TIMEOUT_S)
+            _wait(lock)
     except filelock.Timeout:
         _note(f"{lock_file} still held after {LOCK_TIMEOUT_S:.0f} s; importing librosa "
               "without it")

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from tagger_jax.workdir import METRICS_FILE, TENSORBOARD_DIR
+from tagger_jax.workdir import METRICS_FILE, TENSORBOARD_DIR, check_still_there
 
 
 class MetricWriter:
@@ -55,6 +55,7 @@ class MetricWriter:
                     self.tb.add_scalar(f"{split}/{k}", float(v), int(step))
             self.tb.flush()
         except OSError as e:
+            check_still_there(self.path.parent, step)  # the workdir deleted: said as such
             raise OSError(e.errno, e.strerror or str(e), str(target)) from e
 
     def close(self) -> None:

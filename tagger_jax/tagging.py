@@ -150,12 +150,13 @@ def rounded(values: Any, decimals: int) -> Any:
 CSV_FIXED_COLUMNS = ("file", "duration_s")  # then one column per tag
 
 
-def write_csv(results: Sequence[dict], output: str | os.PathLike) -> None:
+def write_csv(results: Sequence[dict], output: str | os.PathLike) -> bool:
     """The track-level probabilities of `results` (successful tag results of one model, in the
     order given) as a CSV table: a header `file,duration_s,TAG,...` (the model's tag order),
-    one row each; written atomically. Python's csv quoting (names with commas or quotes).
-    ValueError, nothing written, for a failed result (one with an `error` field) or results of
-    models with other tags."""
+    one row each; written atomically, unless `output` already holds exactly that table (returns
+    whether it wrote). Python's csv quoting (names with commas or quotes). ValueError, nothing
+    written, for a failed result (one with an `error` field) or results of models with other
+    tags."""
     import csv
     import io
 
@@ -174,8 +175,14 @@ def write_csv(results: Sequence[dict], output: str | os.PathLike) -> None:
             raise ValueError(f"{output}: {r['file']} was tagged with other tags than "
                              f"{results[0]['file']}; one table holds one model's results")
         writer.writerow([r["file"], r["duration_s"], *r["probabilities"]])
+    try:
+        if output.read_text(encoding="utf-8", errors="surrogateescape") == text.getvalue():
+            return False  # (a --resume that reused every result: nothing to write)
+    except OSError:
+        pass
     output.parent.mkdir(parents=True, exist_ok=True)
     outputs.atomic_write_text(output, text.getvalue())
+    return True
 
 
 def write_json(results: list[dict], output: Path) -> None:
@@ -197,6 +204,7 @@ class ResultStore:
         self.output, self.results, self.every_s = output, list(done), every_s
         self.rank = {name: i for i, name in enumerate(order)}  # the final file's input order
         self.kept = [r["file"] for r in done]  # the order of the results carried in
+        self.written = False  # whether `close` changed the file
         self._last = time.monotonic()
         self._wait = every_s
 
@@ -211,7 +219,7 @@ class ResultStore:
     def close(self) -> None:
         """Writes the results in input order (`order`); a kept result of an input this run was
         not given stays where it was, before the result it preceded (a trial's result of a
-        deleted file moved to the front)."""
+        deleted file moved to the front). `written` says whether the file changed."""
         if self.output is not None:
             end = len(self.rank)
             before: dict[str, int] = {}  # a kept result of another input: the rank of the next
@@ -222,7 +230,8 @@ class ResultStore:
                     before[name] = end
             self.results.sort(key=lambda r: (self.rank[r["file"]], 1) if r["file"] in self.rank
                               else (before.get(r["file"], len(self.rank)), 0))
-            if not self._unchanged():
+            self.written = not self._unchanged()
+            if self.written:
                 write_json(self.results, self.output)
 
     def _unchanged(self) -> bool:

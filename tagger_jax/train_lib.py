@@ -405,8 +405,8 @@ def _train_and_evaluate(config: Any, workdir: Path, data: Optional[TrainData],
                 save_due = (epoch_end or step == total_steps or preempted
                             or step % int(t.checkpoint_every_steps) == 0)
                 if step % int(t.log_every_steps) == 0 or save_due:
-                    wd.check_still_there(workdir, step)
-                    losses = _check_finite(pending, workdir, last_saved)
+                    losses = _check_finite(pending, workdir, last_saved)  # waits for the steps
+                    wd.check_still_there(workdir, step)  # (and the metrics write, if it fails)
                     elapsed = time.perf_counter() - window_start
                     train_metrics = {
                         "loss": float(np.mean(losses)),

@@ -218,7 +218,8 @@ def check_still_there(workdir: Path, step: int) -> None:
     deleted went on, and either stopped at its next metrics line with an unexpected error or,
     where the next checkpoint had made the folder again, ended with status 0 and no word of the
     config, metrics and checkpoints it had lost. Checked by every process at each logged step
-    (a stat; the file itself, not the folder's inode, which network file systems may renew)."""
+    (a stat; the file itself, not the folder's inode, which network file systems may renew) and
+    when a metrics write fails (the folder may go between the two)."""
     if (workdir / CONFIG_FILE).is_file():
         return
     raise WorkdirGoneError(

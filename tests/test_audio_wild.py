@@ -72,6 +72,10 @@ def wild(tmp_path_factory):
                                            n_fft=512, hop_length=256, n_mels=96)
     np.save(d / "power_mel.npy", (39.4 * power / power.max()).astype(np.float32))
     np.save(d / "magnitude_mel.npy", (1.11 * np.sqrt(power / power.max())).astype(np.float32))
+    noise = librosa.feature.melspectrogram(y=0.3 * rng.standard_normal(len(y)), sr=SR,
+                                           n_fft=512, hop_length=256, n_mels=96)
+    np.save(d / "noise_power_mel.npy", noise.astype(np.float32))  # its median 8% up the range
+    np.save(d / "int16_scale.npy", audio.log_mel(32767.0 * y))  # samples as 16-bit values
     sf.write(d / "silent.flac", np.zeros((SR, 2)), SR)  # digital silence
     sf.write(d / "clipped.wav", np.clip(4 * y / np.abs(y).max(), -1, 1), SR, subtype="PCM_16")
     sf.write(d / "hot.wav", 40.0 * y, SR, subtype="FLOAT")  # never normalised: peak > 1
@@ -83,7 +87,8 @@ def wild(tmp_path_factory):
                "damaged.mp3": {"damaged_data", "duration_mismatch"},  # mpg123 notes too
                "truncated.wav": {"duration_mismatch"},
                "linear.npy": {"not_log_mel"}, "wide.npy": {"not_log_mel"},
-               "power_mel.npy": {"not_log_mel"}, "magnitude_mel.npy": {"not_log_mel"}}
+               "power_mel.npy": {"not_log_mel"}, "magnitude_mel.npy": {"not_log_mel"},
+               "noise_power_mel.npy": {"not_log_mel"}, "int16_scale.npy": {"not_log_mel"}}
 
 
 # ------------------------------------------------------------------- item 10: warnings as data

@@ -84,6 +84,7 @@ def test_no_compilation_cache_is_taken_before_or_after_the_command():
     assert parse(["tag", "--checkpoint", "m", "x.wav", "--no-compilation-cache"]) \
         .no_compilation_cache
     assert not parse(["tag", "--checkpoint", "m", "x.wav"]).no_compilation_cache
+    assert parse(["train", "--config", "c.py", "--no-compilation-cache"]).no_compilation_cache
 
 
 def test_a_usage_error_is_one_line_with_status_2(capsys):
@@ -151,3 +152,30 @@ def test_ctrl_c_while_the_command_starts_stops_it_at_once_with_status_130(tmp_pa
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "tagger-jax: interrupted; finished results are kept\n"
     assert not (tmp_path / "out.json").exists()
+
+
+def test_ctrl_c_during_an_import_waits_for_the_import_to_finish(tmp_path):
+    """Raised in the middle of JAX's import (a command that imports it inside its guard: train,
+    or --no-compilation-cache), Ctrl-C broke an extension's initialisation: an ImportError, an
+    abort, a crash, or a run that went on (a verifying user). The guard's handler sends it again
+    once the import is done: the module is whole, then the command stops with status 130."""
+    (tmp_path / "slow_module.py").write_text(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while this module is imported\n"
+        "end = time.monotonic() + 0.3\n"
+        "while time.monotonic() < end:\n"
+        "    pass\n"
+        "whole = True\n")
+    code = ("import sys, time\n"
+            f"sys.path.insert(0, {str(tmp_path)!r})\n"
+            "from tagger_jax import errors\n"
+            "def run():\n"
+            "    import slow_module\n"
+            "    print('imported whole:', slow_module.whole, flush=True)\n"
+            "    time.sleep(30)\n"
+            "sys.exit(errors.guarded(run))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stdout == "imported whole: True\n"
+    assert proc.stderr == "tagger-jax: interrupted; finished results are kept\n"

@@ -71,6 +71,29 @@ def test_first_import_waits_for_the_lock_then_marks_the_cache_filled(tmp_path):
         assert WAITING not in _import_in_a_subprocess(tmp_path)[0]
 
 
+def test_a_wait_for_the_lock_gives_up_when_the_command_stops(tmp_path, monkeypatch):
+    """A trial's Ctrl-C during a wait for another run's lock ended only when that run let go
+    (35 s later): the main thread unwound, then waited for the decoding thread that waited for
+    the lock. The wait now gives up within a second once the command is stopping."""
+    import time
+
+    from tagger_jax import errors
+
+    held = _lock(tmp_path)
+    path = held.lock_file
+    monkeypatch.setattr(librosa_import, "LOCK_TIMEOUT_S", 0.3)
+    with held:
+        with pytest.raises(filelock.Timeout):  # not stopping: the wait's own limit
+            librosa_import._wait(filelock.FileLock(str(path)))
+        monkeypatch.setattr(librosa_import, "LOCK_TIMEOUT_S", 60.0)
+        monkeypatch.setattr(errors, "STOPPING", threading.Event())
+        threading.Timer(0.5, errors.STOPPING.set).start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            librosa_import._wait(filelock.FileLock(str(path)))
+        assert time.monotonic() - start < 3.0
+
+
 def test_the_modules_are_imported_while_the_lock_is_held(tmp_path, monkeypatch):
     held = []
 

@@ -321,8 +321,8 @@ def test_a_signal_that_lands_in_a_swallowing_callback_is_sent_again(monkeypatch)
     gc_frame = SimpleNamespace(f_code=SimpleNamespace(co_name="_xla_gc_callback"))
     assert errors.redeliver_if_swallowed(signal.SIGINT, gc_frame)
     assert not errors.redeliver_if_swallowed(signal.SIGINT, None)
-    assert not errors.redeliver_if_swallowed(
-        signal.SIGINT, SimpleNamespace(f_code=SimpleNamespace(co_name="train_step")))
+    assert not errors.redeliver_if_swallowed(signal.SIGINT, SimpleNamespace(
+        f_code=SimpleNamespace(co_name="train_step", co_filename="train_lib.py"), f_back=None))
     time.sleep(errors.REDELIVER_S + 0.2)
     assert kills == [(os.getpid(), signal.SIGINT)]
     seen = {}

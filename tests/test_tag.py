@@ -219,6 +219,12 @@ def test_audio_in_memory_is_tagged_and_embedded_as_its_file_would_be(loaded, tmp
     theirs = embedding.embed(engine, engine.file_inputs([tmp_path / "s.wav"]))
     assert mine.names == ["s.wav"] and mine.embedding.shape == theirs.embedding.shape
     np.testing.assert_array_equal(mine.embedding, theirs.embedding)
+    ragged, objects = tagger.tag(engine.array_inputs(
+        [[[0.1, 0.2], [0.3]], np.array([object(), 1.0], dtype=object)], 16000,
+        names=["ragged", "objects"]), progress=False)
+    assert ragged["error"] == ("ragged: not an array of samples (NumPy: setting an array "
+                               "element with a sequence)")
+    assert objects["error"] == "objects: expected float samples (full scale 1.0), got dtype object"
     with pytest.raises(ValueError, match="^1 names for 2 arrays$"):
         engine.array_inputs([stereo, stereo], 22050, names=["one"])
     with pytest.raises(audio.InputError, match=r"^x: sample_rate must be a positive whole"):
@@ -799,5 +805,5 @@ def test_csv_table_holds_every_tagged_input_in_input_order(model_dir, inputs, tm
     assert cli.main(argv) == 0  # the second run finds the first's table in the folder
     said = capsys.readouterr().err.splitlines()
     assert [line for line in said if "t.csv" in line] == [  # not a skipped input
-        f"table written to {folder / 't.csv'}"]
+        f"{folder / 't.csv'} unchanged (it held this table)"]  # the same numbers again
     assert len((folder / "t.csv").read_text().splitlines()) == 2

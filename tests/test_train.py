@@ -587,6 +587,30 @@ def test_a_workdir_deleted_during_training_stops_it_with_one_line(tmp_path, fini
         "there, or resume a moved workdir from its new place (--workdir)\n")
 
 
+def test_a_workdir_deleted_just_before_a_metrics_line_is_said_as_such(tmp_path, finished_run,
+                                                                      monkeypatch):
+    """A verifying user deleted the workdir while the step's check waited for the device: the
+    metrics write then failed as an unexpected error (status 70). It is the same one line."""
+    import shutil
+
+    from tagger_jax.metric_writer import MetricWriter
+
+    config, _, _ = finished_run
+    workdir = tmp_path / "w"
+    write, calls = MetricWriter.write, []
+
+    def deleted_first(self, step, split, scalars):
+        calls.append(step)
+        if len(calls) == 3:
+            shutil.rmtree(workdir)
+        return write(self, step, split, scalars)
+
+    monkeypatch.setattr(MetricWriter, "write", deleted_first)
+    with pytest.raises(wd.WorkdirGoneError, match="the workdir was deleted or moved while this "
+                       f"training ran .*noticed at step {3}"):
+        train_lib.train_and_evaluate(config, workdir, toy_data(config))
+
+
 @pytest.mark.parametrize("where", ["checkpoints", "best"])
 def test_ctrl_c_inside_a_restore_is_an_interrupt_not_a_broken_checkpoint(tmp_path, finished_run,
                                                                          monkeypatch, where):

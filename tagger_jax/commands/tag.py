@@ -291,15 +291,17 @@ def _run(args: argparse.Namespace, process: int, processes: int) -> int:
         if warned:
             print(warned, file=sys.stderr)
     if args.output is not None:
-        print(f"results written to {args.output}", file=sys.stderr)
+        print(f"results written to {args.output}" if store.written or processes > 1 else
+              f"{args.output} unchanged (it held every result)", file=sys.stderr)
     if args.csv is not None:  # this run's inputs, tagged now or reused: the output file has both
         kept = tagging.finished_results(args.output) if args.output is not None else results
         rows = {r["file"]: r for r in kept if "error" not in r}
         try:
-            tagging.write_csv([rows[n] for n in names if n in rows], args.csv)
+            wrote = tagging.write_csv([rows[n] for n in names if n in rows], args.csv)
         except ValueError as e:
             return error(str(e))
-        print(f"table written to {args.csv}", file=sys.stderr)
+        print(f"table written to {args.csv}" if wrote else
+              f"{args.csv} unchanged (it held this table)", file=sys.stderr)
     failed = [r for r in results if "error" in r]
     # The counts and each failure, as embed and explain end (on stderr: stdout holds the tags).
     print(inference.run_summary("tagged", len(results) - len(failed), reused, len(failed),
