@@ -12,4 +12,4 @@ if __name__ == "__main__":
     errors.defer_interrupts()  # Ctrl-C before the command starts: tagger_jax/errors.py
     use_for_inference()  # tagger_jax/xla_cpu.py: why
     reexec_with_huge_pages()  # tagger_jax/huge_pages.py: why
-    sys.exit(main())
+    sys.exit(main(owns_process=True))

@@ -232,10 +232,14 @@ def _attention_layers(loaded) -> int | None:
             and "attention_layers" in model else None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the top-level `explain.py` (same flags as the subcommand)."""
+def main(argv: list[str] | None = None, owns_process: bool = False) -> int:
+    """Entry point of the top-level `explain.py` (same flags as the subcommand); `owns_process`:
+    run as the process's script, which then ends itself after Ctrl-C or SIGTERM
+    (`errors.exit_after_interrupt`: the interpreter's teardown crashed after an interrupt during
+    compilation, status -11 after the interrupted line)."""
     parser = argparse.ArgumentParser(prog="explain.py", description=HELP, epilog=EPILOG)
     add_arguments(parser)
     from tagger_jax import errors
 
-    return errors.guarded(run, parser.parse_args(argv), prog="explain.py")
+    return errors.guarded(run, parser.parse_args(argv), prog="explain.py",
+                          owns_process=owns_process)
