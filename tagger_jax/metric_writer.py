@@ -55,7 +55,8 @@ class MetricWriter:
                     self.tb.add_scalar(f"{split}/{k}", float(v), int(step))
             self.tb.flush()
         except OSError as e:
-            check_still_there(self.path.parent, step)  # the workdir deleted: said as such
+            if isinstance(e, FileNotFoundError):  # the workdir deleted: said as such
+                check_still_there(self.path.parent, step)
             raise OSError(e.errno, e.strerror or str(e), str(target)) from e
 
     def close(self) -> None:

@@ -137,6 +137,7 @@ def test_ctrl_c_while_the_command_starts_stops_it_at_once_with_status_130(tmp_pa
     until the command's guard starts, which stops at once: status 130, one line, nothing done;
     a process that would re-execute itself does not (the new one would forget it)."""
     code = ("import os, signal, sys\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal\n"
             "from tagger_jax import cli, errors, huge_pages\n"
             "errors.defer_interrupts()\n"
             "os.kill(os.getpid(), signal.SIGINT)  # while JAX is imported below\n"
@@ -166,7 +167,8 @@ def test_ctrl_c_during_an_import_waits_for_the_import_to_finish(tmp_path):
         "while time.monotonic() < end:\n"
         "    pass\n"
         "whole = True\n")
-    code = ("import sys, time\n"
+    code = ("import signal, sys, time\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal\n"
             f"sys.path.insert(0, {str(tmp_path)!r})\n"
             "from tagger_jax import errors\n"
             "def run():\n"
