@@ -543,8 +543,6 @@ def load_audio_checked(path: str | os.PathLike, sample_rate: int = 16000,
     Codes (docs/audio.md): `damaged_data`, `duration_mismatch`, `low_sample_rate`,
     `stereo_cancellation`, `silence`, `clipping`, `over_full_scale`, `dc_offset`.
     """
-    librosa = import_librosa()
-
     p = _check_file(path)
     fmt = sniff_format(p)
     mpeg, problems = _is_mpeg(p, fmt), []
@@ -553,16 +551,28 @@ def load_audio_checked(path: str | os.PathLike, sample_rate: int = 16000,
         return _load_streamed(p, opened, mpeg, problems, sample_rate)
     decoded = _decode_opened(p, fmt, opened, problems)
     d = display_path(path)
-    y, native_rate = decoded.samples, decoded.sample_rate
+    y = decoded.samples
     if y.shape[-1] == 0:
         raise InputError(f"{d}: decoded to zero samples")
+    return _mono_at_rate(d, decoded, sample_rate, res_type)
+
+
+def _mono_at_rate(name: str, decoded: Decoded, sample_rate: int,
+                  res_type: str) -> tuple[np.ndarray, dict[str, str]]:
+    """(float32 mono waveform at `sample_rate`, warnings) of `decoded` (non-empty): refused with
+    `InputError` for non-finite samples, its degradations said (`decode_warnings`), then mixed to
+    mono and resampled in `librosa.load`'s order and with its functions."""
+    librosa = import_librosa()
+
+    y = decoded.samples
     if not np.all(np.isfinite(y)):
         bad = int(np.size(y) - np.count_nonzero(np.isfinite(y)))
-        raise InputError(f"{d}: {bad} non-finite samples (NaN or inf)")
-    notes = decode_warnings(d, decoded, sample_rate)
+        raise InputError(f"{name}: {bad} non-finite samples (NaN or inf)")
+    notes = decode_warnings(name, decoded, sample_rate)
     y = librosa.to_mono(y) if y.shape[0] > 1 else y[0]
-    if native_rate != sample_rate:
-        y = librosa.resample(y, orig_sr=native_rate, target_sr=sample_rate, res_type=res_type)
+    if decoded.sample_rate != sample_rate:
+        y = librosa.resample(y, orig_sr=decoded.sample_rate, target_sr=sample_rate,
+                             res_type=res_type)
     return np.ascontiguousarray(y, dtype=np.float32), notes
 
 
@@ -939,8 +949,6 @@ def read_array(samples: Any, sample_rate: int, features_config: Any = None,
     warnings (docs/audio.md; none of the decoder's). Raises `InputError` starting with `name` for
     a shape that is not (N,) or (channels, N) with fewer channels than samples, a non-float or
     empty array, non-finite samples, or a sample rate that is not a positive integer."""
-    librosa = import_librosa()
-
     try:
         x = np.asarray(samples)
     except (ValueError, TypeError) as e:  # ragged lists
@@ -959,18 +967,10 @@ def read_array(samples: Any, sample_rate: int, features_config: Any = None,
     if x.ndim not in (1, 2) or x.shape[-1] == 0:
         raise InputError(f"{name}: expected (N,) or (channels, N) samples with N >= 1, got shape "
                          f"{x.shape}")
-    if not np.all(np.isfinite(x)):
-        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
-        raise InputError(f"{name}: {bad} non-finite samples (NaN or inf)")
     params = features_from_config(features_config)
-    y = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
-    notes = decode_warnings(name, Decoded(y, int(sample_rate), "array", lossy=False),
-                            params.sample_rate)
-    y = librosa.to_mono(y) if y.shape[0] > 1 else y[0]
-    if sample_rate != params.sample_rate:
-        y = librosa.resample(y, orig_sr=int(sample_rate), target_sr=params.sample_rate,
-                             res_type=RES_TYPE)
-    wave = np.ascontiguousarray(y, dtype=np.float32)
+    wave, notes = _mono_at_rate(name, Decoded(np.ascontiguousarray(np.atleast_2d(x), np.float32),
+                                              int(sample_rate), "array", lossy=False),
+                                params.sample_rate, RES_TYPE)
     signal = wave if waveform else log_mel(wave, **params.mel_kwargs)
     return InputRead(signal, notes, duration(wave, params.sample_rate),
                      wave if keep_audio else None)
