@@ -11,8 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import (_bench, forward_pieces, gpu_bench, inference, model_step,  # noqa: E402
-                        train_step)
+from benchmarks import (_bench, eval_batch, forward_pieces, gpu_bench, inference,  # noqa: E402
+                        model_step, train_step)
 
 
 @pytest.mark.parametrize("parse, argv, says", [
@@ -30,6 +30,10 @@ from benchmarks import (_bench, forward_pieces, gpu_bench, inference, model_step
     (inference.parse_args, ["--config", "/no/such/config.py"],
      "--config /no/such/config.py: no such file"),
     (train_step.parse_args, ["--batch-sizes", "16,x"], "'x' is not an integer"),
+    (eval_batch.parse_args, ["--sizes", "25,0"], "argument --sizes: must be at least 1, got 0"),
+    (eval_batch.parse_args, ["--rounds", "0"], "argument --rounds: must be at least 1, got 0"),
+    (eval_batch.parse_args, ["--config", "/no/such/config.py"],
+     "--config /no/such/config.py: no such file"),
     (train_step.parse_args, ["--steps", "-1"], "must be at least 1, got -1"),
     (forward_pieces.main, ["--batch", "0"], "argument --batch: must be at least 1, got 0"),
     (gpu_bench.parse_args, ["--parts", "train,inferense"],
