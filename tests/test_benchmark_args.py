@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import (_bench, eval_batch, forward_pieces, gpu_bench, inference,  # noqa: E402
-                        model_step, train_step)
+                        install, model_step, train_step)
 
 
 @pytest.mark.parametrize("parse, argv, says", [
@@ -34,6 +34,8 @@ from benchmarks import (_bench, eval_batch, forward_pieces, gpu_bench, inference
     (eval_batch.parse_args, ["--rounds", "0"], "argument --rounds: must be at least 1, got 0"),
     (eval_batch.parse_args, ["--config", "/no/such/config.py"],
      "--config /no/such/config.py: no such file"),
+    (install.parse_args, ["--rounds", "0"], "argument --rounds: must be at least 1, got 0"),
+    (install.parse_args, ["--python", "no-such-python3"], "--python no-such-python3: not found"),
     (train_step.parse_args, ["--steps", "-1"], "must be at least 1, got -1"),
     (forward_pieces.main, ["--batch", "0"], "argument --batch: must be at least 1, got 0"),
     (gpu_bench.parse_args, ["--parts", "train,inferense"],
