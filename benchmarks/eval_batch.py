@@ -56,13 +56,13 @@ def worker(config_path: str, size: int) -> dict:
     import jax
     import numpy as np
 
-    from tagger_jax import sharding, validation
+    from tagger_jax import gm_score, sharding, validation
     from tagger_jax.config_base import config_file
     from tagger_jax.models import build_model, input_shape
 
     config = config_file(Path(config_path))
     config.train.eval_batch_size = size
-    num_tags = 18
+    num_tags = len(gm_score.TAGS)  # soundfont_tags' tags
     model = build_model(config.model, num_tags)
     x = np.zeros((1, *input_shape(config.model, config.features.chunk_frames)), np.float32)
     variables = model.init(jax.random.PRNGKey(0), x)

@@ -33,7 +33,7 @@ def get_config():
     config.train.warmup_steps = 30  # short warmup (93 steps per epoch)
     config.train.batch_size = 16  # more updates per clip than 32; same clips/s on CPU
     config.train.eval_batch_size = 5  # clips per evaluation batch (x 16 chunks); 25 took
-    # 1.7 times as long under huge pages (docs/benchmarks.md, "Evaluation batches")
+    # 1.7 times as long (docs/benchmarks.md, "Evaluation batches under the tunable")
     config.train.num_epochs = 16  # about 7 minutes of training on 2 cores
     config.train.eval_every_epochs = 8  # validation after epochs 8 and 16
     config.train.log_every_steps = 25  # train metrics every 25 steps
