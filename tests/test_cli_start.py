@@ -173,7 +173,9 @@ def test_ctrl_c_during_an_import_waits_for_the_import_to_finish(tmp_path):
             "from tagger_jax import errors\n"
             "def run():\n"
             "    import slow_module\n"
-            "    print('imported whole:', slow_module.whole, flush=True)\n"
+            # one write call: the Ctrl-C sent again after the import lands between bytecodes,
+            # possibly right here; print's separate writes could be cut in two (flushed at exit)
+            "    sys.stdout.write(f'imported whole: {slow_module.whole}\\n')\n"
             "    time.sleep(30)\n"
             "sys.exit(errors.guarded(run))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
