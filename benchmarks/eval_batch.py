@@ -13,7 +13,8 @@ a fresh subprocess, sizes interleaved within each round; the table gives the med
 over rounds of each phase and of the three together, and each size's total as a ratio to the
 first size's in the same round. The subprocesses run with glibc's transparent-huge-page tunable
 (`tagger_jax.huge_pages.TUNABLE`), as train.py re-executes itself with it, unless
---no-huge-pages. Needs jax, flax, ml-collections and numpy; not the data stack.
+--no-huge-pages. Needs jax, flax, ml-collections, numpy and scikit-learn (the metrics); not
+TFDS or grain.
 """
 from __future__ import annotations
 
