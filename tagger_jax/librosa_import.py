@@ -181,8 +181,7 @@ def _import_once(directory: Optional[Path]) -> ModuleType:
             lock.acquire(timeout=0)
         except filelock.Timeout:
             _note(f"waiting for another process to fill librosa's numba cache ({lock_file}; "
-                  "another run, or a worker of this one); once per install, about a minute on 2 "
-                  "cores")
+                  "another run, or a worker of this one); once per install (about 20 s on 2 cores)")
             _wait(lock)
     except filelock.Timeout:
         _note(f"{lock_file} still held after {LOCK_TIMEOUT_S:.0f} s; importing librosa "
