@@ -274,14 +274,14 @@ def embed_inputs(engine: inference.Engine, items: Sequence[inference.Input],
         from tagger_jax import errors
 
         errors.interrupted_note(e, "embedded", len(done), len(todo), f"are in {out}",
-                                "running it again embeds")
+                                "running it again embeds", reused=len(skipped))
         raise
     except Exception as e:  # a full disk: said with what is kept (a trial got a bare errno line)
         from tagger_jax import errors
 
         if errors.storage_full(e):
             errors.interrupted_note(e, "embedded", len(done), len(todo), f"are in {out}",
-                                    "running it again embeds")
+                                    "running it again embeds", reused=len(skipped))
         raise
     for counted in (inference.warning_counts(warned, len(todo)),
                     inference.warning_counts(reused_warned, len(skipped), reused=True)):

@@ -423,15 +423,18 @@ def raise_if_interrupted(error: BaseException) -> None:
 
 
 def interrupted_note(error: BaseException, verb: str, done: int, todo: int, where: str,
-                     again: str | None, failed: int = 0) -> None:
+                     again: str | None, failed: int = 0, reused: int = 0) -> None:
     """Adds to an interrupt (Ctrl-C, SIGTERM) passing through a batch command what it finished,
     for `report`'s line: "interrupted; 12 of 40 input(s) explained in this run are in out;
     running it again explains the other 28" (`again`: None leaves that part out). Without it
     the line said only "finished results are kept" (a new user's trial: how many, and where?).
     `failed`: inputs of this run that failed and are recorded as such (a rerun does not retry
-    them without --retry-failed), said and left out of "the other N"."""
+    them without --retry-failed), said and left out of "the other N". `reused`: inputs whose
+    results earlier runs left there and this run kept, said too (a trial's stopped rerun named
+    only the 6 it had explained, not the 9 it had reused)."""
     left = todo - done - failed
     error.add_note(f"{done} of {todo} input(s) {verb} in this run {where}"
+                   + (f", besides {reused} {verb} by earlier runs (reused)" if reused else "")
                    + (f", {failed} failed (recorded; --retry-failed tries them again)"
                       if failed else "")
                    + (f"; {again} the other {left}" if again and left > 0 else ""))

@@ -203,6 +203,10 @@ def test_embed_stops_at_a_full_disk_and_the_same_command_finishes(
     assert err.startswith(f"error: {out / Path(inputs[2]).name}.npz: cannot write it (No space")
     assert "the disk is full" in err and "2 of 4 input(s) embedded in this run" in err
     assert not temporary_files(out)
+    assert cli.main(argv) == errors.OUTPUT  # still full: the line counts the 2 kept
+    assert ("0 of 2 input(s) embedded in this run are in "
+            f"{out}, besides 2 embedded by earlier runs (reused); running it again embeds the "
+            "other 2") in capsys.readouterr().err
     monkeypatch.undo()
     filler[0].unlink()
     assert cli.main(argv) == 0

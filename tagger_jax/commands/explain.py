@@ -113,8 +113,10 @@ def run(args: argparse.Namespace) -> int:
         args.listen = True  # as --listen-methods: a listening setting asks for the audio
     keep = defaults.listen_keep if args.listen_keep is None else args.listen_keep
     softness = defaults.listen_softness if args.listen_softness is None else args.listen_softness
-    if not 0.0 <= keep <= 1.0 or not softness >= 0:
-        return error("--listen-keep must be in [0, 1] and --listen-softness >= 0")
+    if not 0.0 <= keep <= 1.0:  # each flag named alone (a trial got both for either)
+        return error(f"--listen-keep must be a fraction in [0, 1], got {keep}")
+    if not (math.isfinite(softness) and softness >= 0):
+        return error(f"--listen-softness must be a number >= 0, got {softness}")
     line_s = defaults.plot_line_s if args.line_seconds is None else args.line_seconds
     if not (math.isfinite(line_s) and line_s >= 0):
         return error(f"--line-seconds must be a number of seconds >= 0 (0: one line), got "

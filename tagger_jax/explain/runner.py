@@ -688,11 +688,11 @@ def _prepare(ctx: _Context, item: InputItem) -> _Track:
     (audio for playback, true tags, tag mask), still in the load-ahead thread."""
     track = ctx.engine.prepare(item, ctx.plan)
     if item.explain_tags:
-        unknown = [t for t in item.explain_tags if t not in ctx.tags]
-        if unknown:
-            raise ValueError(f"{item.name}: unknown tags to explain {unknown}"
-                             f"{tags_lib.did_you_mean(unknown, ctx.tags)}")
-        idx = [ctx.tags.index(t) for t in item.explain_tags][: ctx.k]
+        idx = [ctx.tags.index(t) for t in item.explain_tags if t in ctx.tags][: ctx.k]
+        if not idx:  # the model's tags it does ask for are explained (`unknown_tags_note`)
+            unknown = list(item.explain_tags)
+            raise ValueError(f"{item.name}: unknown tags to explain {unknown}, none of them "
+                             f"the model's{tags_lib.did_you_mean(unknown, ctx.tags)}")
         track.num_tags = len(idx)
         track.tags = np.array(idx + idx[:1] * (ctx.k - len(idx)), np.int32)
     if item.extras is not None and (ctx.options.listen or ctx.options.report
@@ -704,6 +704,26 @@ def _prepare(ctx: _Context, item: InputItem) -> _Track:
     if wave is not None and (ctx.waveform or ctx.options.listen or ctx.options.report):
         track.extras = {**track.extras, "audio": wave}
     return track
+
+
+def unknown_tags_note(items: Sequence[InputItem], known: Sequence[str]) -> Optional[str]:
+    """A `note:` line for the inputs whose own tags to explain (`InputItem.explain_tags`: dataset
+    labels, a CSV) include tags the model does not know: those tags are left out and the rest
+    explained (a trial's `flute;beep` row failed its input and lost its flute maps); an input
+    none of whose tags is the model's fails on its own. None when every tag is known."""
+    unknown: dict[str, list[str]] = {}  # tag -> the inputs asking for it
+    for it in items:
+        for t in dict.fromkeys(it.explain_tags):
+            if t not in known:
+                unknown.setdefault(t, []).append(it.name)
+    if not unknown:
+        return None
+    inputs = {n for names in unknown.values() for n in names}
+    listed = ", ".join(f"{t!r} ({len(n)} input{'' if len(n) == 1 else 's'}, e.g. {n[0]})"
+                       for t, n in list(unknown.items())[:10])
+    return (f"note: {len(inputs)} input(s) ask for tags the model does not know, left out of "
+            f"their explanations: {listed}{' ...' if len(unknown) > 10 else ''}"
+            f"{tags_lib.did_you_mean(list(unknown), known)}")
 
 
 def _predicted_tags(ctx: _Context, track: _Track, window_probabilities: np.ndarray) -> None:
@@ -1103,15 +1123,18 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = _Context(loaded, options)
-    own = [len(it.explain_tags) for it in items if it.explain_tags]
+    own = [sum(t in ctx.tags for t in it.explain_tags) for it in items if it.explain_tags]
     if own:  # per-input tags: one tag count K for the whole run (one compilation)
-        ctx.k = max(own + [ctx.k] * any(not it.explain_tags for it in items))
+        ctx.k = max(1, *own, *[ctx.k] * any(not it.explain_tags for it in items))
     signature = run_signature(loaded, options)
     ctx.settings = run_settings(loaded, options)
     keys = [it.key for it in items]
     if len(set(keys)) != len(keys):
         raise ValueError("input keys must be unique")
     process, processes = jax.process_index(), jax.process_count()
+    note = unknown_tags_note(items, ctx.tags)
+    if note and process == 0:
+        print(note, file=sys.stderr)
     from tagger_jax import embedding
 
     inference.refuse_other_outputs(out_dir, "explain", "embed", embedding.output_files(out_dir))
@@ -1154,7 +1177,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
             continue
         old = failures.get(item.key)
         if (old and old.get("fingerprint") == item.fingerprint and not options.retry_failed
-                and old.get("signature", signature) == signature):  # other settings: tried
+                and old.get("signature", signature) == signature  # other settings: tried
+                and old.get("requested_tags", []) == list(item.explain_tags)):  # other tags too
             failed[item.name] = f"{old.get('error')} (failed in an earlier run; unchanged, " \
                                 "not retried)"
             continue
@@ -1190,7 +1214,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         msg = inference.named(item.name, error)
         failed[item.name] = msg
         failures[item.key] = {"input": item.name, "error": msg, "fingerprint": item.fingerprint,
-                              "signature": signature}
+                              "signature": signature,
+                              "requested_tags": list(item.explain_tags)}
         tracks.pop(item.key, None)
         bar.update(1)
 
@@ -1290,7 +1315,8 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
         if isinstance(e, KeyboardInterrupt) or errors.storage_full(e):
             errors.interrupted_note(e, "explained", len(done), len(todo), f"are in {out_dir}",
                                     "running it again explains",
-                                    failed=sum(it.name in failed for it in todo))
+                                    failed=sum(it.name in failed for it in todo),
+                                    reused=len(skipped))
         raise
     finally:
         bar.close()
