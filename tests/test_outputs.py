@@ -458,12 +458,16 @@ def test_a_missing_model_is_the_same_one_line_and_status_in_every_command(comman
                                                                           capsys):
     (tmp_path / "x.npy").write_bytes(b"")
     args = [command, "--checkpoint", str(tmp_path / "nope"), str(tmp_path / "x.npy")]
+    new = tmp_path / "new"
     if command != "tag":
-        args += ["--out", str(tmp_path / "out")]
+        args += ["--out", str(new / "out")]
+    else:  # its output files' folder is not made either (a trial's tag left one of lock files)
+        args += ["--output", str(new / "x.json"), "--csv", str(new / "y.csv")]
     rc = cli.main(args)
     err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
     assert rc == errors.MODEL
     assert err == [f"error: {tmp_path / 'nope'}: no such checkpoint directory"], err
+    assert not new.exists()
 
 
 @pytest.mark.parametrize("outcome", ["in_the_loop", "before_the_loop"])
