@@ -174,7 +174,8 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike,
     data.test_split) and "tests": one dict per tested split ({"split", "dir", "roc_auc",
     "pr_auc", "reused"}, plus "baseline_roc_auc" and "baseline_pr_auc" with train.test_baseline)}.
     Raises `errors.ConfigError` (before touching the workdir) on a model field value or frame-loss
-    setting the run cannot use, WorkdirBusyError if another training holds the workdir,
+    setting the run cannot use, or at a start on a `train.init_from` that names no model,
+    WorkdirBusyError if another training holds the workdir,
     ConfigMismatchError if it belongs to a different config, CorruptCheckpointError if no
     checkpoint in it reads, NonFiniteLossError on a NaN/inf loss. SIGTERM during the training loop
     saves a checkpoint and returns with summary["preempted"] = True; before the loop (restoring,
@@ -195,6 +196,13 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike,
         raise ConfigError(f"train.batch_size: {e}") from None
     workdir = Path(workdir).expanduser().absolute()
     outputs.check_output_dir(workdir)  # a file, under a file, unwritable: errors.OutputError
+    if str(config.train.init_from) and not wd.trained(workdir):  # a start: the model must be
+        from tagger_jax import checkpoint  # there (a trial's left a workdir of empty folders);
+        # a resume does not read it, so a model moved since does not stop one
+        try:
+            checkpoint.resolve_model_dir(str(config.train.init_from))
+        except checkpoint.CheckpointError as e:
+            raise ConfigError(f"train.init_from: {e}") from None
     config = wd.with_absolute_paths(config)  # stored so: found from any directory
     with wd.lock(workdir), contextlib.ExitStack() as held:  # held: the build's readers' lock
         preemption = Preemption()

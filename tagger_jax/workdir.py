@@ -146,7 +146,7 @@ def read_config(path: str | os.PathLike) -> tuple[Any, list[str]]:
         raise ConfigMismatchError(f"{path}: {e}") from None
 
 
-def _trained(workdir: Path) -> bool:
+def trained(workdir: Path) -> bool:
     """Whether a training in `workdir` saved anything a resume would use (a checkpoint, a best
     checkpoint, or checkpoints moved aside as unreadable)."""
     folders = (CHECKPOINT_DIR, BEST_DIR, CHECKPOINT_DIR + ".broken")  # checkpointing's names
@@ -190,7 +190,7 @@ def check_or_write_config(config: Any, workdir: Path) -> None:
         except json.JSONDecodeError as e:
             raise ConfigMismatchError(f"{path}: not valid JSON ({e}); use a new --workdir") from None
         diffs = config_differences(saved, given)
-        if diffs and not _trained(workdir):  # a start that failed before saving anything
+        if diffs and not trained(workdir):  # a start that failed before saving anything
             if jax.process_index() == 0:
                 print(f"note: {path} came from a start that saved no checkpoint; replaced by "
                       f"this run's config ({len(diffs)} field(s) differed)", file=sys.stderr)

@@ -1079,6 +1079,20 @@ def test_init_from_starts_from_a_trained_model(tmp_path, finished_run, capsys):
     assert "train.init_from" not in capsys.readouterr().out
     with pytest.raises(ConfigError, match=rf"^train.init_from: {tmp_path / 'nope'}: no such "):
         train_lib.start_from_model(state, tiny_config(init_from=str(tmp_path / "nope")), tags)
+    # A start from a model that is not there fails before the workdir is made (a trial's left
+    # one holding config.json, train.lock and empty folders); a resume does not read the model,
+    # so one moved away after the start does not stop it.
+    missing = tiny_config(init_from=str(tmp_path / "nope"), num_epochs=1)
+    with pytest.raises(ConfigError, match=rf"^train.init_from: {tmp_path / 'nope'}: no such "):
+        train_lib.train_and_evaluate(missing, tmp_path / "w2", toy_data(missing))
+    assert not (tmp_path / "w2").exists()
+    done.rename(tmp_path / "moved")
+    try:
+        summary = train_lib.train_and_evaluate(config, tmp_path / "w", toy_data(config))
+        assert "training already complete" in capsys.readouterr().out
+        assert summary["step"] == toy_data(config).steps_per_epoch
+    finally:
+        (tmp_path / "moved").rename(done)
     # Another architecture (a trial's synthetic_cpu run from the main model kept 33 of 82
     # arrays at their init, said only as a count): a warning naming what to do.
     wide = tiny_config(init_from=str(done))
