@@ -91,6 +91,7 @@ class Progress:
 
     def set_postfix(self, **postfix: str) -> None:
         if self.bar is not None:
+            self._settle()
             self.bar.set_postfix(postfix)
 
     def pause(self) -> None:
@@ -127,11 +128,23 @@ class Progress:
         bar.initial = self.untimed
         self.paused_at = None
 
+    def _settle(self) -> None:
+        """During a pause, takes the pause so far out of the bar's clock and goes on pausing from
+        now, so that the bar drawn in a pause (a line said above it, a postfix set) shows the
+        training's elapsed time and rate. It showed them with the pause in, then without it at
+        the next step: in a trial's log, 80 clips in 00:04 at 13 clips/s during a validation,
+        then 96 in 00:01 at 53."""
+        if self.bar is not None and self.paused_at is not None:
+            now = self.bar._time()
+            self.bar.start_t += now - self.paused_at
+            self.paused_at = now
+
     def say(self, message: str) -> None:
         """A line for the user (process 0), above the bars if there are any."""
         if not self.main:
             return
         if self.bar is not None:
+            self._settle()
             self.bar.write(message)
         else:
             print(message, flush=True)
@@ -177,5 +190,6 @@ class Progress:
     def close(self) -> None:
         """Closes the training bar; its last line shows the same average rate as the others."""
         if self.bar is not None:
+            self._settle()
             self.bar.close()
             self.bar = None

@@ -138,6 +138,47 @@ def test_shown_rate_right_after_compile_and_validation_pauses(monkeypatch, capsy
     assert match and float(match.group(1)) == pytest.approx(64.0, rel=0.02), last
 
 
+def test_the_bar_drawn_during_a_pause_leaves_the_pause_out(monkeypatch, capsys):
+    """From a new user's trial (a log): the bar drawn during a validation (a line said above it,
+    the validation's postfix) counted the validation in its elapsed time and rate, 80 clips in
+    00:04 at 13 clips/s, then 96 in 00:01 at 53 after the next step. Steps of 16 clips every
+    0.5 s, a 20 s compile and a 60 s validation: every line drawn shows the training's time."""
+    from tagger_jax import progress as progress_lib
+
+    monkeypatch.setattr(progress_lib, "stderr_is_terminal", lambda: False)
+    clock = _TickingClock()
+    p = Progress(True)
+    p.train_bar(total=16 * 20, initial=0)
+    bar = p.bar
+    bar._time = clock
+    bar.start_t = bar.last_print_t = clock()
+    p.pause()
+    clock.now += 20.0
+    p.say("compiling the train step (adamw): done in 20.0 s")  # said before the skip
+    p.skip(16)
+    for _ in range(4):
+        clock.now += 0.5
+        p.update(16)
+    p.pause()
+    clock.now += 30.0
+    p.say("epoch 1: validation ROC-AUC 0.9 (best 0.9)")
+    clock.now += 30.0
+    p.set_postfix(val_roc_auc="0.9")
+    p.resume_timing()
+    clock.now += 0.5
+    p.update(16)
+    p.set_postfix(loss="0.1")
+    p.close()
+    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
+             if line.startswith("train:") and "clip/s" in line and "?" not in line]
+    assert len(lines) >= 3, lines
+    for line in lines:  # 00:00-00:02 of training, 32 clips/s, never the pauses' 00:20+
+        elapsed = re.search(r"\[(\d\d):(\d\d)<", line)
+        assert elapsed and int(elapsed.group(1)) * 60 + int(elapsed.group(2)) <= 3, line
+        assert float(re.search(r"([\d.]+)clip/s", line).group(1)) == pytest.approx(
+            32.0, rel=0.02), line
+
+
 def test_rate_holds_when_pauses_come_more_often_than_the_logs_prints(monkeypatch, capsys):
     """From a new user's trial (a small collection validated every epoch, the bar in a log):
     steps of 32 clips every 0.5 s, a 3 s validation after every 4 steps, for 10 minutes. The
