@@ -1125,19 +1125,20 @@ def explain_inputs(loaded, items: Sequence[InputItem], out_dir: str | os.PathLik
     ctx = _Context(loaded, options)
     own = [sum(t in ctx.tags for t in it.explain_tags) for it in items if it.explain_tags]
     if own:  # per-input tags: one tag count K for the whole run (one compilation)
-        ctx.k = max(1, *own, *[ctx.k] * any(not it.explain_tags for it in items))
+        others = [ctx.k] if any(not it.explain_tags for it in items) else []  # top-k ones
+        ctx.k = max([1, *own, *others])
     signature = run_signature(loaded, options)
     ctx.settings = run_settings(loaded, options)
     keys = [it.key for it in items]
     if len(set(keys)) != len(keys):
         raise ValueError("input keys must be unique")
     process, processes = jax.process_index(), jax.process_count()
-    note = unknown_tags_note(items, ctx.tags)
-    if note and process == 0:
-        print(note, file=sys.stderr)
     from tagger_jax import embedding
 
     inference.refuse_other_outputs(out_dir, "explain", "embed", embedding.output_files(out_dir))
+    note = unknown_tags_note(items, ctx.tags)
+    if note and process == 0:
+        print(note, file=sys.stderr)
     items, renamed = inference.avoid_reserved(items, _run_file_stem)
     for line in inference.reserved_lines(renamed) if process == 0 else ():
         print(line, file=sys.stderr)
