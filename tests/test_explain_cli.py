@@ -661,9 +661,14 @@ def test_tags_per_input_from_a_csv_in_one_compilation(setup, tmp_path, capsys):
     # its input and lost its flute maps)
     assert rc == 0 and "not_there.wav" in text.err
     short = str(inputs / "sub" / "short.npy")
-    assert ("note: 1 input(s) ask for tags the model does not know, left out of their "
-            f"explanations: 'violino' (1 input, e.g. {short})\n") in text.err  # no near tag
+    assert ("note: 1 input(s) ask for tags the model does not know: 'violino' (1 input, e.g. "
+            f"{short}); they are left out of the explanations (an input asking for no other tag "
+            "fails)\n") in text.err  # no tag near it: no hint
     assert "did you mean" not in text.err
+    # the input the CSV does not list gets its predicted tags, said (a misspelt row's file did
+    # without a word in a trial)
+    assert (f"note: {table}: 1 input(s) it does not list get their top-k predicted tags: "
+            f"{inputs / WEIRD}\n") in text.err
     assert "not_there.wav" not in text.out  # stdout: the index only
     got = {json.loads(p.read_text())["key"]: json.loads(p.read_text())
            for p in out.glob("*.json") if p.name != "failures.json"}
@@ -1068,17 +1073,20 @@ def test_tags_csv_rows_match_inputs_by_the_end_of_their_path(tmp_path, capsys):
     said = []
     got = runner.with_csv_tags(items, table, log=said.append)
     assert [it.explain_tags for it in got] == [("rock",), ("jazz",), (), ()]
-    assert said == [f"note: {table}: 2 row(s) match no input: 'solo.wav', 'nowhere.wav'"]
+    assert said == [f"note: {table}: 2 row(s) match no input: 'solo.wav', 'nowhere.wav'",
+                    f"note: {table}: 2 input(s) it does not list get their top-k predicted "
+                    "tags: music/jazz/solo.wav, other/solo.wav"]
     runner.with_csv_tags(items, table)  # by default on stderr: stdout is the run's index
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err == said[0] + "\n"
+    assert captured.out == "" and captured.err == "".join(line + "\n" for line in said)
     said.clear()  # a tag in another letter case is the model's (a trial's `Cello`), said once
     table.write_text("live sets/track 002.ogg,Rock;JAZZ\njazz/track 002.ogg,Jazz;Pop\n")
     got = runner.with_csv_tags(items, table, log=said.append, model_tags=("rock", "jazz", "pop",
                                                                           "Pop"))
     assert [it.explain_tags for it in got] == [("rock", "jazz"), ("jazz", "Pop"), (), ()]
-    assert said == [f"note: {table}: tag(s) read as the model's in its letter case: 'Rock' as "
-                    "'rock', 'JAZZ' as 'jazz', 'Jazz' as 'jazz'"]  # 'Pop' is a tag of its own
+    assert said[0] == (f"note: {table}: tag(s) read as the model's in its letter case: 'Rock' "
+                       "as 'rock', 'JAZZ' as 'jazz', 'Jazz' as 'jazz'")  # 'Pop' is its own tag
+    assert len(said) == 2 and said[1].startswith(f"note: {table}: 2 input(s) it does not list")
 
 
 def test_tags_csv_of_a_build_matches_absolute_paths_and_reads_its_separator(tmp_path):
@@ -1138,7 +1146,9 @@ def test_tags_csv_matches_dataset_records_by_their_source_path_and_reads_a_bom(t
     said.clear()
     got = runner.with_csv_tags(items, table, log=said.append, split="hold_out")
     assert [it.explain_tags for it in got] == [(), ()]
-    assert said == [f"note: {table}: 1 row(s) match no input: 'songs/d.wav'"]
+    assert said == [f"note: {table}: 1 row(s) match no input: 'songs/d.wav'",
+                    f"note: {table}: 2 input(s) it does not list get their top-k predicted "
+                    "tags: audio_folder:test[0], audio_folder:test[1]"]
     splits = {}
     runner.read_tags_csv(table, splits)
     assert splits == {"songs/b.wav": "TEST", "songs/a.ogg": "testing", "songs/c.mp3": "train",
@@ -1161,6 +1171,8 @@ def test_tags_csv_matches_dataset_records_by_their_source_path_and_reads_a_bom(t
     got = runner.with_csv_tags(items, table, log=said.append)
     assert [it.explain_tags for it in got] == [(), ("flute",), ()]
     assert said == [
+        f"note: {table}: 1 input(s) it does not list get their top-k predicted tags: "
+        "audio_folder:test[2]",
         f"note: {table}: 1 row(s) list no tags, so their inputs get their top-k predicted "
         "tags: 'songs/a.ogg'"]
     semicolons = tmp_path / "semi.csv"  # built with --set delimiter=semicolon: no sep= line

@@ -240,8 +240,8 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
     matches `music/rock/live sets/track 2.ogg`; a bare base name the same way) and no other
     input's does. A dataset record (`dataset_items(record_paths=True)`) matches by the path it
     was built from (`meta["record_path"]`, e.g. an audio_folder CSV's `songs/a.ogg`). Inputs the
-    CSV does not list, or lists without tags, keep the run's tags (top-k predicted); CSV rows
-    that match no input, and matched rows without tags, are reported in a `note:` line each
+    CSV does not list, or lists without tags, keep the run's tags (top-k predicted); those inputs,
+    CSV rows that match no input, and matched rows without tags, are reported in a `note:` line each
     (`log`; stderr by default, stdout keeping the run's index). Names are compared in Unicode's
     composed form (NFC): `Café.wav` typed on one system matches the decomposed `Café.wav` of
     another, as `audio_folder` reads it. `split` (the dataset split the items are records of):
@@ -302,7 +302,7 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
             found = [it.name for it in items if ends_with(it, name)]
             if len(found) == 1:
                 by_suffix[found[0]] = name
-    used, out = set(), []
+    used, out, unlisted = set(), [], []
     for it in items:
         own = file_of(it)  # a record's relative path names no file here; an absolute one does
         name = ((None if "record_path" in it.meta and not Path(own).is_absolute()
@@ -310,6 +310,8 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
         if name is not None:
             used.add(name)
             it = dataclasses.replace(it, explain_tags=table[name])
+        else:
+            unlisted.append(it.name)
         out.append(it)
     unused = [n for n in table if n not in used]
     if unused and log is not None:
@@ -317,6 +319,10 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
             + ", ".join(repr(n) for n in unused[:10]) + (" ..." if len(unused) > 10 else "")
             + (f" (--limit {limit} takes only the split's first {limit} record(s))" if limit
                else ""))
+    if unlisted and log is not None:  # not silent either (a trial: a misspelt row's file got
+        log(f"note: {csv_path}: {len(unlisted)} input(s) it does not list get their top-k "
+            "predicted tags: " + ", ".join(unlisted[:10])  # predicted tags without a word)
+            + (" ..." if len(unlisted) > 10 else ""))
     empty = [n for n in table if n in used and not table[n]]
     if empty and log is not None:  # an audio_folder row with an empty tags cell (a trial)
         log(f"note: {csv_path}: {len(empty)} row(s) list no tags, so their inputs get their "
@@ -721,9 +727,9 @@ def unknown_tags_note(items: Sequence[InputItem], known: Sequence[str]) -> Optio
     inputs = {n for names in unknown.values() for n in names}
     listed = ", ".join(f"{t!r} ({len(n)} input{'' if len(n) == 1 else 's'}, e.g. {n[0]})"
                        for t, n in list(unknown.items())[:10])
-    return (f"note: {len(inputs)} input(s) ask for tags the model does not know, left out of "
-            f"their explanations: {listed}{' ...' if len(unknown) > 10 else ''}"
-            f"{tags_lib.did_you_mean(list(unknown), known)}")
+    return (f"note: {len(inputs)} input(s) ask for tags the model does not know: {listed}"
+            f"{' ...' if len(unknown) > 10 else ''}{tags_lib.did_you_mean(list(unknown), known)}"
+            "; they are left out of the explanations (an input asking for no other tag fails)")
 
 
 def _predicted_tags(ctx: _Context, track: _Track, window_probabilities: np.ndarray) -> None:
