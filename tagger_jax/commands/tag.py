@@ -101,12 +101,6 @@ def run(args: argparse.Namespace) -> int:
             return _error(f"--csv {args.csv}: exists and is not a table of this tool (header "
                           f"{','.join(tagging.CSV_FIXED_COLUMNS)},...); it is not replaced: give "
                           "another file name, or delete it first", errors.OUTPUT)
-    from tagger_jax import checkpoint
-
-    try:  # before the output files' locks, which make their folder (a trial's missing model
-        checkpoint.resolve_model_dir(model_path(args))  # left a new folder of lock files)
-    except checkpoint.CheckpointError as e:
-        return _error(errors.describe(e), errors.exit_status(e, default=errors.USAGE))
     needs_output = "a multi-process run needs --output (each process writes its share)"
     if args.output is None and sharding.multi_process_requested():  # before waiting for peers
         return _error(needs_output)
@@ -122,6 +116,12 @@ def run(args: argparse.Namespace) -> int:
     mismatch = sharding.different_options(args)  # every process, before any work
     if mismatch:
         return _error(mismatch)
+    from tagger_jax import checkpoint
+
+    try:  # before the output files' locks, which make their folder (a trial's missing model
+        checkpoint.resolve_model_dir(model_path(args))  # left a new folder of lock files)
+    except checkpoint.CheckpointError as e:
+        return _error(errors.describe(e), errors.exit_status(e, default=errors.USAGE))
     with contextlib.ExitStack() as stack:
         for target, what in ((args.output, "output file"), (args.csv, "CSV file")):
             if target is not None:
