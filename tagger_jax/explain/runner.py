@@ -319,10 +319,10 @@ def with_csv_tags(items: Sequence[InputItem], csv_path: str | os.PathLike,
             + ", ".join(repr(n) for n in unused[:10]) + (" ..." if len(unused) > 10 else "")
             + (f" (--limit {limit} takes only the split's first {limit} record(s))" if limit
                else ""))
-    if unlisted and log is not None:  # not silent either (a trial: a misspelt row's file got
+    # Not silent either: in a trial, the file of a misspelt row got predicted tags unsaid.
+    if unlisted and log is not None:
         log(f"note: {csv_path}: {len(unlisted)} input(s) it does not list get their top-k "
-            "predicted tags: " + ", ".join(unlisted[:10])  # predicted tags without a word)
-            + (" ..." if len(unlisted) > 10 else ""))
+            "predicted tags: " + ", ".join(unlisted[:10]) + (" ..." if len(unlisted) > 10 else ""))
     empty = [n for n in table if n in used and not table[n]]
     if empty and log is not None:  # an audio_folder row with an empty tags cell (a trial)
         log(f"note: {csv_path}: {len(empty)} row(s) list no tags, so their inputs get their "
